@@ -1,0 +1,5 @@
+//! Datasets and the loaders of real data formats.
+
+mod dataset;
+
+pub use dataset::Dataset;

@@ -1,0 +1,51 @@
+//! Renders a model's compiled plan as a table (`Model::describe()`, `dp describe`).
+
+use crate::model::{LayerInfo, NormStrategy};
+use std::fmt::Write;
+
+fn shape(s: &[usize]) -> String {
+    let dims: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+    format!("[{}]", dims.join(", "))
+}
+
+fn strategy(s: Option<NormStrategy>) -> &'static str {
+    match s {
+        None => "-",
+        Some(NormStrategy::Ghost) => "ghost",
+        Some(NormStrategy::Direct) => "direct",
+        Some(NormStrategy::TokenGrouped) => "token-grouped",
+    }
+}
+
+/// One line per layer, then the totals.
+pub fn describe_plan(name: &str, param_count: usize, layers: &[LayerInfo]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{name}: {param_count} parameters");
+    let _ = writeln!(
+        out,
+        "{:<12} {:<28} {:<16} {:<16} {:>10} {:<13} {:>14} {:>12}",
+        "layer", "op", "input", "output", "params", "norms", "flops/example", "bytes/example"
+    );
+    let (mut flops, mut bytes) = (0u64, 0u64);
+    for l in layers {
+        flops += l.flops_per_example;
+        bytes += l.bytes_per_example;
+        let _ = writeln!(
+            out,
+            "{:<12} {:<28} {:<16} {:<16} {:>10} {:<13} {:>14} {:>12}",
+            l.name,
+            l.op,
+            shape(l.input_shape),
+            shape(l.output_shape),
+            l.params,
+            strategy(l.strategy),
+            l.flops_per_example,
+            l.bytes_per_example
+        );
+    }
+    let _ = writeln!(
+        out,
+        "total: {flops} flops and {bytes} workspace bytes per example"
+    );
+    out
+}

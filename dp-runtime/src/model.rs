@@ -1,0 +1,219 @@
+//! The contract between a compiled model and the runtime.
+//!
+//! `#[dp_model]` implements [`DpModel`] for a struct; the runtime drives any implementation without
+//! looking at its layers. All shapes of one example are associated constants, fixed at compile time;
+//! the batch size is a run-time value.
+
+use rand::RngCore;
+
+/// The element type of a model's input: `f32` features (images, tabular data) or `u32` token ids.
+pub trait InputElem: Copy + Default + PartialEq + Send + Sync + std::fmt::Debug + 'static {}
+impl InputElem for f32 {}
+impl InputElem for u32 {}
+
+/// The per-example loss a model is compiled with. Losses are summed over examples, never averaged:
+/// the runtime divides by the *expected* batch size (see the privacy plan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// Softmax cross-entropy over `classes` logits; a label is a class index stored as `f32`.
+    CrossEntropy { classes: usize },
+    /// Binary cross-entropy with one logit; a label is 0.0 or 1.0.
+    BinaryCrossEntropy,
+    /// Sum of squared errors over `outputs` values (½‖y − ŷ‖² per example).
+    MeanSquaredError { outputs: usize },
+}
+
+impl Loss {
+    /// How many `f32` values one example's label occupies.
+    pub const fn label_len(self) -> usize {
+        match self {
+            Loss::MeanSquaredError { outputs } => outputs,
+            _ => 1,
+        }
+    }
+
+    /// How many outputs (logits or predictions) the model produces per example.
+    pub const fn output_len(self) -> usize {
+        match self {
+            Loss::CrossEntropy { classes } => classes,
+            Loss::BinaryCrossEntropy => 1,
+            Loss::MeanSquaredError { outputs } => outputs,
+        }
+    }
+}
+
+/// One named parameter tensor inside the model's flat parameter buffer.
+///
+/// Names and layouts are PyTorch's `state_dict` ones (`fc1.weight` is `[out, in]`, row-major).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub shape: &'static [usize],
+    /// Offset of the first element in the flat buffer.
+    pub offset: usize,
+    /// Number of elements (the product of `shape`).
+    pub len: usize,
+    /// Index of the parameter group (one per parameterised layer): the unit of per-layer clipping.
+    pub group: usize,
+}
+
+/// How the compiler obtains a layer's per-example gradient norms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormStrategy {
+    /// ‖Σ_t a_t δ_tᵀ‖² from inner products of activations and output gradients (no per-example gradient).
+    Ghost,
+    /// Per-example gradients are formed explicitly and their squared norms summed.
+    Direct,
+    /// Embedding rows: equal tokens of an example are grouped before squaring.
+    TokenGrouped,
+}
+
+/// One layer of the compiled plan, for `describe()` and for the memory planner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerInfo {
+    /// The field (or binding) name in the user's model.
+    pub name: &'static str,
+    /// The op as written, e.g. `linear(out = 50)`.
+    pub op: &'static str,
+    pub input_shape: &'static [usize],
+    pub output_shape: &'static [usize],
+    pub params: usize,
+    /// `None` for layers without parameters.
+    pub strategy: Option<NormStrategy>,
+    /// Forward + backward + norm FLOPs of one example.
+    pub flops_per_example: u64,
+    /// Workspace bytes of one example that this layer adds to the memory plan.
+    pub bytes_per_example: u64,
+}
+
+/// One batch handed to a model: `size` examples, inputs and labels laid out example after example.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a, T> {
+    pub inputs: &'a [T],
+    pub labels: &'a [f32],
+    pub size: usize,
+}
+
+/// Scratch memory for a model, sized once from the static memory plan and reused for every step.
+#[derive(Debug, Clone, Default)]
+pub struct Workspace {
+    arena: Vec<f32>,
+    max_batch: usize,
+}
+
+impl Workspace {
+    /// A workspace able to hold batches of up to `max_batch` examples of model `M`.
+    pub fn new<M: DpModel>(max_batch: usize) -> Self {
+        let len = M::WORKSPACE_FIXED + M::WORKSPACE_PER_EXAMPLE * max_batch.max(1);
+        Workspace {
+            arena: vec![0.0; len],
+            max_batch: max_batch.max(1),
+        }
+    }
+
+    /// The largest batch this workspace holds.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// Grows the workspace if `batch` does not fit (the only allocation a step can cause).
+    pub fn ensure<M: DpModel>(&mut self, batch: usize) {
+        if batch > self.max_batch {
+            *self = Workspace::new::<M>(batch);
+        }
+    }
+
+    /// The whole arena; generated code carves it at offsets fixed by the memory plan.
+    pub fn arena(&mut self) -> &mut [f32] {
+        &mut self.arena
+    }
+}
+
+/// A model compiled by `#[dp_model]` (or written by hand against the same contract).
+///
+/// The private primitive is split in two calls on the same batch and workspace:
+/// [`per_example_norms`](DpModel::per_example_norms) runs the forward and the one backward pass,
+/// keeping each layer's inputs and output gradients in the workspace ("book-keeping"), and returns
+/// every example's squared gradient norm per parameter group; the runtime turns norms into clip
+/// factors; [`clipped_sum`](DpModel::clipped_sum) then forms Σ_i c_i·g_i without a second backward.
+pub trait DpModel: Sized + Send + Sync {
+    /// `f32` for dense inputs, `u32` for token ids.
+    type Input: InputElem;
+
+    /// The struct's name.
+    const NAME: &'static str;
+    /// The shape of one example's input, e.g. `[1, 28, 28]` or `[104]`.
+    const INPUT_SHAPE: &'static [usize];
+    /// The largest token id plus one, for token inputs; `0` for dense inputs.
+    const VOCAB: usize;
+    const LOSS: Loss;
+    /// Every parameter tensor, in buffer order.
+    const PARAMS: &'static [ParamSpec];
+    /// Total number of trainable parameters (the length of the flat buffer).
+    const PARAM_COUNT: usize;
+    /// Names of the parameter groups (parameterised layers), indexed by `ParamSpec::group`.
+    const GROUPS: &'static [&'static str];
+    /// The compiled plan, layer by layer.
+    const LAYERS: &'static [LayerInfo];
+    /// Workspace `f32`s needed per example in a batch (static memory plan).
+    const WORKSPACE_PER_EXAMPLE: usize;
+    /// Workspace `f32`s needed independently of the batch size.
+    const WORKSPACE_FIXED: usize;
+
+    /// Builds a model from a flat parameter buffer of length `PARAM_COUNT`.
+    fn from_params(params: Vec<f32>) -> Self;
+    fn params(&self) -> &[f32];
+    fn params_mut(&mut self) -> &mut [f32];
+    /// PyTorch's default initialisation (Kaiming-uniform weights, uniform biases).
+    fn init(rng: &mut dyn RngCore) -> Self;
+
+    /// Outputs (logits or predictions) for `batch` examples: `outputs.len() == batch * LOSS.output_len()`.
+    fn forward(
+        &self,
+        ws: &mut Workspace,
+        inputs: &[Self::Input],
+        batch: usize,
+        outputs: &mut [f32],
+    );
+
+    /// Non-private training: writes each example's loss into `losses` and ADDS Σ_i g_i into `grad`.
+    fn loss_and_gradient(
+        &self,
+        ws: &mut Workspace,
+        batch: Batch<'_, Self::Input>,
+        losses: &mut [f32],
+        grad: &mut [f32],
+    );
+
+    /// Private step, first half: writes each example's loss into `losses` (`[B]`) and each example's
+    /// squared gradient norm per group into `sq_norms` (`[B, GROUPS.len()]`, example-major).
+    fn per_example_norms(
+        &self,
+        ws: &mut Workspace,
+        batch: Batch<'_, Self::Input>,
+        losses: &mut [f32],
+        sq_norms: &mut [f32],
+    );
+
+    /// Private step, second half, on the batch and workspace of the preceding `per_example_norms`:
+    /// ADDS Σ_i c_{i,g}·g_{i,g} into `grad`, with `factors` shaped like `sq_norms`.
+    /// An example whose factors are exactly 0 contributes exactly 0, even if its activations or
+    /// gradients are not finite (it is skipped, never multiplied).
+    fn clipped_sum(
+        &self,
+        ws: &mut Workspace,
+        batch: Batch<'_, Self::Input>,
+        factors: &[f32],
+        grad: &mut [f32],
+    );
+
+    /// Number of `Self::Input` values in one example.
+    fn input_len() -> usize {
+        Self::INPUT_SHAPE.iter().product()
+    }
+
+    /// The compiled plan as a table: each layer with its shapes, parameters, strategy, FLOPs and bytes.
+    fn describe() -> String {
+        crate::describe::describe_plan(Self::NAME, Self::PARAM_COUNT, Self::LAYERS)
+    }
+}

@@ -1,0 +1,24 @@
+//! dp: differentially private training of models compiled at build time.
+//!
+//! Annotate a struct with [`dp_model`]; the macro compiles it into a per-example forward/backward
+//! program with static shapes, and the runtime trains it with DP-SGD.
+
+// Generated code names this crate `::dp`, also from inside it (the `dp` binary's built-in models).
+extern crate self as dp;
+
+pub use dp_macros::dp_model;
+pub use dp_runtime::*;
+
+/// Everything a model definition and a training script need.
+pub mod prelude {
+    pub use crate::dp_model;
+    pub use dp_runtime::{Batch, Dataset, DpModel, Loss, Workspace};
+}
+
+/// Paths the generated code uses; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use dp_kernels as kernels;
+    pub use dp_runtime as runtime;
+    pub use rand::RngCore;
+}
