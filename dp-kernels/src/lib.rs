@@ -1,1 +1,8 @@
-//! CPU kernels for dp.
+//! CPU kernels for dp: dense products and the fused element-wise passes around them.
+//!
+//! Kernels take plain slices and explicit dimensions; the code `#[dp_model]` generates passes the
+//! static shapes as literals so that each call site specialises.
+
+pub mod gemm;
+
+pub use gemm::{sgemm, Op};

@@ -43,9 +43,6 @@ pub fn describe_plan(name: &str, param_count: usize, layers: &[LayerInfo]) -> St
             l.bytes_per_example
         );
     }
-    let _ = writeln!(
-        out,
-        "total: {flops} flops and {bytes} workspace bytes per example"
-    );
+    let _ = writeln!(out, "total: {flops} flops and {bytes} workspace bytes per example");
     out
 }

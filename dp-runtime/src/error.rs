@@ -8,18 +8,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The operating system refused a file operation.
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 
     /// A data or checkpoint file is malformed; `location` is a byte offset, line or tensor name.
     #[error("{}: {location}: {message}", path.display())]
-    Format {
-        path: PathBuf,
-        location: String,
-        message: String,
-    },
+    Format { path: PathBuf, location: String, message: String },
 
     /// A setting (builder field or command-line flag) has an invalid value.
     #[error("invalid {name}: {message}")]
@@ -37,30 +30,16 @@ pub enum Error {
 impl Error {
     /// An [`Error::InvalidArgument`] for the field or flag `name`.
     pub fn invalid(name: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::InvalidArgument {
-            name: name.into(),
-            message: message.into(),
-        }
+        Error::InvalidArgument { name: name.into(), message: message.into() }
     }
 
     /// An [`Error::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     /// An [`Error::Format`] for `path` at `location`.
-    pub fn format(
-        path: impl Into<PathBuf>,
-        location: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        Error::Format {
-            path: path.into(),
-            location: location.into(),
-            message: message.into(),
-        }
+    pub fn format(path: impl Into<PathBuf>, location: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Format { path: path.into(), location: location.into(), message: message.into() }
     }
 }

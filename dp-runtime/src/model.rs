@@ -105,10 +105,7 @@ impl Workspace {
     /// A workspace able to hold batches of up to `max_batch` examples of model `M`.
     pub fn new<M: DpModel>(max_batch: usize) -> Self {
         let len = M::WORKSPACE_FIXED + M::WORKSPACE_PER_EXAMPLE * max_batch.max(1);
-        Workspace {
-            arena: vec![0.0; len],
-            max_batch: max_batch.max(1),
-        }
+        Workspace { arena: vec![0.0; len], max_batch: max_batch.max(1) }
     }
 
     /// The largest batch this workspace holds.
@@ -168,13 +165,7 @@ pub trait DpModel: Sized + Send + Sync {
     fn init(rng: &mut dyn RngCore) -> Self;
 
     /// Outputs (logits or predictions) for `batch` examples: `outputs.len() == batch * LOSS.output_len()`.
-    fn forward(
-        &self,
-        ws: &mut Workspace,
-        inputs: &[Self::Input],
-        batch: usize,
-        outputs: &mut [f32],
-    );
+    fn forward(&self, ws: &mut Workspace, inputs: &[Self::Input], batch: usize, outputs: &mut [f32]);
 
     /// Non-private training: writes each example's loss into `losses` and ADDS Σ_i g_i into `grad`.
     fn loss_and_gradient(

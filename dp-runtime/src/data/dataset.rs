@@ -23,36 +23,22 @@ impl<T: InputElem> Dataset<T> {
     ) -> Result<Self> {
         let example_len: usize = example_shape.iter().product();
         if example_len == 0 || label_len == 0 {
-            return Err(Error::invalid(
-                "dataset",
-                "examples and labels must not be empty",
-            ));
+            return Err(Error::invalid("dataset", "examples and labels must not be empty"));
         }
         if inputs.len() % example_len != 0 {
             return Err(Error::invalid(
                 "dataset",
-                format!(
-                    "{} input values do not divide into examples of {example_len}",
-                    inputs.len()
-                ),
+                format!("{} input values do not divide into examples of {example_len}", inputs.len()),
             ));
         }
         let n = inputs.len() / example_len;
         if labels.len() != n * label_len {
             return Err(Error::invalid(
                 "dataset",
-                format!(
-                    "{n} examples but {} label values ({label_len} per example expected)",
-                    labels.len()
-                ),
+                format!("{n} examples but {} label values ({label_len} per example expected)", labels.len()),
             ));
         }
-        Ok(Dataset {
-            inputs,
-            labels,
-            example_shape,
-            label_len,
-        })
+        Ok(Dataset { inputs, labels, example_shape, label_len })
     }
 
     /// Number of examples.
