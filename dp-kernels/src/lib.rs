@@ -3,6 +3,12 @@
 //! Kernels take plain slices and explicit dimensions; the code `#[dp_model]` generates passes the
 //! static shapes as literals so that each call site specialises.
 
+pub mod conv;
 pub mod gemm;
+pub mod per_example;
+pub mod sequence;
+
+#[cfg(test)]
+mod test_support;
 
 pub use gemm::{sgemm, Op};
