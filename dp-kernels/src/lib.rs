@@ -6,6 +6,7 @@
 pub mod conv;
 pub mod gemm;
 pub mod per_example;
+pub mod pool;
 pub mod sequence;
 
 #[cfg(test)]
