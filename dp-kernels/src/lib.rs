@@ -4,6 +4,7 @@
 //! static shapes as literals so that each call site specialises.
 
 pub mod conv;
+pub mod embedding;
 pub mod gemm;
 pub mod per_example;
 pub mod pool;
