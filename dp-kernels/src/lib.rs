@@ -7,6 +7,7 @@ pub mod conv;
 pub mod embedding;
 pub mod gemm;
 pub mod lstm;
+pub mod norm_layers;
 pub mod per_example;
 pub mod pool;
 pub mod sequence;

@@ -369,6 +369,9 @@ mod tests {
         out
     }
 
+    /// Per-example gradients of (W_ih, W_hh, bias).
+    type Grads = (Vec<f64>, Vec<f64>, Vec<f64>);
+
     struct Run {
         out: Vec<f32>,
         x: Vec<f32>,
@@ -469,7 +472,7 @@ mod tests {
             &mut g_hh,
             &mut g_b,
         );
-        let sum = |pick: &dyn Fn(&(Vec<f64>, Vec<f64>, Vec<f64>)) -> &Vec<f64>, len: usize| -> Vec<f64> {
+        let sum = |pick: &dyn Fn(&Grads) -> &Vec<f64>, len: usize| -> Vec<f64> {
             (0..len)
                 .map(|k| (0..batch).map(|i| factors[i] as f64 * pick(&per_example_grads[i])[k]).sum())
                 .collect()
