@@ -279,6 +279,10 @@ fn ghost_one(t: usize, d: usize, p: usize, a: &[f32], delta: &[f32], scratch: &m
     if t == 0 {
         return 0.0;
     }
+    if t == 1 {
+        // A linear layer: ‖δ aᵀ‖² = ‖a‖²‖δ‖², no product needed.
+        return sum_squares(&a[..d]) * sum_squares(&delta[..p]);
+    }
     let tile = t.min(GHOST_TILE);
     let (gram_a, rest) = scratch.split_at_mut(tile * t);
     let gram_d = &mut rest[..tile * t];
@@ -677,6 +681,39 @@ mod tests {
         assert_eq!(choose_strategy(1024, 27, 32, direct_bytes(32, 27) - 1), Strategy::Ghost);
         let layer = PositionalLayer { positions: 9, in_width: 4, out_width: 6, groups: 3 };
         assert_eq!(layer.ghost_flops(), 3 * ghost_flops(9, 4, 6));
+        assert_eq!(layer.choose_strategy(u64::MAX), choose_strategy(9, 4, 6, u64::MAX));
         assert_eq!(layer.direct_flops(), 3 * direct_flops(9, 4, 6));
+    }
+
+    /// The founding paper's parameterised layers (T, d, p) and the strategy picked without a memory cap.
+    #[test]
+    fn strategies_for_the_founding_models() {
+        use Strategy::{Direct, Ghost};
+        let table = [
+            ("logreg fc", 1, 104, 1, Ghost),
+            ("ffnn fc1", 1, 104, 50, Ghost),
+            ("ffnn fc2", 1, 50, 2, Ghost),
+            ("mnist conv1", 196, 64, 16, Direct),
+            ("mnist conv2", 25, 256, 32, Ghost),
+            ("mnist fc1", 1, 512, 32, Ghost),
+            ("mnist fc2", 1, 32, 10, Ghost),
+            ("cifar conv1", 1024, 27, 32, Direct),
+            ("cifar conv2", 1024, 288, 32, Direct),
+            ("cifar conv3", 256, 288, 64, Direct),
+            ("cifar conv4", 256, 576, 64, Direct),
+            ("cifar conv5", 64, 576, 128, Ghost),
+            ("cifar conv6", 64, 1152, 128, Ghost),
+            ("cifar conv7", 16, 1152, 256, Ghost),
+            ("cifar conv8", 16, 2304, 10, Direct),
+            ("embedding fc", 1, 16, 2, Ghost),
+            ("lstm W_ih", 256, 100, 400, Direct),
+            ("lstm W_hh", 256, 100, 400, Direct),
+            ("lstm fc", 1, 100, 2, Ghost),
+        ];
+        for (name, t, d, p, want) in table {
+            assert_eq!(choose_strategy(t, d, p, u64::MAX), want, "{name}");
+        }
+        // MNIST conv2 is the close call of the mixed rule: 361,250 ghost FLOPs against 425,984 direct.
+        assert_eq!((ghost_flops(25, 256, 32), direct_flops(25, 256, 32)), (361_250, 425_984));
     }
 }
