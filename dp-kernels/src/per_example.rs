@@ -39,6 +39,16 @@ pub enum Strategy {
     Direct,
 }
 
+impl Strategy {
+    /// `"ghost"` or `"direct"`, as plans print it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Strategy::Ghost => "ghost",
+            Strategy::Direct => "direct",
+        }
+    }
+}
+
 /// The static shape of a layer applied at `positions` positions per example: per group, input width
 /// `in_width` (d) and output width `out_width` (p).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -682,6 +692,7 @@ mod tests {
         let layer = PositionalLayer { positions: 9, in_width: 4, out_width: 6, groups: 3 };
         assert_eq!(layer.ghost_flops(), 3 * ghost_flops(9, 4, 6));
         assert_eq!(layer.choose_strategy(u64::MAX), choose_strategy(9, 4, 6, u64::MAX));
+        assert_eq!((Strategy::Ghost.name(), Strategy::Direct.name()), ("ghost", "direct"));
         assert_eq!(layer.direct_flops(), 3 * direct_flops(9, 4, 6));
     }
 
