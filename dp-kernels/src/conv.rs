@@ -406,6 +406,7 @@ mod tests {
             g(2, 6, 5, 3, 3, 1, 1, 1, 1),   // 'same', non-square input
             g(4, 7, 7, 4, 3, 2, 2, 2, 2),   // dilation and groups
             g(3, 5, 5, 2, 1, 1, 0, 1, 1),   // 1x1
+            g(1, 12, 12, 2, 3, 1, 1, 1, 1), // T = 144 > GHOST_TILE: several Gram tiles
             Conv2dGeometry { kh: 2, kw: 3, ..g(2, 5, 6, 4, 0, 1, 0, 1, 2) },
         ]
     }
