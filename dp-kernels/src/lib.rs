@@ -3,6 +3,16 @@
 //! Kernels take plain slices and explicit dimensions; the code `#[dp_model]` generates passes the
 //! static shapes as literals so that each call site specialises.
 
+pub mod conv;
+pub mod embedding;
 pub mod gemm;
+pub mod lstm;
+pub mod norm_layers;
+pub mod per_example;
+pub mod pool;
+pub mod sequence;
+
+#[cfg(test)]
+mod test_support;
 
 pub use gemm::{sgemm, Op};

@@ -1,0 +1,285 @@
+//! Embedding lookup over token ids: gather forward, and a backward that never forms a dense
+//! `[vocab, dim]` gradient per example.
+//!
+//! Example `i` with tokens `v_{i,t}` and output gradients `δ_{i,t}` (`[T][dim]`) has the table gradient
+//! `G_i[v] = Σ_{t: v_{i,t} = v} δ_{i,t}`: only the rows of its distinct tokens are non-zero, and rows
+//! hit by the same token add up BEFORE squaring. The per-example norm groups equal tokens by sorting
+//! the example's T positions (cost ~T·log T + T·dim, never the vocabulary size); the clipped sum is a
+//! scatter-add of `c_i·δ_{i,t}` into row `v_{i,t}` of the table gradient.
+//!
+//! Layouts: ids `[batch][T]`, table `[vocab][dim]` (PyTorch's `embedding.weight`), output and its
+//! gradient `[batch][T][dim]`. A token id ≥ vocab is the caller's error; the kernels assert.
+
+use rayon::prelude::*;
+
+use crate::per_example::sum_squares;
+
+/// Scratch `f32`s per parallel slot of [`embedding_norms_sq`]: the example's positions (as `u32`) and
+/// one row accumulator.
+pub const fn norm_scratch_len(steps: usize, dim: usize) -> usize {
+    steps + dim
+}
+
+/// Views an `f32` workspace slice as `u32`s (for integer scratch, e.g. max pooling's argmax, carved
+/// from the `f32` arena).
+pub fn u32_scratch(x: &mut [f32]) -> &mut [u32] {
+    // SAFETY: f32 and u32 have the same size and alignment and every bit pattern is valid for both;
+    // the returned slice borrows `x` mutably for its whole life, so nothing else aliases it.
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<u32>(), x.len()) }
+}
+
+fn check_ids(ids: &[u32], vocab: usize) {
+    if let Some(&bad) = ids.iter().find(|&&v| v as usize >= vocab) {
+        panic!("embedding: token id {bad} is not below the vocabulary size {vocab}");
+    }
+}
+
+/// Forward: `out[n] = table[ids[n]]` for every token of the batch (`ids.len()` rows of `dim`).
+pub fn embedding_forward(vocab: usize, dim: usize, ids: &[u32], table: &[f32], out: &mut [f32]) {
+    assert!(table.len() >= vocab * dim, "embedding: table has {} values", table.len());
+    assert!(out.len() >= ids.len() * dim, "embedding: output has {} values", out.len());
+    check_ids(ids, vocab);
+    if dim == 0 {
+        return;
+    }
+    out[..ids.len() * dim].par_chunks_mut(dim).zip(ids.par_iter()).for_each(|(row, &v)| {
+        row.copy_from_slice(&table[v as usize * dim..(v as usize + 1) * dim]);
+    });
+}
+
+/// ADDS every example's squared table-gradient norm `Σ_v ‖Σ_{t: v_t = v} δ_t‖²` into
+/// `norms_sq[i * norm_stride]`. `scratch` holds one or more slots of [`norm_scratch_len`].
+#[allow(clippy::too_many_arguments)]
+pub fn embedding_norms_sq(
+    vocab: usize,
+    dim: usize,
+    batch: usize,
+    steps: usize,
+    ids: &[u32],
+    delta: &[f32],
+    scratch: &mut [f32],
+    norms_sq: &mut [f32],
+    norm_stride: usize,
+) {
+    if batch == 0 {
+        return;
+    }
+    assert!(ids.len() >= batch * steps, "embedding: ids has {} values", ids.len());
+    assert!(delta.len() >= batch * steps * dim, "embedding: delta has {} values", delta.len());
+    assert!(norm_stride >= 1 && norms_sq.len() > (batch - 1) * norm_stride, "embedding: norms too short");
+    assert!(steps <= u32::MAX as usize, "embedding: too many steps for u32 positions");
+    check_ids(&ids[..batch * steps], vocab);
+    let slot_len = norm_scratch_len(steps, dim).max(1);
+    let slots = (scratch.len() / slot_len).min(batch);
+    assert!(slots >= 1, "embedding norms: scratch has {} values, one slot needs {slot_len}", scratch.len());
+    let per_slot = batch.div_ceil(slots);
+    norms_sq
+        .par_chunks_mut(per_slot * norm_stride)
+        .zip(scratch.par_chunks_mut(slot_len))
+        .enumerate()
+        .for_each(|(k, (norms, slot))| {
+            let (order, acc) = slot.split_at_mut(steps);
+            let order = u32_scratch(order);
+            for i in k * per_slot..((k + 1) * per_slot).min(batch) {
+                let ids_i = &ids[i * steps..(i + 1) * steps];
+                let delta_i = &delta[i * steps * dim..(i + 1) * steps * dim];
+                let norm = example_norm_sq(dim, ids_i, delta_i, order, &mut acc[..dim]);
+                norms[(i - k * per_slot) * norm_stride] += norm as f32;
+            }
+        });
+}
+
+/// One example: sort its positions by token, then square each token's summed row.
+fn example_norm_sq(dim: usize, ids: &[u32], delta: &[f32], order: &mut [u32], acc: &mut [f32]) -> f64 {
+    let steps = ids.len();
+    for (t, o) in order.iter_mut().enumerate() {
+        *o = t as u32;
+    }
+    order.sort_unstable_by_key(|&t| ids[t as usize]);
+    let row = |t: u32| &delta[t as usize * dim..(t as usize + 1) * dim];
+    let mut total = 0.0f64;
+    let mut start = 0;
+    while start < steps {
+        let token = ids[order[start] as usize];
+        let mut end = start + 1;
+        while end < steps && ids[order[end] as usize] == token {
+            end += 1;
+        }
+        if end - start == 1 {
+            total += sum_squares(row(order[start]));
+        } else {
+            acc.copy_from_slice(row(order[start]));
+            for &t in &order[start + 1..end] {
+                for (a, &v) in acc.iter_mut().zip(row(t)) {
+                    *a += v;
+                }
+            }
+            total += sum_squares(acc);
+        }
+        start = end;
+    }
+    total
+}
+
+/// The clipped sum by scatter-add: ADDS `Σ_i c_i Σ_t δ_{i,t}` into rows `v_{i,t}` of `grad`
+/// (`[vocab][dim]`), `c_i = factors[i * factor_stride]`; examples whose factor is 0 are skipped.
+#[allow(clippy::too_many_arguments)]
+pub fn embedding_clipped_sum(
+    vocab: usize,
+    dim: usize,
+    batch: usize,
+    steps: usize,
+    ids: &[u32],
+    delta: &[f32],
+    factors: &[f32],
+    factor_stride: usize,
+    grad: &mut [f32],
+) {
+    if batch > 0 {
+        assert!(
+            factor_stride >= 1 && factors.len() > (batch - 1) * factor_stride,
+            "embedding: factors too short"
+        );
+    }
+    scatter_add(vocab, dim, batch, steps, ids, delta, |i| factors[i * factor_stride], grad);
+}
+
+/// The non-private table gradient: ADDS `Σ_i Σ_t δ_{i,t}` into rows `v_{i,t}` of `grad`.
+pub fn embedding_backward(
+    vocab: usize,
+    dim: usize,
+    batch: usize,
+    steps: usize,
+    ids: &[u32],
+    delta: &[f32],
+    grad: &mut [f32],
+) {
+    scatter_add(vocab, dim, batch, steps, ids, delta, |_| 1.0, grad);
+}
+
+/// Scatter-add with a per-example factor. Threads own disjoint ranges of table rows and each scans
+/// every token, so no two threads write the same row.
+#[allow(clippy::too_many_arguments)]
+fn scatter_add(
+    vocab: usize,
+    dim: usize,
+    batch: usize,
+    steps: usize,
+    ids: &[u32],
+    delta: &[f32],
+    factor: impl Fn(usize) -> f32 + Sync,
+    grad: &mut [f32],
+) {
+    assert!(ids.len() >= batch * steps, "embedding: ids has {} values", ids.len());
+    assert!(delta.len() >= batch * steps * dim, "embedding: delta has {} values", delta.len());
+    assert!(grad.len() >= vocab * dim, "embedding: gradient has {} values", grad.len());
+    check_ids(&ids[..batch * steps], vocab);
+    if dim == 0 || vocab == 0 {
+        return;
+    }
+    let rows_per_task = vocab.div_ceil(4 * rayon::current_num_threads()).max(64);
+    grad[..vocab * dim].par_chunks_mut(rows_per_task * dim).enumerate().for_each(|(k, rows)| {
+        let first = k * rows_per_task;
+        let range = first as u32..(first + rows.len() / dim) as u32;
+        for i in 0..batch {
+            let c = factor(i);
+            if c == 0.0 {
+                continue;
+            }
+            for (t, &v) in ids[i * steps..(i + 1) * steps].iter().enumerate() {
+                if range.contains(&v) {
+                    let src = &delta[(i * steps + t) * dim..(i * steps + t + 1) * dim];
+                    let dst = &mut rows[(v as usize - first) * dim..(v as usize - first + 1) * dim];
+                    for (g, &d) in dst.iter_mut().zip(src) {
+                        *g += c * d;
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::*;
+    use rand::Rng;
+
+    /// One example's dense table gradient in f64, by finite differences of `Σ_t table[v_t]·δ_t`.
+    fn reference_grad(vocab: usize, dim: usize, ids: &[u32], delta: &[f32], table: &[f32]) -> Vec<f64> {
+        let d = wide(delta);
+        finite_difference(&wide(table), 1e-6, |tab| {
+            ids.iter()
+                .enumerate()
+                .map(|(t, &v)| {
+                    dot(&tab[v as usize * dim..(v as usize + 1) * dim], &d[t * dim..(t + 1) * dim])
+                })
+                .sum()
+        })[..vocab * dim]
+            .to_vec()
+    }
+
+    #[test]
+    fn forward_norms_with_repeated_tokens_and_clipped_sums_match_reference() {
+        let mut rng = rng(51);
+        let (vocab, dim, batch, steps) = (300, 5, 4, 9);
+        let table = uniform(&mut rng, vocab * dim);
+        let mut ids: Vec<u32> = (0..batch * steps).map(|_| rng.random_range(0..vocab as u32)).collect();
+        // Example 0: one token everywhere; example 1: two tokens alternating; the rest random.
+        ids[..steps].fill(7);
+        for t in 0..steps {
+            ids[steps + t] = if t % 2 == 0 { 299 } else { 0 };
+        }
+        let delta = uniform(&mut rng, batch * steps * dim);
+        let mut out = vec![f32::NAN; batch * steps * dim];
+        embedding_forward(vocab, dim, &ids, &table, &mut out);
+        for (n, &v) in ids.iter().enumerate() {
+            assert_eq!(&out[n * dim..(n + 1) * dim], &table[v as usize * dim..(v as usize + 1) * dim]);
+        }
+        let grads: Vec<Vec<f64>> = (0..batch)
+            .map(|i| {
+                let range = i * steps..(i + 1) * steps;
+                reference_grad(
+                    vocab,
+                    dim,
+                    &ids[range],
+                    &delta[i * steps * dim..(i + 1) * steps * dim],
+                    &table,
+                )
+            })
+            .collect();
+        for slots in [1, 3, batch] {
+            let mut scratch = vec![f32::NAN; slots * norm_scratch_len(steps, dim)];
+            let mut norms = vec![0.25f32; 2 * batch];
+            embedding_norms_sq(vocab, dim, batch, steps, &ids, &delta, &mut scratch, &mut norms, 2);
+            for i in 0..batch {
+                assert_rel("embedding norm", norms[2 * i] as f64 - 0.25, dot(&grads[i], &grads[i]), 1e-4);
+                assert_eq!(norms[2 * i + 1], 0.25);
+            }
+        }
+        // Adding rows before squaring matters: the sum of squared rows differs for example 0.
+        let rows_squared: f64 = (0..steps).map(|t| sum_squares(&delta[t * dim..(t + 1) * dim])).sum();
+        assert!((rows_squared - dot(&grads[0], &grads[0])).abs() > 1e-3);
+
+        let mut dropped = delta.clone();
+        dropped[2 * steps * dim] = f32::NAN; // example 2 gets factor 0
+        let factors = [0.5f32, 2.0, 0.0, 1.5];
+        let mut grad = vec![1.0f32; vocab * dim];
+        embedding_clipped_sum(vocab, dim, batch, steps, &ids, &dropped, &factors, 1, &mut grad);
+        let want: Vec<f64> = (0..vocab * dim)
+            .map(|j| 1.0 + (0..batch).map(|i| factors[i] as f64 * grads[i][j]).sum::<f64>())
+            .collect();
+        assert_close("clipped sum", &grad, &want, 1e-4);
+        let mut plain = vec![0.0f32; vocab * dim];
+        embedding_backward(vocab, dim, batch, steps, &ids, &delta, &mut plain);
+        let want: Vec<f64> = (0..vocab * dim).map(|j| (0..batch).map(|i| grads[i][j]).sum()).collect();
+        assert_close("gradient", &plain, &want, 1e-4);
+    }
+
+    #[test]
+    #[should_panic(expected = "not below the vocabulary size")]
+    fn token_out_of_vocabulary_is_refused() {
+        let mut out = [0.0f32; 2];
+        embedding_forward(3, 2, &[3], &[0.0; 6], &mut out);
+    }
+}

@@ -1,0 +1,517 @@
+//! One LSTM layer over a whole sequence (zero initial state), returning every step's hidden state.
+//!
+//! Gates in PyTorch's order i, f, g, o: `pre_t = W_ih x_t + W_hh h_{t−1} + b`, `i, f, o = σ(·)`,
+//! `g = tanh(·)`, `c_t = f⊙c_{t−1} + i⊙g`, `h_t = o⊙tanh(c_t)`, with ONE bias `b` (`[4h]`; PyTorch's
+//! `bias_ih + bias_hh`).
+//!
+//! The forward is a loop over time: the input projection of all steps of all examples is one product,
+//! then each step is one recurrent product of all examples at once (`[batch, h] × [h, 4h]`) and a fused
+//! gate pass. The backward through time gives the gate pre-activation gradients `δ_t` (`[4h]`) of every
+//! step, so each weight is a layer applied at T positions ([`crate::per_example`]): `W_ih` with
+//! `a_t = x_t`, `W_hh` with `a_t = h_{t−1}` (saved as `hprev`), the bias with `a_t = 1`.
+//!
+//! Layouts: input `[batch][T][d]`, output `[batch][T][h]`, `W_ih` `[4h][d]`, `W_hh` `[4h][h]`; the
+//! saved buffers are `gates` `[batch][T][4h]` (activated i, f, g, o), `cells` `[batch][T][h]` and
+//! `hprev` `[batch][T][h]`; the backward's `delta` is `[batch][T][4h]`.
+
+use rayon::prelude::*;
+
+use crate::gemm::{sgemm, Op};
+use crate::per_example::{self, PositionalLayer, Strategy};
+
+/// Examples per parallel task in the per-step gate passes (a step's work per example is small).
+const EXAMPLES_PER_TASK: usize = 8;
+
+/// The static shape of an LSTM layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LstmDims {
+    /// T: time steps.
+    pub steps: usize,
+    /// d: input width per step.
+    pub input: usize,
+    /// h: hidden units.
+    pub hidden: usize,
+}
+
+impl LstmDims {
+    /// Values of one example's input, `T·d`.
+    pub const fn input_len(&self) -> usize {
+        self.steps * self.input
+    }
+
+    /// Values of one example's output (also of `cells` and `hprev`), `T·h`.
+    pub const fn output_len(&self) -> usize {
+        self.steps * self.hidden
+    }
+
+    /// Values of one example's saved gates (also of `delta`), `T·4h`.
+    pub const fn gates_len(&self) -> usize {
+        self.steps * 4 * self.hidden
+    }
+
+    /// Values of `W_ih`, `4h·d`.
+    pub const fn weight_ih_len(&self) -> usize {
+        4 * self.hidden * self.input
+    }
+
+    /// Values of `W_hh`, `4h·h`.
+    pub const fn weight_hh_len(&self) -> usize {
+        4 * self.hidden * self.hidden
+    }
+
+    /// `W_ih` (and the bias) as a layer applied at T positions: `d → 4h`.
+    pub const fn input_layer(&self) -> PositionalLayer {
+        PositionalLayer::new(self.steps, self.input, 4 * self.hidden)
+    }
+
+    /// `W_hh` as a layer applied at T positions: `h → 4h`.
+    pub const fn recurrent_layer(&self) -> PositionalLayer {
+        PositionalLayer::new(self.steps, self.hidden, 4 * self.hidden)
+    }
+
+    /// FLOPs of one example's forward: the two products per step, `2·T·4h·(d+h)`.
+    pub const fn forward_flops(&self) -> u64 {
+        2 * self.steps as u64 * 4 * self.hidden as u64 * (self.input + self.hidden) as u64
+    }
+}
+
+/// Scratch `f32`s of [`lstm_forward`] for `batch` examples: the step's hidden states and recurrent
+/// products, `batch·5h`.
+pub const fn forward_scratch_len(dims: &LstmDims, batch: usize) -> usize {
+    batch * 5 * dims.hidden
+}
+
+/// Scratch `f32`s of [`lstm_backward`] for `batch` examples: the step's gate gradients, recurrent
+/// hidden-state gradients and cell gradients, `batch·6h`.
+pub const fn backward_scratch_len(dims: &LstmDims, batch: usize) -> usize {
+    batch * 6 * dims.hidden
+}
+
+/// Scratch `f32`s per parallel slot of [`lstm_norms_sq`] with the given strategies.
+pub const fn norm_scratch_len(
+    dims: &LstmDims,
+    input_strategy: Strategy,
+    recurrent_strategy: Strategy,
+) -> usize {
+    let a = per_example::scratch_len(input_strategy, &dims.input_layer());
+    let b = per_example::scratch_len(recurrent_strategy, &dims.recurrent_layer());
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// The buffers the forward saves for the backward (each example-major, see the module docs).
+#[derive(Debug)]
+pub struct LstmSaved<'a> {
+    /// `[batch][T][4h]`: activated gates i, f, g, o.
+    pub gates: &'a mut [f32],
+    /// `[batch][T][h]`: cell states `c_t`.
+    pub cells: &'a mut [f32],
+    /// `[batch][T][h]`: `h_{t−1}` (zero at t = 0), the recurrent weight's inputs.
+    pub hprev: &'a mut [f32],
+}
+
+/// Forward over all steps: writes `out` (`[batch][T][h]`) and the saved buffers.
+#[allow(clippy::too_many_arguments)]
+pub fn lstm_forward(
+    dims: &LstmDims,
+    batch: usize,
+    x: &[f32],
+    w_ih: &[f32],
+    w_hh: &[f32],
+    bias: &[f32],
+    saved: LstmSaved<'_>,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let (t_n, d, h) = (dims.steps, dims.input, dims.hidden);
+    let g4 = 4 * h;
+    assert!(x.len() >= batch * dims.input_len(), "lstm: input has {} values", x.len());
+    assert!(w_ih.len() >= dims.weight_ih_len(), "lstm: weight_ih has {} values", w_ih.len());
+    assert!(w_hh.len() >= dims.weight_hh_len(), "lstm: weight_hh has {} values", w_hh.len());
+    assert!(bias.len() >= g4, "lstm: bias has {} values", bias.len());
+    assert!(saved.gates.len() >= batch * dims.gates_len(), "lstm: gates has {} values", saved.gates.len());
+    assert!(saved.cells.len() >= batch * dims.output_len(), "lstm: cells has {} values", saved.cells.len());
+    assert!(saved.hprev.len() >= batch * dims.output_len(), "lstm: hprev has {} values", saved.hprev.len());
+    assert!(out.len() >= batch * dims.output_len(), "lstm: output has {} values", out.len());
+    assert!(scratch.len() >= forward_scratch_len(dims, batch), "lstm: scratch has {} values", scratch.len());
+    if batch == 0 || t_n == 0 || h == 0 {
+        return;
+    }
+    let gates = &mut saved.gates[..batch * dims.gates_len()];
+    let cells = &mut saved.cells[..batch * dims.output_len()];
+    let hprev = &mut saved.hprev[..batch * dims.output_len()];
+    let out = &mut out[..batch * dims.output_len()];
+    let (h_step, rest) = scratch.split_at_mut(batch * h);
+    let rec = &mut rest[..batch * g4];
+
+    // Input projection of every step of every example, bias included.
+    gates.par_chunks_mut(g4).for_each(|row| row.copy_from_slice(&bias[..g4]));
+    sgemm(Op::N, Op::T, batch * t_n, g4, d, 1.0, x, w_ih, 1.0, gates);
+    h_step.fill(0.0);
+
+    for t in 0..t_n {
+        if t > 0 {
+            sgemm(Op::N, Op::T, batch, g4, h, 1.0, h_step, w_hh, 0.0, rec);
+        }
+        gates
+            .par_chunks_mut(dims.gates_len())
+            .zip(cells.par_chunks_mut(dims.output_len()))
+            .zip(hprev.par_chunks_mut(dims.output_len()))
+            .zip(out.par_chunks_mut(dims.output_len()))
+            .zip(h_step.par_chunks_mut(h))
+            .zip(rec.par_chunks(g4))
+            .with_min_len(EXAMPLES_PER_TASK)
+            .for_each(|(((((gates_i, cells_i), hprev_i), out_i), h_i), rec_i)| {
+                let g = &mut gates_i[t * g4..(t + 1) * g4];
+                if t > 0 {
+                    for (v, &r) in g.iter_mut().zip(rec_i) {
+                        *v += r;
+                    }
+                }
+                hprev_i[t * h..(t + 1) * h].copy_from_slice(h_i);
+                for j in 0..h {
+                    let (i_g, f_g) = (sigmoid(g[j]), sigmoid(g[h + j]));
+                    let (g_g, o_g) = (g[2 * h + j].tanh(), sigmoid(g[3 * h + j]));
+                    let c_prev = if t > 0 { cells_i[(t - 1) * h + j] } else { 0.0 };
+                    let c = f_g * c_prev + i_g * g_g;
+                    let hv = o_g * c.tanh();
+                    (g[j], g[h + j], g[2 * h + j], g[3 * h + j]) = (i_g, f_g, g_g, o_g);
+                    cells_i[t * h + j] = c;
+                    out_i[t * h + j] = hv;
+                    h_i[j] = hv;
+                }
+            });
+    }
+}
+
+/// Backward through time from the output gradient `dout` (`[batch][T][h]`): writes the gate
+/// pre-activation gradients `delta` (`[batch][T][4h]`) and the input gradient `dx` (`[batch][T][d]`,
+/// overwritten; one product over all steps).
+#[allow(clippy::too_many_arguments)]
+pub fn lstm_backward(
+    dims: &LstmDims,
+    batch: usize,
+    dout: &[f32],
+    w_ih: &[f32],
+    w_hh: &[f32],
+    gates: &[f32],
+    cells: &[f32],
+    delta: &mut [f32],
+    dx: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let (t_n, d, h) = (dims.steps, dims.input, dims.hidden);
+    let g4 = 4 * h;
+    assert!(dout.len() >= batch * dims.output_len(), "lstm: output gradient has {} values", dout.len());
+    assert!(w_ih.len() >= dims.weight_ih_len(), "lstm: weight_ih has {} values", w_ih.len());
+    assert!(w_hh.len() >= dims.weight_hh_len(), "lstm: weight_hh has {} values", w_hh.len());
+    assert!(gates.len() >= batch * dims.gates_len(), "lstm: gates has {} values", gates.len());
+    assert!(cells.len() >= batch * dims.output_len(), "lstm: cells has {} values", cells.len());
+    assert!(delta.len() >= batch * dims.gates_len(), "lstm: delta has {} values", delta.len());
+    assert!(dx.len() >= batch * dims.input_len(), "lstm: input gradient has {} values", dx.len());
+    assert!(scratch.len() >= backward_scratch_len(dims, batch), "lstm: scratch has {} values", scratch.len());
+    if batch == 0 || t_n == 0 {
+        return;
+    }
+    if h == 0 {
+        dx[..batch * dims.input_len()].fill(0.0);
+        return;
+    }
+    let delta = &mut delta[..batch * dims.gates_len()];
+    let (d_step, rest) = scratch.split_at_mut(batch * g4);
+    let (dh_rec, rest) = rest.split_at_mut(batch * h);
+    let dc = &mut rest[..batch * h];
+    dc.fill(0.0);
+
+    for t in (0..t_n).rev() {
+        let last = t + 1 == t_n;
+        if !last {
+            // Gradient reaching h_t through the next step's recurrent product.
+            sgemm(Op::N, Op::N, batch, h, g4, 1.0, d_step, w_hh, 0.0, dh_rec);
+        }
+        delta
+            .par_chunks_mut(dims.gates_len())
+            .zip(d_step.par_chunks_mut(g4))
+            .zip(dh_rec.par_chunks(h))
+            .zip(dc.par_chunks_mut(h))
+            .enumerate()
+            .with_min_len(EXAMPLES_PER_TASK)
+            .for_each(|(i, (((delta_i, ds), dh_r), dc_i))| {
+                let g = &gates[i * dims.gates_len() + t * g4..i * dims.gates_len() + (t + 1) * g4];
+                let c_i = &cells[i * dims.output_len()..(i + 1) * dims.output_len()];
+                let dout_t = &dout[i * dims.output_len() + t * h..i * dims.output_len() + (t + 1) * h];
+                for j in 0..h {
+                    let dh = if last { dout_t[j] } else { dout_t[j] + dh_r[j] };
+                    let (i_g, f_g, g_g, o_g) = (g[j], g[h + j], g[2 * h + j], g[3 * h + j]);
+                    let tc = c_i[t * h + j].tanh();
+                    let c_prev = if t > 0 { c_i[(t - 1) * h + j] } else { 0.0 };
+                    let dcv = dc_i[j] + dh * o_g * (1.0 - tc * tc);
+                    ds[j] = dcv * g_g * i_g * (1.0 - i_g);
+                    ds[h + j] = dcv * c_prev * f_g * (1.0 - f_g);
+                    ds[2 * h + j] = dcv * i_g * (1.0 - g_g * g_g);
+                    ds[3 * h + j] = dh * tc * o_g * (1.0 - o_g);
+                    dc_i[j] = dcv * f_g;
+                }
+                delta_i[t * g4..(t + 1) * g4].copy_from_slice(ds);
+            });
+    }
+    sgemm(Op::N, Op::N, batch * t_n, d, g4, 1.0, delta, w_ih, 0.0, dx);
+}
+
+/// ADDS every example's squared gradient norm of `W_ih`, `W_hh` and the bias into
+/// `norms_sq[i * norm_stride]`. `scratch` holds one or more slots of [`norm_scratch_len`].
+#[allow(clippy::too_many_arguments)]
+pub fn lstm_norms_sq(
+    dims: &LstmDims,
+    batch: usize,
+    input_strategy: Strategy,
+    recurrent_strategy: Strategy,
+    x: &[f32],
+    hprev: &[f32],
+    delta: &[f32],
+    scratch: &mut [f32],
+    norms_sq: &mut [f32],
+    norm_stride: usize,
+) {
+    let (li, lh) = (dims.input_layer(), dims.recurrent_layer());
+    let slot = norm_scratch_len(dims, input_strategy, recurrent_strategy).max(1);
+    let slots = (scratch.len() / slot).min(batch.max(1));
+    // Both norms index the scratch in their own slot sizes; keep them to the same number of slots.
+    let usable = &mut scratch[..slots * slot];
+    let ih_len = slots * per_example::scratch_len(input_strategy, &li).max(1);
+    per_example::norms_sq(input_strategy, &li, batch, x, delta, &mut usable[..ih_len], norms_sq, norm_stride);
+    let hh_len = slots * per_example::scratch_len(recurrent_strategy, &lh).max(1);
+    per_example::norms_sq(
+        recurrent_strategy,
+        &lh,
+        batch,
+        hprev,
+        delta,
+        &mut usable[..hh_len],
+        norms_sq,
+        norm_stride,
+    );
+    per_example::bias_norms_sq(&li, batch, delta, norms_sq, norm_stride);
+}
+
+/// The clipped sums by book-keeping: ADDS `Σ_i c_i G_i` of `W_ih`, `W_hh` and the bias into `grad_ih`,
+/// `grad_hh`, `grad_bias`. Scales `delta` once by the factors and zeroes the `x` and `hprev` rows of
+/// examples whose factor is 0 (all three are consumed); then one product per weight.
+#[allow(clippy::too_many_arguments)]
+pub fn lstm_clipped_sum(
+    dims: &LstmDims,
+    batch: usize,
+    factors: &[f32],
+    factor_stride: usize,
+    x: &mut [f32],
+    hprev: &mut [f32],
+    delta: &mut [f32],
+    grad_ih: &mut [f32],
+    grad_hh: &mut [f32],
+    grad_bias: &mut [f32],
+) {
+    let (t, d, h) = (dims.steps, dims.input, dims.hidden);
+    per_example::scale_examples(1, batch, t, 4 * h, factors, factor_stride, delta);
+    per_example::zero_unclipped_examples(1, batch, t, d, factors, factor_stride, x);
+    per_example::zero_unclipped_examples(1, batch, t, h, factors, factor_stride, hprev);
+    lstm_weight_gradients(dims, batch, x, hprev, delta, grad_ih, grad_hh, grad_bias);
+}
+
+/// The non-private weight gradients: ADDS `Σ_i G_i` of `W_ih`, `W_hh` and the bias.
+#[allow(clippy::too_many_arguments)]
+pub fn lstm_weight_gradients(
+    dims: &LstmDims,
+    batch: usize,
+    x: &[f32],
+    hprev: &[f32],
+    delta: &[f32],
+    grad_ih: &mut [f32],
+    grad_hh: &mut [f32],
+    grad_bias: &mut [f32],
+) {
+    per_example::sum_outer(&dims.input_layer(), batch, x, delta, grad_ih);
+    per_example::sum_outer(&dims.recurrent_layer(), batch, hprev, delta, grad_hh);
+    per_example::bias_sum(&dims.input_layer(), batch, delta, grad_bias);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::*;
+
+    /// One example's outputs `[T][h]` in f64, straight from the equations.
+    fn reference_forward(dims: &LstmDims, x: &[f64], w_ih: &[f64], w_hh: &[f64], b: &[f64]) -> Vec<f64> {
+        let (d, h) = (dims.input, dims.hidden);
+        let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+        let (mut hs, mut cs) = (vec![0.0; h], vec![0.0; h]);
+        let mut out = Vec::new();
+        for t in 0..dims.steps {
+            let pre: Vec<f64> = (0..4 * h)
+                .map(|r| {
+                    b[r] + (0..d).map(|k| w_ih[r * d + k] * x[t * d + k]).sum::<f64>()
+                        + (0..h).map(|k| w_hh[r * h + k] * hs[k]).sum::<f64>()
+                })
+                .collect();
+            for j in 0..h {
+                let (i, f, g, o) = (sig(pre[j]), sig(pre[h + j]), pre[2 * h + j].tanh(), sig(pre[3 * h + j]));
+                cs[j] = f * cs[j] + i * g;
+                hs[j] = o * cs[j].tanh();
+            }
+            out.extend_from_slice(&hs);
+        }
+        out
+    }
+
+    /// Per-example gradients of (W_ih, W_hh, bias).
+    type Grads = (Vec<f64>, Vec<f64>, Vec<f64>);
+
+    struct Run {
+        out: Vec<f32>,
+        x: Vec<f32>,
+        w_ih: Vec<f32>,
+        w_hh: Vec<f32>,
+        bias: Vec<f32>,
+        r: Vec<f32>,
+        hprev: Vec<f32>,
+        delta: Vec<f32>,
+        dx: Vec<f32>,
+    }
+
+    fn run(dims: &LstmDims, batch: usize, seed: u64) -> Run {
+        let mut rng = rng(seed);
+        let x = uniform(&mut rng, batch * dims.input_len());
+        let w_ih = uniform(&mut rng, dims.weight_ih_len());
+        let w_hh = uniform(&mut rng, dims.weight_hh_len());
+        let bias = uniform(&mut rng, 4 * dims.hidden);
+        let r = uniform(&mut rng, batch * dims.output_len());
+        let mut gates = vec![f32::NAN; batch * dims.gates_len()];
+        let mut cells = vec![f32::NAN; batch * dims.output_len()];
+        let mut hprev = vec![f32::NAN; batch * dims.output_len()];
+        let mut out = vec![f32::NAN; batch * dims.output_len()];
+        let mut scratch = vec![f32::NAN; forward_scratch_len(dims, batch)];
+        let saved = LstmSaved { gates: &mut gates, cells: &mut cells, hprev: &mut hprev };
+        lstm_forward(dims, batch, &x, &w_ih, &w_hh, &bias, saved, &mut out, &mut scratch);
+        let mut delta = vec![f32::NAN; batch * dims.gates_len()];
+        let mut dx = vec![f32::NAN; batch * dims.input_len()];
+        let mut scratch = vec![f32::NAN; backward_scratch_len(dims, batch)];
+        lstm_backward(dims, batch, &r, &w_ih, &w_hh, &gates, &cells, &mut delta, &mut dx, &mut scratch);
+        Run { out, x, w_ih, w_hh, bias, r, hprev, delta, dx }
+    }
+
+    #[test]
+    fn forward_backward_norms_and_clipped_sums_match_finite_differences() {
+        let dims = LstmDims { steps: 6, input: 3, hidden: 4 };
+        let batch = 3;
+        let mut run = run(&dims, batch, 61);
+        let (wi, wh, wb) = (wide(&run.w_ih), wide(&run.w_hh), wide(&run.bias));
+        let mut per_example_grads = Vec::new();
+        for i in 0..batch {
+            let xi = wide(&run.x[i * dims.input_len()..(i + 1) * dims.input_len()]);
+            let ri = wide(&run.r[i * dims.output_len()..(i + 1) * dims.output_len()]);
+            let out_range = i * dims.output_len()..(i + 1) * dims.output_len();
+            assert_close("out", &run.out[out_range], &reference_forward(&dims, &xi, &wi, &wh, &wb), 1e-5);
+            let loss =
+                |x: &[f64], a: &[f64], b: &[f64], c: &[f64]| dot(&reference_forward(&dims, x, a, b, c), &ri);
+            let gx = finite_difference(&xi, 1e-6, |x| loss(x, &wi, &wh, &wb));
+            assert_close("dx", &run.dx[i * dims.input_len()..(i + 1) * dims.input_len()], &gx, 1e-4);
+            let g_ih = finite_difference(&wi, 1e-6, |w| loss(&xi, w, &wh, &wb));
+            let g_hh = finite_difference(&wh, 1e-6, |w| loss(&xi, &wi, w, &wb));
+            let g_b = finite_difference(&wb, 1e-6, |b| loss(&xi, &wi, &wh, b));
+            per_example_grads.push((g_ih, g_hh, g_b));
+        }
+        for (s_ih, s_hh) in [
+            (Strategy::Ghost, Strategy::Ghost),
+            (Strategy::Direct, Strategy::Direct),
+            (Strategy::Ghost, Strategy::Direct),
+        ] {
+            for slots in [1, batch] {
+                let mut scratch = vec![f32::NAN; slots * norm_scratch_len(&dims, s_ih, s_hh)];
+                let mut norms = vec![0.0f32; batch];
+                lstm_norms_sq(
+                    &dims,
+                    batch,
+                    s_ih,
+                    s_hh,
+                    &run.x,
+                    &run.hprev,
+                    &run.delta,
+                    &mut scratch,
+                    &mut norms,
+                    1,
+                );
+                for (i, (a, b, c)) in per_example_grads.iter().enumerate() {
+                    let want = dot(a, a) + dot(b, b) + dot(c, c);
+                    assert_rel(&format!("{s_ih:?}/{s_hh:?} norm {i}"), norms[i] as f64, want, 1e-4);
+                }
+            }
+        }
+        // Example 1 is dropped and its saved activations are not finite.
+        run.x[dims.input_len()] = f32::NAN;
+        run.hprev[dims.output_len() + 1] = f32::INFINITY;
+        run.delta[dims.gates_len() + 2] = f32::NAN;
+        let factors = [0.5f32, 0.0, 3.0];
+        let mut g_ih = vec![0.0f32; dims.weight_ih_len()];
+        let mut g_hh = vec![0.0f32; dims.weight_hh_len()];
+        let mut g_b = vec![0.0f32; 4 * dims.hidden];
+        lstm_clipped_sum(
+            &dims,
+            batch,
+            &factors,
+            1,
+            &mut run.x,
+            &mut run.hprev,
+            &mut run.delta,
+            &mut g_ih,
+            &mut g_hh,
+            &mut g_b,
+        );
+        let sum = |pick: &dyn Fn(&Grads) -> &Vec<f64>, len: usize| -> Vec<f64> {
+            (0..len)
+                .map(|k| (0..batch).map(|i| factors[i] as f64 * pick(&per_example_grads[i])[k]).sum())
+                .collect()
+        };
+        assert_close("clipped W_ih", &g_ih, &sum(&|g| &g.0, g_ih.len()), 1e-4);
+        assert_close("clipped W_hh", &g_hh, &sum(&|g| &g.1, g_hh.len()), 1e-4);
+        assert_close("clipped bias", &g_b, &sum(&|g| &g.2, g_b.len()), 1e-4);
+    }
+
+    #[test]
+    fn non_private_gradients_are_the_sum_of_per_example_gradients() {
+        let dims = LstmDims { steps: 4, input: 2, hidden: 3 };
+        let batch = 2;
+        let run = run(&dims, batch, 62);
+        let mut g =
+            (vec![0.0f32; dims.weight_ih_len()], vec![0.0f32; dims.weight_hh_len()], vec![0.0f32; 12]);
+        lstm_weight_gradients(&dims, batch, &run.x, &run.hprev, &run.delta, &mut g.0, &mut g.1, &mut g.2);
+        let (wi, wh, wb) = (wide(&run.w_ih), wide(&run.w_hh), wide(&run.bias));
+        let total = |arg: usize| -> Vec<f64> {
+            let mut acc: Vec<f64> = Vec::new();
+            for i in 0..batch {
+                let xi = wide(&run.x[i * dims.input_len()..(i + 1) * dims.input_len()]);
+                let ri = wide(&run.r[i * dims.output_len()..(i + 1) * dims.output_len()]);
+                let params = [&wi, &wh, &wb][arg];
+                let gi = finite_difference(params, 1e-6, |p| {
+                    let (a, b, c) = match arg {
+                        0 => (p, &wh[..], &wb[..]),
+                        1 => (&wi[..], p, &wb[..]),
+                        _ => (&wi[..], &wh[..], p),
+                    };
+                    dot(&reference_forward(&dims, &xi, a, b, c), &ri)
+                });
+                acc.resize(gi.len(), 0.0);
+                acc.iter_mut().zip(&gi).for_each(|(s, v)| *s += v);
+            }
+            acc
+        };
+        assert_close("W_ih", &g.0, &total(0), 1e-4);
+        assert_close("W_hh", &g.1, &total(1), 1e-4);
+        assert_close("bias", &g.2, &total(2), 1e-4);
+    }
+}

@@ -1,0 +1,730 @@
+//! Per-example gradient norms and clipped gradient sums for a layer applied at T positions.
+//!
+//! A parameterised layer whose weight `W` (`p×d`) is applied at `T` positions of one example (a conv at
+//! every output pixel, an LSTM weight at every step, a linear layer once) has the per-example gradient
+//! `G_i = Δ_iᵀ A_i`, where the rows of `A_i` (`T×d`) are the layer's inputs at each position and the
+//! rows of `Δ_i` (`T×p`) are the gradients of the loss with respect to its outputs there.
+//!
+//! Two ways to get `‖G_i‖²_F`:
+//! - **ghost norm** (Goodfellow 2015; Li et al. 2021): `Σ_{t,s}(a_t·a_s)(δ_t·δ_s)`, the element-wise
+//!   product of the Gram matrices `A_i A_iᵀ` and `Δ_i Δ_iᵀ`; never forms `G_i`;
+//! - **direct**: form `G_i` with one product and square it; memory `p·d` per example.
+//!
+//! [`choose_strategy`] picks the cheaper from the static shapes. The clipped sum `Σ_i c_i G_i` is
+//! formed by book-keeping (Bu et al. 2023) as ONE product `(c ⊙ Δ)ᵀ A` over every example's positions.
+//!
+//! # Layouts
+//! With `groups` independent blocks (grouped convolutions; 1 otherwise), `A` is `[groups][batch][T][d]`,
+//! `Δ` is `[groups][batch][T][p]`, the weight gradient `[groups][p][d]` (PyTorch's `[out, in/groups]`),
+//! the bias gradient `[groups][p]`. Per-example outputs (`norms_sq`) and clip factors are read at index
+//! `i * stride`, so a `[batch, parameter groups]` table can be filled column by column.
+
+use rayon::prelude::*;
+
+use crate::gemm::{sgemm, Op};
+
+/// Rows of the Gram matrices computed per product in the ghost norm: bounds its scratch to
+/// `2·GHOST_TILE·T` values whatever `T` is.
+pub const GHOST_TILE: usize = 64;
+
+/// Columns summed together on the stack in bias reductions.
+const COLUMN_CHUNK: usize = 64;
+
+/// How a layer's per-example gradient norms are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// Gram matrices of inputs and output gradients; no per-example gradient is formed.
+    Ghost,
+    /// Each example's gradient `Δ_iᵀ A_i` is formed in scratch and squared.
+    Direct,
+}
+
+impl Strategy {
+    /// `"ghost"` or `"direct"`, as plans print it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Strategy::Ghost => "ghost",
+            Strategy::Direct => "direct",
+        }
+    }
+}
+
+/// The static shape of a layer applied at `positions` positions per example: per group, input width
+/// `in_width` (d) and output width `out_width` (p).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PositionalLayer {
+    /// T: positions per example (output pixels, time steps; 1 for a linear layer).
+    pub positions: usize,
+    /// d: input width of one group at one position.
+    pub in_width: usize,
+    /// p: output width of one group at one position.
+    pub out_width: usize,
+    /// Independent blocks (grouped convolution); 1 for most layers.
+    pub groups: usize,
+}
+
+impl PositionalLayer {
+    /// A layer with a single group.
+    pub const fn new(positions: usize, in_width: usize, out_width: usize) -> Self {
+        PositionalLayer { positions, in_width, out_width, groups: 1 }
+    }
+
+    /// Values of `A` per example (all groups).
+    pub const fn a_len(&self) -> usize {
+        self.groups * self.positions * self.in_width
+    }
+
+    /// Values of `Δ` per example (all groups).
+    pub const fn delta_len(&self) -> usize {
+        self.groups * self.positions * self.out_width
+    }
+
+    /// Values of the weight gradient (all groups).
+    pub const fn weight_len(&self) -> usize {
+        self.groups * self.out_width * self.in_width
+    }
+
+    /// Values of the bias gradient (all groups).
+    pub const fn bias_len(&self) -> usize {
+        self.groups * self.out_width
+    }
+
+    /// Multiply-adds ×2 of the ghost norm for one example.
+    pub fn ghost_flops(&self) -> u64 {
+        self.groups as u64 * ghost_flops(self.positions, self.in_width, self.out_width)
+    }
+
+    /// Multiply-adds ×2 of the direct norm for one example.
+    pub fn direct_flops(&self) -> u64 {
+        self.groups as u64 * direct_flops(self.positions, self.in_width, self.out_width)
+    }
+
+    /// The strategy [`choose_strategy`] picks for this layer (per group shapes; the cap is per example).
+    pub fn choose_strategy(&self, memory_cap_bytes: u64) -> Strategy {
+        choose_strategy(self.positions, self.in_width, self.out_width, memory_cap_bytes)
+    }
+}
+
+/// FLOPs of the ghost norm for one example and one group, exactly as [`ghost_norms_sq`] runs it:
+/// the upper triangle of both Gram matrices, tile by tile (`2·rows·cols·(d+p)` per tile), plus the
+/// element-wise products. About `T²(d+p)` for large T (half of the full Grams' `2T²(d+p)`).
+pub fn ghost_flops(t: usize, d: usize, p: usize) -> u64 {
+    let tile = t.clamp(1, GHOST_TILE);
+    let mut flops = 0u64;
+    let mut r0 = 0;
+    while r0 < t {
+        let rows = tile.min(t - r0) as u64;
+        let cols = (t - r0) as u64;
+        flops += 2 * rows * cols * (d + p) as u64 + 2 * rows * cols;
+        r0 += tile;
+    }
+    flops
+}
+
+/// FLOPs of the direct norm for one example and one group: the product `Δᵀ A` (`2·T·p·d`) and its
+/// square (`2·p·d`).
+pub fn direct_flops(t: usize, d: usize, p: usize) -> u64 {
+    2 * (t as u64) * (p as u64) * (d as u64) + 2 * (p as u64) * (d as u64)
+}
+
+/// Bytes of the per-example gradient the direct norm holds per example (and per parallel slot).
+pub fn direct_bytes(p: usize, d: usize) -> u64 {
+    4 * (p as u64) * (d as u64)
+}
+
+/// Bytes of the Gram tiles the ghost norm holds per parallel slot.
+pub fn ghost_bytes(t: usize) -> u64 {
+    4 * ghost_scratch_len(t) as u64
+}
+
+/// The mixed rule of Bu et al. (2022), on FLOPs: the ghost norm when it is not more expensive than the
+/// direct one, or when the direct one's per-example gradient (`4·p·d` bytes) exceeds
+/// `memory_cap_bytes`; the direct norm otherwise.
+///
+/// Bu et al. state the rule on space (ghost when `2T² < p·d`); here the two implementations' exact
+/// FLOP counts ([`ghost_flops`], [`direct_flops`]) decide, and the space of the direct norm is the
+/// cap (the ghost norm's tiles are bounded by `2·GHOST_TILE·T` values, see [`ghost_bytes`]).
+pub fn choose_strategy(t: usize, d: usize, p: usize, memory_cap_bytes: u64) -> Strategy {
+    if direct_flops(t, d, p) < ghost_flops(t, d, p) && direct_bytes(p, d) <= memory_cap_bytes {
+        Strategy::Direct
+    } else {
+        Strategy::Ghost
+    }
+}
+
+/// Scratch `f32`s per parallel slot for the ghost norm of a layer with `t` positions.
+pub const fn ghost_scratch_len(t: usize) -> usize {
+    let tile = if t < GHOST_TILE { t } else { GHOST_TILE };
+    2 * tile * t
+}
+
+/// Scratch `f32`s per parallel slot for the direct norm (one per-example gradient of one group).
+pub const fn direct_scratch_len(d: usize, p: usize) -> usize {
+    p * d
+}
+
+/// Scratch `f32`s per parallel slot for `strategy`. A scratch slice holding `k` slots lets `k` examples
+/// run in parallel; one slot is enough, one per example is the most that is used.
+pub const fn scratch_len(strategy: Strategy, layer: &PositionalLayer) -> usize {
+    match strategy {
+        Strategy::Ghost => ghost_scratch_len(layer.positions),
+        Strategy::Direct => direct_scratch_len(layer.in_width, layer.out_width),
+    }
+}
+
+/// ADDS every example's squared weight-gradient norm, computed with `strategy`, into
+/// `norms_sq[i * norm_stride]`. `scratch` holds one or more slots of [`scratch_len`].
+#[allow(clippy::too_many_arguments)]
+pub fn norms_sq(
+    strategy: Strategy,
+    layer: &PositionalLayer,
+    batch: usize,
+    a: &[f32],
+    delta: &[f32],
+    scratch: &mut [f32],
+    norms_sq: &mut [f32],
+    norm_stride: usize,
+) {
+    match strategy {
+        Strategy::Ghost => ghost_norms_sq(layer, batch, a, delta, scratch, norms_sq, norm_stride),
+        Strategy::Direct => direct_norms_sq(layer, batch, a, delta, scratch, norms_sq, norm_stride),
+    }
+}
+
+/// ADDS `‖Σ_t a_t δ_tᵀ‖²` of every example into `norms_sq[i * norm_stride]` by the ghost norm.
+pub fn ghost_norms_sq(
+    layer: &PositionalLayer,
+    batch: usize,
+    a: &[f32],
+    delta: &[f32],
+    scratch: &mut [f32],
+    norms_sq: &mut [f32],
+    norm_stride: usize,
+) {
+    let t = layer.positions;
+    per_example_with_scratch(layer, batch, a, delta, scratch, ghost_scratch_len(t), norms_sq, norm_stride, {
+        let (d, p) = (layer.in_width, layer.out_width);
+        move |a_i: &[f32], delta_i: &[f32], slot: &mut [f32]| ghost_one(t, d, p, a_i, delta_i, slot)
+    });
+}
+
+/// ADDS `‖Δ_iᵀ A_i‖²` of every example into `norms_sq[i * norm_stride]`, forming each gradient.
+pub fn direct_norms_sq(
+    layer: &PositionalLayer,
+    batch: usize,
+    a: &[f32],
+    delta: &[f32],
+    scratch: &mut [f32],
+    norms_sq: &mut [f32],
+    norm_stride: usize,
+) {
+    let (t, d, p) = (layer.positions, layer.in_width, layer.out_width);
+    per_example_with_scratch(
+        layer,
+        batch,
+        a,
+        delta,
+        scratch,
+        direct_scratch_len(d, p),
+        norms_sq,
+        norm_stride,
+        {
+            move |a_i: &[f32], delta_i: &[f32], slot: &mut [f32]| {
+                let g = &mut slot[..p * d];
+                sgemm(Op::T, Op::N, p, d, t, 1.0, delta_i, a_i, 0.0, g);
+                sum_squares(g)
+            }
+        },
+    );
+}
+
+/// Runs `one(A_{q,i}, Δ_{q,i}, slot)` for every example and group, examples spread over the scratch
+/// slots in parallel, and adds each example's sum over groups to its norm.
+#[allow(clippy::too_many_arguments)]
+fn per_example_with_scratch<F>(
+    layer: &PositionalLayer,
+    batch: usize,
+    a: &[f32],
+    delta: &[f32],
+    scratch: &mut [f32],
+    slot_len: usize,
+    norms_sq: &mut [f32],
+    norm_stride: usize,
+    one: F,
+) where
+    F: Fn(&[f32], &[f32], &mut [f32]) -> f64 + Sync,
+{
+    if batch == 0 {
+        return;
+    }
+    let (t, d, p, groups) = (layer.positions, layer.in_width, layer.out_width, layer.groups);
+    check_len("A", a.len(), batch * layer.a_len());
+    check_len("delta", delta.len(), batch * layer.delta_len());
+    check_norms(norms_sq.len(), batch, norm_stride);
+    let slot_len = slot_len.max(1);
+    let slots = (scratch.len() / slot_len).min(batch);
+    assert!(slots >= 1, "per-example norms: scratch has {} values, one slot needs {slot_len}", scratch.len());
+    let per_slot = batch.div_ceil(slots);
+    let norm_chunk = per_slot * norm_stride.max(1);
+    norms_sq.par_chunks_mut(norm_chunk).zip(scratch.par_chunks_mut(slot_len)).enumerate().for_each(
+        |(k, (norms, slot))| {
+            let first = k * per_slot;
+            let last = (first + per_slot).min(batch);
+            for i in first..last {
+                let mut total = 0.0f64;
+                for q in 0..groups {
+                    let unit = q * batch + i;
+                    let a_i = &a[unit * t * d..(unit + 1) * t * d];
+                    let delta_i = &delta[unit * t * p..(unit + 1) * t * p];
+                    total += one(a_i, delta_i, slot);
+                }
+                norms[(i - first) * norm_stride] += total as f32;
+            }
+        },
+    );
+}
+
+/// The ghost norm of one example and group: upper-triangular Gram tiles, off-diagonal terms twice.
+fn ghost_one(t: usize, d: usize, p: usize, a: &[f32], delta: &[f32], scratch: &mut [f32]) -> f64 {
+    if t == 0 {
+        return 0.0;
+    }
+    if t == 1 {
+        // A linear layer: ‖δ aᵀ‖² = ‖a‖²‖δ‖², no product needed.
+        return sum_squares(&a[..d]) * sum_squares(&delta[..p]);
+    }
+    let tile = t.min(GHOST_TILE);
+    let (gram_a, rest) = scratch.split_at_mut(tile * t);
+    let gram_d = &mut rest[..tile * t];
+    let mut total = 0.0f64;
+    let mut r0 = 0;
+    while r0 < t {
+        let rows = tile.min(t - r0);
+        let cols = t - r0;
+        // Rows r0..r0+rows of the Gram against columns r0..t: rows of A from r0 on are contiguous.
+        let a_tail = &a[r0 * d..t * d];
+        let d_tail = &delta[r0 * p..t * p];
+        sgemm(Op::N, Op::T, rows, cols, d, 1.0, a_tail, a_tail, 0.0, gram_a);
+        sgemm(Op::N, Op::T, rows, cols, p, 1.0, d_tail, d_tail, 0.0, gram_d);
+        for r in 0..rows {
+            let ga = &gram_a[r * cols..(r + 1) * cols];
+            let gd = &gram_d[r * cols..(r + 1) * cols];
+            let mut off = 0.0f64;
+            for s in r + 1..cols {
+                off += ga[s] as f64 * gd[s] as f64;
+            }
+            total += ga[r] as f64 * gd[r] as f64 + 2.0 * off;
+        }
+        r0 += tile;
+    }
+    total
+}
+
+/// ADDS every example's squared bias-gradient norm `‖Σ_t δ_t‖²` into `norms_sq[i * norm_stride]`.
+pub fn bias_norms_sq(
+    layer: &PositionalLayer,
+    batch: usize,
+    delta: &[f32],
+    norms_sq: &mut [f32],
+    norm_stride: usize,
+) {
+    if batch == 0 {
+        return;
+    }
+    let (t, p, groups) = (layer.positions, layer.out_width, layer.groups);
+    check_len("delta", delta.len(), batch * layer.delta_len());
+    check_norms(norms_sq.len(), batch, norm_stride);
+    norms_sq.par_chunks_mut(norm_stride.max(1)).take(batch).enumerate().for_each(|(i, norm)| {
+        let mut total = 0.0f64;
+        for q in 0..groups {
+            let unit = q * batch + i;
+            let rows = &delta[unit * t * p..(unit + 1) * t * p];
+            for_each_column_sum(rows, t, p, |_, s| total += s * s);
+        }
+        norm[0] += total as f32;
+    });
+}
+
+/// Calls `f(column, sum)` with the sum over `rows` rows of every column of a row-major `rows×width`
+/// matrix, reading it row by row in chunks of columns (no allocation).
+fn for_each_column_sum(m: &[f32], rows: usize, width: usize, mut f: impl FnMut(usize, f64)) {
+    let mut c0 = 0;
+    while c0 < width {
+        let n = COLUMN_CHUNK.min(width - c0);
+        let mut acc = [0.0f64; COLUMN_CHUNK];
+        for r in 0..rows {
+            let row = &m[r * width + c0..r * width + c0 + n];
+            for (s, &v) in acc.iter_mut().zip(row) {
+                *s += v as f64;
+            }
+        }
+        for (j, &s) in acc[..n].iter().enumerate() {
+            f(c0 + j, s);
+        }
+        c0 += n;
+    }
+}
+
+/// Multiplies the rows of every example `i` of `x` (`[groups][batch][rows][width]`) by
+/// `factors[i * factor_stride]`; an example whose factor is exactly 0 is overwritten with zeros
+/// (never multiplied, so NaN or infinities in it do not survive).
+pub fn scale_examples(
+    groups: usize,
+    batch: usize,
+    rows: usize,
+    width: usize,
+    factors: &[f32],
+    factor_stride: usize,
+    x: &mut [f32],
+) {
+    let unit = rows * width;
+    check_len("x", x.len(), groups * batch * unit);
+    check_factors(factors.len(), batch, factor_stride);
+    if unit == 0 {
+        return;
+    }
+    x[..groups * batch * unit].par_chunks_mut(unit).enumerate().for_each(|(u, block)| {
+        let c = factors[(u % batch) * factor_stride];
+        if c == 0.0 {
+            block.fill(0.0);
+        } else if c != 1.0 {
+            block.iter_mut().for_each(|v| *v *= c);
+        }
+    });
+}
+
+/// Overwrites with zeros the rows of every example of `x` (`[groups][batch][rows][width]`) whose
+/// factor is exactly 0, so that a product with zero-scaled output gradients stays exactly 0.
+pub fn zero_unclipped_examples(
+    groups: usize,
+    batch: usize,
+    rows: usize,
+    width: usize,
+    factors: &[f32],
+    factor_stride: usize,
+    x: &mut [f32],
+) {
+    let unit = rows * width;
+    check_len("x", x.len(), groups * batch * unit);
+    check_factors(factors.len(), batch, factor_stride);
+    if unit == 0 {
+        return;
+    }
+    x[..groups * batch * unit].par_chunks_mut(unit).enumerate().for_each(|(u, block)| {
+        if factors[(u % batch) * factor_stride] == 0.0 {
+            block.fill(0.0);
+        }
+    });
+}
+
+/// ADDS `Σ_i Δ_iᵀ A_i` into `grad` (`[groups][p][d]`): one product per group over every example's
+/// positions. With `Δ` scaled by the clip factors this is the clipped sum; unscaled, the ordinary
+/// (non-private) weight gradient.
+pub fn sum_outer(layer: &PositionalLayer, batch: usize, a: &[f32], delta: &[f32], grad: &mut [f32]) {
+    let (t, d, p, groups) = (layer.positions, layer.in_width, layer.out_width, layer.groups);
+    check_len("A", a.len(), batch * layer.a_len());
+    check_len("delta", delta.len(), batch * layer.delta_len());
+    check_len("grad", grad.len(), layer.weight_len());
+    let rows = batch * t;
+    for q in 0..groups {
+        let a_q = &a[q * rows * d..(q + 1) * rows * d];
+        let d_q = &delta[q * rows * p..(q + 1) * rows * p];
+        sgemm(Op::T, Op::N, p, d, rows, 1.0, d_q, a_q, 1.0, &mut grad[q * p * d..(q + 1) * p * d]);
+    }
+}
+
+/// ADDS `Σ_i Σ_t δ_{i,t}` into `grad_bias` (`[groups][p]`): the bias gradient (clipped if `Δ` was
+/// scaled by [`scale_examples`]).
+pub fn bias_sum(layer: &PositionalLayer, batch: usize, delta: &[f32], grad_bias: &mut [f32]) {
+    let (t, p, groups) = (layer.positions, layer.out_width, layer.groups);
+    check_len("delta", delta.len(), batch * layer.delta_len());
+    check_len("grad_bias", grad_bias.len(), layer.bias_len());
+    if p == 0 {
+        return;
+    }
+    let rows = batch * t;
+    grad_bias[..groups * p].par_chunks_mut(p).enumerate().for_each(|(q, g)| {
+        for_each_column_sum(&delta[q * rows * p..(q + 1) * rows * p], rows, p, |j, s| g[j] += s as f32);
+    });
+}
+
+/// The clipped weight-gradient sum by book-keeping: ADDS `Σ_i c_i Δ_iᵀ A_i` into `grad` with ONE
+/// product per group over all positions of all examples. Scales `delta` in place by the factors and
+/// zeroes the `A` rows of examples whose factor is 0 (both are consumed). When several weights share
+/// `Δ` (an LSTM's), call [`scale_examples`] once and [`zero_unclipped_examples`] + [`sum_outer`] per
+/// weight instead.
+#[allow(clippy::too_many_arguments)]
+pub fn clipped_sum(
+    layer: &PositionalLayer,
+    batch: usize,
+    factors: &[f32],
+    factor_stride: usize,
+    a: &mut [f32],
+    delta: &mut [f32],
+    grad: &mut [f32],
+) {
+    let (t, groups) = (layer.positions, layer.groups);
+    scale_examples(groups, batch, t, layer.out_width, factors, factor_stride, delta);
+    zero_unclipped_examples(groups, batch, t, layer.in_width, factors, factor_stride, a);
+    sum_outer(layer, batch, a, delta, grad);
+}
+
+/// ADDS `‖g_i‖²` of per-example gradients stored whole (`[batch][len]`, e.g. a norm layer's affine
+/// gradients) into `norms_sq[i * norm_stride]`.
+pub fn stored_norms_sq(batch: usize, len: usize, grads: &[f32], norms_sq: &mut [f32], norm_stride: usize) {
+    check_len("grads", grads.len(), batch * len);
+    check_norms(norms_sq.len(), batch, norm_stride);
+    for i in 0..batch {
+        norms_sq[i * norm_stride] += sum_squares(&grads[i * len..(i + 1) * len]) as f32;
+    }
+}
+
+/// ADDS `Σ_i c_i g_i` of per-example gradients stored whole (`[batch][len]`) into `grad`; examples
+/// whose factor is 0 are skipped.
+pub fn stored_clipped_sum(
+    batch: usize,
+    len: usize,
+    grads: &[f32],
+    factors: &[f32],
+    factor_stride: usize,
+    grad: &mut [f32],
+) {
+    check_len("grads", grads.len(), batch * len);
+    check_len("grad", grad.len(), len);
+    check_factors(factors.len(), batch, factor_stride);
+    for i in 0..batch {
+        let c = factors[i * factor_stride];
+        if c != 0.0 {
+            for (g, &v) in grad[..len].iter_mut().zip(&grads[i * len..(i + 1) * len]) {
+                *g += c * v;
+            }
+        }
+    }
+}
+
+/// `Σ x²` accumulated in f64.
+pub fn sum_squares(x: &[f32]) -> f64 {
+    x.iter().map(|&v| v as f64 * v as f64).sum()
+}
+
+fn check_len(name: &str, len: usize, need: usize) {
+    assert!(len >= need, "per-example kernel: {name} has {len} values, needs {need}");
+}
+
+fn check_norms(len: usize, batch: usize, stride: usize) {
+    if batch > 0 {
+        assert!(stride >= 1, "per-example kernel: norm stride 0");
+        check_len("norms_sq", len, (batch - 1) * stride + 1);
+    }
+}
+
+fn check_factors(len: usize, batch: usize, stride: usize) {
+    if batch > 0 {
+        assert!(stride >= 1, "per-example kernel: factor stride 0");
+        check_len("factors", len, (batch - 1) * stride + 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::*;
+
+    /// `G_{q,i} = Δ_{q,i}ᵀ A_{q,i}` in f64, `[groups][p][d]` per example.
+    fn reference_grads(layer: &PositionalLayer, batch: usize, a: &[f32], delta: &[f32]) -> Vec<Vec<f64>> {
+        let (t, d, p, groups) = (layer.positions, layer.in_width, layer.out_width, layer.groups);
+        (0..batch)
+            .map(|i| {
+                let mut g = vec![0.0f64; groups * p * d];
+                for q in 0..groups {
+                    let unit = q * batch + i;
+                    for s in 0..t {
+                        for o in 0..p {
+                            let dv = delta[(unit * t + s) * p + o] as f64;
+                            for k in 0..d {
+                                g[(q * p + o) * d + k] += dv * a[(unit * t + s) * d + k] as f64;
+                            }
+                        }
+                    }
+                }
+                g
+            })
+            .collect()
+    }
+
+    fn reference_bias(layer: &PositionalLayer, batch: usize, delta: &[f32]) -> Vec<Vec<f64>> {
+        let (t, p, groups) = (layer.positions, layer.out_width, layer.groups);
+        (0..batch)
+            .map(|i| {
+                let mut g = vec![0.0f64; groups * p];
+                for q in 0..groups {
+                    for s in 0..t {
+                        for o in 0..p {
+                            g[q * p + o] += delta[((q * batch + i) * t + s) * p + o] as f64;
+                        }
+                    }
+                }
+                g
+            })
+            .collect()
+    }
+
+    const SHAPES: [(usize, usize, usize, usize); 5] =
+        [(1, 7, 3, 1), (5, 4, 6, 1), (9, 3, 5, 2), (70, 6, 4, 1), (130, 2, 3, 3)];
+
+    #[test]
+    fn ghost_and_direct_norms_match_reference_with_stride_and_any_slot_count() {
+        let mut rng = rng(11);
+        for &(t, d, p, groups) in &SHAPES {
+            let layer = PositionalLayer { positions: t, in_width: d, out_width: p, groups };
+            let batch = 3;
+            let a = uniform(&mut rng, batch * layer.a_len());
+            let delta = uniform(&mut rng, batch * layer.delta_len());
+            let want: Vec<f64> = reference_grads(&layer, batch, &a, &delta)
+                .iter()
+                .map(|g| g.iter().map(|v| v * v).sum())
+                .collect();
+            for strategy in [Strategy::Ghost, Strategy::Direct] {
+                for slots in [1, 2, batch] {
+                    let mut scratch = vec![f32::NAN; slots * scratch_len(strategy, &layer)];
+                    // Column 1 of a [batch, 2] table that already holds 0.5 everywhere.
+                    let mut table = vec![0.5f32; batch * 2];
+                    norms_sq(strategy, &layer, batch, &a, &delta, &mut scratch, &mut table[1..], 2);
+                    for i in 0..batch {
+                        assert_eq!(table[2 * i], 0.5, "column 0 untouched");
+                        assert_rel(
+                            &format!("{strategy:?} t={t} d={d} p={p} g={groups} slots={slots} example {i}"),
+                            table[2 * i + 1] as f64 - 0.5,
+                            want[i],
+                            1e-4,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bias_norms_and_sums_match_reference() {
+        let mut rng = rng(12);
+        for &(t, d, p, groups) in &SHAPES {
+            let layer = PositionalLayer { positions: t, in_width: d, out_width: 70 + p, groups };
+            let batch = 4;
+            let delta = uniform(&mut rng, batch * layer.delta_len());
+            let per_example = reference_bias(&layer, batch, &delta);
+            let mut norms = vec![0.0f32; batch];
+            bias_norms_sq(&layer, batch, &delta, &mut norms, 1);
+            for i in 0..batch {
+                assert_rel("bias norm", norms[i] as f64, per_example[i].iter().map(|v| v * v).sum(), 1e-4);
+            }
+            let mut sum = vec![1.0f32; layer.bias_len()];
+            bias_sum(&layer, batch, &delta, &mut sum);
+            let want: Vec<f64> =
+                (0..layer.bias_len()).map(|j| 1.0 + per_example.iter().map(|g| g[j]).sum::<f64>()).collect();
+            assert_close("bias sum", &sum, &want, 1e-4);
+        }
+    }
+
+    #[test]
+    fn clipped_sum_is_one_product_and_never_leaks_nan_of_zero_factor_examples() {
+        let mut rng = rng(13);
+        for &(t, d, p, groups) in &SHAPES {
+            let layer = PositionalLayer { positions: t, in_width: d, out_width: p, groups };
+            let batch = 4;
+            let mut a = uniform(&mut rng, batch * layer.a_len());
+            let mut delta = uniform(&mut rng, batch * layer.delta_len());
+            let grads = reference_grads(&layer, batch, &a, &delta);
+            let bias = reference_bias(&layer, batch, &delta);
+            // Example 2 is dropped (factor 0) and its activations and gradients are NaN/infinite.
+            for q in 0..groups {
+                let unit = q * batch + 2;
+                a[unit * t * d] = f32::NAN;
+                delta[unit * t * p + p - 1] = f32::INFINITY;
+            }
+            let factors = [0.25f32, 9.0, 3.0, 9.0, 0.0, 9.0, 1.0];
+            let stride = 2; // factors read at 0, 2, 4, 6: example 2 is dropped
+            let mut grad = vec![0.5f32; layer.weight_len()];
+            let mut grad_bias = vec![0.0f32; layer.bias_len()];
+            let mut scaled = delta.clone();
+            scale_examples(groups, batch, t, p, &factors, stride, &mut scaled);
+            bias_sum(&layer, batch, &scaled, &mut grad_bias);
+            clipped_sum(&layer, batch, &factors, stride, &mut a, &mut delta, &mut grad);
+            let c = |i: usize| factors[i * stride] as f64;
+            let want: Vec<f64> = (0..layer.weight_len())
+                .map(|j| 0.5 + (0..batch).map(|i| c(i) * grads[i][j]).sum::<f64>())
+                .collect();
+            assert_close("clipped weight sum", &grad, &want, 1e-4);
+            let want_bias: Vec<f64> =
+                (0..layer.bias_len()).map(|j| (0..batch).map(|i| c(i) * bias[i][j]).sum()).collect();
+            assert_close("clipped bias sum", &grad_bias, &want_bias, 1e-4);
+        }
+    }
+
+    #[test]
+    fn stored_gradients_norms_and_clipped_sum() {
+        let grads = [1.0f32, 2.0, f32::NAN, 0.0, 3.0, 4.0];
+        let mut norms = [0.0f32; 3];
+        stored_norms_sq(3, 2, &grads, &mut norms, 1);
+        assert_eq!(norms[0], 5.0);
+        assert!(norms[1].is_nan());
+        assert_eq!(norms[2], 25.0);
+        let mut sum = [1.0f32, 1.0];
+        stored_clipped_sum(3, 2, &grads, &[0.5, 0.0, 2.0], 1, &mut sum);
+        assert_eq!(sum, [1.0 + 0.5 + 6.0, 1.0 + 1.0 + 8.0]);
+    }
+
+    #[test]
+    fn cost_functions_and_strategy_choice() {
+        // One tile of 2 rows × 2 columns: 2·2·2·(3+4) for the Grams + 2·2·2 for the products.
+        assert_eq!(ghost_flops(2, 3, 4), 64);
+        assert_eq!(direct_flops(2, 3, 4), 2 * 2 * 3 * 4 + 2 * 12);
+        assert_eq!(direct_bytes(32, 512), 65536);
+        // The symmetric tiled ghost norm costs about T²(d+p+1)(1 + tile/T), half the full Grams.
+        let big = ghost_flops(1024, 10, 10) as f64;
+        let ratio = big / (1024.0f64 * 1024.0 * 21.0 * (1.0 + 64.0 / 1024.0));
+        assert!((ratio - 1.0).abs() < 0.01, "{big}");
+        // A linear layer (T = 1): ghost is ‖a‖²‖δ‖², far cheaper than forming p·d.
+        assert_eq!(choose_strategy(1, 512, 32, u64::MAX), Strategy::Ghost);
+        // Many positions, small weight: direct, unless the cap forbids it.
+        assert_eq!(choose_strategy(1024, 27, 32, u64::MAX), Strategy::Direct);
+        assert_eq!(choose_strategy(1024, 27, 32, direct_bytes(32, 27)), Strategy::Direct);
+        assert_eq!(choose_strategy(1024, 27, 32, direct_bytes(32, 27) - 1), Strategy::Ghost);
+        let layer = PositionalLayer { positions: 9, in_width: 4, out_width: 6, groups: 3 };
+        assert_eq!(layer.ghost_flops(), 3 * ghost_flops(9, 4, 6));
+        assert_eq!(layer.choose_strategy(u64::MAX), choose_strategy(9, 4, 6, u64::MAX));
+        assert_eq!((Strategy::Ghost.name(), Strategy::Direct.name()), ("ghost", "direct"));
+        assert_eq!(layer.direct_flops(), 3 * direct_flops(9, 4, 6));
+    }
+
+    /// The founding paper's parameterised layers (T, d, p) and the strategy picked without a memory cap.
+    #[test]
+    fn strategies_for_the_founding_models() {
+        use Strategy::{Direct, Ghost};
+        let table = [
+            ("logreg fc", 1, 104, 1, Ghost),
+            ("ffnn fc1", 1, 104, 50, Ghost),
+            ("ffnn fc2", 1, 50, 2, Ghost),
+            ("mnist conv1", 196, 64, 16, Direct),
+            ("mnist conv2", 25, 256, 32, Ghost),
+            ("mnist fc1", 1, 512, 32, Ghost),
+            ("mnist fc2", 1, 32, 10, Ghost),
+            ("cifar conv1", 1024, 27, 32, Direct),
+            ("cifar conv2", 1024, 288, 32, Direct),
+            ("cifar conv3", 256, 288, 64, Direct),
+            ("cifar conv4", 256, 576, 64, Direct),
+            ("cifar conv5", 64, 576, 128, Ghost),
+            ("cifar conv6", 64, 1152, 128, Ghost),
+            ("cifar conv7", 16, 1152, 256, Ghost),
+            ("cifar conv8", 16, 2304, 10, Direct),
+            ("embedding fc", 1, 16, 2, Ghost),
+            ("lstm W_ih", 256, 100, 400, Direct),
+            ("lstm W_hh", 256, 100, 400, Direct),
+            ("lstm fc", 1, 100, 2, Ghost),
+        ];
+        for (name, t, d, p, want) in table {
+            assert_eq!(choose_strategy(t, d, p, u64::MAX), want, "{name}");
+        }
+        // MNIST conv2 is the close call of the mixed rule: 361,250 ghost FLOPs against 425,984 direct.
+        assert_eq!((ghost_flops(25, 256, 32), direct_flops(25, 256, 32)), (361_250, 425_984));
+    }
+}

@@ -1,0 +1,329 @@
+//! Pooling over NCHW batches: max pooling (argmax kept for the backward), average pooling, and
+//! global average pooling. None has parameters, so none has per-example gradients of its own.
+//!
+//! Semantics are PyTorch's defaults: floor output size (`ceil_mode = false`), max pooling pads with
+//! −∞ and propagates NaN, average pooling counts padded zeros in the divisor
+//! (`count_include_pad = true`, so the divisor is always `kernel²`).
+
+use rayon::prelude::*;
+
+/// The static shape of a square pooling window over `channels` planes of `in_h × in_w`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Pool2dGeometry {
+    /// Channels (planes pooled independently).
+    pub channels: usize,
+    /// Input height.
+    pub in_h: usize,
+    /// Input width.
+    pub in_w: usize,
+    /// Window side.
+    pub kernel: usize,
+    /// Step between windows (PyTorch's default is the kernel size).
+    pub stride: usize,
+    /// Implicit padding on every side.
+    pub padding: usize,
+}
+
+impl Pool2dGeometry {
+    /// Why the geometry cannot be pooled, or `Ok`.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.channels == 0 || self.in_h == 0 || self.in_w == 0 {
+            return Err("pool2d: channels and input size must be positive".into());
+        }
+        if self.kernel == 0 || self.stride == 0 {
+            return Err("pool2d: kernel and stride must be positive".into());
+        }
+        if 2 * self.padding > self.kernel {
+            return Err(format!("pool2d: padding {} exceeds half the kernel {}", self.padding, self.kernel));
+        }
+        if self.kernel > self.in_h + 2 * self.padding || self.kernel > self.in_w + 2 * self.padding {
+            return Err(format!(
+                "pool2d: kernel {} larger than the padded input {}x{}",
+                self.kernel,
+                self.in_h + 2 * self.padding,
+                self.in_w + 2 * self.padding
+            ));
+        }
+        Ok(())
+    }
+
+    /// Output height, `(in_h + 2·padding − kernel) / stride + 1`.
+    pub const fn out_h(&self) -> usize {
+        (self.in_h + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    /// Output width.
+    pub const fn out_w(&self) -> usize {
+        (self.in_w + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    /// Values of one example's input.
+    pub const fn input_len(&self) -> usize {
+        self.channels * self.in_h * self.in_w
+    }
+
+    /// Values of one example's output.
+    pub const fn output_len(&self) -> usize {
+        self.channels * self.out_h() * self.out_w()
+    }
+
+    fn assert_valid(&self) {
+        if let Err(e) = self.validate() {
+            panic!("{e}");
+        }
+    }
+
+    /// The input rows (or columns) a window starting at output index `o` covers, clipped to the input.
+    fn window(&self, o: usize, len: usize) -> std::ops::Range<usize> {
+        let start = (o * self.stride) as isize - self.padding as isize;
+        let end = (start + self.kernel as isize).min(len as isize);
+        start.max(0) as usize..end.max(0) as usize
+    }
+}
+
+/// Max pooling: `out` gets each window's maximum and `argmax` the index of that maximum within the
+/// example's input (`c·in_h·in_w + h·in_w + w`), the first one on ties, a NaN if the window has one.
+pub fn max_pool2d_forward(
+    geom: &Pool2dGeometry,
+    batch: usize,
+    x: &[f32],
+    out: &mut [f32],
+    argmax: &mut [u32],
+) {
+    geom.assert_valid();
+    assert!(x.len() >= batch * geom.input_len(), "max_pool2d: input has {} values", x.len());
+    assert!(out.len() >= batch * geom.output_len(), "max_pool2d: output has {} values", out.len());
+    assert!(argmax.len() >= batch * geom.output_len(), "max_pool2d: argmax has {} values", argmax.len());
+    assert!(geom.input_len() <= u32::MAX as usize, "max_pool2d: input too large for u32 indices");
+    let (oh_n, ow_n) = (geom.out_h(), geom.out_w());
+    let plane_in = geom.in_h * geom.in_w;
+    let len = batch * geom.output_len();
+    out[..len]
+        .par_chunks_mut(oh_n * ow_n)
+        .zip(argmax[..len].par_chunks_mut(oh_n * ow_n))
+        .enumerate()
+        .for_each(|(u, (o, am))| {
+            let (i, c) = (u / geom.channels, u % geom.channels);
+            let base = c * plane_in;
+            let plane = &x[i * geom.input_len() + base..i * geom.input_len() + base + plane_in];
+            for oh in 0..oh_n {
+                let rows = geom.window(oh, geom.in_h);
+                for ow in 0..ow_n {
+                    let cols = geom.window(ow, geom.in_w);
+                    let (mut best, mut at) = (f32::NEG_INFINITY, rows.start * geom.in_w + cols.start);
+                    'window: for h in rows.clone() {
+                        for w in cols.clone() {
+                            let v = plane[h * geom.in_w + w];
+                            if v.is_nan() {
+                                (best, at) = (v, h * geom.in_w + w);
+                                break 'window;
+                            }
+                            if v > best {
+                                (best, at) = (v, h * geom.in_w + w);
+                            }
+                        }
+                    }
+                    o[oh * ow_n + ow] = best;
+                    am[oh * ow_n + ow] = (base + at) as u32;
+                }
+            }
+        });
+}
+
+/// Max pooling backward: `dx` (overwritten) gets each output gradient at its window's argmax
+/// (summed where windows overlap on the same maximum).
+pub fn max_pool2d_backward(
+    geom: &Pool2dGeometry,
+    batch: usize,
+    dout: &[f32],
+    argmax: &[u32],
+    dx: &mut [f32],
+) {
+    geom.assert_valid();
+    let (n_in, n_out) = (geom.input_len(), geom.output_len());
+    assert!(dout.len() >= batch * n_out, "max_pool2d: output gradient has {} values", dout.len());
+    assert!(argmax.len() >= batch * n_out, "max_pool2d: argmax has {} values", argmax.len());
+    assert!(dx.len() >= batch * n_in, "max_pool2d: input gradient has {} values", dx.len());
+    dx[..batch * n_in].par_chunks_mut(n_in).enumerate().for_each(|(i, d)| {
+        d.fill(0.0);
+        for (&g, &k) in dout[i * n_out..(i + 1) * n_out].iter().zip(&argmax[i * n_out..(i + 1) * n_out]) {
+            d[k as usize] += g;
+        }
+    });
+}
+
+/// Average pooling: each window's sum divided by `kernel²` (padding counts as zeros).
+pub fn avg_pool2d_forward(geom: &Pool2dGeometry, batch: usize, x: &[f32], out: &mut [f32]) {
+    geom.assert_valid();
+    assert!(x.len() >= batch * geom.input_len(), "avg_pool2d: input has {} values", x.len());
+    assert!(out.len() >= batch * geom.output_len(), "avg_pool2d: output has {} values", out.len());
+    let (oh_n, ow_n) = (geom.out_h(), geom.out_w());
+    let plane_in = geom.in_h * geom.in_w;
+    let scale = 1.0 / (geom.kernel * geom.kernel) as f32;
+    out[..batch * geom.output_len()].par_chunks_mut(oh_n * ow_n).enumerate().for_each(|(u, o)| {
+        let plane = &x[u * plane_in..(u + 1) * plane_in];
+        for oh in 0..oh_n {
+            let rows = geom.window(oh, geom.in_h);
+            for ow in 0..ow_n {
+                let cols = geom.window(ow, geom.in_w);
+                let mut s = 0.0f32;
+                for h in rows.clone() {
+                    s += plane[h * geom.in_w + cols.start..h * geom.in_w + cols.end].iter().sum::<f32>();
+                }
+                o[oh * ow_n + ow] = s * scale;
+            }
+        }
+    });
+}
+
+/// Average pooling backward: `dx` (overwritten) gets `dout/kernel²` on every input of each window.
+pub fn avg_pool2d_backward(geom: &Pool2dGeometry, batch: usize, dout: &[f32], dx: &mut [f32]) {
+    geom.assert_valid();
+    assert!(dout.len() >= batch * geom.output_len(), "avg_pool2d: output gradient has {} values", dout.len());
+    assert!(dx.len() >= batch * geom.input_len(), "avg_pool2d: input gradient has {} values", dx.len());
+    let (oh_n, ow_n) = (geom.out_h(), geom.out_w());
+    let plane_in = geom.in_h * geom.in_w;
+    let scale = 1.0 / (geom.kernel * geom.kernel) as f32;
+    dx[..batch * geom.input_len()].par_chunks_mut(plane_in).enumerate().for_each(|(u, d)| {
+        d.fill(0.0);
+        let g = &dout[u * oh_n * ow_n..(u + 1) * oh_n * ow_n];
+        for oh in 0..oh_n {
+            let rows = geom.window(oh, geom.in_h);
+            for ow in 0..ow_n {
+                let cols = geom.window(ow, geom.in_w);
+                let v = g[oh * ow_n + ow] * scale;
+                for h in rows.clone() {
+                    d[h * geom.in_w + cols.start..h * geom.in_w + cols.end].iter_mut().for_each(|e| *e += v);
+                }
+            }
+        }
+    });
+}
+
+/// Global average pooling: `[batch][channels][plane] → [batch][channels]`, each plane's mean.
+pub fn global_avg_pool_forward(batch: usize, channels: usize, plane: usize, x: &[f32], out: &mut [f32]) {
+    assert!(x.len() >= batch * channels * plane, "global_avg_pool: input has {} values", x.len());
+    assert!(out.len() >= batch * channels, "global_avg_pool: output has {} values", out.len());
+    assert!(plane > 0, "global_avg_pool: empty planes");
+    let scale = 1.0 / plane as f32;
+    out[..batch * channels].par_iter_mut().enumerate().for_each(|(u, o)| {
+        *o = x[u * plane..(u + 1) * plane].iter().sum::<f32>() * scale;
+    });
+}
+
+/// Global average pooling backward: `dx[i][c][k] = dout[i][c] / plane` (overwrites `dx`).
+pub fn global_avg_pool_backward(batch: usize, channels: usize, plane: usize, dout: &[f32], dx: &mut [f32]) {
+    assert!(dout.len() >= batch * channels, "global_avg_pool: output gradient has {} values", dout.len());
+    assert!(dx.len() >= batch * channels * plane, "global_avg_pool: input gradient has {} values", dx.len());
+    assert!(plane > 0, "global_avg_pool: empty planes");
+    let scale = 1.0 / plane as f32;
+    dx[..batch * channels * plane]
+        .par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(u, d)| d.fill(dout[u] * scale));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::*;
+
+    /// One example's pooling in f64 from the definition: max (−∞ padding) or mean over kernel².
+    fn reference(geom: &Pool2dGeometry, x: &[f64], max: bool) -> Vec<f64> {
+        let mut out = Vec::new();
+        for c in 0..geom.channels {
+            for oh in 0..geom.out_h() {
+                for ow in 0..geom.out_w() {
+                    let mut acc = if max { f64::NEG_INFINITY } else { 0.0 };
+                    for ki in 0..geom.kernel {
+                        for kj in 0..geom.kernel {
+                            let h = (oh * geom.stride + ki) as isize - geom.padding as isize;
+                            let w = (ow * geom.stride + kj) as isize - geom.padding as isize;
+                            if h < 0 || w < 0 || h as usize >= geom.in_h || w as usize >= geom.in_w {
+                                continue;
+                            }
+                            let v = x[(c * geom.in_h + h as usize) * geom.in_w + w as usize];
+                            acc = if max { acc.max(v) } else { acc + v };
+                        }
+                    }
+                    out.push(if max { acc } else { acc / (geom.kernel * geom.kernel) as f64 });
+                }
+            }
+        }
+        out
+    }
+
+    fn geometries() -> [Pool2dGeometry; 4] {
+        let g = |channels, in_h, in_w, kernel, stride, padding| Pool2dGeometry {
+            channels,
+            in_h,
+            in_w,
+            kernel,
+            stride,
+            padding,
+        };
+        [g(2, 6, 6, 2, 1, 0), g(3, 8, 7, 2, 2, 0), g(2, 7, 7, 3, 2, 1), g(1, 5, 6, 4, 3, 2)]
+    }
+
+    #[test]
+    fn max_and_avg_pool_match_reference_and_finite_differences() {
+        let mut rng = rng(41);
+        for geom in geometries() {
+            let batch = 2;
+            // Distinct values so the max is differentiable at the sample point.
+            let x = uniform(&mut rng, batch * geom.input_len());
+            let r = uniform(&mut rng, batch * geom.output_len());
+            let mut out = vec![f32::NAN; batch * geom.output_len()];
+            let mut argmax = vec![u32::MAX; batch * geom.output_len()];
+            max_pool2d_forward(&geom, batch, &x, &mut out, &mut argmax);
+            let mut dx = vec![f32::NAN; batch * geom.input_len()];
+            max_pool2d_backward(&geom, batch, &r, &argmax, &mut dx);
+            let mut avg = vec![f32::NAN; batch * geom.output_len()];
+            avg_pool2d_forward(&geom, batch, &x, &mut avg);
+            let mut davg = vec![f32::NAN; batch * geom.input_len()];
+            avg_pool2d_backward(&geom, batch, &r, &mut davg);
+            for i in 0..batch {
+                let (ri, xi) = (i * geom.input_len()..(i + 1) * geom.input_len(), i * geom.output_len());
+                let xw = wide(&x[ri.clone()]);
+                let rw = wide(&r[xi..xi + geom.output_len()]);
+                let out_range = xi..xi + geom.output_len();
+                assert_close("max", &out[out_range.clone()], &reference(&geom, &xw, true), 0.0);
+                assert_close("avg", &avg[out_range], &reference(&geom, &xw, false), 1e-6);
+                let gmax = finite_difference(&xw, 1e-7, |x| dot(&reference(&geom, x, true), &rw));
+                let gavg = finite_difference(&xw, 1e-7, |x| dot(&reference(&geom, x, false), &rw));
+                assert_close("max dx", &dx[ri.clone()], &gmax, 1e-5);
+                assert_close("avg dx", &davg[ri], &gavg, 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn max_pool_takes_first_of_ties_and_propagates_nan() {
+        let geom = Pool2dGeometry { channels: 1, in_h: 2, in_w: 2, kernel: 2, stride: 1, padding: 0 };
+        let (mut out, mut argmax) = ([0.0f32], [9u32]);
+        max_pool2d_forward(&geom, 1, &[1.0, 3.0, 3.0, 2.0], &mut out, &mut argmax);
+        assert_eq!((out[0], argmax[0]), (3.0, 1));
+        max_pool2d_forward(&geom, 1, &[1.0, f32::NAN, 3.0, 2.0], &mut out, &mut argmax);
+        assert!(out[0].is_nan());
+        assert_eq!(argmax[0], 1);
+    }
+
+    #[test]
+    fn global_average_pool_matches_finite_differences() {
+        let mut rng = rng(42);
+        let (batch, channels, plane) = (3, 4, 10);
+        let x = uniform(&mut rng, batch * channels * plane);
+        let r = uniform(&mut rng, batch * channels);
+        let mut out = vec![f32::NAN; batch * channels];
+        global_avg_pool_forward(batch, channels, plane, &x, &mut out);
+        let mut dx = vec![f32::NAN; batch * channels * plane];
+        global_avg_pool_backward(batch, channels, plane, &r, &mut dx);
+        let reference = |x: &[f64]| -> Vec<f64> {
+            x.chunks(plane).map(|p| p.iter().sum::<f64>() / plane as f64).collect()
+        };
+        let xw = wide(&x);
+        assert_close("gap", &out, &reference(&xw), 1e-6);
+        let g = finite_difference(&xw, 1e-6, |x| dot(&reference(x), &wide(&r)));
+        assert_close("gap dx", &dx, &g, 1e-6);
+    }
+}

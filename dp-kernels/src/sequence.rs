@@ -1,0 +1,68 @@
+//! Mean over the sequence axis: `[batch][T][D] → [batch][D]`, and its backward.
+
+use rayon::prelude::*;
+
+/// `out[i][k] = (1/T)·Σ_t x[i][t][k]`.
+pub fn mean_over_sequence_forward(batch: usize, steps: usize, dim: usize, x: &[f32], out: &mut [f32]) {
+    assert!(x.len() >= batch * steps * dim, "sequence mean: input has {} values", x.len());
+    assert!(out.len() >= batch * dim, "sequence mean: output has {} values", out.len());
+    if dim == 0 {
+        return;
+    }
+    let scale = if steps == 0 { 0.0 } else { 1.0 / steps as f32 };
+    out[..batch * dim].par_chunks_mut(dim).enumerate().for_each(|(i, o)| {
+        o.fill(0.0);
+        for row in x[i * steps * dim..(i + 1) * steps * dim].chunks(dim) {
+            for (acc, &v) in o.iter_mut().zip(row) {
+                *acc += v;
+            }
+        }
+        o.iter_mut().for_each(|v| *v *= scale);
+    });
+}
+
+/// `dx[i][t][k] = dout[i][k] / T` (overwrites `dx`).
+pub fn mean_over_sequence_backward(batch: usize, steps: usize, dim: usize, dout: &[f32], dx: &mut [f32]) {
+    assert!(dout.len() >= batch * dim, "sequence mean: output gradient has {} values", dout.len());
+    assert!(dx.len() >= batch * steps * dim, "sequence mean: input gradient has {} values", dx.len());
+    if steps * dim == 0 {
+        return;
+    }
+    let scale = 1.0 / steps as f32;
+    dx[..batch * steps * dim].par_chunks_mut(steps * dim).enumerate().for_each(|(i, d)| {
+        let g = &dout[i * dim..(i + 1) * dim];
+        for row in d.chunks_mut(dim) {
+            for (v, &gv) in row.iter_mut().zip(g) {
+                *v = gv * scale;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::*;
+
+    #[test]
+    fn forward_and_backward_match_reference_and_finite_differences() {
+        let mut rng = rng(31);
+        let (batch, steps, dim) = (3, 7, 5);
+        let x = uniform(&mut rng, batch * steps * dim);
+        let r = uniform(&mut rng, batch * dim);
+        let mut out = vec![f32::NAN; batch * dim];
+        mean_over_sequence_forward(batch, steps, dim, &x, &mut out);
+        let mut dx = vec![f32::NAN; batch * steps * dim];
+        mean_over_sequence_backward(batch, steps, dim, &r, &mut dx);
+        for i in 0..batch {
+            let reference = |x: &[f64]| -> Vec<f64> {
+                (0..dim).map(|k| (0..steps).map(|t| x[t * dim + k]).sum::<f64>() / steps as f64).collect()
+            };
+            let xi = wide(&x[i * steps * dim..(i + 1) * steps * dim]);
+            assert_close("mean", &out[i * dim..(i + 1) * dim], &reference(&xi), 1e-6);
+            let ri = wide(&r[i * dim..(i + 1) * dim]);
+            let gx = finite_difference(&xi, 1e-6, |x| dot(&reference(x), &ri));
+            assert_close("dx", &dx[i * steps * dim..(i + 1) * steps * dim], &gx, 1e-6);
+        }
+    }
+}
