@@ -25,7 +25,7 @@ impl<T: InputElem> Dataset<T> {
         if example_len == 0 || label_len == 0 {
             return Err(Error::invalid("dataset", "examples and labels must not be empty"));
         }
-        if inputs.len() % example_len != 0 {
+        if !inputs.len().is_multiple_of(example_len) {
             return Err(Error::invalid(
                 "dataset",
                 format!("{} input values do not divide into examples of {example_len}", inputs.len()),
