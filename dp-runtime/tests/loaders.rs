@@ -519,6 +519,11 @@ fn text_csv_split_vocabulary_and_sequences() {
             assert_eq!(&seq[..5], &[0, 0, 0, 0, text::START]);
         }
     }
+    let mut order = text::shuffled_indices(1000, 9);
+    assert_ne!(order, (0..1000).collect::<Vec<_>>());
+    order.sort_unstable();
+    assert_eq!(order, (0..1000).collect::<Vec<_>>(), "the shuffle is a permutation");
+    assert_eq!(corpus.vocabulary.words()[0], "number");
     // Same file and options, same result; another seed, another split.
     assert_eq!(text::load_csv(&p, &options).unwrap(), corpus);
     let other = text::load_csv(&p, &TextOptions { seed: 4, ..options.clone() }).unwrap();

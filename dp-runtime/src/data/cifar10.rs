@@ -100,7 +100,9 @@ fn parse_records(path: &Path, bytes: &[u8]) -> Result<(Vec<f32>, Vec<f32>)> {
 /// Per-channel normalisation `(x − mean[c]) / std[c]` of `[3, H, W]` images.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Normalization {
+    /// Mean of each channel (red, green, blue).
     pub mean: [f32; 3],
+    /// Standard deviation of each channel; positive.
     pub std: [f32; 3],
 }
 

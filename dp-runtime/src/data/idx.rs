@@ -12,11 +12,17 @@ use crate::error::{Error, Result};
 /// The elements of an IDX file, in the file's own type.
 #[derive(Debug, Clone, PartialEq)]
 pub enum IdxData {
+    /// Type 0x08.
     U8(Vec<u8>),
+    /// Type 0x09.
     I8(Vec<i8>),
+    /// Type 0x0B.
     I16(Vec<i16>),
+    /// Type 0x0C.
     I32(Vec<i32>),
+    /// Type 0x0D.
     F32(Vec<f32>),
+    /// Type 0x0E.
     F64(Vec<f64>),
 }
 
@@ -54,16 +60,22 @@ impl IdxData {
 /// A whole IDX file: its dimensions and its elements (row-major).
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdxArray {
+    /// The size of each dimension, outermost first.
     pub dims: Vec<usize>,
+    /// The elements, as many as the product of `dims`.
     pub data: IdxData,
 }
 
 /// Images of an IDX file of shape `[count, rows, cols]`, as `f32` in `[0, 1]` (pixel / 255).
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdxImages {
+    /// `count × rows × cols` values in `[0, 1]`, image after image, row-major.
     pub pixels: Vec<f32>,
+    /// Number of images.
     pub count: usize,
+    /// Pixel rows per image.
     pub rows: usize,
+    /// Pixel columns per image.
     pub cols: usize,
 }
 

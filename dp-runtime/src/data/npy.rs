@@ -19,11 +19,17 @@ const ALIGN: usize = 64;
 /// The elements of an array, in the array's dtype.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NpyData {
+    /// `float32` (`<f4`).
     F32(Vec<f32>),
+    /// `float64` (`<f8`).
     F64(Vec<f64>),
+    /// `int64` (`<i8`).
     I64(Vec<i64>),
+    /// `int32` (`<i4`).
     I32(Vec<i32>),
+    /// `uint8` (`|u1`).
     U8(Vec<u8>),
+    /// `bool` (`|b1`, bytes 0 and 1).
     Bool(Vec<bool>),
 }
 
@@ -84,7 +90,9 @@ impl NpyData {
 /// An n-dimensional array in C order; `shape` is empty for a scalar.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NpyArray {
+    /// The size of each dimension, outermost first.
     pub shape: Vec<usize>,
+    /// The elements in C order, as many as the product of `shape`.
     pub data: NpyData,
 }
 

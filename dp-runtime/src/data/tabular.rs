@@ -29,15 +29,20 @@ pub enum ColumnKind {
 /// One feature column of a schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeatureColumn {
+    /// The column's name in the header row.
     pub name: String,
+    /// How the column is encoded.
     pub kind: ColumnKind,
 }
 
 /// A binary label column: `positive` gives 1.0, `negative` 0.0, anything else is an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BinaryLabel {
+    /// The label column's name in the header row.
     pub column: String,
+    /// The value that gives 1.0.
     pub positive: String,
+    /// The value that gives 0.0.
     pub negative: String,
     /// Also accept both values followed by a `.` (as in UCI's Adult test file).
     pub allow_trailing_period: bool,
@@ -46,7 +51,9 @@ pub struct BinaryLabel {
 /// The columns a loader uses from a CSV file with a header row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TabularSchema {
+    /// The feature columns, in the order their features are laid out.
     pub features: Vec<FeatureColumn>,
+    /// The label column.
     pub label: BinaryLabel,
     /// The marker of a missing value (after trimming whitespace), e.g. `?`.
     pub missing: String,

@@ -125,6 +125,11 @@ impl Vocabulary {
         false
     }
 
+    /// The words by rank: `words()[k]` has id `k + 4`.
+    pub fn words(&self) -> &[String] {
+        &self.words
+    }
+
     /// The id of `word` (already tokenized), or [`UNKNOWN`].
     pub fn id(&self, word: &str) -> u32 {
         self.ids.get(word).copied().unwrap_or(UNKNOWN)
@@ -158,8 +163,11 @@ pub fn tokenize(text: &str) -> impl Iterator<Item = String> + '_ {
 /// A text CSV loaded into splits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextCorpus {
+    /// The training split: `[max_len]` token ids per example, 0/1 labels.
     pub train: Dataset<u32>,
+    /// The test split, encoded with the training vocabulary.
     pub test: Dataset<u32>,
+    /// The vocabulary built on the training split.
     pub vocabulary: Vocabulary,
     /// Data rows in the file.
     pub rows: usize,
