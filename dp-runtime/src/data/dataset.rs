@@ -7,9 +7,13 @@ use crate::model::InputElem;
 /// (a class index, a 0/1 target, or regression targets).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset<T> {
+    /// Every example's input values, example after example (row-major within an example).
     pub inputs: Vec<T>,
+    /// Every example's label values, `label_len` per example.
     pub labels: Vec<f32>,
+    /// The shape of one example's input, e.g. `[1, 28, 28]`.
     pub example_shape: Vec<usize>,
+    /// Label values per example.
     pub label_len: usize,
 }
 
@@ -25,7 +29,7 @@ impl<T: InputElem> Dataset<T> {
         if example_len == 0 || label_len == 0 {
             return Err(Error::invalid("dataset", "examples and labels must not be empty"));
         }
-        if inputs.len() % example_len != 0 {
+        if !inputs.len().is_multiple_of(example_len) {
             return Err(Error::invalid(
                 "dataset",
                 format!("{} input values do not divide into examples of {example_len}", inputs.len()),
@@ -46,6 +50,7 @@ impl<T: InputElem> Dataset<T> {
         self.labels.len() / self.label_len
     }
 
+    /// Whether there are no examples.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }

@@ -1,5 +1,17 @@
 //! Datasets and the loaders of real data formats.
+//!
+//! Every loader returns [`crate::Result`]: a malformed file gives an [`crate::Error::Format`] naming
+//! the file and the byte offset, line or field, never a panic and never a NaN passed on. Files may
+//! be gzip-compressed wherever a raw file is accepted (see [`source`]).
 
+pub mod adult;
+pub mod cifar10;
 mod dataset;
+pub mod idx;
+pub mod mnist;
+pub mod npy;
+pub mod source;
+pub mod tabular;
+pub mod text;
 
 pub use dataset::Dataset;

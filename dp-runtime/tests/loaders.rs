@@ -1,0 +1,900 @@
+//! The data loaders on small files written here (every bad-input case included) and on the real
+//! files shipped in `data/` and `../shared/datasets/`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use dp_runtime::data::npy::{self, LabelKind, NpyArray, NpyData};
+use dp_runtime::data::tabular::{
+    self, BinaryLabel, ColumnKind, FeatureColumn, TabularEncoder, TabularSchema,
+};
+use dp_runtime::data::text::{self, Side, TextOptions, Vocabulary};
+use dp_runtime::data::{adult, cifar10, idx, mnist};
+use dp_runtime::Error;
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+/// A fresh, empty folder under the system temp dir, unique to this process and call.
+fn temp_dir(name: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("dp-loaders-{}-{n}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// An IDX file: magic with `type_code`, big-endian `dims`, then `body` as given.
+fn idx_bytes(type_code: u8, dims: &[u32], body: &[u8]) -> Vec<u8> {
+    let mut out = vec![0, 0, type_code, dims.len() as u8];
+    for d in dims {
+        out.extend_from_slice(&d.to_be_bytes());
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// `count` 28×28 images whose pixel `k` of image `i` is `(i + k) % 256`.
+fn mnist_images(count: u32) -> Vec<u8> {
+    let body: Vec<u8> =
+        (0..count as usize).flat_map(|i| (0..784).map(move |k| ((i + k) % 256) as u8)).collect();
+    idx_bytes(0x08, &[count, 28, 28], &body)
+}
+
+/// Asserts a format error naming `file` at a location containing `location`, whose message
+/// contains `message`; returns the whole text.
+#[track_caller]
+fn assert_format<T: std::fmt::Debug>(
+    result: dp_runtime::Result<T>,
+    file: &Path,
+    location: &str,
+    message: &str,
+) -> String {
+    match result {
+        Err(e @ Error::Format { .. }) => {
+            let Error::Format { path, location: loc, message: msg } = &e else { unreachable!() };
+            assert_eq!(path, file, "wrong path in {e}");
+            assert!(loc.contains(location), "location '{loc}' lacks '{location}' in: {e}");
+            assert!(msg.contains(message), "message '{msg}' lacks '{message}' in: {e}");
+            let text = e.to_string();
+            assert!(text.contains(&file.display().to_string()), "{text}");
+            text
+        }
+        other => panic!("expected a format error at {location} ({message}), got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// IDX and MNIST
+
+#[test]
+fn idx_reads_every_element_type_raw_and_gzip() {
+    let dir = temp_dir("idx-types");
+    let cases: Vec<(u8, Vec<u8>, idx::IdxData)> = vec![
+        (0x08, vec![0, 7, 255, 1, 2, 3], idx::IdxData::U8(vec![0, 7, 255, 1, 2, 3])),
+        (0x09, vec![0, 7, 255, 128, 2, 3], idx::IdxData::I8(vec![0, 7, -1, -128, 2, 3])),
+        (
+            0x0B,
+            [1i16, -2, 300, i16::MIN, 5, 6].iter().flat_map(|x| x.to_be_bytes()).collect(),
+            idx::IdxData::I16(vec![1, -2, 300, i16::MIN, 5, 6]),
+        ),
+        (
+            0x0C,
+            [1i32, -2, 70_000, i32::MAX, 5, 6].iter().flat_map(|x| x.to_be_bytes()).collect(),
+            idx::IdxData::I32(vec![1, -2, 70_000, i32::MAX, 5, 6]),
+        ),
+        (
+            0x0D,
+            [0.5f32, -1.25, 3e7, 0.0, 1.0, 2.0].iter().flat_map(|x| x.to_be_bytes()).collect(),
+            idx::IdxData::F32(vec![0.5, -1.25, 3e7, 0.0, 1.0, 2.0]),
+        ),
+        (
+            0x0E,
+            [0.1f64, -2.5, 1e300, 0.0, 1.0, 2.0].iter().flat_map(|x| x.to_be_bytes()).collect(),
+            idx::IdxData::F64(vec![0.1, -2.5, 1e300, 0.0, 1.0, 2.0]),
+        ),
+    ];
+    for (code, body, expected) in cases {
+        let bytes = idx_bytes(code, &[2, 3], &body);
+        for (name, content) in
+            [(format!("t{code}.idx"), bytes.clone()), (format!("t{code}.idx.gz"), gzip(&bytes))]
+        {
+            let path = write_file(&dir, &name, &content);
+            let array = idx::read(&path).unwrap();
+            assert_eq!(array.dims, vec![2, 3]);
+            assert_eq!(array.data, expected, "type 0x{code:02x} from {name}");
+        }
+    }
+}
+
+#[test]
+fn idx_images_are_scaled_and_labels_are_class_indices() {
+    let dir = temp_dir("idx-views");
+    let images = write_file(&dir, "img", &idx_bytes(0x08, &[2, 1, 2], &[0, 255, 51, 102]));
+    let read = idx::read_images(&images).unwrap();
+    assert_eq!((read.count, read.rows, read.cols), (2, 1, 2));
+    assert_eq!(read.pixels, vec![0.0, 1.0, 0.2, 0.4]);
+    let labels = write_file(&dir, "lab", &idx_bytes(0x08, &[3], &[9, 0, 4]));
+    assert_eq!(idx::read_labels(&labels, 10).unwrap(), vec![9.0, 0.0, 4.0]);
+}
+
+#[test]
+fn idx_bad_inputs_name_file_and_byte() {
+    let dir = temp_dir("idx-bad");
+    let p = write_file(&dir, "magic.idx", &[0x1a, 0, 8, 1, 0, 0, 0, 1, 5]);
+    assert_format(idx::read(&p), &p, "byte 0", "wrong magic number");
+    let p = write_file(&dir, "type.idx", &idx_bytes(0x0A, &[1], &[5]));
+    assert_format(idx::read(&p), &p, "byte 2", "unknown IDX element type 0x0a");
+    let p = write_file(&dir, "short.idx", &[0, 0]);
+    assert_format(idx::read(&p), &p, "byte 0", "truncated");
+    let p = write_file(&dir, "header.idx", &[0, 0, 8, 3, 0, 0, 0, 2]);
+    assert_format(idx::read(&p), &p, "byte 8", "truncated header");
+    let p = write_file(&dir, "data.idx", &idx_bytes(0x08, &[2, 28, 28], &[0; 1000]));
+    assert_format(idx::read(&p), &p, "byte 1016", "truncated: dimensions [2, 28, 28]");
+    let p = write_file(&dir, "data16.idx", &idx_bytes(0x0B, &[3], &[0; 5]));
+    assert_format(idx::read(&p), &p, "byte 13", "need 14 bytes");
+    let p = write_file(&dir, "trailing.idx", &idx_bytes(0x08, &[2], &[1, 2, 3]));
+    assert_format(idx::read(&p), &p, "byte 10", "1 unexpected bytes");
+    let p = write_file(&dir, "zero.idx", &[0, 0, 8, 0]);
+    assert_format(idx::read(&p), &p, "byte 3", "at least one dimension");
+    let huge = u32::MAX;
+    let p = write_file(&dir, "overflow.idx", &idx_bytes(0x0E, &[huge, huge, huge], &[]));
+    assert_format(idx::read(&p), &p, "byte 4", "overflow");
+    let mut body = Vec::new();
+    for x in [1.0f32, f32::NAN, 2.0] {
+        body.extend_from_slice(&x.to_be_bytes());
+    }
+    let p = write_file(&dir, "nan.idx", &idx_bytes(0x0D, &[3], &body));
+    assert_format(idx::read(&p), &p, "byte 12", "element 1 is NaN");
+    let body: Vec<u8> = [1.0f64, 2.0, f64::INFINITY].iter().flat_map(|x| x.to_be_bytes()).collect();
+    let p = write_file(&dir, "inf.idx", &idx_bytes(0x0E, &[3], &body));
+    assert_format(idx::read(&p), &p, "byte 24", "element 2 is inf");
+    let p = write_file(&dir, "labels.idx", &idx_bytes(0x08, &[4], &[1, 2, 10, 3]));
+    assert_format(idx::read_labels(&p, 10), &p, "byte 10", "label 10 of example 2 is out of range 0..10");
+    let p = write_file(&dir, "nolabels.idx", &idx_bytes(0x08, &[0], &[]));
+    assert_format(idx::read_labels(&p, 10), &p, "byte 4", "no labels");
+    let p = write_file(&dir, "noimages.idx", &idx_bytes(0x08, &[0, 28, 28], &[]));
+    assert_format(idx::read_images(&p), &p, "byte 4", "no images");
+    let p = write_file(&dir, "i32images.idx", &idx_bytes(0x0C, &[1, 1, 1], &[0, 0, 0, 1]));
+    assert_format(idx::read_images(&p), &p, "byte 2", "images must be u8");
+    let p = write_file(&dir, "2dimages.idx", &idx_bytes(0x08, &[1, 4], &[0; 4]));
+    assert_format(idx::read_images(&p), &p, "byte 3", "3 dimensions");
+    let mut gz = gzip(&idx_bytes(0x08, &[100], &[7; 100]));
+    gz.truncate(gz.len() - 6);
+    let p = write_file(&dir, "cut.idx.gz", &gz);
+    assert_format(idx::read(&p), &p, "gzip stream", "cannot decompress");
+    let missing = dir.join("absent.idx");
+    match idx::read(&missing) {
+        Err(Error::Io { path, .. }) => assert_eq!(path, missing),
+        other => panic!("expected an io error, got {other:?}"),
+    }
+}
+
+#[test]
+fn mnist_loads_a_folder_of_small_files() {
+    let dir = temp_dir("mnist-small");
+    write_file(&dir, "train-images-idx3-ubyte.gz", &gzip(&mnist_images(3)));
+    write_file(&dir, "train-labels-idx1-ubyte", &idx_bytes(0x08, &[3], &[5, 0, 9]));
+    write_file(&dir, "t10k-images-idx3-ubyte", &mnist_images(2));
+    write_file(&dir, "t10k-labels-idx1-ubyte.gz", &gzip(&idx_bytes(0x08, &[2], &[1, 2])));
+    let (train, test) = mnist::load(&dir).unwrap();
+    assert_eq!((train.len(), test.len()), (3, 2));
+    assert_eq!(train.example_shape, vec![1, 28, 28]);
+    assert_eq!(train.labels, vec![5.0, 0.0, 9.0]);
+    assert_eq!(test.labels, vec![1.0, 2.0]);
+    // Image 2, pixel 300 holds (2 + 300) % 256 = 46.
+    assert_eq!(train.input(2)[300], 46.0 / 255.0);
+
+    // As many labels as images, and 28×28 images.
+    let p = write_file(&dir, "t10k-labels-idx1-ubyte", &idx_bytes(0x08, &[3], &[1, 2, 3]));
+    std::fs::remove_file(dir.join("t10k-labels-idx1-ubyte.gz")).unwrap();
+    assert_format(mnist::load(&dir), &p, "byte 4", "3 labels but 2 images");
+    let p = write_file(&dir, "t10k-images-idx3-ubyte", &idx_bytes(0x08, &[3, 2, 2], &[0; 12]));
+    assert_format(mnist::load(&dir), &p, "byte 8", "28×28, found 2×2");
+    std::fs::remove_file(dir.join("train-labels-idx1-ubyte")).unwrap();
+    match mnist::load(&dir) {
+        Err(e @ Error::Io { .. }) => assert!(e.to_string().contains("train-labels-idx1-ubyte.gz"), "{e}"),
+        other => panic!("expected a missing-file error, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CIFAR-10
+
+/// `count` records whose label is `(first_label + i) % 10` and pixel `k` is `(i * 7 + k) % 256`.
+fn cifar_records(count: usize, first_label: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..count {
+        out.push(((first_label + i) % 10) as u8);
+        out.extend((0..3072).map(|k| ((i * 7 + k) % 256) as u8));
+    }
+    out
+}
+
+#[test]
+fn cifar_loads_batches_in_nchw_order() {
+    let dir = temp_dir("cifar");
+    let folder = dir.join(cifar10::ARCHIVE_FOLDER);
+    std::fs::create_dir_all(&folder).unwrap();
+    for (b, name) in cifar10::TRAIN_FILES.iter().enumerate() {
+        write_file(&folder, name, &cifar_records(2, 2 * b));
+    }
+    write_file(&folder, "test_batch.bin.gz", &gzip(&cifar_records(3, 7)));
+    let (train, test) = cifar10::load(&dir).unwrap();
+    assert_eq!((train.len(), test.len()), (10, 3));
+    assert_eq!(train.example_shape, vec![3, 32, 32]);
+    assert_eq!(train.labels, (0..10).map(|l| l as f32).collect::<Vec<_>>());
+    assert_eq!(test.labels, vec![7.0, 8.0, 9.0]);
+    // Record 1 of a batch: channel 1 (green), row 2, column 5 is byte 1024 + 2·32 + 5 of its image.
+    let k = 1024 + 2 * 32 + 5;
+    assert_eq!(test.input(1)[k], ((7 + k) % 256) as f32 / 255.0);
+
+    let mut normalised = train.clone();
+    let norm = cifar10::Normalization::fit(&train).unwrap();
+    norm.apply(&mut normalised).unwrap();
+    for c in 0..3 {
+        let values: Vec<f64> = normalised
+            .inputs
+            .chunks_exact(3072)
+            .flat_map(|img| img[c * 1024..(c + 1) * 1024].iter().map(|&x| f64::from(x)))
+            .collect();
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        let var = values.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / values.len() as f64;
+        assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4, "channel {c}: mean {mean}, var {var}");
+    }
+    let bad = cifar10::Normalization { mean: [0.0; 3], std: [1.0, 0.0, 1.0] };
+    assert!(matches!(bad.apply(&mut normalised), Err(Error::InvalidArgument { .. })));
+}
+
+#[test]
+fn cifar_bad_batches_name_file_and_byte() {
+    let dir = temp_dir("cifar-bad");
+    let mut records = cifar_records(3, 0);
+    records.truncate(3073 * 2 + 100);
+    let p = write_file(&dir, "cut.bin", &records);
+    assert_format(cifar10::read_batch(&p), &p, "byte 6146", "truncated record");
+    let mut records = cifar_records(3, 0);
+    records[3073 * 2] = 10;
+    let p = write_file(&dir, "label.bin", &records);
+    assert_format(cifar10::read_batch(&p), &p, "byte 6146", "label 10 of record 2 is out of range 0..10");
+    let p = write_file(&dir, "empty.bin", &[]);
+    assert_format(cifar10::read_batch(&p), &p, "byte 0", "empty batch");
+    match cifar10::load(&dir) {
+        Err(e @ Error::Io { .. }) => assert!(e.to_string().contains("data_batch_1.bin"), "{e}"),
+        other => panic!("expected a missing-file error, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Adult and schema CSV
+
+const ADULT_HEADER: &str = "age,workclass,fnlwgt,education,education-num,marital-status,occupation,\
+relationship,race,sex,capital-gain,capital-loss,hours-per-week,native-country,income";
+
+fn adult_row(age: u32, workclass: &str, country: &str, hours: u32, income: &str) -> String {
+    format!(
+        "{age},{workclass},1000,Bachelors,13,Never-married,Sales,Husband,White,Male,0,0,{hours},{country},{income}"
+    )
+}
+
+#[test]
+fn adult_one_hot_and_standardisation_use_training_values() {
+    let dir = temp_dir("adult");
+    let train = [
+        ADULT_HEADER.to_string(),
+        adult_row(20, "Private", "Peru", 40, "<=50K"),
+        adult_row(40, "State-gov", "Cuba", 40, ">50K"),
+        adult_row(60, "?", "Peru", 40, "<=50K"),
+    ]
+    .join("\n");
+    let test = [
+        ADULT_HEADER.to_string(),
+        adult_row(50, "Federal-gov", "Cuba", 40, ">50K."),
+        adult_row(40, " Private", "?", 40, "<=50K."),
+    ]
+    .join("\n");
+    let train_path = write_file(&dir, "train.csv.gz", &gzip(train.as_bytes()));
+    let test_path = write_file(&dir, "test.csv", test.as_bytes());
+    let (train, test) = adult::load(&train_path, &test_path).unwrap();
+    // age, workclass {Private, State-gov}, education {Bachelors}, education-num, marital {1},
+    // occupation {1}, relationship {1}, race {1}, sex {1}, gain, loss, hours, country {Cuba, Peru}.
+    assert_eq!(train.example_shape, vec![15]);
+    assert_eq!((train.len(), test.len()), (3, 2));
+    assert_eq!(train.labels, vec![0.0, 1.0, 0.0]);
+    assert_eq!(test.labels, vec![1.0, 0.0]);
+    let sd = (800.0f64 / 3.0).sqrt(); // population std of ages 20, 40, 60
+                                      // Constant numeric columns (education-num, gains, losses, hours) standardise to 0.
+    let expect_train_0 =
+        [(-20.0 / sd) as f32, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0];
+    assert_eq!(train.input(0), &expect_train_0[..]);
+    assert_eq!(&train.input(2)[1..3], &[0.0, 0.0], "'?' gives zeros");
+    // Test row 0: age 50 standardised with the training mean 40; unknown workclass gives zeros.
+    assert_eq!(test.input(0)[0], (10.0 / sd) as f32);
+    assert_eq!(&test.input(0)[1..3], &[0.0, 0.0]);
+    assert_eq!(&test.input(0)[13..15], &[1.0, 0.0]);
+    assert_eq!(&test.input(1)[1..3], &[1.0, 0.0], "whitespace is trimmed");
+    assert_eq!(&test.input(1)[13..15], &[0.0, 0.0]);
+
+    let encoder = adult::fit_encoder(&train_path).unwrap();
+    assert_eq!(encoder.feature_names()[13..15], ["native-country=Cuba", "native-country=Peru"]);
+    let schema = adult::schema();
+    let table = tabular::read_table(&test_path, &schema).unwrap();
+    let (_, counts) = encoder.encode(&table).unwrap();
+    assert_eq!(counts, tabular::EncodeCounts { missing: 1, unknown: 1 });
+}
+
+#[test]
+fn schema_csv_handles_another_file_and_column_order() {
+    let dir = temp_dir("schema");
+    let schema = TabularSchema {
+        features: vec![
+            FeatureColumn { name: "colour".into(), kind: ColumnKind::Categorical },
+            FeatureColumn { name: "size".into(), kind: ColumnKind::Numeric },
+        ],
+        label: BinaryLabel {
+            column: "ok".into(),
+            positive: "yes".into(),
+            negative: "no".into(),
+            allow_trailing_period: false,
+        },
+        missing: "NA".into(),
+    };
+    let p = write_file(&dir, "t.csv", b"ok,unused,size,colour\nyes,x,3,red\nno,y,3,blue\nno,z,3,NA\n");
+    let table = tabular::read_table(&p, &schema).unwrap();
+    let encoder = TabularEncoder::fit(&schema, &table).unwrap();
+    let (data, counts) = encoder.encode(&table).unwrap();
+    assert_eq!(encoder.feature_names(), ["colour=blue", "colour=red", "size"]);
+    // A constant column has std 1: (3 − 3) / 1 = 0, never NaN.
+    assert_eq!(data.inputs, vec![0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    assert_eq!(data.labels, vec![1.0, 0.0, 0.0]);
+    assert_eq!(counts.missing, 1);
+    let p = write_file(&dir, "dot.csv", b"ok,size,colour\nyes.,1,red\n");
+    assert_format(tabular::read_table(&p, &schema), &p, "line 2, column 'ok'", "label 'yes.'");
+}
+
+#[test]
+fn adult_bad_csv_names_file_and_line() {
+    let dir = temp_dir("adult-bad");
+    let good = write_file(
+        &dir,
+        "good.csv",
+        format!("{ADULT_HEADER}\n{}\n", adult_row(30, "Private", "Peru", 40, ">50K")).as_bytes(),
+    );
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        ("noheader.csv", adult_row(30, "Private", "Peru", 40, ">50K"), "line 1", "no column 'age'"),
+        ("empty.csv", format!("{ADULT_HEADER}\n"), "line 2", "dataset is empty"),
+        ("nothing.csv", String::new(), "line 1", "no column 'age'"),
+        (
+            "ragged.csv",
+            format!("{ADULT_HEADER}\n{}\n{}\n", adult_row(30, "Private", "Peru", 40, ">50K"), "30,Private,1"),
+            "line 3",
+            "ragged row: 3 fields, but the header has 15",
+        ),
+        (
+            "label.csv",
+            format!("{ADULT_HEADER}\n{}\n", adult_row(30, "Private", "Peru", 40, "maybe")),
+            "line 2, column 'income'",
+            "label 'maybe' is neither '>50K' nor '<=50K'",
+        ),
+        (
+            "nan.csv",
+            format!(
+                "{ADULT_HEADER}\n{}\n{}\n",
+                adult_row(30, "Private", "Peru", 40, ">50K"),
+                adult_row(30, "Private", "Peru", 40, ">50K").replacen("30", "NaN", 1)
+            ),
+            "line 3, column 'age'",
+            "'NaN' is not a finite number",
+        ),
+        (
+            "text.csv",
+            format!(
+                "{ADULT_HEADER}\n{}\n",
+                adult_row(30, "Private", "Peru", 40, ">50K").replace(",40,", ",forty,")
+            ),
+            "line 2, column 'hours-per-week'",
+            "'forty' is not a number",
+        ),
+        (
+            "missing.csv",
+            format!(
+                "{ADULT_HEADER}\n{}\n",
+                adult_row(30, "Private", "Peru", 40, ">50K").replacen("30", "?", 1)
+            ),
+            "line 2, column 'age'",
+            "missing value '?' in a numeric column",
+        ),
+        (
+            "twice.csv",
+            format!("{ADULT_HEADER},age\n{},1\n", adult_row(30, "Private", "Peru", 40, ">50K")),
+            "line 1",
+            "names column 'age' twice",
+        ),
+        ("short.csv", format!("{ADULT_HEADER}\n30,Priv\u{0}"), "line 2", "ragged row"),
+    ];
+    for (name, content, location, message) in cases {
+        let p = write_file(&dir, name, content.as_bytes());
+        assert_format(adult::load(&p, &good), &p, location, message);
+        assert_format(adult::load(&good, &p), &p, location, message);
+    }
+    let row = adult_row(30, "Priv", "Peru", 40, ">50K").into_bytes();
+    let row = [&row[..7], b"\xff\xfe", &row[7..]].concat();
+    let p = write_file(&dir, "bytes.csv", &[ADULT_HEADER.as_bytes(), b"\n", &row[..]].concat());
+    assert_format(adult::load(&p, &good), &p, "line 2", "field 2 is not valid UTF-8");
+    // Overflowing standardisation is an error, not an infinity.
+    let big = adult_row(30, "Private", "Peru", 40, ">50K").replacen("30", "1e300", 1);
+    let small = adult_row(30, "Private", "Peru", 40, ">50K").replacen("30", "-1e300", 1);
+    let p = write_file(&dir, "huge.csv", format!("{ADULT_HEADER}\n{big}\n{small}\n").as_bytes());
+    assert_format(adult::load(&p, &p), &p, "feature 'age'", "overflows f32");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Text
+
+#[test]
+fn tokenizer_lowercases_and_keeps_inner_apostrophes() {
+    let tokens: Vec<String> = text::tokenize("It's a T-shirt, 'really' GREAT!! don’t 42x ''").collect();
+    assert_eq!(tokens, ["it's", "a", "t", "shirt", "really", "great", "don't", "42x"]);
+    let vocab = Vocabulary::build(["b a a", "c b a", "d"], 2);
+    assert_eq!(vocab.len(), 6);
+    assert_eq!(
+        (vocab.id("a"), vocab.id("b"), vocab.id("c"), vocab.id("zzz")),
+        (4, 5, text::UNKNOWN, text::UNKNOWN)
+    );
+    assert_eq!(vocab.word(4), Some("a"));
+    assert_eq!(vocab.word(text::UNKNOWN), None);
+    assert_eq!(vocab.encode("A c"), vec![text::START, 4, text::UNKNOWN]);
+    // Ties (c and d, once each) by byte order.
+    assert_eq!(Vocabulary::build(["d c"], 1).word(4), Some("c"));
+}
+
+#[test]
+fn padding_and_truncation_sides() {
+    let ids = [1, 10, 11, 12];
+    let mut cases = Vec::new();
+    for (pad, truncate, len) in [
+        (Side::Pre, Side::Pre, 6),
+        (Side::Post, Side::Post, 6),
+        (Side::Pre, Side::Pre, 3),
+        (Side::Post, Side::Post, 3),
+    ] {
+        let options = TextOptions { max_len: len, pad, truncate, ..TextOptions::default() };
+        let mut out = Vec::new();
+        text::fit_length(&ids, &options, &mut out);
+        cases.push(out);
+    }
+    assert_eq!(cases[0], vec![0, 0, 1, 10, 11, 12]);
+    assert_eq!(cases[1], vec![1, 10, 11, 12, 0, 0]);
+    assert_eq!(cases[2], vec![10, 11, 12]);
+    assert_eq!(cases[3], vec![1, 10, 11]);
+}
+
+#[test]
+fn text_csv_split_vocabulary_and_sequences() {
+    let dir = temp_dir("text");
+    let mut csv = String::from("id,Review Text,Recommended IND\n");
+    for i in 0..10 {
+        let extra = if i % 2 == 0 { "great" } else { "bad" };
+        csv.push_str(&format!("{i},\"Review number {i}, {extra}\",{}\n", i % 2));
+    }
+    csv.push_str("10,,1\n11,   ,0\n12,\"rare, Multi\nline\",0\n");
+    let p = write_file(&dir, "reviews.csv.gz", &gzip(csv.as_bytes()));
+    let options = TextOptions { max_len: 8, seed: 3, ..TextOptions::default() };
+    let corpus = text::load_csv(&p, &options).unwrap();
+    assert_eq!((corpus.rows, corpus.skipped_empty), (13, 2));
+    assert_eq!((corpus.train.len(), corpus.test.len()), (9, 2)); // round(11 × 0.2) = 2
+    assert_eq!(corpus.train.example_shape, vec![8]);
+    // The vocabulary only knows training words: "review" and "number" occur in every training row.
+    let words: Vec<&str> =
+        (4..corpus.vocabulary.len() as u32).map(|id| corpus.vocabulary.word(id).unwrap()).collect();
+    assert_eq!(&words[..2], &["number", "review"]);
+    let test_rows = text::shuffled_indices(11, 3)[..2].to_vec();
+    for id in words.iter().filter_map(|w| w.parse::<usize>().ok()) {
+        assert!(!test_rows.contains(&id), "test row {id}'s number is in the vocabulary");
+    }
+    // Every training sequence is [PAD, PAD, PAD, START, review, number, <n>, great|bad].
+    for i in 0..corpus.train.len() {
+        let seq = corpus.train.input(i);
+        if seq[3] == text::START {
+            assert_eq!(&seq[..3], &[text::PAD; 3]);
+            assert_eq!(&seq[4..6], &[corpus.vocabulary.id("review"), corpus.vocabulary.id("number")]);
+            let word = corpus.vocabulary.word(seq[7]).unwrap();
+            assert_eq!(corpus.train.label(i)[0], if word == "great" { 0.0 } else { 1.0 });
+        } else {
+            // The multi-line row: START rare multi line.
+            assert_eq!(&seq[..5], &[0, 0, 0, 0, text::START]);
+        }
+    }
+    let mut order = text::shuffled_indices(1000, 9);
+    assert_ne!(order, (0..1000).collect::<Vec<_>>());
+    order.sort_unstable();
+    assert_eq!(order, (0..1000).collect::<Vec<_>>(), "the shuffle is a permutation");
+    assert_eq!(corpus.vocabulary.words()[0], "number");
+    // Same file and options, same result; another seed, another split.
+    assert_eq!(text::load_csv(&p, &options).unwrap(), corpus);
+    let other = text::load_csv(&p, &TextOptions { seed: 4, ..options.clone() }).unwrap();
+    assert_ne!(other.test, corpus.test);
+}
+
+#[test]
+fn text_bad_csv_names_file_and_line() {
+    let dir = temp_dir("text-bad");
+    let opts = TextOptions::default();
+    let p = write_file(&dir, "label.csv", b"Review Text,Recommended IND\nok,1\nfine,yes\n");
+    assert_format(
+        text::load_csv(&p, &opts),
+        &p,
+        "line 3, column 'Recommended IND'",
+        "label 'yes' is neither 0 nor 1",
+    );
+    let p = write_file(&dir, "column.csv", b"Text,Recommended IND\nok,1\n");
+    assert_format(text::load_csv(&p, &opts), &p, "line 1", "no column 'Review Text'");
+    let p = write_file(&dir, "ragged.csv", b"Review Text,Recommended IND\nok,1\nfine\n");
+    assert_format(text::load_csv(&p, &opts), &p, "line 3", "ragged row");
+    let p = write_file(&dir, "few.csv", b"Review Text,Recommended IND\nok,1\n,0\n");
+    assert_format(text::load_csv(&p, &opts), &p, "line 3", "1 rows with text (1 empty skipped)");
+    let p = write_file(&dir, "empty.csv", b"Review Text,Recommended IND\n");
+    assert_format(text::load_csv(&p, &opts), &p, "line 1", "0 rows with text");
+    let bad = TextOptions { test_fraction: 1.0, ..TextOptions::default() };
+    assert!(matches!(text::load_csv(&p, &bad), Err(Error::InvalidArgument { .. })));
+    let bad = TextOptions { max_len: 0, ..TextOptions::default() };
+    assert!(matches!(text::load_csv(&p, &bad), Err(Error::InvalidArgument { .. })));
+}
+
+// ---------------------------------------------------------------------------------------------
+// .npy
+
+/// A `.npy` file with the given header version, dict text and body.
+fn npy_bytes(major: u8, dict: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = b"\x93NUMPY".to_vec();
+    out.extend_from_slice(&[major, 0]);
+    if major == 1 {
+        out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    } else {
+        out.extend_from_slice(&(dict.len() as u32).to_le_bytes());
+    }
+    out.extend_from_slice(dict.as_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+#[test]
+fn npy_writes_numpy_layout_and_reads_it_back() {
+    let dir = temp_dir("npy");
+    // np.save of np.arange(3, dtype=np.int64): a 118-byte header, data at byte 128.
+    let p = dir.join("a.npy");
+    npy::write_i64(&p, &[3], &[0, 1, 2]).unwrap();
+    let bytes = std::fs::read(&p).unwrap();
+    let dict = "{'descr': '<i8', 'fortran_order': False, 'shape': (3,), }";
+    assert_eq!(&bytes[..10], b"\x93NUMPY\x01\x00\x76\x00");
+    assert_eq!(&bytes[10..10 + dict.len()], dict.as_bytes());
+    assert_eq!(bytes[127], b'\n');
+    assert_eq!(bytes.len(), 128 + 24);
+    assert_eq!(npy::read(&p).unwrap(), NpyArray { shape: vec![3], data: NpyData::I64(vec![0, 1, 2]) });
+
+    let arrays = [
+        NpyArray::new(vec![2, 1, 3], NpyData::F32(vec![0.5, -1.0, f32::NAN, 3.0, 4.0, 1e-30])).unwrap(),
+        NpyArray::new(vec![], NpyData::F64(vec![2.5])).unwrap(),
+        NpyArray::new(vec![2, 0], NpyData::I32(vec![])).unwrap(),
+        NpyArray::new(vec![4], NpyData::U8(vec![0, 1, 254, 255])).unwrap(),
+        NpyArray::new(vec![1, 2], NpyData::Bool(vec![true, false])).unwrap(),
+    ];
+    for (i, array) in arrays.iter().enumerate() {
+        let p = dir.join(format!("{i}.npy"));
+        npy::write(&p, array).unwrap();
+        let back = npy::read(&p).unwrap();
+        assert_eq!(back.shape, array.shape);
+        assert_eq!(format!("{:?}", back.data), format!("{:?}", array.data), "NaN compares by its text");
+    }
+    assert!(std::fs::read_dir(&dir).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".tmp")));
+
+    // Versions 2 and 3, big-endian, odd spacing and key order.
+    let body: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|x| x.to_be_bytes()).collect();
+    let p = write_file(
+        &dir,
+        "v2.npy",
+        &npy_bytes(2, "{ 'shape':(2 ,) ,'fortran_order':False,'descr':'>f4'}\n", &body),
+    );
+    assert_eq!(npy::read(&p).unwrap().data, NpyData::F32(vec![1.5, -2.0]));
+    let body: Vec<u8> = [7i64, -8].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let p = write_file(
+        &dir,
+        "v3.npy",
+        &npy_bytes(3, "{\"descr\": \"<i8\", \"fortran_order\": False, \"shape\": (1, 2)}", &body),
+    );
+    assert_eq!(npy::read(&p).unwrap(), NpyArray { shape: vec![1, 2], data: NpyData::I64(vec![7, -8]) });
+}
+
+#[test]
+fn npy_bad_files_name_file_and_place() {
+    let dir = temp_dir("npy-bad");
+    let header = |descr: &str, fortran: &str, shape: &str| {
+        format!("{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {shape}, }}\n")
+    };
+    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        ("magic.npy", b"\x93NUMPX\x01\x00".to_vec(), "byte 0", "wrong magic number"),
+        ("short.npy", b"\x93NUMPY\x01".to_vec(), "byte 7", "truncated header"),
+        ("version.npy", npy_bytes(4, &header("<f4", "False", "(1,)"), &[0; 4]), "byte 6", "version 4.0"),
+        (
+            "hdrlen.npy",
+            b"\x93NUMPY\x01\x00\xff\x00{'descr'".to_vec(),
+            "byte 18",
+            "255 header bytes announced",
+        ),
+        (
+            "fortran.npy",
+            npy_bytes(1, &header("<f4", "True", "(2, 2)"), &[0; 16]),
+            "fortran_order",
+            "fortran_order = True",
+        ),
+        (
+            "dtype.npy",
+            npy_bytes(1, &header("<c8", "False", "(1,)"), &[0; 8]),
+            "descr",
+            "unsupported dtype '<c8'",
+        ),
+        (
+            "struct.npy",
+            npy_bytes(1, "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,)}", &[0; 4]),
+            "header",
+            "unexpected value",
+        ),
+        (
+            "key.npy",
+            npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'x': True}", &[0; 4]),
+            "header",
+            "unexpected key 'x'",
+        ),
+        ("nokey.npy", npy_bytes(1, "{'descr': '<f4', 'shape': (1,)}", &[0; 4]), "header", "needs 'descr'"),
+        (
+            "dim.npy",
+            npy_bytes(1, &header("<f4", "False", "(99999999999999999999999,)"), &[]),
+            "header",
+            "too large",
+        ),
+        (
+            "overflow.npy",
+            npy_bytes(1, &header("<f8", "False", "(4294967296, 4294967296)"), &[]),
+            "shape",
+            "overflows",
+        ),
+        ("data.npy", npy_bytes(1, &header("<f4", "False", "(3,)"), &[0; 11]), "byte", "truncated data"),
+        (
+            "trailing.npy",
+            npy_bytes(1, &header("|u1", "False", "(3,)"), &[0; 4]),
+            "byte",
+            "1 unexpected bytes",
+        ),
+        (
+            "bool.npy",
+            npy_bytes(1, &header("|b1", "False", "(3,)"), &[0, 1, 2]),
+            "byte",
+            "boolean element 2 is 2",
+        ),
+        (
+            "utf8.npy",
+            npy_bytes(1, "{'descr': '\u{ff}", &[])
+                .iter()
+                .map(|&b| if b == 0xc3 { 0xff } else { b })
+                .collect(),
+            "byte",
+            "not text",
+        ),
+    ];
+    for (name, bytes, location, message) in cases {
+        let p = write_file(&dir, name, &bytes);
+        assert_format(npy::read(&p), &p, location, message);
+    }
+}
+
+#[test]
+fn npy_datasets_check_dtype_shape_range_and_count() {
+    let dir = temp_dir("npy-data");
+    let (xp, yp) = (dir.join("X.npy"), dir.join("Y.npy"));
+    let x = NpyArray::new(vec![2, 1, 2, 2], NpyData::F32((0..8).map(|i| i as f32).collect())).unwrap();
+    let y = NpyArray::new(vec![2], NpyData::I64(vec![3, 9])).unwrap();
+    let data = npy::dense_dataset(&x, &xp, &y, &yp, &[1, 2, 2], LabelKind::Classes(10)).unwrap();
+    assert_eq!(
+        (data.len(), data.labels.clone(), data.example_shape.clone()),
+        (2, vec![3.0, 9.0], vec![1, 2, 2])
+    );
+    let x64 = NpyArray::new(vec![2, 4], NpyData::F64(vec![0.0; 8])).unwrap();
+    let yf = NpyArray::new(vec![2], NpyData::F32(vec![1.0, 0.0])).unwrap();
+    assert_eq!(
+        npy::dense_dataset(&x64, &xp, &yf, &yp, &[4], LabelKind::Binary).unwrap().labels,
+        vec![1.0, 0.0]
+    );
+
+    assert_format(
+        npy::dense_dataset(&x, &xp, &y, &yp, &[1, 28, 28], LabelKind::Classes(10)),
+        &xp,
+        "shape",
+        "[2, 1, 2, 2] does not match [N, 1, 28, 28]",
+    );
+    let mut nan = x.clone();
+    if let NpyData::F32(v) = &mut nan.data {
+        v[5] = f32::NAN;
+    }
+    assert_format(
+        npy::dense_dataset(&nan, &xp, &y, &yp, &[1, 2, 2], LabelKind::Classes(10)),
+        &xp,
+        "element 5",
+        "NaN is not finite (example 1)",
+    );
+    assert_format(
+        npy::dense_dataset(&x, &xp, &y, &yp, &[1, 2, 2], LabelKind::Classes(9)),
+        &yp,
+        "element 1",
+        "label 9 is out of range",
+    );
+    assert_format(
+        npy::dense_dataset(&x, &xp, &yf, &yp, &[1, 2, 2], LabelKind::Classes(10)),
+        &yp,
+        "descr",
+        "class labels must be integers",
+    );
+    let y3 = NpyArray::new(vec![3], NpyData::I64(vec![0, 1, 2])).unwrap();
+    assert_format(
+        npy::dense_dataset(&x, &xp, &y3, &yp, &[1, 2, 2], LabelKind::Classes(10)),
+        &yp,
+        "shape",
+        "3 labels but 2 examples",
+    );
+    let half = NpyArray::new(vec![2], NpyData::F32(vec![0.5, 1.0])).unwrap();
+    assert_format(
+        npy::dense_dataset(&x64, &xp, &half, &yp, &[4], LabelKind::Binary),
+        &yp,
+        "element 0",
+        "expected 0 or 1",
+    );
+    let empty = NpyArray::new(vec![0, 4], NpyData::F32(vec![])).unwrap();
+    assert_format(
+        npy::dense_dataset(&empty, &xp, &yf, &yp, &[4], LabelKind::Binary),
+        &xp,
+        "shape",
+        "dataset is empty",
+    );
+    let tokens = NpyArray::new(vec![2, 3], NpyData::I32(vec![1, 2, 3, 4, 5, 6])).unwrap();
+    assert_format(
+        npy::dense_dataset(&tokens, &xp, &y, &yp, &[3], LabelKind::Classes(10)),
+        &xp,
+        "descr",
+        "float32 or float64, found int32",
+    );
+
+    let data = npy::token_dataset(&tokens, &xp, &y, &yp, 3, 7, LabelKind::Classes(10)).unwrap();
+    assert_eq!(data.inputs, vec![1, 2, 3, 4, 5, 6]);
+    assert_format(
+        npy::token_dataset(&tokens, &xp, &y, &yp, 3, 6, LabelKind::Classes(10)),
+        &xp,
+        "element 5",
+        "token id 6 of example 1 is out of range 0..6",
+    );
+    let negative = NpyArray::new(vec![1, 2], NpyData::I64(vec![0, -1])).unwrap();
+    let one = NpyArray::new(vec![1], NpyData::I64(vec![0])).unwrap();
+    assert_format(
+        npy::token_dataset(&negative, &xp, &one, &yp, 2, 5, LabelKind::Classes(2)),
+        &xp,
+        "element 1",
+        "token id -1",
+    );
+    assert_format(
+        npy::token_dataset(&x64, &xp, &one, &yp, 4, 5, LabelKind::Classes(2)),
+        &xp,
+        "descr",
+        "int64 or int32, found float64",
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real files
+
+fn repo_file(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// A file of `shared/datasets/`, which lies beside the clone (`../../shared` from dp-runtime/) in CI;
+/// a checkout nested deeper (a git worktree) finds it in the nearest ancestor that has it.
+fn shared_dataset(relative: &str) -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .skip(2)
+        .map(|dir| dir.join("shared/datasets").join(relative))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| manifest.join("../../shared/datasets").join(relative))
+}
+
+#[test]
+fn real_mnist() {
+    let start = std::time::Instant::now();
+    let (train, test) = mnist::load(repo_file("../data/mnist")).unwrap();
+    let seconds = start.elapsed().as_secs_f64();
+    eprintln!("MNIST decoded in {seconds:.2} s");
+    assert_eq!((train.len(), test.len()), (60_000, 10_000));
+    assert_eq!(train.example_shape, vec![1, 28, 28]);
+    for data in [&train, &test] {
+        let (min, max) = data.inputs.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        assert_eq!((min, max), (0.0, 1.0));
+        let mean = data.inputs.iter().map(|&x| f64::from(x)).sum::<f64>() / data.inputs.len() as f64;
+        assert!((mean - 0.1307).abs() < 0.003, "mean pixel {mean}");
+        let mut histogram = [0usize; 10];
+        for &l in &data.labels {
+            histogram[l as usize] += 1;
+        }
+        // Every digit is between 8% and 12% of a split.
+        for (digit, &count) in histogram.iter().enumerate() {
+            let share = count as f64 / data.len() as f64;
+            assert!((0.08..0.12).contains(&share), "digit {digit}: {share}");
+        }
+    }
+    // The canonical first training labels: 5 0 4 1 9 2 1 3 1 4.
+    assert_eq!(&train.labels[..10], &[5.0, 0.0, 4.0, 1.0, 9.0, 2.0, 1.0, 3.0, 1.0, 4.0]);
+}
+
+#[test]
+fn real_adult() {
+    let train_path = repo_file("../data/adult/adult_train.csv.gz");
+    let test_path = repo_file("../data/adult/adult_test.csv.gz");
+    let (train, test) = adult::load(&train_path, &test_path).unwrap();
+    assert_eq!(train.example_shape, vec![adult::FEATURES]);
+    assert_eq!((train.len(), test.len()), (32_561, 16_281));
+    let encoder = adult::fit_encoder(&train_path).unwrap();
+    let sizes: Vec<usize> = encoder.categories().iter().map(|(_, c)| c.len()).collect();
+    assert_eq!(sizes, [8, 16, 7, 14, 6, 5, 2, 41]);
+    assert!(encoder.categories().iter().all(|(_, c)| !c.iter().any(|v| v == "?")));
+    // About 24% of both splits earn more than 50K.
+    for data in [&train, &test] {
+        let positive = data.labels.iter().sum::<f32>() / data.len() as f32;
+        assert!((0.23..0.25).contains(&positive), "{positive}");
+    }
+    // Standardised numeric columns: mean 0 and variance 1 on the training split.
+    let names = encoder.feature_names();
+    for column in ["age", "education-num", "capital-gain", "capital-loss", "hours-per-week"] {
+        let j = names.iter().position(|n| n == column).unwrap();
+        let values: Vec<f64> = (0..train.len()).map(|i| f64::from(train.input(i)[j])).collect();
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        let var = values.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / values.len() as f64;
+        assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4, "{column}: mean {mean}, var {var}");
+    }
+    assert!(train.inputs.iter().chain(&test.inputs).all(|x| x.is_finite()));
+}
+
+#[test]
+fn real_reviews() {
+    let path = shared_dataset("reviews/womens_clothing_reviews.csv.gz");
+    let corpus = text::load_csv(&path, &TextOptions::default()).unwrap();
+    assert_eq!((corpus.rows, corpus.skipped_empty), (23_486, 845));
+    assert_eq!((corpus.train.len(), corpus.test.len()), (18_113, 4_528));
+    assert_eq!(corpus.vocabulary.len(), 10_004);
+    assert_eq!(corpus.train.example_shape, vec![256]);
+    assert_eq!(corpus.test.example_shape, vec![256]);
+    for data in [&corpus.train, &corpus.test] {
+        assert!(data.inputs.iter().all(|&id| (id as usize) < 10_004 && id != text::UNUSED));
+        assert!((0..data.len()).all(|i| data.input(i).iter().filter(|&&id| id == text::START).count() == 1));
+        let positive = data.labels.iter().sum::<f32>() / data.len() as f32;
+        assert!((0.79..0.84).contains(&positive), "{positive}");
+    }
+    let the = corpus.vocabulary.id("the");
+    assert!(the < 10, "'the' has id {the}");
+    let (train, test, vocabulary) = text::load_reviews(&path, TextOptions::default()).unwrap();
+    assert_eq!((train, test, vocabulary), (corpus.train, corpus.test, corpus.vocabulary));
+}
