@@ -38,6 +38,13 @@ pub struct SecureAggregator {
 }
 
 impl SecureAggregator {
+    /// The grid sensitivity Δ = C/γ + √d/2 (in grid units) for `dimension` parameters; it does not
+    /// depend on C, since the grid step γ is proportional to C.
+    pub fn grid_sensitivity(dimension: usize) -> f64 {
+        let root_d = (dimension as f64).sqrt();
+        (LEVELS_PER_SQRT_DIM * root_d).max(MIN_LEVELS) + root_d / 2.0
+    }
+
     /// An aggregator for `dimension` parameters, clip norm `clip_norm` and noise multiplier
     /// `noise_multiplier` (σ relative to the grid sensitivity).
     pub fn new(dimension: usize, clip_norm: f64, noise_multiplier: f64) -> Result<Self> {
