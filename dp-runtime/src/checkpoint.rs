@@ -57,7 +57,11 @@ pub fn save<M: DpModel>(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
         check_len::<M>(path, &format!("optimizer buffer {buffer}"), values.len())?;
         for spec in M::PARAMS {
             let name = format!("{OPTIMIZER_PREFIX}{buffer}.{}", spec.name);
-            tensors.push((name, spec.shape.to_vec(), f32_bytes(&values[spec.offset..spec.offset + spec.len])));
+            tensors.push((
+                name,
+                spec.shape.to_vec(),
+                f32_bytes(&values[spec.offset..spec.offset + spec.len]),
+            ));
         }
     }
     let views = tensors
@@ -98,12 +102,14 @@ pub fn save_params<M: DpModel>(path: &Path, model: &M) -> Result<()> {
 /// another shape, another dtype, or an unknown tensor) is an error naming the tensor.
 pub fn load<M: DpModel>(path: &Path) -> Result<Checkpoint> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let tensors = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, "header", e.to_string()))?;
+    let tensors =
+        SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, "header", e.to_string()))?;
     let (_, header) =
         SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(path, "header", e.to_string()))?;
     let meta = header.metadata().clone().unwrap_or_default();
     let field = |key: &str| {
-        meta.get(key).ok_or_else(|| Error::format(path, "metadata", format!("no `{key}`: not a dp checkpoint")))
+        meta.get(key)
+            .ok_or_else(|| Error::format(path, "metadata", format!("no `{key}`: not a dp checkpoint")))
     };
     if field("format")? != FORMAT {
         return Err(Error::format(path, "metadata", format!("format {} is not {FORMAT}", field("format")?)));
@@ -134,7 +140,9 @@ pub fn load<M: DpModel>(path: &Path) -> Result<Checkpoint> {
             let buffer = M::PARAMS
                 .iter()
                 .find_map(|s| rest.strip_suffix(s.name).and_then(|b| b.strip_suffix('.')))
-                .ok_or_else(|| Error::format(path, name, format!("not a buffer of a parameter of {}", M::NAME)))?;
+                .ok_or_else(|| {
+                    Error::format(path, name, format!("not a buffer of a parameter of {}", M::NAME))
+                })?;
             if !buffers.iter().any(|b| b == buffer) {
                 buffers.push(buffer.to_string());
             }
@@ -158,7 +166,8 @@ pub fn load<M: DpModel>(path: &Path) -> Result<Checkpoint> {
 /// an error naming them.
 pub fn load_params<M: DpModel>(path: &Path) -> Result<Vec<f32>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let tensors = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, "header", e.to_string()))?;
+    let tensors =
+        SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, "header", e.to_string()))?;
     read_params::<M>(path, &tensors)
 }
 
@@ -182,7 +191,13 @@ fn read_params<M: DpModel>(path: &Path, tensors: &SafeTensors<'_>) -> Result<Vec
     Ok(params)
 }
 
-fn copy_tensor(path: &Path, name: &str, shape: &[usize], view: &TensorView<'_>, out: &mut [f32]) -> Result<()> {
+fn copy_tensor(
+    path: &Path,
+    name: &str,
+    shape: &[usize],
+    view: &TensorView<'_>,
+    out: &mut [f32],
+) -> Result<()> {
     if view.dtype() != Dtype::F32 {
         return Err(Error::format(path, name, format!("dtype {:?}, F32 expected", view.dtype())));
     }
@@ -197,7 +212,11 @@ fn copy_tensor(path: &Path, name: &str, shape: &[usize], view: &TensorView<'_>, 
 
 fn check_len<M: DpModel>(path: &Path, what: &str, len: usize) -> Result<()> {
     if len != M::PARAM_COUNT {
-        return Err(Error::format(path, what, format!("{len} values, model {} has {}", M::NAME, M::PARAM_COUNT)));
+        return Err(Error::format(
+            path,
+            what,
+            format!("{len} values, model {} has {}", M::NAME, M::PARAM_COUNT),
+        ));
     }
     Ok(())
 }
@@ -208,7 +227,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let file_name = path.file_name().ok_or_else(|| Error::invalid("checkpoint", "the path has no file name"))?;
+    let file_name =
+        path.file_name().ok_or_else(|| Error::invalid("checkpoint", "the path has no file name"))?;
     let temp = dir.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut file = std::fs::File::create(&temp).map_err(|e| Error::io(&temp, e))?;

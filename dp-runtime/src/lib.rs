@@ -19,5 +19,5 @@ pub mod trainer;
 
 pub use data::Dataset;
 pub use error::{Error, Result};
-pub use trainer::{Report, Trainer};
 pub use model::{Batch, DpModel, InputElem, LayerInfo, Loss, NormStrategy, ParamSpec, Workspace};
+pub use trainer::{Report, Trainer};

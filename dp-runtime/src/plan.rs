@@ -122,7 +122,10 @@ impl PrivacyPlan {
             }
             NoiseSpec::Multiplier(s) => s,
             NoiseSpec::TargetEpsilon(e) if !(e > 0.0 && e.is_finite()) => {
-                return Err(Error::invalid("target_privacy", format!("epsilon {e} must be positive and finite")))
+                return Err(Error::invalid(
+                    "target_privacy",
+                    format!("epsilon {e} must be positive and finite"),
+                ))
             }
             NoiseSpec::TargetEpsilon(e) => plan.calibrate(e)?,
         };
@@ -135,8 +138,14 @@ impl PrivacyPlan {
     fn calibrate(&self, target: f64) -> Result<f64> {
         let steps = self.total_steps;
         if self.secure.is_none() {
-            return accounting::calibrate_noise(self.accountant, self.sampling_rate, steps, self.delta, target)
-                .map_err(|e| Error::invalid("target_privacy", e.to_string()));
+            return accounting::calibrate_noise(
+                self.accountant,
+                self.sampling_rate,
+                steps,
+                self.delta,
+                target,
+            )
+            .map_err(|e| Error::invalid("target_privacy", e.to_string()));
         }
         let spent = |sigma: f64| -> Result<f64> {
             let mut ledger = Ledger::new();

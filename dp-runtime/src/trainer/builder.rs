@@ -136,7 +136,8 @@ impl<'m, M: DpModel> Trainer<'m, M> {
 
     fn set_noise(&mut self, noise: NoiseSpec, field: &str) {
         if self.noise.is_some() {
-            self.conflicts.push(Error::invalid(field, "noise_multiplier and target_privacy exclude each other"));
+            self.conflicts
+                .push(Error::invalid(field, "noise_multiplier and target_privacy exclude each other"));
         }
         self.noise = Some(noise);
     }

@@ -92,8 +92,9 @@ impl<'m, M: DpModel> Trainer<'m, M> {
 
     /// Trains on `train` and evaluates on `eval` (or on `train` without it) after every epoch.
     pub fn fit(self, train: &Dataset<M::Input>, eval: Option<&Dataset<M::Input>>) -> Result<Report> {
-        let Trainer { model, optimizer, clip_norm, clip_mode, noise, delta, expected_batch_size, length, .. } =
-            self;
+        let Trainer {
+            model, optimizer, clip_norm, clip_mode, noise, delta, expected_batch_size, length, ..
+        } = self;
         if let Some(conflict) = self.conflicts.into_iter().next() {
             return Err(conflict);
         }
@@ -102,7 +103,8 @@ impl<'m, M: DpModel> Trainer<'m, M> {
         if !(clip_norm > 0.0 && clip_norm.is_finite()) {
             return Err(Error::invalid("clip_norm", format!("{clip_norm} must be positive and finite")));
         }
-        let noise = noise.ok_or_else(|| Error::invalid("noise_multiplier", "set noise_multiplier or target_privacy"))?;
+        let noise = noise
+            .ok_or_else(|| Error::invalid("noise_multiplier", "set noise_multiplier or target_privacy"))?;
         let expected_batch_size =
             expected_batch_size.ok_or_else(|| Error::invalid("expected_batch_size", "not set"))?;
         let length = length.ok_or_else(|| Error::invalid("epochs", "set epochs or steps"))?;
@@ -316,7 +318,10 @@ impl<'m, M: DpModel> Trainer<'m, M> {
 
 /// Checks that `data` fits model `M`: example shape, label length, label values, token ids.
 fn check_dataset<M: DpModel>(name: &str, data: &Dataset<M::Input>) -> Result<()> {
-    let mismatch = |message: String| Error::Mismatch { model: M::NAME.to_string(), message: format!("{name}: {message}") };
+    let mismatch = |message: String| Error::Mismatch {
+        model: M::NAME.to_string(),
+        message: format!("{name}: {message}"),
+    };
     if data.example_shape != M::INPUT_SHAPE {
         return Err(mismatch(format!(
             "examples have shape {:?}, the model takes {:?}",
@@ -325,19 +330,29 @@ fn check_dataset<M: DpModel>(name: &str, data: &Dataset<M::Input>) -> Result<()>
         )));
     }
     if data.label_len != M::LOSS.label_len() {
-        return Err(mismatch(format!("{} label values per example, the model needs {}", data.label_len, M::LOSS.label_len())));
+        return Err(mismatch(format!(
+            "{} label values per example, the model needs {}",
+            data.label_len,
+            M::LOSS.label_len()
+        )));
     }
     if data.is_empty() {
         return Err(Error::invalid(name, "the dataset is empty"));
     }
     for (i, &label) in data.labels.iter().enumerate() {
         let ok = match M::LOSS {
-            Loss::CrossEntropy { classes } => label >= 0.0 && label.fract() == 0.0 && (label as usize) < classes,
+            Loss::CrossEntropy { classes } => {
+                label >= 0.0 && label.fract() == 0.0 && (label as usize) < classes
+            }
             Loss::BinaryCrossEntropy => (0.0..=1.0).contains(&label),
             Loss::MeanSquaredError { .. } => label.is_finite(),
         };
         if !ok {
-            return Err(mismatch(format!("label {label} of example {} is invalid for {:?}", i / data.label_len, M::LOSS)));
+            return Err(mismatch(format!(
+                "label {label} of example {} is invalid for {:?}",
+                i / data.label_len,
+                M::LOSS
+            )));
         }
     }
     if let Some(tokens) = (&data.inputs as &dyn std::any::Any).downcast_ref::<Vec<u32>>() {

@@ -23,8 +23,9 @@ impl Progress {
             return Progress { bar: None, lines: true };
         }
         let bar = ProgressBar::with_draw_target(Some(total_steps), ProgressDrawTarget::stderr());
-        let style = ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta}] {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let style =
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta}] {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
         bar.set_position(done);
         Progress { bar: Some(bar), lines: false }

@@ -65,14 +65,24 @@ impl<M: DpModel> StepEngine<M> {
     }
 
     /// Computes the clipped sum of the examples at `indices` into `self.clipped_sum`, chunk by chunk.
-    pub fn clipped_sum(&mut self, model: &M, data: &Dataset<M::Input>, indices: &[usize]) -> Result<BatchStats> {
+    pub fn clipped_sum(
+        &mut self,
+        model: &M,
+        data: &Dataset<M::Input>,
+        indices: &[usize],
+    ) -> Result<BatchStats> {
         self.clipped_sum.fill(0.0);
         let mut stats = BatchStats { examples: indices.len(), ..BatchStats::default() };
         let groups = M::GROUPS.len();
         for chunk in indices.chunks(self.max_chunk) {
             self.norms_and_factors(model, data, chunk, &mut stats)?;
             let batch = Batch { inputs: &self.inputs, labels: &self.labels, size: chunk.len() };
-            model.clipped_sum(&mut self.workspace, batch, &self.factors[..chunk.len() * groups], &mut self.clipped_sum);
+            model.clipped_sum(
+                &mut self.workspace,
+                batch,
+                &self.factors[..chunk.len() * groups],
+                &mut self.clipped_sum,
+            );
         }
         if self.clipped_sum.iter().any(|g| !g.is_finite()) {
             return Err(Error::Mismatch {
@@ -105,7 +115,12 @@ impl<M: DpModel> StepEngine<M> {
             }
             self.example_gradient.fill(0.0);
             let batch = Batch { inputs: &self.inputs, labels: &self.labels, size: 1 };
-            model.clipped_sum(&mut self.workspace, batch, &self.factors[..M::GROUPS.len()], &mut self.example_gradient);
+            model.clipped_sum(
+                &mut self.workspace,
+                batch,
+                &self.factors[..M::GROUPS.len()],
+                &mut self.example_gradient,
+            );
             if !aggregator.add_example(&self.example_gradient)? {
                 stats.non_finite += 1;
             }
@@ -129,7 +144,12 @@ impl<M: DpModel> StepEngine<M> {
         self.sq_norms.resize(size * groups, 0.0);
         self.factors.resize(size * groups, 0.0);
         let batch = Batch { inputs: &self.inputs, labels: &self.labels, size };
-        model.per_example_norms(&mut self.workspace, batch, &mut self.losses, &mut self.sq_norms[..size * groups]);
+        model.per_example_norms(
+            &mut self.workspace,
+            batch,
+            &mut self.losses,
+            &mut self.sq_norms[..size * groups],
+        );
         stats.non_finite += clip_factors(
             self.clip_mode,
             self.clip_norm,
