@@ -31,7 +31,7 @@ pub fn clip_factors(
     sq_norms: &[f32],
     factors: &mut [f32],
 ) -> Result<usize> {
-    if groups == 0 || sq_norms.len() % groups != 0 || factors.len() != sq_norms.len() {
+    if groups == 0 || !sq_norms.len().is_multiple_of(groups) || factors.len() != sq_norms.len() {
         return Err(Error::invalid(
             "sq_norms",
             format!("{} norms, {} factors for {groups} groups", sq_norms.len(), factors.len()),

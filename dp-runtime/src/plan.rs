@@ -47,10 +47,15 @@ pub struct PlanConfig {
     pub examples: usize,
     /// B, the expected batch size.
     pub expected_batch_size: usize,
+    /// Epochs or steps.
     pub length: Length,
+    /// σ or a target ε.
     pub noise: NoiseSpec,
+    /// δ of the reported ε.
     pub delta: f64,
+    /// RDP or PLD.
     pub accountant: AccountantKind,
+    /// Poisson or shuffled (accounted as Poisson either way).
     pub sampling: SamplingMode,
     /// `Some` in secure mode: steps are accounted as a discrete Gaussian on this grid.
     pub secure: Option<SecureGrid>,

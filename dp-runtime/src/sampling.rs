@@ -59,7 +59,8 @@ impl PoissonSampler {
         loop {
             // Number of rejected examples before the next kept one: Geometric(q) on {0, 1, ...}.
             let skip = (uniform_open_closed(rng).ln() / self.log_keep_complement).floor();
-            if !(skip < (self.n - next) as f64) {
+            // `skip` is ≥ 0 and never NaN (ln U ≤ 0, ln(1 − q) < 0); it may be +∞ for tiny q.
+            if skip >= (self.n - next) as f64 {
                 return;
             }
             next += skip as usize;

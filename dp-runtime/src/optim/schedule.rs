@@ -7,10 +7,18 @@ pub enum Schedule {
     #[default]
     Constant,
     /// The rate multiplied by `gamma` every `every` steps (PyTorch's `StepLR`).
-    Step { every: u64, gamma: f64 },
+    Step {
+        /// Steps between two drops.
+        every: u64,
+        /// Factor of each drop.
+        gamma: f64,
+    },
     /// Cosine decay from the base rate to `final_fraction` of it over the plan's steps
     /// (PyTorch's `CosineAnnealingLR` with `eta_min = final_fraction · lr`).
-    Cosine { final_fraction: f64 },
+    Cosine {
+        /// The final rate as a fraction of the base rate.
+        final_fraction: f64,
+    },
 }
 
 impl Schedule {
