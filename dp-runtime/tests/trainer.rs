@@ -288,3 +288,24 @@ fn secure_mode_learns_and_is_accounted_as_a_discrete_gaussian() {
     );
     assert_eq!(report.epsilon, ledger.epsilon(AccountantKind::Rdp, 1e-5).unwrap().epsilon);
 }
+
+#[test]
+fn an_overflowing_update_is_an_error_and_keeps_the_last_finite_parameters() {
+    let train = separable(100, 12);
+    let mut model = softmax();
+    let before = model.params.clone();
+    let err = Trainer::new(&mut model)
+        .optimizer(Sgd::new(1e40))
+        .clip_norm(1.0)
+        .noise_multiplier(1.0)
+        .expected_batch_size(10)
+        .steps(5)
+        .seed(1)
+        .quiet(true)
+        .fit(&train, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("optimizer"), "{err}");
+    assert!(model.params.iter().all(|p| p.is_finite()));
+    // The first update already overflows, so the model is left exactly as it started.
+    assert_eq!(model.params, before);
+}

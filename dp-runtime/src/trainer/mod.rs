@@ -211,6 +211,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
 
         let mut epochs = Vec::new();
         let mut indices = Vec::new();
+        let mut previous = model.params().to_vec();
         let mut step = start_step;
         let mut total_non_finite = 0u64;
         let mut epoch = (1..).find(|&e| plan.epoch_end(e) > step || e >= plan.epochs()).unwrap_or(1);
@@ -221,6 +222,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             while step < epoch_stop {
                 sampler.sample(&mut sampling_rng, &mut indices);
                 let at = StepInfo { step, total_steps: plan.total_steps() };
+                previous.copy_from_slice(model.params());
                 let stats = match aggregator.as_mut() {
                     None => {
                         let stats = engine.clipped_sum(model, train, &indices)?;
@@ -243,9 +245,11 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 };
                 plan.record_step();
                 if model.params().iter().any(|p| !p.is_finite()) {
+                    // Keep the model as it was before the failing update: parameters never become NaN.
+                    model.params_mut().copy_from_slice(&previous);
                     return Err(Error::invalid(
                         "optimizer",
-                        format!("parameters became non-finite at step {}: lower the learning rate", step + 1),
+                        format!("the update of step {} overflowed: lower the learning rate", step + 1),
                     ));
                 }
                 step += 1;

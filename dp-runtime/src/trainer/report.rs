@@ -64,7 +64,6 @@ pub struct Report {
     /// How batches were drawn; ε assumes Poisson sampling in every mode.
     pub sampling: SamplingMode,
     /// The accountant used.
-    #[serde(skip)]
     pub accountant: AccountantKind,
     /// Examples with a non-finite gradient norm in the whole run.
     pub non_finite_examples: u64,
