@@ -24,16 +24,16 @@ pub enum PrivacyCommand {
 #[derive(Debug, Args)]
 pub struct EpsilonArgs {
     /// Poisson sampling rate q = expected batch size / dataset size, in (0, 1].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub sampling_rate: f64,
     /// Noise multiplier σ: noise standard deviation over the clipping norm.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub noise_multiplier: f64,
     /// Number of training steps.
     #[arg(long)]
     pub steps: u64,
     /// δ of the (ε, δ) guarantee, in (0, 1).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub delta: f64,
     /// Accountant: rdp or pld.
     #[arg(long, default_value = "rdp", value_parser = parse_accountant)]
@@ -47,16 +47,16 @@ pub struct EpsilonArgs {
 #[derive(Debug, Args)]
 pub struct NoiseArgs {
     /// Poisson sampling rate q = expected batch size / dataset size, in (0, 1].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub sampling_rate: f64,
     /// Number of training steps.
     #[arg(long)]
     pub steps: u64,
     /// δ of the (ε, δ) guarantee, in (0, 1).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub delta: f64,
     /// The ε not to exceed.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub target_epsilon: f64,
     /// Accountant: rdp or pld.
     #[arg(long, default_value = "rdp", value_parser = parse_accountant)]
