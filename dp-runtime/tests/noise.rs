@@ -166,3 +166,24 @@ fn secure_release_is_the_exact_sum_plus_grid_noise() {
     let d = ks_statistic(all, std);
     assert!(d < 1.95 / (20_000f64).sqrt(), "KS {d}");
 }
+
+#[test]
+fn discrete_gaussian_at_secure_mode_scales_has_the_right_variance() {
+    let mut rng = seeded(31);
+    for &sigma in &[200.0, 9000.0] {
+        let sampler = DiscreteGaussian::new(sigma).unwrap();
+        let n = 40_000;
+        let samples: Vec<f64> = (0..n).map(|_| sampler.sample(&mut rng) as f64).collect();
+        let mean = samples.iter().sum::<f64>() / n as f64;
+        let var = samples.iter().map(|x| x * x).sum::<f64>() / n as f64;
+        assert!(mean.abs() < 5.0 * sigma / (n as f64).sqrt(), "sigma {sigma}: mean {mean}");
+        // For σ ≫ 1 the discrete Gaussian's variance is σ² to within e^(−2π²σ²).
+        assert!(
+            (var / (sigma * sigma) - 1.0).abs() < 0.035,
+            "sigma {sigma}: variance ratio {}",
+            var / (sigma * sigma)
+        );
+        let d = ks_statistic(samples, sigma);
+        assert!(d < 1.95 / (n as f64).sqrt(), "sigma {sigma}: KS {d}");
+    }
+}

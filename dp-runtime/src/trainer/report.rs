@@ -137,3 +137,21 @@ pub fn example_loss(loss: Loss, output: &[f32], label: &[f32]) -> (f64, bool) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_and_correctness_per_loss_kind() {
+        let (l, ok) = example_loss(Loss::CrossEntropy { classes: 3 }, &[1.0, 3.0, 0.0], &[1.0]);
+        let expected = (1f64.exp() + 3f64.exp() + 1.0).ln() - 3.0;
+        assert!((l - expected).abs() < 1e-12 && ok);
+        assert!(!example_loss(Loss::CrossEntropy { classes: 3 }, &[1.0, 3.0, 0.0], &[0.0]).1);
+        let (l, ok) = example_loss(Loss::BinaryCrossEntropy, &[2.0], &[0.0]);
+        assert!((l - (1.0 + 2f64.exp()).ln()).abs() < 1e-12 && !ok);
+        assert!(example_loss(Loss::BinaryCrossEntropy, &[-0.5], &[0.0]).1);
+        let (l, _) = example_loss(Loss::MeanSquaredError { outputs: 2 }, &[1.0, 2.0], &[0.0, 0.0]);
+        assert!((l - 2.5).abs() < 1e-12);
+    }
+}
