@@ -37,7 +37,12 @@ fn main() -> dp_runtime::Result<()> {
         noise.fill(&mut buf);
         black_box(&buf);
     });
-    println!("gaussian (ChaCha20, Box-Muller, f64)       {gaussian:8.1} M samples/s");
+    println!("gaussian (ChaCha20, ziggurat, f64)         {gaussian:8.1} M samples/s");
+    let box_muller = rate(seconds, n, || {
+        noise.fill_box_muller(&mut buf);
+        black_box(&buf);
+    });
+    println!("gaussian (ChaCha20, Box-Muller, f64)       {box_muller:8.1} M samples/s");
 
     let sum = vec![0.5f32; n];
     let mut params = vec![0.0f32; n];
