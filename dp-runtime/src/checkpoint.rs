@@ -135,7 +135,9 @@ pub fn load<M: DpModel>(path: &Path) -> Result<Checkpoint> {
     }
     // Optimizer buffers: every `optimizer.<buffer>.<param>` of every parameter.
     let mut buffers: Vec<String> = Vec::new();
-    for (name, _) in tensors.iter() {
+    let mut names = tensors.names();
+    names.sort_unstable();
+    for name in names {
         if let Some(rest) = name.strip_prefix(OPTIMIZER_PREFIX) {
             let buffer = M::PARAMS
                 .iter()
@@ -172,7 +174,10 @@ pub fn load_params<M: DpModel>(path: &Path) -> Result<Vec<f32>> {
 }
 
 fn read_params<M: DpModel>(path: &Path, tensors: &SafeTensors<'_>) -> Result<Vec<f32>> {
-    for (name, _) in tensors.iter() {
+    // Sorted, so that the tensor an error names does not depend on hash order.
+    let mut names = tensors.names();
+    names.sort_unstable();
+    for name in names {
         if !name.starts_with(OPTIMIZER_PREFIX) && !M::PARAMS.iter().any(|s| s.name == name) {
             return Err(Error::format(path, name, format!("{} has no parameter of this name", M::NAME)));
         }

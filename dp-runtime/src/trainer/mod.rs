@@ -204,7 +204,9 @@ impl<'m, M: DpModel> Trainer<'m, M> {
         let bytes_per_example = (M::WORKSPACE_PER_EXAMPLE.max(1) * 4) as u64;
         let room = (self.memory_budget as u64).saturating_sub(M::WORKSPACE_FIXED as u64 * 4);
         let max_chunk = (room / bytes_per_example).clamp(1, usize::MAX as u64) as usize;
-        let mut engine = StepEngine::<M>::new(clip_norm, clip_mode, max_chunk, expected_batch_size);
+        // Room for a Poisson batch up to B + 5√B without growing the workspace.
+        let typical_batch = expected_batch_size + 5 * (expected_batch_size as f64).sqrt().ceil() as usize;
+        let mut engine = StepEngine::<M>::new(clip_norm, clip_mode, max_chunk, typical_batch);
         let eval_data = eval.unwrap_or(train);
         let noise_std = plan.noise_multiplier() * clip_norm;
         let progress = Progress::new(last_step, start_step, self.quiet);
