@@ -309,3 +309,33 @@ fn an_overflowing_update_is_an_error_and_keeps_the_last_finite_parameters() {
     // The first update already overflows, so the model is left exactly as it started.
     assert_eq!(model.params, before);
 }
+
+#[test]
+fn the_noisy_sum_is_divided_by_the_expected_batch_size() {
+    // 100 identical examples: every per-example gradient is the same g, so one SGD step moves the
+    // parameters by −lr·k·g/B for a realised batch of k. Dividing by the realised size would give −lr·g.
+    let x = [1.0f32, -0.5, 0.25, 1.0];
+    let inputs: Vec<f32> = (0..100).flat_map(|_| x).collect();
+    let train = Dataset::new(inputs, vec![2.0; 100], vec![FEATURES], 1).unwrap();
+    let mut model = softmax();
+    let before = model.params.clone();
+    let g = common::softmax_gradient_f64(&before, &x, 2);
+    let report = Trainer::new(&mut model)
+        .optimizer(Sgd::new(1.0))
+        .clip_norm(1e3)
+        .noise_multiplier(1e-12)
+        .expected_batch_size(10)
+        .steps(1)
+        .seed(4)
+        .quiet(true)
+        .fit(&train, None)
+        .unwrap();
+    let realised = report.epochs[0].mean_batch_size;
+    assert_ne!(realised, 10.0, "pick a seed whose batch is not exactly B");
+    let (j, _) = g
+        .iter()
+        .enumerate()
+        .fold((0, 0.0), |(bj, bv), (j, &v)| if v.abs() > bv { (j, v.abs()) } else { (bj, bv) });
+    let ratio = (before[j] - model.params[j]) as f64 / g[j];
+    assert!((ratio * 10.0 - realised).abs() < 1e-3, "moved by {ratio}·g, realised batch {realised}");
+}
