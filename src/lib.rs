@@ -15,6 +15,10 @@ pub mod prelude {
     pub use dp_runtime::{Batch, Dataset, DpModel, Loss, Workspace};
 }
 
+/// The `dp` command line (the binary's implementation); not a stable API.
+#[doc(hidden)]
+pub mod cli;
+
 /// Paths the generated code uses; not a public API.
 #[doc(hidden)]
 pub mod __private {

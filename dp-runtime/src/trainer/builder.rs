@@ -1,0 +1,151 @@
+//! The builder methods of [`Trainer`]: each sets one field; conflicting or invalid settings are
+//! reported by `fit`, naming the field.
+
+use std::path::PathBuf;
+
+use super::Trainer;
+use crate::accounting::AccountantKind;
+use crate::clipping::ClipMode;
+use crate::error::Error;
+use crate::model::DpModel;
+use crate::optim::Optimizer;
+use crate::plan::{Length, NoiseSpec};
+use crate::sampling::SamplingMode;
+
+impl<'m, M: DpModel> Trainer<'m, M> {
+    /// The optimizer (required), e.g. `Sgd::new(0.1).momentum(0.9)` or `Adam::new(1e-3)`.
+    pub fn optimizer(mut self, optimizer: impl Optimizer + 'static) -> Self {
+        self.optimizer = Some(Box::new(optimizer));
+        self
+    }
+
+    /// The clip norm C (required, > 0).
+    pub fn clip_norm(mut self, clip_norm: f64) -> Self {
+        self.clip_norm = Some(clip_norm);
+        self
+    }
+
+    /// Per-layer clipping: each of the G parameter groups is clipped to C/√G (total still ≤ C).
+    pub fn per_layer_clipping(mut self, per_layer: bool) -> Self {
+        self.clip_mode = if per_layer { ClipMode::PerLayer } else { ClipMode::Flat };
+        self
+    }
+
+    /// The noise multiplier σ (noise std σ·C); excludes `target_privacy`.
+    pub fn noise_multiplier(mut self, sigma: f64) -> Self {
+        self.set_noise(NoiseSpec::Multiplier(sigma), "noise_multiplier");
+        self
+    }
+
+    /// A target (ε, δ): σ is calibrated by the accountant; excludes `noise_multiplier`.
+    pub fn target_privacy(mut self, epsilon: f64, delta: f64) -> Self {
+        self.set_noise(NoiseSpec::TargetEpsilon(epsilon), "target_privacy");
+        self.delta = Some(delta);
+        self
+    }
+
+    /// δ for reporting ε (default 1e-5; set by `target_privacy` too).
+    pub fn delta(mut self, delta: f64) -> Self {
+        self.delta = Some(delta);
+        self
+    }
+
+    /// The expected batch size B (required): Poisson sampling with q = B / N.
+    pub fn expected_batch_size(mut self, batch: usize) -> Self {
+        self.expected_batch_size = Some(batch);
+        self
+    }
+
+    /// Train for this many epochs (T = round(epochs · N / B)); excludes `steps`.
+    pub fn epochs(mut self, epochs: impl Into<f64>) -> Self {
+        self.set_length(Length::Epochs(epochs.into()), "epochs");
+        self
+    }
+
+    /// Train for this many steps; excludes `epochs`.
+    pub fn steps(mut self, steps: u64) -> Self {
+        self.set_length(Length::Steps(steps), "steps");
+        self
+    }
+
+    /// Reproducible randomness from a seed. NOT PRIVATE: the noise becomes predictable to anyone who
+    /// knows the seed; a warning is printed once and recorded in the report. For tests only.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// The accountant (default RDP).
+    pub fn accountant(mut self, kind: AccountantKind) -> Self {
+        self.accountant = kind;
+        self
+    }
+
+    /// A privacy budget ε: `fit` refuses to start when the plan would exceed it (or, with
+    /// [`stop_at_budget`](Self::stop_at_budget), trains as far as the budget allows and stops cleanly).
+    pub fn budget(mut self, epsilon: f64) -> Self {
+        self.budget = Some(epsilon);
+        self
+    }
+
+    /// With a budget: stop cleanly at the last step that keeps ε within it instead of refusing to start.
+    pub fn stop_at_budget(mut self, stop: bool) -> Self {
+        self.stop_at_budget = stop;
+        self
+    }
+
+    /// How batches are drawn (default Poisson). `Shuffled` is an explicit, weaker choice: the
+    /// reported ε still assumes Poisson sampling, and the report says so.
+    pub fn sampling(mut self, mode: SamplingMode) -> Self {
+        self.sampling = mode;
+        self
+    }
+
+    /// Secure noise against floating-point attacks: integer grid, exact sum, exact discrete Gaussian
+    /// noise (see `noise::secure`). Costs one model call per example.
+    pub fn secure_noise(mut self, secure: bool) -> Self {
+        self.secure_noise = secure;
+        self
+    }
+
+    /// Memory for one physical chunk of a batch, in bytes (default 1 GiB): a larger Poisson batch is
+    /// processed in chunks whose clipped sums are added before the noise.
+    pub fn memory_budget(mut self, bytes: usize) -> Self {
+        self.memory_budget = bytes;
+        self
+    }
+
+    /// No progress output at all.
+    pub fn quiet(mut self, quiet: bool) -> Self {
+        self.quiet = quiet;
+        self
+    }
+
+    /// Write a checkpoint to `path` at the end of every epoch (atomically).
+    pub fn checkpoint(mut self, path: impl Into<PathBuf>) -> Self {
+        self.checkpoint = Some(path.into());
+        self
+    }
+
+    /// Resume from a checkpoint: parameters, optimizer state, step count and ledger; the plan's
+    /// remaining steps are trained with fresh noise.
+    pub fn resume_from(mut self, path: impl Into<PathBuf>) -> Self {
+        self.resume = Some(path.into());
+        self
+    }
+
+    fn set_noise(&mut self, noise: NoiseSpec, field: &str) {
+        if self.noise.is_some() {
+            self.conflicts
+                .push(Error::invalid(field, "noise_multiplier and target_privacy exclude each other"));
+        }
+        self.noise = Some(noise);
+    }
+
+    fn set_length(&mut self, length: Length, field: &str) {
+        if self.length.is_some() {
+            self.conflicts.push(Error::invalid(field, "epochs and steps exclude each other"));
+        }
+        self.length = Some(length);
+    }
+}

@@ -1,0 +1,375 @@
+//! The trainer: drives any [`DpModel`] through DP-SGD with a [`PrivacyPlan`].
+//!
+//! A step: Poisson-sample a batch (sampling stream), compute per-example norms and clip factors,
+//! accumulate the clipped sum chunk by chunk, then in one pass over the parameters add N(0, σ²C²)
+//! noise (noise stream), divide by the expected batch size and apply the optimizer; account the step.
+//! Empty batches go through the same path (the sum is 0, the noise is not).
+
+mod builder;
+pub mod progress;
+pub mod report;
+pub mod step;
+
+use std::path::PathBuf;
+use std::sync::Once;
+
+pub use report::{EpochReport, Report, SecureReport};
+
+use crate::accounting::{AccountantKind, Ledger};
+use crate::checkpoint::{self, Checkpoint};
+use crate::clipping::ClipMode;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::{DpModel, Loss};
+use crate::noise::{GaussianNoise, SecureAggregator};
+use crate::optim::{NoisyGradient, Optimizer, StepInfo};
+use crate::plan::{Length, NoiseSpec, PlanConfig, PrivacyPlan, SecureGrid};
+use crate::rng::{KeySource, Streams};
+use crate::sampling::{Sampler, SamplingMode};
+use progress::Progress;
+use step::StepEngine;
+
+/// δ when none is given.
+pub const DEFAULT_DELTA: f64 = 1e-5;
+/// Bytes for one physical chunk when no memory budget is given.
+pub const DEFAULT_MEMORY_BUDGET: usize = 1 << 30;
+
+static SEED_WARNING: Once = Once::new();
+
+/// The warning of a seeded run.
+pub const SEEDED_WARNING: &str =
+    "WARNING: seeded randomness: this run is NOT differentially private (anyone with the seed can remove the noise); use it for tests only";
+
+/// The DP-SGD trainer of one model; see the crate docs for an example.
+pub struct Trainer<'m, M: DpModel> {
+    model: &'m mut M,
+    optimizer: Option<Box<dyn Optimizer>>,
+    clip_norm: Option<f64>,
+    clip_mode: ClipMode,
+    noise: Option<NoiseSpec>,
+    delta: Option<f64>,
+    expected_batch_size: Option<usize>,
+    length: Option<Length>,
+    seed: Option<u64>,
+    accountant: AccountantKind,
+    budget: Option<f64>,
+    stop_at_budget: bool,
+    sampling: SamplingMode,
+    secure_noise: bool,
+    memory_budget: usize,
+    quiet: bool,
+    checkpoint: Option<PathBuf>,
+    resume: Option<PathBuf>,
+    conflicts: Vec<Error>,
+}
+
+impl<'m, M: DpModel> Trainer<'m, M> {
+    /// A trainer for `model`, with defaults: flat clipping, Poisson sampling, RDP accountant, δ = 1e-5,
+    /// keys from the operating system.
+    pub fn new(model: &'m mut M) -> Self {
+        Trainer {
+            model,
+            optimizer: None,
+            clip_norm: None,
+            clip_mode: ClipMode::Flat,
+            noise: None,
+            delta: None,
+            expected_batch_size: None,
+            length: None,
+            seed: None,
+            accountant: AccountantKind::Rdp,
+            budget: None,
+            stop_at_budget: false,
+            sampling: SamplingMode::Poisson,
+            secure_noise: false,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            quiet: false,
+            checkpoint: None,
+            resume: None,
+            conflicts: Vec::new(),
+        }
+    }
+
+    /// Trains on `train` and evaluates on `eval` (or on `train` without it) after every epoch.
+    pub fn fit(self, train: &Dataset<M::Input>, eval: Option<&Dataset<M::Input>>) -> Result<Report> {
+        let Trainer {
+            model, optimizer, clip_norm, clip_mode, noise, delta, expected_batch_size, length, ..
+        } = self;
+        if let Some(conflict) = self.conflicts.into_iter().next() {
+            return Err(conflict);
+        }
+        let mut optimizer = optimizer.ok_or_else(|| Error::invalid("optimizer", "not set"))?;
+        let clip_norm = clip_norm.ok_or_else(|| Error::invalid("clip_norm", "not set"))?;
+        if !(clip_norm > 0.0 && clip_norm.is_finite()) {
+            return Err(Error::invalid("clip_norm", format!("{clip_norm} must be positive and finite")));
+        }
+        let noise = noise
+            .ok_or_else(|| Error::invalid("noise_multiplier", "set noise_multiplier or target_privacy"))?;
+        let expected_batch_size =
+            expected_batch_size.ok_or_else(|| Error::invalid("expected_batch_size", "not set"))?;
+        let length = length.ok_or_else(|| Error::invalid("epochs", "set epochs or steps"))?;
+        if self.memory_budget == 0 {
+            return Err(Error::invalid("memory_budget", "must be positive"));
+        }
+        if let Some(b) = self.budget {
+            if !(b > 0.0 && b.is_finite()) {
+                return Err(Error::invalid("budget", format!("{b} must be positive and finite")));
+            }
+        }
+        check_dataset::<M>("train", train)?;
+        if let Some(eval) = eval {
+            check_dataset::<M>("eval", eval)?;
+        }
+
+        // Resumed state.
+        let resumed = match &self.resume {
+            Some(path) => Some(checkpoint::load::<M>(path)?),
+            None => None,
+        };
+        let secure_grid = self.secure_noise.then(|| SecureGrid {
+            l2_sensitivity: SecureAggregator::grid_sensitivity(M::PARAM_COUNT),
+            dimension: M::PARAM_COUNT,
+        });
+        let config = PlanConfig {
+            examples: train.len(),
+            expected_batch_size,
+            length,
+            noise,
+            delta: delta.unwrap_or(DEFAULT_DELTA),
+            accountant: self.accountant,
+            sampling: self.sampling,
+            secure: secure_grid,
+        };
+        let ledger = resumed.as_ref().map(|c| c.ledger.clone()).unwrap_or_else(Ledger::new);
+        let mut plan = PrivacyPlan::new(&config, ledger)?;
+        if let Some(c) = resumed {
+            model.params_mut().copy_from_slice(&c.params);
+            optimizer.load_state(c.optimizer, M::PARAM_COUNT)?;
+        }
+        let mut aggregator = match self.secure_noise {
+            true => {
+                let agg = SecureAggregator::new(M::PARAM_COUNT, clip_norm, plan.noise_multiplier())?;
+                plan.set_discrete_sigma(agg.sigma());
+                Some(agg)
+            }
+            false => None,
+        };
+
+        // The budget: refuse to start, or find the last step within it.
+        let start_step = plan.steps_taken();
+        let mut last_step = plan.total_steps().max(start_step);
+        let mut stopped_at_budget = false;
+        if let Some(budget) = self.budget {
+            let planned = plan.planned_epsilon()?.epsilon;
+            if planned > budget {
+                if !self.stop_at_budget {
+                    return Err(Error::Budget(format!(
+                        "the plan spends epsilon {planned:.4} > budget {budget} ({} steps, noise multiplier {:.4}, \
+                         sampling rate {:.3e}); add noise, train fewer steps, or set stop_at_budget",
+                        plan.total_steps(),
+                        plan.noise_multiplier(),
+                        plan.sampling_rate()
+                    )));
+                }
+                let fits = plan.steps_within_budget(budget)?;
+                if fits == 0 {
+                    return Err(Error::Budget(format!(
+                        "epsilon {:.4} already spent leaves no step within budget {budget}",
+                        plan.epsilon()?.epsilon
+                    )));
+                }
+                last_step = start_step + fits;
+                stopped_at_budget = true;
+            }
+        }
+
+        let mut warnings = Vec::new();
+        if self.seed.is_some() {
+            SEED_WARNING.call_once(|| eprintln!("{SEEDED_WARNING}"));
+            warnings.push(SEEDED_WARNING.to_string());
+        }
+        if self.sampling == SamplingMode::Shuffled {
+            warnings.push(
+                "shuffled fixed-size batches: the reported epsilon assumes Poisson sampling, which this run \
+                 did not use"
+                    .to_string(),
+            );
+        }
+
+        let source = self.seed.map_or(KeySource::Os, KeySource::Seed);
+        let streams = Streams::new(source, start_step)?;
+        let mut sampling_rng = streams.sampling;
+        let mut noise_stream = GaussianNoise::new(streams.noise);
+        let mut sampler = Sampler::new(self.sampling, train.len(), expected_batch_size);
+        let bytes_per_example = (M::WORKSPACE_PER_EXAMPLE.max(1) * 4) as u64;
+        let room = (self.memory_budget as u64).saturating_sub(M::WORKSPACE_FIXED as u64 * 4);
+        let max_chunk = (room / bytes_per_example).clamp(1, usize::MAX as u64) as usize;
+        // Room for a Poisson batch up to B + 5√B without growing the workspace.
+        let typical_batch = expected_batch_size + 5 * (expected_batch_size as f64).sqrt().ceil() as usize;
+        let mut engine = StepEngine::<M>::new(clip_norm, clip_mode, max_chunk, typical_batch);
+        let eval_data = eval.unwrap_or(train);
+        let noise_std = plan.noise_multiplier() * clip_norm;
+        let progress = Progress::new(last_step, start_step, self.quiet);
+
+        let mut epochs = Vec::new();
+        let mut indices = Vec::new();
+        let mut previous = model.params().to_vec();
+        let mut step = start_step;
+        let mut total_non_finite = 0u64;
+        let mut epoch = (1..).find(|&e| plan.epoch_end(e) > step || e >= plan.epochs()).unwrap_or(1);
+        while step < last_step {
+            let epoch_stop = plan.epoch_end(epoch).min(last_step);
+            let (mut loss_sum, mut loss_count, mut non_finite, mut examples, mut steps_in_epoch) =
+                (0.0, 0usize, 0u64, 0usize, 0u64);
+            while step < epoch_stop {
+                sampler.sample(&mut sampling_rng, &mut indices);
+                let at = StepInfo { step, total_steps: plan.total_steps() };
+                previous.copy_from_slice(model.params());
+                let stats = match aggregator.as_mut() {
+                    None => {
+                        let stats = engine.clipped_sum(model, train, &indices)?;
+                        let gradient = NoisyGradient::new(
+                            &engine.clipped_sum,
+                            Some(&mut noise_stream),
+                            noise_std,
+                            plan.normaliser(),
+                        );
+                        optimizer.step(model.params_mut(), gradient, at);
+                        stats
+                    }
+                    Some(agg) => {
+                        let stats = engine.secure_sum(model, train, &indices, agg)?;
+                        agg.release(noise_stream.rng(), &mut engine.clipped_sum);
+                        let gradient = NoisyGradient::new(&engine.clipped_sum, None, 0.0, plan.normaliser());
+                        optimizer.step(model.params_mut(), gradient, at);
+                        stats
+                    }
+                };
+                plan.record_step();
+                if model.params().iter().any(|p| !p.is_finite()) {
+                    // Keep the model as it was before the failing update: parameters never become NaN.
+                    model.params_mut().copy_from_slice(&previous);
+                    return Err(Error::invalid(
+                        "optimizer",
+                        format!("the update of step {} overflowed: lower the learning rate", step + 1),
+                    ));
+                }
+                step += 1;
+                steps_in_epoch += 1;
+                loss_sum += stats.loss_sum;
+                loss_count += stats.loss_count;
+                non_finite += stats.non_finite as u64;
+                examples += stats.examples;
+                progress.step(loss_sum / loss_count.max(1) as f64);
+            }
+            total_non_finite += non_finite;
+            let spent = plan.epsilon()?;
+            let (eval_loss, accuracy) = report::evaluate(model, engine.workspace(), eval_data, max_chunk);
+            let record = EpochReport {
+                epoch,
+                steps: step,
+                train_loss: loss_sum / loss_count.max(1) as f64,
+                eval_loss: eval.map(|_| eval_loss),
+                accuracy,
+                epsilon: spent.epsilon,
+                non_finite_examples: non_finite,
+                mean_batch_size: examples as f64 / steps_in_epoch.max(1) as f64,
+            };
+            progress.epoch(&record);
+            epochs.push(record);
+            if let Some(path) = &self.checkpoint {
+                let saved = Checkpoint {
+                    params: model.params().to_vec(),
+                    optimizer: optimizer.state(),
+                    steps: step,
+                    ledger: plan.ledger().clone(),
+                    noise_multiplier: plan.noise_multiplier(),
+                };
+                checkpoint::save::<M>(path, &saved)?;
+            }
+            epoch += 1;
+        }
+        progress.finish();
+
+        let spent = plan.epsilon()?;
+        let accuracy = match epochs.last().and_then(|e| e.accuracy) {
+            Some(a) => a,
+            None => report::evaluate(model, engine.workspace(), eval_data, max_chunk).1.unwrap_or(f64::NAN),
+        };
+        let secure = aggregator.as_ref().map(|a| SecureReport {
+            grid_step: a.grid_step(),
+            l2_sensitivity: a.l2_sensitivity(),
+            sigma: a.sigma(),
+        });
+        Ok(Report {
+            epochs,
+            accuracy,
+            epsilon: spent.epsilon,
+            order: spent.order,
+            delta: plan.delta(),
+            steps: step,
+            planned_steps: plan.total_steps(),
+            noise_multiplier: plan.noise_multiplier(),
+            sampling_rate: plan.sampling_rate(),
+            expected_batch_size: plan.expected_batch_size(),
+            sampling: plan.sampling(),
+            accountant: plan.accountant(),
+            non_finite_examples: total_non_finite,
+            secure,
+            stopped_at_budget: stopped_at_budget && step < plan.total_steps(),
+            warnings,
+        })
+    }
+}
+
+/// Checks that `data` fits model `M`: example shape, label length, label values, token ids.
+fn check_dataset<M: DpModel>(name: &str, data: &Dataset<M::Input>) -> Result<()> {
+    let mismatch = |message: String| Error::Mismatch {
+        model: M::NAME.to_string(),
+        message: format!("{name}: {message}"),
+    };
+    if data.example_shape != M::INPUT_SHAPE {
+        return Err(mismatch(format!(
+            "examples have shape {:?}, the model takes {:?}",
+            data.example_shape,
+            M::INPUT_SHAPE
+        )));
+    }
+    if data.label_len != M::LOSS.label_len() {
+        return Err(mismatch(format!(
+            "{} label values per example, the model needs {}",
+            data.label_len,
+            M::LOSS.label_len()
+        )));
+    }
+    if data.is_empty() {
+        return Err(Error::invalid(name, "the dataset is empty"));
+    }
+    for (i, &label) in data.labels.iter().enumerate() {
+        let ok = match M::LOSS {
+            Loss::CrossEntropy { classes } => {
+                label >= 0.0 && label.fract() == 0.0 && (label as usize) < classes
+            }
+            Loss::BinaryCrossEntropy => (0.0..=1.0).contains(&label),
+            Loss::MeanSquaredError { .. } => label.is_finite(),
+        };
+        if !ok {
+            return Err(mismatch(format!(
+                "label {label} of example {} is invalid for {:?}",
+                i / data.label_len,
+                M::LOSS
+            )));
+        }
+    }
+    if let Some(tokens) = (&data.inputs as &dyn std::any::Any).downcast_ref::<Vec<u32>>() {
+        if let Some(i) = tokens.iter().position(|&t| t as usize >= M::VOCAB) {
+            return Err(mismatch(format!(
+                "token {} at example {} is outside the vocabulary of {}",
+                tokens[i],
+                i / data.example_len(),
+                M::VOCAB
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! What a training run reports, and the evaluation of loss and accuracy from model outputs.
+
+use crate::accounting::AccountantKind;
+use crate::data::Dataset;
+use crate::model::{DpModel, Loss, Workspace};
+use crate::sampling::SamplingMode;
+
+/// One epoch's numbers.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EpochReport {
+    /// Epoch number, from 1.
+    pub epoch: usize,
+    /// Steps taken by the end of this epoch (cumulative, including resumed ones).
+    pub steps: u64,
+    /// Mean training loss over the examples sampled this epoch whose gradient was finite.
+    pub train_loss: f64,
+    /// Mean loss on the evaluation set, when one was given.
+    pub eval_loss: Option<f64>,
+    /// Accuracy on the evaluation set (or the training set without one); `None` for regression.
+    pub accuracy: Option<f64>,
+    /// ε spent by the end of this epoch, at the run's δ.
+    pub epsilon: f64,
+    /// Examples of this epoch whose gradient norm was NaN or infinite (they contributed zero).
+    pub non_finite_examples: u64,
+    /// Mean realised batch size this epoch (Poisson: about B).
+    pub mean_batch_size: f64,
+}
+
+/// Secure-mode parameters, as accounted.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct SecureReport {
+    /// Grid step γ.
+    pub grid_step: f64,
+    /// L2 sensitivity of one example on the grid.
+    pub l2_sensitivity: f64,
+    /// The discrete Gaussian σ in grid units.
+    pub sigma: f64,
+}
+
+/// The result of [`Trainer::fit`](super::Trainer::fit).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// Per-epoch numbers.
+    pub epochs: Vec<EpochReport>,
+    /// Final accuracy (evaluation set, or training set without one). Regression (MSE) models have
+    /// no accuracy: NaN there, and `epochs[..].accuracy` is `None`.
+    pub accuracy: f64,
+    /// Final ε at δ (0 if no step was taken).
+    pub epsilon: f64,
+    /// The RDP order of the final ε (RDP accountant only).
+    pub order: Option<f64>,
+    /// δ.
+    pub delta: f64,
+    /// Steps taken in total (including resumed ones).
+    pub steps: u64,
+    /// Steps the plan asked for.
+    pub planned_steps: u64,
+    /// σ, the noise multiplier.
+    pub noise_multiplier: f64,
+    /// q = B / N.
+    pub sampling_rate: f64,
+    /// B.
+    pub expected_batch_size: usize,
+    /// How batches were drawn; ε assumes Poisson sampling in every mode.
+    pub sampling: SamplingMode,
+    /// The accountant used.
+    pub accountant: AccountantKind,
+    /// Examples with a non-finite gradient norm in the whole run.
+    pub non_finite_examples: u64,
+    /// `Some` in secure mode.
+    pub secure: Option<SecureReport>,
+    /// Whether training stopped early because the privacy budget was reached.
+    pub stopped_at_budget: bool,
+    /// Warnings: a seeded (not private) run, shuffled sampling accounted as Poisson, ...
+    pub warnings: Vec<String>,
+}
+
+/// Mean loss and accuracy (`None` for MSE) of `model` on `data`, in batches of at most `chunk`.
+pub fn evaluate<M: DpModel>(
+    model: &M,
+    ws: &mut Workspace,
+    data: &Dataset<M::Input>,
+    chunk: usize,
+) -> (f64, Option<f64>) {
+    let outputs_per = M::LOSS.output_len();
+    let label_len = M::LOSS.label_len();
+    let mut outputs = Vec::new();
+    let (mut loss, mut correct) = (0.0f64, 0usize);
+    let n = data.len();
+    let example = data.example_len();
+    let mut start = 0;
+    while start < n {
+        let size = chunk.min(n - start);
+        ws.ensure::<M>(size);
+        outputs.resize(size * outputs_per, 0.0);
+        model.forward(ws, &data.inputs[start * example..(start + size) * example], size, &mut outputs);
+        for i in 0..size {
+            let out = &outputs[i * outputs_per..(i + 1) * outputs_per];
+            let label = &data.labels[(start + i) * label_len..(start + i + 1) * label_len];
+            let (l, ok) = example_loss(M::LOSS, out, label);
+            loss += l;
+            correct += ok as usize;
+        }
+        start += size;
+    }
+    let accuracy = match M::LOSS {
+        Loss::MeanSquaredError { .. } => None,
+        _ => Some(correct as f64 / n.max(1) as f64),
+    };
+    (loss / n.max(1) as f64, accuracy)
+}
+
+/// One example's loss (as the model defines it) and whether its prediction is correct
+/// (cross-entropy: argmax; binary: logit > 0 ⇔ label 1).
+pub fn example_loss(loss: Loss, output: &[f32], label: &[f32]) -> (f64, bool) {
+    match loss {
+        Loss::CrossEntropy { .. } => {
+            let class = label[0] as usize;
+            let max = output.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+            let log_total = output.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+            let argmax = output
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) })
+                .0;
+            (log_total - output[class] as f64, argmax == class)
+        }
+        Loss::BinaryCrossEntropy => {
+            let (z, y) = (output[0] as f64, label[0] as f64);
+            // log(1 + e^z) − y·z, computed stably.
+            let softplus = z.max(0.0) + (-z.abs()).exp().ln_1p();
+            (softplus - y * z, (z > 0.0) == (y > 0.5))
+        }
+        Loss::MeanSquaredError { .. } => {
+            let sq: f64 = output.iter().zip(label).map(|(&o, &y)| (o as f64 - y as f64).powi(2)).sum();
+            (0.5 * sq, false)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_and_correctness_per_loss_kind() {
+        let (l, ok) = example_loss(Loss::CrossEntropy { classes: 3 }, &[1.0, 3.0, 0.0], &[1.0]);
+        let expected = (1f64.exp() + 3f64.exp() + 1.0).ln() - 3.0;
+        assert!((l - expected).abs() < 1e-12 && ok);
+        assert!(!example_loss(Loss::CrossEntropy { classes: 3 }, &[1.0, 3.0, 0.0], &[0.0]).1);
+        let (l, ok) = example_loss(Loss::BinaryCrossEntropy, &[2.0], &[0.0]);
+        assert!((l - (1.0 + 2f64.exp()).ln()).abs() < 1e-12 && !ok);
+        assert!(example_loss(Loss::BinaryCrossEntropy, &[-0.5], &[0.0]).1);
+        let (l, _) = example_loss(Loss::MeanSquaredError { outputs: 2 }, &[1.0, 2.0], &[0.0, 0.0]);
+        assert!((l - 2.5).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,169 @@
+//! One private step's gradient work: a sampled batch, in physical chunks that fit the memory budget,
+//! turned into the clipped sum Σ_i c_i·g_i (or, in secure mode, the exact integer-grid sum).
+
+use crate::clipping::{clip_factors, ClipMode};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::{Batch, DpModel, Workspace};
+use crate::noise::SecureAggregator;
+
+/// What one step's batch contributed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchStats {
+    /// Examples in the batch (realised size).
+    pub examples: usize,
+    /// Sum of the losses of examples with a finite gradient.
+    pub loss_sum: f64,
+    /// Examples whose loss entered `loss_sum`.
+    pub loss_count: usize,
+    /// Examples with a non-finite gradient norm (they contributed zero).
+    pub non_finite: usize,
+}
+
+/// Buffers reused by every step (no allocation once they have grown to the largest chunk).
+pub struct StepEngine<M: DpModel> {
+    clip_norm: f64,
+    clip_mode: ClipMode,
+    max_chunk: usize,
+    workspace: Workspace,
+    inputs: Vec<M::Input>,
+    labels: Vec<f32>,
+    losses: Vec<f32>,
+    sq_norms: Vec<f32>,
+    factors: Vec<f32>,
+    /// Σ_i c_i·g_i of the current batch.
+    pub clipped_sum: Vec<f32>,
+    example_gradient: Vec<f32>,
+}
+
+impl<M: DpModel> StepEngine<M> {
+    /// Buffers for clip norm C, the given mode, and chunks of at most `max_chunk` examples.
+    pub fn new(clip_norm: f64, clip_mode: ClipMode, max_chunk: usize, initial_batch: usize) -> Self {
+        StepEngine {
+            clip_norm,
+            clip_mode,
+            max_chunk: max_chunk.max(1),
+            workspace: Workspace::new::<M>(initial_batch.min(max_chunk).max(1)),
+            inputs: Vec::new(),
+            labels: Vec::new(),
+            losses: Vec::new(),
+            sq_norms: Vec::new(),
+            factors: Vec::new(),
+            clipped_sum: vec![0.0; M::PARAM_COUNT],
+            example_gradient: Vec::new(),
+        }
+    }
+
+    /// The largest number of examples per model call.
+    pub fn max_chunk(&self) -> usize {
+        self.max_chunk
+    }
+
+    /// The workspace, for evaluation between steps.
+    pub fn workspace(&mut self) -> &mut Workspace {
+        &mut self.workspace
+    }
+
+    /// Computes the clipped sum of the examples at `indices` into `self.clipped_sum`, chunk by chunk.
+    pub fn clipped_sum(
+        &mut self,
+        model: &M,
+        data: &Dataset<M::Input>,
+        indices: &[usize],
+    ) -> Result<BatchStats> {
+        self.clipped_sum.fill(0.0);
+        let mut stats = BatchStats { examples: indices.len(), ..BatchStats::default() };
+        let groups = M::GROUPS.len();
+        for chunk in indices.chunks(self.max_chunk) {
+            self.norms_and_factors(model, data, chunk, &mut stats)?;
+            let batch = Batch { inputs: &self.inputs, labels: &self.labels, size: chunk.len() };
+            model.clipped_sum(
+                &mut self.workspace,
+                batch,
+                &self.factors[..chunk.len() * groups],
+                &mut self.clipped_sum,
+            );
+        }
+        if self.clipped_sum.iter().any(|g| !g.is_finite()) {
+            return Err(Error::Mismatch {
+                model: M::NAME.to_string(),
+                message: "clipped_sum produced a non-finite gradient although every non-finite example had \
+                          factor 0: the model breaks the DpModel contract"
+                    .into(),
+            });
+        }
+        Ok(stats)
+    }
+
+    /// Secure mode: each example separately (per-example clipped gradients are needed to round them
+    /// onto the grid), added to `aggregator` exactly.
+    pub fn secure_sum(
+        &mut self,
+        model: &M,
+        data: &Dataset<M::Input>,
+        indices: &[usize],
+        aggregator: &mut SecureAggregator,
+    ) -> Result<BatchStats> {
+        aggregator.reset();
+        let mut stats = BatchStats { examples: indices.len(), ..BatchStats::default() };
+        self.example_gradient.resize(M::PARAM_COUNT, 0.0);
+        for example in indices.chunks(1) {
+            let before = stats.non_finite;
+            self.norms_and_factors(model, data, example, &mut stats)?;
+            if stats.non_finite > before {
+                continue;
+            }
+            self.example_gradient.fill(0.0);
+            let batch = Batch { inputs: &self.inputs, labels: &self.labels, size: 1 };
+            model.clipped_sum(
+                &mut self.workspace,
+                batch,
+                &self.factors[..M::GROUPS.len()],
+                &mut self.example_gradient,
+            );
+            if !aggregator.add_example(&self.example_gradient)? {
+                stats.non_finite += 1;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Gathers a chunk, runs `per_example_norms` and computes its clip factors.
+    fn norms_and_factors(
+        &mut self,
+        model: &M,
+        data: &Dataset<M::Input>,
+        chunk: &[usize],
+        stats: &mut BatchStats,
+    ) -> Result<()> {
+        let groups = M::GROUPS.len();
+        let size = chunk.len();
+        data.gather(chunk, &mut self.inputs, &mut self.labels);
+        self.workspace.ensure::<M>(size);
+        self.losses.resize(size, 0.0);
+        self.sq_norms.resize(size * groups, 0.0);
+        self.factors.resize(size * groups, 0.0);
+        let batch = Batch { inputs: &self.inputs, labels: &self.labels, size };
+        model.per_example_norms(
+            &mut self.workspace,
+            batch,
+            &mut self.losses,
+            &mut self.sq_norms[..size * groups],
+        );
+        stats.non_finite += clip_factors(
+            self.clip_mode,
+            self.clip_norm,
+            groups,
+            &self.sq_norms[..size * groups],
+            &mut self.factors[..size * groups],
+        )?;
+        for (i, &loss) in self.losses.iter().enumerate() {
+            let contributes = self.factors[i * groups..(i + 1) * groups].iter().any(|&f| f != 0.0);
+            if contributes && loss.is_finite() {
+                stats.loss_sum += loss as f64;
+                stats.loss_count += 1;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,341 @@
+//! The trainer end to end on the hand-written models: accuracy with privacy, the plan's numbers,
+//! validation naming the field, the budget, empty batches, NaN examples, chunking, secure mode.
+
+mod common;
+
+use common::{separable, Mlp, SoftmaxRegression, FEATURES};
+use dp_runtime::accounting::{self, AccountantKind};
+use dp_runtime::model::DpModel;
+use dp_runtime::optim::{Adam, Sgd};
+use dp_runtime::rng::seeded;
+use dp_runtime::sampling::SamplingMode;
+use dp_runtime::{Dataset, Error, Trainer};
+
+fn softmax() -> SoftmaxRegression {
+    SoftmaxRegression::init(&mut seeded(1))
+}
+
+#[test]
+fn private_softmax_regression_learns_a_separable_problem() {
+    let (train, test) = (separable(3000, 1), separable(600, 2));
+    let mut model = softmax();
+    let report = Trainer::new(&mut model)
+        .optimizer(Sgd::new(0.5).momentum(0.5))
+        .clip_norm(1.0)
+        .noise_multiplier(1.0)
+        .expected_batch_size(100)
+        .epochs(5)
+        .seed(7)
+        .quiet(true)
+        .fit(&train, Some(&test))
+        .unwrap();
+    assert!(report.accuracy > 0.95, "accuracy {}", report.accuracy);
+    // The plan: q = 100/3000, T = round(5·30) = 150, ε from the same accountant.
+    assert_eq!(report.steps, 150);
+    assert_eq!(report.epochs.len(), 5);
+    assert_eq!(report.epochs.iter().map(|e| e.steps).collect::<Vec<_>>(), vec![30, 60, 90, 120, 150]);
+    assert!((report.sampling_rate - 100.0 / 3000.0).abs() < 1e-15);
+    let expected = accounting::epsilon(AccountantKind::Rdp, 100.0 / 3000.0, 1.0, 150, 1e-5).unwrap();
+    assert_eq!(report.epsilon, expected.epsilon);
+    assert!(report.epochs.windows(2).all(|w| w[0].epsilon < w[1].epsilon));
+    assert!(report.epochs.iter().all(|e| (e.mean_batch_size - 100.0).abs() < 15.0));
+    assert_eq!(report.non_finite_examples, 0);
+    assert_eq!(report.sampling, SamplingMode::Poisson);
+    assert!(report.warnings.iter().any(|w| w.contains("NOT differentially private")));
+}
+
+#[test]
+fn mlp_with_a_target_epsilon_meets_it() {
+    let (train, test) = (separable(2000, 3), separable(500, 4));
+    let mut model = Mlp::init(&mut seeded(2));
+    let report = Trainer::new(&mut model)
+        .optimizer(Adam::new(0.05))
+        .clip_norm(1.0)
+        .target_privacy(2.0, 1e-5)
+        .expected_batch_size(100)
+        .epochs(4)
+        .per_layer_clipping(true)
+        .seed(3)
+        .quiet(true)
+        .fit(&train, Some(&test))
+        .unwrap();
+    assert!(report.epsilon <= 2.0 + 1e-6 && report.epsilon > 1.9, "epsilon {}", report.epsilon);
+    assert!(report.noise_multiplier > 0.5, "sigma {}", report.noise_multiplier);
+    assert!(report.accuracy > 0.9, "accuracy {}", report.accuracy);
+    assert!(report.epochs.iter().all(|e| e.eval_loss.is_some()));
+}
+
+#[test]
+fn invalid_settings_name_their_field() {
+    let train = separable(100, 1);
+    let field = |result: Result<dp_runtime::Report, Error>| match result {
+        Err(Error::InvalidArgument { name, .. }) => name,
+        other => panic!("expected an invalid-argument error, got {other:?}"),
+    };
+    let run = |f: fn(Trainer<'_, SoftmaxRegression>) -> Trainer<'_, SoftmaxRegression>| {
+        let mut model = softmax();
+        let trainer = Trainer::new(&mut model)
+            .optimizer(Sgd::new(0.1))
+            .clip_norm(1.0)
+            .noise_multiplier(1.0)
+            .expected_batch_size(10)
+            .steps(3)
+            .quiet(true);
+        field(f(trainer).fit(&train, None))
+    };
+    assert_eq!(run(|t| t.clip_norm(-1.0)), "clip_norm");
+    assert_eq!(run(|t| t.expected_batch_size(0)), "expected_batch_size");
+    assert_eq!(run(|t| t.expected_batch_size(101)), "expected_batch_size");
+    assert_eq!(run(|t| t.delta(1.5)), "delta");
+    assert_eq!(run(|t| t.epochs(1)), "epochs");
+    assert_eq!(run(|t| t.target_privacy(1.0, 1e-5)), "target_privacy");
+    assert_eq!(run(|t| t.budget(f64::NAN)), "budget");
+    assert_eq!(run(|t| t.memory_budget(0)), "memory_budget");
+    let mut model = softmax();
+    let missing = Trainer::new(&mut model).clip_norm(1.0).fit(&train, None);
+    assert_eq!(field(missing), "optimizer");
+    let mut model = softmax();
+    let zero_noise = Trainer::new(&mut model)
+        .optimizer(Sgd::new(0.1))
+        .clip_norm(1.0)
+        .noise_multiplier(0.0)
+        .expected_batch_size(10)
+        .steps(1)
+        .fit(&train, None);
+    assert_eq!(field(zero_noise), "noise_multiplier");
+
+    // Data that does not fit the model.
+    let wrong = Dataset::new(vec![0.0f32; 30], vec![0.0; 10], vec![3], 1).unwrap();
+    let mut model = softmax();
+    let err = Trainer::new(&mut model)
+        .optimizer(Sgd::new(0.1))
+        .clip_norm(1.0)
+        .noise_multiplier(1.0)
+        .expected_batch_size(5)
+        .steps(1)
+        .fit(&wrong, None)
+        .unwrap_err();
+    assert!(matches!(err, Error::Mismatch { .. }) && err.to_string().contains("train"), "{err}");
+    let bad_label = Dataset::new(vec![0.0f32; 8], vec![0.0, 7.0], vec![FEATURES], 1).unwrap();
+    let mut model = softmax();
+    let err = Trainer::new(&mut model)
+        .optimizer(Sgd::new(0.1))
+        .clip_norm(1.0)
+        .noise_multiplier(1.0)
+        .expected_batch_size(1)
+        .steps(1)
+        .fit(&bad_label, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("label 7"), "{err}");
+}
+
+const BUDGET: f64 = 2.0;
+
+fn budget_trainer(model: &mut SoftmaxRegression) -> Trainer<'_, SoftmaxRegression> {
+    Trainer::new(model)
+        .optimizer(Sgd::new(0.1))
+        .clip_norm(1.0)
+        .noise_multiplier(1.5)
+        .expected_batch_size(100)
+        .epochs(20)
+        .budget(BUDGET)
+        .seed(1)
+        .quiet(true)
+}
+
+#[test]
+fn the_budget_refuses_a_plan_or_stops_cleanly_at_it() {
+    let train = separable(1000, 5);
+    let planned = accounting::epsilon(AccountantKind::Rdp, 0.1, 1.5, 200, 1e-5).unwrap().epsilon;
+    let single = accounting::epsilon(AccountantKind::Rdp, 0.1, 1.5, 1, 1e-5).unwrap().epsilon;
+    assert!(planned > BUDGET && single < BUDGET, "{single} {planned}");
+    let mut model = softmax();
+    let before = model.params.clone();
+    let err = budget_trainer(&mut model).fit(&train, None).unwrap_err();
+    assert!(matches!(err, Error::Budget(_)), "{err}");
+    assert_eq!(model.params, before, "nothing trained");
+
+    let mut model = softmax();
+    let report = budget_trainer(&mut model).stop_at_budget(true).fit(&train, None).unwrap();
+    assert!(report.stopped_at_budget);
+    assert!(report.epsilon <= BUDGET && report.steps < 200 && report.steps > 0);
+    let one_more =
+        accounting::epsilon(AccountantKind::Rdp, 0.1, 1.5, report.steps + 1, 1e-5).unwrap().epsilon;
+    assert!(one_more > BUDGET, "stopped before the budget was reached");
+}
+
+#[test]
+fn empty_batches_are_noisy_accounted_steps() {
+    // N = 200, B = 1: most Poisson batches hold 0 or 1 examples; P(empty) = 0.995^200 ≈ 0.37.
+    let train = separable(200, 6);
+    let mut model = softmax();
+    let before = model.params.clone();
+    let report = Trainer::new(&mut model)
+        .optimizer(Sgd::new(0.1))
+        .clip_norm(1.0)
+        .noise_multiplier(1.0)
+        .expected_batch_size(1)
+        .steps(50)
+        .seed(2)
+        .quiet(true)
+        .fit(&train, None)
+        .unwrap();
+    assert_eq!(report.steps, 50);
+    assert!(report.epochs[0].mean_batch_size < 1.5);
+    let expected = accounting::epsilon(AccountantKind::Rdp, 1.0 / 200.0, 1.0, 50, 1e-5).unwrap();
+    assert_eq!(report.epsilon, expected.epsilon);
+    assert_ne!(model.params, before);
+    assert!(model.params.iter().all(|p| p.is_finite()));
+}
+
+#[test]
+fn nan_examples_are_counted_and_parameters_stay_finite() {
+    let mut train = separable(300, 7);
+    for i in (0..300).step_by(10) {
+        train.inputs[i * FEATURES] = f32::NAN;
+    }
+    let mut model = Mlp::init(&mut seeded(3));
+    let report = Trainer::new(&mut model)
+        .optimizer(Sgd::new(0.2))
+        .clip_norm(1.0)
+        .noise_multiplier(0.5)
+        .expected_batch_size(60)
+        .epochs(3)
+        .seed(4)
+        .quiet(true)
+        .fit(&train, None)
+        .unwrap();
+    assert!(report.non_finite_examples > 0);
+    assert_eq!(report.non_finite_examples, report.epochs.iter().map(|e| e.non_finite_examples).sum::<u64>());
+    assert!(model.params.iter().all(|p| p.is_finite()));
+    assert!(report.epochs.iter().all(|e| e.train_loss.is_finite()));
+}
+
+#[test]
+fn chunked_batches_equal_whole_batches() {
+    let train = separable(500, 8);
+    let run = |memory: usize| {
+        let mut model = Mlp::init(&mut seeded(5));
+        Trainer::new(&mut model)
+            .optimizer(Sgd::new(0.1))
+            .clip_norm(1.0)
+            .noise_multiplier(1.0)
+            .expected_batch_size(100)
+            .steps(5)
+            .seed(9)
+            .memory_budget(memory)
+            .quiet(true)
+            .fit(&train, None)
+            .unwrap();
+        model.params
+    };
+    // Three examples per chunk versus the whole batch in one call.
+    let chunked = run(3 * Mlp::WORKSPACE_PER_EXAMPLE * 4);
+    let whole = run(1 << 30);
+    for (a, b) in chunked.iter().zip(&whole) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn shuffled_sampling_is_reported_as_such() {
+    let train = separable(300, 9);
+    let mut model = softmax();
+    let report = Trainer::new(&mut model)
+        .optimizer(Sgd::new(0.1))
+        .clip_norm(1.0)
+        .noise_multiplier(1.0)
+        .expected_batch_size(30)
+        .epochs(1)
+        .sampling(SamplingMode::Shuffled)
+        .seed(1)
+        .quiet(true)
+        .fit(&train, None)
+        .unwrap();
+    assert_eq!(report.sampling, SamplingMode::Shuffled);
+    assert_eq!(report.epochs[0].mean_batch_size, 30.0);
+    assert!(report.warnings.iter().any(|w| w.contains("assumes Poisson")));
+}
+
+#[test]
+fn secure_mode_learns_and_is_accounted_as_a_discrete_gaussian() {
+    let (train, test) = (separable(1500, 10), separable(300, 11));
+    let mut model = softmax();
+    let report = Trainer::new(&mut model)
+        .optimizer(Sgd::new(0.5))
+        .clip_norm(1.0)
+        .noise_multiplier(1.0)
+        .expected_batch_size(75)
+        .epochs(3)
+        .secure_noise(true)
+        .seed(12)
+        .quiet(true)
+        .fit(&train, Some(&test))
+        .unwrap();
+    let secure = report.secure.expect("secure report");
+    assert!(secure.sigma >= secure.l2_sensitivity);
+    assert!(report.accuracy > 0.9, "accuracy {}", report.accuracy);
+    let mut ledger = accounting::Ledger::new();
+    ledger.record(
+        0.05,
+        1.0,
+        accounting::Mechanism::DiscreteGaussian {
+            l2_sensitivity: secure.l2_sensitivity,
+            sigma: secure.sigma,
+            dimension: SoftmaxRegression::PARAM_COUNT,
+        },
+        60,
+    );
+    assert_eq!(report.epsilon, ledger.epsilon(AccountantKind::Rdp, 1e-5).unwrap().epsilon);
+}
+
+#[test]
+fn an_overflowing_update_is_an_error_and_keeps_the_last_finite_parameters() {
+    let train = separable(100, 12);
+    let mut model = softmax();
+    let before = model.params.clone();
+    let err = Trainer::new(&mut model)
+        .optimizer(Sgd::new(1e40))
+        .clip_norm(1.0)
+        .noise_multiplier(1.0)
+        .expected_batch_size(10)
+        .steps(5)
+        .seed(1)
+        .quiet(true)
+        .fit(&train, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("optimizer"), "{err}");
+    assert!(model.params.iter().all(|p| p.is_finite()));
+    // The first update already overflows, so the model is left exactly as it started.
+    assert_eq!(model.params, before);
+}
+
+#[test]
+fn the_noisy_sum_is_divided_by_the_expected_batch_size() {
+    // 100 identical examples: every per-example gradient is the same g, so one SGD step moves the
+    // parameters by −lr·k·g/B for a realised batch of k. Dividing by the realised size would give −lr·g.
+    let x = [1.0f32, -0.5, 0.25, 1.0];
+    let inputs: Vec<f32> = (0..100).flat_map(|_| x).collect();
+    let train = Dataset::new(inputs, vec![2.0; 100], vec![FEATURES], 1).unwrap();
+    let mut model = softmax();
+    let before = model.params.clone();
+    let g = common::softmax_gradient_f64(&before, &x, 2);
+    let report = Trainer::new(&mut model)
+        .optimizer(Sgd::new(1.0))
+        .clip_norm(1e3)
+        .noise_multiplier(1e-12)
+        .expected_batch_size(10)
+        .steps(1)
+        .seed(4)
+        .quiet(true)
+        .fit(&train, None)
+        .unwrap();
+    let realised = report.epochs[0].mean_batch_size;
+    assert_ne!(realised, 10.0, "pick a seed whose batch is not exactly B");
+    let (j, _) = g
+        .iter()
+        .enumerate()
+        .fold((0, 0.0), |(bj, bv), (j, &v)| if v.abs() > bv { (j, v.abs()) } else { (bj, bv) });
+    let ratio = (before[j] - model.params[j]) as f64 / g[j];
+    assert!((ratio * 10.0 - realised).abs() < 1e-3, "moved by {ratio}·g, realised batch {realised}");
+}

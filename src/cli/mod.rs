@@ -1,0 +1,65 @@
+//! The `dp` command line: argument parsing (clap derive) and dispatch to one module per subcommand.
+//!
+//! To add a subcommand, add a variant to [`Command`] with its arguments type and a line in [`run`].
+//! Errors reach the user as one line on stderr; an invalid flag value names the flag and exits with 2,
+//! like clap's own parse errors.
+
+pub mod privacy;
+
+use clap::{Parser, Subcommand};
+use dp_runtime::Error;
+use std::process::ExitCode;
+
+/// Exit status for invalid command-line values (the same as clap's usage errors).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status for every other failure.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Differentially private training of compiled models.
+#[derive(Debug, Parser)]
+#[command(name = "dp", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands of `dp`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Privacy accounting: ε of a training plan, or the noise multiplier for a target ε.
+    #[command(subcommand)]
+    Privacy(privacy::PrivacyCommand),
+}
+
+/// Runs a parsed command, writing its result to stdout.
+pub fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Privacy(command) => privacy::run(command),
+    }
+}
+
+/// The one-line message for an error, naming the command-line flag where one is at fault, and the
+/// exit status that goes with it.
+pub fn describe_error(error: &Error) -> (String, u8) {
+    match error {
+        Error::InvalidArgument { name, message } => {
+            (format!("--{} {message}", name.replace('_', "-")), EXIT_USAGE)
+        }
+        other => (other.to_string(), EXIT_FAILURE),
+    }
+}
+
+/// Parses the process arguments, runs the command and turns any error into one line on stderr and an
+/// exit status: the whole of the `dp` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let (message, code) = describe_error(&error);
+            eprintln!("error: {}", message.replace('\n', " "));
+            ExitCode::from(code)
+        }
+    }
+}
