@@ -3,6 +3,10 @@
 //! Kernels take plain slices and explicit dimensions; the code `#[dp_model]` generates passes the
 //! static shapes as literals so that each call site specialises.
 
+pub mod activation;
+pub mod dense;
 pub mod gemm;
+pub mod loss;
 
+pub use activation::Activation;
 pub use gemm::{sgemm, Op};
