@@ -4,6 +4,7 @@
 //! static shapes as literals so that each call site specialises.
 
 pub mod activation;
+pub mod arena;
 pub mod dense;
 pub mod gemm;
 pub mod loss;
