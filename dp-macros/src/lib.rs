@@ -16,6 +16,9 @@ mod ir;
 mod parse;
 mod plan;
 
+#[cfg(test)]
+mod snapshot_tests;
+
 use proc_macro::TokenStream;
 
 /// Compiles a struct whose fields carry `#[layer(...)]` op chains into a `dp::DpModel`.

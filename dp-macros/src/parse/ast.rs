@@ -76,24 +76,3 @@ pub enum ActivationKind {
     Tanh,
     Sigmoid,
 }
-
-impl OpKind {
-    /// The layer kind a field holding this op must be declared with, for ops with parameters.
-    pub fn param_kind(&self) -> Option<&'static str> {
-        match self {
-            OpKind::Linear(_) => Some("Linear"),
-            OpKind::Activation(_) | OpKind::Flatten => None,
-        }
-    }
-
-    /// The type name of this op's kind (`Linear`, `Relu`, `Flatten`, ...).
-    pub fn kind_name(&self) -> &'static str {
-        match self {
-            OpKind::Linear(_) => "Linear",
-            OpKind::Activation(ActivationKind::Relu) => "Relu",
-            OpKind::Activation(ActivationKind::Tanh) => "Tanh",
-            OpKind::Activation(ActivationKind::Sigmoid) => "Sigmoid",
-            OpKind::Flatten => "Flatten",
-        }
-    }
-}

@@ -144,32 +144,43 @@ fn field_def(cx: &mut Ctxt, field: &syn::Field) -> Option<FieldDef> {
         cx.error(attr.span(), format!("field `{name}` has an empty layer chain"));
         return None;
     }
+    check_field_type(cx, &name, &field.ty, &chain);
     let ops: Vec<Option<OpDef>> = chain.iter().map(|op| ops::op_def(cx, op)).collect();
     let ops: Vec<OpDef> = ops.into_iter().collect::<Option<_>>()?;
-    check_field_type(cx, &name, &field.ty, &ops);
     Some(FieldDef { name, ops })
 }
 
 /// A field's type names the layer kind of its parameterised op (`Linear`), or, for a field without
 /// parameters, the kind of its first op (`Relu`, `Flatten`). At most one parameterised op per field:
-/// the field is one parameter group and names its tensors (`fc1.weight`).
-fn check_field_type(cx: &mut Ctxt, name: &syn::Ident, ty: &syn::Type, ops: &[OpDef]) {
-    let parameterised: Vec<&OpDef> = ops.iter().filter(|op| op.kind.param_kind().is_some()).collect();
+/// the field is one parameter group and names its tensors (`fc1.weight`). Works on op names, so it is
+/// checked even when an op's arguments are wrong; unknown names are reported by `op_def`.
+fn check_field_type(
+    cx: &mut Ctxt,
+    name: &syn::Ident,
+    ty: &syn::Type,
+    chain: &Punctuated<OpSyntax, Token![,]>,
+) {
+    let kinds: Vec<(&OpSyntax, &str, bool)> = chain
+        .iter()
+        .filter_map(|op| ops::layer_kind(&op.name.to_string()).map(|(k, p)| (op, k, p)))
+        .collect();
+    if kinds.len() != chain.len() {
+        return;
+    }
+    let parameterised: Vec<_> = kinds.iter().filter(|(_, _, p)| *p).collect();
     if let [_, second, ..] = parameterised.as_slice() {
         cx.error(
-            second.span,
+            second.0.span(),
             format!(
                 "field `{name}` already holds a parameterised layer; give `{}` a field of its own",
-                second.text
+                second.0.text()
             ),
         );
         return;
     }
     let (expected, why) = match parameterised.first() {
-        Some(op) => (op.kind.kind_name(), format!("it holds `{}`", op.text)),
-        None => {
-            (ops[0].kind.kind_name(), format!("its first op is `{}` and it has no parameters", ops[0].text))
-        }
+        Some((op, kind, _)) => (*kind, format!("it holds `{}`", op.text())),
+        None => (kinds[0].1, format!("its first op is `{}` and it has no parameters", kinds[0].0.text())),
     };
     let found = match ty {
         syn::Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| s.ident.to_string()),

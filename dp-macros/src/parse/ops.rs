@@ -11,6 +11,19 @@ pub const KNOWN_LAYERS: [&str; 5] = ["linear", "relu", "tanh", "sigmoid", "flatt
 /// Every loss name `loss = ...` accepts.
 pub const KNOWN_LOSSES: [&str; 3] = ["cross_entropy", "binary_cross_entropy", "mse"];
 
+/// The layer kind (a field's type) an op name stands for, and whether that op has parameters; `None`
+/// for names that are not layers.
+pub fn layer_kind(name: &str) -> Option<(&'static str, bool)> {
+    match name {
+        "linear" => Some(("Linear", true)),
+        "relu" => Some(("Relu", false)),
+        "tanh" => Some(("Tanh", false)),
+        "sigmoid" => Some(("Sigmoid", false)),
+        "flatten" => Some(("Flatten", false)),
+        _ => None,
+    }
+}
+
 /// One op of a `#[layer(...)]` chain; `None` after reporting an error.
 pub fn op_def(cx: &mut Ctxt, op: &OpSyntax) -> Option<OpDef> {
     let name = op.name.to_string();
@@ -56,7 +69,9 @@ pub fn op_def(cx: &mut Ctxt, op: &OpSyntax) -> Option<OpDef> {
                 op.span(),
                 format!(
                     "unknown layer `{name}`{}; known layers: {}",
-                    did_you_mean(&name, &KNOWN_LAYERS),
+                    did_you_mean(&name, &KNOWN_LAYERS)
+                        .map(|c| format!(" (did you mean `{c}`?)"))
+                        .unwrap_or_default(),
                     KNOWN_LAYERS.join(", ")
                 ),
             );
@@ -101,7 +116,9 @@ pub fn loss_def(cx: &mut Ctxt, value: &ValueSyntax) -> Option<LossDef> {
                 op.span(),
                 format!(
                     "unknown loss `{name}`{}; known losses: {}",
-                    did_you_mean(&name, &KNOWN_LOSSES),
+                    did_you_mean(&name, &KNOWN_LOSSES)
+                        .map(|c| format!(" (did you mean `{c}`?)"))
+                        .unwrap_or_default(),
                     KNOWN_LOSSES.join(", ")
                 ),
             );

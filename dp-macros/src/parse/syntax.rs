@@ -129,6 +129,8 @@ mod tests {
         let arg: ArgSyntax = syn::parse_quote!(input = [1, 28, 28]);
         assert_eq!(arg.value.text(), "[1, 28, 28]");
         let arg: ArgSyntax = syn::parse_quote!(out = -5);
+        assert!(matches!(arg.value, ValueSyntax::Lit(_)), "syn reads a negative number as one literal");
+        let arg: ArgSyntax = syn::parse_quote!(out = (5));
         assert!(matches!(arg.value, ValueSyntax::Other(_)));
     }
 }

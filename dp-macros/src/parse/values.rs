@@ -15,6 +15,7 @@ pub fn positive_int(cx: &mut Ctxt, key: &str, value: &ValueSyntax) -> Option<Spa
                 return None;
             }
             Ok(v) => return Some(Spanned { value: v, span }),
+            Err(_) if int.base10_digits().starts_with('-') => "a negative integer",
             Err(_) => "an integer that does not fit in usize",
         },
         ValueSyntax::Lit(Lit::Str(_)) => "a string",
@@ -57,7 +58,7 @@ pub fn arguments<'a, const N: usize>(
                 format!(
                     "unknown argument `{key}` for `{}`{}; its arguments are {}",
                     op.name,
-                    did_you_mean(&key, &known),
+                    did_you_mean(&key, &known).map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default(),
                     known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
                 ),
             ),
@@ -66,13 +67,10 @@ pub fn arguments<'a, const N: usize>(
     slots
 }
 
-/// `"; did you mean `x`?"` for the closest candidate within a small edit distance, else `""`.
-pub fn did_you_mean(word: &str, candidates: &[&str]) -> String {
-    let best = candidates.iter().map(|c| (edit_distance(word, c), *c)).min_by_key(|(d, _)| *d);
-    match best {
-        Some((d, c)) if d <= (word.len().max(c.len()) / 3).max(2) => format!("; did you mean `{c}`?"),
-        _ => String::new(),
-    }
+/// The closest candidate within a small edit distance, if any.
+pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let (d, c) = candidates.iter().map(|c| (edit_distance(word, c), *c)).min_by_key(|(d, _)| *d)?;
+    (d <= (word.len().max(c.len()) / 3).max(2)).then_some(c)
 }
 
 /// Levenshtein distance over characters.
@@ -96,7 +94,7 @@ mod tests {
     #[test]
     fn suggests_only_close_names() {
         assert_eq!(edit_distance("lineer", "linear"), 1);
-        assert_eq!(did_you_mean("lienar", &["linear", "relu"]), "; did you mean `linear`?");
-        assert_eq!(did_you_mean("conv2d", &["linear", "relu", "tanh"]), "");
+        assert_eq!(did_you_mean("lienar", &["linear", "relu"]), Some("linear"));
+        assert_eq!(did_you_mean("conv2d", &["linear", "relu", "tanh"]), None);
     }
 }
