@@ -27,7 +27,14 @@ impl Activation {
     pub fn apply(self, x: f32) -> f32 {
         match self {
             Activation::Identity => x,
-            Activation::Relu => x.max(0.0),
+            // Not `x.max(0.0)`: that turns NaN into 0 and would hide a non-finite example.
+            Activation::Relu => {
+                if x < 0.0 {
+                    0.0
+                } else {
+                    x
+                }
+            }
             Activation::Tanh => x.tanh(),
             Activation::Sigmoid => sigmoid(x),
         }
@@ -163,6 +170,13 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn nan_propagates_through_every_activation() {
+        for act in ALL {
+            assert!(act.apply(f32::NAN).is_nan(), "{act:?}");
         }
     }
 
