@@ -141,7 +141,16 @@ fn field_def(cx: &mut Ctxt, field: &syn::Field) -> Option<FieldDef> {
         }
     };
     if chain.is_empty() {
-        cx.error(attr.span(), format!("field `{name}` has an empty layer chain"));
+        let span = match &attr.meta {
+            syn::Meta::List(list) => list.delimiter.span().join(),
+            _ => attr.path().span(),
+        };
+        cx.error(
+            span,
+            format!(
+                "field `{name}` has an empty layer chain: list its ops, e.g. `#[layer(linear(out = 10))]`"
+            ),
+        );
         return None;
     }
     check_field_type(cx, &name, &field.ty, &chain);
@@ -187,7 +196,9 @@ fn check_field_type(
         _ => None,
     };
     if found.as_deref() != Some(expected) {
+        // Token streams print as `Vec < f32 >`; close the gaps around angle brackets and commas.
         let shown = quote::ToTokens::to_token_stream(ty).to_string();
+        let shown = shown.replace(" < ", "<").replace(" >", ">").replace(" ,", ",");
         cx.error(
             ty.span(),
             format!("field `{name}` must have type `{expected}` because {why}, found `{shown}`"),
