@@ -67,8 +67,11 @@ struct Spec {
     label_len: usize,
 }
 
-/// (offset of weight, offset of bias, group) of each linear op, in op order: weight then bias.
-fn layout(spec: &Spec) -> (Vec<(usize, Option<usize>, usize)>, usize, usize) {
+/// (offset of weight, offset of bias, group) of one linear op.
+type LinearSlots = (usize, Option<usize>, usize);
+
+/// The slots of each linear op in op order (weight then bias), the parameter count, the group count.
+fn layout(spec: &Spec) -> (Vec<LinearSlots>, usize, usize) {
     let (mut offset, mut group, mut out) = (0, 0, Vec::new());
     for op in &spec.ops {
         if let RefOp::Linear { inputs, outputs, bias } = *op {

@@ -72,14 +72,16 @@ pub fn mean_squared_error(
 ) {
     let n = rows * outputs;
     assert!(predictions.len() >= n && labels.len() >= n && grad.len() >= n && losses.len() >= rows);
-    for i in 0..rows {
+    for (i, loss) in losses[..rows].iter_mut().enumerate() {
+        let range = i * outputs..(i + 1) * outputs;
         let mut sum = 0.0f32;
-        for j in i * outputs..(i + 1) * outputs {
-            let d = predictions[j] - labels[j];
-            grad[j] = d;
-            sum += d * d;
+        for ((g, &p), &y) in
+            grad[range.clone()].iter_mut().zip(&predictions[range.clone()]).zip(&labels[range])
+        {
+            *g = p - y;
+            sum += *g * *g;
         }
-        losses[i] = 0.5 * sum;
+        *loss = 0.5 * sum;
     }
 }
 

@@ -19,7 +19,7 @@ pub fn infer(cx: &mut Ctxt, graph: &Graph, input: Shape) -> Option<Vec<Shape>> {
     shapes[graph.input.0] = Some(input);
     for node in &graph.nodes {
         let inputs: Option<Vec<&Shape>> = node.inputs.iter().map(|v| shapes[v.0].as_ref()).collect();
-        let Some(inputs) = inputs else { return None };
+        let inputs = inputs?;
         let out = node_shape(cx, node, &inputs)?;
         shapes[node.output.0] = Some(out);
     }
