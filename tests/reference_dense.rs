@@ -621,3 +621,79 @@ fn init_follows_pytorchs_default_bounds() {
     let again = AdultFfnn::from_params(model.params().to_vec());
     assert_eq!(again.params(), model.params());
 }
+
+// ---------------------------------------------------------------------------------------------
+// No allocation per step: a counting allocator, per thread (tests run in parallel threads).
+
+struct CountingAllocator;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// Allocations made by the GEMM library alone for the products of one `step` below on AdultFfnn:
+/// per_example_norms 3 (two forward, one input gradient), clipped_sum 2, loss_and_gradient 5.
+fn gemm_library_allocations(b: usize) -> usize {
+    use dp::__private::kernels::{sgemm, Op};
+    let calls = [
+        (Op::N, Op::T, b, 50, 104, 0.0),
+        (Op::N, Op::T, b, 2, 50, 0.0),
+        (Op::N, Op::N, b, 50, 2, 0.0),
+        (Op::T, Op::N, 50, 104, b, 1.0),
+        (Op::T, Op::N, 2, 50, b, 1.0),
+    ];
+    let run = |(oa, ob, m, n, k, beta): (Op, Op, usize, usize, usize, f32)| {
+        let (x, y, mut z) = (vec![0.5f32; m * k], vec![0.5f32; k * n], vec![0.0f32; m * n]);
+        let before = ALLOCATIONS.with(|c| c.get());
+        sgemm(oa, ob, m, n, k, 1.0, &x, &y, beta, &mut z);
+        ALLOCATIONS.with(|c| c.get()) - before
+    };
+    let forward_backward = run(calls[0]) + run(calls[1]) + run(calls[2]);
+    let grad_sum = run(calls[3]) + run(calls[4]);
+    2 * forward_backward + 2 * grad_sum
+}
+
+#[test]
+fn a_step_allocates_nothing_but_the_gemm_librarys_packing_buffers() {
+    // Our code carves the workspace and allocates nothing; the `gemm` crate allocates a packing buffer
+    // or two in some calls. So a step must allocate exactly what its GEMMs alone allocate. B ≤ 32
+    // keeps every GEMM and kernel on this thread (below their threading thresholds), so the
+    // per-thread count sees all the work of the step.
+    let spec = spec_ffnn();
+    let mut rng = ChaCha8Rng::seed_from_u64(130);
+    let model = AdultFfnn::init(&mut rng);
+    for size in [8, 32] {
+        let data = random_data(&spec, size, &mut rng);
+        let mut ws = Workspace::new::<AdultFfnn>(size);
+        let (mut losses, mut sq, mut grad) = (vec![0.0f32; size], vec![0.0f32; 2 * size], vec![0.0f32; 5352]);
+        let factors = vec![0.5f32; 2 * size];
+        let mut step = |ws: &mut Workspace| {
+            model.per_example_norms(ws, data.batch(), &mut losses, &mut sq);
+            model.clipped_sum(ws, data.batch(), &factors, &mut grad);
+            model.loss_and_gradient(ws, data.batch(), &mut losses, &mut grad);
+        };
+        step(&mut ws);
+        let before = ALLOCATIONS.with(|c| c.get());
+        step(&mut ws);
+        let step_allocations = ALLOCATIONS.with(|c| c.get()) - before;
+        assert_eq!(step_allocations, gemm_library_allocations(size), "B = {size}: the step allocated");
+    }
+}
