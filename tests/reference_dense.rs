@@ -41,6 +41,15 @@ struct Deep {
     c: Linear,
 }
 
+/// The output is an activation: sigmoid fused into the last linear layer, then a standalone tanh.
+#[dp_model(input = [4], loss = mse)]
+struct ActivatedOutput {
+    #[layer(linear(out = 7), relu)]
+    fc1: Linear,
+    #[layer(linear(out = 3), sigmoid, tanh)]
+    fc2: Linear,
+}
+
 // ---------------------------------------------------------------------------------------------
 // The f64 reference.
 
@@ -247,6 +256,21 @@ fn spec_deep() -> Spec {
     }
 }
 
+fn spec_activated_output() -> Spec {
+    Spec {
+        ops: vec![
+            RefOp::Linear { inputs: 4, outputs: 7, bias: true },
+            RefOp::Relu,
+            RefOp::Linear { inputs: 7, outputs: 3, bias: true },
+            RefOp::Sigmoid,
+            RefOp::Tanh,
+        ],
+        loss: RefLoss::Mse,
+        input_len: 4,
+        label_len: 3,
+    }
+}
+
 fn spec_ffnn() -> Spec {
     Spec {
         ops: vec![
@@ -398,6 +422,7 @@ fn every_model(size: usize, clip: f64, seed: u64) {
     check_against_reference::<Deep>(&spec_deep(), size, clip, seed + 2);
     check_against_reference::<AdultFfnn>(&spec_ffnn(), size, clip, seed + 3);
     check_against_reference::<AdultLogReg>(&spec_logreg(), size, clip, seed + 4);
+    check_against_reference::<ActivatedOutput>(&spec_activated_output(), size, clip, seed + 5);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -455,7 +480,14 @@ fn adult_models_have_the_papers_parameter_counts() {
 #[test]
 fn reference_gradients_match_central_finite_differences() {
     let mut rng = ChaCha8Rng::seed_from_u64(60);
-    for spec in [spec_tanh_mse(), spec_sigmoid_bce(), spec_deep(), spec_ffnn(), spec_logreg()] {
+    for spec in [
+        spec_tanh_mse(),
+        spec_sigmoid_bce(),
+        spec_deep(),
+        spec_ffnn(),
+        spec_logreg(),
+        spec_activated_output(),
+    ] {
         let (_, count, _) = layout(&spec);
         let params: Vec<f64> = (0..count).map(|_| rng.random_range(-0.5..0.5)).collect();
         let data = random_data(&spec, 1, &mut rng);
