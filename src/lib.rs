@@ -7,6 +7,8 @@
 extern crate self as dp;
 
 pub use dp_macros::dp_model;
+
+pub mod models;
 pub use dp_runtime::*;
 
 /// Everything a model definition and a training script need.

@@ -3,9 +3,13 @@
 //! Kernels take plain slices and explicit dimensions; the code `#[dp_model]` generates passes the
 //! static shapes as literals so that each call site specialises.
 
+pub mod activation;
+pub mod arena;
 pub mod conv;
+pub mod dense;
 pub mod embedding;
 pub mod gemm;
+pub mod loss;
 pub mod lstm;
 pub mod norm_layers;
 pub mod per_example;
@@ -15,4 +19,5 @@ pub mod sequence;
 #[cfg(test)]
 mod test_support;
 
+pub use activation::Activation;
 pub use gemm::{sgemm, Op};

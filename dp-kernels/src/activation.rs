@@ -1,0 +1,195 @@
+//! Element-wise activations: the fused bias + activation pass over a GEMM output and its backward.
+//!
+//! Every derivative is computed from the activation's *output* y (relu: y > 0, tanh: 1 − y²,
+//! sigmoid: y(1 − y)), so a layer keeps one buffer per value, never its pre-activation as well.
+
+use rayon::prelude::*;
+
+/// Element counts below this run on the calling thread: waking the pool costs more than it saves.
+const PARALLEL_MIN_ELEMS: usize = 1 << 16;
+
+/// An element-wise activation function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// y = x (a linear layer with no activation after it).
+    Identity,
+    /// y = max(x, 0).
+    Relu,
+    /// y = tanh(x).
+    Tanh,
+    /// y = 1 / (1 + e^(−x)).
+    Sigmoid,
+}
+
+impl Activation {
+    /// The activation of one value.
+    #[inline(always)]
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::Identity => x,
+            // Not `x.max(0.0)`: that turns NaN into 0 and would hide a non-finite example.
+            Activation::Relu => {
+                if x < 0.0 {
+                    0.0
+                } else {
+                    x
+                }
+            }
+            Activation::Tanh => x.tanh(),
+            Activation::Sigmoid => sigmoid(x),
+        }
+    }
+
+    /// The derivative dy/dx expressed through the output y.
+    #[inline(always)]
+    pub fn derivative_from_output(self, y: f32) -> f32 {
+        match self {
+            Activation::Identity => 1.0,
+            Activation::Relu => {
+                if y > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Activation::Tanh => 1.0 - y * y,
+            Activation::Sigmoid => y * (1.0 - y),
+        }
+    }
+}
+
+/// The logistic function, stable for large |x| (never evaluates e^x for positive x).
+#[inline(always)]
+pub fn sigmoid(x: f32) -> f32 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// Runs `f` over `rows` rows of `cols` values each, across threads when the matrix is large.
+fn for_each_row(data: &mut [f32], rows: usize, cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let data = &mut data[..rows * cols];
+    if cols == 0 {
+        return;
+    }
+    if rows * cols >= PARALLEL_MIN_ELEMS {
+        data.par_chunks_mut(cols).enumerate().for_each(|(i, row)| f(i, row));
+    } else {
+        data.chunks_mut(cols).enumerate().for_each(|(i, row)| f(i, row));
+    }
+}
+
+/// In place on a `rows × cols` GEMM output: y = act(x + bias) in one pass (`bias` has `cols` values).
+pub fn bias_activation_forward(
+    out: &mut [f32],
+    rows: usize,
+    cols: usize,
+    bias: Option<&[f32]>,
+    act: Activation,
+) {
+    if let Some(b) = bias {
+        assert_eq!(b.len(), cols, "bias_activation_forward: bias has {} values for {cols} columns", b.len());
+    }
+    for_each_row(out, rows, cols, |_, row| match bias {
+        Some(b) => row.iter_mut().zip(b).for_each(|(v, &bj)| *v = act.apply(*v + bj)),
+        None if act == Activation::Identity => {}
+        None => row.iter_mut().for_each(|v| *v = act.apply(*v)),
+    });
+}
+
+/// y = act(x) for `len` values (a standalone activation that follows no linear layer).
+pub fn activation_forward(x: &[f32], y: &mut [f32], len: usize, act: Activation) {
+    y[..len].iter_mut().zip(&x[..len]).for_each(|(yv, &xv)| *yv = act.apply(xv));
+}
+
+/// In place: grad ← grad ⊙ act'(·), with the derivative taken from the activation's output `y`.
+/// Turns the gradient of a layer's output into the gradient of its pre-activation (δ).
+pub fn activation_backward(grad: &mut [f32], y: &[f32], len: usize, act: Activation) {
+    if act == Activation::Identity {
+        return;
+    }
+    let y = &y[..len];
+    let grad = &mut grad[..len];
+    if len >= PARALLEL_MIN_ELEMS {
+        const CHUNK: usize = 1 << 14;
+        grad.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK)).for_each(|(g, y)| {
+            g.iter_mut().zip(y).for_each(|(gv, &yv)| *gv *= act.derivative_from_output(yv))
+        });
+    } else {
+        grad.iter_mut().zip(y).for_each(|(gv, &yv)| *gv *= act.derivative_from_output(yv));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(act: Activation, x: f64) -> (f64, f64) {
+        match act {
+            Activation::Identity => (x, 1.0),
+            Activation::Relu => (x.max(0.0), if x > 0.0 { 1.0 } else { 0.0 }),
+            Activation::Tanh => (x.tanh(), 1.0 - x.tanh().powi(2)),
+            Activation::Sigmoid => {
+                let s = 1.0 / (1.0 + (-x).exp());
+                (s, s * (1.0 - s))
+            }
+        }
+    }
+
+    const ALL: [Activation; 4] =
+        [Activation::Identity, Activation::Relu, Activation::Tanh, Activation::Sigmoid];
+
+    #[test]
+    fn fused_bias_activation_and_backward_match_f64() {
+        // Large enough (rows·cols ≥ 2^16) to take the threaded path too.
+        for &(rows, cols) in &[(3usize, 5usize), (300, 300)] {
+            let x: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0).collect();
+            let bias: Vec<f32> = (0..cols).map(|j| (j as f32 - 2.0) * 0.25).collect();
+            let g: Vec<f32> = (0..rows * cols).map(|i| ((i * 11 % 23) as f32 - 11.0) / 7.0).collect();
+            for act in ALL {
+                for with_bias in [true, false] {
+                    let mut y = x.clone();
+                    bias_activation_forward(&mut y, rows, cols, with_bias.then_some(&bias[..]), act);
+                    let mut d = g.clone();
+                    activation_backward(&mut d, &y, rows * cols, act);
+                    for i in 0..rows * cols {
+                        let pre = x[i] as f64 + if with_bias { bias[i % cols] as f64 } else { 0.0 };
+                        let (want_y, want_dy) = reference(act, pre);
+                        assert!(
+                            (y[i] as f64 - want_y).abs() < 1e-6 * (1.0 + want_y.abs()),
+                            "{act:?} forward at {i}"
+                        );
+                        let want_d = g[i] as f64 * want_dy;
+                        assert!(
+                            (d[i] as f64 - want_d).abs() < 1e-5 * (1.0 + want_d.abs()),
+                            "{act:?} backward"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nan_propagates_through_every_activation() {
+        for act in ALL {
+            assert!(act.apply(f32::NAN).is_nan(), "{act:?}");
+        }
+    }
+
+    #[test]
+    fn standalone_activation_matches_f64_and_sigmoid_is_stable() {
+        let x = [-100.0f32, -3.0, 0.0, 2.5, 100.0];
+        for act in ALL {
+            let mut y = [0.0f32; 5];
+            activation_forward(&x, &mut y, 5, act);
+            for i in 0..5 {
+                assert!((y[i] as f64 - reference(act, x[i] as f64).0).abs() < 1e-6);
+                assert!(y[i].is_finite());
+            }
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! The associated constants of `DpModel`: the parameter table, the groups, the plan table, the loss.
+
+use super::program::lit;
+use crate::parse::ast::{LossKind, ModelDef};
+use crate::plan::{NormStrategy, Plan};
+use proc_macro2::{Literal, TokenStream};
+use quote::quote;
+
+fn shape(dims: &[usize]) -> TokenStream {
+    let dims = dims.iter().map(|&d| lit(d));
+    quote!(&[#(#dims),*])
+}
+
+/// Every associated constant of the `DpModel` impl.
+pub fn constants(model: &ModelDef, plan: &Plan) -> TokenStream {
+    let name = model.ident.to_string();
+    let input: Vec<usize> = model.input.iter().map(|d| d.value).collect();
+    let input_shape = shape(&input);
+    let loss = match model.loss.kind {
+        LossKind::CrossEntropy { classes } => {
+            let k = lit(classes.value);
+            quote!(::dp::__private::runtime::Loss::CrossEntropy { classes: #k })
+        }
+        LossKind::BinaryCrossEntropy => quote!(::dp::__private::runtime::Loss::BinaryCrossEntropy),
+        LossKind::MeanSquaredError => {
+            let k = lit(plan.output_len);
+            quote!(::dp::__private::runtime::Loss::MeanSquaredError { outputs: #k })
+        }
+    };
+    let params = plan.params.iter().map(|p| {
+        let (pname, pshape, offset, len, group) =
+            (&p.name, shape(&p.shape), lit(p.offset), lit(p.len), lit(p.group));
+        quote! {
+            ::dp::__private::runtime::ParamSpec {
+                name: #pname, shape: #pshape, offset: #offset, len: #len, group: #group,
+            }
+        }
+    });
+    let layers = plan.layers.iter().map(|l| {
+        let (lname, op, ins, outs, nparams) =
+            (&l.field, &l.op, shape(&l.input_shape), shape(&l.output_shape), lit(l.params));
+        let strategy = match l.strategy {
+            Some(NormStrategy::Ghost) => {
+                quote!(::core::option::Option::Some(::dp::__private::runtime::NormStrategy::Ghost))
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        let (flops, bytes) =
+            (Literal::u64_unsuffixed(l.flops_per_example), Literal::u64_unsuffixed(l.bytes_per_example));
+        quote! {
+            ::dp::__private::runtime::LayerInfo {
+                name: #lname, op: #op, input_shape: #ins, output_shape: #outs, params: #nparams,
+                strategy: #strategy, flops_per_example: #flops, bytes_per_example: #bytes,
+            }
+        }
+    });
+    let groups = &plan.groups;
+    let (param_count, per_example) = (lit(plan.param_count), lit(plan.workspace_per_example));
+    quote! {
+        type Input = f32;
+        const NAME: &'static str = #name;
+        const INPUT_SHAPE: &'static [usize] = #input_shape;
+        const VOCAB: usize = 0;
+        const LOSS: ::dp::__private::runtime::Loss = #loss;
+        const PARAMS: &'static [::dp::__private::runtime::ParamSpec] = &[#(#params),*];
+        const PARAM_COUNT: usize = #param_count;
+        const GROUPS: &'static [&'static str] = &[#(#groups),*];
+        const LAYERS: &'static [::dp::__private::runtime::LayerInfo] = &[#(#layers),*];
+        const WORKSPACE_PER_EXAMPLE: usize = #per_example;
+        const WORKSPACE_FIXED: usize = 0;
+    }
+}

@@ -1,0 +1,195 @@
+//! Code generation: the user's struct becomes a flat parameter buffer with a `DpModel` impl.
+//!
+//! The emitted code names only the facade (`::dp::DpModel`, `::dp::__private::{kernels, runtime}`).
+//! Every dimension is a literal; every buffer is carved from the workspace arena at the plan's
+//! offsets, so a step allocates nothing (the workspace grows only for a batch larger than any before).
+
+mod consts;
+mod program;
+
+use crate::parse::ast::ModelDef;
+use crate::plan::Plan;
+use proc_macro2::{Literal, TokenStream};
+use program::{carve, lit};
+use quote::quote;
+
+/// The whole expansion of a checked, planned model.
+pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
+    let ModelDef { attrs, vis, ident, .. } = model;
+    let name = ident.to_string();
+    let constants = consts::constants(model, plan);
+    let buffer_lens = plan.buffers.iter().map(|b| lit(b.len));
+    let buffer_count = lit(plan.buffers.len());
+    let buffer_doc = plan
+        .buffers
+        .iter()
+        .enumerate()
+        .map(|(k, b)| format!(" `__b{k}`: {} ({} per example at offset {})", b.purpose, b.len, b.offset));
+    let (param_count, input_len, output_len, groups) =
+        (lit(plan.param_count), lit(plan.input_len), lit(plan.output_len), lit(plan.groups.len()));
+    let label_len = lit(match model.loss.kind {
+        crate::parse::ast::LossKind::MeanSquaredError => plan.output_len,
+        _ => 1,
+    });
+    let output = match plan.output {
+        crate::plan::Buf::Arena(k) => &plan.buffers[k],
+        crate::plan::Buf::Input => unreachable!("checking guarantees a trained layer before the output"),
+    };
+    let (out_start, out_end) = (lit(output.offset), lit(output.offset + output.len));
+    let init = plan.params.iter().map(|p| {
+        let (start, end, bound) = (lit(p.offset), lit(p.offset + p.len), Literal::f32_suffixed(p.init_bound));
+        quote!((#start, #end, #bound))
+    });
+    let carve_all = carve(plan, quote!(ws.arena()));
+    let carve_arena = carve(plan, quote!(arena));
+    let forward = program::forward(plan);
+    let backward = program::backward(plan, model.loss.kind);
+    let gradient_sum = program::gradient_sum(plan);
+    let norms = program::norms(plan);
+    let clipped_sum = program::clipped_sum(plan);
+    quote! {
+        #(#attrs)*
+        #vis struct #ident {
+            params: ::std::vec::Vec<f32>,
+        }
+
+        impl ::core::clone::Clone for #ident {
+            fn clone(&self) -> Self {
+                #ident { params: ::core::clone::Clone::clone(&self.params) }
+            }
+        }
+
+        impl ::core::fmt::Debug for #ident {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(#name).field("parameters", &self.params.len()).finish()
+            }
+        }
+
+        #[doc(hidden)]
+        #[allow(unused_variables, clippy::too_many_arguments)]
+        impl #ident {
+            /// Per-example lengths of the arena buffers, in arena order (the static memory plan):
+            #(#[doc = #buffer_doc])*
+            const __DP_BUFFERS: [usize; #buffer_count] = [#(#buffer_lens),*];
+
+            fn __dp_check_batch(batch: &::dp::__private::runtime::Batch<'_, f32>, losses: &[f32]) {
+                let n = batch.size;
+                assert_eq!(batch.inputs.len(), n * #input_len, "{}: inputs of {} examples", #name, n);
+                assert_eq!(batch.labels.len(), n * #label_len, "{}: labels of {} examples", #name, n);
+                assert_eq!(losses.len(), n, "{}: losses of {} examples", #name, n);
+            }
+
+            fn __dp_forward(&self, arena: &mut [f32], inputs: &[f32], n: usize) {
+                #carve_arena
+                let p: &[f32] = &self.params;
+                #forward
+            }
+
+            /// Forward, loss and the one backward pass; leaves every layer's input and δ in the arena.
+            fn __dp_forward_backward(
+                &self,
+                ws: &mut ::dp::__private::runtime::Workspace,
+                batch: ::dp::__private::runtime::Batch<'_, f32>,
+                losses: &mut [f32],
+            ) {
+                Self::__dp_check_batch(&batch, losses);
+                let (n, inputs, labels) = (batch.size, batch.inputs, batch.labels);
+                ws.ensure::<Self>(n);
+                self.__dp_forward(ws.arena(), inputs, n);
+                #carve_all
+                let p: &[f32] = &self.params;
+                #backward
+            }
+        }
+
+        #[allow(unused_variables)]
+        impl ::dp::DpModel for #ident {
+            #constants
+
+            fn from_params(params: ::std::vec::Vec<f32>) -> Self {
+                assert_eq!(params.len(), #param_count, "{} has {} parameters", #name, #param_count);
+                #ident { params }
+            }
+
+            fn params(&self) -> &[f32] {
+                &self.params
+            }
+
+            fn params_mut(&mut self) -> &mut [f32] {
+                &mut self.params
+            }
+
+            fn init(rng: &mut dyn ::dp::__private::RngCore) -> Self {
+                let mut params = ::std::vec![0.0f32; #param_count];
+                // PyTorch's defaults: weights kaiming_uniform(a = √5) and biases both U(−1/√fan_in, 1/√fan_in).
+                for (start, end, bound) in [#(#init),*] {
+                    for v in &mut params[start..end] {
+                        *v = ::dp::__private::kernels::dense::uniform_from_bits(
+                            ::dp::__private::RngCore::next_u32(rng),
+                            bound,
+                        );
+                    }
+                }
+                #ident { params }
+            }
+
+            fn forward(
+                &self,
+                ws: &mut ::dp::__private::runtime::Workspace,
+                inputs: &[f32],
+                n: usize,
+                outputs: &mut [f32],
+            ) {
+                assert_eq!(inputs.len(), n * #input_len, "{}: inputs of {} examples", #name, n);
+                assert_eq!(outputs.len(), n * #output_len, "{}: outputs of {} examples", #name, n);
+                ws.ensure::<Self>(n);
+                self.__dp_forward(ws.arena(), inputs, n);
+                outputs.copy_from_slice(&ws.arena()[#out_start * n..#out_end * n]);
+            }
+
+            fn loss_and_gradient(
+                &self,
+                ws: &mut ::dp::__private::runtime::Workspace,
+                batch: ::dp::__private::runtime::Batch<'_, f32>,
+                losses: &mut [f32],
+                grad: &mut [f32],
+            ) {
+                assert_eq!(grad.len(), #param_count, "{}: gradient length", #name);
+                self.__dp_forward_backward(ws, batch, losses);
+                let (n, inputs) = (batch.size, batch.inputs);
+                #carve_all
+                #gradient_sum
+            }
+
+            fn per_example_norms(
+                &self,
+                ws: &mut ::dp::__private::runtime::Workspace,
+                batch: ::dp::__private::runtime::Batch<'_, f32>,
+                losses: &mut [f32],
+                sq_norms: &mut [f32],
+            ) {
+                assert_eq!(sq_norms.len(), batch.size * #groups, "{}: squared norms of {} examples", #name, batch.size);
+                self.__dp_forward_backward(ws, batch, losses);
+                let (n, inputs) = (batch.size, batch.inputs);
+                #carve_all
+                #norms
+            }
+
+            fn clipped_sum(
+                &self,
+                ws: &mut ::dp::__private::runtime::Workspace,
+                batch: ::dp::__private::runtime::Batch<'_, f32>,
+                factors: &[f32],
+                grad: &mut [f32],
+            ) {
+                let (n, inputs) = (batch.size, batch.inputs);
+                assert_eq!(inputs.len(), n * #input_len, "{}: inputs of {} examples", #name, n);
+                assert_eq!(factors.len(), n * #groups, "{}: clip factors of {} examples", #name, n);
+                assert_eq!(grad.len(), #param_count, "{}: gradient length", #name);
+                assert!(ws.max_batch() >= n, "{}: clipped_sum without per_example_norms on this batch", #name);
+                #carve_all
+                #clipped_sum
+            }
+        }
+    }
+}

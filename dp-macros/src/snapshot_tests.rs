@@ -1,0 +1,130 @@
+//! Snapshots of the generated code (pretty-printed) and unit tests of the passes on whole models.
+
+use crate::{check, ctxt::Ctxt, expand, ir::Graph, parse, plan};
+use proc_macro2::TokenStream;
+use quote::quote;
+
+fn pretty(tokens: TokenStream) -> String {
+    prettyplease::unparse(&syn::parse2(tokens).expect("the expansion is a valid file"))
+}
+
+fn logreg() -> (TokenStream, TokenStream) {
+    (
+        quote!(input = [104], loss = binary_cross_entropy),
+        quote! {
+            /// Logistic regression.
+            pub struct AdultLogReg {
+                #[layer(linear(out = 1))]
+                fc: Linear,
+            }
+        },
+    )
+}
+
+fn mlp() -> (TokenStream, TokenStream) {
+    (
+        quote!(input = [104], loss = cross_entropy(classes = 2)),
+        quote! {
+            pub struct AdultFfnn {
+                #[layer(linear(out = 50), relu)]
+                fc1: Linear,
+                #[layer(linear(out = 2))]
+                fc2: Linear,
+            }
+        },
+    )
+}
+
+#[test]
+fn logistic_regression_expansion() {
+    let (args, item) = logreg();
+    insta::assert_snapshot!(pretty(expand(args, item)));
+}
+
+#[test]
+fn mlp_expansion() {
+    let (args, item) = mlp();
+    insta::assert_snapshot!(pretty(expand(args, item)));
+}
+
+fn planned(args: TokenStream, item: TokenStream) -> plan::Plan {
+    let mut cx = Ctxt::new();
+    let model = parse::parse_model(&mut cx, args, item).expect("parses");
+    let graph = Graph::from_sequential(&model);
+    let checked = check::check(&mut cx, &model, &graph).expect("checks");
+    cx.finish().expect("no errors");
+    plan::plan(&graph, &checked)
+}
+
+#[test]
+fn mlp_plan_fuses_relu_and_lays_out_the_arena() {
+    let (args, item) = mlp();
+    let plan = planned(args, item);
+    assert_eq!(plan.param_count, 5352);
+    assert_eq!(plan.groups, ["fc1", "fc2"]);
+    let names: Vec<&str> = plan.params.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]);
+    assert_eq!(plan.params[2].offset, 5250);
+    // fc1 output and δ (50 each), fc2 output and δ (2 each), then the clipping scratch (104 + 50).
+    let lens: Vec<usize> = plan.buffers.iter().map(|b| b.len).collect();
+    assert_eq!(lens, [50, 50, 2, 2, 154]);
+    let offsets: Vec<usize> = plan.buffers.iter().map(|b| b.offset).collect();
+    assert_eq!(offsets, [0, 50, 100, 102, 104]);
+    assert_eq!(plan.workspace_per_example, 258);
+    assert_eq!(plan.steps.len(), 2, "relu is fused into fc1's epilogue");
+    let bytes: u64 = plan.layers.iter().map(|l| l.bytes_per_example).sum();
+    assert_eq!(bytes, 4 * 258);
+    assert!(plan
+        .layers
+        .iter()
+        .filter(|l| l.op.starts_with("linear"))
+        .all(|l| l.strategy == Some(plan::NormStrategy::Ghost)));
+}
+
+#[test]
+fn standalone_activations_share_the_gradient_buffer_of_the_layer_before() {
+    let plan = planned(
+        quote!(input = [2, 3], loss = mse),
+        quote! {
+            struct M {
+                #[layer(flatten, tanh)]
+                prep: Flatten,
+                #[layer(linear(out = 4, in = 6, bias = false), sigmoid, relu)]
+                fc1: Linear,
+                #[layer(linear(out = 3))]
+                fc2: Linear,
+            }
+        },
+    );
+    // tanh on the input (no gradient needed), fc1 + fused sigmoid, standalone relu, fc2.
+    assert_eq!(plan.steps.len(), 4);
+    let plan::Step::Activation(relu) = &plan.steps[2] else { panic!("relu is standalone") };
+    let plan::Step::Dense(fc1) = &plan.steps[1] else { panic!("fc1 is dense") };
+    assert_eq!(relu.grad, Some(fc1.delta));
+    let plan::Step::Activation(tanh) = &plan.steps[0] else { panic!("tanh is standalone") };
+    assert_eq!(tanh.grad, None);
+    assert_eq!(fc1.input_grad, None);
+    assert_eq!(plan.param_count, 4 * 6 + 3 * 4 + 3);
+}
+
+#[test]
+fn every_error_of_a_model_is_reported_at_once() {
+    let out = expand(
+        quote!(input = [4], loss = cross_entropy(classes = 3)),
+        quote! {
+            struct M {
+                #[layer(linear(out = 5, in = 3))]
+                a: Linear,
+                #[layer(linear(out = 2, bias = 1))]
+                b: Conv2d,
+                #[layer(lineer)]
+                c: Linear,
+            }
+        },
+    )
+    .to_string();
+    assert_eq!(out.matches("compile_error").count(), 3, "{out}");
+    assert!(out.contains("expects `true` or `false`"));
+    assert!(out.contains("must have type `Linear`"));
+    assert!(out.contains("did you mean `linear`"));
+}

@@ -1,0 +1,6 @@
+use dp::dp_model;
+
+#[dp_model(input = [104], loss = mse)]
+struct Model {}
+
+fn main() {}

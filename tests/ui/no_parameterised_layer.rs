@@ -1,0 +1,9 @@
+use dp::dp_model;
+
+#[dp_model(input = [104], loss = mse)]
+struct Model {
+    #[layer(relu)]
+    act: Relu,
+}
+
+fn main() {}
