@@ -1,0 +1,509 @@
+//! A reference network: a list of ops (one may be a residual block) run on one example, reading its
+//! parameters by PyTorch name from a flat f64 buffer laid out by a model's `PARAMS`, returning the
+//! loss and the gradient in the same layout. Looking parameters up by name keeps the reference
+//! independent of buffer order; [`Network::check_layout`] asserts that names, shapes and the set of
+//! parameters are exactly the ones the ops imply.
+
+use std::ops::Range;
+
+use super::conv::{conv2d_backward, conv2d_forward, Conv2dGeom};
+use super::dense::{linear_backward, linear_forward, Activation};
+use super::embedding::{
+    embedding_backward, embedding_forward, mean_over_sequence_backward, mean_over_sequence_forward,
+};
+use super::loss::RefLoss;
+use super::lstm::{lstm_backward, lstm_forward, LstmParams};
+use super::norm::{group_norm_backward, group_norm_forward};
+use super::pool::{
+    avg_pool2d_backward, avg_pool2d_forward, global_avg_pool_backward, global_avg_pool_forward,
+    max_pool2d_backward, max_pool2d_forward, PoolGeom,
+};
+
+/// One op of a reference network; `name` is the PyTorch module name its parameters hang under.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// `[in] → [out]`; parameters `name.weight [out, in]`, `name.bias [out]`.
+    Linear {
+        name: &'static str,
+        out: usize,
+        bias: bool,
+    },
+    /// `[C, H, W] → [out, H′, W′]`; parameters `name.weight [out, C / groups, k, k]`, `name.bias [out]`.
+    Conv2d {
+        name: &'static str,
+        out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+    },
+    Act(Activation),
+    MaxPool2d {
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    },
+    AvgPool2d {
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    },
+    /// `[C, H, W] → [C]`.
+    GlobalAvgPool,
+    /// `[…] → [n]`, values in place (row-major NCHW).
+    Flatten,
+    /// `[C, …]` unchanged; parameters `name.weight [C]`, `name.bias [C]`.
+    GroupNorm {
+        name: &'static str,
+        groups: usize,
+    },
+    /// Token ids `[T] → [T, dim]`; parameter `name.weight [vocab, dim]`.
+    Embedding {
+        name: &'static str,
+        vocab: usize,
+        dim: usize,
+    },
+    /// `[T, D] → [D]`.
+    MeanOverSequence,
+    /// `[T, I] → [T, hidden]`; parameters `name.weight_ih_l0 [4H, I]`, `name.weight_hh_l0 [4H, H]` and
+    /// every bias named in `biases` (each `[4H]`; the forward adds them all, each gets the gradient).
+    Lstm {
+        name: &'static str,
+        hidden: usize,
+        biases: &'static [&'static str],
+    },
+    /// `x + body(x)`; the body must keep the shape.
+    Residual(Vec<Op>),
+}
+
+/// One parameter tensor of the flat buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+    pub group: usize,
+}
+
+/// The flat buffer's layout, taken from a model's `PARAMS`.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub entries: Vec<Entry>,
+    pub count: usize,
+    pub groups: usize,
+}
+
+impl Layout {
+    /// The layout of `specs` (a model's `PARAMS`).
+    pub fn of(specs: &[dp::ParamSpec]) -> Self {
+        let entries: Vec<Entry> = specs
+            .iter()
+            .map(|p| {
+                assert_eq!(
+                    p.shape.iter().product::<usize>(),
+                    p.len,
+                    "{}: len is not the product of shape",
+                    p.name
+                );
+                Entry { name: p.name.to_string(), shape: p.shape.to_vec(), offset: p.offset, group: p.group }
+            })
+            .collect();
+        let count = specs.iter().map(|p| p.offset + p.len).max().unwrap_or(0);
+        assert_eq!(count, specs.iter().map(|p| p.len).sum::<usize>(), "parameters overlap or leave gaps");
+        let groups = specs.iter().map(|p| p.group + 1).max().unwrap_or(0);
+        Layout { entries, count, groups }
+    }
+
+    /// The range of parameter `name`, which must have `shape`.
+    pub fn range(&self, name: &str, shape: &[usize]) -> Range<usize> {
+        let e = self
+            .entries
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("no parameter named {name} in {:?}", self.names()));
+        assert_eq!(e.shape, shape, "{name}: shape");
+        e.offset..e.offset + shape.iter().product::<usize>()
+    }
+
+    /// The parameter names in buffer order.
+    pub fn names(&self) -> Vec<&str> {
+        self.entries.iter().map(|e| e.name.as_str()).collect()
+    }
+
+    /// The group of every element of the flat buffer.
+    pub fn group_of_each(&self) -> Vec<usize> {
+        let mut groups = vec![0; self.count];
+        for e in &self.entries {
+            let len: usize = e.shape.iter().product();
+            groups[e.offset..e.offset + len].iter_mut().for_each(|g| *g = e.group);
+        }
+        groups
+    }
+
+    /// The squared norm of `grad` restricted to each group.
+    pub fn group_sq_norms(&self, grad: &[f64]) -> Vec<f64> {
+        let mut norms = vec![0.0; self.groups];
+        for (g, v) in self.group_of_each().into_iter().zip(grad) {
+            norms[g] += v * v;
+        }
+        norms
+    }
+}
+
+/// A reference network for one model.
+#[derive(Clone, Debug)]
+pub struct Network {
+    pub ops: Vec<Op>,
+    pub input_shape: Vec<usize>,
+    pub loss: RefLoss,
+    pub layout: Layout,
+}
+
+fn conv_geom(shape: &[usize], out: usize, kernel: usize, stride: usize, padding: usize) -> Conv2dGeom {
+    assert_eq!(shape.len(), 3, "conv2d takes [C, H, W], got {shape:?}");
+    Conv2dGeom::square(shape[0], out, (shape[1], shape[2]), kernel, stride, padding)
+}
+
+fn pool_geom(shape: &[usize], kernel: usize, stride: usize, padding: usize) -> PoolGeom {
+    assert_eq!(shape.len(), 3, "pooling takes [C, H, W], got {shape:?}");
+    PoolGeom { channels: shape[0], height: shape[1], width: shape[2], kernel, stride, padding }
+}
+
+/// The tokens of an embedding's input (ids stored exactly as f64).
+fn tokens(x: &[f64]) -> Vec<usize> {
+    x.iter().map(|&v| v as usize).collect()
+}
+
+/// The parameters `op` reads on input `shape`: (name, shape).
+fn op_params(op: &Op, shape: &[usize]) -> Vec<(String, Vec<usize>)> {
+    let p = |name: &str, suffix: &str, s: Vec<usize>| (format!("{name}.{suffix}"), s);
+    match op {
+        Op::Linear { name, out, bias } => {
+            let mut v = vec![p(name, "weight", vec![*out, shape.iter().product()])];
+            v.extend(bias.then(|| p(name, "bias", vec![*out])));
+            v
+        }
+        Op::Conv2d { name, out, kernel, bias, .. } => {
+            let mut v = vec![p(name, "weight", vec![*out, shape[0], *kernel, *kernel])];
+            v.extend(bias.then(|| p(name, "bias", vec![*out])));
+            v
+        }
+        Op::GroupNorm { name, .. } => {
+            vec![p(name, "weight", vec![shape[0]]), p(name, "bias", vec![shape[0]])]
+        }
+        Op::Embedding { name, vocab, dim } => vec![p(name, "weight", vec![*vocab, *dim])],
+        Op::Lstm { name, hidden, biases } => {
+            let mut v = vec![
+                p(name, "weight_ih_l0", vec![4 * hidden, shape[1]]),
+                p(name, "weight_hh_l0", vec![4 * hidden, *hidden]),
+            ];
+            v.extend(biases.iter().map(|b| p(name, b, vec![4 * hidden])));
+            v
+        }
+        Op::Residual(body) => {
+            let mut shape = shape.to_vec();
+            let mut v = Vec::new();
+            for op in body {
+                v.extend(op_params(op, &shape));
+                shape = output_shape(op, &shape);
+            }
+            v
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The output shape of `op` on input `shape`.
+pub fn output_shape(op: &Op, shape: &[usize]) -> Vec<usize> {
+    match op {
+        Op::Linear { out, .. } => {
+            assert_eq!(shape.len(), 1, "linear takes a vector; flatten first (got {shape:?})");
+            vec![*out]
+        }
+        Op::Conv2d { out, kernel, stride, padding, .. } => {
+            let (h, w) = conv_geom(shape, *out, *kernel, *stride, *padding).output_size();
+            vec![*out, h, w]
+        }
+        Op::MaxPool2d { kernel, stride, padding } | Op::AvgPool2d { kernel, stride, padding } => {
+            let (h, w) = pool_geom(shape, *kernel, *stride, *padding).output_size();
+            vec![shape[0], h, w]
+        }
+        Op::GlobalAvgPool => vec![shape[0]],
+        Op::Flatten => vec![shape.iter().product()],
+        Op::Embedding { dim, .. } => vec![shape[0], *dim],
+        Op::MeanOverSequence => vec![shape[1]],
+        Op::Lstm { hidden, .. } => vec![shape[0], *hidden],
+        Op::Act(_) | Op::GroupNorm { .. } => shape.to_vec(),
+        Op::Residual(body) => {
+            let out = body.iter().fold(shape.to_vec(), |s, op| output_shape(op, &s));
+            assert_eq!(out, shape, "a residual body must keep the shape");
+            out
+        }
+    }
+}
+
+impl Network {
+    /// A network over a model's parameter layout (`M::PARAMS`) and loss.
+    pub fn new(ops: Vec<Op>, input_shape: &[usize], loss: dp::Loss, params: &[dp::ParamSpec]) -> Self {
+        Network {
+            ops,
+            input_shape: input_shape.to_vec(),
+            loss: RefLoss::of(loss),
+            layout: Layout::of(params),
+        }
+    }
+
+    /// The (name, shape) of every parameter the ops read, in op order.
+    pub fn expected_params(&self) -> Vec<(String, Vec<usize>)> {
+        let mut shape = self.input_shape.clone();
+        let mut v = Vec::new();
+        for op in &self.ops {
+            v.extend(op_params(op, &shape));
+            shape = output_shape(op, &shape);
+        }
+        v
+    }
+
+    /// Asserts that the layout holds exactly the parameters the ops read, with PyTorch's shapes.
+    pub fn check_layout(&self) {
+        let mut want = self.expected_params();
+        let mut got: Vec<(String, Vec<usize>)> =
+            self.layout.entries.iter().map(|e| (e.name.clone(), e.shape.clone())).collect();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "the model's parameters are not the reference's");
+    }
+
+    fn param<'a>(&self, params: &'a [f64], name: &str, suffix: &str, shape: &[usize]) -> &'a [f64] {
+        &params[self.layout.range(&format!("{name}.{suffix}"), shape)]
+    }
+
+    fn forward_op(&self, op: &Op, params: &[f64], x: &[f64], shape: &[usize]) -> Vec<f64> {
+        match op {
+            Op::Linear { name, out, bias } => {
+                let w = self.param(params, name, "weight", &[*out, x.len()]);
+                let b = bias.then(|| self.param(params, name, "bias", &[*out]));
+                linear_forward(w, b, x, *out)
+            }
+            Op::Conv2d { name, out, kernel, stride, padding, bias } => {
+                let geom = conv_geom(shape, *out, *kernel, *stride, *padding);
+                let w = self.param(params, name, "weight", &[*out, shape[0], *kernel, *kernel]);
+                let b = bias.then(|| self.param(params, name, "bias", &[*out]));
+                conv2d_forward(&geom, w, b, x)
+            }
+            Op::Act(a) => a.forward(x),
+            Op::MaxPool2d { kernel, stride, padding } => {
+                max_pool2d_forward(&pool_geom(shape, *kernel, *stride, *padding), x)
+            }
+            Op::AvgPool2d { kernel, stride, padding } => {
+                avg_pool2d_forward(&pool_geom(shape, *kernel, *stride, *padding), x)
+            }
+            Op::GlobalAvgPool => global_avg_pool_forward(x, x.len() / shape[0]),
+            Op::Flatten => x.to_vec(),
+            Op::GroupNorm { name, groups } => {
+                let c = shape[0];
+                let (gamma, beta) =
+                    (self.param(params, name, "weight", &[c]), self.param(params, name, "bias", &[c]));
+                group_norm_forward(x, c, *groups, gamma, beta)
+            }
+            Op::Embedding { name, vocab, dim } => {
+                embedding_forward(self.param(params, name, "weight", &[*vocab, *dim]), *dim, &tokens(x))
+            }
+            Op::MeanOverSequence => mean_over_sequence_forward(x, shape[1]),
+            Op::Lstm { name, hidden, biases } => {
+                let bias = self.lstm_bias(params, name, *hidden, biases);
+                lstm_forward(&self.lstm_params(params, name, *hidden, shape[1], &bias), x)
+            }
+            Op::Residual(body) => {
+                let inner = self.forward_seq(body, params, x, shape).pop().unwrap().0;
+                x.iter().zip(inner).map(|(a, b)| a + b).collect()
+            }
+        }
+    }
+
+    fn lstm_bias(&self, params: &[f64], name: &str, hidden: usize, biases: &[&str]) -> Vec<f64> {
+        let mut bias = vec![0.0; 4 * hidden];
+        for b in biases {
+            bias.iter_mut().zip(self.param(params, name, b, &[4 * hidden])).for_each(|(s, v)| *s += v);
+        }
+        bias
+    }
+
+    fn lstm_params<'a>(
+        &self,
+        params: &'a [f64],
+        name: &str,
+        hidden: usize,
+        inputs: usize,
+        bias: &'a [f64],
+    ) -> LstmParams<'a> {
+        LstmParams {
+            weight_ih: self.param(params, name, "weight_ih_l0", &[4 * hidden, inputs]),
+            weight_hh: self.param(params, name, "weight_hh_l0", &[4 * hidden, hidden]),
+            bias,
+            hidden,
+        }
+    }
+
+    /// Adds `values` into the gradient of parameter `name.suffix`.
+    fn accumulate(&self, grad: &mut [f64], name: &str, suffix: &str, shape: &[usize], values: &[f64]) {
+        grad[self.layout.range(&format!("{name}.{suffix}"), shape)]
+            .iter_mut()
+            .zip(values)
+            .for_each(|(g, v)| *g += v);
+    }
+
+    /// Accumulates the parameter gradients of `op` into `grad`; returns the input gradient.
+    fn backward_op(
+        &self,
+        op: &Op,
+        params: &[f64],
+        x: &[f64],
+        shape: &[usize],
+        dy: &[f64],
+        grad: &mut [f64],
+    ) -> Vec<f64> {
+        match op {
+            Op::Linear { name, out, bias } => {
+                let w = self.param(params, name, "weight", &[*out, x.len()]);
+                let (dx, dw, db) = linear_backward(w, x, dy);
+                self.accumulate(grad, name, "weight", &[*out, x.len()], &dw);
+                if *bias {
+                    self.accumulate(grad, name, "bias", &[*out], &db);
+                }
+                dx
+            }
+            Op::Conv2d { name, out, kernel, stride, padding, bias } => {
+                let geom = conv_geom(shape, *out, *kernel, *stride, *padding);
+                let wshape = [*out, shape[0], *kernel, *kernel];
+                let (dx, dw, db) = conv2d_backward(&geom, self.param(params, name, "weight", &wshape), x, dy);
+                self.accumulate(grad, name, "weight", &wshape, &dw);
+                if *bias {
+                    self.accumulate(grad, name, "bias", &[*out], &db);
+                }
+                dx
+            }
+            Op::Act(a) => a.backward(x, dy),
+            Op::MaxPool2d { kernel, stride, padding } => {
+                max_pool2d_backward(&pool_geom(shape, *kernel, *stride, *padding), x, dy)
+            }
+            Op::AvgPool2d { kernel, stride, padding } => {
+                avg_pool2d_backward(&pool_geom(shape, *kernel, *stride, *padding), x, dy)
+            }
+            Op::GlobalAvgPool => global_avg_pool_backward(dy, x.len() / shape[0]),
+            Op::Flatten => dy.to_vec(),
+            Op::GroupNorm { name, groups } => {
+                let c = shape[0];
+                let (dx, dgamma, dbeta) =
+                    group_norm_backward(x, c, *groups, self.param(params, name, "weight", &[c]), dy);
+                self.accumulate(grad, name, "weight", &[c], &dgamma);
+                self.accumulate(grad, name, "bias", &[c], &dbeta);
+                dx
+            }
+            Op::Embedding { name, vocab, dim } => {
+                let range = self.layout.range(&format!("{name}.weight"), &[*vocab, *dim]);
+                embedding_backward(*dim, &tokens(x), dy, &mut grad[range]);
+                vec![0.0; x.len()] // token ids have no gradient
+            }
+            Op::MeanOverSequence => mean_over_sequence_backward(dy, shape[0]),
+            Op::Lstm { name, hidden, biases } => {
+                let h = *hidden;
+                let bias = self.lstm_bias(params, name, h, biases);
+                let g = lstm_backward(&self.lstm_params(params, name, h, shape[1], &bias), x, dy);
+                self.accumulate(grad, name, "weight_ih_l0", &[4 * h, shape[1]], &g.weight_ih);
+                self.accumulate(grad, name, "weight_hh_l0", &[4 * h, h], &g.weight_hh);
+                for b in *biases {
+                    self.accumulate(grad, name, b, &[4 * h], &g.bias);
+                }
+                g.input
+            }
+            Op::Residual(body) => {
+                let inner = self.backward_seq(body, params, x, shape, dy, grad);
+                dy.iter().zip(inner).map(|(a, b)| a + b).collect()
+            }
+        }
+    }
+
+    /// The input of every op of `ops` with its shape, then the output.
+    fn forward_seq(
+        &self,
+        ops: &[Op],
+        params: &[f64],
+        x: &[f64],
+        shape: &[usize],
+    ) -> Vec<(Vec<f64>, Vec<usize>)> {
+        let mut values = vec![(x.to_vec(), shape.to_vec())];
+        for op in ops {
+            let (v, s) = values.last().unwrap();
+            let next = (self.forward_op(op, params, v, s), output_shape(op, s));
+            assert_eq!(next.0.len(), next.1.iter().product::<usize>(), "{op:?}: output length");
+            values.push(next);
+        }
+        values
+    }
+
+    fn backward_seq(
+        &self,
+        ops: &[Op],
+        params: &[f64],
+        x: &[f64],
+        shape: &[usize],
+        dy: &[f64],
+        grad: &mut [f64],
+    ) -> Vec<f64> {
+        let values = self.forward_seq(ops, params, x, shape);
+        let mut g = dy.to_vec();
+        for (op, (v, s)) in ops.iter().zip(&values).rev() {
+            g = self.backward_op(op, params, v, s, &g, grad);
+        }
+        g
+    }
+
+    /// The outputs (logits or predictions) of one example.
+    pub fn output(&self, params: &[f64], x: &[f64]) -> Vec<f64> {
+        assert_eq!(params.len(), self.layout.count, "parameter buffer length");
+        assert_eq!(x.len(), self.input_shape.iter().product::<usize>(), "input length");
+        self.forward_seq(&self.ops, params, x, &self.input_shape).pop().unwrap().0
+    }
+
+    /// The loss of one example.
+    pub fn loss(&self, params: &[f64], x: &[f64], label: &[f64]) -> f64 {
+        self.loss.value_and_gradient(&self.output(params, x), label).0
+    }
+
+    /// The loss of one example and its gradient, in the flat layout.
+    pub fn loss_and_gradient(&self, params: &[f64], x: &[f64], label: &[f64]) -> (f64, Vec<f64>) {
+        let out = self.output(params, x);
+        let (loss, dy) = self.loss.value_and_gradient(&out, label);
+        let mut grad = vec![0.0; self.layout.count];
+        self.backward_seq(&self.ops, params, x, &self.input_shape, &dy, &mut grad);
+        (loss, grad)
+    }
+}
+
+impl Network {
+    /// A network with its own layout: the parameters the ops read, in op order, one group per
+    /// module name (for testing the reference itself, without a compiled model).
+    pub fn standalone(ops: Vec<Op>, input_shape: &[usize], loss: RefLoss) -> Self {
+        let mut net = Network {
+            ops,
+            input_shape: input_shape.to_vec(),
+            loss,
+            layout: Layout { entries: vec![], count: 0, groups: 0 },
+        };
+        let (mut offset, mut modules) = (0, Vec::<String>::new());
+        for (name, shape) in net.expected_params() {
+            let module = name.rsplit_once('.').map_or(name.clone(), |(m, _)| m.to_string());
+            let group = modules.iter().position(|m| *m == module).unwrap_or_else(|| {
+                modules.push(module);
+                modules.len() - 1
+            });
+            let len: usize = shape.iter().product();
+            net.layout.entries.push(Entry { name, shape, offset, group });
+            offset += len;
+        }
+        net.layout.count = offset;
+        net.layout.groups = modules.len();
+        net
+    }
+}
