@@ -48,16 +48,23 @@ pub fn scale_floor(want: &[f64], fraction: f64) -> f64 {
 /// Asserts `|got_k − want_k| ≤ tol · max(|want_k|, floor)` for every k and returns the largest
 /// relative error seen (for the report), naming the first failing entry otherwise.
 pub fn assert_close(got: &[f32], want: &[f64], tol: f64, floor: f64, what: &str) -> f64 {
+    assert_close_with_floors(got, want, tol, &vec![floor; want.len()], what)
+}
+
+/// [`assert_close`] with one floor per entry: `|got_k − want_k| ≤ tol · max(|want_k|, floors_k)`.
+pub fn assert_close_with_floors(got: &[f32], want: &[f64], tol: f64, floors: &[f64], what: &str) -> f64 {
     assert_eq!(got.len(), want.len(), "{what}: length");
-    for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (f64::from(g) - w).abs();
+    let mut worst = 0.0f64;
+    for (k, ((&g, &w), &floor)) in got.iter().zip(want).zip(floors).enumerate() {
+        let (err, scale) = ((f64::from(g) - w).abs(), w.abs().max(floor));
         assert!(
-            err <= tol * w.abs().max(floor),
+            err <= tol * scale,
             "{what}[{k}]: got {g}, want {w} (error {err:.3e}, allowed {:.3e})",
-            tol * w.abs().max(floor)
+            tol * scale
         );
+        worst = worst.max(err / scale);
     }
-    max_relative_error(got, want, floor)
+    worst
 }
 
 /// Central finite differences of a scalar function at `x` along every coordinate in `coords`.
