@@ -2,6 +2,8 @@
 
 mod ffnn;
 mod logreg;
+mod mnist_cnn;
 
 pub use ffnn::AdultFfnn;
 pub use logreg::AdultLogReg;
+pub use mnist_cnn::MnistCnn;
