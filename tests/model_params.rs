@@ -4,7 +4,7 @@
 //! compiler's 64 MiB per-example cap.
 
 use dp::__private::kernels::per_example::{choose_strategy, Strategy};
-use dp::models::MnistCnn;
+use dp::models::{Cifar10Cnn, MnistCnn};
 use dp::prelude::*;
 use dp::NormStrategy;
 
@@ -70,4 +70,30 @@ fn mnist_cnn() {
     );
     println!("{}", MnistCnn::describe());
     println!("WORKSPACE_PER_EXAMPLE = {} f32", MnistCnn::WORKSPACE_PER_EXAMPLE);
+}
+
+#[test]
+fn cifar10_cnn() {
+    assert_eq!(Cifar10Cnn::PARAM_COUNT, 605_226);
+    assert_eq!(Cifar10Cnn::GROUPS, ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "conv7", "conv8"]);
+    assert_eq!(Cifar10Cnn::PARAMS[14].shape, [10, 256, 3, 3]);
+    assert_eq!(Cifar10Cnn::LAYERS.last().unwrap().output_shape, [10]);
+    // (T, d, p) of conv1..conv8.
+    let dims = [
+        (1024, 27, 32),
+        (1024, 288, 32),
+        (256, 288, 64),
+        (256, 576, 64),
+        (64, 576, 128),
+        (64, 1152, 128),
+        (16, 1152, 256),
+        (16, 2304, 10),
+    ];
+    let want: Vec<NormStrategy> = dims.iter().map(|&(t, d, p)| kernel_choice(t, d, p)).collect();
+    let got: Vec<NormStrategy> = strategies::<Cifar10Cnn>().iter().map(|s| s.1).collect();
+    assert_eq!(got, want);
+    use NormStrategy::{Direct, Ghost};
+    assert_eq!(got, [Direct, Direct, Direct, Direct, Ghost, Ghost, Ghost, Direct]);
+    println!("{}", Cifar10Cnn::describe());
+    println!("WORKSPACE_PER_EXAMPLE = {} f32", Cifar10Cnn::WORKSPACE_PER_EXAMPLE);
 }

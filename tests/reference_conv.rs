@@ -5,6 +5,7 @@
 
 use dp::models::MnistCnn;
 use dp::prelude::*;
+use dp::NormStrategy;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
