@@ -10,7 +10,7 @@
 
 mod reference;
 
-use dp::models::{AdultFfnn, AdultLogReg};
+use dp::models::{AdultFfnn, AdultLogReg, Cifar10Cnn, MnistCnn};
 use dp::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -336,6 +336,61 @@ fn ffnn() -> Network {
     )
 }
 
+fn conv(name: &'static str, out: usize, kernel: usize, stride: usize, padding: usize) -> Op {
+    Op::Conv2d { name, out, kernel, stride, padding, bias: true }
+}
+
+fn mnist_cnn() -> Network {
+    Network::new(
+        vec![
+            conv("conv1", 16, 8, 2, 3),
+            Op::Act(Activation::Relu),
+            Op::MaxPool2d { kernel: 2, stride: 1, padding: 0 },
+            conv("conv2", 32, 4, 2, 0),
+            Op::Act(Activation::Relu),
+            Op::MaxPool2d { kernel: 2, stride: 1, padding: 0 },
+            Op::Flatten,
+            Op::Linear { name: "fc1", out: 32, bias: true },
+            Op::Act(Activation::Relu),
+            Op::Linear { name: "fc2", out: 10, bias: true },
+        ],
+        MnistCnn::INPUT_SHAPE,
+        MnistCnn::LOSS,
+        MnistCnn::PARAMS,
+    )
+}
+
+fn cifar10_cnn() -> Network {
+    let relu = || Op::Act(Activation::Relu);
+    let pool = || Op::AvgPool2d { kernel: 2, stride: 2, padding: 0 };
+    Network::new(
+        vec![
+            conv("conv1", 32, 3, 1, 1),
+            relu(),
+            conv("conv2", 32, 3, 1, 1),
+            relu(),
+            pool(),
+            conv("conv3", 64, 3, 1, 1),
+            relu(),
+            conv("conv4", 64, 3, 1, 1),
+            relu(),
+            pool(),
+            conv("conv5", 128, 3, 1, 1),
+            relu(),
+            conv("conv6", 128, 3, 1, 1),
+            relu(),
+            pool(),
+            conv("conv7", 256, 3, 1, 1),
+            relu(),
+            conv("conv8", 10, 3, 1, 1),
+            Op::GlobalAvgPool,
+        ],
+        Cifar10Cnn::INPUT_SHAPE,
+        Cifar10Cnn::LOSS,
+        Cifar10Cnn::PARAMS,
+    )
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests.
 
@@ -357,4 +412,24 @@ fn adult_ffnn_matches_the_reference() {
     }
     check_zero_factor_example::<AdultFfnn>(&net, 3, 13);
     check_reference_gradient::<AdultFfnn>(&net, 14, 100);
+}
+
+#[test]
+fn mnist_cnn_matches_the_reference() {
+    let net = mnist_cnn();
+    assert_eq!(net.layout.count, 26_010);
+    for (size, seed) in [(2, 21), (3, 22)] {
+        report("MnistCnn", &check_model::<MnistCnn>(&net, size, seed));
+    }
+    check_zero_factor_example::<MnistCnn>(&net, 3, 23);
+    check_reference_gradient::<MnistCnn>(&net, 24, 40);
+}
+
+#[test]
+fn cifar10_cnn_matches_the_reference() {
+    let net = cifar10_cnn();
+    assert_eq!(net.layout.count, 605_226);
+    report("Cifar10Cnn", &check_model::<Cifar10Cnn>(&net, 2, 31));
+    check_zero_factor_example::<Cifar10Cnn>(&net, 2, 32);
+    check_reference_gradient::<Cifar10Cnn>(&net, 33, 6);
 }
