@@ -15,7 +15,7 @@ use dp::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use reference::dense::Activation;
-use reference::net::{Network, Op};
+use reference::net::{Conv, Network, Op};
 use reference::{
     assert_close, assert_close_with_floors, assert_matches_finite_differences, sample_coords, scale_floor,
     widen,
@@ -27,6 +27,44 @@ const TOL: f64 = 1e-4;
 /// fraction instead of their own size: an f32 sum carries an absolute error proportional to the
 /// size of its terms, so entries that cancel to nearly 0 cannot be relatively exact.
 const FLOOR: f64 = 1e-3;
+
+// ---------------------------------------------------------------------------------------------
+// Models declared for this test: the ops the six do not exercise (or not in these combinations).
+
+/// Dilated, grouped, strided and bias-free convs; group_norm; layer_norm on an image (one group,
+/// per-channel affine) and on a vector; padded max and average pooling; all three activations.
+#[dp_model(input = [2, 8, 8], loss = cross_entropy(classes = 4))]
+struct ImageOps {
+    #[layer(conv2d(out = 4, kernel = 3, padding = 1), tanh)]
+    c1: Conv2d,
+    #[layer(group_norm(groups = 2), relu, max_pool2d(kernel = 2, stride = 2, padding = 1))]
+    gn: GroupNorm,
+    #[layer(
+        conv2d(out = 6, kernel = 2, dilation = 2, groups = 2, padding = 1),
+        sigmoid,
+        avg_pool2d(kernel = 2, stride = 1, padding = 1)
+    )]
+    c2: Conv2d,
+    #[layer(layer_norm)]
+    ln: LayerNorm,
+    #[layer(conv2d(out = 3, kernel = 3, stride = 2, bias = false), relu, global_avg_pool)]
+    c3: Conv2d,
+    #[layer(layer_norm)]
+    ln2: LayerNorm,
+    #[layer(linear(out = 4))]
+    fc: Linear,
+}
+
+/// layer_norm between two linear layers, squared error on two outputs.
+#[dp_model(input = [5], loss = mse)]
+struct DenseNorm {
+    #[layer(linear(out = 6), tanh)]
+    fc1: Linear,
+    #[layer(layer_norm, sigmoid)]
+    ln: LayerNorm,
+    #[layer(linear(out = 2))]
+    fc2: Linear,
+}
 
 // ---------------------------------------------------------------------------------------------
 // Inputs of either element type.
@@ -337,7 +375,7 @@ fn ffnn() -> Network {
 }
 
 fn conv(name: &'static str, out: usize, kernel: usize, stride: usize, padding: usize) -> Op {
-    Op::Conv2d { name, out, kernel, stride, padding, bias: true }
+    Op::Conv2d(Conv::new(name, out, kernel, stride, padding))
 }
 
 fn mnist_cnn() -> Network {
@@ -391,6 +429,46 @@ fn cifar10_cnn() -> Network {
     )
 }
 
+fn image_ops() -> Network {
+    Network::new(
+        vec![
+            conv("c1", 4, 3, 1, 1),
+            Op::Act(Activation::Tanh),
+            Op::GroupNorm { name: "gn", groups: 2 },
+            Op::Act(Activation::Relu),
+            Op::MaxPool2d { kernel: 2, stride: 2, padding: 1 },
+            Op::Conv2d(Conv { dilation: 2, groups: 2, ..Conv::new("c2", 6, 2, 1, 1) }),
+            Op::Act(Activation::Sigmoid),
+            Op::AvgPool2d { kernel: 2, stride: 1, padding: 1 },
+            // The compiler's layer_norm of an image is GroupNorm(1, C): per-channel affine.
+            Op::GroupNorm { name: "ln", groups: 1 },
+            Op::Conv2d(Conv { bias: false, ..Conv::new("c3", 3, 3, 2, 0) }),
+            Op::Act(Activation::Relu),
+            Op::GlobalAvgPool,
+            Op::LayerNorm { name: "ln2" },
+            Op::Linear { name: "fc", out: 4, bias: true },
+        ],
+        ImageOps::INPUT_SHAPE,
+        ImageOps::LOSS,
+        ImageOps::PARAMS,
+    )
+}
+
+fn dense_norm() -> Network {
+    Network::new(
+        vec![
+            Op::Linear { name: "fc1", out: 6, bias: true },
+            Op::Act(Activation::Tanh),
+            Op::LayerNorm { name: "ln" },
+            Op::Act(Activation::Sigmoid),
+            Op::Linear { name: "fc2", out: 2, bias: true },
+        ],
+        DenseNorm::INPUT_SHAPE,
+        DenseNorm::LOSS,
+        DenseNorm::PARAMS,
+    )
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests.
 
@@ -432,4 +510,20 @@ fn cifar10_cnn_matches_the_reference() {
     report("Cifar10Cnn", &check_model::<Cifar10Cnn>(&net, 2, 31));
     check_zero_factor_example::<Cifar10Cnn>(&net, 2, 32);
     check_reference_gradient::<Cifar10Cnn>(&net, 33, 6);
+}
+
+#[test]
+fn every_image_op_and_layer_norm_match_the_reference() {
+    let net = image_ops();
+    for (size, seed) in [(2, 41), (3, 42)] {
+        report("ImageOps", &check_model::<ImageOps>(&net, size, seed));
+    }
+    check_zero_factor_example::<ImageOps>(&net, 3, 43);
+    check_reference_gradient::<ImageOps>(&net, 44, 200);
+    let net = dense_norm();
+    for (size, seed) in [(2, 45), (3, 46)] {
+        report("DenseNorm", &check_model::<DenseNorm>(&net, size, seed));
+    }
+    check_zero_factor_example::<DenseNorm>(&net, 3, 47);
+    check_reference_gradient::<DenseNorm>(&net, 48, 100);
 }

@@ -12,7 +12,7 @@ use reference::dense::{linear_backward, linear_forward, Activation};
 use reference::embedding::*;
 use reference::loss::*;
 use reference::lstm::{lstm_backward, lstm_forward, LstmParams};
-use reference::net::{Network, Op};
+use reference::net::{Conv, Network, Op};
 use reference::norm::*;
 use reference::pool::*;
 use reference::{assert_matches_finite_differences as assert_fd, dot, sample_coords, uniform};
@@ -338,20 +338,20 @@ fn network_matches_finite_differences(net: &Network, x: &[f64], label: &[f64], s
 fn an_image_network_with_every_op_matches_finite_differences() {
     let block = || {
         Op::Residual(vec![
-            Op::Conv2d { name: "b.conv", out: 4, kernel: 3, stride: 1, padding: 1, bias: false },
+            Op::Conv2d(Conv { bias: false, ..Conv::new("b.conv", 4, 3, 1, 1) }),
             Op::GroupNorm { name: "b.gn", groups: 2 },
             Op::Act(Activation::Tanh),
         ])
     };
     let net = Network::standalone(
         vec![
-            Op::Conv2d { name: "stem", out: 4, kernel: 3, stride: 1, padding: 1, bias: true },
+            Op::Conv2d(Conv::new("stem", 4, 3, 1, 1)),
             Op::GroupNorm { name: "gn", groups: 2 },
             Op::Act(Activation::Sigmoid),
             Op::MaxPool2d { kernel: 2, stride: 1, padding: 0 },
             block(),
             Op::AvgPool2d { kernel: 2, stride: 2, padding: 1 },
-            Op::Conv2d { name: "head", out: 3, kernel: 2, stride: 1, padding: 0, bias: true },
+            Op::Conv2d(Conv::new("head", 3, 2, 1, 0)),
             Op::Act(Activation::Relu),
             Op::GlobalAvgPool,
             Op::Linear { name: "fc", out: 3, bias: true },

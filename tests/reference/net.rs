@@ -13,7 +13,7 @@ use super::embedding::{
 };
 use super::loss::RefLoss;
 use super::lstm::{lstm_backward, lstm_forward, LstmParams};
-use super::norm::{group_norm_backward, group_norm_forward};
+use super::norm::{group_norm_backward, group_norm_forward, layer_norm_backward, layer_norm_forward};
 use super::pool::{
     avg_pool2d_backward, avg_pool2d_forward, global_avg_pool_backward, global_avg_pool_forward,
     max_pool2d_backward, max_pool2d_forward, PoolGeom,
@@ -29,14 +29,7 @@ pub enum Op {
         bias: bool,
     },
     /// `[C, H, W] → [out, H′, W′]`; parameters `name.weight [out, C / groups, k, k]`, `name.bias [out]`.
-    Conv2d {
-        name: &'static str,
-        out: usize,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-        bias: bool,
-    },
+    Conv2d(Conv),
     Act(Activation),
     MaxPool2d {
         kernel: usize,
@@ -57,6 +50,11 @@ pub enum Op {
         name: &'static str,
         groups: usize,
     },
+    /// `torch.nn.LayerNorm(D)` on `[D]` or on every row of `[T, D]`; parameters `name.weight [D]`,
+    /// `name.bias [D]`.
+    LayerNorm {
+        name: &'static str,
+    },
     /// Token ids `[T] → [T, dim]`; parameter `name.weight [vocab, dim]`.
     Embedding {
         name: &'static str,
@@ -74,6 +72,45 @@ pub enum Op {
     },
     /// `x + body(x)`; the body must keep the shape.
     Residual(Vec<Op>),
+}
+
+/// A convolution's attributes, as `conv2d(...)` takes them (square kernel, same on both axes).
+#[derive(Clone, Copy, Debug)]
+pub struct Conv {
+    pub name: &'static str,
+    pub out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub dilation: usize,
+    pub groups: usize,
+    pub bias: bool,
+}
+
+impl Conv {
+    /// `conv2d(out, kernel, stride, padding)` with bias, dilation 1, one group.
+    pub fn new(name: &'static str, out: usize, kernel: usize, stride: usize, padding: usize) -> Self {
+        Conv { name, out, kernel, stride, padding, dilation: 1, groups: 1, bias: true }
+    }
+
+    fn geom(&self, shape: &[usize]) -> Conv2dGeom {
+        assert_eq!(shape.len(), 3, "conv2d takes [C, H, W], got {shape:?}");
+        Conv2dGeom {
+            in_channels: shape[0],
+            out_channels: self.out,
+            height: shape[1],
+            width: shape[2],
+            kernel: (self.kernel, self.kernel),
+            stride: (self.stride, self.stride),
+            padding: (self.padding, self.padding),
+            dilation: (self.dilation, self.dilation),
+            groups: self.groups,
+        }
+    }
+
+    fn weight_shape(&self, shape: &[usize]) -> [usize; 4] {
+        [self.out, shape[0] / self.groups, self.kernel, self.kernel]
+    }
 }
 
 /// One parameter tensor of the flat buffer.
@@ -159,11 +196,6 @@ pub struct Network {
     pub layout: Layout,
 }
 
-fn conv_geom(shape: &[usize], out: usize, kernel: usize, stride: usize, padding: usize) -> Conv2dGeom {
-    assert_eq!(shape.len(), 3, "conv2d takes [C, H, W], got {shape:?}");
-    Conv2dGeom::square(shape[0], out, (shape[1], shape[2]), kernel, stride, padding)
-}
-
 fn pool_geom(shape: &[usize], kernel: usize, stride: usize, padding: usize) -> PoolGeom {
     assert_eq!(shape.len(), 3, "pooling takes [C, H, W], got {shape:?}");
     PoolGeom { channels: shape[0], height: shape[1], width: shape[2], kernel, stride, padding }
@@ -183,10 +215,14 @@ fn op_params(op: &Op, shape: &[usize]) -> Vec<(String, Vec<usize>)> {
             v.extend(bias.then(|| p(name, "bias", vec![*out])));
             v
         }
-        Op::Conv2d { name, out, kernel, bias, .. } => {
-            let mut v = vec![p(name, "weight", vec![*out, shape[0], *kernel, *kernel])];
-            v.extend(bias.then(|| p(name, "bias", vec![*out])));
+        Op::Conv2d(c) => {
+            let mut v = vec![p(c.name, "weight", c.weight_shape(shape).to_vec())];
+            v.extend(c.bias.then(|| p(c.name, "bias", vec![c.out])));
             v
+        }
+        Op::LayerNorm { name } => {
+            let d = *shape.last().unwrap();
+            vec![p(name, "weight", vec![d]), p(name, "bias", vec![d])]
         }
         Op::GroupNorm { name, .. } => {
             vec![p(name, "weight", vec![shape[0]]), p(name, "bias", vec![shape[0]])]
@@ -220,9 +256,9 @@ pub fn output_shape(op: &Op, shape: &[usize]) -> Vec<usize> {
             assert_eq!(shape.len(), 1, "linear takes a vector; flatten first (got {shape:?})");
             vec![*out]
         }
-        Op::Conv2d { out, kernel, stride, padding, .. } => {
-            let (h, w) = conv_geom(shape, *out, *kernel, *stride, *padding).output_size();
-            vec![*out, h, w]
+        Op::Conv2d(c) => {
+            let (h, w) = c.geom(shape).output_size();
+            vec![c.out, h, w]
         }
         Op::MaxPool2d { kernel, stride, padding } | Op::AvgPool2d { kernel, stride, padding } => {
             let (h, w) = pool_geom(shape, *kernel, *stride, *padding).output_size();
@@ -233,6 +269,10 @@ pub fn output_shape(op: &Op, shape: &[usize]) -> Vec<usize> {
         Op::Embedding { dim, .. } => vec![shape[0], *dim],
         Op::MeanOverSequence => vec![shape[1]],
         Op::Lstm { hidden, .. } => vec![shape[0], *hidden],
+        Op::LayerNorm { .. } => {
+            assert!(matches!(shape.len(), 1 | 2), "layer_norm takes [D] or [T, D], got {shape:?}");
+            shape.to_vec()
+        }
         Op::Act(_) | Op::GroupNorm { .. } => shape.to_vec(),
         Op::Residual(body) => {
             let out = body.iter().fold(shape.to_vec(), |s, op| output_shape(op, &s));
@@ -285,11 +325,10 @@ impl Network {
                 let b = bias.then(|| self.param(params, name, "bias", &[*out]));
                 linear_forward(w, b, x, *out)
             }
-            Op::Conv2d { name, out, kernel, stride, padding, bias } => {
-                let geom = conv_geom(shape, *out, *kernel, *stride, *padding);
-                let w = self.param(params, name, "weight", &[*out, shape[0], *kernel, *kernel]);
-                let b = bias.then(|| self.param(params, name, "bias", &[*out]));
-                conv2d_forward(&geom, w, b, x)
+            Op::Conv2d(c) => {
+                let w = self.param(params, c.name, "weight", &c.weight_shape(shape));
+                let b = c.bias.then(|| self.param(params, c.name, "bias", &[c.out]));
+                conv2d_forward(&c.geom(shape), w, b, x)
             }
             Op::Act(a) => a.forward(x),
             Op::MaxPool2d { kernel, stride, padding } => {
@@ -305,6 +344,12 @@ impl Network {
                 let (gamma, beta) =
                     (self.param(params, name, "weight", &[c]), self.param(params, name, "bias", &[c]));
                 group_norm_forward(x, c, *groups, gamma, beta)
+            }
+            Op::LayerNorm { name } => {
+                let d = *shape.last().unwrap();
+                let (gamma, beta) =
+                    (self.param(params, name, "weight", &[d]), self.param(params, name, "bias", &[d]));
+                x.chunks(d).flat_map(|row| layer_norm_forward(row, gamma, beta)).collect()
             }
             Op::Embedding { name, vocab, dim } => {
                 embedding_forward(self.param(params, name, "weight", &[*vocab, *dim]), *dim, &tokens(x))
@@ -373,13 +418,13 @@ impl Network {
                 }
                 dx
             }
-            Op::Conv2d { name, out, kernel, stride, padding, bias } => {
-                let geom = conv_geom(shape, *out, *kernel, *stride, *padding);
-                let wshape = [*out, shape[0], *kernel, *kernel];
-                let (dx, dw, db) = conv2d_backward(&geom, self.param(params, name, "weight", &wshape), x, dy);
-                self.accumulate(grad, name, "weight", &wshape, &dw);
-                if *bias {
-                    self.accumulate(grad, name, "bias", &[*out], &db);
+            Op::Conv2d(c) => {
+                let wshape = c.weight_shape(shape);
+                let (dx, dw, db) =
+                    conv2d_backward(&c.geom(shape), self.param(params, c.name, "weight", &wshape), x, dy);
+                self.accumulate(grad, c.name, "weight", &wshape, &dw);
+                if c.bias {
+                    self.accumulate(grad, c.name, "bias", &[c.out], &db);
                 }
                 dx
             }
@@ -398,6 +443,18 @@ impl Network {
                     group_norm_backward(x, c, *groups, self.param(params, name, "weight", &[c]), dy);
                 self.accumulate(grad, name, "weight", &[c], &dgamma);
                 self.accumulate(grad, name, "bias", &[c], &dbeta);
+                dx
+            }
+            Op::LayerNorm { name } => {
+                let d = *shape.last().unwrap();
+                let gamma = self.param(params, name, "weight", &[d]);
+                let mut dx = Vec::with_capacity(x.len());
+                for (row, drow) in x.chunks(d).zip(dy.chunks(d)) {
+                    let (dxr, dgamma, dbeta) = layer_norm_backward(row, gamma, drow);
+                    self.accumulate(grad, name, "weight", &[d], &dgamma);
+                    self.accumulate(grad, name, "bias", &[d], &dbeta);
+                    dx.extend(dxr);
+                }
                 dx
             }
             Op::Embedding { name, vocab, dim } => {
