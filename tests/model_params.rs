@@ -4,7 +4,7 @@
 //! compiler's 64 MiB per-example cap.
 
 use dp::__private::kernels::per_example::{choose_strategy, Strategy};
-use dp::models::{Cifar10Cnn, MnistCnn};
+use dp::models::{Cifar10Cnn, MnistCnn, ResidualCnn};
 use dp::prelude::*;
 use dp::NormStrategy;
 
@@ -96,4 +96,36 @@ fn cifar10_cnn() {
     assert_eq!(got, [Direct, Direct, Direct, Direct, Ghost, Ghost, Ghost, Direct]);
     println!("{}", Cifar10Cnn::describe());
     println!("WORKSPACE_PER_EXAMPLE = {} f32", Cifar10Cnn::WORKSPACE_PER_EXAMPLE);
+}
+
+#[test]
+fn residual_cnn() {
+    assert_eq!(ResidualCnn::PARAM_COUNT, 10_058);
+    assert_eq!(
+        ResidualCnn::GROUPS,
+        [
+            "stem",
+            "stem_norm",
+            "block1_conv1",
+            "block1_norm1",
+            "block1_conv2",
+            "block1_norm2",
+            "block2_conv1",
+            "block2_norm1",
+            "block2_conv2",
+            "block2_norm2",
+            "head"
+        ]
+    );
+    assert_eq!(ResidualCnn::PARAMS[2].name, "stem_norm.weight");
+    assert_eq!(ResidualCnn::PARAMS[2].shape, [16]);
+    let convs: Vec<NormStrategy> = ResidualCnn::LAYERS
+        .iter()
+        .filter(|l| l.op.starts_with("conv2d"))
+        .map(|l| l.strategy.unwrap())
+        .collect();
+    assert_eq!(convs[0], kernel_choice(1024, 27, 16));
+    assert!(convs[1..].iter().all(|&s| s == kernel_choice(1024, 144, 16)));
+    println!("{}", ResidualCnn::describe());
+    println!("WORKSPACE_PER_EXAMPLE = {} f32", ResidualCnn::WORKSPACE_PER_EXAMPLE);
 }

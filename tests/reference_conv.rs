@@ -3,7 +3,7 @@
 //! forced ghost against forced direct norms; a NaN example with factor 0; the reference's own
 //! gradients against central finite differences.
 
-use dp::models::MnistCnn;
+use dp::models::{MnistCnn, ResidualCnn};
 use dp::prelude::*;
 use dp::NormStrategy;
 use rand::{Rng, SeedableRng};
@@ -55,6 +55,47 @@ struct ConvPoolDirect {
     fc: Linear,
 }
 
+/// Layer norm over rows `[T, D]` (fused tanh) and over a vector `[D]`.
+#[dp_model(input = [3, 4], loss = cross_entropy(classes = 3))]
+struct NormChain {
+    #[layer(layer_norm, tanh)]
+    ln1: LayerNorm,
+    #[layer(flatten, linear(out = 5))]
+    fc1: Linear,
+    #[layer(layer_norm(eps = 1e-5))]
+    ln2: LayerNorm,
+    #[layer(linear(out = 3))]
+    fc2: Linear,
+}
+
+/// Not a chain: `h` is read three times (group norm, `+`, `.tanh()`), `+` with a fused relu, a second
+/// `+` of two computed values, group norm with a fused relu, layer norm over an image.
+#[dp_model(input = [2, 5, 5], loss = cross_entropy(classes = 3))]
+mod skip {
+    pub struct Skip {
+        #[layer(conv2d(out = 4, kernel = 3, padding = 1))]
+        a: Conv2d,
+        #[layer(group_norm(groups = 2), relu)]
+        an: GroupNorm,
+        #[layer(conv2d(out = 4, kernel = 3, padding = 1))]
+        b: Conv2d,
+        #[layer(layer_norm)]
+        bn: LayerNorm,
+        #[layer(flatten, linear(out = 3))]
+        head: Linear,
+    }
+
+    impl Skip {
+        fn forward(&self, x: Input) -> Output {
+            let h = self.a(x);
+            let r = self.bn(self.b(self.an(h)));
+            let s = (h + r).relu() + h.tanh();
+            self.head(s)
+        }
+    }
+}
+use skip::Skip;
+
 // ---------------------------------------------------------------------------------------------
 // The f64 reference: a graph of ops over one example's values.
 
@@ -100,6 +141,8 @@ enum RefOp {
     },
     /// channels, plane, groups (layer norm over an image or a vector is one group)
     GroupNorm(usize, usize, usize),
+    /// rows, dim: each row normalised, affine `[dim]`
+    RowNorm(usize, usize),
     Relu,
     Tanh,
     Sigmoid,
@@ -113,6 +156,7 @@ impl RefOp {
             RefOp::Conv(c) => c.weight_len() + if c.bias { c.out } else { 0 },
             RefOp::Linear { inputs, outputs, bias } => inputs * outputs + if bias { outputs } else { 0 },
             RefOp::GroupNorm(c, _, _) => 2 * c,
+            RefOp::RowNorm(_, d) => 2 * d,
             _ => 0,
         }
     }
@@ -237,6 +281,19 @@ fn op_forward(op: RefOp, params: &[f64], off: usize, xs: &[&[f64]]) -> Vec<f64> 
                 z + if bias { params[off + inputs * outputs + o] } else { 0.0 }
             })
             .collect(),
+        RefOp::RowNorm(rows, dim) => {
+            let mut y = vec![0.0; rows * dim];
+            for r in 0..rows {
+                let xs = &x[r * dim..(r + 1) * dim];
+                let mean = xs.iter().sum::<f64>() / dim as f64;
+                let var = xs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / dim as f64;
+                let rstd = 1.0 / (var + 1e-5).sqrt();
+                for k in 0..dim {
+                    y[r * dim + k] = (xs[k] - mean) * rstd * params[off + k] + params[off + dim + k];
+                }
+            }
+            y
+        }
         RefOp::GroupNorm(ch, plane, groups) => {
             let block = ch / groups * plane;
             let mut y = vec![0.0; ch * plane];
@@ -338,6 +395,25 @@ fn op_backward(
                 }
             }
             (0..inputs).map(|j| (0..outputs).map(|o| gy[o] * params[off + o * inputs + j]).sum()).collect()
+        }
+        RefOp::RowNorm(rows, dim) => {
+            let mut gx = vec![0.0; x.len()];
+            for r in 0..rows {
+                let xs = &x[r * dim..(r + 1) * dim];
+                let mean = xs.iter().sum::<f64>() / dim as f64;
+                let var = xs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / dim as f64;
+                let rstd = 1.0 / (var + 1e-5).sqrt();
+                let xhat: Vec<f64> = xs.iter().map(|v| (v - mean) * rstd).collect();
+                let dxhat: Vec<f64> = (0..dim).map(|k| gy[r * dim + k] * params[off + k]).collect();
+                let m1 = dxhat.iter().sum::<f64>() / dim as f64;
+                let m2 = dxhat.iter().zip(&xhat).map(|(a, b)| a * b).sum::<f64>() / dim as f64;
+                for k in 0..dim {
+                    gx[r * dim + k] = rstd * (dxhat[k] - m1 - xhat[k] * m2);
+                    grad[off + k] += gy[r * dim + k] * xhat[k];
+                    grad[off + dim + k] += gy[r * dim + k];
+                }
+            }
+            gx
         }
         RefOp::GroupNorm(ch, plane, groups) => {
             let block = ch / groups * plane;
@@ -443,6 +519,73 @@ fn spec_conv_pool() -> Spec {
         2 * 7 * 7,
         3,
     )
+}
+
+fn spec_norm_chain() -> Spec {
+    Spec::chain(
+        vec![
+            RefOp::RowNorm(3, 4),
+            RefOp::Tanh,
+            RefOp::Flatten,
+            RefOp::Linear { inputs: 12, outputs: 5, bias: true },
+            RefOp::GroupNorm(5, 1, 1),
+            RefOp::Linear { inputs: 5, outputs: 3, bias: true },
+        ],
+        12,
+        3,
+    )
+}
+
+/// A graph spec: (op, inputs) per node, node k writing value k + 1.
+fn graph(nodes: Vec<(RefOp, Vec<usize>)>, input_len: usize, classes: usize) -> Spec {
+    Spec { nodes: nodes.into_iter().map(|(op, inputs)| Node { op, inputs }).collect(), input_len, classes }
+}
+
+fn spec_skip() -> Spec {
+    graph(
+        vec![
+            (conv(2, 5, 4, 3, 1, 1, 1, 1, true), vec![0]), // v1 = h
+            (RefOp::GroupNorm(4, 25, 2), vec![1]),
+            (RefOp::Relu, vec![2]),
+            (conv(4, 5, 4, 3, 1, 1, 1, 1, true), vec![3]),
+            (RefOp::GroupNorm(4, 25, 1), vec![4]), // v5 = r
+            (RefOp::Add, vec![1, 5]),
+            (RefOp::Relu, vec![6]),
+            (RefOp::Tanh, vec![1]),
+            (RefOp::Add, vec![7, 8]),
+            (RefOp::Flatten, vec![9]),
+            (RefOp::Linear { inputs: 100, outputs: 3, bias: true }, vec![10]),
+        ],
+        50,
+        3,
+    )
+}
+
+fn spec_residual_cnn() -> Spec {
+    let c = || conv(16, 32, 16, 3, 1, 1, 1, 1, true);
+    let gn = || RefOp::GroupNorm(16, 1024, 4);
+    let mut nodes = vec![
+        (conv(3, 32, 16, 3, 1, 1, 1, 1, true), vec![0]),
+        (gn(), vec![1]),
+        (RefOp::Relu, vec![2]), // v3 = h
+    ];
+    let mut h = 3;
+    for _ in 0..2 {
+        let v = nodes.len(); // the next node writes value v + 1
+        nodes.extend([
+            (c(), vec![h]),
+            (gn(), vec![v + 1]),
+            (RefOp::Relu, vec![v + 2]),
+            (c(), vec![v + 3]),
+            (gn(), vec![v + 4]),
+            (RefOp::Add, vec![h, v + 5]),
+            (RefOp::Relu, vec![v + 6]),
+        ]);
+        h = v + 7;
+    }
+    nodes.push((RefOp::GlobalAvgPool(16, 1024), vec![h]));
+    nodes.push((RefOp::Linear { inputs: 16, outputs: 10, bias: true }, vec![h + 1]));
+    graph(nodes, 3 * 1024, 10)
 }
 
 fn spec_mnist() -> Spec {
@@ -690,4 +833,28 @@ fn mnist_cnn_matches_the_reference_at_b_2() {
 fn reference_gradients_match_central_finite_differences() {
     finite_differences(&spec_conv_pool(), 6, 400);
     finite_differences(&spec_mnist(), 7, 150);
+}
+
+#[test]
+fn layer_norm_over_rows_and_vectors_matches_the_reference() {
+    for (size, seed) in [(1, 11), (3, 12)] {
+        check_against_reference::<NormChain>(&spec_norm_chain(), size, 0.5, seed);
+    }
+    check_nan_example_is_dropped::<NormChain>(&spec_norm_chain(), 13);
+    finite_differences(&spec_norm_chain(), 14, 200);
+}
+
+#[test]
+fn a_value_read_three_times_matches_the_reference() {
+    for (size, seed) in [(1, 21), (3, 22)] {
+        check_against_reference::<Skip>(&spec_skip(), size, 0.5, seed);
+    }
+    check_nan_example_is_dropped::<Skip>(&spec_skip(), 23);
+    finite_differences(&spec_skip(), 24, 300);
+}
+
+#[test]
+fn residual_cnn_matches_the_reference_at_b_2() {
+    check_against_reference::<ResidualCnn>(&spec_residual_cnn(), 2, 0.5, 31);
+    finite_differences(&spec_residual_cnn(), 32, 8);
 }

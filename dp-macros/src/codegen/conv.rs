@@ -171,7 +171,7 @@ pub fn forward(plan: &Plan, step: &Step) -> TokenStream {
             let (a, b, y) = (read(s.inputs[0]), read(s.inputs[1]), buf_ident(s.output));
             let act = act_forward(s.act, s.output, s.len);
             quote! {
-                for ((y, a), b) in #y.iter_mut().zip(#a.iter()).zip(#b.iter()) {
+                for ((y, a), b) in #y.iter_mut().zip((#a).iter()).zip((#b).iter()) {
                     *y = *a + *b;
                 }
                 #act

@@ -5,6 +5,7 @@
 
 pub mod ast;
 pub mod conv;
+pub mod forward;
 pub mod ops;
 pub mod syntax;
 pub mod values;
