@@ -10,7 +10,7 @@
 
 mod reference;
 
-use dp::models::{AdultFfnn, AdultLogReg, Cifar10Cnn, MnistCnn};
+use dp::models::{AdultFfnn, AdultLogReg, Cifar10Cnn, MnistCnn, ResidualCnn};
 use dp::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -469,6 +469,32 @@ fn dense_norm() -> Network {
     )
 }
 
+/// Stem conv 3→16, group_norm(4), relu; two blocks of conv, gn, relu, conv, gn, skip add, relu;
+/// global average pool; linear 10.
+fn residual_cnn() -> Network {
+    let block = |conv1, norm1, conv2, norm2| {
+        [
+            Op::Residual(vec![
+                conv(conv1, 16, 3, 1, 1),
+                Op::GroupNorm { name: norm1, groups: 4 },
+                Op::Act(Activation::Relu),
+                conv(conv2, 16, 3, 1, 1),
+                Op::GroupNorm { name: norm2, groups: 4 },
+            ]),
+            Op::Act(Activation::Relu),
+        ]
+    };
+    let mut ops = vec![
+        conv("stem", 16, 3, 1, 1),
+        Op::GroupNorm { name: "stem_norm", groups: 4 },
+        Op::Act(Activation::Relu),
+    ];
+    ops.extend(block("block1_conv1", "block1_norm1", "block1_conv2", "block1_norm2"));
+    ops.extend(block("block2_conv1", "block2_norm1", "block2_conv2", "block2_norm2"));
+    ops.extend([Op::GlobalAvgPool, Op::Linear { name: "head", out: 10, bias: true }]);
+    Network::new(ops, ResidualCnn::INPUT_SHAPE, ResidualCnn::LOSS, ResidualCnn::PARAMS)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests.
 
@@ -526,4 +552,15 @@ fn every_image_op_and_layer_norm_match_the_reference() {
     }
     check_zero_factor_example::<DenseNorm>(&net, 3, 47);
     check_reference_gradient::<DenseNorm>(&net, 48, 100);
+}
+
+#[test]
+fn residual_cnn_matches_the_reference() {
+    let net = residual_cnn();
+    assert_eq!(net.layout.count, 10_058);
+    for (size, seed) in [(2, 51), (3, 52)] {
+        report("ResidualCnn", &check_model::<ResidualCnn>(&net, size, seed));
+    }
+    check_zero_factor_example::<ResidualCnn>(&net, 3, 53);
+    check_reference_gradient::<ResidualCnn>(&net, 54, 20);
 }
