@@ -12,6 +12,7 @@
 pub mod conv;
 pub mod dense;
 pub mod embedding;
+pub mod harness;
 pub mod loss;
 pub mod lstm;
 pub mod net;
