@@ -162,13 +162,27 @@ pub fn check_model<M: DpModel>(net: &Network, size: usize, seed: u64) -> Errors
 where
     M::Input: TestInput,
 {
+    check_model_with::<M>(net, size, seed, |_| {})
+}
+
+/// [`check_model`] on random inputs that `edit` changes first (all examples, example-major).
+pub fn check_model_with<M: DpModel>(
+    net: &Network,
+    size: usize,
+    seed: u64,
+    edit: impl Fn(&mut [M::Input]),
+) -> Errors
+where
+    M::Input: TestInput,
+{
     net.check_layout();
     assert_eq!(M::GROUPS.len(), net.layout.groups, "{}: group count", M::NAME);
     assert_eq!(M::PARAM_COUNT, net.layout.count, "{}: parameter count", M::NAME);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let model = M::init(&mut rng);
     let params = widen(model.params());
-    let data = Data::<M::Input>::random::<M>(&mut rng, size);
+    let mut data = Data::<M::Input>::random::<M>(&mut rng, size);
+    edit(&mut data.inputs);
     let want = reference_answers::<M>(net, &params, &data);
     let groups = net.layout.groups;
     let mut ws = Workspace::new::<M>(size);
