@@ -118,8 +118,8 @@ where
     (0..data.size)
         .map(|i| {
             let (x, label) = (data.example(i, M::input_len()), data.label(i, M::LOSS.label_len()));
-            let (loss, grad) = net.loss_and_gradient(params, &x, &label);
-            Want { loss, grad, output: net.output(params, &x) }
+            let (loss, grad, output) = net.evaluate(params, &x, &label);
+            Want { loss, grad, output }
         })
         .collect()
 }
@@ -224,7 +224,7 @@ where
         .iter()
         .flat_map(|n| (0..groups).map(|g| (layer_clips[g] / n[g].sqrt()).min(1.0) as f32).collect::<Vec<_>>())
         .collect();
-    assert!(flat.iter().any(|&c| c < 1.0) && flat.iter().any(|&c| c == 1.0), "{name}: clip some, not all");
+    assert!(flat.iter().any(|&c| c < 1.0) && flat.contains(&1.0), "{name}: clip some, not all");
     for (factors, kind) in [(&flat, "model-wide"), (&per_layer, "per-layer")] {
         let (want_sum, floors) = weighted_sum(net, &want, factors);
         let mut grad = vec![0.0f32; M::PARAM_COUNT];

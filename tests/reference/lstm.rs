@@ -99,15 +99,15 @@ pub fn lstm_backward(p: &LstmParams<'_>, x: &[f64], dy: &[f64]) -> LstmGradients
         }
         let xt = &x[t * inputs..(t + 1) * inputs];
         dh_next.iter_mut().for_each(|v| *v = 0.0);
-        for r in 0..4 * h {
-            grads.bias[r] += da[r];
-            for j in 0..inputs {
-                grads.weight_ih[r * inputs + j] += da[r] * xt[j];
-                grads.input[t * inputs + j] += da[r] * p.weight_ih[r * inputs + j];
+        for (r, &dar) in da.iter().enumerate() {
+            grads.bias[r] += dar;
+            for (j, &xj) in xt.iter().enumerate() {
+                grads.weight_ih[r * inputs + j] += dar * xj;
+                grads.input[t * inputs + j] += dar * p.weight_ih[r * inputs + j];
             }
-            for j in 0..h {
-                grads.weight_hh[r * h + j] += da[r] * hprev[j];
-                dh_next[j] += da[r] * p.weight_hh[r * h + j];
+            for (j, &hj) in hprev.iter().enumerate() {
+                grads.weight_hh[r * h + j] += dar * hj;
+                dh_next[j] += dar * p.weight_hh[r * h + j];
             }
         }
     }

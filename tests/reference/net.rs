@@ -509,8 +509,20 @@ impl Network {
         grad: &mut [f64],
     ) -> Vec<f64> {
         let values = self.forward_seq(ops, params, x, shape);
+        self.backward_from(ops, params, &values, dy, grad)
+    }
+
+    /// Backpropagates `dy` through `ops`, whose inputs `forward_seq` recorded in `values`.
+    fn backward_from(
+        &self,
+        ops: &[Op],
+        params: &[f64],
+        values: &[(Vec<f64>, Vec<usize>)],
+        dy: &[f64],
+        grad: &mut [f64],
+    ) -> Vec<f64> {
         let mut g = dy.to_vec();
-        for (op, (v, s)) in ops.iter().zip(&values).rev() {
+        for (op, (v, s)) in ops.iter().zip(values).rev() {
             g = self.backward_op(op, params, v, s, &g, grad);
         }
         g
@@ -530,11 +542,20 @@ impl Network {
 
     /// The loss of one example and its gradient, in the flat layout.
     pub fn loss_and_gradient(&self, params: &[f64], x: &[f64], label: &[f64]) -> (f64, Vec<f64>) {
-        let out = self.output(params, x);
+        let (loss, grad, _) = self.evaluate(params, x, label);
+        (loss, grad)
+    }
+
+    /// The loss of one example, its gradient in the flat layout, and the outputs, from one forward.
+    pub fn evaluate(&self, params: &[f64], x: &[f64], label: &[f64]) -> (f64, Vec<f64>, Vec<f64>) {
+        assert_eq!(params.len(), self.layout.count, "parameter buffer length");
+        assert_eq!(x.len(), self.input_shape.iter().product::<usize>(), "input length");
+        let values = self.forward_seq(&self.ops, params, x, &self.input_shape);
+        let out = values.last().unwrap().0.clone();
         let (loss, dy) = self.loss.value_and_gradient(&out, label);
         let mut grad = vec![0.0; self.layout.count];
-        self.backward_seq(&self.ops, params, x, &self.input_shape, &dy, &mut grad);
-        (loss, grad)
+        self.backward_from(&self.ops, params, &values[..self.ops.len()], &dy, &mut grad);
+        (loss, grad, out)
     }
 }
 
