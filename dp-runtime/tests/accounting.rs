@@ -498,3 +498,20 @@ fn comparison_table() {
         assert!(pld.epsilon <= rdp.epsilon);
     }
 }
+
+/// Settings whose composed loss distribution would need far more than 2²¹ points at the default
+/// spacing, so the PLD accountant must widen its grid (up front, or by coarsening while composing):
+/// ε stays finite, below RDP and, where RDP is tight, not far from it.
+#[test]
+fn pld_widens_its_grid_for_wide_distributions() {
+    for (q, sigma, steps, ratio) in
+        [(0.5, 0.6, 100_000, 0.8), (1.0, 0.1, 300, 0.8), (1e-6, 0.5, 10_000_000, 0.05)]
+    {
+        let pld = pld_eps(q, sigma, steps).epsilon;
+        let rdp = rdp_eps(q, sigma, steps).epsilon;
+        assert!(
+            pld.is_finite() && pld <= rdp && pld >= ratio * rdp,
+            "q={q} σ={sigma} T={steps}: {pld} vs {rdp}"
+        );
+    }
+}
