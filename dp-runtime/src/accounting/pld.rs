@@ -427,3 +427,73 @@ fn grid_interval(pairs: &[(SubsampledGaussian, u64)]) -> f64 {
     let width = step_width + 24.0 * variance.sqrt();
     h.max(width / MAX_BINS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// δ(ε) of a discrete distribution, summed directly.
+    fn delta_at(pmf: &LossPmf, eps: f64) -> f64 {
+        pmf.infinity
+            + pmf
+                .probs
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let loss = (pmf.offset + i as i64) as f64 * pmf.h;
+                    p * (1.0 - (eps - loss).exp()).max(0.0)
+                })
+                .sum::<f64>()
+    }
+
+    fn q_mass(pmf: &LossPmf) -> f64 {
+        pmf.probs.iter().enumerate().map(|(i, p)| p * (-((pmf.offset + i as i64) as f64 * pmf.h)).exp()).sum()
+    }
+
+    #[test]
+    fn discretisation_keeps_both_masses_and_only_raises_delta() {
+        for direction in [Direction::Remove, Direction::Add] {
+            let pair = SubsampledGaussian { q: 0.2, sigma: 0.9, direction };
+            let pmf = pair.discretise(1e-3);
+            let p_total: f64 = pmf.probs.iter().sum::<f64>() + pmf.infinity;
+            assert!((p_total - 1.0).abs() < 1e-12, "{direction:?}: P-mass {p_total}");
+            // E_P[e^(−L)] is the Q-mass of P's support: 1 up to the truncated tails.
+            assert!((q_mass(&pmf) - 1.0).abs() < 1e-9, "{direction:?}: Q-mass {}", q_mass(&pmf));
+            for eps in [0.0, 0.1, 0.5, 1.0, 2.0] {
+                let tails = pair.tails(eps);
+                let exact = tails.p_above - eps.exp() * tails.q_above;
+                let discrete = delta_at(&pmf, eps);
+                assert!(discrete >= exact - 1e-15, "{direction:?} ε={eps}: {discrete} < {exact}");
+                assert!(discrete - exact < 1e-6, "{direction:?} ε={eps}: {discrete} vs {exact}");
+            }
+        }
+    }
+
+    #[test]
+    fn coarsening_keeps_masses_and_only_raises_delta() {
+        let pair = SubsampledGaussian { q: 0.3, sigma: 1.2, direction: Direction::Remove };
+        let fine = pair.discretise(1e-3);
+        let mut coarse = fine.clone();
+        coarse.coarsen();
+        coarse.coarsen();
+        assert_eq!(coarse.h, 4e-3);
+        let fine_total: f64 = fine.probs.iter().sum();
+        let coarse_total: f64 = coarse.probs.iter().sum();
+        assert!((fine_total - coarse_total).abs() < 1e-14);
+        assert!((q_mass(&fine) - q_mass(&coarse)).abs() < 1e-12);
+        for eps in [-0.05, 0.0, 0.013, 0.2, 0.7, 1.5] {
+            assert!(delta_at(&coarse, eps) >= delta_at(&fine, eps) - 1e-15, "ε={eps}");
+        }
+    }
+
+    #[test]
+    fn epsilon_for_delta_inverts_delta() {
+        let pair = SubsampledGaussian { q: 0.05, sigma: 0.8, direction: Direction::Remove };
+        let mut planner = FftPlanner::new();
+        let pmf = pair.discretise(1e-4).self_compose(100, &mut planner);
+        for delta in [1e-3, 1e-5, 1e-8] {
+            let eps = pmf.epsilon_for_delta(delta);
+            assert!((delta_at(&pmf, eps) - delta).abs() < 1e-9 * delta.max(1e-6), "δ={delta}: ε={eps}");
+        }
+    }
+}
