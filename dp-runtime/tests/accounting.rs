@@ -156,12 +156,12 @@ fn integer_orders_match_binomial_sum() {
 #[test]
 fn fractional_orders_match_numerical_integration() {
     for q in [0.001, 0.01, 0.1, 0.5, 0.9] {
-        for sigma in [0.5, 0.8, 1.1, 2.0, 5.0] {
+        for sigma in [0.5, 0.8, 1.1, 2.0, 5.0, 20.0] {
             for alpha in [1.1, 1.5, 2.5, 3.7, 5.3, 8.1, 10.9] {
                 let got = rdp::poisson_gaussian(q, sigma, alpha);
                 let want = rdp_numerical_integration(q, sigma, alpha);
                 assert!(
-                    (got - want).abs() <= 1e-8 * want + 1e-15 / (alpha - 1.0),
+                    (got - want).abs() <= 1e-9 * want,
                     "q={q} σ={sigma} α={alpha}: {got} vs {want}"
                 );
             }
@@ -182,7 +182,7 @@ fn fractional_and_integer_paths_agree_near_integers() {
 
 #[test]
 fn rdp_is_nondecreasing_in_the_order_and_finite_at_large_orders() {
-    for (q, sigma) in [(1e-6, 1.0), (MNIST_Q, 1.1), (0.01, 4.0), (0.1, 0.5), (0.7, 3.0)] {
+    for (q, sigma) in [(1e-10, 0.7), (1e-6, 1.0), (MNIST_Q, 1.1), (0.01, 4.0), (0.1, 0.5), (0.7, 3.0)] {
         let curve: Vec<f64> = DEFAULT_ORDERS.iter().map(|&a| rdp::poisson_gaussian(q, sigma, a)).collect();
         assert!(curve.iter().all(|v| v.is_finite() && *v >= 0.0), "q={q} σ={sigma}: {curve:?}");
         for (w, a) in curve.windows(2).zip(DEFAULT_ORDERS.windows(2)) {
