@@ -156,14 +156,13 @@ fn integer_orders_match_binomial_sum() {
 #[test]
 fn fractional_orders_match_numerical_integration() {
     for q in [0.001, 0.01, 0.1, 0.5, 0.9] {
-        for sigma in [0.5, 0.8, 1.1, 2.0, 5.0, 20.0] {
+        for sigma in [0.5, 0.8, 1.1, 2.0, 5.0, 20.0, 1000.0] {
             for alpha in [1.1, 1.5, 2.5, 3.7, 5.3, 8.1, 10.9] {
                 let got = rdp::poisson_gaussian(q, sigma, alpha);
                 let want = rdp_numerical_integration(q, sigma, alpha);
-                assert!(
-                    (got - want).abs() <= 1e-9 * want,
-                    "q={q} σ={sigma} α={alpha}: {got} vs {want}"
-                );
+                // At σ = 1000 the RDP is ~1e-13 and both computations lose a few digits to cancellation.
+                let tolerance = if sigma > 100.0 { 1e-6 } else { 1e-9 };
+                assert!((got - want).abs() <= tolerance * want, "q={q} σ={sigma} α={alpha}: {got} vs {want}");
             }
         }
     }

@@ -95,13 +95,15 @@ fn log_a_integer(q: f64, sigma: f64, alpha: u64) -> f64 {
 /// `    + Σ_i C(α,i) (1−q)^i q^(α−i) e^(((α−i)²−(α−i))/(2σ²)) · ½erfc((z0 − (α−i))/(√2σ))`.
 /// C(α,i) is negative for every other i > α, so the terms are summed with their signs. Past i > α the
 /// series alternate with eventually decreasing terms, so stopping once a term is below 2⁻⁴⁰ of the running
-/// A_α − 1 bounds the relative truncation error of A_α − 1 by 2⁻⁴⁰.
+/// A_α − 1 bounds the relative truncation error of A_α − 1 by 2⁻⁴⁰. The terms decay only polynomially
+/// when q ≥ 1/2 and σ is large; there the sum stops after a million terms, where the first omitted term,
+/// which bounds the error, is below 1e-14 (relative error of the RDP below 1e-6 even at σ = 1000).
 ///
 /// To keep relative precision when A_α is close to 1, the sum accumulated is A_α − 1: the first series'
 /// i = 0 and i = 1 terms are written as (1−q)^(α−1)(1 + (α−1)q) − 1 (computed with expm1/ln1p; it is
 /// −C(α,2)q² to leading order) minus their complementary-erfc parts, which are small.
 fn log_a_fractional(q: f64, sigma: f64, alpha: f64) -> f64 {
-    const MAX_TERMS: u64 = 5_000_000;
+    const MAX_TERMS: u64 = 1_000_000;
     let log_q = q.ln();
     let log_1mq = (-q).ln_1p();
     let two_var = 2.0 * sigma * sigma;
