@@ -514,3 +514,26 @@ fn pld_widens_its_grid_for_wide_distributions() {
         );
     }
 }
+
+#[test]
+fn pld_reports_a_delta_below_its_resolution() {
+    let err = epsilon(AccountantKind::Pld, 0.01, 1.0, 1000, 1e-20).unwrap_err();
+    match err {
+        Error::InvalidArgument { name, message } => {
+            assert_eq!(name, "delta");
+            assert!(message.contains("resolution"), "{message}");
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    // A mixed ledger then falls back to RDP for everything.
+    let mut ledger = Ledger::new();
+    ledger.record(0.01, 1.0, Mechanism::Gaussian, 1000);
+    ledger.record(
+        0.01,
+        1.0,
+        Mechanism::DiscreteGaussian { l2_sensitivity: 1.0, sigma: 1.0, dimension: 10 },
+        10,
+    );
+    let pld = ledger.epsilon(AccountantKind::Pld, 1e-20).unwrap();
+    assert_eq!(pld, ledger.epsilon(AccountantKind::Rdp, 1e-20).unwrap());
+}

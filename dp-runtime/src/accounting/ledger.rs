@@ -154,14 +154,13 @@ fn rdp_epsilon(entries: &[LedgerEntry], delta: f64) -> Result<Epsilon> {
 fn pld_epsilon(entries: &[&LedgerEntry], delta: f64) -> Result<Epsilon> {
     let phases: Vec<(f64, f64, u64)> =
         entries.iter().map(|e| (e.sampling_rate, e.noise_multiplier, e.steps)).collect();
-    let epsilon = pld::gaussian_epsilon(&phases, delta);
-    if !epsilon.is_finite() {
-        return Err(Error::invalid(
+    match pld::gaussian_epsilon(&phases, delta) {
+        Ok(epsilon) => Ok(Epsilon { epsilon, order: None }),
+        Err(resolution) => Err(Error::invalid(
             "delta",
             format!(
-                "{delta} is below the resolution of the PLD accountant (about 1e-13); use the RDP accountant"
+                "{delta:e} is below the PLD accountant's resolution for this plan ({resolution:.1e}); use the RDP accountant or a larger delta"
             ),
-        ));
+        )),
     }
-    Ok(Epsilon { epsilon, order: None })
 }

@@ -391,9 +391,9 @@ fn convolve_slices(a: &[f64], b: &[f64], planner: &mut FftPlanner<f64>) -> Vec<f
 }
 
 /// ε(δ) by PLD for a sequence of Poisson-subsampled Gaussian phases `(q, σ, steps)` (validated by the
-/// caller). Returns ∞ when δ is below the accountant's resolution (the probability it assigns to an
-/// infinite loss).
-pub(crate) fn gaussian_epsilon(phases: &[(f64, f64, u64)], delta: f64) -> f64 {
+/// caller). When δ is below the accountant's resolution, the error holds that resolution: the
+/// probability the composed distribution assigns to an infinite loss.
+pub(crate) fn gaussian_epsilon(phases: &[(f64, f64, u64)], delta: f64) -> Result<f64, f64> {
     let mut planner = FftPlanner::new();
     let mut worst: f64 = 0.0;
     for direction in [Direction::Remove, Direction::Add] {
@@ -407,9 +407,12 @@ pub(crate) fn gaussian_epsilon(phases: &[(f64, f64, u64)], delta: f64) -> f64 {
             let step = pair.discretise(h);
             composed = composed.convolve(&step.self_compose(*steps, &mut planner), &mut planner);
         }
+        if composed.infinity >= delta {
+            return Err(composed.infinity);
+        }
         worst = worst.max(composed.epsilon_for_delta(delta));
     }
-    worst
+    Ok(worst)
 }
 
 /// The grid spacing: dp-accounting's 1e-4 unless the composed distribution would need more than
