@@ -89,8 +89,12 @@ impl Ledger {
                     return Ok(all_rdp);
                 }
                 let discrete: Vec<LedgerEntry> = discrete.into_iter().cloned().collect();
-                let split = pld_epsilon(&continuous, delta / 2.0)?.epsilon
-                    + rdp_epsilon(&discrete, delta / 2.0)?.epsilon;
+                // If δ/2 is below the PLD resolution, the whole-ledger RDP bound stands alone.
+                let split = match (pld_epsilon(&continuous, delta / 2.0), rdp_epsilon(&discrete, delta / 2.0))
+                {
+                    (Ok(continuous), Ok(discrete)) => continuous.epsilon + discrete.epsilon,
+                    _ => f64::INFINITY,
+                };
                 if split < all_rdp.epsilon {
                     Ok(Epsilon { epsilon: split, order: None })
                 } else {
