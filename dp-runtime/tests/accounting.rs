@@ -64,7 +64,7 @@ fn rdp_numerical_integration(q: f64, sigma: f64, alpha: f64) -> f64 {
     // The integrand peaks between 0 and α and decays like a Gaussian of width σ on either side.
     let low = -14.0 * sigma;
     let high = alpha + 14.0 * sigma;
-    let step = sigma / 400.0;
+    let step = sigma / 100.0;
     let n = ((high - low) / step).ceil() as usize;
     let var2 = 2.0 * sigma * sigma;
     let log_density = |z: f64| -z * z / var2 - (sigma * (2.0 * std::f64::consts::PI).sqrt()).ln();
