@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 pub struct LedgerEntry {
     /// Poisson sampling rate q = expected batch size / dataset size.
     pub sampling_rate: f64,
-    /// Noise multiplier σ (noise standard deviation over the clipping norm).
+    /// Noise multiplier σ (noise standard deviation over the clipping norm). Discrete Gaussian entries
+    /// are accounted from their mechanism's own `l2_sensitivity` and `sigma`; for them this field is the
+    /// nominal multiplier, for the record.
     pub noise_multiplier: f64,
     /// Number of steps of this phase.
     pub steps: u64,
