@@ -4,7 +4,7 @@
 //! assumes one: every node names its input values, so a residual add (two inputs) or a value read by
 //! two nodes fits the same representation. Shapes are not stored here; the checker infers them.
 
-use crate::parse::ast::{ActivationKind, LinearAttrs, LossDef, ModelDef};
+use crate::parse::ast::{ActivationKind, EmbeddingAttrs, LinearAttrs, LossDef, LstmAttrs, ModelDef};
 use proc_macro2::Span;
 
 /// An SSA value: written by exactly one node (or the graph input), read by any number of nodes.
@@ -20,12 +20,19 @@ pub enum Op {
     Activation(ActivationKind),
     /// Reshape one example to a vector (row-major: no data moves).
     Flatten,
+    /// Token ids to rows of a `[vocab, dim]` table; `vocab` is the token input's (`None` when the
+    /// model's input is dense, which the checker rejects).
+    Embedding { attrs: EmbeddingAttrs, vocab: Option<usize> },
+    /// Mean over the sequence axis: `[T, D] → [D]`.
+    SequenceMean,
+    /// One LSTM layer over a sequence `[T, d]`, returning every step's hidden state `[T, H]`.
+    Lstm(LstmAttrs),
 }
 
 impl Op {
     /// Whether the op owns trainable parameters (and therefore a parameter group).
     pub fn is_parameterised(&self) -> bool {
-        matches!(self, Op::Linear(_))
+        matches!(self, Op::Linear(_) | Op::Embedding { .. } | Op::Lstm(_))
     }
 }
 
@@ -69,6 +76,11 @@ impl Graph {
                     crate::parse::ast::OpKind::Linear(attrs) => Op::Linear(attrs),
                     crate::parse::ast::OpKind::Activation(act) => Op::Activation(act),
                     crate::parse::ast::OpKind::Flatten => Op::Flatten,
+                    crate::parse::ast::OpKind::Embedding(attrs) => {
+                        Op::Embedding { attrs, vocab: model.input_kind.vocab() }
+                    }
+                    crate::parse::ast::OpKind::SequenceMean => Op::SequenceMean,
+                    crate::parse::ast::OpKind::Lstm(attrs) => Op::Lstm(attrs),
                 };
                 nodes.push(Node {
                     op: ir_op,

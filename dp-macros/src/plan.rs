@@ -11,6 +11,9 @@
 //!   (element-wise ops between them work in place), so a chain needs no other gradient buffers.
 //! - FLOPs and bytes per example, per layer, for `describe()`.
 
+pub mod per_example;
+pub mod sequence;
+
 use crate::check::Checked;
 use crate::ir::{Graph, Op, ValueId};
 use crate::parse::ast::ActivationKind;
@@ -58,6 +61,10 @@ impl From<ActivationKind> for Act {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NormStrategy {
     Ghost,
+    /// Per-example gradients formed explicitly (layers applied at many positions).
+    Direct,
+    /// Embedding rows of equal tokens added before squaring.
+    TokenGrouped,
 }
 
 /// One parameter tensor in the flat buffer.
@@ -71,6 +78,8 @@ pub struct ParamSlot {
     pub group: usize,
     /// PyTorch's default init draws U(−bound, bound), bound = 1/√fan_in for weight and bias.
     pub init_bound: f32,
+    /// When set, PyTorch's init is N(0, std²) instead (embedding tables).
+    pub normal_std: Option<f32>,
 }
 
 /// A linear layer with its fused epilogue.
@@ -109,6 +118,9 @@ pub struct ActivationStep {
 pub enum Step {
     Dense(DenseStep),
     Activation(ActivationStep),
+    Embedding(sequence::EmbeddingStep),
+    SequenceMean(sequence::MeanStep),
+    Lstm(sequence::LstmStep),
 }
 
 /// A row of the plan table (one per IR node).
@@ -205,6 +217,7 @@ pub fn plan(graph: &Graph, checked: &Checked) -> Plan {
                     len: n_out * n_in,
                     group,
                     init_bound: bound,
+                    normal_std: None,
                 });
                 param_offset += n_out * n_in;
                 let bias = attrs.bias.then(|| {
@@ -215,6 +228,7 @@ pub fn plan(graph: &Graph, checked: &Checked) -> Plan {
                         len: n_out,
                         group,
                         init_bound: bound,
+                        normal_std: None,
                     });
                     param_offset += n_out;
                     params.len() - 1
@@ -251,6 +265,19 @@ pub fn plan(graph: &Graph, checked: &Checked) -> Plan {
             Op::Flatten => {
                 storage[node.output.0] = storage[x.0];
                 grad[node.output.0] = grad[x.0];
+            }
+            Op::Embedding { .. } | Op::SequenceMean | Op::Lstm(_) => {
+                let mut tables = sequence::Tables {
+                    builder: &mut b,
+                    storage: &mut storage,
+                    grad: &mut grad,
+                    params: &mut params,
+                    param_offset: &mut param_offset,
+                    groups: &mut groups,
+                };
+                let (step, bytes) = sequence::plan_node(&mut tables, i, node, field, shapes);
+                layer_bytes[i] = bytes;
+                steps.push(step);
             }
         }
     }
@@ -291,7 +318,7 @@ fn layer_table(
         .iter()
         .filter_map(|s| match s {
             Step::Dense(d) => Some(d),
-            Step::Activation(_) => None,
+            _ => None,
         })
         .collect();
     graph
@@ -314,6 +341,7 @@ fn layer_table(
                 }
                 Op::Activation(_) => (None, 2 * len as u64),
                 Op::Flatten => (None, 0),
+                Op::Embedding { .. } | Op::SequenceMean | Op::Lstm(_) => sequence::table_entry(steps, i),
             };
             LayerPlan {
                 field: graph.fields[node.field].clone(),

@@ -7,7 +7,8 @@ use crate::parse::ast::LossKind;
 /// The shape of one example's value (the batch axis is never part of it).
 pub type Shape = Vec<usize>;
 
-fn show(shape: &[usize]) -> String {
+/// A shape as the user writes it, `[1, 28, 28]`.
+pub fn show(shape: &[usize]) -> String {
     let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
     format!("[{}]", dims.join(", "))
 }
@@ -55,6 +56,9 @@ fn node_shape(cx: &mut Ctxt, node: &Node, inputs: &[&Shape]) -> Option<Shape> {
         }
         Op::Activation(_) => Some(x.clone()),
         Op::Flatten => Some(vec![x.iter().product()]),
+        Op::Embedding { attrs, vocab } => super::sequence::embedding_shape(&attrs, vocab, x),
+        Op::SequenceMean => super::sequence::mean_shape(cx, node, x),
+        Op::Lstm(attrs) => super::sequence::lstm_shape(cx, node, &attrs, x),
     }
 }
 
@@ -66,6 +70,9 @@ pub fn param_count(node: &Node, shapes: &[Shape]) -> usize {
             attrs.out.value * width + if attrs.bias { attrs.out.value } else { 0 }
         }
         Op::Activation(_) | Op::Flatten => 0,
+        Op::Embedding { .. } | Op::SequenceMean | Op::Lstm(_) => {
+            super::sequence::param_count(&node.op, &shapes[node.inputs[0].0])
+        }
     }
 }
 

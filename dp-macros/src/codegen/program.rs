@@ -79,6 +79,7 @@ pub fn forward(plan: &Plan) -> TokenStream {
             let (x, y, len, f) = (read(s.input), write(s.output), lit(s.len), act(s.act));
             quote!(::dp::__private::kernels::activation::activation_forward(#x, #y, n * #len, #f);)
         }
+        Step::Embedding(_) | Step::SequenceMean(_) | Step::Lstm(_) => super::sequence::forward(plan, step),
     });
     quote!(#(#steps)*)
 }
@@ -122,6 +123,7 @@ pub fn backward(plan: &Plan, loss: LossKind) -> TokenStream {
             }
             None => quote!(),
         },
+        Step::Embedding(_) | Step::SequenceMean(_) | Step::Lstm(_) => super::sequence::backward(plan, step),
     });
     quote!(#loss #(#steps)*)
 }
@@ -130,7 +132,7 @@ pub fn backward(plan: &Plan, loss: LossKind) -> TokenStream {
 pub fn dense_steps(plan: &Plan) -> impl Iterator<Item = &DenseStep> {
     plan.steps.iter().filter_map(|s| match s {
         Step::Dense(d) => Some(d),
-        Step::Activation(_) => None,
+        _ => None,
     })
 }
 
@@ -167,7 +169,8 @@ pub fn gradient_sum(plan: &Plan) -> TokenStream {
             ::dp::__private::kernels::dense::linear_grad_add(#a, #delta, n, #n_in, #n_out, gw, gb);
         }}
     });
-    quote!(#(#layers)*)
+    let sequence = super::sequence::gradient_sum(plan);
+    quote!(#(#layers)* #sequence)
 }
 
 /// Per-example squared norms of every group, from the kept activations and output gradients.
@@ -183,7 +186,8 @@ pub fn norms(plan: &Plan) -> TokenStream {
             );
         }
     });
-    quote!(#(#layers)*)
+    let sequence = super::sequence::norms(plan);
+    quote!(#(#layers)* #sequence)
 }
 
 /// The clipped sum by book-keeping: per layer one GEMM over the rows of δ scaled by the factors.
@@ -203,5 +207,6 @@ pub fn clipped_sum(plan: &Plan) -> TokenStream {
             );
         }}
     });
-    quote!(#(#layers)*)
+    let sequence = super::sequence::clipped_sum(plan);
+    quote!(#(#layers)* #sequence)
 }

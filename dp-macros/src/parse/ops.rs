@@ -6,7 +6,8 @@ use super::values::{arguments, boolean, did_you_mean, positive_int};
 use crate::ctxt::Ctxt;
 
 /// Every layer name `#[layer(...)]` accepts.
-pub const KNOWN_LAYERS: [&str; 5] = ["linear", "relu", "tanh", "sigmoid", "flatten"];
+pub const KNOWN_LAYERS: [&str; 8] =
+    ["linear", "relu", "tanh", "sigmoid", "flatten", "embedding", "mean", "lstm"];
 
 /// Every loss name `loss = ...` accepts.
 pub const KNOWN_LOSSES: [&str; 3] = ["cross_entropy", "binary_cross_entropy", "mse"];
@@ -20,6 +21,9 @@ pub fn layer_kind(name: &str) -> Option<(&'static str, bool)> {
         "tanh" => Some(("Tanh", false)),
         "sigmoid" => Some(("Sigmoid", false)),
         "flatten" => Some(("Flatten", false)),
+        "embedding" => Some(("Embedding", true)),
+        "mean" => Some(("Mean", false)),
+        "lstm" => Some(("Lstm", true)),
         _ => None,
     }
 }
@@ -54,6 +58,12 @@ pub fn op_def(cx: &mut Ctxt, op: &OpSyntax) -> Option<OpDef> {
                 _ => OpKind::Flatten,
             }
         }
+        "embedding" => OpKind::Embedding(super::sequence::embedding(cx, op)?),
+        "mean" => {
+            super::sequence::mean(cx, op);
+            OpKind::SequenceMean
+        }
+        "lstm" => OpKind::Lstm(super::sequence::lstm(cx, op)?),
         _ if name.starts_with("batch_norm") || name.starts_with("batchnorm") => {
             cx.error(
                 op.span(),
