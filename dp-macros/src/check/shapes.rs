@@ -56,7 +56,10 @@ fn node_shape(cx: &mut Ctxt, node: &Node, inputs: &[&Shape]) -> Option<Shape> {
         }
         Op::Activation(_) => Some(x.clone()),
         Op::Flatten => Some(vec![x.iter().product()]),
-        Op::Embedding { attrs, vocab } => super::sequence::embedding_shape(&attrs, vocab, x),
+        Op::Conv2d(_) | Op::Pool2d(_) | Op::GlobalAvgPool | Op::Norm(_) | Op::Add => {
+            super::conv::node_shape(cx, node, inputs)
+        }
+        Op::Embedding(attrs) => super::sequence::embedding_shape(&attrs, x),
         Op::SequenceMean => super::sequence::mean_shape(cx, node, x),
         Op::Lstm(attrs) => super::sequence::lstm_shape(cx, node, &attrs, x),
     }
@@ -70,7 +73,10 @@ pub fn param_count(node: &Node, shapes: &[Shape]) -> usize {
             attrs.out.value * width + if attrs.bias { attrs.out.value } else { 0 }
         }
         Op::Activation(_) | Op::Flatten => 0,
-        Op::Embedding { .. } | Op::SequenceMean | Op::Lstm(_) => {
+        Op::Conv2d(_) | Op::Pool2d(_) | Op::GlobalAvgPool | Op::Norm(_) | Op::Add => {
+            super::conv::param_count(node, &shapes[node.inputs[0].0])
+        }
+        Op::Embedding(_) | Op::SequenceMean | Op::Lstm(_) => {
             super::sequence::param_count(&node.op, &shapes[node.inputs[0].0])
         }
     }

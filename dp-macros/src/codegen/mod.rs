@@ -5,6 +5,7 @@
 //! offsets, so a step allocates nothing (the workspace grows only for a batch larger than any before).
 
 mod consts;
+mod conv;
 mod program;
 mod sequence;
 
@@ -37,13 +38,21 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
         crate::plan::Buf::Input => unreachable!("checking guarantees a trained layer before the output"),
     };
     let (out_start, out_end) = (lit(output.offset), lit(output.offset + output.len));
-    let input_ty = sequence::input_type(model);
-    let init = plan.params.iter().filter(|p| p.normal_std.is_none()).map(|p| {
+    let constants_init = plan.params.iter().filter_map(|p| {
+        let (start, end) = (lit(p.offset), lit(p.offset + p.len));
+        p.constant_init.map(|v| {
+            let v = Literal::f32_suffixed(v);
+            quote!(params[#start..#end].fill(#v);)
+        })
+    });
+    let uniform = |p: &&crate::plan::ParamSlot| p.constant_init.is_none() && p.normal_std.is_none();
+    let init = plan.params.iter().filter(uniform).map(|p| {
         let (start, end, bound) = (lit(p.offset), lit(p.offset + p.len), Literal::f32_suffixed(p.init_bound));
         quote!((#start, #end, #bound))
     });
+    let input_ty = sequence::input_type(model);
     let normal_init = sequence::normal_init(plan);
-    let uniform_init = (plan.params.iter().any(|p| p.normal_std.is_none())).then(|| {
+    let uniform_init = plan.params.iter().any(|p| uniform(&p)).then(|| {
         quote! {
             // PyTorch's defaults: weights kaiming_uniform(a = √5) and biases both U(−1/√fan_in, 1/√fan_in).
             for (start, end, bound) in [#(#init),*] {
@@ -139,6 +148,7 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
                 let mut params = ::std::vec![0.0f32; #param_count];
                 #uniform_init
                 #normal_init
+                #(#constants_init)*
                 #ident { params }
             }
 

@@ -80,6 +80,7 @@ pub fn forward(plan: &Plan) -> TokenStream {
             quote!(::dp::__private::kernels::activation::activation_forward(#x, #y, n * #len, #f);)
         }
         Step::Embedding(_) | Step::SequenceMean(_) | Step::Lstm(_) => super::sequence::forward(plan, step),
+        _ => super::conv::forward(plan, step),
     });
     quote!(#(#steps)*)
 }
@@ -109,14 +110,18 @@ pub fn backward(plan: &Plan, loss: LossKind) -> TokenStream {
                 let (delta, y, f) = (write(d.delta), read(Buf::Arena(d.output)), act(d.act));
                 quote!(::dp::__private::kernels::activation::activation_backward(#delta, #y, n * #n_out, #f);)
             });
-            let input_grad = d.input_grad.map(|gk| {
+            let input_grad = d.input_grad.map(|t| {
                 let (delta, w, ga, n_in) =
-                    (read(Buf::Arena(d.delta)), param(plan, d.weight), write(gk), lit(d.inputs));
-                quote!(::dp::__private::kernels::dense::linear_input_grad(#delta, #w, n, #n_in, #n_out, #ga);)
+                    (read(Buf::Arena(d.delta)), param(plan, d.weight), write(t.write), lit(d.inputs));
+                let acc = super::conv::accumulate(t);
+                quote!(::dp::__private::kernels::dense::linear_input_grad(#delta, #w, n, #n_in, #n_out, #ga); #acc)
             });
             quote!(#act_back #input_grad)
         }
         Step::Activation(s) => match s.grad {
+            Some(gk) if s.target.is_some() => {
+                super::conv::activation_to_target(s, gk, s.target.expect("checked"))
+            }
             Some(gk) => {
                 let (g, y, len, f) = (write(gk), read(Buf::Arena(s.output)), lit(s.len), act(s.act));
                 quote!(::dp::__private::kernels::activation::activation_backward(#g, #y, n * #len, #f);)
@@ -124,6 +129,7 @@ pub fn backward(plan: &Plan, loss: LossKind) -> TokenStream {
             None => quote!(),
         },
         Step::Embedding(_) | Step::SequenceMean(_) | Step::Lstm(_) => super::sequence::backward(plan, step),
+        _ => super::conv::backward(plan, step),
     });
     quote!(#loss #(#steps)*)
 }
@@ -160,6 +166,7 @@ fn grad_slices(plan: &Plan, d: &DenseStep) -> TokenStream {
 
 /// Non-private accumulation: grad += Σ_i g_i, one GEMM per layer.
 pub fn gradient_sum(plan: &Plan) -> TokenStream {
+    let others = plan.steps.iter().map(|step| super::conv::gradient(plan, step, false));
     let layers = dense_steps(plan).map(|d| {
         let (a, delta, n_in, n_out) =
             (read(d.input), read(Buf::Arena(d.delta)), lit(d.inputs), lit(d.outputs));
@@ -170,13 +177,17 @@ pub fn gradient_sum(plan: &Plan) -> TokenStream {
         }}
     });
     let sequence = super::sequence::gradient_sum(plan);
-    quote!(#(#layers)* #sequence)
+    quote!(#(#layers)* #(#others)* #sequence)
 }
 
 /// Per-example squared norms of every group, from the kept activations and output gradients.
 pub fn norms(plan: &Plan) -> TokenStream {
     let groups = lit(plan.groups.len());
+    let others = plan.steps.iter().map(|step| super::conv::norms(plan, step));
     let layers = dense_steps(plan).map(|d| {
+        if d.strategy == crate::plan::NormStrategy::Direct {
+            return super::conv::dense_direct_norms(plan, d);
+        }
         let (a, delta, n_in, n_out) =
             (read(d.input), read(Buf::Arena(d.delta)), lit(d.inputs), lit(d.outputs));
         let (has_bias, group) = (d.bias.is_some(), lit(d.group));
@@ -187,11 +198,12 @@ pub fn norms(plan: &Plan) -> TokenStream {
         }
     });
     let sequence = super::sequence::norms(plan);
-    quote!(#(#layers)* #sequence)
+    quote!(#(#layers)* #(#others)* #sequence)
 }
 
 /// The clipped sum by book-keeping: per layer one GEMM over the rows of δ scaled by the factors.
 pub fn clipped_sum(plan: &Plan) -> TokenStream {
+    let others = plan.steps.iter().map(|step| super::conv::gradient(plan, step, true));
     let groups = lit(plan.groups.len());
     let scratch = buf_ident(plan.clip_scratch);
     let layers = dense_steps(plan).map(|d| {
@@ -208,5 +220,5 @@ pub fn clipped_sum(plan: &Plan) -> TokenStream {
         }}
     });
     let sequence = super::sequence::clipped_sum(plan);
-    quote!(#(#layers)* #sequence)
+    quote!(#(#layers)* #(#others)* #sequence)
 }

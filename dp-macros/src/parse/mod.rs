@@ -4,6 +4,8 @@
 //! with the next field, so one compile shows all the mistakes of a model.
 
 pub mod ast;
+pub mod conv;
+pub mod forward;
 pub mod ops;
 pub mod sequence;
 pub mod syntax;
@@ -62,6 +64,8 @@ pub fn parse_model(cx: &mut Ctxt, args: TokenStream, item: TokenStream) -> Optio
         return None;
     }
     let (input, input_kind) = input?;
+    let mut fields = fields;
+    sequence::resolve_vocab(&mut fields, &input_kind);
     Some(ModelDef {
         attrs: item.attrs,
         vis: item.vis,
