@@ -92,3 +92,15 @@ fn planned_lstm_strategy(t: usize, d: usize, h: usize) -> dp::__private::kernels
         other => panic!("an LSTM row shows ghost or direct, got {other:?}"),
     }
 }
+
+#[test]
+fn describe_prints_each_layer_with_its_strategy() {
+    for text in [EmbeddingNet::describe(), LstmNet::describe()] {
+        println!("{text}");
+        assert!(text.contains("token-grouped"), "{text}");
+    }
+    let lstm = LstmNet::describe();
+    let row = lstm.lines().find(|l| l.contains("lstm(hidden = 100)")).expect("an LSTM row");
+    assert!(row.contains("direct") && row.contains("[256, 100]"), "{row}");
+    assert!(lstm.starts_with("LstmNet: 1081002 parameters"), "{lstm}");
+}
