@@ -64,7 +64,7 @@ fn rdp_numerical_integration(q: f64, sigma: f64, alpha: f64) -> f64 {
     // The integrand peaks between 0 and α and decays like a Gaussian of width σ on either side.
     let low = -14.0 * sigma;
     let high = alpha + 14.0 * sigma;
-    let step = sigma / 400.0;
+    let step = sigma / 100.0;
     let n = ((high - low) / step).ceil() as usize;
     let var2 = 2.0 * sigma * sigma;
     let log_density = |z: f64| -z * z / var2 - (sigma * (2.0 * std::f64::consts::PI).sqrt()).ln();
@@ -156,14 +156,13 @@ fn integer_orders_match_binomial_sum() {
 #[test]
 fn fractional_orders_match_numerical_integration() {
     for q in [0.001, 0.01, 0.1, 0.5, 0.9] {
-        for sigma in [0.5, 0.8, 1.1, 2.0, 5.0] {
+        for sigma in [0.5, 0.8, 1.1, 2.0, 5.0, 20.0, 1000.0] {
             for alpha in [1.1, 1.5, 2.5, 3.7, 5.3, 8.1, 10.9] {
                 let got = rdp::poisson_gaussian(q, sigma, alpha);
                 let want = rdp_numerical_integration(q, sigma, alpha);
-                assert!(
-                    (got - want).abs() <= 1e-8 * want + 1e-15 / (alpha - 1.0),
-                    "q={q} σ={sigma} α={alpha}: {got} vs {want}"
-                );
+                // At σ = 1000 the RDP is ~1e-13 and both computations lose a few digits to cancellation.
+                let tolerance = if sigma > 100.0 { 1e-6 } else { 1e-9 };
+                assert!((got - want).abs() <= tolerance * want, "q={q} σ={sigma} α={alpha}: {got} vs {want}");
             }
         }
     }
@@ -182,7 +181,7 @@ fn fractional_and_integer_paths_agree_near_integers() {
 
 #[test]
 fn rdp_is_nondecreasing_in_the_order_and_finite_at_large_orders() {
-    for (q, sigma) in [(1e-6, 1.0), (MNIST_Q, 1.1), (0.01, 4.0), (0.1, 0.5), (0.7, 3.0)] {
+    for (q, sigma) in [(1e-10, 0.7), (1e-6, 1.0), (MNIST_Q, 1.1), (0.01, 4.0), (0.1, 0.5), (0.7, 3.0)] {
         let curve: Vec<f64> = DEFAULT_ORDERS.iter().map(|&a| rdp::poisson_gaussian(q, sigma, a)).collect();
         assert!(curve.iter().all(|v| v.is_finite() && *v >= 0.0), "q={q} σ={sigma}: {curve:?}");
         for (w, a) in curve.windows(2).zip(DEFAULT_ORDERS.windows(2)) {
@@ -497,4 +496,44 @@ fn comparison_table() {
         assert_eq!(rdp.order, Some(reference_order));
         assert!(pld.epsilon <= rdp.epsilon);
     }
+}
+
+/// Settings whose composed loss distribution would need far more than 2²¹ points at the default
+/// spacing, so the PLD accountant must widen its grid (up front, or by coarsening while composing):
+/// ε stays finite, below RDP and, where RDP is tight, not far from it.
+#[test]
+fn pld_widens_its_grid_for_wide_distributions() {
+    for (q, sigma, steps, ratio) in
+        [(0.5, 0.6, 100_000, 0.8), (1.0, 0.1, 300, 0.8), (1e-6, 0.5, 10_000_000, 0.05)]
+    {
+        let pld = pld_eps(q, sigma, steps).epsilon;
+        let rdp = rdp_eps(q, sigma, steps).epsilon;
+        assert!(
+            pld.is_finite() && pld <= rdp && pld >= ratio * rdp,
+            "q={q} σ={sigma} T={steps}: {pld} vs {rdp}"
+        );
+    }
+}
+
+#[test]
+fn pld_reports_a_delta_below_its_resolution() {
+    let err = epsilon(AccountantKind::Pld, 0.01, 1.0, 1000, 1e-20).unwrap_err();
+    match err {
+        Error::InvalidArgument { name, message } => {
+            assert_eq!(name, "delta");
+            assert!(message.contains("resolution"), "{message}");
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    // A mixed ledger then falls back to RDP for everything.
+    let mut ledger = Ledger::new();
+    ledger.record(0.01, 1.0, Mechanism::Gaussian, 1000);
+    ledger.record(
+        0.01,
+        1.0,
+        Mechanism::DiscreteGaussian { l2_sensitivity: 1.0, sigma: 1.0, dimension: 10 },
+        10,
+    );
+    let pld = ledger.epsilon(AccountantKind::Pld, 1e-20).unwrap();
+    assert_eq!(pld, ledger.epsilon(AccountantKind::Rdp, 1e-20).unwrap());
 }

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 pub struct LedgerEntry {
     /// Poisson sampling rate q = expected batch size / dataset size.
     pub sampling_rate: f64,
-    /// Noise multiplier σ (noise standard deviation over the clipping norm).
+    /// Noise multiplier σ (noise standard deviation over the clipping norm). Discrete Gaussian entries
+    /// are accounted from their mechanism's own `l2_sensitivity` and `sigma`; for them this field is the
+    /// nominal multiplier, for the record.
     pub noise_multiplier: f64,
     /// Number of steps of this phase.
     pub steps: u64,
@@ -89,8 +91,12 @@ impl Ledger {
                     return Ok(all_rdp);
                 }
                 let discrete: Vec<LedgerEntry> = discrete.into_iter().cloned().collect();
-                let split = pld_epsilon(&continuous, delta / 2.0)?.epsilon
-                    + rdp_epsilon(&discrete, delta / 2.0)?.epsilon;
+                // If δ/2 is below the PLD resolution, the whole-ledger RDP bound stands alone.
+                let split = match (pld_epsilon(&continuous, delta / 2.0), rdp_epsilon(&discrete, delta / 2.0))
+                {
+                    (Ok(continuous), Ok(discrete)) => continuous.epsilon + discrete.epsilon,
+                    _ => f64::INFINITY,
+                };
                 if split < all_rdp.epsilon {
                     Ok(Epsilon { epsilon: split, order: None })
                 } else {
@@ -154,14 +160,13 @@ fn rdp_epsilon(entries: &[LedgerEntry], delta: f64) -> Result<Epsilon> {
 fn pld_epsilon(entries: &[&LedgerEntry], delta: f64) -> Result<Epsilon> {
     let phases: Vec<(f64, f64, u64)> =
         entries.iter().map(|e| (e.sampling_rate, e.noise_multiplier, e.steps)).collect();
-    let epsilon = pld::gaussian_epsilon(&phases, delta);
-    if !epsilon.is_finite() {
-        return Err(Error::invalid(
+    match pld::gaussian_epsilon(&phases, delta) {
+        Ok(epsilon) => Ok(Epsilon { epsilon, order: None }),
+        Err(resolution) => Err(Error::invalid(
             "delta",
             format!(
-                "{delta} is below the resolution of the PLD accountant (about 1e-13); use the RDP accountant"
+                "{delta:e} is below the PLD accountant's resolution for this plan ({resolution:.1e}); use the RDP accountant or a larger delta"
             ),
-        ));
+        )),
     }
-    Ok(Epsilon { epsilon, order: None })
 }

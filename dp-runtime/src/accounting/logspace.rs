@@ -72,8 +72,16 @@ impl SignedLogSum {
         }
     }
 
-    /// ln(sum); NaN when the sum is negative, which for a moment A_α ≥ 1 signals a numerical failure.
-    pub(crate) fn ln(&self) -> f64 {
-        self.scale + self.value.ln()
+    /// ln(1 + sum), accurate when the sum is tiny or huge; NaN when the sum is below −1.
+    pub(crate) fn ln_1p(&self) -> f64 {
+        if self.value == 0.0 {
+            return 0.0;
+        }
+        let log_abs = self.log_abs();
+        if self.value > 0.0 && log_abs > 40.0 {
+            log_abs + (-log_abs).exp().ln_1p()
+        } else {
+            (self.value.signum() * log_abs.exp()).ln_1p()
+        }
     }
 }

@@ -14,7 +14,10 @@
 //!   function of e^(−L), so by Jensen's inequality the split only increases δ at every ε, and it
 //!   keeps the mean of L to second order in h (rounding up would add h/2 per step);
 //! - loss mass below the lowest grid point is moved up to it, mass above the highest goes to L = ∞;
-//! - after each convolution, at most 10⁻¹⁵ of probability is trimmed from each end the same way.
+//! - after each convolution, each end is trimmed the same way: up to 10⁻¹⁵ of probability, and
+//!   beyond that the points at the FFT's rounding-noise level (below 10⁻¹⁶ of the largest point);
+//! - a distribution longer than 2²¹ points is moved to a grid twice as coarse, splitting each dropped
+//!   point between its neighbours as above (again by Jensen's inequality, only increasing δ).
 
 use super::logspace::{log_add, normal_cdf, normal_sf};
 use rustfft::num_complex::Complex;
@@ -22,8 +25,12 @@ use rustfft::FftPlanner;
 
 /// Default grid spacing of the privacy loss (dp-accounting's default `value_discretization_interval`).
 const DEFAULT_INTERVAL: f64 = 1e-4;
-/// Largest number of grid points of a composed distribution; the spacing grows beyond it.
+/// Target number of grid points of a composed distribution when choosing the spacing.
 const MAX_BINS: f64 = (1u64 << 20) as f64;
+/// A distribution longer than this is moved to a coarser grid.
+const MAX_LEN: usize = 1 << 21;
+/// Points below this fraction of the largest are at the level of FFT rounding noise.
+const NOISE_FLOOR: f64 = 1e-16;
 /// Per-step truncation of the noise, in standard deviations (P(Z > 8.5) ≈ 1e-17).
 const TAIL_SIGMAS: f64 = 8.5;
 /// Probability trimmed from each end of a distribution after a convolution (pessimistically).
@@ -42,6 +49,7 @@ enum Direction {
 /// `(offset + i)·h`; `infinity` is P(L = ∞).
 #[derive(Clone, Debug)]
 struct LossPmf {
+    h: f64,
     offset: i64,
     probs: Vec<f64>,
     infinity: f64,
@@ -178,7 +186,7 @@ impl SubsampledGaussian {
             lower_tails = upper_tails;
         }
         // Losses above the last grid point count as infinite.
-        LossPmf { offset: first, probs, infinity: lower_tails.p_above }
+        LossPmf { h, offset: first, probs, infinity: lower_tails.p_above }
     }
 }
 
@@ -191,17 +199,17 @@ fn interval_mass(above_a: f64, below_a: f64, above_b: f64, below_b: f64) -> f64 
 
 impl LossPmf {
     /// The loss that is zero with certainty: the identity of composition.
-    fn certain_zero() -> Self {
-        LossPmf { offset: 0, probs: vec![1.0], infinity: 0.0 }
+    fn certain_zero(h: f64) -> Self {
+        LossPmf { h, offset: 0, probs: vec![1.0], infinity: 0.0 }
     }
 
-    fn mean_and_variance(&self, h: f64) -> (f64, f64) {
+    fn variance(&self) -> f64 {
+        let h = self.h;
         let total: f64 = self.probs.iter().sum();
         let mean =
             self.probs.iter().enumerate().map(|(i, p)| p * (self.offset + i as i64) as f64 * h).sum::<f64>()
                 / total;
-        let variance = self
-            .probs
+        self.probs
             .iter()
             .enumerate()
             .map(|(i, p)| {
@@ -209,16 +217,62 @@ impl LossPmf {
                 p * d * d
             })
             .sum::<f64>()
-            / total;
-        (mean, variance)
+            / total
+    }
+
+    /// The same distribution on the grid 2h·ℤ: a point between two coarse points is split between them
+    /// keeping E[e^(−L)] (a loss a + h goes to a with probability e^(−h)/(1 + e^(−h))), which only
+    /// increases δ(ε).
+    fn coarsen(&mut self) {
+        let share_low = (-self.h).exp() / (1.0 + (-self.h).exp());
+        let new_offset = self.offset.div_euclid(2);
+        let last = (self.offset + self.probs.len() as i64 - 1).div_euclid(2) + 1;
+        let mut coarse = vec![0.0; (last - new_offset + 1) as usize];
+        for (i, &p) in self.probs.iter().enumerate() {
+            let index = self.offset + i as i64;
+            let k = (index.div_euclid(2) - new_offset) as usize;
+            if index.rem_euclid(2) == 0 {
+                coarse[k] += p;
+            } else {
+                coarse[k] += p * share_low;
+                coarse[k + 1] += p * (1.0 - share_low);
+            }
+        }
+        while coarse.len() > 1 && coarse[coarse.len() - 1] == 0.0 {
+            coarse.pop();
+        }
+        self.h *= 2.0;
+        self.offset = new_offset;
+        self.probs = coarse;
+    }
+
+    /// Coarsens until the spacing is `h` (spacings are the same base spacing times powers of two).
+    fn coarsen_to(&mut self, h: f64) {
+        while self.h < h * (1.0 - 1e-9) {
+            self.coarsen();
+        }
     }
 
     /// The distribution of the sum of independent losses from `self` and `other`, trimmed.
     fn convolve(&self, other: &LossPmf, planner: &mut FftPlanner<f64>) -> LossPmf {
+        if self.h < other.h {
+            let mut coarser = self.clone();
+            coarser.coarsen_to(other.h);
+            return coarser.convolve(other, planner);
+        }
+        if other.h < self.h {
+            let mut coarser = other.clone();
+            coarser.coarsen_to(self.h);
+            return self.convolve(&coarser, planner);
+        }
         let probs = convolve_slices(&self.probs, &other.probs, planner);
         let infinity = self.infinity + other.infinity - self.infinity * other.infinity;
-        let mut result = LossPmf { offset: self.offset + other.offset, probs, infinity };
+        let mut result = LossPmf { h: self.h, offset: self.offset + other.offset, probs, infinity };
         result.trim();
+        while result.probs.len() > MAX_LEN {
+            result.coarsen();
+            result.trim();
+        }
         result
     }
 
@@ -228,15 +282,17 @@ impl LossPmf {
         for p in &mut self.probs {
             *p = p.max(0.0); // also maps NaN to 0
         }
+        let floor = NOISE_FLOOR * self.probs.iter().cloned().fold(0.0, f64::max);
+        let trimmable = |cut: f64, p: f64| cut + p <= TRUNCATION_MASS || p <= floor;
         let mut cut_low = 0.0;
         let mut start = 0;
-        while start + 1 < self.probs.len() && cut_low + self.probs[start] <= TRUNCATION_MASS {
+        while start + 1 < self.probs.len() && trimmable(cut_low, self.probs[start]) {
             cut_low += self.probs[start];
             start += 1;
         }
         let mut cut_high = 0.0;
         let mut end = self.probs.len();
-        while end > start + 1 && cut_high + self.probs[end - 1] <= TRUNCATION_MASS {
+        while end > start + 1 && trimmable(cut_high, self.probs[end - 1]) {
             cut_high += self.probs[end - 1];
             end -= 1;
         }
@@ -249,7 +305,7 @@ impl LossPmf {
 
     /// The `times`-fold composition, by repeated squaring.
     fn self_compose(&self, times: u64, planner: &mut FftPlanner<f64>) -> LossPmf {
-        let mut result = LossPmf::certain_zero();
+        let mut result = LossPmf::certain_zero(self.h);
         let mut power = self.clone();
         let mut remaining = times;
         while remaining > 0 {
@@ -268,7 +324,8 @@ impl LossPmf {
     ///
     /// Scanning down the grid keeps S = Σ_{j>k} p_j and U = Σ_{j>k} p_j e^(−(ℓ_j − ℓ_k)), so that
     /// δ(ε) = P(∞) + S − e^(ε−ℓ_k)·U on [ℓ_k, ℓ_{k+1}], without ever forming e^(ℓ).
-    fn epsilon_for_delta(&self, h: f64, delta: f64) -> f64 {
+    fn epsilon_for_delta(&self, delta: f64) -> f64 {
+        let h = self.h;
         if self.infinity >= delta {
             return f64::INFINITY;
         }
@@ -334,9 +391,9 @@ fn convolve_slices(a: &[f64], b: &[f64], planner: &mut FftPlanner<f64>) -> Vec<f
 }
 
 /// ε(δ) by PLD for a sequence of Poisson-subsampled Gaussian phases `(q, σ, steps)` (validated by the
-/// caller). Returns ∞ when δ is below the accountant's resolution (the probability it assigns to an
-/// infinite loss).
-pub(crate) fn gaussian_epsilon(phases: &[(f64, f64, u64)], delta: f64) -> f64 {
+/// caller). When δ is below the accountant's resolution, the error holds that resolution: the
+/// probability the composed distribution assigns to an infinite loss.
+pub(crate) fn gaussian_epsilon(phases: &[(f64, f64, u64)], delta: f64) -> Result<f64, f64> {
     let mut planner = FftPlanner::new();
     let mut worst: f64 = 0.0;
     for direction in [Direction::Remove, Direction::Add] {
@@ -345,14 +402,17 @@ pub(crate) fn gaussian_epsilon(phases: &[(f64, f64, u64)], delta: f64) -> f64 {
             .map(|&(q, sigma, steps)| (SubsampledGaussian { q, sigma, direction }, steps))
             .collect();
         let h = grid_interval(&pairs);
-        let mut composed = LossPmf::certain_zero();
+        let mut composed = LossPmf::certain_zero(h);
         for (pair, steps) in &pairs {
             let step = pair.discretise(h);
             composed = composed.convolve(&step.self_compose(*steps, &mut planner), &mut planner);
         }
-        worst = worst.max(composed.epsilon_for_delta(h, delta));
+        if composed.infinity >= delta {
+            return Err(composed.infinity);
+        }
+        worst = worst.max(composed.epsilon_for_delta(delta));
     }
-    worst
+    Ok(worst)
 }
 
 /// The grid spacing: dp-accounting's 1e-4 unless the composed distribution would need more than
@@ -366,13 +426,77 @@ fn grid_interval(pairs: &[(SubsampledGaussian, u64)]) -> f64 {
         step_width = step_width.max(high - low);
     }
     h = h.max(step_width / MAX_BINS);
-    let variance: f64 = pairs
-        .iter()
-        .map(|(pair, steps)| {
-            let (_, v) = pair.discretise(h).mean_and_variance(h);
-            v * *steps as f64
-        })
-        .sum();
+    let variance: f64 = pairs.iter().map(|(pair, steps)| pair.discretise(h).variance() * *steps as f64).sum();
     let width = step_width + 24.0 * variance.sqrt();
     h.max(width / MAX_BINS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// δ(ε) of a discrete distribution, summed directly.
+    fn delta_at(pmf: &LossPmf, eps: f64) -> f64 {
+        pmf.infinity
+            + pmf
+                .probs
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let loss = (pmf.offset + i as i64) as f64 * pmf.h;
+                    p * (1.0 - (eps - loss).exp()).max(0.0)
+                })
+                .sum::<f64>()
+    }
+
+    fn q_mass(pmf: &LossPmf) -> f64 {
+        pmf.probs.iter().enumerate().map(|(i, p)| p * (-((pmf.offset + i as i64) as f64 * pmf.h)).exp()).sum()
+    }
+
+    #[test]
+    fn discretisation_keeps_both_masses_and_only_raises_delta() {
+        for direction in [Direction::Remove, Direction::Add] {
+            let pair = SubsampledGaussian { q: 0.2, sigma: 0.9, direction };
+            let pmf = pair.discretise(1e-3);
+            let p_total: f64 = pmf.probs.iter().sum::<f64>() + pmf.infinity;
+            assert!((p_total - 1.0).abs() < 1e-12, "{direction:?}: P-mass {p_total}");
+            // E_P[e^(−L)] is the Q-mass of P's support: 1 up to the truncated tails.
+            assert!((q_mass(&pmf) - 1.0).abs() < 1e-9, "{direction:?}: Q-mass {}", q_mass(&pmf));
+            for eps in [0.0, 0.1, 0.5, 1.0, 2.0] {
+                let tails = pair.tails(eps);
+                let exact = tails.p_above - eps.exp() * tails.q_above;
+                let discrete = delta_at(&pmf, eps);
+                assert!(discrete >= exact - 1e-15, "{direction:?} ε={eps}: {discrete} < {exact}");
+                assert!(discrete - exact < 1e-6, "{direction:?} ε={eps}: {discrete} vs {exact}");
+            }
+        }
+    }
+
+    #[test]
+    fn coarsening_keeps_masses_and_only_raises_delta() {
+        let pair = SubsampledGaussian { q: 0.3, sigma: 1.2, direction: Direction::Remove };
+        let fine = pair.discretise(1e-3);
+        let mut coarse = fine.clone();
+        coarse.coarsen();
+        coarse.coarsen();
+        assert_eq!(coarse.h, 4e-3);
+        let fine_total: f64 = fine.probs.iter().sum();
+        let coarse_total: f64 = coarse.probs.iter().sum();
+        assert!((fine_total - coarse_total).abs() < 1e-14);
+        assert!((q_mass(&fine) - q_mass(&coarse)).abs() < 1e-12);
+        for eps in [-0.05, 0.0, 0.013, 0.2, 0.7, 1.5] {
+            assert!(delta_at(&coarse, eps) >= delta_at(&fine, eps) - 1e-15, "ε={eps}");
+        }
+    }
+
+    #[test]
+    fn epsilon_for_delta_inverts_delta() {
+        let pair = SubsampledGaussian { q: 0.05, sigma: 0.8, direction: Direction::Remove };
+        let mut planner = FftPlanner::new();
+        let pmf = pair.discretise(1e-4).self_compose(100, &mut planner);
+        for delta in [1e-3, 1e-5, 1e-8] {
+            let eps = pmf.epsilon_for_delta(delta);
+            assert!((delta_at(&pmf, eps) - delta).abs() < 1e-9 * delta.max(1e-6), "δ={delta}: ε={eps}");
+        }
+    }
 }
