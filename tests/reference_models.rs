@@ -10,11 +10,12 @@
 
 mod reference;
 
-use dp::models::{AdultFfnn, AdultLogReg, Cifar10Cnn, MnistCnn, ResidualCnn};
+use dp::models::{AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, ResidualCnn};
 use dp::prelude::*;
 use reference::dense::Activation;
 use reference::harness::{
-    check_model, check_model_with, check_reference_gradient, check_zero_factor_example, report,
+    check_model, check_model_in, check_model_with, check_reference_gradient, check_zero_factor_example,
+    report,
 };
 use reference::net::{Conv, Network, Op};
 
@@ -54,6 +55,18 @@ struct DenseNorm {
     ln: LayerNorm,
     #[layer(linear(out = 2))]
     fc2: Linear,
+}
+
+/// Embedding → LSTM (whole sequence) → mean → one logit, small enough for B = 3 and many
+/// finite-difference probes; 7 positions over 5 tokens always repeat.
+#[dp_model(input = tokens(len = 7, vocab = 5), loss = binary_cross_entropy)]
+struct TinySeq {
+    #[layer(embedding(dim = 3))]
+    emb: Embedding,
+    #[layer(lstm(hidden = 4), mean)]
+    lstm: Lstm,
+    #[layer(linear(out = 1))]
+    fc: Linear,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -202,6 +215,50 @@ fn residual_cnn() -> Network {
     Network::new(ops, ResidualCnn::INPUT_SHAPE, ResidualCnn::LOSS, ResidualCnn::PARAMS)
 }
 
+/// PyTorch's `bias_ih_l0 + bias_hh_l0` is one bias in our models, under the first name.
+const ONE_BIAS: &[&str] = &["bias_ih_l0"];
+
+fn embedding_net() -> Network {
+    Network::new(
+        vec![
+            Op::Embedding { name: "embedding", vocab: 10_004, dim: 16 },
+            Op::MeanOverSequence,
+            Op::Linear { name: "fc", out: 2, bias: true },
+        ],
+        EmbeddingNet::INPUT_SHAPE,
+        EmbeddingNet::LOSS,
+        EmbeddingNet::PARAMS,
+    )
+}
+
+fn lstm_net() -> Network {
+    Network::new(
+        vec![
+            Op::Embedding { name: "embedding", vocab: 10_004, dim: 100 },
+            Op::Lstm { name: "lstm", hidden: 100, biases: ONE_BIAS },
+            Op::MeanOverSequence,
+            Op::Linear { name: "fc", out: 2, bias: true },
+        ],
+        LstmNet::INPUT_SHAPE,
+        LstmNet::LOSS,
+        LstmNet::PARAMS,
+    )
+}
+
+fn tiny_seq() -> Network {
+    Network::new(
+        vec![
+            Op::Embedding { name: "emb", vocab: 5, dim: 3 },
+            Op::Lstm { name: "lstm", hidden: 4, biases: ONE_BIAS },
+            Op::MeanOverSequence,
+            Op::Linear { name: "fc", out: 1, bias: true },
+        ],
+        TinySeq::INPUT_SHAPE,
+        TinySeq::LOSS,
+        TinySeq::PARAMS,
+    )
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests.
 
@@ -287,4 +344,54 @@ fn residual_cnn_matches_the_reference() {
     }
     check_zero_factor_example::<ResidualCnn>(&net, 3, 53);
     check_reference_gradient::<ResidualCnn>(&net, 54, 20);
+}
+
+#[test]
+fn embedding_net_matches_the_reference() {
+    let net = embedding_net();
+    assert_eq!(net.layout.count, 160_098);
+    for (size, seed) in [(2, 61), (3, 62)] {
+        report("EmbeddingNet", &check_model::<EmbeddingNet>(&net, size, seed));
+    }
+    check_zero_factor_example::<EmbeddingNet>(&net, 3, 63);
+    check_reference_gradient::<EmbeddingNet>(&net, 64, 40);
+}
+
+#[test]
+fn lstm_net_matches_the_reference() {
+    let net = lstm_net();
+    assert_eq!(net.layout.count, 1_081_002);
+    report("LstmNet", &check_model::<LstmNet>(&net, 2, 71));
+    check_zero_factor_example::<LstmNet>(&net, 2, 72);
+    check_reference_gradient::<LstmNet>(&net, 73, 4);
+}
+
+#[test]
+fn a_small_embedding_lstm_model_matches_the_reference() {
+    let net = tiny_seq();
+    for (size, seed) in [(2, 81), (3, 82)] {
+        report("TinySeq", &check_model::<TinySeq>(&net, size, seed));
+    }
+    check_zero_factor_example::<TinySeq>(&net, 3, 83);
+    check_reference_gradient::<TinySeq>(&net, 84, 200);
+}
+
+#[test]
+fn one_workspace_serves_batches_of_1_4_and_2() {
+    // Poisson sampling gives every step its own batch size; a stale value of a larger batch must
+    // never reach a smaller one.
+    fn run<M: DpModel>(net: &Network, seed: u64)
+    where
+        M::Input: reference::harness::TestInput,
+    {
+        let mut ws = Workspace::new::<M>(1);
+        for (k, size) in [1, 4, 2].into_iter().enumerate() {
+            report(M::NAME, &check_model_in::<M>(net, &mut ws, size, seed + k as u64, |_| {}));
+        }
+    }
+    run::<MnistCnn>(&mnist_cnn(), 91);
+    run::<ResidualCnn>(&residual_cnn(), 94);
+    run::<ImageOps>(&image_ops(), 97);
+    run::<TinySeq>(&tiny_seq(), 100);
+    run::<EmbeddingNet>(&embedding_net(), 103);
 }
