@@ -2,10 +2,14 @@
 //! a time: losses, per-example gradient norms, clipped sums and the non-private gradient; the
 //! reference's own gradients against central finite differences.
 
+mod reference;
+
 use dp::models::{AdultFfnn, AdultLogReg};
 use dp::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use reference::dense::{linear_backward, linear_forward, Activation};
+use reference::loss::RefLoss;
 
 // ---------------------------------------------------------------------------------------------
 // Models declared for the test: every op, every loss, no-bias, standalone activations.
@@ -51,22 +55,14 @@ struct ActivatedOutput {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The f64 reference.
+// The f64 reference: a chain of the ops of `tests/reference`, over a flat buffer laid out in op order
+// (which `parameter_layout_is_pytorchs` holds the compiled layout to).
 
 #[derive(Clone, Copy, Debug)]
 enum RefOp {
     Linear { inputs: usize, outputs: usize, bias: bool },
-    Relu,
-    Tanh,
-    Sigmoid,
+    Act(Activation),
     Flatten,
-}
-
-#[derive(Clone, Copy, Debug)]
-enum RefLoss {
-    CrossEntropy,
-    Bce,
-    Mse,
 }
 
 struct Spec {
@@ -97,27 +93,6 @@ fn layout(spec: &Spec) -> (Vec<LinearSlots>, usize, usize) {
     (out, offset, group)
 }
 
-fn act(op: RefOp, x: f64) -> f64 {
-    match op {
-        RefOp::Relu => x.max(0.0),
-        RefOp::Tanh => x.tanh(),
-        RefOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-        _ => unreachable!(),
-    }
-}
-
-fn act_derivative(op: RefOp, x: f64) -> f64 {
-    match op {
-        RefOp::Relu => f64::from(u8::from(x > 0.0)),
-        RefOp::Tanh => 1.0 - x.tanh().powi(2),
-        RefOp::Sigmoid => {
-            let s = 1.0 / (1.0 + (-x).exp());
-            s * (1.0 - s)
-        }
-        _ => unreachable!(),
-    }
-}
-
 /// The input of every op, then the output.
 fn ref_forward(spec: &Spec, params: &[f64], x: &[f64]) -> Vec<Vec<f64>> {
     let (lay, _, _) = layout(spec);
@@ -129,15 +104,15 @@ fn ref_forward(spec: &Spec, params: &[f64], x: &[f64]) -> Vec<Vec<f64>> {
             RefOp::Linear { inputs, outputs, .. } => {
                 let (w, b, _) = lay[linear];
                 linear += 1;
-                (0..outputs)
-                    .map(|o| {
-                        let z: f64 = (0..inputs).map(|j| params[w + o * inputs + j] * v[j]).sum();
-                        z + b.map_or(0.0, |b| params[b + o])
-                    })
-                    .collect()
+                linear_forward(
+                    &params[w..w + outputs * inputs],
+                    b.map(|b| &params[b..b + outputs]),
+                    v,
+                    outputs,
+                )
             }
             RefOp::Flatten => v.clone(),
-            _ => v.iter().map(|&e| act(op, e)).collect(),
+            RefOp::Act(a) => a.forward(v),
         };
         values.push(next);
     }
@@ -146,28 +121,7 @@ fn ref_forward(spec: &Spec, params: &[f64], x: &[f64]) -> Vec<Vec<f64>> {
 
 /// Loss and dL/d(output) of one example.
 fn ref_loss(loss: RefLoss, out: &[f64], label: &[f32]) -> (f64, Vec<f64>) {
-    match loss {
-        RefLoss::CrossEntropy => {
-            let m = out.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let s: f64 = out.iter().map(|z| (z - m).exp()).sum();
-            let y = label[0] as usize;
-            let grad = out
-                .iter()
-                .enumerate()
-                .map(|(j, z)| (z - m).exp() / s - f64::from(u8::from(j == y)))
-                .collect();
-            (s.ln() + m - out[y], grad)
-        }
-        RefLoss::Bce => {
-            let (z, y) = (out[0], label[0] as f64);
-            let p = 1.0 / (1.0 + (-z).exp());
-            (-(y * p.ln() + (1.0 - y) * (1.0 - p).ln()), vec![p - y])
-        }
-        RefLoss::Mse => {
-            let d: Vec<f64> = out.iter().zip(label).map(|(o, &l)| o - l as f64).collect();
-            (0.5 * d.iter().map(|v| v * v).sum::<f64>(), d)
-        }
-    }
+    loss.value_and_gradient(out, &reference::widen(label))
 }
 
 /// Loss and the full parameter gradient of one example, by backpropagation.
@@ -183,18 +137,15 @@ fn ref_gradient(spec: &Spec, params: &[f64], x: &[f64], label: &[f32]) -> (f64, 
             RefOp::Linear { inputs, outputs, .. } => {
                 linear -= 1;
                 let (w, b, _) = lay[linear];
-                for o in 0..outputs {
-                    for j in 0..inputs {
-                        grad[w + o * inputs + j] += g[o] * input[j];
-                    }
-                    if let Some(b) = b {
-                        grad[b + o] += g[o];
-                    }
+                let (dx, dw, db) = linear_backward(&params[w..w + outputs * inputs], input, &g);
+                grad[w..w + outputs * inputs].iter_mut().zip(dw).for_each(|(s, v)| *s += v);
+                if let Some(b) = b {
+                    grad[b..b + outputs].iter_mut().zip(db).for_each(|(s, v)| *s += v);
                 }
-                (0..inputs).map(|j| (0..outputs).map(|o| g[o] * params[w + o * inputs + j]).sum()).collect()
+                dx
             }
             RefOp::Flatten => g,
-            _ => g.iter().zip(input).map(|(gv, &xv)| gv * act_derivative(op, xv)).collect(),
+            RefOp::Act(a) => a.backward(input, &g),
         };
     }
     (loss, grad)
@@ -217,10 +168,10 @@ fn spec_tanh_mse() -> Spec {
         ops: vec![
             RefOp::Flatten,
             RefOp::Linear { inputs: 6, outputs: 5, bias: true },
-            RefOp::Tanh,
+            RefOp::Act(Activation::Tanh),
             RefOp::Linear { inputs: 5, outputs: 2, bias: false },
         ],
-        loss: RefLoss::Mse,
+        loss: RefLoss::HalfSquaredError,
         input_len: 6,
         label_len: 2,
     }
@@ -229,13 +180,13 @@ fn spec_tanh_mse() -> Spec {
 fn spec_sigmoid_bce() -> Spec {
     Spec {
         ops: vec![
-            RefOp::Tanh,
+            RefOp::Act(Activation::Tanh),
             RefOp::Linear { inputs: 6, outputs: 4, bias: true },
-            RefOp::Sigmoid,
-            RefOp::Relu,
+            RefOp::Act(Activation::Sigmoid),
+            RefOp::Act(Activation::Relu),
             RefOp::Linear { inputs: 4, outputs: 1, bias: true },
         ],
-        loss: RefLoss::Bce,
+        loss: RefLoss::BinaryCrossEntropy,
         input_len: 6,
         label_len: 1,
     }
@@ -245,9 +196,9 @@ fn spec_deep() -> Spec {
     Spec {
         ops: vec![
             RefOp::Linear { inputs: 5, outputs: 8, bias: true },
-            RefOp::Relu,
+            RefOp::Act(Activation::Relu),
             RefOp::Linear { inputs: 8, outputs: 6, bias: true },
-            RefOp::Tanh,
+            RefOp::Act(Activation::Tanh),
             RefOp::Linear { inputs: 6, outputs: 3, bias: true },
         ],
         loss: RefLoss::CrossEntropy,
@@ -260,12 +211,12 @@ fn spec_activated_output() -> Spec {
     Spec {
         ops: vec![
             RefOp::Linear { inputs: 4, outputs: 7, bias: true },
-            RefOp::Relu,
+            RefOp::Act(Activation::Relu),
             RefOp::Linear { inputs: 7, outputs: 3, bias: true },
-            RefOp::Sigmoid,
-            RefOp::Tanh,
+            RefOp::Act(Activation::Sigmoid),
+            RefOp::Act(Activation::Tanh),
         ],
-        loss: RefLoss::Mse,
+        loss: RefLoss::HalfSquaredError,
         input_len: 4,
         label_len: 3,
     }
@@ -275,7 +226,7 @@ fn spec_ffnn() -> Spec {
     Spec {
         ops: vec![
             RefOp::Linear { inputs: 104, outputs: 50, bias: true },
-            RefOp::Relu,
+            RefOp::Act(Activation::Relu),
             RefOp::Linear { inputs: 50, outputs: 2, bias: true },
         ],
         loss: RefLoss::CrossEntropy,
@@ -287,7 +238,7 @@ fn spec_ffnn() -> Spec {
 fn spec_logreg() -> Spec {
     Spec {
         ops: vec![RefOp::Linear { inputs: 104, outputs: 1, bias: true }],
-        loss: RefLoss::Bce,
+        loss: RefLoss::BinaryCrossEntropy,
         input_len: 104,
         label_len: 1,
     }
@@ -307,8 +258,8 @@ fn random_data(spec: &Spec, size: usize, rng: &mut ChaCha8Rng) -> Data {
     let labels = (0..size * spec.label_len)
         .map(|_| match spec.loss {
             RefLoss::CrossEntropy => rng.random_range(0..spec_classes(spec)) as f32,
-            RefLoss::Bce => rng.random_range(0..2u32) as f32,
-            RefLoss::Mse => rng.random_range(-1.0..1.0),
+            RefLoss::BinaryCrossEntropy => rng.random_range(0..2u32) as f32,
+            RefLoss::HalfSquaredError => rng.random_range(-1.0..1.0),
         })
         .collect();
     Data { inputs, labels, size }
@@ -353,11 +304,7 @@ fn group_sq_norms(spec: &Spec, grad: &[f64]) -> Vec<f64> {
 
 /// |got − want| ≤ 1e-4·max(|want|, floor): relative, with a floor for values that cancel to ~0.
 fn assert_close(got: &[f32], want: &[f64], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let floor = 1e-3 * want.iter().fold(0.0f64, |m, v| m.max(v.abs())) + 1e-12;
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!((g as f64 - w).abs() <= 1e-4 * w.abs().max(floor), "{what}[{i}]: got {g}, want {w}");
-    }
+    reference::assert_close(got, want, 1e-4, reference::scale_floor(want, 1e-3) + 1e-12, what);
 }
 
 /// Runs the private primitive and the non-private gradient and compares everything with the reference.
