@@ -69,6 +69,85 @@ struct TinySeq {
     fc: Linear,
 }
 
+/// `MnistCnn` with every layer's norms forced to ghost, then to direct: both code paths at the real
+/// sizes, whatever the planner picks for the model itself.
+#[dp_model(input = [1, 28, 28], loss = cross_entropy(classes = 10))]
+struct MnistCnnGhost {
+    #[layer(
+        conv2d(out = 16, kernel = 8, stride = 2, padding = 3, norms = ghost),
+        relu,
+        max_pool2d(kernel = 2, stride = 1)
+    )]
+    conv1: Conv2d,
+    #[layer(conv2d(out = 32, kernel = 4, stride = 2, norms = ghost), relu, max_pool2d(kernel = 2, stride = 1))]
+    conv2: Conv2d,
+    #[layer(flatten, linear(out = 32, norms = ghost), relu)]
+    fc1: Linear,
+    #[layer(linear(out = 10, norms = ghost))]
+    fc2: Linear,
+}
+
+/// See [`MnistCnnGhost`].
+#[dp_model(input = [1, 28, 28], loss = cross_entropy(classes = 10))]
+struct MnistCnnDirect {
+    #[layer(
+        conv2d(out = 16, kernel = 8, stride = 2, padding = 3, norms = direct),
+        relu,
+        max_pool2d(kernel = 2, stride = 1)
+    )]
+    conv1: Conv2d,
+    #[layer(conv2d(out = 32, kernel = 4, stride = 2, norms = direct), relu, max_pool2d(kernel = 2, stride = 1))]
+    conv2: Conv2d,
+    #[layer(flatten, linear(out = 32, norms = direct), relu)]
+    fc1: Linear,
+    #[layer(linear(out = 10, norms = direct))]
+    fc2: Linear,
+}
+
+/// `LstmNet` with the LSTM's and the classifier's norms forced to ghost, then to direct.
+#[dp_model(input = tokens(len = 256, vocab = 10004), loss = cross_entropy(classes = 2))]
+struct LstmNetGhost {
+    #[layer(embedding(dim = 100))]
+    embedding: Embedding,
+    #[layer(lstm(hidden = 100, norms = ghost), mean)]
+    lstm: Lstm,
+    #[layer(linear(out = 2, norms = ghost))]
+    fc: Linear,
+}
+
+/// See [`LstmNetGhost`].
+#[dp_model(input = tokens(len = 256, vocab = 10004), loss = cross_entropy(classes = 2))]
+struct LstmNetDirect {
+    #[layer(embedding(dim = 100))]
+    embedding: Embedding,
+    #[layer(lstm(hidden = 100, norms = direct), mean)]
+    lstm: Lstm,
+    #[layer(linear(out = 2, norms = direct))]
+    fc: Linear,
+}
+
+/// `TinySeq` with forced norms.
+#[dp_model(input = tokens(len = 7, vocab = 5), loss = binary_cross_entropy)]
+struct TinySeqGhost {
+    #[layer(embedding(dim = 3))]
+    emb: Embedding,
+    #[layer(lstm(hidden = 4, norms = ghost), mean)]
+    lstm: Lstm,
+    #[layer(linear(out = 1, norms = ghost))]
+    fc: Linear,
+}
+
+/// See [`TinySeqGhost`].
+#[dp_model(input = tokens(len = 7, vocab = 5), loss = binary_cross_entropy)]
+struct TinySeqDirect {
+    #[layer(embedding(dim = 3))]
+    emb: Embedding,
+    #[layer(lstm(hidden = 4, norms = direct), mean)]
+    lstm: Lstm,
+    #[layer(linear(out = 1, norms = direct))]
+    fc: Linear,
+}
+
 // ---------------------------------------------------------------------------------------------
 // The reference networks, from the paper's layer tables.
 
@@ -99,6 +178,11 @@ fn conv(name: &'static str, out: usize, kernel: usize, stride: usize, padding: u
 }
 
 fn mnist_cnn() -> Network {
+    mnist_cnn_of::<MnistCnn>()
+}
+
+/// The same network over the parameter layout of `M` (a copy of `MnistCnn`, e.g. with forced norms).
+fn mnist_cnn_of<M: DpModel>() -> Network {
     Network::new(
         vec![
             conv("conv1", 16, 8, 2, 3),
@@ -112,9 +196,9 @@ fn mnist_cnn() -> Network {
             Op::Act(Activation::Relu),
             Op::Linear { name: "fc2", out: 10, bias: true },
         ],
-        MnistCnn::INPUT_SHAPE,
-        MnistCnn::LOSS,
-        MnistCnn::PARAMS,
+        M::INPUT_SHAPE,
+        M::LOSS,
+        M::PARAMS,
     )
 }
 
@@ -232,6 +316,11 @@ fn embedding_net() -> Network {
 }
 
 fn lstm_net() -> Network {
+    lstm_net_of::<LstmNet>()
+}
+
+/// The same network over the parameter layout of `M` (a copy of `LstmNet`, e.g. with forced norms).
+fn lstm_net_of<M: DpModel>() -> Network {
     Network::new(
         vec![
             Op::Embedding { name: "embedding", vocab: 10_004, dim: 100 },
@@ -239,13 +328,18 @@ fn lstm_net() -> Network {
             Op::MeanOverSequence,
             Op::Linear { name: "fc", out: 2, bias: true },
         ],
-        LstmNet::INPUT_SHAPE,
-        LstmNet::LOSS,
-        LstmNet::PARAMS,
+        M::INPUT_SHAPE,
+        M::LOSS,
+        M::PARAMS,
     )
 }
 
 fn tiny_seq() -> Network {
+    tiny_seq_of::<TinySeq>()
+}
+
+/// The same network over the parameter layout of `M` (a copy of `TinySeq`, e.g. with forced norms).
+fn tiny_seq_of<M: DpModel>() -> Network {
     Network::new(
         vec![
             Op::Embedding { name: "emb", vocab: 5, dim: 3 },
@@ -253,9 +347,9 @@ fn tiny_seq() -> Network {
             Op::MeanOverSequence,
             Op::Linear { name: "fc", out: 1, bias: true },
         ],
-        TinySeq::INPUT_SHAPE,
-        TinySeq::LOSS,
-        TinySeq::PARAMS,
+        M::INPUT_SHAPE,
+        M::LOSS,
+        M::PARAMS,
     )
 }
 
@@ -394,4 +488,32 @@ fn one_workspace_serves_batches_of_1_4_and_2() {
     run::<ImageOps>(&image_ops(), 97);
     run::<TinySeq>(&tiny_seq(), 100);
     run::<EmbeddingNet>(&embedding_net(), 103);
+}
+
+#[test]
+fn forced_ghost_and_forced_direct_norms_match_the_reference() {
+    for (size, seed) in [(2, 111), (3, 112)] {
+        report("MnistCnnGhost", &check_model::<MnistCnnGhost>(&mnist_cnn_of::<MnistCnnGhost>(), size, seed));
+        report(
+            "MnistCnnDirect",
+            &check_model::<MnistCnnDirect>(&mnist_cnn_of::<MnistCnnDirect>(), size, seed),
+        );
+        report("TinySeqGhost", &check_model::<TinySeqGhost>(&tiny_seq_of::<TinySeqGhost>(), size, seed));
+        report("TinySeqDirect", &check_model::<TinySeqDirect>(&tiny_seq_of::<TinySeqDirect>(), size, seed));
+    }
+    report("LstmNetGhost", &check_model::<LstmNetGhost>(&lstm_net_of::<LstmNetGhost>(), 2, 113));
+    report("LstmNetDirect", &check_model::<LstmNetDirect>(&lstm_net_of::<LstmNetDirect>(), 2, 113));
+    let strategies = |layers: &[dp::LayerInfo]| layers.iter().filter_map(|l| l.strategy).collect::<Vec<_>>();
+    assert!(strategies(MnistCnnGhost::LAYERS).iter().all(|s| *s == dp::NormStrategy::Ghost));
+    assert!(strategies(MnistCnnDirect::LAYERS).iter().all(|s| *s == dp::NormStrategy::Direct));
+    for (layers, forced) in [
+        (LstmNetGhost::LAYERS, dp::NormStrategy::Ghost),
+        (LstmNetDirect::LAYERS, dp::NormStrategy::Direct),
+        (TinySeqGhost::LAYERS, dp::NormStrategy::Ghost),
+        (TinySeqDirect::LAYERS, dp::NormStrategy::Direct),
+    ] {
+        let strategies = strategies(layers);
+        assert_eq!(strategies[0], dp::NormStrategy::TokenGrouped, "{layers:?}");
+        assert!(strategies[1..].iter().all(|s| *s == forced), "{layers:?}");
+    }
 }
