@@ -5,7 +5,8 @@
 //! two nodes fits the same representation. Shapes are not stored here; the checker infers them.
 
 use crate::parse::ast::{
-    ActivationKind, Conv2dAttrs, LinearAttrs, LossDef, ModelDef, NormLayerAttrs, OpKind, Pool2dAttrs,
+    ActivationKind, Conv2dAttrs, EmbeddingAttrs, LinearAttrs, LossDef, LstmAttrs, ModelDef, NormLayerAttrs,
+    OpKind, Pool2dAttrs,
 };
 use proc_macro2::Span;
 
@@ -32,11 +33,18 @@ pub enum Op {
     Norm(NormLayerAttrs),
     /// The element-wise sum of two values of one shape (a residual connection).
     Add,
+    /// Token ids to rows of a `[vocab, dim]` table; `vocab` is the token input's (`None` when the
+    /// model's input is dense, which the checker rejects).
+    Embedding { attrs: EmbeddingAttrs, vocab: Option<usize> },
+    /// Mean over the sequence axis: `[T, D] → [D]`.
+    SequenceMean,
+    /// One LSTM layer over a sequence `[T, d]`, returning every step's hidden state `[T, H]`.
+    Lstm(LstmAttrs),
 }
 
 impl Op {
-    /// The IR op of a parsed op.
-    pub fn from_kind(kind: OpKind) -> Op {
+    /// The IR op of a parsed op; `vocab` is the token input's vocabulary (for an embedding).
+    pub fn from_kind(kind: OpKind, vocab: Option<usize>) -> Op {
         match kind {
             OpKind::Linear(attrs) => Op::Linear(attrs),
             OpKind::Activation(act) => Op::Activation(act),
@@ -45,12 +53,15 @@ impl Op {
             OpKind::Pool2d(attrs) => Op::Pool2d(attrs),
             OpKind::GlobalAvgPool => Op::GlobalAvgPool,
             OpKind::Norm(attrs) => Op::Norm(attrs),
+            OpKind::Embedding(attrs) => Op::Embedding { attrs, vocab },
+            OpKind::SequenceMean => Op::SequenceMean,
+            OpKind::Lstm(attrs) => Op::Lstm(attrs),
         }
     }
 
     /// Whether the op owns trainable parameters (and therefore a parameter group).
     pub fn is_parameterised(&self) -> bool {
-        matches!(self, Op::Linear(_) | Op::Conv2d(_) | Op::Norm(_))
+        matches!(self, Op::Linear(_) | Op::Conv2d(_) | Op::Norm(_) | Op::Embedding { .. } | Op::Lstm(_))
     }
 }
 
@@ -90,7 +101,7 @@ impl Graph {
         for (field, def) in model.fields.iter().enumerate() {
             for op in &def.ops {
                 let output = ValueId(nodes.len() + 1);
-                let ir_op = Op::from_kind(op.kind);
+                let ir_op = Op::from_kind(op.kind, model.input_kind.vocab());
                 nodes.push(Node {
                     op: ir_op,
                     inputs: vec![current],

@@ -35,6 +35,7 @@ fn strategy(s: NormStrategy) -> TokenStream {
     match s {
         NormStrategy::Ghost => quote!(#k::per_example::Strategy::Ghost),
         NormStrategy::Direct => quote!(#k::per_example::Strategy::Direct),
+        NormStrategy::TokenGrouped => unreachable!("only embeddings group tokens"),
     }
 }
 
@@ -178,7 +179,9 @@ pub fn forward(plan: &Plan, step: &Step) -> TokenStream {
             }
         }
         Step::GradCopy(_) => quote!(),
-        Step::Dense(_) | Step::Activation(_) => unreachable!("emitted by program.rs"),
+        Step::Dense(_) | Step::Activation(_) | Step::Embedding(_) | Step::SequenceMean(_) | Step::Lstm(_) => {
+            unreachable!("emitted by program.rs")
+        }
     }
 }
 
@@ -256,7 +259,9 @@ pub fn backward(plan: &Plan, step: &Step) -> TokenStream {
             quote!(#act #(#copies)*)
         }
         Step::GradCopy(s) => grad_copy(s),
-        Step::Dense(_) | Step::Activation(_) => unreachable!("emitted by program.rs"),
+        Step::Dense(_) | Step::Activation(_) | Step::Embedding(_) | Step::SequenceMean(_) | Step::Lstm(_) => {
+            unreachable!("emitted by program.rs")
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The parsed model: what the user declared, with typed attributes and the span of every token an
 //! error may need to point at. No shapes yet (that is the checker's job).
 
-pub use super::conv::{Conv2dAttrs, NormChoice, NormLayerAttrs, Pool2dAttrs, PoolKind};
+pub use super::conv::{Conv2dAttrs, NormLayerAttrs, Pool2dAttrs, PoolKind};
 use proc_macro2::Span;
 use syn::{Attribute, Ident, Visibility};
 
@@ -18,8 +18,10 @@ pub struct ModelDef {
     pub attrs: Vec<Attribute>,
     pub vis: Visibility,
     pub ident: Ident,
-    /// The shape of one example's input.
+    /// The shape of one example's input (`[T]` for token ids).
     pub input: Vec<Spanned<usize>>,
+    /// Dense `f32` features or integer token ids.
+    pub input_kind: InputKind,
     pub loss: LossDef,
     pub fields: Vec<FieldDef>,
 }
@@ -64,7 +66,12 @@ pub enum OpKind {
     GlobalAvgPool,
     /// `group_norm` (`groups: Some`) or `layer_norm`.
     Norm(NormLayerAttrs),
+    Embedding(EmbeddingAttrs),
+    SequenceMean,
+    Lstm(LstmAttrs),
 }
+
+pub use super::sequence::{EmbeddingAttrs, ForcedStrategy, InputKind, LstmAttrs};
 
 /// `linear(out = N, in = M, bias = B)`.
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +81,7 @@ pub struct LinearAttrs {
     pub declared_in: Option<Spanned<usize>>,
     pub bias: bool,
     /// A norm strategy forced by `norms = ghost | direct`.
-    pub norms: Option<NormChoice>,
+    pub norms: Option<ForcedStrategy>,
 }
 
 /// Element-wise activations.

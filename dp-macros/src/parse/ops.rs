@@ -7,7 +7,7 @@ use super::values::{arguments, boolean, did_you_mean, positive_int};
 use crate::ctxt::Ctxt;
 
 /// Every layer name `#[layer(...)]` accepts.
-pub const KNOWN_LAYERS: [&str; 11] = [
+pub const KNOWN_LAYERS: [&str; 14] = [
     "linear",
     "relu",
     "tanh",
@@ -19,6 +19,9 @@ pub const KNOWN_LAYERS: [&str; 11] = [
     "global_avg_pool",
     "group_norm",
     "layer_norm",
+    "embedding",
+    "mean",
+    "lstm",
 ];
 
 /// Every loss name `loss = ...` accepts.
@@ -39,6 +42,9 @@ pub fn layer_kind(name: &str) -> Option<(&'static str, bool)> {
         "global_avg_pool" => Some(("GlobalAvgPool", false)),
         "group_norm" => Some(("GroupNorm", true)),
         "layer_norm" => Some(("LayerNorm", true)),
+        "embedding" => Some(("Embedding", true)),
+        "mean" => Some(("Mean", false)),
+        "lstm" => Some(("Lstm", true)),
         _ => None,
     }
 }
@@ -49,7 +55,7 @@ pub fn op_def(cx: &mut Ctxt, op: &OpSyntax) -> Option<OpDef> {
     let kind = match name.as_str() {
         "linear" => {
             let [out, declared_in, bias, norms] = arguments(cx, op, ["out", "in", "bias", "norms"]);
-            let norms = norms.map(|a| conv::norm_choice(cx, &a.value).ok_or(())).transpose();
+            let norms = norms.map(|a| super::sequence::forced_strategy(cx, &a.value).ok_or(())).transpose();
             let declared_in = declared_in.map(|a| positive_int(cx, "in", &a.value));
             let bias = bias.map(|a| boolean(cx, "bias", &a.value));
             let out = match out {
@@ -81,6 +87,12 @@ pub fn op_def(cx: &mut Ctxt, op: &OpSyntax) -> Option<OpDef> {
             conv::ImageOp::GlobalAvgPool => OpKind::GlobalAvgPool,
             conv::ImageOp::Norm(attrs) => OpKind::Norm(attrs),
         },
+        "embedding" => OpKind::Embedding(super::sequence::embedding(cx, op)?),
+        "mean" => {
+            super::sequence::mean(cx, op);
+            OpKind::SequenceMean
+        }
+        "lstm" => OpKind::Lstm(super::sequence::lstm(cx, op)?),
         _ if name.starts_with("batch_norm") || name.starts_with("batchnorm") => {
             cx.error(
                 op.span(),
