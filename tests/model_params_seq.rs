@@ -56,9 +56,9 @@ fn lstm_net_has_1_081_002_parameters() {
 #[test]
 fn the_planner_agrees_with_the_kernels_cost_model() {
     use dp::__private::kernels::per_example::{choose_strategy, Strategy};
-    // The macro mirrors the kernels' rule; its memory cap is 64 MiB per weight and example. The plan
+    // The macro mirrors the kernels' rule; its memory cap is 1 MiB per weight and example. The plan
     // table shows the strategy of the LSTM's larger weight (W_ih when d ≥ h, W_hh otherwise).
-    let cap = 64 << 20;
+    let cap = 1 << 20;
     for (t, d, h) in [(256, 100, 100), (6, 4, 5), (2, 100, 100), (5, 6, 5)] {
         let kernel = choose_strategy(t, d.max(h), 4 * h, cap);
         assert_eq!(planned_lstm_strategy(t, d, h), kernel, "T = {t}, d = {d}, h = {h}");
@@ -103,4 +103,36 @@ fn describe_prints_each_layer_with_its_strategy() {
     let row = lstm.lines().find(|l| l.contains("lstm(hidden = 100)")).expect("an LSTM row");
     assert!(row.contains("direct") && row.contains("[256, 100]"), "{row}");
     assert!(lstm.starts_with("LstmNet: 1081002 parameters"), "{lstm}");
+}
+
+#[test]
+fn the_trainer_refuses_a_token_outside_the_vocabulary_before_any_step() {
+    use dp::{Dataset, Error, Trainer};
+    let make = |bad: Option<u32>| {
+        let mut tokens: Vec<u32> = (0..4 * 256).map(|k| (k * 37 % 10_004) as u32).collect();
+        if let Some(id) = bad {
+            tokens[2 * 256 + 5] = id;
+        }
+        Dataset::new(tokens, vec![0.0, 1.0, 0.0, 1.0], vec![256], 1).expect("a well-formed dataset")
+    };
+    let mut model = EmbeddingNet::from_params(vec![0.0; EmbeddingNet::PARAM_COUNT]);
+    let before = model.params().to_vec();
+    for (train, eval) in [(make(Some(10_004)), make(None)), (make(None), make(Some(u32::MAX)))] {
+        let err = Trainer::new(&mut model)
+            .optimizer(dp::optim::Sgd::new(0.1))
+            .clip_norm(1.0)
+            .noise_multiplier(1.0)
+            .expected_batch_size(2)
+            .steps(1)
+            .quiet(true)
+            .fit(&train, Some(&eval))
+            .expect_err("a token id ≥ VOCAB is refused");
+        assert!(matches!(err, Error::Mismatch { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("example 2") && message.contains("outside the vocabulary of 10004"),
+            "{message}"
+        );
+    }
+    assert_eq!(model.params(), &before[..], "no step ran");
 }

@@ -34,6 +34,7 @@ fn the_lstm_expansion_does_not_grow_with_the_sequence_length() {
         expansion_lines(args, item)
     };
     let (long, longer, short) = (lines(256), lines(1000), lines(5));
+    println!("LstmNet expands to {long} lines (pretty-printed)");
     assert_eq!(long, longer, "1000 steps expand to the lines of 256 steps: no unrolling");
     // 5 steps choose ghost norms instead of direct ones: a few lines differ, not 251 copies.
     assert!(long.abs_diff(short) < 10, "{long} lines for 256 steps, {short} for 5");

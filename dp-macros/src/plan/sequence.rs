@@ -164,7 +164,7 @@ fn lstm(
     let bias = pl.param(format!("{field}.bias_ih_l0"), vec![g4], bound, None);
     let (tt, pd) = (steps as u64, (g4 * (input + h)) as u64);
     let products = 2 * tt * pd;
-    let input_grad_flops = if matches!(input_grad, Ok(_)) { 2 * tt * (g4 * input) as u64 } else { 0 };
+    let input_grad_flops = if input_grad.is_ok() { 2 * tt * (g4 * input) as u64 } else { 0 };
     pl.layer_flops[i] = products                               // forward
         + 2 * tt * (g4 * h) as u64 + input_grad_flops          // backward: recurrent product and dx
         + products + tt * g4 as u64                            // weight gradients (clipped sum)
