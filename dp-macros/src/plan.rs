@@ -465,7 +465,14 @@ pub fn plan(graph: &Graph, checked: &Checked) -> Plan {
                 skip_next = conv::plan_node(&mut pl, i);
             }
             Op::Embedding { .. } | Op::SequenceMean | Op::Lstm(_) => {
-                // Sequence ops read their input once (a chain); they keep the input's reader count.
+                // Sequence ops write their input's gradient directly: their input must have no other
+                // reader (always so in a chain; a residual graph feeding one from a shared value is
+                // not supported yet).
+                assert!(
+                    pl.uses[x.0] == 1 || !pl.needs_grad[x.0],
+                    "`{}`: the input of a sequence op may not be read by another op",
+                    node.text
+                );
                 pl.seen[x.0] += 1;
                 let mut tables = sequence::Tables {
                     builder: &mut pl.b,
