@@ -8,7 +8,7 @@ use dp::models::{Cifar10Cnn, MnistCnn, ResidualCnn};
 use dp::prelude::*;
 use dp::NormStrategy;
 
-/// The compiler's cap on a direct per-example gradient (`dp-macros/src/plan/per_example.rs`).
+/// The compiler's cap on a direct per-example gradient (`dp_macros::plan::DIRECT_MEMORY_CAP_BYTES`).
 const CAP: u64 = 1 << 20;
 
 fn strategies<M: DpModel>() -> Vec<(&'static str, NormStrategy)> {

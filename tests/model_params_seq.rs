@@ -92,3 +92,47 @@ fn planned_lstm_strategy(t: usize, d: usize, h: usize) -> dp::__private::kernels
         other => panic!("an LSTM row shows ghost or direct, got {other:?}"),
     }
 }
+
+#[test]
+fn describe_prints_each_layer_with_its_strategy() {
+    for text in [EmbeddingNet::describe(), LstmNet::describe()] {
+        println!("{text}");
+        assert!(text.contains("token-grouped"), "{text}");
+    }
+    let lstm = LstmNet::describe();
+    let row = lstm.lines().find(|l| l.contains("lstm(hidden = 100)")).expect("an LSTM row");
+    assert!(row.contains("direct") && row.contains("[256, 100]"), "{row}");
+    assert!(lstm.starts_with("LstmNet: 1081002 parameters"), "{lstm}");
+}
+
+#[test]
+fn the_trainer_refuses_a_token_outside_the_vocabulary_before_any_step() {
+    use dp::{Dataset, Error, Trainer};
+    let make = |bad: Option<u32>| {
+        let mut tokens: Vec<u32> = (0..4 * 256).map(|k| (k * 37 % 10_004) as u32).collect();
+        if let Some(id) = bad {
+            tokens[2 * 256 + 5] = id;
+        }
+        Dataset::new(tokens, vec![0.0, 1.0, 0.0, 1.0], vec![256], 1).expect("a well-formed dataset")
+    };
+    let mut model = EmbeddingNet::from_params(vec![0.0; EmbeddingNet::PARAM_COUNT]);
+    let before = model.params().to_vec();
+    for (train, eval) in [(make(Some(10_004)), make(None)), (make(None), make(Some(u32::MAX)))] {
+        let err = Trainer::new(&mut model)
+            .optimizer(dp::optim::Sgd::new(0.1))
+            .clip_norm(1.0)
+            .noise_multiplier(1.0)
+            .expected_batch_size(2)
+            .steps(1)
+            .quiet(true)
+            .fit(&train, Some(&eval))
+            .expect_err("a token id ≥ VOCAB is refused");
+        assert!(matches!(err, Error::Mismatch { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("example 2") && message.contains("outside the vocabulary of 10004"),
+            "{message}"
+        );
+    }
+    assert_eq!(model.params(), &before[..], "no step ran");
+}

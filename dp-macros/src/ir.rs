@@ -33,9 +33,8 @@ pub enum Op {
     Norm(NormLayerAttrs),
     /// The element-wise sum of two values of one shape (a residual connection).
     Add,
-    /// Token ids to rows of a `[vocab, dim]` table; `vocab` is the token input's (`None` when the
-    /// model's input is dense, which the checker rejects).
-    Embedding { attrs: EmbeddingAttrs, vocab: Option<usize> },
+    /// Token ids to rows of a `[vocab, dim]` table (the vocabulary is the token input's).
+    Embedding(EmbeddingAttrs),
     /// Mean over the sequence axis: `[T, D] → [D]`.
     SequenceMean,
     /// One LSTM layer over a sequence `[T, d]`, returning every step's hidden state `[T, H]`.
@@ -43,8 +42,8 @@ pub enum Op {
 }
 
 impl Op {
-    /// The IR op of a parsed op; `vocab` is the token input's vocabulary (for an embedding).
-    pub fn from_kind(kind: OpKind, vocab: Option<usize>) -> Op {
+    /// The IR op of a parsed op.
+    pub fn from_kind(kind: OpKind) -> Op {
         match kind {
             OpKind::Linear(attrs) => Op::Linear(attrs),
             OpKind::Activation(act) => Op::Activation(act),
@@ -53,7 +52,7 @@ impl Op {
             OpKind::Pool2d(attrs) => Op::Pool2d(attrs),
             OpKind::GlobalAvgPool => Op::GlobalAvgPool,
             OpKind::Norm(attrs) => Op::Norm(attrs),
-            OpKind::Embedding(attrs) => Op::Embedding { attrs, vocab },
+            OpKind::Embedding(attrs) => Op::Embedding(attrs),
             OpKind::SequenceMean => Op::SequenceMean,
             OpKind::Lstm(attrs) => Op::Lstm(attrs),
         }
@@ -61,7 +60,7 @@ impl Op {
 
     /// Whether the op owns trainable parameters (and therefore a parameter group).
     pub fn is_parameterised(&self) -> bool {
-        matches!(self, Op::Linear(_) | Op::Conv2d(_) | Op::Norm(_) | Op::Embedding { .. } | Op::Lstm(_))
+        matches!(self, Op::Linear(_) | Op::Conv2d(_) | Op::Norm(_) | Op::Embedding(_) | Op::Lstm(_))
     }
 }
 
@@ -101,7 +100,7 @@ impl Graph {
         for (field, def) in model.fields.iter().enumerate() {
             for op in &def.ops {
                 let output = ValueId(nodes.len() + 1);
-                let ir_op = Op::from_kind(op.kind, model.input_kind.vocab());
+                let ir_op = Op::from_kind(op.kind);
                 nodes.push(Node {
                     op: ir_op,
                     inputs: vec![current],

@@ -20,13 +20,12 @@
 //! largest need of any layer.
 
 pub mod conv;
-
-pub mod per_example;
+pub mod cost;
 pub mod sequence;
 
 use crate::check::Checked;
 use crate::ir::{Graph, Op, ValueId};
-use crate::parse::ast::{ActivationKind, ForcedStrategy};
+use crate::parse::ast::{ActivationKind, NormChoice};
 
 /// Where a value lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,17 +70,16 @@ impl From<ActivationKind> for Act {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NormStrategy {
     Ghost,
-    /// Per-example gradients formed explicitly (layers applied at many positions).
     Direct,
-    /// Embedding rows of equal tokens added before squaring.
+    /// Embedding rows of equal tokens added before squaring (never a positional layer's choice).
     TokenGrouped,
 }
 
-impl From<ForcedStrategy> for NormStrategy {
-    fn from(choice: ForcedStrategy) -> NormStrategy {
+impl From<NormChoice> for NormStrategy {
+    fn from(choice: NormChoice) -> NormStrategy {
         match choice {
-            ForcedStrategy::Ghost => NormStrategy::Ghost,
-            ForcedStrategy::Direct => NormStrategy::Direct,
+            NormChoice::Ghost => NormStrategy::Ghost,
+            NormChoice::Direct => NormStrategy::Direct,
         }
     }
 }
@@ -107,7 +105,7 @@ pub struct ParamSlot {
     pub init_bound: f32,
     /// A constant initial value instead (norm layers: weight 1, bias 0).
     pub constant_init: Option<f32>,
-    /// When set, PyTorch's init is N(0, std²) instead (embedding tables).
+    /// N(0, std²) instead (embedding tables).
     pub normal_std: Option<f32>,
 }
 
@@ -214,26 +212,12 @@ pub struct Scratch {
     pub norms: Option<usize>,
 }
 
-/// The arena buffers allocated so far.
-pub struct Builder {
-    pub buffers: Vec<Buffer>,
-    pub per_example: usize,
-}
-
-impl Builder {
-    /// Appends a buffer of `len` values per example.
-    pub fn alloc(&mut self, purpose: String, len: usize) -> usize {
-        self.buffers.push(Buffer { purpose, offset: self.per_example, len });
-        self.per_example += len;
-        self.buffers.len() - 1
-    }
-}
-
 /// The planner's state while it walks the graph (shared with the per-op planners).
 pub struct Planner<'g> {
     pub graph: &'g Graph,
     pub checked: &'g Checked,
-    pub b: Builder,
+    pub buffers: Vec<Buffer>,
+    pub per_example: usize,
     pub storage: Vec<Option<Buf>>,
     pub grad: Vec<Option<usize>>,
     /// Readers of each value (the loss counts as one reader of the output).
@@ -259,7 +243,13 @@ impl<'g> Planner<'g> {
     /// Allocates an arena buffer of `len` per example, counted in node `node`'s bytes.
     pub fn alloc(&mut self, node: usize, purpose: String, len: usize) -> usize {
         self.layer_bytes[node] += 4 * len as u64;
-        self.b.alloc(purpose, len)
+        self.alloc_uncounted(purpose, len)
+    }
+
+    fn alloc_uncounted(&mut self, purpose: String, len: usize) -> usize {
+        self.buffers.push(Buffer { purpose, offset: self.per_example, len });
+        self.per_example += len;
+        self.buffers.len() - 1
     }
 
     /// Values of one example of `v`.
@@ -325,8 +315,8 @@ impl<'g> Planner<'g> {
             len,
             group: self.groups.len() - 1,
             init_bound,
-            normal_std: None,
             constant_init,
+            normal_std: None,
         });
         self.param_offset += len;
         self.params.len() - 1
@@ -340,6 +330,11 @@ impl<'g> Planner<'g> {
     }
 }
 
+/// The per-example memory a direct norm strategy may use for one layer's gradient: 1 MiB. Layers
+/// whose per-example gradient is larger always use ghost norms (Bu et al. 2022's mixed rule under a
+/// memory cap); every direct layer of the six models is far below it (the LSTM's weights: 160 kB).
+pub const DIRECT_MEMORY_CAP_BYTES: u64 = 1 << 20;
+
 /// Lowers a checked graph into steps, parameters and the memory plan.
 pub fn plan(graph: &Graph, checked: &Checked) -> Plan {
     let n_nodes = graph.nodes.len();
@@ -350,7 +345,8 @@ pub fn plan(graph: &Graph, checked: &Checked) -> Plan {
     let mut pl = Planner {
         graph,
         checked,
-        b: Builder { buffers: Vec::new(), per_example: 0 },
+        buffers: Vec::new(),
+        per_example: 0,
         storage: vec![None; graph.value_count],
         grad: vec![None; graph.value_count],
         uses: graph.use_counts(),
@@ -396,9 +392,9 @@ pub fn plan(graph: &Graph, checked: &Checked) -> Plan {
                 let strategy = attrs
                     .norms
                     .map(NormStrategy::from)
-                    .unwrap_or_else(|| per_example::choose_strategy(1, n_in, n_out));
+                    .unwrap_or_else(|| cost::choose_strategy(1, n_in, n_out, DIRECT_MEMORY_CAP_BYTES));
                 if strategy == NormStrategy::Direct {
-                    Planner::need(&mut pl.norms_need, i, per_example::scratch_len(strategy, 1, n_in, n_out));
+                    Planner::need(&mut pl.norms_need, i, cost::direct_scratch_len(n_in, n_out));
                 }
                 dense_nodes.push((i, n_in + n_out));
                 let input = pl.storage_of(x);
@@ -406,8 +402,9 @@ pub fn plan(graph: &Graph, checked: &Checked) -> Plan {
                 let mac = 2 * (n_in * n_out) as u64;
                 let gemms = 2 + u64::from(input_grad.is_some());
                 let norm_flops = match strategy {
-                    NormStrategy::Direct => per_example::direct_flops(1, n_in, n_out),
-                    _ => 2 * (n_in + n_out) as u64,
+                    NormStrategy::Ghost => 2 * (n_in + n_out) as u64,
+                    NormStrategy::Direct => cost::direct_flops(1, n_in, n_out),
+                    NormStrategy::TokenGrouped => unreachable!("a linear layer is not an embedding"),
                 };
                 pl.layer_flops[i] = gemms * mac + norm_flops + 2 * n_out as u64;
                 pl.layer_strategy[i] = Some(strategy);
@@ -464,31 +461,7 @@ pub fn plan(graph: &Graph, checked: &Checked) -> Plan {
             Op::Conv2d(_) | Op::Pool2d(_) | Op::GlobalAvgPool | Op::Norm(_) | Op::Add => {
                 skip_next = conv::plan_node(&mut pl, i);
             }
-            Op::Embedding { .. } | Op::SequenceMean | Op::Lstm(_) => {
-                // Sequence ops write their input's gradient directly: their input must have no other
-                // reader (always so in a chain; a residual graph feeding one from a shared value is
-                // not supported yet).
-                assert!(
-                    pl.uses[x.0] == 1 || !pl.needs_grad[x.0],
-                    "`{}`: the input of a sequence op may not be read by another op",
-                    node.text
-                );
-                pl.seen[x.0] += 1;
-                let mut tables = sequence::Tables {
-                    builder: &mut pl.b,
-                    storage: &mut pl.storage,
-                    grad: &mut pl.grad,
-                    params: &mut pl.params,
-                    param_offset: &mut pl.param_offset,
-                    groups: &mut pl.groups,
-                };
-                let (step, bytes) = sequence::plan_node(&mut tables, i, node, &field, &checked.shapes);
-                pl.layer_bytes[i] = bytes;
-                pl.steps.push(step);
-                let (strategy, flops) = sequence::table_entry(&pl.steps, i);
-                pl.layer_strategy[i] = strategy;
-                pl.layer_flops[i] = flops;
-            }
+            Op::Embedding(_) | Op::SequenceMean | Op::Lstm(_) => sequence::plan_node(&mut pl, i),
         }
     }
     // The clipping scratch holds c⊙Δ and the masked A of one linear layer at a time; it is counted at
@@ -506,8 +479,7 @@ pub fn plan(graph: &Graph, checked: &Checked) -> Plan {
         }
     }
     let layers = layer_table(&pl);
-    let Planner { storage, grad, steps, b, params, param_offset, groups, .. } = pl;
-    let Builder { buffers, per_example } = b;
+    let Planner { storage, grad, steps, per_example, buffers, params, param_offset, groups, .. } = pl;
     Plan {
         output: storage[graph.output.0].expect("the output is planned"),
         output_grad: grad[graph.output.0]

@@ -16,7 +16,7 @@ pub fn check_tokens(cx: &mut Ctxt, model: &ModelDef, graph: &Graph) {
     for node in &graph.nodes {
         let reads_input = node.inputs.contains(&graph.input);
         match (&node.op, tokens) {
-            (Op::Embedding { attrs, .. }, Some(vocab)) if reads_input => {
+            (Op::Embedding(attrs), Some(vocab)) if reads_input => {
                 if let Some(declared) = attrs.declared_vocab {
                     if declared.value != vocab.value {
                         cx.error(
@@ -30,12 +30,12 @@ pub fn check_tokens(cx: &mut Ctxt, model: &ModelDef, graph: &Graph) {
                     }
                 }
             }
-            (Op::Embedding { .. }, Some(_)) => cx.error(
+            (Op::Embedding(_), Some(_)) => cx.error(
                 node.span,
                 "`embedding` looks up token ids, so it must read the model's token input; here it reads \
                  the output of another layer",
             ),
-            (Op::Embedding { .. }, None) => cx.error(
+            (Op::Embedding(_), None) => cx.error(
                 node.span,
                 format!(
                     "`embedding` looks up token ids, but this model's input is dense `{}`; declare the \
@@ -58,8 +58,8 @@ pub fn check_tokens(cx: &mut Ctxt, model: &ModelDef, graph: &Graph) {
 
 /// `embedding`: `[T]` token ids to `[T, dim]`; `None` (after the token check has reported why) when
 /// it does not read a token input.
-pub fn embedding_shape(attrs: &EmbeddingAttrs, vocab: Option<usize>, x: &Shape) -> Option<Shape> {
-    vocab?;
+pub fn embedding_shape(attrs: &EmbeddingAttrs, x: &Shape) -> Option<Shape> {
+    attrs.vocab?;
     (x.len() == 1).then(|| vec![x[0], attrs.dim.value])
 }
 
@@ -93,7 +93,7 @@ pub fn lstm_shape(cx: &mut Ctxt, node: &Node, attrs: &LstmAttrs, x: &Shape) -> O
 /// Trainable parameters of a sequence op reading a value of shape `x`.
 pub fn param_count(op: &Op, x: &Shape) -> usize {
     match op {
-        Op::Embedding { attrs, vocab } => vocab.unwrap_or(0) * attrs.dim.value,
+        Op::Embedding(attrs) => attrs.vocab.unwrap_or(0) * attrs.dim.value,
         Op::Lstm(attrs) => {
             let h = attrs.hidden.value;
             4 * h * (x[1] + h + 1)

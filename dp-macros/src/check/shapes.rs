@@ -59,7 +59,7 @@ fn node_shape(cx: &mut Ctxt, node: &Node, inputs: &[&Shape]) -> Option<Shape> {
         Op::Conv2d(_) | Op::Pool2d(_) | Op::GlobalAvgPool | Op::Norm(_) | Op::Add => {
             super::conv::node_shape(cx, node, inputs)
         }
-        Op::Embedding { attrs, vocab } => super::sequence::embedding_shape(&attrs, vocab, x),
+        Op::Embedding(attrs) => super::sequence::embedding_shape(&attrs, x),
         Op::SequenceMean => super::sequence::mean_shape(cx, node, x),
         Op::Lstm(attrs) => super::sequence::lstm_shape(cx, node, &attrs, x),
     }
@@ -76,7 +76,7 @@ pub fn param_count(node: &Node, shapes: &[Shape]) -> usize {
         Op::Conv2d(_) | Op::Pool2d(_) | Op::GlobalAvgPool | Op::Norm(_) | Op::Add => {
             super::conv::param_count(node, &shapes[node.inputs[0].0])
         }
-        Op::Embedding { .. } | Op::SequenceMean | Op::Lstm(_) => {
+        Op::Embedding(_) | Op::SequenceMean | Op::Lstm(_) => {
             super::sequence::param_count(&node.op, &shapes[node.inputs[0].0])
         }
     }

@@ -45,12 +45,12 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
             quote!(params[#start..#end].fill(#v);)
         })
     });
-    let input_ty = sequence::input_type(model);
-    let uniform = |p: &&crate::plan::ParamSlot| p.normal_std.is_none() && p.constant_init.is_none();
+    let uniform = |p: &&crate::plan::ParamSlot| p.constant_init.is_none() && p.normal_std.is_none();
     let init = plan.params.iter().filter(uniform).map(|p| {
         let (start, end, bound) = (lit(p.offset), lit(p.offset + p.len), Literal::f32_suffixed(p.init_bound));
         quote!((#start, #end, #bound))
     });
+    let input_ty = sequence::input_type(model);
     let normal_init = sequence::normal_init(plan);
     let uniform_init = plan.params.iter().any(|p| uniform(&p)).then(|| {
         quote! {

@@ -3,7 +3,8 @@
 //! The LSTM is one call into the kernels' loop over time (forward and backward through time), never
 //! unrolled: its expansion has the same size for 5 steps as for 256.
 
-use super::program::{lit, param, read, write};
+use super::conv::accumulate;
+use super::program::{buf_ident, lit, param, read, write};
 use crate::parse::ast::{InputKind, ModelDef};
 use crate::plan::sequence::{EmbeddingStep, LstmStep, MeanStep};
 use crate::plan::{Buf, NormStrategy, Plan, Step};
@@ -52,11 +53,25 @@ fn strategy(s: NormStrategy) -> TokenStream {
     }
 }
 
+/// The buffer an LSTM's norm kernels take their slots from.
+fn norm_scratch(plan: &Plan, s: &LstmStep) -> usize {
+    if s.norms_in_gates {
+        s.gates
+    } else {
+        plan.scratch.norms.expect("the planner sized the norm scratch")
+    }
+}
+
+/// The shared per-example norm scratch.
+fn shared_norm_scratch(plan: &Plan) -> usize {
+    plan.scratch.norms.expect("the planner sized the norm scratch")
+}
+
 /// `const DIMS: LstmDims = ...;` plus compile-time checks that the planned scratch fits the kernels.
 fn lstm_dims(plan: &Plan, s: &LstmStep) -> TokenStream {
     let (steps, input, hidden) = (lit(s.steps), lit(s.input), lit(s.hidden));
     let scratch = lit(plan.buffers[s.scratch].len);
-    let norm_slot = lit(plan.buffers[s.norm_scratch].len);
+    let norm_slot = lit(plan.buffers[norm_scratch(plan, s)].len);
     let (s_ih, s_hh) = (strategy(s.ih_strategy), strategy(s.hh_strategy));
     quote! {
         const DIMS: ::dp::__private::kernels::lstm::LstmDims =
@@ -112,10 +127,13 @@ pub fn backward(plan: &Plan, step: &Step) -> TokenStream {
     match step {
         Step::Embedding(_) => quote!(),
         Step::SequenceMean(s) => match s.grads {
-            Some((out_grad, in_grad)) => {
+            Some((out_grad, target)) => {
                 let (t, d) = (lit(s.steps), lit(s.dim));
-                let (dout, dx) = (read(Buf::Arena(out_grad)), write(in_grad));
-                quote!(::dp::__private::kernels::sequence::mean_over_sequence_backward(n, #t, #d, #dout, #dx);)
+                let (dout, dx, add) = (read(Buf::Arena(out_grad)), write(target.write), accumulate(target));
+                quote! {
+                    ::dp::__private::kernels::sequence::mean_over_sequence_backward(n, #t, #d, #dout, #dx);
+                    #add
+                }
             }
             None => quote!(),
         },
@@ -124,12 +142,17 @@ pub fn backward(plan: &Plan, step: &Step) -> TokenStream {
             let (dout, w_ih, w_hh) =
                 (read(Buf::Arena(s.output_grad)), param(plan, s.w_ih), param(plan, s.w_hh));
             let (gates, cells) = (read(Buf::Arena(s.gates)), read(Buf::Arena(s.cells)));
-            let (delta, dx, scratch) = (write(s.delta), write(s.input_grad), write(s.scratch));
+            let (dx, add) = match s.input_grad {
+                Ok(target) => (write(target.write), accumulate(target)),
+                Err(discarded) => (write(discarded), quote!()),
+            };
+            let (delta, scratch) = (write(s.delta), write(s.scratch));
             quote! {{
                 #dims
                 ::dp::__private::kernels::lstm::lstm_backward(
                     &DIMS, n, #dout, #w_ih, #w_hh, #gates, #cells, #delta, #dx, #scratch,
                 );
+                #add
             }}
         }
         _ => unreachable!("sequence steps only"),
@@ -188,8 +211,10 @@ pub fn norms(plan: &Plan) -> TokenStream {
         let (group, body) = match step {
             Step::Embedding(s) => {
                 let (v, d, t) = (lit(s.vocab), lit(s.dim), lit(s.steps));
-                let (delta, scratch) = (read(Buf::Arena(s.delta)), write(s.scratch));
-                let (slot, g) = (lit(plan.buffers[s.scratch].len), lit(s.group));
+                let scratch = shared_norm_scratch(plan);
+                let (delta, slot, g) =
+                    (read(Buf::Arena(s.delta)), lit(plan.buffers[scratch].len), lit(s.group));
+                let scratch = write(scratch);
                 let body = quote! {
                     const _: () = ::core::assert!(
                         ::dp::__private::kernels::embedding::norm_scratch_len(#t, #d) <= #slot
@@ -204,7 +229,7 @@ pub fn norms(plan: &Plan) -> TokenStream {
                 let dims = lstm_dims(plan, s);
                 let (s_ih, s_hh) = (strategy(s.ih_strategy), strategy(s.hh_strategy));
                 let (x, hprev, delta) = (read(s.x), read(Buf::Arena(s.hprev)), read(Buf::Arena(s.delta)));
-                let (scratch, g) = (write(s.norm_scratch), lit(s.group));
+                let (scratch, g) = (write(norm_scratch(plan, s)), lit(s.group));
                 let body = quote! {
                     #dims
                     ::dp::__private::kernels::lstm::lstm_norms_sq(
@@ -227,7 +252,8 @@ pub fn norms(plan: &Plan) -> TokenStream {
 }
 
 /// The clipped sums by book-keeping. The LSTM scales a copy of δ in its (dead) gates buffer and zeroes
-/// the input and `h_{t−1}` rows of examples with factor 0, so NaN there cannot reach the sum; zeroing
+/// the input and `h_{t−1}` rows of examples with factor 0, so NaN there cannot reach the sum (the
+/// input is zeroed in place only when the LSTM is its sole reader, else in a private copy); zeroing
 /// those rows again is harmless, and δ is kept, so the clipped sum can be repeated.
 pub fn clipped_sum(plan: &Plan) -> TokenStream {
     let groups = lit(plan.groups.len());
@@ -245,13 +271,15 @@ pub fn clipped_sum(plan: &Plan) -> TokenStream {
             let (dims, grads) = (lstm_dims(plan, s), lstm_grads(plan, s));
             let (t, d, h, g4, g) = (lit(s.steps), lit(s.input), lit(s.hidden), lit(4 * s.hidden), lit(s.group));
             let (delta, hprev) = (read(Buf::Arena(s.delta)), write(s.hprev));
-            let scaled = crate::codegen::program::buf_ident(s.gates);
-            let x = match (s.x, s.input_copy) {
-                (Buf::Arena(k), _) => crate::codegen::program::buf_ident(k),
-                (Buf::Input, Some(copy)) => crate::codegen::program::buf_ident(copy),
+            let scaled = buf_ident(s.gates);
+            let (x, copy_input) = match (s.x, s.input_copy) {
+                (_, Some(copy)) => {
+                    let (copy, source) = (buf_ident(copy), read(s.x));
+                    (copy.clone(), quote!(#copy.copy_from_slice(#source);))
+                }
+                (Buf::Arena(k), None) => (buf_ident(k), quote!()),
                 (Buf::Input, None) => unreachable!("an LSTM on the model input keeps a copy"),
             };
-            let copy_input = (s.x == Buf::Input).then(|| quote!(#x.copy_from_slice(inputs);));
             quote! {{
                 #dims
                 #grads

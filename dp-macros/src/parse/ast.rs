@@ -1,7 +1,7 @@
 //! The parsed model: what the user declared, with typed attributes and the span of every token an
 //! error may need to point at. No shapes yet (that is the checker's job).
 
-pub use super::conv::{Conv2dAttrs, NormLayerAttrs, Pool2dAttrs, PoolKind};
+pub use super::conv::{Conv2dAttrs, NormChoice, NormLayerAttrs, Pool2dAttrs, PoolKind};
 use proc_macro2::Span;
 use syn::{Attribute, Ident, Visibility};
 
@@ -71,7 +71,7 @@ pub enum OpKind {
     Lstm(LstmAttrs),
 }
 
-pub use super::sequence::{EmbeddingAttrs, ForcedStrategy, InputKind, LstmAttrs};
+pub use super::sequence::{EmbeddingAttrs, InputKind, LstmAttrs};
 
 /// `linear(out = N, in = M, bias = B)`.
 #[derive(Debug, Clone, Copy)]
@@ -81,7 +81,7 @@ pub struct LinearAttrs {
     pub declared_in: Option<Spanned<usize>>,
     pub bias: bool,
     /// A norm strategy forced by `norms = ghost | direct`.
-    pub norms: Option<ForcedStrategy>,
+    pub norms: Option<NormChoice>,
 }
 
 /// Element-wise activations.

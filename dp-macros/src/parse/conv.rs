@@ -2,11 +2,17 @@
 //! and the `norms = ghost | direct` argument that forces a parameterised layer's norm strategy.
 
 use super::ast::Spanned;
-use super::sequence::{forced_strategy, ForcedStrategy};
 use super::syntax::{ArgSyntax, OpSyntax, ValueSyntax};
 use super::values::{arguments, boolean, positive_int};
 use crate::ctxt::Ctxt;
 use syn::Lit;
+
+/// A norm strategy forced by `norms = ghost | direct` (otherwise the planner chooses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormChoice {
+    Ghost,
+    Direct,
+}
 
 /// `conv2d(out, kernel, stride = 1, padding = 0, dilation = 1, groups = 1, bias = true, norms = ..)`.
 /// Defaulted arguments carry the span of the op's name.
@@ -19,7 +25,7 @@ pub struct Conv2dAttrs {
     pub dilation: Spanned<usize>,
     pub groups: Spanned<usize>,
     pub bias: bool,
-    pub norms: Option<ForcedStrategy>,
+    pub norms: Option<NormChoice>,
 }
 
 /// Max or average pooling.
@@ -80,7 +86,7 @@ pub fn image_op(cx: &mut Ctxt, op: &OpSyntax) -> Option<ImageOp> {
                 None => Some(true),
             };
             let norms = match norms {
-                Some(a) => Some(forced_strategy(cx, &a.value)?),
+                Some(a) => Some(norm_choice(cx, &a.value)?),
                 None => None,
             };
             Some(ImageOp::Conv2d(Conv2dAttrs {
@@ -120,6 +126,21 @@ pub fn image_op(cx: &mut Ctxt, op: &OpSyntax) -> Option<ImageOp> {
             Some(ImageOp::Norm(NormLayerAttrs { groups: None }))
         }
     }
+}
+
+/// `norms = ghost | direct`, also used by `linear`.
+pub fn norm_choice(cx: &mut Ctxt, value: &ValueSyntax) -> Option<NormChoice> {
+    if let ValueSyntax::Call(op) = value {
+        if op.args.is_empty() {
+            match op.name.to_string().as_str() {
+                "ghost" => return Some(NormChoice::Ghost),
+                "direct" => return Some(NormChoice::Direct),
+                _ => {}
+            }
+        }
+    }
+    cx.error(value.span(), format!("`norms` expects `ghost` or `direct`, found `{}`", value.text()));
+    None
 }
 
 fn required(

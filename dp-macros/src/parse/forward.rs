@@ -187,7 +187,7 @@ impl Lowering<'_> {
                 for op in &self.model.fields[index].ops {
                     let output = self.value();
                     self.nodes.push(Node {
-                        op: Op::from_kind(op.kind, self.model.input_kind.vocab()),
+                        op: Op::from_kind(op.kind),
                         inputs: vec![current],
                         output,
                         field: index,

@@ -64,6 +64,8 @@ pub fn parse_model(cx: &mut Ctxt, args: TokenStream, item: TokenStream) -> Optio
         return None;
     }
     let (input, input_kind) = input?;
+    let mut fields = fields;
+    sequence::resolve_vocab(&mut fields, &input_kind);
     Some(ModelDef {
         attrs: item.attrs,
         vis: item.vis,

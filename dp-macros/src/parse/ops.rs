@@ -55,7 +55,7 @@ pub fn op_def(cx: &mut Ctxt, op: &OpSyntax) -> Option<OpDef> {
     let kind = match name.as_str() {
         "linear" => {
             let [out, declared_in, bias, norms] = arguments(cx, op, ["out", "in", "bias", "norms"]);
-            let norms = norms.map(|a| super::sequence::forced_strategy(cx, &a.value).ok_or(())).transpose();
+            let norms = norms.map(|a| conv::norm_choice(cx, &a.value).ok_or(())).transpose();
             let declared_in = declared_in.map(|a| positive_int(cx, "in", &a.value));
             let bias = bias.map(|a| boolean(cx, "bias", &a.value));
             let out = match out {
@@ -81,18 +81,18 @@ pub fn op_def(cx: &mut Ctxt, op: &OpSyntax) -> Option<OpDef> {
                 _ => OpKind::Flatten,
             }
         }
-        _ if conv::is_image_op(&name) => match conv::image_op(cx, op)? {
-            conv::ImageOp::Conv2d(attrs) => OpKind::Conv2d(attrs),
-            conv::ImageOp::Pool2d(attrs) => OpKind::Pool2d(attrs),
-            conv::ImageOp::GlobalAvgPool => OpKind::GlobalAvgPool,
-            conv::ImageOp::Norm(attrs) => OpKind::Norm(attrs),
-        },
         "embedding" => OpKind::Embedding(super::sequence::embedding(cx, op)?),
         "mean" => {
             super::sequence::mean(cx, op);
             OpKind::SequenceMean
         }
         "lstm" => OpKind::Lstm(super::sequence::lstm(cx, op)?),
+        _ if conv::is_image_op(&name) => match conv::image_op(cx, op)? {
+            conv::ImageOp::Conv2d(attrs) => OpKind::Conv2d(attrs),
+            conv::ImageOp::Pool2d(attrs) => OpKind::Pool2d(attrs),
+            conv::ImageOp::GlobalAvgPool => OpKind::GlobalAvgPool,
+            conv::ImageOp::Norm(attrs) => OpKind::Norm(attrs),
+        },
         _ if name.starts_with("batch_norm") || name.starts_with("batchnorm") => {
             cx.error(
                 op.span(),

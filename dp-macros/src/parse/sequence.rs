@@ -1,8 +1,9 @@
 //! Parsing of sequence models: the token input `tokens(len = T, vocab = V)` and the ops `embedding`,
 //! `mean` (over the sequence axis) and `lstm`.
 
-use super::ast::Spanned;
-use super::syntax::{OpSyntax, ValueSyntax};
+use super::ast::{FieldDef, NormChoice, OpKind, Spanned};
+use super::conv::norm_choice;
+use super::syntax::OpSyntax;
 use super::values::{arguments, positive_int};
 use crate::ctxt::Ctxt;
 
@@ -30,13 +31,9 @@ impl InputKind {
 pub struct EmbeddingAttrs {
     pub dim: Spanned<usize>,
     pub declared_vocab: Option<Spanned<usize>>,
-}
-
-/// How the user forced a layer's per-example norms (`norms = ghost | direct`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ForcedStrategy {
-    Ghost,
-    Direct,
+    /// The token input's vocabulary, filled in once the model's input is known (`None` on a dense
+    /// input, which the checker rejects).
+    pub vocab: Option<usize>,
 }
 
 /// `lstm(hidden = H, norms = ghost | direct)`.
@@ -44,7 +41,7 @@ pub enum ForcedStrategy {
 pub struct LstmAttrs {
     pub hidden: Spanned<usize>,
     /// Overrides the planner's choice for both weights.
-    pub norms: Option<ForcedStrategy>,
+    pub norms: Option<NormChoice>,
 }
 
 /// `input = tokens(len = T, vocab = V)`: the shape `[T]` and the token input kind.
@@ -90,7 +87,11 @@ pub fn embedding(cx: &mut Ctxt, op: &OpSyntax) -> Option<EmbeddingAttrs> {
             None
         }
     };
-    Some(EmbeddingAttrs { dim: dim?, declared_vocab: declared_vocab.map(|v| v.ok_or(())).transpose().ok()? })
+    Some(EmbeddingAttrs {
+        dim: dim?,
+        declared_vocab: declared_vocab.map(|v| v.ok_or(())).transpose().ok()?,
+        vocab: None,
+    })
 }
 
 /// `mean`, over the sequence axis.
@@ -101,7 +102,7 @@ pub fn mean(cx: &mut Ctxt, op: &OpSyntax) {
 /// `lstm(hidden = H, norms = ghost | direct)`.
 pub fn lstm(cx: &mut Ctxt, op: &OpSyntax) -> Option<LstmAttrs> {
     let [hidden, norms] = arguments(cx, op, ["hidden", "norms"]);
-    let norms = norms.map(|a| forced_strategy(cx, &a.value));
+    let norms = norms.map(|a| norm_choice(cx, &a.value));
     let hidden = match hidden {
         Some(a) => positive_int(cx, "hidden", &a.value),
         None => {
@@ -112,18 +113,11 @@ pub fn lstm(cx: &mut Ctxt, op: &OpSyntax) -> Option<LstmAttrs> {
     Some(LstmAttrs { hidden: hidden?, norms: norms.map(|n| n.ok_or(())).transpose().ok()? })
 }
 
-/// `ghost` or `direct`.
-/// `norms = ghost | direct` (on `lstm`, `linear` and `conv2d`).
-pub fn forced_strategy(cx: &mut Ctxt, value: &ValueSyntax) -> Option<ForcedStrategy> {
-    if let ValueSyntax::Call(op) = value {
-        if op.args.is_empty() {
-            match op.name.to_string().as_str() {
-                "ghost" => return Some(ForcedStrategy::Ghost),
-                "direct" => return Some(ForcedStrategy::Direct),
-                _ => {}
-            }
+/// Gives every embedding of the model the token input's vocabulary.
+pub fn resolve_vocab(fields: &mut [FieldDef], input: &InputKind) {
+    for op in fields.iter_mut().flat_map(|f| f.ops.iter_mut()) {
+        if let OpKind::Embedding(attrs) = &mut op.kind {
+            attrs.vocab = input.vocab();
         }
     }
-    cx.error(value.span(), format!("`norms` expects `ghost` or `direct`, found `{}`", value.text()));
-    None
 }

@@ -6,8 +6,7 @@
 //! clipped sum), so they cost the arena only once, at the largest layer, and the clipped sum never
 //! consumes a buffer another pass reads.
 
-use super::per_example::{choose_strategy, norm_flops, scratch_len};
-use super::{Act, Buf, GradTarget, NormStrategy, Planner, Step};
+use super::{cost, Act, Buf, GradTarget, NormStrategy, Planner, Step, DIRECT_MEMORY_CAP_BYTES};
 use crate::check::Shape;
 use crate::ir::Op;
 use crate::parse::ast::PoolKind;
@@ -198,15 +197,18 @@ pub fn plan_node(pl: &mut Planner<'_>, i: usize) -> bool {
                 None,
             );
             let bias = a.bias.then(|| pl.param(format!("{field}.bias"), vec![geom.out_c], bound, None));
-            let strategy = a.norms.map(NormStrategy::from).unwrap_or_else(|| choose_strategy(t, d, p));
+            let strategy = a
+                .norms
+                .map(NormStrategy::from)
+                .unwrap_or_else(|| cost::choose_strategy(t, d, p, DIRECT_MEMORY_CAP_BYTES));
             Planner::need(&mut pl.patches_need, i, geom.patches_len());
             Planner::need(&mut pl.rows_need, i, geom.output_len());
-            Planner::need(&mut pl.norms_need, i, scratch_len(strategy, t, d, p));
+            Planner::need(&mut pl.norms_need, i, cost::scratch_len(strategy, t, d, p));
             let input = pl.storage_of(x);
             let input_grad = pl.target(i, x);
             let product = 2 * (t * geom.out_c * d) as u64;
             let products = 2 + u64::from(input_grad.is_some());
-            let norms = geom.groups as u64 * norm_flops(strategy, t, d, p)
+            let norms = geom.groups as u64 * cost::norm_flops(strategy, t, d, p)
                 + if a.bias { geom.output_len() as u64 } else { 0 };
             pl.layer_flops[i] = products * product + norms;
             pl.layer_strategy[i] = Some(strategy);

@@ -3,22 +3,18 @@
 //! - An embedding's norm groups equal tokens ([`NormStrategy::TokenGrouped`], cost ~T·dim), its
 //!   clipped sum is a scatter-add of `c_i·δ` rows: nothing of size vocab is ever formed per example.
 //! - An LSTM's two weights are layers applied at T positions, each with its own strategy (the cost
-//!   model of [`super::per_example`], or the user's `norms = ghost | direct`); weights and bias are ONE
+//!   model of [`super::cost`], or the user's `norms = ghost | direct`); weights and bias are ONE
 //!   parameter group. Its saved gates are dead after the backward pass, so the norms use them as
-//!   scratch when a slot fits, and the clipped sum scales a copy of δ there (δ itself is kept, so a
-//!   clipped sum can be repeated on the same workspace).
+//!   slots when one fits (else the shared norm scratch), and the clipped sum scales a copy of δ there
+//!   (δ itself is kept, so a clipped sum can be repeated on the same workspace).
 
-use super::per_example::{choose_strategy, norm_flops, scratch_len};
-use super::{Buf, Builder, NormStrategy, ParamSlot, Step};
-use crate::check::Shape;
-use crate::ir::{Node, Op};
-use crate::parse::ast::ForcedStrategy;
+use super::cost::{choose_strategy, norm_flops, scratch_len};
+use super::{Buf, GradTarget, NormStrategy, Planner, Step, DIRECT_MEMORY_CAP_BYTES};
+use crate::ir::Op;
 
 /// A token embedding.
 #[derive(Debug, Clone)]
 pub struct EmbeddingStep {
-    /// The IR node it comes from.
-    pub node: usize,
     pub group: usize,
     pub vocab: usize,
     pub dim: usize,
@@ -30,28 +26,22 @@ pub struct EmbeddingStep {
     pub output: usize,
     /// `[T, dim]` gradient of the output.
     pub delta: usize,
-    /// One norm slot per example (`T` positions as u32, one row accumulator).
-    pub scratch: usize,
-    pub flops: u64,
 }
 
 /// Mean over the sequence axis.
 #[derive(Debug, Clone)]
 pub struct MeanStep {
-    pub node: usize,
     pub input: Buf,
     pub output: usize,
     pub steps: usize,
     pub dim: usize,
-    /// Gradients of output and input, when something upstream is trained.
-    pub grads: Option<(usize, usize)>,
-    pub flops: u64,
+    /// The output's gradient and where the input's goes, when something upstream is trained.
+    pub grads: Option<(usize, GradTarget)>,
 }
 
 /// One LSTM layer.
 #[derive(Debug, Clone)]
 pub struct LstmStep {
-    pub node: usize,
     pub group: usize,
     pub steps: usize,
     pub input: usize,
@@ -67,176 +57,124 @@ pub struct LstmStep {
     pub hprev: usize,
     /// Gate pre-activation gradients `[T, 4h]`.
     pub delta: usize,
-    /// Where `dx` goes: the input's gradient buffer, or a discarded one if nothing upstream is trained.
-    pub input_grad: usize,
-    /// Forward/backward scratch (and the norm slots when the gates cannot hold them).
+    /// Where `dx` goes: the input's gradient target, or a discarded buffer if nothing upstream is trained.
+    pub input_grad: Result<GradTarget, usize>,
+    /// Forward/backward scratch.
     pub scratch: usize,
-    /// The buffer the norm kernels use as slots: `gates` or `scratch`.
-    pub norm_scratch: usize,
-    /// A copy of the model's input the clipped sum may zero rows of (only when `x` is the input).
+    /// The gates buffer holds one norm slot per example (else the plan's shared norm scratch is used).
+    pub norms_in_gates: bool,
+    /// A private copy of `x` whose rows the clipped sum may zero, when `x` is the model's input or has
+    /// other readers.
     pub input_copy: Option<usize>,
     pub w_ih: usize,
     pub w_hh: usize,
     pub bias: usize,
     pub ih_strategy: NormStrategy,
     pub hh_strategy: NormStrategy,
-    pub flops: u64,
 }
 
-/// The planner's tables a sequence op adds to.
-pub(super) struct Tables<'a> {
-    pub(super) builder: &'a mut Builder,
-    pub(super) storage: &'a mut [Option<Buf>],
-    pub(super) grad: &'a mut [Option<usize>],
-    pub(super) params: &'a mut Vec<ParamSlot>,
-    pub(super) param_offset: &'a mut usize,
-    pub(super) groups: &'a mut Vec<String>,
-}
-
-impl Tables<'_> {
-    fn param(&mut self, name: String, shape: Vec<usize>, group: usize, init: Init) -> usize {
-        let len = shape.iter().product();
-        let (init_bound, normal_std) = match init {
-            Init::Uniform(bound) => (bound, None),
-            Init::Normal(std) => (0.0, Some(std)),
-        };
-        self.params.push(ParamSlot {
-            name,
-            shape,
-            offset: *self.param_offset,
-            len,
-            group,
-            init_bound,
-            normal_std,
-            constant_init: None,
-        });
-        *self.param_offset += len;
-        self.params.len() - 1
-    }
-
-    fn group(&mut self, field: &str) -> usize {
-        self.groups.push(field.to_string());
-        self.groups.len() - 1
-    }
-}
-
-/// PyTorch's default initialisation of a tensor.
-#[derive(Clone, Copy)]
-enum Init {
-    Uniform(f32),
-    Normal(f32),
-}
-
-/// Plans one sequence node; returns its step and the workspace bytes per example it adds.
-pub(super) fn plan_node(
-    t: &mut Tables<'_>,
-    index: usize,
-    node: &Node,
-    field: &str,
-    shapes: &[Shape],
-) -> (Step, u64) {
-    let x = node.inputs[0];
-    let input = t.storage[x.0].expect("inputs are planned before their readers");
-    let before = t.builder.per_example;
+/// Plans sequence node `i` (an embedding, a mean over the sequence or an LSTM).
+pub fn plan_node(pl: &mut Planner<'_>, i: usize) {
+    let node = &pl.graph.nodes[i];
+    let (x, out) = (node.inputs[0], node.output);
+    let field = pl.graph.fields[node.field].clone();
+    let shape = pl.checked.shapes[x.0].clone();
+    let input = pl.storage_of(x);
     let step = match node.op {
-        Op::Embedding { attrs, vocab } => {
+        Op::Embedding(attrs) => {
             let (vocab, dim, steps) =
-                (vocab.expect("checked: a token input"), attrs.dim.value, shapes[x.0][0]);
-            let output = t.builder.alloc(format!("{field} embedding rows"), steps * dim);
-            let delta = t.builder.alloc(format!("{field} embedding delta"), steps * dim);
-            let scratch = t.builder.alloc(format!("{field} token grouping"), steps + dim);
-            t.storage[node.output.0] = Some(Buf::Arena(output));
-            t.grad[node.output.0] = Some(delta);
-            let group = t.group(field);
-            let weight = t.param(format!("{field}.weight"), vec![vocab, dim], group, Init::Normal(1.0));
-            // Gather, then the norm (row sums and squares) and the scatter-add of the clipped sum.
-            let flops = 5 * (steps * dim) as u64;
-            Step::Embedding(EmbeddingStep {
-                node: index,
-                group,
-                vocab,
-                dim,
-                steps,
-                weight,
-                output,
-                delta,
-                scratch,
-                flops,
-            })
+                (attrs.vocab.expect("checked: a token input"), attrs.dim.value, shape[0]);
+            pl.target(i, x);
+            let output = pl.alloc(i, format!("{field} embedding rows"), steps * dim);
+            let delta = pl.grad_buffer(i, out, format!("{field} embedding delta")).expect("trained");
+            pl.storage[out.0] = Some(Buf::Arena(output));
+            pl.grad[out.0] = Some(delta);
+            Planner::need(&mut pl.norms_need, i, steps + dim);
+            pl.groups.push(field.clone());
+            let group = pl.groups.len() - 1;
+            let weight = pl.param(format!("{field}.weight"), vec![vocab, dim], 0.0, None);
+            pl.params[weight].normal_std = Some(1.0);
+            // Gather, the norm (row sums and squares) and the scatter-add of the clipped sum.
+            pl.layer_flops[i] = 5 * (steps * dim) as u64;
+            pl.layer_strategy[i] = Some(NormStrategy::TokenGrouped);
+            Step::Embedding(EmbeddingStep { group, vocab, dim, steps, weight, output, delta })
         }
         Op::SequenceMean => {
-            let (steps, dim) = (shapes[x.0][0], shapes[x.0][1]);
-            let output = t.builder.alloc(format!("{field} mean"), dim);
-            t.storage[node.output.0] = Some(Buf::Arena(output));
-            let grads = t.grad[x.0].map(|input_grad| {
-                let g = t.builder.alloc(format!("{field} mean gradient"), dim);
-                t.grad[node.output.0] = Some(g);
-                (g, input_grad)
-            });
-            let flops = 2 * (steps * dim) as u64;
-            Step::SequenceMean(MeanStep { node: index, input, output, steps, dim, grads, flops })
+            let (steps, dim) = (shape[0], shape[1]);
+            let output = pl.alloc(i, format!("{field} mean"), dim);
+            pl.storage[out.0] = Some(Buf::Arena(output));
+            let out_grad = pl.grad_buffer(i, out, format!("{field} mean gradient"));
+            pl.grad[out.0] = out_grad;
+            let target = pl.target(i, x);
+            pl.layer_flops[i] = 2 * (steps * dim) as u64;
+            let grads = out_grad.zip(target);
+            Step::SequenceMean(MeanStep { input, output, steps, dim, grads })
         }
-        Op::Lstm(attrs) => lstm(t, index, node, field, input, &shapes[x.0], attrs.hidden.value, attrs.norms),
+        Op::Lstm(attrs) => {
+            lstm(pl, i, input, &shape, attrs.hidden.value, attrs.norms.map(NormStrategy::from))
+        }
         _ => unreachable!("plan_node is called for sequence ops only"),
     };
-    (step, 4 * (t.builder.per_example - before) as u64)
+    pl.steps.push(step);
 }
 
-#[allow(clippy::too_many_arguments)]
 fn lstm(
-    t: &mut Tables<'_>,
-    index: usize,
-    node: &Node,
-    field: &str,
+    pl: &mut Planner<'_>,
+    i: usize,
     x: Buf,
-    shape: &Shape,
+    shape: &[usize],
     hidden: usize,
-    forced: Option<ForcedStrategy>,
+    forced: Option<NormStrategy>,
 ) -> Step {
+    let node = &pl.graph.nodes[i];
+    let (x_id, out) = (node.inputs[0], node.output);
+    let field = pl.graph.fields[node.field].clone();
     let (steps, input, h) = (shape[0], shape[1], hidden);
     let g4 = 4 * h;
-    let (ih_strategy, hh_strategy) = match forced {
-        Some(ForcedStrategy::Ghost) => (NormStrategy::Ghost, NormStrategy::Ghost),
-        Some(ForcedStrategy::Direct) => (NormStrategy::Direct, NormStrategy::Direct),
-        None => (choose_strategy(steps, input, g4), choose_strategy(steps, h, g4)),
-    };
-    let b = &mut *t.builder;
-    let output = b.alloc(format!("{field} hidden states"), steps * h);
-    let output_grad = b.alloc(format!("{field} hidden-state gradient"), steps * h);
-    let gates = b.alloc(format!("{field} gates"), steps * g4);
-    let cells = b.alloc(format!("{field} cells"), steps * h);
-    let hprev = b.alloc(format!("{field} previous hidden states"), steps * h);
-    let delta = b.alloc(format!("{field} gate delta"), steps * g4);
+    let cap = DIRECT_MEMORY_CAP_BYTES;
+    let ih_strategy = forced.unwrap_or_else(|| choose_strategy(steps, input, g4, cap));
+    let hh_strategy = forced.unwrap_or_else(|| choose_strategy(steps, h, g4, cap));
+    let output = pl.alloc(i, format!("{field} hidden states"), steps * h);
+    let output_grad = pl.grad_buffer(i, out, format!("{field} hidden-state gradient")).expect("trained");
+    let gates = pl.alloc(i, format!("{field} gates"), steps * g4);
+    let cells = pl.alloc(i, format!("{field} cells"), steps * h);
+    let hprev = pl.alloc(i, format!("{field} previous hidden states"), steps * h);
+    let delta = pl.alloc(i, format!("{field} gate delta"), steps * g4);
+    // The backward's scratch (6h per example) also covers the forward's (5h).
+    let scratch = pl.alloc(i, format!("{field} scratch"), 6 * h);
     let slot = scratch_len(ih_strategy, steps, input, g4).max(scratch_len(hh_strategy, steps, h, g4)).max(1);
-    let gates_hold_a_slot = steps * g4 >= slot;
-    // Backward scratch (6h) is the larger of forward (5h) and backward.
-    let scratch_len = (6 * h).max(if gates_hold_a_slot { 0 } else { slot });
-    let scratch = b.alloc(format!("{field} scratch"), scratch_len);
-    let norm_scratch = if gates_hold_a_slot { gates } else { scratch };
-    let input_grad = match t.grad[node.inputs[0].0] {
-        Some(g) => g,
-        None => b.alloc(format!("{field} input gradient (unused)"), steps * input),
+    let norms_in_gates = steps * g4 >= slot;
+    if !norms_in_gates {
+        Planner::need(&mut pl.norms_need, i, slot);
+    }
+    let input_grad = match pl.target(i, x_id) {
+        Some(target) => Ok(target),
+        None => Err(pl.alloc(i, format!("{field} input gradient (unused)"), steps * input)),
     };
-    let input_copy = (x == Buf::Input).then(|| b.alloc(format!("{field} input copy"), steps * input));
-    t.storage[node.output.0] = Some(Buf::Arena(output));
-    t.grad[node.output.0] = Some(output_grad);
-    let group = t.group(field);
+    let private_input = x == Buf::Input || pl.uses[x_id.0] > 1;
+    let input_copy = private_input.then(|| pl.alloc(i, format!("{field} input copy"), steps * input));
+    pl.storage[out.0] = Some(Buf::Arena(output));
+    pl.grad[out.0] = Some(output_grad);
+    pl.groups.push(field.clone());
+    let group = pl.groups.len() - 1;
     // PyTorch draws every LSTM tensor from U(−1/√h, 1/√h).
-    let bound = Init::Uniform(1.0 / (h as f32).sqrt());
-    let w_ih = t.param(format!("{field}.weight_ih_l0"), vec![g4, input], group, bound);
-    let w_hh = t.param(format!("{field}.weight_hh_l0"), vec![g4, h], group, bound);
-    let bias = t.param(format!("{field}.bias_ih_l0"), vec![g4], group, bound);
+    let bound = 1.0 / (h as f32).sqrt();
+    let w_ih = pl.param(format!("{field}.weight_ih_l0"), vec![g4, input], bound, None);
+    let w_hh = pl.param(format!("{field}.weight_hh_l0"), vec![g4, h], bound, None);
+    let bias = pl.param(format!("{field}.bias_ih_l0"), vec![g4], bound, None);
     let (tt, pd) = (steps as u64, (g4 * (input + h)) as u64);
     let products = 2 * tt * pd;
-    let flops = products                                       // forward
-        + 2 * tt * (g4 * h) as u64 + 2 * tt * (g4 * input) as u64 // backward: recurrent and dx
+    let input_grad_flops = if input_grad.is_ok() { 2 * tt * (g4 * input) as u64 } else { 0 };
+    pl.layer_flops[i] = products                               // forward
+        + 2 * tt * (g4 * h) as u64 + input_grad_flops          // backward: recurrent product and dx
         + products + tt * g4 as u64                            // weight gradients (clipped sum)
         + norm_flops(ih_strategy, steps, input, g4)
         + norm_flops(hh_strategy, steps, h, g4)
         + tt * g4 as u64                                       // bias norm
         + 30 * tt * h as u64; // gate non-linearities, forward and backward
+                              // The table shows the strategy of the larger weight.
+    pl.layer_strategy[i] = Some(if input >= h { ih_strategy } else { hh_strategy });
     Step::Lstm(LstmStep {
-        node: index,
         group,
         steps,
         input,
@@ -250,30 +188,12 @@ fn lstm(
         delta,
         input_grad,
         scratch,
-        norm_scratch,
+        norms_in_gates,
         input_copy,
         w_ih,
         w_hh,
         bias,
         ih_strategy,
         hh_strategy,
-        flops,
     })
-}
-
-/// The plan-table entry (strategy, FLOPs per example) of the sequence step planned for node `index`.
-/// An LSTM whose weights use different strategies shows the one of its larger weight.
-pub fn table_entry(steps: &[Step], index: usize) -> (Option<NormStrategy>, u64) {
-    for step in steps {
-        match step {
-            Step::Embedding(s) if s.node == index => return (Some(NormStrategy::TokenGrouped), s.flops),
-            Step::SequenceMean(s) if s.node == index => return (None, s.flops),
-            Step::Lstm(s) if s.node == index => {
-                let shown = if s.input >= s.hidden { s.ih_strategy } else { s.hh_strategy };
-                return (Some(shown), s.flops);
-            }
-            _ => {}
-        }
-    }
-    unreachable!("every sequence node has a step")
 }
