@@ -6,8 +6,8 @@
 
 use dp_runtime::{DpModel, Error, Result};
 
-use super::datasets::{AdultData, DataSource, NpyInput};
-use crate::models::{AdultFfnn, AdultLogReg};
+use super::datasets::{AdultData, Cifar10Data, DataSource, MnistData, NpyInput};
+use crate::models::{AdultFfnn, AdultLogReg, Cifar10Cnn, MnistCnn, ResidualCnn};
 
 /// What a command learns about the model it was dispatched to, besides its type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,4 +56,7 @@ macro_rules! models {
 models! {
     "logreg" => AdultLogReg, AdultData, "logistic regression on the 104 Adult features";
     "ffnn" => AdultFfnn, AdultData, "the founding paper's fully connected network on Adult (104-50-2)";
+    "mnist-cnn" => MnistCnn, MnistData, "the founding paper's MNIST CNN (two conv layers, two linear)";
+    "cifar10-cnn" => Cifar10Cnn, Cifar10Data, "the founding paper's CIFAR-10 CNN";
+    "residual-cnn" => ResidualCnn, Cifar10Data, "a residual CNN with group norm on CIFAR-10";
 }
