@@ -175,12 +175,12 @@ fn ffnn_gradient(w1: &[f32], b1: &[f32], w2: &[f32], b2: &[f32], x: &[f32], labe
         .map(|j| if pre[j] > 0.0 { (0..2).map(|c| w2[c * HIDDEN + j] as f64 * dz[c]).sum() } else { 0.0 })
         .collect();
     let mut g = Vec::new();
-    for j in 0..HIDDEN {
-        g.extend(x.iter().map(|&v| dh[j] * v as f64));
+    for d in &dh {
+        g.extend(x.iter().map(|&v| d * v as f64));
     }
     g.extend(&dh);
-    for c in 0..2 {
-        g.extend(h.iter().map(|&v| dz[c] * v));
+    for d in &dz {
+        g.extend(h.iter().map(|&v| d * v));
     }
     g.extend(&dz);
     g

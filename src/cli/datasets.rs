@@ -7,6 +7,9 @@ use dp_runtime::data::npy::{self, LabelKind, NpyArray};
 use dp_runtime::data::{adult, cifar10, mnist, source, text, Dataset};
 use dp_runtime::{DpModel, Error, InputElem, Loss, Result};
 
+/// A training split and a test split.
+pub type Splits<T> = (Dataset<T>, Dataset<T>);
+
 /// A kind of real data: where it is read from, and into which input element type.
 pub trait DataSource {
     /// The input element type it produces (`f32` features or `u32` token ids).
@@ -14,9 +17,7 @@ pub trait DataSource {
     /// A short description of what `--data` must point at.
     const EXPECTS: &'static str;
     /// Loads `(train, test)` for model `M` from `path`.
-    fn load<M: DpModel<Input = Self::Input>>(
-        path: &Path,
-    ) -> Result<(Dataset<Self::Input>, Dataset<Self::Input>)>;
+    fn load<M: DpModel<Input = Self::Input>>(path: &Path) -> Result<Splits<Self::Input>>;
 }
 
 /// MNIST: a folder with the four IDX files (raw or gzip).
