@@ -28,6 +28,16 @@ pub fn u32_scratch(x: &mut [f32]) -> &mut [u32] {
     unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<u32>(), x.len()) }
 }
 
+/// A standard normal value from 64 random bits (Box–Muller on two 24-bit uniforms, the first in (0, 1]):
+/// PyTorch initialises embedding tables from N(0, 1).
+#[inline]
+pub fn normal_from_bits(a: u32, b: u32) -> f32 {
+    let scale = 1.0 / (1u32 << 24) as f64;
+    let u1 = ((a >> 8) as f64 + 1.0) * scale;
+    let u2 = (b >> 8) as f64 * scale;
+    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+}
+
 fn check_ids(ids: &[u32], vocab: usize) {
     if let Some(&bad) = ids.iter().find(|&&v| v as usize >= vocab) {
         panic!("embedding: token id {bad} is not below the vocabulary size {vocab}");
@@ -274,6 +284,21 @@ mod tests {
         embedding_backward(vocab, dim, batch, steps, &ids, &delta, &mut plain);
         let want: Vec<f64> = (0..vocab * dim).map(|j| (0..batch).map(|i| grads[i][j]).sum()).collect();
         assert_close("gradient", &plain, &want, 1e-4);
+    }
+
+    #[test]
+    fn normal_init_has_mean_zero_and_unit_variance() {
+        let mut rng = rng(52);
+        let n = 200_000;
+        let draws: Vec<f64> = (0..n).map(|_| normal_from_bits(rng.random(), rng.random()) as f64).collect();
+        let mean = draws.iter().sum::<f64>() / n as f64;
+        let var = draws.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
+        let within_one = draws.iter().filter(|v| v.abs() < 1.0).count() as f64 / n as f64;
+        assert!(mean.abs() < 0.01, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.02, "variance {var}");
+        assert!((within_one - 0.6827).abs() < 0.005, "mass within one sigma {within_one}");
+        assert!(draws.iter().all(|v| v.is_finite()));
+        assert!(normal_from_bits(0, 0).is_finite(), "u1 is never 0");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! two nodes fits the same representation. Shapes are not stored here; the checker infers them.
 
 use crate::parse::ast::{
-    ActivationKind, Conv2dAttrs, LinearAttrs, LossDef, ModelDef, NormLayerAttrs, OpKind, Pool2dAttrs,
+    ActivationKind, Conv2dAttrs, EmbeddingAttrs, LinearAttrs, LossDef, LstmAttrs, ModelDef, NormLayerAttrs,
+    OpKind, Pool2dAttrs,
 };
 use proc_macro2::Span;
 
@@ -32,6 +33,12 @@ pub enum Op {
     Norm(NormLayerAttrs),
     /// The element-wise sum of two values of one shape (a residual connection).
     Add,
+    /// Token ids to rows of a `[vocab, dim]` table (the vocabulary is the token input's).
+    Embedding(EmbeddingAttrs),
+    /// Mean over the sequence axis: `[T, D] → [D]`.
+    SequenceMean,
+    /// One LSTM layer over a sequence `[T, d]`, returning every step's hidden state `[T, H]`.
+    Lstm(LstmAttrs),
 }
 
 impl Op {
@@ -45,12 +52,15 @@ impl Op {
             OpKind::Pool2d(attrs) => Op::Pool2d(attrs),
             OpKind::GlobalAvgPool => Op::GlobalAvgPool,
             OpKind::Norm(attrs) => Op::Norm(attrs),
+            OpKind::Embedding(attrs) => Op::Embedding(attrs),
+            OpKind::SequenceMean => Op::SequenceMean,
+            OpKind::Lstm(attrs) => Op::Lstm(attrs),
         }
     }
 
     /// Whether the op owns trainable parameters (and therefore a parameter group).
     pub fn is_parameterised(&self) -> bool {
-        matches!(self, Op::Linear(_) | Op::Conv2d(_) | Op::Norm(_))
+        matches!(self, Op::Linear(_) | Op::Conv2d(_) | Op::Norm(_) | Op::Embedding(_) | Op::Lstm(_))
     }
 }
 

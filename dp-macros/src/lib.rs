@@ -17,6 +17,8 @@ mod parse;
 mod plan;
 
 #[cfg(test)]
+mod sequence_tests;
+#[cfg(test)]
 mod snapshot_tests;
 
 use proc_macro::TokenStream;
@@ -44,6 +46,15 @@ use proc_macro::TokenStream;
 /// `global_avg_pool`, `group_norm(groups)`, `layer_norm`; `linear` and `conv2d` take
 /// `norms = ghost | direct` to force their norm strategy. Field order is forward order; a field's type
 /// names the kind of its parameterised op (`Linear`), or of its first op if it has no parameters.
+///
+/// Sequence models: `input = tokens(len = T, vocab = V)` declares `T` token ids per example
+/// (`type Input = u32`, `VOCAB = V`; the trainer rejects a dataset with an id ≥ V before any step, so
+/// the kernels never see one). `embedding(dim = D, vocab = V)` (`vocab` optional, checked) must read
+/// the token input: `[T] → [T, D]`, table `<field>.weight` `[V, D]`, N(0, 1) init, token-grouped norms.
+/// `mean` averages a sequence `[T, D] → [D]`. `lstm(hidden = H, norms = ghost | direct)` maps
+/// `[T, d] → [T, H]` (zero initial state, gates i, f, g, o; `<field>.weight_ih_l0` `[4H, d]`,
+/// `<field>.weight_hh_l0` `[4H, H]` and one bias `<field>.bias_ih_l0` `[4H]`, PyTorch's
+/// `bias_ih_l0 + bias_hh_l0`; U(−1/√H, 1/√H) init), one parameter group.
 #[proc_macro_attribute]
 pub fn dp_model(args: TokenStream, item: TokenStream) -> TokenStream {
     expand(args.into(), item.into()).into()

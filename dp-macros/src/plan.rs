@@ -21,6 +21,7 @@
 
 pub mod conv;
 pub mod cost;
+pub mod sequence;
 
 use crate::check::Checked;
 use crate::ir::{Graph, Op, ValueId};
@@ -70,6 +71,8 @@ impl From<ActivationKind> for Act {
 pub enum NormStrategy {
     Ghost,
     Direct,
+    /// Embedding rows of equal tokens added before squaring (never a positional layer's choice).
+    TokenGrouped,
 }
 
 impl From<NormChoice> for NormStrategy {
@@ -102,6 +105,8 @@ pub struct ParamSlot {
     pub init_bound: f32,
     /// A constant initial value instead (norm layers: weight 1, bias 0).
     pub constant_init: Option<f32>,
+    /// N(0, std²) instead (embedding tables).
+    pub normal_std: Option<f32>,
 }
 
 /// A linear layer with its fused epilogue.
@@ -156,6 +161,9 @@ pub enum Step {
     GlobalPool(conv::GlobalPoolStep),
     Norm(conv::NormStep),
     Add(conv::AddStep),
+    Embedding(sequence::EmbeddingStep),
+    SequenceMean(sequence::MeanStep),
+    Lstm(sequence::LstmStep),
 }
 
 /// A row of the plan table (one per IR node).
@@ -308,6 +316,7 @@ impl<'g> Planner<'g> {
             group: self.groups.len() - 1,
             init_bound,
             constant_init,
+            normal_std: None,
         });
         self.param_offset += len;
         self.params.len() - 1
@@ -321,9 +330,10 @@ impl<'g> Planner<'g> {
     }
 }
 
-/// The per-example memory a direct norm strategy may use for one layer's gradient: 64 MiB. Layers
-/// whose per-example gradient is larger always use ghost norms.
-pub const DIRECT_MEMORY_CAP_BYTES: u64 = 64 << 20;
+/// The per-example memory a direct norm strategy may use for one layer's gradient: 1 MiB. Layers
+/// whose per-example gradient is larger always use ghost norms (Bu et al. 2022's mixed rule under a
+/// memory cap); every direct layer of the six models is far below it (the LSTM's weights: 160 kB).
+pub const DIRECT_MEMORY_CAP_BYTES: u64 = 1 << 20;
 
 /// Lowers a checked graph into steps, parameters and the memory plan.
 pub fn plan(graph: &Graph, checked: &Checked) -> Plan {
@@ -394,6 +404,7 @@ pub fn plan(graph: &Graph, checked: &Checked) -> Plan {
                 let norm_flops = match strategy {
                     NormStrategy::Ghost => 2 * (n_in + n_out) as u64,
                     NormStrategy::Direct => cost::direct_flops(1, n_in, n_out),
+                    NormStrategy::TokenGrouped => unreachable!("a linear layer is not an embedding"),
                 };
                 pl.layer_flops[i] = gemms * mac + norm_flops + 2 * n_out as u64;
                 pl.layer_strategy[i] = Some(strategy);
@@ -450,6 +461,7 @@ pub fn plan(graph: &Graph, checked: &Checked) -> Plan {
             Op::Conv2d(_) | Op::Pool2d(_) | Op::GlobalAvgPool | Op::Norm(_) | Op::Add => {
                 skip_next = conv::plan_node(&mut pl, i);
             }
+            Op::Embedding(_) | Op::SequenceMean | Op::Lstm(_) => sequence::plan_node(&mut pl, i),
         }
     }
     // The clipping scratch holds c⊙Δ and the masked A of one linear layer at a time; it is counted at

@@ -1,13 +1,17 @@
 //! The founding paper's models, compiled by `#[dp_model]`.
 
 mod cifar10_cnn;
+mod embedding_net;
 mod ffnn;
 mod logreg;
+mod lstm_net;
 mod mnist_cnn;
 mod residual;
 
 pub use cifar10_cnn::Cifar10Cnn;
+pub use embedding_net::EmbeddingNet;
 pub use ffnn::AdultFfnn;
 pub use logreg::AdultLogReg;
+pub use lstm_net::LstmNet;
 pub use mnist_cnn::MnistCnn;
 pub use residual::residual_cnn::ResidualCnn;

@@ -73,7 +73,7 @@ fn conv2d(cx: &mut Ctxt, node: &Node, a: Conv2dAttrs, x: &Shape) -> Option<Shape
     let [c, h, w] = image(cx, node, "conv2d", x)?;
     let groups = a.groups.value;
     let mut ok = true;
-    if c % groups != 0 || a.out.value % groups != 0 {
+    if !c.is_multiple_of(groups) || !a.out.value.is_multiple_of(groups) {
         cx.error(
             a.groups.span,
             format!(
@@ -144,7 +144,7 @@ fn norm(cx: &mut Ctxt, node: &Node, a: NormLayerAttrs, x: &Shape) -> Option<Shap
                 );
                 return None;
             }
-            if x[0] % groups.value != 0 {
+            if !x[0].is_multiple_of(groups.value) {
                 cx.error(
                     groups.span,
                     format!("`groups = {}` must divide the {} channels of the input", groups.value, x[0]),

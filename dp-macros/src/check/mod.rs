@@ -2,6 +2,7 @@
 //! against the last layer. Every mismatch is reported on the span of the token that causes it.
 
 mod conv;
+mod sequence;
 mod shapes;
 
 use crate::ctxt::Ctxt;
@@ -23,6 +24,7 @@ pub struct Checked {
 /// Infers shapes and checks the loss; `None` after reporting every problem found.
 pub fn check(cx: &mut Ctxt, model: &ModelDef, graph: &Graph) -> Option<Checked> {
     let input: Vec<usize> = model.input.iter().map(|d: &Spanned<usize>| d.value).collect();
+    sequence::check_tokens(cx, model, graph);
     let shapes = shapes::infer(cx, graph, input)?;
     let node_params = graph.nodes.iter().map(|n| shapes::param_count(n, &shapes)).collect::<Vec<_>>();
     if !graph.nodes.iter().any(|n| n.op.is_parameterised()) {

@@ -7,6 +7,7 @@ use crate::parse::ast::LossKind;
 /// The shape of one example's value (the batch axis is never part of it).
 pub type Shape = Vec<usize>;
 
+/// A shape as the user writes it, `[1, 28, 28]`.
 pub fn show(shape: &[usize]) -> String {
     let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
     format!("[{}]", dims.join(", "))
@@ -58,6 +59,9 @@ fn node_shape(cx: &mut Ctxt, node: &Node, inputs: &[&Shape]) -> Option<Shape> {
         Op::Conv2d(_) | Op::Pool2d(_) | Op::GlobalAvgPool | Op::Norm(_) | Op::Add => {
             super::conv::node_shape(cx, node, inputs)
         }
+        Op::Embedding(attrs) => super::sequence::embedding_shape(&attrs, x),
+        Op::SequenceMean => super::sequence::mean_shape(cx, node, x),
+        Op::Lstm(attrs) => super::sequence::lstm_shape(cx, node, &attrs, x),
     }
 }
 
@@ -71,6 +75,9 @@ pub fn param_count(node: &Node, shapes: &[Shape]) -> usize {
         Op::Activation(_) | Op::Flatten => 0,
         Op::Conv2d(_) | Op::Pool2d(_) | Op::GlobalAvgPool | Op::Norm(_) | Op::Add => {
             super::conv::param_count(node, &shapes[node.inputs[0].0])
+        }
+        Op::Embedding(_) | Op::SequenceMean | Op::Lstm(_) => {
+            super::sequence::param_count(&node.op, &shapes[node.inputs[0].0])
         }
     }
 }

@@ -46,6 +46,9 @@ pub fn constants(model: &ModelDef, plan: &Plan) -> TokenStream {
             Some(NormStrategy::Direct) => {
                 quote!(::core::option::Option::Some(::dp::__private::runtime::NormStrategy::Direct))
             }
+            Some(NormStrategy::TokenGrouped) => {
+                quote!(::core::option::Option::Some(::dp::__private::runtime::NormStrategy::TokenGrouped))
+            }
             None => quote!(::core::option::Option::None),
         };
         let (flops, bytes) =
@@ -59,11 +62,13 @@ pub fn constants(model: &ModelDef, plan: &Plan) -> TokenStream {
     });
     let groups = &plan.groups;
     let (param_count, per_example) = (lit(plan.param_count), lit(plan.workspace_per_example));
+    let input_ty = super::sequence::input_type(model);
+    let vocab = lit(model.input_kind.vocab().unwrap_or(0));
     quote! {
-        type Input = f32;
+        type Input = #input_ty;
         const NAME: &'static str = #name;
         const INPUT_SHAPE: &'static [usize] = #input_shape;
-        const VOCAB: usize = 0;
+        const VOCAB: usize = #vocab;
         const LOSS: ::dp::__private::runtime::Loss = #loss;
         const PARAMS: &'static [::dp::__private::runtime::ParamSpec] = &[#(#params),*];
         const PARAM_COUNT: usize = #param_count;

@@ -35,6 +35,7 @@ fn strategy(s: NormStrategy) -> TokenStream {
     match s {
         NormStrategy::Ghost => quote!(#k::per_example::Strategy::Ghost),
         NormStrategy::Direct => quote!(#k::per_example::Strategy::Direct),
+        NormStrategy::TokenGrouped => unreachable!("embeddings are not positional layers"),
     }
 }
 
@@ -179,6 +180,7 @@ pub fn forward(plan: &Plan, step: &Step) -> TokenStream {
         }
         Step::GradCopy(_) => quote!(),
         Step::Dense(_) | Step::Activation(_) => unreachable!("emitted by program.rs"),
+        Step::Embedding(_) | Step::SequenceMean(_) | Step::Lstm(_) => unreachable!("emitted by sequence.rs"),
     }
 }
 
@@ -257,6 +259,7 @@ pub fn backward(plan: &Plan, step: &Step) -> TokenStream {
         }
         Step::GradCopy(s) => grad_copy(s),
         Step::Dense(_) | Step::Activation(_) => unreachable!("emitted by program.rs"),
+        Step::Embedding(_) | Step::SequenceMean(_) | Step::Lstm(_) => unreachable!("emitted by sequence.rs"),
     }
 }
 

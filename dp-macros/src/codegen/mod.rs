@@ -7,6 +7,7 @@
 mod consts;
 mod conv;
 mod program;
+mod sequence;
 
 use crate::parse::ast::ModelDef;
 use crate::plan::Plan;
@@ -44,9 +45,25 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
             quote!(params[#start..#end].fill(#v);)
         })
     });
-    let init = plan.params.iter().filter(|p| p.constant_init.is_none()).map(|p| {
+    let uniform = |p: &&crate::plan::ParamSlot| p.constant_init.is_none() && p.normal_std.is_none();
+    let init = plan.params.iter().filter(uniform).map(|p| {
         let (start, end, bound) = (lit(p.offset), lit(p.offset + p.len), Literal::f32_suffixed(p.init_bound));
         quote!((#start, #end, #bound))
+    });
+    let input_ty = sequence::input_type(model);
+    let normal_init = sequence::normal_init(plan);
+    let uniform_init = plan.params.iter().any(|p| uniform(&p)).then(|| {
+        quote! {
+            // PyTorch's defaults: weights kaiming_uniform(a = √5) and biases both U(−1/√fan_in, 1/√fan_in).
+            for (start, end, bound) in [#(#init),*] {
+                for v in &mut params[start..end] {
+                    *v = ::dp::__private::kernels::dense::uniform_from_bits(
+                        ::dp::__private::RngCore::next_u32(rng),
+                        bound,
+                    );
+                }
+            }
+        }
     });
     let carve_all = carve(plan, quote!(ws.arena()));
     let carve_arena = carve(plan, quote!(arena));
@@ -80,14 +97,14 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
             #(#[doc = #buffer_doc])*
             const __DP_BUFFERS: [usize; #buffer_count] = [#(#buffer_lens),*];
 
-            fn __dp_check_batch(batch: &::dp::__private::runtime::Batch<'_, f32>, losses: &[f32]) {
+            fn __dp_check_batch(batch: &::dp::__private::runtime::Batch<'_, #input_ty>, losses: &[f32]) {
                 let n = batch.size;
                 assert_eq!(batch.inputs.len(), n * #input_len, "{}: inputs of {} examples", #name, n);
                 assert_eq!(batch.labels.len(), n * #label_len, "{}: labels of {} examples", #name, n);
                 assert_eq!(losses.len(), n, "{}: losses of {} examples", #name, n);
             }
 
-            fn __dp_forward(&self, arena: &mut [f32], inputs: &[f32], n: usize) {
+            fn __dp_forward(&self, arena: &mut [f32], inputs: &[#input_ty], n: usize) {
                 #carve_arena
                 let p: &[f32] = &self.params;
                 #forward
@@ -97,7 +114,7 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
             fn __dp_forward_backward(
                 &self,
                 ws: &mut ::dp::__private::runtime::Workspace,
-                batch: ::dp::__private::runtime::Batch<'_, f32>,
+                batch: ::dp::__private::runtime::Batch<'_, #input_ty>,
                 losses: &mut [f32],
             ) {
                 Self::__dp_check_batch(&batch, losses);
@@ -129,15 +146,8 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
 
             fn init(rng: &mut dyn ::dp::__private::RngCore) -> Self {
                 let mut params = ::std::vec![0.0f32; #param_count];
-                // PyTorch's defaults: weights kaiming_uniform(a = √5) and biases both U(−1/√fan_in, 1/√fan_in).
-                for (start, end, bound) in [#(#init),*] {
-                    for v in &mut params[start..end] {
-                        *v = ::dp::__private::kernels::dense::uniform_from_bits(
-                            ::dp::__private::RngCore::next_u32(rng),
-                            bound,
-                        );
-                    }
-                }
+                #uniform_init
+                #normal_init
                 #(#constants_init)*
                 #ident { params }
             }
@@ -145,7 +155,7 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
             fn forward(
                 &self,
                 ws: &mut ::dp::__private::runtime::Workspace,
-                inputs: &[f32],
+                inputs: &[#input_ty],
                 n: usize,
                 outputs: &mut [f32],
             ) {
@@ -159,7 +169,7 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
             fn loss_and_gradient(
                 &self,
                 ws: &mut ::dp::__private::runtime::Workspace,
-                batch: ::dp::__private::runtime::Batch<'_, f32>,
+                batch: ::dp::__private::runtime::Batch<'_, #input_ty>,
                 losses: &mut [f32],
                 grad: &mut [f32],
             ) {
@@ -173,7 +183,7 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
             fn per_example_norms(
                 &self,
                 ws: &mut ::dp::__private::runtime::Workspace,
-                batch: ::dp::__private::runtime::Batch<'_, f32>,
+                batch: ::dp::__private::runtime::Batch<'_, #input_ty>,
                 losses: &mut [f32],
                 sq_norms: &mut [f32],
             ) {
@@ -187,7 +197,7 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
             fn clipped_sum(
                 &self,
                 ws: &mut ::dp::__private::runtime::Workspace,
-                batch: ::dp::__private::runtime::Batch<'_, f32>,
+                batch: ::dp::__private::runtime::Batch<'_, #input_ty>,
                 factors: &[f32],
                 grad: &mut [f32],
             ) {

@@ -79,6 +79,7 @@ pub fn forward(plan: &Plan) -> TokenStream {
             let (x, y, len, f) = (read(s.input), write(s.output), lit(s.len), act(s.act));
             quote!(::dp::__private::kernels::activation::activation_forward(#x, #y, n * #len, #f);)
         }
+        Step::Embedding(_) | Step::SequenceMean(_) | Step::Lstm(_) => super::sequence::forward(plan, step),
         _ => super::conv::forward(plan, step),
     });
     quote!(#(#steps)*)
@@ -127,6 +128,7 @@ pub fn backward(plan: &Plan, loss: LossKind) -> TokenStream {
             }
             None => quote!(),
         },
+        Step::Embedding(_) | Step::SequenceMean(_) | Step::Lstm(_) => super::sequence::backward(plan, step),
         _ => super::conv::backward(plan, step),
     });
     quote!(#loss #(#steps)*)
@@ -174,7 +176,8 @@ pub fn gradient_sum(plan: &Plan) -> TokenStream {
             ::dp::__private::kernels::dense::linear_grad_add(#a, #delta, n, #n_in, #n_out, gw, gb);
         }}
     });
-    quote!(#(#layers)* #(#others)*)
+    let sequence = super::sequence::gradient_sum(plan);
+    quote!(#(#layers)* #(#others)* #sequence)
 }
 
 /// Per-example squared norms of every group, from the kept activations and output gradients.
@@ -194,7 +197,8 @@ pub fn norms(plan: &Plan) -> TokenStream {
             );
         }
     });
-    quote!(#(#layers)* #(#others)*)
+    let sequence = super::sequence::norms(plan);
+    quote!(#(#layers)* #(#others)* #sequence)
 }
 
 /// The clipped sum by book-keeping: per layer one GEMM over the rows of δ scaled by the factors.
@@ -215,5 +219,6 @@ pub fn clipped_sum(plan: &Plan) -> TokenStream {
             );
         }}
     });
-    quote!(#(#layers)* #(#others)*)
+    let sequence = super::sequence::clipped_sum(plan);
+    quote!(#(#layers)* #(#others)* #sequence)
 }

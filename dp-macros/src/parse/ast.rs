@@ -18,8 +18,10 @@ pub struct ModelDef {
     pub attrs: Vec<Attribute>,
     pub vis: Visibility,
     pub ident: Ident,
-    /// The shape of one example's input.
+    /// The shape of one example's input (`[T]` for token ids).
     pub input: Vec<Spanned<usize>>,
+    /// Dense `f32` features or integer token ids.
+    pub input_kind: InputKind,
     pub loss: LossDef,
     pub fields: Vec<FieldDef>,
 }
@@ -64,7 +66,12 @@ pub enum OpKind {
     GlobalAvgPool,
     /// `group_norm` (`groups: Some`) or `layer_norm`.
     Norm(NormLayerAttrs),
+    Embedding(EmbeddingAttrs),
+    SequenceMean,
+    Lstm(LstmAttrs),
 }
+
+pub use super::sequence::{EmbeddingAttrs, InputKind, LstmAttrs};
 
 /// `linear(out = N, in = M, bias = B)`.
 #[derive(Debug, Clone, Copy)]

@@ -7,11 +7,12 @@ pub mod ast;
 pub mod conv;
 pub mod forward;
 pub mod ops;
+pub mod sequence;
 pub mod syntax;
 pub mod values;
 
 use crate::ctxt::Ctxt;
-use ast::{FieldDef, LossDef, ModelDef, OpDef, Spanned};
+use ast::{FieldDef, InputKind, LossDef, ModelDef, OpDef, Spanned};
 use proc_macro2::{Span, TokenStream};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned as _;
@@ -62,11 +63,25 @@ pub fn parse_model(cx: &mut Ctxt, args: TokenStream, item: TokenStream) -> Optio
     if cx.has_errors() {
         return None;
     }
-    Some(ModelDef { attrs: item.attrs, vis: item.vis, ident: item.ident, input: input?, loss: loss?, fields })
+    let (input, input_kind) = input?;
+    let mut fields = fields;
+    sequence::resolve_vocab(&mut fields, &input_kind);
+    Some(ModelDef {
+        attrs: item.attrs,
+        vis: item.vis,
+        ident: item.ident,
+        input,
+        input_kind,
+        loss: loss?,
+        fields,
+    })
 }
 
-/// `input = [...]` and `loss = ...`.
-fn model_args(cx: &mut Ctxt, args: TokenStream) -> (Option<Vec<Spanned<usize>>>, Option<LossDef>) {
+/// The shape of one example's input and what it holds.
+type InputDef = (Vec<Spanned<usize>>, InputKind);
+
+/// `input = [...]` (or `input = tokens(...)`) and `loss = ...`.
+fn model_args(cx: &mut Ctxt, args: TokenStream) -> (Option<InputDef>, Option<LossDef>) {
     let call_site = Span::call_site();
     let parsed = match syn::parse::Parser::parse2(Punctuated::<ArgSyntax, Token![,]>::parse_terminated, args)
     {
@@ -86,7 +101,10 @@ fn model_args(cx: &mut Ctxt, args: TokenStream) -> (Option<Vec<Spanned<usize>>>,
             );
             None
         }
-        Some(arg) => input_shape(cx, &arg.value),
+        Some(arg) => match &arg.value {
+            ValueSyntax::Call(op) if op.name == "tokens" => sequence::token_input(cx, op),
+            value => input_shape(cx, value).map(|shape| (shape, InputKind::Dense)),
+        },
     };
     let loss = match loss {
         None => {

@@ -7,7 +7,7 @@ use super::values::{arguments, boolean, did_you_mean, positive_int};
 use crate::ctxt::Ctxt;
 
 /// Every layer name `#[layer(...)]` accepts.
-pub const KNOWN_LAYERS: [&str; 11] = [
+pub const KNOWN_LAYERS: [&str; 14] = [
     "linear",
     "relu",
     "tanh",
@@ -19,6 +19,9 @@ pub const KNOWN_LAYERS: [&str; 11] = [
     "global_avg_pool",
     "group_norm",
     "layer_norm",
+    "embedding",
+    "mean",
+    "lstm",
 ];
 
 /// Every loss name `loss = ...` accepts.
@@ -39,6 +42,9 @@ pub fn layer_kind(name: &str) -> Option<(&'static str, bool)> {
         "global_avg_pool" => Some(("GlobalAvgPool", false)),
         "group_norm" => Some(("GroupNorm", true)),
         "layer_norm" => Some(("LayerNorm", true)),
+        "embedding" => Some(("Embedding", true)),
+        "mean" => Some(("Mean", false)),
+        "lstm" => Some(("Lstm", true)),
         _ => None,
     }
 }
@@ -75,6 +81,12 @@ pub fn op_def(cx: &mut Ctxt, op: &OpSyntax) -> Option<OpDef> {
                 _ => OpKind::Flatten,
             }
         }
+        "embedding" => OpKind::Embedding(super::sequence::embedding(cx, op)?),
+        "mean" => {
+            super::sequence::mean(cx, op);
+            OpKind::SequenceMean
+        }
+        "lstm" => OpKind::Lstm(super::sequence::lstm(cx, op)?),
         _ if conv::is_image_op(&name) => match conv::image_op(cx, op)? {
             conv::ImageOp::Conv2d(attrs) => OpKind::Conv2d(attrs),
             conv::ImageOp::Pool2d(attrs) => OpKind::Pool2d(attrs),

@@ -403,8 +403,13 @@ mod tests {
         assert!(out.contains("`r` is computed but never used"), "{out}");
         let out = expand(args(), skip(quote! { let h = self.a(x); self.head(h.relu()) })).to_string();
         assert!(out.contains("field `b` is never called"), "{out}");
-        let out = expand(args(), skip(quote! { let h = self.a(x); self.head(self.b(h) + x) })).to_string();
-        assert!(out.contains("`+` adds values of one shape"), "{out}");
+        let out = expand(args(), skip(quote! { let h = self.a(x); self.head(self.b(h)) + x })).to_string();
+        assert!(
+            out.contains(
+                "`+` adds values of one shape, but the left side is [2] and the right side [2, 4, 4]"
+            ),
+            "{out}"
+        );
     }
 
     #[test]

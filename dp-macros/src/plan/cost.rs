@@ -54,6 +54,7 @@ pub fn scratch_len(strategy: NormStrategy, t: usize, d: usize, p: usize) -> usiz
     match strategy {
         NormStrategy::Ghost => ghost_scratch_len(t),
         NormStrategy::Direct => direct_scratch_len(d, p),
+        NormStrategy::TokenGrouped => unreachable!("embeddings are not positional layers"),
     }
 }
 
@@ -62,5 +63,6 @@ pub fn norm_flops(strategy: NormStrategy, t: usize, d: usize, p: usize) -> u64 {
     match strategy {
         NormStrategy::Ghost => ghost_flops(t, d, p),
         NormStrategy::Direct => direct_flops(t, d, p),
+        NormStrategy::TokenGrouped => unreachable!("embeddings are not positional layers"),
     }
 }

@@ -1,0 +1,71 @@
+//! Unit tests of the sequence ops on whole models: the LSTM is a loop over time in the kernels, so its
+//! expansion does not grow with the number of steps; the memory plan of the LSTM network.
+
+use crate::{check, ctxt::Ctxt, expand, ir::Graph, parse, plan};
+use proc_macro2::TokenStream;
+use quote::quote;
+
+fn lstm_net(steps: usize) -> (TokenStream, TokenStream) {
+    let steps = proc_macro2::Literal::usize_unsuffixed(steps);
+    (
+        quote!(input = tokens(len = #steps, vocab = 10004), loss = cross_entropy(classes = 2)),
+        quote! {
+            pub struct LstmNet {
+                #[layer(embedding(dim = 100))]
+                embedding: Embedding,
+                #[layer(lstm(hidden = 100), mean)]
+                lstm: Lstm,
+                #[layer(linear(out = 2))]
+                fc: Linear,
+            }
+        },
+    )
+}
+
+fn expansion_lines(args: TokenStream, item: TokenStream) -> usize {
+    let file: syn::File = syn::parse2(expand(args, item)).expect("the expansion is a valid file");
+    prettyplease::unparse(&file).lines().count()
+}
+
+#[test]
+fn the_lstm_expansion_does_not_grow_with_the_sequence_length() {
+    let lines = |steps| {
+        let (args, item) = lstm_net(steps);
+        expansion_lines(args, item)
+    };
+    let (long, longer, short) = (lines(256), lines(1000), lines(5));
+    println!("LstmNet expands to {long} lines (pretty-printed)");
+    assert_eq!(long, longer, "1000 steps expand to the lines of 256 steps: no unrolling");
+    // 5 steps choose ghost norms instead of direct ones: a few lines differ, not 251 copies.
+    assert!(long.abs_diff(short) < 10, "{long} lines for 256 steps, {short} for 5");
+    assert!(long < 1000, "LstmNet expands to {long} lines");
+}
+
+#[test]
+fn the_lstm_net_plan_keeps_the_gates_as_norm_slots() {
+    let (args, item) = lstm_net(256);
+    let mut cx = Ctxt::new();
+    let model = parse::parse_model(&mut cx, args, item).expect("parses");
+    let graph = Graph::from_sequential(&model);
+    let checked = check::check(&mut cx, &model, &graph).expect("checks");
+    cx.finish().expect("no errors");
+    let plan = plan::plan(&graph, &checked);
+    assert_eq!(plan.param_count, 1_081_002);
+    let lstm = plan
+        .steps
+        .iter()
+        .find_map(|s| match s {
+            plan::Step::Lstm(l) => Some(l),
+            _ => None,
+        })
+        .expect("an LSTM step");
+    assert_eq!(
+        (lstm.ih_strategy, lstm.hh_strategy),
+        (plan::NormStrategy::Direct, plan::NormStrategy::Direct)
+    );
+    // A direct slot (4h·d = 40,000) fits in the gates (T·4h = 102,400): no separate norm scratch for it.
+    assert!(lstm.norms_in_gates);
+    assert_eq!(plan.buffers[lstm.gates].len, 256 * 400);
+    let bytes: u64 = plan.layers.iter().map(|l| l.bytes_per_example).sum();
+    assert_eq!(bytes, 4 * plan.workspace_per_example as u64);
+}
