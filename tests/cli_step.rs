@@ -438,3 +438,73 @@ fn dedupe_last<'a>(args: &[&'a str]) -> Vec<&'a str> {
     }
     out
 }
+
+/// The LSTM's one bias per gate: PyTorch's two biases are summed on load, and written back as
+/// `bias_ih_l0` (the updated sum) with `bias_hh_l0` zero; a file with the sum in `bias_ih_l0` alone
+/// gives the same step. Tokens may be i32 or i64.
+#[test]
+fn lstm_biases_load_as_their_sum_and_save_as_bias_ih_with_bias_hh_zero() {
+    let dir = TempDir::new("lstm");
+    let (vocab, dim, hidden, len, n) = (10004, 100, 100, 256, 2);
+    let bias_ih = values(21, 4 * hidden, 0.1);
+    let bias_hh = values(22, 4 * hidden, 0.1);
+    let summed: Vec<f32> = bias_ih.iter().zip(&bias_hh).map(|(a, b)| a + b).collect();
+    let common = vec![
+        tensor("embedding.weight", &[vocab, dim], values(23, vocab * dim, 0.5)),
+        tensor("lstm.weight_ih_l0", &[4 * hidden, dim], values(24, 4 * hidden * dim, 0.1)),
+        tensor("lstm.weight_hh_l0", &[4 * hidden, hidden], values(25, 4 * hidden * hidden, 0.1)),
+        tensor("fc.weight", &[2, hidden], values(26, 2 * hidden, 0.1)),
+        tensor("fc.bias", &[2], values(27, 2, 0.1)),
+    ];
+    let mut pair = common.clone();
+    pair.push(tensor("lstm.bias_ih_l0", &[4 * hidden], bias_ih));
+    pair.push(tensor("lstm.bias_hh_l0", &[4 * hidden], bias_hh));
+    let mut single = common;
+    single.push(tensor("lstm.bias_ih_l0", &[4 * hidden], summed.clone()));
+    pytorch::write(&dir.path("pair.safetensors"), &pair, &Default::default()).unwrap();
+    pytorch::write(&dir.path("single.safetensors"), &single, &Default::default()).unwrap();
+    let tokens: Vec<i32> = (0..n * len).map(|i| ((i * 7919) % vocab) as i32).collect();
+    npy::write(&dir.path("x32.npy"), &NpyArray::new(vec![n, len], NpyData::I32(tokens.clone())).unwrap())
+        .unwrap();
+    npy::write_i64(&dir.path("x64.npy"), &[n, len], &tokens.iter().map(|&t| t as i64).collect::<Vec<_>>())
+        .unwrap();
+    npy::write_i64(&dir.path("y.npy"), &[n], &[0, 1]).unwrap();
+    let step = |init: &str, inputs: &str, out: &str| {
+        run_ok(&[
+            "step",
+            "--model",
+            "lstm",
+            "--init",
+            s(&dir.path(init)),
+            "--inputs",
+            s(&dir.path(inputs)),
+            "--labels",
+            s(&dir.path("y.npy")),
+            "--clip-norm",
+            "1",
+            "--lr",
+            "0.5",
+            "--out",
+            s(&dir.path(out)),
+        ]);
+        read_tensors(&dir.path(out))
+    };
+    let from_pair = step("pair.safetensors", "x32.npy", "pair-out.safetensors");
+    let from_single = step("single.safetensors", "x64.npy", "single-out.safetensors");
+    assert_eq!(from_pair.len(), 7, "exactly the tensors of the input file");
+    assert_eq!(from_single.len(), 6);
+    assert!(get(&from_pair, "lstm.bias_hh_l0").iter().all(|&v| v == 0.0));
+    for name in [
+        "embedding.weight",
+        "lstm.weight_ih_l0",
+        "lstm.weight_hh_l0",
+        "lstm.bias_ih_l0",
+        "fc.weight",
+        "fc.bias",
+    ] {
+        assert_eq!(get(&from_pair, name), get(&from_single, name), "{name}");
+    }
+    let updated = get(&from_pair, "lstm.bias_ih_l0");
+    let moved = updated.iter().zip(&summed).filter(|(a, b)| a != b).count();
+    assert!(moved > 300, "the bias was trained from the sum ({moved} of 400 changed)");
+}

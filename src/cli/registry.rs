@@ -6,8 +6,8 @@
 
 use dp_runtime::{DpModel, Error, Result};
 
-use super::datasets::{AdultData, Cifar10Data, DataSource, MnistData, NpyInput};
-use crate::models::{AdultFfnn, AdultLogReg, Cifar10Cnn, MnistCnn, ResidualCnn};
+use super::datasets::{AdultData, Cifar10Data, DataSource, MnistData, NpyInput, ReviewsData};
+use crate::models::{AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, ResidualCnn};
 
 /// What a command learns about the model it was dispatched to, besides its type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,4 +59,6 @@ models! {
     "mnist-cnn" => MnistCnn, MnistData, "the founding paper's MNIST CNN (two conv layers, two linear)";
     "cifar10-cnn" => Cifar10Cnn, Cifar10Data, "the founding paper's CIFAR-10 CNN";
     "residual-cnn" => ResidualCnn, Cifar10Data, "a residual CNN with group norm on CIFAR-10";
+    "embedding" => EmbeddingNet, ReviewsData, "the founding paper's embedding network on token sequences";
+    "lstm" => LstmNet, ReviewsData, "the founding paper's LSTM on token sequences (one bias per gate)";
 }
