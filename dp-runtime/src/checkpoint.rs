@@ -3,7 +3,8 @@
 //!
 //! Layout of a file:
 //! - one F32 tensor per model parameter, named and shaped as in [`DpModel::PARAMS`] (`fc1.weight`
-//!   `[out, in]`, ...), so a PyTorch `load_state_dict` (or safetensors' `load_file`) reads it;
+//!   `[out, in]`, ...), so a PyTorch `load_state_dict` (or safetensors' `load_file`) reads it; an LSTM's
+//!   single bias is PyTorch's pair `bias_ih_l0` + `bias_hh_l0` (see [`crate::pytorch`]);
 //! - one F32 tensor per optimizer buffer and parameter, named `optimizer.<buffer>.<parameter>`
 //!   (e.g. `optimizer.exp_avg.fc1.weight`);
 //! - metadata (strings): `format` = `dp-checkpoint/1`, `model`, `steps`, `optimizer` (JSON: kind and
@@ -22,6 +23,7 @@ use crate::accounting::Ledger;
 use crate::error::{Error, Result};
 use crate::model::DpModel;
 use crate::optim::OptimizerState;
+use crate::pytorch::{Layout, StateDict, StateTensor};
 
 const FORMAT: &str = "dp-checkpoint/1";
 const OPTIMIZER_PREFIX: &str = "optimizer.";
@@ -49,9 +51,9 @@ fn f32_bytes(values: &[f32]) -> Vec<u8> {
 pub fn save<M: DpModel>(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
     check_len::<M>(path, "parameters", checkpoint.params.len())?;
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for spec in M::PARAMS {
-        let values = &checkpoint.params[spec.offset..spec.offset + spec.len];
-        tensors.push((spec.name.to_string(), spec.shape.to_vec(), f32_bytes(values)));
+    // Parameters as PyTorch's state dict has them (an LSTM's one bias as `bias_ih_l0` + zero `bias_hh_l0`).
+    for tensor in Layout::of::<M>().export(&checkpoint.params)? {
+        tensors.push((tensor.name, tensor.shape, f32_bytes(&tensor.values)));
     }
     for (buffer, values) in &checkpoint.optimizer.buffers {
         check_len::<M>(path, &format!("optimizer buffer {buffer}"), values.len())?;
@@ -177,23 +179,14 @@ fn read_params<M: DpModel>(path: &Path, tensors: &SafeTensors<'_>) -> Result<Vec
     // Sorted, so that the tensor an error names does not depend on hash order.
     let mut names = tensors.names();
     names.sort_unstable();
-    for name in names {
-        if !name.starts_with(OPTIMIZER_PREFIX) && !M::PARAMS.iter().any(|s| s.name == name) {
-            return Err(Error::format(path, name, format!("{} has no parameter of this name", M::NAME)));
-        }
+    let mut dict = StateDict::default();
+    for name in names.into_iter().filter(|n| !n.starts_with(OPTIMIZER_PREFIX)) {
+        let view = tensors.tensor(name).map_err(|e| Error::format(path, name, e.to_string()))?;
+        let mut values = vec![0.0; view.shape().iter().product()];
+        copy_tensor(path, name, view.shape(), &view, &mut values)?;
+        dict.tensors.push(StateTensor { name: name.to_string(), shape: view.shape().to_vec(), values });
     }
-    let mut params = vec![0.0; M::PARAM_COUNT];
-    for spec in M::PARAMS {
-        let view = tensors
-            .tensor(spec.name)
-            .map_err(|_| Error::format(path, spec.name, format!("missing (model {})", M::NAME)))?;
-        copy_tensor(path, spec.name, spec.shape, &view, &mut params[spec.offset..spec.offset + spec.len])?;
-    }
-    if let Some(i) = params.iter().position(|v| !v.is_finite()) {
-        let spec = M::PARAMS.iter().find(|s| i >= s.offset && i < s.offset + s.len).expect("covering spec");
-        return Err(Error::format(path, spec.name, "holds a non-finite value"));
-    }
-    Ok(params)
+    Layout::of::<M>().import(path, &dict)
 }
 
 fn copy_tensor(

@@ -339,3 +339,56 @@ fn the_noisy_sum_is_divided_by_the_expected_batch_size() {
     let ratio = (before[j] - model.params[j]) as f64 / g[j];
     assert!((ratio * 10.0 - realised).abs() < 1e-3, "moved by {ratio}·g, realised batch {realised}");
 }
+
+#[test]
+fn max_steps_cuts_the_run_but_keeps_the_whole_plans_noise_and_reports_each_epoch() {
+    let (train, test) = (separable(2000, 5), separable(300, 6));
+    let run = |max_steps: Option<u64>| {
+        let mut model = softmax();
+        let mut seen = Vec::new();
+        let mut trainer = Trainer::new(&mut model)
+            .optimizer(Sgd::new(0.5))
+            .clip_norm(1.0)
+            .target_privacy(2.0, 1e-5)
+            .expected_batch_size(100)
+            .epochs(4)
+            .seed(9)
+            .quiet(true)
+            .on_epoch(|e| seen.push((e.epoch, e.steps)));
+        if let Some(max) = max_steps {
+            trainer = trainer.max_steps(max);
+        }
+        let report = trainer.fit(&train, Some(&test)).unwrap();
+        (report, seen)
+    };
+    let (full, full_seen) = run(None);
+    let (cut, cut_seen) = run(Some(30));
+    assert_eq!(full_seen, vec![(1, 20), (2, 40), (3, 60), (4, 80)]);
+    assert_eq!(cut_seen, vec![(1, 20), (2, 30)], "the callback sees every epoch, the last one cut");
+    assert!(!full.stopped_at_max_steps && cut.stopped_at_max_steps);
+    assert_eq!((cut.steps, cut.planned_steps), (30, 80));
+    assert_eq!(cut.noise_multiplier, full.noise_multiplier, "σ calibrated for the whole plan");
+    let expected = accounting::epsilon(AccountantKind::Rdp, 0.05, cut.noise_multiplier, 30, 1e-5).unwrap();
+    assert_eq!(cut.epsilon, expected.epsilon, "ε of the steps taken");
+    assert!(cut.epsilon < full.epsilon);
+    let (uncut, _) = run(Some(500));
+    assert!(!uncut.stopped_at_max_steps && uncut.steps == 80, "a limit beyond the plan changes nothing");
+}
+
+#[test]
+fn the_non_private_baseline_learns_and_reports_infinite_epsilon() {
+    use dp_runtime::baseline::{fit_non_private, BaselineConfig};
+    let (train, test) = (separable(2000, 7), separable(300, 8));
+    let mut model = softmax();
+    let mut optimizer = Sgd::new(0.5);
+    let config = BaselineConfig { batch_size: 64, epochs: 2.0, max_steps: None, seed: Some(1), quiet: true };
+    let mut epochs = 0;
+    let report = fit_non_private(&mut model, &mut optimizer, &train, &test, config, |_| epochs += 1).unwrap();
+    assert_eq!((epochs, report.steps), (2, 63), "T = round(2 · 2000 / 64)");
+    assert!(report.accuracy > 0.95, "accuracy {}", report.accuracy);
+    assert!(report.epsilon.is_infinite() && report.epochs.iter().all(|e| e.epsilon.is_infinite()));
+    assert_eq!(report.noise_multiplier, 0.0);
+    let config = BaselineConfig { batch_size: 5000, ..config };
+    let err = fit_non_private(&mut model, &mut optimizer, &train, &test, config, |_| {}).unwrap_err();
+    assert!(err.to_string().contains("batch_size"), "{err}");
+}
