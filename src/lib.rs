@@ -1,7 +1,5 @@
-//! dp: differentially private training of models compiled at build time.
-//!
-//! Annotate a struct with [`dp_model`]; the macro compiles it into a per-example forward/backward
-//! program with static shapes, and the runtime trains it with DP-SGD.
+// The README is the crate's front page, and its Rust example runs as a doctest.
+#![doc = include_str!("../README.md")]
 
 // Generated code names this crate `::dp`, also from inside it (the `dp` binary's built-in models).
 extern crate self as dp;

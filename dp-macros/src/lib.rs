@@ -25,7 +25,9 @@ use proc_macro::TokenStream;
 
 /// Compiles a struct whose fields carry `#[layer(...)]` op chains into a `dp::DpModel`.
 ///
-/// ```ignore
+/// (Runnable versions of this model are in the `dp` crate's README and `src/models/`.)
+///
+/// ```text
 /// #[dp_model(input = [104], loss = cross_entropy(classes = 2))]
 /// pub struct AdultFfnn {
 ///     #[layer(linear(out = 50), relu)]

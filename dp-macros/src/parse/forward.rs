@@ -1,6 +1,6 @@
 //! The second front end: a model that is not a chain, written as Rust the macro reads.
 //!
-//! ```ignore
+//! ```text
 //! #[dp_model(input = [3, 32, 32], loss = cross_entropy(classes = 10))]
 //! mod residual {
 //!     pub struct Net {
