@@ -12,7 +12,8 @@
 //!   which a model's GFLOP/s can be read.
 //!
 //! A private step is the trainer's whole DP-SGD step on a fixed batch (sampling excluded): gathering the
-//! batch, per-example norms, clip factors, clipped sum ([`StepEngine`]), then Gaussian noise, division by
+//! batch, per-example norms, clip factors, clipped sum with the noise drawn alongside
+//! ([`StepEngine::clipped_sum_and_noise`]), then noise added, division by
 //! the batch size and the SGD update in one pass ([`NoisyGradient`] into [`Sgd`]). A non-private step
 //! gathers the same batch, runs `loss_and_gradient` and applies the same update without noise. Inputs are
 //! synthetic, of the model's exact shapes (token ids below the model's vocabulary).
@@ -305,10 +306,10 @@ impl<M: DpModel> PrivateStep<M> {
     }
 
     fn run(&mut self, data: &Dataset<M::Input>, indices: &[usize]) -> Result<()> {
-        self.engine.clipped_sum(&self.model, data, indices)?;
-        let gradient = NoisyGradient::new(
+        self.engine.clipped_sum_and_noise(&self.model, data, indices, &mut self.noise)?;
+        let gradient = NoisyGradient::with_drawn_noise(
             &self.engine.clipped_sum,
-            Some(&mut self.noise),
+            self.engine.drawn_noise(),
             NOISE_MULTIPLIER * CLIP_NORM,
             indices.len() as f64,
         );
