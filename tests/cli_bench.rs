@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 const DP: &str = env!("CARGO_BIN_EXE_dp");
 /// The built-in models `dp bench --all` covers.
-const MODELS: [&str; 2] = ["logreg", "ffnn"];
+const MODELS: &[&str] = dp::cli::registry::NAMES;
 
 fn dp(args: &[&str]) -> Output {
     Command::new(DP).arg("bench").args(args).output().expect("the dp binary runs")

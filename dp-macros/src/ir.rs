@@ -4,7 +4,9 @@
 //! assumes one: every node names its input values, so a residual add (two inputs) or a value read by
 //! two nodes fits the same representation. Shapes are not stored here; the checker infers them.
 
-use crate::parse::ast::{ActivationKind, LinearAttrs, LossDef, ModelDef};
+use crate::parse::ast::{
+    ActivationKind, Conv2dAttrs, LinearAttrs, LossDef, ModelDef, NormLayerAttrs, OpKind, Pool2dAttrs,
+};
 use proc_macro2::Span;
 
 /// An SSA value: written by exactly one node (or the graph input), read by any number of nodes.
@@ -20,12 +22,35 @@ pub enum Op {
     Activation(ActivationKind),
     /// Reshape one example to a vector (row-major: no data moves).
     Flatten,
+    /// 2-D convolution over `[C, H, W]`; parameterised.
+    Conv2d(Conv2dAttrs),
+    /// Max or average pooling over `[C, H, W]`.
+    Pool2d(Pool2dAttrs),
+    /// `[C, H, W] → [C]`, each plane's mean.
+    GlobalAvgPool,
+    /// Group norm or layer norm with an affine weight and bias; parameterised.
+    Norm(NormLayerAttrs),
+    /// The element-wise sum of two values of one shape (a residual connection).
+    Add,
 }
 
 impl Op {
+    /// The IR op of a parsed op.
+    pub fn from_kind(kind: OpKind) -> Op {
+        match kind {
+            OpKind::Linear(attrs) => Op::Linear(attrs),
+            OpKind::Activation(act) => Op::Activation(act),
+            OpKind::Flatten => Op::Flatten,
+            OpKind::Conv2d(attrs) => Op::Conv2d(attrs),
+            OpKind::Pool2d(attrs) => Op::Pool2d(attrs),
+            OpKind::GlobalAvgPool => Op::GlobalAvgPool,
+            OpKind::Norm(attrs) => Op::Norm(attrs),
+        }
+    }
+
     /// Whether the op owns trainable parameters (and therefore a parameter group).
     pub fn is_parameterised(&self) -> bool {
-        matches!(self, Op::Linear(_))
+        matches!(self, Op::Linear(_) | Op::Conv2d(_) | Op::Norm(_))
     }
 }
 
@@ -65,11 +90,7 @@ impl Graph {
         for (field, def) in model.fields.iter().enumerate() {
             for op in &def.ops {
                 let output = ValueId(nodes.len() + 1);
-                let ir_op = match op.kind {
-                    crate::parse::ast::OpKind::Linear(attrs) => Op::Linear(attrs),
-                    crate::parse::ast::OpKind::Activation(act) => Op::Activation(act),
-                    crate::parse::ast::OpKind::Flatten => Op::Flatten,
-                };
+                let ir_op = Op::from_kind(op.kind);
                 nodes.push(Node {
                     op: ir_op,
                     inputs: vec![current],

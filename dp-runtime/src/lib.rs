@@ -4,6 +4,7 @@
 //! layers: sampling, clipping factors, noise, optimizers, privacy accounting, data and checkpoints.
 
 pub mod accounting;
+pub mod baseline;
 pub mod checkpoint;
 pub mod clipping;
 pub mod data;
@@ -13,6 +14,7 @@ pub mod model;
 pub mod noise;
 pub mod optim;
 pub mod plan;
+pub mod pytorch;
 pub mod rng;
 pub mod sampling;
 pub mod trainer;

@@ -18,6 +18,7 @@
 //! gathers the same batch, runs `loss_and_gradient` and applies the same update without noise. Inputs are
 //! synthetic, of the model's exact shapes (token ids below the model's vocabulary).
 
+use std::any::{Any, TypeId};
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
@@ -30,7 +31,8 @@ use dp_runtime::{Batch, Dataset, DpModel, Error, InputElem, Loss, Result, Worksp
 use rand::{Rng, RngCore};
 use serde_json::json;
 
-use crate::models::{AdultFfnn, AdultLogReg};
+use super::datasets::{DataSource, NpyInput};
+use super::registry::{self, ModelEntry, ModelVisitor};
 
 /// Batch sizes of `--all` when no `--batch-size` is given (the founding paper's figures).
 pub const ALL_BATCH_SIZES: [usize; 5] = [16, 32, 64, 128, 256];
@@ -184,58 +186,63 @@ fn validate(args: &BenchArgs) -> Result<()> {
 // ---------------------------------------------------------------------------------------------------
 // Models
 
-/// The built-in models `dp bench` measures, by command-line name.
-pub const MODEL_NAMES: &[&str] = &["logreg", "ffnn"];
+/// The built-in models `dp bench` measures, by command-line name (the CLI's registry).
+pub use super::registry::NAMES as MODEL_NAMES;
 
 /// Something done with one model type: the generic half of dispatching on a name.
 trait ModelTask {
     type Output;
-    fn run<M: DpModel>(self, name: &'static str) -> Result<Self::Output>
+    fn run<M: DpModel>(self, name: &'static str) -> Result<Self::Output>;
+}
+
+/// Adapts a [`ModelTask`] to the registry's visitor.
+struct Visit<T>(T);
+
+impl<T: ModelTask> ModelVisitor for Visit<T> {
+    type Output = Result<T::Output>;
+
+    fn visit<M, D>(self, entry: ModelEntry) -> Self::Output
     where
-        M::Input: SyntheticInput;
+        M: DpModel,
+        M::Input: NpyInput,
+        D: DataSource<Input = M::Input>,
+    {
+        self.0.run::<M>(entry.name)
+    }
 }
 
-/// Runs `task` with the model called `name`.
+/// Runs `task` with the model registered as `name`.
 fn with_model<T: ModelTask>(name: &str, task: T) -> Result<T::Output> {
-    match name {
-        "logreg" => task.run::<AdultLogReg>("logreg"),
-        "ffnn" => task.run::<AdultFfnn>("ffnn"),
-        other => Err(Error::invalid("model", format!("{other:?} is not a built-in model"))),
-    }
+    registry::dispatch(name, Visit(task))?
 }
 
-/// Input values a synthetic batch is made of.
-trait SyntheticInput: InputElem {
-    /// A value valid for a model with vocabulary `vocab` (`0` for dense inputs).
-    fn draw(rng: &mut dyn RngCore, vocab: usize) -> Self;
-}
-
-impl SyntheticInput for f32 {
-    fn draw(rng: &mut dyn RngCore, _vocab: usize) -> Self {
-        rng.random::<f32>()
-    }
-}
-
-impl SyntheticInput for u32 {
-    fn draw(rng: &mut dyn RngCore, vocab: usize) -> Self {
-        rng.random_range(0..vocab as u32)
-    }
+/// `count · len` synthetic input values: uniform on [0, 1) for `f32` inputs, token ids below `vocab`
+/// for `u32` inputs.
+fn synthetic_inputs<T: InputElem>(rng: &mut dyn RngCore, len: usize, vocab: usize) -> Option<Vec<T>> {
+    let values: Box<dyn Any> = if TypeId::of::<T>() == TypeId::of::<u32>() {
+        if vocab == 0 {
+            return None;
+        }
+        Box::new((0..len).map(|_| rng.random_range(0..vocab as u32)).collect::<Vec<u32>>())
+    } else if TypeId::of::<T>() == TypeId::of::<f32>() {
+        Box::new((0..len).map(|_| rng.random::<f32>()).collect::<Vec<f32>>())
+    } else {
+        return None;
+    };
+    values.downcast::<Vec<T>>().ok().map(|v| *v)
 }
 
 /// `count` synthetic examples of model `M` with valid labels for its loss.
-fn synthetic_data<M: DpModel>(count: usize) -> Result<Dataset<M::Input>>
-where
-    M::Input: SyntheticInput,
-{
+fn synthetic_data<M: DpModel>(count: usize) -> Result<Dataset<M::Input>> {
     let mut rng = dp_runtime::rng::seeded(0x0bec4);
-    let is_tokens = std::any::TypeId::of::<M::Input>() == std::any::TypeId::of::<u32>();
-    if is_tokens && M::VOCAB == 0 {
-        return Err(Error::Mismatch {
-            model: M::NAME.into(),
-            message: "token inputs with an empty vocabulary".into(),
-        });
-    }
-    let inputs = (0..count * M::input_len()).map(|_| M::Input::draw(&mut rng, M::VOCAB)).collect();
+    let inputs =
+        synthetic_inputs::<M::Input>(&mut rng, count * M::input_len(), M::VOCAB).ok_or_else(|| {
+            Error::Mismatch {
+                model: M::NAME.into(),
+                message: "no synthetic inputs for this input type (f32, or u32 tokens with a vocabulary)"
+                    .into(),
+            }
+        })?;
     let labels = (0..count * M::LOSS.label_len())
         .map(|_| match M::LOSS {
             Loss::CrossEntropy { classes } => rng.random_range(0..classes) as f32,
@@ -514,10 +521,7 @@ struct Measure<'a> {
 impl ModelTask for Measure<'_> {
     type Output = Measurement;
 
-    fn run<M: DpModel>(self, name: &'static str) -> Result<Measurement>
-    where
-        M::Input: SyntheticInput,
-    {
+    fn run<M: DpModel>(self, name: &'static str) -> Result<Measurement> {
         let (args, batch) = (self.args, self.batch);
         let warmup = args.warmup.unwrap_or((args.steps / 5).max(2));
         let data = synthetic_data::<M>(batch.min(MAX_DISTINCT_EXAMPLES))?;
@@ -637,10 +641,7 @@ struct FindMaxBatch {
 impl ModelTask for FindMaxBatch {
     type Output = MaxBatch;
 
-    fn run<M: DpModel>(self, name: &'static str) -> Result<MaxBatch>
-    where
-        M::Input: SyntheticInput,
-    {
+    fn run<M: DpModel>(self, name: &'static str) -> Result<MaxBatch> {
         let distinct = MAX_DISTINCT_EXAMPLES.min(1024);
         let memory = StepMemory::of::<M>(distinct);
         let batch = memory.max_batch(self.budget);

@@ -5,7 +5,13 @@
 //! like clap's own parse errors.
 
 pub mod bench;
+pub mod datasets;
+pub mod models;
+pub mod plot;
 pub mod privacy;
+pub mod registry;
+pub mod step;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 use dp_runtime::Error;
@@ -28,6 +34,14 @@ pub struct Cli {
 /// The subcommands of `dp`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The built-in models: name, input shape, parameter count, data.
+    Models(models::ModelsArgs),
+    /// The compiled plan of a model, layer by layer.
+    Describe(models::DescribeArgs),
+    /// Train a built-in model on its real data with DP-SGD.
+    Train(train::TrainArgs),
+    /// Exactly one DP-SGD step on given examples, in PyTorch's conventions.
+    Step(step::StepArgs),
     /// Privacy accounting: ε of a training plan, or the noise multiplier for a target ε.
     #[command(subcommand)]
     Privacy(privacy::PrivacyCommand),
@@ -39,6 +53,10 @@ pub enum Command {
 /// Runs a parsed command, writing its result to stdout.
 pub fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
+        Command::Models(args) => models::run_models(args),
+        Command::Describe(args) => models::run_describe(args),
+        Command::Train(args) => train::run(args),
+        Command::Step(args) => step::run(args),
         Command::Privacy(command) => privacy::run(command),
         Command::Bench(args) => bench::run(args),
     }

@@ -1,6 +1,7 @@
 //! Checking: shape inference for ONE example through the graph, parameter counts, and the loss
 //! against the last layer. Every mismatch is reported on the span of the token that causes it.
 
+mod conv;
 mod shapes;
 
 use crate::ctxt::Ctxt;

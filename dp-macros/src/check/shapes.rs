@@ -7,7 +7,7 @@ use crate::parse::ast::LossKind;
 /// The shape of one example's value (the batch axis is never part of it).
 pub type Shape = Vec<usize>;
 
-fn show(shape: &[usize]) -> String {
+pub fn show(shape: &[usize]) -> String {
     let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
     format!("[{}]", dims.join(", "))
 }
@@ -55,6 +55,9 @@ fn node_shape(cx: &mut Ctxt, node: &Node, inputs: &[&Shape]) -> Option<Shape> {
         }
         Op::Activation(_) => Some(x.clone()),
         Op::Flatten => Some(vec![x.iter().product()]),
+        Op::Conv2d(_) | Op::Pool2d(_) | Op::GlobalAvgPool | Op::Norm(_) | Op::Add => {
+            super::conv::node_shape(cx, node, inputs)
+        }
     }
 }
 
@@ -66,6 +69,9 @@ pub fn param_count(node: &Node, shapes: &[Shape]) -> usize {
             attrs.out.value * width + if attrs.bias { attrs.out.value } else { 0 }
         }
         Op::Activation(_) | Op::Flatten => 0,
+        Op::Conv2d(_) | Op::Pool2d(_) | Op::GlobalAvgPool | Op::Norm(_) | Op::Add => {
+            super::conv::param_count(node, &shapes[node.inputs[0].0])
+        }
     }
 }
 

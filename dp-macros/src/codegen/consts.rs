@@ -43,6 +43,9 @@ pub fn constants(model: &ModelDef, plan: &Plan) -> TokenStream {
             Some(NormStrategy::Ghost) => {
                 quote!(::core::option::Option::Some(::dp::__private::runtime::NormStrategy::Ghost))
             }
+            Some(NormStrategy::Direct) => {
+                quote!(::core::option::Option::Some(::dp::__private::runtime::NormStrategy::Direct))
+            }
             None => quote!(::core::option::Option::None),
         };
         let (flops, bytes) =

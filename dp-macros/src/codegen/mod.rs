@@ -5,6 +5,7 @@
 //! offsets, so a step allocates nothing (the workspace grows only for a batch larger than any before).
 
 mod consts;
+mod conv;
 mod program;
 
 use crate::parse::ast::ModelDef;
@@ -36,7 +37,14 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
         crate::plan::Buf::Input => unreachable!("checking guarantees a trained layer before the output"),
     };
     let (out_start, out_end) = (lit(output.offset), lit(output.offset + output.len));
-    let init = plan.params.iter().map(|p| {
+    let constants_init = plan.params.iter().filter_map(|p| {
+        let (start, end) = (lit(p.offset), lit(p.offset + p.len));
+        p.constant_init.map(|v| {
+            let v = Literal::f32_suffixed(v);
+            quote!(params[#start..#end].fill(#v);)
+        })
+    });
+    let init = plan.params.iter().filter(|p| p.constant_init.is_none()).map(|p| {
         let (start, end, bound) = (lit(p.offset), lit(p.offset + p.len), Literal::f32_suffixed(p.init_bound));
         quote!((#start, #end, #bound))
     });
@@ -130,6 +138,7 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
                         );
                     }
                 }
+                #(#constants_init)*
                 #ident { params }
             }
 

@@ -79,6 +79,7 @@ pub fn forward(plan: &Plan) -> TokenStream {
             let (x, y, len, f) = (read(s.input), write(s.output), lit(s.len), act(s.act));
             quote!(::dp::__private::kernels::activation::activation_forward(#x, #y, n * #len, #f);)
         }
+        _ => super::conv::forward(plan, step),
     });
     quote!(#(#steps)*)
 }
@@ -108,20 +109,25 @@ pub fn backward(plan: &Plan, loss: LossKind) -> TokenStream {
                 let (delta, y, f) = (write(d.delta), read(Buf::Arena(d.output)), act(d.act));
                 quote!(::dp::__private::kernels::activation::activation_backward(#delta, #y, n * #n_out, #f);)
             });
-            let input_grad = d.input_grad.map(|gk| {
+            let input_grad = d.input_grad.map(|t| {
                 let (delta, w, ga, n_in) =
-                    (read(Buf::Arena(d.delta)), param(plan, d.weight), write(gk), lit(d.inputs));
-                quote!(::dp::__private::kernels::dense::linear_input_grad(#delta, #w, n, #n_in, #n_out, #ga);)
+                    (read(Buf::Arena(d.delta)), param(plan, d.weight), write(t.write), lit(d.inputs));
+                let acc = super::conv::accumulate(t);
+                quote!(::dp::__private::kernels::dense::linear_input_grad(#delta, #w, n, #n_in, #n_out, #ga); #acc)
             });
             quote!(#act_back #input_grad)
         }
         Step::Activation(s) => match s.grad {
+            Some(gk) if s.target.is_some() => {
+                super::conv::activation_to_target(s, gk, s.target.expect("checked"))
+            }
             Some(gk) => {
                 let (g, y, len, f) = (write(gk), read(Buf::Arena(s.output)), lit(s.len), act(s.act));
                 quote!(::dp::__private::kernels::activation::activation_backward(#g, #y, n * #len, #f);)
             }
             None => quote!(),
         },
+        _ => super::conv::backward(plan, step),
     });
     quote!(#loss #(#steps)*)
 }
@@ -130,7 +136,7 @@ pub fn backward(plan: &Plan, loss: LossKind) -> TokenStream {
 pub fn dense_steps(plan: &Plan) -> impl Iterator<Item = &DenseStep> {
     plan.steps.iter().filter_map(|s| match s {
         Step::Dense(d) => Some(d),
-        Step::Activation(_) => None,
+        _ => None,
     })
 }
 
@@ -158,6 +164,7 @@ fn grad_slices(plan: &Plan, d: &DenseStep) -> TokenStream {
 
 /// Non-private accumulation: grad += Σ_i g_i, one GEMM per layer.
 pub fn gradient_sum(plan: &Plan) -> TokenStream {
+    let others = plan.steps.iter().map(|step| super::conv::gradient(plan, step, false));
     let layers = dense_steps(plan).map(|d| {
         let (a, delta, n_in, n_out) =
             (read(d.input), read(Buf::Arena(d.delta)), lit(d.inputs), lit(d.outputs));
@@ -167,13 +174,17 @@ pub fn gradient_sum(plan: &Plan) -> TokenStream {
             ::dp::__private::kernels::dense::linear_grad_add(#a, #delta, n, #n_in, #n_out, gw, gb);
         }}
     });
-    quote!(#(#layers)*)
+    quote!(#(#layers)* #(#others)*)
 }
 
 /// Per-example squared norms of every group, from the kept activations and output gradients.
 pub fn norms(plan: &Plan) -> TokenStream {
     let groups = lit(plan.groups.len());
+    let others = plan.steps.iter().map(|step| super::conv::norms(plan, step));
     let layers = dense_steps(plan).map(|d| {
+        if d.strategy == crate::plan::NormStrategy::Direct {
+            return super::conv::dense_direct_norms(plan, d);
+        }
         let (a, delta, n_in, n_out) =
             (read(d.input), read(Buf::Arena(d.delta)), lit(d.inputs), lit(d.outputs));
         let (has_bias, group) = (d.bias.is_some(), lit(d.group));
@@ -183,11 +194,12 @@ pub fn norms(plan: &Plan) -> TokenStream {
             );
         }
     });
-    quote!(#(#layers)*)
+    quote!(#(#layers)* #(#others)*)
 }
 
 /// The clipped sum by book-keeping: per layer one GEMM over the rows of δ scaled by the factors.
 pub fn clipped_sum(plan: &Plan) -> TokenStream {
+    let others = plan.steps.iter().map(|step| super::conv::gradient(plan, step, true));
     let groups = lit(plan.groups.len());
     let scratch = buf_ident(plan.clip_scratch);
     let layers = dense_steps(plan).map(|d| {
@@ -203,5 +215,5 @@ pub fn clipped_sum(plan: &Plan) -> TokenStream {
             );
         }}
     });
-    quote!(#(#layers)*)
+    quote!(#(#layers)* #(#others)*)
 }

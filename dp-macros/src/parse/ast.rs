@@ -1,6 +1,7 @@
 //! The parsed model: what the user declared, with typed attributes and the span of every token an
 //! error may need to point at. No shapes yet (that is the checker's job).
 
+pub use super::conv::{Conv2dAttrs, NormChoice, NormLayerAttrs, Pool2dAttrs, PoolKind};
 use proc_macro2::Span;
 use syn::{Attribute, Ident, Visibility};
 
@@ -58,6 +59,11 @@ pub enum OpKind {
     Linear(LinearAttrs),
     Activation(ActivationKind),
     Flatten,
+    Conv2d(Conv2dAttrs),
+    Pool2d(Pool2dAttrs),
+    GlobalAvgPool,
+    /// `group_norm` (`groups: Some`) or `layer_norm`.
+    Norm(NormLayerAttrs),
 }
 
 /// `linear(out = N, in = M, bias = B)`.
@@ -67,6 +73,8 @@ pub struct LinearAttrs {
     /// The input width the user declared, checked against the inferred one.
     pub declared_in: Option<Spanned<usize>>,
     pub bias: bool,
+    /// A norm strategy forced by `norms = ghost | direct`.
+    pub norms: Option<NormChoice>,
 }
 
 /// Element-wise activations.

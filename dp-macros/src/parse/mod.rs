@@ -4,6 +4,8 @@
 //! with the next field, so one compile shows all the mistakes of a model.
 
 pub mod ast;
+pub mod conv;
+pub mod forward;
 pub mod ops;
 pub mod syntax;
 pub mod values;

@@ -1,12 +1,25 @@
 //! Gives meaning to an op or a loss: its name picks the kind, its arguments become typed attributes.
 
 use super::ast::{ActivationKind, LinearAttrs, LossDef, LossKind, OpDef, OpKind};
+use super::conv;
 use super::syntax::{OpSyntax, ValueSyntax};
 use super::values::{arguments, boolean, did_you_mean, positive_int};
 use crate::ctxt::Ctxt;
 
 /// Every layer name `#[layer(...)]` accepts.
-pub const KNOWN_LAYERS: [&str; 5] = ["linear", "relu", "tanh", "sigmoid", "flatten"];
+pub const KNOWN_LAYERS: [&str; 11] = [
+    "linear",
+    "relu",
+    "tanh",
+    "sigmoid",
+    "flatten",
+    "conv2d",
+    "max_pool2d",
+    "avg_pool2d",
+    "global_avg_pool",
+    "group_norm",
+    "layer_norm",
+];
 
 /// Every loss name `loss = ...` accepts.
 pub const KNOWN_LOSSES: [&str; 3] = ["cross_entropy", "binary_cross_entropy", "mse"];
@@ -20,6 +33,12 @@ pub fn layer_kind(name: &str) -> Option<(&'static str, bool)> {
         "tanh" => Some(("Tanh", false)),
         "sigmoid" => Some(("Sigmoid", false)),
         "flatten" => Some(("Flatten", false)),
+        "conv2d" => Some(("Conv2d", true)),
+        "max_pool2d" => Some(("MaxPool2d", false)),
+        "avg_pool2d" => Some(("AvgPool2d", false)),
+        "global_avg_pool" => Some(("GlobalAvgPool", false)),
+        "group_norm" => Some(("GroupNorm", true)),
+        "layer_norm" => Some(("LayerNorm", true)),
         _ => None,
     }
 }
@@ -29,7 +48,8 @@ pub fn op_def(cx: &mut Ctxt, op: &OpSyntax) -> Option<OpDef> {
     let name = op.name.to_string();
     let kind = match name.as_str() {
         "linear" => {
-            let [out, declared_in, bias] = arguments(cx, op, ["out", "in", "bias"]);
+            let [out, declared_in, bias, norms] = arguments(cx, op, ["out", "in", "bias", "norms"]);
+            let norms = norms.map(|a| conv::norm_choice(cx, &a.value).ok_or(())).transpose();
             let declared_in = declared_in.map(|a| positive_int(cx, "in", &a.value));
             let bias = bias.map(|a| boolean(cx, "bias", &a.value));
             let out = match out {
@@ -43,6 +63,7 @@ pub fn op_def(cx: &mut Ctxt, op: &OpSyntax) -> Option<OpDef> {
                 out: out?,
                 declared_in: declared_in.map(|d| d.ok_or(())).transpose().ok()?,
                 bias: bias.map(|b| b.ok_or(())).transpose().ok()?.unwrap_or(true),
+                norms: norms.ok()?,
             })
         }
         "relu" | "tanh" | "sigmoid" | "flatten" => {
@@ -54,6 +75,12 @@ pub fn op_def(cx: &mut Ctxt, op: &OpSyntax) -> Option<OpDef> {
                 _ => OpKind::Flatten,
             }
         }
+        _ if conv::is_image_op(&name) => match conv::image_op(cx, op)? {
+            conv::ImageOp::Conv2d(attrs) => OpKind::Conv2d(attrs),
+            conv::ImageOp::Pool2d(attrs) => OpKind::Pool2d(attrs),
+            conv::ImageOp::GlobalAvgPool => OpKind::GlobalAvgPool,
+            conv::ImageOp::Norm(attrs) => OpKind::Norm(attrs),
+        },
         _ if name.starts_with("batch_norm") || name.starts_with("batchnorm") => {
             cx.error(
                 op.span(),

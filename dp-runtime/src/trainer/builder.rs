@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::Trainer;
+use super::{EpochReport, Trainer};
 use crate::accounting::AccountantKind;
 use crate::clipping::ClipMode;
 use crate::error::Error;
@@ -131,6 +131,20 @@ impl<'m, M: DpModel> Trainer<'m, M> {
     /// remaining steps are trained with fresh noise.
     pub fn resume_from(mut self, path: impl Into<PathBuf>) -> Self {
         self.resume = Some(path.into());
+        self
+    }
+
+    /// Stop after this many steps in total, before the plan ends (e.g. a short CI run). The plan —
+    /// its length and a calibrated noise multiplier — stays that of the whole run; ε is reported for
+    /// the steps actually taken, and `report.stopped_at_max_steps` says the run was cut.
+    pub fn max_steps(mut self, steps: u64) -> Self {
+        self.max_steps = Some(steps);
+        self
+    }
+
+    /// Calls `callback` with each epoch's report as soon as the epoch ends.
+    pub fn on_epoch(mut self, callback: impl FnMut(&EpochReport) + 'm) -> Self {
+        self.on_epoch = Some(Box::new(callback));
         self
     }
 

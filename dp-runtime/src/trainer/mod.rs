@@ -60,8 +60,13 @@ pub struct Trainer<'m, M: DpModel> {
     quiet: bool,
     checkpoint: Option<PathBuf>,
     resume: Option<PathBuf>,
+    max_steps: Option<u64>,
+    on_epoch: Option<Box<EpochCallback<'m>>>,
     conflicts: Vec<Error>,
 }
+
+/// Called with each epoch's report as soon as the epoch ends (e.g. to stream it as JSON).
+pub type EpochCallback<'m> = dyn FnMut(&EpochReport) + 'm;
 
 impl<'m, M: DpModel> Trainer<'m, M> {
     /// A trainer for `model`, with defaults: flat clipping, Poisson sampling, RDP accountant, δ = 1e-5,
@@ -86,6 +91,8 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             quiet: false,
             checkpoint: None,
             resume: None,
+            max_steps: None,
+            on_epoch: None,
             conflicts: Vec::new(),
         }
     }
@@ -93,7 +100,16 @@ impl<'m, M: DpModel> Trainer<'m, M> {
     /// Trains on `train` and evaluates on `eval` (or on `train` without it) after every epoch.
     pub fn fit(self, train: &Dataset<M::Input>, eval: Option<&Dataset<M::Input>>) -> Result<Report> {
         let Trainer {
-            model, optimizer, clip_norm, clip_mode, noise, delta, expected_batch_size, length, ..
+            model,
+            optimizer,
+            clip_norm,
+            clip_mode,
+            noise,
+            delta,
+            expected_batch_size,
+            length,
+            mut on_epoch,
+            ..
         } = self;
         if let Some(conflict) = self.conflicts.into_iter().next() {
             return Err(conflict);
@@ -180,6 +196,18 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 }
                 last_step = start_step + fits;
                 stopped_at_budget = true;
+            }
+        }
+
+        // A cut run keeps the whole plan's noise multiplier; it only stops early.
+        let mut stopped_at_max_steps = false;
+        if let Some(max) = self.max_steps {
+            if max == 0 {
+                return Err(Error::invalid("max_steps", "must be at least 1"));
+            }
+            if max < last_step {
+                last_step = max.max(start_step);
+                stopped_at_max_steps = true;
             }
         }
 
@@ -277,6 +305,9 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 mean_batch_size: examples as f64 / steps_in_epoch.max(1) as f64,
             };
             progress.epoch(&record);
+            if let Some(callback) = on_epoch.as_mut() {
+                callback(&record);
+            }
             epochs.push(record);
             if let Some(path) = &self.checkpoint {
                 let saved = Checkpoint {
@@ -318,6 +349,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             non_finite_examples: total_non_finite,
             secure,
             stopped_at_budget: stopped_at_budget && step < plan.total_steps(),
+            stopped_at_max_steps,
             warnings,
         })
     }

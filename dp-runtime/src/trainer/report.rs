@@ -71,6 +71,8 @@ pub struct Report {
     pub secure: Option<SecureReport>,
     /// Whether training stopped early because the privacy budget was reached.
     pub stopped_at_budget: bool,
+    /// Whether training stopped at `max_steps`, before the plan's last step.
+    pub stopped_at_max_steps: bool,
     /// Warnings: a seeded (not private) run, shuffled sampling accounted as Poisson, ...
     pub warnings: Vec<String>,
 }

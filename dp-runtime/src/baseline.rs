@@ -1,0 +1,163 @@
+//! Non-private training, for comparison with DP-SGD on the same model and data.
+//!
+//! Ordinary minibatch SGD: shuffled fixed-size batches (slices of a random permutation), the summed
+//! gradient of the batch from `DpModel::loss_and_gradient` (no clipping, no noise) divided by the
+//! batch's own size, and the same optimizers as private training. The result is a [`Report`] like
+//! the private trainer's, with ε = ∞ and noise multiplier 0, so the two can be shown side by side.
+
+use crate::accounting::AccountantKind;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::{Batch, DpModel, Workspace};
+use crate::optim::{NoisyGradient, Optimizer, StepInfo};
+use crate::rng::{self, KeySource, Streams};
+use crate::sampling::{Sampler, SamplingMode};
+use crate::trainer::progress::Progress;
+use crate::trainer::report::{self, EpochReport, Report};
+use crate::trainer::DEFAULT_MEMORY_BUDGET;
+
+/// The warning every non-private report carries.
+pub const NON_PRIVATE_WARNING: &str = "non-private training: no clipping, no noise; epsilon is infinite";
+
+/// Settings of a non-private run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BaselineConfig {
+    /// Examples per batch (the last batch of a permutation is never short: see `SamplingMode::Shuffled`).
+    pub batch_size: usize,
+    /// Epochs: T = round(epochs · N / B) steps.
+    pub epochs: f64,
+    /// Stop after this many steps (a short run), if set.
+    pub max_steps: Option<u64>,
+    /// Reproducible shuffling from a seed; from the operating system otherwise.
+    pub seed: Option<u64>,
+    /// No progress output.
+    pub quiet: bool,
+}
+
+/// Trains `model` without privacy on `train`, evaluating on `eval` after every epoch (and calling
+/// `on_epoch` with each epoch's report).
+pub fn fit_non_private<M: DpModel>(
+    model: &mut M,
+    optimizer: &mut dyn Optimizer,
+    train: &Dataset<M::Input>,
+    eval: &Dataset<M::Input>,
+    config: BaselineConfig,
+    mut on_epoch: impl FnMut(&EpochReport),
+) -> Result<Report> {
+    let n = train.len();
+    let b = config.batch_size;
+    if n == 0 {
+        return Err(Error::invalid("train", "the training set is empty"));
+    }
+    if eval.is_empty() {
+        return Err(Error::invalid("eval", "the evaluation set is empty"));
+    }
+    if b == 0 || b > n {
+        return Err(Error::invalid("batch_size", format!("{b} must be between 1 and {n}")));
+    }
+    if !(config.epochs > 0.0 && config.epochs.is_finite()) {
+        return Err(Error::invalid("epochs", format!("{} must be positive and finite", config.epochs)));
+    }
+    for (name, data) in [("train", train), ("eval", eval)] {
+        if data.example_shape != M::INPUT_SHAPE || data.label_len != M::LOSS.label_len() {
+            return Err(Error::Mismatch {
+                model: M::NAME.to_string(),
+                message: format!(
+                    "{name}: examples of shape {:?} with {} label values, the model takes {:?} and {}",
+                    data.example_shape,
+                    data.label_len,
+                    M::INPUT_SHAPE,
+                    M::LOSS.label_len()
+                ),
+            });
+        }
+    }
+    let steps_per_epoch = n as f64 / b as f64;
+    let epoch_end = |e: f64| ((e * steps_per_epoch + 0.5).floor() as u64).max(1);
+    let total_steps = epoch_end(config.epochs);
+    let last_step = config.max_steps.map_or(total_steps, |m| m.min(total_steps));
+    if last_step == 0 {
+        return Err(Error::invalid("max_steps", "must be at least 1"));
+    }
+
+    let mut sampling_rng = match config.seed {
+        Some(seed) => Streams::new(KeySource::Seed(seed), 0)?.sampling,
+        None => rng::from_os()?,
+    };
+    let mut sampler = Sampler::new(SamplingMode::Shuffled, n, b);
+    let room = (DEFAULT_MEMORY_BUDGET as u64).saturating_sub(M::WORKSPACE_FIXED as u64 * 4);
+    let max_chunk = (room / (M::WORKSPACE_PER_EXAMPLE.max(1) as u64 * 4)).clamp(1, b as u64) as usize;
+    let mut workspace = Workspace::new::<M>(max_chunk);
+    let (mut inputs, mut labels, mut losses) = (Vec::new(), Vec::new(), Vec::new());
+    let mut gradient = vec![0.0f32; M::PARAM_COUNT];
+    let mut indices = Vec::new();
+    let progress = Progress::new(last_step, 0, config.quiet);
+
+    let mut epochs = Vec::new();
+    let mut step = 0u64;
+    let mut epoch = 1usize;
+    while step < last_step {
+        let stop = epoch_end(epoch as f64).min(last_step);
+        let (mut loss_sum, mut examples, mut steps_in_epoch) = (0.0f64, 0usize, 0u64);
+        while step < stop {
+            sampler.sample(&mut sampling_rng, &mut indices);
+            gradient.fill(0.0);
+            for chunk in indices.chunks(max_chunk) {
+                train.gather(chunk, &mut inputs, &mut labels);
+                losses.resize(chunk.len(), 0.0);
+                let batch = Batch { inputs: &inputs, labels: &labels, size: chunk.len() };
+                model.loss_and_gradient(&mut workspace, batch, &mut losses, &mut gradient);
+                loss_sum += losses.iter().map(|&l| l as f64).sum::<f64>();
+            }
+            let at = StepInfo { step, total_steps };
+            let noiseless = NoisyGradient::new(&gradient, None, 0.0, indices.len() as f64);
+            optimizer.step(model.params_mut(), noiseless, at);
+            if model.params().iter().any(|p| !p.is_finite()) {
+                return Err(Error::invalid(
+                    "optimizer",
+                    format!("the update of step {} overflowed: lower the learning rate", step + 1),
+                ));
+            }
+            step += 1;
+            steps_in_epoch += 1;
+            examples += indices.len();
+            progress.step(loss_sum / examples.max(1) as f64);
+        }
+        let (eval_loss, accuracy) = report::evaluate(model, &mut workspace, eval, max_chunk);
+        let record = EpochReport {
+            epoch,
+            steps: step,
+            train_loss: loss_sum / examples.max(1) as f64,
+            eval_loss: Some(eval_loss),
+            accuracy,
+            epsilon: f64::INFINITY,
+            non_finite_examples: 0,
+            mean_batch_size: examples as f64 / steps_in_epoch.max(1) as f64,
+        };
+        progress.epoch(&record);
+        on_epoch(&record);
+        epochs.push(record);
+        epoch += 1;
+    }
+    progress.finish();
+    let accuracy = epochs.last().and_then(|e| e.accuracy).unwrap_or(f64::NAN);
+    Ok(Report {
+        epochs,
+        accuracy,
+        epsilon: f64::INFINITY,
+        order: None,
+        delta: 0.0,
+        steps: step,
+        planned_steps: total_steps,
+        noise_multiplier: 0.0,
+        sampling_rate: b as f64 / n as f64,
+        expected_batch_size: b,
+        sampling: SamplingMode::Shuffled,
+        accountant: AccountantKind::Rdp,
+        non_finite_examples: 0,
+        secure: None,
+        stopped_at_budget: false,
+        stopped_at_max_steps: step < total_steps,
+        warnings: vec![NON_PRIVATE_WARNING.to_string()],
+    })
+}

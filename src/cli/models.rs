@@ -1,0 +1,118 @@
+//! `dp models` (every built-in model with its input shape and parameter count) and
+//! `dp describe --model NAME` (the compiled plan of one model, layer by layer).
+
+use clap::Args;
+use dp_runtime::{DpModel, Result};
+use serde_json::json;
+
+use super::datasets::{DataSource, NpyInput};
+use super::registry::{self, ModelEntry, ModelVisitor};
+
+/// Arguments of `dp models`.
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    /// One JSON object per model instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `dp describe`.
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// The model's command-line name (see `dp models`).
+    #[arg(long)]
+    pub model: String,
+}
+
+/// One row of `dp models`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ModelRow {
+    /// The command-line name.
+    pub name: &'static str,
+    /// The Rust type's name.
+    pub model: &'static str,
+    /// The shape of one example's input.
+    pub input_shape: Vec<usize>,
+    /// The input element: `f32` or `u32` token ids.
+    pub input: &'static str,
+    /// Trainable parameters.
+    pub parameters: usize,
+    /// One line about the model.
+    pub summary: &'static str,
+    /// What `--data` must point at.
+    pub data: &'static str,
+}
+
+struct Row;
+
+impl ModelVisitor for Row {
+    type Output = ModelRow;
+    fn visit<M, D>(self, entry: ModelEntry) -> ModelRow
+    where
+        M: DpModel,
+        M::Input: NpyInput,
+        D: DataSource<Input = M::Input>,
+    {
+        ModelRow {
+            name: entry.name,
+            model: M::NAME,
+            input_shape: M::INPUT_SHAPE.to_vec(),
+            input: std::any::type_name::<M::Input>(),
+            parameters: M::PARAM_COUNT,
+            summary: entry.summary,
+            data: entry.data,
+        }
+    }
+}
+
+/// The rows of every registered model.
+pub fn rows() -> Result<Vec<ModelRow>> {
+    registry::NAMES.iter().map(|name| registry::dispatch(name, Row)).collect()
+}
+
+/// Prints every built-in model.
+pub fn run_models(args: ModelsArgs) -> Result<()> {
+    let rows = rows()?;
+    if args.json {
+        for row in &rows {
+            println!("{}", json!(row));
+        }
+        return Ok(());
+    }
+    let shape = |row: &ModelRow| {
+        let dims = row.input_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+        format!("[{dims}] {}", row.input)
+    };
+    println!("{:<14} {:<14} {:<18} {:>10}  description", "name", "model", "input", "parameters");
+    for row in &rows {
+        println!(
+            "{:<14} {:<14} {:<18} {:>10}  {}",
+            row.name,
+            row.model,
+            shape(row),
+            row.parameters,
+            row.summary
+        );
+    }
+    Ok(())
+}
+
+struct Describe;
+
+impl ModelVisitor for Describe {
+    type Output = String;
+    fn visit<M, D>(self, entry: ModelEntry) -> String
+    where
+        M: DpModel,
+        M::Input: NpyInput,
+        D: DataSource<Input = M::Input>,
+    {
+        format!("{}\ndata (--data): {}\n", M::describe().trim_end(), entry.data)
+    }
+}
+
+/// Prints the compiled plan of one model.
+pub fn run_describe(args: DescribeArgs) -> Result<()> {
+    print!("{}", registry::dispatch(&args.model, Describe)?);
+    Ok(())
+}

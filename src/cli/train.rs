@@ -1,0 +1,295 @@
+//! `dp train`: DP-SGD (or, with `--non-private`, ordinary SGD for comparison) of a built-in model on
+//! its real data, with a progress bar, one line (or with `--json` one JSON object on stdout) per
+//! epoch, an optional checkpoint and an SVG plot of test accuracy and ε against epochs.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{ArgGroup, Args, ValueEnum};
+use dp_runtime::baseline::{self, BaselineConfig};
+use dp_runtime::optim::{Adam, Optimizer, Sgd};
+use dp_runtime::trainer::EpochReport;
+use dp_runtime::{checkpoint, rng, DpModel, Error, Report, Result, Trainer};
+use serde_json::json;
+
+use super::datasets::{DataSource, NpyInput};
+use super::plot;
+use super::registry::{self, ModelEntry, ModelVisitor};
+
+/// The momentum of `--optimizer momentum` (the usual value, as in the founding paper's runs).
+pub const MOMENTUM: f64 = 0.9;
+
+/// The optimizers `dp train` offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OptimizerKind {
+    /// Plain SGD.
+    Sgd,
+    /// SGD with momentum 0.9.
+    Momentum,
+    /// Adam (β = 0.9, 0.999; ε = 1e-8).
+    Adam,
+}
+
+impl OptimizerKind {
+    /// The optimizer with learning rate `lr`.
+    pub fn build(self, lr: f64) -> Box<dyn Optimizer> {
+        match self {
+            OptimizerKind::Sgd => Box::new(Sgd::new(lr)),
+            OptimizerKind::Momentum => Box::new(Sgd::new(lr).momentum(MOMENTUM)),
+            OptimizerKind::Adam => Box::new(Adam::new(lr)),
+        }
+    }
+
+    /// `trainer` with this optimizer at learning rate `lr`.
+    pub fn set<'m, M: DpModel>(self, trainer: Trainer<'m, M>, lr: f64) -> Trainer<'m, M> {
+        match self {
+            OptimizerKind::Sgd => trainer.optimizer(Sgd::new(lr)),
+            OptimizerKind::Momentum => trainer.optimizer(Sgd::new(lr).momentum(MOMENTUM)),
+            OptimizerKind::Adam => trainer.optimizer(Adam::new(lr)),
+        }
+    }
+}
+
+/// Arguments of `dp train`.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("privacy").required(true).args(["target_epsilon", "noise_multiplier", "non_private"])))]
+pub struct TrainArgs {
+    /// The model's command-line name (see `dp models`).
+    #[arg(long)]
+    pub model: String,
+    /// The model's data (see `dp models` for what each model reads).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Train to this ε: the noise multiplier is calibrated for the whole plan.
+    #[arg(long, allow_hyphen_values = true)]
+    pub target_epsilon: Option<f64>,
+    /// δ of the (ε, δ) guarantee.
+    #[arg(long, default_value_t = 1e-5, allow_hyphen_values = true)]
+    pub delta: f64,
+    /// Noise multiplier σ (noise standard deviation σ·C) instead of a target ε.
+    #[arg(long, allow_hyphen_values = true)]
+    pub noise_multiplier: Option<f64>,
+    /// No privacy at all (no clipping, no noise, shuffled batches): a baseline for comparison.
+    #[arg(long)]
+    pub non_private: bool,
+    /// Clip norm C of each example's gradient.
+    #[arg(long, required_unless_present = "non_private", allow_hyphen_values = true)]
+    pub clip_norm: Option<f64>,
+    /// Learning rate.
+    #[arg(long, allow_hyphen_values = true)]
+    pub lr: f64,
+    /// Expected batch size B (Poisson sampling with rate B/N); the batch size of a non-private run.
+    #[arg(long)]
+    pub batch_size: usize,
+    /// Epochs (may be fractional): round(epochs · N / B) steps.
+    #[arg(long, allow_hyphen_values = true)]
+    pub epochs: f64,
+    /// The optimizer.
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
+    pub optimizer: OptimizerKind,
+    /// Reproducible initialisation, sampling and noise. NOT PRIVATE (anyone with the seed can remove
+    /// the noise): for tests only.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Write a checkpoint (safetensors, PyTorch names) here after every epoch; the plot goes beside it.
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+    /// Write the plot (SVG) here instead of beside the checkpoint.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// One JSON object per epoch on stdout instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this many steps (e.g. in CI); the noise is still that of the whole plan.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+}
+
+impl TrainArgs {
+    /// Where the plot goes: `--plot`, or the checkpoint's path with the extension `.svg`.
+    pub fn plot_path(&self) -> Option<PathBuf> {
+        self.plot.clone().or_else(|| self.save.as_ref().map(|c| c.with_extension("svg")))
+    }
+
+    fn check(&self) -> Result<()> {
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::invalid("lr", format!("{} must be positive and finite", self.lr)));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::invalid("batch_size", "must be at least 1"));
+        }
+        if !(self.epochs > 0.0 && self.epochs.is_finite()) {
+            return Err(Error::invalid("epochs", format!("{} must be positive and finite", self.epochs)));
+        }
+        if self.max_steps == Some(0) {
+            return Err(Error::invalid("max_steps", "must be at least 1"));
+        }
+        if let Some(c) = self.clip_norm {
+            if !(c > 0.0 && c.is_finite()) {
+                return Err(Error::invalid("clip_norm", format!("{c} must be positive and finite")));
+            }
+        }
+        if let Some(path) = self.save.as_ref().filter(|p| p.is_dir()) {
+            return Err(Error::invalid("save", format!("{} is a directory", path.display())));
+        }
+        Ok(())
+    }
+}
+
+/// The command-line flag of a trainer setting, for error messages.
+fn flag_of(field: &str) -> &str {
+    match field {
+        "expected_batch_size" => "batch_size",
+        "target_privacy" => "target_epsilon",
+        "train" | "eval" => "data",
+        "optimizer" => "lr",
+        "checkpoint" => "save",
+        other => other,
+    }
+}
+
+fn with_flag(error: Error) -> Error {
+    match error {
+        Error::InvalidArgument { name, message } => {
+            let flag = flag_of(&name).to_string();
+            let message = if flag == name { message } else { format!("({name}) {message}") };
+            Error::InvalidArgument { name: flag, message }
+        }
+        other => other,
+    }
+}
+
+/// One epoch as `dp train --json` prints it.
+pub fn epoch_json(epoch: &EpochReport, seconds: f64) -> serde_json::Value {
+    json!({
+        "epoch": epoch.epoch,
+        "loss": epoch.train_loss,
+        "test_loss": epoch.eval_loss,
+        "accuracy": epoch.accuracy,
+        "epsilon": epoch.epsilon.is_finite().then_some(epoch.epsilon),
+        "steps": epoch.steps,
+        "seconds": seconds,
+    })
+}
+
+struct Train(TrainArgs);
+
+impl ModelVisitor for Train {
+    type Output = Result<()>;
+    fn visit<M, D>(self, entry: ModelEntry) -> Result<()>
+    where
+        M: DpModel,
+        M::Input: NpyInput,
+        D: DataSource<Input = M::Input>,
+    {
+        let args = self.0;
+        let started = Instant::now();
+        let (train, test) = D::load::<M>(&args.data)?;
+        let mut model = match args.seed {
+            Some(seed) => M::init(&mut rng::seeded(seed)),
+            None => M::init(&mut rng::from_os()?),
+        };
+        eprintln!(
+            "{} ({}, {} parameters): {} training and {} test examples from {}",
+            entry.name,
+            M::NAME,
+            M::PARAM_COUNT,
+            train.len(),
+            test.len(),
+            args.data.display()
+        );
+        let json = args.json;
+        let print_epoch = |epoch: &EpochReport| {
+            if json {
+                println!("{}", epoch_json(epoch, started.elapsed().as_secs_f64()));
+            }
+        };
+        let report = if args.non_private {
+            let mut optimizer = args.optimizer.build(args.lr);
+            let config = BaselineConfig {
+                batch_size: args.batch_size,
+                epochs: args.epochs,
+                max_steps: args.max_steps,
+                seed: args.seed,
+                quiet: false,
+            };
+            let report =
+                baseline::fit_non_private(&mut model, optimizer.as_mut(), &train, &test, config, print_epoch)
+                    .map_err(with_flag)?;
+            if let Some(path) = &args.save {
+                checkpoint::save_params(path, &model)?;
+            }
+            report
+        } else {
+            let clip_norm = args.clip_norm.ok_or_else(|| Error::invalid("clip_norm", "is required"))?;
+            let trainer = args.optimizer.set(Trainer::new(&mut model), args.lr);
+            let mut trainer = trainer
+                .clip_norm(clip_norm)
+                .expected_batch_size(args.batch_size)
+                .epochs(args.epochs)
+                .delta(args.delta)
+                .on_epoch(print_epoch);
+            trainer = match (args.target_epsilon, args.noise_multiplier) {
+                (Some(epsilon), _) => trainer.target_privacy(epsilon, args.delta),
+                (None, Some(sigma)) => trainer.noise_multiplier(sigma),
+                (None, None) => {
+                    return Err(Error::invalid(
+                        "target_epsilon",
+                        "give --target-epsilon or --noise-multiplier",
+                    ))
+                }
+            };
+            if let Some(seed) = args.seed {
+                trainer = trainer.seed(seed);
+            }
+            if let Some(max) = args.max_steps {
+                trainer = trainer.max_steps(max);
+            }
+            if let Some(path) = &args.save {
+                trainer = trainer.checkpoint(path);
+            }
+            trainer.fit(&train, Some(&test)).map_err(with_flag)?
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        if report.stopped_at_max_steps {
+            eprintln!(
+                "stopped after {} of {} planned steps (--max-steps {}); epsilon is that of the steps taken",
+                report.steps,
+                report.planned_steps,
+                args.max_steps.unwrap_or(report.steps)
+            );
+        }
+        if let Some(path) = args.plot_path() {
+            plot::write_accuracy_epsilon(&path, &format!("{} ({})", entry.name, M::NAME), &report.epochs)?;
+            eprintln!("plot written to {}", path.display());
+        }
+        if !args.json {
+            println!("{}", summary(&report, seconds));
+        }
+        Ok(())
+    }
+}
+
+/// The closing line of `dp train`.
+pub fn summary(report: &Report, seconds: f64) -> String {
+    let privacy = if report.epsilon.is_finite() {
+        format!(
+            "epsilon {:.3} at delta {:e} (noise multiplier {:.4}, sampling rate {:.3e})",
+            report.epsilon, report.delta, report.noise_multiplier, report.sampling_rate
+        )
+    } else {
+        "no privacy (epsilon infinite)".to_string()
+    };
+    format!(
+        "test accuracy {:.2}%, {privacy}, {} steps in {seconds:.1} s",
+        report.accuracy * 100.0,
+        report.steps
+    )
+}
+
+/// Runs `dp train`.
+pub fn run(args: TrainArgs) -> Result<()> {
+    args.check()?;
+    let model = args.model.clone();
+    registry::dispatch(&model, Train(args))?
+}

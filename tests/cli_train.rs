@@ -1,0 +1,322 @@
+//! `dp train`, `dp models` and `dp describe` run as a binary: short runs on the shipped Adult data
+//! (text and JSON output, checkpoint and plot), a short MNIST-CNN run on small IDX files written here,
+//! and every kind of bad data file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn dp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dp")).args(args).output().expect("the dp binary runs")
+}
+
+const ADULT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/adult");
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("dp-cli-train-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn models_lists_every_registered_model_with_shape_and_parameters() {
+    let out = dp(&["models"]);
+    assert!(out.status.success());
+    let listing = text(&out.stdout);
+    for (name, model, params) in
+        [("logreg", "AdultLogReg", "105"), ("ffnn", "AdultFfnn", "5352"), ("mnist-cnn", "MnistCnn", "26010")]
+    {
+        let line = listing.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing"));
+        assert!(line.contains(model) && line.contains(params), "{line}");
+    }
+    let out = dp(&["models", "--json"]);
+    let rows: Vec<serde_json::Value> =
+        text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mnist = rows.iter().find(|r| r["name"] == "mnist-cnn").unwrap();
+    assert_eq!(mnist["input_shape"], serde_json::json!([1, 28, 28]));
+    assert_eq!(mnist["parameters"], 26010);
+
+    let out = dp(&["describe", "--model", "ffnn"]);
+    assert!(out.status.success());
+    let plan = text(&out.stdout);
+    assert!(plan.contains("AdultFfnn: 5352 parameters") && plan.contains("linear(out = 50)"), "{plan}");
+    let out = dp(&["describe", "--model", "resnet"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--model unknown model \"resnet\""));
+}
+
+fn adult_args<'a>(model: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "train",
+        "--model",
+        model,
+        "--data",
+        ADULT,
+        "--clip-norm",
+        "1",
+        "--lr",
+        "0.5",
+        "--batch-size",
+        "256",
+        "--epochs",
+        "3",
+        "--seed",
+        "3",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn adult_run_cut_by_max_steps_prints_accuracy_and_epsilon() {
+    let out = dp(&adult_args("ffnn", &["--target-epsilon", "1", "--max-steps", "40"]));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("stopped after 40 of 382 planned steps (--max-steps 40)"), "{stderr}");
+    let summary = stdout.lines().last().unwrap();
+    let number_after = |key: &str| -> f64 {
+        let rest = &summary[summary.find(key).unwrap_or_else(|| panic!("{key} in {summary}")) + key.len()..];
+        rest.trim_start().split([' ', '%', ',']).next().unwrap().parse().unwrap()
+    };
+    let (accuracy, epsilon) = (number_after("test accuracy"), number_after("epsilon"));
+    // 40 steps already beat the 76% majority class; ε is spent on 40 of 382 steps only.
+    assert!(accuracy > 78.0 && accuracy <= 100.0, "{summary}");
+    assert!(epsilon > 0.0 && epsilon < 1.0, "{summary}");
+    assert!(summary.contains("40 steps"), "{summary}");
+}
+
+#[test]
+fn json_lines_parse_and_checkpoint_and_plot_are_written() {
+    let dir = TempDir::new("json");
+    let checkpoint = dir.path("logreg.safetensors");
+    let out = dp(&adult_args("logreg", &["--noise-multiplier", "1.0", "--json", "--save", s(&checkpoint)]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let epochs: Vec<serde_json::Value> =
+        text(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("each line is JSON")).collect();
+    assert_eq!(epochs.len(), 3);
+    let mut previous_epsilon = 0.0;
+    for (i, e) in epochs.iter().enumerate() {
+        assert_eq!(e["epoch"], i + 1);
+        for key in ["loss", "accuracy", "epsilon", "steps", "seconds"] {
+            assert!(e[key].is_number(), "{key} in {e}");
+        }
+        let epsilon = e["epsilon"].as_f64().unwrap();
+        assert!(epsilon > previous_epsilon, "ε grows");
+        previous_epsilon = epsilon;
+    }
+    assert_eq!(epochs[2]["steps"], 382);
+    assert!(epochs[2]["accuracy"].as_f64().unwrap() > 0.8);
+
+    let saved = dp::checkpoint::load::<dp::models::AdultLogReg>(&checkpoint).unwrap();
+    assert_eq!(saved.steps, 382);
+    let svg = std::fs::read_to_string(checkpoint.with_extension("svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("test accuracy (%)"));
+}
+
+#[test]
+fn non_private_baseline_runs_with_infinite_epsilon() {
+    let out = dp(&[
+        "train",
+        "--model",
+        "ffnn",
+        "--data",
+        ADULT,
+        "--non-private",
+        "--lr",
+        "0.5",
+        "--batch-size",
+        "256",
+        "--epochs",
+        "1",
+        "--seed",
+        "1",
+        "--json",
+        "--max-steps",
+        "30",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line: serde_json::Value = serde_json::from_str(text(&out.stdout).lines().next().unwrap()).unwrap();
+    assert!(line["epsilon"].is_null(), "no ε: {line}");
+    assert_eq!(line["steps"], 30);
+    let out = dp(&[
+        "train",
+        "--model",
+        "ffnn",
+        "--data",
+        ADULT,
+        "--lr",
+        "0.5",
+        "--batch-size",
+        "256",
+        "--epochs",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "a privacy choice is required");
+}
+
+/// An IDX file: magic (two zeros, type 0x08 = u8, dimensions), sizes, bytes.
+fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![0, 0, 0x08, dims.len() as u8];
+    for d in dims {
+        bytes.extend_from_slice(&d.to_be_bytes());
+    }
+    bytes.extend_from_slice(data);
+    bytes
+}
+
+/// A small MNIST folder: `n` 28×28 images of a bright square at a place fixed by the label.
+fn write_mnist(dir: &Path, n: usize, side: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    let mut pixels = vec![0u8; n * (side * side) as usize];
+    for (i, &l) in labels.iter().enumerate() {
+        for k in 0..4 {
+            pixels[i * (side * side) as usize + l as usize * 2 + k * side as usize] = 255;
+        }
+    }
+    for (prefix, _) in [("train", ()), ("t10k", ())] {
+        std::fs::write(
+            dir.join(format!("{prefix}-images-idx3-ubyte")),
+            idx(&[n as u32, side, side], &pixels),
+        )
+        .unwrap();
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), idx(&[n as u32], &labels)).unwrap();
+    }
+}
+
+fn mnist_train(data: &Path, save: &Path) -> Output {
+    dp(&[
+        "train",
+        "--model",
+        "mnist-cnn",
+        "--data",
+        s(data),
+        "--noise-multiplier",
+        "1",
+        "--clip-norm",
+        "1",
+        "--lr",
+        "0.1",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "2",
+        "--save",
+        s(save),
+    ])
+}
+
+fn fails(output: Output, save: &Path, needle: &str) {
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success(), "{needle}: should fail");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    assert!(errors[0].contains(needle), "{needle:?} not in {stderr}");
+    assert!(!save.exists() && !save.with_extension("svg").exists(), "{needle}: nothing written");
+}
+
+#[test]
+fn mnist_cnn_trains_on_idx_files_and_bad_files_are_one_line_errors() {
+    let dir = TempDir::new("mnist");
+    let good = dir.path("good");
+    write_mnist(&good, 40, 28);
+    let save = dir.path("cnn.safetensors");
+    let out = mnist_train(&good, &save);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(save.exists());
+
+    let save = dir.path("never.safetensors");
+    let broken = |name: &str, file: &str, edit: &dyn Fn(&mut Vec<u8>)| {
+        let folder = dir.path(name);
+        write_mnist(&folder, 40, 28);
+        let path = folder.join(file);
+        let mut bytes = std::fs::read(&path).unwrap();
+        edit(&mut bytes);
+        std::fs::write(&path, bytes).unwrap();
+        folder
+    };
+    let magic = broken("magic", "train-images-idx3-ubyte", &|b| b[0] = 7);
+    fails(mnist_train(&magic, &save), &save, "train-images-idx3-ubyte");
+    let truncated = broken("truncated", "t10k-images-idx3-ubyte", &|b| b.truncate(b.len() - 100));
+    fails(mnist_train(&truncated, &save), &save, "t10k-images-idx3-ubyte");
+    let label = broken("label", "train-labels-idx1-ubyte", &|b| b[10] = 10);
+    fails(mnist_train(&label, &save), &save, "train-labels-idx1-ubyte");
+    let small = dir.path("small");
+    write_mnist(&small, 40, 27);
+    fails(mnist_train(&small, &save), &save, "28×28");
+    let empty = dir.path("empty");
+    write_mnist(&empty, 0, 28);
+    fails(mnist_train(&empty, &save), &save, "empty");
+    fails(mnist_train(&dir.path("missing"), &save), &save, "missing");
+}
+
+#[test]
+fn bad_adult_files_are_one_line_errors() {
+    let dir = TempDir::new("adult");
+    let save = dir.path("never.safetensors");
+    let header = "age,workclass,fnlwgt,education,education-num,marital-status,occupation,relationship,race,sex,capital-gain,capital-loss,hours-per-week,native-country,income";
+    let row = |age: &str, income: &str| {
+        format!("{age},Private,1,Bachelors,13,Never-married,Sales,Husband,White,Male,0,0,40,United-States,{income}")
+    };
+    let write = |name: &str, train: &str, test: &str| {
+        let folder = dir.path(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::File::create(folder.join("adult_train.csv")).unwrap().write_all(train.as_bytes()).unwrap();
+        std::fs::File::create(folder.join("adult_test.csv")).unwrap().write_all(test.as_bytes()).unwrap();
+        folder
+    };
+    let good_rows = format!("{header}\n{}\n{}\n", row("30", "<=50K"), row("50", ">50K"));
+    let run = |folder: &Path| {
+        dp(&[
+            "train",
+            "--model",
+            "logreg",
+            "--data",
+            s(folder),
+            "--noise-multiplier",
+            "1",
+            "--clip-norm",
+            "1",
+            "--lr",
+            "0.1",
+            "--batch-size",
+            "1",
+            "--epochs",
+            "1",
+            "--save",
+            s(&save),
+        ])
+    };
+    let nan = write("nan", &format!("{header}\n{}\n", row("nan", "<=50K")), &good_rows);
+    fails(run(&nan), &save, "adult_train.csv");
+    let label = write("label", &good_rows, &format!("{header}\n{}\n", row("40", "maybe")));
+    fails(run(&label), &save, "adult_test.csv");
+    let empty = write("empty", &format!("{header}\n"), &good_rows);
+    fails(run(&empty), &save, "adult_train.csv");
+    let ragged = write("ragged", &format!("{header}\n30,Private\n"), &good_rows);
+    fails(run(&ragged), &save, "adult_train.csv");
+}
