@@ -50,6 +50,8 @@ const NOISE_MULTIPLIER: f64 = 1.0;
 const LEARNING_RATE: f64 = 1e-3;
 /// Distinct synthetic examples: batches larger than this repeat them (as `--max-batch` needs).
 const MAX_DISTINCT_EXAMPLES: usize = 4096;
+/// Distinct synthetic examples behind a `--max-batch` step (their bytes count as fixed).
+const MAX_BATCH_DISTINCT_EXAMPLES: usize = 64;
 
 /// Which steps to time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -642,7 +644,7 @@ impl ModelTask for FindMaxBatch {
     type Output = MaxBatch;
 
     fn run<M: DpModel>(self, name: &'static str) -> Result<MaxBatch> {
-        let distinct = MAX_DISTINCT_EXAMPLES.min(1024);
+        let distinct = MAX_BATCH_DISTINCT_EXAMPLES;
         let memory = StepMemory::of::<M>(distinct);
         let batch = memory.max_batch(self.budget);
         if batch == 0 {
