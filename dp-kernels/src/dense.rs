@@ -72,9 +72,21 @@ pub fn row_sq_norms(x: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
     }
 }
 
+/// Lanes of independent partial sums in [`sq_norm`]: a sequential f32 sum cannot be vectorised (the
+/// compiler may not reorder it); sixteen partial sums let it use full SIMD registers.
+const SUM_LANES: usize = 16;
+
 #[inline]
 fn sq_norm(v: &[f32]) -> f32 {
-    v.iter().map(|&x| x * x).sum()
+    let mut partial = [0.0f32; SUM_LANES];
+    let mut chunks = v.chunks_exact(SUM_LANES);
+    for chunk in &mut chunks {
+        for (p, &x) in partial.iter_mut().zip(chunk) {
+            *p += x * x;
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().map(|&x| x * x).sum();
+    partial.iter().sum::<f32>() + tail
 }
 
 /// Per-example squared gradient norms of a linear layer that sees one position per example, from the

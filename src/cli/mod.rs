@@ -4,6 +4,7 @@
 //! Errors reach the user as one line on stderr; an invalid flag value names the flag and exits with 2,
 //! like clap's own parse errors.
 
+pub mod bench;
 pub mod datasets;
 pub mod models;
 pub mod plot;
@@ -44,6 +45,9 @@ pub enum Command {
     /// Privacy accounting: ε of a training plan, or the noise multiplier for a target ε.
     #[command(subcommand)]
     Privacy(privacy::PrivacyCommand),
+    /// Step times, private and not, of the built-in models; the largest batch for a memory budget;
+    /// the GEMM peak.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs a parsed command, writing its result to stdout.
@@ -54,6 +58,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Train(args) => train::run(args),
         Command::Step(args) => step::run(args),
         Command::Privacy(command) => privacy::run(command),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

@@ -19,9 +19,19 @@ use crate::noise::GaussianNoise;
 /// The noisy, normalised gradient, produced lazily coordinate by coordinate in one pass.
 pub struct NoisyGradient<'a> {
     sum: &'a [f32],
-    noise: Option<&'a mut GaussianNoise>,
+    noise: NoiseSource<'a>,
     noise_std: f64,
     inverse_batch: f64,
+}
+
+/// Where the standard normals of a [`NoisyGradient`] come from.
+enum NoiseSource<'a> {
+    /// No noise (secure mode's already-noised sum, or a non-private step).
+    Silent,
+    /// Drawn coordinate by coordinate as the gradient is read.
+    Stream(&'a mut GaussianNoise),
+    /// Drawn beforehand, one per coordinate, in coordinate order (see [`GaussianNoise::fill`]).
+    Drawn(&'a [f64]),
 }
 
 impl<'a> NoisyGradient<'a> {
@@ -33,7 +43,16 @@ impl<'a> NoisyGradient<'a> {
         noise_std: f64,
         expected_batch: f64,
     ) -> Self {
+        let noise = noise.map_or(NoiseSource::Silent, NoiseSource::Stream);
         NoisyGradient { sum, noise, noise_std, inverse_batch: 1.0 / expected_batch }
+    }
+
+    /// (sum + noise_std·z_j) / expected_batch with the standard normals `z` drawn beforehand, one per
+    /// coordinate, e.g. while the clipped sum was being computed. The same draws in the same order give
+    /// exactly the values of [`NoisyGradient::new`] with the stream they came from.
+    pub fn with_drawn_noise(sum: &'a [f32], z: &'a [f64], noise_std: f64, expected_batch: f64) -> Self {
+        assert_eq!(z.len(), sum.len(), "one drawn normal per gradient coordinate");
+        NoisyGradient { sum, noise: NoiseSource::Drawn(z), noise_std, inverse_batch: 1.0 / expected_batch }
     }
 
     /// Number of coordinates.
@@ -47,15 +66,61 @@ impl<'a> NoisyGradient<'a> {
     }
 
     /// The gradient estimates in coordinate order (each draws its noise as it is produced).
-    pub fn values(self) -> impl Iterator<Item = f64> + 'a {
-        let NoisyGradient { sum, mut noise, noise_std, inverse_batch } = self;
-        sum.iter().map(move |&s| {
-            let z = match noise.as_deref_mut() {
-                Some(n) => noise_std * n.standard_normal(),
-                None => 0.0,
-            };
-            (s as f64 + z) * inverse_batch
-        })
+    pub fn values(self) -> GradientValues<'a> {
+        let NoisyGradient { sum, noise, noise_std, inverse_batch } = self;
+        match noise {
+            NoiseSource::Silent => GradientValues::Silent { sum: sum.iter(), inverse_batch },
+            NoiseSource::Stream(noise) => {
+                GradientValues::Stream { sum: sum.iter(), noise, noise_std, inverse_batch }
+            }
+            NoiseSource::Drawn(z) => {
+                GradientValues::Drawn { sum: sum.iter().zip(z.iter()), noise_std, inverse_batch }
+            }
+        }
+    }
+}
+
+/// The iterator of [`NoisyGradient::values`]: one variant per noise source, so that each source's
+/// loop stays simple enough to vectorise.
+pub enum GradientValues<'a> {
+    /// No noise: s / B.
+    Silent { sum: std::slice::Iter<'a, f32>, inverse_batch: f64 },
+    /// Noise drawn per coordinate: (s + σC·z) / B.
+    Stream {
+        sum: std::slice::Iter<'a, f32>,
+        noise: &'a mut GaussianNoise,
+        noise_std: f64,
+        inverse_batch: f64,
+    },
+    /// Noise drawn beforehand: (s + σC·z) / B.
+    Drawn {
+        sum: std::iter::Zip<std::slice::Iter<'a, f32>, std::slice::Iter<'a, f64>>,
+        noise_std: f64,
+        inverse_batch: f64,
+    },
+}
+
+impl Iterator for GradientValues<'_> {
+    type Item = f64;
+
+    #[inline]
+    fn next(&mut self) -> Option<f64> {
+        match self {
+            GradientValues::Silent { sum, inverse_batch } => sum.next().map(|&s| s as f64 * *inverse_batch),
+            GradientValues::Stream { sum, noise, noise_std, inverse_batch } => {
+                sum.next().map(|&s| (s as f64 + *noise_std * noise.standard_normal()) * *inverse_batch)
+            }
+            GradientValues::Drawn { sum, noise_std, inverse_batch } => {
+                sum.next().map(|(&s, &z)| (s as f64 + *noise_std * z) * *inverse_batch)
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            GradientValues::Silent { sum, .. } | GradientValues::Stream { sum, .. } => sum.size_hint(),
+            GradientValues::Drawn { sum, .. } => sum.size_hint(),
+        }
     }
 }
 

@@ -255,10 +255,11 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 previous.copy_from_slice(model.params());
                 let stats = match aggregator.as_mut() {
                     None => {
-                        let stats = engine.clipped_sum(model, train, &indices)?;
-                        let gradient = NoisyGradient::new(
+                        let stats =
+                            engine.clipped_sum_and_noise(model, train, &indices, &mut noise_stream)?;
+                        let gradient = NoisyGradient::with_drawn_noise(
                             &engine.clipped_sum,
-                            Some(&mut noise_stream),
+                            engine.drawn_noise(),
                             noise_std,
                             plan.normaliser(),
                         );

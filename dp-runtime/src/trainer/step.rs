@@ -5,7 +5,7 @@ use crate::clipping::{clip_factors, ClipMode};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{Batch, DpModel, Workspace};
-use crate::noise::SecureAggregator;
+use crate::noise::{GaussianNoise, SecureAggregator};
 
 /// What one step's batch contributed.
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,6 +34,8 @@ pub struct StepEngine<M: DpModel> {
     /// Σ_i c_i·g_i of the current batch.
     pub clipped_sum: Vec<f32>,
     example_gradient: Vec<f32>,
+    /// Standard normals drawn for the current batch's update, one per parameter.
+    drawn_noise: Vec<f64>,
 }
 
 impl<M: DpModel> StepEngine<M> {
@@ -51,6 +53,7 @@ impl<M: DpModel> StepEngine<M> {
             factors: Vec::new(),
             clipped_sum: vec![0.0; M::PARAM_COUNT],
             example_gradient: Vec::new(),
+            drawn_noise: Vec::new(),
         }
     }
 
@@ -84,7 +87,7 @@ impl<M: DpModel> StepEngine<M> {
                 &mut self.clipped_sum,
             );
         }
-        if self.clipped_sum.iter().any(|g| !g.is_finite()) {
+        if !all_finite(&self.clipped_sum) {
             return Err(Error::Mismatch {
                 model: M::NAME.to_string(),
                 message: "clipped_sum produced a non-finite gradient although every non-finite example had \
@@ -93,6 +96,30 @@ impl<M: DpModel> StepEngine<M> {
             });
         }
         Ok(stats)
+    }
+
+    /// [`clipped_sum`](Self::clipped_sum), and meanwhile, on another thread of the pool, one standard
+    /// normal per parameter drawn from `noise` into [`drawn_noise`](Self::drawn_noise). The noise does not
+    /// depend on the batch, so drawing it alongside hides its cost (a ChaCha20 stream and a ziggurat per
+    /// parameter: as much work as the gradient itself for small models); the draws are those that
+    /// `noise.standard_normal()` would have given coordinate by coordinate, in the same order.
+    pub fn clipped_sum_and_noise(
+        &mut self,
+        model: &M,
+        data: &Dataset<M::Input>,
+        indices: &[usize],
+        noise: &mut GaussianNoise,
+    ) -> Result<BatchStats> {
+        let mut drawn = std::mem::take(&mut self.drawn_noise);
+        drawn.resize(M::PARAM_COUNT, 0.0);
+        let (stats, ()) = rayon::join(|| self.clipped_sum(model, data, indices), || noise.fill(&mut drawn));
+        self.drawn_noise = drawn;
+        stats
+    }
+
+    /// The normals of the last [`clipped_sum_and_noise`](Self::clipped_sum_and_noise).
+    pub fn drawn_noise(&self) -> &[f64] {
+        &self.drawn_noise
     }
 
     /// Secure mode: each example separately (per-example clipped gradients are needed to round them
@@ -166,4 +193,10 @@ impl<M: DpModel> StepEngine<M> {
         }
         Ok(())
     }
+}
+
+/// Whether every value is finite; without early exit, so that it vectorises (the sum is checked once
+/// per step and is almost always finite).
+fn all_finite(values: &[f32]) -> bool {
+    values.iter().fold(true, |ok, v| ok & v.is_finite())
 }

@@ -1,0 +1,829 @@
+//! `dp bench`: how fast the compiled models train, privately and not, and how close that is to the machine.
+//!
+//! - `dp bench --model NAME [--batch-size B] [--steps N] [--warmup W] [--mode private|non-private|both]
+//!   [--threads T] [--json]`: per-step milliseconds (median, min, max over N timed steps after W warm-up
+//!   steps), examples per second, FLOPs per step from the static plan and the GFLOP/s achieved, bytes per
+//!   example from the memory plan, and the peak resident memory.
+//! - `dp bench --all [--batch-size B]`: every built-in model at batch sizes 16, 32, 64, 128 and 256 (or B),
+//!   as a Markdown table (or one JSON object per model and batch size).
+//! - `dp bench --max-batch [--memory-budget 8GiB] [--model NAME]`: the largest batch whose private step
+//!   fits the budget, from the static plan, confirmed by running one step at that size.
+//! - `dp bench --peak`: the GEMM crate's f32 throughput on large square products, the ceiling against
+//!   which a model's GFLOP/s can be read.
+//!
+//! A private step is the trainer's whole DP-SGD step on a fixed batch (sampling excluded): gathering the
+//! batch, per-example norms, clip factors, clipped sum with the noise drawn alongside
+//! ([`StepEngine::clipped_sum_and_noise`]), then noise added, division by
+//! the batch size and the SGD update in one pass ([`NoisyGradient`] into [`Sgd`]). A non-private step
+//! gathers the same batch, runs `loss_and_gradient` and applies the same update without noise. Inputs are
+//! synthetic, of the model's exact shapes (token ids below the model's vocabulary).
+
+use std::any::{Any, TypeId};
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+use dp_kernels::gemm::{sgemm, Op};
+use dp_runtime::clipping::ClipMode;
+use dp_runtime::noise::GaussianNoise;
+use dp_runtime::optim::{NoisyGradient, Optimizer, Sgd, StepInfo};
+use dp_runtime::trainer::step::StepEngine;
+use dp_runtime::{Batch, Dataset, DpModel, Error, InputElem, Loss, Result, Workspace};
+use rand::{Rng, RngCore};
+use serde_json::json;
+
+use super::datasets::{DataSource, NpyInput};
+use super::registry::{self, ModelEntry, ModelVisitor};
+
+/// Batch sizes of `--all` when no `--batch-size` is given (the founding paper's figures).
+pub const ALL_BATCH_SIZES: [usize; 5] = [16, 32, 64, 128, 256];
+/// Batch size of `--model` when no `--batch-size` is given (the reference table).
+pub const DEFAULT_BATCH_SIZE: usize = 128;
+/// Memory budget of `--max-batch` when none is given: 8 GiB.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 8 << 30;
+/// Square sizes `--peak` multiplies.
+pub const PEAK_SIZES: [usize; 3] = [512, 1024, 2048];
+
+/// Clip norm, noise multiplier and learning rate of the measured steps. The work of a step does not
+/// depend on them; a small learning rate keeps the parameters finite over any number of steps.
+const CLIP_NORM: f64 = 1.0;
+const NOISE_MULTIPLIER: f64 = 1.0;
+const LEARNING_RATE: f64 = 1e-3;
+/// Distinct synthetic examples: batches larger than this repeat them (as `--max-batch` needs).
+const MAX_DISTINCT_EXAMPLES: usize = 4096;
+/// Distinct synthetic examples behind a `--max-batch` step (their bytes count as fixed).
+const MAX_BATCH_DISTINCT_EXAMPLES: usize = 64;
+
+/// Which steps to time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// The DP-SGD step only.
+    Private,
+    /// The non-private step only.
+    NonPrivate,
+    /// Both, one after the other.
+    Both,
+}
+
+impl Mode {
+    fn private(self) -> bool {
+        self != Mode::NonPrivate
+    }
+
+    fn non_private(self) -> bool {
+        self != Mode::Private
+    }
+}
+
+/// Arguments of `dp bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The model to measure (see `dp models`).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Every built-in model, at batch sizes 16, 32, 64, 128, 256 unless --batch-size is given.
+    #[arg(long, conflicts_with_all = ["model", "peak"])]
+    pub all: bool,
+    /// Examples per step (default 128 with --model).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Timed steps per measurement; the median, min and max are reported.
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+    /// Untimed steps before the timed ones (default: a fifth of --steps, at least 2).
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Which steps to time.
+    #[arg(long, value_enum, default_value_t = Mode::Both)]
+    pub mode: Mode,
+    /// Threads of the pool the kernels run on (default: one per CPU).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The largest batch that fits --memory-budget, per model (all models unless --model is given).
+    #[arg(long, conflicts_with_all = ["all", "peak"])]
+    pub max_batch: bool,
+    /// Bytes a step may use with --max-batch: a number with an optional KiB, MiB, GiB (or K, M, G) suffix.
+    #[arg(long, requires = "max_batch", value_parser = parse_bytes)]
+    pub memory_budget: Option<u64>,
+    /// The GEMM crate's f32 throughput on large square products.
+    #[arg(long, conflicts_with = "model")]
+    pub peak: bool,
+    /// The square sizes --peak multiplies, comma-separated (default 512,1024,2048).
+    #[arg(long, requires = "peak", value_delimiter = ',')]
+    pub peak_sizes: Option<Vec<usize>>,
+}
+
+/// Parses `8GiB`, `512MiB`, `64K`, `1000` into bytes.
+pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("must be a size such as 8GiB, got {text:?}"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        "t" | "tib" | "tb" => 1 << 40,
+        other => return Err(format!("unknown unit {other:?} in {text:?} (use KiB, MiB or GiB)")),
+    };
+    let bytes = value * scale as f64;
+    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("must be at least one byte, got {text:?}"));
+    }
+    Ok(bytes as u64)
+}
+
+/// Runs `dp bench`, printing its results on stdout.
+pub fn run(args: BenchArgs) -> Result<()> {
+    validate(&args)?;
+    let mut builder = rayon::ThreadPoolBuilder::new();
+    if let Some(threads) = args.threads {
+        builder = builder.num_threads(threads);
+    }
+    let pool = builder.build().map_err(|e| Error::invalid("threads", format!("no thread pool: {e}")))?;
+    pool.install(|| {
+        if args.peak {
+            peak(&args)
+        } else if args.max_batch {
+            max_batch(&args)
+        } else {
+            timings(&args)
+        }
+    })
+}
+
+fn validate(args: &BenchArgs) -> Result<()> {
+    if args.steps == 0 {
+        return Err(Error::invalid("steps", "must be at least 1"));
+    }
+    if args.batch_size == Some(0) {
+        return Err(Error::invalid("batch_size", "must be at least 1"));
+    }
+    if args.peak_sizes.as_ref().is_some_and(|sizes| sizes.contains(&0)) {
+        return Err(Error::invalid("peak_sizes", "must all be at least 1"));
+    }
+    if args.threads == Some(0) {
+        return Err(Error::invalid("threads", "must be at least 1"));
+    }
+    if let Some(name) = &args.model {
+        if !MODEL_NAMES.contains(&name.as_str()) {
+            return Err(Error::invalid(
+                "model",
+                format!("{name:?} is not a built-in model (one of {})", MODEL_NAMES.join(", ")),
+            ));
+        }
+    }
+    if !(args.peak || args.max_batch || args.all || args.model.is_some()) {
+        return Err(Error::invalid(
+            "model",
+            "is required: name a model, or give --all, --max-batch or --peak",
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Models
+
+/// The built-in models `dp bench` measures, by command-line name (the CLI's registry).
+pub use super::registry::NAMES as MODEL_NAMES;
+
+/// Something done with one model type: the generic half of dispatching on a name.
+trait ModelTask {
+    type Output;
+    fn run<M: DpModel>(self, name: &'static str) -> Result<Self::Output>;
+}
+
+/// Adapts a [`ModelTask`] to the registry's visitor.
+struct Visit<T>(T);
+
+impl<T: ModelTask> ModelVisitor for Visit<T> {
+    type Output = Result<T::Output>;
+
+    fn visit<M, D>(self, entry: ModelEntry) -> Self::Output
+    where
+        M: DpModel,
+        M::Input: NpyInput,
+        D: DataSource<Input = M::Input>,
+    {
+        self.0.run::<M>(entry.name)
+    }
+}
+
+/// Runs `task` with the model registered as `name`.
+fn with_model<T: ModelTask>(name: &str, task: T) -> Result<T::Output> {
+    registry::dispatch(name, Visit(task))?
+}
+
+/// `count · len` synthetic input values: uniform on [0, 1) for `f32` inputs, token ids below `vocab`
+/// for `u32` inputs.
+fn synthetic_inputs<T: InputElem>(rng: &mut dyn RngCore, len: usize, vocab: usize) -> Option<Vec<T>> {
+    let values: Box<dyn Any> = if TypeId::of::<T>() == TypeId::of::<u32>() {
+        if vocab == 0 {
+            return None;
+        }
+        Box::new((0..len).map(|_| rng.random_range(0..vocab as u32)).collect::<Vec<u32>>())
+    } else if TypeId::of::<T>() == TypeId::of::<f32>() {
+        Box::new((0..len).map(|_| rng.random::<f32>()).collect::<Vec<f32>>())
+    } else {
+        return None;
+    };
+    values.downcast::<Vec<T>>().ok().map(|v| *v)
+}
+
+/// `count` synthetic examples of model `M` with valid labels for its loss.
+fn synthetic_data<M: DpModel>(count: usize) -> Result<Dataset<M::Input>> {
+    let mut rng = dp_runtime::rng::seeded(0x0bec4);
+    let inputs =
+        synthetic_inputs::<M::Input>(&mut rng, count * M::input_len(), M::VOCAB).ok_or_else(|| {
+            Error::Mismatch {
+                model: M::NAME.into(),
+                message: "no synthetic inputs for this input type (f32, or u32 tokens with a vocabulary)"
+                    .into(),
+            }
+        })?;
+    let labels = (0..count * M::LOSS.label_len())
+        .map(|_| match M::LOSS {
+            Loss::CrossEntropy { classes } => rng.random_range(0..classes) as f32,
+            Loss::BinaryCrossEntropy => f32::from(rng.random_bool(0.5)),
+            Loss::MeanSquaredError { .. } => rng.random_range(-1.0..1.0),
+        })
+        .collect();
+    Dataset::new(inputs, labels, M::INPUT_SHAPE.to_vec(), M::LOSS.label_len())
+}
+
+/// Indices of a batch of `batch` examples over a dataset of `count` (repeating when larger).
+fn batch_indices(batch: usize, count: usize) -> Vec<usize> {
+    (0..batch).map(|i| i % count).collect()
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Timing
+
+/// Median, minimum and maximum of the timed steps, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// Runs `step` `warmup` times, then times `steps` runs one by one.
+fn time_steps(warmup: usize, steps: usize, mut step: impl FnMut() -> Result<()>) -> Result<Timing> {
+    for _ in 0..warmup {
+        step()?;
+    }
+    let mut samples = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let start = Instant::now();
+        step()?;
+        samples.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(summarize(samples))
+}
+
+/// Median (the mean of the middle two for an even count), minimum and maximum of non-empty `samples`.
+fn summarize(mut samples: Vec<f64>) -> Timing {
+    samples.sort_by(f64::total_cmp);
+    let middle = samples.len() / 2;
+    let median =
+        if samples.len() % 2 == 1 { samples[middle] } else { 0.5 * (samples[middle - 1] + samples[middle]) };
+    Timing { median, min: samples[0], max: samples[samples.len() - 1] }
+}
+
+/// The private DP-SGD step of the trainer on a fixed batch: everything but the sampling.
+struct PrivateStep<M: DpModel> {
+    model: M,
+    engine: StepEngine<M>,
+    noise: GaussianNoise,
+    optimizer: Sgd,
+    step: u64,
+}
+
+impl<M: DpModel> PrivateStep<M> {
+    fn new(model: M, batch: usize) -> Self {
+        PrivateStep {
+            model,
+            engine: StepEngine::new(CLIP_NORM, ClipMode::Flat, batch, batch),
+            noise: GaussianNoise::new(dp_runtime::rng::seeded(1)),
+            optimizer: Sgd::new(LEARNING_RATE),
+            step: 0,
+        }
+    }
+
+    fn run(&mut self, data: &Dataset<M::Input>, indices: &[usize]) -> Result<()> {
+        self.engine.clipped_sum_and_noise(&self.model, data, indices, &mut self.noise)?;
+        let gradient = NoisyGradient::with_drawn_noise(
+            &self.engine.clipped_sum,
+            self.engine.drawn_noise(),
+            NOISE_MULTIPLIER * CLIP_NORM,
+            indices.len() as f64,
+        );
+        self.optimizer.step(
+            self.model.params_mut(),
+            gradient,
+            StepInfo { step: self.step, total_steps: u64::MAX },
+        );
+        self.step += 1;
+        Ok(())
+    }
+}
+
+/// The non-private step: the same batch, forward and backward, the same update without noise.
+struct NonPrivateStep<M: DpModel> {
+    model: M,
+    workspace: Workspace,
+    inputs: Vec<M::Input>,
+    labels: Vec<f32>,
+    losses: Vec<f32>,
+    gradient: Vec<f32>,
+    optimizer: Sgd,
+    step: u64,
+}
+
+impl<M: DpModel> NonPrivateStep<M> {
+    fn new(model: M, batch: usize) -> Self {
+        NonPrivateStep {
+            model,
+            workspace: Workspace::new::<M>(batch),
+            inputs: Vec::new(),
+            labels: Vec::new(),
+            losses: vec![0.0; batch],
+            gradient: vec![0.0; M::PARAM_COUNT],
+            optimizer: Sgd::new(LEARNING_RATE),
+            step: 0,
+        }
+    }
+
+    fn run(&mut self, data: &Dataset<M::Input>, indices: &[usize]) -> Result<()> {
+        data.gather(indices, &mut self.inputs, &mut self.labels);
+        let batch = Batch { inputs: &self.inputs, labels: &self.labels, size: indices.len() };
+        self.gradient.fill(0.0);
+        self.model.loss_and_gradient(&mut self.workspace, batch, &mut self.losses, &mut self.gradient);
+        let gradient = NoisyGradient::new(&self.gradient, None, 0.0, indices.len() as f64);
+        self.optimizer.step(
+            self.model.params_mut(),
+            gradient,
+            StepInfo { step: self.step, total_steps: u64::MAX },
+        );
+        self.step += 1;
+        Ok(())
+    }
+}
+
+/// Fails if a run left non-finite parameters (the timings would then be of NaN arithmetic).
+fn check_finite<M: DpModel>(model: &M, what: &str) -> Result<()> {
+    match model.params().iter().all(|p| p.is_finite()) {
+        true => Ok(()),
+        false => Err(Error::Mismatch {
+            model: M::NAME.into(),
+            message: format!("the {what} steps made the parameters non-finite"),
+        }),
+    }
+}
+
+/// FLOPs of one step of `batch` examples from the static plan (forward, backward and norms).
+fn plan_flops<M: DpModel>(batch: usize) -> u64 {
+    M::LAYERS.iter().map(|l| l.flops_per_example).sum::<u64>() * batch as u64
+}
+
+/// One model at one batch size.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    pub model: &'static str,
+    pub model_type: &'static str,
+    pub parameters: usize,
+    pub batch_size: usize,
+    pub threads: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    pub private: Option<Timing>,
+    pub non_private: Option<Timing>,
+    pub flops_per_step: u64,
+    pub bytes_per_example: u64,
+    pub workspace_fixed_bytes: u64,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+impl Measurement {
+    fn examples_per_s(&self, t: Option<Timing>) -> Option<f64> {
+        t.map(|t| self.batch_size as f64 / (t.median * 1e-3))
+    }
+
+    fn gflops_per_s(&self, t: Option<Timing>) -> Option<f64> {
+        t.map(|t| self.flops_per_step as f64 / (t.median * 1e-3) / 1e9)
+    }
+
+    /// The `--json` object.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "model": self.model,
+            "model_type": self.model_type,
+            "parameters": self.parameters,
+            "batch_size": self.batch_size,
+            "threads": self.threads,
+            "steps": self.steps,
+            "warmup": self.warmup,
+            "private_ms_median": self.private.map(|t| t.median),
+            "private_ms_min": self.private.map(|t| t.min),
+            "private_ms_max": self.private.map(|t| t.max),
+            "nonprivate_ms_median": self.non_private.map(|t| t.median),
+            "nonprivate_ms_min": self.non_private.map(|t| t.min),
+            "nonprivate_ms_max": self.non_private.map(|t| t.max),
+            "private_examples_per_s": self.examples_per_s(self.private),
+            "nonprivate_examples_per_s": self.examples_per_s(self.non_private),
+            "flops_per_step": self.flops_per_step,
+            "gflops_per_step": self.flops_per_step as f64 / 1e9,
+            "private_gflops_per_s": self.gflops_per_s(self.private),
+            "nonprivate_gflops_per_s": self.gflops_per_s(self.non_private),
+            "bytes_per_example": self.bytes_per_example,
+            "workspace_fixed_bytes": self.workspace_fixed_bytes,
+            "peak_rss_bytes": self.peak_rss_bytes,
+        })
+    }
+
+    /// The text report of `--model`.
+    fn to_text(&self) -> String {
+        let mut out = format!(
+            "{} ({}, {} parameters): batch {}, {} threads, median of {} steps after {} warm-up\n",
+            self.model,
+            self.model_type,
+            self.parameters,
+            self.batch_size,
+            self.threads,
+            self.steps,
+            self.warmup
+        );
+        out += &format!(
+            "  {:<12} {:>10} {:>10} {:>10} {:>12} {:>9}\n",
+            "step", "median ms", "min ms", "max ms", "examples/s", "GFLOP/s"
+        );
+        for (label, t) in [("private", self.private), ("non-private", self.non_private)] {
+            if let Some(t) = t {
+                out += &format!(
+                    "  {:<12} {:>10.4} {:>10.4} {:>10.4} {:>12.0} {:>9.2}\n",
+                    label,
+                    t.median,
+                    t.min,
+                    t.max,
+                    self.examples_per_s(Some(t)).unwrap_or(0.0),
+                    self.gflops_per_s(Some(t)).unwrap_or(0.0)
+                );
+            }
+        }
+        if let (Some(p), Some(n)) = (self.private, self.non_private) {
+            out += &format!("  private / non-private: {:.2}x\n", p.median / n.median);
+        }
+        out += &format!(
+            "  plan: {:.4} GFLOP per step, {} bytes per example, {} bytes fixed workspace\n",
+            self.flops_per_step as f64 / 1e9,
+            self.bytes_per_example,
+            self.workspace_fixed_bytes
+        );
+        if let Some(peak) = self.peak_rss_bytes {
+            out += &format!("  peak resident memory: {:.1} MiB\n", peak as f64 / (1 << 20) as f64);
+        }
+        out
+    }
+
+    /// One row of the `--all` Markdown table.
+    fn to_row(&self) -> String {
+        let ms = |t: Option<Timing>| t.map_or("-".to_string(), |t| format!("{:.4}", t.median));
+        let ratio = match (self.private, self.non_private) {
+            (Some(p), Some(n)) => format!("{:.2}", p.median / n.median),
+            _ => "-".into(),
+        };
+        let per_s = self.examples_per_s(self.private).map_or("-".into(), |v| format!("{v:.0}"));
+        let gflops = self.gflops_per_s(self.private).map_or("-".into(), |v| format!("{v:.2}"));
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            self.model,
+            self.batch_size,
+            ms(self.private),
+            ms(self.non_private),
+            ratio,
+            per_s,
+            gflops,
+            self.bytes_per_example
+        )
+    }
+}
+
+const TABLE_HEADER: &str = "| model | batch | private ms | non-private ms | private / non-private | private examples/s | private GFLOP/s | bytes/example |\n|---|---:|---:|---:|---:|---:|---:|---:|";
+
+/// Measures one model at one batch size.
+struct Measure<'a> {
+    args: &'a BenchArgs,
+    batch: usize,
+}
+
+impl ModelTask for Measure<'_> {
+    type Output = Measurement;
+
+    fn run<M: DpModel>(self, name: &'static str) -> Result<Measurement> {
+        let (args, batch) = (self.args, self.batch);
+        let warmup = args.warmup.unwrap_or((args.steps / 5).max(2));
+        let data = synthetic_data::<M>(batch.min(MAX_DISTINCT_EXAMPLES))?;
+        let indices = batch_indices(batch, data.len());
+        let initial = M::init(&mut dp_runtime::rng::seeded(2));
+        reset_peak_rss();
+        let private = match args.mode.private() {
+            true => {
+                let mut step = PrivateStep::new(M::from_params(initial.params().to_vec()), batch);
+                let timing = time_steps(warmup, args.steps, || step.run(&data, &indices))?;
+                check_finite(&step.model, "private")?;
+                Some(timing)
+            }
+            false => None,
+        };
+        let non_private = match args.mode.non_private() {
+            true => {
+                let mut step = NonPrivateStep::new(M::from_params(initial.params().to_vec()), batch);
+                let timing = time_steps(warmup, args.steps, || step.run(&data, &indices))?;
+                check_finite(&step.model, "non-private")?;
+                Some(timing)
+            }
+            false => None,
+        };
+        Ok(Measurement {
+            model: name,
+            model_type: M::NAME,
+            parameters: M::PARAM_COUNT,
+            batch_size: batch,
+            threads: rayon::current_num_threads(),
+            steps: args.steps,
+            warmup,
+            private,
+            non_private,
+            flops_per_step: plan_flops::<M>(batch),
+            bytes_per_example: (M::WORKSPACE_PER_EXAMPLE * 4) as u64,
+            workspace_fixed_bytes: (M::WORKSPACE_FIXED * 4) as u64,
+            peak_rss_bytes: peak_rss(),
+        })
+    }
+}
+
+fn timings(args: &BenchArgs) -> Result<()> {
+    let (names, batches): (Vec<&str>, Vec<usize>) = match &args.model {
+        Some(name) => (vec![name.as_str()], vec![args.batch_size.unwrap_or(DEFAULT_BATCH_SIZE)]),
+        None => (MODEL_NAMES.to_vec(), args.batch_size.map_or(ALL_BATCH_SIZES.to_vec(), |b| vec![b])),
+    };
+    if args.all && !args.json {
+        println!("{TABLE_HEADER}");
+    }
+    for name in names {
+        for &batch in &batches {
+            let measured = with_model(name, Measure { args, batch })?;
+            if args.json {
+                println!("{}", measured.to_json());
+            } else if args.all {
+                println!("{}", measured.to_row());
+            } else {
+                print!("{}", measured.to_text());
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Largest batch for a memory budget
+
+/// The memory a private step of model `M` needs, from the static plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepMemory {
+    /// Bytes that grow with the batch: the workspace's per-example arena, the gathered inputs and labels,
+    /// the loss, the squared norms and clip factors of each group, the batch index.
+    pub per_example: u64,
+    /// Bytes independent of the batch: the fixed arena, parameters, clipped sum, synthetic examples.
+    pub fixed: u64,
+}
+
+impl StepMemory {
+    fn of<M: DpModel>(distinct_examples: usize) -> Self {
+        let input = (M::input_len() * std::mem::size_of::<M::Input>()) as u64;
+        let label = (M::LOSS.label_len() * 4) as u64;
+        let per_example = (M::WORKSPACE_PER_EXAMPLE * 4) as u64
+            + input
+            + label
+            + 4
+            + (2 * M::GROUPS.len() * 4) as u64
+            + std::mem::size_of::<usize>() as u64;
+        let fixed = (M::WORKSPACE_FIXED * 4) as u64
+            + 2 * (M::PARAM_COUNT * 4) as u64
+            + distinct_examples as u64 * (input + label);
+        StepMemory { per_example, fixed }
+    }
+
+    /// The largest batch whose step fits `budget` bytes (0 when not even one example does).
+    pub fn max_batch(self, budget: u64) -> u64 {
+        budget.saturating_sub(self.fixed) / self.per_example.max(1)
+    }
+}
+
+/// The largest batch that fits, and what one step at that size measured.
+#[derive(Debug, Clone)]
+pub struct MaxBatch {
+    pub model: &'static str,
+    pub budget: u64,
+    pub memory: StepMemory,
+    pub batch_size: u64,
+    pub step_ms: f64,
+    /// Growth of the resident set from before the step's buffers existed to the peak during the step.
+    pub measured_bytes: Option<u64>,
+}
+
+struct FindMaxBatch {
+    budget: u64,
+}
+
+impl ModelTask for FindMaxBatch {
+    type Output = MaxBatch;
+
+    fn run<M: DpModel>(self, name: &'static str) -> Result<MaxBatch> {
+        let distinct = MAX_BATCH_DISTINCT_EXAMPLES;
+        let memory = StepMemory::of::<M>(distinct);
+        let batch = memory.max_batch(self.budget);
+        if batch == 0 {
+            return Err(Error::invalid(
+                "memory_budget",
+                format!(
+                    "{} bytes do not hold one example of {name} ({} bytes fixed, {} per example)",
+                    self.budget, memory.fixed, memory.per_example
+                ),
+            ));
+        }
+        let batch_usize = usize::try_from(batch).map_err(|_| Error::invalid("memory_budget", "too large"))?;
+        // A small step first, so that code pages, thread stacks and the GEMM's scratch are resident
+        // before the measured step and do not count against its budget.
+        let warmup = synthetic_data::<M>(1)?;
+        PrivateStep::new(M::init(&mut dp_runtime::rng::seeded(2)), 1).run(&warmup, &[0])?;
+        drop(warmup);
+        reset_peak_rss();
+        let before = resident_bytes();
+        let data = synthetic_data::<M>(distinct.min(batch_usize))?;
+        let indices = batch_indices(batch_usize, data.len());
+        let mut step = PrivateStep::new(M::init(&mut dp_runtime::rng::seeded(2)), batch_usize);
+        let start = Instant::now();
+        step.run(&data, &indices)?;
+        let step_ms = start.elapsed().as_secs_f64() * 1e3;
+        check_finite(&step.model, "private")?;
+        let measured_bytes = match (before, peak_rss()) {
+            (Some(b), Some(p)) => Some(p.saturating_sub(b)),
+            _ => None,
+        };
+        Ok(MaxBatch { model: name, budget: self.budget, memory, batch_size: batch, step_ms, measured_bytes })
+    }
+}
+
+fn max_batch(args: &BenchArgs) -> Result<()> {
+    let budget = args.memory_budget.unwrap_or(DEFAULT_MEMORY_BUDGET);
+    let names: Vec<&str> = args.model.as_deref().map_or(MODEL_NAMES.to_vec(), |n| vec![n]);
+    for (i, name) in names.into_iter().enumerate() {
+        let found = with_model(name, FindMaxBatch { budget })?;
+        if i == 0 && !args.json {
+            println!(
+                "| model | memory budget | bytes/example | fixed bytes | largest batch | step ms | measured bytes |\n|---|---:|---:|---:|---:|---:|---:|"
+            );
+        }
+        if args.json {
+            let object = json!({
+                "model": found.model,
+                "memory_budget_bytes": found.budget,
+                "bytes_per_example": found.memory.per_example,
+                "fixed_bytes": found.memory.fixed,
+                "max_batch_size": found.batch_size,
+                "step_ms": found.step_ms,
+                "measured_bytes": found.measured_bytes,
+                "confirmed": found.measured_bytes.is_none_or(|m| m <= found.budget),
+            });
+            println!("{object}");
+        } else {
+            let measured = found.measured_bytes.map_or("-".to_string(), |m| m.to_string());
+            println!(
+                "| {} | {} | {} | {} | {} | {:.1} | {} |",
+                found.model,
+                found.budget,
+                found.memory.per_example,
+                found.memory.fixed,
+                found.batch_size,
+                found.step_ms,
+                measured
+            );
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Peak GEMM throughput
+
+/// Median GFLOP/s of `c = a·b` for square `n×n` f32 matrices through the project's GEMM wrapper.
+pub fn gemm_gflops(n: usize, repeats: usize) -> f64 {
+    let mut rng = dp_runtime::rng::seeded(3);
+    let a: Vec<f32> = (0..n * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let b: Vec<f32> = (0..n * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let mut c = vec![0.0f32; n * n];
+    sgemm(Op::N, Op::N, n, n, n, 1.0, &a, &b, 0.0, &mut c);
+    let mut samples: Vec<f64> = (0..repeats.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            sgemm(Op::N, Op::N, n, n, n, 1.0, &a, &b, 0.0, &mut c);
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    2.0 * (n as f64).powi(3) / samples[samples.len() / 2] / 1e9
+}
+
+fn peak(args: &BenchArgs) -> Result<()> {
+    let threads = rayon::current_num_threads();
+    for &n in args.peak_sizes.as_deref().unwrap_or(&PEAK_SIZES) {
+        // About a second of work per size at 100 GFLOP/s, at least three products.
+        let repeats = ((1e11 / (2.0 * (n as f64).powi(3))) as usize).clamp(3, 200);
+        let gflops = gemm_gflops(n, repeats);
+        if args.json {
+            println!(
+                "{}",
+                json!({ "gemm": "f32", "n": n, "threads": threads, "repeats": repeats, "gflops_per_s": gflops })
+            );
+        } else {
+            println!("f32 GEMM {n}x{n}x{n}, {threads} threads: {gflops:.1} GFLOP/s (median of {repeats})");
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Resident memory (Linux /proc; None elsewhere)
+
+fn status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The peak resident set (VmHWM) since the last [`reset_peak_rss`].
+fn peak_rss() -> Option<u64> {
+    status_bytes("VmHWM:")
+}
+
+fn resident_bytes() -> Option<u64> {
+    status_bytes("VmRSS:")
+}
+
+/// Resets VmHWM to the current resident set, so each measurement reports its own peak (Linux ≥ 4.0;
+/// where it fails the peak is the process's).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_bytes("8GiB"), Ok(8 << 30));
+        assert_eq!(parse_bytes("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("64k"), Ok(64 << 10));
+        assert_eq!(parse_bytes("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert!(parse_bytes("8 parsecs").is_err());
+        assert!(parse_bytes("GiB").is_err());
+        assert!(parse_bytes("0").is_err());
+    }
+
+    #[test]
+    fn odd_and_even_medians() {
+        assert_eq!(summarize(vec![3.0, 1.0, 2.0]), Timing { median: 2.0, min: 1.0, max: 3.0 });
+        assert_eq!(summarize(vec![4.0, 1.0, 2.0, 10.0]), Timing { median: 3.0, min: 1.0, max: 10.0 });
+        assert_eq!(summarize(vec![5.0]), Timing { median: 5.0, min: 5.0, max: 5.0 });
+    }
+
+    #[test]
+    fn every_step_runs_and_errors_stop_the_timing() {
+        let mut calls = 0;
+        time_steps(2, 5, || {
+            calls += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(calls, 7);
+        let failed = time_steps(1, 5, || Err(Error::invalid("x", "stop")));
+        assert!(failed.is_err());
+    }
+
+    #[test]
+    fn max_batch_is_the_largest_that_fits() {
+        let memory = StepMemory { per_example: 100, fixed: 1000 };
+        assert_eq!(memory.max_batch(1000), 0);
+        assert_eq!(memory.max_batch(1099), 0);
+        assert_eq!(memory.max_batch(1100), 1);
+        assert_eq!(memory.max_batch(1_000_999), 9_999);
+    }
+}
