@@ -488,6 +488,7 @@ fn ref_gradient(spec: &Spec, params: &[f64], x: &[f64], label: usize) -> (f64, V
 // ---------------------------------------------------------------------------------------------
 // Reference specs of the models above.
 
+#[allow(clippy::too_many_arguments)] // mirrors conv2d's own argument list
 fn conv(
     in_c: usize,
     in_h: usize,
