@@ -377,14 +377,7 @@ pub fn scale_examples(
     factor_stride: usize,
     x: &mut [f32],
 ) {
-    let unit = rows * width;
-    check_len("x", x.len(), groups * batch * unit);
-    check_factors(factors.len(), batch, factor_stride);
-    if unit == 0 {
-        return;
-    }
-    x[..groups * batch * unit].par_chunks_mut(unit).enumerate().for_each(|(u, block)| {
-        let c = factors[(u % batch) * factor_stride];
+    for_each_example_block(groups, batch, rows * width, factors, factor_stride, x, |c, block| {
         if c == 0.0 {
             block.fill(0.0);
         } else if c != 1.0 {
@@ -404,17 +397,33 @@ pub fn zero_unclipped_examples(
     factor_stride: usize,
     x: &mut [f32],
 ) {
-    let unit = rows * width;
+    for_each_example_block(groups, batch, rows * width, factors, factor_stride, x, |c, block| {
+        if c == 0.0 {
+            block.fill(0.0);
+        }
+    });
+}
+
+/// Calls `f(factor, block)` in parallel for every example's block of `unit` values in `x`
+/// (`[groups][batch][unit]`), with that example's factor `factors[i * factor_stride]`.
+fn for_each_example_block(
+    groups: usize,
+    batch: usize,
+    unit: usize,
+    factors: &[f32],
+    factor_stride: usize,
+    x: &mut [f32],
+    f: impl Fn(f32, &mut [f32]) + Sync,
+) {
     check_len("x", x.len(), groups * batch * unit);
     check_factors(factors.len(), batch, factor_stride);
     if unit == 0 {
         return;
     }
-    x[..groups * batch * unit].par_chunks_mut(unit).enumerate().for_each(|(u, block)| {
-        if factors[(u % batch) * factor_stride] == 0.0 {
-            block.fill(0.0);
-        }
-    });
+    x[..groups * batch * unit]
+        .par_chunks_mut(unit)
+        .enumerate()
+        .for_each(|(u, block)| f(factors[(u % batch) * factor_stride], block));
 }
 
 /// ADDS `Σ_i Δ_iᵀ A_i` into `grad` (`[groups][p][d]`): one product per group over every example's
