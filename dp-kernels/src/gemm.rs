@@ -1,4 +1,5 @@
-//! Dense f32 matrix products, row-major, on top of the `gemm` crate (AVX2/AVX-512 micro-kernels).
+//! Dense f32 matrix products, row-major, on top of the `gemm` crate (AVX2/AVX-512 micro-kernels chosen
+//! at run time; AVX-512 through its `x86-v4` feature).
 
 use gemm::Parallelism;
 
@@ -31,6 +32,42 @@ pub fn sgemm(
     beta: f32,
     c: &mut [f32],
 ) {
+    let parallel = m * n * k >= PARALLEL_MIN_MACS;
+    sgemm_with(parallel, op_a, op_b, m, n, k, alpha, a, b, beta, c);
+}
+
+/// [`sgemm`] on the calling thread only, for products inside a loop that is already parallel (one
+/// product per example): nesting the GEMM's own threads there only adds hand-offs.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_serial(
+    op_a: Op,
+    op_b: Op,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+) {
+    sgemm_with(false, op_a, op_b, m, n, k, alpha, a, b, beta, c);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sgemm_with(
+    parallel: bool,
+    op_a: Op,
+    op_b: Op,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+) {
     assert!(a.len() >= m * k, "sgemm: a has {} values, needs {}", a.len(), m * k);
     assert!(b.len() >= k * n, "sgemm: b has {} values, needs {}", b.len(), k * n);
     assert!(c.len() >= m * n, "sgemm: c has {} values, needs {}", c.len(), m * n);
@@ -50,7 +87,7 @@ pub fn sgemm(
         Op::N => (n as isize, 1),
         Op::T => (1, k as isize),
     };
-    let parallelism = if m * n * k >= PARALLEL_MIN_MACS { Parallelism::Rayon(0) } else { Parallelism::None };
+    let parallelism = if parallel { Parallelism::Rayon(0) } else { Parallelism::None };
     // SAFETY: the asserts above bound every index the strides reach: a row-major m×k (or k×m)
     // matrix with these strides addresses exactly a[0..m*k], likewise b and c.
     unsafe {
@@ -120,15 +157,18 @@ mod tests {
                     let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
                     let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
                     let c0: Vec<f32> = (0..m * n).map(|_| rng.random_range(-1.0..1.0)).collect();
-                    let mut c = c0.clone();
-                    sgemm(op_a, op_b, m, n, k, 0.5, &a, &b, 2.0, &mut c);
                     let want = naive(op_a, op_b, m, n, k, &a, &b);
-                    for i in 0..m * n {
-                        let w = 2.0 * c0[i] as f64 + 0.5 * want[i];
-                        assert!(
-                            (c[i] as f64 - w).abs() < 1e-4 * (1.0 + w.abs()),
-                            "{m}x{n}x{k} {op_a:?}{op_b:?}"
-                        );
+                    for serial in [false, true] {
+                        let mut c = c0.clone();
+                        let product = if serial { sgemm_serial } else { sgemm };
+                        product(op_a, op_b, m, n, k, 0.5, &a, &b, 2.0, &mut c);
+                        for i in 0..m * n {
+                            let w = 2.0 * c0[i] as f64 + 0.5 * want[i];
+                            assert!(
+                                (c[i] as f64 - w).abs() < 1e-4 * (1.0 + w.abs()),
+                                "{m}x{n}x{k} {op_a:?}{op_b:?} serial {serial}"
+                            );
+                        }
                     }
                 }
             }
