@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use crate::gemm::{sgemm, Op};
+use crate::gemm::{sgemm, sgemm_serial, Op};
 use crate::per_example::PositionalLayer;
 
 /// The static shape of a convolution (square stride, padding and dilation, PyTorch's defaults 1, 0, 1).
@@ -164,29 +164,111 @@ pub fn im2col(geom: &Conv2dGeometry, batch: usize, x: &[f32], patches: &mut [f32
     });
 }
 
-/// Patches of group `q` of one example, `[T][d]`.
+/// Kernel widths up to this keep their [`valid_columns`] in a table on the stack, computed once per
+/// example; wider kernels compute them as they go (two divisions each time).
+const COLUMN_TABLE: usize = 16;
+
+/// [`valid_columns`] of every kernel column `kj`, looked up from a table when the kernel is narrow
+/// enough: the divisions inside cost more than the short copies they bound.
+struct ColumnRanges<'g> {
+    geom: &'g Conv2dGeometry,
+    table: [(usize, usize); COLUMN_TABLE],
+}
+
+impl<'g> ColumnRanges<'g> {
+    fn new(geom: &'g Conv2dGeometry) -> Self {
+        let mut table = [(0, 0); COLUMN_TABLE];
+        for (kj, range) in table.iter_mut().enumerate().take(geom.kw) {
+            *range = Self::compute(geom, kj);
+        }
+        ColumnRanges { geom, table }
+    }
+
+    fn compute(geom: &Conv2dGeometry, kj: usize) -> (usize, usize) {
+        valid_columns(geom.in_w, geom.out_w(), geom.stride, kj * geom.dilation, geom.padding)
+    }
+
+    fn get(&self, kj: usize) -> (usize, usize) {
+        if kj < COLUMN_TABLE {
+            self.table[kj]
+        } else {
+            Self::compute(self.geom, kj)
+        }
+    }
+}
+
+/// The output columns `lo..hi` whose tap at kernel offset `tap` (`kj·dilation`) lands inside an input
+/// row of `len` values (the others read padding): `0 ≤ ow·stride + tap − pad < len`.
+fn valid_columns(len: usize, out_len: usize, stride: usize, tap: usize, pad: usize) -> (usize, usize) {
+    // ow·stride ≥ pad − tap, and ow·stride ≤ len − 1 + pad − tap.
+    let lo = pad.saturating_sub(tap).div_ceil(stride).min(out_len);
+    let hi = match (len + pad).checked_sub(tap + 1) {
+        Some(last) => (last / stride + 1).min(out_len),
+        None => 0,
+    };
+    (lo, hi.max(lo))
+}
+
+/// `dst[j·dst_step] = src[j·src_step]` for `j < n`: one bounds check for the whole copy instead of one
+/// per value (the per-value checks and step iterators cost several times the copy itself).
+fn strided_copy(src: &[f32], src_step: usize, dst: &mut [f32], dst_step: usize, n: usize) {
+    if n == 0 {
+        return;
+    }
+    assert!((n - 1) * src_step < src.len() && (n - 1) * dst_step < dst.len(), "strided copy out of bounds");
+    for j in 0..n {
+        // SAFETY: j < n, and the assert above bounds both indices at j = n − 1.
+        unsafe { *dst.get_unchecked_mut(j * dst_step) = *src.get_unchecked(j * src_step) };
+    }
+}
+
+/// `dst[j·dst_step] += src[j·src_step]` for `j < n`, bounds checked once (see [`strided_copy`]).
+fn strided_add(src: &[f32], src_step: usize, dst: &mut [f32], dst_step: usize, n: usize) {
+    if n == 0 {
+        return;
+    }
+    assert!((n - 1) * src_step < src.len() && (n - 1) * dst_step < dst.len(), "strided add out of bounds");
+    for j in 0..n {
+        // SAFETY: j < n, and the assert above bounds both indices at j = n − 1.
+        unsafe { *dst.get_unchecked_mut(j * dst_step) += *src.get_unchecked(j * src_step) };
+    }
+}
+
+/// Patches of group `q` of one example, `[T][d]`. For every output row, channel and kernel row, each
+/// kernel column is one strided copy over the output columns whose tap is inside the input (its
+/// range computed once), zeros outside: no test per value.
 fn im2col_one(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [f32]) {
+    let columns = ColumnRanges::new(geom);
     let cg = geom.in_c / geom.groups;
     let d = geom.patch_len();
-    let (ow_n, pad) = (geom.out_w(), geom.padding as isize);
-    for oh in 0..geom.out_h() {
-        for ow in 0..ow_n {
-            let row = &mut out[(oh * ow_n + ow) * d..(oh * ow_n + ow + 1) * d];
-            let mut k = 0;
-            for cl in 0..cg {
-                let plane =
-                    &x[(q * cg + cl) * geom.in_h * geom.in_w..(q * cg + cl + 1) * geom.in_h * geom.in_w];
-                for ki in 0..geom.kh {
-                    let ih = (oh * geom.stride + ki * geom.dilation) as isize - pad;
-                    for kj in 0..geom.kw {
-                        let iw = (ow * geom.stride + kj * geom.dilation) as isize - pad;
-                        row[k] =
-                            if ih >= 0 && (ih as usize) < geom.in_h && iw >= 0 && (iw as usize) < geom.in_w {
-                                plane[ih as usize * geom.in_w + iw as usize]
-                            } else {
-                                0.0
-                            };
-                        k += 1;
+    let (ow_n, s, dil, pad) = (geom.out_w(), geom.stride, geom.dilation, geom.padding);
+    let plane_len = geom.in_h * geom.in_w;
+    for (oh, rows) in out[..geom.positions() * d].chunks_exact_mut(ow_n * d).enumerate() {
+        for cl in 0..cg {
+            let plane = &x[(q * cg + cl) * plane_len..(q * cg + cl + 1) * plane_len];
+            for ki in 0..geom.kh {
+                let k0 = (cl * geom.kh + ki) * geom.kw;
+                let ih = (oh * s + ki * dil).checked_sub(pad).filter(|&ih| ih < geom.in_h);
+                let Some(ih) = ih else {
+                    for row in rows.chunks_exact_mut(d) {
+                        row[k0..k0 + geom.kw].fill(0.0);
+                    }
+                    continue;
+                };
+                let src = &plane[ih * geom.in_w..(ih + 1) * geom.in_w];
+                for kj in 0..geom.kw {
+                    let (lo, hi) = columns.get(kj);
+                    let k = k0 + kj;
+                    for v in rows[k..].iter_mut().step_by(d).take(lo) {
+                        *v = 0.0;
+                    }
+                    if hi < ow_n {
+                        for v in rows[hi * d + k..].iter_mut().step_by(d) {
+                            *v = 0.0;
+                        }
+                    }
+                    if lo < hi {
+                        strided_copy(&src[lo * s + kj * dil - pad..], s, &mut rows[lo * d + k..], d, hi - lo);
                     }
                 }
             }
@@ -194,25 +276,28 @@ fn im2col_one(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [f32]) {
     }
 }
 
-/// ADDS the patch gradients of group `q` of one example (`[T][d]`) back onto its input gradient.
+/// ADDS the patch gradients of group `q` of one example (`[T][d]`) back onto its input gradient,
+/// in the same order as [`im2col_one`] reads them (taps in the padding are skipped).
 fn col2im_one(geom: &Conv2dGeometry, q: usize, cols: &[f32], dx: &mut [f32]) {
+    let columns = ColumnRanges::new(geom);
     let cg = geom.in_c / geom.groups;
     let d = geom.patch_len();
-    let (ow_n, pad) = (geom.out_w(), geom.padding as isize);
-    for oh in 0..geom.out_h() {
-        for ow in 0..ow_n {
-            let row = &cols[(oh * ow_n + ow) * d..(oh * ow_n + ow + 1) * d];
-            let mut k = 0;
-            for cl in 0..cg {
-                let base = (q * cg + cl) * geom.in_h * geom.in_w;
-                for ki in 0..geom.kh {
-                    let ih = (oh * geom.stride + ki * geom.dilation) as isize - pad;
-                    for kj in 0..geom.kw {
-                        let iw = (ow * geom.stride + kj * geom.dilation) as isize - pad;
-                        if ih >= 0 && (ih as usize) < geom.in_h && iw >= 0 && (iw as usize) < geom.in_w {
-                            dx[base + ih as usize * geom.in_w + iw as usize] += row[k];
-                        }
-                        k += 1;
+    let (ow_n, s, dil, pad) = (geom.out_w(), geom.stride, geom.dilation, geom.padding);
+    let plane_len = geom.in_h * geom.in_w;
+    for (oh, rows) in cols[..geom.positions() * d].chunks_exact(ow_n * d).enumerate() {
+        for cl in 0..cg {
+            let plane = &mut dx[(q * cg + cl) * plane_len..(q * cg + cl + 1) * plane_len];
+            for ki in 0..geom.kh {
+                let k0 = (cl * geom.kh + ki) * geom.kw;
+                let Some(ih) = (oh * s + ki * dil).checked_sub(pad).filter(|&ih| ih < geom.in_h) else {
+                    continue;
+                };
+                let dst = &mut plane[ih * geom.in_w..(ih + 1) * geom.in_w];
+                for kj in 0..geom.kw {
+                    let (lo, hi) = columns.get(kj);
+                    if lo < hi {
+                        let first = lo * s + kj * dil - pad;
+                        strided_add(&rows[lo * d + k0 + kj..], d, &mut dst[first..], s, hi - lo);
                     }
                 }
             }
@@ -268,7 +353,9 @@ pub fn conv2d_forward_from_patches(
     if let Some(b) = bias {
         assert!(b.len() >= geom.out_c, "conv2d: bias has {} values", b.len());
     }
-    // One block per (example, group): out_c/groups channel planes of T values.
+    // One block per (example, group): out_c/groups channel planes of T values. The blocks run in
+    // parallel, so each product stays on its thread unless there is only one.
+    let product = if batch * geom.groups > 1 { sgemm_serial } else { sgemm };
     out[..batch * geom.output_len()].par_chunks_mut(pg * t).enumerate().for_each(|(u, block)| {
         let (i, q) = (u / geom.groups, u % geom.groups);
         let beta = match bias {
@@ -282,7 +369,7 @@ pub fn conv2d_forward_from_patches(
         };
         let unit = q * batch + i;
         let patches_u = &patches[unit * t * d..(unit + 1) * t * d];
-        sgemm(Op::N, Op::T, pg, t, d, 1.0, &weight[q * pg * d..(q + 1) * pg * d], patches_u, beta, block);
+        product(Op::N, Op::T, pg, t, d, 1.0, &weight[q * pg * d..(q + 1) * pg * d], patches_u, beta, block);
     });
 }
 
@@ -298,12 +385,29 @@ pub fn output_grad_to_rows(geom: &Conv2dGeometry, batch: usize, dout: &[f32], de
     delta[..batch * geom.output_len()].par_chunks_mut(t * pg).enumerate().for_each(|(u, rows)| {
         let (q, i) = (u / batch, u % batch);
         let planes = &dout[i * geom.output_len() + q * pg * t..i * geom.output_len() + (q + 1) * pg * t];
-        for (o, plane) in planes.chunks(t).enumerate() {
-            for (s, &v) in plane.iter().enumerate() {
-                rows[s * pg + o] = v;
+        transpose(planes, pg, t, rows);
+    });
+}
+
+/// Side of the square tiles [`transpose`] moves: 16 rows of 16 floats read, 16 written, each a
+/// cache line.
+const TRANSPOSE_TILE: usize = 16;
+
+/// `dst` (`cols×rows`) = the transpose of `src` (`rows×cols`), both row-major, tile by tile so that
+/// reads and writes both stay within a few cache lines.
+fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    for r0 in (0..rows).step_by(TRANSPOSE_TILE) {
+        let r1 = (r0 + TRANSPOSE_TILE).min(rows);
+        for c0 in (0..cols).step_by(TRANSPOSE_TILE) {
+            let c1 = (c0 + TRANSPOSE_TILE).min(cols);
+            for r in r0..r1 {
+                let row = &src[r * cols + c0..r * cols + c1];
+                for (c, &v) in (c0..c1).zip(row) {
+                    dst[c * rows + r] = v;
+                }
             }
         }
-    });
+    }
 }
 
 /// Backward to the input: `dx` (overwritten, `[batch][in_c][in_h][in_w]`) from the output gradient
@@ -326,9 +430,11 @@ pub fn conv2d_backward_input(
     assert!(weight.len() >= geom.weight_len(), "conv2d: weight has {} values", weight.len());
     assert!(dx.len() >= batch * geom.input_len(), "conv2d: input gradient has {} values", dx.len());
     let slot_len = backward_input_scratch_len(geom).max(1);
-    let slots = (scratch.len() / slot_len).min(batch);
+    // No more slots than threads: a slot reused example after example stays in cache.
+    let slots = (scratch.len() / slot_len).min(batch).min(rayon::current_num_threads());
     assert!(slots >= 1, "conv2d backward: scratch has {} values, one slot needs {slot_len}", scratch.len());
     let per_slot = batch.div_ceil(slots);
+    let product = if slots > 1 { sgemm_serial } else { sgemm };
     dx[..batch * geom.input_len()]
         .par_chunks_mut(per_slot * geom.input_len())
         .zip(scratch.par_chunks_mut(slot_len))
@@ -341,7 +447,18 @@ pub fn conv2d_backward_input(
                     let u = q * batch + i;
                     let cols = &mut cols[..t * d];
                     let w_q = &weight[q * pg * d..(q + 1) * pg * d];
-                    sgemm(Op::N, Op::N, t, d, pg, 1.0, &delta[u * t * pg..(u + 1) * t * pg], w_q, 0.0, cols);
+                    product(
+                        Op::N,
+                        Op::N,
+                        t,
+                        d,
+                        pg,
+                        1.0,
+                        &delta[u * t * pg..(u + 1) * t * pg],
+                        w_q,
+                        0.0,
+                        cols,
+                    );
                     col2im_one(geom, q, cols, dx_i);
                 }
             }
@@ -408,6 +525,8 @@ mod tests {
             g(3, 5, 5, 2, 1, 1, 0, 1, 1),   // 1x1
             g(1, 12, 12, 2, 3, 1, 1, 1, 1), // T = 144 > GHOST_TILE: several Gram tiles
             Conv2dGeometry { kh: 2, kw: 3, ..g(2, 5, 6, 4, 0, 1, 0, 1, 2) },
+            // Wider than COLUMN_TABLE: the column ranges are computed as they go.
+            Conv2dGeometry { kh: 1, kw: COLUMN_TABLE + 1, ..g(1, 3, 20, 2, 0, 2, 1, 1, 1) },
         ]
     }
 

@@ -21,7 +21,7 @@
 
 use rayon::prelude::*;
 
-use crate::gemm::{sgemm, Op};
+use crate::gemm::{sgemm, sgemm_serial, Op};
 
 /// Rows of the Gram matrices computed per product in the ghost norm: bounds its scratch to
 /// `2·GHOST_TILE·T` values whatever `T` is.
@@ -204,7 +204,9 @@ pub fn ghost_norms_sq(
     let t = layer.positions;
     per_example_with_scratch(layer, batch, a, delta, scratch, ghost_scratch_len(t), norms_sq, norm_stride, {
         let (d, p) = (layer.in_width, layer.out_width);
-        move |a_i: &[f32], delta_i: &[f32], slot: &mut [f32]| ghost_one(t, d, p, a_i, delta_i, slot)
+        move |a_i: &[f32], delta_i: &[f32], slot: &mut [f32], product: Product| {
+            ghost_one(t, d, p, a_i, delta_i, slot, product)
+        }
     });
 }
 
@@ -229,17 +231,22 @@ pub fn direct_norms_sq(
         norms_sq,
         norm_stride,
         {
-            move |a_i: &[f32], delta_i: &[f32], slot: &mut [f32]| {
+            move |a_i: &[f32], delta_i: &[f32], slot: &mut [f32], product: Product| {
                 let g = &mut slot[..p * d];
-                sgemm(Op::T, Op::N, p, d, t, 1.0, delta_i, a_i, 0.0, g);
+                product(Op::T, Op::N, p, d, t, 1.0, delta_i, a_i, 0.0, g);
                 sum_squares(g)
             }
         },
     );
 }
 
-/// Runs `one(A_{q,i}, Δ_{q,i}, slot)` for every example and group, examples spread over the scratch
-/// slots in parallel, and adds each example's sum over groups to its norm.
+/// A matrix product with [`sgemm`]'s signature: [`sgemm`] itself, or [`sgemm_serial`] where the caller
+/// already runs in parallel.
+type Product = fn(Op, Op, usize, usize, usize, f32, &[f32], &[f32], f32, &mut [f32]);
+
+/// Runs `one(A_{q,i}, Δ_{q,i}, slot, product)` for every example and group, examples spread over the
+/// scratch slots in parallel, and adds each example's sum over groups to its norm. With more than one
+/// slot the slots are the parallelism and `product` is [`sgemm_serial`]; with one, [`sgemm`].
 #[allow(clippy::too_many_arguments)]
 fn per_example_with_scratch<F>(
     layer: &PositionalLayer,
@@ -252,7 +259,7 @@ fn per_example_with_scratch<F>(
     norm_stride: usize,
     one: F,
 ) where
-    F: Fn(&[f32], &[f32], &mut [f32]) -> f64 + Sync,
+    F: Fn(&[f32], &[f32], &mut [f32], Product) -> f64 + Sync,
 {
     if batch == 0 {
         return;
@@ -262,9 +269,11 @@ fn per_example_with_scratch<F>(
     check_len("delta", delta.len(), batch * layer.delta_len());
     check_norms(norms_sq.len(), batch, norm_stride);
     let slot_len = slot_len.max(1);
-    let slots = (scratch.len() / slot_len).min(batch);
+    // No more slots than threads: a slot reused example after example stays in cache.
+    let slots = (scratch.len() / slot_len).min(batch).min(rayon::current_num_threads());
     assert!(slots >= 1, "per-example norms: scratch has {} values, one slot needs {slot_len}", scratch.len());
     let per_slot = batch.div_ceil(slots);
+    let product: Product = if batch.div_ceil(per_slot) > 1 { sgemm_serial } else { sgemm };
     let norm_chunk = per_slot * norm_stride.max(1);
     norms_sq.par_chunks_mut(norm_chunk).zip(scratch.par_chunks_mut(slot_len)).enumerate().for_each(
         |(k, (norms, slot))| {
@@ -276,7 +285,7 @@ fn per_example_with_scratch<F>(
                     let unit = q * batch + i;
                     let a_i = &a[unit * t * d..(unit + 1) * t * d];
                     let delta_i = &delta[unit * t * p..(unit + 1) * t * p];
-                    total += one(a_i, delta_i, slot);
+                    total += one(a_i, delta_i, slot, product);
                 }
                 norms[(i - first) * norm_stride] += total as f32;
             }
@@ -285,7 +294,15 @@ fn per_example_with_scratch<F>(
 }
 
 /// The ghost norm of one example and group: upper-triangular Gram tiles, off-diagonal terms twice.
-fn ghost_one(t: usize, d: usize, p: usize, a: &[f32], delta: &[f32], scratch: &mut [f32]) -> f64 {
+fn ghost_one(
+    t: usize,
+    d: usize,
+    p: usize,
+    a: &[f32],
+    delta: &[f32],
+    scratch: &mut [f32],
+    product: Product,
+) -> f64 {
     if t == 0 {
         return 0.0;
     }
@@ -304,8 +321,8 @@ fn ghost_one(t: usize, d: usize, p: usize, a: &[f32], delta: &[f32], scratch: &m
         // Rows r0..r0+rows of the Gram against columns r0..t: rows of A from r0 on are contiguous.
         let a_tail = &a[r0 * d..t * d];
         let d_tail = &delta[r0 * p..t * p];
-        sgemm(Op::N, Op::T, rows, cols, d, 1.0, a_tail, a_tail, 0.0, gram_a);
-        sgemm(Op::N, Op::T, rows, cols, p, 1.0, d_tail, d_tail, 0.0, gram_d);
+        product(Op::N, Op::T, rows, cols, d, 1.0, a_tail, a_tail, 0.0, gram_a);
+        product(Op::N, Op::T, rows, cols, p, 1.0, d_tail, d_tail, 0.0, gram_d);
         for r in 0..rows {
             let ga = &gram_a[r * cols..(r + 1) * cols];
             let gd = &gram_d[r * cols..(r + 1) * cols];
