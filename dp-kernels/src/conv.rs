@@ -222,6 +222,18 @@ fn strided_copy(src: &[f32], src_step: usize, dst: &mut [f32], dst_step: usize, 
     }
 }
 
+/// `dst[j·step] = 0` for `j < n`, bounds checked once (see [`strided_copy`]).
+fn strided_fill(dst: &mut [f32], step: usize, n: usize) {
+    if n == 0 {
+        return;
+    }
+    assert!((n - 1) * step < dst.len(), "strided fill out of bounds");
+    for j in 0..n {
+        // SAFETY: j < n, and the assert above bounds the index at j = n − 1.
+        unsafe { *dst.get_unchecked_mut(j * step) = 0.0 };
+    }
+}
+
 /// `dst[j·dst_step] += src[j·src_step]` for `j < n`, bounds checked once (see [`strided_copy`]).
 fn strided_add(src: &[f32], src_step: usize, dst: &mut [f32], dst_step: usize, n: usize) {
     if n == 0 {
@@ -259,13 +271,9 @@ fn im2col_one(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [f32]) {
                 for kj in 0..geom.kw {
                     let (lo, hi) = columns.get(kj);
                     let k = k0 + kj;
-                    for v in rows[k..].iter_mut().step_by(d).take(lo) {
-                        *v = 0.0;
-                    }
+                    strided_fill(&mut rows[k..], d, lo);
                     if hi < ow_n {
-                        for v in rows[hi * d + k..].iter_mut().step_by(d) {
-                            *v = 0.0;
-                        }
+                        strided_fill(&mut rows[hi * d + k..], d, ow_n - hi);
                     }
                     if lo < hi {
                         strided_copy(&src[lo * s + kj * dil - pad..], s, &mut rows[lo * d + k..], d, hi - lo);

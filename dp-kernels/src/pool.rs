@@ -110,18 +110,21 @@ pub fn max_pool2d_forward(
                 let rows = geom.window(oh, geom.in_h);
                 for ow in 0..ow_n {
                     let cols = geom.window(ow, geom.in_w);
+                    // Selects without branches (the windows are a few values); the first NaN in
+                    // window order, which has the smallest index, replaces the maximum afterwards.
                     let (mut best, mut at) = (f32::NEG_INFINITY, rows.start * geom.in_w + cols.start);
-                    'window: for h in rows.clone() {
+                    let mut first_nan = usize::MAX;
+                    for h in rows.clone() {
                         for w in cols.clone() {
-                            let v = plane[h * geom.in_w + w];
-                            if v.is_nan() {
-                                (best, at) = (v, h * geom.in_w + w);
-                                break 'window;
-                            }
-                            if v > best {
-                                (best, at) = (v, h * geom.in_w + w);
-                            }
+                            let (k, v) = (h * geom.in_w + w, plane[h * geom.in_w + w]);
+                            let better = v > best;
+                            best = if better { v } else { best };
+                            at = if better { k } else { at };
+                            first_nan = if v.is_nan() { first_nan.min(k) } else { first_nan };
                         }
+                    }
+                    if first_nan != usize::MAX {
+                        (best, at) = (plane[first_nan], first_nan);
                     }
                     o[oh * ow_n + ow] = best;
                     am[oh * ow_n + ow] = (base + at) as u32;
