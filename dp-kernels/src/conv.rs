@@ -329,21 +329,6 @@ pub fn col2im(geom: &Conv2dGeometry, batch: usize, cols: &[f32], dx: &mut [f32])
     });
 }
 
-/// Forward: unfolds `x` into `patches` (kept for the backward) and writes
-/// `out[i][o][t] = bias[o] + Σ_k weight[o][k]·patch_{i,t}[k]` (one product per example and group).
-pub fn conv2d_forward(
-    geom: &Conv2dGeometry,
-    batch: usize,
-    x: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    patches: &mut [f32],
-    out: &mut [f32],
-) {
-    im2col(geom, batch, x, patches);
-    conv2d_forward_from_patches(geom, batch, patches, weight, bias, out);
-}
-
 /// Forward from patches already unfolded by [`im2col`].
 pub fn conv2d_forward_from_patches(
     geom: &Conv2dGeometry,
@@ -476,6 +461,7 @@ pub fn conv2d_backward_input(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conv_chunks::conv2d_forward;
     use crate::per_example::{self, Strategy};
     use crate::test_support::*;
 

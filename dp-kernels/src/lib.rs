@@ -6,6 +6,7 @@
 pub mod activation;
 pub mod arena;
 pub mod conv;
+pub mod conv_chunks;
 pub mod dense;
 pub mod embedding;
 pub mod gemm;

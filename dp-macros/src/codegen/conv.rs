@@ -2,7 +2,8 @@
 //! accumulation for values with several readers, and of direct norms for linear layers.
 //!
 //! Conv patches and δ rows live in shared scratch and are re-derived by each pass that reads them
-//! (`im2col` from the kept input, `output_grad_to_rows` from the kept NCHW δ).
+//! (`im2col` from the kept input, `output_grad_to_rows` from the kept NCHW δ), chunk by chunk inside
+//! `dp_kernels::conv_chunks`.
 
 use super::program::{buf_ident, param, read, write};
 use crate::parse::ast::PoolKind;
@@ -140,7 +141,7 @@ pub fn forward(plan: &Plan, step: &Step) -> TokenStream {
             let act = act_forward(s.act, s.output, s.geom.output_len());
             quote! {{
                 let geom = #g;
-                #k::conv::conv2d_forward(&geom, n, #x, #w, #bias, #patches, #y);
+                #k::conv_chunks::conv2d_forward(&geom, n, #x, #w, #bias, #patches, #y);
                 #act
             }}
         }
@@ -296,21 +297,13 @@ pub fn norms(plan: &Plan, step: &Step) -> TokenStream {
             let (g, x, delta) = (geom(&s.geom), read(s.input), read(Buf::Arena(s.delta)));
             let (patches, rows, slots) =
                 (scratch(plan.scratch.patches), scratch(plan.scratch.rows), scratch(plan.scratch.norms));
-            let patches_read = read(Buf::Arena(plan.scratch.patches.expect("sized")));
-            let rows_read = read(Buf::Arena(plan.scratch.rows.expect("sized")));
             let zero = zero_group(plan, s.group);
-            let strat = strategy(s.strategy);
-            let bias = s.bias.map(|_| {
-                quote!(#k::per_example::bias_norms_sq(&layer, n, #rows_read, &mut sq_norms[#gidx..], #groups);)
-            });
+            let (strat, bias) = (strategy(s.strategy), s.bias.is_some());
             quote! {{
-                let geom = #g;
-                let layer = geom.layer();
                 #zero
-                #k::conv::im2col(&geom, n, #x, #patches);
-                #k::conv::output_grad_to_rows(&geom, n, #delta, #rows);
-                #k::per_example::norms_sq(#strat, &layer, n, #patches_read, #rows_read, #slots, &mut sq_norms[#gidx..], #groups);
-                #bias
+                #k::conv_chunks::conv2d_norms_sq(
+                    &#g, #strat, #bias, n, #x, #delta, #patches, #rows, #slots, &mut sq_norms[#gidx..], #groups,
+                );
             }}
         }
         Step::Norm(s) => {
@@ -374,25 +367,15 @@ pub fn gradient(plan: &Plan, step: &Step, clipped: bool) -> TokenStream {
             let gidx = lit(s.group);
             let (g, x, delta) = (geom(&s.geom), read(s.input), read(Buf::Arena(s.delta)));
             let (patches, rows) = (scratch(plan.scratch.patches), scratch(plan.scratch.rows));
-            let rows_read = read(Buf::Arena(plan.scratch.rows.expect("sized")));
-            let patches_read = read(Buf::Arena(plan.scratch.patches.expect("sized")));
             let slices = grad_slices(plan, s.weight, s.bias);
-            let weight = if clipped {
-                quote!(#k::per_example::clipped_sum(&layer, n, &factors[#gidx..], #groups, #patches, #rows, gw);)
+            let factors = if clipped {
+                quote!(::core::option::Option::Some((&factors[#gidx..], #groups)))
             } else {
-                quote!(#k::per_example::sum_outer(&layer, n, #patches_read, #rows_read, gw);)
+                quote!(::core::option::Option::None)
             };
             quote! {{
-                let geom = #g;
-                let layer = geom.layer();
                 #slices
-                #k::conv::im2col(&geom, n, #x, #patches);
-                #k::conv::output_grad_to_rows(&geom, n, #delta, #rows);
-                #weight
-                if let ::core::option::Option::Some(gb) = gb {
-                    // After the clipped sum the rows hold c_i·δ: their column sums are the clipped bias sum.
-                    #k::per_example::bias_sum(&layer, n, #rows_read, gb);
-                }
+                #k::conv_chunks::conv2d_weight_gradient(&#g, n, #x, #delta, #factors, #patches, #rows, gw, gb);
             }}
         }
         Step::Norm(s) => {
