@@ -8,6 +8,7 @@ pub mod arena;
 pub mod conv;
 pub mod dense;
 pub mod embedding;
+pub mod fast_math;
 pub mod gemm;
 pub mod loss;
 pub mod lstm;

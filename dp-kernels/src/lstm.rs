@@ -5,8 +5,11 @@
 //! `bias_ih + bias_hh`).
 //!
 //! The forward is a loop over time: the input projection of all steps of all examples is one product,
-//! then each step is one recurrent product of all examples at once (`[batch, h] × [h, 4h]`) and a fused
-//! gate pass. The backward through time gives the gate pre-activation gradients `δ_t` (`[4h]`) of every
+//! then each step is one recurrent product (`[rows, h] × [h, 4h]`) and a fused gate pass. The
+//! recurrence of one example never reads another's, so each thread runs the whole time loop for its
+//! own block of examples with serial products: a step needs no hand-off between threads (with one
+//! parallel product per step, the 2·T hand-offs cost more than the products gained). The gate
+//! nonlinearities are [`fast_math`]'s vectorised ones, compiled for the widest vectors the CPU has. The backward through time gives the gate pre-activation gradients `δ_t` (`[4h]`) of every
 //! step, so each weight is a layer applied at T positions ([`crate::per_example`]): `W_ih` with
 //! `a_t = x_t`, `W_hh` with `a_t = h_{t−1}` (saved as `hprev`), the bias with `a_t = 1`.
 //!
@@ -16,11 +19,9 @@
 
 use rayon::prelude::*;
 
-use crate::gemm::{sgemm, Op};
+use crate::fast_math::{self, with_widest_vectors};
+use crate::gemm::{sgemm, sgemm_serial, Op};
 use crate::per_example::{self, PositionalLayer, Strategy};
-
-/// Examples per parallel task in the per-step gate passes (a step's work per example is small).
-const EXAMPLES_PER_TASK: usize = 8;
 
 /// The static shape of an LSTM layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -102,10 +103,6 @@ pub const fn norm_scratch_len(
     }
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 /// The buffers the forward saves for the backward (each example-major, see the module docs).
 #[derive(Debug)]
 pub struct LstmSaved<'a> {
@@ -154,40 +151,95 @@ pub fn lstm_forward(
     // Input projection of every step of every example, bias included.
     gates.par_chunks_mut(g4).for_each(|row| row.copy_from_slice(&bias[..g4]));
     sgemm(Op::N, Op::T, batch * t_n, g4, d, 1.0, x, w_ih, 1.0, gates);
-    h_step.fill(0.0);
 
-    for t in 0..t_n {
+    let rows = examples_per_block(batch);
+    gates
+        .par_chunks_mut(rows * dims.gates_len())
+        .zip(cells.par_chunks_mut(rows * dims.output_len()))
+        .zip(hprev.par_chunks_mut(rows * dims.output_len()))
+        .zip(out.par_chunks_mut(rows * dims.output_len()))
+        .zip(h_step.par_chunks_mut(rows * h))
+        .zip(rec.par_chunks_mut(rows * g4))
+        .for_each(|(((((gates, cells), hprev), out), h_step), rec)| {
+            let block = ForwardBlock { gates, cells, hprev, out, h_step, rec };
+            forward_block(dims, w_hh, block);
+        });
+}
+
+/// Examples per thread's block: the batch split evenly over the pool's threads.
+fn examples_per_block(batch: usize) -> usize {
+    batch.div_ceil(rayon::current_num_threads().max(1)).max(1)
+}
+
+/// One block of examples' slices of the forward's buffers (`h_step`, `rec`: their scratch rows).
+struct ForwardBlock<'a> {
+    gates: &'a mut [f32],
+    cells: &'a mut [f32],
+    hprev: &'a mut [f32],
+    out: &'a mut [f32],
+    h_step: &'a mut [f32],
+    rec: &'a mut [f32],
+}
+
+/// The recurrence of one block of examples over all steps, on the calling thread.
+fn forward_block(dims: &LstmDims, w_hh: &[f32], b: ForwardBlock<'_>) {
+    let (h, g4) = (dims.hidden, 4 * dims.hidden);
+    let (gates_len, out_len) = (dims.gates_len(), dims.output_len());
+    let rows = b.h_step.len() / h;
+    b.h_step.fill(0.0);
+    for t in 0..dims.steps {
         if t > 0 {
-            sgemm(Op::N, Op::T, batch, g4, h, 1.0, h_step, w_hh, 0.0, rec);
+            sgemm_serial(Op::N, Op::T, rows, g4, h, 1.0, b.h_step, w_hh, 0.0, b.rec);
         }
-        gates
-            .par_chunks_mut(dims.gates_len())
-            .zip(cells.par_chunks_mut(dims.output_len()))
-            .zip(hprev.par_chunks_mut(dims.output_len()))
-            .zip(out.par_chunks_mut(dims.output_len()))
-            .zip(h_step.par_chunks_mut(h))
-            .zip(rec.par_chunks(g4))
-            .with_min_len(EXAMPLES_PER_TASK)
-            .for_each(|(((((gates_i, cells_i), hprev_i), out_i), h_i), rec_i)| {
-                let g = &mut gates_i[t * g4..(t + 1) * g4];
-                if t > 0 {
-                    for (v, &r) in g.iter_mut().zip(rec_i) {
-                        *v += r;
-                    }
+        with_widest_vectors(|| {
+            for i in 0..rows {
+                let gates_t = &mut b.gates[i * gates_len + t * g4..][..g4];
+                let cells_i = &mut b.cells[i * out_len..][..out_len];
+                let h_i = &mut b.h_step[i * h..][..h];
+                b.hprev[i * out_len + t * h..][..h].copy_from_slice(h_i);
+                let out_t = &mut b.out[i * out_len + t * h..][..h];
+                if t == 0 {
+                    gate_step::<true>(h, gates_t, &[], &[], &mut cells_i[..h], out_t, h_i);
+                } else {
+                    let (before, now) = cells_i.split_at_mut(t * h);
+                    let rec_i = &b.rec[i * g4..][..g4];
+                    gate_step::<false>(h, gates_t, rec_i, &before[(t - 1) * h..], &mut now[..h], out_t, h_i);
                 }
-                hprev_i[t * h..(t + 1) * h].copy_from_slice(h_i);
-                for j in 0..h {
-                    let (i_g, f_g) = (sigmoid(g[j]), sigmoid(g[h + j]));
-                    let (g_g, o_g) = (g[2 * h + j].tanh(), sigmoid(g[3 * h + j]));
-                    let c_prev = if t > 0 { cells_i[(t - 1) * h + j] } else { 0.0 };
-                    let c = f_g * c_prev + i_g * g_g;
-                    let hv = o_g * c.tanh();
-                    (g[j], g[h + j], g[2 * h + j], g[3 * h + j]) = (i_g, f_g, g_g, o_g);
-                    cells_i[t * h + j] = c;
-                    out_i[t * h + j] = hv;
-                    h_i[j] = hv;
-                }
-            });
+            }
+        });
+    }
+}
+
+/// One example's step: the gate pre-activations `gates` (input projection plus bias) plus the recurrent
+/// product `rec` become the activated gates in place; writes `c_t`, and `h_t` to `out` and `h_next`. At
+/// the first step (`FIRST`) there is no recurrent product and `c_{t−1} = 0` (`rec`, `c_prev` unread).
+#[inline(always)]
+fn gate_step<const FIRST: bool>(
+    h: usize,
+    gates: &mut [f32],
+    rec: &[f32],
+    c_prev: &[f32],
+    c: &mut [f32],
+    out: &mut [f32],
+    h_next: &mut [f32],
+) {
+    let (pre_i, rest) = gates[..4 * h].split_at_mut(h);
+    let (pre_f, rest) = rest.split_at_mut(h);
+    let (pre_g, pre_o) = rest.split_at_mut(h);
+    let (rec, c_prev) = if FIRST { (&[][..], &[][..]) } else { (&rec[..4 * h], &c_prev[..h]) };
+    let (c, out, h_next) = (&mut c[..h], &mut out[..h], &mut h_next[..h]);
+    for j in 0..h {
+        let rec_at = |k: usize| if FIRST { 0.0 } else { rec[k * h + j] };
+        let i_g = fast_math::sigmoid(pre_i[j] + rec_at(0));
+        let f_g = fast_math::sigmoid(pre_f[j] + rec_at(1));
+        let g_g = fast_math::tanh(pre_g[j] + rec_at(2));
+        let o_g = fast_math::sigmoid(pre_o[j] + rec_at(3));
+        let c_new = if FIRST { i_g * g_g } else { f_g * c_prev[j] + i_g * g_g };
+        let h_new = o_g * fast_math::tanh(c_new);
+        (pre_i[j], pre_f[j], pre_g[j], pre_o[j]) = (i_g, f_g, g_g, o_g);
+        c[j] = c_new;
+        out[j] = h_new;
+        h_next[j] = h_new;
     }
 }
 
@@ -228,41 +280,106 @@ pub fn lstm_backward(
     let (d_step, rest) = scratch.split_at_mut(batch * g4);
     let (dh_rec, rest) = rest.split_at_mut(batch * h);
     let dc = &mut rest[..batch * h];
-    dc.fill(0.0);
 
+    let rows = examples_per_block(batch);
+    delta
+        .par_chunks_mut(rows * dims.gates_len())
+        .zip(dout[..batch * dims.output_len()].par_chunks(rows * dims.output_len()))
+        .zip(gates[..batch * dims.gates_len()].par_chunks(rows * dims.gates_len()))
+        .zip(cells[..batch * dims.output_len()].par_chunks(rows * dims.output_len()))
+        .zip(d_step.par_chunks_mut(rows * g4))
+        .zip(dh_rec.par_chunks_mut(rows * h))
+        .zip(dc.par_chunks_mut(rows * h))
+        .for_each(|((((((delta, dout), gates), cells), d_step), dh_rec), dc)| {
+            let block = BackwardBlock { dout, gates, cells, delta, d_step, dh_rec, dc };
+            backward_block(dims, w_hh, block);
+        });
+    sgemm(Op::N, Op::N, batch * t_n, d, g4, 1.0, delta, w_ih, 0.0, dx);
+}
+
+/// One block of examples' slices of the backward's buffers (`d_step`, `dh_rec`, `dc`: scratch rows).
+struct BackwardBlock<'a> {
+    dout: &'a [f32],
+    gates: &'a [f32],
+    cells: &'a [f32],
+    delta: &'a mut [f32],
+    d_step: &'a mut [f32],
+    dh_rec: &'a mut [f32],
+    dc: &'a mut [f32],
+}
+
+/// Backward through time of one block of examples, on the calling thread.
+fn backward_block(dims: &LstmDims, w_hh: &[f32], b: BackwardBlock<'_>) {
+    let (t_n, h, g4) = (dims.steps, dims.hidden, 4 * dims.hidden);
+    let (gates_len, out_len) = (dims.gates_len(), dims.output_len());
+    let rows = b.dc.len() / h;
+    b.dc.fill(0.0);
     for t in (0..t_n).rev() {
         let last = t + 1 == t_n;
         if !last {
             // Gradient reaching h_t through the next step's recurrent product.
-            sgemm(Op::N, Op::N, batch, h, g4, 1.0, d_step, w_hh, 0.0, dh_rec);
+            sgemm_serial(Op::N, Op::N, rows, h, g4, 1.0, b.d_step, w_hh, 0.0, b.dh_rec);
         }
-        delta
-            .par_chunks_mut(dims.gates_len())
-            .zip(d_step.par_chunks_mut(g4))
-            .zip(dh_rec.par_chunks(h))
-            .zip(dc.par_chunks_mut(h))
-            .enumerate()
-            .with_min_len(EXAMPLES_PER_TASK)
-            .for_each(|(i, (((delta_i, ds), dh_r), dc_i))| {
-                let g = &gates[i * dims.gates_len() + t * g4..i * dims.gates_len() + (t + 1) * g4];
-                let c_i = &cells[i * dims.output_len()..(i + 1) * dims.output_len()];
-                let dout_t = &dout[i * dims.output_len() + t * h..i * dims.output_len() + (t + 1) * h];
-                for j in 0..h {
-                    let dh = if last { dout_t[j] } else { dout_t[j] + dh_r[j] };
-                    let (i_g, f_g, g_g, o_g) = (g[j], g[h + j], g[2 * h + j], g[3 * h + j]);
-                    let tc = c_i[t * h + j].tanh();
-                    let c_prev = if t > 0 { c_i[(t - 1) * h + j] } else { 0.0 };
-                    let dcv = dc_i[j] + dh * o_g * (1.0 - tc * tc);
-                    ds[j] = dcv * g_g * i_g * (1.0 - i_g);
-                    ds[h + j] = dcv * c_prev * f_g * (1.0 - f_g);
-                    ds[2 * h + j] = dcv * i_g * (1.0 - g_g * g_g);
-                    ds[3 * h + j] = dh * tc * o_g * (1.0 - o_g);
-                    dc_i[j] = dcv * f_g;
-                }
-                delta_i[t * g4..(t + 1) * g4].copy_from_slice(ds);
-            });
+        with_widest_vectors(|| {
+            for i in 0..rows {
+                let cells_i = &b.cells[i * out_len..][..out_len];
+                let c_now = &cells_i[t * h..][..h];
+                // At t = 0 c_{t−1} is 0; `c_now` only stands in for a slice that is not read.
+                let c_prev = if t > 0 { &cells_i[(t - 1) * h..][..h] } else { c_now };
+                let step = GateGradientStep {
+                    gates: &b.gates[i * gates_len + t * g4..][..g4],
+                    c_now,
+                    c_prev,
+                    dout: &b.dout[i * out_len + t * h..][..h],
+                    dh_rec: &b.dh_rec[i * h..][..h],
+                    dc: &mut b.dc[i * h..][..h],
+                    d_gates: &mut b.d_step[i * g4..][..g4],
+                };
+                gate_gradient_step(h, t == 0, last, step);
+                b.delta[i * gates_len + t * g4..][..g4].copy_from_slice(&b.d_step[i * g4..][..g4]);
+            }
+        });
     }
-    sgemm(Op::N, Op::N, batch * t_n, d, g4, 1.0, delta, w_ih, 0.0, dx);
+}
+
+/// One example's slices at one step of the backward.
+struct GateGradientStep<'a> {
+    /// Activated i, f, g, o.
+    gates: &'a [f32],
+    c_now: &'a [f32],
+    c_prev: &'a [f32],
+    dout: &'a [f32],
+    /// The gradient reaching `h_t` through the next step (not read at the last step).
+    dh_rec: &'a [f32],
+    /// In: the gradient reaching `c_t` from the next step (0 at the last); out: the one reaching `c_{t−1}`.
+    dc: &'a mut [f32],
+    /// Out: the gate pre-activation gradients.
+    d_gates: &'a mut [f32],
+}
+
+/// The gate pre-activation gradients of one example's step. `first`: `c_{t−1} = 0`; `last`: no gradient
+/// from a next step. Both are selects, so the unread slices may hold anything (even NaN).
+#[inline(always)]
+fn gate_gradient_step(h: usize, first: bool, last: bool, s: GateGradientStep<'_>) {
+    let (i_gate, f_gate, g_gate, o_gate) =
+        (&s.gates[..h], &s.gates[h..2 * h], &s.gates[2 * h..3 * h], &s.gates[3 * h..4 * h]);
+    let (c_now, c_prev, dout, dh_rec, dc) =
+        (&s.c_now[..h], &s.c_prev[..h], &s.dout[..h], &s.dh_rec[..h], &mut s.dc[..h]);
+    let (d_i, rest) = s.d_gates[..4 * h].split_at_mut(h);
+    let (d_f, rest) = rest.split_at_mut(h);
+    let (d_g, d_o) = rest.split_at_mut(h);
+    for j in 0..h {
+        let dh = dout[j] + if last { 0.0 } else { dh_rec[j] };
+        let (i_g, f_g, g_g, o_g) = (i_gate[j], f_gate[j], g_gate[j], o_gate[j]);
+        let tc = fast_math::tanh(c_now[j]);
+        let c_before = if first { 0.0 } else { c_prev[j] };
+        let dcv = dc[j] + dh * o_g * (1.0 - tc * tc);
+        d_i[j] = dcv * g_g * i_g * (1.0 - i_g);
+        d_f[j] = dcv * c_before * f_g * (1.0 - f_g);
+        d_g[j] = dcv * i_g * (1.0 - g_g * g_g);
+        d_o[j] = dh * tc * o_g * (1.0 - o_g);
+        dc[j] = dcv * f_g;
+    }
 }
 
 /// ADDS every example's squared gradient norm of `W_ih`, `W_hh` and the bias into
