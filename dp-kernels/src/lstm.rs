@@ -191,23 +191,59 @@ fn forward_block(dims: &LstmDims, w_hh: &[f32], b: ForwardBlock<'_>) {
         if t > 0 {
             sgemm_serial(Op::N, Op::T, rows, g4, h, 1.0, b.h_step, w_hh, 0.0, b.rec);
         }
-        with_widest_vectors(|| {
-            for i in 0..rows {
-                let gates_t = &mut b.gates[i * gates_len + t * g4..][..g4];
-                let cells_i = &mut b.cells[i * out_len..][..out_len];
-                let h_i = &mut b.h_step[i * h..][..h];
-                b.hprev[i * out_len + t * h..][..h].copy_from_slice(h_i);
-                let out_t = &mut b.out[i * out_len + t * h..][..h];
-                if t == 0 {
-                    gate_step::<true>(h, gates_t, &[], &[], &mut cells_i[..h], out_t, h_i);
-                } else {
-                    let (before, now) = cells_i.split_at_mut(t * h);
-                    let rec_i = &b.rec[i * g4..][..g4];
-                    gate_step::<false>(h, gates_t, rec_i, &before[(t - 1) * h..], &mut now[..h], out_t, h_i);
+        with_widest_vectors(
+            #[inline(always)]
+            || {
+                for i in 0..rows {
+                    if t + 1 < dims.steps {
+                        // Each example's rows sit T·4h apart, too many streams for the hardware
+                        // prefetcher; ask for the next step's while the other examples run.
+                        prefetch(&b.gates[i * gates_len + (t + 1) * g4..][..g4]);
+                        prefetch(&b.cells[i * out_len + (t + 1) * h..][..h]);
+                        prefetch(&b.hprev[i * out_len + (t + 1) * h..][..h]);
+                        prefetch(&b.out[i * out_len + (t + 1) * h..][..h]);
+                    }
+                    let gates_t = &mut b.gates[i * gates_len + t * g4..][..g4];
+                    let cells_i = &mut b.cells[i * out_len..][..out_len];
+                    let h_i = &mut b.h_step[i * h..][..h];
+                    b.hprev[i * out_len + t * h..][..h].copy_from_slice(h_i);
+                    let out_t = &mut b.out[i * out_len + t * h..][..h];
+                    if t == 0 {
+                        gate_step::<true>(h, gates_t, &[], &[], &mut cells_i[..h], out_t, h_i);
+                    } else {
+                        let (before, now) = cells_i.split_at_mut(t * h);
+                        let rec_i = &b.rec[i * g4..][..g4];
+                        gate_step::<false>(
+                            h,
+                            gates_t,
+                            rec_i,
+                            &before[(t - 1) * h..],
+                            &mut now[..h],
+                            out_t,
+                            h_i,
+                        );
+                    }
                 }
-            }
-        });
+            },
+        );
     }
+}
+
+/// Asks the CPU to start loading `values` into its caches (a hint: no effect on results).
+#[inline(always)]
+fn prefetch(values: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        const PER_LINE: usize = 64 / std::mem::size_of::<f32>();
+        let lines = values.iter().step_by(PER_LINE).chain(values.last());
+        for v in lines {
+            // SAFETY: a prefetch never faults, and the address is that of a live value.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>((v as *const f32).cast()) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = values;
 }
 
 /// One example's step: the gate pre-activations `gates` (input projection plus bias) plus the recurrent
@@ -320,25 +356,34 @@ fn backward_block(dims: &LstmDims, w_hh: &[f32], b: BackwardBlock<'_>) {
             // Gradient reaching h_t through the next step's recurrent product.
             sgemm_serial(Op::N, Op::N, rows, h, g4, 1.0, b.d_step, w_hh, 0.0, b.dh_rec);
         }
-        with_widest_vectors(|| {
-            for i in 0..rows {
-                let cells_i = &b.cells[i * out_len..][..out_len];
-                let c_now = &cells_i[t * h..][..h];
-                // At t = 0 c_{t−1} is 0; `c_now` only stands in for a slice that is not read.
-                let c_prev = if t > 0 { &cells_i[(t - 1) * h..][..h] } else { c_now };
-                let step = GateGradientStep {
-                    gates: &b.gates[i * gates_len + t * g4..][..g4],
-                    c_now,
-                    c_prev,
-                    dout: &b.dout[i * out_len + t * h..][..h],
-                    dh_rec: &b.dh_rec[i * h..][..h],
-                    dc: &mut b.dc[i * h..][..h],
-                    d_gates: &mut b.d_step[i * g4..][..g4],
-                };
-                gate_gradient_step(h, t == 0, last, step);
-                b.delta[i * gates_len + t * g4..][..g4].copy_from_slice(&b.d_step[i * g4..][..g4]);
-            }
-        });
+        with_widest_vectors(
+            #[inline(always)]
+            || {
+                for i in 0..rows {
+                    if t > 0 {
+                        prefetch(&b.gates[i * gates_len + (t - 1) * g4..][..g4]);
+                        prefetch(&b.delta[i * gates_len + (t - 1) * g4..][..g4]);
+                        prefetch(&b.dout[i * out_len + (t - 1) * h..][..h]);
+                        prefetch(&b.cells[i * out_len + (t - 1).saturating_sub(1) * h..][..h]);
+                    }
+                    let cells_i = &b.cells[i * out_len..][..out_len];
+                    let c_now = &cells_i[t * h..][..h];
+                    // At t = 0 c_{t−1} is 0; `c_now` only stands in for a slice that is not read.
+                    let c_prev = if t > 0 { &cells_i[(t - 1) * h..][..h] } else { c_now };
+                    let step = GateGradientStep {
+                        gates: &b.gates[i * gates_len + t * g4..][..g4],
+                        c_now,
+                        c_prev,
+                        dout: &b.dout[i * out_len + t * h..][..h],
+                        dh_rec: &b.dh_rec[i * h..][..h],
+                        dc: &mut b.dc[i * h..][..h],
+                        d_gates: &mut b.d_step[i * g4..][..g4],
+                    };
+                    gate_gradient_step(h, t == 0, last, step);
+                    b.delta[i * gates_len + t * g4..][..g4].copy_from_slice(&b.d_step[i * g4..][..g4]);
+                }
+            },
+        );
     }
 }
 
@@ -441,7 +486,8 @@ pub fn lstm_clipped_sum(
     lstm_weight_gradients(dims, batch, x, hprev, delta, grad_ih, grad_hh, grad_bias);
 }
 
-/// The non-private weight gradients: ADDS `Σ_i G_i` of `W_ih`, `W_hh` and the bias.
+/// The non-private weight gradients: ADDS `Σ_i G_i` of `W_ih`, `W_hh` and the bias: `Δᵀ X`, `Δᵀ H_prev`
+/// and the column sums of `Δ`, over all T·batch positions at once.
 #[allow(clippy::too_many_arguments)]
 pub fn lstm_weight_gradients(
     dims: &LstmDims,
@@ -453,9 +499,61 @@ pub fn lstm_weight_gradients(
     grad_hh: &mut [f32],
     grad_bias: &mut [f32],
 ) {
-    per_example::sum_outer(&dims.input_layer(), batch, x, delta, grad_ih);
-    per_example::sum_outer(&dims.recurrent_layer(), batch, hprev, delta, grad_hh);
-    per_example::bias_sum(&dims.input_layer(), batch, delta, grad_bias);
+    let (rows, d, h, g4) = (batch * dims.steps, dims.input, dims.hidden, 4 * dims.hidden);
+    assert!(x.len() >= rows * d, "lstm: input has {} values", x.len());
+    assert!(hprev.len() >= rows * h, "lstm: hprev has {} values", hprev.len());
+    assert!(delta.len() >= rows * g4, "lstm: delta has {} values", delta.len());
+    assert!(grad_ih.len() >= dims.weight_ih_len(), "lstm: weight_ih gradient has {} values", grad_ih.len());
+    assert!(grad_hh.len() >= dims.weight_hh_len(), "lstm: weight_hh gradient has {} values", grad_hh.len());
+    assert!(grad_bias.len() >= g4, "lstm: bias gradient has {} values", grad_bias.len());
+    let delta = &delta[..rows * g4];
+    if rayon::current_num_threads() <= 2 {
+        // Two products of the same size over all T·batch positions, one per thread (each long enough
+        // in k to run at full speed alone), each thread also summing half of the bias columns: no
+        // hand-offs inside, no partial results to add up.
+        let (bias_first, bias_second) = grad_bias[..g4].split_at_mut(2 * h);
+        rayon::join(
+            || {
+                sgemm_serial(Op::T, Op::N, g4, d, rows, 1.0, delta, x, 1.0, grad_ih);
+                add_column_sums(delta, g4, 0, bias_first);
+            },
+            || {
+                sgemm_serial(Op::T, Op::N, g4, h, rows, 1.0, delta, hprev, 1.0, grad_hh);
+                add_column_sums(delta, g4, 2 * h, bias_second);
+            },
+        );
+    } else {
+        // More threads than products: each product splits itself over the pool.
+        sgemm(Op::T, Op::N, g4, d, rows, 1.0, delta, x, 1.0, grad_ih);
+        sgemm(Op::T, Op::N, g4, h, rows, 1.0, delta, hprev, 1.0, grad_hh);
+        grad_bias[..g4]
+            .par_chunks_mut(COLUMNS_PER_PASS)
+            .enumerate()
+            .for_each(|(k, sums)| add_column_sums(delta, g4, k * COLUMNS_PER_PASS, sums));
+    }
+}
+
+/// Columns whose sums one pass over the rows accumulates (in registers and L1).
+const COLUMNS_PER_PASS: usize = 64;
+
+/// ADDS the sums over all rows of `matrix` (rows of `width`) of the columns `first..first + sums.len()`
+/// into `sums`, accumulating in f64 (T·batch terms).
+fn add_column_sums(matrix: &[f32], width: usize, first: usize, sums: &mut [f32]) {
+    let rows = matrix.len() / width;
+    with_widest_vectors(
+        #[inline(always)]
+        || {
+            for (k, out) in sums.chunks_mut(COLUMNS_PER_PASS).enumerate() {
+                let start = first + k * COLUMNS_PER_PASS;
+                let mut acc = [0.0f64; COLUMNS_PER_PASS];
+                for r in 0..rows {
+                    let row = &matrix[r * width + start..][..out.len()];
+                    acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v as f64);
+                }
+                out.iter_mut().zip(&acc).for_each(|(o, &a)| *o += a as f32);
+            }
+        },
+    );
 }
 
 #[cfg(test)]
@@ -630,5 +728,51 @@ mod tests {
         assert_close("W_ih", &g.0, &total(0), 1e-4);
         assert_close("W_hh", &g.1, &total(1), 1e-4);
         assert_close("bias", &g.2, &total(2), 1e-4);
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_number_of_threads() {
+        // 4h = 160 bias columns: several column passes, split unevenly between two threads.
+        let dims = LstmDims { steps: 5, input: 3, hidden: 40 };
+        let batch = 5;
+        let (rows, g4) = (batch * dims.steps, 4 * dims.hidden);
+        let outcome = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let r = run(&dims, batch, 63);
+                let mut g = (
+                    vec![0.5f32; dims.weight_ih_len()],
+                    vec![0.5f32; dims.weight_hh_len()],
+                    vec![0.5f32; g4],
+                );
+                lstm_weight_gradients(&dims, batch, &r.x, &r.hprev, &r.delta, &mut g.0, &mut g.1, &mut g.2);
+                (r, g)
+            })
+        };
+        let (base, _) = outcome(1);
+        // The weight gradients straight from their definition (plus the 0.5 they were added to).
+        let sum = |a: &[f32], width: usize| -> Vec<f64> {
+            let mut out = vec![0.5f64; g4 * width];
+            for r in 0..rows {
+                for p in 0..g4 {
+                    for k in 0..width {
+                        out[p * width + k] += base.delta[r * g4 + p] as f64 * a[r * width + k] as f64;
+                    }
+                }
+            }
+            out
+        };
+        let ones = vec![1.0f32; rows];
+        let want = (sum(&base.x, dims.input), sum(&base.hprev, dims.hidden), sum(&ones, 1));
+        for threads in [1, 2, 3, 4] {
+            let (r, g) = outcome(threads);
+            let what = |name: &str| format!("{name} with {threads} threads");
+            assert_close(&what("out"), &r.out, &wide(&base.out), 1e-6);
+            assert_close(&what("delta"), &r.delta, &wide(&base.delta), 1e-6);
+            assert_close(&what("dx"), &r.dx, &wide(&base.dx), 1e-6);
+            assert_close(&what("W_ih gradient"), &g.0, &want.0, 1e-5);
+            assert_close(&what("W_hh gradient"), &g.1, &want.1, 1e-5);
+            assert_close(&what("bias gradient"), &g.2, &want.2, 1e-5);
+        }
     }
 }
