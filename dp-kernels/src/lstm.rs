@@ -148,9 +148,9 @@ pub fn lstm_forward(
     let (h_step, rest) = scratch.split_at_mut(batch * h);
     let rec = &mut rest[..batch * g4];
 
-    // Input projection of every step of every example, bias included.
-    gates.par_chunks_mut(g4).for_each(|row| row.copy_from_slice(&bias[..g4]));
-    sgemm(Op::N, Op::T, batch * t_n, g4, d, 1.0, x, w_ih, 1.0, gates);
+    // Input projection of every step of every example (the gate pass adds the bias: one pass less
+    // over the whole buffer).
+    sgemm(Op::N, Op::T, batch * t_n, g4, d, 1.0, x, w_ih, 0.0, gates);
 
     let rows = examples_per_block(batch);
     gates
@@ -162,7 +162,7 @@ pub fn lstm_forward(
         .zip(rec.par_chunks_mut(rows * g4))
         .for_each(|(((((gates, cells), hprev), out), h_step), rec)| {
             let block = ForwardBlock { gates, cells, hprev, out, h_step, rec };
-            forward_block(dims, w_hh, block);
+            forward_block(dims, w_hh, &bias[..g4], block);
         });
 }
 
@@ -182,7 +182,7 @@ struct ForwardBlock<'a> {
 }
 
 /// The recurrence of one block of examples over all steps, on the calling thread.
-fn forward_block(dims: &LstmDims, w_hh: &[f32], b: ForwardBlock<'_>) {
+fn forward_block(dims: &LstmDims, w_hh: &[f32], bias: &[f32], b: ForwardBlock<'_>) {
     let (h, g4) = (dims.hidden, 4 * dims.hidden);
     let (gates_len, out_len) = (dims.gates_len(), dims.output_len());
     let rows = b.h_step.len() / h;
@@ -209,13 +209,14 @@ fn forward_block(dims: &LstmDims, w_hh: &[f32], b: ForwardBlock<'_>) {
                     b.hprev[i * out_len + t * h..][..h].copy_from_slice(h_i);
                     let out_t = &mut b.out[i * out_len + t * h..][..h];
                     if t == 0 {
-                        gate_step::<true>(h, gates_t, &[], &[], &mut cells_i[..h], out_t, h_i);
+                        gate_step::<true>(h, gates_t, bias, &[], &[], &mut cells_i[..h], out_t, h_i);
                     } else {
                         let (before, now) = cells_i.split_at_mut(t * h);
                         let rec_i = &b.rec[i * g4..][..g4];
                         gate_step::<false>(
                             h,
                             gates_t,
+                            bias,
                             rec_i,
                             &before[(t - 1) * h..],
                             &mut now[..h],
@@ -246,13 +247,14 @@ fn prefetch(values: &[f32]) {
     let _ = values;
 }
 
-/// One example's step: the gate pre-activations `gates` (input projection plus bias) plus the recurrent
-/// product `rec` become the activated gates in place; writes `c_t`, and `h_t` to `out` and `h_next`. At
+/// One example's step: the gate pre-activations (`gates`, the input projection, plus `bias` plus the
+/// recurrent product `rec`) become the activated gates in place; writes `c_t`, and `h_t` to `out` and `h_next`. At
 /// the first step (`FIRST`) there is no recurrent product and `c_{t−1} = 0` (`rec`, `c_prev` unread).
 #[inline(always)]
 fn gate_step<const FIRST: bool>(
     h: usize,
     gates: &mut [f32],
+    bias: &[f32],
     rec: &[f32],
     c_prev: &[f32],
     c: &mut [f32],
@@ -263,9 +265,9 @@ fn gate_step<const FIRST: bool>(
     let (pre_f, rest) = rest.split_at_mut(h);
     let (pre_g, pre_o) = rest.split_at_mut(h);
     let (rec, c_prev) = if FIRST { (&[][..], &[][..]) } else { (&rec[..4 * h], &c_prev[..h]) };
-    let (c, out, h_next) = (&mut c[..h], &mut out[..h], &mut h_next[..h]);
+    let (c, out, h_next, bias) = (&mut c[..h], &mut out[..h], &mut h_next[..h], &bias[..4 * h]);
     for j in 0..h {
-        let rec_at = |k: usize| if FIRST { 0.0 } else { rec[k * h + j] };
+        let rec_at = |k: usize| bias[k * h + j] + if FIRST { 0.0 } else { rec[k * h + j] };
         let i_g = fast_math::sigmoid(pre_i[j] + rec_at(0));
         let f_g = fast_math::sigmoid(pre_f[j] + rec_at(1));
         let g_g = fast_math::tanh(pre_g[j] + rec_at(2));
