@@ -251,6 +251,7 @@ fn prefetch(values: &[f32]) {
 /// recurrent product `rec`) become the activated gates in place; writes `c_t`, and `h_t` to `out` and `h_next`. At
 /// the first step (`FIRST`) there is no recurrent product and `c_{t−1} = 0` (`rec`, `c_prev` unread).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn gate_step<const FIRST: bool>(
     h: usize,
     gates: &mut [f32],
