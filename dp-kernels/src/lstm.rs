@@ -9,9 +9,12 @@
 //! recurrence of one example never reads another's, so each thread runs the whole time loop for its
 //! own block of examples with serial products: a step needs no hand-off between threads (with one
 //! parallel product per step, the 2·T hand-offs cost more than the products gained). The gate
-//! nonlinearities are [`fast_math`]'s vectorised ones, compiled for the widest vectors the CPU has. The backward through time gives the gate pre-activation gradients `δ_t` (`[4h]`) of every
-//! step, so each weight is a layer applied at T positions ([`crate::per_example`]): `W_ih` with
-//! `a_t = x_t`, `W_hh` with `a_t = h_{t−1}` (saved as `hprev`), the bias with `a_t = 1`.
+//! nonlinearities are [`fast_math`]'s vectorised ones, compiled for the widest vectors the CPU has.
+//!
+//! The backward through time (split over threads the same way) gives the gate pre-activation
+//! gradients `δ_t` (`[4h]`) of every step, so each weight is a layer applied at T positions
+//! ([`crate::per_example`]): `W_ih` with `a_t = x_t`, `W_hh` with `a_t = h_{t−1}` (saved as `hprev`),
+//! the bias with `a_t = 1`.
 //!
 //! Layouts: input `[batch][T][d]`, output `[batch][T][h]`, `W_ih` `[4h][d]`, `W_hh` `[4h][h]`; the
 //! saved buffers are `gates` `[batch][T][4h]` (activated i, f, g, o), `cells` `[batch][T][h]` and
@@ -542,6 +545,9 @@ const COLUMNS_PER_PASS: usize = 64;
 /// ADDS the sums over all rows of `matrix` (rows of `width`) of the columns `first..first + sums.len()`
 /// into `sums`, accumulating in f64 (T·batch terms).
 fn add_column_sums(matrix: &[f32], width: usize, first: usize, sums: &mut [f32]) {
+    if sums.is_empty() {
+        return;
+    }
     let rows = matrix.len() / width;
     with_widest_vectors(
         #[inline(always)]
@@ -776,6 +782,23 @@ mod tests {
             assert_close(&what("W_ih gradient"), &g.0, &want.0, 1e-5);
             assert_close(&what("W_hh gradient"), &g.1, &want.1, 1e-5);
             assert_close(&what("bias gradient"), &g.2, &want.2, 1e-5);
+        }
+    }
+
+    #[test]
+    fn empty_shapes_leave_gradients_unchanged() {
+        for (dims, batch) in
+            [(LstmDims { steps: 3, input: 2, hidden: 0 }, 2), (LstmDims { steps: 3, input: 2, hidden: 4 }, 0)]
+        {
+            let r = run(&dims, batch, 64);
+            assert!(r.dx.iter().all(|&v| v == 0.0), "{dims:?} batch {batch}");
+            let mut g = (
+                vec![0.25f32; dims.weight_ih_len()],
+                vec![0.25f32; dims.weight_hh_len()],
+                vec![0.25f32; 4 * dims.hidden],
+            );
+            lstm_weight_gradients(&dims, batch, &r.x, &r.hprev, &r.delta, &mut g.0, &mut g.1, &mut g.2);
+            assert!(g.0.iter().chain(&g.1).chain(&g.2).all(|&v| v == 0.25), "{dims:?} batch {batch}");
         }
     }
 }
