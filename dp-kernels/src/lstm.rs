@@ -742,8 +742,8 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_the_number_of_threads() {
-        // 4h = 160 bias columns: several column passes, split unevenly between two threads.
-        let dims = LstmDims { steps: 5, input: 3, hidden: 40 };
+        // 4h = 520 bias columns: two column passes per half with two threads, three with more.
+        let dims = LstmDims { steps: 5, input: 3, hidden: 130 };
         let batch = 5;
         let (rows, g4) = (batch * dims.steps, 4 * dims.hidden);
         let outcome = |threads: usize| {
@@ -777,9 +777,9 @@ mod tests {
         for threads in [1, 2, 3, 4] {
             let (r, g) = outcome(threads);
             let what = |name: &str| format!("{name} with {threads} threads");
-            assert_close(&what("out"), &r.out, &wide(&base.out), 1e-6);
-            assert_close(&what("delta"), &r.delta, &wide(&base.delta), 1e-6);
-            assert_close(&what("dx"), &r.dx, &wide(&base.dx), 1e-6);
+            assert_close(&what("out"), &r.out, &wide(&base.out), 1e-5);
+            assert_close(&what("delta"), &r.delta, &wide(&base.delta), 1e-5);
+            assert_close(&what("dx"), &r.dx, &wide(&base.dx), 1e-5);
             assert_close(&what("W_ih gradient"), &g.0, &want.0, 1e-5);
             assert_close(&what("W_hh gradient"), &g.1, &want.1, 1e-5);
             assert_close(&what("bias gradient"), &g.2, &want.2, 1e-5);
