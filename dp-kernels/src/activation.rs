@@ -5,6 +5,8 @@
 
 use rayon::prelude::*;
 
+use crate::fast_math;
+
 /// Element counts below this run on the calling thread: waking the pool costs more than it saves.
 const PARALLEL_MIN_ELEMS: usize = 1 << 16;
 
@@ -35,8 +37,8 @@ impl Activation {
                     x
                 }
             }
-            Activation::Tanh => x.tanh(),
-            Activation::Sigmoid => sigmoid(x),
+            Activation::Tanh => fast_math::tanh(x),
+            Activation::Sigmoid => fast_math::sigmoid(x),
         }
     }
 
@@ -58,15 +60,11 @@ impl Activation {
     }
 }
 
-/// The logistic function, stable for large |x| (never evaluates e^x for positive x).
+/// The logistic function, stable for large |x| (never evaluates e^x for positive x): [`fast_math::sigmoid`],
+/// branch-free so that loops over it vectorise.
 #[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
+    fast_math::sigmoid(x)
 }
 
 /// Runs `f` over `rows` rows of `cols` values each, across threads when the matrix is large.

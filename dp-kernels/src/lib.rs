@@ -9,6 +9,7 @@ pub mod conv;
 pub mod conv_chunks;
 pub mod dense;
 pub mod embedding;
+pub mod fast_math;
 pub mod gemm;
 pub mod loss;
 pub mod lstm;
