@@ -89,7 +89,11 @@ impl GaussianNoise {
     }
 
     /// The next N(0, 1) value (ziggurat), drawing its 64-bit words from the stream one by one.
-    #[inline]
+    ///
+    /// Kept out of line: inlined into the per-coordinate iterator of the optimizer pass, it made that
+    /// iterator too large to inline, and every optimizer loop (even without noise) paid a call per
+    /// coordinate. Bulk draws go through [`fill`](Self::fill).
+    #[inline(never)]
     pub fn standard_normal(&mut self) -> f64 {
         let bits = self.rng.next_u64();
         let rng = &mut self.rng;
