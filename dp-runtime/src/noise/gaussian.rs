@@ -207,26 +207,68 @@ fn unit_open_closed(word: u64) -> f64 {
 /// [`ChaCha20Blocks::next_words`]); the rare coordinates that need more words read them, in
 /// coordinate order, from stream 2·chunk + 1. Both streams are disjoint from every other chunk's.
 pub fn fill_chunk(key: &[u8; 32], chunk: u64, out: &mut [f64]) {
-    #[cfg(target_arch = "x86_64")]
-    let vector = std::arch::is_x86_feature_detected!("avx512f");
-    #[cfg(not(target_arch = "x86_64"))]
-    let vector = false;
-    fill_chunk_with(key, chunk, out, vector);
+    fill_chunk_with(key, chunk, out, FastPath::detect());
 }
 
-/// [`fill_chunk`], with the common case eight words at a time (AVX-512) or one by one: the same values.
-fn fill_chunk_with(key: &[u8; 32], chunk: u64, out: &mut [f64], vector: bool) {
+/// How the ziggurat's common case runs: the values are the same on every path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FastPath {
+    /// One word at a time.
+    Scalar,
+    /// Four words at a time (AVX2 gathers).
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// Eight words at a time (AVX-512F).
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl FastPath {
+    /// The widest path this CPU runs.
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return FastPath::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return FastPath::Avx2;
+            }
+        }
+        FastPath::Scalar
+    }
+
+    /// The vector form of the common case on `words` into `out`: the mask of the words it rejected,
+    /// or `None` on the scalar path.
+    #[inline(always)]
+    fn inner_rectangles(
+        self,
+        tables: &Ziggurat,
+        words: &[u64; WORDS_PER_CALL],
+        out: &mut [f64; WORDS_PER_CALL],
+    ) -> Option<u128> {
+        match self {
+            FastPath::Scalar => None,
+            // SAFETY: `detect` (or a test that checked the feature) chose this path.
+            #[cfg(target_arch = "x86_64")]
+            FastPath::Avx2 => Some(unsafe { x86::inner_rectangles_avx2(tables, words, out) }),
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            FastPath::Avx512 => Some(unsafe { x86::inner_rectangles_avx512(tables, words, out) }),
+        }
+    }
+}
+
+/// [`fill_chunk`] on a given [`FastPath`].
+fn fill_chunk_with(key: &[u8; 32], chunk: u64, out: &mut [f64], path: FastPath) {
     let tables = ziggurat();
     let mut first = ChaCha20Blocks::new(key, 2 * chunk, 0);
     let mut retries = BufferedWords::new(ChaCha20Blocks::new(key, 2 * chunk + 1, 0));
     let mut words = [0u64; WORDS_PER_CALL];
     for piece in out.chunks_mut(WORDS_PER_CALL) {
         first.next_words(&mut words);
-        #[cfg(target_arch = "x86_64")]
-        if vector {
-            if let Ok(piece) = <&mut [f64; WORDS_PER_CALL]>::try_from(&mut *piece) {
-                // SAFETY: `vector` is only true where the CPU supports AVX-512F.
-                let mut rejected = unsafe { x86::inner_rectangles_avx512(tables, &words, piece) };
+        if let Ok(piece) = <&mut [f64; WORDS_PER_CALL]>::try_from(&mut *piece) {
+            if let Some(mut rejected) = path.inner_rectangles(tables, &words, piece) {
                 // The rare coordinates outside the inner rectangles, in coordinate order.
                 while rejected != 0 {
                     let i = rejected.trailing_zeros() as usize;
@@ -236,8 +278,6 @@ fn fill_chunk_with(key: &[u8; 32], chunk: u64, out: &mut [f64], vector: bool) {
                 continue;
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = vector;
         for (value, &bits) in piece.iter_mut().zip(&words) {
             *value = tables.sample(bits, &mut || retries.next());
         }
@@ -285,6 +325,40 @@ mod x86 {
         }
         rejected
     }
+
+    /// [`inner_rectangles_avx512`] four words at a time with AVX2 (the same arithmetic; the top bit
+    /// chooses 1 or 2 through `blendv`, which reads each lane's sign bit, i.e. bit 63 of the word).
+    #[target_feature(enable = "avx2")]
+    pub(super) fn inner_rectangles_avx2(
+        tables: &Ziggurat,
+        words: &[u64; WORDS_PER_CALL],
+        out: &mut [f64; WORDS_PER_CALL],
+    ) -> u128 {
+        let layer_mask = _mm256_set1_epi64x(0xff);
+        let mantissa_mask = _mm256_set1_epi64x(0x000f_ffff_ffff_ffff);
+        let one = _mm256_set1_epi64x(0x3ff0_0000_0000_0000);
+        let magnitude = _mm256_castsi256_pd(_mm256_set1_epi64x(i64::MAX));
+        let (one_f, two_f) = (_mm256_set1_pd(1.0), _mm256_set1_pd(2.0));
+        let mut rejected = 0u128;
+        for (group, (bits, values)) in words.chunks_exact(4).zip(out.chunks_exact_mut(4)).enumerate() {
+            // SAFETY: `bits` and `values` hold 4 elements each (unaligned access); the gather indices
+            // are below 256, the length of both tables.
+            unsafe {
+                let w = _mm256_loadu_si256(bits.as_ptr().cast());
+                let layer = _mm256_and_si256(w, layer_mask);
+                let mantissa = _mm256_and_si256(_mm256_srli_epi64::<11>(w), mantissa_mask);
+                let one_m = _mm256_castsi256_pd(_mm256_or_si256(mantissa, one));
+                let u = _mm256_sub_pd(one_m, _mm256_blendv_pd(two_f, one_f, _mm256_castsi256_pd(w)));
+                let ratio = _mm256_i64gather_pd::<8>(tables.ratio.as_ptr(), layer);
+                let edge = _mm256_i64gather_pd::<8>(tables.edge.as_ptr(), layer);
+                let inside = _mm256_cmp_pd::<_CMP_LT_OQ>(_mm256_and_pd(u, magnitude), ratio);
+                _mm256_storeu_pd(values.as_mut_ptr(), _mm256_mul_pd(u, edge));
+                let outside = !_mm256_movemask_pd(inside) & 0xf;
+                rejected |= (outside as u128) << (4 * group);
+            }
+        }
+        rejected
+    }
 }
 
 /// A keystream read one 64-bit word at a time (16 blocks computed when the buffer runs out).
@@ -313,43 +387,56 @@ impl BufferedWords {
 mod tests {
     use super::*;
 
+    /// The vector paths this CPU runs.
+    fn vector_paths() -> Vec<FastPath> {
+        let mut paths = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                paths.push(FastPath::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                paths.push(FastPath::Avx512);
+            }
+        }
+        paths
+    }
+
     #[test]
     fn vector_and_scalar_chunks_are_identical() {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            let key: [u8; 32] = std::array::from_fn(|i| (3 * i + 1) as u8);
-            // Full pieces and a partial last one; about 1.5% of coordinates take the slow path.
-            let n = 40 * WORDS_PER_CALL + 17;
-            let (mut scalar, mut vector) = (vec![0.0; n], vec![0.0; n]);
-            fill_chunk_with(&key, 5, &mut scalar, false);
-            fill_chunk_with(&key, 5, &mut vector, true);
-            assert_eq!(scalar, vector);
+        let key: [u8; 32] = std::array::from_fn(|i| (3 * i + 1) as u8);
+        // Full pieces and a partial last one; about 1.5% of coordinates take the slow path.
+        let n = 40 * WORDS_PER_CALL + 17;
+        let mut scalar = vec![0.0; n];
+        fill_chunk_with(&key, 5, &mut scalar, FastPath::Scalar);
+        for path in vector_paths() {
+            let mut vector = vec![0.0; n];
+            fill_chunk_with(&key, 5, &mut vector, path);
+            assert_eq!(scalar, vector, "{path:?}");
         }
     }
 
     #[test]
     fn vector_inner_rectangles_agree_with_the_scalar_test_on_edge_words() {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            let tables = ziggurat();
-            let mut words = [0u64; WORDS_PER_CALL];
-            let edges =
-                [0, u64::MAX, 1 << 63, (1 << 63) - 1, 0xff, !0xff, 1 << 11, (1 << 63) | 0x7ff, 1, 0xfe];
-            let mut state = 0x9e37_79b9_7f4a_7c15u64;
-            for (i, w) in words.iter_mut().enumerate() {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                *w = if i < edges.len() { edges[i] } else { state ^ (state >> 29) };
-            }
+        let tables = ziggurat();
+        let mut words = [0u64; WORDS_PER_CALL];
+        let edges = [0, u64::MAX, 1 << 63, (1 << 63) - 1, 0xff, !0xff, 1 << 11, (1 << 63) | 0x7ff, 1, 0xfe];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for (i, w) in words.iter_mut().enumerate() {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            *w = if i < edges.len() { edges[i] } else { state ^ (state >> 29) };
+        }
+        for path in vector_paths() {
             let mut values = [0.0; WORDS_PER_CALL];
-            // SAFETY: AVX-512F is present (checked).
-            let rejected = unsafe { x86::inner_rectangles_avx512(tables, &words, &mut values) };
+            let rejected = path.inner_rectangles(tables, &words, &mut values).expect("a vector path");
             for (i, &bits) in words.iter().enumerate() {
                 let layer = bits as u8 as usize;
                 let u = 2.0 * unit(bits) - 1.0;
                 let inside = u.abs() < tables.ratio[layer];
-                assert_eq!(rejected >> i & 1 == 0, inside, "word {bits:#x}");
+                assert_eq!(rejected >> i & 1 == 0, inside, "{path:?} word {bits:#x}");
                 if inside {
-                    assert_eq!(values[i].to_bits(), (u * tables.edge[layer]).to_bits(), "word {bits:#x}");
+                    let expected = (u * tables.edge[layer]).to_bits();
+                    assert_eq!(values[i].to_bits(), expected, "{path:?} word {bits:#x}");
                 }
             }
         }
