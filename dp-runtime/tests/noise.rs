@@ -2,6 +2,7 @@
 //! N(0, σ²C²)/B_expected; the exact discrete Gaussian against its pmf (χ²); secure aggregation.
 
 use dp_runtime::noise::discrete_gaussian::{discrete_laplace, pmf};
+use dp_runtime::noise::gaussian::FILL_CHUNK;
 use dp_runtime::noise::{DiscreteGaussian, GaussianNoise, SecureAggregator};
 use dp_runtime::optim::NoisyGradient;
 use dp_runtime::rng::seeded;
@@ -85,11 +86,11 @@ fn both_gaussian_methods_pass_kolmogorov_smirnov() {
 
 #[test]
 fn ziggurat_tails_have_the_normal_mass() {
-    // Beyond 2, beyond the ziggurat's tail start R ≈ 3.4426, and beyond 4: the rare paths are exact.
+    // Beyond 2, beyond the ziggurat's tail start R ≈ 3.6542, and beyond 4: the rare paths are exact.
     let mut noise = GaussianNoise::new(seeded(17));
     let n = 1_000_000;
     let mut beyond = [0usize; 3];
-    let limits = [2.0, 3.442619855899, 4.0];
+    let limits = [2.0, 3.654152885361009, 4.0];
     for _ in 0..n {
         let z = noise.standard_normal().abs();
         for (count, &limit) in beyond.iter_mut().zip(&limits) {
@@ -97,6 +98,77 @@ fn ziggurat_tails_have_the_normal_mass() {
         }
     }
     for (&count, &limit) in beyond.iter().zip(&limits) {
+        let p = 2.0 * (1.0 - normal_cdf(limit));
+        let expected = p * n as f64;
+        let se = (expected * (1.0 - p)).sqrt();
+        assert!((count as f64 - expected).abs() < 5.0 * se, "beyond {limit}: {count} vs {expected:.1}");
+    }
+}
+
+/// `n` values of one bulk [`GaussianNoise::fill`] (chunked, on the test pool's threads).
+fn bulk_noise(n: usize, seed: u64) -> Vec<f64> {
+    let mut out = vec![0.0; n];
+    GaussianNoise::new(seeded(seed)).fill(&mut out);
+    out
+}
+
+#[test]
+fn bulk_noise_has_the_right_moments_and_passes_kolmogorov_smirnov_in_every_chunk() {
+    let n = 12 * FILL_CHUNK + 777;
+    let z = bulk_noise(n, 21);
+    let count = n as f64;
+    let mean = z.iter().sum::<f64>() / count;
+    let var = z.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / count;
+    let kurtosis = z.iter().map(|x| (x - mean).powi(4)).sum::<f64>() / count / (var * var);
+    assert!(mean.abs() < 5.0 / count.sqrt(), "mean {mean}");
+    assert!((var - 1.0).abs() < 0.02, "variance {var}");
+    assert!((kurtosis - 3.0).abs() < 0.1, "kurtosis {kurtosis}");
+    let d = ks_statistic(z.clone(), 1.0);
+    assert!(d < 1.95 / count.sqrt(), "KS of the whole vector {d}");
+    for (j, chunk) in z.chunks(FILL_CHUNK).take(3).enumerate() {
+        let d = ks_statistic(chunk.to_vec(), 1.0);
+        assert!(d < 1.95 / (chunk.len() as f64).sqrt(), "KS of chunk {j}: {d}");
+    }
+}
+
+/// Pearson correlation of two equally long samples.
+fn correlation(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
+}
+
+#[test]
+fn bulk_noise_coordinates_are_uncorrelated_within_and_across_chunks() {
+    let z = bulk_noise(3 * FILL_CHUNK, 22);
+    let limit = 4.5 / (FILL_CHUNK as f64).sqrt();
+    let (c0, c1, c2) = (&z[..FILL_CHUNK], &z[FILL_CHUNK..2 * FILL_CHUNK], &z[2 * FILL_CHUNK..]);
+    // The same offset in two chunks (their keystreams differ only in the stream number).
+    for (a, b) in [(c0, c1), (c1, c2), (c0, c2)] {
+        let r = correlation(a, b);
+        assert!(r.abs() < limit, "across chunks: r = {r}");
+    }
+    // Neighbours, and coordinates 16 and 128 apart (the keystream's block and call strides).
+    for lag in [1, 16, 128] {
+        let r = correlation(&c0[..FILL_CHUNK - lag], &c0[lag..]);
+        assert!(r.abs() < limit, "lag {lag}: r = {r}");
+    }
+    // Squares too: a dependence of magnitudes would not show in the plain correlation.
+    let squares: Vec<f64> = c0.iter().map(|x| x * x).collect();
+    let r = correlation(&squares[..FILL_CHUNK - 1], &squares[1..]);
+    assert!(r.abs() < limit, "lag 1 of squares: r = {r}");
+}
+
+#[test]
+fn bulk_noise_tails_have_the_normal_mass() {
+    let n = 1_000_000;
+    let z = bulk_noise(n, 23);
+    let limits = [2.0, 3.654152885361009, 4.0, 4.5];
+    for &limit in &limits {
+        let count = z.iter().filter(|x| x.abs() > limit).count();
         let p = 2.0 * (1.0 - normal_cdf(limit));
         let expected = p * n as f64;
         let se = (expected * (1.0 - p)).sqrt();

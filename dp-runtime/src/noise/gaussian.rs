@@ -2,34 +2,50 @@
 //!
 //! Two exact-in-distribution methods over f64 uniforms with 53 random bits:
 //!
-//! - the **ziggurat** (Marsaglia & Tsang 2000, in Doornik's 2005 form "An Improved Ziggurat Method to
-//!   Generate Normal Random Samples", 128 layers, R = 3.442619855899), used by
-//!   [`GaussianNoise::standard_normal`]: one 64-bit draw gives the layer (7 bits) and a uniform in
-//!   [−1, 1) (53 other bits); about 98.8% of draws are accepted by one comparison; the rest take the
-//!   exact wedge test or Marsaglia's exact tail beyond R (unbounded);
+//! - the **ziggurat** (Marsaglia & Tsang 2000, 256 layers, R = 3.654152885361009, V = 4.92867323399e-3,
+//!   with the layer and the uniform from disjoint bits as Doornik 2005, "An Improved Ziggurat Method to
+//!   Generate Normal Random Samples", recommends), used by [`GaussianNoise::standard_normal`] and
+//!   [`GaussianNoise::fill`]: one 64-bit draw gives the layer (8 bits) and a uniform in [−1, 1) (53
+//!   other bits); 98.5% of draws (the mean of x_{i+1}/x_i) are accepted by one comparison; the rest take the exact wedge test (one `exp`) or Marsaglia's exact
+//!   tail beyond R (unbounded);
 //! - **Box–Muller** ([`GaussianNoise::pair`]): U₁ on (0, 1], U₂ on [0, 1), R = √(−2 ln U₁) and
 //!   Θ = 2πU₂ give R cos Θ and R sin Θ; magnitudes beyond √(2·53·ln 2) ≈ 8.57 (probability below 10⁻¹⁶)
 //!   are not produced.
+//!
+//! [`GaussianNoise::fill`] draws a whole vector (one normal per parameter per step) in bulk: it takes a
+//! fresh 256-bit key from the stream, and chunk j of [`FILL_CHUNK`] coordinates reads its own ChaCha20
+//! keystreams under that key (see [`fill_chunk`]), sixteen blocks at a time
+//! ([`ChaCha20Blocks`](super::chacha::ChaCha20Blocks)). Each coordinate therefore depends only on the
+//! key and its index: not on the vector's length, nor on how many threads filled the chunks.
 
 use rand_chacha::ChaCha20Rng;
+use rayon::prelude::*;
 
 use std::sync::OnceLock;
 
 use rand::RngCore;
 
+use super::chacha::{ChaCha20Blocks, WORDS_PER_CALL};
 use crate::rng::{uniform_f64, uniform_open_closed};
 
-/// Number of ziggurat layers.
-const LAYERS: usize = 128;
-/// Start of the tail (right edge of the base layer).
-const TAIL_START: f64 = 3.442619855899;
-/// Area of each layer.
-const LAYER_AREA: f64 = 9.91256303526217e-3;
+/// Coordinates per chunk of [`GaussianNoise::fill`]: each chunk has its own keystreams, so chunks are
+/// filled in parallel with results that do not depend on the number of threads. 2^14 normals take
+/// about 50 µs on one core: enough to pay for a hand-off to another thread.
+pub const FILL_CHUNK: usize = 1 << 14;
 
-/// Layer edges x_i (x_0 is the base strip's pseudo-edge V/f(R), x_128 = 0) and ratios x_{i+1}/x_i.
+/// Number of ziggurat layers.
+const LAYERS: usize = 256;
+/// Start of the tail (right edge of the base layer).
+const TAIL_START: f64 = 3.654152885361009;
+/// Area of each layer.
+const LAYER_AREA: f64 = 4.92867323399e-3;
+
+/// Layer edges x_i (x_0 is the base strip's pseudo-edge V/f(R), x_256 = 0), ratios x_{i+1}/x_i and
+/// the density f(x_i) = exp(−x_i²/2) at each edge (for the wedge test).
 struct Ziggurat {
     edge: [f64; LAYERS + 1],
     ratio: [f64; LAYERS],
+    density: [f64; LAYERS + 1],
 }
 
 fn ziggurat() -> &'static Ziggurat {
@@ -48,7 +64,8 @@ fn ziggurat() -> &'static Ziggurat {
         for i in 0..LAYERS {
             ratio[i] = edge[i + 1] / edge[i];
         }
-        Ziggurat { edge, ratio }
+        let density = edge.map(|x| (-0.5 * x * x).exp());
+        Ziggurat { edge, ratio, density }
     })
 }
 
@@ -71,40 +88,16 @@ impl GaussianNoise {
         GaussianNoise { rng, tables: ziggurat() }
     }
 
-    /// The next N(0, 1) value (ziggurat).
-    #[inline]
+    /// The next N(0, 1) value (ziggurat), drawing its 64-bit words from the stream one by one.
+    ///
+    /// Kept out of line: inlined into the per-coordinate iterator of the optimizer pass, it made that
+    /// iterator too large to inline, and every optimizer loop (even without noise) paid a call per
+    /// coordinate. Bulk draws go through [`fill`](Self::fill).
+    #[inline(never)]
     pub fn standard_normal(&mut self) -> f64 {
-        let z = self.tables;
-        loop {
-            let bits = self.rng.next_u64();
-            let layer = (bits & 0x7f) as usize;
-            // 53 bits disjoint from the layer bits: u uniform on [−1, 1).
-            let u = 2.0 * ((bits >> 11) as f64 * (1.0 / (1u64 << 53) as f64)) - 1.0;
-            if u.abs() < z.ratio[layer] {
-                return u * z.edge[layer];
-            }
-            if layer == 0 {
-                return self.tail(u < 0.0);
-            }
-            let x = u * z.edge[layer];
-            let outer = (-0.5 * (z.edge[layer] * z.edge[layer] - x * x)).exp();
-            let inner = (-0.5 * (z.edge[layer + 1] * z.edge[layer + 1] - x * x)).exp();
-            if inner + uniform_f64(&mut self.rng) * (outer - inner) < 1.0 {
-                return x;
-            }
-        }
-    }
-
-    /// A sample of the normal tail beyond R (Marsaglia 1964), exact.
-    #[cold]
-    fn tail(&mut self, negative: bool) -> f64 {
-        loop {
-            let x = uniform_open_closed(&mut self.rng).ln() / TAIL_START;
-            let y = uniform_open_closed(&mut self.rng).ln();
-            if -2.0 * y >= x * x {
-                return if negative { x - TAIL_START } else { TAIL_START - x };
-            }
-        }
+        let bits = self.rng.next_u64();
+        let rng = &mut self.rng;
+        self.tables.sample(bits, &mut || rng.next_u64())
     }
 
     /// Two independent N(0, 1) values.
@@ -116,10 +109,19 @@ impl GaussianNoise {
         (radius * cos, radius * sin)
     }
 
-    /// Fills `out` with N(0, 1) values (ziggurat).
+    /// Fills `out` with independent N(0, 1) values (ziggurat), in bulk: one fresh 256-bit key from the
+    /// stream, then chunks of [`FILL_CHUNK`] coordinates filled by [`fill_chunk`] under that key, on
+    /// the threads of the current rayon pool when there are several chunks. The values depend only on
+    /// the stream's state and the coordinate index.
     pub fn fill(&mut self, out: &mut [f64]) {
-        for v in out {
-            *v = self.standard_normal();
+        let mut key = [0u8; 32];
+        self.rng.fill_bytes(&mut key);
+        if out.len() <= FILL_CHUNK {
+            fill_chunk(&key, 0, out);
+        } else {
+            out.par_chunks_mut(FILL_CHUNK)
+                .enumerate()
+                .for_each(|(j, chunk)| fill_chunk(&key, j as u64, chunk));
         }
     }
 
@@ -139,5 +141,353 @@ impl GaussianNoise {
     /// The underlying generator (the discrete sampler of secure mode draws from the same stream).
     pub fn rng(&mut self) -> &mut ChaCha20Rng {
         &mut self.rng
+    }
+}
+
+impl Ziggurat {
+    /// One N(0, 1) value: `bits` is the first 64-bit word, `more` gives any further words (the wedge
+    /// test's uniform, the tail's, the next attempt's). The common case reads nothing more.
+    #[inline(always)]
+    fn sample(&self, bits: u64, more: &mut impl FnMut() -> u64) -> f64 {
+        let layer = bits as u8 as usize;
+        // 53 bits disjoint from the layer bits: u uniform on [−1, 1).
+        let u = 2.0 * unit(bits) - 1.0;
+        if u.abs() < self.ratio[layer] {
+            return u * self.edge[layer];
+        }
+        self.sample_slowly(bits, more)
+    }
+
+    /// The rest of the ziggurat after a first word outside its inner rectangles: the base strip's
+    /// tail, the wedge test, and further attempts.
+    #[cold]
+    #[inline(never)]
+    fn sample_slowly(&self, mut bits: u64, more: &mut impl FnMut() -> u64) -> f64 {
+        loop {
+            let layer = bits as u8 as usize;
+            let u = 2.0 * unit(bits) - 1.0;
+            if u.abs() < self.ratio[layer] {
+                return u * self.edge[layer];
+            }
+            if layer == 0 {
+                // Marsaglia's (1964) exact tail beyond R, with uniforms on (0, 1].
+                loop {
+                    let x = unit_open_closed(more()).ln() / TAIL_START;
+                    let y = unit_open_closed(more()).ln();
+                    if -2.0 * y >= x * x {
+                        return if u < 0.0 { x - TAIL_START } else { TAIL_START - x };
+                    }
+                }
+            }
+            // The wedge: a uniform height in the layer's strip [f(x_i), f(x_{i+1})] under f(x).
+            let x = u * self.edge[layer];
+            let (below, above) = (self.density[layer], self.density[layer + 1]);
+            if above + unit(more()) * (below - above) < (-0.5 * x * x).exp() {
+                return x;
+            }
+            bits = more();
+        }
+    }
+}
+
+/// The top 53 bits of `word` as a uniform on [0, 1) (as [`uniform_f64`]).
+#[inline(always)]
+fn unit(word: u64) -> f64 {
+    (word >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+/// The top 53 bits of `word` as a uniform on (0, 1] (as [`uniform_open_closed`]).
+#[inline(always)]
+fn unit_open_closed(word: u64) -> f64 {
+    ((word >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+/// Fills chunk `chunk` of a [`GaussianNoise::fill`] under `key`: coordinate i's first 64-bit word is
+/// word i of ChaCha20 stream 2·chunk (in the interleaved order of
+/// [`ChaCha20Blocks::next_words`]); the rare coordinates that need more words read them, in
+/// coordinate order, from stream 2·chunk + 1. Both streams are disjoint from every other chunk's.
+pub fn fill_chunk(key: &[u8; 32], chunk: u64, out: &mut [f64]) {
+    fill_chunk_with(key, chunk, out, FastPath::detect());
+}
+
+/// How the ziggurat's common case runs: the values are the same on every path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FastPath {
+    /// One word at a time.
+    Scalar,
+    /// Four words at a time (AVX2 gathers).
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// Eight words at a time (AVX-512F).
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl FastPath {
+    /// The widest path this CPU runs.
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return FastPath::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return FastPath::Avx2;
+            }
+        }
+        FastPath::Scalar
+    }
+
+    /// The vector form of the common case on `words` into `out`: the mask of the words it rejected,
+    /// or `None` on the scalar path.
+    #[inline(always)]
+    fn inner_rectangles(
+        self,
+        tables: &Ziggurat,
+        words: &[u64; WORDS_PER_CALL],
+        out: &mut [f64; WORDS_PER_CALL],
+    ) -> Option<u128> {
+        match self {
+            FastPath::Scalar => None,
+            // SAFETY: `detect` (or a test that checked the feature) chose this path.
+            #[cfg(target_arch = "x86_64")]
+            FastPath::Avx2 => Some(unsafe { x86::inner_rectangles_avx2(tables, words, out) }),
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            FastPath::Avx512 => Some(unsafe { x86::inner_rectangles_avx512(tables, words, out) }),
+        }
+    }
+}
+
+/// [`fill_chunk`] on a given [`FastPath`].
+fn fill_chunk_with(key: &[u8; 32], chunk: u64, out: &mut [f64], path: FastPath) {
+    let tables = ziggurat();
+    let mut first = ChaCha20Blocks::new(key, 2 * chunk, 0);
+    let mut retries = BufferedWords::new(ChaCha20Blocks::new(key, 2 * chunk + 1, 0));
+    let mut words = [0u64; WORDS_PER_CALL];
+    for piece in out.chunks_mut(WORDS_PER_CALL) {
+        first.next_words(&mut words);
+        if let Ok(piece) = <&mut [f64; WORDS_PER_CALL]>::try_from(&mut *piece) {
+            if let Some(mut rejected) = path.inner_rectangles(tables, &words, piece) {
+                // The rare coordinates outside the inner rectangles, in coordinate order.
+                while rejected != 0 {
+                    let i = rejected.trailing_zeros() as usize;
+                    rejected &= rejected - 1;
+                    piece[i] = tables.sample_slowly(words[i], &mut || retries.next());
+                }
+                continue;
+            }
+        }
+        for (value, &bits) in piece.iter_mut().zip(&words) {
+            *value = tables.sample(bits, &mut || retries.next());
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Ziggurat, WORDS_PER_CALL};
+    use std::arch::x86_64::*;
+
+    /// The ziggurat's common case for 128 words, eight at a time: writes u·x_layer for every word and
+    /// returns a bit mask of the words outside their layer's inner rectangle (their value must be
+    /// replaced by [`Ziggurat::sample_slowly`]). Bit for bit the arithmetic of [`Ziggurat::sample`]:
+    /// with m the low 52 of the 53 bits and t the top one, u = 2·(bits / 2^53) − 1 = 1.m − (2 − t),
+    /// an exact subtraction, like the scalar form's exact scaling and subtraction.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn inner_rectangles_avx512(
+        tables: &Ziggurat,
+        words: &[u64; WORDS_PER_CALL],
+        out: &mut [f64; WORDS_PER_CALL],
+    ) -> u128 {
+        let layer_mask = _mm512_set1_epi64(0xff);
+        let mantissa_mask = _mm512_set1_epi64(0x000f_ffff_ffff_ffff);
+        let one = _mm512_set1_epi64(0x3ff0_0000_0000_0000);
+        let top_bit = _mm512_set1_epi64(i64::MIN);
+        let (one_f, two_f) = (_mm512_set1_pd(1.0), _mm512_set1_pd(2.0));
+        let mut rejected = 0u128;
+        for (group, (bits, values)) in words.chunks_exact(8).zip(out.chunks_exact_mut(8)).enumerate() {
+            // SAFETY: `bits` and `values` hold 8 elements each (unaligned access); the gather indices
+            // are below 256, the length of both tables.
+            unsafe {
+                let w = _mm512_loadu_si512(bits.as_ptr().cast());
+                let layer = _mm512_and_si512(w, layer_mask);
+                let mantissa = _mm512_and_si512(_mm512_srli_epi64::<11>(w), mantissa_mask);
+                let one_m = _mm512_castsi512_pd(_mm512_or_si512(mantissa, one));
+                let top = _mm512_test_epi64_mask(w, top_bit);
+                let u = _mm512_sub_pd(one_m, _mm512_mask_blend_pd(top, two_f, one_f));
+                let ratio = _mm512_i64gather_pd::<8>(layer, tables.ratio.as_ptr());
+                let edge = _mm512_i64gather_pd::<8>(layer, tables.edge.as_ptr());
+                let inside = _mm512_cmp_pd_mask::<_CMP_LT_OQ>(_mm512_abs_pd(u), ratio);
+                _mm512_storeu_pd(values.as_mut_ptr(), _mm512_mul_pd(u, edge));
+                rejected |= u128::from(!inside) << (8 * group);
+            }
+        }
+        rejected
+    }
+
+    /// [`inner_rectangles_avx512`] four words at a time with AVX2 (the same arithmetic; the top bit
+    /// chooses 1 or 2 through `blendv`, which reads each lane's sign bit, i.e. bit 63 of the word).
+    #[target_feature(enable = "avx2")]
+    pub(super) fn inner_rectangles_avx2(
+        tables: &Ziggurat,
+        words: &[u64; WORDS_PER_CALL],
+        out: &mut [f64; WORDS_PER_CALL],
+    ) -> u128 {
+        let layer_mask = _mm256_set1_epi64x(0xff);
+        let mantissa_mask = _mm256_set1_epi64x(0x000f_ffff_ffff_ffff);
+        let one = _mm256_set1_epi64x(0x3ff0_0000_0000_0000);
+        let magnitude = _mm256_castsi256_pd(_mm256_set1_epi64x(i64::MAX));
+        let (one_f, two_f) = (_mm256_set1_pd(1.0), _mm256_set1_pd(2.0));
+        let mut rejected = 0u128;
+        for (group, (bits, values)) in words.chunks_exact(4).zip(out.chunks_exact_mut(4)).enumerate() {
+            // SAFETY: `bits` and `values` hold 4 elements each (unaligned access); the gather indices
+            // are below 256, the length of both tables.
+            unsafe {
+                let w = _mm256_loadu_si256(bits.as_ptr().cast());
+                let layer = _mm256_and_si256(w, layer_mask);
+                let mantissa = _mm256_and_si256(_mm256_srli_epi64::<11>(w), mantissa_mask);
+                let one_m = _mm256_castsi256_pd(_mm256_or_si256(mantissa, one));
+                let u = _mm256_sub_pd(one_m, _mm256_blendv_pd(two_f, one_f, _mm256_castsi256_pd(w)));
+                let ratio = _mm256_i64gather_pd::<8>(tables.ratio.as_ptr(), layer);
+                let edge = _mm256_i64gather_pd::<8>(tables.edge.as_ptr(), layer);
+                let inside = _mm256_cmp_pd::<_CMP_LT_OQ>(_mm256_and_pd(u, magnitude), ratio);
+                _mm256_storeu_pd(values.as_mut_ptr(), _mm256_mul_pd(u, edge));
+                let outside = !_mm256_movemask_pd(inside) & 0xf;
+                rejected |= (outside as u128) << (4 * group);
+            }
+        }
+        rejected
+    }
+}
+
+/// A keystream read one 64-bit word at a time (16 blocks computed when the buffer runs out).
+struct BufferedWords {
+    blocks: ChaCha20Blocks,
+    words: [u64; WORDS_PER_CALL],
+    next: usize,
+}
+
+impl BufferedWords {
+    fn new(blocks: ChaCha20Blocks) -> Self {
+        BufferedWords { blocks, words: [0; WORDS_PER_CALL], next: WORDS_PER_CALL }
+    }
+
+    fn next(&mut self) -> u64 {
+        if self.next == WORDS_PER_CALL {
+            self.blocks.next_words(&mut self.words);
+            self.next = 0;
+        }
+        self.next += 1;
+        self.words[self.next - 1]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector paths this CPU runs.
+    fn vector_paths() -> Vec<FastPath> {
+        let mut paths = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                paths.push(FastPath::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                paths.push(FastPath::Avx512);
+            }
+        }
+        paths
+    }
+
+    #[test]
+    fn vector_and_scalar_chunks_are_identical() {
+        let key: [u8; 32] = std::array::from_fn(|i| (3 * i + 1) as u8);
+        // Full pieces and a partial last one; about 1.5% of coordinates take the slow path.
+        let n = 40 * WORDS_PER_CALL + 17;
+        let mut scalar = vec![0.0; n];
+        fill_chunk_with(&key, 5, &mut scalar, FastPath::Scalar);
+        for path in vector_paths() {
+            let mut vector = vec![0.0; n];
+            fill_chunk_with(&key, 5, &mut vector, path);
+            assert_eq!(scalar, vector, "{path:?}");
+        }
+    }
+
+    #[test]
+    fn vector_inner_rectangles_agree_with_the_scalar_test_on_edge_words() {
+        let tables = ziggurat();
+        let mut words = [0u64; WORDS_PER_CALL];
+        let edges = [0, u64::MAX, 1 << 63, (1 << 63) - 1, 0xff, !0xff, 1 << 11, (1 << 63) | 0x7ff, 1, 0xfe];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for (i, w) in words.iter_mut().enumerate() {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            *w = if i < edges.len() { edges[i] } else { state ^ (state >> 29) };
+        }
+        for path in vector_paths() {
+            let mut values = [0.0; WORDS_PER_CALL];
+            let rejected = path.inner_rectangles(tables, &words, &mut values).expect("a vector path");
+            for (i, &bits) in words.iter().enumerate() {
+                let layer = bits as u8 as usize;
+                let u = 2.0 * unit(bits) - 1.0;
+                let inside = u.abs() < tables.ratio[layer];
+                assert_eq!(rejected >> i & 1 == 0, inside, "{path:?} word {bits:#x}");
+                if inside {
+                    let expected = (u * tables.edge[layer]).to_bits();
+                    assert_eq!(values[i].to_bits(), expected, "{path:?} word {bits:#x}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_layers_close_the_ziggurat() {
+        let z = ziggurat();
+        let f = |x: f64| (-0.5 * x * x).exp();
+        // The base strip: the rectangle under f(R) plus the tail beyond R (Simpson's rule to R + 12).
+        let steps = 20_000;
+        let h = 12.0 / steps as f64;
+        let tail: f64 = (0..=steps)
+            .map(|k| {
+                let weight = if k == 0 || k == steps {
+                    1.0
+                } else if k % 2 == 1 {
+                    4.0
+                } else {
+                    2.0
+                };
+                weight * f(TAIL_START + k as f64 * h)
+            })
+            .sum::<f64>()
+            * h
+            / 3.0;
+        assert!((TAIL_START * f(TAIL_START) + tail - LAYER_AREA).abs() < 1e-13, "base strip area");
+        // The top layer, from x_255 to the mode, has the same area V and ends at f(0) = 1.
+        let top = LAYER_AREA / z.edge[LAYERS - 1] + z.density[LAYERS - 1];
+        assert!((top - 1.0).abs() < 1e-9, "top layer reaches {top}");
+        assert!(z.edge.windows(2).all(|w| w[0] > w[1]) && z.edge[LAYERS] == 0.0);
+    }
+
+    #[test]
+    fn the_wedge_and_tail_paths_are_taken_and_stay_in_their_layers() {
+        let tables = ziggurat();
+        let mut words = BufferedWords::new(ChaCha20Blocks::new(&[5; 32], 0, 0));
+        let (mut slow, mut beyond_tail) = (0, 0);
+        for _ in 0..200_000 {
+            let bits = words.next();
+            let layer = bits as u8 as usize;
+            let u = 2.0 * unit(bits) - 1.0;
+            if u.abs() >= tables.ratio[layer] {
+                slow += 1;
+                let x = tables.sample_slowly(bits, &mut || words.next());
+                assert!(x.is_finite());
+                beyond_tail += (x.abs() > TAIL_START) as usize;
+            }
+        }
+        // 1 − mean(x_{i+1}/x_i) ≈ 1.49% of first words (2,984 expected); a few of them beyond R.
+        assert!((2_700..3_280).contains(&slow), "{slow} slow samples");
+        assert!(beyond_tail > 0);
     }
 }
