@@ -115,8 +115,8 @@ pub fn max_pool2d_forward(
                     let (mut best, mut at) = (f32::NEG_INFINITY, rows.start * geom.in_w + cols.start);
                     let mut first_nan = usize::MAX;
                     for h in rows.clone() {
-                        for w in cols.clone() {
-                            let (k, v) = (h * geom.in_w + w, plane[h * geom.in_w + w]);
+                        let first = h * geom.in_w + cols.start;
+                        for (k, &v) in (first..).zip(&plane[first..h * geom.in_w + cols.end]) {
                             let better = v > best;
                             best = if better { v } else { best };
                             at = if better { k } else { at };
