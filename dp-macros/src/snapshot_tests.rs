@@ -35,6 +35,51 @@ fn mlp() -> (TokenStream, TokenStream) {
     )
 }
 
+/// A small CNN: conv (with padding and stride), max pooling, flatten, linear — the image path of the
+/// compiler (chunked conv passes, pooling with argmax, direct and ghost norms).
+fn small_cnn() -> (TokenStream, TokenStream) {
+    (
+        quote!(input = [1, 12, 12], loss = cross_entropy(classes = 10)),
+        quote! {
+            pub struct SmallCnn {
+                #[layer(conv2d(out = 4, kernel = 3, stride = 2, padding = 1), relu, max_pool2d(kernel = 2))]
+                conv: Conv2d,
+                #[layer(flatten, linear(out = 10))]
+                fc: Linear,
+            }
+        },
+    )
+}
+
+/// A token model: embedding, LSTM with a mean over time, linear — the sequence path of the compiler.
+fn small_lstm() -> (TokenStream, TokenStream) {
+    (
+        quote!(input = tokens(len = 8, vocab = 50), loss = cross_entropy(classes = 2)),
+        quote! {
+            pub struct SmallLstm {
+                #[layer(embedding(dim = 6))]
+                embedding: Embedding,
+                #[layer(lstm(hidden = 5), mean)]
+                lstm: Lstm,
+                #[layer(linear(out = 2))]
+                fc: Linear,
+            }
+        },
+    )
+}
+
+#[test]
+fn small_cnn_expansion() {
+    let (args, item) = small_cnn();
+    insta::assert_snapshot!(pretty(expand(args, item)));
+}
+
+#[test]
+fn small_lstm_expansion() {
+    let (args, item) = small_lstm();
+    insta::assert_snapshot!(pretty(expand(args, item)));
+}
+
 #[test]
 fn logistic_regression_expansion() {
     let (args, item) = logreg();
