@@ -6,6 +6,7 @@
 //! column of its own group.
 
 use crate::activation::{bias_activation_forward, Activation};
+use crate::fast_math::with_widest_vectors;
 use crate::gemm::{sgemm, Op};
 use rayon::prelude::*;
 
@@ -67,16 +68,23 @@ pub fn column_sums_add(x: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
 
 /// `out[i] = ‖x_i‖²` for each row of a `rows × cols` matrix.
 pub fn row_sq_norms(x: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
-    for (o, row) in out[..rows].iter_mut().zip(x.chunks_exact(cols.max(1))) {
-        *o = sq_norm(&row[..cols]);
-    }
+    with_widest_vectors(
+        #[inline(always)]
+        || {
+            for (o, row) in out[..rows].iter_mut().zip(x.chunks_exact(cols.max(1))) {
+                *o = sq_norm(&row[..cols]);
+            }
+        },
+    );
 }
 
 /// Lanes of independent partial sums in [`sq_norm`]: a sequential f32 sum cannot be vectorised (the
 /// compiler may not reorder it); sixteen partial sums let it use full SIMD registers.
 const SUM_LANES: usize = 16;
 
-#[inline]
+/// `‖v‖²` in sixteen f32 lanes. Always inlined, so that it takes the vector width of the
+/// [`with_widest_vectors`] body that calls it.
+#[inline(always)]
 fn sq_norm(v: &[f32]) -> f32 {
     let mut partial = [0.0f32; SUM_LANES];
     let mut chunks = v.chunks_exact(SUM_LANES);
@@ -106,16 +114,29 @@ pub fn linear_ghost_sq_norms(
 ) {
     assert!(group < groups && sq_norms.len() >= rows * groups);
     assert!(a.len() >= rows * inputs && delta.len() >= rows * outputs);
-    let norm = |i: usize| {
-        let a2 = sq_norm(&a[i * inputs..(i + 1) * inputs]);
-        let d2 = sq_norm(&delta[i * outputs..(i + 1) * outputs]);
-        a2 * d2 + if has_bias { d2 } else { 0.0 }
+    // Rows `first..` of `sq_norms`, in one loop compiled for the widest vectors.
+    let rows_from = |first: usize, out: &mut [f32]| {
+        with_widest_vectors(
+            #[inline(always)]
+            || {
+                for (k, row) in out.chunks_mut(groups).enumerate() {
+                    let i = first + k;
+                    let a2 = sq_norm(&a[i * inputs..(i + 1) * inputs]);
+                    let d2 = sq_norm(&delta[i * outputs..(i + 1) * outputs]);
+                    row[group] = a2 * d2 + if has_bias { d2 } else { 0.0 };
+                }
+            },
+        )
     };
     let sq_norms = &mut sq_norms[..rows * groups];
     if rows * (inputs + outputs) >= PARALLEL_MIN_ELEMS {
-        sq_norms.par_chunks_mut(groups).enumerate().for_each(|(i, row)| row[group] = norm(i));
+        let rows_per_task = rows.div_ceil(4 * rayon::current_num_threads());
+        sq_norms
+            .par_chunks_mut(rows_per_task * groups)
+            .enumerate()
+            .for_each(|(k, out)| rows_from(k * rows_per_task, out));
     } else {
-        sq_norms.chunks_mut(groups).enumerate().for_each(|(i, row)| row[group] = norm(i));
+        rows_from(0, sq_norms);
     }
 }
 

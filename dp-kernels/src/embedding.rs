@@ -193,7 +193,8 @@ fn radix_sort_keys<'a>(
 }
 
 /// `Σ_v ‖Σ_{t: v_t = v} δ_t‖²` over `sorted` entries grouped by token (`token(e)`, `position(e)` read
-/// an entry); each group's rows are added in f32 in `acc`, the squares summed in f64.
+/// an entry): `Σ_t ‖δ_t‖²` over every position in one vectorised pass, then for each repeated token
+/// `‖Σ δ_t‖² − Σ ‖δ_t‖²` (its rows added in f32 in `acc`, every square summed in f64).
 fn grouped_norm_sq(
     dim: usize,
     delta: &[f32],
@@ -206,7 +207,7 @@ fn grouped_norm_sq(
         let t = position(e);
         &delta[t * dim..(t + 1) * dim]
     };
-    let mut total = 0.0f64;
+    let mut total = sum_squares(&delta[..sorted.len() * dim]);
     let mut start = 0;
     while start < sorted.len() {
         let first = sorted[start];
@@ -214,20 +215,26 @@ fn grouped_norm_sq(
         while end < sorted.len() && token(sorted[end]) == token(first) {
             end += 1;
         }
-        if end - start == 1 {
-            total += sum_squares(row(first));
-        } else {
+        if end - start > 1 {
+            let group = &sorted[start..end];
             acc.copy_from_slice(row(first));
-            for &e in &sorted[start + 1..end] {
+            for &e in &group[1..] {
                 for (a, &v) in acc.iter_mut().zip(row(e)) {
                     *a += v;
                 }
             }
-            total += sum_squares(acc);
+            let rows_sq: f64 = group.iter().map(|&e| sum_squares(row(e))).sum();
+            total += sum_squares(acc) - rows_sq;
         }
         start = end;
     }
-    total
+    // Cancelling rows make the true norm 0 and the difference above may round below it; a negative
+    // squared norm would read as invalid downstream (NaN stays NaN: the comparison is false).
+    if total < 0.0 {
+        0.0
+    } else {
+        total
+    }
 }
 
 /// The clipped sum by scatter-add: ADDS `Σ_i c_i Σ_t δ_{i,t}` into rows `v_{i,t}` of `grad`
@@ -446,6 +453,32 @@ mod tests {
                     1e-5,
                 );
             }
+        }
+    }
+
+    #[test]
+    fn cancelling_rows_of_one_token_give_a_zero_norm_never_a_negative_one() {
+        let mut rng = rng(55);
+        let (vocab, dim, batch, steps) = (40, 7, 64, 6);
+        // Each example: three tokens, each hit twice with opposite rows, so its gradient is exactly 0
+        // while Σ_t ‖δ_t‖² is not; the difference must not round below zero.
+        let mut ids = Vec::new();
+        let mut delta = Vec::new();
+        for _ in 0..batch {
+            for _ in 0..steps / 2 {
+                let v = rng.random_range(0..vocab as u32);
+                let row: Vec<f32> =
+                    uniform(&mut rng, dim).iter().map(|x| x * 10f32.powi(rng.random_range(-3..4))).collect();
+                ids.extend([v, v]);
+                delta.extend(&row);
+                delta.extend(row.iter().map(|x| -x));
+            }
+        }
+        let mut scratch = vec![f32::NAN; norm_scratch_len(steps, dim)];
+        let mut norms = vec![0.0f32; batch];
+        embedding_norms_sq(vocab, dim, batch, steps, &ids, &delta, &mut scratch, &mut norms, 1);
+        for (i, &n) in norms.iter().enumerate() {
+            assert!((0.0..1e-9).contains(&n), "example {i}: {n}");
         }
     }
 
