@@ -426,8 +426,9 @@ mod tests {
         ];
         let (dim, batch) = (3, 5);
         for (vocab, steps) in shapes {
-            // Tokens from a few values spread over the whole vocabulary (high bits included), so
-            // that most examples repeat tokens and groups need every radix pass; example 0 repeats only the last token, a padding-like run.
+            // Tokens from a few values spread over the whole vocabulary (high bits included), so that
+            // most examples repeat tokens and grouping needs every radix pass; example 0 repeats
+            // only the last token, a padding-like run.
             let mut palette: Vec<u32> = (0..6).map(|_| rng.random_range(0..vocab as u32)).collect();
             // Two tokens that share their low byte (the first radix digit) with palette[0].
             let low = palette[0] & 0xff;
