@@ -529,10 +529,11 @@ pub fn stored_clipped_sum(
 }
 
 /// Independent f64 partial sums in [`sum_squares`]: a sequential sum cannot be vectorised (the
-/// compiler may not reorder it); sixteen lanes fill two AVX-512 registers, four AVX2 ones.
-const SQUARE_SUM_LANES: usize = 16;
+/// compiler may not reorder it); thirty-two lanes fill four AVX-512 registers, enough independent
+/// additions to cover their latency.
+const SQUARE_SUM_LANES: usize = 32;
 
-/// `Σ x²` accumulated in f64 (each square of an f32 is exact in f64; the sum runs in sixteen lanes,
+/// `Σ x²` accumulated in f64 (each square of an f32 is exact in f64; the sum runs in thirty-two lanes,
 /// compiled for the widest vectors the CPU has).
 pub fn sum_squares(x: &[f32]) -> f64 {
     crate::fast_math::with_widest_vectors(
