@@ -172,11 +172,18 @@ mod x86 {
 
     use std::arch::x86_64::*;
 
+    /// Rows up to this long are summed in scalar code: cheaper than a vector reduction (a layer of
+    /// one or two outputs has δ rows this short).
+    const SCALAR_MAX_LEN: usize = 4;
+
     /// `‖v‖²` in two sixteen-lane accumulators; the last `len % 16` values by a masked load (lanes
     /// past the end are neither read nor counted).
     #[target_feature(enable = "avx512f")]
     #[inline]
     pub(super) fn sq_norm_avx512(v: &[f32]) -> f32 {
+        if v.len() <= SCALAR_MAX_LEN {
+            return v.iter().map(|&x| x * x).sum();
+        }
         let (mut even, mut odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         let mut pairs = v.chunks_exact(32);
         for pair in &mut pairs {
