@@ -6,6 +6,7 @@
 //! column of its own group.
 
 use crate::activation::{bias_activation_forward, Activation};
+use crate::fast_math::with_widest_vectors;
 use crate::gemm::{sgemm, Op};
 use rayon::prelude::*;
 
@@ -67,16 +68,23 @@ pub fn column_sums_add(x: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
 
 /// `out[i] = ‖x_i‖²` for each row of a `rows × cols` matrix.
 pub fn row_sq_norms(x: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
-    for (o, row) in out[..rows].iter_mut().zip(x.chunks_exact(cols.max(1))) {
-        *o = sq_norm(&row[..cols]);
-    }
+    with_widest_vectors(
+        #[inline(always)]
+        || {
+            for (o, row) in out[..rows].iter_mut().zip(x.chunks_exact(cols.max(1))) {
+                *o = sq_norm(&row[..cols]);
+            }
+        },
+    );
 }
 
 /// Lanes of independent partial sums in [`sq_norm`]: a sequential f32 sum cannot be vectorised (the
 /// compiler may not reorder it); sixteen partial sums let it use full SIMD registers.
 const SUM_LANES: usize = 16;
 
-#[inline]
+/// `‖v‖²` in sixteen f32 lanes. Always inlined, so that it takes the vector width of the
+/// [`with_widest_vectors`] body that calls it.
+#[inline(always)]
 fn sq_norm(v: &[f32]) -> f32 {
     let mut partial = [0.0f32; SUM_LANES];
     let mut chunks = v.chunks_exact(SUM_LANES);
@@ -106,16 +114,127 @@ pub fn linear_ghost_sq_norms(
 ) {
     assert!(group < groups && sq_norms.len() >= rows * groups);
     assert!(a.len() >= rows * inputs && delta.len() >= rows * outputs);
-    let norm = |i: usize| {
-        let a2 = sq_norm(&a[i * inputs..(i + 1) * inputs]);
-        let d2 = sq_norm(&delta[i * outputs..(i + 1) * outputs]);
-        a2 * d2 + if has_bias { d2 } else { 0.0 }
+    // Rows `first..` of `sq_norms`: with AVX-512 intrinsics where the CPU has them, else one loop
+    // compiled for the widest vectors.
+    let rows_from = |first: usize, out: &mut [f32]| {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, the only feature the function enables.
+            unsafe { x86::ghost_rows_avx512(a, delta, inputs, outputs, has_bias, first, out, groups, group) };
+            return;
+        }
+        with_widest_vectors(
+            #[inline(always)]
+            || ghost_rows(sq_norm, a, delta, inputs, outputs, has_bias, first, out, groups, group),
+        )
     };
     let sq_norms = &mut sq_norms[..rows * groups];
     if rows * (inputs + outputs) >= PARALLEL_MIN_ELEMS {
-        sq_norms.par_chunks_mut(groups).enumerate().for_each(|(i, row)| row[group] = norm(i));
+        let rows_per_task = rows.div_ceil(4 * rayon::current_num_threads());
+        sq_norms
+            .par_chunks_mut(rows_per_task * groups)
+            .enumerate()
+            .for_each(|(k, out)| rows_from(k * rows_per_task, out));
     } else {
-        sq_norms.chunks_mut(groups).enumerate().for_each(|(i, row)| row[group] = norm(i));
+        rows_from(0, sq_norms);
+    }
+}
+
+/// The ghost norms of rows `first..` into column `group` of `out` (`[rows, groups]`), with `sq` for
+/// `‖v‖²`. Always inlined, so that it takes the vector width of its caller.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn ghost_rows(
+    sq: impl Fn(&[f32]) -> f32,
+    a: &[f32],
+    delta: &[f32],
+    inputs: usize,
+    outputs: usize,
+    has_bias: bool,
+    first: usize,
+    out: &mut [f32],
+    groups: usize,
+    group: usize,
+) {
+    for (k, row) in out.chunks_mut(groups).enumerate() {
+        let i = first + k;
+        let a2 = sq(&a[i * inputs..(i + 1) * inputs]);
+        let d2 = sq(&delta[i * outputs..(i + 1) * outputs]);
+        row[group] = a2 * d2 + if has_bias { d2 } else { 0.0 };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! `‖v‖²` with AVX-512 intrinsics: the compiler's vectorisation of [`super::sq_norm`] ends each
+    //! short row in a chain of scalar adds; here the tail is one masked load and the sixteen lanes
+    //! are added by one reduction.
+
+    use std::arch::x86_64::*;
+
+    /// Rows up to this long are summed in scalar code: cheaper than a vector reduction (a layer of
+    /// one or two outputs has δ rows this short).
+    const SCALAR_MAX_LEN: usize = 4;
+
+    /// `‖v‖²` in two sixteen-lane accumulators; the last `len % 16` values by a masked load (lanes
+    /// past the end are neither read nor counted).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) fn sq_norm_avx512(v: &[f32]) -> f32 {
+        if v.len() <= SCALAR_MAX_LEN {
+            return v.iter().map(|&x| x * x).sum();
+        }
+        let (mut even, mut odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut pairs = v.chunks_exact(32);
+        for pair in &mut pairs {
+            // SAFETY: each load reads 16 values inside `pair`, which holds 32.
+            let (x, y) = unsafe { (_mm512_loadu_ps(pair.as_ptr()), _mm512_loadu_ps(pair.as_ptr().add(16))) };
+            even = _mm512_add_ps(even, _mm512_mul_ps(x, x));
+            odd = _mm512_add_ps(odd, _mm512_mul_ps(y, y));
+        }
+        let mut rest = pairs.remainder();
+        if rest.len() >= 16 {
+            // SAFETY: `rest` holds at least 16 values.
+            let x = unsafe { _mm512_loadu_ps(rest.as_ptr()) };
+            even = _mm512_add_ps(even, _mm512_mul_ps(x, x));
+            rest = &rest[16..];
+        }
+        if !rest.is_empty() {
+            let mask = ((1u32 << rest.len()) - 1) as __mmask16;
+            // SAFETY: the mask enables the first `rest.len()` lanes only, all inside `rest`; masked-off
+            // lanes are not accessed.
+            let x = unsafe { _mm512_maskz_loadu_ps(mask, rest.as_ptr()) };
+            odd = _mm512_add_ps(odd, _mm512_mul_ps(x, x));
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(even, odd))
+    }
+
+    /// [`super::ghost_rows`] with [`sq_norm_avx512`].
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn ghost_rows_avx512(
+        a: &[f32],
+        delta: &[f32],
+        inputs: usize,
+        outputs: usize,
+        has_bias: bool,
+        first: usize,
+        out: &mut [f32],
+        groups: usize,
+        group: usize,
+    ) {
+        super::ghost_rows(
+            |v| sq_norm_avx512(v),
+            a,
+            delta,
+            inputs,
+            outputs,
+            has_bias,
+            first,
+            out,
+            groups,
+            group,
+        );
     }
 }
 
@@ -307,6 +426,39 @@ mod tests {
             }
             assert_close(&gw, &want[..n_out * n_in], "clipped weight sum");
             assert_close(&gb, &want[n_out * n_in..], "clipped bias sum");
+        }
+    }
+
+    #[test]
+    fn squared_norms_match_f64_at_every_tail_length() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        // Each length is read from a longer slice whose next values are NaN: a kernel that read past
+        // its slice would return NaN.
+        for len in 0..=70 {
+            let mut buf = random(&mut rng, len);
+            buf.extend([f32::NAN; 16]);
+            let v = &buf[..len];
+            let want: f64 = v.iter().map(|&x| x as f64 * x as f64).sum();
+            let portable = with_widest_vectors(
+                #[inline(always)]
+                || sq_norm(v),
+            );
+            let baseline = sq_norm(v);
+            for (what, got) in [("widest", portable), ("baseline", baseline)] {
+                assert!(
+                    (got as f64 - want).abs() <= 1e-5 * (1.0 + want),
+                    "{what}, length {len}: {got} vs {want}"
+                );
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F.
+                let got = unsafe { x86::sq_norm_avx512(v) };
+                assert!(
+                    (got as f64 - want).abs() <= 1e-5 * (1.0 + want),
+                    "avx512, length {len}: {got} vs {want}"
+                );
+            }
         }
     }
 

@@ -4,7 +4,8 @@
 //! Example `i` with tokens `v_{i,t}` and output gradients `δ_{i,t}` (`[T][dim]`) has the table gradient
 //! `G_i[v] = Σ_{t: v_{i,t} = v} δ_{i,t}`: only the rows of its distinct tokens are non-zero, and rows
 //! hit by the same token add up BEFORE squaring. The per-example norm groups equal tokens by sorting
-//! the example's T positions (cost ~T·log T + T·dim, never the vocabulary size); the clipped sum is a
+//! the example's T positions: an LSD radix sort of packed `token << bits | position` keys, 8 token
+//! bits a pass (cost ~T·⌈log₂(vocab)/8⌉ + T·dim, never the vocabulary size); the clipped sum is a
 //! scatter-add of `c_i·δ_{i,t}` into row `v_{i,t}` of the table gradient.
 //!
 //! Layouts: ids `[batch][T]`, table `[vocab][dim]` (PyTorch's `embedding.weight`), output and its
@@ -93,42 +94,150 @@ pub fn embedding_norms_sq(
             for i in k * per_slot..((k + 1) * per_slot).min(batch) {
                 let ids_i = &ids[i * steps..(i + 1) * steps];
                 let delta_i = &delta[i * steps * dim..(i + 1) * steps * dim];
-                let norm = example_norm_sq(dim, ids_i, delta_i, order, &mut acc[..dim]);
+                let norm = example_norm_sq(vocab, dim, ids_i, delta_i, order, &mut acc[..dim]);
                 norms[(i - k * per_slot) * norm_stride] += norm as f32;
             }
         });
 }
 
-/// One example: sort its positions by token, then square each token's summed row.
-fn example_norm_sq(dim: usize, ids: &[u32], delta: &[f32], order: &mut [u32], acc: &mut [f32]) -> f64 {
+/// Longest sequence whose positions are grouped by the radix sort; its second buffer lives on the
+/// stack (4 KiB), so the kernel's scratch stays one `u32` per position. Longer sequences, and
+/// vocabularies too large to pack token and position into one `u32`, take an indirect comparison sort.
+const RADIX_MAX_STEPS: usize = 1024;
+
+/// Widest radix digit: 256 counters per pass.
+const MAX_DIGIT_BITS: u32 = 8;
+
+/// Bits needed to write every value below `n` (0 for `n ≤ 1`).
+fn bits_below(n: usize) -> u32 {
+    usize::BITS - n.saturating_sub(1).leading_zeros()
+}
+
+/// One example: group its positions by token, then square each token's summed row.
+fn example_norm_sq(
+    vocab: usize,
+    dim: usize,
+    ids: &[u32],
+    delta: &[f32],
+    order: &mut [u32],
+    acc: &mut [f32],
+) -> f64 {
     let steps = ids.len();
-    for (t, o) in order.iter_mut().enumerate() {
-        *o = t as u32;
+    let (position_bits, token_bits) = (bits_below(steps), bits_below(vocab));
+    if steps <= RADIX_MAX_STEPS && position_bits + token_bits <= u32::BITS {
+        let mut spare = [0u32; RADIX_MAX_STEPS];
+        let keys = radix_sort_keys(ids, position_bits, token_bits, order, &mut spare[..steps]);
+        let mask = (1u32 << position_bits) - 1;
+        grouped_norm_sq(dim, delta, keys, |k| k >> position_bits, |k| (k & mask) as usize, acc)
+    } else {
+        for (t, o) in order.iter_mut().enumerate() {
+            *o = t as u32;
+        }
+        order.sort_unstable_by_key(|&t| (ids[t as usize], t));
+        grouped_norm_sq(dim, delta, order, |t| ids[t as usize], |t| t as usize, acc)
     }
-    order.sort_unstable_by_key(|&t| ids[t as usize]);
-    let row = |t: u32| &delta[t as usize * dim..(t as usize + 1) * dim];
-    let mut total = 0.0f64;
+}
+
+/// Sorts the keys `token << position_bits | position` of one example by an LSD radix sort (stable
+/// counting passes of at most 8 token bits; the positions come out ascending within a token, as
+/// written) and returns the sorted keys: in `order` or in `spare`, whichever the last pass wrote.
+/// The first pass reads the tokens straight from `ids`, so two buffers of `steps` suffice.
+fn radix_sort_keys<'a>(
+    ids: &[u32],
+    position_bits: u32,
+    token_bits: u32,
+    order: &'a mut [u32],
+    spare: &'a mut [u32],
+) -> &'a [u32] {
+    let passes = token_bits.div_ceil(MAX_DIGIT_BITS);
+    if passes == 0 {
+        // One token in the vocabulary: the positions in order are already grouped.
+        for (t, o) in order.iter_mut().enumerate() {
+            *o = t as u32;
+        }
+        return order;
+    }
+    let digit_bits = token_bits.div_ceil(passes);
+    let digit_mask = (1u32 << digit_bits) - 1;
+    let mut starts = [[0u32; 1 << MAX_DIGIT_BITS]; (u32::BITS / MAX_DIGIT_BITS) as usize];
+    let starts = &mut starts[..passes as usize];
+    // Digits are at most 8 bits, so `as u8` changes no value and spares the bounds checks.
+    let digit = |k: u32, shift: u32| ((k >> shift) & digit_mask) as u8 as usize;
+    for (p, counts) in starts.iter_mut().enumerate() {
+        let shift = p as u32 * digit_bits;
+        for &v in ids {
+            counts[digit(v, shift)] += 1;
+        }
+    }
+    for counts in starts.iter_mut() {
+        let mut sum = 0;
+        for c in counts[..=digit_mask as usize].iter_mut() {
+            (*c, sum) = (sum, sum + *c);
+        }
+    }
+    // An odd number of passes ends in `order` when the first writes to it; an even number, when the
+    // first writes to `spare`.
+    let (mut from, mut to) = if passes % 2 == 1 { (spare, order) } else { (order, spare) };
+    for (t, &v) in ids.iter().enumerate() {
+        let next = &mut starts[0][digit(v, 0)];
+        to[*next as usize] = v << position_bits | t as u32;
+        *next += 1;
+    }
+    for (p, next) in starts.iter_mut().enumerate().skip(1) {
+        (from, to) = (to, from);
+        let shift = position_bits + p as u32 * digit_bits;
+        for &k in from.iter() {
+            let slot = &mut next[digit(k, shift)];
+            to[*slot as usize] = k;
+            *slot += 1;
+        }
+    }
+    to
+}
+
+/// `Σ_v ‖Σ_{t: v_t = v} δ_t‖²` over `sorted` entries grouped by token (`token(e)`, `position(e)` read
+/// an entry): `Σ_t ‖δ_t‖²` over every position in one vectorised pass, then for each repeated token
+/// `‖Σ δ_t‖² − Σ ‖δ_t‖²` (its rows added in f32 in `acc`, every square summed in f64).
+fn grouped_norm_sq(
+    dim: usize,
+    delta: &[f32],
+    sorted: &[u32],
+    token: impl Fn(u32) -> u32,
+    position: impl Fn(u32) -> usize,
+    acc: &mut [f32],
+) -> f64 {
+    let row = |e: u32| {
+        let t = position(e);
+        &delta[t * dim..(t + 1) * dim]
+    };
+    let mut total = sum_squares(&delta[..sorted.len() * dim]);
     let mut start = 0;
-    while start < steps {
-        let token = ids[order[start] as usize];
+    while start < sorted.len() {
+        let first = sorted[start];
         let mut end = start + 1;
-        while end < steps && ids[order[end] as usize] == token {
+        while end < sorted.len() && token(sorted[end]) == token(first) {
             end += 1;
         }
-        if end - start == 1 {
-            total += sum_squares(row(order[start]));
-        } else {
-            acc.copy_from_slice(row(order[start]));
-            for &t in &order[start + 1..end] {
-                for (a, &v) in acc.iter_mut().zip(row(t)) {
+        if end - start > 1 {
+            let group = &sorted[start..end];
+            acc.copy_from_slice(row(first));
+            for &e in &group[1..] {
+                for (a, &v) in acc.iter_mut().zip(row(e)) {
                     *a += v;
                 }
             }
-            total += sum_squares(acc);
+            let rows_sq: f64 = group.iter().map(|&e| sum_squares(row(e))).sum();
+            total += sum_squares(acc) - rows_sq;
         }
         start = end;
     }
-    total
+    // Cancelling rows make the true norm 0 and the difference above may round below it; a negative
+    // squared norm would read as invalid downstream (NaN stays NaN: the comparison is false).
+    if total < 0.0 {
+        0.0
+    } else {
+        total
+    }
 }
 
 /// The clipped sum by scatter-add: ADDS `Σ_i c_i Σ_t δ_{i,t}` into rows `v_{i,t}` of `grad`
@@ -284,6 +393,119 @@ mod tests {
         embedding_backward(vocab, dim, batch, steps, &ids, &delta, &mut plain);
         let want: Vec<f64> = (0..vocab * dim).map(|j| (0..batch).map(|i| grads[i][j]).sum()).collect();
         assert_close("gradient", &plain, &want, 1e-4);
+    }
+
+    /// Every example's `Σ_v ‖Σ_{t: v_t = v} δ_t‖²` in f64, grouping with a map.
+    fn reference_norms(dim: usize, steps: usize, ids: &[u32], delta: &[f32]) -> Vec<f64> {
+        let batch = ids.len() / steps.max(1);
+        (0..batch)
+            .map(|i| {
+                let mut rows = std::collections::BTreeMap::<u32, Vec<f64>>::new();
+                for t in 0..steps {
+                    let row = rows.entry(ids[i * steps + t]).or_insert_with(|| vec![0.0; dim]);
+                    let n = i * steps + t;
+                    row.iter_mut().zip(&delta[n * dim..(n + 1) * dim]).for_each(|(r, &d)| *r += d as f64);
+                }
+                rows.values().map(|r| dot(r, r)).sum()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn norms_match_reference_on_every_grouping_path() {
+        let mut rng = rng(53);
+        // (vocab, steps): one token (no pass); one, two, three and four radix passes (the last packs
+        // 26 token and 6 position bits); a sequence of one position; then the comparison sort, for a
+        // sequence past the radix limit and for token and position bits past 32.
+        let shapes = [
+            (1usize, 7usize),
+            (200, 5),
+            (10_004, 256),
+            (1 << 20, 64),
+            (1 << 26, 40),
+            (70_000, 1),
+            (50, RADIX_MAX_STEPS + 3),
+            (1 << 30, 64),
+        ];
+        let (dim, batch) = (3, 5);
+        for (vocab, steps) in shapes {
+            // Tokens from a few values spread over the whole vocabulary (high bits included), so that
+            // most examples repeat tokens and grouping needs every radix pass; example 0 repeats
+            // only the last token, a padding-like run.
+            let mut palette: Vec<u32> = (0..6).map(|_| rng.random_range(0..vocab as u32)).collect();
+            // Two tokens that share their low byte (the first radix digit) with palette[0].
+            let low = palette[0] & 0xff;
+            palette.extend([
+                0,
+                vocab as u32 - 1,
+                low,
+                low | ((vocab as u32 - 1) & !0xff).saturating_sub(0x100),
+            ]);
+            let mut ids: Vec<u32> =
+                (0..batch * steps).map(|_| palette[rng.random_range(0..palette.len())]).collect();
+            ids[..steps].fill(vocab as u32 - 1);
+            let delta = uniform(&mut rng, batch * steps * dim);
+            let want = reference_norms(dim, steps, &ids, &delta);
+            let mut scratch = vec![f32::NAN; 2 * norm_scratch_len(steps, dim)];
+            let mut norms = vec![0.0f32; batch];
+            embedding_norms_sq(vocab, dim, batch, steps, &ids, &delta, &mut scratch, &mut norms, 1);
+            for i in 0..batch {
+                assert_rel(
+                    &format!("norm, vocab {vocab}, {steps} steps, example {i}"),
+                    norms[i] as f64,
+                    want[i],
+                    1e-5,
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn cancelling_rows_of_one_token_give_a_zero_norm_never_a_negative_one() {
+        let mut rng = rng(55);
+        let (vocab, dim, batch, steps) = (40, 7, 64, 6);
+        // Each example: three tokens, each hit twice with opposite rows, so its gradient is exactly 0
+        // while Σ_t ‖δ_t‖² is not; the difference must not round below zero.
+        let mut ids = Vec::new();
+        let mut delta = Vec::new();
+        for _ in 0..batch {
+            for _ in 0..steps / 2 {
+                let v = rng.random_range(0..vocab as u32);
+                let row: Vec<f32> =
+                    uniform(&mut rng, dim).iter().map(|x| x * 10f32.powi(rng.random_range(-3..4))).collect();
+                ids.extend([v, v]);
+                delta.extend(&row);
+                delta.extend(row.iter().map(|x| -x));
+            }
+        }
+        let mut scratch = vec![f32::NAN; norm_scratch_len(steps, dim)];
+        let mut norms = vec![0.0f32; batch];
+        embedding_norms_sq(vocab, dim, batch, steps, &ids, &delta, &mut scratch, &mut norms, 1);
+        for (i, &n) in norms.iter().enumerate() {
+            // Zero up to f64 rounding of the squares it cancels.
+            let rows_sq = sum_squares(&delta[i * steps * dim..(i + 1) * steps * dim]);
+            assert!(n >= 0.0 && n as f64 <= 1e-14 * rows_sq, "example {i}: {n} (rows {rows_sq})");
+        }
+    }
+
+    #[test]
+    fn radix_sort_orders_by_token_then_position() {
+        let mut rng = rng(54);
+        for (vocab, steps) in [(3usize, 1000usize), (10_004, 256), (1 << 20, 17), (1 << 26, 60)] {
+            let ids: Vec<u32> = (0..steps).map(|_| rng.random_range(0..vocab as u32)).collect();
+            let (position_bits, token_bits) = (bits_below(steps), bits_below(vocab));
+            let (mut order, mut spare) = (vec![0u32; steps], vec![0u32; steps]);
+            let keys = radix_sort_keys(&ids, position_bits, token_bits, &mut order, &mut spare).to_vec();
+            let mut want: Vec<(u32, u32)> = ids.iter().enumerate().map(|(t, &v)| (v, t as u32)).collect();
+            want.sort();
+            let mask = (1u32 << position_bits) - 1;
+            let got: Vec<(u32, u32)> = keys.iter().map(|&k| (k >> position_bits, k & mask)).collect();
+            assert_eq!(got, want, "vocab {vocab}, {steps} steps");
+        }
+        assert_eq!(
+            [bits_below(0), bits_below(1), bits_below(2), bits_below(256), bits_below(257)],
+            [0, 0, 1, 8, 9]
+        );
     }
 
     #[test]
