@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use crate::gemm::{sgemm, sgemm_serial, Op};
+use crate::gemm::{product_for, Op};
 use crate::per_example::PositionalLayer;
 
 /// The static shape of a convolution (square stride, padding and dilation, PyTorch's defaults 1, 0, 1).
@@ -348,7 +348,7 @@ pub fn conv2d_forward_from_patches(
     }
     // One block per (example, group): out_c/groups channel planes of T values. The blocks run in
     // parallel, so each product stays on its thread unless there is only one.
-    let product = if batch * geom.groups > 1 { sgemm_serial } else { sgemm };
+    let product = product_for(batch * geom.groups > 1);
     out[..batch * geom.output_len()].par_chunks_mut(pg * t).enumerate().for_each(|(u, block)| {
         let (i, q) = (u / geom.groups, u % geom.groups);
         let beta = match bias {
@@ -427,7 +427,7 @@ pub fn conv2d_backward_input(
     let slots = (scratch.len() / slot_len).min(batch).min(rayon::current_num_threads());
     assert!(slots >= 1, "conv2d backward: scratch has {} values, one slot needs {slot_len}", scratch.len());
     let per_slot = batch.div_ceil(slots);
-    let product = if slots > 1 { sgemm_serial } else { sgemm };
+    let product = product_for(slots > 1);
     dx[..batch * geom.input_len()]
         .par_chunks_mut(per_slot * geom.input_len())
         .zip(scratch.par_chunks_mut(slot_len))

@@ -31,6 +31,29 @@ fn for_each_chunk(geom: &Conv2dGeometry, batch: usize, mut pass: impl FnMut(usiz
     }
 }
 
+/// Calls `pass(first, len, patches, rows)` for consecutive chunks of examples, with the chunk's
+/// patches unfolded from `x` into `patches` and its output gradient `dout` turned into `rows`.
+#[allow(clippy::too_many_arguments)]
+fn for_each_unfolded_chunk(
+    geom: &Conv2dGeometry,
+    batch: usize,
+    x: &[f32],
+    dout: &[f32],
+    patches: &mut [f32],
+    rows: &mut [f32],
+    what: &str,
+    mut pass: impl FnMut(usize, usize, &mut [f32], &mut [f32]),
+) {
+    let (input_len, output_len) = (geom.input_len(), geom.output_len());
+    assert!(x.len() >= batch * input_len, "conv2d {what}: input has {} values", x.len());
+    assert!(dout.len() >= batch * output_len, "conv2d {what}: output gradient has {} values", dout.len());
+    for_each_chunk(geom, batch, |first, len| {
+        im2col(geom, len, &x[first * input_len..(first + len) * input_len], patches);
+        output_grad_to_rows(geom, len, &dout[first * output_len..(first + len) * output_len], rows);
+        pass(first, len, patches, rows);
+    });
+}
+
 /// Forward: `out[i][o][t] = bias[o] + Σ_k weight[o][k]·patch_{i,t}[k]`, unfolding chunk by chunk
 /// into `patches` (which needs room for one chunk, see [`chunk_examples`]; a batch's worth is
 /// always enough).
@@ -71,12 +94,8 @@ pub fn conv2d_norms_sq(
     norms_sq: &mut [f32],
     norm_stride: usize,
 ) {
-    let (input_len, output_len, layer) = (geom.input_len(), geom.output_len(), geom.layer());
-    assert!(x.len() >= batch * input_len, "conv2d norms: input has {} values", x.len());
-    assert!(dout.len() >= batch * output_len, "conv2d norms: output gradient has {} values", dout.len());
-    for_each_chunk(geom, batch, |first, len| {
-        im2col(geom, len, &x[first * input_len..(first + len) * input_len], patches);
-        output_grad_to_rows(geom, len, &dout[first * output_len..(first + len) * output_len], rows);
+    let layer = geom.layer();
+    for_each_unfolded_chunk(geom, batch, x, dout, patches, rows, "norms", |first, len, patches, rows| {
         let norms = &mut norms_sq[first * norm_stride..];
         per_example::norms_sq(strategy, &layer, len, patches, rows, norm_scratch, norms, norm_stride);
         if bias {
@@ -101,12 +120,8 @@ pub fn conv2d_weight_gradient(
     grad_w: &mut [f32],
     mut grad_b: Option<&mut [f32]>,
 ) {
-    let (input_len, output_len, layer) = (geom.input_len(), geom.output_len(), geom.layer());
-    assert!(x.len() >= batch * input_len, "conv2d gradient: input has {} values", x.len());
-    assert!(dout.len() >= batch * output_len, "conv2d gradient: output gradient has {} values", dout.len());
-    for_each_chunk(geom, batch, |first, len| {
-        im2col(geom, len, &x[first * input_len..(first + len) * input_len], patches);
-        output_grad_to_rows(geom, len, &dout[first * output_len..(first + len) * output_len], rows);
+    let layer = geom.layer();
+    for_each_unfolded_chunk(geom, batch, x, dout, patches, rows, "gradient", |first, len, patches, rows| {
         match factors {
             Some((factors, stride)) => {
                 let factors = &factors[first * stride..];

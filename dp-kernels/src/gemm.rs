@@ -36,6 +36,19 @@ pub fn sgemm(
     sgemm_with(parallel, op_a, op_b, m, n, k, alpha, a, b, beta, c);
 }
 
+/// A matrix product with [`sgemm`]'s signature: [`sgemm`] itself or [`sgemm_serial`].
+pub type Product = fn(Op, Op, usize, usize, usize, f32, &[f32], &[f32], f32, &mut [f32]);
+
+/// The product for one of several independent products that run in parallel with each other
+/// ([`sgemm_serial`]), or for one that runs alone ([`sgemm`], threaded when large enough).
+pub fn product_for(runs_in_parallel: bool) -> Product {
+    if runs_in_parallel {
+        sgemm_serial
+    } else {
+        sgemm
+    }
+}
+
 /// [`sgemm`] on the calling thread only, for products inside a loop that is already parallel (one
 /// product per example): nesting the GEMM's own threads there only adds hand-offs.
 #[allow(clippy::too_many_arguments)]
@@ -160,7 +173,7 @@ mod tests {
                     let want = naive(op_a, op_b, m, n, k, &a, &b);
                     for serial in [false, true] {
                         let mut c = c0.clone();
-                        let product = if serial { sgemm_serial } else { sgemm };
+                        let product = product_for(serial);
                         product(op_a, op_b, m, n, k, 0.5, &a, &b, 2.0, &mut c);
                         for i in 0..m * n {
                             let w = 2.0 * c0[i] as f64 + 0.5 * want[i];

@@ -21,7 +21,7 @@
 
 use rayon::prelude::*;
 
-use crate::gemm::{sgemm, sgemm_serial, Op};
+use crate::gemm::{product_for, sgemm, Op, Product};
 
 /// Rows of the Gram matrices computed per product in the ghost norm: bounds its scratch to
 /// `2·GHOST_TILE·T` values whatever `T` is.
@@ -240,13 +240,9 @@ pub fn direct_norms_sq(
     );
 }
 
-/// A matrix product with [`sgemm`]'s signature: [`sgemm`] itself, or [`sgemm_serial`] where the caller
-/// already runs in parallel.
-type Product = fn(Op, Op, usize, usize, usize, f32, &[f32], &[f32], f32, &mut [f32]);
-
 /// Runs `one(A_{q,i}, Δ_{q,i}, slot, product)` for every example and group, examples spread over the
 /// scratch slots in parallel, and adds each example's sum over groups to its norm. With more than one
-/// slot the slots are the parallelism and `product` is [`sgemm_serial`]; with one, [`sgemm`].
+/// slot the slots are the parallelism and `product` runs on its thread ([`product_for`]).
 #[allow(clippy::too_many_arguments)]
 fn per_example_with_scratch<F>(
     layer: &PositionalLayer,
@@ -273,7 +269,7 @@ fn per_example_with_scratch<F>(
     let slots = (scratch.len() / slot_len).min(batch).min(rayon::current_num_threads());
     assert!(slots >= 1, "per-example norms: scratch has {} values, one slot needs {slot_len}", scratch.len());
     let per_slot = batch.div_ceil(slots);
-    let product: Product = if batch.div_ceil(per_slot) > 1 { sgemm_serial } else { sgemm };
+    let product = product_for(batch.div_ceil(per_slot) > 1);
     let norm_chunk = per_slot * norm_stride.max(1);
     norms_sq.par_chunks_mut(norm_chunk).zip(scratch.par_chunks_mut(slot_len)).enumerate().for_each(
         |(k, (norms, slot))| {
