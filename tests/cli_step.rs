@@ -128,6 +128,8 @@ fn logreg_step_matches_the_f64_reference_with_large_lr_and_odd_clip() {
         "0.777",
         "--lr",
         "500",
+        "--noise-multiplier",
+        "0",
         "--out",
         s(&out),
         "--norms-out",
@@ -327,6 +329,8 @@ fn fails(dir: &TempDir, model: &str, init: &Path, inputs: &Path, labels: &Path, 
         "1",
         "--lr",
         "0.1",
+        "--noise-multiplier",
+        "0",
         "--out",
         s(&out),
         "--norms-out",
@@ -408,7 +412,7 @@ fn invalid_numbers_name_their_flag() {
         ("--lr", "abc", "--lr"),
     ] {
         let mut args = vec!["step", "--model", "ffnn", "--init", s(&w), "--inputs", s(&x), "--labels", s(&y)];
-        args.extend(["--out", s(&out), "--lr", "0.1", "--clip-norm", "1"]);
+        args.extend(["--out", s(&out), "--lr", "0.1", "--clip-norm", "1", "--noise-multiplier", "0"]);
         // The flag under test is given last and wins.
         args.extend([flag, value]);
         let args: Vec<&str> = dedupe_last(&args);
@@ -484,6 +488,8 @@ fn lstm_biases_load_as_their_sum_and_save_as_bias_ih_with_bias_hh_zero() {
             "1",
             "--lr",
             "0.5",
+            "--noise-multiplier",
+            "0",
             "--out",
             s(&dir.path(out)),
         ]);
@@ -507,4 +513,45 @@ fn lstm_biases_load_as_their_sum_and_save_as_bias_ih_with_bias_hh_zero() {
     let updated = get(&from_pair, "lstm.bias_ih_l0");
     let moved = updated.iter().zip(&summed).filter(|(a, b)| a != b).count();
     assert!(moved > 300, "the bias was trained from the sum ({moved} of 400 changed)");
+}
+
+#[test]
+fn the_noise_multiplier_must_be_written_and_outputs_never_replace_inputs() {
+    let dir = TempDir::new("explicit");
+    write_ffnn(&dir, 2);
+    let (w, x, y) = (dir.path("w.safetensors"), dir.path("x.npy"), dir.path("y.npy"));
+    let out = dir.path("o.safetensors");
+    let base =
+        ["step", "--model", "ffnn", "--init", s(&w), "--inputs", s(&x), "--labels", s(&y), "--lr", "0.1"];
+    let with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(&["--clip-norm", "1"]);
+        args.extend_from_slice(extra);
+        dp(&args)
+    };
+    // No silent σ = 0.
+    let result = with(&["--out", s(&out)]);
+    assert_eq!(result.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&result.stderr).contains("--noise-multiplier"));
+    assert!(!out.exists());
+    // σ = 0 written out is allowed, and says it is not private.
+    let result = with(&["--out", s(&out), "--noise-multiplier", "0"]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert!(String::from_utf8_lossy(&result.stderr).contains("NOT differentially private"));
+
+    // An output that is an input, or the other output.
+    let weights = std::fs::read(&w).unwrap();
+    for (extra, needle) in [
+        (vec!["--out", s(&w)], "--init"),
+        (vec!["--out", s(&out), "--norms-out", s(&x)], "--inputs"),
+        (vec!["--out", s(&out), "--norms-out", s(&out)], "--out"),
+    ] {
+        let mut extra = extra.clone();
+        extra.extend(["--noise-multiplier", "1"]);
+        let result = with(&extra);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(needle), "{needle} not in {stderr}");
+    }
+    assert_eq!(std::fs::read(&w).unwrap(), weights, "the initial weights are untouched");
 }

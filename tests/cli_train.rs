@@ -320,3 +320,111 @@ fn bad_adult_files_are_one_line_errors() {
     let ragged = write("ragged", &format!("{header}\n30,Private\n"), &good_rows);
     fails(run(&ragged), &save, "adult_train.csv");
 }
+
+#[test]
+fn every_builtin_model_trains_with_only_data_and_a_target_epsilon() {
+    // The recipe gives every other hyperparameter; `dp models` prints it.
+    let out = dp(&["models"]);
+    let listing = text(&out.stdout);
+    let recipes = &listing[listing.find("recipes:").expect("a recipe table")..];
+    for name in ["logreg", "ffnn", "mnist-cnn", "cifar10-cnn", "residual-cnn", "embedding", "lstm"] {
+        assert!(recipes.lines().any(|l| l.starts_with(name)), "{name} has no recipe line: {recipes}");
+    }
+    let out = dp(&["models", "--json"]);
+    let mnist: serde_json::Value = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["name"] == "mnist-cnn")
+        .unwrap();
+    assert_eq!(mnist["recipe"]["batch_size"], 512);
+    assert_eq!(mnist["recipe"]["clip_norm"], 1.0);
+
+    let dir = TempDir::new("recipe");
+    let data = dir.path("mnist");
+    write_mnist(&data, 600, 28);
+    let out = dp(&[
+        "train",
+        "--model",
+        "mnist-cnn",
+        "--data",
+        s(&data),
+        "--target-epsilon",
+        "3",
+        "--delta",
+        "1e-3",
+        "--max-steps",
+        "2",
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    // The recipe's batch of 512 on 600 examples: q = 512/600; 30 epochs of 600 examples: 35 steps.
+    assert!(stdout.contains("sampling rate 8.533e-1"), "{stdout}");
+    assert!(stderr.contains("stopped after 2 of 35 planned steps"), "{stderr}");
+
+    // A flag given overrides the recipe.
+    let out = dp(&[
+        "train",
+        "--model",
+        "mnist-cnn",
+        "--data",
+        s(&data),
+        "--target-epsilon",
+        "3",
+        "--delta",
+        "1e-3",
+        "--batch-size",
+        "60",
+        "--max-steps",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("sampling rate 1.000e-1"), "{}", text(&out.stdout));
+
+    // Another optimizer needs its own learning rate.
+    let out =
+        dp(&["train", "--model", "ffnn", "--data", ADULT, "--target-epsilon", "3", "--optimizer", "adam"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--lr is required with --optimizer adam"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn outputs_that_collide_with_each_other_or_with_an_input_are_refused_before_training() {
+    let dir = TempDir::new("collide");
+    // `--save run.svg`: the plot beside the checkpoint would be the checkpoint itself.
+    let svg = dir.path("run.svg");
+    let out = dp(&adult_args("logreg", &["--noise-multiplier", "1", "--save", s(&svg)]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--save"), "{}", text(&out.stderr));
+    assert!(!svg.exists(), "nothing written");
+
+    // `--plot` equal to `--save`, spelled differently.
+    let save = dir.path("run.safetensors");
+    let other_spelling = dir.0.join(".").join("run.safetensors");
+    let out = dp(&adult_args(
+        "logreg",
+        &["--noise-multiplier", "1", "--save", s(&save), "--plot", s(&other_spelling)],
+    ));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--plot") && text(&out.stderr).contains("--save"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!save.exists());
+
+    // An output that is a file of the data folder.
+    let data = dir.path("adult");
+    std::fs::create_dir_all(&data).unwrap();
+    for name in ["adult_train.csv.gz", "adult_test.csv.gz"] {
+        std::fs::copy(Path::new(ADULT).join(name), data.join(name)).unwrap();
+    }
+    let train_file = data.join("adult_train.csv.gz");
+    let before = std::fs::read(&train_file).unwrap();
+    let mut args = adult_args("logreg", &["--noise-multiplier", "1", "--save", s(&train_file)]);
+    let at = args.iter().position(|a| *a == ADULT).unwrap();
+    args[at] = s(&data);
+    let out = dp(&args);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("inside --data"), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&train_file).unwrap(), before, "the data file is untouched");
+}

@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod datasets;
 pub mod models;
+pub mod paths;
 pub mod plot;
 pub mod privacy;
 pub mod registry;
@@ -17,9 +18,12 @@ use clap::{Parser, Subcommand};
 use dp_runtime::Error;
 use std::process::ExitCode;
 
-/// Exit status for invalid command-line values (the same as clap's usage errors).
+/// Exit status when a command refuses its input before doing any work: an invalid flag value (the
+/// same as clap's usage errors), a file that cannot be read or written, a malformed file, data or a
+/// checkpoint that does not fit the model, a plan over its privacy budget.
 pub const EXIT_USAGE: u8 = 2;
-/// Exit status for every other failure.
+/// Exit status when the work started and then failed (e.g. a training run whose update overflowed):
+/// the message says what was done and what the outputs hold.
 pub const EXIT_FAILURE: u8 = 1;
 
 /// Differentially private training of compiled models.

@@ -7,6 +7,8 @@ use serde_json::json;
 
 use super::datasets::{DataSource, NpyInput};
 use super::registry::{self, ModelEntry, ModelVisitor};
+use super::train::MOMENTUM;
+use crate::models::recipe::Recipe;
 
 /// Arguments of `dp models`.
 #[derive(Debug, Args)]
@@ -25,7 +27,7 @@ pub struct DescribeArgs {
 }
 
 /// One row of `dp models`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ModelRow {
     /// The command-line name.
     pub name: &'static str,
@@ -41,6 +43,8 @@ pub struct ModelRow {
     pub summary: &'static str,
     /// What `--data` must point at.
     pub data: &'static str,
+    /// The recipe `dp train` uses for every hyperparameter not given.
+    pub recipe: Recipe,
 }
 
 struct Row;
@@ -61,6 +65,7 @@ impl ModelVisitor for Row {
             parameters: M::PARAM_COUNT,
             summary: entry.summary,
             data: entry.data,
+            recipe: entry.recipe,
         }
     }
 }
@@ -92,6 +97,18 @@ pub fn run_models(args: ModelsArgs) -> Result<()> {
             shape(row),
             row.parameters,
             row.summary
+        );
+    }
+    println!("\nrecipes: what `dp train` uses for each flag not given (SGD with momentum {MOMENTUM}, cosine decay)");
+    println!(
+        "{:<14} {:>12} {:>8} {:>11} {:>8} {:>19}  source",
+        "name", "--batch-size", "--epochs", "--clip-norm", "--lr", "--final-lr-fraction"
+    );
+    for row in &rows {
+        let r = &row.recipe;
+        println!(
+            "{:<14} {:>12} {:>8} {:>11} {:>8} {:>19}  {}",
+            row.name, r.batch_size, r.epochs, r.clip_norm, r.lr, r.final_lr_fraction, r.source
         );
     }
     Ok(())

@@ -7,10 +7,11 @@
 use dp_runtime::{DpModel, Error, Result};
 
 use super::datasets::{AdultData, Cifar10Data, DataSource, MnistData, NpyInput, ReviewsData};
+use crate::models::recipe::{self, Recipe};
 use crate::models::{AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, ResidualCnn};
 
 /// What a command learns about the model it was dispatched to, besides its type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ModelEntry {
     /// The command-line name, e.g. `mnist-cnn`.
     pub name: &'static str,
@@ -18,6 +19,8 @@ pub struct ModelEntry {
     pub summary: &'static str,
     /// What `--data` must point at.
     pub data: &'static str,
+    /// The recommended recipe: the defaults of `dp train`.
+    pub recipe: Recipe,
 }
 
 /// A command written once for every model: `visit` is called with the model type `M` and its data
@@ -34,7 +37,7 @@ pub trait ModelVisitor {
 }
 
 macro_rules! models {
-    ($($name:literal => $model:ty, $data:ty, $summary:literal;)*) => {
+    ($($name:literal => $model:ty, $data:ty, $recipe:expr, $summary:literal;)*) => {
         /// Every registered command-line name, in listing order.
         pub const NAMES: &[&str] = &[$($name),*];
 
@@ -46,6 +49,7 @@ macro_rules! models {
                     name: $name,
                     summary: $summary,
                     data: <$data as DataSource>::EXPECTS,
+                    recipe: $recipe,
                 })),)*
                 _ => Err(Error::invalid("model", format!("unknown model {name:?}; known: {}", NAMES.join(", ")))),
             }
@@ -54,11 +58,11 @@ macro_rules! models {
 }
 
 models! {
-    "logreg" => AdultLogReg, AdultData, "logistic regression on the 104 Adult features";
-    "ffnn" => AdultFfnn, AdultData, "the founding paper's fully connected network on Adult (104-50-2)";
-    "mnist-cnn" => MnistCnn, MnistData, "the founding paper's MNIST CNN (two conv layers, two linear)";
-    "cifar10-cnn" => Cifar10Cnn, Cifar10Data, "the founding paper's CIFAR-10 CNN";
-    "residual-cnn" => ResidualCnn, Cifar10Data, "a residual CNN with group norm on CIFAR-10";
-    "embedding" => EmbeddingNet, ReviewsData, "the founding paper's embedding network on token sequences";
-    "lstm" => LstmNet, ReviewsData, "the founding paper's LSTM on token sequences (one bias per gate)";
+    "logreg" => AdultLogReg, AdultData, recipe::LOGREG, "logistic regression on the 104 Adult features";
+    "ffnn" => AdultFfnn, AdultData, recipe::FFNN, "the founding paper's fully connected network on Adult (104-50-2)";
+    "mnist-cnn" => MnistCnn, MnistData, recipe::MNIST_CNN, "the founding paper's MNIST CNN (two conv layers, two linear)";
+    "cifar10-cnn" => Cifar10Cnn, Cifar10Data, recipe::CIFAR10_CNN, "the founding paper's CIFAR-10 CNN";
+    "residual-cnn" => ResidualCnn, Cifar10Data, recipe::CIFAR10_CNN, "a residual CNN with group norm on CIFAR-10";
+    "embedding" => EmbeddingNet, ReviewsData, recipe::TEXT, "the founding paper's embedding network on token sequences";
+    "lstm" => LstmNet, ReviewsData, recipe::TEXT, "the founding paper's LSTM on token sequences (one bias per gate)";
 }

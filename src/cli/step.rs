@@ -22,6 +22,7 @@ use dp_runtime::pytorch::{self, Layout};
 use dp_runtime::{rng, Batch, DpModel, Error, Result, Workspace};
 
 use super::datasets::{DataSource, NpyInput};
+use super::paths::{self, InputPath, OutputPath};
 use super::registry::{self, ModelEntry, ModelVisitor};
 
 /// Arguments of `dp step`.
@@ -45,8 +46,9 @@ pub struct StepArgs {
     /// Learning rate of the plain SGD update W − LR·g.
     #[arg(long, allow_hyphen_values = true)]
     pub lr: f64,
-    /// Noise multiplier S: N(0, (S·C)²) noise on the clipped sum; 0 for none.
-    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    /// Noise multiplier S: N(0, (S·C)²) noise on the clipped sum. Required: write 0 for a step without
+    /// noise (not private), so that no step is silently noiseless.
+    #[arg(long, allow_hyphen_values = true)]
     pub noise_multiplier: f64,
     /// Seed of the noise (reproducible, NOT private); fresh randomness from the OS without it.
     #[arg(long)]
@@ -76,10 +78,16 @@ impl StepArgs {
                 format!("{} must be zero or positive and finite", self.noise_multiplier),
             ));
         }
-        if self.norms_out.as_ref() == Some(&self.out) {
-            return Err(Error::invalid("norms_out", "must differ from --out"));
+        let mut outputs = vec![OutputPath { flag: "out", path: self.out.clone() }];
+        if let Some(path) = &self.norms_out {
+            outputs.push(OutputPath { flag: "norms_out", path: path.clone() });
         }
-        Ok(())
+        let inputs = [
+            InputPath { flag: "init", path: self.init.clone() },
+            InputPath { flag: "inputs", path: self.inputs.clone() },
+            InputPath { flag: "labels", path: self.labels.clone() },
+        ];
+        paths::check_outputs(&outputs, &inputs)
     }
 }
 
@@ -183,5 +191,12 @@ impl ModelVisitor for Step {
 pub fn run(args: StepArgs) -> Result<()> {
     args.check()?;
     let model = args.model.clone();
-    registry::dispatch(&model, Step(args))?
+    let noiseless = args.noise_multiplier == 0.0;
+    registry::dispatch(&model, Step(args))??;
+    if noiseless {
+        eprintln!(
+            "warning: --noise-multiplier 0: this step added no noise and is NOT differentially private"
+        );
+    }
+    Ok(())
 }

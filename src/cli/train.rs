@@ -5,19 +5,21 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::models::recipe::{schedule, Recipe};
 use clap::{ArgGroup, Args, ValueEnum};
 use dp_runtime::baseline::{self, BaselineConfig};
-use dp_runtime::optim::{Adam, Optimizer, Sgd};
+use dp_runtime::optim::{Adam, Optimizer, Schedule, Sgd};
 use dp_runtime::trainer::EpochReport;
 use dp_runtime::{checkpoint, rng, DpModel, Error, Report, Result, Trainer};
 use serde_json::json;
 
 use super::datasets::{DataSource, NpyInput};
+use super::paths::{self, InputPath, OutputPath};
 use super::plot;
 use super::registry::{self, ModelEntry, ModelVisitor};
 
-/// The momentum of `--optimizer momentum` (the usual value, as in the founding paper's runs).
-pub const MOMENTUM: f64 = 0.9;
+/// The momentum of `--optimizer momentum`: that of the recipes.
+pub use crate::models::recipe::MOMENTUM;
 
 /// The optimizers `dp train` offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -31,26 +33,27 @@ pub enum OptimizerKind {
 }
 
 impl OptimizerKind {
-    /// The optimizer with learning rate `lr`.
-    pub fn build(self, lr: f64) -> Box<dyn Optimizer> {
+    /// The optimizer with learning rate `lr` on `schedule`.
+    pub fn build(self, lr: f64, schedule: Schedule) -> Box<dyn Optimizer> {
         match self {
-            OptimizerKind::Sgd => Box::new(Sgd::new(lr)),
-            OptimizerKind::Momentum => Box::new(Sgd::new(lr).momentum(MOMENTUM)),
-            OptimizerKind::Adam => Box::new(Adam::new(lr)),
+            OptimizerKind::Sgd => Box::new(Sgd::new(lr).schedule(schedule)),
+            OptimizerKind::Momentum => Box::new(Sgd::new(lr).momentum(MOMENTUM).schedule(schedule)),
+            OptimizerKind::Adam => Box::new(Adam::new(lr).schedule(schedule)),
         }
     }
 
-    /// `trainer` with this optimizer at learning rate `lr`.
-    pub fn set<'m, M: DpModel>(self, trainer: Trainer<'m, M>, lr: f64) -> Trainer<'m, M> {
+    /// `trainer` with this optimizer at learning rate `lr` on `schedule`.
+    pub fn set<'m, M: DpModel>(self, trainer: Trainer<'m, M>, lr: f64, schedule: Schedule) -> Trainer<'m, M> {
         match self {
-            OptimizerKind::Sgd => trainer.optimizer(Sgd::new(lr)),
-            OptimizerKind::Momentum => trainer.optimizer(Sgd::new(lr).momentum(MOMENTUM)),
-            OptimizerKind::Adam => trainer.optimizer(Adam::new(lr)),
+            OptimizerKind::Sgd => trainer.optimizer(Sgd::new(lr).schedule(schedule)),
+            OptimizerKind::Momentum => trainer.optimizer(Sgd::new(lr).momentum(MOMENTUM).schedule(schedule)),
+            OptimizerKind::Adam => trainer.optimizer(Adam::new(lr).schedule(schedule)),
         }
     }
 }
 
-/// Arguments of `dp train`.
+/// Arguments of `dp train`. Hyperparameters not given come from the model's recommended recipe
+/// (`dp models` prints them; `dp::models::recipe`).
 #[derive(Debug, Clone, Args)]
 #[command(group(ArgGroup::new("privacy").required(true).args(["target_epsilon", "noise_multiplier", "non_private"])))]
 pub struct TrainArgs {
@@ -63,30 +66,38 @@ pub struct TrainArgs {
     /// Train to this ε: the noise multiplier is calibrated for the whole plan.
     #[arg(long, allow_hyphen_values = true)]
     pub target_epsilon: Option<f64>,
-    /// δ of the (ε, δ) guarantee.
+    /// δ of the (ε, δ) guarantee; must be below 1/N unless --allow-large-delta.
     #[arg(long, default_value_t = 1e-5, allow_hyphen_values = true)]
     pub delta: f64,
+    /// Accept δ ≥ 1/N, a guarantee that allows publishing a whole example.
+    #[arg(long)]
+    pub allow_large_delta: bool,
     /// Noise multiplier σ (noise standard deviation σ·C) instead of a target ε.
     #[arg(long, allow_hyphen_values = true)]
     pub noise_multiplier: Option<f64>,
     /// No privacy at all (no clipping, no noise, shuffled batches): a baseline for comparison.
     #[arg(long)]
     pub non_private: bool,
-    /// Clip norm C of each example's gradient.
-    #[arg(long, required_unless_present = "non_private", allow_hyphen_values = true)]
+    /// Clip norm C of each example's gradient [default: the model's recipe].
+    #[arg(long, allow_hyphen_values = true)]
     pub clip_norm: Option<f64>,
-    /// Learning rate.
+    /// Learning rate [default: the model's recipe; required with another --optimizer].
     #[arg(long, allow_hyphen_values = true)]
-    pub lr: f64,
-    /// Expected batch size B (Poisson sampling with rate B/N); the batch size of a non-private run.
+    pub lr: Option<f64>,
+    /// The learning rate decays along a cosine to this fraction of --lr (1: constant)
+    /// [default: the model's recipe].
+    #[arg(long, allow_hyphen_values = true)]
+    pub final_lr_fraction: Option<f64>,
+    /// Expected batch size B (Poisson sampling with rate B/N); the batch size of a non-private run
+    /// [default: the model's recipe].
     #[arg(long)]
-    pub batch_size: usize,
-    /// Epochs (may be fractional): round(epochs · N / B) steps.
+    pub batch_size: Option<usize>,
+    /// Epochs (may be fractional): round(epochs · N / B) steps [default: the model's recipe].
     #[arg(long, allow_hyphen_values = true)]
-    pub epochs: f64,
-    /// The optimizer.
-    #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
-    pub optimizer: OptimizerKind,
+    pub epochs: Option<f64>,
+    /// The optimizer [default: momentum, as in every recipe].
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerKind>,
     /// Reproducible initialisation, sampling and noise. NOT PRIVATE (anyone with the seed can remove
     /// the noise): for tests only.
     #[arg(long)]
@@ -94,45 +105,127 @@ pub struct TrainArgs {
     /// Write a checkpoint (safetensors, PyTorch names) here after every epoch; the plot goes beside it.
     #[arg(long)]
     pub save: Option<PathBuf>,
+    /// Continue the interrupted run whose checkpoint this is (same model, data and privacy plan);
+    /// checkpoints go on being written to --save, or to this file without --save.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
     /// Write the plot (SVG) here instead of beside the checkpoint.
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// One JSON object per epoch on stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// Also report training loss, training accuracy, non-finite gradient counts and realised batch
+    /// sizes. These depend on the private data WITHOUT noise and are not covered by ε; every line and
+    /// JSON object that carries them says so.
+    #[arg(long)]
+    pub non_private_diagnostics: bool,
     /// Stop after this many steps (e.g. in CI); the noise is still that of the whole plan.
     #[arg(long)]
     pub max_steps: Option<u64>,
 }
 
+/// The hyperparameters of one run: the recipe, overridden by the flags given.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    /// The optimizer.
+    pub optimizer: OptimizerKind,
+    /// Base learning rate.
+    pub lr: f64,
+    /// Final fraction of the cosine decay (1: constant).
+    pub final_lr_fraction: f64,
+    /// Expected batch size.
+    pub batch_size: usize,
+    /// Epochs.
+    pub epochs: f64,
+    /// Clip norm.
+    pub clip_norm: f64,
+}
+
+impl Settings {
+    /// The learning-rate schedule: a cosine decay to `final_lr_fraction`, or constant at 1.
+    pub fn schedule(&self) -> Schedule {
+        schedule(self.final_lr_fraction)
+    }
+}
+
 impl TrainArgs {
-    /// Where the plot goes: `--plot`, or the checkpoint's path with the extension `.svg`.
-    pub fn plot_path(&self) -> Option<PathBuf> {
-        self.plot.clone().or_else(|| self.save.as_ref().map(|c| c.with_extension("svg")))
+    /// Where the checkpoints go: `--save`, or the resumed checkpoint itself.
+    pub fn checkpoint_path(&self) -> Option<PathBuf> {
+        self.save.clone().or_else(|| self.resume.clone())
     }
 
-    fn check(&self) -> Result<()> {
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(Error::invalid("lr", format!("{} must be positive and finite", self.lr)));
+    /// Where the plot goes: `--plot`, or the checkpoint's path with the extension `.svg`.
+    pub fn plot_path(&self) -> Option<PathBuf> {
+        self.plot.clone().or_else(|| self.checkpoint_path().map(|c| c.with_extension("svg")))
+    }
+
+    /// The run's hyperparameters: each flag given, else the model's recipe.
+    pub fn settings(&self, recipe: &Recipe) -> Result<Settings> {
+        let optimizer = self.optimizer.unwrap_or(OptimizerKind::Momentum);
+        if optimizer != OptimizerKind::Momentum && self.lr.is_none() {
+            return Err(Error::invalid(
+                "lr",
+                format!(
+                    "is required with --optimizer {}: the recipe's learning rate {} is for SGD with momentum",
+                    optimizer.to_possible_value().map_or_else(String::new, |v| v.get_name().to_string()),
+                    recipe.lr
+                ),
+            ));
         }
-        if self.batch_size == 0 {
+        let settings = Settings {
+            optimizer,
+            lr: self.lr.unwrap_or(recipe.lr),
+            final_lr_fraction: self.final_lr_fraction.unwrap_or(recipe.final_lr_fraction),
+            batch_size: self.batch_size.unwrap_or(recipe.batch_size),
+            epochs: self.epochs.unwrap_or(recipe.epochs),
+            clip_norm: self.clip_norm.unwrap_or(recipe.clip_norm),
+        };
+        if !(settings.lr > 0.0 && settings.lr.is_finite()) {
+            return Err(Error::invalid("lr", format!("{} must be positive and finite", settings.lr)));
+        }
+        if !(settings.final_lr_fraction > 0.0 && settings.final_lr_fraction <= 1.0) {
+            return Err(Error::invalid(
+                "final_lr_fraction",
+                format!("{} must be in (0, 1]", settings.final_lr_fraction),
+            ));
+        }
+        if settings.batch_size == 0 {
             return Err(Error::invalid("batch_size", "must be at least 1"));
         }
-        if !(self.epochs > 0.0 && self.epochs.is_finite()) {
-            return Err(Error::invalid("epochs", format!("{} must be positive and finite", self.epochs)));
+        if !(settings.epochs > 0.0 && settings.epochs.is_finite()) {
+            return Err(Error::invalid("epochs", format!("{} must be positive and finite", settings.epochs)));
         }
+        let c = settings.clip_norm;
+        if !(c > 0.0 && c.is_finite()) {
+            return Err(Error::invalid("clip_norm", format!("{c} must be positive and finite")));
+        }
+        Ok(settings)
+    }
+
+    /// Checks that need no model: step count, and every output path against the others and the inputs.
+    fn check(&self) -> Result<()> {
         if self.max_steps == Some(0) {
             return Err(Error::invalid("max_steps", "must be at least 1"));
         }
-        if let Some(c) = self.clip_norm {
-            if !(c > 0.0 && c.is_finite()) {
-                return Err(Error::invalid("clip_norm", format!("{c} must be positive and finite")));
-            }
+        if self.non_private && self.resume.is_some() {
+            return Err(Error::invalid(
+                "resume",
+                "resumes a private run; --non-private writes no resumable state",
+            ));
         }
-        if let Some(path) = self.save.as_ref().filter(|p| p.is_dir()) {
-            return Err(Error::invalid("save", format!("{} is a directory", path.display())));
+        let checkpoint_flag = if self.save.is_some() { "save" } else { "resume" };
+        let mut outputs = Vec::new();
+        if let Some(path) = self.checkpoint_path() {
+            outputs.push(OutputPath { flag: checkpoint_flag, path });
         }
-        Ok(())
+        if let Some(path) = self.plot_path() {
+            let flag = if self.plot.is_some() { "plot" } else { checkpoint_flag };
+            outputs.push(OutputPath { flag, path });
+        }
+        // The resumed checkpoint is read once before training and then replaced atomically: writing the
+        // continued run's checkpoints over it is the point of --resume, so it is not listed as an input.
+        paths::check_outputs(&outputs, &[InputPath { flag: "data", path: self.data.clone() }])
     }
 }
 
@@ -144,6 +237,7 @@ fn flag_of(field: &str) -> &str {
         "train" | "eval" => "data",
         "optimizer" => "lr",
         "checkpoint" => "save",
+        "resume_from" => "resume",
         other => other,
     }
 }
@@ -183,6 +277,7 @@ impl ModelVisitor for Train {
         D: DataSource<Input = M::Input>,
     {
         let args = self.0;
+        let settings = args.settings(&entry.recipe)?;
         let started = Instant::now();
         let (train, test) = D::load::<M>(&args.data)?;
         let mut model = match args.seed {
@@ -204,11 +299,12 @@ impl ModelVisitor for Train {
                 println!("{}", epoch_json(epoch, started.elapsed().as_secs_f64()));
             }
         };
+        let schedule = settings.schedule();
         let report = if args.non_private {
-            let mut optimizer = args.optimizer.build(args.lr);
+            let mut optimizer = settings.optimizer.build(settings.lr, schedule);
             let config = BaselineConfig {
-                batch_size: args.batch_size,
-                epochs: args.epochs,
+                batch_size: settings.batch_size,
+                epochs: settings.epochs,
                 max_steps: args.max_steps,
                 seed: args.seed,
                 quiet: false,
@@ -221,12 +317,11 @@ impl ModelVisitor for Train {
             }
             report
         } else {
-            let clip_norm = args.clip_norm.ok_or_else(|| Error::invalid("clip_norm", "is required"))?;
-            let trainer = args.optimizer.set(Trainer::new(&mut model), args.lr);
+            let trainer = settings.optimizer.set(Trainer::new(&mut model), settings.lr, schedule);
             let mut trainer = trainer
-                .clip_norm(clip_norm)
-                .expected_batch_size(args.batch_size)
-                .epochs(args.epochs)
+                .clip_norm(settings.clip_norm)
+                .expected_batch_size(settings.batch_size)
+                .epochs(settings.epochs)
                 .delta(args.delta)
                 .on_epoch(print_epoch);
             trainer = match (args.target_epsilon, args.noise_multiplier) {
@@ -245,7 +340,10 @@ impl ModelVisitor for Train {
             if let Some(max) = args.max_steps {
                 trainer = trainer.max_steps(max);
             }
-            if let Some(path) = &args.save {
+            if let Some(path) = &args.resume {
+                trainer = trainer.resume_from(path);
+            }
+            if let Some(path) = args.checkpoint_path() {
                 trainer = trainer.checkpoint(path);
             }
             trainer.fit(&train, Some(&test)).map_err(with_flag)?

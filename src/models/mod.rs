@@ -6,6 +6,7 @@ mod ffnn;
 mod logreg;
 mod lstm_net;
 mod mnist_cnn;
+pub mod recipe;
 mod residual;
 
 pub use cifar10_cnn::Cifar10Cnn;

@@ -1,0 +1,97 @@
+//! Recommended training recipes of the built-in models: what `dp train --model M --data D
+//! --target-epsilon E` uses for every hyperparameter the command line does not set, what `dp models`
+//! prints, and what the examples train with.
+//!
+//! A recipe is chosen on public data (the datasets shipped in `data/`) or taken from the literature,
+//! never tuned on a user's private data: tuning on private data spends privacy that no ledger records.
+//! Each recipe says where it came from.
+
+use dp_runtime::optim::{Schedule, Sgd};
+
+/// The momentum of every recipe's SGD (the usual value, as in the founding paper's runs).
+pub const MOMENTUM: f64 = 0.9;
+
+/// The hyperparameters of one private training run, apart from the privacy target.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Recipe {
+    /// Expected batch size B (Poisson sampling with rate B/N).
+    pub batch_size: usize,
+    /// Epochs: round(epochs · N / B) steps.
+    pub epochs: f64,
+    /// Clip norm C of each example's gradient.
+    pub clip_norm: f64,
+    /// Base learning rate of SGD with momentum [`MOMENTUM`].
+    pub lr: f64,
+    /// The learning rate decays along a cosine to this fraction of `lr` by the last step (1: constant).
+    pub final_lr_fraction: f64,
+    /// Where the recipe comes from, and what it measured.
+    pub source: &'static str,
+}
+
+impl Recipe {
+    /// The recipe's optimizer: SGD with momentum and its learning-rate schedule.
+    pub fn optimizer(&self) -> Sgd {
+        Sgd::new(self.lr).momentum(MOMENTUM).schedule(schedule(self.final_lr_fraction))
+    }
+}
+
+/// A cosine decay of the learning rate to `final_fraction` of it by the last step; constant at 1.
+pub fn schedule(final_fraction: f64) -> Schedule {
+    if final_fraction == 1.0 {
+        Schedule::Constant
+    } else {
+        Schedule::Cosine { final_fraction }
+    }
+}
+
+/// Logistic regression on Adult.
+pub const LOGREG: Recipe = Recipe {
+    batch_size: 256,
+    epochs: 10.0,
+    clip_norm: 1.0,
+    lr: 0.05,
+    final_lr_fraction: 0.1,
+    source: "the fully connected network's recipe, measured on the shipped Adult data (docs/MODELS.md)",
+};
+
+/// The founding paper's fully connected network on Adult.
+pub const FFNN: Recipe = Recipe {
+    batch_size: 256,
+    epochs: 10.0,
+    clip_norm: 1.0,
+    lr: 0.05,
+    final_lr_fraction: 0.1,
+    source: "measured on the shipped Adult data (examples/adult.rs, docs/MODELS.md)",
+};
+
+/// The founding paper's MNIST CNN: the main job's recipe.
+pub const MNIST_CNN: Recipe = Recipe {
+    batch_size: 512,
+    epochs: 30.0,
+    clip_norm: 1.0,
+    lr: 0.1,
+    final_lr_fraction: 0.1,
+    source:
+        "the DP-SGD literature for this model (Abadi et al. 2016; Papernot et al. 2021), measured on the \
+             shipped MNIST (the main job, examples/mnist.rs)",
+};
+
+/// The founding paper's CIFAR-10 CNN and the residual CNN.
+pub const CIFAR10_CNN: Recipe = Recipe {
+    batch_size: 512,
+    epochs: 30.0,
+    clip_norm: 1.0,
+    lr: 0.1,
+    final_lr_fraction: 0.1,
+    source: "the MNIST CNN's recipe; not measured on CIFAR-10, which the project does not ship",
+};
+
+/// The embedding network and the LSTM on the reviews text.
+pub const TEXT: Recipe = Recipe {
+    batch_size: 256,
+    epochs: 10.0,
+    clip_norm: 1.0,
+    lr: 0.5,
+    final_lr_fraction: 0.1,
+    source: "measured on the shipped reviews data (docs/MODELS.md)",
+};
