@@ -10,22 +10,14 @@
 mod common;
 
 use common::Defaults;
+use dp::models::recipe;
 use dp::models::AdultFfnn;
 
 fn main() -> dp::Result<()> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/data/adult");
     let (train, test) =
         dp::data::adult::load(format!("{dir}/adult_train.csv.gz"), format!("{dir}/adult_test.csv.gz"))?;
-    let defaults = Defaults {
-        epochs: 10.0,
-        target_epsilon: 1.0,
-        delta: 1e-5,
-        batch_size: 256,
-        clip_norm: 1.0,
-        lr: 0.05,
-        momentum: 0.9,
-        final_lr_fraction: 0.1,
-    };
+    let defaults = Defaults { target_epsilon: 1.0, delta: 1e-5, recipe: recipe::FFNN };
     common::run::<AdultFfnn>("AdultFfnn", &train, &test, defaults)?;
     Ok(())
 }

@@ -17,20 +17,12 @@
 mod common;
 
 use common::Defaults;
+use dp::models::recipe;
 use dp::models::MnistCnn;
 
 fn main() -> dp::Result<()> {
     let (train, test) = dp::data::mnist::load(concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist"))?;
-    let defaults = Defaults {
-        epochs: 30.0,
-        target_epsilon: 3.0,
-        delta: 1e-5,
-        batch_size: 512,
-        clip_norm: 1.0,
-        lr: 0.1,
-        momentum: 0.9,
-        final_lr_fraction: 0.1,
-    };
+    let defaults = Defaults { target_epsilon: 3.0, delta: 1e-5, recipe: recipe::MNIST_CNN };
     common::run::<MnistCnn>("MnistCnn", &train, &test, defaults)?;
     Ok(())
 }

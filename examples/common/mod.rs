@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use dp::baseline::{self, BaselineConfig};
-use dp::optim::{Schedule, Sgd};
+use dp::models::recipe::Recipe;
 use dp::{Dataset, DpModel, Report, Trainer};
 
 /// Flags every example takes; each example sets its own defaults in [`Defaults`].
@@ -25,18 +25,12 @@ pub struct Flags {
     pub non_private: bool,
 }
 
-/// The hyperparameters of one example.
+/// The privacy target and training recipe of one example (the recipe `dp train` uses for the model).
 #[derive(Debug, Clone, Copy)]
 pub struct Defaults {
-    pub epochs: f64,
     pub target_epsilon: f64,
     pub delta: f64,
-    pub batch_size: usize,
-    pub clip_norm: f64,
-    pub lr: f64,
-    pub momentum: f64,
-    /// The learning rate decays along a cosine to this fraction of `lr` by the last step.
-    pub final_lr_fraction: f64,
+    pub recipe: Recipe,
 }
 
 /// Trains model `M` on `train`, evaluates on `test`, and prints accuracy, ε and wall time.
@@ -47,10 +41,9 @@ pub fn run<M: DpModel>(
     defaults: Defaults,
 ) -> dp::Result<Report> {
     let flags = Flags::parse();
-    let epochs = flags.epochs.unwrap_or(defaults.epochs);
-    let optimizer = Sgd::new(defaults.lr)
-        .momentum(defaults.momentum)
-        .schedule(Schedule::Cosine { final_fraction: defaults.final_lr_fraction });
+    let recipe = defaults.recipe;
+    let epochs = flags.epochs.unwrap_or(recipe.epochs);
+    let optimizer = recipe.optimizer();
     let mut model = M::init(&mut dp::rng::from_os()?);
     println!(
         "{name}: {} parameters, {} training and {} test examples",
@@ -62,7 +55,7 @@ pub fn run<M: DpModel>(
     let report = if flags.non_private {
         let mut optimizer = optimizer;
         let config = BaselineConfig {
-            batch_size: defaults.batch_size,
+            batch_size: recipe.batch_size,
             epochs,
             max_steps: flags.max_steps,
             seed: None,
@@ -73,9 +66,9 @@ pub fn run<M: DpModel>(
         let target = flags.target_epsilon.unwrap_or(defaults.target_epsilon);
         let mut trainer = Trainer::new(&mut model)
             .optimizer(optimizer)
-            .clip_norm(defaults.clip_norm)
+            .clip_norm(recipe.clip_norm)
             .target_privacy(target, defaults.delta)
-            .expected_batch_size(defaults.batch_size)
+            .expected_batch_size(recipe.batch_size)
             .epochs(epochs);
         if let Some(max) = flags.max_steps {
             trainer = trainer.max_steps(max);

@@ -69,11 +69,21 @@ pub fn run(cli: Cli) -> Result<(), Error> {
 /// The one-line message for an error, naming the command-line flag where one is at fault, and the
 /// exit status that goes with it.
 pub fn describe_error(error: &Error) -> (String, u8) {
+    let message = match error {
+        Error::InvalidArgument { name, message } => format!("--{} {message}", name.replace('_', "-")),
+        other => other.to_string(),
+    };
+    (message, exit_status(error))
+}
+
+/// [`EXIT_USAGE`] for input refused, [`EXIT_FAILURE`] for work that started and failed.
+fn exit_status(error: &Error) -> u8 {
     match error {
-        Error::InvalidArgument { name, message } => {
-            (format!("--{} {message}", name.replace('_', "-")), EXIT_USAGE)
-        }
-        other => (other.to_string(), EXIT_FAILURE),
+        Error::Io { .. }
+        | Error::Format { .. }
+        | Error::InvalidArgument { .. }
+        | Error::Mismatch { .. }
+        | Error::Budget(_) => EXIT_USAGE,
     }
 }
 
