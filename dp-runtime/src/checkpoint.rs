@@ -384,7 +384,10 @@ fn check_state<M: DpModel>(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
     let ledger = &checkpoint.ledger;
     ledger.validate().map_err(|e| Error::format(path, "ledger", e.to_string()))?;
     if ledger.steps() != checkpoint.steps {
-        return invalid("ledger", format!("records {} steps, the checkpoint {}", ledger.steps(), checkpoint.steps));
+        return invalid(
+            "ledger",
+            format!("records {} steps, the checkpoint {}", ledger.steps(), checkpoint.steps),
+        );
     }
     // One run has one q and σ (a resumed run must keep them), so every phase has the identity's.
     for (index, entry) in ledger.entries().iter().enumerate() {

@@ -79,7 +79,10 @@ impl Ledger {
                 other => other,
             };
             if entry.steps == 0 {
-                return Err(Error::invalid(format!("ledger phase {index}: steps"), "a phase has at least 1 step"));
+                return Err(Error::invalid(
+                    format!("ledger phase {index}: steps"),
+                    "a phase has at least 1 step",
+                ));
             }
             check_entry(entry).map_err(in_phase)?;
         }

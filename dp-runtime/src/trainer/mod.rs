@@ -345,8 +345,14 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     non_finite_examples: non_finite,
                     mean_batch_size: examples as f64 / steps_in_epoch.max(1) as f64,
                 });
-                let record =
-                    EpochReport { epoch, steps: step, epsilon: spent.epsilon, eval_loss, accuracy, diagnostics };
+                let record = EpochReport {
+                    epoch,
+                    steps: step,
+                    epsilon: spent.epsilon,
+                    eval_loss,
+                    accuracy,
+                    diagnostics,
+                };
                 progress.epoch(&record);
                 if let Some(callback) = on_epoch.as_mut() {
                     callback(&record);
@@ -426,12 +432,7 @@ pub const NON_PRIVATE_DIAGNOSTICS_WARNING: &str =
 /// The error of a run that failed after `plan` accounted at least one step (the cause itself
 /// otherwise): the steps accounted, the ε spent at δ, and what the model and the last checkpoint
 /// hold. `completed` is the number of steps whose update the model holds.
-fn interrupted(
-    cause: Error,
-    plan: &mut PrivacyPlan,
-    completed: u64,
-    saved: Option<(&Path, u64)>,
-) -> Error {
+fn interrupted(cause: Error, plan: &mut PrivacyPlan, completed: u64, saved: Option<(&Path, u64)>) -> Error {
     let accounted = plan.steps_taken();
     if accounted == 0 {
         return cause;

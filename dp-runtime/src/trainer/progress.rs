@@ -87,15 +87,19 @@ fn eval_metrics(report: &EpochReport) -> String {
 
 /// The line of an epoch's private values: steps, ε, evaluation-set metrics.
 pub fn private_line(report: &EpochReport) -> String {
-    format!("epoch {} step {} epsilon {:.3}{}", report.epoch, report.steps, report.epsilon, eval_metrics(report))
+    format!(
+        "epoch {} step {} epsilon {:.3}{}",
+        report.epoch,
+        report.steps,
+        report.epsilon,
+        eval_metrics(report)
+    )
 }
 
 /// The line of an epoch's training-data statistics, marked as not private.
 pub fn diagnostics_line(epoch: usize, diagnostics: &Diagnostics) -> String {
-    let accuracy = diagnostics
-        .train_accuracy
-        .map(|a| format!(" train accuracy {:.2}%", a * 100.0))
-        .unwrap_or_default();
+    let accuracy =
+        diagnostics.train_accuracy.map(|a| format!(" train accuracy {:.2}%", a * 100.0)).unwrap_or_default();
     format!(
         "epoch {epoch} {NOT_PRIVATE}: train loss {:.4}{accuracy} non-finite examples {} mean batch size {:.1}",
         diagnostics.train_loss, diagnostics.non_finite_examples, diagnostics.mean_batch_size
