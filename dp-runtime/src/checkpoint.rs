@@ -136,6 +136,9 @@ pub struct Checkpoint {
     pub identity: RunIdentity,
 }
 
+/// A tensor to write: name, shape, little-endian F32 bytes.
+type NamedTensor = (String, Vec<usize>, Vec<u8>);
+
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
@@ -201,7 +204,7 @@ pub fn save_params<M: DpModel>(path: &Path, model: &M) -> Result<()> {
 
 /// The parameters as PyTorch's state dict has them (an LSTM's one bias as `bias_ih_l0` + zero
 /// `bias_hh_l0`): name, shape, little-endian bytes.
-fn parameter_tensors<M: DpModel>(params: &[f32]) -> Result<Vec<(String, Vec<usize>, Vec<u8>)>> {
+fn parameter_tensors<M: DpModel>(params: &[f32]) -> Result<Vec<NamedTensor>> {
     Ok(Layout::of::<M>()
         .export(params)?
         .into_iter()
@@ -211,7 +214,7 @@ fn parameter_tensors<M: DpModel>(params: &[f32]) -> Result<Vec<(String, Vec<usiz
 
 fn write_tensors(
     path: &Path,
-    tensors: &[(String, Vec<usize>, Vec<u8>)],
+    tensors: &[NamedTensor],
     metadata: HashMap<String, String>,
 ) -> Result<()> {
     let views = tensors
