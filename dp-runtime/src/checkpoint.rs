@@ -212,11 +212,7 @@ fn parameter_tensors<M: DpModel>(params: &[f32]) -> Result<Vec<NamedTensor>> {
         .collect())
 }
 
-fn write_tensors(
-    path: &Path,
-    tensors: &[NamedTensor],
-    metadata: HashMap<String, String>,
-) -> Result<()> {
+fn write_tensors(path: &Path, tensors: &[NamedTensor], metadata: HashMap<String, String>) -> Result<()> {
     let views = tensors
         .iter()
         .map(|(name, shape, bytes)| {

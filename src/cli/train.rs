@@ -187,7 +187,7 @@ impl ModelVisitor for Train {
         let started = Instant::now();
         let (train, test) = D::load::<M>(&args.data)?;
         let mut model = match args.seed {
-            Some(seed) => M::init(&mut rng::seeded(seed)),
+            Some(seed) => M::init(&mut rng::seeded_init(seed)),
             None => M::init(&mut rng::from_os()?),
         };
         eprintln!(
