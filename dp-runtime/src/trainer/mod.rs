@@ -185,8 +185,9 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     ),
                 });
             }
-            model.params_mut().copy_from_slice(&c.params);
+            // The optimizer first: if its state does not fit, the model is left untouched.
             optimizer.load_state(c.optimizer, M::PARAM_COUNT)?;
+            model.params_mut().copy_from_slice(&c.params);
         }
         let mut aggregator = match self.secure_noise {
             true => {
