@@ -37,12 +37,14 @@ fn train<M: DpModel>(data: Dataset<M::Input>) {
         .expected_batch_size(4)
         .steps(STEPS)
         .seed(5)
+        .non_private_diagnostics(true)
         .quiet(true)
         .fit(&data, Some(&data))
         .unwrap_or_else(|e| panic!("{}: {e}", M::NAME));
     assert_eq!(report.steps, STEPS, "{}", M::NAME);
     assert!(report.epsilon.is_finite() && report.epsilon > 0.0, "{}: ε {}", M::NAME, report.epsilon);
-    assert_eq!(report.non_finite_examples, 0, "{}", M::NAME);
+    let diagnostics = report.diagnostics.as_ref().expect("diagnostics were asked for");
+    assert_eq!(diagnostics.non_finite_examples, 0, "{}", M::NAME);
     let after = model.params();
     assert!(after.iter().all(|v| v.is_finite()), "{}: parameters became non-finite", M::NAME);
     assert!(after.iter().zip(&before).any(|(a, b)| a != b), "{}: parameters did not move", M::NAME);

@@ -4,6 +4,9 @@
 //! gradient of the batch from `DpModel::loss_and_gradient` (no clipping, no noise) divided by the
 //! batch's own size, and the same optimizers as private training. The result is a [`Report`] like
 //! the private trainer's, with ε = ∞ and noise multiplier 0, so the two can be shown side by side.
+//! Nothing here is private, so every report carries its training statistics in `diagnostics` (marked
+//! `not_private`, like the private trainer's with non-private diagnostics on); there is no clipping,
+//! so its non-finite examples are those whose loss is not finite.
 
 use crate::accounting::AccountantKind;
 use crate::data::Dataset;
@@ -13,7 +16,7 @@ use crate::optim::{NoisyGradient, Optimizer, StepInfo};
 use crate::rng::{self, KeySource, Streams};
 use crate::sampling::{Sampler, SamplingMode};
 use crate::trainer::progress::Progress;
-use crate::trainer::report::{self, EpochReport, Report};
+use crate::trainer::report::{self, Diagnostics, EpochReport, Report, RunDiagnostics};
 use crate::trainer::DEFAULT_MEMORY_BUDGET;
 
 /// The warning every non-private report carries.
@@ -96,9 +99,11 @@ pub fn fit_non_private<M: DpModel>(
     let mut epochs = Vec::new();
     let mut step = 0u64;
     let mut epoch = 1usize;
+    let mut total_non_finite = 0u64;
     while step < last_step {
         let stop = epoch_end(epoch as f64).min(last_step);
-        let (mut loss_sum, mut examples, mut steps_in_epoch) = (0.0f64, 0usize, 0u64);
+        let (mut loss_sum, mut loss_count, mut non_finite, mut examples, mut steps_in_epoch) =
+            (0.0f64, 0usize, 0u64, 0usize, 0u64);
         while step < stop {
             sampler.sample(&mut sampling_rng, &mut indices);
             gradient.fill(0.0);
@@ -107,7 +112,15 @@ pub fn fit_non_private<M: DpModel>(
                 losses.resize(chunk.len(), 0.0);
                 let batch = Batch { inputs: &inputs, labels: &labels, size: chunk.len() };
                 model.loss_and_gradient(&mut workspace, batch, &mut losses, &mut gradient);
-                loss_sum += losses.iter().map(|&l| l as f64).sum::<f64>();
+                // Like the private trainer's mean, over the examples whose loss is finite.
+                for &loss in &losses {
+                    if loss.is_finite() {
+                        loss_sum += loss as f64;
+                        loss_count += 1;
+                    } else {
+                        non_finite += 1;
+                    }
+                }
             }
             let at = StepInfo { step, total_steps };
             let noiseless = NoisyGradient::new(&gradient, None, 0.0, indices.len() as f64);
@@ -121,18 +134,23 @@ pub fn fit_non_private<M: DpModel>(
             step += 1;
             steps_in_epoch += 1;
             examples += indices.len();
-            progress.step(loss_sum / examples.max(1) as f64);
+            progress.step(Some(loss_sum / loss_count.max(1) as f64));
         }
+        total_non_finite += non_finite;
         let (eval_loss, accuracy) = report::evaluate(model, &mut workspace, eval, max_chunk);
         let record = EpochReport {
             epoch,
             steps: step,
-            train_loss: loss_sum / examples.max(1) as f64,
+            epsilon: f64::INFINITY,
             eval_loss: Some(eval_loss),
             accuracy,
-            epsilon: f64::INFINITY,
-            non_finite_examples: 0,
-            mean_batch_size: examples as f64 / steps_in_epoch.max(1) as f64,
+            diagnostics: Some(Diagnostics {
+                train_loss: loss_sum / loss_count.max(1) as f64,
+                // There is always an evaluation set here.
+                train_accuracy: None,
+                non_finite_examples: non_finite,
+                mean_batch_size: examples as f64 / steps_in_epoch.max(1) as f64,
+            }),
         };
         progress.epoch(&record);
         on_epoch(&record);
@@ -154,10 +172,10 @@ pub fn fit_non_private<M: DpModel>(
         expected_batch_size: b,
         sampling: SamplingMode::Shuffled,
         accountant: AccountantKind::Rdp,
-        non_finite_examples: 0,
         secure: None,
         stopped_at_budget: false,
         stopped_at_max_steps: step < total_steps,
         warnings: vec![NON_PRIVATE_WARNING.to_string()],
+        diagnostics: Some(RunDiagnostics { non_finite_examples: total_non_finite, train_accuracy: None }),
     })
 }

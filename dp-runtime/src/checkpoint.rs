@@ -1,5 +1,5 @@
 //! Checkpoints: safetensors files with PyTorch's `state_dict` names and layouts, plus the optimizer
-//! state, the step count and the accountant's ledger.
+//! state, the step count, the accountant's ledger and the identity of the run that wrote them.
 //!
 //! Layout of a file:
 //! - one F32 tensor per model parameter, named and shaped as in [`DpModel::PARAMS`] (`fc1.weight`
@@ -7,11 +7,23 @@
 //!   single bias is PyTorch's pair `bias_ih_l0` + `bias_hh_l0` (see [`crate::pytorch`]);
 //! - one F32 tensor per optimizer buffer and parameter, named `optimizer.<buffer>.<parameter>`
 //!   (e.g. `optimizer.exp_avg.fc1.weight`);
-//! - metadata (strings): `format` = `dp-checkpoint/1`, `model`, `steps`, `optimizer` (JSON: kind and
-//!   update count), `ledger` (JSON: the accountant's full history), `noise_multiplier`.
+//! - metadata (strings): `format` = `dp-checkpoint/2`, `steps`, `optimizer` (JSON: kind and update
+//!   count), `ledger` (JSON: the accountant's full history) and the [`RunIdentity`]: `model`,
+//!   `param_count`, `noise_multiplier`, `sampling_rate`, `delta`, `examples`, `expected_batch_size`,
+//!   `planned_steps` (numbers written with Rust's shortest round-trip formatting, so they read back
+//!   bit for bit).
+//!
+//! [`save_params`] writes the parameters only, with `format` = `dp-params/1`: [`load_params`] reads
+//! such a file, [`load`] refuses it (there is nothing to resume).
+//!
+//! [`load`] checks, and refuses naming the field: the model name and parameter count against `M`;
+//! every parameter and optimizer value finite; the identity's values in range and consistent
+//! (q = B / N); the ledger valid, its step count equal to `steps` and every phase at the identity's
+//! q and σ; `steps` ≤ `planned_steps`. [`save`] makes the same checks before writing.
 //!
 //! Files are written atomically: a temporary file in the same directory, `fsync`, `rename` over the
-//! target, then `fsync` of the directory, so a crash leaves either the old or the new checkpoint.
+//! target, then `fsync` of the directory, so a crash leaves either the old or the new checkpoint. Any
+//! of these failing, the directory's `fsync` included, is an error.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -23,10 +35,91 @@ use crate::accounting::Ledger;
 use crate::error::{Error, Result};
 use crate::model::DpModel;
 use crate::optim::OptimizerState;
+use crate::plan::PrivacyPlan;
 use crate::pytorch::{Layout, StateDict, StateTensor};
 
-const FORMAT: &str = "dp-checkpoint/1";
+const FORMAT: &str = "dp-checkpoint/2";
+/// The format before the run identity was stored: it cannot be resumed safely.
+const FORMAT_WITHOUT_IDENTITY: &str = "dp-checkpoint/1";
+/// Parameters only ([`save_params`]).
+const PARAMS_FORMAT: &str = "dp-params/1";
 const OPTIMIZER_PREFIX: &str = "optimizer.";
+
+/// What identifies the run a checkpoint belongs to: the model and every setting of the privacy plan
+/// that the accounting depends on. A run may resume a checkpoint only with an equal identity (see
+/// [`RunIdentity::differences`]), so that the ledger continues with the same q, σ and δ and the run
+/// ends where the interrupted one would have.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunIdentity {
+    /// The model's name, [`DpModel::NAME`].
+    pub model: String,
+    /// The model's number of parameters, [`DpModel::PARAM_COUNT`].
+    pub param_count: usize,
+    /// σ, the noise multiplier.
+    pub noise_multiplier: f64,
+    /// q = B / N.
+    pub sampling_rate: f64,
+    /// δ of the reported ε.
+    pub delta: f64,
+    /// N, the number of training examples.
+    pub examples: usize,
+    /// B, the expected batch size.
+    pub expected_batch_size: usize,
+    /// T, the steps of the whole plan.
+    pub planned_steps: u64,
+}
+
+impl RunIdentity {
+    /// The identity of a run of model `M` under `plan`.
+    pub fn of_plan<M: DpModel>(plan: &PrivacyPlan) -> Self {
+        RunIdentity {
+            model: M::NAME.to_string(),
+            param_count: M::PARAM_COUNT,
+            noise_multiplier: plan.noise_multiplier(),
+            sampling_rate: plan.sampling_rate(),
+            delta: plan.delta(),
+            examples: plan.examples(),
+            expected_batch_size: plan.expected_batch_size(),
+            planned_steps: plan.total_steps(),
+        }
+    }
+
+    /// Every field in which `self` (a checkpoint's) differs from `run` (this run's), as
+    /// `field: checkpoint X, this run Y`; empty when they are equal. Floating-point values are compared
+    /// exactly: a checkpoint stores them bit for bit, and the same settings give the same values.
+    pub fn differences(&self, run: &RunIdentity) -> Vec<String> {
+        // Destructured without `..`: a new field must be compared here, or this does not compile.
+        let RunIdentity {
+            model,
+            param_count,
+            noise_multiplier,
+            sampling_rate,
+            delta,
+            examples,
+            expected_batch_size,
+            planned_steps,
+        } = self;
+        let mut differences = Vec::new();
+        let mut compare = |field: &str, ours: String, theirs: String| {
+            if ours != theirs {
+                differences.push(format!("{field}: checkpoint {ours}, this run {theirs}"));
+            }
+        };
+        compare("model", model.clone(), run.model.clone());
+        compare("param_count", param_count.to_string(), run.param_count.to_string());
+        compare("examples (N)", examples.to_string(), run.examples.to_string());
+        compare("sampling_rate (q)", sampling_rate.to_string(), run.sampling_rate.to_string());
+        compare("noise_multiplier (sigma)", noise_multiplier.to_string(), run.noise_multiplier.to_string());
+        compare("delta", delta.to_string(), run.delta.to_string());
+        compare(
+            "expected_batch_size (B)",
+            expected_batch_size.to_string(),
+            run.expected_batch_size.to_string(),
+        );
+        compare("planned_steps", planned_steps.to_string(), run.planned_steps.to_string());
+        differences
+    }
+}
 
 /// The training state stored in a checkpoint.
 #[derive(Debug, Clone)]
@@ -39,24 +132,24 @@ pub struct Checkpoint {
     pub steps: u64,
     /// Every accounted step.
     pub ledger: Ledger,
-    /// The noise multiplier of the run that wrote it.
-    pub noise_multiplier: f64,
+    /// The run that wrote it: model and privacy plan.
+    pub identity: RunIdentity,
 }
+
+/// A tensor to write: name, shape, little-endian F32 bytes.
+type NamedTensor = (String, Vec<usize>, Vec<u8>);
 
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-/// Writes `checkpoint` for model `M` to `path`, atomically.
+/// Writes `checkpoint` for model `M` to `path`, atomically, after the checks [`load`] makes (a
+/// checkpoint that could not be loaded back is never written).
 pub fn save<M: DpModel>(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
-    check_len::<M>(path, "parameters", checkpoint.params.len())?;
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    // Parameters as PyTorch's state dict has them (an LSTM's one bias as `bias_ih_l0` + zero `bias_hh_l0`).
-    for tensor in Layout::of::<M>().export(&checkpoint.params)? {
-        tensors.push((tensor.name, tensor.shape, f32_bytes(&tensor.values)));
-    }
+    check_identity_is_of::<M>(path, &checkpoint.identity)?;
+    check_state::<M>(path, checkpoint)?;
+    let mut tensors = parameter_tensors::<M>(&checkpoint.params)?;
     for (buffer, values) in &checkpoint.optimizer.buffers {
-        check_len::<M>(path, &format!("optimizer buffer {buffer}"), values.len())?;
         for spec in M::PARAMS {
             let name = format!("{OPTIMIZER_PREFIX}{buffer}.{}", spec.name);
             tensors.push((
@@ -66,6 +159,60 @@ pub fn save<M: DpModel>(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
             ));
         }
     }
+    let json = |value: &dyn erased::Json| value.to_json().map_err(|e| Error::format(path, "metadata", e));
+    let RunIdentity {
+        model,
+        param_count,
+        noise_multiplier,
+        sampling_rate,
+        delta,
+        examples,
+        expected_batch_size,
+        planned_steps,
+    } = &checkpoint.identity;
+    let metadata = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("model".to_string(), model.clone()),
+        ("param_count".to_string(), param_count.to_string()),
+        ("noise_multiplier".to_string(), noise_multiplier.to_string()),
+        ("sampling_rate".to_string(), sampling_rate.to_string()),
+        ("delta".to_string(), delta.to_string()),
+        ("examples".to_string(), examples.to_string()),
+        ("expected_batch_size".to_string(), expected_batch_size.to_string()),
+        ("planned_steps".to_string(), planned_steps.to_string()),
+        ("steps".to_string(), checkpoint.steps.to_string()),
+        ("optimizer".to_string(), json(&checkpoint.optimizer)?),
+        ("ledger".to_string(), json(&checkpoint.ledger)?),
+    ]);
+    write_tensors(path, &tensors, metadata)
+}
+
+/// Writes only the parameters of `model` (format `dp-params/1`): readable with [`load_params`] (and
+/// by PyTorch), not resumable.
+pub fn save_params<M: DpModel>(path: &Path, model: &M) -> Result<()> {
+    let tensors = parameter_tensors::<M>(model.params())?;
+    if let Some(i) = model.params().iter().position(|v| !v.is_finite()) {
+        return Err(Error::format(path, "parameters", format!("value {i} is not finite")));
+    }
+    let metadata = HashMap::from([
+        ("format".to_string(), PARAMS_FORMAT.to_string()),
+        ("model".to_string(), M::NAME.to_string()),
+        ("param_count".to_string(), M::PARAM_COUNT.to_string()),
+    ]);
+    write_tensors(path, &tensors, metadata)
+}
+
+/// The parameters as PyTorch's state dict has them (an LSTM's one bias as `bias_ih_l0` + zero
+/// `bias_hh_l0`): name, shape, little-endian bytes.
+fn parameter_tensors<M: DpModel>(params: &[f32]) -> Result<Vec<NamedTensor>> {
+    Ok(Layout::of::<M>()
+        .export(params)?
+        .into_iter()
+        .map(|tensor| (tensor.name, tensor.shape, f32_bytes(&tensor.values)))
+        .collect())
+}
+
+fn write_tensors(path: &Path, tensors: &[NamedTensor], metadata: HashMap<String, String>) -> Result<()> {
     let views = tensors
         .iter()
         .map(|(name, shape, bytes)| {
@@ -74,34 +221,15 @@ pub fn save<M: DpModel>(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
                 .map_err(|e| Error::format(path, name, e.to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
-    let json = |value: &dyn erased::Json| value.to_json().map_err(|e| Error::format(path, "metadata", e));
-    let metadata = HashMap::from([
-        ("format".to_string(), FORMAT.to_string()),
-        ("model".to_string(), M::NAME.to_string()),
-        ("steps".to_string(), checkpoint.steps.to_string()),
-        ("noise_multiplier".to_string(), checkpoint.noise_multiplier.to_string()),
-        ("optimizer".to_string(), json(&checkpoint.optimizer)?),
-        ("ledger".to_string(), json(&checkpoint.ledger)?),
-    ]);
     let bytes = safetensors::serialize(views, Some(metadata))
         .map_err(|e| Error::format(path, "serialize", e.to_string()))?;
     write_atomically(path, &bytes)
 }
 
-/// Writes only the parameters of `model` (no metadata needed to read it back with [`load_params`]).
-pub fn save_params<M: DpModel>(path: &Path, model: &M) -> Result<()> {
-    let checkpoint = Checkpoint {
-        params: model.params().to_vec(),
-        optimizer: OptimizerState::default(),
-        steps: 0,
-        ledger: Ledger::new(),
-        noise_multiplier: 0.0,
-    };
-    save::<M>(path, &checkpoint)
-}
-
-/// Reads a checkpoint written by [`save`] for model `M`. A file of another model (a missing tensor,
-/// another shape, another dtype, or an unknown tensor) is an error naming the tensor.
+/// Reads a checkpoint written by [`save`] for model `M`, with every check listed in the module docs.
+/// Another model's checkpoint is an [`Error::Mismatch`] naming both models (and both parameter
+/// counts); a malformed, non-finite or inconsistent value is an [`Error::Format`] naming the field or
+/// tensor.
 pub fn load<M: DpModel>(path: &Path) -> Result<Checkpoint> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let tensors =
@@ -111,30 +239,56 @@ pub fn load<M: DpModel>(path: &Path) -> Result<Checkpoint> {
     let meta = header.metadata().clone().unwrap_or_default();
     let field = |key: &str| {
         meta.get(key)
+            .map(String::as_str)
             .ok_or_else(|| Error::format(path, "metadata", format!("no `{key}`: not a dp checkpoint")))
     };
-    if field("format")? != FORMAT {
-        return Err(Error::format(path, "metadata", format!("format {} is not {FORMAT}", field("format")?)));
+    match field("format")? {
+        FORMAT => {}
+        PARAMS_FORMAT => {
+            return Err(Error::format(
+                path,
+                "metadata",
+                "this file holds parameters only (no optimizer state, ledger or plan): it cannot resume a \
+                 run; read it with load_params",
+            ))
+        }
+        FORMAT_WITHOUT_IDENTITY => {
+            return Err(Error::format(
+                path,
+                "metadata",
+                format!(
+                    "format {FORMAT_WITHOUT_IDENTITY} does not record the run's plan (q, sigma, delta, N, B, \
+                     planned steps), so resuming it cannot be checked; its parameters can still be read \
+                     with load_params"
+                ),
+            ))
+        }
+        other => return Err(Error::format(path, "metadata", format!("format {other} is not {FORMAT}"))),
     }
-    let params = read_params::<M>(path, &tensors)?;
-    let parse = |key: &str| -> Result<u64> {
-        field(key)?.parse().map_err(|e| Error::format(path, key, format!("not a count: {e}")))
+    fn number<T: std::str::FromStr>(path: &Path, key: &str, text: &str) -> Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        text.parse().map_err(|e| Error::format(path, key, format!("'{text}' is not a number: {e}")))
+    }
+    let identity = RunIdentity {
+        model: field("model")?.to_string(),
+        param_count: number(path, "param_count", field("param_count")?)?,
+        noise_multiplier: number(path, "noise_multiplier", field("noise_multiplier")?)?,
+        sampling_rate: number(path, "sampling_rate", field("sampling_rate")?)?,
+        delta: number(path, "delta", field("delta")?)?,
+        examples: number(path, "examples", field("examples")?)?,
+        expected_batch_size: number(path, "expected_batch_size", field("expected_batch_size")?)?,
+        planned_steps: number(path, "planned_steps", field("planned_steps")?)?,
     };
-    let steps = parse("steps")?;
-    let noise_multiplier = field("noise_multiplier")?
-        .parse()
-        .map_err(|e| Error::format(path, "noise_multiplier", format!("not a number: {e}")))?;
+    // The model first: another model's file should say so, not name a tensor.
+    check_identity_is_of::<M>(path, &identity)?;
+    let params = read_params::<M>(path, &tensors)?;
+    let steps = number(path, "steps", field("steps")?)?;
     let mut optimizer: OptimizerState = serde_json::from_str(field("optimizer")?)
         .map_err(|e| Error::format(path, "optimizer", e.to_string()))?;
     let ledger: Ledger =
         serde_json::from_str(field("ledger")?).map_err(|e| Error::format(path, "ledger", e.to_string()))?;
-    if ledger.steps() != steps {
-        return Err(Error::format(
-            path,
-            "ledger",
-            format!("records {} steps, the checkpoint {steps}", ledger.steps()),
-        ));
-    }
     // Optimizer buffers: every `optimizer.<buffer>.<param>` of every parameter.
     let mut buffers: Vec<String> = Vec::new();
     let mut names = tensors.names();
@@ -162,7 +316,91 @@ pub fn load<M: DpModel>(path: &Path) -> Result<Checkpoint> {
         }
         optimizer.buffers.push((buffer, values));
     }
-    Ok(Checkpoint { params, optimizer, steps, ledger, noise_multiplier })
+    let checkpoint = Checkpoint { params, optimizer, steps, ledger, identity };
+    check_state::<M>(path, &checkpoint)?;
+    Ok(checkpoint)
+}
+
+/// The identity names model `M`: an [`Error::Mismatch`] naming both models otherwise.
+fn check_identity_is_of<M: DpModel>(path: &Path, identity: &RunIdentity) -> Result<()> {
+    if identity.model != M::NAME || identity.param_count != M::PARAM_COUNT {
+        return Err(Error::Mismatch {
+            model: M::NAME.to_string(),
+            message: format!(
+                "{} is a checkpoint of model {} ({} parameters), this model is {} ({} parameters)",
+                path.display(),
+                identity.model,
+                identity.param_count,
+                M::NAME,
+                M::PARAM_COUNT
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Everything but the model's name: lengths and finiteness of parameters and optimizer buffers, the
+/// identity's ranges and q = B / N, the ledger's validity and agreement with `steps` and the identity.
+fn check_state<M: DpModel>(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
+    let invalid = |location: &str, message: String| Err(Error::format(path, location, message));
+    let finite = |location: &str, values: &[f32]| -> Result<()> {
+        check_len::<M>(path, location, values.len())?;
+        match values.iter().position(|v| !v.is_finite()) {
+            Some(i) => invalid(location, format!("value {i} is {}: not finite", values[i])),
+            None => Ok(()),
+        }
+    };
+    finite("parameters", &checkpoint.params)?;
+    for (buffer, values) in &checkpoint.optimizer.buffers {
+        finite(&format!("optimizer buffer {buffer}"), values)?;
+    }
+    let identity = &checkpoint.identity;
+    let sigma = identity.noise_multiplier;
+    if !(sigma > 0.0 && sigma.is_finite()) {
+        return invalid("noise_multiplier", format!("{sigma} must be positive and finite"));
+    }
+    let delta = identity.delta;
+    if !(delta > 0.0 && delta < 1.0) {
+        return invalid("delta", format!("{delta} must be in (0, 1)"));
+    }
+    let (n, b) = (identity.examples, identity.expected_batch_size);
+    if n == 0 || b == 0 || b > n {
+        return invalid("expected_batch_size", format!("{b} must be between 1 and the examples ({n})"));
+    }
+    // The plan computes q as B / N in f64: the same division gives the same bits.
+    if identity.sampling_rate != b as f64 / n as f64 {
+        return invalid(
+            "sampling_rate",
+            format!("{} is not expected_batch_size / examples = {b} / {n}", identity.sampling_rate),
+        );
+    }
+    if checkpoint.steps > identity.planned_steps {
+        return invalid(
+            "steps",
+            format!("{} steps taken, more than the {} planned", checkpoint.steps, identity.planned_steps),
+        );
+    }
+    let ledger = &checkpoint.ledger;
+    ledger.validate().map_err(|e| Error::format(path, "ledger", e.to_string()))?;
+    if ledger.steps() != checkpoint.steps {
+        return invalid(
+            "ledger",
+            format!("records {} steps, the checkpoint {}", ledger.steps(), checkpoint.steps),
+        );
+    }
+    // One run has one q and σ (a resumed run must keep them), so every phase has the identity's.
+    for (index, entry) in ledger.entries().iter().enumerate() {
+        if entry.sampling_rate != identity.sampling_rate || entry.noise_multiplier != sigma {
+            return invalid(
+                "ledger",
+                format!(
+                    "phase {index} has q {} and sigma {}, the run q {} and sigma {sigma}",
+                    entry.sampling_rate, entry.noise_multiplier, identity.sampling_rate
+                ),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Reads the parameters of `M` from any safetensors file with PyTorch names (e.g. exported pretrained
@@ -219,8 +457,32 @@ fn check_len<M: DpModel>(path: &Path, what: &str, len: usize) -> Result<()> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory, fsync and rename.
+/// Writes `bytes` to `path` through a temporary file in the same directory: write, `fsync`, `rename`
+/// over `path`, `fsync` of the directory. An error at any point, including the directory's `fsync`
+/// (without it the rename may not survive a crash), is returned; the temporary file is removed.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically_with(path, bytes, sync_directory)
+}
+
+/// Makes a rename in `dir` durable.
+#[cfg(unix)]
+fn sync_directory(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Windows cannot open a directory as a file to `fsync` it; its rename (MoveFileEx) is not made
+/// durable this way.
+#[cfg(not(unix))]
+fn sync_directory(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// [`write_atomically`] with the directory's `fsync` given, so that a test can make it fail.
+fn write_atomically_with(
+    path: &Path,
+    bytes: &[u8],
+    sync_directory: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -233,11 +495,13 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         file.write_all(bytes).map_err(|e| Error::io(&temp, e))?;
         file.sync_all().map_err(|e| Error::io(&temp, e))?;
         std::fs::rename(&temp, path).map_err(|e| Error::io(path, e))?;
-        // Make the rename itself durable.
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        sync_directory(&dir).map_err(|e| {
+            let message = format!(
+                "fsync of the directory after writing {} failed, so the file may not survive a crash: {e}",
+                file_name.to_string_lossy()
+            );
+            Error::io(&dir, std::io::Error::new(e.kind(), message))
+        })
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&temp);
@@ -254,5 +518,31 @@ mod erased {
         fn to_json(&self) -> Result<String, String> {
             serde_json::to_string(self).map_err(|e| e.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_directory_fsync_is_an_error_naming_the_directory() {
+        let dir = std::env::temp_dir().join(format!("dp-runtime-fsync-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("checkpoint.safetensors");
+        let failing = |_: &Path| Err(std::io::Error::other("injected fsync failure"));
+        let err = write_atomically_with(&path, b"bytes", failing).unwrap_err();
+        match &err {
+            Error::Io { path: reported, source } => {
+                assert_eq!(reported, &dir);
+                assert!(source.to_string().contains("injected fsync failure"), "{err}");
+                assert!(source.to_string().contains("checkpoint.safetensors"), "{err}");
+            }
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
+        // The real directory fsync succeeds, and no temporary file is left in either case.
+        write_atomically(&path, b"bytes").unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

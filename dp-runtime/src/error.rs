@@ -25,6 +25,15 @@ pub enum Error {
     /// The privacy plan would exceed, or has reached, the allowed budget.
     #[error("privacy budget: {0}")]
     Budget(String),
+
+    /// Training failed after privacy was spent: `steps` steps are accounted in `epsilon` (at `delta`),
+    /// `holds` says which parameters the model keeps, `source` is the cause (see [`Error::root`]).
+    /// The ε is spent whether or not the run finishes, so it is reported with the failure.
+    #[error(
+        "training stopped after {steps} accounted steps, epsilon {epsilon:.4} at delta {delta:e} already \
+         spent; {holds}. Cause: {source}"
+    )]
+    Interrupted { steps: u64, epsilon: f64, delta: f64, holds: String, source: Box<Error> },
 }
 
 impl Error {
@@ -36,6 +45,16 @@ impl Error {
     /// An [`Error::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
+    }
+
+    /// The innermost cause: the error itself, or for [`Error::Interrupted`] the error that stopped
+    /// training (so that a caller can map it to its flag or file).
+    pub fn root(&self) -> &Error {
+        let mut error = self;
+        while let Error::Interrupted { source, .. } = error {
+            error = source;
+        }
+        error
     }
 
     /// An [`Error::Format`] for `path` at `location`.

@@ -22,4 +22,4 @@ pub mod trainer;
 pub use data::Dataset;
 pub use error::{Error, Result};
 pub use model::{Batch, DpModel, InputElem, LayerInfo, Loss, NormStrategy, ParamSpec, Workspace};
-pub use trainer::{Report, Trainer};
+pub use trainer::{Diagnostics, EpochReport, Report, RunDiagnostics, Trainer};

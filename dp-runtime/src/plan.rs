@@ -13,6 +13,27 @@ use crate::accounting::{self, AccountantKind, Epsilon, Ledger, Mechanism};
 use crate::error::{Error, Result};
 use crate::sampling::SamplingMode;
 
+/// Refuses δ ≥ 1/N for N training examples, naming `delta`. A mechanism that publishes one randomly
+/// chosen example in full is (0, 1/N)-differentially private, so a guarantee at δ ≥ 1/N allows
+/// releasing someone's record outright: it protects nobody. The trainer calls this unless
+/// `allow_large_delta(true)`; a command line can call it for its own δ.
+pub fn check_delta_for_examples(delta: f64, examples: usize) -> Result<()> {
+    if examples > 0 && delta * examples as f64 >= 1.0 {
+        return Err(Error::invalid(
+            "delta",
+            format!(
+                "{delta:e} is not below 1/N = {:e} for N = {examples} training examples: a mechanism that \
+                 publishes one randomly chosen example outright satisfies (0, 1/N)-DP, so this delta \
+                 protects nobody; choose delta well below 1/N (e.g. at most 1/(10 N) = {:e}), or allow it \
+                 explicitly (allow_large_delta)",
+                1.0 / examples as f64,
+                0.1 / examples as f64
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// How long to train.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Length {

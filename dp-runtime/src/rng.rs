@@ -2,18 +2,32 @@
 //!
 //! Training uses two independent streams, one for sampling batches and one for noise, so that the
 //! noise never depends on which examples were drawn. In private runs both keys come from the
-//! operating system (`getrandom`). A seeded run derives both keys from the seed and from the step at
-//! which the run (or the resumed run) starts, so a resumed run draws fresh noise and never replays a
-//! stream it used before; seeded runs are for tests and are NOT private.
+//! operating system (`getrandom`). Seeded runs are for tests and are NOT private.
+//!
+//! A seed is turned into keys by domain separation: a key-derivation ChaCha20 keyed by the seed (and a
+//! fixed label) produces the key of each [`Domain`] — initialisation, sampling, noise — from its own
+//! nonce, at the block numbered by the step at which the run (or the resumed run) starts. ChaCha20 is a
+//! pseudo-random function of (nonce, block), so the three keys are independent of each other and of
+//! [`seeded`]'s stream: the initial weights reveal nothing about the batches or the noise, and a
+//! resumed run draws fresh noise and never replays a stream it used before.
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::error::{Error, Result};
 
-/// A ChaCha20 generator seeded with `seed`: reproducible, for initialisation and tests.
+/// A plain ChaCha20 generator seeded with `seed` (rand's `seed_from_u64`): reproducible, for tests
+/// and examples that need some random numbers. It is not derived with a [`Domain`]: do not use it to
+/// initialise a model that is then trained with the same seed — use [`seeded_init`] for that, so the
+/// initial weights and the training streams are independent.
 pub fn seeded(seed: u64) -> ChaCha20Rng {
     ChaCha20Rng::seed_from_u64(seed)
+}
+
+/// The generator for initialising a model's parameters in a seeded run: the [`Domain::Init`] key of
+/// `seed`, independent of the sampling and noise streams [`Streams::new`] derives from the same seed.
+pub fn seeded_init(seed: u64) -> ChaCha20Rng {
+    ChaCha20Rng::from_seed(derive_key(seed, Domain::Init, 0))
 }
 
 /// A ChaCha20 generator keyed with 256 bits from the operating system.
@@ -22,6 +36,49 @@ pub fn from_os() -> Result<ChaCha20Rng> {
     getrandom::fill(&mut key)
         .map_err(|e| Error::invalid("rng", format!("the operating system gave no randomness: {e}")))?;
     Ok(ChaCha20Rng::from_seed(key))
+}
+
+/// What a key derived from a seed is for; each purpose reads its own ChaCha20 nonce of the
+/// key-derivation generator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Domain {
+    /// The model's initial parameters.
+    Init,
+    /// The batches drawn by the sampler.
+    Sampling,
+    /// The Gaussian or discrete Gaussian noise.
+    Noise,
+}
+
+impl Domain {
+    /// The nonce of this purpose: its name in ASCII, so that the labels cannot collide.
+    fn nonce(self) -> u64 {
+        let label: &[u8; 8] = match self {
+            Domain::Init => b"dp:init\0",
+            Domain::Sampling => b"dp:batch",
+            Domain::Noise => b"dp:noise",
+        };
+        u64::from_le_bytes(*label)
+    }
+}
+
+/// The label in the key of the key-derivation generator, beside the seed: it makes that key differ
+/// from any key rand's `seed_from_u64` (hence [`seeded`]) expands a seed into.
+const DERIVATION_LABEL: &[u8; 24] = b"dp-runtime seed kdf v1\0\0";
+
+/// The 256-bit key for `domain` at `start_step` derived from `seed` (public for audits and tests;
+/// [`seeded_init`] and [`Streams::new`] use it).
+pub fn derive_key(seed: u64, domain: Domain, start_step: u64) -> [u8; 32] {
+    let mut derivation_key = [0u8; 32];
+    derivation_key[..8].copy_from_slice(&seed.to_le_bytes());
+    derivation_key[8..].copy_from_slice(DERIVATION_LABEL);
+    let mut derive = ChaCha20Rng::from_seed(derivation_key);
+    derive.set_stream(domain.nonce());
+    // One 64-byte block (16 words) per start step: the 32 bytes of a key never overlap another's.
+    derive.set_word_pos(u128::from(start_step) * 16);
+    let mut key = [0u8; 32];
+    derive.fill_bytes(&mut key);
+    key
 }
 
 /// Where the keys of a run's streams come from.
@@ -44,24 +101,16 @@ pub struct Streams {
 
 impl Streams {
     /// The streams of a session that starts at `start_step` (0 for a new run, the checkpoint's step
-    /// count for a resumed one). With [`KeySource::Seed`], each start step gives different keys, so a
-    /// resumed run never repeats the noise of the run it continues.
+    /// count for a resumed one). With [`KeySource::Seed`], the keys are [`derive_key`]'s for
+    /// [`Domain::Sampling`] and [`Domain::Noise`] at `start_step`: each start step gives different
+    /// keys, so a resumed run never repeats the noise of the run it continues.
     pub fn new(source: KeySource, start_step: u64) -> Result<Self> {
         match source {
             KeySource::Os => Ok(Streams { sampling: from_os()?, noise: from_os()? }),
-            KeySource::Seed(seed) => {
-                // A key-derivation stream: ChaCha20 under the seed, on a stream numbered by the start step.
-                let mut derive = ChaCha20Rng::seed_from_u64(seed);
-                derive.set_stream(start_step);
-                let mut sampling_key = [0u8; 32];
-                let mut noise_key = [0u8; 32];
-                derive.fill_bytes(&mut sampling_key);
-                derive.fill_bytes(&mut noise_key);
-                Ok(Streams {
-                    sampling: ChaCha20Rng::from_seed(sampling_key),
-                    noise: ChaCha20Rng::from_seed(noise_key),
-                })
-            }
+            KeySource::Seed(seed) => Ok(Streams {
+                sampling: ChaCha20Rng::from_seed(derive_key(seed, Domain::Sampling, start_step)),
+                noise: ChaCha20Rng::from_seed(derive_key(seed, Domain::Noise, start_step)),
+            }),
         }
     }
 }
@@ -108,14 +157,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seeded_streams_differ_by_purpose_and_start_step() {
+    fn seeded_streams_are_reproducible_and_differ_by_start_step() {
         let mut a = Streams::new(KeySource::Seed(7), 0).unwrap();
         let mut b = Streams::new(KeySource::Seed(7), 0).unwrap();
         let mut c = Streams::new(KeySource::Seed(7), 100).unwrap();
         let (x, y, z) = (a.noise.next_u64(), b.noise.next_u64(), c.noise.next_u64());
         assert_eq!(x, y);
         assert_ne!(x, z);
-        assert_ne!(a.sampling.next_u64(), a.noise.next_u64());
+        assert_ne!(a.sampling.next_u64(), c.sampling.next_u64());
     }
 
     #[test]

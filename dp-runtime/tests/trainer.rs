@@ -1,5 +1,6 @@
 //! The trainer end to end on the hand-written models: accuracy with privacy, the plan's numbers,
-//! validation naming the field, the budget, empty batches, NaN examples, chunking, secure mode.
+//! validation naming the field, the budget, empty batches, NaN examples, chunking, secure mode;
+//! private-by-default reports, δ against 1/N, failures after privacy was spent, seed domains.
 
 mod common;
 
@@ -7,7 +8,7 @@ use common::{separable, Mlp, SoftmaxRegression, FEATURES};
 use dp_runtime::accounting::{self, AccountantKind};
 use dp_runtime::model::DpModel;
 use dp_runtime::optim::{Adam, Sgd};
-use dp_runtime::rng::seeded;
+use dp_runtime::rng::{self, seeded, Domain};
 use dp_runtime::sampling::SamplingMode;
 use dp_runtime::{Dataset, Error, Trainer};
 
@@ -38,8 +39,7 @@ fn private_softmax_regression_learns_a_separable_problem() {
     let expected = accounting::epsilon(AccountantKind::Rdp, 100.0 / 3000.0, 1.0, 150, 1e-5).unwrap();
     assert_eq!(report.epsilon, expected.epsilon);
     assert!(report.epochs.windows(2).all(|w| w[0].epsilon < w[1].epsilon));
-    assert!(report.epochs.iter().all(|e| (e.mean_batch_size - 100.0).abs() < 15.0));
-    assert_eq!(report.non_finite_examples, 0);
+    assert!(report.epochs.iter().all(|e| e.diagnostics.is_none()) && report.diagnostics.is_none());
     assert_eq!(report.sampling, SamplingMode::Poisson);
     assert!(report.warnings.iter().any(|w| w.contains("NOT differentially private")));
 }
@@ -177,11 +177,12 @@ fn empty_batches_are_noisy_accounted_steps() {
         .expected_batch_size(1)
         .steps(50)
         .seed(2)
+        .non_private_diagnostics(true)
         .quiet(true)
         .fit(&train, None)
         .unwrap();
     assert_eq!(report.steps, 50);
-    assert!(report.epochs[0].mean_batch_size < 1.5);
+    assert!(report.epochs[0].diagnostics.as_ref().unwrap().mean_batch_size < 1.5);
     let expected = accounting::epsilon(AccountantKind::Rdp, 1.0 / 200.0, 1.0, 50, 1e-5).unwrap();
     assert_eq!(report.epsilon, expected.epsilon);
     assert_ne!(model.params, before);
@@ -202,13 +203,16 @@ fn nan_examples_are_counted_and_parameters_stay_finite() {
         .expected_batch_size(60)
         .epochs(3)
         .seed(4)
+        .non_private_diagnostics(true)
         .quiet(true)
         .fit(&train, None)
         .unwrap();
-    assert!(report.non_finite_examples > 0);
-    assert_eq!(report.non_finite_examples, report.epochs.iter().map(|e| e.non_finite_examples).sum::<u64>());
+    let epochs: Vec<_> = report.epochs.iter().map(|e| e.diagnostics.clone().unwrap()).collect();
+    let total = report.diagnostics.unwrap().non_finite_examples;
+    assert!(total > 0);
+    assert_eq!(total, epochs.iter().map(|d| d.non_finite_examples).sum::<u64>());
     assert!(model.params.iter().all(|p| p.is_finite()));
-    assert!(report.epochs.iter().all(|e| e.train_loss.is_finite()));
+    assert!(epochs.iter().all(|d| d.train_loss.is_finite()));
 }
 
 #[test]
@@ -249,11 +253,12 @@ fn shuffled_sampling_is_reported_as_such() {
         .epochs(1)
         .sampling(SamplingMode::Shuffled)
         .seed(1)
+        .non_private_diagnostics(true)
         .quiet(true)
         .fit(&train, None)
         .unwrap();
     assert_eq!(report.sampling, SamplingMode::Shuffled);
-    assert_eq!(report.epochs[0].mean_batch_size, 30.0);
+    assert_eq!(report.epochs[0].diagnostics.as_ref().unwrap().mean_batch_size, 30.0);
     assert!(report.warnings.iter().any(|w| w.contains("assumes Poisson")));
 }
 
@@ -304,10 +309,14 @@ fn an_overflowing_update_is_an_error_and_keeps_the_last_finite_parameters() {
         .quiet(true)
         .fit(&train, None)
         .unwrap_err();
-    assert!(err.to_string().contains("optimizer"), "{err}");
+    assert!(matches!(err.root(), Error::InvalidArgument { name, .. } if name == "optimizer"), "{err}");
     assert!(model.params.iter().all(|p| p.is_finite()));
-    // The first update already overflows, so the model is left exactly as it started.
+    // The first update already overflows, so the model is left exactly as it started; its noisy
+    // gradient was computed, so that one step is spent.
     assert_eq!(model.params, before);
+    let Error::Interrupted { steps, epsilon, .. } = err else { panic!("expected Interrupted, got {err:?}") };
+    let one_step = accounting::epsilon(AccountantKind::Rdp, 0.1, 1.0, 1, 1e-5).unwrap().epsilon;
+    assert_eq!((steps, epsilon), (1, one_step));
 }
 
 #[test]
@@ -327,10 +336,11 @@ fn the_noisy_sum_is_divided_by_the_expected_batch_size() {
         .expected_batch_size(10)
         .steps(1)
         .seed(4)
+        .non_private_diagnostics(true)
         .quiet(true)
         .fit(&train, None)
         .unwrap();
-    let realised = report.epochs[0].mean_batch_size;
+    let realised = report.epochs[0].diagnostics.as_ref().unwrap().mean_batch_size;
     assert_ne!(realised, 10.0, "pick a seed whose batch is not exactly B");
     let (j, _) = g
         .iter()
@@ -388,7 +398,255 @@ fn the_non_private_baseline_learns_and_reports_infinite_epsilon() {
     assert!(report.accuracy > 0.95, "accuracy {}", report.accuracy);
     assert!(report.epsilon.is_infinite() && report.epochs.iter().all(|e| e.epsilon.is_infinite()));
     assert_eq!(report.noise_multiplier, 0.0);
+    // Nothing in it is private: its training statistics are always there, marked.
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["diagnostics"]["not_private"], true, "{json}");
+    for epoch in json["epochs"].as_array().unwrap() {
+        assert_eq!(epoch["diagnostics"]["not_private"], true, "{epoch}");
+        assert!(epoch["diagnostics"]["train_loss"].is_number(), "{epoch}");
+        assert_eq!(epoch["diagnostics"]["mean_batch_size"], 64.0, "{epoch}");
+    }
     let config = BaselineConfig { batch_size: 5000, ..config };
     let err = fit_non_private(&mut model, &mut optimizer, &train, &test, config, |_| {}).unwrap_err();
     assert!(err.to_string().contains("batch_size"), "{err}");
+}
+
+fn small_run(model: &mut SoftmaxRegression) -> Trainer<'_, SoftmaxRegression> {
+    Trainer::new(model)
+        .optimizer(Sgd::new(0.5))
+        .clip_norm(1.0)
+        .noise_multiplier(1.0)
+        .expected_batch_size(50)
+        .epochs(2)
+        .seed(3)
+        .quiet(true)
+}
+
+#[test]
+fn a_default_report_carries_no_training_statistics_and_diagnostics_say_not_private() {
+    let (train, test) = (separable(500, 13), separable(200, 14));
+    let training_keys = ["train_loss", "train_accuracy", "non_finite", "mean_batch_size", "diagnostics"];
+
+    // Without an evaluation set: no metric at all, not even one silently computed on the training set.
+    let report = small_run(&mut softmax()).fit(&train, None).unwrap();
+    let json = serde_json::to_value(&report).unwrap();
+    let text = json.to_string();
+    for key in training_keys.iter().chain(&["not_private"]) {
+        assert!(!text.contains(key), "{key} in {text}");
+    }
+    assert!(report.accuracy.is_nan());
+    for epoch in json["epochs"].as_array().unwrap() {
+        assert!(epoch["accuracy"].is_null() && epoch["eval_loss"].is_null(), "{epoch}");
+        assert!(epoch["epsilon"].as_f64().unwrap() > 0.0 && epoch["steps"].as_u64().unwrap() > 0);
+    }
+
+    // With an evaluation set: its metrics, still no training statistics.
+    let report = small_run(&mut softmax()).fit(&train, Some(&test)).unwrap();
+    let text = serde_json::to_string(&report).unwrap();
+    for key in training_keys.iter().chain(&["not_private"]) {
+        assert!(!text.contains(key), "{key} in {text}");
+    }
+    assert!(report.accuracy > 0.9, "eval accuracy {}", report.accuracy);
+    assert!(report.epochs.iter().all(|e| e.accuracy.is_some() && e.eval_loss.is_some()));
+
+    // Asked for: every object that carries training statistics says it is not private.
+    let report = small_run(&mut softmax()).non_private_diagnostics(true).fit(&train, None).unwrap();
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["diagnostics"]["not_private"], true, "{json}");
+    assert!(json["diagnostics"]["train_accuracy"].as_f64().unwrap() > 0.9, "{json}");
+    for epoch in json["epochs"].as_array().unwrap() {
+        let diagnostics = &epoch["diagnostics"];
+        assert_eq!(diagnostics["not_private"], true, "{epoch}");
+        for key in ["train_loss", "train_accuracy", "non_finite_examples", "mean_batch_size"] {
+            assert!(diagnostics[key].is_number(), "{key} in {epoch}");
+        }
+        assert!(epoch["accuracy"].is_null(), "the training accuracy is not reported as accuracy");
+    }
+    assert!(report.warnings.iter().any(|w| w.contains("NOT covered")));
+    // With an evaluation set, the training accuracy is not computed.
+    let report = small_run(&mut softmax()).non_private_diagnostics(true).fit(&train, Some(&test)).unwrap();
+    assert!(report.epochs.iter().all(|e| e.diagnostics.as_ref().unwrap().train_accuracy.is_none()));
+    assert_eq!(report.diagnostics.unwrap().train_accuracy, None);
+}
+
+#[test]
+fn delta_at_or_above_one_over_n_is_refused_unless_allowed() {
+    let train = separable(100, 15);
+    let run = |delta: f64, allow: bool| {
+        Trainer::new(&mut softmax())
+            .optimizer(Sgd::new(0.1))
+            .clip_norm(1.0)
+            .noise_multiplier(1.0)
+            .expected_batch_size(10)
+            .steps(2)
+            .delta(delta)
+            .allow_large_delta(allow)
+            .seed(1)
+            .quiet(true)
+            .fit(&train, None)
+    };
+    for delta in [0.01, 0.5] {
+        match run(delta, false) {
+            Err(Error::InvalidArgument { name, message }) => {
+                assert_eq!(name, "delta");
+                assert!(message.contains("1/N") && message.contains("N = 100"), "{message}");
+            }
+            other => panic!("delta {delta}: expected a refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(run(0.0099, false).unwrap().delta, 0.0099);
+    assert_eq!(run(0.01, true).unwrap().delta, 0.01);
+    // With a target ε, δ is that of the target.
+    let err = Trainer::new(&mut softmax())
+        .optimizer(Sgd::new(0.1))
+        .clip_norm(1.0)
+        .target_privacy(1.0, 0.05)
+        .expected_batch_size(10)
+        .steps(2)
+        .quiet(true)
+        .fit(&train, None)
+        .unwrap_err();
+    assert!(matches!(&err, Error::InvalidArgument { name, .. } if name == "delta"), "{err}");
+}
+
+/// SGD that makes the parameters infinite at update `explode_at` (from 1): an overflow after some steps.
+struct ExplodingSgd {
+    inner: Sgd,
+    explode_at: u64,
+}
+
+impl dp_runtime::optim::Optimizer for ExplodingSgd {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn step(&mut self, params: &mut [f32], gradient: dp_runtime::optim::NoisyGradient<'_>, at: StepInfo) {
+        self.inner.step(params, gradient, at);
+        if at.step + 1 == self.explode_at {
+            params[0] = f32::INFINITY;
+        }
+    }
+    fn learning_rate(&self, at: StepInfo) -> f64 {
+        self.inner.learning_rate(at)
+    }
+    fn state(&self) -> dp_runtime::optim::OptimizerState {
+        self.inner.state()
+    }
+    fn load_state(
+        &mut self,
+        state: dp_runtime::optim::OptimizerState,
+        params: usize,
+    ) -> dp_runtime::Result<()> {
+        self.inner.load_state(state, params)
+    }
+}
+
+use dp_runtime::optim::StepInfo;
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("dp-runtime-trainer-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn a_fit_failing_after_steps_reports_the_steps_and_epsilon_spent_and_what_the_model_holds() {
+    // N = 100, B = 10: 10 steps per epoch; a checkpoint after each epoch; update 25 overflows.
+    let train = separable(100, 16);
+    let dir = temp_dir("interrupted");
+    let path = dir.join("run.safetensors");
+    let mut model = softmax();
+    let err = Trainer::new(&mut model)
+        .optimizer(ExplodingSgd { inner: Sgd::new(0.1), explode_at: 25 })
+        .clip_norm(1.0)
+        .noise_multiplier(1.0)
+        .expected_batch_size(10)
+        .epochs(3)
+        .seed(2)
+        .checkpoint(&path)
+        .quiet(true)
+        .fit(&train, None)
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err.root(), Error::InvalidArgument { name, .. } if name == "optimizer"), "{text}");
+    let Error::Interrupted { steps, epsilon, delta, holds, .. } = &err else { panic!("{err:?}") };
+    // 24 updates kept, the 25th computed (so accounted) and discarded.
+    let spent = accounting::epsilon(AccountantKind::Rdp, 0.1, 1.0, 25, 1e-5).unwrap().epsilon;
+    assert_eq!((*steps, *epsilon, *delta), (25, spent, 1e-5));
+    assert!(holds.contains("after step 24") && holds.contains("step 25"), "{holds}");
+    assert!(holds.contains("holds step 20") && holds.contains("run.safetensors"), "{holds}");
+    assert!(text.contains("25 accounted steps") && text.contains(&format!("{spent:.4}")), "{text}");
+    assert!(model.params.iter().all(|p| p.is_finite()));
+    let saved = dp_runtime::checkpoint::load::<SoftmaxRegression>(&path).unwrap();
+    assert_eq!(saved.steps, 20);
+
+    // An I/O error writing the first checkpoint: the epoch's 10 steps are spent.
+    let mut model = softmax();
+    let err = Trainer::new(&mut model)
+        .optimizer(Sgd::new(0.1))
+        .clip_norm(1.0)
+        .noise_multiplier(1.0)
+        .expected_batch_size(10)
+        .epochs(3)
+        .seed(2)
+        .checkpoint(dir.join("no such directory").join("run.safetensors"))
+        .quiet(true)
+        .fit(&train, None)
+        .unwrap_err();
+    assert!(matches!(err.root(), Error::Io { .. }), "{err}");
+    let Error::Interrupted { steps, epsilon, holds, .. } = &err else { panic!("{err:?}") };
+    let spent = accounting::epsilon(AccountantKind::Rdp, 0.1, 1.0, 10, 1e-5).unwrap().epsilon;
+    assert_eq!((*steps, *epsilon), (10, spent));
+    assert_eq!(holds, "the model holds the parameters after step 10");
+
+    // An error before the first step stays as it is.
+    let mut model = softmax();
+    let err = Trainer::new(&mut model)
+        .optimizer(Sgd::new(0.1))
+        .clip_norm(1.0)
+        .noise_multiplier(1.0)
+        .expected_batch_size(1000)
+        .steps(1)
+        .quiet(true)
+        .fit(&train, None)
+        .unwrap_err();
+    assert!(matches!(&err, Error::InvalidArgument { name, .. } if name == "expected_batch_size"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn seeded_init_sampling_and_noise_streams_are_domain_separated() {
+    use dp_runtime::rng::{KeySource, Streams};
+    use rand::RngCore;
+    const SEED: u64 = 7;
+    let bytes = |mut generator: rand_chacha::ChaCha20Rng| {
+        let mut out = vec![0u8; 4096];
+        generator.fill_bytes(&mut out);
+        out
+    };
+    let streams = Streams::new(KeySource::Seed(SEED), 0).unwrap();
+    let init = bytes(rng::seeded_init(SEED));
+    let sampling = bytes(streams.sampling);
+    let noise = bytes(streams.noise);
+    let plain = bytes(seeded(SEED));
+    let all = [&init, &sampling, &noise, &plain];
+    for (i, a) in all.iter().enumerate() {
+        for b in &all[i + 1..] {
+            assert_ne!(a[..32], b[..32], "two streams of seed {SEED} start alike");
+        }
+    }
+    // Reproducible.
+    assert_eq!(bytes(rng::seeded_init(SEED)), init);
+    assert_eq!(bytes(Streams::new(KeySource::Seed(SEED), 0).unwrap().noise), noise);
+    // No sampling or noise key, at any start step, is output of the generator that initialises the
+    // model (or of the plain seeded one): the initial weights reveal nothing about batches or noise.
+    for domain in [Domain::Sampling, Domain::Noise] {
+        for start in [0, 1, 20, 1000] {
+            let key = rng::derive_key(SEED, domain, start);
+            assert!(!init.windows(32).any(|w| w == key), "{domain:?} key at {start} in the init stream");
+            assert!(!plain.windows(32).any(|w| w == key), "{domain:?} key at {start} in seeded({SEED})");
+        }
+    }
+    assert_ne!(rng::derive_key(SEED, Domain::Noise, 0), rng::derive_key(SEED + 1, Domain::Noise, 0));
+    assert_ne!(rng::derive_key(SEED, Domain::Noise, 0), rng::derive_key(SEED, Domain::Noise, 1));
 }

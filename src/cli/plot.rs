@@ -77,12 +77,10 @@ mod tests {
         EpochReport {
             epoch,
             steps: epoch as u64 * 10,
-            train_loss: 0.5,
+            epsilon,
             eval_loss: Some(0.4),
             accuracy: Some(accuracy),
-            epsilon,
-            non_finite_examples: 0,
-            mean_batch_size: 8.0,
+            diagnostics: None,
         }
     }
 

@@ -257,7 +257,8 @@ fn with_flag(error: Error) -> Error {
 pub fn epoch_json(epoch: &EpochReport, seconds: f64) -> serde_json::Value {
     json!({
         "epoch": epoch.epoch,
-        "loss": epoch.train_loss,
+        // The training loss is not private: null unless the trainer's non-private diagnostics are on.
+        "loss": epoch.diagnostics.as_ref().map(|d| d.train_loss),
         "test_loss": epoch.eval_loss,
         "accuracy": epoch.accuracy,
         "epsilon": epoch.epsilon.is_finite().then_some(epoch.epsilon),
@@ -281,7 +282,7 @@ impl ModelVisitor for Train {
         let started = Instant::now();
         let (train, test) = D::load::<M>(&args.data)?;
         let mut model = match args.seed {
-            Some(seed) => M::init(&mut rng::seeded(seed)),
+            Some(seed) => M::init(&mut rng::seeded_init(seed)),
             None => M::init(&mut rng::from_os()?),
         };
         eprintln!(

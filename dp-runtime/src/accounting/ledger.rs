@@ -65,6 +65,30 @@ impl Ledger {
         self.entries.iter().map(|e| e.steps).sum()
     }
 
+    /// Checks every recorded phase, naming the offending field and phase: a ledger read from a file
+    /// (a checkpoint) may be corrupted, and it must be refused when it is read, not when ε is next
+    /// computed. Each phase has at least one step, a sampling rate in (0, 1], a positive finite noise
+    /// multiplier, and (discrete Gaussian) a positive finite sensitivity and σ and a dimension ≥ 1.
+    /// An empty ledger is valid: nothing was spent.
+    pub fn validate(&self) -> Result<()> {
+        for (index, entry) in self.entries.iter().enumerate() {
+            let in_phase = |error: Error| match error {
+                Error::InvalidArgument { name, message } => {
+                    Error::invalid(format!("ledger phase {index}: {name}"), message)
+                }
+                other => other,
+            };
+            if entry.steps == 0 {
+                return Err(Error::invalid(
+                    format!("ledger phase {index}: steps"),
+                    "a phase has at least 1 step",
+                ));
+            }
+            check_entry(entry).map_err(in_phase)?;
+        }
+        Ok(())
+    }
+
     /// ε at `delta` of everything recorded, by the accountant `kind`. An empty ledger spends ε = 0.
     ///
     /// Under PLD, discrete Gaussian phases cannot be turned into a privacy loss distribution here; a

@@ -127,8 +127,10 @@ impl<'m, M: DpModel> Trainer<'m, M> {
         self
     }
 
-    /// Resume from a checkpoint: parameters, optimizer state, step count and ledger; the plan's
-    /// remaining steps are trained with fresh noise.
+    /// Resume from a checkpoint: parameters, optimizer state, step count, epoch and ledger; the plan's
+    /// remaining steps are trained with fresh noise. `fit` refuses (`Error::Mismatch`, naming each
+    /// differing field with both values) a checkpoint whose run identity — model, N, q, σ, δ, B,
+    /// planned steps — differs from this run's plan, so the run ends with the ε of an uninterrupted one.
     pub fn resume_from(mut self, path: impl Into<PathBuf>) -> Self {
         self.resume = Some(path.into());
         self
@@ -139,6 +141,24 @@ impl<'m, M: DpModel> Trainer<'m, M> {
     /// the steps actually taken, and `report.stopped_at_max_steps` says the run was cut.
     pub fn max_steps(mut self, steps: u64) -> Self {
         self.max_steps = Some(steps);
+        self
+    }
+
+    /// Also compute and show statistics of the training data: training loss, training accuracy (only
+    /// without an evaluation set), non-finite example counts and realised batch sizes, in
+    /// `EpochReport::diagnostics`, `Report::diagnostics` and the progress display. They are NOT
+    /// private — computed on the training data without noise and not accounted — and each is marked
+    /// `not_private` (`(not private)` in the display). Default false: reports carry only
+    /// data-independent values and evaluation-set metrics.
+    pub fn non_private_diagnostics(mut self, on: bool) -> Self {
+        self.non_private_diagnostics = on;
+        self
+    }
+
+    /// Accept δ ≥ 1/N (N training examples), which `fit` refuses by default: at such a δ the
+    /// guarantee allows publishing one example outright (see `plan::check_delta_for_examples`).
+    pub fn allow_large_delta(mut self, allow: bool) -> Self {
+        self.allow_large_delta = allow;
         self
     }
 

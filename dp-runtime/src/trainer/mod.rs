@@ -10,20 +10,20 @@ pub mod progress;
 pub mod report;
 pub mod step;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-pub use report::{EpochReport, Report, SecureReport};
+pub use report::{Diagnostics, EpochReport, Report, RunDiagnostics, SecureReport};
 
 use crate::accounting::{AccountantKind, Ledger};
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint::{self, Checkpoint, RunIdentity};
 use crate::clipping::ClipMode;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{DpModel, Loss};
 use crate::noise::{GaussianNoise, SecureAggregator};
 use crate::optim::{NoisyGradient, Optimizer, StepInfo};
-use crate::plan::{Length, NoiseSpec, PlanConfig, PrivacyPlan, SecureGrid};
+use crate::plan::{self, Length, NoiseSpec, PlanConfig, PrivacyPlan, SecureGrid};
 use crate::rng::{KeySource, Streams};
 use crate::sampling::{Sampler, SamplingMode};
 use progress::Progress;
@@ -62,6 +62,8 @@ pub struct Trainer<'m, M: DpModel> {
     resume: Option<PathBuf>,
     max_steps: Option<u64>,
     on_epoch: Option<Box<EpochCallback<'m>>>,
+    non_private_diagnostics: bool,
+    allow_large_delta: bool,
     conflicts: Vec<Error>,
 }
 
@@ -69,8 +71,8 @@ pub struct Trainer<'m, M: DpModel> {
 pub type EpochCallback<'m> = dyn FnMut(&EpochReport) + 'm;
 
 impl<'m, M: DpModel> Trainer<'m, M> {
-    /// A trainer for `model`, with defaults: flat clipping, Poisson sampling, RDP accountant, δ = 1e-5,
-    /// keys from the operating system.
+    /// A trainer for `model`, with defaults: flat clipping, Poisson sampling, RDP accountant, δ = 1e-5
+    /// (refused when ≥ 1/N), keys from the operating system, no non-private diagnostics.
     pub fn new(model: &'m mut M) -> Self {
         Trainer {
             model,
@@ -93,11 +95,19 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             resume: None,
             max_steps: None,
             on_epoch: None,
+            non_private_diagnostics: false,
+            allow_large_delta: false,
             conflicts: Vec::new(),
         }
     }
 
-    /// Trains on `train` and evaluates on `eval` (or on `train` without it) after every epoch.
+    /// Trains on `train` and, when `eval` is given, evaluates on it after every epoch (there is no
+    /// evaluation on the training set: its metrics would not be private; see
+    /// [`non_private_diagnostics`](Self::non_private_diagnostics)).
+    ///
+    /// Errors before the first step (settings, data, checkpoint, δ ≥ 1/N) are returned as they are.
+    /// A failure after privacy was spent (an overflowing update, an I/O error writing a checkpoint, ...)
+    /// is an [`Error::Interrupted`] with the steps accounted, the ε spent and what the model holds.
     pub fn fit(self, train: &Dataset<M::Input>, eval: Option<&Dataset<M::Input>>) -> Result<Report> {
         let Trainer {
             model,
@@ -109,6 +119,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             expected_batch_size,
             length,
             mut on_epoch,
+            non_private_diagnostics,
             ..
         } = self;
         if let Some(conflict) = self.conflicts.into_iter().next() {
@@ -139,7 +150,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
 
         // Resumed state.
         let resumed = match &self.resume {
-            Some(path) => Some(checkpoint::load::<M>(path)?),
+            Some(path) => Some((path.as_path(), checkpoint::load::<M>(path)?)),
             None => None,
         };
         let secure_grid = self.secure_noise.then(|| SecureGrid {
@@ -156,11 +167,27 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             sampling: self.sampling,
             secure: secure_grid,
         };
-        let ledger = resumed.as_ref().map(|c| c.ledger.clone()).unwrap_or_else(Ledger::new);
+        let ledger = resumed.as_ref().map(|(_, c)| c.ledger.clone()).unwrap_or_else(Ledger::new);
         let mut plan = PrivacyPlan::new(&config, ledger)?;
-        if let Some(c) = resumed {
-            model.params_mut().copy_from_slice(&c.params);
+        if !self.allow_large_delta {
+            plan::check_delta_for_examples(plan.delta(), plan.examples())?;
+        }
+        if let Some((path, c)) = resumed {
+            let differences = c.identity.differences(&RunIdentity::of_plan::<M>(&plan));
+            if !differences.is_empty() {
+                return Err(Error::Mismatch {
+                    model: M::NAME.to_string(),
+                    message: format!(
+                        "cannot resume from {}: it was written by another run ({}); resume with the \
+                         settings of the run that wrote it",
+                        path.display(),
+                        differences.join("; ")
+                    ),
+                });
+            }
+            // The optimizer first: if its state does not fit, the model is left untouched.
             optimizer.load_state(c.optimizer, M::PARAM_COUNT)?;
+            model.params_mut().copy_from_slice(&c.params);
         }
         let mut aggregator = match self.secure_noise {
             true => {
@@ -223,6 +250,9 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     .to_string(),
             );
         }
+        if non_private_diagnostics {
+            warnings.push(NON_PRIVATE_DIAGNOSTICS_WARNING.to_string());
+        }
 
         let source = self.seed.map_or(KeySource::Os, KeySource::Seed);
         let streams = Streams::new(source, start_step)?;
@@ -235,99 +265,139 @@ impl<'m, M: DpModel> Trainer<'m, M> {
         // Room for a Poisson batch up to B + 5√B without growing the workspace.
         let typical_batch = expected_batch_size + 5 * (expected_batch_size as f64).sqrt().ceil() as usize;
         let mut engine = StepEngine::<M>::new(clip_norm, clip_mode, max_chunk, typical_batch);
-        let eval_data = eval.unwrap_or(train);
         let noise_std = plan.noise_multiplier() * clip_norm;
         let progress = Progress::new(last_step, start_step, self.quiet);
+        let checkpoint_path = self.checkpoint.as_deref();
 
         let mut epochs = Vec::new();
         let mut indices = Vec::new();
         let mut previous = model.params().to_vec();
         let mut step = start_step;
         let mut total_non_finite = 0u64;
+        let mut last_checkpoint: Option<u64> = None;
         let mut epoch = (1..).find(|&e| plan.epoch_end(e) > step || e >= plan.epochs()).unwrap_or(1);
-        while step < last_step {
-            let epoch_stop = plan.epoch_end(epoch).min(last_step);
-            let (mut loss_sum, mut loss_count, mut non_finite, mut examples, mut steps_in_epoch) =
-                (0.0, 0usize, 0u64, 0usize, 0u64);
-            while step < epoch_stop {
-                sampler.sample(&mut sampling_rng, &mut indices);
-                let at = StepInfo { step, total_steps: plan.total_steps() };
-                previous.copy_from_slice(model.params());
-                let stats = match aggregator.as_mut() {
-                    None => {
-                        let stats =
-                            engine.clipped_sum_and_noise(model, train, &indices, &mut noise_stream)?;
-                        let gradient = NoisyGradient::with_drawn_noise(
-                            &engine.clipped_sum,
-                            engine.drawn_noise(),
-                            noise_std,
-                            plan.normaliser(),
-                        );
-                        optimizer.step(model.params_mut(), gradient, at);
-                        stats
+        // The loop is a closure so that any error it returns, after privacy was spent, can be reported
+        // with the steps and ε it cost (below).
+        let mut train_remaining_steps = || -> Result<()> {
+            while step < last_step {
+                let epoch_stop = plan.epoch_end(epoch).min(last_step);
+                let (mut loss_sum, mut loss_count, mut non_finite, mut examples, mut steps_in_epoch) =
+                    (0.0, 0usize, 0u64, 0usize, 0u64);
+                while step < epoch_stop {
+                    sampler.sample(&mut sampling_rng, &mut indices);
+                    let at = StepInfo { step, total_steps: plan.total_steps() };
+                    previous.copy_from_slice(model.params());
+                    let stats = match aggregator.as_mut() {
+                        None => {
+                            let stats =
+                                engine.clipped_sum_and_noise(model, train, &indices, &mut noise_stream)?;
+                            let gradient = NoisyGradient::with_drawn_noise(
+                                &engine.clipped_sum,
+                                engine.drawn_noise(),
+                                noise_std,
+                                plan.normaliser(),
+                            );
+                            optimizer.step(model.params_mut(), gradient, at);
+                            stats
+                        }
+                        Some(agg) => {
+                            let stats = engine.secure_sum(model, train, &indices, agg)?;
+                            agg.release(noise_stream.rng(), &mut engine.clipped_sum);
+                            let gradient =
+                                NoisyGradient::new(&engine.clipped_sum, None, 0.0, plan.normaliser());
+                            optimizer.step(model.params_mut(), gradient, at);
+                            stats
+                        }
+                    };
+                    // The noisy gradient was computed from the data: the step is spent even if its
+                    // update is discarded below.
+                    plan.record_step();
+                    if model.params().iter().any(|p| !p.is_finite()) {
+                        // Keep the model as it was before the failing update: parameters never become NaN.
+                        model.params_mut().copy_from_slice(&previous);
+                        return Err(Error::invalid(
+                            "optimizer",
+                            format!("the update of step {} overflowed: lower the learning rate", step + 1),
+                        ));
                     }
-                    Some(agg) => {
-                        let stats = engine.secure_sum(model, train, &indices, agg)?;
-                        agg.release(noise_stream.rng(), &mut engine.clipped_sum);
-                        let gradient = NoisyGradient::new(&engine.clipped_sum, None, 0.0, plan.normaliser());
-                        optimizer.step(model.params_mut(), gradient, at);
-                        stats
-                    }
-                };
-                plan.record_step();
-                if model.params().iter().any(|p| !p.is_finite()) {
-                    // Keep the model as it was before the failing update: parameters never become NaN.
-                    model.params_mut().copy_from_slice(&previous);
-                    return Err(Error::invalid(
-                        "optimizer",
-                        format!("the update of step {} overflowed: lower the learning rate", step + 1),
-                    ));
+                    step += 1;
+                    steps_in_epoch += 1;
+                    loss_sum += stats.loss_sum;
+                    loss_count += stats.loss_count;
+                    non_finite += stats.non_finite as u64;
+                    examples += stats.examples;
+                    progress.step(non_private_diagnostics.then(|| loss_sum / loss_count.max(1) as f64));
                 }
-                step += 1;
-                steps_in_epoch += 1;
-                loss_sum += stats.loss_sum;
-                loss_count += stats.loss_count;
-                non_finite += stats.non_finite as u64;
-                examples += stats.examples;
-                progress.step(loss_sum / loss_count.max(1) as f64);
-            }
-            total_non_finite += non_finite;
-            let spent = plan.epsilon()?;
-            let (eval_loss, accuracy) = report::evaluate(model, engine.workspace(), eval_data, max_chunk);
-            let record = EpochReport {
-                epoch,
-                steps: step,
-                train_loss: loss_sum / loss_count.max(1) as f64,
-                eval_loss: eval.map(|_| eval_loss),
-                accuracy,
-                epsilon: spent.epsilon,
-                non_finite_examples: non_finite,
-                mean_batch_size: examples as f64 / steps_in_epoch.max(1) as f64,
-            };
-            progress.epoch(&record);
-            if let Some(callback) = on_epoch.as_mut() {
-                callback(&record);
-            }
-            epochs.push(record);
-            if let Some(path) = &self.checkpoint {
-                let saved = Checkpoint {
-                    params: model.params().to_vec(),
-                    optimizer: optimizer.state(),
-                    steps: step,
-                    ledger: plan.ledger().clone(),
-                    noise_multiplier: plan.noise_multiplier(),
+                total_non_finite += non_finite;
+                let spent = plan.epsilon()?;
+                let (eval_loss, accuracy) = match eval {
+                    Some(eval) => {
+                        let (loss, accuracy) = report::evaluate(model, engine.workspace(), eval, max_chunk);
+                        (Some(loss), accuracy)
+                    }
+                    None => (None, None),
                 };
-                checkpoint::save::<M>(path, &saved)?;
+                let diagnostics = non_private_diagnostics.then(|| Diagnostics {
+                    train_loss: loss_sum / loss_count.max(1) as f64,
+                    train_accuracy: match eval {
+                        Some(_) => None,
+                        None => report::evaluate(model, engine.workspace(), train, max_chunk).1,
+                    },
+                    non_finite_examples: non_finite,
+                    mean_batch_size: examples as f64 / steps_in_epoch.max(1) as f64,
+                });
+                let record = EpochReport {
+                    epoch,
+                    steps: step,
+                    epsilon: spent.epsilon,
+                    eval_loss,
+                    accuracy,
+                    diagnostics,
+                };
+                progress.epoch(&record);
+                if let Some(callback) = on_epoch.as_mut() {
+                    callback(&record);
+                }
+                epochs.push(record);
+                if let Some(path) = checkpoint_path {
+                    let saved = Checkpoint {
+                        params: model.params().to_vec(),
+                        optimizer: optimizer.state(),
+                        steps: step,
+                        ledger: plan.ledger().clone(),
+                        identity: RunIdentity::of_plan::<M>(&plan),
+                    };
+                    checkpoint::save::<M>(path, &saved)?;
+                    last_checkpoint = Some(step);
+                }
+                epoch += 1;
             }
-            epoch += 1;
-        }
+            Ok(())
+        };
+        let outcome = train_remaining_steps();
         progress.finish();
+        if let Err(cause) = outcome {
+            let saved = checkpoint_path.zip(last_checkpoint);
+            return Err(interrupted(cause, &mut plan, step, saved));
+        }
 
         let spent = plan.epsilon()?;
-        let accuracy = match epochs.last().and_then(|e| e.accuracy) {
-            Some(a) => a,
-            None => report::evaluate(model, engine.workspace(), eval_data, max_chunk).1.unwrap_or(f64::NAN),
+        let accuracy = match eval {
+            None => None,
+            Some(eval) => match epochs.last() {
+                Some(last) => last.accuracy,
+                // A resumed run that had no step left: evaluate the checkpoint's parameters.
+                None => report::evaluate(model, engine.workspace(), eval, max_chunk).1,
+            },
         };
+        let diagnostics = non_private_diagnostics.then(|| RunDiagnostics {
+            non_finite_examples: total_non_finite,
+            train_accuracy: match (eval, epochs.last().and_then(|e| e.diagnostics.as_ref())) {
+                (Some(_), _) => None,
+                (None, Some(last)) => last.train_accuracy,
+                (None, None) => report::evaluate(model, engine.workspace(), train, max_chunk).1,
+            },
+        });
         let secure = aggregator.as_ref().map(|a| SecureReport {
             grid_step: a.grid_step(),
             l2_sensitivity: a.l2_sensitivity(),
@@ -335,7 +405,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
         });
         Ok(Report {
             epochs,
-            accuracy,
+            accuracy: accuracy.unwrap_or(f64::NAN),
             epsilon: spent.epsilon,
             order: spent.order,
             delta: plan.delta(),
@@ -346,13 +416,51 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             expected_batch_size: plan.expected_batch_size(),
             sampling: plan.sampling(),
             accountant: plan.accountant(),
-            non_finite_examples: total_non_finite,
             secure,
             stopped_at_budget: stopped_at_budget && step < plan.total_steps(),
             stopped_at_max_steps,
             warnings,
+            diagnostics,
         })
     }
+}
+
+/// The warning of a run with non-private diagnostics.
+pub const NON_PRIVATE_DIAGNOSTICS_WARNING: &str =
+    "non-private diagnostics: the training loss, training accuracy, non-finite counts and batch sizes \
+     reported are computed on the training data without noise and are NOT covered by epsilon";
+
+/// The error of a run that failed after `plan` accounted at least one step (the cause itself
+/// otherwise): the steps accounted, the ε spent at δ, and what the model and the last checkpoint
+/// hold. `completed` is the number of steps whose update the model holds.
+fn interrupted(cause: Error, plan: &mut PrivacyPlan, completed: u64, saved: Option<(&Path, u64)>) -> Error {
+    let accounted = plan.steps_taken();
+    if accounted == 0 {
+        return cause;
+    }
+    let delta = plan.delta();
+    // The chosen accountant can fail (e.g. δ below the PLD resolution); RDP bounds the same ledger,
+    // and without any bound nothing is claimed (ε = ∞).
+    let epsilon = match plan.epsilon() {
+        Ok(spent) => spent.epsilon,
+        Err(_) => plan.ledger().epsilon(AccountantKind::Rdp, delta).map_or(f64::INFINITY, |e| e.epsilon),
+    };
+    let mut holds = if accounted > completed {
+        format!(
+            "the model holds the parameters after step {completed}, before the failing update of step {} \
+             (its noisy gradient was computed, so that step is accounted)",
+            completed + 1
+        )
+    } else {
+        format!("the model holds the parameters after step {completed}")
+    };
+    if let Some((path, steps)) = saved {
+        holds.push_str(&format!(
+            "; the checkpoint {} holds step {steps} and can be resumed with the same settings",
+            path.display()
+        ));
+    }
+    Error::Interrupted { steps: accounted, epsilon, delta, holds, source: Box::new(cause) }
 }
 
 /// Checks that `data` fits model `M`: example shape, label length, label values, token ids.

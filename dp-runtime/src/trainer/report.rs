@@ -5,25 +5,76 @@ use crate::data::Dataset;
 use crate::model::{DpModel, Loss, Workspace};
 use crate::sampling::SamplingMode;
 
-/// One epoch's numbers.
+/// One epoch's numbers. Everything but `diagnostics` is covered by the guarantee: `epoch`, `steps`
+/// and `epsilon` are data-independent, and `eval_loss`/`accuracy` are computed from the released
+/// parameters on the evaluation set, not on the training data (see docs/PRIVACY.md).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct EpochReport {
     /// Epoch number, from 1.
     pub epoch: usize,
     /// Steps taken by the end of this epoch (cumulative, including resumed ones).
     pub steps: u64,
-    /// Mean training loss over the examples sampled this epoch whose gradient was finite.
-    pub train_loss: f64,
-    /// Mean loss on the evaluation set, when one was given.
-    pub eval_loss: Option<f64>,
-    /// Accuracy on the evaluation set (or the training set without one); `None` for regression.
-    pub accuracy: Option<f64>,
     /// ε spent by the end of this epoch, at the run's δ.
     pub epsilon: f64,
+    /// Mean loss on the evaluation set; `None` without one.
+    pub eval_loss: Option<f64>,
+    /// Accuracy on the evaluation set; `None` without one, and for regression (MSE).
+    pub accuracy: Option<f64>,
+    /// Statistics of the training data, NOT private: only with
+    /// [`Trainer::non_private_diagnostics`](super::Trainer::non_private_diagnostics).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diagnostics: Option<Diagnostics>,
+}
+
+/// Statistics of one epoch computed on the training data without noise and without accounting: they
+/// are NOT covered by the privacy guarantee (they can reveal whether one example is in the data).
+/// Serialised with `"not_private": true`, so that no JSON consumer can mistake them for private values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diagnostics {
+    /// Mean training loss over the examples sampled this epoch whose gradient was finite.
+    pub train_loss: f64,
+    /// Accuracy on the training set after this epoch; only when no evaluation set was given
+    /// (`None` then for regression too).
+    pub train_accuracy: Option<f64>,
     /// Examples of this epoch whose gradient norm was NaN or infinite (they contributed zero).
     pub non_finite_examples: u64,
-    /// Mean realised batch size this epoch (Poisson: about B).
+    /// Mean realised batch size this epoch (Poisson: about B; its deviation depends on the data size).
     pub mean_batch_size: f64,
+}
+
+impl serde::Serialize for Diagnostics {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut fields = serializer.serialize_struct("Diagnostics", 5)?;
+        fields.serialize_field("not_private", &true)?;
+        fields.serialize_field("train_loss", &self.train_loss)?;
+        fields.serialize_field("train_accuracy", &self.train_accuracy)?;
+        fields.serialize_field("non_finite_examples", &self.non_finite_examples)?;
+        fields.serialize_field("mean_batch_size", &self.mean_batch_size)?;
+        fields.end()
+    }
+}
+
+/// Statistics of a whole run computed on the training data, NOT private (see [`Diagnostics`]);
+/// serialised with `"not_private": true`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunDiagnostics {
+    /// Examples with a non-finite gradient norm in the whole run (this session, for a resumed run).
+    pub non_finite_examples: u64,
+    /// Final accuracy on the training set; only when no evaluation set was given (`None` then for
+    /// regression too).
+    pub train_accuracy: Option<f64>,
+}
+
+impl serde::Serialize for RunDiagnostics {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut fields = serializer.serialize_struct("RunDiagnostics", 3)?;
+        fields.serialize_field("not_private", &true)?;
+        fields.serialize_field("non_finite_examples", &self.non_finite_examples)?;
+        fields.serialize_field("train_accuracy", &self.train_accuracy)?;
+        fields.end()
+    }
 }
 
 /// Secure-mode parameters, as accounted.
@@ -37,13 +88,14 @@ pub struct SecureReport {
     pub sigma: f64,
 }
 
-/// The result of [`Trainer::fit`](super::Trainer::fit).
+/// The result of [`Trainer::fit`](super::Trainer::fit). Private by default: everything but
+/// `diagnostics` is data-independent or computed on the evaluation set.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
-    /// Per-epoch numbers.
+    /// Per-epoch numbers (of this session: a resumed run reports the epochs it trained).
     pub epochs: Vec<EpochReport>,
-    /// Final accuracy (evaluation set, or training set without one). Regression (MSE) models have
-    /// no accuracy: NaN there, and `epochs[..].accuracy` is `None`.
+    /// Final accuracy on the evaluation set. NaN without an evaluation set, and for regression (MSE)
+    /// models (whose `epochs[..].accuracy` is `None`).
     pub accuracy: f64,
     /// Final ε at δ (0 if no step was taken).
     pub epsilon: f64,
@@ -65,8 +117,6 @@ pub struct Report {
     pub sampling: SamplingMode,
     /// The accountant used.
     pub accountant: AccountantKind,
-    /// Examples with a non-finite gradient norm in the whole run.
-    pub non_finite_examples: u64,
     /// `Some` in secure mode.
     pub secure: Option<SecureReport>,
     /// Whether training stopped early because the privacy budget was reached.
@@ -75,6 +125,10 @@ pub struct Report {
     pub stopped_at_max_steps: bool,
     /// Warnings: a seeded (not private) run, shuffled sampling accounted as Poisson, ...
     pub warnings: Vec<String>,
+    /// Statistics of the training data, NOT private: only with
+    /// [`Trainer::non_private_diagnostics`](super::Trainer::non_private_diagnostics).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diagnostics: Option<RunDiagnostics>,
 }
 
 /// Mean loss and accuracy (`None` for MSE) of `model` on `data`, in batches of at most `chunk`.
