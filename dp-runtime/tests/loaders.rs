@@ -364,10 +364,10 @@ fn adult_public_encoding_fixes_categories_and_bounds() {
     assert_eq!(train.input(0), &expected_adult_features(20.0, Some(0), Some(38), 40.0)[..]);
     assert_eq!(train.input(1), &expected_adult_features(40.0, Some(5), Some(12), 40.0)[..]);
     assert_eq!(train.input(2), &expected_adult_features(60.0, None, Some(38), 40.0)[..], "'?' gives zeros");
-    // Capital gain 5000 on the log scale, capital loss 1e9 clipped to 99,999 (1.0).
+    // Capital gain 5000 in units of $10,000; capital loss 1e9 clipped to 99,999.
     let mut expected = expected_adult_features(50.0, Some(3), Some(40), 99.0);
-    expected[CAPITAL_GAIN] = (5000f64.ln_1p() / 99_999f64.ln_1p()) as f32;
-    expected[CAPITAL_LOSS] = 1.0;
+    expected[CAPITAL_GAIN] = 0.5;
+    expected[CAPITAL_LOSS] = 9.9999;
     assert_eq!(test.input(0), &expected[..]);
     assert_eq!(
         test.input(1),
@@ -421,25 +421,27 @@ fn schema_csv_handles_another_file_and_column_order() {
             ],
         )
     };
-    let encoder = public(&["red", "green"], NumericScale::linear(1.0, 5.0)).unwrap();
+    let encoder = public(&["red", "green"], NumericScale::unit_interval(1.0, 5.0)).unwrap();
     assert_eq!(encoder.provenance(), Provenance::Public);
     let (data, counts) = encoder.encode(&table).unwrap();
     assert_eq!(encoder.feature_names(), ["colour=red", "colour=green", "size"]);
     assert_eq!(data.inputs, vec![1.0, 0.0, 0.5, 0.0, 0.0, 0.5, 0.0, 0.0, 0.5]);
     assert_eq!(counts, tabular::EncodeCounts { missing: 1, unknown: 1, clipped: 0 });
-    let (data, counts) = public(&["blue"], NumericScale::log1p(0.0, 3.0)).unwrap().encode(&table).unwrap();
-    assert_eq!(data.inputs, vec![0.0, 1.0, 1.0, 1.0, 0.0, 1.0]);
+    let half = NumericScale { low: 0.0, high: 5.0, unit: 2.0 };
+    let (data, counts) = public(&["blue"], half).unwrap().encode(&table).unwrap();
+    assert_eq!(data.inputs, vec![0.0, 1.5, 1.0, 1.5, 0.0, 1.5]);
     assert_eq!(counts, tabular::EncodeCounts { missing: 1, unknown: 1, clipped: 0 });
-    let (data, counts) = public(&["blue"], NumericScale::linear(4.0, 8.0)).unwrap().encode(&table).unwrap();
+    let (data, counts) =
+        public(&["blue"], NumericScale::unit_interval(4.0, 8.0)).unwrap().encode(&table).unwrap();
     assert_eq!((data.inputs[1], counts.clipped), (0.0, 3));
     for (colours, scale, message) in [
-        (&["red", "red"][..], NumericScale::linear(0.0, 1.0), "'red' is listed twice"),
-        (&["NA"][..], NumericScale::linear(0.0, 1.0), "the missing marker"),
-        (&[" red"][..], NumericScale::linear(0.0, 1.0), "surrounding whitespace"),
-        (&[][..], NumericScale::linear(0.0, 1.0), "the category list is empty"),
-        (&["red"][..], NumericScale::linear(2.0, 2.0), "low < high"),
-        (&["red"][..], NumericScale::linear(0.0, f64::INFINITY), "not finite"),
-        (&["red"][..], NumericScale::log1p(-1.0, 2.0), "low > -1"),
+        (&["red", "red"][..], NumericScale::unit_interval(0.0, 1.0), "'red' is listed twice"),
+        (&["NA"][..], NumericScale::unit_interval(0.0, 1.0), "the missing marker"),
+        (&[" red"][..], NumericScale::unit_interval(0.0, 1.0), "surrounding whitespace"),
+        (&[][..], NumericScale::unit_interval(0.0, 1.0), "the category list is empty"),
+        (&["red"][..], NumericScale::unit_interval(2.0, 2.0), "low < high"),
+        (&["red"][..], NumericScale::unit_interval(0.0, f64::INFINITY), "must be finite"),
+        (&["red"][..], NumericScale { low: 0.0, high: 1.0, unit: 0.0 }, "unit > 0"),
     ] {
         match public(colours, scale) {
             Err(e @ Error::InvalidArgument { .. }) => assert!(e.to_string().contains(message), "{e}"),
@@ -449,7 +451,7 @@ fn schema_csv_handles_another_file_and_column_order() {
     for encodings in [
         vec![PublicEncoding::OneHot(vec!["red".into()])],
         vec![
-            PublicEncoding::Scaled(NumericScale::linear(0.0, 1.0)),
+            PublicEncoding::Scaled(NumericScale::unit_interval(0.0, 1.0)),
             PublicEncoding::OneHot(vec!["red".into()]),
         ],
     ] {
@@ -1039,18 +1041,26 @@ fn real_adult() {
         assert_eq!(published, present, "column {column}");
     }
     // About 24% of both splits earn more than 50K.
+    // Features in [0, 1], capital gains and losses in [0, 9.9999] (units of $10,000).
     for data in [train, test] {
         let positive = data.labels.iter().sum::<f32>() / data.len() as f32;
         assert!((0.23..0.25).contains(&positive), "{positive}");
-        assert!(data.inputs.iter().all(|x| (0.0..=1.0).contains(x)));
+        for (j, x) in data.inputs.iter().enumerate() {
+            let top =
+                if [CAPITAL_GAIN, CAPITAL_LOSS].contains(&(j % adult::FEATURES)) { 9.9999 } else { 1.0 };
+            assert!((0.0..=top).contains(x), "feature {} is {x}", j % adult::FEATURES);
+        }
     }
-    // The scaled columns reach both ends of [0, 1] (age 17 and 90, 1 and 99 hours, a 99,999 gain).
+    // The scaled columns reach both ends (age 17 and 90, levels 1 and 16, 1 and 99 hours, the
+    // 99,999 top-coded gain).
     let names = encoder.feature_names();
-    for column in ["age", "education-num", "capital-gain", "hours-per-week"] {
+    for (column, top) in
+        [("age", 1.0), ("education-num", 1.0), ("capital-gain", 9.9999), ("hours-per-week", 1.0)]
+    {
         let j = names.iter().position(|n| n == column).unwrap();
         let values = (0..train.len()).map(|i| train.input(i)[j]);
         let (min, max) = values.fold((f32::MAX, f32::MIN), |(lo, hi), x| (lo.min(x), hi.max(x)));
-        assert_eq!((min, max), (0.0, 1.0), "{column}");
+        assert_eq!((min, max), (0.0, top), "{column}");
     }
 }
 

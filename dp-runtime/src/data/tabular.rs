@@ -17,10 +17,9 @@
 //!   list's order, or sorted by name when fitted); the missing marker (e.g. `?`) and a category
 //!   not in the list both give an all-zero block (an implicit "other" level, so the width never
 //!   changes) and are counted in [`EncodeCounts`];
-//! - a numeric column with public bounds `[low, high]` is clipped to them (and counted when it
-//!   was outside) and scaled to `[0, 1]`: `(f(x) − f(low)) / (f(high) − f(low))` with `f` the
-//!   identity ([`ScaleTransform::Linear`]) or `ln(1 + x)` ([`ScaleTransform::Log1p`], for heavy
-//!   tails such as money);
+//! - a numeric column with public bounds `[low, high]` and a public `unit` ([`NumericScale`]) is
+//!   clipped to the bounds (and counted when it was outside) and encoded as `(x − low) / unit`;
+//!   [`NumericScale::unit_interval`] takes the whole range as the unit, giving `[0, 1]`;
 //! - a numeric column fitted to private data becomes `(x − mean) / std` with the training
 //!   statistics (population standard deviation; a constant column uses std 1).
 //!
@@ -36,72 +35,46 @@ use crate::error::{Error, Result};
 /// How one feature column is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnKind {
-    /// A number: scaled by public bounds, or standardised when fitted to private data.
+    /// A number: clipped and scaled by public bounds, or standardised when fitted to private data.
     Numeric,
     /// A category, one-hot encoded over a category list.
     Categorical,
 }
 
-/// The function applied to a bounded number before it is scaled to `[0, 1]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScaleTransform {
-    /// The number itself.
-    Linear,
-    /// `ln(1 + x)`: spreads the small values of a heavy-tailed column (bounds must exceed −1).
-    Log1p,
-}
-
-/// Public bounds of a numeric column: values are clipped to `[low, high]`, then scaled to `[0, 1]`.
+/// Public bounds and unit of a numeric column: a value is clipped to `[low, high]`, then encoded as
+/// `(x − low) / unit`, so it lies in `[0, (high − low) / unit]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NumericScale {
-    /// The lower bound (maps to 0).
+    /// The lower bound (encodes to 0).
     pub low: f64,
-    /// The upper bound (maps to 1).
+    /// The upper bound.
     pub high: f64,
-    /// The function applied before scaling.
-    pub transform: ScaleTransform,
+    /// The width of one unit of the encoded feature.
+    pub unit: f64,
 }
 
 impl NumericScale {
-    /// A linear scale of `[low, high]` onto `[0, 1]`.
-    pub fn linear(low: f64, high: f64) -> Self {
-        NumericScale { low, high, transform: ScaleTransform::Linear }
+    /// `[low, high]` onto `[0, 1]` (the unit is the whole range).
+    pub fn unit_interval(low: f64, high: f64) -> Self {
+        NumericScale { low, high, unit: high - low }
     }
 
-    /// A `ln(1 + x)` scale of `[low, high]` onto `[0, 1]`.
-    pub fn log1p(low: f64, high: f64) -> Self {
-        NumericScale { low, high, transform: ScaleTransform::Log1p }
-    }
-
-    fn transformed(&self, x: f64) -> f64 {
-        match self.transform {
-            ScaleTransform::Linear => x,
-            ScaleTransform::Log1p => x.ln_1p(),
-        }
-    }
-
-    /// The scaled value of `x` in `[0, 1]`, and whether `x` had to be clipped.
+    /// The encoded value of `x`, and whether `x` had to be clipped.
     fn scale(&self, x: f64) -> (f64, bool) {
         let clipped = x.clamp(self.low, self.high);
-        let (low, high) = (self.transformed(self.low), self.transformed(self.high));
-        ((self.transformed(clipped) - low) / (high - low), clipped != x)
+        ((clipped - self.low) / self.unit, clipped != x)
     }
 
     fn check(&self, column: &str) -> Result<()> {
-        let valid = self.low.is_finite()
-            && self.high.is_finite()
-            && self.low < self.high
-            && (self.transform == ScaleTransform::Linear || self.low > -1.0);
-        if valid {
+        let finite = self.low.is_finite() && self.high.is_finite() && self.unit.is_finite();
+        if finite && self.low < self.high && self.unit > 0.0 {
             Ok(())
         } else {
             Err(Error::invalid(
                 "schema",
                 format!(
-                    "column '{column}': bounds [{}, {}] are not finite with low < high{}",
-                    self.low,
-                    self.high,
-                    if self.transform == ScaleTransform::Log1p { " and low > -1 (log1p)" } else { "" }
+                    "column '{column}': bounds [{}, {}] and unit {} must be finite with low < high and unit > 0",
+                    self.low, self.high, self.unit
                 ),
             ))
         }
