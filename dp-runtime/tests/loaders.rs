@@ -364,10 +364,10 @@ fn adult_public_encoding_fixes_categories_and_bounds() {
     assert_eq!(train.input(0), &expected_adult_features(20.0, Some(0), Some(38), 40.0)[..]);
     assert_eq!(train.input(1), &expected_adult_features(40.0, Some(5), Some(12), 40.0)[..]);
     assert_eq!(train.input(2), &expected_adult_features(60.0, None, Some(38), 40.0)[..], "'?' gives zeros");
-    // Capital gain 5000 in units of $10,000; capital loss 1e9 clipped to 99,999.
+    // Capital gain 5000 in thousands of dollars; capital loss 1e9 clipped to 99,999.
     let mut expected = expected_adult_features(50.0, Some(3), Some(40), 99.0);
-    expected[CAPITAL_GAIN] = 0.5;
-    expected[CAPITAL_LOSS] = 9.9999;
+    expected[CAPITAL_GAIN] = 5.0;
+    expected[CAPITAL_LOSS] = 99.999;
     assert_eq!(test.input(0), &expected[..]);
     assert_eq!(
         test.input(1),
@@ -1041,13 +1041,13 @@ fn real_adult() {
         assert_eq!(published, present, "column {column}");
     }
     // About 24% of both splits earn more than 50K.
-    // Features in [0, 1], capital gains and losses in [0, 9.9999] (units of $10,000).
+    // Features in [0, 1], capital gains and losses in [0, 99.999] (thousands of dollars).
     for data in [train, test] {
         let positive = data.labels.iter().sum::<f32>() / data.len() as f32;
         assert!((0.23..0.25).contains(&positive), "{positive}");
         for (j, x) in data.inputs.iter().enumerate() {
             let top =
-                if [CAPITAL_GAIN, CAPITAL_LOSS].contains(&(j % adult::FEATURES)) { 9.9999 } else { 1.0 };
+                if [CAPITAL_GAIN, CAPITAL_LOSS].contains(&(j % adult::FEATURES)) { 99.999 } else { 1.0 };
             assert!((0.0..=top).contains(x), "feature {} is {x}", j % adult::FEATURES);
         }
     }
@@ -1055,7 +1055,7 @@ fn real_adult() {
     // 99,999 top-coded gain).
     let names = encoder.feature_names();
     for (column, top) in
-        [("age", 1.0), ("education-num", 1.0), ("capital-gain", 9.9999), ("hours-per-week", 1.0)]
+        [("age", 1.0), ("education-num", 1.0), ("capital-gain", 99.999), ("hours-per-week", 1.0)]
     {
         let j = names.iter().position(|n| n == column).unwrap();
         let values = (0..train.len()).map(|i| train.input(i)[j]);
