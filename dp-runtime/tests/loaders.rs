@@ -1,5 +1,5 @@
 //! The data loaders on small files written here (every bad-input case included) and on the real
-//! files shipped in `data/` and `../shared/datasets/`.
+//! files shipped in `data/`; no test reads anything outside the repository.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dp_runtime::data::npy::{self, LabelKind, NpyArray, NpyData};
 use dp_runtime::data::tabular::{
-    self, BinaryLabel, ColumnKind, FeatureColumn, TabularEncoder, TabularSchema,
+    self, BinaryLabel, ColumnKind, FeatureColumn, NumericScale, PublicEncoding, TabularEncoder, TabularSchema,
 };
-use dp_runtime::data::text::{self, Side, TextOptions, Vocabulary};
-use dp_runtime::data::{adult, cifar10, idx, mnist};
+use dp_runtime::data::text::{self, Side, TextOptions, Vocabulary, VocabularySource};
+use dp_runtime::data::{adult, cifar10, idx, mnist, Provenance};
 use dp_runtime::Error;
 
 // ---------------------------------------------------------------------------------------------
@@ -291,8 +291,50 @@ fn adult_row(age: u32, workclass: &str, country: &str, hours: u32, income: &str)
     )
 }
 
+/// Where each column's features start in Adult's 104: the 5 numeric columns and the 8 published
+/// category lists in CSV order.
+const AGE: usize = 0;
+const WORKCLASS: usize = 1;
+const EDUCATION: usize = 9;
+const EDUCATION_NUM: usize = 25;
+const MARITAL: usize = 26;
+const OCCUPATION: usize = 33;
+const RELATIONSHIP: usize = 47;
+const RACE: usize = 53;
+const SEX: usize = 58;
+const CAPITAL_GAIN: usize = 60;
+const CAPITAL_LOSS: usize = 61;
+const HOURS: usize = 62;
+const COUNTRY: usize = 63;
+
+/// The features `adult_row` gives, computed here from the published lists and bounds.
+fn expected_adult_features(
+    age: f64,
+    workclass: Option<usize>,
+    country: Option<usize>,
+    hours: f64,
+) -> Vec<f32> {
+    let mut features = vec![0f32; adult::FEATURES];
+    features[AGE] = ((age.clamp(17.0, 90.0) - 17.0) / (90.0 - 17.0)) as f32;
+    if let Some(w) = workclass {
+        features[WORKCLASS + w] = 1.0;
+    }
+    features[EDUCATION] = 1.0; // Bachelors, first in adult.names
+    features[EDUCATION_NUM] = ((13.0 - 1.0) / (16.0 - 1.0)) as f32;
+    features[MARITAL + 2] = 1.0; // Never-married
+    features[OCCUPATION + 3] = 1.0; // Sales
+    features[RELATIONSHIP + 2] = 1.0; // Husband
+    features[RACE] = 1.0; // White
+    features[SEX + 1] = 1.0; // Male
+    features[HOURS] = ((hours.clamp(1.0, 99.0) - 1.0) / (99.0 - 1.0)) as f32;
+    if let Some(c) = country {
+        features[COUNTRY + c] = 1.0;
+    }
+    features
+}
+
 #[test]
-fn adult_one_hot_and_standardisation_use_training_values() {
+fn adult_public_encoding_fixes_categories_and_bounds() {
     let dir = temp_dir("adult");
     let train = [
         ADULT_HEADER.to_string(),
@@ -303,38 +345,51 @@ fn adult_one_hot_and_standardisation_use_training_values() {
     .join("\n");
     let test = [
         ADULT_HEADER.to_string(),
-        adult_row(50, "Federal-gov", "Cuba", 40, ">50K."),
+        adult_row(50, "Federal-gov", "Holand-Netherlands", 99, ">50K."),
         adult_row(40, " Private", "?", 40, "<=50K."),
+        adult_row(10, "Martian-gov", "Atlantis", 120, "<=50K"),
     ]
-    .join("\n");
+    .join("\n")
+    .replacen(",0,0,99,", ",5000,1e9,99,", 1);
     let train_path = write_file(&dir, "train.csv.gz", &gzip(train.as_bytes()));
     let test_path = write_file(&dir, "test.csv", test.as_bytes());
-    let (train, test) = adult::load(&train_path, &test_path).unwrap();
-    // age, workclass {Private, State-gov}, education {Bachelors}, education-num, marital {1},
-    // occupation {1}, relationship {1}, race {1}, sex {1}, gain, loss, hours, country {Cuba, Peru}.
-    assert_eq!(train.example_shape, vec![15]);
-    assert_eq!((train.len(), test.len()), (3, 2));
+    let splits = adult::load_splits(&train_path, &test_path).unwrap();
+    let (train, test) = (&splits.train, &splits.test);
+    // Always the 104 published features, whatever the files hold.
+    assert_eq!(train.example_shape, vec![adult::FEATURES]);
+    assert_eq!((train.len(), test.len()), (3, 3));
     assert_eq!(train.labels, vec![0.0, 1.0, 0.0]);
-    assert_eq!(test.labels, vec![1.0, 0.0]);
-    let sd = (800.0f64 / 3.0).sqrt(); // population std of ages 20, 40, 60
-                                      // Constant numeric columns (education-num, gains, losses, hours) standardise to 0.
-    let expect_train_0 =
-        [(-20.0 / sd) as f32, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0];
-    assert_eq!(train.input(0), &expect_train_0[..]);
-    assert_eq!(&train.input(2)[1..3], &[0.0, 0.0], "'?' gives zeros");
-    // Test row 0: age 50 standardised with the training mean 40; unknown workclass gives zeros.
-    assert_eq!(test.input(0)[0], (10.0 / sd) as f32);
-    assert_eq!(&test.input(0)[1..3], &[0.0, 0.0]);
-    assert_eq!(&test.input(0)[13..15], &[1.0, 0.0]);
-    assert_eq!(&test.input(1)[1..3], &[1.0, 0.0], "whitespace is trimmed");
-    assert_eq!(&test.input(1)[13..15], &[0.0, 0.0]);
+    assert_eq!(test.labels, vec![1.0, 0.0, 0.0]);
+    // Peru is 39th and Cuba 13th in adult.names' country list; State-gov is 6th of workclass.
+    assert_eq!(train.input(0), &expected_adult_features(20.0, Some(0), Some(38), 40.0)[..]);
+    assert_eq!(train.input(1), &expected_adult_features(40.0, Some(5), Some(12), 40.0)[..]);
+    assert_eq!(train.input(2), &expected_adult_features(60.0, None, Some(38), 40.0)[..], "'?' gives zeros");
+    // Capital gain 5000 in thousands of dollars; capital loss 1e9 clipped to 99,999.
+    let mut expected = expected_adult_features(50.0, Some(3), Some(40), 99.0);
+    expected[CAPITAL_GAIN] = 5.0;
+    expected[CAPITAL_LOSS] = 99.999;
+    assert_eq!(test.input(0), &expected[..]);
+    assert_eq!(
+        test.input(1),
+        &expected_adult_features(40.0, Some(0), None, 40.0)[..],
+        "whitespace is trimmed"
+    );
+    // Age 10 and 120 hours are clipped to 17 and 99; unlisted categories give all-zero blocks.
+    assert_eq!(test.input(2), &expected_adult_features(10.0, None, None, 120.0)[..]);
+    assert_eq!((test.input(2)[AGE], test.input(2)[HOURS]), (0.0, 1.0));
 
-    let encoder = adult::fit_encoder(&train_path).unwrap();
-    assert_eq!(encoder.feature_names()[13..15], ["native-country=Cuba", "native-country=Peru"]);
-    let schema = adult::schema();
-    let table = tabular::read_table(&test_path, &schema).unwrap();
-    let (_, counts) = encoder.encode(&table).unwrap();
-    assert_eq!(counts, tabular::EncodeCounts { missing: 1, unknown: 1 });
+    assert_eq!(splits.train_counts, tabular::EncodeCounts { missing: 1, unknown: 0, clipped: 0 });
+    assert_eq!(splits.test_counts, tabular::EncodeCounts { missing: 1, unknown: 2, clipped: 3 });
+    assert_eq!(splits.provenance, Provenance::Public);
+    let encoder = adult::encoder().unwrap();
+    assert_eq!(encoder.provenance(), Provenance::Public);
+    let names = encoder.feature_names();
+    assert_eq!(names.len(), adult::FEATURES);
+    assert_eq!(
+        [&names[AGE], &names[WORKCLASS], &names[EDUCATION_NUM], &names[CAPITAL_LOSS], &names[COUNTRY + 40]],
+        ["age", "workclass=Private", "education-num", "capital-loss", "native-country=Holand-Netherlands"]
+    );
+    assert_eq!((adult::load(&train_path, &test_path).unwrap()), (splits.train.clone(), splits.test.clone()));
 }
 
 #[test]
@@ -355,7 +410,58 @@ fn schema_csv_handles_another_file_and_column_order() {
     };
     let p = write_file(&dir, "t.csv", b"ok,unused,size,colour\nyes,x,3,red\nno,y,3,blue\nno,z,3,NA\n");
     let table = tabular::read_table(&p, &schema).unwrap();
-    let encoder = TabularEncoder::fit(&schema, &table).unwrap();
+
+    // The public encoder: the caller's list (in its order) and bounds, whatever the file holds.
+    let public = |colours: &[&str], scale: NumericScale| {
+        TabularEncoder::public(
+            &schema,
+            vec![
+                PublicEncoding::OneHot(colours.iter().map(|c| c.to_string()).collect()),
+                PublicEncoding::Scaled(scale),
+            ],
+        )
+    };
+    let encoder = public(&["red", "green"], NumericScale::unit_interval(1.0, 5.0)).unwrap();
+    assert_eq!(encoder.provenance(), Provenance::Public);
+    let (data, counts) = encoder.encode(&table).unwrap();
+    assert_eq!(encoder.feature_names(), ["colour=red", "colour=green", "size"]);
+    assert_eq!(data.inputs, vec![1.0, 0.0, 0.5, 0.0, 0.0, 0.5, 0.0, 0.0, 0.5]);
+    assert_eq!(counts, tabular::EncodeCounts { missing: 1, unknown: 1, clipped: 0 });
+    let half = NumericScale { low: 0.0, high: 5.0, unit: 2.0 };
+    let (data, counts) = public(&["blue"], half).unwrap().encode(&table).unwrap();
+    assert_eq!(data.inputs, vec![0.0, 1.5, 1.0, 1.5, 0.0, 1.5]);
+    assert_eq!(counts, tabular::EncodeCounts { missing: 1, unknown: 1, clipped: 0 });
+    let (data, counts) =
+        public(&["blue"], NumericScale::unit_interval(4.0, 8.0)).unwrap().encode(&table).unwrap();
+    assert_eq!((data.inputs[1], counts.clipped), (0.0, 3));
+    for (colours, scale, message) in [
+        (&["red", "red"][..], NumericScale::unit_interval(0.0, 1.0), "'red' is listed twice"),
+        (&["NA"][..], NumericScale::unit_interval(0.0, 1.0), "the missing marker"),
+        (&[" red"][..], NumericScale::unit_interval(0.0, 1.0), "surrounding whitespace"),
+        (&[][..], NumericScale::unit_interval(0.0, 1.0), "the category list is empty"),
+        (&["red"][..], NumericScale::unit_interval(2.0, 2.0), "low < high"),
+        (&["red"][..], NumericScale::unit_interval(0.0, f64::INFINITY), "must be finite"),
+        (&["red"][..], NumericScale { low: 0.0, high: 1.0, unit: 0.0 }, "unit > 0"),
+    ] {
+        match public(colours, scale) {
+            Err(e @ Error::InvalidArgument { .. }) => assert!(e.to_string().contains(message), "{e}"),
+            other => panic!("{colours:?} {scale:?}: expected an error with '{message}', got {other:?}"),
+        }
+    }
+    for encodings in [
+        vec![PublicEncoding::OneHot(vec!["red".into()])],
+        vec![
+            PublicEncoding::Scaled(NumericScale::unit_interval(0.0, 1.0)),
+            PublicEncoding::OneHot(vec!["red".into()]),
+        ],
+    ] {
+        assert!(matches!(TabularEncoder::public(&schema, encodings), Err(Error::InvalidArgument { .. })));
+    }
+
+    // The encoder fitted to the (private) table: its categories and statistics, and it says so.
+    let encoder = TabularEncoder::fit_to_private_data_unaccounted(&schema, &table).unwrap();
+    assert_eq!(encoder.provenance(), Provenance::FittedToPrivateDataUnaccounted);
+    assert!(!encoder.provenance().is_public());
     let (data, counts) = encoder.encode(&table).unwrap();
     assert_eq!(encoder.feature_names(), ["colour=blue", "colour=red", "size"]);
     // A constant column has std 1: (3 − 3) / 1 = 0, never NaN.
@@ -435,11 +541,16 @@ fn adult_bad_csv_names_file_and_line() {
     let row = [&row[..7], b"\xff\xfe", &row[7..]].concat();
     let p = write_file(&dir, "bytes.csv", &[ADULT_HEADER.as_bytes(), b"\n", &row[..]].concat());
     assert_format(adult::load(&p, &good), &p, "line 2", "field 2 is not valid UTF-8");
-    // Overflowing standardisation is an error, not an infinity.
+    // Huge numbers are clipped by the public bounds; a standardisation fitted to them overflows,
+    // which is an error, not an infinity.
     let big = adult_row(30, "Private", "Peru", 40, ">50K").replacen("30", "1e300", 1);
     let small = adult_row(30, "Private", "Peru", 40, ">50K").replacen("30", "-1e300", 1);
     let p = write_file(&dir, "huge.csv", format!("{ADULT_HEADER}\n{big}\n{small}\n").as_bytes());
-    assert_format(adult::load(&p, &p), &p, "feature 'age'", "overflows f32");
+    let (huge, _) = adult::load(&p, &p).unwrap();
+    assert_eq!((huge.input(0)[0], huge.input(1)[0]), (1.0, 0.0));
+    let table = tabular::read_table(&p, &adult::schema()).unwrap();
+    let fitted = TabularEncoder::fit_to_private_data_unaccounted(&adult::schema(), &table).unwrap();
+    assert_format(fitted.encode(&table), &p, "feature 'age'", "overflows f32");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -449,7 +560,8 @@ fn adult_bad_csv_names_file_and_line() {
 fn tokenizer_lowercases_and_keeps_inner_apostrophes() {
     let tokens: Vec<String> = text::tokenize("It's a T-shirt, 'really' GREAT!! don’t 42x ''").collect();
     assert_eq!(tokens, ["it's", "a", "t", "shirt", "really", "great", "don't", "42x"]);
-    let vocab = Vocabulary::build(["b a a", "c b a", "d"], 2);
+    let vocab = Vocabulary::fit_to_private_texts_unaccounted(["b a a", "c b a", "d"], 2);
+    assert_eq!(vocab.provenance(), Provenance::FittedToPrivateDataUnaccounted);
     assert_eq!(vocab.len(), 6);
     assert_eq!(
         (vocab.id("a"), vocab.id("b"), vocab.id("c"), vocab.id("zzz")),
@@ -459,7 +571,7 @@ fn tokenizer_lowercases_and_keeps_inner_apostrophes() {
     assert_eq!(vocab.word(text::UNKNOWN), None);
     assert_eq!(vocab.encode("A c"), vec![text::START, 4, text::UNKNOWN]);
     // Ties (c and d, once each) by byte order.
-    assert_eq!(Vocabulary::build(["d c"], 1).word(4), Some("c"));
+    assert_eq!(Vocabulary::fit_to_private_texts_unaccounted(["d c"], 1).word(4), Some("c"));
 }
 
 #[test]
@@ -484,50 +596,115 @@ fn padding_and_truncation_sides() {
 }
 
 #[test]
+fn public_vocabulary_is_ranked_tokens_of_our_tokenizer() {
+    let vocabulary = Vocabulary::public_english();
+    assert_eq!(vocabulary.provenance(), Provenance::Public);
+    assert_eq!((vocabulary.len(), vocabulary.words().len()), (10_004, text::PUBLIC_ENGLISH_WORDS));
+    let file = std::fs::read_to_string(repo_file("../data/vocab/english_10000.txt")).unwrap();
+    let lines: Vec<&str> = file.lines().collect();
+    assert_eq!(lines, vocabulary.words(), "the embedded list is the shipped file");
+    assert!(file.ends_with('\n') && !file.contains('\r'));
+    // Every word is one token of our tokenizer, spelled as the tokenizer gives it, and distinct.
+    for (rank, word) in lines.iter().enumerate() {
+        let tokens: Vec<String> = text::tokenize(word).collect();
+        assert_eq!(tokens, [*word], "line {}", rank + 1);
+        assert_eq!(vocabulary.id(word), rank as u32 + text::RESERVED, "'{word}' is listed twice");
+    }
+    assert_eq!(&lines[..6], ["the", "to", "and", "of", "a", "in"]);
+    assert_eq!(
+        vocabulary.encode("The dress, it's LOVELY"),
+        [text::START, 4, vocabulary.id("dress"), vocabulary.id("it's"), vocabulary.id("lovely")]
+    );
+    assert!(["dress", "it's", "lovely"].iter().all(|w| vocabulary.id(w) != text::UNKNOWN));
+    let first = Vocabulary::public_english_first(3).unwrap();
+    assert_eq!(
+        (first.words(), first.provenance()),
+        (&["the".to_string(), "to".into(), "and".into()][..], Provenance::Public)
+    );
+    match Vocabulary::public_english_first(10_001) {
+        Err(e @ Error::InvalidArgument { .. }) => assert!(e.to_string().contains("vocab_words"), "{e}"),
+        other => panic!("expected an error for 10,001 words, got {other:?}"),
+    }
+}
+
+#[test]
+fn split_hash_is_fnv1a_then_splitmix_of_the_row_alone() {
+    // Values computed independently (Python) from the documented definition.
+    assert_eq!(text::split_hash("", 0), 0x813f_0174_a236_7c13);
+    assert_eq!(
+        text::split_hash("Absolutely wonderful - silky and sexy and comfortable", 0),
+        0x3c9b_27c7_8a59_35cb
+    );
+    assert_eq!(text::split_hash("naïve – café", 7), 0xaa06_5030_bae1_5720);
+}
+
+#[test]
 fn text_csv_split_vocabulary_and_sequences() {
     let dir = temp_dir("text");
     let mut csv = String::from("id,Review Text,Recommended IND\n");
-    for i in 0..10 {
+    let mut texts = Vec::new();
+    for i in 0..40 {
         let extra = if i % 2 == 0 { "great" } else { "bad" };
-        csv.push_str(&format!("{i},\"Review number {i}, {extra}\",{}\n", i % 2));
+        let text = format!("Review number {i}, {extra}");
+        csv.push_str(&format!("{i},\"{text}\",{}\n", i % 2));
+        texts.push(text);
     }
-    csv.push_str("10,,1\n11,   ,0\n12,\"rare, Multi\nline\",0\n");
+    csv.push_str("40,,1\n41,   ,0\n42,\"rare, Multi\nline\",0\n");
+    texts.push("rare, Multi\nline".to_string());
     let p = write_file(&dir, "reviews.csv.gz", &gzip(csv.as_bytes()));
     let options = TextOptions { max_len: 8, seed: 3, ..TextOptions::default() };
     let corpus = text::load_csv(&p, &options).unwrap();
-    assert_eq!((corpus.rows, corpus.skipped_empty), (13, 2));
-    assert_eq!((corpus.train.len(), corpus.test.len()), (9, 2)); // round(11 × 0.2) = 2
-    assert_eq!(corpus.train.example_shape, vec![8]);
-    // The vocabulary only knows training words: "review" and "number" occur in every training row.
-    let words: Vec<&str> =
-        (4..corpus.vocabulary.len() as u32).map(|id| corpus.vocabulary.word(id).unwrap()).collect();
-    assert_eq!(&words[..2], &["number", "review"]);
-    let test_rows = text::shuffled_indices(11, 3)[..2].to_vec();
-    for id in words.iter().filter_map(|w| w.parse::<usize>().ok()) {
-        assert!(!test_rows.contains(&id), "test row {id}'s number is in the vocabulary");
-    }
-    // Every training sequence is [PAD, PAD, PAD, START, review, number, <n>, great|bad].
-    for i in 0..corpus.train.len() {
-        let seq = corpus.train.input(i);
-        if seq[3] == text::START {
-            assert_eq!(&seq[..3], &[text::PAD; 3]);
-            assert_eq!(&seq[4..6], &[corpus.vocabulary.id("review"), corpus.vocabulary.id("number")]);
-            let word = corpus.vocabulary.word(seq[7]).unwrap();
-            assert_eq!(corpus.train.label(i)[0], if word == "great" { 0.0 } else { 1.0 });
-        } else {
-            // The multi-line row: START rare multi line.
-            assert_eq!(&seq[..5], &[0, 0, 0, 0, text::START]);
+    assert_eq!((corpus.rows, corpus.skipped_empty), (43, 2));
+    assert_eq!(
+        (corpus.vocabulary_provenance, corpus.split_provenance),
+        (Provenance::Public, Provenance::Public)
+    );
+    assert_eq!(corpus.vocabulary, Vocabulary::public_english());
+    // A row is in the test split exactly when its own text hashes below 0.2 × 2⁶⁴, in file order.
+    let threshold = (0.2 * 18_446_744_073_709_551_616.0) as u64;
+    let (test_texts, train_texts): (Vec<&String>, Vec<&String>) =
+        texts.iter().partition(|t| text::split_hash(t.trim(), 3) < threshold);
+    assert_eq!((corpus.train.len(), corpus.test.len()), (train_texts.len(), test_texts.len()));
+    assert!(!test_texts.is_empty() && !train_texts.is_empty());
+    for (data, texts) in [(&corpus.train, &train_texts), (&corpus.test, &test_texts)] {
+        assert_eq!(data.example_shape, vec![8]);
+        for (i, text) in texts.iter().enumerate() {
+            let mut expected = Vec::new();
+            text::fit_length(&corpus.vocabulary.encode(text), &options, &mut expected);
+            assert_eq!(data.input(i), &expected[..], "{text}");
         }
     }
-    let mut order = text::shuffled_indices(1000, 9);
-    assert_ne!(order, (0..1000).collect::<Vec<_>>());
-    order.sort_unstable();
-    assert_eq!(order, (0..1000).collect::<Vec<_>>(), "the shuffle is a permutation");
-    assert_eq!(corpus.vocabulary.words()[0], "number");
+    // "review", "number", "great", "bad" are public words; "rare", "multi", "line" too.
+    let v = &corpus.vocabulary;
+    let review_ids = [v.id("review"), v.id("number"), v.id("7"), v.id("bad")];
+    assert!(review_ids.iter().all(|&id| id != text::UNKNOWN), "{review_ids:?}");
+    assert_eq!(
+        text::split_hash("Review number 7, bad", 3) < threshold,
+        test_texts.iter().any(|t| t.as_str() == "Review number 7, bad")
+    );
+
     // Same file and options, same result; another seed, another split.
     assert_eq!(text::load_csv(&p, &options).unwrap(), corpus);
     let other = text::load_csv(&p, &TextOptions { seed: 4, ..options.clone() }).unwrap();
     assert_ne!(other.test, corpus.test);
+
+    // The data-dependent vocabulary ranks the training split's tokens and says it is not private:
+    // "review" and "number" are in every training row, and no test row's number is in it.
+    let fitted =
+        TextOptions { vocabulary: VocabularySource::FittedToTrainingSplitUnaccounted, ..options.clone() };
+    let corpus = text::load_csv(&p, &fitted).unwrap();
+    assert_eq!(corpus.vocabulary_provenance, Provenance::FittedToPrivateDataUnaccounted);
+    assert_eq!(corpus.split_provenance, Provenance::Public);
+    assert_eq!(&corpus.vocabulary.words()[..2], &["number", "review"]);
+    for text in &test_texts {
+        let number = text.split([' ', ',']).nth(2).unwrap();
+        if number.parse::<u32>().is_ok() {
+            assert_eq!(corpus.vocabulary.id(number), text::UNKNOWN, "test row {number} is in the vocabulary");
+        }
+    }
+    // Asking the public list for more words than it has is an error naming the option.
+    let too_many = TextOptions { vocab_words: 10_001, ..options };
+    assert!(matches!(text::load_csv(&p, &too_many), Err(Error::InvalidArgument { .. })));
 }
 
 #[test]
@@ -546,7 +723,7 @@ fn text_bad_csv_names_file_and_line() {
     let p = write_file(&dir, "ragged.csv", b"Review Text,Recommended IND\nok,1\nfine\n");
     assert_format(text::load_csv(&p, &opts), &p, "line 3", "ragged row");
     let p = write_file(&dir, "few.csv", b"Review Text,Recommended IND\nok,1\n,0\n");
-    assert_format(text::load_csv(&p, &opts), &p, "line 3", "1 rows with text (1 empty skipped)");
+    assert_format(text::load_csv(&p, &opts), &p, "line 3", "1 rows with text (1 empty skipped) hash into");
     let p = write_file(&dir, "empty.csv", b"Review Text,Recommended IND\n");
     assert_format(text::load_csv(&p, &opts), &p, "line 1", "0 rows with text");
     let bad = TextOptions { test_fraction: 1.0, ..TextOptions::default() };
@@ -811,18 +988,6 @@ fn repo_file(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
-/// A file of `shared/datasets/`, which lies beside the clone (`../../shared` from dp-runtime/) in CI;
-/// a checkout nested deeper (a git worktree) finds it in the nearest ancestor that has it.
-fn shared_dataset(relative: &str) -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .ancestors()
-        .skip(2)
-        .map(|dir| dir.join("shared/datasets").join(relative))
-        .find(|path| path.exists())
-        .unwrap_or_else(|| manifest.join("../../shared/datasets").join(relative))
-}
-
 #[test]
 fn real_mnist() {
     let start = std::time::Instant::now();
@@ -854,47 +1019,293 @@ fn real_mnist() {
 fn real_adult() {
     let train_path = repo_file("../data/adult/adult_train.csv.gz");
     let test_path = repo_file("../data/adult/adult_test.csv.gz");
-    let (train, test) = adult::load(&train_path, &test_path).unwrap();
+    let splits = adult::load_splits(&train_path, &test_path).unwrap();
+    let (train, test) = (&splits.train, &splits.test);
     assert_eq!(train.example_shape, vec![adult::FEATURES]);
     assert_eq!((train.len(), test.len()), (32_561, 16_281));
-    let encoder = adult::fit_encoder(&train_path).unwrap();
+    assert_eq!(splits.provenance, Provenance::Public);
+    // `?` in workclass (1,836 + 963), occupation (1,843 + 966) and native-country (583 + 274); no
+    // unlisted category and no number outside its public bounds in either file.
+    assert_eq!(splits.train_counts, tabular::EncodeCounts { missing: 4_262, unknown: 0, clipped: 0 });
+    assert_eq!(splits.test_counts, tabular::EncodeCounts { missing: 2_203, unknown: 0, clipped: 0 });
+
+    // The published lists are exactly the categories present in the training file, spelled as there.
+    let encoder = adult::encoder().unwrap();
+    let table = tabular::read_table(&train_path, &adult::schema()).unwrap();
+    let seen = TabularEncoder::fit_to_private_data_unaccounted(&adult::schema(), &table).unwrap();
     let sizes: Vec<usize> = encoder.categories().iter().map(|(_, c)| c.len()).collect();
     assert_eq!(sizes, [8, 16, 7, 14, 6, 5, 2, 41]);
-    assert!(encoder.categories().iter().all(|(_, c)| !c.iter().any(|v| v == "?")));
+    for ((column, published), (_, present)) in encoder.categories().into_iter().zip(seen.categories()) {
+        let mut published = published.to_vec();
+        published.sort();
+        assert_eq!(published, present, "column {column}");
+    }
     // About 24% of both splits earn more than 50K.
-    for data in [&train, &test] {
+    // Features in [0, 1], capital gains and losses in [0, 99.999] (thousands of dollars).
+    for data in [train, test] {
         let positive = data.labels.iter().sum::<f32>() / data.len() as f32;
         assert!((0.23..0.25).contains(&positive), "{positive}");
+        for (j, x) in data.inputs.iter().enumerate() {
+            let top =
+                if [CAPITAL_GAIN, CAPITAL_LOSS].contains(&(j % adult::FEATURES)) { 99.999 } else { 1.0 };
+            assert!((0.0..=top).contains(x), "feature {} is {x}", j % adult::FEATURES);
+        }
     }
-    // Standardised numeric columns: mean 0 and variance 1 on the training split.
+    // The scaled columns reach both ends (age 17 and 90, levels 1 and 16, 1 and 99 hours, the
+    // 99,999 top-coded gain).
     let names = encoder.feature_names();
-    for column in ["age", "education-num", "capital-gain", "capital-loss", "hours-per-week"] {
+    for (column, top) in
+        [("age", 1.0), ("education-num", 1.0), ("capital-gain", 99.999), ("hours-per-week", 1.0)]
+    {
         let j = names.iter().position(|n| n == column).unwrap();
-        let values: Vec<f64> = (0..train.len()).map(|i| f64::from(train.input(i)[j])).collect();
-        let mean = values.iter().sum::<f64>() / values.len() as f64;
-        let var = values.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / values.len() as f64;
-        assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4, "{column}: mean {mean}, var {var}");
+        let values = (0..train.len()).map(|i| train.input(i)[j]);
+        let (min, max) = values.fold((f32::MAX, f32::MIN), |(lo, hi), x| (lo.min(x), hi.max(x)));
+        assert_eq!((min, max), (0.0, top), "{column}");
     }
-    assert!(train.inputs.iter().chain(&test.inputs).all(|x| x.is_finite()));
 }
 
 #[test]
 fn real_reviews() {
-    let path = shared_dataset("reviews/womens_clothing_reviews.csv.gz");
+    let path = repo_file("../data/reviews/womens_clothing_reviews.csv.gz");
     let corpus = text::load_csv(&path, &TextOptions::default()).unwrap();
     assert_eq!((corpus.rows, corpus.skipped_empty), (23_486, 845));
-    assert_eq!((corpus.train.len(), corpus.test.len()), (18_113, 4_528));
+    // The hash puts 19.8% of the rows in the test split (0.2 expected).
+    assert_eq!((corpus.train.len(), corpus.test.len()), (18_149, 4_492));
+    assert_eq!(
+        (corpus.vocabulary_provenance, corpus.split_provenance),
+        (Provenance::Public, Provenance::Public)
+    );
+    assert_eq!(corpus.vocabulary, Vocabulary::public_english());
     assert_eq!(corpus.vocabulary.len(), 10_004);
     assert_eq!(corpus.train.example_shape, vec![256]);
     assert_eq!(corpus.test.example_shape, vec![256]);
+    let (mut known, mut words) = (0usize, 0usize);
     for data in [&corpus.train, &corpus.test] {
         assert!(data.inputs.iter().all(|&id| (id as usize) < 10_004 && id != text::UNUSED));
         assert!((0..data.len()).all(|i| data.input(i).iter().filter(|&&id| id == text::START).count() == 1));
         let positive = data.labels.iter().sum::<f32>() / data.len() as f32;
         assert!((0.79..0.84).contains(&positive), "{positive}");
+        let tokens = data.inputs.iter().filter(|&&id| id > text::UNUSED || id == text::UNKNOWN);
+        for &id in tokens {
+            words += 1;
+            known += usize::from(id != text::UNKNOWN);
+        }
     }
-    let the = corpus.vocabulary.id("the");
-    assert!(the < 10, "'the' has id {the}");
+    // Most tokens of the reviews are in the public list.
+    let coverage = known as f64 / words as f64;
+    eprintln!("public vocabulary covers {:.1}% of the reviews' tokens (within 256)", 100.0 * coverage);
+    assert!(coverage > 0.9, "{coverage}");
+    assert_eq!(corpus.vocabulary.id("the"), 4);
     let (train, test, vocabulary) = text::load_reviews(&path, TextOptions::default()).unwrap();
     assert_eq!((train, test, vocabulary), (corpus.train, corpus.test, corpus.vocabulary));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Neighbouring datasets: one training row removed or added never changes the input shape or any
+// other row's features, token ids or split (preprocessing is not fitted to the private rows).
+
+/// Bit patterns of one example's features, so that -0.0 and 0.0 or two NaNs are told apart.
+fn feature_bits(data: &dp_runtime::Dataset<f32>, i: usize) -> Vec<u32> {
+    data.input(i).iter().map(|x| x.to_bits()).collect()
+}
+
+/// Where `longer` has one example more than `shorter`, which otherwise it equals example for example
+/// (features bit for bit, and labels): `Ok(None)` when both are equal, `Ok(Some(k))` when `longer`
+/// is `shorter` with example `k` inserted, `Err` describing the first difference otherwise.
+fn extra_example<T: dp_runtime::InputElem + PartialEq>(
+    shorter: &dp_runtime::Dataset<T>,
+    longer: &dp_runtime::Dataset<T>,
+    same: impl Fn(&dp_runtime::Dataset<T>, usize, &dp_runtime::Dataset<T>, usize) -> bool,
+) -> Result<Option<usize>, String> {
+    if shorter.example_shape != longer.example_shape {
+        return Err(format!("shape {:?} became {:?}", shorter.example_shape, longer.example_shape));
+    }
+    let equal = |i: usize, j: usize| same(shorter, i, longer, j) && shorter.label(i) == longer.label(j);
+    let first_difference = (0..shorter.len().min(longer.len())).find(|&i| !equal(i, i));
+    match (longer.len() as isize - shorter.len() as isize, first_difference) {
+        (0, None) => Ok(None),
+        (1, None) => Ok(Some(shorter.len())),
+        (1, Some(k)) => match (k..shorter.len()).find(|&i| !equal(i, i + 1)) {
+            None => Ok(Some(k)),
+            Some(i) => Err(format!(
+                "example {i} changed (beyond the one inserted at {k}); {} of {} examples differ",
+                (k..shorter.len()).filter(|&i| !equal(i, i + 1)).count(),
+                shorter.len()
+            )),
+        },
+        (0, Some(k)) => Err(format!(
+            "example {k} changed; {} of {} examples differ",
+            (0..shorter.len()).filter(|&i| !equal(i, i)).count(),
+            shorter.len()
+        )),
+        (delta, _) => Err(format!("{} examples became {} ({delta:+})", shorter.len(), longer.len())),
+    }
+}
+
+fn same_features(a: &dp_runtime::Dataset<f32>, i: usize, b: &dp_runtime::Dataset<f32>, j: usize) -> bool {
+    feature_bits(a, i) == feature_bits(b, j)
+}
+
+fn same_tokens(a: &dp_runtime::Dataset<u32>, i: usize, b: &dp_runtime::Dataset<u32>, j: usize) -> bool {
+    a.input(i) == b.input(j)
+}
+
+/// Seeded distinct row indices in `0..n`, for the random neighbours.
+fn random_rows(n: usize, count: usize, seed: u64) -> Vec<usize> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut rows: Vec<usize> = Vec::new();
+    while rows.len() < count {
+        let row = rng.random_range(0..n);
+        if !rows.contains(&row) {
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+fn gunzip(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()).read_to_end(&mut bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn adult_neighbouring_datasets_keep_shape_and_every_other_row() {
+    let train_path = repo_file("../data/adult/adult_train.csv.gz");
+    let test_path = repo_file("../data/adult/adult_test.csv.gz");
+    let test_bytes = std::fs::read(&test_path).unwrap();
+    // UCI's Adult has no quoted fields, so a data row is a line.
+    let text = String::from_utf8(gunzip(&train_path)).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap().to_string();
+    let rows: Vec<String> = lines.map(String::from).collect();
+    let load = |rows: &[String]| {
+        let bytes = format!("{header}\n{}\n", rows.join("\n"));
+        adult::load_bytes(Path::new("adult_train.csv"), bytes.as_bytes(), &test_path, &test_bytes).unwrap()
+    };
+    let (train, test) = load(&rows);
+    assert_eq!(train.example_shape, vec![104]);
+    assert_eq!(train.len(), 32_561);
+
+    let column = |name: &str| header.split(',').position(|h| h.trim() == name).unwrap();
+    let field = |row: &str, j: usize| row.split(',').nth(j).unwrap().trim().to_string();
+    let (country, gain) = (column("native-country"), column("capital-gain"));
+    let holand = rows.iter().position(|r| field(r, country) == "Holand-Netherlands").unwrap();
+    let largest_gain = (0..rows.len())
+        .max_by_key(|&i| (field(&rows[i], gain).parse::<u64>().unwrap(), std::cmp::Reverse(i)))
+        .unwrap();
+    let mut removed = vec![
+        (holand, "the only Holand-Netherlands row"),
+        (largest_gain, "the first row with the largest capital-gain"),
+        (0, "the first row"),
+        (rows.len() - 1, "the last row"),
+    ];
+    removed.extend(random_rows(rows.len(), 4, 10).into_iter().map(|i| (i, "a seeded random row")));
+    for (row, what) in removed {
+        let mut neighbour = rows.clone();
+        neighbour.remove(row);
+        let (smaller, smaller_test) = load(&neighbour);
+        let outcome = extra_example(&smaller, &train, same_features);
+        assert_eq!(outcome, Ok(Some(row)), "removing training row {row} ({what})");
+        assert_eq!(extra_example(&smaller_test, &test, same_features), Ok(None), "test rows, {what}");
+    }
+
+    let unseen = rows[0]
+        .split(',')
+        .enumerate()
+        .map(|(j, value)| match header.split(',').nth(j).unwrap().trim() {
+            "age" => "150".to_string(),
+            "workclass" => "Interplanetary-gov".to_string(),
+            "native-country" => "Atlantis".to_string(),
+            "capital-gain" | "capital-loss" => "1e12".to_string(),
+            "hours-per-week" => "1000".to_string(),
+            _ => value.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    for (extra, what) in [
+        (rows[largest_gain].clone(), "a duplicate of the largest capital-gain row"),
+        (rows[holand].clone(), "a second Holand-Netherlands row"),
+        (unseen, "a row with unseen categories and extreme numbers"),
+    ] {
+        let mut neighbour = rows.clone();
+        neighbour.push(extra);
+        let (larger, larger_test) = load(&neighbour);
+        assert_eq!(extra_example(&train, &larger, same_features), Ok(Some(rows.len())), "adding {what}");
+        assert_eq!(extra_example(&test, &larger_test, same_features), Ok(None), "test rows, adding {what}");
+    }
+}
+
+#[test]
+fn text_neighbouring_datasets_keep_every_other_rows_ids_and_split() {
+    let path = repo_file("../data/reviews/womens_clothing_reviews.csv.gz");
+    let options = TextOptions::default();
+    let bytes = gunzip(&path);
+    let mut reader = csv::Reader::from_reader(&bytes[..]);
+    let header = reader.headers().unwrap().clone();
+    let records: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    let text_column = header.iter().position(|h| h == "Review Text").unwrap();
+    let label_column = header.iter().position(|h| h == "Recommended IND").unwrap();
+    let load = |records: &[csv::StringRecord]| {
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        writer.write_record(&header).unwrap();
+        for record in records {
+            writer.write_record(record).unwrap();
+        }
+        text::parse_csv_bytes(Path::new("reviews.csv"), &writer.into_inner().unwrap(), &options).unwrap()
+    };
+    let corpus = load(&records);
+    assert_eq!((corpus.train.len() + corpus.test.len(), corpus.skipped_empty), (22_641, 845));
+    let encoded = |corpus: &text::TextCorpus, record: &csv::StringRecord| {
+        let mut ids = Vec::new();
+        text::fit_length(&corpus.vocabulary.encode(&record[text_column]), &options, &mut ids);
+        ids
+    };
+
+    // Exactly one split holds the row's example (at its file position), the other is unchanged.
+    let check =
+        |shorter: &text::TextCorpus, longer: &text::TextCorpus, record: &csv::StringRecord, what: &str| {
+            let train = extra_example(&shorter.train, &longer.train, same_tokens);
+            let test = extra_example(&shorter.test, &longer.test, same_tokens);
+            let (split, at) = match (train, test) {
+                (Ok(Some(k)), Ok(None)) => (&longer.train, k),
+                (Ok(None), Ok(Some(k))) => (&longer.test, k),
+                other => panic!("{what}: train and test differ by {other:?}"),
+            };
+            assert_eq!(split.input(at), &encoded(longer, record)[..], "{what}: the row's own ids");
+            let label: f32 = record[label_column].trim().parse().unwrap();
+            assert_eq!(split.label(at), &[label], "{what}: the row's own label");
+        };
+    let empty = records.iter().position(|r| r[text_column].trim().is_empty()).unwrap();
+    let mut removed = vec![(0, "the first row"), (records.len() - 1, "the last row")];
+    removed.extend(random_rows(records.len(), 4, 11).into_iter().map(|i| (i, "a seeded random row")));
+    for &(row, what) in &removed {
+        let mut neighbour = records.clone();
+        let record = neighbour.remove(row);
+        if record[text_column].trim().is_empty() {
+            continue;
+        }
+        check(&load(&neighbour), &corpus, &record, &format!("removing row {row} ({what})"));
+    }
+    let mut neighbour = records.clone();
+    neighbour.remove(empty);
+    let without_empty = load(&neighbour);
+    assert_eq!((&without_empty.train, &without_empty.test), (&corpus.train, &corpus.test), "an empty row");
+
+    let mut unseen = records[0].clone();
+    let mut fields: Vec<String> = unseen.iter().map(String::from).collect();
+    fields[text_column] = "Zyzzyvas quuxle the flibbertigibbet gown; it's 12345 times betterish".to_string();
+    unseen = csv::StringRecord::from(fields);
+    let duplicate =
+        removed[2..].iter().map(|&(row, _)| row).find(|&row| !records[row][text_column].trim().is_empty());
+    for (extra, what) in [
+        (records[duplicate.unwrap()].clone(), "a duplicate of a random row"),
+        (unseen, "a row of unseen words"),
+    ] {
+        let mut neighbour = records.clone();
+        neighbour.push(extra.clone());
+        check(&corpus, &load(&neighbour), &extra, &format!("adding {what}"));
+    }
 }

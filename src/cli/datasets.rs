@@ -56,14 +56,15 @@ impl DataSource for Cifar10Data {
     }
 }
 
-/// A text CSV (the women's clothing reviews by default), tokenised with a vocabulary built on the
-/// training split, sized to the model's sequence length and vocabulary.
+/// A text CSV (the women's clothing reviews by default), split by a hash of each row's text and
+/// tokenised with the shipped public English vocabulary, sized to the model's sequence length and
+/// vocabulary: nothing about the split or the ids depends on the other rows.
 pub struct ReviewsData;
 
 impl DataSource for ReviewsData {
     type Input = u32;
     const EXPECTS: &'static str =
-        "the reviews CSV (Review Text, Recommended IND), e.g. ../shared/datasets/reviews/womens_clothing_reviews.csv.gz";
+        "the reviews CSV (Review Text, Recommended IND), e.g. data/reviews/womens_clothing_reviews.csv.gz";
     fn load<M: DpModel<Input = u32>>(path: &Path) -> Result<(Dataset<u32>, Dataset<u32>)> {
         let reserved = text::RESERVED as usize;
         let [max_len] = M::INPUT_SHAPE else {

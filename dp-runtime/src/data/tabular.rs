@@ -1,29 +1,93 @@
 //! CSV files described by a schema: named numeric and categorical feature columns and a binary label.
 //!
 //! The header row is required and columns are found by name, so column order and extra columns do
-//! not matter. An encoder is *fitted* on the training file (the categories seen there and the mean
-//! and standard deviation of each numeric column) and then applied unchanged to every file:
-//! - a categorical column becomes one 0/1 feature per category seen in training (sorted by name);
-//!   the missing marker (e.g. `?`) and categories never seen in training both give all zeros and
-//!   are counted in [`EncodeCounts`];
-//! - a numeric column becomes `(x − mean) / std` with the training statistics (population standard
-//!   deviation; a constant column uses std 1). A missing or non-finite number is an error.
+//! not matter. A [`TabularEncoder`] turns a parsed table into features; there are two kinds, and
+//! only the first keeps preprocessing outside the private data:
+//! - [`TabularEncoder::public`] is built from public knowledge alone, given column by column in a
+//!   [`PublicEncoding`]: a categorical column lists its categories (from the dataset's published
+//!   description), a numeric column its bounds (from the published value range or top codes).
+//!   Neither the width nor any feature of a row depends on the other rows.
+//! - [`TabularEncoder::fit_to_private_data_unaccounted`] fits the categories seen in a training
+//!   table and the mean and standard deviation of each numeric column. It reads every private row
+//!   with no privacy accounting: removing one row can change every other row's features and the
+//!   width itself. Its [`TabularEncoder::provenance`] says so.
 //!
-//! Features appear in schema order, each categorical column expanded in place.
+//! Encodings, applied unchanged to every file:
+//! - a categorical column becomes one 0/1 feature per listed category, in list order (the public
+//!   list's order, or sorted by name when fitted); the missing marker (e.g. `?`) and a category
+//!   not in the list both give an all-zero block (an implicit "other" level, so the width never
+//!   changes) and are counted in [`EncodeCounts`];
+//! - a numeric column with public bounds `[low, high]` and a public `unit` ([`NumericScale`]) is
+//!   clipped to the bounds (and counted when it was outside) and encoded as `(x − low) / unit`;
+//!   [`NumericScale::unit_interval`] takes the whole range as the unit, giving `[0, 1]`;
+//! - a numeric column fitted to private data becomes `(x − mean) / std` with the training
+//!   statistics (population standard deviation; a constant column uses std 1).
+//!
+//! A missing or non-finite number is an error. Features appear in schema order, each categorical
+//! column expanded in place.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use crate::data::{source, Dataset};
+use crate::data::{source, Dataset, Provenance};
 use crate::error::{Error, Result};
 
-/// How one feature column is encoded.
+/// How one feature column is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnKind {
-    /// A number, standardised with the training mean and standard deviation.
+    /// A number: clipped and scaled by public bounds, or standardised when fitted to private data.
     Numeric,
-    /// A category, one-hot encoded over the categories seen in training.
+    /// A category, one-hot encoded over a category list.
     Categorical,
+}
+
+/// Public bounds and unit of a numeric column: a value is clipped to `[low, high]`, then encoded as
+/// `(x − low) / unit`, so it lies in `[0, (high − low) / unit]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NumericScale {
+    /// The lower bound (encodes to 0).
+    pub low: f64,
+    /// The upper bound.
+    pub high: f64,
+    /// The width of one unit of the encoded feature.
+    pub unit: f64,
+}
+
+impl NumericScale {
+    /// `[low, high]` onto `[0, 1]` (the unit is the whole range).
+    pub fn unit_interval(low: f64, high: f64) -> Self {
+        NumericScale { low, high, unit: high - low }
+    }
+
+    /// The encoded value of `x`, and whether `x` had to be clipped.
+    fn scale(&self, x: f64) -> (f64, bool) {
+        let clipped = x.clamp(self.low, self.high);
+        ((clipped - self.low) / self.unit, clipped != x)
+    }
+
+    fn check(&self, column: &str) -> Result<()> {
+        let finite = self.low.is_finite() && self.high.is_finite() && self.unit.is_finite();
+        if finite && self.low < self.high && self.unit > 0.0 {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                "schema",
+                format!(
+                    "column '{column}': bounds [{}, {}] and unit {} must be finite with low < high and unit > 0",
+                    self.low, self.high, self.unit
+                ),
+            ))
+        }
+    }
+}
+
+/// Public knowledge of how one feature column encodes, for [`TabularEncoder::public`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum PublicEncoding {
+    /// A numeric column with public bounds.
+    Scaled(NumericScale),
+    /// A categorical column with its published categories, in feature order.
+    OneHot(Vec<String>),
 }
 
 /// One feature column of a schema.
@@ -93,26 +157,30 @@ impl TabularTable {
     }
 }
 
-/// How many cells an encoding turned into all-zero one-hot blocks.
+/// What an encoding did to cells that did not fit it: all-zero one-hot blocks and clipped numbers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EncodeCounts {
-    /// Cells holding the missing marker.
+    /// Categorical cells holding the missing marker (all-zero block).
     pub missing: usize,
-    /// Cells holding a category not seen in the training file.
+    /// Categorical cells holding a category not in the encoder's list (all-zero block).
     pub unknown: usize,
+    /// Numeric cells outside their public bounds, clipped to them.
+    pub clipped: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 enum EncodedColumn {
-    Numeric { mean: f64, std: f64 },
-    Categorical { categories: Vec<String> },
+    Scaled(NumericScale),
+    Standardised { mean: f64, std: f64 },
+    OneHot { categories: Vec<String> },
 }
 
-/// The encoding fitted on a training table; see the module documentation.
+/// How a table encodes into features; see the module documentation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TabularEncoder {
     schema: TabularSchema,
     columns: Vec<EncodedColumn>,
+    provenance: Provenance,
 }
 
 /// Reads and parses the CSV file at `path` (raw or gzip) against `schema`.
@@ -241,8 +309,46 @@ fn parse_label(path: &Path, line: u64, value: &str, label: &BinaryLabel) -> Resu
 }
 
 impl TabularEncoder {
-    /// Fits the encoding on a training table read with the same `schema`.
-    pub fn fit(schema: &TabularSchema, train: &TabularTable) -> Result<Self> {
+    /// The encoder given by public knowledge alone: one [`PublicEncoding`] per schema feature, in
+    /// schema order (a [`ColumnKind::Numeric`] column takes [`PublicEncoding::Scaled`], a
+    /// [`ColumnKind::Categorical`] one [`PublicEncoding::OneHot`]). No data is read, so the width
+    /// and every row's features are independent of the other rows.
+    pub fn public(schema: &TabularSchema, encodings: Vec<PublicEncoding>) -> Result<Self> {
+        if encodings.len() != schema.features.len() {
+            return Err(Error::invalid(
+                "schema",
+                format!("{} public encodings for {} feature columns", encodings.len(), schema.features.len()),
+            ));
+        }
+        let columns = schema
+            .features
+            .iter()
+            .zip(encodings)
+            .map(|(column, encoding)| match (column.kind, encoding) {
+                (ColumnKind::Numeric, PublicEncoding::Scaled(scale)) => {
+                    scale.check(&column.name)?;
+                    Ok(EncodedColumn::Scaled(scale))
+                }
+                (ColumnKind::Categorical, PublicEncoding::OneHot(categories)) => {
+                    check_categories(&column.name, &categories, &schema.missing)?;
+                    Ok(EncodedColumn::OneHot { categories })
+                }
+                (kind, encoding) => Err(Error::invalid(
+                    "schema",
+                    format!("column '{}' is {kind:?}, but its public encoding is {encoding:?}", column.name),
+                )),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(TabularEncoder { schema: schema.clone(), columns, provenance: Provenance::Public })
+    }
+
+    /// **Not private.** Fits the encoding to a training table read with the same `schema`: the
+    /// categories seen in it (sorted by name) and the mean and population standard deviation of
+    /// each numeric column. This reads every private row outside any privacy accounting: one row
+    /// can add a category (changing the width) or move a mean (changing every row's features).
+    /// Prefer [`TabularEncoder::public`]; the result's [`TabularEncoder::provenance`] is
+    /// [`Provenance::FittedToPrivateDataUnaccounted`].
+    pub fn fit_to_private_data_unaccounted(schema: &TabularSchema, train: &TabularTable) -> Result<Self> {
         if train.feature_count != schema.features.len() {
             return Err(Error::invalid(
                 "schema",
@@ -272,7 +378,7 @@ impl TabularEncoder {
                         let mean = numbers.iter().sum::<f64>() / rows as f64;
                         let var = numbers.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / rows as f64;
                         let std = if var > 0.0 && var.is_finite() { var.sqrt() } else { 1.0 };
-                        EncodedColumn::Numeric { mean, std }
+                        EncodedColumn::Standardised { mean, std }
                     }
                     ColumnKind::Categorical => {
                         let seen: BTreeSet<&str> = values
@@ -281,25 +387,26 @@ impl TabularEncoder {
                                 _ => None,
                             })
                             .collect();
-                        EncodedColumn::Categorical {
-                            categories: seen.into_iter().map(String::from).collect(),
-                        }
+                        EncodedColumn::OneHot { categories: seen.into_iter().map(String::from).collect() }
                     }
                 }
             })
             .collect();
-        Ok(TabularEncoder { schema: schema.clone(), columns })
+        Ok(TabularEncoder {
+            schema: schema.clone(),
+            columns,
+            provenance: Provenance::FittedToPrivateDataUnaccounted,
+        })
+    }
+
+    /// Whether this encoder comes from public knowledge or was fitted to private data.
+    pub fn provenance(&self) -> Provenance {
+        self.provenance
     }
 
     /// Number of features one example encodes to.
     pub fn feature_len(&self) -> usize {
-        self.columns
-            .iter()
-            .map(|c| match c {
-                EncodedColumn::Numeric { .. } => 1,
-                EncodedColumn::Categorical { categories } => categories.len(),
-            })
-            .sum()
+        self.columns.iter().map(EncodedColumn::width).sum()
     }
 
     /// The name of every encoded feature: the column name, or `column=category` for one-hot features.
@@ -307,8 +414,10 @@ impl TabularEncoder {
         let mut names = Vec::with_capacity(self.feature_len());
         for (spec, column) in self.schema.features.iter().zip(&self.columns) {
             match column {
-                EncodedColumn::Numeric { .. } => names.push(spec.name.clone()),
-                EncodedColumn::Categorical { categories } => {
+                EncodedColumn::Scaled(_) | EncodedColumn::Standardised { .. } => {
+                    names.push(spec.name.clone())
+                }
+                EncodedColumn::OneHot { categories } => {
                     names.extend(categories.iter().map(|c| format!("{}={c}", spec.name)))
                 }
             }
@@ -316,43 +425,46 @@ impl TabularEncoder {
         names
     }
 
-    /// The categories seen in training for each categorical column, in schema order.
+    /// The category list of each categorical column, in schema order.
     pub fn categories(&self) -> Vec<(&str, &[String])> {
         self.schema
             .features
             .iter()
             .zip(&self.columns)
             .filter_map(|(spec, column)| match column {
-                EncodedColumn::Categorical { categories } => Some((spec.name.as_str(), &categories[..])),
-                EncodedColumn::Numeric { .. } => None,
+                EncodedColumn::OneHot { categories } => Some((spec.name.as_str(), &categories[..])),
+                EncodedColumn::Scaled(_) | EncodedColumn::Standardised { .. } => None,
             })
             .collect()
     }
 
     /// Encodes `table` into a dataset of `[feature_len]` examples with 0/1 labels.
     pub fn encode(&self, table: &TabularTable) -> Result<(Dataset<f32>, EncodeCounts)> {
-        if table.feature_count != self.columns.len() {
-            return Err(Error::invalid(
+        let not_this_schema = || {
+            Error::invalid(
                 "schema",
                 format!("{} was not read with the schema of this encoder", table.path.display()),
-            ));
+            )
+        };
+        if table.feature_count != self.columns.len() {
+            return Err(not_this_schema());
         }
         let width = self.feature_len();
         if width == 0 {
             return Err(Error::format(
                 &table.path,
                 "header",
-                "the schema encodes to zero features (no numeric column and no category seen in training)",
+                "the schema encodes to zero features (no numeric column and no category listed)",
             ));
         }
         let lookups: Vec<Option<HashMap<&str, usize>>> = self
             .columns
             .iter()
             .map(|c| match c {
-                EncodedColumn::Categorical { categories } => {
+                EncodedColumn::OneHot { categories } => {
                     Some(categories.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect())
                 }
-                EncodedColumn::Numeric { .. } => None,
+                EncodedColumn::Scaled(_) | EncodedColumn::Standardised { .. } => None,
             })
             .collect();
         let mut counts = EncodeCounts::default();
@@ -361,25 +473,24 @@ impl TabularEncoder {
             let mut at = 0;
             for ((cell, column), lookup) in row.iter().zip(&self.columns).zip(&lookups) {
                 match (cell, column, lookup) {
-                    (Cell::Number(x), EncodedColumn::Numeric { mean, std }, _) => {
-                        out[at] = ((x - mean) / std) as f32;
-                        at += 1;
+                    (Cell::Number(x), EncodedColumn::Scaled(scale), _) => {
+                        let (value, clipped) = scale.scale(*x);
+                        out[at] = value as f32;
+                        counts.clipped += usize::from(clipped);
                     }
-                    (Cell::Category(value), EncodedColumn::Categorical { categories }, Some(lookup)) => {
+                    (Cell::Number(x), EncodedColumn::Standardised { mean, std }, _) => {
+                        out[at] = ((x - mean) / std) as f32;
+                    }
+                    (Cell::Category(value), EncodedColumn::OneHot { .. }, Some(lookup)) => {
                         match value.as_deref().map(|v| lookup.get(v)) {
                             None => counts.missing += 1,
                             Some(None) => counts.unknown += 1,
                             Some(Some(&i)) => out[at + i] = 1.0,
                         }
-                        at += categories.len();
                     }
-                    _ => {
-                        return Err(Error::invalid(
-                            "schema",
-                            format!("{} was not read with the schema of this encoder", table.path.display()),
-                        ))
-                    }
+                    _ => return Err(not_this_schema()),
                 }
+                at += column.width();
             }
         }
         if let Some(i) = inputs.iter().position(|x| !x.is_finite()) {
@@ -393,4 +504,36 @@ impl TabularEncoder {
         let dataset = Dataset::new(inputs, table.labels.clone(), vec![width], 1)?;
         Ok((dataset, counts))
     }
+}
+
+impl EncodedColumn {
+    /// The number of features the column encodes to.
+    fn width(&self) -> usize {
+        match self {
+            EncodedColumn::Scaled(_) | EncodedColumn::Standardised { .. } => 1,
+            EncodedColumn::OneHot { categories } => categories.len(),
+        }
+    }
+}
+
+/// A public category list must be non-empty, without repeats, and never hold the missing marker
+/// (a `?` row would otherwise get a feature of its own).
+fn check_categories(column: &str, categories: &[String], missing: &str) -> Result<()> {
+    let invalid = |message: String| Err(Error::invalid("schema", format!("column '{column}': {message}")));
+    if categories.is_empty() {
+        return invalid("the category list is empty".to_string());
+    }
+    let mut seen = BTreeSet::new();
+    for category in categories {
+        if category.is_empty() || category == missing || category.trim() != category {
+            return invalid(format!(
+                "category '{category}' is empty, the missing marker, or has surrounding whitespace \
+                 (cells are trimmed, so it could never match)"
+            ));
+        }
+        if !seen.insert(category.as_str()) {
+            return invalid(format!("category '{category}' is listed twice"));
+        }
+    }
+    Ok(())
 }
