@@ -1,20 +1,29 @@
 //! The `#[dp_model]` compiler: parse → graph IR → shape inference → plan → Rust code.
 //!
-//! - [`parse`]: attribute syntax to a typed AST with spans;
+//! An op is one module of [`ops`] (its arguments, shape rule, parameter count, plan step and cost);
+//! the passes are drivers that apply every op's rule in turn:
+//!
+//! - [`parse`]: attribute syntax to a typed AST with spans (the grammar in [`syntax`], typed
+//!   arguments in [`args`]);
 //! - [`ir`]: the graph IR (ops with typed attributes over SSA values);
 //! - [`check`]: shapes of one example, parameter counts, the loss against the output;
-//! - [`plan`]: fusion, the per-layer norm strategy, FLOPs and bytes, the static memory plan;
-//! - [`codegen`]: the emitted `DpModel` implementation.
+//! - [`plan`]: the per-op plan steps through the planner's shared services (memory, gradient routing,
+//!   fusion, scratch sharing), FLOPs and bytes, the static memory plan;
+//! - [`codegen`]: the emitted `DpModel` implementation, each step's statements from a backend.
 //!
 //! Errors from every pass are collected in a [`ctxt::Ctxt`] and reported together, each on the span of
 //! the token that causes it.
 
+mod args;
 mod check;
 mod codegen;
 mod ctxt;
 mod ir;
+mod ops;
 mod parse;
 mod plan;
+mod shape;
+mod syntax;
 
 #[cfg(test)]
 mod sequence_tests;
@@ -83,11 +92,16 @@ fn compile(
         unreachable!("parsing fails only with an error");
     };
     let graph = ir::Graph::from_sequential(&model);
-    let checked = check::check(&mut cx, &model, &graph);
+    lower(cx, &model, &graph)
+}
+
+/// The passes both front ends share: check, plan, emit.
+fn lower(mut cx: ctxt::Ctxt, model: &parse::ast::ModelDef, graph: &ir::Graph) -> syn::Result<proc_macro2::TokenStream> {
+    let checked = check::check(&mut cx, model, graph);
     cx.finish()?;
     let checked = checked.expect("checking fails only with an error");
-    let plan = plan::plan(&graph, &checked);
-    Ok(codegen::generate(&model, &plan))
+    let plan = plan::plan(graph, &checked);
+    Ok(codegen::generate(model, &plan))
 }
 
 /// The residual front end: `#[dp_model]` on an inline module with the struct and its `forward`.
@@ -100,11 +114,7 @@ fn compile_module(
         cx.finish()?;
         unreachable!("parsing fails only with an error");
     };
-    let checked = check::check(&mut cx, &parsed.model, &parsed.graph);
-    cx.finish()?;
-    let checked = checked.expect("checking fails only with an error");
-    let plan = plan::plan(&parsed.graph, &checked);
-    let generated = codegen::generate(&parsed.model, &plan);
+    let generated = lower(cx, &parsed.model, &parsed.graph)?;
     let syn::ItemMod { attrs, vis, ident, content, .. } = parsed.module;
     let items = content.map(|(_, items)| items).unwrap_or_default();
     Ok(quote::quote! {

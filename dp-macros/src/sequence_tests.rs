@@ -55,13 +55,13 @@ fn the_lstm_net_plan_keeps_the_gates_as_norm_slots() {
         .steps
         .iter()
         .find_map(|s| match s {
-            plan::Step::Lstm(l) => Some(l),
+            crate::ops::Step::Lstm(l) => Some(l),
             _ => None,
         })
         .expect("an LSTM step");
     assert_eq!(
         (lstm.ih_strategy, lstm.hh_strategy),
-        (plan::NormStrategy::Direct, plan::NormStrategy::Direct)
+        (dp_spec::Strategy::Direct, dp_spec::Strategy::Direct)
     );
     // A direct slot (4h·d = 40,000) fits in the gates (T·4h = 102,400): no separate norm scratch for it.
     assert!(lstm.norms_in_gates);

@@ -123,7 +123,7 @@ fn mlp_plan_fuses_relu_and_lays_out_the_arena() {
         .layers
         .iter()
         .filter(|l| l.op.starts_with("linear"))
-        .all(|l| l.strategy == Some(plan::NormStrategy::Ghost)));
+        .all(|l| l.strategy == Some(dp_spec::NormStrategy::Ghost)));
 }
 
 #[test]
@@ -143,10 +143,10 @@ fn standalone_activations_share_the_gradient_buffer_of_the_layer_before() {
     );
     // tanh on the input (no gradient needed), fc1 + fused sigmoid, standalone relu, fc2.
     assert_eq!(plan.steps.len(), 4);
-    let plan::Step::Activation(relu) = &plan.steps[2] else { panic!("relu is standalone") };
-    let plan::Step::Dense(fc1) = &plan.steps[1] else { panic!("fc1 is dense") };
+    let crate::ops::Step::Activation(relu) = &plan.steps[2] else { panic!("relu is standalone") };
+    let crate::ops::Step::Linear(fc1) = &plan.steps[1] else { panic!("fc1 is dense") };
     assert_eq!(relu.grad, Some(fc1.delta));
-    let plan::Step::Activation(tanh) = &plan.steps[0] else { panic!("tanh is standalone") };
+    let crate::ops::Step::Activation(tanh) = &plan.steps[0] else { panic!("tanh is standalone") };
     assert_eq!(tanh.grad, None);
     assert_eq!(fc1.input_grad, None);
     assert_eq!(plan.param_count, 4 * 6 + 3 * 4 + 3);

@@ -57,16 +57,8 @@ pub struct ParamSpec {
     pub group: usize,
 }
 
-/// How the compiler obtains a layer's per-example gradient norms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NormStrategy {
-    /// ‖Σ_t a_t δ_tᵀ‖² from inner products of activations and output gradients (no per-example gradient).
-    Ghost,
-    /// Per-example gradients are formed explicitly and their squared norms summed.
-    Direct,
-    /// Embedding rows: equal tokens of an example are grouped before squaring.
-    TokenGrouped,
-}
+/// How the compiler obtains a layer's per-example gradient norms (shared with the compiler and the kernels).
+pub use dp_spec::NormStrategy;
 
 /// One layer of the compiled plan, for `describe()` and for the memory planner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
