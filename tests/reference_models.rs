@@ -517,3 +517,88 @@ fn forced_ghost_and_forced_direct_norms_match_the_reference() {
         assert!(strategies[1..].iter().all(|s| *s == forced), "{layers:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// GELU and SiLU: their derivatives need their inputs, so they never run in a layer's output pass.
+
+/// A standalone gelu on the input (no gradient needed), gelu and silu after linear layers, and silu
+/// then relu in a row.
+#[dp_model(input = [5], loss = mse)]
+struct GeluSilu {
+    #[layer(gelu)]
+    squash: Gelu,
+    #[layer(linear(out = 6), gelu)]
+    fc1: Linear,
+    #[layer(linear(out = 4), silu, relu)]
+    fc2: Linear,
+    #[layer(linear(out = 2))]
+    fc3: Linear,
+}
+
+fn gelu_silu() -> Network {
+    Network::new(
+        vec![
+            Op::Act(Activation::Gelu),
+            Op::Linear { name: "fc1", out: 6, bias: true },
+            Op::Act(Activation::Gelu),
+            Op::Linear { name: "fc2", out: 4, bias: true },
+            Op::Act(Activation::Silu),
+            Op::Act(Activation::Relu),
+            Op::Linear { name: "fc3", out: 2, bias: true },
+        ],
+        GeluSilu::INPUT_SHAPE,
+        GeluSilu::LOSS,
+        GeluSilu::PARAMS,
+    )
+}
+
+/// gelu on a value that is also read by `+` (its backward writes a partial gradient that is added
+/// in), and silu after the sum (after an op that could fuse it, had its derivative come from the
+/// output).
+#[dp_model(input = [4], loss = cross_entropy(classes = 3))]
+mod gelu_residual {
+    pub struct GeluResidual {
+        #[layer(linear(out = 6))]
+        a: Linear,
+        #[layer(linear(out = 6))]
+        b: Linear,
+        #[layer(linear(out = 3))]
+        head: Linear,
+    }
+
+    impl GeluResidual {
+        fn forward(&self, x: Input) -> Output {
+            let h = self.a(x);
+            let g = h.gelu();
+            self.head((self.b(g) + h).silu())
+        }
+    }
+}
+use gelu_residual::GeluResidual;
+
+fn gelu_residual() -> Network {
+    Network::new(
+        vec![
+            Op::Linear { name: "a", out: 6, bias: true },
+            Op::Residual(vec![Op::Act(Activation::Gelu), Op::Linear { name: "b", out: 6, bias: true }]),
+            Op::Act(Activation::Silu),
+            Op::Linear { name: "head", out: 3, bias: true },
+        ],
+        GeluResidual::INPUT_SHAPE,
+        GeluResidual::LOSS,
+        GeluResidual::PARAMS,
+    )
+}
+
+#[test]
+fn gelu_and_silu_match_the_reference() {
+    for (size, seed) in [(1, 121), (3, 122), (64, 123)] {
+        report("GeluSilu", &check_model::<GeluSilu>(&gelu_silu(), size, seed));
+        report("GeluResidual", &check_model::<GeluResidual>(&gelu_residual(), size, seed));
+    }
+    check_zero_factor_example::<GeluSilu>(&gelu_silu(), 3, 124);
+    check_zero_factor_example::<GeluResidual>(&gelu_residual(), 3, 125);
+    check_reference_gradient::<GeluSilu>(&gelu_silu(), 126, 60);
+    check_reference_gradient::<GeluResidual>(&gelu_residual(), 127, 60);
+    assert!(GeluSilu::LAYERS.iter().any(|l| l.op == "gelu" && l.flops_per_example > 0));
+}

@@ -47,12 +47,12 @@ use proc_macro::TokenStream;
 /// ```
 ///
 /// On an inline `mod` holding the struct and an `impl` with `fn forward(&self, x: Input) -> Output`,
-/// the forward (let bindings, `self.field(value)`, `+`, `.relu()`/`.tanh()`/`.sigmoid()`) gives the
+/// the forward (let bindings, `self.field(value)`, `+`, `.relu()`, `.tanh()`, `.sigmoid()`, `.gelu()`, `.silu()`) gives the
 /// graph instead of the field order (a residual network).
 ///
 /// Arguments: `input = [d, ...]` (one example's shape) and `loss = cross_entropy(classes = K)`,
 /// `binary_cross_entropy` (one logit) or `mse`. Ops: `linear(out = N, in = M, bias = false)` (`in` and
-/// `bias` optional), `relu`, `tanh`, `sigmoid`, `flatten`, `conv2d(out, kernel, stride = 1, padding = 0, dilation = 1,
+/// `bias` optional), `relu`, `tanh`, `sigmoid`, `gelu` (tanh form), `silu`, `flatten`, `conv2d(out, kernel, stride = 1, padding = 0, dilation = 1,
 /// groups = 1, bias = true)`, `max_pool2d(kernel, stride = kernel, padding = 0)`, `avg_pool2d(...)`,
 /// `global_avg_pool`, `group_norm(groups)`, `layer_norm`; `linear` and `conv2d` take
 /// `norms = ghost | direct` to force their norm strategy. Field order is forward order; a field's type

@@ -173,3 +173,28 @@ fn every_error_of_a_model_is_reported_at_once() {
     assert!(out.contains("must have type `Linear`"));
     assert!(out.contains("did you mean `linear`"));
 }
+
+#[test]
+fn activations_whose_derivative_needs_their_input_are_never_fused() {
+    let (args, item) = (
+        quote!(input = [4], loss = mse),
+        quote! {
+            struct M {
+                #[layer(linear(out = 5), gelu)]
+                fc1: Linear,
+                #[layer(linear(out = 3), silu, relu)]
+                fc2: Linear,
+            }
+        },
+    );
+    let plan = planned(args.clone(), item.clone());
+    // fc1, gelu, fc2, silu, relu: relu follows silu (not a layer), so nothing is fused.
+    assert_eq!(plan.steps.len(), 5);
+    let crate::ops::Step::Linear(fc1) = &plan.steps[0] else { panic!("fc1 is dense") };
+    let crate::ops::Step::Activation(gelu) = &plan.steps[1] else { panic!("gelu is standalone") };
+    assert_eq!(fc1.act, crate::ops::activation::function::Act::Identity);
+    assert_eq!(gelu.input, crate::plan::memory::Buf::Arena(fc1.output), "gelu reads the kept pre-activation");
+    assert_eq!(gelu.grad, Some(fc1.delta), "and works in place on fc1's δ");
+    let out = pretty(expand(args, item));
+    assert_eq!(out.matches("activation_backward_from_input").count(), 2, "{out}");
+}

@@ -57,4 +57,6 @@ activations! {
     Relu = "relu", FromOutput;
     Tanh = "tanh", FromOutput;
     Sigmoid = "sigmoid", FromOutput;
+    Gelu = "gelu", FromInput;
+    Silu = "silu", FromInput;
 }
