@@ -107,34 +107,29 @@ pub fn norms(plan: &Plan, s: &LstmStep) -> TokenStream {
     }}
 }
 
-/// The clipped sum by book-keeping. The LSTM scales a copy of δ in its (dead) gates buffer and zeroes
-/// the input and `h_{t−1}` rows of examples with factor 0, so NaN there cannot reach the sum (the
-/// input is zeroed in place only when the LSTM is its sole reader, else in a private copy); zeroing
-/// those rows again is harmless, and δ is kept, so the clipped sum can be repeated.
+/// The clipped sum by book-keeping, `dp_kernels::lstm::lstm_clipped_sum`: it scales δ by the factors
+/// and zeroes the input and `h_{t−1}` rows of examples with factor 0 (so NaN there cannot reach the
+/// sum), consuming all three. δ is kept (the kernel scales a copy in the dead gates buffer), and the
+/// input is consumed in place only when the LSTM is its sole reader, else in a private copy; zeroing
+/// those rows again is harmless, so the clipped sum can be repeated.
 pub fn clipped_sum(plan: &Plan, s: &LstmStep) -> TokenStream {
     let groups = lit(plan.groups.len());
-    let (dims, grads) = (dims(plan, s), grads(plan, s));
-    let (t, d, h, g4, g) = (lit(s.steps), lit(s.input), lit(s.hidden), lit(4 * s.hidden), lit(s.group));
-    let (delta, hprev) = (read(Buf::Arena(s.delta)), write(s.hprev));
-    let scaled = buf_ident(s.gates);
+    let (dims, grads, g) = (dims(plan, s), grads(plan, s), lit(s.group));
+    let (delta, hprev, scaled) = (read(Buf::Arena(s.delta)), write(s.hprev), write(s.gates));
     let (x, copy_input) = match (s.x, s.input_copy) {
         (_, Some(copy)) => {
             let (copy, source) = (buf_ident(copy), read(s.x));
-            (copy.clone(), quote!(#copy.copy_from_slice(#source);))
+            (quote!(&mut #copy[..]), quote!(#copy.copy_from_slice(#source);))
         }
-        (Buf::Arena(k), None) => (buf_ident(k), quote!()),
+        (Buf::Arena(k), None) => (write(k), quote!()),
         (Buf::Input, None) => unreachable!("an LSTM on the model input keeps a copy"),
     };
-    let (per_example, lstm) = (kernels::per_example(), kernels::lstm());
+    let (gates, lstm) = (buf_ident(s.gates), kernels::lstm());
     quote! {{
         #dims
         #grads
         #copy_input
-        #scaled.copy_from_slice(#delta);
-        let factors_g = &factors[#g..];
-        #per_example::scale_examples(1, n, #t, #g4, factors_g, #groups, #scaled);
-        #per_example::zero_unclipped_examples(1, n, #t, #d, factors_g, #groups, #x);
-        #per_example::zero_unclipped_examples(1, n, #t, #h, factors_g, #groups, #hprev);
-        #lstm::lstm_weight_gradients(&DIMS, n, #x, #hprev, #scaled, g_ih, g_hh, g_b);
+        #gates.copy_from_slice(#delta);
+        #lstm::lstm_clipped_sum(&DIMS, n, &factors[#g..], #groups, #x, #hprev, #scaled, g_ih, g_hh, g_b);
     }}
 }
