@@ -27,7 +27,7 @@ use crate::gemm::{product_for, sgemm, Op, Product};
 // chooses with the same formulas the kernels run.
 pub use dp_spec::cost::{
     choose_strategy, direct_bytes, direct_flops, direct_scratch_len, ghost_bytes, ghost_flops,
-    ghost_scratch_len, scratch_len, GHOST_TILE,
+    ghost_scratch_len, scratch_len, DIRECT_MEMORY_CAP_BYTES, GHOST_TILE,
 };
 pub use dp_spec::{PositionalLayer, Strategy};
 
