@@ -17,7 +17,7 @@ use crate::plan::planner::{Planner, SharedScratch};
 use crate::shape::{image, Shape};
 use crate::syntax::{OpSyntax, Spanned};
 use dp_spec::cost::{norm_flops, scratch_len};
-use dp_spec::{NormStrategy, PositionalLayer, Strategy};
+use dp_spec::{Conv2dGeometry, NormStrategy, PositionalLayer, Strategy};
 
 /// `conv2d(...)`. Defaulted arguments carry the span of the op's name.
 #[derive(Debug, Clone, Copy)]
@@ -32,48 +32,11 @@ pub struct Conv2d {
     pub norms: Option<NormChoice>,
 }
 
-/// The static shape of a convolution (mirrors `dp_kernels::conv::Conv2dGeometry`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConvGeom {
-    pub in_c: usize,
-    pub in_h: usize,
-    pub in_w: usize,
-    pub out_c: usize,
-    pub kernel: usize,
-    pub stride: usize,
-    pub padding: usize,
-    pub dilation: usize,
-    pub groups: usize,
-    pub out_h: usize,
-    pub out_w: usize,
-}
-
-impl ConvGeom {
-    /// T: output positions.
-    pub fn positions(&self) -> usize {
-        self.out_h * self.out_w
-    }
-    /// d: values of one patch of one group.
-    pub fn patch_len(&self) -> usize {
-        self.in_c / self.groups * self.kernel * self.kernel
-    }
-    /// p: output channels of one group.
-    pub fn out_per_group(&self) -> usize {
-        self.out_c / self.groups
-    }
-    pub fn output_len(&self) -> usize {
-        self.out_c * self.positions()
-    }
-    pub fn patches_len(&self) -> usize {
-        self.groups * self.positions() * self.patch_len()
-    }
-}
-
 /// A convolution with its fused activation.
 #[derive(Debug, Clone)]
 pub struct ConvStep {
     pub group: usize,
-    pub geom: ConvGeom,
+    pub geom: Conv2dGeometry,
     pub input: Buf,
     pub output: usize,
     /// The output gradient, NCHW; δ of the pre-activation after the backward.
@@ -167,20 +130,20 @@ impl OpRules for Conv2d {
 
     fn plan(&self, pl: &mut Planner<'_>, node: &NodeView) -> Option<ConvStep> {
         let (i, x, field) = (node.index, node.input(), node.field);
-        let (in_shape, out_shape) = (pl.shape(x), pl.shape(node.output));
-        let geom = ConvGeom {
+        let in_shape = pl.shape(x);
+        let geom = Conv2dGeometry {
             in_c: in_shape[0],
             in_h: in_shape[1],
             in_w: in_shape[2],
             out_c: self.out.value,
-            kernel: self.kernel.value,
+            kh: self.kernel.value,
+            kw: self.kernel.value,
             stride: self.stride.value,
             padding: self.padding.value,
             dilation: self.dilation.value,
             groups: self.groups.value,
-            out_h: out_shape[1],
-            out_w: out_shape[2],
         };
+        debug_assert_eq!(pl.shape(node.output), &[geom.out_c, geom.out_h(), geom.out_w()]);
         let (t, d, p) = (geom.positions(), geom.patch_len(), geom.out_per_group());
         let (act, result) = pl.fuse_activation(node);
         let output = pl.alloc(i, format!("{field} output"), geom.output_len());
@@ -189,14 +152,13 @@ impl OpRules for Conv2d {
         pl.grad[result.0] = Some(delta);
         let group = pl.group(field);
         let bound = 1.0 / (d as f32).sqrt();
-        let k = geom.kernel;
-        let weight_shape = vec![geom.out_c, geom.in_c / geom.groups, k, k];
+        let weight_shape = vec![geom.out_c, geom.in_c / geom.groups, geom.kh, geom.kw];
         let weight = pl.param(format!("{field}.weight"), weight_shape, Init::Uniform { bound });
         let bias = self.bias.then(|| pl.param(format!("{field}.bias"), vec![geom.out_c], Init::Uniform { bound }));
         let strategy = Planner::strategy(self.norms, &PositionalLayer::new(t, d, p));
         pl.need(SharedScratch::Patches, i, geom.patches_len());
         pl.need(SharedScratch::Rows, i, geom.output_len());
-        pl.need(SharedScratch::Norms, i, scratch_len(strategy, &PositionalLayer::new(t, d, p)));
+        pl.need(SharedScratch::Norms, i, scratch_len(strategy, &geom.layer()));
         let input = pl.storage_of(x);
         let input_grad = pl.target(node, x);
         // Forward, weight gradient and (when something upstream is trained) input gradient products,

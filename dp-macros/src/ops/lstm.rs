@@ -17,7 +17,7 @@ use crate::plan::planner::{Planner, SharedScratch};
 use crate::shape::{show, Shape};
 use crate::syntax::{OpSyntax, Spanned};
 use dp_spec::cost::{norm_flops, scratch_len};
-use dp_spec::{NormStrategy, PositionalLayer, Strategy};
+use dp_spec::{LstmDims, NormStrategy, Strategy};
 
 /// `lstm(hidden = H, norms = ghost | direct)`.
 #[derive(Debug, Clone, Copy)]
@@ -31,9 +31,7 @@ pub struct Lstm {
 #[derive(Debug, Clone)]
 pub struct LstmStep {
     pub group: usize,
-    pub steps: usize,
-    pub input: usize,
-    pub hidden: usize,
+    pub dims: LstmDims,
     /// The input sequence `[T, d]`.
     pub x: Buf,
     /// `[T, h]` hidden states and their gradient.
@@ -106,8 +104,8 @@ impl OpRules for Lstm {
         let (i, x_id, out, field) = (node.index, node.input(), node.output, node.field);
         let x = pl.storage_of(x_id);
         let (steps, input, h) = (pl.shape(x_id)[0], pl.shape(x_id)[1], self.hidden.value);
-        let g4 = 4 * h;
-        let (ih_layer, hh_layer) = (PositionalLayer::new(steps, input, g4), PositionalLayer::new(steps, h, g4));
+        let (g4, dims) = (4 * h, LstmDims { steps, input, hidden: h });
+        let (ih_layer, hh_layer) = (dims.input_layer(), dims.recurrent_layer());
         let ih_strategy = Planner::strategy(self.norms, &ih_layer);
         let hh_strategy = Planner::strategy(self.norms, &hh_layer);
         let output = pl.alloc(i, format!("{field} hidden states"), steps * h);
@@ -152,9 +150,7 @@ impl OpRules for Lstm {
         pl.cost(i, flops, Some(NormStrategy::from(shown)));
         Some(LstmStep {
             group,
-            steps,
-            input,
-            hidden: h,
+            dims,
             x,
             output,
             output_grad,

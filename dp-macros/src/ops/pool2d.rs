@@ -8,6 +8,7 @@ use crate::plan::memory::{Buf, GradTarget};
 use crate::plan::planner::Planner;
 use crate::shape::{image, Shape};
 use crate::syntax::{OpSyntax, Spanned};
+use dp_spec::Pool2dGeometry;
 
 /// Max or average pooling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,12 +39,7 @@ pub struct Pool2d {
 #[derive(Debug, Clone)]
 pub struct PoolStep {
     pub kind: PoolKind,
-    pub channels: usize,
-    pub in_h: usize,
-    pub in_w: usize,
-    pub kernel: usize,
-    pub stride: usize,
-    pub padding: usize,
+    pub geom: Pool2dGeometry,
     pub input: Buf,
     pub output: usize,
     /// Max pooling's argmax (`u32` in an `f32` buffer).
@@ -116,12 +112,14 @@ impl OpRules for Pool2d {
         pl.cost(i, out_len as u64 * k * k + (in_len + out_len) as u64, None);
         Some(PoolStep {
             kind: self.kind,
-            channels: in_shape[0],
-            in_h: in_shape[1],
-            in_w: in_shape[2],
-            kernel: self.kernel.value,
-            stride: self.stride.value,
-            padding: self.padding.value,
+            geom: Pool2dGeometry {
+                channels: in_shape[0],
+                in_h: in_shape[1],
+                in_w: in_shape[2],
+                kernel: self.kernel.value,
+                stride: self.stride.value,
+                padding: self.padding.value,
+            },
             input,
             output,
             argmax,

@@ -5,19 +5,20 @@
 use super::activation::{fused_backward, fused_forward};
 use super::emit::{accumulate, grad_slices, lit, optional_param, param, read, scratch, strategy, write, zero_group};
 use super::kernels;
-use crate::ops::conv2d::{ConvGeom, ConvStep};
+use crate::ops::conv2d::ConvStep;
 use crate::plan::memory::Buf;
 use crate::plan::Plan;
+use dp_spec::Conv2dGeometry;
 use proc_macro2::TokenStream;
 use quote::quote;
 
-fn geom(g: &ConvGeom) -> TokenStream {
+fn geom(g: &Conv2dGeometry) -> TokenStream {
     let conv = kernels::conv();
-    let (in_c, in_h, in_w, out_c, kernel) = (lit(g.in_c), lit(g.in_h), lit(g.in_w), lit(g.out_c), lit(g.kernel));
+    let (in_c, in_h, in_w, out_c, kh, kw) = (lit(g.in_c), lit(g.in_h), lit(g.in_w), lit(g.out_c), lit(g.kh), lit(g.kw));
     let (stride, padding, dilation, groups) = (lit(g.stride), lit(g.padding), lit(g.dilation), lit(g.groups));
     quote! {
         #conv::Conv2dGeometry {
-            in_c: #in_c, in_h: #in_h, in_w: #in_w, out_c: #out_c, kh: #kernel, kw: #kernel,
+            in_c: #in_c, in_h: #in_h, in_w: #in_w, out_c: #out_c, kh: #kh, kw: #kw,
             stride: #stride, padding: #padding, dilation: #dilation, groups: #groups,
         }
     }

@@ -20,7 +20,7 @@ fn norm_scratch(plan: &Plan, s: &LstmStep) -> usize {
 
 /// `const DIMS: LstmDims = ...;` plus compile-time checks that the planned scratch fits the kernels.
 fn dims(plan: &Plan, s: &LstmStep) -> TokenStream {
-    let (steps, input, hidden) = (lit(s.steps), lit(s.input), lit(s.hidden));
+    let (steps, input, hidden) = (lit(s.dims.steps), lit(s.dims.input), lit(s.dims.hidden));
     let scratch = lit(plan.buffers[s.scratch].len);
     let norm_slot = lit(plan.buffers[norm_scratch(plan, s)].len);
     let (s_ih, s_hh, lstm) = (strategy(s.ih_strategy), strategy(s.hh_strategy), kernels::lstm());

@@ -9,9 +9,9 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 fn geom(s: &PoolStep) -> TokenStream {
-    let pool = kernels::pool();
-    let (c, h, w) = (lit(s.channels), lit(s.in_h), lit(s.in_w));
-    let (kernel, stride, padding) = (lit(s.kernel), lit(s.stride), lit(s.padding));
+    let (pool, g) = (kernels::pool(), &s.geom);
+    let (c, h, w) = (lit(g.channels), lit(g.in_h), lit(g.in_w));
+    let (kernel, stride, padding) = (lit(g.kernel), lit(g.stride), lit(g.padding));
     quote! {
         #pool::Pool2dGeometry { channels: #c, in_h: #h, in_w: #w, kernel: #kernel, stride: #stride, padding: #padding }
     }
