@@ -8,7 +8,6 @@ use dp::models::{Cifar10Cnn, MnistCnn, ResidualCnn};
 use dp::prelude::*;
 use dp::NormStrategy;
 
-
 fn strategies<M: DpModel>() -> Vec<(&'static str, NormStrategy)> {
     M::LAYERS.iter().filter_map(|l| l.strategy.map(|s| (l.name, s))).collect()
 }

@@ -145,7 +145,10 @@ pub fn activation_forward(x: &[f32], y: &mut [f32], len: usize, act: Activation)
 /// In place: grad ← grad ⊙ act'(·), with the derivative taken from the activation's output `y`.
 /// Turns the gradient of a layer's output into the gradient of its pre-activation (δ).
 pub fn activation_backward(grad: &mut [f32], y: &[f32], len: usize, act: Activation) {
-    assert!(!act.derivative_needs_input(), "{act:?}: the derivative needs the input (activation_backward_from_input)");
+    assert!(
+        !act.derivative_needs_input(),
+        "{act:?}: the derivative needs the input (activation_backward_from_input)"
+    );
     if act == Activation::Identity {
         return;
     }
@@ -191,7 +194,10 @@ mod tests {
             Activation::Gelu => {
                 let c = (2.0 / std::f64::consts::PI).sqrt();
                 let t = (c * (x + 0.044715 * x.powi(3))).tanh();
-                (0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * x * x))
+                (
+                    0.5 * x * (1.0 + t),
+                    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * x * x),
+                )
             }
             Activation::Silu => {
                 let s = 1.0 / (1.0 + (-x).exp());

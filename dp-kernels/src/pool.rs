@@ -44,9 +44,9 @@ pub fn max_pool2d_forward(
             let base = c * plane_in;
             let plane = &x[i * geom.input_len() + base..i * geom.input_len() + base + plane_in];
             for oh in 0..oh_n {
-                let rows = window(&geom, oh, geom.in_h);
+                let rows = window(geom, oh, geom.in_h);
                 for ow in 0..ow_n {
-                    let cols = window(&geom, ow, geom.in_w);
+                    let cols = window(geom, ow, geom.in_w);
                     // Selects without branches (the windows are a few values); the first NaN in
                     // window order, which has the smallest index, replaces the maximum afterwards.
                     let (mut best, mut at) = (f32::NEG_INFINITY, rows.start * geom.in_w + cols.start);
@@ -103,9 +103,9 @@ pub fn avg_pool2d_forward(geom: &Pool2dGeometry, batch: usize, x: &[f32], out: &
     out[..batch * geom.output_len()].par_chunks_mut(oh_n * ow_n).enumerate().for_each(|(u, o)| {
         let plane = &x[u * plane_in..(u + 1) * plane_in];
         for oh in 0..oh_n {
-            let rows = window(&geom, oh, geom.in_h);
+            let rows = window(geom, oh, geom.in_h);
             for ow in 0..ow_n {
-                let cols = window(&geom, ow, geom.in_w);
+                let cols = window(geom, ow, geom.in_w);
                 let mut s = 0.0f32;
                 for h in rows.clone() {
                     s += plane[h * geom.in_w + cols.start..h * geom.in_w + cols.end].iter().sum::<f32>();
@@ -128,9 +128,9 @@ pub fn avg_pool2d_backward(geom: &Pool2dGeometry, batch: usize, dout: &[f32], dx
         d.fill(0.0);
         let g = &dout[u * oh_n * ow_n..(u + 1) * oh_n * ow_n];
         for oh in 0..oh_n {
-            let rows = window(&geom, oh, geom.in_h);
+            let rows = window(geom, oh, geom.in_h);
             for ow in 0..ow_n {
-                let cols = window(&geom, ow, geom.in_w);
+                let cols = window(geom, ow, geom.in_w);
                 let v = g[oh * ow_n + ow] * scale;
                 for h in rows.clone() {
                     d[h * geom.in_w + cols.start..h * geom.in_w + cols.end].iter_mut().for_each(|e| *e += v);

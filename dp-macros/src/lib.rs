@@ -96,7 +96,11 @@ fn compile(
 }
 
 /// The passes both front ends share: check, plan, emit.
-fn lower(mut cx: ctxt::Ctxt, model: &parse::ast::ModelDef, graph: &ir::Graph) -> syn::Result<proc_macro2::TokenStream> {
+fn lower(
+    mut cx: ctxt::Ctxt,
+    model: &parse::ast::ModelDef,
+    graph: &ir::Graph,
+) -> syn::Result<proc_macro2::TokenStream> {
     let checked = check::check(&mut cx, model, graph);
     cx.finish()?;
     let checked = checked.expect("checking fails only with an error");

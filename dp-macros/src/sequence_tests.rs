@@ -59,10 +59,7 @@ fn the_lstm_net_plan_keeps_the_gates_as_norm_slots() {
             _ => None,
         })
         .expect("an LSTM step");
-    assert_eq!(
-        (lstm.ih_strategy, lstm.hh_strategy),
-        (dp_spec::Strategy::Direct, dp_spec::Strategy::Direct)
-    );
+    assert_eq!((lstm.ih_strategy, lstm.hh_strategy), (dp_spec::Strategy::Direct, dp_spec::Strategy::Direct));
     // A direct slot (4h·d = 40,000) fits in the gates (T·4h = 102,400): no separate norm scratch for it.
     assert!(lstm.norms_in_gates);
     assert_eq!(plan.buffers[lstm.gates].len, 256 * 400);

@@ -17,7 +17,10 @@ pub fn image(cx: &mut Ctxt, at: Span, op: &str, x: &Shape) -> Option<[usize; 3]>
     match x.as_slice() {
         &[c, h, w] => Some([c, h, w]),
         _ => {
-            cx.error(at, format!("`{op}` takes an image [C, H, W] per example, but its input has shape {}", show(x)));
+            cx.error(
+                at,
+                format!("`{op}` takes an image [C, H, W] per example, but its input has shape {}", show(x)),
+            );
             None
         }
     }

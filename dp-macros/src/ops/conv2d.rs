@@ -8,7 +8,9 @@
 
 use super::activation::function::Act;
 use super::rules::OpRules;
-use crate::args::{arguments, boolean, non_negative_int, norm_choice, optional, positive_int, required, NormChoice};
+use crate::args::{
+    arguments, boolean, non_negative_int, norm_choice, optional, positive_int, required, NormChoice,
+};
 use crate::ctxt::Ctxt;
 use crate::ir::view::NodeView;
 use crate::plan::memory::{Buf, GradTarget};
@@ -154,7 +156,8 @@ impl OpRules for Conv2d {
         let bound = 1.0 / (d as f32).sqrt();
         let weight_shape = vec![geom.out_c, geom.in_c / geom.groups, geom.kh, geom.kw];
         let weight = pl.param(format!("{field}.weight"), weight_shape, Init::Uniform { bound });
-        let bias = self.bias.then(|| pl.param(format!("{field}.bias"), vec![geom.out_c], Init::Uniform { bound }));
+        let bias =
+            self.bias.then(|| pl.param(format!("{field}.bias"), vec![geom.out_c], Init::Uniform { bound }));
         let strategy = Planner::strategy(self.norms, &PositionalLayer::new(t, d, p));
         pl.need(SharedScratch::Patches, i, geom.patches_len());
         pl.need(SharedScratch::Rows, i, geom.output_len());

@@ -80,7 +80,8 @@ impl OpRules for Embedding {
 
     fn plan(&self, pl: &mut Planner<'_>, node: &NodeView) -> Option<EmbeddingStep> {
         let (i, x, out, field) = (node.index, node.input(), node.output, node.field);
-        let (vocab, dim, steps) = (self.vocab.expect("checked: a token input"), self.dim.value, pl.shape(x)[0]);
+        let (vocab, dim, steps) =
+            (self.vocab.expect("checked: a token input"), self.dim.value, pl.shape(x)[0]);
         pl.target(node, x);
         let output = pl.alloc(i, format!("{field} embedding rows"), steps * dim);
         let delta = pl.grad_buffer(i, out, format!("{field} embedding delta")).expect("trained");

@@ -93,7 +93,10 @@ impl OpRules for Linear {
             if declared.value != x[0] {
                 cx.error(
                     declared.span,
-                    format!("declared `in = {}`, but the input of this layer has width {}", declared.value, x[0]),
+                    format!(
+                        "declared `in = {}`, but the input of this layer has width {}",
+                        declared.value, x[0]
+                    ),
                 );
             }
         }

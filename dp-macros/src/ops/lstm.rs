@@ -145,7 +145,7 @@ impl OpRules for Lstm {
             + norm_flops(hh_strategy, steps, h, g4)
             + tt * g4 as u64                                   // bias norm
             + 30 * tt * h as u64; // gate non-linearities, forward and backward
-        // The table shows the strategy of the larger weight.
+                                  // The table shows the strategy of the larger weight.
         let shown = if input >= h { ih_strategy } else { hh_strategy };
         pl.cost(i, flops, Some(NormStrategy::from(shown)));
         Some(LstmStep {

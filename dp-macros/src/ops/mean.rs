@@ -42,7 +42,10 @@ impl OpRules for Mean {
         if x.len() != 2 {
             cx.error(
                 node.span,
-                format!("`mean` averages a sequence [T, d] over its steps, but its input has shape {}", show(x)),
+                format!(
+                    "`mean` averages a sequence [T, d] over its steps, but its input has shape {}",
+                    show(x)
+                ),
             );
             return None;
         }

@@ -142,7 +142,7 @@ ops! {
     layers {
         Linear(linear::Linear),
         Conv2d(conv2d::Conv2d),
-        NormLayer(norm_layer::NormLayer),
+        Norm(norm_layer::NormLayer),
         Embedding(embedding::Embedding),
         Lstm(lstm::Lstm),
     }

@@ -155,11 +155,15 @@ impl OpRules for NormLayer {
         let (i, x, field) = (node.index, node.input(), node.field);
         let in_shape = pl.shape(x);
         let dims = match (self.groups, in_shape.len()) {
-            (Some(g), _) => {
-                NormDims::Group { channels: in_shape[0], plane: in_shape[1..].iter().product(), groups: g.value }
-            }
+            (Some(g), _) => NormDims::Group {
+                channels: in_shape[0],
+                plane: in_shape[1..].iter().product(),
+                groups: g.value,
+            },
             (None, 2) => NormDims::Layer { rows: in_shape[0], dim: in_shape[1] },
-            (None, _) => NormDims::Group { channels: in_shape[0], plane: in_shape[1..].iter().product(), groups: 1 },
+            (None, _) => {
+                NormDims::Group { channels: in_shape[0], plane: in_shape[1..].iter().product(), groups: 1 }
+            }
         };
         let len = dims.len();
         let (act, result) = pl.fuse_activation(node);
@@ -176,7 +180,10 @@ impl OpRules for NormLayer {
         let input = pl.storage_of(x);
         let input_grad = match pl.target(node, x) {
             Some(t) => t,
-            None => GradTarget { write: pl.alloc(i, format!("{field} unused input gradient"), len), add_into: None },
+            None => GradTarget {
+                write: pl.alloc(i, format!("{field} unused input gradient"), len),
+                add_into: None,
+            },
         };
         pl.cost(i, 16 * len as u64 + 4 * dims.width() as u64, Some(NormStrategy::Direct));
         Some(NormStep { group, dims, input, output, grad, act, mean, rstd, affine, weight, input_grad })

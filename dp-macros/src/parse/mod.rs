@@ -191,10 +191,8 @@ fn check_field_type(
     ty: &syn::Type,
     chain: &Punctuated<OpSyntax, Token![,]>,
 ) {
-    let kinds: Vec<(&OpSyntax, &str, bool)> = chain
-        .iter()
-        .filter_map(|op| Op::field_type(&op.name.to_string()).map(|(k, p)| (op, k, p)))
-        .collect();
+    let kinds: Vec<(&OpSyntax, &str, bool)> =
+        chain.iter().filter_map(|op| Op::field_type(&op.name.to_string()).map(|(k, p)| (op, k, p))).collect();
     if kinds.len() != chain.len() {
         return;
     }

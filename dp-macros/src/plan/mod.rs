@@ -82,7 +82,8 @@ pub fn plan(graph: &Graph, checked: &Checked) -> Plan {
     let Planner { storage, grad, per_example, buffers, params, param_offset, groups, .. } = pl;
     Plan {
         output: storage[graph.output.0].expect("the output is planned"),
-        output_grad: grad[graph.output.0].expect("checking guarantees a trained layer upstream of the output"),
+        output_grad: grad[graph.output.0]
+            .expect("checking guarantees a trained layer upstream of the output"),
         output_len: checked.output_len,
         input_len: checked.shapes[graph.input.0].iter().product(),
         steps,

@@ -61,16 +61,13 @@ fn forward_errors_name_the_field_and_say_why() {
         expand(args(), skip(quote! { let h = self.a(x); self.head(self.a(h) + self.c(h)) })).to_string();
     assert!(out.contains("field `a` is called twice"), "{out}");
     assert!(out.contains("has no field `c`"), "{out}");
-    let out =
-        expand(args(), skip(quote! { let h = self.a(x); let r = self.b(h); self.head(h) })).to_string();
+    let out = expand(args(), skip(quote! { let h = self.a(x); let r = self.b(h); self.head(h) })).to_string();
     assert!(out.contains("`r` is computed but never used"), "{out}");
     let out = expand(args(), skip(quote! { let h = self.a(x); self.head(h.relu()) })).to_string();
     assert!(out.contains("field `b` is never called"), "{out}");
     let out = expand(args(), skip(quote! { let h = self.a(x); self.head(self.b(h)) + x })).to_string();
     assert!(
-        out.contains(
-            "`+` adds values of one shape, but the left side is [2] and the right side [2, 4, 4]"
-        ),
+        out.contains("`+` adds values of one shape, but the left side is [2] and the right side [2, 4, 4]"),
         "{out}"
     );
 }

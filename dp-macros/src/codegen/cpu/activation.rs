@@ -9,7 +9,8 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 pub fn forward(s: &ActivationStep) -> TokenStream {
-    let (x, y, len, f, module) = (read(s.input), write(s.output), lit(s.len), act(s.act), kernels::activation());
+    let (x, y, len, f, module) =
+        (read(s.input), write(s.output), lit(s.len), act(s.act), kernels::activation());
     quote!(#module::activation_forward(#x, #y, n * #len, #f);)
 }
 
@@ -63,6 +64,7 @@ pub fn fused_backward(a: Act, grad: usize, output: usize, len: usize) -> TokenSt
         return quote!();
     }
     assert_eq!(a.derivative(), Derivative::FromOutput, "{a:?} is fused but needs its input");
-    let (module, g, y, len, f) = (kernels::activation(), write(grad), read(Buf::Arena(output)), lit(len), act(a));
+    let (module, g, y, len, f) =
+        (kernels::activation(), write(grad), read(Buf::Arena(output)), lit(len), act(a));
     quote!(#module::activation_backward(#g, #y, n * #len, #f);)
 }

@@ -3,7 +3,9 @@
 //! chunk inside `dp_kernels::conv_chunks`.
 
 use super::activation::{fused_backward, fused_forward};
-use super::emit::{accumulate, grad_slices, lit, optional_param, param, read, scratch, strategy, write, zero_group};
+use super::emit::{
+    accumulate, grad_slices, lit, optional_param, param, read, scratch, strategy, write, zero_group,
+};
 use super::kernels;
 use crate::ops::conv2d::ConvStep;
 use crate::plan::memory::Buf;
@@ -14,7 +16,8 @@ use quote::quote;
 
 fn geom(g: &Conv2dGeometry) -> TokenStream {
     let conv = kernels::conv();
-    let (in_c, in_h, in_w, out_c, kh, kw) = (lit(g.in_c), lit(g.in_h), lit(g.in_w), lit(g.out_c), lit(g.kh), lit(g.kw));
+    let (in_c, in_h, in_w, out_c, kh, kw) =
+        (lit(g.in_c), lit(g.in_h), lit(g.in_w), lit(g.out_c), lit(g.kh), lit(g.kw));
     let (stride, padding, dilation, groups) = (lit(g.stride), lit(g.padding), lit(g.dilation), lit(g.groups));
     quote! {
         #conv::Conv2dGeometry {

@@ -9,7 +9,8 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 pub fn forward(plan: &Plan, s: &EmbeddingStep) -> TokenStream {
-    let (v, d, table, out, module) = (lit(s.vocab), lit(s.dim), param(plan, s.weight), write(s.output), kernels::embedding());
+    let (v, d, table, out, module) =
+        (lit(s.vocab), lit(s.dim), param(plan, s.weight), write(s.output), kernels::embedding());
     quote!(#module::embedding_forward(#v, #d, inputs, #table, #out);)
 }
 
@@ -20,7 +21,8 @@ pub fn backward() -> TokenStream {
 
 pub fn gradient_sum(plan: &Plan, s: &EmbeddingStep) -> TokenStream {
     let (v, d, t) = (lit(s.vocab), lit(s.dim), lit(s.steps));
-    let (delta, g, module) = (read(Buf::Arena(s.delta)), grad_range(plan, s.weight, s.weight), kernels::embedding());
+    let (delta, g, module) =
+        (read(Buf::Arena(s.delta)), grad_range(plan, s.weight, s.weight), kernels::embedding());
     quote!(#module::embedding_backward(#v, #d, n, #t, inputs, #delta, #g);)
 }
 
@@ -41,7 +43,8 @@ pub fn norms(plan: &Plan, s: &EmbeddingStep) -> TokenStream {
 pub fn clipped_sum(plan: &Plan, s: &EmbeddingStep) -> TokenStream {
     let groups = lit(plan.groups.len());
     let (v, d, t, g) = (lit(s.vocab), lit(s.dim), lit(s.steps), lit(s.group));
-    let (delta, grad, module) = (read(Buf::Arena(s.delta)), grad_range(plan, s.weight, s.weight), kernels::embedding());
+    let (delta, grad, module) =
+        (read(Buf::Arena(s.delta)), grad_range(plan, s.weight, s.weight), kernels::embedding());
     quote! {
         #module::embedding_clipped_sum(#v, #d, n, #t, inputs, #delta, &factors[#g..], #groups, #grad);
     }

@@ -3,7 +3,9 @@
 //! factors.
 
 use super::activation::fused_backward;
-use super::emit::{accumulate, act, buf_ident, grad_slices, lit, optional_param, param, read, scratch, write, zero_group};
+use super::emit::{
+    accumulate, act, buf_ident, grad_slices, lit, optional_param, param, read, scratch, write, zero_group,
+};
 use super::kernels;
 use crate::ops::linear::DenseStep;
 use crate::plan::memory::Buf;
@@ -25,7 +27,8 @@ pub fn backward(plan: &Plan, d: &DenseStep) -> TokenStream {
     let n_out = lit(d.outputs);
     let act_back = fused_backward(d.act, d.delta, d.output, d.outputs);
     let input_grad = d.input_grad.map(|t| {
-        let (delta, w, ga, n_in) = (read(Buf::Arena(d.delta)), param(plan, d.weight), write(t.write), lit(d.inputs));
+        let (delta, w, ga, n_in) =
+            (read(Buf::Arena(d.delta)), param(plan, d.weight), write(t.write), lit(d.inputs));
         let (acc, dense) = (accumulate(t), kernels::dense());
         quote!(#dense::linear_input_grad(#delta, #w, n, #n_in, #n_out, #ga); #acc)
     });
@@ -59,8 +62,9 @@ pub fn norms(plan: &Plan, d: &DenseStep) -> TokenStream {
             let k = kernels::per_example();
             let slots = scratch(plan.scratch.norms);
             let zero = zero_group(plan, d.group);
-            let bias =
-                d.bias.map(|_| quote!(#k::bias_norms_sq(&layer, n, #delta, &mut sq_norms[#gidx..], #groups);));
+            let bias = d
+                .bias
+                .map(|_| quote!(#k::bias_norms_sq(&layer, n, #delta, &mut sq_norms[#gidx..], #groups);));
             quote! {{
                 let layer = #k::PositionalLayer::new(1, #n_in, #n_out);
                 #zero

@@ -8,7 +8,8 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 pub fn forward(s: &MeanStep) -> TokenStream {
-    let (t, d, x, out, module) = (lit(s.steps), lit(s.dim), read(s.input), write(s.output), kernels::sequence());
+    let (t, d, x, out, module) =
+        (lit(s.steps), lit(s.dim), read(s.input), write(s.output), kernels::sequence());
     quote!(#module::mean_over_sequence_forward(n, #t, #d, #x, #out);)
 }
 

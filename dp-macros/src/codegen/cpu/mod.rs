@@ -4,8 +4,8 @@
 mod activation;
 mod add;
 mod conv2d;
-pub mod emit;
 mod embedding;
+pub mod emit;
 mod flatten;
 pub mod kernels;
 mod linear;
@@ -33,7 +33,7 @@ impl Backend for Cpu {
         match step {
             Step::Linear(s) => linear::forward(plan, s),
             Step::Conv2d(s) => conv2d::forward(plan, s),
-            Step::NormLayer(s) => norm_layer::forward(plan, s),
+            Step::Norm(s) => norm_layer::forward(plan, s),
             Step::Embedding(s) => embedding::forward(plan, s),
             Step::Lstm(s) => lstm::forward(plan, s),
             Step::Activation(s) => activation::forward(s),
@@ -49,7 +49,7 @@ impl Backend for Cpu {
         match step {
             Step::Linear(s) => linear::backward(plan, s),
             Step::Conv2d(s) => conv2d::backward(plan, s),
-            Step::NormLayer(s) => norm_layer::backward(plan, s),
+            Step::Norm(s) => norm_layer::backward(plan, s),
             Step::Embedding(_) => embedding::backward(),
             Step::Lstm(s) => lstm::backward(plan, s),
             Step::Activation(s) => activation::backward(s),
@@ -65,7 +65,7 @@ impl Backend for Cpu {
         match layer {
             Layer::Linear(s) => linear::gradient_sum(plan, s),
             Layer::Conv2d(s) => conv2d::weight_gradient(plan, s, false),
-            Layer::NormLayer(s) => norm_layer::gradient_sum(plan, s),
+            Layer::Norm(s) => norm_layer::gradient_sum(plan, s),
             Layer::Embedding(s) => embedding::gradient_sum(plan, s),
             Layer::Lstm(s) => lstm::gradient_sum(plan, s),
         }
@@ -75,7 +75,7 @@ impl Backend for Cpu {
         match layer {
             Layer::Linear(s) => linear::norms(plan, s),
             Layer::Conv2d(s) => conv2d::norms(plan, s),
-            Layer::NormLayer(s) => norm_layer::norms(plan, s),
+            Layer::Norm(s) => norm_layer::norms(plan, s),
             Layer::Embedding(s) => embedding::norms(plan, s),
             Layer::Lstm(s) => lstm::norms(plan, s),
         }
@@ -85,7 +85,7 @@ impl Backend for Cpu {
         match layer {
             Layer::Linear(s) => linear::clipped_sum(plan, s),
             Layer::Conv2d(s) => conv2d::weight_gradient(plan, s, true),
-            Layer::NormLayer(s) => norm_layer::clipped_sum(plan, s),
+            Layer::Norm(s) => norm_layer::clipped_sum(plan, s),
             Layer::Embedding(s) => embedding::clipped_sum(plan, s),
             Layer::Lstm(s) => lstm::clipped_sum(plan, s),
         }

@@ -75,7 +75,8 @@ pub fn gradient_sum(plan: &Plan, s: &NormStep) -> TokenStream {
 /// The kernel adds the stored gradients' squares into the column: zeroed first.
 pub fn norms(plan: &Plan, s: &NormStep) -> TokenStream {
     let (groups, gidx, width2) = (lit(plan.groups.len()), lit(s.group), lit(2 * s.dims.width()));
-    let (affine, zero, module) = (read(Buf::Arena(s.affine)), zero_group(plan, s.group), kernels::per_example());
+    let (affine, zero, module) =
+        (read(Buf::Arena(s.affine)), zero_group(plan, s.group), kernels::per_example());
     quote! {
         #zero
         #module::stored_norms_sq(n, #width2, #affine, &mut sq_norms[#gidx..], #groups);

@@ -36,7 +36,8 @@ pub fn forward(s: &PoolStep) -> TokenStream {
 
 pub fn backward(s: &PoolStep) -> TokenStream {
     let (Some(grad), Some(t)) = (s.grad, s.target) else { return quote!() };
-    let (g, dout, dx, acc, pool) = (geom(s), read(Buf::Arena(grad)), write(t.write), accumulate(t), kernels::pool());
+    let (g, dout, dx, acc, pool) =
+        (geom(s), read(Buf::Arena(grad)), write(t.write), accumulate(t), kernels::pool());
     let call = match s.kind {
         PoolKind::Max => {
             let am = argmax(s);
@@ -54,7 +55,8 @@ pub fn global_forward(s: &GlobalPoolStep) -> TokenStream {
 
 pub fn global_backward(s: &GlobalPoolStep) -> TokenStream {
     let (Some(grad), Some(t)) = (s.grad, s.target) else { return quote!() };
-    let (c, p, dout, dx, acc) = (lit(s.channels), lit(s.plane), read(Buf::Arena(grad)), write(t.write), accumulate(t));
+    let (c, p, dout, dx, acc) =
+        (lit(s.channels), lit(s.plane), read(Buf::Arena(grad)), write(t.write), accumulate(t));
     let pool = kernels::pool();
     quote!(#pool::global_avg_pool_backward(n, #c, #p, #dout, #dx); #acc)
 }
