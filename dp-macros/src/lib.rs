@@ -83,43 +83,10 @@ fn compile(
     args: proc_macro2::TokenStream,
     item: proc_macro2::TokenStream,
 ) -> syn::Result<proc_macro2::TokenStream> {
-    let mut cx = ctxt::Ctxt::new();
-    if let Ok(module) = syn::parse2::<syn::ItemMod>(item.clone()) {
-        return compile_module(cx, args, module);
-    }
-    let Some(model) = parse::parse_model(&mut cx, args, item) else {
-        cx.finish()?;
-        unreachable!("parsing fails only with an error");
-    };
-    let graph = ir::Graph::from_sequential(&model);
-    lower(cx, &model, &graph)
-}
-
-/// The passes both front ends share: check, plan, emit.
-fn lower(
-    mut cx: ctxt::Ctxt,
-    model: &parse::ast::ModelDef,
-    graph: &ir::Graph,
-) -> syn::Result<proc_macro2::TokenStream> {
-    let checked = check::check(&mut cx, model, graph);
-    cx.finish()?;
-    let checked = checked.expect("checking fails only with an error");
-    let plan = plan::plan(graph, &checked);
-    Ok(codegen::generate(model, &plan))
-}
-
-/// The residual front end: `#[dp_model]` on an inline module with the struct and its `forward`.
-fn compile_module(
-    mut cx: ctxt::Ctxt,
-    args: proc_macro2::TokenStream,
-    module: syn::ItemMod,
-) -> syn::Result<proc_macro2::TokenStream> {
-    let Some(parsed) = parse::forward::parse_graph_model(&mut cx, args, module) else {
-        cx.finish()?;
-        unreachable!("parsing fails only with an error");
-    };
-    let generated = lower(cx, &parsed.model, &parsed.graph)?;
-    let syn::ItemMod { attrs, vis, ident, content, .. } = parsed.module;
+    let (model, plan, module) = front_end_and_plan(args, item)?;
+    let generated = codegen::generate(&model, &plan);
+    let Some(module) = module else { return Ok(generated) };
+    let syn::ItemMod { attrs, vis, ident, content, .. } = module;
     let items = content.map(|(_, items)| items).unwrap_or_default();
     Ok(quote::quote! {
         #(#attrs)*
@@ -128,4 +95,42 @@ fn compile_module(
             #generated
         }
     })
+}
+
+/// The pipeline, written once: a front end (a struct, or an inline `mod` with a `forward`, whose
+/// other items are returned to be kept) to a graph, then check and plan.
+fn front_end_and_plan(
+    args: proc_macro2::TokenStream,
+    item: proc_macro2::TokenStream,
+) -> syn::Result<(parse::ast::ModelDef, plan::Plan, Option<syn::ItemMod>)> {
+    let mut cx = ctxt::Ctxt::new();
+    let (model, graph, module) = match syn::parse2::<syn::ItemMod>(item.clone()) {
+        Ok(module) => match parse::forward::parse_graph_model(&mut cx, args, module) {
+            Some(parsed) => (parsed.model, parsed.graph, Some(parsed.module)),
+            None => return Err(failed(cx)),
+        },
+        Err(_) => match parse::parse_model(&mut cx, args, item) {
+            Some(model) => {
+                let graph = ir::Graph::from_sequential(&model);
+                (model, graph, None)
+            }
+            None => return Err(failed(cx)),
+        },
+    };
+    let checked = check::check(&mut cx, &model, &graph);
+    cx.finish()?;
+    let checked = checked.expect("checking fails only with an error");
+    let plan = plan::plan(&graph, &checked);
+    Ok((model, plan, module))
+}
+
+/// The errors of a pass that gave up (it does so only after reporting why).
+fn failed(cx: ctxt::Ctxt) -> syn::Error {
+    cx.finish().expect_err("a pass gives up only after reporting an error")
+}
+
+/// The plan of a model as the macro would compile it (for the unit tests of the passes).
+#[cfg(test)]
+fn plan_of(args: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> plan::Plan {
+    front_end_and_plan(args, item).expect("the model compiles").1
 }

@@ -1,6 +1,6 @@
 //! Snapshots of the generated code (pretty-printed) and unit tests of the passes on whole models.
 
-use crate::{check, ctxt::Ctxt, expand, ir::Graph, parse, plan};
+use crate::{expand, plan};
 use proc_macro2::TokenStream;
 use quote::quote;
 
@@ -93,12 +93,7 @@ fn mlp_expansion() {
 }
 
 fn planned(args: TokenStream, item: TokenStream) -> plan::Plan {
-    let mut cx = Ctxt::new();
-    let model = parse::parse_model(&mut cx, args, item).expect("parses");
-    let graph = Graph::from_sequential(&model);
-    let checked = check::check(&mut cx, &model, &graph).expect("checks");
-    cx.finish().expect("no errors");
-    plan::plan(&graph, &checked)
+    crate::plan_of(args, item)
 }
 
 #[test]

@@ -3,17 +3,12 @@
 use super::memory::GradTarget;
 use crate::ops::conv2d::ConvStep;
 use crate::ops::Step;
-use crate::{check, ctxt::Ctxt, expand, parse, plan};
+use crate::{expand, plan};
 use proc_macro2::TokenStream;
 use quote::quote;
 
 fn planned_module(args: TokenStream, item: TokenStream) -> plan::Plan {
-    let mut cx = Ctxt::new();
-    let module: syn::ItemMod = syn::parse2(item).expect("a module");
-    let parsed = parse::forward::parse_graph_model(&mut cx, args, module).expect("parses");
-    let checked = check::check(&mut cx, &parsed.model, &parsed.graph).expect("checks");
-    cx.finish().expect("no errors");
-    plan::plan(&parsed.graph, &checked)
+    crate::plan_of(args, item)
 }
 
 fn skip(forward: TokenStream) -> TokenStream {
