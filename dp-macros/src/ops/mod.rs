@@ -185,3 +185,24 @@ impl Op {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_is_one_op_with_a_field_type() {
+        let names = Op::known_names();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len(), "a name in two ops: {names:?}");
+        for name in &names {
+            let (field_type, _) = Op::field_type(name).expect("a known name has a field type");
+            assert!(field_type.chars().next().is_some_and(char::is_uppercase), "{name}: {field_type}");
+        }
+        assert_eq!(Op::field_type("gelu"), Some(("Gelu", false)));
+        assert_eq!(Op::field_type("lstm"), Some(("Lstm", true)));
+        assert_eq!(Op::field_type("batch_norm"), None);
+    }
+}
