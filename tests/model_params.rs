@@ -3,13 +3,10 @@
 //! `dp_kernels::per_example::choose_strategy` picks from the layer's static T, d, p under the
 //! compiler's 1 MiB per-layer, per-example cap.
 
-use dp::__private::kernels::per_example::{choose_strategy, Strategy};
+use dp::__private::kernels::per_example::{choose_strategy, Strategy, DIRECT_MEMORY_CAP_BYTES as CAP};
 use dp::models::{Cifar10Cnn, MnistCnn, ResidualCnn};
 use dp::prelude::*;
 use dp::NormStrategy;
-
-/// The compiler's cap on a direct per-example gradient (`dp_macros::plan::DIRECT_MEMORY_CAP_BYTES`).
-const CAP: u64 = 1 << 20;
 
 fn strategies<M: DpModel>() -> Vec<(&'static str, NormStrategy)> {
     M::LAYERS.iter().filter_map(|l| l.strategy.map(|s| (l.name, s))).collect()

@@ -56,9 +56,10 @@ fn lstm_net_has_1_081_002_parameters() {
 #[test]
 fn the_planner_agrees_with_the_kernels_cost_model() {
     use dp::__private::kernels::per_example::{choose_strategy, Strategy};
-    // The macro mirrors the kernels' rule; its memory cap is 1 MiB per weight and example. The plan
+    // The macro and the kernels share the rule (dp-spec); the cap is 1 MiB per weight and example. The plan
     // table shows the strategy of the LSTM's larger weight (W_ih when d ≥ h, W_hh otherwise).
-    let cap = 1 << 20;
+    let cap = dp::__private::kernels::per_example::DIRECT_MEMORY_CAP_BYTES;
+    assert_eq!(cap, 1 << 20);
     for (t, d, h) in [(256, 100, 100), (6, 4, 5), (2, 100, 100), (5, 6, 5)] {
         let kernel = choose_strategy(t, d.max(h), 4 * h, cap);
         assert_eq!(planned_lstm_strategy(t, d, h), kernel, "T = {t}, d = {d}, h = {h}");

@@ -517,3 +517,150 @@ fn forced_ghost_and_forced_direct_norms_match_the_reference() {
         assert!(strategies[1..].iter().all(|s| *s == forced), "{layers:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// GELU and SiLU: their derivatives need their inputs, so they never run in a layer's output pass.
+
+/// A standalone gelu on the input (no gradient needed), gelu and silu after linear layers, and silu
+/// then relu in a row.
+#[dp_model(input = [5], loss = mse)]
+struct GeluSilu {
+    #[layer(gelu)]
+    squash: Gelu,
+    #[layer(linear(out = 6), gelu)]
+    fc1: Linear,
+    #[layer(linear(out = 4), silu, relu)]
+    fc2: Linear,
+    #[layer(linear(out = 2))]
+    fc3: Linear,
+}
+
+fn gelu_silu() -> Network {
+    Network::new(
+        vec![
+            Op::Act(Activation::Gelu),
+            Op::Linear { name: "fc1", out: 6, bias: true },
+            Op::Act(Activation::Gelu),
+            Op::Linear { name: "fc2", out: 4, bias: true },
+            Op::Act(Activation::Silu),
+            Op::Act(Activation::Relu),
+            Op::Linear { name: "fc3", out: 2, bias: true },
+        ],
+        GeluSilu::INPUT_SHAPE,
+        GeluSilu::LOSS,
+        GeluSilu::PARAMS,
+    )
+}
+
+/// gelu on a value that is also read by `+` (its backward writes a partial gradient that is added
+/// in), and silu after the sum (after an op that could fuse it, had its derivative come from the
+/// output).
+#[dp_model(input = [4], loss = cross_entropy(classes = 3))]
+mod gelu_residual {
+    pub struct GeluResidual {
+        #[layer(linear(out = 6))]
+        a: Linear,
+        #[layer(linear(out = 6))]
+        b: Linear,
+        #[layer(linear(out = 3))]
+        head: Linear,
+    }
+
+    impl GeluResidual {
+        fn forward(&self, x: Input) -> Output {
+            let h = self.a(x);
+            let g = h.gelu();
+            self.head((self.b(g) + h).silu())
+        }
+    }
+}
+use gelu_residual::GeluResidual;
+
+fn gelu_residual() -> Network {
+    Network::new(
+        vec![
+            Op::Linear { name: "a", out: 6, bias: true },
+            Op::Residual(vec![Op::Act(Activation::Gelu), Op::Linear { name: "b", out: 6, bias: true }]),
+            Op::Act(Activation::Silu),
+            Op::Linear { name: "head", out: 3, bias: true },
+        ],
+        GeluResidual::INPUT_SHAPE,
+        GeluResidual::LOSS,
+        GeluResidual::PARAMS,
+    )
+}
+
+#[test]
+fn gelu_and_silu_match_the_reference() {
+    for (size, seed) in [(1, 121), (3, 122), (64, 123)] {
+        report("GeluSilu", &check_model::<GeluSilu>(&gelu_silu(), size, seed));
+        report("GeluResidual", &check_model::<GeluResidual>(&gelu_residual(), size, seed));
+    }
+    check_zero_factor_example::<GeluSilu>(&gelu_silu(), 3, 124);
+    check_zero_factor_example::<GeluResidual>(&gelu_residual(), 3, 125);
+    check_reference_gradient::<GeluSilu>(&gelu_silu(), 126, 60);
+    check_reference_gradient::<GeluResidual>(&gelu_residual(), 127, 60);
+    assert!(GeluSilu::LAYERS.iter().any(|l| l.op == "gelu" && l.flops_per_example > 0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The norms contract of `DpModel::per_example_norms`: it overwrites every entry of `sq_norms`.
+
+/// `per_example_norms` gives the same norms whatever `sq_norms` held before: zeros, garbage of every
+/// size and sign, or NaN. A norm kernel that added into its column without it being cleared would
+/// report garbage or NaN for the examples of this batch.
+fn norms_ignore_what_the_buffer_held<M: DpModel>(seed: u64)
+where
+    M::Input: reference::harness::TestInput,
+{
+    use rand::SeedableRng;
+    use reference::harness::TestInput;
+    let size = 3;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let model = M::init(&mut rng);
+    let inputs = <M::Input as TestInput>::random(&mut rng, size, M::input_len(), M::VOCAB);
+    let labels: Vec<f32> = (0..size * M::LOSS.label_len())
+        .map(|i| match M::LOSS {
+            Loss::CrossEntropy { classes } => (i % classes) as f32,
+            Loss::BinaryCrossEntropy => (i % 2) as f32,
+            Loss::MeanSquaredError { .. } => 0.25 * i as f32 - 0.5,
+        })
+        .collect();
+    let batch = Batch { inputs: &inputs, labels: &labels, size };
+    let groups = M::GROUPS.len();
+    let mut ws = Workspace::new::<M>(size);
+    let mut losses = vec![0.0f32; size];
+    let mut norms_after = |fill: &dyn Fn(usize) -> f32| {
+        let mut sq_norms: Vec<f32> = (0..size * groups).map(fill).collect();
+        model.per_example_norms(&mut ws, batch, &mut losses, &mut sq_norms);
+        sq_norms
+    };
+    let clean = norms_after(&|_| 0.0);
+    assert!(clean.iter().all(|v| v.is_finite() && *v > 0.0), "{}: {clean:?}", M::NAME);
+    let garbage = |k: usize| [1e30, -3.5, f32::MAX, -1e-20, f32::INFINITY][k % 5];
+    for (held, fill) in [("garbage", &garbage as &dyn Fn(usize) -> f32), ("NaN", &|_| f32::NAN)] {
+        let got = norms_after(fill);
+        for (k, (g, c)) in got.iter().zip(&clean).enumerate() {
+            assert!(
+                (g - c).abs() <= 1e-5 * c.abs(),
+                "{}: group {} of example {} is {g} over a buffer of {held}, {c} over zeros",
+                M::NAME,
+                M::GROUPS[k % groups],
+                k / groups,
+            );
+        }
+    }
+}
+
+#[test]
+fn per_example_norms_overwrite_every_entry_of_the_buffer() {
+    norms_ignore_what_the_buffer_held::<AdultFfnn>(131); // ghost linear
+    norms_ignore_what_the_buffer_held::<MnistCnnDirect>(132); // direct conv and linear
+    norms_ignore_what_the_buffer_held::<MnistCnnGhost>(133); // ghost conv
+    norms_ignore_what_the_buffer_held::<ImageOps>(134); // group and layer norm, grouped conv
+    norms_ignore_what_the_buffer_held::<DenseNorm>(135);
+    norms_ignore_what_the_buffer_held::<ResidualCnn>(136);
+    norms_ignore_what_the_buffer_held::<TinySeqGhost>(137); // embedding, ghost LSTM
+    norms_ignore_what_the_buffer_held::<TinySeqDirect>(138); // direct LSTM
+    norms_ignore_what_the_buffer_held::<GeluSilu>(139);
+}

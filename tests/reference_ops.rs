@@ -53,13 +53,17 @@ fn activation_backward_matches_finite_differences() {
     let x: Vec<f64> =
         uniform(&mut r, 12, 3.0).into_iter().map(|v| if v.abs() < 1e-3 { 0.5 } else { v }).collect();
     let dy = uniform(&mut r, 12, 1.0);
-    for a in [Activation::Relu, Activation::Tanh, Activation::Sigmoid] {
+    for a in [Activation::Relu, Activation::Tanh, Activation::Sigmoid, Activation::Gelu, Activation::Silu] {
         assert_fd(|x| dot(&dy, &a.forward(x)), &x, &a.backward(&x, &dy), &all(12), &format!("{a:?}"));
     }
     assert_eq!(Activation::Relu.forward(&[-1.0, 0.0, 2.0]), [0.0, 0.0, 2.0]);
     assert_eq!(Activation::Relu.derivative(0.0), 0.0);
     assert!((Activation::Sigmoid.apply(0.0) - 0.5).abs() < 1e-15);
     assert!((Activation::Tanh.apply(1.0) - 0.761_594_155_955_764_9).abs() < 1e-15);
+    // PyTorch: gelu(1.0, approximate="tanh") = 0.8411919906082768, silu(1.0) = 0.7310585786300049.
+    assert!((Activation::Gelu.apply(1.0) - 0.841_191_990_608_276_8).abs() < 1e-15);
+    assert!((Activation::Silu.apply(1.0) - 0.731_058_578_630_004_9).abs() < 1e-15);
+    assert_eq!(Activation::Gelu.apply(0.0), 0.0);
 }
 
 fn check_conv(geom: Conv2dGeom, seed: u64) {

@@ -1,7 +1,9 @@
 //! Element-wise activations: the fused bias + activation pass over a GEMM output and its backward.
 //!
-//! Every derivative is computed from the activation's *output* y (relu: y > 0, tanh: 1 − y²,
-//! sigmoid: y(1 − y)), so a layer keeps one buffer per value, never its pre-activation as well.
+//! The derivatives of relu, tanh and sigmoid are computed from the activation's *output* y (relu: y > 0,
+//! tanh: 1 − y², sigmoid: y(1 − y)), so a layer keeps one buffer per value, never its pre-activation as
+//! well. GELU and SiLU have no such form: their backward reads the input x
+//! ([`activation_backward_from_input`]), which the compiler then keeps.
 
 use rayon::prelude::*;
 
@@ -21,7 +23,16 @@ pub enum Activation {
     Tanh,
     /// y = 1 / (1 + e^(−x)).
     Sigmoid,
+    /// GELU in PyTorch's tanh form (`approximate = "tanh"`): y = x/2 · (1 + tanh(√(2/π)(x + 0.044715x³))).
+    Gelu,
+    /// SiLU (swish): y = x · sigmoid(x).
+    Silu,
 }
+
+/// √(2/π), GELU's tanh-form scale.
+const GELU_SCALE: f32 = 0.797_884_6;
+/// The cubic coefficient of GELU's tanh form.
+const GELU_CUBIC: f32 = 0.044_715;
 
 impl Activation {
     /// The activation of one value.
@@ -39,10 +50,19 @@ impl Activation {
             }
             Activation::Tanh => fast_math::tanh(x),
             Activation::Sigmoid => fast_math::sigmoid(x),
+            Activation::Gelu => 0.5 * x * (1.0 + fast_math::tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x))),
+            Activation::Silu => x * fast_math::sigmoid(x),
         }
     }
 
-    /// The derivative dy/dx expressed through the output y.
+    /// Whether the derivative needs the input x ([`Activation::derivative_from_input`]): the output
+    /// does not determine it.
+    pub const fn derivative_needs_input(self) -> bool {
+        matches!(self, Activation::Gelu | Activation::Silu)
+    }
+
+    /// The derivative dy/dx expressed through the output y; NaN for the activations whose derivative
+    /// needs the input (which [`activation_backward`] refuses).
     #[inline(always)]
     pub fn derivative_from_output(self, y: f32) -> f32 {
         match self {
@@ -56,6 +76,25 @@ impl Activation {
             }
             Activation::Tanh => 1.0 - y * y,
             Activation::Sigmoid => y * (1.0 - y),
+            Activation::Gelu | Activation::Silu => f32::NAN,
+        }
+    }
+
+    /// The derivative dy/dx at the input x.
+    #[inline(always)]
+    pub fn derivative_from_input(self, x: f32) -> f32 {
+        match self {
+            Activation::Identity | Activation::Relu | Activation::Tanh | Activation::Sigmoid => {
+                self.derivative_from_output(self.apply(x))
+            }
+            Activation::Gelu => {
+                let t = fast_math::tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x));
+                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x)
+            }
+            Activation::Silu => {
+                let s = fast_math::sigmoid(x);
+                s * (1.0 + x * (1.0 - s))
+            }
         }
     }
 }
@@ -106,18 +145,36 @@ pub fn activation_forward(x: &[f32], y: &mut [f32], len: usize, act: Activation)
 /// In place: grad ← grad ⊙ act'(·), with the derivative taken from the activation's output `y`.
 /// Turns the gradient of a layer's output into the gradient of its pre-activation (δ).
 pub fn activation_backward(grad: &mut [f32], y: &[f32], len: usize, act: Activation) {
+    assert!(
+        !act.derivative_needs_input(),
+        "{act:?}: the derivative needs the input (activation_backward_from_input)"
+    );
     if act == Activation::Identity {
         return;
     }
-    let y = &y[..len];
+    scale_by_derivative(grad, y, len, |yv| act.derivative_from_output(yv));
+}
+
+/// In place: grad ← grad ⊙ act'(x), with the derivative taken from the activation's input `x`.
+pub fn activation_backward_from_input(grad: &mut [f32], x: &[f32], len: usize, act: Activation) {
+    if act == Activation::Identity {
+        return;
+    }
+    scale_by_derivative(grad, x, len, |xv| act.derivative_from_input(xv));
+}
+
+/// grad ← grad ⊙ derivative(v) over `len` values, across threads when there are many.
+#[inline(always)]
+fn scale_by_derivative(grad: &mut [f32], v: &[f32], len: usize, derivative: impl Fn(f32) -> f32 + Sync) {
+    let v = &v[..len];
     let grad = &mut grad[..len];
     if len >= PARALLEL_MIN_ELEMS {
         const CHUNK: usize = 1 << 14;
-        grad.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK)).for_each(|(g, y)| {
-            g.iter_mut().zip(y).for_each(|(gv, &yv)| *gv *= act.derivative_from_output(yv))
-        });
+        grad.par_chunks_mut(CHUNK)
+            .zip(v.par_chunks(CHUNK))
+            .for_each(|(g, v)| g.iter_mut().zip(v).for_each(|(gv, &vv)| *gv *= derivative(vv)));
     } else {
-        grad.iter_mut().zip(y).for_each(|(gv, &yv)| *gv *= act.derivative_from_output(yv));
+        grad.iter_mut().zip(v).for_each(|(gv, &vv)| *gv *= derivative(vv));
     }
 }
 
@@ -134,11 +191,38 @@ mod tests {
                 let s = 1.0 / (1.0 + (-x).exp());
                 (s, s * (1.0 - s))
             }
+            Activation::Gelu => {
+                let c = (2.0 / std::f64::consts::PI).sqrt();
+                let t = (c * (x + 0.044715 * x.powi(3))).tanh();
+                (
+                    0.5 * x * (1.0 + t),
+                    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * x * x),
+                )
+            }
+            Activation::Silu => {
+                let s = 1.0 / (1.0 + (-x).exp());
+                (x * s, s * (1.0 + x * (1.0 - s)))
+            }
         }
     }
 
-    const ALL: [Activation; 4] =
-        [Activation::Identity, Activation::Relu, Activation::Tanh, Activation::Sigmoid];
+    const ALL: [Activation; 6] = [
+        Activation::Identity,
+        Activation::Relu,
+        Activation::Tanh,
+        Activation::Sigmoid,
+        Activation::Gelu,
+        Activation::Silu,
+    ];
+
+    /// The backward each activation supports: from the output, or from the input when it needs it.
+    fn backward(act: Activation, grad: &mut [f32], x: &[f32], y: &[f32]) {
+        if act.derivative_needs_input() {
+            activation_backward_from_input(grad, x, grad.len(), act);
+        } else {
+            activation_backward(grad, y, grad.len(), act);
+        }
+    }
 
     #[test]
     fn fused_bias_activation_and_backward_match_f64() {
@@ -152,7 +236,10 @@ mod tests {
                     let mut y = x.clone();
                     bias_activation_forward(&mut y, rows, cols, with_bias.then_some(&bias[..]), act);
                     let mut d = g.clone();
-                    activation_backward(&mut d, &y, rows * cols, act);
+                    let pre: Vec<f32> = (0..rows * cols)
+                        .map(|i| x[i] + if with_bias { bias[i % cols] } else { 0.0 })
+                        .collect();
+                    backward(act, &mut d, &pre, &y);
                     for i in 0..rows * cols {
                         let pre = x[i] as f64 + if with_bias { bias[i % cols] as f64 } else { 0.0 };
                         let (want_y, want_dy) = reference(act, pre);
@@ -169,6 +256,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_derivative_from_the_input_agrees_with_the_one_from_the_output() {
+        for act in [Activation::Identity, Activation::Relu, Activation::Tanh, Activation::Sigmoid] {
+            for x in [-3.0f32, -0.5, 0.25, 2.0] {
+                assert_eq!(act.derivative_from_input(x), act.derivative_from_output(act.apply(x)), "{act:?}");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "needs the input")]
+    fn the_backward_from_the_output_refuses_gelu() {
+        activation_backward(&mut [1.0], &[0.5], 1, Activation::Gelu);
     }
 
     #[test]

@@ -24,60 +24,10 @@ use rayon::prelude::*;
 
 use crate::fast_math::{self, with_widest_vectors};
 use crate::gemm::{sgemm, sgemm_serial, Op};
-use crate::per_example::{self, PositionalLayer, Strategy};
+use crate::per_example::{self, Strategy};
 
-/// The static shape of an LSTM layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct LstmDims {
-    /// T: time steps.
-    pub steps: usize,
-    /// d: input width per step.
-    pub input: usize,
-    /// h: hidden units.
-    pub hidden: usize,
-}
-
-impl LstmDims {
-    /// Values of one example's input, `T·d`.
-    pub const fn input_len(&self) -> usize {
-        self.steps * self.input
-    }
-
-    /// Values of one example's output (also of `cells` and `hprev`), `T·h`.
-    pub const fn output_len(&self) -> usize {
-        self.steps * self.hidden
-    }
-
-    /// Values of one example's saved gates (also of `delta`), `T·4h`.
-    pub const fn gates_len(&self) -> usize {
-        self.steps * 4 * self.hidden
-    }
-
-    /// Values of `W_ih`, `4h·d`.
-    pub const fn weight_ih_len(&self) -> usize {
-        4 * self.hidden * self.input
-    }
-
-    /// Values of `W_hh`, `4h·h`.
-    pub const fn weight_hh_len(&self) -> usize {
-        4 * self.hidden * self.hidden
-    }
-
-    /// `W_ih` (and the bias) as a layer applied at T positions: `d → 4h`.
-    pub const fn input_layer(&self) -> PositionalLayer {
-        PositionalLayer::new(self.steps, self.input, 4 * self.hidden)
-    }
-
-    /// `W_hh` as a layer applied at T positions: `h → 4h`.
-    pub const fn recurrent_layer(&self) -> PositionalLayer {
-        PositionalLayer::new(self.steps, self.hidden, 4 * self.hidden)
-    }
-
-    /// FLOPs of one example's forward: the two products per step, `2·T·4h·(d+h)`.
-    pub const fn forward_flops(&self) -> u64 {
-        2 * self.steps as u64 * 4 * self.hidden as u64 * (self.input + self.hidden) as u64
-    }
-}
+// The dimensions are shared with the compiler, which plans with the same formulas.
+pub use dp_spec::LstmDims;
 
 /// Scratch `f32`s of [`lstm_forward`] for `batch` examples: the step's hidden states and recurrent
 /// products, `batch·5h`.

@@ -23,154 +23,16 @@ use rayon::prelude::*;
 
 use crate::gemm::{product_for, sgemm, Op, Product};
 
-/// Rows of the Gram matrices computed per product in the ghost norm: bounds its scratch to
-/// `2·GHOST_TILE·T` values whatever `T` is.
-pub const GHOST_TILE: usize = 64;
+// The strategies, the positional layer and the cost formulas are shared with the compiler, which
+// chooses with the same formulas the kernels run.
+pub use dp_spec::cost::{
+    choose_strategy, direct_bytes, direct_flops, direct_scratch_len, ghost_bytes, ghost_flops,
+    ghost_scratch_len, scratch_len, DIRECT_MEMORY_CAP_BYTES, GHOST_TILE,
+};
+pub use dp_spec::{PositionalLayer, Strategy};
 
 /// Columns summed together on the stack in bias reductions.
 const COLUMN_CHUNK: usize = 64;
-
-/// How a layer's per-example gradient norms are computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Strategy {
-    /// Gram matrices of inputs and output gradients; no per-example gradient is formed.
-    Ghost,
-    /// Each example's gradient `Δ_iᵀ A_i` is formed in scratch and squared.
-    Direct,
-}
-
-impl Strategy {
-    /// `"ghost"` or `"direct"`, as plans print it.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Strategy::Ghost => "ghost",
-            Strategy::Direct => "direct",
-        }
-    }
-}
-
-/// The static shape of a layer applied at `positions` positions per example: per group, input width
-/// `in_width` (d) and output width `out_width` (p).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PositionalLayer {
-    /// T: positions per example (output pixels, time steps; 1 for a linear layer).
-    pub positions: usize,
-    /// d: input width of one group at one position.
-    pub in_width: usize,
-    /// p: output width of one group at one position.
-    pub out_width: usize,
-    /// Independent blocks (grouped convolution); 1 for most layers.
-    pub groups: usize,
-}
-
-impl PositionalLayer {
-    /// A layer with a single group.
-    pub const fn new(positions: usize, in_width: usize, out_width: usize) -> Self {
-        PositionalLayer { positions, in_width, out_width, groups: 1 }
-    }
-
-    /// Values of `A` per example (all groups).
-    pub const fn a_len(&self) -> usize {
-        self.groups * self.positions * self.in_width
-    }
-
-    /// Values of `Δ` per example (all groups).
-    pub const fn delta_len(&self) -> usize {
-        self.groups * self.positions * self.out_width
-    }
-
-    /// Values of the weight gradient (all groups).
-    pub const fn weight_len(&self) -> usize {
-        self.groups * self.out_width * self.in_width
-    }
-
-    /// Values of the bias gradient (all groups).
-    pub const fn bias_len(&self) -> usize {
-        self.groups * self.out_width
-    }
-
-    /// Multiply-adds ×2 of the ghost norm for one example.
-    pub fn ghost_flops(&self) -> u64 {
-        self.groups as u64 * ghost_flops(self.positions, self.in_width, self.out_width)
-    }
-
-    /// Multiply-adds ×2 of the direct norm for one example.
-    pub fn direct_flops(&self) -> u64 {
-        self.groups as u64 * direct_flops(self.positions, self.in_width, self.out_width)
-    }
-
-    /// The strategy [`choose_strategy`] picks for this layer (per group shapes; the cap is per example).
-    pub fn choose_strategy(&self, memory_cap_bytes: u64) -> Strategy {
-        choose_strategy(self.positions, self.in_width, self.out_width, memory_cap_bytes)
-    }
-}
-
-/// FLOPs of the ghost norm for one example and one group, exactly as [`ghost_norms_sq`] runs it:
-/// the upper triangle of both Gram matrices, tile by tile (`2·rows·cols·(d+p)` per tile), plus the
-/// element-wise products. About `T²(d+p)` for large T (half of the full Grams' `2T²(d+p)`).
-pub fn ghost_flops(t: usize, d: usize, p: usize) -> u64 {
-    let tile = t.clamp(1, GHOST_TILE);
-    let mut flops = 0u64;
-    let mut r0 = 0;
-    while r0 < t {
-        let rows = tile.min(t - r0) as u64;
-        let cols = (t - r0) as u64;
-        flops += 2 * rows * cols * (d + p) as u64 + 2 * rows * cols;
-        r0 += tile;
-    }
-    flops
-}
-
-/// FLOPs of the direct norm for one example and one group: the product `Δᵀ A` (`2·T·p·d`) and its
-/// square (`2·p·d`).
-pub fn direct_flops(t: usize, d: usize, p: usize) -> u64 {
-    2 * (t as u64) * (p as u64) * (d as u64) + 2 * (p as u64) * (d as u64)
-}
-
-/// Bytes of the per-example gradient the direct norm holds per example (and per parallel slot).
-pub fn direct_bytes(p: usize, d: usize) -> u64 {
-    4 * (p as u64) * (d as u64)
-}
-
-/// Bytes of the Gram tiles the ghost norm holds per parallel slot.
-pub fn ghost_bytes(t: usize) -> u64 {
-    4 * ghost_scratch_len(t) as u64
-}
-
-/// The mixed rule of Bu et al. (2022), on FLOPs: the ghost norm when it is not more expensive than the
-/// direct one, or when the direct one's per-example gradient (`4·p·d` bytes) exceeds
-/// `memory_cap_bytes`; the direct norm otherwise.
-///
-/// Bu et al. state the rule on space (ghost when `2T² < p·d`); here the two implementations' exact
-/// FLOP counts ([`ghost_flops`], [`direct_flops`]) decide, and the space of the direct norm is the
-/// cap (the ghost norm's tiles are bounded by `2·GHOST_TILE·T` values, see [`ghost_bytes`]).
-pub fn choose_strategy(t: usize, d: usize, p: usize, memory_cap_bytes: u64) -> Strategy {
-    if direct_flops(t, d, p) < ghost_flops(t, d, p) && direct_bytes(p, d) <= memory_cap_bytes {
-        Strategy::Direct
-    } else {
-        Strategy::Ghost
-    }
-}
-
-/// Scratch `f32`s per parallel slot for the ghost norm of a layer with `t` positions.
-pub const fn ghost_scratch_len(t: usize) -> usize {
-    let tile = if t < GHOST_TILE { t } else { GHOST_TILE };
-    2 * tile * t
-}
-
-/// Scratch `f32`s per parallel slot for the direct norm (one per-example gradient of one group).
-pub const fn direct_scratch_len(d: usize, p: usize) -> usize {
-    p * d
-}
-
-/// Scratch `f32`s per parallel slot for `strategy`. A scratch slice holding `k` slots lets `k` examples
-/// run in parallel; one slot is enough, one per example is the most that is used.
-pub const fn scratch_len(strategy: Strategy, layer: &PositionalLayer) -> usize {
-    match strategy {
-        Strategy::Ghost => ghost_scratch_len(layer.positions),
-        Strategy::Direct => direct_scratch_len(layer.in_width, layer.out_width),
-    }
-}
 
 /// ADDS every example's squared weight-gradient norm, computed with `strategy`, into
 /// `norms_sq[i * norm_stride]`. `scratch` holds one or more slots of [`scratch_len`].

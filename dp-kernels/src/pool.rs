@@ -7,78 +7,15 @@
 
 use rayon::prelude::*;
 
-/// The static shape of a square pooling window over `channels` planes of `in_h × in_w`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Pool2dGeometry {
-    /// Channels (planes pooled independently).
-    pub channels: usize,
-    /// Input height.
-    pub in_h: usize,
-    /// Input width.
-    pub in_w: usize,
-    /// Window side.
-    pub kernel: usize,
-    /// Step between windows (PyTorch's default is the kernel size).
-    pub stride: usize,
-    /// Implicit padding on every side.
-    pub padding: usize,
-}
+// The geometry is shared with the compiler, which plans with the same formulas.
+pub use dp_spec::Pool2dGeometry;
 
-impl Pool2dGeometry {
-    /// Why the geometry cannot be pooled, or `Ok`.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.channels == 0 || self.in_h == 0 || self.in_w == 0 {
-            return Err("pool2d: channels and input size must be positive".into());
-        }
-        if self.kernel == 0 || self.stride == 0 {
-            return Err("pool2d: kernel and stride must be positive".into());
-        }
-        if 2 * self.padding > self.kernel {
-            return Err(format!("pool2d: padding {} exceeds half the kernel {}", self.padding, self.kernel));
-        }
-        if self.kernel > self.in_h + 2 * self.padding || self.kernel > self.in_w + 2 * self.padding {
-            return Err(format!(
-                "pool2d: kernel {} larger than the padded input {}x{}",
-                self.kernel,
-                self.in_h + 2 * self.padding,
-                self.in_w + 2 * self.padding
-            ));
-        }
-        Ok(())
-    }
-
-    /// Output height, `(in_h + 2·padding − kernel) / stride + 1`.
-    pub const fn out_h(&self) -> usize {
-        (self.in_h + 2 * self.padding - self.kernel) / self.stride + 1
-    }
-
-    /// Output width.
-    pub const fn out_w(&self) -> usize {
-        (self.in_w + 2 * self.padding - self.kernel) / self.stride + 1
-    }
-
-    /// Values of one example's input.
-    pub const fn input_len(&self) -> usize {
-        self.channels * self.in_h * self.in_w
-    }
-
-    /// Values of one example's output.
-    pub const fn output_len(&self) -> usize {
-        self.channels * self.out_h() * self.out_w()
-    }
-
-    fn assert_valid(&self) {
-        if let Err(e) = self.validate() {
-            panic!("{e}");
-        }
-    }
-
-    /// The input rows (or columns) a window starting at output index `o` covers, clipped to the input.
-    fn window(&self, o: usize, len: usize) -> std::ops::Range<usize> {
-        let start = (o * self.stride) as isize - self.padding as isize;
-        let end = (start + self.kernel as isize).min(len as isize);
-        start.max(0) as usize..end.max(0) as usize
-    }
+/// The input rows (or columns) a window of `geom` starting at output index `o` covers, clipped to the
+/// input of `len`.
+fn window(geom: &Pool2dGeometry, o: usize, len: usize) -> std::ops::Range<usize> {
+    let start = (o * geom.stride) as isize - geom.padding as isize;
+    let end = (start + geom.kernel as isize).min(len as isize);
+    start.max(0) as usize..end.max(0) as usize
 }
 
 /// Max pooling: `out` gets each window's maximum and `argmax` the index of that maximum within the
@@ -107,9 +44,9 @@ pub fn max_pool2d_forward(
             let base = c * plane_in;
             let plane = &x[i * geom.input_len() + base..i * geom.input_len() + base + plane_in];
             for oh in 0..oh_n {
-                let rows = geom.window(oh, geom.in_h);
+                let rows = window(geom, oh, geom.in_h);
                 for ow in 0..ow_n {
-                    let cols = geom.window(ow, geom.in_w);
+                    let cols = window(geom, ow, geom.in_w);
                     // Selects without branches (the windows are a few values); the first NaN in
                     // window order, which has the smallest index, replaces the maximum afterwards.
                     let (mut best, mut at) = (f32::NEG_INFINITY, rows.start * geom.in_w + cols.start);
@@ -166,9 +103,9 @@ pub fn avg_pool2d_forward(geom: &Pool2dGeometry, batch: usize, x: &[f32], out: &
     out[..batch * geom.output_len()].par_chunks_mut(oh_n * ow_n).enumerate().for_each(|(u, o)| {
         let plane = &x[u * plane_in..(u + 1) * plane_in];
         for oh in 0..oh_n {
-            let rows = geom.window(oh, geom.in_h);
+            let rows = window(geom, oh, geom.in_h);
             for ow in 0..ow_n {
-                let cols = geom.window(ow, geom.in_w);
+                let cols = window(geom, ow, geom.in_w);
                 let mut s = 0.0f32;
                 for h in rows.clone() {
                     s += plane[h * geom.in_w + cols.start..h * geom.in_w + cols.end].iter().sum::<f32>();
@@ -191,9 +128,9 @@ pub fn avg_pool2d_backward(geom: &Pool2dGeometry, batch: usize, dout: &[f32], dx
         d.fill(0.0);
         let g = &dout[u * oh_n * ow_n..(u + 1) * oh_n * ow_n];
         for oh in 0..oh_n {
-            let rows = geom.window(oh, geom.in_h);
+            let rows = window(geom, oh, geom.in_h);
             for ow in 0..ow_n {
-                let cols = geom.window(ow, geom.in_w);
+                let cols = window(geom, ow, geom.in_w);
                 let v = g[oh * ow_n + ow] * scale;
                 for h in rows.clone() {
                     d[h * geom.in_w + cols.start..h * geom.in_w + cols.end].iter_mut().for_each(|e| *e += v);

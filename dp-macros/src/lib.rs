@@ -1,20 +1,29 @@
 //! The `#[dp_model]` compiler: parse → graph IR → shape inference → plan → Rust code.
 //!
-//! - [`parse`]: attribute syntax to a typed AST with spans;
+//! An op is one module of [`ops`] (its arguments, shape rule, parameter count, plan step and cost);
+//! the passes are drivers that apply every op's rule in turn:
+//!
+//! - [`parse`]: attribute syntax to a typed AST with spans (the grammar in [`syntax`], typed
+//!   arguments in [`args`]);
 //! - [`ir`]: the graph IR (ops with typed attributes over SSA values);
 //! - [`check`]: shapes of one example, parameter counts, the loss against the output;
-//! - [`plan`]: fusion, the per-layer norm strategy, FLOPs and bytes, the static memory plan;
-//! - [`codegen`]: the emitted `DpModel` implementation.
+//! - [`plan`]: the per-op plan steps through the planner's shared services (memory, gradient routing,
+//!   fusion, scratch sharing), FLOPs and bytes, the static memory plan;
+//! - [`codegen`]: the emitted `DpModel` implementation, each step's statements from a backend.
 //!
 //! Errors from every pass are collected in a [`ctxt::Ctxt`] and reported together, each on the span of
 //! the token that causes it.
 
+mod args;
 mod check;
 mod codegen;
 mod ctxt;
 mod ir;
+mod ops;
 mod parse;
 mod plan;
+mod shape;
+mod syntax;
 
 #[cfg(test)]
 mod sequence_tests;
@@ -38,12 +47,12 @@ use proc_macro::TokenStream;
 /// ```
 ///
 /// On an inline `mod` holding the struct and an `impl` with `fn forward(&self, x: Input) -> Output`,
-/// the forward (let bindings, `self.field(value)`, `+`, `.relu()`/`.tanh()`/`.sigmoid()`) gives the
+/// the forward (let bindings, `self.field(value)`, `+`, `.relu()`, `.tanh()`, `.sigmoid()`, `.gelu()`, `.silu()`) gives the
 /// graph instead of the field order (a residual network).
 ///
 /// Arguments: `input = [d, ...]` (one example's shape) and `loss = cross_entropy(classes = K)`,
 /// `binary_cross_entropy` (one logit) or `mse`. Ops: `linear(out = N, in = M, bias = false)` (`in` and
-/// `bias` optional), `relu`, `tanh`, `sigmoid`, `flatten`, `conv2d(out, kernel, stride = 1, padding = 0, dilation = 1,
+/// `bias` optional), `relu`, `tanh`, `sigmoid`, `gelu` (tanh form), `silu`, `flatten`, `conv2d(out, kernel, stride = 1, padding = 0, dilation = 1,
 /// groups = 1, bias = true)`, `max_pool2d(kernel, stride = kernel, padding = 0)`, `avg_pool2d(...)`,
 /// `global_avg_pool`, `group_norm(groups)`, `layer_norm`; `linear` and `conv2d` take
 /// `norms = ghost | direct` to force their norm strategy. Field order is forward order; a field's type
@@ -74,38 +83,10 @@ fn compile(
     args: proc_macro2::TokenStream,
     item: proc_macro2::TokenStream,
 ) -> syn::Result<proc_macro2::TokenStream> {
-    let mut cx = ctxt::Ctxt::new();
-    if let Ok(module) = syn::parse2::<syn::ItemMod>(item.clone()) {
-        return compile_module(cx, args, module);
-    }
-    let Some(model) = parse::parse_model(&mut cx, args, item) else {
-        cx.finish()?;
-        unreachable!("parsing fails only with an error");
-    };
-    let graph = ir::Graph::from_sequential(&model);
-    let checked = check::check(&mut cx, &model, &graph);
-    cx.finish()?;
-    let checked = checked.expect("checking fails only with an error");
-    let plan = plan::plan(&graph, &checked);
-    Ok(codegen::generate(&model, &plan))
-}
-
-/// The residual front end: `#[dp_model]` on an inline module with the struct and its `forward`.
-fn compile_module(
-    mut cx: ctxt::Ctxt,
-    args: proc_macro2::TokenStream,
-    module: syn::ItemMod,
-) -> syn::Result<proc_macro2::TokenStream> {
-    let Some(parsed) = parse::forward::parse_graph_model(&mut cx, args, module) else {
-        cx.finish()?;
-        unreachable!("parsing fails only with an error");
-    };
-    let checked = check::check(&mut cx, &parsed.model, &parsed.graph);
-    cx.finish()?;
-    let checked = checked.expect("checking fails only with an error");
-    let plan = plan::plan(&parsed.graph, &checked);
-    let generated = codegen::generate(&parsed.model, &plan);
-    let syn::ItemMod { attrs, vis, ident, content, .. } = parsed.module;
+    let (model, plan, module) = front_end_and_plan(args, item)?;
+    let generated = codegen::generate(&model, &plan);
+    let Some(module) = module else { return Ok(generated) };
+    let syn::ItemMod { attrs, vis, ident, content, .. } = module;
     let items = content.map(|(_, items)| items).unwrap_or_default();
     Ok(quote::quote! {
         #(#attrs)*
@@ -114,4 +95,42 @@ fn compile_module(
             #generated
         }
     })
+}
+
+/// The pipeline, written once: a front end (a struct, or an inline `mod` with a `forward`, whose
+/// other items are returned to be kept) to a graph, then check and plan.
+fn front_end_and_plan(
+    args: proc_macro2::TokenStream,
+    item: proc_macro2::TokenStream,
+) -> syn::Result<(parse::ast::ModelDef, plan::Plan, Option<syn::ItemMod>)> {
+    let mut cx = ctxt::Ctxt::new();
+    let (model, graph, module) = match syn::parse2::<syn::ItemMod>(item.clone()) {
+        Ok(module) => match parse::forward::parse_graph_model(&mut cx, args, module) {
+            Some(parsed) => (parsed.model, parsed.graph, Some(parsed.module)),
+            None => return Err(failed(cx)),
+        },
+        Err(_) => match parse::parse_model(&mut cx, args, item) {
+            Some(model) => {
+                let graph = ir::Graph::from_sequential(&model);
+                (model, graph, None)
+            }
+            None => return Err(failed(cx)),
+        },
+    };
+    let checked = check::check(&mut cx, &model, &graph);
+    cx.finish()?;
+    let checked = checked.expect("checking fails only with an error");
+    let plan = plan::plan(&graph, &checked);
+    Ok((model, plan, module))
+}
+
+/// The errors of a pass that gave up (it does so only after reporting why).
+fn failed(cx: ctxt::Ctxt) -> syn::Error {
+    cx.finish().expect_err("a pass gives up only after reporting an error")
+}
+
+/// The plan of a model as the macro would compile it (for the unit tests of the passes).
+#[cfg(test)]
+fn plan_of(args: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> plan::Plan {
+    front_end_and_plan(args, item).expect("the model compiles").1
 }

@@ -1,7 +1,7 @@
 //! Unit tests of the sequence ops on whole models: the LSTM is a loop over time in the kernels, so its
 //! expansion does not grow with the number of steps; the memory plan of the LSTM network.
 
-use crate::{check, ctxt::Ctxt, expand, ir::Graph, parse, plan};
+use crate::expand;
 use proc_macro2::TokenStream;
 use quote::quote;
 
@@ -44,25 +44,17 @@ fn the_lstm_expansion_does_not_grow_with_the_sequence_length() {
 #[test]
 fn the_lstm_net_plan_keeps_the_gates_as_norm_slots() {
     let (args, item) = lstm_net(256);
-    let mut cx = Ctxt::new();
-    let model = parse::parse_model(&mut cx, args, item).expect("parses");
-    let graph = Graph::from_sequential(&model);
-    let checked = check::check(&mut cx, &model, &graph).expect("checks");
-    cx.finish().expect("no errors");
-    let plan = plan::plan(&graph, &checked);
+    let plan = crate::plan_of(args, item);
     assert_eq!(plan.param_count, 1_081_002);
     let lstm = plan
         .steps
         .iter()
         .find_map(|s| match s {
-            plan::Step::Lstm(l) => Some(l),
+            crate::ops::Step::Lstm(l) => Some(l),
             _ => None,
         })
         .expect("an LSTM step");
-    assert_eq!(
-        (lstm.ih_strategy, lstm.hh_strategy),
-        (plan::NormStrategy::Direct, plan::NormStrategy::Direct)
-    );
+    assert_eq!((lstm.ih_strategy, lstm.hh_strategy), (dp_spec::Strategy::Direct, dp_spec::Strategy::Direct));
     // A direct slot (4h·d = 40,000) fits in the gates (T·4h = 102,400): no separate norm scratch for it.
     assert!(lstm.norms_in_gates);
     assert_eq!(plan.buffers[lstm.gates].len, 256 * 400);

@@ -1,6 +1,6 @@
 //! Snapshots of the generated code (pretty-printed) and unit tests of the passes on whole models.
 
-use crate::{check, ctxt::Ctxt, expand, ir::Graph, parse, plan};
+use crate::{expand, plan};
 use proc_macro2::TokenStream;
 use quote::quote;
 
@@ -93,12 +93,7 @@ fn mlp_expansion() {
 }
 
 fn planned(args: TokenStream, item: TokenStream) -> plan::Plan {
-    let mut cx = Ctxt::new();
-    let model = parse::parse_model(&mut cx, args, item).expect("parses");
-    let graph = Graph::from_sequential(&model);
-    let checked = check::check(&mut cx, &model, &graph).expect("checks");
-    cx.finish().expect("no errors");
-    plan::plan(&graph, &checked)
+    crate::plan_of(args, item)
 }
 
 #[test]
@@ -123,7 +118,7 @@ fn mlp_plan_fuses_relu_and_lays_out_the_arena() {
         .layers
         .iter()
         .filter(|l| l.op.starts_with("linear"))
-        .all(|l| l.strategy == Some(plan::NormStrategy::Ghost)));
+        .all(|l| l.strategy == Some(dp_spec::NormStrategy::Ghost)));
 }
 
 #[test]
@@ -143,10 +138,10 @@ fn standalone_activations_share_the_gradient_buffer_of_the_layer_before() {
     );
     // tanh on the input (no gradient needed), fc1 + fused sigmoid, standalone relu, fc2.
     assert_eq!(plan.steps.len(), 4);
-    let plan::Step::Activation(relu) = &plan.steps[2] else { panic!("relu is standalone") };
-    let plan::Step::Dense(fc1) = &plan.steps[1] else { panic!("fc1 is dense") };
+    let crate::ops::Step::Activation(relu) = &plan.steps[2] else { panic!("relu is standalone") };
+    let crate::ops::Step::Linear(fc1) = &plan.steps[1] else { panic!("fc1 is dense") };
     assert_eq!(relu.grad, Some(fc1.delta));
-    let plan::Step::Activation(tanh) = &plan.steps[0] else { panic!("tanh is standalone") };
+    let crate::ops::Step::Activation(tanh) = &plan.steps[0] else { panic!("tanh is standalone") };
     assert_eq!(tanh.grad, None);
     assert_eq!(fc1.input_grad, None);
     assert_eq!(plan.param_count, 4 * 6 + 3 * 4 + 3);
@@ -172,4 +167,29 @@ fn every_error_of_a_model_is_reported_at_once() {
     assert!(out.contains("expects `true` or `false`"));
     assert!(out.contains("must have type `Linear`"));
     assert!(out.contains("did you mean `linear`"));
+}
+
+#[test]
+fn activations_whose_derivative_needs_their_input_are_never_fused() {
+    let (args, item) = (
+        quote!(input = [4], loss = mse),
+        quote! {
+            struct M {
+                #[layer(linear(out = 5), gelu)]
+                fc1: Linear,
+                #[layer(linear(out = 3), silu, relu)]
+                fc2: Linear,
+            }
+        },
+    );
+    let plan = planned(args.clone(), item.clone());
+    // fc1, gelu, fc2, silu, relu: relu follows silu (not a layer), so nothing is fused.
+    assert_eq!(plan.steps.len(), 5);
+    let crate::ops::Step::Linear(fc1) = &plan.steps[0] else { panic!("fc1 is dense") };
+    let crate::ops::Step::Activation(gelu) = &plan.steps[1] else { panic!("gelu is standalone") };
+    assert_eq!(fc1.act, crate::ops::activation::function::Act::Identity);
+    assert_eq!(gelu.input, crate::plan::memory::Buf::Arena(fc1.output), "gelu reads the kept pre-activation");
+    assert_eq!(gelu.grad, Some(fc1.delta), "and works in place on fc1's δ");
+    let out = pretty(expand(args, item));
+    assert_eq!(out.matches("activation_backward_from_input").count(), 2, "{out}");
 }

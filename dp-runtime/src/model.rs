@@ -57,16 +57,8 @@ pub struct ParamSpec {
     pub group: usize,
 }
 
-/// How the compiler obtains a layer's per-example gradient norms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NormStrategy {
-    /// ‖Σ_t a_t δ_tᵀ‖² from inner products of activations and output gradients (no per-example gradient).
-    Ghost,
-    /// Per-example gradients are formed explicitly and their squared norms summed.
-    Direct,
-    /// Embedding rows: equal tokens of an example are grouped before squaring.
-    TokenGrouped,
-}
+/// How the compiler obtains a layer's per-example gradient norms (shared with the compiler and the kernels).
+pub use dp_spec::NormStrategy;
 
 /// One layer of the compiled plan, for `describe()` and for the memory planner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +170,12 @@ pub trait DpModel: Sized + Send + Sync {
 
     /// Private step, first half: writes each example's loss into `losses` (`[B]`) and each example's
     /// squared gradient norm per group into `sq_norms` (`[B, GROUPS.len()]`, example-major).
+    ///
+    /// The norms contract: every entry of `sq_norms` is OVERWRITTEN; what the buffer held before
+    /// (a previous chunk's norms, garbage, NaN) never reaches the result, so the runtime may hand in a
+    /// buffer it only resized. Generated models meet it per parameter group: a norm kernel that adds
+    /// into its column runs after the column is zeroed (`tests/reference_models.rs` checks every
+    /// kind of layer over buffers of garbage and of NaN).
     fn per_example_norms(
         &self,
         ws: &mut Workspace,

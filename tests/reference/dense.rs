@@ -1,5 +1,5 @@
-//! `torch.nn.Linear` (weight `[out, in]`, `y = W x + b`), the elementwise activations relu, tanh and
-//! sigmoid, and flatten (which, on row-major NCHW data, leaves the values in place).
+//! `torch.nn.Linear` (weight `[out, in]`, `y = W x + b`), the elementwise activations relu, tanh,
+//! sigmoid, GELU (tanh form) and SiLU, and flatten (which, on row-major NCHW data, leaves the values in place).
 
 /// `y_o = Σ_j W[o, j] x_j + b_o`, with `w` of shape `[outputs, inputs]`.
 pub fn linear_forward(w: &[f64], b: Option<&[f64]>, x: &[f64], outputs: usize) -> Vec<f64> {
@@ -33,7 +33,15 @@ pub enum Activation {
     Relu,
     Tanh,
     Sigmoid,
+    /// `torch.nn.GELU(approximate="tanh")`.
+    Gelu,
+    /// `torch.nn.SiLU`.
+    Silu,
 }
+
+/// √(2/π) and the cubic coefficient of GELU's tanh form.
+const GELU_SCALE: f64 = 0.797_884_560_802_865_4;
+const GELU_CUBIC: f64 = 0.044_715;
 
 /// The logistic function `1 / (1 + e^{−x})`.
 pub fn sigmoid(x: f64) -> f64 {
@@ -47,6 +55,8 @@ impl Activation {
             Activation::Relu => x.max(0.0),
             Activation::Tanh => x.tanh(),
             Activation::Sigmoid => sigmoid(x),
+            Activation::Gelu => 0.5 * x * (1.0 + (GELU_SCALE * (x + GELU_CUBIC * x.powi(3))).tanh()),
+            Activation::Silu => x * sigmoid(x),
         }
     }
 
@@ -56,6 +66,11 @@ impl Activation {
             Activation::Relu => f64::from(u8::from(x > 0.0)),
             Activation::Tanh => 1.0 - x.tanh().powi(2),
             Activation::Sigmoid => sigmoid(x) * (1.0 - sigmoid(x)),
+            Activation::Gelu => {
+                let t = (GELU_SCALE * (x + GELU_CUBIC * x.powi(3))).tanh();
+                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x)
+            }
+            Activation::Silu => sigmoid(x) * (1.0 + x * (1.0 - sigmoid(x))),
         }
     }
 

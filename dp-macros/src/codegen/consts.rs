@@ -1,8 +1,9 @@
 //! The associated constants of `DpModel`: the parameter table, the groups, the plan table, the loss.
 
-use super::program::lit;
+use super::cpu::emit::lit;
 use crate::parse::ast::{LossKind, ModelDef};
-use crate::plan::{NormStrategy, Plan};
+use crate::plan::Plan;
+use dp_spec::NormStrategy;
 use proc_macro2::{Literal, TokenStream};
 use quote::quote;
 
@@ -62,7 +63,7 @@ pub fn constants(model: &ModelDef, plan: &Plan) -> TokenStream {
     });
     let groups = &plan.groups;
     let (param_count, per_example) = (lit(plan.param_count), lit(plan.workspace_per_example));
-    let input_ty = super::sequence::input_type(model);
+    let input_ty = super::input_type(model);
     let vocab = lit(model.input_kind.vocab().unwrap_or(0));
     quote! {
         type Input = #input_ty;

@@ -4,15 +4,18 @@
 //! Every dimension is a literal; every buffer is carved from the workspace arena at the plan's
 //! offsets, so a step allocates nothing (the workspace grows only for a batch larger than any before).
 
+mod backend;
 mod consts;
-mod conv;
+mod cpu;
 mod program;
-mod sequence;
 
-use crate::parse::ast::ModelDef;
+use crate::parse::ast::{InputKind, LossKind, ModelDef};
+use crate::plan::memory::Buf;
+use crate::plan::params::Init;
 use crate::plan::Plan;
+use cpu::emit::{carve, lit};
+use cpu::{kernels, Cpu};
 use proc_macro2::{Literal, TokenStream};
-use program::{carve, lit};
 use quote::quote;
 
 /// The whole expansion of a checked, planned model.
@@ -30,34 +33,34 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
     let (param_count, input_len, output_len, groups) =
         (lit(plan.param_count), lit(plan.input_len), lit(plan.output_len), lit(plan.groups.len()));
     let label_len = lit(match model.loss.kind {
-        crate::parse::ast::LossKind::MeanSquaredError => plan.output_len,
+        LossKind::MeanSquaredError => plan.output_len,
         _ => 1,
     });
     let output = match plan.output {
-        crate::plan::Buf::Arena(k) => &plan.buffers[k],
-        crate::plan::Buf::Input => unreachable!("checking guarantees a trained layer before the output"),
+        Buf::Arena(k) => &plan.buffers[k],
+        Buf::Input => unreachable!("checking guarantees a trained layer before the output"),
     };
     let (out_start, out_end) = (lit(output.offset), lit(output.offset + output.len));
     let constants_init = plan.params.iter().filter_map(|p| {
         let (start, end) = (lit(p.offset), lit(p.offset + p.len));
-        p.constant_init.map(|v| {
-            let v = Literal::f32_suffixed(v);
-            quote!(params[#start..#end].fill(#v);)
-        })
+        let Init::Constant(v) = p.init else { return None };
+        let v = Literal::f32_suffixed(v);
+        Some(quote!(params[#start..#end].fill(#v);))
     });
-    let uniform = |p: &&crate::plan::ParamSlot| p.constant_init.is_none() && p.normal_std.is_none();
-    let init = plan.params.iter().filter(uniform).map(|p| {
-        let (start, end, bound) = (lit(p.offset), lit(p.offset + p.len), Literal::f32_suffixed(p.init_bound));
-        quote!((#start, #end, #bound))
+    let init = plan.params.iter().filter_map(|p| {
+        let Init::Uniform { bound } = p.init else { return None };
+        let (start, end, bound) = (lit(p.offset), lit(p.offset + p.len), Literal::f32_suffixed(bound));
+        Some(quote!((#start, #end, #bound)))
     });
-    let input_ty = sequence::input_type(model);
-    let normal_init = sequence::normal_init(plan);
-    let uniform_init = plan.params.iter().any(|p| uniform(&p)).then(|| {
+    let input_ty = input_type(model);
+    let normal_init = normal_init(plan);
+    let dense = kernels::dense();
+    let uniform_init = plan.params.iter().any(|p| matches!(p.init, Init::Uniform { .. })).then(|| {
         quote! {
             // PyTorch's defaults: weights kaiming_uniform(a = √5) and biases both U(−1/√fan_in, 1/√fan_in).
             for (start, end, bound) in [#(#init),*] {
                 for v in &mut params[start..end] {
-                    *v = ::dp::__private::kernels::dense::uniform_from_bits(
+                    *v = #dense::uniform_from_bits(
                         ::dp::__private::RngCore::next_u32(rng),
                         bound,
                     );
@@ -67,11 +70,11 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
     });
     let carve_all = carve(plan, quote!(ws.arena()));
     let carve_arena = carve(plan, quote!(arena));
-    let forward = program::forward(plan);
-    let backward = program::backward(plan, model.loss.kind);
-    let gradient_sum = program::gradient_sum(plan);
-    let norms = program::norms(plan);
-    let clipped_sum = program::clipped_sum(plan);
+    let forward = program::forward(&Cpu, plan);
+    let backward = program::backward(&Cpu, plan, model.loss.kind);
+    let gradient_sum = program::gradient_sum(&Cpu, plan);
+    let norms = program::norms(&Cpu, plan);
+    let clipped_sum = program::clipped_sum(&Cpu, plan);
     quote! {
         #(#attrs)*
         #vis struct #ident {
@@ -211,4 +214,40 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
             }
         }
     }
+}
+
+/// `f32` for dense inputs, `u32` for token ids.
+pub fn input_type(model: &ModelDef) -> TokenStream {
+    match model.input_kind {
+        InputKind::Dense => quote!(f32),
+        InputKind::Tokens { .. } => quote!(u32),
+    }
+}
+
+/// The initialisation of N(0, std²) tensors (embedding tables), if the model has any.
+fn normal_init(plan: &Plan) -> Option<TokenStream> {
+    let slots: Vec<TokenStream> = plan
+        .params
+        .iter()
+        .filter_map(|p| {
+            let Init::Normal { std } = p.init else { return None };
+            let (start, end, std) = (lit(p.offset), lit(p.offset + p.len), Literal::f32_suffixed(std));
+            Some(quote!((#start, #end, #std)))
+        })
+        .collect();
+    if slots.is_empty() {
+        return None;
+    }
+    let embedding = kernels::embedding();
+    Some(quote! {
+        // PyTorch's default for embedding tables: N(0, 1).
+        for (start, end, std) in [#(#slots),*] {
+            for v in &mut params[start..end] {
+                *v = std * #embedding::normal_from_bits(
+                    ::dp::__private::RngCore::next_u32(rng),
+                    ::dp::__private::RngCore::next_u32(rng),
+                );
+            }
+        }
+    })
 }

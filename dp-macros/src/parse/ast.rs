@@ -1,16 +1,10 @@
 //! The parsed model: what the user declared, with typed attributes and the span of every token an
 //! error may need to point at. No shapes yet (that is the checker's job).
 
-pub use super::conv::{Conv2dAttrs, NormChoice, NormLayerAttrs, Pool2dAttrs, PoolKind};
+use crate::ops::Op;
+pub use crate::syntax::Spanned;
 use proc_macro2::Span;
 use syn::{Attribute, Ident, Visibility};
-
-/// A `usize` written in the source, with where it was written.
-#[derive(Debug, Clone, Copy)]
-pub struct Spanned<T> {
-    pub value: T,
-    pub span: Span,
-}
 
 /// The whole `#[dp_model]` struct.
 pub struct ModelDef {
@@ -48,46 +42,28 @@ pub struct FieldDef {
 
 /// One op of a field's chain.
 pub struct OpDef {
-    pub kind: OpKind,
+    pub op: Op,
     /// The span of the op's name.
     pub span: Span,
     /// The op as written, normalised (`linear(out = 50)`).
     pub text: String,
 }
 
-/// The ops the compiler knows, with their typed attributes.
+/// What one example's input holds.
 #[derive(Debug, Clone, Copy)]
-pub enum OpKind {
-    Linear(LinearAttrs),
-    Activation(ActivationKind),
-    Flatten,
-    Conv2d(Conv2dAttrs),
-    Pool2d(Pool2dAttrs),
-    GlobalAvgPool,
-    /// `group_norm` (`groups: Some`) or `layer_norm`.
-    Norm(NormLayerAttrs),
-    Embedding(EmbeddingAttrs),
-    SequenceMean,
-    Lstm(LstmAttrs),
+pub enum InputKind {
+    /// `f32` features of the declared shape.
+    Dense,
+    /// `u32` token ids, `len` of them per example, each below `vocab`.
+    Tokens { vocab: Spanned<usize> },
 }
 
-pub use super::sequence::{EmbeddingAttrs, InputKind, LstmAttrs};
-
-/// `linear(out = N, in = M, bias = B)`.
-#[derive(Debug, Clone, Copy)]
-pub struct LinearAttrs {
-    pub out: Spanned<usize>,
-    /// The input width the user declared, checked against the inferred one.
-    pub declared_in: Option<Spanned<usize>>,
-    pub bias: bool,
-    /// A norm strategy forced by `norms = ghost | direct`.
-    pub norms: Option<NormChoice>,
-}
-
-/// Element-wise activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ActivationKind {
-    Relu,
-    Tanh,
-    Sigmoid,
+impl InputKind {
+    /// The vocabulary size of a token input.
+    pub fn vocab(&self) -> Option<usize> {
+        match self {
+            InputKind::Dense => None,
+            InputKind::Tokens { vocab, .. } => Some(vocab.value),
+        }
+    }
 }

@@ -18,13 +18,18 @@
 //! ```
 //!
 //! `forward` may use `let` bindings, field calls `self.field(value)` (the field's whole op chain),
-//! `+` of two values of one shape, and the activation methods `.relu()`, `.tanh()`, `.sigmoid()`.
+//! `+` of two values of one shape, and the activation methods (`.relu()`, `.tanh()`, ..., one per
+//! activation function).
 //! Every field is called exactly once (a second call would share its parameters, which is not
 //! supported) and every binding is used. It lowers to the same [`Graph`] as a sequential model.
 
-use super::ast::{ActivationKind, LossDef, ModelDef};
+use super::ast::{LossDef, ModelDef};
 use crate::ctxt::Ctxt;
-use crate::ir::{Graph, Node, Op, ValueId};
+use crate::ir::{Graph, Node, ValueId};
+use crate::ops::activation::function::Act;
+use crate::ops::activation::Activation;
+use crate::ops::add::Add;
+use crate::ops::Op;
 use proc_macro2::{Span, TokenStream};
 use quote::ToTokens;
 use std::collections::HashMap;
@@ -143,7 +148,7 @@ impl Lowering<'_> {
                     self.pseudo_field(if name.is_empty() { "add".to_string() } else { name.to_string() });
                 let output = self.value();
                 self.nodes.push(Node {
-                    op: Op::Add,
+                    op: Op::Add(Add),
                     inputs: vec![l, r],
                     output,
                     field,
@@ -187,7 +192,7 @@ impl Lowering<'_> {
                 for op in &self.model.fields[index].ops {
                     let output = self.value();
                     self.nodes.push(Node {
-                        op: Op::from_kind(op.kind),
+                        op: op.op,
                         inputs: vec![current],
                         output,
                         field: index,
@@ -199,26 +204,27 @@ impl Lowering<'_> {
                 Some(current)
             }
             Expr::MethodCall(m) => {
-                let kind = match m.method.to_string().as_str() {
-                    "relu" => ActivationKind::Relu,
-                    "tanh" => ActivationKind::Tanh,
-                    "sigmoid" => ActivationKind::Sigmoid,
-                    other => {
-                        cx.error(m.method.span(), format!("unknown method `.{other}()` in `forward`: the activation methods are `.relu()`, `.tanh()` and `.sigmoid()`"));
-                        return None;
-                    }
+                let method = m.method.to_string();
+                let Some(act) = Act::from_name(&method) else {
+                    cx.error(
+                        m.method.span(),
+                        format!(
+                            "unknown method `.{method}()` in `forward`: the activation methods are {}",
+                            activation_methods()
+                        ),
+                    );
+                    return None;
                 };
                 if !m.args.is_empty() {
                     cx.error(m.method.span(), format!("`.{}()` takes no arguments", m.method));
                     return None;
                 }
                 let x = self.expr(cx, &m.receiver, "")?;
-                let method = m.method.to_string();
                 let field =
                     self.pseudo_field(if name.is_empty() { method.clone() } else { name.to_string() });
                 let output = self.value();
                 self.nodes.push(Node {
-                    op: Op::Activation(kind),
+                    op: Op::Activation(Activation(act)),
                     inputs: vec![x],
                     output,
                     field,
@@ -230,12 +236,20 @@ impl Lowering<'_> {
             other => {
                 cx.error(
                     other.span(),
-                    "`forward` may only use `let` bindings, `self.field(value)`, `+` and `.relu()`/`.tanh()`/`.sigmoid()`",
+                    format!(
+                        "`forward` may only use `let` bindings, `self.field(value)`, `+` and the activation methods {}",
+                        activation_methods()
+                    ),
                 );
                 None
             }
         }
     }
+}
+
+/// `.relu()`, `.tanh()`, ... as an error message lists them.
+fn activation_methods() -> String {
+    Act::NAMES.iter().map(|name| format!("`.{name}()`")).collect::<Vec<_>>().join(", ")
 }
 
 fn is_self(e: &Expr) -> bool {

@@ -4,20 +4,19 @@
 //! with the next field, so one compile shows all the mistakes of a model.
 
 pub mod ast;
-pub mod conv;
 pub mod forward;
-pub mod ops;
-pub mod sequence;
-pub mod syntax;
-pub mod values;
+pub mod input;
+pub mod loss;
 
+use crate::args;
 use crate::ctxt::Ctxt;
-use ast::{FieldDef, InputKind, LossDef, ModelDef, OpDef, Spanned};
+use crate::ops::Op;
+use crate::syntax::{ArgSyntax, OpSyntax, Spanned, ValueSyntax};
+use ast::{FieldDef, InputKind, LossDef, ModelDef, OpDef};
 use proc_macro2::{Span, TokenStream};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned as _;
 use syn::{Fields, ItemStruct, Token};
-use syntax::{ArgSyntax, OpSyntax, ValueSyntax};
 
 /// Parses the attribute arguments and the struct; `None` when anything was wrong (errors are in `cx`).
 pub fn parse_model(cx: &mut Ctxt, args: TokenStream, item: TokenStream) -> Option<ModelDef> {
@@ -65,7 +64,7 @@ pub fn parse_model(cx: &mut Ctxt, args: TokenStream, item: TokenStream) -> Optio
     }
     let (input, input_kind) = input?;
     let mut fields = fields;
-    sequence::resolve_vocab(&mut fields, &input_kind);
+    input::resolve_vocab(&mut fields, &input_kind);
     Some(ModelDef {
         attrs: item.attrs,
         vis: item.vis,
@@ -92,7 +91,7 @@ fn model_args(cx: &mut Ctxt, args: TokenStream) -> (Option<InputDef>, Option<Los
         }
     };
     let holder = OpSyntax { name: syn::Ident::new("dp_model", call_site), args: parsed };
-    let [input, loss] = values::arguments(cx, &holder, ["input", "loss"]);
+    let [input, loss] = args::arguments(cx, &holder, ["input", "loss"]);
     let input = match input {
         None => {
             cx.error(
@@ -102,7 +101,7 @@ fn model_args(cx: &mut Ctxt, args: TokenStream) -> (Option<InputDef>, Option<Los
             None
         }
         Some(arg) => match &arg.value {
-            ValueSyntax::Call(op) if op.name == "tokens" => sequence::token_input(cx, op),
+            ValueSyntax::Call(op) if op.name == "tokens" => input::token_input(cx, op),
             value => input_shape(cx, value).map(|shape| (shape, InputKind::Dense)),
         },
     };
@@ -111,7 +110,7 @@ fn model_args(cx: &mut Ctxt, args: TokenStream) -> (Option<InputDef>, Option<Los
             cx.error(call_site, "#[dp_model] needs a loss: add e.g. `loss = cross_entropy(classes = 10)`");
             None
         }
-        Some(arg) => ops::loss_def(cx, &arg.value),
+        Some(arg) => loss::loss_def(cx, &arg.value),
     };
     (input, loss)
 }
@@ -128,7 +127,7 @@ fn input_shape(cx: &mut Ctxt, value: &ValueSyntax) -> Option<Vec<Spanned<usize>>
         cx.error(value.span(), "`input` needs at least one dimension");
         return None;
     }
-    let dims: Vec<_> = items.iter().map(|d| values::positive_int(cx, "input", d)).collect();
+    let dims: Vec<_> = items.iter().map(|d| args::positive_int(cx, "input", d)).collect();
     dims.into_iter().collect()
 }
 
@@ -174,7 +173,10 @@ fn field_def(cx: &mut Ctxt, field: &syn::Field) -> Option<FieldDef> {
         return None;
     }
     check_field_type(cx, &name, &field.ty, &chain);
-    let ops: Vec<Option<OpDef>> = chain.iter().map(|op| ops::op_def(cx, op)).collect();
+    let ops: Vec<Option<OpDef>> = chain
+        .iter()
+        .map(|op| Some(OpDef { op: Op::parse(cx, op)?, span: op.span(), text: op.text() }))
+        .collect();
     let ops: Vec<OpDef> = ops.into_iter().collect::<Option<_>>()?;
     Some(FieldDef { name, ops })
 }
@@ -182,17 +184,15 @@ fn field_def(cx: &mut Ctxt, field: &syn::Field) -> Option<FieldDef> {
 /// A field's type names the layer kind of its parameterised op (`Linear`), or, for a field without
 /// parameters, the kind of its first op (`Relu`, `Flatten`). At most one parameterised op per field:
 /// the field is one parameter group and names its tensors (`fc1.weight`). Works on op names, so it is
-/// checked even when an op's arguments are wrong; unknown names are reported by `op_def`.
+/// checked even when an op's arguments are wrong; unknown names are reported by `Op::parse`.
 fn check_field_type(
     cx: &mut Ctxt,
     name: &syn::Ident,
     ty: &syn::Type,
     chain: &Punctuated<OpSyntax, Token![,]>,
 ) {
-    let kinds: Vec<(&OpSyntax, &str, bool)> = chain
-        .iter()
-        .filter_map(|op| ops::layer_kind(&op.name.to_string()).map(|(k, p)| (op, k, p)))
-        .collect();
+    let kinds: Vec<(&OpSyntax, &str, bool)> =
+        chain.iter().filter_map(|op| Op::field_type(&op.name.to_string()).map(|(k, p)| (op, k, p))).collect();
     if kinds.len() != chain.len() {
         return;
     }

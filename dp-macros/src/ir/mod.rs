@@ -4,65 +4,15 @@
 //! assumes one: every node names its input values, so a residual add (two inputs) or a value read by
 //! two nodes fits the same representation. Shapes are not stored here; the checker infers them.
 
-use crate::parse::ast::{
-    ActivationKind, Conv2dAttrs, EmbeddingAttrs, LinearAttrs, LossDef, LstmAttrs, ModelDef, NormLayerAttrs,
-    OpKind, Pool2dAttrs,
-};
+pub mod value;
+pub mod view;
+
+use crate::ops::activation::function::{Act, Derivative};
+use crate::ops::Op;
+use crate::parse::ast::{LossDef, ModelDef};
 use proc_macro2::Span;
-
-/// An SSA value: written by exactly one node (or the graph input), read by any number of nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ValueId(pub usize);
-
-/// An operation of the IR.
-#[derive(Debug, Clone, Copy)]
-pub enum Op {
-    /// y = a·Wᵀ + b over the last axis; parameterised.
-    Linear(LinearAttrs),
-    /// An element-wise activation.
-    Activation(ActivationKind),
-    /// Reshape one example to a vector (row-major: no data moves).
-    Flatten,
-    /// 2-D convolution over `[C, H, W]`; parameterised.
-    Conv2d(Conv2dAttrs),
-    /// Max or average pooling over `[C, H, W]`.
-    Pool2d(Pool2dAttrs),
-    /// `[C, H, W] → [C]`, each plane's mean.
-    GlobalAvgPool,
-    /// Group norm or layer norm with an affine weight and bias; parameterised.
-    Norm(NormLayerAttrs),
-    /// The element-wise sum of two values of one shape (a residual connection).
-    Add,
-    /// Token ids to rows of a `[vocab, dim]` table (the vocabulary is the token input's).
-    Embedding(EmbeddingAttrs),
-    /// Mean over the sequence axis: `[T, D] → [D]`.
-    SequenceMean,
-    /// One LSTM layer over a sequence `[T, d]`, returning every step's hidden state `[T, H]`.
-    Lstm(LstmAttrs),
-}
-
-impl Op {
-    /// The IR op of a parsed op.
-    pub fn from_kind(kind: OpKind) -> Op {
-        match kind {
-            OpKind::Linear(attrs) => Op::Linear(attrs),
-            OpKind::Activation(act) => Op::Activation(act),
-            OpKind::Flatten => Op::Flatten,
-            OpKind::Conv2d(attrs) => Op::Conv2d(attrs),
-            OpKind::Pool2d(attrs) => Op::Pool2d(attrs),
-            OpKind::GlobalAvgPool => Op::GlobalAvgPool,
-            OpKind::Norm(attrs) => Op::Norm(attrs),
-            OpKind::Embedding(attrs) => Op::Embedding(attrs),
-            OpKind::SequenceMean => Op::SequenceMean,
-            OpKind::Lstm(attrs) => Op::Lstm(attrs),
-        }
-    }
-
-    /// Whether the op owns trainable parameters (and therefore a parameter group).
-    pub fn is_parameterised(&self) -> bool {
-        matches!(self, Op::Linear(_) | Op::Conv2d(_) | Op::Norm(_) | Op::Embedding(_) | Op::Lstm(_))
-    }
-}
+pub use value::ValueId;
+use view::NodeView;
 
 /// One node: an op applied to input values, producing one output value.
 #[derive(Debug, Clone)]
@@ -100,9 +50,8 @@ impl Graph {
         for (field, def) in model.fields.iter().enumerate() {
             for op in &def.ops {
                 let output = ValueId(nodes.len() + 1);
-                let ir_op = Op::from_kind(op.kind);
                 nodes.push(Node {
-                    op: ir_op,
+                    op: op.op,
                     inputs: vec![current],
                     output,
                     field,
@@ -120,6 +69,36 @@ impl Graph {
             output: current,
             loss: LossDef { kind: model.loss.kind, span: model.loss.span },
         }
+    }
+
+    /// Node `i` as an op's rules see it.
+    pub fn view(&self, i: usize) -> NodeView<'_> {
+        let node = &self.nodes[i];
+        NodeView {
+            index: i,
+            inputs: &node.inputs,
+            output: node.output,
+            field: &self.fields[node.field],
+            text: &node.text,
+            span: node.span,
+        }
+    }
+
+    /// The activation that node `i`'s output flows into alone, if it can run in node `i`'s output pass
+    /// (its derivative comes from the output), with the value it produces.
+    pub fn fusable_activation(&self, i: usize, uses: &[usize]) -> Option<(Act, ValueId)> {
+        let node = &self.nodes[i];
+        if uses[node.output.0] != 1 {
+            return None;
+        }
+        self.nodes.get(i + 1).and_then(|next| match next.op {
+            Op::Activation(activation)
+                if next.inputs[0] == node.output && activation.0.derivative() == Derivative::FromOutput =>
+            {
+                Some((activation.0, next.output))
+            }
+            _ => None,
+        })
     }
 
     /// How many nodes read each value.

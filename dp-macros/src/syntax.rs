@@ -13,6 +13,13 @@ use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::{bracketed, parenthesized, token, Ident, Lit, Token};
 
+/// A value written in the source, with where it was written.
+#[derive(Debug, Clone, Copy)]
+pub struct Spanned<T> {
+    pub value: T,
+    pub span: Span,
+}
+
 /// An op or a call-like value: a name with optional arguments.
 pub struct OpSyntax {
     pub name: Ident,

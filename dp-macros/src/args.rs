@@ -1,9 +1,16 @@
-//! Typed reading of argument values and arguments lists, and "did you mean" suggestions.
+//! Typed reading of argument values and argument lists (every op reads its arguments with these), and
+//! "did you mean" suggestions.
 
-use super::ast::Spanned;
-use super::syntax::{ArgSyntax, OpSyntax, ValueSyntax};
 use crate::ctxt::Ctxt;
+use crate::syntax::{ArgSyntax, OpSyntax, Spanned, ValueSyntax};
 use syn::Lit;
+
+/// A norm strategy forced by `norms = ghost | direct` (otherwise the planner chooses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormChoice {
+    Ghost,
+    Direct,
+}
 
 /// A positive integer (a dimension, a width, a class count).
 pub fn positive_int(cx: &mut Ctxt, key: &str, value: &ValueSyntax) -> Option<Spanned<usize>> {
@@ -36,6 +43,84 @@ pub fn boolean(cx: &mut Ctxt, key: &str, value: &ValueSyntax) -> Option<bool> {
         return Some(b.value);
     }
     cx.error(value.span(), format!("`{key}` expects `true` or `false`, found `{}`", value.text()));
+    None
+}
+
+/// `norms = ghost | direct`.
+pub fn norm_choice(cx: &mut Ctxt, value: &ValueSyntax) -> Option<NormChoice> {
+    if let ValueSyntax::Call(op) = value {
+        if op.args.is_empty() {
+            match op.name.to_string().as_str() {
+                "ghost" => return Some(NormChoice::Ghost),
+                "direct" => return Some(NormChoice::Direct),
+                _ => {}
+            }
+        }
+    }
+    cx.error(value.span(), format!("`norms` expects `ghost` or `direct`, found `{}`", value.text()));
+    None
+}
+
+/// A positive integer the op cannot do without; the error shows how to write it.
+pub fn required(
+    cx: &mut Ctxt,
+    op: &OpSyntax,
+    arg: Option<&ArgSyntax>,
+    key: &str,
+    example: &str,
+) -> Option<Spanned<usize>> {
+    match arg {
+        Some(a) => positive_int(cx, key, &a.value),
+        None => {
+            cx.error(op.span(), format!("`{}` needs `{key}`: write e.g. `{example}`", op.name));
+            None
+        }
+    }
+}
+
+/// An integer argument with a default (which carries the span of the op's name).
+pub fn optional(
+    cx: &mut Ctxt,
+    arg: Option<&ArgSyntax>,
+    default: Spanned<usize>,
+    read: fn(&mut Ctxt, &str, &ValueSyntax) -> Option<Spanned<usize>>,
+) -> Option<Spanned<usize>> {
+    match arg {
+        Some(a) => read(cx, &a.key.to_string(), &a.value),
+        None => Some(default),
+    }
+}
+
+/// An integer that may be 0 (padding).
+pub fn non_negative_int(cx: &mut Ctxt, key: &str, value: &ValueSyntax) -> Option<Spanned<usize>> {
+    if let ValueSyntax::Lit(Lit::Int(int)) = value {
+        if let Ok(v) = int.base10_parse::<usize>() {
+            return Some(Spanned { value: v, span: value.span() });
+        }
+    }
+    cx.error(
+        value.span(),
+        format!("`{key}` expects a non-negative integer literal, found `{}`", value.text()),
+    );
+    None
+}
+
+/// The kernels normalise with PyTorch's ε = 1e-5; `eps` may be written, but only with that value.
+pub fn pytorch_eps(cx: &mut Ctxt, value: &ValueSyntax) -> Option<()> {
+    let parsed = match value {
+        ValueSyntax::Lit(Lit::Float(f)) => f.base10_parse::<f64>().ok(),
+        _ => None,
+    };
+    if parsed == Some(1e-5) {
+        return Some(());
+    }
+    cx.error(
+        value.span(),
+        format!(
+            "`eps` must be 1e-5 (PyTorch's default, which the normalisation kernels use), found `{}`",
+            value.text()
+        ),
+    );
     None
 }
 

@@ -1,0 +1,92 @@
+//! `conv2d` on the CPU. Patches and δ rows live in shared scratch and are re-derived by each pass that
+//! reads them (`im2col` from the kept input, `output_grad_to_rows` from the kept NCHW δ), chunk by
+//! chunk inside `dp_kernels::conv_chunks`.
+
+use super::activation::{fused_backward, fused_forward};
+use super::emit::{
+    accumulate, grad_slices, lit, optional_param, param, read, scratch, strategy, write, zero_group,
+};
+use super::kernels;
+use crate::ops::conv2d::ConvStep;
+use crate::plan::memory::Buf;
+use crate::plan::Plan;
+use dp_spec::Conv2dGeometry;
+use proc_macro2::TokenStream;
+use quote::quote;
+
+fn geom(g: &Conv2dGeometry) -> TokenStream {
+    let conv = kernels::conv();
+    let (in_c, in_h, in_w, out_c, kh, kw) =
+        (lit(g.in_c), lit(g.in_h), lit(g.in_w), lit(g.out_c), lit(g.kh), lit(g.kw));
+    let (stride, padding, dilation, groups) = (lit(g.stride), lit(g.padding), lit(g.dilation), lit(g.groups));
+    quote! {
+        #conv::Conv2dGeometry {
+            in_c: #in_c, in_h: #in_h, in_w: #in_w, out_c: #out_c, kh: #kh, kw: #kw,
+            stride: #stride, padding: #padding, dilation: #dilation, groups: #groups,
+        }
+    }
+}
+
+pub fn forward(plan: &Plan, s: &ConvStep) -> TokenStream {
+    let (g, x, w, y) = (geom(&s.geom), read(s.input), param(plan, s.weight), write(s.output));
+    let bias = optional_param(plan, s.bias);
+    let patches = scratch(plan.scratch.patches);
+    let act = fused_forward(s.act, s.output, s.geom.output_len());
+    let chunks = kernels::conv_chunks();
+    quote! {{
+        let geom = #g;
+        #chunks::conv2d_forward(&geom, n, #x, #w, #bias, #patches, #y);
+        #act
+    }}
+}
+
+pub fn backward(plan: &Plan, s: &ConvStep) -> TokenStream {
+    let act = fused_backward(s.act, s.delta, s.output, s.geom.output_len());
+    let input_grad = s.input_grad.map(|t| {
+        let (g, delta, w) = (geom(&s.geom), read(Buf::Arena(s.delta)), param(plan, s.weight));
+        let (rows, patches, dx) = (scratch(plan.scratch.rows), scratch(plan.scratch.patches), write(t.write));
+        let rows_read = read(Buf::Arena(plan.scratch.rows.expect("sized")));
+        let (acc, conv) = (accumulate(t), kernels::conv());
+        quote! {{
+            let geom = #g;
+            #conv::output_grad_to_rows(&geom, n, #delta, #rows);
+            #conv::conv2d_backward_input(&geom, n, #rows_read, #w, #patches, #dx);
+            #acc
+        }}
+    });
+    quote!(#act #input_grad)
+}
+
+/// The kernel adds every group's norms into the column: zeroed first.
+pub fn norms(plan: &Plan, s: &ConvStep) -> TokenStream {
+    let (groups, gidx) = (lit(plan.groups.len()), lit(s.group));
+    let (g, x, delta) = (geom(&s.geom), read(s.input), read(Buf::Arena(s.delta)));
+    let (patches, rows, slots) =
+        (scratch(plan.scratch.patches), scratch(plan.scratch.rows), scratch(plan.scratch.norms));
+    let zero = zero_group(plan, s.group);
+    let (strat, bias, chunks) = (strategy(s.strategy), s.bias.is_some(), kernels::conv_chunks());
+    quote! {{
+        #zero
+        #chunks::conv2d_norms_sq(
+            &#g, #strat, #bias, n, #x, #delta, #patches, #rows, #slots, &mut sq_norms[#gidx..], #groups,
+        );
+    }}
+}
+
+/// The clipped sum (`clipped = true`, the group's factors) or the plain sum of the weight gradient.
+pub fn weight_gradient(plan: &Plan, s: &ConvStep, clipped: bool) -> TokenStream {
+    let (groups, gidx) = (lit(plan.groups.len()), lit(s.group));
+    let (g, x, delta) = (geom(&s.geom), read(s.input), read(Buf::Arena(s.delta)));
+    let (patches, rows) = (scratch(plan.scratch.patches), scratch(plan.scratch.rows));
+    let slices = grad_slices(plan, s.weight, s.bias);
+    let factors = if clipped {
+        quote!(::core::option::Option::Some((&factors[#gidx..], #groups)))
+    } else {
+        quote!(::core::option::Option::None)
+    };
+    let chunks = kernels::conv_chunks();
+    quote! {{
+        #slices
+        #chunks::conv2d_weight_gradient(&#g, n, #x, #delta, #factors, #patches, #rows, gw, gb);
+    }}
+}

@@ -1,0 +1,90 @@
+//! `linear` on the CPU: a GEMM with the bias and activation in its output pass; ghost norms by the
+//! Goodfellow identity or direct ones; the clipped sum as one GEMM over the rows of δ scaled by the
+//! factors.
+
+use super::activation::fused_backward;
+use super::emit::{
+    accumulate, act, buf_ident, grad_slices, lit, optional_param, param, read, scratch, write, zero_group,
+};
+use super::kernels;
+use crate::ops::linear::DenseStep;
+use crate::plan::memory::Buf;
+use crate::plan::Plan;
+use dp_spec::Strategy;
+use proc_macro2::TokenStream;
+use quote::quote;
+
+pub fn forward(plan: &Plan, d: &DenseStep) -> TokenStream {
+    let (a, w, y) = (read(d.input), param(plan, d.weight), write(d.output));
+    let bias = optional_param(plan, d.bias);
+    let (n_in, n_out, f, dense) = (lit(d.inputs), lit(d.outputs), act(d.act), kernels::dense());
+    quote! {
+        #dense::linear_forward(#a, #w, #bias, n, #n_in, #n_out, #f, #y);
+    }
+}
+
+pub fn backward(plan: &Plan, d: &DenseStep) -> TokenStream {
+    let n_out = lit(d.outputs);
+    let act_back = fused_backward(d.act, d.delta, d.output, d.outputs);
+    let input_grad = d.input_grad.map(|t| {
+        let (delta, w, ga, n_in) =
+            (read(Buf::Arena(d.delta)), param(plan, d.weight), write(t.write), lit(d.inputs));
+        let (acc, dense) = (accumulate(t), kernels::dense());
+        quote!(#dense::linear_input_grad(#delta, #w, n, #n_in, #n_out, #ga); #acc)
+    });
+    quote!(#act_back #input_grad)
+}
+
+pub fn gradient_sum(plan: &Plan, d: &DenseStep) -> TokenStream {
+    let (a, delta, n_in, n_out) = (read(d.input), read(Buf::Arena(d.delta)), lit(d.inputs), lit(d.outputs));
+    let (slices, dense) = (grad_slices(plan, d.weight, d.bias), kernels::dense());
+    quote! {{
+        #slices
+        #dense::linear_grad_add(#a, #delta, n, #n_in, #n_out, gw, gb);
+    }}
+}
+
+/// Ghost norms overwrite the column; the direct kernels add into it after it is zeroed.
+pub fn norms(plan: &Plan, d: &DenseStep) -> TokenStream {
+    let groups = lit(plan.groups.len());
+    let (a, delta, n_in, n_out) = (read(d.input), read(Buf::Arena(d.delta)), lit(d.inputs), lit(d.outputs));
+    let gidx = lit(d.group);
+    match d.strategy {
+        Strategy::Ghost => {
+            let (has_bias, dense) = (d.bias.is_some(), kernels::dense());
+            quote! {
+                #dense::linear_ghost_sq_norms(
+                    #a, #delta, n, #n_in, #n_out, #has_bias, sq_norms, #groups, #gidx,
+                );
+            }
+        }
+        Strategy::Direct => {
+            let k = kernels::per_example();
+            let slots = scratch(plan.scratch.norms);
+            let zero = zero_group(plan, d.group);
+            let bias = d
+                .bias
+                .map(|_| quote!(#k::bias_norms_sq(&layer, n, #delta, &mut sq_norms[#gidx..], #groups);));
+            quote! {{
+                let layer = #k::PositionalLayer::new(1, #n_in, #n_out);
+                #zero
+                #k::direct_norms_sq(&layer, n, #a, #delta, #slots, &mut sq_norms[#gidx..], #groups);
+                #bias
+            }}
+        }
+    }
+}
+
+pub fn clipped_sum(plan: &Plan, d: &DenseStep) -> TokenStream {
+    let groups = lit(plan.groups.len());
+    let scratch = buf_ident(plan.clip_scratch);
+    let (a, delta, n_in, n_out) = (read(d.input), read(Buf::Arena(d.delta)), lit(d.inputs), lit(d.outputs));
+    let (slices, group, dense) = (grad_slices(plan, d.weight, d.bias), lit(d.group), kernels::dense());
+    quote! {{
+        #slices
+        let (scratch_a, scratch_delta) = #scratch.split_at_mut(n * #n_in);
+        #dense::linear_clipped_grad_add(
+            #a, #delta, n, #n_in, #n_out, factors, #groups, #group, scratch_a, scratch_delta, gw, gb,
+        );
+    }}
+}

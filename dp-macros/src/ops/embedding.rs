@@ -1,0 +1,97 @@
+//! `embedding(dim = D, vocab = V)`: token ids `[T]` to rows `[T, D]` of a `[vocab, dim]` table.
+//!
+//! Its norm groups equal tokens ([`NormStrategy::TokenGrouped`], cost ~T·dim) and its clipped sum is
+//! a scatter-add of `c_i·δ` rows: nothing of size vocab is ever formed per example. The vocabulary is
+//! the token input's (`vocab` is checked against it).
+
+use super::rules::OpRules;
+use crate::args::{arguments, positive_int};
+use crate::ctxt::Ctxt;
+use crate::ir::view::NodeView;
+use crate::plan::memory::Buf;
+use crate::plan::params::Init;
+use crate::plan::planner::{Planner, SharedScratch};
+use crate::shape::Shape;
+use crate::syntax::{OpSyntax, Spanned};
+use dp_spec::NormStrategy;
+
+/// `embedding(dim = D, vocab = V)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Embedding {
+    pub dim: Spanned<usize>,
+    pub declared_vocab: Option<Spanned<usize>>,
+    /// The token input's vocabulary, filled in once the model's input is known (`None` on a dense
+    /// input, which the checker rejects).
+    pub vocab: Option<usize>,
+}
+
+/// A token embedding.
+#[derive(Debug, Clone)]
+pub struct EmbeddingStep {
+    pub group: usize,
+    pub vocab: usize,
+    pub dim: usize,
+    /// T: tokens per example.
+    pub steps: usize,
+    /// Index into `Plan::params`.
+    pub weight: usize,
+    /// `[T, dim]` rows looked up.
+    pub output: usize,
+    /// `[T, dim]` gradient of the output.
+    pub delta: usize,
+}
+
+impl OpRules for Embedding {
+    type Step = EmbeddingStep;
+    const NAMES: &'static [&'static str] = &["embedding"];
+
+    fn field_type(_: &str) -> &'static str {
+        "Embedding"
+    }
+
+    fn parse(cx: &mut Ctxt, op: &OpSyntax) -> Option<Self> {
+        let [dim, vocab] = arguments(cx, op, ["dim", "vocab"]);
+        let declared_vocab = vocab.map(|a| positive_int(cx, "vocab", &a.value));
+        let dim = match dim {
+            Some(a) => positive_int(cx, "dim", &a.value),
+            None => {
+                cx.error(op.span(), "`embedding` needs its width: write `embedding(dim = D)`");
+                None
+            }
+        };
+        Some(Embedding {
+            dim: dim?,
+            declared_vocab: declared_vocab.map(|v| v.ok_or(())).transpose().ok()?,
+            vocab: None,
+        })
+    }
+
+    /// `[T]` token ids to `[T, dim]`; `None` (after the token check has reported why) when it does not
+    /// read a token input.
+    fn shape(&self, _: &mut Ctxt, _: &NodeView, inputs: &[&Shape]) -> Option<Shape> {
+        self.vocab?;
+        let x = inputs[0];
+        (x.len() == 1).then(|| vec![x[0], self.dim.value])
+    }
+
+    fn param_count(&self, _: &[&Shape]) -> usize {
+        self.vocab.unwrap_or(0) * self.dim.value
+    }
+
+    fn plan(&self, pl: &mut Planner<'_>, node: &NodeView) -> Option<EmbeddingStep> {
+        let (i, x, out, field) = (node.index, node.input(), node.output, node.field);
+        let (vocab, dim, steps) =
+            (self.vocab.expect("checked: a token input"), self.dim.value, pl.shape(x)[0]);
+        pl.target(node, x);
+        let output = pl.alloc(i, format!("{field} embedding rows"), steps * dim);
+        let delta = pl.grad_buffer(i, out, format!("{field} embedding delta")).expect("trained");
+        pl.storage[out.0] = Some(Buf::Arena(output));
+        pl.grad[out.0] = Some(delta);
+        pl.need(SharedScratch::Norms, i, steps + dim);
+        let group = pl.group(field);
+        let weight = pl.param(format!("{field}.weight"), vec![vocab, dim], Init::Normal { std: 1.0 });
+        // Gather, the norm (row sums and squares) and the scatter-add of the clipped sum.
+        pl.cost(i, 5 * (steps * dim) as u64, Some(NormStrategy::TokenGrouped));
+        Some(EmbeddingStep { group, vocab, dim, steps, weight, output, delta })
+    }
+}

@@ -1,0 +1,153 @@
+//! `linear(out = N, in = M, bias = B, norms = ghost | direct)`: y = a·Wᵀ + b over a flat vector, with
+//! the activation after it fused into its output pass.
+//!
+//! One position per example, so its ghost norm is the Goodfellow identity ‖g_W‖² = ‖a‖²‖δ‖²,
+//! ‖g_b‖² = ‖δ‖². The gradient of its output is its δ buffer, which the element-wise ops between it
+//! and the next layer work on in place, so a chain needs no other gradient buffers.
+
+use super::activation::function::Act;
+use super::rules::OpRules;
+use crate::args::{arguments, boolean, norm_choice, positive_int, NormChoice};
+use crate::ctxt::Ctxt;
+use crate::ir::view::NodeView;
+use crate::plan::memory::{Buf, GradTarget};
+use crate::plan::params::Init;
+use crate::plan::planner::{Planner, SharedScratch};
+use crate::shape::{show, Shape};
+use crate::syntax::{OpSyntax, Spanned};
+use dp_spec::cost::{direct_flops, direct_scratch_len};
+use dp_spec::{NormStrategy, PositionalLayer, Strategy};
+
+/// `linear(out = N, in = M, bias = B)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Linear {
+    pub out: Spanned<usize>,
+    /// The input width the user declared, checked against the inferred one.
+    pub declared_in: Option<Spanned<usize>>,
+    pub bias: bool,
+    /// A norm strategy forced by `norms = ghost | direct`.
+    pub norms: Option<NormChoice>,
+}
+
+/// A linear layer with its fused epilogue.
+#[derive(Debug, Clone)]
+pub struct DenseStep {
+    pub group: usize,
+    pub input: Buf,
+    /// Arena buffer of act(a·Wᵀ + b).
+    pub output: usize,
+    /// Arena buffer of δ (the gradient of the pre-activation), kept for norms and clipped sums.
+    pub delta: usize,
+    pub inputs: usize,
+    pub outputs: usize,
+    pub act: Act,
+    pub weight: usize,
+    /// Index into `Plan::params`.
+    pub bias: Option<usize>,
+    /// Where δ·W goes: the gradient buffer of the layer's input, if anything upstream is trained.
+    pub input_grad: Option<GradTarget>,
+    pub strategy: Strategy,
+}
+
+impl OpRules for Linear {
+    type Step = DenseStep;
+    const NAMES: &'static [&'static str] = &["linear"];
+
+    fn field_type(_: &str) -> &'static str {
+        "Linear"
+    }
+
+    fn parse(cx: &mut Ctxt, op: &OpSyntax) -> Option<Self> {
+        let [out, declared_in, bias, norms] = arguments(cx, op, ["out", "in", "bias", "norms"]);
+        let norms = norms.map(|a| norm_choice(cx, &a.value).ok_or(())).transpose();
+        let declared_in = declared_in.map(|a| positive_int(cx, "in", &a.value));
+        let bias = bias.map(|a| boolean(cx, "bias", &a.value));
+        let out = match out {
+            Some(a) => positive_int(cx, "out", &a.value),
+            None => {
+                cx.error(op.span(), "`linear` needs its output width: write `linear(out = N)`");
+                None
+            }
+        };
+        Some(Linear {
+            out: out?,
+            declared_in: declared_in.map(|d| d.ok_or(())).transpose().ok()?,
+            bias: bias.map(|b| b.ok_or(())).transpose().ok()?.unwrap_or(true),
+            norms: norms.ok()?,
+        })
+    }
+
+    fn shape(&self, cx: &mut Ctxt, node: &NodeView, inputs: &[&Shape]) -> Option<Shape> {
+        let x = inputs[0];
+        if x.len() != 1 {
+            cx.error(
+                node.span,
+                format!(
+                    "`linear` takes one flat vector per example, but its input has shape {}; insert `flatten` before it",
+                    show(x)
+                ),
+            );
+            return Some(vec![self.out.value]);
+        }
+        if let Some(declared) = self.declared_in {
+            if declared.value != x[0] {
+                cx.error(
+                    declared.span,
+                    format!(
+                        "declared `in = {}`, but the input of this layer has width {}",
+                        declared.value, x[0]
+                    ),
+                );
+            }
+        }
+        Some(vec![self.out.value])
+    }
+
+    fn param_count(&self, inputs: &[&Shape]) -> usize {
+        let width: usize = inputs[0].iter().product();
+        self.out.value * width + if self.bias { self.out.value } else { 0 }
+    }
+
+    fn plan(&self, pl: &mut Planner<'_>, node: &NodeView) -> Option<DenseStep> {
+        let (i, x, field) = (node.index, node.input(), node.field);
+        let (n_in, n_out) = (pl.width(x), self.out.value);
+        let (act, result) = pl.fuse_activation(node);
+        let output = pl.alloc(i, format!("{field} output"), n_out);
+        let delta = pl.alloc(i, format!("{field} delta"), n_out);
+        pl.storage[result.0] = Some(Buf::Arena(output));
+        pl.grad[result.0] = Some(delta);
+        let group = pl.group(field);
+        let bound = 1.0 / (n_in as f32).sqrt();
+        let weight = pl.param(format!("{field}.weight"), vec![n_out, n_in], Init::Uniform { bound });
+        let bias = self.bias.then(|| pl.param(format!("{field}.bias"), vec![n_out], Init::Uniform { bound }));
+        let strategy = Planner::strategy(self.norms, &PositionalLayer::new(1, n_in, n_out));
+        if strategy == Strategy::Direct {
+            pl.need(SharedScratch::Norms, i, direct_scratch_len(n_in, n_out));
+        }
+        pl.need_clip_scratch(i, n_in + n_out);
+        let input = pl.storage_of(x);
+        let input_grad = pl.target(node, x);
+        // The forward GEMM, the weight-gradient GEMM, the input-gradient GEMM when something upstream
+        // is trained, the norms and the bias + activation pass.
+        let mac = 2 * (n_in * n_out) as u64;
+        let gemms = 2 + u64::from(input_grad.is_some());
+        let norm_flops = match strategy {
+            Strategy::Ghost => 2 * (n_in + n_out) as u64,
+            Strategy::Direct => direct_flops(1, n_in, n_out),
+        };
+        pl.cost(i, gemms * mac + norm_flops + 2 * n_out as u64, Some(NormStrategy::from(strategy)));
+        Some(DenseStep {
+            group,
+            input,
+            output,
+            delta,
+            inputs: n_in,
+            outputs: n_out,
+            act,
+            weight,
+            bias,
+            input_grad,
+            strategy,
+        })
+    }
+}

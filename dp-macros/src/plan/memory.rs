@@ -1,0 +1,41 @@
+//! The static memory plan: every buffer is a per-example length at a per-example offset of one arena;
+//! at run time a buffer of a batch of B lives at `offset·B .. (offset + len)·B`.
+
+/// Where a value lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Buf {
+    /// The caller's input slice.
+    Input,
+    /// Buffer `k` of the memory plan.
+    Arena(usize),
+}
+
+/// One buffer of the arena, per example.
+#[derive(Debug, Clone)]
+pub struct Buffer {
+    /// What it holds, e.g. `fc1 output` (for the plan's documentation).
+    pub purpose: String,
+    /// Offset in `f32`s per example (times B at run time).
+    pub offset: usize,
+    /// Length in `f32`s per example.
+    pub len: usize,
+}
+
+/// Where a step's backward writes the gradient of one of its inputs: it overwrites `write`, then,
+/// when the input has another reader, `write` is added into the input's own gradient `add_into`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GradTarget {
+    pub write: usize,
+    pub add_into: Option<usize>,
+}
+
+/// Shared scratch buffers, each sized to the largest need of any layer (`None` when no layer needs it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scratch {
+    /// Conv patches `[groups][B][T][d]` (im2col), also the slots of the conv input-gradient kernel.
+    pub patches: Option<usize>,
+    /// Conv output gradients as rows `[groups][B][T][p]`.
+    pub rows: Option<usize>,
+    /// One slot per example of the chosen norm kernels (ghost Gram tiles or a direct gradient).
+    pub norms: Option<usize>,
+}

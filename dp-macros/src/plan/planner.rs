@@ -1,0 +1,241 @@
+//! The planner's services to the ops: the cross-op work that every op's plan step needs and none
+//! should copy.
+//!
+//! - Memory: [`Planner::alloc`] gives an arena buffer and counts its bytes at the node that asks.
+//! - Gradient routing: a value read by more than one op (a residual connection) has its own gradient
+//!   buffer; the last reader in forward order (the first in the backward) writes it, every earlier
+//!   reader writes a temporary buffer that is then added into it ([`Planner::target`]). In-place
+//!   gradient sharing (an activation or a flatten working on its input's gradient) needs a single
+//!   reader ([`Planner::sole_reader`]).
+//! - Fusion: an activation that is the only reader of a layer's output runs in that layer's output
+//!   pass when its derivative can be taken from the output ([`Planner::fuse_activation`]); its input
+//!   is then never stored.
+//! - Scratch sharing: the patches, δ rows and norm slots of the kernels are one buffer each, sized to
+//!   the largest need of any layer ([`Planner::need`]).
+//! - Parameters and groups ([`Planner::group`], [`Planner::param`]), and each node's row of the plan
+//!   table: FLOPs and norm strategy ([`Planner::cost`]).
+
+use super::memory::{Buf, Buffer, GradTarget};
+use super::params::{Init, ParamSlot};
+use crate::args::NormChoice;
+use crate::ir::value::ValueId;
+use crate::ir::view::NodeView;
+use crate::ops::activation::function::Act;
+use crate::shape::Shape;
+use dp_spec::cost::DIRECT_MEMORY_CAP_BYTES;
+use dp_spec::{NormStrategy, PositionalLayer, Strategy};
+
+/// A scratch buffer shared by the kernels of several layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedScratch {
+    /// Conv patches (im2col), also the slots of the conv input-gradient kernel.
+    Patches,
+    /// Conv output gradients as rows.
+    Rows,
+    /// Slots of the per-example norm kernels.
+    Norms,
+}
+
+/// The planner's state while the driver walks the graph.
+pub struct Planner<'g> {
+    shapes: &'g [Shape],
+    pub buffers: Vec<Buffer>,
+    pub per_example: usize,
+    /// Where each value lives (planned before any reader).
+    pub storage: Vec<Option<Buf>>,
+    /// The gradient buffer of each value, when it has one.
+    pub grad: Vec<Option<usize>>,
+    /// Readers of each value (the loss counts as one reader of the output).
+    pub uses: Vec<usize>,
+    seen: Vec<usize>,
+    temps: Vec<Option<usize>>,
+    /// Whether a value depends on a trained parameter (and so needs a gradient).
+    pub needs_grad: Vec<bool>,
+    /// For each node, the activation that alone reads its output and may be fused into it.
+    fusable: Vec<Option<(Act, ValueId)>>,
+    fused: Vec<bool>,
+    pub params: Vec<ParamSlot>,
+    pub groups: Vec<String>,
+    pub param_offset: usize,
+    pub layer_bytes: Vec<u64>,
+    pub layer_flops: Vec<u64>,
+    pub layer_strategy: Vec<Option<NormStrategy>>,
+    /// Largest per-example need (and the node that has it) of each shared scratch buffer.
+    scratch_needs: [(usize, usize); 3],
+    /// The widest `in + out` of any linear layer (the last at a tie), for the clipping scratch.
+    clip_need: Option<(usize, usize)>,
+}
+
+impl<'g> Planner<'g> {
+    /// A planner over values of `shapes`, with the graph facts the driver derived.
+    pub fn new(
+        shapes: &'g [Shape],
+        uses: Vec<usize>,
+        needs_grad: Vec<bool>,
+        fusable: Vec<Option<(Act, ValueId)>>,
+    ) -> Self {
+        let (values, nodes) = (shapes.len(), fusable.len());
+        Planner {
+            shapes,
+            buffers: Vec::new(),
+            per_example: 0,
+            storage: vec![None; values],
+            grad: vec![None; values],
+            uses,
+            seen: vec![0; values],
+            temps: vec![None; values],
+            needs_grad,
+            fusable,
+            fused: vec![false; nodes],
+            params: Vec::new(),
+            groups: Vec::new(),
+            param_offset: 0,
+            layer_bytes: vec![0; nodes],
+            layer_flops: vec![0; nodes],
+            layer_strategy: vec![None; nodes],
+            scratch_needs: [(0, 0); 3],
+            clip_need: None,
+        }
+    }
+
+    /// Allocates an arena buffer of `len` per example, counted in node `node`'s bytes.
+    pub fn alloc(&mut self, node: usize, purpose: String, len: usize) -> usize {
+        self.layer_bytes[node] += 4 * len as u64;
+        self.buffers.push(Buffer { purpose, offset: self.per_example, len });
+        self.per_example += len;
+        self.buffers.len() - 1
+    }
+
+    /// The shape of one example of `v`.
+    pub fn shape(&self, v: ValueId) -> &'g Shape {
+        &self.shapes[v.0]
+    }
+
+    /// Values of one example of `v`.
+    pub fn width(&self, v: ValueId) -> usize {
+        self.shapes[v.0].iter().product()
+    }
+
+    /// Where value `v` lives (planned before any reader).
+    pub fn storage_of(&self, v: ValueId) -> Buf {
+        self.storage[v.0].expect("inputs are planned before their readers")
+    }
+
+    /// The gradient target of one reading of `x` by `node` (call once per reading, in forward order);
+    /// `None` when nothing upstream of `x` is trained.
+    pub fn target(&mut self, node: &NodeView, x: ValueId) -> Option<GradTarget> {
+        self.seen[x.0] += 1;
+        let own = self.grad[x.0].filter(|_| self.needs_grad[x.0])?;
+        if self.seen[x.0] == self.uses[x.0] {
+            return Some(GradTarget { write: own, add_into: None });
+        }
+        let temp = match self.temps[x.0] {
+            Some(t) => t,
+            None => {
+                let t = self.alloc(node.index, format!("{} partial gradient", node.field), self.width(x));
+                self.temps[x.0] = Some(t);
+                t
+            }
+        };
+        Some(GradTarget { write: temp, add_into: Some(own) })
+    }
+
+    /// Whether `node` is the only reader of `x`, so that its backward may work in place on `x`'s
+    /// gradient; counts the reading either way (instead of [`Planner::target`]).
+    pub fn sole_reader(&mut self, x: ValueId) -> bool {
+        self.seen[x.0] += 1;
+        self.uses[x.0] == 1
+    }
+
+    /// The output gradient buffer of a new value, if it needs one.
+    pub fn grad_buffer(&mut self, node: usize, v: ValueId, purpose: String) -> Option<usize> {
+        self.needs_grad[v.0].then(|| self.alloc(node, purpose, self.width(v)))
+    }
+
+    /// The activation fused into `node`'s output pass and the value the pass then produces:
+    /// `(Act::Identity, node.output)` when there is none. A fused node is not planned on its own; its
+    /// cost (one forward and one backward operation per element) is counted here.
+    pub fn fuse_activation(&mut self, node: &NodeView) -> (Act, ValueId) {
+        match self.fusable[node.index] {
+            Some((act, output)) => {
+                self.fused[node.index + 1] = true;
+                self.layer_flops[node.index + 1] = 2 * self.width(output) as u64;
+                (act, output)
+            }
+            None => (Act::Identity, node.output),
+        }
+    }
+
+    /// Whether node `i` was fused into the node before it.
+    pub fn is_fused(&self, i: usize) -> bool {
+        self.fused[i]
+    }
+
+    /// Opens the parameter group of `field` (one per parameterised layer); returns its index.
+    pub fn group(&mut self, field: &str) -> usize {
+        self.groups.push(field.to_string());
+        self.groups.len() - 1
+    }
+
+    /// Registers a parameter tensor of the newest group.
+    pub fn param(&mut self, name: String, shape: Vec<usize>, init: Init) -> usize {
+        let len = shape.iter().product();
+        self.params.push(ParamSlot {
+            name,
+            shape,
+            offset: self.param_offset,
+            len,
+            group: self.groups.len() - 1,
+            init,
+        });
+        self.param_offset += len;
+        self.params.len() - 1
+    }
+
+    /// Records that node `node` needs `len` values per example of a shared scratch buffer.
+    pub fn need(&mut self, scratch: SharedScratch, node: usize, len: usize) {
+        let slot = &mut self.scratch_needs[scratch as usize];
+        if len > slot.0 {
+            *slot = (len, node);
+        }
+    }
+
+    /// Records a linear layer's `in + out` for the clipping scratch (`c⊙Δ` and the masked input).
+    pub fn need_clip_scratch(&mut self, node: usize, len: usize) {
+        if self.clip_need.is_none_or(|(widest, _)| len >= widest) {
+            self.clip_need = Some((len, node));
+        }
+    }
+
+    /// The norm strategy of a positional layer: the user's (`norms = ghost | direct`), or the cheaper
+    /// under the direct norm's per-example memory cap.
+    pub fn strategy(forced: Option<NormChoice>, layer: &PositionalLayer) -> Strategy {
+        match forced {
+            Some(NormChoice::Ghost) => Strategy::Ghost,
+            Some(NormChoice::Direct) => Strategy::Direct,
+            None => layer.choose_strategy(DIRECT_MEMORY_CAP_BYTES),
+        }
+    }
+
+    /// The node's FLOPs per example and, for a parameterised node, its norm strategy.
+    pub fn cost(&mut self, node: usize, flops: u64, strategy: Option<NormStrategy>) {
+        self.layer_flops[node] = flops;
+        self.layer_strategy[node] = strategy;
+    }
+
+    /// Allocates the shared buffers, each counted at the node that sets its size: the clipping scratch
+    /// (always, possibly empty), then the patches, rows and norm slots that some layer needs.
+    pub fn allocate_shared(&mut self) -> (usize, [Option<usize>; 3]) {
+        let (len, node) = self.clip_need.unwrap_or((0, 0));
+        let clip = self.alloc(node, "clipping scratch".to_string(), len);
+        let purposes = ["conv patches (im2col)", "conv output gradient rows", "per-example norm scratch"];
+        let mut shared = [None; 3];
+        for (k, purpose) in purposes.into_iter().enumerate() {
+            let (len, node) = self.scratch_needs[k];
+            if len > 0 {
+                shared[k] = Some(self.alloc(node, purpose.to_string(), len));
+            }
+        }
+        (clip, shared)
+    }
+}
