@@ -119,9 +119,14 @@ fn json_lines_parse_and_checkpoint_and_plot_are_written() {
     let mut previous_epsilon = 0.0;
     for (i, e) in epochs.iter().enumerate() {
         assert_eq!(e["epoch"], i + 1);
-        for key in ["loss", "accuracy", "epsilon", "steps", "seconds"] {
+        for key in ["accuracy", "epsilon", "steps", "seconds"] {
             assert!(e[key].is_number(), "{key} in {e}");
         }
+        // Private by default: no statistic of the training data.
+        assert!(
+            e.get("loss").is_none() && e.get("diagnostics").is_none() && e.get("not_private").is_none(),
+            "{e}"
+        );
         let epsilon = e["epsilon"].as_f64().unwrap();
         assert!(epsilon > previous_epsilon, "ε grows");
         previous_epsilon = epsilon;
@@ -427,4 +432,29 @@ fn outputs_that_collide_with_each_other_or_with_an_input_are_refused_before_trai
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("inside --data"), "{}", text(&out.stderr));
     assert_eq!(std::fs::read(&train_file).unwrap(), before, "the data file is untouched");
+}
+
+#[test]
+fn non_private_diagnostics_are_off_by_default_and_marked_when_asked_for() {
+    let out = dp(&adult_args(
+        "ffnn",
+        &["--noise-multiplier", "1", "--json", "--max-steps", "20", "--non-private-diagnostics"],
+    ));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let line: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(line["not_private"], true, "{line}");
+    assert_eq!(line["diagnostics"]["not_private"], true, "{line}");
+    assert!(line["diagnostics"]["train_loss"].is_number(), "{line}");
+    assert!(line["diagnostics"]["mean_batch_size"].is_number(), "{line}");
+    // Every stderr line that carries a training statistic says so.
+    for l in stderr.lines().filter(|l| l.contains("train loss") || l.contains("batch size")) {
+        assert!(l.contains("not private"), "{l}");
+    }
+
+    let out = dp(&adult_args("ffnn", &["--noise-multiplier", "1", "--max-steps", "20"]));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("not private") && !stderr.contains("train loss"), "{stderr}");
+    assert!(!stderr.contains("batch size") && !stderr.contains("non-finite"), "{stderr}");
 }

@@ -84,6 +84,7 @@ fn exit_status(error: &Error) -> u8 {
         | Error::InvalidArgument { .. }
         | Error::Mismatch { .. }
         | Error::Budget(_) => EXIT_USAGE,
+        Error::Interrupted { .. } => EXIT_FAILURE,
     }
 }
 

@@ -238,6 +238,7 @@ fn flag_of(field: &str) -> &str {
         "optimizer" => "lr",
         "checkpoint" => "save",
         "resume_from" => "resume",
+        "non_private_diagnostics" => "non_private_diagnostics",
         other => other,
     }
 }
@@ -249,22 +250,30 @@ fn with_flag(error: Error) -> Error {
             let message = if flag == name { message } else { format!("({name}) {message}") };
             Error::InvalidArgument { name: flag, message }
         }
+        Error::Interrupted { steps, epsilon, delta, holds, source } => {
+            Error::Interrupted { steps, epsilon, delta, holds, source: Box::new(with_flag(*source)) }
+        }
         other => other,
     }
 }
 
-/// One epoch as `dp train --json` prints it.
+/// One epoch as `dp train --json` prints it: data-independent numbers and test-set metrics; the
+/// training statistics only when diagnostics are on, under `diagnostics`, with `"not_private": true`
+/// on the object itself as well.
 pub fn epoch_json(epoch: &EpochReport, seconds: f64) -> serde_json::Value {
-    json!({
+    let mut line = json!({
         "epoch": epoch.epoch,
-        // The training loss is not private: null unless the trainer's non-private diagnostics are on.
-        "loss": epoch.diagnostics.as_ref().map(|d| d.train_loss),
         "test_loss": epoch.eval_loss,
         "accuracy": epoch.accuracy,
         "epsilon": epoch.epsilon.is_finite().then_some(epoch.epsilon),
         "steps": epoch.steps,
         "seconds": seconds,
-    })
+    });
+    if let Some(diagnostics) = &epoch.diagnostics {
+        line["diagnostics"] = json!(diagnostics);
+        line["not_private"] = json!(true);
+    }
+    line
 }
 
 struct Train(TrainArgs);
@@ -324,6 +333,8 @@ impl ModelVisitor for Train {
                 .expected_batch_size(settings.batch_size)
                 .epochs(settings.epochs)
                 .delta(args.delta)
+                .allow_large_delta(args.allow_large_delta)
+                .non_private_diagnostics(args.non_private_diagnostics)
                 .on_epoch(print_epoch);
             trainer = match (args.target_epsilon, args.noise_multiplier) {
                 (Some(epsilon), _) => trainer.target_privacy(epsilon, args.delta),

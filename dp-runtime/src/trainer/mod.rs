@@ -354,11 +354,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     accuracy,
                     diagnostics,
                 };
-                progress.epoch(&record);
-                if let Some(callback) = on_epoch.as_mut() {
-                    callback(&record);
-                }
-                epochs.push(record);
+                // Saved before it is reported: an epoch anyone has seen reported is never lost to a crash.
                 if let Some(path) = checkpoint_path {
                     let saved = Checkpoint {
                         params: model.params().to_vec(),
@@ -370,6 +366,11 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     checkpoint::save::<M>(path, &saved)?;
                     last_checkpoint = Some(step);
                 }
+                progress.epoch(&record);
+                if let Some(callback) = on_epoch.as_mut() {
+                    callback(&record);
+                }
+                epochs.push(record);
                 epoch += 1;
             }
             Ok(())
