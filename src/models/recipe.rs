@@ -93,6 +93,7 @@ pub const TEXT: Recipe = Recipe {
     clip_norm: 1.0,
     lr: 0.5,
     final_lr_fraction: 0.1,
-    source: "the settings of the CLI's earlier reviews examples; not yet measured to convergence on the shipped \
-             reviews",
+    source: "not tuned: the settings of the earlier reviews examples; measured on the shipped reviews the \
+             embedding network stays at the majority class (81.4% at epsilon 3, also without privacy; LSTM not \
+             measured), see docs/MODELS.md"
 };
