@@ -121,7 +121,8 @@ mod tests {
         // An existing file inside an input folder, and the input itself.
         std::fs::write(dir.join("sub/train.csv"), b"x").unwrap();
         let data = InputPath { flag: "data", path: dir.join("sub") };
-        let err = check_outputs(&[out("save", &dir.join("sub/train.csv"))], &[data.clone()]).unwrap_err();
+        let err = check_outputs(&[out("save", &dir.join("sub/train.csv"))], std::slice::from_ref(&data))
+            .unwrap_err();
         assert!(err.to_string().contains("inside --data"), "{err}");
         assert!(check_outputs(&[out("save", &dir.join("sub/new.safetensors"))], &[data]).is_ok());
         let init = InputPath { flag: "init", path: a.clone() };

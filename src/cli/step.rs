@@ -20,6 +20,8 @@ use dp_runtime::noise::GaussianNoise;
 use dp_runtime::optim::{NoisyGradient, Optimizer, Sgd, StepInfo};
 use dp_runtime::pytorch::{self, Layout};
 use dp_runtime::{rng, Batch, DpModel, Error, Result, Workspace};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
 
 use super::datasets::{DataSource, NpyInput};
 use super::paths::{self, InputPath, OutputPath};
@@ -134,7 +136,8 @@ pub fn dp_step<M: DpModel>(
     let mut params = model.params().to_vec();
     let mut noise = if args.noise_multiplier > 0.0 {
         let stream = match args.seed {
-            Some(seed) => rng::seeded(seed),
+            // The noise domain of the seed, as in a seeded training run (not private either way).
+            Some(seed) => ChaCha20Rng::from_seed(rng::derive_key(seed, rng::Domain::Noise, 0)),
             None => rng::from_os()?,
         };
         Some(GaussianNoise::new(stream))
