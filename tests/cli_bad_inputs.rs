@@ -67,6 +67,13 @@ fn every_bad_input_of_every_subcommand_exits_2_with_one_line_naming_the_culprit(
         args.iter().map(|s| s.to_string()).collect()
     };
     let cmd = |args: &[&str]| -> Vec<String> { args.iter().map(|s| s.to_string()).collect() };
+    // `dp step` on the junk files, with exactly the numeric flags given.
+    let step_flags = |flags: &[&str]| -> Vec<String> {
+        let mut args = vec!["step", "--model", "ffnn", "--init", &not_weights, "--inputs", &junk];
+        args.extend_from_slice(&["--labels", &junk, "--out", &out]);
+        args.extend_from_slice(flags);
+        args.iter().map(|s| s.to_string()).collect()
+    };
 
     // (what is wrong, the command line, what the one error line must contain)
     let cases: Vec<(&str, Vec<String>, String)> = vec![
@@ -146,48 +153,10 @@ fn every_bad_input_of_every_subcommand_exits_2_with_one_line_naming_the_culprit(
         // dp step: numbers and conflicts
         (
             "zero clip norm (step)",
-            cmd(&[
-                "step",
-                "--model",
-                "ffnn",
-                "--init",
-                &not_weights,
-                "--inputs",
-                &junk,
-                "--labels",
-                &junk,
-                "--out",
-                &out,
-                "--clip-norm",
-                "0",
-                "--lr",
-                "1",
-                "--noise-multiplier",
-                "1",
-            ]),
+            step_flags(&["--clip-norm", "0", "--lr", "1", "--noise-multiplier", "1"]),
             "--clip-norm".into(),
         ),
-        (
-            "no noise multiplier",
-            cmd(&[
-                "step",
-                "--model",
-                "ffnn",
-                "--init",
-                &not_weights,
-                "--inputs",
-                &junk,
-                "--labels",
-                &junk,
-                "--out",
-                &out,
-                "--clip-norm",
-                "1",
-                "--lr",
-                "1",
-            ]),
-            "--noise-multiplier".into(),
-        ),
+        ("no noise multiplier", step_flags(&["--clip-norm", "1", "--lr", "1"]), "--noise-multiplier".into()),
         (
             "output is the weights",
             step(&["--init", &not_weights, "--inputs", &junk, "--labels", &junk, "--out", &not_weights]),
