@@ -14,6 +14,7 @@ pub mod model;
 pub mod noise;
 pub mod optim;
 pub mod plan;
+pub mod pretrained;
 pub mod pytorch;
 pub mod rng;
 pub mod sampling;

@@ -9,6 +9,7 @@ use crate::models::recipe::{schedule, Recipe};
 use clap::{ArgGroup, Args, ValueEnum};
 use dp_runtime::baseline::{self, BaselineConfig};
 use dp_runtime::optim::{Adam, Optimizer, Schedule, Sgd};
+use dp_runtime::pretrained::{self, InitOptions, RenameMap};
 use dp_runtime::trainer::EpochReport;
 use dp_runtime::{checkpoint, rng, DpModel, Error, Report, Result, Trainer};
 use serde_json::json;
@@ -102,6 +103,19 @@ pub struct TrainArgs {
     /// the noise): for tests only.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Start from pretrained weights: a safetensors file with PyTorch names, loaded strictly (every
+    /// parameter present, no other tensor) unless --init-non-strict. The file must not depend on the
+    /// training data: the guarantee treats it as public.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// With --init: parameters missing from the file keep their initial values and tensors the model
+    /// does not have are ignored (both listed), as PyTorch's `strict=False`.
+    #[arg(long, requires = "init")]
+    pub init_non_strict: bool,
+    /// With --init: rename the file's keys, `FROM=TO` on whole dot-separated components (`FROM=` drops
+    /// the prefix); repeatable, the first matching rule wins.
+    #[arg(long, requires = "init", value_name = "FROM=TO")]
+    pub init_rename: Vec<String>,
     /// Write a checkpoint (safetensors, PyTorch names) here after every epoch; the plot goes beside it.
     #[arg(long)]
     pub save: Option<PathBuf>,
@@ -208,6 +222,12 @@ impl TrainArgs {
         if self.max_steps == Some(0) {
             return Err(Error::invalid("max_steps", "must be at least 1"));
         }
+        if self.init.is_some() && self.resume.is_some() {
+            return Err(Error::invalid(
+                "init",
+                "the resumed checkpoint holds the parameters; --init starts a new run",
+            ));
+        }
         if self.non_private && self.resume.is_some() {
             return Err(Error::invalid(
                 "resume",
@@ -225,7 +245,17 @@ impl TrainArgs {
         }
         // The resumed checkpoint is read once before training and then replaced atomically: writing the
         // continued run's checkpoints over it is the point of --resume, so it is not listed as an input.
-        paths::check_outputs(&outputs, &[InputPath { flag: "data", path: self.data.clone() }])
+        let mut inputs = vec![InputPath { flag: "data", path: self.data.clone() }];
+        if let Some(path) = &self.init {
+            inputs.push(InputPath { flag: "init", path: path.clone() });
+        }
+        paths::check_outputs(&outputs, &inputs)
+    }
+
+    /// How --init is matched to the model.
+    fn init_options(&self) -> Result<InitOptions> {
+        let rules = self.init_rename.iter().map(|rule| ("init_rename".to_string(), rule.as_str()));
+        Ok(InitOptions { strict: !self.init_non_strict, rename: RenameMap::parse(rules)? })
     }
 }
 
@@ -288,12 +318,17 @@ impl ModelVisitor for Train {
     {
         let args = self.0;
         let settings = args.settings(&entry.recipe)?;
+        let init_options = args.init_options()?;
         let started = Instant::now();
         let (train, test) = D::load::<M>(&args.data)?;
         let mut model = match args.seed {
             Some(seed) => M::init(&mut rng::seeded_init(seed)),
             None => M::init(&mut rng::from_os()?),
         };
+        if let Some(path) = &args.init {
+            let loaded = pretrained::init_from_file(&mut model, path, &init_options)?;
+            eprintln!("initialised from {}: {}", path.display(), loaded.summary());
+        }
         eprintln!(
             "{} ({}, {} parameters): {} training and {} test examples from {}",
             entry.name,
