@@ -69,6 +69,25 @@ fn ziggurat() -> &'static Ziggurat {
     })
 }
 
+/// The ziggurat's tables, for a second implementation of [`fill_chunk`] (the device noise of the
+/// `cuda` feature) that must give the same values: layer edges x_0..x_256, ratios x_{i+1}/x_i and
+/// densities exp(−x_i²/2), computed once here so both use the same bits.
+#[derive(Debug, Clone, Copy)]
+pub struct ZigguratTables {
+    /// x_0 (the base strip's pseudo-edge) to x_256 = 0.
+    pub edge: &'static [f64; LAYERS + 1],
+    /// x_{i+1} / x_i.
+    pub ratio: &'static [f64; LAYERS],
+    /// exp(−x_i² / 2).
+    pub density: &'static [f64; LAYERS + 1],
+}
+
+/// The tables [`fill_chunk`] uses.
+pub fn ziggurat_tables() -> ZigguratTables {
+    let tables = ziggurat();
+    ZigguratTables { edge: &tables.edge, ratio: &tables.ratio, density: &tables.density }
+}
+
 /// A stream of independent N(0, 1) values over a ChaCha20 generator.
 #[derive(Debug, Clone)]
 pub struct GaussianNoise {
