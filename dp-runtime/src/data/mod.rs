@@ -16,6 +16,7 @@ pub mod idx;
 pub mod mnist;
 pub mod npy;
 pub mod provenance;
+pub mod scattering;
 pub mod source;
 pub mod tabular;
 pub mod text;
