@@ -18,6 +18,7 @@ pub mod npy;
 pub mod provenance;
 pub mod scattering;
 pub mod source;
+pub mod standardize;
 pub mod tabular;
 pub mod text;
 
