@@ -115,12 +115,16 @@ impl Scattering2d {
         let big_j = self.scales;
         let [_, out_h, out_w] = self.output_shape();
         let plane = out_h * out_w;
-        work.ensure(m * n);
+        work.ensure(m * n, self.plans.iter().map(Fft2d::scratch_len).max().unwrap_or(0));
 
         // U0 = FFT(pad(x)).
         reflect_pad(image, self.height, self.width, 1 << big_j, &mut work.signal);
         self.plans[0].forward(&mut work.signal, &mut work.scratch);
-        let u0 = work.signal.clone();
+        // The spectra kept across paths live outside `work` while it is lent to the passes.
+        let mut u0 = std::mem::take(&mut work.first);
+        let mut u1 = std::mem::take(&mut work.second);
+        u0.clear();
+        u0.extend_from_slice(&work.signal[..m * n]);
         let mut channel = 0;
         // S0.
         self.low_pass_output(&u0, 0, &mut out[..plane], work);
@@ -130,46 +134,46 @@ impl Scattering2d {
         let mut second_channel = 1 + first;
         for (n1, psi1) in self.wavelets.iter().enumerate() {
             let j1 = psi1.scale;
-            let u1 = self.wavelet_modulus(&u0, 0, psi1, j1, work);
+            self.wavelet_modulus(&u0, 0, psi1, j1, work);
+            u1.clear();
+            u1.extend_from_slice(&work.signal[..(m >> j1) * (n >> j1)]);
             self.low_pass_output(&u1, j1, &mut out[channel * plane..(channel + 1) * plane], work);
             channel += 1;
             for psi2 in &self.wavelets[n1 - n1 % self.angles..] {
                 if psi2.scale <= j1 {
                     continue;
                 }
-                let u2 = self.wavelet_modulus(&u1, j1, psi2, psi2.scale, work);
+                self.wavelet_modulus(&u1, j1, psi2, psi2.scale, work);
+                // U2 moves to the spare buffer; the low-pass pass needs `signal` for itself.
+                std::mem::swap(&mut work.signal, &mut work.spare);
+                let u2 = std::mem::take(&mut work.spare);
                 self.low_pass_output(
                     &u2,
                     psi2.scale,
                     &mut out[second_channel * plane..(second_channel + 1) * plane],
                     work,
                 );
+                work.spare = u2;
                 second_channel += 1;
             }
         }
+        work.first = u0;
+        work.second = u1;
         debug_assert_eq!(second_channel, self.channels());
     }
 
-    /// FFT(|IFFT(subsample(u ⊙ ψ))|) at resolution `to`: `u` is the FFT of a signal at resolution
-    /// `from`.
-    fn wavelet_modulus(
-        &self,
-        u: &[Complex<f32>],
-        from: usize,
-        psi: &Filter,
-        to: usize,
-        work: &mut Work,
-    ) -> Vec<Complex<f32>> {
+    /// FFT(|IFFT(subsample(u ⊙ ψ))|) at resolution `to`, into `work.signal`: `u` is the FFT of a
+    /// signal at resolution `from`.
+    fn wavelet_modulus(&self, u: &[Complex<f32>], from: usize, psi: &Filter, to: usize, work: &mut Work) {
         let (m, n) = (self.padded.0 >> from, self.padded.1 >> from);
         multiply(u, &psi.levels[from], &mut work.product);
         subsample_fourier(&work.product, m, n, 1 << (to - from), &mut work.signal);
         let plan = &self.plans[to];
         plan.inverse(&mut work.signal, &mut work.scratch);
-        for v in work.signal.iter_mut() {
+        for v in work.signal[..plan.rows * plan.cols].iter_mut() {
             *v = Complex::new(v.norm(), 0.0);
         }
         plan.forward(&mut work.signal, &mut work.scratch);
-        work.signal.clone()
     }
 
     /// The real part of IFFT(subsample(u ⊙ φ)) at resolution J, without its one-pixel border, into
@@ -235,13 +239,24 @@ pub struct Work {
     signal: Vec<Complex<f32>>,
     product: Vec<Complex<f32>>,
     scratch: Vec<Complex<f32>>,
+    /// The FFT of the padded image, and of the current first-order modulus.
+    first: Vec<Complex<f32>>,
+    second: Vec<Complex<f32>>,
+    /// The current second-order modulus' FFT.
+    spare: Vec<Complex<f32>>,
 }
 
 impl Work {
-    fn ensure(&mut self, len: usize) {
-        for buffer in [&mut self.signal, &mut self.product, &mut self.scratch] {
-            if buffer.len() < len {
-                buffer.resize(len, Complex::new(0.0, 0.0));
+    /// Room for a `len`-value grid; the scratch holds a transposed grid and then the FFTs' own scratch.
+    fn ensure(&mut self, len: usize, fft_scratch: usize) {
+        for (buffer, size) in [
+            (&mut self.signal, len),
+            (&mut self.spare, len),
+            (&mut self.product, len),
+            (&mut self.scratch, len + fft_scratch),
+        ] {
+            if buffer.len() < size {
+                buffer.resize(size, Complex::new(0.0, 0.0));
             }
         }
     }
@@ -381,6 +396,15 @@ impl Fft2d {
         }
     }
 
+    /// Scratch the row and column FFTs need beyond the transposed grid.
+    fn scratch_len(&self) -> usize {
+        self.row_forward
+            .get_inplace_scratch_len()
+            .max(self.row_inverse.get_inplace_scratch_len())
+            .max(self.col_forward.get_inplace_scratch_len())
+            .max(self.col_inverse.get_inplace_scratch_len())
+    }
+
     fn forward(&self, data: &mut [Complex<f32>], scratch: &mut [Complex<f32>]) {
         self.run(data, scratch, &self.row_forward, &self.col_forward);
     }
@@ -400,10 +424,11 @@ impl Fft2d {
     ) {
         let len = self.rows * self.cols;
         let data = &mut data[..len];
-        rows.process(data);
-        transpose(data, &mut scratch[..len], self.rows, self.cols);
-        cols.process(&mut scratch[..len]);
-        transpose(&scratch[..len], data, self.cols, self.rows);
+        let (transposed, fft_scratch) = scratch.split_at_mut(len);
+        rows.process_with_scratch(data, &mut fft_scratch[..rows.get_inplace_scratch_len()]);
+        transpose(data, transposed, self.rows, self.cols);
+        cols.process_with_scratch(transposed, &mut fft_scratch[..cols.get_inplace_scratch_len()]);
+        transpose(transposed, data, self.cols, self.rows);
     }
 }
 
