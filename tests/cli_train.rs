@@ -439,3 +439,81 @@ fn non_private_diagnostics_are_off_by_default_and_marked_when_asked_for() {
     assert!(!stderr.contains("not private") && !stderr.contains("train loss"), "{stderr}");
     assert!(!stderr.contains("batch size") && !stderr.contains("non-finite"), "{stderr}");
 }
+
+#[test]
+fn without_model_the_kind_of_data_picks_the_recommended_model() {
+    let dir = TempDir::new("recommended");
+    let mnist = dir.path("idx");
+    write_mnist(&mnist, 40, 28);
+    let out = dp(&[
+        "train",
+        "--data",
+        s(&mnist),
+        "--noise-multiplier",
+        "1",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "1",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("IDX images") && stderr.contains("recommended model scatter-cnn"), "{stderr}");
+    assert!(stderr.contains("ScatterCnn"), "{stderr}");
+
+    let out = dp(&["train", "--data", ADULT, "--noise-multiplier", "1", "--max-steps", "1"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("recommended model ffnn"), "{stderr}");
+
+    let unknown = dir.path("unknown");
+    std::fs::create_dir_all(&unknown).unwrap();
+    let out = dp(&["train", "--data", s(&unknown), "--noise-multiplier", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("--data") && stderr.contains("give --model"), "{stderr}");
+}
+
+#[test]
+fn ema_is_checked_and_the_tanh_cnn_standardises_with_public_constants() {
+    let adult = |ema: &str| {
+        dp(&[
+            "train",
+            "--model",
+            "ffnn",
+            "--data",
+            ADULT,
+            "--noise-multiplier",
+            "1",
+            "--ema",
+            ema,
+            "--max-steps",
+            "3",
+        ])
+    };
+    let out = adult("1.5");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--ema"), "{}", text(&out.stderr));
+    let out = adult("0.9");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let dir = TempDir::new("tanh");
+    let mnist = dir.path("idx");
+    write_mnist(&mnist, 40, 28);
+    let out = dp(&[
+        "train",
+        "--model",
+        "mnist-cnn-tanh",
+        "--data",
+        s(&mnist),
+        "--noise-multiplier",
+        "1",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "1",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("standardised with the public constants mean 0.1307 and std 0.3081"), "{stderr}");
+}

@@ -10,7 +10,9 @@
 
 mod reference;
 
-use dp::models::{AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, ResidualCnn};
+use dp::models::{
+    AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, MnistCnnTanh, ResidualCnn, ScatterCnn,
+};
 use dp::prelude::*;
 use reference::dense::Activation;
 use reference::harness::{
@@ -199,6 +201,47 @@ fn mnist_cnn_of<M: DpModel>() -> Network {
         M::INPUT_SHAPE,
         M::LOSS,
         M::PARAMS,
+    )
+}
+
+/// `MnistCnnTanh`: the MNIST CNN with tanh after every layer but the last.
+fn mnist_cnn_tanh() -> Network {
+    Network::new(
+        vec![
+            conv("conv1", 16, 8, 2, 3),
+            Op::Act(Activation::Tanh),
+            Op::MaxPool2d { kernel: 2, stride: 1, padding: 0 },
+            conv("conv2", 32, 4, 2, 0),
+            Op::Act(Activation::Tanh),
+            Op::MaxPool2d { kernel: 2, stride: 1, padding: 0 },
+            Op::Flatten,
+            Op::Linear { name: "fc1", out: 32, bias: true },
+            Op::Act(Activation::Tanh),
+            Op::Linear { name: "fc2", out: 10, bias: true },
+        ],
+        MnistCnnTanh::INPUT_SHAPE,
+        MnistCnnTanh::LOSS,
+        MnistCnnTanh::PARAMS,
+    )
+}
+
+/// `ScatterCnn`: group norm of the 81 scattering channels, then the small tanh CNN.
+fn scatter_cnn() -> Network {
+    Network::new(
+        vec![
+            Op::GroupNorm { name: "norm", groups: 27 },
+            conv("conv1", 16, 3, 2, 1),
+            Op::Act(Activation::Tanh),
+            conv("conv2", 32, 3, 1, 1),
+            Op::Act(Activation::Tanh),
+            Op::Flatten,
+            Op::Linear { name: "fc1", out: 32, bias: true },
+            Op::Act(Activation::Tanh),
+            Op::Linear { name: "fc2", out: 10, bias: true },
+        ],
+        ScatterCnn::INPUT_SHAPE,
+        ScatterCnn::LOSS,
+        ScatterCnn::PARAMS,
     )
 }
 
@@ -402,6 +445,28 @@ fn mnist_cnn_matches_the_reference_on_mostly_blank_images() {
     let net = mnist_cnn();
     report("MnistCnn (blank)", &check_model_with::<MnistCnn>(&net, 2, 25, blank_but_a_square));
     report("MnistCnn (blank)", &check_model_with::<MnistCnn>(&net, 3, 26, blank_but_a_square));
+}
+
+#[test]
+fn mnist_cnn_tanh_matches_the_reference() {
+    let net = mnist_cnn_tanh();
+    assert_eq!(net.layout.count, 26_010);
+    for (size, seed) in [(2, 61), (3, 62)] {
+        report("MnistCnnTanh", &check_model::<MnistCnnTanh>(&net, size, seed));
+    }
+    check_zero_factor_example::<MnistCnnTanh>(&net, 3, 63);
+    check_reference_gradient::<MnistCnnTanh>(&net, 64, 40);
+}
+
+#[test]
+fn scatter_cnn_matches_the_reference() {
+    let net = scatter_cnn();
+    assert_eq!(net.layout.count, 33_228);
+    for (size, seed) in [(2, 71), (3, 72)] {
+        report("ScatterCnn", &check_model::<ScatterCnn>(&net, size, seed));
+    }
+    check_zero_factor_example::<ScatterCnn>(&net, 3, 73);
+    check_reference_gradient::<ScatterCnn>(&net, 74, 40);
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use dp_runtime::data::npy::{self, LabelKind, NpyArray};
+use dp_runtime::data::scattering::Scattering2d;
 use dp_runtime::data::{adult, cifar10, mnist, source, text, Dataset};
 use dp_runtime::{DpModel, Error, InputElem, Loss, Result};
 
@@ -28,6 +29,28 @@ impl DataSource for MnistData {
     const EXPECTS: &'static str = "an MNIST folder with the four IDX files (raw or .gz), e.g. data/mnist";
     fn load<M: DpModel<Input = f32>>(path: &Path) -> Result<(Dataset<f32>, Dataset<f32>)> {
         mnist::load(path)
+    }
+}
+
+/// MNIST turned into ScatterNet features: each image's 2-D scattering transform (J = 2, L = 8: 81
+/// channels of 7×7), computed once after loading. A fixed function of each image alone, so it costs
+/// no privacy (docs/PRIVACY.md).
+pub struct ScatteredMnistData;
+
+/// The scattering of [`ScatteredMnistData`]: scales J and angles L, as Tramèr & Boneh (2021).
+pub const SCATTERING_SCALES: usize = 2;
+/// See [`SCATTERING_SCALES`].
+pub const SCATTERING_ANGLES: usize = 8;
+
+impl DataSource for ScatteredMnistData {
+    type Input = f32;
+    const EXPECTS: &'static str =
+        "an MNIST folder with the four IDX files (raw or .gz), e.g. data/mnist; scattered after loading";
+    fn load<M: DpModel<Input = f32>>(path: &Path) -> Result<(Dataset<f32>, Dataset<f32>)> {
+        let (train, test) = mnist::load(path)?;
+        let [_, height, width] = mnist::IMAGE_SHAPE;
+        let scattering = Scattering2d::new(height, width, SCATTERING_SCALES, SCATTERING_ANGLES)?;
+        Ok((scattering.transform_dataset(&train)?, scattering.transform_dataset(&test)?))
     }
 }
 

@@ -101,14 +101,18 @@ pub fn run_models(args: ModelsArgs) -> Result<()> {
     }
     println!("\nrecipes: what `dp train` uses for each flag not given (SGD with momentum {MOMENTUM}, cosine decay)");
     println!(
-        "{:<14} {:>12} {:>8} {:>11} {:>8} {:>19}  source",
-        "name", "--batch-size", "--epochs", "--clip-norm", "--lr", "--final-lr-fraction"
+        "{:<14} {:>12} {:>8} {:>11} {:>8} {:>19} {:>7} {:>17}  source",
+        "name", "--batch-size", "--epochs", "--clip-norm", "--lr", "--final-lr-fraction", "--ema", "inputs"
     );
     for row in &rows {
         let r = &row.recipe;
+        let ema = r.ema_decay.map_or_else(|| "-".to_string(), |d| d.to_string());
+        let inputs = r
+            .input_standardization
+            .map_or_else(|| "as loaded".to_string(), |s| format!("(x-{})/{}", s.mean, s.std));
         println!(
-            "{:<14} {:>12} {:>8} {:>11} {:>8} {:>19}  {}",
-            row.name, r.batch_size, r.epochs, r.clip_norm, r.lr, r.final_lr_fraction, r.source
+            "{:<14} {:>12} {:>8} {:>11} {:>8} {:>19} {:>7} {:>17}  {}",
+            row.name, r.batch_size, r.epochs, r.clip_norm, r.lr, r.final_lr_fraction, ema, inputs, r.source
         );
     }
     Ok(())

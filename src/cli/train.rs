@@ -58,9 +58,10 @@ impl OptimizerKind {
 #[derive(Debug, Clone, Args)]
 #[command(group(ArgGroup::new("privacy").required(true).args(["target_epsilon", "noise_multiplier", "non_private"])))]
 pub struct TrainArgs {
-    /// The model's command-line name (see `dp models`).
+    /// The model's command-line name (see `dp models`) [default: the model recommended for the kind
+    /// of data at --data, which the output names].
     #[arg(long)]
-    pub model: String,
+    pub model: Option<String>,
     /// The model's data (see `dp models` for what each model reads).
     #[arg(long)]
     pub data: PathBuf,
@@ -96,6 +97,10 @@ pub struct TrainArgs {
     /// Epochs (may be fractional): round(epochs · N / B) steps [default: the model's recipe].
     #[arg(long, allow_hyphen_values = true)]
     pub epochs: Option<f64>,
+    /// Evaluate and save an exponential moving average of the parameters with this decay, in [0, 1)
+    /// (post-processing: no privacy cost; 0 turns it off) [default: the model's recipe].
+    #[arg(long, allow_hyphen_values = true)]
+    pub ema: Option<f64>,
     /// The optimizer [default: momentum, as in every recipe].
     #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerKind>,
@@ -154,6 +159,8 @@ pub struct Settings {
     pub epochs: f64,
     /// Clip norm.
     pub clip_norm: f64,
+    /// Decay of the evaluated and saved parameter average (`None`: the raw parameters).
+    pub ema_decay: Option<f64>,
 }
 
 impl Settings {
@@ -194,7 +201,13 @@ impl TrainArgs {
             batch_size: self.batch_size.unwrap_or(recipe.batch_size),
             epochs: self.epochs.unwrap_or(recipe.epochs),
             clip_norm: self.clip_norm.unwrap_or(recipe.clip_norm),
+            ema_decay: self.ema.or(recipe.ema_decay).filter(|&decay| decay != 0.0),
         };
+        if let Some(decay) = settings.ema_decay {
+            if !(0.0..1.0).contains(&decay) {
+                return Err(Error::invalid("ema", format!("decay {decay} must be in [0, 1)")));
+            }
+        }
         if !(settings.lr > 0.0 && settings.lr.is_finite()) {
             return Err(Error::invalid("lr", format!("{} must be positive and finite", settings.lr)));
         }
@@ -320,7 +333,15 @@ impl ModelVisitor for Train {
         let settings = args.settings(&entry.recipe)?;
         let init_options = args.init_options()?;
         let started = Instant::now();
-        let (train, test) = D::load::<M>(&args.data)?;
+        let (mut train, mut test) = D::load::<M>(&args.data)?;
+        if let Some(standardization) = entry.recipe.input_standardization {
+            standardization.apply(&mut train)?;
+            standardization.apply(&mut test)?;
+            eprintln!(
+                "inputs standardised with the public constants mean {} and std {} ({})",
+                standardization.mean, standardization.std, standardization.source
+            );
+        }
         let mut model = match args.seed {
             Some(seed) => M::init(&mut rng::seeded_init(seed)),
             None => M::init(&mut rng::from_os()?),
@@ -384,6 +405,9 @@ impl ModelVisitor for Train {
             if let Some(seed) = args.seed {
                 trainer = trainer.seed(seed);
             }
+            if let Some(decay) = settings.ema_decay {
+                trainer = trainer.ema(decay);
+            }
             if let Some(max) = args.max_steps {
                 trainer = trainer.max_steps(max);
             }
@@ -435,6 +459,18 @@ pub fn summary(report: &Report, seconds: f64) -> String {
 /// Runs `dp train`.
 pub fn run(args: TrainArgs) -> Result<()> {
     args.check()?;
-    let model = args.model.clone();
+    let model = match &args.model {
+        Some(model) => model.clone(),
+        None => {
+            let recognised = registry::recommended_model(&args.data)?;
+            eprintln!(
+                "no --model: {} is {}, training the recommended model {} with its recipe",
+                args.data.display(),
+                recognised.kind,
+                recognised.model
+            );
+            recognised.model.to_string()
+        }
+    };
     registry::dispatch(&model, Train(args))?
 }

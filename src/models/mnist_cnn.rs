@@ -19,3 +19,20 @@ pub struct MnistCnn {
     #[layer(linear(out = 10))]
     fc2: Linear,
 }
+
+/// The same CNN with tanh activations (26,010 parameters): the tempered sigmoid of Papernot et al.,
+/// "Tempered Sigmoid Activations for Deep Learning with Differential Privacy" (AAAI 2021), whose
+/// best member is tanh (scale 2, temperature 2, offset 1). Bounded activations keep the gradients
+/// from exploding when clipping cuts them, which is where ReLU loses accuracy under DP-SGD; that paper
+/// reports 98.1% on MNIST at ε = 2.93 with this architecture.
+#[dp_model(input = [1, 28, 28], loss = cross_entropy(classes = 10))]
+pub struct MnistCnnTanh {
+    #[layer(conv2d(out = 16, kernel = 8, stride = 2, padding = 3), tanh, max_pool2d(kernel = 2, stride = 1))]
+    conv1: Conv2d,
+    #[layer(conv2d(out = 32, kernel = 4, stride = 2), tanh, max_pool2d(kernel = 2, stride = 1))]
+    conv2: Conv2d,
+    #[layer(flatten, linear(out = 32), tanh)]
+    fc1: Linear,
+    #[layer(linear(out = 10))]
+    fc2: Linear,
+}

@@ -8,11 +8,13 @@ mod lstm_net;
 mod mnist_cnn;
 pub mod recipe;
 mod residual;
+mod scatter_cnn;
 
 pub use cifar10_cnn::Cifar10Cnn;
 pub use embedding_net::EmbeddingNet;
 pub use ffnn::AdultFfnn;
 pub use logreg::AdultLogReg;
 pub use lstm_net::LstmNet;
-pub use mnist_cnn::MnistCnn;
+pub use mnist_cnn::{MnistCnn, MnistCnnTanh};
 pub use residual::residual_cnn::ResidualCnn;
+pub use scatter_cnn::ScatterCnn;

@@ -16,7 +16,9 @@ pub mod idx;
 pub mod mnist;
 pub mod npy;
 pub mod provenance;
+pub mod scattering;
 pub mod source;
+pub mod standardize;
 pub mod tabular;
 pub mod text;
 

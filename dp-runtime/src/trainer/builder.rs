@@ -162,6 +162,16 @@ impl<'m, M: DpModel> Trainer<'m, M> {
         self
     }
 
+    /// Keep an exponential moving average of the parameters with this decay (in [0, 1), e.g. 0.999;
+    /// see [`Ema`](super::ema::Ema)): evaluations use it, and at the end of `fit` the model holds it
+    /// instead of the raw parameters. Post-processing: no privacy cost, and the steps are exactly
+    /// those of a run without it. Checkpoints keep the raw parameters (what a resumed run continues
+    /// from); a resumed run starts its average afresh at them.
+    pub fn ema(mut self, decay: f64) -> Self {
+        self.ema = Some(decay);
+        self
+    }
+
     /// Calls `callback` with each epoch's report as soon as the epoch ends.
     pub fn on_epoch(mut self, callback: impl FnMut(&EpochReport) + 'm) -> Self {
         self.on_epoch = Some(Box::new(callback));

@@ -6,6 +6,7 @@
 //! Empty batches go through the same path (the sum is 0, the noise is not).
 
 mod builder;
+pub mod ema;
 pub mod progress;
 pub mod report;
 pub mod step;
@@ -26,6 +27,7 @@ use crate::optim::{NoisyGradient, Optimizer, StepInfo};
 use crate::plan::{self, Length, NoiseSpec, PlanConfig, PrivacyPlan, SecureGrid};
 use crate::rng::{KeySource, Streams};
 use crate::sampling::{Sampler, SamplingMode};
+use ema::Ema;
 use progress::Progress;
 use step::StepEngine;
 
@@ -64,6 +66,7 @@ pub struct Trainer<'m, M: DpModel> {
     on_epoch: Option<Box<EpochCallback<'m>>>,
     non_private_diagnostics: bool,
     allow_large_delta: bool,
+    ema: Option<f64>,
     conflicts: Vec<Error>,
 }
 
@@ -97,6 +100,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             on_epoch: None,
             non_private_diagnostics: false,
             allow_large_delta: false,
+            ema: None,
             conflicts: Vec::new(),
         }
     }
@@ -189,6 +193,8 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             optimizer.load_state(c.optimizer, M::PARAM_COUNT)?;
             model.params_mut().copy_from_slice(&c.params);
         }
+        // The average starts at the parameters training starts from (a resumed run's included).
+        let mut ema = self.ema.map(|decay| Ema::new(decay, model.params())).transpose()?;
         let mut aggregator = match self.secure_noise {
             true => {
                 let agg = SecureAggregator::new(M::PARAM_COUNT, clip_norm, plan.noise_multiplier())?;
@@ -320,6 +326,9 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                             format!("the update of step {} overflowed: lower the learning rate", step + 1),
                         ));
                     }
+                    if let Some(ema) = ema.as_mut() {
+                        ema.update(model.params());
+                    }
                     step += 1;
                     steps_in_epoch += 1;
                     loss_sum += stats.loss_sum;
@@ -332,7 +341,9 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 let spent = plan.epsilon()?;
                 let (eval_loss, accuracy) = match eval {
                     Some(eval) => {
-                        let (loss, accuracy) = report::evaluate(model, engine.workspace(), eval, max_chunk);
+                        let (loss, accuracy) = ema::with_average(ema.as_mut(), model, |model| {
+                            report::evaluate(model, engine.workspace(), eval, max_chunk)
+                        });
                         (Some(loss), accuracy)
                     }
                     None => (None, None),
@@ -382,6 +393,9 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             return Err(interrupted(cause, &mut plan, step, saved));
         }
 
+        if let Some(ema) = &ema {
+            model.params_mut().copy_from_slice(ema.average());
+        }
         let spent = plan.epsilon()?;
         let accuracy = match eval {
             None => None,
