@@ -8,15 +8,7 @@
 // The same file compiles as plain C on the host (tests/host_harness.c), so the arithmetic is tested
 // against the CPU without a GPU; only the two __global__ wrappers are device-only.
 
-#ifdef __CUDACC__
-#define DP_DEVICE __device__ __forceinline__
-#else
-#include <math.h>
-#define DP_DEVICE static inline
-#endif
-
-typedef unsigned int dp_u32;
-typedef unsigned long long dp_u64;
+#include "common.cuh"
 
 #define DP_NOISE_CHUNK 16384u
 #define DP_WORDS_PER_CALL 128u

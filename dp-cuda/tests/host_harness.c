@@ -1,14 +1,68 @@
-/* Runs the device noise kernels' arithmetic (kernels/noise.cu, compiled as C) on the host: both passes
- * over every chunk, in the order a GPU may run them. Arguments: the tables file (edge[257], ratio[256],
- * density[257] as little-endian f64), the key as 64 hex digits, the length. Writes the values to
- * stdout as little-endian f64. Built and run by tests/noise_host.rs. */
+/* Runs the device kernels' arithmetic (the files in kernels/, compiled as C) on the host, for
+ * tests/kernels_on_host.rs. Binary inputs on stdin and outputs on stdout, little-endian.
+ *   noise TABLES KEY_HEX64 LEN: both passes over every chunk (pass-1 blocks in reverse order, as a GPU
+ *     promises no order); TABLES holds edge[257], ratio[256], density[257] as f64; out: LEN f64.
+ *   clip PER_LAYER CLIP_NORM GROUPS BATCH: in BATCH*GROUPS f32 squared norms; out: the factors (f32)
+ *     and the count of invalid examples (u32).
+ *   sgd NOISE_STD INVERSE_BATCH LR MOMENTUM WEIGHT_DECAY FIRST NESTEROV LEN: in params, velocity,
+ *     sum (f32 each), z (f64); out: params, velocity. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../kernels/noise.cu"
+#include "../kernels/clip.cu"
+#include "../kernels/update.cu"
+
+static void *read_stdin(size_t bytes) {
+    void *buffer = malloc(bytes ? bytes : 1);
+    if (fread(buffer, 1, bytes, stdin) != bytes) {
+        fprintf(stderr, "short input\n");
+        exit(2);
+    }
+    return buffer;
+}
+
+static int clip(char **argv) {
+    int per_layer = atoi(argv[0]);
+    double clip_norm = strtod(argv[1], NULL);
+    dp_u64 groups = strtoull(argv[2], NULL, 10), batch = strtoull(argv[3], NULL, 10);
+    float *sq = read_stdin(batch * groups * sizeof(float));
+    float *factors = malloc(batch * groups * sizeof(float) + 1);
+    dp_u32 bad = 0;
+    for (dp_u64 i = 0; i < batch; ++i)
+        bad += dp_clip_example(per_layer, clip_norm, groups, sq + i * groups, factors + i * groups);
+    fwrite(factors, sizeof(float), batch * groups, stdout);
+    fwrite(&bad, sizeof bad, 1, stdout);
+    return 0;
+}
+
+static int sgd(char **argv) {
+    double noise_std = strtod(argv[0], NULL), inverse_batch = strtod(argv[1], NULL), lr = strtod(argv[2], NULL);
+    double momentum = strtod(argv[3], NULL), weight_decay = strtod(argv[4], NULL);
+    int first = atoi(argv[5]), nesterov = atoi(argv[6]);
+    dp_u64 len = strtoull(argv[7], NULL, 10);
+    float *params = read_stdin(len * 4), *velocity = read_stdin(len * 4), *sum = read_stdin(len * 4);
+    double *z = read_stdin(len * 8);
+    for (dp_u64 i = 0; i < len; ++i)
+        dp_sgd_coordinate(params + i, velocity + i, sum[i], z[i], noise_std, inverse_batch, lr, momentum,
+                          weight_decay, first, nesterov);
+    fwrite(params, 4, len, stdout);
+    fwrite(velocity, 4, len, stdout);
+    return 0;
+}
+
+static int noise(int argc, char **argv);
 
 int main(int argc, char **argv) {
+    if (argc >= 6 && strcmp(argv[1], "clip") == 0) return clip(argv + 2);
+    if (argc >= 10 && strcmp(argv[1], "sgd") == 0) return sgd(argv + 2);
+    if (argc >= 5 && strcmp(argv[1], "noise") == 0) return noise(argc - 1, argv + 1);
+    fprintf(stderr, "usage: see the comment at the top of host_harness.c\n");
+    return 2;
+}
+
+static int noise(int argc, char **argv) {
     if (argc != 4 || strlen(argv[2]) != 64) {
         fprintf(stderr, "usage: host_harness TABLES KEY_HEX64 LEN\n");
         return 2;

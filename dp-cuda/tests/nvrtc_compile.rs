@@ -2,12 +2,12 @@
 //! GPU; where it cannot be loaded the test says so on stderr and checks nothing, unless
 //! `DP_REQUIRE_NVRTC` is set (as `.ci/run` sets it after installing NVRTC), when that is a failure.
 
-use dp_cuda::{nvrtc, ARCHITECTURES, SOURCES};
+use dp_cuda::{nvrtc, source, ARCHITECTURES, KERNEL_FILES};
 
 #[test]
 fn every_kernel_compiles_for_sm_80_and_sm_90() {
     if !nvrtc::available() {
-        let count = SOURCES.len() * ARCHITECTURES.len();
+        let count = KERNEL_FILES.len() * ARCHITECTURES.len();
         assert!(
             std::env::var_os("DP_REQUIRE_NVRTC").is_none(),
             "DP_REQUIRE_NVRTC is set but {}",
@@ -17,11 +17,12 @@ fn every_kernel_compiles_for_sm_80_and_sm_90() {
         return;
     }
     let (major, minor) = nvrtc::version().unwrap();
-    for (name, source) in SOURCES {
+    for file in KERNEL_FILES {
+        let name = file.name;
         for arch in ARCHITECTURES {
-            let ptx = nvrtc::compile(name, source, arch).unwrap_or_else(|e| panic!("{e}"));
+            let ptx = nvrtc::compile(name, &source(file.text), arch).unwrap_or_else(|e| panic!("{e}"));
             assert!(ptx.contains(&format!(".target {arch}")), "{name} for {arch}: no .target line");
-            for kernel in ["dp_noise_first", "dp_noise_retry"] {
+            for kernel in file.entries {
                 assert!(ptx.contains(&format!(".entry {kernel}")), "{name} for {arch} lacks {kernel}");
             }
             eprintln!("{name}: {} bytes of PTX for {arch} (NVRTC {major}.{minor})", ptx.len());

@@ -1,0 +1,217 @@
+//! The device kernels' arithmetic, compiled as C by the host's C compiler (tests/host_harness.c), against
+//! the CPU's code in dp-runtime, bit for bit, without a GPU:
+//! - the noise: several keys and lengths (full chunks, a short last chunk, a vector shorter than one
+//!   chunk), which checks the counter arithmetic, the ChaCha20 blocks, the interleaved word order, both
+//!   ziggurat passes and the retry stream;
+//! - the clip factors: flat (one and several groups) and per layer, with NaN, infinite, negative, zero
+//!   and huge norms;
+//! - the noisy SGD update: plain, momentum (first and later steps), Nesterov, weight decay.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use dp_runtime::clipping::{clip_factors, ClipMode};
+use dp_runtime::optim::{NoisyGradient, Optimizer, Sgd, StepInfo};
+
+use dp_cuda::noise::CHUNK;
+use dp_runtime::noise::gaussian::{fill_chunk, ziggurat_tables};
+
+/// The harness built once per test run, or `None` (with a visible message) when there is no C compiler.
+fn harness() -> Option<PathBuf> {
+    static BUILT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_harness).clone()
+}
+
+fn build_harness() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("dp-cuda-host-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join("host_harness");
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/host_harness.c");
+    // IEEE arithmetic as on the device (fmad=false) and in Rust: no contraction, no fast math.
+    let built = Command::new("cc")
+        .args(["-O2", "-std=c11", "-ffp-contract=off", "-Wall", "-Werror", "-o"])
+        .arg(&exe)
+        .arg(source)
+        .arg("-lm")
+        .output();
+    match built {
+        Ok(out) if out.status.success() => Some(exe),
+        Ok(out) => panic!("the noise kernels do not compile as C:\n{}", String::from_utf8_lossy(&out.stderr)),
+        Err(e) if std::env::var_os("DP_REQUIRE_CC").is_none() => {
+            eprintln!("host kernel test skipped: no C compiler `cc` ({e})");
+            None
+        }
+        Err(e) => panic!("DP_REQUIRE_CC is set but `cc` does not run: {e}"),
+    }
+}
+
+fn tables_file(dir: &std::path::Path) -> PathBuf {
+    let tables = ziggurat_tables();
+    let bytes: Vec<u8> = tables
+        .edge
+        .iter()
+        .chain(tables.ratio.iter())
+        .chain(tables.density.iter())
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let path = dir.join("tables.bin");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn device_noise_arithmetic_equals_the_cpu_draw_bit_for_bit() {
+    let Some(exe) = harness() else { return };
+    let tables = tables_file(exe.parent().unwrap());
+    let keys: [[u8; 32]; 3] =
+        [[0; 32], std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11)), [0xff; 32]];
+    for key in keys {
+        for len in [5, 129, CHUNK, 3 * CHUNK + 1001] {
+            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            let out =
+                Command::new(&exe).arg("noise").arg(&tables).arg(&hex).arg(len.to_string()).output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let device: Vec<f64> =
+                out.stdout.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect();
+            assert_eq!(device.len(), len);
+            let mut cpu = vec![0.0; len];
+            for (chunk, values) in cpu.chunks_mut(CHUNK).enumerate() {
+                fill_chunk(&key, chunk as u64, values);
+            }
+            let differing = cpu.iter().zip(&device).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(differing, 0, "key {hex}, len {len}: {differing} coordinates differ");
+            // The slow path ran: some coordinates beyond the inner rectangles, some in the tail.
+            if len > CHUNK {
+                assert!(device.iter().any(|v| v.abs() > 3.7), "the tail was reached");
+            }
+        }
+    }
+}
+
+/// Runs the harness with `args`, `input` on stdin; its stdout.
+fn run(exe: &std::path::Path, args: &[String], input: &[u8]) -> Vec<u8> {
+    let mut child =
+        Command::new(exe).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "harness {args:?} failed");
+    out.stdout
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+/// A xorshift stream for test values.
+fn values(seed: u64, n: usize) -> impl Iterator<Item = f64> {
+    let mut state = seed | 1;
+    (0..n).map(move |_| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
+#[test]
+fn device_clip_factors_equal_the_cpus_bit_for_bit() {
+    let Some(exe) = harness() else { return };
+    let batch = 500;
+    for (mode, groups) in [(ClipMode::Flat, 1), (ClipMode::Flat, 3), (ClipMode::PerLayer, 3)] {
+        for clip_norm in [1.0, 0.1, 3.7] {
+            let special = [f32::NAN, f32::INFINITY, -1.0, 0.0, f32::MAX, 1e-30, -0.0];
+            let sq: Vec<f32> = values(groups as u64 * 7 + 1, batch * groups)
+                .enumerate()
+                .map(|(i, u)| {
+                    if i % 37 == 0 {
+                        special[i / 37 % special.len()]
+                    } else {
+                        (10f64.powf(u * 8.0 - 4.0)) as f32
+                    }
+                })
+                .collect();
+            let mut cpu = vec![0.0f32; sq.len()];
+            let cpu_bad = clip_factors(mode, clip_norm, groups, &sq, &mut cpu).unwrap();
+            let per_layer = matches!(mode, ClipMode::PerLayer) as u8;
+            let args = [
+                "clip".to_string(),
+                per_layer.to_string(),
+                format!("{clip_norm:e}"),
+                groups.to_string(),
+                batch.to_string(),
+            ];
+            let input: Vec<u8> = sq.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let out = run(&exe, &args, &input);
+            let device = f32s(&out[..out.len() - 4]);
+            let device_bad = u32::from_le_bytes(out[out.len() - 4..].try_into().unwrap()) as usize;
+            assert_eq!(device_bad, cpu_bad, "{mode:?} G={groups}");
+            assert!(cpu_bad > 0, "invalid norms were in the batch");
+            let differing = cpu.iter().zip(&device).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(differing, 0, "{mode:?} G={groups} C={clip_norm}");
+        }
+    }
+}
+
+#[test]
+fn device_noisy_sgd_update_equals_the_cpus_bit_for_bit() {
+    let Some(exe) = harness() else { return };
+    let len = 1000;
+    let params: Vec<f32> = values(3, len).map(|u| (u - 0.5) as f32).collect();
+    let velocity: Vec<f32> = values(5, len).map(|u| (u - 0.5) as f32 * 0.1).collect();
+    let sum: Vec<f32> = values(7, len).map(|u| ((u - 0.5) * 40.0) as f32).collect();
+    let z: Vec<f64> = values(11, len).map(|u| (u - 0.5) * 6.0).collect();
+    let (noise_std, batch) = (1.1 * 0.7, 256.0);
+    for (momentum, nesterov, weight_decay) in
+        [(0.0, false, 0.0), (0.9, false, 0.0), (0.9, true, 5e-4), (0.5, false, 1e-2)]
+    {
+        for first in [true, false] {
+            let mut sgd = Sgd::new(0.1).momentum(momentum).nesterov(nesterov).weight_decay(weight_decay);
+            let mut cpu_params = params.clone();
+            let at = StepInfo { step: 0, total_steps: 10 };
+            if !first && momentum != 0.0 {
+                // Give the optimizer the velocity buffer the device starts from.
+                let state = dp_runtime::optim::OptimizerState {
+                    kind: "sgd".into(),
+                    updates: 1,
+                    buffers: vec![("momentum".into(), velocity.clone())],
+                };
+                sgd.load_state(state, len).unwrap();
+            }
+            sgd.step(&mut cpu_params, NoisyGradient::with_drawn_noise(&sum, &z, noise_std, batch), at);
+            let cpu_velocity = sgd.state().buffers.into_iter().next().map(|(_, b)| b);
+
+            let args: Vec<String> = [
+                "sgd".to_string(),
+                format!("{noise_std:e}"),
+                format!("{:e}", 1.0 / batch),
+                format!("{:e}", 0.1),
+                format!("{momentum:e}"),
+                format!("{weight_decay:e}"),
+                (first as u8).to_string(),
+                (nesterov as u8).to_string(),
+                len.to_string(),
+            ]
+            .into();
+            let input: Vec<u8> = params
+                .iter()
+                .chain(&velocity)
+                .chain(&sum)
+                .flat_map(|v| v.to_le_bytes())
+                .chain(z.iter().flat_map(|v| v.to_le_bytes()))
+                .collect();
+            let out = f32s(&run(&exe, &args, &input));
+            let (device_params, device_velocity) = out.split_at(len);
+            let case = format!("momentum {momentum} nesterov {nesterov} wd {weight_decay} first {first}");
+            assert_eq!(bits(&cpu_params), bits(device_params), "{case}");
+            if let Some(v) = cpu_velocity {
+                assert_eq!(bits(&v), bits(device_velocity), "{case}");
+            }
+            assert_ne!(bits(&cpu_params), bits(&params), "{case}: the update moved the parameters");
+        }
+    }
+}
+
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
