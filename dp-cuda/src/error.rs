@@ -21,6 +21,17 @@ pub enum CudaError {
         /// NVRTC's log.
         log: String,
     },
+    /// The CUDA driver refused a call.
+    #[error("CUDA driver error while {during}: {message}")]
+    Driver {
+        /// What was being done.
+        during: &'static str,
+        /// The driver's message.
+        message: String,
+    },
+    /// The inputs of a kernel call do not fit together.
+    #[error("{0}")]
+    Mismatch(String),
 }
 
 /// A result of the device side.

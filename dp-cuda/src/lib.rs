@@ -4,10 +4,13 @@
 //! What exists (docs/GPU.md): the model-independent kernels of a private step, each value for value
 //! its CPU counterpart in dp-runtime — the noise ([`noise`], the chunked ChaCha20 ziggurat), the clip
 //! factors ([`clip`]) and the noisy SGD update ([`update`]) — and the NVRTC compilation of every
-//! kernel for sm_80 and sm_90 ([`nvrtc`]). What does not exist yet: the model programs (the device `Backend` of the compiler),
-//! memory on the device, and launches through the CUDA driver. No code of this crate has run on a GPU.
+//! kernel for sm_80 and sm_90 ([`nvrtc`]), and [`device::Gpu`], which runs each of them through the
+//! CUDA driver on host data (what the GPU tests compare with the CPU). What does not exist yet: the
+//! model programs (the device `Backend` of the compiler) and a training step that stays on the device.
+//! No code of this crate has run on a GPU.
 
 pub mod clip;
+pub mod device;
 pub mod error;
 pub mod noise;
 pub mod nvrtc;

@@ -1,0 +1,264 @@
+//! One GPU through the CUDA driver (loaded dynamically): its context and stream, and the kernels of
+//! this crate compiled by NVRTC for its architecture and loaded once. Each method copies its inputs
+//! in, runs one kernel file's launches and copies the result out: the entry points of the GPU tests,
+//! which compare them with the CPU. (A training step keeps everything on the device; that is not built
+//! yet.)
+//!
+//! UNRUN: no GPU was available where this was written; it compiles, and its tests skip visibly.
+
+use std::sync::Arc;
+
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::Ptx;
+use dp_runtime::clipping::ClipMode;
+use dp_runtime::noise::gaussian::ziggurat_tables;
+
+use crate::error::{CudaError, Result};
+use crate::noise::{key_words, NoiseLaunch, THREADS};
+use crate::{clip, noise, nvrtc, source, update};
+
+/// How to get the driver when it is missing.
+const DRIVER_HINT: &str = "install the NVIDIA driver (the CUDA toolkit is not needed)";
+
+/// A GPU with this crate's kernels loaded.
+pub struct Gpu {
+    stream: Arc<CudaStream>,
+    name: String,
+    arch: &'static str,
+    noise_first: CudaFunction,
+    noise_retry: CudaFunction,
+    clip_factors: CudaFunction,
+    sgd_update: CudaFunction,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu").field("name", &self.name).field("arch", &self.arch).finish()
+    }
+}
+
+fn driver(during: &'static str) -> impl FnOnce(DriverError) -> CudaError {
+    move |e| CudaError::Driver { during, message: e.to_string() }
+}
+
+/// The number of CUDA devices, 0 when the driver library is missing.
+pub fn device_count() -> usize {
+    // SAFETY: only tries to open the library by its candidate names.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return 0;
+    }
+    CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+}
+
+impl Gpu {
+    /// Opens device `ordinal`, compiles every kernel for its architecture and loads them.
+    pub fn open(ordinal: usize) -> Result<Self> {
+        // SAFETY: as in `device_count`.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(CudaError::LibraryMissing { library: "libcuda.so.1", hint: DRIVER_HINT });
+        }
+        let count = device_count();
+        if ordinal >= count {
+            return Err(CudaError::Mismatch(format!(
+                "cuda:{ordinal} requested, {count} CUDA devices present"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver("opening the device"))?;
+        let major = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+            .map_err(driver("reading the compute capability"))?;
+        let minor = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
+            .map_err(driver("reading the compute capability"))?;
+        // NVRTC takes a 'static architecture name; one string per process and device kind.
+        let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
+        let name = ctx.name().map_err(driver("reading the device name"))?;
+        let load = |file: &str, text: &str, entries: &[&str]| -> Result<Vec<CudaFunction>> {
+            let ptx = nvrtc::compile(file, &source(text), arch)?;
+            let module = ctx.load_module(Ptx::from_src(ptx)).map_err(driver("loading a module"))?;
+            entries.iter().map(|e| module.load_function(e).map_err(driver("finding a kernel"))).collect()
+        };
+        let mut noise = load("noise.cu", noise::SOURCE, &["dp_noise_first", "dp_noise_retry"])?.into_iter();
+        let mut clip = load("clip.cu", clip::SOURCE, &["dp_clip_factors"])?.into_iter();
+        let mut update = load("update.cu", update::SOURCE, &["dp_sgd_noisy_update"])?.into_iter();
+        let (Some(noise_first), Some(noise_retry), Some(clip_factors), Some(sgd_update)) =
+            (noise.next(), noise.next(), clip.next(), update.next())
+        else {
+            unreachable!("each load returns one function per entry");
+        };
+        Ok(Gpu {
+            stream: ctx.default_stream(),
+            name,
+            arch,
+            noise_first,
+            noise_retry,
+            clip_factors,
+            sgd_update,
+        })
+    }
+
+    /// The device's name and architecture, e.g. `NVIDIA H200 (sm_90)`.
+    pub fn describe(&self) -> String {
+        format!("{} ({})", self.name, self.arch)
+    }
+
+    /// `len` standard normals under `key`: the values of the CPU's chunked draw.
+    pub fn standard_normals(&self, key: &[u8; 32], len: usize) -> Result<Vec<f64>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let tables = ziggurat_tables();
+        let s = &self.stream;
+        let key = s.clone_htod(&key_words(key)).map_err(driver("copying the key"))?;
+        let edge = s.clone_htod(&tables.edge[..]).map_err(driver("copying the tables"))?;
+        let ratio = s.clone_htod(&tables.ratio[..]).map_err(driver("copying the tables"))?;
+        let density = s.clone_htod(&tables.density[..]).map_err(driver("copying the tables"))?;
+        let mut out = s.alloc_zeros::<f64>(len).map_err(driver("allocating the noise"))?;
+        let launch = NoiseLaunch::for_len(len);
+        let n = len as u64;
+        let config = |shape: noise::LaunchShape| LaunchConfig {
+            grid_dim: (shape.grid, 1, 1),
+            block_dim: (shape.block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the argument list matches dp_noise_first's signature; every buffer is as long as
+        // the kernel reads (the key 8 words, the tables 257/256/257, `out` len).
+        unsafe {
+            s.launch_builder(&self.noise_first)
+                .arg(&key)
+                .arg(&n)
+                .arg(&edge)
+                .arg(&ratio)
+                .arg(&mut out)
+                .launch(config(launch.first))
+                .map_err(driver("launching dp_noise_first"))?;
+            s.launch_builder(&self.noise_retry)
+                .arg(&key)
+                .arg(&n)
+                .arg(&edge)
+                .arg(&ratio)
+                .arg(&density)
+                .arg(&mut out)
+                .launch(config(launch.retry))
+                .map_err(driver("launching dp_noise_retry"))?;
+        }
+        s.clone_dtoh(&out).map_err(driver("copying the noise back"))
+    }
+
+    /// Clip factors of a batch (`sq_norms.len() / groups` examples) and the count of examples with an
+    /// invalid norm: the values of [`dp_runtime::clipping::clip_factors`].
+    pub fn clip_factors(
+        &self,
+        mode: ClipMode,
+        clip_norm: f64,
+        groups: usize,
+        sq_norms: &[f32],
+    ) -> Result<(Vec<f32>, usize)> {
+        if groups == 0 || !sq_norms.len().is_multiple_of(groups) {
+            return Err(CudaError::Mismatch(format!("{} norms for {groups} groups", sq_norms.len())));
+        }
+        let batch = (sq_norms.len() / groups) as u64;
+        if batch == 0 {
+            return Ok((Vec::new(), 0));
+        }
+        let s = &self.stream;
+        let norms = s.clone_htod(sq_norms).map_err(driver("copying the norms"))?;
+        let mut factors = s.alloc_zeros::<f32>(sq_norms.len()).map_err(driver("allocating the factors"))?;
+        let mut bad = s.alloc_zeros::<u32>(1).map_err(driver("allocating the count"))?;
+        let per_layer = i32::from(matches!(mode, ClipMode::PerLayer));
+        let groups = groups as u64;
+        let grid = u32::try_from(batch.div_ceil(u64::from(THREADS))).expect("a batch below 2^40");
+        let config = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: the arguments match dp_clip_factors; the buffers hold batch·groups norms and factors.
+        unsafe {
+            s.launch_builder(&self.clip_factors)
+                .arg(&per_layer)
+                .arg(&clip_norm)
+                .arg(&groups)
+                .arg(&batch)
+                .arg(&norms)
+                .arg(&mut factors)
+                .arg(&mut bad)
+                .launch(config)
+                .map_err(driver("launching dp_clip_factors"))?;
+        }
+        let factors = s.clone_dtoh(&factors).map_err(driver("copying the factors back"))?;
+        let bad = s.clone_dtoh(&bad).map_err(driver("copying the count back"))?;
+        Ok((factors, bad[0] as usize))
+    }
+
+    /// One noisy SGD update of `params` and `velocity` from the clipped sum and drawn normals `z`:
+    /// the values of `Sgd::step` on `NoisyGradient::with_drawn_noise`.
+    pub fn sgd_noisy_update(&self, state: SgdState<'_>, step: SgdStep) -> Result<()> {
+        let len = state.params.len();
+        if [state.velocity.len(), state.sum.len(), state.z.len()] != [len; 3] {
+            return Err(CudaError::Mismatch("params, velocity, sum and z differ in length".into()));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let s = &self.stream;
+        let mut params = s.clone_htod(&*state.params).map_err(driver("copying the parameters"))?;
+        let mut velocity = s.clone_htod(&*state.velocity).map_err(driver("copying the velocity"))?;
+        let sum = s.clone_htod(state.sum).map_err(driver("copying the sum"))?;
+        let z = s.clone_htod(state.z).map_err(driver("copying the normals"))?;
+        let (first, nesterov) = (i32::from(step.first), i32::from(step.nesterov));
+        let n = len as u64;
+        let grid = u32::try_from(n.div_ceil(u64::from(THREADS))).expect("fewer than 2^40 parameters");
+        let config = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: the arguments match dp_sgd_noisy_update; every buffer holds `len` values.
+        unsafe {
+            s.launch_builder(&self.sgd_update)
+                .arg(&mut params)
+                .arg(&mut velocity)
+                .arg(&sum)
+                .arg(&z)
+                .arg(&step.noise_std)
+                .arg(&step.inverse_batch)
+                .arg(&step.lr)
+                .arg(&step.momentum)
+                .arg(&step.weight_decay)
+                .arg(&first)
+                .arg(&nesterov)
+                .arg(&n)
+                .launch(config)
+                .map_err(driver("launching dp_sgd_noisy_update"))?;
+        }
+        s.memcpy_dtoh(&params, state.params).map_err(driver("copying the parameters back"))?;
+        s.memcpy_dtoh(&velocity, state.velocity).map_err(driver("copying the velocity back"))?;
+        Ok(())
+    }
+}
+
+/// The buffers of one SGD update.
+#[derive(Debug)]
+pub struct SgdState<'a> {
+    /// The parameters, updated in place.
+    pub params: &'a mut [f32],
+    /// The momentum buffer, updated in place (unused without momentum).
+    pub velocity: &'a mut [f32],
+    /// The clipped sum.
+    pub sum: &'a [f32],
+    /// One standard normal per coordinate.
+    pub z: &'a [f64],
+}
+
+/// The scalars of one SGD update.
+#[derive(Debug, Clone, Copy)]
+pub struct SgdStep {
+    /// σ·C.
+    pub noise_std: f64,
+    /// 1 / expected batch size.
+    pub inverse_batch: f64,
+    /// The learning rate of this step.
+    pub lr: f64,
+    /// Momentum (0: plain SGD).
+    pub momentum: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// The first update with momentum (the buffer starts at the gradient).
+    pub first: bool,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+}
