@@ -19,7 +19,7 @@ use crate::noise::{key_words, NoiseLaunch, THREADS};
 use crate::{clip, noise, nvrtc, source, update};
 
 /// How to get the driver when it is missing.
-const DRIVER_HINT: &str = "install the NVIDIA driver (the CUDA toolkit is not needed)";
+pub const DRIVER_HINT: &str = "install the NVIDIA driver (the CUDA toolkit is not needed)";
 
 /// A GPU with this crate's kernels loaded.
 pub struct Gpu {
@@ -42,10 +42,15 @@ fn driver(during: &'static str) -> impl FnOnce(DriverError) -> CudaError {
     move |e| CudaError::Driver { during, message: e.to_string() }
 }
 
+/// Whether the CUDA driver library (`libcuda.so.1`) can be loaded.
+pub fn driver_available() -> bool {
+    // SAFETY: only tries to open the library by its candidate names.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
 /// The number of CUDA devices, 0 when the driver library is missing.
 pub fn device_count() -> usize {
-    // SAFETY: only tries to open the library by its candidate names.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+    if !driver_available() {
         return 0;
     }
     CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
@@ -54,8 +59,7 @@ pub fn device_count() -> usize {
 impl Gpu {
     /// Opens device `ordinal`, compiles every kernel for its architecture and loads them.
     pub fn open(ordinal: usize) -> Result<Self> {
-        // SAFETY: as in `device_count`.
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        if !driver_available() {
             return Err(CudaError::LibraryMissing { library: "libcuda.so.1", hint: DRIVER_HINT });
         }
         let count = device_count();

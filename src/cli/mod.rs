@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod datasets;
+pub mod devices;
 pub mod models;
 pub mod paths;
 pub mod plot;
@@ -52,6 +53,8 @@ pub enum Command {
     /// Step times, private and not, of the built-in models; the largest batch for a memory budget;
     /// the GEMM peak.
     Bench(bench::BenchArgs),
+    /// What this dp can compute on: the CPU, and NVRTC and CUDA devices (with the `cuda` feature).
+    Devices(devices::DevicesArgs),
 }
 
 /// Runs a parsed command, writing its result to stdout.
@@ -63,6 +66,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Step(args) => step::run(args),
         Command::Privacy(command) => privacy::run(command),
         Command::Bench(args) => bench::run(args),
+        Command::Devices(args) => devices::run(args),
     }
 }
 
