@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 
 /// Kymatio's normalisation of the Gabor filters divides by `2·3.1415·σ²/slant` (a truncated π); kept
 /// so that the features equal Kymatio's.
+#[allow(clippy::approx_constant)] // deliberately Kymatio's truncated value, not π
 const KYMATIO_PI: f64 = 3.1415;
 
 /// The scattering transform of `height×width` single-channel images, with its filters and FFT plans.
