@@ -4,9 +4,9 @@
 //! ```sh
 //! cargo run --release --example mnist                      # the full run
 //! cargo run --release --example mnist -- --max-steps 200   # a short run (CI)
-//! cargo run --release --example mnist -- --non-private     # the same model without privacy
+//! cargo run --release --example mnist -- --non-private --lr 0.1   # the same model without privacy
 //! ```
-//! Flags: `--epochs`, `--max-steps`, `--target-epsilon`, `--non-private`.
+//! Flags: `--epochs`, `--max-steps`, `--target-epsilon`, `--non-private`, `--lr`.
 //!
 //! The recipe is Tramèr & Boneh's (ICLR 2021): every image becomes its ScatterNet features (a fixed
 //! 2-D scattering transform, J = 2, L = 8: 81 channels of 7×7; a per-example function, so it costs

@@ -23,6 +23,10 @@ pub struct Flags {
     /// Train the same model without privacy, for comparison.
     #[arg(long)]
     pub non_private: bool,
+    /// The learning rate instead of the recipe's (a recipe's rate is for clipped gradients; an
+    /// unclipped `--non-private` run may need a smaller one).
+    #[arg(long)]
+    pub lr: Option<f64>,
 }
 
 /// The privacy target and training recipe of one example (the recipe `dp train` uses for the model).
@@ -41,7 +45,7 @@ pub fn run<M: DpModel>(
     defaults: Defaults,
 ) -> dp::Result<Report> {
     let flags = Flags::parse();
-    let recipe = defaults.recipe;
+    let recipe = Recipe { lr: flags.lr.unwrap_or(defaults.recipe.lr), ..defaults.recipe };
     let (mut train, mut test) = (train, test);
     if let Some(standardization) = recipe.input_standardization {
         standardization.apply(&mut train)?;
