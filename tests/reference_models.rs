@@ -11,7 +11,8 @@
 mod reference;
 
 use dp::models::{
-    AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, MnistCnnTanh, ResidualCnn, ScatterCnn,
+    AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, MnistCnnTanh, ResidualCnn,
+    ScatterCnn,
 };
 use dp::prelude::*;
 use reference::dense::Activation;
