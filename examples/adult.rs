@@ -18,6 +18,6 @@ fn main() -> dp::Result<()> {
     let (train, test) =
         dp::data::adult::load(format!("{dir}/adult_train.csv.gz"), format!("{dir}/adult_test.csv.gz"))?;
     let defaults = Defaults { target_epsilon: 1.0, delta: 1e-5, recipe: recipe::FFNN };
-    common::run::<AdultFfnn>("AdultFfnn", &train, &test, defaults)?;
+    common::run::<AdultFfnn>("AdultFfnn", train, test, defaults)?;
     Ok(())
 }

@@ -496,6 +496,20 @@ fn ema_is_checked_and_the_tanh_cnn_standardises_with_public_constants() {
     assert!(text(&out.stderr).contains("--ema"), "{}", text(&out.stderr));
     let out = adult("0.9");
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = dp(&[
+        "train",
+        "--model",
+        "ffnn",
+        "--data",
+        ADULT,
+        "--non-private",
+        "--ema",
+        "0.9",
+        "--max-steps",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--ema"), "{}", text(&out.stderr));
 
     let dir = TempDir::new("tanh");
     let mnist = dir.path("idx");

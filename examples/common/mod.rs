@@ -23,6 +23,10 @@ pub struct Flags {
     /// Train the same model without privacy, for comparison.
     #[arg(long)]
     pub non_private: bool,
+    /// The learning rate instead of the recipe's (a recipe's rate is for clipped gradients; an
+    /// unclipped `--non-private` run may need a smaller one).
+    #[arg(long)]
+    pub lr: Option<f64>,
 }
 
 /// The privacy target and training recipe of one example (the recipe `dp train` uses for the model).
@@ -36,12 +40,17 @@ pub struct Defaults {
 /// Trains model `M` on `train`, evaluates on `test`, and prints accuracy, ε and wall time.
 pub fn run<M: DpModel>(
     name: &str,
-    train: &Dataset<M::Input>,
-    test: &Dataset<M::Input>,
+    train: Dataset<M::Input>,
+    test: Dataset<M::Input>,
     defaults: Defaults,
 ) -> dp::Result<Report> {
     let flags = Flags::parse();
-    let recipe = defaults.recipe;
+    let recipe = Recipe { lr: flags.lr.unwrap_or(defaults.recipe.lr), ..defaults.recipe };
+    let (mut train, mut test) = (train, test);
+    if let Some(standardization) = recipe.input_standardization {
+        standardization.apply(&mut train)?;
+        standardization.apply(&mut test)?;
+    }
     let epochs = flags.epochs.unwrap_or(recipe.epochs);
     let optimizer = recipe.optimizer();
     let mut model = M::init(&mut dp::rng::from_os()?);
@@ -61,7 +70,7 @@ pub fn run<M: DpModel>(
             seed: None,
             quiet: false,
         };
-        baseline::fit_non_private(&mut model, &mut optimizer, train, test, config, |_| {})?
+        baseline::fit_non_private(&mut model, &mut optimizer, &train, &test, config, |_| {})?
     } else {
         let target = flags.target_epsilon.unwrap_or(defaults.target_epsilon);
         let mut trainer = Trainer::new(&mut model)
@@ -70,10 +79,13 @@ pub fn run<M: DpModel>(
             .target_privacy(target, defaults.delta)
             .expected_batch_size(recipe.batch_size)
             .epochs(epochs);
+        if let Some(decay) = recipe.ema_decay {
+            trainer = trainer.ema(decay);
+        }
         if let Some(max) = flags.max_steps {
             trainer = trainer.max_steps(max);
         }
-        trainer.fit(train, Some(test))?
+        trainer.fit(&train, Some(&test))?
     };
     let seconds = started.elapsed().as_secs_f64();
     if report.stopped_at_max_steps {

@@ -247,6 +247,12 @@ impl TrainArgs {
                 "resumes a private run; --non-private writes no resumable state",
             ));
         }
+        if self.non_private && self.ema.is_some() {
+            return Err(Error::invalid(
+                "ema",
+                "averages the private trainer's parameters; --non-private keeps none",
+            ));
+        }
         let checkpoint_flag = if self.save.is_some() { "save" } else { "resume" };
         let mut outputs = Vec::new();
         if let Some(path) = self.checkpoint_path() {
