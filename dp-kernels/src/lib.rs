@@ -5,6 +5,7 @@
 
 pub mod activation;
 pub mod arena;
+pub mod attention;
 pub mod conv;
 pub mod conv_chunks;
 pub mod dense;

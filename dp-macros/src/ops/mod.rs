@@ -8,6 +8,7 @@
 
 pub mod activation;
 pub mod add;
+pub mod attention;
 pub mod conv2d;
 pub mod embedding;
 pub mod flatten;
@@ -17,6 +18,7 @@ pub mod lstm;
 pub mod mean;
 pub mod norm_layer;
 pub mod pool2d;
+pub mod position_embedding;
 pub mod rules;
 
 use crate::args::did_you_mean;
@@ -145,6 +147,8 @@ ops! {
         Norm(norm_layer::NormLayer),
         Embedding(embedding::Embedding),
         Lstm(lstm::Lstm),
+        PositionEmbedding(position_embedding::PositionEmbedding),
+        Attention(attention::Attention),
     }
     others {
         Activation(activation::Activation),

@@ -24,6 +24,7 @@ macro_rules! kernel_modules {
 kernel_modules!(
     activation,
     arena,
+    attention,
     conv,
     conv_chunks,
     dense,
