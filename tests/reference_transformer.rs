@@ -1,8 +1,8 @@
 //! The transformer ops against the f64 reference of `tests/reference`, one example at a time:
 //! position-wise `linear` (norms chosen by the planner, forced ghost, forced direct), `gelu_exact`,
 //! `position_embedding`, `multi_head_attention` (with and without the causal mask, and at T = 1),
-//! `layer_norm` over each position, `mean` and `first` pooling, and residual blocks written in
-//! `forward`. Per-example losses, squared norms per group, clipped sums (model-wide and per layer,
+//! `layer_norm` over each position, `mean` and `first` pooling, image `patches`, and residual blocks
+//! written in `forward`. Per-example losses, squared norms per group, clipped sums (model-wide and per layer,
 //! added twice), the non-private gradient and the outputs to 1e-4 relative at B = 1, 3 and 64; an
 //! example with factor 0 contributes nothing; each reference network's gradient against central
 //! finite differences.
@@ -191,6 +191,52 @@ fn one_token() -> Network {
     )
 }
 
+/// A vision transformer in miniature: a `[2, 4, 6]` image cut into six 2×2 patches of 8 values,
+/// projected position-wise, a position embedding, one block, `first` pooling.
+#[dp_model(input = [2, 4, 6], loss = cross_entropy(classes = 3))]
+mod tiny_vit {
+    pub struct TinyVit {
+        #[layer(patches(size = 2), linear(out = 8))]
+        patch_embedding: Linear,
+        #[layer(position_embedding)]
+        pos: PositionEmbedding,
+        #[layer(layer_norm)]
+        ln1: LayerNorm,
+        #[layer(multi_head_attention(heads = 2))]
+        attn: MultiHeadAttention,
+        #[layer(layer_norm)]
+        ln2: LayerNorm,
+        #[layer(linear(out = 12), gelu_exact)]
+        mlp_in: Linear,
+        #[layer(linear(out = 8))]
+        mlp_out: Linear,
+        #[layer(layer_norm)]
+        ln_f: LayerNorm,
+        #[layer(first, linear(out = 3))]
+        head: Linear,
+    }
+
+    impl TinyVit {
+        fn forward(&self, x: Input) -> Output {
+            let h = self.pos(self.patch_embedding(x));
+            let h = h + self.attn(self.ln1(h));
+            let h = h + self.mlp_out(self.mlp_in(self.ln2(h)));
+            self.head(self.ln_f(h))
+        }
+    }
+}
+use tiny_vit::TinyVit;
+
+fn tiny_vit() -> Network {
+    let mut ops = vec![
+        Op::Patches { size: 2 },
+        Op::Linear { name: "patch_embedding", out: 8, bias: true },
+        Op::PositionEmbedding { name: "pos" },
+    ];
+    ops.extend(block_network(2, false, Op::FirstOfSequence, 12, 8, 3));
+    Network::new(ops, TinyVit::INPUT_SHAPE, TinyVit::LOSS, TinyVit::PARAMS)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests.
 
@@ -238,6 +284,11 @@ fn attention_over_one_token_matches_the_reference() {
 }
 
 #[test]
+fn a_vision_transformer_over_image_patches_matches_the_reference() {
+    check_everything::<TinyVit>("TinyVit", &tiny_vit(), 380);
+}
+
+#[test]
 fn attention_parameters_have_pytorch_names_shapes_and_one_group() {
     let names: Vec<(&str, &[usize])> = OneToken::PARAMS.iter().map(|p| (p.name, p.shape)).collect();
     assert_eq!(
@@ -253,4 +304,77 @@ fn attention_parameters_have_pytorch_names_shapes_and_one_group() {
     assert_eq!(OneToken::GROUPS, &["embed", "attn", "causal", "head"]);
     assert_eq!(TinyTransformer::PARAMS[1].name, "pos.weight");
     assert_eq!(TinyTransformer::PARAMS[1].shape, &[6, 8]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Against PyTorch itself: `tests/fixtures/mha_pytorch.json`, written by
+// `scripts/reference/mha_pytorch_fixture.py` (nn.MultiheadAttention in f64, seeded).
+
+/// One attention layer whose outputs are the model's outputs (`mse`, so that a label `y − r` makes
+/// the loss gradient `r`).
+#[dp_model(input = [5, 6], loss = mse)]
+struct PlainAttention {
+    #[layer(multi_head_attention(heads = 3), flatten)]
+    attn: MultiHeadAttention,
+}
+
+/// [`PlainAttention`] with the causal mask.
+#[dp_model(input = [5, 6], loss = mse)]
+struct PlainCausalAttention {
+    #[layer(multi_head_attention(heads = 3, causal = true), flatten)]
+    attn: MultiHeadAttention,
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array().expect("an array").iter().map(|x| x.as_f64().expect("a number")).collect()
+}
+
+/// Loads PyTorch's `state_dict` by name, then compares the outputs and each example's gradient (a
+/// clipped sum with factor 1 for that example and 0 for the other) with PyTorch's.
+fn matches_pytorch<M: DpModel<Input = f32>>(case: &serde_json::Value) {
+    let batch = 2;
+    let mut model = M::init(&mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0));
+    for spec in M::PARAMS {
+        let name = spec.name.strip_prefix("attn.").expect("the layer is `attn`");
+        let values = floats(&case["params"][name]);
+        assert_eq!(values.len(), spec.len, "{name}");
+        let slot = &mut model.params_mut()[spec.offset..spec.offset + spec.len];
+        slot.iter_mut().zip(&values).for_each(|(p, v)| *p = *v as f32);
+    }
+    let inputs: Vec<f32> = floats(&case["input"]).iter().map(|&v| v as f32).collect();
+    let want = floats(&case["output"]);
+    let mut ws = Workspace::new::<M>(batch);
+    let mut outputs = vec![0.0f32; want.len()];
+    model.forward(&mut ws, &inputs, batch, &mut outputs);
+    reference::assert_close(&outputs, &want, 1e-4, reference::scale_floor(&want, 1e-2), "PyTorch outputs");
+    // Labels y − r: the loss gradient with respect to the outputs is r.
+    let r = floats(&case["r"]);
+    let labels: Vec<f32> = want.iter().zip(&r).map(|(y, r)| (y - r) as f32).collect();
+    let data = Batch { inputs: &inputs, labels: &labels, size: batch };
+    let (mut losses, mut sq) = (vec![0.0f32; batch], vec![0.0f32; batch]);
+    model.per_example_norms(&mut ws, data, &mut losses, &mut sq);
+    for i in 0..batch {
+        let grads = &case["grads"][i];
+        let mut want = Vec::new();
+        for spec in M::PARAMS {
+            want.extend(floats(&grads[spec.name.strip_prefix("attn.").unwrap()]));
+        }
+        let want_sq: f64 = want.iter().map(|v| v * v).sum();
+        reference::assert_close(&sq[i..i + 1], &[want_sq], 1e-4, 0.0, "PyTorch squared norm");
+        let factors: Vec<f32> = (0..batch).map(|k| f32::from(u8::from(k == i))).collect();
+        let mut grad = vec![0.0f32; M::PARAM_COUNT];
+        model.clipped_sum(&mut ws, data, &factors, &mut grad);
+        reference::assert_close(&grad, &want, 1e-4, reference::scale_floor(&want, 1e-2), "PyTorch gradient");
+    }
+}
+
+#[test]
+fn attention_matches_pytorch_multihead_attention_loaded_by_name() {
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/mha_pytorch.json")).expect("the fixture parses");
+    let cases = fixture["cases"].as_array().expect("cases");
+    assert_eq!(cases[0]["causal"], false);
+    matches_pytorch::<PlainAttention>(&cases[0]);
+    assert_eq!(cases[1]["causal"], true);
+    matches_pytorch::<PlainCausalAttention>(&cases[1]);
 }

@@ -15,6 +15,7 @@ pub mod gemm;
 pub mod loss;
 pub mod lstm;
 pub mod norm_layers;
+pub mod patches;
 pub mod per_example;
 pub mod pool;
 pub mod sequence;

@@ -8,7 +8,10 @@ use dp_runtime::{DpModel, Error, Result};
 
 use super::datasets::{AdultData, Cifar10Data, DataSource, MnistData, NpyInput, ReviewsData};
 use crate::models::recipe::{self, Recipe};
-use crate::models::{AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, ResidualCnn};
+use crate::models::{
+    AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, MnistVit, ResidualCnn,
+    TextTransformer,
+};
 
 /// What a command learns about the model it was dispatched to, besides its type.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -61,8 +64,10 @@ models! {
     "logreg" => AdultLogReg, AdultData, recipe::LOGREG, "logistic regression on the 104 Adult features";
     "ffnn" => AdultFfnn, AdultData, recipe::FFNN, "the founding paper's fully connected network on Adult (104-50-2)";
     "mnist-cnn" => MnistCnn, MnistData, recipe::MNIST_CNN, "the founding paper's MNIST CNN (two conv layers, two linear)";
+    "mnist-vit" => MnistVit, MnistData, recipe::MNIST_VIT, "a two-layer vision transformer on MNIST (4×4 patches as tokens, d = 64, 4 heads)";
     "cifar10-cnn" => Cifar10Cnn, Cifar10Data, recipe::CIFAR10_CNN, "the founding paper's CIFAR-10 CNN";
     "residual-cnn" => ResidualCnn, Cifar10Data, recipe::CIFAR10_CNN, "a residual CNN with group norm on CIFAR-10";
     "embedding" => EmbeddingNet, ReviewsData, recipe::TEXT, "the founding paper's embedding network on token sequences";
     "lstm" => LstmNet, ReviewsData, recipe::TEXT, "the founding paper's LSTM on token sequences (one bias per gate)";
+    "text-transformer" => TextTransformer, ReviewsData, recipe::TEXT_TRANSFORMER, "a two-layer pre-norm transformer encoder (d = 128, 4 heads, T = 128) on token sequences";
 }

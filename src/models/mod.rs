@@ -6,8 +6,10 @@ mod ffnn;
 mod logreg;
 mod lstm_net;
 mod mnist_cnn;
+mod mnist_vit;
 pub mod recipe;
 mod residual;
+mod text_transformer;
 
 pub use cifar10_cnn::Cifar10Cnn;
 pub use embedding_net::EmbeddingNet;
@@ -15,4 +17,6 @@ pub use ffnn::AdultFfnn;
 pub use logreg::AdultLogReg;
 pub use lstm_net::LstmNet;
 pub use mnist_cnn::MnistCnn;
+pub use mnist_vit::mnist_vit::MnistVit;
 pub use residual::residual_cnn::ResidualCnn;
+pub use text_transformer::text_transformer::TextTransformer;

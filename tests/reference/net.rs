@@ -67,6 +67,11 @@ pub enum Op {
     MeanOverSequence,
     /// `[T, D] → [D]`: the first position.
     FirstOfSequence,
+    /// `[C, H, W] → [(H/P)(W/P), C·P·P]`: the image's `P×P` patches in row-major order, each
+    /// ordered `[C][P][P]` (what `Conv2d(kernel_size = P, stride = P)` reads).
+    Patches {
+        size: usize,
+    },
     /// `[T, D] → [T, D]`, `x + P`; parameter `name.weight [T, D]`.
     PositionEmbedding {
         name: &'static str,
@@ -221,6 +226,24 @@ fn tokens(x: &[f64]) -> Vec<usize> {
     x.iter().map(|&v| v as usize).collect()
 }
 
+/// For each value of the patch sequence, the index of the image value it is.
+fn patch_order(shape: &[usize], p: usize) -> Vec<usize> {
+    let (c, h, w) = (shape[0], shape[1], shape[2]);
+    let mut order = Vec::with_capacity(c * h * w);
+    for py in 0..h / p {
+        for px in 0..w / p {
+            for ch in 0..c {
+                for dy in 0..p {
+                    for dx in 0..p {
+                        order.push((ch * h + py * p + dy) * w + px * p + dx);
+                    }
+                }
+            }
+        }
+    }
+    order
+}
+
 /// The parameters `op` reads on input `shape`: (name, shape).
 fn op_params(op: &Op, shape: &[usize]) -> Vec<(String, Vec<usize>)> {
     let p = |name: &str, suffix: &str, s: Vec<usize>| (format!("{name}.{suffix}"), s);
@@ -294,6 +317,13 @@ pub fn output_shape(op: &Op, shape: &[usize]) -> Vec<usize> {
         Op::Flatten => vec![shape.iter().product()],
         Op::Embedding { dim, .. } => vec![shape[0], *dim],
         Op::MeanOverSequence | Op::FirstOfSequence => vec![shape[1]],
+        Op::Patches { size } => {
+            assert!(
+                shape.len() == 3 && shape[1].is_multiple_of(*size) && shape[2].is_multiple_of(*size),
+                "patches of {shape:?}"
+            );
+            vec![(shape[1] / size) * (shape[2] / size), shape[0] * size * size]
+        }
         Op::PositionEmbedding { .. } | Op::MultiHeadAttention { .. } => {
             assert_eq!(shape.len(), 2, "a sequence op takes [T, D], got {shape:?}");
             shape.to_vec()
@@ -387,6 +417,7 @@ impl Network {
             }
             Op::MeanOverSequence => mean_over_sequence_forward(x, shape[1]),
             Op::FirstOfSequence => x[..shape[1]].to_vec(),
+            Op::Patches { size } => patch_order(shape, *size).iter().map(|&k| x[k]).collect(),
             Op::PositionEmbedding { name } => {
                 let table = self.param(params, name, "weight", shape);
                 x.iter().zip(table).map(|(a, b)| a + b).collect()
@@ -518,6 +549,11 @@ impl Network {
                 vec![0.0; x.len()] // token ids have no gradient
             }
             Op::MeanOverSequence => mean_over_sequence_backward(dy, shape[0]),
+            Op::Patches { size } => {
+                let mut dx = vec![0.0; x.len()];
+                patch_order(shape, *size).iter().zip(dy).for_each(|(&k, g)| dx[k] += g);
+                dx
+            }
             Op::FirstOfSequence => {
                 let mut dx = vec![0.0; x.len()];
                 dx[..shape[1]].copy_from_slice(dy);

@@ -17,6 +17,7 @@ pub mod linear;
 pub mod lstm;
 pub mod mean;
 pub mod norm_layer;
+pub mod patches;
 pub mod pool2d;
 pub mod position_embedding;
 pub mod rules;
@@ -157,6 +158,7 @@ ops! {
         GlobalAvgPool(global_avg_pool::GlobalAvgPool),
         Add(add::Add),
         Mean(mean::Mean),
+        Patches(patches::Patches),
     }
 }
 

@@ -32,6 +32,7 @@ kernel_modules!(
     loss,
     lstm,
     norm_layers,
+    patches,
     per_example,
     pool,
     sequence,

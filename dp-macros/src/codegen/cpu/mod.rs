@@ -14,6 +14,7 @@ mod loss;
 mod lstm;
 mod mean;
 mod norm_layer;
+mod patches;
 mod pool;
 mod position_embedding;
 
@@ -46,6 +47,7 @@ impl Backend for Cpu {
             Step::GlobalAvgPool(s) => pool::global_forward(s),
             Step::Add(s) => add::forward(s),
             Step::Mean(s) => mean::forward(s),
+            Step::Patches(s) => patches::forward(s),
         }
     }
 
@@ -64,6 +66,7 @@ impl Backend for Cpu {
             Step::GlobalAvgPool(s) => pool::global_backward(s),
             Step::Add(s) => add::backward(s),
             Step::Mean(s) => mean::backward(s),
+            Step::Patches(s) => patches::backward(s),
         }
     }
 
