@@ -73,7 +73,8 @@ use proc_macro::TokenStream;
 /// `[T, d]`), `multi_head_attention(heads = H, causal = false, norms = ghost | direct)` (PyTorch's
 /// `nn.MultiheadAttention` as self-attention: `<field>.in_proj_weight` `[3d, d]`, `in_proj_bias`,
 /// `out_proj.weight` `[d, d]`, `out_proj.bias`, one group), `layer_norm` (over each position), `mean`
-/// and `first` (the first position) pooling `[T, d] → [d]`.
+/// and `first` (the first position) pooling `[T, d] → [d]`, and `patches(size = P)` (an image
+/// `[C, H, W]` as the sequence of its patches `[(H/P)·(W/P), C·P·P]`).
 #[proc_macro_attribute]
 pub fn dp_model(args: TokenStream, item: TokenStream) -> TokenStream {
     expand(args.into(), item.into()).into()

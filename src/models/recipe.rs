@@ -116,5 +116,7 @@ pub const MNIST_VIT: Recipe = Recipe {
     clip_norm: 1.0,
     lr: 0.5,
     final_lr_fraction: 0.1,
-    source: "not tuned: the MNIST CNN's batch and clip norm; see docs/MODELS.md for what it measured",
+    source:
+        "not tuned (the third of four guesses): the MNIST CNN's batch and clip norm; measured on the shipped \
+             MNIST: 85.90% at epsilon 3 (one run), docs/MODELS.md",
 };
