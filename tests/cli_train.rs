@@ -332,7 +332,17 @@ fn every_builtin_model_trains_with_only_data_and_a_target_epsilon() {
     let out = dp(&["models"]);
     let listing = text(&out.stdout);
     let recipes = &listing[listing.find("recipes:").expect("a recipe table")..];
-    for name in ["logreg", "ffnn", "mnist-cnn", "cifar10-cnn", "residual-cnn", "embedding", "lstm"] {
+    for name in [
+        "logreg",
+        "ffnn",
+        "mnist-cnn",
+        "mnist-vit",
+        "cifar10-cnn",
+        "residual-cnn",
+        "embedding",
+        "lstm",
+        "text-transformer",
+    ] {
         assert!(recipes.lines().any(|l| l.starts_with(name)), "{name} has no recipe line: {recipes}");
     }
     let out = dp(&["models", "--json"]);
@@ -371,6 +381,31 @@ fn every_builtin_model_trains_with_only_data_and_a_target_epsilon() {
         dp(&["train", "--model", "ffnn", "--data", ADULT, "--target-epsilon", "3", "--optimizer", "adam"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--lr is required with --optimizer adam"), "{}", text(&out.stderr));
+}
+
+/// `dp train --model mnist-vit` runs privately end to end (the text transformer's real-data runs are
+/// in docs/MODELS.md: evaluating it on the 4,492 test reviews takes minutes in a test build).
+#[test]
+fn the_vision_transformer_trains_privately_from_the_command_line() {
+    let dir = TempDir::new("vit");
+    let data = dir.path("mnist");
+    write_mnist(&data, 64, 28);
+    let mut args = vec!["train", "--model", "mnist-vit", "--data", s(&data), "--delta", "1e-3"];
+    args.extend_from_slice(&[
+        "--target-epsilon",
+        "3",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--seed",
+        "7",
+    ]);
+    let out = dp(&args);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("test accuracy") && stdout.contains("epsilon"), "{stdout}");
+    assert!(stderr.contains("stopped after 1 of"), "{stderr}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
-//! The sequence models of the founding paper: parameter counts, tensor names and shapes, the plan.
+//! The sequence models (the founding paper's, the text and vision transformers): parameter counts, tensor names
+//! and shapes, the plan.
 
-use dp::models::{EmbeddingNet, LstmNet};
+use dp::models::{EmbeddingNet, LstmNet, MnistVit, TextTransformer};
 use dp::prelude::*;
 use dp::NormStrategy;
 
@@ -104,6 +105,59 @@ fn describe_prints_each_layer_with_its_strategy() {
     let row = lstm.lines().find(|l| l.contains("lstm(hidden = 100)")).expect("an LSTM row");
     assert!(row.contains("direct") && row.contains("[256, 100]"), "{row}");
     assert!(lstm.starts_with("LstmNet: 1081002 parameters"), "{lstm}");
+}
+
+#[test]
+fn text_transformer_has_pytorch_names_and_the_planned_strategies() {
+    assert_eq!(TextTransformer::PARAM_COUNT, 1_562_370);
+    assert_eq!(TextTransformer::INPUT_SHAPE, &[128]);
+    assert_eq!(TextTransformer::VOCAB, 10_004);
+    let params = names_and_shapes::<TextTransformer>();
+    assert_eq!(params[..2], [("embedding.weight", &[10_004, 128][..]), ("position.weight", &[128, 128][..])]);
+    let attn: Vec<_> = params.iter().filter(|(n, _)| n.starts_with("block1_attn.")).copied().collect();
+    assert_eq!(
+        attn,
+        [
+            ("block1_attn.in_proj_weight", &[384, 128][..]),
+            ("block1_attn.in_proj_bias", &[384][..]),
+            ("block1_attn.out_proj.weight", &[128, 128][..]),
+            ("block1_attn.out_proj.bias", &[128][..]),
+        ]
+    );
+    assert_eq!(TextTransformer::GROUPS.len(), 14);
+    // Every position-wise projection's strategy is the shared cost model's (no memory cap is hit).
+    use dp::__private::kernels::per_example::{choose_strategy, DIRECT_MEMORY_CAP_BYTES};
+    let planned = |op: &str| TextTransformer::LAYERS.iter().find(|l| l.op == op).and_then(|l| l.strategy);
+    let cost_model = |t, d, p| Some(NormStrategy::from(choose_strategy(t, d, p, DIRECT_MEMORY_CAP_BYTES)));
+    assert_eq!(planned("multi_head_attention(heads = 4)"), cost_model(128, 128, 384));
+    assert_eq!(planned("linear(out = 256)"), cost_model(128, 128, 256));
+    assert_eq!(planned("linear(out = 128)"), cost_model(128, 256, 128));
+    let text = TextTransformer::describe();
+    println!("{text}");
+    let row = text.lines().find(|l| l.contains("multi_head_attention")).expect("an attention row");
+    assert!(row.contains("[128, 128]       [128, 128]"), "{row}");
+    let bytes: u64 = TextTransformer::LAYERS.iter().map(|l| l.bytes_per_example).sum();
+    assert_eq!(bytes, 4 * TextTransformer::WORKSPACE_PER_EXAMPLE as u64);
+}
+
+#[test]
+fn mnist_vit_cuts_49_patches_and_projects_them_position_wise() {
+    assert_eq!(MnistVit::PARAM_COUNT, 71_946);
+    let params = names_and_shapes::<MnistVit>();
+    assert_eq!(
+        params[..3],
+        [
+            ("patch_embedding.weight", &[64, 16][..]),
+            ("patch_embedding.bias", &[64][..]),
+            ("position.weight", &[49, 64][..])
+        ]
+    );
+    let text = MnistVit::describe();
+    println!("{text}");
+    let patches = text.lines().find(|l| l.contains("patches(size = 4)")).expect("a patches row");
+    assert!(patches.contains("[1, 28, 28]      [49, 16]"), "{patches}");
+    let bytes: u64 = MnistVit::LAYERS.iter().map(|l| l.bytes_per_example).sum();
+    assert_eq!(bytes, 4 * MnistVit::WORKSPACE_PER_EXAMPLE as u64);
 }
 
 #[test]

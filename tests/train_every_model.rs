@@ -5,7 +5,10 @@
 //! in the `reference_*` tests. This file shows that the compiled models and the runtime fit together
 //! for every model kind, including the ones without shipped data (CIFAR-10 shapes, IMDb shapes).
 
-use dp::models::{AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, ResidualCnn};
+use dp::models::{
+    AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, MnistVit, ResidualCnn,
+    TextTransformer,
+};
 use dp::optim::Sgd;
 use dp::{Dataset, DpModel, Loss, Trainer};
 use rand::{Rng, SeedableRng};
@@ -77,10 +80,12 @@ fn image_models_train() {
     dense::<MnistCnn>();
     dense::<Cifar10Cnn>();
     dense::<ResidualCnn>();
+    dense::<MnistVit>();
 }
 
 #[test]
 fn sequence_models_train() {
     tokens::<EmbeddingNet>();
     tokens::<LstmNet>();
+    tokens::<TextTransformer>();
 }

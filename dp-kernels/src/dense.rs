@@ -238,22 +238,23 @@ mod x86 {
     }
 }
 
-/// `dst_i = c_i·src_i` for each row, with c_i the example's factor for `group`; a row whose factor is
-/// exactly 0 becomes exactly 0 (never multiplied: 0·NaN would be NaN).
+/// `dst_r = c_i·src_r` for each row r of example i = r / positions, with c_i the example's factor for
+/// `group`; a row whose factor is exactly 0 becomes exactly 0 (never multiplied: 0·NaN would be NaN).
 #[allow(clippy::too_many_arguments)]
 pub fn scale_rows_into(
     src: &[f32],
     dst: &mut [f32],
     rows: usize,
+    positions: usize,
     cols: usize,
     factors: &[f32],
     groups: usize,
     group: usize,
 ) {
     let dst = &mut dst[..rows * cols];
-    for (i, d) in dst.chunks_exact_mut(cols.max(1)).enumerate() {
-        let c = factors[i * groups + group];
-        let s = &src[i * cols..(i + 1) * cols];
+    for (r, d) in dst.chunks_exact_mut(cols.max(1)).enumerate() {
+        let c = factors[(r / positions) * groups + group];
+        let s = &src[r * cols..(r + 1) * cols];
         if c == 0.0 {
             d.fill(0.0);
         } else {
@@ -262,33 +263,38 @@ pub fn scale_rows_into(
     }
 }
 
-/// Copies `src` to `dst` with the rows of examples whose factor for `group` is exactly 0 zeroed.
+/// Copies `src` to `dst` with the rows of examples (`positions` rows each) whose factor for `group` is
+/// exactly 0 zeroed.
+#[allow(clippy::too_many_arguments)]
 pub fn mask_rows_into(
     src: &[f32],
     dst: &mut [f32],
     rows: usize,
+    positions: usize,
     cols: usize,
     factors: &[f32],
     groups: usize,
     group: usize,
 ) {
     let dst = &mut dst[..rows * cols];
-    for (i, d) in dst.chunks_exact_mut(cols.max(1)).enumerate() {
-        if factors[i * groups + group] == 0.0 {
+    for (r, d) in dst.chunks_exact_mut(cols.max(1)).enumerate() {
+        if factors[(r / positions) * groups + group] == 0.0 {
             d.fill(0.0);
         } else {
-            d.copy_from_slice(&src[i * cols..(i + 1) * cols]);
+            d.copy_from_slice(&src[r * cols..(r + 1) * cols]);
         }
     }
 }
 
-/// Whether any example's factor for `group` is exactly 0.
-pub fn any_zero_factor(factors: &[f32], rows: usize, groups: usize, group: usize) -> bool {
-    (0..rows).any(|i| factors[i * groups + group] == 0.0)
+/// Whether any of `examples` examples' factor for `group` is exactly 0.
+pub fn any_zero_factor(factors: &[f32], examples: usize, groups: usize, group: usize) -> bool {
+    (0..examples).any(|i| factors[i * groups + group] == 0.0)
 }
 
 /// The private accumulation of a linear layer by book-keeping, from the `a` and δ kept by the backward
-/// pass: g_W += (c⊙Δ)ᵀ·A as ONE GEMM, g_b += Σ_i c_i δ_i. `scratch_delta` (`rows·out`) receives c⊙Δ;
+/// pass: g_W += (c⊙Δ)ᵀ·A as ONE GEMM, g_b += Σ_i c_i δ_i. A layer applied at `positions` positions of
+/// each example (a position-wise layer over a sequence; 1 for a vector) has `positions` consecutive
+/// rows per example, all scaled by its factor. `scratch_delta` (`rows·out`) receives c⊙Δ;
 /// `scratch_a` (`rows·in`) receives A with the rows of zero-factor examples zeroed, and is only
 /// written when such an example exists, so a non-finite input of an excluded example never leaks.
 #[allow(clippy::too_many_arguments)]
@@ -296,6 +302,7 @@ pub fn linear_clipped_grad_add(
     a: &[f32],
     delta: &[f32],
     rows: usize,
+    positions: usize,
     inputs: usize,
     outputs: usize,
     factors: &[f32],
@@ -306,10 +313,12 @@ pub fn linear_clipped_grad_add(
     grad_weight: &mut [f32],
     grad_bias: Option<&mut [f32]>,
 ) {
-    assert!(factors.len() >= rows * groups && group < groups);
-    scale_rows_into(delta, scratch_delta, rows, outputs, factors, groups, group);
-    let a = if any_zero_factor(factors, rows, groups, group) {
-        mask_rows_into(a, scratch_a, rows, inputs, factors, groups, group);
+    assert!(positions > 0 && rows.is_multiple_of(positions), "{rows} rows of {positions} positions");
+    let examples = rows / positions;
+    assert!(factors.len() >= examples * groups && group < groups);
+    scale_rows_into(delta, scratch_delta, rows, positions, outputs, factors, groups, group);
+    let a = if any_zero_factor(factors, examples, groups, group) {
+        mask_rows_into(a, scratch_a, rows, positions, inputs, factors, groups, group);
         &scratch_a[..rows * inputs]
     } else {
         &a[..rows * inputs]
@@ -409,6 +418,7 @@ mod tests {
                 &a,
                 &d,
                 rows,
+                1,
                 n_in,
                 n_out,
                 &factors,
@@ -476,6 +486,7 @@ mod tests {
             &a,
             &d,
             rows,
+            1,
             n_in,
             n_out,
             &factors,

@@ -67,6 +67,116 @@ pub fn sgemm_serial(
     sgemm_with(false, op_a, op_b, m, n, k, alpha, a, b, beta, c);
 }
 
+/// A row-major matrix operand inside a larger buffer: its rows start `stride` values apart (a head's
+/// columns of a `[T, 3d]` projection, say), used as stored (`Op::N`) or transposed (`Op::T`).
+#[derive(Debug, Clone, Copy)]
+pub struct Strided<'a> {
+    pub data: &'a [f32],
+    pub stride: usize,
+    pub op: Op,
+}
+
+/// `c = beta·c + alpha·op(a)·op(b)` on the calling thread, every operand with its own row stride:
+/// `op(a)` is `m×k`, `op(b)` `k×n`, `c` `m×n` with rows `c_stride` apart (only its `m×n` entries are
+/// touched). For products inside a loop that is already parallel (attention heads per example).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_strided_serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: Strided<'_>,
+    b: Strided<'_>,
+    beta: f32,
+    c: &mut [f32],
+    c_stride: usize,
+) {
+    /// The values a `rows×cols` matrix with rows `stride` apart reaches (0 for an empty one).
+    fn reach(rows: usize, cols: usize, stride: usize) -> usize {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * stride + cols
+        }
+    }
+    /// (rows, cols) as stored, and the (row, column) strides of the operand as used.
+    fn layout(x: &Strided<'_>, rows_used: usize, cols_used: usize) -> ((usize, usize), (isize, isize)) {
+        match x.op {
+            Op::N => ((rows_used, cols_used), (x.stride as isize, 1)),
+            Op::T => ((cols_used, rows_used), (1, x.stride as isize)),
+        }
+    }
+    let ((ar, ac), (a_rs, a_cs)) = layout(&a, m, k);
+    let ((br, bc), (b_rs, b_cs)) = layout(&b, k, n);
+    assert!(ac <= a.stride || ar <= 1, "sgemm_strided: a's rows overlap");
+    assert!(bc <= b.stride || br <= 1, "sgemm_strided: b's rows overlap");
+    assert!(n <= c_stride || m <= 1, "sgemm_strided: c's rows overlap");
+    assert!(a.data.len() >= reach(ar, ac, a.stride), "sgemm_strided: a has {} values", a.data.len());
+    assert!(b.data.len() >= reach(br, bc, b.stride), "sgemm_strided: b has {} values", b.data.len());
+    assert!(c.len() >= reach(m, n, c_stride), "sgemm_strided: c has {} values", c.len());
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for row in 0..m {
+            scale(&mut c[row * c_stride..], n, beta);
+        }
+        return;
+    }
+    // SAFETY: the asserts above bound every index the strides reach: the largest offset of each
+    // operand is (rows − 1)·row stride + (cols − 1), inside its slice, and c's rows do not overlap.
+    unsafe {
+        call_gemm(
+            (m, n, k),
+            (c.as_mut_ptr(), c_stride as isize),
+            (a.data.as_ptr(), a_rs, a_cs),
+            (b.data.as_ptr(), b_rs, b_cs),
+            (alpha, beta),
+            Parallelism::None,
+        );
+    }
+}
+
+/// `c = beta·c + alpha·a·b` through the `gemm` crate, every operand a pointer with its (row, column)
+/// strides (`c`'s column stride 1).
+///
+/// # Safety
+/// Every index the strides reach for an `m×k` `a`, a `k×n` `b` and an `m×n` `c` must be inside the
+/// operand's allocation, and `c`'s entries must not overlap each other or `a` and `b`.
+unsafe fn call_gemm(
+    (m, n, k): (usize, usize, usize),
+    (c, c_rs): (*mut f32, isize),
+    (a, a_rs, a_cs): (*const f32, isize, isize),
+    (b, b_rs, b_cs): (*const f32, isize, isize),
+    (alpha, beta): (f32, f32),
+    parallelism: Parallelism,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c,
+            1,
+            c_rs,
+            beta != 0.0,
+            a,
+            a_cs,
+            a_rs,
+            b,
+            b_cs,
+            b_rs,
+            beta,
+            alpha,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn sgemm_with(
     parallel: bool,
@@ -104,25 +214,12 @@ fn sgemm_with(
     // SAFETY: the asserts above bound every index the strides reach: a row-major m×k (or k×m)
     // matrix with these strides addresses exactly a[0..m*k], likewise b and c.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            beta != 0.0,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            beta,
-            alpha,
-            false,
-            false,
-            false,
+        call_gemm(
+            (m, n, k),
+            (c.as_mut_ptr(), n as isize),
+            (a.as_ptr(), a_rs, a_cs),
+            (b.as_ptr(), b_rs, b_cs),
+            (alpha, beta),
             parallelism,
         );
     }
@@ -182,6 +279,35 @@ mod tests {
                                 "{m}x{n}x{k} {op_a:?}{op_b:?} serial {serial}"
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strided_products_match_naive_on_column_blocks() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+        let (m, n, k, extra) = (5, 4, 3, 2);
+        for op_a in [Op::N, Op::T] {
+            for op_b in [Op::N, Op::T] {
+                let (ar, ac) = if op_a == Op::N { (m, k) } else { (k, m) };
+                let (br, bc) = if op_b == Op::N { (k, n) } else { (n, k) };
+                let (sa, sb, sc) = (ac + extra, bc + extra + 1, n + extra);
+                let a: Vec<f32> = (0..ar * sa).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let b: Vec<f32> = (0..br * sb).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let dense_a: Vec<f32> = (0..ar).flat_map(|r| a[r * sa..r * sa + ac].to_vec()).collect();
+                let dense_b: Vec<f32> = (0..br).flat_map(|r| b[r * sb..r * sb + bc].to_vec()).collect();
+                let want = naive(op_a, op_b, m, n, k, &dense_a, &dense_b);
+                let mut c = vec![7.0f32; m * sc];
+                let (a, b) =
+                    (Strided { data: &a, stride: sa, op: op_a }, Strided { data: &b, stride: sb, op: op_b });
+                sgemm_strided_serial(m, n, k, 0.5, a, b, 0.0, &mut c, sc);
+                for i in 0..m {
+                    for j in 0..sc {
+                        let got = c[i * sc + j] as f64;
+                        let w = if j < n { 0.5 * want[i * n + j] } else { 7.0 };
+                        assert!((got - w).abs() < 1e-5, "{op_a:?}{op_b:?} ({i}, {j}): {got} vs {w}");
                     }
                 }
             }

@@ -5,6 +5,7 @@
 
 pub mod activation;
 pub mod arena;
+pub mod attention;
 pub mod conv;
 pub mod conv_chunks;
 pub mod dense;
@@ -14,6 +15,7 @@ pub mod gemm;
 pub mod loss;
 pub mod lstm;
 pub mod norm_layers;
+pub mod patches;
 pub mod per_example;
 pub mod pool;
 pub mod sequence;

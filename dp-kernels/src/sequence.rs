@@ -1,4 +1,5 @@
-//! Mean over the sequence axis: `[batch][T][D] → [batch][D]`, and its backward.
+//! Pooling over the sequence axis, `[batch][T][D] → [batch][D]`: the mean, or the first position (a
+//! transformer's class token), and their backward passes.
 
 use rayon::prelude::*;
 
@@ -39,6 +40,46 @@ pub fn mean_over_sequence_backward(batch: usize, steps: usize, dim: usize, dout:
     });
 }
 
+/// `out[i] = x[i] + table` for every example (`len` values each): a learned position embedding.
+pub fn add_table_forward(batch: usize, len: usize, x: &[f32], table: &[f32], out: &mut [f32]) {
+    assert!(
+        x.len() >= batch * len && out.len() >= batch * len,
+        "table add: {} / {} values",
+        x.len(),
+        out.len()
+    );
+    assert_eq!(table.len(), len, "table add: the table has {} values, not {len}", table.len());
+    if len == 0 {
+        return;
+    }
+    out[..batch * len].par_chunks_mut(len).zip(x[..batch * len].par_chunks(len)).for_each(|(o, xi)| {
+        for ((o, &a), &b) in o.iter_mut().zip(xi).zip(table) {
+            *o = a + b;
+        }
+    });
+}
+
+/// `out[i][k] = x[i][0][k]`.
+pub fn first_of_sequence_forward(batch: usize, steps: usize, dim: usize, x: &[f32], out: &mut [f32]) {
+    assert!(steps > 0, "first position of an empty sequence");
+    assert!(x.len() >= batch * steps * dim, "sequence first: input has {} values", x.len());
+    assert!(out.len() >= batch * dim, "sequence first: output has {} values", out.len());
+    for i in 0..batch {
+        out[i * dim..(i + 1) * dim].copy_from_slice(&x[i * steps * dim..i * steps * dim + dim]);
+    }
+}
+
+/// `dx[i][0] = dout[i]`, `dx[i][t] = 0` for t > 0 (overwrites `dx`).
+pub fn first_of_sequence_backward(batch: usize, steps: usize, dim: usize, dout: &[f32], dx: &mut [f32]) {
+    assert!(dout.len() >= batch * dim, "sequence first: output gradient has {} values", dout.len());
+    assert!(dx.len() >= batch * steps * dim, "sequence first: input gradient has {} values", dx.len());
+    for i in 0..batch {
+        let d = &mut dx[i * steps * dim..(i + 1) * steps * dim];
+        d[..dim].copy_from_slice(&dout[i * dim..(i + 1) * dim]);
+        d[dim..].fill(0.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +105,17 @@ mod tests {
             let gx = finite_difference(&xi, 1e-6, |x| dot(&reference(x), &ri));
             assert_close("dx", &dx[i * steps * dim..(i + 1) * steps * dim], &gx, 1e-6);
         }
+    }
+
+    #[test]
+    fn first_position_forward_and_backward() {
+        let (batch, steps, dim) = (2, 3, 2);
+        let x: Vec<f32> = (0..batch * steps * dim).map(|v| v as f32).collect();
+        let mut out = vec![f32::NAN; batch * dim];
+        first_of_sequence_forward(batch, steps, dim, &x, &mut out);
+        assert_eq!(out, [0.0, 1.0, 6.0, 7.0]);
+        let mut dx = vec![f32::NAN; batch * steps * dim];
+        first_of_sequence_backward(batch, steps, dim, &[1.0, 2.0, 3.0, 4.0], &mut dx);
+        assert_eq!(dx, [1.0, 2.0, 0.0, 0.0, 0.0, 0.0, 3.0, 4.0, 0.0, 0.0, 0.0, 0.0]);
     }
 }

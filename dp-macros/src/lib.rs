@@ -47,12 +47,14 @@ use proc_macro::TokenStream;
 /// ```
 ///
 /// On an inline `mod` holding the struct and an `impl` with `fn forward(&self, x: Input) -> Output`,
-/// the forward (let bindings, `self.field(value)`, `+`, `.relu()`, `.tanh()`, `.sigmoid()`, `.gelu()`, `.silu()`) gives the
+/// the forward (let bindings, `self.field(value)`, `+`, `.relu()`, `.tanh()`, `.sigmoid()`, `.gelu()`, `.silu()`,
+/// `.gelu_exact()`) gives the
 /// graph instead of the field order (a residual network).
 ///
 /// Arguments: `input = [d, ...]` (one example's shape) and `loss = cross_entropy(classes = K)`,
 /// `binary_cross_entropy` (one logit) or `mse`. Ops: `linear(out = N, in = M, bias = false)` (`in` and
-/// `bias` optional), `relu`, `tanh`, `sigmoid`, `gelu` (tanh form), `silu`, `flatten`, `conv2d(out, kernel, stride = 1, padding = 0, dilation = 1,
+/// `bias` optional; on a sequence `[T, d]` applied at every position), `relu`, `tanh`, `sigmoid`, `gelu`
+/// (tanh form), `gelu_exact` (erf form), `silu`, `flatten`, `conv2d(out, kernel, stride = 1, padding = 0, dilation = 1,
 /// groups = 1, bias = true)`, `max_pool2d(kernel, stride = kernel, padding = 0)`, `avg_pool2d(...)`,
 /// `global_avg_pool`, `group_norm(groups)`, `layer_norm`; `linear` and `conv2d` take
 /// `norms = ghost | direct` to force their norm strategy. Field order is forward order; a field's type
@@ -66,6 +68,13 @@ use proc_macro::TokenStream;
 /// `[T, d] → [T, H]` (zero initial state, gates i, f, g, o; `<field>.weight_ih_l0` `[4H, d]`,
 /// `<field>.weight_hh_l0` `[4H, H]` and one bias `<field>.bias_ih_l0` `[4H]`, PyTorch's
 /// `bias_ih_l0 + bias_hh_l0`; U(−1/√H, 1/√H) init), one parameter group.
+///
+/// Transformer ops on a sequence `[T, d]`: `position_embedding` (`x + P`, table `<field>.weight`
+/// `[T, d]`), `multi_head_attention(heads = H, causal = false, norms = ghost | direct)` (PyTorch's
+/// `nn.MultiheadAttention` as self-attention: `<field>.in_proj_weight` `[3d, d]`, `in_proj_bias`,
+/// `out_proj.weight` `[d, d]`, `out_proj.bias`, one group), `layer_norm` (over each position), `mean`
+/// and `first` (the first position) pooling `[T, d] → [d]`, and `patches(size = P)` (an image
+/// `[C, H, W]` as the sequence of its patches `[(H/P)·(W/P), C·P·P]`).
 #[proc_macro_attribute]
 pub fn dp_model(args: TokenStream, item: TokenStream) -> TokenStream {
     expand(args.into(), item.into()).into()

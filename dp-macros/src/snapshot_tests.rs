@@ -68,6 +68,36 @@ fn small_lstm() -> (TokenStream, TokenStream) {
     )
 }
 
+/// The built-in `TextTransformer` (`src/models/text_transformer.rs`, read from its source): the
+/// transformer path of the compiler (position embedding, attention, position-wise linear layers, layer
+/// norm per position, residual sums, mean pooling).
+fn text_transformer() -> (TokenStream, TokenStream) {
+    let source = include_str!("../../src/models/text_transformer.rs");
+    let file = syn::parse_file(source).expect("the model's source parses");
+    let mut module = file
+        .items
+        .into_iter()
+        .find_map(|item| match item {
+            syn::Item::Mod(m) => Some(m),
+            _ => None,
+        })
+        .expect("the model is an inline module");
+    let at = module
+        .attrs
+        .iter()
+        .position(|a| a.path().segments.last().is_some_and(|s| s.ident == "dp_model"))
+        .expect("the module carries #[dp_model(...)]");
+    let attr = module.attrs.remove(at);
+    let args = attr.meta.require_list().expect("#[dp_model(...)] has arguments").tokens.clone();
+    (args, quote!(#module))
+}
+
+#[test]
+fn text_transformer_expansion() {
+    let (args, item) = text_transformer();
+    insta::assert_snapshot!(pretty(expand(args, item)));
+}
+
 #[test]
 fn small_cnn_expansion() {
     let (args, item) = small_cnn();

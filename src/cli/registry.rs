@@ -14,8 +14,8 @@ use super::datasets::{
 };
 use crate::models::recipe::{self, Recipe};
 use crate::models::{
-    AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, MnistCnnTanh, ResidualCnn,
-    ScatterCnn,
+    AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, MnistCnnTanh, MnistVit,
+    ResidualCnn, ScatterCnn, TextTransformer,
 };
 
 /// What a command learns about the model it was dispatched to, besides its type.
@@ -71,10 +71,12 @@ models! {
     "mnist-cnn" => MnistCnn, MnistData, recipe::MNIST_CNN, "the founding paper's MNIST CNN (two conv layers, two linear)";
     "mnist-cnn-tanh" => MnistCnnTanh, MnistData, recipe::MNIST_CNN_TANH, "the MNIST CNN with tanh (Papernot et al. 2021)";
     "scatter-cnn" => ScatterCnn, ScatteredMnistData, recipe::SCATTER_CNN, "ScatterNet features (J = 2, L = 8) + group norm + a small tanh CNN (Tramer & Boneh 2021)";
+    "mnist-vit" => MnistVit, MnistData, recipe::MNIST_VIT, "a two-layer vision transformer on MNIST (4×4 patches as tokens, d = 64, 4 heads)";
     "cifar10-cnn" => Cifar10Cnn, Cifar10Data, recipe::CIFAR10_CNN, "the founding paper's CIFAR-10 CNN";
     "residual-cnn" => ResidualCnn, Cifar10Data, recipe::CIFAR10_CNN, "a residual CNN with group norm on CIFAR-10";
     "embedding" => EmbeddingNet, ReviewsData, recipe::TEXT, "the founding paper's embedding network on token sequences";
     "lstm" => LstmNet, ReviewsData, recipe::TEXT, "the founding paper's LSTM on token sequences (one bias per gate)";
+    "text-transformer" => TextTransformer, ReviewsData, recipe::TEXT_TRANSFORMER, "a two-layer pre-norm transformer encoder (d = 128, 4 heads, T = 128) on token sequences";
 }
 
 /// A kind of data `dp train --data PATH` recognises without `--model`, and the model it recommends.

@@ -1,5 +1,5 @@
 //! `torch.nn.Linear` (weight `[out, in]`, `y = W x + b`), the elementwise activations relu, tanh,
-//! sigmoid, GELU (tanh form) and SiLU, and flatten (which, on row-major NCHW data, leaves the values in place).
+//! sigmoid, GELU (tanh and exact forms) and SiLU, and flatten (which, on row-major NCHW data, leaves the values in place).
 
 /// `y_o = Σ_j W[o, j] x_j + b_o`, with `w` of shape `[outputs, inputs]`.
 pub fn linear_forward(w: &[f64], b: Option<&[f64]>, x: &[f64], outputs: usize) -> Vec<f64> {
@@ -37,11 +37,18 @@ pub enum Activation {
     Gelu,
     /// `torch.nn.SiLU`.
     Silu,
+    /// `torch.nn.GELU()` (the exact form, `x·Φ(x)`).
+    GeluExact,
 }
 
 /// √(2/π) and the cubic coefficient of GELU's tanh form.
 const GELU_SCALE: f64 = 0.797_884_560_802_865_4;
 const GELU_CUBIC: f64 = 0.044_715;
+
+/// Φ(x), the standard normal distribution function, through `libm`'s f64 `erf`.
+pub fn normal_cdf(x: f64) -> f64 {
+    0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+}
 
 /// The logistic function `1 / (1 + e^{−x})`.
 pub fn sigmoid(x: f64) -> f64 {
@@ -57,6 +64,7 @@ impl Activation {
             Activation::Sigmoid => sigmoid(x),
             Activation::Gelu => 0.5 * x * (1.0 + (GELU_SCALE * (x + GELU_CUBIC * x.powi(3))).tanh()),
             Activation::Silu => x * sigmoid(x),
+            Activation::GeluExact => x * normal_cdf(x),
         }
     }
 
@@ -71,6 +79,9 @@ impl Activation {
                 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x)
             }
             Activation::Silu => sigmoid(x) * (1.0 + x * (1.0 - sigmoid(x))),
+            Activation::GeluExact => {
+                normal_cdf(x) + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
+            }
         }
     }
 

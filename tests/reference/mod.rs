@@ -9,6 +9,7 @@
 // Each test file uses its own part of this module.
 #![allow(dead_code)]
 
+pub mod attention;
 pub mod conv;
 pub mod dense;
 pub mod embedding;

@@ -6,6 +6,7 @@
 
 use std::ops::Range;
 
+use super::attention::Mha;
 use super::conv::{conv2d_backward, conv2d_forward, Conv2dGeom};
 use super::dense::{linear_backward, linear_forward, Activation};
 use super::embedding::{
@@ -22,7 +23,8 @@ use super::pool::{
 /// One op of a reference network; `name` is the PyTorch module name its parameters hang under.
 #[derive(Clone, Debug)]
 pub enum Op {
-    /// `[in] → [out]`; parameters `name.weight [out, in]`, `name.bias [out]`.
+    /// `[in] → [out]`, or at every position `[T, in] → [T, out]`; parameters `name.weight [out, in]`,
+    /// `name.bias [out]`.
     Linear {
         name: &'static str,
         out: usize,
@@ -63,6 +65,24 @@ pub enum Op {
     },
     /// `[T, D] → [D]`.
     MeanOverSequence,
+    /// `[T, D] → [D]`: the first position.
+    FirstOfSequence,
+    /// `[C, H, W] → [(H/P)(W/P), C·P·P]`: the image's `P×P` patches in row-major order, each
+    /// ordered `[C][P][P]` (what `Conv2d(kernel_size = P, stride = P)` reads).
+    Patches {
+        size: usize,
+    },
+    /// `[T, D] → [T, D]`, `x + P`; parameter `name.weight [T, D]`.
+    PositionEmbedding {
+        name: &'static str,
+    },
+    /// Self-attention `[T, D] → [T, D]` (see `attention.rs`); parameters `name.in_proj_weight [3D, D]`,
+    /// `name.in_proj_bias [3D]`, `name.out_proj.weight [D, D]`, `name.out_proj.bias [D]`.
+    MultiHeadAttention {
+        name: &'static str,
+        heads: usize,
+        causal: bool,
+    },
     /// `[T, I] → [T, hidden]`; parameters `name.weight_ih_l0 [4H, I]`, `name.weight_hh_l0 [4H, H]` and
     /// every bias named in `biases` (each `[4H]`; the forward adds them all, each gets the gradient).
     Lstm {
@@ -206,12 +226,30 @@ fn tokens(x: &[f64]) -> Vec<usize> {
     x.iter().map(|&v| v as usize).collect()
 }
 
+/// For each value of the patch sequence, the index of the image value it is.
+fn patch_order(shape: &[usize], p: usize) -> Vec<usize> {
+    let (c, h, w) = (shape[0], shape[1], shape[2]);
+    let mut order = Vec::with_capacity(c * h * w);
+    for py in 0..h / p {
+        for px in 0..w / p {
+            for ch in 0..c {
+                for dy in 0..p {
+                    for dx in 0..p {
+                        order.push((ch * h + py * p + dy) * w + px * p + dx);
+                    }
+                }
+            }
+        }
+    }
+    order
+}
+
 /// The parameters `op` reads on input `shape`: (name, shape).
 fn op_params(op: &Op, shape: &[usize]) -> Vec<(String, Vec<usize>)> {
     let p = |name: &str, suffix: &str, s: Vec<usize>| (format!("{name}.{suffix}"), s);
     match op {
         Op::Linear { name, out, bias } => {
-            let mut v = vec![p(name, "weight", vec![*out, shape.iter().product()])];
+            let mut v = vec![p(name, "weight", vec![*out, *shape.last().unwrap()])];
             v.extend(bias.then(|| p(name, "bias", vec![*out])));
             v
         }
@@ -228,6 +266,16 @@ fn op_params(op: &Op, shape: &[usize]) -> Vec<(String, Vec<usize>)> {
             vec![p(name, "weight", vec![shape[0]]), p(name, "bias", vec![shape[0]])]
         }
         Op::Embedding { name, vocab, dim } => vec![p(name, "weight", vec![*vocab, *dim])],
+        Op::PositionEmbedding { name } => vec![p(name, "weight", shape.to_vec())],
+        Op::MultiHeadAttention { name, .. } => {
+            let d = shape[1];
+            vec![
+                p(name, "in_proj_weight", vec![3 * d, d]),
+                p(name, "in_proj_bias", vec![3 * d]),
+                p(name, "out_proj.weight", vec![d, d]),
+                p(name, "out_proj.bias", vec![d]),
+            ]
+        }
         Op::Lstm { name, hidden, biases } => {
             let mut v = vec![
                 p(name, "weight_ih_l0", vec![4 * hidden, shape[1]]),
@@ -252,10 +300,11 @@ fn op_params(op: &Op, shape: &[usize]) -> Vec<(String, Vec<usize>)> {
 /// The output shape of `op` on input `shape`.
 pub fn output_shape(op: &Op, shape: &[usize]) -> Vec<usize> {
     match op {
-        Op::Linear { out, .. } => {
-            assert_eq!(shape.len(), 1, "linear takes a vector; flatten first (got {shape:?})");
-            vec![*out]
-        }
+        Op::Linear { out, .. } => match shape.len() {
+            1 => vec![*out],
+            2 => vec![shape[0], *out],
+            _ => panic!("linear takes a vector or a sequence; flatten first (got {shape:?})"),
+        },
         Op::Conv2d(c) => {
             let (h, w) = c.geom(shape).output_size();
             vec![c.out, h, w]
@@ -267,7 +316,18 @@ pub fn output_shape(op: &Op, shape: &[usize]) -> Vec<usize> {
         Op::GlobalAvgPool => vec![shape[0]],
         Op::Flatten => vec![shape.iter().product()],
         Op::Embedding { dim, .. } => vec![shape[0], *dim],
-        Op::MeanOverSequence => vec![shape[1]],
+        Op::MeanOverSequence | Op::FirstOfSequence => vec![shape[1]],
+        Op::Patches { size } => {
+            assert!(
+                shape.len() == 3 && shape[1].is_multiple_of(*size) && shape[2].is_multiple_of(*size),
+                "patches of {shape:?}"
+            );
+            vec![(shape[1] / size) * (shape[2] / size), shape[0] * size * size]
+        }
+        Op::PositionEmbedding { .. } | Op::MultiHeadAttention { .. } => {
+            assert_eq!(shape.len(), 2, "a sequence op takes [T, D], got {shape:?}");
+            shape.to_vec()
+        }
         Op::Lstm { hidden, .. } => vec![shape[0], *hidden],
         Op::LayerNorm { .. } => {
             assert!(matches!(shape.len(), 1 | 2), "layer_norm takes [D] or [T, D], got {shape:?}");
@@ -321,9 +381,10 @@ impl Network {
     fn forward_op(&self, op: &Op, params: &[f64], x: &[f64], shape: &[usize]) -> Vec<f64> {
         match op {
             Op::Linear { name, out, bias } => {
-                let w = self.param(params, name, "weight", &[*out, x.len()]);
+                let inputs = *shape.last().unwrap();
+                let w = self.param(params, name, "weight", &[*out, inputs]);
                 let b = bias.then(|| self.param(params, name, "bias", &[*out]));
-                linear_forward(w, b, x, *out)
+                x.chunks(inputs).flat_map(|row| linear_forward(w, b, row, *out)).collect()
             }
             Op::Conv2d(c) => {
                 let w = self.param(params, c.name, "weight", &c.weight_shape(shape));
@@ -355,6 +416,15 @@ impl Network {
                 embedding_forward(self.param(params, name, "weight", &[*vocab, *dim]), *dim, &tokens(x))
             }
             Op::MeanOverSequence => mean_over_sequence_forward(x, shape[1]),
+            Op::FirstOfSequence => x[..shape[1]].to_vec(),
+            Op::Patches { size } => patch_order(shape, *size).iter().map(|&k| x[k]).collect(),
+            Op::PositionEmbedding { name } => {
+                let table = self.param(params, name, "weight", shape);
+                x.iter().zip(table).map(|(a, b)| a + b).collect()
+            }
+            Op::MultiHeadAttention { name, heads, causal } => {
+                self.mha(params, name, *heads, *causal, shape[1]).forward(x, shape[1])
+            }
             Op::Lstm { name, hidden, biases } => {
                 let bias = self.lstm_bias(params, name, *hidden, biases);
                 lstm_forward(&self.lstm_params(params, name, *hidden, shape[1], &bias), x)
@@ -363,6 +433,17 @@ impl Network {
                 let inner = self.forward_seq(body, params, x, shape).pop().unwrap().0;
                 x.iter().zip(inner).map(|(a, b)| a + b).collect()
             }
+        }
+    }
+
+    fn mha<'a>(&self, params: &'a [f64], name: &str, heads: usize, causal: bool, d: usize) -> Mha<'a> {
+        Mha {
+            in_weight: self.param(params, name, "in_proj_weight", &[3 * d, d]),
+            in_bias: self.param(params, name, "in_proj_bias", &[3 * d]),
+            out_weight: self.param(params, name, "out_proj.weight", &[d, d]),
+            out_bias: self.param(params, name, "out_proj.bias", &[d]),
+            heads,
+            causal,
         }
     }
 
@@ -410,11 +491,16 @@ impl Network {
     ) -> Vec<f64> {
         match op {
             Op::Linear { name, out, bias } => {
-                let w = self.param(params, name, "weight", &[*out, x.len()]);
-                let (dx, dw, db) = linear_backward(w, x, dy);
-                self.accumulate(grad, name, "weight", &[*out, x.len()], &dw);
-                if *bias {
-                    self.accumulate(grad, name, "bias", &[*out], &db);
+                let inputs = *shape.last().unwrap();
+                let w = self.param(params, name, "weight", &[*out, inputs]);
+                let mut dx = Vec::with_capacity(x.len());
+                for (row, drow) in x.chunks(inputs).zip(dy.chunks(*out)) {
+                    let (dxr, dw, db) = linear_backward(w, row, drow);
+                    self.accumulate(grad, name, "weight", &[*out, inputs], &dw);
+                    if *bias {
+                        self.accumulate(grad, name, "bias", &[*out], &db);
+                    }
+                    dx.extend(dxr);
                 }
                 dx
             }
@@ -463,6 +549,29 @@ impl Network {
                 vec![0.0; x.len()] // token ids have no gradient
             }
             Op::MeanOverSequence => mean_over_sequence_backward(dy, shape[0]),
+            Op::Patches { size } => {
+                let mut dx = vec![0.0; x.len()];
+                patch_order(shape, *size).iter().zip(dy).for_each(|(&k, g)| dx[k] += g);
+                dx
+            }
+            Op::FirstOfSequence => {
+                let mut dx = vec![0.0; x.len()];
+                dx[..shape[1]].copy_from_slice(dy);
+                dx
+            }
+            Op::PositionEmbedding { name } => {
+                self.accumulate(grad, name, "weight", shape, dy);
+                dy.to_vec()
+            }
+            Op::MultiHeadAttention { name, heads, causal } => {
+                let d = shape[1];
+                let g = self.mha(params, name, *heads, *causal, d).backward(x, d, dy);
+                self.accumulate(grad, name, "in_proj_weight", &[3 * d, d], &g.in_weight);
+                self.accumulate(grad, name, "in_proj_bias", &[3 * d], &g.in_bias);
+                self.accumulate(grad, name, "out_proj.weight", &[d, d], &g.out_weight);
+                self.accumulate(grad, name, "out_proj.bias", &[d], &g.out_bias);
+                g.input
+            }
             Op::Lstm { name, hidden, biases } => {
                 let h = *hidden;
                 let bias = self.lstm_bias(params, name, h, biases);

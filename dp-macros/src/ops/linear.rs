@@ -1,9 +1,14 @@
-//! `linear(out = N, in = M, bias = B, norms = ghost | direct)`: y = a·Wᵀ + b over a flat vector, with
-//! the activation after it fused into its output pass.
+//! `linear(out = N, in = M, bias = B, norms = ghost | direct)`: y = a·Wᵀ + b over a flat vector `[d]`,
+//! or position-wise over a sequence `[T, d] → [T, N]` (the same weight at every position), with the
+//! activation after it fused into its output pass.
 //!
-//! One position per example, so its ghost norm is the Goodfellow identity ‖g_W‖² = ‖a‖²‖δ‖²,
-//! ‖g_b‖² = ‖δ‖². The gradient of its output is its δ buffer, which the element-wise ops between it
-//! and the next layer work on in place, so a chain needs no other gradient buffers.
+//! On a vector (one position per example) its ghost norm is the Goodfellow identity
+//! ‖g_W‖² = ‖a‖²‖δ‖², ‖g_b‖² = ‖δ‖². On a sequence it is a `dp_spec::PositionalLayer` of T positions,
+//! like an LSTM weight: the per-example gradient Σ_t δ_t a_tᵀ, its norm by ghost norms over the T×T
+//! Gram matrices or directly, as the planner's cost model (or `norms`) chooses. The clipped sum is one
+//! GEMM over all B·T rows with each example's rows scaled by its factor. The gradient of its output is
+//! its δ buffer, which the element-wise ops between it and the next layer work on in place, so a
+//! chain needs no other gradient buffers.
 
 use super::activation::function::Act;
 use super::rules::OpRules;
@@ -15,7 +20,7 @@ use crate::plan::params::Init;
 use crate::plan::planner::{Planner, SharedScratch};
 use crate::shape::{show, Shape};
 use crate::syntax::{OpSyntax, Spanned};
-use dp_spec::cost::{direct_flops, direct_scratch_len};
+use dp_spec::cost::{norm_flops, scratch_len};
 use dp_spec::{NormStrategy, PositionalLayer, Strategy};
 
 /// `linear(out = N, in = M, bias = B)`.
@@ -38,6 +43,8 @@ pub struct DenseStep {
     pub output: usize,
     /// Arena buffer of δ (the gradient of the pre-activation), kept for norms and clipped sums.
     pub delta: usize,
+    /// Positions per example: 1 on a vector, T on a sequence `[T, d]`.
+    pub positions: usize,
     pub inputs: usize,
     pub outputs: usize,
     pub act: Act,
@@ -79,68 +86,79 @@ impl OpRules for Linear {
 
     fn shape(&self, cx: &mut Ctxt, node: &NodeView, inputs: &[&Shape]) -> Option<Shape> {
         let x = inputs[0];
-        if x.len() != 1 {
+        if x.len() > 2 {
             cx.error(
                 node.span,
                 format!(
-                    "`linear` takes one flat vector per example, but its input has shape {}; insert `flatten` before it",
+                    "`linear` takes a flat vector [d] or a sequence [T, d] (applied at every position) per \
+                     example, but its input has shape {}; insert `flatten` before it",
                     show(x)
                 ),
             );
             return Some(vec![self.out.value]);
         }
+        let width = *x.last().expect("an input shape has an axis");
         if let Some(declared) = self.declared_in {
-            if declared.value != x[0] {
+            if declared.value != width {
                 cx.error(
                     declared.span,
                     format!(
-                        "declared `in = {}`, but the input of this layer has width {}",
-                        declared.value, x[0]
+                        "declared `in = {}`, but the input of this layer has width {width}",
+                        declared.value
                     ),
                 );
             }
         }
-        Some(vec![self.out.value])
+        Some(match x.len() {
+            2 => vec![x[0], self.out.value],
+            _ => vec![self.out.value],
+        })
     }
 
     fn param_count(&self, inputs: &[&Shape]) -> usize {
-        let width: usize = inputs[0].iter().product();
+        let width = *inputs[0].last().expect("an input shape has an axis");
         self.out.value * width + if self.bias { self.out.value } else { 0 }
     }
 
     fn plan(&self, pl: &mut Planner<'_>, node: &NodeView) -> Option<DenseStep> {
         let (i, x, field) = (node.index, node.input(), node.field);
-        let (n_in, n_out) = (pl.width(x), self.out.value);
+        let shape = pl.shape(x);
+        let (n_in, n_out) = (*shape.last().expect("an input shape has an axis"), self.out.value);
+        let positions = if shape.len() == 2 { shape[0] } else { 1 };
         let (act, result) = pl.fuse_activation(node);
-        let output = pl.alloc(i, format!("{field} output"), n_out);
-        let delta = pl.alloc(i, format!("{field} delta"), n_out);
+        let output = pl.alloc(i, format!("{field} output"), positions * n_out);
+        let delta = pl.alloc(i, format!("{field} delta"), positions * n_out);
         pl.storage[result.0] = Some(Buf::Arena(output));
         pl.grad[result.0] = Some(delta);
         let group = pl.group(field);
         let bound = 1.0 / (n_in as f32).sqrt();
         let weight = pl.param(format!("{field}.weight"), vec![n_out, n_in], Init::Uniform { bound });
         let bias = self.bias.then(|| pl.param(format!("{field}.bias"), vec![n_out], Init::Uniform { bound }));
-        let strategy = Planner::strategy(self.norms, &PositionalLayer::new(1, n_in, n_out));
-        if strategy == Strategy::Direct {
-            pl.need(SharedScratch::Norms, i, direct_scratch_len(n_in, n_out));
+        let layer = PositionalLayer::new(positions, n_in, n_out);
+        let strategy = Planner::strategy(self.norms, &layer);
+        // On a vector the ghost norm is the Goodfellow identity, which needs no slot.
+        if strategy == Strategy::Direct || positions > 1 {
+            pl.need(SharedScratch::Norms, i, scratch_len(strategy, &layer));
         }
-        pl.need_clip_scratch(i, n_in + n_out);
+        pl.need_clip_scratch(i, positions * (n_in + n_out));
         let input = pl.storage_of(x);
         let input_grad = pl.target(node, x);
         // The forward GEMM, the weight-gradient GEMM, the input-gradient GEMM when something upstream
         // is trained, the norms and the bias + activation pass.
-        let mac = 2 * (n_in * n_out) as u64;
+        let mac = 2 * (positions * n_in * n_out) as u64;
         let gemms = 2 + u64::from(input_grad.is_some());
-        let norm_flops = match strategy {
-            Strategy::Ghost => 2 * (n_in + n_out) as u64,
-            Strategy::Direct => direct_flops(1, n_in, n_out),
+        let norm_flops = match (strategy, positions) {
+            (Strategy::Ghost, 1) => 2 * (n_in + n_out) as u64,
+            _ => norm_flops(strategy, positions, n_in, n_out),
         };
-        pl.cost(i, gemms * mac + norm_flops + 2 * n_out as u64, Some(NormStrategy::from(strategy)));
+        let epilogue = 2 * (positions * n_out) as u64;
+        pl.cost(i, gemms * mac + norm_flops + epilogue, Some(NormStrategy::from(strategy)));
         Some(DenseStep {
             group,
             input,
             output,
             delta,
+            positions,
             inputs: n_in,
             outputs: n_out,
             act,

@@ -1,4 +1,5 @@
-//! `mean`: the mean over the sequence axis, `[T, D] → [D]`.
+//! Pooling over the sequence axis, `[T, D] → [D]`: `mean` (every position) or `first` (the first
+//! position, a transformer's class token).
 
 use super::rules::OpRules;
 use crate::args::arguments;
@@ -9,13 +10,23 @@ use crate::plan::planner::Planner;
 use crate::shape::{show, Shape};
 use crate::syntax::OpSyntax;
 
-/// `mean`.
-#[derive(Debug, Clone, Copy)]
-pub struct Mean;
+/// How the positions are pooled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    Mean,
+    First,
+}
 
-/// Mean over the sequence axis.
+/// `mean` or `first`.
+#[derive(Debug, Clone, Copy)]
+pub struct Mean {
+    pub pooling: Pooling,
+}
+
+/// Pooling over the sequence axis.
 #[derive(Debug, Clone)]
 pub struct MeanStep {
+    pub pooling: Pooling,
     pub input: Buf,
     pub output: usize,
     pub steps: usize,
@@ -26,27 +37,29 @@ pub struct MeanStep {
 
 impl OpRules for Mean {
     type Step = MeanStep;
-    const NAMES: &'static [&'static str] = &["mean"];
+    const NAMES: &'static [&'static str] = &["mean", "first"];
 
-    fn field_type(_: &str) -> &'static str {
-        "Mean"
+    fn field_type(name: &str) -> &'static str {
+        if name == "first" {
+            "First"
+        } else {
+            "Mean"
+        }
     }
 
     fn parse(cx: &mut Ctxt, op: &OpSyntax) -> Option<Self> {
         let [] = arguments(cx, op, []);
-        Some(Mean)
+        Some(Mean { pooling: if op.name == "first" { Pooling::First } else { Pooling::Mean } })
     }
 
     fn shape(&self, cx: &mut Ctxt, node: &NodeView, inputs: &[&Shape]) -> Option<Shape> {
         let x = inputs[0];
         if x.len() != 2 {
-            cx.error(
-                node.span,
-                format!(
-                    "`mean` averages a sequence [T, d] over its steps, but its input has shape {}",
-                    show(x)
-                ),
-            );
+            let what = match self.pooling {
+                Pooling::Mean => "`mean` averages a sequence [T, d] over its steps",
+                Pooling::First => "`first` takes the first step of a sequence [T, d]",
+            };
+            cx.error(node.span, format!("{what}, but its input has shape {}", show(x)));
             return None;
         }
         Some(vec![x[1]])
@@ -60,12 +73,20 @@ impl OpRules for Mean {
         let (i, x, out, field) = (node.index, node.input(), node.output, node.field);
         let (steps, dim) = (pl.shape(x)[0], pl.shape(x)[1]);
         let input = pl.storage_of(x);
-        let output = pl.alloc(i, format!("{field} mean"), dim);
+        let name = match self.pooling {
+            Pooling::Mean => "mean",
+            Pooling::First => "first position",
+        };
+        let output = pl.alloc(i, format!("{field} {name}"), dim);
         pl.storage[out.0] = Some(Buf::Arena(output));
-        let out_grad = pl.grad_buffer(i, out, format!("{field} mean gradient"));
+        let out_grad = pl.grad_buffer(i, out, format!("{field} {name} gradient"));
         pl.grad[out.0] = out_grad;
         let target = pl.target(node, x);
-        pl.cost(i, 2 * (steps * dim) as u64, None);
-        Some(MeanStep { input, output, steps, dim, grads: out_grad.zip(target) })
+        let flops = match self.pooling {
+            Pooling::Mean => 2 * (steps * dim) as u64,
+            Pooling::First => 0,
+        };
+        pl.cost(i, flops, None);
+        Some(MeanStep { pooling: self.pooling, input, output, steps, dim, grads: out_grad.zip(target) })
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod activation;
 pub mod add;
+pub mod attention;
 pub mod conv2d;
 pub mod embedding;
 pub mod flatten;
@@ -16,7 +17,9 @@ pub mod linear;
 pub mod lstm;
 pub mod mean;
 pub mod norm_layer;
+pub mod patches;
 pub mod pool2d;
+pub mod position_embedding;
 pub mod rules;
 
 use crate::args::did_you_mean;
@@ -145,6 +148,8 @@ ops! {
         Norm(norm_layer::NormLayer),
         Embedding(embedding::Embedding),
         Lstm(lstm::Lstm),
+        PositionEmbedding(position_embedding::PositionEmbedding),
+        Attention(attention::Attention),
     }
     others {
         Activation(activation::Activation),
@@ -153,6 +158,7 @@ ops! {
         GlobalAvgPool(global_avg_pool::GlobalAvgPool),
         Add(add::Add),
         Mean(mean::Mean),
+        Patches(patches::Patches),
     }
 }
 

@@ -24,6 +24,7 @@ macro_rules! kernel_modules {
 kernel_modules!(
     activation,
     arena,
+    attention,
     conv,
     conv_chunks,
     dense,
@@ -31,6 +32,7 @@ kernel_modules!(
     loss,
     lstm,
     norm_layers,
+    patches,
     per_example,
     pool,
     sequence,

@@ -3,6 +3,7 @@
 
 mod activation;
 mod add;
+mod attention;
 mod conv2d;
 mod embedding;
 pub mod emit;
@@ -13,7 +14,9 @@ mod loss;
 mod lstm;
 mod mean;
 mod norm_layer;
+mod patches;
 mod pool;
+mod position_embedding;
 
 use super::backend::Backend;
 use crate::ops::{Layer, Step};
@@ -36,12 +39,15 @@ impl Backend for Cpu {
             Step::Norm(s) => norm_layer::forward(plan, s),
             Step::Embedding(s) => embedding::forward(plan, s),
             Step::Lstm(s) => lstm::forward(plan, s),
+            Step::PositionEmbedding(s) => position_embedding::forward(plan, s),
+            Step::Attention(s) => attention::forward(plan, s),
             Step::Activation(s) => activation::forward(s),
             Step::Flatten(_) => TokenStream::new(),
             Step::Pool2d(s) => pool::forward(s),
             Step::GlobalAvgPool(s) => pool::global_forward(s),
             Step::Add(s) => add::forward(s),
             Step::Mean(s) => mean::forward(s),
+            Step::Patches(s) => patches::forward(s),
         }
     }
 
@@ -52,12 +58,15 @@ impl Backend for Cpu {
             Step::Norm(s) => norm_layer::backward(plan, s),
             Step::Embedding(_) => embedding::backward(),
             Step::Lstm(s) => lstm::backward(plan, s),
+            Step::PositionEmbedding(s) => position_embedding::backward(s),
+            Step::Attention(s) => attention::backward(plan, s),
             Step::Activation(s) => activation::backward(s),
             Step::Flatten(s) => flatten::backward(s),
             Step::Pool2d(s) => pool::backward(s),
             Step::GlobalAvgPool(s) => pool::global_backward(s),
             Step::Add(s) => add::backward(s),
             Step::Mean(s) => mean::backward(s),
+            Step::Patches(s) => patches::backward(s),
         }
     }
 
@@ -68,6 +77,8 @@ impl Backend for Cpu {
             Layer::Norm(s) => norm_layer::gradient_sum(plan, s),
             Layer::Embedding(s) => embedding::gradient_sum(plan, s),
             Layer::Lstm(s) => lstm::gradient_sum(plan, s),
+            Layer::PositionEmbedding(s) => position_embedding::gradient_sum(plan, s),
+            Layer::Attention(s) => attention::gradient_sum(plan, s),
         }
     }
 
@@ -78,6 +89,8 @@ impl Backend for Cpu {
             Layer::Norm(s) => norm_layer::norms(plan, s),
             Layer::Embedding(s) => embedding::norms(plan, s),
             Layer::Lstm(s) => lstm::norms(plan, s),
+            Layer::PositionEmbedding(s) => position_embedding::norms(plan, s),
+            Layer::Attention(s) => attention::norms(plan, s),
         }
     }
 
@@ -88,6 +101,8 @@ impl Backend for Cpu {
             Layer::Norm(s) => norm_layer::clipped_sum(plan, s),
             Layer::Embedding(s) => embedding::clipped_sum(plan, s),
             Layer::Lstm(s) => lstm::clipped_sum(plan, s),
+            Layer::PositionEmbedding(s) => position_embedding::clipped_sum(plan, s),
+            Layer::Attention(s) => attention::clipped_sum(plan, s),
         }
     }
 }

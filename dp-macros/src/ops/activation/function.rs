@@ -59,4 +59,5 @@ activations! {
     Sigmoid = "sigmoid", FromOutput;
     Gelu = "gelu", FromInput;
     Silu = "silu", FromInput;
+    GeluExact = "gelu_exact", FromInput;
 }
