@@ -92,8 +92,23 @@ fn compare_with_one_process<M: dp::DpModel>(
 ) {
     let args = |save: &Path| -> Vec<String> {
         [
-            "train", "--model", model, "--data", data.to_str().unwrap(), "--seed", "5", "--max-steps", "20",
-            "--batch-size", "64", "--noise-multiplier", "1.1", "--lr", "0.1", "--json", "--save",
+            "train",
+            "--model",
+            model,
+            "--data",
+            data.to_str().unwrap(),
+            "--seed",
+            "5",
+            "--max-steps",
+            "20",
+            "--batch-size",
+            "64",
+            "--noise-multiplier",
+            "1.1",
+            "--lr",
+            "0.1",
+            "--json",
+            "--save",
             save.to_str().unwrap(),
         ]
         .iter()
@@ -181,8 +196,23 @@ fn a_killed_rank_ends_the_job_and_leaves_the_last_checkpoint() {
     let save = dir.path("run.safetensors");
     let args = |extra: &[&str]| -> Vec<String> {
         let mut args: Vec<String> = [
-            "train", "--model", "mnist-cnn", "--data", data.to_str().unwrap(), "--noise-multiplier", "1.0",
-            "--delta", "1e-4", "--batch-size", "64", "--epochs", "100", "--lr", "0.05", "--json", "--save",
+            "train",
+            "--model",
+            "mnist-cnn",
+            "--data",
+            data.to_str().unwrap(),
+            "--noise-multiplier",
+            "1.0",
+            "--delta",
+            "1e-4",
+            "--batch-size",
+            "64",
+            "--epochs",
+            "100",
+            "--lr",
+            "0.05",
+            "--json",
+            "--save",
             save.to_str().unwrap(),
         ]
         .iter()
@@ -228,7 +258,10 @@ fn a_killed_rank_ends_the_job_and_leaves_the_last_checkpoint() {
     let max = (saved.steps + 20).to_string();
     let resumed = succeeded(
         "resumed mpirun -n 2 dp train",
-        mpirun_dp(&mpirun, 2).args(args(&["--resume", save.to_str().unwrap(), "--max-steps", &max])).output().unwrap(),
+        mpirun_dp(&mpirun, 2)
+            .args(args(&["--resume", save.to_str().unwrap(), "--max-steps", &max]))
+            .output()
+            .unwrap(),
     );
     let last: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&resumed.stdout).lines().last().unwrap()).unwrap();

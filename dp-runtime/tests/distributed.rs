@@ -59,7 +59,8 @@ where
                 scope.spawn(move || {
                     let shard = take_shard(train, shard_range(n, rank, k)).unwrap();
                     let mut model = M::init(&mut seeded(3));
-                    let trainer = trainer(&mut model, batch, seed).distributed(group, Shard::of_rank(n, rank, k));
+                    let trainer =
+                        trainer(&mut model, batch, seed).distributed(group, Shard::of_rank(n, rank, k));
                     let report = configure(rank, trainer).fit(&shard, None)?;
                     Ok((model.params().to_vec(), report))
                 })
@@ -162,10 +163,22 @@ impl DpModel for BreaksOn999 {
     fn forward(&self, ws: &mut Workspace, inputs: &[f32], batch: usize, outputs: &mut [f32]) {
         self.0.forward(ws, inputs, batch, outputs)
     }
-    fn loss_and_gradient(&self, ws: &mut Workspace, batch: Batch<'_, f32>, losses: &mut [f32], grad: &mut [f32]) {
+    fn loss_and_gradient(
+        &self,
+        ws: &mut Workspace,
+        batch: Batch<'_, f32>,
+        losses: &mut [f32],
+        grad: &mut [f32],
+    ) {
         self.0.loss_and_gradient(ws, batch, losses, grad)
     }
-    fn per_example_norms(&self, ws: &mut Workspace, batch: Batch<'_, f32>, losses: &mut [f32], sq: &mut [f32]) {
+    fn per_example_norms(
+        &self,
+        ws: &mut Workspace,
+        batch: Batch<'_, f32>,
+        losses: &mut [f32],
+        sq: &mut [f32],
+    ) {
         self.0.per_example_norms(ws, batch, losses, sq)
     }
     fn clipped_sum(&self, ws: &mut Workspace, batch: Batch<'_, f32>, factors: &[f32], grad: &mut [f32]) {
@@ -206,10 +219,7 @@ fn a_checkpoint_rank_0_cannot_write_stops_every_rank() {
     let results = ranks::<SoftmaxRegression>(&train, 2, 20, Some(1), |_, t| t.checkpoint(&missing));
     for (rank, result) in results.into_iter().enumerate() {
         let error = result.err().unwrap_or_else(|| panic!("rank {rank} did not fail"));
-        assert!(
-            matches!(error.root(), Error::RankFailed { rank: 0, ranks: 2, .. }),
-            "rank {rank}: {error}"
-        );
+        assert!(matches!(error.root(), Error::RankFailed { rank: 0, ranks: 2, .. }), "rank {rank}: {error}");
         // The step was spent: the error says so.
         assert!(matches!(error, Error::Interrupted { .. }), "rank {rank}: {error}");
     }
@@ -220,7 +230,8 @@ fn a_checkpoint_records_k_and_resumes_only_with_the_same_k() {
     // 300 examples, B = 30: an epoch is 10 steps, the plan 20; the first run stops after 10.
     let train = separable(300, 10);
     let path = temp_path("resume");
-    let results = ranks::<SoftmaxRegression>(&train, 2, 30, Some(2), |_, t| t.checkpoint(&path).max_steps(10));
+    let results =
+        ranks::<SoftmaxRegression>(&train, 2, 30, Some(2), |_, t| t.checkpoint(&path).max_steps(10));
     assert!(results.iter().all(Result::is_ok));
     let saved = checkpoint::load::<SoftmaxRegression>(&path).unwrap();
     assert_eq!(saved.identity.ranks, 2);
@@ -233,7 +244,8 @@ fn a_checkpoint_records_k_and_resumes_only_with_the_same_k() {
 
     // The same K continues the run to its 20 steps, with the ε of the whole plan.
     let (_, uninterrupted) = one_process::<SoftmaxRegression>(&train, 30, 2);
-    let results = ranks::<SoftmaxRegression>(&train, 2, 30, Some(2), |_, t| t.resume_from(&path).checkpoint(&path));
+    let results =
+        ranks::<SoftmaxRegression>(&train, 2, 30, Some(2), |_, t| t.resume_from(&path).checkpoint(&path));
     for result in results {
         let (_, report) = result.unwrap();
         assert_eq!(report.steps, 20);

@@ -77,9 +77,7 @@ pub fn indices_in_shard(global: &[usize], shard: Range<usize>, out: &mut Vec<usi
 /// was started by one: `dp train` trains distributed under a launcher, and a build without the `mpi`
 /// feature refuses to run as one of K > 1 copies that would each train alone.
 pub fn launcher_world_size() -> Option<usize> {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
-        .iter()
-        .find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"].iter().find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
 }
 
 #[cfg(test)]
@@ -147,8 +145,13 @@ mod tests {
 
     #[test]
     fn a_shard_holds_its_examples() {
-        let data = Dataset::new((0..20).map(|v| v as f32).collect(), (0..10).map(|v| v as f32).collect(), vec![2], 1)
-            .unwrap();
+        let data = Dataset::new(
+            (0..20).map(|v| v as f32).collect(),
+            (0..10).map(|v| v as f32).collect(),
+            vec![2],
+            1,
+        )
+        .unwrap();
         let shard = take_shard(&data, 3..6).unwrap();
         assert_eq!(shard.labels, vec![3.0, 4.0, 5.0]);
         assert_eq!(shard.inputs, vec![6.0, 7.0, 8.0, 9.0, 10.0, 11.0]);

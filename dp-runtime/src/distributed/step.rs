@@ -97,8 +97,12 @@ impl<'g> DistributedRun<'g> {
         let params = M::PARAM_COUNT;
         let root = self.is_root();
         let outcome = match (root, noise) {
-            (true, Some(noise)) => engine.clipped_sum_and_noise(model, shard_data, &self.local_indices, noise),
-            (true, None) => Err(Error::invalid("noise", "rank 0 draws the noise but was given no noise stream")),
+            (true, Some(noise)) => {
+                engine.clipped_sum_and_noise(model, shard_data, &self.local_indices, noise)
+            }
+            (true, None) => {
+                Err(Error::invalid("noise", "rank 0 draws the noise but was given no noise stream"))
+            }
             (false, _) => engine.clipped_sum(model, shard_data, &self.local_indices),
         };
         let failed_here = outcome.is_err();

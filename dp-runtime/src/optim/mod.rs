@@ -95,7 +95,9 @@ impl<'a> NoisyGradient<'a> {
             NoiseSource::Drawn(z) => {
                 GradientValues::Drawn { sum: sum.iter().zip(z.iter()), noise_std, inverse_batch }
             }
-            NoiseSource::Released(released) => GradientValues::Released { released: released.iter(), inverse_batch },
+            NoiseSource::Released(released) => {
+                GradientValues::Released { released: released.iter(), inverse_batch }
+            }
         }
     }
 }
@@ -135,7 +137,9 @@ impl Iterator for GradientValues<'_> {
             GradientValues::Drawn { sum, noise_std, inverse_batch } => {
                 sum.next().map(|(&s, &z)| (s as f64 + *noise_std * z) * *inverse_batch)
             }
-            GradientValues::Released { released, inverse_batch } => released.next().map(|&r| r * *inverse_batch),
+            GradientValues::Released { released, inverse_batch } => {
+                released.next().map(|&r| r * *inverse_batch)
+            }
         }
     }
 

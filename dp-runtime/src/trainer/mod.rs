@@ -156,7 +156,10 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     return Err(Error::invalid("secure_noise", "is not supported in a distributed run"));
                 }
                 if non_private_diagnostics {
-                    return Err(Error::invalid("non_private_diagnostics", "is not supported in a distributed run"));
+                    return Err(Error::invalid(
+                        "non_private_diagnostics",
+                        "is not supported in a distributed run",
+                    ));
                 }
                 Some(DistributedRun::new(group, shard, train.len(), M::PARAM_COUNT)?)
             }
@@ -316,8 +319,14 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     let stats = match aggregator.as_mut() {
                         None if distributed.is_some() => {
                             let run = distributed.as_mut().expect("checked by the guard");
-                            let stats =
-                                run.step(&mut engine, model, train, &indices, Some(&mut noise_stream), noise_std)?;
+                            let stats = run.step(
+                                &mut engine,
+                                model,
+                                train,
+                                &indices,
+                                Some(&mut noise_stream),
+                                noise_std,
+                            )?;
                             let gradient = NoisyGradient::released(run.released(), plan.normaliser());
                             optimizer.step(model.params_mut(), gradient, at);
                             stats
