@@ -316,9 +316,9 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     sampler.sample(&mut sampling_rng, &mut indices);
                     let at = StepInfo { step, total_steps: plan.total_steps() };
                     previous.copy_from_slice(model.params());
-                    let stats = match aggregator.as_mut() {
-                        None if distributed.is_some() => {
-                            let run = distributed.as_mut().expect("checked by the guard");
+                    // Secure mode is refused for distributed runs above.
+                    let stats = match (aggregator.as_mut(), distributed.as_mut()) {
+                        (None, Some(run)) => {
                             let stats = run.step(
                                 &mut engine,
                                 model,
@@ -331,7 +331,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                             optimizer.step(model.params_mut(), gradient, at);
                             stats
                         }
-                        None => {
+                        (None, None) => {
                             let stats =
                                 engine.clipped_sum_and_noise(model, train, &indices, &mut noise_stream)?;
                             let gradient = NoisyGradient::with_drawn_noise(
@@ -343,7 +343,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                             optimizer.step(model.params_mut(), gradient, at);
                             stats
                         }
-                        Some(agg) => {
+                        (Some(agg), _) => {
                             let stats = engine.secure_sum(model, train, &indices, agg)?;
                             agg.release(noise_stream.rng(), &mut engine.clipped_sum);
                             let gradient =
