@@ -81,8 +81,9 @@ fn succeeded(what: &str, output: Output) -> Output {
     output
 }
 
-/// Trains `model` on `data` for 20 seeded steps with one process and with two ranks and compares the
-/// checkpoints (parameters to `tolerance`, ledger, steps, K) and the reported ε.
+/// Trains `model` on `data` for 20 seeded steps with one process and with two ranks (twice) and
+/// compares the checkpoints (parameters to `tolerance` across K and bit for bit for the same K,
+/// ledger, steps, K) and the reported ε.
 fn compare_with_one_process<M: dp::DpModel>(
     mpirun: &Path,
     model: &str,
@@ -118,7 +119,12 @@ fn compare_with_one_process<M: dp::DpModel>(
     let (one, two) = (dir.path("one.safetensors"), dir.path("two.safetensors"));
     let one_out = succeeded("dp train", dp().args(args(&one)).output().unwrap());
     let two_out = succeeded("mpirun -n 2 dp train", mpirun_dp(mpirun, 2).args(args(&two)).output().unwrap());
+    // The same K twice: bit for bit (the reduce's order is fixed for a given K and message size).
+    let again = dir.path("again.safetensors");
+    succeeded("mpirun -n 2 dp train (again)", mpirun_dp(mpirun, 2).args(args(&again)).output().unwrap());
+    let again = dp::checkpoint::load::<M>(&again).unwrap();
     let (one, two) = (dp::checkpoint::load::<M>(&one).unwrap(), dp::checkpoint::load::<M>(&two).unwrap());
+    assert_eq!(again.params, two.params, "{model}: two runs with K = 2 differ");
     assert_eq!((one.steps, two.steps), (20, 20));
     assert_eq!(one.ledger, two.ledger, "one ledger");
     assert_eq!((one.identity.ranks, two.identity.ranks), (1, 2));
