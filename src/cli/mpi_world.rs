@@ -18,6 +18,11 @@ impl World {
     pub fn abort(&self, _code: i32) -> ! {
         match *self {}
     }
+
+    /// Unreachable: there is no `World` without the `mpi` feature.
+    pub fn finalize(self) {
+        match self {}
+    }
 }
 
 #[cfg(not(feature = "mpi"))]

@@ -312,7 +312,7 @@ fn fail_rank(error: Error, world: World) -> Result<()> {
     match (error.root(), world.rank()) {
         (Error::RankFailed { .. }, 0) => Err(error),
         (Error::RankFailed { .. }, _) => {
-            drop(world); // finalises MPI
+            world.finalize();
             std::process::exit(i32::from(code))
         }
         _ => {

@@ -26,6 +26,11 @@ impl MpiGroup {
         Ok(MpiGroup { world, _universe: universe })
     }
 
+    /// Leaves the world: finalises MPI (as dropping the group does; the communicator goes first).
+    pub fn finalize(self) {
+        drop(self);
+    }
+
     /// Stops every rank of the job (`MPI_Abort`) with exit status `code`: what a rank does when it
     /// fails outside the collectives that carry a failure to the others (see `docs/DISTRIBUTED.md`).
     pub fn abort(&self, code: i32) -> ! {
