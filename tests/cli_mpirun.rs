@@ -57,15 +57,15 @@ fn dp() -> Command {
     command
 }
 
-/// `mpirun -n ranks dp args...`, allowed to run as root (CI runs as root), one thread per rank.
+/// `mpirun -n ranks dp args...`, one thread per rank. Open MPI refuses to run as root unless
+/// `OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1` are set: `.ci/run` sets them (CI runs
+/// as root); the tests do not.
 fn mpirun_dp(mpirun: &Path, ranks: usize) -> Command {
     let mut command = Command::new(mpirun);
     command
         .args(["-n", &ranks.to_string(), "--oversubscribe", "-x", "RAYON_NUM_THREADS=1"])
         .arg(env!("CARGO_BIN_EXE_dp"))
         .env("RAYON_NUM_THREADS", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .stdin(Stdio::null());
     command
 }
