@@ -10,7 +10,8 @@
 //! - metadata (strings): `format` = `dp-checkpoint/2`, `steps`, `optimizer` (JSON: kind and update
 //!   count), `ledger` (JSON: the accountant's full history) and the [`RunIdentity`]: `model`,
 //!   `param_count`, `noise_multiplier`, `sampling_rate`, `delta`, `examples`, `expected_batch_size`,
-//!   `planned_steps` (numbers written with Rust's shortest round-trip formatting, so they read back
+//!   `planned_steps`, `ranks` (K of a distributed run; absent, read as 1, in files written before
+//!   distributed runs) (numbers written with Rust's shortest round-trip formatting, so they read back
 //!   bit for bit).
 //!
 //! [`save_params`] writes the parameters only, with `format` = `dp-params/1`: [`load_params`] reads
@@ -67,6 +68,9 @@ pub struct RunIdentity {
     pub expected_batch_size: usize,
     /// T, the steps of the whole plan.
     pub planned_steps: u64,
+    /// K, the ranks of a distributed run (1 for one process): a run resumes only with the K that
+    /// wrote its checkpoint (`docs/DISTRIBUTED.md`).
+    pub ranks: usize,
 }
 
 impl RunIdentity {
@@ -81,7 +85,13 @@ impl RunIdentity {
             examples: plan.examples(),
             expected_batch_size: plan.expected_batch_size(),
             planned_steps: plan.total_steps(),
+            ranks: 1,
         }
+    }
+
+    /// The same identity for a run of `ranks` processes.
+    pub fn with_ranks(self, ranks: usize) -> Self {
+        RunIdentity { ranks, ..self }
     }
 
     /// Every field in which `self` (a checkpoint's) differs from `run` (this run's), as
@@ -98,6 +108,7 @@ impl RunIdentity {
             examples,
             expected_batch_size,
             planned_steps,
+            ranks,
         } = self;
         let mut differences = Vec::new();
         let mut compare = |field: &str, ours: String, theirs: String| {
@@ -117,6 +128,7 @@ impl RunIdentity {
             run.expected_batch_size.to_string(),
         );
         compare("planned_steps", planned_steps.to_string(), run.planned_steps.to_string());
+        compare("ranks (K, mpirun -n)", ranks.to_string(), run.ranks.to_string());
         differences
     }
 }
@@ -169,6 +181,7 @@ pub fn save<M: DpModel>(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
         examples,
         expected_batch_size,
         planned_steps,
+        ranks,
     } = &checkpoint.identity;
     let metadata = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
@@ -180,6 +193,7 @@ pub fn save<M: DpModel>(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
         ("examples".to_string(), examples.to_string()),
         ("expected_batch_size".to_string(), expected_batch_size.to_string()),
         ("planned_steps".to_string(), planned_steps.to_string()),
+        ("ranks".to_string(), ranks.to_string()),
         ("steps".to_string(), checkpoint.steps.to_string()),
         ("optimizer".to_string(), json(&checkpoint.optimizer)?),
         ("ledger".to_string(), json(&checkpoint.ledger)?),
@@ -280,6 +294,11 @@ pub fn load<M: DpModel>(path: &Path) -> Result<Checkpoint> {
         examples: number(path, "examples", field("examples")?)?,
         expected_batch_size: number(path, "expected_batch_size", field("expected_batch_size")?)?,
         planned_steps: number(path, "planned_steps", field("planned_steps")?)?,
+        // Written since distributed runs exist; every earlier checkpoint is of one process.
+        ranks: match meta.get("ranks") {
+            Some(text) => number(path, "ranks", text)?,
+            None => 1,
+        },
     };
     // The model first: another model's file should say so, not name a tensor.
     check_identity_is_of::<M>(path, &identity)?;
@@ -373,6 +392,9 @@ fn check_state<M: DpModel>(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
             "sampling_rate",
             format!("{} is not expected_batch_size / examples = {b} / {n}", identity.sampling_rate),
         );
+    }
+    if identity.ranks == 0 {
+        return invalid("ranks", "0 ranks: a run has at least one process".to_string());
     }
     if checkpoint.steps > identity.planned_steps {
         return invalid(

@@ -34,6 +34,11 @@ pub enum Error {
          spent; {holds}. Cause: {source}"
     )]
     Interrupted { steps: u64, epsilon: f64, delta: f64, holds: String, source: Box<Error> },
+
+    /// A rank of a distributed run failed during training; every rank stops with its message
+    /// (`docs/DISTRIBUTED.md`).
+    #[error("rank {rank} of {ranks} failed: {message}")]
+    RankFailed { rank: usize, ranks: usize, message: String },
 }
 
 impl Error {

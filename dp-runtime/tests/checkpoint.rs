@@ -46,6 +46,7 @@ fn sample_checkpoint() -> Checkpoint {
             examples: 600,
             expected_batch_size: 6,
             planned_steps: 100,
+            ranks: 1,
         },
     }
 }

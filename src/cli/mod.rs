@@ -8,6 +8,7 @@ pub mod bench;
 pub mod datasets;
 pub mod devices;
 pub mod models;
+pub mod mpi_world;
 pub mod paths;
 pub mod plot;
 pub mod privacy;
@@ -88,7 +89,7 @@ fn exit_status(error: &Error) -> u8 {
         | Error::InvalidArgument { .. }
         | Error::Mismatch { .. }
         | Error::Budget(_) => EXIT_USAGE,
-        Error::Interrupted { .. } => EXIT_FAILURE,
+        Error::Interrupted { .. } | Error::RankFailed { .. } => EXIT_FAILURE,
     }
 }
 

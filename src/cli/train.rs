@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::models::recipe::{schedule, Recipe};
 use clap::{ArgGroup, Args, ValueEnum};
 use dp_runtime::baseline::{self, BaselineConfig};
+use dp_runtime::distributed::{self, Group, Shard};
 use dp_runtime::optim::{Adam, Optimizer, Schedule, Sgd};
 use dp_runtime::pretrained::{self, InitOptions, RenameMap};
 use dp_runtime::trainer::EpochReport;
@@ -15,6 +16,7 @@ use dp_runtime::{checkpoint, rng, DpModel, Error, Report, Result, Trainer};
 use serde_json::json;
 
 use super::datasets::{DataSource, NpyInput};
+use super::mpi_world::{self, World};
 use super::paths::{self, InputPath, OutputPath};
 use super::plot;
 use super::registry::{self, ModelEntry, ModelVisitor};
@@ -336,6 +338,49 @@ impl ModelVisitor for Train {
         D: DataSource<Input = M::Input>,
     {
         let args = self.0;
+        let mut world = mpi_world::join()?;
+        let outcome = train_model::<M, D>(&args, entry, world.as_mut());
+        match (outcome, world) {
+            (Ok(()), _) => Ok(()),
+            (Err(error), None) => Err(error),
+            (Err(error), Some(world)) => fail_rank(error, world),
+        }
+    }
+}
+
+/// How a rank of a distributed run ends on `error`. A failure every rank agreed on
+/// ([`Error::RankFailed`]) is reported once, by rank 0; the other ranks exit with status 1 quietly.
+/// Any other error happened on this rank alone (before training, or outside the collectives that
+/// carry a failure): it is printed with the rank and the whole job is stopped (`MPI_Abort`), so that no
+/// rank waits forever for this one.
+fn fail_rank(error: Error, world: World) -> Result<()> {
+    if world.size() == 1 {
+        return Err(error);
+    }
+    let (message, code) = super::describe_error(&error);
+    match (error.root(), world.rank()) {
+        (Error::RankFailed { .. }, 0) => Err(error),
+        (Error::RankFailed { .. }, _) => {
+            world.finalize();
+            std::process::exit(i32::from(code))
+        }
+        _ => {
+            eprintln!("error: {}{}", mpi_world::rank_prefix(Some(&world)), message.replace('\n', " "));
+            world.abort(i32::from(code))
+        }
+    }
+}
+
+/// `dp train` of model `M` on data `D`, as one process or, with `world`, as one rank of it.
+fn train_model<M, D>(args: &TrainArgs, entry: ModelEntry, mut world: Option<&mut World>) -> Result<()>
+where
+    M: DpModel,
+    M::Input: NpyInput,
+    D: DataSource<Input = M::Input>,
+{
+    {
+        mpi_world::refuse_flag(world.as_deref(), "non_private", args.non_private)?;
+        let is_root = world.as_deref().is_none_or(|w| w.rank() == 0);
         let settings = args.settings(&entry.recipe)?;
         let init_options = args.init_options()?;
         let started = Instant::now();
@@ -343,28 +388,44 @@ impl ModelVisitor for Train {
         if let Some(standardization) = entry.recipe.input_standardization {
             standardization.apply(&mut train)?;
             standardization.apply(&mut test)?;
-            eprintln!(
-                "inputs standardised with the public constants mean {} and std {} ({})",
-                standardization.mean, standardization.std, standardization.source
-            );
+            if is_root {
+                eprintln!(
+                    "inputs standardised with the public constants mean {} and std {} ({})",
+                    standardization.mean, standardization.std, standardization.source
+                );
+            }
         }
+        // Each rank keeps its contiguous shard of the training data; the test split is rank 0's.
+        let (train, shard) = match world.as_deref() {
+            Some(w) => {
+                let range = distributed::shard_range(train.len(), w.rank(), w.size());
+                let shard = Shard::of_rank(train.len(), w.rank(), w.size());
+                (distributed::take_shard(&train, range)?, Some(shard))
+            }
+            None => (train, None),
+        };
         let mut model = match args.seed {
             Some(seed) => M::init(&mut rng::seeded_init(seed)),
             None => M::init(&mut rng::from_os()?),
         };
         if let Some(path) = &args.init {
             let loaded = pretrained::init_from_file(&mut model, path, &init_options)?;
-            eprintln!("initialised from {}: {}", path.display(), loaded.summary());
+            if is_root {
+                eprintln!("initialised from {}: {}", path.display(), loaded.summary());
+            }
         }
-        eprintln!(
-            "{} ({}, {} parameters): {} training and {} test examples from {}",
-            entry.name,
-            M::NAME,
-            M::PARAM_COUNT,
-            train.len(),
-            test.len(),
-            args.data.display()
-        );
+        if is_root {
+            eprintln!(
+                "{} ({}, {} parameters): {} training and {} test examples from {}{}",
+                entry.name,
+                M::NAME,
+                M::PARAM_COUNT,
+                shard.map_or(train.len(), |s| s.global_examples),
+                test.len(),
+                args.data.display(),
+                world.as_deref().map_or_else(String::new, |w| format!(", on {} MPI ranks", w.size()))
+            );
+        }
         let json = args.json;
         let print_epoch = |epoch: &EpochReport| {
             if json {
@@ -423,8 +484,15 @@ impl ModelVisitor for Train {
             if let Some(path) = args.checkpoint_path() {
                 trainer = trainer.checkpoint(path);
             }
+            if let (Some(w), Some(shard)) = (world.take(), shard) {
+                trainer = trainer.distributed(w, shard);
+            }
             trainer.fit(&train, Some(&test)).map_err(with_flag)?
         };
+        if !is_root {
+            // Rank 0 reports the run, which every rank trained.
+            return Ok(());
+        }
         let seconds = started.elapsed().as_secs_f64();
         if report.stopped_at_max_steps {
             eprintln!(

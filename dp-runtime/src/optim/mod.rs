@@ -32,6 +32,9 @@ enum NoiseSource<'a> {
     Stream(&'a mut GaussianNoise),
     /// Drawn beforehand, one per coordinate, in coordinate order (see [`GaussianNoise::fill`]).
     Drawn(&'a [f64]),
+    /// Already added: the released sum + σC·z of a distributed step, formed in f64 by the rank that
+    /// drew the noise (`distributed`); `sum` is empty.
+    Released(&'a [f64]),
 }
 
 impl<'a> NoisyGradient<'a> {
@@ -55,14 +58,30 @@ impl<'a> NoisyGradient<'a> {
         NoisyGradient { sum, noise: NoiseSource::Drawn(z), noise_std, inverse_batch: 1.0 / expected_batch }
     }
 
+    /// released / expected_batch per coordinate, where `released` = sum + σC·z was formed in f64 as
+    /// [`with_drawn_noise`](Self::with_drawn_noise) forms it (`s as f64 + noise_std * z`), so the same
+    /// sum and draws give exactly its values. A distributed step releases this vector from the rank
+    /// that drew the noise to every rank.
+    pub fn released(released: &'a [f64], expected_batch: f64) -> Self {
+        NoisyGradient {
+            sum: &[],
+            noise: NoiseSource::Released(released),
+            noise_std: 0.0,
+            inverse_batch: 1.0 / expected_batch,
+        }
+    }
+
     /// Number of coordinates.
     pub fn len(&self) -> usize {
-        self.sum.len()
+        match self.noise {
+            NoiseSource::Released(released) => released.len(),
+            NoiseSource::Silent | NoiseSource::Stream(_) | NoiseSource::Drawn(_) => self.sum.len(),
+        }
     }
 
     /// Whether there are no coordinates.
     pub fn is_empty(&self) -> bool {
-        self.sum.is_empty()
+        self.len() == 0
     }
 
     /// The gradient estimates in coordinate order (each draws its noise as it is produced).
@@ -75,6 +94,9 @@ impl<'a> NoisyGradient<'a> {
             }
             NoiseSource::Drawn(z) => {
                 GradientValues::Drawn { sum: sum.iter().zip(z.iter()), noise_std, inverse_batch }
+            }
+            NoiseSource::Released(released) => {
+                GradientValues::Released { released: released.iter(), inverse_batch }
             }
         }
     }
@@ -98,6 +120,8 @@ pub enum GradientValues<'a> {
         noise_std: f64,
         inverse_batch: f64,
     },
+    /// Noise added before release: r / B.
+    Released { released: std::slice::Iter<'a, f64>, inverse_batch: f64 },
 }
 
 impl Iterator for GradientValues<'_> {
@@ -113,6 +137,9 @@ impl Iterator for GradientValues<'_> {
             GradientValues::Drawn { sum, noise_std, inverse_batch } => {
                 sum.next().map(|(&s, &z)| (s as f64 + *noise_std * z) * *inverse_batch)
             }
+            GradientValues::Released { released, inverse_batch } => {
+                released.next().map(|&r| r * *inverse_batch)
+            }
         }
     }
 
@@ -120,6 +147,7 @@ impl Iterator for GradientValues<'_> {
         match self {
             GradientValues::Silent { sum, .. } | GradientValues::Stream { sum, .. } => sum.size_hint(),
             GradientValues::Drawn { sum, .. } => sum.size_hint(),
+            GradientValues::Released { released, .. } => released.size_hint(),
         }
     }
 }

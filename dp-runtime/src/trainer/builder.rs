@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use super::{EpochReport, Trainer};
 use crate::accounting::AccountantKind;
 use crate::clipping::ClipMode;
+use crate::distributed::{Group, Shard};
 use crate::error::Error;
 use crate::model::DpModel;
 use crate::optim::Optimizer;
@@ -13,6 +14,15 @@ use crate::plan::{Length, NoiseSpec};
 use crate::sampling::SamplingMode;
 
 impl<'m, M: DpModel> Trainer<'m, M> {
+    /// Trains as one rank of `group`, whose data passed to `fit` is the shard at `shard`: every rank
+    /// draws the same Poisson batches of the whole dataset and keeps its own examples; rank 0 sums the
+    /// clipped sums, adds the noise once, and every rank applies the released update; rank 0 alone
+    /// evaluates, reports and writes checkpoints (`docs/DISTRIBUTED.md`).
+    pub fn distributed(mut self, group: impl Group + 'm, shard: Shard) -> Self {
+        self.distributed = Some((Box::new(group), shard));
+        self
+    }
+
     /// The optimizer (required), e.g. `Sgd::new(0.1).momentum(0.9)` or `Adam::new(1e-3)`.
     pub fn optimizer(mut self, optimizer: impl Optimizer + 'static) -> Self {
         self.optimizer = Some(Box::new(optimizer));

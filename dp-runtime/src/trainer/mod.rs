@@ -20,6 +20,8 @@ use crate::accounting::{AccountantKind, Ledger};
 use crate::checkpoint::{self, Checkpoint, RunIdentity};
 use crate::clipping::ClipMode;
 use crate::data::Dataset;
+use crate::distributed::step::DistributedRun;
+use crate::distributed::{Group, Shard};
 use crate::error::{Error, Result};
 use crate::model::{DpModel, Loss};
 use crate::noise::{GaussianNoise, SecureAggregator};
@@ -67,6 +69,8 @@ pub struct Trainer<'m, M: DpModel> {
     non_private_diagnostics: bool,
     allow_large_delta: bool,
     ema: Option<f64>,
+    /// This rank's group and shard in a distributed run (`docs/DISTRIBUTED.md`).
+    distributed: Option<(Box<dyn Group + 'm>, Shard)>,
     conflicts: Vec<Error>,
 }
 
@@ -101,6 +105,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             non_private_diagnostics: false,
             allow_large_delta: false,
             ema: None,
+            distributed: None,
             conflicts: Vec::new(),
         }
     }
@@ -148,6 +153,27 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             }
         }
         check_dataset::<M>("train", train)?;
+        // Distributed: `train` is this rank's shard; N, the plan and the batches are the whole dataset's.
+        let mut distributed = match self.distributed {
+            Some((group, shard)) => {
+                if self.secure_noise {
+                    return Err(Error::invalid("secure_noise", "is not supported in a distributed run"));
+                }
+                if non_private_diagnostics {
+                    return Err(Error::invalid(
+                        "non_private_diagnostics",
+                        "is not supported in a distributed run",
+                    ));
+                }
+                Some(DistributedRun::new(group, shard, train.len(), M::PARAM_COUNT)?)
+            }
+            None => None,
+        };
+        let examples = distributed.as_ref().map_or(train.len(), DistributedRun::global_examples);
+        let ranks = distributed.as_ref().map_or(1, DistributedRun::size);
+        // Only rank 0 evaluates, reports and writes checkpoints.
+        let is_root = distributed.as_ref().is_none_or(DistributedRun::is_root);
+        let eval = eval.filter(|_| is_root);
         if let Some(eval) = eval {
             check_dataset::<M>("eval", eval)?;
         }
@@ -162,7 +188,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             dimension: M::PARAM_COUNT,
         });
         let config = PlanConfig {
-            examples: train.len(),
+            examples,
             expected_batch_size,
             length,
             noise,
@@ -177,7 +203,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             plan::check_delta_for_examples(plan.delta(), plan.examples())?;
         }
         if let Some((path, c)) = resumed {
-            let differences = c.identity.differences(&RunIdentity::of_plan::<M>(&plan));
+            let differences = c.identity.differences(&RunIdentity::of_plan::<M>(&plan).with_ranks(ranks));
             if !differences.is_empty() {
                 return Err(Error::Mismatch {
                     model: M::NAME.to_string(),
@@ -262,9 +288,12 @@ impl<'m, M: DpModel> Trainer<'m, M> {
 
         let source = self.seed.map_or(KeySource::Os, KeySource::Seed);
         let streams = Streams::new(source, start_step)?;
+        // Distributed: a seeded run's ranks derive the same sampling key and draw the single-process
+        // batches; in a private run each rank's key is its own, so no rank learns another shard's batch
+        // membership (docs/DISTRIBUTED.md). Only rank 0 draws from the noise stream.
         let mut sampling_rng = streams.sampling;
         let mut noise_stream = GaussianNoise::new(streams.noise);
-        let mut sampler = Sampler::new(self.sampling, train.len(), expected_batch_size);
+        let mut sampler = Sampler::new(self.sampling, examples, expected_batch_size);
         let bytes_per_example = (M::WORKSPACE_PER_EXAMPLE.max(1) * 4) as u64;
         let room = (self.memory_budget as u64).saturating_sub(M::WORKSPACE_FIXED as u64 * 4);
         let max_chunk = (room / bytes_per_example).clamp(1, usize::MAX as u64) as usize;
@@ -272,8 +301,8 @@ impl<'m, M: DpModel> Trainer<'m, M> {
         let typical_batch = expected_batch_size + 5 * (expected_batch_size as f64).sqrt().ceil() as usize;
         let mut engine = StepEngine::<M>::new(clip_norm, clip_mode, max_chunk, typical_batch);
         let noise_std = plan.noise_multiplier() * clip_norm;
-        let progress = Progress::new(last_step, start_step, self.quiet);
-        let checkpoint_path = self.checkpoint.as_deref();
+        let progress = Progress::new(last_step, start_step, self.quiet || !is_root);
+        let checkpoint_path = self.checkpoint.as_deref().filter(|_| is_root);
 
         let mut epochs = Vec::new();
         let mut indices = Vec::new();
@@ -293,8 +322,22 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     sampler.sample(&mut sampling_rng, &mut indices);
                     let at = StepInfo { step, total_steps: plan.total_steps() };
                     previous.copy_from_slice(model.params());
-                    let stats = match aggregator.as_mut() {
-                        None => {
+                    // Secure mode is refused for distributed runs above.
+                    let stats = match (aggregator.as_mut(), distributed.as_mut()) {
+                        (None, Some(run)) => {
+                            let stats = run.step(
+                                &mut engine,
+                                model,
+                                train,
+                                &indices,
+                                Some(&mut noise_stream),
+                                noise_std,
+                            )?;
+                            let gradient = NoisyGradient::released(run.released(), plan.normaliser());
+                            optimizer.step(model.params_mut(), gradient, at);
+                            stats
+                        }
+                        (None, None) => {
                             let stats =
                                 engine.clipped_sum_and_noise(model, train, &indices, &mut noise_stream)?;
                             let gradient = NoisyGradient::with_drawn_noise(
@@ -306,7 +349,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                             optimizer.step(model.params_mut(), gradient, at);
                             stats
                         }
-                        Some(agg) => {
+                        (Some(agg), _) => {
                             let stats = engine.secure_sum(model, train, &indices, agg)?;
                             agg.release(noise_stream.rng(), &mut engine.clipped_sum);
                             let gradient =
@@ -366,19 +409,27 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     diagnostics,
                 };
                 // Saved before it is reported: an epoch anyone has seen reported is never lost to a crash.
+                let mut written = Ok(());
                 if let Some(path) = checkpoint_path {
                     let saved = Checkpoint {
                         params: model.params().to_vec(),
                         optimizer: optimizer.state(),
                         steps: step,
                         ledger: plan.ledger().clone(),
-                        identity: RunIdentity::of_plan::<M>(&plan),
+                        identity: RunIdentity::of_plan::<M>(&plan).with_ranks(ranks),
                     };
-                    checkpoint::save::<M>(path, &saved)?;
-                    last_checkpoint = Some(step);
+                    written = checkpoint::save::<M>(path, &saved);
+                    if written.is_ok() {
+                        last_checkpoint = Some(step);
+                    }
                 }
+                if let Some(run) = distributed.as_mut() {
+                    // Every rank stops if rank 0 could not write the checkpoint.
+                    written = run.agree(written);
+                }
+                written?;
                 progress.epoch(&record);
-                if let Some(callback) = on_epoch.as_mut() {
+                if let Some(callback) = on_epoch.as_mut().filter(|_| is_root) {
                     callback(&record);
                 }
                 epochs.push(record);

@@ -1,0 +1,177 @@
+//! One distributed step, and how the ranks agree that one of them failed.
+//!
+//! A step: every rank keeps the part of the global batch in its shard and computes its clipped sum;
+//! one reduce brings the sums to rank 0, which adds the noise it alone draws and broadcasts the
+//! released vector R = S + σC·z (f64); every rank then applies the same update. One extra value rides
+//! on the reduce (this rank failed) and on the broadcast (some rank failed), so a failure costs no
+//! message while none happens.
+
+use super::group::Group;
+use super::{indices_in_shard, Shard};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::DpModel;
+use crate::noise::GaussianNoise;
+use crate::trainer::step::{BatchStats, StepEngine};
+
+/// A distributed run's group, shard and step buffers.
+pub struct DistributedRun<'g> {
+    group: Box<dyn Group + 'g>,
+    shard: Shard,
+    shard_len: usize,
+    local_indices: Vec<usize>,
+    /// This rank's clipped sum, then its failure flag.
+    local: Vec<f32>,
+    /// Rank 0: the sum over ranks, then the number of ranks that failed.
+    total: Vec<f32>,
+    /// R = S + σC·z, then 1.0 when some rank failed.
+    released: Vec<f64>,
+}
+
+impl<'g> DistributedRun<'g> {
+    /// The run of this rank of `group`, holding `shard_len` examples at `shard`, for a model of
+    /// `params` parameters.
+    pub fn new(group: Box<dyn Group + 'g>, shard: Shard, shard_len: usize, params: usize) -> Result<Self> {
+        let end = shard.offset.checked_add(shard_len).filter(|&end| end <= shard.global_examples);
+        if end.is_none() || group.rank() >= group.size() {
+            return Err(Error::invalid(
+                "shard",
+                format!(
+                    "rank {} of {}: examples {}..{}+{} are not within the {} examples of the whole dataset",
+                    group.rank(),
+                    group.size(),
+                    shard.offset,
+                    shard.offset,
+                    shard_len,
+                    shard.global_examples
+                ),
+            ));
+        }
+        Ok(DistributedRun {
+            group,
+            shard,
+            shard_len,
+            local_indices: Vec::new(),
+            local: vec![0.0; params + 1],
+            total: vec![0.0; params + 1],
+            released: vec![0.0; params + 1],
+        })
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> usize {
+        self.group.rank()
+    }
+
+    /// K.
+    pub fn size(&self) -> usize {
+        self.group.size()
+    }
+
+    /// Whether this rank is rank 0, the one that draws the noise, evaluates, reports and checkpoints.
+    pub fn is_root(&self) -> bool {
+        self.group.rank() == 0
+    }
+
+    /// N, the examples of the whole dataset.
+    pub fn global_examples(&self) -> usize {
+        self.shard.global_examples
+    }
+
+    /// One step on the global batch `global_indices` (ascending): this rank's clipped sum of the
+    /// indices in its shard, the reduce, rank 0's noise (`noise`, given on rank 0 only, with standard
+    /// deviation `noise_std` = σC), the broadcast. On success every rank's [`released`](Self::released)
+    /// holds R; the stats are this rank's. If any rank failed, every rank returns
+    /// [`Error::RankFailed`] naming the lowest failing rank, with its message.
+    pub fn step<M: DpModel>(
+        &mut self,
+        engine: &mut StepEngine<M>,
+        model: &M,
+        shard_data: &Dataset<M::Input>,
+        global_indices: &[usize],
+        noise: Option<&mut GaussianNoise>,
+        noise_std: f64,
+    ) -> Result<BatchStats> {
+        let shard = self.shard.offset..self.shard.offset + self.shard_len;
+        indices_in_shard(global_indices, shard, &mut self.local_indices);
+        let params = M::PARAM_COUNT;
+        let root = self.is_root();
+        let outcome = match (root, noise) {
+            (true, Some(noise)) => {
+                engine.clipped_sum_and_noise(model, shard_data, &self.local_indices, noise)
+            }
+            (true, None) => {
+                Err(Error::invalid("noise", "rank 0 draws the noise but was given no noise stream"))
+            }
+            (false, _) => engine.clipped_sum(model, shard_data, &self.local_indices),
+        };
+        let failed_here = outcome.is_err();
+        match failed_here {
+            false => self.local[..params].copy_from_slice(&engine.clipped_sum),
+            true => self.local[..params].fill(0.0),
+        }
+        self.local[params] = f32::from(u8::from(failed_here));
+        self.group.sum_to_root(&self.local, &mut self.total);
+        if root {
+            let any_failed = self.total[params] != 0.0;
+            self.released[params] = f64::from(u8::from(any_failed));
+            if !any_failed {
+                // As one process forms it inside the optimizer: (s as f64 + σC·z), then / B.
+                let z = engine.drawn_noise();
+                for ((r, &s), &z) in self.released[..params].iter_mut().zip(&self.total[..params]).zip(z) {
+                    *r = s as f64 + noise_std * z;
+                }
+            }
+        }
+        self.group.broadcast_from_root(&mut self.released);
+        if self.released[params] != 0.0 {
+            return Err(self.failure(outcome.err()));
+        }
+        outcome
+    }
+
+    /// R = S + σC·z of the last successful [`step`](Self::step), one value per parameter.
+    pub fn released(&self) -> &[f64] {
+        &self.released[..self.released.len() - 1]
+    }
+
+    /// Every rank passes its own outcome of the same work (e.g. rank 0's checkpoint write); every
+    /// rank gets `Ok` when all succeeded and otherwise the same [`Error::RankFailed`].
+    pub fn agree(&mut self, outcome: Result<()>) -> Result<()> {
+        match self.group.lowest_failed(outcome.is_err()) {
+            None => Ok(()),
+            Some(failed) => Err(self.message_of(failed, outcome.err())),
+        }
+    }
+
+    /// The error every rank returns once the broadcast said some rank failed.
+    fn failure(&mut self, own: Option<Error>) -> Error {
+        match self.group.lowest_failed(own.is_some()) {
+            Some(failed) => self.message_of(failed, own),
+            // Rank 0 flagged a failure that no rank owns: the flags disagree, which the collectives
+            // above rule out; still an error, never a silent step.
+            None => Error::RankFailed {
+                rank: 0,
+                ranks: self.size(),
+                message: "a failure was signalled but no rank reported one".into(),
+            },
+        }
+    }
+
+    /// [`Error::RankFailed`] with rank `failed`'s message, broadcast from it.
+    fn message_of(&mut self, failed: usize, own: Option<Error>) -> Error {
+        let mut message = match (self.rank() == failed, own) {
+            (true, Some(error)) => error.to_string().into_bytes(),
+            _ => Vec::new(),
+        };
+        let mut length = (message.len() as u64).to_le_bytes();
+        self.group.broadcast_bytes(failed, &mut length);
+        message.resize(u64::from_le_bytes(length) as usize, 0);
+        self.group.broadcast_bytes(failed, &mut message);
+        Error::RankFailed {
+            rank: failed,
+            ranks: self.size(),
+            message: String::from_utf8_lossy(&message).into_owned(),
+        }
+    }
+}
