@@ -14,8 +14,8 @@ use super::datasets::{
 };
 use crate::models::recipe::{self, Recipe};
 use crate::models::{
-    AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, MnistCnnTanh, MnistVit,
-    ResidualCnn, ScatterCnn, TextTransformer,
+    AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, MnistCnnTanh, MnistVit, ResidualCnn,
+    ScatterCnn, TextTransformer,
 };
 
 /// What a command learns about the model it was dispatched to, besides its type.
