@@ -7,30 +7,13 @@
 //! `cargo test --features mpi --test cli_mpirun`). Without either, each test says on stderr, outside
 //! the test harness's capture, that it was SKIPPED. Ranks run one thread each (`RAYON_NUM_THREADS=1`).
 
+mod common;
+
+use common::TempDir;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-
-/// A folder in the temporary directory, removed at the end.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("dp-cli-mpirun-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Says on the terminal (not through the captured `eprintln!`) that a test did not run.
 fn skipped(test: &str, why: &str) {
@@ -144,7 +127,7 @@ fn compare_with_one_process<M: dp::DpModel>(
 #[test]
 fn two_ranks_train_the_mnist_cnn_as_one_process() {
     let Some(mpirun) = mpirun("two_ranks_train_the_mnist_cnn_as_one_process") else { return };
-    let dir = TempDir::new("mnist");
+    let dir = TempDir::new("cli-mpirun", "mnist");
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist");
     compare_with_one_process::<dp::models::MnistCnn>(&mpirun, "mnist-cnn", &data, &dir, 1e-6);
 }
@@ -152,7 +135,7 @@ fn two_ranks_train_the_mnist_cnn_as_one_process() {
 #[test]
 fn two_ranks_train_the_embedding_network_as_one_process() {
     let Some(mpirun) = mpirun("two_ranks_train_the_embedding_network_as_one_process") else { return };
-    let dir = TempDir::new("embedding");
+    let dir = TempDir::new("cli-mpirun", "embedding");
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/reviews/womens_clothing_reviews.csv.gz");
     // Measured: 1.22e-6 at most, on the embedding row of a token frequent in the reviews: its clipped
     // sum adds thousands of positions per step, and two partial f32 sums round differently from one.
@@ -194,7 +177,7 @@ fn processes_with(entries: &[String]) -> Vec<u32> {
 #[test]
 fn a_killed_rank_ends_the_job_and_leaves_the_last_checkpoint() {
     let Some(mpirun) = mpirun("a_killed_rank_ends_the_job_and_leaves_the_last_checkpoint") else { return };
-    let dir = TempDir::new("kill");
+    let dir = TempDir::new("cli-mpirun", "kill");
     let data = dir.path("mnist");
     std::fs::create_dir_all(&data).unwrap();
     // 1,280 examples, B = 64: an epoch is 20 steps; the plan is 100 epochs.

@@ -3,33 +3,17 @@
 //! loads, no epoch the killed run reported is lost, and the resumed run ends with the step count and ε
 //! of a run that was never interrupted.
 
+mod common;
+
+use common::TempDir;
+
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use dp::models::Cifar10Cnn;
 use rand::{Rng, SeedableRng};
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("dp-cli-resume-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A CIFAR-10 folder of `per_file` random images in each of the six batch files. The CIFAR-10 CNN's
 /// checkpoint (605,226 parameters and as many momentum values, 4.8 MB) takes long enough to write that
@@ -120,7 +104,7 @@ fn kill_when(mut child: Child, mut when: impl FnMut() -> bool) -> (Output, bool)
 
 #[test]
 fn a_run_killed_at_random_moments_resumes_to_the_uninterrupted_result() {
-    let dir = TempDir::new("kill");
+    let dir = TempDir::new("cli-resume", "kill");
     let data = dir.path("cifar");
     write_cifar(&data, 16); // 80 training examples: 10 steps an epoch at batch 8, 60 in all.
 
@@ -193,7 +177,7 @@ fn a_run_killed_at_random_moments_resumes_to_the_uninterrupted_result() {
 
 #[test]
 fn resume_refuses_another_plan_and_a_finished_run_trains_nothing() {
-    let dir = TempDir::new("refuse");
+    let dir = TempDir::new("cli-resume", "refuse");
     let data = dir.path("cifar");
     write_cifar(&data, 4); // 20 examples: δ must stay below 1/20.
     let checkpoint = dir.path("ck.safetensors");

@@ -1,35 +1,14 @@
 //! `dp step` run as a binary, checked against a direct f64 computation written here (one example at a
 //! time: forward, backward, norm, clip, sum, noise, ÷ N, SGD), and on every kind of bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use common::{dp, s, TempDir};
+
+use std::path::Path;
 
 use dp::data::npy::{self, NpyArray, NpyData};
 use dp::pytorch::{self, StateTensor};
-
-fn dp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dp")).args(args).output().expect("the dp binary runs")
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("dp-cli-step-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Deterministic values in [-scale, scale).
 fn values(seed: u64, n: usize, scale: f64) -> Vec<f32> {
@@ -59,10 +38,6 @@ fn get<'a>(tensors: &'a [StateTensor], name: &str) -> &'a [f32] {
 fn run_ok(args: &[&str]) {
     let out = dp(args);
     assert!(out.status.success(), "dp {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// The f64 reference of one step: per-example gradients from `grad(i)` (flat, in the order of
@@ -99,7 +74,7 @@ const FEATURES: usize = 104;
 /// Logistic regression: z = w·x + b, loss softplus(z) − y·z, dz = σ(z) − y.
 #[test]
 fn logreg_step_matches_the_f64_reference_with_large_lr_and_odd_clip() {
-    let dir = TempDir::new("logreg");
+    let dir = TempDir::new("cli-step", "logreg");
     let n = 6;
     let w = values(1, FEATURES, 0.3);
     let b = values(2, 1, 0.3);
@@ -232,7 +207,7 @@ fn ffnn_weights(path: &Path) -> Vec<f32> {
 
 #[test]
 fn ffnn_step_matches_the_f64_reference() {
-    let dir = TempDir::new("ffnn");
+    let dir = TempDir::new("cli-step", "ffnn");
     let n = 5;
     let (params, x, y) = write_ffnn(&dir, n);
     let (out, norms) = (dir.path("w2.safetensors"), dir.path("norms.npy"));
@@ -271,7 +246,7 @@ fn ffnn_step_matches_the_f64_reference() {
 /// (W_noisy − W_ref)·N / (−lr) = S·C·z.
 #[test]
 fn ffnn_noise_has_standard_deviation_s_times_c_on_the_sum() {
-    let dir = TempDir::new("noise");
+    let dir = TempDir::new("cli-step", "noise");
     let n = 4;
     let (params, x, y) = write_ffnn(&dir, n);
     let out = dir.path("w2.safetensors");
@@ -345,7 +320,7 @@ fn fails(dir: &TempDir, model: &str, init: &Path, inputs: &Path, labels: &Path, 
 
 #[test]
 fn bad_inputs_are_one_line_errors_and_write_nothing() {
-    let dir = TempDir::new("bad");
+    let dir = TempDir::new("cli-step", "bad");
     let n = 3;
     write_ffnn(&dir, n);
     let (w, x, y) = (dir.path("w.safetensors"), dir.path("x.npy"), dir.path("y.npy"));
@@ -401,7 +376,7 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
 
 #[test]
 fn invalid_numbers_name_their_flag() {
-    let dir = TempDir::new("flags");
+    let dir = TempDir::new("cli-step", "flags");
     write_ffnn(&dir, 2);
     let (w, x, y) = (dir.path("w.safetensors"), dir.path("x.npy"), dir.path("y.npy"));
     let out = dir.path("o.safetensors");
@@ -448,7 +423,7 @@ fn dedupe_last<'a>(args: &[&'a str]) -> Vec<&'a str> {
 /// gives the same step. Tokens may be i32 or i64.
 #[test]
 fn lstm_biases_load_as_their_sum_and_save_as_bias_ih_with_bias_hh_zero() {
-    let dir = TempDir::new("lstm");
+    let dir = TempDir::new("cli-step", "lstm");
     let (vocab, dim, hidden, len, n) = (10004, 100, 100, 256, 2);
     let bias_ih = values(21, 4 * hidden, 0.1);
     let bias_hh = values(22, 4 * hidden, 0.1);
@@ -517,7 +492,7 @@ fn lstm_biases_load_as_their_sum_and_save_as_bias_ih_with_bias_hh_zero() {
 
 #[test]
 fn the_noise_multiplier_must_be_written_and_outputs_never_replace_inputs() {
-    let dir = TempDir::new("explicit");
+    let dir = TempDir::new("cli-step", "explicit");
     write_ffnn(&dir, 2);
     let (w, x, y) = (dir.path("w.safetensors"), dir.path("x.npy"), dir.path("y.npy"));
     let out = dir.path("o.safetensors");

@@ -2,43 +2,13 @@
 //! (text and JSON output, checkpoint and plot), a short MNIST-CNN run on small IDX files written here,
 //! and every kind of bad data file.
 
+mod common;
+
+use common::{dp, s, text, TempDir, ADULT};
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn dp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dp")).args(args).output().expect("the dp binary runs")
-}
-
-const ADULT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/adult");
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("dp-cli-train-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use std::path::Path;
+use std::process::Output;
 
 #[test]
 fn models_lists_every_registered_model_with_shape_and_parameters() {
@@ -109,7 +79,7 @@ fn adult_run_cut_by_max_steps_prints_accuracy_and_epsilon() {
 
 #[test]
 fn json_lines_parse_and_checkpoint_and_plot_are_written() {
-    let dir = TempDir::new("json");
+    let dir = TempDir::new("cli-train", "json");
     let checkpoint = dir.path("logreg.safetensors");
     let out = dp(&adult_args("logreg", &["--noise-multiplier", "1.0", "--json", "--save", s(&checkpoint)]));
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -246,7 +216,7 @@ fn fails(output: Output, save: &Path, needle: &str) {
 
 #[test]
 fn mnist_cnn_trains_on_idx_files_and_bad_files_are_one_line_errors() {
-    let dir = TempDir::new("mnist");
+    let dir = TempDir::new("cli-train", "mnist");
     let good = dir.path("good");
     write_mnist(&good, 40, 28);
     let save = dir.path("cnn.safetensors");
@@ -281,7 +251,7 @@ fn mnist_cnn_trains_on_idx_files_and_bad_files_are_one_line_errors() {
 
 #[test]
 fn bad_adult_files_are_one_line_errors() {
-    let dir = TempDir::new("adult");
+    let dir = TempDir::new("cli-train", "adult");
     let save = dir.path("never.safetensors");
     let header = "age,workclass,fnlwgt,education,education-num,marital-status,occupation,relationship,race,sex,capital-gain,capital-loss,hours-per-week,native-country,income";
     let row = |age: &str, income: &str| {
@@ -354,7 +324,7 @@ fn every_builtin_model_trains_with_only_data_and_a_target_epsilon() {
     assert_eq!(mnist["recipe"]["batch_size"], 512);
     assert_eq!(mnist["recipe"]["clip_norm"], 1.0);
 
-    let dir = TempDir::new("recipe");
+    let dir = TempDir::new("cli-train", "recipe");
     let data = dir.path("mnist");
     write_mnist(&data, 600, 28);
     // Only the data, the privacy target and a short cut; δ below 1/600.
@@ -387,7 +357,7 @@ fn every_builtin_model_trains_with_only_data_and_a_target_epsilon() {
 /// in docs/MODELS.md: evaluating it on the 4,492 test reviews takes minutes in a test build).
 #[test]
 fn the_vision_transformer_trains_privately_from_the_command_line() {
-    let dir = TempDir::new("vit");
+    let dir = TempDir::new("cli-train", "vit");
     let data = dir.path("mnist");
     write_mnist(&data, 64, 28);
     let mut args = vec!["train", "--model", "mnist-vit", "--data", s(&data), "--delta", "1e-3"];
@@ -410,7 +380,7 @@ fn the_vision_transformer_trains_privately_from_the_command_line() {
 
 #[test]
 fn outputs_that_collide_with_each_other_or_with_an_input_are_refused_before_training() {
-    let dir = TempDir::new("collide");
+    let dir = TempDir::new("cli-train", "collide");
     // `--save run.svg`: the plot beside the checkpoint would be the checkpoint itself.
     let svg = dir.path("run.svg");
     let out = dp(&adult_args("logreg", &["--noise-multiplier", "1", "--save", s(&svg)]));
@@ -420,7 +390,7 @@ fn outputs_that_collide_with_each_other_or_with_an_input_are_refused_before_trai
 
     // `--plot` equal to `--save`, spelled differently.
     let save = dir.path("run.safetensors");
-    let other_spelling = dir.0.join(".").join("run.safetensors");
+    let other_spelling = dir.path(".").join("run.safetensors");
     let out = dp(&adult_args(
         "logreg",
         &["--noise-multiplier", "1", "--save", s(&save), "--plot", s(&other_spelling)],
@@ -477,7 +447,7 @@ fn non_private_diagnostics_are_off_by_default_and_marked_when_asked_for() {
 
 #[test]
 fn without_model_the_kind_of_data_picks_the_recommended_model() {
-    let dir = TempDir::new("recommended");
+    let dir = TempDir::new("cli-train", "recommended");
     let mnist = dir.path("idx");
     write_mnist(&mnist, 40, 28);
     let out = dp(&[
@@ -546,7 +516,7 @@ fn ema_is_checked_and_the_tanh_cnn_standardises_with_public_constants() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--ema"), "{}", text(&out.stderr));
 
-    let dir = TempDir::new("tanh");
+    let dir = TempDir::new("cli-train", "tanh");
     let mnist = dir.path("idx");
     write_mnist(&mnist, 40, 28);
     let out = dp(&[
