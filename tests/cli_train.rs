@@ -302,17 +302,7 @@ fn every_builtin_model_trains_with_only_data_and_a_target_epsilon() {
     let out = dp(&["models"]);
     let listing = text(&out.stdout);
     let recipes = &listing[listing.find("recipes:").expect("a recipe table")..];
-    for name in [
-        "logreg",
-        "ffnn",
-        "mnist-cnn",
-        "mnist-vit",
-        "cifar10-cnn",
-        "residual-cnn",
-        "embedding",
-        "lstm",
-        "text-transformer",
-    ] {
+    for name in dp::cli::registry::NAMES {
         assert!(recipes.lines().any(|l| l.starts_with(name)), "{name} has no recipe line: {recipes}");
     }
     let out = dp(&["models", "--json"]);
