@@ -223,3 +223,43 @@ fn activations_whose_derivative_needs_their_input_are_never_fused() {
     let out = pretty(expand(args, item));
     assert_eq!(out.matches("activation_backward_from_input").count(), 2, "{out}");
 }
+
+#[test]
+fn frozen_layers_lie_after_the_trained_ones_without_a_group() {
+    let plan = planned(
+        quote!(input = [6], loss = cross_entropy(classes = 2)),
+        quote! {
+            struct M {
+                #[layer(linear(out = 5), relu, frozen)]
+                base: Linear,
+                #[layer(linear(out = 4), tanh)]
+                mid: Linear,
+                #[layer(linear(out = 3), relu, frozen)]
+                frozen_mid: Linear,
+                #[layer(linear(out = 2))]
+                head: Linear,
+            }
+        },
+    );
+    assert_eq!(plan.groups, ["mid", "head"]);
+    assert_eq!(plan.trained_param_count, (4 * 5 + 4) + (2 * 3 + 2));
+    assert_eq!(plan.param_count, plan.trained_param_count + (5 * 6 + 5) + (3 * 4 + 3));
+    for p in &plan.params {
+        let frozen = p.name.starts_with("base.") || p.name.starts_with("frozen_mid.");
+        assert_eq!(p.trained, !frozen, "{}", p.name);
+        assert_eq!(p.offset < plan.trained_param_count, !frozen, "{} at {}", p.name, p.offset);
+        assert_eq!(p.group == crate::plan::params::NO_GROUP, frozen, "{}", p.name);
+    }
+    // The base has nothing trained below it: no backward. The frozen middle layer carries the
+    // gradient through to `mid`.
+    let roles: Vec<(bool, bool)> = plan.roles.iter().map(|r| (r.frozen, r.backward)).collect();
+    assert_eq!(roles, [(true, false), (false, true), (true, true), (false, true)]);
+    let frozen_rows: Vec<&str> =
+        plan.layers.iter().filter(|l| l.op.ends_with("(frozen)")).map(|l| l.field.as_str()).collect();
+    assert_eq!(frozen_rows, ["base", "frozen_mid"]);
+    assert!(plan.layers.iter().filter(|l| l.op.ends_with("(frozen)")).all(|l| l.strategy.is_none()));
+    // The frozen middle layer still propagates δ·W into `mid`'s δ.
+    let crate::ops::Step::Linear(frozen_mid) = &plan.steps[2] else { panic!("frozen_mid is dense") };
+    let crate::ops::Step::Linear(mid) = &plan.steps[1] else { panic!("mid is dense") };
+    assert_eq!(frozen_mid.input_grad.map(|t| t.write), Some(mid.delta));
+}

@@ -23,5 +23,7 @@ pub mod trainer;
 
 pub use data::Dataset;
 pub use error::{Error, Result};
-pub use model::{Batch, DpModel, InputElem, LayerInfo, Loss, NormStrategy, ParamSpec, Workspace};
+pub use model::{
+    Batch, DpModel, InputElem, LayerInfo, Loss, NormStrategy, ParamSpec, Workspace, FROZEN_GROUP,
+};
 pub use trainer::{Diagnostics, EpochReport, Report, RunDiagnostics, Trainer};

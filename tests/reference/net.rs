@@ -147,7 +147,10 @@ pub struct Entry {
 pub struct Layout {
     pub entries: Vec<Entry>,
     pub count: usize,
+    /// Groups of the trained tensors (a frozen tensor's group is `dp::FROZEN_GROUP`).
     pub groups: usize,
+    /// The trained prefix of the buffer (every trained tensor lies in it, every frozen one after it).
+    pub trained: usize,
 }
 
 impl Layout {
@@ -167,8 +170,13 @@ impl Layout {
             .collect();
         let count = specs.iter().map(|p| p.offset + p.len).max().unwrap_or(0);
         assert_eq!(count, specs.iter().map(|p| p.len).sum::<usize>(), "parameters overlap or leave gaps");
-        let groups = specs.iter().map(|p| p.group + 1).max().unwrap_or(0);
-        Layout { entries, count, groups }
+        let trained_specs = specs.iter().filter(|p| p.group != dp::FROZEN_GROUP);
+        let groups = trained_specs.clone().map(|p| p.group + 1).max().unwrap_or(0);
+        let trained = trained_specs.map(|p| p.offset + p.len).max().unwrap_or(0);
+        for p in specs.iter().filter(|p| p.group == dp::FROZEN_GROUP) {
+            assert!(p.offset >= trained, "{}: a frozen tensor inside the trained prefix", p.name);
+        }
+        Layout { entries, count, groups, trained }
     }
 
     /// The range of parameter `name`, which must have `shape`.
@@ -187,7 +195,7 @@ impl Layout {
         self.entries.iter().map(|e| e.name.as_str()).collect()
     }
 
-    /// The group of every element of the flat buffer.
+    /// The group of every element of the flat buffer (`dp::FROZEN_GROUP` for a frozen one).
     pub fn group_of_each(&self) -> Vec<usize> {
         let mut groups = vec![0; self.count];
         for e in &self.entries {
@@ -197,11 +205,13 @@ impl Layout {
         groups
     }
 
-    /// The squared norm of `grad` restricted to each group.
+    /// The squared norm of `grad` restricted to each group (frozen tensors are in none).
     pub fn group_sq_norms(&self, grad: &[f64]) -> Vec<f64> {
         let mut norms = vec![0.0; self.groups];
         for (g, v) in self.group_of_each().into_iter().zip(grad) {
-            norms[g] += v * v;
+            if g != dp::FROZEN_GROUP {
+                norms[g] += v * v;
+            }
         }
         norms
     }
@@ -676,7 +686,7 @@ impl Network {
             ops,
             input_shape: input_shape.to_vec(),
             loss,
-            layout: Layout { entries: vec![], count: 0, groups: 0 },
+            layout: Layout { entries: vec![], count: 0, groups: 0, trained: 0 },
         };
         let (mut offset, mut modules) = (0, Vec::<String>::new());
         for (name, shape) in net.expected_params() {
@@ -691,6 +701,7 @@ impl Network {
         }
         net.layout.count = offset;
         net.layout.groups = modules.len();
+        net.layout.trained = offset;
         net
     }
 }

@@ -28,9 +28,18 @@ pub fn constants(model: &ModelDef, plan: &Plan) -> TokenStream {
             quote!(::dp::__private::runtime::Loss::MeanSquaredError { outputs: #k })
         }
     };
-    let params = plan.params.iter().map(|p| {
-        let (pname, pshape, offset, len, group) =
-            (&p.name, shape(&p.shape), lit(p.offset), lit(p.len), lit(p.group));
+    // In buffer order: the trained tensors, then the frozen ones (with no group).
+    let mut in_buffer_order: Vec<_> = plan.params.iter().collect();
+    in_buffer_order.sort_by_key(|p| p.offset);
+    let params = in_buffer_order.into_iter().map(|p| {
+        let (pname, pshape, offset, len) = (&p.name, shape(&p.shape), lit(p.offset), lit(p.len));
+        let group = match p.trained {
+            true => {
+                let g = lit(p.group);
+                quote!(#g)
+            }
+            false => quote!(::dp::__private::runtime::FROZEN_GROUP),
+        };
         quote! {
             ::dp::__private::runtime::ParamSpec {
                 name: #pname, shape: #pshape, offset: #offset, len: #len, group: #group,
@@ -63,6 +72,7 @@ pub fn constants(model: &ModelDef, plan: &Plan) -> TokenStream {
     });
     let groups = &plan.groups;
     let (param_count, per_example) = (lit(plan.param_count), lit(plan.workspace_per_example));
+    let trained_param_count = lit(plan.trained_param_count);
     let input_ty = super::input_type(model);
     let vocab = lit(model.input_kind.vocab().unwrap_or(0));
     quote! {
@@ -73,6 +83,7 @@ pub fn constants(model: &ModelDef, plan: &Plan) -> TokenStream {
         const LOSS: ::dp::__private::runtime::Loss = #loss;
         const PARAMS: &'static [::dp::__private::runtime::ParamSpec] = &[#(#params),*];
         const PARAM_COUNT: usize = #param_count;
+        const TRAINED_PARAM_COUNT: usize = #trained_param_count;
         const GROUPS: &'static [&'static str] = &[#(#groups),*];
         const LAYERS: &'static [::dp::__private::runtime::LayerInfo] = &[#(#layers),*];
         const WORKSPACE_PER_EXAMPLE: usize = #per_example;

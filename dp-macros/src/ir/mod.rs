@@ -26,6 +26,9 @@ pub struct Node {
     pub span: Span,
     /// The op as written, for the plan table.
     pub text: String,
+    /// Whether the node's parameters are frozen (`frozen` in its field's chain): a layer without a
+    /// parameter group, whose backward only carries the gradient through to its input.
+    pub frozen: bool,
 }
 
 /// A model's forward program, nodes in a valid execution (topological) order.
@@ -57,6 +60,7 @@ impl Graph {
                     field,
                     span: op.span,
                     text: op.text.clone(),
+                    frozen: def.frozen.is_some() && op.op.is_parameterised(),
                 });
                 current = output;
             }

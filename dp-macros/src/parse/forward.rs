@@ -154,6 +154,7 @@ impl Lowering<'_> {
                     field,
                     span: b.op.span(),
                     text: "+".into(),
+                    frozen: false,
                 });
                 Some(output)
             }
@@ -198,6 +199,7 @@ impl Lowering<'_> {
                         field: index,
                         span: op.span,
                         text: op.text.clone(),
+                        frozen: self.model.fields[index].frozen.is_some() && op.op.is_parameterised(),
                     });
                     current = output;
                 }
@@ -230,6 +232,7 @@ impl Lowering<'_> {
                     field,
                     span: m.method.span(),
                     text: method,
+                    frozen: false,
                 });
                 Some(output)
             }
