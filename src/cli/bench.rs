@@ -613,7 +613,7 @@ impl StepMemory {
             + (2 * M::GROUPS.len() * 4) as u64
             + std::mem::size_of::<usize>() as u64;
         let fixed = (M::WORKSPACE_FIXED * 4) as u64
-            + 2 * (M::PARAM_COUNT * 4) as u64
+            + ((M::PARAM_COUNT + M::TRAINED_PARAM_COUNT) * 4) as u64
             + distinct_examples as u64 * (input + label);
         StepMemory { per_example, fixed }
     }
