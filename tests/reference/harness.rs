@@ -196,13 +196,30 @@ pub fn check_model_in<M: DpModel>(
 where
     M::Input: TestInput,
 {
+    check_model_at::<M>(net, ws, size, seed, edit, |_| {})
+}
+
+/// [`check_model_in`] with parameters that `params` changes after `M::init` (e.g. a LoRA B matrix,
+/// zero at init, made random so that the A matrix gets a gradient).
+pub fn check_model_at<M: DpModel>(
+    net: &Network,
+    ws: &mut Workspace,
+    size: usize,
+    seed: u64,
+    edit: impl Fn(&mut [M::Input]),
+    params: impl Fn(&mut [f32]),
+) -> Errors
+where
+    M::Input: TestInput,
+{
     ws.ensure::<M>(size);
     net.check_layout();
     assert_eq!(M::GROUPS.len(), net.layout.groups, "{}: group count", M::NAME);
     assert_eq!(M::PARAM_COUNT, net.layout.count, "{}: parameter count", M::NAME);
     assert_eq!(M::TRAINED_PARAM_COUNT, net.layout.trained, "{}: trained parameter count", M::NAME);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let model = M::init(&mut rng);
+    let mut model = M::init(&mut rng);
+    params(model.params_mut());
     let params = widen(model.params());
     let mut data = Data::<M::Input>::random::<M>(&mut rng, size);
     edit(&mut data.inputs);
