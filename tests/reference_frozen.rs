@@ -276,3 +276,59 @@ fn training_leaves_frozen_parameters_bit_identical() {
     check_training_leaves_frozen_parameters::<FrozenBase>("base");
     check_training_leaves_frozen_parameters::<FrozenResidual>("residual");
 }
+
+/// Two ranks (threads, `ThreadGroup`) reduce only the trained prefix and train as one process; the
+/// frozen parameters stay bit-identical on every rank.
+#[test]
+fn two_ranks_train_a_frozen_model_as_one_process() {
+    use dp::distributed::{shard_range, take_shard, Shard, ThreadGroup};
+    use dp::optim::Sgd;
+    let train = data::<Sandwich>(200, 13);
+    fn trainer(model: &mut Sandwich) -> Trainer<'_, Sandwich> {
+        Trainer::new(model)
+            .optimizer(Sgd::new(0.2).momentum(0.9))
+            .clip_norm(1.0)
+            .noise_multiplier(1.1)
+            .delta(1e-4)
+            .expected_batch_size(32)
+            .steps(8)
+            .seed(21)
+            .quiet(true)
+    }
+    let initial = Sandwich::init(&mut ChaCha8Rng::seed_from_u64(4));
+    let mut single = initial.clone();
+    trainer(&mut single).fit(&train, None).expect("one process trains");
+    let n = train.len();
+    let ranks: Vec<Vec<f32>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ThreadGroup::new(2)
+            .into_iter()
+            .enumerate()
+            .map(|(rank, group)| {
+                let (train, initial) = (&train, &initial);
+                scope.spawn(move || {
+                    let shard = take_shard(train, shard_range(n, rank, 2)).unwrap();
+                    let mut model = initial.clone();
+                    trainer(&mut model)
+                        .distributed(group, Shard::of_rank(n, rank, 2))
+                        .fit(&shard, None)
+                        .unwrap();
+                    model.params().to_vec()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let trained = Sandwich::TRAINED_PARAM_COUNT;
+    for (rank, params) in ranks.iter().enumerate() {
+        let difference =
+            params.iter().zip(single.params()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(difference <= 1e-6, "rank {rank}: parameters differ by {difference}");
+        assert!(params[trained..]
+            .iter()
+            .zip(&initial.params()[trained..])
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        let moved =
+            params[..trained].iter().zip(initial.params()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(moved > 1e-3, "rank {rank}: the trained parameters moved only {moved}");
+    }
+}

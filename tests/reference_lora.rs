@@ -240,3 +240,53 @@ fn training_moves_only_the_adapters_and_the_state_dict_round_trips() {
     let loaded = checkpoint::load_params::<DenseLora>(&path).expect("loaded");
     assert_eq!(loaded, model.params());
 }
+
+/// `DenseLora` without its adapters: what a merged file loads into.
+#[dp_model(input = [6], loss = cross_entropy(classes = 3))]
+struct DensePlain {
+    #[layer(linear(out = 5), tanh)]
+    fc1: Linear,
+    #[layer(linear(out = 4), sigmoid)]
+    adapted: Linear,
+    #[layer(linear(out = 3))]
+    head: Linear,
+}
+
+#[test]
+fn merged_adapters_give_the_same_outputs_in_a_plain_model() {
+    assert_eq!(
+        DenseLora::LORA,
+        [dp::LoraSpec {
+            weight: "adapted.weight",
+            lora_a: "adapted.lora_A.weight",
+            lora_b: "adapted.lora_B.weight",
+            scale: 2.0
+        }]
+    );
+    assert!(DensePlain::LORA.is_empty());
+    let mut model = DenseLora::init(&mut ChaCha8Rng::seed_from_u64(8));
+    randomise_lora_b::<DenseLora>(model.params_mut());
+    let dir = TempDir::new("reference_lora", "merge");
+    let path = dir.path("merged.safetensors");
+    dp::lora::save_merged(&path, &model).expect("merged and saved");
+    let dict = dp::pytorch::read(&path).expect("a state dict");
+    assert!(dict.tensors.iter().all(|t| !t.name.contains("lora")), "adapters left in the merged file");
+    let mut plain = DensePlain::init(&mut ChaCha8Rng::seed_from_u64(9));
+    dp::pretrained::init_from_file(&mut plain, &path, &dp::pretrained::InitOptions::default())
+        .expect("the merged file loads into the plain model, strictly");
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let inputs: Vec<f32> = (0..16 * 6).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let (mut lora_out, mut plain_out) = (vec![0.0f32; 16 * 3], vec![0.0f32; 16 * 3]);
+    model.forward(&mut Workspace::new::<DenseLora>(16), &inputs, 16, &mut lora_out);
+    plain.forward(&mut Workspace::new::<DensePlain>(16), &inputs, 16, &mut plain_out);
+    for (a, b) in lora_out.iter().zip(&plain_out) {
+        assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{lora_out:?} vs {plain_out:?}");
+    }
+    // The adapters matter: without merging, the base alone computes something else.
+    let mut base = model.clone();
+    let b = DenseLora::PARAMS.iter().find(|s| s.name == "adapted.lora_B.weight").unwrap();
+    base.params_mut()[b.offset..b.offset + b.len].fill(0.0);
+    let mut base_out = vec![0.0f32; 16 * 3];
+    base.forward(&mut Workspace::new::<DenseLora>(16), &inputs, 16, &mut base_out);
+    assert!(base_out.iter().zip(&plain_out).any(|(a, b)| (a - b).abs() > 1e-4), "the merge changed nothing");
+}

@@ -58,6 +58,20 @@ pub struct ParamSpec {
     pub group: usize,
 }
 
+/// A LoRA layer (`linear(out = N, lora(rank = r, alpha = a))`): the PyTorch names of its base weight
+/// and adapters and the adapters' factor, for merging them into the weight ([`crate::lora`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoraSpec {
+    /// `<layer>.weight`, `[N, in]`, frozen.
+    pub weight: &'static str,
+    /// `<layer>.lora_A.weight`, `[r, in]`.
+    pub lora_a: &'static str,
+    /// `<layer>.lora_B.weight`, `[N, r]`.
+    pub lora_b: &'static str,
+    /// `alpha / r`.
+    pub scale: f32,
+}
+
 /// The group of a frozen tensor (`#[layer(..., frozen)]`, a LoRA layer's base weight): it has no
 /// column of `sq_norms` and no gradient.
 pub const FROZEN_GROUP: usize = usize::MAX;
@@ -158,6 +172,9 @@ pub trait DpModel: Sized + Send + Sync {
     /// distributed reduce have this length. Frozen parameters (after them) are never changed by
     /// training. A model without frozen parameters trains all of them.
     const TRAINED_PARAM_COUNT: usize = Self::PARAM_COUNT;
+    /// The LoRA layers, whose adapters [`crate::lora::merged_state_dict`] can fold into their base
+    /// weights.
+    const LORA: &'static [LoraSpec] = &[];
     /// Names of the parameter groups (parameterised layers), indexed by `ParamSpec::group`.
     const GROUPS: &'static [&'static str];
     /// The compiled plan, layer by layer.

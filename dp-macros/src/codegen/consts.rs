@@ -70,6 +70,26 @@ pub fn constants(model: &ModelDef, plan: &Plan) -> TokenStream {
             }
         }
     });
+    // Only a model with LoRA layers states them (the contract's default is none).
+    let lora_layers: Vec<TokenStream> = plan
+        .steps
+        .iter()
+        .filter_map(|step| match step {
+            crate::ops::Step::LoraSum(s) => Some(s),
+            _ => None,
+        })
+        .map(|s| {
+            let (w, a, b) = (
+                format!("{}.weight", s.layer),
+                format!("{}.lora_A.weight", s.layer),
+                format!("{}.lora_B.weight", s.layer),
+            );
+            let scale = Literal::f32_suffixed(s.scale);
+            quote!(::dp::__private::runtime::LoraSpec { weight: #w, lora_a: #a, lora_b: #b, scale: #scale })
+        })
+        .collect();
+    let lora = (!lora_layers.is_empty())
+        .then(|| quote!(const LORA: &'static [::dp::__private::runtime::LoraSpec] = &[#(#lora_layers),*];));
     let groups = &plan.groups;
     let (param_count, per_example) = (lit(plan.param_count), lit(plan.workspace_per_example));
     let trained_param_count = lit(plan.trained_param_count);
@@ -88,5 +108,6 @@ pub fn constants(model: &ModelDef, plan: &Plan) -> TokenStream {
         const LAYERS: &'static [::dp::__private::runtime::LayerInfo] = &[#(#layers),*];
         const WORKSPACE_PER_EXAMPLE: usize = #per_example;
         const WORKSPACE_FIXED: usize = 0;
+        #lora
     }
 }

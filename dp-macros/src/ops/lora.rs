@@ -85,6 +85,8 @@ pub struct LoraSum {
 /// `act(base + scale · adapter)`.
 #[derive(Debug, Clone)]
 pub struct LoraSumStep {
+    /// The layer (its field), which names its tensors: `<layer>.weight`, `<layer>.lora_A.weight`, ...
+    pub layer: String,
     /// The base layer's output and the adapter path's (B A x).
     pub inputs: [Buf; 2],
     pub output: usize,
@@ -143,6 +145,7 @@ impl OpRules for LoraSum {
         let inputs = [pl.storage_of(base), pl.storage_of(adapter)];
         let targets = [pl.target(node, base), pl.target(node, adapter)];
         pl.cost(i, 4 * len as u64, None);
-        Some(LoraSumStep { inputs, output, len, scale: self.scale, act, grad, targets })
+        let layer = field.to_string();
+        Some(LoraSumStep { layer, inputs, output, len, scale: self.scale, act, grad, targets })
     }
 }
