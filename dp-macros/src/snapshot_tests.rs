@@ -122,6 +122,30 @@ fn mlp_expansion() {
     insta::assert_snapshot!(pretty(expand(args, item)));
 }
 
+/// A frozen first layer and a LoRA layer: trained-first offsets, no backward for the frozen base, no
+/// norms or sums for the LoRA base, the adapters' own groups, the scaled sum and `LORA`.
+fn frozen_and_lora() -> (TokenStream, TokenStream) {
+    (
+        quote!(input = [6], loss = cross_entropy(classes = 2)),
+        quote! {
+            pub struct FineTuned {
+                #[layer(linear(out = 5), relu, frozen)]
+                base: Linear,
+                #[layer(linear(out = 4, lora(rank = 2, alpha = 4)), tanh)]
+                adapted: Linear,
+                #[layer(linear(out = 2))]
+                head: Linear,
+            }
+        },
+    )
+}
+
+#[test]
+fn frozen_and_lora_expansion() {
+    let (args, item) = frozen_and_lora();
+    insta::assert_snapshot!(pretty(expand(args, item)));
+}
+
 fn planned(args: TokenStream, item: TokenStream) -> plan::Plan {
     crate::plan_of(args, item)
 }
