@@ -78,14 +78,13 @@ pub struct Plan {
 
 /// Lowers a checked graph into steps, parameters and the memory plan.
 pub fn plan(graph: &Graph, checked: &Checked) -> Plan {
-    // A frozen layer keeps its gradient buffers (a trained layer above it writes its δ); whether a
-    // value depends on a *trained* parameter decides only which backward steps run.
-    let (mut needs_grad, mut trained_below) =
-        (vec![false; graph.value_count], vec![false; graph.value_count]);
+    // A value needs a gradient when it depends on a trained parameter (not on frozen ones only). A
+    // parameterised layer keeps its output gradient buffer either way; a frozen one's is written only
+    // when something below it is trained.
+    let mut needs_grad = vec![false; graph.value_count];
     for node in &graph.nodes {
-        needs_grad[node.output.0] = node.op.is_parameterised() || node.inputs.iter().any(|v| needs_grad[v.0]);
-        trained_below[node.output.0] =
-            (node.op.is_parameterised() && !node.frozen) || node.inputs.iter().any(|v| trained_below[v.0]);
+        needs_grad[node.output.0] =
+            (node.op.is_parameterised() && !node.frozen) || node.inputs.iter().any(|v| needs_grad[v.0]);
     }
     let uses = graph.use_counts();
     let fusable = (0..graph.nodes.len()).map(|i| graph.fusable_activation(i, &uses)).collect();
@@ -97,7 +96,7 @@ pub fn plan(graph: &Graph, checked: &Checked) -> Plan {
             continue;
         }
         pl.frozen = node.frozen;
-        let below_trained = node.inputs.iter().any(|v| trained_below[v.0]);
+        let below_trained = node.inputs.iter().any(|v| pl.needs_grad[v.0]);
         if let Some(step) = node.op.plan(&mut pl, &graph.view(i)) {
             steps.push(step);
             let trained_layer = node.op.is_parameterised() && !node.frozen;
