@@ -1,7 +1,7 @@
 //! Frozen layers (`#[layer(..., frozen)]`) against the f64 reference of `tests/reference`, one example
 //! at a time: a frozen layer between trained ones (the gradient flows through it, its own gradient is
-//! in no norm and no sum), a frozen first layer, and a frozen residual block in `forward`, at B = 1,
-//! 3 and 64. Then the runtime: after `Trainer` training, frozen parameters are bit-identical, the
+//! in no norm and no sum), a frozen first layer, a frozen residual block in `forward`, a frozen
+//! embedding under a trained LSTM and a frozen LSTM between trained layers, at B = 1, 3 and 64. Then the runtime: after `Trainer` training, frozen parameters are bit-identical, the
 //! report's noise dimension is the trained count, checkpoints keep frozen values and optimizer state
 //! only for the trained ones, and the state dict round trip keeps every name.
 
@@ -331,4 +331,60 @@ fn two_ranks_train_a_frozen_model_as_one_process() {
             params[..trained].iter().zip(initial.params()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(moved > 1e-3, "rank {rank}: the trained parameters moved only {moved}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frozen sequence layers: an embedding below a trained LSTM, and an LSTM the gradient passes through.
+
+const ONE_BIAS: &[&str] = &["bias_ih_l0"];
+
+/// A frozen (pretrained) embedding table under a trained LSTM.
+#[dp_model(input = tokens(len = 7, vocab = 5), loss = binary_cross_entropy)]
+struct FrozenEmbedding {
+    #[layer(embedding(dim = 3), frozen)]
+    emb: Embedding,
+    #[layer(lstm(hidden = 4), mean)]
+    lstm: Lstm,
+    #[layer(linear(out = 1))]
+    fc: Linear,
+}
+
+/// A frozen LSTM between a trained embedding and a trained classifier: backward through time still
+/// runs, to reach the embedding.
+#[dp_model(input = tokens(len = 7, vocab = 5), loss = binary_cross_entropy)]
+struct FrozenLstm {
+    #[layer(embedding(dim = 3))]
+    emb: Embedding,
+    #[layer(lstm(hidden = 4), mean, frozen)]
+    lstm: Lstm,
+    #[layer(linear(out = 1))]
+    fc: Linear,
+}
+
+fn embedding_lstm<M: DpModel>() -> Network {
+    Network::new(
+        vec![
+            Op::Embedding { name: "emb", vocab: 5, dim: 3 },
+            Op::Lstm { name: "lstm", hidden: 4, biases: ONE_BIAS },
+            Op::MeanOverSequence,
+            Op::Linear { name: "fc", out: 1, bias: true },
+        ],
+        M::INPUT_SHAPE,
+        M::LOSS,
+        M::PARAMS,
+    )
+}
+
+#[test]
+fn a_frozen_embedding_under_a_trained_lstm_matches_the_reference() {
+    assert_eq!(frozen_names::<FrozenEmbedding>(), ["emb.weight"]);
+    assert_eq!(FrozenEmbedding::GROUPS, ["lstm", "fc"]);
+    check_everything::<FrozenEmbedding>("FrozenEmbedding", &embedding_lstm::<FrozenEmbedding>(), 560);
+}
+
+#[test]
+fn a_frozen_lstm_between_trained_layers_matches_the_reference() {
+    assert_eq!(frozen_names::<FrozenLstm>(), ["lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0"]);
+    assert_eq!(FrozenLstm::GROUPS, ["emb", "fc"]);
+    check_everything::<FrozenLstm>("FrozenLstm", &embedding_lstm::<FrozenLstm>(), 580);
 }
