@@ -388,3 +388,24 @@ fn a_frozen_lstm_between_trained_layers_matches_the_reference() {
     assert_eq!(FrozenLstm::GROUPS, ["emb", "fc"]);
     check_everything::<FrozenLstm>("FrozenLstm", &embedding_lstm::<FrozenLstm>(), 580);
 }
+
+/// The step engine the trainer runs: the clipped sum and the noise it draws have one value per
+/// trained parameter, and the frozen layer's gradient is not in the sum.
+#[test]
+fn the_noise_and_the_clipped_sum_cover_only_the_trained_parameters() {
+    use dp::clipping::ClipMode;
+    use dp::noise::GaussianNoise;
+    use dp::trainer::step::StepEngine;
+    let train = data::<Sandwich>(16, 3);
+    let model = Sandwich::init(&mut ChaCha8Rng::seed_from_u64(6));
+    let mut engine = StepEngine::<Sandwich>::new(1.0, ClipMode::Flat, 16, 16);
+    let mut noise = GaussianNoise::new(dp::rng::seeded(1));
+    let indices: Vec<usize> = (0..16).collect();
+    engine.clipped_sum_and_noise(&model, &train, &indices, &mut noise).expect("one step's sum");
+    assert_eq!(engine.drawn_noise().len(), Sandwich::TRAINED_PARAM_COUNT);
+    assert_eq!(engine.clipped_sum.len(), Sandwich::TRAINED_PARAM_COUNT);
+    assert!(Sandwich::TRAINED_PARAM_COUNT < Sandwich::PARAM_COUNT);
+    // Each example is clipped to norm 1 over the trained parameters alone: the sum of 16 has norm ≤ 16.
+    let norm = engine.clipped_sum.iter().map(|&g| f64::from(g).powi(2)).sum::<f64>().sqrt();
+    assert!(norm > 0.0 && norm <= 16.0 + 1e-3, "clipped sum norm {norm}");
+}
