@@ -57,7 +57,10 @@ use proc_macro::TokenStream;
 /// (tanh form), `gelu_exact` (erf form), `silu`, `flatten`, `conv2d(out, kernel, stride = 1, padding = 0, dilation = 1,
 /// groups = 1, bias = true)`, `max_pool2d(kernel, stride = kernel, padding = 0)`, `avg_pool2d(...)`,
 /// `global_avg_pool`, `group_norm(groups)`, `layer_norm`; `linear` and `conv2d` take
-/// `norms = ghost | direct` to force their norm strategy. Field order is forward order; a field's type
+/// `norms = ghost | direct` to force their norm strategy; `linear` takes `lora(rank = r, alpha = a)`
+/// (its weight and bias frozen, PEFT's adapters `<field>.lora_A`/`lora_B` trained). `frozen` in a
+/// field's chain (`#[layer(linear(out = 50), relu, frozen)]`) keeps its parameters as initialised or
+/// loaded. Field order is forward order; a field's type
 /// names the kind of its parameterised op (`Linear`), or of its first op if it has no parameters.
 ///
 /// Sequence models: `input = tokens(len = T, vocab = V)` declares `T` token ids per example

@@ -122,6 +122,30 @@ fn mlp_expansion() {
     insta::assert_snapshot!(pretty(expand(args, item)));
 }
 
+/// A frozen first layer and a LoRA layer: trained-first offsets, no backward for the frozen base, no
+/// norms or sums for the LoRA base, the adapters' own groups, the scaled sum and `LORA`.
+fn frozen_and_lora() -> (TokenStream, TokenStream) {
+    (
+        quote!(input = [6], loss = cross_entropy(classes = 2)),
+        quote! {
+            pub struct FineTuned {
+                #[layer(linear(out = 5), relu, frozen)]
+                base: Linear,
+                #[layer(linear(out = 4, lora(rank = 2, alpha = 4)), tanh)]
+                adapted: Linear,
+                #[layer(linear(out = 2))]
+                head: Linear,
+            }
+        },
+    )
+}
+
+#[test]
+fn frozen_and_lora_expansion() {
+    let (args, item) = frozen_and_lora();
+    insta::assert_snapshot!(pretty(expand(args, item)));
+}
+
 fn planned(args: TokenStream, item: TokenStream) -> plan::Plan {
     crate::plan_of(args, item)
 }
@@ -222,4 +246,44 @@ fn activations_whose_derivative_needs_their_input_are_never_fused() {
     assert_eq!(gelu.grad, Some(fc1.delta), "and works in place on fc1's δ");
     let out = pretty(expand(args, item));
     assert_eq!(out.matches("activation_backward_from_input").count(), 2, "{out}");
+}
+
+#[test]
+fn frozen_layers_lie_after_the_trained_ones_without_a_group() {
+    let plan = planned(
+        quote!(input = [6], loss = cross_entropy(classes = 2)),
+        quote! {
+            struct M {
+                #[layer(linear(out = 5), relu, frozen)]
+                base: Linear,
+                #[layer(linear(out = 4), tanh)]
+                mid: Linear,
+                #[layer(linear(out = 3), relu, frozen)]
+                frozen_mid: Linear,
+                #[layer(linear(out = 2))]
+                head: Linear,
+            }
+        },
+    );
+    assert_eq!(plan.groups, ["mid", "head"]);
+    assert_eq!(plan.trained_param_count, (4 * 5 + 4) + (2 * 3 + 2));
+    assert_eq!(plan.param_count, plan.trained_param_count + (5 * 6 + 5) + (3 * 4 + 3));
+    for p in &plan.params {
+        let frozen = p.name.starts_with("base.") || p.name.starts_with("frozen_mid.");
+        assert_eq!(p.trained, !frozen, "{}", p.name);
+        assert_eq!(p.offset < plan.trained_param_count, !frozen, "{} at {}", p.name, p.offset);
+        assert_eq!(p.group == crate::plan::params::NO_GROUP, frozen, "{}", p.name);
+    }
+    // The base has nothing trained below it: no backward. The frozen middle layer carries the
+    // gradient through to `mid`.
+    let roles: Vec<(bool, bool)> = plan.roles.iter().map(|r| (r.frozen, r.backward)).collect();
+    assert_eq!(roles, [(true, false), (false, true), (true, true), (false, true)]);
+    let frozen_rows: Vec<&str> =
+        plan.layers.iter().filter(|l| l.op.ends_with("(frozen)")).map(|l| l.field.as_str()).collect();
+    assert_eq!(frozen_rows, ["base", "frozen_mid"]);
+    assert!(plan.layers.iter().filter(|l| l.op.ends_with("(frozen)")).all(|l| l.strategy.is_none()));
+    // The frozen middle layer still propagates δ·W into `mid`'s δ.
+    let crate::ops::Step::Linear(frozen_mid) = &plan.steps[2] else { panic!("frozen_mid is dense") };
+    let crate::ops::Step::Linear(mid) = &plan.steps[1] else { panic!("mid is dense") };
+    assert_eq!(frozen_mid.input_grad.map(|t| t.write), Some(mid.delta));
 }

@@ -3,6 +3,8 @@
 //! ```text
 //! op    := IDENT [ "(" arg,* ")" ]          e.g. linear(out = 50, in = 104, bias = false)
 //! arg   := IDENT "=" value                  IDENT may be a keyword (`in`)
+//!        | IDENT "(" arg,* ")"              a nested op without a key, read as `IDENT = IDENT(...)`
+//!                                           (`lora(rank = 8)` in `linear(out = 64, lora(rank = 8))`)
 //! value := LITERAL | "[" value,* "]" | op | EXPR
 //! ```
 
@@ -57,6 +59,15 @@ impl Parse for OpSyntax {
 impl Parse for ArgSyntax {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let key = Ident::parse_any(input)?;
+        if input.peek(token::Paren) {
+            let content;
+            parenthesized!(content in input);
+            let args = Punctuated::parse_terminated(&content)?;
+            return Ok(ArgSyntax {
+                key: key.clone(),
+                value: ValueSyntax::Call(OpSyntax { name: key, args }),
+            });
+        }
         input.parse::<Token![=]>()?;
         let value = input.parse()?;
         Ok(ArgSyntax { key, value })
@@ -118,7 +129,14 @@ impl OpSyntax {
         if self.args.is_empty() {
             return self.name.to_string();
         }
-        let args: Vec<String> = self.args.iter().map(|a| format!("{} = {}", a.key, a.value.text())).collect();
+        let args: Vec<String> = self
+            .args
+            .iter()
+            .map(|a| match &a.value {
+                ValueSyntax::Call(op) if op.name == a.key && !op.args.is_empty() => op.text(),
+                value => format!("{} = {}", a.key, value.text()),
+            })
+            .collect();
         format!("{}({})", self.name, args.join(", "))
     }
 }
@@ -139,5 +157,8 @@ mod tests {
         assert!(matches!(arg.value, ValueSyntax::Lit(_)), "syn reads a negative number as one literal");
         let arg: ArgSyntax = syn::parse_quote!(out = (5));
         assert!(matches!(arg.value, ValueSyntax::Other(_)));
+        let op: OpSyntax = syn::parse_quote!(linear(out = 4, lora(rank = 2, alpha = 4)));
+        assert_eq!(op.text(), "linear(out = 4, lora(rank = 2, alpha = 4))");
+        assert!(matches!(&op.args[1].value, ValueSyntax::Call(lora) if lora.name == "lora"));
     }
 }

@@ -92,7 +92,7 @@ pub fn fit_non_private<M: DpModel>(
     let max_chunk = (room / (M::WORKSPACE_PER_EXAMPLE.max(1) as u64 * 4)).clamp(1, b as u64) as usize;
     let mut workspace = Workspace::new::<M>(max_chunk);
     let (mut inputs, mut labels, mut losses) = (Vec::new(), Vec::new(), Vec::new());
-    let mut gradient = vec![0.0f32; M::PARAM_COUNT];
+    let mut gradient = vec![0.0f32; M::TRAINED_PARAM_COUNT];
     let mut indices = Vec::new();
     let progress = Progress::new(last_step, 0, config.quiet);
 
@@ -124,7 +124,7 @@ pub fn fit_non_private<M: DpModel>(
             }
             let at = StepInfo { step, total_steps };
             let noiseless = NoisyGradient::new(&gradient, None, 0.0, indices.len() as f64);
-            optimizer.step(model.params_mut(), noiseless, at);
+            optimizer.step(model.trained_params_mut(), noiseless, at);
             if model.params().iter().any(|p| !p.is_finite()) {
                 return Err(Error::invalid(
                     "optimizer",
@@ -168,6 +168,7 @@ pub fn fit_non_private<M: DpModel>(
         steps: step,
         planned_steps: total_steps,
         noise_multiplier: 0.0,
+        trained_parameters: M::TRAINED_PARAM_COUNT,
         sampling_rate: b as f64 / n as f64,
         expected_batch_size: b,
         sampling: SamplingMode::Shuffled,

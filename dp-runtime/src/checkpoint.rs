@@ -161,8 +161,9 @@ pub fn save<M: DpModel>(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
     check_identity_is_of::<M>(path, &checkpoint.identity)?;
     check_state::<M>(path, checkpoint)?;
     let mut tensors = parameter_tensors::<M>(&checkpoint.params)?;
+    // An optimizer buffer covers the trained parameters only (frozen ones have no state).
     for (buffer, values) in &checkpoint.optimizer.buffers {
-        for spec in M::PARAMS {
+        for spec in M::PARAMS.iter().filter(|s| s.is_trained()) {
             let name = format!("{OPTIMIZER_PREFIX}{buffer}.{}", spec.name);
             tensors.push((
                 name,
@@ -327,8 +328,8 @@ pub fn load<M: DpModel>(path: &Path) -> Result<Checkpoint> {
     }
     buffers.sort();
     for buffer in buffers {
-        let mut values = vec![0.0; M::PARAM_COUNT];
-        for spec in M::PARAMS {
+        let mut values = vec![0.0; M::TRAINED_PARAM_COUNT];
+        for spec in M::PARAMS.iter().filter(|s| s.is_trained()) {
             let name = format!("{OPTIMIZER_PREFIX}{buffer}.{}", spec.name);
             let view = tensors.tensor(&name).map_err(|_| Error::format(path, &name, "missing"))?;
             copy_tensor(path, &name, spec.shape, &view, &mut values[spec.offset..spec.offset + spec.len])?;
@@ -362,16 +363,16 @@ fn check_identity_is_of<M: DpModel>(path: &Path, identity: &RunIdentity) -> Resu
 /// identity's ranges and q = B / N, the ledger's validity and agreement with `steps` and the identity.
 fn check_state<M: DpModel>(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
     let invalid = |location: &str, message: String| Err(Error::format(path, location, message));
-    let finite = |location: &str, values: &[f32]| -> Result<()> {
-        check_len::<M>(path, location, values.len())?;
+    let finite = |location: &str, values: &[f32], expected: usize| -> Result<()> {
+        check_len::<M>(path, location, values.len(), expected)?;
         match values.iter().position(|v| !v.is_finite()) {
             Some(i) => invalid(location, format!("value {i} is {}: not finite", values[i])),
             None => Ok(()),
         }
     };
-    finite("parameters", &checkpoint.params)?;
+    finite("parameters", &checkpoint.params, M::PARAM_COUNT)?;
     for (buffer, values) in &checkpoint.optimizer.buffers {
-        finite(&format!("optimizer buffer {buffer}"), values)?;
+        finite(&format!("optimizer buffer {buffer}"), values, M::TRAINED_PARAM_COUNT)?;
     }
     let identity = &checkpoint.identity;
     let sigma = identity.noise_multiplier;
@@ -468,13 +469,10 @@ fn copy_tensor(
     Ok(())
 }
 
-fn check_len<M: DpModel>(path: &Path, what: &str, len: usize) -> Result<()> {
-    if len != M::PARAM_COUNT {
-        return Err(Error::format(
-            path,
-            what,
-            format!("{len} values, model {} has {}", M::NAME, M::PARAM_COUNT),
-        ));
+/// `len` against the `expected` length (all parameters, or the trained ones for optimizer state).
+fn check_len<M: DpModel>(path: &Path, what: &str, len: usize, expected: usize) -> Result<()> {
+    if len != expected {
+        return Err(Error::format(path, what, format!("{len} values, model {} has {expected}", M::NAME)));
     }
     Ok(())
 }

@@ -17,10 +17,19 @@ fn strategy(s: Option<NormStrategy>) -> &'static str {
     }
 }
 
-/// One line per layer, then the totals.
-pub fn describe_plan(name: &str, param_count: usize, layers: &[LayerInfo]) -> String {
+/// `N parameters`, or `N parameters (T trained, F frozen)` when some are frozen.
+pub fn parameter_summary(param_count: usize, trained: usize) -> String {
+    match param_count.saturating_sub(trained) {
+        0 => format!("{param_count} parameters"),
+        frozen => format!("{param_count} parameters ({trained} trained, {frozen} frozen)"),
+    }
+}
+
+/// One line per layer, then the totals. The header says how many parameters are trained when some
+/// are frozen.
+pub fn describe_plan(name: &str, param_count: usize, trained: usize, layers: &[LayerInfo]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{name}: {param_count} parameters");
+    let _ = writeln!(out, "{name}: {}", parameter_summary(param_count, trained));
     let _ = writeln!(
         out,
         "{:<12} {:<28} {:<16} {:<16} {:>10} {:<13} {:>14} {:>12}",

@@ -11,6 +11,7 @@ pub mod data;
 pub mod describe;
 pub mod distributed;
 pub mod error;
+pub mod lora;
 pub mod model;
 pub mod noise;
 pub mod optim;
@@ -23,5 +24,7 @@ pub mod trainer;
 
 pub use data::Dataset;
 pub use error::{Error, Result};
-pub use model::{Batch, DpModel, InputElem, LayerInfo, Loss, NormStrategy, ParamSpec, Workspace};
+pub use model::{
+    Batch, DpModel, InputElem, LayerInfo, LoraSpec, Loss, NormStrategy, ParamSpec, Workspace, FROZEN_GROUP,
+};
 pub use trainer::{Diagnostics, EpochReport, Report, RunDiagnostics, Trainer};

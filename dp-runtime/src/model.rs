@@ -53,8 +53,34 @@ pub struct ParamSpec {
     pub offset: usize,
     /// Number of elements (the product of `shape`).
     pub len: usize,
-    /// Index of the parameter group (one per parameterised layer): the unit of per-layer clipping.
+    /// Index of the parameter group (one per trained parameterised layer): the unit of per-layer
+    /// clipping; [`FROZEN_GROUP`] for a frozen tensor.
     pub group: usize,
+}
+
+/// A LoRA layer (`linear(out = N, lora(rank = r, alpha = a))`): the PyTorch names of its base weight
+/// and adapters and the adapters' factor, for merging them into the weight ([`crate::lora`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoraSpec {
+    /// `<layer>.weight`, `[N, in]`, frozen.
+    pub weight: &'static str,
+    /// `<layer>.lora_A.weight`, `[r, in]`.
+    pub lora_a: &'static str,
+    /// `<layer>.lora_B.weight`, `[N, r]`.
+    pub lora_b: &'static str,
+    /// `alpha / r`.
+    pub scale: f32,
+}
+
+/// The group of a frozen tensor (`#[layer(..., frozen)]`, a LoRA layer's base weight): it has no
+/// column of `sq_norms` and no gradient.
+pub const FROZEN_GROUP: usize = usize::MAX;
+
+impl ParamSpec {
+    /// Whether the tensor is trained (it lies in the trained prefix of the buffer).
+    pub const fn is_trained(&self) -> bool {
+        self.group != FROZEN_GROUP
+    }
 }
 
 /// How the compiler obtains a layer's per-example gradient norms (shared with the compiler and the kernels).
@@ -138,8 +164,17 @@ pub trait DpModel: Sized + Send + Sync {
     const LOSS: Loss;
     /// Every parameter tensor, in buffer order.
     const PARAMS: &'static [ParamSpec];
-    /// Total number of trainable parameters (the length of the flat buffer).
+    /// Total number of parameters, trained and frozen (the length of the flat buffer, of the state
+    /// dict and of a checkpoint's parameters).
     const PARAM_COUNT: usize;
+    /// The trained parameters: the buffer is laid out trained-first, so they are
+    /// `params()[..TRAINED_PARAM_COUNT]`, and every gradient, the noise, the optimizer's state and the
+    /// distributed reduce have this length. Frozen parameters (after them) are never changed by
+    /// training. A model without frozen parameters trains all of them.
+    const TRAINED_PARAM_COUNT: usize = Self::PARAM_COUNT;
+    /// The LoRA layers, whose adapters [`crate::lora::merged_state_dict`] can fold into their base
+    /// weights.
+    const LORA: &'static [LoraSpec] = &[];
     /// Names of the parameter groups (parameterised layers), indexed by `ParamSpec::group`.
     const GROUPS: &'static [&'static str];
     /// The compiled plan, layer by layer.
@@ -153,13 +188,19 @@ pub trait DpModel: Sized + Send + Sync {
     fn from_params(params: Vec<f32>) -> Self;
     fn params(&self) -> &[f32];
     fn params_mut(&mut self) -> &mut [f32];
+
+    /// The trained prefix of the parameters, the part an optimizer updates.
+    fn trained_params_mut(&mut self) -> &mut [f32] {
+        &mut self.params_mut()[..Self::TRAINED_PARAM_COUNT]
+    }
     /// PyTorch's default initialisation (Kaiming-uniform weights, uniform biases).
     fn init(rng: &mut dyn RngCore) -> Self;
 
     /// Outputs (logits or predictions) for `batch` examples: `outputs.len() == batch * LOSS.output_len()`.
     fn forward(&self, ws: &mut Workspace, inputs: &[Self::Input], batch: usize, outputs: &mut [f32]);
 
-    /// Non-private training: writes each example's loss into `losses` and ADDS Σ_i g_i into `grad`.
+    /// Non-private training: writes each example's loss into `losses` and ADDS Σ_i g_i into `grad`
+    /// (`TRAINED_PARAM_COUNT` long, like every gradient below).
     fn loss_and_gradient(
         &self,
         ws: &mut Workspace,
@@ -203,6 +244,6 @@ pub trait DpModel: Sized + Send + Sync {
 
     /// The compiled plan as a table: each layer with its shapes, parameters, strategy, FLOPs and bytes.
     fn describe() -> String {
-        crate::describe::describe_plan(Self::NAME, Self::PARAM_COUNT, Self::LAYERS)
+        crate::describe::describe_plan(Self::NAME, Self::PARAM_COUNT, Self::TRAINED_PARAM_COUNT, Self::LAYERS)
     }
 }

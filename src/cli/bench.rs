@@ -323,7 +323,7 @@ impl<M: DpModel> PrivateStep<M> {
             indices.len() as f64,
         );
         self.optimizer.step(
-            self.model.params_mut(),
+            self.model.trained_params_mut(),
             gradient,
             StepInfo { step: self.step, total_steps: u64::MAX },
         );
@@ -352,7 +352,7 @@ impl<M: DpModel> NonPrivateStep<M> {
             inputs: Vec::new(),
             labels: Vec::new(),
             losses: vec![0.0; batch],
-            gradient: vec![0.0; M::PARAM_COUNT],
+            gradient: vec![0.0; M::TRAINED_PARAM_COUNT],
             optimizer: Sgd::new(LEARNING_RATE),
             step: 0,
         }
@@ -365,7 +365,7 @@ impl<M: DpModel> NonPrivateStep<M> {
         self.model.loss_and_gradient(&mut self.workspace, batch, &mut self.losses, &mut self.gradient);
         let gradient = NoisyGradient::new(&self.gradient, None, 0.0, indices.len() as f64);
         self.optimizer.step(
-            self.model.params_mut(),
+            self.model.trained_params_mut(),
             gradient,
             StepInfo { step: self.step, total_steps: u64::MAX },
         );
@@ -613,7 +613,7 @@ impl StepMemory {
             + (2 * M::GROUPS.len() * 4) as u64
             + std::mem::size_of::<usize>() as u64;
         let fixed = (M::WORKSPACE_FIXED * 4) as u64
-            + 2 * (M::PARAM_COUNT * 4) as u64
+            + ((M::PARAM_COUNT + M::TRAINED_PARAM_COUNT) * 4) as u64
             + distinct_examples as u64 * (input + label);
         StepMemory { per_example, fixed }
     }

@@ -130,7 +130,7 @@ pub fn dp_step<M: DpModel>(
     }
     let mut factors = vec![0.0f32; size * groups];
     clip_factors(ClipMode::Flat, args.clip_norm, groups, &sq_norms, &mut factors)?;
-    let mut sum = vec![0.0f32; M::PARAM_COUNT];
+    let mut sum = vec![0.0f32; M::TRAINED_PARAM_COUNT];
     model.clipped_sum(&mut workspace, batch, &factors, &mut sum);
 
     let mut params = model.params().to_vec();
@@ -146,7 +146,12 @@ pub fn dp_step<M: DpModel>(
     };
     let gradient =
         NoisyGradient::new(&sum, noise.as_mut(), args.noise_multiplier * args.clip_norm, size as f64);
-    Sgd::new(args.lr).step(&mut params, gradient, StepInfo { step: 0, total_steps: 1 });
+    // Frozen parameters (after the trained prefix) are written back unchanged.
+    Sgd::new(args.lr).step(
+        &mut params[..M::TRAINED_PARAM_COUNT],
+        gradient,
+        StepInfo { step: 0, total_steps: 1 },
+    );
     if let Some(i) = params.iter().position(|p| !p.is_finite()) {
         let spec = M::PARAMS.iter().find(|s| i >= s.offset && i < s.offset + s.len).map_or("?", |s| s.name);
         return Err(Error::invalid(

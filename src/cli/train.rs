@@ -416,10 +416,10 @@ where
         }
         if is_root {
             eprintln!(
-                "{} ({}, {} parameters): {} training and {} test examples from {}{}",
+                "{} ({}, {}): {} training and {} test examples from {}{}",
                 entry.name,
                 M::NAME,
-                M::PARAM_COUNT,
+                dp_runtime::describe::parameter_summary(M::PARAM_COUNT, M::TRAINED_PARAM_COUNT),
                 shard.map_or(train.len(), |s| s.global_examples),
                 test.len(),
                 args.data.display(),

@@ -139,12 +139,15 @@ fn weighted_sum(net: &Network, want: &[Want], factors: &[f32]) -> (Vec<f64>, Vec
         if f.iter().all(|&c| c == 0.0) {
             continue;
         }
-        for (k, v) in w.grad.iter().enumerate() {
+        // Frozen tensors (after the trained prefix) get no gradient.
+        for (k, v) in w.grad.iter().enumerate().take(net.layout.trained) {
             let term = f64::from(f[group_of[k]]) * v;
             sum[k] += term;
             magnitude[k] += term.abs();
         }
     }
+    sum.truncate(net.layout.trained);
+    magnitude.truncate(net.layout.trained);
     let floor = scale_floor(&sum, FLOOR);
     magnitude.iter_mut().for_each(|m| *m = m.max(floor));
     (sum, magnitude)
@@ -193,12 +196,30 @@ pub fn check_model_in<M: DpModel>(
 where
     M::Input: TestInput,
 {
+    check_model_at::<M>(net, ws, size, seed, edit, |_| {})
+}
+
+/// [`check_model_in`] with parameters that `params` changes after `M::init` (e.g. a LoRA B matrix,
+/// zero at init, made random so that the A matrix gets a gradient).
+pub fn check_model_at<M: DpModel>(
+    net: &Network,
+    ws: &mut Workspace,
+    size: usize,
+    seed: u64,
+    edit: impl Fn(&mut [M::Input]),
+    params: impl Fn(&mut [f32]),
+) -> Errors
+where
+    M::Input: TestInput,
+{
     ws.ensure::<M>(size);
     net.check_layout();
     assert_eq!(M::GROUPS.len(), net.layout.groups, "{}: group count", M::NAME);
     assert_eq!(M::PARAM_COUNT, net.layout.count, "{}: parameter count", M::NAME);
+    assert_eq!(M::TRAINED_PARAM_COUNT, net.layout.trained, "{}: trained parameter count", M::NAME);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let model = M::init(&mut rng);
+    let mut model = M::init(&mut rng);
+    params(model.params_mut());
     let params = widen(model.params());
     let mut data = Data::<M::Input>::random::<M>(&mut rng, size);
     edit(&mut data.inputs);
@@ -247,7 +268,7 @@ where
     }
     for (factors, kind) in [(&flat, "model-wide"), (&per_layer, "per-layer")] {
         let (want_sum, floors) = weighted_sum(net, &want, factors);
-        let mut grad = vec![0.0f32; M::PARAM_COUNT];
+        let mut grad = vec![0.0f32; M::TRAINED_PARAM_COUNT];
         model.clipped_sum(ws, data.batch(), factors, &mut grad);
         let err =
             assert_close_with_floors(&grad, &want_sum, TOL, &floors, &format!("{name} {kind} clipped sum"));
@@ -265,7 +286,7 @@ where
         );
     }
 
-    let mut grad = vec![0.0f32; M::PARAM_COUNT];
+    let mut grad = vec![0.0f32; M::TRAINED_PARAM_COUNT];
     let mut losses2 = vec![0.0f32; size];
     model.loss_and_gradient(ws, data.batch(), &mut losses2, &mut grad);
     let (want_grad, floors) = weighted_sum(net, &want, &vec![1.0; size * groups]);
@@ -301,7 +322,7 @@ where
     model.per_example_norms(&mut ws, data.batch(), &mut losses, &mut sq);
     let factors: Vec<f32> =
         (0..size * groups).map(|k| if k / groups == 1 { 0.0 } else { 0.25 + 0.5 * (k % 2) as f32 }).collect();
-    let mut grad = vec![0.0f32; M::PARAM_COUNT];
+    let mut grad = vec![0.0f32; M::TRAINED_PARAM_COUNT];
     model.clipped_sum(&mut ws, data.batch(), &factors, &mut grad);
     assert!(grad.iter().all(|v| v.is_finite()), "{}: the factor-0 example leaked into the sum", M::NAME);
     // weighted_sum skips example 1 (its reference gradient is NaN for a NaN input).

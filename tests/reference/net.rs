@@ -30,6 +30,16 @@ pub enum Op {
         out: usize,
         bias: bool,
     },
+    /// PEFT's LoRA linear, `y = W x + b + (alpha/rank) · B A x` (on a vector, or at every position of a
+    /// sequence); parameters `name.weight [out, in]`, `name.bias [out]`, `name.lora_A.weight
+    /// [rank, in]`, `name.lora_B.weight [out, rank]`. The gradient of every one is computed (the model
+    /// trains only A and B).
+    LoraLinear {
+        name: &'static str,
+        out: usize,
+        rank: usize,
+        alpha: f64,
+    },
     /// `[C, H, W] → [out, H′, W′]`; parameters `name.weight [out, C / groups, k, k]`, `name.bias [out]`.
     Conv2d(Conv),
     Act(Activation),
@@ -147,7 +157,10 @@ pub struct Entry {
 pub struct Layout {
     pub entries: Vec<Entry>,
     pub count: usize,
+    /// Groups of the trained tensors (a frozen tensor's group is `dp::FROZEN_GROUP`).
     pub groups: usize,
+    /// The trained prefix of the buffer (every trained tensor lies in it, every frozen one after it).
+    pub trained: usize,
 }
 
 impl Layout {
@@ -167,8 +180,13 @@ impl Layout {
             .collect();
         let count = specs.iter().map(|p| p.offset + p.len).max().unwrap_or(0);
         assert_eq!(count, specs.iter().map(|p| p.len).sum::<usize>(), "parameters overlap or leave gaps");
-        let groups = specs.iter().map(|p| p.group + 1).max().unwrap_or(0);
-        Layout { entries, count, groups }
+        let trained_specs = specs.iter().filter(|p| p.group != dp::FROZEN_GROUP);
+        let groups = trained_specs.clone().map(|p| p.group + 1).max().unwrap_or(0);
+        let trained = trained_specs.map(|p| p.offset + p.len).max().unwrap_or(0);
+        for p in specs.iter().filter(|p| p.group == dp::FROZEN_GROUP) {
+            assert!(p.offset >= trained, "{}: a frozen tensor inside the trained prefix", p.name);
+        }
+        Layout { entries, count, groups, trained }
     }
 
     /// The range of parameter `name`, which must have `shape`.
@@ -187,7 +205,7 @@ impl Layout {
         self.entries.iter().map(|e| e.name.as_str()).collect()
     }
 
-    /// The group of every element of the flat buffer.
+    /// The group of every element of the flat buffer (`dp::FROZEN_GROUP` for a frozen one).
     pub fn group_of_each(&self) -> Vec<usize> {
         let mut groups = vec![0; self.count];
         for e in &self.entries {
@@ -197,11 +215,13 @@ impl Layout {
         groups
     }
 
-    /// The squared norm of `grad` restricted to each group.
+    /// The squared norm of `grad` restricted to each group (frozen tensors are in none).
     pub fn group_sq_norms(&self, grad: &[f64]) -> Vec<f64> {
         let mut norms = vec![0.0; self.groups];
         for (g, v) in self.group_of_each().into_iter().zip(grad) {
-            norms[g] += v * v;
+            if g != dp::FROZEN_GROUP {
+                norms[g] += v * v;
+            }
         }
         norms
     }
@@ -253,6 +273,15 @@ fn op_params(op: &Op, shape: &[usize]) -> Vec<(String, Vec<usize>)> {
             v.extend(bias.then(|| p(name, "bias", vec![*out])));
             v
         }
+        Op::LoraLinear { name, out, rank, .. } => {
+            let inputs = *shape.last().unwrap();
+            vec![
+                p(name, "weight", vec![*out, inputs]),
+                p(name, "bias", vec![*out]),
+                p(name, "lora_A.weight", vec![*rank, inputs]),
+                p(name, "lora_B.weight", vec![*out, *rank]),
+            ]
+        }
         Op::Conv2d(c) => {
             let mut v = vec![p(c.name, "weight", c.weight_shape(shape).to_vec())];
             v.extend(c.bias.then(|| p(c.name, "bias", vec![c.out])));
@@ -300,7 +329,7 @@ fn op_params(op: &Op, shape: &[usize]) -> Vec<(String, Vec<usize>)> {
 /// The output shape of `op` on input `shape`.
 pub fn output_shape(op: &Op, shape: &[usize]) -> Vec<usize> {
     match op {
-        Op::Linear { out, .. } => match shape.len() {
+        Op::Linear { out, .. } | Op::LoraLinear { out, .. } => match shape.len() {
             1 => vec![*out],
             2 => vec![shape[0], *out],
             _ => panic!("linear takes a vector or a sequence; flatten first (got {shape:?})"),
@@ -385,6 +414,21 @@ impl Network {
                 let w = self.param(params, name, "weight", &[*out, inputs]);
                 let b = bias.then(|| self.param(params, name, "bias", &[*out]));
                 x.chunks(inputs).flat_map(|row| linear_forward(w, b, row, *out)).collect()
+            }
+            Op::LoraLinear { name, out, rank, alpha } => {
+                let inputs = *shape.last().unwrap();
+                let w = self.param(params, name, "weight", &[*out, inputs]);
+                let b = self.param(params, name, "bias", &[*out]);
+                let a_w = self.param(params, name, "lora_A.weight", &[*rank, inputs]);
+                let b_w = self.param(params, name, "lora_B.weight", &[*out, *rank]);
+                let scale = alpha / *rank as f64;
+                x.chunks(inputs)
+                    .flat_map(|row| {
+                        let adapter = linear_forward(b_w, None, &linear_forward(a_w, None, row, *rank), *out);
+                        let base = linear_forward(w, Some(b), row, *out);
+                        base.into_iter().zip(adapter).map(|(y, z)| y + scale * z).collect::<Vec<_>>()
+                    })
+                    .collect()
             }
             Op::Conv2d(c) => {
                 let w = self.param(params, c.name, "weight", &c.weight_shape(shape));
@@ -501,6 +545,27 @@ impl Network {
                         self.accumulate(grad, name, "bias", &[*out], &db);
                     }
                     dx.extend(dxr);
+                }
+                dx
+            }
+            Op::LoraLinear { name, out, rank, alpha } => {
+                let inputs = *shape.last().unwrap();
+                let w = self.param(params, name, "weight", &[*out, inputs]);
+                let a_w = self.param(params, name, "lora_A.weight", &[*rank, inputs]);
+                let b_w = self.param(params, name, "lora_B.weight", &[*out, *rank]);
+                let scale = alpha / *rank as f64;
+                let mut dx = Vec::with_capacity(x.len());
+                for (row, drow) in x.chunks(inputs).zip(dy.chunks(*out)) {
+                    let (dx_base, dw, db) = linear_backward(w, row, drow);
+                    self.accumulate(grad, name, "weight", &[*out, inputs], &dw);
+                    self.accumulate(grad, name, "bias", &[*out], &db);
+                    let scaled: Vec<f64> = drow.iter().map(|g| scale * g).collect();
+                    let hidden = linear_forward(a_w, None, row, *rank);
+                    let (d_hidden, d_b, _) = linear_backward(b_w, &hidden, &scaled);
+                    self.accumulate(grad, name, "lora_B.weight", &[*out, *rank], &d_b);
+                    let (dx_adapter, d_a, _) = linear_backward(a_w, row, &d_hidden);
+                    self.accumulate(grad, name, "lora_A.weight", &[*rank, inputs], &d_a);
+                    dx.extend(dx_base.iter().zip(dx_adapter).map(|(a, b)| a + b));
                 }
                 dx
             }
@@ -676,7 +741,7 @@ impl Network {
             ops,
             input_shape: input_shape.to_vec(),
             loss,
-            layout: Layout { entries: vec![], count: 0, groups: 0 },
+            layout: Layout { entries: vec![], count: 0, groups: 0, trained: 0 },
         };
         let (mut offset, mut modules) = (0, Vec::<String>::new());
         for (name, shape) in net.expected_params() {
@@ -691,6 +756,7 @@ impl Network {
         }
         net.layout.count = offset;
         net.layout.groups = modules.len();
+        net.layout.trained = offset;
         net
     }
 }

@@ -38,6 +38,15 @@ pub fn check(cx: &mut Ctxt, model: &ModelDef, graph: &Graph) -> Option<Checked> 
                 model.ident
             ),
         );
+    } else if graph.nodes.iter().all(|n| n.frozen || !n.op.is_parameterised()) {
+        cx.error(
+            model.ident.span(),
+            format!(
+                "every parameterised layer of model `{}` is `frozen`: there is nothing to train; remove \
+                 `frozen` from at least one field",
+                model.ident
+            ),
+        );
     }
     let output_len = loss::check_loss(cx, graph, &shapes[graph.output.0]);
     if cx.has_errors() {

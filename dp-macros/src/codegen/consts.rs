@@ -28,9 +28,18 @@ pub fn constants(model: &ModelDef, plan: &Plan) -> TokenStream {
             quote!(::dp::__private::runtime::Loss::MeanSquaredError { outputs: #k })
         }
     };
-    let params = plan.params.iter().map(|p| {
-        let (pname, pshape, offset, len, group) =
-            (&p.name, shape(&p.shape), lit(p.offset), lit(p.len), lit(p.group));
+    // In buffer order: the trained tensors, then the frozen ones (with no group).
+    let mut in_buffer_order: Vec<_> = plan.params.iter().collect();
+    in_buffer_order.sort_by_key(|p| p.offset);
+    let params = in_buffer_order.into_iter().map(|p| {
+        let (pname, pshape, offset, len) = (&p.name, shape(&p.shape), lit(p.offset), lit(p.len));
+        let group = match p.trained {
+            true => {
+                let g = lit(p.group);
+                quote!(#g)
+            }
+            false => quote!(::dp::__private::runtime::FROZEN_GROUP),
+        };
         quote! {
             ::dp::__private::runtime::ParamSpec {
                 name: #pname, shape: #pshape, offset: #offset, len: #len, group: #group,
@@ -61,8 +70,29 @@ pub fn constants(model: &ModelDef, plan: &Plan) -> TokenStream {
             }
         }
     });
+    // Only a model with LoRA layers states them (the contract's default is none).
+    let lora_layers: Vec<TokenStream> = plan
+        .steps
+        .iter()
+        .filter_map(|step| match step {
+            crate::ops::Step::LoraSum(s) => Some(s),
+            _ => None,
+        })
+        .map(|s| {
+            let (w, a, b) = (
+                format!("{}.weight", s.layer),
+                format!("{}.lora_A.weight", s.layer),
+                format!("{}.lora_B.weight", s.layer),
+            );
+            let scale = Literal::f32_suffixed(s.scale);
+            quote!(::dp::__private::runtime::LoraSpec { weight: #w, lora_a: #a, lora_b: #b, scale: #scale })
+        })
+        .collect();
+    let lora = (!lora_layers.is_empty())
+        .then(|| quote!(const LORA: &'static [::dp::__private::runtime::LoraSpec] = &[#(#lora_layers),*];));
     let groups = &plan.groups;
     let (param_count, per_example) = (lit(plan.param_count), lit(plan.workspace_per_example));
+    let trained_param_count = lit(plan.trained_param_count);
     let input_ty = super::input_type(model);
     let vocab = lit(model.input_kind.vocab().unwrap_or(0));
     quote! {
@@ -73,9 +103,11 @@ pub fn constants(model: &ModelDef, plan: &Plan) -> TokenStream {
         const LOSS: ::dp::__private::runtime::Loss = #loss;
         const PARAMS: &'static [::dp::__private::runtime::ParamSpec] = &[#(#params),*];
         const PARAM_COUNT: usize = #param_count;
+        const TRAINED_PARAM_COUNT: usize = #trained_param_count;
         const GROUPS: &'static [&'static str] = &[#(#groups),*];
         const LAYERS: &'static [::dp::__private::runtime::LayerInfo] = &[#(#layers),*];
         const WORKSPACE_PER_EXAMPLE: usize = #per_example;
         const WORKSPACE_FIXED: usize = 0;
+        #lora
     }
 }

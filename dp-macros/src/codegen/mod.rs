@@ -32,6 +32,7 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
         .map(|(k, b)| format!(" `__b{k}`: {} ({} per example at offset {})", b.purpose, b.len, b.offset));
     let (param_count, input_len, output_len, groups) =
         (lit(plan.param_count), lit(plan.input_len), lit(plan.output_len), lit(plan.groups.len()));
+    let trained_count = lit(plan.trained_param_count);
     let label_len = lit(match model.loss.kind {
         LossKind::MeanSquaredError => plan.output_len,
         _ => 1,
@@ -176,7 +177,7 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
                 losses: &mut [f32],
                 grad: &mut [f32],
             ) {
-                assert_eq!(grad.len(), #param_count, "{}: gradient length", #name);
+                assert_eq!(grad.len(), #trained_count, "{}: gradient length", #name);
                 self.__dp_forward_backward(ws, batch, losses);
                 let (n, inputs) = (batch.size, batch.inputs);
                 #carve_all
@@ -207,7 +208,7 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
                 let (n, inputs) = (batch.size, batch.inputs);
                 assert_eq!(inputs.len(), n * #input_len, "{}: inputs of {} examples", #name, n);
                 assert_eq!(factors.len(), n * #groups, "{}: clip factors of {} examples", #name, n);
-                assert_eq!(grad.len(), #param_count, "{}: gradient length", #name);
+                assert_eq!(grad.len(), #trained_count, "{}: gradient length", #name);
                 assert!(ws.max_batch() >= n, "{}: clipped_sum without per_example_norms on this batch", #name);
                 #carve_all
                 #clipped_sum

@@ -1,6 +1,6 @@
 //! The passes of the generated `DpModel`, each a walk over the planned steps that asks the backend for
 //! every step's statements: forward in order, the loss and the backward in reverse, then the
-//! per-layer passes (plain gradient sum, norms, clipped sum) over the parameterised layers.
+//! per-layer passes (plain gradient sum, norms, clipped sum) over the trained parameterised layers.
 
 use super::backend::Backend;
 use crate::ops::Layer;
@@ -19,7 +19,13 @@ pub fn forward(backend: &impl Backend, plan: &Plan) -> TokenStream {
 /// left in its layer's buffer for the norms and the clipped sum.
 pub fn backward(backend: &impl Backend, plan: &Plan, loss: LossKind) -> TokenStream {
     let loss = backend.loss(plan, loss);
-    let steps = plan.steps.iter().rev().map(|step| backend.backward(plan, step));
+    let steps = plan
+        .steps
+        .iter()
+        .zip(&plan.roles)
+        .rev()
+        .filter(|(_, role)| role.backward)
+        .map(|(step, _)| backend.backward(plan, step));
     quote!(#loss #(#steps)*)
 }
 
@@ -49,7 +55,12 @@ pub fn clipped_sum(backend: &impl Backend, plan: &Plan) -> TokenStream {
     quote!(#(#layers)*)
 }
 
-/// The parameterised steps, in forward order.
+/// The trained parameterised steps, in forward order (a frozen layer has no group and no gradient).
 fn layers(plan: &Plan) -> Vec<Layer<'_>> {
-    plan.steps.iter().filter_map(|s| s.layer()).collect()
+    plan.steps
+        .iter()
+        .zip(&plan.roles)
+        .filter(|(_, role)| !role.frozen)
+        .filter_map(|(s, _)| s.layer())
+        .collect()
 }

@@ -4,6 +4,7 @@
 //! assumes one: every node names its input values, so a residual add (two inputs) or a value read by
 //! two nodes fits the same representation. Shapes are not stored here; the checker infers them.
 
+pub mod lower;
 pub mod value;
 pub mod view;
 
@@ -26,6 +27,9 @@ pub struct Node {
     pub span: Span,
     /// The op as written, for the plan table.
     pub text: String,
+    /// Whether the node's parameters are frozen (`frozen` in its field's chain): a layer without a
+    /// parameter group, whose backward only carries the gradient through to its input.
+    pub frozen: bool,
 }
 
 /// A model's forward program, nodes in a valid execution (topological) order.
@@ -47,22 +51,14 @@ impl Graph {
         let input = ValueId(0);
         let mut current = input;
         let mut nodes = Vec::new();
+        let mut fields: Vec<String> = model.fields.iter().map(|f| f.name.to_string()).collect();
         for (field, def) in model.fields.iter().enumerate() {
             for op in &def.ops {
-                let output = ValueId(nodes.len() + 1);
-                nodes.push(Node {
-                    op: op.op,
-                    inputs: vec![current],
-                    output,
-                    field,
-                    span: op.span,
-                    text: op.text.clone(),
-                });
-                current = output;
+                current = lower::lower_op(&mut nodes, &mut fields, field, def.frozen.is_some(), op, current);
             }
         }
         Graph {
-            fields: model.fields.iter().map(|f| f.name.to_string()).collect(),
+            fields,
             value_count: nodes.len() + 1,
             nodes,
             input,

@@ -127,7 +127,7 @@ impl OpRules for Attention {
         let context = pl.alloc(i, format!("{field} context"), steps * dim);
         let context_grad = pl.alloc(i, format!("{field} context gradient"), steps * dim);
         let output = pl.alloc(i, format!("{field} output"), steps * dim);
-        let output_grad = pl.grad_buffer(i, out, format!("{field} output gradient")).expect("trained");
+        let output_grad = pl.alloc(i, format!("{field} output gradient"), steps * dim);
         let scratch = pl.alloc(i, format!("{field} score gradient"), steps * steps);
         pl.storage[out.0] = Some(Buf::Arena(output));
         pl.grad[out.0] = Some(output_grad);

@@ -84,7 +84,7 @@ impl OpRules for Embedding {
             (self.vocab.expect("checked: a token input"), self.dim.value, pl.shape(x)[0]);
         pl.target(node, x);
         let output = pl.alloc(i, format!("{field} embedding rows"), steps * dim);
-        let delta = pl.grad_buffer(i, out, format!("{field} embedding delta")).expect("trained");
+        let delta = pl.alloc(i, format!("{field} embedding delta"), steps * dim);
         pl.storage[out.0] = Some(Buf::Arena(output));
         pl.grad[out.0] = Some(delta);
         pl.need(SharedScratch::Norms, i, steps + dim);

@@ -1,4 +1,5 @@
-//! `linear(out = N, in = M, bias = B, norms = ghost | direct)`: y = a·Wᵀ + b over a flat vector `[d]`,
+//! `linear(out = N, in = M, bias = B, norms = ghost | direct, lora(rank = r, alpha = a))`: y = a·Wᵀ + b
+//! over a flat vector `[d]`,
 //! or position-wise over a sequence `[T, d] → [T, N]` (the same weight at every position), with the
 //! activation after it fused into its output pass.
 //!
@@ -9,8 +10,12 @@
 //! GEMM over all B·T rows with each example's rows scaled by its factor. The gradient of its output is
 //! its δ buffer, which the element-wise ops between it and the next layer work on in place, so a
 //! chain needs no other gradient buffers.
+//!
+//! With `lora(...)` the layer is lowered before checking into a frozen base and trained adapters
+//! (`super::lora`); every node it becomes is a plain linear layer or their sum.
 
 use super::activation::function::Act;
+use super::lora::Lora;
 use super::rules::OpRules;
 use crate::args::{arguments, boolean, norm_choice, positive_int, NormChoice};
 use crate::ctxt::Ctxt;
@@ -32,6 +37,10 @@ pub struct Linear {
     pub bias: bool,
     /// A norm strategy forced by `norms = ghost | direct`.
     pub norms: Option<NormChoice>,
+    /// `lora(rank = r, alpha = a)`: lowered into a frozen base and trained adapters.
+    pub lora: Option<Lora>,
+    /// The weight starts at zero (a LoRA B matrix, so that the adapted layer starts as its base).
+    pub zero_weight: bool,
 }
 
 /// A linear layer with its fused epilogue.
@@ -65,7 +74,8 @@ impl OpRules for Linear {
     }
 
     fn parse(cx: &mut Ctxt, op: &OpSyntax) -> Option<Self> {
-        let [out, declared_in, bias, norms] = arguments(cx, op, ["out", "in", "bias", "norms"]);
+        let [out, declared_in, bias, norms, lora] = arguments(cx, op, ["out", "in", "bias", "norms", "lora"]);
+        let lora = lora.map(|a| Lora::parse(cx, &a.value).ok_or(())).transpose();
         let norms = norms.map(|a| norm_choice(cx, &a.value).ok_or(())).transpose();
         let declared_in = declared_in.map(|a| positive_int(cx, "in", &a.value));
         let bias = bias.map(|a| boolean(cx, "bias", &a.value));
@@ -81,6 +91,8 @@ impl OpRules for Linear {
             declared_in: declared_in.map(|d| d.ok_or(())).transpose().ok()?,
             bias: bias.map(|b| b.ok_or(())).transpose().ok()?.unwrap_or(true),
             norms: norms.ok()?,
+            lora: lora.ok()?,
+            zero_weight: false,
         })
     }
 
@@ -132,7 +144,11 @@ impl OpRules for Linear {
         pl.grad[result.0] = Some(delta);
         let group = pl.group(field);
         let bound = 1.0 / (n_in as f32).sqrt();
-        let weight = pl.param(format!("{field}.weight"), vec![n_out, n_in], Init::Uniform { bound });
+        let weight_init = match self.zero_weight {
+            true => Init::Constant(0.0),
+            false => Init::Uniform { bound },
+        };
+        let weight = pl.param(format!("{field}.weight"), vec![n_out, n_in], weight_init);
         let bias = self.bias.then(|| pl.param(format!("{field}.bias"), vec![n_out], Init::Uniform { bound }));
         let layer = PositionalLayer::new(positions, n_in, n_out);
         let strategy = Planner::strategy(self.norms, &layer);

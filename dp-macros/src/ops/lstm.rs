@@ -109,7 +109,7 @@ impl OpRules for Lstm {
         let ih_strategy = Planner::strategy(self.norms, &ih_layer);
         let hh_strategy = Planner::strategy(self.norms, &hh_layer);
         let output = pl.alloc(i, format!("{field} hidden states"), steps * h);
-        let output_grad = pl.grad_buffer(i, out, format!("{field} hidden-state gradient")).expect("trained");
+        let output_grad = pl.alloc(i, format!("{field} hidden-state gradient"), steps * h);
         let gates = pl.alloc(i, format!("{field} gates"), steps * g4);
         let cells = pl.alloc(i, format!("{field} cells"), steps * h);
         let hprev = pl.alloc(i, format!("{field} previous hidden states"), steps * h);

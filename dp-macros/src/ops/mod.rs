@@ -14,6 +14,7 @@ pub mod embedding;
 pub mod flatten;
 pub mod global_avg_pool;
 pub mod linear;
+pub mod lora;
 pub mod lstm;
 pub mod mean;
 pub mod norm_layer;
@@ -159,6 +160,7 @@ ops! {
         Add(add::Add),
         Mean(mean::Mean),
         Patches(patches::Patches),
+        LoraSum(lora::LoraSum),
     }
 }
 

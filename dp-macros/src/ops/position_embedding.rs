@@ -72,7 +72,7 @@ impl OpRules for PositionEmbedding {
         let len = shape.iter().product();
         let input = pl.storage_of(x);
         let output = pl.alloc(i, format!("{field} output"), len);
-        let delta = pl.grad_buffer(i, out, format!("{field} output gradient")).expect("trained");
+        let delta = pl.alloc(i, format!("{field} output gradient"), len);
         pl.storage[out.0] = Some(Buf::Arena(output));
         pl.grad[out.0] = Some(delta);
         let input_grad = pl.target(node, x);

@@ -38,6 +38,8 @@ pub struct LossDef {
 pub struct FieldDef {
     pub name: Ident,
     pub ops: Vec<OpDef>,
+    /// The span of `frozen` in the chain, when the field's parameters are not trained.
+    pub frozen: Option<Span>,
 }
 
 /// One op of a field's chain.

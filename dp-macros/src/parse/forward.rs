@@ -25,6 +25,7 @@
 
 use super::ast::{LossDef, ModelDef};
 use crate::ctxt::Ctxt;
+use crate::ir::lower::lower_op;
 use crate::ir::{Graph, Node, ValueId};
 use crate::ops::activation::function::Act;
 use crate::ops::activation::Activation;
@@ -154,6 +155,7 @@ impl Lowering<'_> {
                     field,
                     span: b.op.span(),
                     text: "+".into(),
+                    frozen: false,
                 });
                 Some(output)
             }
@@ -189,17 +191,10 @@ impl Lowering<'_> {
                 }
                 self.called[index] = Some(m.method.span());
                 let mut current = arg;
-                for op in &self.model.fields[index].ops {
-                    let output = self.value();
-                    self.nodes.push(Node {
-                        op: op.op,
-                        inputs: vec![current],
-                        output,
-                        field: index,
-                        span: op.span,
-                        text: op.text.clone(),
-                    });
-                    current = output;
+                let def = &self.model.fields[index];
+                for op in &def.ops {
+                    current =
+                        lower_op(&mut self.nodes, &mut self.fields, index, def.frozen.is_some(), op, current);
                 }
                 Some(current)
             }
@@ -230,6 +225,7 @@ impl Lowering<'_> {
                     field,
                     span: m.method.span(),
                     text: method,
+                    frozen: false,
                 });
                 Some(output)
             }

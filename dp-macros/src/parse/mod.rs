@@ -5,6 +5,7 @@
 
 pub mod ast;
 pub mod forward;
+mod frozen;
 pub mod input;
 pub mod loss;
 
@@ -159,6 +160,7 @@ fn field_def(cx: &mut Ctxt, field: &syn::Field) -> Option<FieldDef> {
             return None;
         }
     };
+    let (chain, frozen) = frozen::split_frozen(cx, &name, chain);
     if chain.is_empty() {
         let span = match &attr.meta {
             syn::Meta::List(list) => list.delimiter.span().join(),
@@ -178,7 +180,10 @@ fn field_def(cx: &mut Ctxt, field: &syn::Field) -> Option<FieldDef> {
         .map(|op| Some(OpDef { op: Op::parse(cx, op)?, span: op.span(), text: op.text() }))
         .collect();
     let ops: Vec<OpDef> = ops.into_iter().collect::<Option<_>>()?;
-    Some(FieldDef { name, ops })
+    if let Some(span) = frozen {
+        frozen::check_frozen_field(cx, &name, &ops, span);
+    }
+    Some(FieldDef { name, ops, frozen })
 }
 
 /// A field's type names the layer kind of its parameterised op (`Linear`), or, for a field without

@@ -16,7 +16,7 @@
 //!   table: FLOPs and norm strategy ([`Planner::cost`]).
 
 use super::memory::{Buf, Buffer, GradTarget};
-use super::params::{Init, ParamSlot};
+use super::params::{Init, ParamSlot, NO_GROUP};
 use crate::args::NormChoice;
 use crate::ir::value::ValueId;
 use crate::ir::view::NodeView;
@@ -56,7 +56,13 @@ pub struct Planner<'g> {
     fused: Vec<bool>,
     pub params: Vec<ParamSlot>,
     pub groups: Vec<String>,
-    pub param_offset: usize,
+    /// Elements of trained tensors so far (their offsets count from 0).
+    pub trained_len: usize,
+    /// Elements of frozen tensors so far (their offsets count from 0 until [`Planner::lay_out_params`]
+    /// moves them after the trained ones).
+    frozen_len: usize,
+    /// Whether the node being planned is frozen: its group and tensors are not trained.
+    pub frozen: bool,
     pub layer_bytes: Vec<u64>,
     pub layer_flops: Vec<u64>,
     pub layer_strategy: Vec<Option<NormStrategy>>,
@@ -89,7 +95,9 @@ impl<'g> Planner<'g> {
             fused: vec![false; nodes],
             params: Vec::new(),
             groups: Vec::new(),
-            param_offset: 0,
+            trained_len: 0,
+            frozen_len: 0,
+            frozen: false,
             layer_bytes: vec![0; nodes],
             layer_flops: vec![0; nodes],
             layer_strategy: vec![None; nodes],
@@ -171,25 +179,43 @@ impl<'g> Planner<'g> {
         self.fused[i]
     }
 
-    /// Opens the parameter group of `field` (one per parameterised layer); returns its index.
+    /// Opens the parameter group of `field` (one per trained parameterised layer); returns its index,
+    /// or [`NO_GROUP`] for a frozen layer.
     pub fn group(&mut self, field: &str) -> usize {
+        if self.frozen {
+            return NO_GROUP;
+        }
         self.groups.push(field.to_string());
         self.groups.len() - 1
     }
 
-    /// Registers a parameter tensor of the newest group.
+    /// Registers a parameter tensor of the node being planned: in the newest group, or frozen when the
+    /// node is.
     pub fn param(&mut self, name: String, shape: Vec<usize>, init: Init) -> usize {
-        let len = shape.iter().product();
-        self.params.push(ParamSlot {
-            name,
-            shape,
-            offset: self.param_offset,
-            len,
-            group: self.groups.len() - 1,
-            init,
-        });
-        self.param_offset += len;
+        let trained = !self.frozen;
+        self.push_param(name, shape, init, trained)
+    }
+
+    fn push_param(&mut self, name: String, shape: Vec<usize>, init: Init, trained: bool) -> usize {
+        let len: usize = shape.iter().product();
+        let (offset, group) = match trained {
+            true => (self.trained_len, self.groups.len() - 1),
+            false => (self.frozen_len, NO_GROUP),
+        };
+        match trained {
+            true => self.trained_len += len,
+            false => self.frozen_len += len,
+        }
+        self.params.push(ParamSlot { name, shape, offset, len, group, init, trained });
         self.params.len() - 1
+    }
+
+    /// Moves the frozen tensors after the trained ones (trained-first layout); returns the length of
+    /// the whole buffer. Steps name tensors by index, so they are unaffected.
+    pub fn lay_out_params(&mut self) -> usize {
+        let trained = self.trained_len;
+        self.params.iter_mut().filter(|p| !p.trained).for_each(|p| p.offset += trained);
+        trained + self.frozen_len
     }
 
     /// Records that node `node` needs `len` values per example of a shared scratch buffer.

@@ -94,7 +94,8 @@ impl<'g> DistributedRun<'g> {
     ) -> Result<BatchStats> {
         let shard = self.shard.offset..self.shard.offset + self.shard_len;
         indices_in_shard(global_indices, shard, &mut self.local_indices);
-        let params = M::PARAM_COUNT;
+        // The trained prefix: frozen parameters have no gradient to reduce.
+        let params = M::TRAINED_PARAM_COUNT;
         let root = self.is_root();
         let outcome = match (root, noise) {
             (true, Some(noise)) => {

@@ -165,7 +165,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                         "is not supported in a distributed run",
                     ));
                 }
-                Some(DistributedRun::new(group, shard, train.len(), M::PARAM_COUNT)?)
+                Some(DistributedRun::new(group, shard, train.len(), M::TRAINED_PARAM_COUNT)?)
             }
             None => None,
         };
@@ -184,8 +184,8 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             None => None,
         };
         let secure_grid = self.secure_noise.then(|| SecureGrid {
-            l2_sensitivity: SecureAggregator::grid_sensitivity(M::PARAM_COUNT),
-            dimension: M::PARAM_COUNT,
+            l2_sensitivity: SecureAggregator::grid_sensitivity(M::TRAINED_PARAM_COUNT),
+            dimension: M::TRAINED_PARAM_COUNT,
         });
         let config = PlanConfig {
             examples,
@@ -216,14 +216,14 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 });
             }
             // The optimizer first: if its state does not fit, the model is left untouched.
-            optimizer.load_state(c.optimizer, M::PARAM_COUNT)?;
+            optimizer.load_state(c.optimizer, M::TRAINED_PARAM_COUNT)?;
             model.params_mut().copy_from_slice(&c.params);
         }
         // The average starts at the parameters training starts from (a resumed run's included).
         let mut ema = self.ema.map(|decay| Ema::new(decay, model.params())).transpose()?;
         let mut aggregator = match self.secure_noise {
             true => {
-                let agg = SecureAggregator::new(M::PARAM_COUNT, clip_norm, plan.noise_multiplier())?;
+                let agg = SecureAggregator::new(M::TRAINED_PARAM_COUNT, clip_norm, plan.noise_multiplier())?;
                 plan.set_discrete_sigma(agg.sigma());
                 Some(agg)
             }
@@ -334,7 +334,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                                 noise_std,
                             )?;
                             let gradient = NoisyGradient::released(run.released(), plan.normaliser());
-                            optimizer.step(model.params_mut(), gradient, at);
+                            optimizer.step(model.trained_params_mut(), gradient, at);
                             stats
                         }
                         (None, None) => {
@@ -346,7 +346,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                                 noise_std,
                                 plan.normaliser(),
                             );
-                            optimizer.step(model.params_mut(), gradient, at);
+                            optimizer.step(model.trained_params_mut(), gradient, at);
                             stats
                         }
                         (Some(agg), _) => {
@@ -354,7 +354,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                             agg.release(noise_stream.rng(), &mut engine.clipped_sum);
                             let gradient =
                                 NoisyGradient::new(&engine.clipped_sum, None, 0.0, plan.normaliser());
-                            optimizer.step(model.params_mut(), gradient, at);
+                            optimizer.step(model.trained_params_mut(), gradient, at);
                             stats
                         }
                     };
@@ -478,6 +478,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             steps: step,
             planned_steps: plan.total_steps(),
             noise_multiplier: plan.noise_multiplier(),
+            trained_parameters: M::TRAINED_PARAM_COUNT,
             sampling_rate: plan.sampling_rate(),
             expected_batch_size: plan.expected_batch_size(),
             sampling: plan.sampling(),

@@ -109,6 +109,9 @@ pub struct Report {
     pub planned_steps: u64,
     /// σ, the noise multiplier.
     pub noise_multiplier: f64,
+    /// The parameters trained: the dimension of the noise and of the clipped gradient
+    /// (`DpModel::TRAINED_PARAM_COUNT`; frozen parameters are left as they were).
+    pub trained_parameters: usize,
     /// q = B / N.
     pub sampling_rate: f64,
     /// B.

@@ -41,7 +41,7 @@ pub struct StepEngine<M: DpModel> {
     /// Σ_i c_i·g_i of the current batch.
     pub clipped_sum: Vec<f32>,
     example_gradient: Vec<f32>,
-    /// Standard normals drawn for the current batch's update, one per parameter.
+    /// Standard normals drawn for the current batch's update, one per trained parameter.
     drawn_noise: Vec<f64>,
 }
 
@@ -58,7 +58,7 @@ impl<M: DpModel> StepEngine<M> {
             losses: Vec::new(),
             sq_norms: Vec::new(),
             factors: Vec::new(),
-            clipped_sum: vec![0.0; M::PARAM_COUNT],
+            clipped_sum: vec![0.0; M::TRAINED_PARAM_COUNT],
             example_gradient: Vec::new(),
             drawn_noise: Vec::new(),
         }
@@ -105,7 +105,7 @@ impl<M: DpModel> StepEngine<M> {
         Ok(stats)
     }
 
-    /// [`clipped_sum`](Self::clipped_sum) and one standard normal per parameter drawn from `noise`
+    /// [`clipped_sum`](Self::clipped_sum) and one standard normal per trained parameter drawn from `noise`
     /// ([`GaussianNoise::fill`]) into [`drawn_noise`](Self::drawn_noise). The noise does not depend on
     /// the batch, so for models of at least [`NOISE_ALONGSIDE_MIN_PARAMS`] parameters it is drawn on
     /// another thread of the pool while the clipped sum is computed, hiding its cost; smaller models
@@ -118,8 +118,8 @@ impl<M: DpModel> StepEngine<M> {
         noise: &mut GaussianNoise,
     ) -> Result<BatchStats> {
         let mut drawn = std::mem::take(&mut self.drawn_noise);
-        drawn.resize(M::PARAM_COUNT, 0.0);
-        let stats = if M::PARAM_COUNT < NOISE_ALONGSIDE_MIN_PARAMS {
+        drawn.resize(M::TRAINED_PARAM_COUNT, 0.0);
+        let stats = if M::TRAINED_PARAM_COUNT < NOISE_ALONGSIDE_MIN_PARAMS {
             noise.fill(&mut drawn);
             self.clipped_sum(model, data, indices)
         } else {
@@ -145,7 +145,7 @@ impl<M: DpModel> StepEngine<M> {
     ) -> Result<BatchStats> {
         aggregator.reset();
         let mut stats = BatchStats { examples: indices.len(), ..BatchStats::default() };
-        self.example_gradient.resize(M::PARAM_COUNT, 0.0);
+        self.example_gradient.resize(M::TRAINED_PARAM_COUNT, 0.0);
         for example in indices.chunks(1) {
             let before = stats.non_finite;
             self.norms_and_factors(model, data, example, &mut stats)?;

@@ -10,6 +10,7 @@ pub mod emit;
 mod flatten;
 pub mod kernels;
 mod linear;
+mod lora;
 mod loss;
 mod lstm;
 mod mean;
@@ -48,6 +49,7 @@ impl Backend for Cpu {
             Step::Add(s) => add::forward(s),
             Step::Mean(s) => mean::forward(s),
             Step::Patches(s) => patches::forward(s),
+            Step::LoraSum(s) => lora::forward(s),
         }
     }
 
@@ -67,6 +69,7 @@ impl Backend for Cpu {
             Step::Add(s) => add::backward(s),
             Step::Mean(s) => mean::backward(s),
             Step::Patches(s) => patches::backward(s),
+            Step::LoraSum(s) => lora::backward(s),
         }
     }
 
