@@ -15,7 +15,7 @@ use super::datasets::{
 use crate::models::recipe::{self, Recipe};
 use crate::models::{
     AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, MnistCnnTanh, MnistVit, ResidualCnn,
-    ScatterCnn, TextTransformer,
+    ScatterCnn, TextTransformer, TextTransformerLora,
 };
 
 /// What a command learns about the model it was dispatched to, besides its type.
@@ -77,6 +77,7 @@ models! {
     "embedding" => EmbeddingNet, ReviewsData, recipe::TEXT, "the founding paper's embedding network on token sequences";
     "lstm" => LstmNet, ReviewsData, recipe::TEXT, "the founding paper's LSTM on token sequences (one bias per gate)";
     "text-transformer" => TextTransformer, ReviewsData, recipe::TEXT_TRANSFORMER, "a two-layer pre-norm transformer encoder (d = 128, 4 heads, T = 128) on token sequences";
+    "text-transformer-lora" => TextTransformerLora, ReviewsData, recipe::TEXT_TRANSFORMER_LORA, "the text transformer frozen but for rank-8 LoRA adapters on its MLP and its classifier (fine-tuning from --init)";
 }
 
 /// A kind of data `dp train --data PATH` recognises without `--model`, and the model it recommends.

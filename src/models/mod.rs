@@ -11,6 +11,7 @@ pub mod recipe;
 mod residual;
 mod scatter_cnn;
 mod text_transformer;
+mod text_transformer_lora;
 
 pub use cifar10_cnn::Cifar10Cnn;
 pub use embedding_net::EmbeddingNet;
@@ -22,3 +23,4 @@ pub use mnist_vit::mnist_vit::MnistVit;
 pub use residual::residual_cnn::ResidualCnn;
 pub use scatter_cnn::ScatterCnn;
 pub use text_transformer::text_transformer::TextTransformer;
+pub use text_transformer_lora::text_transformer_lora::TextTransformerLora;

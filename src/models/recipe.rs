@@ -166,3 +166,17 @@ pub const MNIST_VIT: Recipe = Recipe {
         "not tuned (the third of four guesses): the MNIST CNN's batch and clip norm; measured on the shipped \
              MNIST: 85.90% at epsilon 3 (one run), docs/MODELS.md",
 };
+
+/// The LoRA text transformer, fine-tuned from a `text-transformer` checkpoint.
+pub const TEXT_TRANSFORMER_LORA: Recipe = Recipe {
+    batch_size: 256,
+    epochs: 1.0,
+    clip_norm: 1.0,
+    lr: 0.1,
+    final_lr_fraction: 0.1,
+    ema_decay: None,
+    input_standardization: None,
+    source:
+        "the text transformer's recipe, not tuned for LoRA and not measured: the model exists to measure \
+             the speed of private LoRA fine-tuning (docs/MODELS.md)",
+};
