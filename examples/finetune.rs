@@ -124,29 +124,13 @@ fn main() -> dp::Result<()> {
         metadata: Default::default(),
     };
 
-    let mut rows = Vec::new();
-    rows.push(private_run::<MnistCnn>("from scratch", None, &flags, &private_train, &private_test)?);
-    rows.push(private_run::<MnistCnn>(
-        "full fine-tuning",
-        Some(&weights),
-        &flags,
-        &private_train,
-        &private_test,
-    )?);
-    rows.push(private_run::<LoraCnn>(
-        "LoRA (rank 4)",
-        Some(&weights),
-        &flags,
-        &private_train,
-        &private_test,
-    )?);
-    rows.push(private_run::<HeadOnlyCnn>(
-        "head only",
-        Some(&weights),
-        &flags,
-        &private_train,
-        &private_test,
-    )?);
+    let (train, test) = (&private_train, &private_test);
+    let rows = [
+        private_run::<MnistCnn>("from scratch", None, &flags, train, test)?,
+        private_run::<MnistCnn>("full fine-tuning", Some(&weights), &flags, train, test)?,
+        private_run::<LoraCnn>("LoRA (rank 4)", Some(&weights), &flags, train, test)?,
+        private_run::<HeadOnlyCnn>("head only", Some(&weights), &flags, train, test)?,
+    ];
 
     println!("\nprivate task (digits 5-9) at epsilon {} (delta {DELTA:e}):", flags.target_epsilon);
     println!("| run | trained parameters | test accuracy | epsilon | steps | seconds |");
