@@ -12,7 +12,7 @@ use dp_runtime::distributed::{self, Group, Shard};
 use dp_runtime::optim::{Adam, Optimizer, Schedule, Sgd};
 use dp_runtime::pretrained::{self, InitOptions, RenameMap};
 use dp_runtime::trainer::EpochReport;
-use dp_runtime::{checkpoint, rng, DpModel, Error, Report, Result, Trainer};
+use dp_runtime::{checkpoint, lora, rng, DpModel, Error, Report, Result, Trainer};
 use serde_json::json;
 
 use super::datasets::{DataSource, NpyInput};
@@ -130,6 +130,11 @@ pub struct TrainArgs {
     /// checkpoints go on being written to --save, or to this file without --save.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// At the end, also write the trained parameters with every LoRA layer merged into its base
+    /// weight (`W + alpha/r · B A`, the adapters left out): what a plain PyTorch model loads. Only for
+    /// models with `lora(...)` layers.
+    #[arg(long, value_name = "FILE")]
+    pub save_merged: Option<PathBuf>,
     /// Write the plot (SVG) here instead of beside the checkpoint.
     #[arg(long)]
     pub plot: Option<PathBuf>,
@@ -264,6 +269,9 @@ impl TrainArgs {
             let flag = if self.plot.is_some() { "plot" } else { checkpoint_flag };
             outputs.push(OutputPath { flag, path });
         }
+        if let Some(path) = &self.save_merged {
+            outputs.push(OutputPath { flag: "save_merged", path: path.clone() });
+        }
         // The resumed checkpoint is read once before training and then replaced atomically: writing the
         // continued run's checkpoints over it is the point of --resume, so it is not listed as an input.
         let mut inputs = vec![InputPath { flag: "data", path: self.data.clone() }];
@@ -380,6 +388,12 @@ where
 {
     {
         mpi_world::refuse_flag(world.as_deref(), "non_private", args.non_private)?;
+        if args.save_merged.is_some() && M::LORA.is_empty() {
+            return Err(Error::invalid(
+                "save_merged",
+                format!("{} has no LoRA layers to merge (use --save)", entry.name),
+            ));
+        }
         let is_root = world.as_deref().is_none_or(|w| w.rank() == 0);
         let settings = args.settings(&entry.recipe)?;
         let init_options = args.init_options()?;
@@ -501,6 +515,10 @@ where
                 report.planned_steps,
                 args.max_steps.unwrap_or(report.steps)
             );
+        }
+        if let Some(path) = &args.save_merged {
+            lora::save_merged(path, &model)?;
+            eprintln!("LoRA adapters merged into their base weights: {}", path.display());
         }
         if let Some(path) = args.plot_path() {
             plot::write_accuracy_epsilon(&path, &format!("{} ({})", entry.name, M::NAME), &report.epochs)?;
