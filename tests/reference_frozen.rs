@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use reference::dense::Activation;
 use reference::harness::{check_model, check_zero_factor_example, report, TestInput};
-use reference::net::{Network, Op};
+use reference::net::{embedding_lstm_mean_linear, Network, Op};
 
 /// A frozen layer sandwiched between two trained ones: its input gradient must reach `fc1`.
 #[dp_model(input = [6], loss = cross_entropy(classes = 3))]
@@ -336,8 +336,6 @@ fn two_ranks_train_a_frozen_model_as_one_process() {
 // ---------------------------------------------------------------------------------------------
 // Frozen sequence layers: an embedding below a trained LSTM, and an LSTM the gradient passes through.
 
-const ONE_BIAS: &[&str] = &["bias_ih_l0"];
-
 /// A frozen (pretrained) embedding table under a trained LSTM.
 #[dp_model(input = tokens(len = 7, vocab = 5), loss = binary_cross_entropy)]
 struct FrozenEmbedding {
@@ -361,32 +359,22 @@ struct FrozenLstm {
     fc: Linear,
 }
 
-fn embedding_lstm<M: DpModel>() -> Network {
-    Network::new(
-        vec![
-            Op::Embedding { name: "emb", vocab: 5, dim: 3 },
-            Op::Lstm { name: "lstm", hidden: 4, biases: ONE_BIAS },
-            Op::MeanOverSequence,
-            Op::Linear { name: "fc", out: 1, bias: true },
-        ],
-        M::INPUT_SHAPE,
-        M::LOSS,
-        M::PARAMS,
-    )
-}
-
 #[test]
 fn a_frozen_embedding_under_a_trained_lstm_matches_the_reference() {
     assert_eq!(frozen_names::<FrozenEmbedding>(), ["emb.weight"]);
     assert_eq!(FrozenEmbedding::GROUPS, ["lstm", "fc"]);
-    check_everything::<FrozenEmbedding>("FrozenEmbedding", &embedding_lstm::<FrozenEmbedding>(), 560);
+    check_everything::<FrozenEmbedding>(
+        "FrozenEmbedding",
+        &embedding_lstm_mean_linear::<FrozenEmbedding>(),
+        560,
+    );
 }
 
 #[test]
 fn a_frozen_lstm_between_trained_layers_matches_the_reference() {
     assert_eq!(frozen_names::<FrozenLstm>(), ["lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0"]);
     assert_eq!(FrozenLstm::GROUPS, ["emb", "fc"]);
-    check_everything::<FrozenLstm>("FrozenLstm", &embedding_lstm::<FrozenLstm>(), 580);
+    check_everything::<FrozenLstm>("FrozenLstm", &embedding_lstm_mean_linear::<FrozenLstm>(), 580);
 }
 
 /// The step engine the trainer runs: the clipped sum and the noise it draws have one value per

@@ -20,7 +20,7 @@ use reference::harness::{
     check_model, check_model_in, check_model_with, check_reference_gradient, check_zero_factor_example,
     report,
 };
-use reference::net::{Conv, Network, Op};
+use reference::net::{embedding_lstm_mean_linear, Conv, Network, Op, ONE_BIAS};
 
 // ---------------------------------------------------------------------------------------------
 // Models declared for this test: the ops the six do not exercise (or not in these combinations).
@@ -343,9 +343,6 @@ fn residual_cnn() -> Network {
     Network::new(ops, ResidualCnn::INPUT_SHAPE, ResidualCnn::LOSS, ResidualCnn::PARAMS)
 }
 
-/// PyTorch's `bias_ih_l0 + bias_hh_l0` is one bias in our models, under the first name.
-const ONE_BIAS: &[&str] = &["bias_ih_l0"];
-
 fn embedding_net() -> Network {
     Network::new(
         vec![
@@ -379,22 +376,7 @@ fn lstm_net_of<M: DpModel>() -> Network {
 }
 
 fn tiny_seq() -> Network {
-    tiny_seq_of::<TinySeq>()
-}
-
-/// The same network over the parameter layout of `M` (a copy of `TinySeq`, e.g. with forced norms).
-fn tiny_seq_of<M: DpModel>() -> Network {
-    Network::new(
-        vec![
-            Op::Embedding { name: "emb", vocab: 5, dim: 3 },
-            Op::Lstm { name: "lstm", hidden: 4, biases: ONE_BIAS },
-            Op::MeanOverSequence,
-            Op::Linear { name: "fc", out: 1, bias: true },
-        ],
-        M::INPUT_SHAPE,
-        M::LOSS,
-        M::PARAMS,
-    )
+    embedding_lstm_mean_linear::<TinySeq>()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -564,8 +546,14 @@ fn forced_ghost_and_forced_direct_norms_match_the_reference() {
             "MnistCnnDirect",
             &check_model::<MnistCnnDirect>(&mnist_cnn_of::<MnistCnnDirect>(), size, seed),
         );
-        report("TinySeqGhost", &check_model::<TinySeqGhost>(&tiny_seq_of::<TinySeqGhost>(), size, seed));
-        report("TinySeqDirect", &check_model::<TinySeqDirect>(&tiny_seq_of::<TinySeqDirect>(), size, seed));
+        report(
+            "TinySeqGhost",
+            &check_model::<TinySeqGhost>(&embedding_lstm_mean_linear::<TinySeqGhost>(), size, seed),
+        );
+        report(
+            "TinySeqDirect",
+            &check_model::<TinySeqDirect>(&embedding_lstm_mean_linear::<TinySeqDirect>(), size, seed),
+        );
     }
     report("LstmNetGhost", &check_model::<LstmNetGhost>(&lstm_net_of::<LstmNetGhost>(), 2, 113));
     report("LstmNetDirect", &check_model::<LstmNetDirect>(&lstm_net_of::<LstmNetDirect>(), 2, 113));

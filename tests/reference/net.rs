@@ -760,3 +760,23 @@ impl Network {
         net
     }
 }
+
+/// PyTorch's `bias_ih_l0 + bias_hh_l0` is one bias in our models, under the first name.
+pub const ONE_BIAS: &[&str] = &["bias_ih_l0"];
+
+/// The small token network several tests share — `emb` embedding(5 → 3), `lstm` LSTM(4), the mean
+/// over the sequence, `fc` linear(1) — over the parameter layout of `M`, a model with those fields
+/// (forced norms and frozen layers change the layout, not the network).
+pub fn embedding_lstm_mean_linear<M: dp::DpModel>() -> Network {
+    Network::new(
+        vec![
+            Op::Embedding { name: "emb", vocab: 5, dim: 3 },
+            Op::Lstm { name: "lstm", hidden: 4, biases: ONE_BIAS },
+            Op::MeanOverSequence,
+            Op::Linear { name: "fc", out: 1, bias: true },
+        ],
+        M::INPUT_SHAPE,
+        M::LOSS,
+        M::PARAMS,
+    )
+}
