@@ -77,15 +77,21 @@ pub fn backward(plan: &Plan, s: &AttentionStep) -> TokenStream {
     }}
 }
 
-pub fn gradient_sum(plan: &Plan, s: &AttentionStep) -> TokenStream {
-    let (dense, grads) = (kernels::dense(), grads(plan, s));
-    let (t, d, d3) = (lit(s.steps), lit(s.dim), lit(3 * s.dim));
-    let (x, dqkv, ctx, dy) = (
+/// What the backward keeps for the weight gradients, as (input, δ) of each projection: the input
+/// projection's `x` and `δqkv`, the output projection's context and `δy`.
+fn kept(s: &AttentionStep) -> (TokenStream, TokenStream, TokenStream, TokenStream) {
+    (
         read(s.input),
         read(Buf::Arena(s.qkv_grad)),
         read(Buf::Arena(s.context)),
         read(Buf::Arena(s.output_grad)),
-    );
+    )
+}
+
+pub fn gradient_sum(plan: &Plan, s: &AttentionStep) -> TokenStream {
+    let (dense, grads) = (kernels::dense(), grads(plan, s));
+    let (t, d, d3) = (lit(s.steps), lit(s.dim), lit(3 * s.dim));
+    let (x, dqkv, ctx, dy) = kept(s);
     quote! {{
         #grads
         #dense::linear_grad_add(#x, #dqkv, n * #t, #d, #d3, g_in_w, ::core::option::Option::Some(g_in_b));
@@ -100,12 +106,7 @@ pub fn norms(plan: &Plan, s: &AttentionStep) -> TokenStream {
     let (t, d, d3) = (lit(s.steps), lit(s.dim), lit(3 * s.dim));
     let (s_in, s_out, slots) =
         (strategy(s.in_strategy), strategy(s.out_strategy), scratch(plan.scratch.norms));
-    let (x, dqkv, ctx, dy) = (
-        read(s.input),
-        read(Buf::Arena(s.qkv_grad)),
-        read(Buf::Arena(s.context)),
-        read(Buf::Arena(s.output_grad)),
-    );
+    let (x, dqkv, ctx, dy) = kept(s);
     quote! {{
         #zero
         let in_proj = #k::PositionalLayer::new(#t, #d, #d3);
@@ -123,12 +124,7 @@ pub fn clipped_sum(plan: &Plan, s: &AttentionStep) -> TokenStream {
     let (dense, grads) = (kernels::dense(), grads(plan, s));
     let (groups, g, clip) = (lit(plan.groups.len()), lit(s.group), buf_ident(plan.clip_scratch));
     let (t, d, d3) = (lit(s.steps), lit(s.dim), lit(3 * s.dim));
-    let (x, dqkv, ctx, dy) = (
-        read(s.input),
-        read(Buf::Arena(s.qkv_grad)),
-        read(Buf::Arena(s.context)),
-        read(Buf::Arena(s.output_grad)),
-    );
+    let (x, dqkv, ctx, dy) = kept(s);
     let some = quote!(::core::option::Option::Some);
     quote! {{
         #grads
