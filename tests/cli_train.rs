@@ -526,3 +526,70 @@ fn ema_is_checked_and_the_tanh_cnn_standardises_with_public_constants() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("standardised with the public constants mean 0.1307 and std 0.3081"), "{stderr}");
 }
+
+#[test]
+fn augmentation_multiplicity_runs_on_image_models_and_is_refused_elsewhere() {
+    let dir = TempDir::new("cli-train", "views");
+    let mnist = dir.path("idx");
+    write_mnist(&mnist, 40, 28);
+    let mnist_run = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--model",
+            "mnist-cnn",
+            "--data",
+            s(&mnist),
+            "--noise-multiplier",
+            "1",
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        dp(&args)
+    };
+    let out = mnist_run(&["--augment-views", "3", "--augment-crop", "2"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("augmentation multiplicity: 3 views per example (crop padding 2, no flips)"),
+        "{stderr}"
+    );
+
+    let refused = |out: Output, needle: &str| {
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("--augment-views") && stderr.contains(needle), "{needle:?} not in {stderr}");
+    };
+    refused(mnist_run(&["--augment-views", "3"]), "every view is the image itself");
+    refused(mnist_run(&["--augment-views", "0", "--augment-flip"]), "at least 1");
+    refused(mnist_run(&["--augment-views", "2", "--augment-crop", "28"]), "crop padding 28");
+    let out = dp(&[
+        "train",
+        "--model",
+        "ffnn",
+        "--data",
+        ADULT,
+        "--noise-multiplier",
+        "1",
+        "--max-steps",
+        "1",
+        "--augment-views",
+        "2",
+        "--augment-flip",
+    ]);
+    refused(out, "not an image");
+    let out = dp(&[
+        "train",
+        "--model",
+        "mnist-cnn",
+        "--data",
+        s(&mnist),
+        "--augment-crop",
+        "2",
+        "--noise-multiplier",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "--augment-crop needs --augment-views");
+}

@@ -48,6 +48,8 @@ pub enum Domain {
     Sampling,
     /// The Gaussian or discrete Gaussian noise.
     Noise,
+    /// The random views of augmentation multiplicity.
+    Augment,
 }
 
 impl Domain {
@@ -57,6 +59,7 @@ impl Domain {
             Domain::Init => b"dp:init\0",
             Domain::Sampling => b"dp:batch",
             Domain::Noise => b"dp:noise",
+            Domain::Augment => b"dp:views",
         };
         u64::from_le_bytes(*label)
     }
@@ -90,13 +93,15 @@ pub enum KeySource {
     Seed(u64),
 }
 
-/// The two independent streams of one training session.
+/// The independent streams of one training session.
 #[derive(Debug, Clone)]
 pub struct Streams {
     /// Draws the Poisson (or shuffled) batches.
     pub sampling: ChaCha20Rng,
     /// Draws the Gaussian or discrete Gaussian noise.
     pub noise: ChaCha20Rng,
+    /// Draws the views of augmentation multiplicity.
+    pub augment: ChaCha20Rng,
 }
 
 impl Streams {
@@ -106,10 +111,11 @@ impl Streams {
     /// keys, so a resumed run never repeats the noise of the run it continues.
     pub fn new(source: KeySource, start_step: u64) -> Result<Self> {
         match source {
-            KeySource::Os => Ok(Streams { sampling: from_os()?, noise: from_os()? }),
+            KeySource::Os => Ok(Streams { sampling: from_os()?, noise: from_os()?, augment: from_os()? }),
             KeySource::Seed(seed) => Ok(Streams {
                 sampling: ChaCha20Rng::from_seed(derive_key(seed, Domain::Sampling, start_step)),
                 noise: ChaCha20Rng::from_seed(derive_key(seed, Domain::Noise, start_step)),
+                augment: ChaCha20Rng::from_seed(derive_key(seed, Domain::Augment, start_step)),
             }),
         }
     }

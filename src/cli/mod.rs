@@ -45,7 +45,8 @@ pub enum Command {
     /// The compiled plan of a model, layer by layer.
     Describe(models::DescribeArgs),
     /// Train a built-in model on its real data with DP-SGD.
-    Train(train::TrainArgs),
+    // Boxed: its many flags make it several times larger than the other commands.
+    Train(Box<train::TrainArgs>),
     /// Exactly one DP-SGD step on given examples, in PyTorch's conventions.
     Step(step::StepArgs),
     /// Privacy accounting: ε of a training plan, or the noise multiplier for a target ε.
@@ -63,7 +64,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Models(args) => models::run_models(args),
         Command::Describe(args) => models::run_describe(args),
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Step(args) => step::run(args),
         Command::Privacy(command) => privacy::run(command),
         Command::Bench(args) => bench::run(args),

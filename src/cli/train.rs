@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::models::recipe::{schedule, Recipe};
 use clap::{ArgGroup, Args, ValueEnum};
 use dp_runtime::baseline::{self, BaselineConfig};
+use dp_runtime::data::augment::Augmentation;
 use dp_runtime::distributed::{self, Group, Shard};
 use dp_runtime::optim::{Adam, Optimizer, Schedule, Sgd};
 use dp_runtime::pretrained::{self, InitOptions, RenameMap};
@@ -103,6 +104,18 @@ pub struct TrainArgs {
     /// (post-processing: no privacy cost; 0 turns it off) [default: the model's recipe].
     #[arg(long, allow_hyphen_values = true)]
     pub ema: Option<f64>,
+    /// Augmentation multiplicity: average each example's gradient over this many random views of it
+    /// (crops of --augment-crop, flips with --augment-flip) before clipping; the privacy cost is
+    /// unchanged and the work per example grows about this many times. Image models only.
+    #[arg(long, value_name = "K")]
+    pub augment_views: Option<usize>,
+    /// With --augment-views: each view is a crop of the image padded with this many zeros on every side.
+    #[arg(long, requires = "augment_views", value_name = "PIXELS")]
+    pub augment_crop: Option<usize>,
+    /// With --augment-views: each view is mirrored left to right with probability 1/2 (for tasks where a
+    /// mirrored image has the same label; not digits).
+    #[arg(long, requires = "augment_views")]
+    pub augment_flip: bool,
     /// The optimizer [default: momentum, as in every recipe].
     #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerKind>,
@@ -168,6 +181,8 @@ pub struct Settings {
     pub clip_norm: f64,
     /// Decay of the evaluated and saved parameter average (`None`: the raw parameters).
     pub ema_decay: Option<f64>,
+    /// Augmentation multiplicity: views per example and how each is drawn.
+    pub views: Option<(usize, Augmentation)>,
 }
 
 impl Settings {
@@ -209,6 +224,7 @@ impl TrainArgs {
             epochs: self.epochs.unwrap_or(recipe.epochs),
             clip_norm: self.clip_norm.unwrap_or(recipe.clip_norm),
             ema_decay: self.ema.or(recipe.ema_decay).filter(|&decay| decay != 0.0),
+            views: self.views()?,
         };
         if let Some(decay) = settings.ema_decay {
             if !(0.0..1.0).contains(&decay) {
@@ -235,6 +251,29 @@ impl TrainArgs {
             return Err(Error::invalid("clip_norm", format!("{c} must be positive and finite")));
         }
         Ok(settings)
+    }
+
+    /// Augmentation multiplicity from --augment-views, --augment-crop and --augment-flip.
+    fn views(&self) -> Result<Option<(usize, Augmentation)>> {
+        let Some(views) = self.augment_views else { return Ok(None) };
+        let augmentation =
+            Augmentation { crop_padding: self.augment_crop.unwrap_or(0), horizontal_flip: self.augment_flip };
+        if views == 0 {
+            return Err(Error::invalid("augment_views", "must be at least 1"));
+        }
+        if augmentation.crop_padding == 0 && !augmentation.horizontal_flip {
+            return Err(Error::invalid(
+                "augment_views",
+                "without --augment-crop or --augment-flip every view is the image itself",
+            ));
+        }
+        if self.non_private {
+            return Err(Error::invalid(
+                "augment_views",
+                "averages gradients before the private trainer's clipping; --non-private does not clip",
+            ));
+        }
+        Ok(Some((views, augmentation)))
     }
 
     /// Checks that need no model: step count, and every output path against the others and the inputs.
@@ -298,6 +337,7 @@ fn flag_of(field: &str) -> &str {
         "checkpoint" => "save",
         "resume_from" => "resume",
         "non_private_diagnostics" => "non_private_diagnostics",
+        "augmentation" | "augmentation_multiplicity" => "augment_views",
         other => other,
     }
 }
@@ -396,6 +436,9 @@ where
         }
         let is_root = world.as_deref().is_none_or(|w| w.rank() == 0);
         let settings = args.settings(&entry.recipe)?;
+        if let Some((_, augmentation)) = settings.views {
+            augmentation.check_input(M::INPUT_SHAPE, M::VOCAB).map_err(with_flag)?;
+        }
         let init_options = args.init_options()?;
         let started = Instant::now();
         let (mut train, mut test) = D::load::<M>(&args.data)?;
@@ -488,6 +531,17 @@ where
             }
             if let Some(decay) = settings.ema_decay {
                 trainer = trainer.ema(decay);
+            }
+            if let Some((views, augmentation)) = settings.views {
+                if is_root {
+                    eprintln!(
+                        "augmentation multiplicity: {views} views per example (crop padding {}, {}), averaged \
+                         before clipping",
+                        augmentation.crop_padding,
+                        if augmentation.horizontal_flip { "horizontal flips" } else { "no flips" }
+                    );
+                }
+                trainer = trainer.augmentation_multiplicity(views, augmentation);
             }
             if let Some(max) = args.max_steps {
                 trainer = trainer.max_steps(max);

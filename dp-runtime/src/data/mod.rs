@@ -10,6 +10,7 @@
 //! (`…_unaccounted`) and in its [`Provenance`].
 
 pub mod adult;
+pub mod augment;
 pub mod cifar10;
 mod dataset;
 pub mod idx;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use super::{EpochReport, Trainer};
 use crate::accounting::AccountantKind;
 use crate::clipping::ClipMode;
+use crate::data::augment::Augmentation;
 use crate::distributed::{Group, Shard};
 use crate::error::Error;
 use crate::model::DpModel;
@@ -179,6 +180,16 @@ impl<'m, M: DpModel> Trainer<'m, M> {
     /// from); a resumed run starts its average afresh at them.
     pub fn ema(mut self, decay: f64) -> Self {
         self.ema = Some(decay);
+        self
+    }
+
+    /// Augmentation multiplicity (De et al. 2022): each example's gradient is the average of its
+    /// gradients over `views` random views drawn by `augmentation` (a crop after zero padding, a
+    /// horizontal flip where the task allows), formed before clipping. Each example still contributes
+    /// one clipped vector of norm ≤ C, so the privacy cost is that of a run without it; the work per
+    /// example grows about `views` times. Image inputs only (`[channels, height, width]`).
+    pub fn augmentation_multiplicity(mut self, views: usize, augmentation: Augmentation) -> Self {
+        self.views = Some((views, augmentation));
         self
     }
 

@@ -19,6 +19,7 @@ pub use report::{Diagnostics, EpochReport, Report, RunDiagnostics, SecureReport}
 use crate::accounting::{AccountantKind, Ledger};
 use crate::checkpoint::{self, Checkpoint, RunIdentity};
 use crate::clipping::ClipMode;
+use crate::data::augment::Augmentation;
 use crate::data::Dataset;
 use crate::distributed::step::DistributedRun;
 use crate::distributed::{Group, Shard};
@@ -69,6 +70,8 @@ pub struct Trainer<'m, M: DpModel> {
     non_private_diagnostics: bool,
     allow_large_delta: bool,
     ema: Option<f64>,
+    /// Augmentation multiplicity: views per example and how they are drawn.
+    views: Option<(usize, Augmentation)>,
     /// This rank's group and shard in a distributed run (`docs/DISTRIBUTED.md`).
     distributed: Option<(Box<dyn Group + 'm>, Shard)>,
     conflicts: Vec<Error>,
@@ -105,6 +108,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             non_private_diagnostics: false,
             allow_large_delta: false,
             ema: None,
+            views: None,
             distributed: None,
             conflicts: Vec::new(),
         }
@@ -300,6 +304,9 @@ impl<'m, M: DpModel> Trainer<'m, M> {
         // Room for a Poisson batch up to B + 5√B without growing the workspace.
         let typical_batch = expected_batch_size + 5 * (expected_batch_size as f64).sqrt().ceil() as usize;
         let mut engine = StepEngine::<M>::new(clip_norm, clip_mode, max_chunk, typical_batch);
+        if let Some((count, augmentation)) = self.views {
+            engine = engine.with_views(count, augmentation, streams.augment)?;
+        }
         let noise_std = plan.noise_multiplier() * clip_norm;
         let progress = Progress::new(last_step, start_step, self.quiet || !is_root);
         let checkpoint_path = self.checkpoint.as_deref().filter(|_| is_root);
