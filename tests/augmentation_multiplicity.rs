@@ -268,3 +268,27 @@ fn settings_that_cannot_give_views_are_refused_naming_them() {
         .unwrap_err();
     assert!(error.to_string().contains("do not fit the memory budget"), "{error}");
 }
+
+#[test]
+fn secure_mode_sums_the_same_clipped_averages_on_its_grid() {
+    use dp::noise::SecureAggregator;
+    let model = model();
+    let data = images(EXAMPLES, 51);
+    let indices: Vec<usize> = (0..EXAMPLES).collect();
+    let clip_norm = 0.05;
+    let mut float = engine(clip_norm, ClipMode::Flat, Some((VIEWS, AUGMENTATION, 17)));
+    float.clipped_sum(&model, &data, &indices).unwrap();
+    let params = SmallCnn::TRAINED_PARAM_COUNT;
+    // A tiny noise multiplier: the released sum is the grid sum plus noise far below the grid's rounding.
+    let mut aggregator = SecureAggregator::new(params, clip_norm, 1e-6).unwrap();
+    let mut secure = engine(clip_norm, ClipMode::Flat, Some((VIEWS, AUGMENTATION, 17)));
+    let stats = secure.secure_sum(&model, &data, &indices, &mut aggregator).unwrap();
+    assert_eq!((stats.examples, stats.non_finite), (EXAMPLES, 0));
+    let mut released = vec![0.0f32; params];
+    aggregator.release(&mut ChaCha20Rng::seed_from_u64(0), &mut released);
+    // Each coordinate of each example moves by at most half a grid step when rounded.
+    let bound = EXAMPLES as f64 * aggregator.grid_step() * 0.5 + 1e-6;
+    for (k, (&s, &f)) in released.iter().zip(&float.clipped_sum).enumerate() {
+        assert!((s as f64 - f as f64).abs() <= bound, "parameter {k}: secure {s} vs {f}, bound {bound}");
+    }
+}
