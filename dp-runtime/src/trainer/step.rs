@@ -255,8 +255,8 @@ impl<M: DpModel> StepEngine<M> {
     }
 
     /// Augmentation multiplicity: example `index`'s gradient averaged over its views and clipped, into
-    /// `example_gradient`. Returns false, and counts the example as non-finite, when a view's gradient
-    /// or the average is not finite: the example then contributes nothing.
+    /// `example_gradient`. Returns false, and counts the example as non-finite, when the average is not
+    /// finite (a non-finite view's gradient makes it so): the example then contributes nothing.
     fn averaged_example(
         &mut self,
         model: &M,
@@ -281,33 +281,18 @@ impl<M: DpModel> StepEngine<M> {
             views.augmentation.apply(views.shape, choice, &views.image, view);
             self.labels.extend_from_slice(&views.label);
         }
-        // Forward and backward over the views: the model keeps what its clipped sum reads.
+        // The views' summed gradient in one forward and backward pass: no per-view norm is needed, so
+        // this is the non-private pass (a weight-gradient product per layer), then 1/K for the average.
         self.workspace.ensure::<M>(count);
         self.losses.resize(count, 0.0);
-        self.sq_norms.resize(count * groups, 0.0);
-        self.factors.resize(count * groups, 0.0);
-        let batch = Batch { inputs: &self.inputs, labels: &self.labels, size: count };
-        model.per_example_norms(
-            &mut self.workspace,
-            batch,
-            &mut self.losses,
-            &mut self.sq_norms[..count * groups],
-        );
-        let view_is_bad = self.sq_norms[..count * groups].iter().fold(false, |bad, &s| bad | !s.is_finite());
-        if view_is_bad {
-            stats.non_finite += 1;
-            return Ok(false);
-        }
-        // The average over the views: the clipped sum with factor 1/K on every view.
-        self.factors[..count * groups].fill(1.0 / count as f32);
         self.example_gradient.resize(M::TRAINED_PARAM_COUNT, 0.0);
         self.example_gradient.fill(0.0);
-        model.clipped_sum(
-            &mut self.workspace,
-            batch,
-            &self.factors[..count * groups],
-            &mut self.example_gradient,
-        );
+        let batch = Batch { inputs: &self.inputs, labels: &self.labels, size: count };
+        model.loss_and_gradient(&mut self.workspace, batch, &mut self.losses, &mut self.example_gradient);
+        let average = 1.0 / count as f32;
+        for g in &mut self.example_gradient {
+            *g *= average;
+        }
         // Its norm, group by group, and its clip factors.
         views.group_sq_norms.fill(0.0);
         for &(offset, len, group) in &views.group_ranges {
