@@ -1,25 +1,28 @@
 """JAX reference for `dp bench`: the founding paper's method (jit + vmap DP-SGD) on the six models.
 
 Same shapes, parameter counts and synthetic data as `dp bench --model NAME --batch-size B`; prints one
-JSON object per model with the median milliseconds of a private and a non-private step.
+line per (model, mode) with the median, min and max milliseconds of a step (the format of
+`torch_dpsgd.py`, from `step_timing.py`; `--json` for one JSON object per line).
 
-    pip install jax==0.10.2
-    python3 scripts/reference/jax_dpsgd.py --batch-size 128 --steps 10
+    pip install "jax[cpu]==0.10.2"
+    python3 scripts/reference/jax_dpsgd.py --batch-size 128 --steps 10 [--models lstm,embedding] [--json]
 
 A private step is the whole DP-SGD step on a fixed batch: per-example gradients (vmap of grad),
 per-example global norms, clip, sum, Gaussian noise, SGD update, all in one jitted function. A
 non-private step is the gradient of the mean loss and the SGD update. Compilation is excluded
-(warm-up steps), every timed step ends with block_until_ready.
+(warm-up steps), every timed step ends with block_until_ready. XLA sizes its CPU thread pool from the
+CPUs the process may run on: `taskset -c 0,1` runs it on two, like `torch_dpsgd.py --threads 2`.
 """
 
 import argparse
-import json
-import statistics
-import time
+import os
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from our_models import check_parameters
+from step_timing import default_warmup, emit, result, time_steps
 
 VOCAB, SEQ = 10_004, 256
 
@@ -203,46 +206,57 @@ def steps(loss, lr=0.1, clip=1.0, sigma=1.0):
     return jax.jit(private), jax.jit(non_private)
 
 
-def time_step(step, params, x, y, n, warmup):
-    key = jax.random.PRNGKey(1)
-    times = []
-    for i in range(warmup + n):
-        key, sub = jax.random.split(key)
-        start = time.perf_counter()
-        out = step(params, x, y, sub)
-        jax.block_until_ready(out)
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def timed(step, params, x, y, n, warmup):
+    """Median, min and max ms of `step`, a fresh noise key each call (drawn outside the timing)."""
+    keys = iter(jax.random.split(jax.random.PRNGKey(1), warmup + n))
+
+    def run():
+        jax.block_until_ready(step(params, x, y, next(keys)))
+
+    return time_steps(run, n, warmup)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--model", choices=sorted(MODELS), action="append")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default: a fifth of --steps, at least 2)")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, of: " + ", ".join(MODELS))
+    parser.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
     args = parser.parse_args()
-    for name in args.model or list(MODELS):
+    models = args.models.split(",")
+    unknown = set(models) - set(MODELS)
+    if unknown:
+        raise SystemExit(f"unknown model {', '.join(sorted(unknown))}: choose from {', '.join(MODELS)}")
+    warmup = default_warmup(args.steps) if args.warmup is None else args.warmup
+    threads = len(os.sched_getaffinity(0))
+    for name in models:
         init, loss, inputs, classes = MODELS[name]()
         key = jax.random.PRNGKey(0)
         k1, k2, k3 = jax.random.split(key, 3)
         params = init(k1)
         count = sum(int(v.size) for v in jax.tree_util.tree_leaves(params))
+        check_parameters(name, count)
         x = inputs(k2, args.batch_size)
         y = jax.random.randint(k3, (args.batch_size,), 0, classes)
         if name == "logreg":
             y = y.astype(jnp.float32)
         private, non_private = steps(loss)
-        result = {
-            "model": name,
-            "system": f"jax {jax.__version__} jit+vmap",
-            "parameters": count,
-            "batch_size": args.batch_size,
-            "private_ms_median": time_step(private, params, x, y, args.steps, args.warmup),
-            "nonprivate_ms_median": time_step(non_private, params, x, y, args.steps, args.warmup),
-        }
-        print(json.dumps(result), flush=True)
+        for mode, step in (("private", private), ("non-private", non_private)):
+            emit(
+                result(
+                    model=name,
+                    mode=mode,
+                    system=f"jax {jax.__version__} jit+vmap",
+                    parameters=count,
+                    batch_size=args.batch_size,
+                    threads=threads,
+                    steps=args.steps,
+                    warmup=warmup,
+                    timing=timed(step, params, x, y, args.steps, warmup),
+                ),
+                args.json,
+            )
 
 
 if __name__ == "__main__":
