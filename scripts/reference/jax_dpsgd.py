@@ -1,4 +1,4 @@
-"""JAX reference for `dp bench`: the founding paper's method (jit + vmap DP-SGD) on the six models.
+"""JAX reference for `dp bench`: the founding paper's jit + vmap DP-SGD on the six models and the residual CNN.
 
 Same shapes, parameter counts and synthetic data as `dp bench --model NAME --batch-size B`; prints one
 line per (model, mode) with the median, min and max milliseconds of a step (the format of
@@ -61,6 +61,20 @@ def max_pool(x, k, s):
 
 def avg_pool(x, k):
     return lax.reduce_window(x, 0.0, lax.add, (1, k, k), (1, k, k), "VALID") / (k * k)
+
+
+def group_norm_params(channels):
+    return {"w": jnp.ones(channels), "b": jnp.zeros(channels)}
+
+
+def group_norm(p, x, groups, eps=1e-5):
+    """One example, x [C, H, W]: each group of C / groups channels standardised over its values."""
+    c, h, w = x.shape
+    g = x.reshape(groups, c // groups, h, w)
+    mean = g.mean(axis=(1, 2, 3), keepdims=True)
+    var = ((g - mean) ** 2).mean(axis=(1, 2, 3), keepdims=True)
+    g = (g - mean) / jnp.sqrt(var + eps)
+    return g.reshape(c, h, w) * p["w"][:, None, None] + p["b"][:, None, None]
 
 
 def cross_entropy(logits, label):
@@ -130,6 +144,30 @@ def cifar10_cnn():
     return init, loss, lambda key, b: jax.random.uniform(key, (b, 3, 32, 32)), 10
 
 
+def residual_cnn():
+    """src/models/residual.rs (beyond the paper): stem conv + group norm + relu, two residual blocks,
+    global average pool, linear to 10."""
+    convs = ["stem", "block1_conv1", "block1_conv2", "block2_conv1", "block2_conv2"]
+
+    def init(key):
+        keys = jax.random.split(key, len(convs) + 1)
+        params = {name: conv_params(k, 3 if name == "stem" else 16, 16, 3) for name, k in zip(convs, keys)}
+        for norm in ["stem_norm", "block1_norm1", "block1_norm2", "block2_norm1", "block2_norm2"]:
+            params[norm] = group_norm_params(16)
+        params["head"] = linear_params(keys[-1], 16, 10)
+        return params
+
+    def loss(p, x, y):
+        h = jax.nn.relu(group_norm(p["stem_norm"], conv(p["stem"], x, 1, 1), 4))
+        for block in ("block1", "block2"):
+            r = jax.nn.relu(group_norm(p[f"{block}_norm1"], conv(p[f"{block}_conv1"], h, 1, 1), 4))
+            r = group_norm(p[f"{block}_norm2"], conv(p[f"{block}_conv2"], r, 1, 1), 4)
+            h = jax.nn.relu(h + r)
+        return cross_entropy(linear(p["head"], h.mean(axis=(1, 2))), y)
+
+    return init, loss, lambda key, b: jax.random.uniform(key, (b, 3, 32, 32)), 10
+
+
 def tokens(key, b):
     return jax.random.randint(key, (b, SEQ), 0, VOCAB)
 
@@ -182,6 +220,7 @@ MODELS = {
     "cifar10-cnn": cifar10_cnn,
     "embedding": embedding,
     "lstm": lstm,
+    "residual-cnn": residual_cnn,
 }
 
 
