@@ -25,7 +25,7 @@ on a data loader of exactly one batch of the given size, whose loader is never i
 the same fixed batch every time, and the optimizer divides the noisy sum by that batch size.
 
 The architectures are in `torch_models.py` (the LSTM's one bias per gate: see there);
-`check_torch_models.py` compares one step of each against `dp step`. Opacus draws its noise from
+`check_against_dp.py` compares one step of each against `dp step`. Opacus draws its noise from
 PyTorch's default generator (`secure_mode` off), ours from ChaCha20.
 """
 

@@ -2,7 +2,7 @@
 
 Each class is the model of the `src/models/` file it names, built from PyTorch's modules, with the
 attribute names of our layers, so that its `state_dict()` is what `dp step --init` reads (docs/CLI.md)
-and `check_torch_models.py` can compare a step of each against ours. `build` checks the trainable
+and `check_against_dp.py` can compare a step of each against ours. `build` checks the trainable
 parameter count against `our_models.PARAMETERS`.
 
 The LSTM. Ours (`src/models/lstm_net.rs`) has ONE bias per gate, PyTorch's `bias_ih_l0 + bias_hh_l0`,
