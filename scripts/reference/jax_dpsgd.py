@@ -1,25 +1,28 @@
-"""JAX reference for `dp bench`: the founding paper's method (jit + vmap DP-SGD) on the six models.
+"""JAX reference for `dp bench`: the founding paper's jit + vmap DP-SGD on the six models and the residual CNN.
 
 Same shapes, parameter counts and synthetic data as `dp bench --model NAME --batch-size B`; prints one
-JSON object per model with the median milliseconds of a private and a non-private step.
+line per (model, mode) with the median, min and max milliseconds of a step (the format of
+`torch_dpsgd.py`, from `step_timing.py`; `--json` for one JSON object per line).
 
-    pip install jax==0.10.2
-    python3 scripts/reference/jax_dpsgd.py --batch-size 128 --steps 10
+    pip install "jax[cpu]==0.10.2"
+    python3 scripts/reference/jax_dpsgd.py --batch-size 128 --steps 10 [--models lstm,embedding] [--json]
 
 A private step is the whole DP-SGD step on a fixed batch: per-example gradients (vmap of grad),
 per-example global norms, clip, sum, Gaussian noise, SGD update, all in one jitted function. A
 non-private step is the gradient of the mean loss and the SGD update. Compilation is excluded
-(warm-up steps), every timed step ends with block_until_ready.
+(warm-up steps), every timed step ends with block_until_ready. XLA sizes its CPU thread pool from the
+CPUs the process may run on: `taskset -c 0,1` runs it on two, like `torch_dpsgd.py --threads 2`.
 """
 
 import argparse
-import json
-import statistics
-import time
+import os
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from our_models import check_parameters
+from step_timing import default_warmup, emit, result, time_steps
 
 VOCAB, SEQ = 10_004, 256
 
@@ -58,6 +61,20 @@ def max_pool(x, k, s):
 
 def avg_pool(x, k):
     return lax.reduce_window(x, 0.0, lax.add, (1, k, k), (1, k, k), "VALID") / (k * k)
+
+
+def group_norm_params(channels):
+    return {"w": jnp.ones(channels), "b": jnp.zeros(channels)}
+
+
+def group_norm(p, x, groups, eps=1e-5):
+    """One example, x [C, H, W]: each group of C / groups channels standardised over its values."""
+    c, h, w = x.shape
+    g = x.reshape(groups, c // groups, h, w)
+    mean = g.mean(axis=(1, 2, 3), keepdims=True)
+    var = ((g - mean) ** 2).mean(axis=(1, 2, 3), keepdims=True)
+    g = (g - mean) / jnp.sqrt(var + eps)
+    return g.reshape(c, h, w) * p["w"][:, None, None] + p["b"][:, None, None]
 
 
 def cross_entropy(logits, label):
@@ -127,6 +144,30 @@ def cifar10_cnn():
     return init, loss, lambda key, b: jax.random.uniform(key, (b, 3, 32, 32)), 10
 
 
+def residual_cnn():
+    """src/models/residual.rs (beyond the paper): stem conv + group norm + relu, two residual blocks,
+    global average pool, linear to 10."""
+    convs = ["stem", "block1_conv1", "block1_conv2", "block2_conv1", "block2_conv2"]
+
+    def init(key):
+        keys = jax.random.split(key, len(convs) + 1)
+        params = {name: conv_params(k, 3 if name == "stem" else 16, 16, 3) for name, k in zip(convs, keys)}
+        for norm in ["stem_norm", "block1_norm1", "block1_norm2", "block2_norm1", "block2_norm2"]:
+            params[norm] = group_norm_params(16)
+        params["head"] = linear_params(keys[-1], 16, 10)
+        return params
+
+    def loss(p, x, y):
+        h = jax.nn.relu(group_norm(p["stem_norm"], conv(p["stem"], x, 1, 1), 4))
+        for block in ("block1", "block2"):
+            r = jax.nn.relu(group_norm(p[f"{block}_norm1"], conv(p[f"{block}_conv1"], h, 1, 1), 4))
+            r = group_norm(p[f"{block}_norm2"], conv(p[f"{block}_conv2"], r, 1, 1), 4)
+            h = jax.nn.relu(h + r)
+        return cross_entropy(linear(p["head"], h.mean(axis=(1, 2))), y)
+
+    return init, loss, lambda key, b: jax.random.uniform(key, (b, 3, 32, 32)), 10
+
+
 def tokens(key, b):
     return jax.random.randint(key, (b, SEQ), 0, VOCAB)
 
@@ -179,6 +220,7 @@ MODELS = {
     "cifar10-cnn": cifar10_cnn,
     "embedding": embedding,
     "lstm": lstm,
+    "residual-cnn": residual_cnn,
 }
 
 
@@ -203,46 +245,57 @@ def steps(loss, lr=0.1, clip=1.0, sigma=1.0):
     return jax.jit(private), jax.jit(non_private)
 
 
-def time_step(step, params, x, y, n, warmup):
-    key = jax.random.PRNGKey(1)
-    times = []
-    for i in range(warmup + n):
-        key, sub = jax.random.split(key)
-        start = time.perf_counter()
-        out = step(params, x, y, sub)
-        jax.block_until_ready(out)
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def timed(step, params, x, y, n, warmup):
+    """Median, min and max ms of `step`, a fresh noise key each call (drawn outside the timing)."""
+    keys = iter(jax.random.split(jax.random.PRNGKey(1), warmup + n))
+
+    def run():
+        jax.block_until_ready(step(params, x, y, next(keys)))
+
+    return time_steps(run, n, warmup)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--model", choices=sorted(MODELS), action="append")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default: a fifth of --steps, at least 2)")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, of: " + ", ".join(MODELS))
+    parser.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
     args = parser.parse_args()
-    for name in args.model or list(MODELS):
+    models = args.models.split(",")
+    unknown = set(models) - set(MODELS)
+    if unknown:
+        raise SystemExit(f"unknown model {', '.join(sorted(unknown))}: choose from {', '.join(MODELS)}")
+    warmup = default_warmup(args.steps) if args.warmup is None else args.warmup
+    threads = len(os.sched_getaffinity(0))
+    for name in models:
         init, loss, inputs, classes = MODELS[name]()
         key = jax.random.PRNGKey(0)
         k1, k2, k3 = jax.random.split(key, 3)
         params = init(k1)
         count = sum(int(v.size) for v in jax.tree_util.tree_leaves(params))
+        check_parameters(name, count)
         x = inputs(k2, args.batch_size)
         y = jax.random.randint(k3, (args.batch_size,), 0, classes)
         if name == "logreg":
             y = y.astype(jnp.float32)
         private, non_private = steps(loss)
-        result = {
-            "model": name,
-            "system": f"jax {jax.__version__} jit+vmap",
-            "parameters": count,
-            "batch_size": args.batch_size,
-            "private_ms_median": time_step(private, params, x, y, args.steps, args.warmup),
-            "nonprivate_ms_median": time_step(non_private, params, x, y, args.steps, args.warmup),
-        }
-        print(json.dumps(result), flush=True)
+        for mode, step in (("private", private), ("non-private", non_private)):
+            emit(
+                result(
+                    model=name,
+                    mode=mode,
+                    system=f"jax {jax.__version__} jit+vmap",
+                    parameters=count,
+                    batch_size=args.batch_size,
+                    threads=threads,
+                    steps=args.steps,
+                    warmup=warmup,
+                    timing=timed(step, params, x, y, args.steps, warmup),
+                ),
+                args.json,
+            )
 
 
 if __name__ == "__main__":

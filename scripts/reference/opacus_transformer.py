@@ -21,11 +21,11 @@ the same parameters; the parameter count is checked after the replacement.
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 from torch import nn
+
+from step_timing import time_steps
 
 VOCAB, SEQ, DIM, HEADS, HIDDEN, LAYERS, CLASSES = 10_004, 128, 128, 4, 256, 2, 2
 PARAMS = 1_562_370
@@ -61,17 +61,6 @@ def batch(size, seed=0):
     return tokens, labels
 
 
-def median_ms(step, steps, warmup):
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times), min(times), max(times)
-
-
 def non_private(size, steps, warmup):
     model = TextTransformer()
     count = sum(p.numel() for p in model.parameters())
@@ -85,7 +74,7 @@ def non_private(size, steps, warmup):
         criterion(model(tokens), labels).backward()
         optimizer.step()
 
-    return median_ms(step, steps, warmup)
+    return time_steps(step, steps, warmup)
 
 
 def private(size, steps, warmup, mode):
@@ -120,7 +109,7 @@ def private(size, steps, warmup, mode):
         criterion(model(tokens), labels).backward()
         optimizer.step()
 
-    return median_ms(step, steps, warmup)
+    return time_steps(step, steps, warmup)
 
 
 def main():
