@@ -292,3 +292,28 @@ fn secure_mode_sums_the_same_clipped_averages_on_its_grid() {
         assert!((s as f64 - f as f64).abs() <= bound, "parameter {k}: secure {s} vs {f}, bound {bound}");
     }
 }
+
+#[test]
+fn blocks_of_examples_in_parallel_give_the_same_sum_whatever_the_threads() {
+    let model = model();
+    let examples = 53; // four blocks of 16, the last one partial
+    let data = images(examples, 61);
+    let indices: Vec<usize> = (0..examples).rev().collect();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut step = engine(0.05, ClipMode::Flat, Some((VIEWS, AUGMENTATION, 23)));
+            let stats = step.clipped_sum(&model, &data, &indices).unwrap();
+            assert_eq!((stats.examples, stats.loss_count), (examples, examples));
+            step.clipped_sum.clone()
+        })
+    };
+    let one = run(1);
+    assert_eq!(one, run(3), "bit for bit");
+    assert_eq!(one, run(2), "bit for bit");
+    let expected = per_example_loop(&model, &data, &indices, 0.05, ClipMode::Flat, 23);
+    let scale = expected.iter().map(|v| v.abs()).fold(0.0, f64::max);
+    for (k, (&got, &want)) in one.iter().zip(&expected).enumerate() {
+        assert!((got as f64 - want).abs() <= 1e-4 * scale, "parameter {k}: {got} vs {want}");
+    }
+}

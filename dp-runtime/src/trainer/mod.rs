@@ -10,6 +10,7 @@ pub mod ema;
 pub mod progress;
 pub mod report;
 pub mod step;
+mod views;
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;

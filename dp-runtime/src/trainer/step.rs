@@ -1,14 +1,16 @@
 //! One private step's gradient work: a sampled batch, in physical chunks that fit the memory budget,
 //! turned into the clipped sum Σ_i c_i·g_i (or, in secure mode, the exact integer-grid sum).
 //!
-//! With augmentation multiplicity ([`StepEngine::with_views`]), g_i is the average of example i's
-//! gradients over K random views of it, formed before clipping: each example's contribution is still
-//! one vector of norm ≤ C, so the sensitivity, hence the accounting, is unchanged.
+//! With augmentation multiplicity ([`StepEngine::with_views`], `views.rs`), g_i is the average of
+//! example i's gradients over K random views of it, formed before clipping: each example's
+//! contribution is still one vector of norm ≤ C, so the sensitivity, hence the accounting, is
+//! unchanged.
 
 use rand_chacha::ChaCha20Rng;
 
+use super::views::Views;
 use crate::clipping::{clip_factors, ClipMode};
-use crate::data::augment::{Augmentation, ImageShape};
+use crate::data::augment::Augmentation;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{Batch, DpModel, Workspace};
@@ -51,23 +53,7 @@ pub struct StepEngine<M: DpModel> {
     /// Standard normals drawn for the current batch's update, one per trained parameter.
     drawn_noise: Vec<f64>,
     /// Augmentation multiplicity, when set.
-    views: Option<Views<M::Input>>,
-}
-
-/// Augmentation multiplicity: how many views of each example, how they are drawn, and from where.
-struct Views<T> {
-    count: usize,
-    augmentation: Augmentation,
-    shape: ImageShape,
-    rng: ChaCha20Rng,
-    /// The example the views are drawn from.
-    image: Vec<T>,
-    label: Vec<f32>,
-    /// The trained parameters of each group, as (offset, length, group): the averaged gradient's norm
-    /// is taken group by group, as the model's `per_example_norms` would report it.
-    group_ranges: Vec<(usize, usize, usize)>,
-    group_sq_norms: Vec<f32>,
-    group_factors: Vec<f32>,
+    views: Option<Views<M>>,
 }
 
 impl<M: DpModel> StepEngine<M> {
@@ -95,34 +81,8 @@ impl<M: DpModel> StepEngine<M> {
     /// for token inputs, inputs that are not `[channels, height, width]` images, `count` = 0, and
     /// `count` views that do not fit one physical chunk of the memory budget.
     pub fn with_views(mut self, count: usize, augmentation: Augmentation, rng: ChaCha20Rng) -> Result<Self> {
-        let shape = augmentation.check_input(M::INPUT_SHAPE, M::VOCAB)?;
-        if count == 0 {
-            return Err(Error::invalid("augmentation_multiplicity", "needs at least 1 view per example"));
-        }
-        if count > self.max_chunk {
-            return Err(Error::invalid(
-                "augmentation_multiplicity",
-                format!(
-                    "{count} views of one example do not fit the memory budget, which holds {} examples at a \
-                     time; raise the budget or take fewer views",
-                    self.max_chunk
-                ),
-            ));
-        }
-        let group_ranges =
-            M::PARAMS.iter().filter(|p| p.is_trained()).map(|p| (p.offset, p.len, p.group)).collect();
-        let groups = M::GROUPS.len();
-        self.views = Some(Views {
-            count,
-            augmentation,
-            shape,
-            rng,
-            image: Vec::new(),
-            label: Vec::new(),
-            group_ranges,
-            group_sq_norms: vec![0.0; groups],
-            group_factors: vec![0.0; groups],
-        });
+        self.views =
+            Some(Views::new(count, augmentation, rng, self.clip_norm, self.clip_mode, self.max_chunk)?);
         Ok(self)
     }
 
@@ -145,14 +105,8 @@ impl<M: DpModel> StepEngine<M> {
     ) -> Result<BatchStats> {
         self.clipped_sum.fill(0.0);
         let mut stats = BatchStats { examples: indices.len(), ..BatchStats::default() };
-        if self.views.is_some() {
-            for &index in indices {
-                if self.averaged_example(model, data, index, &mut stats)? {
-                    for (sum, &g) in self.clipped_sum.iter_mut().zip(&self.example_gradient) {
-                        *sum += g;
-                    }
-                }
-            }
+        if let Some(views) = self.views.as_mut() {
+            views.clipped_sum(model, data, indices, &mut self.clipped_sum, &mut stats)?;
             return self.checked_sum(stats);
         }
         let groups = M::GROUPS.len();
@@ -223,14 +177,10 @@ impl<M: DpModel> StepEngine<M> {
         aggregator.reset();
         let mut stats = BatchStats { examples: indices.len(), ..BatchStats::default() };
         self.example_gradient.resize(M::TRAINED_PARAM_COUNT, 0.0);
-        if self.views.is_some() {
-            for &index in indices {
-                if self.averaged_example(model, data, index, &mut stats)?
-                    && !aggregator.add_example(&self.example_gradient)?
-                {
-                    stats.non_finite += 1;
-                }
-            }
+        if let Some(views) = self.views.as_mut() {
+            views.for_each_clipped_average(model, data, indices, &mut stats, |clipped| {
+                aggregator.add_example(clipped)
+            })?;
             return Ok(stats);
         }
         for example in indices.chunks(1) {
@@ -252,77 +202,6 @@ impl<M: DpModel> StepEngine<M> {
             }
         }
         Ok(stats)
-    }
-
-    /// Augmentation multiplicity: example `index`'s gradient averaged over its views and clipped, into
-    /// `example_gradient`. Returns false, and counts the example as non-finite, when the average is not
-    /// finite (a non-finite view's gradient makes it so): the example then contributes nothing.
-    fn averaged_example(
-        &mut self,
-        model: &M,
-        data: &Dataset<M::Input>,
-        index: usize,
-        stats: &mut BatchStats,
-    ) -> Result<bool> {
-        let groups = M::GROUPS.len();
-        let views = self.views.as_mut().expect("averaged_example runs with views");
-        let count = views.count;
-        // The views, drawn from the example alone.
-        let image = data.input(index);
-        let len = image.len();
-        views.image.clear();
-        views.image.extend_from_slice(image);
-        views.label.clear();
-        views.label.extend_from_slice(data.label(index));
-        self.inputs.resize(count * len, M::Input::default());
-        self.labels.clear();
-        for view in self.inputs.chunks_exact_mut(len) {
-            let choice = views.augmentation.choose(&mut views.rng);
-            views.augmentation.apply(views.shape, choice, &views.image, view);
-            self.labels.extend_from_slice(&views.label);
-        }
-        // The views' summed gradient in one forward and backward pass: no per-view norm is needed, so
-        // this is the non-private pass (a weight-gradient product per layer), then 1/K for the average.
-        self.workspace.ensure::<M>(count);
-        self.losses.resize(count, 0.0);
-        self.example_gradient.resize(M::TRAINED_PARAM_COUNT, 0.0);
-        self.example_gradient.fill(0.0);
-        let batch = Batch { inputs: &self.inputs, labels: &self.labels, size: count };
-        model.loss_and_gradient(&mut self.workspace, batch, &mut self.losses, &mut self.example_gradient);
-        let average = 1.0 / count as f32;
-        for g in &mut self.example_gradient {
-            *g *= average;
-        }
-        // Its norm, group by group, and its clip factors.
-        views.group_sq_norms.fill(0.0);
-        for &(offset, len, group) in &views.group_ranges {
-            let sq: f64 =
-                self.example_gradient[offset..offset + len].iter().map(|&g| (g as f64) * (g as f64)).sum();
-            views.group_sq_norms[group] += sq as f32;
-        }
-        if clip_factors(
-            self.clip_mode,
-            self.clip_norm,
-            groups,
-            &views.group_sq_norms,
-            &mut views.group_factors,
-        )? > 0
-        {
-            stats.non_finite += 1;
-            return Ok(false);
-        }
-        for &(offset, len, group) in &views.group_ranges {
-            let factor = views.group_factors[group];
-            for g in &mut self.example_gradient[offset..offset + len] {
-                *g *= factor;
-            }
-        }
-        let loss = self.losses[..count].iter().map(|&l| l as f64).sum::<f64>() / count as f64;
-        if loss.is_finite() {
-            stats.loss_sum += loss;
-            stats.loss_count += 1;
-        }
-        Ok(true)
     }
 
     /// Gathers a chunk, runs `per_example_norms` and computes its clip factors.
