@@ -27,7 +27,8 @@ struct SmallCnn {
 
 const EXAMPLES: usize = 9;
 const VIEWS: usize = 4;
-const AUGMENTATION: Augmentation = Augmentation { crop_padding: 2, horizontal_flip: true };
+const AUGMENTATION: Augmentation =
+    Augmentation { crop_padding: 2, horizontal_flip: true, padding_value: -0.25 };
 
 fn model() -> SmallCnn {
     SmallCnn::init(&mut ChaCha8Rng::seed_from_u64(3))
@@ -71,7 +72,13 @@ fn per_example_loop(
         let mut average = vec![0.0f64; params];
         for _ in 0..VIEWS {
             let mut view = vec![0.0f32; shape.len()];
-            AUGMENTATION.apply(shape, AUGMENTATION.choose(&mut rng), data.input(i), &mut view);
+            AUGMENTATION.apply(
+                shape,
+                AUGMENTATION.choose(&mut rng),
+                data.input(i),
+                &mut view,
+                AUGMENTATION.padding_value,
+            );
             let mut grad = vec![0.0f32; params];
             let batch = Batch { inputs: &view, labels: data.label(i), size: 1 };
             model.loss_and_gradient(&mut ws, batch, &mut [0.0], &mut grad);
@@ -183,7 +190,7 @@ fn views_of_the_unchanged_image_give_the_step_without_multiplicity() {
     let model = model();
     let data = images(EXAMPLES, 41);
     let indices: Vec<usize> = (0..EXAMPLES).collect();
-    let identity = Augmentation { crop_padding: 0, horizontal_flip: false };
+    let identity = Augmentation { crop_padding: 0, horizontal_flip: false, padding_value: 0.0 };
     for clip_norm in [0.05, 1e3] {
         let mut plain = engine(clip_norm, ClipMode::Flat, None);
         plain.clipped_sum(&model, &data, &indices).unwrap();
@@ -242,7 +249,12 @@ fn settings_that_cannot_give_views_are_refused_naming_them() {
     let data = images(4, 1);
     let message = refusal(&mut model(), &data, 0, AUGMENTATION);
     assert!(message.contains("at least 1 view"), "{message}");
-    let message = refusal(&mut model(), &data, 2, Augmentation { crop_padding: 6, horizontal_flip: false });
+    let message = refusal(
+        &mut model(),
+        &data,
+        2,
+        Augmentation { crop_padding: 6, horizontal_flip: false, padding_value: 0.0 },
+    );
     assert!(message.contains("crop padding 6"), "{message}");
 
     let flat = Dataset::new(vec![0.5; 4 * 12], vec![0.0, 1.0, 0.0, 1.0], vec![12], 1).unwrap();

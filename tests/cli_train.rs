@@ -553,7 +553,8 @@ fn augmentation_multiplicity_runs_on_image_models_and_is_refused_elsewhere() {
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("augmentation multiplicity: 3 views per example (crop padding 2, no flips)"),
+        stderr
+            .contains("augmentation multiplicity: 3 views per example (crop padding 2 of value 0, no flips)"),
         "{stderr}"
     );
 

@@ -224,7 +224,7 @@ impl TrainArgs {
             epochs: self.epochs.unwrap_or(recipe.epochs),
             clip_norm: self.clip_norm.unwrap_or(recipe.clip_norm),
             ema_decay: self.ema.or(recipe.ema_decay).filter(|&decay| decay != 0.0),
-            views: self.views()?,
+            views: self.views(recipe)?,
         };
         if let Some(decay) = settings.ema_decay {
             if !(0.0..1.0).contains(&decay) {
@@ -254,10 +254,15 @@ impl TrainArgs {
     }
 
     /// Augmentation multiplicity from --augment-views, --augment-crop and --augment-flip.
-    fn views(&self) -> Result<Option<(usize, Augmentation)>> {
+    /// The padding is black: 0, or for inputs the recipe standardises, black standardised.
+    fn views(&self, recipe: &Recipe) -> Result<Option<(usize, Augmentation)>> {
         let Some(views) = self.augment_views else { return Ok(None) };
-        let augmentation =
-            Augmentation { crop_padding: self.augment_crop.unwrap_or(0), horizontal_flip: self.augment_flip };
+        let black = recipe.input_standardization.map_or(0.0, |s| (0.0 - s.mean) / s.std);
+        let augmentation = Augmentation {
+            crop_padding: self.augment_crop.unwrap_or(0),
+            horizontal_flip: self.augment_flip,
+            padding_value: black,
+        };
         if views == 0 {
             return Err(Error::invalid("augment_views", "must be at least 1"));
         }
@@ -535,9 +540,10 @@ where
             if let Some((views, augmentation)) = settings.views {
                 if is_root {
                     eprintln!(
-                        "augmentation multiplicity: {views} views per example (crop padding {}, {}), averaged \
-                         before clipping",
+                        "augmentation multiplicity: {views} views per example (crop padding {} of value {}, {}), \
+                         averaged before clipping",
                         augmentation.crop_padding,
+                        augmentation.padding_value,
                         if augmentation.horizontal_flip { "horizontal flips" } else { "no flips" }
                     );
                 }

@@ -8,19 +8,25 @@
 //! (`trainer::step::StepEngine`), which averages each example's gradients over its views before
 //! clipping.
 
+use std::any::Any;
+
 use rand::RngCore;
 
 use crate::error::{Error, Result};
+use crate::model::InputElem;
 use crate::rng::uniform_below;
 
-/// How one view of an image is drawn: the image is padded with `crop_padding` zeros on every side
-/// and a crop of its original size is taken at a uniformly random offset (`2·crop_padding + 1`
-/// choices on each axis); then, with `horizontal_flip`, it is mirrored left to right with
-/// probability ½. `crop_padding = 0` without flip gives the image itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How one view of an image is drawn: the image is padded with `crop_padding` values `padding_value`
+/// on every side and a crop of its original size is taken at a uniformly random offset
+/// (`2·crop_padding + 1` choices on each axis); then, with `horizontal_flip`, it is mirrored left to
+/// right with probability ½. `crop_padding = 0` without flip gives the image itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Augmentation {
     pub crop_padding: usize,
     pub horizontal_flip: bool,
+    /// The padding in the model's input space: 0 is black for raw images and for scattering features;
+    /// for inputs standardised as `(x − mean)/std` black is `−mean/std`.
+    pub padding_value: f32,
 }
 
 /// The `[channels, height, width]` layout of the images an [`Augmentation`] applies to.
@@ -107,13 +113,25 @@ impl Augmentation {
         ViewChoice { top, left, flip }
     }
 
-    /// Writes the view `choice` of `image` (laid out as `shape`) into `view` (the same length).
-    pub fn apply<T: Copy + Default>(
+    /// [`padding_value`](Self::padding_value) as the model's input type: refused for token ids.
+    pub fn padding_as<T: InputElem>(&self) -> Result<T> {
+        (&self.padding_value as &dyn Any).downcast_ref::<T>().copied().ok_or_else(|| {
+            Error::invalid(
+                "augmentation",
+                format!("pads real-valued images, not inputs of {}", std::any::type_name::<T>()),
+            )
+        })
+    }
+
+    /// Writes the view `choice` of `image` (laid out as `shape`) into `view` (the same length),
+    /// padding with `padding` (the input type's [`padding_value`](Self::padding_value)).
+    pub fn apply<T: Copy>(
         &self,
         shape: ImageShape,
         choice: ViewChoice,
         image: &[T],
         view: &mut [T],
+        padding: T,
     ) {
         assert_eq!(image.len(), shape.len(), "image length");
         assert_eq!(view.len(), shape.len(), "view length");
@@ -128,7 +146,7 @@ impl Augmentation {
                     let source_column = (column + choice.left).checked_sub(pad).filter(|&c| c < width);
                     *out = match (source_row, source_column) {
                         (Some(r), Some(c)) => image[r * width + c],
-                        _ => T::default(),
+                        _ => padding,
                     };
                 }
             }
@@ -150,19 +168,19 @@ mod tests {
 
     fn view(augmentation: Augmentation, choice: ViewChoice) -> Vec<f32> {
         let mut out = vec![f32::NAN; SHAPE.len()];
-        augmentation.apply(SHAPE, choice, &image(), &mut out);
+        augmentation.apply(SHAPE, choice, &image(), &mut out, 0.0);
         out
     }
 
     #[test]
     fn the_centred_crop_without_flip_is_the_image() {
-        let augmentation = Augmentation { crop_padding: 2, horizontal_flip: false };
+        let augmentation = Augmentation { crop_padding: 2, horizontal_flip: false, padding_value: 0.0 };
         assert_eq!(view(augmentation, ViewChoice { top: 2, left: 2, flip: false }), image());
     }
 
     #[test]
     fn a_shifted_crop_moves_the_image_and_fills_zeros() {
-        let augmentation = Augmentation { crop_padding: 1, horizontal_flip: false };
+        let augmentation = Augmentation { crop_padding: 1, horizontal_flip: false, padding_value: 0.0 };
         // top 0, left 2: the view's (y, x) is the image's (y − 1, x + 1).
         let shifted = view(augmentation, ViewChoice { top: 0, left: 2, flip: false });
         #[rustfmt::skip]
@@ -178,8 +196,19 @@ mod tests {
     }
 
     #[test]
+    fn the_padding_has_the_given_value_and_token_ids_are_refused() {
+        let augmentation = Augmentation { crop_padding: 1, horizontal_flip: false, padding_value: -0.5 };
+        let mut out = vec![f32::NAN; SHAPE.len()];
+        let padding = augmentation.padding_as::<f32>().unwrap();
+        augmentation.apply(SHAPE, ViewChoice { top: 0, left: 1, flip: false }, &image(), &mut out, padding);
+        assert_eq!(&out[..4], &[-0.5; 4]);
+        assert_eq!(&out[4..8], &[1.0, 2.0, 3.0, 4.0]);
+        assert!(augmentation.padding_as::<u32>().is_err());
+    }
+
+    #[test]
     fn a_flip_mirrors_every_row_of_every_channel() {
-        let augmentation = Augmentation { crop_padding: 0, horizontal_flip: true };
+        let augmentation = Augmentation { crop_padding: 0, horizontal_flip: true, padding_value: 0.0 };
         let flipped = view(augmentation, ViewChoice { top: 0, left: 0, flip: true });
         let expected: Vec<f32> =
             image().chunks(4).flat_map(|row| row.iter().rev().copied().collect::<Vec<_>>()).collect();
@@ -188,7 +217,7 @@ mod tests {
 
     #[test]
     fn every_offset_and_flip_is_drawn_about_equally_often() {
-        let augmentation = Augmentation { crop_padding: 2, horizontal_flip: true };
+        let augmentation = Augmentation { crop_padding: 2, horizontal_flip: true, padding_value: 0.0 };
         let mut rng = ChaCha20Rng::seed_from_u64(7);
         let mut counts = [[[0u32; 2]; 5]; 5];
         let draws = 50_000;
@@ -201,7 +230,7 @@ mod tests {
             // 1,000 expected each: ±5 standard deviations is ±158.
             assert!((*count as f64 - expected).abs() < 160.0, "{counts:?}");
         }
-        let no_flip = Augmentation { crop_padding: 0, horizontal_flip: false };
+        let no_flip = Augmentation { crop_padding: 0, horizontal_flip: false, padding_value: 0.0 };
         assert_eq!(no_flip.choose(&mut rng), ViewChoice { top: 0, left: 0, flip: false });
     }
 
@@ -210,7 +239,11 @@ mod tests {
         assert!(ImageShape::of_input(&[784]).is_err());
         assert!(ImageShape::of_input(&[1, 0, 28]).is_err());
         assert_eq!(ImageShape::of_input(&[2, 3, 4]).unwrap(), SHAPE);
-        assert!(Augmentation { crop_padding: 3, horizontal_flip: false }.check(SHAPE).is_err());
-        assert!(Augmentation { crop_padding: 2, horizontal_flip: false }.check(SHAPE).is_ok());
+        assert!(Augmentation { crop_padding: 3, horizontal_flip: false, padding_value: 0.0 }
+            .check(SHAPE)
+            .is_err());
+        assert!(Augmentation { crop_padding: 2, horizontal_flip: false, padding_value: 0.0 }
+            .check(SHAPE)
+            .is_ok());
     }
 }

@@ -26,6 +26,7 @@ pub struct Views<M: DpModel> {
     count: usize,
     augmentation: Augmentation,
     shape: ImageShape,
+    padding: M::Input,
     rng: ChaCha20Rng,
     clip_norm: f64,
     clip_mode: ClipMode,
@@ -65,6 +66,7 @@ impl<M: DpModel> Views<M> {
         max_chunk: usize,
     ) -> Result<Self> {
         let shape = augmentation.check_input(M::INPUT_SHAPE, M::VOCAB)?;
+        let padding = augmentation.padding_as::<M::Input>()?;
         if count == 0 {
             return Err(Error::invalid("augmentation_multiplicity", "needs at least 1 view per example"));
         }
@@ -83,6 +85,7 @@ impl<M: DpModel> Views<M> {
             count,
             augmentation,
             shape,
+            padding,
             rng,
             clip_norm,
             clip_mode,
@@ -170,8 +173,9 @@ impl<M: DpModel> Views<M> {
     }
 
     /// What the workers read, beside the workers themselves.
-    fn split(&mut self) -> (Job<'_>, &mut [Worker<M::Input>]) {
+    fn split(&mut self) -> (Job<'_, M::Input>, &mut [Worker<M::Input>]) {
         let job = Job {
+            padding: self.padding,
             count: self.count,
             augmentation: self.augmentation,
             shape: self.shape,
@@ -209,7 +213,8 @@ impl<M: DpModel> Views<M> {
 }
 
 /// What every worker reads, borrowed from [`Views`] beside its workers.
-struct Job<'a> {
+struct Job<'a, T> {
+    padding: T,
     count: usize,
     augmentation: Augmentation,
     shape: ImageShape,
@@ -225,7 +230,7 @@ impl<T: crate::model::InputElem> Worker<T> {
     /// non-finite view makes it so): the example then contributes nothing.
     fn clipped_average<M: DpModel<Input = T>>(
         &mut self,
-        job: &Job<'_>,
+        job: &Job<'_, T>,
         model: &M,
         data: &Dataset<T>,
         index: usize,
@@ -236,7 +241,7 @@ impl<T: crate::model::InputElem> Worker<T> {
         self.inputs.resize(job.count * len, T::default());
         self.labels.clear();
         for (view, &choice) in self.inputs.chunks_exact_mut(len).zip(choices) {
-            job.augmentation.apply(job.shape, choice, image, view);
+            job.augmentation.apply(job.shape, choice, image, view, job.padding);
             self.labels.extend_from_slice(data.label(index));
         }
         // The views' summed gradient in one forward and backward pass, then 1/K for the average.
