@@ -294,7 +294,15 @@ mod tests {
             );
             let mut want = vec![0.0f32; batch];
             let mut slots = vec![0.0f32; per_example::scratch_len(Strategy::Direct, &layer)];
-            per_example::direct_norms_sq(&layer, batch, &whole_patches, &whole_rows, &mut slots, &mut want, 1);
+            per_example::direct_norms_sq(
+                &layer,
+                batch,
+                &whole_patches,
+                &whole_rows,
+                &mut slots,
+                &mut want,
+                1,
+            );
             per_example::bias_norms_sq(&layer, batch, &whole_rows, &mut want, 1);
             for i in (0..batch).filter(|&i| i != 3) {
                 assert_rel(&format!("kept norm {i}"), norms[2 * i] as f64, want[i] as f64, 1e-5);

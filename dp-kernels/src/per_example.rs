@@ -29,8 +29,8 @@ use crate::gemm::{product_for, sgemm, Op, Product};
 // chooses with the same formulas the kernels run.
 pub use dp_spec::cost::{
     choose_strategy, direct_bytes, direct_flops, direct_scratch_len, ghost_bytes, ghost_flops,
-    ghost_scratch_len, keeps_gradients, kept_sum_flops, scratch_len, DIRECT_MEMORY_CAP_BYTES,
-    GHOST_TILE, KEPT_GRADIENTS_CAP_BYTES,
+    ghost_scratch_len, keeps_gradients, kept_sum_flops, scratch_len, DIRECT_MEMORY_CAP_BYTES, GHOST_TILE,
+    KEPT_GRADIENTS_CAP_BYTES,
 };
 pub use dp_spec::{PositionalLayer, Strategy};
 
@@ -699,7 +699,8 @@ mod tests {
                 let stride = 2; // factors read at 0, 2, 4, 6: example 2 is dropped
                 let mut sum = vec![0.5f32; len];
                 stored_clipped_sum(batch, len, &kept, &factors, stride, &mut sum);
-                let (mut want_w, mut want_b) = (vec![0.5f32; layer.weight_len()], vec![0.5f32; layer.bias_len()]);
+                let (mut want_w, mut want_b) =
+                    (vec![0.5f32; layer.weight_len()], vec![0.5f32; layer.bias_len()]);
                 let (mut a_used, mut scaled) = (a.clone(), delta.clone());
                 clipped_sum(&layer, batch, &factors, stride, &mut a_used, &mut scaled, &mut want_w);
                 bias_sum(&layer, batch, &scaled, &mut want_b);
@@ -707,7 +708,12 @@ mod tests {
                 if bias {
                     want.extend(wide(&want_b));
                 }
-                assert_close(&format!("weighted sum t={t} d={d} p={p} g={groups} bias={bias}"), &sum, &want, 1e-4);
+                assert_close(
+                    &format!("weighted sum t={t} d={d} p={p} g={groups} bias={bias}"),
+                    &sum,
+                    &want,
+                    1e-4,
+                );
             }
         }
     }
