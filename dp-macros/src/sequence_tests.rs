@@ -23,6 +23,16 @@ fn lstm_net(steps: usize) -> (TokenStream, TokenStream) {
     )
 }
 
+fn lstm_step(plan: &crate::plan::Plan) -> &crate::ops::lstm::LstmStep {
+    plan.steps
+        .iter()
+        .find_map(|s| match s {
+            crate::ops::Step::Lstm(l) => Some(l),
+            _ => None,
+        })
+        .expect("an LSTM step")
+}
+
 fn expansion_lines(args: TokenStream, item: TokenStream) -> usize {
     let file: syn::File = syn::parse2(expand(args, item)).expect("the expansion is a valid file");
     prettyplease::unparse(&file).lines().count()
@@ -48,14 +58,7 @@ fn the_lstm_net_plan_keeps_its_per_example_gradients() {
     let (args, item) = lstm_net(256);
     let plan = crate::plan_of(args, item);
     assert_eq!(plan.param_count, 1_081_002);
-    let lstm = plan
-        .steps
-        .iter()
-        .find_map(|s| match s {
-            crate::ops::Step::Lstm(l) => Some(l),
-            _ => None,
-        })
-        .expect("an LSTM step");
+    let lstm = lstm_step(&plan);
     assert_eq!((lstm.ih_strategy, lstm.hh_strategy), (dp_spec::Strategy::Direct, dp_spec::Strategy::Direct));
     // Both norms are direct: the LSTM keeps each example's whole gradient (W_ih, W_hh, bias: 4h·(d+h+1)
     // = 80,400 values) for the clipped sum, needs no norm slots and no private copy of its input.
@@ -75,14 +78,7 @@ fn a_ghost_lstm_keeps_nothing_and_uses_the_gates_as_norm_slots() {
     // 5 steps: ghost norms for both weights, so no gradient is formed to keep.
     let (args, item) = lstm_net(5);
     let plan = crate::plan_of(args, item);
-    let lstm = plan
-        .steps
-        .iter()
-        .find_map(|s| match s {
-            crate::ops::Step::Lstm(l) => Some(l),
-            _ => None,
-        })
-        .expect("an LSTM step");
+    let lstm = lstm_step(&plan);
     assert_eq!(lstm.ih_strategy, dp_spec::Strategy::Ghost);
     assert_eq!(lstm.kept, None);
     assert!(plan.layers.iter().all(|l| !l.kept_gradients));
