@@ -92,6 +92,11 @@ fn cifar10_cnn() {
     assert_eq!(got, want);
     use NormStrategy::{Direct, Ghost};
     assert_eq!(got, [Direct, Direct, Direct, Direct, Ghost, Ghost, Ghost, Direct]);
+    // Every direct conv keeps its per-example gradients for the clipped sum (354 kB per example
+    // together, under the 1 MiB cap).
+    let kept: Vec<bool> =
+        Cifar10Cnn::LAYERS.iter().filter(|l| l.strategy.is_some()).map(|l| l.kept_gradients).collect();
+    assert_eq!(kept, got.iter().map(|&s| s == Direct).collect::<Vec<_>>());
     println!("{}", Cifar10Cnn::describe());
     println!("WORKSPACE_PER_EXAMPLE = {} f32", Cifar10Cnn::WORKSPACE_PER_EXAMPLE);
 }
@@ -124,6 +129,7 @@ fn residual_cnn() {
         .collect();
     assert_eq!(convs[0], kernel_choice(1024, 27, 16));
     assert!(convs[1..].iter().all(|&s| s == kernel_choice(1024, 144, 16)));
+    assert!(ResidualCnn::LAYERS.iter().filter(|l| l.op.starts_with("conv2d")).all(|l| l.kept_gradients));
     println!("{}", ResidualCnn::describe());
     println!("WORKSPACE_PER_EXAMPLE = {} f32", ResidualCnn::WORKSPACE_PER_EXAMPLE);
 }

@@ -570,6 +570,17 @@ fn forced_ghost_and_forced_direct_norms_match_the_reference() {
         assert_eq!(strategies[0], dp::NormStrategy::TokenGrouped, "{layers:?}");
         assert!(strategies[1..].iter().all(|s| *s == forced), "{layers:?}");
     }
+    // The clipped sums checked above: a direct layer at several positions (the convs, the LSTMs) is
+    // the weighted sum of its kept per-example gradients; a ghost layer, and a direct one at one
+    // position (the linear layers), is the book-keeping product.
+    let kept = |layers: &[dp::LayerInfo]| {
+        layers.iter().filter(|l| l.strategy.is_some()).map(|l| l.kept_gradients).collect::<Vec<_>>()
+    };
+    assert_eq!(kept(MnistCnnDirect::LAYERS), [true, true, false, false]);
+    assert_eq!(kept(MnistCnnGhost::LAYERS), [false; 4]);
+    assert_eq!(kept(LstmNetDirect::LAYERS), [false, true, false]);
+    assert_eq!(kept(TinySeqDirect::LAYERS), [false, true, false]);
+    assert_eq!(kept(LstmNetGhost::LAYERS), [false; 3]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -266,6 +266,11 @@ fn position_wise_linear_layers_match_the_reference() {
     assert_eq!(strategies[2], NormStrategy::Direct);
     let chosen = dp::__private::kernels::per_example::choose_strategy(6, 5, 7, u64::MAX);
     assert_eq!(strategies[0], NormStrategy::from(chosen));
+    // The direct layers over the sequence keep their per-example gradients (their clipped sums, checked
+    // above, are the weighted sums of them); the ghost one and the head (one position) do not.
+    let kept: Vec<_> =
+        SeqLinear::LAYERS.iter().filter(|l| l.strategy.is_some()).map(|l| l.kept_gradients).collect();
+    assert_eq!(kept, [chosen == dp::__private::kernels::per_example::Strategy::Direct, false, true, false]);
 }
 
 #[test]

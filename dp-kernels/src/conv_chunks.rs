@@ -1,5 +1,5 @@
-//! The passes of a convolution that need its patches (forward, per-example norms, weight gradient),
-//! run over chunks of examples small enough that the patches unfolded for a chunk are still in cache
+//! The passes of a convolution that need its patches (forward, per-example norms, weight gradient,
+//! the direct norms that keep each example's gradient), run over chunks of examples small enough that the patches unfolded for a chunk are still in cache
 //! when the products read them.
 //!
 //! Unfolding the whole batch first writes `B·T·d` values to memory and reads them back (363 MB per
@@ -101,6 +101,34 @@ pub fn conv2d_norms_sq(
         if bias {
             per_example::bias_norms_sq(&layer, len, rows, norms, norm_stride);
         }
+    });
+}
+
+/// The direct norms that keep what they form ([`per_example::kept_direct_norms_sq`]), chunk by
+/// chunk: writes every example's weight gradient (and bias gradient if `bias`) into
+/// `kept[i·len..(i+1)·len]`, `len = per_example::kept_len(&geom.layer(), bias)`, and ADDS its squared
+/// norm into `norms_sq[i * norm_stride]`. The clipped sum is then
+/// [`per_example::stored_clipped_sum`] over `kept`: no patches, no second product.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_kept_norms_sq(
+    geom: &Conv2dGeometry,
+    bias: bool,
+    batch: usize,
+    x: &[f32],
+    dout: &[f32],
+    patches: &mut [f32],
+    rows: &mut [f32],
+    kept: &mut [f32],
+    norms_sq: &mut [f32],
+    norm_stride: usize,
+) {
+    let layer = geom.layer();
+    let len = per_example::kept_len(&layer, bias);
+    assert!(kept.len() >= batch * len, "conv2d kept gradients: {} values, need {}", kept.len(), batch * len);
+    for_each_unfolded_chunk(geom, batch, x, dout, patches, rows, "kept norms", |first, n, patches, rows| {
+        let kept = &mut kept[first * len..(first + n) * len];
+        let norms = &mut norms_sq[first * norm_stride..];
+        per_example::kept_direct_norms_sq(&layer, n, patches, rows, bias, kept, norms, norm_stride);
     });
 }
 
@@ -246,6 +274,45 @@ mod tests {
             per_example::bias_sum(&layer, batch, &scaled, &mut want_b);
             assert_close("clipped weight sum", &gw, &wide(&want_w), 1e-4);
             assert_close("clipped bias sum", &gb, &wide(&want_b), 1e-4);
+
+            // Kept gradients: the same norms as the direct and bias norms, and their weighted sum the
+            // same clipped sum, the NaN example skipped.
+            let len = per_example::kept_len(&layer, true);
+            let mut kept = vec![f32::NAN; batch * len];
+            let mut norms = vec![0.0f32; 2 * batch];
+            conv2d_kept_norms_sq(
+                &geom,
+                true,
+                batch,
+                &x_bad,
+                &dout,
+                &mut patches,
+                &mut rows,
+                &mut kept,
+                &mut norms,
+                2,
+            );
+            let mut want = vec![0.0f32; batch];
+            let mut slots = vec![0.0f32; per_example::scratch_len(Strategy::Direct, &layer)];
+            per_example::direct_norms_sq(
+                &layer,
+                batch,
+                &whole_patches,
+                &whole_rows,
+                &mut slots,
+                &mut want,
+                1,
+            );
+            per_example::bias_norms_sq(&layer, batch, &whole_rows, &mut want, 1);
+            for i in (0..batch).filter(|&i| i != 3) {
+                assert_rel(&format!("kept norm {i}"), norms[2 * i] as f64, want[i] as f64, 1e-5);
+                assert_eq!(norms[2 * i + 1], 0.0, "the other group's norms are untouched");
+            }
+            assert!(norms[6].is_nan(), "the NaN example's norm is NaN");
+            let mut sum = vec![1.0f32; len];
+            per_example::stored_clipped_sum(batch, len, &kept, &factors, 1, &mut sum);
+            assert_close("kept clipped weight sum", &sum[..geom.weight_len()], &wide(&want_w), 1e-4);
+            assert_close("kept clipped bias sum", &sum[geom.weight_len()..], &wide(&want_b), 1e-4);
 
             let (mut gw, mut gb) = (vec![0.0f32; geom.weight_len()], vec![0.0f32; geom.out_c]);
             conv2d_weight_gradient(

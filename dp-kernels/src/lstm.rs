@@ -419,6 +419,41 @@ pub fn lstm_norms_sq(
     per_example::bias_norms_sq(&li, batch, delta, norms_sq, norm_stride);
 }
 
+/// Values of one example's kept gradient ([`lstm_kept_norms_sq`]): `W_ih`, `W_hh` and the bias, in the
+/// order of the parameter buffer.
+pub const fn kept_len(dims: &LstmDims) -> usize {
+    dims.weight_ih_len() + dims.weight_hh_len() + 4 * dims.hidden
+}
+
+/// The direct norms of both weights and the bias, keeping what they form: writes every example's
+/// gradient `[G_ih (4h×d), G_hh (4h×h), g_b (4h)]` into `kept[i·len..(i+1)·len]` (`len` =
+/// [`kept_len`]) and ADDS its squared norm into `norms_sq[i * norm_stride]`. The clipped sum is then
+/// [`per_example::stored_clipped_sum`] over `kept` instead of [`lstm_clipped_sum`]'s products.
+#[allow(clippy::too_many_arguments)]
+pub fn lstm_kept_norms_sq(
+    dims: &LstmDims,
+    batch: usize,
+    x: &[f32],
+    hprev: &[f32],
+    delta: &[f32],
+    kept: &mut [f32],
+    norms_sq: &mut [f32],
+    norm_stride: usize,
+) {
+    let (t, d, h, g4) = (dims.steps, dims.input, dims.hidden, 4 * dims.hidden);
+    assert!(x.len() >= batch * t * d, "lstm: input has {} values", x.len());
+    assert!(hprev.len() >= batch * t * h, "lstm: hprev has {} values", hprev.len());
+    assert!(delta.len() >= batch * t * g4, "lstm: delta has {} values", delta.len());
+    per_example::keep_per_example(batch, kept_len(dims), kept, norms_sq, norm_stride, |i, g, product| {
+        let (g_ih, rest) = g.split_at_mut(dims.weight_ih_len());
+        let (g_hh, g_b) = rest.split_at_mut(dims.weight_hh_len());
+        let delta_i = &delta[i * t * g4..(i + 1) * t * g4];
+        product(Op::T, Op::N, g4, d, t, 1.0, delta_i, &x[i * t * d..(i + 1) * t * d], 0.0, g_ih);
+        product(Op::T, Op::N, g4, h, t, 1.0, delta_i, &hprev[i * t * h..(i + 1) * t * h], 0.0, g_hh);
+        per_example::column_sums(delta_i, t, g4, g_b);
+    });
+}
+
 /// The clipped sums by book-keeping: ADDS `Σ_i c_i G_i` of `W_ih`, `W_hh` and the bias into `grad_ih`,
 /// `grad_hh`, `grad_bias`. Scales `delta` once by the factors and zeroes the `x` and `hprev` rows of
 /// examples whose factor is 0 (all three are consumed); then one product per weight.
@@ -627,6 +662,16 @@ mod tests {
                 }
             }
         }
+        // Kept gradients: each example's whole gradient, and its squared norm.
+        let mut kept = vec![f32::NAN; batch * kept_len(&dims)];
+        let mut norms = vec![0.25f32; batch];
+        lstm_kept_norms_sq(&dims, batch, &run.x, &run.hprev, &run.delta, &mut kept, &mut norms, 1);
+        for (i, (a, b, c)) in per_example_grads.iter().enumerate() {
+            let want: Vec<f64> = a.iter().chain(b).chain(c).copied().collect();
+            let g = &kept[i * kept_len(&dims)..(i + 1) * kept_len(&dims)];
+            assert_close(&format!("kept gradient {i}"), g, &want, 1e-4);
+            assert_rel(&format!("kept norm {i}"), norms[i] as f64 - 0.25, dot(&want, &want), 1e-4);
+        }
         // Example 1 is dropped and its saved activations are not finite.
         run.x[dims.input_len()] = f32::NAN;
         run.hprev[dims.output_len() + 1] = f32::INFINITY;
@@ -655,6 +700,14 @@ mod tests {
         assert_close("clipped W_ih", &g_ih, &sum(&|g| &g.0, g_ih.len()), 1e-4);
         assert_close("clipped W_hh", &g_hh, &sum(&|g| &g.1, g_hh.len()), 1e-4);
         assert_close("clipped bias", &g_b, &sum(&|g| &g.2, g_b.len()), 1e-4);
+        // The weighted sum of the kept gradients, example 1 dropped with a NaN in its gradient.
+        kept[kept_len(&dims) + 3] = f32::NAN;
+        let mut clipped = vec![0.0f32; kept_len(&dims)];
+        per_example::stored_clipped_sum(batch, kept_len(&dims), &kept, &factors, 1, &mut clipped);
+        let (ih, hh) = (dims.weight_ih_len(), dims.weight_hh_len());
+        assert_close("kept clipped W_ih", &clipped[..ih], &sum(&|g| &g.0, ih), 1e-4);
+        assert_close("kept clipped W_hh", &clipped[ih..ih + hh], &sum(&|g| &g.1, hh), 1e-4);
+        assert_close("kept clipped bias", &clipped[ih + hh..], &sum(&|g| &g.2, 4 * dims.hidden), 1e-4);
     }
 
     #[test]

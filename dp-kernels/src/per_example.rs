@@ -11,7 +11,9 @@
 //! - **direct**: form `G_i` with one product and square it; memory `p·d` per example.
 //!
 //! [`choose_strategy`] picks the cheaper from the static shapes. The clipped sum `Σ_i c_i G_i` is
-//! formed by book-keeping (Bu et al. 2023) as ONE product `(c ⊙ Δ)ᵀ A` over every example's positions.
+//! formed by book-keeping (Bu et al. 2023) as ONE product `(c ⊙ Δ)ᵀ A` over every example's positions,
+//! or, for a direct layer whose gradients were kept by [`kept_direct_norms_sq`], as the weighted sum
+//! of the kept `G_i` ([`stored_clipped_sum`]): `B·p·d` multiply-adds instead of `B·T·p·d`.
 //!
 //! # Layouts
 //! With `groups` independent blocks (grouped convolutions; 1 otherwise), `A` is `[groups][batch][T][d]`,
@@ -27,12 +29,17 @@ use crate::gemm::{product_for, sgemm, Op, Product};
 // chooses with the same formulas the kernels run.
 pub use dp_spec::cost::{
     choose_strategy, direct_bytes, direct_flops, direct_scratch_len, ghost_bytes, ghost_flops,
-    ghost_scratch_len, scratch_len, DIRECT_MEMORY_CAP_BYTES, GHOST_TILE,
+    ghost_scratch_len, keeps_gradients, kept_sum_flops, scratch_len, DIRECT_MEMORY_CAP_BYTES, GHOST_TILE,
+    KEPT_GRADIENTS_CAP_BYTES,
 };
 pub use dp_spec::{PositionalLayer, Strategy};
 
 /// Columns summed together on the stack in bias reductions.
 const COLUMN_CHUNK: usize = 64;
+
+/// Values of the gradient one task of [`stored_clipped_sum`] accumulates (8 KiB): its block stays in
+/// L1 while the examples' blocks stream past it.
+const SUM_BLOCK: usize = 2048;
 
 /// ADDS every example's squared weight-gradient norm, computed with `strategy`, into
 /// `norms_sq[i * norm_stride]`. `scratch` holds one or more slots of [`scratch_len`].
@@ -100,6 +107,79 @@ pub fn direct_norms_sq(
             }
         },
     );
+}
+
+/// Values of one example's kept gradient of `layer`: the weight gradient of every group
+/// (`[groups][p][d]`), then with `bias` the bias gradient (`[groups][p]`), the order of the parameter
+/// buffer.
+pub const fn kept_len(layer: &PositionalLayer, bias: bool) -> usize {
+    layer.weight_len() + if bias { layer.bias_len() } else { 0 }
+}
+
+/// The direct norm that keeps what it forms: writes every example's weight gradient
+/// `G_{q,i} = Δ_{q,i}ᵀ A_{q,i}` of every group and, with `bias`, its bias gradient `Σ_t δ_{q,i,t}`
+/// into `kept[i·len..(i+1)·len]` (`len` = [`kept_len`]), and ADDS the squared norm of the whole
+/// (weight and bias) into `norms_sq[i * norm_stride]`. [`stored_clipped_sum`] then forms the clipped
+/// sum from `kept` without another product.
+#[allow(clippy::too_many_arguments)]
+pub fn kept_direct_norms_sq(
+    layer: &PositionalLayer,
+    batch: usize,
+    a: &[f32],
+    delta: &[f32],
+    bias: bool,
+    kept: &mut [f32],
+    norms_sq: &mut [f32],
+    norm_stride: usize,
+) {
+    let (t, d, p, groups) = (layer.positions, layer.in_width, layer.out_width, layer.groups);
+    check_len("A", a.len(), batch * layer.a_len());
+    check_len("delta", delta.len(), batch * layer.delta_len());
+    keep_per_example(batch, kept_len(layer, bias), kept, norms_sq, norm_stride, |i, g, product| {
+        let (weights, biases) = g.split_at_mut(layer.weight_len());
+        for q in 0..groups {
+            let unit = q * batch + i;
+            let a_i = &a[unit * t * d..(unit + 1) * t * d];
+            let delta_i = &delta[unit * t * p..(unit + 1) * t * p];
+            product(Op::T, Op::N, p, d, t, 1.0, delta_i, a_i, 0.0, &mut weights[q * p * d..(q + 1) * p * d]);
+            if bias {
+                column_sums(delta_i, t, p, &mut biases[q * p..(q + 1) * p]);
+            }
+        }
+    });
+}
+
+/// Runs `form(i, g_i, product)` for every example in parallel, `g_i = kept[i·len..(i+1)·len]`, which
+/// `form` must overwrite with the example's whole gradient, then ADDS `‖g_i‖²` into
+/// `norms_sq[i * norm_stride]`. `product` runs on the calling thread when several examples run.
+pub fn keep_per_example(
+    batch: usize,
+    len: usize,
+    kept: &mut [f32],
+    norms_sq: &mut [f32],
+    norm_stride: usize,
+    form: impl Fn(usize, &mut [f32], Product) + Sync,
+) {
+    if batch == 0 || len == 0 {
+        return;
+    }
+    check_len("kept", kept.len(), batch * len);
+    check_norms(norms_sq.len(), batch, norm_stride);
+    let product = product_for(batch > 1 && rayon::current_num_threads() > 1);
+    kept[..batch * len].par_chunks_mut(len).zip(norms_sq.par_chunks_mut(norm_stride)).enumerate().for_each(
+        |(i, (g, norm))| {
+            form(i, g, product);
+            norm[0] += sum_squares(g) as f32;
+        },
+    );
+}
+
+/// Writes the column sums of a row-major `rows×width` matrix into `out` (`width` values), each summed
+/// in f64.
+pub fn column_sums(m: &[f32], rows: usize, width: usize, out: &mut [f32]) {
+    check_len("matrix", m.len(), rows * width);
+    check_len("column sums", out.len(), width);
+    for_each_column_sum(m, rows, width, |j, s| out[j] = s as f32);
 }
 
 /// Runs `one(A_{q,i}, Δ_{q,i}, slot, product)` for every example and group, examples spread over the
@@ -363,8 +443,11 @@ pub fn stored_norms_sq(batch: usize, len: usize, grads: &[f32], norms_sq: &mut [
     }
 }
 
-/// ADDS `Σ_i c_i g_i` of per-example gradients stored whole (`[batch][len]`) into `grad`; examples
-/// whose factor is 0 are skipped.
+/// ADDS `Σ_i c_i g_i` of per-example gradients stored whole (`[batch][len]`: a norm layer's affine
+/// gradients, a direct layer's kept gradients) into `grad`; examples whose factor is 0 are skipped,
+/// never multiplied, so NaN or infinities in them cannot reach the sum. The gradient is split into
+/// blocks of [`SUM_BLOCK`] summed in parallel, each over the examples in order (so the result does
+/// not depend on the thread count).
 pub fn stored_clipped_sum(
     batch: usize,
     len: usize,
@@ -376,13 +459,24 @@ pub fn stored_clipped_sum(
     check_len("grads", grads.len(), batch * len);
     check_len("grad", grad.len(), len);
     check_factors(factors.len(), batch, factor_stride);
-    for i in 0..batch {
-        let c = factors[i * factor_stride];
-        if c != 0.0 {
-            for (g, &v) in grad[..len].iter_mut().zip(&grads[i * len..(i + 1) * len]) {
-                *g += c * v;
+    let add_block = |start: usize, block: &mut [f32]| {
+        for i in 0..batch {
+            let c = factors[i * factor_stride];
+            if c != 0.0 {
+                let g = &grads[i * len + start..i * len + start + block.len()];
+                for (s, &v) in block.iter_mut().zip(g) {
+                    *s += c * v;
+                }
             }
         }
+    };
+    if len <= SUM_BLOCK {
+        add_block(0, &mut grad[..len]);
+    } else {
+        grad[..len]
+            .par_chunks_mut(SUM_BLOCK)
+            .enumerate()
+            .for_each(|(b, block)| add_block(b * SUM_BLOCK, block));
     }
 }
 
@@ -560,6 +654,67 @@ mod tests {
             let want_bias: Vec<f64> =
                 (0..layer.bias_len()).map(|j| (0..batch).map(|i| c(i) * bias[i][j]).sum()).collect();
             assert_close("clipped bias sum", &grad_bias, &want_bias, 1e-4);
+        }
+    }
+
+    /// The kept gradients' norms equal the direct and bias norms, and their weighted sum equals the
+    /// book-keeping product `(c ⊙ Δ)ᵀ A` and bias sum, with a dropped example (factor 0) whose
+    /// activations are NaN and output gradients infinite: it is skipped, never multiplied.
+    #[test]
+    fn kept_gradients_weighted_sum_matches_the_book_keeping_product_and_skips_dropped_examples() {
+        let mut rng = rng(14);
+        // The last shape's gradient (3,000 values) spans two blocks of the parallel sum.
+        let shapes = SHAPES.iter().copied().chain([(4, 50, 60, 1)]);
+        for (t, d, p, groups) in shapes {
+            let layer = PositionalLayer { positions: t, in_width: d, out_width: p, groups };
+            let batch = 4;
+            let mut a = uniform(&mut rng, batch * layer.a_len());
+            let mut delta = uniform(&mut rng, batch * layer.delta_len());
+            for q in 0..groups {
+                let unit = q * batch + 2;
+                a[unit * t * d] = f32::NAN;
+                delta[unit * t * p + p - 1] = f32::INFINITY;
+            }
+            for bias in [false, true] {
+                let len = kept_len(&layer, bias);
+                assert_eq!(len, layer.weight_len() + if bias { layer.bias_len() } else { 0 });
+                let mut kept = vec![f32::NAN; batch * len];
+                // Column 1 of a [batch, 2] table that already holds 0.5 everywhere.
+                let mut table = vec![0.5f32; batch * 2];
+                kept_direct_norms_sq(&layer, batch, &a, &delta, bias, &mut kept, &mut table[1..], 2);
+                let mut want = vec![0.5f32; batch * 2];
+                let mut slot = vec![0.0f32; scratch_len(Strategy::Direct, &layer)];
+                direct_norms_sq(&layer, batch, &a, &delta, &mut slot, &mut want[1..], 2);
+                if bias {
+                    bias_norms_sq(&layer, batch, &delta, &mut want[1..], 2);
+                }
+                for i in [0, 1, 3] {
+                    assert_eq!(table[2 * i], 0.5, "column 0 untouched");
+                    let what = format!("kept norm t={t} d={d} p={p} g={groups} bias={bias} example {i}");
+                    assert_rel(&what, table[2 * i + 1] as f64, want[2 * i + 1] as f64, 1e-5);
+                }
+                assert!(table[2 * 2 + 1].is_nan(), "the NaN example's norm is NaN (its factor will be 0)");
+
+                let factors = [0.25f32, 9.0, 3.0, 9.0, 0.0, 9.0, 1.0];
+                let stride = 2; // factors read at 0, 2, 4, 6: example 2 is dropped
+                let mut sum = vec![0.5f32; len];
+                stored_clipped_sum(batch, len, &kept, &factors, stride, &mut sum);
+                let (mut want_w, mut want_b) =
+                    (vec![0.5f32; layer.weight_len()], vec![0.5f32; layer.bias_len()]);
+                let (mut a_used, mut scaled) = (a.clone(), delta.clone());
+                clipped_sum(&layer, batch, &factors, stride, &mut a_used, &mut scaled, &mut want_w);
+                bias_sum(&layer, batch, &scaled, &mut want_b);
+                let mut want = wide(&want_w);
+                if bias {
+                    want.extend(wide(&want_b));
+                }
+                assert_close(
+                    &format!("weighted sum t={t} d={d} p={p} g={groups} bias={bias}"),
+                    &sum,
+                    &want,
+                    1e-4,
+                );
+            }
         }
     }
 

@@ -1,5 +1,6 @@
 //! Unit tests of the sequence ops on whole models: the LSTM is a loop over time in the kernels, so its
-//! expansion does not grow with the number of steps; the memory plan of the LSTM network.
+//! expansion does not grow with the number of steps; the memory plan of the LSTM network (kept
+//! per-example gradients, or the gates as norm slots).
 
 use crate::expand;
 use proc_macro2::TokenStream;
@@ -22,6 +23,16 @@ fn lstm_net(steps: usize) -> (TokenStream, TokenStream) {
     )
 }
 
+fn lstm_step(plan: &crate::plan::Plan) -> &crate::ops::lstm::LstmStep {
+    plan.steps
+        .iter()
+        .find_map(|s| match s {
+            crate::ops::Step::Lstm(l) => Some(l),
+            _ => None,
+        })
+        .expect("an LSTM step")
+}
+
 fn expansion_lines(args: TokenStream, item: TokenStream) -> usize {
     let file: syn::File = syn::parse2(expand(args, item)).expect("the expansion is a valid file");
     prettyplease::unparse(&file).lines().count()
@@ -36,28 +47,41 @@ fn the_lstm_expansion_does_not_grow_with_the_sequence_length() {
     let (long, longer, short) = (lines(256), lines(1000), lines(5));
     println!("LstmNet expands to {long} lines (pretty-printed)");
     assert_eq!(long, longer, "1000 steps expand to the lines of 256 steps: no unrolling");
-    // 5 steps choose ghost norms instead of direct ones: a few lines differ, not 251 copies.
-    assert!(long.abs_diff(short) < 10, "{long} lines for 256 steps, {short} for 5");
+    // 5 steps choose ghost norms and the book-keeping clipped sum instead of direct norms with kept
+    // gradients: a few lines differ, not 251 copies.
+    assert!(long.abs_diff(short) < 40, "{long} lines for 256 steps, {short} for 5");
     assert!(long < 1000, "LstmNet expands to {long} lines");
 }
 
 #[test]
-fn the_lstm_net_plan_keeps_the_gates_as_norm_slots() {
+fn the_lstm_net_plan_keeps_its_per_example_gradients() {
     let (args, item) = lstm_net(256);
     let plan = crate::plan_of(args, item);
     assert_eq!(plan.param_count, 1_081_002);
-    let lstm = plan
-        .steps
-        .iter()
-        .find_map(|s| match s {
-            crate::ops::Step::Lstm(l) => Some(l),
-            _ => None,
-        })
-        .expect("an LSTM step");
+    let lstm = lstm_step(&plan);
     assert_eq!((lstm.ih_strategy, lstm.hh_strategy), (dp_spec::Strategy::Direct, dp_spec::Strategy::Direct));
-    // A direct slot (4h·d = 40,000) fits in the gates (T·4h = 102,400): no separate norm scratch for it.
-    assert!(lstm.norms_in_gates);
+    // Both norms are direct: the LSTM keeps each example's whole gradient (W_ih, W_hh, bias: 4h·(d+h+1)
+    // = 80,400 values) for the clipped sum, needs no norm slots and no private copy of its input.
+    let kept = lstm.kept.expect("the direct LSTM keeps its gradients");
+    assert_eq!(plan.buffers[kept].len, 400 * 201);
+    assert!(plan.layers.iter().any(|l| l.op.starts_with("lstm") && l.kept_gradients));
+    let norm_slot = plan.scratch.norms.map_or(0, |k| plan.buffers[k].len);
+    assert!(norm_slot < 40_000, "no direct norm slot: {norm_slot} values (the embedding's)");
+    assert_eq!(lstm.input_copy, None);
     assert_eq!(plan.buffers[lstm.gates].len, 256 * 400);
     let bytes: u64 = plan.layers.iter().map(|l| l.bytes_per_example).sum();
     assert_eq!(bytes, 4 * plan.workspace_per_example as u64);
+}
+
+#[test]
+fn a_ghost_lstm_keeps_nothing_and_uses_the_gates_as_norm_slots() {
+    // 5 steps: ghost norms for both weights, so no gradient is formed to keep.
+    let (args, item) = lstm_net(5);
+    let plan = crate::plan_of(args, item);
+    let lstm = lstm_step(&plan);
+    assert_eq!(lstm.ih_strategy, dp_spec::Strategy::Ghost);
+    assert_eq!(lstm.kept, None);
+    assert!(plan.layers.iter().all(|l| !l.kept_gradients));
+    // A ghost slot (2·T² = 50 values) fits in the gates (T·4h = 2,000).
+    assert!(lstm.norms_in_gates);
 }

@@ -8,12 +8,15 @@ fn shape(s: &[usize]) -> String {
     format!("[{}]", dims.join(", "))
 }
 
-fn strategy(s: Option<NormStrategy>) -> &'static str {
-    match s {
-        None => "-",
-        Some(NormStrategy::Ghost) => "ghost",
-        Some(NormStrategy::Direct) => "direct",
-        Some(NormStrategy::TokenGrouped) => "token-grouped",
+/// The norm strategy; `direct, kept` for a layer whose clipped sum is the weighted sum of the
+/// per-example gradients its direct norm formed and kept.
+fn strategy(s: Option<NormStrategy>, kept: bool) -> &'static str {
+    match (s, kept) {
+        (None, _) => "-",
+        (Some(NormStrategy::Ghost), _) => "ghost",
+        (Some(NormStrategy::Direct), false) => "direct",
+        (Some(NormStrategy::Direct), true) => "direct, kept",
+        (Some(NormStrategy::TokenGrouped), _) => "token-grouped",
     }
 }
 
@@ -47,7 +50,7 @@ pub fn describe_plan(name: &str, param_count: usize, trained: usize, layers: &[L
             shape(l.input_shape),
             shape(l.output_shape),
             l.params,
-            strategy(l.strategy),
+            strategy(l.strategy, l.kept_gradients),
             l.flops_per_example,
             l.bytes_per_example
         );

@@ -98,6 +98,9 @@ pub struct LayerInfo {
     pub params: usize,
     /// `None` for layers without parameters.
     pub strategy: Option<NormStrategy>,
+    /// Whether the layer keeps each example's gradient (formed by its direct norm) for the clipped
+    /// sum, which is then their weighted sum instead of a second product over every position.
+    pub kept_gradients: bool,
     /// Forward + backward + norm FLOPs of one example.
     pub flops_per_example: u64,
     /// Workspace bytes of one example that this layer adds to the memory plan.

@@ -63,10 +63,12 @@ pub fn constants(model: &ModelDef, plan: &Plan) -> TokenStream {
         };
         let (flops, bytes) =
             (Literal::u64_unsuffixed(l.flops_per_example), Literal::u64_unsuffixed(l.bytes_per_example));
+        let kept = l.kept_gradients;
         quote! {
             ::dp::__private::runtime::LayerInfo {
                 name: #lname, op: #op, input_shape: #ins, output_shape: #outs, params: #nparams,
-                strategy: #strategy, flops_per_example: #flops, bytes_per_example: #bytes,
+                strategy: #strategy, kept_gradients: #kept, flops_per_example: #flops,
+                bytes_per_example: #bytes,
             }
         }
     });

@@ -4,7 +4,9 @@
 //! A conv keeps its output and its output gradient δ (NCHW) per example; its patches (im2col) and δ
 //! as rows are re-derived into shared scratch whenever a pass needs them (forward, backward, norms,
 //! clipped sum), so they cost the arena only once, at the largest layer, and the clipped sum never
-//! consumes a buffer another pass reads.
+//! consumes a buffer another pass reads. A direct conv keeps the per-example gradients its norm forms
+//! (weight and bias, when they fit the planner's cap): its clipped sum is then their weighted sum,
+//! with no patches and no product.
 
 use super::activation::function::Act;
 use super::rules::OpRules;
@@ -18,7 +20,7 @@ use crate::plan::params::Init;
 use crate::plan::planner::{Planner, SharedScratch};
 use crate::shape::{image, Shape};
 use crate::syntax::{OpSyntax, Spanned};
-use dp_spec::cost::{norm_flops, scratch_len};
+use dp_spec::cost::{kept_sum_flops, norm_flops, scratch_len};
 use dp_spec::{Conv2dGeometry, NormStrategy, PositionalLayer, Strategy};
 
 /// `conv2d(...)`. Defaulted arguments carry the span of the op's name.
@@ -48,6 +50,8 @@ pub struct ConvStep {
     pub bias: Option<usize>,
     pub input_grad: Option<GradTarget>,
     pub strategy: Strategy,
+    /// The per-example gradients `[B][weight, bias]` kept by the direct norm for the clipped sum.
+    pub kept: Option<usize>,
 }
 
 impl OpRules for Conv2d {
@@ -159,18 +163,24 @@ impl OpRules for Conv2d {
         let bias =
             self.bias.then(|| pl.param(format!("{field}.bias"), vec![geom.out_c], Init::Uniform { bound }));
         let strategy = Planner::strategy(self.norms, &PositionalLayer::new(t, d, p));
+        let kept_len = geom.weight_len() + if self.bias { geom.out_c } else { 0 };
+        let kept = pl.kept_gradients(i, field, strategy, t, kept_len);
         pl.need(SharedScratch::Patches, i, geom.patches_len());
         pl.need(SharedScratch::Rows, i, geom.output_len());
-        pl.need(SharedScratch::Norms, i, scratch_len(strategy, &geom.layer()));
+        if kept.is_none() {
+            pl.need(SharedScratch::Norms, i, scratch_len(strategy, &geom.layer()));
+        }
         let input = pl.storage_of(x);
         let input_grad = pl.target(node, x);
-        // Forward, weight gradient and (when something upstream is trained) input gradient products,
-        // then the norms of every group and the bias.
+        // Forward, weight gradient (unless the clipped sum is the weighted sum of the kept gradients)
+        // and (when something upstream is trained) input gradient products, then the norms of every
+        // group and the bias.
         let product = 2 * (t * geom.out_c * d) as u64;
-        let products = 2 + u64::from(input_grad.is_some());
+        let products = 1 + u64::from(kept.is_none()) + u64::from(input_grad.is_some());
+        let clipped_sum = if kept.is_some() { kept_sum_flops(kept_len) } else { 0 };
         let norms = geom.groups as u64 * norm_flops(strategy, t, d, p)
             + if self.bias { geom.output_len() as u64 } else { 0 };
-        pl.cost(i, products * product + norms, Some(NormStrategy::from(strategy)));
-        Some(ConvStep { group, geom, input, output, delta, act, weight, bias, input_grad, strategy })
+        pl.cost(i, products * product + clipped_sum + norms, Some(NormStrategy::from(strategy)));
+        Some(ConvStep { group, geom, input, output, delta, act, weight, bias, input_grad, strategy, kept })
     }
 }

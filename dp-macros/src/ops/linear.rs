@@ -7,7 +7,9 @@
 //! ‖g_W‖² = ‖a‖²‖δ‖², ‖g_b‖² = ‖δ‖². On a sequence it is a `dp_spec::PositionalLayer` of T positions,
 //! like an LSTM weight: the per-example gradient Σ_t δ_t a_tᵀ, its norm by ghost norms over the T×T
 //! Gram matrices or directly, as the planner's cost model (or `norms`) chooses. The clipped sum is one
-//! GEMM over all B·T rows with each example's rows scaled by its factor. The gradient of its output is
+//! GEMM over all B·T rows with each example's rows scaled by its factor, or, for a direct layer on a
+//! sequence that keeps the per-example gradients its norm forms (within the planner's cap), their
+//! weighted sum. The gradient of its output is
 //! its δ buffer, which the element-wise ops between it and the next layer work on in place, so a
 //! chain needs no other gradient buffers.
 //!
@@ -25,7 +27,7 @@ use crate::plan::params::Init;
 use crate::plan::planner::{Planner, SharedScratch};
 use crate::shape::{show, Shape};
 use crate::syntax::{OpSyntax, Spanned};
-use dp_spec::cost::{norm_flops, scratch_len};
+use dp_spec::cost::{kept_sum_flops, norm_flops, scratch_len};
 use dp_spec::{NormStrategy, PositionalLayer, Strategy};
 
 /// `linear(out = N, in = M, bias = B)`.
@@ -63,6 +65,8 @@ pub struct DenseStep {
     /// Where δ·W goes: the gradient buffer of the layer's input, if anything upstream is trained.
     pub input_grad: Option<GradTarget>,
     pub strategy: Strategy,
+    /// The per-example gradients `[B][weight, bias]` kept by the direct norm for the clipped sum.
+    pub kept: Option<usize>,
 }
 
 impl OpRules for Linear {
@@ -152,23 +156,30 @@ impl OpRules for Linear {
         let bias = self.bias.then(|| pl.param(format!("{field}.bias"), vec![n_out], Init::Uniform { bound }));
         let layer = PositionalLayer::new(positions, n_in, n_out);
         let strategy = Planner::strategy(self.norms, &layer);
-        // On a vector the ghost norm is the Goodfellow identity, which needs no slot.
-        if strategy == Strategy::Direct || positions > 1 {
-            pl.need(SharedScratch::Norms, i, scratch_len(strategy, &layer));
+        let kept_len = n_in * n_out + if self.bias { n_out } else { 0 };
+        let kept = pl.kept_gradients(i, field, strategy, positions, kept_len);
+        // On a vector the ghost norm is the Goodfellow identity, which needs no slot; kept gradients
+        // need neither norm slots nor the clipping scratch.
+        if kept.is_none() {
+            if strategy == Strategy::Direct || positions > 1 {
+                pl.need(SharedScratch::Norms, i, scratch_len(strategy, &layer));
+            }
+            pl.need_clip_scratch(i, positions * (n_in + n_out));
         }
-        pl.need_clip_scratch(i, positions * (n_in + n_out));
         let input = pl.storage_of(x);
         let input_grad = pl.target(node, x);
-        // The forward GEMM, the weight-gradient GEMM, the input-gradient GEMM when something upstream
-        // is trained, the norms and the bias + activation pass.
+        // The forward GEMM, the weight-gradient GEMM (or the weighted sum of the kept gradients), the
+        // input-gradient GEMM when something upstream is trained, the norms and the bias + activation
+        // pass.
         let mac = 2 * (positions * n_in * n_out) as u64;
-        let gemms = 2 + u64::from(input_grad.is_some());
+        let gemms = 1 + u64::from(kept.is_none()) + u64::from(input_grad.is_some());
+        let clipped_sum = if kept.is_some() { kept_sum_flops(kept_len) } else { 0 };
         let norm_flops = match (strategy, positions) {
             (Strategy::Ghost, 1) => 2 * (n_in + n_out) as u64,
             _ => norm_flops(strategy, positions, n_in, n_out),
         };
         let epilogue = 2 * (positions * n_out) as u64;
-        pl.cost(i, gemms * mac + norm_flops + epilogue, Some(NormStrategy::from(strategy)));
+        pl.cost(i, gemms * mac + clipped_sum + norm_flops + epilogue, Some(NormStrategy::from(strategy)));
         Some(DenseStep {
             group,
             input,
@@ -182,6 +193,7 @@ impl OpRules for Linear {
             bias,
             input_grad,
             strategy,
+            kept,
         })
     }
 }

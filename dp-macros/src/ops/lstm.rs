@@ -5,7 +5,9 @@
 //! `dp_spec::cost`, or the user's `norms`); weights and bias are ONE parameter group. Its saved gates
 //! are dead after the backward pass, so the norms use them as slots when one fits (else the shared
 //! norm scratch), and the clipped sum scales a copy of δ there (δ itself is kept, so a clipped sum can
-//! be repeated on the same workspace).
+//! be repeated on the same workspace). When both weights' norms are direct, the LSTM keeps the
+//! per-example gradients they form (both weights and the bias, within the planner's cap): its clipped
+//! sum is then their weighted sum, without the two products over all T·B positions.
 
 use super::rules::OpRules;
 use crate::args::{arguments, norm_choice, positive_int, NormChoice};
@@ -16,7 +18,7 @@ use crate::plan::params::Init;
 use crate::plan::planner::{Planner, SharedScratch};
 use crate::shape::{show, Shape};
 use crate::syntax::{OpSyntax, Spanned};
-use dp_spec::cost::{norm_flops, scratch_len};
+use dp_spec::cost::{kept_sum_flops, norm_flops, scratch_len};
 use dp_spec::{LstmDims, NormStrategy, Strategy};
 
 /// `lstm(hidden = H, norms = ghost | direct)`.
@@ -50,8 +52,10 @@ pub struct LstmStep {
     /// The gates buffer holds one norm slot per example (else the plan's shared norm scratch is used).
     pub norms_in_gates: bool,
     /// A private copy of `x` whose rows the clipped sum may zero, when `x` is the model's input or has
-    /// other readers.
+    /// other readers (and the gradients are not kept).
     pub input_copy: Option<usize>,
+    /// The per-example gradients `[B][W_ih, W_hh, bias]` kept by the direct norms for the clipped sum.
+    pub kept: Option<usize>,
     pub w_ih: usize,
     pub w_hh: usize,
     pub bias: usize,
@@ -116,16 +120,23 @@ impl OpRules for Lstm {
         let delta = pl.alloc(i, format!("{field} gate delta"), steps * g4);
         // The backward's scratch (6h per example) also covers the forward's (5h).
         let scratch = pl.alloc(i, format!("{field} scratch"), 6 * h);
+        // Both weights' gradients are formed only when both norms are direct.
+        let forms_gradients = match (ih_strategy, hh_strategy) {
+            (Strategy::Direct, Strategy::Direct) => Strategy::Direct,
+            _ => Strategy::Ghost,
+        };
+        let kept_len = g4 * (input + h + 1);
+        let kept = pl.kept_gradients(i, field, forms_gradients, steps, kept_len);
         let slot = scratch_len(ih_strategy, &ih_layer).max(scratch_len(hh_strategy, &hh_layer)).max(1);
         let norms_in_gates = steps * g4 >= slot;
-        if !norms_in_gates {
+        if !norms_in_gates && kept.is_none() {
             pl.need(SharedScratch::Norms, i, slot);
         }
         let input_grad = match pl.target(node, x_id) {
             Some(target) => Ok(target),
             None => Err(pl.alloc(i, format!("{field} input gradient (unused)"), steps * input)),
         };
-        let private_input = x == Buf::Input || pl.uses[x_id.0] > 1;
+        let private_input = (x == Buf::Input || pl.uses[x_id.0] > 1) && kept.is_none();
         let input_copy = private_input.then(|| pl.alloc(i, format!("{field} input copy"), steps * input));
         pl.storage[out.0] = Some(Buf::Arena(output));
         pl.grad[out.0] = Some(output_grad);
@@ -138,9 +149,13 @@ impl OpRules for Lstm {
         let (tt, pd) = (steps as u64, (g4 * (input + h)) as u64);
         let products = 2 * tt * pd;
         let input_grad_flops = if input_grad.is_ok() { 2 * tt * (g4 * input) as u64 } else { 0 };
+        let clipped_sum = match kept {
+            Some(_) => kept_sum_flops(kept_len), // weighted sum of the kept gradients
+            None => products + tt * g4 as u64,   // weight-gradient products
+        };
         let flops = products                                   // forward
             + 2 * tt * (g4 * h) as u64 + input_grad_flops      // backward: recurrent product and dx
-            + products + tt * g4 as u64                        // weight gradients (clipped sum)
+            + clipped_sum
             + norm_flops(ih_strategy, steps, input, g4)
             + norm_flops(hh_strategy, steps, h, g4)
             + tt * g4 as u64                                   // bias norm
@@ -162,6 +177,7 @@ impl OpRules for Lstm {
             scratch,
             norms_in_gates,
             input_copy,
+            kept,
             w_ih,
             w_hh,
             bias,

@@ -11,6 +11,8 @@
 //! - the parameter table ([`params`]) and its groups (one per parameterised layer);
 //! - one row per node for `describe()`: shapes, parameters, norm strategy, FLOPs and bytes.
 
+#[cfg(test)]
+mod kept_tests;
 pub mod memory;
 pub mod params;
 pub mod planner;
@@ -34,6 +36,8 @@ pub struct LayerPlan {
     pub output_shape: Vec<usize>,
     pub params: usize,
     pub strategy: Option<NormStrategy>,
+    /// Whether the layer keeps its per-example gradients for the clipped sum.
+    pub kept_gradients: bool,
     pub flops_per_example: u64,
     pub bytes_per_example: u64,
 }
@@ -145,6 +149,7 @@ fn layer_table(graph: &Graph, checked: &Checked, pl: &Planner<'_>) -> Vec<LayerP
             output_shape: checked.shapes[node.output.0].clone(),
             params: checked.node_params[i],
             strategy: pl.layer_strategy[i].filter(|_| !node.frozen),
+            kept_gradients: pl.layer_kept[i],
             flops_per_example: pl.layer_flops[i],
             bytes_per_example: pl.layer_bytes[i],
         })

@@ -12,6 +12,10 @@
 //!   is then never stored.
 //! - Scratch sharing: the patches, δ rows and norm slots of the kernels are one buffer each, sized to
 //!   the largest need of any layer ([`Planner::need`]).
+//! - Kept gradients: a direct layer applied at several positions keeps the per-example gradients its
+//!   norm forms, for a clipped sum without a second product, while the model's total stays under
+//!   `dp_spec::cost::KEPT_GRADIENTS_CAP_BYTES` ([`Planner::kept_gradients`]); the others fall back
+//!   to the book-keeping product, decided here and shown in the plan table.
 //! - Parameters and groups ([`Planner::group`], [`Planner::param`]), and each node's row of the plan
 //!   table: FLOPs and norm strategy ([`Planner::cost`]).
 
@@ -22,7 +26,7 @@ use crate::ir::value::ValueId;
 use crate::ir::view::NodeView;
 use crate::ops::activation::function::Act;
 use crate::shape::Shape;
-use dp_spec::cost::DIRECT_MEMORY_CAP_BYTES;
+use dp_spec::cost::{keeps_gradients, DIRECT_MEMORY_CAP_BYTES};
 use dp_spec::{NormStrategy, PositionalLayer, Strategy};
 
 /// A scratch buffer shared by the kernels of several layers.
@@ -66,6 +70,10 @@ pub struct Planner<'g> {
     pub layer_bytes: Vec<u64>,
     pub layer_flops: Vec<u64>,
     pub layer_strategy: Vec<Option<NormStrategy>>,
+    /// Whether each node keeps its per-example gradients for the clipped sum.
+    pub layer_kept: Vec<bool>,
+    /// Bytes per example of the per-example gradients kept so far.
+    kept_bytes: u64,
     /// Largest per-example need (and the node that has it) of each shared scratch buffer.
     scratch_needs: [(usize, usize); 3],
     /// The widest `in + out` of any linear layer (the last at a tie), for the clipping scratch.
@@ -101,6 +109,8 @@ impl<'g> Planner<'g> {
             layer_bytes: vec![0; nodes],
             layer_flops: vec![0; nodes],
             layer_strategy: vec![None; nodes],
+            layer_kept: vec![false; nodes],
+            kept_bytes: 0,
             scratch_needs: [(0, 0); 3],
             clip_need: None,
         }
@@ -241,6 +251,28 @@ impl<'g> Planner<'g> {
             Some(NormChoice::Direct) => Strategy::Direct,
             None => layer.choose_strategy(DIRECT_MEMORY_CAP_BYTES),
         }
+    }
+
+    /// The buffer that keeps `node`'s per-example gradients (`len` values per example: the whole
+    /// group's gradient in parameter-buffer order) when its norm, computed with `strategy` at
+    /// `positions` positions, forms them and they fit the model's cap
+    /// ([`dp_spec::cost::keeps_gradients`], in forward order); `None` keeps the book-keeping clipped
+    /// sum. A frozen layer has no norms and keeps nothing.
+    pub fn kept_gradients(
+        &mut self,
+        node: usize,
+        field: &str,
+        strategy: Strategy,
+        positions: usize,
+        len: usize,
+    ) -> Option<usize> {
+        let bytes = 4 * len as u64;
+        if self.frozen || !keeps_gradients(strategy, positions, bytes, self.kept_bytes) {
+            return None;
+        }
+        self.kept_bytes += bytes;
+        self.layer_kept[node] = true;
+        Some(self.alloc(node, format!("{field} kept per-example gradients"), len))
     }
 
     /// The node's FLOPs per example and, for a parameterised node, its norm strategy.

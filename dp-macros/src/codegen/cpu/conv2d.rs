@@ -1,10 +1,12 @@
 //! `conv2d` on the CPU. Patches and δ rows live in shared scratch and are re-derived by each pass that
 //! reads them (`im2col` from the kept input, `output_grad_to_rows` from the kept NCHW δ), chunk by
-//! chunk inside `dp_kernels::conv_chunks`.
+//! chunk inside `dp_kernels::conv_chunks`. A conv with kept gradients forms them in its norms and its
+//! clipped sum is their weighted sum.
 
 use super::activation::{fused_backward, fused_forward};
 use super::emit::{
-    accumulate, grad_slices, lit, optional_param, param, read, scratch, strategy, write, zero_group,
+    accumulate, grad_slices, kept_clipped_sum, lit, optional_param, param, read, scratch, strategy, write,
+    zero_group,
 };
 use super::kernels;
 use crate::ops::conv2d::ConvStep;
@@ -57,20 +59,44 @@ pub fn backward(plan: &Plan, s: &ConvStep) -> TokenStream {
     quote!(#act #input_grad)
 }
 
-/// The kernel adds every group's norms into the column: zeroed first.
+/// The kernel adds every group's norms into the column: zeroed first. With kept gradients it also
+/// writes each example's gradient for the clipped sum.
 pub fn norms(plan: &Plan, s: &ConvStep) -> TokenStream {
     let (groups, gidx) = (lit(plan.groups.len()), lit(s.group));
     let (g, x, delta) = (geom(&s.geom), read(s.input), read(Buf::Arena(s.delta)));
-    let (patches, rows, slots) =
-        (scratch(plan.scratch.patches), scratch(plan.scratch.rows), scratch(plan.scratch.norms));
+    let (patches, rows) = (scratch(plan.scratch.patches), scratch(plan.scratch.rows));
     let zero = zero_group(plan, s.group);
-    let (strat, bias, chunks) = (strategy(s.strategy), s.bias.is_some(), kernels::conv_chunks());
+    let (bias, chunks) = (s.bias.is_some(), kernels::conv_chunks());
+    let call = match s.kept {
+        Some(kept) => {
+            let kept = write(kept);
+            quote! {
+                #chunks::conv2d_kept_norms_sq(
+                    &#g, #bias, n, #x, #delta, #patches, #rows, #kept, &mut sq_norms[#gidx..], #groups,
+                );
+            }
+        }
+        None => {
+            let (strat, slots) = (strategy(s.strategy), scratch(plan.scratch.norms));
+            quote! {
+                #chunks::conv2d_norms_sq(
+                    &#g, #strat, #bias, n, #x, #delta, #patches, #rows, #slots, &mut sq_norms[#gidx..], #groups,
+                );
+            }
+        }
+    };
     quote! {{
         #zero
-        #chunks::conv2d_norms_sq(
-            &#g, #strat, #bias, n, #x, #delta, #patches, #rows, #slots, &mut sq_norms[#gidx..], #groups,
-        );
+        #call
     }}
+}
+
+/// The clipped sum: the weighted sum of the kept gradients, or the book-keeping product.
+pub fn clipped_sum(plan: &Plan, s: &ConvStep) -> TokenStream {
+    match s.kept {
+        Some(kept) => kept_clipped_sum(plan, kept, s.group, s.weight, s.bias.unwrap_or(s.weight)),
+        None => weight_gradient(plan, s, true),
+    }
 }
 
 /// The clipped sum (`clipped = true`, the group's factors) or the plain sum of the weight gradient.

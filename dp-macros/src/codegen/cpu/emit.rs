@@ -136,3 +136,15 @@ pub fn strategy(s: dp_spec::Strategy) -> TokenStream {
         dp_spec::Strategy::Direct => quote!(#module::Strategy::Direct),
     }
 }
+
+/// The clipped sum of a layer that kept its per-example gradients (arena buffer `kept`, `[B][len]` in
+/// the order of the parameter tensors `first..=last` of group `group`): their weighted sum, examples
+/// with factor 0 skipped.
+pub fn kept_clipped_sum(plan: &Plan, kept: usize, group: usize, first: usize, last: usize) -> TokenStream {
+    let (groups, g, len) = (lit(plan.groups.len()), lit(group), lit(plan.buffers[kept].len));
+    let (grads, target, module) =
+        (read(Buf::Arena(kept)), grad_range(plan, first, last), kernels::per_example());
+    quote! {
+        #module::stored_clipped_sum(n, #len, #grads, &factors[#g..], #groups, #target);
+    }
+}

@@ -1,12 +1,13 @@
 //! `linear` on the CPU: a GEMM with the bias and activation in its output pass (over all B·T rows on
 //! a sequence); on a vector ghost norms by the Goodfellow identity or direct ones, on a sequence the
-//! positional norms of `per_example` (ghost over the T×T Grams, or direct); the clipped sum as one GEMM
-//! over the rows of δ scaled by the factors.
+//! positional norms of `per_example` (ghost over the T×T Grams, or direct, possibly keeping the
+//! per-example gradients); the clipped sum as one GEMM over the rows of δ scaled by the factors, or the
+//! weighted sum of the kept gradients.
 
 use super::activation::fused_backward;
 use super::emit::{
-    accumulate, act, buf_ident, grad_slices, lit, optional_param, param, read, scratch, strategy, write,
-    zero_group,
+    accumulate, act, buf_ident, grad_slices, kept_clipped_sum, lit, optional_param, param, read, scratch,
+    strategy, write, zero_group,
 };
 use super::kernels;
 use crate::ops::linear::DenseStep;
@@ -64,6 +65,15 @@ pub fn norms(plan: &Plan, d: &DenseStep) -> TokenStream {
     let groups = lit(plan.groups.len());
     let (a, delta, n_in, n_out) = (read(d.input), read(Buf::Arena(d.delta)), lit(d.inputs), lit(d.outputs));
     let gidx = lit(d.group);
+    if let Some(kept) = d.kept {
+        let (k, zero, t) = (kernels::per_example(), zero_group(plan, d.group), lit(d.positions));
+        let (has_bias, kept) = (d.bias.is_some(), write(kept));
+        return quote! {{
+            let layer = #k::PositionalLayer::new(#t, #n_in, #n_out);
+            #zero
+            #k::kept_direct_norms_sq(&layer, n, #a, #delta, #has_bias, #kept, &mut sq_norms[#gidx..], #groups);
+        }};
+    }
     match (d.strategy, d.positions) {
         (Strategy::Ghost, 1) => {
             let (has_bias, dense) = (d.bias.is_some(), kernels::dense());
@@ -92,6 +102,9 @@ pub fn norms(plan: &Plan, d: &DenseStep) -> TokenStream {
 }
 
 pub fn clipped_sum(plan: &Plan, d: &DenseStep) -> TokenStream {
+    if let Some(kept) = d.kept {
+        return kept_clipped_sum(plan, kept, d.group, d.weight, d.bias.unwrap_or(d.weight));
+    }
     let groups = lit(plan.groups.len());
     let scratch = buf_ident(plan.clip_scratch);
     let (a, delta, n_in, n_out) = (read(d.input), read(Buf::Arena(d.delta)), lit(d.inputs), lit(d.outputs));

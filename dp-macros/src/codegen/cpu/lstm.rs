@@ -1,7 +1,9 @@
 //! `lstm` on the CPU: one call into the kernels' loop over time (forward and backward through time),
 //! never unrolled, so its expansion has the same size for 5 steps as for 256.
 
-use super::emit::{accumulate, buf_ident, grad_range, lit, param, read, strategy, write, zero_group};
+use super::emit::{
+    accumulate, buf_ident, grad_range, kept_clipped_sum, lit, param, read, strategy, write, zero_group,
+};
 use super::kernels;
 use crate::ops::lstm::LstmStep;
 use crate::plan::memory::Buf;
@@ -18,18 +20,29 @@ fn norm_scratch(plan: &Plan, s: &LstmStep) -> usize {
     }
 }
 
-/// `const DIMS: LstmDims = ...;` plus compile-time checks that the planned scratch fits the kernels.
+/// `const DIMS: LstmDims = ...;` plus compile-time checks that the planned scratch fits the kernels
+/// (the norm slots, or the kept gradients).
 fn dims(plan: &Plan, s: &LstmStep) -> TokenStream {
     let (steps, input, hidden) = (lit(s.dims.steps), lit(s.dims.input), lit(s.dims.hidden));
     let scratch = lit(plan.buffers[s.scratch].len);
-    let norm_slot = lit(plan.buffers[norm_scratch(plan, s)].len);
-    let (s_ih, s_hh, lstm) = (strategy(s.ih_strategy), strategy(s.hh_strategy), kernels::lstm());
+    let lstm = kernels::lstm();
+    let norms_fit = match s.kept {
+        Some(kept) => {
+            let kept = lit(plan.buffers[kept].len);
+            quote!(#lstm::kept_len(&DIMS) == #kept)
+        }
+        None => {
+            let norm_slot = lit(plan.buffers[norm_scratch(plan, s)].len);
+            let (s_ih, s_hh) = (strategy(s.ih_strategy), strategy(s.hh_strategy));
+            quote!(#lstm::norm_scratch_len(&DIMS, #s_ih, #s_hh) <= #norm_slot)
+        }
+    };
     quote! {
         const DIMS: #lstm::LstmDims = #lstm::LstmDims { steps: #steps, input: #input, hidden: #hidden };
         const _: () = ::core::assert!(
             #lstm::backward_scratch_len(&DIMS, 1) <= #scratch
                 && #lstm::forward_scratch_len(&DIMS, 1) <= #scratch
-                && #lstm::norm_scratch_len(&DIMS, #s_ih, #s_hh) <= #norm_slot
+                && #norms_fit
         );
     }
 }
@@ -92,27 +105,45 @@ pub fn gradient_sum(plan: &Plan, s: &LstmStep) -> TokenStream {
     }}
 }
 
-/// The kernel adds both weights' and the bias's norms into the column: zeroed first.
+/// The kernel adds both weights' and the bias's norms into the column: zeroed first. With kept
+/// gradients it also writes each example's whole gradient for the clipped sum.
 pub fn norms(plan: &Plan, s: &LstmStep) -> TokenStream {
-    let groups = lit(plan.groups.len());
+    let (groups, g) = (lit(plan.groups.len()), lit(s.group));
     let dims = dims(plan, s);
-    let (s_ih, s_hh) = (strategy(s.ih_strategy), strategy(s.hh_strategy));
     let (x, hprev, delta) = (read(s.x), read(Buf::Arena(s.hprev)), read(Buf::Arena(s.delta)));
-    let (scratch, g) = (write(norm_scratch(plan, s)), lit(s.group));
     let (zero, lstm) = (zero_group(plan, s.group), kernels::lstm());
+    let call = match s.kept {
+        Some(kept) => {
+            let kept = write(kept);
+            quote!(#lstm::lstm_kept_norms_sq(&DIMS, n, #x, #hprev, #delta, #kept, &mut sq_norms[#g..], #groups);)
+        }
+        None => {
+            let (s_ih, s_hh) = (strategy(s.ih_strategy), strategy(s.hh_strategy));
+            let scratch = write(norm_scratch(plan, s));
+            quote! {
+                #lstm::lstm_norms_sq(
+                    &DIMS, n, #s_ih, #s_hh, #x, #hprev, #delta, #scratch, &mut sq_norms[#g..], #groups,
+                );
+            }
+        }
+    };
     quote! {{
         #zero
         #dims
-        #lstm::lstm_norms_sq(&DIMS, n, #s_ih, #s_hh, #x, #hprev, #delta, #scratch, &mut sq_norms[#g..], #groups);
+        #call
     }}
 }
 
-/// The clipped sum by book-keeping, `dp_kernels::lstm::lstm_clipped_sum`: it scales δ by the factors
+/// With kept gradients, their weighted sum. Otherwise the clipped sum by book-keeping,
+/// `dp_kernels::lstm::lstm_clipped_sum`: it scales δ by the factors
 /// and zeroes the input and `h_{t−1}` rows of examples with factor 0 (so NaN there cannot reach the
 /// sum), consuming all three. δ is kept (the kernel scales a copy in the dead gates buffer), and the
 /// input is consumed in place only when the LSTM is its sole reader, else in a private copy; zeroing
 /// those rows again is harmless, so the clipped sum can be repeated.
 pub fn clipped_sum(plan: &Plan, s: &LstmStep) -> TokenStream {
+    if let Some(kept) = s.kept {
+        return kept_clipped_sum(plan, kept, s.group, s.w_ih, s.bias);
+    }
     let groups = lit(plan.groups.len());
     let (dims, grads, g) = (dims(plan, s), grads(plan, s), lit(s.group));
     let (delta, hprev, scaled) = (read(Buf::Arena(s.delta)), write(s.hprev), write(s.gates));

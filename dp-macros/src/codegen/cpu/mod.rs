@@ -100,7 +100,7 @@ impl Backend for Cpu {
     fn clipped_sum(&self, plan: &Plan, layer: Layer<'_>) -> TokenStream {
         match layer {
             Layer::Linear(s) => linear::clipped_sum(plan, s),
-            Layer::Conv2d(s) => conv2d::weight_gradient(plan, s, true),
+            Layer::Conv2d(s) => conv2d::clipped_sum(plan, s),
             Layer::Norm(s) => norm_layer::clipped_sum(plan, s),
             Layer::Embedding(s) => embedding::clipped_sum(plan, s),
             Layer::Lstm(s) => lstm::clipped_sum(plan, s),
