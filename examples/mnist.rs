@@ -1,5 +1,5 @@
-//! The main job: MNIST to ε = 3 (δ = 1e-5) with the project's best recipe that runs in about five
-//! minutes on a 2-core machine, printing test accuracy and ε.
+//! The main job: MNIST to ε = 3 (δ = 1e-5) with the project's best recipe, printing test accuracy
+//! and ε: about 4–7 minutes on a 2-core machine, depending on the machine (docs/ACCURACY.md).
 //!
 //! ```sh
 //! cargo run --release --example mnist                      # the full run
