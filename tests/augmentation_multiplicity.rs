@@ -220,13 +220,15 @@ struct Tokens {
     fc: Linear,
 }
 
-fn refusal<M: DpModel>(
+/// The error of a one-step run with `views` views of `augmentation`, under `memory_budget` if given.
+fn fit_error<M: DpModel>(
     model: &mut M,
     data: &Dataset<M::Input>,
     views: usize,
     augmentation: Augmentation,
-) -> String {
-    let error = Trainer::new(model)
+    memory_budget: Option<usize>,
+) -> Error {
+    let mut trainer = Trainer::new(model)
         .optimizer(dp::optim::Sgd::new(0.1))
         .clip_norm(1.0)
         .noise_multiplier(1.0)
@@ -234,9 +236,20 @@ fn refusal<M: DpModel>(
         .steps(1)
         .allow_large_delta(true)
         .quiet(true)
-        .augmentation_multiplicity(views, augmentation)
-        .fit(data, None)
-        .unwrap_err();
+        .augmentation_multiplicity(views, augmentation);
+    if let Some(bytes) = memory_budget {
+        trainer = trainer.memory_budget(bytes);
+    }
+    trainer.fit(data, None).unwrap_err()
+}
+
+fn refusal<M: DpModel>(
+    model: &mut M,
+    data: &Dataset<M::Input>,
+    views: usize,
+    augmentation: Augmentation,
+) -> String {
+    let error = fit_error(model, data, views, augmentation, None);
     match &error {
         Error::InvalidArgument { name, .. } => assert!(name.starts_with("augmentation"), "{error}"),
         other => panic!("expected a refused argument, got {other}"),
@@ -265,19 +278,8 @@ fn settings_that_cannot_give_views_are_refused_naming_them() {
     let message = refusal(&mut Tokens::init(&mut ChaCha8Rng::seed_from_u64(1)), &tokens, 2, AUGMENTATION);
     assert!(message.contains("token ids"), "{message}");
 
-    let mut small_budget = model();
-    let error = Trainer::new(&mut small_budget)
-        .optimizer(dp::optim::Sgd::new(0.1))
-        .clip_norm(1.0)
-        .noise_multiplier(1.0)
-        .expected_batch_size(2)
-        .steps(1)
-        .allow_large_delta(true)
-        .quiet(true)
-        .memory_budget(SmallCnn::WORKSPACE_FIXED * 4 + SmallCnn::WORKSPACE_PER_EXAMPLE * 4 * 3)
-        .augmentation_multiplicity(8, AUGMENTATION)
-        .fit(&data, None)
-        .unwrap_err();
+    let budget = SmallCnn::WORKSPACE_FIXED * 4 + SmallCnn::WORKSPACE_PER_EXAMPLE * 4 * 3;
+    let error = fit_error(&mut model(), &data, 8, AUGMENTATION, Some(budget));
     assert!(error.to_string().contains("do not fit the memory budget"), "{error}");
 }
 

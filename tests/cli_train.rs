@@ -566,31 +566,8 @@ fn augmentation_multiplicity_runs_on_image_models_and_is_refused_elsewhere() {
     refused(mnist_run(&["--augment-views", "3"]), "every view is the image itself");
     refused(mnist_run(&["--augment-views", "0", "--augment-flip"]), "at least 1");
     refused(mnist_run(&["--augment-views", "2", "--augment-crop", "28"]), "crop padding 28");
-    let out = dp(&[
-        "train",
-        "--model",
-        "ffnn",
-        "--data",
-        ADULT,
-        "--noise-multiplier",
-        "1",
-        "--max-steps",
-        "1",
-        "--augment-views",
-        "2",
-        "--augment-flip",
-    ]);
+    let out = dp(&adult_args("ffnn", &["--noise-multiplier", "1", "--augment-views", "2", "--augment-flip"]));
     refused(out, "not an image");
-    let out = dp(&[
-        "train",
-        "--model",
-        "mnist-cnn",
-        "--data",
-        s(&mnist),
-        "--augment-crop",
-        "2",
-        "--noise-multiplier",
-        "1",
-    ]);
+    let out = mnist_run(&["--augment-crop", "2"]);
     assert_eq!(out.status.code(), Some(2), "--augment-crop needs --augment-views");
 }
