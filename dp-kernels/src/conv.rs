@@ -1,12 +1,14 @@
-//! 2-D convolution over NCHW batches: im2col/col2im, forward (one product per example and group,
-//! bias fused), backward to the input, and the weight gradient as a layer applied at `out_h·out_w`
-//! positions (see [`crate::per_example`]).
+//! 2-D convolution over NCHW batches on channel-major patches: im2col/col2im, the forward (one
+//! product per example and group, bias fused), the backward to the input, and the output gradient as
+//! the `Δ` of the weight, a layer applied at `out_h·out_w` positions (see [`crate::per_example`]).
 //!
 //! Layouts: input `[batch][in_c][in_h][in_w]`, output `[batch][out_c][out_h][out_w]` (PyTorch's NCHW),
-//! weight `[out_c][in_c/groups][kh][kw]`, bias `[out_c]`. Patches (the `A` of the per-example machinery)
-//! are `[groups][batch][T][d]` with `T = out_h·out_w` positions and `d = (in_c/groups)·kh·kw` values
-//! per patch, ordered like a weight row; output gradients turned into rows (the `Δ`) are
-//! `[groups][batch][T][out_c/groups]`.
+//! weight `[out_c][in_c/groups][kh][kw]`, bias `[out_c]`. Patches (the `A` of the per-example
+//! machinery) are `[groups][batch][d][T]`, `T = out_h·out_w` positions, `d = (in_c/groups)·kh·kw`
+//! values per patch ordered like a weight row: row `k` of an example holds patch value `k` at every
+//! position (Caffe's im2col). With stride 1 each output row's stretch of a patch row is a shifted copy
+//! of one input row, so unfolding is contiguous copies and folding contiguous additions; and the NCHW
+//! output gradient is already `[p][T]` per example and group, so no product needs a transposition.
 
 use rayon::prelude::*;
 
@@ -15,13 +17,18 @@ use crate::gemm::{product_for, Op};
 // The geometry is shared with the compiler, which plans with the same formulas.
 pub use dp_spec::Conv2dGeometry;
 
-/// Scratch `f32`s per parallel slot of [`conv2d_backward_input`]: one example's patch gradients of
-/// one group. `k` slots let `k` examples run in parallel.
+/// Scratch `f32`s per parallel slot of [`conv2d_backward_input`]: one example's patch gradients
+/// of one group. `k` slots let `k` examples run in parallel.
 pub const fn backward_input_scratch_len(geom: &Conv2dGeometry) -> usize {
     geom.positions() * geom.patch_len()
 }
 
-/// Unfolds every example of `x` into `patches` (`[groups][batch][T][d]`); taps in the padding are 0.
+/// The input row read by kernel row `ki` at output row `oh`, `None` in the padding.
+fn input_row(geom: &Conv2dGeometry, oh: usize, ki: usize) -> Option<usize> {
+    (oh * geom.stride + ki * geom.dilation).checked_sub(geom.padding).filter(|&ih| ih < geom.in_h)
+}
+
+/// Unfolds every example of `x` into `patches` (`[groups][batch][d][T]`); taps in the padding are 0.
 pub fn im2col(geom: &Conv2dGeometry, batch: usize, x: &[f32], patches: &mut [f32]) {
     geom.assert_valid();
     let unit = geom.positions() * geom.patch_len();
@@ -32,8 +39,179 @@ pub fn im2col(geom: &Conv2dGeometry, batch: usize, x: &[f32], patches: &mut [f32
     }
     patches[..batch * geom.patches_len()].par_chunks_mut(unit).enumerate().for_each(|(u, out)| {
         let (q, i) = (u / batch, u % batch);
-        let x_i = &x[i * geom.input_len()..(i + 1) * geom.input_len()];
-        im2col_one(geom, q, x_i, out);
+        im2col_one(geom, q, &x[i * geom.input_len()..(i + 1) * geom.input_len()], out);
+    });
+}
+
+/// Patches of group `q` of one example (`[d][T]`): per column row and output row, one copy over the
+/// output columns whose tap is inside the input (its range computed once), zeros outside.
+fn im2col_one(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [f32]) {
+    let columns = ColumnRanges::new(geom);
+    let (t, ow_n, cg) = (geom.positions(), geom.out_w(), geom.in_c / geom.groups);
+    let (s, dil, pad) = (geom.stride, geom.dilation, geom.padding);
+    let plane_len = geom.in_h * geom.in_w;
+    for cl in 0..cg {
+        let plane = &x[(q * cg + cl) * plane_len..(q * cg + cl + 1) * plane_len];
+        for ki in 0..geom.kh {
+            for kj in 0..geom.kw {
+                let k = (cl * geom.kh + ki) * geom.kw + kj;
+                let (lo, hi) = columns.get(kj);
+                for (oh, dst) in out[k * t..(k + 1) * t].chunks_exact_mut(ow_n).enumerate() {
+                    let Some(ih) = input_row(geom, oh, ki) else {
+                        dst.fill(0.0);
+                        continue;
+                    };
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
+                    if lo < hi {
+                        let src = &plane[ih * geom.in_w + lo * s + kj * dil - pad..];
+                        if s == 1 {
+                            dst[lo..hi].copy_from_slice(&src[..hi - lo]);
+                        } else {
+                            strided_copy(src, s, &mut dst[lo..], 1, hi - lo);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// ADDS the patch gradients of group `q` of one example (`[d][T]`) back onto its input gradient,
+/// every value onto the input position [`im2col_one`] read it from (taps in the padding skipped).
+fn col2im_one(geom: &Conv2dGeometry, q: usize, cols: &[f32], dx: &mut [f32]) {
+    let columns = ColumnRanges::new(geom);
+    let (t, ow_n, cg) = (geom.positions(), geom.out_w(), geom.in_c / geom.groups);
+    let (s, dil, pad) = (geom.stride, geom.dilation, geom.padding);
+    let plane_len = geom.in_h * geom.in_w;
+    for cl in 0..cg {
+        let plane = &mut dx[(q * cg + cl) * plane_len..(q * cg + cl + 1) * plane_len];
+        for ki in 0..geom.kh {
+            for kj in 0..geom.kw {
+                let k = (cl * geom.kh + ki) * geom.kw + kj;
+                let (lo, hi) = columns.get(kj);
+                if lo >= hi {
+                    continue;
+                }
+                for (oh, src) in cols[k * t..(k + 1) * t].chunks_exact(ow_n).enumerate() {
+                    let Some(ih) = input_row(geom, oh, ki) else { continue };
+                    let dst = &mut plane[ih * geom.in_w + lo * s + kj * dil - pad..];
+                    if s == 1 {
+                        for (d, &v) in dst[..hi - lo].iter_mut().zip(&src[lo..hi]) {
+                            *d += v;
+                        }
+                    } else {
+                        strided_add(&src[lo..], 1, dst, s, hi - lo);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Forward from patches unfolded by [`im2col`]: `out[i][o][t] = bias[o] + Σ_k W[o][k]·patches[k][t]`.
+pub fn conv2d_forward_from_patches(
+    geom: &Conv2dGeometry,
+    batch: usize,
+    patches: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    geom.assert_valid();
+    let (t, d, pg) = (geom.positions(), geom.patch_len(), geom.out_per_group());
+    assert!(patches.len() >= batch * geom.patches_len(), "conv2d: patches has {} values", patches.len());
+    assert!(weight.len() >= geom.weight_len(), "conv2d: weight has {} values", weight.len());
+    assert!(out.len() >= batch * geom.output_len(), "conv2d: output has {} values", out.len());
+    if let Some(b) = bias {
+        assert!(b.len() >= geom.out_c, "conv2d: bias has {} values", b.len());
+    }
+    if pg * t == 0 {
+        return;
+    }
+    // One block per (example, group): out_c/groups channel planes of T values. The blocks run in
+    // parallel, so each product stays on its thread unless there is only one.
+    let product = product_for(batch * geom.groups > 1);
+    out[..batch * geom.output_len()].par_chunks_mut(pg * t).enumerate().for_each(|(u, block)| {
+        let (i, q) = (u / geom.groups, u % geom.groups);
+        let beta = match bias {
+            Some(b) => {
+                for (o, plane) in block.chunks_mut(t).enumerate() {
+                    plane.fill(b[q * pg + o]);
+                }
+                1.0
+            }
+            None => 0.0,
+        };
+        let patches_u = &patches[(q * batch + i) * t * d..(q * batch + i + 1) * t * d];
+        product(Op::N, Op::N, pg, t, d, 1.0, &weight[q * pg * d..(q + 1) * pg * d], patches_u, beta, block);
+    });
+}
+
+/// Backward to the input: `dx` (overwritten, `[batch][in_c][in_h][in_w]`) from the NCHW output
+/// gradient `dout`, per example and group the fold of `W_qᵀ·δ_q`. `scratch` holds one or more slots
+/// of [`backward_input_scratch_len`]; slots run in parallel. The patch gradients are formed in
+/// channel-major order, so the fold adds contiguous stretches.
+pub fn conv2d_backward_input(
+    geom: &Conv2dGeometry,
+    batch: usize,
+    dout: &[f32],
+    weight: &[f32],
+    scratch: &mut [f32],
+    dx: &mut [f32],
+) {
+    geom.assert_valid();
+    if batch == 0 {
+        return;
+    }
+    let (t, d, pg) = (geom.positions(), geom.patch_len(), geom.out_per_group());
+    assert!(dout.len() >= batch * geom.output_len(), "conv2d: output gradient has {} values", dout.len());
+    assert!(weight.len() >= geom.weight_len(), "conv2d: weight has {} values", weight.len());
+    assert!(dx.len() >= batch * geom.input_len(), "conv2d: input gradient has {} values", dx.len());
+    let slot_len = backward_input_scratch_len(geom).max(1);
+    // No more slots than threads: a slot reused example after example stays in cache.
+    let slots = (scratch.len() / slot_len).min(batch).min(rayon::current_num_threads());
+    assert!(slots >= 1, "conv2d backward: scratch has {} values, one slot needs {slot_len}", scratch.len());
+    let per_slot = batch.div_ceil(slots);
+    let product = product_for(slots > 1);
+    dx[..batch * geom.input_len()]
+        .par_chunks_mut(per_slot * geom.input_len())
+        .zip(scratch.par_chunks_mut(slot_len))
+        .enumerate()
+        .for_each(|(k, (dx_k, cols))| {
+            for (j, dx_i) in dx_k.chunks_mut(geom.input_len()).enumerate() {
+                let i = k * per_slot + j;
+                dx_i.fill(0.0);
+                if t * d == 0 {
+                    continue;
+                }
+                let dout_i = &dout[i * geom.output_len()..(i + 1) * geom.output_len()];
+                for q in 0..geom.groups {
+                    let cols = &mut cols[..t * d];
+                    let w_q = &weight[q * pg * d..(q + 1) * pg * d];
+                    let dout_q = &dout_i[q * pg * t..(q + 1) * pg * t];
+                    product(Op::T, Op::N, d, t, pg, 1.0, w_q, dout_q, 0.0, cols);
+                    col2im_one(geom, q, cols, dx_i);
+                }
+            }
+        });
+}
+
+/// Regroups the NCHW output gradient `dout` (`[batch][out_c][T]`) as the `Δ` of the per-example
+/// machinery, `[groups][batch][out_c/groups][T]` (channel-major, [`Conv2dGeometry::layer`]): a copy
+/// of contiguous planes, the identity order for an ungrouped conv.
+pub fn output_grad_by_group(geom: &Conv2dGeometry, batch: usize, dout: &[f32], delta: &mut [f32]) {
+    let block = geom.positions() * geom.out_per_group();
+    assert!(dout.len() >= batch * geom.output_len(), "conv2d: output gradient has {} values", dout.len());
+    assert!(delta.len() >= batch * geom.output_len(), "conv2d: delta has {} values", delta.len());
+    if block == 0 {
+        return;
+    }
+    delta[..batch * geom.output_len()].par_chunks_mut(block).enumerate().for_each(|(u, rows)| {
+        let (q, i) = (u / batch, u % batch);
+        rows.copy_from_slice(
+            &dout[i * geom.output_len() + q * block..i * geom.output_len() + (q + 1) * block],
+        );
     });
 }
 
@@ -95,18 +273,6 @@ fn strided_copy(src: &[f32], src_step: usize, dst: &mut [f32], dst_step: usize, 
     }
 }
 
-/// `dst[j·step] = 0` for `j < n`, bounds checked once (see [`strided_copy`]).
-fn strided_fill(dst: &mut [f32], step: usize, n: usize) {
-    if n == 0 {
-        return;
-    }
-    assert!((n - 1) * step < dst.len(), "strided fill out of bounds");
-    for j in 0..n {
-        // SAFETY: j < n, and the assert above bounds the index at j = n − 1.
-        unsafe { *dst.get_unchecked_mut(j * step) = 0.0 };
-    }
-}
-
 /// `dst[j·dst_step] += src[j·src_step]` for `j < n`, bounds checked once (see [`strided_copy`]).
 fn strided_add(src: &[f32], src_step: usize, dst: &mut [f32], dst_step: usize, n: usize) {
     if n == 0 {
@@ -117,218 +283,6 @@ fn strided_add(src: &[f32], src_step: usize, dst: &mut [f32], dst_step: usize, n
         // SAFETY: j < n, and the assert above bounds both indices at j = n − 1.
         unsafe { *dst.get_unchecked_mut(j * dst_step) += *src.get_unchecked(j * src_step) };
     }
-}
-
-/// Patches of group `q` of one example, `[T][d]`. For every output row, channel and kernel row, each
-/// kernel column is one strided copy over the output columns whose tap is inside the input (its
-/// range computed once), zeros outside: no test per value.
-fn im2col_one(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [f32]) {
-    let columns = ColumnRanges::new(geom);
-    let cg = geom.in_c / geom.groups;
-    let d = geom.patch_len();
-    let (ow_n, s, dil, pad) = (geom.out_w(), geom.stride, geom.dilation, geom.padding);
-    let plane_len = geom.in_h * geom.in_w;
-    for (oh, rows) in out[..geom.positions() * d].chunks_exact_mut(ow_n * d).enumerate() {
-        for cl in 0..cg {
-            let plane = &x[(q * cg + cl) * plane_len..(q * cg + cl + 1) * plane_len];
-            for ki in 0..geom.kh {
-                let k0 = (cl * geom.kh + ki) * geom.kw;
-                let ih = (oh * s + ki * dil).checked_sub(pad).filter(|&ih| ih < geom.in_h);
-                let Some(ih) = ih else {
-                    for row in rows.chunks_exact_mut(d) {
-                        row[k0..k0 + geom.kw].fill(0.0);
-                    }
-                    continue;
-                };
-                let src = &plane[ih * geom.in_w..(ih + 1) * geom.in_w];
-                for kj in 0..geom.kw {
-                    let (lo, hi) = columns.get(kj);
-                    let k = k0 + kj;
-                    strided_fill(&mut rows[k..], d, lo);
-                    if hi < ow_n {
-                        strided_fill(&mut rows[hi * d + k..], d, ow_n - hi);
-                    }
-                    if lo < hi {
-                        strided_copy(&src[lo * s + kj * dil - pad..], s, &mut rows[lo * d + k..], d, hi - lo);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// ADDS the patch gradients of group `q` of one example (`[T][d]`) back onto its input gradient,
-/// in the same order as [`im2col_one`] reads them (taps in the padding are skipped).
-fn col2im_one(geom: &Conv2dGeometry, q: usize, cols: &[f32], dx: &mut [f32]) {
-    let columns = ColumnRanges::new(geom);
-    let cg = geom.in_c / geom.groups;
-    let d = geom.patch_len();
-    let (ow_n, s, dil, pad) = (geom.out_w(), geom.stride, geom.dilation, geom.padding);
-    let plane_len = geom.in_h * geom.in_w;
-    for (oh, rows) in cols[..geom.positions() * d].chunks_exact(ow_n * d).enumerate() {
-        for cl in 0..cg {
-            let plane = &mut dx[(q * cg + cl) * plane_len..(q * cg + cl + 1) * plane_len];
-            for ki in 0..geom.kh {
-                let k0 = (cl * geom.kh + ki) * geom.kw;
-                let Some(ih) = (oh * s + ki * dil).checked_sub(pad).filter(|&ih| ih < geom.in_h) else {
-                    continue;
-                };
-                let dst = &mut plane[ih * geom.in_w..(ih + 1) * geom.in_w];
-                for kj in 0..geom.kw {
-                    let (lo, hi) = columns.get(kj);
-                    if lo < hi {
-                        let first = lo * s + kj * dil - pad;
-                        strided_add(&rows[lo * d + k0 + kj..], d, &mut dst[first..], s, hi - lo);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Folds patch gradients (`[groups][batch][T][d]`) back into input gradients: `dx` is overwritten
-/// with the sum of every patch value that was read from each input position.
-pub fn col2im(geom: &Conv2dGeometry, batch: usize, cols: &[f32], dx: &mut [f32]) {
-    geom.assert_valid();
-    let unit = geom.positions() * geom.patch_len();
-    assert!(cols.len() >= batch * geom.patches_len(), "col2im: patches has {} values", cols.len());
-    assert!(dx.len() >= batch * geom.input_len(), "col2im: input gradient has {} values", dx.len());
-    dx[..batch * geom.input_len()].par_chunks_mut(geom.input_len()).enumerate().for_each(|(i, dx_i)| {
-        dx_i.fill(0.0);
-        for q in 0..geom.groups {
-            let u = q * batch + i;
-            col2im_one(geom, q, &cols[u * unit..(u + 1) * unit], dx_i);
-        }
-    });
-}
-
-/// Forward from patches already unfolded by [`im2col`].
-pub fn conv2d_forward_from_patches(
-    geom: &Conv2dGeometry,
-    batch: usize,
-    patches: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-) {
-    geom.assert_valid();
-    let (t, d, pg) = (geom.positions(), geom.patch_len(), geom.out_per_group());
-    assert!(patches.len() >= batch * geom.patches_len(), "conv2d: patches has {} values", patches.len());
-    assert!(weight.len() >= geom.weight_len(), "conv2d: weight has {} values", weight.len());
-    assert!(out.len() >= batch * geom.output_len(), "conv2d: output has {} values", out.len());
-    if let Some(b) = bias {
-        assert!(b.len() >= geom.out_c, "conv2d: bias has {} values", b.len());
-    }
-    // One block per (example, group): out_c/groups channel planes of T values. The blocks run in
-    // parallel, so each product stays on its thread unless there is only one.
-    let product = product_for(batch * geom.groups > 1);
-    out[..batch * geom.output_len()].par_chunks_mut(pg * t).enumerate().for_each(|(u, block)| {
-        let (i, q) = (u / geom.groups, u % geom.groups);
-        let beta = match bias {
-            Some(b) => {
-                for (o, plane) in block.chunks_mut(t).enumerate() {
-                    plane.fill(b[q * pg + o]);
-                }
-                1.0
-            }
-            None => 0.0,
-        };
-        let unit = q * batch + i;
-        let patches_u = &patches[unit * t * d..(unit + 1) * t * d];
-        product(Op::N, Op::T, pg, t, d, 1.0, &weight[q * pg * d..(q + 1) * pg * d], patches_u, beta, block);
-    });
-}
-
-/// Rearranges output gradients `dout` (`[batch][out_c][T]`) into rows `delta` (`[groups][batch][T][p]`),
-/// the `Δ` of the weight's per-example norms and clipped sums and of [`conv2d_backward_input`].
-pub fn output_grad_to_rows(geom: &Conv2dGeometry, batch: usize, dout: &[f32], delta: &mut [f32]) {
-    let (t, pg) = (geom.positions(), geom.out_per_group());
-    assert!(dout.len() >= batch * geom.output_len(), "conv2d: output gradient has {} values", dout.len());
-    assert!(delta.len() >= batch * geom.output_len(), "conv2d: delta has {} values", delta.len());
-    if t * pg == 0 {
-        return;
-    }
-    delta[..batch * geom.output_len()].par_chunks_mut(t * pg).enumerate().for_each(|(u, rows)| {
-        let (q, i) = (u / batch, u % batch);
-        let planes = &dout[i * geom.output_len() + q * pg * t..i * geom.output_len() + (q + 1) * pg * t];
-        transpose(planes, pg, t, rows);
-    });
-}
-
-/// Side of the square tiles [`transpose`] moves: 16 rows of 16 floats read, 16 written, each a
-/// cache line.
-const TRANSPOSE_TILE: usize = 16;
-
-/// `dst` (`cols×rows`) = the transpose of `src` (`rows×cols`), both row-major, tile by tile so that
-/// reads and writes both stay within a few cache lines.
-fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    for r0 in (0..rows).step_by(TRANSPOSE_TILE) {
-        let r1 = (r0 + TRANSPOSE_TILE).min(rows);
-        for c0 in (0..cols).step_by(TRANSPOSE_TILE) {
-            let c1 = (c0 + TRANSPOSE_TILE).min(cols);
-            for r in r0..r1 {
-                let row = &src[r * cols + c0..r * cols + c1];
-                for (c, &v) in (c0..c1).zip(row) {
-                    dst[c * rows + r] = v;
-                }
-            }
-        }
-    }
-}
-
-/// Backward to the input: `dx` (overwritten, `[batch][in_c][in_h][in_w]`) from the output gradient
-/// rows `delta` (see [`output_grad_to_rows`]), per example `col2im(Δ_q·W_q)`. `scratch` holds one or
-/// more slots of [`backward_input_scratch_len`]; slots run in parallel.
-pub fn conv2d_backward_input(
-    geom: &Conv2dGeometry,
-    batch: usize,
-    delta: &[f32],
-    weight: &[f32],
-    scratch: &mut [f32],
-    dx: &mut [f32],
-) {
-    geom.assert_valid();
-    if batch == 0 {
-        return;
-    }
-    let (t, d, pg) = (geom.positions(), geom.patch_len(), geom.out_per_group());
-    assert!(delta.len() >= batch * geom.output_len(), "conv2d: delta has {} values", delta.len());
-    assert!(weight.len() >= geom.weight_len(), "conv2d: weight has {} values", weight.len());
-    assert!(dx.len() >= batch * geom.input_len(), "conv2d: input gradient has {} values", dx.len());
-    let slot_len = backward_input_scratch_len(geom).max(1);
-    // No more slots than threads: a slot reused example after example stays in cache.
-    let slots = (scratch.len() / slot_len).min(batch).min(rayon::current_num_threads());
-    assert!(slots >= 1, "conv2d backward: scratch has {} values, one slot needs {slot_len}", scratch.len());
-    let per_slot = batch.div_ceil(slots);
-    let product = product_for(slots > 1);
-    dx[..batch * geom.input_len()]
-        .par_chunks_mut(per_slot * geom.input_len())
-        .zip(scratch.par_chunks_mut(slot_len))
-        .enumerate()
-        .for_each(|(k, (dx_k, cols))| {
-            for (j, dx_i) in dx_k.chunks_mut(geom.input_len()).enumerate() {
-                let i = k * per_slot + j;
-                dx_i.fill(0.0);
-                for q in 0..geom.groups {
-                    let u = q * batch + i;
-                    let cols = &mut cols[..t * d];
-                    let w_q = &weight[q * pg * d..(q + 1) * pg * d];
-                    product(
-                        Op::N,
-                        Op::N,
-                        t,
-                        d,
-                        pg,
-                        1.0,
-                        &delta[u * t * pg..(u + 1) * t * pg],
-                        w_q,
-                        0.0,
-                        cols,
-                    );
-                    col2im_one(geom, q, cols, dx_i);
-                }
-            }
-        });
 }
 
 #[cfg(test)]
@@ -397,6 +351,43 @@ mod tests {
         ]
     }
 
+    /// Patches against their definition: value `(c, ki, kj)` of position `(oh, ow)` is the input at
+    /// `(oh·stride + ki·dilation − pad, ow·stride + kj·dilation − pad)` of channel `c`, 0 in the padding.
+    #[test]
+    fn patches_match_their_definition() {
+        let mut rng = rng(23);
+        for geom in geometries() {
+            let batch = 3;
+            let (t, d, ow_n, cg) =
+                (geom.positions(), geom.patch_len(), geom.out_w(), geom.in_c / geom.groups);
+            let x = uniform(&mut rng, batch * geom.input_len());
+            let mut patches = vec![f32::NAN; batch * geom.patches_len()];
+            im2col(&geom, batch, &x, &mut patches);
+            for (q, i) in (0..geom.groups).flat_map(|q| (0..batch).map(move |i| (q, i))) {
+                for (pos, k) in (0..t).flat_map(|pos| (0..d).map(move |k| (pos, k))) {
+                    let (oh, ow) = (pos / ow_n, pos % ow_n);
+                    let (cl, ki, kj) = (k / (geom.kh * geom.kw), k / geom.kw % geom.kh, k % geom.kw);
+                    let ih = (oh * geom.stride + ki * geom.dilation) as isize - geom.padding as isize;
+                    let iw = (ow * geom.stride + kj * geom.dilation) as isize - geom.padding as isize;
+                    let inside =
+                        (0..geom.in_h as isize).contains(&ih) && (0..geom.in_w as isize).contains(&iw);
+                    let want = if inside {
+                        let c = q * cg + cl;
+                        x[i * geom.input_len() + (c * geom.in_h + ih as usize) * geom.in_w + iw as usize]
+                    } else {
+                        0.0
+                    };
+                    let got = patches[((q * batch + i) * d + k) * t + pos];
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "{geom:?} group {q} example {i} position {pos} value {k}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn geometry_sizes_and_validation() {
         let mnist = Conv2dGeometry {
@@ -429,8 +420,10 @@ mod tests {
             let mut patches = vec![f32::NAN; batch * geom.patches_len()];
             let mut out = vec![f32::NAN; batch * geom.output_len()];
             conv2d_forward(&geom, batch, &x, &w, Some(&b), &mut patches, &mut out);
+            let mut whole = vec![f32::NAN; batch * geom.patches_len()];
+            im2col(&geom, batch, &x, &mut whole);
             let mut no_bias = vec![f32::NAN; batch * geom.output_len()];
-            conv2d_forward_from_patches(&geom, batch, &patches, &w, None, &mut no_bias);
+            conv2d_forward_from_patches(&geom, batch, &whole, &w, None, &mut no_bias);
             for i in 0..batch {
                 let xi = wide(&x[i * geom.input_len()..(i + 1) * geom.input_len()]);
                 let want = reference_forward(&geom, &xi, &wide(&w), &wide(&b));
@@ -457,11 +450,12 @@ mod tests {
             let mut patches = vec![0.0; batch * geom.patches_len()];
             let mut out = vec![0.0; batch * geom.output_len()];
             conv2d_forward(&geom, batch, &x, &w, Some(&b), &mut patches, &mut out);
+            im2col(&geom, batch, &x, &mut patches);
             let mut delta = vec![f32::NAN; batch * geom.output_len()];
-            output_grad_to_rows(&geom, batch, &r, &mut delta);
+            output_grad_by_group(&geom, batch, &r, &mut delta);
             let mut scratch = vec![f32::NAN; 2 * backward_input_scratch_len(&geom)];
             let mut dx = vec![f32::NAN; batch * geom.input_len()];
-            conv2d_backward_input(&geom, batch, &delta, &w, &mut scratch, &mut dx);
+            conv2d_backward_input(&geom, batch, &r, &w, &mut scratch, &mut dx);
 
             let mut norms = [[0.0f32; 3]; 2];
             for (s, strategy) in [Strategy::Ghost, Strategy::Direct].into_iter().enumerate() {

@@ -7,7 +7,7 @@
 //! fit in the cores' L2. Every product in these passes ADDS over examples or is per example, so
 //! chunking changes no result beyond the order of additions in the weight gradient.
 
-use crate::conv::{conv2d_forward_from_patches, im2col, output_grad_to_rows, Conv2dGeometry};
+use crate::conv::{conv2d_forward_from_patches, im2col, output_grad_by_group, Conv2dGeometry};
 use crate::per_example::{self, Strategy};
 
 /// The patches of one chunk are kept under this many bytes (about one core's L2), unless one
@@ -49,14 +49,14 @@ fn for_each_unfolded_chunk(
     assert!(dout.len() >= batch * output_len, "conv2d {what}: output gradient has {} values", dout.len());
     for_each_chunk(geom, batch, |first, len| {
         im2col(geom, len, &x[first * input_len..(first + len) * input_len], patches);
-        output_grad_to_rows(geom, len, &dout[first * output_len..(first + len) * output_len], rows);
+        output_grad_by_group(geom, len, &dout[first * output_len..(first + len) * output_len], rows);
         pass(first, len, patches, rows);
     });
 }
 
 /// Forward: `out[i][o][t] = bias[o] + Σ_k weight[o][k]·patch_{i,t}[k]`, unfolding chunk by chunk
-/// into `patches` (which needs room for one chunk, see [`chunk_examples`]; a batch's worth is
-/// always enough).
+/// into `patches` (which needs room for one chunk, see [`chunk_examples`];
+/// a batch's worth is always enough).
 pub fn conv2d_forward(
     geom: &Conv2dGeometry,
     batch: usize,
@@ -211,7 +211,7 @@ mod tests {
             assert_close("forward", &out, &wide(&want_out), 1e-6);
 
             let mut whole_rows = vec![0.0; batch * geom.output_len()];
-            output_grad_to_rows(&geom, batch, &dout, &mut whole_rows);
+            output_grad_by_group(&geom, batch, &dout, &mut whole_rows);
             for strategy in [Strategy::Ghost, Strategy::Direct] {
                 let mut slots = vec![f32::NAN; 2 * per_example::scratch_len(strategy, &layer)];
                 let mut norms = vec![0.0f32; 2 * batch];

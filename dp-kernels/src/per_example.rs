@@ -17,13 +17,15 @@
 //!
 //! # Layouts
 //! With `groups` independent blocks (grouped convolutions; 1 otherwise), `A` is `[groups][batch][T][d]`,
-//! `Δ` is `[groups][batch][T][p]`, the weight gradient `[groups][p][d]` (PyTorch's `[out, in/groups]`),
+//! `Δ` is `[groups][batch][T][p]` (position-major; channel-major, [`RowLayout::ChannelMajor`], stores
+//! each example's `A` as `[d][T]` and `Δ` as `[p][T]`, a conv's patches and NCHW output gradient),
+//! the weight gradient `[groups][p][d]` (PyTorch's `[out, in/groups]`),
 //! the bias gradient `[groups][p]`. Per-example outputs (`norms_sq`) and clip factors are read at index
 //! `i * stride`, so a `[batch, parameter groups]` table can be filled column by column.
 
 use rayon::prelude::*;
 
-use crate::gemm::{product_for, sgemm, Op, Product};
+use crate::gemm::{product_for, sgemm, sgemm_serial, sgemm_strided_serial, Op, Product, Strided};
 
 // The strategies, the positional layer and the cost formulas are shared with the compiler, which
 // chooses with the same formulas the kernels run.
@@ -32,7 +34,10 @@ pub use dp_spec::cost::{
     ghost_scratch_len, keeps_gradients, kept_sum_flops, scratch_len, DIRECT_MEMORY_CAP_BYTES, GHOST_TILE,
     KEPT_GRADIENTS_CAP_BYTES,
 };
-pub use dp_spec::{PositionalLayer, Strategy};
+pub use dp_spec::{PositionalLayer, RowLayout, Strategy};
+
+/// Values of the partial gradient sums the channel-major [`sum_outer`] allocates at most (1 MiB).
+const PARTIAL_SUM_VALUES: usize = 1 << 18;
 
 /// Columns summed together on the stack in bias reductions.
 const COLUMN_CHUNK: usize = 64;
@@ -72,9 +77,9 @@ pub fn ghost_norms_sq(
 ) {
     let t = layer.positions;
     per_example_with_scratch(layer, batch, a, delta, scratch, ghost_scratch_len(t), norms_sq, norm_stride, {
-        let (d, p) = (layer.in_width, layer.out_width);
+        let (d, p, layout) = (layer.in_width, layer.out_width, layer.layout);
         move |a_i: &[f32], delta_i: &[f32], slot: &mut [f32], product: Product| {
-            ghost_one(t, d, p, a_i, delta_i, slot, product)
+            ghost_one(layout, t, d, p, a_i, delta_i, slot, product)
         }
     });
 }
@@ -100,9 +105,10 @@ pub fn direct_norms_sq(
         norms_sq,
         norm_stride,
         {
+            let layout = layer.layout;
             move |a_i: &[f32], delta_i: &[f32], slot: &mut [f32], product: Product| {
                 let g = &mut slot[..p * d];
-                product(Op::T, Op::N, p, d, t, 1.0, delta_i, a_i, 0.0, g);
+                example_gradient(layout, product, (t, d, p), delta_i, a_i, 0.0, g);
                 sum_squares(g)
             }
         },
@@ -141,12 +147,43 @@ pub fn kept_direct_norms_sq(
             let unit = q * batch + i;
             let a_i = &a[unit * t * d..(unit + 1) * t * d];
             let delta_i = &delta[unit * t * p..(unit + 1) * t * p];
-            product(Op::T, Op::N, p, d, t, 1.0, delta_i, a_i, 0.0, &mut weights[q * p * d..(q + 1) * p * d]);
+            let g = &mut weights[q * p * d..(q + 1) * p * d];
+            example_gradient(layer.layout, product, (t, d, p), delta_i, a_i, 0.0, g);
             if bias {
-                column_sums(delta_i, t, p, &mut biases[q * p..(q + 1) * p]);
+                let b = &mut biases[q * p..(q + 1) * p];
+                for_each_bias_sum(layer.layout, delta_i, t, p, |j, s| b[j] = s as f32);
             }
         }
     });
+}
+
+/// `g = beta·g + Δ_iᵀ A_i` (`p×d`) for one example and group stored in `layout`.
+fn example_gradient(
+    layout: RowLayout,
+    product: Product,
+    (t, d, p): (usize, usize, usize),
+    delta_i: &[f32],
+    a_i: &[f32],
+    beta: f32,
+    g: &mut [f32],
+) {
+    match layout {
+        RowLayout::PositionMajor => product(Op::T, Op::N, p, d, t, 1.0, delta_i, a_i, beta, g),
+        RowLayout::ChannelMajor => product(Op::N, Op::T, p, d, t, 1.0, delta_i, a_i, beta, g),
+    }
+}
+
+/// Calls `f(j, Σ_t δ_{t,j})` for every output `j < p` of one example and group's `Δ` stored in
+/// `layout`, each sum in f64.
+fn for_each_bias_sum(layout: RowLayout, delta_i: &[f32], t: usize, p: usize, mut f: impl FnMut(usize, f64)) {
+    match layout {
+        RowLayout::PositionMajor => for_each_column_sum(delta_i, t, p, f),
+        RowLayout::ChannelMajor => {
+            for j in 0..p {
+                f(j, delta_i[j * t..(j + 1) * t].iter().map(|&v| v as f64).sum());
+            }
+        }
+    }
 }
 
 /// Runs `form(i, g_i, product)` for every example in parallel, `g_i = kept[i·len..(i+1)·len]`, which
@@ -232,7 +269,10 @@ fn per_example_with_scratch<F>(
 }
 
 /// The ghost norm of one example and group: upper-triangular Gram tiles, off-diagonal terms twice.
+/// Channel-major tiles are strided column blocks, always formed on the calling thread.
+#[allow(clippy::too_many_arguments)]
 fn ghost_one(
+    layout: RowLayout,
     t: usize,
     d: usize,
     p: usize,
@@ -245,7 +285,7 @@ fn ghost_one(
         return 0.0;
     }
     if t == 1 {
-        // A linear layer: ‖δ aᵀ‖² = ‖a‖²‖δ‖², no product needed.
+        // A linear layer: ‖δ aᵀ‖² = ‖a‖²‖δ‖², no product needed (either layout stores a vector).
         return sum_squares(&a[..d]) * sum_squares(&delta[..p]);
     }
     let tile = t.min(GHOST_TILE);
@@ -256,11 +296,25 @@ fn ghost_one(
     while r0 < t {
         let rows = tile.min(t - r0);
         let cols = t - r0;
-        // Rows r0..r0+rows of the Gram against columns r0..t: rows of A from r0 on are contiguous.
-        let a_tail = &a[r0 * d..t * d];
-        let d_tail = &delta[r0 * p..t * p];
-        product(Op::N, Op::T, rows, cols, d, 1.0, a_tail, a_tail, 0.0, gram_a);
-        product(Op::N, Op::T, rows, cols, p, 1.0, d_tail, d_tail, 0.0, gram_d);
+        // Rows r0..r0+rows of the Gram against columns r0..t.
+        match layout {
+            RowLayout::PositionMajor => {
+                // The rows of A from r0 on are contiguous.
+                let a_tail = &a[r0 * d..t * d];
+                let d_tail = &delta[r0 * p..t * p];
+                product(Op::N, Op::T, rows, cols, d, 1.0, a_tail, a_tail, 0.0, gram_a);
+                product(Op::N, Op::T, rows, cols, p, 1.0, d_tail, d_tail, 0.0, gram_d);
+            }
+            RowLayout::ChannelMajor => {
+                // Positions are columns: the tile reads columns r0.. of every row, `t` apart.
+                let gram = |x: &[f32], width: usize, out: &mut [f32]| {
+                    let tail = |op| Strided { data: &x[r0..width * t], stride: t, op };
+                    sgemm_strided_serial(rows, cols, width, 1.0, tail(Op::T), tail(Op::N), 0.0, out, cols);
+                };
+                gram(a, d, gram_a);
+                gram(delta, p, gram_d);
+            }
+        }
         for r in 0..rows {
             let ga = &gram_a[r * cols..(r + 1) * cols];
             let gd = &gram_d[r * cols..(r + 1) * cols];
@@ -293,8 +347,8 @@ pub fn bias_norms_sq(
         let mut total = 0.0f64;
         for q in 0..groups {
             let unit = q * batch + i;
-            let rows = &delta[unit * t * p..(unit + 1) * t * p];
-            for_each_column_sum(rows, t, p, |_, s| total += s * s);
+            let delta_i = &delta[unit * t * p..(unit + 1) * t * p];
+            for_each_bias_sum(layer.layout, delta_i, t, p, |_, s| total += s * s);
         }
         norm[0] += total as f32;
     });
@@ -381,19 +435,57 @@ fn for_each_example_block(
         .for_each(|(u, block)| f(factors[(u % batch) * factor_stride], block));
 }
 
-/// ADDS `Σ_i Δ_iᵀ A_i` into `grad` (`[groups][p][d]`): one product per group over every example's
-/// positions. With `Δ` scaled by the clip factors this is the clipped sum; unscaled, the ordinary
-/// (non-private) weight gradient.
+/// ADDS `Σ_i Δ_iᵀ A_i` into `grad` (`[groups][p][d]`). With `Δ` scaled by the clip factors this is
+/// the clipped sum; unscaled, the ordinary (non-private) weight gradient. Position-major: one product
+/// per group over every example's positions. Channel-major (an example's positions are not rows of
+/// one matrix with the next example's): the examples are split into as many consecutive shares as
+/// partial sums of the gradient fit in [`PARTIAL_SUM_VALUES`], each share's products summed into its
+/// partial (the shares in parallel), the partials then added in order. The shares depend on the
+/// shapes alone, so the bits do not depend on the thread count; with one share the examples' products
+/// are added one after the other, each threaded when large.
 pub fn sum_outer(layer: &PositionalLayer, batch: usize, a: &[f32], delta: &[f32], grad: &mut [f32]) {
     let (t, d, p, groups) = (layer.positions, layer.in_width, layer.out_width, layer.groups);
     check_len("A", a.len(), batch * layer.a_len());
     check_len("delta", delta.len(), batch * layer.delta_len());
     check_len("grad", grad.len(), layer.weight_len());
+    if batch == 0 || p * d == 0 {
+        return;
+    }
     let rows = batch * t;
     for q in 0..groups {
-        let a_q = &a[q * rows * d..(q + 1) * rows * d];
-        let d_q = &delta[q * rows * p..(q + 1) * rows * p];
-        sgemm(Op::T, Op::N, p, d, rows, 1.0, d_q, a_q, 1.0, &mut grad[q * p * d..(q + 1) * p * d]);
+        let g = &mut grad[q * p * d..(q + 1) * p * d];
+        match layer.layout {
+            RowLayout::PositionMajor => {
+                let a_q = &a[q * rows * d..(q + 1) * rows * d];
+                let d_q = &delta[q * rows * p..(q + 1) * rows * p];
+                sgemm(Op::T, Op::N, p, d, rows, 1.0, d_q, a_q, 1.0, g);
+            }
+            RowLayout::ChannelMajor => {
+                let add_examples = |examples: std::ops::Range<usize>, product: Product, acc: &mut [f32]| {
+                    for i in examples {
+                        let u = q * batch + i;
+                        let (a_i, delta_i) =
+                            (&a[u * t * d..(u + 1) * t * d], &delta[u * t * p..(u + 1) * t * p]);
+                        example_gradient(layer.layout, product, (t, d, p), delta_i, a_i, 1.0, acc);
+                    }
+                };
+                let parts = (PARTIAL_SUM_VALUES / (p * d)).clamp(1, batch);
+                if parts == 1 {
+                    add_examples(0..batch, sgemm, g);
+                    continue;
+                }
+                let per_part = batch.div_ceil(parts);
+                let mut partials = vec![0.0f32; parts * p * d];
+                partials.par_chunks_mut(p * d).enumerate().for_each(|(k, acc)| {
+                    add_examples(k * per_part..((k + 1) * per_part).min(batch), sgemm_serial, acc);
+                });
+                for partial in partials.chunks_exact(p * d) {
+                    for (s, &v) in g.iter_mut().zip(partial) {
+                        *s += v;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -407,8 +499,21 @@ pub fn bias_sum(layer: &PositionalLayer, batch: usize, delta: &[f32], grad_bias:
         return;
     }
     let rows = batch * t;
-    grad_bias[..groups * p].par_chunks_mut(p).enumerate().for_each(|(q, g)| {
-        for_each_column_sum(&delta[q * rows * p..(q + 1) * rows * p], rows, p, |j, s| g[j] += s as f32);
+    grad_bias[..groups * p].par_chunks_mut(p).enumerate().for_each(|(q, g)| match layer.layout {
+        RowLayout::PositionMajor => {
+            for_each_column_sum(&delta[q * rows * p..(q + 1) * rows * p], rows, p, |j, s| g[j] += s as f32);
+        }
+        RowLayout::ChannelMajor => {
+            for (j, g_j) in g.iter_mut().enumerate() {
+                let sum: f64 = (0..batch)
+                    .map(|i| {
+                        let row = ((q * batch + i) * p + j) * t;
+                        delta[row..row + t].iter().map(|&v| v as f64).sum::<f64>()
+                    })
+                    .sum();
+                *g_j += sum as f32;
+            }
+        }
     });
 }
 
@@ -566,6 +671,46 @@ mod tests {
             .collect()
     }
 
+    fn position_major(t: usize, d: usize, p: usize, groups: usize) -> PositionalLayer {
+        PositionalLayer { positions: t, in_width: d, out_width: p, groups, layout: RowLayout::PositionMajor }
+    }
+
+    /// `x` stored position-major (`[units][t][width]`) in `layout`: channel-major transposes each unit.
+    fn in_layout(layout: RowLayout, units: usize, t: usize, width: usize, x: &[f32]) -> Vec<f32> {
+        match layout {
+            RowLayout::PositionMajor => x.to_vec(),
+            RowLayout::ChannelMajor => {
+                let mut y = vec![f32::NAN; x.len()];
+                for u in 0..units {
+                    for s in 0..t {
+                        for j in 0..width {
+                            y[(u * width + j) * t + s] = x[(u * t + s) * width + j];
+                        }
+                    }
+                }
+                y
+            }
+        }
+    }
+
+    /// The layer in both layouts, each with its `A` and `Δ` (given position-major).
+    fn both_layouts(
+        layer: &PositionalLayer,
+        batch: usize,
+        a: &[f32],
+        delta: &[f32],
+    ) -> Vec<(PositionalLayer, Vec<f32>, Vec<f32>)> {
+        let (units, t) = (layer.groups * batch, layer.positions);
+        [RowLayout::PositionMajor, RowLayout::ChannelMajor]
+            .into_iter()
+            .map(|layout| {
+                let a = in_layout(layout, units, t, layer.in_width, a);
+                let delta = in_layout(layout, units, t, layer.out_width, delta);
+                (PositionalLayer { layout, ..*layer }, a, delta)
+            })
+            .collect()
+    }
+
     const SHAPES: [(usize, usize, usize, usize); 5] =
         [(1, 7, 3, 1), (5, 4, 6, 1), (9, 3, 5, 2), (70, 6, 4, 1), (130, 2, 3, 3)];
 
@@ -573,7 +718,7 @@ mod tests {
     fn ghost_and_direct_norms_match_reference_with_stride_and_any_slot_count() {
         let mut rng = rng(11);
         for &(t, d, p, groups) in &SHAPES {
-            let layer = PositionalLayer { positions: t, in_width: d, out_width: p, groups };
+            let layer = position_major(t, d, p, groups);
             let batch = 3;
             let a = uniform(&mut rng, batch * layer.a_len());
             let delta = uniform(&mut rng, batch * layer.delta_len());
@@ -581,7 +726,11 @@ mod tests {
                 .iter()
                 .map(|g| g.iter().map(|v| v * v).sum())
                 .collect();
-            for strategy in [Strategy::Ghost, Strategy::Direct] {
+            for ((layer, a, delta), strategy) in
+                both_layouts(&layer, batch, &a, &delta).into_iter().flat_map(|stored| {
+                    [Strategy::Ghost, Strategy::Direct].map(|strategy| (stored.clone(), strategy))
+                })
+            {
                 for slots in [1, 2, batch] {
                     let mut scratch = vec![f32::NAN; slots * scratch_len(strategy, &layer)];
                     // Column 1 of a [batch, 2] table that already holds 0.5 everywhere.
@@ -590,7 +739,7 @@ mod tests {
                     for i in 0..batch {
                         assert_eq!(table[2 * i], 0.5, "column 0 untouched");
                         assert_rel(
-                            &format!("{strategy:?} t={t} d={d} p={p} g={groups} slots={slots} example {i}"),
+                            &format!("{strategy:?} {layer:?} slots={slots} example {i}"),
                             table[2 * i + 1] as f64 - 0.5,
                             want[i],
                             1e-4,
@@ -605,20 +754,25 @@ mod tests {
     fn bias_norms_and_sums_match_reference() {
         let mut rng = rng(12);
         for &(t, d, p, groups) in &SHAPES {
-            let layer = PositionalLayer { positions: t, in_width: d, out_width: 70 + p, groups };
+            let layer = position_major(t, d, 70 + p, groups);
             let batch = 4;
+            let a = vec![0.0f32; batch * layer.a_len()];
             let delta = uniform(&mut rng, batch * layer.delta_len());
             let per_example = reference_bias(&layer, batch, &delta);
-            let mut norms = vec![0.0f32; batch];
-            bias_norms_sq(&layer, batch, &delta, &mut norms, 1);
-            for i in 0..batch {
-                assert_rel("bias norm", norms[i] as f64, per_example[i].iter().map(|v| v * v).sum(), 1e-4);
+            for (layer, _, delta) in both_layouts(&layer, batch, &a, &delta) {
+                let mut norms = vec![0.0f32; batch];
+                bias_norms_sq(&layer, batch, &delta, &mut norms, 1);
+                for i in 0..batch {
+                    let want = per_example[i].iter().map(|v| v * v).sum();
+                    assert_rel(&format!("bias norm {layer:?}"), norms[i] as f64, want, 1e-4);
+                }
+                let mut sum = vec![1.0f32; layer.bias_len()];
+                bias_sum(&layer, batch, &delta, &mut sum);
+                let want: Vec<f64> = (0..layer.bias_len())
+                    .map(|j| 1.0 + per_example.iter().map(|g| g[j]).sum::<f64>())
+                    .collect();
+                assert_close(&format!("bias sum {layer:?}"), &sum, &want, 1e-4);
             }
-            let mut sum = vec![1.0f32; layer.bias_len()];
-            bias_sum(&layer, batch, &delta, &mut sum);
-            let want: Vec<f64> =
-                (0..layer.bias_len()).map(|j| 1.0 + per_example.iter().map(|g| g[j]).sum::<f64>()).collect();
-            assert_close("bias sum", &sum, &want, 1e-4);
         }
     }
 
@@ -626,10 +780,10 @@ mod tests {
     fn clipped_sum_is_one_product_and_never_leaks_nan_of_zero_factor_examples() {
         let mut rng = rng(13);
         for &(t, d, p, groups) in &SHAPES {
-            let layer = PositionalLayer { positions: t, in_width: d, out_width: p, groups };
+            let layer = position_major(t, d, p, groups);
             let batch = 4;
-            let mut a = uniform(&mut rng, batch * layer.a_len());
-            let mut delta = uniform(&mut rng, batch * layer.delta_len());
+            let (mut a, mut delta) =
+                (uniform(&mut rng, batch * layer.a_len()), uniform(&mut rng, batch * layer.delta_len()));
             let grads = reference_grads(&layer, batch, &a, &delta);
             let bias = reference_bias(&layer, batch, &delta);
             // Example 2 is dropped (factor 0) and its activations and gradients are NaN/infinite.
@@ -638,22 +792,24 @@ mod tests {
                 a[unit * t * d] = f32::NAN;
                 delta[unit * t * p + p - 1] = f32::INFINITY;
             }
-            let factors = [0.25f32, 9.0, 3.0, 9.0, 0.0, 9.0, 1.0];
-            let stride = 2; // factors read at 0, 2, 4, 6: example 2 is dropped
-            let mut grad = vec![0.5f32; layer.weight_len()];
-            let mut grad_bias = vec![0.0f32; layer.bias_len()];
-            let mut scaled = delta.clone();
-            scale_examples(groups, batch, t, p, &factors, stride, &mut scaled);
-            bias_sum(&layer, batch, &scaled, &mut grad_bias);
-            clipped_sum(&layer, batch, &factors, stride, &mut a, &mut delta, &mut grad);
-            let c = |i: usize| factors[i * stride] as f64;
-            let want: Vec<f64> = (0..layer.weight_len())
-                .map(|j| 0.5 + (0..batch).map(|i| c(i) * grads[i][j]).sum::<f64>())
-                .collect();
-            assert_close("clipped weight sum", &grad, &want, 1e-4);
-            let want_bias: Vec<f64> =
-                (0..layer.bias_len()).map(|j| (0..batch).map(|i| c(i) * bias[i][j]).sum()).collect();
-            assert_close("clipped bias sum", &grad_bias, &want_bias, 1e-4);
+            for (layer, mut a, mut delta) in both_layouts(&layer, batch, &a, &delta) {
+                let factors = [0.25f32, 9.0, 3.0, 9.0, 0.0, 9.0, 1.0];
+                let stride = 2; // factors read at 0, 2, 4, 6: example 2 is dropped
+                let mut grad = vec![0.5f32; layer.weight_len()];
+                let mut grad_bias = vec![0.0f32; layer.bias_len()];
+                let mut scaled = delta.clone();
+                scale_examples(groups, batch, t, p, &factors, stride, &mut scaled);
+                bias_sum(&layer, batch, &scaled, &mut grad_bias);
+                clipped_sum(&layer, batch, &factors, stride, &mut a, &mut delta, &mut grad);
+                let c = |i: usize| factors[i * stride] as f64;
+                let want: Vec<f64> = (0..layer.weight_len())
+                    .map(|j| 0.5 + (0..batch).map(|i| c(i) * grads[i][j]).sum::<f64>())
+                    .collect();
+                assert_close(&format!("clipped weight sum {layer:?}"), &grad, &want, 1e-4);
+                let want_bias: Vec<f64> =
+                    (0..layer.bias_len()).map(|j| (0..batch).map(|i| c(i) * bias[i][j]).sum()).collect();
+                assert_close(&format!("clipped bias sum {layer:?}"), &grad_bias, &want_bias, 1e-4);
+            }
         }
     }
 
@@ -666,7 +822,7 @@ mod tests {
         // The last shape's gradient (3,000 values) spans two blocks of the parallel sum.
         let shapes = SHAPES.iter().copied().chain([(4, 50, 60, 1)]);
         for (t, d, p, groups) in shapes {
-            let layer = PositionalLayer { positions: t, in_width: d, out_width: p, groups };
+            let layer = position_major(t, d, p, groups);
             let batch = 4;
             let mut a = uniform(&mut rng, batch * layer.a_len());
             let mut delta = uniform(&mut rng, batch * layer.delta_len());
@@ -675,7 +831,10 @@ mod tests {
                 a[unit * t * d] = f32::NAN;
                 delta[unit * t * p + p - 1] = f32::INFINITY;
             }
-            for bias in [false, true] {
+            for ((layer, a, delta), bias) in both_layouts(&layer, batch, &a, &delta)
+                .into_iter()
+                .flat_map(|stored| [false, true].map(|bias| (stored.clone(), bias)))
+            {
                 let len = kept_len(&layer, bias);
                 assert_eq!(len, layer.weight_len() + if bias { layer.bias_len() } else { 0 });
                 let mut kept = vec![f32::NAN; batch * len];
@@ -690,7 +849,7 @@ mod tests {
                 }
                 for i in [0, 1, 3] {
                     assert_eq!(table[2 * i], 0.5, "column 0 untouched");
-                    let what = format!("kept norm t={t} d={d} p={p} g={groups} bias={bias} example {i}");
+                    let what = format!("kept norm {layer:?} bias={bias} example {i}");
                     assert_rel(&what, table[2 * i + 1] as f64, want[2 * i + 1] as f64, 1e-5);
                 }
                 assert!(table[2 * 2 + 1].is_nan(), "the NaN example's norm is NaN (its factor will be 0)");
@@ -708,13 +867,33 @@ mod tests {
                 if bias {
                     want.extend(wide(&want_b));
                 }
-                assert_close(
-                    &format!("weighted sum t={t} d={d} p={p} g={groups} bias={bias}"),
-                    &sum,
-                    &want,
-                    1e-4,
-                );
+                assert_close(&format!("weighted sum {layer:?} bias={bias}"), &sum, &want, 1e-4);
             }
+        }
+    }
+
+    /// The channel-major sum splits the examples by shape, not by thread: the same bits on 1, 2 and 3
+    /// threads, for a small weight (a share per example) and one whose partial fills the budget alone
+    /// (one share, each product threaded).
+    #[test]
+    fn channel_major_sum_is_the_same_bits_whatever_the_threads() {
+        let mut rng = rng(15);
+        for (t, d, p) in [(30, 8, 4), (40, 600, 500)] {
+            let layer = PositionalLayer { layout: RowLayout::ChannelMajor, ..PositionalLayer::new(t, d, p) };
+            let batch = 7;
+            let a = uniform(&mut rng, batch * layer.a_len());
+            let delta = uniform(&mut rng, batch * layer.delta_len());
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| {
+                    let mut grad = vec![0.5f32; layer.weight_len()];
+                    sum_outer(&layer, batch, &a, &delta, &mut grad);
+                    grad.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                })
+            };
+            let one = run(1);
+            assert_eq!(one, run(2), "t={t} d={d} p={p}: 2 threads");
+            assert_eq!(one, run(3), "t={t} d={d} p={p}: 3 threads");
         }
     }
 
@@ -747,7 +926,7 @@ mod tests {
         assert_eq!(choose_strategy(1024, 27, 32, u64::MAX), Strategy::Direct);
         assert_eq!(choose_strategy(1024, 27, 32, direct_bytes(32, 27)), Strategy::Direct);
         assert_eq!(choose_strategy(1024, 27, 32, direct_bytes(32, 27) - 1), Strategy::Ghost);
-        let layer = PositionalLayer { positions: 9, in_width: 4, out_width: 6, groups: 3 };
+        let layer = PositionalLayer { groups: 3, ..PositionalLayer::new(9, 4, 6) };
         assert_eq!(layer.ghost_flops(), 3 * ghost_flops(9, 4, 6));
         assert_eq!(layer.choose_strategy(u64::MAX), choose_strategy(9, 4, 6, u64::MAX));
         assert_eq!((Strategy::Ghost.name(), Strategy::Direct.name()), ("ghost", "direct"));

@@ -1,7 +1,7 @@
 //! The static shapes of the layers whose kernels take a geometry value: the compiler plans buffers and
 //! FLOPs with these methods and emits the same values as literals for the kernels.
 
-use crate::PositionalLayer;
+use crate::{PositionalLayer, RowLayout};
 
 /// The static shape of a convolution (square stride, padding and dilation, PyTorch's defaults 1, 0, 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -110,13 +110,15 @@ impl Conv2dGeometry {
         self.groups * self.positions() * self.patch_len()
     }
 
-    /// The weight as a layer applied at T positions, for norms and clipped sums.
+    /// The weight as a layer applied at T positions, for norms and clipped sums: its `A` is the
+    /// channel-major patches, its `Δ` the NCHW output gradient of each group.
     pub const fn layer(&self) -> PositionalLayer {
         PositionalLayer {
             positions: self.positions(),
             in_width: self.patch_len(),
             out_width: self.out_per_group(),
             groups: self.groups,
+            layout: RowLayout::ChannelMajor,
         }
     }
 

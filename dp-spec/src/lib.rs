@@ -13,5 +13,5 @@ mod positional;
 mod strategy;
 
 pub use geometry::{Conv2dGeometry, LstmDims, Pool2dGeometry};
-pub use positional::PositionalLayer;
+pub use positional::{PositionalLayer, RowLayout};
 pub use strategy::{NormStrategy, Strategy};

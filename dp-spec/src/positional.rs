@@ -3,6 +3,17 @@
 use crate::cost;
 use crate::Strategy;
 
+/// How one example's `A` (`T×d`, the layer's inputs) and `Δ` (`T×p`, its output gradients) are
+/// stored, group by group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RowLayout {
+    /// `A` is `[T][d]`, `Δ` `[T][p]`: one row per position (a sequence's rows, a linear layer's input).
+    PositionMajor,
+    /// `A` is `[d][T]`, `Δ` `[p][T]`: one row per channel (a conv's channel-major patches and its NCHW
+    /// output gradient).
+    ChannelMajor,
+}
+
 /// A layer whose weight (`p×d` per group) is applied at `positions` positions per example: a conv at
 /// every output pixel, an LSTM weight at every step, a linear layer once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -15,12 +26,14 @@ pub struct PositionalLayer {
     pub out_width: usize,
     /// Independent blocks (grouped convolution); 1 for most layers.
     pub groups: usize,
+    /// How `A` and `Δ` are stored; the costs do not depend on it.
+    pub layout: RowLayout,
 }
 
 impl PositionalLayer {
-    /// A layer with a single group.
+    /// A layer with a single group, stored position-major.
     pub const fn new(positions: usize, in_width: usize, out_width: usize) -> Self {
-        PositionalLayer { positions, in_width, out_width, groups: 1 }
+        PositionalLayer { positions, in_width, out_width, groups: 1, layout: RowLayout::PositionMajor }
     }
 
     /// Values of `A` per example (all groups).

@@ -1,6 +1,6 @@
 //! `conv2d` on the CPU. Patches and δ rows live in shared scratch and are re-derived by each pass that
-//! reads them (`im2col` from the kept input, `output_grad_to_rows` from the kept NCHW δ), chunk by
-//! chunk inside `dp_kernels::conv_chunks`. A conv with kept gradients forms them in its norms and its
+//! reads them (`im2col` from the kept input, `output_grad_by_group` from the kept NCHW δ), chunk by
+//! chunk inside `dp_kernels::conv_chunks`; the backward to the input reads the NCHW δ as it is. A conv with kept gradients forms them in its norms and its
 //! clipped sum is their weighted sum.
 
 use super::activation::{fused_backward, fused_forward};
@@ -46,13 +46,11 @@ pub fn backward(plan: &Plan, s: &ConvStep) -> TokenStream {
     let act = fused_backward(s.act, s.delta, s.output, s.geom.output_len());
     let input_grad = s.input_grad.map(|t| {
         let (g, delta, w) = (geom(&s.geom), read(Buf::Arena(s.delta)), param(plan, s.weight));
-        let (rows, patches, dx) = (scratch(plan.scratch.rows), scratch(plan.scratch.patches), write(t.write));
-        let rows_read = read(Buf::Arena(plan.scratch.rows.expect("sized")));
+        let (patches, dx) = (scratch(plan.scratch.patches), write(t.write));
         let (acc, conv) = (accumulate(t), kernels::conv());
         quote! {{
             let geom = #g;
-            #conv::output_grad_to_rows(&geom, n, #delta, #rows);
-            #conv::conv2d_backward_input(&geom, n, #rows_read, #w, #patches, #dx);
+            #conv::conv2d_backward_input(&geom, n, #delta, #w, #patches, #dx);
             #acc
         }}
     });
