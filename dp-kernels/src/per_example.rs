@@ -165,7 +165,7 @@ pub fn kept_direct_norms_sq(
 ///
 /// Channel-major, the product runs as `g_t = A_i·Δ_iᵀ` (`d×p`) into a scratch of the calling thread
 /// and is transposed into `g`: the GEMM then packs the small `Δ_i` instead of the `d×T` patches,
-/// which measured 1.2–2.3× faster on the conv shapes of the built-in models (the `p·d` copy is
+/// which measured up to 2.3× faster on the conv shapes of the built-in models (the `p·d` copy is
 /// negligible against the `2·T·p·d` product).
 fn example_gradient(
     layout: RowLayout,
