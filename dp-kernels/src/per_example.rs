@@ -183,11 +183,7 @@ fn example_gradient(
             }
             let g_t = &mut g_t[..p * d];
             transposed_gradient(product, (t, d, p), delta_i, a_i, 0.0, g_t);
-            for (k, row) in g_t.chunks_exact(p).enumerate() {
-                for (o, &v) in row.iter().enumerate() {
-                    g[o * d + k] = v;
-                }
-            }
+            untranspose(g_t, p, g, |entry, v| *entry = v);
         }),
     }
 }
@@ -202,6 +198,17 @@ fn transposed_gradient(
     g_t: &mut [f32],
 ) {
     product(Op::N, Op::T, d, p, t, 1.0, a_i, delta_i, beta, g_t);
+}
+
+/// Calls `combine(&mut g[o·d + k], g_t[k·p + o])` for every entry of the `d×p` transposed gradient
+/// `g_t`: writes or adds it into `g` in the weight's order (`p×d`).
+fn untranspose(g_t: &[f32], p: usize, g: &mut [f32], combine: impl Fn(&mut f32, f32)) {
+    let d = g_t.len() / p;
+    for (k, row) in g_t.chunks_exact(p).enumerate() {
+        for (o, &v) in row.iter().enumerate() {
+            combine(&mut g[o * d + k], v);
+        }
+    }
 }
 
 thread_local! {
@@ -518,11 +525,7 @@ pub fn sum_outer(layer: &PositionalLayer, batch: usize, a: &[f32], delta: &[f32]
                     });
                 }
                 for partial in partials.chunks_exact(p * d) {
-                    for (k, row) in partial.chunks_exact(p).enumerate() {
-                        for (o, &v) in row.iter().enumerate() {
-                            g[o * d + k] += v;
-                        }
-                    }
+                    untranspose(partial, p, g, |entry, v| *entry += v);
                 }
             }
         }
