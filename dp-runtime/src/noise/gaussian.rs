@@ -46,7 +46,14 @@ struct Ziggurat {
     edge: [f64; LAYERS + 1],
     ratio: [f64; LAYERS],
     density: [f64; LAYERS + 1],
+    /// (x_{i+1}/x_i, x_i) side by side, for the vector paths: one 16-byte load per word fetches both
+    /// values of its layer (gathers, slow on many x86 cores, are avoided).
+    ratio_edge: RatioEdge,
 }
+
+/// Layer i's ratio and edge at `[i][0]` and `[i][1]`, aligned so that no pair straddles a cache line.
+#[repr(C, align(64))]
+struct RatioEdge([[f64; 2]; LAYERS]);
 
 fn ziggurat() -> &'static Ziggurat {
     static TABLES: OnceLock<Ziggurat> = OnceLock::new();
@@ -65,7 +72,8 @@ fn ziggurat() -> &'static Ziggurat {
             ratio[i] = edge[i + 1] / edge[i];
         }
         let density = edge.map(|x| (-0.5 * x * x).exp());
-        Ziggurat { edge, ratio, density }
+        let ratio_edge = RatioEdge(std::array::from_fn(|i| [ratio[i], edge[i]]));
+        Ziggurat { edge, ratio, density, ratio_edge }
     })
 }
 
@@ -234,7 +242,7 @@ pub fn fill_chunk(key: &[u8; 32], chunk: u64, out: &mut [f64]) {
 enum FastPath {
     /// One word at a time.
     Scalar,
-    /// Four words at a time (AVX2 gathers).
+    /// Four words at a time (AVX2).
     #[cfg(target_arch = "x86_64")]
     Avx2,
     /// Eight words at a time (AVX-512F).
@@ -319,24 +327,33 @@ mod x86 {
         words: &[u64; WORDS_PER_CALL],
         out: &mut [f64; WORDS_PER_CALL],
     ) -> u128 {
-        let layer_mask = _mm512_set1_epi64(0xff);
+        let pairs = &tables.ratio_edge.0;
         let mantissa_mask = _mm512_set1_epi64(0x000f_ffff_ffff_ffff);
         let one = _mm512_set1_epi64(0x3ff0_0000_0000_0000);
         let top_bit = _mm512_set1_epi64(i64::MIN);
         let (one_f, two_f) = (_mm512_set1_pd(1.0), _mm512_set1_pd(2.0));
         let mut rejected = 0u128;
         for (group, (bits, values)) in words.chunks_exact(8).zip(out.chunks_exact_mut(8)).enumerate() {
-            // SAFETY: `bits` and `values` hold 8 elements each (unaligned access); the gather indices
-            // are below 256, the length of both tables.
+            // SAFETY: `bits` and `values` hold 8 elements each (unaligned access); each pair is 16-byte
+            // aligned (the table is 64-byte aligned, a pair 16 bytes) for the aligned loads.
             unsafe {
                 let w = _mm512_loadu_si512(bits.as_ptr().cast());
-                let layer = _mm512_and_si512(w, layer_mask);
                 let mantissa = _mm512_and_si512(_mm512_srli_epi64::<11>(w), mantissa_mask);
                 let one_m = _mm512_castsi512_pd(_mm512_or_si512(mantissa, one));
                 let top = _mm512_test_epi64_mask(w, top_bit);
                 let u = _mm512_sub_pd(one_m, _mm512_mask_blend_pd(top, two_f, one_f));
-                let ratio = _mm512_i64gather_pd::<8>(layer, tables.ratio.as_ptr());
-                let edge = _mm512_i64gather_pd::<8>(layer, tables.edge.as_ptr());
+                // Pairs of words 0, 2, 4, 6 in `even`, of 1, 3, 5, 7 in `odd`: [r e r e ...] each, so
+                // the low halves interleave into the eight ratios and the high halves into the edges.
+                let pair = |k: usize| _mm_castpd_ps(_mm_load_pd(pairs[bits[k] as u8 as usize].as_ptr()));
+                let four = |k: usize| {
+                    let v = _mm512_castps128_ps512(pair(k));
+                    let v = _mm512_insertf32x4::<1>(v, pair(k + 2));
+                    let v = _mm512_insertf32x4::<2>(v, pair(k + 4));
+                    _mm512_castps_pd(_mm512_insertf32x4::<3>(v, pair(k + 6)))
+                };
+                let (even, odd) = (four(0), four(1));
+                let ratio = _mm512_unpacklo_pd(even, odd);
+                let edge = _mm512_unpackhi_pd(even, odd);
                 let inside = _mm512_cmp_pd_mask::<_CMP_LT_OQ>(_mm512_abs_pd(u), ratio);
                 _mm512_storeu_pd(values.as_mut_ptr(), _mm512_mul_pd(u, edge));
                 rejected |= u128::from(!inside) << (8 * group);
@@ -353,23 +370,26 @@ mod x86 {
         words: &[u64; WORDS_PER_CALL],
         out: &mut [f64; WORDS_PER_CALL],
     ) -> u128 {
-        let layer_mask = _mm256_set1_epi64x(0xff);
+        let pairs = &tables.ratio_edge.0;
         let mantissa_mask = _mm256_set1_epi64x(0x000f_ffff_ffff_ffff);
         let one = _mm256_set1_epi64x(0x3ff0_0000_0000_0000);
         let magnitude = _mm256_castsi256_pd(_mm256_set1_epi64x(i64::MAX));
         let (one_f, two_f) = (_mm256_set1_pd(1.0), _mm256_set1_pd(2.0));
         let mut rejected = 0u128;
         for (group, (bits, values)) in words.chunks_exact(4).zip(out.chunks_exact_mut(4)).enumerate() {
-            // SAFETY: `bits` and `values` hold 4 elements each (unaligned access); the gather indices
-            // are below 256, the length of both tables.
+            // SAFETY: `bits` and `values` hold 4 elements each (unaligned access); each pair is 16-byte
+            // aligned (the table is 64-byte aligned, a pair 16 bytes) for the aligned loads.
             unsafe {
                 let w = _mm256_loadu_si256(bits.as_ptr().cast());
-                let layer = _mm256_and_si256(w, layer_mask);
                 let mantissa = _mm256_and_si256(_mm256_srli_epi64::<11>(w), mantissa_mask);
                 let one_m = _mm256_castsi256_pd(_mm256_or_si256(mantissa, one));
                 let u = _mm256_sub_pd(one_m, _mm256_blendv_pd(two_f, one_f, _mm256_castsi256_pd(w)));
-                let ratio = _mm256_i64gather_pd::<8>(tables.ratio.as_ptr(), layer);
-                let edge = _mm256_i64gather_pd::<8>(tables.edge.as_ptr(), layer);
+                // Pairs of words 0 and 2 in `even`, of 1 and 3 in `odd` (as the AVX-512 path).
+                let pair = |k: usize| _mm_load_pd(pairs[bits[k] as u8 as usize].as_ptr());
+                let even = _mm256_insertf128_pd::<1>(_mm256_castpd128_pd256(pair(0)), pair(2));
+                let odd = _mm256_insertf128_pd::<1>(_mm256_castpd128_pd256(pair(1)), pair(3));
+                let ratio = _mm256_unpacklo_pd(even, odd);
+                let edge = _mm256_unpackhi_pd(even, odd);
                 let inside = _mm256_cmp_pd::<_CMP_LT_OQ>(_mm256_and_pd(u, magnitude), ratio);
                 _mm256_storeu_pd(values.as_mut_ptr(), _mm256_mul_pd(u, edge));
                 let outside = !_mm256_movemask_pd(inside) & 0xf;
