@@ -146,16 +146,56 @@ pub fn sigmoid(x: f32) -> f32 {
     fast_math::sigmoid(x)
 }
 
+/// Binds `$f` to `$act`'s `$method` (`apply`, `derivative_from_output` or `derivative_from_input`) as a
+/// closure of its own type and expands `$body` once per activation. A loop over `$f` then compiles to
+/// straight-line vector code for each activation; a loop over `act.apply(x)` with `act` a run-time
+/// value compiled to a jump through a table per value and, for relu, a branch mispredicted on about
+/// half the values (a fifth of the FCNN's private step).
+macro_rules! per_activation {
+    ($act:expr, $method:ident, $f:ident => $body:expr) => {
+        match $act {
+            Activation::Identity => {
+                let $f = |x: f32| Activation::Identity.$method(x);
+                $body
+            }
+            Activation::Relu => {
+                let $f = |x: f32| Activation::Relu.$method(x);
+                $body
+            }
+            Activation::Tanh => {
+                let $f = |x: f32| Activation::Tanh.$method(x);
+                $body
+            }
+            Activation::Sigmoid => {
+                let $f = |x: f32| Activation::Sigmoid.$method(x);
+                $body
+            }
+            Activation::Gelu => {
+                let $f = |x: f32| Activation::Gelu.$method(x);
+                $body
+            }
+            Activation::Silu => {
+                let $f = |x: f32| Activation::Silu.$method(x);
+                $body
+            }
+            Activation::GeluExact => {
+                let $f = |x: f32| Activation::GeluExact.$method(x);
+                $body
+            }
+        }
+    };
+}
+
 /// Runs `f` over `rows` rows of `cols` values each, across threads when the matrix is large.
-fn for_each_row(data: &mut [f32], rows: usize, cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+fn for_each_row(data: &mut [f32], rows: usize, cols: usize, f: impl Fn(&mut [f32]) + Sync) {
     let data = &mut data[..rows * cols];
     if cols == 0 {
         return;
     }
     if rows * cols >= PARALLEL_MIN_ELEMS {
-        data.par_chunks_mut(cols).enumerate().for_each(|(i, row)| f(i, row));
+        data.par_chunks_mut(cols).for_each(&f);
     } else {
-        data.chunks_mut(cols).enumerate().for_each(|(i, row)| f(i, row));
+        data.chunks_mut(cols).for_each(f);
     }
 }
 
@@ -170,16 +210,27 @@ pub fn bias_activation_forward(
     if let Some(b) = bias {
         assert_eq!(b.len(), cols, "bias_activation_forward: bias has {} values for {cols} columns", b.len());
     }
-    for_each_row(out, rows, cols, |_, row| match bias {
-        Some(b) => row.iter_mut().zip(b).for_each(|(v, &bj)| *v = act.apply(*v + bj)),
-        None if act == Activation::Identity => {}
-        None => row.iter_mut().for_each(|v| *v = act.apply(*v)),
-    });
+    if bias.is_none() && act == Activation::Identity {
+        return;
+    }
+    per_activation!(act, apply, apply => for_each_row(out, rows, cols, |row| {
+        fast_math::with_widest_vectors(
+            #[inline(always)]
+            || match bias {
+                Some(b) => row.iter_mut().zip(b).for_each(|(v, &bj)| *v = apply(*v + bj)),
+                None => row.iter_mut().for_each(|v| *v = apply(*v)),
+            },
+        )
+    }))
 }
 
 /// y = act(x) for `len` values (a standalone activation that follows no linear layer).
 pub fn activation_forward(x: &[f32], y: &mut [f32], len: usize, act: Activation) {
-    y[..len].iter_mut().zip(&x[..len]).for_each(|(yv, &xv)| *yv = act.apply(xv));
+    let (x, y) = (&x[..len], &mut y[..len]);
+    per_activation!(act, apply, apply => fast_math::with_widest_vectors(
+        #[inline(always)]
+        || y.iter_mut().zip(x).for_each(|(yv, &xv)| *yv = apply(xv)),
+    ))
 }
 
 /// In place: grad ← grad ⊙ act'(·), with the derivative taken from the activation's output `y`.
@@ -192,7 +243,7 @@ pub fn activation_backward(grad: &mut [f32], y: &[f32], len: usize, act: Activat
     if act == Activation::Identity {
         return;
     }
-    scale_by_derivative(grad, y, len, |yv| act.derivative_from_output(yv));
+    per_activation!(act, derivative_from_output, derivative => scale_by_derivative(grad, y, len, derivative))
 }
 
 /// In place: grad ← grad ⊙ act'(x), with the derivative taken from the activation's input `x`.
@@ -200,21 +251,30 @@ pub fn activation_backward_from_input(grad: &mut [f32], x: &[f32], len: usize, a
     if act == Activation::Identity {
         return;
     }
-    scale_by_derivative(grad, x, len, |xv| act.derivative_from_input(xv));
+    per_activation!(act, derivative_from_input, derivative => scale_by_derivative(grad, x, len, derivative))
 }
 
 /// grad ← grad ⊙ derivative(v) over `len` values, across threads when there are many.
 #[inline(always)]
-fn scale_by_derivative(grad: &mut [f32], v: &[f32], len: usize, derivative: impl Fn(f32) -> f32 + Sync) {
+fn scale_by_derivative(
+    grad: &mut [f32],
+    v: &[f32],
+    len: usize,
+    derivative: impl Fn(f32) -> f32 + Sync + Copy,
+) {
+    let scale = move |g: &mut [f32], v: &[f32]| {
+        fast_math::with_widest_vectors(
+            #[inline(always)]
+            || g.iter_mut().zip(v).for_each(|(gv, &vv)| *gv *= derivative(vv)),
+        )
+    };
     let v = &v[..len];
     let grad = &mut grad[..len];
     if len >= PARALLEL_MIN_ELEMS {
         const CHUNK: usize = 1 << 14;
-        grad.par_chunks_mut(CHUNK)
-            .zip(v.par_chunks(CHUNK))
-            .for_each(|(g, v)| g.iter_mut().zip(v).for_each(|(gv, &vv)| *gv *= derivative(vv)));
+        grad.par_chunks_mut(CHUNK).zip(v.par_chunks(CHUNK)).for_each(|(g, v)| scale(g, v));
     } else {
-        grad.iter_mut().zip(v).for_each(|(gv, &vv)| *gv *= derivative(vv));
+        scale(grad, v);
     }
 }
 
@@ -298,6 +358,45 @@ mod tests {
                             (d[i] as f64 - want_d).abs() < 1e-5 * (1.0 + want_d.abs()),
                             "{act:?} backward"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_vector_loops_give_the_bits_of_the_scalar_functions() {
+        // Rows of 37 leave vector remainders; 300 × 300 takes the threaded path. NaN and ±0 included;
+        // a NaN's sign may differ between the vector and scalar code, so NaNs compare as equal.
+        let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        for &(rows, cols) in &[(7usize, 37usize), (300, 300)] {
+            let mut x: Vec<f32> =
+                (0..rows * cols).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 97.0).collect();
+            x[3] = f32::NAN;
+            x[5] = -0.0;
+            x[6] = 0.0;
+            let bias: Vec<f32> = (0..cols).map(|j| (j as f32 - 3.0) * 0.125).collect();
+            let g: Vec<f32> = (0..rows * cols).map(|i| ((i * 11 % 23) as f32 - 11.0) / 7.0).collect();
+            for act in ALL {
+                let mut y = x.clone();
+                bias_activation_forward(&mut y, rows, cols, Some(&bias), act);
+                let mut plain = vec![0.0; x.len()];
+                activation_forward(&x, &mut plain, x.len(), act);
+                let mut from_input = g.clone();
+                activation_backward_from_input(&mut from_input, &x, x.len(), act);
+                for i in 0..x.len() {
+                    let scalar = act.apply(x[i] + bias[i % cols]);
+                    assert!(same(y[i], scalar), "{act:?} fused forward at {i}");
+                    assert!(same(plain[i], act.apply(x[i])), "{act:?} forward at {i}");
+                    let want = g[i] * act.derivative_from_input(x[i]);
+                    assert!(same(from_input[i], want), "{act:?} backward at {i}");
+                }
+                if !act.derivative_needs_input() {
+                    let mut from_output = g.clone();
+                    activation_backward(&mut from_output, &plain, x.len(), act);
+                    for i in 0..x.len() {
+                        let want = g[i] * act.derivative_from_output(plain[i]);
+                        assert!(same(from_output[i], want), "{act:?} backward at {i}");
                     }
                 }
             }
