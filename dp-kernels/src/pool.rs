@@ -35,6 +35,7 @@ pub fn max_pool2d_forward(
     let (oh_n, ow_n) = (geom.out_h(), geom.out_w());
     let plane_in = geom.in_h * geom.in_w;
     let len = batch * geom.output_len();
+    let interior = interior_columns(geom);
     out[..len]
         .par_chunks_mut(oh_n * ow_n)
         .zip(argmax[..len].par_chunks_mut(oh_n * ow_n))
@@ -43,31 +44,161 @@ pub fn max_pool2d_forward(
             let (i, c) = (u / geom.channels, u % geom.channels);
             let base = c * plane_in;
             let plane = &x[i * geom.input_len() + base..i * geom.input_len() + base + plane_in];
-            for oh in 0..oh_n {
+            // A plane with a NaN takes the window-by-window path, which finds the first NaN.
+            let rows_at_once = !plane.iter().fold(false, |nan, v| nan | v.is_nan());
+            if rows_at_once && geom.stride == 1 && geom.padding == 0 {
+                max_over_plane(geom, plane, o, am, base as u32);
+                return;
+            }
+            for (oh, (o_row, am_row)) in o.chunks_exact_mut(ow_n).zip(am.chunks_exact_mut(ow_n)).enumerate() {
                 let rows = window(geom, oh, geom.in_h);
-                for ow in 0..ow_n {
-                    let cols = window(geom, ow, geom.in_w);
-                    // Selects without branches (the windows are a few values); the first NaN in
-                    // window order, which has the smallest index, replaces the maximum afterwards.
-                    let (mut best, mut at) = (f32::NEG_INFINITY, rows.start * geom.in_w + cols.start);
-                    let mut first_nan = usize::MAX;
-                    for h in rows.clone() {
-                        let first = h * geom.in_w + cols.start;
-                        for (k, &v) in (first..).zip(&plane[first..h * geom.in_w + cols.end]) {
-                            let better = v > best;
-                            best = if better { v } else { best };
-                            at = if better { k } else { at };
-                            first_nan = if v.is_nan() { first_nan.min(k) } else { first_nan };
-                        }
-                    }
-                    if first_nan != usize::MAX {
-                        (best, at) = (plane[first_nan], first_nan);
-                    }
-                    o[oh * ow_n + ow] = best;
-                    am[oh * ow_n + ow] = (base + at) as u32;
+                let (lo, hi) = if rows_at_once { interior } else { (ow_n, ow_n) };
+                for ow in (0..lo).chain(hi..ow_n) {
+                    let (best, at) = window_max(geom, plane, rows.clone(), ow);
+                    (o_row[ow], am_row[ow]) = (best, (base + at) as u32);
+                }
+                if lo < hi {
+                    max_over_rows(geom, plane, rows, lo, hi, &mut o_row[lo..hi], &mut am_row[lo..hi]);
+                    am_row[lo..hi].iter_mut().for_each(|a| *a += base as u32);
                 }
             }
         });
+}
+
+/// The output columns `lo..hi` whose windows lie wholly inside the input's columns (`lo == hi` when
+/// there are none).
+fn interior_columns(geom: &Pool2dGeometry) -> (usize, usize) {
+    // Window `ow` covers columns ow·s − p .. ow·s − p + k: inside when ow·s ≥ p and ow·s − p + k ≤ in_w.
+    let lo = geom.padding.div_ceil(geom.stride);
+    let hi = if geom.in_w + geom.padding >= geom.kernel {
+        ((geom.in_w + geom.padding - geom.kernel) / geom.stride + 1).min(geom.out_w())
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
+
+/// One window's maximum and its index in the plane: the first one on ties, the first NaN (in window
+/// order, which has the smallest index) if the window has one.
+fn window_max(geom: &Pool2dGeometry, plane: &[f32], rows: std::ops::Range<usize>, ow: usize) -> (f32, usize) {
+    let cols = window(geom, ow, geom.in_w);
+    // Selects without branches (the windows are a few values).
+    let (mut best, mut at) = (f32::NEG_INFINITY, rows.start * geom.in_w + cols.start);
+    let mut first_nan = usize::MAX;
+    for h in rows {
+        let first = h * geom.in_w + cols.start;
+        for (k, &v) in (first..).zip(&plane[first..h * geom.in_w + cols.end]) {
+            let better = v > best;
+            best = if better { v } else { best };
+            at = if better { k } else { at };
+            first_nan = if v.is_nan() { first_nan.min(k) } else { first_nan };
+        }
+    }
+    if first_nan != usize::MAX {
+        (best, at) = (plane[first_nan], first_nan);
+    }
+    (best, at)
+}
+
+/// The windows of output columns `lo..hi` of one output row at once, for a plane without NaN and
+/// columns whose windows lie inside the input: for each tap in window order, one pass over the
+/// columns, so each window sees its values in the order [`window_max`] does (same maxima, same
+/// first index on ties). The passes are branch-free loops over whole rows, which vectorise.
+fn max_over_rows(
+    geom: &Pool2dGeometry,
+    plane: &[f32],
+    rows: std::ops::Range<usize>,
+    lo: usize,
+    hi: usize,
+    best: &mut [f32],
+    at: &mut [u32],
+) {
+    let (s, w) = (geom.stride, geom.in_w);
+    let first_column = |ow: usize| ow * s - geom.padding;
+    best.fill(f32::NEG_INFINITY);
+    for (j, a) in at.iter_mut().enumerate() {
+        *a = (rows.start * w + first_column(lo + j)) as u32;
+    }
+    for h in rows {
+        for kw in 0..geom.kernel {
+            let start = h * w + first_column(lo) + kw;
+            let taps = &plane[start..start + (hi - lo - 1) * s + 1];
+            // Both selects are written as bit operations: as `if better { .. } else { *a }`, LLVM
+            // turned the stores into one conditional store per lane.
+            let update = |(j, ((b, a), &v)): (usize, ((&mut f32, &mut u32), &f32))| {
+                let keep = ((v > *b) as u32).wrapping_sub(1);
+                *b = f32::from_bits((b.to_bits() & keep) | (v.to_bits() & !keep));
+                *a = (*a & keep) | ((start + j * s) as u32 & !keep);
+            };
+            let windows = best.iter_mut().zip(at.iter_mut());
+            if s == 1 {
+                windows.zip(taps).enumerate().for_each(update);
+            } else {
+                windows.zip(taps.iter().step_by(s)).enumerate().for_each(update);
+            }
+        }
+    }
+}
+
+/// A stride-1, unpadded pool of a plane without NaN, all windows at once: output (oh, ow) is computed
+/// at flattened position q = oh·in_w + ow of a full-width grid, where its window's tap (kh, kw) is
+/// plane[q + kh·in_w + kw], so each tap is one pass over a contiguous run of the plane (the
+/// positions with ow ≥ out_w are computed and dropped). Taps in window order with the same selects as
+/// [`max_over_rows`]: the same maxima and first indices as [`window_max`].
+fn max_over_plane(geom: &Pool2dGeometry, plane: &[f32], o: &mut [f32], am: &mut [u32], base: u32) {
+    let (w, k, oh_n, ow_n) = (geom.in_w, geom.kernel, geom.out_h(), geom.out_w());
+    FULL_WIDTH_GRID.with_borrow_mut(|(best, at)| {
+        crate::fast_math::with_widest_vectors(
+            #[inline(always)]
+            || grid_max(plane, (w, k, oh_n, ow_n), best, at, o, am, base),
+        )
+    });
+}
+
+/// The body of [`max_over_plane`] on its buffers (grown to the grid's size here).
+#[inline(always)]
+fn grid_max(
+    plane: &[f32],
+    (w, k, oh_n, ow_n): (usize, usize, usize, usize),
+    best: &mut Vec<f32>,
+    at: &mut Vec<u32>,
+    o: &mut [f32],
+    am: &mut [u32],
+    base: u32,
+) {
+    let span = (oh_n - 1) * w + ow_n;
+    if best.len() < span {
+        best.resize(span, 0.0);
+        at.resize(span, 0);
+    }
+    let (best, at) = (&mut best[..span], &mut at[..span]);
+    // The first tap (0, 0) initialises the grid; the others follow in window order.
+    best.copy_from_slice(&plane[..span]);
+    at.iter_mut().enumerate().for_each(|(q, a)| *a = q as u32);
+    for kh in 0..k {
+        for kw in (0..k).skip(usize::from(kh == 0)) {
+            let offset = kh * w + kw;
+            let taps = &plane[offset..offset + span];
+            best.iter_mut().zip(at.iter_mut()).zip(taps).enumerate().for_each(|(q, ((b, a), &v))| {
+                let keep = ((v > *b) as u32).wrapping_sub(1);
+                *b = f32::from_bits((b.to_bits() & keep) | (v.to_bits() & !keep));
+                *a = (*a & keep) | ((offset + q) as u32 & !keep);
+            });
+        }
+    }
+    for oh in 0..oh_n {
+        o[oh * ow_n..(oh + 1) * ow_n].copy_from_slice(&best[oh * w..oh * w + ow_n]);
+        for (dst, &a) in am[oh * ow_n..(oh + 1) * ow_n].iter_mut().zip(&at[oh * w..oh * w + ow_n]) {
+            *dst = a + base;
+        }
+    }
+}
+
+thread_local! {
+    /// The full-width grid of [`max_over_plane`] (maxima and their indices): one pair of buffers per
+    /// thread, grown to the largest plane it has pooled, so no step allocates once warm.
+    static FULL_WIDTH_GRID: std::cell::RefCell<(Vec<f32>, Vec<u32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Max pooling backward: `dx` (overwritten) gets each output gradient at its window's argmax
@@ -233,6 +364,52 @@ mod tests {
                 let gavg = finite_difference(&xw, 1e-7, |x| dot(&reference(&geom, x, false), &rw));
                 assert_close("max dx", &dx[ri.clone()], &gmax, 1e-5);
                 assert_close("avg dx", &davg[ri], &gavg, 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn rows_at_once_give_the_window_by_window_maxima_and_indices() {
+        // Values from a few levels, so ties are everywhere, and −∞ among them; the MNIST CNN's pools
+        // and geometries whose windows meet the padding on both sides.
+        let mut shapes = geometries().to_vec();
+        let g = |channels, in_h, in_w, kernel, stride, padding| Pool2dGeometry {
+            channels,
+            in_h,
+            in_w,
+            kernel,
+            stride,
+            padding,
+        };
+        shapes.extend([
+            g(16, 14, 14, 2, 1, 0),
+            g(32, 5, 5, 2, 1, 0),
+            g(2, 9, 40, 3, 1, 1),
+            g(2, 9, 41, 3, 2, 1),
+        ]);
+        for geom in shapes {
+            let batch = 3;
+            let x: Vec<f32> = (0..batch * geom.input_len())
+                .map(|k| if k % 17 == 5 { f32::NEG_INFINITY } else { (k * 7919 % 5) as f32 })
+                .collect();
+            let mut out = vec![f32::NAN; batch * geom.output_len()];
+            let mut argmax = vec![u32::MAX; batch * geom.output_len()];
+            max_pool2d_forward(&geom, batch, &x, &mut out, &mut argmax);
+            let plane_in = geom.in_h * geom.in_w;
+            for u in 0..batch * geom.channels {
+                let plane = &x[u * plane_in..(u + 1) * plane_in];
+                for oh in 0..geom.out_h() {
+                    for ow in 0..geom.out_w() {
+                        let (best, at) = window_max(&geom, plane, window(&geom, oh, geom.in_h), ow);
+                        let k = (u * geom.out_h() + oh) * geom.out_w() + ow;
+                        assert_eq!(out[k].to_bits(), best.to_bits(), "{geom:?} output {k}");
+                        assert_eq!(
+                            argmax[k] as usize,
+                            (u % geom.channels) * plane_in + at,
+                            "{geom:?} argmax {k}"
+                        );
+                    }
+                }
             }
         }
     }
