@@ -324,15 +324,19 @@ mod tests {
         out
     }
 
+    fn geometry(
+        channels: usize,
+        in_h: usize,
+        in_w: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Pool2dGeometry {
+        Pool2dGeometry { channels, in_h, in_w, kernel, stride, padding }
+    }
+
     fn geometries() -> [Pool2dGeometry; 4] {
-        let g = |channels, in_h, in_w, kernel, stride, padding| Pool2dGeometry {
-            channels,
-            in_h,
-            in_w,
-            kernel,
-            stride,
-            padding,
-        };
+        let g = geometry;
         [g(2, 6, 6, 2, 1, 0), g(3, 8, 7, 2, 2, 0), g(2, 7, 7, 3, 2, 1), g(1, 5, 6, 4, 3, 2)]
     }
 
@@ -373,14 +377,7 @@ mod tests {
         // Values from a few levels, so ties are everywhere, and −∞ among them; the MNIST CNN's pools
         // and geometries whose windows meet the padding on both sides.
         let mut shapes = geometries().to_vec();
-        let g = |channels, in_h, in_w, kernel, stride, padding| Pool2dGeometry {
-            channels,
-            in_h,
-            in_w,
-            kernel,
-            stride,
-            padding,
-        };
+        let g = geometry;
         shapes.extend([
             g(16, 14, 14, 2, 1, 0),
             g(32, 5, 5, 2, 1, 0),
