@@ -119,25 +119,22 @@ fn max_over_rows(
     for (j, a) in at.iter_mut().enumerate() {
         *a = (rows.start * w + first_column(lo + j)) as u32;
     }
-    for h in rows {
-        for kw in 0..geom.kernel {
-            let start = h * w + first_column(lo) + kw;
-            let taps = &plane[start..start + (hi - lo - 1) * s + 1];
-            // Both selects are written as bit operations: as `if better { .. } else { *a }`, LLVM
-            // turned the stores into one conditional store per lane.
-            let update = |(j, ((b, a), &v)): (usize, ((&mut f32, &mut u32), &f32))| {
-                let keep = ((v > *b) as u32).wrapping_sub(1);
-                *b = f32::from_bits((b.to_bits() & keep) | (v.to_bits() & !keep));
-                *a = (*a & keep) | ((start + j * s) as u32 & !keep);
-            };
-            let windows = best.iter_mut().zip(at.iter_mut());
-            if s == 1 {
-                windows.zip(taps).enumerate().for_each(update);
-            } else {
-                windows.zip(taps.iter().step_by(s)).enumerate().for_each(update);
-            }
+    for_each_interior_tap(geom, rows, lo, hi, |start| {
+        let taps = &plane[start..start + (hi - lo - 1) * s + 1];
+        // Both selects are written as bit operations: as `if better { .. } else { *a }`, LLVM turned
+        // the stores into one conditional store per lane.
+        let update = |(j, ((b, a), &v)): (usize, ((&mut f32, &mut u32), &f32))| {
+            let keep = ((v > *b) as u32).wrapping_sub(1);
+            *b = f32::from_bits((b.to_bits() & keep) | (v.to_bits() & !keep));
+            *a = (*a & keep) | ((start + j * s) as u32 & !keep);
+        };
+        let windows = best.iter_mut().zip(at.iter_mut());
+        if s == 1 {
+            windows.zip(taps).enumerate().for_each(update);
+        } else {
+            windows.zip(taps.iter().step_by(s)).enumerate().for_each(update);
         }
-    }
+    });
 }
 
 /// A stride-1, unpadded pool of a plane without NaN, all windows at once: output (oh, ow) is computed
@@ -223,7 +220,9 @@ pub fn max_pool2d_backward(
     });
 }
 
-/// Average pooling: each window's sum divided by `kernel²` (padding counts as zeros).
+/// Average pooling: each window's sum divided by `kernel²` (padding counts as zeros). Windows inside the
+/// input's columns are summed a row of windows at a time, tap by tap (loops over whole rows, which
+/// vectorise); windows at the padding one at a time.
 pub fn avg_pool2d_forward(geom: &Pool2dGeometry, batch: usize, x: &[f32], out: &mut [f32]) {
     geom.assert_valid();
     assert!(x.len() >= batch * geom.input_len(), "avg_pool2d: input has {} values", x.len());
@@ -231,23 +230,34 @@ pub fn avg_pool2d_forward(geom: &Pool2dGeometry, batch: usize, x: &[f32], out: &
     let (oh_n, ow_n) = (geom.out_h(), geom.out_w());
     let plane_in = geom.in_h * geom.in_w;
     let scale = 1.0 / (geom.kernel * geom.kernel) as f32;
+    let (lo, hi) = interior_columns(geom);
     out[..batch * geom.output_len()].par_chunks_mut(oh_n * ow_n).enumerate().for_each(|(u, o)| {
         let plane = &x[u * plane_in..(u + 1) * plane_in];
-        for oh in 0..oh_n {
+        for (oh, o_row) in o.chunks_exact_mut(ow_n).enumerate() {
             let rows = window(geom, oh, geom.in_h);
-            for ow in 0..ow_n {
+            for ow in (0..lo).chain(hi..ow_n) {
                 let cols = window(geom, ow, geom.in_w);
                 let mut s = 0.0f32;
                 for h in rows.clone() {
                     s += plane[h * geom.in_w + cols.start..h * geom.in_w + cols.end].iter().sum::<f32>();
                 }
-                o[oh * ow_n + ow] = s * scale;
+                o_row[ow] = s * scale;
+            }
+            if lo < hi {
+                let sums = &mut o_row[lo..hi];
+                sums.fill(0.0);
+                for_each_interior_tap(geom, rows, lo, hi, |start| {
+                    let taps = plane[start..].iter().step_by(geom.stride);
+                    sums.iter_mut().zip(taps).for_each(|(s, &v)| *s += v);
+                });
+                sums.iter_mut().for_each(|s| *s *= scale);
             }
         }
     });
 }
 
-/// Average pooling backward: `dx` (overwritten) gets `dout/kernel²` on every input of each window.
+/// Average pooling backward: `dx` (overwritten) gets `dout/kernel²` on every input of each window
+/// (windows inside the input's columns a row of windows at a time, tap by tap, as the forward).
 pub fn avg_pool2d_backward(geom: &Pool2dGeometry, batch: usize, dout: &[f32], dx: &mut [f32]) {
     geom.assert_valid();
     assert!(dout.len() >= batch * geom.output_len(), "avg_pool2d: output gradient has {} values", dout.len());
@@ -255,20 +265,47 @@ pub fn avg_pool2d_backward(geom: &Pool2dGeometry, batch: usize, dout: &[f32], dx
     let (oh_n, ow_n) = (geom.out_h(), geom.out_w());
     let plane_in = geom.in_h * geom.in_w;
     let scale = 1.0 / (geom.kernel * geom.kernel) as f32;
+    let (lo, hi) = interior_columns(geom);
     dx[..batch * geom.input_len()].par_chunks_mut(plane_in).enumerate().for_each(|(u, d)| {
         d.fill(0.0);
         let g = &dout[u * oh_n * ow_n..(u + 1) * oh_n * ow_n];
-        for oh in 0..oh_n {
+        for (oh, g_row) in g.chunks_exact(ow_n).enumerate() {
             let rows = window(geom, oh, geom.in_h);
-            for ow in 0..ow_n {
+            for ow in (0..lo).chain(hi..ow_n) {
                 let cols = window(geom, ow, geom.in_w);
-                let v = g[oh * ow_n + ow] * scale;
+                let v = g_row[ow] * scale;
                 for h in rows.clone() {
                     d[h * geom.in_w + cols.start..h * geom.in_w + cols.end].iter_mut().for_each(|e| *e += v);
                 }
             }
+            if lo < hi {
+                let grads = &g_row[lo..hi];
+                for_each_interior_tap(geom, rows, lo, hi, |start| {
+                    let taps = d[start..].iter_mut().step_by(geom.stride);
+                    taps.zip(grads).for_each(|(e, &v)| *e += v * scale);
+                });
+            }
         }
     });
+}
+
+/// Calls `f(start)` for every tap of the windows of output columns `lo..hi` (inside the input's
+/// columns) on input rows `rows`, in window order: the taps of those windows at that (row, column
+/// offset) are the plane's values at `start`, `start + stride`, … (one per window).
+fn for_each_interior_tap(
+    geom: &Pool2dGeometry,
+    rows: std::ops::Range<usize>,
+    lo: usize,
+    hi: usize,
+    mut f: impl FnMut(usize),
+) {
+    debug_assert!(lo < hi && lo * geom.stride >= geom.padding);
+    let first_column = lo * geom.stride - geom.padding;
+    for h in rows {
+        for kw in 0..geom.kernel {
+            f(h * geom.in_w + first_column + kw);
+        }
+    }
 }
 
 /// Global average pooling: `[batch][channels][plane] → [batch][channels]`, each plane's mean.
