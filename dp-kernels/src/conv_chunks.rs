@@ -31,27 +31,36 @@ fn for_each_chunk(geom: &Conv2dGeometry, batch: usize, mut pass: impl FnMut(usiz
     }
 }
 
-/// Calls `pass(first, len, patches, rows)` for consecutive chunks of examples, with the chunk's
-/// patches unfolded from `x` into `patches` and its output gradient `dout` turned into `rows`.
-#[allow(clippy::too_many_arguments)]
+/// Calls `pass(first, len, patches, dout)` for consecutive chunks of examples, with the chunk's
+/// patches unfolded from `x` into `patches` and `dout` the chunk's NCHW output gradient.
 fn for_each_unfolded_chunk(
     geom: &Conv2dGeometry,
     batch: usize,
     x: &[f32],
     dout: &[f32],
     patches: &mut [f32],
-    rows: &mut [f32],
     what: &str,
-    mut pass: impl FnMut(usize, usize, &mut [f32], &mut [f32]),
+    mut pass: impl FnMut(usize, usize, &mut [f32], &[f32]),
 ) {
     let (input_len, output_len) = (geom.input_len(), geom.output_len());
     assert!(x.len() >= batch * input_len, "conv2d {what}: input has {} values", x.len());
     assert!(dout.len() >= batch * output_len, "conv2d {what}: output gradient has {} values", dout.len());
     for_each_chunk(geom, batch, |first, len| {
         im2col(geom, len, &x[first * input_len..(first + len) * input_len], patches);
-        output_grad_by_group(geom, len, &dout[first * output_len..(first + len) * output_len], rows);
-        pass(first, len, patches, rows);
+        pass(first, len, patches, &dout[first * output_len..(first + len) * output_len]);
     });
+}
+
+/// A chunk's `Δ` for a pass that only reads it: its output gradient itself for an ungrouped conv
+/// (the regrouping is then the identity, and the copy into `rows` would be one more pass over
+/// `len·T·p` values), else regrouped into `rows`.
+fn delta_to_read<'a>(geom: &Conv2dGeometry, len: usize, dout: &'a [f32], rows: &'a mut [f32]) -> &'a [f32] {
+    if geom.groups == 1 {
+        dout
+    } else {
+        output_grad_by_group(geom, len, dout, rows);
+        &rows[..len * geom.output_len()]
+    }
 }
 
 /// Forward: `out[i][o][t] = bias[o] + Σ_k weight[o][k]·patch_{i,t}[k]`, unfolding chunk by chunk
@@ -95,11 +104,12 @@ pub fn conv2d_norms_sq(
     norm_stride: usize,
 ) {
     let layer = geom.layer();
-    for_each_unfolded_chunk(geom, batch, x, dout, patches, rows, "norms", |first, len, patches, rows| {
+    for_each_unfolded_chunk(geom, batch, x, dout, patches, "norms", |first, len, patches, dout| {
+        let delta = delta_to_read(geom, len, dout, rows);
         let norms = &mut norms_sq[first * norm_stride..];
-        per_example::norms_sq(strategy, &layer, len, patches, rows, norm_scratch, norms, norm_stride);
+        per_example::norms_sq(strategy, &layer, len, patches, delta, norm_scratch, norms, norm_stride);
         if bias {
-            per_example::bias_norms_sq(&layer, len, rows, norms, norm_stride);
+            per_example::bias_norms_sq(&layer, len, delta, norms, norm_stride);
         }
     });
 }
@@ -125,10 +135,11 @@ pub fn conv2d_kept_norms_sq(
     let layer = geom.layer();
     let len = per_example::kept_len(&layer, bias);
     assert!(kept.len() >= batch * len, "conv2d kept gradients: {} values, need {}", kept.len(), batch * len);
-    for_each_unfolded_chunk(geom, batch, x, dout, patches, rows, "kept norms", |first, n, patches, rows| {
+    for_each_unfolded_chunk(geom, batch, x, dout, patches, "kept norms", |first, n, patches, dout| {
+        let delta = delta_to_read(geom, n, dout, rows);
         let kept = &mut kept[first * len..(first + n) * len];
         let norms = &mut norms_sq[first * norm_stride..];
-        per_example::kept_direct_norms_sq(&layer, n, patches, rows, bias, kept, norms, norm_stride);
+        per_example::kept_direct_norms_sq(&layer, n, patches, delta, bias, kept, norms, norm_stride);
     });
 }
 
@@ -149,17 +160,25 @@ pub fn conv2d_weight_gradient(
     mut grad_b: Option<&mut [f32]>,
 ) {
     let layer = geom.layer();
-    for_each_unfolded_chunk(geom, batch, x, dout, patches, rows, "gradient", |first, len, patches, rows| {
-        match factors {
+    for_each_unfolded_chunk(geom, batch, x, dout, patches, "gradient", |first, len, patches, dout| {
+        let delta = match factors {
             Some((factors, stride)) => {
+                // The clipped sum scales the rows in place, so they are always a copy.
+                output_grad_by_group(geom, len, dout, rows);
+                let rows = &mut rows[..len * geom.output_len()];
                 let factors = &factors[first * stride..];
                 per_example::clipped_sum(&layer, len, factors, stride, patches, rows, grad_w);
+                rows
             }
-            None => per_example::sum_outer(&layer, len, patches, rows, grad_w),
-        }
+            None => {
+                let delta = delta_to_read(geom, len, dout, rows);
+                per_example::sum_outer(&layer, len, patches, delta, grad_w);
+                delta
+            }
+        };
         if let Some(gb) = grad_b.as_deref_mut() {
             // After the clipped sum the rows hold c_i·δ: their column sums are the clipped bias sum.
-            per_example::bias_sum(&layer, len, rows, gb);
+            per_example::bias_sum(&layer, len, delta, gb);
         }
     });
 }
