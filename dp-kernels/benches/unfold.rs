@@ -1,0 +1,57 @@
+//! Unfolding (`im2col`) one chunk of examples as the conv passes do (`chunk_examples` of a batch of
+//! 128: about 2 MiB of patches), one thread, on the conv shapes of the built-in models. Run with
+//! `cargo bench -p dp-kernels --bench unfold`; medians of 9 timings, nanoseconds per value written.
+
+use dp_kernels::conv::{im2col, Conv2dGeometry};
+use dp_kernels::conv_chunks::chunk_examples;
+use std::hint::black_box;
+use std::time::Instant;
+
+fn main() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool");
+    let g = |in_c, side, out_c, k, stride, padding| Conv2dGeometry {
+        in_c,
+        in_h: side,
+        in_w: side,
+        out_c,
+        kh: k,
+        kw: k,
+        stride,
+        padding,
+        dilation: 1,
+        groups: 1,
+    };
+    let shapes = [
+        ("MNIST CNN conv1 (8×8, stride 2)", g(1, 28, 16, 8, 2, 3)),
+        ("MNIST CNN conv2 (4×4, stride 2)", g(16, 13, 32, 4, 2, 0)),
+        ("CIFAR-10 CNN conv1 (3 → 32, 32×32)", g(3, 32, 32, 3, 1, 1)),
+        ("CIFAR-10 CNN conv2 (32 → 32, 32×32)", g(32, 32, 32, 3, 1, 1)),
+        ("CIFAR-10 CNN conv4 (64 → 64, 16×16)", g(64, 16, 64, 3, 1, 1)),
+        ("CIFAR-10 CNN conv6 (128 → 128, 8×8)", g(128, 8, 128, 3, 1, 1)),
+        ("residual CNN conv (16 → 16, 32×32)", g(16, 32, 16, 3, 1, 1)),
+    ];
+    println!("nanoseconds per patch value, one chunk, one thread (median of 9)");
+    for (name, geom) in shapes {
+        let batch = pool.install(|| chunk_examples(&geom, 128));
+        let x: Vec<f32> = (0..batch * geom.input_len()).map(|k| (k % 1000) as f32).collect();
+        let mut patches = vec![0.0f32; batch * geom.patches_len()];
+        let values = (batch * geom.patches_len()) as f64;
+        let reps = (2e7 / values).max(1.0) as usize;
+        let mut ns: Vec<f64> = pool.install(|| {
+            for _ in 0..3 {
+                im2col(&geom, batch, &x, &mut patches);
+            }
+            (0..9)
+                .map(|_| {
+                    let start = Instant::now();
+                    for _ in 0..reps {
+                        im2col(&geom, batch, black_box(&x), &mut patches);
+                    }
+                    start.elapsed().as_secs_f64() * 1e9 / (reps as f64 * values)
+                })
+                .collect()
+        });
+        ns.sort_by(f64::total_cmp);
+        println!("{:48} {:6.3}", format!("{name}, {batch} examples"), ns[4]);
+    }
+}
