@@ -58,8 +58,8 @@ pub fn max_pool2d_forward(
                     (o_row[ow], am_row[ow]) = (best, (base + at) as u32);
                 }
                 if lo < hi {
-                    max_over_rows(geom, plane, rows, lo, hi, &mut o_row[lo..hi], &mut am_row[lo..hi]);
-                    am_row[lo..hi].iter_mut().for_each(|a| *a += base as u32);
+                    let (best, at) = (&mut o_row[lo..hi], &mut am_row[lo..hi]);
+                    max_over_rows(geom, plane, base as u32, rows, lo, hi, best, at);
                 }
             }
         });
@@ -103,10 +103,13 @@ fn window_max(geom: &Pool2dGeometry, plane: &[f32], rows: std::ops::Range<usize>
 /// The windows of output columns `lo..hi` of one output row at once, for a plane without NaN and
 /// columns whose windows lie inside the input: for each tap in window order, one pass over the
 /// columns, so each window sees its values in the order [`window_max`] does (same maxima, same
-/// first index on ties). The passes are branch-free loops over whole rows, which vectorise.
+/// first index on ties). The passes are branch-free loops over whole rows, which vectorise. `at`
+/// gets each maximum's index in the plane plus `base` (the plane's offset in the example).
+#[allow(clippy::too_many_arguments)]
 fn max_over_rows(
     geom: &Pool2dGeometry,
     plane: &[f32],
+    base: u32,
     rows: std::ops::Range<usize>,
     lo: usize,
     hi: usize,
@@ -117,16 +120,12 @@ fn max_over_rows(
     let first_column = |ow: usize| ow * s - geom.padding;
     best.fill(f32::NEG_INFINITY);
     for (j, a) in at.iter_mut().enumerate() {
-        *a = (rows.start * w + first_column(lo + j)) as u32;
+        *a = base + (rows.start * w + first_column(lo + j)) as u32;
     }
     for_each_interior_tap(geom, rows, lo, hi, |start| {
         let taps = &plane[start..start + (hi - lo - 1) * s + 1];
-        // Both selects are written as bit operations: as `if better { .. } else { *a }`, LLVM turned
-        // the stores into one conditional store per lane.
         let update = |(j, ((b, a), &v)): (usize, ((&mut f32, &mut u32), &f32))| {
-            let keep = ((v > *b) as u32).wrapping_sub(1);
-            *b = f32::from_bits((b.to_bits() & keep) | (v.to_bits() & !keep));
-            *a = (*a & keep) | ((start + j * s) as u32 & !keep);
+            keep_first_max(b, a, v, base + (start + j * s) as u32);
         };
         let windows = best.iter_mut().zip(at.iter_mut());
         if s == 1 {
@@ -135,6 +134,16 @@ fn max_over_rows(
             windows.zip(taps.iter().step_by(s)).enumerate().for_each(update);
         }
     });
+}
+
+/// `(best, at) ← (v, index)` when `v > best`, else unchanged: the running maximum of a window and its
+/// first index. Both selects are bit operations: written as `if v > *best { .. } else { *at }`, LLVM
+/// turned the stores into one conditional store per vector lane.
+#[inline(always)]
+fn keep_first_max(best: &mut f32, at: &mut u32, v: f32, index: u32) {
+    let keep = ((v > *best) as u32).wrapping_sub(1);
+    *best = f32::from_bits((best.to_bits() & keep) | (v.to_bits() & !keep));
+    *at = (*at & keep) | (index & !keep);
 }
 
 /// A stride-1, unpadded pool of a plane without NaN, all windows at once: output (oh, ow) is computed
@@ -177,9 +186,7 @@ fn grid_max(
             let offset = kh * w + kw;
             let taps = &plane[offset..offset + span];
             best.iter_mut().zip(at.iter_mut()).zip(taps).enumerate().for_each(|(q, ((b, a), &v))| {
-                let keep = ((v > *b) as u32).wrapping_sub(1);
-                *b = f32::from_bits((b.to_bits() & keep) | (v.to_bits() & !keep));
-                *a = (*a & keep) | ((offset + q) as u32 & !keep);
+                keep_first_max(b, a, v, (offset + q) as u32);
             });
         }
     }
