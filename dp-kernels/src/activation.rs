@@ -150,7 +150,7 @@ pub fn sigmoid(x: f32) -> f32 {
 /// closure of its own type and expands `$body` once per activation. A loop over `$f` then compiles to
 /// straight-line vector code for each activation; a loop over `act.apply(x)` with `act` a run-time
 /// value compiled to a jump through a table per value and, for relu, a branch mispredicted on about
-/// half the values (a fifth of the FCNN's private step).
+/// half the values (13 % of the FCNN's private step).
 macro_rules! per_activation {
     ($act:expr, $method:ident, $f:ident => $body:expr) => {
         match $act {

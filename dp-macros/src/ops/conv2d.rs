@@ -3,9 +3,10 @@
 //!
 //! A conv keeps its output and its output gradient δ (NCHW) per example; its patches (im2col) and δ
 //! regrouped as the per-example `Δ` are re-derived into shared scratch whenever a pass needs them
-//! (patches: forward, norms, clipped sum, and the backward's patch gradients; `Δ`: norms, clipped
-//! sum), so they cost the arena only once, at the largest layer, and the clipped sum never consumes a
-//! buffer another pass reads. A direct conv keeps the per-example gradients its norm forms
+//! (patches: forward, norms, clipped sum, and the backward's patch gradients; `Δ`: the clipped sum,
+//! which scales it, and for a grouped conv the norms too — an ungrouped conv's read-only passes read
+//! δ in place), so they cost the arena only once, at the largest layer, and the clipped sum never
+//! consumes a buffer another pass reads. A direct conv keeps the per-example gradients its norm forms
 //! (weight and bias, when they fit the planner's cap): its clipped sum is then their weighted sum,
 //! with no patches and no product.
 
