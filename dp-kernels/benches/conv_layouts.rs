@@ -5,24 +5,12 @@
 
 use dp_kernels::gemm::{sgemm_serial, Op};
 use std::hint::black_box;
-use std::time::Instant;
+
+mod support;
 
 /// Median microseconds per call of `f`, over 7 timings of `reps` calls after 3 warm-up calls.
-fn time(reps: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..3 {
-        f();
-    }
-    let mut us: Vec<f64> = (0..7)
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..reps {
-                f();
-            }
-            start.elapsed().as_secs_f64() * 1e6 / reps as f64
-        })
-        .collect();
-    us.sort_by(f64::total_cmp);
-    us[3]
+fn time(reps: usize, f: impl FnMut()) -> f64 {
+    support::median_seconds_per_call(7, reps, f) * 1e6
 }
 
 fn values(len: usize, seed: usize) -> Vec<f32> {

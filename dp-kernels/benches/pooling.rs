@@ -4,24 +4,12 @@
 
 use dp_kernels::pool::{avg_pool2d_backward, avg_pool2d_forward, max_pool2d_forward, Pool2dGeometry};
 use std::hint::black_box;
-use std::time::Instant;
+
+mod support;
 
 /// Median milliseconds per call of `f` (9 timings of 10 calls after 3 warm-up calls).
-fn time(mut f: impl FnMut()) -> f64 {
-    for _ in 0..3 {
-        f();
-    }
-    let mut ms: Vec<f64> = (0..9)
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..10 {
-                f();
-            }
-            start.elapsed().as_secs_f64() * 1e3 / 10.0
-        })
-        .collect();
-    ms.sort_by(f64::total_cmp);
-    ms[4]
+fn time(f: impl FnMut()) -> f64 {
+    support::median_seconds_per_call(9, 10, f) * 1e3
 }
 
 fn values(len: usize) -> Vec<f32> {

@@ -5,7 +5,8 @@
 use dp_kernels::conv::{im2col, Conv2dGeometry};
 use dp_kernels::conv_chunks::chunk_examples;
 use std::hint::black_box;
-use std::time::Instant;
+
+mod support;
 
 fn main() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool");
@@ -37,21 +38,10 @@ fn main() {
         let mut patches = vec![0.0f32; batch * geom.patches_len()];
         let values = (batch * geom.patches_len()) as f64;
         let reps = (2e7 / values).max(1.0) as usize;
-        let mut ns: Vec<f64> = pool.install(|| {
-            for _ in 0..3 {
-                im2col(&geom, batch, &x, &mut patches);
-            }
-            (0..9)
-                .map(|_| {
-                    let start = Instant::now();
-                    for _ in 0..reps {
-                        im2col(&geom, batch, black_box(&x), &mut patches);
-                    }
-                    start.elapsed().as_secs_f64() * 1e9 / (reps as f64 * values)
-                })
-                .collect()
+        let ns = pool.install(|| {
+            let call = || im2col(&geom, batch, black_box(&x), &mut patches);
+            support::median_seconds_per_call(9, reps, call) * 1e9 / values
         });
-        ns.sort_by(f64::total_cmp);
-        println!("{:48} {:6.3}", format!("{name}, {batch} examples"), ns[4]);
+        println!("{:48} {:6.3}", format!("{name}, {batch} examples"), ns);
     }
 }
