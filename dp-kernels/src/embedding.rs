@@ -211,26 +211,28 @@ fn grouped_norm_sq(
         &delta[t * dim..(t + 1) * dim]
     };
     let mut total = sum_squares(&delta[..sorted.len() * dim]);
-    let mut start = 0;
-    while start < sorted.len() {
-        let first = sorted[start];
-        let mut end = start + 1;
-        while end < sorted.len() && token(sorted[end]) == token(first) {
-            end += 1;
-        }
-        if end - start > 1 {
-            let group = &sorted[start..end];
-            acc.copy_from_slice(row(first));
-            for &e in &group[1..] {
-                for (a, &v) in acc.iter_mut().zip(row(e)) {
-                    *a += v;
+    crate::fast_math::with_widest_vectors(
+        #[inline(always)]
+        || {
+            let mut start = 0;
+            while start < sorted.len() {
+                let first = sorted[start];
+                let mut end = start + 1;
+                while end < sorted.len() && token(sorted[end]) == token(first) {
+                    end += 1;
                 }
+                if end - start > 1 {
+                    acc.copy_from_slice(row(first));
+                    let mut rows_sq = square_row(acc);
+                    for &e in &sorted[start + 1..end] {
+                        rows_sq += add_and_square(acc, row(e));
+                    }
+                    total += square_row(acc) - rows_sq;
+                }
+                start = end;
             }
-            let rows_sq: f64 = group.iter().map(|&e| sum_squares(row(e))).sum();
-            total += sum_squares(acc) - rows_sq;
-        }
-        start = end;
-    }
+        },
+    );
     // Cancelling rows make the true norm 0 and the difference above may round below it; a negative
     // squared norm would read as invalid downstream (NaN stays NaN: the comparison is false).
     if total < 0.0 {
@@ -276,8 +278,15 @@ pub fn embedding_backward(
     scatter_add(vocab, dim, batch, steps, ids, delta, |_| 1.0, grad);
 }
 
-/// Scatter-add with a per-example factor. Threads own disjoint ranges of table rows and each scans
-/// every token, so no two threads write the same row.
+/// Tokens per block of the scatter-add's scan: a block's positions whose token falls in the task's rows
+/// are listed without a branch, then added. (A branch per token, taken or not at random, cost more than
+/// the add it guarded.)
+const SCAN_BLOCK: usize = 256;
+
+/// Scatter-add with a per-example factor. One task per thread, each owning a contiguous range of table
+/// rows and scanning every token once, so no two threads write the same row. (Frequent tokens, which
+/// real text has, make the ranges unequal in work; splitting by examples instead would need a private
+/// table gradient per thread and a reduction over the whole table.)
 #[allow(clippy::too_many_arguments)]
 fn scatter_add(
     vocab: usize,
@@ -296,26 +305,109 @@ fn scatter_add(
     if dim == 0 || vocab == 0 {
         return;
     }
-    let rows_per_task = vocab.div_ceil(4 * rayon::current_num_threads()).max(64);
+    let rows_per_task = vocab.div_ceil(rayon::current_num_threads().max(1));
     grad[..vocab * dim].par_chunks_mut(rows_per_task * dim).enumerate().for_each(|(k, rows)| {
-        let first = k * rows_per_task;
-        let range = first as u32..(first + rows.len() / dim) as u32;
-        for i in 0..batch {
-            let c = factor(i);
-            if c == 0.0 {
-                continue;
-            }
-            for (t, &v) in ids[i * steps..(i + 1) * steps].iter().enumerate() {
-                if range.contains(&v) {
-                    let src = &delta[(i * steps + t) * dim..(i * steps + t + 1) * dim];
-                    let dst = &mut rows[(v as usize - first) * dim..(v as usize - first + 1) * dim];
-                    for (g, &d) in dst.iter_mut().zip(src) {
-                        *g += c * d;
+        let (first, len) = ((k * rows_per_task) as u32, (rows.len() / dim) as u32);
+        let mut hits = [0u32; SCAN_BLOCK];
+        crate::fast_math::with_widest_vectors(
+            #[inline(always)]
+            || {
+                for i in 0..batch {
+                    let c = factor(i);
+                    if c == 0.0 {
+                        continue;
+                    }
+                    let ids_i = &ids[i * steps..(i + 1) * steps];
+                    let delta_i = &delta[i * steps * dim..(i + 1) * steps * dim];
+                    for (b, block) in ids_i.chunks(SCAN_BLOCK).enumerate() {
+                        let mut found = 0;
+                        for (t, &v) in block.iter().enumerate() {
+                            // `found ≤ t < SCAN_BLOCK`: the slot exists; it is kept only if the token is ours.
+                            hits[found] = t as u32;
+                            found += usize::from(v.wrapping_sub(first) < len);
+                        }
+                        for &t in &hits[..found] {
+                            let t = b * SCAN_BLOCK + t as usize;
+                            let row = (ids_i[t] - first) as usize;
+                            add_scaled(
+                                &mut rows[row * dim..(row + 1) * dim],
+                                c,
+                                &delta_i[t * dim..(t + 1) * dim],
+                            );
+                        }
                     }
                 }
-            }
-        }
+            },
+        );
     });
+}
+
+/// Values per step of the row loops below: one AVX-512 vector. A loop over a row of runtime length
+/// is vectorised for long rows and leaves a 16-value row (the paper's embedding model) to its scalar
+/// remainder; fixed chunks of 16 become single vector operations.
+const ROW_CHUNK: usize = 16;
+
+/// `dst += c · src`, row by row in chunks of [`ROW_CHUNK`].
+#[inline(always)]
+fn add_scaled(dst: &mut [f32], c: f32, src: &[f32]) {
+    let mut dst_chunks = dst.chunks_exact_mut(ROW_CHUNK);
+    let mut src_chunks = src.chunks_exact(ROW_CHUNK);
+    for (d, s) in (&mut dst_chunks).zip(&mut src_chunks) {
+        // Whole-chunk loads and stores: with element-wise accesses the compiler cannot rule out that
+        // `d` and `s` overlap and keeps the chunk scalar.
+        let (mut sum, add): ([f32; ROW_CHUNK], [f32; ROW_CHUNK]) = (load(d), load(s));
+        for k in 0..ROW_CHUNK {
+            sum[k] += c * add[k];
+        }
+        d.copy_from_slice(&sum);
+    }
+    for (d, &s) in dst_chunks.into_remainder().iter_mut().zip(src_chunks.remainder()) {
+        *d += c * s;
+    }
+}
+
+/// A chunk of [`ROW_CHUNK`] values as an array (`chunk` has exactly that many).
+#[inline(always)]
+fn load(chunk: &[f32]) -> [f32; ROW_CHUNK] {
+    let mut values = [0.0; ROW_CHUNK];
+    values.copy_from_slice(chunk);
+    values
+}
+
+/// `acc += row`, returning `‖row‖²` (each square exact in f64, summed in f64 lanes).
+#[inline(always)]
+fn add_and_square(acc: &mut [f32], row: &[f32]) -> f64 {
+    let mut squares = [0.0f64; ROW_CHUNK];
+    let mut acc_chunks = acc.chunks_exact_mut(ROW_CHUNK);
+    let mut row_chunks = row.chunks_exact(ROW_CHUNK);
+    for (a, r) in (&mut acc_chunks).zip(&mut row_chunks) {
+        let (mut sum, add) = (load(a), load(r));
+        for k in 0..ROW_CHUNK {
+            sum[k] += add[k];
+            squares[k] += add[k] as f64 * add[k] as f64;
+        }
+        a.copy_from_slice(&sum);
+    }
+    let mut tail = 0.0;
+    for (a, &r) in acc_chunks.into_remainder().iter_mut().zip(row_chunks.remainder()) {
+        *a += r;
+        tail += r as f64 * r as f64;
+    }
+    squares.iter().sum::<f64>() + tail
+}
+
+/// `‖row‖²`, as [`add_and_square`] sums it.
+#[inline(always)]
+fn square_row(row: &[f32]) -> f64 {
+    let mut squares = [0.0f64; ROW_CHUNK];
+    let mut chunks = row.chunks_exact(ROW_CHUNK);
+    for r in &mut chunks {
+        let values = load(r);
+        for k in 0..ROW_CHUNK {
+            squares[k] += values[k] as f64 * values[k] as f64;
+        }
+    }
+    squares.iter().sum::<f64>() + chunks.remainder().iter().map(|&r| r as f64 * r as f64).sum::<f64>()
 }
 
 #[cfg(test)]
@@ -340,14 +432,22 @@ mod tests {
 
     #[test]
     fn forward_norms_with_repeated_tokens_and_clipped_sums_match_reference() {
+        // Rows shorter than a vector chunk, exactly one, and two with a remainder; sequences longer than
+        // the scatter-add's scan block.
+        for (vocab, dim, steps) in [(300, 5, 9), (300, 16, 9), (70, 37, 300)] {
+            check_forward_norms_and_sums(vocab, dim, steps);
+        }
+    }
+
+    fn check_forward_norms_and_sums(vocab: usize, dim: usize, steps: usize) {
         let mut rng = rng(51);
-        let (vocab, dim, batch, steps) = (300, 5, 4, 9);
+        let batch = 4;
         let table = uniform(&mut rng, vocab * dim);
         let mut ids: Vec<u32> = (0..batch * steps).map(|_| rng.random_range(0..vocab as u32)).collect();
         // Example 0: one token everywhere; example 1: two tokens alternating; the rest random.
         ids[..steps].fill(7);
         for t in 0..steps {
-            ids[steps + t] = if t % 2 == 0 { 299 } else { 0 };
+            ids[steps + t] = if t % 2 == 0 { vocab as u32 - 1 } else { 0 };
         }
         let delta = uniform(&mut rng, batch * steps * dim);
         let mut out = vec![f32::NAN; batch * steps * dim];
@@ -383,16 +483,23 @@ mod tests {
         let mut dropped = delta.clone();
         dropped[2 * steps * dim] = f32::NAN; // example 2 gets factor 0
         let factors = [0.5f32, 2.0, 0.0, 1.5];
-        let mut grad = vec![1.0f32; vocab * dim];
-        embedding_clipped_sum(vocab, dim, batch, steps, &ids, &dropped, &factors, 1, &mut grad);
-        let want: Vec<f64> = (0..vocab * dim)
+        let clipped: Vec<f64> = (0..vocab * dim)
             .map(|j| 1.0 + (0..batch).map(|i| factors[i] as f64 * grads[i][j]).sum::<f64>())
             .collect();
-        assert_close("clipped sum", &grad, &want, 1e-4);
-        let mut plain = vec![0.0f32; vocab * dim];
-        embedding_backward(vocab, dim, batch, steps, &ids, &delta, &mut plain);
-        let want: Vec<f64> = (0..vocab * dim).map(|j| (0..batch).map(|i| grads[i][j]).sum()).collect();
-        assert_close("gradient", &plain, &want, 1e-4);
+        let summed: Vec<f64> = (0..vocab * dim).map(|j| (0..batch).map(|i| grads[i][j]).sum()).collect();
+        // The scatter-add gives each thread a range of table rows: every split, and more threads than
+        // some ranges have rows, give the same sums.
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut grad = vec![1.0f32; vocab * dim];
+            pool.install(|| {
+                embedding_clipped_sum(vocab, dim, batch, steps, &ids, &dropped, &factors, 1, &mut grad)
+            });
+            assert_close("clipped sum", &grad, &clipped, 1e-4);
+            let mut plain = vec![0.0f32; vocab * dim];
+            pool.install(|| embedding_backward(vocab, dim, batch, steps, &ids, &delta, &mut plain));
+            assert_close("gradient", &plain, &summed, 1e-4);
+        }
     }
 
     /// Every example's `Σ_v ‖Σ_{t: v_t = v} δ_t‖²` in f64, grouping with a map.
