@@ -16,7 +16,8 @@
 
 use rayon::prelude::*;
 
-use crate::per_example::stored_clipped_sum;
+use crate::fast_math::with_widest_vectors;
+use crate::per_example::{stored_clipped_sum, sum_by_lanes};
 
 /// PyTorch's default ε for both layers.
 pub const EPS: f32 = 1e-5;
@@ -55,12 +56,22 @@ impl LayerNormDims {
     }
 }
 
+/// f64 partial sums kept side by side in the backward passes: eight (one AVX-512 register per sum)
+/// make the additions of a sum independent, where one running sum waited on its previous addition for
+/// every value.
+const LANES: usize = 8;
+
 /// Mean and `1/√(var + ε)` of a block, in f64.
 fn stats(block: &[f32]) -> (f32, f32) {
-    let n = block.len().max(1) as f64;
-    let mean = block.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = block.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-    (mean as f32, (1.0 / (var + EPS as f64).sqrt()) as f32)
+    with_widest_vectors(
+        #[inline(always)]
+        || {
+            let n = block.len().max(1) as f64;
+            let mean = sum_by_lanes(block, |v| v as f64) / n;
+            let var = sum_by_lanes(block, |v| (v as f64 - mean) * (v as f64 - mean)) / n;
+            (mean as f32, (1.0 / (var + EPS as f64).sqrt()) as f32)
+        },
+    )
 }
 
 /// Group norm forward: writes `out` and the per-(example, group) `mean` and `rstd` (`[batch][G]`)
@@ -95,11 +106,22 @@ pub fn group_norm_forward(
             let xs = &x[u * block..(u + 1) * block];
             let (mu, rs) = stats(xs);
             (*m, *r) = (mu, rs);
-            let first_channel = (u % groups) * (c / groups);
-            for (k, (ov, &xv)) in o.iter_mut().zip(xs).enumerate() {
-                let ch = first_channel + k / plane.max(1);
-                *ov = (xv - mu) * rs * weight[ch] + bias[ch];
+            if plane == 0 {
+                return;
             }
+            let first_channel = (u % groups) * (c / groups);
+            with_widest_vectors(
+                #[inline(always)]
+                || {
+                    // Channel by channel, so that each channel's affine pair is a constant of its loop.
+                    for (cl, (o, xs)) in o.chunks_exact_mut(plane).zip(xs.chunks_exact(plane)).enumerate() {
+                        let (w, b) = (weight[first_channel + cl], bias[first_channel + cl]);
+                        for (ov, &xv) in o.iter_mut().zip(xs) {
+                            *ov = (xv - mu) * rs * w + b;
+                        }
+                    }
+                },
+            );
         });
 }
 
@@ -137,30 +159,69 @@ pub fn group_norm_backward(
         .enumerate()
         .for_each(|(i, (dx_i, ag))| {
             let (dw, db) = ag.split_at_mut(c);
-            for g in 0..groups {
-                let range = i * n + g * cg * plane..i * n + (g + 1) * cg * plane;
-                let (mu, rs) = (mean[i * groups + g], rstd[i * groups + g]);
-                let channel_of = |k: usize| g * cg + k / plane;
-                normalisation_backward(
-                    &x[range.clone()],
-                    &dout[range],
-                    &mut dx_i[g * cg * plane..(g + 1) * cg * plane],
-                    mu,
-                    rs,
-                    |k| weight[channel_of(k)],
-                );
-                for cl in 0..cg {
-                    let ch = g * cg + cl;
-                    let (mut sw, mut sb) = (0.0f64, 0.0f64);
-                    for k in ch * plane..(ch + 1) * plane {
-                        let dy = dout[i * n + k] as f64;
-                        sw += dy * ((x[i * n + k] - mu) * rs) as f64;
-                        sb += dy;
+            let (x_i, dy_i) = (&x[i * n..(i + 1) * n], &dout[i * n..(i + 1) * n]);
+            with_widest_vectors(
+                #[inline(always)]
+                || {
+                    for g in 0..groups {
+                        let (mu, rs) = (mean[i * groups + g], rstd[i * groups + g]);
+                        let channels = g * cg..(g + 1) * cg;
+                        let plane_of = |ch: usize| ch * plane..(ch + 1) * plane;
+                        // One pass per channel for the affine gradients and the group's two means.
+                        let (mut m1, mut m2) = (0.0f64, 0.0f64);
+                        for ch in channels.clone() {
+                            let sums =
+                                channel_sums(&x_i[plane_of(ch)], &dy_i[plane_of(ch)], mu, rs, weight[ch]);
+                            (dw[ch], db[ch]) = (sums.dy_xhat as f32, sums.dy as f32);
+                            (m1, m2) = (m1 + sums.dxhat, m2 + sums.dxhat_xhat);
+                        }
+                        let count = (cg * plane).max(1) as f64;
+                        let (m1, m2) = ((m1 / count) as f32, (m2 / count) as f32);
+                        for ch in channels {
+                            let gamma = weight[ch];
+                            let (xs, dy) = (&x_i[plane_of(ch)], &dy_i[plane_of(ch)]);
+                            for ((d, &xv), &dyv) in dx_i[plane_of(ch)].iter_mut().zip(xs).zip(dy) {
+                                let xh = (xv - mu) * rs;
+                                *d = rs * (dyv * gamma - m1 - xh * m2);
+                            }
+                        }
                     }
-                    (dw[ch], db[ch]) = (sw as f32, sb as f32);
-                }
-            }
+                },
+            );
         });
+}
+
+/// One channel's sums for the group norm backward (`x̂ = (x − μ)·rstd`, `dx̂ = dy·γ`), in f64.
+struct ChannelSums {
+    dy: f64,
+    dy_xhat: f64,
+    dxhat: f64,
+    dxhat_xhat: f64,
+}
+
+/// The four sums of one channel in [`LANES`] partial sums each.
+#[inline(always)]
+fn channel_sums(x: &[f32], dy: &[f32], mu: f32, rs: f32, gamma: f32) -> ChannelSums {
+    let mut lanes = [[0.0f64; LANES]; 4];
+    let add = |lanes: &mut [[f64; LANES]; 4], k: usize, xv: f32, dyv: f32| {
+        let xh = (xv - mu) * rs;
+        let dxh = dyv * gamma;
+        lanes[0][k] += dyv as f64;
+        lanes[1][k] += dyv as f64 * xh as f64;
+        lanes[2][k] += dxh as f64;
+        lanes[3][k] += dxh as f64 * xh as f64;
+    };
+    let (mut xc, mut dc) = (x.chunks_exact(LANES), dy.chunks_exact(LANES));
+    for (xs, ds) in (&mut xc).zip(&mut dc) {
+        for k in 0..LANES {
+            add(&mut lanes, k, xs[k], ds[k]);
+        }
+    }
+    for (&xv, &dyv) in xc.remainder().iter().zip(dc.remainder()) {
+        add(&mut lanes, 0, xv, dyv);
+    }
+    let [dy, dy_xhat, dxhat, dxhat_xhat] = lanes.map(|l| l.iter().sum::<f64>());
+    ChannelSums { dy, dy_xhat, dxhat, dxhat_xhat }
 }
 
 /// `dx = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))` over one normalised block, `dx̂ = dy·γ`.
@@ -173,13 +234,13 @@ fn normalisation_backward(
     gamma: impl Fn(usize) -> f32,
 ) {
     let n = x.len().max(1) as f64;
-    let (mut m1, mut m2) = (0.0f64, 0.0f64);
+    let (mut m1, mut m2) = ([0.0f64; LANES], [0.0f64; LANES]);
     for k in 0..x.len() {
         let dxh = (dy[k] * gamma(k)) as f64;
-        m1 += dxh;
-        m2 += dxh * ((x[k] - mu) * rs) as f64;
+        m1[k % LANES] += dxh;
+        m2[k % LANES] += dxh * ((x[k] - mu) * rs) as f64;
     }
-    let (m1, m2) = ((m1 / n) as f32, (m2 / n) as f32);
+    let (m1, m2) = ((m1.iter().sum::<f64>() / n) as f32, (m2.iter().sum::<f64>() / n) as f32);
     for k in 0..x.len() {
         let xh = (x[k] - mu) * rs;
         dx[k] = rs * (dy[k] * gamma(k) - m1 - xh * m2);
@@ -411,6 +472,8 @@ mod tests {
             GroupNormDims { channels: 6, plane: 5, groups: 3 },
             GroupNormDims { channels: 4, plane: 9, groups: 1 },
             GroupNormDims { channels: 4, plane: 3, groups: 4 },
+            // Planes of several vector chunks and a remainder.
+            GroupNormDims { channels: 4, plane: 19, groups: 2 },
         ] {
             let batch = 3;
             let n = dims.input_len();
@@ -437,19 +500,21 @@ mod tests {
     #[test]
     fn layer_norm_matches_reference_and_finite_differences() {
         let mut rng = rng(72);
-        let dims = LayerNormDims { rows: 4, dim: 6 };
-        let batch = 3;
-        let n = dims.input_len();
-        let x: Vec<f32> = uniform(&mut rng, batch * n).iter().map(|v| 3.0 * v - 0.2).collect();
-        let (w, b, r) =
-            (uniform(&mut rng, dims.dim), uniform(&mut rng, dims.dim), uniform(&mut rng, batch * n));
-        let mut out = vec![f32::NAN; batch * n];
-        let (mut mean, mut rstd) = (vec![f32::NAN; batch * dims.rows], vec![f32::NAN; batch * dims.rows]);
-        layer_norm_forward(&dims, batch, &x, &w, &b, &mut out, &mut mean, &mut rstd);
-        let mut dx = vec![f32::NAN; batch * n];
-        let mut affine = vec![f32::NAN; batch * 2 * dims.dim];
-        layer_norm_backward(&dims, batch, &x, &r, &w, &mean, &rstd, &mut dx, &mut affine);
-        let reference_one = |x: &[f64], w: &[f64], b: &[f64]| reference(x, dims.dim, w, b, |k| k % dims.dim);
-        check("layer_norm", batch, n, dims.dim, &x, &w, &b, &r, &out, &dx, &affine, &reference_one);
+        for dims in [LayerNormDims { rows: 4, dim: 6 }, LayerNormDims { rows: 2, dim: 21 }] {
+            let batch = 3;
+            let n = dims.input_len();
+            let x: Vec<f32> = uniform(&mut rng, batch * n).iter().map(|v| 3.0 * v - 0.2).collect();
+            let (w, b, r) =
+                (uniform(&mut rng, dims.dim), uniform(&mut rng, dims.dim), uniform(&mut rng, batch * n));
+            let mut out = vec![f32::NAN; batch * n];
+            let (mut mean, mut rstd) = (vec![f32::NAN; batch * dims.rows], vec![f32::NAN; batch * dims.rows]);
+            layer_norm_forward(&dims, batch, &x, &w, &b, &mut out, &mut mean, &mut rstd);
+            let mut dx = vec![f32::NAN; batch * n];
+            let mut affine = vec![f32::NAN; batch * 2 * dims.dim];
+            layer_norm_backward(&dims, batch, &x, &r, &w, &mean, &rstd, &mut dx, &mut affine);
+            let reference_one =
+                |x: &[f64], w: &[f64], b: &[f64]| reference(x, dims.dim, w, b, |k| k % dims.dim);
+            check("layer_norm", batch, n, dims.dim, &x, &w, &b, &r, &out, &dx, &affine, &reference_one);
+        }
     }
 }

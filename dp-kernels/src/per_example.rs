@@ -224,7 +224,7 @@ fn for_each_bias_sum(layout: RowLayout, delta_i: &[f32], t: usize, p: usize, mut
         RowLayout::PositionMajor => for_each_column_sum(delta_i, t, p, f),
         RowLayout::ChannelMajor => {
             for j in 0..p {
-                f(j, delta_i[j * t..(j + 1) * t].iter().map(|&v| v as f64).sum());
+                f(j, sum_wide(&delta_i[j * t..(j + 1) * t]));
             }
         }
     }
@@ -542,22 +542,26 @@ pub fn bias_sum(layer: &PositionalLayer, batch: usize, delta: &[f32], grad_bias:
         return;
     }
     let rows = batch * t;
-    grad_bias[..groups * p].par_chunks_mut(p).enumerate().for_each(|(q, g)| match layer.layout {
+    match layer.layout {
         RowLayout::PositionMajor => {
-            for_each_column_sum(&delta[q * rows * p..(q + 1) * rows * p], rows, p, |j, s| g[j] += s as f32);
+            grad_bias[..groups * p].par_chunks_mut(p).enumerate().for_each(|(q, g)| {
+                for_each_column_sum(&delta[q * rows * p..(q + 1) * rows * p], rows, p, |j, s| {
+                    g[j] += s as f32
+                });
+            })
         }
-        RowLayout::ChannelMajor => {
-            for (j, g_j) in g.iter_mut().enumerate() {
-                let sum: f64 = (0..batch)
-                    .map(|i| {
-                        let row = ((q * batch + i) * p + j) * t;
-                        delta[row..row + t].iter().map(|&v| v as f64).sum::<f64>()
-                    })
-                    .sum();
-                *g_j += sum as f32;
-            }
-        }
-    });
+        // Channel by channel in parallel: an ungrouped conv is one group.
+        RowLayout::ChannelMajor => grad_bias[..groups * p].par_iter_mut().enumerate().for_each(|(qj, g)| {
+            let (q, j) = (qj / p, qj % p);
+            let sum: f64 = (0..batch)
+                .map(|i| {
+                    let row = ((q * batch + i) * p + j) * t;
+                    sum_wide(&delta[row..row + t])
+                })
+                .sum();
+            *g += sum as f32;
+        }),
+    }
 }
 
 /// The clipped weight-gradient sum by book-keeping: ADDS `Σ_i c_i Δ_iᵀ A_i` into `grad` with ONE
@@ -628,27 +632,40 @@ pub fn stored_clipped_sum(
     }
 }
 
-/// Independent f64 partial sums in [`sum_squares`]: a sequential sum cannot be vectorised (the
+/// Independent f64 partial sums in [`sum_by_lanes`]: a sequential sum cannot be vectorised (the
 /// compiler may not reorder it); thirty-two lanes fill four AVX-512 registers, enough independent
 /// additions to cover their latency.
-const SQUARE_SUM_LANES: usize = 32;
+const SUM_LANES: usize = 32;
+
+/// `Σ f(v)` over `x` in f64, in [`SUM_LANES`] partial sums. Inline it into code compiled for wide
+/// vectors (`with_widest_vectors`), as [`sum_squares`] and [`sum_wide`] do.
+#[inline(always)]
+pub(crate) fn sum_by_lanes(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut partial = [0.0f64; SUM_LANES];
+    let mut chunks = x.chunks_exact(SUM_LANES);
+    for chunk in &mut chunks {
+        for (p, &v) in partial.iter_mut().zip(chunk) {
+            *p += f(v);
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    partial.iter().sum::<f64>() + tail
+}
 
 /// `Σ x²` accumulated in f64 (each square of an f32 is exact in f64; the sum runs in thirty-two lanes,
 /// compiled for the widest vectors the CPU has).
 pub fn sum_squares(x: &[f32]) -> f64 {
     crate::fast_math::with_widest_vectors(
         #[inline(always)]
-        || {
-            let mut partial = [0.0f64; SQUARE_SUM_LANES];
-            let mut chunks = x.chunks_exact(SQUARE_SUM_LANES);
-            for chunk in &mut chunks {
-                for (p, &v) in partial.iter_mut().zip(chunk) {
-                    *p += v as f64 * v as f64;
-                }
-            }
-            let tail: f64 = chunks.remainder().iter().map(|&v| v as f64 * v as f64).sum();
-            partial.iter().sum::<f64>() + tail
-        },
+        || sum_by_lanes(x, |v| v as f64 * v as f64),
+    )
+}
+
+/// `Σ x` accumulated in f64, as [`sum_squares`] accumulates.
+pub fn sum_wide(x: &[f32]) -> f64 {
+    crate::fast_math::with_widest_vectors(
+        #[inline(always)]
+        || sum_by_lanes(x, |v| v as f64),
     )
 }
 
