@@ -49,6 +49,9 @@ fn im2col_one(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [f32]) {
     if geom.stride == 1 && geom.out_w() == geom.in_w {
         return im2col_one_same_width(geom, q, x, out);
     }
+    if geom.stride > 1 {
+        return im2col_one_strided(geom, q, x, out);
+    }
     let columns = ColumnRanges::new(geom);
     let (t, ow_n, cg) = (geom.positions(), geom.out_w(), geom.in_c / geom.groups);
     let (s, dil, pad) = (geom.stride, geom.dilation, geom.padding);
@@ -78,6 +81,68 @@ fn im2col_one(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [f32]) {
             }
         }
     }
+}
+
+thread_local! {
+    /// What [`im2col_one_strided`] reads from: the zero-padded plane and the offsets of a tap's
+    /// positions in it. One pair per thread, grown to the largest seen, so no step allocates once warm.
+    static STRIDED_SOURCE: std::cell::RefCell<(Vec<f32>, Vec<u32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// [`im2col_one`] for strides above 1 (the MNIST CNN's convs). Each channel's plane is copied into a
+/// zero-padded plane once; a tap's T positions then read it at fixed offsets from the tap's corner
+/// (the same offsets for every tap), one gather over the whole tap instead of a short strided copy
+/// per output row (5–14 values, each row paying a copy call and two fills for its padding).
+fn im2col_one_strided(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [f32]) {
+    let (t, ow_n, cg) = (geom.positions(), geom.out_w(), geom.in_c / geom.groups);
+    let (s, dil, pad) = (geom.stride, geom.dilation, geom.padding);
+    let (w, plane_len) = (geom.in_w, geom.in_h * geom.in_w);
+    let source_w = w + 2 * pad;
+    let source_len = (geom.in_h + 2 * pad) * source_w;
+    STRIDED_SOURCE.with_borrow_mut(|(padded, offsets)| {
+        offsets.clear();
+        offsets.extend((0..t).map(|p| ((p / ow_n * s) * source_w + p % ow_n * s) as u32));
+        if pad > 0 && padded.len() < source_len {
+            padded.resize(source_len, 0.0);
+        }
+        for cl in 0..cg {
+            let plane = &x[(q * cg + cl) * plane_len..(q * cg + cl + 1) * plane_len];
+            let source: &[f32] = if pad == 0 {
+                plane
+            } else {
+                let padded = &mut padded[..source_len];
+                padded.fill(0.0);
+                for (ih, row) in plane.chunks_exact(w).enumerate() {
+                    let at = (ih + pad) * source_w + pad;
+                    padded[at..at + w].copy_from_slice(row);
+                }
+                padded
+            };
+            for ki in 0..geom.kh {
+                for kj in 0..geom.kw {
+                    let k = (cl * geom.kh + ki) * geom.kw + kj;
+                    let corner = ki * dil * source_w + kj * dil;
+                    gather(&source[corner..], offsets, &mut out[k * t..(k + 1) * t]);
+                }
+            }
+        }
+    });
+}
+
+/// `dst[j] = src[offsets[j]]`; `offsets` ascend, so the last bounds them all.
+fn gather(src: &[f32], offsets: &[u32], dst: &mut [f32]) {
+    let Some(&last) = offsets.last() else { return };
+    assert!((last as usize) < src.len() && offsets.len() <= dst.len(), "gather out of bounds");
+    crate::fast_math::with_widest_vectors(
+        #[inline(always)]
+        || {
+            for (d, &o) in dst.iter_mut().zip(offsets) {
+                // SAFETY: every offset is at most the last, which the assert above bounds.
+                *d = unsafe { *src.get_unchecked(o as usize) };
+            }
+        },
+    );
 }
 
 /// [`im2col_one`] for stride 1 with rows as wide as the input's ('same' padding: the CIFAR-10 and
@@ -394,6 +459,7 @@ mod tests {
             g(1, 12, 12, 2, 3, 1, 1, 1, 1), // T = 144 > GHOST_TILE: several Gram tiles
             g(2, 7, 6, 2, 5, 1, 4, 2, 1),   // 'same' width through dilation: rows wider than the taps
             g(1, 3, 4, 2, 5, 1, 2, 1, 1),   // 'same' with taps beyond every row of a short input
+            g(2, 9, 11, 2, 3, 3, 0, 1, 1),  // stride 3 without padding, non-square
             Conv2dGeometry { kh: 2, kw: 3, ..g(2, 5, 6, 4, 0, 1, 0, 1, 2) },
             // Wider than COLUMN_TABLE: the column ranges are computed as they go.
             Conv2dGeometry { kh: 1, kw: COLUMN_TABLE + 1, ..g(1, 3, 20, 2, 0, 2, 1, 1, 1) },
