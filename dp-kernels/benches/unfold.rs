@@ -1,8 +1,10 @@
 //! Unfolding (`im2col`) one chunk of examples as the conv passes do (`chunk_examples` of a batch of
 //! 128: about 2 MiB of patches), one thread, on the conv shapes of the built-in models. Run with
 //! `cargo bench -p dp-kernels --bench unfold`; medians of 9 timings, nanoseconds per value written.
+//! Then the backward to the input (the patch gradients' product and their fold back onto the input),
+//! milliseconds per batch of 128.
 
-use dp_kernels::conv::{im2col, Conv2dGeometry};
+use dp_kernels::conv::{backward_input_scratch_len, conv2d_backward_input, im2col, Conv2dGeometry};
 use dp_kernels::conv_chunks::chunk_examples;
 use std::hint::black_box;
 
@@ -43,5 +45,19 @@ fn main() {
             support::median_seconds_per_call(9, reps, call) * 1e9 / values
         });
         println!("{:48} {:6.3}", format!("{name}, {batch} examples"), ns);
+    }
+    println!("milliseconds per batch of 128 of the backward to the input, one thread (median of 9)");
+    for (name, geom) in shapes {
+        let batch = 128;
+        let dout: Vec<f32> = (0..batch * geom.output_len()).map(|k| (k % 1000) as f32 / 1000.0).collect();
+        let weight: Vec<f32> = (0..geom.weight_len()).map(|k| (k % 100) as f32 / 100.0).collect();
+        let mut scratch = vec![0.0f32; backward_input_scratch_len(&geom)];
+        let mut dx = vec![0.0f32; batch * geom.input_len()];
+        let ms = pool.install(|| {
+            let call =
+                || conv2d_backward_input(&geom, batch, black_box(&dout), &weight, &mut scratch, &mut dx);
+            support::median_seconds_per_call(9, 2, call) * 1e3
+        });
+        println!("{name:48} {ms:7.3}");
     }
 }

@@ -52,9 +52,10 @@ fn im2col_one(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [f32]) {
     if geom.stride > 1 {
         return im2col_one_strided(geom, q, x, out);
     }
+    // Stride 1: each output row's valid columns read one contiguous run of an input row.
     let columns = ColumnRanges::new(geom);
     let (t, ow_n, cg) = (geom.positions(), geom.out_w(), geom.in_c / geom.groups);
-    let (s, dil, pad) = (geom.stride, geom.dilation, geom.padding);
+    let (dil, pad) = (geom.dilation, geom.padding);
     let plane_len = geom.in_h * geom.in_w;
     for cl in 0..cg {
         let plane = &x[(q * cg + cl) * plane_len..(q * cg + cl + 1) * plane_len];
@@ -70,12 +71,8 @@ fn im2col_one(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [f32]) {
                     dst[..lo].fill(0.0);
                     dst[hi..].fill(0.0);
                     if lo < hi {
-                        let src = &plane[ih * geom.in_w + lo * s + kj * dil - pad..];
-                        if s == 1 {
-                            dst[lo..hi].copy_from_slice(&src[..hi - lo]);
-                        } else {
-                            strided_copy(src, s, &mut dst[lo..], 1, hi - lo);
-                        }
+                        let src = &plane[ih * geom.in_w + lo + kj * dil - pad..];
+                        dst[lo..hi].copy_from_slice(&src[..hi - lo]);
                     }
                 }
             }
@@ -95,14 +92,13 @@ thread_local! {
 /// (the same offsets for every tap), one gather over the whole tap instead of a short strided copy
 /// per output row (5–14 values, each row paying a copy call and two fills for its padding).
 fn im2col_one_strided(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [f32]) {
-    let (t, ow_n, cg) = (geom.positions(), geom.out_w(), geom.in_c / geom.groups);
-    let (s, dil, pad) = (geom.stride, geom.dilation, geom.padding);
+    let (t, cg) = (geom.positions(), geom.in_c / geom.groups);
+    let (dil, pad) = (geom.dilation, geom.padding);
     let (w, plane_len) = (geom.in_w, geom.in_h * geom.in_w);
     let source_w = w + 2 * pad;
     let source_len = (geom.in_h + 2 * pad) * source_w;
     STRIDED_SOURCE.with_borrow_mut(|(padded, offsets)| {
-        offsets.clear();
-        offsets.extend((0..t).map(|p| ((p / ow_n * s) * source_w + p % ow_n * s) as u32));
+        strided_offsets(geom, offsets);
         if pad > 0 && padded.len() < source_len {
             padded.resize(source_len, 0.0);
         }
@@ -128,6 +124,24 @@ fn im2col_one_strided(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [f32
             }
         }
     });
+}
+
+/// The offsets of a tap's positions from its corner in the zero-padded plane, position by position:
+/// `(oh·stride)·(in_w + 2·pad) + ow·stride`.
+fn strided_offsets(geom: &Conv2dGeometry, offsets: &mut Vec<u32>) {
+    let (ow_n, s, source_w) = (geom.out_w(), geom.stride, geom.in_w + 2 * geom.padding);
+    offsets.clear();
+    offsets.extend((0..geom.positions()).map(|p| ((p / ow_n * s) * source_w + p % ow_n * s) as u32));
+}
+
+/// `dst[offsets[j]] += src[j]`; `offsets` ascend and are distinct, the last bounding them all.
+fn scatter_add(src: &[f32], offsets: &[u32], dst: &mut [f32]) {
+    let Some(&last) = offsets.last() else { return };
+    assert!((last as usize) < dst.len() && offsets.len() <= src.len(), "scatter out of bounds");
+    for (&v, &o) in src.iter().zip(offsets) {
+        // SAFETY: every offset is at most the last, which the assert above bounds.
+        unsafe { *dst.get_unchecked_mut(o as usize) += v };
+    }
 }
 
 /// `dst[j] = src[offsets[j]]`; `offsets` ascend, so the last bounds them all.
@@ -192,9 +206,13 @@ fn im2col_one_same_width(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [
 /// ADDS the patch gradients of group `q` of one example (`[d][T]`) back onto its input gradient,
 /// every value onto the input position [`im2col_one`] read it from (taps in the padding skipped).
 fn col2im_one(geom: &Conv2dGeometry, q: usize, cols: &[f32], dx: &mut [f32]) {
+    if geom.stride > 1 {
+        return col2im_one_strided(geom, q, cols, dx);
+    }
+    // Stride 1: each output row's valid columns add onto one contiguous run of an input row.
     let columns = ColumnRanges::new(geom);
     let (t, ow_n, cg) = (geom.positions(), geom.out_w(), geom.in_c / geom.groups);
-    let (s, dil, pad) = (geom.stride, geom.dilation, geom.padding);
+    let (dil, pad) = (geom.dilation, geom.padding);
     let plane_len = geom.in_h * geom.in_w;
     for cl in 0..cg {
         let plane = &mut dx[(q * cg + cl) * plane_len..(q * cg + cl + 1) * plane_len];
@@ -207,18 +225,57 @@ fn col2im_one(geom: &Conv2dGeometry, q: usize, cols: &[f32], dx: &mut [f32]) {
                 }
                 for (oh, src) in cols[k * t..(k + 1) * t].chunks_exact(ow_n).enumerate() {
                     let Some(ih) = input_row(geom, oh, ki) else { continue };
-                    let dst = &mut plane[ih * geom.in_w + lo * s + kj * dil - pad..];
-                    if s == 1 {
-                        for (d, &v) in dst[..hi - lo].iter_mut().zip(&src[lo..hi]) {
-                            *d += v;
-                        }
-                    } else {
-                        strided_add(&src[lo..], 1, dst, s, hi - lo);
+                    let dst = &mut plane[ih * geom.in_w + lo + kj * dil - pad..];
+                    for (d, &v) in dst[..hi - lo].iter_mut().zip(&src[lo..hi]) {
+                        *d += v;
                     }
                 }
             }
         }
     }
+}
+
+/// [`col2im_one`] for strides above 1, the inverse of [`im2col_one_strided`]: each tap's T values are
+/// added at the tap's offsets into a zero-padded plane (the positions of one tap are distinct, so the
+/// adds of a tap never meet), whose inside is then added onto the input gradient.
+fn col2im_one_strided(geom: &Conv2dGeometry, q: usize, cols: &[f32], dx: &mut [f32]) {
+    let (t, cg) = (geom.positions(), geom.in_c / geom.groups);
+    let (dil, pad) = (geom.dilation, geom.padding);
+    let (w, plane_len) = (geom.in_w, geom.in_h * geom.in_w);
+    let source_w = w + 2 * pad;
+    let source_len = (geom.in_h + 2 * pad) * source_w;
+    STRIDED_SOURCE.with_borrow_mut(|(padded, offsets)| {
+        strided_offsets(geom, offsets);
+        if pad > 0 && padded.len() < source_len {
+            padded.resize(source_len, 0.0);
+        }
+        for cl in 0..cg {
+            let plane = &mut dx[(q * cg + cl) * plane_len..(q * cg + cl + 1) * plane_len];
+            let target: &mut [f32] = if pad == 0 {
+                plane
+            } else {
+                let padded = &mut padded[..source_len];
+                padded.fill(0.0);
+                padded
+            };
+            for ki in 0..geom.kh {
+                for kj in 0..geom.kw {
+                    let k = (cl * geom.kh + ki) * geom.kw + kj;
+                    let corner = ki * dil * source_w + kj * dil;
+                    scatter_add(&cols[k * t..(k + 1) * t], offsets, &mut target[corner..]);
+                }
+            }
+            if pad > 0 {
+                let plane = &mut dx[(q * cg + cl) * plane_len..(q * cg + cl + 1) * plane_len];
+                for (ih, row) in plane.chunks_exact_mut(w).enumerate() {
+                    let at = (ih + pad) * source_w + pad;
+                    for (d, &v) in row.iter_mut().zip(&padded[at..at + w]) {
+                        *d += v;
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Forward from patches unfolded by [`im2col`]: `out[i][o][t] = bias[o] + Σ_k W[o][k]·patches[k][t]`.
@@ -370,31 +427,6 @@ fn valid_columns(len: usize, out_len: usize, stride: usize, tap: usize, pad: usi
         None => 0,
     };
     (lo, hi.max(lo))
-}
-
-/// `dst[j·dst_step] = src[j·src_step]` for `j < n`: one bounds check for the whole copy instead of one
-/// per value (the per-value checks and step iterators cost several times the copy itself).
-fn strided_copy(src: &[f32], src_step: usize, dst: &mut [f32], dst_step: usize, n: usize) {
-    if n == 0 {
-        return;
-    }
-    assert!((n - 1) * src_step < src.len() && (n - 1) * dst_step < dst.len(), "strided copy out of bounds");
-    for j in 0..n {
-        // SAFETY: j < n, and the assert above bounds both indices at j = n − 1.
-        unsafe { *dst.get_unchecked_mut(j * dst_step) = *src.get_unchecked(j * src_step) };
-    }
-}
-
-/// `dst[j·dst_step] += src[j·src_step]` for `j < n`, bounds checked once (see [`strided_copy`]).
-fn strided_add(src: &[f32], src_step: usize, dst: &mut [f32], dst_step: usize, n: usize) {
-    if n == 0 {
-        return;
-    }
-    assert!((n - 1) * src_step < src.len() && (n - 1) * dst_step < dst.len(), "strided add out of bounds");
-    for j in 0..n {
-        // SAFETY: j < n, and the assert above bounds both indices at j = n − 1.
-        unsafe { *dst.get_unchecked_mut(j * dst_step) += *src.get_unchecked(j * src_step) };
-    }
 }
 
 #[cfg(test)]
