@@ -484,7 +484,7 @@ fn for_each_example_block(
 /// per group over every example's positions. Channel-major (an example's positions are not rows of
 /// one matrix with the next example's): the examples are split into as many consecutive shares as
 /// partial sums of the gradient fit in [`PARTIAL_SUM_VALUES`], each share's products summed into its
-/// partial (the shares in parallel), the partials then added in order. The shares depend on the
+/// partial (the shares in parallel), the partials then added in order and into `grad`. The shares depend on the
 /// shapes alone, so the bits do not depend on the thread count; with one share the examples' products
 /// are added one after the other, each threaded when large.
 pub fn sum_outer(layer: &PositionalLayer, batch: usize, a: &[f32], delta: &[f32], grad: &mut [f32]) {
@@ -524,9 +524,20 @@ pub fn sum_outer(layer: &PositionalLayer, batch: usize, a: &[f32], delta: &[f32]
                         add_examples(k * per_part..((k + 1) * per_part).min(batch), sgemm_serial, acc);
                     });
                 }
-                for partial in partials.chunks_exact(p * d) {
-                    untranspose(partial, p, g, |entry, v| *entry += v);
-                }
+                // The partials are added in order where they lie (contiguous), then written in the
+                // weight's order once: an untransposing pass per partial wrote a column of `g` per row.
+                let (total, rest) = partials.split_at_mut(p * d);
+                crate::fast_math::with_widest_vectors(
+                    #[inline(always)]
+                    || {
+                        for partial in rest.chunks_exact(p * d) {
+                            for (t, &v) in total.iter_mut().zip(partial) {
+                                *t += v;
+                            }
+                        }
+                    },
+                );
+                untranspose(total, p, g, |entry, v| *entry += v);
             }
         }
     }
