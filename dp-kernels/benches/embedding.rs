@@ -60,42 +60,23 @@ fn main() {
                 let mut grad = vec![0.0; vocab * dim];
                 let mut norms = vec![0.0; batch];
                 let mut scratch = vec![0.0; threads * norm_scratch_len(steps, dim)];
+                let (v, d, b, s) = (vocab, dim, batch, steps);
                 let forward = pool.install(|| {
-                    timed("forward", &mut || embedding_forward(vocab, dim, black_box(&ids), &table, &mut out))
+                    timed("forward", &mut || embedding_forward(v, d, black_box(&ids), &table, &mut out))
                 });
                 let backward = pool.install(|| {
                     timed("backward", &mut || {
-                        embedding_backward(vocab, dim, batch, steps, black_box(&ids), &delta, &mut grad)
+                        embedding_backward(v, d, b, s, black_box(&ids), &delta, &mut grad)
                     })
                 });
                 let norm = pool.install(|| {
                     timed("norms", &mut || {
-                        embedding_norms_sq(
-                            vocab,
-                            dim,
-                            batch,
-                            steps,
-                            black_box(&ids),
-                            &delta,
-                            &mut scratch,
-                            &mut norms,
-                            1,
-                        )
+                        embedding_norms_sq(v, d, b, s, black_box(&ids), &delta, &mut scratch, &mut norms, 1)
                     })
                 });
                 let clipped = pool.install(|| {
                     timed("clipped sum", &mut || {
-                        embedding_clipped_sum(
-                            vocab,
-                            dim,
-                            batch,
-                            steps,
-                            black_box(&ids),
-                            &delta,
-                            &factors,
-                            1,
-                            &mut grad,
-                        )
+                        embedding_clipped_sum(v, d, b, s, black_box(&ids), &delta, &factors, 1, &mut grad)
                     })
                 });
                 let tokens = if zipf { "Zipf" } else { "uniform" };

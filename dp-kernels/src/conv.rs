@@ -92,22 +92,14 @@ thread_local! {
 /// (the same offsets for every tap), one gather over the whole tap instead of a short strided copy
 /// per output row (5–14 values, each row paying a copy call and two fills for its padding).
 fn im2col_one_strided(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [f32]) {
-    let (t, cg) = (geom.positions(), geom.in_c / geom.groups);
-    let (dil, pad) = (geom.dilation, geom.padding);
-    let (w, plane_len) = (geom.in_w, geom.in_h * geom.in_w);
-    let source_w = w + 2 * pad;
-    let source_len = (geom.in_h + 2 * pad) * source_w;
-    STRIDED_SOURCE.with_borrow_mut(|(padded, offsets)| {
-        strided_offsets(geom, offsets);
-        if pad > 0 && padded.len() < source_len {
-            padded.resize(source_len, 0.0);
-        }
+    let (t, cg, w, plane_len) = (geom.positions(), geom.in_c / geom.groups, geom.in_w, geom.in_h * geom.in_w);
+    let (dil, pad, source_w) = (geom.dilation, geom.padding, geom.in_w + 2 * geom.padding);
+    with_strided_source(geom, |padded, offsets| {
         for cl in 0..cg {
             let plane = &x[(q * cg + cl) * plane_len..(q * cg + cl + 1) * plane_len];
             let source: &[f32] = if pad == 0 {
                 plane
             } else {
-                let padded = &mut padded[..source_len];
                 padded.fill(0.0);
                 for (ih, row) in plane.chunks_exact(w).enumerate() {
                     let at = (ih + pad) * source_w + pad;
@@ -124,6 +116,21 @@ fn im2col_one_strided(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [f32
             }
         }
     });
+}
+
+/// Runs `f(padded, offsets)` with this thread's zero-padded plane (`(in_h + 2·pad)·(in_w + 2·pad)`
+/// values, its contents left to `f`; empty when the conv does not pad) and the offsets of a tap's
+/// positions ([`strided_offsets`]).
+fn with_strided_source<R>(geom: &Conv2dGeometry, f: impl FnOnce(&mut [f32], &[u32]) -> R) -> R {
+    let pad = geom.padding;
+    let len = if pad == 0 { 0 } else { (geom.in_h + 2 * pad) * (geom.in_w + 2 * pad) };
+    STRIDED_SOURCE.with_borrow_mut(|(padded, offsets)| {
+        strided_offsets(geom, offsets);
+        if padded.len() < len {
+            padded.resize(len, 0.0);
+        }
+        f(&mut padded[..len], offsets)
+    })
 }
 
 /// The offsets of a tap's positions from its corner in the zero-padded plane, position by position:
@@ -239,24 +246,16 @@ fn col2im_one(geom: &Conv2dGeometry, q: usize, cols: &[f32], dx: &mut [f32]) {
 /// added at the tap's offsets into a zero-padded plane (the positions of one tap are distinct, so the
 /// adds of a tap never meet), whose inside is then added onto the input gradient.
 fn col2im_one_strided(geom: &Conv2dGeometry, q: usize, cols: &[f32], dx: &mut [f32]) {
-    let (t, cg) = (geom.positions(), geom.in_c / geom.groups);
-    let (dil, pad) = (geom.dilation, geom.padding);
-    let (w, plane_len) = (geom.in_w, geom.in_h * geom.in_w);
-    let source_w = w + 2 * pad;
-    let source_len = (geom.in_h + 2 * pad) * source_w;
-    STRIDED_SOURCE.with_borrow_mut(|(padded, offsets)| {
-        strided_offsets(geom, offsets);
-        if pad > 0 && padded.len() < source_len {
-            padded.resize(source_len, 0.0);
-        }
+    let (t, cg, w, plane_len) = (geom.positions(), geom.in_c / geom.groups, geom.in_w, geom.in_h * geom.in_w);
+    let (dil, pad, source_w) = (geom.dilation, geom.padding, geom.in_w + 2 * geom.padding);
+    with_strided_source(geom, |padded, offsets| {
         for cl in 0..cg {
             let plane = &mut dx[(q * cg + cl) * plane_len..(q * cg + cl + 1) * plane_len];
             let target: &mut [f32] = if pad == 0 {
                 plane
             } else {
-                let padded = &mut padded[..source_len];
                 padded.fill(0.0);
-                padded
+                &mut *padded
             };
             for ki in 0..geom.kh {
                 for kj in 0..geom.kw {
