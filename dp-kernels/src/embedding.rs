@@ -322,7 +322,8 @@ fn scatter_add(
                     for (b, block) in ids_i.chunks(SCAN_BLOCK).enumerate() {
                         let mut found = 0;
                         for (t, &v) in block.iter().enumerate() {
-                            // `found ≤ t < SCAN_BLOCK`: the slot exists; it is kept only if the token is ours.
+                            // `found ≤ t < SCAN_BLOCK`, so the slot exists; it is kept only if the
+                            // token is in this task's rows.
                             hits[found] = t as u32;
                             found += usize::from(v.wrapping_sub(first) < len);
                         }
@@ -342,9 +343,8 @@ fn scatter_add(
     });
 }
 
-/// Values per step of the row loops below: one AVX-512 vector. A loop over a row of runtime length
-/// is vectorised for long rows and leaves a 16-value row (the paper's embedding model) to its scalar
-/// remainder; fixed chunks of 16 become single vector operations.
+/// Values per step of the row loops below: one AVX-512 vector, so that a row of the paper's embedding
+/// model (16 values) is one vector operation (seen in the disassembly of the scatter-add).
 const ROW_CHUNK: usize = 16;
 
 /// `dst += c · src`, row by row in chunks of [`ROW_CHUNK`].

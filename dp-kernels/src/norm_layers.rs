@@ -106,9 +106,6 @@ pub fn group_norm_forward(
             let xs = &x[u * block..(u + 1) * block];
             let (mu, rs) = stats(xs);
             (*m, *r) = (mu, rs);
-            if plane == 0 {
-                return;
-            }
             let first_channel = (u % groups) * (c / groups);
             with_widest_vectors(
                 #[inline(always)]

@@ -484,9 +484,9 @@ fn for_each_example_block(
 /// per group over every example's positions. Channel-major (an example's positions are not rows of
 /// one matrix with the next example's): the examples are split into as many consecutive shares as
 /// partial sums of the gradient fit in [`PARTIAL_SUM_VALUES`], each share's products summed into its
-/// partial (the shares in parallel), the partials then added in order and into `grad`. The shares depend on the
-/// shapes alone, so the bits do not depend on the thread count; with one share the examples' products
-/// are added one after the other, each threaded when large.
+/// partial (the shares in parallel), the partials then added in order and into `grad`. The shares
+/// depend on the shapes alone, so the bits do not depend on the thread count; with one share the
+/// examples' products are added one after the other, each threaded when large.
 pub fn sum_outer(layer: &PositionalLayer, batch: usize, a: &[f32], delta: &[f32], grad: &mut [f32]) {
     let (t, d, p, groups) = (layer.positions, layer.in_width, layer.out_width, layer.groups);
     check_len("A", a.len(), batch * layer.a_len());
