@@ -137,6 +137,8 @@ fn with_strided_source<R>(geom: &Conv2dGeometry, f: impl FnOnce(&mut [f32], &[u3
 /// `(oh·stride)·(in_w + 2·pad) + ow·stride`.
 fn strided_offsets(geom: &Conv2dGeometry, offsets: &mut Vec<u32>) {
     let (ow_n, s, source_w) = (geom.out_w(), geom.stride, geom.in_w + 2 * geom.padding);
+    let source_len = (geom.in_h + 2 * geom.padding) * source_w;
+    assert!(source_len <= u32::MAX as usize, "conv2d: a padded plane of {source_len} values");
     offsets.clear();
     offsets.extend((0..geom.positions()).map(|p| ((p / ow_n * s) * source_w + p % ow_n * s) as u32));
 }
