@@ -81,8 +81,9 @@ fn im2col_one(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [f32]) {
 }
 
 thread_local! {
-    /// What [`im2col_one_strided`] reads from: the zero-padded plane and the offsets of a tap's
-    /// positions in it. One pair per thread, grown to the largest seen, so no step allocates once warm.
+    /// The zero-padded plane [`im2col_one_strided`] reads and [`col2im_one_strided`] adds into, and
+    /// the offsets of a tap's positions in it. One pair per thread, grown to the largest seen, so no
+    /// step allocates once warm.
     static STRIDED_SOURCE: std::cell::RefCell<(Vec<f32>, Vec<u32>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
@@ -120,27 +121,22 @@ fn im2col_one_strided(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [f32
 
 /// Runs `f(padded, offsets)` with this thread's zero-padded plane (`(in_h + 2·pad)·(in_w + 2·pad)`
 /// values, its contents left to `f`; empty when the conv does not pad) and the offsets of a tap's
-/// positions ([`strided_offsets`]).
-fn with_strided_source<R>(geom: &Conv2dGeometry, f: impl FnOnce(&mut [f32], &[u32]) -> R) -> R {
-    let pad = geom.padding;
-    let len = if pad == 0 { 0 } else { (geom.in_h + 2 * pad) * (geom.in_w + 2 * pad) };
-    STRIDED_SOURCE.with_borrow_mut(|(padded, offsets)| {
-        strided_offsets(geom, offsets);
-        if padded.len() < len {
-            padded.resize(len, 0.0);
-        }
-        f(&mut padded[..len], offsets)
-    })
-}
-
-/// The offsets of a tap's positions from its corner in the zero-padded plane, position by position:
+/// positions from its corner in that plane, position by position:
 /// `(oh·stride)·(in_w + 2·pad) + ow·stride`.
-fn strided_offsets(geom: &Conv2dGeometry, offsets: &mut Vec<u32>) {
-    let (ow_n, s, source_w) = (geom.out_w(), geom.stride, geom.in_w + 2 * geom.padding);
-    let source_len = (geom.in_h + 2 * geom.padding) * source_w;
+fn with_strided_source<R>(geom: &Conv2dGeometry, f: impl FnOnce(&mut [f32], &[u32]) -> R) -> R {
+    let (ow_n, s, pad) = (geom.out_w(), geom.stride, geom.padding);
+    let source_w = geom.in_w + 2 * pad;
+    let source_len = (geom.in_h + 2 * pad) * source_w;
     assert!(source_len <= u32::MAX as usize, "conv2d: a padded plane of {source_len} values");
-    offsets.clear();
-    offsets.extend((0..geom.positions()).map(|p| ((p / ow_n * s) * source_w + p % ow_n * s) as u32));
+    let padded_len = if pad == 0 { 0 } else { source_len };
+    STRIDED_SOURCE.with_borrow_mut(|(padded, offsets)| {
+        offsets.clear();
+        offsets.extend((0..geom.positions()).map(|p| ((p / ow_n * s) * source_w + p % ow_n * s) as u32));
+        if padded.len() < padded_len {
+            padded.resize(padded_len, 0.0);
+        }
+        f(&mut padded[..padded_len], offsets)
+    })
 }
 
 /// `dst[offsets[j]] += src[j]`; `offsets` ascend and are distinct, the last bounding them all.

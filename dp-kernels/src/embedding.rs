@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use crate::per_example::sum_squares;
+use crate::per_example::{sum_by_lanes, sum_squares};
 
 /// Scratch `f32`s per parallel slot of [`embedding_norms_sq`]: the example's positions (as `u32`) and
 /// one row accumulator.
@@ -223,11 +223,11 @@ fn grouped_norm_sq(
                 }
                 if end - start > 1 {
                     acc.copy_from_slice(row(first));
-                    let mut rows_sq = square_row(acc);
+                    let mut rows_sq = sum_by_lanes::<ROW_CHUNK>(acc, |v| v as f64 * v as f64);
                     for &e in &sorted[start + 1..end] {
                         rows_sq += add_and_square(acc, row(e));
                     }
-                    total += square_row(acc) - rows_sq;
+                    total += sum_by_lanes::<ROW_CHUNK>(acc, |v| v as f64 * v as f64) - rows_sq;
                 }
                 start = end;
             }
@@ -394,20 +394,6 @@ fn add_and_square(acc: &mut [f32], row: &[f32]) -> f64 {
         tail += r as f64 * r as f64;
     }
     squares.iter().sum::<f64>() + tail
-}
-
-/// `‖row‖²`, as [`add_and_square`] sums it.
-#[inline(always)]
-fn square_row(row: &[f32]) -> f64 {
-    let mut squares = [0.0f64; ROW_CHUNK];
-    let mut chunks = row.chunks_exact(ROW_CHUNK);
-    for r in &mut chunks {
-        let values = load(r);
-        for k in 0..ROW_CHUNK {
-            squares[k] += values[k] as f64 * values[k] as f64;
-        }
-    }
-    squares.iter().sum::<f64>() + chunks.remainder().iter().map(|&r| r as f64 * r as f64).sum::<f64>()
 }
 
 #[cfg(test)]

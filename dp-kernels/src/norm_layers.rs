@@ -17,7 +17,7 @@
 use rayon::prelude::*;
 
 use crate::fast_math::with_widest_vectors;
-use crate::per_example::{stored_clipped_sum, sum_by_lanes};
+use crate::per_example::{stored_clipped_sum, sum_by_lanes, SUM_LANES};
 
 /// PyTorch's default ε for both layers.
 pub const EPS: f32 = 1e-5;
@@ -67,8 +67,8 @@ fn stats(block: &[f32]) -> (f32, f32) {
         #[inline(always)]
         || {
             let n = block.len().max(1) as f64;
-            let mean = sum_by_lanes(block, |v| v as f64) / n;
-            let var = sum_by_lanes(block, |v| (v as f64 - mean) * (v as f64 - mean)) / n;
+            let mean = sum_by_lanes::<SUM_LANES>(block, |v| v as f64) / n;
+            let var = sum_by_lanes::<SUM_LANES>(block, |v| (v as f64 - mean) * (v as f64 - mean)) / n;
             (mean as f32, (1.0 / (var + EPS as f64).sqrt()) as f32)
         },
     )

@@ -643,17 +643,18 @@ pub fn stored_clipped_sum(
     }
 }
 
-/// Independent f64 partial sums in [`sum_by_lanes`]: a sequential sum cannot be vectorised (the
-/// compiler may not reorder it); thirty-two lanes fill four AVX-512 registers, enough independent
-/// additions to cover their latency.
-const SUM_LANES: usize = 32;
+/// Independent f64 partial sums in [`sum_by_lanes`] for long slices: a sequential sum cannot be
+/// vectorised (the compiler may not reorder it); thirty-two lanes fill four AVX-512 registers, enough
+/// independent additions to cover their latency.
+pub(crate) const SUM_LANES: usize = 32;
 
-/// `Σ f(v)` over `x` in f64, in [`SUM_LANES`] partial sums. Inline it into code compiled for wide
+/// `Σ f(v)` over `x` in f64, in `LANES` partial sums ([`SUM_LANES`] for long slices; as many as a
+/// short row has, so that it is not left to the scalar tail). Inline it into code compiled for wide
 /// vectors (`with_widest_vectors`), as [`sum_squares`] and [`sum_wide`] do.
 #[inline(always)]
-pub(crate) fn sum_by_lanes(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
-    let mut partial = [0.0f64; SUM_LANES];
-    let mut chunks = x.chunks_exact(SUM_LANES);
+pub(crate) fn sum_by_lanes<const LANES: usize>(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut partial = [0.0f64; LANES];
+    let mut chunks = x.chunks_exact(LANES);
     for chunk in &mut chunks {
         for (p, &v) in partial.iter_mut().zip(chunk) {
             *p += f(v);
@@ -668,7 +669,7 @@ pub(crate) fn sum_by_lanes(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
 pub fn sum_squares(x: &[f32]) -> f64 {
     crate::fast_math::with_widest_vectors(
         #[inline(always)]
-        || sum_by_lanes(x, |v| v as f64 * v as f64),
+        || sum_by_lanes::<SUM_LANES>(x, |v| v as f64 * v as f64),
     )
 }
 
@@ -676,7 +677,7 @@ pub fn sum_squares(x: &[f32]) -> f64 {
 pub fn sum_wide(x: &[f32]) -> f64 {
     crate::fast_math::with_widest_vectors(
         #[inline(always)]
-        || sum_by_lanes(x, |v| v as f64),
+        || sum_by_lanes::<SUM_LANES>(x, |v| v as f64),
     )
 }
 
