@@ -1,7 +1,7 @@
-//! Dense f32 matrix products, row-major, on top of the `gemm` crate (AVX2/AVX-512 micro-kernels chosen
-//! at run time; AVX-512 through its `x86-v4` feature).
+//! Dense f32 matrix products, row-major, on top of the `gemm` crate's f32 kernels (`gemm-f32`:
+//! AVX2/AVX-512 micro-kernels chosen at run time; AVX-512 through its `x86-v4` feature).
 
-use gemm::Parallelism;
+use gemm_common::Parallelism;
 
 /// Products smaller than this many multiply-adds run on the calling thread: below it, waking the
 /// thread pool costs more than it saves.
@@ -137,8 +137,8 @@ pub fn sgemm_strided_serial(
     }
 }
 
-/// `c = beta·c + alpha·a·b` through the `gemm` crate, every operand a pointer with its (row, column)
-/// strides (`c`'s column stride 1).
+/// `c = beta·c + alpha·a·b` through the `gemm` crate's f32 kernels, every operand a pointer with
+/// its (row, column) strides (`c`'s column stride 1).
 ///
 /// # Safety
 /// Every index the strides reach for an `m×k` `a`, a `k×n` `b` and an `m×n` `c` must be inside the
@@ -151,29 +151,57 @@ unsafe fn call_gemm(
     (alpha, beta): (f32, f32),
     parallelism: Parallelism,
 ) {
-    // SAFETY: the caller's contract.
+    // The kernels take column strides first and scale the destination by their `alpha`, the product
+    // by their `beta`. They prefer a column-major destination, so a row-major `c` is computed as
+    // `cᵀ = bᵀ·aᵀ` (as the crate's own front end does; no stride here is negative).
+    let gemm = gemm_f32::gemm::f32::get_gemm_fn();
+    // SAFETY: the caller's contract; the transposed call reaches the same entries.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c,
-            1,
-            c_rs,
-            beta != 0.0,
-            a,
-            a_cs,
-            a_rs,
-            b,
-            b_cs,
-            b_rs,
-            beta,
-            alpha,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+        if 1 < c_rs.abs() {
+            gemm(
+                n,
+                m,
+                k,
+                c,
+                c_rs,
+                1,
+                beta != 0.0,
+                b,
+                b_rs,
+                b_cs,
+                a,
+                a_rs,
+                a_cs,
+                beta,
+                alpha,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        } else {
+            gemm(
+                m,
+                n,
+                k,
+                c,
+                1,
+                c_rs,
+                beta != 0.0,
+                a,
+                a_cs,
+                a_rs,
+                b,
+                b_cs,
+                b_rs,
+                beta,
+                alpha,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
     }
 }
 
