@@ -10,6 +10,8 @@
 //! of one input row, so unfolding is contiguous copies and folding contiguous additions; and the NCHW
 //! output gradient is already `[p][T]` per example and group, so no product needs a transposition.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use crate::gemm::{product_for, Op};
@@ -37,33 +39,45 @@ pub fn im2col(geom: &Conv2dGeometry, batch: usize, x: &[f32], patches: &mut [f32
     if unit == 0 {
         return;
     }
+    let (t, cg) = (geom.positions(), geom.in_c / geom.groups);
     patches[..batch * geom.patches_len()].par_chunks_mut(unit).enumerate().for_each(|(u, out)| {
         let (q, i) = (u / batch, u % batch);
-        im2col_one(geom, q, &x[i * geom.input_len()..(i + 1) * geom.input_len()], out);
+        im2col_one(geom, q, 0..cg, &x[i * geom.input_len()..(i + 1) * geom.input_len()], out, t);
     });
 }
 
-/// Patches of group `q` of one example (`[d][T]`): per column row and output row, one copy over the
+/// The patch rows of group `q`'s input channels `channels` (local to the group) of one example: row
+/// `k` (counted from the first of `channels`, ordered like a weight row) holds patch value `k` at
+/// every position, at `out[k·stride..k·stride + T]`. Per column row and output row, one copy over the
 /// output columns whose tap is inside the input (its range computed once), zeros outside.
-fn im2col_one(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [f32]) {
+/// `stride = T` is the `[d][T]` of [`im2col`]; a wider stride interleaves several examples' rows
+/// ([`crate::conv_folded`]).
+pub(crate) fn im2col_one(
+    geom: &Conv2dGeometry,
+    q: usize,
+    channels: Range<usize>,
+    x: &[f32],
+    out: &mut [f32],
+    stride: usize,
+) {
     if geom.stride == 1 && geom.out_w() == geom.in_w {
-        return im2col_one_same_width(geom, q, x, out);
+        return im2col_one_same_width(geom, q, channels, x, out, stride);
     }
     if geom.stride > 1 {
-        return im2col_one_strided(geom, q, x, out);
+        return im2col_one_strided(geom, q, channels, x, out, stride);
     }
     // Stride 1: each output row's valid columns read one contiguous run of an input row.
     let columns = ColumnRanges::new(geom);
     let (t, ow_n, cg) = (geom.positions(), geom.out_w(), geom.in_c / geom.groups);
     let (dil, pad) = (geom.dilation, geom.padding);
     let plane_len = geom.in_h * geom.in_w;
-    for cl in 0..cg {
+    for cl in channels.clone() {
         let plane = &x[(q * cg + cl) * plane_len..(q * cg + cl + 1) * plane_len];
         for ki in 0..geom.kh {
             for kj in 0..geom.kw {
-                let k = (cl * geom.kh + ki) * geom.kw + kj;
+                let k = ((cl - channels.start) * geom.kh + ki) * geom.kw + kj;
                 let (lo, hi) = columns.get(kj);
-                for (oh, dst) in out[k * t..(k + 1) * t].chunks_exact_mut(ow_n).enumerate() {
+                for (oh, dst) in out[k * stride..k * stride + t].chunks_exact_mut(ow_n).enumerate() {
                     let Some(ih) = input_row(geom, oh, ki) else {
                         dst.fill(0.0);
                         continue;
@@ -80,23 +94,41 @@ fn im2col_one(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [f32]) {
     }
 }
 
+/// This thread's zero-padded plane and tap offsets, for [`with_strided_source`].
+struct StridedSource {
+    padded: Vec<f32>,
+    offsets: Vec<u32>,
+    /// The (positions, output width, stride, padded width) the offsets were computed for: a chunk
+    /// unfolded channel by channel asks for the same offsets once per example and channel, and
+    /// computing them (two divisions per position) cost more than the gathers they serve.
+    offsets_for: (usize, usize, usize, usize),
+}
+
 thread_local! {
     /// The zero-padded plane [`im2col_one_strided`] reads and [`col2im_one_strided`] adds into, and
-    /// the offsets of a tap's positions in it. One pair per thread, grown to the largest seen, so no
-    /// step allocates once warm.
-    static STRIDED_SOURCE: std::cell::RefCell<(Vec<f32>, Vec<u32>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    /// the offsets of a tap's positions in it. One per thread, grown to the largest seen, so no step
+    /// allocates once warm.
+    static STRIDED_SOURCE: std::cell::RefCell<StridedSource> = const {
+        std::cell::RefCell::new(StridedSource { padded: Vec::new(), offsets: Vec::new(), offsets_for: (0, 0, 0, 0) })
+    };
 }
 
 /// [`im2col_one`] for strides above 1 (the MNIST CNN's convs). Each channel's plane is copied into a
 /// zero-padded plane once; a tap's T positions then read it at fixed offsets from the tap's corner
 /// (the same offsets for every tap), one gather over the whole tap instead of a short strided copy
 /// per output row (5–14 values, each row paying a copy call and two fills for its padding).
-fn im2col_one_strided(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [f32]) {
+fn im2col_one_strided(
+    geom: &Conv2dGeometry,
+    q: usize,
+    channels: Range<usize>,
+    x: &[f32],
+    out: &mut [f32],
+    stride: usize,
+) {
     let (t, cg, w, plane_len) = (geom.positions(), geom.in_c / geom.groups, geom.in_w, geom.in_h * geom.in_w);
     let (dil, pad, source_w) = (geom.dilation, geom.padding, geom.in_w + 2 * geom.padding);
     with_strided_source(geom, |padded, offsets| {
-        for cl in 0..cg {
+        for cl in channels.clone() {
             let plane = &x[(q * cg + cl) * plane_len..(q * cg + cl + 1) * plane_len];
             let source: &[f32] = if pad == 0 {
                 plane
@@ -110,9 +142,9 @@ fn im2col_one_strided(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [f32
             };
             for ki in 0..geom.kh {
                 for kj in 0..geom.kw {
-                    let k = (cl * geom.kh + ki) * geom.kw + kj;
+                    let k = ((cl - channels.start) * geom.kh + ki) * geom.kw + kj;
                     let corner = ki * dil * source_w + kj * dil;
-                    gather(&source[corner..], offsets, &mut out[k * t..(k + 1) * t]);
+                    gather(&source[corner..], offsets, &mut out[k * stride..k * stride + t]);
                 }
             }
         }
@@ -129,13 +161,17 @@ fn with_strided_source<R>(geom: &Conv2dGeometry, f: impl FnOnce(&mut [f32], &[u3
     let source_len = (geom.in_h + 2 * pad) * source_w;
     assert!(source_len <= u32::MAX as usize, "conv2d: a padded plane of {source_len} values");
     let padded_len = if pad == 0 { 0 } else { source_len };
-    STRIDED_SOURCE.with_borrow_mut(|(padded, offsets)| {
-        offsets.clear();
-        offsets.extend((0..geom.positions()).map(|p| ((p / ow_n * s) * source_w + p % ow_n * s) as u32));
-        if padded.len() < padded_len {
-            padded.resize(padded_len, 0.0);
+    STRIDED_SOURCE.with_borrow_mut(|source| {
+        let key = (geom.positions(), ow_n, s, source_w);
+        if source.offsets_for != key {
+            source.offsets.clear();
+            source.offsets.extend((0..key.0).map(|p| ((p / ow_n * s) * source_w + p % ow_n * s) as u32));
+            source.offsets_for = key;
         }
-        f(&mut padded[..padded_len], offsets)
+        if source.padded.len() < padded_len {
+            source.padded.resize(padded_len, 0.0);
+        }
+        f(&mut source.padded[..padded_len], &source.offsets)
     })
 }
 
@@ -169,18 +205,25 @@ fn gather(src: &[f32], offsets: &[u32], dst: &mut [f32]) {
 /// `shift` per tap, so the tap's valid rows are one contiguous copy; the copy also carries, at each
 /// row's ends, values from the neighbouring rows where the tap is in the padding, which are then
 /// zeroed. A row-by-row copy paid two library calls (a copy and a fill) per row of 32 values.
-fn im2col_one_same_width(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [f32]) {
+fn im2col_one_same_width(
+    geom: &Conv2dGeometry,
+    q: usize,
+    channels: Range<usize>,
+    x: &[f32],
+    out: &mut [f32],
+    stride: usize,
+) {
     let columns = ColumnRanges::new(geom);
     let (t, w, cg) = (geom.positions(), geom.in_w, geom.in_c / geom.groups);
     let (dil, pad) = (geom.dilation, geom.padding);
     let plane_len = geom.in_h * w;
-    for cl in 0..cg {
+    for cl in channels.clone() {
         let plane = &x[(q * cg + cl) * plane_len..(q * cg + cl + 1) * plane_len];
         for ki in 0..geom.kh {
             let (row_lo, row_hi) = valid_columns(geom.in_h, geom.out_h(), 1, ki * dil, pad);
             for kj in 0..geom.kw {
-                let k = (cl * geom.kh + ki) * geom.kw + kj;
-                let dst = &mut out[k * t..(k + 1) * t];
+                let k = ((cl - channels.start) * geom.kh + ki) * geom.kw + kj;
+                let dst = &mut out[k * stride..k * stride + t];
                 let (lo, hi) = columns.get(kj);
                 dst[..row_lo * w].fill(0.0);
                 dst[row_hi * w..].fill(0.0);
@@ -208,11 +251,12 @@ fn im2col_one_same_width(geom: &Conv2dGeometry, q: usize, x: &[f32], out: &mut [
     }
 }
 
-/// ADDS the patch gradients of group `q` of one example (`[d][T]`) back onto its input gradient,
-/// every value onto the input position [`im2col_one`] read it from (taps in the padding skipped).
-fn col2im_one(geom: &Conv2dGeometry, q: usize, cols: &[f32], dx: &mut [f32]) {
+/// ADDS the patch gradients of group `q` of one example (row `k` at `cols[k·stride..k·stride + T]`;
+/// `stride = T` for `[d][T]`) back onto its input gradient, every value onto the input position
+/// [`im2col_one`] read it from (taps in the padding skipped).
+pub(crate) fn col2im_one(geom: &Conv2dGeometry, q: usize, cols: &[f32], dx: &mut [f32], stride: usize) {
     if geom.stride > 1 {
-        return col2im_one_strided(geom, q, cols, dx);
+        return col2im_one_strided(geom, q, cols, dx, stride);
     }
     // Stride 1: each output row's valid columns add onto one contiguous run of an input row.
     let columns = ColumnRanges::new(geom);
@@ -228,7 +272,7 @@ fn col2im_one(geom: &Conv2dGeometry, q: usize, cols: &[f32], dx: &mut [f32]) {
                 if lo >= hi {
                     continue;
                 }
-                for (oh, src) in cols[k * t..(k + 1) * t].chunks_exact(ow_n).enumerate() {
+                for (oh, src) in cols[k * stride..k * stride + t].chunks_exact(ow_n).enumerate() {
                     let Some(ih) = input_row(geom, oh, ki) else { continue };
                     let dst = &mut plane[ih * geom.in_w + lo + kj * dil - pad..];
                     for (d, &v) in dst[..hi - lo].iter_mut().zip(&src[lo..hi]) {
@@ -243,7 +287,7 @@ fn col2im_one(geom: &Conv2dGeometry, q: usize, cols: &[f32], dx: &mut [f32]) {
 /// [`col2im_one`] for strides above 1, the inverse of [`im2col_one_strided`]: each tap's T values are
 /// added at the tap's offsets into a zero-padded plane (the positions of one tap are distinct, so the
 /// adds of a tap never meet), whose inside is then added onto the input gradient.
-fn col2im_one_strided(geom: &Conv2dGeometry, q: usize, cols: &[f32], dx: &mut [f32]) {
+fn col2im_one_strided(geom: &Conv2dGeometry, q: usize, cols: &[f32], dx: &mut [f32], stride: usize) {
     let (t, cg, w, plane_len) = (geom.positions(), geom.in_c / geom.groups, geom.in_w, geom.in_h * geom.in_w);
     let (dil, pad, source_w) = (geom.dilation, geom.padding, geom.in_w + 2 * geom.padding);
     with_strided_source(geom, |padded, offsets| {
@@ -259,7 +303,7 @@ fn col2im_one_strided(geom: &Conv2dGeometry, q: usize, cols: &[f32], dx: &mut [f
                 for kj in 0..geom.kw {
                     let k = (cl * geom.kh + ki) * geom.kw + kj;
                     let corner = ki * dil * source_w + kj * dil;
-                    scatter_add(&cols[k * t..(k + 1) * t], offsets, &mut target[corner..]);
+                    scatter_add(&cols[k * stride..k * stride + t], offsets, &mut target[corner..]);
                 }
             }
             if pad > 0 {
@@ -357,7 +401,7 @@ pub fn conv2d_backward_input(
                     let w_q = &weight[q * pg * d..(q + 1) * pg * d];
                     let dout_q = &dout_i[q * pg * t..(q + 1) * pg * t];
                     product(Op::T, Op::N, d, t, pg, 1.0, w_q, dout_q, 0.0, cols);
-                    col2im_one(geom, q, cols, dx_i);
+                    col2im_one(geom, q, cols, dx_i, t);
                 }
             }
         });
@@ -562,8 +606,9 @@ mod tests {
             let w = uniform(&mut rng, geom.weight_len());
             let b = uniform(&mut rng, geom.out_c);
             let mut patches = vec![f32::NAN; batch * geom.patches_len()];
+            let mut rows = vec![f32::NAN; batch * geom.output_len()];
             let mut out = vec![f32::NAN; batch * geom.output_len()];
-            conv2d_forward(&geom, batch, &x, &w, Some(&b), &mut patches, &mut out);
+            conv2d_forward(&geom, batch, &x, &w, Some(&b), &mut patches, &mut rows, &mut out);
             let mut whole = vec![f32::NAN; batch * geom.patches_len()];
             im2col(&geom, batch, &x, &mut whole);
             let mut no_bias = vec![f32::NAN; batch * geom.output_len()];
@@ -592,8 +637,9 @@ mod tests {
             let b = uniform(&mut rng, geom.out_c);
             let r = uniform(&mut rng, batch * geom.output_len()); // dL/dout
             let mut patches = vec![0.0; batch * geom.patches_len()];
+            let mut rows = vec![0.0; batch * geom.output_len()];
             let mut out = vec![0.0; batch * geom.output_len()];
-            conv2d_forward(&geom, batch, &x, &w, Some(&b), &mut patches, &mut out);
+            conv2d_forward(&geom, batch, &x, &w, Some(&b), &mut patches, &mut rows, &mut out);
             im2col(&geom, batch, &x, &mut patches);
             let mut delta = vec![f32::NAN; batch * geom.output_len()];
             output_grad_by_group(&geom, batch, &r, &mut delta);

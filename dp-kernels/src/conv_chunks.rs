@@ -7,7 +7,8 @@
 //! fit in the cores' L2. Every product in these passes ADDS over examples or is per example, so
 //! chunking changes no result beyond the order of additions in the weight gradient.
 
-use crate::conv::{conv2d_forward_from_patches, im2col, output_grad_by_group, Conv2dGeometry};
+use crate::conv::{self, conv2d_forward_from_patches, im2col, output_grad_by_group, Conv2dGeometry};
+use crate::conv_folded;
 use crate::per_example::{self, Strategy};
 
 /// The patches of one chunk are kept under this many bytes (about one core's L2), unless one
@@ -64,8 +65,11 @@ fn delta_to_read<'a>(geom: &Conv2dGeometry, len: usize, dout: &'a [f32], rows: &
 }
 
 /// Forward: `out[i][o][t] = bias[o] + Σ_k weight[o][k]·patch_{i,t}[k]`, unfolding chunk by chunk
-/// into `patches` (which needs room for one chunk, see [`chunk_examples`];
-/// a batch's worth is always enough).
+/// into `patches`. `patches` and `rows` need room for one chunk's patches and output (see
+/// [`chunk_examples`]; a batch's worth is always enough). A conv with few positions folds each chunk
+/// into one product per group ([`conv_folded`]) and uses `rows` for its output; the others run one
+/// product per example and leave `rows` alone.
+#[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward(
     geom: &Conv2dGeometry,
     batch: usize,
@@ -73,16 +77,49 @@ pub fn conv2d_forward(
     weight: &[f32],
     bias: Option<&[f32]>,
     patches: &mut [f32],
+    rows: &mut [f32],
     out: &mut [f32],
 ) {
     let (input_len, output_len) = (geom.input_len(), geom.output_len());
     assert!(x.len() >= batch * input_len, "conv2d: input has {} values", x.len());
     assert!(out.len() >= batch * output_len, "conv2d: output has {} values", out.len());
+    let folds = conv_folded::folds(geom);
     for_each_chunk(geom, batch, |first, len| {
         let x = &x[first * input_len..(first + len) * input_len];
-        im2col(geom, len, x, patches);
         let out = &mut out[first * output_len..(first + len) * output_len];
-        conv2d_forward_from_patches(geom, len, patches, weight, bias, out);
+        if folds {
+            conv_folded::forward(geom, len, x, weight, bias, patches, rows, out);
+        } else {
+            im2col(geom, len, x, patches);
+            conv2d_forward_from_patches(geom, len, patches, weight, bias, out);
+        }
+    });
+}
+
+/// Backward to the input: `dx` (overwritten, `[batch][in_c][in_h][in_w]`) from the NCHW output
+/// gradient `dout`. A conv with few positions folds chunks of examples into one product per group
+/// ([`conv_folded::backward_input`]; `patches` and `rows` then need room for one chunk's patches and
+/// output); the others run [`conv::conv2d_backward_input`] with `patches` as its slots and leave
+/// `rows` alone.
+pub fn conv2d_backward_input(
+    geom: &Conv2dGeometry,
+    batch: usize,
+    dout: &[f32],
+    weight: &[f32],
+    patches: &mut [f32],
+    rows: &mut [f32],
+    dx: &mut [f32],
+) {
+    if !conv_folded::folds(geom) {
+        return conv::conv2d_backward_input(geom, batch, dout, weight, patches, dx);
+    }
+    let (input_len, output_len) = (geom.input_len(), geom.output_len());
+    assert!(dout.len() >= batch * output_len, "conv2d: output gradient has {} values", dout.len());
+    assert!(dx.len() >= batch * input_len, "conv2d: input gradient has {} values", dx.len());
+    for_each_chunk(geom, batch, |first, len| {
+        let dout = &dout[first * output_len..(first + len) * output_len];
+        let dx = &mut dx[first * input_len..(first + len) * input_len];
+        conv_folded::backward_input(geom, len, dout, weight, patches, rows, dx);
     });
 }
 
@@ -159,6 +196,21 @@ pub fn conv2d_weight_gradient(
     grad_w: &mut [f32],
     mut grad_b: Option<&mut [f32]>,
 ) {
+    if conv_folded::folds(geom) {
+        let (input_len, output_len) = (geom.input_len(), geom.output_len());
+        assert!(x.len() >= batch * input_len, "conv2d gradient: input has {} values", x.len());
+        assert!(
+            dout.len() >= batch * output_len,
+            "conv2d gradient: output gradient has {} values",
+            dout.len()
+        );
+        return for_each_chunk(geom, batch, |first, len| {
+            let (x, dout) = (&x[first * input_len..], &dout[first * output_len..]);
+            let factors = factors.map(|(f, stride)| (&f[first * stride..], stride));
+            let gb = grad_b.as_deref_mut();
+            conv_folded::weight_gradient(geom, len, x, dout, factors, patches, rows, grad_w, gb);
+        });
+    }
     let layer = geom.layer();
     for_each_unfolded_chunk(geom, batch, x, dout, patches, "gradient", |first, len, patches, dout| {
         let delta = match factors {
@@ -188,7 +240,8 @@ mod tests {
     use super::*;
     use crate::test_support::*;
 
-    /// Geometries whose patches are large enough that a batch of 7 runs in several chunks.
+    /// Geometries whose patches are large enough that a batch of 7 runs in several chunks, with many
+    /// positions and with few.
     fn geometries() -> Vec<Conv2dGeometry> {
         let g = |groups| Conv2dGeometry {
             in_c: 16,
@@ -202,7 +255,9 @@ mod tests {
             dilation: 1,
             groups,
         };
-        vec![g(1), g(2)]
+        // Few positions (T = 16) and many channels: these chunks fold into one product per group.
+        let few = |groups| Conv2dGeometry { in_c: 640, in_h: 4, in_w: 4, out_c: 128, ..g(groups) };
+        vec![g(1), g(2), few(1), few(2)]
     }
 
     /// The chunked passes against the same kernels over the whole batch at once (whose agreement
@@ -211,6 +266,8 @@ mod tests {
     fn chunked_passes_match_whole_batch_passes() {
         let mut rng = rng(31);
         let batch = 7;
+        let both = geometries().iter().map(conv_folded::folds).collect::<Vec<_>>();
+        assert!(both.contains(&true) && both.contains(&false), "convs that fold and convs that do not");
         for geom in geometries() {
             assert!(chunk_examples(&geom, batch) < batch, "{geom:?} must run in several chunks");
             let layer = geom.layer();
@@ -222,12 +279,20 @@ mod tests {
             let mut rows = vec![f32::NAN; batch * geom.output_len()];
 
             let mut out = vec![f32::NAN; batch * geom.output_len()];
-            conv2d_forward(&geom, batch, &x, &w, Some(&b), &mut patches, &mut out);
+            conv2d_forward(&geom, batch, &x, &w, Some(&b), &mut patches, &mut rows, &mut out);
             let mut whole_patches = vec![0.0; batch * geom.patches_len()];
             im2col(&geom, batch, &x, &mut whole_patches);
             let mut want_out = vec![0.0; batch * geom.output_len()];
             conv2d_forward_from_patches(&geom, batch, &whole_patches, &w, Some(&b), &mut want_out);
-            assert_close("forward", &out, &wide(&want_out), 1e-6);
+            // Sums of up to 5,760 products, added in another order when the chunks fold.
+            assert_close("forward", &out, &wide(&want_out), 1e-4);
+
+            let mut dx = vec![f32::NAN; batch * geom.input_len()];
+            conv2d_backward_input(&geom, batch, &dout, &w, &mut patches, &mut rows, &mut dx);
+            let mut slots = vec![f32::NAN; conv::backward_input_scratch_len(&geom)];
+            let mut want_dx = vec![f32::NAN; batch * geom.input_len()];
+            conv::conv2d_backward_input(&geom, batch, &dout, &w, &mut slots, &mut want_dx);
+            assert_close("input gradient", &dx, &wide(&want_dx), 1e-4);
 
             let mut whole_rows = vec![0.0; batch * geom.output_len()];
             output_grad_by_group(&geom, batch, &dout, &mut whole_rows);

@@ -8,6 +8,7 @@ pub mod arena;
 pub mod attention;
 pub mod conv;
 pub mod conv_chunks;
+pub mod conv_folded;
 pub mod dense;
 pub mod embedding;
 pub mod fast_math;

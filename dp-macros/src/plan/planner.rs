@@ -34,7 +34,7 @@ use dp_spec::{NormStrategy, PositionalLayer, Strategy};
 pub enum SharedScratch {
     /// Conv patches (im2col), also the slots of the conv input-gradient kernel.
     Patches,
-    /// Conv output gradients as rows.
+    /// Conv output gradients as rows, and the output of a conv whose chunks fold (`conv_folded`).
     Rows,
     /// Slots of the per-example norm kernels.
     Norms,

@@ -1,7 +1,8 @@
 //! `conv2d` on the CPU. Patches and δ rows live in shared scratch and are re-derived by each pass that
 //! reads them (`im2col` from the kept input, `output_grad_by_group` from the kept NCHW δ), chunk by
-//! chunk inside `dp_kernels::conv_chunks`; the backward to the input reads the NCHW δ as it is. A conv with kept gradients forms them in its norms and its
-//! clipped sum is their weighted sum.
+//! chunk inside `dp_kernels::conv_chunks`, which also decides whether a conv's chunks fold into one
+//! product (few positions: `dp_kernels::conv_folded`). A conv with kept gradients forms them in its
+//! norms and its clipped sum is their weighted sum.
 
 use super::activation::{fused_backward, fused_forward};
 use super::emit::{
@@ -32,12 +33,12 @@ fn geom(g: &Conv2dGeometry) -> TokenStream {
 pub fn forward(plan: &Plan, s: &ConvStep) -> TokenStream {
     let (g, x, w, y) = (geom(&s.geom), read(s.input), param(plan, s.weight), write(s.output));
     let bias = optional_param(plan, s.bias);
-    let patches = scratch(plan.scratch.patches);
+    let (patches, rows) = (scratch(plan.scratch.patches), scratch(plan.scratch.rows));
     let act = fused_forward(s.act, s.output, s.geom.output_len());
     let chunks = kernels::conv_chunks();
     quote! {{
         let geom = #g;
-        #chunks::conv2d_forward(&geom, n, #x, #w, #bias, #patches, #y);
+        #chunks::conv2d_forward(&geom, n, #x, #w, #bias, #patches, #rows, #y);
         #act
     }}
 }
@@ -46,11 +47,11 @@ pub fn backward(plan: &Plan, s: &ConvStep) -> TokenStream {
     let act = fused_backward(s.act, s.delta, s.output, s.geom.output_len());
     let input_grad = s.input_grad.map(|t| {
         let (g, delta, w) = (geom(&s.geom), read(Buf::Arena(s.delta)), param(plan, s.weight));
-        let (patches, dx) = (scratch(plan.scratch.patches), write(t.write));
-        let (acc, conv) = (accumulate(t), kernels::conv());
+        let (patches, rows, dx) = (scratch(plan.scratch.patches), scratch(plan.scratch.rows), write(t.write));
+        let (acc, chunks) = (accumulate(t), kernels::conv_chunks());
         quote! {{
             let geom = #g;
-            #conv::conv2d_backward_input(&geom, n, #delta, #w, #patches, #dx);
+            #chunks::conv2d_backward_input(&geom, n, #delta, #w, #patches, #rows, #dx);
             #acc
         }}
     });
