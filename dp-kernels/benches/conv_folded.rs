@@ -4,7 +4,7 @@
 //! (`-- 2` for two threads); medians of 9 timings, microseconds per example. `conv_folded::folds`
 //! picks the layers where the folded column wins.
 
-use dp_kernels::conv::{conv2d_backward_input, conv2d_forward_from_patches, im2col, Conv2dGeometry};
+use dp_kernels::conv::{conv2d_backward_input, conv2d_forward_from_patches, im2col};
 use dp_kernels::conv_chunks::chunk_examples;
 use dp_kernels::{conv_folded, per_example};
 use std::hint::black_box;
@@ -18,18 +18,7 @@ fn values(len: usize, seed: usize) -> Vec<f32> {
 fn main() {
     let threads = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a thread pool");
-    let g = |in_c, side, out_c, k, stride, padding| Conv2dGeometry {
-        in_c,
-        in_h: side,
-        in_w: side,
-        out_c,
-        kh: k,
-        kw: k,
-        stride,
-        padding,
-        dilation: 1,
-        groups: 1,
-    };
+    let g = support::square_conv;
     let shapes = [
         ("MNIST CNN conv2 (T = 25)", g(16, 13, 32, 4, 2, 0)),
         ("CIFAR-10 CNN conv5 (T = 64)", g(64, 8, 128, 3, 1, 1)),

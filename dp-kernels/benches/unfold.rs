@@ -4,7 +4,7 @@
 //! Then the backward to the input (the patch gradients' product and their fold back onto the input),
 //! milliseconds per batch of 128.
 
-use dp_kernels::conv::{backward_input_scratch_len, conv2d_backward_input, im2col, Conv2dGeometry};
+use dp_kernels::conv::{backward_input_scratch_len, conv2d_backward_input, im2col};
 use dp_kernels::conv_chunks::chunk_examples;
 use std::hint::black_box;
 
@@ -12,18 +12,7 @@ mod support;
 
 fn main() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool");
-    let g = |in_c, side, out_c, k, stride, padding| Conv2dGeometry {
-        in_c,
-        in_h: side,
-        in_w: side,
-        out_c,
-        kh: k,
-        kw: k,
-        stride,
-        padding,
-        dilation: 1,
-        groups: 1,
-    };
+    let g = support::square_conv;
     let shapes = [
         ("MNIST CNN conv1 (8×8, stride 2)", g(1, 28, 16, 8, 2, 3)),
         ("MNIST CNN conv2 (4×4, stride 2)", g(16, 13, 32, 4, 2, 0)),

@@ -155,53 +155,34 @@ unsafe fn call_gemm(
     // by their `beta`. They prefer a column-major destination, so a row-major `c` is computed as
     // `cᵀ = bᵀ·aᵀ` (as the crate's own front end does; no stride here is negative).
     let gemm = gemm_f32::gemm::f32::get_gemm_fn();
+    let ((m, n), (dst_cs, dst_rs), (lhs, lhs_cs, lhs_rs), (rhs, rhs_cs, rhs_rs)) = if 1 < c_rs.abs() {
+        ((n, m), (c_rs, 1), (b, b_rs, b_cs), (a, a_rs, a_cs))
+    } else {
+        ((m, n), (1, c_rs), (a, a_cs, a_rs), (b, b_cs, b_rs))
+    };
     // SAFETY: the caller's contract; the transposed call reaches the same entries.
     unsafe {
-        if 1 < c_rs.abs() {
-            gemm(
-                n,
-                m,
-                k,
-                c,
-                c_rs,
-                1,
-                beta != 0.0,
-                b,
-                b_rs,
-                b_cs,
-                a,
-                a_rs,
-                a_cs,
-                beta,
-                alpha,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        } else {
-            gemm(
-                m,
-                n,
-                k,
-                c,
-                1,
-                c_rs,
-                beta != 0.0,
-                a,
-                a_cs,
-                a_rs,
-                b,
-                b_cs,
-                b_rs,
-                beta,
-                alpha,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
+        gemm(
+            m,
+            n,
+            k,
+            c,
+            dst_cs,
+            dst_rs,
+            beta != 0.0,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            beta,
+            alpha,
+            false,
+            false,
+            false,
+            parallelism,
+        );
     }
 }
 

@@ -19,3 +19,28 @@ pub fn median_seconds_per_call(timings: usize, reps: usize, mut f: impl FnMut())
     seconds.sort_by(f64::total_cmp);
     seconds[timings / 2]
 }
+
+/// A square-input, ungrouped, undilated conv: the shapes of the built-in models. Not every bench
+/// has convs, hence the allow.
+#[allow(dead_code)]
+pub fn square_conv(
+    in_c: usize,
+    side: usize,
+    out_c: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+) -> dp_kernels::conv::Conv2dGeometry {
+    dp_kernels::conv::Conv2dGeometry {
+        in_c,
+        in_h: side,
+        in_w: side,
+        out_c,
+        kh: k,
+        kw: k,
+        stride,
+        padding,
+        dilation: 1,
+        groups: 1,
+    }
+}
