@@ -512,18 +512,7 @@ mod tests {
     }
 
     fn geometries() -> Vec<Conv2dGeometry> {
-        let g = |in_c, in_h, in_w, out_c, k, stride, padding, dilation, groups| Conv2dGeometry {
-            in_c,
-            in_h,
-            in_w,
-            out_c,
-            kh: k,
-            kw: k,
-            stride,
-            padding,
-            dilation,
-            groups,
-        };
+        let g = conv_geometry;
         vec![
             g(1, 10, 10, 3, 4, 2, 2, 1, 1), // MNIST-like: k larger than stride, padding
             g(2, 6, 5, 3, 3, 1, 1, 1, 1),   // 'same', non-square input

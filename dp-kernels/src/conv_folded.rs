@@ -63,12 +63,13 @@ pub fn im2col_folded(geom: &Conv2dGeometry, len: usize, x: &[f32], patches: &mut
 }
 
 /// The NCHW output gradient of `len` examples laid out like the folded patches, `[groups][p][len·T]`
-/// (`p = out_c/groups`), example `i`'s values scaled by `scale(i)` when given.
+/// (`p = out_c/groups`), example `i`'s values scaled by its clip factor `factors.0[i * factors.1]`
+/// when `factors` is given.
 fn fold_output_grad(
     geom: &Conv2dGeometry,
     len: usize,
     dout: &[f32],
-    scale: Option<&(dyn Fn(usize) -> f32 + Sync)>,
+    factors: Option<(&[f32], usize)>,
     rows: &mut [f32],
 ) {
     let (t, output_len) = (geom.positions(), geom.output_len());
@@ -81,11 +82,10 @@ fn fold_output_grad(
     rows[..len * output_len].par_chunks_mut(len * t).enumerate().for_each(|(c, row)| {
         for (i, dst) in row.chunks_exact_mut(t).enumerate() {
             let src = &dout[i * output_len + c * t..i * output_len + (c + 1) * t];
-            match scale {
+            match factors.map(|(f, stride)| f[i * stride]) {
                 // A zero factor writes zeros, not `0·δ`, which is NaN where δ is.
-                Some(scale) if scale(i) == 0.0 => dst.fill(0.0),
-                Some(scale) => {
-                    let s = scale(i);
+                Some(0.0) => dst.fill(0.0),
+                Some(s) => {
                     for (d, &v) in dst.iter_mut().zip(src) {
                         *d = s * v;
                     }
@@ -201,20 +201,16 @@ pub fn weight_gradient(
     }
     im2col_folded(geom, len, x, patches);
     let n = len * t;
-    let factor = |i: usize| factors.map_or(1.0, |(f, stride)| f[i * stride]);
-    match factors {
-        Some(_) => {
-            // A zero factor must zero the example whatever its values: its output gradient rows are
-            // scaled to 0 below, and its patches (which may hold a NaN) are cleared here.
-            for i in (0..len).filter(|&i| factor(i) == 0.0) {
-                patches[..len * geom.patches_len()]
-                    .chunks_exact_mut(n)
-                    .for_each(|row| row[i * t..(i + 1) * t].fill(0.0));
-            }
-            fold_output_grad(geom, len, dout, Some(&factor), rows);
+    if let Some((f, stride)) = factors {
+        // A zero factor must zero the example whatever its values: its output gradient rows are
+        // written as 0 below, and its patches (which may hold a NaN) are cleared here.
+        for i in (0..len).filter(|&i| f[i * stride] == 0.0) {
+            patches[..len * geom.patches_len()]
+                .chunks_exact_mut(n)
+                .for_each(|row| row[i * t..(i + 1) * t].fill(0.0));
         }
-        None => fold_output_grad(geom, len, dout, None, rows),
     }
+    fold_output_grad(geom, len, dout, factors, rows);
     for q in 0..geom.groups {
         let (d_q, p_q) = (&rows[q * pg * n..(q + 1) * pg * n], &patches[q * d * n..(q + 1) * d * n]);
         sgemm(Op::N, Op::T, pg, d, n, 1.0, d_q, p_q, 1.0, &mut grad_w[q * pg * d..(q + 1) * pg * d]);
@@ -238,18 +234,7 @@ mod tests {
     /// a 1×1 kernel, all with few positions (the passes are checked whether [`folds`] would pick
     /// them or not).
     fn geometries() -> Vec<Conv2dGeometry> {
-        let g = |in_c, in_h, in_w, out_c, k, stride, padding, dilation, groups| Conv2dGeometry {
-            in_c,
-            in_h,
-            in_w,
-            out_c,
-            kh: k,
-            kw: k,
-            stride,
-            padding,
-            dilation,
-            groups,
-        };
+        let g = conv_geometry;
         vec![
             g(3, 12, 12, 5, 4, 2, 1, 1, 1), // the MNIST CNN's second conv, smaller: T = 25
             g(6, 4, 4, 7, 3, 1, 1, 1, 1),   // the CIFAR-10 CNN's last convs, smaller: T = 16

@@ -1,4 +1,4 @@
-//! Shared helpers of the kernels' unit tests: seeded random data and tolerant comparisons.
+//! Shared helpers of the kernels' unit tests: seeded random data, tolerant comparisons and conv shapes.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -56,4 +56,20 @@ pub fn finite_difference(x: &[f64], h: f64, mut f: impl FnMut(&[f64]) -> f64) ->
 /// `Σ_k a_k b_k` in f64.
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// A conv geometry with a square kernel of side `k`, for the conv tests' lists of shapes.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_geometry(
+    in_c: usize,
+    in_h: usize,
+    in_w: usize,
+    out_c: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    groups: usize,
+) -> crate::conv::Conv2dGeometry {
+    crate::conv::Conv2dGeometry { in_c, in_h, in_w, out_c, kh: k, kw: k, stride, padding, dilation, groups }
 }
