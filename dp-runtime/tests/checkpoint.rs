@@ -15,11 +15,9 @@ use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::Path;
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("dp-runtime-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh folder under the system temp dir, removed when the guard drops (also when a test fails).
+fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("dp-runtime-test-{name}-")).tempdir().expect("the temporary folder is writable")
 }
 
 fn sample_checkpoint() -> Checkpoint {
@@ -53,7 +51,8 @@ fn sample_checkpoint() -> Checkpoint {
 
 #[test]
 fn round_trip_with_pytorch_names_and_shapes() {
-    let dir = temp_dir("roundtrip");
+    let tmp = temp_dir("roundtrip");
+    let dir = tmp.path();
     let path = dir.join("model.safetensors");
     let saved = sample_checkpoint();
     checkpoint::save::<Mlp>(&path, &saved).unwrap();
@@ -73,12 +72,12 @@ fn round_trip_with_pytorch_names_and_shapes() {
     checkpoint::save::<Mlp>(&path, &saved).unwrap();
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
     assert_eq!(checkpoint::load_params::<Mlp>(&path).unwrap(), saved.params);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn another_models_checkpoint_is_an_error_naming_the_tensor() {
-    let dir = temp_dir("mismatch");
+    let tmp = temp_dir("mismatch");
+    let dir = tmp.path();
     let path = dir.join("softmax.safetensors");
     checkpoint::save_params(&path, &SoftmaxRegression::init(&mut seeded(2))).unwrap();
     let err = checkpoint::load_params::<Mlp>(&path).unwrap_err();
@@ -106,7 +105,6 @@ fn another_models_checkpoint_is_an_error_naming_the_tensor() {
     // Garbage is a format error, not a panic.
     std::fs::write(&shaped, b"not a safetensors file").unwrap();
     assert!(matches!(checkpoint::load::<Mlp>(&shaped).unwrap_err(), Error::Format { .. }));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Rewrites the safetensors file at `path` with its metadata and tensors edited: a corrupted file that
@@ -141,7 +139,8 @@ fn corrupt(
 
 #[test]
 fn load_refuses_another_model_non_finite_optimizer_state_and_a_corrupted_ledger() {
-    let dir = temp_dir("corrupted");
+    let tmp = temp_dir("corrupted");
+    let dir = tmp.path();
     let path = dir.join("run.safetensors");
     let load_error = |edit_metadata: &dyn Fn(&mut HashMap<String, String>), nan_buffer: bool| {
         checkpoint::save::<Mlp>(&path, &sample_checkpoint()).unwrap();
@@ -223,7 +222,6 @@ fn load_refuses_another_model_non_finite_optimizer_state_and_a_corrupted_ledger(
     bad.optimizer.buffers[0].1[3] = f32::INFINITY;
     assert!(checkpoint::save::<Mlp>(&dir.join("bad.safetensors"), &bad).is_err());
     assert!(!dir.join("bad.safetensors").exists());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A run of the 4-epoch plan on 600 examples (B = 60, 40 steps, target ε = 3 at δ = 1e-5),
@@ -245,7 +243,8 @@ fn plan_with(model: &mut Mlp, batch: usize, delta: f64, epochs: u32) -> Trainer<
 
 #[test]
 fn resume_after_two_epochs_ends_with_the_epsilon_and_steps_of_an_uninterrupted_run() {
-    let dir = temp_dir("resume");
+    let tmp = temp_dir("resume");
+    let dir = tmp.path();
     let train = separable(600, 3);
     let mut whole = Mlp::init(&mut seeded(4));
     let uninterrupted = plan_run(&mut whole, &dir.join("whole.safetensors")).fit(&train, None).unwrap();
@@ -275,12 +274,12 @@ fn resume_after_two_epochs_ends_with_the_epsilon_and_steps_of_an_uninterrupted_r
     assert_eq!(last.ledger.entries().len(), 1, "one phase: the same q and σ throughout");
     // Fresh noise: the resumed run does not reproduce the uninterrupted one's steps 21..40.
     assert_ne!(resumed_model.params, whole.params);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn resume_with_another_plan_is_refused_naming_each_field_and_both_values() {
-    let dir = temp_dir("resume-mismatch");
+    let tmp = temp_dir("resume-mismatch");
+    let dir = tmp.path();
     let train = separable(600, 3);
     let path = dir.join("part.safetensors");
     let mut model = Mlp::init(&mut seeded(4));
@@ -357,5 +356,4 @@ fn resume_with_another_plan_is_refused_naming_each_field_and_both_values() {
         "{err}"
     );
     assert_eq!(other.params, before, "nothing trained");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 
 use common::{separable, Mlp, SoftmaxRegression};
 use dp_runtime::checkpoint;
@@ -205,17 +204,19 @@ fn a_failing_rank_stops_every_rank_naming_it() {
     }
 }
 
-fn temp_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dp-distributed-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join("run.safetensors")
+/// A folder for one test's checkpoint, removed when the guard drops (also when the test fails).
+fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("dp-distributed-{name}-"))
+        .tempdir()
+        .expect("the temporary folder is writable")
 }
 
 #[test]
 fn a_checkpoint_rank_0_cannot_write_stops_every_rank() {
     let train = separable(200, 9);
-    let missing = std::env::temp_dir().join(format!("dp-no-such-dir-{}", std::process::id())).join("c.st");
+    let tmp = temp_dir("unwritable");
+    let missing = tmp.path().join("no-such-dir").join("c.st");
     let results = ranks::<SoftmaxRegression>(&train, 2, 20, Some(1), |_, t| t.checkpoint(&missing));
     for (rank, result) in results.into_iter().enumerate() {
         let error = result.err().unwrap_or_else(|| panic!("rank {rank} did not fail"));
@@ -229,7 +230,8 @@ fn a_checkpoint_rank_0_cannot_write_stops_every_rank() {
 fn a_checkpoint_records_k_and_resumes_only_with_the_same_k() {
     // 300 examples, B = 30: an epoch is 10 steps, the plan 20; the first run stops after 10.
     let train = separable(300, 10);
-    let path = temp_path("resume");
+    let tmp = temp_dir("resume");
+    let path = tmp.path().join("run.safetensors");
     let results =
         ranks::<SoftmaxRegression>(&train, 2, 30, Some(2), |_, t| t.checkpoint(&path).max_steps(10));
     assert!(results.iter().all(Result::is_ok));

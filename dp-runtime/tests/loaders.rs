@@ -3,7 +3,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dp_runtime::data::npy::{self, LabelKind, NpyArray, NpyData};
 use dp_runtime::data::tabular::{
@@ -16,14 +15,9 @@ use dp_runtime::Error;
 // ---------------------------------------------------------------------------------------------
 // Fixtures
 
-/// A fresh, empty folder under the system temp dir, unique to this process and call.
-fn temp_dir(name: &str) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("dp-loaders-{}-{n}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh folder under the system temp dir, removed when the guard drops (also when a test fails).
+fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("dp-loaders-{name}-")).tempdir().expect("the temporary folder is writable")
 }
 
 fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
@@ -83,7 +77,8 @@ fn assert_format<T: std::fmt::Debug>(
 
 #[test]
 fn idx_reads_every_element_type_raw_and_gzip() {
-    let dir = temp_dir("idx-types");
+    let tmp = temp_dir("idx-types");
+    let dir = tmp.path();
     let cases: Vec<(u8, Vec<u8>, idx::IdxData)> = vec![
         (0x08, vec![0, 7, 255, 1, 2, 3], idx::IdxData::U8(vec![0, 7, 255, 1, 2, 3])),
         (0x09, vec![0, 7, 255, 128, 2, 3], idx::IdxData::I8(vec![0, 7, -1, -128, 2, 3])),
@@ -123,7 +118,8 @@ fn idx_reads_every_element_type_raw_and_gzip() {
 
 #[test]
 fn idx_images_are_scaled_and_labels_are_class_indices() {
-    let dir = temp_dir("idx-views");
+    let tmp = temp_dir("idx-views");
+    let dir = tmp.path();
     let images = write_file(&dir, "img", &idx_bytes(0x08, &[2, 1, 2], &[0, 255, 51, 102]));
     let read = idx::read_images(&images).unwrap();
     assert_eq!((read.count, read.rows, read.cols), (2, 1, 2));
@@ -134,7 +130,8 @@ fn idx_images_are_scaled_and_labels_are_class_indices() {
 
 #[test]
 fn idx_bad_inputs_name_file_and_byte() {
-    let dir = temp_dir("idx-bad");
+    let tmp = temp_dir("idx-bad");
+    let dir = tmp.path();
     let p = write_file(&dir, "magic.idx", &[0x1a, 0, 8, 1, 0, 0, 0, 1, 5]);
     assert_format(idx::read(&p), &p, "byte 0", "wrong magic number");
     let p = write_file(&dir, "type.idx", &idx_bytes(0x0A, &[1], &[5]));
@@ -186,7 +183,8 @@ fn idx_bad_inputs_name_file_and_byte() {
 
 #[test]
 fn mnist_loads_a_folder_of_small_files() {
-    let dir = temp_dir("mnist-small");
+    let tmp = temp_dir("mnist-small");
+    let dir = tmp.path();
     write_file(&dir, "train-images-idx3-ubyte.gz", &gzip(&mnist_images(3)));
     write_file(&dir, "train-labels-idx1-ubyte", &idx_bytes(0x08, &[3], &[5, 0, 9]));
     write_file(&dir, "t10k-images-idx3-ubyte", &mnist_images(2));
@@ -227,7 +225,8 @@ fn cifar_records(count: usize, first_label: usize) -> Vec<u8> {
 
 #[test]
 fn cifar_loads_batches_in_nchw_order() {
-    let dir = temp_dir("cifar");
+    let tmp = temp_dir("cifar");
+    let dir = tmp.path();
     let folder = dir.join(cifar10::ARCHIVE_FOLDER);
     std::fs::create_dir_all(&folder).unwrap();
     for (b, name) in cifar10::TRAIN_FILES.iter().enumerate() {
@@ -262,7 +261,8 @@ fn cifar_loads_batches_in_nchw_order() {
 
 #[test]
 fn cifar_bad_batches_name_file_and_byte() {
-    let dir = temp_dir("cifar-bad");
+    let tmp = temp_dir("cifar-bad");
+    let dir = tmp.path();
     let mut records = cifar_records(3, 0);
     records.truncate(3073 * 2 + 100);
     let p = write_file(&dir, "cut.bin", &records);
@@ -335,7 +335,8 @@ fn expected_adult_features(
 
 #[test]
 fn adult_public_encoding_fixes_categories_and_bounds() {
-    let dir = temp_dir("adult");
+    let tmp = temp_dir("adult");
+    let dir = tmp.path();
     let train = [
         ADULT_HEADER.to_string(),
         adult_row(20, "Private", "Peru", 40, "<=50K"),
@@ -394,7 +395,8 @@ fn adult_public_encoding_fixes_categories_and_bounds() {
 
 #[test]
 fn schema_csv_handles_another_file_and_column_order() {
-    let dir = temp_dir("schema");
+    let tmp = temp_dir("schema");
+    let dir = tmp.path();
     let schema = TabularSchema {
         features: vec![
             FeatureColumn { name: "colour".into(), kind: ColumnKind::Categorical },
@@ -474,7 +476,8 @@ fn schema_csv_handles_another_file_and_column_order() {
 
 #[test]
 fn adult_bad_csv_names_file_and_line() {
-    let dir = temp_dir("adult-bad");
+    let tmp = temp_dir("adult-bad");
+    let dir = tmp.path();
     let good = write_file(
         &dir,
         "good.csv",
@@ -640,7 +643,8 @@ fn split_hash_is_fnv1a_then_splitmix_of_the_row_alone() {
 
 #[test]
 fn text_csv_split_vocabulary_and_sequences() {
-    let dir = temp_dir("text");
+    let tmp = temp_dir("text");
+    let dir = tmp.path();
     let mut csv = String::from("id,Review Text,Recommended IND\n");
     let mut texts = Vec::new();
     for i in 0..40 {
@@ -709,7 +713,8 @@ fn text_csv_split_vocabulary_and_sequences() {
 
 #[test]
 fn text_bad_csv_names_file_and_line() {
-    let dir = temp_dir("text-bad");
+    let tmp = temp_dir("text-bad");
+    let dir = tmp.path();
     let opts = TextOptions::default();
     let p = write_file(&dir, "label.csv", b"Review Text,Recommended IND\nok,1\nfine,yes\n");
     assert_format(
@@ -751,7 +756,8 @@ fn npy_bytes(major: u8, dict: &str, body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn npy_writes_numpy_layout_and_reads_it_back() {
-    let dir = temp_dir("npy");
+    let tmp = temp_dir("npy");
+    let dir = tmp.path();
     // np.save of np.arange(3, dtype=np.int64): a 118-byte header, data at byte 128.
     let p = dir.join("a.npy");
     npy::write_i64(&p, &[3], &[0, 1, 2]).unwrap();
@@ -802,7 +808,8 @@ fn npy_writes_numpy_layout_and_reads_it_back() {
 
 #[test]
 fn npy_bad_files_name_file_and_place() {
-    let dir = temp_dir("npy-bad");
+    let tmp = temp_dir("npy-bad");
+    let dir = tmp.path();
     let header = |descr: &str, fortran: &str, shape: &str| {
         format!("{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {shape}, }}\n")
     };
@@ -884,7 +891,8 @@ fn npy_bad_files_name_file_and_place() {
 
 #[test]
 fn npy_datasets_check_dtype_shape_range_and_count() {
-    let dir = temp_dir("npy-data");
+    let tmp = temp_dir("npy-data");
+    let dir = tmp.path();
     let (xp, yp) = (dir.join("X.npy"), dir.join("Y.npy"));
     let x = NpyArray::new(vec![2, 1, 2, 2], NpyData::F32((0..8).map(|i| i as f32).collect())).unwrap();
     let y = NpyArray::new(vec![2], NpyData::I64(vec![3, 9])).unwrap();

@@ -542,18 +542,17 @@ impl dp_runtime::optim::Optimizer for ExplodingSgd {
 
 use dp_runtime::optim::StepInfo;
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("dp-runtime-trainer-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh folder under the system temp dir, removed when the guard drops (also when a test fails).
+fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("dp-runtime-trainer-{name}-")).tempdir().expect("the temporary folder is writable")
 }
 
 #[test]
 fn a_fit_failing_after_steps_reports_the_steps_and_epsilon_spent_and_what_the_model_holds() {
     // N = 100, B = 10: 10 steps per epoch; a checkpoint after each epoch; update 25 overflows.
     let train = separable(100, 16);
-    let dir = temp_dir("interrupted");
+    let tmp = temp_dir("interrupted");
+    let dir = tmp.path();
     let path = dir.join("run.safetensors");
     let mut model = softmax();
     let err = Trainer::new(&mut model)
@@ -611,7 +610,6 @@ fn a_fit_failing_after_steps_reports_the_steps_and_epsilon_spent_and_what_the_mo
         .fit(&train, None)
         .unwrap_err();
     assert!(matches!(&err, Error::InvalidArgument { name, .. } if name == "expected_batch_size"), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

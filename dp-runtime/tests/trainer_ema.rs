@@ -17,10 +17,9 @@ const STEPS: u64 = 6;
 /// every epoch (one step per epoch): (the model after `fit`, the checkpoint's parameters, the report's
 /// evaluation losses).
 fn run(ema: Option<f64>, steps: u64, tag: &str) -> (Vec<f32>, Vec<f32>, Vec<f64>) {
-    let dir = std::env::temp_dir().join(format!("dp-runtime-test-ema-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("run.safetensors");
+    // Removed when dropped, also when an assertion fails.
+    let dir = tempfile::Builder::new().prefix(&format!("dp-runtime-test-ema-{tag}-")).tempdir().unwrap();
+    let path = dir.path().join("run.safetensors");
     let (train, test) = (separable(400, 1), separable(200, 2));
     let mut model = Mlp::init(&mut seeded(5));
     let mut trainer = Trainer::new(&mut model)
@@ -38,7 +37,6 @@ fn run(ema: Option<f64>, steps: u64, tag: &str) -> (Vec<f32>, Vec<f32>, Vec<f64>
     }
     let report = trainer.fit(&train, Some(&test)).unwrap();
     let saved = checkpoint::load::<Mlp>(&path).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     let losses = report.epochs.iter().map(|e| e.eval_loss.unwrap()).collect();
     (model.params().to_vec(), saved.params, losses)
 }
