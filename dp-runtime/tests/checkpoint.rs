@@ -70,7 +70,7 @@ fn round_trip_with_pytorch_names_and_shapes() {
     assert_eq!(file.tensor("optimizer.momentum.fc2.weight").unwrap().shape(), &[3, 8]);
     // No temporary file is left behind; overwriting works.
     checkpoint::save::<Mlp>(&path, &saved).unwrap();
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(dir).unwrap().count(), 1);
     assert_eq!(checkpoint::load_params::<Mlp>(&path).unwrap(), saved.params);
 }
 

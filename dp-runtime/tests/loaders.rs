@@ -108,7 +108,7 @@ fn idx_reads_every_element_type_raw_and_gzip() {
         for (name, content) in
             [(format!("t{code}.idx"), bytes.clone()), (format!("t{code}.idx.gz"), gzip(&bytes))]
         {
-            let path = write_file(&dir, &name, &content);
+            let path = write_file(dir, &name, &content);
             let array = idx::read(&path).unwrap();
             assert_eq!(array.dims, vec![2, 3]);
             assert_eq!(array.data, expected, "type 0x{code:02x} from {name}");
@@ -120,11 +120,11 @@ fn idx_reads_every_element_type_raw_and_gzip() {
 fn idx_images_are_scaled_and_labels_are_class_indices() {
     let tmp = temp_dir("idx-views");
     let dir = tmp.path();
-    let images = write_file(&dir, "img", &idx_bytes(0x08, &[2, 1, 2], &[0, 255, 51, 102]));
+    let images = write_file(dir, "img", &idx_bytes(0x08, &[2, 1, 2], &[0, 255, 51, 102]));
     let read = idx::read_images(&images).unwrap();
     assert_eq!((read.count, read.rows, read.cols), (2, 1, 2));
     assert_eq!(read.pixels, vec![0.0, 1.0, 0.2, 0.4]);
-    let labels = write_file(&dir, "lab", &idx_bytes(0x08, &[3], &[9, 0, 4]));
+    let labels = write_file(dir, "lab", &idx_bytes(0x08, &[3], &[9, 0, 4]));
     assert_eq!(idx::read_labels(&labels, 10).unwrap(), vec![9.0, 0.0, 4.0]);
 }
 
@@ -132,47 +132,47 @@ fn idx_images_are_scaled_and_labels_are_class_indices() {
 fn idx_bad_inputs_name_file_and_byte() {
     let tmp = temp_dir("idx-bad");
     let dir = tmp.path();
-    let p = write_file(&dir, "magic.idx", &[0x1a, 0, 8, 1, 0, 0, 0, 1, 5]);
+    let p = write_file(dir, "magic.idx", &[0x1a, 0, 8, 1, 0, 0, 0, 1, 5]);
     assert_format(idx::read(&p), &p, "byte 0", "wrong magic number");
-    let p = write_file(&dir, "type.idx", &idx_bytes(0x0A, &[1], &[5]));
+    let p = write_file(dir, "type.idx", &idx_bytes(0x0A, &[1], &[5]));
     assert_format(idx::read(&p), &p, "byte 2", "unknown IDX element type 0x0a");
-    let p = write_file(&dir, "short.idx", &[0, 0]);
+    let p = write_file(dir, "short.idx", &[0, 0]);
     assert_format(idx::read(&p), &p, "byte 0", "truncated");
-    let p = write_file(&dir, "header.idx", &[0, 0, 8, 3, 0, 0, 0, 2]);
+    let p = write_file(dir, "header.idx", &[0, 0, 8, 3, 0, 0, 0, 2]);
     assert_format(idx::read(&p), &p, "byte 8", "truncated header");
-    let p = write_file(&dir, "data.idx", &idx_bytes(0x08, &[2, 28, 28], &[0; 1000]));
+    let p = write_file(dir, "data.idx", &idx_bytes(0x08, &[2, 28, 28], &[0; 1000]));
     assert_format(idx::read(&p), &p, "byte 1016", "truncated: dimensions [2, 28, 28]");
-    let p = write_file(&dir, "data16.idx", &idx_bytes(0x0B, &[3], &[0; 5]));
+    let p = write_file(dir, "data16.idx", &idx_bytes(0x0B, &[3], &[0; 5]));
     assert_format(idx::read(&p), &p, "byte 13", "need 14 bytes");
-    let p = write_file(&dir, "trailing.idx", &idx_bytes(0x08, &[2], &[1, 2, 3]));
+    let p = write_file(dir, "trailing.idx", &idx_bytes(0x08, &[2], &[1, 2, 3]));
     assert_format(idx::read(&p), &p, "byte 10", "1 unexpected bytes");
-    let p = write_file(&dir, "zero.idx", &[0, 0, 8, 0]);
+    let p = write_file(dir, "zero.idx", &[0, 0, 8, 0]);
     assert_format(idx::read(&p), &p, "byte 3", "at least one dimension");
     let huge = u32::MAX;
-    let p = write_file(&dir, "overflow.idx", &idx_bytes(0x0E, &[huge, huge, huge], &[]));
+    let p = write_file(dir, "overflow.idx", &idx_bytes(0x0E, &[huge, huge, huge], &[]));
     assert_format(idx::read(&p), &p, "byte 4", "overflow");
     let mut body = Vec::new();
     for x in [1.0f32, f32::NAN, 2.0] {
         body.extend_from_slice(&x.to_be_bytes());
     }
-    let p = write_file(&dir, "nan.idx", &idx_bytes(0x0D, &[3], &body));
+    let p = write_file(dir, "nan.idx", &idx_bytes(0x0D, &[3], &body));
     assert_format(idx::read(&p), &p, "byte 12", "element 1 is NaN");
     let body: Vec<u8> = [1.0f64, 2.0, f64::INFINITY].iter().flat_map(|x| x.to_be_bytes()).collect();
-    let p = write_file(&dir, "inf.idx", &idx_bytes(0x0E, &[3], &body));
+    let p = write_file(dir, "inf.idx", &idx_bytes(0x0E, &[3], &body));
     assert_format(idx::read(&p), &p, "byte 24", "element 2 is inf");
-    let p = write_file(&dir, "labels.idx", &idx_bytes(0x08, &[4], &[1, 2, 10, 3]));
+    let p = write_file(dir, "labels.idx", &idx_bytes(0x08, &[4], &[1, 2, 10, 3]));
     assert_format(idx::read_labels(&p, 10), &p, "byte 10", "label 10 of example 2 is out of range 0..10");
-    let p = write_file(&dir, "nolabels.idx", &idx_bytes(0x08, &[0], &[]));
+    let p = write_file(dir, "nolabels.idx", &idx_bytes(0x08, &[0], &[]));
     assert_format(idx::read_labels(&p, 10), &p, "byte 4", "no labels");
-    let p = write_file(&dir, "noimages.idx", &idx_bytes(0x08, &[0, 28, 28], &[]));
+    let p = write_file(dir, "noimages.idx", &idx_bytes(0x08, &[0, 28, 28], &[]));
     assert_format(idx::read_images(&p), &p, "byte 4", "no images");
-    let p = write_file(&dir, "i32images.idx", &idx_bytes(0x0C, &[1, 1, 1], &[0, 0, 0, 1]));
+    let p = write_file(dir, "i32images.idx", &idx_bytes(0x0C, &[1, 1, 1], &[0, 0, 0, 1]));
     assert_format(idx::read_images(&p), &p, "byte 2", "images must be u8");
-    let p = write_file(&dir, "2dimages.idx", &idx_bytes(0x08, &[1, 4], &[0; 4]));
+    let p = write_file(dir, "2dimages.idx", &idx_bytes(0x08, &[1, 4], &[0; 4]));
     assert_format(idx::read_images(&p), &p, "byte 3", "3 dimensions");
     let mut gz = gzip(&idx_bytes(0x08, &[100], &[7; 100]));
     gz.truncate(gz.len() - 6);
-    let p = write_file(&dir, "cut.idx.gz", &gz);
+    let p = write_file(dir, "cut.idx.gz", &gz);
     assert_format(idx::read(&p), &p, "gzip stream", "cannot decompress");
     let missing = dir.join("absent.idx");
     match idx::read(&missing) {
@@ -185,11 +185,11 @@ fn idx_bad_inputs_name_file_and_byte() {
 fn mnist_loads_a_folder_of_small_files() {
     let tmp = temp_dir("mnist-small");
     let dir = tmp.path();
-    write_file(&dir, "train-images-idx3-ubyte.gz", &gzip(&mnist_images(3)));
-    write_file(&dir, "train-labels-idx1-ubyte", &idx_bytes(0x08, &[3], &[5, 0, 9]));
-    write_file(&dir, "t10k-images-idx3-ubyte", &mnist_images(2));
-    write_file(&dir, "t10k-labels-idx1-ubyte.gz", &gzip(&idx_bytes(0x08, &[2], &[1, 2])));
-    let (train, test) = mnist::load(&dir).unwrap();
+    write_file(dir, "train-images-idx3-ubyte.gz", &gzip(&mnist_images(3)));
+    write_file(dir, "train-labels-idx1-ubyte", &idx_bytes(0x08, &[3], &[5, 0, 9]));
+    write_file(dir, "t10k-images-idx3-ubyte", &mnist_images(2));
+    write_file(dir, "t10k-labels-idx1-ubyte.gz", &gzip(&idx_bytes(0x08, &[2], &[1, 2])));
+    let (train, test) = mnist::load(dir).unwrap();
     assert_eq!((train.len(), test.len()), (3, 2));
     assert_eq!(train.example_shape, vec![1, 28, 28]);
     assert_eq!(train.labels, vec![5.0, 0.0, 9.0]);
@@ -198,13 +198,13 @@ fn mnist_loads_a_folder_of_small_files() {
     assert_eq!(train.input(2)[300], 46.0 / 255.0);
 
     // As many labels as images, and 28×28 images.
-    let p = write_file(&dir, "t10k-labels-idx1-ubyte", &idx_bytes(0x08, &[3], &[1, 2, 3]));
+    let p = write_file(dir, "t10k-labels-idx1-ubyte", &idx_bytes(0x08, &[3], &[1, 2, 3]));
     std::fs::remove_file(dir.join("t10k-labels-idx1-ubyte.gz")).unwrap();
-    assert_format(mnist::load(&dir), &p, "byte 4", "3 labels but 2 images");
-    let p = write_file(&dir, "t10k-images-idx3-ubyte", &idx_bytes(0x08, &[3, 2, 2], &[0; 12]));
-    assert_format(mnist::load(&dir), &p, "byte 8", "28×28, found 2×2");
+    assert_format(mnist::load(dir), &p, "byte 4", "3 labels but 2 images");
+    let p = write_file(dir, "t10k-images-idx3-ubyte", &idx_bytes(0x08, &[3, 2, 2], &[0; 12]));
+    assert_format(mnist::load(dir), &p, "byte 8", "28×28, found 2×2");
     std::fs::remove_file(dir.join("train-labels-idx1-ubyte")).unwrap();
-    match mnist::load(&dir) {
+    match mnist::load(dir) {
         Err(e @ Error::Io { .. }) => assert!(e.to_string().contains("train-labels-idx1-ubyte.gz"), "{e}"),
         other => panic!("expected a missing-file error, got {other:?}"),
     }
@@ -233,7 +233,7 @@ fn cifar_loads_batches_in_nchw_order() {
         write_file(&folder, name, &cifar_records(2, 2 * b));
     }
     write_file(&folder, "test_batch.bin.gz", &gzip(&cifar_records(3, 7)));
-    let (train, test) = cifar10::load(&dir).unwrap();
+    let (train, test) = cifar10::load(dir).unwrap();
     assert_eq!((train.len(), test.len()), (10, 3));
     assert_eq!(train.example_shape, vec![3, 32, 32]);
     assert_eq!(train.labels, (0..10).map(|l| l as f32).collect::<Vec<_>>());
@@ -265,15 +265,15 @@ fn cifar_bad_batches_name_file_and_byte() {
     let dir = tmp.path();
     let mut records = cifar_records(3, 0);
     records.truncate(3073 * 2 + 100);
-    let p = write_file(&dir, "cut.bin", &records);
+    let p = write_file(dir, "cut.bin", &records);
     assert_format(cifar10::read_batch(&p), &p, "byte 6146", "truncated record");
     let mut records = cifar_records(3, 0);
     records[3073 * 2] = 10;
-    let p = write_file(&dir, "label.bin", &records);
+    let p = write_file(dir, "label.bin", &records);
     assert_format(cifar10::read_batch(&p), &p, "byte 6146", "label 10 of record 2 is out of range 0..10");
-    let p = write_file(&dir, "empty.bin", &[]);
+    let p = write_file(dir, "empty.bin", &[]);
     assert_format(cifar10::read_batch(&p), &p, "byte 0", "empty batch");
-    match cifar10::load(&dir) {
+    match cifar10::load(dir) {
         Err(e @ Error::Io { .. }) => assert!(e.to_string().contains("data_batch_1.bin"), "{e}"),
         other => panic!("expected a missing-file error, got {other:?}"),
     }
@@ -352,8 +352,8 @@ fn adult_public_encoding_fixes_categories_and_bounds() {
     ]
     .join("\n")
     .replacen(",0,0,99,", ",5000,1e9,99,", 1);
-    let train_path = write_file(&dir, "train.csv.gz", &gzip(train.as_bytes()));
-    let test_path = write_file(&dir, "test.csv", test.as_bytes());
+    let train_path = write_file(dir, "train.csv.gz", &gzip(train.as_bytes()));
+    let test_path = write_file(dir, "test.csv", test.as_bytes());
     let splits = adult::load_splits(&train_path, &test_path).unwrap();
     let (train, test) = (&splits.train, &splits.test);
     // Always the 104 published features, whatever the files hold.
@@ -410,7 +410,7 @@ fn schema_csv_handles_another_file_and_column_order() {
         },
         missing: "NA".into(),
     };
-    let p = write_file(&dir, "t.csv", b"ok,unused,size,colour\nyes,x,3,red\nno,y,3,blue\nno,z,3,NA\n");
+    let p = write_file(dir, "t.csv", b"ok,unused,size,colour\nyes,x,3,red\nno,y,3,blue\nno,z,3,NA\n");
     let table = tabular::read_table(&p, &schema).unwrap();
 
     // The public encoder: the caller's list (in its order) and bounds, whatever the file holds.
@@ -470,7 +470,7 @@ fn schema_csv_handles_another_file_and_column_order() {
     assert_eq!(data.inputs, vec![0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
     assert_eq!(data.labels, vec![1.0, 0.0, 0.0]);
     assert_eq!(counts.missing, 1);
-    let p = write_file(&dir, "dot.csv", b"ok,size,colour\nyes.,1,red\n");
+    let p = write_file(dir, "dot.csv", b"ok,size,colour\nyes.,1,red\n");
     assert_format(tabular::read_table(&p, &schema), &p, "line 2, column 'ok'", "label 'yes.'");
 }
 
@@ -479,7 +479,7 @@ fn adult_bad_csv_names_file_and_line() {
     let tmp = temp_dir("adult-bad");
     let dir = tmp.path();
     let good = write_file(
-        &dir,
+        dir,
         "good.csv",
         format!("{ADULT_HEADER}\n{}\n", adult_row(30, "Private", "Peru", 40, ">50K")).as_bytes(),
     );
@@ -536,19 +536,19 @@ fn adult_bad_csv_names_file_and_line() {
         ("short.csv", format!("{ADULT_HEADER}\n30,Priv\u{0}"), "line 2", "ragged row"),
     ];
     for (name, content, location, message) in cases {
-        let p = write_file(&dir, name, content.as_bytes());
+        let p = write_file(dir, name, content.as_bytes());
         assert_format(adult::load(&p, &good), &p, location, message);
         assert_format(adult::load(&good, &p), &p, location, message);
     }
     let row = adult_row(30, "Priv", "Peru", 40, ">50K").into_bytes();
     let row = [&row[..7], b"\xff\xfe", &row[7..]].concat();
-    let p = write_file(&dir, "bytes.csv", &[ADULT_HEADER.as_bytes(), b"\n", &row[..]].concat());
+    let p = write_file(dir, "bytes.csv", &[ADULT_HEADER.as_bytes(), b"\n", &row[..]].concat());
     assert_format(adult::load(&p, &good), &p, "line 2", "field 2 is not valid UTF-8");
     // Huge numbers are clipped by the public bounds; a standardisation fitted to them overflows,
     // which is an error, not an infinity.
     let big = adult_row(30, "Private", "Peru", 40, ">50K").replacen("30", "1e300", 1);
     let small = adult_row(30, "Private", "Peru", 40, ">50K").replacen("30", "-1e300", 1);
-    let p = write_file(&dir, "huge.csv", format!("{ADULT_HEADER}\n{big}\n{small}\n").as_bytes());
+    let p = write_file(dir, "huge.csv", format!("{ADULT_HEADER}\n{big}\n{small}\n").as_bytes());
     let (huge, _) = adult::load(&p, &p).unwrap();
     assert_eq!((huge.input(0)[0], huge.input(1)[0]), (1.0, 0.0));
     let table = tabular::read_table(&p, &adult::schema()).unwrap();
@@ -655,7 +655,7 @@ fn text_csv_split_vocabulary_and_sequences() {
     }
     csv.push_str("40,,1\n41,   ,0\n42,\"rare, Multi\nline\",0\n");
     texts.push("rare, Multi\nline".to_string());
-    let p = write_file(&dir, "reviews.csv.gz", &gzip(csv.as_bytes()));
+    let p = write_file(dir, "reviews.csv.gz", &gzip(csv.as_bytes()));
     let options = TextOptions { max_len: 8, seed: 3, ..TextOptions::default() };
     let corpus = text::load_csv(&p, &options).unwrap();
     assert_eq!((corpus.rows, corpus.skipped_empty), (43, 2));
@@ -716,20 +716,20 @@ fn text_bad_csv_names_file_and_line() {
     let tmp = temp_dir("text-bad");
     let dir = tmp.path();
     let opts = TextOptions::default();
-    let p = write_file(&dir, "label.csv", b"Review Text,Recommended IND\nok,1\nfine,yes\n");
+    let p = write_file(dir, "label.csv", b"Review Text,Recommended IND\nok,1\nfine,yes\n");
     assert_format(
         text::load_csv(&p, &opts),
         &p,
         "line 3, column 'Recommended IND'",
         "label 'yes' is neither 0 nor 1",
     );
-    let p = write_file(&dir, "column.csv", b"Text,Recommended IND\nok,1\n");
+    let p = write_file(dir, "column.csv", b"Text,Recommended IND\nok,1\n");
     assert_format(text::load_csv(&p, &opts), &p, "line 1", "no column 'Review Text'");
-    let p = write_file(&dir, "ragged.csv", b"Review Text,Recommended IND\nok,1\nfine\n");
+    let p = write_file(dir, "ragged.csv", b"Review Text,Recommended IND\nok,1\nfine\n");
     assert_format(text::load_csv(&p, &opts), &p, "line 3", "ragged row");
-    let p = write_file(&dir, "few.csv", b"Review Text,Recommended IND\nok,1\n,0\n");
+    let p = write_file(dir, "few.csv", b"Review Text,Recommended IND\nok,1\n,0\n");
     assert_format(text::load_csv(&p, &opts), &p, "line 3", "1 rows with text (1 empty skipped) hash into");
-    let p = write_file(&dir, "empty.csv", b"Review Text,Recommended IND\n");
+    let p = write_file(dir, "empty.csv", b"Review Text,Recommended IND\n");
     assert_format(text::load_csv(&p, &opts), &p, "line 1", "0 rows with text");
     let bad = TextOptions { test_fraction: 1.0, ..TextOptions::default() };
     assert!(matches!(text::load_csv(&p, &bad), Err(Error::InvalidArgument { .. })));
@@ -783,7 +783,7 @@ fn npy_writes_numpy_layout_and_reads_it_back() {
         assert_eq!(back.shape, array.shape);
         assert_eq!(format!("{:?}", back.data), format!("{:?}", array.data), "NaN compares by its text");
     }
-    assert!(std::fs::read_dir(&dir).unwrap().all(|e| !e
+    assert!(std::fs::read_dir(dir).unwrap().all(|e| !e
         .unwrap()
         .file_name()
         .to_string_lossy()
@@ -792,14 +792,14 @@ fn npy_writes_numpy_layout_and_reads_it_back() {
     // Versions 2 and 3, big-endian, odd spacing and key order.
     let body: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|x| x.to_be_bytes()).collect();
     let p = write_file(
-        &dir,
+        dir,
         "v2.npy",
         &npy_bytes(2, "{ 'shape':(2 ,) ,'fortran_order':False,'descr':'>f4'}\n", &body),
     );
     assert_eq!(npy::read(&p).unwrap().data, NpyData::F32(vec![1.5, -2.0]));
     let body: Vec<u8> = [7i64, -8].iter().flat_map(|x| x.to_le_bytes()).collect();
     let p = write_file(
-        &dir,
+        dir,
         "v3.npy",
         &npy_bytes(3, "{\"descr\": \"<i8\", \"fortran_order\": False, \"shape\": (1, 2)}", &body),
     );
@@ -884,7 +884,7 @@ fn npy_bad_files_name_file_and_place() {
         ),
     ];
     for (name, bytes, location, message) in cases {
-        let p = write_file(&dir, name, &bytes);
+        let p = write_file(dir, name, &bytes);
         assert_format(npy::read(&p), &p, location, message);
     }
 }
