@@ -17,7 +17,10 @@ use std::path::Path;
 
 /// A fresh folder under the system temp dir, removed when the guard drops (also when a test fails).
 fn temp_dir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(&format!("dp-runtime-test-{name}-")).tempdir().expect("the temporary folder is writable")
+    tempfile::Builder::new()
+        .prefix(&format!("dp-runtime-test-{name}-"))
+        .tempdir()
+        .expect("the temporary folder is writable")
 }
 
 fn sample_checkpoint() -> Checkpoint {

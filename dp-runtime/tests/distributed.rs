@@ -5,7 +5,6 @@
 
 mod common;
 
-
 use common::{separable, Mlp, SoftmaxRegression};
 use dp_runtime::checkpoint;
 use dp_runtime::distributed::{shard_range, take_shard, Shard, ThreadGroup};

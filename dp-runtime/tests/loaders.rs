@@ -17,7 +17,10 @@ use dp_runtime::Error;
 
 /// A fresh folder under the system temp dir, removed when the guard drops (also when a test fails).
 fn temp_dir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(&format!("dp-loaders-{name}-")).tempdir().expect("the temporary folder is writable")
+    tempfile::Builder::new()
+        .prefix(&format!("dp-loaders-{name}-"))
+        .tempdir()
+        .expect("the temporary folder is writable")
 }
 
 fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {

@@ -544,7 +544,10 @@ use dp_runtime::optim::StepInfo;
 
 /// A fresh folder under the system temp dir, removed when the guard drops (also when a test fails).
 fn temp_dir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(&format!("dp-runtime-trainer-{name}-")).tempdir().expect("the temporary folder is writable")
+    tempfile::Builder::new()
+        .prefix(&format!("dp-runtime-trainer-{name}-"))
+        .tempdir()
+        .expect("the temporary folder is writable")
 }
 
 #[test]
