@@ -2,12 +2,18 @@
 //! gather forward, the non-private scatter-add backward, the per-example norms and the clipped sum, for
 //! the embedding model's table (10,004 × 16) and the LSTM's (10,004 × 100), with tokens drawn uniformly
 //! and by a Zipf law (real text: a few ids take most positions). One and two threads.
+//! Then the same four passes of an embedding averaged over the sequence (`embedding_mean`, the
+//! embedding model's fused pair), whose output gradient is one row per example.
 //! Run with `cargo bench -p dp-kernels --bench embedding`; medians of 9 timings of 10 calls.
 //! `cargo bench -p dp-kernels --bench embedding -- norms` times only the kernels whose name contains
 //! `norms` (for a profiler).
 
 use dp_kernels::embedding::{
     embedding_backward, embedding_clipped_sum, embedding_forward, embedding_norms_sq, norm_scratch_len,
+};
+use dp_kernels::embedding_mean::{
+    self, embedding_mean_backward, embedding_mean_clipped_sum, embedding_mean_forward,
+    embedding_mean_norms_sq,
 };
 use std::hint::black_box;
 
@@ -83,6 +89,54 @@ fn main() {
                 println!(
                     "{threads} thread(s), dim {dim:3}, {tokens:7} tokens: forward {forward:6.3}  backward {backward:6.3}  \
                      norms {norm:6.3}  clipped sum {clipped:6.3}"
+                );
+                let out_grad = &delta[..batch * dim];
+                let mut mean = vec![0.0; batch * dim];
+                let mut mean_scratch = vec![0.0; threads * embedding_mean::norm_scratch_len(steps)];
+                let mean_forward = pool.install(|| {
+                    timed("mean forward", &mut || {
+                        embedding_mean_forward(v, d, b, s, black_box(&ids), &table, &mut mean)
+                    })
+                });
+                let mean_backward = pool.install(|| {
+                    timed("mean backward", &mut || {
+                        embedding_mean_backward(v, d, b, s, black_box(&ids), out_grad, &mut grad)
+                    })
+                });
+                let mean_norms = pool.install(|| {
+                    timed("mean norms", &mut || {
+                        embedding_mean_norms_sq(
+                            v,
+                            d,
+                            b,
+                            s,
+                            black_box(&ids),
+                            out_grad,
+                            &mut mean_scratch,
+                            &mut norms,
+                            1,
+                        )
+                    })
+                });
+                let mean_clipped = pool.install(|| {
+                    timed("mean clipped sum", &mut || {
+                        embedding_mean_clipped_sum(
+                            v,
+                            d,
+                            b,
+                            s,
+                            black_box(&ids),
+                            out_grad,
+                            &factors,
+                            1,
+                            &mut grad,
+                        )
+                    })
+                });
+                println!(
+                    "{:37} mean: forward {mean_forward:6.3}  backward {mean_backward:6.3}  \
+                     norms {mean_norms:6.3}  clipped sum {mean_clipped:6.3}",
+                    ""
                 );
             }
         }

@@ -39,7 +39,7 @@ pub fn normal_from_bits(a: u32, b: u32) -> f32 {
     ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
 }
 
-fn check_ids(ids: &[u32], vocab: usize) {
+pub(crate) fn check_ids(ids: &[u32], vocab: usize) {
     if let Some(&bad) = ids.iter().find(|&&v| v as usize >= vocab) {
         panic!("embedding: token id {bad} is not below the vocabulary size {vocab}");
     }
@@ -262,7 +262,8 @@ pub fn embedding_clipped_sum(
             "embedding: factors too short"
         );
     }
-    scatter_add(vocab, dim, batch, steps, ids, delta, |i| factors[i * factor_stride], grad);
+    let rows = ScatterRows::PerPosition(delta);
+    scatter_add(vocab, dim, batch, steps, ids, rows, |i| factors[i * factor_stride], grad);
 }
 
 /// The non-private table gradient: ADDS `Σ_i Σ_t δ_{i,t}` into rows `v_{i,t}` of `grad`.
@@ -275,7 +276,7 @@ pub fn embedding_backward(
     delta: &[f32],
     grad: &mut [f32],
 ) {
-    scatter_add(vocab, dim, batch, steps, ids, delta, |_| 1.0, grad);
+    scatter_add(vocab, dim, batch, steps, ids, ScatterRows::PerPosition(delta), |_| 1.0, grad);
 }
 
 /// Tokens per block of the scatter-add's scan: a block's positions whose token falls in the task's rows
@@ -283,32 +284,53 @@ pub fn embedding_backward(
 /// the add it guarded.)
 const SCAN_BLOCK: usize = 256;
 
+/// The rows a scatter-add adds: one per position, or one per example added at each of its positions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ScatterRows<'a> {
+    /// `δ` as `[batch][T][dim]`.
+    PerPosition(&'a [f32]),
+    /// `[batch][dim]` rows, each times `scale` (a sequence mean's output gradient and `1/T`: the rows
+    /// its backward would write at every position, computed as it computes them).
+    PerExample { rows: &'a [f32], scale: f32 },
+}
+
 /// Scatter-add with a per-example factor. One task per thread, each owning a contiguous range of table
 /// rows and scanning every token once, so no two threads write the same row. (Frequent tokens, which
 /// real text has, make the ranges unequal in work; splitting by examples instead would need a private
 /// table gradient per thread and a reduction over the whole table.)
 #[allow(clippy::too_many_arguments)]
-fn scatter_add(
+pub(crate) fn scatter_add(
     vocab: usize,
     dim: usize,
     batch: usize,
     steps: usize,
     ids: &[u32],
-    delta: &[f32],
+    rows: ScatterRows<'_>,
     factor: impl Fn(usize) -> f32 + Sync,
     grad: &mut [f32],
 ) {
     assert!(ids.len() >= batch * steps, "embedding: ids has {} values", ids.len());
-    assert!(delta.len() >= batch * steps * dim, "embedding: delta has {} values", delta.len());
+    match rows {
+        ScatterRows::PerPosition(delta) => {
+            assert!(delta.len() >= batch * steps * dim, "embedding: delta has {} values", delta.len())
+        }
+        ScatterRows::PerExample { rows, .. } => {
+            assert!(rows.len() >= batch * dim, "embedding: rows has {} values", rows.len())
+        }
+    }
     assert!(grad.len() >= vocab * dim, "embedding: gradient has {} values", grad.len());
     check_ids(&ids[..batch * steps], vocab);
     if dim == 0 || vocab == 0 {
         return;
     }
     let rows_per_task = vocab.div_ceil(rayon::current_num_threads().max(1));
-    grad[..vocab * dim].par_chunks_mut(rows_per_task * dim).enumerate().for_each(|(k, rows)| {
-        let (first, len) = ((k * rows_per_task) as u32, (rows.len() / dim) as u32);
+    grad[..vocab * dim].par_chunks_mut(rows_per_task * dim).enumerate().for_each(|(k, table_rows)| {
+        let (first, len) = ((k * rows_per_task) as u32, (table_rows.len() / dim) as u32);
         let mut hits = [0u32; SCAN_BLOCK];
+        let mut pooled = match rows {
+            ScatterRows::PerPosition(_) => Vec::new(),
+            ScatterRows::PerExample { .. } => vec![0.0f32; dim],
+        };
         crate::fast_math::with_widest_vectors(
             #[inline(always)]
             || {
@@ -318,7 +340,18 @@ fn scatter_add(
                         continue;
                     }
                     let ids_i = &ids[i * steps..(i + 1) * steps];
-                    let delta_i = &delta[i * steps * dim..(i + 1) * steps * dim];
+                    // The example's rows and the distance between two positions' rows.
+                    let (rows_i, position_stride) = match rows {
+                        ScatterRows::PerPosition(delta) => {
+                            (&delta[i * steps * dim..(i + 1) * steps * dim], dim)
+                        }
+                        ScatterRows::PerExample { rows, scale } => {
+                            for (p, &g) in pooled.iter_mut().zip(&rows[i * dim..(i + 1) * dim]) {
+                                *p = g * scale;
+                            }
+                            (&pooled[..], 0)
+                        }
+                    };
                     for (b, block) in ids_i.chunks(SCAN_BLOCK).enumerate() {
                         let mut found = 0;
                         for (t, &v) in block.iter().enumerate() {
@@ -330,11 +363,8 @@ fn scatter_add(
                         for &t in &hits[..found] {
                             let t = b * SCAN_BLOCK + t as usize;
                             let row = (ids_i[t] - first) as usize;
-                            add_scaled(
-                                &mut rows[row * dim..(row + 1) * dim],
-                                c,
-                                &delta_i[t * dim..(t + 1) * dim],
-                            );
+                            let at = t * position_stride;
+                            add_scaled(&mut table_rows[row * dim..(row + 1) * dim], c, &rows_i[at..at + dim]);
                         }
                     }
                 }

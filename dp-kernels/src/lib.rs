@@ -11,6 +11,7 @@ pub mod conv_chunks;
 pub mod conv_folded;
 pub mod dense;
 pub mod embedding;
+pub mod embedding_mean;
 pub mod fast_math;
 pub mod gemm;
 pub mod loss;

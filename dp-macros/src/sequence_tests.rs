@@ -85,3 +85,71 @@ fn a_ghost_lstm_keeps_nothing_and_uses_the_gates_as_norm_slots() {
     // A ghost slot (2·T² = 50 values) fits in the gates (T·4h = 2,000).
     assert!(lstm.norms_in_gates);
 }
+
+fn embedding_step(plan: &crate::plan::Plan) -> &crate::ops::embedding::EmbeddingStep {
+    plan.steps
+        .iter()
+        .find_map(|s| match s {
+            crate::ops::Step::Embedding(e) => Some(e),
+            _ => None,
+        })
+        .expect("an embedding step")
+}
+
+fn has_mean_step(plan: &crate::plan::Plan) -> bool {
+    plan.steps.iter().any(|s| matches!(s, crate::ops::Step::Mean(_)))
+}
+
+/// Embedding 10,004×16 over 256 tokens, pooled, then linear 16 → 2: a sequential struct, or a module
+/// with the `forward` given.
+fn embedding_net(forward: Option<TokenStream>, pooling: &str) -> (TokenStream, TokenStream) {
+    let op = syn::Ident::new(pooling, proc_macro2::Span::call_site());
+    let field_type = syn::Ident::new(if pooling == "first" { "First" } else { "Mean" }, op.span());
+    let model = quote! {
+        pub struct M {
+            #[layer(embedding(dim = 16))]
+            embedding: Embedding,
+            #[layer(#op)]
+            pool: #field_type,
+            #[layer(linear(out = 2))]
+            fc: Linear,
+        }
+    };
+    let item = match forward {
+        None => model,
+        Some(body) => quote!(mod m { #model impl M { fn forward(&self, x: Input) -> Output { #body } } }),
+    };
+    (quote!(input = tokens(len = 256, vocab = 10004), loss = cross_entropy(classes = 2)), item)
+}
+
+#[test]
+fn an_embedding_averaged_over_the_sequence_is_one_op() {
+    let (args, item) = embedding_net(None, "mean");
+    let plan = crate::plan_of(args, item);
+    let embedding = embedding_step(&plan);
+    assert!(embedding.mean, "the mean that alone reads the embedding is fused into it");
+    assert!(!has_mean_step(&plan));
+    assert_eq!((plan.buffers[embedding.output].len, plan.buffers[embedding.delta].len), (16, 16));
+    // No buffer holds the 256 × 16 rows or their gradient; the norm slot is the token-count table
+    // (512 token and count pairs).
+    assert!(plan.buffers.iter().all(|b| b.len < 256 * 16), "{:?}", plan.buffers);
+    assert_eq!(plan.buffers[plan.scratch.norms.unwrap()].len, 1024);
+    // The mean keeps its row in the plan table: its adds, no bytes of its own.
+    let mean_row = plan.layers.iter().find(|l| l.op == "mean").unwrap();
+    assert_eq!((mean_row.flops_per_example, mean_row.bytes_per_example), (256 * 16, 0));
+}
+
+#[test]
+fn a_mean_sharing_the_embedding_or_a_first_position_is_not_fused() {
+    // The rows are read twice (`e + e`): the mean alone does not read them.
+    let shared = embedding_net(Some(quote! { let e = self.embedding(x); self.fc(self.pool(e + e)) }), "mean");
+    // `first` takes one position: nothing to fuse.
+    let first = embedding_net(None, "first");
+    for (args, item) in [shared, first] {
+        let plan = crate::plan_of(args, item);
+        let embedding = embedding_step(&plan);
+        assert!(!embedding.mean);
+        assert!(has_mean_step(&plan));
+        assert_eq!(plan.buffers[embedding.output].len, 256 * 16);
+    }
+}

@@ -68,6 +68,21 @@ fn small_lstm() -> (TokenStream, TokenStream) {
     )
 }
 
+/// An embedding averaged over the sequence, then linear: the fused `embedding_mean` kernels.
+fn small_embedding_mean() -> (TokenStream, TokenStream) {
+    (
+        quote!(input = tokens(len = 8, vocab = 50), loss = cross_entropy(classes = 2)),
+        quote! {
+            pub struct SmallEmbeddingMean {
+                #[layer(embedding(dim = 6), mean)]
+                embedding: Embedding,
+                #[layer(linear(out = 2))]
+                fc: Linear,
+            }
+        },
+    )
+}
+
 /// The built-in `TextTransformer` (`src/models/text_transformer.rs`, read from its source): the
 /// transformer path of the compiler (position embedding, attention, position-wise linear layers, layer
 /// norm per position, residual sums, mean pooling).
@@ -107,6 +122,12 @@ fn small_cnn_expansion() {
 #[test]
 fn small_lstm_expansion() {
     let (args, item) = small_lstm();
+    insta::assert_snapshot!(pretty(expand(args, item)));
+}
+
+#[test]
+fn small_embedding_mean_expansion() {
+    let (args, item) = small_embedding_mean();
     insta::assert_snapshot!(pretty(expand(args, item)));
 }
 

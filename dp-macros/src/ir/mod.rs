@@ -9,6 +9,7 @@ pub mod value;
 pub mod view;
 
 use crate::ops::activation::function::{Act, Derivative};
+use crate::ops::mean::Pooling;
 use crate::ops::Op;
 use crate::parse::ast::{LossDef, ModelDef};
 use proc_macro2::Span;
@@ -30,6 +31,15 @@ pub struct Node {
     /// Whether the node's parameters are frozen (`frozen` in its field's chain): a layer without a
     /// parameter group, whose backward only carries the gradient through to its input.
     pub frozen: bool,
+}
+
+/// A node that alone reads another's output, run inside that node's passes ([`Graph::fusion`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fusion {
+    /// An activation applied in the layer's output pass; the value it produces.
+    Activation(Act, ValueId),
+    /// `mean` over the sequence after an embedding; the mean's output.
+    SequenceMean(ValueId),
 }
 
 /// A model's forward program, nodes in a valid execution (topological) order.
@@ -80,21 +90,25 @@ impl Graph {
         }
     }
 
-    /// The activation that node `i`'s output flows into alone, if it can run in node `i`'s output pass
-    /// (its derivative comes from the output), with the value it produces.
-    pub fn fusable_activation(&self, i: usize, uses: &[usize]) -> Option<(Act, ValueId)> {
+    /// The node that alone reads node `i`'s output and may run inside node `i`'s passes, with the
+    /// value the pair produces: an activation whose derivative comes from its output (in a layer's
+    /// output pass), or a sequence mean after an embedding (the pair is one op, whose `[T, dim]` rows
+    /// and their gradient are never stored). Whether node `i` fuses it is its op's choice.
+    pub fn fusion(&self, i: usize, uses: &[usize]) -> Option<Fusion> {
         let node = &self.nodes[i];
         if uses[node.output.0] != 1 {
             return None;
         }
-        self.nodes.get(i + 1).and_then(|next| match next.op {
-            Op::Activation(activation)
-                if next.inputs[0] == node.output && activation.0.derivative() == Derivative::FromOutput =>
-            {
-                Some((activation.0, next.output))
+        let next = self.nodes.get(i + 1).filter(|next| next.inputs[0] == node.output)?;
+        match (&node.op, &next.op) {
+            (_, Op::Activation(activation)) if activation.0.derivative() == Derivative::FromOutput => {
+                Some(Fusion::Activation(activation.0, next.output))
+            }
+            (Op::Embedding(_), Op::Mean(mean)) if mean.pooling == Pooling::Mean => {
+                Some(Fusion::SequenceMean(next.output))
             }
             _ => None,
-        })
+        }
     }
 
     /// How many nodes read each value.

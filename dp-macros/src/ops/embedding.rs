@@ -3,6 +3,10 @@
 //! Its norm groups equal tokens ([`NormStrategy::TokenGrouped`], cost ~T·dim) and its clipped sum is
 //! a scatter-add of `c_i·δ` rows: nothing of size vocab is ever formed per example. The vocabulary is
 //! the token input's (`vocab` is checked against it).
+//!
+//! A `mean` over the sequence that alone reads it runs inside it ([`Planner::fuse_sequence_mean`]):
+//! the pair's output is the mean, its gradient `[dim]` per example, and the norm needs only the
+//! example's token counts (`dp_kernels::embedding_mean`).
 
 use super::rules::OpRules;
 use crate::args::{arguments, positive_int};
@@ -35,9 +39,11 @@ pub struct EmbeddingStep {
     pub steps: usize,
     /// Index into `Plan::params`.
     pub weight: usize,
-    /// `[T, dim]` rows looked up.
+    /// Whether a sequence mean is fused in: `output` and `delta` are then `[dim]`, the mean's.
+    pub mean: bool,
+    /// `[T, dim]` rows looked up (`[dim]`, their mean, when fused).
     pub output: usize,
-    /// `[T, dim]` gradient of the output.
+    /// The gradient of the output, of its length.
     pub delta: usize,
 }
 
@@ -79,19 +85,32 @@ impl OpRules for Embedding {
     }
 
     fn plan(&self, pl: &mut Planner<'_>, node: &NodeView) -> Option<EmbeddingStep> {
-        let (i, x, out, field) = (node.index, node.input(), node.output, node.field);
+        let (i, x, field) = (node.index, node.input(), node.field);
         let (vocab, dim, steps) =
             (self.vocab.expect("checked: a token input"), self.dim.value, pl.shape(x)[0]);
         pl.target(node, x);
-        let output = pl.alloc(i, format!("{field} embedding rows"), steps * dim);
-        let delta = pl.alloc(i, format!("{field} embedding delta"), steps * dim);
-        pl.storage[out.0] = Some(Buf::Arena(output));
-        pl.grad[out.0] = Some(delta);
-        pl.need(SharedScratch::Norms, i, steps + dim);
+        let fused_mean = pl.fuse_sequence_mean(node);
+        let (result, [output, delta], len, norm_scratch, flops) = match fused_mean {
+            // The scatter-add and the norm's one row; the mean's adds are counted by the fusion.
+            // Norm slot: the kernels' `embedding_mean::norm_scratch_len` (the emitted code asserts it).
+            Some(mean) => (
+                mean,
+                ["mean", "mean delta"],
+                dim,
+                2 * (2 * steps).next_power_of_two(),
+                2 * steps * dim + 2 * dim,
+            ),
+            // Gather, the norm (row sums and squares) and the scatter-add of the clipped sum.
+            None => (node.output, ["rows", "delta"], steps * dim, steps + dim, 5 * steps * dim),
+        };
+        let output = pl.alloc(i, format!("{field} embedding {output}"), len);
+        let delta = pl.alloc(i, format!("{field} embedding {delta}"), len);
+        pl.storage[result.0] = Some(Buf::Arena(output));
+        pl.grad[result.0] = Some(delta);
+        pl.need(SharedScratch::Norms, i, norm_scratch);
         let group = pl.group(field);
         let weight = pl.param(format!("{field}.weight"), vec![vocab, dim], Init::Normal { std: 1.0 });
-        // Gather, the norm (row sums and squares) and the scatter-add of the clipped sum.
-        pl.cost(i, 5 * (steps * dim) as u64, Some(NormStrategy::TokenGrouped));
-        Some(EmbeddingStep { group, vocab, dim, steps, weight, output, delta })
+        pl.cost(i, flops as u64, Some(NormStrategy::TokenGrouped));
+        Some(EmbeddingStep { group, vocab, dim, steps, weight, mean: fused_mean.is_some(), output, delta })
     }
 }

@@ -91,7 +91,7 @@ pub fn plan(graph: &Graph, checked: &Checked) -> Plan {
             (node.op.is_parameterised() && !node.frozen) || node.inputs.iter().any(|v| needs_grad[v.0]);
     }
     let uses = graph.use_counts();
-    let fusable = (0..graph.nodes.len()).map(|i| graph.fusable_activation(i, &uses)).collect();
+    let fusable = (0..graph.nodes.len()).map(|i| graph.fusion(i, &uses)).collect();
     let mut pl = Planner::new(&checked.shapes, uses, needs_grad, fusable);
     pl.storage[graph.input.0] = Some(Buf::Input);
     let (mut steps, mut roles) = (Vec::new(), Vec::new());

@@ -9,7 +9,8 @@
 //!   reader ([`Planner::sole_reader`]).
 //! - Fusion: an activation that is the only reader of a layer's output runs in that layer's output
 //!   pass when its derivative can be taken from the output ([`Planner::fuse_activation`]); its input
-//!   is then never stored.
+//!   is then never stored. A sequence mean that alone reads an embedding becomes one op with it
+//!   ([`Planner::fuse_sequence_mean`]): the `[T, dim]` rows and their gradient are never stored.
 //! - Scratch sharing: the patches, δ rows and norm slots of the kernels are one buffer each, sized to
 //!   the largest need of any layer ([`Planner::need`]).
 //! - Kept gradients: a direct layer applied at several positions keeps the per-example gradients its
@@ -24,6 +25,7 @@ use super::params::{Init, ParamSlot, NO_GROUP};
 use crate::args::NormChoice;
 use crate::ir::value::ValueId;
 use crate::ir::view::NodeView;
+use crate::ir::Fusion;
 use crate::ops::activation::function::Act;
 use crate::shape::Shape;
 use dp_spec::cost::{keeps_gradients, DIRECT_MEMORY_CAP_BYTES};
@@ -55,8 +57,8 @@ pub struct Planner<'g> {
     temps: Vec<Option<usize>>,
     /// Whether a value depends on a trained parameter (and so needs a gradient).
     pub needs_grad: Vec<bool>,
-    /// For each node, the activation that alone reads its output and may be fused into it.
-    fusable: Vec<Option<(Act, ValueId)>>,
+    /// For each node, the node that alone reads its output and may be fused into it.
+    fusable: Vec<Option<Fusion>>,
     fused: Vec<bool>,
     pub params: Vec<ParamSlot>,
     pub groups: Vec<String>,
@@ -86,7 +88,7 @@ impl<'g> Planner<'g> {
         shapes: &'g [Shape],
         uses: Vec<usize>,
         needs_grad: Vec<bool>,
-        fusable: Vec<Option<(Act, ValueId)>>,
+        fusable: Vec<Option<Fusion>>,
     ) -> Self {
         let (values, nodes) = (shapes.len(), fusable.len());
         Planner {
@@ -175,12 +177,25 @@ impl<'g> Planner<'g> {
     /// cost (one forward and one backward operation per element) is counted here.
     pub fn fuse_activation(&mut self, node: &NodeView) -> (Act, ValueId) {
         match self.fusable[node.index] {
-            Some((act, output)) => {
+            Some(Fusion::Activation(act, output)) => {
                 self.fused[node.index + 1] = true;
                 self.layer_flops[node.index + 1] = 2 * self.width(output) as u64;
                 (act, output)
             }
-            None => (Act::Identity, node.output),
+            Some(Fusion::SequenceMean(_)) | None => (Act::Identity, node.output),
+        }
+    }
+
+    /// The output of the sequence mean fused into embedding `node`, if one is; its cost (the forward's
+    /// adds, one per element of the rows it averages) is counted here.
+    pub fn fuse_sequence_mean(&mut self, node: &NodeView) -> Option<ValueId> {
+        match self.fusable[node.index] {
+            Some(Fusion::SequenceMean(output)) => {
+                self.fused[node.index + 1] = true;
+                self.layer_flops[node.index + 1] = self.width(node.output) as u64;
+                Some(output)
+            }
+            Some(Fusion::Activation(..)) | None => None,
         }
     }
 

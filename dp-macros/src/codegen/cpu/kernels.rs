@@ -29,6 +29,7 @@ kernel_modules!(
     conv_chunks,
     dense,
     embedding,
+    embedding_mean,
     loss,
     lstm,
     norm_layers,
