@@ -1,7 +1,7 @@
 //! Optimizers against updates computed by hand from PyTorch's formulas, and the fused noise pass.
 
 use dp_runtime::noise::GaussianNoise;
-use dp_runtime::optim::{Adam, NoisyGradient, Optimizer, Schedule, Sgd, StepInfo};
+use dp_runtime::optim::{Adam, NoisyGradient, Optimizer, Schedule, Sgd, StepInfo, GRADIENT_CHUNK};
 use dp_runtime::rng::seeded;
 
 const AT: StepInfo = StepInfo { step: 0, total_steps: 10 };
@@ -104,4 +104,37 @@ fn optimizer_state_round_trips() {
     assert_eq!(other.state(), state);
     assert!(Sgd::new(0.1).load_state(state.clone(), 2).is_err());
     assert!(Adam::new(0.1).load_state(state, 3).is_err());
+}
+
+#[test]
+fn chunks_give_exactly_the_values_of_the_stream_for_every_noise_source() {
+    // Lengths below, at and past a chunk, and one with a partial last chunk.
+    for len in [0, 1, GRADIENT_CHUNK, 3 * GRADIENT_CHUNK + 17] {
+        let sum: Vec<f32> = (0..len).map(|j| (j as f32 * 0.37).sin()).collect();
+        let z: Vec<f64> = (0..len).map(|j| (j as f64 * 0.11).cos()).collect();
+        let released: Vec<f64> = sum.iter().zip(&z).map(|(&s, &z)| s as f64 + 1.3 * z).collect();
+        let (mut noise, mut replay) = (GaussianNoise::new(seeded(4)), GaussianNoise::new(seeded(4)));
+        let sources: [[NoisyGradient<'_>; 2]; 4] = [
+            [NoisyGradient::new(&sum, None, 0.0, 7.0), NoisyGradient::new(&sum, None, 0.0, 7.0)],
+            [
+                NoisyGradient::new(&sum, Some(&mut noise), 1.3, 7.0),
+                NoisyGradient::new(&sum, Some(&mut replay), 1.3, 7.0),
+            ],
+            [
+                NoisyGradient::with_drawn_noise(&sum, &z, 1.3, 7.0),
+                NoisyGradient::with_drawn_noise(&sum, &z, 1.3, 7.0),
+            ],
+            [NoisyGradient::released(&released, 7.0), NoisyGradient::released(&released, 7.0)],
+        ];
+        for (source, [chunked, streamed]) in sources.into_iter().enumerate() {
+            let mut got = Vec::new();
+            chunked.for_each_chunk(|range, values| {
+                assert_eq!(range, got.len()..got.len() + values.len());
+                assert!(values.len() <= GRADIENT_CHUNK);
+                got.extend_from_slice(values);
+            });
+            let want: Vec<f64> = streamed.values().collect();
+            assert_eq!(got, want, "source {source}, {len} coordinates");
+        }
+    }
 }

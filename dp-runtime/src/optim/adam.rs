@@ -86,6 +86,7 @@ impl Optimizer for Adam {
     }
 
     fn step(&mut self, params: &mut [f32], gradient: NoisyGradient<'_>, at: StepInfo) {
+        assert_eq!(params.len(), gradient.len(), "one gradient value per trained parameter");
         let lr = self.learning_rate(at);
         if self.exp_avg.is_empty() {
             self.exp_avg = vec![0.0; params.len()];
@@ -97,22 +98,25 @@ impl Optimizer for Adam {
         let correction1 = 1.0 - b1.powi(t);
         let root_correction2 = (1.0 - b2.powi(t)).sqrt();
         let decoupled = self.decoupled;
-        let state = self.exp_avg.iter_mut().zip(self.exp_avg_sq.iter_mut());
-        for ((p, (m, v)), g) in params.iter_mut().zip(state).zip(gradient.values()) {
-            let mut param = *p as f64;
-            let g = if decoupled {
-                param *= 1.0 - lr * wd;
-                g
-            } else {
-                g + wd * param
-            };
-            let m_new = b1 * *m as f64 + (1.0 - b1) * g;
-            let v_new = b2 * *v as f64 + (1.0 - b2) * g * g;
-            *m = m_new as f32;
-            *v = v_new as f32;
-            let denom = v_new.sqrt() / root_correction2 + eps;
-            *p = (param - lr / correction1 * m_new / denom) as f32;
-        }
+        let (exp_avg, exp_avg_sq) = (&mut self.exp_avg, &mut self.exp_avg_sq);
+        gradient.for_each_chunk(|range, gradient| {
+            let state = exp_avg[range.clone()].iter_mut().zip(&mut exp_avg_sq[range.clone()]);
+            for ((p, (m, v)), &g) in params[range].iter_mut().zip(state).zip(gradient) {
+                let mut param = *p as f64;
+                let g = if decoupled {
+                    param *= 1.0 - lr * wd;
+                    g
+                } else {
+                    g + wd * param
+                };
+                let m_new = b1 * *m as f64 + (1.0 - b1) * g;
+                let v_new = b2 * *v as f64 + (1.0 - b2) * g * g;
+                *m = m_new as f32;
+                *v = v_new as f32;
+                let denom = v_new.sqrt() / root_correction2 + eps;
+                *p = (param - lr / correction1 * m_new / denom) as f32;
+            }
+        });
     }
 
     fn state(&self) -> OptimizerState {

@@ -16,6 +16,9 @@ pub use sgd::Sgd;
 use crate::error::Result;
 use crate::noise::GaussianNoise;
 
+/// Coordinates per chunk of [`NoisyGradient::for_each_chunk`]: 2 KiB of `f64` on the stack.
+pub const GRADIENT_CHUNK: usize = 256;
+
 /// The noisy, normalised gradient, produced lazily coordinate by coordinate in one pass.
 pub struct NoisyGradient<'a> {
     sum: &'a [f32],
@@ -82,6 +85,44 @@ impl<'a> NoisyGradient<'a> {
     /// Whether there are no coordinates.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Calls `update(coordinates, values)` for consecutive chunks of at most [`GRADIENT_CHUNK`]
+    /// coordinates, with exactly the values of [`values`](Self::values) (the same operations, the
+    /// noise drawn in the same order). The noise source is matched once per chunk, not per coordinate,
+    /// so an optimizer's loop over a chunk is arithmetic on slices that the compiler vectorises; the
+    /// optimizers step through this.
+    pub fn for_each_chunk(self, mut update: impl FnMut(std::ops::Range<usize>, &[f64])) {
+        let len = self.len();
+        let NoisyGradient { sum, mut noise, noise_std, inverse_batch } = self;
+        let mut buffer = [0.0f64; GRADIENT_CHUNK];
+        for start in (0..len).step_by(GRADIENT_CHUNK) {
+            let range = start..(start + GRADIENT_CHUNK).min(len);
+            let values = &mut buffer[..range.len()];
+            match &mut noise {
+                NoiseSource::Silent => {
+                    for (v, &s) in values.iter_mut().zip(&sum[range.clone()]) {
+                        *v = s as f64 * inverse_batch;
+                    }
+                }
+                NoiseSource::Stream(stream) => {
+                    for (v, &s) in values.iter_mut().zip(&sum[range.clone()]) {
+                        *v = (s as f64 + noise_std * stream.standard_normal()) * inverse_batch;
+                    }
+                }
+                NoiseSource::Drawn(z) => {
+                    for ((v, &s), &z) in values.iter_mut().zip(&sum[range.clone()]).zip(&z[range.clone()]) {
+                        *v = (s as f64 + noise_std * z) * inverse_batch;
+                    }
+                }
+                NoiseSource::Released(released) => {
+                    for (v, &r) in values.iter_mut().zip(&released[range.clone()]) {
+                        *v = r * inverse_batch;
+                    }
+                }
+            }
+            update(range, values);
+        }
     }
 
     /// The gradient estimates in coordinate order (each draws its noise as it is produced).
@@ -178,7 +219,8 @@ pub struct OptimizerState {
 pub trait Optimizer: Send {
     /// Short name, stored in checkpoints.
     fn kind(&self) -> &'static str;
-    /// Applies one update to `params` with the noisy gradient, in one pass.
+    /// Applies one update to `params` (the trained ones, as many as the gradient has coordinates) with
+    /// the noisy gradient, in one pass.
     fn step(&mut self, params: &mut [f32], gradient: NoisyGradient<'_>, at: StepInfo);
     /// The learning rate the schedule gives at `at`.
     fn learning_rate(&self, at: StepInfo) -> f64;

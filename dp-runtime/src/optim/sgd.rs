@@ -65,28 +65,34 @@ impl Optimizer for Sgd {
     }
 
     fn step(&mut self, params: &mut [f32], gradient: NoisyGradient<'_>, at: StepInfo) {
+        assert_eq!(params.len(), gradient.len(), "one gradient value per trained parameter");
         let lr = self.learning_rate(at);
         let (mu, wd) = (self.momentum, self.weight_decay);
         self.updates += 1;
         if mu == 0.0 {
-            for (p, g) in params.iter_mut().zip(gradient.values()) {
-                let g = g + wd * *p as f64;
-                *p = (*p as f64 - lr * g) as f32;
-            }
+            gradient.for_each_chunk(|range, gradient| {
+                for (p, &g) in params[range].iter_mut().zip(gradient) {
+                    let g = g + wd * *p as f64;
+                    *p = (*p as f64 - lr * g) as f32;
+                }
+            });
             return;
         }
         let first = self.velocity.is_empty();
         if first {
             self.velocity = vec![0.0; params.len()];
         }
-        for ((p, v), g) in params.iter_mut().zip(&mut self.velocity).zip(gradient.values()) {
-            let g = g + wd * *p as f64;
-            // PyTorch starts the buffer at the first gradient.
-            let velocity = if first { g } else { mu * *v as f64 + g };
-            *v = velocity as f32;
-            let direction = if self.nesterov { g + mu * velocity } else { velocity };
-            *p = (*p as f64 - lr * direction) as f32;
-        }
+        let (velocity, nesterov) = (&mut self.velocity, self.nesterov);
+        gradient.for_each_chunk(|range, gradient| {
+            for ((p, v), &g) in params[range.clone()].iter_mut().zip(&mut velocity[range]).zip(gradient) {
+                let g = g + wd * *p as f64;
+                // PyTorch starts the buffer at the first gradient.
+                let velocity = if first { g } else { mu * *v as f64 + g };
+                *v = velocity as f32;
+                let direction = if nesterov { g + mu * velocity } else { velocity };
+                *p = (*p as f64 - lr * direction) as f32;
+            }
+        });
     }
 
     fn state(&self) -> OptimizerState {
