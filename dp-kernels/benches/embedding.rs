@@ -92,7 +92,7 @@ fn main() {
                 );
                 let out_grad = &delta[..batch * dim];
                 let mut mean = vec![0.0; batch * dim];
-                let mut mean_scratch = vec![0.0; threads * embedding_mean::norm_scratch_len(steps)];
+                let mut mean_scratch = vec![0.0; threads * embedding_mean::norm_scratch_len(steps, dim)];
                 let mean_forward = pool.install(|| {
                     timed("mean forward", &mut || {
                         embedding_mean_forward(v, d, b, s, black_box(&ids), &table, &mut mean)

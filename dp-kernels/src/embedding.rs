@@ -72,30 +72,46 @@ pub fn embedding_norms_sq(
     norms_sq: &mut [f32],
     norm_stride: usize,
 ) {
+    assert!(ids.len() >= batch * steps, "embedding: ids has {} values", ids.len());
+    assert!(delta.len() >= batch * steps * dim, "embedding: delta has {} values", delta.len());
+    assert!(steps <= u32::MAX as usize, "embedding: too many steps for u32 positions");
+    check_ids(&ids[..batch * steps], vocab);
+    let slot_len = norm_scratch_len(steps, dim);
+    norms_in_slots("embedding", batch, scratch, slot_len, norms_sq, norm_stride, |i, slot| {
+        let (order, acc) = slot.split_at_mut(steps);
+        let ids_i = &ids[i * steps..(i + 1) * steps];
+        let delta_i = &delta[i * steps * dim..(i + 1) * steps * dim];
+        example_norm_sq(vocab, dim, ids_i, delta_i, u32_scratch(order), &mut acc[..dim])
+    });
+}
+
+/// ADDS `norm(i, slot)` into `norms_sq[i * norm_stride]` for every example of the batch: the examples
+/// split evenly over as many parallel tasks as `scratch` holds slots of `slot_len`, each task passing
+/// its own slot to every example it takes.
+pub(crate) fn norms_in_slots(
+    kernel: &str,
+    batch: usize,
+    scratch: &mut [f32],
+    slot_len: usize,
+    norms_sq: &mut [f32],
+    norm_stride: usize,
+    norm: impl Fn(usize, &mut [f32]) -> f64 + Sync,
+) {
     if batch == 0 {
         return;
     }
-    assert!(ids.len() >= batch * steps, "embedding: ids has {} values", ids.len());
-    assert!(delta.len() >= batch * steps * dim, "embedding: delta has {} values", delta.len());
-    assert!(norm_stride >= 1 && norms_sq.len() > (batch - 1) * norm_stride, "embedding: norms too short");
-    assert!(steps <= u32::MAX as usize, "embedding: too many steps for u32 positions");
-    check_ids(&ids[..batch * steps], vocab);
-    let slot_len = norm_scratch_len(steps, dim).max(1);
+    assert!(norm_stride >= 1 && norms_sq.len() > (batch - 1) * norm_stride, "{kernel}: norms too short");
+    let slot_len = slot_len.max(1);
     let slots = (scratch.len() / slot_len).min(batch);
-    assert!(slots >= 1, "embedding norms: scratch has {} values, one slot needs {slot_len}", scratch.len());
+    assert!(slots >= 1, "{kernel} norms: scratch has {} values, one slot needs {slot_len}", scratch.len());
     let per_slot = batch.div_ceil(slots);
     norms_sq
         .par_chunks_mut(per_slot * norm_stride)
         .zip(scratch.par_chunks_mut(slot_len))
         .enumerate()
         .for_each(|(k, (norms, slot))| {
-            let (order, acc) = slot.split_at_mut(steps);
-            let order = u32_scratch(order);
             for i in k * per_slot..((k + 1) * per_slot).min(batch) {
-                let ids_i = &ids[i * steps..(i + 1) * steps];
-                let delta_i = &delta[i * steps * dim..(i + 1) * steps * dim];
-                let norm = example_norm_sq(vocab, dim, ids_i, delta_i, order, &mut acc[..dim]);
-                norms[(i - k * per_slot) * norm_stride] += norm as f32;
+                norms[(i - k * per_slot) * norm_stride] += norm(i, slot) as f32;
             }
         });
 }

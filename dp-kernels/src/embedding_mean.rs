@@ -13,13 +13,13 @@
 
 use rayon::prelude::*;
 
-use crate::embedding::{check_ids, scatter_add, u32_scratch, ScatterRows};
+use crate::embedding::{check_ids, norms_in_slots, scatter_add, u32_scratch, ScatterRows};
 use crate::per_example::sum_squares;
 
 /// Scratch `f32`s per parallel slot of [`embedding_mean_norms_sq`]: a hash table of the example's
-/// tokens and their counts (`u32` pairs), at most half full.
-pub const fn norm_scratch_len(steps: usize) -> usize {
-    2 * count_table_len(steps)
+/// tokens and their counts (`u32` pairs), at most half full, and the example's row gradient.
+pub const fn norm_scratch_len(steps: usize, dim: usize) -> usize {
+    2 * count_table_len(steps) + dim
 }
 
 /// Entries of the token-count table: a power of two at least twice the positions.
@@ -70,42 +70,21 @@ pub fn embedding_mean_norms_sq(
     norms_sq: &mut [f32],
     norm_stride: usize,
 ) {
-    if batch == 0 {
-        return;
-    }
     assert!(ids.len() >= batch * steps, "embedding mean: ids has {} values", ids.len());
     assert!(out_grad.len() >= batch * dim, "embedding mean: gradient has {} values", out_grad.len());
-    assert!(
-        norm_stride >= 1 && norms_sq.len() > (batch - 1) * norm_stride,
-        "embedding mean: norms too short"
-    );
     assert!(steps <= 1 << 30, "embedding mean: {steps} steps is more than the count table can index");
     check_ids(&ids[..batch * steps], vocab);
-    let slot_len = norm_scratch_len(steps).max(1);
-    let slots = (scratch.len() / slot_len).min(batch);
-    assert!(
-        slots >= 1,
-        "embedding mean norms: scratch has {} values, one slot needs {slot_len}",
-        scratch.len()
-    );
     let scale = if steps == 0 { 0.0 } else { 1.0 / steps as f32 };
-    let per_slot = batch.div_ceil(slots);
-    norms_sq
-        .par_chunks_mut(per_slot * norm_stride)
-        .zip(scratch.par_chunks_mut(slot_len))
-        .enumerate()
-        .for_each(|(k, (norms, slot))| {
-            let table = u32_scratch(&mut slot[..norm_scratch_len(steps)]);
-            let mut row = vec![0.0f32; dim];
-            for i in k * per_slot..((k + 1) * per_slot).min(batch) {
-                // δ_i as the unfused `mean` backward writes it, so the norm is of the rows it would add.
-                for (r, &g) in row.iter_mut().zip(&out_grad[i * dim..(i + 1) * dim]) {
-                    *r = g * scale;
-                }
-                let repeats = sum_of_squared_counts(&ids[i * steps..(i + 1) * steps], table);
-                norms[(i - k * per_slot) * norm_stride] += (repeats as f64 * sum_squares(&row)) as f32;
-            }
-        });
+    let slot_len = norm_scratch_len(steps, dim);
+    norms_in_slots("embedding mean", batch, scratch, slot_len, norms_sq, norm_stride, |i, slot| {
+        let (table, row) = slot.split_at_mut(2 * count_table_len(steps));
+        // δ_i as the unfused `mean` backward writes it, so the norm is of the rows it would add.
+        for (r, &g) in row[..dim].iter_mut().zip(&out_grad[i * dim..(i + 1) * dim]) {
+            *r = g * scale;
+        }
+        let repeats = sum_of_squared_counts(&ids[i * steps..(i + 1) * steps], u32_scratch(table));
+        repeats as f64 * sum_squares(&row[..dim])
+    });
 }
 
 /// `Σ_v count_v²` of one example's tokens: the number of position pairs (ordered, each position with
@@ -210,7 +189,7 @@ mod tests {
             let mut dx = vec![0.0f32; batch * steps * dim];
             mean_over_sequence_backward(batch, steps, dim, &out_grad, &mut dx);
 
-            let mut scratch = vec![f32::NAN; 2 * norm_scratch_len(steps)];
+            let mut scratch = vec![f32::NAN; 2 * norm_scratch_len(steps, dim)];
             let mut norms = vec![0.5f32; 2 * batch];
             embedding_mean_norms_sq(vocab, dim, batch, steps, &ids, &out_grad, &mut scratch, &mut norms, 2);
             for i in 0..batch {

@@ -97,7 +97,7 @@ impl OpRules for Embedding {
                 mean,
                 ["mean", "mean delta"],
                 dim,
-                2 * (2 * steps).next_power_of_two(),
+                2 * (2 * steps).next_power_of_two() + dim,
                 2 * steps * dim + 2 * dim,
             ),
             // Gather, the norm (row sums and squares) and the scatter-add of the clipped sum.

@@ -52,13 +52,13 @@ pub fn norms(plan: &Plan, s: &EmbeddingStep) -> TokenStream {
     let scratch = plan.scratch.norms.expect("the planner sized the norm scratch");
     let (delta, slot, g) = (read(Buf::Arena(s.delta)), lit(plan.buffers[scratch].len), lit(s.group));
     let (scratch, zero) = (write(scratch), zero_group(plan, s.group));
-    let (module, kernel, slot_len) = match s.mean {
-        true => (kernels::embedding_mean(), quote!(embedding_mean_norms_sq), quote!(norm_scratch_len(#t))),
-        false => (kernels::embedding(), quote!(embedding_norms_sq), quote!(norm_scratch_len(#t, #d))),
+    let (module, kernel) = match s.mean {
+        true => (kernels::embedding_mean(), quote!(embedding_mean_norms_sq)),
+        false => (kernels::embedding(), quote!(embedding_norms_sq)),
     };
     quote! {{
         #zero
-        const _: () = ::core::assert!(#module::#slot_len <= #slot);
+        const _: () = ::core::assert!(#module::norm_scratch_len(#t, #d) <= #slot);
         #module::#kernel(#v, #d, n, #t, inputs, #delta, #scratch, &mut sq_norms[#g..], #groups);
     }}
 }
