@@ -272,14 +272,8 @@ pub fn embedding_clipped_sum(
     factor_stride: usize,
     grad: &mut [f32],
 ) {
-    if batch > 0 {
-        assert!(
-            factor_stride >= 1 && factors.len() > (batch - 1) * factor_stride,
-            "embedding: factors too short"
-        );
-    }
     let rows = ScatterRows::PerPosition(delta);
-    scatter_add(vocab, dim, batch, steps, ids, rows, |i| factors[i * factor_stride], grad);
+    scatter_add(vocab, dim, batch, steps, ids, rows, Some((factors, factor_stride)), grad);
 }
 
 /// The non-private table gradient: ADDS `Σ_i Σ_t δ_{i,t}` into rows `v_{i,t}` of `grad`.
@@ -292,7 +286,7 @@ pub fn embedding_backward(
     delta: &[f32],
     grad: &mut [f32],
 ) {
-    scatter_add(vocab, dim, batch, steps, ids, ScatterRows::PerPosition(delta), |_| 1.0, grad);
+    scatter_add(vocab, dim, batch, steps, ids, ScatterRows::PerPosition(delta), None, grad);
 }
 
 /// Tokens per block of the scatter-add's scan: a block's positions whose token falls in the task's rows
@@ -310,7 +304,8 @@ pub(crate) enum ScatterRows<'a> {
     PerExample { rows: &'a [f32], scale: f32 },
 }
 
-/// Scatter-add with a per-example factor. One task per thread, each owning a contiguous range of table
+/// Scatter-add with a per-example factor `c_i = factors[i * stride]` (1 for every example with `None`:
+/// the non-private gradient). One task per thread, each owning a contiguous range of table
 /// rows and scanning every token once, so no two threads write the same row. (Frequent tokens, which
 /// real text has, make the ranges unequal in work; splitting by examples instead would need a private
 /// table gradient per thread and a reduction over the whole table.)
@@ -322,10 +317,14 @@ pub(crate) fn scatter_add(
     steps: usize,
     ids: &[u32],
     rows: ScatterRows<'_>,
-    factor: impl Fn(usize) -> f32 + Sync,
+    factors: Option<(&[f32], usize)>,
     grad: &mut [f32],
 ) {
     assert!(ids.len() >= batch * steps, "embedding: ids has {} values", ids.len());
+    if let (Some((factors, stride)), true) = (factors, batch > 0) {
+        assert!(stride >= 1 && factors.len() > (batch - 1) * stride, "embedding: factors too short");
+    }
+    let factor = |i: usize| factors.map_or(1.0, |(factors, stride)| factors[i * stride]);
     match rows {
         ScatterRows::PerPosition(delta) => {
             assert!(delta.len() >= batch * steps * dim, "embedding: delta has {} values", delta.len())

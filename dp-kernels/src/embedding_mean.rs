@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use crate::embedding::{check_ids, norms_in_slots, scatter_add, u32_scratch, ScatterRows};
 use crate::per_example::sum_squares;
+use crate::sequence::mean_scale;
 
 /// Scratch `f32`s per parallel slot of [`embedding_mean_norms_sq`]: a hash table of the example's
 /// tokens and their counts (`u32` pairs), at most half full, and the example's row gradient.
@@ -44,7 +45,7 @@ pub fn embedding_mean_forward(
     if dim == 0 {
         return;
     }
-    let scale = if steps == 0 { 0.0 } else { 1.0 / steps as f32 };
+    let scale = mean_scale(steps);
     out[..batch * dim].par_chunks_mut(dim).enumerate().for_each(|(i, o)| {
         o.fill(0.0);
         for &v in &ids[i * steps..(i + 1) * steps] {
@@ -74,7 +75,7 @@ pub fn embedding_mean_norms_sq(
     assert!(out_grad.len() >= batch * dim, "embedding mean: gradient has {} values", out_grad.len());
     assert!(steps <= 1 << 30, "embedding mean: {steps} steps is more than the count table can index");
     check_ids(&ids[..batch * steps], vocab);
-    let scale = if steps == 0 { 0.0 } else { 1.0 / steps as f32 };
+    let scale = mean_scale(steps);
     let slot_len = norm_scratch_len(steps, dim);
     norms_in_slots("embedding mean", batch, scratch, slot_len, norms_sq, norm_stride, |i, slot| {
         let (table, row) = slot.split_at_mut(2 * count_table_len(steps));
@@ -95,11 +96,12 @@ fn sum_of_squared_counts(ids: &[u32], table: &mut [u32]) -> u64 {
     let entries = count_table_len(ids.len());
     let table = &mut table[..2 * entries];
     table.fill(0);
+    // With a token there are at least 2 entries, so the shift is below 32.
     let (mask, shift) = (entries - 1, u32::BITS - entries.trailing_zeros());
     let mut total = 0u64;
     for &v in ids {
         // Fibonacci hashing: the high bits of the product, well spread for nearby ids.
-        let mut slot = if shift == u32::BITS { 0 } else { (v.wrapping_mul(0x9e37_79b9) >> shift) as usize };
+        let mut slot = (v.wrapping_mul(0x9e37_79b9) >> shift) as usize;
         loop {
             let (token, count) = (table[2 * slot], table[2 * slot + 1]);
             if count == 0 || token == v {
@@ -129,14 +131,8 @@ pub fn embedding_mean_clipped_sum(
     factor_stride: usize,
     grad: &mut [f32],
 ) {
-    if batch > 0 {
-        assert!(
-            factor_stride >= 1 && factors.len() > (batch - 1) * factor_stride,
-            "embedding mean: factors too short"
-        );
-    }
-    let rows = pooled_rows(dim, batch, steps, out_grad);
-    scatter_add(vocab, dim, batch, steps, ids, rows, |i| factors[i * factor_stride], grad);
+    let rows = ScatterRows::PerExample { rows: out_grad, scale: mean_scale(steps) };
+    scatter_add(vocab, dim, batch, steps, ids, rows, Some((factors, factor_stride)), grad);
 }
 
 /// The non-private table gradient: ADDS `Σ_i count_{i,v} · g_i / T` into row `v` of `grad`.
@@ -149,14 +145,8 @@ pub fn embedding_mean_backward(
     out_grad: &[f32],
     grad: &mut [f32],
 ) {
-    let rows = pooled_rows(dim, batch, steps, out_grad);
-    scatter_add(vocab, dim, batch, steps, ids, rows, |_| 1.0, grad);
-}
-
-fn pooled_rows(dim: usize, batch: usize, steps: usize, out_grad: &[f32]) -> ScatterRows<'_> {
-    assert!(out_grad.len() >= batch * dim, "embedding mean: gradient has {} values", out_grad.len());
-    let scale = if steps == 0 { 0.0 } else { 1.0 / steps as f32 };
-    ScatterRows::PerExample { rows: out_grad, scale }
+    let rows = ScatterRows::PerExample { rows: out_grad, scale: mean_scale(steps) };
+    scatter_add(vocab, dim, batch, steps, ids, rows, None, grad);
 }
 
 #[cfg(test)]

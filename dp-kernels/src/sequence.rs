@@ -3,6 +3,16 @@
 
 use rayon::prelude::*;
 
+/// The mean's `1/T` (0 for an empty sequence), as both its passes and the fused embedding mean
+/// (`crate::embedding_mean`) apply it, so that the fused passes give the same bits.
+pub(crate) fn mean_scale(steps: usize) -> f32 {
+    if steps == 0 {
+        0.0
+    } else {
+        1.0 / steps as f32
+    }
+}
+
 /// `out[i][k] = (1/T)·Σ_t x[i][t][k]`.
 pub fn mean_over_sequence_forward(batch: usize, steps: usize, dim: usize, x: &[f32], out: &mut [f32]) {
     assert!(x.len() >= batch * steps * dim, "sequence mean: input has {} values", x.len());
@@ -10,7 +20,7 @@ pub fn mean_over_sequence_forward(batch: usize, steps: usize, dim: usize, x: &[f
     if dim == 0 {
         return;
     }
-    let scale = if steps == 0 { 0.0 } else { 1.0 / steps as f32 };
+    let scale = mean_scale(steps);
     out[..batch * dim].par_chunks_mut(dim).enumerate().for_each(|(i, o)| {
         o.fill(0.0);
         for row in x[i * steps * dim..(i + 1) * steps * dim].chunks(dim) {
@@ -29,7 +39,7 @@ pub fn mean_over_sequence_backward(batch: usize, steps: usize, dim: usize, dout:
     if steps * dim == 0 {
         return;
     }
-    let scale = 1.0 / steps as f32;
+    let scale = mean_scale(steps);
     dx[..batch * steps * dim].par_chunks_mut(steps * dim).enumerate().for_each(|(i, d)| {
         let g = &dout[i * dim..(i + 1) * dim];
         for row in d.chunks_mut(dim) {
