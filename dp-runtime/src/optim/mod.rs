@@ -102,22 +102,22 @@ impl<'a> NoisyGradient<'a> {
             match &mut noise {
                 NoiseSource::Silent => {
                     for (v, &s) in values.iter_mut().zip(&sum[range.clone()]) {
-                        *v = s as f64 * inverse_batch;
+                        *v = unnoised(s, inverse_batch);
                     }
                 }
                 NoiseSource::Stream(stream) => {
                     for (v, &s) in values.iter_mut().zip(&sum[range.clone()]) {
-                        *v = (s as f64 + noise_std * stream.standard_normal()) * inverse_batch;
+                        *v = noised(s, noise_std, stream.standard_normal(), inverse_batch);
                     }
                 }
                 NoiseSource::Drawn(z) => {
                     for ((v, &s), &z) in values.iter_mut().zip(&sum[range.clone()]).zip(&z[range.clone()]) {
-                        *v = (s as f64 + noise_std * z) * inverse_batch;
+                        *v = noised(s, noise_std, z, inverse_batch);
                     }
                 }
-                NoiseSource::Released(released) => {
-                    for (v, &r) in values.iter_mut().zip(&released[range.clone()]) {
-                        *v = r * inverse_batch;
+                NoiseSource::Released(noised_sum) => {
+                    for (v, &r) in values.iter_mut().zip(&noised_sum[range.clone()]) {
+                        *v = released(r, inverse_batch);
                     }
                 }
             }
@@ -141,6 +141,27 @@ impl<'a> NoisyGradient<'a> {
             }
         }
     }
+}
+
+// One coordinate's gradient estimate, for each kind of source: shared by `values()` and
+// `for_each_chunk`, which must give the same bits.
+
+/// `s / B`.
+#[inline(always)]
+fn unnoised(s: f32, inverse_batch: f64) -> f64 {
+    s as f64 * inverse_batch
+}
+
+/// `(s + σC·z) / B`.
+#[inline(always)]
+fn noised(s: f32, noise_std: f64, z: f64, inverse_batch: f64) -> f64 {
+    (s as f64 + noise_std * z) * inverse_batch
+}
+
+/// `r / B`, `r` already noised.
+#[inline(always)]
+fn released(r: f64, inverse_batch: f64) -> f64 {
+    r * inverse_batch
 }
 
 /// The iterator of [`NoisyGradient::values`]: one variant per noise source, so that each source's
@@ -171,15 +192,15 @@ impl Iterator for GradientValues<'_> {
     #[inline]
     fn next(&mut self) -> Option<f64> {
         match self {
-            GradientValues::Silent { sum, inverse_batch } => sum.next().map(|&s| s as f64 * *inverse_batch),
+            GradientValues::Silent { sum, inverse_batch } => sum.next().map(|&s| unnoised(s, *inverse_batch)),
             GradientValues::Stream { sum, noise, noise_std, inverse_batch } => {
-                sum.next().map(|&s| (s as f64 + *noise_std * noise.standard_normal()) * *inverse_batch)
+                sum.next().map(|&s| noised(s, *noise_std, noise.standard_normal(), *inverse_batch))
             }
             GradientValues::Drawn { sum, noise_std, inverse_batch } => {
-                sum.next().map(|(&s, &z)| (s as f64 + *noise_std * z) * *inverse_batch)
+                sum.next().map(|(&s, &z)| noised(s, *noise_std, z, *inverse_batch))
             }
-            GradientValues::Released { released, inverse_batch } => {
-                released.next().map(|&r| r * *inverse_batch)
+            GradientValues::Released { released: values, inverse_batch } => {
+                values.next().map(|&r| released(r, *inverse_batch))
             }
         }
     }
