@@ -258,6 +258,9 @@ pub(crate) fn col2im_one(geom: &Conv2dGeometry, q: usize, cols: &[f32], dx: &mut
     if geom.stride > 1 {
         return col2im_one_strided(geom, q, cols, dx, stride);
     }
+    if geom.out_w() == geom.in_w {
+        return col2im_one_same_width(geom, q, cols, dx, stride);
+    }
     // Stride 1: each output row's valid columns add onto one contiguous run of an input row.
     let columns = ColumnRanges::new(geom);
     let (t, ow_n, cg) = (geom.positions(), geom.out_w(), geom.in_c / geom.groups);
@@ -282,6 +285,57 @@ pub(crate) fn col2im_one(geom: &Conv2dGeometry, q: usize, cols: &[f32], dx: &mut
             }
         }
     }
+}
+
+/// [`col2im_one`] for stride 1 with rows as wide as the input's, the inverse of
+/// [`im2col_one_same_width`]: a tap's valid positions add onto the plane at `q + shift`, one
+/// contiguous run per tap. The run also covers, at each row's ends, the positions whose tap is in
+/// the padding; their values are masked to +0 (a bitwise AND, exact for every value, NaN included),
+/// so the neighbouring row's value they meet is unchanged. Row by row, the adds of 7–31 values left a
+/// scalar tail and a bounds check per row, in baseline SSE2: 0.8 ns per value in the CIFAR-10 CNN.
+fn col2im_one_same_width(geom: &Conv2dGeometry, q: usize, cols: &[f32], dx: &mut [f32], stride: usize) {
+    let columns = ColumnRanges::new(geom);
+    let (t, w, cg) = (geom.positions(), geom.in_w, geom.in_c / geom.groups);
+    let (dil, pad) = (geom.dilation, geom.padding);
+    let plane_len = geom.in_h * w;
+    // Per kernel column whose tap leaves some columns in the padding: all ones where it does not.
+    let masks: Vec<Option<Vec<u32>>> = (0..geom.kw)
+        .map(|kj| {
+            let (lo, hi) = columns.get(kj);
+            (lo > 0 || hi < w)
+                .then(|| (0..t).map(|p| if (lo..hi).contains(&(p % w)) { !0 } else { 0 }).collect())
+        })
+        .collect();
+    crate::fast_math::with_widest_vectors(
+        #[inline(always)]
+        || {
+            for cl in 0..cg {
+                let plane = &mut dx[(q * cg + cl) * plane_len..(q * cg + cl + 1) * plane_len];
+                for ki in 0..geom.kh {
+                    let (row_lo, row_hi) = valid_columns(geom.in_h, geom.out_h(), 1, ki * dil, pad);
+                    for kj in 0..geom.kw {
+                        let (lo, hi) = columns.get(kj);
+                        if row_lo >= row_hi || lo >= hi {
+                            continue;
+                        }
+                        let k = (cl * geom.kh + ki) * geom.kw + kj;
+                        let (first, last) = (row_lo * w + lo, (row_hi - 1) * w + hi);
+                        let at = (row_lo + ki * dil - pad) * w + lo + kj * dil - pad;
+                        let dst = &mut plane[at..at + (last - first)];
+                        let src = &cols[k * stride + first..k * stride + last];
+                        match &masks[kj] {
+                            None => dst.iter_mut().zip(src).for_each(|(d, &v)| *d += v),
+                            Some(mask) => dst
+                                .iter_mut()
+                                .zip(src)
+                                .zip(&mask[first..last])
+                                .for_each(|((d, &v), &m)| *d += f32::from_bits(v.to_bits() & m)),
+                        }
+                    }
+                }
+            }
+        },
+    );
 }
 
 /// [`col2im_one`] for strides above 1, the inverse of [`im2col_one_strided`]: each tap's T values are
@@ -560,6 +614,47 @@ mod tests {
                         want.to_bits(),
                         "{geom:?} group {q} example {i} position {pos} value {k}"
                     );
+                }
+            }
+        }
+    }
+
+    /// The fold against its definition: patch value `(c, ki, kj)` of position `(oh, ow)` is added onto
+    /// the input position it was read from, in the order of the values, and a value whose tap is in
+    /// the padding is never added, even a NaN (the 'same'-width fold adds masked runs there). Bit
+    /// for bit, at a row stride wider than `T` too (the folded convs' interleaved examples).
+    #[test]
+    fn folds_match_their_definition() {
+        let mut rng = rng(29);
+        for geom in geometries() {
+            let (t, d, ow_n, cg) =
+                (geom.positions(), geom.patch_len(), geom.out_w(), geom.in_c / geom.groups);
+            for stride in [t, t + 5] {
+                for q in 0..geom.groups {
+                    let mut cols = uniform(&mut rng, d * stride);
+                    let mut want = uniform(&mut rng, geom.input_len());
+                    let mut dx = want.clone();
+                    for (k, pos) in (0..d).flat_map(|k| (0..t).map(move |pos| (k, pos))) {
+                        let (oh, ow) = (pos / ow_n, pos % ow_n);
+                        let (cl, ki, kj) = (k / (geom.kh * geom.kw), k / geom.kw % geom.kh, k % geom.kw);
+                        let ih = (oh * geom.stride + ki * geom.dilation) as isize - geom.padding as isize;
+                        let iw = (ow * geom.stride + kj * geom.dilation) as isize - geom.padding as isize;
+                        if (0..geom.in_h as isize).contains(&ih) && (0..geom.in_w as isize).contains(&iw) {
+                            let c = q * cg + cl;
+                            want[(c * geom.in_h + ih as usize) * geom.in_w + iw as usize] +=
+                                cols[k * stride + pos];
+                        } else {
+                            cols[k * stride + pos] = f32::NAN;
+                        }
+                    }
+                    col2im_one(&geom, q, &cols, &mut dx, stride);
+                    for (j, (g, w)) in dx.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            g.to_bits(),
+                            w.to_bits(),
+                            "{geom:?} stride {stride} group {q} input value {j}"
+                        );
+                    }
                 }
             }
         }
