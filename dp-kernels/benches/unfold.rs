@@ -2,16 +2,18 @@
 //! 128: about 2 MiB of patches), one thread, on the conv shapes of the built-in models. Run with
 //! `cargo bench -p dp-kernels --bench unfold`; medians of 9 timings, nanoseconds per value written.
 //! Then the backward to the input (the patch gradients' product and their fold back onto the input),
-//! milliseconds per batch of 128.
+//! milliseconds per batch of 128, one thread; and the forward as the step runs it (unfolding and
+//! the product), milliseconds per batch of 128 on one thread and on two.
 
 use dp_kernels::conv::{backward_input_scratch_len, conv2d_backward_input, im2col};
-use dp_kernels::conv_chunks::chunk_examples;
+use dp_kernels::conv_chunks::{chunk_examples, conv2d_forward};
 use std::hint::black_box;
 
 mod support;
 
 fn main() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool");
+    let pool_of_two = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a two-thread pool");
     let g = support::square_conv;
     let shapes = [
         ("MNIST CNN conv1 (8×8, stride 2)", g(1, 28, 16, 8, 2, 3)),
@@ -48,5 +50,30 @@ fn main() {
             support::median_seconds_per_call(9, 2, call) * 1e3
         });
         println!("{name:48} {ms:7.3}");
+    }
+    println!("milliseconds per batch of 128 of the forward, one thread and two (median of 9)");
+    for (name, geom) in shapes {
+        let batch = 128;
+        let x: Vec<f32> = (0..batch * geom.input_len()).map(|k| (k % 1000) as f32 / 1000.0).collect();
+        let weight: Vec<f32> = (0..geom.weight_len()).map(|k| (k % 100) as f32 / 100.0).collect();
+        let bias = vec![0.5f32; geom.out_c];
+        let mut patches = vec![0.0f32; batch * geom.patches_len()];
+        let mut rows = vec![0.0f32; batch * geom.output_len()];
+        let mut out = vec![0.0f32; batch * geom.output_len()];
+        let mut call = || {
+            conv2d_forward(
+                &geom,
+                batch,
+                black_box(&x),
+                &weight,
+                Some(&bias),
+                &mut patches,
+                &mut rows,
+                &mut out,
+            )
+        };
+        let one = pool.install(|| support::median_seconds_per_call(9, 2, &mut call) * 1e3);
+        let two = pool_of_two.install(|| support::median_seconds_per_call(9, 2, &mut call) * 1e3);
+        println!("{name:48} {one:7.3} {two:7.3}");
     }
 }

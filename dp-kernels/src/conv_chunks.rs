@@ -7,8 +7,11 @@
 //! fit in the cores' L2. Every product in these passes ADDS over examples or is per example, so
 //! chunking changes no result beyond the order of additions in the weight gradient.
 
-use crate::conv::{self, conv2d_forward_from_patches, im2col, output_grad_by_group, Conv2dGeometry};
+use rayon::prelude::*;
+
+use crate::conv::{self, im2col, output_grad_by_group, Conv2dGeometry};
 use crate::conv_folded;
+use crate::gemm::{sgemm_serial, Op};
 use crate::per_example::{self, Strategy};
 
 /// The patches of one chunk are kept under this many bytes (about one core's L2), unless one
@@ -83,17 +86,90 @@ pub fn conv2d_forward(
     let (input_len, output_len) = (geom.input_len(), geom.output_len());
     assert!(x.len() >= batch * input_len, "conv2d: input has {} values", x.len());
     assert!(out.len() >= batch * output_len, "conv2d: output has {} values", out.len());
-    let folds = conv_folded::folds(geom);
+    if !conv_folded::folds(geom) {
+        return forward_by_example(geom, batch, x, weight, bias, patches, out);
+    }
     for_each_chunk(geom, batch, |first, len| {
         let x = &x[first * input_len..(first + len) * input_len];
         let out = &mut out[first * output_len..(first + len) * output_len];
-        if folds {
-            conv_folded::forward(geom, len, x, weight, bias, patches, rows, out);
-        } else {
-            im2col(geom, len, x, patches);
-            conv2d_forward_from_patches(geom, len, patches, weight, bias, out);
-        }
+        conv_folded::forward(geom, len, x, weight, bias, patches, rows, out);
     });
+}
+
+/// Tasks per thread of the passes that run example by example: a task's examples run one after
+/// another on one slot, and several tasks per thread let a thread that the host slows down hand
+/// its share to the other.
+const TASKS_PER_THREAD: usize = 4;
+
+/// Consecutive examples per task of a pass that runs example by example, each task with its own
+/// slot of one example's patches in a scratch of `capacity` values: at most [`TASKS_PER_THREAD`]
+/// tasks per thread, and no more than the scratch holds.
+fn examples_per_task(geom: &Conv2dGeometry, batch: usize, capacity: usize) -> usize {
+    let slot_len = geom.patches_len().max(1);
+    assert!(capacity >= slot_len, "conv2d: patches has {capacity} values, one example needs {slot_len}");
+    let tasks = (capacity / slot_len).min(batch).min(TASKS_PER_THREAD * rayon::current_num_threads());
+    batch.div_ceil(tasks.max(1))
+}
+
+/// One example's patches, every group (`[groups][d][T]`, a batch of one for [`im2col`]), into `slot`.
+fn unfold_example(geom: &Conv2dGeometry, x_i: &[f32], slot: &mut [f32]) {
+    let (t, d, cg) = (geom.positions(), geom.patch_len(), geom.in_c / geom.groups);
+    for q in 0..geom.groups {
+        conv::im2col_one(geom, q, 0..cg, x_i, &mut slot[q * d * t..(q + 1) * d * t], t);
+    }
+}
+
+/// The forward one example at a time: each task unfolds its example into its own slot of
+/// `patches` (one example's patches, every group) and multiplies right after, on the same thread,
+/// while the patches are in its cache. One parallel loop for the whole batch: unfolding a chunk and
+/// then multiplying it were two loops per chunk, each waking the pool (the residual CNN's convs ran
+/// 43 chunks a pass), and a thread often multiplied patches that the other had unfolded.
+#[allow(clippy::too_many_arguments)]
+fn forward_by_example(
+    geom: &Conv2dGeometry,
+    batch: usize,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    patches: &mut [f32],
+    out: &mut [f32],
+) {
+    geom.assert_valid();
+    let (t, d, pg) = (geom.positions(), geom.patch_len(), geom.out_per_group());
+    let (input_len, output_len) = (geom.input_len(), geom.output_len());
+    assert!(weight.len() >= geom.weight_len(), "conv2d: weight has {} values", weight.len());
+    if let Some(b) = bias {
+        assert!(b.len() >= geom.out_c, "conv2d: bias has {} values", b.len());
+    }
+    if batch == 0 || pg * t == 0 {
+        return;
+    }
+    let per_task = examples_per_task(geom, batch, patches.len());
+    out[..batch * output_len]
+        .par_chunks_mut(per_task * output_len)
+        .zip(patches.par_chunks_mut(geom.patches_len().max(1)))
+        .enumerate()
+        .for_each(|(k, (out_k, slot))| {
+            for (j, out_i) in out_k.chunks_mut(output_len).enumerate() {
+                let i = k * per_task + j;
+                unfold_example(geom, &x[i * input_len..(i + 1) * input_len], slot);
+                for q in 0..geom.groups {
+                    let block = &mut out_i[q * pg * t..(q + 1) * pg * t];
+                    let beta = match bias {
+                        Some(b) => {
+                            for (o, plane) in block.chunks_mut(t).enumerate() {
+                                plane.fill(b[q * pg + o]);
+                            }
+                            1.0
+                        }
+                        None => 0.0,
+                    };
+                    let (w_q, cols) =
+                        (&weight[q * pg * d..(q + 1) * pg * d], &slot[q * d * t..(q + 1) * d * t]);
+                    sgemm_serial(Op::N, Op::N, pg, t, d, 1.0, w_q, cols, beta, block);
+                }
+            }
+        });
 }
 
 /// Backward to the input: `dx` (overwritten, `[batch][in_c][in_h][in_w]`) from the NCHW output
@@ -151,8 +227,8 @@ pub fn conv2d_norms_sq(
     });
 }
 
-/// The direct norms that keep what they form ([`per_example::kept_direct_norms_sq`]), chunk by
-/// chunk: writes every example's weight gradient (and bias gradient if `bias`) into
+/// The direct norms that keep what they form ([`per_example::kept_direct_norms_sq`]), one example
+/// at a time on its task's slot of `patches` (room for one example's patches at least): writes every example's weight gradient (and bias gradient if `bias`) into
 /// `kept[i·len..(i+1)·len]`, `len = per_example::kept_len(&geom.layer(), bias)`, and ADDS its squared
 /// norm into `norms_sq[i * norm_stride]`. The clipped sum is then
 /// [`per_example::stored_clipped_sum`] over `kept`: no patches, no second product.
@@ -164,20 +240,37 @@ pub fn conv2d_kept_norms_sq(
     x: &[f32],
     dout: &[f32],
     patches: &mut [f32],
-    rows: &mut [f32],
     kept: &mut [f32],
     norms_sq: &mut [f32],
     norm_stride: usize,
 ) {
     let layer = geom.layer();
     let len = per_example::kept_len(&layer, bias);
+    let (input_len, output_len) = (geom.input_len(), geom.output_len());
     assert!(kept.len() >= batch * len, "conv2d kept gradients: {} values, need {}", kept.len(), batch * len);
-    for_each_unfolded_chunk(geom, batch, x, dout, patches, "kept norms", |first, n, patches, dout| {
-        let delta = delta_to_read(geom, n, dout, rows);
-        let kept = &mut kept[first * len..(first + n) * len];
-        let norms = &mut norms_sq[first * norm_stride..];
-        per_example::kept_direct_norms_sq(&layer, n, patches, delta, bias, kept, norms, norm_stride);
-    });
+    assert!(x.len() >= batch * input_len, "conv2d kept norms: input has {} values", x.len());
+    assert!(dout.len() >= batch * output_len, "conv2d kept norms: output gradient has {} values", dout.len());
+    if batch == 0 || len == 0 {
+        return;
+    }
+    assert!(norms_sq.len() > (batch - 1) * norm_stride, "conv2d kept norms: {} norms", norms_sq.len());
+    // One example at a time, as the forward ([`forward_by_example`]); its NCHW output gradient is
+    // already the `Δ` of a batch of one, every group's rows in turn.
+    let per_task = examples_per_task(geom, batch, patches.len());
+    kept[..batch * len]
+        .par_chunks_mut(per_task * len)
+        .zip(norms_sq.par_chunks_mut(per_task * norm_stride.max(1)))
+        .zip(patches.par_chunks_mut(geom.patches_len().max(1)))
+        .enumerate()
+        .for_each(|(k, ((kept_k, norms_k), slot))| {
+            for (j, g) in kept_k.chunks_mut(len).enumerate() {
+                let i = k * per_task + j;
+                unfold_example(geom, &x[i * input_len..(i + 1) * input_len], slot);
+                let dout_i = &dout[i * output_len..(i + 1) * output_len];
+                let norm = per_example::kept_direct_norm_sq_of_one(&layer, slot, dout_i, bias, g);
+                norms_k[j * norm_stride] += norm as f32;
+            }
+        });
 }
 
 /// ADDS the weight gradient summed over the batch into `grad_w` (and the bias gradient into
@@ -238,7 +331,20 @@ pub fn conv2d_weight_gradient(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conv::conv2d_forward_from_patches;
     use crate::test_support::*;
+
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a thread pool")
+    }
+
+    /// Equal bit for bit, NaN included.
+    fn assert_same_bits(what: &str, got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        for (k, (g, w)) in got.iter().zip(want).enumerate() {
+            assert_eq!(g.to_bits(), w.to_bits(), "{what}: value {k}");
+        }
+    }
 
     /// Geometries whose patches are large enough that a batch of 7 runs in several chunks, with many
     /// positions and with few.
@@ -286,6 +392,17 @@ mod tests {
             conv2d_forward_from_patches(&geom, batch, &whole_patches, &w, Some(&b), &mut want_out);
             // Sums of up to 5,760 products, added in another order when the chunks fold.
             assert_close("forward", &out, &wide(&want_out), 1e-4);
+            if !conv_folded::folds(&geom) {
+                // Example by example: the same bits whatever the tasks, the threads and the room.
+                for (threads, slots) in [(1, 1), (3, 1), (3, 2), (3, batch)] {
+                    let mut small = vec![f32::NAN; slots * geom.patches_len()];
+                    let mut again = vec![f32::NAN; batch * geom.output_len()];
+                    pool(threads).install(|| {
+                        conv2d_forward(&geom, batch, &x, &w, Some(&b), &mut small, &mut rows, &mut again)
+                    });
+                    assert_same_bits(&format!("forward, {threads} threads, {slots} slots"), &again, &out);
+                }
+            }
 
             let mut dx = vec![f32::NAN; batch * geom.input_len()];
             conv2d_backward_input(&geom, batch, &dout, &w, &mut patches, &mut rows, &mut dx);
@@ -364,18 +481,7 @@ mod tests {
             let len = per_example::kept_len(&layer, true);
             let mut kept = vec![f32::NAN; batch * len];
             let mut norms = vec![0.0f32; 2 * batch];
-            conv2d_kept_norms_sq(
-                &geom,
-                true,
-                batch,
-                &x_bad,
-                &dout,
-                &mut patches,
-                &mut rows,
-                &mut kept,
-                &mut norms,
-                2,
-            );
+            conv2d_kept_norms_sq(&geom, true, batch, &x_bad, &dout, &mut patches, &mut kept, &mut norms, 2);
             let mut want = vec![0.0f32; batch];
             let mut slots = vec![0.0f32; per_example::scratch_len(Strategy::Direct, &layer)];
             per_example::direct_norms_sq(
@@ -393,6 +499,27 @@ mod tests {
                 assert_eq!(norms[2 * i + 1], 0.0, "the other group's norms are untouched");
             }
             assert!(norms[6].is_nan(), "the NaN example's norm is NaN");
+            for (threads, slots) in [(1, 1), (3, 1), (3, 2), (3, batch)] {
+                let mut small = vec![f32::NAN; slots * geom.patches_len()];
+                let mut again = vec![f32::NAN; batch * len];
+                let mut again_norms = vec![0.0f32; 2 * batch];
+                pool(threads).install(|| {
+                    conv2d_kept_norms_sq(
+                        &geom,
+                        true,
+                        batch,
+                        &x_bad,
+                        &dout,
+                        &mut small,
+                        &mut again,
+                        &mut again_norms,
+                        2,
+                    )
+                });
+                let what = format!("{threads} threads, {slots} slots");
+                assert_same_bits(&format!("kept gradients, {what}"), &again, &kept);
+                assert_same_bits(&format!("kept norms, {what}"), &again_norms, &norms);
+            }
             let mut sum = vec![1.0f32; len];
             per_example::stored_clipped_sum(batch, len, &kept, &factors, 1, &mut sum);
             assert_close("kept clipped weight sum", &sum[..geom.weight_len()], &wide(&want_w), 1e-4);

@@ -142,23 +142,68 @@ pub fn kept_direct_norms_sq(
     norms_sq: &mut [f32],
     norm_stride: usize,
 ) {
-    let (t, d, p, groups) = (layer.positions, layer.in_width, layer.out_width, layer.groups);
+    let (t, d, p) = (layer.positions, layer.in_width, layer.out_width);
     check_len("A", a.len(), batch * layer.a_len());
     check_len("delta", delta.len(), batch * layer.delta_len());
     keep_per_example(batch, kept_len(layer, bias), kept, norms_sq, norm_stride, |i, g, product| {
-        let (weights, biases) = g.split_at_mut(layer.weight_len());
-        for q in 0..groups {
-            let unit = q * batch + i;
-            let a_i = &a[unit * t * d..(unit + 1) * t * d];
-            let delta_i = &delta[unit * t * p..(unit + 1) * t * p];
-            let g = &mut weights[q * p * d..(q + 1) * p * d];
-            example_gradient(layer.layout, product, (t, d, p), delta_i, a_i, g);
-            if bias {
-                let b = &mut biases[q * p..(q + 1) * p];
-                for_each_bias_sum(layer.layout, delta_i, t, p, |j, s| b[j] = s as f32);
-            }
-        }
+        let unit = |q: usize| q * batch + i;
+        form_kept(
+            layer,
+            bias,
+            g,
+            product,
+            |q| &a[unit(q) * t * d..(unit(q) + 1) * t * d],
+            |q| &delta[unit(q) * t * p..(unit(q) + 1) * t * p],
+        );
     });
+}
+
+/// [`kept_direct_norms_sq`] of one example on the calling thread, its `a` and `delta` laid out as a
+/// batch of one (every group's rows in turn: a conv's patches of one example and its NCHW output
+/// gradient): writes its kept gradient into `g` ([`kept_len`] values) and returns its squared norm.
+pub fn kept_direct_norm_sq_of_one(
+    layer: &PositionalLayer,
+    a: &[f32],
+    delta: &[f32],
+    bias: bool,
+    g: &mut [f32],
+) -> f64 {
+    let (t, d, p) = (layer.positions, layer.in_width, layer.out_width);
+    check_len("A", a.len(), layer.a_len());
+    check_len("delta", delta.len(), layer.delta_len());
+    check_len("kept", g.len(), kept_len(layer, bias));
+    form_kept(
+        layer,
+        bias,
+        g,
+        sgemm_serial,
+        |q| &a[q * t * d..(q + 1) * t * d],
+        |q| &delta[q * t * p..(q + 1) * t * p],
+    );
+    sum_squares(g)
+}
+
+/// Overwrites `g` with one example's weight gradient of every group and, with `bias`, its bias
+/// gradient; `a_q(q)` and `delta_q(q)` are the example's rows of group `q`.
+fn form_kept<'x>(
+    layer: &PositionalLayer,
+    bias: bool,
+    g: &mut [f32],
+    product: Product,
+    a_q: impl Fn(usize) -> &'x [f32],
+    delta_q: impl Fn(usize) -> &'x [f32],
+) {
+    let (t, d, p) = (layer.positions, layer.in_width, layer.out_width);
+    let (weights, biases) = g.split_at_mut(layer.weight_len());
+    for q in 0..layer.groups {
+        let (a_i, delta_i) = (a_q(q), delta_q(q));
+        let g = &mut weights[q * p * d..(q + 1) * p * d];
+        example_gradient(layer.layout, product, (t, d, p), delta_i, a_i, g);
+        if bias {
+            let b = &mut biases[q * p..(q + 1) * p];
+            for_each_bias_sum(layer.layout, delta_i, t, p, |j, s| b[j] = s as f32);
+        }
+    }
 }
 
 /// `g = Δ_iᵀ A_i` (`p×d`, overwritten) for one example and group stored in `layout`.
