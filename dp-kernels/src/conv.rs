@@ -313,7 +313,7 @@ fn col2im_one_same_width(geom: &Conv2dGeometry, q: usize, cols: &[f32], dx: &mut
                 let plane = &mut dx[(q * cg + cl) * plane_len..(q * cg + cl + 1) * plane_len];
                 for ki in 0..geom.kh {
                     let (row_lo, row_hi) = valid_columns(geom.in_h, geom.out_h(), 1, ki * dil, pad);
-                    for kj in 0..geom.kw {
+                    for (kj, mask) in masks.iter().enumerate() {
                         let (lo, hi) = columns.get(kj);
                         if row_lo >= row_hi || lo >= hi {
                             continue;
@@ -323,7 +323,7 @@ fn col2im_one_same_width(geom: &Conv2dGeometry, q: usize, cols: &[f32], dx: &mut
                         let at = (row_lo + ki * dil - pad) * w + lo + kj * dil - pad;
                         let dst = &mut plane[at..at + (last - first)];
                         let src = &cols[k * stride + first..k * stride + last];
-                        match &masks[kj] {
+                        match mask {
                             None => dst.iter_mut().zip(src).for_each(|(d, &v)| *d += v),
                             Some(mask) => dst
                                 .iter_mut()

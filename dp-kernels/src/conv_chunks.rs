@@ -304,28 +304,116 @@ pub fn conv2d_weight_gradient(
             conv_folded::weight_gradient(geom, len, x, dout, factors, patches, rows, grad_w, gb);
         });
     }
-    let layer = geom.layer();
-    for_each_unfolded_chunk(geom, batch, x, dout, patches, "gradient", |first, len, patches, dout| {
-        let delta = match factors {
-            Some((factors, stride)) => {
-                // The clipped sum scales the rows in place, so they are always a copy.
-                output_grad_by_group(geom, len, dout, rows);
-                let rows = &mut rows[..len * geom.output_len()];
-                let factors = &factors[first * stride..];
-                per_example::clipped_sum(&layer, len, factors, stride, patches, rows, grad_w);
-                rows
+    gradient_by_example(geom, batch, x, dout, factors, patches, grad_w, grad_b);
+}
+
+/// Shares of the weight-gradient sum: at least this many, so that the threads have work to share,
+/// more where the partial sums are small ([`PARTIAL_SUM_VALUES`]). Fixed by the shapes alone, so the
+/// bits of the sum do not depend on the thread count.
+const MIN_SUM_SHARES: usize = 8;
+
+/// Values of the partial sums of a weight gradient, over all shares, below which more shares are
+/// used (each holds one gradient).
+const PARTIAL_SUM_VALUES: usize = 1 << 18;
+
+/// [`conv2d_weight_gradient`] example by example: the examples are split into consecutive shares
+/// (fixed by the shapes and the room in `patches`), each share a task with its own slot of patches
+/// and its own partial sum of the transposed gradient (`A_i·Δ_iᵀ`, `d×p` per group, which packs the
+/// small `Δ_i`; see `per_example::example_gradient`) and of the bias gradient; the partials are then
+/// added in order. A clip factor scales its example's product (`alpha`) and its bias sum; an example
+/// with factor 0 is skipped, so nothing of it reaches the sum, NaN included.
+#[allow(clippy::too_many_arguments)]
+fn gradient_by_example(
+    geom: &Conv2dGeometry,
+    batch: usize,
+    x: &[f32],
+    dout: &[f32],
+    factors: Option<(&[f32], usize)>,
+    patches: &mut [f32],
+    grad_w: &mut [f32],
+    grad_b: Option<&mut [f32]>,
+) {
+    geom.assert_valid();
+    let (t, d, p, groups) = (geom.positions(), geom.patch_len(), geom.out_per_group(), geom.groups);
+    let (input_len, output_len, slot_len) = (geom.input_len(), geom.output_len(), geom.patches_len().max(1));
+    assert!(x.len() >= batch * input_len, "conv2d gradient: input has {} values", x.len());
+    assert!(dout.len() >= batch * output_len, "conv2d gradient: output gradient has {} values", dout.len());
+    assert!(
+        grad_w.len() >= geom.weight_len(),
+        "conv2d gradient: weight gradient has {} values",
+        grad_w.len()
+    );
+    if let Some((f, stride)) = factors {
+        assert!(batch == 0 || f.len() > (batch - 1) * stride, "conv2d gradient: {} clip factors", f.len());
+    }
+    if let Some(gb) = grad_b.as_deref() {
+        assert!(gb.len() >= geom.out_c, "conv2d gradient: bias gradient has {} values", gb.len());
+    }
+    if batch == 0 || t * p == 0 {
+        return;
+    }
+    assert!(
+        patches.len() >= slot_len,
+        "conv2d: patches has {} values, one example needs {slot_len}",
+        patches.len()
+    );
+    let (weight_len, bias_len) = (groups * d * p, if grad_b.is_some() { groups * p } else { 0 });
+    let unit = weight_len + bias_len;
+    let shares =
+        (PARTIAL_SUM_VALUES / unit.max(1)).max(MIN_SUM_SHARES).min(batch).min(patches.len() / slot_len);
+    let per_share = batch.div_ceil(shares);
+    let shares = batch.div_ceil(per_share);
+    let mut partials = vec![0.0f32; shares * unit];
+    partials.par_chunks_mut(unit.max(1)).zip(patches.par_chunks_mut(slot_len)).enumerate().for_each(
+        |(k, (acc, slot))| {
+            let (acc_w, acc_b) = acc.split_at_mut(weight_len);
+            for i in k * per_share..((k + 1) * per_share).min(batch) {
+                let factor = factors.map_or(1.0, |(f, stride)| f[i * stride]);
+                if factor == 0.0 {
+                    continue;
+                }
+                unfold_example(geom, &x[i * input_len..(i + 1) * input_len], slot);
+                let dout_i = &dout[i * output_len..(i + 1) * output_len];
+                for q in 0..groups {
+                    let (a_q, delta_q) =
+                        (&slot[q * d * t..(q + 1) * d * t], &dout_i[q * p * t..(q + 1) * p * t]);
+                    let acc_q = &mut acc_w[q * d * p..(q + 1) * d * p];
+                    sgemm_serial(Op::N, Op::T, d, p, t, factor, a_q, delta_q, 1.0, acc_q);
+                    if bias_len > 0 {
+                        for (j, b) in acc_b[q * p..(q + 1) * p].iter_mut().enumerate() {
+                            *b += factor * per_example::sum_wide(&delta_q[j * t..(j + 1) * t]) as f32;
+                        }
+                    }
+                }
             }
-            None => {
-                let delta = delta_to_read(geom, len, dout, rows);
-                per_example::sum_outer(&layer, len, patches, delta, grad_w);
-                delta
+        },
+    );
+    // The partials are added in order where they lie, then written in the weight's order once.
+    let (total, rest) = partials.split_at_mut(unit);
+    crate::fast_math::with_widest_vectors(
+        #[inline(always)]
+        || {
+            for partial in rest.chunks_exact(unit) {
+                for (t, &v) in total.iter_mut().zip(partial) {
+                    *t += v;
+                }
             }
-        };
-        if let Some(gb) = grad_b.as_deref_mut() {
-            // After the clipped sum the rows hold c_i·δ: their column sums are the clipped bias sum.
-            per_example::bias_sum(&layer, len, delta, gb);
+        },
+    );
+    let (total_w, total_b) = total.split_at(weight_len);
+    for q in 0..groups {
+        let g = &mut grad_w[q * p * d..(q + 1) * p * d];
+        for (k, row) in total_w[q * d * p..(q + 1) * d * p].chunks_exact(p).enumerate() {
+            for (o, &v) in row.iter().enumerate() {
+                g[o * d + k] += v;
+            }
         }
-    });
+    }
+    if let Some(gb) = grad_b {
+        for (b, &v) in gb.iter_mut().zip(total_b) {
+            *b += v;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -542,6 +630,33 @@ mod tests {
             per_example::bias_sum(&layer, batch, &whole_rows, &mut want_b);
             assert_close("weight sum", &gw, &wide(&want_w), 1e-4);
             assert_close("bias sum", &gb, &wide(&want_b), 1e-4);
+            // The sums' shares are fixed by the shapes and the room: the same bits on any thread
+            // count, clipped or not, the NaN example with factor 0 skipped.
+            for factors in [None, Some((&factors[..], 1))] {
+                let sums = |threads: usize, x: &[f32]| {
+                    let (mut w_sum, mut b_sum) = (vec![0.0f32; geom.weight_len()], vec![0.0f32; geom.out_c]);
+                    let (mut patches, mut rows) = (patches.clone(), rows.clone());
+                    pool(threads).install(|| {
+                        conv2d_weight_gradient(
+                            &geom,
+                            batch,
+                            x,
+                            &dout,
+                            factors,
+                            &mut patches,
+                            &mut rows,
+                            &mut w_sum,
+                            Some(&mut b_sum),
+                        )
+                    });
+                    (w_sum, b_sum)
+                };
+                let x = if factors.is_some() { &x_bad } else { &x };
+                let (w1, b1) = sums(1, x);
+                let (w3, b3) = sums(3, x);
+                assert_same_bits(&format!("weight sum, {factors:?}"), &w3, &w1);
+                assert_same_bits(&format!("bias sum, {factors:?}"), &b3, &b1);
+            }
         }
     }
 }
