@@ -1,15 +1,17 @@
-//! The passes of a convolution that need its patches (forward, per-example norms, weight gradient,
-//! the direct norms that keep each example's gradient), run over chunks of examples small enough that the patches unfolded for a chunk are still in cache
-//! when the products read them.
+//! The passes of a convolution that need its patches (forward, per-example norms, the direct norms
+//! that keep each example's gradient, weight gradient), example by example: each task of a pass owns
+//! a slot of one example's patches, unfolds an example into it and runs that example's products
+//! right after, on the same thread, while the patches are in its cache. A conv with few positions
+//! and many channels instead folds chunks of examples into one product per pass ([`conv_folded`]).
 //!
 //! Unfolding the whole batch first writes `B·T·d` values to memory and reads them back (363 MB per
-//! pass for the CIFAR-10 CNN at B = 128, which is bandwidth, not arithmetic); a chunk's patches
-//! fit in the cores' L2. Every product in these passes ADDS over examples or is per example, so
-//! chunking changes no result beyond the order of additions in the weight gradient.
+//! pass for the CIFAR-10 CNN at B = 128, which is bandwidth, not arithmetic); unfolding chunks of
+//! examples and then multiplying them took two parallel loops per chunk, and the patches a thread
+//! multiplied had often been unfolded by another.
 
 use rayon::prelude::*;
 
-use crate::conv::{self, im2col, output_grad_by_group, Conv2dGeometry};
+use crate::conv::{self, Conv2dGeometry};
 use crate::conv_folded;
 use crate::gemm::{sgemm_serial, Op};
 use crate::per_example::{self, Strategy};
@@ -35,41 +37,10 @@ fn for_each_chunk(geom: &Conv2dGeometry, batch: usize, mut pass: impl FnMut(usiz
     }
 }
 
-/// Calls `pass(first, len, patches, dout)` for consecutive chunks of examples, with the chunk's
-/// patches unfolded from `x` into `patches` and `dout` the chunk's NCHW output gradient.
-fn for_each_unfolded_chunk(
-    geom: &Conv2dGeometry,
-    batch: usize,
-    x: &[f32],
-    dout: &[f32],
-    patches: &mut [f32],
-    what: &str,
-    mut pass: impl FnMut(usize, usize, &mut [f32], &[f32]),
-) {
-    let (input_len, output_len) = (geom.input_len(), geom.output_len());
-    assert!(x.len() >= batch * input_len, "conv2d {what}: input has {} values", x.len());
-    assert!(dout.len() >= batch * output_len, "conv2d {what}: output gradient has {} values", dout.len());
-    for_each_chunk(geom, batch, |first, len| {
-        im2col(geom, len, &x[first * input_len..(first + len) * input_len], patches);
-        pass(first, len, patches, &dout[first * output_len..(first + len) * output_len]);
-    });
-}
-
-/// A chunk's `Δ` for a pass that only reads it: its output gradient itself for an ungrouped conv
-/// (the regrouping is then the identity, and the copy into `rows` would be one more pass over
-/// `len·T·p` values), else regrouped into `rows`.
-fn delta_to_read<'a>(geom: &Conv2dGeometry, len: usize, dout: &'a [f32], rows: &'a mut [f32]) -> &'a [f32] {
-    if geom.groups == 1 {
-        dout
-    } else {
-        output_grad_by_group(geom, len, dout, rows);
-        &rows[..len * geom.output_len()]
-    }
-}
-
-/// Forward: `out[i][o][t] = bias[o] + Σ_k weight[o][k]·patch_{i,t}[k]`, unfolding chunk by chunk
-/// into `patches`. `patches` and `rows` need room for one chunk's patches and output (see
-/// [`chunk_examples`]; a batch's worth is always enough). A conv with few positions folds each chunk
+/// Forward: `out[i][o][t] = bias[o] + Σ_k weight[o][k]·patch_{i,t}[k]`, example by example
+/// ([`forward_by_example`]; `patches` needs room for one example's patches at least). `patches` and
+/// `rows` need room for one chunk's patches and output when the conv folds (see [`chunk_examples`];
+/// a batch's worth is always enough). A conv with few positions folds each chunk
 /// into one product per group ([`conv_folded`]) and uses `rows` for its output; the others run one
 /// product per example and leave `rows` alone.
 #[allow(clippy::too_many_arguments)]
@@ -102,13 +73,18 @@ pub fn conv2d_forward(
 const TASKS_PER_THREAD: usize = 4;
 
 /// Consecutive examples per task of a pass that runs example by example, each task with its own
-/// slot of one example's patches in a scratch of `capacity` values: at most [`TASKS_PER_THREAD`]
-/// tasks per thread, and no more than the scratch holds.
-fn examples_per_task(geom: &Conv2dGeometry, batch: usize, capacity: usize) -> usize {
+/// slot of one example's patches (`slots` of them in the scratch, and as many of any other scratch
+/// the pass needs): at most [`TASKS_PER_THREAD`] tasks per thread, and no more than the slots.
+fn examples_per_task(batch: usize, slots: usize) -> usize {
+    let tasks = slots.min(batch).min(TASKS_PER_THREAD * rayon::current_num_threads());
+    batch.div_ceil(tasks.max(1))
+}
+
+/// Slots of one example's patches (every group) in a scratch of `capacity` values: at least one.
+fn patch_slots(geom: &Conv2dGeometry, capacity: usize) -> usize {
     let slot_len = geom.patches_len().max(1);
     assert!(capacity >= slot_len, "conv2d: patches has {capacity} values, one example needs {slot_len}");
-    let tasks = (capacity / slot_len).min(batch).min(TASKS_PER_THREAD * rayon::current_num_threads());
-    batch.div_ceil(tasks.max(1))
+    capacity / slot_len
 }
 
 /// One example's patches, every group (`[groups][d][T]`, a batch of one for [`im2col`]), into `slot`.
@@ -144,7 +120,7 @@ fn forward_by_example(
     if batch == 0 || pg * t == 0 {
         return;
     }
-    let per_task = examples_per_task(geom, batch, patches.len());
+    let per_task = examples_per_task(batch, patch_slots(geom, patches.len()));
     out[..batch * output_len]
         .par_chunks_mut(per_task * output_len)
         .zip(patches.par_chunks_mut(geom.patches_len().max(1)))
@@ -200,8 +176,9 @@ pub fn conv2d_backward_input(
 }
 
 /// ADDS every example's squared weight-gradient norm (and bias-gradient norm if `bias`) into
-/// `norms_sq[i * norm_stride]`, from the kept input `x` and output gradient `dout` (NCHW). `patches`
-/// and `rows` need room for one chunk; `norm_scratch` holds slots of [`per_example::scratch_len`].
+/// `norms_sq[i * norm_stride]`, from the kept input `x` and output gradient `dout` (NCHW), one
+/// example at a time as [`conv2d_kept_norms_sq`]: each task with a slot of `patches` (room for one
+/// example's patches at least) and a slot of `norm_scratch` ([`per_example::scratch_len`]).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_norms_sq(
     geom: &Conv2dGeometry,
@@ -211,25 +188,44 @@ pub fn conv2d_norms_sq(
     x: &[f32],
     dout: &[f32],
     patches: &mut [f32],
-    rows: &mut [f32],
     norm_scratch: &mut [f32],
     norms_sq: &mut [f32],
     norm_stride: usize,
 ) {
     let layer = geom.layer();
-    for_each_unfolded_chunk(geom, batch, x, dout, patches, "norms", |first, len, patches, dout| {
-        let delta = delta_to_read(geom, len, dout, rows);
-        let norms = &mut norms_sq[first * norm_stride..];
-        per_example::norms_sq(strategy, &layer, len, patches, delta, norm_scratch, norms, norm_stride);
-        if bias {
-            per_example::bias_norms_sq(&layer, len, delta, norms, norm_stride);
-        }
-    });
+    let (input_len, output_len) = (geom.input_len(), geom.output_len());
+    let norm_slot = per_example::scratch_len(strategy, &layer).max(1);
+    assert!(x.len() >= batch * input_len, "conv2d norms: input has {} values", x.len());
+    assert!(dout.len() >= batch * output_len, "conv2d norms: output gradient has {} values", dout.len());
+    if batch == 0 {
+        return;
+    }
+    assert!(norms_sq.len() > (batch - 1) * norm_stride, "conv2d norms: {} norms", norms_sq.len());
+    assert!(
+        norm_scratch.len() >= norm_slot,
+        "conv2d norms: scratch has {} values, one slot needs {norm_slot}",
+        norm_scratch.len()
+    );
+    let slots = patch_slots(geom, patches.len()).min(norm_scratch.len() / norm_slot);
+    let per_task = examples_per_task(batch, slots);
+    norms_sq
+        .par_chunks_mut(per_task * norm_stride.max(1))
+        .zip(patches.par_chunks_mut(geom.patches_len().max(1)))
+        .zip(norm_scratch.par_chunks_mut(norm_slot))
+        .enumerate()
+        .for_each(|(k, ((norms_k, slot), norm_slot))| {
+            for i in k * per_task..((k + 1) * per_task).min(batch) {
+                unfold_example(geom, &x[i * input_len..(i + 1) * input_len], slot);
+                let dout_i = &dout[i * output_len..(i + 1) * output_len];
+                let norm = per_example::norm_sq_of_one(strategy, &layer, slot, dout_i, bias, norm_slot);
+                norms_k[(i - k * per_task) * norm_stride] += norm as f32;
+            }
+        });
 }
 
 /// The direct norms that keep what they form ([`per_example::kept_direct_norms_sq`]), one example
-/// at a time on its task's slot of `patches` (room for one example's patches at least): writes every example's weight gradient (and bias gradient if `bias`) into
-/// `kept[i·len..(i+1)·len]`, `len = per_example::kept_len(&geom.layer(), bias)`, and ADDS its squared
+/// at a time on its task's slot of `patches` (room for one example's patches at least): writes
+/// every example's weight gradient (and bias gradient if `bias`) into `kept[i·len..(i+1)·len]`, `len = per_example::kept_len(&geom.layer(), bias)`, and ADDS its squared
 /// norm into `norms_sq[i * norm_stride]`. The clipped sum is then
 /// [`per_example::stored_clipped_sum`] over `kept`: no patches, no second product.
 #[allow(clippy::too_many_arguments)]
@@ -256,7 +252,7 @@ pub fn conv2d_kept_norms_sq(
     assert!(norms_sq.len() > (batch - 1) * norm_stride, "conv2d kept norms: {} norms", norms_sq.len());
     // One example at a time, as the forward ([`forward_by_example`]); its NCHW output gradient is
     // already the `Δ` of a batch of one, every group's rows in turn.
-    let per_task = examples_per_task(geom, batch, patches.len());
+    let per_task = examples_per_task(batch, patch_slots(geom, patches.len()));
     kept[..batch * len]
         .par_chunks_mut(per_task * len)
         .zip(norms_sq.par_chunks_mut(per_task * norm_stride.max(1)))
@@ -352,15 +348,12 @@ fn gradient_by_example(
     if batch == 0 || t * p == 0 {
         return;
     }
-    assert!(
-        patches.len() >= slot_len,
-        "conv2d: patches has {} values, one example needs {slot_len}",
-        patches.len()
-    );
     let (weight_len, bias_len) = (groups * d * p, if grad_b.is_some() { groups * p } else { 0 });
     let unit = weight_len + bias_len;
-    let shares =
-        (PARTIAL_SUM_VALUES / unit.max(1)).max(MIN_SUM_SHARES).min(batch).min(patches.len() / slot_len);
+    let shares = (PARTIAL_SUM_VALUES / unit.max(1))
+        .max(MIN_SUM_SHARES)
+        .min(batch)
+        .min(patch_slots(geom, patches.len()));
     let per_share = batch.div_ceil(shares);
     let shares = batch.div_ceil(per_share);
     let mut partials = vec![0.0f32; shares * unit];
@@ -419,7 +412,7 @@ fn gradient_by_example(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv::conv2d_forward_from_patches;
+    use crate::conv::{conv2d_forward_from_patches, im2col, output_grad_by_group};
     use crate::test_support::*;
 
     fn pool(threads: usize) -> rayon::ThreadPool {
@@ -512,7 +505,6 @@ mod tests {
                     &x,
                     &dout,
                     &mut patches,
-                    &mut rows,
                     &mut slots,
                     &mut norms,
                     2,
@@ -529,6 +521,30 @@ mod tests {
                     2,
                 );
                 per_example::bias_norms_sq(&layer, batch, &whole_rows, &mut want, 2);
+                for (threads, slots) in [(1, 1), (3, 2), (3, batch)] {
+                    let mut small = vec![f32::NAN; slots * geom.patches_len()];
+                    let mut norm_slots = vec![f32::NAN; slots * per_example::scratch_len(strategy, &layer)];
+                    let mut again = vec![0.0f32; 2 * batch];
+                    pool(threads).install(|| {
+                        conv2d_norms_sq(
+                            &geom,
+                            strategy,
+                            true,
+                            batch,
+                            &x,
+                            &dout,
+                            &mut small,
+                            &mut norm_slots,
+                            &mut again,
+                            2,
+                        )
+                    });
+                    assert_same_bits(
+                        &format!("{strategy:?} norms, {threads} threads, {slots} slots"),
+                        &again,
+                        &norms,
+                    );
+                }
                 for i in 0..batch {
                     assert_rel(
                         &format!("{strategy:?} norm {i}"),

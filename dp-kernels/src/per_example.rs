@@ -75,13 +75,18 @@ pub fn ghost_norms_sq(
     norms_sq: &mut [f32],
     norm_stride: usize,
 ) {
-    let t = layer.positions;
-    per_example_with_scratch(layer, batch, a, delta, scratch, ghost_scratch_len(t), norms_sq, norm_stride, {
-        let (d, p, layout) = (layer.in_width, layer.out_width, layer.layout);
-        move |a_i: &[f32], delta_i: &[f32], slot: &mut [f32], product: Product| {
-            ghost_one(layout, t, d, p, a_i, delta_i, slot, product)
-        }
-    });
+    let slot_len = ghost_scratch_len(layer.positions);
+    per_example_with_scratch(
+        layer,
+        batch,
+        a,
+        delta,
+        scratch,
+        slot_len,
+        norms_sq,
+        norm_stride,
+        |a_i, delta_i, slot, product| group_norm_sq(Strategy::Ghost, layer, a_i, delta_i, slot, product),
+    );
 }
 
 /// ADDS `‖Δ_iᵀ A_i‖²` of every example into `norms_sq[i * norm_stride]`, forming each gradient.
@@ -94,29 +99,70 @@ pub fn direct_norms_sq(
     norms_sq: &mut [f32],
     norm_stride: usize,
 ) {
-    let (t, d, p) = (layer.positions, layer.in_width, layer.out_width);
+    let slot_len = direct_scratch_len(layer.in_width, layer.out_width);
     per_example_with_scratch(
         layer,
         batch,
         a,
         delta,
         scratch,
-        direct_scratch_len(d, p),
+        slot_len,
         norms_sq,
         norm_stride,
-        {
-            let layout = layer.layout;
-            move |a_i: &[f32], delta_i: &[f32], slot: &mut [f32], product: Product| {
-                let g = &mut slot[..p * d];
-                match layout {
-                    RowLayout::PositionMajor => example_gradient(layout, product, (t, d, p), delta_i, a_i, g),
-                    // The norm of the transpose is the norm: no copy.
-                    RowLayout::ChannelMajor => transposed_gradient(product, (t, d, p), delta_i, a_i, 0.0, g),
-                }
-                sum_squares(g)
-            }
-        },
+        |a_i, delta_i, slot, product| group_norm_sq(Strategy::Direct, layer, a_i, delta_i, slot, product),
     );
+}
+
+/// The squared weight-gradient norm of one example and group, by `strategy`, in `slot` (one slot of
+/// [`scratch_len`]).
+fn group_norm_sq(
+    strategy: Strategy,
+    layer: &PositionalLayer,
+    a_i: &[f32],
+    delta_i: &[f32],
+    slot: &mut [f32],
+    product: Product,
+) -> f64 {
+    let (t, d, p, layout) = (layer.positions, layer.in_width, layer.out_width, layer.layout);
+    match strategy {
+        Strategy::Ghost => ghost_one(layout, t, d, p, a_i, delta_i, slot, product),
+        Strategy::Direct => {
+            let g = &mut slot[..p * d];
+            match layout {
+                RowLayout::PositionMajor => example_gradient(layout, product, (t, d, p), delta_i, a_i, g),
+                // The norm of the transpose is the norm: no copy.
+                RowLayout::ChannelMajor => transposed_gradient(product, (t, d, p), delta_i, a_i, 0.0, g),
+            }
+            sum_squares(g)
+        }
+    }
+}
+
+/// [`norms_sq`] of one example on the calling thread, its `a` and `delta` laid out as a batch of one
+/// (every group's rows in turn: a conv's patches of one example and its NCHW output gradient), with
+/// `bias` its bias-gradient norm too ([`bias_norms_sq`]); `slot` is one slot of [`scratch_len`].
+/// Returns the squared norm.
+pub fn norm_sq_of_one(
+    strategy: Strategy,
+    layer: &PositionalLayer,
+    a: &[f32],
+    delta: &[f32],
+    bias: bool,
+    slot: &mut [f32],
+) -> f64 {
+    let (t, d, p) = (layer.positions, layer.in_width, layer.out_width);
+    check_len("A", a.len(), layer.a_len());
+    check_len("delta", delta.len(), layer.delta_len());
+    check_len("norm scratch", slot.len(), scratch_len(strategy, layer));
+    let mut total = 0.0;
+    for q in 0..layer.groups {
+        let (a_q, delta_q) = (&a[q * t * d..(q + 1) * t * d], &delta[q * t * p..(q + 1) * t * p]);
+        total += group_norm_sq(strategy, layer, a_q, delta_q, slot, sgemm_serial);
+        if bias {
+            for_each_bias_sum(layer.layout, delta_q, t, p, |_, s| total += s * s);
+        }
+    }
+    total
 }
 
 /// Values of one example's kept gradient of `layer`: the weight gradient of every group

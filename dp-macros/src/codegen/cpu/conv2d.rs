@@ -63,7 +63,7 @@ pub fn backward(plan: &Plan, s: &ConvStep) -> TokenStream {
 pub fn norms(plan: &Plan, s: &ConvStep) -> TokenStream {
     let (groups, gidx) = (lit(plan.groups.len()), lit(s.group));
     let (g, x, delta) = (geom(&s.geom), read(s.input), read(Buf::Arena(s.delta)));
-    let (patches, rows) = (scratch(plan.scratch.patches), scratch(plan.scratch.rows));
+    let patches = scratch(plan.scratch.patches);
     let zero = zero_group(plan, s.group);
     let (bias, chunks) = (s.bias.is_some(), kernels::conv_chunks());
     let call = match s.kept {
@@ -79,7 +79,7 @@ pub fn norms(plan: &Plan, s: &ConvStep) -> TokenStream {
             let (strat, slots) = (strategy(s.strategy), scratch(plan.scratch.norms));
             quote! {
                 #chunks::conv2d_norms_sq(
-                    &#g, #strat, #bias, n, #x, #delta, #patches, #rows, #slots, &mut sq_norms[#gidx..], #groups,
+                    &#g, #strat, #bias, n, #x, #delta, #patches, #slots, &mut sq_norms[#gidx..], #groups,
                 );
             }
         }
