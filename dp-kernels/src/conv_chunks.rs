@@ -15,6 +15,7 @@ use crate::conv::{self, Conv2dGeometry};
 use crate::conv_folded;
 use crate::gemm::{sgemm_serial, Op};
 use crate::per_example::{self, Strategy};
+use dp_spec::cost::TASKS_PER_THREAD;
 
 /// The patches of one chunk are kept under this many bytes (about one core's L2), unless one
 /// example alone is larger; a chunk always has at least one example per thread.
@@ -26,9 +27,10 @@ pub fn chunk_examples(geom: &Conv2dGeometry, batch: usize) -> usize {
     (CHUNK_PATCH_BYTES / per_example).max(rayon::current_num_threads()).clamp(1, batch.max(1))
 }
 
-/// Calls `pass(first, len)` for consecutive chunks of examples covering `0..batch`.
-fn for_each_chunk(geom: &Conv2dGeometry, batch: usize, mut pass: impl FnMut(usize, usize)) {
-    let size = chunk_examples(geom, batch);
+/// Calls `pass(first, len)` for consecutive chunks of examples covering `0..batch`, no chunk larger
+/// than the patches of a scratch of `capacity` values hold (at least one example).
+fn for_each_chunk(geom: &Conv2dGeometry, batch: usize, capacity: usize, mut pass: impl FnMut(usize, usize)) {
+    let size = chunk_examples(geom, batch).min(patch_slots(geom, capacity));
     let mut first = 0;
     while first < batch {
         let len = size.min(batch - first);
@@ -60,17 +62,12 @@ pub fn conv2d_forward(
     if !conv_folded::folds(geom) {
         return forward_by_example(geom, batch, x, weight, bias, patches, out);
     }
-    for_each_chunk(geom, batch, |first, len| {
+    for_each_chunk(geom, batch, patches.len(), |first, len| {
         let x = &x[first * input_len..(first + len) * input_len];
         let out = &mut out[first * output_len..(first + len) * output_len];
         conv_folded::forward(geom, len, x, weight, bias, patches, rows, out);
     });
 }
-
-/// Tasks per thread of the passes that run example by example: a task's examples run one after
-/// another on one slot, and several tasks per thread let a thread that the host slows down hand
-/// its share to the other.
-const TASKS_PER_THREAD: usize = 4;
 
 /// Consecutive examples per task of a pass that runs example by example, each task with its own
 /// slot of one example's patches (`slots` of them in the scratch, and as many of any other scratch
@@ -168,7 +165,7 @@ pub fn conv2d_backward_input(
     let (input_len, output_len) = (geom.input_len(), geom.output_len());
     assert!(dout.len() >= batch * output_len, "conv2d: output gradient has {} values", dout.len());
     assert!(dx.len() >= batch * input_len, "conv2d: input gradient has {} values", dx.len());
-    for_each_chunk(geom, batch, |first, len| {
+    for_each_chunk(geom, batch, patches.len(), |first, len| {
         let dout = &dout[first * output_len..(first + len) * output_len];
         let dx = &mut dx[first * input_len..(first + len) * input_len];
         conv_folded::backward_input(geom, len, dout, weight, patches, rows, dx);
@@ -293,7 +290,7 @@ pub fn conv2d_weight_gradient(
             "conv2d gradient: output gradient has {} values",
             dout.len()
         );
-        return for_each_chunk(geom, batch, |first, len| {
+        return for_each_chunk(geom, batch, patches.len(), |first, len| {
             let (x, dout) = (&x[first * input_len..], &dout[first * output_len..]);
             let factors = factors.map(|(f, stride)| (&f[first * stride..], stride));
             let gb = grad_b.as_deref_mut();
@@ -313,10 +310,10 @@ const MIN_SUM_SHARES: usize = 8;
 const PARTIAL_SUM_VALUES: usize = 1 << 18;
 
 /// [`conv2d_weight_gradient`] example by example: the examples are split into consecutive shares
-/// (fixed by the shapes and the room in `patches`), each share a task with its own slot of patches
-/// and its own partial sum of the transposed gradient (`A_i·Δ_iᵀ`, `d×p` per group, which packs the
-/// small `Δ_i`; see `per_example::example_gradient`) and of the bias gradient; the partials are then
-/// added in order. A clip factor scales its example's product (`alpha`) and its bias sum; an example
+/// fixed by the shapes, each with its own partial sum of the transposed gradient (`A_i·Δ_iᵀ`, `d×p`
+/// per group, which packs the small `Δ_i`; see `per_example::example_gradient`) and of the bias
+/// gradient; tasks take consecutive shares, each task with its own slot of `patches`; the partials
+/// are then added in order, so the bits depend on the shapes alone. A clip factor scales its example's product (`alpha`) and its bias sum; an example
 /// with factor 0 is skipped, so nothing of it reaches the sum, NaN included.
 #[allow(clippy::too_many_arguments)]
 fn gradient_by_example(
@@ -350,37 +347,42 @@ fn gradient_by_example(
     }
     let (weight_len, bias_len) = (groups * d * p, if grad_b.is_some() { groups * p } else { 0 });
     let unit = weight_len + bias_len;
-    let shares = (PARTIAL_SUM_VALUES / unit.max(1))
-        .max(MIN_SUM_SHARES)
-        .min(batch)
-        .min(patch_slots(geom, patches.len()));
+    let shares = (PARTIAL_SUM_VALUES / unit.max(1)).max(MIN_SUM_SHARES).min(batch);
     let per_share = batch.div_ceil(shares);
     let shares = batch.div_ceil(per_share);
     let mut partials = vec![0.0f32; shares * unit];
-    partials.par_chunks_mut(unit.max(1)).zip(patches.par_chunks_mut(slot_len)).enumerate().for_each(
-        |(k, (acc, slot))| {
-            let (acc_w, acc_b) = acc.split_at_mut(weight_len);
-            for i in k * per_share..((k + 1) * per_share).min(batch) {
-                let factor = factors.map_or(1.0, |(f, stride)| f[i * stride]);
-                if factor == 0.0 {
-                    continue;
-                }
-                unfold_example(geom, &x[i * input_len..(i + 1) * input_len], slot);
-                let dout_i = &dout[i * output_len..(i + 1) * output_len];
-                for q in 0..groups {
-                    let (a_q, delta_q) =
-                        (&slot[q * d * t..(q + 1) * d * t], &dout_i[q * p * t..(q + 1) * p * t]);
-                    let acc_q = &mut acc_w[q * d * p..(q + 1) * d * p];
-                    sgemm_serial(Op::N, Op::T, d, p, t, factor, a_q, delta_q, 1.0, acc_q);
-                    if bias_len > 0 {
-                        for (j, b) in acc_b[q * p..(q + 1) * p].iter_mut().enumerate() {
-                            *b += factor * per_example::sum_wide(&delta_q[j * t..(j + 1) * t]) as f32;
+    // Tasks take consecutive shares, each share its own partial: the slots decide only which task
+    // sums a share, never what it sums.
+    let shares_per_task = examples_per_task(shares, patch_slots(geom, patches.len()));
+    partials
+        .par_chunks_mut(shares_per_task * unit.max(1))
+        .zip(patches.par_chunks_mut(slot_len))
+        .enumerate()
+        .for_each(|(task, (accs, slot))| {
+            for (j, acc) in accs.chunks_mut(unit.max(1)).enumerate() {
+                let k = task * shares_per_task + j;
+                let (acc_w, acc_b) = acc.split_at_mut(weight_len);
+                for i in k * per_share..((k + 1) * per_share).min(batch) {
+                    let factor = factors.map_or(1.0, |(f, stride)| f[i * stride]);
+                    if factor == 0.0 {
+                        continue;
+                    }
+                    unfold_example(geom, &x[i * input_len..(i + 1) * input_len], slot);
+                    let dout_i = &dout[i * output_len..(i + 1) * output_len];
+                    for q in 0..groups {
+                        let (a_q, delta_q) =
+                            (&slot[q * d * t..(q + 1) * d * t], &dout_i[q * p * t..(q + 1) * p * t]);
+                        let acc_q = &mut acc_w[q * d * p..(q + 1) * d * p];
+                        sgemm_serial(Op::N, Op::T, d, p, t, factor, a_q, delta_q, 1.0, acc_q);
+                        if bias_len > 0 {
+                            for (j, b) in acc_b[q * p..(q + 1) * p].iter_mut().enumerate() {
+                                *b += factor * per_example::sum_wide(&delta_q[j * t..(j + 1) * t]) as f32;
+                            }
                         }
                     }
                 }
             }
-        },
-    );
+        });
     // The partials are added in order where they lie, then written in the weight's order once.
     let (total, rest) = partials.split_at_mut(unit);
     crate::fast_math::with_widest_vectors(
@@ -649,9 +651,9 @@ mod tests {
             // The sums' shares are fixed by the shapes and the room: the same bits on any thread
             // count, clipped or not, the NaN example with factor 0 skipped.
             for factors in [None, Some((&factors[..], 1))] {
-                let sums = |threads: usize, x: &[f32]| {
+                let sums = |threads: usize, x: &[f32], slots: usize| {
                     let (mut w_sum, mut b_sum) = (vec![0.0f32; geom.weight_len()], vec![0.0f32; geom.out_c]);
-                    let (mut patches, mut rows) = (patches.clone(), rows.clone());
+                    let (mut patches, mut rows) = (vec![f32::NAN; slots * geom.patches_len()], rows.clone());
                     pool(threads).install(|| {
                         conv2d_weight_gradient(
                             &geom,
@@ -668,10 +670,16 @@ mod tests {
                     (w_sum, b_sum)
                 };
                 let x = if factors.is_some() { &x_bad } else { &x };
-                let (w1, b1) = sums(1, x);
-                let (w3, b3) = sums(3, x);
+                let (w1, b1) = sums(1, x, batch);
+                let (w3, b3) = sums(3, x, batch);
                 assert_same_bits(&format!("weight sum, {factors:?}"), &w3, &w1);
                 assert_same_bits(&format!("bias sum, {factors:?}"), &b3, &b1);
+                if !conv_folded::folds(&geom) {
+                    // And whatever the slots: a task then sums several shares, each into its own partial.
+                    let (w, b) = sums(3, x, 1);
+                    assert_same_bits(&format!("weight sum, one slot, {factors:?}"), &w, &w1);
+                    assert_same_bits(&format!("bias sum, one slot, {factors:?}"), &b, &b1);
+                }
             }
         }
     }

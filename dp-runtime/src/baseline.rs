@@ -88,7 +88,7 @@ pub fn fit_non_private<M: DpModel>(
         None => rng::from_os()?,
     };
     let mut sampler = Sampler::new(SamplingMode::Shuffled, n, b);
-    let room = (DEFAULT_MEMORY_BUDGET as u64).saturating_sub(M::WORKSPACE_FIXED as u64 * 4);
+    let room = (DEFAULT_MEMORY_BUDGET as u64).saturating_sub(Workspace::fixed_len::<M>() as u64 * 4);
     let max_chunk = (room / (M::WORKSPACE_PER_EXAMPLE.max(1) as u64 * 4)).clamp(1, b as u64) as usize;
     let mut workspace = Workspace::new::<M>(max_chunk);
     let (mut inputs, mut labels, mut losses) = (Vec::new(), Vec::new(), Vec::new());

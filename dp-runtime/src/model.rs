@@ -123,10 +123,35 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    /// A workspace able to hold batches of up to `max_batch` examples of model `M`.
+    /// A workspace able to hold batches of up to `max_batch` examples of model `M`, with the
+    /// per-task scratch sized for the threads of the current rayon pool ([`Workspace::len`]).
     pub fn new<M: DpModel>(max_batch: usize) -> Self {
-        let len = M::WORKSPACE_FIXED + M::WORKSPACE_PER_EXAMPLE * max_batch.max(1);
-        Workspace { arena: vec![0.0; len], max_batch: max_batch.max(1) }
+        Workspace { arena: vec![0.0; Self::len::<M>(max_batch)], max_batch: max_batch.max(1) }
+    }
+
+    /// `f32`s of a workspace for batches of up to `max_batch` examples of `M`: the fixed part, the
+    /// per-example buffers of the memory plan, then [`Workspace::tasks`] slots of the per-task
+    /// scratch (the conv passes' patches of one example each).
+    pub fn len<M: DpModel>(max_batch: usize) -> usize {
+        let max_batch = max_batch.max(1);
+        M::WORKSPACE_FIXED
+            + M::WORKSPACE_PER_EXAMPLE * max_batch
+            + M::WORKSPACE_PER_TASK * Self::tasks(max_batch)
+    }
+
+    /// Slots of the per-task scratch for batches of up to `max_batch`: `TASKS_PER_THREAD` per thread
+    /// of the current rayon pool, never more than the batch. A step run later on more threads is
+    /// still correct (fewer tasks per thread).
+    pub fn tasks(max_batch: usize) -> usize {
+        (dp_spec::cost::TASKS_PER_THREAD * rayon::current_num_threads()).min(max_batch.max(1))
+    }
+
+    /// `f32`s of `M`'s workspace that do not grow with the batch, at most: the fixed part and every
+    /// slot of the per-task scratch. A memory budget less this, divided by
+    /// `WORKSPACE_PER_EXAMPLE`, bounds the batch.
+    pub fn fixed_len<M: DpModel>() -> usize {
+        M::WORKSPACE_FIXED
+            + M::WORKSPACE_PER_TASK * dp_spec::cost::TASKS_PER_THREAD * rayon::current_num_threads()
     }
 
     /// The largest batch this workspace holds.
@@ -186,6 +211,10 @@ pub trait DpModel: Sized + Send + Sync {
     const WORKSPACE_PER_EXAMPLE: usize;
     /// Workspace `f32`s needed independently of the batch size.
     const WORKSPACE_FIXED: usize;
+    /// Workspace `f32`s per parallel task, after the per-example buffers: the scratch of one task
+    /// of the passes that run example by example (a conv's patches of one example). The workspace
+    /// holds [`Workspace::tasks`] of them; `0` for a model that needs none.
+    const WORKSPACE_PER_TASK: usize = 0;
 
     /// Builds a model from a flat parameter buffer of length `PARAM_COUNT`.
     fn from_params(params: Vec<f32>) -> Self;

@@ -95,6 +95,12 @@ pub fn choose_strategy(t: usize, d: usize, p: usize, memory_cap_bytes: u64) -> S
     }
 }
 
+/// Tasks per thread of the conv passes that run example by example, each with its own slot of one
+/// example's patches: a thread that the host slows down then hands its share to the others. The
+/// workspace holds this many slots per thread of the pool (never more than the batch), after the
+/// per-example buffers of the memory plan.
+pub const TASKS_PER_THREAD: usize = 4;
+
 /// Scratch `f32`s per parallel slot for the ghost norm of a layer with `t` positions.
 pub const fn ghost_scratch_len(t: usize) -> usize {
     let tile = if t < GHOST_TILE { t } else { GHOST_TILE };

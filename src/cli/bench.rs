@@ -560,7 +560,7 @@ impl ModelTask for Measure<'_> {
             non_private,
             flops_per_step: plan_flops::<M>(batch),
             bytes_per_example: (M::WORKSPACE_PER_EXAMPLE * 4) as u64,
-            workspace_fixed_bytes: (M::WORKSPACE_FIXED * 4) as u64,
+            workspace_fixed_bytes: (Workspace::fixed_len::<M>() * 4) as u64,
             peak_rss_bytes: peak_rss(),
         })
     }
@@ -598,7 +598,8 @@ pub struct StepMemory {
     /// Bytes that grow with the batch: the workspace's per-example arena, the gathered inputs and labels,
     /// the loss, the squared norms and clip factors of each group, the batch index.
     pub per_example: u64,
-    /// Bytes independent of the batch: the fixed arena, parameters, clipped sum, synthetic examples.
+    /// Bytes independent of the batch: the fixed arena and the per-task scratch of the current pool,
+    /// parameters, clipped sum, synthetic examples.
     pub fixed: u64,
 }
 
@@ -612,7 +613,7 @@ impl StepMemory {
             + 4
             + (2 * M::GROUPS.len() * 4) as u64
             + std::mem::size_of::<usize>() as u64;
-        let fixed = (M::WORKSPACE_FIXED * 4) as u64
+        let fixed = (Workspace::fixed_len::<M>() * 4) as u64
             + ((M::PARAM_COUNT + M::TRAINED_PARAM_COUNT) * 4) as u64
             + distinct_examples as u64 * (input + label);
         StepMemory { per_example, fixed }

@@ -95,6 +95,7 @@ pub fn constants(model: &ModelDef, plan: &Plan) -> TokenStream {
     let groups = &plan.groups;
     let (param_count, per_example) = (lit(plan.param_count), lit(plan.workspace_per_example));
     let trained_param_count = lit(plan.trained_param_count);
+    let per_task = lit(plan.scratch.patches_per_task);
     let input_ty = super::input_type(model);
     let vocab = lit(model.input_kind.vocab().unwrap_or(0));
     quote! {
@@ -110,6 +111,7 @@ pub fn constants(model: &ModelDef, plan: &Plan) -> TokenStream {
         const LAYERS: &'static [::dp::__private::runtime::LayerInfo] = &[#(#layers),*];
         const WORKSPACE_PER_EXAMPLE: usize = #per_example;
         const WORKSPACE_FIXED: usize = 0;
+        const WORKSPACE_PER_TASK: usize = #per_task;
         #lora
     }
 }

@@ -32,8 +32,10 @@ pub struct GradTarget {
 /// Shared scratch buffers, each sized to the largest need of any layer (`None` when no layer needs it).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Scratch {
-    /// Conv patches `[groups][B][T][d]` (im2col), also the slots of the conv input-gradient kernel.
-    pub patches: Option<usize>,
+    /// `f32`s of one task's slot of conv patches (one example's `[groups][d][T]`, im2col), also a
+    /// slot of the conv input-gradient kernel; 0 when no layer unfolds. Not an arena buffer: the
+    /// workspace holds `dp_spec::cost::TASKS_PER_THREAD` slots per thread after the per-example ones.
+    pub patches_per_task: usize,
     /// Conv output gradients as rows `[groups][B][T][p]`.
     pub rows: Option<usize>,
     /// One slot per example of the chosen norm kernels (ghost Gram tiles or a direct gradient).

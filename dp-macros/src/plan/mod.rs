@@ -109,7 +109,7 @@ pub fn plan(graph: &Graph, checked: &Checked) -> Plan {
     }
     pl.frozen = false;
     let param_count = pl.lay_out_params();
-    let (clip_scratch, [patches, rows, norms]) = pl.allocate_shared();
+    let (clip_scratch, patches_per_task, [rows, norms]) = pl.allocate_shared();
     let layers = layer_table(graph, checked, &pl);
     let Planner { storage, grad, per_example, buffers, params, trained_len, groups, .. } = pl;
     Plan {
@@ -128,7 +128,7 @@ pub fn plan(graph: &Graph, checked: &Checked) -> Plan {
         groups,
         layers,
         clip_scratch,
-        scratch: Scratch { patches, rows, norms },
+        scratch: Scratch { patches_per_task, rows, norms },
     }
 }
 

@@ -11,8 +11,9 @@
 //!   pass when its derivative can be taken from the output ([`Planner::fuse_activation`]); its input
 //!   is then never stored. A sequence mean that alone reads an embedding becomes one op with it
 //!   ([`Planner::fuse_sequence_mean`]): the `[T, dim]` rows and their gradient are never stored.
-//! - Scratch sharing: the patches, δ rows and norm slots of the kernels are one buffer each, sized to
-//!   the largest need of any layer ([`Planner::need`]).
+//! - Scratch sharing: the δ rows and norm slots of the kernels are one buffer each, sized to the
+//!   largest need of any layer ([`Planner::need`]); the patches are one slot per task, of the largest
+//!   layer's size, after the per-example plan.
 //! - Kept gradients: a direct layer applied at several positions keeps the per-example gradients its
 //!   norm forms, for a clipped sum without a second product, while the model's total stays under
 //!   `dp_spec::cost::KEPT_GRADIENTS_CAP_BYTES` ([`Planner::kept_gradients`]); the others fall back
@@ -34,7 +35,8 @@ use dp_spec::{NormStrategy, PositionalLayer, Strategy};
 /// A scratch buffer shared by the kernels of several layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SharedScratch {
-    /// Conv patches (im2col), also the slots of the conv input-gradient kernel.
+    /// Conv patches (im2col) of one example, per task; also the slots of the conv input-gradient
+    /// kernel. Not per example: the workspace holds a few slots per thread after the plan.
     Patches,
     /// Conv output gradients as rows, and the output of a conv whose chunks fold (`conv_folded`).
     Rows,
@@ -297,18 +299,23 @@ impl<'g> Planner<'g> {
     }
 
     /// Allocates the shared buffers, each counted at the node that sets its size: the clipping scratch
-    /// (always, possibly empty), then the patches, rows and norm slots that some layer needs.
-    pub fn allocate_shared(&mut self) -> (usize, [Option<usize>; 3]) {
+    /// (always, possibly empty), then the rows and norm slots that some layer needs. The patches are
+    /// not in the per-example plan: returns their length per task (0 when no layer unfolds), the
+    /// slot each task of the conv passes unfolds one example into, at the end of the arena.
+    pub fn allocate_shared(&mut self) -> (usize, usize, [Option<usize>; 2]) {
         let (len, node) = self.clip_need.unwrap_or((0, 0));
         let clip = self.alloc(node, "clipping scratch".to_string(), len);
-        let purposes = ["conv patches (im2col)", "conv output gradient rows", "per-example norm scratch"];
-        let mut shared = [None; 3];
-        for (k, purpose) in purposes.into_iter().enumerate() {
-            let (len, node) = self.scratch_needs[k];
+        let purposes = [
+            (SharedScratch::Rows, "conv output gradient rows"),
+            (SharedScratch::Norms, "per-example norm scratch"),
+        ];
+        let mut shared = [None; 2];
+        for (k, (scratch, purpose)) in purposes.into_iter().enumerate() {
+            let (len, node) = self.scratch_needs[scratch as usize];
             if len > 0 {
                 shared[k] = Some(self.alloc(node, purpose.to_string(), len));
             }
         }
-        (clip, shared)
+        (clip, self.scratch_needs[SharedScratch::Patches as usize].0, shared)
     }
 }

@@ -70,8 +70,11 @@ fn forward_errors_name_the_field_and_say_why() {
 #[test]
 fn conv_plan_sizes_shared_scratch_to_the_largest_layer() {
     let plan = planned_module(args(), skip(quote! { let h = self.a(x); self.head(self.b(h) + h) }));
-    let patches = &plan.buffers[plan.scratch.patches.unwrap()];
-    assert_eq!(patches.len, 16 * 2 * 9, "T·d of the 2→2 3×3 convs over 4×4");
+    assert_eq!(plan.scratch.patches_per_task, 16 * 2 * 9, "T·d of the 2→2 3×3 convs over 4×4");
+    assert!(
+        plan.buffers.iter().all(|b| !b.purpose.contains("patches")),
+        "patches are per task, not per example"
+    );
     assert_eq!(plan.buffers[plan.scratch.rows.unwrap()].len, 2 * 16);
     let total: usize = plan.buffers.iter().map(|b| b.len).sum();
     assert_eq!(plan.workspace_per_example, total);

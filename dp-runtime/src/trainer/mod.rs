@@ -25,7 +25,7 @@ use crate::data::Dataset;
 use crate::distributed::step::DistributedRun;
 use crate::distributed::{Group, Shard};
 use crate::error::{Error, Result};
-use crate::model::{DpModel, Loss};
+use crate::model::{DpModel, Loss, Workspace};
 use crate::noise::{GaussianNoise, SecureAggregator};
 use crate::optim::{NoisyGradient, Optimizer, StepInfo};
 use crate::plan::{self, Length, NoiseSpec, PlanConfig, PrivacyPlan, SecureGrid};
@@ -300,7 +300,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
         let mut noise_stream = GaussianNoise::new(streams.noise);
         let mut sampler = Sampler::new(self.sampling, examples, expected_batch_size);
         let bytes_per_example = (M::WORKSPACE_PER_EXAMPLE.max(1) * 4) as u64;
-        let room = (self.memory_budget as u64).saturating_sub(M::WORKSPACE_FIXED as u64 * 4);
+        let room = (self.memory_budget as u64).saturating_sub(Workspace::fixed_len::<M>() as u64 * 4);
         let max_chunk = (room / bytes_per_example).clamp(1, usize::MAX as u64) as usize;
         // Room for a Poisson batch up to B + 5√B without growing the workspace.
         let typical_batch = expected_batch_size + 5 * (expected_batch_size as f64).sqrt().ceil() as usize;

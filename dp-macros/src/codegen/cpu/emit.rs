@@ -19,13 +19,21 @@ pub fn buf_ident(k: usize) -> Ident {
     Ident::new(&format!("__b{k}"), Span::call_site())
 }
 
-/// `let [__b0, __b1, ...] = carve(arena, n, &Self::__DP_BUFFERS);`
+/// `let ([__b0, __b1, ...], __tasks) = carve(arena, n, &Self::__DP_BUFFERS);`: the plan's buffers,
+/// then the rest of the arena, the per-task scratch ([`per_task_scratch`]).
 pub fn carve(plan: &Plan, arena: TokenStream) -> TokenStream {
     let names = (0..plan.buffers.len()).map(buf_ident);
     let module = kernels::arena();
     quote! {
-        let [#(#names),*] = #module::carve(#arena, n, &Self::__DP_BUFFERS);
+        let ([#(#names),*], __tasks) = #module::carve(#arena, n, &Self::__DP_BUFFERS);
     }
+}
+
+/// The per-task scratch after the plan's buffers: slots of one example's conv patches, as many as
+/// the workspace holds (the kernels size their tasks by its length).
+pub fn per_task_scratch(plan: &Plan) -> TokenStream {
+    assert!(plan.scratch.patches_per_task > 0, "the planner sized the per-task scratch");
+    quote!(&mut __tasks[..])
 }
 
 /// A buffer as a shared slice.
