@@ -398,18 +398,22 @@ pub fn conv2d_forward_from_patches(
     let product = product_for(batch * geom.groups > 1);
     out[..batch * geom.output_len()].par_chunks_mut(pg * t).enumerate().for_each(|(u, block)| {
         let (i, q) = (u / geom.groups, u % geom.groups);
-        let beta = match bias {
-            Some(b) => {
-                for (o, plane) in block.chunks_mut(t).enumerate() {
-                    plane.fill(b[q * pg + o]);
-                }
-                1.0
-            }
-            None => 0.0,
-        };
+        let beta = fill_bias(bias, q, t, block);
         let patches_u = &patches[(q * batch + i) * t * d..(q * batch + i + 1) * t * d];
         product(Op::N, Op::N, pg, t, d, 1.0, &weight[q * pg * d..(q + 1) * pg * d], patches_u, beta, block);
     });
+}
+
+/// Fills group `q`'s output planes `block` (`p` planes of `t` values) with their bias and returns
+/// the `beta` that adds the product onto them (1), or returns 0 without a bias (the product
+/// overwrites them).
+pub(crate) fn fill_bias(bias: Option<&[f32]>, q: usize, t: usize, block: &mut [f32]) -> f32 {
+    let Some(b) = bias else { return 0.0 };
+    let p = block.len() / t.max(1);
+    for (o, plane) in block.chunks_mut(t.max(1)).enumerate() {
+        plane.fill(b[q * p + o]);
+    }
+    1.0
 }
 
 /// Backward to the input: `dx` (overwritten, `[batch][in_c][in_h][in_w]`) from the NCHW output

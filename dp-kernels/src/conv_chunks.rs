@@ -128,15 +128,7 @@ fn forward_by_example(
                 unfold_example(geom, &x[i * input_len..(i + 1) * input_len], slot);
                 for q in 0..geom.groups {
                     let block = &mut out_i[q * pg * t..(q + 1) * pg * t];
-                    let beta = match bias {
-                        Some(b) => {
-                            for (o, plane) in block.chunks_mut(t).enumerate() {
-                                plane.fill(b[q * pg + o]);
-                            }
-                            1.0
-                        }
-                        None => 0.0,
-                    };
+                    let beta = conv::fill_bias(bias, q, t, block);
                     let (w_q, cols) =
                         (&weight[q * pg * d..(q + 1) * pg * d], &slot[q * d * t..(q + 1) * d * t]);
                     sgemm_serial(Op::N, Op::N, pg, t, d, 1.0, w_q, cols, beta, block);
@@ -313,8 +305,9 @@ const PARTIAL_SUM_VALUES: usize = 1 << 18;
 /// fixed by the shapes, each with its own partial sum of the transposed gradient (`A_i·Δ_iᵀ`, `d×p`
 /// per group, which packs the small `Δ_i`; see `per_example::example_gradient`) and of the bias
 /// gradient; tasks take consecutive shares, each task with its own slot of `patches`; the partials
-/// are then added in order, so the bits depend on the shapes alone. A clip factor scales its example's product (`alpha`) and its bias sum; an example
-/// with factor 0 is skipped, so nothing of it reaches the sum, NaN included.
+/// are then added in order, so the bits depend on the shapes alone. A clip factor scales its
+/// example's product (`alpha`) and its bias sum; an example with factor 0 is skipped, so nothing of
+/// it reaches the sum, NaN included.
 #[allow(clippy::too_many_arguments)]
 fn gradient_by_example(
     geom: &Conv2dGeometry,

@@ -59,10 +59,18 @@ pub fn norms_sq(
     norms_sq: &mut [f32],
     norm_stride: usize,
 ) {
-    match strategy {
-        Strategy::Ghost => ghost_norms_sq(layer, batch, a, delta, scratch, norms_sq, norm_stride),
-        Strategy::Direct => direct_norms_sq(layer, batch, a, delta, scratch, norms_sq, norm_stride),
-    }
+    let slot_len = scratch_len(strategy, layer);
+    per_example_with_scratch(
+        layer,
+        batch,
+        a,
+        delta,
+        scratch,
+        slot_len,
+        norms_sq,
+        norm_stride,
+        |a_i, delta_i, slot, product| group_norm_sq(strategy, layer, a_i, delta_i, slot, product),
+    );
 }
 
 /// ADDS `‖Σ_t a_t δ_tᵀ‖²` of every example into `norms_sq[i * norm_stride]` by the ghost norm.
@@ -75,18 +83,7 @@ pub fn ghost_norms_sq(
     norms_sq: &mut [f32],
     norm_stride: usize,
 ) {
-    let slot_len = ghost_scratch_len(layer.positions);
-    per_example_with_scratch(
-        layer,
-        batch,
-        a,
-        delta,
-        scratch,
-        slot_len,
-        norms_sq,
-        norm_stride,
-        |a_i, delta_i, slot, product| group_norm_sq(Strategy::Ghost, layer, a_i, delta_i, slot, product),
-    );
+    self::norms_sq(Strategy::Ghost, layer, batch, a, delta, scratch, norms_sq, norm_stride);
 }
 
 /// ADDS `‖Δ_iᵀ A_i‖²` of every example into `norms_sq[i * norm_stride]`, forming each gradient.
@@ -99,18 +96,7 @@ pub fn direct_norms_sq(
     norms_sq: &mut [f32],
     norm_stride: usize,
 ) {
-    let slot_len = direct_scratch_len(layer.in_width, layer.out_width);
-    per_example_with_scratch(
-        layer,
-        batch,
-        a,
-        delta,
-        scratch,
-        slot_len,
-        norms_sq,
-        norm_stride,
-        |a_i, delta_i, slot, product| group_norm_sq(Strategy::Direct, layer, a_i, delta_i, slot, product),
-    );
+    self::norms_sq(Strategy::Direct, layer, batch, a, delta, scratch, norms_sq, norm_stride);
 }
 
 /// The squared weight-gradient norm of one example and group, by `strategy`, in `slot` (one slot of
