@@ -261,7 +261,9 @@ pub fn conv2d_kept_norms_sq(
 /// ADDS the weight gradient summed over the batch into `grad_w` (and the bias gradient into
 /// `grad_b`), each example's scaled by its clip factor `factors.0[i * factors.1]` when `factors` is
 /// given (an example with factor 0 contributes exactly 0, whatever its values), unscaled otherwise.
-/// `patches` and `rows` need room for one chunk and are left holding scratch.
+/// `patches` needs room for one example's patches at least; `rows` room for a chunk's output when
+/// the conv folds (the compiler plans rows for folded convs only; the others leave it alone, and it
+/// may be empty). Both are left holding scratch.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_weight_gradient(
     geom: &Conv2dGeometry,

@@ -22,23 +22,19 @@ use crate::conv::{col2im_one, im2col_one, Conv2dGeometry};
 use crate::gemm::{sgemm, Op};
 use crate::per_example::sum_wide;
 
-/// Convolutions with fewer positions than this may fold their chunks.
-pub const FOLD_BELOW_POSITIONS: usize = 64;
+pub use dp_spec::{FOLD_BELOW_POSITIONS, FOLD_CHANNELS_PER_POSITION};
 
-/// Folding pays where the output channels outnumber the positions this many times over.
-pub const FOLD_CHANNELS_PER_POSITION: usize = 4;
-
-/// Whether `geom`'s passes fold a chunk's examples into one product per group: few positions
-/// ([`FOLD_BELOW_POSITIONS`]) and many output channels per group against them
-/// ([`FOLD_CHANNELS_PER_POSITION`]). The folded product packs the chunk's patches once and reuses
-/// them for every output channel, where one product per example packs the weight again for every
-/// example; on one thread (`cargo bench -p dp-kernels --bench conv_folded`) the CIFAR-10 CNN's
-/// seventh conv (T = 16, 256 channels) ran its forward, input-gradient and weight-gradient passes
-/// in 0.4–0.9× the time folded, while its eighth (T = 16, 10 channels), the MNIST CNN's second
-/// (T = 25, 32 channels) and the CIFAR-10 CNN's T = 64 convs (128 channels) ran slower folded.
+/// Whether `geom`'s passes fold a chunk's examples into one product per group
+/// ([`Conv2dGeometry::folds`], shared with the compiler): few positions ([`FOLD_BELOW_POSITIONS`])
+/// and many output channels per group against them ([`FOLD_CHANNELS_PER_POSITION`]). The folded
+/// product packs the chunk's patches once and reuses them for every output channel, where one
+/// product per example packs the weight again for every example; on one thread (`cargo bench -p
+/// dp-kernels --bench conv_folded`) the CIFAR-10 CNN's seventh conv (T = 16, 256 channels) ran its
+/// forward, input-gradient and weight-gradient passes in 0.4–0.9× the time folded, while its eighth
+/// (T = 16, 10 channels), the MNIST CNN's second (T = 25, 32 channels) and the CIFAR-10 CNN's T = 64
+/// convs (128 channels) ran slower folded.
 pub fn folds(geom: &Conv2dGeometry) -> bool {
-    let t = geom.positions();
-    t < FOLD_BELOW_POSITIONS && geom.out_per_group() >= FOLD_CHANNELS_PER_POSITION * t
+    geom.folds()
 }
 
 /// Unfolds `len` examples of `x` into `patches` as `[groups][d][len·T]`, example `i`'s `T` values of

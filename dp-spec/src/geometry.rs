@@ -3,6 +3,12 @@
 
 use crate::{PositionalLayer, RowLayout};
 
+/// A conv folds chunks of examples only below this many output positions ([`Conv2dGeometry::folds`]).
+pub const FOLD_BELOW_POSITIONS: usize = 64;
+
+/// Folding pays where the output channels outnumber the positions this many times over.
+pub const FOLD_CHANNELS_PER_POSITION: usize = 4;
+
 /// The static shape of a convolution (square stride, padding and dilation, PyTorch's defaults 1, 0, 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Conv2dGeometry {
@@ -88,6 +94,15 @@ impl Conv2dGeometry {
     /// Output channels of one group.
     pub const fn out_per_group(&self) -> usize {
         self.out_c / self.groups
+    }
+
+    /// Whether the conv's passes fold a chunk's examples into one product per group
+    /// (`dp_kernels::conv_folded`): few positions ([`FOLD_BELOW_POSITIONS`]) and many output channels
+    /// per group against them ([`FOLD_CHANNELS_PER_POSITION`]). Only such a conv needs the shared
+    /// output-gradient rows, so the compiler plans them by this rule too.
+    pub const fn folds(&self) -> bool {
+        let t = self.positions();
+        t < FOLD_BELOW_POSITIONS && self.out_per_group() >= FOLD_CHANNELS_PER_POSITION * t
     }
 
     /// Values of one example's input.

@@ -12,6 +12,8 @@ mod geometry;
 mod positional;
 mod strategy;
 
-pub use geometry::{Conv2dGeometry, LstmDims, Pool2dGeometry};
+pub use geometry::{
+    Conv2dGeometry, LstmDims, Pool2dGeometry, FOLD_BELOW_POSITIONS, FOLD_CHANNELS_PER_POSITION,
+};
 pub use positional::{PositionalLayer, RowLayout};
 pub use strategy::{NormStrategy, Strategy};

@@ -168,7 +168,10 @@ impl OpRules for Conv2d {
         let kept_len = geom.weight_len() + if self.bias { geom.out_c } else { 0 };
         let kept = pl.kept_gradients(i, field, strategy, t, kept_len);
         pl.need(SharedScratch::Patches, i, geom.patches_len());
-        pl.need(SharedScratch::Rows, i, geom.output_len());
+        if geom.folds() {
+            // Only a folded conv's passes lay out a chunk's outputs or output gradients as rows.
+            pl.need(SharedScratch::Rows, i, geom.output_len());
+        }
         if kept.is_none() {
             pl.need(SharedScratch::Norms, i, scratch_len(strategy, &geom.layer()));
         }

@@ -75,9 +75,28 @@ fn conv_plan_sizes_shared_scratch_to_the_largest_layer() {
         plan.buffers.iter().all(|b| !b.purpose.contains("patches")),
         "patches are per task, not per example"
     );
-    assert_eq!(plan.buffers[plan.scratch.rows.unwrap()].len, 2 * 16);
+    assert_eq!(plan.scratch.rows, None, "convs that do not fold need no rows");
     let total: usize = plan.buffers.iter().map(|b| b.len).sum();
     assert_eq!(plan.workspace_per_example, total);
     let bytes: u64 = plan.layers.iter().map(|l| l.bytes_per_example).sum();
     assert_eq!(bytes, 4 * total as u64, "every buffer is counted at one layer");
+}
+
+#[test]
+fn only_a_conv_that_folds_gets_rows() {
+    // `narrow`: T = 64 positions, 8 channels, does not fold, 512 outputs; `wide`: T = 4 positions and
+    // 64 ≥ 4·T channels, folds its chunks, 256 outputs. The rows are the folded conv's alone.
+    let item = quote! {
+        pub struct M {
+            #[layer(conv2d(out = 8, kernel = 1))]
+            narrow: Conv2d,
+            #[layer(conv2d(out = 64, kernel = 4, stride = 4))]
+            wide: Conv2d,
+            #[layer(global_avg_pool, linear(out = 2))]
+            head: Linear,
+        }
+    };
+    let plan = planned_module(quote!(input = [3, 8, 8], loss = cross_entropy(classes = 2)), item);
+    let rows = plan.scratch.rows.expect("the folded conv's rows");
+    assert_eq!(plan.buffers[rows].len, 64 * 4, "the folded conv's output, not the larger one's");
 }

@@ -7,7 +7,7 @@
 use super::activation::{fused_backward, fused_forward};
 use super::emit::{
     accumulate, grad_slices, kept_clipped_sum, lit, optional_param, param, per_task_scratch, read, scratch,
-    strategy, write, zero_group,
+    scratch_or_empty, strategy, write, zero_group,
 };
 use super::kernels;
 use crate::ops::conv2d::ConvStep;
@@ -33,7 +33,7 @@ fn geom(g: &Conv2dGeometry) -> TokenStream {
 pub fn forward(plan: &Plan, s: &ConvStep) -> TokenStream {
     let (g, x, w, y) = (geom(&s.geom), read(s.input), param(plan, s.weight), write(s.output));
     let bias = optional_param(plan, s.bias);
-    let (patches, rows) = (per_task_scratch(plan), scratch(plan.scratch.rows));
+    let (patches, rows) = (per_task_scratch(plan), scratch_or_empty(plan.scratch.rows));
     let act = fused_forward(s.act, s.output, s.geom.output_len());
     let chunks = kernels::conv_chunks();
     quote! {{
@@ -47,7 +47,8 @@ pub fn backward(plan: &Plan, s: &ConvStep) -> TokenStream {
     let act = fused_backward(s.act, s.delta, s.output, s.geom.output_len());
     let input_grad = s.input_grad.map(|t| {
         let (g, delta, w) = (geom(&s.geom), read(Buf::Arena(s.delta)), param(plan, s.weight));
-        let (patches, rows, dx) = (per_task_scratch(plan), scratch(plan.scratch.rows), write(t.write));
+        let (patches, rows, dx) =
+            (per_task_scratch(plan), scratch_or_empty(plan.scratch.rows), write(t.write));
         let (acc, chunks) = (accumulate(t), kernels::conv_chunks());
         quote! {{
             let geom = #g;
@@ -102,7 +103,7 @@ pub fn clipped_sum(plan: &Plan, s: &ConvStep) -> TokenStream {
 pub fn weight_gradient(plan: &Plan, s: &ConvStep, clipped: bool) -> TokenStream {
     let (groups, gidx) = (lit(plan.groups.len()), lit(s.group));
     let (g, x, delta) = (geom(&s.geom), read(s.input), read(Buf::Arena(s.delta)));
-    let (patches, rows) = (per_task_scratch(plan), scratch(plan.scratch.rows));
+    let (patches, rows) = (per_task_scratch(plan), scratch_or_empty(plan.scratch.rows));
     let slices = grad_slices(plan, s.weight, s.bias);
     let factors = if clipped {
         quote!(::core::option::Option::Some((&factors[#gidx..], #groups)))

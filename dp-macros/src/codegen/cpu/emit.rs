@@ -58,6 +58,15 @@ pub fn scratch(k: Option<usize>) -> TokenStream {
     write(k.expect("the planner sized this scratch buffer"))
 }
 
+/// A shared scratch buffer that only some layers of a kind need (the conv rows, for folded convs
+/// alone): an empty slice where no layer of the model needs it, which the kernels then never touch.
+pub fn scratch_or_empty(k: Option<usize>) -> TokenStream {
+    match k {
+        Some(k) => write(k),
+        None => quote!(&mut []),
+    }
+}
+
 /// The kernels' `Activation` value of `a`.
 pub fn act(a: Act) -> TokenStream {
     let (root, variant) = (kernels::root(), Ident::new(a.variant(), Span::call_site()));
