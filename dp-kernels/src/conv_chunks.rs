@@ -16,6 +16,7 @@ use crate::conv_folded;
 use crate::gemm::{sgemm_serial, Op};
 use crate::per_example::{self, Strategy};
 use dp_spec::cost::TASKS_PER_THREAD;
+use dp_spec::RowLayout;
 
 /// The patches of one chunk are kept under this many bytes (about one core's L2), unless one
 /// example alone is larger; a chunk always has at least one example per thread.
@@ -214,8 +215,9 @@ pub fn conv2d_norms_sq(
 
 /// The direct norms that keep what they form ([`per_example::kept_direct_norms_sq`]), one example
 /// at a time on its task's slot of `patches` (room for one example's patches at least): writes
-/// every example's weight gradient (and bias gradient if `bias`) into `kept[i·len..(i+1)·len]`, `len = per_example::kept_len(&geom.layer(), bias)`, and ADDS its squared
-/// norm into `norms_sq[i * norm_stride]`. The clipped sum is then
+/// every example's weight gradient (and bias gradient if `bias`) into `kept[i·len..(i+1)·len]`,
+/// `len = per_example::kept_len(&geom.layer(), bias)`, and ADDS its squared norm into
+/// `norms_sq[i * norm_stride]`. The clipped sum is then
 /// [`per_example::stored_clipped_sum`] over `kept`: no patches, no second product.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_kept_norms_sq(
@@ -370,34 +372,25 @@ fn gradient_by_example(
                         let acc_q = &mut acc_w[q * d * p..(q + 1) * d * p];
                         sgemm_serial(Op::N, Op::T, d, p, t, factor, a_q, delta_q, 1.0, acc_q);
                         if bias_len > 0 {
-                            for (j, b) in acc_b[q * p..(q + 1) * p].iter_mut().enumerate() {
-                                *b += factor * per_example::sum_wide(&delta_q[j * t..(j + 1) * t]) as f32;
-                            }
+                            let acc_b = &mut acc_b[q * p..(q + 1) * p];
+                            per_example::for_each_bias_sum(
+                                RowLayout::ChannelMajor,
+                                delta_q,
+                                t,
+                                p,
+                                |j, sum| acc_b[j] += factor * sum as f32,
+                            );
                         }
                     }
                 }
             }
         });
     // The partials are added in order where they lie, then written in the weight's order once.
-    let (total, rest) = partials.split_at_mut(unit);
-    crate::fast_math::with_widest_vectors(
-        #[inline(always)]
-        || {
-            for partial in rest.chunks_exact(unit) {
-                for (t, &v) in total.iter_mut().zip(partial) {
-                    *t += v;
-                }
-            }
-        },
-    );
+    let total = per_example::add_partials_in_order(&mut partials, unit);
     let (total_w, total_b) = total.split_at(weight_len);
     for q in 0..groups {
         let g = &mut grad_w[q * p * d..(q + 1) * p * d];
-        for (k, row) in total_w[q * d * p..(q + 1) * d * p].chunks_exact(p).enumerate() {
-            for (o, &v) in row.iter().enumerate() {
-                g[o * d + k] += v;
-            }
-        }
+        per_example::untranspose(&total_w[q * d * p..(q + 1) * d * p], p, g, |entry, v| *entry += v);
     }
     if let Some(gb) = grad_b {
         for (b, &v) in gb.iter_mut().zip(total_b) {

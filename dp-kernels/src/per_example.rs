@@ -277,9 +277,26 @@ fn transposed_gradient(
     product(Op::N, Op::T, d, p, t, 1.0, a_i, delta_i, beta, g_t);
 }
 
+/// Adds the partial sums of `partials` (consecutive blocks of `unit` values) into the first, in
+/// order and where they lie, and returns it: the same bits whatever the threads that formed them.
+pub(crate) fn add_partials_in_order(partials: &mut [f32], unit: usize) -> &mut [f32] {
+    let (total, rest) = partials.split_at_mut(unit);
+    crate::fast_math::with_widest_vectors(
+        #[inline(always)]
+        || {
+            for partial in rest.chunks_exact(unit) {
+                for (t, &v) in total.iter_mut().zip(partial) {
+                    *t += v;
+                }
+            }
+        },
+    );
+    total
+}
+
 /// Calls `combine(&mut g[o·d + k], g_t[k·p + o])` for every entry of the `d×p` transposed gradient
 /// `g_t`: writes or adds it into `g` in the weight's order (`p×d`).
-fn untranspose(g_t: &[f32], p: usize, g: &mut [f32], combine: impl Fn(&mut f32, f32)) {
+pub(crate) fn untranspose(g_t: &[f32], p: usize, g: &mut [f32], combine: impl Fn(&mut f32, f32)) {
     let d = g_t.len() / p;
     for (k, row) in g_t.chunks_exact(p).enumerate() {
         for (o, &v) in row.iter().enumerate() {
@@ -296,7 +313,13 @@ thread_local! {
 
 /// Calls `f(j, Σ_t δ_{t,j})` for every output `j < p` of one example and group's `Δ` stored in
 /// `layout`, each sum in f64.
-fn for_each_bias_sum(layout: RowLayout, delta_i: &[f32], t: usize, p: usize, mut f: impl FnMut(usize, f64)) {
+pub(crate) fn for_each_bias_sum(
+    layout: RowLayout,
+    delta_i: &[f32],
+    t: usize,
+    p: usize,
+    mut f: impl FnMut(usize, f64),
+) {
     match layout {
         RowLayout::PositionMajor => for_each_column_sum(delta_i, t, p, f),
         RowLayout::ChannelMajor => {
@@ -601,19 +624,9 @@ pub fn sum_outer(layer: &PositionalLayer, batch: usize, a: &[f32], delta: &[f32]
                         add_examples(k * per_part..((k + 1) * per_part).min(batch), sgemm_serial, acc);
                     });
                 }
-                // The partials are added in order where they lie (contiguous), then written in the
-                // weight's order once: an untransposing pass per partial wrote a column of `g` per row.
-                let (total, rest) = partials.split_at_mut(p * d);
-                crate::fast_math::with_widest_vectors(
-                    #[inline(always)]
-                    || {
-                        for partial in rest.chunks_exact(p * d) {
-                            for (t, &v) in total.iter_mut().zip(partial) {
-                                *t += v;
-                            }
-                        }
-                    },
-                );
+                // Written in the weight's order once: an untransposing pass per partial wrote a
+                // column of `g` per row.
+                let total = add_partials_in_order(&mut partials, p * d);
                 untranspose(total, p, g, |entry, v| *entry += v);
             }
         }

@@ -150,8 +150,7 @@ impl Workspace {
     /// slot of the per-task scratch. A memory budget less this, divided by
     /// `WORKSPACE_PER_EXAMPLE`, bounds the batch.
     pub fn fixed_len<M: DpModel>() -> usize {
-        M::WORKSPACE_FIXED
-            + M::WORKSPACE_PER_TASK * dp_spec::cost::TASKS_PER_THREAD * rayon::current_num_threads()
+        M::WORKSPACE_FIXED + M::WORKSPACE_PER_TASK * Self::tasks(usize::MAX)
     }
 
     /// The largest batch this workspace holds.
