@@ -14,6 +14,7 @@ pub mod embedding;
 pub mod embedding_mean;
 pub mod fast_math;
 pub mod gemm;
+pub mod gemm_bf16;
 pub mod loss;
 pub mod lstm;
 pub mod norm_layers;
