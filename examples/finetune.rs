@@ -109,6 +109,7 @@ fn main() -> dp::Result<()> {
         max_steps: None,
         seed: None,
         quiet: true,
+        precision: dp::Precision::F32,
     };
     let mut optimizer = Sgd::new(0.05).momentum(0.9);
     let public_test = digits(&test, 0..5)?;

@@ -12,7 +12,7 @@ pub use dp_runtime::*;
 /// Everything a model definition and a training script need.
 pub mod prelude {
     pub use crate::dp_model;
-    pub use dp_runtime::{Batch, Dataset, DpModel, Loss, Workspace};
+    pub use dp_runtime::{Batch, Dataset, DpModel, Loss, Precision, Workspace};
 }
 
 /// The `dp` command line (the binary's implementation); not a stable API.

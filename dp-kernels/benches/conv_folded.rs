@@ -6,6 +6,7 @@
 
 use dp_kernels::conv::{conv2d_backward_input, conv2d_forward_from_patches, im2col};
 use dp_kernels::conv_chunks::chunk_examples;
+use dp_kernels::gemm_bf16::Precision;
 use dp_kernels::{conv_folded, per_example};
 use std::hint::black_box;
 
@@ -55,11 +56,22 @@ fn main() {
                         &mut patches,
                         &mut rows,
                         black_box(&mut out),
+                        Precision::F32,
                     )
                 }),
             );
             let input_grad = (
-                time(&mut || conv2d_backward_input(&geom, len, &dout, &w, &mut patches, black_box(&mut dx))),
+                time(&mut || {
+                    conv2d_backward_input(
+                        &geom,
+                        len,
+                        &dout,
+                        &w,
+                        &mut patches,
+                        black_box(&mut dx),
+                        Precision::F32,
+                    )
+                }),
                 time(&mut || {
                     conv_folded::backward_input(
                         &geom,
@@ -69,6 +81,7 @@ fn main() {
                         &mut patches,
                         &mut rows,
                         black_box(&mut dx),
+                        Precision::F32,
                     )
                 }),
             );

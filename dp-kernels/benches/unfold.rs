@@ -7,6 +7,7 @@
 
 use dp_kernels::conv::{backward_input_scratch_len, conv2d_backward_input, im2col};
 use dp_kernels::conv_chunks::{chunk_examples, conv2d_forward};
+use dp_kernels::gemm_bf16::Precision;
 use std::hint::black_box;
 
 mod support;
@@ -45,8 +46,17 @@ fn main() {
         let mut scratch = vec![0.0f32; backward_input_scratch_len(&geom)];
         let mut dx = vec![0.0f32; batch * geom.input_len()];
         let ms = pool.install(|| {
-            let call =
-                || conv2d_backward_input(&geom, batch, black_box(&dout), &weight, &mut scratch, &mut dx);
+            let call = || {
+                conv2d_backward_input(
+                    &geom,
+                    batch,
+                    black_box(&dout),
+                    &weight,
+                    &mut scratch,
+                    &mut dx,
+                    Precision::F32,
+                )
+            };
             support::median_seconds_per_call(9, 2, call) * 1e3
         });
         println!("{name:48} {ms:7.3}");
@@ -70,6 +80,7 @@ fn main() {
                 &mut patches,
                 &mut rows,
                 &mut out,
+                Precision::F32,
             )
         };
         let one = pool.install(|| support::median_seconds_per_call(9, 2, &mut call) * 1e3);

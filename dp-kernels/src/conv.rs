@@ -15,6 +15,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::gemm::{product_for, Op};
+use crate::gemm_bf16::{gemm_in, gemm_in_serial, Precision};
 
 // The geometry is shared with the compiler, which plans with the same formulas.
 pub use dp_spec::Conv2dGeometry;
@@ -419,7 +420,7 @@ pub(crate) fn fill_bias(bias: Option<&[f32]>, q: usize, t: usize, block: &mut [f
 /// Backward to the input: `dx` (overwritten, `[batch][in_c][in_h][in_w]`) from the NCHW output
 /// gradient `dout`, per example and group the fold of `W_qᵀ·δ_q`. `scratch` holds one or more slots
 /// of [`backward_input_scratch_len`]; slots run in parallel. The patch gradients are formed in
-/// channel-major order, so the fold adds contiguous stretches.
+/// channel-major order, so the fold adds contiguous stretches. The products run in `precision`.
 pub fn conv2d_backward_input(
     geom: &Conv2dGeometry,
     batch: usize,
@@ -427,6 +428,7 @@ pub fn conv2d_backward_input(
     weight: &[f32],
     scratch: &mut [f32],
     dx: &mut [f32],
+    precision: Precision,
 ) {
     geom.assert_valid();
     if batch == 0 {
@@ -441,7 +443,7 @@ pub fn conv2d_backward_input(
     let slots = (scratch.len() / slot_len).min(batch).min(rayon::current_num_threads());
     assert!(slots >= 1, "conv2d backward: scratch has {} values, one slot needs {slot_len}", scratch.len());
     let per_slot = batch.div_ceil(slots);
-    let product = product_for(slots > 1);
+    let product = if slots > 1 { gemm_in_serial } else { gemm_in };
     dx[..batch * geom.input_len()]
         .par_chunks_mut(per_slot * geom.input_len())
         .zip(scratch.par_chunks_mut(slot_len))
@@ -458,7 +460,7 @@ pub fn conv2d_backward_input(
                     let cols = &mut cols[..t * d];
                     let w_q = &weight[q * pg * d..(q + 1) * pg * d];
                     let dout_q = &dout_i[q * pg * t..(q + 1) * pg * t];
-                    product(Op::T, Op::N, d, t, pg, 1.0, w_q, dout_q, 0.0, cols);
+                    product(precision, Op::T, Op::N, (d, t, pg), 1.0, w_q, dout_q, 0.0, cols);
                     col2im_one(geom, q, cols, dx_i, t);
                 }
             }
@@ -696,7 +698,17 @@ mod tests {
             let mut patches = vec![f32::NAN; batch * geom.patches_len()];
             let mut rows = vec![f32::NAN; batch * geom.output_len()];
             let mut out = vec![f32::NAN; batch * geom.output_len()];
-            conv2d_forward(&geom, batch, &x, &w, Some(&b), &mut patches, &mut rows, &mut out);
+            conv2d_forward(
+                &geom,
+                batch,
+                &x,
+                &w,
+                Some(&b),
+                &mut patches,
+                &mut rows,
+                &mut out,
+                crate::gemm_bf16::Precision::F32,
+            );
             let mut whole = vec![f32::NAN; batch * geom.patches_len()];
             im2col(&geom, batch, &x, &mut whole);
             let mut no_bias = vec![f32::NAN; batch * geom.output_len()];
@@ -727,13 +739,31 @@ mod tests {
             let mut patches = vec![0.0; batch * geom.patches_len()];
             let mut rows = vec![0.0; batch * geom.output_len()];
             let mut out = vec![0.0; batch * geom.output_len()];
-            conv2d_forward(&geom, batch, &x, &w, Some(&b), &mut patches, &mut rows, &mut out);
+            conv2d_forward(
+                &geom,
+                batch,
+                &x,
+                &w,
+                Some(&b),
+                &mut patches,
+                &mut rows,
+                &mut out,
+                crate::gemm_bf16::Precision::F32,
+            );
             im2col(&geom, batch, &x, &mut patches);
             let mut delta = vec![f32::NAN; batch * geom.output_len()];
             output_grad_by_group(&geom, batch, &r, &mut delta);
             let mut scratch = vec![f32::NAN; 2 * backward_input_scratch_len(&geom)];
             let mut dx = vec![f32::NAN; batch * geom.input_len()];
-            conv2d_backward_input(&geom, batch, &r, &w, &mut scratch, &mut dx);
+            conv2d_backward_input(
+                &geom,
+                batch,
+                &r,
+                &w,
+                &mut scratch,
+                &mut dx,
+                crate::gemm_bf16::Precision::F32,
+            );
 
             let mut norms = [[0.0f32; 3]; 2];
             for (s, strategy) in [Strategy::Ghost, Strategy::Direct].into_iter().enumerate() {

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use crate::conv::{self, Conv2dGeometry};
 use crate::conv_folded;
 use crate::gemm::{sgemm_serial, Op};
+use crate::gemm_bf16::{gemm_in_serial, Precision};
 use crate::per_example::{self, Strategy};
 use dp_spec::cost::TASKS_PER_THREAD;
 use dp_spec::RowLayout;
@@ -45,7 +46,7 @@ fn for_each_chunk(geom: &Conv2dGeometry, batch: usize, capacity: usize, mut pass
 /// `rows` need room for one chunk's patches and output when the conv folds (see [`chunk_examples`];
 /// a batch's worth is always enough). A conv with few positions folds each chunk
 /// into one product per group ([`conv_folded`]) and uses `rows` for its output; the others run one
-/// product per example and leave `rows` alone.
+/// product per example and leave `rows` alone. The products run in `precision`.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward(
     geom: &Conv2dGeometry,
@@ -56,17 +57,18 @@ pub fn conv2d_forward(
     patches: &mut [f32],
     rows: &mut [f32],
     out: &mut [f32],
+    precision: Precision,
 ) {
     let (input_len, output_len) = (geom.input_len(), geom.output_len());
     assert!(x.len() >= batch * input_len, "conv2d: input has {} values", x.len());
     assert!(out.len() >= batch * output_len, "conv2d: output has {} values", out.len());
     if !conv_folded::folds(geom) {
-        return forward_by_example(geom, batch, x, weight, bias, patches, out);
+        return forward_by_example(geom, batch, x, weight, bias, patches, out, precision);
     }
     for_each_chunk(geom, batch, patches.len(), |first, len| {
         let x = &x[first * input_len..(first + len) * input_len];
         let out = &mut out[first * output_len..(first + len) * output_len];
-        conv_folded::forward(geom, len, x, weight, bias, patches, rows, out);
+        conv_folded::forward(geom, len, x, weight, bias, patches, rows, out, precision);
     });
 }
 
@@ -107,6 +109,7 @@ fn forward_by_example(
     bias: Option<&[f32]>,
     patches: &mut [f32],
     out: &mut [f32],
+    precision: Precision,
 ) {
     geom.assert_valid();
     let (t, d, pg) = (geom.positions(), geom.patch_len(), geom.out_per_group());
@@ -132,7 +135,7 @@ fn forward_by_example(
                     let beta = conv::fill_bias(bias, q, t, block);
                     let (w_q, cols) =
                         (&weight[q * pg * d..(q + 1) * pg * d], &slot[q * d * t..(q + 1) * d * t]);
-                    sgemm_serial(Op::N, Op::N, pg, t, d, 1.0, w_q, cols, beta, block);
+                    gemm_in_serial(precision, Op::N, Op::N, (pg, t, d), 1.0, w_q, cols, beta, block);
                 }
             }
         });
@@ -142,7 +145,8 @@ fn forward_by_example(
 /// gradient `dout`. A conv with few positions folds chunks of examples into one product per group
 /// ([`conv_folded::backward_input`]; `patches` and `rows` then need room for one chunk's patches and
 /// output); the others run [`conv::conv2d_backward_input`] with `patches` as its slots and leave
-/// `rows` alone.
+/// `rows` alone. The products run in `precision`.
+#[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_input(
     geom: &Conv2dGeometry,
     batch: usize,
@@ -151,9 +155,10 @@ pub fn conv2d_backward_input(
     patches: &mut [f32],
     rows: &mut [f32],
     dx: &mut [f32],
+    precision: Precision,
 ) {
     if !conv_folded::folds(geom) {
-        return conv::conv2d_backward_input(geom, batch, dout, weight, patches, dx);
+        return conv::conv2d_backward_input(geom, batch, dout, weight, patches, dx, precision);
     }
     let (input_len, output_len) = (geom.input_len(), geom.output_len());
     assert!(dout.len() >= batch * output_len, "conv2d: output gradient has {} values", dout.len());
@@ -161,7 +166,7 @@ pub fn conv2d_backward_input(
     for_each_chunk(geom, batch, patches.len(), |first, len| {
         let dout = &dout[first * output_len..(first + len) * output_len];
         let dx = &mut dx[first * input_len..(first + len) * input_len];
-        conv_folded::backward_input(geom, len, dout, weight, patches, rows, dx);
+        conv_folded::backward_input(geom, len, dout, weight, patches, rows, dx, precision);
     });
 }
 
@@ -456,7 +461,17 @@ mod tests {
             let mut rows = vec![f32::NAN; batch * geom.output_len()];
 
             let mut out = vec![f32::NAN; batch * geom.output_len()];
-            conv2d_forward(&geom, batch, &x, &w, Some(&b), &mut patches, &mut rows, &mut out);
+            conv2d_forward(
+                &geom,
+                batch,
+                &x,
+                &w,
+                Some(&b),
+                &mut patches,
+                &mut rows,
+                &mut out,
+                crate::gemm_bf16::Precision::F32,
+            );
             let mut whole_patches = vec![0.0; batch * geom.patches_len()];
             im2col(&geom, batch, &x, &mut whole_patches);
             let mut want_out = vec![0.0; batch * geom.output_len()];
@@ -469,17 +484,44 @@ mod tests {
                     let mut small = vec![f32::NAN; slots * geom.patches_len()];
                     let mut again = vec![f32::NAN; batch * geom.output_len()];
                     pool(threads).install(|| {
-                        conv2d_forward(&geom, batch, &x, &w, Some(&b), &mut small, &mut rows, &mut again)
+                        conv2d_forward(
+                            &geom,
+                            batch,
+                            &x,
+                            &w,
+                            Some(&b),
+                            &mut small,
+                            &mut rows,
+                            &mut again,
+                            crate::gemm_bf16::Precision::F32,
+                        )
                     });
                     assert_same_bits(&format!("forward, {threads} threads, {slots} slots"), &again, &out);
                 }
             }
 
             let mut dx = vec![f32::NAN; batch * geom.input_len()];
-            conv2d_backward_input(&geom, batch, &dout, &w, &mut patches, &mut rows, &mut dx);
+            conv2d_backward_input(
+                &geom,
+                batch,
+                &dout,
+                &w,
+                &mut patches,
+                &mut rows,
+                &mut dx,
+                crate::gemm_bf16::Precision::F32,
+            );
             let mut slots = vec![f32::NAN; conv::backward_input_scratch_len(&geom)];
             let mut want_dx = vec![f32::NAN; batch * geom.input_len()];
-            conv::conv2d_backward_input(&geom, batch, &dout, &w, &mut slots, &mut want_dx);
+            conv::conv2d_backward_input(
+                &geom,
+                batch,
+                &dout,
+                &w,
+                &mut slots,
+                &mut want_dx,
+                crate::gemm_bf16::Precision::F32,
+            );
             assert_close("input gradient", &dx, &wide(&want_dx), 1e-4);
 
             let mut whole_rows = vec![0.0; batch * geom.output_len()];

@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use crate::conv::{col2im_one, im2col_one, Conv2dGeometry};
 use crate::gemm::{sgemm, Op};
+use crate::gemm_bf16::{gemm_in, Precision};
 use crate::per_example::sum_wide;
 
 pub use dp_spec::{FOLD_BELOW_POSITIONS, FOLD_CHANNELS_PER_POSITION};
@@ -93,7 +94,7 @@ fn fold_output_grad(
 }
 
 /// Forward of `len` examples: `out[i][o][t] = bias[o] + Σ_k W[o][k]·patch_{i,t}[k]`. `patches` needs
-/// room for `len` examples' patches, `rows` for their output.
+/// room for `len` examples' patches, `rows` for their output. The products run in `precision`.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     geom: &Conv2dGeometry,
@@ -104,6 +105,7 @@ pub fn forward(
     patches: &mut [f32],
     rows: &mut [f32],
     out: &mut [f32],
+    precision: Precision,
 ) {
     let (t, d, pg, output_len) =
         (geom.positions(), geom.patch_len(), geom.out_per_group(), geom.output_len());
@@ -120,7 +122,17 @@ pub fn forward(
     let n = len * t;
     for q in 0..geom.groups {
         let (w_q, p_q) = (&weight[q * pg * d..(q + 1) * pg * d], &patches[q * d * n..(q + 1) * d * n]);
-        sgemm(Op::N, Op::N, pg, n, d, 1.0, w_q, p_q, 0.0, &mut rows[q * pg * n..(q + 1) * pg * n]);
+        gemm_in(
+            precision,
+            Op::N,
+            Op::N,
+            (pg, n, d),
+            1.0,
+            w_q,
+            p_q,
+            0.0,
+            &mut rows[q * pg * n..(q + 1) * pg * n],
+        );
     }
     let rows = &rows[..len * output_len];
     out[..len * output_len].par_chunks_mut(output_len).enumerate().for_each(|(i, out_i)| {
@@ -136,7 +148,8 @@ pub fn forward(
 
 /// Backward to the input of `len` examples: `dx` (overwritten) from the NCHW output gradient `dout`.
 /// `patches` needs room for `len` examples' patches (it holds their patch gradients), `rows` for
-/// their output gradient.
+/// their output gradient. The products run in `precision`.
+#[allow(clippy::too_many_arguments)]
 pub fn backward_input(
     geom: &Conv2dGeometry,
     len: usize,
@@ -145,6 +158,7 @@ pub fn backward_input(
     patches: &mut [f32],
     rows: &mut [f32],
     dx: &mut [f32],
+    precision: Precision,
 ) {
     geom.assert_valid();
     let (t, d, pg, input_len) = (geom.positions(), geom.patch_len(), geom.out_per_group(), geom.input_len());
@@ -160,7 +174,17 @@ pub fn backward_input(
     let n = len * t;
     for q in 0..geom.groups {
         let (w_q, d_q) = (&weight[q * pg * d..(q + 1) * pg * d], &rows[q * pg * n..(q + 1) * pg * n]);
-        sgemm(Op::T, Op::N, d, n, pg, 1.0, w_q, d_q, 0.0, &mut patches[q * d * n..(q + 1) * d * n]);
+        gemm_in(
+            precision,
+            Op::T,
+            Op::N,
+            (d, n, pg),
+            1.0,
+            w_q,
+            d_q,
+            0.0,
+            &mut patches[q * d * n..(q + 1) * d * n],
+        );
     }
     let cols = &patches[..len * geom.patches_len()];
     dx.par_chunks_mut(input_len).enumerate().for_each(|(i, dx_i)| {
@@ -270,16 +294,43 @@ mod tests {
 
                 let mut rows = vec![f32::NAN; len * geom.output_len()];
                 let mut out = vec![f32::NAN; len * geom.output_len()];
-                forward(&geom, len, &x, &w, Some(&b), &mut patches, &mut rows, &mut out);
+                forward(
+                    &geom,
+                    len,
+                    &x,
+                    &w,
+                    Some(&b),
+                    &mut patches,
+                    &mut rows,
+                    &mut out,
+                    crate::gemm_bf16::Precision::F32,
+                );
                 let mut want = vec![f32::NAN; len * geom.output_len()];
                 conv2d_forward_from_patches(&geom, len, &per_example_patches, &w, Some(&b), &mut want);
                 assert_close(&format!("{what}: forward"), &out, &wide(&want), 1e-5);
 
                 let mut dx = vec![f32::NAN; len * geom.input_len()];
-                backward_input(&geom, len, &dout, &w, &mut patches, &mut rows, &mut dx);
+                backward_input(
+                    &geom,
+                    len,
+                    &dout,
+                    &w,
+                    &mut patches,
+                    &mut rows,
+                    &mut dx,
+                    crate::gemm_bf16::Precision::F32,
+                );
                 let mut slots = vec![f32::NAN; t * d];
                 let mut want = vec![f32::NAN; len * geom.input_len()];
-                conv2d_backward_input(&geom, len, &dout, &w, &mut slots, &mut want);
+                conv2d_backward_input(
+                    &geom,
+                    len,
+                    &dout,
+                    &w,
+                    &mut slots,
+                    &mut want,
+                    crate::gemm_bf16::Precision::F32,
+                );
                 assert_close(&format!("{what}: input gradient"), &dx, &wide(&want), 1e-5);
 
                 // The plain sums, added onto what the gradients held.

@@ -8,12 +8,14 @@
 use crate::activation::{bias_activation_forward, Activation};
 use crate::fast_math::with_widest_vectors;
 use crate::gemm::{sgemm, Op};
+use crate::gemm_bf16::{gemm_in, Precision};
 use rayon::prelude::*;
 
 /// Rows·width below this run on the calling thread.
 const PARALLEL_MIN_ELEMS: usize = 1 << 15;
 
-/// y = act(a·Wᵀ + b): one GEMM, then the bias and activation in one pass over its output.
+/// y = act(a·Wᵀ + b): one GEMM (in `precision`), then the bias and activation in one pass over its
+/// output.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_forward(
     a: &[f32],
@@ -24,12 +26,14 @@ pub fn linear_forward(
     outputs: usize,
     act: Activation,
     y: &mut [f32],
+    precision: Precision,
 ) {
-    sgemm(Op::N, Op::T, rows, outputs, inputs, 1.0, a, weight, 0.0, y);
+    gemm_in(precision, Op::N, Op::T, (rows, outputs, inputs), 1.0, a, weight, 0.0, y);
     bias_activation_forward(y, rows, outputs, bias, act);
 }
 
-/// The gradient with respect to the layer's input: g_a = δ·W (`[rows, in]`, overwritten).
+/// The gradient with respect to the layer's input: g_a = δ·W (`[rows, in]`, overwritten), the
+/// product in `precision`.
 pub fn linear_input_grad(
     delta: &[f32],
     weight: &[f32],
@@ -37,8 +41,9 @@ pub fn linear_input_grad(
     inputs: usize,
     outputs: usize,
     ga: &mut [f32],
+    precision: Precision,
 ) {
-    sgemm(Op::N, Op::N, rows, inputs, outputs, 1.0, delta, weight, 0.0, ga);
+    gemm_in(precision, Op::N, Op::N, (rows, inputs, outputs), 1.0, delta, weight, 0.0, ga);
 }
 
 /// Non-private accumulation: g_W += δᵀ·a (one GEMM), g_b += Σ_i δ_i.
@@ -372,7 +377,17 @@ mod tests {
         let (a, w, b) =
             (random(&mut rng, rows * n_in), random(&mut rng, n_out * n_in), random(&mut rng, n_out));
         let mut y = vec![0.0f32; rows * n_out];
-        linear_forward(&a, &w, Some(&b), rows, n_in, n_out, Activation::Tanh, &mut y);
+        linear_forward(
+            &a,
+            &w,
+            Some(&b),
+            rows,
+            n_in,
+            n_out,
+            Activation::Tanh,
+            &mut y,
+            crate::gemm_bf16::Precision::F32,
+        );
         let want: Vec<f64> = (0..rows * n_out)
             .map(|k| {
                 let (i, o) = (k / n_out, k % n_out);
@@ -383,7 +398,7 @@ mod tests {
         assert_close(&y, &want, "forward");
         let d = random(&mut rng, rows * n_out);
         let mut ga = vec![f32::NAN; rows * n_in];
-        linear_input_grad(&d, &w, rows, n_in, n_out, &mut ga);
+        linear_input_grad(&d, &w, rows, n_in, n_out, &mut ga, crate::gemm_bf16::Precision::F32);
         let want: Vec<f64> = (0..rows * n_in)
             .map(|k| {
                 let (i, j) = (k / n_in, k % n_in);

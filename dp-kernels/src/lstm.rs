@@ -24,6 +24,7 @@ use rayon::prelude::*;
 
 use crate::fast_math::{self, with_widest_vectors};
 use crate::gemm::{sgemm, sgemm_serial, Op};
+use crate::gemm_bf16::{gemm_in, gemm_in_serial, Precision};
 use crate::per_example::{self, Strategy};
 
 // The dimensions are shared with the compiler, which plans with the same formulas.
@@ -67,7 +68,8 @@ pub struct LstmSaved<'a> {
     pub hprev: &'a mut [f32],
 }
 
-/// Forward over all steps: writes `out` (`[batch][T][h]`) and the saved buffers.
+/// Forward over all steps: writes `out` (`[batch][T][h]`) and the saved buffers. The products run in
+/// `precision`.
 #[allow(clippy::too_many_arguments)]
 pub fn lstm_forward(
     dims: &LstmDims,
@@ -79,6 +81,7 @@ pub fn lstm_forward(
     saved: LstmSaved<'_>,
     out: &mut [f32],
     scratch: &mut [f32],
+    precision: Precision,
 ) {
     let (t_n, d, h) = (dims.steps, dims.input, dims.hidden);
     let g4 = 4 * h;
@@ -103,7 +106,7 @@ pub fn lstm_forward(
 
     // Input projection of every step of every example (the gate pass adds the bias: one pass less
     // over the whole buffer).
-    sgemm(Op::N, Op::T, batch * t_n, g4, d, 1.0, x, w_ih, 0.0, gates);
+    gemm_in(precision, Op::N, Op::T, (batch * t_n, g4, d), 1.0, x, w_ih, 0.0, gates);
 
     let rows = examples_per_block(batch);
     gates
@@ -115,7 +118,7 @@ pub fn lstm_forward(
         .zip(rec.par_chunks_mut(rows * g4))
         .for_each(|(((((gates, cells), hprev), out), h_step), rec)| {
             let block = ForwardBlock { gates, cells, hprev, out, h_step, rec };
-            forward_block(dims, w_hh, &bias[..g4], block);
+            forward_block(dims, w_hh, &bias[..g4], block, precision);
         });
 }
 
@@ -135,14 +138,14 @@ struct ForwardBlock<'a> {
 }
 
 /// The recurrence of one block of examples over all steps, on the calling thread.
-fn forward_block(dims: &LstmDims, w_hh: &[f32], bias: &[f32], b: ForwardBlock<'_>) {
+fn forward_block(dims: &LstmDims, w_hh: &[f32], bias: &[f32], b: ForwardBlock<'_>, precision: Precision) {
     let (h, g4) = (dims.hidden, 4 * dims.hidden);
     let (gates_len, out_len) = (dims.gates_len(), dims.output_len());
     let rows = b.h_step.len() / h;
     b.h_step.fill(0.0);
     for t in 0..dims.steps {
         if t > 0 {
-            sgemm_serial(Op::N, Op::T, rows, g4, h, 1.0, b.h_step, w_hh, 0.0, b.rec);
+            gemm_in_serial(precision, Op::N, Op::T, (rows, g4, h), 1.0, b.h_step, w_hh, 0.0, b.rec);
         }
         with_widest_vectors(
             #[inline(always)]
@@ -237,7 +240,8 @@ fn gate_step<const FIRST: bool>(
 
 /// Backward through time from the output gradient `dout` (`[batch][T][h]`): writes the gate
 /// pre-activation gradients `delta` (`[batch][T][4h]`) and the input gradient `dx` (`[batch][T][d]`,
-/// overwritten; one product over all steps).
+/// overwritten; one product over all steps). The products run in `precision`: the gate gradients
+/// are those of the forward that ran in it.
 #[allow(clippy::too_many_arguments)]
 pub fn lstm_backward(
     dims: &LstmDims,
@@ -250,6 +254,7 @@ pub fn lstm_backward(
     delta: &mut [f32],
     dx: &mut [f32],
     scratch: &mut [f32],
+    precision: Precision,
 ) {
     let (t_n, d, h) = (dims.steps, dims.input, dims.hidden);
     let g4 = 4 * h;
@@ -284,9 +289,9 @@ pub fn lstm_backward(
         .zip(dc.par_chunks_mut(rows * h))
         .for_each(|((((((delta, dout), gates), cells), d_step), dh_rec), dc)| {
             let block = BackwardBlock { dout, gates, cells, delta, d_step, dh_rec, dc };
-            backward_block(dims, w_hh, block);
+            backward_block(dims, w_hh, block, precision);
         });
-    sgemm(Op::N, Op::N, batch * t_n, d, g4, 1.0, delta, w_ih, 0.0, dx);
+    gemm_in(precision, Op::N, Op::N, (batch * t_n, d, g4), 1.0, delta, w_ih, 0.0, dx);
 }
 
 /// One block of examples' slices of the backward's buffers (`d_step`, `dh_rec`, `dc`: scratch rows).
@@ -301,7 +306,7 @@ struct BackwardBlock<'a> {
 }
 
 /// Backward through time of one block of examples, on the calling thread.
-fn backward_block(dims: &LstmDims, w_hh: &[f32], b: BackwardBlock<'_>) {
+fn backward_block(dims: &LstmDims, w_hh: &[f32], b: BackwardBlock<'_>, precision: Precision) {
     let (t_n, h, g4) = (dims.steps, dims.hidden, 4 * dims.hidden);
     let (gates_len, out_len) = (dims.gates_len(), dims.output_len());
     let rows = b.dc.len() / h;
@@ -310,7 +315,7 @@ fn backward_block(dims: &LstmDims, w_hh: &[f32], b: BackwardBlock<'_>) {
         let last = t + 1 == t_n;
         if !last {
             // Gradient reaching h_t through the next step's recurrent product.
-            sgemm_serial(Op::N, Op::N, rows, h, g4, 1.0, b.d_step, w_hh, 0.0, b.dh_rec);
+            gemm_in_serial(precision, Op::N, Op::N, (rows, h, g4), 1.0, b.d_step, w_hh, 0.0, b.dh_rec);
         }
         with_widest_vectors(
             #[inline(always)]
@@ -607,11 +612,34 @@ mod tests {
         let mut out = vec![f32::NAN; batch * dims.output_len()];
         let mut scratch = vec![f32::NAN; forward_scratch_len(dims, batch)];
         let saved = LstmSaved { gates: &mut gates, cells: &mut cells, hprev: &mut hprev };
-        lstm_forward(dims, batch, &x, &w_ih, &w_hh, &bias, saved, &mut out, &mut scratch);
+        lstm_forward(
+            dims,
+            batch,
+            &x,
+            &w_ih,
+            &w_hh,
+            &bias,
+            saved,
+            &mut out,
+            &mut scratch,
+            crate::gemm_bf16::Precision::F32,
+        );
         let mut delta = vec![f32::NAN; batch * dims.gates_len()];
         let mut dx = vec![f32::NAN; batch * dims.input_len()];
         let mut scratch = vec![f32::NAN; backward_scratch_len(dims, batch)];
-        lstm_backward(dims, batch, &r, &w_ih, &w_hh, &gates, &cells, &mut delta, &mut dx, &mut scratch);
+        lstm_backward(
+            dims,
+            batch,
+            &r,
+            &w_ih,
+            &w_hh,
+            &gates,
+            &cells,
+            &mut delta,
+            &mut dx,
+            &mut scratch,
+            crate::gemm_bf16::Precision::F32,
+        );
         Run { out, x, w_ih, w_hh, bias, r, hprev, delta, dx }
     }
 

@@ -11,7 +11,7 @@
 use crate::accounting::AccountantKind;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::model::{Batch, DpModel, Workspace};
+use crate::model::{Batch, DpModel, Precision, Workspace};
 use crate::optim::{NoisyGradient, Optimizer, StepInfo};
 use crate::rng::{self, KeySource, Streams};
 use crate::sampling::{Sampler, SamplingMode};
@@ -35,6 +35,8 @@ pub struct BaselineConfig {
     pub seed: Option<u64>,
     /// No progress output.
     pub quiet: bool,
+    /// The precision of the forward's and backward's products.
+    pub precision: Precision,
 }
 
 /// Trains `model` without privacy on `train`, evaluating on `eval` after every epoch (and calling
@@ -90,7 +92,7 @@ pub fn fit_non_private<M: DpModel>(
     let mut sampler = Sampler::new(SamplingMode::Shuffled, n, b);
     let room = (DEFAULT_MEMORY_BUDGET as u64).saturating_sub(Workspace::fixed_len::<M>() as u64 * 4);
     let max_chunk = (room / (M::WORKSPACE_PER_EXAMPLE.max(1) as u64 * 4)).clamp(1, b as u64) as usize;
-    let mut workspace = Workspace::new::<M>(max_chunk);
+    let mut workspace = Workspace::new::<M>(max_chunk).with_precision(config.precision);
     let (mut inputs, mut labels, mut losses) = (Vec::new(), Vec::new(), Vec::new());
     let mut gradient = vec![0.0f32; M::TRAINED_PARAM_COUNT];
     let mut indices = Vec::new();

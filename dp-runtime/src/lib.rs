@@ -25,6 +25,7 @@ pub mod trainer;
 pub use data::Dataset;
 pub use error::{Error, Result};
 pub use model::{
-    Batch, DpModel, InputElem, LayerInfo, LoraSpec, Loss, NormStrategy, ParamSpec, Workspace, FROZEN_GROUP,
+    Batch, DpModel, InputElem, LayerInfo, LoraSpec, Loss, NormStrategy, ParamSpec, Precision, Workspace,
+    FROZEN_GROUP,
 };
 pub use trainer::{Diagnostics, EpochReport, Report, RunDiagnostics, Trainer};

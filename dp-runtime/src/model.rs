@@ -4,6 +4,7 @@
 //! looking at its layers. All shapes of one example are associated constants, fixed at compile time;
 //! the batch size is a run-time value.
 
+pub use dp_kernels::gemm_bf16::Precision;
 use rand::RngCore;
 
 /// The element type of a model's input: `f32` features (images, tabular data) or `u32` token ids.
@@ -115,18 +116,39 @@ pub struct Batch<'a, T> {
     pub size: usize,
 }
 
-/// Scratch memory for a model, sized once from the static memory plan and reused for every step.
+/// Scratch memory for a model, sized once from the static memory plan and reused for every step,
+/// and the precision of the products its passes run ([`Precision`], f32 unless set).
 #[derive(Debug, Clone, Default)]
 pub struct Workspace {
     arena: Vec<f32>,
     max_batch: usize,
+    precision: Precision,
 }
 
 impl Workspace {
     /// A workspace able to hold batches of up to `max_batch` examples of model `M`, with the
     /// per-task scratch sized for the threads of the current rayon pool ([`Workspace::len`]).
     pub fn new<M: DpModel>(max_batch: usize) -> Self {
-        Workspace { arena: vec![0.0; Self::len::<M>(max_batch)], max_batch: max_batch.max(1) }
+        Workspace {
+            arena: vec![0.0; Self::len::<M>(max_batch)],
+            max_batch: max_batch.max(1),
+            precision: Precision::F32,
+        }
+    }
+
+    /// The same workspace with its products in `precision`. With [`Precision::Bf16`] the products
+    /// that carry activations forward and gradients back to the inputs (convolutions, linear layers,
+    /// the LSTM, attention's projections) round their operands to bf16 and accumulate in f32; every
+    /// product that forms a per-example norm or a parameter gradient stays f32, so each example's
+    /// clipped gradient is exactly the one whose norm was measured.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// The precision of the products of this workspace's passes.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// `f32`s of a workspace for batches of up to `max_batch` examples of `M`: the fixed part, the
@@ -161,7 +183,7 @@ impl Workspace {
     /// Grows the workspace if `batch` does not fit (the only allocation a step can cause).
     pub fn ensure<M: DpModel>(&mut self, batch: usize) {
         if batch > self.max_batch {
-            *self = Workspace::new::<M>(batch);
+            *self = Workspace::new::<M>(batch).with_precision(self.precision);
         }
     }
 

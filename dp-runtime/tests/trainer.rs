@@ -6,7 +6,7 @@ mod common;
 
 use common::{separable, Mlp, SoftmaxRegression, FEATURES};
 use dp_runtime::accounting::{self, AccountantKind};
-use dp_runtime::model::DpModel;
+use dp_runtime::model::{DpModel, Precision};
 use dp_runtime::optim::{Adam, Sgd};
 use dp_runtime::rng::{self, seeded, Domain};
 use dp_runtime::sampling::SamplingMode;
@@ -391,7 +391,14 @@ fn the_non_private_baseline_learns_and_reports_infinite_epsilon() {
     let (train, test) = (separable(2000, 7), separable(300, 8));
     let mut model = softmax();
     let mut optimizer = Sgd::new(0.5);
-    let config = BaselineConfig { batch_size: 64, epochs: 2.0, max_steps: None, seed: Some(1), quiet: true };
+    let config = BaselineConfig {
+        batch_size: 64,
+        epochs: 2.0,
+        max_steps: None,
+        seed: Some(1),
+        quiet: true,
+        precision: Precision::F32,
+    };
     let mut epochs = 0;
     let report = fit_non_private(&mut model, &mut optimizer, &train, &test, config, |_| epochs += 1).unwrap();
     assert_eq!((epochs, report.steps), (2, 63), "T = round(2 · 2000 / 64)");

@@ -69,6 +69,7 @@ pub fn run<M: DpModel>(
             max_steps: flags.max_steps,
             seed: None,
             quiet: false,
+            precision: dp::Precision::F32,
         };
         baseline::fit_non_private(&mut model, &mut optimizer, &train, &test, config, |_| {})?
     } else {

@@ -27,7 +27,7 @@ use dp_runtime::clipping::ClipMode;
 use dp_runtime::noise::GaussianNoise;
 use dp_runtime::optim::{NoisyGradient, Optimizer, Sgd, StepInfo};
 use dp_runtime::trainer::step::StepEngine;
-use dp_runtime::{Batch, Dataset, DpModel, Error, InputElem, Loss, Result, Workspace};
+use dp_runtime::{Batch, Dataset, DpModel, Error, InputElem, Loss, Precision, Result, Workspace};
 use rand::{Rng, RngCore};
 use serde_json::json;
 
@@ -98,6 +98,10 @@ pub struct BenchArgs {
     /// Threads of the pool the kernels run on (default: one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// The precision of the forward's and backward's products: f32, or bf16 (operands rounded to
+    /// bf16, f32 accumulation; norms, clipped sums, noise and the update stay f32).
+    #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
+    pub precision: Precision,
     /// One JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
@@ -304,10 +308,10 @@ struct PrivateStep<M: DpModel> {
 }
 
 impl<M: DpModel> PrivateStep<M> {
-    fn new(model: M, batch: usize) -> Self {
+    fn new(model: M, batch: usize, precision: Precision) -> Self {
         PrivateStep {
             model,
-            engine: StepEngine::new(CLIP_NORM, ClipMode::Flat, batch, batch),
+            engine: StepEngine::new(CLIP_NORM, ClipMode::Flat, batch, batch).with_precision(precision),
             noise: GaussianNoise::new(dp_runtime::rng::seeded(1)),
             optimizer: Sgd::new(LEARNING_RATE),
             step: 0,
@@ -345,10 +349,10 @@ struct NonPrivateStep<M: DpModel> {
 }
 
 impl<M: DpModel> NonPrivateStep<M> {
-    fn new(model: M, batch: usize) -> Self {
+    fn new(model: M, batch: usize, precision: Precision) -> Self {
         NonPrivateStep {
             model,
-            workspace: Workspace::new::<M>(batch),
+            workspace: Workspace::new::<M>(batch).with_precision(precision),
             inputs: Vec::new(),
             labels: Vec::new(),
             losses: vec![0.0; batch],
@@ -398,6 +402,7 @@ pub struct Measurement {
     pub parameters: usize,
     pub batch_size: usize,
     pub threads: usize,
+    pub precision: Precision,
     pub steps: usize,
     pub warmup: usize,
     pub private: Option<Timing>,
@@ -425,6 +430,7 @@ impl Measurement {
             "parameters": self.parameters,
             "batch_size": self.batch_size,
             "threads": self.threads,
+            "precision": self.precision.name(),
             "steps": self.steps,
             "warmup": self.warmup,
             "private_ms_median": self.private.map(|t| t.median),
@@ -532,7 +538,8 @@ impl ModelTask for Measure<'_> {
         reset_peak_rss();
         let private = match args.mode.private() {
             true => {
-                let mut step = PrivateStep::new(M::from_params(initial.params().to_vec()), batch);
+                let mut step =
+                    PrivateStep::new(M::from_params(initial.params().to_vec()), batch, args.precision);
                 let timing = time_steps(warmup, args.steps, || step.run(&data, &indices))?;
                 check_finite(&step.model, "private")?;
                 Some(timing)
@@ -541,7 +548,8 @@ impl ModelTask for Measure<'_> {
         };
         let non_private = match args.mode.non_private() {
             true => {
-                let mut step = NonPrivateStep::new(M::from_params(initial.params().to_vec()), batch);
+                let mut step =
+                    NonPrivateStep::new(M::from_params(initial.params().to_vec()), batch, args.precision);
                 let timing = time_steps(warmup, args.steps, || step.run(&data, &indices))?;
                 check_finite(&step.model, "non-private")?;
                 Some(timing)
@@ -554,6 +562,7 @@ impl ModelTask for Measure<'_> {
             parameters: M::PARAM_COUNT,
             batch_size: batch,
             threads: rayon::current_num_threads(),
+            precision: args.precision,
             steps: args.steps,
             warmup,
             private,
@@ -661,13 +670,14 @@ impl ModelTask for FindMaxBatch {
         // A small step first, so that code pages, thread stacks and the GEMM's scratch are resident
         // before the measured step and do not count against its budget.
         let warmup = synthetic_data::<M>(1)?;
-        PrivateStep::new(M::init(&mut dp_runtime::rng::seeded(2)), 1).run(&warmup, &[0])?;
+        PrivateStep::new(M::init(&mut dp_runtime::rng::seeded(2)), 1, Precision::F32).run(&warmup, &[0])?;
         drop(warmup);
         reset_peak_rss();
         let before = resident_bytes();
         let data = synthetic_data::<M>(distinct.min(batch_usize))?;
         let indices = batch_indices(batch_usize, data.len());
-        let mut step = PrivateStep::new(M::init(&mut dp_runtime::rng::seeded(2)), batch_usize);
+        let mut step =
+            PrivateStep::new(M::init(&mut dp_runtime::rng::seeded(2)), batch_usize, Precision::F32);
         let start = Instant::now();
         step.run(&data, &indices)?;
         let step_ms = start.elapsed().as_secs_f64() * 1e3;

@@ -72,6 +72,12 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     }
 }
 
+/// Parses `--precision`: `f32` or `bf16`.
+pub fn parse_precision(text: &str) -> Result<dp_runtime::Precision, String> {
+    dp_runtime::Precision::from_name(text)
+        .ok_or_else(|| format!("unknown precision `{text}`: expected f32 or bf16"))
+}
+
 /// The one-line message for an error, naming the command-line flag where one is at fault, and the
 /// exit status that goes with it.
 pub fn describe_error(error: &Error) -> (String, u8) {

@@ -19,7 +19,7 @@ use dp_runtime::data::npy;
 use dp_runtime::noise::GaussianNoise;
 use dp_runtime::optim::{NoisyGradient, Optimizer, Sgd, StepInfo};
 use dp_runtime::pytorch::{self, Layout};
-use dp_runtime::{rng, Batch, DpModel, Error, Result, Workspace};
+use dp_runtime::{rng, Batch, DpModel, Error, Precision, Result, Workspace};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
@@ -61,6 +61,10 @@ pub struct StepArgs {
     /// Where to write the per-example gradient norms before clipping (f32 .npy of shape [N]).
     #[arg(long)]
     pub norms_out: Option<PathBuf>,
+    /// The precision of the forward's and backward's products: f32, or bf16 (operands rounded to
+    /// bf16, f32 accumulation; the norms, the clipped sum and the update stay f32).
+    #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
+    pub precision: Precision,
 }
 
 impl StepArgs {
@@ -113,7 +117,7 @@ pub fn dp_step<M: DpModel>(
 ) -> Result<StepResult> {
     let model = M::from_params(params);
     let groups = M::GROUPS.len();
-    let mut workspace = Workspace::new::<M>(size);
+    let mut workspace = Workspace::new::<M>(size).with_precision(args.precision);
     let batch = Batch { inputs, labels, size };
     let mut losses = vec![0.0f32; size];
     let mut sq_norms = vec![0.0f32; size * groups];

@@ -13,7 +13,7 @@ use dp_runtime::distributed::{self, Group, Shard};
 use dp_runtime::optim::{Adam, Optimizer, Schedule, Sgd};
 use dp_runtime::pretrained::{self, InitOptions, RenameMap};
 use dp_runtime::trainer::EpochReport;
-use dp_runtime::{checkpoint, lora, rng, DpModel, Error, Report, Result, Trainer};
+use dp_runtime::{checkpoint, lora, rng, DpModel, Error, Precision, Report, Result, Trainer};
 use serde_json::json;
 
 use super::datasets::{DataSource, NpyInput};
@@ -162,6 +162,10 @@ pub struct TrainArgs {
     /// Stop after this many steps (e.g. in CI); the noise is still that of the whole plan.
     #[arg(long)]
     pub max_steps: Option<u64>,
+    /// The precision of the forward's and backward's products: f32, or bf16 (operands rounded to
+    /// bf16, f32 accumulation; the per-example norms, clipped sums, noise and optimizer stay f32).
+    #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
+    pub precision: Precision,
 }
 
 /// The hyperparameters of one run: the recipe, overridden by the flags given.
@@ -503,6 +507,7 @@ where
                 max_steps: args.max_steps,
                 seed: args.seed,
                 quiet: false,
+                precision: args.precision,
             };
             let report =
                 baseline::fit_non_private(&mut model, optimizer.as_mut(), &train, &test, config, print_epoch)
@@ -520,6 +525,7 @@ where
                 .delta(args.delta)
                 .allow_large_delta(args.allow_large_delta)
                 .non_private_diagnostics(args.non_private_diagnostics)
+                .precision(args.precision)
                 .on_epoch(print_epoch);
             trainer = match (args.target_epsilon, args.noise_multiplier) {
                 (Some(epsilon), _) => trainer.target_privacy(epsilon, args.delta),

@@ -108,7 +108,13 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
                 assert_eq!(losses.len(), n, "{}: losses of {} examples", #name, n);
             }
 
-            fn __dp_forward(&self, arena: &mut [f32], inputs: &[#input_ty], n: usize) {
+            fn __dp_forward(
+                &self,
+                arena: &mut [f32],
+                inputs: &[#input_ty],
+                n: usize,
+                precision: ::dp::__private::runtime::Precision,
+            ) {
                 #carve_arena
                 let p: &[f32] = &self.params;
                 #forward
@@ -124,7 +130,8 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
                 Self::__dp_check_batch(&batch, losses);
                 let (n, inputs, labels) = (batch.size, batch.inputs, batch.labels);
                 ws.ensure::<Self>(n);
-                self.__dp_forward(ws.arena(), inputs, n);
+                let precision = ws.precision();
+                self.__dp_forward(ws.arena(), inputs, n, precision);
                 #carve_all
                 let p: &[f32] = &self.params;
                 #backward
@@ -166,7 +173,8 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
                 assert_eq!(inputs.len(), n * #input_len, "{}: inputs of {} examples", #name, n);
                 assert_eq!(outputs.len(), n * #output_len, "{}: outputs of {} examples", #name, n);
                 ws.ensure::<Self>(n);
-                self.__dp_forward(ws.arena(), inputs, n);
+                let precision = ws.precision();
+                self.__dp_forward(ws.arena(), inputs, n, precision);
                 outputs.copy_from_slice(&ws.arena()[#out_start * n..#out_end * n]);
             }
 

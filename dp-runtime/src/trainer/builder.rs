@@ -9,7 +9,7 @@ use crate::clipping::ClipMode;
 use crate::data::augment::Augmentation;
 use crate::distributed::{Group, Shard};
 use crate::error::Error;
-use crate::model::DpModel;
+use crate::model::{DpModel, Precision};
 use crate::optim::Optimizer;
 use crate::plan::{Length, NoiseSpec};
 use crate::sampling::SamplingMode;
@@ -116,6 +116,15 @@ impl<'m, M: DpModel> Trainer<'m, M> {
     /// noise (see `noise::secure`). Costs one model call per example.
     pub fn secure_noise(mut self, secure: bool) -> Self {
         self.secure_noise = secure;
+        self
+    }
+
+    /// The precision of the model's forward and backward products (default f32; see
+    /// [`crate::Workspace::with_precision`]). With [`Precision::Bf16`] the per-example norms, the clip
+    /// factors, the clipped sum, the noise and the optimizer stay f32, and so does the privacy
+    /// guarantee: each example's contribution is clipped to the norm that was measured.
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
         self
     }
 

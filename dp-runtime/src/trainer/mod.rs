@@ -25,7 +25,7 @@ use crate::data::Dataset;
 use crate::distributed::step::DistributedRun;
 use crate::distributed::{Group, Shard};
 use crate::error::{Error, Result};
-use crate::model::{DpModel, Loss, Workspace};
+use crate::model::{DpModel, Loss, Precision, Workspace};
 use crate::noise::{GaussianNoise, SecureAggregator};
 use crate::optim::{NoisyGradient, Optimizer, StepInfo};
 use crate::plan::{self, Length, NoiseSpec, PlanConfig, PrivacyPlan, SecureGrid};
@@ -62,6 +62,7 @@ pub struct Trainer<'m, M: DpModel> {
     stop_at_budget: bool,
     sampling: SamplingMode,
     secure_noise: bool,
+    precision: Precision,
     memory_budget: usize,
     quiet: bool,
     checkpoint: Option<PathBuf>,
@@ -100,6 +101,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             stop_at_budget: false,
             sampling: SamplingMode::Poisson,
             secure_noise: false,
+            precision: Precision::F32,
             memory_budget: DEFAULT_MEMORY_BUDGET,
             quiet: false,
             checkpoint: None,
@@ -308,6 +310,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
         if let Some((count, augmentation)) = self.views {
             engine = engine.with_views(count, augmentation, streams.augment)?;
         }
+        engine = engine.with_precision(self.precision);
         let noise_std = plan.noise_multiplier() * clip_norm;
         let progress = Progress::new(last_step, start_step, self.quiet || !is_root);
         let checkpoint_path = self.checkpoint.as_deref().filter(|_| is_root);

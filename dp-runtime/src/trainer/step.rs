@@ -13,7 +13,7 @@ use crate::clipping::{clip_factors, ClipMode};
 use crate::data::augment::Augmentation;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::model::{Batch, DpModel, Workspace};
+use crate::model::{Batch, DpModel, Precision, Workspace};
 use crate::noise::{GaussianNoise, SecureAggregator};
 
 /// Models with fewer parameters draw their noise on the calling thread instead of alongside the
@@ -84,6 +84,15 @@ impl<M: DpModel> StepEngine<M> {
         self.views =
             Some(Views::new(count, augmentation, rng, self.clip_norm, self.clip_mode, self.max_chunk)?);
         Ok(self)
+    }
+
+    /// The model's products in `precision` ([`Workspace::with_precision`]), the views' too.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.workspace = std::mem::take(&mut self.workspace).with_precision(precision);
+        if let Some(views) = self.views.as_mut() {
+            views.set_precision(precision);
+        }
+        self
     }
 
     /// The largest number of examples per model call.

@@ -14,7 +14,7 @@ use crate::clipping::{clip_factors, ClipMode};
 use crate::data::augment::{Augmentation, ImageShape, ViewChoice};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::model::{Batch, DpModel, Workspace};
+use crate::model::{Batch, DpModel, Precision, Workspace};
 
 /// Examples per block: one worker sums a block's clipped averages in order. Small enough that a batch
 /// of a few hundred examples keeps every core busy, large enough that a block's partial sum (one
@@ -36,6 +36,8 @@ pub struct Views<M: DpModel> {
     /// The views of the current batch, `count` per example, in batch order.
     choices: Vec<ViewChoice>,
     workers: Vec<Worker<M::Input>>,
+    /// The precision of the workers' products.
+    precision: Precision,
 }
 
 /// One worker's buffers: a workspace for one example's views, and its block's partial sum.
@@ -92,7 +94,16 @@ impl<M: DpModel> Views<M> {
             group_ranges,
             choices: Vec::new(),
             workers: Vec::new(),
+            precision: Precision::F32,
         })
+    }
+
+    /// The workers' products in `precision` ([`Workspace::with_precision`]).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+        for worker in &mut self.workers {
+            worker.workspace = std::mem::take(&mut worker.workspace).with_precision(precision);
+        }
     }
 
     /// Adds every example's clipped average over its views into `sum` (`TRAINED_PARAM_COUNT` long).
@@ -198,7 +209,7 @@ impl<M: DpModel> Views<M> {
     fn grow_workers(&mut self, workers: usize) {
         while self.workers.len() < workers {
             self.workers.push(Worker {
-                workspace: Workspace::new::<M>(self.count),
+                workspace: Workspace::new::<M>(self.count).with_precision(self.precision),
                 inputs: Vec::new(),
                 labels: Vec::new(),
                 losses: vec![0.0; self.count],

@@ -46,11 +46,11 @@ pub fn forward(plan: &Plan, s: &AttentionStep) -> TokenStream {
     quote! {{
         #dims
         #dense::linear_forward(
-            #x, #w_in, ::core::option::Option::Some(#b_in), n * #t, #d, #d3, #root::Activation::Identity, #qkv,
+            #x, #w_in, ::core::option::Option::Some(#b_in), n * #t, #d, #d3, #root::Activation::Identity, #qkv, precision,
         );
         #attention::attention_forward(&DIMS, n, #qkv_r, #probs, #ctx);
         #dense::linear_forward(
-            #ctx_r, #w_out, ::core::option::Option::Some(#b_out), n * #t, #d, #d, #root::Activation::Identity, #y,
+            #ctx_r, #w_out, ::core::option::Option::Some(#b_out), n * #t, #d, #d, #root::Activation::Identity, #y, precision,
         );
     }}
 }
@@ -70,9 +70,9 @@ pub fn backward(plan: &Plan, s: &AttentionStep) -> TokenStream {
     };
     quote! {{
         #dims
-        #dense::linear_input_grad(#dy, #w_out, n * #t, #d, #d, #dctx);
+        #dense::linear_input_grad(#dy, #w_out, n * #t, #d, #d, #dctx, precision);
         #attention::attention_backward(&DIMS, n, #qkv, #probs, #dctx_r, #dqkv, #scratch);
-        #dense::linear_input_grad(#dqkv_r, #w_in, n * #t, #d, #d3, #dx);
+        #dense::linear_input_grad(#dqkv_r, #w_in, n * #t, #d, #d3, #dx, precision);
         #add
     }}
 }

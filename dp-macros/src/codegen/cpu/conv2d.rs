@@ -38,7 +38,7 @@ pub fn forward(plan: &Plan, s: &ConvStep) -> TokenStream {
     let chunks = kernels::conv_chunks();
     quote! {{
         let geom = #g;
-        #chunks::conv2d_forward(&geom, n, #x, #w, #bias, #patches, #rows, #y);
+        #chunks::conv2d_forward(&geom, n, #x, #w, #bias, #patches, #rows, #y, precision);
         #act
     }}
 }
@@ -52,7 +52,7 @@ pub fn backward(plan: &Plan, s: &ConvStep) -> TokenStream {
         let (acc, chunks) = (accumulate(t), kernels::conv_chunks());
         quote! {{
             let geom = #g;
-            #chunks::conv2d_backward_input(&geom, n, #delta, #w, #patches, #rows, #dx);
+            #chunks::conv2d_backward_input(&geom, n, #delta, #w, #patches, #rows, #dx, precision);
             #acc
         }}
     });

@@ -34,7 +34,7 @@ pub fn forward(plan: &Plan, d: &DenseStep) -> TokenStream {
     let (n_in, n_out, f, dense) = (lit(d.inputs), lit(d.outputs), act(d.act), kernels::dense());
     let rows = rows(d);
     quote! {
-        #dense::linear_forward(#a, #w, #bias, #rows, #n_in, #n_out, #f, #y);
+        #dense::linear_forward(#a, #w, #bias, #rows, #n_in, #n_out, #f, #y, precision);
     }
 }
 
@@ -46,7 +46,7 @@ pub fn backward(plan: &Plan, d: &DenseStep) -> TokenStream {
         let (delta, w, ga, n_in) =
             (read(Buf::Arena(d.delta)), param(plan, d.weight), write(t.write), lit(d.inputs));
         let (acc, dense) = (accumulate(t), kernels::dense());
-        quote!(#dense::linear_input_grad(#delta, #w, #rows, #n_in, #n_out, #ga); #acc)
+        quote!(#dense::linear_input_grad(#delta, #w, #rows, #n_in, #n_out, #ga, precision); #acc)
     });
     quote!(#act_back #input_grad)
 }

@@ -74,6 +74,7 @@ pub fn forward(plan: &Plan, s: &LstmStep) -> TokenStream {
             #lstm::LstmSaved { gates: #gates, cells: #cells, hprev: #hprev },
             #out,
             #scratch,
+            precision,
         );
     }}
 }
@@ -89,7 +90,7 @@ pub fn backward(plan: &Plan, s: &LstmStep) -> TokenStream {
     let (delta, scratch, lstm) = (write(s.delta), write(s.scratch), kernels::lstm());
     quote! {{
         #dims
-        #lstm::lstm_backward(&DIMS, n, #dout, #w_ih, #w_hh, #gates, #cells, #delta, #dx, #scratch);
+        #lstm::lstm_backward(&DIMS, n, #dout, #w_ih, #w_hh, #gates, #cells, #delta, #dx, #scratch, precision);
         #add
     }}
 }
