@@ -119,6 +119,7 @@ fn every_bad_input_of_every_subcommand_exits_2_with_one_line_naming_the_culprit(
         ("zero max steps", train(&["--target-epsilon", "1", "--max-steps", "0"]), "--max-steps".into()),
         ("negative noise multiplier", train(&["--noise-multiplier", "-1"]), "--noise-multiplier".into()),
         ("not a number", train(&["--target-epsilon", "three"]), "--target-epsilon".into()),
+        ("unknown precision", train(&["--target-epsilon", "1", "--precision", "fp16"]), "--precision".into()),
         // dp train: conflicts
         ("no privacy choice", train(&[]), "--target-epsilon".into()),
         (
@@ -231,6 +232,11 @@ fn every_bad_input_of_every_subcommand_exits_2_with_one_line_naming_the_culprit(
         ),
         // dp bench
         ("zero bench steps", cmd(&["bench", "--model", "ffnn", "--steps", "0"]), "--steps".into()),
+        (
+            "unknown bench precision",
+            cmd(&["bench", "--model", "ffnn", "--precision", "f16"]),
+            "--precision".into(),
+        ),
         ("bench flags in conflict", cmd(&["bench", "--all", "--model", "ffnn"]), "--model".into()),
     ];
 

@@ -223,7 +223,9 @@ pub fn conv2d_norms_sq(
 /// every example's weight gradient (and bias gradient if `bias`) into `kept[i·len..(i+1)·len]`,
 /// `len = per_example::kept_len(&geom.layer(), bias)`, and ADDS its squared norm into
 /// `norms_sq[i * norm_stride]`. The clipped sum is then
-/// [`per_example::stored_clipped_sum`] over `kept`: no patches, no second product.
+/// [`per_example::stored_clipped_sum`] over `kept`: no patches, no second product. The products that
+/// form the kept gradients run in `precision`: what is kept is both what is normed and what is
+/// summed, so an example's clipped contribution has the norm measured in either precision.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_kept_norms_sq(
     geom: &Conv2dGeometry,
@@ -235,6 +237,7 @@ pub fn conv2d_kept_norms_sq(
     kept: &mut [f32],
     norms_sq: &mut [f32],
     norm_stride: usize,
+    precision: Precision,
 ) {
     let layer = geom.layer();
     let len = per_example::kept_len(&layer, bias);
@@ -259,7 +262,7 @@ pub fn conv2d_kept_norms_sq(
                 let i = k * per_task + j;
                 unfold_example(geom, &x[i * input_len..(i + 1) * input_len], slot);
                 let dout_i = &dout[i * output_len..(i + 1) * output_len];
-                let norm = per_example::kept_direct_norm_sq_of_one(&layer, slot, dout_i, bias, g);
+                let norm = per_example::kept_direct_norm_sq_of_one(&layer, slot, dout_i, bias, g, precision);
                 norms_k[j * norm_stride] += norm as f32;
             }
         });
@@ -617,7 +620,18 @@ mod tests {
             let len = per_example::kept_len(&layer, true);
             let mut kept = vec![f32::NAN; batch * len];
             let mut norms = vec![0.0f32; 2 * batch];
-            conv2d_kept_norms_sq(&geom, true, batch, &x_bad, &dout, &mut patches, &mut kept, &mut norms, 2);
+            conv2d_kept_norms_sq(
+                &geom,
+                true,
+                batch,
+                &x_bad,
+                &dout,
+                &mut patches,
+                &mut kept,
+                &mut norms,
+                2,
+                crate::gemm_bf16::Precision::F32,
+            );
             let mut want = vec![0.0f32; batch];
             let mut slots = vec![0.0f32; per_example::scratch_len(Strategy::Direct, &layer)];
             per_example::direct_norms_sq(
@@ -650,6 +664,7 @@ mod tests {
                         &mut again,
                         &mut again_norms,
                         2,
+                        crate::gemm_bf16::Precision::F32,
                     )
                 });
                 let what = format!("{threads} threads, {slots} slots");

@@ -12,7 +12,7 @@
 //! so this module has its own micro-kernel; it is small because the products it serves (a conv's or an
 //! LSTM's, with one operand a layer's weights) need no cache blocking over `k` beyond what fits the L2.
 
-use crate::gemm::{sgemm, sgemm_serial, Op};
+use crate::gemm::{sgemm, sgemm_serial, Op, Product};
 
 /// The precision of the products of a step's forward and backward passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -95,6 +95,60 @@ pub fn gemm_in_serial(
     }
 }
 
+/// The product for one of several that run in parallel with each other, with [`sgemm`]'s signature:
+/// [`sgemm_serial`] in f32, [`bf16_gemm_serial`] in bf16.
+pub fn serial_product_in(precision: Precision) -> Product {
+    match precision {
+        Precision::F32 => sgemm_serial,
+        Precision::Bf16 => bf16_gemm_serial,
+    }
+}
+
+/// The product for one of several independent products that run in parallel with each other, or for
+/// one that runs alone (threaded when large enough), in `precision`: `gemm::product_for`'s choice.
+pub fn product_in(precision: Precision, runs_in_parallel: bool) -> Product {
+    match (precision, runs_in_parallel) {
+        (Precision::F32, true) => sgemm_serial,
+        (Precision::F32, false) => sgemm,
+        (Precision::Bf16, true) => bf16_gemm_serial,
+        (Precision::Bf16, false) => bf16_gemm_threaded,
+    }
+}
+
+/// [`bf16_gemm`], threaded when large enough, with [`sgemm`]'s signature.
+#[allow(clippy::too_many_arguments)]
+pub fn bf16_gemm_threaded(
+    op_a: Op,
+    op_b: Op,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+) {
+    bf16_gemm(true, op_a, op_b, (m, n, k), alpha, a, b, beta, c);
+}
+
+/// [`bf16_gemm`] on the calling thread, with [`sgemm`]'s signature.
+#[allow(clippy::too_many_arguments)]
+pub fn bf16_gemm_serial(
+    op_a: Op,
+    op_b: Op,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+) {
+    bf16_gemm(false, op_a, op_b, (m, n, k), alpha, a, b, beta, c);
+}
+
 /// Products smaller than this many multiply-adds run on the calling thread (as in `gemm`).
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 
@@ -112,24 +166,110 @@ pub fn bf16_gemm(
     beta: f32,
     c: &mut [f32],
 ) {
-    assert!(a.len() >= m * k, "bf16 gemm: a has {} values, needs {}", a.len(), m * k);
     assert!(b.len() >= k * n, "bf16 gemm: b has {} values, needs {}", b.len(), k * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let scratch = PackedB::take_scratch();
+    let b = PackedB::pack_into(scratch, op_b, (k, n), b);
+    bf16_gemm_packed(may_thread, op_a, m, alpha, a, &b, beta, c);
+    b.return_scratch();
+}
+
+/// The right operand of bf16 products, packed once: for an operand used by many products (an
+/// LSTM's recurrent weight, at every step).
+#[derive(Debug)]
+pub struct PackedB {
+    k: usize,
+    n: usize,
+    form: PackedForm,
+}
+
+#[derive(Debug)]
+enum PackedForm {
+    /// For the AVX512-BF16 kernel: `[k/2][n_padded]` words, each the bf16 pair of rows `(2p, 2p + 1)`
+    /// of one column (the even row in the low half), columns from `n` to `n_padded` zero.
+    Pairs { words: Vec<u32>, n_padded: usize },
+    /// For a CPU without it: the operand rounded to bf16, as stored (`op`).
+    Rounded { values: Vec<f32>, op: Op },
+}
+
+thread_local! {
+    /// Each thread's packing buffers, reused from product to product (a product takes them and
+    /// gives them back; one that finds them taken, inside another's parallel loop, packs into its
+    /// own).
+    static SCRATCH: std::cell::RefCell<[Vec<u32>; 2]> = const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
+}
+
+impl PackedB {
+    /// `op(b)` (`k×n`; `b` stored `k×n` for `Op::N`, `n×k` for `Op::T`) packed for [`bf16_gemm_packed`].
+    pub fn new(op_b: Op, (k, n): (usize, usize), b: &[f32]) -> Self {
+        Self::pack_into(Vec::new(), op_b, (k, n), b)
+    }
+
+    fn take_scratch() -> Vec<u32> {
+        SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut()[1]))
+    }
+
+    fn return_scratch(self) {
+        if let PackedForm::Pairs { words, .. } = self.form {
+            SCRATCH.with(|s| s.borrow_mut()[1] = words);
+        }
+    }
+
+    fn pack_into(words: Vec<u32>, op_b: Op, (k, n): (usize, usize), b: &[f32]) -> Self {
+        assert!(b.len() >= k * n, "bf16 gemm: b has {} values, needs {}", b.len(), k * n);
+        #[cfg(target_arch = "x86_64")]
+        if k > 0 && has_bf16_dot_products() {
+            // SAFETY: the CPU has AVX-512F, AVX-512BW and AVX512-BF16 (checked just above); `b`
+            // holds `k·n` values (asserted).
+            let (words, n_padded) = unsafe { avx512::pack_b(words, op_b, (k, n), b) };
+            return PackedB { k, n, form: PackedForm::Pairs { words, n_padded } };
+        }
+        let values = b[..k * n].iter().map(|&x| round_to_bf16(x)).collect();
+        PackedB { k, n, form: PackedForm::Rounded { values, op: op_b } }
+    }
+}
+
+/// `c = beta·c + alpha·op(a)·b` with `b` packed ([`PackedB`], `k×n`) and `op(a)` `m×k`: [`bf16_gemm`]
+/// without packing `b`.
+#[allow(clippy::too_many_arguments)]
+pub fn bf16_gemm_packed(
+    may_thread: bool,
+    op_a: Op,
+    m: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &PackedB,
+    beta: f32,
+    c: &mut [f32],
+) {
+    let (n, k) = (b.n, b.k);
+    assert!(a.len() >= m * k, "bf16 gemm: a has {} values, needs {}", a.len(), m * k);
     assert!(c.len() >= m * n, "bf16 gemm: c has {} values, needs {}", c.len(), m * n);
     if m == 0 || n == 0 {
         return;
     }
     let parallel = may_thread && m * n * k >= PARALLEL_MIN_MACS;
-    #[cfg(target_arch = "x86_64")]
-    if k > 0 && has_bf16_dot_products() {
-        // SAFETY: the CPU has AVX-512F and AVX512-BF16 (checked just above); the asserts bound the
-        // operands.
-        unsafe { avx512::gemm(parallel, op_a, op_b, (m, n, k), alpha, a, b, beta, c) };
-        return;
+    match &b.form {
+        #[cfg(target_arch = "x86_64")]
+        PackedForm::Pairs { words, n_padded } => {
+            let scratch = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut()[0]));
+            // SAFETY: `Pairs` exists only where the CPU has AVX-512F, -BW and AVX512-BF16
+            // (`PackedB::pack_into`); the asserts bound `a` and `c`, and `words` is `b` packed.
+            let scratch = unsafe {
+                avx512::gemm(parallel, op_a, (m, n, k), alpha, a, (words, *n_padded), beta, c, scratch)
+            };
+            SCRATCH.with(|s| s.borrow_mut()[0] = scratch);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        PackedForm::Pairs { .. } => unreachable!("bf16 pairs are packed on x86-64 only"),
+        PackedForm::Rounded { values, op } => {
+            let a: Vec<f32> = a[..m * k].iter().map(|&x| round_to_bf16(x)).collect();
+            let product = if parallel { sgemm } else { sgemm_serial };
+            product(op_a, *op, m, n, k, alpha, &a, values, beta, c);
+        }
     }
-    let a: Vec<f32> = a[..m * k].iter().map(|&x| round_to_bf16(x)).collect();
-    let b: Vec<f32> = b[..k * n].iter().map(|&x| round_to_bf16(x)).collect();
-    let product = if parallel { sgemm } else { sgemm_serial };
-    product(op_a, op_b, m, n, k, alpha, &a, &b, beta, c);
 }
 
 /// The bf16 bits of `x`, as the AVX512-BF16 conversions form them: round to nearest even, a subnormal
@@ -160,48 +300,76 @@ mod avx512 {
     /// Rows of `c` per micro-tile: 12 rows × 2 vectors = 24 accumulators, with the two vectors of `b`
     /// and a broadcast, 27 of the 32 vector registers.
     const MR: usize = 12;
-    /// Columns of `c` per micro-tile: two vectors of 16.
+    /// Columns of `c` per micro-tile: two vectors of 16 (one for a last block of at most 16).
     const NR: usize = 32;
     /// Micro-tiles of rows per parallel task.
     const TILES_PER_TASK: usize = 4;
 
-    /// An operand packed as bf16 pairs: the pair of `k` values `(2p, 2p+1)` of row `i` at
+    /// The left operand packed as bf16 pairs: the pair of `k` values `(2p, 2p+1)` of row `i` at
     /// `i·row + p·pair`.
-    struct PackedA {
-        pairs: Vec<u32>,
+    struct PackedA<'a> {
+        pairs: &'a [u32],
         row: usize,
         pair: usize,
     }
 
+    /// `b` (`op_b`, `k×n`) as `[k/2][n_padded]` pairs, into `words` (reused); returns them and
+    /// `n_padded`.
+    ///
     /// # Safety
-    /// The CPU must have AVX-512F and AVX512-BF16; `a`, `b` and `c` must hold `m·k`, `k·n` and `m·n`
-    /// values; `k > 0`.
+    /// The CPU must have AVX-512F, AVX-512BW and AVX512-BF16; `b` must hold `k·n` values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pack_b(
+        mut words: Vec<u32>,
+        op_b: Op,
+        (k, n): (usize, usize),
+        b: &[f32],
+    ) -> (Vec<u32>, usize) {
+        // Padded with zeros to whole micro-tiles, so that the kernel loads whole vectors.
+        let n_padded = n.div_ceil(NR) * NR;
+        let kp = k.div_ceil(2);
+        match op_b {
+            Op::N => pack_row_pairs(b, k, n, n_padded, &mut words),
+            Op::T => {
+                let mut rows = Vec::new();
+                pack_rows(b, n, k, &mut rows);
+                transpose_pairs(&rows, n, kp, n_padded, &mut words);
+            }
+        }
+        (words, n_padded)
+    }
+
+    /// `c = beta·c + alpha·op(a)·b` with `b` packed by [`pack_b`]; `scratch` (returned) holds the
+    /// packed `a`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, AVX-512BW and AVX512-BF16; `a` and `c` must hold `m·k` and `m·n`
+    /// values, `b` `k·n` packed by [`pack_b`]; `k > 0`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn gemm(
         parallel: bool,
         op_a: Op,
-        op_b: Op,
         (m, n, k): (usize, usize, usize),
         alpha: f32,
         a: &[f32],
-        b: &[f32],
+        (b, n_padded): (&[u32], usize),
         beta: f32,
         c: &mut [f32],
-    ) {
+        mut scratch: Vec<u32>,
+    ) -> Vec<u32> {
         let kp = k.div_ceil(2);
         let a = match op_a {
             // m×k as stored: each row's pairs are consecutive values.
-            Op::N => PackedA { pairs: pack_rows(a, m, k), row: kp, pair: 1 },
+            Op::N => {
+                pack_rows(a, m, k, &mut scratch);
+                PackedA { pairs: &scratch, row: kp, pair: 1 }
+            }
             // k×m as stored: a pair is two stored rows, column by column.
-            Op::T => PackedA { pairs: pack_row_pairs(a, k, m, m), row: 1, pair: m },
-        };
-        // b as [kp][n_padded]: the pairs of each k pair for every column, padded with zeros to whole
-        // micro-tiles so that the kernel loads whole vectors.
-        let n_padded = n.div_ceil(NR) * NR;
-        let b = match op_b {
-            Op::N => pack_row_pairs(b, k, n, n_padded),
-            Op::T => transpose_pairs(&pack_rows(b, n, k), n, kp, n_padded),
+            Op::T => {
+                pack_row_pairs(a, k, m, m, &mut scratch);
+                PackedA { pairs: &scratch, row: 1, pair: m }
+            }
         };
         let tiles = m.div_ceil(MR);
         let run = |first_tile: usize, c_rows: &mut [f32]| {
@@ -210,9 +378,7 @@ mod avx512 {
                 let (i0, r) = (t * MR, (rows - t * MR).min(MR));
                 let c_tile = &mut c_rows[i0 * n..(i0 + r) * n];
                 // SAFETY: as for `gemm`; the tile's rows and the packed operands are in bounds.
-                unsafe {
-                    row_tile(&a, (first_tile * MR + i0, r), &b, (n, n_padded, kp), alpha, beta, c_tile)
-                };
+                unsafe { row_tile(&a, (first_tile * MR + i0, r), b, (n, n_padded, kp), alpha, beta, c_tile) };
             }
         };
         let c = &mut c[..m * n];
@@ -223,12 +389,13 @@ mod avx512 {
         } else {
             run(0, c);
         }
+        scratch
     }
 
     /// The micro-tiles of `r ≤ MR` rows of `c` starting at row `i0`, across all columns.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn row_tile(
-        a: &PackedA,
+        a: &PackedA<'_>,
         (i0, r): (usize, usize),
         b: &[u32],
         (n, n_padded, kp): (usize, usize, usize),
@@ -240,21 +407,13 @@ mod avx512 {
         for j0 in (0..n_padded).step_by(NR) {
             let tile =
                 Tile { a: a_rows, a_row: a.row, a_pair: a.pair, b: b.as_ptr().add(j0), b_pair: n_padded, kp };
-            let out = Out { c: c.as_mut_ptr().add(j0), c_row: n, cols: (n - j0).min(NR), alpha, beta };
-            match r {
-                12 => tile.run::<12>(out),
-                11 => tile.run::<11>(out),
-                10 => tile.run::<10>(out),
-                9 => tile.run::<9>(out),
-                8 => tile.run::<8>(out),
-                7 => tile.run::<7>(out),
-                6 => tile.run::<6>(out),
-                5 => tile.run::<5>(out),
-                4 => tile.run::<4>(out),
-                3 => tile.run::<3>(out),
-                2 => tile.run::<2>(out),
-                1 => tile.run::<1>(out),
-                _ => unreachable!("a micro-tile has 1 to {MR} rows"),
+            let cols = (n - j0).min(NR);
+            let out = Out { c: c.as_mut_ptr().add(j0), c_row: n, cols, alpha, beta };
+            // A last block of at most 16 columns takes one vector: the other would multiply zeros.
+            if cols <= 16 {
+                tile.rows::<1>(r, out)
+            } else {
+                tile.rows::<2>(r, out)
             }
         }
     }
@@ -279,36 +438,61 @@ mod avx512 {
     }
 
     impl Tile {
+        /// The micro-tile of `r` rows and `V` vectors of columns.
+        #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+        unsafe fn rows<const V: usize>(&self, r: usize, out: Out) {
+            match r {
+                12 => self.run::<12, V>(out),
+                11 => self.run::<11, V>(out),
+                10 => self.run::<10, V>(out),
+                9 => self.run::<9, V>(out),
+                8 => self.run::<8, V>(out),
+                7 => self.run::<7, V>(out),
+                6 => self.run::<6, V>(out),
+                5 => self.run::<5, V>(out),
+                4 => self.run::<4, V>(out),
+                3 => self.run::<3, V>(out),
+                2 => self.run::<2, V>(out),
+                1 => self.run::<1, V>(out),
+                _ => unreachable!("a micro-tile has 1 to {MR} rows"),
+            }
+        }
+
         #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
         #[inline]
-        unsafe fn run<const R: usize>(&self, out: Out) {
-            let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        unsafe fn run<const R: usize, const V: usize>(&self, out: Out) {
+            let mut acc = [[_mm512_setzero_ps(); V]; R];
             for p in 0..self.kp {
                 let b_pairs = self.b.add(p * self.b_pair);
-                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b_pairs as *const _));
-                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b_pairs.add(16) as *const _));
+                let mut b = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); V];
+                for (v, b) in b.iter_mut().enumerate() {
+                    *b = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                        b_pairs.add(16 * v) as *const _
+                    ));
+                }
                 for (row, acc) in acc.iter_mut().enumerate() {
                     let pair = *self.a.add(row * self.a_row + p * self.a_pair);
                     let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair as i32));
-                    acc[0] = _mm512_dpbf16_ps(acc[0], a, b0);
-                    acc[1] = _mm512_dpbf16_ps(acc[1], a, b1);
+                    for v in 0..V {
+                        acc[v] = _mm512_dpbf16_ps(acc[v], a, b[v]);
+                    }
                 }
             }
-            let masks = [lane_mask(out.cols), lane_mask(out.cols.saturating_sub(16))];
             let (alpha, beta) = (_mm512_set1_ps(out.alpha), _mm512_set1_ps(out.beta));
             for (row, acc) in acc.iter().enumerate() {
-                for half in 0..2 {
-                    if masks[half] == 0 {
+                for (v, &acc) in acc.iter().enumerate() {
+                    let mask = lane_mask(out.cols.saturating_sub(16 * v));
+                    if mask == 0 {
                         continue;
                     }
-                    let c = out.c.add(row * out.c_row + 16 * half);
-                    let scaled = _mm512_mul_ps(acc[half], alpha);
+                    let c = out.c.add(row * out.c_row + 16 * v);
+                    let scaled = _mm512_mul_ps(acc, alpha);
                     let value = if out.beta == 0.0 {
                         scaled
                     } else {
-                        _mm512_fmadd_ps(_mm512_maskz_loadu_ps(masks[half], c), beta, scaled)
+                        _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, c), beta, scaled)
                     };
-                    _mm512_mask_storeu_ps(c, masks[half], value);
+                    _mm512_mask_storeu_ps(c, mask, value);
                 }
             }
         }
@@ -323,19 +507,31 @@ mod avx512 {
         }
     }
 
+    /// `out` holding exactly `len` words, every one of which the caller overwrites: it only grows
+    /// (zeroed then), so a reused buffer is not cleared again.
+    fn words(out: &mut Vec<u32>, len: usize) -> &mut [u32] {
+        if out.len() < len {
+            out.resize(len, 0);
+        }
+        &mut out[..len]
+    }
+
     /// A row-major `rows×cols` matrix as bf16 pairs along its rows: `[rows][cols/2]`, an odd last
     /// value paired with zero.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn pack_rows(x: &[f32], rows: usize, cols: usize) -> Vec<u32> {
+    unsafe fn pack_rows(x: &[f32], rows: usize, cols: usize, out: &mut Vec<u32>) {
         let pairs = cols.div_ceil(2);
-        let mut out = vec![0u32; rows * pairs];
+        let out = words(out, rows * pairs);
         for (row, packed) in x[..rows * cols].chunks_exact(cols).zip(out.chunks_exact_mut(pairs)) {
             let mut j = 0;
             while j + 32 <= cols {
                 let lo = _mm512_loadu_ps(row.as_ptr().add(j));
                 let hi = _mm512_loadu_ps(row.as_ptr().add(j + 16));
                 let bf = _mm512_cvtne2ps_pbh(hi, lo);
-                _mm512_storeu_si512(packed.as_mut_ptr().add(j / 2) as *mut _, std::mem::transmute(bf));
+                _mm512_storeu_si512(
+                    packed.as_mut_ptr().add(j / 2) as *mut _,
+                    std::mem::transmute::<__m512bh, __m512i>(bf),
+                );
                 j += 32;
             }
             while j < cols {
@@ -344,25 +540,23 @@ mod avx512 {
                 j += 2;
             }
         }
-        out
     }
 
     /// A row-major `rows×cols` matrix as bf16 pairs across its rows: `[rows/2][width]`, word `j` of
     /// pair `p` holding rows `2p` (low half) and `2p + 1` of column `j`; an odd last row is paired with
     /// zero, the columns from `cols` to `width` are zero.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn pack_row_pairs(x: &[f32], rows: usize, cols: usize, width: usize) -> Vec<u32> {
+    unsafe fn pack_row_pairs(x: &[f32], rows: usize, cols: usize, width: usize, out: &mut Vec<u32>) {
         let pairs = rows.div_ceil(2);
-        let mut out = vec![0u32; pairs * width];
+        let out = words(out, pairs * width);
         // Word j takes bf16 j (the even row's) and bf16 16 + j (the odd row's).
         let interleave = _mm512_set_epi16(
             31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3,
             18, 2, 17, 1, 16, 0,
         );
-        for p in 0..pairs {
+        for (p, packed) in out.chunks_exact_mut(width).enumerate() {
             let even = x.as_ptr().add(2 * p * cols);
             let odd = (2 * p + 1 < rows).then(|| x.as_ptr().add((2 * p + 1) * cols));
-            let packed = out.as_mut_ptr().add(p * width);
             for j in (0..cols).step_by(16) {
                 let mask = lane_mask(cols - j);
                 let lo = _mm512_maskz_loadu_ps(mask, even.add(j));
@@ -370,23 +564,23 @@ mod avx512 {
                     Some(odd) => _mm512_maskz_loadu_ps(mask, odd.add(j)),
                     None => _mm512_setzero_ps(),
                 };
-                let bf: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                let bf = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
                 let words = _mm512_permutexvar_epi16(interleave, bf);
-                _mm512_mask_storeu_epi32(packed.add(j) as *mut _, mask, words);
+                _mm512_mask_storeu_epi32(packed.as_mut_ptr().add(j) as *mut _, mask, words);
             }
+            packed[cols..].fill(0);
         }
-        out
     }
 
     /// `[n][kp]` pairs as `[kp][width]` (columns from `n` to `width` zero).
-    fn transpose_pairs(pairs: &[u32], n: usize, kp: usize, width: usize) -> Vec<u32> {
-        let mut out = vec![0u32; kp * width];
-        for (j, column) in pairs.chunks_exact(kp).take(n).enumerate() {
-            for (p, &word) in column.iter().enumerate() {
-                out[p * width + j] = word;
+    fn transpose_pairs(pairs: &[u32], n: usize, kp: usize, width: usize, out: &mut Vec<u32>) {
+        let out = words(out, kp * width);
+        for (p, row) in out.chunks_exact_mut(width).enumerate() {
+            for (j, word) in row[..n].iter_mut().enumerate() {
+                *word = pairs[j * kp + p];
             }
+            row[n..].fill(0);
         }
-        out
     }
 }
 
@@ -469,6 +663,34 @@ mod tests {
                                 c[i]
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_packed_operand_gives_the_bits_of_packing_it_each_time_and_buffers_are_reused_safely() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+        // Large shapes first, then small ones: the reused packing buffers are longer than needed.
+        let shapes = [(130, 64, 288), (40, 400, 100), (7, 33, 9), (3, 5, 1)];
+        for &(m, n, k) in &shapes {
+            for op_b in [Op::N, Op::T] {
+                let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let packed = PackedB::new(op_b, (k, n), &b);
+                for (op_a, rows) in [(Op::N, m), (Op::T, m + 5)] {
+                    let a: Vec<f32> = (0..rows * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+                    let (mut once, mut each) = (vec![f32::NAN; rows * n], vec![f32::NAN; rows * n]);
+                    bf16_gemm_packed(false, op_a, rows, 1.0, &a, &packed, 0.0, &mut once);
+                    bf16_gemm(false, op_a, op_b, (rows, n, k), 1.0, &a, &b, 0.0, &mut each);
+                    assert_eq!(
+                        once.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                        each.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                        "{rows}x{n}x{k} {op_a:?}{op_b:?}"
+                    );
+                    let want = reference(op_a, op_b, (rows, n, k), &a, &b);
+                    for (i, (&got, &(s, magnitude))) in once.iter().zip(&want).enumerate() {
+                        assert!((got as f64 - s).abs() <= 1e-6 * (1.0 + magnitude), "{rows}x{n}x{k}: c[{i}]");
                     }
                 }
             }

@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use crate::fast_math::{self, with_widest_vectors};
 use crate::gemm::{sgemm, sgemm_serial, Op};
-use crate::gemm_bf16::{gemm_in, gemm_in_serial, Precision};
+use crate::gemm_bf16::{bf16_gemm_packed, gemm_in, PackedB, Precision};
 use crate::per_example::{self, Strategy};
 
 // The dimensions are shared with the compiler, which plans with the same formulas.
@@ -108,6 +108,8 @@ pub fn lstm_forward(
     // over the whole buffer).
     gemm_in(precision, Op::N, Op::T, (batch * t_n, g4, d), 1.0, x, w_ih, 0.0, gates);
 
+    // h_{t−1}·W_hhᵀ at every step: in bf16 the weight is packed once for all of them.
+    let recurrent = Recurrent::new(precision, Op::T, (h, g4), w_hh);
     let rows = examples_per_block(batch);
     gates
         .par_chunks_mut(rows * dims.gates_len())
@@ -118,8 +120,34 @@ pub fn lstm_forward(
         .zip(rec.par_chunks_mut(rows * g4))
         .for_each(|(((((gates, cells), hprev), out), h_step), rec)| {
             let block = ForwardBlock { gates, cells, hprev, out, h_step, rec };
-            forward_block(dims, w_hh, &bias[..g4], block, precision);
+            forward_block(dims, &recurrent, &bias[..g4], block);
         });
+}
+
+/// The recurrent weight as every step's product reads it, `op(W_hh)` (`k×n`): f32, or packed once for
+/// bf16 products.
+enum Recurrent<'a> {
+    F32 { weight: &'a [f32], op: Op, k: usize, n: usize },
+    Bf16(PackedB),
+}
+
+impl<'a> Recurrent<'a> {
+    fn new(precision: Precision, op: Op, (k, n): (usize, usize), weight: &'a [f32]) -> Self {
+        match precision {
+            Precision::F32 => Recurrent::F32 { weight, op, k, n },
+            Precision::Bf16 => Recurrent::Bf16(PackedB::new(op, (k, n), weight)),
+        }
+    }
+
+    /// `out = a·op(W_hh)` for `rows` rows of `a`, on the calling thread.
+    fn product(&self, rows: usize, a: &[f32], out: &mut [f32]) {
+        match self {
+            Recurrent::F32 { weight, op, k, n } => {
+                sgemm_serial(Op::N, *op, rows, *n, *k, 1.0, a, weight, 0.0, out)
+            }
+            Recurrent::Bf16(packed) => bf16_gemm_packed(false, Op::N, rows, 1.0, a, packed, 0.0, out),
+        }
+    }
 }
 
 /// Examples per thread's block: the batch split evenly over the pool's threads.
@@ -138,14 +166,14 @@ struct ForwardBlock<'a> {
 }
 
 /// The recurrence of one block of examples over all steps, on the calling thread.
-fn forward_block(dims: &LstmDims, w_hh: &[f32], bias: &[f32], b: ForwardBlock<'_>, precision: Precision) {
+fn forward_block(dims: &LstmDims, recurrent: &Recurrent<'_>, bias: &[f32], b: ForwardBlock<'_>) {
     let (h, g4) = (dims.hidden, 4 * dims.hidden);
     let (gates_len, out_len) = (dims.gates_len(), dims.output_len());
     let rows = b.h_step.len() / h;
     b.h_step.fill(0.0);
     for t in 0..dims.steps {
         if t > 0 {
-            gemm_in_serial(precision, Op::N, Op::T, (rows, g4, h), 1.0, b.h_step, w_hh, 0.0, b.rec);
+            recurrent.product(rows, b.h_step, b.rec);
         }
         with_widest_vectors(
             #[inline(always)]
@@ -278,6 +306,8 @@ pub fn lstm_backward(
     let (dh_rec, rest) = rest.split_at_mut(batch * h);
     let dc = &mut rest[..batch * h];
 
+    // δ_t·W_hh at every step: in bf16 the weight is packed once for all of them.
+    let recurrent = Recurrent::new(precision, Op::N, (g4, h), w_hh);
     let rows = examples_per_block(batch);
     delta
         .par_chunks_mut(rows * dims.gates_len())
@@ -289,7 +319,7 @@ pub fn lstm_backward(
         .zip(dc.par_chunks_mut(rows * h))
         .for_each(|((((((delta, dout), gates), cells), d_step), dh_rec), dc)| {
             let block = BackwardBlock { dout, gates, cells, delta, d_step, dh_rec, dc };
-            backward_block(dims, w_hh, block, precision);
+            backward_block(dims, &recurrent, block);
         });
     gemm_in(precision, Op::N, Op::N, (batch * t_n, d, g4), 1.0, delta, w_ih, 0.0, dx);
 }
@@ -306,7 +336,7 @@ struct BackwardBlock<'a> {
 }
 
 /// Backward through time of one block of examples, on the calling thread.
-fn backward_block(dims: &LstmDims, w_hh: &[f32], b: BackwardBlock<'_>, precision: Precision) {
+fn backward_block(dims: &LstmDims, recurrent: &Recurrent<'_>, b: BackwardBlock<'_>) {
     let (t_n, h, g4) = (dims.steps, dims.hidden, 4 * dims.hidden);
     let (gates_len, out_len) = (dims.gates_len(), dims.output_len());
     let rows = b.dc.len() / h;
@@ -315,7 +345,7 @@ fn backward_block(dims: &LstmDims, w_hh: &[f32], b: BackwardBlock<'_>, precision
         let last = t + 1 == t_n;
         if !last {
             // Gradient reaching h_t through the next step's recurrent product.
-            gemm_in_serial(precision, Op::N, Op::N, (rows, h, g4), 1.0, b.d_step, w_hh, 0.0, b.dh_rec);
+            recurrent.product(rows, b.d_step, b.dh_rec);
         }
         with_widest_vectors(
             #[inline(always)]
@@ -433,7 +463,8 @@ pub const fn kept_len(dims: &LstmDims) -> usize {
 /// The direct norms of both weights and the bias, keeping what they form: writes every example's
 /// gradient `[G_ih (4h×d), G_hh (4h×h), g_b (4h)]` into `kept[i·len..(i+1)·len]` (`len` =
 /// [`kept_len`]) and ADDS its squared norm into `norms_sq[i * norm_stride]`. The clipped sum is then
-/// [`per_example::stored_clipped_sum`] over `kept` instead of [`lstm_clipped_sum`]'s products.
+/// [`per_example::stored_clipped_sum`] over `kept` instead of [`lstm_clipped_sum`]'s products. The
+/// products run in `precision`: what is kept is both what is normed and what is summed.
 #[allow(clippy::too_many_arguments)]
 pub fn lstm_kept_norms_sq(
     dims: &LstmDims,
@@ -444,19 +475,28 @@ pub fn lstm_kept_norms_sq(
     kept: &mut [f32],
     norms_sq: &mut [f32],
     norm_stride: usize,
+    precision: Precision,
 ) {
     let (t, d, h, g4) = (dims.steps, dims.input, dims.hidden, 4 * dims.hidden);
     assert!(x.len() >= batch * t * d, "lstm: input has {} values", x.len());
     assert!(hprev.len() >= batch * t * h, "lstm: hprev has {} values", hprev.len());
     assert!(delta.len() >= batch * t * g4, "lstm: delta has {} values", delta.len());
-    per_example::keep_per_example(batch, kept_len(dims), kept, norms_sq, norm_stride, |i, g, product| {
-        let (g_ih, rest) = g.split_at_mut(dims.weight_ih_len());
-        let (g_hh, g_b) = rest.split_at_mut(dims.weight_hh_len());
-        let delta_i = &delta[i * t * g4..(i + 1) * t * g4];
-        product(Op::T, Op::N, g4, d, t, 1.0, delta_i, &x[i * t * d..(i + 1) * t * d], 0.0, g_ih);
-        product(Op::T, Op::N, g4, h, t, 1.0, delta_i, &hprev[i * t * h..(i + 1) * t * h], 0.0, g_hh);
-        per_example::column_sums(delta_i, t, g4, g_b);
-    });
+    per_example::keep_per_example(
+        batch,
+        kept_len(dims),
+        kept,
+        norms_sq,
+        norm_stride,
+        precision,
+        |i, g, product| {
+            let (g_ih, rest) = g.split_at_mut(dims.weight_ih_len());
+            let (g_hh, g_b) = rest.split_at_mut(dims.weight_hh_len());
+            let delta_i = &delta[i * t * g4..(i + 1) * t * g4];
+            product(Op::T, Op::N, g4, d, t, 1.0, delta_i, &x[i * t * d..(i + 1) * t * d], 0.0, g_ih);
+            product(Op::T, Op::N, g4, h, t, 1.0, delta_i, &hprev[i * t * h..(i + 1) * t * h], 0.0, g_hh);
+            per_example::column_sums(delta_i, t, g4, g_b);
+        },
+    );
 }
 
 /// The clipped sums by book-keeping: ADDS `Σ_i c_i G_i` of `W_ih`, `W_hh` and the bias into `grad_ih`,
@@ -693,7 +733,17 @@ mod tests {
         // Kept gradients: each example's whole gradient, and its squared norm.
         let mut kept = vec![f32::NAN; batch * kept_len(&dims)];
         let mut norms = vec![0.25f32; batch];
-        lstm_kept_norms_sq(&dims, batch, &run.x, &run.hprev, &run.delta, &mut kept, &mut norms, 1);
+        lstm_kept_norms_sq(
+            &dims,
+            batch,
+            &run.x,
+            &run.hprev,
+            &run.delta,
+            &mut kept,
+            &mut norms,
+            1,
+            Precision::F32,
+        );
         for (i, (a, b, c)) in per_example_grads.iter().enumerate() {
             let want: Vec<f64> = a.iter().chain(b).chain(c).copied().collect();
             let g = &kept[i * kept_len(&dims)..(i + 1) * kept_len(&dims)];

@@ -26,6 +26,7 @@
 use rayon::prelude::*;
 
 use crate::gemm::{product_for, sgemm, sgemm_serial, sgemm_strided_serial, Op, Product, Strided};
+use crate::gemm_bf16::{product_in, serial_product_in, Precision};
 
 // The strategies, the positional layer and the cost formulas are shared with the compiler, which
 // chooses with the same formulas the kernels run.
@@ -162,7 +163,8 @@ pub const fn kept_len(layer: &PositionalLayer, bias: bool) -> usize {
 /// `G_{q,i} = Δ_{q,i}ᵀ A_{q,i}` of every group and, with `bias`, its bias gradient `Σ_t δ_{q,i,t}`
 /// into `kept[i·len..(i+1)·len]` (`len` = [`kept_len`]), and ADDS the squared norm of the whole
 /// (weight and bias) into `norms_sq[i * norm_stride]`. [`stored_clipped_sum`] then forms the clipped
-/// sum from `kept` without another product.
+/// sum from `kept` without another product. The products run in `precision`: what is kept is both
+/// what is normed and what is summed.
 #[allow(clippy::too_many_arguments)]
 pub fn kept_direct_norms_sq(
     layer: &PositionalLayer,
@@ -173,21 +175,30 @@ pub fn kept_direct_norms_sq(
     kept: &mut [f32],
     norms_sq: &mut [f32],
     norm_stride: usize,
+    precision: Precision,
 ) {
     let (t, d, p) = (layer.positions, layer.in_width, layer.out_width);
     check_len("A", a.len(), batch * layer.a_len());
     check_len("delta", delta.len(), batch * layer.delta_len());
-    keep_per_example(batch, kept_len(layer, bias), kept, norms_sq, norm_stride, |i, g, product| {
-        let unit = |q: usize| q * batch + i;
-        form_kept(
-            layer,
-            bias,
-            g,
-            product,
-            |q| &a[unit(q) * t * d..(unit(q) + 1) * t * d],
-            |q| &delta[unit(q) * t * p..(unit(q) + 1) * t * p],
-        );
-    });
+    keep_per_example(
+        batch,
+        kept_len(layer, bias),
+        kept,
+        norms_sq,
+        norm_stride,
+        precision,
+        |i, g, product| {
+            let unit = |q: usize| q * batch + i;
+            form_kept(
+                layer,
+                bias,
+                g,
+                product,
+                |q| &a[unit(q) * t * d..(unit(q) + 1) * t * d],
+                |q| &delta[unit(q) * t * p..(unit(q) + 1) * t * p],
+            );
+        },
+    );
 }
 
 /// [`kept_direct_norms_sq`] of one example on the calling thread, its `a` and `delta` laid out as a
@@ -199,6 +210,7 @@ pub fn kept_direct_norm_sq_of_one(
     delta: &[f32],
     bias: bool,
     g: &mut [f32],
+    precision: Precision,
 ) -> f64 {
     let (t, d, p) = (layer.positions, layer.in_width, layer.out_width);
     check_len("A", a.len(), layer.a_len());
@@ -208,7 +220,7 @@ pub fn kept_direct_norm_sq_of_one(
         layer,
         bias,
         g,
-        sgemm_serial,
+        serial_product_in(precision),
         |q| &a[q * t * d..(q + 1) * t * d],
         |q| &delta[q * t * p..(q + 1) * t * p],
     );
@@ -339,6 +351,7 @@ pub fn keep_per_example(
     kept: &mut [f32],
     norms_sq: &mut [f32],
     norm_stride: usize,
+    precision: Precision,
     form: impl Fn(usize, &mut [f32], Product) + Sync,
 ) {
     if batch == 0 || len == 0 {
@@ -346,7 +359,7 @@ pub fn keep_per_example(
     }
     check_len("kept", kept.len(), batch * len);
     check_norms(norms_sq.len(), batch, norm_stride);
-    let product = product_for(batch > 1 && rayon::current_num_threads() > 1);
+    let product = product_in(precision, batch > 1 && rayon::current_num_threads() > 1);
     kept[..batch * len].par_chunks_mut(len).zip(norms_sq.par_chunks_mut(norm_stride)).enumerate().for_each(
         |(i, (g, norm))| {
             form(i, g, product);
@@ -1002,7 +1015,17 @@ mod tests {
                 let mut kept = vec![f32::NAN; batch * len];
                 // Column 1 of a [batch, 2] table that already holds 0.5 everywhere.
                 let mut table = vec![0.5f32; batch * 2];
-                kept_direct_norms_sq(&layer, batch, &a, &delta, bias, &mut kept, &mut table[1..], 2);
+                kept_direct_norms_sq(
+                    &layer,
+                    batch,
+                    &a,
+                    &delta,
+                    bias,
+                    &mut kept,
+                    &mut table[1..],
+                    2,
+                    Precision::F32,
+                );
                 let mut want = vec![0.5f32; batch * 2];
                 let mut slot = vec![0.0f32; scratch_len(Strategy::Direct, &layer)];
                 direct_norms_sq(&layer, batch, &a, &delta, &mut slot, &mut want[1..], 2);

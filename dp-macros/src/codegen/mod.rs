@@ -201,7 +201,7 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
             ) {
                 assert_eq!(sq_norms.len(), batch.size * #groups, "{}: squared norms of {} examples", #name, batch.size);
                 self.__dp_forward_backward(ws, batch, losses);
-                let (n, inputs) = (batch.size, batch.inputs);
+                let (n, inputs, precision) = (batch.size, batch.inputs, ws.precision());
                 #carve_all
                 #norms
             }

@@ -72,7 +72,7 @@ pub fn norms(plan: &Plan, s: &ConvStep) -> TokenStream {
             let kept = write(kept);
             quote! {
                 #chunks::conv2d_kept_norms_sq(
-                    &#g, #bias, n, #x, #delta, #patches, #kept, &mut sq_norms[#gidx..], #groups,
+                    &#g, #bias, n, #x, #delta, #patches, #kept, &mut sq_norms[#gidx..], #groups, precision,
                 );
             }
         }

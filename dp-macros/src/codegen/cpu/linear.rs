@@ -71,7 +71,7 @@ pub fn norms(plan: &Plan, d: &DenseStep) -> TokenStream {
         return quote! {{
             let layer = #k::PositionalLayer::new(#t, #n_in, #n_out);
             #zero
-            #k::kept_direct_norms_sq(&layer, n, #a, #delta, #has_bias, #kept, &mut sq_norms[#gidx..], #groups);
+            #k::kept_direct_norms_sq(&layer, n, #a, #delta, #has_bias, #kept, &mut sq_norms[#gidx..], #groups, precision);
         }};
     }
     match (d.strategy, d.positions) {

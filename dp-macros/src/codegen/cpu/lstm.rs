@@ -116,7 +116,7 @@ pub fn norms(plan: &Plan, s: &LstmStep) -> TokenStream {
     let call = match s.kept {
         Some(kept) => {
             let kept = write(kept);
-            quote!(#lstm::lstm_kept_norms_sq(&DIMS, n, #x, #hprev, #delta, #kept, &mut sq_norms[#g..], #groups);)
+            quote!(#lstm::lstm_kept_norms_sq(&DIMS, n, #x, #hprev, #delta, #kept, &mut sq_norms[#g..], #groups, precision);)
         }
         None => {
             let (s_ih, s_hh) = (strategy(s.ih_strategy), strategy(s.hh_strategy));
