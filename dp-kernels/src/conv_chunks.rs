@@ -13,8 +13,8 @@ use rayon::prelude::*;
 
 use crate::conv::{self, Conv2dGeometry};
 use crate::conv_folded;
-use crate::gemm::{sgemm_serial, Op};
-use crate::gemm_bf16::{gemm_in_serial, Precision};
+use crate::gemm::{Op, Product};
+use crate::gemm_bf16::{gemm_in_serial, round_to_bf16_in_place, serial_product_in, Precision};
 use crate::per_example::{self, Strategy};
 use dp_spec::cost::TASKS_PER_THREAD;
 use dp_spec::RowLayout;
@@ -174,6 +174,11 @@ pub fn conv2d_backward_input(
 /// `norms_sq[i * norm_stride]`, from the kept input `x` and output gradient `dout` (NCHW), one
 /// example at a time as [`conv2d_kept_norms_sq`]: each task with a slot of `patches` (room for one
 /// example's patches at least) and a slot of `norm_scratch` ([`per_example::scratch_len`]).
+///
+/// In bf16 ([`rounds_gradient_operands`]) the weight-gradient norm is that of the gradient of the
+/// patches and `Δ` rounded to bf16, the operands [`conv2d_weight_gradient`]'s bf16 products read, so
+/// that the clipped sum adds exactly the gradients normed here; the bias norm, like the bias sum, reads
+/// `Δ` unrounded.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_norms_sq(
     geom: &Conv2dGeometry,
@@ -186,6 +191,7 @@ pub fn conv2d_norms_sq(
     norm_scratch: &mut [f32],
     norms_sq: &mut [f32],
     norm_stride: usize,
+    precision: Precision,
 ) {
     let layer = geom.layer();
     let (input_len, output_len) = (geom.input_len(), geom.output_len());
@@ -212,10 +218,52 @@ pub fn conv2d_norms_sq(
             for i in k * per_task..((k + 1) * per_task).min(batch) {
                 unfold_example(geom, &x[i * input_len..(i + 1) * input_len], slot);
                 let dout_i = &dout[i * output_len..(i + 1) * output_len];
-                let norm = per_example::norm_sq_of_one(strategy, &layer, slot, dout_i, bias, norm_slot);
+                let norm = if rounds_gradient_operands(geom, precision) {
+                    round_to_bf16_in_place(slot);
+                    ROUNDED_DELTA.with_borrow_mut(|rounded| {
+                        rounded.clear();
+                        rounded.extend_from_slice(dout_i);
+                        round_to_bf16_in_place(rounded);
+                        let weights =
+                            per_example::norm_sq_of_one(strategy, &layer, slot, rounded, false, norm_slot);
+                        weights + if bias { bias_norm_sq(geom, dout_i) } else { 0.0 }
+                    })
+                } else {
+                    per_example::norm_sq_of_one(strategy, &layer, slot, dout_i, bias, norm_slot)
+                };
                 norms_k[(i - k * per_task) * norm_stride] += norm as f32;
             }
         });
+}
+
+/// Whether a conv's weight gradients and their norms (not kept) read their operands rounded to bf16: in
+/// bf16, for the convs whose gradient runs example by example, the factor the product's `alpha`. A conv
+/// that folds scales `Δ` by the factors before its product ([`conv_folded::weight_gradient`]), so its
+/// operands would not be those of its norms: it stays f32.
+pub fn rounds_gradient_operands(geom: &Conv2dGeometry, precision: Precision) -> bool {
+    match precision {
+        Precision::F32 => false,
+        Precision::Bf16 => !conv_folded::folds(geom),
+    }
+}
+
+thread_local! {
+    /// Each thread's copy of one example's `Δ` rounded to bf16, for the norms of [`conv2d_norms_sq`].
+    static ROUNDED_DELTA: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One example's squared bias-gradient norm from its NCHW output gradient: every group's, each the
+/// sum over positions of each channel.
+fn bias_norm_sq(geom: &Conv2dGeometry, dout_i: &[f32]) -> f64 {
+    let layer = geom.layer();
+    let (t, p) = (layer.positions, layer.out_width);
+    let mut total = 0.0;
+    for q in 0..layer.groups {
+        per_example::for_each_bias_sum(layer.layout, &dout_i[q * t * p..(q + 1) * t * p], t, p, |_, s| {
+            total += s * s
+        });
+    }
+    total
 }
 
 /// The direct norms that keep what they form ([`per_example::kept_direct_norms_sq`]), one example
@@ -285,6 +333,7 @@ pub fn conv2d_weight_gradient(
     rows: &mut [f32],
     grad_w: &mut [f32],
     mut grad_b: Option<&mut [f32]>,
+    precision: Precision,
 ) {
     if conv_folded::folds(geom) {
         let (input_len, output_len) = (geom.input_len(), geom.output_len());
@@ -301,7 +350,12 @@ pub fn conv2d_weight_gradient(
             conv_folded::weight_gradient(geom, len, x, dout, factors, patches, rows, grad_w, gb);
         });
     }
-    gradient_by_example(geom, batch, x, dout, factors, patches, grad_w, grad_b);
+    let product = serial_product_in(if rounds_gradient_operands(geom, precision) {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    });
+    gradient_by_example(geom, batch, x, dout, factors, patches, grad_w, grad_b, product);
 }
 
 /// Shares of the weight-gradient sum: at least this many, so that the threads have work to share,
@@ -330,6 +384,7 @@ fn gradient_by_example(
     patches: &mut [f32],
     grad_w: &mut [f32],
     grad_b: Option<&mut [f32]>,
+    product: Product,
 ) {
     geom.assert_valid();
     let (t, d, p, groups) = (geom.positions(), geom.patch_len(), geom.out_per_group(), geom.groups);
@@ -378,7 +433,7 @@ fn gradient_by_example(
                         let (a_q, delta_q) =
                             (&slot[q * d * t..(q + 1) * d * t], &dout_i[q * p * t..(q + 1) * p * t]);
                         let acc_q = &mut acc_w[q * d * p..(q + 1) * d * p];
-                        sgemm_serial(Op::N, Op::T, d, p, t, factor, a_q, delta_q, 1.0, acc_q);
+                        product(Op::N, Op::T, d, p, t, factor, a_q, delta_q, 1.0, acc_q);
                         if bias_len > 0 {
                             let acc_b = &mut acc_b[q * p..(q + 1) * p];
                             per_example::for_each_bias_sum(
@@ -443,6 +498,86 @@ mod tests {
         // Few positions (T = 16) and many channels: these chunks fold into one product per group.
         let few = |groups| Conv2dGeometry { in_c: 640, in_h: 4, in_w: 4, out_c: 128, ..g(groups) };
         vec![g(1), g(2), few(1), few(2)]
+    }
+
+    /// In bf16, a conv whose gradient runs example by example norms and sums the gradients of its
+    /// operands rounded to bf16 (the weight norms bit for bit those of the rounded operands in f32, the
+    /// bias norms and sums those of the unrounded `Δ`); a conv that folds runs in f32, bit for bit.
+    #[test]
+    fn bf16_norms_and_sums_read_the_operands_a_bf16_product_reads() {
+        use crate::gemm_bf16::round_to_bf16;
+        let mut rng = rng(37);
+        let batch = 5;
+        for geom in geometries() {
+            let x = uniform(&mut rng, batch * geom.input_len());
+            let dout = uniform(&mut rng, batch * geom.output_len());
+            let round = |v: &[f32]| v.iter().map(|&v| round_to_bf16(v)).collect::<Vec<f32>>();
+            let (x_r, dout_r) = (round(&x), round(&dout));
+            let rounds = rounds_gradient_operands(&geom, Precision::Bf16);
+            assert_eq!(rounds, !conv_folded::folds(&geom));
+            let layer = geom.layer();
+            for strategy in [Strategy::Ghost, Strategy::Direct] {
+                let norms = |x: &[f32], dout: &[f32], bias: bool, precision: Precision| {
+                    let mut patches = vec![f32::NAN; batch * geom.patches_len()];
+                    let mut scratch = vec![f32::NAN; batch * per_example::scratch_len(strategy, &layer)];
+                    let mut out = vec![0.0f32; batch];
+                    let (p, s) = (&mut patches, &mut scratch);
+                    conv2d_norms_sq(&geom, strategy, bias, batch, x, dout, p, s, &mut out, 1, precision);
+                    out
+                };
+                let what = format!("{geom:?} {strategy:?}");
+                let want = if rounds {
+                    norms(&x_r, &dout_r, false, Precision::F32)
+                } else {
+                    norms(&x, &dout, false, Precision::F32)
+                };
+                assert_same_bits(&what, &norms(&x, &dout, false, Precision::Bf16), &want);
+                // With the bias: its norm from the unrounded Δ, added to the rounded weights' norm.
+                let with_bias = norms(&x, &dout, true, Precision::Bf16);
+                let bias_only: Vec<f32> = norms(&x, &dout, true, Precision::F32)
+                    .iter()
+                    .zip(norms(&x, &dout, false, Precision::F32))
+                    .map(|(all, weights)| all - weights)
+                    .collect();
+                for i in 0..batch {
+                    let expected = want[i] + bias_only[i];
+                    assert!((with_bias[i] - expected).abs() <= 1e-5 * expected, "{what}: example {i}");
+                }
+            }
+            let factors: Vec<f32> = (0..batch).map(|i| [0.5, 0.0, 1.0][i % 3]).collect();
+            let gradient = |x: &[f32], dout: &[f32], precision: Precision| {
+                let mut patches = vec![f32::NAN; batch * geom.patches_len()];
+                let mut rows = vec![f32::NAN; batch * geom.output_len()];
+                let (mut gw, mut gb) = (vec![0.0f32; geom.weight_len()], vec![0.0f32; geom.out_c]);
+                let f = Some((&factors[..], 1));
+                conv2d_weight_gradient(
+                    &geom,
+                    batch,
+                    x,
+                    dout,
+                    f,
+                    &mut patches,
+                    &mut rows,
+                    &mut gw,
+                    Some(&mut gb),
+                    precision,
+                );
+                (gw, gb)
+            };
+            let (gw, gb) = gradient(&x, &dout, Precision::Bf16);
+            let (_, want_b) = gradient(&x, &dout, Precision::F32);
+            assert_same_bits(&format!("{geom:?} bias sums"), &gb, &want_b);
+            if rounds {
+                let (want_w, _) = gradient(&x_r, &dout_r, Precision::F32);
+                let scale = want_w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                for (k, (g, w)) in gw.iter().zip(&want_w).enumerate() {
+                    assert!((g - w).abs() <= 1e-5 * scale, "{geom:?}: weight gradient {k}: {g} against {w}");
+                }
+            } else {
+                let (want_w, _) = gradient(&x, &dout, Precision::F32);
+                assert_same_bits(&format!("{geom:?} weight gradient"), &gw, &want_w);
+            }
+        }
     }
 
     /// The chunked passes against the same kernels over the whole batch at once (whose agreement
@@ -543,6 +678,7 @@ mod tests {
                     &mut slots,
                     &mut norms,
                     2,
+                    crate::gemm_bf16::Precision::F32,
                 );
                 let mut want = vec![0.0f32; 2 * batch];
                 per_example::norms_sq(
@@ -572,6 +708,7 @@ mod tests {
                             &mut norm_slots,
                             &mut again,
                             2,
+                            crate::gemm_bf16::Precision::F32,
                         )
                     });
                     assert_same_bits(
@@ -606,6 +743,7 @@ mod tests {
                 &mut rows,
                 &mut gw,
                 Some(&mut gb),
+                crate::gemm_bf16::Precision::F32,
             );
             let (mut want_w, mut want_b) = (vec![1.0f32; geom.weight_len()], vec![1.0f32; geom.out_c]);
             let mut scaled = whole_rows.clone();
@@ -687,6 +825,7 @@ mod tests {
                 &mut rows,
                 &mut gw,
                 Some(&mut gb),
+                crate::gemm_bf16::Precision::F32,
             );
             let (mut want_w, mut want_b) = (vec![0.0f32; geom.weight_len()], vec![0.0f32; geom.out_c]);
             per_example::sum_outer(&layer, batch, &whole_patches, &whole_rows, &mut want_w);
@@ -710,6 +849,7 @@ mod tests {
                             &mut rows,
                             &mut w_sum,
                             Some(&mut b_sum),
+                            crate::gemm_bf16::Precision::F32,
                         )
                     });
                     (w_sum, b_sum)

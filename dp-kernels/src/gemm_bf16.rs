@@ -291,6 +291,21 @@ pub fn round_to_bf16(x: f32) -> f32 {
     f32::from_bits((bf16_bits(x) as u32) << 16)
 }
 
+/// Every value of `x` rounded to bf16 in place, as the products of [`Precision::Bf16`] round their
+/// operands ([`round_to_bf16`], the same bits): for a pass that must read exactly the operands a bf16
+/// product reads.
+pub fn round_to_bf16_in_place(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_bf16_dot_products() {
+        // SAFETY: the CPU has AVX-512F, -BW and AVX512-BF16 (checked just above).
+        unsafe { avx512::round_in_place(x) };
+        return;
+    }
+    for v in x {
+        *v = round_to_bf16(*v);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::Op;
@@ -498,6 +513,21 @@ mod avx512 {
         }
     }
 
+    /// [`super::round_to_bf16_in_place`] with the instruction set's conversion.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, AVX-512BW and AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn round_in_place(x: &mut [f32]) {
+        for chunk in x.chunks_mut(16) {
+            let mask = lane_mask(chunk.len());
+            let values = _mm512_maskz_loadu_ps(mask, chunk.as_ptr());
+            let bf16: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(values));
+            let widened = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bf16));
+            _mm512_mask_storeu_ps(chunk.as_mut_ptr(), mask, _mm512_castsi512_ps(widened));
+        }
+    }
+
     /// The first `lanes` (at most 16) lanes of a vector.
     fn lane_mask(lanes: usize) -> __mmask16 {
         if lanes >= 16 {
@@ -694,6 +724,34 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn rounding_in_place_gives_the_scalar_rounding_bits() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        let mut values: Vec<f32> = (0..1000).map(|_| f32::from_bits(rng.random::<u32>())).collect();
+        // Ties both ways, subnormals, infinities, a NaN with a payload, and a length that is not a
+        // multiple of the vector.
+        values.extend([
+            1.0 + 2f32.powi(-8),
+            1.0 + 3.0 * 2f32.powi(-8),
+            -1.0 - 2f32.powi(-8),
+            1e-40,
+            -1e-40,
+            f32::MIN_POSITIVE,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::from_bits(0x7f80_0001),
+            0.0,
+            -0.0,
+            7.0,
+        ]);
+        let mut rounded = values.clone();
+        round_to_bf16_in_place(&mut rounded);
+        for (v, r) in values.iter().zip(&rounded) {
+            assert_eq!(r.to_bits(), round_to_bf16(*v).to_bits(), "{v:e} ({:#x})", v.to_bits());
         }
     }
 

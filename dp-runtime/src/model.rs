@@ -139,9 +139,10 @@ impl Workspace {
     /// The same workspace with its products in `precision`. With [`Precision::Bf16`] the products
     /// that carry activations forward and gradients back to the inputs (convolutions, linear layers,
     /// the LSTM, attention's projections) round their operands to bf16 and accumulate in f32, and so
-    /// do those that form the kept per-example gradients of direct layers (both normed and summed);
-    /// ghost norms and the products of gradient sums stay f32. Either way each example's clipped
-    /// gradient is exactly the one whose norm was measured.
+    /// do those that form the kept per-example gradients of direct layers (both normed and summed) and
+    /// the gradient sums of convs that do not fold (their norms then read the rounded operands); the
+    /// other norms and sums stay f32. Either way each example's clipped gradient is exactly the one
+    /// whose norm was measured.
     pub fn with_precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
         self

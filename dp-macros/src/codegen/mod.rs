@@ -187,7 +187,7 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
             ) {
                 assert_eq!(grad.len(), #trained_count, "{}: gradient length", #name);
                 self.__dp_forward_backward(ws, batch, losses);
-                let (n, inputs) = (batch.size, batch.inputs);
+                let (n, inputs, precision) = (batch.size, batch.inputs, ws.precision());
                 #carve_all
                 #gradient_sum
             }
@@ -218,6 +218,7 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
                 assert_eq!(factors.len(), n * #groups, "{}: clip factors of {} examples", #name, n);
                 assert_eq!(grad.len(), #trained_count, "{}: gradient length", #name);
                 assert!(ws.max_batch() >= n, "{}: clipped_sum without per_example_norms on this batch", #name);
+                let precision = ws.precision();
                 #carve_all
                 #clipped_sum
             }

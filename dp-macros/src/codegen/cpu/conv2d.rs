@@ -80,7 +80,7 @@ pub fn norms(plan: &Plan, s: &ConvStep) -> TokenStream {
             let (strat, slots) = (strategy(s.strategy), scratch(plan.scratch.norms));
             quote! {
                 #chunks::conv2d_norms_sq(
-                    &#g, #strat, #bias, n, #x, #delta, #patches, #slots, &mut sq_norms[#gidx..], #groups,
+                    &#g, #strat, #bias, n, #x, #delta, #patches, #slots, &mut sq_norms[#gidx..], #groups, precision,
                 );
             }
         }
@@ -113,6 +113,6 @@ pub fn weight_gradient(plan: &Plan, s: &ConvStep, clipped: bool) -> TokenStream 
     let chunks = kernels::conv_chunks();
     quote! {{
         #slices
-        #chunks::conv2d_weight_gradient(&#g, n, #x, #delta, #factors, #patches, #rows, gw, gb);
+        #chunks::conv2d_weight_gradient(&#g, n, #x, #delta, #factors, #patches, #rows, gw, gb, precision);
     }}
 }
