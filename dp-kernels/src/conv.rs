@@ -15,7 +15,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::gemm::{product_for, Op};
-use crate::gemm_bf16::{gemm_in, gemm_in_serial, Precision};
+use crate::gemm_bf16::{Precision, SharedLeft};
 
 // The geometry is shared with the compiler, which plans with the same formulas.
 pub use dp_spec::Conv2dGeometry;
@@ -443,7 +443,10 @@ pub fn conv2d_backward_input(
     let slots = (scratch.len() / slot_len).min(batch).min(rayon::current_num_threads());
     assert!(slots >= 1, "conv2d backward: scratch has {} values, one slot needs {slot_len}", scratch.len());
     let per_slot = batch.div_ceil(slots);
-    let product = if slots > 1 { gemm_in_serial } else { gemm_in };
+    // Each group's weight, packed once for every example's product in bf16.
+    let weights: Vec<SharedLeft<'_>> = (0..geom.groups)
+        .map(|q| SharedLeft::new(precision, Op::T, (d, pg), &weight[q * pg * d..(q + 1) * pg * d]))
+        .collect();
     dx[..batch * geom.input_len()]
         .par_chunks_mut(per_slot * geom.input_len())
         .zip(scratch.par_chunks_mut(slot_len))
@@ -458,9 +461,8 @@ pub fn conv2d_backward_input(
                 let dout_i = &dout[i * geom.output_len()..(i + 1) * geom.output_len()];
                 for q in 0..geom.groups {
                     let cols = &mut cols[..t * d];
-                    let w_q = &weight[q * pg * d..(q + 1) * pg * d];
                     let dout_q = &dout_i[q * pg * t..(q + 1) * pg * t];
-                    product(precision, Op::T, Op::N, (d, t, pg), 1.0, w_q, dout_q, 0.0, cols);
+                    weights[q].product(slots == 1, Op::N, t, 1.0, dout_q, 0.0, cols);
                     col2im_one(geom, q, cols, dx_i, t);
                 }
             }

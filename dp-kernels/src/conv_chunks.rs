@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use crate::conv::{self, Conv2dGeometry};
 use crate::conv_folded;
 use crate::gemm::{Op, Product};
-use crate::gemm_bf16::{gemm_in_serial, round_to_bf16_in_place, serial_product_in, Precision};
+use crate::gemm_bf16::{round_to_bf16_in_place, serial_product_in, Precision, SharedLeft};
 use crate::per_example::{self, Strategy};
 use dp_spec::cost::TASKS_PER_THREAD;
 use dp_spec::RowLayout;
@@ -122,6 +122,10 @@ fn forward_by_example(
         return;
     }
     let per_task = examples_per_task(batch, patch_slots(geom, patches.len()));
+    // Each group's weight, packed once for every example's product in bf16.
+    let weights: Vec<SharedLeft<'_>> = (0..geom.groups)
+        .map(|q| SharedLeft::new(precision, Op::N, (pg, d), &weight[q * pg * d..(q + 1) * pg * d]))
+        .collect();
     out[..batch * output_len]
         .par_chunks_mut(per_task * output_len)
         .zip(patches.par_chunks_mut(geom.patches_len().max(1)))
@@ -133,9 +137,7 @@ fn forward_by_example(
                 for q in 0..geom.groups {
                     let block = &mut out_i[q * pg * t..(q + 1) * pg * t];
                     let beta = conv::fill_bias(bias, q, t, block);
-                    let (w_q, cols) =
-                        (&weight[q * pg * d..(q + 1) * pg * d], &slot[q * d * t..(q + 1) * d * t]);
-                    gemm_in_serial(precision, Op::N, Op::N, (pg, t, d), 1.0, w_q, cols, beta, block);
+                    weights[q].product_serial(Op::N, t, 1.0, &slot[q * d * t..(q + 1) * d * t], beta, block);
                 }
             }
         });
@@ -237,15 +239,24 @@ pub fn conv2d_norms_sq(
 }
 
 /// Whether a conv's weight gradients and their norms (not kept) read their operands rounded to bf16: in
-/// bf16, for the convs whose gradient runs example by example, the factor the product's `alpha`. A conv
-/// that folds scales `Δ` by the factors before its product ([`conv_folded::weight_gradient`]), so its
-/// operands would not be those of its norms: it stays f32.
+/// bf16, for the convs whose gradient runs example by example, the factor the product's `alpha`, and
+/// whose per-example product is large enough ([`BF16_GRADIENT_MIN_MACS`]). A conv that folds scales
+/// `Δ` by the factors before its product ([`conv_folded::weight_gradient`]), so its operands would not
+/// be those of its norms: it stays f32. The rule reads the shapes alone, so the norms and the sums
+/// always agree.
 pub fn rounds_gradient_operands(geom: &Conv2dGeometry, precision: Precision) -> bool {
+    let macs = geom.patch_len() * geom.out_per_group() * geom.positions() * geom.groups;
     match precision {
         Precision::F32 => false,
-        Precision::Bf16 => !conv_folded::folds(geom),
+        Precision::Bf16 => !conv_folded::folds(geom) && macs >= BF16_GRADIENT_MIN_MACS,
     }
 }
+
+/// Multiply-adds of one example's weight gradient below which a conv's gradient sums and norms stay
+/// f32 in bf16: rounding the operands for the norms then costs more than the bf16 product saves (the
+/// MNIST CNN's convs, 0.2 M each: its non-private bf16 step went from 3.9 to 5.0 ms; the CIFAR-10 CNN's
+/// conv5 and conv6, 4.7 M and 9.4 M, gain).
+pub const BF16_GRADIENT_MIN_MACS: usize = 1 << 20;
 
 thread_local! {
     /// Each thread's copy of one example's `Δ` rounded to bf16, for the norms of [`conv2d_norms_sq`].
@@ -500,21 +511,28 @@ mod tests {
         vec![g(1), g(2), few(1), few(2)]
     }
 
-    /// In bf16, a conv whose gradient runs example by example norms and sums the gradients of its
-    /// operands rounded to bf16 (the weight norms bit for bit those of the rounded operands in f32, the
-    /// bias norms and sums those of the unrounded `Δ`); a conv that folds runs in f32, bit for bit.
+    /// In bf16, a conv whose gradient runs example by example with large enough products norms and
+    /// sums the gradients of its operands rounded to bf16 (the weight norms bit for bit those of the
+    /// rounded operands in f32, the bias norms and sums those of the unrounded `Δ`); the others (a conv
+    /// that folds, a small one) run in f32, bit for bit.
     #[test]
     fn bf16_norms_and_sums_read_the_operands_a_bf16_product_reads() {
         use crate::gemm_bf16::round_to_bf16;
         let mut rng = rng(37);
         let batch = 5;
+        let rounding =
+            geometries().iter().map(|g| rounds_gradient_operands(g, Precision::Bf16)).collect::<Vec<_>>();
+        assert!(
+            rounding.contains(&true) && rounding.contains(&false),
+            "convs that round and convs that do not"
+        );
         for geom in geometries() {
             let x = uniform(&mut rng, batch * geom.input_len());
             let dout = uniform(&mut rng, batch * geom.output_len());
             let round = |v: &[f32]| v.iter().map(|&v| round_to_bf16(v)).collect::<Vec<f32>>();
             let (x_r, dout_r) = (round(&x), round(&dout));
             let rounds = rounds_gradient_operands(&geom, Precision::Bf16);
-            assert_eq!(rounds, !conv_folded::folds(&geom));
+            assert!(!rounds || !conv_folded::folds(&geom), "a conv that folds stays f32");
             let layer = geom.layer();
             for strategy in [Strategy::Ghost, Strategy::Direct] {
                 let norms = |x: &[f32], dout: &[f32], bias: bool, precision: Precision| {

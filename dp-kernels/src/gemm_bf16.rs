@@ -272,6 +272,138 @@ pub fn bf16_gemm_packed(
     }
 }
 
+/// The left operand of bf16 products, packed once: for a layer's weight multiplied by every example's
+/// operand in turn (a conv's forward and input gradient, one product per example).
+#[derive(Debug)]
+pub struct PackedA {
+    m: usize,
+    k: usize,
+    form: PackedAForm,
+}
+
+#[derive(Debug)]
+enum PackedAForm {
+    /// For the AVX512-BF16 kernel: the pair `p` of row `i` at `i·row + p·pair`.
+    Pairs { words: Vec<u32>, row: usize, pair: usize },
+    /// For a CPU without it: the operand rounded to bf16, as stored (`op`).
+    Rounded { values: Vec<f32>, op: Op },
+}
+
+impl PackedA {
+    /// `op(a)` (`m×k`; `a` stored `m×k` for `Op::N`, `k×m` for `Op::T`) packed for
+    /// [`bf16_gemm_packed_a`].
+    pub fn new(op_a: Op, (m, k): (usize, usize), a: &[f32]) -> Self {
+        assert!(a.len() >= m * k, "bf16 gemm: a has {} values, needs {}", a.len(), m * k);
+        #[cfg(target_arch = "x86_64")]
+        if k > 0 && has_bf16_dot_products() {
+            // SAFETY: the CPU has AVX-512F, -BW and AVX512-BF16 (checked just above); `a` holds
+            // `m·k` values (asserted).
+            let (words, row, pair) = unsafe { avx512::pack_a(Vec::new(), op_a, (m, k), a) };
+            return PackedA { m, k, form: PackedAForm::Pairs { words, row, pair } };
+        }
+        let values = a[..m * k].iter().map(|&x| round_to_bf16(x)).collect();
+        PackedA { m, k, form: PackedAForm::Rounded { values, op: op_a } }
+    }
+}
+
+/// `c = beta·c + alpha·a·op(b)` with `a` packed ([`PackedA`], `m×k`) and `op(b)` `k×n`: [`bf16_gemm`]
+/// without packing `a`.
+#[allow(clippy::too_many_arguments)]
+pub fn bf16_gemm_packed_a(
+    may_thread: bool,
+    a: &PackedA,
+    op_b: Op,
+    n: usize,
+    alpha: f32,
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+) {
+    let (m, k) = (a.m, a.k);
+    assert!(b.len() >= k * n, "bf16 gemm: b has {} values, needs {}", b.len(), k * n);
+    assert!(c.len() >= m * n, "bf16 gemm: c has {} values, needs {}", c.len(), m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let parallel = may_thread && m * n * k >= PARALLEL_MIN_MACS;
+    match &a.form {
+        #[cfg(target_arch = "x86_64")]
+        PackedAForm::Pairs { words, row, pair } => {
+            let packed = PackedB::pack_into(PackedB::take_scratch(), op_b, (k, n), b);
+            let PackedForm::Pairs { words: b_words, n_padded } = &packed.form else {
+                unreachable!("a CPU that packs a in pairs packs b in pairs")
+            };
+            // SAFETY: `Pairs` exists only where the CPU has AVX-512F, -BW and AVX512-BF16
+            // (`PackedA::new`); `a` and `b` are packed `m×k` and `k×n`, the asserts bound `c`.
+            unsafe {
+                avx512::gemm_packed(
+                    parallel,
+                    (words, *row, *pair),
+                    (m, n, k),
+                    alpha,
+                    (b_words, *n_padded),
+                    beta,
+                    c,
+                )
+            };
+            packed.return_scratch();
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        PackedAForm::Pairs { .. } => unreachable!("bf16 pairs are packed on x86-64 only"),
+        PackedAForm::Rounded { values, op } => {
+            let b: Vec<f32> = b[..k * n].iter().map(|&x| round_to_bf16(x)).collect();
+            let product = if parallel { sgemm } else { sgemm_serial };
+            product(*op, op_b, m, n, k, alpha, values, &b, beta, c);
+        }
+    }
+}
+
+/// A left operand shared by many products on the calling thread (a layer's weight, one product per
+/// example), in a precision: as stored in f32, or packed once in bf16.
+#[derive(Debug)]
+pub enum SharedLeft<'a> {
+    F32 { a: &'a [f32], op: Op, m: usize, k: usize },
+    Bf16(PackedA),
+}
+
+impl<'a> SharedLeft<'a> {
+    /// `op(a)` (`m×k`) for products in `precision`.
+    pub fn new(precision: Precision, op: Op, (m, k): (usize, usize), a: &'a [f32]) -> Self {
+        match precision {
+            Precision::F32 => SharedLeft::F32 { a, op, m, k },
+            Precision::Bf16 => SharedLeft::Bf16(PackedA::new(op, (m, k), a)),
+        }
+    }
+
+    /// `c = beta·c + alpha·op(a)·op(b)` on the calling thread, `op(b)` `k×n`.
+    pub fn product_serial(&self, op_b: Op, n: usize, alpha: f32, b: &[f32], beta: f32, c: &mut [f32]) {
+        self.product(false, op_b, n, alpha, b, beta, c);
+    }
+
+    /// `c = beta·c + alpha·op(a)·op(b)`, threaded when `may_thread` and large enough.
+    #[allow(clippy::too_many_arguments)]
+    pub fn product(
+        &self,
+        may_thread: bool,
+        op_b: Op,
+        n: usize,
+        alpha: f32,
+        b: &[f32],
+        beta: f32,
+        c: &mut [f32],
+    ) {
+        match (self, may_thread) {
+            (SharedLeft::F32 { a, op, m, k }, false) => {
+                sgemm_serial(*op, op_b, *m, n, *k, alpha, a, b, beta, c)
+            }
+            (SharedLeft::F32 { a, op, m, k }, true) => sgemm(*op, op_b, *m, n, *k, alpha, a, b, beta, c),
+            (SharedLeft::Bf16(packed), _) => {
+                bf16_gemm_packed_a(may_thread, packed, op_b, n, alpha, b, beta, c)
+            }
+        }
+    }
+}
+
 /// The bf16 bits of `x`, as the AVX512-BF16 conversions form them: round to nearest even, a subnormal
 /// flushed to a zero of its sign, a NaN kept a (quiet) NaN.
 pub fn bf16_bits(x: f32) -> u16 {
@@ -368,24 +500,61 @@ mod avx512 {
         (m, n, k): (usize, usize, usize),
         alpha: f32,
         a: &[f32],
-        (b, n_padded): (&[u32], usize),
+        b: (&[u32], usize),
         beta: f32,
         c: &mut [f32],
-        mut scratch: Vec<u32>,
+        scratch: Vec<u32>,
     ) -> Vec<u32> {
-        let kp = k.div_ceil(2);
-        let a = match op_a {
+        let (scratch, row, pair) = pack_a(scratch, op_a, (m, k), a);
+        gemm_packed(parallel, (&scratch, row, pair), (m, n, k), alpha, b, beta, c);
+        scratch
+    }
+
+    /// `op(a)` (`m×k`; `a` stored `m×k` for `Op::N`, `k×m` for `Op::T`) as bf16 pairs into `words`
+    /// (reused); returns them with the strides of a row and of a pair.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, AVX-512BW and AVX512-BF16; `a` must hold `m·k` values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pack_a(
+        mut words: Vec<u32>,
+        op_a: Op,
+        (m, k): (usize, usize),
+        a: &[f32],
+    ) -> (Vec<u32>, usize, usize) {
+        match op_a {
             // m×k as stored: each row's pairs are consecutive values.
             Op::N => {
-                pack_rows(a, m, k, &mut scratch);
-                PackedA { pairs: &scratch, row: kp, pair: 1 }
+                pack_rows(a, m, k, &mut words);
+                (words, k.div_ceil(2), 1)
             }
             // k×m as stored: a pair is two stored rows, column by column.
             Op::T => {
-                pack_row_pairs(a, k, m, m, &mut scratch);
-                PackedA { pairs: &scratch, row: 1, pair: m }
+                pack_row_pairs(a, k, m, m, &mut words);
+                (words, 1, m)
             }
-        };
+        }
+    }
+
+    /// `c = beta·c + alpha·a·b` with `a` packed by [`pack_a`] (its words and strides) and `b` by
+    /// [`pack_b`].
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, AVX-512BW and AVX512-BF16; `a` and `b` must be `m×k` and `k×n`
+    /// packed, `c` must hold `m·n` values; `k > 0`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn gemm_packed(
+        parallel: bool,
+        (pairs, row, pair): (&[u32], usize, usize),
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        (b, n_padded): (&[u32], usize),
+        beta: f32,
+        c: &mut [f32],
+    ) {
+        let kp = k.div_ceil(2);
+        let a = PackedA { pairs, row, pair };
         let tiles = m.div_ceil(MR);
         let run = |first_tile: usize, c_rows: &mut [f32]| {
             let rows = c_rows.len() / n;
@@ -404,7 +573,6 @@ mod avx512 {
         } else {
             run(0, c);
         }
-        scratch
     }
 
     /// The micro-tiles of `r ≤ MR` rows of `c` starting at row `i0`, across all columns.
@@ -722,6 +890,29 @@ mod tests {
                     for (i, (&got, &(s, magnitude))) in once.iter().zip(&want).enumerate() {
                         assert!((got as f64 - s).abs() <= 1e-6 * (1.0 + magnitude), "{rows}x{n}x{k}: c[{i}]");
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_packed_left_operand_gives_the_bits_of_packing_it_each_time() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(14);
+        for &(m, n, k) in &[(64, 256, 576), (16, 16, 729), (7, 33, 9), (3, 5, 1)] {
+            for op_a in [Op::N, Op::T] {
+                let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let packed = PackedA::new(op_a, (m, k), &a);
+                for (op_b, cols) in [(Op::N, n), (Op::T, n + 3)] {
+                    let b: Vec<f32> = (0..k * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+                    let c0: Vec<f32> = (0..m * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+                    let (mut once, mut each) = (c0.clone(), c0.clone());
+                    bf16_gemm_packed_a(false, &packed, op_b, cols, 0.5, &b, 1.0, &mut once);
+                    bf16_gemm(false, op_a, op_b, (m, cols, k), 0.5, &a, &b, 1.0, &mut each);
+                    assert_eq!(
+                        once.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                        each.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                        "{m}x{cols}x{k} {op_a:?}{op_b:?}"
+                    );
                 }
             }
         }
