@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use crate::conv::{self, Conv2dGeometry};
 use crate::conv_folded;
 use crate::gemm::{Op, Product};
-use crate::gemm_bf16::{round_to_bf16_in_place, serial_product_in, Precision, SharedLeft};
+use crate::gemm_bf16::{product_in, round_to_bf16_in_place, Precision, SharedLeft};
 use crate::per_example::{self, Strategy};
 use dp_spec::cost::TASKS_PER_THREAD;
 use dp_spec::RowLayout;
@@ -361,11 +361,8 @@ pub fn conv2d_weight_gradient(
             conv_folded::weight_gradient(geom, len, x, dout, factors, patches, rows, grad_w, gb);
         });
     }
-    let product = serial_product_in(if rounds_gradient_operands(geom, precision) {
-        Precision::Bf16
-    } else {
-        Precision::F32
-    });
+    let rounds = rounds_gradient_operands(geom, precision);
+    let product = product_in(if rounds { Precision::Bf16 } else { Precision::F32 }, true);
     gradient_by_example(geom, batch, x, dout, factors, patches, grad_w, grad_b, product);
 }
 

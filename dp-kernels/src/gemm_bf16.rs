@@ -70,38 +70,7 @@ pub fn gemm_in(
     beta: f32,
     c: &mut [f32],
 ) {
-    match precision {
-        Precision::F32 => sgemm(op_a, op_b, m, n, k, alpha, a, b, beta, c),
-        Precision::Bf16 => bf16_gemm(true, op_a, op_b, (m, n, k), alpha, a, b, beta, c),
-    }
-}
-
-/// [`gemm_in`] on the calling thread only, for products inside a loop that is already parallel.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_in_serial(
-    precision: Precision,
-    op_a: Op,
-    op_b: Op,
-    (m, n, k): (usize, usize, usize),
-    alpha: f32,
-    a: &[f32],
-    b: &[f32],
-    beta: f32,
-    c: &mut [f32],
-) {
-    match precision {
-        Precision::F32 => sgemm_serial(op_a, op_b, m, n, k, alpha, a, b, beta, c),
-        Precision::Bf16 => bf16_gemm(false, op_a, op_b, (m, n, k), alpha, a, b, beta, c),
-    }
-}
-
-/// The product for one of several that run in parallel with each other, with [`sgemm`]'s signature:
-/// [`sgemm_serial`] in f32, [`bf16_gemm_serial`] in bf16.
-pub fn serial_product_in(precision: Precision) -> Product {
-    match precision {
-        Precision::F32 => sgemm_serial,
-        Precision::Bf16 => bf16_gemm_serial,
-    }
+    product_in(precision, false)(op_a, op_b, m, n, k, alpha, a, b, beta, c);
 }
 
 /// The product for one of several independent products that run in parallel with each other, or for
@@ -110,43 +79,13 @@ pub fn product_in(precision: Precision, runs_in_parallel: bool) -> Product {
     match (precision, runs_in_parallel) {
         (Precision::F32, true) => sgemm_serial,
         (Precision::F32, false) => sgemm,
-        (Precision::Bf16, true) => bf16_gemm_serial,
-        (Precision::Bf16, false) => bf16_gemm_threaded,
+        (Precision::Bf16, true) => |op_a, op_b, m, n, k, alpha, a, b, beta, c| {
+            bf16_gemm(false, op_a, op_b, (m, n, k), alpha, a, b, beta, c)
+        },
+        (Precision::Bf16, false) => |op_a, op_b, m, n, k, alpha, a, b, beta, c| {
+            bf16_gemm(true, op_a, op_b, (m, n, k), alpha, a, b, beta, c)
+        },
     }
-}
-
-/// [`bf16_gemm`], threaded when large enough, with [`sgemm`]'s signature.
-#[allow(clippy::too_many_arguments)]
-pub fn bf16_gemm_threaded(
-    op_a: Op,
-    op_b: Op,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: &[f32],
-    b: &[f32],
-    beta: f32,
-    c: &mut [f32],
-) {
-    bf16_gemm(true, op_a, op_b, (m, n, k), alpha, a, b, beta, c);
-}
-
-/// [`bf16_gemm`] on the calling thread, with [`sgemm`]'s signature.
-#[allow(clippy::too_many_arguments)]
-pub fn bf16_gemm_serial(
-    op_a: Op,
-    op_b: Op,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: &[f32],
-    b: &[f32],
-    beta: f32,
-    c: &mut [f32],
-) {
-    bf16_gemm(false, op_a, op_b, (m, n, k), alpha, a, b, beta, c);
 }
 
 /// Products smaller than this many multiply-adds run on the calling thread (as in `gemm`).

@@ -26,7 +26,7 @@
 use rayon::prelude::*;
 
 use crate::gemm::{product_for, sgemm, sgemm_serial, sgemm_strided_serial, Op, Product, Strided};
-use crate::gemm_bf16::{product_in, serial_product_in, Precision};
+use crate::gemm_bf16::{product_in, Precision};
 
 // The strategies, the positional layer and the cost formulas are shared with the compiler, which
 // chooses with the same formulas the kernels run.
@@ -220,7 +220,7 @@ pub fn kept_direct_norm_sq_of_one(
         layer,
         bias,
         g,
-        serial_product_in(precision),
+        product_in(precision, true),
         |q| &a[q * t * d..(q + 1) * t * d],
         |q| &delta[q * t * p..(q + 1) * t * p],
     );
