@@ -134,10 +134,12 @@ enum PackedForm {
 }
 
 thread_local! {
-    /// Each thread's packing buffers, reused from product to product (a product takes them and
-    /// gives them back; one that finds them taken, inside another's parallel loop, packs into its
-    /// own).
-    static SCRATCH: std::cell::RefCell<[Vec<u32>; 2]> = const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
+    /// Each thread's packing buffers, reused from product to product: the left operand's, the right
+    /// operand's, and a right operand stored `n×k` packed along its rows before its transposition (a
+    /// product takes them and gives them back; one that finds them taken, inside another's parallel
+    /// loop, packs into its own).
+    static SCRATCH: std::cell::RefCell<[Vec<u32>; 3]> =
+        const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
 }
 
 impl PackedB {
@@ -417,9 +419,11 @@ mod avx512 {
         match op_b {
             Op::N => pack_row_pairs(b, k, n, n_padded, &mut words),
             Op::T => {
-                let mut rows = Vec::new();
+                // Packed along its stored rows first, in the thread's third buffer.
+                let mut rows = super::SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut()[2]));
                 pack_rows(b, n, k, &mut rows);
                 transpose_pairs(&rows, n, kp, n_padded, &mut words);
+                super::SCRATCH.with(|s| s.borrow_mut()[2] = rows);
             }
         }
         (words, n_padded)
