@@ -12,6 +12,11 @@ fn devices_names_the_cpu_and_says_what_of_cuda_is_there() {
     let lines: Vec<&str> = stdout.lines().collect();
     let threads = format!("cpu: {} threads, ", rayon::current_num_threads());
     assert!(lines[0].starts_with(&threads), "first line {:?}, expected {threads:?}…", lines[0]);
+    let bf16 = match dp::__private::kernels::gemm_bf16::has_bf16_dot_products() {
+        true => "bf16 products on AVX512-BF16",
+        false => "bf16 products emulated (no AVX512-BF16",
+    };
+    assert!(lines[0].contains(bf16), "first line {:?} should say {bf16:?}", lines[0]);
     if cfg!(feature = "cuda") {
         // Which libraries this machine has varies; each line must still be there and say it.
         assert!(lines[1].starts_with("nvrtc: "), "{stdout}");

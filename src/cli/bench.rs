@@ -143,6 +143,7 @@ pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
 /// Runs `dp bench`, printing its results on stdout.
 pub fn run(args: BenchArgs) -> Result<()> {
     validate(&args)?;
+    super::warn_if_bf16_is_emulated(args.precision);
     let mut builder = rayon::ThreadPoolBuilder::new();
     if let Some(threads) = args.threads {
         builder = builder.num_threads(threads);

@@ -10,7 +10,7 @@ pub struct DevicesArgs {}
 
 /// Runs `dp devices`: one line per device or library, on stdout.
 pub fn run(_args: DevicesArgs) -> Result<()> {
-    println!("cpu: {} threads, {}", rayon::current_num_threads(), vector_units());
+    println!("cpu: {} threads, {}, {}", rayon::current_num_threads(), vector_units(), super::bf16_products());
     for line in cuda_lines() {
         println!("{line}");
     }

@@ -72,6 +72,25 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     }
 }
 
+/// What this CPU does with bf16 products, for `dp devices`.
+pub fn bf16_products() -> &'static str {
+    if dp_kernels::gemm_bf16::has_bf16_dot_products() {
+        "bf16 products on AVX512-BF16"
+    } else {
+        "bf16 products emulated (no AVX512-BF16: --precision bf16 is slower than f32 here)"
+    }
+}
+
+/// Says on stderr when `--precision bf16` will be emulated on this CPU (the same numbers, slower).
+pub fn warn_if_bf16_is_emulated(precision: dp_runtime::Precision) {
+    if precision == dp_runtime::Precision::Bf16 && !dp_kernels::gemm_bf16::has_bf16_dot_products() {
+        eprintln!(
+            "--precision bf16: this CPU has no AVX512-BF16, so the bf16 products are emulated in f32 on \
+             rounded operands: the same results, slower than --precision f32"
+        );
+    }
+}
+
 /// Parses `--precision`: `f32` or `bf16`.
 pub fn parse_precision(text: &str) -> Result<dp_runtime::Precision, String> {
     dp_runtime::Precision::from_name(text)

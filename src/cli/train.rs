@@ -617,6 +617,7 @@ pub fn summary(report: &Report, seconds: f64) -> String {
 /// Runs `dp train`.
 pub fn run(args: TrainArgs) -> Result<()> {
     args.check()?;
+    super::warn_if_bf16_is_emulated(args.precision);
     let model = match &args.model {
         Some(model) => model.clone(),
         None => {
