@@ -211,6 +211,7 @@ pub fn conv2d_norms_sq(
     );
     let slots = patch_slots(geom, patches.len()).min(norm_scratch.len() / norm_slot);
     let per_task = examples_per_task(batch, slots);
+    let rounds = rounds_gradient_operands(geom, precision);
     norms_sq
         .par_chunks_mut(per_task * norm_stride.max(1))
         .zip(patches.par_chunks_mut(geom.patches_len().max(1)))
@@ -220,18 +221,18 @@ pub fn conv2d_norms_sq(
             for i in k * per_task..((k + 1) * per_task).min(batch) {
                 unfold_example(geom, &x[i * input_len..(i + 1) * input_len], slot);
                 let dout_i = &dout[i * output_len..(i + 1) * output_len];
-                let norm = if rounds_gradient_operands(geom, precision) {
+                // The bias norm reads `Δ` unrounded, as the bias sum does.
+                let bias_delta = bias.then_some(dout_i);
+                let norm = if rounds {
                     round_to_bf16_in_place(slot);
                     ROUNDED_DELTA.with_borrow_mut(|rounded| {
                         rounded.clear();
                         rounded.extend_from_slice(dout_i);
                         round_to_bf16_in_place(rounded);
-                        let weights =
-                            per_example::norm_sq_of_one(strategy, &layer, slot, rounded, false, norm_slot);
-                        weights + if bias { bias_norm_sq(geom, dout_i) } else { 0.0 }
+                        per_example::norm_sq_of_one(strategy, &layer, slot, rounded, bias_delta, norm_slot)
                     })
                 } else {
-                    per_example::norm_sq_of_one(strategy, &layer, slot, dout_i, bias, norm_slot)
+                    per_example::norm_sq_of_one(strategy, &layer, slot, dout_i, bias_delta, norm_slot)
                 };
                 norms_k[(i - k * per_task) * norm_stride] += norm as f32;
             }
@@ -261,20 +262,6 @@ pub const BF16_GRADIENT_MIN_MACS: usize = 1 << 20;
 thread_local! {
     /// Each thread's copy of one example's `Δ` rounded to bf16, for the norms of [`conv2d_norms_sq`].
     static ROUNDED_DELTA: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// One example's squared bias-gradient norm from its NCHW output gradient: every group's, each the
-/// sum over positions of each channel.
-fn bias_norm_sq(geom: &Conv2dGeometry, dout_i: &[f32]) -> f64 {
-    let layer = geom.layer();
-    let (t, p) = (layer.positions, layer.out_width);
-    let mut total = 0.0;
-    for q in 0..layer.groups {
-        per_example::for_each_bias_sum(layer.layout, &dout_i[q * t * p..(q + 1) * t * p], t, p, |_, s| {
-            total += s * s
-        });
-    }
-    total
 }
 
 /// The direct norms that keep what they form ([`per_example::kept_direct_norms_sq`]), one example

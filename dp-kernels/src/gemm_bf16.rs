@@ -105,14 +105,36 @@ pub fn bf16_gemm(
     beta: f32,
     c: &mut [f32],
 ) {
-    assert!(b.len() >= k * n, "bf16 gemm: b has {} values, needs {}", b.len(), k * n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    let scratch = PackedB::take_scratch();
-    let b = PackedB::pack_into(scratch, op_b, (k, n), b);
-    bf16_gemm_packed(may_thread, op_a, m, alpha, a, &b, beta, c);
+    let a = PackedA::pack_into(take_scratch(LEFT), op_a, (m, k), a);
+    let b = PackedB::pack_into(take_scratch(RIGHT), op_b, (k, n), b);
+    multiply(may_thread, &a, &b, alpha, beta, c);
+    a.return_scratch();
     b.return_scratch();
+}
+
+thread_local! {
+    /// Each thread's packing buffers, reused from product to product: [`LEFT`], [`RIGHT`] and
+    /// [`RIGHT_ROWS`] (a product takes them and gives them back; one that finds them taken, inside
+    /// another's parallel loop, packs into its own).
+    static SCRATCH: std::cell::RefCell<[Vec<u32>; 3]> =
+        const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+}
+
+/// The scratch buffer of a packed left operand.
+const LEFT: usize = 0;
+/// The scratch buffer of a packed right operand.
+const RIGHT: usize = 1;
+/// The scratch buffer of a right operand stored `n×k`, packed along its rows before its transposition.
+const RIGHT_ROWS: usize = 2;
+
+/// This thread's scratch buffer `slot`, taken (empty if another product holds it).
+fn take_scratch(slot: usize) -> Vec<u32> {
+    SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut()[slot]))
+}
+
+/// Gives `words` back as this thread's scratch buffer `slot`.
+fn give_back_scratch(slot: usize, words: Vec<u32>) {
+    SCRATCH.with(|s| s.borrow_mut()[slot] = words);
 }
 
 /// The right operand of bf16 products, packed once: for an operand used by many products (an
@@ -133,29 +155,10 @@ enum PackedForm {
     Rounded { values: Vec<f32>, op: Op },
 }
 
-thread_local! {
-    /// Each thread's packing buffers, reused from product to product: the left operand's, the right
-    /// operand's, and a right operand stored `n×k` packed along its rows before its transposition (a
-    /// product takes them and gives them back; one that finds them taken, inside another's parallel
-    /// loop, packs into its own).
-    static SCRATCH: std::cell::RefCell<[Vec<u32>; 3]> =
-        const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
-}
-
 impl PackedB {
     /// `op(b)` (`k×n`; `b` stored `k×n` for `Op::N`, `n×k` for `Op::T`) packed for [`bf16_gemm_packed`].
     pub fn new(op_b: Op, (k, n): (usize, usize), b: &[f32]) -> Self {
         Self::pack_into(Vec::new(), op_b, (k, n), b)
-    }
-
-    fn take_scratch() -> Vec<u32> {
-        SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut()[1]))
-    }
-
-    fn return_scratch(self) {
-        if let PackedForm::Pairs { words, .. } = self.form {
-            SCRATCH.with(|s| s.borrow_mut()[1] = words);
-        }
     }
 
     fn pack_into(words: Vec<u32>, op_b: Op, (k, n): (usize, usize), b: &[f32]) -> Self {
@@ -170,45 +173,10 @@ impl PackedB {
         let values = b[..k * n].iter().map(|&x| round_to_bf16(x)).collect();
         PackedB { k, n, form: PackedForm::Rounded { values, op: op_b } }
     }
-}
 
-/// `c = beta·c + alpha·op(a)·b` with `b` packed ([`PackedB`], `k×n`) and `op(a)` `m×k`: [`bf16_gemm`]
-/// without packing `b`.
-#[allow(clippy::too_many_arguments)]
-pub fn bf16_gemm_packed(
-    may_thread: bool,
-    op_a: Op,
-    m: usize,
-    alpha: f32,
-    a: &[f32],
-    b: &PackedB,
-    beta: f32,
-    c: &mut [f32],
-) {
-    let (n, k) = (b.n, b.k);
-    assert!(a.len() >= m * k, "bf16 gemm: a has {} values, needs {}", a.len(), m * k);
-    assert!(c.len() >= m * n, "bf16 gemm: c has {} values, needs {}", c.len(), m * n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    let parallel = may_thread && m * n * k >= PARALLEL_MIN_MACS;
-    match &b.form {
-        #[cfg(target_arch = "x86_64")]
-        PackedForm::Pairs { words, n_padded } => {
-            let scratch = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut()[0]));
-            // SAFETY: `Pairs` exists only where the CPU has AVX-512F, -BW and AVX512-BF16
-            // (`PackedB::pack_into`); the asserts bound `a` and `c`, and `words` is `b` packed.
-            let scratch = unsafe {
-                avx512::gemm(parallel, op_a, (m, n, k), alpha, a, (words, *n_padded), beta, c, scratch)
-            };
-            SCRATCH.with(|s| s.borrow_mut()[0] = scratch);
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        PackedForm::Pairs { .. } => unreachable!("bf16 pairs are packed on x86-64 only"),
-        PackedForm::Rounded { values, op } => {
-            let a: Vec<f32> = a[..m * k].iter().map(|&x| round_to_bf16(x)).collect();
-            let product = if parallel { sgemm } else { sgemm_serial };
-            product(op_a, *op, m, n, k, alpha, &a, values, beta, c);
+    fn return_scratch(self) {
+        if let PackedForm::Pairs { words, .. } = self.form {
+            give_back_scratch(RIGHT, words);
         }
     }
 }
@@ -234,17 +202,45 @@ impl PackedA {
     /// `op(a)` (`m×k`; `a` stored `m×k` for `Op::N`, `k×m` for `Op::T`) packed for
     /// [`bf16_gemm_packed_a`].
     pub fn new(op_a: Op, (m, k): (usize, usize), a: &[f32]) -> Self {
+        Self::pack_into(Vec::new(), op_a, (m, k), a)
+    }
+
+    fn pack_into(words: Vec<u32>, op_a: Op, (m, k): (usize, usize), a: &[f32]) -> Self {
         assert!(a.len() >= m * k, "bf16 gemm: a has {} values, needs {}", a.len(), m * k);
         #[cfg(target_arch = "x86_64")]
         if k > 0 && has_bf16_dot_products() {
             // SAFETY: the CPU has AVX-512F, -BW and AVX512-BF16 (checked just above); `a` holds
             // `m·k` values (asserted).
-            let (words, row, pair) = unsafe { avx512::pack_a(Vec::new(), op_a, (m, k), a) };
+            let (words, row, pair) = unsafe { avx512::pack_a(words, op_a, (m, k), a) };
             return PackedA { m, k, form: PackedAForm::Pairs { words, row, pair } };
         }
         let values = a[..m * k].iter().map(|&x| round_to_bf16(x)).collect();
         PackedA { m, k, form: PackedAForm::Rounded { values, op: op_a } }
     }
+
+    fn return_scratch(self) {
+        if let PackedAForm::Pairs { words, .. } = self.form {
+            give_back_scratch(LEFT, words);
+        }
+    }
+}
+
+/// `c = beta·c + alpha·op(a)·b` with `b` packed ([`PackedB`], `k×n`) and `op(a)` `m×k`: [`bf16_gemm`]
+/// without packing `b`.
+#[allow(clippy::too_many_arguments)]
+pub fn bf16_gemm_packed(
+    may_thread: bool,
+    op_a: Op,
+    m: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &PackedB,
+    beta: f32,
+    c: &mut [f32],
+) {
+    let a = PackedA::pack_into(take_scratch(LEFT), op_a, (m, b.k), a);
+    multiply(may_thread, &a, b, alpha, beta, c);
+    a.return_scratch();
 }
 
 /// `c = beta·c + alpha·a·op(b)` with `a` packed ([`PackedA`], `m×k`) and `op(b)` `k×n`: [`bf16_gemm`]
@@ -260,22 +256,26 @@ pub fn bf16_gemm_packed_a(
     beta: f32,
     c: &mut [f32],
 ) {
-    let (m, k) = (a.m, a.k);
-    assert!(b.len() >= k * n, "bf16 gemm: b has {} values, needs {}", b.len(), k * n);
+    let b = PackedB::pack_into(take_scratch(RIGHT), op_b, (a.k, n), b);
+    multiply(may_thread, a, &b, alpha, beta, c);
+    b.return_scratch();
+}
+
+/// `c = beta·c + alpha·a·b`, both operands packed (`m×k` and `k×n`), threaded when `may_thread`
+/// and large enough.
+fn multiply(may_thread: bool, a: &PackedA, b: &PackedB, alpha: f32, beta: f32, c: &mut [f32]) {
+    let (m, n, k) = (a.m, b.n, a.k);
+    debug_assert_eq!(a.k, b.k, "bf16 gemm: the operands' inner dimensions");
     assert!(c.len() >= m * n, "bf16 gemm: c has {} values, needs {}", c.len(), m * n);
     if m == 0 || n == 0 {
         return;
     }
     let parallel = may_thread && m * n * k >= PARALLEL_MIN_MACS;
-    match &a.form {
+    match (&a.form, &b.form) {
         #[cfg(target_arch = "x86_64")]
-        PackedAForm::Pairs { words, row, pair } => {
-            let packed = PackedB::pack_into(PackedB::take_scratch(), op_b, (k, n), b);
-            let PackedForm::Pairs { words: b_words, n_padded } = &packed.form else {
-                unreachable!("a CPU that packs a in pairs packs b in pairs")
-            };
+        (PackedAForm::Pairs { words, row, pair }, PackedForm::Pairs { words: b_words, n_padded }) => {
             // SAFETY: `Pairs` exists only where the CPU has AVX-512F, -BW and AVX512-BF16
-            // (`PackedA::new`); `a` and `b` are packed `m×k` and `k×n`, the asserts bound `c`.
+            // (`pack_into`); `a` and `b` are packed `m×k` and `k×n` with `k > 0`, the assert bounds `c`.
             unsafe {
                 avx512::gemm_packed(
                     parallel,
@@ -287,15 +287,12 @@ pub fn bf16_gemm_packed_a(
                     c,
                 )
             };
-            packed.return_scratch();
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        PackedAForm::Pairs { .. } => unreachable!("bf16 pairs are packed on x86-64 only"),
-        PackedAForm::Rounded { values, op } => {
-            let b: Vec<f32> = b[..k * n].iter().map(|&x| round_to_bf16(x)).collect();
+        (PackedAForm::Rounded { values: a, op: op_a }, PackedForm::Rounded { values: b, op: op_b }) => {
             let product = if parallel { sgemm } else { sgemm_serial };
-            product(*op, op_b, m, n, k, alpha, values, &b, beta, c);
+            product(*op_a, *op_b, m, n, k, alpha, a, b, beta, c);
         }
+        _ => unreachable!("both operands of a product are packed on one CPU, with one inner dimension"),
     }
 }
 
@@ -341,6 +338,33 @@ impl<'a> SharedLeft<'a> {
             (SharedLeft::Bf16(packed), _) => {
                 bf16_gemm_packed_a(may_thread, packed, op_b, n, alpha, b, beta, c)
             }
+        }
+    }
+}
+
+/// A right operand shared by many products on the calling thread (an LSTM's recurrent weight, at
+/// every step), in a precision: as stored in f32, or packed once in bf16.
+#[derive(Debug)]
+pub enum SharedRight<'a> {
+    F32 { b: &'a [f32], op: Op, k: usize, n: usize },
+    Bf16(PackedB),
+}
+
+impl<'a> SharedRight<'a> {
+    /// `op(b)` (`k×n`) for products in `precision`.
+    pub fn new(precision: Precision, op: Op, (k, n): (usize, usize), b: &'a [f32]) -> Self {
+        match precision {
+            Precision::F32 => SharedRight::F32 { b, op, k, n },
+            Precision::Bf16 => SharedRight::Bf16(PackedB::new(op, (k, n), b)),
+        }
+    }
+
+    /// `c = beta·c + alpha·op(a)·op(b)` on the calling thread, `op(a)` `m×k`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn product_serial(&self, op_a: Op, m: usize, alpha: f32, a: &[f32], beta: f32, c: &mut [f32]) {
+        match self {
+            SharedRight::F32 { b, op, k, n } => sgemm_serial(op_a, *op, m, *n, *k, alpha, a, b, beta, c),
+            SharedRight::Bf16(packed) => bf16_gemm_packed(false, op_a, m, alpha, a, packed, beta, c),
         }
     }
 }
@@ -419,38 +443,14 @@ mod avx512 {
         match op_b {
             Op::N => pack_row_pairs(b, k, n, n_padded, &mut words),
             Op::T => {
-                // Packed along its stored rows first, in the thread's third buffer.
-                let mut rows = super::SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut()[2]));
+                // Packed along its stored rows first.
+                let mut rows = super::take_scratch(super::RIGHT_ROWS);
                 pack_rows(b, n, k, &mut rows);
                 transpose_pairs(&rows, n, kp, n_padded, &mut words);
-                super::SCRATCH.with(|s| s.borrow_mut()[2] = rows);
+                super::give_back_scratch(super::RIGHT_ROWS, rows);
             }
         }
         (words, n_padded)
-    }
-
-    /// `c = beta·c + alpha·op(a)·b` with `b` packed by [`pack_b`]; `scratch` (returned) holds the
-    /// packed `a`.
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512F, AVX-512BW and AVX512-BF16; `a` and `c` must hold `m·k` and `m·n`
-    /// values, `b` `k·n` packed by [`pack_b`]; `k > 0`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn gemm(
-        parallel: bool,
-        op_a: Op,
-        (m, n, k): (usize, usize, usize),
-        alpha: f32,
-        a: &[f32],
-        b: (&[u32], usize),
-        beta: f32,
-        c: &mut [f32],
-        scratch: Vec<u32>,
-    ) -> Vec<u32> {
-        let (scratch, row, pair) = pack_a(scratch, op_a, (m, k), a);
-        gemm_packed(parallel, (&scratch, row, pair), (m, n, k), alpha, b, beta, c);
-        scratch
     }
 
     /// `op(a)` (`m×k`; `a` stored `m×k` for `Op::N`, `k×m` for `Op::T`) as bf16 pairs into `words`
@@ -504,7 +504,7 @@ mod avx512 {
             for t in 0..rows.div_ceil(MR) {
                 let (i0, r) = (t * MR, (rows - t * MR).min(MR));
                 let c_tile = &mut c_rows[i0 * n..(i0 + r) * n];
-                // SAFETY: as for `gemm`; the tile's rows and the packed operands are in bounds.
+                // SAFETY: as for `gemm_packed`; the tile's rows and the packed operands are in bounds.
                 unsafe { row_tile(&a, (first_tile * MR + i0, r), b, (n, n_padded, kp), alpha, beta, c_tile) };
             }
         };

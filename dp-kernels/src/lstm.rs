@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use crate::fast_math::{self, with_widest_vectors};
 use crate::gemm::{sgemm, sgemm_serial, Op};
-use crate::gemm_bf16::{bf16_gemm_packed, gemm_in, PackedB, Precision};
+use crate::gemm_bf16::{gemm_in, Precision, SharedRight};
 use crate::per_example::{self, Strategy};
 
 // The dimensions are shared with the compiler, which plans with the same formulas.
@@ -109,7 +109,7 @@ pub fn lstm_forward(
     gemm_in(precision, Op::N, Op::T, (batch * t_n, g4, d), 1.0, x, w_ih, 0.0, gates);
 
     // h_{t−1}·W_hhᵀ at every step: in bf16 the weight is packed once for all of them.
-    let recurrent = Recurrent::new(precision, Op::T, (h, g4), w_hh);
+    let recurrent = SharedRight::new(precision, Op::T, (h, g4), w_hh);
     let rows = examples_per_block(batch);
     gates
         .par_chunks_mut(rows * dims.gates_len())
@@ -122,32 +122,6 @@ pub fn lstm_forward(
             let block = ForwardBlock { gates, cells, hprev, out, h_step, rec };
             forward_block(dims, &recurrent, &bias[..g4], block);
         });
-}
-
-/// The recurrent weight as every step's product reads it, `op(W_hh)` (`k×n`): f32, or packed once for
-/// bf16 products.
-enum Recurrent<'a> {
-    F32 { weight: &'a [f32], op: Op, k: usize, n: usize },
-    Bf16(PackedB),
-}
-
-impl<'a> Recurrent<'a> {
-    fn new(precision: Precision, op: Op, (k, n): (usize, usize), weight: &'a [f32]) -> Self {
-        match precision {
-            Precision::F32 => Recurrent::F32 { weight, op, k, n },
-            Precision::Bf16 => Recurrent::Bf16(PackedB::new(op, (k, n), weight)),
-        }
-    }
-
-    /// `out = a·op(W_hh)` for `rows` rows of `a`, on the calling thread.
-    fn product(&self, rows: usize, a: &[f32], out: &mut [f32]) {
-        match self {
-            Recurrent::F32 { weight, op, k, n } => {
-                sgemm_serial(Op::N, *op, rows, *n, *k, 1.0, a, weight, 0.0, out)
-            }
-            Recurrent::Bf16(packed) => bf16_gemm_packed(false, Op::N, rows, 1.0, a, packed, 0.0, out),
-        }
-    }
 }
 
 /// Examples per thread's block: the batch split evenly over the pool's threads.
@@ -166,14 +140,14 @@ struct ForwardBlock<'a> {
 }
 
 /// The recurrence of one block of examples over all steps, on the calling thread.
-fn forward_block(dims: &LstmDims, recurrent: &Recurrent<'_>, bias: &[f32], b: ForwardBlock<'_>) {
+fn forward_block(dims: &LstmDims, recurrent: &SharedRight<'_>, bias: &[f32], b: ForwardBlock<'_>) {
     let (h, g4) = (dims.hidden, 4 * dims.hidden);
     let (gates_len, out_len) = (dims.gates_len(), dims.output_len());
     let rows = b.h_step.len() / h;
     b.h_step.fill(0.0);
     for t in 0..dims.steps {
         if t > 0 {
-            recurrent.product(rows, b.h_step, b.rec);
+            recurrent.product_serial(Op::N, rows, 1.0, b.h_step, 0.0, b.rec);
         }
         with_widest_vectors(
             #[inline(always)]
@@ -307,7 +281,7 @@ pub fn lstm_backward(
     let dc = &mut rest[..batch * h];
 
     // δ_t·W_hh at every step: in bf16 the weight is packed once for all of them.
-    let recurrent = Recurrent::new(precision, Op::N, (g4, h), w_hh);
+    let recurrent = SharedRight::new(precision, Op::N, (g4, h), w_hh);
     let rows = examples_per_block(batch);
     delta
         .par_chunks_mut(rows * dims.gates_len())
@@ -336,7 +310,7 @@ struct BackwardBlock<'a> {
 }
 
 /// Backward through time of one block of examples, on the calling thread.
-fn backward_block(dims: &LstmDims, recurrent: &Recurrent<'_>, b: BackwardBlock<'_>) {
+fn backward_block(dims: &LstmDims, recurrent: &SharedRight<'_>, b: BackwardBlock<'_>) {
     let (t_n, h, g4) = (dims.steps, dims.hidden, 4 * dims.hidden);
     let (gates_len, out_len) = (dims.gates_len(), dims.output_len());
     let rows = b.dc.len() / h;
@@ -345,7 +319,7 @@ fn backward_block(dims: &LstmDims, recurrent: &Recurrent<'_>, b: BackwardBlock<'
         let last = t + 1 == t_n;
         if !last {
             // Gradient reaching h_t through the next step's recurrent product.
-            recurrent.product(rows, b.d_step, b.dh_rec);
+            recurrent.product_serial(Op::N, rows, 1.0, b.d_step, 0.0, b.dh_rec);
         }
         with_widest_vectors(
             #[inline(always)]

@@ -127,25 +127,30 @@ fn group_norm_sq(
 
 /// [`norms_sq`] of one example on the calling thread, its `a` and `delta` laid out as a batch of one
 /// (every group's rows in turn: a conv's patches of one example and its NCHW output gradient), with
-/// `bias` its bias-gradient norm too ([`bias_norms_sq`]); `slot` is one slot of [`scratch_len`].
-/// Returns the squared norm.
+/// the bias-gradient norm of `bias_delta` too if given ([`bias_norms_sq`]: `delta` itself, or the
+/// unrounded `Δ` where `delta` was rounded for bf16); `slot` is one slot of [`scratch_len`]. Returns
+/// the squared norm.
 pub fn norm_sq_of_one(
     strategy: Strategy,
     layer: &PositionalLayer,
     a: &[f32],
     delta: &[f32],
-    bias: bool,
+    bias_delta: Option<&[f32]>,
     slot: &mut [f32],
 ) -> f64 {
     let (t, d, p) = (layer.positions, layer.in_width, layer.out_width);
     check_len("A", a.len(), layer.a_len());
     check_len("delta", delta.len(), layer.delta_len());
     check_len("norm scratch", slot.len(), scratch_len(strategy, layer));
+    if let Some(bias_delta) = bias_delta {
+        check_len("bias delta", bias_delta.len(), layer.delta_len());
+    }
     let mut total = 0.0;
     for q in 0..layer.groups {
         let (a_q, delta_q) = (&a[q * t * d..(q + 1) * t * d], &delta[q * t * p..(q + 1) * t * p]);
         total += group_norm_sq(strategy, layer, a_q, delta_q, slot, sgemm_serial);
-        if bias {
+        if let Some(bias_delta) = bias_delta {
+            let delta_q = &bias_delta[q * t * p..(q + 1) * t * p];
             for_each_bias_sum(layer.layout, delta_q, t, p, |_, s| total += s * s);
         }
     }

@@ -140,7 +140,7 @@ impl Workspace {
     /// that carry activations forward and gradients back to the inputs (convolutions, linear layers,
     /// the LSTM, attention's projections) round their operands to bf16 and accumulate in f32, and so
     /// do those that form the kept per-example gradients of direct layers (both normed and summed) and
-    /// the gradient sums of convs that do not fold (their norms then read the rounded operands); the
+    /// the gradient sums of large convs that do not fold (their norms then read the rounded operands); the
     /// other norms and sums stay f32. Either way each example's clipped gradient is exactly the one
     /// whose norm was measured.
     pub fn with_precision(mut self, precision: Precision) -> Self {
