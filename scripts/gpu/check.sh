@@ -1,31 +1,71 @@
 #!/usr/bin/env bash
-# The GPU check: runs the prebuilt dp-cuda test binaries on a machine with an NVIDIA GPU and no Rust,
-# and writes one report. Build them first on a machine with Rust (no GPU or toolkit needed):
+# The GPU check: on a machine with an NVIDIA GPU and no Rust, runs the prebuilt GPU test binaries, then
+# `dp bench --device cuda:0` where the prebuilt binary has it, then the JAX and PyTorch/Opacus references
+# on the same GPU, and writes one report. Build the binaries first on a machine with Rust (no GPU or
+# toolkit needed):
 #
 #   scripts/gpu/build.sh          # puts the binaries in target/gpu-check/
 #
-# then, on the GPU machine, from the repository root (NVRTC must be loadable: the CUDA toolkit, or
-# `pip install nvidia-cuda-nvrtc-cu12` with its lib folder on LD_LIBRARY_PATH):
+# then, on the GPU machine, from the repository root:
 #
 #   scripts/gpu/check.sh [REPORT]  # default report: gpu-check-report.txt
 #
-# Every GPU test must run (DP_REQUIRE_GPU, DP_REQUIRE_NVRTC): a missing device or library fails.
-set -euo pipefail
+# NVRTC and cuBLAS are taken from the CUDA toolkit or the pip wheels there (`nvidia-cuda-nvrtc`,
+# `nvidia-cublas`): cudarc looks for `libnvrtc.so`, `libnvrtc.so.12`, ...; a CUDA 13 machine has
+# `libnvrtc.so.13`, so the script links the unversioned names to what it finds, in a folder of its own
+# put first on LD_LIBRARY_PATH. Every GPU test must run (DP_REQUIRE_GPU, DP_REQUIRE_NVRTC): a missing
+# device or library fails. DP_CHECK_PEERS=0 skips the references; DP_CHECK_STEPS sets their timed steps.
+set -uo pipefail
 cd "$(dirname "$0")/../.."
 report=${1:-gpu-check-report.txt}
 bins=target/gpu-check
 [ -d "$bins" ] || { echo "error: $bins missing; run scripts/gpu/build.sh on a machine with Rust" >&2; exit 2; }
 export DP_REQUIRE_GPU=1 DP_REQUIRE_NVRTC=1
+steps=${DP_CHECK_STEPS:-20}
+links=$(mktemp -d)
+for lib in nvrtc nvrtc-builtins cublas cublasLt; do
+    found=$( { ls /usr/local/cuda/lib64/lib$lib.so* /usr/local/cuda/targets/x86_64-linux/lib/lib$lib.so* 2>/dev/null
+               python3 - "$lib" <<'PY' 2>/dev/null
+import glob, os, site, sys
+for root in site.getsitepackages():
+    for p in sorted(glob.glob(os.path.join(root, "nvidia", "**", f"lib{sys.argv[1]}.so*"), recursive=True)):
+        print(p)
+PY
+             } | grep -E "lib$lib\.so(\.[0-9]+)*$" | head -1)
+    if [ -n "$found" ]; then
+        ln -sf "$found" "$links/lib$lib.so"
+        export LD_LIBRARY_PATH="$(dirname "$found")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    fi
+done
+export LD_LIBRARY_PATH="$links${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 failed=0
 {
     echo "# dp GPU check, $(date -u +%FT%TZ)"
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi: not found"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader \
+        || echo "nvidia-smi: not found"
+    echo "libraries: $(ls -l "$links" | awk 'NR>1 {print $9 " -> " $11}' | tr '\n' ' ')"
     # The GPU tests and the NVRTC compile tests; the host-C tests need the source tree and a C compiler
     # and run in CI instead.
-    for name in nvrtc_compile gpu; do
+    for name in nvrtc_compile gpu gpu_programs; do
+        [ -x "$bins/$name" ] || continue
         echo "## $name"
         "$bins/$name" --include-ignored --test-threads=1 --nocapture 2>&1 || { echo "## $name FAILED"; failed=1; }
     done
+    if [ -x "$bins/dp" ]; then
+        for precision in f32; do
+            echo "## dp bench --device cuda:0 --precision $precision"
+            "$bins/dp" bench --device cuda:0 --all --batch-size 128 --steps "$steps" --json 2>&1 \
+                || { echo "## dp bench FAILED"; failed=1; }
+        done
+    fi
+    if [ "${DP_CHECK_PEERS:-1}" = 1 ]; then
+        echo "## jax_dpsgd.py (jit + vmap) on the GPU"
+        python3 scripts/reference/jax_dpsgd.py --batch-size 128 --steps "$steps" --json 2>&1 || echo "## jax FAILED"
+        echo "## torch_dpsgd.py --device cuda"
+        python3 scripts/reference/torch_dpsgd.py --device cuda --batch-size 128 --steps "$steps" --json \
+            --modes "${DP_CHECK_TORCH_MODES:-non-private,non-private-bf16,private-hooks,private-ghost}" 2>&1 \
+            || echo "## torch FAILED"
+    fi
     echo "# end: $([ $failed = 0 ] && echo all passed || echo FAILURES)"
-} | tee "$report"
+} 2>&1 | tee "$report"
 grep -q "^# end: all passed" "$report"

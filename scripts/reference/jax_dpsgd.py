@@ -286,7 +286,7 @@ def main():
                 result(
                     model=name,
                     mode=mode,
-                    system=f"jax {jax.__version__} jit+vmap",
+                    system=f"jax {jax.__version__} jit+vmap on {jax.devices()[0].device_kind}",
                     parameters=count,
                     batch_size=args.batch_size,
                     threads=threads,

@@ -7,11 +7,12 @@ the vocabulary, valid labels) and PyTorch's initialisation.
 
     pip install torch opacus==1.6.0
     python3 scripts/reference/torch_dpsgd.py --batch-size 128 --steps 30 [--models lstm,cifar10-cnn] [--json]
+    python3 scripts/reference/torch_dpsgd.py --device cuda --steps 30   # on a GPU: each step synchronises
 
 Modes, each timed on one fixed batch (warm-up steps, then each step alone; median, min and max in ms):
 - `non-private`: PyTorch, f32: zero the gradients, forward, mean loss, backward, SGD update.
 - `non-private-bf16`: the same step with the forward and the loss under
-  `torch.autocast("cpu", dtype=torch.bfloat16)` (PyTorch's mixed precision: the products in bf16 where
+  `torch.autocast(DEVICE, dtype=torch.bfloat16)` (PyTorch's mixed precision: the products in bf16 where
   the CPU has the instructions, the parameters, their gradients and the update in f32).
 - `private-hooks`: Opacus's DP-SGD with per-example gradients from its hooks (`grad_sample_mode="hooks"`),
   flat clipping at C = 1, Gaussian noise σ = 1 (std σC on the sum), divided by the batch size, SGD.
@@ -40,19 +41,37 @@ from torch_models import MODELS, batch, build
 MODES = ("non-private", "non-private-bf16", "private-hooks", "private-ghost")
 
 
-def non_private_step(name, size, bf16):
-    model = build(name, private=False)
+def on(device, name, size):
+    """The model's synthetic batch and loss, moved to `device`."""
     x, y, criterion = batch(name, size)
+    return x.to(device), y.to(device), criterion
+
+
+def finished(device, step):
+    """`step` returning only when its work is done: on a GPU, after the device synchronises."""
+    if device.type != "cuda":
+        return step
+
+    def synchronised():
+        step()
+        torch.cuda.synchronize(device)
+
+    return synchronised
+
+
+def non_private_step(name, size, bf16, device):
+    model = build(name, private=False).to(device)
+    x, y, criterion = on(device, name, size)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = criterion(model(x), y)
         loss.backward()
         optimizer.step()
 
-    return step, None
+    return finished(device, step), None
 
 
 def ghost_paths(model):
@@ -74,11 +93,11 @@ def ghost_paths(model):
     )
 
 
-def private_step(name, size, grad_sample_mode):
+def private_step(name, size, grad_sample_mode, device):
     from opacus import PrivacyEngine
 
-    model = build(name, private=True)
-    x, y, criterion = batch(name, size)
+    model = build(name, private=True).to(device)
+    x, y, criterion = on(device, name, size)
     # One batch of exactly `size` examples, never iterated: with poisson_sampling=False Opacus keeps
     # the loader's fixed batch size, which the optimizer uses as the expected batch size.
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=size)
@@ -105,7 +124,7 @@ def private_step(name, size, grad_sample_mode):
         criterion(model(x), y).backward()
         optimizer.step()
 
-    return step, note
+    return finished(device, step), note
 
 
 def main():
@@ -116,8 +135,10 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, of: " + ", ".join(MODELS))
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ", ".join(MODES))
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N (each timed step then synchronises)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
     args = parser.parse_args()
+    device = torch.device(args.device)
     models, modes = args.models.split(","), args.modes.split(",")
     for requested, known, what in ((models, MODELS, "model"), (modes, MODES, "mode")):
         unknown = set(requested) - set(known)
@@ -127,16 +148,18 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     versions = f"torch {torch.__version__}"
+    if device.type == "cuda":
+        versions += f" on {torch.cuda.get_device_name(device)}"
     for name in models:
         for mode in modes:
             if mode.startswith("private"):
                 import opacus
 
                 system = f"opacus {opacus.__version__}, {versions}"
-                step, note = private_step(name, args.batch_size, mode.removeprefix("private-"))
+                step, note = private_step(name, args.batch_size, mode.removeprefix("private-"), device)
             else:
                 system = versions
-                step, note = non_private_step(name, args.batch_size, bf16=mode.endswith("bf16"))
+                step, note = non_private_step(name, args.batch_size, bf16=mode.endswith("bf16"), device=device)
             emit(
                 result(
                     model=name,
