@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod clipping;
 pub mod data;
 pub mod describe;
+pub mod device;
 pub mod distributed;
 pub mod error;
 pub mod lora;

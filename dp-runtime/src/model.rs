@@ -6,6 +6,7 @@
 
 pub use dp_kernels::gemm_bf16::Precision;
 use rand::RngCore;
+use crate::device::{DeviceError, DeviceOps};
 
 /// The element type of a model's input: `f32` features (images, tabular data) or `u32` token ids.
 pub trait InputElem: Copy + Default + PartialEq + Send + Sync + std::fmt::Debug + 'static {}
@@ -291,6 +292,54 @@ pub trait DpModel: Sized + Send + Sync {
         factors: &[f32],
         grad: &mut [f32],
     );
+
+    /// Why the model has no device program (`None`: it has one). `#[dp_model]` says which step has no
+    /// device primitives yet; a model written by hand has none.
+    const DEVICE_UNSUPPORTED: Option<&'static str> = Some("a model written by hand has no device program");
+    /// Device arena values per example (the plan's buffers, laid out as on the CPU).
+    const DEVICE_ARENA_PER_EXAMPLE: usize = 0;
+
+    /// The device program's forward of `n` examples: the outputs left in their arena buffer.
+    fn device_forward(dev: &mut dyn DeviceOps, n: usize) -> Result<(), DeviceError> {
+        let _ = (dev, n);
+        Err(Self::device_unsupported())
+    }
+
+    /// The device program's forward, loss and one backward pass over `n` examples (inputs and labels
+    /// in their regions): each example's loss in `Losses`, every layer's input and δ kept in the arena.
+    fn device_forward_backward(dev: &mut dyn DeviceOps, n: usize) -> Result<(), DeviceError> {
+        let _ = (dev, n);
+        Err(Self::device_unsupported())
+    }
+
+    /// After [`device_forward_backward`](DpModel::device_forward_backward): ADDS Σ_i g_i into `Grad`.
+    fn device_gradient_sum(dev: &mut dyn DeviceOps, n: usize) -> Result<(), DeviceError> {
+        let _ = (dev, n);
+        Err(Self::device_unsupported())
+    }
+
+    /// After [`device_forward_backward`](DpModel::device_forward_backward): OVERWRITES `SqNorms` with
+    /// every example's squared gradient norm per group (the contract of
+    /// [`per_example_norms`](DpModel::per_example_norms)).
+    fn device_norms(dev: &mut dyn DeviceOps, n: usize) -> Result<(), DeviceError> {
+        let _ = (dev, n);
+        Err(Self::device_unsupported())
+    }
+
+    /// After [`device_norms`](DpModel::device_norms): ADDS Σ_i c_{i,g}·g_{i,g} into `Grad` with the
+    /// factors in `Factors` (an example with factor 0 contributes exactly 0).
+    fn device_clipped_sum(dev: &mut dyn DeviceOps, n: usize) -> Result<(), DeviceError> {
+        let _ = (dev, n);
+        Err(Self::device_unsupported())
+    }
+
+    /// The error of a model without a device program.
+    fn device_unsupported() -> DeviceError {
+        DeviceError::Unsupported {
+            model: Self::NAME,
+            reason: Self::DEVICE_UNSUPPORTED.unwrap_or("its device program refused"),
+        }
+    }
 
     /// Number of `Self::Input` values in one example.
     fn input_len() -> usize {

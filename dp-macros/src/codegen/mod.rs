@@ -7,6 +7,7 @@
 mod backend;
 mod consts;
 mod cpu;
+mod device;
 mod program;
 
 use crate::parse::ast::{InputKind, LossKind, ModelDef};
@@ -76,6 +77,7 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
     let gradient_sum = program::gradient_sum(&Cpu, plan);
     let norms = program::norms(&Cpu, plan);
     let clipped_sum = program::clipped_sum(&Cpu, plan);
+    let device_program = device_program(model, plan);
     quote! {
         #(#attrs)*
         #vis struct #ident {
@@ -222,6 +224,57 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
                 #carve_all
                 #clipped_sum
             }
+
+            #device_program
+        }
+    }
+}
+
+/// The device program's items of the `DpModel` impl: the passes through the device backend, or, for a
+/// model with a step the device has no primitives for, the reason (the trait's defaults refuse with it).
+fn device_program(model: &ModelDef, plan: &Plan) -> TokenStream {
+    if let Some(reason) = device::unsupported(model, plan) {
+        return quote!(const DEVICE_UNSUPPORTED: ::core::option::Option<&'static str> = ::core::option::Option::Some(#reason););
+    }
+    let rt = quote!(::dp::__private::runtime::device);
+    let arena = lit(plan.buffers.iter().map(|b| b.len).sum());
+    let forward = program::forward(&device::Device, plan);
+    let backward = program::backward(&device::Device, plan, model.loss.kind);
+    let gradient_sum = program::gradient_sum(&device::Device, plan);
+    let norms = program::norms(&device::Device, plan);
+    let clipped_sum = program::clipped_sum(&device::Device, plan);
+    let pass = |body: TokenStream| {
+        quote! {
+            let _ = &dev;
+            #body
+            ::core::result::Result::Ok(())
+        }
+    };
+    let (forward_backward, gradient_sum, norms, clipped_sum) =
+        (pass(quote!(#forward #backward)), pass(gradient_sum), pass(norms), pass(clipped_sum));
+    let forward = pass(forward);
+    quote! {
+        const DEVICE_UNSUPPORTED: ::core::option::Option<&'static str> = ::core::option::Option::None;
+        const DEVICE_ARENA_PER_EXAMPLE: usize = #arena;
+
+        fn device_forward(dev: &mut dyn #rt::DeviceOps, n: usize) -> ::core::result::Result<(), #rt::DeviceError> {
+            #forward
+        }
+
+        fn device_forward_backward(dev: &mut dyn #rt::DeviceOps, n: usize) -> ::core::result::Result<(), #rt::DeviceError> {
+            #forward_backward
+        }
+
+        fn device_gradient_sum(dev: &mut dyn #rt::DeviceOps, n: usize) -> ::core::result::Result<(), #rt::DeviceError> {
+            #gradient_sum
+        }
+
+        fn device_norms(dev: &mut dyn #rt::DeviceOps, n: usize) -> ::core::result::Result<(), #rt::DeviceError> {
+            #norms
+        }
+
+        fn device_clipped_sum(dev: &mut dyn #rt::DeviceOps, n: usize) -> ::core::result::Result<(), #rt::DeviceError> {
+            #clipped_sum
         }
     }
 }

@@ -1,0 +1,70 @@
+//! The vocabulary of the emitted device code: spans of the runtime's regions with the plan's offsets
+//! (arena buffers scaled by the batch size `n`, as the CPU's `carve` lays them out).
+
+use crate::plan::memory::{Buf, GradTarget};
+use crate::plan::Plan;
+use proc_macro2::{Ident, Span as CallSite, TokenStream};
+use quote::quote;
+
+pub use crate::codegen::cpu::emit::lit;
+
+/// `::dp::__private::runtime::device`.
+pub fn rt() -> TokenStream {
+    quote!(::dp::__private::runtime::device)
+}
+
+/// A span of `region` (a `Region` variant's name).
+pub fn region(region: TokenStream, offset: TokenStream, len: TokenStream) -> TokenStream {
+    let rt = rt();
+    quote!(#rt::Span::new(#rt::Region::#region, #offset, #len))
+}
+
+/// Arena buffer `k`: `len · n` values at `offset · n`.
+pub fn arena(plan: &Plan, k: usize) -> TokenStream {
+    let b = &plan.buffers[k];
+    let (offset, len) = (lit(b.offset), lit(b.len));
+    region(quote!(Arena), quote!(#offset * n), quote!(#len * n))
+}
+
+/// A step's input: the batch's inputs or an arena buffer.
+pub fn read(plan: &Plan, buf: Buf) -> TokenStream {
+    match buf {
+        Buf::Input => {
+            let len = lit(plan.input_len);
+            region(quote!(Inputs), quote!(0), quote!(n * #len))
+        }
+        Buf::Arena(k) => arena(plan, k),
+    }
+}
+
+/// A parameter tensor's values.
+pub fn param(plan: &Plan, slot: usize) -> TokenStream {
+    let s = &plan.params[slot];
+    let (offset, len) = (lit(s.offset), lit(s.len));
+    region(quote!(Params), quote!(#offset), quote!(#len))
+}
+
+/// A parameter tensor's gradient (the gradient is laid out as the trained parameters).
+pub fn grad(plan: &Plan, slot: usize) -> TokenStream {
+    let s = &plan.params[slot];
+    let (offset, len) = (lit(s.offset), lit(s.len));
+    region(quote!(Grad), quote!(#offset), quote!(#len))
+}
+
+/// The whole `SqNorms` or `Factors` region of the batch.
+pub fn per_group(plan: &Plan, which: &str) -> TokenStream {
+    let (groups, which) = (lit(plan.groups.len()), Ident::new(which, CallSite::call_site()));
+    region(quote!(#which), quote!(0), quote!(n * #groups))
+}
+
+/// After a gradient target was written: adds it into the input's own gradient when the input has
+/// other readers.
+pub fn accumulate(plan: &Plan, t: GradTarget) -> TokenStream {
+    match t.add_into {
+        Some(g) => {
+            let (dst, src, len) = (arena(plan, g), arena(plan, t.write), lit(plan.buffers[t.write].len));
+            quote!(dev.add_into(#dst, #src, #len * n)?;)
+        }
+        None => quote!(),
+    }
+}

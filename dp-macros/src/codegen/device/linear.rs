@@ -1,0 +1,97 @@
+//! `linear` at one position per example on the device: the products through `gemm` (the batch folded
+//! into M), the bias and activation in one launch after the forward product, ghost norms by the
+//! Goodfellow identity, and the clipped sum as the plain sum over rows scaled by the factors (the
+//! inputs of an example with factor 0 zeroed, so that its non-finite values never reach the sum).
+
+use super::emit::{accumulate, arena, grad, lit, param, per_group, read, rt};
+use crate::codegen::cpu::emit::act;
+use crate::ops::activation::function::Act;
+use crate::ops::linear::DenseStep;
+use crate::plan::Plan;
+use proc_macro2::TokenStream;
+use quote::quote;
+
+/// `c (+)= op(a)·op(b)`, the batch size `n` as M or K where `m`/`k` say so.
+fn gemm(m: TokenStream, nn: TokenStream, k: TokenStream, a: (TokenStream, bool), b: (TokenStream, bool), c: TokenStream, accumulate: bool) -> TokenStream {
+    let rt = rt();
+    let ((a, at), (b, bt)) = (a, b);
+    quote! {
+        dev.gemm(#rt::Gemm {
+            m: #m, n: #nn, k: #k,
+            a: #a, a_transposed: #at,
+            b: #b, b_transposed: #bt,
+            c: #c, accumulate: #accumulate,
+        })?;
+    }
+}
+
+pub fn forward(plan: &Plan, d: &DenseStep) -> TokenStream {
+    let (n_in, n_out) = (lit(d.inputs), lit(d.outputs));
+    let (a, w, y) = (read(plan, d.input), param(plan, d.weight), arena(plan, d.output));
+    let product = gemm(quote!(n), quote!(#n_out), quote!(#n_in), (a, false), (w, true), y.clone(), false);
+    let epilogue = (d.bias.is_some() || d.act != Act::Identity).then(|| {
+        let bias = match d.bias {
+            Some(slot) => {
+                let b = param(plan, slot);
+                quote!(::core::option::Option::Some(#b))
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        let f = act(d.act);
+        quote!(dev.bias_activation(#y, #bias, n, #n_out, #f)?;)
+    });
+    quote!(#product #epilogue)
+}
+
+pub fn backward(plan: &Plan, d: &DenseStep) -> TokenStream {
+    let (n_in, n_out) = (lit(d.inputs), lit(d.outputs));
+    let delta = arena(plan, d.delta);
+    let act_back = (d.act != Act::Identity).then(|| {
+        let (y, f) = (arena(plan, d.output), act(d.act));
+        quote!(dev.activation_backward(#delta, #y, n * #n_out, #f)?;)
+    });
+    let input_grad = d.input_grad.map(|t| {
+        let (w, ga) = (param(plan, d.weight), arena(plan, t.write));
+        let product = gemm(quote!(n), quote!(#n_in), quote!(#n_out), (delta.clone(), false), (w, false), ga, false);
+        let acc = accumulate(plan, t);
+        quote!(#product #acc)
+    });
+    quote!(#act_back #input_grad)
+}
+
+/// `gw += δᵀ·a`, `gb += Σ_r δ_r` over the rows of `delta` and `a`.
+fn weighted_sum(plan: &Plan, d: &DenseStep, a: TokenStream, delta: TokenStream) -> TokenStream {
+    let (n_in, n_out) = (lit(d.inputs), lit(d.outputs));
+    let gw = grad(plan, d.weight);
+    let product = gemm(quote!(#n_out), quote!(#n_in), quote!(n), (delta.clone(), true), (a, false), gw, true);
+    let bias = d.bias.map(|slot| {
+        let gb = grad(plan, slot);
+        quote!(dev.column_sums_add(#delta, n, #n_out, #gb)?;)
+    });
+    quote!(#product #bias)
+}
+
+pub fn gradient_sum(plan: &Plan, d: &DenseStep) -> TokenStream {
+    weighted_sum(plan, d, read(plan, d.input), arena(plan, d.delta))
+}
+
+pub fn norms(plan: &Plan, d: &DenseStep) -> TokenStream {
+    let (n_in, n_out, groups, group) = (lit(d.inputs), lit(d.outputs), lit(plan.groups.len()), lit(d.group));
+    let (a, delta, sq, has_bias) = (read(plan, d.input), arena(plan, d.delta), per_group(plan, "SqNorms"), d.bias.is_some());
+    quote!(dev.linear_ghost_norms(#a, #delta, n, #n_in, #n_out, #has_bias, #sq, #groups, #group)?;)
+}
+
+pub fn clipped_sum(plan: &Plan, d: &DenseStep) -> TokenStream {
+    let rt = rt();
+    let (n_in, n_out, groups, group) = (lit(d.inputs), lit(d.outputs), lit(plan.groups.len()), lit(d.group));
+    let (a, delta, factors, scratch) =
+        (read(plan, d.input), arena(plan, d.delta), per_group(plan, "Factors"), arena(plan, plan.clip_scratch));
+    let sum = weighted_sum(plan, d, quote!(scratch_a), quote!(scratch_delta));
+    quote! {{
+        let scratch = #scratch;
+        let (scratch_a, scratch_delta) = (scratch.sub(0, n * #n_in), scratch.sub(n * #n_in, n * #n_out));
+        dev.scale_rows(#delta, scratch_delta, n, 1, #n_out, #factors, #groups, #group, #rt::RowScale::ByFactor)?;
+        dev.scale_rows(#a, scratch_a, n, 1, #n_in, #factors, #groups, #group, #rt::RowScale::Copy)?;
+        #sum
+    }}
+}

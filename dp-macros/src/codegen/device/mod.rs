@@ -1,0 +1,157 @@
+//! The device backend: every planned step as calls of the runtime's `DeviceOps` primitives (one
+//! matrix product or one element-wise launch each) with the plan's literal shapes and offsets, buffers
+//! named by region and offset instead of host slices. A model gets a device program only when every
+//! one of its steps has device primitives ([`unsupported`] says which step stops it); the others keep
+//! the trait's defaults, which refuse with that reason.
+//!
+//! The emitted statements share the names `dev` (the `&mut dyn DeviceOps`) and `n` (the batch size).
+
+mod emit;
+mod linear;
+mod unary;
+
+use super::backend::Backend;
+use crate::ops::activation::function::Derivative;
+use crate::ops::{Layer, Step};
+use crate::parse::ast::{InputKind, LossKind, ModelDef};
+use crate::plan::Plan;
+use emit::{arena, lit, region, rt};
+use proc_macro2::TokenStream;
+use quote::quote;
+
+/// The device backend.
+pub struct Device;
+
+/// Why the model has no device program yet: the first step without device primitives.
+pub fn unsupported(model: &ModelDef, plan: &Plan) -> Option<String> {
+    if let InputKind::Tokens { .. } = model.input_kind {
+        return Some("token inputs have no device primitives yet".into());
+    }
+    plan.steps.iter().find_map(|step| {
+        let op = match step {
+            Step::Linear(d) if d.positions != 1 => "linear over a sequence",
+            Step::Linear(d) if d.kept.is_some() || d.strategy != dp_spec::Strategy::Ghost => "linear with direct norms",
+            Step::Linear(_) => return None,
+            Step::Activation(a) if a.act.derivative() == Derivative::FromInput => "an activation whose derivative needs its input",
+            Step::Activation(_) | Step::Flatten(_) => return None,
+            Step::Conv2d(_) => "conv2d",
+            Step::Norm(_) => "group/layer norm",
+            Step::Embedding(_) => "embedding",
+            Step::Lstm(_) => "lstm",
+            Step::PositionEmbedding(_) => "position embedding",
+            Step::Attention(_) => "attention",
+            Step::Pool2d(_) => "pooling",
+            Step::GlobalAvgPool(_) => "global average pooling",
+            Step::Add(_) => "add",
+            Step::Mean(_) => "mean",
+            Step::Patches(_) => "patches",
+            Step::LoraSum(_) => "lora",
+        };
+        Some(format!("{op} has no device primitives yet"))
+    })
+}
+
+/// A step that [`unsupported`] let through and that therefore has device primitives.
+fn refused(step: &str) -> ! {
+    unreachable!("{step}: `unsupported` keeps a model with this step off the device backend")
+}
+
+impl Backend for Device {
+    fn loss(&self, plan: &Plan, loss: LossKind) -> TokenStream {
+        let rt = rt();
+        let kind = match loss {
+            LossKind::CrossEntropy { classes } => {
+                let k = lit(classes.value);
+                quote!(#rt::DeviceLoss::SoftmaxCrossEntropy { classes: #k })
+            }
+            LossKind::BinaryCrossEntropy => quote!(#rt::DeviceLoss::BinaryCrossEntropyWithLogits),
+            LossKind::MeanSquaredError => {
+                let k = lit(plan.output_len);
+                quote!(#rt::DeviceLoss::MeanSquaredError { outputs: #k })
+            }
+        };
+        let label_len = lit(match loss {
+            LossKind::MeanSquaredError => plan.output_len,
+            _ => 1,
+        });
+        let (out, grad) = (emit::read(plan, plan.output), arena(plan, plan.output_grad));
+        let (labels, losses) = (region(quote!(Labels), quote!(0), quote!(n * #label_len)), region(quote!(Losses), quote!(0), quote!(n)));
+        quote!(dev.loss(#kind, #out, #labels, n, #losses, #grad)?;)
+    }
+
+    fn forward(&self, plan: &Plan, step: &Step) -> TokenStream {
+        match step {
+            Step::Linear(s) => linear::forward(plan, s),
+            Step::Activation(s) => unary::activation_forward(plan, s),
+            Step::Flatten(_) => TokenStream::new(),
+            Step::Conv2d(_) => refused("conv2d"),
+            Step::Norm(_) => refused("norm"),
+            Step::Embedding(_) => refused("embedding"),
+            Step::Lstm(_) => refused("lstm"),
+            Step::PositionEmbedding(_) => refused("position embedding"),
+            Step::Attention(_) => refused("attention"),
+            Step::Pool2d(_) => refused("pool"),
+            Step::GlobalAvgPool(_) => refused("global average pool"),
+            Step::Add(_) => refused("add"),
+            Step::Mean(_) => refused("mean"),
+            Step::Patches(_) => refused("patches"),
+            Step::LoraSum(_) => refused("lora"),
+        }
+    }
+
+    fn backward(&self, plan: &Plan, step: &Step) -> TokenStream {
+        match step {
+            Step::Linear(s) => linear::backward(plan, s),
+            Step::Activation(s) => unary::activation_backward(plan, s),
+            Step::Flatten(s) => unary::flatten_backward(plan, s),
+            Step::Conv2d(_) => refused("conv2d"),
+            Step::Norm(_) => refused("norm"),
+            Step::Embedding(_) => refused("embedding"),
+            Step::Lstm(_) => refused("lstm"),
+            Step::PositionEmbedding(_) => refused("position embedding"),
+            Step::Attention(_) => refused("attention"),
+            Step::Pool2d(_) => refused("pool"),
+            Step::GlobalAvgPool(_) => refused("global average pool"),
+            Step::Add(_) => refused("add"),
+            Step::Mean(_) => refused("mean"),
+            Step::Patches(_) => refused("patches"),
+            Step::LoraSum(_) => refused("lora"),
+        }
+    }
+
+    fn gradient_sum(&self, plan: &Plan, layer: Layer<'_>) -> TokenStream {
+        match layer {
+            Layer::Linear(s) => linear::gradient_sum(plan, s),
+            Layer::Conv2d(_) => refused("conv2d"),
+            Layer::Norm(_) => refused("norm"),
+            Layer::Embedding(_) => refused("embedding"),
+            Layer::Lstm(_) => refused("lstm"),
+            Layer::PositionEmbedding(_) => refused("position embedding"),
+            Layer::Attention(_) => refused("attention"),
+        }
+    }
+
+    fn norms(&self, plan: &Plan, layer: Layer<'_>) -> TokenStream {
+        match layer {
+            Layer::Linear(s) => linear::norms(plan, s),
+            Layer::Conv2d(_) => refused("conv2d"),
+            Layer::Norm(_) => refused("norm"),
+            Layer::Embedding(_) => refused("embedding"),
+            Layer::Lstm(_) => refused("lstm"),
+            Layer::PositionEmbedding(_) => refused("position embedding"),
+            Layer::Attention(_) => refused("attention"),
+        }
+    }
+
+    fn clipped_sum(&self, plan: &Plan, layer: Layer<'_>) -> TokenStream {
+        match layer {
+            Layer::Linear(s) => linear::clipped_sum(plan, s),
+            Layer::Conv2d(_) => refused("conv2d"),
+            Layer::Norm(_) => refused("norm"),
+            Layer::Embedding(_) => refused("embedding"),
+            Layer::Lstm(_) => refused("lstm"),
+            Layer::PositionEmbedding(_) => refused("position embedding"),
+            Layer::Attention(_) => refused("attention"),
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The device program's contract: the primitives a model's generated device program launches, over
+//! buffers named by region and offset rather than by host slices.
+//!
+//! `#[dp_model]` emits, beside the CPU program, a device program for models whose every op has device
+//! primitives ([`DpModel::DEVICE_UNSUPPORTED`](crate::DpModel::DEVICE_UNSUPPORTED) says why a model
+//! has none): the same planned passes (forward, loss and backward, norms, clipped sum, plain gradient
+//! sum) as calls of [`DeviceOps`], with every dimension and offset a literal of the plan. A backend
+//! implements the trait: `dp_cuda` on an NVIDIA GPU (cuBLAS for the products, NVRTC-compiled kernels
+//! for the rest), [`host::HostDevice`] on the CPU, a plain reference that lets the launch sequence be
+//! tested against the CPU program where there is no GPU.
+//!
+//! Buffers live in the regions of [`Region`], each one device allocation; the arena is laid out as the
+//! CPU's (`dp_kernels::arena::carve`): the plan's buffer `k` of per-example length `len_k` at
+//! `offset_k · n`, `len_k · n` long for a batch of `n`.
+
+pub mod host;
+
+use dp_kernels::activation::Activation;
+
+/// The device allocations a program reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Region {
+    /// The parameters, `PARAM_COUNT` (trained first).
+    Params,
+    /// The gradient being summed, `TRAINED_PARAM_COUNT`, laid out as the trained parameters.
+    Grad,
+    /// The plan's per-example buffers.
+    Arena,
+    /// The batch's inputs, `n · input_len`.
+    Inputs,
+    /// The batch's labels, `n` (class indices or 0/1 as `f32`) or `n · outputs` (regression).
+    Labels,
+    /// Each example's loss, `n`.
+    Losses,
+    /// Each example's squared norm per group, `n · groups`, example-major.
+    SqNorms,
+    /// Each example's clip factor per group, shaped like `SqNorms`.
+    Factors,
+}
+
+/// `len` values of a region from `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub region: Region,
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl Span {
+    pub const fn new(region: Region, offset: usize, len: usize) -> Self {
+        Span { region, offset, len }
+    }
+
+    /// The values `[from, from + len)` of this span.
+    pub fn sub(self, from: usize, len: usize) -> Self {
+        assert!(from + len <= self.len, "{len} values at {from} of a span of {}", self.len);
+        Span { offset: self.offset + from, len, ..self }
+    }
+}
+
+/// `c = op(a)·op(b) + beta·c`, row-major: `op(a)` is `m×k`, stored `m×k` or, transposed, `k×m`;
+/// `op(b)` is `k×n`, stored `k×n` or, transposed, `n×k`; `c` is `m×n`. `beta` is 0 (overwrite: `c`'s
+/// previous values, NaN included, never matter) or 1 (accumulate).
+#[derive(Debug, Clone, Copy)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: Span,
+    pub a_transposed: bool,
+    pub b: Span,
+    pub b_transposed: bool,
+    pub c: Span,
+    pub accumulate: bool,
+}
+
+impl Gemm {
+    /// The spans are as long as the shapes need.
+    pub fn check(&self) -> Result<(), DeviceError> {
+        let fits = self.a.len >= self.m * self.k && self.b.len >= self.k * self.n && self.c.len >= self.m * self.n;
+        if fits {
+            Ok(())
+        } else {
+            Err(DeviceError::Mismatch(format!("a GEMM of {}×{}×{} over {self:?}", self.m, self.n, self.k)))
+        }
+    }
+}
+
+/// The losses a device program computes, each example's loss and its gradient in one pass (summed
+/// over examples, never averaged, as `dp_kernels::loss`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceLoss {
+    /// `classes` logits per example, a class index per label.
+    SoftmaxCrossEntropy { classes: usize },
+    /// One logit per example, a 0/1 label.
+    BinaryCrossEntropyWithLogits,
+    /// `outputs` predictions and as many labels per example.
+    MeanSquaredError { outputs: usize },
+}
+
+/// What the per-example row operation of a clipped sum writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowScale {
+    /// `dst_r = c_i · src_r`.
+    ByFactor,
+    /// `dst_r = src_r`.
+    Copy,
+}
+
+/// Why a device program could not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// The model has no device program: the op that has no device primitives yet.
+    #[error("{model} has no device program: {reason}")]
+    Unsupported { model: &'static str, reason: &'static str },
+    /// Spans or shapes that do not fit (an internal invariant of generated code).
+    #[error("device program: {0}")]
+    Mismatch(String),
+    /// The backend failed (a launch, a library call), with its message.
+    #[error("device: {0}")]
+    Backend(String),
+}
+
+/// The primitives of a device program. Every method launches work on the device in call order (a
+/// GPU backend queues it on one stream); none copies data to or from the host.
+pub trait DeviceOps {
+    /// A matrix product ([`Gemm`]).
+    fn gemm(&mut self, g: Gemm) -> Result<(), DeviceError>;
+
+    /// `y[r, c] = act(y[r, c] + bias[c])` in place over `rows × cols` (no bias: `act(y)`).
+    fn bias_activation(
+        &mut self,
+        y: Span,
+        bias: Option<Span>,
+        rows: usize,
+        cols: usize,
+        act: Activation,
+    ) -> Result<(), DeviceError>;
+
+    /// `y = act(x)` over `len` values (an activation step of its own).
+    fn activation(&mut self, x: Span, y: Span, len: usize, act: Activation) -> Result<(), DeviceError>;
+
+    /// `grad *= act'(y)` in place, the derivative read from the activation's output `y` (only the
+    /// activations whose derivative the output gives: identity, ReLU, tanh, sigmoid).
+    fn activation_backward(&mut self, grad: Span, y: Span, len: usize, act: Activation) -> Result<(), DeviceError>;
+
+    /// Each example's loss into `losses` and its gradient with respect to the outputs into `grad`.
+    fn loss(
+        &mut self,
+        loss: DeviceLoss,
+        outputs: Span,
+        labels: Span,
+        rows: usize,
+        losses: Span,
+        grad: Span,
+    ) -> Result<(), DeviceError>;
+
+    /// The Goodfellow identity of a linear layer at one position per example, OVERWRITING column
+    /// `group` of `sq_norms` (`rows × groups`): `‖a_i‖²·‖δ_i‖² (+ ‖δ_i‖² with a bias)`.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_ghost_norms(
+        &mut self,
+        a: Span,
+        delta: Span,
+        rows: usize,
+        inputs: usize,
+        outputs: usize,
+        has_bias: bool,
+        sq_norms: Span,
+        groups: usize,
+        group: usize,
+    ) -> Result<(), DeviceError>;
+
+    /// `dst` row by row from `src` (`rows × cols`, `positions` rows per example): an example whose
+    /// factor in column `group` of `factors` is exactly 0 gets rows of exact zeros (its values, NaN
+    /// included, are never read into the result); the others get their rows as `scale` says.
+    #[allow(clippy::too_many_arguments)]
+    fn scale_rows(
+        &mut self,
+        src: Span,
+        dst: Span,
+        rows: usize,
+        positions: usize,
+        cols: usize,
+        factors: Span,
+        groups: usize,
+        group: usize,
+        scale: RowScale,
+    ) -> Result<(), DeviceError>;
+
+    /// `dst[c] += Σ_r src[r, c]` over `rows × cols` (a bias gradient).
+    fn column_sums_add(&mut self, src: Span, rows: usize, cols: usize, dst: Span) -> Result<(), DeviceError>;
+
+    /// `dst += src` over `len` values (a gradient into an input with other readers).
+    fn add_into(&mut self, dst: Span, src: Span, len: usize) -> Result<(), DeviceError>;
+
+    /// `dst = src` over `len` values.
+    fn copy(&mut self, dst: Span, src: Span, len: usize) -> Result<(), DeviceError>;
+
+    /// Zeroes `len` values.
+    fn zero(&mut self, dst: Span, len: usize) -> Result<(), DeviceError>;
+}
