@@ -9,6 +9,11 @@ pub use dp_macros::dp_model;
 pub mod models;
 pub use dp_runtime::*;
 
+/// NVIDIA GPUs (the `cuda` feature): a model's device program on a GPU ([`cuda::trainer::GpuModel`]),
+/// the kernels and their NVRTC compilation. docs/GPU.md says what runs there and what does not yet.
+#[cfg(feature = "cuda")]
+pub use dp_cuda as cuda;
+
 /// Everything a model definition and a training script need.
 pub mod prelude {
     pub use crate::dp_model;

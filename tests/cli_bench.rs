@@ -200,4 +200,17 @@ fn invalid_arguments_name_the_flag_and_exit_with_2() {
     );
     rejected(&["--peak", "--peak-sizes", "0"], "--peak-sizes must all be at least 1");
     rejected(&["--peak-sizes", "8"], "--peak");
+    rejected(&["--model", "ffnn", "--device", "tpu"], "unknown device `tpu`: expected cpu, cuda or cuda:N");
+    if cfg!(not(feature = "cuda")) {
+        rejected(
+            &["--model", "ffnn", "--device", "cuda:0"],
+            "--device needs a dp built with the `cuda` feature",
+        );
+    } else {
+        rejected(
+            &["--model", "ffnn", "--device", "cuda:0", "--precision", "bf16"],
+            "--device cuda runs f32 only",
+        );
+        rejected(&["--device", "cuda:0", "--peak"], "--device cuda times steps only");
+    }
 }

@@ -2,67 +2,22 @@
 //! program of the same model: losses, per-example squared norms, the clipped sum (an example with a
 //! non-finite input and factor 0 contributing exactly nothing) and the plain gradient sum. This tests
 //! the launch sequence the macro emits (offsets, shapes, transposes, pass order) on every run, with no
-//! GPU; `dp-cuda/tests/gpu_programs.rs` runs the same programs on a GPU.
+//! GPU; `tests/gpu_programs.rs` runs the same programs on a GPU.
 
-use dp::models::{AdultFfnn, AdultLogReg, MnistCnn};
-use dp::prelude::*;
 use dp::clipping::{clip_factors, ClipMode};
 use dp::device::host::HostDevice;
-use dp::device::{DeviceError, Region};
+use dp::device::{DeviceError, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region};
+use dp::models::{AdultFfnn, AdultLogReg, MnistCnn};
+use dp::noise::gaussian::{fill_chunk, FILL_CHUNK};
+use dp::optim::{NoisyGradient, Optimizer, Sgd, StepInfo};
+use dp::prelude::*;
 use dp::{Batch, Workspace};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-#[dp_model(input = [3, 2], loss = mse)]
-struct TanhMse {
-    #[layer(flatten, linear(out = 5, in = 6), tanh)]
-    fc1: Linear,
-    #[layer(linear(out = 2, bias = false))]
-    fc2: Linear,
-}
+mod dense_models;
 
-/// A standalone tanh on the input, linear → sigmoid (fused) → relu (standalone), one logit.
-#[dp_model(input = [6], loss = binary_cross_entropy)]
-struct SigmoidBce {
-    #[layer(tanh)]
-    squash: Tanh,
-    #[layer(linear(out = 4), sigmoid, relu)]
-    hidden: Linear,
-    #[layer(linear(out = 1))]
-    out: Linear,
-}
-
-#[dp_model(input = [5], loss = cross_entropy(classes = 3))]
-struct Deep {
-    #[layer(linear(out = 8), relu)]
-    a: Linear,
-    #[layer(linear(out = 6), tanh)]
-    b: Linear,
-    #[layer(linear(out = 3))]
-    c: Linear,
-}
-
-fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol * w.abs().max(1e-3), "{what}[{i}]: device {g}, cpu {w}");
-    }
-}
-
-/// Inputs (uniform, or class-valid labels) for `n` examples of `M`; example 0 poisoned with NaN when
-/// `poison`.
-fn batch<M: DpModel<Input = f32>>(rng: &mut ChaCha8Rng, n: usize, poison: bool) -> (Vec<f32>, Vec<f32>) {
-    let mut inputs: Vec<f32> = (0..n * M::input_len()).map(|_| rng.random_range(-1.0..1.0)).collect();
-    if poison {
-        inputs[0] = f32::NAN;
-    }
-    let labels = match M::LOSS {
-        Loss::CrossEntropy { classes } => (0..n).map(|_| rng.random_range(0..classes) as f32).collect(),
-        Loss::BinaryCrossEntropy => (0..n).map(|_| rng.random_range(0..2) as f32).collect(),
-        Loss::MeanSquaredError { outputs } => (0..n * outputs).map(|_| rng.random_range(-1.0..1.0)).collect(),
-    };
-    (inputs, labels)
-}
+use dense_models::{batch, close, close_sum, ActivatedOutput, Deep, SigmoidBce, TanhMse};
 
 fn device_matches_cpu<M: DpModel<Input = f32>>(seed: u64) {
     assert_eq!(M::DEVICE_UNSUPPORTED, None, "{} should have a device program", M::NAME);
@@ -95,14 +50,23 @@ fn device_matches_cpu<M: DpModel<Input = f32>>(seed: u64) {
         M::device_clipped_sum(&mut dev, n).unwrap();
         let tag = |what: &str| format!("{} n={n} {what}", M::NAME);
         if poison {
-            assert!(dev.get(Region::SqNorms)[..groups].iter().all(|v| v.is_nan()), "{}", tag("poisoned norm"));
+            assert!(
+                dev.get(Region::SqNorms)[..groups].iter().all(|v| v.is_nan()),
+                "{}",
+                tag("poisoned norm")
+            );
             assert!(factors[..groups].iter().all(|&f| f == 0.0));
         }
         let finite = if poison { groups.. } else { 0.. };
-        close(&tag("losses"), &dev.get(Region::Losses)[usize::from(poison)..], &losses[usize::from(poison)..], 1e-5);
+        close(
+            &tag("losses"),
+            &dev.get(Region::Losses)[usize::from(poison)..],
+            &losses[usize::from(poison)..],
+            1e-5,
+        );
         close(&tag("squared norms"), &dev.get(Region::SqNorms)[finite.clone()], &sq[finite], 1e-4);
         assert!(dev.get(Region::Grad).iter().all(|v| v.is_finite()), "{}", tag("clipped sum finite"));
-        close(&tag("clipped sum"), dev.get(Region::Grad), &cpu_sum, 1e-4);
+        close_sum(&tag("clipped sum"), dev.get(Region::Grad), &cpu_sum, 1e-4);
 
         if !poison {
             let mut cpu_grad = vec![0.0; M::TRAINED_PARAM_COUNT];
@@ -111,7 +75,7 @@ fn device_matches_cpu<M: DpModel<Input = f32>>(seed: u64) {
             dev.set(Region::Grad, vec![0.0; M::TRAINED_PARAM_COUNT]);
             M::device_forward_backward(&mut dev, n).unwrap();
             M::device_gradient_sum(&mut dev, n).unwrap();
-            close(&tag("gradient sum"), dev.get(Region::Grad), &cpu_grad, 1e-4);
+            close_sum(&tag("gradient sum"), dev.get(Region::Grad), &cpu_grad, 1e-4);
         }
     }
 }
@@ -142,10 +106,152 @@ fn deep_device_program_matches_the_cpu() {
 }
 
 #[test]
+fn activated_output_device_program_matches_the_cpu() {
+    device_matches_cpu::<ActivatedOutput>(6);
+}
+
+#[test]
 fn a_model_without_device_primitives_says_which_step() {
     assert_eq!(MnistCnn::DEVICE_UNSUPPORTED, Some("conv2d has no device primitives yet"));
     let mut dev = HostDevice::new();
     let err = MnistCnn::device_norms(&mut dev, 4).unwrap_err();
     assert!(matches!(err, DeviceError::Unsupported { .. }));
     assert_eq!(err.to_string(), "MnistCnn has no device program: conv2d has no device primitives yet");
+}
+
+/// A model's training state on the host reference backend: the device program for the model's
+/// passes, the CPU's clip factors, chunked noise under the step's key and SGD for the rest. It lets
+/// `Trainer::device` be tested end to end without a GPU.
+struct HostTraining<M: DpModel> {
+    dev: HostDevice,
+    sgd: Option<Sgd>,
+    steps: u64,
+    model: std::marker::PhantomData<M>,
+}
+
+impl<M: DpModel<Input = f32>> DeviceTraining<M> for HostTraining<M> {
+    fn describe(&self) -> String {
+        "host reference".into()
+    }
+
+    fn upload(&mut self, params: &[f32]) -> Result<(), DeviceError> {
+        self.dev.set(Region::Params, params.to_vec());
+        Ok(())
+    }
+
+    fn download(&mut self, params: &mut [f32]) -> Result<(), DeviceError> {
+        params.copy_from_slice(self.dev.get(Region::Params));
+        Ok(())
+    }
+
+    fn private_step(
+        &mut self,
+        inputs: &[f32],
+        labels: &[f32],
+        n: usize,
+        step: &DevicePrivateStep,
+    ) -> Result<DeviceStepOutcome, DeviceError> {
+        let (groups, len) = (M::GROUPS.len(), M::TRAINED_PARAM_COUNT);
+        let d = &mut self.dev;
+        d.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * n]);
+        d.set(Region::Inputs, inputs.to_vec());
+        d.set(Region::Labels, labels.to_vec());
+        d.set(Region::Losses, vec![0.0; n]);
+        d.set(Region::SqNorms, vec![0.0; n * groups]);
+        d.set(Region::Grad, vec![0.0; len]);
+        let mut factors = vec![0.0; n * groups];
+        if n > 0 {
+            M::device_forward_backward(d, n)?;
+            M::device_norms(d, n)?;
+        }
+        let bad = clip_factors(step.clip_mode, step.clip_norm, groups, d.get(Region::SqNorms), &mut factors)
+            .unwrap();
+        d.set(Region::Factors, factors);
+        if n > 0 {
+            M::device_clipped_sum(d, n)?;
+        }
+        let mut z = vec![0.0; len];
+        for (chunk, values) in z.chunks_mut(FILL_CHUNK).enumerate() {
+            fill_chunk(&step.key, chunk as u64, values);
+        }
+        let s = step.sgd;
+        let sgd = self.sgd.get_or_insert_with(|| {
+            Sgd::new(s.lr).momentum(s.momentum).nesterov(s.nesterov).weight_decay(s.weight_decay)
+        });
+        let mut params = d.get(Region::Params).to_vec();
+        let sum = d.get(Region::Grad).to_vec();
+        let gradient = NoisyGradient::with_drawn_noise(&sum, &z, step.noise_std, step.normaliser);
+        sgd.step(&mut params[..len], gradient, StepInfo { step: self.steps, total_steps: u64::MAX });
+        self.steps += 1;
+        let overflowed = params.iter().any(|p| !p.is_finite());
+        if !overflowed {
+            d.set(Region::Params, params);
+        }
+        Ok(DeviceStepOutcome { non_finite_examples: bad, overflowed })
+    }
+}
+
+/// `Trainer::device` end to end on the host reference backend: seeded alike, it takes the same
+/// batches and noise keys as the trainer on the CPU, so it ends at the same parameters (to rounding),
+/// ε and accuracy.
+#[test]
+fn a_trainer_on_a_device_follows_the_trainer_on_the_cpu() {
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    let (inputs, labels) = batch::<Deep>(&mut rng, 600, false);
+    let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = Deep::init(&mut rng);
+    let train = |model: &mut Deep, device: bool| {
+        let trainer = dp::Trainer::new(model)
+            .optimizer(Sgd::new(0.5).momentum(0.9))
+            .clip_norm(1.0)
+            .noise_multiplier(0.8)
+            .expected_batch_size(64)
+            .steps(20)
+            .seed(3)
+            .allow_large_delta(true)
+            .quiet(true);
+        let host = HostTraining::<Deep> {
+            dev: HostDevice::new(),
+            sgd: None,
+            steps: 0,
+            model: std::marker::PhantomData,
+        };
+        match device {
+            true => trainer.device(host).fit(&data, Some(&data)),
+            false => trainer.fit(&data, Some(&data)),
+        }
+        .unwrap()
+    };
+    let mut cpu = Deep::from_params(initial.params().to_vec());
+    let cpu_report = train(&mut cpu, false);
+    let mut dev = Deep::from_params(initial.params().to_vec());
+    let dev_report = train(&mut dev, true);
+    assert_eq!((dev_report.steps, dev_report.epsilon), (cpu_report.steps, cpu_report.epsilon));
+    let diff = dev.params().iter().zip(cpu.params()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let moved = cpu.params().iter().zip(initial.params()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(moved > 0.01, "training moved the parameters by {moved}");
+    assert!(diff <= 1e-4 * moved.max(1.0), "device and CPU trainers differ by {diff} (moved {moved})");
+    assert!((dev_report.accuracy - cpu_report.accuracy).abs() <= 0.01);
+}
+
+#[test]
+fn a_device_refuses_what_it_has_no_path_for() {
+    let mut rng = ChaCha8Rng::seed_from_u64(42);
+    let (inputs, labels) = batch::<Deep>(&mut rng, 100, false);
+    let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let mut model = Deep::init(&mut rng);
+    let host =
+        HostTraining::<Deep> { dev: HostDevice::new(), sgd: None, steps: 0, model: std::marker::PhantomData };
+    let err = dp::Trainer::new(&mut model)
+        .optimizer(dp::optim::Adam::new(1e-3))
+        .clip_norm(1.0)
+        .noise_multiplier(1.0)
+        .expected_batch_size(10)
+        .steps(2)
+        .allow_large_delta(true)
+        .quiet(true)
+        .device(host)
+        .fit(&data, None)
+        .unwrap_err();
+    assert_eq!(err.to_string(), "invalid device: the adam optimizer has no device update (SGD only so far)");
 }

@@ -2,57 +2,16 @@
 //! a time: losses, per-example gradient norms, clipped sums and the non-private gradient; the
 //! reference's own gradients against central finite differences.
 
+mod dense_models;
 mod reference;
 
+use dense_models::{ActivatedOutput, Deep, SigmoidBce, TanhMse};
 use dp::models::{AdultFfnn, AdultLogReg};
 use dp::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use reference::dense::{linear_backward, linear_forward, Activation};
 use reference::loss::RefLoss;
-
-// ---------------------------------------------------------------------------------------------
-// Models declared for the test: every op, every loss, no-bias, standalone activations.
-
-/// flatten → linear 6→5 → tanh → linear 5→2 without bias, squared error.
-#[dp_model(input = [3, 2], loss = mse)]
-struct TanhMse {
-    #[layer(flatten, linear(out = 5, in = 6), tanh)]
-    fc1: Linear,
-    #[layer(linear(out = 2, bias = false))]
-    fc2: Linear,
-}
-
-/// A standalone tanh on the input, linear → sigmoid (fused) → relu (standalone), one logit.
-#[dp_model(input = [6], loss = binary_cross_entropy)]
-struct SigmoidBce {
-    #[layer(tanh)]
-    squash: Tanh,
-    #[layer(linear(out = 4), sigmoid, relu)]
-    hidden: Linear,
-    #[layer(linear(out = 1))]
-    out: Linear,
-}
-
-/// Three layers, relu and tanh, three classes.
-#[dp_model(input = [5], loss = cross_entropy(classes = 3))]
-struct Deep {
-    #[layer(linear(out = 8), relu)]
-    a: Linear,
-    #[layer(linear(out = 6), tanh)]
-    b: Linear,
-    #[layer(linear(out = 3))]
-    c: Linear,
-}
-
-/// The output is an activation: sigmoid fused into the last linear layer, then a standalone tanh.
-#[dp_model(input = [4], loss = mse)]
-struct ActivatedOutput {
-    #[layer(linear(out = 7), relu)]
-    fc1: Linear,
-    #[layer(linear(out = 3), sigmoid, tanh)]
-    fc2: Linear,
-}
 
 // ---------------------------------------------------------------------------------------------
 // The f64 reference: a chain of the ops of `tests/reference`, over a flat buffer laid out in op order

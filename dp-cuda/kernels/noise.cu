@@ -3,7 +3,10 @@
 // takes its first 64-bit word from ChaCha20 stream 2j under the step's key, at the position the CPU's
 // interleaved 16-block calls give it (call i / 128, block lane i % 16, word (i % 128) / 16), and runs
 // the ziggurat's common case. The ~1.5% of coordinates outside their layer's inner rectangle are
-// redone, in coordinate order, from stream 2j + 1: a second, serial pass per chunk.
+// redone, in coordinate order, from stream 2j + 1: a second pass per chunk, serial in its use of that
+// stream. Pass 1 keeps the first word of each such coordinate, so pass 2 recomputes no block of
+// stream 2j; on the device a block of threads finds the coordinates to redo, a tile at a time, and
+// one thread redoes them in order.
 //
 // The same file compiles as plain C on the host (tests/host_harness.c), so the arithmetic is tested
 // against the CPU without a GPU; only the two __global__ wrappers are device-only.
@@ -93,9 +96,11 @@ DP_DEVICE double dp_ziggurat_slow(dp_u64 bits, dp_word_stream *more, const doubl
 
 // Pass 1 for one ChaCha20 block of a chunk's first stream: `block` (0, 1, ...) gives the 8
 // coordinates whose first words it holds. Coordinates inside their inner rectangle get their value;
-// the others get NaN, which pass 2 replaces. `len` is the chunk's length (the last chunk is short).
+// the others get NaN, which pass 2 replaces, and their first word in `first_words`. `len` is the
+// chunk's length (the last chunk is short).
 DP_DEVICE void dp_noise_first_block(const dp_u32 key[8], dp_u64 chunk, dp_u64 block, dp_u64 len,
-                                    const double *edge, const double *ratio, double *out) {
+                                    const double *edge, const double *ratio, double *out,
+                                    dp_u64 *first_words) {
     dp_u64 words[8];
     dp_chacha20_block(key, 2 * chunk, block, words);
     dp_u64 call = block / DP_LANES, lane = block % DP_LANES;
@@ -105,42 +110,80 @@ DP_DEVICE void dp_noise_first_block(const dp_u32 key[8], dp_u64 chunk, dp_u64 bl
         dp_u64 bits = words[k];
         dp_u32 layer = (dp_u32)(bits & 0xffu);
         double u = 2.0 * dp_unit(bits) - 1.0;
-        out[i] = fabs(u) < ratio[layer] ? u * edge[layer] : (0.0 / 0.0);
+        if (fabs(u) < ratio[layer]) {
+            out[i] = u * edge[layer];
+        } else {
+            out[i] = 0.0 / 0.0;
+            first_words[i] = bits;
+        }
     }
 }
 
-// Pass 2 for one chunk: the NaN coordinates, in order, from stream 2·chunk + 1.
+// Pass 2 for one chunk, serially: the NaN coordinates, in order, from their first words and stream
+// 2·chunk + 1 (the host harness's path; the kernel below takes the same steps).
 DP_DEVICE void dp_noise_retry_chunk(const dp_u32 key[8], dp_u64 chunk, dp_u64 len, const double *edge,
-                                    const double *ratio, const double *density, double *out) {
+                                    const double *ratio, const double *density, const dp_u64 *first_words,
+                                    double *out) {
     dp_word_stream more = {key, 2 * chunk + 1, 0, 0, 0, {0, 0, 0, 0, 0, 0, 0, 0}};
-    dp_word_stream first = {key, 2 * chunk, 0, 0, 0, {0, 0, 0, 0, 0, 0, 0, 0}};
     for (dp_u64 i = 0; i < len; ++i) {
         if (out[i] == out[i]) continue;
-        first.index = i;
-        out[i] = dp_ziggurat_slow(dp_next_word(&first), &more, edge, ratio, density);
+        out[i] = dp_ziggurat_slow(first_words[i], &more, edge, ratio, density);
     }
 }
 
 #ifdef __CUDACC__
 // One thread per ChaCha20 block of every chunk: blocks_per_chunk = ceil(CHUNK / 8) for full chunks.
 extern "C" __global__ void dp_noise_first(const dp_u32 *key, dp_u64 len, const double *edge,
-                                          const double *ratio, double *out) {
+                                          const double *ratio, double *out, dp_u64 *first_words) {
     dp_u64 global = (dp_u64)blockIdx.x * blockDim.x + threadIdx.x;
     dp_u64 blocks_per_chunk = DP_NOISE_CHUNK / 8;
     dp_u64 chunk = global / blocks_per_chunk, block = global % blocks_per_chunk;
     dp_u64 start = chunk * DP_NOISE_CHUNK;
     if (start >= len) return;
     dp_u64 chunk_len = len - start < DP_NOISE_CHUNK ? len - start : DP_NOISE_CHUNK;
-    dp_noise_first_block(key, chunk, block, chunk_len, edge, ratio, out + start);
+    dp_noise_first_block(key, chunk, block, chunk_len, edge, ratio, out + start, first_words + start);
 }
 
-// One thread per chunk.
+#define DP_RETRY_THREADS 256u
+
+// One block of DP_RETRY_THREADS per chunk. Tile by tile, the threads flag their coordinate if pass 1
+// left it NaN and write the flagged indices, in order, into a shared list (a ballot per warp and the
+// warps' counts summed before it); thread 0 then redoes them in that order, holding stream 2·chunk + 1
+// across tiles, so the stream is read in coordinate order as on the CPU.
 extern "C" __global__ void dp_noise_retry(const dp_u32 *key, dp_u64 len, const double *edge,
-                                          const double *ratio, const double *density, double *out) {
-    dp_u64 chunk = (dp_u64)blockIdx.x * blockDim.x + threadIdx.x;
+                                          const double *ratio, const double *density,
+                                          const dp_u64 *first_words, double *out) {
+    __shared__ unsigned int list[DP_RETRY_THREADS];
+    __shared__ unsigned int warp_start[DP_RETRY_THREADS / 32 + 1];
+    dp_u64 chunk = blockIdx.x;
     dp_u64 start = chunk * DP_NOISE_CHUNK;
     if (start >= len) return;
     dp_u64 chunk_len = len - start < DP_NOISE_CHUNK ? len - start : DP_NOISE_CHUNK;
-    dp_noise_retry_chunk(key, chunk, chunk_len, edge, ratio, density, out + start);
+    double *values = out + start;
+    const dp_u64 *words = first_words + start;
+    dp_word_stream more = {key, 2 * chunk + 1, 0, 0, 0, {0, 0, 0, 0, 0, 0, 0, 0}};
+    unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    for (dp_u64 tile = 0; tile < chunk_len; tile += DP_RETRY_THREADS) {
+        dp_u64 i = tile + threadIdx.x;
+        int redo = i < chunk_len && values[i] != values[i];
+        unsigned int ballot = __ballot_sync(0xffffffffu, redo);
+        if (lane == 0) warp_start[warp + 1] = __popc(ballot);
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            warp_start[0] = 0;
+            for (unsigned int w = 1; w <= DP_RETRY_THREADS / 32; ++w) warp_start[w] += warp_start[w - 1];
+        }
+        __syncthreads();
+        if (redo) list[warp_start[warp] + __popc(ballot & ((1u << lane) - 1u))] = (unsigned int)(i - tile);
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            unsigned int count = warp_start[DP_RETRY_THREADS / 32];
+            for (unsigned int k = 0; k < count; ++k) {
+                dp_u64 j = tile + list[k];
+                values[j] = dp_ziggurat_slow(words[j], &more, edge, ratio, density);
+            }
+        }
+        __syncthreads();
+    }
 }
 #endif

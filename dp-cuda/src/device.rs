@@ -1,35 +1,44 @@
-//! One GPU through the CUDA driver (loaded dynamically): its context and stream, and the kernels of
-//! this crate compiled by NVRTC for its architecture and loaded once. Each method copies its inputs
-//! in, runs one kernel file's launches and copies the result out: the entry points of the GPU tests,
-//! which compare them with the CPU. (A training step keeps everything on the device; that is not built
-//! yet.)
-//!
-//! UNRUN: no GPU was available where this was written; it compiles, and its tests skip visibly.
+//! One GPU through the CUDA driver (loaded dynamically): its context and stream, cuBLAS on that
+//! stream, and the kernels of this crate compiled by NVRTC for its architecture and loaded once. The
+//! methods that copy their inputs in and the result out are the entry points of the GPU tests, which
+//! compare each kernel file with the CPU; a training step keeps everything on the device
+//! ([`crate::trainer::GpuModel`]).
 
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUdevice_attribute;
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::Ptx;
 use dp_runtime::clipping::ClipMode;
 use dp_runtime::noise::gaussian::ziggurat_tables;
 
 use crate::error::{CudaError, Result};
 use crate::noise::{key_words, NoiseLaunch, THREADS};
-use crate::{clip, noise, nvrtc, source, update};
+use crate::{clip, dense, noise, nvrtc, source, update};
+use cudarc::cublas::CudaBlas;
 
 /// How to get the driver when it is missing.
 pub const DRIVER_HINT: &str = "install the NVIDIA driver (the CUDA toolkit is not needed)";
 
+/// How to get cuBLAS when it is missing.
+pub const CUBLAS_HINT: &str = "install the CUDA toolkit, or `pip install nvidia-cublas-cu12` and add its \
+`nvidia/cublas/lib` folder to LD_LIBRARY_PATH";
+
 /// A GPU with this crate's kernels loaded.
 pub struct Gpu {
-    stream: Arc<CudaStream>,
+    pub(crate) stream: Arc<CudaStream>,
+    /// cuBLAS on the same stream: the products of device programs.
+    pub(crate) blas: CudaBlas,
+    /// `kernels/dense.cu`, in the order of [`dense::ENTRIES`].
+    pub(crate) dense: Vec<CudaFunction>,
     name: String,
     arch: &'static str,
-    noise_first: CudaFunction,
-    noise_retry: CudaFunction,
-    clip_factors: CudaFunction,
-    sgd_update: CudaFunction,
+    pub(crate) noise_first: CudaFunction,
+    pub(crate) noise_retry: CudaFunction,
+    pub(crate) clip_factors: CudaFunction,
+    pub(crate) sgd_update: CudaFunction,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -38,7 +47,7 @@ impl std::fmt::Debug for Gpu {
     }
 }
 
-fn driver(during: &'static str) -> impl FnOnce(DriverError) -> CudaError {
+pub(crate) fn driver(during: &'static str) -> impl FnOnce(DriverError) -> CudaError {
     move |e| CudaError::Driver { during, message: e.to_string() }
 }
 
@@ -91,15 +100,17 @@ impl Gpu {
         else {
             unreachable!("each load returns one function per entry");
         };
-        Ok(Gpu {
-            stream: ctx.default_stream(),
-            name,
-            arch,
-            noise_first,
-            noise_retry,
-            clip_factors,
-            sgd_update,
-        })
+        let dense = load("dense.cu", dense::SOURCE, dense::ENTRIES)?;
+        // SAFETY: only tries to open the library by its candidate names.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(CudaError::LibraryMissing { library: "libcublas.so.12", hint: CUBLAS_HINT });
+        }
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| CudaError::Driver {
+            during: "creating the cuBLAS handle",
+            message: e.to_string(),
+        })?;
+        Ok(Gpu { stream, blas, dense, name, arch, noise_first, noise_retry, clip_factors, sgd_update })
     }
 
     /// The device's name and architecture, e.g. `NVIDIA H200 (sm_90)`.
@@ -112,13 +123,29 @@ impl Gpu {
         if len == 0 {
             return Ok(Vec::new());
         }
-        let tables = ziggurat_tables();
+        let tables = NoiseTables::upload(self)?;
         let s = &self.stream;
         let key = s.clone_htod(&key_words(key)).map_err(driver("copying the key"))?;
-        let edge = s.clone_htod(&tables.edge[..]).map_err(driver("copying the tables"))?;
-        let ratio = s.clone_htod(&tables.ratio[..]).map_err(driver("copying the tables"))?;
-        let density = s.clone_htod(&tables.density[..]).map_err(driver("copying the tables"))?;
         let mut out = s.alloc_zeros::<f64>(len).map_err(driver("allocating the noise"))?;
+        let mut words = s.alloc_zeros::<u64>(len).map_err(driver("allocating the first words"))?;
+        self.draw_normals(&key, &tables, &mut out, &mut words, len)?;
+        s.clone_dtoh(&out).map_err(driver("copying the noise back"))
+    }
+
+    /// Queues the draw of `len` standard normals under the key words `key` (8, on the device) into
+    /// `out`: the two passes of `noise.cu`, `first_words` (`len`) their scratch.
+    pub(crate) fn draw_normals(
+        &self,
+        key: &CudaSlice<u32>,
+        tables: &NoiseTables,
+        out: &mut CudaSlice<f64>,
+        first_words: &mut CudaSlice<u64>,
+        len: usize,
+    ) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let s = &self.stream;
         let launch = NoiseLaunch::for_len(len);
         let n = len as u64;
         let config = |shape: noise::LaunchShape| LaunchConfig {
@@ -126,28 +153,30 @@ impl Gpu {
             block_dim: (shape.block, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: the argument list matches dp_noise_first's signature; every buffer is as long as
-        // the kernel reads (the key 8 words, the tables 257/256/257, `out` len).
+        // SAFETY: the argument list matches dp_noise_first's and dp_noise_retry's signatures; every
+        // buffer is as long as the kernels read (the key 8 words, the tables 257/256/257, `out` len).
         unsafe {
             s.launch_builder(&self.noise_first)
-                .arg(&key)
+                .arg(key)
                 .arg(&n)
-                .arg(&edge)
-                .arg(&ratio)
-                .arg(&mut out)
+                .arg(&tables.edge)
+                .arg(&tables.ratio)
+                .arg(&mut *out)
+                .arg(&mut *first_words)
                 .launch(config(launch.first))
                 .map_err(driver("launching dp_noise_first"))?;
             s.launch_builder(&self.noise_retry)
-                .arg(&key)
+                .arg(key)
                 .arg(&n)
-                .arg(&edge)
-                .arg(&ratio)
-                .arg(&density)
-                .arg(&mut out)
+                .arg(&tables.edge)
+                .arg(&tables.ratio)
+                .arg(&tables.density)
+                .arg(&*first_words)
+                .arg(&mut *out)
                 .launch(config(launch.retry))
                 .map_err(driver("launching dp_noise_retry"))?;
         }
-        s.clone_dtoh(&out).map_err(driver("copying the noise back"))
+        Ok(())
     }
 
     /// Clip factors of a batch (`sq_norms.len() / groups` examples) and the count of examples with an
@@ -232,6 +261,25 @@ impl Gpu {
         s.memcpy_dtoh(&params, state.params).map_err(driver("copying the parameters back"))?;
         s.memcpy_dtoh(&velocity, state.velocity).map_err(driver("copying the velocity back"))?;
         Ok(())
+    }
+}
+
+/// The ziggurat's tables on the device (the CPU's, so that both sides compare the same bits).
+pub(crate) struct NoiseTables {
+    edge: CudaSlice<f64>,
+    ratio: CudaSlice<f64>,
+    density: CudaSlice<f64>,
+}
+
+impl NoiseTables {
+    pub(crate) fn upload(gpu: &Gpu) -> Result<Self> {
+        let tables = ziggurat_tables();
+        let s = &gpu.stream;
+        Ok(NoiseTables {
+            edge: s.clone_htod(&tables.edge[..]).map_err(driver("copying the tables"))?,
+            ratio: s.clone_htod(&tables.ratio[..]).map_err(driver("copying the tables"))?,
+            density: s.clone_htod(&tables.density[..]).map_err(driver("copying the tables"))?,
+        })
     }
 }
 

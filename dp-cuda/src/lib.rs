@@ -1,19 +1,22 @@
-//! The device side of `dp` on NVIDIA GPUs, so far: CUDA C kernels kept as source, compiled at run
-//! time by NVRTC for the GPU's architecture, and the host-side arithmetic of their launches.
+//! The device side of `dp` on NVIDIA GPUs: CUDA C kernels kept as source and compiled at run time by
+//! NVRTC for the GPU's architecture, products through cuBLAS, both loaded dynamically (building needs
+//! no toolkit).
 //!
-//! What exists (docs/GPU.md): the model-independent kernels of a private step, each value for value
-//! its CPU counterpart in dp-runtime — the noise ([`noise`], the chunked ChaCha20 ziggurat), the clip
-//! factors ([`clip`]) and the noisy SGD update ([`update`]) — and the NVRTC compilation of every
-//! kernel for sm_80 and sm_90 ([`nvrtc`]), and [`device::Gpu`], which runs each of them through the
-//! CUDA driver on host data (what the GPU tests compare with the CPU). What does not exist yet: the
-//! model programs (the device `Backend` of the compiler) and a training step that stays on the device.
-//! No code of this crate has run on a GPU.
+//! The model-independent kernels of a private step, each value for value its CPU counterpart in
+//! dp-runtime: the noise ([`noise`], the chunked ChaCha20 ziggurat), the clip factors ([`clip`]) and the
+//! noisy SGD update ([`update`]); the launches of a model's device program other than products
+//! ([`dense`]); [`program::GpuOps`], the runtime's `DeviceOps` on a GPU; [`trainer::GpuModel`], a
+//! model's training state on the GPU, which the `Trainer` steps (`DeviceTraining`). [`device::Gpu`]
+//! opens a device and loads everything. Ran on an NVIDIA H200 (docs/GPU.md, "Measured").
 
 pub mod clip;
+pub mod dense;
 pub mod device;
 pub mod error;
 pub mod noise;
 pub mod nvrtc;
+pub mod program;
+pub mod trainer;
 pub mod update;
 
 pub use error::{CudaError, Result};
@@ -35,6 +38,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile { name: "noise.cu", text: noise::SOURCE, entries: &["dp_noise_first", "dp_noise_retry"] },
     KernelFile { name: "clip.cu", text: clip::SOURCE, entries: &["dp_clip_factors"] },
     KernelFile { name: "update.cu", text: update::SOURCE, entries: &["dp_sgd_noisy_update"] },
+    KernelFile { name: "dense.cu", text: dense::SOURCE, entries: dense::ENTRIES },
 ];
 
 /// One kernel source file.

@@ -4,9 +4,10 @@
 //! under the same 256-bit key: chunks of [`CHUNK`] coordinates, each with its own two ChaCha20
 //! streams, so every coordinate is a function of the key and its index only. On the device it runs in
 //! two passes: `dp_noise_first`, one thread per ChaCha20 block (8 coordinates), the ziggurat's common
-//! case, with NaN left where a coordinate falls outside its inner rectangle (about 1.5%); then
-//! `dp_noise_retry`, one thread per chunk, which redoes those coordinates in order from the chunk's
-//! second stream, as the CPU does. The key comes from the host's CSPRNG each step; the tables are the
+//! case, with NaN left where a coordinate falls outside its inner rectangle (about 1.5%) and its first
+//! word kept; then `dp_noise_retry`, one block per chunk, whose threads find those coordinates a tile
+//! at a time and whose first thread redoes them in order from the chunk's second stream, as the CPU
+//! does. The key comes from the host's CSPRNG each step; the tables are the
 //! CPU's ([`ziggurat_tables`](dp_runtime::noise::gaussian::ziggurat_tables)), copied to the device.
 
 use dp_runtime::noise::gaussian::FILL_CHUNK;
@@ -20,7 +21,7 @@ pub const CHUNK: usize = FILL_CHUNK;
 /// ChaCha20 blocks (8 coordinates each) per chunk: the threads of pass 1 per chunk.
 pub const BLOCKS_PER_CHUNK: usize = CHUNK / 8;
 
-/// Threads per block of both passes.
+/// Threads per block of both passes (`DP_RETRY_THREADS` in the kernel, the tile of pass 2).
 pub const THREADS: u32 = 256;
 
 /// Grid and block sizes of one kernel launch.
@@ -37,7 +38,7 @@ pub struct LaunchShape {
 pub struct NoiseLaunch {
     /// Pass 1: one thread per ChaCha20 block of every chunk.
     pub first: LaunchShape,
-    /// Pass 2: one thread per chunk.
+    /// Pass 2: one block per chunk.
     pub retry: LaunchShape,
 }
 
@@ -48,7 +49,10 @@ impl NoiseLaunch {
         let first_threads = chunks * BLOCKS_PER_CHUNK;
         NoiseLaunch {
             first: LaunchShape { grid: blocks(first_threads), block: THREADS },
-            retry: LaunchShape { grid: blocks(chunks), block: THREADS },
+            retry: LaunchShape {
+                grid: u32::try_from(chunks).expect("a noise vector of fewer than 2^46 coordinates"),
+                block: THREADS,
+            },
         }
     }
 }
@@ -67,16 +71,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_coordinate_has_a_first_pass_thread_and_every_chunk_a_retry_thread() {
+    fn every_coordinate_has_a_first_pass_thread_and_every_chunk_a_retry_block() {
         for len in [1, 7, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 3, 1_250_000] {
             let launch = NoiseLaunch::for_len(len);
             let chunks = len.div_ceil(CHUNK);
             let first = launch.first.grid as usize * launch.first.block as usize;
-            let retry = launch.retry.grid as usize * launch.retry.block as usize;
+            assert_eq!(launch.retry.grid as usize, chunks, "{len}: one retry block per chunk");
             assert!(
                 first >= chunks * BLOCKS_PER_CHUNK && first < chunks * BLOCKS_PER_CHUNK + THREADS as usize
             );
-            assert!(retry >= chunks && retry < chunks + THREADS as usize, "{len}");
             // The kernel's index arithmetic: thread t covers chunk t / BLOCKS_PER_CHUNK, so the last
             // coordinate's chunk is reached.
             assert_eq!((chunks * BLOCKS_PER_CHUNK - 1) / BLOCKS_PER_CHUNK, chunks - 1);
@@ -94,7 +97,8 @@ mod tests {
     }
 
     #[test]
-    fn the_kernel_source_states_the_cpus_chunk() {
+    fn the_kernel_source_states_the_cpus_chunk_and_the_retry_tile() {
         assert!(SOURCE.contains(&format!("#define DP_NOISE_CHUNK {CHUNK}u")));
+        assert!(SOURCE.contains(&format!("#define DP_RETRY_THREADS {THREADS}u")));
     }
 }

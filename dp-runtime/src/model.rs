@@ -4,9 +4,9 @@
 //! looking at its layers. All shapes of one example are associated constants, fixed at compile time;
 //! the batch size is a run-time value.
 
+use crate::device::{DeviceError, DeviceOps};
 pub use dp_kernels::gemm_bf16::Precision;
 use rand::RngCore;
-use crate::device::{DeviceError, DeviceOps};
 
 /// The element type of a model's input: `f32` features (images, tabular data) or `u32` token ids.
 pub trait InputElem: Copy + Default + PartialEq + Send + Sync + std::fmt::Debug + 'static {}

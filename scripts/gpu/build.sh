@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Builds the dp-cuda test binaries that scripts/gpu/check.sh runs on a GPU machine, into
-# target/gpu-check/ (no GPU or CUDA toolkit needed: cudarc loads the libraries at run time).
+# Builds what scripts/gpu/check.sh runs on a GPU machine, into target/gpu-check/ (no GPU or CUDA
+# toolkit needed: cudarc loads the libraries at run time): the dp-cuda test binaries, the device-program
+# tests of the dp crate (tests/gpu_programs.rs) and the `dp` binary, all with the `cuda` feature.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p target/gpu-check
-cargo test --release -p dp-cuda --no-run --message-format=json \
-    | python3 -c '
+copy_tests() {
+    python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
     msg = json.loads(line)
@@ -14,3 +15,9 @@ for line in sys.stdin:
         shutil.copy(msg["executable"], f"target/gpu-check/{name}")
         print("target/gpu-check/" + name)
 '
+}
+cargo test --release -p dp-cuda --no-run --message-format=json | copy_tests
+cargo test --release --features cuda --test gpu_programs --no-run --message-format=json | copy_tests
+cargo build --release --features cuda --bin dp
+cp target/release/dp target/gpu-check/dp
+echo target/gpu-check/dp

@@ -14,7 +14,8 @@
 # `nvidia-cublas`): cudarc looks for `libnvrtc.so`, `libnvrtc.so.12`, ...; a CUDA 13 machine has
 # `libnvrtc.so.13`, so the script links the unversioned names to what it finds, in a folder of its own
 # put first on LD_LIBRARY_PATH. Every GPU test must run (DP_REQUIRE_GPU, DP_REQUIRE_NVRTC): a missing
-# device or library fails. DP_CHECK_PEERS=0 skips the references; DP_CHECK_STEPS sets their timed steps.
+# device or library fails. DP_CHECK_PEERS=jax runs the JAX reference alone, =none neither; DP_CHECK_STEPS
+# sets the timed steps of every measurement.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 report=${1:-gpu-check-report.txt}
@@ -57,10 +58,20 @@ failed=0
             "$bins/dp" bench --device cuda:0 --all --batch-size 128 --steps "$steps" --json 2>&1 \
                 || { echo "## dp bench FAILED"; failed=1; }
         done
+        # The front door: a private run on the Adult data shipped in the repository, on the GPU and, for
+        # comparison, on this machine's CPUs (same seed: the same batches and noise).
+        for device in cuda:0 cpu; do
+            echo "## dp train --model ffnn --data data/adult --device $device"
+            "$bins/dp" train --model ffnn --data data/adult --target-epsilon 1 --seed 1 --device "$device" 2>&1 \
+                | grep -v "^epoch" || { echo "## dp train FAILED"; failed=1; }
+        done
     fi
-    if [ "${DP_CHECK_PEERS:-1}" = 1 ]; then
+    peers=${DP_CHECK_PEERS:-all}
+    if [ "$peers" != none ]; then
         echo "## jax_dpsgd.py (jit + vmap) on the GPU"
         python3 scripts/reference/jax_dpsgd.py --batch-size 128 --steps "$steps" --json 2>&1 || echo "## jax FAILED"
+    fi
+    if [ "$peers" = all ]; then
         echo "## torch_dpsgd.py --device cuda"
         python3 scripts/reference/torch_dpsgd.py --device cuda --batch-size 128 --steps "$steps" --json \
             --modes "${DP_CHECK_TORCH_MODES:-non-private,non-private-bf16,private-hooks,private-ghost}" 2>&1 \

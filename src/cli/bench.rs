@@ -102,6 +102,10 @@ pub struct BenchArgs {
     /// bf16, f32 accumulation; norms, clipped sums, noise and the update stay f32).
     #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
     pub precision: Precision,
+    /// Where the steps run: cpu, or cuda:N (a build with the `cuda` feature; models with a device
+    /// program, f32).
+    #[arg(long, default_value = "cpu", value_parser = super::parse_device)]
+    pub device: super::DeviceArg,
     /// One JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
@@ -179,6 +183,20 @@ fn validate(args: &BenchArgs) -> Result<()> {
                 "model",
                 format!("{name:?} is not a built-in model (one of {})", MODEL_NAMES.join(", ")),
             ));
+        }
+    }
+    if let super::DeviceArg::Cuda(_) = args.device {
+        if !cfg!(feature = "cuda") {
+            return Err(Error::invalid(
+                "device",
+                "needs a dp built with the `cuda` feature (cargo build --release --features cuda)",
+            ));
+        }
+        if args.peak || args.max_batch {
+            return Err(Error::invalid("device", "cuda times steps only (not --peak or --max-batch)"));
+        }
+        if args.precision != Precision::F32 {
+            return Err(Error::invalid("device", "cuda runs f32 only so far (bf16 on the GPU is not built)"));
         }
     }
     if !(args.peak || args.max_batch || args.all || args.model.is_some()) {
@@ -399,6 +417,8 @@ fn plan_flops<M: DpModel>(batch: usize) -> u64 {
 #[derive(Debug, Clone)]
 pub struct Measurement {
     pub model: &'static str,
+    /// `cpu`, or the GPU's ordinal and name.
+    pub device: String,
     pub model_type: &'static str,
     pub parameters: usize,
     pub batch_size: usize,
@@ -428,6 +448,7 @@ impl Measurement {
         json!({
             "model": self.model,
             "model_type": self.model_type,
+            "device": self.device,
             "parameters": self.parameters,
             "batch_size": self.batch_size,
             "threads": self.threads,
@@ -455,12 +476,15 @@ impl Measurement {
     /// The text report of `--model`.
     fn to_text(&self) -> String {
         let mut out = format!(
-            "{} ({}, {} parameters): batch {}, {} threads, median of {} steps after {} warm-up\n",
+            "{} ({}, {} parameters): batch {}, {}, median of {} steps after {} warm-up\n",
             self.model,
             self.model_type,
             self.parameters,
             self.batch_size,
-            self.threads,
+            match self.device.as_str() {
+                "cpu" => format!("{} threads", self.threads),
+                gpu => gpu.to_string(),
+            },
             self.steps,
             self.warmup
         );
@@ -537,28 +561,18 @@ impl ModelTask for Measure<'_> {
         let indices = batch_indices(batch, data.len());
         let initial = M::init(&mut dp_runtime::rng::seeded(2));
         reset_peak_rss();
-        let private = match args.mode.private() {
-            true => {
-                let mut step =
-                    PrivateStep::new(M::from_params(initial.params().to_vec()), batch, args.precision);
-                let timing = time_steps(warmup, args.steps, || step.run(&data, &indices))?;
-                check_finite(&step.model, "private")?;
-                Some(timing)
+        let (private, non_private, device) = match args.device {
+            super::DeviceArg::Cpu => {
+                let (p, n) = cpu_timings(args, &initial, &data, &indices, batch, warmup)?;
+                (p, n, "cpu".to_string())
             }
-            false => None,
-        };
-        let non_private = match args.mode.non_private() {
-            true => {
-                let mut step =
-                    NonPrivateStep::new(M::from_params(initial.params().to_vec()), batch, args.precision);
-                let timing = time_steps(warmup, args.steps, || step.run(&data, &indices))?;
-                check_finite(&step.model, "non-private")?;
-                Some(timing)
+            super::DeviceArg::Cuda(ordinal) => {
+                gpu_timings::<M>(args, ordinal, &initial, &data, &indices, warmup)?
             }
-            false => None,
         };
         Ok(Measurement {
             model: name,
+            device,
             model_type: M::NAME,
             parameters: M::PARAM_COUNT,
             batch_size: batch,
@@ -576,6 +590,129 @@ impl ModelTask for Measure<'_> {
     }
 }
 
+/// The CPU's private and non-private timings, as `--mode` asks.
+fn cpu_timings<M: DpModel>(
+    args: &BenchArgs,
+    initial: &M,
+    data: &Dataset<M::Input>,
+    indices: &[usize],
+    batch: usize,
+    warmup: usize,
+) -> Result<(Option<Timing>, Option<Timing>)> {
+    let private = match args.mode.private() {
+        true => {
+            let mut step = PrivateStep::new(M::from_params(initial.params().to_vec()), batch, args.precision);
+            let timing = time_steps(warmup, args.steps, || step.run(data, indices))?;
+            check_finite(&step.model, "private")?;
+            Some(timing)
+        }
+        false => None,
+    };
+    let non_private = match args.mode.non_private() {
+        true => {
+            let mut step =
+                NonPrivateStep::new(M::from_params(initial.params().to_vec()), batch, args.precision);
+            let timing = time_steps(warmup, args.steps, || step.run(data, indices))?;
+            check_finite(&step.model, "non-private")?;
+            Some(timing)
+        }
+        false => None,
+    };
+    Ok((private, non_private))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_timings<M: DpModel>(
+    _: &BenchArgs,
+    _: usize,
+    _: &M,
+    _: &Dataset<M::Input>,
+    _: &[usize],
+    _: usize,
+) -> Result<(Option<Timing>, Option<Timing>, String)> {
+    unreachable!("validate refuses --device cuda without the cuda feature")
+}
+
+/// The GPU's private and non-private timings (each step ends when the device has finished it): the
+/// same batch gathered on the host and copied in, the model's device program, clip factors, noise drawn
+/// on the device under a fresh key from a ChaCha20 stream, the update.
+#[cfg(feature = "cuda")]
+fn gpu_timings<M: DpModel>(
+    args: &BenchArgs,
+    ordinal: usize,
+    initial: &M,
+    data: &Dataset<M::Input>,
+    indices: &[usize],
+    warmup: usize,
+) -> Result<(Option<Timing>, Option<Timing>, String)> {
+    use dp_cuda::device::{Gpu, SgdStep};
+    use dp_cuda::trainer::{Clipping, GpuModel};
+    let gpu_error = |e: dp_cuda::CudaError| Error::Mismatch { model: M::NAME.into(), message: e.to_string() };
+    let n = indices.len();
+    let (mut inputs, mut labels) = (Vec::new(), Vec::new());
+    let open = || -> Result<GpuModel<M>> {
+        let gpu = Gpu::open(ordinal).map_err(gpu_error)?;
+        GpuModel::<M>::new(gpu, initial.params(), n).map_err(gpu_error)
+    };
+    let finite = |model: &GpuModel<M>, what: &str| -> Result<()> {
+        let params = model.params().map_err(gpu_error)?;
+        check_finite(&M::from_params(params), what)
+    };
+    let mut name = String::new();
+    let private = match args.mode.private() {
+        true => {
+            let mut model = open()?;
+            name = format!("cuda:{ordinal} {}", model.gpu().describe());
+            let mut keys = dp_runtime::rng::seeded(1);
+            let clipping = Clipping { mode: ClipMode::Flat, norm: CLIP_NORM };
+            let step = SgdStep {
+                noise_std: NOISE_MULTIPLIER * CLIP_NORM,
+                inverse_batch: 1.0 / n as f64,
+                lr: LEARNING_RATE,
+                momentum: 0.0,
+                weight_decay: 0.0,
+                first: true,
+                nesterov: false,
+            };
+            let timing = time_steps(warmup, args.steps, || {
+                data.gather(indices, &mut inputs, &mut labels);
+                let mut key = [0u8; 32];
+                keys.fill_bytes(&mut key);
+                model.private_step(&inputs, &labels, n, clipping, &key, step).map_err(gpu_error)?;
+                Ok(())
+            })?;
+            finite(&model, "private")?;
+            Some(timing)
+        }
+        false => None,
+    };
+    let non_private = match args.mode.non_private() {
+        true => {
+            let mut model = open()?;
+            name = format!("cuda:{ordinal} {}", model.gpu().describe());
+            let timing = time_steps(warmup, args.steps, || {
+                data.gather(indices, &mut inputs, &mut labels);
+                model.non_private_step(&inputs, &labels, n, LEARNING_RATE).map_err(gpu_error)
+            })?;
+            finite(&model, "non-private")?;
+            Some(timing)
+        }
+        false => None,
+    };
+    Ok((private, non_private, name))
+}
+
+/// Why model `M` has no device program, if it has none.
+struct DeviceSupport;
+
+impl ModelTask for DeviceSupport {
+    type Output = Option<&'static str>;
+
+    fn run<M: DpModel>(self, _: &'static str) -> Result<Option<&'static str>> {
+        Ok(M::DEVICE_UNSUPPORTED)
+    }
+}
+
 fn timings(args: &BenchArgs) -> Result<()> {
     let (names, batches): (Vec<&str>, Vec<usize>) = match &args.model {
         Some(name) => (vec![name.as_str()], vec![args.batch_size.unwrap_or(DEFAULT_BATCH_SIZE)]),
@@ -585,6 +722,17 @@ fn timings(args: &BenchArgs) -> Result<()> {
         println!("{TABLE_HEADER}");
     }
     for name in names {
+        if let (super::DeviceArg::Cuda(_), Some(reason)) = (args.device, with_model(name, DeviceSupport)?) {
+            // A model without a device program is named with the reason, not measured on the CPU.
+            if args.json {
+                println!("{}", json!({"model": name, "device": args.device.name(), "skipped": reason}));
+            } else if args.model.is_some() {
+                return Err(Error::invalid("device", format!("{name} has no device program: {reason}")));
+            } else {
+                println!("| {name} | no device program: {reason} | | | | | | |");
+            }
+            continue;
+        }
         for &batch in &batches {
             let measured = with_model(name, Measure { args, batch })?;
             if args.json {

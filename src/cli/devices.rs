@@ -47,10 +47,12 @@ fn cuda_lines() -> Vec<String> {
         return lines;
     }
     let count = device::device_count();
-    lines.push(format!("cuda: {count} device(s); training on a GPU is not built yet (docs/GPU.md)"));
+    lines.push(format!("cuda: {count} device(s); models with a device program train there with --device cuda:N (docs/GPU.md)"));
     for ordinal in 0..count {
         lines.push(match device::Gpu::open(ordinal) {
-            Ok(gpu) => format!("cuda:{ordinal}: {}, kernels compiled and loaded", gpu.describe()),
+            Ok(gpu) => {
+                format!("cuda:{ordinal}: {}, kernels compiled and loaded, cuBLAS loaded", gpu.describe())
+            }
             Err(e) => format!("cuda:{ordinal}: {e}"),
         });
     }

@@ -97,6 +97,35 @@ pub fn parse_precision(text: &str) -> Result<dp_runtime::Precision, String> {
         .ok_or_else(|| format!("unknown precision `{text}`: expected f32 or bf16"))
 }
 
+/// Where a command computes: `cpu`, or `cuda:N` (`cuda` alone is `cuda:0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceArg {
+    /// `cpu` or `cuda:N`.
+    pub fn name(self) -> String {
+        match self {
+            DeviceArg::Cpu => "cpu".into(),
+            DeviceArg::Cuda(ordinal) => format!("cuda:{ordinal}"),
+        }
+    }
+}
+
+pub fn parse_device(text: &str) -> Result<DeviceArg, String> {
+    match text {
+        "cpu" => Ok(DeviceArg::Cpu),
+        "cuda" => Ok(DeviceArg::Cuda(0)),
+        _ => text
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(DeviceArg::Cuda)
+            .ok_or_else(|| format!("unknown device `{text}`: expected cpu, cuda or cuda:N")),
+    }
+}
+
 /// The one-line message for an error, naming the command-line flag where one is at fault, and the
 /// exit status that goes with it.
 pub fn describe_error(error: &Error) -> (String, u8) {

@@ -166,6 +166,10 @@ pub struct TrainArgs {
     /// bf16, f32 accumulation; the per-example norms, clipped sums, noise and optimizer stay f32).
     #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
     pub precision: Precision,
+    /// Where the private steps run: cpu, or cuda:N (a build with the `cuda` feature; models with a
+    /// device program, SGD, f32; docs/GPU.md). Evaluation stays on the CPU.
+    #[arg(long, default_value = "cpu", value_parser = super::parse_device)]
+    pub device: super::DeviceArg,
 }
 
 /// The hyperparameters of one run: the recipe, overridden by the flags given.
@@ -289,6 +293,23 @@ impl TrainArgs {
     fn check(&self) -> Result<()> {
         if self.max_steps == Some(0) {
             return Err(Error::invalid("max_steps", "must be at least 1"));
+        }
+        if let super::DeviceArg::Cuda(_) = self.device {
+            if !cfg!(feature = "cuda") {
+                return Err(Error::invalid(
+                    "device",
+                    "needs a dp built with the `cuda` feature (cargo build --release --features cuda)",
+                ));
+            }
+            if self.non_private {
+                return Err(Error::invalid("device", "the non-private baseline runs on the CPU only"));
+            }
+            if self.precision != Precision::F32 {
+                return Err(Error::invalid(
+                    "device",
+                    "cuda runs f32 only so far (bf16 on the GPU is not built)",
+                ));
+            }
         }
         if self.init.is_some() && self.resume.is_some() {
             return Err(Error::invalid(
@@ -567,6 +588,9 @@ where
             if let (Some(w), Some(shard)) = (world.take(), shard) {
                 trainer = trainer.distributed(w, shard);
             }
+            if let super::DeviceArg::Cuda(ordinal) = args.device {
+                trainer = on_gpu(trainer, ordinal, settings.batch_size)?;
+            }
             trainer.fit(&train, Some(&test)).map_err(with_flag)?
         };
         if !is_root {
@@ -595,6 +619,32 @@ where
         }
         Ok(())
     }
+}
+
+/// The trainer with its private steps on GPU `ordinal` (batches up to the expected size plus five
+/// standard deviations allocated ahead; a larger one grows the device arena).
+#[cfg(feature = "cuda")]
+fn on_gpu<'m, M: DpModel>(trainer: Trainer<'m, M>, ordinal: usize, batch: usize) -> Result<Trainer<'m, M>> {
+    use dp_cuda::device::Gpu;
+    use dp_cuda::trainer::GpuModel;
+    let gpu = Gpu::open(ordinal).map_err(|e| Error::invalid("device", e.to_string()))?;
+    let room = batch + 5 * (batch as f64).sqrt().ceil() as usize;
+    let params = M::init(&mut dp_runtime::rng::seeded(0));
+    let device = GpuModel::<M>::new(gpu, params.params(), room)
+        .map_err(|e| Error::invalid("device", e.to_string()))?;
+    eprintln!(
+        "private steps on cuda:{ordinal} {}",
+        dp_runtime::device::DeviceTraining::<M>::describe(&device)
+    );
+    Ok(trainer.device(device))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn on_gpu<'m, M: DpModel>(_: Trainer<'m, M>, _: usize, _: usize) -> Result<Trainer<'m, M>> {
+    Err(Error::invalid(
+        "device",
+        "needs a dp built with the `cuda` feature (cargo build --release --features cuda)",
+    ))
 }
 
 /// The closing line of `dp train`.

@@ -243,8 +243,10 @@ fn device_program(model: &ModelDef, plan: &Plan) -> TokenStream {
     let gradient_sum = program::gradient_sum(&device::Device, plan);
     let norms = program::norms(&device::Device, plan);
     let clipped_sum = program::clipped_sum(&device::Device, plan);
+    let prelude = device::prelude();
     let pass = |body: TokenStream| {
         quote! {
+            #prelude
             let _ = &dev;
             #body
             ::core::result::Result::Ok(())

@@ -102,7 +102,13 @@ impl DeviceOps for HostDevice {
         Ok(())
     }
 
-    fn activation_backward(&mut self, grad: Span, y: Span, len: usize, act: Activation) -> Result<(), DeviceError> {
+    fn activation_backward(
+        &mut self,
+        grad: Span,
+        y: Span,
+        len: usize,
+        act: Activation,
+    ) -> Result<(), DeviceError> {
         let y = self.read(y)?;
         let g = self.write(grad)?;
         if y.len() < len || g.len() < len {

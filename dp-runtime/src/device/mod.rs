@@ -77,7 +77,8 @@ pub struct Gemm {
 impl Gemm {
     /// The spans are as long as the shapes need.
     pub fn check(&self) -> Result<(), DeviceError> {
-        let fits = self.a.len >= self.m * self.k && self.b.len >= self.k * self.n && self.c.len >= self.m * self.n;
+        let fits =
+            self.a.len >= self.m * self.k && self.b.len >= self.k * self.n && self.c.len >= self.m * self.n;
         if fits {
             Ok(())
         } else {
@@ -142,7 +143,13 @@ pub trait DeviceOps {
 
     /// `grad *= act'(y)` in place, the derivative read from the activation's output `y` (only the
     /// activations whose derivative the output gives: identity, ReLU, tanh, sigmoid).
-    fn activation_backward(&mut self, grad: Span, y: Span, len: usize, act: Activation) -> Result<(), DeviceError>;
+    fn activation_backward(
+        &mut self,
+        grad: Span,
+        y: Span,
+        len: usize,
+        act: Activation,
+    ) -> Result<(), DeviceError>;
 
     /// Each example's loss into `losses` and its gradient with respect to the outputs into `grad`.
     fn loss(
@@ -199,4 +206,57 @@ pub trait DeviceOps {
 
     /// Zeroes `len` values.
     fn zero(&mut self, dst: Span, len: usize) -> Result<(), DeviceError>;
+}
+
+/// The SGD update a device applies (the host optimizer's settings at one step).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeviceSgd {
+    /// The learning rate the schedule gives at this step.
+    pub lr: f64,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+}
+
+/// One private step's settings on a device.
+#[derive(Debug, Clone, Copy)]
+pub struct DevicePrivateStep {
+    pub clip_mode: crate::clipping::ClipMode,
+    /// C.
+    pub clip_norm: f64,
+    /// σ·C, the standard deviation of the noise on the clipped sum.
+    pub noise_std: f64,
+    /// What the noisy sum is divided by (the expected batch size).
+    pub normaliser: f64,
+    /// The key of this step's noise: 32 bytes from the noise stream, as the CPU's chunked draw takes.
+    pub key: [u8; 32],
+    pub sgd: DeviceSgd,
+}
+
+/// What a device step reports (scalars only: nothing else leaves the device during a step).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceStepOutcome {
+    /// Examples whose norm was not finite (they contributed nothing).
+    pub non_finite_examples: usize,
+    /// Whether the update overflowed; the device then restored the parameters it held before it.
+    pub overflowed: bool,
+}
+
+/// A model's training state held on a device: what [`Trainer::device`](crate::Trainer::device) steps.
+/// Sampling, the key of each step's noise and the accountant stay on the host.
+pub trait DeviceTraining<M: crate::DpModel>: Send {
+    /// The device, e.g. `cuda:0 NVIDIA H200 (sm_90)`.
+    fn describe(&self) -> String;
+    /// Sets the parameters on the device (all `PARAM_COUNT`).
+    fn upload(&mut self, params: &[f32]) -> Result<(), DeviceError>;
+    /// Copies the parameters back (all `PARAM_COUNT`).
+    fn download(&mut self, params: &mut [f32]) -> Result<(), DeviceError>;
+    /// One DP-SGD step on a gathered batch of `n` examples.
+    fn private_step(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        step: &DevicePrivateStep,
+    ) -> Result<DeviceStepOutcome, DeviceError>;
 }

@@ -7,6 +7,7 @@ use super::{EpochReport, Trainer};
 use crate::accounting::AccountantKind;
 use crate::clipping::ClipMode;
 use crate::data::augment::Augmentation;
+use crate::device::DeviceTraining;
 use crate::distributed::{Group, Shard};
 use crate::error::Error;
 use crate::model::{DpModel, Precision};
@@ -21,6 +22,17 @@ impl<'m, M: DpModel> Trainer<'m, M> {
     /// evaluates, reports and writes checkpoints (`docs/DISTRIBUTED.md`).
     pub fn distributed(mut self, group: impl Group + 'm, shard: Shard) -> Self {
         self.distributed = Some((Box::new(group), shard));
+        self
+    }
+
+    /// Runs every private step on a device that holds the model's training state (a GPU through
+    /// `dp::cuda::trainer::GpuModel`): the batch's inputs and labels and each step's noise key go in,
+    /// two counts come out; sampling, the keys and the accountant stay here. The parameters come back
+    /// at the end of each epoch (for evaluation and the report). SGD only; secure noise, distributed
+    /// runs, augmentation multiplicity, EMA, checkpoints and non-private diagnostics are refused on a
+    /// device for now (docs/GPU.md).
+    pub fn device(mut self, device: impl DeviceTraining<M> + 'm) -> Self {
+        self.device = Some(Box::new(device));
         self
     }
 

@@ -22,6 +22,7 @@ use crate::checkpoint::{self, Checkpoint, RunIdentity};
 use crate::clipping::ClipMode;
 use crate::data::augment::Augmentation;
 use crate::data::Dataset;
+use crate::device::{DeviceError, DevicePrivateStep, DeviceTraining};
 use crate::distributed::step::DistributedRun;
 use crate::distributed::{Group, Shard};
 use crate::error::{Error, Result};
@@ -33,7 +34,7 @@ use crate::rng::{KeySource, Streams};
 use crate::sampling::{Sampler, SamplingMode};
 use ema::Ema;
 use progress::Progress;
-use step::StepEngine;
+use step::{BatchStats, StepEngine};
 
 /// δ when none is given.
 pub const DEFAULT_DELTA: f64 = 1e-5;
@@ -76,6 +77,8 @@ pub struct Trainer<'m, M: DpModel> {
     views: Option<(usize, Augmentation)>,
     /// This rank's group and shard in a distributed run (`docs/DISTRIBUTED.md`).
     distributed: Option<(Box<dyn Group + 'm>, Shard)>,
+    /// Where the private steps run when not on the CPU (`docs/GPU.md`).
+    device: Option<Box<dyn DeviceTraining<M> + 'm>>,
     conflicts: Vec<Error>,
 }
 
@@ -113,6 +116,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             ema: None,
             views: None,
             distributed: None,
+            device: None,
             conflicts: Vec::new(),
         }
     }
@@ -136,6 +140,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             length,
             mut on_epoch,
             non_private_diagnostics,
+            mut device,
             ..
         } = self;
         if let Some(conflict) = self.conflicts.into_iter().next() {
@@ -160,6 +165,28 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             }
         }
         check_dataset::<M>("train", train)?;
+        if device.is_some() {
+            let unsupported = [
+                (self.secure_noise, "secure noise"),
+                (self.distributed.is_some(), "distributed training"),
+                (self.views.is_some(), "augmentation multiplicity"),
+                (self.ema.is_some(), "an EMA of the parameters"),
+                (self.checkpoint.is_some() || self.resume.is_some(), "checkpoints"),
+                (non_private_diagnostics, "non-private diagnostics"),
+            ];
+            if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
+                return Err(Error::invalid(
+                    "device",
+                    format!("{what} on a device is not built yet (docs/GPU.md)"),
+                ));
+            }
+            if optimizer.on_device(StepInfo { step: 0, total_steps: 1 }).is_none() {
+                return Err(Error::invalid(
+                    "device",
+                    format!("the {} optimizer has no device update (SGD only so far)", optimizer.kind()),
+                ));
+            }
+        }
         // Distributed: `train` is this rank's shard; N, the plan and the batches are the whole dataset's.
         let mut distributed = match self.distributed {
             Some((group, shard)) => {
@@ -315,6 +342,11 @@ impl<'m, M: DpModel> Trainer<'m, M> {
         let progress = Progress::new(last_step, start_step, self.quiet || !is_root);
         let checkpoint_path = self.checkpoint.as_deref().filter(|_| is_root);
 
+        let device_error = |e: DeviceError| Error::Mismatch { model: M::NAME.into(), message: e.to_string() };
+        if let Some(dev) = device.as_mut() {
+            dev.upload(model.params()).map_err(device_error)?;
+        }
+        let (mut device_inputs, mut device_labels) = (Vec::new(), Vec::new());
         let mut epochs = Vec::new();
         let mut indices = Vec::new();
         let mut previous = model.params().to_vec();
@@ -333,8 +365,35 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     sampler.sample(&mut sampling_rng, &mut indices);
                     let at = StepInfo { step, total_steps: plan.total_steps() };
                     previous.copy_from_slice(model.params());
-                    // Secure mode is refused for distributed runs above.
+                    let mut overflowed = false;
+                    // Secure mode is refused for distributed runs above, and both for device runs.
                     let stats = match (aggregator.as_mut(), distributed.as_mut()) {
+                        (None, None) if device.is_some() => {
+                            let dev = device.as_mut().expect("matched on is_some");
+                            train.gather(&indices, &mut device_inputs, &mut device_labels);
+                            // The key the CPU's chunked draw would take from the noise stream: a seeded
+                            // run draws the same noise on either.
+                            let mut key = [0u8; 32];
+                            rand::RngCore::fill_bytes(noise_stream.rng(), &mut key);
+                            let settings = DevicePrivateStep {
+                                clip_mode,
+                                clip_norm,
+                                noise_std,
+                                normaliser: plan.normaliser(),
+                                key,
+                                sgd: optimizer.on_device(at).expect("checked before the first step"),
+                            };
+                            let n = indices.len();
+                            let outcome = dev
+                                .private_step(&device_inputs, &device_labels, n, &settings)
+                                .map_err(device_error)?;
+                            overflowed = outcome.overflowed;
+                            BatchStats {
+                                non_finite: outcome.non_finite_examples,
+                                examples: n,
+                                ..BatchStats::default()
+                            }
+                        }
                         (None, Some(run)) => {
                             let stats = run.step(
                                 &mut engine,
@@ -372,7 +431,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     // The noisy gradient was computed from the data: the step is spent even if its
                     // update is discarded below.
                     plan.record_step();
-                    if model.params().iter().any(|p| !p.is_finite()) {
+                    if overflowed || model.params().iter().any(|p| !p.is_finite()) {
                         // Keep the model as it was before the failing update: parameters never become NaN.
                         model.params_mut().copy_from_slice(&previous);
                         return Err(Error::invalid(
@@ -392,6 +451,9 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     progress.step(non_private_diagnostics.then(|| loss_sum / loss_count.max(1) as f64));
                 }
                 total_non_finite += non_finite;
+                if let Some(dev) = device.as_mut() {
+                    dev.download(model.params_mut()).map_err(device_error)?;
+                }
                 let spent = plan.epsilon()?;
                 let (eval_loss, accuracy) = match eval {
                     Some(eval) => {
@@ -450,6 +512,11 @@ impl<'m, M: DpModel> Trainer<'m, M> {
         };
         let outcome = train_remaining_steps();
         progress.finish();
+        if let (Err(_), Some(dev)) = (&outcome, device.as_mut()) {
+            // The model holds the last update the device completed (the device restores the parameters
+            // before an overflowing update); a device that cannot be read leaves the last epoch's.
+            let _ = dev.download(model.params_mut());
+        }
         if let Err(cause) = outcome {
             let saved = checkpoint_path.zip(last_checkpoint);
             return Err(interrupted(cause, &mut plan, step, saved));

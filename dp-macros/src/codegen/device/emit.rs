@@ -8,9 +8,17 @@ use quote::quote;
 
 pub use crate::codegen::cpu::emit::lit;
 
-/// `::dp::__private::runtime::device`.
+/// `::dp::__private::runtime::device`, by the alias `__d` every device pass declares
+/// ([`prelude`]).
 pub fn rt() -> TokenStream {
-    quote!(::dp::__private::runtime::device)
+    quote!(__d)
+}
+
+/// The alias the emitted device statements name the runtime's device module by.
+pub fn prelude() -> TokenStream {
+    quote!(
+        use ::dp::__private::runtime::device as __d;
+    )
 }
 
 /// A span of `region` (a `Region` variant's name).

@@ -12,7 +12,15 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 /// `c (+)= op(a)·op(b)`, the batch size `n` as M or K where `m`/`k` say so.
-fn gemm(m: TokenStream, nn: TokenStream, k: TokenStream, a: (TokenStream, bool), b: (TokenStream, bool), c: TokenStream, accumulate: bool) -> TokenStream {
+fn gemm(
+    m: TokenStream,
+    nn: TokenStream,
+    k: TokenStream,
+    a: (TokenStream, bool),
+    b: (TokenStream, bool),
+    c: TokenStream,
+    accumulate: bool,
+) -> TokenStream {
     let rt = rt();
     let ((a, at), (b, bt)) = (a, b);
     quote! {
@@ -52,7 +60,8 @@ pub fn backward(plan: &Plan, d: &DenseStep) -> TokenStream {
     });
     let input_grad = d.input_grad.map(|t| {
         let (w, ga) = (param(plan, d.weight), arena(plan, t.write));
-        let product = gemm(quote!(n), quote!(#n_in), quote!(#n_out), (delta.clone(), false), (w, false), ga, false);
+        let product =
+            gemm(quote!(n), quote!(#n_in), quote!(#n_out), (delta.clone(), false), (w, false), ga, false);
         let acc = accumulate(plan, t);
         quote!(#product #acc)
     });
@@ -77,15 +86,20 @@ pub fn gradient_sum(plan: &Plan, d: &DenseStep) -> TokenStream {
 
 pub fn norms(plan: &Plan, d: &DenseStep) -> TokenStream {
     let (n_in, n_out, groups, group) = (lit(d.inputs), lit(d.outputs), lit(plan.groups.len()), lit(d.group));
-    let (a, delta, sq, has_bias) = (read(plan, d.input), arena(plan, d.delta), per_group(plan, "SqNorms"), d.bias.is_some());
+    let (a, delta, sq, has_bias) =
+        (read(plan, d.input), arena(plan, d.delta), per_group(plan, "SqNorms"), d.bias.is_some());
     quote!(dev.linear_ghost_norms(#a, #delta, n, #n_in, #n_out, #has_bias, #sq, #groups, #group)?;)
 }
 
 pub fn clipped_sum(plan: &Plan, d: &DenseStep) -> TokenStream {
     let rt = rt();
     let (n_in, n_out, groups, group) = (lit(d.inputs), lit(d.outputs), lit(plan.groups.len()), lit(d.group));
-    let (a, delta, factors, scratch) =
-        (read(plan, d.input), arena(plan, d.delta), per_group(plan, "Factors"), arena(plan, plan.clip_scratch));
+    let (a, delta, factors, scratch) = (
+        read(plan, d.input),
+        arena(plan, d.delta),
+        per_group(plan, "Factors"),
+        arena(plan, plan.clip_scratch),
+    );
     let sum = weighted_sum(plan, d, quote!(scratch_a), quote!(scratch_delta));
     quote! {{
         let scratch = #scratch;

@@ -15,6 +15,7 @@ use crate::ops::activation::function::Derivative;
 use crate::ops::{Layer, Step};
 use crate::parse::ast::{InputKind, LossKind, ModelDef};
 use crate::plan::Plan;
+pub use emit::prelude;
 use emit::{arena, lit, region, rt};
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -30,9 +31,13 @@ pub fn unsupported(model: &ModelDef, plan: &Plan) -> Option<String> {
     plan.steps.iter().find_map(|step| {
         let op = match step {
             Step::Linear(d) if d.positions != 1 => "linear over a sequence",
-            Step::Linear(d) if d.kept.is_some() || d.strategy != dp_spec::Strategy::Ghost => "linear with direct norms",
+            Step::Linear(d) if d.kept.is_some() || d.strategy != dp_spec::Strategy::Ghost => {
+                "linear with direct norms"
+            }
             Step::Linear(_) => return None,
-            Step::Activation(a) if a.act.derivative() == Derivative::FromInput => "an activation whose derivative needs its input",
+            Step::Activation(a) if a.act.derivative() == Derivative::FromInput => {
+                "an activation whose derivative needs its input"
+            }
             Step::Activation(_) | Step::Flatten(_) => return None,
             Step::Conv2d(_) => "conv2d",
             Step::Norm(_) => "group/layer norm",
@@ -75,7 +80,10 @@ impl Backend for Device {
             _ => 1,
         });
         let (out, grad) = (emit::read(plan, plan.output), arena(plan, plan.output_grad));
-        let (labels, losses) = (region(quote!(Labels), quote!(0), quote!(n * #label_len)), region(quote!(Losses), quote!(0), quote!(n)));
+        let (labels, losses) = (
+            region(quote!(Labels), quote!(0), quote!(n * #label_len)),
+            region(quote!(Losses), quote!(0), quote!(n)),
+        );
         quote!(dev.loss(#kind, #out, #labels, n, #losses, #grad)?;)
     }
 

@@ -37,7 +37,11 @@ pub fn activation_backward(plan: &Plan, s: &ActivationStep) -> TokenStream {
 }
 
 pub fn flatten_backward(plan: &Plan, s: &GradCopyStep) -> TokenStream {
-    let (dx, g, len, acc) =
-        (arena(plan, s.target.write), arena(plan, s.grad), lit(plan.buffers[s.grad].len), accumulate(plan, s.target));
+    let (dx, g, len, acc) = (
+        arena(plan, s.target.write),
+        arena(plan, s.grad),
+        lit(plan.buffers[s.grad].len),
+        accumulate(plan, s.target),
+    );
     quote!(dev.copy(#dx, #g, n * #len)?; #acc)
 }

@@ -1,0 +1,383 @@
+//! A device program's primitives on a GPU: [`GpuOps`] implements [`DeviceOps`] over the regions of a
+//! [`RegionMemory`], the products through cuBLAS (row-major operands as the transposed column-major
+//! ones cuBLAS reads, so no copy is made), everything else through `kernels/dense.cu`. Every launch is
+//! queued on the GPU's one stream; nothing is copied to or from the host.
+
+use cudarc::cublas::{result as blas, sys as blas_sys};
+use cudarc::driver::sys::CUdeviceptr;
+use cudarc::driver::{result as drv, CudaFunction, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use dp_kernels::activation::Activation;
+use dp_runtime::device::{DeviceError, DeviceLoss, DeviceOps, Gemm, Region, RowScale, Span};
+
+use crate::dense::activation_code;
+use crate::device::{driver, Gpu};
+use crate::error::Result;
+
+/// The regions of [`Region`], one allocation each.
+pub struct RegionMemory {
+    slices: [CudaSlice<f32>; REGIONS],
+    ptrs: [CUdeviceptr; REGIONS],
+}
+
+const REGIONS: usize = 8;
+
+/// A region's slot in [`RegionMemory`].
+fn slot(region: Region) -> usize {
+    match region {
+        Region::Params => 0,
+        Region::Grad => 1,
+        Region::Arena => 2,
+        Region::Inputs => 3,
+        Region::Labels => 4,
+        Region::Losses => 5,
+        Region::SqNorms => 6,
+        Region::Factors => 7,
+    }
+}
+
+impl std::fmt::Debug for RegionMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegionMemory").field("lens", &self.slices.each_ref().map(|s| s.len())).finish()
+    }
+}
+
+impl RegionMemory {
+    /// Allocates every region with `lens(region)` values, zeroed.
+    pub fn new(gpu: &Gpu, lens: impl Fn(Region) -> usize) -> Result<Self> {
+        let regions = [
+            Region::Params,
+            Region::Grad,
+            Region::Arena,
+            Region::Inputs,
+            Region::Labels,
+            Region::Losses,
+            Region::SqNorms,
+            Region::Factors,
+        ];
+        let mut slices = Vec::with_capacity(REGIONS);
+        for r in regions {
+            debug_assert_eq!(slot(r), slices.len());
+            // One value at least, so that every region has a valid base pointer.
+            slices
+                .push(gpu.stream.alloc_zeros::<f32>(lens(r).max(1)).map_err(driver("allocating a region"))?);
+        }
+        let slices: [CudaSlice<f32>; REGIONS] = slices.try_into().expect("one slice per region");
+        let ptrs = slices.each_ref().map(|s| s.device_ptr(&gpu.stream).0);
+        Ok(RegionMemory { slices, ptrs })
+    }
+
+    /// A region's allocation.
+    pub fn slice(&self, region: Region) -> &CudaSlice<f32> {
+        &self.slices[slot(region)]
+    }
+
+    /// A region's allocation, to copy into.
+    pub fn slice_mut(&mut self, region: Region) -> &mut CudaSlice<f32> {
+        &mut self.slices[slot(region)]
+    }
+
+    /// The device address of a span, after checking that it lies inside its region.
+    fn ptr(&self, s: Span) -> std::result::Result<CUdeviceptr, DeviceError> {
+        let len = self.slices[slot(s.region)].len();
+        if s.offset + s.len > len {
+            return Err(DeviceError::Mismatch(format!("{s:?} outside a region of {len}")));
+        }
+        Ok(self.ptrs[slot(s.region)] + (s.offset * std::mem::size_of::<f32>()) as CUdeviceptr)
+    }
+}
+
+/// The primitives of [`DeviceOps`] on `gpu` over `memory`.
+pub struct GpuOps<'a> {
+    pub gpu: &'a Gpu,
+    pub memory: &'a RegionMemory,
+}
+
+fn backend(during: &str) -> impl FnOnce(String) -> DeviceError + '_ {
+    move |e| DeviceError::Backend(format!("{during}: {e}"))
+}
+
+fn int(v: usize) -> std::result::Result<i32, DeviceError> {
+    i32::try_from(v).map_err(|_| DeviceError::Mismatch(format!("{v} exceeds cuBLAS's 32-bit dimensions")))
+}
+
+/// A grid-stride launch over `len` items: blocks of 256, at most 8192 of them.
+fn elementwise(len: usize) -> LaunchConfig {
+    let blocks = len.div_ceil(256).clamp(1, 8192) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Dense kernels by their index in `dense::ENTRIES`.
+mod k {
+    pub const BIAS_ACTIVATION: usize = 0;
+    pub const ACTIVATION: usize = 1;
+    pub const ACTIVATION_BACKWARD: usize = 2;
+    pub const SOFTMAX_CROSS_ENTROPY: usize = 3;
+    pub const BINARY_CROSS_ENTROPY: usize = 4;
+    pub const MEAN_SQUARED_ERROR: usize = 5;
+    pub const LINEAR_GHOST_NORMS: usize = 6;
+    pub const SCALE_ROWS: usize = 7;
+    pub const COLUMN_SUMS_ADD: usize = 8;
+    pub const ADD_INTO: usize = 9;
+    pub const COUNT_NON_FINITE: usize = 10;
+}
+
+impl GpuOps<'_> {
+    fn kernel(&self, index: usize) -> &CudaFunction {
+        &self.gpu.dense[index]
+    }
+
+    fn check(&self, what: &str, spans: &[(Span, usize)]) -> std::result::Result<(), DeviceError> {
+        for (s, need) in spans {
+            if s.len < *need {
+                return Err(DeviceError::Mismatch(format!("{what}: {s:?} holds fewer than {need} values")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Queues one launch with the listed arguments, mapping a launch failure to the kernel's name.
+macro_rules! launch {
+    ($ops:expr, $kernel:expr, $name:literal, $config:expr; $($arg:expr),* $(,)?) => {{
+        let stream = &$ops.gpu.stream;
+        let function = $ops.kernel($kernel);
+        let mut builder = stream.launch_builder(function);
+        $(builder.arg($arg);)*
+        // SAFETY: the arguments match the kernel's signature in dense.cu (a device address for each
+        // pointer, checked against its region, and the counts it reads up to).
+        unsafe { builder.launch($config) }.map(|_| ()).map_err(|e| backend($name)(e.to_string()))
+    }};
+}
+
+impl GpuOps<'_> {
+    /// Queues `*count += ` the number of non-finite values of `span` (`count` a device address).
+    pub fn count_non_finite(&self, span: Span, count: CUdeviceptr) -> std::result::Result<(), DeviceError> {
+        let (v, n) = (self.memory.ptr(span)?, span.len as u64);
+        launch!(self, k::COUNT_NON_FINITE, "dp_count_non_finite", elementwise(span.len); &v, &n, &count)
+    }
+}
+
+impl DeviceOps for GpuOps<'_> {
+    fn gemm(&mut self, g: Gemm) -> std::result::Result<(), DeviceError> {
+        g.check()?;
+        if g.m == 0 || g.n == 0 {
+            return Ok(());
+        }
+        let (a, b, c) = (self.memory.ptr(g.a)?, self.memory.ptr(g.b)?, self.memory.ptr(g.c)?);
+        let op = |t: bool| {
+            if t {
+                blas_sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                blas_sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: B first, its leading dimension
+        // the row length it is stored with.
+        let ldb = if g.b_transposed { g.k } else { g.n };
+        let lda = if g.a_transposed { g.m } else { g.k };
+        let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });
+        // SAFETY: the addresses lie in their regions with the lengths `check` verified; cuBLAS runs on
+        // the GPU's stream, like every other launch.
+        unsafe {
+            blas::sgemm(
+                *self.gpu.blas.handle(),
+                op(g.b_transposed),
+                op(g.a_transposed),
+                int(g.n)?,
+                int(g.m)?,
+                int(g.k)?,
+                &alpha,
+                b as *const f32,
+                int(ldb)?,
+                a as *const f32,
+                int(lda)?,
+                &beta,
+                c as *mut f32,
+                int(g.n)?,
+            )
+        }
+        .map_err(|e| DeviceError::Backend(format!("cublasSgemm: {e}")))
+    }
+
+    fn bias_activation(
+        &mut self,
+        y: Span,
+        bias: Option<Span>,
+        rows: usize,
+        cols: usize,
+        act: Activation,
+    ) -> std::result::Result<(), DeviceError> {
+        self.check("bias_activation", &[(y, rows * cols)])?;
+        if let Some(b) = bias {
+            self.check("bias_activation", &[(b, cols)])?;
+        }
+        let (y, has_bias) = (self.memory.ptr(y)?, i32::from(bias.is_some()));
+        let bias = match bias {
+            Some(b) => self.memory.ptr(b)?,
+            None => y,
+        };
+        let (rows, cols, act) = (rows as u64, cols as u64, activation_code(act));
+        launch!(self, k::BIAS_ACTIVATION, "dp_bias_activation", elementwise((rows * cols) as usize);
+            &y, &bias, &has_bias, &rows, &cols, &act)
+    }
+
+    fn activation(
+        &mut self,
+        x: Span,
+        y: Span,
+        len: usize,
+        act: Activation,
+    ) -> std::result::Result<(), DeviceError> {
+        self.check("activation", &[(x, len), (y, len)])?;
+        let (x, y, n, act) = (self.memory.ptr(x)?, self.memory.ptr(y)?, len as u64, activation_code(act));
+        launch!(self, k::ACTIVATION, "dp_activation", elementwise(len); &x, &y, &n, &act)
+    }
+
+    fn activation_backward(
+        &mut self,
+        grad: Span,
+        y: Span,
+        len: usize,
+        act: Activation,
+    ) -> std::result::Result<(), DeviceError> {
+        self.check("activation_backward", &[(grad, len), (y, len)])?;
+        let (g, y, n, act) = (self.memory.ptr(grad)?, self.memory.ptr(y)?, len as u64, activation_code(act));
+        launch!(self, k::ACTIVATION_BACKWARD, "dp_activation_backward", elementwise(len); &g, &y, &n, &act)
+    }
+
+    fn loss(
+        &mut self,
+        loss: DeviceLoss,
+        outputs: Span,
+        labels: Span,
+        rows: usize,
+        losses: Span,
+        grad: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        let width = match loss {
+            DeviceLoss::SoftmaxCrossEntropy { classes } => classes,
+            DeviceLoss::BinaryCrossEntropyWithLogits => 1,
+            DeviceLoss::MeanSquaredError { outputs } => outputs,
+        };
+        let label_width = if let DeviceLoss::MeanSquaredError { .. } = loss { width } else { 1 };
+        self.check(
+            "loss",
+            &[(outputs, rows * width), (grad, rows * width), (labels, rows * label_width), (losses, rows)],
+        )?;
+        let (z, y, l, g) = (
+            self.memory.ptr(outputs)?,
+            self.memory.ptr(labels)?,
+            self.memory.ptr(losses)?,
+            self.memory.ptr(grad)?,
+        );
+        let (r, w, config) = (rows as u64, width as u64, elementwise(rows));
+        match loss {
+            DeviceLoss::SoftmaxCrossEntropy { .. } => {
+                launch!(self, k::SOFTMAX_CROSS_ENTROPY, "dp_softmax_cross_entropy", config; &z, &y, &r, &w, &l, &g)
+            }
+            DeviceLoss::BinaryCrossEntropyWithLogits => {
+                launch!(self, k::BINARY_CROSS_ENTROPY, "dp_binary_cross_entropy", config; &z, &y, &r, &l, &g)
+            }
+            DeviceLoss::MeanSquaredError { .. } => {
+                launch!(self, k::MEAN_SQUARED_ERROR, "dp_mean_squared_error", config; &z, &y, &r, &w, &l, &g)
+            }
+        }
+    }
+
+    fn linear_ghost_norms(
+        &mut self,
+        a: Span,
+        delta: Span,
+        rows: usize,
+        inputs: usize,
+        outputs: usize,
+        has_bias: bool,
+        sq_norms: Span,
+        groups: usize,
+        group: usize,
+    ) -> std::result::Result<(), DeviceError> {
+        self.check(
+            "linear_ghost_norms",
+            &[(a, rows * inputs), (delta, rows * outputs), (sq_norms, rows * groups)],
+        )?;
+        if group >= groups {
+            return Err(DeviceError::Mismatch(format!("group {group} of {groups}")));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let (a, d, s) = (self.memory.ptr(a)?, self.memory.ptr(delta)?, self.memory.ptr(sq_norms)?);
+        let (r, i, o, b, gs, g) =
+            (rows as u64, inputs as u64, outputs as u64, i32::from(has_bias), groups as u64, group as u64);
+        let config = LaunchConfig {
+            grid_dim: (rows.min(65_535) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(self, k::LINEAR_GHOST_NORMS, "dp_linear_ghost_norms", config; &a, &d, &r, &i, &o, &b, &s, &gs, &g)
+    }
+
+    fn scale_rows(
+        &mut self,
+        src: Span,
+        dst: Span,
+        rows: usize,
+        positions: usize,
+        cols: usize,
+        factors: Span,
+        groups: usize,
+        group: usize,
+        scale: RowScale,
+    ) -> std::result::Result<(), DeviceError> {
+        if positions == 0 || !rows.is_multiple_of(positions) || group >= groups {
+            return Err(DeviceError::Mismatch(format!(
+                "{rows} rows of {positions} positions, group {group} of {groups}"
+            )));
+        }
+        self.check(
+            "scale_rows",
+            &[(src, rows * cols), (dst, rows * cols), (factors, rows / positions * groups)],
+        )?;
+        let (s, d, f) = (self.memory.ptr(src)?, self.memory.ptr(dst)?, self.memory.ptr(factors)?);
+        let by_factor = match scale {
+            RowScale::ByFactor => 1i32,
+            RowScale::Copy => 0,
+        };
+        let (r, p, c, gs, g) = (rows as u64, positions as u64, cols as u64, groups as u64, group as u64);
+        launch!(self, k::SCALE_ROWS, "dp_scale_rows", elementwise(rows * cols); &s, &d, &r, &p, &c, &f, &gs, &g, &by_factor)
+    }
+
+    fn column_sums_add(
+        &mut self,
+        src: Span,
+        rows: usize,
+        cols: usize,
+        dst: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        self.check("column_sums_add", &[(src, rows * cols), (dst, cols)])?;
+        let (s, d, r, c) = (self.memory.ptr(src)?, self.memory.ptr(dst)?, rows as u64, cols as u64);
+        launch!(self, k::COLUMN_SUMS_ADD, "dp_column_sums_add", elementwise(cols); &s, &r, &c, &d)
+    }
+
+    fn add_into(&mut self, dst: Span, src: Span, len: usize) -> std::result::Result<(), DeviceError> {
+        self.check("add_into", &[(dst, len), (src, len)])?;
+        let (d, s, n) = (self.memory.ptr(dst)?, self.memory.ptr(src)?, len as u64);
+        launch!(self, k::ADD_INTO, "dp_add_into", elementwise(len); &d, &s, &n)
+    }
+
+    fn copy(&mut self, dst: Span, src: Span, len: usize) -> std::result::Result<(), DeviceError> {
+        self.check("copy", &[(dst, len), (src, len)])?;
+        let (d, s) = (self.memory.ptr(dst)?, self.memory.ptr(src)?);
+        // SAFETY: both ranges lie in their regions; the copy is queued on the GPU's stream.
+        unsafe { drv::memcpy_dtod_async(d, s, len * 4, self.gpu.stream.cu_stream()) }
+            .map_err(|e| DeviceError::Backend(format!("copy: {e}")))
+    }
+
+    fn zero(&mut self, dst: Span, len: usize) -> std::result::Result<(), DeviceError> {
+        self.check("zero", &[(dst, len)])?;
+        let d = self.memory.ptr(dst)?;
+        // SAFETY: the range lies in its region; the memset is queued on the GPU's stream.
+        unsafe { drv::memset_d8_async(d, 0, len * 4, self.gpu.stream.cu_stream()) }
+            .map_err(|e| DeviceError::Backend(format!("zero: {e}")))
+    }
+}

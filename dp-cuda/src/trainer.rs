@@ -1,0 +1,482 @@
+//! A model's training state on one GPU: parameters, optimizer state, gradient and the workspace arena
+//! resident on the device, one allocation each, sized once from the static memory plan. A step copies
+//! in the batch (inputs and labels) and the step's noise key, queues the model's device program and
+//! the model-independent kernels (clip factors, noise, update), and copies out one scalar: the count of
+//! examples with a non-finite norm. Poisson sampling and the accountant stay on the host.
+
+use std::any::TypeId;
+use std::marker::PhantomData;
+
+use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use dp_runtime::clipping::ClipMode;
+use dp_runtime::device::{
+    DeviceError, DeviceOps, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region, Span,
+};
+use dp_runtime::DpModel;
+
+use crate::device::{driver, Gpu, NoiseTables, SgdStep};
+use crate::error::{CudaError, Result};
+use crate::noise::{key_words, THREADS};
+use crate::program::{GpuOps, RegionMemory};
+
+/// How a private step clips.
+#[derive(Debug, Clone, Copy)]
+pub struct Clipping {
+    pub mode: ClipMode,
+    /// C.
+    pub norm: f64,
+}
+
+/// Model `M` on a GPU.
+pub struct GpuModel<M: DpModel> {
+    gpu: Gpu,
+    memory: RegionMemory,
+    max_batch: usize,
+    velocity: CudaSlice<f32>,
+    normals: CudaSlice<f64>,
+    first_words: CudaSlice<u64>,
+    key: CudaSlice<u32>,
+    /// [examples with a non-finite norm, non-finite parameters after the update].
+    non_finite: CudaSlice<u32>,
+    /// The trained parameters before the update, restored if it overflows.
+    previous: CudaSlice<f32>,
+    tables: NoiseTables,
+    /// Whether the next update is the first (momentum starts at the gradient).
+    first_update: bool,
+    model: PhantomData<M>,
+}
+
+impl<M: DpModel> std::fmt::Debug for GpuModel<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuModel").field("model", &M::NAME).field("gpu", &self.gpu).finish()
+    }
+}
+
+fn program(e: dp_runtime::device::DeviceError) -> CudaError {
+    CudaError::Mismatch(e.to_string())
+}
+
+/// The inputs as `f32`, the only input type of models with a device program (token models have none).
+fn dense_inputs<M: DpModel>(inputs: &[M::Input]) -> Result<&[f32]> {
+    if TypeId::of::<M::Input>() != TypeId::of::<f32>() {
+        return Err(CudaError::Mismatch(format!("{}: token inputs have no device program", M::NAME)));
+    }
+    // SAFETY: M::Input is f32 (checked above), so the slice is a slice of f32.
+    Ok(unsafe { std::slice::from_raw_parts(inputs.as_ptr().cast::<f32>(), inputs.len()) })
+}
+
+impl<M: DpModel> GpuModel<M> {
+    /// `M` with `params` on `gpu`, for batches of up to `max_batch` examples.
+    pub fn new(gpu: Gpu, params: &[f32], max_batch: usize) -> Result<Self> {
+        if let Some(reason) = M::DEVICE_UNSUPPORTED {
+            return Err(CudaError::Mismatch(format!("{} has no device program: {reason}", M::NAME)));
+        }
+        if params.len() != M::PARAM_COUNT {
+            return Err(CudaError::Mismatch(format!("{} parameters for {}", params.len(), M::PARAM_COUNT)));
+        }
+        let b = max_batch.max(1);
+        let mut memory = Self::regions(&gpu, b)?;
+        let s = gpu.stream.clone();
+        s.memcpy_htod(params, memory.slice_mut(Region::Params)).map_err(driver("copying the parameters"))?;
+        let trained = M::TRAINED_PARAM_COUNT.max(1);
+        let velocity = s.alloc_zeros::<f32>(trained).map_err(driver("allocating the velocity"))?;
+        let normals = s.alloc_zeros::<f64>(trained).map_err(driver("allocating the noise"))?;
+        let first_words = s.alloc_zeros::<u64>(trained).map_err(driver("allocating the noise"))?;
+        let key = s.alloc_zeros::<u32>(8).map_err(driver("allocating the key"))?;
+        let non_finite = s.alloc_zeros::<u32>(2).map_err(driver("allocating the counts"))?;
+        let previous = s.alloc_zeros::<f32>(trained).map_err(driver("allocating the previous parameters"))?;
+        let tables = NoiseTables::upload(&gpu)?;
+        Ok(GpuModel {
+            gpu,
+            memory,
+            max_batch: b,
+            velocity,
+            normals,
+            first_words,
+            key,
+            non_finite,
+            previous,
+            tables,
+            first_update: true,
+            model: PhantomData,
+        })
+    }
+
+    /// The regions of the static memory plan for batches of up to `b` examples.
+    fn regions(gpu: &Gpu, b: usize) -> Result<RegionMemory> {
+        let groups = M::GROUPS.len();
+        RegionMemory::new(gpu, |r| match r {
+            Region::Params => M::PARAM_COUNT,
+            Region::Grad => M::TRAINED_PARAM_COUNT,
+            Region::Arena => M::DEVICE_ARENA_PER_EXAMPLE * b,
+            Region::Inputs => M::input_len() * b,
+            Region::Labels => M::LOSS.label_len() * b,
+            Region::Losses => b,
+            Region::SqNorms | Region::Factors => groups * b,
+        })
+    }
+
+    /// Room for batches of up to `b` examples: the regions allocated again, `params` copied in.
+    pub fn resize(&mut self, b: usize, params: &[f32]) -> Result<()> {
+        let mut memory = Self::regions(&self.gpu, b)?;
+        let s = self.gpu.stream.clone();
+        s.memcpy_htod(params, memory.slice_mut(Region::Params)).map_err(driver("copying the parameters"))?;
+        self.memory = memory;
+        self.max_batch = b;
+        Ok(())
+    }
+
+    /// The GPU.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    fn ops(&self) -> GpuOps<'_> {
+        GpuOps { gpu: &self.gpu, memory: &self.memory }
+    }
+
+    /// Copies a batch in: `n` examples' inputs and labels.
+    fn load_batch(&mut self, inputs: &[M::Input], labels: &[f32], n: usize) -> Result<()> {
+        if n > self.max_batch {
+            return Err(CudaError::Mismatch(format!(
+                "a batch of {n} on a model sized for {}",
+                self.max_batch
+            )));
+        }
+        let inputs = dense_inputs::<M>(inputs)?;
+        if inputs.len() != n * M::input_len() || labels.len() != n * M::LOSS.label_len() {
+            return Err(CudaError::Mismatch(format!("{}: inputs or labels of {n} examples", M::NAME)));
+        }
+        let s = self.gpu.stream.clone();
+        if n > 0 {
+            let mut view = self.memory.slice_mut(Region::Inputs).slice_mut(..inputs.len());
+            s.memcpy_htod(inputs, &mut view).map_err(driver("copying the inputs"))?;
+            let mut view = self.memory.slice_mut(Region::Labels).slice_mut(..labels.len());
+            s.memcpy_htod(labels, &mut view).map_err(driver("copying the labels"))?;
+        }
+        Ok(())
+    }
+
+    fn zero_grad(&mut self) -> Result<()> {
+        let len = M::TRAINED_PARAM_COUNT;
+        self.ops().zero(Span::new(Region::Grad, 0, len), len).map_err(program)
+    }
+
+    /// Queues the clip factors of the norms in `SqNorms` into `Factors` and counts the examples with
+    /// a non-finite norm.
+    fn queue_clip_factors(&mut self, clipping: Clipping, n: usize) -> Result<()> {
+        let s = self.gpu.stream.clone();
+        s.memset_zeros(&mut self.non_finite).map_err(driver("zeroing the count"))?;
+        if n == 0 {
+            return Ok(());
+        }
+        let groups = M::GROUPS.len() as u64;
+        let norms = self.memory.slice(Region::SqNorms).slice(..n * groups as usize);
+        let factors = self.memory.slice(Region::Factors).slice(..n * groups as usize);
+        let per_layer = i32::from(matches!(clipping.mode, ClipMode::PerLayer));
+        let batch = n as u64;
+        let grid = batch.div_ceil(u64::from(THREADS)) as u32;
+        let config = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: the arguments match dp_clip_factors; the views hold n·groups norms and factors. The
+        // factors view is written through a shared view: no other reference to it is alive.
+        unsafe {
+            s.launch_builder(&self.gpu.clip_factors)
+                .arg(&per_layer)
+                .arg(&clipping.norm)
+                .arg(&groups)
+                .arg(&batch)
+                .arg(&norms)
+                .arg(&factors)
+                .arg(&mut self.non_finite)
+                .launch(config)
+                .map_err(driver("launching dp_clip_factors"))?;
+        }
+        Ok(())
+    }
+
+    /// Queues the noisy update from the sum in `Grad` and the drawn normals (noise_std 0: none).
+    fn queue_update(&mut self, step: SgdStep) -> Result<()> {
+        let len = M::TRAINED_PARAM_COUNT;
+        if len == 0 {
+            return Ok(());
+        }
+        let s = self.gpu.stream.clone();
+        let (first, nesterov) = (i32::from(self.first_update), i32::from(step.nesterov));
+        let n = len as u64;
+        let grid = u32::try_from(n.div_ceil(u64::from(THREADS))).expect("fewer than 2^40 parameters");
+        let config = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        let params = self.memory.slice(Region::Params).slice(..len);
+        let sum = self.memory.slice(Region::Grad).slice(..len);
+        // SAFETY: the arguments match dp_sgd_noisy_update; every buffer holds `len` values (the trained
+        // prefix of the parameters).
+        unsafe {
+            s.launch_builder(&self.gpu.sgd_update)
+                .arg(&params)
+                .arg(&mut self.velocity)
+                .arg(&sum)
+                .arg(&self.normals)
+                .arg(&step.noise_std)
+                .arg(&step.inverse_batch)
+                .arg(&step.lr)
+                .arg(&step.momentum)
+                .arg(&step.weight_decay)
+                .arg(&first)
+                .arg(&nesterov)
+                .arg(&n)
+                .launch(config)
+                .map_err(driver("launching dp_sgd_noisy_update"))?;
+        }
+        if step.momentum != 0.0 {
+            self.first_update = false;
+        }
+        Ok(())
+    }
+
+    /// One DP-SGD step on a sampled batch of `n` examples: norms, clip factors, clipped sum, noise of
+    /// std `step.noise_std` under `key` (a fresh key per step from the host's CSPRNG), update. Copies
+    /// in the batch and the key, and out two counts: the examples whose norm was not finite (they
+    /// contributed nothing) and the parameters the update made non-finite (then the parameters before
+    /// it are restored, and the outcome says it overflowed).
+    pub fn private_step(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        clipping: Clipping,
+        key: &[u8; 32],
+        step: SgdStep,
+    ) -> Result<DeviceStepOutcome> {
+        self.load_batch(inputs, labels, n)?;
+        self.zero_grad()?;
+        if n > 0 {
+            let mut ops = self.ops();
+            M::device_forward_backward(&mut ops, n).map_err(program)?;
+            M::device_norms(&mut ops, n).map_err(program)?;
+        }
+        self.queue_clip_factors(clipping, n)?;
+        if n > 0 {
+            M::device_clipped_sum(&mut self.ops(), n).map_err(program)?;
+        }
+        let s = self.gpu.stream.clone();
+        s.memcpy_htod(&key_words(key), &mut self.key).map_err(driver("copying the key"))?;
+        let len = M::TRAINED_PARAM_COUNT;
+        self.gpu.draw_normals(&self.key, &self.tables, &mut self.normals, &mut self.first_words, len)?;
+        let trained = Span::new(Region::Params, 0, len);
+        if len > 0 {
+            let params = self.memory.slice(Region::Params).slice(..len);
+            s.memcpy_dtod(&params, &mut self.previous).map_err(driver("keeping the parameters"))?;
+        }
+        self.queue_update(step)?;
+        let params_count = self.non_finite.device_ptr(&s).0 + std::mem::size_of::<u32>() as u64;
+        self.ops().count_non_finite(trained, params_count).map_err(program)?;
+        let mut counts = [0u32; 2];
+        s.memcpy_dtoh(&self.non_finite, &mut counts).map_err(driver("copying the counts back"))?;
+        s.synchronize().map_err(driver("finishing the step"))?;
+        let overflowed = counts[1] > 0;
+        if overflowed {
+            let mut params = self.memory.slice_mut(Region::Params).slice_mut(..len);
+            s.memcpy_dtod(&self.previous, &mut params).map_err(driver("restoring the parameters"))?;
+            s.synchronize().map_err(driver("restoring the parameters"))?;
+        }
+        Ok(DeviceStepOutcome { non_finite_examples: counts[0] as usize, overflowed })
+    }
+
+    /// Where a private step's time goes: each phase of [`private_step`](Self::private_step) run
+    /// alone `reps` times, the device synchronised after each, the median milliseconds of each (the
+    /// phases' sum exceeds a step's time by the synchronisations the step does not do).
+    #[allow(clippy::too_many_arguments)]
+    pub fn phase_timings(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        clipping: Clipping,
+        key: &[u8; 32],
+        step: SgdStep,
+        reps: usize,
+    ) -> Result<Vec<(&'static str, f64)>> {
+        type Phase<'a, M> = (&'static str, Box<dyn FnMut(&mut GpuModel<M>) -> Result<()> + 'a>);
+        let len = M::TRAINED_PARAM_COUNT;
+        let mut phases: Vec<Phase<'_, M>> = vec![
+            ("batch in", Box::new(|m: &mut Self| m.load_batch(inputs, labels, n))),
+            (
+                "forward + backward",
+                Box::new(|m: &mut Self| M::device_forward_backward(&mut m.ops(), n).map_err(program)),
+            ),
+            ("norms", Box::new(|m: &mut Self| M::device_norms(&mut m.ops(), n).map_err(program))),
+            ("clip factors", Box::new(|m: &mut Self| m.queue_clip_factors(clipping, n))),
+            (
+                "clipped sum",
+                Box::new(|m: &mut Self| {
+                    m.zero_grad()?;
+                    M::device_clipped_sum(&mut m.ops(), n).map_err(program)
+                }),
+            ),
+            (
+                "noise",
+                Box::new(|m: &mut Self| {
+                    let s = m.gpu.stream.clone();
+                    s.memcpy_htod(&key_words(key), &mut m.key).map_err(driver("copying the key"))?;
+                    m.gpu.draw_normals(&m.key, &m.tables, &mut m.normals, &mut m.first_words, len)
+                }),
+            ),
+            ("update", Box::new(|m: &mut Self| m.queue_update(SgdStep { lr: 0.0, ..step }))),
+        ];
+        let mut out = Vec::new();
+        for (name, phase) in &mut phases {
+            let mut times = Vec::with_capacity(reps);
+            for _ in 0..reps.max(1) {
+                self.gpu.stream.synchronize().map_err(driver("synchronising"))?;
+                let start = std::time::Instant::now();
+                phase(self)?;
+                self.gpu.stream.synchronize().map_err(driver("synchronising"))?;
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            times.sort_by(f64::total_cmp);
+            out.push((*name, times[times.len() / 2]));
+        }
+        Ok(out)
+    }
+
+    /// One non-private step (the gradient of the summed loss, divided by `n`, and SGD), to compare a
+    /// private step's cost with.
+    pub fn non_private_step(&mut self, inputs: &[M::Input], labels: &[f32], n: usize, lr: f64) -> Result<()> {
+        self.load_batch(inputs, labels, n)?;
+        self.zero_grad()?;
+        if n > 0 {
+            let mut ops = self.ops();
+            M::device_forward_backward(&mut ops, n).map_err(program)?;
+            M::device_gradient_sum(&mut ops, n).map_err(program)?;
+        }
+        let step = SgdStep {
+            noise_std: 0.0,
+            inverse_batch: 1.0 / n.max(1) as f64,
+            lr,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            first: true,
+            nesterov: false,
+        };
+        self.queue_update(step)?;
+        self.gpu.stream.synchronize().map_err(driver("finishing the step"))
+    }
+
+    /// Forward, loss and backward on a batch, then every example's loss and squared norms, copied out.
+    pub fn per_example_norms(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        self.load_batch(inputs, labels, n)?;
+        let mut ops = self.ops();
+        M::device_forward_backward(&mut ops, n).map_err(program)?;
+        M::device_norms(&mut ops, n).map_err(program)?;
+        let losses = self.read(Region::Losses, n)?;
+        let norms = self.read(Region::SqNorms, n * M::GROUPS.len())?;
+        Ok((losses, norms))
+    }
+
+    /// The plain gradient sum Σ_i g_i of a batch, copied out (the non-private path).
+    pub fn gradient_sum(&mut self, inputs: &[M::Input], labels: &[f32], n: usize) -> Result<Vec<f32>> {
+        self.load_batch(inputs, labels, n)?;
+        self.zero_grad()?;
+        let mut ops = self.ops();
+        M::device_forward_backward(&mut ops, n).map_err(program)?;
+        M::device_gradient_sum(&mut ops, n).map_err(program)?;
+        self.read(Region::Grad, M::TRAINED_PARAM_COUNT)
+    }
+
+    /// After [`per_example_norms`](Self::per_example_norms) on `n` examples: the clipped sum with the
+    /// given factors, copied out.
+    pub fn clipped_sum(&mut self, factors: &[f32], n: usize) -> Result<Vec<f32>> {
+        let s = self.gpu.stream.clone();
+        let mut view = self.memory.slice_mut(Region::Factors).slice_mut(..factors.len());
+        s.memcpy_htod(factors, &mut view).map_err(driver("copying the factors"))?;
+        self.zero_grad()?;
+        M::device_clipped_sum(&mut self.ops(), n).map_err(program)?;
+        self.read(Region::Grad, M::TRAINED_PARAM_COUNT)
+    }
+
+    /// The clip factors the device computes from the norms it holds, and the non-finite count.
+    pub fn clip_factors(&mut self, clipping: Clipping, n: usize) -> Result<(Vec<f32>, usize)> {
+        self.queue_clip_factors(clipping, n)?;
+        let factors = self.read(Region::Factors, n * M::GROUPS.len())?;
+        let mut counts = [0u32; 2];
+        self.gpu
+            .stream
+            .memcpy_dtoh(&self.non_finite, &mut counts)
+            .map_err(driver("copying the count back"))?;
+        Ok((factors, counts[0] as usize))
+    }
+
+    /// The parameters, copied back.
+    pub fn params(&self) -> Result<Vec<f32>> {
+        self.read(Region::Params, M::PARAM_COUNT)
+    }
+
+    fn read(&self, region: Region, len: usize) -> Result<Vec<f32>> {
+        let s = &self.gpu.stream;
+        let mut out = vec![0.0f32; len];
+        if len > 0 {
+            let view = self.memory.slice(region).slice(..len);
+            s.memcpy_dtoh(&view, &mut out).map_err(driver("copying back"))?;
+        }
+        s.synchronize().map_err(driver("synchronising"))?;
+        Ok(out)
+    }
+}
+
+impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
+    fn describe(&self) -> String {
+        self.gpu.describe()
+    }
+
+    fn upload(&mut self, params: &[f32]) -> std::result::Result<(), DeviceError> {
+        if params.len() != M::PARAM_COUNT {
+            return Err(DeviceError::Mismatch(format!("{} parameters for {}", params.len(), M::PARAM_COUNT)));
+        }
+        let s = self.gpu.stream.clone();
+        let mut view = self.memory.slice_mut(Region::Params).slice_mut(..params.len());
+        s.memcpy_htod(params, &mut view)
+            .map_err(|e| DeviceError::Backend(format!("copying the parameters: {e}")))?;
+        s.synchronize().map_err(|e| DeviceError::Backend(e.to_string()))
+    }
+
+    fn download(&mut self, params: &mut [f32]) -> std::result::Result<(), DeviceError> {
+        let values =
+            self.read(Region::Params, M::PARAM_COUNT).map_err(|e| DeviceError::Backend(e.to_string()))?;
+        if params.len() != values.len() {
+            return Err(DeviceError::Mismatch(format!("{} parameters for {}", params.len(), values.len())));
+        }
+        params.copy_from_slice(&values);
+        Ok(())
+    }
+
+    fn private_step(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        step: &DevicePrivateStep,
+    ) -> std::result::Result<DeviceStepOutcome, DeviceError> {
+        if n > self.max_batch {
+            // A Poisson batch larger than any before: the arena grows (the one reallocation of a run).
+            let params =
+                self.read(Region::Params, M::PARAM_COUNT).map_err(|e| DeviceError::Backend(e.to_string()))?;
+            self.resize(n, &params).map_err(|e| DeviceError::Backend(e.to_string()))?;
+        }
+        let clipping = Clipping { mode: step.clip_mode, norm: step.clip_norm };
+        let update = SgdStep {
+            noise_std: step.noise_std,
+            inverse_batch: 1.0 / step.normaliser,
+            lr: step.sgd.lr,
+            momentum: step.sgd.momentum,
+            weight_decay: step.sgd.weight_decay,
+            first: self.first_update,
+            nesterov: step.sgd.nesterov,
+        };
+        GpuModel::private_step(self, inputs, labels, n, clipping, &step.key, update)
+            .map_err(|e| DeviceError::Backend(e.to_string()))
+    }
+}

@@ -1,0 +1,84 @@
+//! The dense models declared for the tests (every dense op, every loss, no bias, standalone
+//! activations), shared by `reference_dense.rs` (against an f64 reference), `device_program.rs` (their
+//! device programs on the host reference backend) and `gpu_programs.rs` (on a GPU), and the helpers
+//! that compare a device program with the CPU.
+
+#![allow(dead_code)] // each test file uses its own part
+
+use dp::prelude::*;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+/// flatten → linear 6→5 → tanh → linear 5→2 without bias, squared error.
+#[dp_model(input = [3, 2], loss = mse)]
+pub struct TanhMse {
+    #[layer(flatten, linear(out = 5, in = 6), tanh)]
+    fc1: Linear,
+    #[layer(linear(out = 2, bias = false))]
+    fc2: Linear,
+}
+
+/// A standalone tanh on the input, linear → sigmoid (fused) → relu (standalone), one logit.
+#[dp_model(input = [6], loss = binary_cross_entropy)]
+pub struct SigmoidBce {
+    #[layer(tanh)]
+    squash: Tanh,
+    #[layer(linear(out = 4), sigmoid, relu)]
+    hidden: Linear,
+    #[layer(linear(out = 1))]
+    out: Linear,
+}
+
+/// Three layers, relu and tanh, three classes.
+#[dp_model(input = [5], loss = cross_entropy(classes = 3))]
+pub struct Deep {
+    #[layer(linear(out = 8), relu)]
+    a: Linear,
+    #[layer(linear(out = 6), tanh)]
+    b: Linear,
+    #[layer(linear(out = 3))]
+    c: Linear,
+}
+
+/// The output is an activation: sigmoid fused into the last linear layer, then a standalone tanh.
+#[dp_model(input = [4], loss = mse)]
+pub struct ActivatedOutput {
+    #[layer(linear(out = 7), relu)]
+    fc1: Linear,
+    #[layer(linear(out = 3), sigmoid, tanh)]
+    fc2: Linear,
+}
+
+/// Element by element to `tol` relative (independent values: losses, norms, factors).
+pub fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= tol * w.abs().max(1e-3), "{what}[{i}]: device {g}, cpu {w}");
+    }
+}
+
+/// A sum over examples to `tol` relative to its largest coordinate: a coordinate that cancels to near
+/// zero carries the rounding of its terms, which the order of the additions moves (a GPU adds in
+/// another order than the CPU).
+pub fn close_sum(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let scale = want.iter().fold(0.0f32, |m, w| m.max(w.abs())).max(1e-6);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= tol * scale, "{what}[{i}]: device {g}, cpu {w} (largest {scale})");
+    }
+}
+
+/// Inputs (uniform, or class-valid labels) for `n` examples of `M`; example 0 poisoned with NaN when
+/// `poison`.
+pub fn batch<M: DpModel<Input = f32>>(rng: &mut ChaCha8Rng, n: usize, poison: bool) -> (Vec<f32>, Vec<f32>) {
+    let mut inputs: Vec<f32> = (0..n * M::input_len()).map(|_| rng.random_range(-1.0..1.0)).collect();
+    if poison {
+        inputs[0] = f32::NAN;
+    }
+    let labels = match M::LOSS {
+        Loss::CrossEntropy { classes } => (0..n).map(|_| rng.random_range(0..classes) as f32).collect(),
+        Loss::BinaryCrossEntropy => (0..n).map(|_| rng.random_range(0..2) as f32).collect(),
+        Loss::MeanSquaredError { outputs } => (0..n * outputs).map(|_| rng.random_range(-1.0..1.0)).collect(),
+    };
+    (inputs, labels)
+}

@@ -1,0 +1,229 @@
+//! The generated device programs on a GPU against the CPU programs of the same models: per-example
+//! losses and squared norms, clip factors, clipped sums (a NaN example contributing exactly zero),
+//! and a whole private step (noise drawn on the device under a fixed test key) at batch sizes 1, 7,
+//! 256 and a Poisson-sized 301. Built with `--features cuda`; each test is `#[ignore]`d, so
+//! `cargo test` lists them as ignored, and `scripts/gpu/check.sh` runs them with `--include-ignored` and
+//! `DP_REQUIRE_GPU`, which turns a missing device into a failure. Without a device each says
+//! `1 GPU test skipped: no CUDA device` and checks nothing.
+
+#![cfg(feature = "cuda")]
+
+mod dense_models;
+
+use dense_models::{batch, close, close_sum, ActivatedOutput, Deep, SigmoidBce, TanhMse};
+use dp::clipping::{clip_factors, ClipMode};
+use dp::cuda::device::{self, Gpu, SgdStep};
+use dp::cuda::trainer::{Clipping, GpuModel};
+use dp::models::{AdultFfnn, AdultLogReg};
+use dp::noise::gaussian::fill_chunk;
+use dp::optim::{NoisyGradient, Optimizer, Sgd, StepInfo};
+use dp::prelude::*;
+use dp::{Batch, Workspace};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// A line on the real stderr: libtest captures `eprintln!` of passing tests, and a skip must be seen.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn gpu(test: &str) -> Option<Gpu> {
+    if device::device_count() == 0 {
+        assert!(
+            std::env::var_os("DP_REQUIRE_GPU").is_none(),
+            "DP_REQUIRE_GPU is set but no CUDA device is present"
+        );
+        say(&format!("1 GPU test skipped: no CUDA device ({test})"));
+        return None;
+    }
+    let gpu = Gpu::open(0).unwrap_or_else(|e| panic!("{e}"));
+    say(&format!("{test}: on {}", gpu.describe()));
+    Some(gpu)
+}
+
+const BATCHES: [(usize, bool); 4] = [(1, false), (7, true), (256, false), (301, true)];
+
+fn norms_and_sums_match<M: DpModel<Input = f32>>(seed: u64) {
+    let Some(gpu) = gpu(M::NAME) else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let model = M::init(&mut rng);
+    let groups = M::GROUPS.len();
+    let mut on_gpu = GpuModel::<M>::new(gpu, model.params(), 301).unwrap();
+    for (n, poison) in BATCHES {
+        let (inputs, labels) = batch::<M>(&mut rng, n, poison);
+        let b = Batch { inputs: &inputs, labels: &labels, size: n };
+        let mut ws = Workspace::new::<M>(n);
+        let (mut losses, mut sq) = (vec![0.0; n], vec![0.0; n * groups]);
+        model.per_example_norms(&mut ws, b, &mut losses, &mut sq);
+        let (gpu_losses, gpu_sq) = on_gpu.per_example_norms(&inputs, &labels, n).unwrap();
+        let tag = |what: &str| format!("{} n={n} {what}", M::NAME);
+        let from = usize::from(poison);
+        close(&tag("losses"), &gpu_losses[from..], &losses[from..], 1e-4);
+        close(&tag("squared norms"), &gpu_sq[from * groups..], &sq[from * groups..], 1e-4);
+        if poison {
+            assert!(gpu_sq[..groups].iter().all(|v| v.is_nan()), "{}", tag("poisoned norm"));
+        }
+        let clipping = Clipping { mode: ClipMode::Flat, norm: 0.5 };
+        let mut factors = vec![0.0; n * groups];
+        let bad = clip_factors(ClipMode::Flat, 0.5, groups, &sq, &mut factors).unwrap();
+        let (gpu_factors, gpu_bad) = on_gpu.clip_factors(clipping, n).unwrap();
+        assert_eq!(gpu_bad, bad, "{}", tag("non-finite count"));
+        close(&tag("clip factors"), &gpu_factors, &factors, 1e-4);
+        let mut cpu_sum = vec![0.0; M::TRAINED_PARAM_COUNT];
+        model.clipped_sum(&mut ws, b, &factors, &mut cpu_sum);
+        let gpu_sum = on_gpu.clipped_sum(&factors, n).unwrap();
+        assert!(gpu_sum.iter().all(|v| v.is_finite()), "{}", tag("a NaN example reached the sum"));
+        close_sum(&tag("clipped sum"), &gpu_sum, &cpu_sum, 1e-4);
+        if !poison {
+            let mut cpu_grad = vec![0.0; M::TRAINED_PARAM_COUNT];
+            model.loss_and_gradient(&mut ws, b, &mut losses, &mut cpu_grad);
+            let gpu_grad = on_gpu.gradient_sum(&inputs, &labels, n).unwrap();
+            close_sum(&tag("gradient sum"), &gpu_grad, &cpu_grad, 1e-4);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_logreg_matches_the_cpu() {
+    norms_and_sums_match::<AdultLogReg>(11);
+}
+
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_ffnn_matches_the_cpu() {
+    norms_and_sums_match::<AdultFfnn>(12);
+}
+
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_test_models_match_the_cpu() {
+    norms_and_sums_match::<TanhMse>(13);
+    norms_and_sums_match::<SigmoidBce>(14);
+    norms_and_sums_match::<Deep>(15);
+    norms_and_sums_match::<ActivatedOutput>(16);
+}
+
+/// A whole private step on the GPU against the same step on the CPU: norms, factors, clipped sum,
+/// the chunked noise under the same key, the SGD update with momentum, three steps in a row.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_private_steps_equal_the_cpus() {
+    let Some(gpu) = gpu("private step") else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let mut cpu = AdultFfnn::init(&mut rng);
+    let (n, groups, len) = (256, AdultFfnn::GROUPS.len(), AdultFfnn::TRAINED_PARAM_COUNT);
+    let mut on_gpu = GpuModel::<AdultFfnn>::new(gpu, cpu.params(), n).unwrap();
+    let mut sgd = Sgd::new(0.5).momentum(0.9);
+    let (sigma_c, clip) = (0.3, 1.0);
+    for step in 0..3u64 {
+        let (inputs, labels) = batch::<AdultFfnn>(&mut rng, n, step == 1);
+        let key: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(7).wrapping_add(step as u8));
+        // The CPU step.
+        let b = Batch { inputs: &inputs, labels: &labels, size: n };
+        let mut ws = Workspace::new::<AdultFfnn>(n);
+        let (mut losses, mut sq) = (vec![0.0; n], vec![0.0; n * groups]);
+        cpu.per_example_norms(&mut ws, b, &mut losses, &mut sq);
+        let mut factors = vec![0.0; n * groups];
+        let bad = clip_factors(ClipMode::Flat, clip, groups, &sq, &mut factors).unwrap();
+        let mut sum = vec![0.0; len];
+        cpu.clipped_sum(&mut ws, b, &factors, &mut sum);
+        let mut z = vec![0.0; len];
+        for (chunk, values) in z.chunks_mut(dp::cuda::noise::CHUNK).enumerate() {
+            fill_chunk(&key, chunk as u64, values);
+        }
+        let at = StepInfo { step, total_steps: 3 };
+        sgd.step(cpu.trained_params_mut(), NoisyGradient::with_drawn_noise(&sum, &z, sigma_c, n as f64), at);
+        // The GPU step.
+        let update = SgdStep {
+            noise_std: sigma_c,
+            inverse_batch: 1.0 / n as f64,
+            lr: 0.5,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            first: step == 0,
+            nesterov: false,
+        };
+        let clipping = Clipping { mode: ClipMode::Flat, norm: clip };
+        let outcome = on_gpu.private_step(&inputs, &labels, n, clipping, &key, update).unwrap();
+        assert_eq!(outcome.non_finite_examples, bad, "step {step}: non-finite count");
+        assert!(!outcome.overflowed);
+        assert_eq!(bad, usize::from(step == 1));
+        let params = on_gpu.params().unwrap();
+        let diff = params.iter().zip(cpu.params()).map(|(g, c)| (g - c).abs()).fold(0.0f32, f32::max);
+        let scale = cpu.params().iter().map(|c| c.abs()).fold(0.0f32, f32::max);
+        say(&format!("step {step}: largest parameter difference {diff:.3e} (largest parameter {scale:.3})"));
+        assert!(diff <= 1e-4 * scale, "step {step}: GPU and CPU parameters differ by {diff}");
+    }
+}
+
+/// Not a check: where a private step's time goes on this GPU, phase by phase (printed for the report).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_step_phases() {
+    let Some(gpu) = gpu("step phases") else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    let model = AdultFfnn::init(&mut rng);
+    let n = 128;
+    let (inputs, labels) = batch::<AdultFfnn>(&mut rng, n, false);
+    let mut on_gpu = GpuModel::<AdultFfnn>::new(gpu, model.params(), n).unwrap();
+    let clipping = Clipping { mode: ClipMode::Flat, norm: 1.0 };
+    let step = SgdStep {
+        noise_std: 1.0,
+        inverse_batch: 1.0 / n as f64,
+        lr: 0.0,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        first: true,
+        nesterov: false,
+    };
+    let phases = on_gpu.phase_timings(&inputs, &labels, n, clipping, &[7; 32], step, 200).unwrap();
+    for (name, ms) in phases {
+        say(&format!("ffnn batch {n}, {name}: median {ms:.4} ms"));
+    }
+}
+
+/// The trainer with its steps on the GPU against the trainer on the CPU, both seeded alike: the same
+/// Poisson batches and noise keys, so the same noise; the parameters agree to rounding after several
+/// steps of SGD with momentum, and so do ε and the steps taken.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_trainer_follows_the_cpu_trainer() {
+    let Some(gpu) = gpu("trainer") else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    let (inputs, labels) = batch::<AdultFfnn>(&mut rng, 2_000, false);
+    let data = dp::Dataset::new(inputs, labels, AdultFfnn::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = AdultFfnn::init(&mut rng);
+    let train = |model: &mut AdultFfnn, device: Option<GpuModel<AdultFfnn>>| {
+        let trainer = dp::Trainer::new(model)
+            .optimizer(Sgd::new(0.5).momentum(0.9))
+            .clip_norm(1.0)
+            .noise_multiplier(0.8)
+            .expected_batch_size(128)
+            .steps(24)
+            .seed(3)
+            .quiet(true);
+        match device {
+            Some(d) => trainer.device(d).fit(&data, Some(&data)),
+            None => trainer.fit(&data, Some(&data)),
+        }
+        .unwrap()
+    };
+    let mut cpu = AdultFfnn::from_params(initial.params().to_vec());
+    let cpu_report = train(&mut cpu, None);
+    let mut on_gpu = AdultFfnn::from_params(initial.params().to_vec());
+    let device = GpuModel::<AdultFfnn>::new(gpu, initial.params(), 128).unwrap();
+    let gpu_report = train(&mut on_gpu, Some(device));
+    assert_eq!(gpu_report.steps, cpu_report.steps);
+    assert_eq!(gpu_report.epsilon, cpu_report.epsilon);
+    let diff = on_gpu.params().iter().zip(cpu.params()).map(|(g, c)| (g - c).abs()).fold(0.0f32, f32::max);
+    let moved =
+        on_gpu.params().iter().zip(initial.params()).map(|(g, c)| (g - c).abs()).fold(0.0f32, f32::max);
+    say(&format!(
+        "trainer: 24 steps, largest parameter difference {diff:.3e}, largest move {moved:.3}, accuracy cpu {:.4} gpu {:.4}",
+        cpu_report.accuracy, gpu_report.accuracy
+    ));
+    assert!(moved > 0.01, "training moved the parameters");
+    assert!(diff <= 1e-3 * moved, "GPU and CPU trainers differ by {diff}");
+}
