@@ -7,7 +7,7 @@
 use dp::clipping::{clip_factors, ClipMode};
 use dp::device::host::HostDevice;
 use dp::device::{DeviceError, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region};
-use dp::models::{AdultFfnn, AdultLogReg, MnistCnn};
+use dp::models::{AdultFfnn, AdultLogReg, EmbeddingNet, MnistCnn};
 use dp::noise::gaussian::{fill_chunk, FILL_CHUNK};
 use dp::optim::{NoisyGradient, Optimizer, Sgd, StepInfo};
 use dp::prelude::*;
@@ -17,14 +17,20 @@ use rand_chacha::ChaCha8Rng;
 
 mod dense_models;
 
-use dense_models::{batch, close, close_sum, ActivatedOutput, Deep, SigmoidBce, TanhMse};
+use dense_models::{
+    batch, close, close_sum, ActivatedOutput, Deep, SigmoidBce, TanhMse, TestInput, TokenBag,
+};
 
-fn device_matches_cpu<M: DpModel<Input = f32>>(seed: u64) {
+fn device_matches_cpu<M: DpModel>(seed: u64)
+where
+    M::Input: TestInput,
+{
     assert_eq!(M::DEVICE_UNSUPPORTED, None, "{} should have a device program", M::NAME);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let model = M::init(&mut rng);
     let groups = M::GROUPS.len();
     for (n, poison) in [(1, false), (7, true), (33, false), (256, true)] {
+        let poison = poison && M::Input::POISONS;
         let (inputs, labels) = batch::<M>(&mut rng, n, poison);
         let b = Batch { inputs: &inputs, labels: &labels, size: n };
         let mut ws = Workspace::new::<M>(n);
@@ -40,7 +46,7 @@ fn device_matches_cpu<M: DpModel<Input = f32>>(seed: u64) {
         dev.set(Region::Grad, vec![0.0; M::TRAINED_PARAM_COUNT]);
         // Garbage everywhere a pass must write before it reads.
         dev.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * n]);
-        dev.set(Region::Inputs, inputs.clone());
+        TestInput::load(&mut dev, &inputs);
         dev.set(Region::Labels, labels.clone());
         dev.set(Region::Losses, vec![f32::NAN; n]);
         dev.set(Region::SqNorms, vec![f32::NAN; n * groups]);
@@ -106,6 +112,16 @@ fn deep_device_program_matches_the_cpu() {
 }
 
 #[test]
+fn token_bag_device_program_matches_the_cpu() {
+    device_matches_cpu::<TokenBag>(7);
+}
+
+#[test]
+fn embedding_model_device_program_matches_the_cpu() {
+    device_matches_cpu::<EmbeddingNet>(8);
+}
+
+#[test]
 fn activated_output_device_program_matches_the_cpu() {
     device_matches_cpu::<ActivatedOutput>(6);
 }
@@ -129,7 +145,10 @@ struct HostTraining<M: DpModel> {
     model: std::marker::PhantomData<M>,
 }
 
-impl<M: DpModel<Input = f32>> DeviceTraining<M> for HostTraining<M> {
+impl<M: DpModel> DeviceTraining<M> for HostTraining<M>
+where
+    M::Input: TestInput,
+{
     fn describe(&self) -> String {
         "host reference".into()
     }
@@ -146,7 +165,7 @@ impl<M: DpModel<Input = f32>> DeviceTraining<M> for HostTraining<M> {
 
     fn private_step(
         &mut self,
-        inputs: &[f32],
+        inputs: &[M::Input],
         labels: &[f32],
         n: usize,
         step: &DevicePrivateStep,
@@ -154,7 +173,7 @@ impl<M: DpModel<Input = f32>> DeviceTraining<M> for HostTraining<M> {
         let (groups, len) = (M::GROUPS.len(), M::TRAINED_PARAM_COUNT);
         let d = &mut self.dev;
         d.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * n]);
-        d.set(Region::Inputs, inputs.to_vec());
+        TestInput::load(d, inputs);
         d.set(Region::Labels, labels.to_vec());
         d.set(Region::Losses, vec![0.0; n]);
         d.set(Region::SqNorms, vec![0.0; n * groups]);

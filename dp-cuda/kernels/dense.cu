@@ -160,6 +160,66 @@ extern "C" __global__ void dp_add_into(float *dst, const float *src, dp_u64 len)
     DP_GRID_STRIDE(i, len) { dst[i] += src[i]; }
 }
 
+// An embedding averaged over the sequence, one block per example, a thread per column: an id outside
+// the vocabulary (the loaders refuse them) makes the example's output NaN instead of a read outside
+// the table.
+extern "C" __global__ void dp_embedding_mean_forward(const unsigned int *ids, const float *table, dp_u64 n,
+                                                     dp_u64 steps, dp_u64 vocab, dp_u64 dim, float *out) {
+    for (dp_u64 i = blockIdx.x; i < n; i += gridDim.x) {
+        for (dp_u64 j = threadIdx.x; j < dim; j += blockDim.x) {
+            float acc = 0.0f;
+            int outside = 0;
+            for (dp_u64 t = 0; t < steps; t++) {
+                dp_u64 v = ids[i * steps + t];
+                if (v >= vocab) {
+                    outside = 1;
+                    break;
+                }
+                acc += table[v * dim + j];
+            }
+            out[i * dim + j] = outside ? dp_bits_float(0x7fc00000u) : acc / (float)steps;
+        }
+    }
+}
+
+// One block per example: sq_norms[i * groups + group] = |g_i / T|^2 * sum_v count_v^2, the second
+// factor counted as the ordered pairs of positions holding the same token (each thread its positions
+// against all T, the ids read through the cache).
+extern "C" __global__ void dp_embedding_mean_norms(const unsigned int *ids, const float *delta, dp_u64 n,
+                                                   dp_u64 steps, dp_u64 dim, float *sq_norms, dp_u64 groups,
+                                                   dp_u64 group) {
+    for (dp_u64 i = blockIdx.x; i < n; i += gridDim.x) {
+        const unsigned int *example = ids + i * steps;
+        float pairs = 0.0f, row = 0.0f;
+        for (dp_u64 t = threadIdx.x; t < steps; t += blockDim.x) {
+            unsigned int v = example[t], same = 0;
+            for (dp_u64 u = 0; u < steps; u++) same += example[u] == v;
+            pairs += (float)same;
+        }
+        for (dp_u64 j = threadIdx.x; j < dim; j += blockDim.x) {
+            float g = delta[i * dim + j] / (float)steps;
+            row += g * g;
+        }
+        pairs = dp_block_sum(pairs);
+        row = dp_block_sum(row);
+        if (threadIdx.x == 0) sq_norms[i * groups + group] = pairs * row;
+    }
+}
+
+// grad[ids[i, t]] += c_i * g_i / T, one thread per (example, position, column), added atomically; an
+// example whose factor is 0 and ids outside the vocabulary are skipped. has_factors 0: c_i = 1.
+extern "C" __global__ void dp_embedding_mean_scatter(const unsigned int *ids, const float *delta, dp_u64 n,
+                                                     dp_u64 steps, dp_u64 vocab, dp_u64 dim, const float *factors,
+                                                     int has_factors, dp_u64 groups, dp_u64 group, float *grad) {
+    DP_GRID_STRIDE(k, n * steps * dim) {
+        dp_u64 j = k % dim, position = k / dim, i = position / steps;
+        float c = has_factors ? factors[i * groups + group] : 1.0f;
+        dp_u64 v = ids[position];
+        if (c == 0.0f || v >= vocab) continue;
+        atomicAdd(grad + v * dim + j, c * (delta[i * dim + j] / (float)steps));
+    }
+}
+
 // *count += the number of non-finite values (an update that overflowed).
 extern "C" __global__ void dp_count_non_finite(const float *values, dp_u64 len, unsigned int *count) {
     unsigned int mine = 0;

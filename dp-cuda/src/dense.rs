@@ -19,6 +19,9 @@ pub const ENTRIES: &[&str] = &[
     "dp_column_sums_add",
     "dp_add_into",
     "dp_count_non_finite",
+    "dp_embedding_mean_forward",
+    "dp_embedding_mean_norms",
+    "dp_embedding_mean_scatter",
 ];
 
 /// The kernels' code of an activation (`dp_activate` in `dense.cu`).

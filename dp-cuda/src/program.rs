@@ -13,13 +13,14 @@ use crate::dense::activation_code;
 use crate::device::{driver, Gpu};
 use crate::error::Result;
 
-/// The regions of [`Region`], one allocation each.
+/// The regions of [`Region`], one allocation each (`Tokens` holds `u32` ids in an allocation of
+/// 32-bit values, copied in bit for bit).
 pub struct RegionMemory {
     slices: [CudaSlice<f32>; REGIONS],
     ptrs: [CUdeviceptr; REGIONS],
 }
 
-const REGIONS: usize = 8;
+const REGIONS: usize = 9;
 
 /// A region's slot in [`RegionMemory`].
 fn slot(region: Region) -> usize {
@@ -32,6 +33,7 @@ fn slot(region: Region) -> usize {
         Region::Losses => 5,
         Region::SqNorms => 6,
         Region::Factors => 7,
+        Region::Tokens => 8,
     }
 }
 
@@ -53,6 +55,7 @@ impl RegionMemory {
             Region::Losses,
             Region::SqNorms,
             Region::Factors,
+            Region::Tokens,
         ];
         let mut slices = Vec::with_capacity(REGIONS);
         for r in regions {
@@ -69,6 +72,15 @@ impl RegionMemory {
     /// A region's allocation.
     pub fn slice(&self, region: Region) -> &CudaSlice<f32> {
         &self.slices[slot(region)]
+    }
+
+    /// Copies token ids into the start of the `Tokens` region.
+    pub fn load_tokens(&mut self, gpu: &Gpu, ids: &[u32]) -> Result<()> {
+        // SAFETY: u32 and f32 have the same size and alignment, and every bit pattern is an f32: the
+        // ids travel as bits, and the kernels read them as u32.
+        let bits = unsafe { std::slice::from_raw_parts(ids.as_ptr().cast::<f32>(), ids.len()) };
+        let mut view = self.slices[slot(Region::Tokens)].slice_mut(..ids.len());
+        gpu.stream.memcpy_htod(bits, &mut view).map_err(driver("copying the token ids"))
     }
 
     /// A region's allocation, to copy into.
@@ -119,6 +131,9 @@ mod k {
     pub const COLUMN_SUMS_ADD: usize = 8;
     pub const ADD_INTO: usize = 9;
     pub const COUNT_NON_FINITE: usize = 10;
+    pub const EMBEDDING_MEAN_FORWARD: usize = 11;
+    pub const EMBEDDING_MEAN_NORMS: usize = 12;
+    pub const EMBEDDING_MEAN_SCATTER: usize = 13;
 }
 
 impl GpuOps<'_> {
@@ -379,5 +394,85 @@ impl DeviceOps for GpuOps<'_> {
         // SAFETY: the range lies in its region; the memset is queued on the GPU's stream.
         unsafe { drv::memset_d8_async(d, 0, len * 4, self.gpu.stream.cu_stream()) }
             .map_err(|e| DeviceError::Backend(format!("zero: {e}")))
+    }
+
+    fn embedding_mean_forward(
+        &mut self,
+        ids: Span,
+        table: Span,
+        n: usize,
+        steps: usize,
+        vocab: usize,
+        dim: usize,
+        out: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        self.check("embedding_mean_forward", &[(ids, n * steps), (table, vocab * dim), (out, n * dim)])?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (i, t, o) = (self.memory.ptr(ids)?, self.memory.ptr(table)?, self.memory.ptr(out)?);
+        let (n64, s, v, d) = (n as u64, steps as u64, vocab as u64, dim as u64);
+        let config = LaunchConfig {
+            grid_dim: (n.min(65_535) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(self, k::EMBEDDING_MEAN_FORWARD, "dp_embedding_mean_forward", config; &i, &t, &n64, &s, &v, &d, &o)
+    }
+
+    fn embedding_mean_norms(
+        &mut self,
+        ids: Span,
+        delta: Span,
+        n: usize,
+        steps: usize,
+        dim: usize,
+        sq_norms: Span,
+        groups: usize,
+        group: usize,
+    ) -> std::result::Result<(), DeviceError> {
+        self.check("embedding_mean_norms", &[(ids, n * steps), (delta, n * dim), (sq_norms, n * groups)])?;
+        if group >= groups {
+            return Err(DeviceError::Mismatch(format!("group {group} of {groups}")));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let (i, d, q) = (self.memory.ptr(ids)?, self.memory.ptr(delta)?, self.memory.ptr(sq_norms)?);
+        let (n64, s, dm, gs, g) = (n as u64, steps as u64, dim as u64, groups as u64, group as u64);
+        let config = LaunchConfig {
+            grid_dim: (n.min(65_535) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(self, k::EMBEDDING_MEAN_NORMS, "dp_embedding_mean_norms", config; &i, &d, &n64, &s, &dm, &q, &gs, &g)
+    }
+
+    fn embedding_mean_scatter(
+        &mut self,
+        ids: Span,
+        delta: Span,
+        n: usize,
+        steps: usize,
+        vocab: usize,
+        dim: usize,
+        factors: Option<(Span, usize, usize)>,
+        grad: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        self.check("embedding_mean_scatter", &[(ids, n * steps), (delta, n * dim), (grad, vocab * dim)])?;
+        let (f, has, groups, group) = match factors {
+            Some((f, groups, group)) => {
+                self.check("embedding_mean_scatter", &[(f, n * groups)])?;
+                if group >= groups {
+                    return Err(DeviceError::Mismatch(format!("group {group} of {groups}")));
+                }
+                (self.memory.ptr(f)?, 1i32, groups as u64, group as u64)
+            }
+            None => (self.memory.ptr(delta)?, 0, 1, 0),
+        };
+        let (i, d, g) = (self.memory.ptr(ids)?, self.memory.ptr(delta)?, self.memory.ptr(grad)?);
+        let (n64, s, v, dm) = (n as u64, steps as u64, vocab as u64, dim as u64);
+        launch!(self, k::EMBEDDING_MEAN_SCATTER, "dp_embedding_mean_scatter", elementwise(n * steps * dim);
+            &i, &d, &n64, &s, &v, &dm, &f, &has, &groups, &group, &g)
     }
 }

@@ -27,8 +27,16 @@ pub struct Clipping {
     pub norm: f64,
 }
 
+/// Copies between host and device so far, counted at every copy a step makes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transfers {
+    pub to_device: u64,
+    pub to_host: u64,
+}
+
 /// Model `M` on a GPU.
 pub struct GpuModel<M: DpModel> {
+    transfers: Transfers,
     gpu: Gpu,
     memory: RegionMemory,
     max_batch: usize,
@@ -56,13 +64,23 @@ fn program(e: dp_runtime::device::DeviceError) -> CudaError {
     CudaError::Mismatch(e.to_string())
 }
 
-/// The inputs as `f32`, the only input type of models with a device program (token models have none).
-fn dense_inputs<M: DpModel>(inputs: &[M::Input]) -> Result<&[f32]> {
-    if TypeId::of::<M::Input>() != TypeId::of::<f32>() {
-        return Err(CudaError::Mismatch(format!("{}: token inputs have no device program", M::NAME)));
+/// A batch's inputs by their type: dense features, or token ids.
+enum Inputs<'a> {
+    Dense(&'a [f32]),
+    Tokens(&'a [u32]),
+}
+
+fn inputs_of<M: DpModel>(inputs: &[M::Input]) -> Result<Inputs<'_>> {
+    let (ptr, len) = (inputs.as_ptr(), inputs.len());
+    if TypeId::of::<M::Input>() == TypeId::of::<f32>() {
+        // SAFETY: M::Input is f32 (checked above), so the slice is a slice of f32.
+        Ok(Inputs::Dense(unsafe { std::slice::from_raw_parts(ptr.cast::<f32>(), len) }))
+    } else if TypeId::of::<M::Input>() == TypeId::of::<u32>() {
+        // SAFETY: M::Input is u32 (checked above).
+        Ok(Inputs::Tokens(unsafe { std::slice::from_raw_parts(ptr.cast::<u32>(), len) }))
+    } else {
+        Err(CudaError::Mismatch(format!("{}: an input type with no device region", M::NAME)))
     }
-    // SAFETY: M::Input is f32 (checked above), so the slice is a slice of f32.
-    Ok(unsafe { std::slice::from_raw_parts(inputs.as_ptr().cast::<f32>(), inputs.len()) })
 }
 
 impl<M: DpModel> GpuModel<M> {
@@ -87,6 +105,7 @@ impl<M: DpModel> GpuModel<M> {
         let previous = s.alloc_zeros::<f32>(trained).map_err(driver("allocating the previous parameters"))?;
         let tables = NoiseTables::upload(&gpu)?;
         Ok(GpuModel {
+            transfers: Transfers::default(),
             gpu,
             memory,
             max_batch: b,
@@ -109,10 +128,13 @@ impl<M: DpModel> GpuModel<M> {
             Region::Params => M::PARAM_COUNT,
             Region::Grad => M::TRAINED_PARAM_COUNT,
             Region::Arena => M::DEVICE_ARENA_PER_EXAMPLE * b,
-            Region::Inputs => M::input_len() * b,
+            Region::Inputs if M::VOCAB == 0 => M::input_len() * b,
+            Region::Inputs => 0,
             Region::Labels => M::LOSS.label_len() * b,
             Region::Losses => b,
             Region::SqNorms | Region::Factors => groups * b,
+            Region::Tokens if M::VOCAB > 0 => M::input_len() * b,
+            Region::Tokens => 0,
         })
     }
 
@@ -124,6 +146,12 @@ impl<M: DpModel> GpuModel<M> {
         self.memory = memory;
         self.max_batch = b;
         Ok(())
+    }
+
+    /// The copies between host and device so far, counted at every copy a step makes (a private step
+    /// makes four: inputs, labels and key in, the two counts out).
+    pub fn transfers(&self) -> Transfers {
+        self.transfers
     }
 
     /// The GPU.
@@ -143,14 +171,19 @@ impl<M: DpModel> GpuModel<M> {
                 self.max_batch
             )));
         }
-        let inputs = dense_inputs::<M>(inputs)?;
         if inputs.len() != n * M::input_len() || labels.len() != n * M::LOSS.label_len() {
             return Err(CudaError::Mismatch(format!("{}: inputs or labels of {n} examples", M::NAME)));
         }
         let s = self.gpu.stream.clone();
         if n > 0 {
-            let mut view = self.memory.slice_mut(Region::Inputs).slice_mut(..inputs.len());
-            s.memcpy_htod(inputs, &mut view).map_err(driver("copying the inputs"))?;
+            match inputs_of::<M>(inputs)? {
+                Inputs::Dense(values) => {
+                    let mut view = self.memory.slice_mut(Region::Inputs).slice_mut(..values.len());
+                    s.memcpy_htod(values, &mut view).map_err(driver("copying the inputs"))?;
+                }
+                Inputs::Tokens(ids) => self.memory.load_tokens(&self.gpu, ids)?,
+            }
+            self.transfers.to_device += 2;
             let mut view = self.memory.slice_mut(Region::Labels).slice_mut(..labels.len());
             s.memcpy_htod(labels, &mut view).map_err(driver("copying the labels"))?;
         }
@@ -259,6 +292,7 @@ impl<M: DpModel> GpuModel<M> {
         }
         let s = self.gpu.stream.clone();
         s.memcpy_htod(&key_words(key), &mut self.key).map_err(driver("copying the key"))?;
+        self.transfers.to_device += 1;
         let len = M::TRAINED_PARAM_COUNT;
         self.gpu.draw_normals(&self.key, &self.tables, &mut self.normals, &mut self.first_words, len)?;
         let trained = Span::new(Region::Params, 0, len);
@@ -271,6 +305,7 @@ impl<M: DpModel> GpuModel<M> {
         self.ops().count_non_finite(trained, params_count).map_err(program)?;
         let mut counts = [0u32; 2];
         s.memcpy_dtoh(&self.non_finite, &mut counts).map_err(driver("copying the counts back"))?;
+        self.transfers.to_host += 1;
         s.synchronize().map_err(driver("finishing the step"))?;
         let overflowed = counts[1] > 0;
         if overflowed {

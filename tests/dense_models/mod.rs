@@ -40,6 +40,16 @@ pub struct Deep {
     c: Linear,
 }
 
+/// A bag of tokens: an embedding averaged over 7 positions of an 11-token vocabulary (so tokens repeat
+/// within an example), then a linear layer.
+#[dp_model(input = tokens(len = 7, vocab = 11), loss = cross_entropy(classes = 3))]
+pub struct TokenBag {
+    #[layer(embedding(dim = 4), mean)]
+    embedding: Embedding,
+    #[layer(linear(out = 3))]
+    fc: Linear,
+}
+
 /// The output is an activation: sigmoid fused into the last linear layer, then a standalone tanh.
 #[dp_model(input = [4], loss = mse)]
 pub struct ActivatedOutput {
@@ -68,13 +78,51 @@ pub fn close_sum(what: &str, got: &[f32], want: &[f32], tol: f32) {
     }
 }
 
-/// Inputs (uniform, or class-valid labels) for `n` examples of `M`; example 0 poisoned with NaN when
-/// `poison`.
-pub fn batch<M: DpModel<Input = f32>>(rng: &mut ChaCha8Rng, n: usize, poison: bool) -> (Vec<f32>, Vec<f32>) {
-    let mut inputs: Vec<f32> = (0..n * M::input_len()).map(|_| rng.random_range(-1.0..1.0)).collect();
-    if poison {
-        inputs[0] = f32::NAN;
+/// An input type the tests draw: dense features, or token ids below the vocabulary.
+pub trait TestInput: dp::InputElem {
+    /// Whether an example can be poisoned (a token id cannot be NaN).
+    const POISONS: bool;
+    /// `len` values; the first NaN when `poison` (dense only).
+    fn draw(rng: &mut ChaCha8Rng, len: usize, vocab: usize, poison: bool) -> Vec<Self>;
+    /// Into the host reference backend's region for this input type.
+    fn load(dev: &mut dp::device::host::HostDevice, inputs: &[Self]);
+}
+
+impl TestInput for f32 {
+    const POISONS: bool = true;
+
+    fn draw(rng: &mut ChaCha8Rng, len: usize, _: usize, poison: bool) -> Vec<f32> {
+        let mut inputs: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0..1.0)).collect();
+        if poison {
+            inputs[0] = f32::NAN;
+        }
+        inputs
     }
+
+    fn load(dev: &mut dp::device::host::HostDevice, inputs: &[f32]) {
+        dev.set(dp::device::Region::Inputs, inputs.to_vec());
+    }
+}
+
+impl TestInput for u32 {
+    const POISONS: bool = false;
+
+    fn draw(rng: &mut ChaCha8Rng, len: usize, vocab: usize, _: bool) -> Vec<u32> {
+        (0..len).map(|_| rng.random_range(0..vocab as u32)).collect()
+    }
+
+    fn load(dev: &mut dp::device::host::HostDevice, inputs: &[u32]) {
+        dev.set_tokens(inputs.to_vec());
+    }
+}
+
+/// Inputs and valid labels for `n` examples of `M`; example 0 poisoned with NaN when `poison` and
+/// the inputs are dense.
+pub fn batch<M: DpModel>(rng: &mut ChaCha8Rng, n: usize, poison: bool) -> (Vec<M::Input>, Vec<f32>)
+where
+    M::Input: TestInput,
+{
+    let inputs = M::Input::draw(rng, n * M::input_len(), M::VOCAB, poison);
     let labels = match M::LOSS {
         Loss::CrossEntropy { classes } => (0..n).map(|_| rng.random_range(0..classes) as f32).collect(),
         Loss::BinaryCrossEntropy => (0..n).map(|_| rng.random_range(0..2) as f32).collect(),

@@ -233,7 +233,7 @@ pub fn generate(model: &ModelDef, plan: &Plan) -> TokenStream {
 /// The device program's items of the `DpModel` impl: the passes through the device backend, or, for a
 /// model with a step the device has no primitives for, the reason (the trait's defaults refuse with it).
 fn device_program(model: &ModelDef, plan: &Plan) -> TokenStream {
-    if let Some(reason) = device::unsupported(model, plan) {
+    if let Some(reason) = device::unsupported(plan) {
         return quote!(const DEVICE_UNSUPPORTED: ::core::option::Option<&'static str> = ::core::option::Option::Some(#reason););
     }
     let rt = quote!(::dp::__private::runtime::device);

@@ -10,10 +10,11 @@ use dp_kernels::loss;
 
 use super::{DeviceError, DeviceLoss, DeviceOps, Gemm, Region, RowScale, Span};
 
-/// Every region a host `Vec`.
+/// Every region a host `Vec` (`Tokens` of `u32`, the others of `f32`).
 #[derive(Debug, Default, Clone)]
 pub struct HostDevice {
     regions: HashMap<Region, Vec<f32>>,
+    tokens: Vec<u32>,
 }
 
 impl HostDevice {
@@ -24,6 +25,20 @@ impl HostDevice {
     /// Sets a region's contents (its length is the region's size).
     pub fn set(&mut self, region: Region, values: Vec<f32>) {
         self.regions.insert(region, values);
+    }
+
+    /// Sets the token ids (the `Tokens` region).
+    pub fn set_tokens(&mut self, ids: Vec<u32>) {
+        self.tokens = ids;
+    }
+
+    fn ids(&self, s: Span) -> Result<&[u32], DeviceError> {
+        if s.region != Region::Tokens {
+            return Err(DeviceError::Mismatch(format!("{s:?}: token ids live in the Tokens region")));
+        }
+        self.tokens
+            .get(s.offset..s.offset + s.len)
+            .ok_or_else(|| DeviceError::Mismatch(format!("{s:?} outside {} token ids", self.tokens.len())))
     }
 
     /// A region's contents (empty if never set).
@@ -240,6 +255,103 @@ impl DeviceOps for HostDevice {
             return Err(short("zero"));
         }
         dst[..len].fill(0.0);
+        Ok(())
+    }
+
+    fn embedding_mean_forward(
+        &mut self,
+        ids: Span,
+        table: Span,
+        n: usize,
+        steps: usize,
+        vocab: usize,
+        dim: usize,
+        out: Span,
+    ) -> Result<(), DeviceError> {
+        let (ids, table) = (self.ids(ids)?.to_vec(), self.read(table)?);
+        let out = self.write(out)?;
+        if ids.len() < n * steps || table.len() < vocab * dim || out.len() < n * dim {
+            return Err(short("embedding_mean_forward"));
+        }
+        for i in 0..n {
+            let o = &mut out[i * dim..(i + 1) * dim];
+            o.fill(0.0);
+            for &v in &ids[i * steps..(i + 1) * steps] {
+                let v = v as usize;
+                if v >= vocab {
+                    o.fill(f32::NAN);
+                    break;
+                }
+                o.iter_mut().zip(&table[v * dim..(v + 1) * dim]).for_each(|(a, &x)| *a += x);
+            }
+            o.iter_mut().for_each(|x| *x /= steps as f32);
+        }
+        Ok(())
+    }
+
+    fn embedding_mean_norms(
+        &mut self,
+        ids: Span,
+        delta: Span,
+        n: usize,
+        steps: usize,
+        dim: usize,
+        sq_norms: Span,
+        groups: usize,
+        group: usize,
+    ) -> Result<(), DeviceError> {
+        let (ids, d) = (self.ids(ids)?.to_vec(), self.read(delta)?);
+        let s = self.write(sq_norms)?;
+        if ids.len() < n * steps || d.len() < n * dim || s.len() < n * groups || group >= groups {
+            return Err(short("embedding_mean_norms"));
+        }
+        for i in 0..n {
+            let example = &ids[i * steps..(i + 1) * steps];
+            // Σ_v count_v²: the ordered pairs of positions holding the same token.
+            let pairs: usize = example.iter().map(|a| example.iter().filter(|&b| b == a).count()).sum();
+            let row: f64 =
+                d[i * dim..(i + 1) * dim].iter().map(|&g| f64::from(g / steps as f32).powi(2)).sum();
+            s[i * groups + group] = (pairs as f64 * row) as f32;
+        }
+        Ok(())
+    }
+
+    fn embedding_mean_scatter(
+        &mut self,
+        ids: Span,
+        delta: Span,
+        n: usize,
+        steps: usize,
+        vocab: usize,
+        dim: usize,
+        factors: Option<(Span, usize, usize)>,
+        grad: Span,
+    ) -> Result<(), DeviceError> {
+        let (ids, d) = (self.ids(ids)?.to_vec(), self.read(delta)?);
+        let factors =
+            factors.map(|(f, groups, group)| self.read(f).map(|f| (f, groups, group))).transpose()?;
+        let g = self.write(grad)?;
+        if ids.len() < n * steps || d.len() < n * dim || g.len() < vocab * dim {
+            return Err(short("embedding_mean_scatter"));
+        }
+        for i in 0..n {
+            let c = match &factors {
+                Some((f, groups, group)) => f[i * groups + group],
+                None => 1.0,
+            };
+            if c == 0.0 {
+                continue;
+            }
+            for &v in &ids[i * steps..(i + 1) * steps] {
+                let v = v as usize;
+                if v >= vocab {
+                    continue;
+                }
+                for (acc, &x) in g[v * dim..(v + 1) * dim].iter_mut().zip(&d[i * dim..(i + 1) * dim]) {
+                    *acc += c * (x / steps as f32);
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -36,6 +36,8 @@ pub enum Region {
     SqNorms,
     /// Each example's clip factor per group, shaped like `SqNorms`.
     Factors,
+    /// The batch's token ids, `n · T` (`u32`, for models with token inputs; `Inputs` holds dense ones).
+    Tokens,
 }
 
 /// `len` values of a region from `offset`.
@@ -206,6 +208,52 @@ pub trait DeviceOps {
 
     /// Zeroes `len` values.
     fn zero(&mut self, dst: Span, len: usize) -> Result<(), DeviceError>;
+
+    /// An embedding averaged over the sequence: `out[i] = (Σ_t table[ids[i, t]]) / T`, `ids` in
+    /// `Tokens` (`n × steps`), `table` `vocab × dim`. An id outside the vocabulary (the loaders refuse
+    /// them) makes the example's output NaN rather than reading outside the table.
+    #[allow(clippy::too_many_arguments)]
+    fn embedding_mean_forward(
+        &mut self,
+        ids: Span,
+        table: Span,
+        n: usize,
+        steps: usize,
+        vocab: usize,
+        dim: usize,
+        out: Span,
+    ) -> Result<(), DeviceError>;
+
+    /// Its per-example squared norms, OVERWRITING column `group` of `sq_norms`:
+    /// `‖g_i / T‖² · Σ_v count_{i,v}²` with `g_i` the output's gradient (`delta`, `n × dim`).
+    #[allow(clippy::too_many_arguments)]
+    fn embedding_mean_norms(
+        &mut self,
+        ids: Span,
+        delta: Span,
+        n: usize,
+        steps: usize,
+        dim: usize,
+        sq_norms: Span,
+        groups: usize,
+        group: usize,
+    ) -> Result<(), DeviceError>;
+
+    /// Its gradient: ADDS `c_i · g_i / T` into row `ids[i, t]` of `grad` for every position, with
+    /// `c_i` column `group` of `factors` (`Some((factors, groups, group))`, an example with factor 0
+    /// skipped) or 1 (`None`, the plain sum). Ids outside the vocabulary are skipped.
+    #[allow(clippy::too_many_arguments)]
+    fn embedding_mean_scatter(
+        &mut self,
+        ids: Span,
+        delta: Span,
+        n: usize,
+        steps: usize,
+        vocab: usize,
+        dim: usize,
+        factors: Option<(Span, usize, usize)>,
+        grad: Span,
+    ) -> Result<(), DeviceError>;
 }
 
 /// The SGD update a device applies (the host optimizer's settings at one step).

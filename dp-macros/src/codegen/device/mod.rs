@@ -6,6 +6,7 @@
 //!
 //! The emitted statements share the names `dev` (the `&mut dyn DeviceOps`) and `n` (the batch size).
 
+mod embedding;
 mod emit;
 mod linear;
 mod unary;
@@ -13,7 +14,7 @@ mod unary;
 use super::backend::Backend;
 use crate::ops::activation::function::Derivative;
 use crate::ops::{Layer, Step};
-use crate::parse::ast::{InputKind, LossKind, ModelDef};
+use crate::parse::ast::LossKind;
 use crate::plan::Plan;
 pub use emit::prelude;
 use emit::{arena, lit, region, rt};
@@ -24,10 +25,7 @@ use quote::quote;
 pub struct Device;
 
 /// Why the model has no device program yet: the first step without device primitives.
-pub fn unsupported(model: &ModelDef, plan: &Plan) -> Option<String> {
-    if let InputKind::Tokens { .. } = model.input_kind {
-        return Some("token inputs have no device primitives yet".into());
-    }
+pub fn unsupported(plan: &Plan) -> Option<String> {
     plan.steps.iter().find_map(|step| {
         let op = match step {
             Step::Linear(d) if d.positions != 1 => "linear over a sequence",
@@ -41,7 +39,8 @@ pub fn unsupported(model: &ModelDef, plan: &Plan) -> Option<String> {
             Step::Activation(_) | Step::Flatten(_) => return None,
             Step::Conv2d(_) => "conv2d",
             Step::Norm(_) => "group/layer norm",
-            Step::Embedding(_) => "embedding",
+            Step::Embedding(e) if e.mean => return None,
+            Step::Embedding(_) => "embedding without a sequence mean",
             Step::Lstm(_) => "lstm",
             Step::PositionEmbedding(_) => "position embedding",
             Step::Attention(_) => "attention",
@@ -92,9 +91,9 @@ impl Backend for Device {
             Step::Linear(s) => linear::forward(plan, s),
             Step::Activation(s) => unary::activation_forward(plan, s),
             Step::Flatten(_) => TokenStream::new(),
+            Step::Embedding(s) => embedding::forward(plan, s),
             Step::Conv2d(_) => refused("conv2d"),
             Step::Norm(_) => refused("norm"),
-            Step::Embedding(_) => refused("embedding"),
             Step::Lstm(_) => refused("lstm"),
             Step::PositionEmbedding(_) => refused("position embedding"),
             Step::Attention(_) => refused("attention"),
@@ -112,9 +111,10 @@ impl Backend for Device {
             Step::Linear(s) => linear::backward(plan, s),
             Step::Activation(s) => unary::activation_backward(plan, s),
             Step::Flatten(s) => unary::flatten_backward(plan, s),
+            // Nothing upstream of token ids is trained: its δ is written by its reader.
+            Step::Embedding(_) => TokenStream::new(),
             Step::Conv2d(_) => refused("conv2d"),
             Step::Norm(_) => refused("norm"),
-            Step::Embedding(_) => refused("embedding"),
             Step::Lstm(_) => refused("lstm"),
             Step::PositionEmbedding(_) => refused("position embedding"),
             Step::Attention(_) => refused("attention"),
@@ -130,9 +130,9 @@ impl Backend for Device {
     fn gradient_sum(&self, plan: &Plan, layer: Layer<'_>) -> TokenStream {
         match layer {
             Layer::Linear(s) => linear::gradient_sum(plan, s),
+            Layer::Embedding(s) => embedding::sum(plan, s, false),
             Layer::Conv2d(_) => refused("conv2d"),
             Layer::Norm(_) => refused("norm"),
-            Layer::Embedding(_) => refused("embedding"),
             Layer::Lstm(_) => refused("lstm"),
             Layer::PositionEmbedding(_) => refused("position embedding"),
             Layer::Attention(_) => refused("attention"),
@@ -142,9 +142,9 @@ impl Backend for Device {
     fn norms(&self, plan: &Plan, layer: Layer<'_>) -> TokenStream {
         match layer {
             Layer::Linear(s) => linear::norms(plan, s),
+            Layer::Embedding(s) => embedding::norms(plan, s),
             Layer::Conv2d(_) => refused("conv2d"),
             Layer::Norm(_) => refused("norm"),
-            Layer::Embedding(_) => refused("embedding"),
             Layer::Lstm(_) => refused("lstm"),
             Layer::PositionEmbedding(_) => refused("position embedding"),
             Layer::Attention(_) => refused("attention"),
@@ -154,9 +154,9 @@ impl Backend for Device {
     fn clipped_sum(&self, plan: &Plan, layer: Layer<'_>) -> TokenStream {
         match layer {
             Layer::Linear(s) => linear::clipped_sum(plan, s),
+            Layer::Embedding(s) => embedding::sum(plan, s, true),
             Layer::Conv2d(_) => refused("conv2d"),
             Layer::Norm(_) => refused("norm"),
-            Layer::Embedding(_) => refused("embedding"),
             Layer::Lstm(_) => refused("lstm"),
             Layer::PositionEmbedding(_) => refused("position embedding"),
             Layer::Attention(_) => refused("attention"),
