@@ -50,7 +50,8 @@ DP_DEVICE double dp_unit(dp_u64 w) { return (double)(w >> 11) * (1.0 / 900719925
 DP_DEVICE double dp_unit_open_closed(dp_u64 w) { return (double)((w >> 11) + 1) * (1.0 / 9007199254740992.0); }
 
 // Word `index` of a stream read in the CPU's interleaved order: call index / 128, lane index % 16,
-// word (index % 128) / 16; the block is recomputed whenever the needed one changes.
+// word (index % 128) / 16. The first `prefix_len` words may come from `prefix`, computed ahead (by a
+// block of threads on the device); past them the block is recomputed whenever the needed one changes.
 typedef struct {
     const dp_u32 *key;
     dp_u64 stream;
@@ -58,10 +59,29 @@ typedef struct {
     dp_u64 cached_block;
     int has_block;
     dp_u64 words[8];
+    const dp_u64 *prefix;
+    dp_u64 prefix_len;
 } dp_word_stream;
+
+// Words of the retry stream computed ahead of the serial pass: DP_PREFIX_CALLS calls of 16 blocks,
+// 1,024 words, more than a chunk's retries usually read (about 1.2 words for each of ~245).
+#ifndef DP_PREFIX_CALLS  // the host tests also build with a shorter prefix, to run past its end
+#define DP_PREFIX_CALLS 8u
+#endif
+#define DP_PREFIX_BLOCKS (DP_PREFIX_CALLS * DP_LANES)
+#define DP_PREFIX_WORDS (DP_PREFIX_CALLS * DP_WORDS_PER_CALL)
+
+// Block `block` (< DP_PREFIX_BLOCKS) of `stream`, its 8 words stored at their word indices.
+DP_DEVICE void dp_fill_prefix_block(const dp_u32 key[8], dp_u64 stream, dp_u64 block, dp_u64 *prefix) {
+    dp_u64 words[8];
+    dp_chacha20_block(key, stream, block, words);
+    dp_u64 call = block / DP_LANES, lane = block % DP_LANES;
+    for (dp_u64 k = 0; k < 8; ++k) prefix[call * DP_WORDS_PER_CALL + k * DP_LANES + lane] = words[k];
+}
 
 DP_DEVICE dp_u64 dp_next_word(dp_word_stream *s) {
     dp_u64 i = s->index++;
+    if (i < s->prefix_len) return s->prefix[i];
     dp_u64 within = i % DP_WORDS_PER_CALL;
     dp_u64 block = (i / DP_WORDS_PER_CALL) * DP_LANES + within % DP_LANES;
     if (!s->has_block || s->cached_block != block) {
@@ -120,11 +140,13 @@ DP_DEVICE void dp_noise_first_block(const dp_u32 key[8], dp_u64 chunk, dp_u64 bl
 }
 
 // Pass 2 for one chunk, serially: the NaN coordinates, in order, from their first words and stream
-// 2·chunk + 1 (the host harness's path; the kernel below takes the same steps).
+// 2·chunk + 1 (the host harness's path; the kernel below takes the same steps), the stream's first
+// DP_PREFIX_WORDS words computed ahead into `prefix`, blocks in reverse order.
 DP_DEVICE void dp_noise_retry_chunk(const dp_u32 key[8], dp_u64 chunk, dp_u64 len, const double *edge,
                                     const double *ratio, const double *density, const dp_u64 *first_words,
-                                    double *out) {
-    dp_word_stream more = {key, 2 * chunk + 1, 0, 0, 0, {0, 0, 0, 0, 0, 0, 0, 0}};
+                                    dp_u64 *prefix, double *out) {
+    for (dp_u64 b = DP_PREFIX_BLOCKS; b-- > 0;) dp_fill_prefix_block(key, 2 * chunk + 1, b, prefix);
+    dp_word_stream more = {key, 2 * chunk + 1, 0, 0, 0, {0, 0, 0, 0, 0, 0, 0, 0}, prefix, DP_PREFIX_WORDS};
     for (dp_u64 i = 0; i < len; ++i) {
         if (out[i] == out[i]) continue;
         out[i] = dp_ziggurat_slow(first_words[i], &more, edge, ratio, density);
@@ -146,22 +168,27 @@ extern "C" __global__ void dp_noise_first(const dp_u32 *key, dp_u64 len, const d
 
 #define DP_RETRY_THREADS 256u
 
-// One block of DP_RETRY_THREADS per chunk. Tile by tile, the threads flag their coordinate if pass 1
-// left it NaN and write the flagged indices, in order, into a shared list (a ballot per warp and the
-// warps' counts summed before it); thread 0 then redoes them in that order, holding stream 2·chunk + 1
-// across tiles, so the stream is read in coordinate order as on the CPU.
+// One block of DP_RETRY_THREADS per chunk. First the threads compute the retry stream's first
+// DP_PREFIX_WORDS words into shared memory, a ChaCha20 block each. Then, tile by tile, they flag their
+// coordinate if pass 1 left it NaN and write the flagged indices, in order, into a shared list (a
+// ballot per warp and the warps' counts summed before it); thread 0 redoes them in that order, holding
+// stream 2·chunk + 1 across tiles, so the stream is read in coordinate order as on the CPU.
 extern "C" __global__ void dp_noise_retry(const dp_u32 *key, dp_u64 len, const double *edge,
                                           const double *ratio, const double *density,
                                           const dp_u64 *first_words, double *out) {
     __shared__ unsigned int list[DP_RETRY_THREADS];
     __shared__ unsigned int warp_start[DP_RETRY_THREADS / 32 + 1];
+    __shared__ dp_u64 prefix[DP_PREFIX_WORDS];
     dp_u64 chunk = blockIdx.x;
     dp_u64 start = chunk * DP_NOISE_CHUNK;
     if (start >= len) return;
     dp_u64 chunk_len = len - start < DP_NOISE_CHUNK ? len - start : DP_NOISE_CHUNK;
     double *values = out + start;
     const dp_u64 *words = first_words + start;
-    dp_word_stream more = {key, 2 * chunk + 1, 0, 0, 0, {0, 0, 0, 0, 0, 0, 0, 0}};
+    for (dp_u64 b = threadIdx.x; b < DP_PREFIX_BLOCKS; b += DP_RETRY_THREADS)
+        dp_fill_prefix_block(key, 2 * chunk + 1, b, prefix);
+    __syncthreads();
+    dp_word_stream more = {key, 2 * chunk + 1, 0, 0, 0, {0, 0, 0, 0, 0, 0, 0, 0}, prefix, DP_PREFIX_WORDS};
     unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
     for (dp_u64 tile = 0; tile < chunk_len; tile += DP_RETRY_THREADS) {
         dp_u64 i = tile + threadIdx.x;

@@ -5,9 +5,9 @@
 //! streams, so every coordinate is a function of the key and its index only. On the device it runs in
 //! two passes: `dp_noise_first`, one thread per ChaCha20 block (8 coordinates), the ziggurat's common
 //! case, with NaN left where a coordinate falls outside its inner rectangle (about 1.5%) and its first
-//! word kept; then `dp_noise_retry`, one block per chunk, whose threads find those coordinates a tile
-//! at a time and whose first thread redoes them in order from the chunk's second stream, as the CPU
-//! does. The key comes from the host's CSPRNG each step; the tables are the
+//! word kept; then `dp_noise_retry`, one block per chunk, whose threads compute the first words of the
+//! chunk's second stream ahead, into shared memory, and find those coordinates a tile at a time, and
+//! whose first thread redoes them in order from that stream, as the CPU does. The key comes from the host's CSPRNG each step; the tables are the
 //! CPU's ([`ziggurat_tables`](dp_runtime::noise::gaussian::ziggurat_tables)), copied to the device.
 
 use dp_runtime::noise::gaussian::FILL_CHUNK;

@@ -85,6 +85,7 @@ static int noise(int argc, char **argv) {
     dp_u64 len = strtoull(argv[3], NULL, 10);
     double *out = malloc(len * sizeof(double));
     dp_u64 *first_words = malloc(len * sizeof(dp_u64));
+    dp_u64 prefix[DP_PREFIX_WORDS];
     dp_u64 chunks = (len + DP_NOISE_CHUNK - 1) / DP_NOISE_CHUNK;
     /* Pass 1 over all chunks, blocks in reverse order (a GPU promises no order), then pass 2. */
     for (dp_u64 c = 0; c < chunks; ++c) {
@@ -95,7 +96,7 @@ static int noise(int argc, char **argv) {
     for (dp_u64 c = 0; c < chunks; ++c) {
         dp_u64 start = c * DP_NOISE_CHUNK;
         dp_u64 n = len - start < DP_NOISE_CHUNK ? len - start : DP_NOISE_CHUNK;
-        dp_noise_retry_chunk(key, c, n, edge, ratio, density, first_words + start, out + start);
+        dp_noise_retry_chunk(key, c, n, edge, ratio, density, first_words + start, prefix, out + start);
     }
     fwrite(out, sizeof(double), len, stdout);
     free(out);

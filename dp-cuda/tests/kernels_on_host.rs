@@ -20,17 +20,26 @@ use dp_runtime::noise::gaussian::{fill_chunk, ziggurat_tables};
 /// The harness built once per test run, or `None` (with a visible message) when there is no C compiler.
 fn harness() -> Option<PathBuf> {
     static BUILT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    BUILT.get_or_init(build_harness).clone()
+    BUILT.get_or_init(|| build_harness("host_harness", &[])).clone()
 }
 
-fn build_harness() -> Option<PathBuf> {
+/// The harness with the noise's retry prefix one call long (128 words), fewer than a full chunk's
+/// retries read, so that the stream runs on past the prefix.
+fn short_prefix_harness() -> Option<PathBuf> {
+    static BUILT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| build_harness("host_harness_short_prefix", &["-DDP_PREFIX_CALLS=1u"])).clone()
+}
+
+fn build_harness(name: &str, defines: &[&str]) -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("dp-cuda-host-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let exe = dir.join("host_harness");
+    let exe = dir.join(name);
     let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/host_harness.c");
     // IEEE arithmetic as on the device (fmad=false) and in Rust: no contraction, no fast math.
     let built = Command::new("cc")
-        .args(["-O2", "-std=c11", "-ffp-contract=off", "-Wall", "-Werror", "-o"])
+        .args(["-O2", "-std=c11", "-ffp-contract=off", "-Wall", "-Werror"])
+        .args(defines)
+        .arg("-o")
         .arg(&exe)
         .arg(source)
         .arg("-lm")
@@ -63,14 +72,24 @@ fn tables_file(dir: &std::path::Path) -> PathBuf {
 #[test]
 fn device_noise_arithmetic_equals_the_cpu_draw_bit_for_bit() {
     let Some(exe) = harness() else { return };
+    noise_equals_the_cpu(&exe, &[5, 129, CHUNK, 3 * CHUNK + 1001]);
+}
+
+#[test]
+fn a_retry_stream_read_past_its_prefix_still_equals_the_cpu_draw() {
+    let Some(exe) = short_prefix_harness() else { return };
+    noise_equals_the_cpu(&exe, &[CHUNK, 3 * CHUNK + 1001]);
+}
+
+fn noise_equals_the_cpu(exe: &std::path::Path, lens: &[usize]) {
     let tables = tables_file(exe.parent().unwrap());
     let keys: [[u8; 32]; 3] =
         [[0; 32], std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11)), [0xff; 32]];
     for key in keys {
-        for len in [5, 129, CHUNK, 3 * CHUNK + 1001] {
+        for &len in lens {
             let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
             let out =
-                Command::new(&exe).arg("noise").arg(&tables).arg(&hex).arg(len.to_string()).output().unwrap();
+                Command::new(exe).arg("noise").arg(&tables).arg(&hex).arg(len.to_string()).output().unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let device: Vec<f64> =
                 out.stdout.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect();
