@@ -16,7 +16,7 @@ use dp_runtime::noise::gaussian::ziggurat_tables;
 
 use crate::error::{CudaError, Result};
 use crate::noise::{key_words, NoiseLaunch, THREADS};
-use crate::{clip, dense, noise, nvrtc, source, update};
+use crate::{clip, dense, noise, source, update};
 use cudarc::cublas::CudaBlas;
 
 /// How to get the driver when it is missing.
@@ -87,8 +87,9 @@ impl Gpu {
         // NVRTC takes a 'static architecture name; one string per process and device kind.
         let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
         let name = ctx.name().map_err(driver("reading the device name"))?;
+        let cache = crate::cache::folder();
         let load = |file: &str, text: &str, entries: &[&str]| -> Result<Vec<CudaFunction>> {
-            let ptx = nvrtc::compile(file, &source(text), arch)?;
+            let (ptx, _) = crate::cache::compile(cache.as_deref(), file, &source(text), arch)?;
             let module = ctx.load_module(Ptx::from_src(ptx)).map_err(driver("loading a module"))?;
             entries.iter().map(|e| module.load_function(e).map_err(driver("finding a kernel"))).collect()
         };

@@ -9,6 +9,7 @@
 //! model's training state on the GPU, which the `Trainer` steps (`DeviceTraining`). [`device::Gpu`]
 //! opens a device and loads everything. Ran on an NVIDIA H200 (docs/GPU.md, "Measured").
 
+pub mod cache;
 pub mod clip;
 pub mod dense;
 pub mod device;

@@ -34,6 +34,10 @@ fn require() -> Result<()> {
     }
 }
 
+/// The options [`compile`] passes, as the kernel cache records them with each entry (an entry
+/// compiled with other options is a miss).
+pub const OPTIONS: &str = "prec-div=true prec-sqrt=true fmad=false use-fast-math=false ftz=false";
+
 /// PTX of `source` (the file `name`) for `arch` (`sm_80`, `sm_90`, ...), with IEEE division and
 /// square roots and no fast math: the noise must be the CPU's value for value.
 pub fn compile(name: &str, source: &str, arch: &'static str) -> Result<String> {
