@@ -45,6 +45,8 @@ pub struct ModelRow {
     pub data: &'static str,
     /// The recipe `dp train` uses for every hyperparameter not given.
     pub recipe: Recipe,
+    /// Whether the model has a device program (`--device cuda:N`), or why not.
+    pub device: &'static str,
 }
 
 struct Row;
@@ -66,6 +68,7 @@ impl ModelVisitor for Row {
             summary: entry.summary,
             data: entry.data,
             recipe: entry.recipe,
+            device: M::DEVICE_UNSUPPORTED.unwrap_or("device program"),
         }
     }
 }
@@ -98,6 +101,12 @@ pub fn run_models(args: ModelsArgs) -> Result<()> {
             row.parameters,
             row.summary
         );
+    }
+    println!(
+        "\non a GPU (--device cuda:N, a build with --features cuda; docs/GPU.md says which have run on one):"
+    );
+    for row in &rows {
+        println!("{:<14} {}", row.name, row.device);
     }
     println!("\nrecipes: what `dp train` uses for each flag not given (SGD with momentum {MOMENTUM}, cosine decay)");
     println!(
