@@ -64,6 +64,10 @@ failed=0
             echo "## dp train --model ffnn --data data/adult --device $device"
             "$bins/dp" train --model ffnn --data data/adult --target-epsilon 1 --seed 1 --device "$device" 2>&1 \
                 | grep -v "^epoch" || { echo "## dp train FAILED"; failed=1; }
+            echo "## dp train --model embedding --data data/reviews --max-steps 200 --device $device"
+            "$bins/dp" train --model embedding --data data/reviews/womens_clothing_reviews.csv.gz \
+                --target-epsilon 3 --seed 1 --max-steps 200 --device "$device" 2>&1 \
+                | grep -v "^epoch" || { echo "## dp train FAILED"; failed=1; }
         done
     fi
     peers=${DP_CHECK_PEERS:-all}
