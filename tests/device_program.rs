@@ -9,7 +9,7 @@ use dp::device::host::HostDevice;
 use dp::device::{DeviceError, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region};
 use dp::models::{AdultFfnn, AdultLogReg, EmbeddingNet, MnistCnn};
 use dp::noise::gaussian::{fill_chunk, FILL_CHUNK};
-use dp::optim::{NoisyGradient, Optimizer, Sgd, StepInfo};
+use dp::optim::{NoisyGradient, Optimizer, OptimizerState, Sgd, StepInfo};
 use dp::prelude::*;
 use dp::{Batch, Workspace};
 use rand::SeedableRng;
@@ -141,8 +141,22 @@ fn a_model_without_device_primitives_says_which_step() {
 struct HostTraining<M: DpModel> {
     dev: HostDevice,
     sgd: Option<Sgd>,
+    /// A checkpoint's optimizer state, loaded into the SGD once the first step gives its settings.
+    pending: Option<OptimizerState>,
     steps: u64,
     model: std::marker::PhantomData<M>,
+}
+
+impl<M: DpModel> HostTraining<M> {
+    fn new() -> Self {
+        HostTraining {
+            dev: HostDevice::new(),
+            sgd: None,
+            pending: None,
+            steps: 0,
+            model: std::marker::PhantomData,
+        }
+    }
 }
 
 impl<M: DpModel> DeviceTraining<M> for HostTraining<M>
@@ -160,6 +174,19 @@ where
 
     fn download(&mut self, params: &mut [f32]) -> Result<(), DeviceError> {
         params.copy_from_slice(self.dev.get(Region::Params));
+        Ok(())
+    }
+
+    fn optimizer_state(&mut self) -> Result<OptimizerState, DeviceError> {
+        Ok(match (&self.sgd, &self.pending) {
+            (Some(sgd), _) => sgd.state(),
+            (None, Some(pending)) => pending.clone(),
+            (None, None) => OptimizerState { kind: "sgd".into(), updates: 0, buffers: Vec::new() },
+        })
+    }
+
+    fn load_optimizer_state(&mut self, state: &OptimizerState) -> Result<(), DeviceError> {
+        (self.sgd, self.pending) = (None, Some(state.clone()));
         Ok(())
     }
 
@@ -194,9 +221,15 @@ where
             fill_chunk(&step.key, chunk as u64, values);
         }
         let s = step.sgd;
-        let sgd = self.sgd.get_or_insert_with(|| {
-            Sgd::new(s.lr).momentum(s.momentum).nesterov(s.nesterov).weight_decay(s.weight_decay)
-        });
+        if self.sgd.is_none() {
+            let mut sgd =
+                Sgd::new(s.lr).momentum(s.momentum).nesterov(s.nesterov).weight_decay(s.weight_decay);
+            if let Some(state) = self.pending.take() {
+                sgd.load_state(state, len).map_err(|e| DeviceError::Backend(e.to_string()))?;
+            }
+            self.sgd = Some(sgd);
+        }
+        let sgd = self.sgd.as_mut().expect("set above");
         let mut params = d.get(Region::Params).to_vec();
         let sum = d.get(Region::Grad).to_vec();
         let gradient = NoisyGradient::with_drawn_noise(&sum, &z, step.noise_std, step.normaliser);
@@ -229,12 +262,7 @@ fn a_trainer_on_a_device_follows_the_trainer_on_the_cpu() {
             .seed(3)
             .allow_large_delta(true)
             .quiet(true);
-        let host = HostTraining::<Deep> {
-            dev: HostDevice::new(),
-            sgd: None,
-            steps: 0,
-            model: std::marker::PhantomData,
-        };
+        let host = HostTraining::<Deep>::new();
         match device {
             true => trainer.device(host).fit(&data, Some(&data)),
             false => trainer.fit(&data, Some(&data)),
@@ -259,8 +287,7 @@ fn a_device_refuses_what_it_has_no_path_for() {
     let (inputs, labels) = batch::<Deep>(&mut rng, 100, false);
     let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
     let mut model = Deep::init(&mut rng);
-    let host =
-        HostTraining::<Deep> { dev: HostDevice::new(), sgd: None, steps: 0, model: std::marker::PhantomData };
+    let host = HostTraining::<Deep>::new();
     let err = dp::Trainer::new(&mut model)
         .optimizer(dp::optim::Adam::new(1e-3))
         .clip_norm(1.0)
@@ -273,4 +300,55 @@ fn a_device_refuses_what_it_has_no_path_for() {
         .fit(&data, None)
         .unwrap_err();
     assert_eq!(err.to_string(), "invalid device: the adam optimizer has no device update (SGD only so far)");
+}
+
+/// A run on a device writes checkpoints whose optimizer state is the device's, and resumes from them:
+/// cut after 7 of 20 steps and resumed, on the device and on the CPU alike, the two end at the same
+/// parameters (to rounding) with the same momentum in their checkpoints.
+#[test]
+fn a_device_run_checkpoints_and_resumes_like_the_cpu() {
+    let mut rng = ChaCha8Rng::seed_from_u64(43);
+    let (inputs, labels) = batch::<Deep>(&mut rng, 600, false);
+    let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = Deep::init(&mut rng);
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("device-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |model: &mut Deep, device: bool, path: &std::path::Path, cut: Option<u64>| {
+        let mut trainer = dp::Trainer::new(model)
+            .optimizer(Sgd::new(0.5).momentum(0.9))
+            .clip_norm(1.0)
+            .noise_multiplier(0.8)
+            .expected_batch_size(64)
+            .epochs(2)
+            .seed(5)
+            .allow_large_delta(true)
+            .quiet(true);
+        trainer = match cut {
+            Some(steps) => trainer.max_steps(steps).checkpoint(path),
+            None => trainer.resume_from(path).checkpoint(path),
+        };
+        if device {
+            trainer = trainer.device(HostTraining::<Deep>::new());
+        }
+        trainer.fit(&data, Some(&data)).unwrap()
+    };
+    let mut finals = Vec::new();
+    for device in [false, true] {
+        let path = dir.join(format!("run-{device}.safetensors"));
+        let mut model = Deep::from_params(initial.params().to_vec());
+        assert_eq!(run(&mut model, device, &path, Some(7)).steps, 7);
+        let report = run(&mut model, device, &path, None);
+        let saved = dp::checkpoint::load::<Deep>(&path).unwrap();
+        finals.push((report.steps, model.params().to_vec(), saved.optimizer));
+    }
+    let ((cpu_steps, cpu, cpu_state), (dev_steps, dev, dev_state)) = (&finals[0], &finals[1]);
+    assert_eq!(cpu_steps, dev_steps);
+    let diff = cpu.iter().zip(dev).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff <= 1e-4, "device and CPU runs differ by {diff} after resuming");
+    assert_eq!((dev_state.kind.as_str(), dev_state.updates), (cpu_state.kind.as_str(), cpu_state.updates));
+    let (cpu_m, dev_m) = (&cpu_state.buffers[0].1, &dev_state.buffers[0].1);
+    let diff = cpu_m.iter().zip(dev_m).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff <= 1e-4, "the checkpoints' momentum differs by {diff}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

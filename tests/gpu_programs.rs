@@ -17,6 +17,7 @@ use dense_models::{
 use dp::clipping::{clip_factors, ClipMode};
 use dp::cuda::device::{self, Gpu, SgdStep};
 use dp::cuda::trainer::{Clipping, GpuModel};
+use dp::device::DeviceTraining;
 use dp::models::{AdultFfnn, AdultLogReg, EmbeddingNet};
 use dp::noise::gaussian::fill_chunk;
 use dp::optim::{NoisyGradient, Optimizer, Sgd, StepInfo};
@@ -179,6 +180,12 @@ fn gpu_private_steps_equal_the_cpus() {
         say(&format!("step {step}: largest parameter difference {diff:.3e} (largest parameter {scale:.3})"));
         assert!(diff <= 1e-4 * scale, "step {step}: GPU and CPU parameters differ by {diff}");
     }
+    // Not yet run on a GPU (added after the GPU session): the momentum a checkpoint takes from the GPU.
+    let (cpu_state, gpu_state) = (sgd.state(), DeviceTraining::optimizer_state(&mut on_gpu).unwrap());
+    assert_eq!((gpu_state.kind.as_str(), gpu_state.updates), ("sgd", cpu_state.updates));
+    let (c, g) = (&cpu_state.buffers[0].1, &gpu_state.buffers[0].1);
+    let diff = c.iter().zip(g).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff <= 1e-4, "the momentum differs by {diff}");
 }
 
 /// Not a check: where a private step's time goes on this GPU, phase by phase (printed for the report).

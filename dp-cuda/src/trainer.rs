@@ -12,6 +12,7 @@ use dp_runtime::clipping::ClipMode;
 use dp_runtime::device::{
     DeviceError, DeviceOps, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region, Span,
 };
+use dp_runtime::optim::OptimizerState;
 use dp_runtime::DpModel;
 
 use crate::device::{driver, Gpu, NoiseTables, SgdStep};
@@ -51,6 +52,8 @@ pub struct GpuModel<M: DpModel> {
     tables: NoiseTables,
     /// Whether the next update is the first (momentum starts at the gradient).
     first_update: bool,
+    /// Updates applied, as the host SGD counts them (for checkpoints).
+    updates: u64,
     model: PhantomData<M>,
 }
 
@@ -117,6 +120,7 @@ impl<M: DpModel> GpuModel<M> {
             previous,
             tables,
             first_update: true,
+            updates: 0,
             model: PhantomData,
         })
     }
@@ -262,6 +266,7 @@ impl<M: DpModel> GpuModel<M> {
         if step.momentum != 0.0 {
             self.first_update = false;
         }
+        self.updates += 1;
         Ok(())
     }
 
@@ -486,6 +491,51 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
         }
         params.copy_from_slice(&values);
         Ok(())
+    }
+
+    fn optimizer_state(&mut self) -> std::result::Result<OptimizerState, DeviceError> {
+        // The momentum buffer exists once an update with momentum ran (the host SGD's rule).
+        let buffers = match self.first_update {
+            true => Vec::new(),
+            false => {
+                let mut velocity = vec![0.0f32; M::TRAINED_PARAM_COUNT];
+                if !velocity.is_empty() {
+                    let s = &self.gpu.stream;
+                    let view = self.velocity.slice(..velocity.len());
+                    s.memcpy_dtoh(&view, &mut velocity)
+                        .map_err(|e| DeviceError::Backend(format!("copying the momentum: {e}")))?;
+                    s.synchronize().map_err(|e| DeviceError::Backend(e.to_string()))?;
+                }
+                vec![("momentum".to_string(), velocity)]
+            }
+        };
+        Ok(OptimizerState { kind: "sgd".into(), updates: self.updates, buffers })
+    }
+
+    fn load_optimizer_state(&mut self, state: &OptimizerState) -> std::result::Result<(), DeviceError> {
+        self.updates = state.updates;
+        match state.buffers.iter().find(|(name, _)| name == "momentum") {
+            Some((_, velocity)) if velocity.len() == M::TRAINED_PARAM_COUNT => {
+                let s = self.gpu.stream.clone();
+                if !velocity.is_empty() {
+                    let mut view = self.velocity.slice_mut(..velocity.len());
+                    s.memcpy_htod(velocity, &mut view)
+                        .map_err(|e| DeviceError::Backend(format!("copying the momentum: {e}")))?;
+                }
+                s.synchronize().map_err(|e| DeviceError::Backend(e.to_string()))?;
+                self.first_update = false;
+                Ok(())
+            }
+            Some((_, velocity)) => Err(DeviceError::Mismatch(format!(
+                "a momentum of {} values for {} parameters",
+                velocity.len(),
+                M::TRAINED_PARAM_COUNT
+            ))),
+            None => {
+                self.first_update = true;
+                Ok(())
+            }
+        }
     }
 
     fn private_step(

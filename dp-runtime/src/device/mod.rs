@@ -299,6 +299,11 @@ pub trait DeviceTraining<M: crate::DpModel>: Send {
     fn upload(&mut self, params: &[f32]) -> Result<(), DeviceError>;
     /// Copies the parameters back (all `PARAM_COUNT`).
     fn download(&mut self, params: &mut [f32]) -> Result<(), DeviceError>;
+    /// The optimizer's state as the device holds it, in the host optimizer's checkpoint format (SGD:
+    /// the updates made and, once there is one, the momentum buffer).
+    fn optimizer_state(&mut self) -> Result<crate::optim::OptimizerState, DeviceError>;
+    /// Restores a checkpointed optimizer state (already checked by the host optimizer).
+    fn load_optimizer_state(&mut self, state: &crate::optim::OptimizerState) -> Result<(), DeviceError>;
     /// One DP-SGD step on a gathered batch of `n` examples.
     fn private_step(
         &mut self,

@@ -28,9 +28,9 @@ impl<'m, M: DpModel> Trainer<'m, M> {
     /// Runs every private step on a device that holds the model's training state (a GPU through
     /// `dp::cuda::trainer::GpuModel`): the batch's inputs and labels and each step's noise key go in,
     /// two counts come out; sampling, the keys and the accountant stay here. The parameters come back
-    /// at the end of each epoch (for evaluation and the report). SGD only; secure noise, distributed
-    /// runs, augmentation multiplicity, EMA, checkpoints and non-private diagnostics are refused on a
-    /// device for now (docs/GPU.md).
+    /// at the end of each epoch (for evaluation, the report and checkpoints, whose optimizer state
+    /// comes from the device). SGD only; secure noise, distributed runs, augmentation multiplicity, EMA
+    /// and non-private diagnostics are refused on a device for now (docs/GPU.md).
     pub fn device(mut self, device: impl DeviceTraining<M> + 'm) -> Self {
         self.device = Some(Box::new(device));
         self

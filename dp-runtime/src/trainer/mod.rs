@@ -171,7 +171,6 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 (self.distributed.is_some(), "distributed training"),
                 (self.views.is_some(), "augmentation multiplicity"),
                 (self.ema.is_some(), "an EMA of the parameters"),
-                (self.checkpoint.is_some() || self.resume.is_some(), "checkpoints"),
                 (non_private_diagnostics, "non-private diagnostics"),
             ];
             if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
@@ -250,7 +249,14 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 });
             }
             // The optimizer first: if its state does not fit, the model is left untouched.
-            optimizer.load_state(c.optimizer, M::TRAINED_PARAM_COUNT)?;
+            if let Some(dev) = device.as_mut() {
+                let checked = c.optimizer.clone();
+                optimizer.load_state(c.optimizer, M::TRAINED_PARAM_COUNT)?;
+                dev.load_optimizer_state(&checked)
+                    .map_err(|e| Error::Mismatch { model: M::NAME.into(), message: e.to_string() })?;
+            } else {
+                optimizer.load_state(c.optimizer, M::TRAINED_PARAM_COUNT)?;
+            }
             model.params_mut().copy_from_slice(&c.params);
         }
         // The average starts at the parameters training starts from (a resumed run's included).
@@ -484,9 +490,13 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 // Saved before it is reported: an epoch anyone has seen reported is never lost to a crash.
                 let mut written = Ok(());
                 if let Some(path) = checkpoint_path {
+                    let optimizer = match device.as_mut() {
+                        Some(dev) => dev.optimizer_state().map_err(device_error)?,
+                        None => optimizer.state(),
+                    };
                     let saved = Checkpoint {
                         params: model.params().to_vec(),
-                        optimizer: optimizer.state(),
+                        optimizer,
                         steps: step,
                         ledger: plan.ledger().clone(),
                         identity: RunIdentity::of_plan::<M>(&plan).with_ranks(ranks),
