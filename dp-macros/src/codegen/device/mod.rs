@@ -55,9 +55,10 @@ pub fn unsupported(plan: &Plan) -> Option<String> {
     })
 }
 
-/// A step that [`unsupported`] let through and that therefore has device primitives.
-fn refused(step: &str) -> ! {
-    unreachable!("{step}: `unsupported` keeps a model with this step off the device backend")
+/// A step or layer without device primitives: [`unsupported`] keeps a model that has one off the
+/// device backend, so no emitter reaches it.
+fn refused(step: impl std::fmt::Debug) -> ! {
+    unreachable!("{step:?}: `unsupported` keeps a model with this step off the device backend")
 }
 
 impl Backend for Device {
@@ -92,17 +93,17 @@ impl Backend for Device {
             Step::Activation(s) => unary::activation_forward(plan, s),
             Step::Flatten(_) => TokenStream::new(),
             Step::Embedding(s) => embedding::forward(plan, s),
-            Step::Conv2d(_) => refused("conv2d"),
-            Step::Norm(_) => refused("norm"),
-            Step::Lstm(_) => refused("lstm"),
-            Step::PositionEmbedding(_) => refused("position embedding"),
-            Step::Attention(_) => refused("attention"),
-            Step::Pool2d(_) => refused("pool"),
-            Step::GlobalAvgPool(_) => refused("global average pool"),
-            Step::Add(_) => refused("add"),
-            Step::Mean(_) => refused("mean"),
-            Step::Patches(_) => refused("patches"),
-            Step::LoraSum(_) => refused("lora"),
+            other @ (Step::Conv2d(_)
+            | Step::Norm(_)
+            | Step::Lstm(_)
+            | Step::PositionEmbedding(_)
+            | Step::Attention(_)
+            | Step::Pool2d(_)
+            | Step::GlobalAvgPool(_)
+            | Step::Add(_)
+            | Step::Mean(_)
+            | Step::Patches(_)
+            | Step::LoraSum(_)) => refused(other),
         }
     }
 
@@ -113,17 +114,17 @@ impl Backend for Device {
             Step::Flatten(s) => unary::flatten_backward(plan, s),
             // Nothing upstream of token ids is trained: its δ is written by its reader.
             Step::Embedding(_) => TokenStream::new(),
-            Step::Conv2d(_) => refused("conv2d"),
-            Step::Norm(_) => refused("norm"),
-            Step::Lstm(_) => refused("lstm"),
-            Step::PositionEmbedding(_) => refused("position embedding"),
-            Step::Attention(_) => refused("attention"),
-            Step::Pool2d(_) => refused("pool"),
-            Step::GlobalAvgPool(_) => refused("global average pool"),
-            Step::Add(_) => refused("add"),
-            Step::Mean(_) => refused("mean"),
-            Step::Patches(_) => refused("patches"),
-            Step::LoraSum(_) => refused("lora"),
+            other @ (Step::Conv2d(_)
+            | Step::Norm(_)
+            | Step::Lstm(_)
+            | Step::PositionEmbedding(_)
+            | Step::Attention(_)
+            | Step::Pool2d(_)
+            | Step::GlobalAvgPool(_)
+            | Step::Add(_)
+            | Step::Mean(_)
+            | Step::Patches(_)
+            | Step::LoraSum(_)) => refused(other),
         }
     }
 
@@ -131,11 +132,11 @@ impl Backend for Device {
         match layer {
             Layer::Linear(s) => linear::gradient_sum(plan, s),
             Layer::Embedding(s) => embedding::sum(plan, s, false),
-            Layer::Conv2d(_) => refused("conv2d"),
-            Layer::Norm(_) => refused("norm"),
-            Layer::Lstm(_) => refused("lstm"),
-            Layer::PositionEmbedding(_) => refused("position embedding"),
-            Layer::Attention(_) => refused("attention"),
+            other @ (Layer::Conv2d(_)
+            | Layer::Norm(_)
+            | Layer::Lstm(_)
+            | Layer::PositionEmbedding(_)
+            | Layer::Attention(_)) => refused(other),
         }
     }
 
@@ -143,11 +144,11 @@ impl Backend for Device {
         match layer {
             Layer::Linear(s) => linear::norms(plan, s),
             Layer::Embedding(s) => embedding::norms(plan, s),
-            Layer::Conv2d(_) => refused("conv2d"),
-            Layer::Norm(_) => refused("norm"),
-            Layer::Lstm(_) => refused("lstm"),
-            Layer::PositionEmbedding(_) => refused("position embedding"),
-            Layer::Attention(_) => refused("attention"),
+            other @ (Layer::Conv2d(_)
+            | Layer::Norm(_)
+            | Layer::Lstm(_)
+            | Layer::PositionEmbedding(_)
+            | Layer::Attention(_)) => refused(other),
         }
     }
 
@@ -155,11 +156,11 @@ impl Backend for Device {
         match layer {
             Layer::Linear(s) => linear::clipped_sum(plan, s),
             Layer::Embedding(s) => embedding::sum(plan, s, true),
-            Layer::Conv2d(_) => refused("conv2d"),
-            Layer::Norm(_) => refused("norm"),
-            Layer::Lstm(_) => refused("lstm"),
-            Layer::PositionEmbedding(_) => refused("position embedding"),
-            Layer::Attention(_) => refused("attention"),
+            other @ (Layer::Conv2d(_)
+            | Layer::Norm(_)
+            | Layer::Lstm(_)
+            | Layer::PositionEmbedding(_)
+            | Layer::Attention(_)) => refused(other),
         }
     }
 }
