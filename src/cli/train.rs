@@ -629,8 +629,8 @@ fn on_gpu<'m, M: DpModel>(trainer: Trainer<'m, M>, ordinal: usize, batch: usize)
     use dp_cuda::trainer::GpuModel;
     let gpu = Gpu::open(ordinal).map_err(|e| Error::invalid("device", e.to_string()))?;
     let room = batch + 5 * (batch as f64).sqrt().ceil() as usize;
-    let params = M::init(&mut dp_runtime::rng::seeded(0));
-    let device = GpuModel::<M>::new(gpu, params.params(), room)
+    // Placeholder values: `fit` uploads the model's parameters before the first step.
+    let device = GpuModel::<M>::new(gpu, &vec![0.0; M::PARAM_COUNT], room)
         .map_err(|e| Error::invalid("device", e.to_string()))?;
     eprintln!(
         "private steps on cuda:{ordinal} {}",

@@ -165,6 +165,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             }
         }
         check_dataset::<M>("train", train)?;
+        let device_error = |e: DeviceError| Error::Mismatch { model: M::NAME.into(), message: e.to_string() };
         if device.is_some() {
             let unsupported = [
                 (self.secure_noise, "secure noise"),
@@ -252,8 +253,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             if let Some(dev) = device.as_mut() {
                 let checked = c.optimizer.clone();
                 optimizer.load_state(c.optimizer, M::TRAINED_PARAM_COUNT)?;
-                dev.load_optimizer_state(&checked)
-                    .map_err(|e| Error::Mismatch { model: M::NAME.into(), message: e.to_string() })?;
+                dev.load_optimizer_state(&checked).map_err(device_error)?;
             } else {
                 optimizer.load_state(c.optimizer, M::TRAINED_PARAM_COUNT)?;
             }
@@ -348,7 +348,6 @@ impl<'m, M: DpModel> Trainer<'m, M> {
         let progress = Progress::new(last_step, start_step, self.quiet || !is_root);
         let checkpoint_path = self.checkpoint.as_deref().filter(|_| is_root);
 
-        let device_error = |e: DeviceError| Error::Mismatch { model: M::NAME.into(), message: e.to_string() };
         if let Some(dev) = device.as_mut() {
             dev.upload(model.params()).map_err(device_error)?;
         }
@@ -370,11 +369,16 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 while step < epoch_stop {
                     sampler.sample(&mut sampling_rng, &mut indices);
                     let at = StepInfo { step, total_steps: plan.total_steps() };
-                    previous.copy_from_slice(model.params());
+                    // On a device the host's parameters are those of the last epoch's end: the device
+                    // keeps its own and restores them after an overflowing update.
+                    let on_device = device.is_some();
+                    if !on_device {
+                        previous.copy_from_slice(model.params());
+                    }
                     let mut overflowed = false;
                     // Secure mode is refused for distributed runs above, and both for device runs.
                     let stats = match (aggregator.as_mut(), distributed.as_mut()) {
-                        (None, None) if device.is_some() => {
+                        (None, None) if on_device => {
                             let dev = device.as_mut().expect("matched on is_some");
                             train.gather(&indices, &mut device_inputs, &mut device_labels);
                             // The key the CPU's chunked draw would take from the noise stream: a seeded
@@ -437,9 +441,13 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     // The noisy gradient was computed from the data: the step is spent even if its
                     // update is discarded below.
                     plan.record_step();
-                    if overflowed || model.params().iter().any(|p| !p.is_finite()) {
+                    let failed =
+                        if on_device { overflowed } else { model.params().iter().any(|p| !p.is_finite()) };
+                    if failed {
                         // Keep the model as it was before the failing update: parameters never become NaN.
-                        model.params_mut().copy_from_slice(&previous);
+                        if !on_device {
+                            model.params_mut().copy_from_slice(&previous);
+                        }
                         return Err(Error::invalid(
                             "optimizer",
                             format!("the update of step {} overflowed: lower the learning rate", step + 1),
