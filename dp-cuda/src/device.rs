@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::sys::{CUdevice_attribute, CUdeviceptr};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use dp_runtime::clipping::ClipMode;
@@ -222,30 +222,28 @@ impl Gpu {
         Ok((factors, bad[0] as usize))
     }
 
-    /// One noisy SGD update of `params` and `velocity` from the clipped sum and drawn normals `z`:
-    /// the values of `Sgd::step` on `NoisyGradient::with_drawn_noise`.
-    pub fn sgd_noisy_update(&self, state: SgdState<'_>, step: SgdStep) -> Result<()> {
-        let len = state.params.len();
-        if [state.velocity.len(), state.sum.len(), state.z.len()] != [len; 3] {
-            return Err(CudaError::Mismatch("params, velocity, sum and z differ in length".into()));
-        }
-        if len == 0 {
-            return Ok(());
-        }
-        let s = &self.stream;
-        let mut params = s.clone_htod(&*state.params).map_err(driver("copying the parameters"))?;
-        let mut velocity = s.clone_htod(&*state.velocity).map_err(driver("copying the velocity"))?;
-        let sum = s.clone_htod(state.sum).map_err(driver("copying the sum"))?;
-        let z = s.clone_htod(state.z).map_err(driver("copying the normals"))?;
+    /// Queues `dp_sgd_noisy_update` over `len` coordinates of `buffers` (`len` > 0).
+    ///
+    /// # Safety
+    /// Each address holds `len` values: `f32` for the parameters, velocity and sum, `f64` for `z`.
+    pub(crate) unsafe fn queue_sgd_update(
+        &self,
+        buffers: SgdBuffers,
+        len: usize,
+        step: SgdStep,
+    ) -> Result<()> {
         let (first, nesterov) = (i32::from(step.first), i32::from(step.nesterov));
         let n = len as u64;
         let grid = u32::try_from(n.div_ceil(u64::from(THREADS))).expect("fewer than 2^40 parameters");
         let config = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: the arguments match dp_sgd_noisy_update; every buffer holds `len` values.
+        let SgdBuffers { params, velocity, sum, z } = buffers;
+        // SAFETY: the arguments match dp_sgd_noisy_update's signature; the caller vouches for the
+        // buffers' lengths.
         unsafe {
-            s.launch_builder(&self.sgd_update)
-                .arg(&mut params)
-                .arg(&mut velocity)
+            self.stream
+                .launch_builder(&self.sgd_update)
+                .arg(&params)
+                .arg(&velocity)
                 .arg(&sum)
                 .arg(&z)
                 .arg(&step.noise_std)
@@ -259,6 +257,32 @@ impl Gpu {
                 .launch(config)
                 .map_err(driver("launching dp_sgd_noisy_update"))?;
         }
+        Ok(())
+    }
+
+    /// One noisy SGD update of `params` and `velocity` from the clipped sum and drawn normals `z`:
+    /// the values of `Sgd::step` on `NoisyGradient::with_drawn_noise`.
+    pub fn sgd_noisy_update(&self, state: SgdState<'_>, step: SgdStep) -> Result<()> {
+        let len = state.params.len();
+        if [state.velocity.len(), state.sum.len(), state.z.len()] != [len; 3] {
+            return Err(CudaError::Mismatch("params, velocity, sum and z differ in length".into()));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let s = &self.stream;
+        let params = s.clone_htod(&*state.params).map_err(driver("copying the parameters"))?;
+        let velocity = s.clone_htod(&*state.velocity).map_err(driver("copying the velocity"))?;
+        let sum = s.clone_htod(state.sum).map_err(driver("copying the sum"))?;
+        let z = s.clone_htod(state.z).map_err(driver("copying the normals"))?;
+        let buffers = SgdBuffers {
+            params: params.device_ptr(s).0,
+            velocity: velocity.device_ptr(s).0,
+            sum: sum.device_ptr(s).0,
+            z: z.device_ptr(s).0,
+        };
+        // SAFETY: each buffer holds `len` values (checked above).
+        unsafe { self.queue_sgd_update(buffers, len, step) }?;
         s.memcpy_dtoh(&params, state.params).map_err(driver("copying the parameters back"))?;
         s.memcpy_dtoh(&velocity, state.velocity).map_err(driver("copying the velocity back"))?;
         Ok(())
@@ -282,6 +306,15 @@ impl NoiseTables {
             density: s.clone_htod(&tables.density[..]).map_err(driver("copying the tables"))?,
         })
     }
+}
+
+/// The device addresses of one SGD update's buffers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SgdBuffers {
+    pub params: CUdeviceptr,
+    pub velocity: CUdeviceptr,
+    pub sum: CUdeviceptr,
+    pub z: CUdeviceptr,
 }
 
 /// The buffers of one SGD update.

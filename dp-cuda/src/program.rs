@@ -89,7 +89,7 @@ impl RegionMemory {
     }
 
     /// The device address of a span, after checking that it lies inside its region.
-    fn ptr(&self, s: Span) -> std::result::Result<CUdeviceptr, DeviceError> {
+    pub(crate) fn ptr(&self, s: Span) -> std::result::Result<CUdeviceptr, DeviceError> {
         let len = self.slices[slot(s.region)].len();
         if s.offset + s.len > len {
             return Err(DeviceError::Mismatch(format!("{s:?} outside a region of {len}")));

@@ -15,7 +15,7 @@ use dp_runtime::device::{
 use dp_runtime::optim::OptimizerState;
 use dp_runtime::DpModel;
 
-use crate::device::{driver, Gpu, NoiseTables, SgdStep};
+use crate::device::{driver, Gpu, NoiseTables, SgdBuffers, SgdStep};
 use crate::error::{CudaError, Result};
 use crate::noise::{key_words, THREADS};
 use crate::program::{GpuOps, RegionMemory};
@@ -231,6 +231,15 @@ impl<M: DpModel> GpuModel<M> {
         Ok(())
     }
 
+    /// Copies in the step's key and queues the draw of one normal per trained parameter under it.
+    fn queue_noise(&mut self, key: &[u8; 32]) -> Result<()> {
+        let s = self.gpu.stream.clone();
+        s.memcpy_htod(&key_words(key), &mut self.key).map_err(driver("copying the key"))?;
+        self.transfers.to_device += 1;
+        let len = M::TRAINED_PARAM_COUNT;
+        self.gpu.draw_normals(&self.key, &self.tables, &mut self.normals, &mut self.first_words, len)
+    }
+
     /// Queues the noisy update from the sum in `Grad` and the drawn normals (noise_std 0: none).
     fn queue_update(&mut self, step: SgdStep) -> Result<()> {
         let len = M::TRAINED_PARAM_COUNT;
@@ -238,31 +247,16 @@ impl<M: DpModel> GpuModel<M> {
             return Ok(());
         }
         let s = self.gpu.stream.clone();
-        let (first, nesterov) = (i32::from(self.first_update), i32::from(step.nesterov));
-        let n = len as u64;
-        let grid = u32::try_from(n.div_ceil(u64::from(THREADS))).expect("fewer than 2^40 parameters");
-        let config = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-        let params = self.memory.slice(Region::Params).slice(..len);
-        let sum = self.memory.slice(Region::Grad).slice(..len);
-        // SAFETY: the arguments match dp_sgd_noisy_update; every buffer holds `len` values (the trained
-        // prefix of the parameters).
-        unsafe {
-            s.launch_builder(&self.gpu.sgd_update)
-                .arg(&params)
-                .arg(&mut self.velocity)
-                .arg(&sum)
-                .arg(&self.normals)
-                .arg(&step.noise_std)
-                .arg(&step.inverse_batch)
-                .arg(&step.lr)
-                .arg(&step.momentum)
-                .arg(&step.weight_decay)
-                .arg(&first)
-                .arg(&nesterov)
-                .arg(&n)
-                .launch(config)
-                .map_err(driver("launching dp_sgd_noisy_update"))?;
-        }
+        let trained = Span::new(Region::Params, 0, len);
+        let buffers = SgdBuffers {
+            params: self.memory.ptr(trained).map_err(program)?,
+            velocity: self.velocity.device_ptr(&s).0,
+            sum: self.memory.ptr(Span::new(Region::Grad, 0, len)).map_err(program)?,
+            z: self.normals.device_ptr(&s).0,
+        };
+        // SAFETY: the trained prefix of the parameters, the gradient, the velocity and the normals each
+        // hold `len` values.
+        unsafe { self.gpu.queue_sgd_update(buffers, len, SgdStep { first: self.first_update, ..step }) }?;
         if step.momentum != 0.0 {
             self.first_update = false;
         }
@@ -295,11 +289,9 @@ impl<M: DpModel> GpuModel<M> {
         if n > 0 {
             M::device_clipped_sum(&mut self.ops(), n).map_err(program)?;
         }
+        self.queue_noise(key)?;
         let s = self.gpu.stream.clone();
-        s.memcpy_htod(&key_words(key), &mut self.key).map_err(driver("copying the key"))?;
-        self.transfers.to_device += 1;
         let len = M::TRAINED_PARAM_COUNT;
-        self.gpu.draw_normals(&self.key, &self.tables, &mut self.normals, &mut self.first_words, len)?;
         let trained = Span::new(Region::Params, 0, len);
         if len > 0 {
             let params = self.memory.slice(Region::Params).slice(..len);
@@ -336,7 +328,6 @@ impl<M: DpModel> GpuModel<M> {
         reps: usize,
     ) -> Result<Vec<(&'static str, f64)>> {
         type Phase<'a, M> = (&'static str, Box<dyn FnMut(&mut GpuModel<M>) -> Result<()> + 'a>);
-        let len = M::TRAINED_PARAM_COUNT;
         let mut phases: Vec<Phase<'_, M>> = vec![
             ("batch in", Box::new(|m: &mut Self| m.load_batch(inputs, labels, n))),
             (
@@ -352,14 +343,7 @@ impl<M: DpModel> GpuModel<M> {
                     M::device_clipped_sum(&mut m.ops(), n).map_err(program)
                 }),
             ),
-            (
-                "noise",
-                Box::new(|m: &mut Self| {
-                    let s = m.gpu.stream.clone();
-                    s.memcpy_htod(&key_words(key), &mut m.key).map_err(driver("copying the key"))?;
-                    m.gpu.draw_normals(&m.key, &m.tables, &mut m.normals, &mut m.first_words, len)
-                }),
-            ),
+            ("noise", Box::new(|m: &mut Self| m.queue_noise(key))),
             ("update", Box::new(|m: &mut Self| m.queue_update(SgdStep { lr: 0.0, ..step }))),
         ];
         let mut out = Vec::new();
