@@ -4,21 +4,20 @@
 //! the launch sequence the macro emits (offsets, shapes, transposes, pass order) on every run, with no
 //! GPU; `tests/gpu_programs.rs` runs the same programs on a GPU.
 
-use dp::clipping::{clip_factors, ClipMode};
+use dp::clipping::clip_factors;
 use dp::device::host::HostDevice;
 use dp::device::{DeviceError, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region};
 use dp::models::{AdultFfnn, AdultLogReg, EmbeddingNet, MnistCnn};
 use dp::noise::gaussian::{fill_chunk, FILL_CHUNK};
 use dp::optim::{NoisyGradient, Optimizer, OptimizerState, Sgd, StepInfo};
 use dp::prelude::*;
-use dp::{Batch, Workspace};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 mod dense_models;
 
 use dense_models::{
-    batch, close, close_sum, ActivatedOutput, Deep, SigmoidBce, TanhMse, TestInput, TokenBag,
+    batch, close, close_sum, cpu_reference, ActivatedOutput, Deep, SigmoidBce, TanhMse, TestInput, TokenBag,
 };
 
 fn device_matches_cpu<M: DpModel>(seed: u64)
@@ -32,14 +31,7 @@ where
     for (n, poison) in [(1, false), (7, true), (33, false), (256, true)] {
         let poison = poison && M::Input::POISONS;
         let (inputs, labels) = batch::<M>(&mut rng, n, poison);
-        let b = Batch { inputs: &inputs, labels: &labels, size: n };
-        let mut ws = Workspace::new::<M>(n);
-        let (mut losses, mut sq) = (vec![0.0; n], vec![0.0; n * groups]);
-        model.per_example_norms(&mut ws, b, &mut losses, &mut sq);
-        let mut factors = vec![0.0; n * groups];
-        clip_factors(ClipMode::Flat, 0.5, groups, &sq, &mut factors).unwrap();
-        let mut cpu_sum = vec![0.0; M::TRAINED_PARAM_COUNT];
-        model.clipped_sum(&mut ws, b, &factors, &mut cpu_sum);
+        let cpu = cpu_reference(&model, &inputs, &labels, n, 0.5);
 
         let mut dev = HostDevice::new();
         dev.set(Region::Params, model.params().to_vec());
@@ -50,7 +42,7 @@ where
         dev.set(Region::Labels, labels.clone());
         dev.set(Region::Losses, vec![f32::NAN; n]);
         dev.set(Region::SqNorms, vec![f32::NAN; n * groups]);
-        dev.set(Region::Factors, factors.clone());
+        dev.set(Region::Factors, cpu.factors.clone());
         M::device_forward_backward(&mut dev, n).unwrap();
         M::device_norms(&mut dev, n).unwrap();
         M::device_clipped_sum(&mut dev, n).unwrap();
@@ -61,27 +53,24 @@ where
                 "{}",
                 tag("poisoned norm")
             );
-            assert!(factors[..groups].iter().all(|&f| f == 0.0));
+            assert!(cpu.factors[..groups].iter().all(|&f| f == 0.0));
         }
         let finite = if poison { groups.. } else { 0.. };
         close(
             &tag("losses"),
             &dev.get(Region::Losses)[usize::from(poison)..],
-            &losses[usize::from(poison)..],
+            &cpu.losses[usize::from(poison)..],
             1e-5,
         );
-        close(&tag("squared norms"), &dev.get(Region::SqNorms)[finite.clone()], &sq[finite], 1e-4);
+        close(&tag("squared norms"), &dev.get(Region::SqNorms)[finite.clone()], &cpu.sq_norms[finite], 1e-4);
         assert!(dev.get(Region::Grad).iter().all(|v| v.is_finite()), "{}", tag("clipped sum finite"));
-        close_sum(&tag("clipped sum"), dev.get(Region::Grad), &cpu_sum, 1e-4);
+        close_sum(&tag("clipped sum"), dev.get(Region::Grad), &cpu.clipped_sum, 1e-4);
 
         if !poison {
-            let mut cpu_grad = vec![0.0; M::TRAINED_PARAM_COUNT];
-            let mut l = vec![0.0; n];
-            model.loss_and_gradient(&mut ws, b, &mut l, &mut cpu_grad);
             dev.set(Region::Grad, vec![0.0; M::TRAINED_PARAM_COUNT]);
             M::device_forward_backward(&mut dev, n).unwrap();
             M::device_gradient_sum(&mut dev, n).unwrap();
-            close_sum(&tag("gradient sum"), dev.get(Region::Grad), &cpu_grad, 1e-4);
+            close_sum(&tag("gradient sum"), dev.get(Region::Grad), &cpu.gradient_sum, 1e-4);
         }
     }
 }

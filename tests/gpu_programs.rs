@@ -12,7 +12,7 @@
 mod dense_models;
 
 use dense_models::{
-    batch, close, close_sum, ActivatedOutput, Deep, SigmoidBce, TanhMse, TestInput, TokenBag,
+    batch, close, close_sum, cpu_reference, ActivatedOutput, Deep, SigmoidBce, TanhMse, TestInput, TokenBag,
 };
 use dp::clipping::{clip_factors, ClipMode};
 use dp::cuda::device::{self, Gpu, SgdStep};
@@ -60,34 +60,25 @@ where
     for (n, poison) in BATCHES {
         let poison = poison && M::Input::POISONS;
         let (inputs, labels) = batch::<M>(&mut rng, n, poison);
-        let b = Batch { inputs: &inputs, labels: &labels, size: n };
-        let mut ws = Workspace::new::<M>(n);
-        let (mut losses, mut sq) = (vec![0.0; n], vec![0.0; n * groups]);
-        model.per_example_norms(&mut ws, b, &mut losses, &mut sq);
+        let cpu = cpu_reference(&model, &inputs, &labels, n, 0.5);
         let (gpu_losses, gpu_sq) = on_gpu.per_example_norms(&inputs, &labels, n).unwrap();
         let tag = |what: &str| format!("{} n={n} {what}", M::NAME);
         let from = usize::from(poison);
-        close(&tag("losses"), &gpu_losses[from..], &losses[from..], 1e-4);
-        close(&tag("squared norms"), &gpu_sq[from * groups..], &sq[from * groups..], 1e-4);
+        close(&tag("losses"), &gpu_losses[from..], &cpu.losses[from..], 1e-4);
+        close(&tag("squared norms"), &gpu_sq[from * groups..], &cpu.sq_norms[from * groups..], 1e-4);
         if poison {
             assert!(gpu_sq[..groups].iter().all(|v| v.is_nan()), "{}", tag("poisoned norm"));
         }
         let clipping = Clipping { mode: ClipMode::Flat, norm: 0.5 };
-        let mut factors = vec![0.0; n * groups];
-        let bad = clip_factors(ClipMode::Flat, 0.5, groups, &sq, &mut factors).unwrap();
         let (gpu_factors, gpu_bad) = on_gpu.clip_factors(clipping, n).unwrap();
-        assert_eq!(gpu_bad, bad, "{}", tag("non-finite count"));
-        close(&tag("clip factors"), &gpu_factors, &factors, 1e-4);
-        let mut cpu_sum = vec![0.0; M::TRAINED_PARAM_COUNT];
-        model.clipped_sum(&mut ws, b, &factors, &mut cpu_sum);
-        let gpu_sum = on_gpu.clipped_sum(&factors, n).unwrap();
+        assert_eq!(gpu_bad, cpu.non_finite, "{}", tag("non-finite count"));
+        close(&tag("clip factors"), &gpu_factors, &cpu.factors, 1e-4);
+        let gpu_sum = on_gpu.clipped_sum(&cpu.factors, n).unwrap();
         assert!(gpu_sum.iter().all(|v| v.is_finite()), "{}", tag("a NaN example reached the sum"));
-        close_sum(&tag("clipped sum"), &gpu_sum, &cpu_sum, 1e-4);
+        close_sum(&tag("clipped sum"), &gpu_sum, &cpu.clipped_sum, 1e-4);
         if !poison {
-            let mut cpu_grad = vec![0.0; M::TRAINED_PARAM_COUNT];
-            model.loss_and_gradient(&mut ws, b, &mut losses, &mut cpu_grad);
             let gpu_grad = on_gpu.gradient_sum(&inputs, &labels, n).unwrap();
-            close_sum(&tag("gradient sum"), &gpu_grad, &cpu_grad, 1e-4);
+            close_sum(&tag("gradient sum"), &gpu_grad, &cpu.gradient_sum, 1e-4);
         }
     }
 }

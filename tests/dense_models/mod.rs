@@ -59,6 +59,41 @@ pub struct ActivatedOutput {
     fc2: Linear,
 }
 
+/// What the CPU program gives on a batch, the reference a device program is compared with: each
+/// example's loss and squared norms, the flat clip factors at `clip`, their non-finite count, the
+/// clipped sum and the plain gradient sum.
+pub struct CpuReference {
+    pub losses: Vec<f32>,
+    pub sq_norms: Vec<f32>,
+    pub factors: Vec<f32>,
+    pub non_finite: usize,
+    pub clipped_sum: Vec<f32>,
+    pub gradient_sum: Vec<f32>,
+}
+
+pub fn cpu_reference<M: DpModel>(
+    model: &M,
+    inputs: &[M::Input],
+    labels: &[f32],
+    n: usize,
+    clip: f64,
+) -> CpuReference {
+    let groups = M::GROUPS.len();
+    let b = dp::Batch { inputs, labels, size: n };
+    let mut ws = dp::Workspace::new::<M>(n);
+    let (mut losses, mut sq_norms) = (vec![0.0; n], vec![0.0; n * groups]);
+    model.per_example_norms(&mut ws, b, &mut losses, &mut sq_norms);
+    let mut factors = vec![0.0; n * groups];
+    let non_finite =
+        dp::clipping::clip_factors(dp::clipping::ClipMode::Flat, clip, groups, &sq_norms, &mut factors)
+            .unwrap();
+    let mut clipped_sum = vec![0.0; M::TRAINED_PARAM_COUNT];
+    model.clipped_sum(&mut ws, b, &factors, &mut clipped_sum);
+    let mut gradient_sum = vec![0.0; M::TRAINED_PARAM_COUNT];
+    model.loss_and_gradient(&mut ws, b, &mut vec![0.0; n], &mut gradient_sum);
+    CpuReference { losses, sq_norms, factors, non_finite, clipped_sum, gradient_sum }
+}
+
 /// Element by element to `tol` relative (independent values: losses, norms, factors).
 pub fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
