@@ -7,7 +7,7 @@
 use dp::clipping::clip_factors;
 use dp::device::host::HostDevice;
 use dp::device::{DeviceError, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region};
-use dp::models::{AdultFfnn, AdultLogReg, EmbeddingNet, MnistCnn};
+use dp::models::{AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, MnistCnn, ResidualCnn};
 use dp::noise::gaussian::{fill_chunk, FILL_CHUNK};
 use dp::optim::{NoisyGradient, Optimizer, OptimizerState, Sgd, StepInfo};
 use dp::prelude::*;
@@ -17,10 +17,14 @@ use rand_chacha::ChaCha8Rng;
 mod dense_models;
 
 use dense_models::{
-    batch, close, close_sum, cpu_reference, ActivatedOutput, Deep, SigmoidBce, TanhMse, TestInput, TokenBag,
+    batch, close, close_sum, cpu_reference, ActivatedOutput, Deep, PooledConv, SigmoidBce, SmallConv,
+    TanhMse, TestInput, TokenBag,
 };
 
-fn device_matches_cpu<M: DpModel>(seed: u64)
+/// Batch sizes, each with or without a poisoned (NaN) first example.
+const SIZES: &[(usize, bool)] = &[(1, false), (7, true), (33, false), (256, true)];
+
+fn device_matches_cpu<M: DpModel>(seed: u64, sizes: &[(usize, bool)])
 where
     M::Input: TestInput,
 {
@@ -28,7 +32,7 @@ where
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let model = M::init(&mut rng);
     let groups = M::GROUPS.len();
-    for (n, poison) in [(1, false), (7, true), (33, false), (256, true)] {
+    for &(n, poison) in sizes {
         let poison = poison && M::Input::POISONS;
         let (inputs, labels) = batch::<M>(&mut rng, n, poison);
         let cpu = cpu_reference(&model, &inputs, &labels, n, 0.5);
@@ -77,51 +81,73 @@ where
 
 #[test]
 fn logreg_device_program_matches_the_cpu() {
-    device_matches_cpu::<AdultLogReg>(1);
+    device_matches_cpu::<AdultLogReg>(1, SIZES);
 }
 
 #[test]
 fn ffnn_device_program_matches_the_cpu() {
-    device_matches_cpu::<AdultFfnn>(2);
+    device_matches_cpu::<AdultFfnn>(2, SIZES);
 }
 
 #[test]
 fn flatten_tanh_mse_device_program_matches_the_cpu() {
-    device_matches_cpu::<TanhMse>(3);
+    device_matches_cpu::<TanhMse>(3, SIZES);
 }
 
 #[test]
 fn standalone_activations_device_program_matches_the_cpu() {
-    device_matches_cpu::<SigmoidBce>(4);
+    device_matches_cpu::<SigmoidBce>(4, SIZES);
 }
 
 #[test]
 fn deep_device_program_matches_the_cpu() {
-    device_matches_cpu::<Deep>(5);
+    device_matches_cpu::<Deep>(5, SIZES);
 }
 
 #[test]
 fn token_bag_device_program_matches_the_cpu() {
-    device_matches_cpu::<TokenBag>(7);
+    device_matches_cpu::<TokenBag>(7, SIZES);
 }
 
 #[test]
 fn embedding_model_device_program_matches_the_cpu() {
-    device_matches_cpu::<EmbeddingNet>(8);
+    device_matches_cpu::<EmbeddingNet>(8, SIZES);
 }
 
 #[test]
 fn activated_output_device_program_matches_the_cpu() {
-    device_matches_cpu::<ActivatedOutput>(6);
+    device_matches_cpu::<ActivatedOutput>(6, SIZES);
+}
+
+#[test]
+fn small_conv_device_program_matches_the_cpu() {
+    device_matches_cpu::<SmallConv>(9, SIZES);
+}
+
+#[test]
+fn pooled_conv_device_program_matches_the_cpu() {
+    device_matches_cpu::<PooledConv>(10, SIZES);
+}
+
+#[test]
+fn mnist_cnn_device_program_matches_the_cpu() {
+    device_matches_cpu::<MnistCnn>(11, &[(1, false), (5, true), (40, false)]);
+}
+
+/// The plain loops of the host backend take about a second per CIFAR-10 example: two small batches.
+#[test]
+fn cifar10_cnn_device_program_matches_the_cpu() {
+    device_matches_cpu::<Cifar10Cnn>(12, &[(1, false), (3, true)]);
 }
 
 #[test]
 fn a_model_without_device_primitives_says_which_step() {
-    assert_eq!(MnistCnn::DEVICE_UNSUPPORTED, Some("conv2d has no device primitives yet"));
+    let reason = "group/layer norm has no device primitives yet";
+    assert_eq!(ResidualCnn::DEVICE_UNSUPPORTED, Some(reason));
     let mut dev = HostDevice::new();
-    let err = MnistCnn::device_norms(&mut dev, 4).unwrap_err();
+    let err = ResidualCnn::device_norms(&mut dev, 4).unwrap_err();
     assert!(matches!(err, DeviceError::Unsupported { .. }));
-    assert_eq!(err.to_string(), "MnistCnn has no device program: conv2d has no device primitives yet");
+    assert_eq!(err.to_string(), format!("ResidualCnn has no device program: {reason}"));
 }
 
 /// A model's training state on the host reference backend: the device program for the model's

@@ -1,8 +1,9 @@
 //! The generated device programs on a GPU against the CPU programs of the same models: per-example
 //! losses and squared norms, clip factors, clipped sums (a NaN example contributing exactly zero),
 //! and a whole private step (noise drawn on the device under a fixed test key) at batch sizes 1, 7,
-//! 256 and a Poisson-sized 301. The dense models' tests passed on an NVIDIA H200 (2026-12-04); the
-//! embedding models' and `ActivatedOutput` were added after that session and have not run on a GPU. Built with `--features cuda`; each test is `#[ignore]`d, so
+//! 256 and a Poisson-sized 301. The dense and embedding models' tests passed on an NVIDIA H200
+//! (2026-12-04); the image models' test (convolutions and pooling) was written after that run. Built
+//! with `--features cuda`; each test is `#[ignore]`d, so
 //! `cargo test` lists them as ignored, and `scripts/gpu/check.sh` runs them with `--include-ignored` and
 //! `DP_REQUIRE_GPU`, which turns a missing device into a failure. Without a device each says
 //! `1 GPU test skipped: no CUDA device` and checks nothing.
@@ -12,13 +13,14 @@
 mod dense_models;
 
 use dense_models::{
-    batch, close, close_sum, cpu_reference, ActivatedOutput, Deep, SigmoidBce, TanhMse, TestInput, TokenBag,
+    batch, close, close_sum, cpu_reference, ActivatedOutput, Deep, PooledConv, SigmoidBce, SmallConv,
+    TanhMse, TestInput, TokenBag,
 };
 use dp::clipping::{clip_factors, ClipMode};
 use dp::cuda::device::{self, Gpu, SgdStep};
 use dp::cuda::trainer::{Clipping, GpuModel};
 use dp::device::DeviceTraining;
-use dp::models::{AdultFfnn, AdultLogReg, EmbeddingNet};
+use dp::models::{AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, MnistCnn};
 use dp::noise::gaussian::fill_chunk;
 use dp::optim::{NoisyGradient, Optimizer, Sgd, StepInfo};
 use dp::prelude::*;
@@ -95,12 +97,21 @@ fn gpu_ffnn_matches_the_cpu() {
     norms_and_sums_match::<AdultFfnn>(12);
 }
 
-/// Not yet run on a GPU: the embedding's device primitives were written after the last GPU session.
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
 fn gpu_embedding_models_match_the_cpu() {
     norms_and_sums_match::<TokenBag>(17);
     norms_and_sums_match::<EmbeddingNet>(18);
+}
+
+/// Convolutions (strided, padded, dilated, without bias), max, average and global average pooling.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_image_models_match_the_cpu() {
+    norms_and_sums_match::<SmallConv>(19);
+    norms_and_sums_match::<PooledConv>(20);
+    norms_and_sums_match::<MnistCnn>(22);
+    norms_and_sums_match::<Cifar10Cnn>(23);
 }
 
 #[test]
@@ -156,7 +167,6 @@ fn gpu_private_steps_equal_the_cpus() {
         let before = on_gpu.transfers();
         let outcome = on_gpu.private_step(&inputs, &labels, n, clipping, &key, update).unwrap();
         let after = on_gpu.transfers();
-        // Not yet run on a GPU (the count was added after the last GPU session).
         assert_eq!(
             (after.to_device - before.to_device, after.to_host - before.to_host),
             (3, 1),
@@ -171,7 +181,7 @@ fn gpu_private_steps_equal_the_cpus() {
         say(&format!("step {step}: largest parameter difference {diff:.3e} (largest parameter {scale:.3})"));
         assert!(diff <= 1e-4 * scale, "step {step}: GPU and CPU parameters differ by {diff}");
     }
-    // Not yet run on a GPU (added after the GPU session): the momentum a checkpoint takes from the GPU.
+    // The momentum a checkpoint takes from the GPU.
     let (cpu_state, gpu_state) = (sgd.state(), DeviceTraining::optimizer_state(&mut on_gpu).unwrap());
     assert_eq!((gpu_state.kind.as_str(), gpu_state.updates), ("sgd", cpu_state.updates));
     let (c, g) = (&cpu_state.buffers[0].1, &gpu_state.buffers[0].1);

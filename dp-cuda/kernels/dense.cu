@@ -3,38 +3,13 @@
 // the ghost norms of a linear layer at one position, the rows of a clipped sum, column sums. Dimensions
 // arrive as arguments (one compiled module serves every model); the products are cuBLAS's.
 //
-// Activation codes (dp-cuda/src/dense.rs): 0 identity, 1 ReLU, 2 tanh, 3 sigmoid, 4 GELU (tanh
-// form), 5 SiLU, 6 GELU (erf form).
+// Activation codes: kernels/activation.cuh (dp_activate), shared with conv.cu; the grid-stride loop
+// and block sum: kernels/reduce.cuh.
 #include "common.cuh"
-
-DP_DEVICE float dp_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
-
-DP_DEVICE float dp_activate(int act, float x) {
-    switch (act) {
-        case 1: return x < 0.0f ? 0.0f : x;  // NaN stays NaN, as on the CPU: a non-finite example must show
-        case 2: return tanhf(x);
-        case 3: return dp_sigmoid(x);
-        case 4: return 0.5f * x * (1.0f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x)));
-        case 5: return x * dp_sigmoid(x);
-        case 6: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-        default: return x;
-    }
-}
-
-// dy/dx from the output y, for the activations whose output gives it (the others never reach here:
-// the compiler keeps them off the device).
-DP_DEVICE float dp_derivative_from_output(int act, float y) {
-    switch (act) {
-        case 1: return y > 0.0f ? 1.0f : 0.0f;
-        case 2: return 1.0f - y * y;
-        case 3: return y * (1.0f - y);
-        default: return 1.0f;
-    }
-}
+#include "activation.cuh"
+#include "reduce.cuh"
 
 #ifdef __CUDACC__
-#define DP_GRID_STRIDE(i, len) \
-    for (dp_u64 i = (dp_u64)blockIdx.x * blockDim.x + threadIdx.x; i < (len); i += (dp_u64)gridDim.x * blockDim.x)
 
 // y[r, c] = act(y[r, c] + bias[c]); has_bias 0: bias is not read.
 extern "C" __global__ void dp_bias_activation(float *y, const float *bias, int has_bias, dp_u64 rows, dp_u64 cols,
@@ -103,23 +78,6 @@ extern "C" __global__ void dp_mean_squared_error(const float *predictions, const
         }
         losses[i] = 0.5f * sum;
     }
-}
-
-// A block's sum of `v` (blockDim.x a multiple of 32, at most 1024), in every thread.
-__device__ float dp_block_sum(float v) {
-    __shared__ float partial[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0) partial[warp] = v;
-    __syncthreads();
-    int warps = blockDim.x >> 5;
-    v = (int)threadIdx.x < warps ? partial[threadIdx.x] : 0.0f;
-    if (warp == 0)
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    if (threadIdx.x == 0) partial[0] = v;
-    __syncthreads();
-    return partial[0];
 }
 
 // One block per example: sq_norms[i * groups + group] = |a_i|^2 |delta_i|^2 (+ |delta_i|^2 with a bias).

@@ -24,7 +24,7 @@ pub const ENTRIES: &[&str] = &[
     "dp_embedding_mean_scatter",
 ];
 
-/// The kernels' code of an activation (`dp_activate` in `dense.cu`).
+/// The kernels' code of an activation (`dp_activate` in `kernels/activation.cuh`).
 pub fn activation_code(act: Activation) -> i32 {
     match act {
         Activation::Identity => 0,

@@ -5,12 +5,13 @@
 //! The model-independent kernels of a private step, each value for value its CPU counterpart in
 //! dp-runtime: the noise ([`noise`], the chunked ChaCha20 ziggurat), the clip factors ([`clip`]) and the
 //! noisy SGD update ([`update`]); the launches of a model's device program other than products
-//! ([`dense`]); [`program::GpuOps`], the runtime's `DeviceOps` on a GPU; [`trainer::GpuModel`], a
+//! ([`dense`], [`conv`]); [`program::GpuOps`], the runtime's `DeviceOps` on a GPU; [`trainer::GpuModel`], a
 //! model's training state on the GPU, which the `Trainer` steps (`DeviceTraining`). [`device::Gpu`]
 //! opens a device and loads everything. Ran on an NVIDIA H200 (docs/GPU.md, "Measured").
 
 pub mod cache;
 pub mod clip;
+pub mod conv;
 pub mod dense;
 pub mod device;
 pub mod error;
@@ -25,13 +26,19 @@ pub use error::{CudaError, Result};
 /// The GPU architectures every kernel is compiled for in CI: Ampere (A100) and Hopper (H100, H200).
 pub const ARCHITECTURES: [&str; 2] = ["sm_80", "sm_90"];
 
-/// The header every kernel file includes (`#include "common.cuh"`).
-const COMMON: &str = include_str!("../kernels/common.cuh");
+/// The headers kernel files include, each with its text: `common.cuh` (every file), `activation.cuh`
+/// and `reduce.cuh` (dense.cu and conv.cu; both include `common.cuh` themselves, so it comes last).
+const HEADERS: [(&str, &str); 3] = [
+    ("#include \"activation.cuh\"", include_str!("../kernels/activation.cuh")),
+    ("#include \"reduce.cuh\"", include_str!("../kernels/reduce.cuh")),
+    ("#include \"common.cuh\"", include_str!("../kernels/common.cuh")),
+];
 
-/// A kernel file as NVRTC compiles it: its `#include "common.cuh"` replaced by the header, so that
-/// nothing is read from disk at run time.
+/// A kernel file as NVRTC compiles it: each `#include` of a header of `kernels/` replaced by the
+/// header, so that nothing is read from disk at run time (the include guards keep a header included
+/// twice to one copy).
 pub fn source(file: &str) -> String {
-    file.replace("#include \"common.cuh\"", COMMON)
+    HEADERS.iter().fold(file.to_string(), |text, (include, header)| text.replace(include, header))
 }
 
 /// Every kernel file of the crate with its name and entry points: what the NVRTC tests compile.
@@ -40,6 +47,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile { name: "clip.cu", text: clip::SOURCE, entries: &["dp_clip_factors"] },
     KernelFile { name: "update.cu", text: update::SOURCE, entries: &["dp_sgd_noisy_update"] },
     KernelFile { name: "dense.cu", text: dense::SOURCE, entries: dense::ENTRIES },
+    KernelFile { name: "conv.cu", text: conv::SOURCE, entries: conv::ENTRIES },
 ];
 
 /// One kernel source file.
@@ -47,7 +55,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
 pub struct KernelFile {
     /// Its file name in `dp-cuda/kernels/`.
     pub name: &'static str,
-    /// Its text, with the `#include` of the common header still in it (see [`source`]).
+    /// Its text, with the `#include`s of the headers still in it (see [`source`]).
     pub text: &'static str,
     /// The `extern "C"` kernels it defines.
     pub entries: &'static [&'static str],

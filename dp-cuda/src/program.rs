@@ -1,13 +1,17 @@
 //! A device program's primitives on a GPU: [`GpuOps`] implements [`DeviceOps`] over the regions of a
 //! [`RegionMemory`], the products through cuBLAS (row-major operands as the transposed column-major
-//! ones cuBLAS reads, so no copy is made), everything else through `kernels/dense.cu`. Every launch is
-//! queued on the GPU's one stream; nothing is copied to or from the host.
+//! ones cuBLAS reads, so no copy is made), everything else through `kernels/dense.cu` and, for
+//! convolutions, pooling and kept per-example gradients, `kernels/conv.cu` (their bodies in
+//! [`conv_ops`]). Every launch is queued on the GPU's one stream; nothing is copied to or from the host.
 
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{result as drv, CudaFunction, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 use dp_kernels::activation::Activation;
-use dp_runtime::device::{DeviceError, DeviceLoss, DeviceOps, Gemm, Region, RowScale, Span};
+use dp_runtime::device::{
+    BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, Pool2dGeometry, Region, RowScale,
+    Span,
+};
 
 use crate::dense::activation_code;
 use crate::device::{driver, Gpu};
@@ -88,6 +92,26 @@ impl RegionMemory {
         &mut self.slices[slot(region)]
     }
 
+    /// Copies `values` into the start of a region (set-up and tests; a step copies through
+    /// [`RegionMemory::slice_mut`]).
+    pub fn upload(&mut self, gpu: &Gpu, region: Region, values: &[f32]) -> Result<()> {
+        let slice = &mut self.slices[slot(region)];
+        if values.len() > slice.len() {
+            return Err(crate::CudaError::Mismatch(format!(
+                "{} values into {region:?} of {}",
+                values.len(),
+                slice.len()
+            )));
+        }
+        let mut view = slice.slice_mut(..values.len());
+        gpu.stream.memcpy_htod(values, &mut view).map_err(driver("copying into a region"))
+    }
+
+    /// A region's whole contents, copied back after the work queued before.
+    pub fn download(&self, gpu: &Gpu, region: Region) -> Result<Vec<f32>> {
+        gpu.stream.clone_dtoh(&self.slices[slot(region)]).map_err(driver("copying a region back"))
+    }
+
     /// The device address of a span, after checking that it lies inside its region.
     pub(crate) fn ptr(&self, s: Span) -> std::result::Result<CUdeviceptr, DeviceError> {
         let len = self.slices[slot(s.region)].len();
@@ -118,27 +142,52 @@ fn elementwise(len: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// Dense kernels by their index in `dense::ENTRIES`.
+/// A kernel of `kernels/dense.cu` or `kernels/conv.cu`, by its index in that file's `ENTRIES`.
+#[derive(Debug, Clone, Copy)]
+enum Kernel {
+    Dense(usize),
+    Conv(usize),
+}
+
+/// The kernels by file and index (`dense::ENTRIES`, `conv::ENTRIES`).
 mod k {
-    pub const BIAS_ACTIVATION: usize = 0;
-    pub const ACTIVATION: usize = 1;
-    pub const ACTIVATION_BACKWARD: usize = 2;
-    pub const SOFTMAX_CROSS_ENTROPY: usize = 3;
-    pub const BINARY_CROSS_ENTROPY: usize = 4;
-    pub const MEAN_SQUARED_ERROR: usize = 5;
-    pub const LINEAR_GHOST_NORMS: usize = 6;
-    pub const SCALE_ROWS: usize = 7;
-    pub const COLUMN_SUMS_ADD: usize = 8;
-    pub const ADD_INTO: usize = 9;
-    pub const COUNT_NON_FINITE: usize = 10;
-    pub const EMBEDDING_MEAN_FORWARD: usize = 11;
-    pub const EMBEDDING_MEAN_NORMS: usize = 12;
-    pub const EMBEDDING_MEAN_SCATTER: usize = 13;
+    use super::Kernel::{self, Conv, Dense};
+
+    pub const BIAS_ACTIVATION: Kernel = Dense(0);
+    pub const ACTIVATION: Kernel = Dense(1);
+    pub const ACTIVATION_BACKWARD: Kernel = Dense(2);
+    pub const SOFTMAX_CROSS_ENTROPY: Kernel = Dense(3);
+    pub const BINARY_CROSS_ENTROPY: Kernel = Dense(4);
+    pub const MEAN_SQUARED_ERROR: Kernel = Dense(5);
+    pub const LINEAR_GHOST_NORMS: Kernel = Dense(6);
+    pub const SCALE_ROWS: Kernel = Dense(7);
+    pub const COLUMN_SUMS_ADD: Kernel = Dense(8);
+    pub const ADD_INTO: Kernel = Dense(9);
+    pub const COUNT_NON_FINITE: Kernel = Dense(10);
+    pub const EMBEDDING_MEAN_FORWARD: Kernel = Dense(11);
+    pub const EMBEDDING_MEAN_NORMS: Kernel = Dense(12);
+    pub const EMBEDDING_MEAN_SCATTER: Kernel = Dense(13);
+
+    pub const IM2COL: Kernel = Conv(0);
+    pub const COL2IM: Kernel = Conv(1);
+    pub const CHANNEL_BIAS_ACTIVATION: Kernel = Conv(2);
+    pub const ROW_SUMS: Kernel = Conv(3);
+    pub const KEPT_SQ_NORMS: Kernel = Conv(4);
+    pub const KEPT_WEIGHTED_SUM: Kernel = Conv(5);
+    pub const MAX_POOL_FORWARD: Kernel = Conv(6);
+    pub const MAX_POOL_BACKWARD: Kernel = Conv(7);
+    pub const AVG_POOL_FORWARD: Kernel = Conv(8);
+    pub const AVG_POOL_BACKWARD: Kernel = Conv(9);
+    pub const GLOBAL_AVG_POOL_FORWARD: Kernel = Conv(10);
+    pub const GLOBAL_AVG_POOL_BACKWARD: Kernel = Conv(11);
 }
 
 impl GpuOps<'_> {
-    fn kernel(&self, index: usize) -> &CudaFunction {
-        &self.gpu.dense[index]
+    fn kernel(&self, kernel: Kernel) -> &CudaFunction {
+        match kernel {
+            Kernel::Dense(index) => &self.gpu.dense[index],
+            Kernel::Conv(index) => &self.gpu.conv[index],
+        }
     }
 
     fn check(&self, what: &str, spans: &[(Span, usize)]) -> std::result::Result<(), DeviceError> {
@@ -158,10 +207,56 @@ macro_rules! launch {
         let function = $ops.kernel($kernel);
         let mut builder = stream.launch_builder(function);
         $(builder.arg($arg);)*
-        // SAFETY: the arguments match the kernel's signature in dense.cu (a device address for each
-        // pointer, checked against its region, and the counts it reads up to).
+        // SAFETY: the arguments match the kernel's signature in dense.cu or conv.cu (a device address
+        // for each pointer, checked against its region, and the counts and shapes it reads up to).
         unsafe { builder.launch($config) }.map(|_| ()).map_err(|e| backend($name)(e.to_string()))
     }};
+}
+
+mod conv_ops;
+
+/// cuBLAS's operation for an operand stored transposed or not.
+fn op(transposed: bool) -> blas_sys::cublasOperation_t {
+    if transposed {
+        blas_sys::cublasOperation_t::CUBLAS_OP_T
+    } else {
+        blas_sys::cublasOperation_t::CUBLAS_OP_N
+    }
+}
+
+/// One product ([`DeviceOps::gemm`]) through `cublasSgemm`.
+fn gemm_one(ops: &GpuOps<'_>, g: Gemm) -> std::result::Result<(), DeviceError> {
+    g.check()?;
+    if g.m == 0 || g.n == 0 {
+        return Ok(());
+    }
+    let (a, b, c) = (ops.memory.ptr(g.a)?, ops.memory.ptr(g.b)?, ops.memory.ptr(g.c)?);
+    // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: B first, its leading dimension
+    // the row length it is stored with (at least 1, as cuBLAS requires even when k = 0).
+    let ldb = if g.b_transposed { g.k } else { g.n }.max(1);
+    let lda = if g.a_transposed { g.m } else { g.k }.max(1);
+    let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });
+    // SAFETY: the addresses lie in their regions with the lengths `check` verified; cuBLAS runs on
+    // the GPU's stream, like every other launch.
+    unsafe {
+        blas::sgemm(
+            *ops.gpu.blas.handle(),
+            op(g.b_transposed),
+            op(g.a_transposed),
+            int(g.n)?,
+            int(g.m)?,
+            int(g.k)?,
+            &alpha,
+            b as *const f32,
+            int(ldb)?,
+            a as *const f32,
+            int(lda)?,
+            &beta,
+            c as *mut f32,
+            int(g.n)?,
+        )
+    }
+    .map_err(|e| DeviceError::Backend(format!("cublasSgemm: {e}")))
 }
 
 impl GpuOps<'_> {
@@ -174,44 +269,7 @@ impl GpuOps<'_> {
 
 impl DeviceOps for GpuOps<'_> {
     fn gemm(&mut self, g: Gemm) -> std::result::Result<(), DeviceError> {
-        g.check()?;
-        if g.m == 0 || g.n == 0 {
-            return Ok(());
-        }
-        let (a, b, c) = (self.memory.ptr(g.a)?, self.memory.ptr(g.b)?, self.memory.ptr(g.c)?);
-        let op = |t: bool| {
-            if t {
-                blas_sys::cublasOperation_t::CUBLAS_OP_T
-            } else {
-                blas_sys::cublasOperation_t::CUBLAS_OP_N
-            }
-        };
-        // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: B first, its leading dimension
-        // the row length it is stored with.
-        let ldb = if g.b_transposed { g.k } else { g.n };
-        let lda = if g.a_transposed { g.m } else { g.k };
-        let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });
-        // SAFETY: the addresses lie in their regions with the lengths `check` verified; cuBLAS runs on
-        // the GPU's stream, like every other launch.
-        unsafe {
-            blas::sgemm(
-                *self.gpu.blas.handle(),
-                op(g.b_transposed),
-                op(g.a_transposed),
-                int(g.n)?,
-                int(g.m)?,
-                int(g.k)?,
-                &alpha,
-                b as *const f32,
-                int(ldb)?,
-                a as *const f32,
-                int(lda)?,
-                &beta,
-                c as *mut f32,
-                int(g.n)?,
-            )
-        }
-        .map_err(|e| DeviceError::Backend(format!("cublasSgemm: {e}")))
+        gemm_one(self, g)
     }
 
     fn bias_activation(
@@ -474,5 +532,139 @@ impl DeviceOps for GpuOps<'_> {
         let (n64, s, v, dm) = (n as u64, steps as u64, vocab as u64, dim as u64);
         launch!(self, k::EMBEDDING_MEAN_SCATTER, "dp_embedding_mean_scatter", elementwise(n * steps * dim);
             &i, &d, &n64, &s, &v, &dm, &f, &has, &groups, &group, &g)
+    }
+
+    fn gemm_batched(&mut self, g: BatchedGemm) -> std::result::Result<(), DeviceError> {
+        conv_ops::gemm_batched(self, g)
+    }
+
+    fn im2col(
+        &mut self,
+        x: Span,
+        geom: &Conv2dGeometry,
+        n: usize,
+        cols: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        conv_ops::im2col(self, x, geom, n, cols)
+    }
+
+    fn col2im(
+        &mut self,
+        cols: Span,
+        geom: &Conv2dGeometry,
+        n: usize,
+        dx: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        conv_ops::col2im(self, cols, geom, n, dx)
+    }
+
+    fn channel_bias_activation(
+        &mut self,
+        y: Span,
+        bias: Option<Span>,
+        n: usize,
+        channels: usize,
+        positions: usize,
+        act: Activation,
+    ) -> std::result::Result<(), DeviceError> {
+        conv_ops::channel_bias_activation(self, y, bias, (n, channels, positions), act)
+    }
+
+    fn row_sums(
+        &mut self,
+        src: Span,
+        rows: usize,
+        cols: usize,
+        dst: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        conv_ops::row_sums(self, src, rows, cols, dst)
+    }
+
+    fn kept_sq_norms(
+        &mut self,
+        weight: Span,
+        weight_len: usize,
+        bias: Option<(Span, usize)>,
+        n: usize,
+        sq_norms: Span,
+        groups: usize,
+        group: usize,
+    ) -> std::result::Result<(), DeviceError> {
+        conv_ops::kept_sq_norms(self, (weight, weight_len), bias, n, (sq_norms, groups, group))
+    }
+
+    fn kept_weighted_sum(
+        &mut self,
+        src: Span,
+        n: usize,
+        len: usize,
+        factors: Option<(Span, usize, usize)>,
+        dst: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        conv_ops::kept_weighted_sum(self, src, n, len, factors, dst)
+    }
+
+    fn max_pool_forward(
+        &mut self,
+        x: Span,
+        geom: &Pool2dGeometry,
+        n: usize,
+        y: Span,
+        argmax: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        conv_ops::max_pool_forward(self, x, geom, n, y, argmax)
+    }
+
+    fn max_pool_backward(
+        &mut self,
+        dy: Span,
+        argmax: Span,
+        geom: &Pool2dGeometry,
+        n: usize,
+        dx: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        conv_ops::max_pool_backward(self, dy, argmax, geom, n, dx)
+    }
+
+    fn avg_pool_forward(
+        &mut self,
+        x: Span,
+        geom: &Pool2dGeometry,
+        n: usize,
+        y: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        conv_ops::avg_pool_forward(self, x, geom, n, y)
+    }
+
+    fn avg_pool_backward(
+        &mut self,
+        dy: Span,
+        geom: &Pool2dGeometry,
+        n: usize,
+        dx: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        conv_ops::avg_pool_backward(self, dy, geom, n, dx)
+    }
+
+    fn global_avg_pool_forward(
+        &mut self,
+        x: Span,
+        n: usize,
+        channels: usize,
+        plane: usize,
+        y: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        conv_ops::global_avg_pool_forward(self, x, (n, channels, plane), y)
+    }
+
+    fn global_avg_pool_backward(
+        &mut self,
+        dy: Span,
+        n: usize,
+        channels: usize,
+        plane: usize,
+        dx: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        conv_ops::global_avg_pool_backward(self, dy, (n, channels, plane), dx)
     }
 }

@@ -5,7 +5,13 @@
 //! (2026-12-04; docs/GPU.md).
 
 use dp_cuda::device::{self, Gpu, SgdState, SgdStep};
+use dp_cuda::program::{GpuOps, RegionMemory};
+use dp_kernels::activation::Activation;
 use dp_runtime::clipping::{clip_factors, ClipMode};
+use dp_runtime::device::host::HostDevice;
+use dp_runtime::device::{
+    BatchedGemm, Conv2dGeometry, DeviceError, DeviceOps, Gemm, Pool2dGeometry, Region, Span,
+};
 use dp_runtime::noise::gaussian::fill_chunk;
 use dp_runtime::optim::{NoisyGradient, Optimizer, OptimizerState, Sgd, StepInfo};
 
@@ -121,6 +127,329 @@ fn gpu_noisy_sgd_update_equals_the_cpus() {
         gpu.sgd_noisy_update(state, step).unwrap();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&device), bits(&cpu), "momentum {momentum} nesterov {nesterov}");
+    }
+}
+
+/// Runs `call` on the host reference and on the GPU over the same regions (each one region's
+/// contents); region `out` of each afterwards, host first.
+fn on_both(
+    gpu: &Gpu,
+    regions: &[(Region, Vec<f32>)],
+    out: Region,
+    call: impl Fn(&mut dyn DeviceOps) -> Result<(), DeviceError>,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut host = HostDevice::new();
+    for (region, values) in regions {
+        host.set(*region, values.clone());
+    }
+    call(&mut host).unwrap_or_else(|e| panic!("host: {e}"));
+    let len = |r: Region| regions.iter().find(|(q, _)| *q == r).map_or(0, |(_, v)| v.len());
+    let mut memory = RegionMemory::new(gpu, len).unwrap();
+    for (region, values) in regions {
+        memory.upload(gpu, *region, values).unwrap();
+    }
+    call(&mut GpuOps { gpu, memory: &memory }).unwrap_or_else(|e| panic!("gpu: {e}"));
+    let device = memory.download(gpu, out).unwrap();
+    (host.get(out).to_vec(), device[..len(out)].to_vec())
+}
+
+fn uniform(seed: u64, n: usize) -> Vec<f32> {
+    xorshift(seed, n).iter().map(|u| (u - 0.5) as f32).collect()
+}
+
+/// The values' bits, every NaN as one (a GPU's arithmetic gives its own NaN, not the operand's).
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| if x.is_nan() { f32::NAN.to_bits() } else { x.to_bits() }).collect()
+}
+
+/// Every value within `tolerance · (1 + |host|)` of the host's (NaN where the host has NaN).
+fn assert_near(host: &[f32], device: &[f32], tolerance: f32, what: &str) {
+    assert_eq!(host.len(), device.len(), "{what}");
+    for (k, (h, d)) in host.iter().zip(device).enumerate() {
+        let ok = if h.is_nan() { d.is_nan() } else { (h - d).abs() <= tolerance * (1.0 + h.abs()) };
+        assert!(ok, "{what}: value {k}: host {h}, gpu {d}");
+    }
+}
+
+/// The convolution primitives of `DeviceOps` on the GPU against the host reference: im2col and col2im
+/// bit for bit (padding, stride, dilation, rectangular kernels, a batch past the grid's first sweep),
+/// the channel epilogue, and a geometry of two groups refused.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_im2col_col2im_and_the_channel_epilogue_equal_the_host_reference() {
+    let Some(gpu) = gpu("im2col, col2im, channel bias and activation") else { return };
+    let g = |in_c, in_h, in_w, kh, kw, stride, padding, dilation| Conv2dGeometry {
+        in_c,
+        in_h,
+        in_w,
+        out_c: 8,
+        kh,
+        kw,
+        stride,
+        padding,
+        dilation,
+        groups: 1,
+    };
+    for (geom, n) in [
+        (g(1, 28, 28, 5, 5, 1, 0, 1), 256),
+        (g(3, 9, 7, 3, 3, 1, 1, 1), 5),
+        (g(2, 11, 10, 3, 2, 2, 1, 1), 5),
+        (g(2, 12, 9, 3, 3, 2, 2, 2), 5),
+        (g(16, 14, 14, 5, 5, 2, 2, 1), 33),
+    ] {
+        let (inputs, patches) = (n * geom.input_len(), n * geom.patches_len());
+        let x = uniform(geom.in_h as u64 + 1, inputs);
+        let regions = [(Region::Inputs, x), (Region::Arena, vec![f32::NAN; patches])];
+        let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+            ops.im2col(Span::new(Region::Inputs, 0, inputs), &geom, n, Span::new(Region::Arena, 0, patches))
+        });
+        assert_eq!(bits(&host), bits(&device), "im2col {geom:?}");
+        let cols = uniform(geom.in_w as u64 + 3, patches);
+        let regions = [(Region::Inputs, cols), (Region::Arena, vec![f32::NAN; inputs])];
+        let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+            ops.col2im(Span::new(Region::Inputs, 0, patches), &geom, n, Span::new(Region::Arena, 0, inputs))
+        });
+        assert_eq!(bits(&host), bits(&device), "col2im {geom:?}");
+    }
+    let grouped = Conv2dGeometry { groups: 2, ..g(4, 8, 8, 3, 3, 1, 1, 1) };
+    let memory = RegionMemory::new(&gpu, |_| 10_000).unwrap();
+    let refused = GpuOps { gpu: &gpu, memory: &memory }.im2col(
+        Span::new(Region::Inputs, 0, 256),
+        &grouped,
+        1,
+        Span::new(Region::Arena, 0, 10_000),
+    );
+    assert!(matches!(refused, Err(DeviceError::Mismatch(_))), "{refused:?}");
+
+    let (n, channels, positions) = (37, 12, 49);
+    let len = n * channels * positions;
+    for act in
+        [Activation::Identity, Activation::Relu, Activation::Tanh, Activation::Sigmoid, Activation::Gelu]
+    {
+        for with_bias in [true, false] {
+            let regions = [(Region::Arena, uniform(5, len)), (Region::Params, uniform(6, channels))];
+            let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+                let bias = with_bias.then_some(Span::new(Region::Params, 0, channels));
+                ops.channel_bias_activation(
+                    Span::new(Region::Arena, 0, len),
+                    bias,
+                    n,
+                    channels,
+                    positions,
+                    act,
+                )
+            });
+            let what = format!("channel_bias_activation {act:?} bias {with_bias}");
+            if matches!(act, Activation::Identity | Activation::Relu) {
+                assert_eq!(bits(&host), bits(&device), "{what}");
+            } else {
+                assert_near(&host, &device, 1e-6, &what);
+            }
+        }
+    }
+}
+
+/// Strided batched products against the host's loop of products: a weight shared by the batch
+/// (stride 0), every transpose, overwrite and accumulate, and a shared output the batch accumulates
+/// into (products one after another).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_batched_products_equal_the_host_reference() {
+    let Some(gpu) = gpu("batched products") else { return };
+    let (m, n, k, batch) = (6, 49, 25, 7);
+    for (a_transposed, b_transposed) in [(false, false), (true, false), (false, true), (true, true)] {
+        for accumulate in [false, true] {
+            for (stride_a, stride_c) in [(0, m * n), (m * k, m * n), (m * k, 0)] {
+                let stride_b = k * n;
+                let a_len = (batch - 1) * stride_a + m * k;
+                let c_len = (batch - 1) * stride_c + m * n;
+                let b_len = batch * stride_b;
+                let regions = [
+                    (Region::Params, uniform(1, a_len)),
+                    (Region::Arena, uniform(2, b_len)),
+                    (Region::Grad, uniform(3, c_len)),
+                ];
+                let product = BatchedGemm {
+                    gemm: Gemm {
+                        m,
+                        n,
+                        k,
+                        a: Span::new(Region::Params, 0, a_len),
+                        a_transposed,
+                        b: Span::new(Region::Arena, 0, b_len),
+                        b_transposed,
+                        c: Span::new(Region::Grad, 0, c_len),
+                        accumulate,
+                    },
+                    batch,
+                    stride_a,
+                    stride_b,
+                    stride_c,
+                };
+                let (host, device) = on_both(&gpu, &regions, Region::Grad, |ops| ops.gemm_batched(product));
+                assert_near(&host, &device, 1e-5, &format!("{product:?}"));
+            }
+        }
+    }
+}
+
+/// Row sums, kept norms and the kept weighted sum against the host reference (the sums within
+/// rounding, the weighted sum bit for bit, factor-0 examples over NaN rows skipped).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_row_sums_and_kept_gradients_equal_the_host_reference() {
+    let Some(gpu) = gpu("row sums and kept gradients") else { return };
+    for (rows, cols) in [(1000, 1), (1000, 49), (70_001, 784)] {
+        let regions =
+            [(Region::Arena, uniform(cols as u64, rows * cols)), (Region::Grad, vec![f32::NAN; rows])];
+        let (host, device) = on_both(&gpu, &regions, Region::Grad, |ops| {
+            ops.row_sums(
+                Span::new(Region::Arena, 0, rows * cols),
+                rows,
+                cols,
+                Span::new(Region::Grad, 0, rows),
+            )
+        });
+        assert_near(&host, &device, 1e-5, &format!("row_sums {rows}x{cols}"));
+    }
+    let (n, weight_len, bias_len, groups, group) = (300, 12_800, 32, 3, 1);
+    for with_bias in [true, false] {
+        let regions = [
+            (Region::Arena, uniform(7, n * (weight_len + bias_len))),
+            (Region::SqNorms, vec![7.0; n * groups]),
+        ];
+        let (host, device) = on_both(&gpu, &regions, Region::SqNorms, |ops| {
+            let bias =
+                with_bias.then_some((Span::new(Region::Arena, n * weight_len, n * bias_len), bias_len));
+            let weight = Span::new(Region::Arena, 0, n * weight_len);
+            ops.kept_sq_norms(
+                weight,
+                weight_len,
+                bias,
+                n,
+                Span::new(Region::SqNorms, 0, n * groups),
+                groups,
+                group,
+            )
+        });
+        assert_near(&host, &device, 1e-5, &format!("kept_sq_norms bias {with_bias}"));
+        assert!(
+            device.iter().enumerate().all(|(k, v)| k % groups == group || *v == 7.0),
+            "other groups kept"
+        );
+    }
+    let (n, len) = (64, 12_800);
+    let mut src = uniform(8, n * len);
+    let mut factors: Vec<f32> = xorshift(9, n * groups).iter().map(|&u| u as f32).collect();
+    for i in [3, 40] {
+        factors[i * groups + group] = 0.0;
+        src[i * len..(i + 1) * len].fill(f32::NAN);
+    }
+    for with_factors in [true, false] {
+        let regions = [
+            (Region::Arena, src.clone()),
+            (Region::Factors, factors.clone()),
+            (Region::Grad, uniform(10, len)),
+        ];
+        let (host, device) = on_both(&gpu, &regions, Region::Grad, |ops| {
+            let f = with_factors.then_some((Span::new(Region::Factors, 0, n * groups), groups, group));
+            ops.kept_weighted_sum(
+                Span::new(Region::Arena, 0, n * len),
+                n,
+                len,
+                f,
+                Span::new(Region::Grad, 0, len),
+            )
+        });
+        assert_eq!(bits(&host), bits(&device), "kept_weighted_sum factors {with_factors}");
+        assert_eq!(device.iter().all(|v| v.is_finite()), with_factors);
+    }
+}
+
+/// Max, average and global average pooling with their backwards against the host reference: max
+/// pooling bit for bit with its argmax (ties, −∞, NaN), average pooling bit for bit, the global
+/// average within rounding.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_pooling_equals_the_host_reference() {
+    let Some(gpu) = gpu("pooling") else { return };
+    let g = |channels, in_h, in_w, kernel, stride, padding| Pool2dGeometry {
+        channels,
+        in_h,
+        in_w,
+        kernel,
+        stride,
+        padding,
+    };
+    for (geom, n) in [
+        (g(16, 24, 24, 2, 2, 0), 256),
+        (g(2, 7, 7, 3, 2, 1), 9),
+        (g(1, 5, 6, 4, 3, 2), 9),
+        (g(2, 9, 40, 3, 1, 1), 9),
+    ] {
+        let (inputs, outputs) = (n * geom.input_len(), n * geom.output_len());
+        let x: Vec<f32> = (0..inputs)
+            .map(|k| match k % 53 {
+                5 => f32::NEG_INFINITY,
+                11 => f32::NAN,
+                _ => (k * 7919 % 5) as f32,
+            })
+            .collect();
+        let regions = [(Region::Inputs, x), (Region::Arena, vec![f32::NAN; 2 * outputs])];
+        let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+            let out = |from| Span::new(Region::Arena, from, outputs);
+            ops.max_pool_forward(Span::new(Region::Inputs, 0, inputs), &geom, n, out(0), out(outputs))
+        });
+        assert_eq!(bits(&host), bits(&device), "max pool and argmax {geom:?}");
+        let dy = uniform(11, outputs);
+        let regions = [
+            (Region::Inputs, [dy.as_slice(), &device[outputs..]].concat()),
+            (Region::Arena, vec![f32::NAN; inputs]),
+        ];
+        let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+            let (dy, argmax) =
+                (Span::new(Region::Inputs, 0, outputs), Span::new(Region::Inputs, outputs, outputs));
+            ops.max_pool_backward(dy, argmax, &geom, n, Span::new(Region::Arena, 0, inputs))
+        });
+        assert_eq!(bits(&host), bits(&device), "max pool backward {geom:?}");
+
+        let regions = [(Region::Inputs, uniform(12, inputs)), (Region::Arena, vec![f32::NAN; outputs])];
+        let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+            ops.avg_pool_forward(
+                Span::new(Region::Inputs, 0, inputs),
+                &geom,
+                n,
+                Span::new(Region::Arena, 0, outputs),
+            )
+        });
+        assert_eq!(bits(&host), bits(&device), "avg pool {geom:?}");
+        let regions = [(Region::Inputs, dy.clone()), (Region::Arena, vec![f32::NAN; inputs])];
+        let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+            ops.avg_pool_backward(
+                Span::new(Region::Inputs, 0, outputs),
+                &geom,
+                n,
+                Span::new(Region::Arena, 0, inputs),
+            )
+        });
+        assert_eq!(bits(&host), bits(&device), "avg pool backward {geom:?}");
+    }
+    for (n, channels, plane) in [(256, 64, 49), (3, 5, 1), (7, 3, 1000)] {
+        let planes = n * channels;
+        let regions =
+            [(Region::Inputs, uniform(13, planes * plane)), (Region::Arena, vec![f32::NAN; planes])];
+        let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+            let x = Span::new(Region::Inputs, 0, planes * plane);
+            ops.global_avg_pool_forward(x, n, channels, plane, Span::new(Region::Arena, 0, planes))
+        });
+        assert_near(&host, &device, 1e-5, &format!("global avg pool {n}x{channels}x{plane}"));
+        let regions =
+            [(Region::Inputs, uniform(14, planes)), (Region::Arena, vec![f32::NAN; planes * plane])];
+        let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+            let dx = Span::new(Region::Arena, 0, planes * plane);
+            ops.global_avg_pool_backward(Span::new(Region::Inputs, 0, planes), n, channels, plane, dx)
+        });
+        assert_near(&host, &device, 1e-6, &format!("global avg pool backward {n}x{channels}x{plane}"));
     }
 }
 

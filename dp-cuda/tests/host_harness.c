@@ -5,7 +5,12 @@
  *   clip PER_LAYER CLIP_NORM GROUPS BATCH: in BATCH*GROUPS f32 squared norms; out: the factors (f32)
  *     and the count of invalid examples (u32).
  *   sgd NOISE_STD INVERSE_BATCH LR MOMENTUM WEIGHT_DECAY FIRST NESTEROV LEN: in params, velocity,
- *     sum (f32 each), z (f64); out: params, velocity. */
+ *     sum (f32 each), z (f64); out: params, velocity.
+ *   im2col|col2im IN_C IN_H IN_W KH KW STRIDE PADDING DILATION N: in the batch's input (the patches);
+ *     out its patches (its input gradient), f32, each value as conv.cu's kernels compute it.
+ *   maxpool|avgpool|maxpoolback|avgpoolback CHANNELS IN_H IN_W KERNEL STRIDE PADDING N: in x (dy, and
+ *     for maxpoolback the argmax bits); out y and, for maxpool, the argmax bits (dx), f32.
+ *   keptsum N LEN HAS_FACTORS GROUPS GROUP: in src (N*LEN), factors (N*GROUPS), dst (LEN); out dst. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +18,7 @@
 #include "../kernels/noise.cu"
 #include "../kernels/clip.cu"
 #include "../kernels/update.cu"
+#include "../kernels/conv.cu"
 
 static void *read_stdin(size_t bytes) {
     void *buffer = malloc(bytes ? bytes : 1);
@@ -52,9 +58,68 @@ static int sgd(char **argv) {
     return 0;
 }
 
+static dp_u64 arg(char **argv, int i) { return strtoull(argv[i], NULL, 10); }
+
+static int conv(const char *op, char **argv) {
+    dp_conv_geometry g = {arg(argv, 0), arg(argv, 1), arg(argv, 2), arg(argv, 3), arg(argv, 4),
+                          arg(argv, 5), arg(argv, 6), arg(argv, 7), 0, 0};
+    dp_u64 n = arg(argv, 8);
+    g.out_h = (g.in_h + 2 * g.padding - g.dilation * (g.kh - 1) - 1) / g.stride + 1;
+    g.out_w = (g.in_w + 2 * g.padding - g.dilation * (g.kw - 1) - 1) / g.stride + 1;
+    dp_u64 inputs = n * g.in_c * g.in_h * g.in_w, patches = n * g.in_c * g.kh * g.kw * g.out_h * g.out_w;
+    int forward = strcmp(op, "im2col") == 0;
+    dp_u64 in_len = forward ? inputs : patches, out_len = forward ? patches : inputs;
+    float *in = read_stdin(in_len * 4), *out = malloc(out_len * 4 + 4);
+    for (dp_u64 e = 0; e < out_len; ++e) out[e] = forward ? dp_im2col_value(in, g, e) : dp_col2im_value(in, g, e);
+    fwrite(out, 4, out_len, stdout);
+    return 0;
+}
+
+static int pool(const char *op, char **argv) {
+    dp_pool_geometry g = {arg(argv, 0), arg(argv, 1), arg(argv, 2), arg(argv, 3), arg(argv, 4), arg(argv, 5), 0, 0};
+    dp_u64 n = arg(argv, 6);
+    g.out_h = (g.in_h + 2 * g.padding - g.kernel) / g.stride + 1;
+    g.out_w = (g.in_w + 2 * g.padding - g.kernel) / g.stride + 1;
+    dp_u64 inputs = n * g.channels * g.in_h * g.in_w, outputs = n * g.channels * g.out_h * g.out_w;
+    if (strcmp(op, "maxpool") == 0 || strcmp(op, "avgpool") == 0) {
+        int max = op[0] == 'm';
+        float *x = read_stdin(inputs * 4), *y = malloc(outputs * 4 + 4), *argmax = malloc(outputs * 4 + 4);
+        for (dp_u64 e = 0; e < outputs; ++e) {
+            if (max)
+                dp_max_pool_output(x, g, e, y, argmax);
+            else
+                y[e] = dp_avg_pool_value(x, g, e);
+        }
+        fwrite(y, 4, outputs, stdout);
+        if (max) fwrite(argmax, 4, outputs, stdout);
+        return 0;
+    }
+    int max = op[0] == 'm';
+    float *dy = read_stdin(outputs * 4), *argmax = max ? read_stdin(outputs * 4) : NULL;
+    float *dx = malloc(inputs * 4 + 4);
+    for (dp_u64 e = 0; e < inputs; ++e)
+        dx[e] = max ? dp_max_pool_backward_value(dy, argmax, g, e) : dp_avg_pool_backward_value(dy, g, e);
+    fwrite(dx, 4, inputs, stdout);
+    return 0;
+}
+
+static int kept_sum(char **argv) {
+    dp_u64 n = arg(argv, 0), len = arg(argv, 1), groups = arg(argv, 3), group = arg(argv, 4);
+    int has = atoi(argv[2]);
+    float *src = read_stdin(n * len * 4), *factors = read_stdin(n * groups * 4), *dst = read_stdin(len * 4);
+    for (dp_u64 j = 0; j < len; ++j)
+        dst[j] = dp_kept_weighted_column(src, n, len, factors, has, groups, group, dst[j], j);
+    fwrite(dst, 4, len, stdout);
+    return 0;
+}
+
 static int noise(int argc, char **argv);
 
 int main(int argc, char **argv) {
+    if (argc >= 11 && (strcmp(argv[1], "im2col") == 0 || strcmp(argv[1], "col2im") == 0))
+        return conv(argv[1], argv + 2);
+    if (argc >= 9 && strstr(argv[1], "pool") != NULL) return pool(argv[1], argv + 2);
+    if (argc >= 7 && strcmp(argv[1], "keptsum") == 0) return kept_sum(argv + 2);
     if (argc >= 6 && strcmp(argv[1], "clip") == 0) return clip(argv + 2);
     if (argc >= 10 && strcmp(argv[1], "sgd") == 0) return sgd(argv + 2);
     if (argc >= 5 && strcmp(argv[1], "noise") == 0) return noise(argc - 1, argv + 1);

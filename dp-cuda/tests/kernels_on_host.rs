@@ -5,7 +5,11 @@
 //!   ziggurat passes and the retry stream;
 //! - the clip factors: flat (one and several groups) and per layer, with NaN, infinite, negative, zero
 //!   and huge norms;
-//! - the noisy SGD update: plain, momentum (first and later steps), Nesterov, weight decay.
+//! - the noisy SGD update: plain, momentum (first and later steps), Nesterov, weight decay;
+//! - conv.cu's element-wise kernels against the host reference of `DeviceOps`
+//!   (`dp_runtime::device::host::HostDevice`, bit for bit) and dp-kernels' CPU kernels: im2col and
+//!   col2im (padding, stride, dilation, rectangular kernels), max pooling (ties, −∞, NaN) and average
+//!   pooling with their backwards, and the kept gradients' weighted sum (factors 0 over NaN rows).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,6 +19,8 @@ use dp_runtime::clipping::{clip_factors, ClipMode};
 use dp_runtime::optim::{NoisyGradient, Optimizer, Sgd, StepInfo};
 
 use dp_cuda::noise::CHUNK;
+use dp_runtime::device::host::HostDevice;
+use dp_runtime::device::{Conv2dGeometry, DeviceOps, Pool2dGeometry, Region, Span};
 use dp_runtime::noise::gaussian::{fill_chunk, ziggurat_tables};
 
 /// The harness built once per test run, or `None` (with a visible message) when there is no C compiler.
@@ -228,6 +234,193 @@ fn device_noisy_sgd_update_equals_the_cpus_bit_for_bit() {
             }
             assert_ne!(bits(&cpu_params), bits(&params), "{case}: the update moved the parameters");
         }
+    }
+}
+
+/// Runs `op` of the harness on `args` with `inputs` (f32s, concatenated) on stdin.
+fn run_f32(exe: &std::path::Path, op: &str, args: &[usize], inputs: &[&[f32]]) -> Vec<f32> {
+    let mut all: Vec<String> = vec![op.to_string()];
+    all.extend(args.iter().map(usize::to_string));
+    let input: Vec<u8> = inputs.iter().flat_map(|v| v.iter().flat_map(|x| x.to_le_bytes())).collect();
+    f32s(&run(exe, &all, &input))
+}
+
+/// Runs one `DeviceOps` call on a fresh host reference whose `Inputs` region holds `input` and whose
+/// `Arena` holds `output_len` NaNs; the `Arena` after it.
+fn on_host(
+    input: Vec<f32>,
+    output_len: usize,
+    call: impl FnOnce(&mut HostDevice, Span, Span) -> Result<(), dp_runtime::device::DeviceError>,
+) -> Vec<f32> {
+    let mut host = HostDevice::new();
+    let input_span = Span::new(Region::Inputs, 0, input.len());
+    host.set(Region::Inputs, input);
+    host.set(Region::Arena, vec![f32::NAN; output_len]);
+    call(&mut host, input_span, Span::new(Region::Arena, 0, output_len)).unwrap();
+    host.get(Region::Arena).to_vec()
+}
+
+fn conv_geometries() -> Vec<Conv2dGeometry> {
+    let g = |in_c, in_h, in_w, kh, kw, stride, padding, dilation| Conv2dGeometry {
+        in_c,
+        in_h,
+        in_w,
+        out_c: 4,
+        kh,
+        kw,
+        stride,
+        padding,
+        dilation,
+        groups: 1,
+    };
+    vec![
+        g(1, 28, 28, 5, 5, 1, 0, 1),
+        g(3, 9, 7, 3, 3, 1, 1, 1),
+        g(2, 11, 10, 3, 2, 2, 1, 1),
+        g(2, 12, 9, 3, 3, 2, 2, 2),
+        g(3, 8, 8, 2, 3, 3, 2, 3),
+        g(4, 5, 6, 1, 1, 1, 0, 1),
+    ]
+}
+
+#[test]
+fn device_im2col_and_col2im_equal_the_host_reference_bit_for_bit() {
+    let Some(exe) = harness() else { return };
+    let n = 3;
+    for geom in conv_geometries() {
+        geom.assert_valid();
+        let args =
+            [geom.in_c, geom.in_h, geom.in_w, geom.kh, geom.kw, geom.stride, geom.padding, geom.dilation, n];
+        let (inputs, patches) = (n * geom.input_len(), n * geom.patches_len());
+        let x: Vec<f32> =
+            values(geom.in_h as u64 * 31 + geom.kh as u64, inputs).map(|u| u as f32 - 0.5).collect();
+        let cols = run_f32(&exe, "im2col", &args, &[&x]);
+        let mut cpu = vec![f32::NAN; patches];
+        dp_kernels::conv::im2col(&geom, n, &x, &mut cpu);
+        assert_eq!(bits(&cols), bits(&cpu), "im2col {geom:?}");
+        let host = on_host(x, patches, |h, x, out| h.im2col(x, &geom, n, out));
+        assert_eq!(bits(&cols), bits(&host), "im2col {geom:?}");
+
+        let g: Vec<f32> = values(geom.in_w as u64 * 17 + 3, patches).map(|u| u as f32 - 0.5).collect();
+        let dx = run_f32(&exe, "col2im", &args, &[&g]);
+        let host = on_host(g, inputs, |h, g, out| h.col2im(g, &geom, n, out));
+        assert_eq!(bits(&dx), bits(&host), "col2im {geom:?}");
+    }
+}
+
+fn pool_geometries() -> Vec<Pool2dGeometry> {
+    let g = |channels, in_h, in_w, kernel, stride, padding| Pool2dGeometry {
+        channels,
+        in_h,
+        in_w,
+        kernel,
+        stride,
+        padding,
+    };
+    vec![
+        g(2, 6, 6, 2, 1, 0),
+        g(3, 8, 7, 2, 2, 0),
+        g(2, 7, 7, 3, 2, 1),
+        g(1, 5, 6, 4, 3, 2),
+        g(16, 14, 14, 2, 2, 0),
+        g(2, 9, 41, 3, 2, 1),
+        g(2, 9, 40, 3, 1, 1),
+    ]
+}
+
+#[test]
+fn device_pooling_equals_the_host_reference_and_the_cpu_kernels() {
+    let Some(exe) = harness() else { return };
+    let n = 3;
+    for geom in pool_geometries() {
+        geom.assert_valid();
+        let args = [geom.channels, geom.in_h, geom.in_w, geom.kernel, geom.stride, geom.padding, n];
+        let (inputs, outputs) = (n * geom.input_len(), n * geom.output_len());
+        // A few levels, so that windows tie, with −∞ and NaN among them.
+        let x: Vec<f32> = (0..inputs)
+            .map(|k| match k % 53 {
+                5 => f32::NEG_INFINITY,
+                11 => f32::NAN,
+                _ => (k * 7919 % 5) as f32,
+            })
+            .collect();
+        let out = run_f32(&exe, "maxpool", &args, &[&x]);
+        let (y, argmax) = out.split_at(outputs);
+        let (mut cpu_y, mut cpu_argmax) = (vec![0.0f32; outputs], vec![0u32; outputs]);
+        dp_kernels::pool::max_pool2d_forward(&geom, n, &x, &mut cpu_y, &mut cpu_argmax);
+        assert_eq!(bits(y), bits(&cpu_y), "max pool {geom:?}");
+        assert_eq!(bits(argmax), cpu_argmax, "max pool argmax {geom:?}");
+        assert!(y.iter().any(|v| v.is_nan()), "a window with a NaN");
+        let mut host_device = HostDevice::new();
+        host_device.set(Region::Inputs, x.clone());
+        host_device.set(Region::Arena, vec![f32::NAN; 2 * outputs]);
+        let arena = |from| Span::new(Region::Arena, from, outputs);
+        host_device
+            .max_pool_forward(Span::new(Region::Inputs, 0, inputs), &geom, n, arena(0), arena(outputs))
+            .unwrap();
+        assert_eq!(bits(&host_device.get(Region::Arena)[..outputs]), bits(y), "max pool {geom:?}");
+        assert_eq!(bits(&host_device.get(Region::Arena)[outputs..]), bits(argmax), "argmax {geom:?}");
+
+        let dy: Vec<f32> = values(geom.in_w as u64 * 13 + 1, outputs).map(|u| u as f32 - 0.5).collect();
+        let dx = run_f32(&exe, "maxpoolback", &args, &[&dy, argmax]);
+        let mut cpu_dx = vec![f32::NAN; inputs];
+        dp_kernels::pool::max_pool2d_backward(&geom, n, &dy, &cpu_argmax, &mut cpu_dx);
+        assert_eq!(bits(&dx), bits(&cpu_dx), "max pool backward {geom:?}");
+        let dy_argmax = [dy.as_slice(), argmax].concat();
+        let host = on_host(dy_argmax, inputs, |h, d, out| {
+            h.max_pool_backward(d.sub(0, outputs), d.sub(outputs, outputs), &geom, n, out)
+        });
+        assert_eq!(bits(&dx), bits(&host), "max pool backward {geom:?}");
+
+        let x: Vec<f32> = values(geom.in_h as u64 * 7 + 5, inputs).map(|u| u as f32 - 0.5).collect();
+        let y = run_f32(&exe, "avgpool", &args, &[&x]);
+        let host = on_host(x.clone(), outputs, |h, x, out| h.avg_pool_forward(x, &geom, n, out));
+        assert_eq!(bits(&y), bits(&host), "avg pool {geom:?}");
+        let mut cpu_y = vec![f32::NAN; outputs];
+        dp_kernels::pool::avg_pool2d_forward(&geom, n, &x, &mut cpu_y);
+        for (k, (a, b)) in y.iter().zip(&cpu_y).enumerate() {
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "avg pool {geom:?} output {k}: {a} vs {b}");
+        }
+        let dx = run_f32(&exe, "avgpoolback", &args, &[&dy]);
+        let host = on_host(dy.clone(), inputs, |h, d, out| h.avg_pool_backward(d, &geom, n, out));
+        assert_eq!(bits(&dx), bits(&host), "avg pool backward {geom:?}");
+        let mut cpu_dx = vec![f32::NAN; inputs];
+        dp_kernels::pool::avg_pool2d_backward(&geom, n, &dy, &mut cpu_dx);
+        for (k, (a, b)) in dx.iter().zip(&cpu_dx).enumerate() {
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "avg backward {geom:?} input {k}: {a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn device_kept_weighted_sum_equals_the_host_reference_and_skips_factor_zero_rows() {
+    let Some(exe) = harness() else { return };
+    let (n, len, groups, group) = (7, 301, 3, 1);
+    let mut src: Vec<f32> = values(3, n * len).map(|u| u as f32 - 0.5).collect();
+    let mut factors: Vec<f32> = values(9, n * groups).map(|u| u as f32).collect();
+    // Examples 2 and 5 have factor 0 and NaN rows, which must not reach the sum.
+    for i in [2, 5] {
+        factors[i * groups + group] = 0.0;
+        src[i * len..(i + 1) * len].fill(f32::NAN);
+    }
+    let dst: Vec<f32> = values(4, len).map(|u| u as f32).collect();
+    for has in [1usize, 0] {
+        let out = run_f32(&exe, "keptsum", &[n, len, has, groups, group], &[&src, &factors, &dst]);
+        let mut host = HostDevice::new();
+        host.set(Region::Arena, src.clone());
+        host.set(Region::Factors, factors.clone());
+        host.set(Region::Grad, dst.clone());
+        let f = (has == 1).then_some((Span::new(Region::Factors, 0, n * groups), groups, group));
+        host.kept_weighted_sum(
+            Span::new(Region::Arena, 0, n * len),
+            n,
+            len,
+            f,
+            Span::new(Region::Grad, 0, len),
+        )
+        .unwrap();
+        assert_eq!(bits(&out), bits(host.get(Region::Grad)), "has_factors {has}");
+        assert_eq!(out.iter().all(|v| v.is_finite()), has == 1, "NaN rows only without factors");
     }
 }
 

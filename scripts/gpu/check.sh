@@ -68,6 +68,9 @@ failed=0
             "$bins/dp" train --model embedding --data data/reviews/womens_clothing_reviews.csv.gz \
                 --target-epsilon 3 --seed 1 --max-steps 200 --device "$device" 2>&1 \
                 | grep -v "^epoch" || { echo "## dp train FAILED"; failed=1; }
+            echo "## dp train --model mnist-cnn --data data/mnist --max-steps 300 --device $device"
+            "$bins/dp" train --model mnist-cnn --data data/mnist --target-epsilon 3 --seed 1 --max-steps 300 \
+                --device "$device" 2>&1 | grep -v "^epoch" || { echo "## dp train FAILED"; failed=1; }
         done
     fi
     peers=${DP_CHECK_PEERS:-all}

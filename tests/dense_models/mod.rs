@@ -1,5 +1,5 @@
-//! The dense models declared for the tests (every dense op, every loss, no bias, standalone
-//! activations), shared by `reference_dense.rs` (against an f64 reference), `device_program.rs` (their
+//! The models declared for the device tests (every dense op, every loss, no bias, standalone
+//! activations, every image op with a device path), shared by `reference_dense.rs` (against an f64 reference), `device_program.rs` (their
 //! device programs on the host reference backend) and `gpu_programs.rs` (on a GPU), and the helpers
 //! that compare a device program with the CPU.
 
@@ -57,6 +57,31 @@ pub struct ActivatedOutput {
     fc1: Linear,
     #[layer(linear(out = 3), sigmoid, tanh)]
     fc2: Linear,
+}
+
+/// Every image op with a device path: a strided, padded conv with tanh and an overlapping max pool,
+/// a dilated conv without bias with relu and a padded average pool, then flatten and a linear layer.
+#[dp_model(input = [2, 9, 9], loss = cross_entropy(classes = 3))]
+pub struct SmallConv {
+    #[layer(conv2d(out = 3, kernel = 3, stride = 2, padding = 1), tanh, max_pool2d(kernel = 2, stride = 1))]
+    conv1: Conv2d,
+    #[layer(
+        conv2d(out = 4, kernel = 2, dilation = 2, bias = false),
+        relu,
+        avg_pool2d(kernel = 2, padding = 1)
+    )]
+    conv2: Conv2d,
+    #[layer(flatten, linear(out = 3))]
+    fc: Linear,
+}
+
+/// Two same-size convs, the second's output averaged over the image (two regression outputs).
+#[dp_model(input = [3, 6, 6], loss = mse)]
+pub struct PooledConv {
+    #[layer(conv2d(out = 4, kernel = 3, padding = 1), relu)]
+    conv1: Conv2d,
+    #[layer(conv2d(out = 2, kernel = 3, padding = 1), global_avg_pool)]
+    conv2: Conv2d,
 }
 
 /// What the CPU program gives on a batch, the reference a device program is compared with: each

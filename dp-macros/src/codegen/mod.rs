@@ -237,7 +237,7 @@ fn device_program(model: &ModelDef, plan: &Plan) -> TokenStream {
         return quote!(const DEVICE_UNSUPPORTED: ::core::option::Option<&'static str> = ::core::option::Option::Some(#reason););
     }
     let rt = quote!(::dp::__private::runtime::device);
-    let arena = lit(plan.buffers.iter().map(|b| b.len).sum());
+    let arena = lit(device::arena_len(plan));
     let forward = program::forward(&device::Device, plan);
     let backward = program::backward(&device::Device, plan, model.loss.kind);
     let gradient_sum = program::gradient_sum(&device::Device, plan);

@@ -16,6 +16,7 @@
 pub mod host;
 
 use dp_kernels::activation::Activation;
+pub use dp_spec::{Conv2dGeometry, Pool2dGeometry};
 
 /// The device allocations a program reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,6 +86,35 @@ impl Gemm {
             Ok(())
         } else {
             Err(DeviceError::Mismatch(format!("a GEMM of {}×{}×{} over {self:?}", self.m, self.n, self.k)))
+        }
+    }
+}
+
+/// A strided batch of products: `c_b = op(a_b)·op(b_b) (+ c_b)` for `b` in `0..batch`, with the
+/// shapes and transposes of `gemm` and operand `b` of each at `b · stride` values past its span's
+/// start (stride 0: one matrix shared by the whole batch, e.g. a convolution's weight).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchedGemm {
+    pub gemm: Gemm,
+    pub batch: usize,
+    pub stride_a: usize,
+    pub stride_b: usize,
+    pub stride_c: usize,
+}
+
+impl BatchedGemm {
+    /// The spans hold every operand of the batch.
+    pub fn check(&self) -> Result<(), DeviceError> {
+        let g = &self.gemm;
+        let last = self.batch.saturating_sub(1);
+        let fits = self.batch > 0
+            && g.a.len >= last * self.stride_a + g.m * g.k
+            && g.b.len >= last * self.stride_b + g.k * g.n
+            && g.c.len >= last * self.stride_c + g.m * g.n;
+        if fits {
+            Ok(())
+        } else {
+            Err(DeviceError::Mismatch(format!("a batch of {} GEMMs over {self:?}", self.batch)))
         }
     }
 }
@@ -253,6 +283,122 @@ pub trait DeviceOps {
         dim: usize,
         factors: Option<(Span, usize, usize)>,
         grad: Span,
+    ) -> Result<(), DeviceError>;
+
+    /// A strided batch of matrix products ([`BatchedGemm`]).
+    fn gemm_batched(&mut self, g: BatchedGemm) -> Result<(), DeviceError>;
+
+    /// Each example's patches (im2col, `groups = 1`), `cols` OVERWRITTEN: example `i`'s
+    /// `patch_len × positions` matrix at `i · patches_len`, row `k = (c·kh + r)·kw + s` (the weight's
+    /// `[out][in][kh][kw]` order), column `p = oh·out_w + ow`; taps in the padding are 0.
+    fn im2col(&mut self, x: Span, geom: &Conv2dGeometry, n: usize, cols: Span) -> Result<(), DeviceError>;
+
+    /// Its adjoint: `dx` OVERWRITTEN with, at every input value, the sum of the patch entries (laid out
+    /// as [`im2col`](DeviceOps::im2col) writes them) that read it.
+    fn col2im(&mut self, cols: Span, geom: &Conv2dGeometry, n: usize, dx: Span) -> Result<(), DeviceError>;
+
+    /// `y[i, c, p] = act(y[i, c, p] + bias[c])` in place over `n × channels × positions` (no bias:
+    /// `act(y)`), a convolution's epilogue over its NCHW output.
+    #[allow(clippy::too_many_arguments)]
+    fn channel_bias_activation(
+        &mut self,
+        y: Span,
+        bias: Option<Span>,
+        n: usize,
+        channels: usize,
+        positions: usize,
+        act: Activation,
+    ) -> Result<(), DeviceError>;
+
+    /// `dst[r] = Σ_c src[r, c]` over `rows × cols`, OVERWRITING `dst` (per-example bias gradients).
+    fn row_sums(&mut self, src: Span, rows: usize, cols: usize, dst: Span) -> Result<(), DeviceError>;
+
+    /// Kept per-example gradients' squared norms, OVERWRITING column `group` of `sq_norms`: the sum of
+    /// squares of example `i`'s row of `weight` (`n × weight_len`) plus, when given, its row of the bias
+    /// part (`n × bias_len`).
+    #[allow(clippy::too_many_arguments)]
+    fn kept_sq_norms(
+        &mut self,
+        weight: Span,
+        weight_len: usize,
+        bias: Option<(Span, usize)>,
+        n: usize,
+        sq_norms: Span,
+        groups: usize,
+        group: usize,
+    ) -> Result<(), DeviceError>;
+
+    /// `dst += Σ_i c_i · src_i` over the rows of `src` (`n × len`), with `c_i` column `group` of
+    /// `factors` (`Some((factors, groups, group))`: an example with factor exactly 0 is skipped, its
+    /// row, NaN included, never read into the sum) or 1 (`None`: the plain sum of every row).
+    fn kept_weighted_sum(
+        &mut self,
+        src: Span,
+        n: usize,
+        len: usize,
+        factors: Option<(Span, usize, usize)>,
+        dst: Span,
+    ) -> Result<(), DeviceError>;
+
+    /// Max pooling, as `dp_kernels::pool::max_pool2d_forward`: each window's first maximum in row-major
+    /// order (its first NaN if it has one), and `argmax` the index of that value within the example's
+    /// input, stored as the bits of a `u32` in the `f32` span.
+    fn max_pool_forward(
+        &mut self,
+        x: Span,
+        geom: &Pool2dGeometry,
+        n: usize,
+        y: Span,
+        argmax: Span,
+    ) -> Result<(), DeviceError>;
+
+    /// Its backward: `dx` OVERWRITTEN with each output gradient at its window's argmax (summed where
+    /// windows share a maximum).
+    fn max_pool_backward(
+        &mut self,
+        dy: Span,
+        argmax: Span,
+        geom: &Pool2dGeometry,
+        n: usize,
+        dx: Span,
+    ) -> Result<(), DeviceError>;
+
+    /// Average pooling: each window's sum over `kernel²` (padding counts as zeros).
+    fn avg_pool_forward(
+        &mut self,
+        x: Span,
+        geom: &Pool2dGeometry,
+        n: usize,
+        y: Span,
+    ) -> Result<(), DeviceError>;
+
+    /// Its backward: `dx` OVERWRITTEN with `dy / kernel²` summed over the windows of every input.
+    fn avg_pool_backward(
+        &mut self,
+        dy: Span,
+        geom: &Pool2dGeometry,
+        n: usize,
+        dx: Span,
+    ) -> Result<(), DeviceError>;
+
+    /// `y[i, c] = mean_p x[i, c, p]` over `n × channels × plane`.
+    fn global_avg_pool_forward(
+        &mut self,
+        x: Span,
+        n: usize,
+        channels: usize,
+        plane: usize,
+        y: Span,
+    ) -> Result<(), DeviceError>;
+
+    /// Its backward: `dx[i, c, p] = dy[i, c] / plane`, OVERWRITING `dx`.
+    fn global_avg_pool_backward(
+        &mut self,
+        dy: Span,
+        n: usize,
+        channels: usize,
+        plane: usize,
+        dx: Span,
     ) -> Result<(), DeviceError>;
 }
 

@@ -34,6 +34,13 @@ pub fn arena(plan: &Plan, k: usize) -> TokenStream {
     region(quote!(Arena), quote!(#offset * n), quote!(#len * n))
 }
 
+/// `len` values per example of the device's own scratch at `offset` per example
+/// ([`super::scratch`]).
+pub fn scratch(offset: usize, len: usize) -> TokenStream {
+    let (offset, len) = (lit(offset), lit(len));
+    region(quote!(Arena), quote!(#offset * n), quote!(#len * n))
+}
+
 /// A step's input: the batch's inputs or an arena buffer.
 pub fn read(plan: &Plan, buf: Buf) -> TokenStream {
     match buf {

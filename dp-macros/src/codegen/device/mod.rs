@@ -6,9 +6,12 @@
 //!
 //! The emitted statements share the names `dev` (the `&mut dyn DeviceOps`) and `n` (the batch size).
 
+mod conv2d;
 mod embedding;
 mod emit;
 mod linear;
+mod pool;
+mod scratch;
 mod unary;
 
 use super::backend::Backend;
@@ -20,6 +23,7 @@ pub use emit::prelude;
 use emit::{arena, lit, region, rt};
 use proc_macro2::TokenStream;
 use quote::quote;
+pub use scratch::arena_len;
 
 /// The device backend.
 pub struct Device;
@@ -37,15 +41,18 @@ pub fn unsupported(plan: &Plan) -> Option<String> {
                 "an activation whose derivative needs its input"
             }
             Step::Activation(_) | Step::Flatten(_) => return None,
-            Step::Conv2d(_) => "conv2d",
+            Step::Conv2d(c) if c.geom.groups != 1 => "grouped conv2d",
+            Step::Conv2d(c) if c.act.derivative() == Derivative::FromInput => {
+                "conv2d with an activation whose derivative needs its input"
+            }
+            Step::Conv2d(_) => return None,
             Step::Norm(_) => "group/layer norm",
             Step::Embedding(e) if e.mean => return None,
             Step::Embedding(_) => "embedding without a sequence mean",
             Step::Lstm(_) => "lstm",
             Step::PositionEmbedding(_) => "position embedding",
             Step::Attention(_) => "attention",
-            Step::Pool2d(_) => "pooling",
-            Step::GlobalAvgPool(_) => "global average pooling",
+            Step::Pool2d(_) | Step::GlobalAvgPool(_) => return None,
             Step::Add(_) => "add",
             Step::Mean(_) => "mean",
             Step::Patches(_) => "patches",
@@ -93,13 +100,13 @@ impl Backend for Device {
             Step::Activation(s) => unary::activation_forward(plan, s),
             Step::Flatten(_) => TokenStream::new(),
             Step::Embedding(s) => embedding::forward(plan, s),
-            other @ (Step::Conv2d(_)
-            | Step::Norm(_)
+            Step::Conv2d(s) => conv2d::forward(plan, s),
+            Step::Pool2d(s) => pool::forward(plan, s),
+            Step::GlobalAvgPool(s) => pool::global_forward(plan, s),
+            other @ (Step::Norm(_)
             | Step::Lstm(_)
             | Step::PositionEmbedding(_)
             | Step::Attention(_)
-            | Step::Pool2d(_)
-            | Step::GlobalAvgPool(_)
             | Step::Add(_)
             | Step::Mean(_)
             | Step::Patches(_)
@@ -114,13 +121,13 @@ impl Backend for Device {
             Step::Flatten(s) => unary::flatten_backward(plan, s),
             // Nothing upstream of token ids is trained: its δ is written by its reader.
             Step::Embedding(_) => TokenStream::new(),
-            other @ (Step::Conv2d(_)
-            | Step::Norm(_)
+            Step::Conv2d(s) => conv2d::backward(plan, s),
+            Step::Pool2d(s) => pool::backward(plan, s),
+            Step::GlobalAvgPool(s) => pool::global_backward(plan, s),
+            other @ (Step::Norm(_)
             | Step::Lstm(_)
             | Step::PositionEmbedding(_)
             | Step::Attention(_)
-            | Step::Pool2d(_)
-            | Step::GlobalAvgPool(_)
             | Step::Add(_)
             | Step::Mean(_)
             | Step::Patches(_)
@@ -132,11 +139,10 @@ impl Backend for Device {
         match layer {
             Layer::Linear(s) => linear::gradient_sum(plan, s),
             Layer::Embedding(s) => embedding::sum(plan, s, false),
-            other @ (Layer::Conv2d(_)
-            | Layer::Norm(_)
-            | Layer::Lstm(_)
-            | Layer::PositionEmbedding(_)
-            | Layer::Attention(_)) => refused(other),
+            Layer::Conv2d(s) => conv2d::gradient_sum(plan, s),
+            other @ (Layer::Norm(_) | Layer::Lstm(_) | Layer::PositionEmbedding(_) | Layer::Attention(_)) => {
+                refused(other)
+            }
         }
     }
 
@@ -144,11 +150,10 @@ impl Backend for Device {
         match layer {
             Layer::Linear(s) => linear::norms(plan, s),
             Layer::Embedding(s) => embedding::norms(plan, s),
-            other @ (Layer::Conv2d(_)
-            | Layer::Norm(_)
-            | Layer::Lstm(_)
-            | Layer::PositionEmbedding(_)
-            | Layer::Attention(_)) => refused(other),
+            Layer::Conv2d(s) => conv2d::norms(plan, s),
+            other @ (Layer::Norm(_) | Layer::Lstm(_) | Layer::PositionEmbedding(_) | Layer::Attention(_)) => {
+                refused(other)
+            }
         }
     }
 
@@ -156,11 +161,10 @@ impl Backend for Device {
         match layer {
             Layer::Linear(s) => linear::clipped_sum(plan, s),
             Layer::Embedding(s) => embedding::sum(plan, s, true),
-            other @ (Layer::Conv2d(_)
-            | Layer::Norm(_)
-            | Layer::Lstm(_)
-            | Layer::PositionEmbedding(_)
-            | Layer::Attention(_)) => refused(other),
+            Layer::Conv2d(s) => conv2d::clipped_sum(plan, s),
+            other @ (Layer::Norm(_) | Layer::Lstm(_) | Layer::PositionEmbedding(_) | Layer::Attention(_)) => {
+                refused(other)
+            }
         }
     }
 }

@@ -3,12 +3,17 @@
 //! of the passes) is tested against the CPU program on every `cargo test`. Not fast, and not meant
 //! to be.
 
+mod image;
+
 use std::collections::HashMap;
 
 use dp_kernels::activation::Activation;
 use dp_kernels::loss;
 
-use super::{DeviceError, DeviceLoss, DeviceOps, Gemm, Region, RowScale, Span};
+use super::{
+    BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, Pool2dGeometry, Region, RowScale,
+    Span,
+};
 
 /// Every region a host `Vec` (`Tokens` of `u32`, the others of `f32`).
 #[derive(Debug, Default, Clone)]
@@ -354,4 +359,273 @@ impl DeviceOps for HostDevice {
         }
         Ok(())
     }
+
+    fn gemm_batched(&mut self, g: BatchedGemm) -> Result<(), DeviceError> {
+        g.check()?;
+        for b in 0..g.batch {
+            let at = |s: Span, stride: usize, len: usize| s.sub(b * stride, len);
+            let one = Gemm {
+                a: at(g.gemm.a, g.stride_a, g.gemm.m * g.gemm.k),
+                b: at(g.gemm.b, g.stride_b, g.gemm.k * g.gemm.n),
+                c: at(g.gemm.c, g.stride_c, g.gemm.m * g.gemm.n),
+                ..g.gemm
+            };
+            self.gemm(one)?;
+        }
+        Ok(())
+    }
+
+    fn im2col(&mut self, x: Span, geom: &Conv2dGeometry, n: usize, cols: Span) -> Result<(), DeviceError> {
+        let (g, x) = (grouped_once(geom)?, self.read(x)?);
+        let out = self.write(cols)?;
+        if x.len() < n * g.input_len() || out.len() < n * g.patches_len() {
+            return Err(short("im2col"));
+        }
+        for i in 0..n {
+            let (xi, ci) = (example(&x, i, g.input_len()), example_mut(out, i, g.patches_len()));
+            image::im2col(&g, xi, ci);
+        }
+        Ok(())
+    }
+
+    fn col2im(&mut self, cols: Span, geom: &Conv2dGeometry, n: usize, dx: Span) -> Result<(), DeviceError> {
+        let (g, cols) = (grouped_once(geom)?, self.read(cols)?);
+        let dx = self.write(dx)?;
+        if cols.len() < n * g.patches_len() || dx.len() < n * g.input_len() {
+            return Err(short("col2im"));
+        }
+        for i in 0..n {
+            image::col2im(&g, example(&cols, i, g.patches_len()), example_mut(dx, i, g.input_len()));
+        }
+        Ok(())
+    }
+
+    fn channel_bias_activation(
+        &mut self,
+        y: Span,
+        bias: Option<Span>,
+        n: usize,
+        channels: usize,
+        positions: usize,
+        act: Activation,
+    ) -> Result<(), DeviceError> {
+        let bias = bias.map(|b| self.read(b)).transpose()?;
+        let y = self.write(y)?;
+        if y.len() < n * channels * positions || bias.as_ref().is_some_and(|b| b.len() < channels) {
+            return Err(short("channel_bias_activation"));
+        }
+        for (r, plane) in y[..n * channels * positions].chunks_exact_mut(positions).enumerate() {
+            let b = bias.as_ref().map_or(0.0, |b| b[r % channels]);
+            plane.iter_mut().for_each(|v| *v = act.apply(*v + b));
+        }
+        Ok(())
+    }
+
+    fn row_sums(&mut self, src: Span, rows: usize, cols: usize, dst: Span) -> Result<(), DeviceError> {
+        let src = self.read(src)?;
+        let dst = self.write(dst)?;
+        if src.len() < rows * cols || dst.len() < rows {
+            return Err(short("row_sums"));
+        }
+        for (d, row) in dst[..rows].iter_mut().zip(src.chunks_exact(cols.max(1))) {
+            *d = row.iter().map(|&v| f64::from(v)).sum::<f64>() as f32;
+        }
+        Ok(())
+    }
+
+    fn kept_sq_norms(
+        &mut self,
+        weight: Span,
+        weight_len: usize,
+        bias: Option<(Span, usize)>,
+        n: usize,
+        sq_norms: Span,
+        groups: usize,
+        group: usize,
+    ) -> Result<(), DeviceError> {
+        let w = self.read(weight)?;
+        let b = bias.map(|(b, len)| self.read(b).map(|b| (b, len))).transpose()?;
+        let s = self.write(sq_norms)?;
+        let short_bias = b.as_ref().is_some_and(|(b, len)| b.len() < n * len);
+        if w.len() < n * weight_len || short_bias || s.len() < n * groups || group >= groups {
+            return Err(short("kept_sq_norms"));
+        }
+        let sq = |row: &[f32]| row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+        for i in 0..n {
+            let bias_part = b.as_ref().map_or(0.0, |(b, len)| sq(example(b, i, *len)));
+            s[i * groups + group] = (sq(example(&w, i, weight_len)) + bias_part) as f32;
+        }
+        Ok(())
+    }
+
+    fn kept_weighted_sum(
+        &mut self,
+        src: Span,
+        n: usize,
+        len: usize,
+        factors: Option<(Span, usize, usize)>,
+        dst: Span,
+    ) -> Result<(), DeviceError> {
+        let src = self.read(src)?;
+        let f = factors.map(|(f, groups, group)| self.read(f).map(|f| (f, groups, group))).transpose()?;
+        let dst = self.write(dst)?;
+        let short_factors =
+            f.as_ref().is_some_and(|(f, groups, group)| f.len() < n * groups || group >= groups);
+        if src.len() < n * len || dst.len() < len || short_factors {
+            return Err(short("kept_weighted_sum"));
+        }
+        for i in 0..n {
+            let c = f.as_ref().map_or(1.0, |(f, groups, group)| f[i * groups + group]);
+            if c == 0.0 {
+                continue;
+            }
+            dst[..len].iter_mut().zip(example(&src, i, len)).for_each(|(d, &v)| *d += c * v);
+        }
+        Ok(())
+    }
+
+    fn max_pool_forward(
+        &mut self,
+        x: Span,
+        geom: &Pool2dGeometry,
+        n: usize,
+        y: Span,
+        argmax: Span,
+    ) -> Result<(), DeviceError> {
+        let x = self.read(x)?;
+        let (mut out, mut at) = (self.read(y)?, self.read(argmax)?);
+        let (li, lo) = (geom.input_len(), geom.output_len());
+        if x.len() < n * li || out.len() < n * lo || at.len() < n * lo {
+            return Err(short("max_pool_forward"));
+        }
+        for i in 0..n {
+            image::max_pool_forward(
+                geom,
+                example(&x, i, li),
+                example_mut(&mut out, i, lo),
+                example_mut(&mut at, i, lo),
+            );
+        }
+        self.write(y)?.copy_from_slice(&out);
+        self.write(argmax)?.copy_from_slice(&at);
+        Ok(())
+    }
+
+    fn max_pool_backward(
+        &mut self,
+        dy: Span,
+        argmax: Span,
+        geom: &Pool2dGeometry,
+        n: usize,
+        dx: Span,
+    ) -> Result<(), DeviceError> {
+        let (dy, at) = (self.read(dy)?, self.read(argmax)?);
+        let dx = self.write(dx)?;
+        let (li, lo) = (geom.input_len(), geom.output_len());
+        if dy.len() < n * lo || at.len() < n * lo || dx.len() < n * li {
+            return Err(short("max_pool_backward"));
+        }
+        let inside = at[..n * lo].iter().all(|a| (a.to_bits() as usize) < li);
+        if !inside {
+            return Err(DeviceError::Mismatch("max_pool_backward: an argmax outside its example".into()));
+        }
+        for i in 0..n {
+            image::max_pool_backward(example(&dy, i, lo), example(&at, i, lo), example_mut(dx, i, li));
+        }
+        Ok(())
+    }
+
+    fn avg_pool_forward(
+        &mut self,
+        x: Span,
+        geom: &Pool2dGeometry,
+        n: usize,
+        y: Span,
+    ) -> Result<(), DeviceError> {
+        let x = self.read(x)?;
+        let y = self.write(y)?;
+        let (li, lo) = (geom.input_len(), geom.output_len());
+        if x.len() < n * li || y.len() < n * lo {
+            return Err(short("avg_pool_forward"));
+        }
+        for i in 0..n {
+            image::avg_pool_forward(geom, example(&x, i, li), example_mut(y, i, lo));
+        }
+        Ok(())
+    }
+
+    fn avg_pool_backward(
+        &mut self,
+        dy: Span,
+        geom: &Pool2dGeometry,
+        n: usize,
+        dx: Span,
+    ) -> Result<(), DeviceError> {
+        let dy = self.read(dy)?;
+        let dx = self.write(dx)?;
+        let (li, lo) = (geom.input_len(), geom.output_len());
+        if dy.len() < n * lo || dx.len() < n * li {
+            return Err(short("avg_pool_backward"));
+        }
+        for i in 0..n {
+            image::avg_pool_backward(geom, example(&dy, i, lo), example_mut(dx, i, li));
+        }
+        Ok(())
+    }
+
+    fn global_avg_pool_forward(
+        &mut self,
+        x: Span,
+        n: usize,
+        channels: usize,
+        plane: usize,
+        y: Span,
+    ) -> Result<(), DeviceError> {
+        let x = self.read(x)?;
+        let y = self.write(y)?;
+        if plane == 0 || x.len() < n * channels * plane || y.len() < n * channels {
+            return Err(short("global_avg_pool_forward"));
+        }
+        for (o, p) in y[..n * channels].iter_mut().zip(x.chunks_exact(plane)) {
+            *o = p.iter().sum::<f32>() / plane as f32;
+        }
+        Ok(())
+    }
+
+    fn global_avg_pool_backward(
+        &mut self,
+        dy: Span,
+        n: usize,
+        channels: usize,
+        plane: usize,
+        dx: Span,
+    ) -> Result<(), DeviceError> {
+        let dy = self.read(dy)?;
+        let dx = self.write(dx)?;
+        if plane == 0 || dy.len() < n * channels || dx.len() < n * channels * plane {
+            return Err(short("global_avg_pool_backward"));
+        }
+        for (d, &g) in dx[..n * channels * plane].chunks_exact_mut(plane).zip(&dy) {
+            d.fill(g / plane as f32);
+        }
+        Ok(())
+    }
+}
+
+/// Example `i`'s `len` values.
+fn example(values: &[f32], i: usize, len: usize) -> &[f32] {
+    &values[i * len..(i + 1) * len]
+}
+
+fn example_mut(values: &mut [f32], i: usize, len: usize) -> &mut [f32] {
+    &mut values[i * len..(i + 1) * len]
+}
+
+/// The device's patches are those of an ungrouped convolution.
+fn grouped_once(geom: &Conv2dGeometry) -> Result<Conv2dGeometry, DeviceError> {
+    geom.validate().map_err(DeviceError::Mismatch)?;
+    if geom.groups != 1 {
+        return Err(DeviceError::Mismatch(format!("im2col/col2im of a conv with {} groups", geom.groups)));
+    }
+    Ok(*geom)
 }

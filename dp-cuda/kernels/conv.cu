@@ -1,0 +1,290 @@
+// The convolution and pooling launches of a device program (dp_runtime::device::DeviceOps): im2col and
+// its adjoint col2im (groups = 1), a convolution's per-channel bias and activation, per-example bias
+// gradients (row sums), the squared norms and weighted sum of kept per-example gradients, max, average
+// and global average pooling with their backwards. Shapes arrive as arguments (one compiled module
+// serves every model); the products are cuBLAS's. All layouts are NCHW, as dp-kernels' conv.rs and
+// pool.rs, whose values these kernels reproduce:
+// - every backward is a gather, one thread per input value summing what reads it in the order the
+//   host reference (dp_runtime::device::host) adds it (no atomics; the result is overwritten);
+// - max pooling keeps each window's first maximum in row-major order (strict >), or its first NaN, and
+//   its index within the example's input (c·in_h·in_w + h·in_w + w) as the bits of a u32 in a float.
+// - the reductions (row sums, norms, global average pooling) are warp or block trees, equal to the
+//   CPU's sequential sums up to rounding.
+// Each output's value of the element-wise kernels is a function outside the kernels, which the host's C
+// compiler also compiles (tests/host_harness.c), so that their index arithmetic is checked against the
+// CPU without a GPU.
+#include "common.cuh"
+#include "activation.cuh"
+#include "reduce.cuh"
+
+// dp-cuda/src/program/conv_ops.rs's ConvGeometry, field for field (passed by value).
+typedef struct {
+    dp_u64 in_c, in_h, in_w, kh, kw, stride, padding, dilation, out_h, out_w;
+} dp_conv_geometry;
+
+// dp-cuda/src/program/conv_ops.rs's PoolGeometry, field for field (passed by value).
+typedef struct {
+    dp_u64 channels, in_h, in_w, kernel, stride, padding, out_h, out_w;
+} dp_pool_geometry;
+
+// Patch entry e of the batch: cols[i][k][p] = x[i][c][oh·stride − padding + r·dilation][ow·stride −
+// padding + s·dilation] with k = (c·kh + r)·kw + s and p = oh·out_w + ow; 0 in the padding.
+DP_DEVICE float dp_im2col_value(const float *x, dp_conv_geometry g, dp_u64 e) {
+    dp_u64 positions = g.out_h * g.out_w, taps = g.kh * g.kw, patch_len = g.in_c * taps;
+    dp_u64 plane = g.in_h * g.in_w, input_len = g.in_c * plane;
+    dp_u64 p = e % positions, row = e / positions;
+    dp_u64 k = row % patch_len, i = row / patch_len;
+    dp_u64 c = k / taps, r = (k / g.kw) % g.kh, s = k % g.kw;
+    dp_u64 oh = p / g.out_w, ow = p % g.out_w;
+    // Unsigned: a tap in the top or left padding wraps around past in_h (in_w), as one past the end.
+    dp_u64 h = oh * g.stride + r * g.dilation - g.padding;
+    dp_u64 w = ow * g.stride + s * g.dilation - g.padding;
+    return (h < g.in_h && w < g.in_w) ? x[i * input_len + c * plane + h * g.in_w + w] : 0.0f;
+}
+
+// The output index o (< out) whose tap at offset `tap` (r·dilation) reads padded coordinate t
+// (h + padding): o·stride + tap = t; out when there is none.
+DP_DEVICE dp_u64 dp_tap_output(dp_u64 t, dp_u64 tap, dp_u64 stride, dp_u64 out) {
+    if (t < tap || (t - tap) % stride != 0) return out;
+    dp_u64 o = (t - tap) / stride;
+    return o < out ? o : out;
+}
+
+// Input value e of the batch's gradient: the sum of the patch entries that read it (im2col's adjoint),
+// taps in (r, s) order as the CPU adds them.
+DP_DEVICE float dp_col2im_value(const float *cols, dp_conv_geometry g, dp_u64 e) {
+    dp_u64 positions = g.out_h * g.out_w, taps = g.kh * g.kw, patches_len = g.in_c * taps * positions;
+    dp_u64 plane = g.in_h * g.in_w, input_len = g.in_c * plane;
+    dp_u64 w = e % g.in_w, h = (e / g.in_w) % g.in_h, c = (e / plane) % g.in_c, i = e / input_len;
+    const float *patches = cols + i * patches_len + c * taps * positions;
+    float sum = 0.0f;
+    for (dp_u64 r = 0; r < g.kh; r++) {
+        dp_u64 oh = dp_tap_output(h + g.padding, r * g.dilation, g.stride, g.out_h);
+        if (oh == g.out_h) continue;
+        for (dp_u64 s = 0; s < g.kw; s++) {
+            dp_u64 ow = dp_tap_output(w + g.padding, s * g.dilation, g.stride, g.out_w);
+            if (ow == g.out_w) continue;
+            sum += patches[(r * g.kw + s) * positions + oh * g.out_w + ow];
+        }
+    }
+    return sum;
+}
+
+// Column j of a kept gradients' weighted sum: dst_j + sum over examples of c_i · src[i, j], examples in
+// order; an example whose factor is exactly 0 is skipped (its row never read); has_factors 0: c_i = 1.
+DP_DEVICE float dp_kept_weighted_column(const float *src, dp_u64 n, dp_u64 len, const float *factors,
+                                        int has_factors, dp_u64 groups, dp_u64 group, float dst_j, dp_u64 j) {
+    float acc = dst_j;
+    for (dp_u64 i = 0; i < n; i++) {
+        float c = has_factors ? factors[i * groups + group] : 1.0f;
+        if (c == 0.0f) continue;
+        acc += has_factors ? c * src[i * len + j] : src[i * len + j];
+    }
+    return acc;
+}
+
+// The input rows (or columns) [*lo, *hi) of the window at output index o, clipped to the input of
+// `len` (dp-kernels' pool.rs `window`).
+DP_DEVICE void dp_pool_window(dp_u64 o, dp_u64 stride, dp_u64 padding, dp_u64 kernel, dp_u64 len, dp_u64 *lo,
+                              dp_u64 *hi) {
+    long long start = (long long)(o * stride) - (long long)padding;
+    long long end = start + (long long)kernel < (long long)len ? start + (long long)kernel : (long long)len;
+    *lo = start > 0 ? (dp_u64)start : 0;
+    *hi = end > 0 ? (dp_u64)end : 0;
+}
+
+// The output indices [*lo, *hi) whose windows cover input coordinate x: o·stride ≤ x + padding <
+// o·stride + kernel, o < out.
+DP_DEVICE void dp_pool_covering(dp_u64 x, dp_u64 stride, dp_u64 padding, dp_u64 kernel, dp_u64 out, dp_u64 *lo,
+                                dp_u64 *hi) {
+    dp_u64 t = x + padding;
+    *lo = t < kernel ? 0 : (t - kernel) / stride + 1;
+    dp_u64 last = t / stride + 1;
+    *hi = last < out ? last : out;
+}
+
+// Output e of a max pool: the window's first maximum in row-major order (strict >, from -inf), its
+// first NaN if it has one, into y[e]; argmax[e] its index within the example's input, as u32 bits.
+DP_DEVICE void dp_max_pool_output(const float *x, dp_pool_geometry g, dp_u64 e, float *y, float *argmax) {
+    dp_u64 plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+    dp_u64 ow = e % g.out_w, oh = (e / g.out_w) % g.out_h, u = e / out_plane, c = u % g.channels;
+    const float *xp = x + u * plane;
+    dp_u64 h0, h1, w0, w1;
+    dp_pool_window(oh, g.stride, g.padding, g.kernel, g.in_h, &h0, &h1);
+    dp_pool_window(ow, g.stride, g.padding, g.kernel, g.in_w, &w0, &w1);
+    float best = dp_bits_float(0xff800000u);  // -inf
+    dp_u64 at = h0 * g.in_w + w0, first_nan = ~0ull;
+    for (dp_u64 h = h0; h < h1; h++) {
+        for (dp_u64 w = w0; w < w1; w++) {
+            dp_u64 k = h * g.in_w + w;
+            float v = xp[k];
+            if (v > best) {
+                best = v;
+                at = k;
+            }
+            if (isnan(v) && first_nan == ~0ull) first_nan = k;
+        }
+    }
+    if (first_nan != ~0ull) {
+        best = xp[first_nan];
+        at = first_nan;
+    }
+    y[e] = best;
+    argmax[e] = dp_bits_float((dp_u32)(c * plane + at));
+}
+
+// Input value e of a max pool's gradient: the sum of dy over the windows covering it whose argmax is
+// this value, in output order.
+DP_DEVICE float dp_max_pool_backward_value(const float *dy, const float *argmax, dp_pool_geometry g, dp_u64 e) {
+    dp_u64 plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+    dp_u64 w = e % g.in_w, h = (e / g.in_w) % g.in_h, u = e / plane, c = u % g.channels;
+    dp_u32 index = (dp_u32)(c * plane + h * g.in_w + w);
+    const float *dyp = dy + u * out_plane, *amp = argmax + u * out_plane;
+    dp_u64 oh0, oh1, ow0, ow1;
+    dp_pool_covering(h, g.stride, g.padding, g.kernel, g.out_h, &oh0, &oh1);
+    dp_pool_covering(w, g.stride, g.padding, g.kernel, g.out_w, &ow0, &ow1);
+    float sum = 0.0f;
+    for (dp_u64 oh = oh0; oh < oh1; oh++) {
+        for (dp_u64 ow = ow0; ow < ow1; ow++) {
+            dp_u64 q = oh * g.out_w + ow;
+            if (dp_float_bits(amp[q]) == index) sum += dyp[q];
+        }
+    }
+    return sum;
+}
+
+// Output e of an average pool: the window's sum (row-major) times 1/kernel² (padding counts as zeros).
+DP_DEVICE float dp_avg_pool_value(const float *x, dp_pool_geometry g, dp_u64 e) {
+    dp_u64 plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+    float scale = 1.0f / (float)(g.kernel * g.kernel);
+    dp_u64 ow = e % g.out_w, oh = (e / g.out_w) % g.out_h, u = e / out_plane;
+    const float *xp = x + u * plane;
+    dp_u64 h0, h1, w0, w1;
+    dp_pool_window(oh, g.stride, g.padding, g.kernel, g.in_h, &h0, &h1);
+    dp_pool_window(ow, g.stride, g.padding, g.kernel, g.in_w, &w0, &w1);
+    float sum = 0.0f;
+    for (dp_u64 h = h0; h < h1; h++)
+        for (dp_u64 w = w0; w < w1; w++) sum += xp[h * g.in_w + w];
+    return sum * scale;
+}
+
+// Input value e of an average pool's gradient: the sum of dy · 1/kernel² over the windows covering
+// it, in output order.
+DP_DEVICE float dp_avg_pool_backward_value(const float *dy, dp_pool_geometry g, dp_u64 e) {
+    dp_u64 plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+    float scale = 1.0f / (float)(g.kernel * g.kernel);
+    dp_u64 w = e % g.in_w, h = (e / g.in_w) % g.in_h, u = e / plane;
+    const float *dyp = dy + u * out_plane;
+    dp_u64 oh0, oh1, ow0, ow1;
+    dp_pool_covering(h, g.stride, g.padding, g.kernel, g.out_h, &oh0, &oh1);
+    dp_pool_covering(w, g.stride, g.padding, g.kernel, g.out_w, &ow0, &ow1);
+    float sum = 0.0f;
+    for (dp_u64 oh = oh0; oh < oh1; oh++)
+        for (dp_u64 ow = ow0; ow < ow1; ow++) sum += dyp[oh * g.out_w + ow] * scale;
+    return sum;
+}
+
+#ifdef __CUDACC__
+
+// One thread per patch entry.
+extern "C" __global__ void dp_im2col(const float *x, dp_conv_geometry g, dp_u64 n, float *cols) {
+    DP_GRID_STRIDE(e, n * g.in_c * g.kh * g.kw * g.out_h * g.out_w) { cols[e] = dp_im2col_value(x, g, e); }
+}
+
+// One thread per input value; dx overwritten.
+extern "C" __global__ void dp_col2im(const float *cols, dp_conv_geometry g, dp_u64 n, float *dx) {
+    DP_GRID_STRIDE(e, n * g.in_c * g.in_h * g.in_w) { dx[e] = dp_col2im_value(cols, g, e); }
+}
+
+// y[i, c, p] = act(y[i, c, p] + bias[c]) over n × channels × positions; has_bias 0: act(y), bias not read.
+extern "C" __global__ void dp_channel_bias_activation(float *y, const float *bias, int has_bias, dp_u64 n,
+                                                      dp_u64 channels, dp_u64 positions, int act) {
+    DP_GRID_STRIDE(e, n * channels * positions) {
+        float v = y[e];
+        if (has_bias) v += bias[(e / positions) % channels];
+        y[e] = dp_activate(act, v);
+    }
+}
+
+// dst[r] = sum over c of src[r, c], overwritten: one warp per row (blockDim.x a multiple of 32).
+extern "C" __global__ void dp_row_sums(const float *src, dp_u64 rows, dp_u64 cols, float *dst) {
+    dp_u64 lane = threadIdx.x & 31u, warp = ((dp_u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    dp_u64 warps = ((dp_u64)gridDim.x * blockDim.x) >> 5;
+    for (dp_u64 r = warp; r < rows; r += warps) {
+        float sum = 0.0f;
+        for (dp_u64 c = lane; c < cols; c += 32) sum += src[r * cols + c];
+        sum = dp_warp_sum(sum);
+        if (lane == 0) dst[r] = sum;
+    }
+}
+
+// One block per example: sq_norms[i * groups + group] = |weight_i|^2 + |bias_i|^2 (bias_len 0: no bias,
+// not read), overwritten.
+extern "C" __global__ void dp_kept_sq_norms(const float *weight, dp_u64 weight_len, const float *bias,
+                                            dp_u64 bias_len, dp_u64 n, float *sq_norms, dp_u64 groups,
+                                            dp_u64 group) {
+    for (dp_u64 i = blockIdx.x; i < n; i += gridDim.x) {
+        float w2 = 0.0f, b2 = 0.0f;
+        for (dp_u64 j = threadIdx.x; j < weight_len; j += blockDim.x) {
+            float v = weight[i * weight_len + j];
+            w2 += v * v;
+        }
+        for (dp_u64 j = threadIdx.x; j < bias_len; j += blockDim.x) {
+            float v = bias[i * bias_len + j];
+            b2 += v * v;
+        }
+        w2 = dp_block_sum(w2);
+        b2 = dp_block_sum(b2);
+        if (threadIdx.x == 0) sq_norms[i * groups + group] = bias_len ? w2 + b2 : w2;
+    }
+}
+
+// dst[j] += sum over examples of c_i · src[i, j] (dp_kept_weighted_column), one thread per column.
+extern "C" __global__ void dp_kept_weighted_sum(const float *src, dp_u64 n, dp_u64 len, const float *factors,
+                                                int has_factors, dp_u64 groups, dp_u64 group, float *dst) {
+    DP_GRID_STRIDE(j, len) {
+        dst[j] = dp_kept_weighted_column(src, n, len, factors, has_factors, groups, group, dst[j], j);
+    }
+}
+
+// One thread per output (dp_max_pool_output).
+extern "C" __global__ void dp_max_pool_forward(const float *x, dp_pool_geometry g, dp_u64 n, float *y,
+                                               float *argmax) {
+    DP_GRID_STRIDE(e, n * g.channels * g.out_h * g.out_w) { dp_max_pool_output(x, g, e, y, argmax); }
+}
+
+// One thread per input value; dx overwritten.
+extern "C" __global__ void dp_max_pool_backward(const float *dy, const float *argmax, dp_pool_geometry g, dp_u64 n,
+                                                float *dx) {
+    DP_GRID_STRIDE(e, n * g.channels * g.in_h * g.in_w) { dx[e] = dp_max_pool_backward_value(dy, argmax, g, e); }
+}
+
+// One thread per output.
+extern "C" __global__ void dp_avg_pool_forward(const float *x, dp_pool_geometry g, dp_u64 n, float *y) {
+    DP_GRID_STRIDE(e, n * g.channels * g.out_h * g.out_w) { y[e] = dp_avg_pool_value(x, g, e); }
+}
+
+// One thread per input value; dx overwritten.
+extern "C" __global__ void dp_avg_pool_backward(const float *dy, dp_pool_geometry g, dp_u64 n, float *dx) {
+    DP_GRID_STRIDE(e, n * g.channels * g.in_h * g.in_w) { dx[e] = dp_avg_pool_backward_value(dy, g, e); }
+}
+
+// y[u] = mean of plane u of x (u = i·channels + c): one warp per plane, the sum times 1/plane.
+extern "C" __global__ void dp_global_avg_pool_forward(const float *x, dp_u64 planes, dp_u64 plane, float *y) {
+    dp_u64 lane = threadIdx.x & 31u, warp = ((dp_u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    dp_u64 warps = ((dp_u64)gridDim.x * blockDim.x) >> 5;
+    float scale = 1.0f / (float)plane;
+    for (dp_u64 u = warp; u < planes; u += warps) {
+        float sum = 0.0f;
+        for (dp_u64 k = lane; k < plane; k += 32) sum += x[u * plane + k];
+        sum = dp_warp_sum(sum);
+        if (lane == 0) y[u] = sum * scale;
+    }
+}
+
+// dx[u, k] = dy[u] · 1/plane, overwritten.
+extern "C" __global__ void dp_global_avg_pool_backward(const float *dy, dp_u64 planes, dp_u64 plane, float *dx) {
+    float scale = 1.0f / (float)plane;
+    DP_GRID_STRIDE(e, planes * plane) { dx[e] = dy[e / plane] * scale; }
+}
+#endif

@@ -1,0 +1,35 @@
+// The launch helpers and reductions the kernel files of device programs share (dense.cu, conv.cu);
+// device code only.
+#ifndef DP_REDUCE_CUH
+#define DP_REDUCE_CUH
+
+#include "common.cuh"
+
+#ifdef __CUDACC__
+#define DP_GRID_STRIDE(i, len) \
+    for (dp_u64 i = (dp_u64)blockIdx.x * blockDim.x + threadIdx.x; i < (len); i += (dp_u64)gridDim.x * blockDim.x)
+
+// A warp's sum of `v`, in lane 0 (every lane of the warp must call it).
+__device__ __forceinline__ float dp_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// A block's sum of `v` (blockDim.x a multiple of 32, at most 1024), in every thread.
+__device__ float dp_block_sum(float v) {
+    __shared__ float partial[32];
+    v = dp_warp_sum(v);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    int warps = blockDim.x >> 5;
+    v = (int)threadIdx.x < warps ? partial[threadIdx.x] : 0.0f;
+    if (warp == 0) v = dp_warp_sum(v);
+    if (threadIdx.x == 0) partial[0] = v;
+    __syncthreads();
+    return partial[0];
+}
+#endif
+
+#endif

@@ -1,0 +1,22 @@
+//! The convolution and pooling kernels of device programs (`kernels/conv.cu`): im2col and col2im,
+//! a convolution's channel bias and activation, per-example bias gradients, the norms and weighted sum
+//! of kept per-example gradients, and max, average and global average pooling with their backwards.
+
+/// The CUDA C source.
+pub const SOURCE: &str = include_str!("../kernels/conv.cu");
+
+/// The kernels it defines, in the order [`crate::device::Gpu`] loads them.
+pub const ENTRIES: &[&str] = &[
+    "dp_im2col",
+    "dp_col2im",
+    "dp_channel_bias_activation",
+    "dp_row_sums",
+    "dp_kept_sq_norms",
+    "dp_kept_weighted_sum",
+    "dp_max_pool_forward",
+    "dp_max_pool_backward",
+    "dp_avg_pool_forward",
+    "dp_avg_pool_backward",
+    "dp_global_avg_pool_forward",
+    "dp_global_avg_pool_backward",
+];

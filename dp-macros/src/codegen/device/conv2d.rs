@@ -1,0 +1,166 @@
+//! `conv2d` (ungrouped) on the device, by patches: `im2col` into the device's scratch, then per example
+//! `Y_i = W·P_i` as one strided batch of products (the weight shared, stride 0) and the bias and
+//! activation in one launch over the NCHW output. Backward, the patch gradients `Wᵀ·δ_i` folded back by
+//! `col2im`. The norms form each example's weight gradient `δ_i·P_iᵀ` (a second strided batch) and bias
+//! gradient (δ's row sums) and keep them in scratch; the clipped sum is their weighted sum, the
+//! plain sum their sum. Whatever the CPU's planner chose for this conv (ghost or direct norms), the
+//! device keeps the gradients: its memory is not the CPU's cache.
+
+use super::emit::{accumulate, arena, grad, lit, param, per_group, read, rt, scratch};
+use super::scratch::{conv as conv_scratch, ConvScratch};
+use crate::codegen::cpu::emit::act;
+use crate::ops::activation::function::Act;
+use crate::ops::conv2d::ConvStep;
+use crate::plan::Plan;
+use dp_spec::Conv2dGeometry;
+use proc_macro2::TokenStream;
+use quote::quote;
+
+fn geom(g: &Conv2dGeometry) -> TokenStream {
+    let rt = rt();
+    let (in_c, in_h, in_w, out_c, kh, kw) =
+        (lit(g.in_c), lit(g.in_h), lit(g.in_w), lit(g.out_c), lit(g.kh), lit(g.kw));
+    let (stride, padding, dilation, groups) = (lit(g.stride), lit(g.padding), lit(g.dilation), lit(g.groups));
+    quote! {
+        &#rt::Conv2dGeometry {
+            in_c: #in_c, in_h: #in_h, in_w: #in_w, out_c: #out_c, kh: #kh, kw: #kw,
+            stride: #stride, padding: #padding, dilation: #dilation, groups: #groups,
+        }
+    }
+}
+
+/// `c_i (+)= op(a_i)·op(b_i)` for every example, `a`, `b` and `c` advancing by their strides.
+#[allow(clippy::too_many_arguments)]
+fn batched(
+    (m, nn, k): (usize, usize, usize),
+    (a, at, sa): (TokenStream, bool, usize),
+    (b, bt, sb): (TokenStream, bool, usize),
+    (c, sc): (TokenStream, usize),
+) -> TokenStream {
+    let rt = rt();
+    let (m, nn, k, sa, sb, sc) = (lit(m), lit(nn), lit(k), lit(sa), lit(sb), lit(sc));
+    quote! {
+        dev.gemm_batched(#rt::BatchedGemm {
+            gemm: #rt::Gemm {
+                m: #m, n: #nn, k: #k,
+                a: #a, a_transposed: #at,
+                b: #b, b_transposed: #bt,
+                c: #c, accumulate: false,
+            },
+            batch: n, stride_a: #sa, stride_b: #sb, stride_c: #sc,
+        })?;
+    }
+}
+
+fn patches(plan: &Plan, s: &ConvStep, at: &ConvScratch) -> (TokenStream, TokenStream) {
+    let cols = scratch(at.cols, s.geom.patches_len());
+    let (x, g) = (read(plan, s.input), geom(&s.geom));
+    (quote!(dev.im2col(#x, #g, n, #cols)?;), cols)
+}
+
+pub fn forward(plan: &Plan, s: &ConvStep) -> TokenStream {
+    let g = &s.geom;
+    let (t, d, o) = (g.positions(), g.patch_len(), g.out_c);
+    let (unfold, cols) = patches(plan, s, &conv_scratch(plan, s));
+    let (w, y) = (param(plan, s.weight), arena(plan, s.output));
+    let product =
+        batched((o, t, d), (w, false, 0), (cols, false, g.patches_len()), (y.clone(), g.output_len()));
+    let epilogue = (s.bias.is_some() || s.act != Act::Identity).then(|| {
+        let bias = match s.bias {
+            Some(slot) => {
+                let b = param(plan, slot);
+                quote!(::core::option::Option::Some(#b))
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        let (f, o, t) = (act(s.act), lit(o), lit(t));
+        quote!(dev.channel_bias_activation(#y, #bias, n, #o, #t, #f)?;)
+    });
+    quote!(#unfold #product #epilogue)
+}
+
+pub fn backward(plan: &Plan, s: &ConvStep) -> TokenStream {
+    let g = &s.geom;
+    let (t, d, o) = (g.positions(), g.patch_len(), g.out_c);
+    let delta = arena(plan, s.delta);
+    let act_back = (s.act != Act::Identity).then(|| {
+        let (y, f, len) = (arena(plan, s.output), act(s.act), lit(g.output_len()));
+        quote!(dev.activation_backward(#delta, #y, n * #len, #f)?;)
+    });
+    let input_grad = s.input_grad.map(|target| {
+        let at = conv_scratch(plan, s);
+        let (w, cols, dx) =
+            (param(plan, s.weight), scratch(at.cols, g.patches_len()), arena(plan, target.write));
+        let product = batched(
+            (d, t, o),
+            (w, true, 0),
+            (delta.clone(), false, g.output_len()),
+            (cols.clone(), g.patches_len()),
+        );
+        let (geom, acc) = (geom(g), accumulate(plan, target));
+        quote!(#product dev.col2im(#cols, #geom, n, #dx)?; #acc)
+    });
+    quote!(#act_back #input_grad)
+}
+
+/// Each example's weight and bias gradients into the conv's kept scratch.
+fn per_example_gradients(plan: &Plan, s: &ConvStep) -> (TokenStream, ConvScratch) {
+    let g = &s.geom;
+    let (t, d, o) = (g.positions(), g.patch_len(), g.out_c);
+    let at = conv_scratch(plan, s);
+    let (unfold, cols) = patches(plan, s, &at);
+    let (delta, kept_w) = (arena(plan, s.delta), scratch(at.weight, g.weight_len()));
+    let product = batched(
+        (o, d, t),
+        (delta.clone(), false, g.output_len()),
+        (cols, true, g.patches_len()),
+        (kept_w, g.weight_len()),
+    );
+    let bias = s.bias.map(|_| {
+        let (kept_b, rows, t) = (scratch(at.bias, o), lit(o), lit(t));
+        quote!(dev.row_sums(#delta, n * #rows, #t, #kept_b)?;)
+    });
+    (quote!(#unfold #product #bias), at)
+}
+
+/// The weighted (clipped) or plain sum of the kept gradients into the gradient.
+fn kept_sum(plan: &Plan, s: &ConvStep, at: &ConvScratch, factors: TokenStream) -> TokenStream {
+    let g = &s.geom;
+    let (kept_w, gw, wl) = (scratch(at.weight, g.weight_len()), grad(plan, s.weight), lit(g.weight_len()));
+    let bias = s.bias.map(|slot| {
+        let (kept_b, gb, o) = (scratch(at.bias, g.out_c), grad(plan, slot), lit(g.out_c));
+        quote!(dev.kept_weighted_sum(#kept_b, n, #o, #factors, #gb)?;)
+    });
+    quote!(dev.kept_weighted_sum(#kept_w, n, #wl, #factors, #gw)?; #bias)
+}
+
+pub fn norms(plan: &Plan, s: &ConvStep) -> TokenStream {
+    let g = &s.geom;
+    let (form, at) = per_example_gradients(plan, s);
+    let (kept_w, wl) = (scratch(at.weight, g.weight_len()), lit(g.weight_len()));
+    let bias = match s.bias {
+        Some(_) => {
+            let (kept_b, o) = (scratch(at.bias, g.out_c), lit(g.out_c));
+            quote!(::core::option::Option::Some((#kept_b, #o)))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let (sq, groups, group) = (per_group(plan, "SqNorms"), lit(plan.groups.len()), lit(s.group));
+    quote! {
+        #form
+        dev.kept_sq_norms(#kept_w, #wl, #bias, n, #sq, #groups, #group)?;
+    }
+}
+
+/// The clipped sum reads the gradients the norms kept.
+pub fn clipped_sum(plan: &Plan, s: &ConvStep) -> TokenStream {
+    let (f, groups, group) = (per_group(plan, "Factors"), lit(plan.groups.len()), lit(s.group));
+    kept_sum(plan, s, &conv_scratch(plan, s), quote!(::core::option::Option::Some((#f, #groups, #group))))
+}
+
+/// The plain sum forms the per-example gradients first (no norms ran).
+pub fn gradient_sum(plan: &Plan, s: &ConvStep) -> TokenStream {
+    let (form, at) = per_example_gradients(plan, s);
+    let sum = kept_sum(plan, s, &at, quote!(::core::option::Option::None));
+    quote!(#form #sum)
+}

@@ -1,0 +1,58 @@
+//! The device program's own per-example scratch, after the plan's buffers in the arena: the patches
+//! of one convolution at a time (shared by every conv, re-derived by each pass that reads them, and
+//! reused for the patch gradients backward), then every trained conv's per-example weight and bias
+//! gradients, formed by its norms and kept for its clipped sum. A device has the memory for them (the
+//! CIFAR-10 CNN keeps 2.2 MB per example), and keeping them saves the clipped sum a second product.
+
+use crate::ops::conv2d::ConvStep;
+use crate::ops::Step;
+use crate::plan::Plan;
+
+/// Where a conv's scratch lives, in values per example from the arena's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvScratch {
+    /// The patches (forward, norms) or patch gradients (backward): `patch_len × positions`.
+    pub cols: usize,
+    /// Each example's weight gradient, `out_c × patch_len`.
+    pub weight: usize,
+    /// Each example's bias gradient, `out_c`, when the conv has a bias.
+    pub bias: usize,
+}
+
+fn convs(plan: &Plan) -> impl Iterator<Item = &ConvStep> {
+    plan.steps.iter().filter_map(|s| match s {
+        Step::Conv2d(c) => Some(c),
+        _ => None,
+    })
+}
+
+/// The plan's own buffers, per example.
+fn plan_len(plan: &Plan) -> usize {
+    plan.buffers.iter().map(|b| b.offset + b.len).max().unwrap_or(0)
+}
+
+fn shared_cols_len(plan: &Plan) -> usize {
+    convs(plan).map(|c| c.geom.patches_len()).max().unwrap_or(0)
+}
+
+fn kept_len(c: &ConvStep) -> usize {
+    c.geom.weight_len() + if c.bias.is_some() { c.geom.out_c } else { 0 }
+}
+
+/// The arena per example: the plan's buffers and the device's scratch.
+pub fn arena_len(plan: &Plan) -> usize {
+    plan_len(plan) + shared_cols_len(plan) + convs(plan).map(kept_len).sum::<usize>()
+}
+
+/// The scratch of conv `step` (compared by identity: its weight slot).
+pub fn conv(plan: &Plan, step: &ConvStep) -> ConvScratch {
+    let cols = plan_len(plan);
+    let mut at = cols + shared_cols_len(plan);
+    for c in convs(plan) {
+        if c.weight == step.weight {
+            return ConvScratch { cols, weight: at, bias: at + c.geom.weight_len() };
+        }
+        at += kept_len(c);
+    }
+    unreachable!("{step:?} is a step of its plan")
+}
