@@ -124,7 +124,8 @@ fn gpu_test_models_match_the_cpu() {
 }
 
 /// A whole private step on the GPU against the same step on the CPU: norms, factors, clipped sum,
-/// the chunked noise under the same key, the SGD update with momentum, three steps in a row.
+/// the chunked noise under the same key, the SGD update with momentum, three steps in a row (the
+/// first launched one by one, the others from a captured CUDA graph).
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
 fn gpu_private_steps_equal_the_cpus() {
@@ -181,6 +182,11 @@ fn gpu_private_steps_equal_the_cpus() {
         say(&format!("step {step}: largest parameter difference {diff:.3e} (largest parameter {scale:.3})"));
         assert!(diff <= 1e-4 * scale, "step {step}: GPU and CPU parameters differ by {diff}");
     }
+    // The first step launched one by one; the next two were captured into one graph (n = 256) and
+    // replayed, and matched the CPU all the same.
+    say(&format!("graphs: {} steps replayed, off: {:?}", on_gpu.graph_replays(), on_gpu.graphs_off()));
+    assert_eq!(on_gpu.graphs_off(), None, "a step's capture failed");
+    assert_eq!(on_gpu.graph_replays(), 2);
     // The momentum a checkpoint takes from the GPU.
     let (cpu_state, gpu_state) = (sgd.state(), DeviceTraining::optimizer_state(&mut on_gpu).unwrap());
     assert_eq!((gpu_state.kind.as_str(), gpu_state.updates), ("sgd", cpu_state.updates));
@@ -193,12 +199,21 @@ fn gpu_private_steps_equal_the_cpus() {
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
 fn gpu_step_phases() {
+    phases::<AdultFfnn>("ffnn", 31);
+    phases::<MnistCnn>("mnist-cnn", 32);
+    phases::<Cifar10Cnn>("cifar10-cnn", 33);
+}
+
+fn phases<M: DpModel>(name: &str, seed: u64)
+where
+    M::Input: TestInput,
+{
     let Some(gpu) = gpu("step phases") else { return };
-    let mut rng = ChaCha8Rng::seed_from_u64(31);
-    let model = AdultFfnn::init(&mut rng);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let model = M::init(&mut rng);
     let n = 128;
-    let (inputs, labels) = batch::<AdultFfnn>(&mut rng, n, false);
-    let mut on_gpu = GpuModel::<AdultFfnn>::new(gpu, model.params(), n).unwrap();
+    let (inputs, labels) = batch::<M>(&mut rng, n, false);
+    let mut on_gpu = GpuModel::<M>::new(gpu, model.params(), n).unwrap();
     let clipping = Clipping { mode: ClipMode::Flat, norm: 1.0 };
     let step = SgdStep {
         noise_std: 1.0,
@@ -209,9 +224,9 @@ fn gpu_step_phases() {
         first: true,
         nesterov: false,
     };
-    let phases = on_gpu.phase_timings(&inputs, &labels, n, clipping, &[7; 32], step, 200).unwrap();
-    for (name, ms) in phases {
-        say(&format!("ffnn batch {n}, {name}: median {ms:.4} ms"));
+    let phases = on_gpu.phase_timings(&inputs, &labels, n, clipping, &[7; 32], step, 100).unwrap();
+    for (phase, ms) in phases {
+        say(&format!("{name} batch {n}, {phase}: median {ms:.4} ms"));
     }
 }
 

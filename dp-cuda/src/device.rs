@@ -80,6 +80,10 @@ impl Gpu {
             )));
         }
         let ctx = CudaContext::new(ordinal).map_err(driver("opening the device"))?;
+        // SAFETY: every allocation of this crate is used on the one stream below, in order, so events
+        // that order uses across streams are not needed; and a step captured into a CUDA graph
+        // (crate::graphs) cannot wait on events recorded outside its capture.
+        unsafe { ctx.disable_event_tracking() };
         let major = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
             .map_err(driver("reading the compute capability"))?;
@@ -109,7 +113,8 @@ impl Gpu {
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(CudaError::LibraryMissing { library: "libcublas.so.12", hint: CUBLAS_HINT });
         }
-        let stream = ctx.default_stream();
+        // A stream of its own: the legacy default stream cannot be captured into a graph.
+        let stream = ctx.new_stream().map_err(driver("creating a stream"))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| CudaError::Driver {
             during: "creating the cuBLAS handle",
             message: e.to_string(),

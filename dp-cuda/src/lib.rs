@@ -15,9 +15,11 @@ pub mod conv;
 pub mod dense;
 pub mod device;
 pub mod error;
+pub mod graphs;
 pub mod noise;
 pub mod nvrtc;
 pub mod program;
+pub mod staging;
 pub mod trainer;
 pub mod update;
 

@@ -78,15 +78,6 @@ impl RegionMemory {
         &self.slices[slot(region)]
     }
 
-    /// Copies token ids into the start of the `Tokens` region.
-    pub fn load_tokens(&mut self, gpu: &Gpu, ids: &[u32]) -> Result<()> {
-        // SAFETY: u32 and f32 have the same size and alignment, and every bit pattern is an f32: the
-        // ids travel as bits, and the kernels read them as u32.
-        let bits = unsafe { std::slice::from_raw_parts(ids.as_ptr().cast::<f32>(), ids.len()) };
-        let mut view = self.slices[slot(Region::Tokens)].slice_mut(..ids.len());
-        gpu.stream.memcpy_htod(bits, &mut view).map_err(driver("copying the token ids"))
-    }
-
     /// A region's allocation, to copy into.
     pub fn slice_mut(&mut self, region: Region) -> &mut CudaSlice<f32> {
         &mut self.slices[slot(region)]

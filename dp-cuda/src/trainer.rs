@@ -1,13 +1,15 @@
 //! A model's training state on one GPU: parameters, optimizer state, gradient and the workspace arena
 //! resident on the device, one allocation each, sized once from the static memory plan. A step copies
 //! in the batch (inputs and labels) and the step's noise key, queues the model's device program and
-//! the model-independent kernels (clip factors, noise, update), and copies out one scalar: the count of
-//! examples with a non-finite norm. Poisson sampling and the accountant stay on the host.
+//! the model-independent kernels (clip factors, noise, update), replayed as one CUDA graph per batch
+//! size after the first step ([`crate::graphs`]), and copies out two counts: examples with a
+//! non-finite norm, parameters the update made non-finite. Poisson sampling and the accountant stay on the host.
 
 use std::any::TypeId;
 use std::marker::PhantomData;
 
-use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaGraph, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 use dp_runtime::clipping::ClipMode;
 use dp_runtime::device::{
     DeviceError, DeviceOps, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region, Span,
@@ -17,8 +19,10 @@ use dp_runtime::DpModel;
 
 use crate::device::{driver, Gpu, NoiseTables, SgdBuffers, SgdStep};
 use crate::error::{CudaError, Result};
+use crate::graphs::{GraphKey, StepGraphs};
 use crate::noise::{key_words, THREADS};
 use crate::program::{GpuOps, RegionMemory};
+use crate::staging::Staging;
 
 /// How a private step clips.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +58,10 @@ pub struct GpuModel<M: DpModel> {
     first_update: bool,
     /// Updates applied, as the host SGD counts them (for checkpoints).
     updates: u64,
+    /// The step's launches before the update, captured per batch size.
+    graphs: StepGraphs,
+    /// Pinned host memory the batch and the key are copied in through.
+    staging: Staging,
     model: PhantomData<M>,
 }
 
@@ -107,6 +115,7 @@ impl<M: DpModel> GpuModel<M> {
         let non_finite = s.alloc_zeros::<u32>(2).map_err(driver("allocating the counts"))?;
         let previous = s.alloc_zeros::<f32>(trained).map_err(driver("allocating the previous parameters"))?;
         let tables = NoiseTables::upload(&gpu)?;
+        let staging = Staging::new(&gpu, Self::staging_words(b))?;
         Ok(GpuModel {
             transfers: Transfers::default(),
             gpu,
@@ -121,6 +130,8 @@ impl<M: DpModel> GpuModel<M> {
             tables,
             first_update: true,
             updates: 0,
+            graphs: StepGraphs::default(),
+            staging,
             model: PhantomData,
         })
     }
@@ -142,13 +153,20 @@ impl<M: DpModel> GpuModel<M> {
         })
     }
 
+    /// The pinned words a step of up to `b` examples copies in: inputs, labels, key.
+    fn staging_words(b: usize) -> usize {
+        b * (M::input_len() + M::LOSS.label_len()) + 8
+    }
+
     /// Room for batches of up to `b` examples: the regions allocated again, `params` copied in.
     pub fn resize(&mut self, b: usize, params: &[f32]) -> Result<()> {
         let mut memory = Self::regions(&self.gpu, b)?;
         let s = self.gpu.stream.clone();
         s.memcpy_htod(params, memory.slice_mut(Region::Params)).map_err(driver("copying the parameters"))?;
+        self.staging = Staging::new(&self.gpu, Self::staging_words(b))?;
         self.memory = memory;
         self.max_batch = b;
+        self.graphs.invalidate();
         Ok(())
     }
 
@@ -178,18 +196,22 @@ impl<M: DpModel> GpuModel<M> {
         if inputs.len() != n * M::input_len() || labels.len() != n * M::LOSS.label_len() {
             return Err(CudaError::Mismatch(format!("{}: inputs or labels of {n} examples", M::NAME)));
         }
-        let s = self.gpu.stream.clone();
+        self.staging.start(&self.gpu)?;
         if n > 0 {
+            let values = inputs.len();
             match inputs_of::<M>(inputs)? {
-                Inputs::Dense(values) => {
-                    let mut view = self.memory.slice_mut(Region::Inputs).slice_mut(..values.len());
-                    s.memcpy_htod(values, &mut view).map_err(driver("copying the inputs"))?;
+                Inputs::Dense(values_f32) => {
+                    let dst = self.memory.ptr(Span::new(Region::Inputs, 0, values)).map_err(program)?;
+                    self.staging.copy_in(&self.gpu, values_f32, dst)?;
                 }
-                Inputs::Tokens(ids) => self.memory.load_tokens(&self.gpu, ids)?,
+                Inputs::Tokens(ids) => {
+                    let dst = self.memory.ptr(Span::new(Region::Tokens, 0, values)).map_err(program)?;
+                    self.staging.copy_in(&self.gpu, ids, dst)?;
+                }
             }
+            let dst = self.memory.ptr(Span::new(Region::Labels, 0, labels.len())).map_err(program)?;
+            self.staging.copy_in(&self.gpu, labels, dst)?;
             self.transfers.to_device += 2;
-            let mut view = self.memory.slice_mut(Region::Labels).slice_mut(..labels.len());
-            s.memcpy_htod(labels, &mut view).map_err(driver("copying the labels"))?;
         }
         Ok(())
     }
@@ -231,13 +253,26 @@ impl<M: DpModel> GpuModel<M> {
         Ok(())
     }
 
-    /// Copies in the step's key and queues the draw of one normal per trained parameter under it.
-    fn queue_noise(&mut self, key: &[u8; 32]) -> Result<()> {
-        let s = self.gpu.stream.clone();
-        s.memcpy_htod(&key_words(key), &mut self.key).map_err(driver("copying the key"))?;
+    /// Copies in the step's key (into the address the noise's launches, and their graphs, read),
+    /// after the batch's [`load_batch`](Self::load_batch) through the same staging.
+    fn load_key(&mut self, key: &[u8; 32]) -> Result<()> {
+        let dst = self.key.device_ptr(&self.gpu.stream).0;
+        self.staging.copy_in(&self.gpu, &key_words(key), dst)?;
         self.transfers.to_device += 1;
+        Ok(())
+    }
+
+    /// Queues the draw of one normal per trained parameter under the loaded key.
+    fn queue_noise_draw(&mut self) -> Result<()> {
         let len = M::TRAINED_PARAM_COUNT;
         self.gpu.draw_normals(&self.key, &self.tables, &mut self.normals, &mut self.first_words, len)
+    }
+
+    /// Copies in the step's key and queues the draw of one normal per trained parameter under it.
+    fn queue_noise(&mut self, key: &[u8; 32]) -> Result<()> {
+        self.staging.start(&self.gpu)?;
+        self.load_key(key)?;
+        self.queue_noise_draw()
     }
 
     /// Queues the noisy update from the sum in `Grad` and the drawn normals (noise_std 0: none).
@@ -279,24 +314,11 @@ impl<M: DpModel> GpuModel<M> {
         step: SgdStep,
     ) -> Result<DeviceStepOutcome> {
         self.load_batch(inputs, labels, n)?;
-        self.zero_grad()?;
-        if n > 0 {
-            let mut ops = self.ops();
-            M::device_forward_backward(&mut ops, n).map_err(program)?;
-            M::device_norms(&mut ops, n).map_err(program)?;
-        }
-        self.queue_clip_factors(clipping, n)?;
-        if n > 0 {
-            M::device_clipped_sum(&mut self.ops(), n).map_err(program)?;
-        }
-        self.queue_noise(key)?;
+        self.load_key(key)?;
+        self.queue_before_update(Some(clipping), n)?;
         let s = self.gpu.stream.clone();
         let len = M::TRAINED_PARAM_COUNT;
         let trained = Span::new(Region::Params, 0, len);
-        if len > 0 {
-            let params = self.memory.slice(Region::Params).slice(..len);
-            s.memcpy_dtod(&params, &mut self.previous).map_err(driver("keeping the parameters"))?;
-        }
         self.queue_update(step)?;
         let params_count = self.non_finite.device_ptr(&s).0 + std::mem::size_of::<u32>() as u64;
         self.ops().count_non_finite(trained, params_count).map_err(program)?;
@@ -311,6 +333,96 @@ impl<M: DpModel> GpuModel<M> {
             s.synchronize().map_err(driver("restoring the parameters"))?;
         }
         Ok(DeviceStepOutcome { non_finite_examples: counts[0] as usize, overflowed })
+    }
+
+    /// Queues everything of a step between its copies in and its update (a private step's with
+    /// `clipping`, a non-private one's without): replayed from the graph of this batch size and
+    /// clipping, captured now if there is none, or launched one by one.
+    fn queue_before_update(&mut self, clipping: Option<Clipping>, n: usize) -> Result<()> {
+        if self.graphs.usable() {
+            let key = GraphKey::new(n, clipping);
+            if let Some(graph) = self.graphs.get(&key) {
+                graph.launch().map_err(driver("replaying a step's graph"))?;
+                self.graphs.count_replay();
+                return Ok(());
+            }
+            match self.capture_before_update(clipping, n) {
+                Ok(graph) => {
+                    self.graphs.insert(key, graph).launch().map_err(driver("launching a step's graph"))?;
+                    self.graphs.count_replay();
+                    return Ok(());
+                }
+                // Nothing captured ran: the launches follow one by one.
+                Err(why) => self.graphs.turn_off(why),
+            }
+        }
+        self.launch_before_update(clipping, n)?;
+        self.graphs.count_eager();
+        Ok(())
+    }
+
+    /// The launches of [`queue_before_update`](Self::queue_before_update): the gradient zeroed, the
+    /// forward and backward, the norms, the clip factors, the clipped sum, the noise under the loaded
+    /// key, and a copy of the trained parameters to restore should the update overflow; without
+    /// clipping, the forward and backward and the plain gradient sum.
+    fn launch_before_update(&mut self, clipping: Option<Clipping>, n: usize) -> Result<()> {
+        self.zero_grad()?;
+        let Some(clipping) = clipping else {
+            if n > 0 {
+                let mut ops = self.ops();
+                M::device_forward_backward(&mut ops, n).map_err(program)?;
+                M::device_gradient_sum(&mut ops, n).map_err(program)?;
+            }
+            return Ok(());
+        };
+        if n > 0 {
+            let mut ops = self.ops();
+            M::device_forward_backward(&mut ops, n).map_err(program)?;
+            M::device_norms(&mut ops, n).map_err(program)?;
+        }
+        self.queue_clip_factors(clipping, n)?;
+        if n > 0 {
+            M::device_clipped_sum(&mut self.ops(), n).map_err(program)?;
+        }
+        self.queue_noise_draw()?;
+        let len = M::TRAINED_PARAM_COUNT;
+        if len > 0 {
+            let s = self.gpu.stream.clone();
+            let params = self.memory.slice(Region::Params).slice(..len);
+            s.memcpy_dtod(&params, &mut self.previous).map_err(driver("keeping the parameters"))?;
+        }
+        Ok(())
+    }
+
+    /// Captures [`launch_before_update`](Self::launch_before_update) into a graph (nothing runs), or
+    /// says why it could not.
+    fn capture_before_update(
+        &mut self,
+        clipping: Option<Clipping>,
+        n: usize,
+    ) -> std::result::Result<CudaGraph, String> {
+        let s = self.gpu.stream.clone();
+        s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| format!("beginning a capture: {e}"))?;
+        let queued = self.launch_before_update(clipping, n);
+        // The capture always ends, so that the stream leaves capture mode whatever failed.
+        let ended = s.end_capture(CUgraphInstantiate_flags(0));
+        queued.map_err(|e| format!("capturing a step: {e}"))?;
+        match ended {
+            Ok(Some(graph)) => Ok(graph),
+            Ok(None) => Err("capturing a step: the driver returned no graph".into()),
+            Err(e) => Err(format!("ending a capture: {e}")),
+        }
+    }
+
+    /// Steps replayed from a CUDA graph so far ([`crate::graphs`]).
+    pub fn graph_replays(&self) -> u64 {
+        self.graphs.replayed()
+    }
+
+    /// Why this model's steps no longer use CUDA graphs, if a capture failed.
+    pub fn graphs_off(&self) -> Option<&str> {
+        self.graphs.off()
     }
 
     /// Where a private step's time goes: each phase of [`private_step`](Self::private_step) run
@@ -366,12 +478,7 @@ impl<M: DpModel> GpuModel<M> {
     /// private step's cost with.
     pub fn non_private_step(&mut self, inputs: &[M::Input], labels: &[f32], n: usize, lr: f64) -> Result<()> {
         self.load_batch(inputs, labels, n)?;
-        self.zero_grad()?;
-        if n > 0 {
-            let mut ops = self.ops();
-            M::device_forward_backward(&mut ops, n).map_err(program)?;
-            M::device_gradient_sum(&mut ops, n).map_err(program)?;
-        }
+        self.queue_before_update(None, n)?;
         let step = SgdStep {
             noise_std: 0.0,
             inverse_batch: 1.0 / n.max(1) as f64,

@@ -1,0 +1,118 @@
+//! CUDA graphs of a step's launches before its update (a private step's, or a non-private one's, which
+//! is measured against it). A step of a small model is some thirty
+//! short launches (products, epilogues, norms, clip factors, clipped sums, the noise's two passes), and
+//! on a GPU each launch costs microseconds of host and driver time whatever its size: captured once and
+//! replayed as one graph, they cost one. A graph's launches carry their shapes and addresses, so one is
+//! captured per batch size and clipping setting (a Poisson batch's size varies from step to step:
+//! a run captures a few dozen), and every graph is dropped when the regions are allocated again. What
+//! changes every step stays out of the graphs: the batch and the key are copied in before a replay
+//! (into the same addresses), and the update, whose learning rate follows the schedule, is launched
+//! after it.
+//!
+//! A capture that fails (a library call that cannot be captured, a driver without graphs) turns graphs
+//! off for the model: its steps launch one by one from then on, with the same results, and
+//! [`StepGraphs::off`] says why.
+
+use std::collections::HashMap;
+
+use cudarc::driver::CudaGraph;
+use dp_runtime::clipping::ClipMode;
+
+use crate::trainer::Clipping;
+
+/// What a captured graph depends on besides the model: the batch size and the clipping (none: a
+/// non-private step, whose graph is the plain gradient sum's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GraphKey {
+    n: usize,
+    /// Per-layer clipping and the bits of C.
+    clipping: Option<(bool, u64)>,
+}
+
+impl GraphKey {
+    pub fn new(n: usize, clipping: Option<Clipping>) -> Self {
+        let clipping = clipping.map(|c| (matches!(c.mode, ClipMode::PerLayer), c.norm.to_bits()));
+        GraphKey { n, clipping }
+    }
+}
+
+/// More batch sizes than a Poisson run visits: past it the cache starts again (a graph is a few
+/// kilobytes of driver memory).
+const MAX_GRAPHS: usize = 512;
+
+/// A captured graph that may move to another thread with its model: CUDA asks only that no two calls
+/// on one graph run at once, and a graph is reached only through its one owner's `&mut`.
+struct Graph(CudaGraph);
+
+// SAFETY: see `Graph`: moved, never shared; the context is bound to the calling thread at each launch.
+unsafe impl Send for Graph {}
+
+/// The captured graphs of one model on one GPU.
+#[derive(Default)]
+pub struct StepGraphs {
+    graphs: HashMap<GraphKey, Graph>,
+    /// Why graphs were turned off, once a capture failed.
+    off: Option<String>,
+    /// Steps launched eagerly so far: the first runs eagerly, so that libraries initialise outside a
+    /// capture.
+    eager_steps: u64,
+    /// Steps replayed from a graph.
+    replayed: u64,
+}
+
+impl std::fmt::Debug for StepGraphs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepGraphs")
+            .field("graphs", &self.graphs.len())
+            .field("off", &self.off)
+            .field("replayed", &self.replayed)
+            .finish()
+    }
+}
+
+impl StepGraphs {
+    /// Whether the next step under `key` may be captured or replayed.
+    pub fn usable(&self) -> bool {
+        self.off.is_none() && self.eager_steps > 0
+    }
+
+    pub fn get(&self, key: &GraphKey) -> Option<&CudaGraph> {
+        self.graphs.get(key).map(|g| &g.0)
+    }
+
+    pub fn insert(&mut self, key: GraphKey, graph: CudaGraph) -> &CudaGraph {
+        if self.graphs.len() >= MAX_GRAPHS {
+            self.graphs.clear();
+        }
+        &self.graphs.entry(key).or_insert(Graph(graph)).0
+    }
+
+    /// A capture failed: no graphs from now on.
+    pub fn turn_off(&mut self, why: String) {
+        self.graphs.clear();
+        self.off = Some(why);
+    }
+
+    /// The regions moved: every graph's addresses are stale.
+    pub fn invalidate(&mut self) {
+        self.graphs.clear();
+    }
+
+    pub fn count_eager(&mut self) {
+        self.eager_steps += 1;
+    }
+
+    pub fn count_replay(&mut self) {
+        self.replayed += 1;
+    }
+
+    /// Steps replayed from a graph so far.
+    pub fn replayed(&self) -> u64 {
+        self.replayed
+    }
+
+    /// Why graphs are off, if a capture failed.
+    pub fn off(&self) -> Option<&str> {
+        self.off.as_deref()
+    }
+}
