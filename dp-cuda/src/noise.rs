@@ -2,15 +2,17 @@
 //!
 //! The device draw is value for value the CPU's [`fill_chunk`](dp_runtime::noise::gaussian::fill_chunk)
 //! under the same 256-bit key: chunks of [`CHUNK`] coordinates, each with its own two ChaCha20
-//! streams, so every coordinate is a function of the key and its index only. On the device it runs in
-//! two passes: `dp_noise_first`, one thread per ChaCha20 block (8 coordinates), the ziggurat's common
-//! case, with NaN left where a coordinate falls outside its inner rectangle (about 1.5%) and its first
-//! word kept; then `dp_noise_retry`, one block per chunk, whose threads compute the first words of the
-//! chunk's second stream ahead, into shared memory, and find those coordinates a tile at a time, and
-//! whose first thread redoes them in order from that stream, as the CPU does. The key comes from the host's CSPRNG each step; the tables are the
-//! CPU's ([`ziggurat_tables`](dp_runtime::noise::gaussian::ziggurat_tables)), copied to the device.
+//! streams, the second one read from a separate range of blocks by each segment of [`SEGMENT`]
+//! coordinates, so every coordinate is a function of the key and its index only. On the device it
+//! runs in two passes: `dp_noise_first`, one thread per ChaCha20 block (8 coordinates), the
+//! ziggurat's common case, with NaN left where a coordinate falls outside its inner rectangle (about
+//! 1.5%) and its first word kept; then `dp_noise_retry`, one warp per segment ([`SEGMENTS_PER_BLOCK`]
+//! per block), whose lanes find those coordinates (a ballot per 32) and compute the first words of
+//! the segment's retry stream ahead, into shared memory, and whose first lane redoes them in order
+//! from that stream, as the CPU does. The key comes from the host's CSPRNG each step; the tables are
+//! the CPU's ([`ziggurat_tables`](dp_runtime::noise::gaussian::ziggurat_tables)), copied to the device.
 
-use dp_runtime::noise::gaussian::FILL_CHUNK;
+use dp_runtime::noise::gaussian::{FILL_CHUNK, RETRY_SEGMENT};
 
 /// The CUDA C source of the noise kernels.
 pub const SOURCE: &str = include_str!("../kernels/noise.cu");
@@ -18,11 +20,17 @@ pub const SOURCE: &str = include_str!("../kernels/noise.cu");
 /// Coordinates per chunk: the CPU's, so that both draw the same values.
 pub const CHUNK: usize = FILL_CHUNK;
 
+/// Coordinates per retry segment: the CPU's, so that both draw the same values.
+pub const SEGMENT: usize = RETRY_SEGMENT;
+
 /// ChaCha20 blocks (8 coordinates each) per chunk: the threads of pass 1 per chunk.
 pub const BLOCKS_PER_CHUNK: usize = CHUNK / 8;
 
-/// Threads per block of both passes (`DP_RETRY_THREADS` in the kernel, the tile of pass 2).
+/// Threads per block of both passes (`DP_RETRY_THREADS` in the kernel).
 pub const THREADS: u32 = 256;
+
+/// Segments per block of pass 2: one warp of 32 threads each.
+pub const SEGMENTS_PER_BLOCK: usize = THREADS as usize / 32;
 
 /// Grid and block sizes of one kernel launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +46,7 @@ pub struct LaunchShape {
 pub struct NoiseLaunch {
     /// Pass 1: one thread per ChaCha20 block of every chunk.
     pub first: LaunchShape,
-    /// Pass 2: one block per chunk.
+    /// Pass 2: one warp per segment, [`SEGMENTS_PER_BLOCK`] per block.
     pub retry: LaunchShape,
 }
 
@@ -47,10 +55,12 @@ impl NoiseLaunch {
     pub fn for_len(len: usize) -> Self {
         let chunks = len.div_ceil(CHUNK);
         let first_threads = chunks * BLOCKS_PER_CHUNK;
+        let segments = len.div_ceil(SEGMENT);
         NoiseLaunch {
             first: LaunchShape { grid: blocks(first_threads), block: THREADS },
             retry: LaunchShape {
-                grid: u32::try_from(chunks).expect("a noise vector of fewer than 2^46 coordinates"),
+                grid: u32::try_from(segments.div_ceil(SEGMENTS_PER_BLOCK))
+                    .expect("a noise vector of fewer than 2^45 coordinates"),
                 block: THREADS,
             },
         }
@@ -71,12 +81,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_coordinate_has_a_first_pass_thread_and_every_chunk_a_retry_block() {
-        for len in [1, 7, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 3, 1_250_000] {
+    fn every_coordinate_has_a_first_pass_thread_and_every_segment_a_retry_warp() {
+        for len in [1, 7, SEGMENT, SEGMENT + 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 3, 1_250_000] {
             let launch = NoiseLaunch::for_len(len);
             let chunks = len.div_ceil(CHUNK);
             let first = launch.first.grid as usize * launch.first.block as usize;
-            assert_eq!(launch.retry.grid as usize, chunks, "{len}: one retry block per chunk");
+            // The kernel's warp w of block b is segment b·SEGMENTS_PER_BLOCK + w: every segment has a
+            // warp, and no block is all idle warps.
+            let warps = launch.retry.grid as usize * launch.retry.block as usize / 32;
+            let segments = len.div_ceil(SEGMENT);
+            assert_eq!(launch.retry.block, THREADS);
+            assert!(warps >= segments && warps < segments + SEGMENTS_PER_BLOCK, "{len}: {warps} warps");
             assert!(
                 first >= chunks * BLOCKS_PER_CHUNK && first < chunks * BLOCKS_PER_CHUNK + THREADS as usize
             );
@@ -97,8 +112,11 @@ mod tests {
     }
 
     #[test]
-    fn the_kernel_source_states_the_cpus_chunk_and_the_retry_tile() {
+    fn the_kernel_source_states_the_cpus_chunk_and_segment_and_the_retry_block() {
         assert!(SOURCE.contains(&format!("#define DP_NOISE_CHUNK {CHUNK}u")));
+        assert!(SOURCE.contains(&format!("#define DP_NOISE_SEGMENT {SEGMENT}u")));
         assert!(SOURCE.contains(&format!("#define DP_RETRY_THREADS {THREADS}u")));
+        assert!(SOURCE.contains("#define DP_RETRY_WARPS (DP_RETRY_THREADS / 32u)"));
+        assert!(CHUNK.is_multiple_of(SEGMENT), "a chunk is whole segments");
     }
 }

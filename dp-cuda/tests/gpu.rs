@@ -45,11 +45,14 @@ fn xorshift(seed: u64, n: usize) -> Vec<f64> {
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
 fn gpu_noise_equals_the_cpu_draw() {
     let Some(gpu) = gpu("noise") else { return };
-    for len in [1, 129, dp_cuda::noise::CHUNK, 3_000_017] {
+    // Several retry segments, a short last one in a chunk of several (2·CHUNK + 5·SEGMENT + 77) and in
+    // a vector of many (3,000,017: last chunk 1,745 long), and a last retry block with idle warps.
+    use dp_cuda::noise::{CHUNK, SEGMENT};
+    for len in [1, 129, CHUNK, 2 * CHUNK + 5 * SEGMENT + 77, 3_000_017] {
         let key: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(29).wrapping_add(len as u8));
         let device = gpu.standard_normals(&key, len).unwrap();
         let mut cpu = vec![0.0; len];
-        for (chunk, values) in cpu.chunks_mut(dp_cuda::noise::CHUNK).enumerate() {
+        for (chunk, values) in cpu.chunks_mut(CHUNK).enumerate() {
             fill_chunk(&key, chunk as u64, values);
         }
         // The common case is exact arithmetic; the wedge and tail call exp and log, whose last bit

@@ -1,7 +1,9 @@
 /* Runs the device kernels' arithmetic (the files in kernels/, compiled as C) on the host, for
  * tests/kernels_on_host.rs. Binary inputs on stdin and outputs on stdout, little-endian.
  *   noise TABLES KEY_HEX64 LEN: both passes over every chunk (pass-1 blocks in reverse order, as a GPU
- *     promises no order); TABLES holds edge[257], ratio[256], density[257] as f64; out: LEN f64.
+ *     promises no order); TABLES holds edge[257], ratio[256], density[257] as f64; out: LEN f64; on
+ *     stderr `past_prefix W scanned S`: the retry words read past a segment's prefix, and the
+ *     segments whose coordinates to redo outnumbered the list (DP_PREFIX_WORDS, DP_RETRY_LIST).
  *   clip PER_LAYER CLIP_NORM GROUPS BATCH: in BATCH*GROUPS f32 squared norms; out: the factors (f32)
  *     and the count of invalid examples (u32).
  *   sgd NOISE_STD INVERSE_BATCH LR MOMENTUM WEIGHT_DECAY FIRST NESTEROV LEN: in params, velocity,
@@ -14,6 +16,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* The noise's rarely taken paths, counted and reported on stderr (the tests check they ran). */
+static unsigned long long words_past_prefix, segments_scanned;
+#define DP_TEST_PAST_PREFIX() (++words_past_prefix)
+#define DP_TEST_SCAN() (++segments_scanned)
 
 #include "../kernels/noise.cu"
 #include "../kernels/clip.cu"
@@ -150,7 +157,6 @@ static int noise(int argc, char **argv) {
     dp_u64 len = strtoull(argv[3], NULL, 10);
     double *out = malloc(len * sizeof(double));
     dp_u64 *first_words = malloc(len * sizeof(dp_u64));
-    dp_u64 prefix[DP_PREFIX_WORDS];
     dp_u64 chunks = (len + DP_NOISE_CHUNK - 1) / DP_NOISE_CHUNK;
     /* Pass 1 over all chunks, blocks in reverse order (a GPU promises no order), then pass 2. */
     for (dp_u64 c = 0; c < chunks; ++c) {
@@ -161,9 +167,10 @@ static int noise(int argc, char **argv) {
     for (dp_u64 c = 0; c < chunks; ++c) {
         dp_u64 start = c * DP_NOISE_CHUNK;
         dp_u64 n = len - start < DP_NOISE_CHUNK ? len - start : DP_NOISE_CHUNK;
-        dp_noise_retry_chunk(key, c, n, edge, ratio, density, first_words + start, prefix, out + start);
+        dp_noise_retry_chunk(key, c, n, edge, ratio, density, first_words + start, out + start);
     }
     fwrite(out, sizeof(double), len, stdout);
+    fprintf(stderr, "past_prefix %llu scanned %llu\n", words_past_prefix, segments_scanned);
     free(out);
     free(first_words);
     return 0;

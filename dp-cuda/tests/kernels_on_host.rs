@@ -1,8 +1,10 @@
 //! The device kernels' arithmetic, compiled as C by the host's C compiler (tests/host_harness.c), against
 //! the CPU's code in dp-runtime, bit for bit, without a GPU:
 //! - the noise: several keys and lengths (full chunks, a short last chunk, a vector shorter than one
-//!   chunk), which checks the counter arithmetic, the ChaCha20 blocks, the interleaved word order, both
-//!   ziggurat passes and the retry stream;
+//!   chunk, several retry segments with a short last one), which checks the counter arithmetic, the
+//!   ChaCha20 blocks, the interleaved word order, both ziggurat passes and the segments' retry streams,
+//!   also with a retry prefix and list short enough that the streams run past the prefix and the
+//!   segments are scanned past the list;
 //! - the clip factors: flat (one and several groups) and per layer, with NaN, infinite, negative, zero
 //!   and huge norms;
 //! - the noisy SGD update: plain, momentum (first and later steps), Nesterov, weight decay;
@@ -18,7 +20,7 @@ use std::process::{Command, Stdio};
 use dp_runtime::clipping::{clip_factors, ClipMode};
 use dp_runtime::optim::{NoisyGradient, Optimizer, Sgd, StepInfo};
 
-use dp_cuda::noise::CHUNK;
+use dp_cuda::noise::{CHUNK, SEGMENT};
 use dp_runtime::device::host::HostDevice;
 use dp_runtime::device::{Conv2dGeometry, DeviceOps, Pool2dGeometry, Region, Span};
 use dp_runtime::noise::gaussian::{fill_chunk, ziggurat_tables};
@@ -29,11 +31,17 @@ fn harness() -> Option<PathBuf> {
     BUILT.get_or_init(|| build_harness("host_harness", &[])).clone()
 }
 
-/// The harness with the noise's retry prefix one call long (128 words), fewer than a full chunk's
-/// retries read, so that the stream runs on past the prefix.
+/// The harness with a segment's retry prefix 20 words long (not a whole number of rows of 16, so
+/// that its blocks hold 1 or 2 of its words each) and its list of coordinates to redo 4 long, both
+/// fewer than a segment's ~15 retries usually need, so that the streams run on past the prefix
+/// (computing blocks on demand) and the segments are scanned past the list.
 fn short_prefix_harness() -> Option<PathBuf> {
     static BUILT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| build_harness("host_harness_short_prefix", &["-DDP_PREFIX_CALLS=1u"])).clone()
+    BUILT
+        .get_or_init(|| {
+            build_harness("host_harness_short_prefix", &["-DDP_PREFIX_WORDS=20u", "-DDP_RETRY_LIST=4u"])
+        })
+        .clone()
 }
 
 fn build_harness(name: &str, defines: &[&str]) -> Option<PathBuf> {
@@ -78,16 +86,21 @@ fn tables_file(dir: &std::path::Path) -> PathBuf {
 #[test]
 fn device_noise_arithmetic_equals_the_cpu_draw_bit_for_bit() {
     let Some(exe) = harness() else { return };
-    noise_equals_the_cpu(&exe, &[5, 129, CHUNK, 3 * CHUNK + 1001]);
+    noise_equals_the_cpu(&exe, &[5, 129, CHUNK, 3 * CHUNK + 1001, 2 * CHUNK + 5 * SEGMENT + 77]);
 }
 
 #[test]
-fn a_retry_stream_read_past_its_prefix_still_equals_the_cpu_draw() {
+fn a_retry_stream_read_past_its_prefix_and_list_still_equals_the_cpu_draw() {
     let Some(exe) = short_prefix_harness() else { return };
-    noise_equals_the_cpu(&exe, &[CHUNK, 3 * CHUNK + 1001]);
+    let (past_prefix, scanned) = noise_equals_the_cpu(&exe, &[CHUNK, 2 * CHUNK + 5 * SEGMENT + 77]);
+    assert!(past_prefix > 0, "no retry word was read past a prefix");
+    assert!(scanned > 0, "no segment was scanned past its list");
 }
 
-fn noise_equals_the_cpu(exe: &std::path::Path, lens: &[usize]) {
+/// Compares the harness's noise with the CPU's for three keys and `lens`; the harness's counts of
+/// retry words read past a segment's prefix and of segments scanned past their list, summed.
+fn noise_equals_the_cpu(exe: &std::path::Path, lens: &[usize]) -> (u64, u64) {
+    let (mut past_prefix, mut scanned) = (0, 0);
     let tables = tables_file(exe.parent().unwrap());
     let keys: [[u8; 32]; 3] =
         [[0; 32], std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11)), [0xff; 32]];
@@ -97,6 +110,14 @@ fn noise_equals_the_cpu(exe: &std::path::Path, lens: &[usize]) {
             let out =
                 Command::new(exe).arg("noise").arg(&tables).arg(&hex).arg(len.to_string()).output().unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let counts = String::from_utf8_lossy(&out.stderr).into_owned();
+            match counts.split_whitespace().collect::<Vec<_>>()[..] {
+                ["past_prefix", w, "scanned", s] => {
+                    past_prefix += w.parse::<u64>().unwrap();
+                    scanned += s.parse::<u64>().unwrap();
+                }
+                _ => panic!("unexpected harness stderr: {counts}"),
+            }
             let device: Vec<f64> =
                 out.stdout.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect();
             assert_eq!(device.len(), len);
@@ -112,6 +133,7 @@ fn noise_equals_the_cpu(exe: &std::path::Path, lens: &[usize]) {
             }
         }
     }
+    (past_prefix, scanned)
 }
 
 /// Runs the harness with `args`, `input` on stdin; its stdout.

@@ -15,8 +15,11 @@
 //! [`GaussianNoise::fill`] draws a whole vector (one normal per parameter per step) in bulk: it takes a
 //! fresh 256-bit key from the stream, and chunk j of [`FILL_CHUNK`] coordinates reads its own ChaCha20
 //! keystreams under that key (see [`fill_chunk`]), sixteen blocks at a time
-//! ([`ChaCha20Blocks`](super::chacha::ChaCha20Blocks)). Each coordinate therefore depends only on the
-//! key and its index: not on the vector's length, nor on how many threads filled the chunks.
+//! ([`ChaCha20Blocks`](super::chacha::ChaCha20Blocks)): stream 2j gives every coordinate its first
+//! word, and stream 2j + 1 the further words of the ~1.5% that need more, each segment of
+//! [`RETRY_SEGMENT`] coordinates from its own range of blocks. Each coordinate therefore depends only
+//! on the key and its index: not on the vector's length, nor on how many threads filled the chunks;
+//! and the segments' rare coordinates can be redone independently (on the GPU, in parallel).
 
 use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
@@ -32,6 +35,13 @@ use crate::rng::{uniform_f64, uniform_open_closed};
 /// filled in parallel with results that do not depend on the number of threads. 2^14 normals take
 /// about 50 µs on one core: enough to pay for a hand-off to another thread.
 pub const FILL_CHUNK: usize = 1 << 14;
+
+/// Coordinates per retry segment of a chunk: the coordinates of segment s (coordinates
+/// s·RETRY_SEGMENT.. of the chunk) that need more than their first word read them from a keystream of
+/// their own (see [`fill_chunk`]), so that a second implementation can redo the segments' rare
+/// coordinates in parallel (on the device, one warp per segment). 16 segments per chunk; about 15 of
+/// a segment's coordinates need more words.
+pub const RETRY_SEGMENT: usize = 1 << 10;
 
 /// Number of ziggurat layers.
 const LAYERS: usize = 256;
@@ -229,10 +239,20 @@ fn unit_open_closed(word: u64) -> f64 {
     ((word >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
-/// Fills chunk `chunk` of a [`GaussianNoise::fill`] under `key`: coordinate i's first 64-bit word is
-/// word i of ChaCha20 stream 2·chunk (in the interleaved order of
-/// [`ChaCha20Blocks::next_words`]); the rare coordinates that need more words read them, in
-/// coordinate order, from stream 2·chunk + 1. Both streams are disjoint from every other chunk's.
+/// Fills chunk `chunk` of a [`GaussianNoise::fill`] under `key` (`out` at most [`FILL_CHUNK`] long):
+///
+/// - coordinate i's first 64-bit word is word i of ChaCha20 stream 2·chunk from block 0, in the
+///   interleaved order of [`ChaCha20Blocks::next_words`] (word i is word (i mod 128) / 16 of block
+///   16·⌊i / 128⌋ + i mod 16);
+/// - the coordinates are split into segments of [`RETRY_SEGMENT`] (the last one of a short chunk may
+///   be shorter); the rare coordinates of segment s (coordinates s·RETRY_SEGMENT..) that need more
+///   words than their first read them, in coordinate order within the segment, from ChaCha20 stream
+///   2·chunk + 1 starting at block s·2^32, in the same interleaved order (word k of the segment's
+///   retry stream is word k of `ChaCha20Blocks::new(key, 2·chunk + 1, s << 32)`).
+///
+/// The first-word stream and the retry streams are disjoint from every other chunk's, and the
+/// segments' retry streams from each other's (a segment would have to read 2^35 words to reach the
+/// next one's).
 pub fn fill_chunk(key: &[u8; 32], chunk: u64, out: &mut [f64]) {
     fill_chunk_with(key, chunk, out, FastPath::detect());
 }
@@ -290,9 +310,12 @@ impl FastPath {
 fn fill_chunk_with(key: &[u8; 32], chunk: u64, out: &mut [f64], path: FastPath) {
     let tables = ziggurat();
     let mut first = ChaCha20Blocks::new(key, 2 * chunk, 0);
-    let mut retries = BufferedWords::new(ChaCha20Blocks::new(key, 2 * chunk + 1, 0));
+    let mut retries = RetryWords::new(key, 2 * chunk + 1);
     let mut words = [0u64; WORDS_PER_CALL];
-    for piece in out.chunks_mut(WORDS_PER_CALL) {
+    for (p, piece) in out.chunks_mut(WORDS_PER_CALL).enumerate() {
+        if p.is_multiple_of(PIECES_PER_SEGMENT) {
+            retries.start_segment((p / PIECES_PER_SEGMENT) as u64);
+        }
         first.next_words(&mut words);
         if let Ok(piece) = <&mut [f64; WORDS_PER_CALL]>::try_from(&mut *piece) {
             if let Some(mut rejected) = path.inner_rectangles(tables, &words, piece) {
@@ -308,6 +331,36 @@ fn fill_chunk_with(key: &[u8; 32], chunk: u64, out: &mut [f64], path: FastPath) 
         for (value, &bits) in piece.iter_mut().zip(&words) {
             *value = tables.sample(bits, &mut || retries.next());
         }
+    }
+}
+
+/// Pieces of [`WORDS_PER_CALL`] coordinates per retry segment (a piece never straddles two).
+const PIECES_PER_SEGMENT: usize = RETRY_SEGMENT / WORDS_PER_CALL;
+const _: () =
+    assert!(RETRY_SEGMENT.is_multiple_of(WORDS_PER_CALL) && FILL_CHUNK.is_multiple_of(RETRY_SEGMENT));
+
+/// The retry words of a chunk's current segment: stream 2·chunk + 1 from block s·2^32 for segment
+/// s, computed (sixteen blocks at a time) only once the segment reads a word.
+struct RetryWords<'k> {
+    key: &'k [u8; 32],
+    stream: u64,
+    words: BufferedWords,
+}
+
+impl<'k> RetryWords<'k> {
+    fn new(key: &'k [u8; 32], stream: u64) -> Self {
+        RetryWords { key, stream, words: BufferedWords::new(ChaCha20Blocks::new(key, stream, 0)) }
+    }
+
+    /// Restarts the stream at segment `segment`'s first word; no block is computed until it is read.
+    fn start_segment(&mut self, segment: u64) {
+        self.words.blocks = ChaCha20Blocks::new(self.key, self.stream, segment << 32);
+        self.words.next = WORDS_PER_CALL;
+    }
+
+    #[inline(always)]
+    fn next(&mut self) -> u64 {
+        self.words.next()
     }
 }
 
@@ -452,6 +505,44 @@ mod tests {
             let mut vector = vec![0.0; n];
             fill_chunk_with(&key, 5, &mut vector, path);
             assert_eq!(scalar, vector, "{path:?}");
+        }
+    }
+
+    /// Word `index` of ChaCha20 stream `stream` from block `first_block`, in the interleaved order of
+    /// [`ChaCha20Blocks::next_words`], straight from `rand_chacha`.
+    fn reference_word(key: &[u8; 32], stream: u64, first_block: u64, index: usize) -> u64 {
+        use rand::SeedableRng;
+        let mut rng = ChaCha20Rng::from_seed(*key);
+        rng.set_stream(stream);
+        let block = first_block + (index / WORDS_PER_CALL * 16 + index % 16) as u64;
+        let word = (index % WORDS_PER_CALL / 16) as u128;
+        rng.set_word_pos(u128::from(block) * 16 + 2 * word);
+        rng.next_u64()
+    }
+
+    #[test]
+    fn fill_chunk_follows_its_definition_word_for_word() {
+        let tables = ziggurat();
+        let key: [u8; 32] = std::array::from_fn(|i| (7 * i + 2) as u8);
+        // A full chunk, and a short one whose last segment is short.
+        for (chunk, len) in [(0u64, FILL_CHUNK), (6, 3 * RETRY_SEGMENT + 129)] {
+            let mut out = vec![0.0; len];
+            fill_chunk(&key, chunk, &mut out);
+            for (s, segment) in out.chunks(RETRY_SEGMENT).enumerate() {
+                // Segment s's retry words: stream 2·chunk + 1 from block s·2^32, in coordinate order.
+                let mut read = 0;
+                let mut more = || {
+                    read += 1;
+                    reference_word(&key, 2 * chunk + 1, (s as u64) << 32, read - 1)
+                };
+                for (j, value) in segment.iter().enumerate() {
+                    let i = s * RETRY_SEGMENT + j;
+                    let expected = tables.sample(reference_word(&key, 2 * chunk, 0, i), &mut more);
+                    assert_eq!(value.to_bits(), expected.to_bits(), "chunk {chunk} coordinate {i}");
+                }
+                // About 15 coordinates of a full segment need more words.
+                assert!(read > 0 || segment.len() < RETRY_SEGMENT, "chunk {chunk} segment {s} read none");
+            }
         }
     }
 
