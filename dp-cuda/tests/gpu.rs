@@ -10,7 +10,7 @@ use dp_kernels::activation::Activation;
 use dp_runtime::clipping::{clip_factors, ClipMode};
 use dp_runtime::device::host::HostDevice;
 use dp_runtime::device::{
-    BatchedGemm, Conv2dGeometry, DeviceError, DeviceOps, Gemm, Pool2dGeometry, Region, Span,
+    BatchedGemm, Conv2dGeometry, DeviceError, DeviceOps, Gemm, GroupNormDims, Pool2dGeometry, Region, Span,
 };
 use dp_runtime::noise::gaussian::fill_chunk;
 use dp_runtime::optim::{NoisyGradient, Optimizer, OptimizerState, Sgd, StepInfo};
@@ -453,6 +453,113 @@ fn gpu_pooling_equals_the_host_reference() {
             ops.global_avg_pool_backward(Span::new(Region::Inputs, 0, planes), n, channels, plane, dx)
         });
         assert_near(&host, &device, 1e-6, &format!("global avg pool backward {n}x{channels}x{plane}"));
+    }
+}
+
+/// Group norm forward and backward against the host reference (dp-kernels' CPU kernels): outputs,
+/// statistics, input gradients and per-example affine gradients within 1e-4 of each one's largest
+/// magnitude, NaN exactly where the host has NaN (a NaN input in one example, a NaN gradient in
+/// another); groups of 4 channels over 1024-value planes, odd planes, planes of one value, and more
+/// (example, group) units than the grid has blocks. Groups that do not divide the channels and a
+/// short span are refused.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_group_norm_equals_the_host_reference() {
+    let Some(gpu) = gpu("group norm") else { return };
+    for (channels, groups, plane, n) in [(16, 4, 1024, 128), (6, 3, 49, 7), (8, 1, 1, 3), (32, 32, 4, 4096)] {
+        let dims = GroupNormDims { channels, plane, groups };
+        let (len, stats, affine_len) = (n * dims.input_len(), n * groups, n * 2 * channels);
+        let mut x: Vec<f32> =
+            uniform(channels as u64 + plane as u64, len).iter().map(|u| 3.0 + 4.0 * u).collect();
+        let mut dy = uniform(17, len);
+        x[(n / 2) * dims.input_len() + dims.input_len() / 2] = f32::NAN;
+        dy[(n - 1) * dims.input_len()] = f32::NAN;
+        let weight: Vec<f32> = uniform(18, channels).iter().map(|u| 1.0 + u).collect();
+        let case = format!("C={channels} G={groups} plane={plane} n={n}");
+
+        let params = [weight.clone(), uniform(19, channels)].concat();
+        let regions = [
+            (Region::Inputs, x.clone()),
+            (Region::Params, params),
+            (Region::Arena, vec![f32::NAN; len + 2 * stats]),
+        ];
+        let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+            let out = |from, len| Span::new(Region::Arena, from, len);
+            ops.group_norm_forward(
+                Span::new(Region::Inputs, 0, len),
+                &dims,
+                n,
+                Span::new(Region::Params, 0, channels),
+                Span::new(Region::Params, channels, channels),
+                out(0, len),
+                out(len, stats),
+                out(len + stats, stats),
+            )
+        });
+        let (y, rest) = host.split_at(len);
+        let (mean, rstd) = rest.split_at(stats);
+        assert_near_largest(y, &device[..len], 1e-4, &format!("group norm y {case}"));
+        assert_near_largest(mean, &device[len..len + stats], 1e-4, &format!("group norm mean {case}"));
+        assert_near_largest(rstd, &device[len + stats..], 1e-4, &format!("group norm rstd {case}"));
+
+        // The backward from the host's statistics.
+        let inputs = [x, dy, mean.to_vec(), rstd.to_vec()].concat();
+        let regions = [
+            (Region::Inputs, inputs),
+            (Region::Params, weight),
+            (Region::Arena, vec![f32::NAN; len + affine_len]),
+        ];
+        let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+            let input = |from, len| Span::new(Region::Inputs, from, len);
+            ops.group_norm_backward(
+                input(0, len),
+                input(len, len),
+                Span::new(Region::Params, 0, channels),
+                input(2 * len, stats),
+                input(2 * len + stats, stats),
+                &dims,
+                n,
+                Span::new(Region::Arena, 0, len),
+                Span::new(Region::Arena, len, affine_len),
+            )
+        });
+        assert_near_largest(&host[..len], &device[..len], 1e-4, &format!("group norm dx {case}"));
+        assert_near_largest(&host[len..], &device[len..], 1e-4, &format!("group norm affine {case}"));
+    }
+
+    let memory = RegionMemory::new(&gpu, |_| 10_000).unwrap();
+    let mut ops = GpuOps { gpu: &gpu, memory: &memory };
+    let s = |region, len| Span::new(region, 0, len);
+    for (dims, x_len) in [
+        (GroupNormDims { channels: 6, plane: 10, groups: 4 }, 60),
+        (GroupNormDims { channels: 6, plane: 10, groups: 3 }, 59),
+    ] {
+        let refused = ops.group_norm_forward(
+            s(Region::Inputs, x_len),
+            &dims,
+            1,
+            s(Region::Params, 6),
+            s(Region::Params, 6),
+            s(Region::Arena, 60),
+            s(Region::Grad, 4),
+            s(Region::SqNorms, 4),
+        );
+        assert!(matches!(refused, Err(DeviceError::Mismatch(_))), "{dims:?}: {refused:?}");
+    }
+}
+
+/// NaN exactly where `host` has NaN (and some, and some finite values), every other value within
+/// `tolerance` times the largest finite magnitude of `host`.
+fn assert_near_largest(host: &[f32], device: &[f32], tolerance: f32, what: &str) {
+    assert_eq!(host.len(), device.len(), "{what}");
+    assert!(
+        host.iter().any(|v| v.is_nan()) && host.iter().any(|v| v.is_finite()),
+        "{what}: NaN and finite values"
+    );
+    let largest = host.iter().filter(|v| v.is_finite()).fold(0.0f32, |m, v| m.max(v.abs()));
+    for (k, (h, d)) in host.iter().zip(device).enumerate() {
+        let ok = if h.is_nan() { d.is_nan() } else { (h - d).abs() <= tolerance * largest };
+        assert!(ok, "{what}: value {k}: host {h}, gpu {d}");
     }
 }
 

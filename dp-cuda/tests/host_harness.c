@@ -12,7 +12,11 @@
  *     out its patches (its input gradient), f32, each value as conv.cu's kernels compute it.
  *   maxpool|avgpool|maxpoolback|avgpoolback CHANNELS IN_H IN_W KERNEL STRIDE PADDING N: in x (dy, and
  *     for maxpoolback the argmax bits); out y and, for maxpool, the argmax bits (dx), f32.
- *   keptsum N LEN HAS_FACTORS GROUPS GROUP: in src (N*LEN), factors (N*GROUPS), dst (LEN); out dst. */
+ *   keptsum N LEN HAS_FACTORS GROUPS GROUP: in src (N*LEN), factors (N*GROUPS), dst (LEN); out dst.
+ *   groupnorm CHANNELS PLANE GROUPS N: in x (N*CHANNELS*PLANE), weight, bias (CHANNELS each), dy (as
+ *     x); out y, mean, rstd (N*GROUPS each), dx, affine (N*2*CHANNELS), f32: norm.cu's functions of
+ *     each value, the block's and warps' sums in double one after another, the backward from the
+ *     forward's statistics. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +30,7 @@ static unsigned long long words_past_prefix, segments_scanned;
 #include "../kernels/clip.cu"
 #include "../kernels/update.cu"
 #include "../kernels/conv.cu"
+#include "../kernels/norm.cu"
 
 static void *read_stdin(size_t bytes) {
     void *buffer = malloc(bytes ? bytes : 1);
@@ -120,6 +125,42 @@ static int kept_sum(char **argv) {
     return 0;
 }
 
+static int group_norm(char **argv) {
+    dp_group_norm_dims d = {arg(argv, 0), arg(argv, 1), arg(argv, 2)};
+    dp_u64 n = arg(argv, 3), len = dp_group_norm_len(d), units = n * d.groups, values = n * d.channels * d.plane;
+    dp_u64 per_group = d.channels / d.groups;
+    float *x = read_stdin(values * 4), *weight = read_stdin(d.channels * 4), *bias = read_stdin(d.channels * 4);
+    float *dy = read_stdin(values * 4);
+    float *y = malloc(values * 4 + 4), *mean = malloc(units * 4 + 4), *rstd = malloc(units * 4 + 4);
+    float *dx = malloc(values * 4 + 4), *affine = malloc(n * 2 * d.channels * 4 + 4);
+    for (dp_u64 u = 0; u < units; ++u) {
+        const float *xs = x + u * len;
+        double sum = 0.0, squares = 0.0;
+        for (dp_u64 k = 0; k < len; ++k) sum += (double)xs[k];
+        double m = sum / (double)len;
+        for (dp_u64 k = 0; k < len; ++k) squares += ((double)xs[k] - m) * ((double)xs[k] - m);
+        mean[u] = (float)m;
+        rstd[u] = dp_group_norm_rstd(squares, len);
+        for (dp_u64 k = 0; k < len; ++k) y[u * len + k] = dp_group_norm_output(x, weight, bias, d, u, k, mean[u], rstd[u]);
+        double dxhat = 0.0, dxhat_xhat = 0.0;
+        for (dp_u64 cl = 0; cl < per_group; ++cl) {
+            dp_group_norm_sums s = {0.0, 0.0, 0.0, 0.0};
+            for (dp_u64 p = 0; p < d.plane; ++p) dp_group_norm_add(&s, x, dy, weight, d, u, cl, p, mean[u], rstd[u]);
+            dp_group_norm_store_affine(affine, d, u, cl, s);
+            dxhat += s.dxhat;
+            dxhat_xhat += s.dxhat_xhat;
+        }
+        float m1 = (float)(dxhat / (double)len), m2 = (float)(dxhat_xhat / (double)len);
+        for (dp_u64 k = 0; k < len; ++k) dx[u * len + k] = dp_group_norm_dx(x, dy, weight, d, u, k, mean[u], rstd[u], m1, m2);
+    }
+    fwrite(y, 4, values, stdout);
+    fwrite(mean, 4, units, stdout);
+    fwrite(rstd, 4, units, stdout);
+    fwrite(dx, 4, values, stdout);
+    fwrite(affine, 4, n * 2 * d.channels, stdout);
+    return 0;
+}
+
 static int noise(int argc, char **argv);
 
 int main(int argc, char **argv) {
@@ -127,6 +168,7 @@ int main(int argc, char **argv) {
         return conv(argv[1], argv + 2);
     if (argc >= 9 && strstr(argv[1], "pool") != NULL) return pool(argv[1], argv + 2);
     if (argc >= 7 && strcmp(argv[1], "keptsum") == 0) return kept_sum(argv + 2);
+    if (argc >= 6 && strcmp(argv[1], "groupnorm") == 0) return group_norm(argv + 2);
     if (argc >= 6 && strcmp(argv[1], "clip") == 0) return clip(argv + 2);
     if (argc >= 10 && strcmp(argv[1], "sgd") == 0) return sgd(argv + 2);
     if (argc >= 5 && strcmp(argv[1], "noise") == 0) return noise(argc - 1, argv + 1);

@@ -11,7 +11,11 @@
 //! - conv.cu's element-wise kernels against the host reference of `DeviceOps`
 //!   (`dp_runtime::device::host::HostDevice`, bit for bit) and dp-kernels' CPU kernels: im2col and
 //!   col2im (padding, stride, dilation, rectangular kernels), max pooling (ties, −∞, NaN) and average
-//!   pooling with their backwards, and the kept gradients' weighted sum (factors 0 over NaN rows).
+//!   pooling with their backwards, and the kept gradients' weighted sum (factors 0 over NaN rows);
+//! - norm.cu's per-value functions (index of each value's channel, statistics, output, the backward's
+//!   sums, affine layout, input gradient) with sequential sums in place of the block's and warps',
+//!   against dp-kernels' group norm: within 1e-5 of each output's largest magnitude (the sums are
+//!   added in another order), NaN where the CPU has NaN.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -443,6 +447,58 @@ fn device_kept_weighted_sum_equals_the_host_reference_and_skips_factor_zero_rows
         .unwrap();
         assert_eq!(bits(&out), bits(host.get(Region::Grad)), "has_factors {has}");
         assert_eq!(out.iter().all(|v| v.is_finite()), has == 1, "NaN rows only without factors");
+    }
+}
+
+/// Group norm forward and backward: several shapes (one channel per group, one group, planes of one
+/// value, a plane past a warp's width), with a NaN input in one example and a NaN gradient in another.
+#[test]
+fn device_group_norm_arithmetic_equals_the_cpus() {
+    use dp_kernels::norm_layers::{group_norm_backward, group_norm_forward, GroupNormDims};
+    let Some(exe) = harness() else { return };
+    for (channels, groups, plane, n) in [(16, 4, 100, 5), (6, 3, 49, 7), (8, 1, 1, 3), (4, 4, 33, 2)] {
+        let dims = GroupNormDims { channels, plane, groups };
+        let values_len = n * dims.input_len();
+        let mut x: Vec<f32> =
+            values(channels as u64 * 5 + plane as u64, values_len).map(|u| (3.0 + 2.0 * u) as f32).collect();
+        let weight: Vec<f32> = values(11, channels).map(|u| (0.5 + u) as f32).collect();
+        let bias: Vec<f32> = values(12, channels).map(|u| (u - 0.5) as f32).collect();
+        let mut dy: Vec<f32> = values(13, values_len).map(|u| (u - 0.5) as f32).collect();
+        x[(n / 2) * dims.input_len() + dims.input_len() / 2] = f32::NAN;
+        if n > 1 {
+            dy[(n - 1) * dims.input_len()] = f32::NAN;
+        }
+        let out = run_f32(&exe, "groupnorm", &[channels, plane, groups, n], &[&x, &weight, &bias, &dy]);
+        let stats = n * groups;
+        let mut cpu = [vec![0.0; values_len], vec![0.0; stats], vec![0.0; stats]];
+        let [y, mean, rstd] = &mut cpu;
+        group_norm_forward(&dims, n, &x, &weight, &bias, y, mean, rstd);
+        let (mut dx, mut affine) = (vec![0.0; values_len], vec![0.0; n * 2 * channels]);
+        group_norm_backward(&dims, n, &x, &dy, &weight, mean, rstd, &mut dx, &mut affine);
+        let mut at = 0;
+        let case = format!("C={channels} G={groups} plane={plane} n={n}");
+        for (name, cpu) in
+            [("y", y), ("mean", mean), ("rstd", rstd), ("dx", &mut dx), ("affine", &mut affine)]
+        {
+            let device = &out[at..at + cpu.len()];
+            at += cpu.len();
+            assert_near_largest(cpu, device, 1e-5, &format!("{name} {case}"));
+        }
+        assert_eq!(at, out.len(), "{case}");
+    }
+}
+
+/// NaN exactly where `cpu` has NaN, every other value within `tolerance` times the largest finite
+/// magnitude of `cpu`.
+fn assert_near_largest(cpu: &[f32], device: &[f32], tolerance: f32, what: &str) {
+    assert!(
+        cpu.iter().any(|v| v.is_nan()) && cpu.iter().any(|v| v.is_finite()),
+        "{what}: NaN and finite values"
+    );
+    let largest = cpu.iter().filter(|v| v.is_finite()).fold(0.0f32, |m, v| m.max(v.abs()));
+    for (k, (c, d)) in cpu.iter().zip(device).enumerate() {
+        let ok = if c.is_nan() { d.is_nan() } else { (c - d).abs() <= tolerance * largest };
+        assert!(ok, "{what}: value {k}: cpu {c}, device {d}");
     }
 }
 

@@ -84,6 +84,36 @@ pub struct PooledConv {
     conv2: Conv2d,
 }
 
+/// Group norm with relu, a residual add with relu whose left side has a second reader, group norm
+/// with a group per channel, layer norm over the whole image, global average pooling and a linear
+/// layer: every norm and add path the device has.
+#[dp_model(input = [2, 6, 6], loss = cross_entropy(classes = 3))]
+pub mod norm_residual {
+    pub struct NormResidual {
+        #[layer(conv2d(out = 4, kernel = 3, padding = 1))]
+        conv1: Conv2d,
+        #[layer(group_norm(groups = 2), relu)]
+        norm1: GroupNorm,
+        #[layer(conv2d(out = 4, kernel = 3, padding = 1))]
+        conv2: Conv2d,
+        #[layer(group_norm(groups = 4))]
+        norm2: GroupNorm,
+        #[layer(layer_norm)]
+        norm3: LayerNorm,
+        #[layer(global_avg_pool, linear(out = 3))]
+        head: Linear,
+    }
+
+    impl NormResidual {
+        fn forward(&self, x: Input) -> Output {
+            let h = self.norm1(self.conv1(x));
+            let r = self.norm2(self.conv2(h));
+            let h = (h + r).relu();
+            self.head(self.norm3(h))
+        }
+    }
+}
+
 /// What the CPU program gives on a batch, the reference a device program is compared with: each
 /// example's loss and squared norms, the flat clip factors at `clip`, their non-finite count, the
 /// clipped sum and the plain gradient sum.

@@ -16,6 +16,7 @@
 pub mod host;
 
 use dp_kernels::activation::Activation;
+pub use dp_kernels::norm_layers::GroupNormDims;
 pub use dp_spec::{Conv2dGeometry, Pool2dGeometry};
 
 /// The device allocations a program reads and writes.
@@ -399,6 +400,39 @@ pub trait DeviceOps {
         channels: usize,
         plane: usize,
         dx: Span,
+    ) -> Result<(), DeviceError>;
+
+    /// Group norm, as `dp_kernels::norm_layers::group_norm_forward`: each example's `channels / groups`
+    /// consecutive channels of `plane` values normalised by their mean and biased variance
+    /// (`rstd = 1/√(var + 1e-5)`, both kept in `mean` and `rstd`, `n × groups`), then `y = x̂·w_c + b_c`.
+    #[allow(clippy::too_many_arguments)]
+    fn group_norm_forward(
+        &mut self,
+        x: Span,
+        dims: &GroupNormDims,
+        n: usize,
+        weight: Span,
+        bias: Span,
+        y: Span,
+        mean: Span,
+        rstd: Span,
+    ) -> Result<(), DeviceError>;
+
+    /// Its backward, as `dp_kernels::norm_layers::group_norm_backward`: `dx` OVERWRITTEN, and each
+    /// example's affine gradients into `affine` (`n × 2·channels`: `Σ_plane dy·x̂` per channel, then
+    /// `Σ_plane dy`).
+    #[allow(clippy::too_many_arguments)]
+    fn group_norm_backward(
+        &mut self,
+        x: Span,
+        dy: Span,
+        weight: Span,
+        mean: Span,
+        rstd: Span,
+        dims: &GroupNormDims,
+        n: usize,
+        dx: Span,
+        affine: Span,
     ) -> Result<(), DeviceError>;
 }
 

@@ -6,16 +6,19 @@
 //!
 //! The emitted statements share the names `dev` (the `&mut dyn DeviceOps`) and `n` (the batch size).
 
+mod add;
 mod conv2d;
 mod embedding;
 mod emit;
 mod linear;
+mod norm_layer;
 mod pool;
 mod scratch;
 mod unary;
 
 use super::backend::Backend;
 use crate::ops::activation::function::Derivative;
+use crate::ops::norm_layer::NormDims;
 use crate::ops::{Layer, Step};
 use crate::parse::ast::LossKind;
 use crate::plan::Plan;
@@ -46,14 +49,21 @@ pub fn unsupported(plan: &Plan) -> Option<String> {
                 "conv2d with an activation whose derivative needs its input"
             }
             Step::Conv2d(_) => return None,
-            Step::Norm(_) => "group/layer norm",
+            Step::Norm(s) if !matches!(s.dims, NormDims::Group { .. }) => "layer norm over a sequence",
+            Step::Norm(s) if s.act.derivative() == Derivative::FromInput => {
+                "group norm with an activation whose derivative needs its input"
+            }
+            Step::Norm(_) => return None,
             Step::Embedding(e) if e.mean => return None,
             Step::Embedding(_) => "embedding without a sequence mean",
             Step::Lstm(_) => "lstm",
             Step::PositionEmbedding(_) => "position embedding",
             Step::Attention(_) => "attention",
             Step::Pool2d(_) | Step::GlobalAvgPool(_) => return None,
-            Step::Add(_) => "add",
+            Step::Add(s) if s.act.derivative() == Derivative::FromInput => {
+                "add with an activation whose derivative needs its input"
+            }
+            Step::Add(_) => return None,
             Step::Mean(_) => "mean",
             Step::Patches(_) => "patches",
             Step::LoraSum(_) => "lora",
@@ -103,11 +113,11 @@ impl Backend for Device {
             Step::Conv2d(s) => conv2d::forward(plan, s),
             Step::Pool2d(s) => pool::forward(plan, s),
             Step::GlobalAvgPool(s) => pool::global_forward(plan, s),
-            other @ (Step::Norm(_)
-            | Step::Lstm(_)
+            Step::Norm(s) => norm_layer::forward(plan, s),
+            Step::Add(s) => add::forward(plan, s),
+            other @ (Step::Lstm(_)
             | Step::PositionEmbedding(_)
             | Step::Attention(_)
-            | Step::Add(_)
             | Step::Mean(_)
             | Step::Patches(_)
             | Step::LoraSum(_)) => refused(other),
@@ -124,11 +134,11 @@ impl Backend for Device {
             Step::Conv2d(s) => conv2d::backward(plan, s),
             Step::Pool2d(s) => pool::backward(plan, s),
             Step::GlobalAvgPool(s) => pool::global_backward(plan, s),
-            other @ (Step::Norm(_)
-            | Step::Lstm(_)
+            Step::Norm(s) => norm_layer::backward(plan, s),
+            Step::Add(s) => add::backward(plan, s),
+            other @ (Step::Lstm(_)
             | Step::PositionEmbedding(_)
             | Step::Attention(_)
-            | Step::Add(_)
             | Step::Mean(_)
             | Step::Patches(_)
             | Step::LoraSum(_)) => refused(other),
@@ -140,9 +150,8 @@ impl Backend for Device {
             Layer::Linear(s) => linear::gradient_sum(plan, s),
             Layer::Embedding(s) => embedding::sum(plan, s, false),
             Layer::Conv2d(s) => conv2d::gradient_sum(plan, s),
-            other @ (Layer::Norm(_) | Layer::Lstm(_) | Layer::PositionEmbedding(_) | Layer::Attention(_)) => {
-                refused(other)
-            }
+            Layer::Norm(s) => norm_layer::gradient_sum(plan, s),
+            other @ (Layer::Lstm(_) | Layer::PositionEmbedding(_) | Layer::Attention(_)) => refused(other),
         }
     }
 
@@ -151,9 +160,8 @@ impl Backend for Device {
             Layer::Linear(s) => linear::norms(plan, s),
             Layer::Embedding(s) => embedding::norms(plan, s),
             Layer::Conv2d(s) => conv2d::norms(plan, s),
-            other @ (Layer::Norm(_) | Layer::Lstm(_) | Layer::PositionEmbedding(_) | Layer::Attention(_)) => {
-                refused(other)
-            }
+            Layer::Norm(s) => norm_layer::norms(plan, s),
+            other @ (Layer::Lstm(_) | Layer::PositionEmbedding(_) | Layer::Attention(_)) => refused(other),
         }
     }
 
@@ -162,9 +170,8 @@ impl Backend for Device {
             Layer::Linear(s) => linear::clipped_sum(plan, s),
             Layer::Embedding(s) => embedding::sum(plan, s, true),
             Layer::Conv2d(s) => conv2d::clipped_sum(plan, s),
-            other @ (Layer::Norm(_) | Layer::Lstm(_) | Layer::PositionEmbedding(_) | Layer::Attention(_)) => {
-                refused(other)
-            }
+            Layer::Norm(s) => norm_layer::clipped_sum(plan, s),
+            other @ (Layer::Lstm(_) | Layer::PositionEmbedding(_) | Layer::Attention(_)) => refused(other),
         }
     }
 }

@@ -8,11 +8,11 @@ mod image;
 use std::collections::HashMap;
 
 use dp_kernels::activation::Activation;
-use dp_kernels::loss;
+use dp_kernels::{loss, norm_layers};
 
 use super::{
-    BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, Pool2dGeometry, Region, RowScale,
-    Span,
+    BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, Pool2dGeometry,
+    Region, RowScale, Span,
 };
 
 /// Every region a host `Vec` (`Tokens` of `u32`, the others of `f32`).
@@ -610,6 +610,68 @@ impl DeviceOps for HostDevice {
         }
         Ok(())
     }
+
+    fn group_norm_forward(
+        &mut self,
+        x: Span,
+        dims: &GroupNormDims,
+        n: usize,
+        weight: Span,
+        bias: Span,
+        y: Span,
+        mean: Span,
+        rstd: Span,
+    ) -> Result<(), DeviceError> {
+        let (x, w, b) = (self.read(x)?, self.read(weight)?, self.read(bias)?);
+        let (mut out, mut mu, mut rs) = (self.read(y)?, self.read(mean)?, self.read(rstd)?);
+        let fits = group_norm_fits(dims, n, &[&x, &out], &[&mu, &rs])
+            && w.len() >= dims.channels
+            && b.len() >= dims.channels;
+        if !fits {
+            return Err(short("group_norm_forward"));
+        }
+        // The CPU's kernel is the reference: this backend checks the launch sequence around it.
+        norm_layers::group_norm_forward(dims, n, &x, &w, &b, &mut out, &mut mu, &mut rs);
+        self.write(y)?.copy_from_slice(&out);
+        self.write(mean)?.copy_from_slice(&mu);
+        self.write(rstd)?.copy_from_slice(&rs);
+        Ok(())
+    }
+
+    fn group_norm_backward(
+        &mut self,
+        x: Span,
+        dy: Span,
+        weight: Span,
+        mean: Span,
+        rstd: Span,
+        dims: &GroupNormDims,
+        n: usize,
+        dx: Span,
+        affine: Span,
+    ) -> Result<(), DeviceError> {
+        let (x, g, w) = (self.read(x)?, self.read(dy)?, self.read(weight)?);
+        let (mu, rs) = (self.read(mean)?, self.read(rstd)?);
+        let (mut out, mut aff) = (self.read(dx)?, self.read(affine)?);
+        let fits = group_norm_fits(dims, n, &[&x, &g, &out], &[&mu, &rs])
+            && w.len() >= dims.channels
+            && aff.len() >= n * 2 * dims.channels;
+        if !fits {
+            return Err(short("group_norm_backward"));
+        }
+        norm_layers::group_norm_backward(dims, n, &x, &g, &w, &mu, &rs, &mut out, &mut aff);
+        self.write(dx)?.copy_from_slice(&out);
+        self.write(affine)?.copy_from_slice(&aff);
+        Ok(())
+    }
+}
+
+/// Valid group norm dimensions, `values` spans of `n` examples and `stats` of `n × groups`.
+fn group_norm_fits(dims: &GroupNormDims, n: usize, values: &[&[f32]], stats: &[&[f32]]) -> bool {
+    dims.groups > 0
+        && dims.channels.is_multiple_of(dims.groups)
+        && values.iter().all(|v| v.len() >= n * dims.input_len())
+        && stats.iter().all(|s| s.len() >= n * dims.groups)
 }
 
 /// Example `i`'s `len` values.
