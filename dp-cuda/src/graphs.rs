@@ -116,3 +116,41 @@ impl StepGraphs {
         self.off.as_deref()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graphs_wait_for_one_eager_step_and_stay_off_after_a_failed_capture() {
+        let mut graphs = StepGraphs::default();
+        assert!(!graphs.usable(), "the first step runs eagerly, outside any capture");
+        graphs.count_eager();
+        assert!(graphs.usable());
+        graphs.turn_off("capturing a step: not permitted".into());
+        assert!(!graphs.usable());
+        assert_eq!(graphs.off(), Some("capturing a step: not permitted"));
+        graphs.count_eager();
+        assert!(!graphs.usable(), "a failed capture is not retried");
+    }
+
+    #[test]
+    fn a_graph_key_separates_batch_sizes_clipping_and_the_non_private_step() {
+        let flat = Clipping { mode: ClipMode::Flat, norm: 1.0 };
+        let per_layer = Clipping { mode: ClipMode::PerLayer, norm: 1.0 };
+        let looser = Clipping { mode: ClipMode::Flat, norm: 2.0 };
+        let keys = [
+            GraphKey::new(128, Some(flat)),
+            GraphKey::new(129, Some(flat)),
+            GraphKey::new(128, Some(per_layer)),
+            GraphKey::new(128, Some(looser)),
+            GraphKey::new(128, None),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(GraphKey::new(128, Some(flat)), keys[0]);
+    }
+}
