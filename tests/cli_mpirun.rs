@@ -137,9 +137,11 @@ fn two_ranks_train_the_embedding_network_as_one_process() {
     let Some(mpirun) = mpirun("two_ranks_train_the_embedding_network_as_one_process") else { return };
     let dir = TempDir::new("cli-mpirun", "embedding");
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/reviews/womens_clothing_reviews.csv.gz");
-    // Measured: 1.22e-6 at most, on the embedding row of a token frequent in the reviews: its clipped
-    // sum adds thousands of positions per step, and two partial f32 sums round differently from one.
-    compare_with_one_process::<dp::models::EmbeddingNet>(&mpirun, "embedding", &data, &dir, 2e-6);
+    // The embedding row of a token frequent in the reviews: its clipped sum adds thousands of positions
+    // per step, and two partial f32 sums round differently from one. Measured: 1.22e-6 at most, and
+    // 2.62e-6 once the noise's retries read per-segment streams (the same seed, other noise values):
+    // the rounding depends on the values drawn, so the bound leaves room above both.
+    compare_with_one_process::<dp::models::EmbeddingNet>(&mpirun, "embedding", &data, &dir, 5e-6);
 }
 
 /// Raw IDX files of `train` random 28×28 images (and 100 test images) with random labels.
