@@ -91,10 +91,13 @@ pub fn run_models(args: ModelsArgs) -> Result<()> {
         let dims = row.input_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
         format!("[{dims}] {}", row.input)
     };
-    println!("{:<14} {:<14} {:<18} {:>10}  description", "name", "model", "input", "parameters");
+    // Columns as wide as their longest entry, so that every row lines up.
+    let name_w = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max("name".len());
+    let model_w = rows.iter().map(|r| r.model.len()).max().unwrap_or(0).max("model".len());
+    println!("{:<name_w$} {:<model_w$} {:<18} {:>10}  description", "name", "model", "input", "parameters");
     for row in &rows {
         println!(
-            "{:<14} {:<14} {:<18} {:>10}  {}",
+            "{:<name_w$} {:<model_w$} {:<18} {:>10}  {}",
             row.name,
             row.model,
             shape(row),
@@ -106,11 +109,11 @@ pub fn run_models(args: ModelsArgs) -> Result<()> {
         "\non a GPU (--device cuda:N, a build with --features cuda; docs/GPU.md says which have run on one):"
     );
     for row in &rows {
-        println!("{:<14} {}", row.name, row.device);
+        println!("{:<name_w$} {}", row.name, row.device);
     }
     println!("\nrecipes: what `dp train` uses for each flag not given (SGD with momentum {MOMENTUM}, cosine decay)");
     println!(
-        "{:<14} {:>12} {:>8} {:>11} {:>8} {:>19} {:>7} {:>17}  source",
+        "{:<name_w$} {:>12} {:>8} {:>11} {:>8} {:>19} {:>7} {:>17}  source",
         "name", "--batch-size", "--epochs", "--clip-norm", "--lr", "--final-lr-fraction", "--ema", "inputs"
     );
     for row in &rows {
@@ -120,7 +123,7 @@ pub fn run_models(args: ModelsArgs) -> Result<()> {
             .input_standardization
             .map_or_else(|| "as loaded".to_string(), |s| format!("(x-{})/{}", s.mean, s.std));
         println!(
-            "{:<14} {:>12} {:>8} {:>11} {:>8} {:>19} {:>7} {:>17}  {}",
+            "{:<name_w$} {:>12} {:>8} {:>11} {:>8} {:>19} {:>7} {:>17}  {}",
             row.name, r.batch_size, r.epochs, r.clip_norm, r.lr, r.final_lr_fraction, ema, inputs, r.source
         );
     }
