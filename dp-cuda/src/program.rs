@@ -223,6 +223,40 @@ fn op(transposed: bool) -> blas_sys::cublasOperation_t {
     }
 }
 
+/// A row-major product `C = op(A)·op(B)` as the column-major one cuBLAS computes, `Cᵀ = op(B)ᵀ·op(A)ᵀ`:
+/// B first, each operand's leading dimension the row length it is stored with (at least 1, as cuBLAS
+/// requires even when k = 0), no copy made. Both `cublasSgemm` and its strided batch take these.
+pub(super) struct ColumnMajor {
+    pub(super) op_b: blas_sys::cublasOperation_t,
+    pub(super) op_a: blas_sys::cublasOperation_t,
+    /// cuBLAS's m, n, k: the row-major n, m, k.
+    pub(super) dims: [i32; 3],
+    pub(super) ldb: i32,
+    pub(super) lda: i32,
+    /// C's leading dimension: its row length.
+    pub(super) ldc: i32,
+    pub(super) alpha: f32,
+    /// 0 (overwrite) or 1 (accumulate).
+    pub(super) beta: f32,
+}
+
+impl ColumnMajor {
+    pub(super) fn of(g: &Gemm) -> std::result::Result<Self, DeviceError> {
+        let ldb = if g.b_transposed { g.k } else { g.n }.max(1);
+        let lda = if g.a_transposed { g.m } else { g.k }.max(1);
+        Ok(ColumnMajor {
+            op_b: op(g.b_transposed),
+            op_a: op(g.a_transposed),
+            dims: [int(g.n)?, int(g.m)?, int(g.k)?],
+            ldb: int(ldb)?,
+            lda: int(lda)?,
+            ldc: int(g.n)?,
+            alpha: 1.0,
+            beta: if g.accumulate { 1.0 } else { 0.0 },
+        })
+    }
+}
+
 /// One product ([`DeviceOps::gemm`]) through `cublasSgemm`.
 fn gemm_one(ops: &GpuOps<'_>, g: Gemm) -> std::result::Result<(), DeviceError> {
     g.check()?;
@@ -230,29 +264,26 @@ fn gemm_one(ops: &GpuOps<'_>, g: Gemm) -> std::result::Result<(), DeviceError> {
         return Ok(());
     }
     let (a, b, c) = (ops.memory.ptr(g.a)?, ops.memory.ptr(g.b)?, ops.memory.ptr(g.c)?);
-    // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: B first, its leading dimension
-    // the row length it is stored with (at least 1, as cuBLAS requires even when k = 0).
-    let ldb = if g.b_transposed { g.k } else { g.n }.max(1);
-    let lda = if g.a_transposed { g.m } else { g.k }.max(1);
-    let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });
+    let cm = ColumnMajor::of(&g)?;
+    let [m, n, k] = cm.dims;
     // SAFETY: the addresses lie in their regions with the lengths `check` verified; cuBLAS runs on
     // the GPU's stream, like every other launch.
     unsafe {
         blas::sgemm(
             *ops.gpu.blas.handle(),
-            op(g.b_transposed),
-            op(g.a_transposed),
-            int(g.n)?,
-            int(g.m)?,
-            int(g.k)?,
-            &alpha,
+            cm.op_b,
+            cm.op_a,
+            m,
+            n,
+            k,
+            &cm.alpha,
             b as *const f32,
-            int(ldb)?,
+            cm.ldb,
             a as *const f32,
-            int(lda)?,
-            &beta,
+            cm.lda,
+            &cm.beta,
             c as *mut f32,
-            int(g.n)?,
+            cm.ldc,
         )
     }
     .map_err(|e| DeviceError::Backend(format!("cublasSgemm: {e}")))

@@ -8,7 +8,7 @@ use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use dp_kernels::activation::Activation;
 use dp_runtime::device::{BatchedGemm, Conv2dGeometry, DeviceError, Gemm, Pool2dGeometry, Span};
 
-use super::{backend, elementwise, int, k, op, GpuOps};
+use super::{backend, elementwise, int, k, ColumnMajor, GpuOps};
 use crate::dense::activation_code;
 
 type Outcome = std::result::Result<(), DeviceError>;
@@ -146,11 +146,8 @@ pub(super) fn gemm_batched(ops: &GpuOps<'_>, bg: BatchedGemm) -> Outcome {
         return Ok(());
     }
     let (a, b, c) = (ops.memory.ptr(g.a)?, ops.memory.ptr(g.b)?, ops.memory.ptr(g.c)?);
-    // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: B first, its leading dimension the
-    // row length it is stored with (at least 1, as cuBLAS requires even when k = 0).
-    let ldb = if g.b_transposed { g.k } else { g.n }.max(1);
-    let lda = if g.a_transposed { g.m } else { g.k }.max(1);
-    let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });
+    let cm = ColumnMajor::of(&g)?;
+    let [m, n, k] = cm.dims;
     let stride = |s: usize| {
         i64::try_from(s).map_err(|_| DeviceError::Mismatch(format!("a batch stride of {s} values")))
     };
@@ -160,21 +157,21 @@ pub(super) fn gemm_batched(ops: &GpuOps<'_>, bg: BatchedGemm) -> Outcome {
     unsafe {
         blas::sgemm_strided_batched(
             *ops.gpu.blas.handle(),
-            op(g.b_transposed),
-            op(g.a_transposed),
-            int(g.n)?,
-            int(g.m)?,
-            int(g.k)?,
-            &alpha,
+            cm.op_b,
+            cm.op_a,
+            m,
+            n,
+            k,
+            &cm.alpha,
             b as *const f32,
-            int(ldb)?,
+            cm.ldb,
             stride(bg.stride_b)?,
             a as *const f32,
-            int(lda)?,
+            cm.lda,
             stride(bg.stride_a)?,
-            &beta,
+            &cm.beta,
             c as *mut f32,
-            int(g.n)?,
+            cm.ldc,
             stride(bg.stride_c)?,
             int(bg.batch)?,
         )
