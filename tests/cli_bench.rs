@@ -207,10 +207,6 @@ fn invalid_arguments_name_the_flag_and_exit_with_2() {
             "--device needs a dp built with the `cuda` feature",
         );
     } else {
-        rejected(
-            &["--model", "ffnn", "--device", "cuda:0", "--precision", "bf16"],
-            "--device cuda runs f32 only",
-        );
         rejected(&["--device", "cuda:0", "--peak"], "--device cuda times steps only");
     }
 }

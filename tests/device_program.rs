@@ -200,6 +200,11 @@ where
         "host reference".into()
     }
 
+    fn set_precision(&mut self, precision: Precision) -> Result<(), DeviceError> {
+        self.dev.set_precision(precision);
+        Ok(())
+    }
+
     fn upload(&mut self, params: &[f32]) -> Result<(), DeviceError> {
         self.dev.set(Region::Params, params.to_vec());
         Ok(())

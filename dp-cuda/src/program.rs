@@ -10,8 +10,8 @@ use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{result as drv, CudaFunction, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 use dp_kernels::activation::Activation;
 use dp_runtime::device::{
-    BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, Pool2dGeometry,
-    Region, RowScale, Span,
+    BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, Operands,
+    Pool2dGeometry, Precision, Region, RowScale, Span,
 };
 
 use crate::dense::activation_code;
@@ -118,6 +118,25 @@ impl RegionMemory {
 pub struct GpuOps<'a> {
     pub gpu: &'a Gpu,
     pub memory: &'a RegionMemory,
+    /// The precision of the products marked [`Operands::OfPrecision`].
+    pub precision: Precision,
+}
+
+impl GpuOps<'_> {
+    /// cuBLAS's compute type for a product: f32 throughout, or, for a product that may round its
+    /// operands in bf16, bf16 tensor-core products accumulated in f32 (`CUBLAS_COMPUTE_32F_FAST_16BF`:
+    /// cuBLAS converts the f32 operands itself; its rounding is not specified to be the CPU's
+    /// round-to-nearest-even bit for bit, hence the bf16 tests' tolerance).
+    pub(super) fn compute_type(&self, g: &Gemm) -> blas_sys::cublasComputeType_t {
+        match (self.precision, g.operands) {
+            (Precision::Bf16, Operands::OfPrecision) => {
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF
+            }
+            (Precision::F32, _) | (Precision::Bf16, Operands::F32) => {
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
+            }
+        }
+    }
 }
 
 fn backend(during: &str) -> impl FnOnce(String) -> DeviceError + '_ {
@@ -257,7 +276,8 @@ impl ColumnMajor {
     }
 }
 
-/// One product ([`DeviceOps::gemm`]) through `cublasSgemm`.
+/// One product ([`DeviceOps::gemm`]) through `cublasGemmEx` on f32 matrices, in the compute type
+/// [`GpuOps::compute_type`] chooses (f32 compute is `cublasSgemm`'s).
 fn gemm_one(ops: &GpuOps<'_>, g: Gemm) -> std::result::Result<(), DeviceError> {
     g.check()?;
     if g.m == 0 || g.n == 0 {
@@ -266,27 +286,34 @@ fn gemm_one(ops: &GpuOps<'_>, g: Gemm) -> std::result::Result<(), DeviceError> {
     let (a, b, c) = (ops.memory.ptr(g.a)?, ops.memory.ptr(g.b)?, ops.memory.ptr(g.c)?);
     let cm = ColumnMajor::of(&g)?;
     let [m, n, k] = cm.dims;
-    // SAFETY: the addresses lie in their regions with the lengths `check` verified; cuBLAS runs on
-    // the GPU's stream, like every other launch.
+    let f32_type = blas_sys::cudaDataType::CUDA_R_32F;
+    // SAFETY: the addresses lie in their regions with the lengths `check` verified, each an f32
+    // matrix as the data types say; alpha and beta are f32, as f32 compute types require. cuBLAS
+    // runs on the GPU's stream, like every other launch.
     unsafe {
-        blas::sgemm(
+        blas::gemm_ex(
             *ops.gpu.blas.handle(),
             cm.op_b,
             cm.op_a,
             m,
             n,
             k,
-            &cm.alpha,
-            b as *const f32,
+            (&cm.alpha as *const f32).cast(),
+            b as *const std::ffi::c_void,
+            f32_type,
             cm.ldb,
-            a as *const f32,
+            a as *const std::ffi::c_void,
+            f32_type,
             cm.lda,
-            &cm.beta,
-            c as *mut f32,
+            (&cm.beta as *const f32).cast(),
+            c as *mut std::ffi::c_void,
+            f32_type,
             cm.ldc,
+            ops.compute_type(&g),
+            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
     }
-    .map_err(|e| DeviceError::Backend(format!("cublasSgemm: {e}")))
+    .map_err(|e| DeviceError::Backend(format!("cublasGemmEx: {e}")))
 }
 
 impl GpuOps<'_> {

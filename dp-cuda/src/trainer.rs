@@ -12,7 +12,7 @@ use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 use dp_runtime::clipping::ClipMode;
 use dp_runtime::device::{
-    DeviceError, DeviceOps, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region, Span,
+    DeviceError, DeviceOps, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Precision, Region, Span,
 };
 use dp_runtime::optim::OptimizerState;
 use dp_runtime::DpModel;
@@ -62,6 +62,8 @@ pub struct GpuModel<M: DpModel> {
     graphs: StepGraphs,
     /// Pinned host memory the batch and the key are copied in through.
     staging: Staging,
+    /// The precision of the products the program marks `Operands::OfPrecision`.
+    precision: Precision,
     model: PhantomData<M>,
 }
 
@@ -131,6 +133,7 @@ impl<M: DpModel> GpuModel<M> {
             first_update: true,
             updates: 0,
             graphs: StepGraphs::default(),
+            precision: Precision::F32,
             staging,
             model: PhantomData,
         })
@@ -181,8 +184,24 @@ impl<M: DpModel> GpuModel<M> {
         &self.gpu
     }
 
+    /// Runs the products the device program marks `Operands::OfPrecision` in `precision` (in bf16:
+    /// cuBLAS's tensor-core path with bf16 operands and f32 accumulation,
+    /// `CUBLAS_COMPUTE_32F_FAST_16BF`); the others stay f32. Drops the captured step graphs, whose
+    /// products were recorded in the previous precision.
+    pub fn set_precision(&mut self, precision: Precision) {
+        if precision != self.precision {
+            self.precision = precision;
+            self.graphs.invalidate();
+        }
+    }
+
+    /// The precision of the marked products.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     fn ops(&self) -> GpuOps<'_> {
-        GpuOps { gpu: &self.gpu, memory: &self.memory }
+        GpuOps { gpu: &self.gpu, memory: &self.memory, precision: self.precision }
     }
 
     /// Copies a batch in: `n` examples' inputs and labels.
@@ -561,6 +580,11 @@ impl<M: DpModel> GpuModel<M> {
 impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
     fn describe(&self) -> String {
         self.gpu.describe()
+    }
+
+    fn set_precision(&mut self, precision: Precision) -> std::result::Result<(), DeviceError> {
+        GpuModel::set_precision(self, precision);
+        Ok(())
     }
 
     fn upload(&mut self, params: &[f32]) -> std::result::Result<(), DeviceError> {

@@ -10,7 +10,8 @@ use dp_kernels::activation::Activation;
 use dp_runtime::clipping::{clip_factors, ClipMode};
 use dp_runtime::device::host::HostDevice;
 use dp_runtime::device::{
-    BatchedGemm, Conv2dGeometry, DeviceError, DeviceOps, Gemm, GroupNormDims, Pool2dGeometry, Region, Span,
+    BatchedGemm, Conv2dGeometry, DeviceError, DeviceOps, Gemm, GroupNormDims, Operands, Pool2dGeometry,
+    Precision, Region, Span,
 };
 use dp_runtime::noise::gaussian::fill_chunk;
 use dp_runtime::optim::{NoisyGradient, Optimizer, OptimizerState, Sgd, StepInfo};
@@ -141,7 +142,19 @@ fn on_both(
     out: Region,
     call: impl Fn(&mut dyn DeviceOps) -> Result<(), DeviceError>,
 ) -> (Vec<f32>, Vec<f32>) {
+    on_both_in(Precision::F32, gpu, regions, out, call)
+}
+
+/// [`on_both`] with both devices' marked products in `precision`.
+fn on_both_in(
+    precision: Precision,
+    gpu: &Gpu,
+    regions: &[(Region, Vec<f32>)],
+    out: Region,
+    call: impl Fn(&mut dyn DeviceOps) -> Result<(), DeviceError>,
+) -> (Vec<f32>, Vec<f32>) {
     let mut host = HostDevice::new();
+    host.set_precision(precision);
     for (region, values) in regions {
         host.set(*region, values.clone());
     }
@@ -151,7 +164,7 @@ fn on_both(
     for (region, values) in regions {
         memory.upload(gpu, *region, values).unwrap();
     }
-    call(&mut GpuOps { gpu, memory: &memory }).unwrap_or_else(|e| panic!("gpu: {e}"));
+    call(&mut GpuOps { gpu, memory: &memory, precision }).unwrap_or_else(|e| panic!("gpu: {e}"));
     let device = memory.download(gpu, out).unwrap();
     (host.get(out).to_vec(), device[..len(out)].to_vec())
 }
@@ -216,7 +229,7 @@ fn gpu_im2col_col2im_and_the_channel_epilogue_equal_the_host_reference() {
     }
     let grouped = Conv2dGeometry { groups: 2, ..g(4, 8, 8, 3, 3, 1, 1, 1) };
     let memory = RegionMemory::new(&gpu, |_| 10_000).unwrap();
-    let refused = GpuOps { gpu: &gpu, memory: &memory }.im2col(
+    let refused = GpuOps { gpu: &gpu, memory: &memory, precision: Precision::F32 }.im2col(
         Span::new(Region::Inputs, 0, 256),
         &grouped,
         1,
@@ -283,6 +296,7 @@ fn gpu_batched_products_equal_the_host_reference() {
                         b_transposed,
                         c: Span::new(Region::Grad, 0, c_len),
                         accumulate,
+                        operands: Operands::OfPrecision,
                     },
                     batch,
                     stride_a,
@@ -292,6 +306,61 @@ fn gpu_batched_products_equal_the_host_reference() {
                 let (host, device) = on_both(&gpu, &regions, Region::Grad, |ops| ops.gemm_batched(product));
                 assert_near(&host, &device, 1e-5, &format!("{product:?}"));
             }
+        }
+    }
+}
+
+/// Products in bf16: a product marked `OfPrecision` runs on the tensor cores with bf16 operands
+/// (`CUBLAS_COMPUTE_32F_FAST_16BF`) and lands near the host's product of the operands rounded to
+/// bf16 — and measurably away from the f32 product, so the tensor-core path did run; one marked `F32`
+/// is the f32 product in either precision. Single and strided batched, every transpose.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_bf16_products_round_only_the_products_marked_to() {
+    let Some(gpu) = gpu("bf16 products") else { return };
+    let (m, n, k, batch) = (96, 160, 288, 3);
+    for (a_transposed, b_transposed) in [(false, false), (true, false), (false, true), (true, true)] {
+        let regions = [
+            (Region::Params, uniform(11, m * k)),
+            (Region::Arena, uniform(12, batch * k * n)),
+            (Region::Grad, uniform(13, batch * m * n)),
+        ];
+        let gemm = |operands| Gemm {
+            m,
+            n,
+            k,
+            a: Span::new(Region::Params, 0, m * k),
+            a_transposed,
+            b: Span::new(Region::Arena, 0, batch * k * n),
+            b_transposed,
+            c: Span::new(Region::Grad, 0, batch * m * n),
+            accumulate: true,
+            operands,
+        };
+        let batched = |operands| BatchedGemm {
+            gemm: gemm(operands),
+            batch,
+            stride_a: 0,
+            stride_b: k * n,
+            stride_c: m * n,
+        };
+        let what = format!("transposes {a_transposed} {b_transposed}");
+        let single = |precision, operands| {
+            on_both_in(precision, &gpu, &regions, Region::Grad, |ops| ops.gemm(gemm(operands)))
+        };
+        let many = |precision, operands| {
+            on_both_in(precision, &gpu, &regions, Region::Grad, |ops| ops.gemm_batched(batched(operands)))
+        };
+        for run in [&single as &dyn Fn(Precision, Operands) -> (Vec<f32>, Vec<f32>), &many] {
+            let (f32_host, f32_gpu) = run(Precision::F32, Operands::OfPrecision);
+            assert_near(&f32_host, &f32_gpu, 1e-5, &format!("f32 {what}"));
+            let (kept_host, kept_gpu) = run(Precision::Bf16, Operands::F32);
+            assert_near(&kept_host, &f32_host, 0.0, &format!("F32 marked, host {what}"));
+            assert_near(&kept_gpu, &f32_host, 1e-5, &format!("F32 marked, gpu {what}"));
+            let (bf16_host, bf16_gpu) = run(Precision::Bf16, Operands::OfPrecision);
+            assert_near(&bf16_host, &bf16_gpu, 1e-4, &format!("bf16 {what}"));
+            let moved = bf16_gpu.iter().zip(&f32_host).map(|(b, f)| (b - f).abs()).fold(0.0f32, f32::max);
+            assert!(moved > 1e-3, "bf16 {what}: the product is the f32 one (largest difference {moved})");
         }
     }
 }
@@ -528,7 +597,7 @@ fn gpu_group_norm_equals_the_host_reference() {
     }
 
     let memory = RegionMemory::new(&gpu, |_| 10_000).unwrap();
-    let mut ops = GpuOps { gpu: &gpu, memory: &memory };
+    let mut ops = GpuOps { gpu: &gpu, memory: &memory, precision: Precision::F32 };
     let s = |region, len| Span::new(region, 0, len);
     for (dims, x_len) in [
         (GroupNormDims { channels: 6, plane: 10, groups: 4 }, 60),

@@ -47,16 +47,16 @@ failed=0
     echo "libraries: $(ls -l "$links" | awk 'NR>1 {print $9 " -> " $11}' | tr '\n' ' ')"
     # The GPU tests and the NVRTC compile tests; the host-C tests need the source tree and a C compiler
     # and run in CI instead.
-    for name in nvrtc_compile gpu gpu_programs; do
+    for name in nvrtc_compile gpu gpu_programs gpu_programs_bf16; do
         [ -x "$bins/$name" ] || continue
         echo "## $name"
         "$bins/$name" --include-ignored --test-threads=1 --nocapture 2>&1 || { echo "## $name FAILED"; failed=1; }
     done
     if [ -x "$bins/dp" ]; then
-        for precision in f32; do
+        for precision in f32 bf16; do
             echo "## dp bench --device cuda:0 --precision $precision"
-            "$bins/dp" bench --device cuda:0 --all --batch-size 128 --steps "$steps" --json 2>&1 \
-                || { echo "## dp bench FAILED"; failed=1; }
+            "$bins/dp" bench --device cuda:0 --all --batch-size 128 --steps "$steps" --precision "$precision" \
+                --json 2>&1 || { echo "## dp bench FAILED"; failed=1; }
         done
         # The front door: a private run on the Adult data shipped in the repository, on the GPU and, for
         # comparison, on this machine's CPUs (same seed: the same batches and noise).
@@ -71,6 +71,9 @@ failed=0
             echo "## dp train --model mnist-cnn --data data/mnist --max-steps 300 --device $device"
             "$bins/dp" train --model mnist-cnn --data data/mnist --target-epsilon 3 --seed 1 --max-steps 300 \
                 --device "$device" 2>&1 | grep -v "^epoch" || { echo "## dp train FAILED"; failed=1; }
+            echo "## dp train --model mnist-cnn --data data/mnist --max-steps 300 --precision bf16 --device $device"
+            "$bins/dp" train --model mnist-cnn --data data/mnist --target-epsilon 3 --seed 1 --max-steps 300 \
+                --precision bf16 --device "$device" 2>&1 | grep -v "^epoch" || { echo "## dp train FAILED"; failed=1; }
         done
     fi
     peers=${DP_CHECK_PEERS:-all}

@@ -147,7 +147,7 @@ pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
 /// Runs `dp bench`, printing its results on stdout.
 pub fn run(args: BenchArgs) -> Result<()> {
     validate(&args)?;
-    super::warn_if_bf16_is_emulated(args.precision);
+    super::warn_if_bf16_is_emulated(args.precision, args.device);
     let mut builder = rayon::ThreadPoolBuilder::new();
     if let Some(threads) = args.threads {
         builder = builder.num_threads(threads);
@@ -194,9 +194,6 @@ fn validate(args: &BenchArgs) -> Result<()> {
         }
         if args.peak || args.max_batch {
             return Err(Error::invalid("device", "cuda times steps only (not --peak or --max-batch)"));
-        }
-        if args.precision != Precision::F32 {
-            return Err(Error::invalid("device", "cuda runs f32 only so far (bf16 on the GPU is not built)"));
         }
     }
     if !(args.peak || args.max_batch || args.all || args.model.is_some()) {
@@ -652,7 +649,9 @@ fn gpu_timings<M: DpModel>(
     let (mut inputs, mut labels) = (Vec::new(), Vec::new());
     let open = || -> Result<GpuModel<M>> {
         let gpu = Gpu::open(ordinal).map_err(gpu_error)?;
-        GpuModel::<M>::new(gpu, initial.params(), n).map_err(gpu_error)
+        let mut model = GpuModel::<M>::new(gpu, initial.params(), n).map_err(gpu_error)?;
+        model.set_precision(args.precision);
+        Ok(model)
     };
     let finite = |model: &GpuModel<M>, what: &str| -> Result<()> {
         let params = model.params().map_err(gpu_error)?;

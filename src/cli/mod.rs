@@ -82,8 +82,9 @@ pub fn bf16_products() -> &'static str {
 }
 
 /// Says on stderr when `--precision bf16` will be emulated on this CPU (the same numbers, slower).
-pub fn warn_if_bf16_is_emulated(precision: dp_runtime::Precision) {
-    if precision == dp_runtime::Precision::Bf16 && !dp_kernels::gemm_bf16::has_bf16_dot_products() {
+pub fn warn_if_bf16_is_emulated(precision: dp_runtime::Precision, device: DeviceArg) {
+    let on_cpu = matches!(device, DeviceArg::Cpu);
+    if on_cpu && precision == dp_runtime::Precision::Bf16 && !dp_kernels::gemm_bf16::has_bf16_dot_products() {
         eprintln!(
             "--precision bf16: this CPU has no AVX512-BF16, so the bf16 products are emulated in f32 on \
              rounded operands: the same results, slower than --precision f32"

@@ -202,7 +202,7 @@ impl ModelVisitor for Step {
 /// Runs `dp step`.
 pub fn run(args: StepArgs) -> Result<()> {
     args.check()?;
-    super::warn_if_bf16_is_emulated(args.precision);
+    super::warn_if_bf16_is_emulated(args.precision, super::DeviceArg::Cpu);
     let model = args.model.clone();
     let noiseless = args.noise_multiplier == 0.0;
     registry::dispatch(&model, Step(args))??;

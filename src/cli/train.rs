@@ -304,12 +304,6 @@ impl TrainArgs {
             if self.non_private {
                 return Err(Error::invalid("device", "the non-private baseline runs on the CPU only"));
             }
-            if self.precision != Precision::F32 {
-                return Err(Error::invalid(
-                    "device",
-                    "cuda runs f32 only so far (bf16 on the GPU is not built)",
-                ));
-            }
         }
         if self.init.is_some() && self.resume.is_some() {
             return Err(Error::invalid(
@@ -667,7 +661,7 @@ pub fn summary(report: &Report, seconds: f64) -> String {
 /// Runs `dp train`.
 pub fn run(args: TrainArgs) -> Result<()> {
     args.check()?;
-    super::warn_if_bf16_is_emulated(args.precision);
+    super::warn_if_bf16_is_emulated(args.precision, args.device);
     let model = match &args.model {
         Some(model) => model.clone(),
         None => {

@@ -133,9 +133,21 @@ pub fn cpu_reference<M: DpModel>(
     n: usize,
     clip: f64,
 ) -> CpuReference {
+    cpu_reference_in(dp::Precision::F32, model, inputs, labels, n, clip)
+}
+
+/// [`cpu_reference`] with the CPU program's products in `precision`.
+pub fn cpu_reference_in<M: DpModel>(
+    precision: dp::Precision,
+    model: &M,
+    inputs: &[M::Input],
+    labels: &[f32],
+    n: usize,
+    clip: f64,
+) -> CpuReference {
     let groups = M::GROUPS.len();
     let b = dp::Batch { inputs, labels, size: n };
-    let mut ws = dp::Workspace::new::<M>(n);
+    let mut ws = dp::Workspace::new::<M>(n).with_precision(precision);
     let (mut losses, mut sq_norms) = (vec![0.0; n], vec![0.0; n * groups]);
     model.per_example_norms(&mut ws, b, &mut losses, &mut sq_norms);
     let mut factors = vec![0.0; n * groups];

@@ -3,7 +3,7 @@
 //! through `kernels/conv.cu`. Each checks its spans against the shapes (and, through
 //! [`RegionMemory::ptr`](super::RegionMemory::ptr), against their regions) before it queues anything.
 
-use cudarc::cublas::result as blas;
+use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use dp_kernels::activation::Activation;
 use dp_runtime::device::{BatchedGemm, Conv2dGeometry, DeviceError, Gemm, Pool2dGeometry, Span};
@@ -123,8 +123,8 @@ fn group_of(groups: usize, group: usize) -> Outcome {
     }
 }
 
-/// A strided batch of products: one `cublasSgemmStridedBatched` with `gemm`'s row-major trick, or,
-/// where the batch's outputs overlap (a shared `c`, stride below `m·n`), one `cublasSgemm` per
+/// A strided batch of products: one `cublasGemmStridedBatchedEx` with `gemm`'s row-major trick, or,
+/// where the batch's outputs overlap (a shared `c`, stride below `m·n`), one `cublasGemmEx` per
 /// product in batch order, so that the products accumulate into it one after another instead of
 /// racing.
 pub(super) fn gemm_batched(ops: &GpuOps<'_>, bg: BatchedGemm) -> Outcome {
@@ -151,32 +151,39 @@ pub(super) fn gemm_batched(ops: &GpuOps<'_>, bg: BatchedGemm) -> Outcome {
     let stride = |s: usize| {
         i64::try_from(s).map_err(|_| DeviceError::Mismatch(format!("a batch stride of {s} values")))
     };
+    let f32_type = blas_sys::cudaDataType::CUDA_R_32F;
     // SAFETY: the addresses lie in their regions, and `check` verified that each span holds every
-    // operand of the batch at its stride; the outputs do not overlap (stride_c ≥ m·n or one product).
-    // cuBLAS runs on the GPU's stream, like every other launch.
+    // operand of the batch at its stride, each an f32 matrix as the data types say; the outputs do
+    // not overlap (stride_c ≥ m·n or one product); alpha and beta are f32, as f32 compute types
+    // require. cuBLAS runs on the GPU's stream, like every other launch.
     unsafe {
-        blas::sgemm_strided_batched(
+        blas::gemm_strided_batched_ex(
             *ops.gpu.blas.handle(),
             cm.op_b,
             cm.op_a,
             m,
             n,
             k,
-            &cm.alpha,
-            b as *const f32,
+            (&cm.alpha as *const f32).cast(),
+            b as *const std::ffi::c_void,
+            f32_type,
             cm.ldb,
             stride(bg.stride_b)?,
-            a as *const f32,
+            a as *const std::ffi::c_void,
+            f32_type,
             cm.lda,
             stride(bg.stride_a)?,
-            &cm.beta,
-            c as *mut f32,
+            (&cm.beta as *const f32).cast(),
+            c as *mut std::ffi::c_void,
+            f32_type,
             cm.ldc,
             stride(bg.stride_c)?,
             int(bg.batch)?,
+            ops.compute_type(&g),
+            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
     }
-    .map_err(|e| DeviceError::Backend(format!("cublasSgemmStridedBatched: {e}")))
+    .map_err(|e| DeviceError::Backend(format!("cublasGemmStridedBatchedEx: {e}")))
 }
 
 pub(super) fn im2col(ops: &GpuOps<'_>, x: Span, geom: &Conv2dGeometry, n: usize, cols: Span) -> Outcome {

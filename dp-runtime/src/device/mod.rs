@@ -16,6 +16,7 @@
 pub mod host;
 
 use dp_kernels::activation::Activation;
+pub use dp_kernels::gemm_bf16::Precision;
 pub use dp_kernels::norm_layers::GroupNormDims;
 pub use dp_spec::{Conv2dGeometry, Pool2dGeometry};
 
@@ -76,6 +77,23 @@ pub struct Gemm {
     pub b_transposed: bool,
     pub c: Span,
     pub accumulate: bool,
+    /// Whether a device in [`Precision::Bf16`] may round this product's operands.
+    pub operands: Operands,
+}
+
+/// What a product's operands are in a device's [`Precision`]: the device program marks every product
+/// with the rule the CPU program follows (docs/PERFORMANCE.md, "bf16 products"), so that a clipped sum
+/// adds exactly the per-example gradients whose norms were measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operands {
+    /// f32 in every precision: a sum of gradients whose norms were formed apart from it, from f32
+    /// operands (a ghost layer's clipped or plain sum). Rounding its operands would sum gradients
+    /// other than those normed.
+    F32,
+    /// Rounded to bf16 in [`Precision::Bf16`] (products of bf16 pairs accumulated in f32), f32
+    /// otherwise: the forward's products, the backward's products to the inputs, and the products that
+    /// form kept per-example gradients (what is normed is then what is summed).
+    OfPrecision,
 }
 
 impl Gemm {
@@ -475,6 +493,9 @@ pub struct DeviceStepOutcome {
 pub trait DeviceTraining<M: crate::DpModel>: Send {
     /// The device, e.g. `cuda:0 NVIDIA H200 (sm_90)`.
     fn describe(&self) -> String;
+    /// The precision of the products the device program marks [`Operands::OfPrecision`] (the
+    /// trainer sets the one it was given before the first step).
+    fn set_precision(&mut self, precision: Precision) -> Result<(), DeviceError>;
     /// Sets the parameters on the device (all `PARAM_COUNT`).
     fn upload(&mut self, params: &[f32]) -> Result<(), DeviceError>;
     /// Copies the parameters back (all `PARAM_COUNT`).

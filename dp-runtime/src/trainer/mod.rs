@@ -349,6 +349,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
         let checkpoint_path = self.checkpoint.as_deref().filter(|_| is_root);
 
         if let Some(dev) = device.as_mut() {
+            dev.set_precision(self.precision).map_err(device_error)?;
             dev.upload(model.params()).map_err(device_error)?;
         }
         let (mut device_inputs, mut device_labels) = (Vec::new(), Vec::new());

@@ -29,7 +29,9 @@ fn geom(g: &Conv2dGeometry) -> TokenStream {
     }
 }
 
-/// `c_i (+)= op(a_i)·op(b_i)` for every example, `a`, `b` and `c` advancing by their strides.
+/// `c_i (+)= op(a_i)·op(b_i)` for every example, `a`, `b` and `c` advancing by their strides. Every
+/// product of a device conv may round its operands: the forward, the backward to the input, and the
+/// per-example gradients, which are kept and both normed and summed.
 #[allow(clippy::too_many_arguments)]
 fn batched(
     (m, nn, k): (usize, usize, usize),
@@ -46,6 +48,7 @@ fn batched(
                 a: #a, a_transposed: #at,
                 b: #b, b_transposed: #bt,
                 c: #c, accumulate: false,
+                operands: #rt::Operands::OfPrecision,
             },
             batch: n, stride_a: #sa, stride_b: #sb, stride_c: #sc,
         })?;

@@ -11,7 +11,16 @@ use crate::plan::Plan;
 use proc_macro2::TokenStream;
 use quote::quote;
 
+/// Which products of a linear layer may round their operands: the forward and the backward to the
+/// input, never the weight-gradient sums, whose ghost norms read the unrounded `a` and `δ`.
+#[derive(Clone, Copy)]
+enum Product {
+    ForwardOrBackward,
+    GradientSum,
+}
+
 /// `c (+)= op(a)·op(b)`, the batch size `n` as M or K where `m`/`k` say so.
+#[allow(clippy::too_many_arguments)]
 fn gemm(
     m: TokenStream,
     nn: TokenStream,
@@ -20,15 +29,21 @@ fn gemm(
     b: (TokenStream, bool),
     c: TokenStream,
     accumulate: bool,
+    product: Product,
 ) -> TokenStream {
     let rt = rt();
     let ((a, at), (b, bt)) = (a, b);
+    let operands = match product {
+        Product::ForwardOrBackward => quote!(#rt::Operands::OfPrecision),
+        Product::GradientSum => quote!(#rt::Operands::F32),
+    };
     quote! {
         dev.gemm(#rt::Gemm {
             m: #m, n: #nn, k: #k,
             a: #a, a_transposed: #at,
             b: #b, b_transposed: #bt,
             c: #c, accumulate: #accumulate,
+            operands: #operands,
         })?;
     }
 }
@@ -36,7 +51,16 @@ fn gemm(
 pub fn forward(plan: &Plan, d: &DenseStep) -> TokenStream {
     let (n_in, n_out) = (lit(d.inputs), lit(d.outputs));
     let (a, w, y) = (read(plan, d.input), param(plan, d.weight), arena(plan, d.output));
-    let product = gemm(quote!(n), quote!(#n_out), quote!(#n_in), (a, false), (w, true), y.clone(), false);
+    let product = gemm(
+        quote!(n),
+        quote!(#n_out),
+        quote!(#n_in),
+        (a, false),
+        (w, true),
+        y.clone(),
+        false,
+        Product::ForwardOrBackward,
+    );
     let epilogue = (d.bias.is_some() || d.act != Act::Identity).then(|| {
         let bias = match d.bias {
             Some(slot) => {
@@ -60,8 +84,16 @@ pub fn backward(plan: &Plan, d: &DenseStep) -> TokenStream {
     });
     let input_grad = d.input_grad.map(|t| {
         let (w, ga) = (param(plan, d.weight), arena(plan, t.write));
-        let product =
-            gemm(quote!(n), quote!(#n_in), quote!(#n_out), (delta.clone(), false), (w, false), ga, false);
+        let product = gemm(
+            quote!(n),
+            quote!(#n_in),
+            quote!(#n_out),
+            (delta.clone(), false),
+            (w, false),
+            ga,
+            false,
+            Product::ForwardOrBackward,
+        );
         let acc = accumulate(plan, t);
         quote!(#product #acc)
     });
@@ -72,7 +104,16 @@ pub fn backward(plan: &Plan, d: &DenseStep) -> TokenStream {
 fn weighted_sum(plan: &Plan, d: &DenseStep, a: TokenStream, delta: TokenStream) -> TokenStream {
     let (n_in, n_out) = (lit(d.inputs), lit(d.outputs));
     let gw = grad(plan, d.weight);
-    let product = gemm(quote!(#n_out), quote!(#n_in), quote!(n), (delta.clone(), true), (a, false), gw, true);
+    let product = gemm(
+        quote!(#n_out),
+        quote!(#n_in),
+        quote!(n),
+        (delta.clone(), true),
+        (a, false),
+        gw,
+        true,
+        Product::GradientSum,
+    );
     let bias = d.bias.map(|slot| {
         let gb = grad(plan, slot);
         quote!(dev.column_sums_add(#delta, n, #n_out, #gb)?;)

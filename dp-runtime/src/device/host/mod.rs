@@ -8,11 +8,12 @@ mod image;
 use std::collections::HashMap;
 
 use dp_kernels::activation::Activation;
+use dp_kernels::gemm_bf16::round_to_bf16;
 use dp_kernels::{loss, norm_layers};
 
 use super::{
-    BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, Pool2dGeometry,
-    Region, RowScale, Span,
+    BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, Operands,
+    Pool2dGeometry, Precision, Region, RowScale, Span,
 };
 
 /// Every region a host `Vec` (`Tokens` of `u32`, the others of `f32`).
@@ -20,11 +21,19 @@ use super::{
 pub struct HostDevice {
     regions: HashMap<Region, Vec<f32>>,
     tokens: Vec<u32>,
+    precision: Precision,
 }
 
 impl HostDevice {
     pub fn new() -> Self {
         HostDevice::default()
+    }
+
+    /// The products marked [`Operands::OfPrecision`] in `precision`: in bf16, their operands rounded
+    /// as the CPU's bf16 products round them (`dp_kernels::gemm_bf16::round_to_bf16`), then
+    /// multiplied and accumulated as in f32.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
 
     /// Sets a region's contents (its length is the region's size).
@@ -73,7 +82,15 @@ fn short(what: &str) -> DeviceError {
 impl DeviceOps for HostDevice {
     fn gemm(&mut self, g: Gemm) -> Result<(), DeviceError> {
         g.check()?;
-        let (a, b) = (self.read(g.a)?, self.read(g.b)?);
+        let (mut a, mut b) = (self.read(g.a)?, self.read(g.b)?);
+        match (self.precision, g.operands) {
+            (Precision::Bf16, Operands::OfPrecision) => {
+                for v in a.iter_mut().chain(b.iter_mut()) {
+                    *v = round_to_bf16(*v);
+                }
+            }
+            (Precision::F32, _) | (Precision::Bf16, Operands::F32) => {}
+        }
         let c = self.write(g.c)?;
         for i in 0..g.m {
             for j in 0..g.n {

@@ -1,0 +1,192 @@
+//! The generated device programs in bf16 on the host reference backend (`HostDevice`), against the
+//! CPU program in bf16. A device program marks each product with what its operands may be
+//! (`Operands`): the forward's products, the backward's to the inputs and those forming kept
+//! per-example gradients may round to bf16; a ghost layer's clipped and plain sums stay f32, as on the
+//! CPU, so that each example's clipped contribution is the gradient whose norm was measured. The host
+//! backend rounds exactly as the CPU's bf16 products do, so where the two programs round the same
+//! operands they agree as closely as in f32; `tests/gpu_programs.rs` runs these programs on a GPU.
+
+use dp::device::host::HostDevice;
+use dp::device::{DeviceError, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region};
+use dp::models::{AdultFfnn, AdultLogReg, MnistCnn};
+use dp::optim::{OptimizerState, Sgd};
+use dp::prelude::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+mod dense_models;
+
+use dense_models::{batch, close, close_sum, cpu_reference_in, Deep, SmallConv, TanhMse, TestInput};
+
+/// What a device program in `precision` computed on the host backend for one batch.
+struct DeviceRun {
+    losses: Vec<f32>,
+    sq_norms: Vec<f32>,
+    clipped_sum: Vec<f32>,
+}
+
+fn run_on_host<M: DpModel>(
+    model: &M,
+    precision: Precision,
+    inputs: &[M::Input],
+    labels: &[f32],
+    factors: &[f32],
+    n: usize,
+) -> DeviceRun
+where
+    M::Input: TestInput,
+{
+    let mut dev = HostDevice::new();
+    dev.set_precision(precision);
+    dev.set(Region::Params, model.params().to_vec());
+    dev.set(Region::Grad, vec![0.0; M::TRAINED_PARAM_COUNT]);
+    dev.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * n]);
+    TestInput::load(&mut dev, inputs);
+    dev.set(Region::Labels, labels.to_vec());
+    dev.set(Region::Losses, vec![f32::NAN; n]);
+    dev.set(Region::SqNorms, vec![f32::NAN; n * M::GROUPS.len()]);
+    dev.set(Region::Factors, factors.to_vec());
+    M::device_forward_backward(&mut dev, n).unwrap();
+    M::device_norms(&mut dev, n).unwrap();
+    M::device_clipped_sum(&mut dev, n).unwrap();
+    DeviceRun {
+        losses: dev.get(Region::Losses).to_vec(),
+        sq_norms: dev.get(Region::SqNorms).to_vec(),
+        clipped_sum: dev.get(Region::Grad).to_vec(),
+    }
+}
+
+/// The device program in bf16 against the CPU program in bf16 (losses and norms to `tol` relative,
+/// the clipped sum to `tol` of its largest coordinate), with the CPU's bf16 clip factors; and the
+/// device's bf16 losses and norms away from its f32 ones by more than 1e-3 relative somewhere, so that
+/// a device ignoring its precision fails here.
+fn bf16_device_matches_bf16_cpu<M: DpModel>(seed: u64, sizes: &[usize], tol: f32)
+where
+    M::Input: TestInput,
+{
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let model = M::init(&mut rng);
+    let mut moved = 0.0f32;
+    for &n in sizes {
+        let (inputs, labels) = batch::<M>(&mut rng, n, false);
+        let cpu = cpu_reference_in(Precision::Bf16, &model, &inputs, &labels, n, 0.5);
+        let dev = run_on_host(&model, Precision::Bf16, &inputs, &labels, &cpu.factors, n);
+        let tag = |what: &str| format!("{} bf16 n={n} {what}", M::NAME);
+        close(&tag("losses"), &dev.losses, &cpu.losses, tol);
+        close(&tag("squared norms"), &dev.sq_norms, &cpu.sq_norms, tol);
+        close_sum(&tag("clipped sum"), &dev.clipped_sum, &cpu.clipped_sum, tol);
+        let f32_run = run_on_host(&model, Precision::F32, &inputs, &labels, &cpu.factors, n);
+        let pairs = dev.losses.iter().zip(&f32_run.losses).chain(dev.sq_norms.iter().zip(&f32_run.sq_norms));
+        for (b, f) in pairs {
+            moved = moved.max((b - f).abs() / f.abs().max(1e-3));
+        }
+    }
+    eprintln!("{}: bf16 against f32, largest relative difference {moved}", M::NAME);
+    assert!(
+        moved > 1e-3,
+        "{}: the bf16 losses and norms are the f32 ones (largest relative difference {moved})",
+        M::NAME
+    );
+}
+
+/// Linear layers round the same operands on both (the forward's and the backward's products; ghost
+/// norms and sums in f32 from unrounded operands): as close as the f32 programs are.
+#[test]
+fn logreg_bf16_device_program_matches_the_bf16_cpu() {
+    bf16_device_matches_bf16_cpu::<AdultLogReg>(21, &[1, 7, 64], 1e-4);
+}
+
+#[test]
+fn ffnn_bf16_device_program_matches_the_bf16_cpu() {
+    bf16_device_matches_bf16_cpu::<AdultFfnn>(22, &[1, 7, 64], 1e-4);
+}
+
+#[test]
+fn deep_bf16_device_program_matches_the_bf16_cpu() {
+    bf16_device_matches_bf16_cpu::<Deep>(23, &[1, 7, 33], 1e-4);
+}
+
+#[test]
+fn tanh_mse_bf16_device_program_matches_the_bf16_cpu() {
+    bf16_device_matches_bf16_cpu::<TanhMse>(24, &[1, 7, 33], 1e-4);
+}
+
+/// Convolutions whose per-example gradients the CPU keeps too (direct norms): both form them with bf16
+/// products, so the programs agree as in f32.
+#[test]
+fn small_conv_bf16_device_program_matches_the_bf16_cpu() {
+    bf16_device_matches_bf16_cpu::<SmallConv>(25, &[1, 7], 1e-4);
+}
+
+/// The MNIST CNN's second conv has ghost norms on the CPU, which forms them and its clipped sum in f32
+/// (its per-example product is below `BF16_GRADIENT_MIN_MACS`), while the device keeps that conv's
+/// per-example gradients and forms them with bf16 products (normed and summed alike). The forward and
+/// the losses round the same operands on both; that conv's norms differ by the rounding of its
+/// gradient's operands (2.5e-4 relative measured; bf16 keeps 8 bits, 2⁻⁹ relative per operand).
+#[test]
+fn mnist_cnn_bf16_device_program_matches_the_bf16_cpu_to_the_rounding_of_a_ghost_conv() {
+    bf16_device_matches_bf16_cpu::<MnistCnn>(26, &[1, 5], 2e-3);
+}
+
+/// A training state that records the precision the trainer sets before it uploads anything.
+struct PrecisionProbe {
+    set: Vec<Precision>,
+    uploaded_after: Option<usize>,
+}
+
+impl<M: DpModel> DeviceTraining<M> for &mut PrecisionProbe {
+    fn describe(&self) -> String {
+        "precision probe".into()
+    }
+    fn set_precision(&mut self, precision: Precision) -> Result<(), DeviceError> {
+        self.set.push(precision);
+        Ok(())
+    }
+    fn upload(&mut self, _params: &[f32]) -> Result<(), DeviceError> {
+        self.uploaded_after.get_or_insert(self.set.len());
+        Ok(())
+    }
+    fn download(&mut self, _params: &mut [f32]) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    fn optimizer_state(&mut self) -> Result<OptimizerState, DeviceError> {
+        Ok(OptimizerState { kind: "sgd".into(), updates: 0, buffers: Vec::new() })
+    }
+    fn load_optimizer_state(&mut self, _state: &OptimizerState) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    fn private_step(
+        &mut self,
+        _inputs: &[M::Input],
+        _labels: &[f32],
+        _n: usize,
+        _step: &DevicePrivateStep,
+    ) -> Result<DeviceStepOutcome, DeviceError> {
+        Ok(DeviceStepOutcome { non_finite_examples: 0, overflowed: false })
+    }
+}
+
+/// `Trainer::precision` reaches the device, before the parameters do.
+#[test]
+fn the_trainer_gives_its_precision_to_the_device() {
+    for precision in [Precision::Bf16, Precision::F32] {
+        let mut rng = ChaCha8Rng::seed_from_u64(27);
+        let mut model = AdultLogReg::init(&mut rng);
+        let (inputs, labels) = batch::<AdultLogReg>(&mut rng, 64, false);
+        let train = Dataset::new(inputs, labels, vec![104], 1).unwrap();
+        let mut probe = PrecisionProbe { set: Vec::new(), uploaded_after: None };
+        dp::Trainer::new(&mut model)
+            .optimizer(Sgd::new(0.1))
+            .clip_norm(1.0)
+            .noise_multiplier(1.0)
+            .expected_batch_size(16)
+            .steps(2)
+            .precision(precision)
+            .device(&mut probe)
+            .quiet(true)
+            .fit(&train, None)
+            .unwrap();
+        assert_eq!(probe.set, vec![precision]);
+        assert_eq!(probe.uploaded_after, Some(1), "the precision is set before the upload");
+    }
+}

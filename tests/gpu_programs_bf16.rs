@@ -1,0 +1,94 @@
+//! The generated device programs in bf16 on a GPU against the CPU programs in bf16: the products the
+//! device program marks `Operands::OfPrecision` run on the tensor cores (cuBLAS's
+//! `CUBLAS_COMPUTE_32F_FAST_16BF`: bf16 operands converted by cuBLAS, f32 accumulation), everything
+//! else in f32. `tests/device_program_bf16.rs` checks the same programs on the host reference, which
+//! rounds exactly as the CPU does; here the tolerances also cover cuBLAS's conversion, whose rounding is
+//! not specified to be the CPU's round-to-nearest-even (`dp-cuda/tests/gpu.rs` measures it on single
+//! products). Built with `--features cuda`; each test is `#[ignore]`d and `scripts/gpu/check.sh` runs
+//! them with `--include-ignored` and `DP_REQUIRE_GPU`. **Not yet run on a GPU** (written in a session
+//! without one; docs/GPU.md).
+
+#![cfg(feature = "cuda")]
+
+mod dense_models;
+
+use dense_models::{batch, close, close_sum, cpu_reference_in, Deep, SmallConv, TestInput};
+use dp::clipping::ClipMode;
+use dp::cuda::device::{self, Gpu};
+use dp::cuda::trainer::{Clipping, GpuModel};
+use dp::models::{AdultFfnn, AdultLogReg, Cifar10Cnn, MnistCnn};
+use dp::prelude::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// A line on the real stderr: libtest captures `eprintln!` of passing tests, and a skip must be seen.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn gpu(test: &str) -> Option<Gpu> {
+    if device::device_count() == 0 {
+        assert!(
+            std::env::var_os("DP_REQUIRE_GPU").is_none(),
+            "DP_REQUIRE_GPU is set but no CUDA device is present"
+        );
+        say(&format!("1 GPU test skipped: no CUDA device ({test})"));
+        return None;
+    }
+    let gpu = Gpu::open(0).unwrap_or_else(|e| panic!("{e}"));
+    say(&format!("{test}: on {}", gpu.describe()));
+    Some(gpu)
+}
+
+/// Losses, norms, clip factors and the clipped sum of `M` in bf16 on the GPU against the CPU in bf16,
+/// to `tol` (relative; the sum relative to its largest coordinate), at batch sizes 1, 7 and 256 (a
+/// NaN example in the batch of 7, which must still contribute nothing).
+fn bf16_norms_and_sums_match<M: DpModel>(seed: u64, tol: f32)
+where
+    M::Input: TestInput,
+{
+    let Some(gpu) = gpu(&format!("{} bf16", M::NAME)) else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let model = M::init(&mut rng);
+    let groups = M::GROUPS.len();
+    let mut on_gpu = GpuModel::<M>::new(gpu, model.params(), 256).unwrap();
+    on_gpu.set_precision(Precision::Bf16);
+    for (n, poison) in [(1, false), (7, true), (256, false)] {
+        let poison = poison && M::Input::POISONS;
+        let (inputs, labels) = batch::<M>(&mut rng, n, poison);
+        let cpu = cpu_reference_in(Precision::Bf16, &model, &inputs, &labels, n, 0.5);
+        let (gpu_losses, gpu_sq) = on_gpu.per_example_norms(&inputs, &labels, n).unwrap();
+        let tag = |what: &str| format!("{} bf16 n={n} {what}", M::NAME);
+        let from = usize::from(poison);
+        close(&tag("losses"), &gpu_losses[from..], &cpu.losses[from..], tol);
+        close(&tag("squared norms"), &gpu_sq[from * groups..], &cpu.sq_norms[from * groups..], tol);
+        let clipping = Clipping { mode: ClipMode::Flat, norm: 0.5 };
+        let (gpu_factors, gpu_bad) = on_gpu.clip_factors(clipping, n).unwrap();
+        assert_eq!(gpu_bad, cpu.non_finite, "{}", tag("non-finite count"));
+        close(&tag("clip factors"), &gpu_factors, &cpu.factors, tol);
+        let gpu_sum = on_gpu.clipped_sum(&cpu.factors, n).unwrap();
+        assert!(gpu_sum.iter().all(|v| v.is_finite()), "{}", tag("a NaN example reached the sum"));
+        close_sum(&tag("clipped sum"), &gpu_sum, &cpu.clipped_sum, tol);
+    }
+}
+
+/// Linear layers: the same operands rounded on both (the forward's and the backward's products).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_bf16_dense_models_match_the_bf16_cpu() {
+    bf16_norms_and_sums_match::<AdultLogReg>(31, 5e-3);
+    bf16_norms_and_sums_match::<AdultFfnn>(32, 5e-3);
+    bf16_norms_and_sums_match::<Deep>(33, 5e-3);
+}
+
+/// Convolutions: the device forms every conv's kept per-example gradients with bf16 products, the
+/// CPU a ghost conv's norms and sums in f32 where its per-example product is small (2.5e-4 relative
+/// on the MNIST CNN's norms on the host reference, `tests/device_program_bf16.rs`).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_bf16_image_models_match_the_bf16_cpu() {
+    bf16_norms_and_sums_match::<SmallConv>(34, 5e-3);
+    bf16_norms_and_sums_match::<MnistCnn>(35, 2e-2);
+    bf16_norms_and_sums_match::<Cifar10Cnn>(36, 2e-2);
+}
