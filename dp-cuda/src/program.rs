@@ -123,18 +123,16 @@ pub struct GpuOps<'a> {
 }
 
 impl GpuOps<'_> {
-    /// cuBLAS's compute type for a product: f32 throughout, or, for a product that may round its
-    /// operands in bf16, bf16 tensor-core products accumulated in f32 (`CUBLAS_COMPUTE_32F_FAST_16BF`:
-    /// cuBLAS converts the f32 operands itself; its rounding is not specified to be the CPU's
-    /// round-to-nearest-even bit for bit, hence the bf16 tests' tolerance).
-    pub(super) fn compute_type(&self, g: &Gemm) -> blas_sys::cublasComputeType_t {
+    /// The reduced-precision compute type of a product that may round its operands in bf16: bf16
+    /// tensor-core products accumulated in f32 (`CUBLAS_COMPUTE_32F_FAST_16BF`: cuBLAS converts the
+    /// f32 operands itself; its rounding is not specified to be the CPU's round-to-nearest-even bit for
+    /// bit, hence the bf16 GPU tests' tolerance). `None`: the f32 product.
+    pub(super) fn reduced_compute(&self, g: &Gemm) -> Option<blas_sys::cublasComputeType_t> {
         match (self.precision, g.operands) {
             (Precision::Bf16, Operands::OfPrecision) => {
-                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF
+                Some(blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF)
             }
-            (Precision::F32, _) | (Precision::Bf16, Operands::F32) => {
-                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
-            }
+            (Precision::F32, _) | (Precision::Bf16, Operands::F32) => None,
         }
     }
 }
@@ -276,8 +274,9 @@ impl ColumnMajor {
     }
 }
 
-/// One product ([`DeviceOps::gemm`]) through `cublasGemmEx` on f32 matrices, in the compute type
-/// [`GpuOps::compute_type`] chooses (f32 compute is `cublasSgemm`'s).
+/// One product ([`DeviceOps::gemm`]): `cublasSgemm` in f32 (the path that ran on the H200), or
+/// `cublasGemmEx` on the same f32 matrices with bf16 tensor-core compute where
+/// [`GpuOps::reduced_compute`] gives one.
 fn gemm_one(ops: &GpuOps<'_>, g: Gemm) -> std::result::Result<(), DeviceError> {
     g.check()?;
     if g.m == 0 || g.n == 0 {
@@ -286,13 +285,36 @@ fn gemm_one(ops: &GpuOps<'_>, g: Gemm) -> std::result::Result<(), DeviceError> {
     let (a, b, c) = (ops.memory.ptr(g.a)?, ops.memory.ptr(g.b)?, ops.memory.ptr(g.c)?);
     let cm = ColumnMajor::of(&g)?;
     let [m, n, k] = cm.dims;
+    let handle = *ops.gpu.blas.handle();
+    let Some(compute) = ops.reduced_compute(&g) else {
+        // SAFETY: the addresses lie in their regions with the lengths `check` verified; cuBLAS runs
+        // on the GPU's stream, like every other launch.
+        return unsafe {
+            blas::sgemm(
+                handle,
+                cm.op_b,
+                cm.op_a,
+                m,
+                n,
+                k,
+                &cm.alpha,
+                b as *const f32,
+                cm.ldb,
+                a as *const f32,
+                cm.lda,
+                &cm.beta,
+                c as *mut f32,
+                cm.ldc,
+            )
+        }
+        .map_err(|e| DeviceError::Backend(format!("cublasSgemm: {e}")));
+    };
     let f32_type = blas_sys::cudaDataType::CUDA_R_32F;
-    // SAFETY: the addresses lie in their regions with the lengths `check` verified, each an f32
-    // matrix as the data types say; alpha and beta are f32, as f32 compute types require. cuBLAS
-    // runs on the GPU's stream, like every other launch.
+    // SAFETY: as above, each operand an f32 matrix as the data types say; alpha and beta are f32, as
+    // an f32-accumulating compute type requires.
     unsafe {
         blas::gemm_ex(
-            *ops.gpu.blas.handle(),
+            handle,
             cm.op_b,
             cm.op_a,
             m,
@@ -309,7 +331,7 @@ fn gemm_one(ops: &GpuOps<'_>, g: Gemm) -> std::result::Result<(), DeviceError> {
             c as *mut std::ffi::c_void,
             f32_type,
             cm.ldc,
-            ops.compute_type(&g),
+            compute,
             blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
     }

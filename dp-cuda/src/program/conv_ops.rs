@@ -123,10 +123,10 @@ fn group_of(groups: usize, group: usize) -> Outcome {
     }
 }
 
-/// A strided batch of products: one `cublasGemmStridedBatchedEx` with `gemm`'s row-major trick, or,
-/// where the batch's outputs overlap (a shared `c`, stride below `m·n`), one `cublasGemmEx` per
-/// product in batch order, so that the products accumulate into it one after another instead of
-/// racing.
+/// A strided batch of products: one `cublasSgemmStridedBatched` (or its bf16 `Ex` form) with `gemm`'s
+/// row-major trick, or, where the batch's outputs overlap (a shared `c`, stride below `m·n`), one
+/// product per example in batch order, so that the products accumulate into it one after another
+/// instead of racing.
 pub(super) fn gemm_batched(ops: &GpuOps<'_>, bg: BatchedGemm) -> Outcome {
     bg.check()?;
     let g = bg.gemm;
@@ -151,14 +151,42 @@ pub(super) fn gemm_batched(ops: &GpuOps<'_>, bg: BatchedGemm) -> Outcome {
     let stride = |s: usize| {
         i64::try_from(s).map_err(|_| DeviceError::Mismatch(format!("a batch stride of {s} values")))
     };
+    let handle = *ops.gpu.blas.handle();
+    let (stride_a, stride_b, stride_c) = (stride(bg.stride_a)?, stride(bg.stride_b)?, stride(bg.stride_c)?);
+    let Some(compute) = ops.reduced_compute(&g) else {
+        // SAFETY: the addresses lie in their regions, and `check` verified that each span holds every
+        // operand of the batch at its stride; the outputs do not overlap (stride_c ≥ m·n or one
+        // product). cuBLAS runs on the GPU's stream, like every other launch.
+        return unsafe {
+            blas::sgemm_strided_batched(
+                handle,
+                cm.op_b,
+                cm.op_a,
+                m,
+                n,
+                k,
+                &cm.alpha,
+                b as *const f32,
+                cm.ldb,
+                stride_b,
+                a as *const f32,
+                cm.lda,
+                stride_a,
+                &cm.beta,
+                c as *mut f32,
+                cm.ldc,
+                stride_c,
+                int(bg.batch)?,
+            )
+        }
+        .map_err(|e| DeviceError::Backend(format!("cublasSgemmStridedBatched: {e}")));
+    };
     let f32_type = blas_sys::cudaDataType::CUDA_R_32F;
-    // SAFETY: the addresses lie in their regions, and `check` verified that each span holds every
-    // operand of the batch at its stride, each an f32 matrix as the data types say; the outputs do
-    // not overlap (stride_c ≥ m·n or one product); alpha and beta are f32, as f32 compute types
-    // require. cuBLAS runs on the GPU's stream, like every other launch.
+    // SAFETY: as above, each operand an f32 matrix as the data types say; alpha and beta are f32, as
+    // an f32-accumulating compute type requires.
     unsafe {
         blas::gemm_strided_batched_ex(
-            *ops.gpu.blas.handle(),
+            handle,
             cm.op_b,
             cm.op_a,
             m,
@@ -168,18 +196,18 @@ pub(super) fn gemm_batched(ops: &GpuOps<'_>, bg: BatchedGemm) -> Outcome {
             b as *const std::ffi::c_void,
             f32_type,
             cm.ldb,
-            stride(bg.stride_b)?,
+            stride_b,
             a as *const std::ffi::c_void,
             f32_type,
             cm.lda,
-            stride(bg.stride_a)?,
+            stride_a,
             (&cm.beta as *const f32).cast(),
             c as *mut std::ffi::c_void,
             f32_type,
             cm.ldc,
-            stride(bg.stride_c)?,
+            stride_c,
             int(bg.batch)?,
-            ops.compute_type(&g),
+            compute,
             blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
     }
