@@ -21,7 +21,7 @@ mod dense_models;
 use dense_models::norm_residual::NormResidual;
 use dense_models::{
     batch, close, close_sum, cpu_reference, ActivatedOutput, Deep, PooledConv, SigmoidBce, SmallConv,
-    TanhMse, TestInput, TokenBag,
+    TanhMse, TestInput, TokenBag, TokenSeq,
 };
 
 /// Batch sizes, each with or without a poisoned (NaN) first example.
@@ -31,21 +31,58 @@ fn device_matches_cpu<M: DpModel>(seed: u64, sizes: &[(usize, bool)])
 where
     M::Input: TestInput,
 {
-    assert_eq!(M::DEVICE_UNSUPPORTED, None, "{} should have a device program", M::NAME);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let model = M::init(&mut rng);
-    let groups = M::GROUPS.len();
     for &(n, poison) in sizes {
         let poison = poison && M::Input::POISONS;
         let (inputs, labels) = batch::<M>(&mut rng, n, poison);
-        let cpu = cpu_reference(&model, &inputs, &labels, n, 0.5);
+        batch_matches_cpu(&model, &inputs, &labels, n, poison);
+    }
+}
+
+/// A model over a token sequence: every example's ids repeat (positions 3 and 5 hold position 0's id,
+/// position 6 position 1's), so that the embedding's norms must group them. A poisoned batch gives
+/// example 0 a token no other example holds and makes that token's table row NaN: an example whose
+/// every gradient is NaN though its ids are valid, which must contribute nothing to the clipped sum.
+fn token_sequence_matches_cpu<M: DpModel<Input = u32>>(seed: u64, sizes: &[(usize, bool)]) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let model = M::init(&mut rng);
+    let steps = M::input_len();
+    let table = M::PARAMS.iter().find(|p| p.shape.first() == Some(&M::VOCAB)).expect("an embedding table");
+    let dim = table.shape[1];
+    let reserved = M::VOCAB - 1;
+    for &(n, poison) in sizes {
+        let (mut inputs, labels) = batch::<M>(&mut rng, n, false);
+        for example in inputs.chunks_mut(steps) {
+            (example[3], example[5], example[6]) = (example[0], example[0], example[1]);
+        }
+        let mut params = model.params().to_vec();
+        if poison {
+            inputs.iter_mut().filter(|v| **v as usize == reserved).for_each(|v| *v = 0);
+            inputs[2] = reserved as u32;
+            params[table.offset + reserved * dim..][..dim].fill(f32::NAN);
+        }
+        batch_matches_cpu(&M::from_params(params), &inputs, &labels, n, poison);
+    }
+}
+
+/// One batch through the device program on the host reference and through the CPU program.
+fn batch_matches_cpu<M: DpModel>(model: &M, inputs: &[M::Input], labels: &[f32], n: usize, poison: bool)
+where
+    M::Input: TestInput,
+{
+    assert_eq!(M::DEVICE_UNSUPPORTED, None, "{} should have a device program", M::NAME);
+    let groups = M::GROUPS.len();
+    let labels = labels.to_vec();
+    {
+        let cpu = cpu_reference(model, inputs, &labels, n, 0.5);
 
         let mut dev = HostDevice::new();
         dev.set(Region::Params, model.params().to_vec());
         dev.set(Region::Grad, vec![0.0; M::TRAINED_PARAM_COUNT]);
         // Garbage everywhere a pass must write before it reads.
         dev.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * n]);
-        TestInput::load(&mut dev, &inputs);
+        TestInput::load(&mut dev, inputs);
         dev.set(Region::Labels, labels.clone());
         dev.set(Region::Losses, vec![f32::NAN; n]);
         dev.set(Region::SqNorms, vec![f32::NAN; n * groups]);
@@ -159,8 +196,13 @@ fn scatter_cnn_device_program_matches_the_cpu() {
 }
 
 #[test]
+fn token_sequence_device_program_matches_the_cpu() {
+    token_sequence_matches_cpu::<TokenSeq>(16, SIZES);
+}
+
+#[test]
 fn a_model_without_device_primitives_says_which_step() {
-    let reason = "embedding without a sequence mean has no device primitives yet";
+    let reason = "lstm has no device primitives yet";
     assert_eq!(LstmNet::DEVICE_UNSUPPORTED, Some(reason));
     let mut dev = HostDevice::new();
     let err = LstmNet::device_norms(&mut dev, 4).unwrap_err();

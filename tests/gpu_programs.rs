@@ -14,7 +14,7 @@ mod dense_models;
 use dense_models::norm_residual::NormResidual;
 use dense_models::{
     batch, close, close_sum, cpu_reference, ActivatedOutput, Deep, PooledConv, SigmoidBce, SmallConv,
-    TanhMse, TestInput, TokenBag,
+    TanhMse, TestInput, TokenBag, TokenSeq,
 };
 use dp::clipping::{clip_factors, ClipMode};
 use dp::cuda::device::{self, Gpu, SgdStep};
@@ -102,6 +102,7 @@ fn gpu_ffnn_matches_the_cpu() {
 fn gpu_embedding_models_match_the_cpu() {
     norms_and_sums_match::<TokenBag>(17);
     norms_and_sums_match::<EmbeddingNet>(18);
+    norms_and_sums_match::<TokenSeq>(30);
 }
 
 /// Convolutions (strided, padded, dilated, without bias), max, average and global average pooling.

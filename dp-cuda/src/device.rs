@@ -16,7 +16,7 @@ use dp_runtime::noise::gaussian::ziggurat_tables;
 
 use crate::error::{CudaError, Result};
 use crate::noise::{key_words, NoiseLaunch, THREADS};
-use crate::{clip, conv, dense, noise, norm, source, update};
+use crate::{clip, conv, dense, lstm, noise, norm, sequence, source, update};
 use cudarc::cublas::CudaBlas;
 
 /// How to get the driver when it is missing.
@@ -37,6 +37,10 @@ pub struct Gpu {
     pub(crate) conv: Vec<CudaFunction>,
     /// `kernels/norm.cu`, in the order of [`norm::ENTRIES`].
     pub(crate) norm: Vec<CudaFunction>,
+    /// `kernels/sequence.cu`, in the order of [`sequence::ENTRIES`].
+    pub(crate) sequence: Vec<CudaFunction>,
+    /// `kernels/lstm.cu`, in the order of [`lstm::ENTRIES`].
+    pub(crate) lstm: Vec<CudaFunction>,
     name: String,
     arch: &'static str,
     pub(crate) noise_first: CudaFunction,
@@ -112,6 +116,8 @@ impl Gpu {
         let dense = load("dense.cu", dense::SOURCE, dense::ENTRIES)?;
         let conv = load("conv.cu", conv::SOURCE, conv::ENTRIES)?;
         let norm = load("norm.cu", norm::SOURCE, norm::ENTRIES)?;
+        let sequence = load("sequence.cu", sequence::SOURCE, sequence::ENTRIES)?;
+        let lstm = load("lstm.cu", lstm::SOURCE, lstm::ENTRIES)?;
         // SAFETY: only tries to open the library by its candidate names.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(CudaError::LibraryMissing { library: "libcublas.so.12", hint: CUBLAS_HINT });
@@ -128,6 +134,8 @@ impl Gpu {
             dense,
             conv,
             norm,
+            sequence,
+            lstm,
             name,
             arch,
             noise_first,

@@ -2,7 +2,9 @@
 //! [`RegionMemory`], the products through cuBLAS (row-major operands as the transposed column-major
 //! ones cuBLAS reads, so no copy is made), everything else through `kernels/dense.cu` and, for
 //! convolutions, pooling and kept per-example gradients, `kernels/conv.cu` (their bodies in
-//! [`conv_ops`]), and for group norm `kernels/norm.cu` (in [`norm_ops`]). Every launch is queued on
+//! [`conv_ops`]), for group norm `kernels/norm.cu` (in [`norm_ops`]), for an embedding over a sequence
+//! and sums over time `kernels/sequence.cu` (in [`sequence_ops`]), and for an LSTM's time steps
+//! `kernels/lstm.cu` (in [`lstm_ops`]). Every launch is queued on
 //! the GPU's one stream; nothing is copied to or from the host.
 
 use cudarc::cublas::{result as blas, sys as blas_sys};
@@ -10,8 +12,8 @@ use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{result as drv, CudaFunction, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 use dp_kernels::activation::Activation;
 use dp_runtime::device::{
-    BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, Operands,
-    Pool2dGeometry, Precision, Region, RowScale, Span,
+    BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, LstmBackwardStep,
+    LstmDims, LstmForwardStep, Operands, Pool2dGeometry, Precision, Region, RowScale, Span,
 };
 
 use crate::dense::activation_code;
@@ -151,18 +153,21 @@ fn elementwise(len: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// A kernel of `kernels/dense.cu`, `kernels/conv.cu` or `kernels/norm.cu`, by its index in that
-/// file's `ENTRIES`.
+/// A kernel of `kernels/dense.cu`, `conv.cu`, `norm.cu`, `sequence.cu` or `lstm.cu`, by its index in
+/// that file's `ENTRIES`.
 #[derive(Debug, Clone, Copy)]
 enum Kernel {
     Dense(usize),
     Conv(usize),
     Norm(usize),
+    Sequence(usize),
+    Lstm(usize),
 }
 
-/// The kernels by file and index (`dense::ENTRIES`, `conv::ENTRIES`, `norm::ENTRIES`).
+/// The kernels by file and index (`dense::ENTRIES`, `conv::ENTRIES`, `norm::ENTRIES`,
+/// `sequence::ENTRIES`, `lstm::ENTRIES`).
 mod k {
-    use super::Kernel::{self, Conv, Dense, Norm};
+    use super::Kernel::{self, Conv, Dense, Lstm, Norm, Sequence};
 
     pub const BIAS_ACTIVATION: Kernel = Dense(0);
     pub const ACTIVATION: Kernel = Dense(1);
@@ -194,6 +199,15 @@ mod k {
 
     pub const GROUP_NORM_FORWARD: Kernel = Norm(0);
     pub const GROUP_NORM_BACKWARD: Kernel = Norm(1);
+
+    pub const EMBEDDING_FORWARD: Kernel = Sequence(0);
+    pub const EMBEDDING_NORMS: Kernel = Sequence(1);
+    pub const EMBEDDING_SCATTER: Kernel = Sequence(2);
+    pub const SEQUENCE_SUMS: Kernel = Sequence(3);
+    pub const SEQUENCE_BROADCAST: Kernel = Sequence(4);
+
+    pub const LSTM_FORWARD_STEP: Kernel = Lstm(0);
+    pub const LSTM_BACKWARD_STEP: Kernel = Lstm(1);
 }
 
 impl GpuOps<'_> {
@@ -202,6 +216,8 @@ impl GpuOps<'_> {
             Kernel::Dense(index) => &self.gpu.dense[index],
             Kernel::Conv(index) => &self.gpu.conv[index],
             Kernel::Norm(index) => &self.gpu.norm[index],
+            Kernel::Sequence(index) => &self.gpu.sequence[index],
+            Kernel::Lstm(index) => &self.gpu.lstm[index],
         }
     }
 
@@ -229,7 +245,9 @@ macro_rules! launch {
 }
 
 mod conv_ops;
+mod lstm_ops;
 mod norm_ops;
+mod sequence_ops;
 
 /// cuBLAS's operation for an operand stored transposed or not.
 fn op(transposed: bool) -> blas_sys::cublasOperation_t {
@@ -774,5 +792,90 @@ impl DeviceOps for GpuOps<'_> {
         affine: Span,
     ) -> std::result::Result<(), DeviceError> {
         norm_ops::group_norm_backward(self, (x, dy, weight), (mean, rstd), dims, n, (dx, affine))
+    }
+
+    fn embedding_forward(
+        &mut self,
+        ids: Span,
+        table: Span,
+        n: usize,
+        steps: usize,
+        vocab: usize,
+        dim: usize,
+        out: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        sequence_ops::embedding_forward(self, (ids, table, out), (n, steps, vocab, dim))
+    }
+
+    fn embedding_norms(
+        &mut self,
+        ids: Span,
+        delta: Span,
+        n: usize,
+        steps: usize,
+        dim: usize,
+        sq_norms: Span,
+        groups: usize,
+        group: usize,
+    ) -> std::result::Result<(), DeviceError> {
+        sequence_ops::embedding_norms(self, (ids, delta), (n, steps, dim), (sq_norms, groups, group))
+    }
+
+    fn embedding_scatter(
+        &mut self,
+        ids: Span,
+        delta: Span,
+        n: usize,
+        steps: usize,
+        vocab: usize,
+        dim: usize,
+        factors: Option<(Span, usize, usize)>,
+        grad: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        sequence_ops::embedding_scatter(self, (ids, delta, grad), (n, steps, vocab, dim), factors)
+    }
+
+    fn sequence_sums(
+        &mut self,
+        src: Span,
+        n: usize,
+        steps: usize,
+        cols: usize,
+        scale: f32,
+        dst: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        sequence_ops::sequence_sums(self, src, (n, steps, cols), scale, dst)
+    }
+
+    fn sequence_broadcast(
+        &mut self,
+        src: Span,
+        n: usize,
+        steps: usize,
+        cols: usize,
+        scale: f32,
+        dst: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        sequence_ops::sequence_broadcast(self, src, (n, steps, cols), scale, dst)
+    }
+
+    fn lstm_forward_step(
+        &mut self,
+        step: &LstmForwardStep,
+        dims: &LstmDims,
+        n: usize,
+        t: usize,
+    ) -> std::result::Result<(), DeviceError> {
+        lstm_ops::forward_step(self, step, dims, n, t)
+    }
+
+    fn lstm_backward_step(
+        &mut self,
+        step: &LstmBackwardStep,
+        dims: &LstmDims,
+        n: usize,
+        t: usize,
+    ) -> std::result::Result<(), DeviceError> {
+        lstm_ops::backward_step(self, step, dims, n, t)
     }
 }

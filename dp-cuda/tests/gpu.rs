@@ -10,8 +10,8 @@ use dp_kernels::activation::Activation;
 use dp_runtime::clipping::{clip_factors, ClipMode};
 use dp_runtime::device::host::HostDevice;
 use dp_runtime::device::{
-    BatchedGemm, Conv2dGeometry, DeviceError, DeviceOps, Gemm, GroupNormDims, Operands, Pool2dGeometry,
-    Precision, Region, Span,
+    BatchedGemm, Conv2dGeometry, DeviceError, DeviceOps, Gemm, GroupNormDims, LstmBackwardStep, LstmDims,
+    LstmForwardStep, LstmSaved, Operands, Pool2dGeometry, Precision, Region, Span,
 };
 use dp_runtime::noise::gaussian::fill_chunk;
 use dp_runtime::optim::{NoisyGradient, Optimizer, OptimizerState, Sgd, StepInfo};
@@ -614,6 +614,202 @@ fn gpu_group_norm_equals_the_host_reference() {
             s(Region::SqNorms, 4),
         );
         assert!(matches!(refused, Err(DeviceError::Mismatch(_))), "{dims:?}: {refused:?}");
+    }
+}
+
+/// [`on_both`] with token ids in the `Tokens` region.
+fn on_both_with_tokens(
+    gpu: &Gpu,
+    ids: &[u32],
+    regions: &[(Region, Vec<f32>)],
+    out: Region,
+    call: impl Fn(&mut dyn DeviceOps) -> Result<(), DeviceError>,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut host = HostDevice::new();
+    host.set_tokens(ids.to_vec());
+    for (region, values) in regions {
+        host.set(*region, values.clone());
+    }
+    call(&mut host).unwrap_or_else(|e| panic!("host: {e}"));
+    let len = |r: Region| match r {
+        Region::Tokens => ids.len(),
+        _ => regions.iter().find(|(q, _)| *q == r).map_or(0, |(_, v)| v.len()),
+    };
+    let mut memory = RegionMemory::new(gpu, len).unwrap();
+    let id_bits: Vec<f32> = ids.iter().map(|&v| f32::from_bits(v)).collect();
+    memory.upload(gpu, Region::Tokens, &id_bits).unwrap();
+    for (region, values) in regions {
+        memory.upload(gpu, *region, values).unwrap();
+    }
+    call(&mut GpuOps { gpu, memory: &memory, precision: Precision::F32 })
+        .unwrap_or_else(|e| panic!("gpu: {e}"));
+    let device = memory.download(gpu, out).unwrap();
+    (host.get(out).to_vec(), device[..len(out)].to_vec())
+}
+
+/// The embedding over a sequence and the sums over time against the host reference, at the LSTM
+/// model's sizes (256 positions, 100 columns, a vocabulary of 10,004): the gather bit for bit (an id
+/// outside the vocabulary giving NaN), the token-grouped norms within rounding (examples whose ids
+/// repeat many times, and examples that draw from the whole vocabulary), the
+/// scatter-add within rounding (its adds are atomic) with factor-0 examples over NaN rows skipped,
+/// the sums over time and their broadcast bit for bit. NOT YET RUN ON A GPU (docs/GPU.md).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_sequence_primitives_equal_the_host_reference() {
+    let Some(gpu) = gpu("sequence primitives") else { return };
+    let (steps, vocab, dim, groups, group) = (256, 10_004, 100, 3, 2);
+    for n in [1, 7, 300] {
+        // Odd examples draw from 20 tokens (many repeats), even ones from the whole vocabulary.
+        let ids: Vec<u32> = xorshift(n as u64, n * steps)
+            .iter()
+            .enumerate()
+            .map(|(k, u)| (u * if (k / steps) % 2 == 1 { 20.0 } else { vocab as f64 }) as u32)
+            .collect();
+        let table = uniform(3, vocab * dim);
+        let mut with_outside = ids.clone();
+        with_outside[5] = vocab as u32;
+        let regions = [(Region::Params, table.clone()), (Region::Arena, vec![0.0; n * steps * dim])];
+        let (host, device) = on_both_with_tokens(&gpu, &with_outside, &regions, Region::Arena, |ops| {
+            let (t, out) =
+                (Span::new(Region::Params, 0, vocab * dim), Span::new(Region::Arena, 0, n * steps * dim));
+            ops.embedding_forward(Span::new(Region::Tokens, 0, n * steps), t, n, steps, vocab, dim, out)
+        });
+        assert_eq!(bits(&host), bits(&device), "embedding_forward n={n}");
+        assert!(device[5 * dim..6 * dim].iter().all(|v| v.is_nan()));
+
+        let mut delta = uniform(4, n * steps * dim);
+        let regions = [(Region::Arena, delta.clone()), (Region::SqNorms, vec![7.0; n * groups])];
+        let (host, device) = on_both_with_tokens(&gpu, &ids, &regions, Region::SqNorms, |ops| {
+            let (d, sq) =
+                (Span::new(Region::Arena, 0, n * steps * dim), Span::new(Region::SqNorms, 0, n * groups));
+            ops.embedding_norms(Span::new(Region::Tokens, 0, n * steps), d, n, steps, dim, sq, groups, group)
+        });
+        assert_near(&host, &device, 1e-5, &format!("embedding_norms n={n}"));
+        assert!(
+            device.iter().enumerate().all(|(k, v)| k % groups == group || *v == 7.0),
+            "other groups kept"
+        );
+
+        let mut factors: Vec<f32> = xorshift(5, n * groups).iter().map(|&u| u as f32).collect();
+        factors[(n - 1) * groups + group] = 0.0;
+        delta[(n - 1) * steps * dim..].fill(f32::NAN);
+        for with_factors in [true, false] {
+            let delta = match with_factors {
+                true => delta.clone(),
+                false => delta.iter().map(|v| if v.is_nan() { 0.5 } else { *v }).collect(),
+            };
+            let regions = [
+                (Region::Arena, delta),
+                (Region::Factors, factors.clone()),
+                (Region::Grad, uniform(6, vocab * dim)),
+            ];
+            let (host, device) = on_both_with_tokens(&gpu, &with_outside, &regions, Region::Grad, |ops| {
+                let f = with_factors.then_some((Span::new(Region::Factors, 0, n * groups), groups, group));
+                let (d, g) =
+                    (Span::new(Region::Arena, 0, n * steps * dim), Span::new(Region::Grad, 0, vocab * dim));
+                ops.embedding_scatter(Span::new(Region::Tokens, 0, n * steps), d, n, steps, vocab, dim, f, g)
+            });
+            assert_near(&host, &device, 1e-5, &format!("embedding_scatter n={n} factors {with_factors}"));
+            assert!(device.iter().all(|v| v.is_finite()), "factor-0 rows never read");
+        }
+
+        let scale = 1.0 / steps as f32;
+        let regions = [(Region::Arena, uniform(7, n * steps * dim)), (Region::Grad, vec![f32::NAN; n * dim])];
+        let (host, device) = on_both(&gpu, &regions, Region::Grad, |ops| {
+            let (src, dst) =
+                (Span::new(Region::Arena, 0, n * steps * dim), Span::new(Region::Grad, 0, n * dim));
+            ops.sequence_sums(src, n, steps, dim, scale, dst)
+        });
+        assert_eq!(bits(&host), bits(&device), "sequence_sums n={n}");
+        let regions = [(Region::Arena, uniform(8, n * dim)), (Region::Grad, vec![f32::NAN; n * steps * dim])];
+        let (host, device) = on_both(&gpu, &regions, Region::Grad, |ops| {
+            let (src, dst) =
+                (Span::new(Region::Arena, 0, n * dim), Span::new(Region::Grad, 0, n * steps * dim));
+            ops.sequence_broadcast(src, n, steps, dim, scale, dst)
+        });
+        assert_eq!(bits(&host), bits(&device), "sequence_broadcast n={n}");
+    }
+}
+
+/// An LSTM's forward and backward time steps against the host reference, within rounding (CUDA's
+/// expf and tanhf against the CPU's libm): the first step (NaN in the recurrent product and hidden
+/// state, which it must not read), a middle one and the last (NaN in the gradients from a next step,
+/// which it must not read), at 100 units and at 5. NOT YET RUN ON A GPU (docs/GPU.md).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_lstm_steps_equal_the_host_reference() {
+    let Some(gpu) = gpu("lstm steps") else { return };
+    for (n, steps, h) in [(300, 6, 100), (7, 4, 5)] {
+        let dims = LstmDims { steps, input: 3, hidden: h };
+        let (seq, units) = (n * steps * h, n * h);
+        // Arena: gates, cells, hprev, out, hidden, recurrent; Params: the bias.
+        let lens = [4 * seq, seq, seq, seq, units, 4 * units];
+        let spans: Vec<Span> = lens
+            .iter()
+            .scan(0, |at, &len| {
+                *at += len;
+                Some(Span::new(Region::Arena, *at - len, len))
+            })
+            .collect();
+        for t in [0, steps / 2, steps - 1] {
+            let mut arena = uniform(10 + t as u64, lens.iter().sum());
+            if t == 0 {
+                let (hidden, recurrent) = (spans[4], spans[5]);
+                arena[hidden.offset..recurrent.offset + recurrent.len].fill(f32::NAN);
+            }
+            let regions = [(Region::Arena, arena.clone()), (Region::Params, uniform(11, 4 * h))];
+            let step = LstmForwardStep {
+                saved: LstmSaved { gates: spans[0], cells: spans[1], hprev: spans[2] },
+                out: spans[3],
+                hidden: spans[4],
+                recurrent: spans[5],
+                bias: Span::new(Region::Params, 0, 4 * h),
+            };
+            let (host, device) =
+                on_both(&gpu, &regions, Region::Arena, |ops| ops.lstm_forward_step(&step, &dims, n, t));
+            let written = spans[5].offset;
+            assert_near(
+                &host[..written],
+                &device[..written],
+                1e-5,
+                &format!("forward step {t} of {steps}, h={h}"),
+            );
+            assert!(
+                device[..written].iter().all(|v| v.is_finite()),
+                "forward step {t} read nothing it must not"
+            );
+
+            // Backward: gates (activated: in (0, 1)), cells, dout, recurrent, cell_grad, step_delta, delta.
+            let mut arena = uniform(20 + t as u64, 4 * seq + 2 * seq + 2 * units + 4 * units + 4 * seq);
+            arena[..4 * seq].iter_mut().for_each(|g| *g += 0.5);
+            let at = |from: usize, len: usize| Span::new(Region::Arena, from, len);
+            let step = LstmBackwardStep {
+                gates: at(0, 4 * seq),
+                cells: at(4 * seq, seq),
+                dout: at(5 * seq, seq),
+                recurrent: at(6 * seq, units),
+                cell_grad: at(6 * seq + units, units),
+                step_delta: at(6 * seq + 2 * units, 4 * units),
+                delta: at(6 * seq + 6 * units, 4 * seq),
+            };
+            if t + 1 == steps {
+                arena[6 * seq..6 * seq + 2 * units].fill(f32::NAN);
+            }
+            let regions = [(Region::Arena, arena)];
+            let (host, device) =
+                on_both(&gpu, &regions, Region::Arena, |ops| ops.lstm_backward_step(&step, &dims, n, t));
+            let from = 6 * seq + units;
+            assert_near(
+                &host[from..],
+                &device[from..],
+                1e-5,
+                &format!("backward step {t} of {steps}, h={h}"),
+            );
+            assert!(
+                device[from..].iter().all(|v| v.is_finite()),
+                "backward step {t} read nothing it must not"
+            );
+        }
     }
 }
 

@@ -16,7 +16,17 @@
  *   groupnorm CHANNELS PLANE GROUPS N: in x (N*CHANNELS*PLANE), weight, bias (CHANNELS each), dy (as
  *     x); out y, mean, rstd (N*GROUPS each), dx, affine (N*2*CHANNELS), f32: norm.cu's functions of
  *     each value, the block's and warps' sums in double one after another, the backward from the
- *     forward's statistics. */
+ *     forward's statistics.
+ *   embgather N STEPS VOCAB DIM: in ids (N*STEPS u32), table (VOCAB*DIM); out the rows, f32.
+ *   embnorms N STEPS DIM: in ids, delta (N*STEPS*DIM); out each example's squared norm (its terms
+ *     summed in double in the kernel's order of one thread), f32.
+ *   embscatter N STEPS VOCAB DIM HAS_FACTORS GROUPS GROUP: in ids, delta, factors (N*GROUPS), grad
+ *     (VOCAB*DIM); out grad, its terms added one after another in position-column order.
+ *   seqsums|seqbroadcast N STEPS COLS SCALE: in src (N*STEPS*COLS, or N*COLS to broadcast); out dst.
+ *   lstmforward N STEPS H T: in gates (N*STEPS*4H), cells, hprev, out (N*STEPS*H each), hidden (N*H),
+ *     recurrent (N*4H), bias (4H); out gates, cells, hprev, out, hidden after step T.
+ *   lstmbackward N STEPS H T: in gates, cells, dout, recurrent (N*H), cell_grad (N*H), step_delta
+ *     (N*4H), delta (N*STEPS*4H); out cell_grad, step_delta, delta after step T. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +41,8 @@ static unsigned long long words_past_prefix, segments_scanned;
 #include "../kernels/update.cu"
 #include "../kernels/conv.cu"
 #include "../kernels/norm.cu"
+#include "../kernels/sequence.cu"
+#include "../kernels/lstm.cu"
 
 static void *read_stdin(size_t bytes) {
     void *buffer = malloc(bytes ? bytes : 1);
@@ -161,6 +173,82 @@ static int group_norm(char **argv) {
     return 0;
 }
 
+static int embedding(const char *op, char **argv) {
+    dp_u64 n = arg(argv, 0), steps = arg(argv, 1);
+    unsigned int *ids = read_stdin(n * steps * 4);
+    if (strcmp(op, "embgather") == 0) {
+        dp_u64 vocab = arg(argv, 2), dim = arg(argv, 3), len = n * steps * dim;
+        float *table = read_stdin(vocab * dim * 4), *out = malloc(len * 4 + 4);
+        for (dp_u64 e = 0; e < len; ++e) out[e] = dp_embedding_gather_value(ids, table, vocab, dim, e);
+        fwrite(out, 4, len, stdout);
+        return 0;
+    }
+    if (strcmp(op, "embnorms") == 0) {
+        dp_u64 dim = arg(argv, 2);
+        float *delta = read_stdin(n * steps * dim * 4), *norms = malloc(n * 4 + 4);
+        for (dp_u64 i = 0; i < n; ++i) {
+            double acc = 0.0;
+            for (dp_u64 k = 0; k < steps * dim; ++k)
+                acc += (double)dp_embedding_token_square(ids, delta, steps, dim, i, k / dim, k % dim);
+            norms[i] = (float)acc;
+        }
+        fwrite(norms, 4, n, stdout);
+        return 0;
+    }
+    dp_u64 vocab = arg(argv, 2), dim = arg(argv, 3), groups = arg(argv, 5), group = arg(argv, 6);
+    int has = atoi(argv[4]);
+    float *delta = read_stdin(n * steps * dim * 4), *factors = read_stdin(n * groups * 4);
+    float *grad = read_stdin(vocab * dim * 4);
+    for (dp_u64 k = 0; k < n * steps * dim; ++k) {
+        dp_u64 at;
+        float value;
+        if (dp_embedding_scatter_term(ids, delta, steps, vocab, dim, factors, has, groups, group, k, &at, &value))
+            grad[at] += value;
+    }
+    fwrite(grad, 4, vocab * dim, stdout);
+    return 0;
+}
+
+static int over_time(const char *op, char **argv) {
+    dp_u64 n = arg(argv, 0), steps = arg(argv, 1), cols = arg(argv, 2);
+    float scale = strtof(argv[3], NULL);
+    int sums = strcmp(op, "seqsums") == 0;
+    dp_u64 in_len = sums ? n * steps * cols : n * cols, out_len = sums ? n * cols : n * steps * cols;
+    float *src = read_stdin(in_len * 4), *dst = malloc(out_len * 4 + 4);
+    for (dp_u64 e = 0; e < out_len; ++e)
+        dst[e] = sums ? dp_sequence_sum_value(src, steps, cols, scale, e)
+                      : dp_sequence_broadcast_value(src, steps, cols, scale, e);
+    fwrite(dst, 4, out_len, stdout);
+    return 0;
+}
+
+static int lstm_step(const char *op, char **argv) {
+    dp_u64 n = arg(argv, 0), steps = arg(argv, 1), h = arg(argv, 2), t = arg(argv, 3);
+    dp_u64 seq = n * steps * h, units = n * h;
+    if (strcmp(op, "lstmforward") == 0) {
+        float *gates = read_stdin(4 * seq * 4), *cells = read_stdin(seq * 4), *hprev = read_stdin(seq * 4);
+        float *out = read_stdin(seq * 4), *hidden = read_stdin(units * 4), *recurrent = read_stdin(4 * units * 4);
+        float *bias = read_stdin(4 * h * 4);
+        for (dp_u64 e = 0; e < units; ++e)
+            dp_lstm_forward_unit(gates, cells, hprev, out, hidden, recurrent, bias, steps, h, t, e);
+        fwrite(gates, 4, 4 * seq, stdout);
+        fwrite(cells, 4, seq, stdout);
+        fwrite(hprev, 4, seq, stdout);
+        fwrite(out, 4, seq, stdout);
+        fwrite(hidden, 4, units, stdout);
+        return 0;
+    }
+    float *gates = read_stdin(4 * seq * 4), *cells = read_stdin(seq * 4), *dout = read_stdin(seq * 4);
+    float *recurrent = read_stdin(units * 4), *cell_grad = read_stdin(units * 4);
+    float *step_delta = read_stdin(4 * units * 4), *delta = read_stdin(4 * seq * 4);
+    for (dp_u64 e = 0; e < units; ++e)
+        dp_lstm_backward_unit(gates, cells, dout, recurrent, cell_grad, step_delta, delta, steps, h, t, e);
+    fwrite(cell_grad, 4, units, stdout);
+    fwrite(step_delta, 4, 4 * units, stdout);
+    fwrite(delta, 4, 4 * seq, stdout);
+    return 0;
+}
+
 static int noise(int argc, char **argv);
 
 int main(int argc, char **argv) {
@@ -172,6 +260,13 @@ int main(int argc, char **argv) {
     if (argc >= 6 && strcmp(argv[1], "clip") == 0) return clip(argv + 2);
     if (argc >= 10 && strcmp(argv[1], "sgd") == 0) return sgd(argv + 2);
     if (argc >= 5 && strcmp(argv[1], "noise") == 0) return noise(argc - 1, argv + 1);
+    if (argc >= 5 && strcmp(argv[1], "embnorms") == 0) return embedding(argv[1], argv + 2);
+    if (argc >= 6 && strcmp(argv[1], "embgather") == 0) return embedding(argv[1], argv + 2);
+    if (argc >= 9 && strcmp(argv[1], "embscatter") == 0) return embedding(argv[1], argv + 2);
+    if (argc >= 6 && (strcmp(argv[1], "seqsums") == 0 || strcmp(argv[1], "seqbroadcast") == 0))
+        return over_time(argv[1], argv + 2);
+    if (argc >= 6 && (strcmp(argv[1], "lstmforward") == 0 || strcmp(argv[1], "lstmbackward") == 0))
+        return lstm_step(argv[1], argv + 2);
     fprintf(stderr, "usage: see the comment at the top of host_harness.c\n");
     return 2;
 }

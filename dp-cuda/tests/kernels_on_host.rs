@@ -15,7 +15,14 @@
 //! - norm.cu's per-value functions (index of each value's channel, statistics, output, the backward's
 //!   sums, affine layout, input gradient) with sequential sums in place of the block's and warps',
 //!   against dp-kernels' group norm: within 1e-5 of each output's largest magnitude (the sums are
-//!   added in another order), NaN where the CPU has NaN.
+//!   added in another order), NaN where the CPU has NaN;
+//! - sequence.cu's per-value functions against the host reference: the embedding's gather (an id
+//!   outside the vocabulary giving NaN), its token-grouped norms (ids repeated within an example; also
+//!   against dp-kernels' embedding norms, within rounding), its scatter-add (factors 0 over NaN rows,
+//!   ids outside the vocabulary), sums and broadcasts over time;
+//! - lstm.cu's per-unit functions against the host reference: forward steps at t = 0 (NaN in the
+//!   recurrent product and hidden state it must not read) and later, backward steps at the last step
+//!   (NaN in the gradients from a next step it must not read) and earlier.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -26,7 +33,10 @@ use dp_runtime::optim::{NoisyGradient, Optimizer, Sgd, StepInfo};
 
 use dp_cuda::noise::{CHUNK, SEGMENT};
 use dp_runtime::device::host::HostDevice;
-use dp_runtime::device::{Conv2dGeometry, DeviceOps, Pool2dGeometry, Region, Span};
+use dp_runtime::device::{
+    Conv2dGeometry, DeviceOps, LstmBackwardStep, LstmDims, LstmForwardStep, LstmSaved, Pool2dGeometry,
+    Region, Span,
+};
 use dp_runtime::noise::gaussian::{fill_chunk, ziggurat_tables};
 
 /// The harness built once per test run, or `None` (with a visible message) when there is no C compiler.
@@ -485,6 +495,207 @@ fn device_group_norm_arithmetic_equals_the_cpus() {
             assert_near_largest(cpu, device, 1e-5, &format!("{name} {case}"));
         }
         assert_eq!(at, out.len(), "{case}");
+    }
+}
+
+/// Runs `op` of the harness on `args` with `ids` (u32s) and then `inputs` (f32s) on stdin.
+fn run_ids(exe: &std::path::Path, op: &str, args: &[usize], ids: &[u32], inputs: &[&[f32]]) -> Vec<f32> {
+    let mut all: Vec<String> = vec![op.to_string()];
+    all.extend(args.iter().map(usize::to_string));
+    let input: Vec<u8> = ids
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .chain(inputs.iter().flat_map(|v| v.iter().flat_map(|x| x.to_le_bytes())))
+        .collect();
+    f32s(&run(exe, &all, &input))
+}
+
+/// Buffers laid end to end in the host reference's arena: each one's span.
+fn in_arena(host: &mut HostDevice, buffers: &[&[f32]]) -> Vec<Span> {
+    let mut spans = Vec::new();
+    let mut at = 0;
+    for b in buffers {
+        spans.push(Span::new(Region::Arena, at, b.len()));
+        at += b.len();
+    }
+    host.set(Region::Arena, buffers.concat());
+    spans
+}
+
+fn arena_of(host: &HostDevice, s: Span) -> Vec<f32> {
+    host.get(Region::Arena)[s.offset..s.offset + s.len].to_vec()
+}
+
+#[test]
+fn device_embedding_over_a_sequence_equals_the_host_reference() {
+    let Some(exe) = harness() else { return };
+    let (n, steps, vocab, dim, groups, group) = (5, 9, 6, 4, 2, 1);
+    // Six tokens over nine positions: every example repeats some.
+    let mut ids: Vec<u32> = values(21, n * steps).map(|u| (u * vocab as f64) as u32).collect();
+    let table: Vec<f32> = values(22, vocab * dim).map(|u| u as f32 - 0.5).collect();
+    let mut delta: Vec<f32> = values(23, n * steps * dim).map(|u| u as f32 - 0.5).collect();
+    let tokens = |host: &mut HostDevice, ids: &[u32]| {
+        host.set_tokens(ids.to_vec());
+        Span::new(Region::Tokens, 0, ids.len())
+    };
+
+    let norms = run_ids(&exe, "embnorms", &[n, steps, dim], &ids, &[&delta]);
+    let mut host = HostDevice::new();
+    let id_span = tokens(&mut host, &ids);
+    host.set(Region::Inputs, delta.clone());
+    host.set(Region::SqNorms, vec![f32::NAN; n * groups]);
+    let sq = Span::new(Region::SqNorms, 0, n * groups);
+    host.embedding_norms(
+        id_span,
+        Span::new(Region::Inputs, 0, delta.len()),
+        n,
+        steps,
+        dim,
+        sq,
+        groups,
+        group,
+    )
+    .unwrap();
+    let mut cpu = vec![0.0f32; n];
+    let mut scratch = vec![0.0f32; n * dp_kernels::embedding::norm_scratch_len(steps, dim)];
+    dp_kernels::embedding::embedding_norms_sq(vocab, dim, n, steps, &ids, &delta, &mut scratch, &mut cpu, 1);
+    for i in 0..n {
+        let reference = host.get(Region::SqNorms)[i * groups + group];
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * b.abs();
+        assert!(close(norms[i], reference), "example {i}: kernel {}, host {reference}", norms[i]);
+        assert!(close(norms[i], cpu[i]), "example {i}: kernel {}, cpu {}", norms[i], cpu[i]);
+        let example = &ids[i * steps..(i + 1) * steps];
+        assert!(example.iter().enumerate().any(|(t, v)| example[..t].contains(v)), "example {i} repeats");
+    }
+
+    // One id outside the vocabulary: a row of NaN forward, nothing scattered.
+    ids[7] = vocab as u32 + 3;
+    let rows = run_ids(&exe, "embgather", &[n, steps, vocab, dim], &ids, &[&table]);
+    let mut host = HostDevice::new();
+    let id_span = tokens(&mut host, &ids);
+    host.set(Region::Params, table.clone());
+    host.set(Region::Arena, vec![0.0; n * steps * dim]);
+    let out = Span::new(Region::Arena, 0, n * steps * dim);
+    host.embedding_forward(id_span, Span::new(Region::Params, 0, table.len()), n, steps, vocab, dim, out)
+        .unwrap();
+    assert_eq!(bits(&rows), bits(host.get(Region::Arena)), "gather");
+    assert!(rows[7 * dim..8 * dim].iter().all(|v| v.is_nan()), "the row of an id outside the vocabulary");
+
+    let mut factors: Vec<f32> = values(24, n * groups).map(|u| u as f32).collect();
+    factors[2 * groups + group] = 0.0;
+    delta[2 * steps * dim..3 * steps * dim].fill(f32::NAN);
+    let grad: Vec<f32> = values(25, vocab * dim).map(|u| u as f32).collect();
+    for has in [1usize, 0] {
+        let delta = match has {
+            1 => delta.clone(),
+            _ => delta.iter().map(|v| if v.is_nan() { 0.25 } else { *v }).collect(),
+        };
+        let args = [n, steps, vocab, dim, has, groups, group];
+        let out = run_ids(&exe, "embscatter", &args, &ids, &[&delta, &factors, &grad]);
+        let mut host = HostDevice::new();
+        let id_span = tokens(&mut host, &ids);
+        host.set(Region::Inputs, delta.clone());
+        host.set(Region::Factors, factors.clone());
+        host.set(Region::Grad, grad.clone());
+        let f = (has == 1).then_some((Span::new(Region::Factors, 0, n * groups), groups, group));
+        let (d, g) = (Span::new(Region::Inputs, 0, delta.len()), Span::new(Region::Grad, 0, grad.len()));
+        host.embedding_scatter(id_span, d, n, steps, vocab, dim, f, g).unwrap();
+        assert_eq!(bits(&out), bits(host.get(Region::Grad)), "scatter, has_factors {has}");
+        assert!(out.iter().all(|v| v.is_finite()), "a factor-0 example's NaN rows are never read");
+    }
+}
+
+#[test]
+fn device_sums_over_time_equal_the_host_reference() {
+    let Some(exe) = harness() else { return };
+    for (n, steps, cols) in [(3, 7, 5), (1, 256, 100), (4, 1, 3)] {
+        let scale = 1.0 / steps as f32;
+        let src: Vec<f32> = values(steps as u64, n * steps * cols).map(|u| u as f32 - 0.5).collect();
+        let args = [n.to_string(), steps.to_string(), cols.to_string(), format!("{scale:e}")];
+        let call = |op: &str, input: &[f32]| {
+            let mut all = vec![op.to_string()];
+            all.extend(args.iter().cloned());
+            f32s(&run(&exe, &all, &input.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()))
+        };
+        let sums = call("seqsums", &src);
+        let host = on_host(src.clone(), n * cols, |h, s, out| h.sequence_sums(s, n, steps, cols, scale, out));
+        assert_eq!(bits(&sums), bits(&host), "sums over {steps} steps");
+        let broadcast = call("seqbroadcast", &src[..n * cols]);
+        let host = on_host(src[..n * cols].to_vec(), n * steps * cols, |h, s, out| {
+            h.sequence_broadcast(s, n, steps, cols, scale, out)
+        });
+        assert_eq!(bits(&broadcast), bits(&host), "broadcast over {steps} steps");
+    }
+}
+
+#[test]
+fn device_lstm_steps_equal_the_host_reference() {
+    let Some(exe) = harness() else { return };
+    let (n, steps, h) = (3, 5, 4);
+    let dims = LstmDims { steps, input: 2, hidden: h };
+    let (seq, units) = (n * steps * h, n * h);
+    let draw = |seed: u64, len: usize, scale: f64| -> Vec<f32> {
+        values(seed, len).map(|u| ((u - 0.5) * scale) as f32).collect()
+    };
+    for t in [0, 3, steps - 1] {
+        // Saved gates in (0, 1) as activated gates are; the rest spread over both signs.
+        let mut gates = draw(31 + t as u64, 4 * seq, 4.0);
+        let cells = draw(32, seq, 3.0);
+        let (hprev, out) = (draw(33, seq, 1.0), draw(34, seq, 1.0));
+        let (mut hidden, mut recurrent) = (draw(35, units, 2.0), draw(36, 4 * units, 2.0));
+        let bias = draw(37, 4 * h, 1.0);
+        if t == 0 {
+            hidden.fill(f32::NAN);
+            recurrent.fill(f32::NAN);
+        }
+        let args = [n, steps, h, t];
+        let device =
+            run_f32(&exe, "lstmforward", &args, &[&gates, &cells, &hprev, &out, &hidden, &recurrent, &bias]);
+        let mut host = HostDevice::new();
+        let s = in_arena(&mut host, &[&gates, &cells, &hprev, &out, &hidden, &recurrent, &bias]);
+        let step = LstmForwardStep {
+            saved: LstmSaved { gates: s[0], cells: s[1], hprev: s[2] },
+            out: s[3],
+            hidden: s[4],
+            recurrent: s[5],
+            bias: s[6],
+        };
+        host.lstm_forward_step(&step, &dims, n, t).unwrap();
+        let want: Vec<f32> = s[..5].iter().flat_map(|&span| arena_of(&host, span)).collect();
+        assert_eq!(bits(&device), bits(&want), "forward step {t}");
+        assert!(device.iter().all(|v| v.is_finite()), "forward step {t} read nothing it must not");
+
+        // The backward reads activated gates.
+        gates.iter_mut().for_each(|g| *g = 1.0 / (1.0 + (-*g).exp()));
+        let dout = draw(38, seq, 1.0);
+        let (mut dh, mut cell_grad) = (draw(39, units, 1.0), draw(40, units, 1.0));
+        let (step_delta, delta) = (vec![f32::NAN; 4 * units], vec![f32::NAN; 4 * seq]);
+        if t + 1 == steps {
+            dh.fill(f32::NAN);
+            cell_grad.fill(f32::NAN);
+        }
+        let inputs: [&[f32]; 7] = [&gates, &cells, &dout, &dh, &cell_grad, &step_delta, &delta];
+        let device = run_f32(&exe, "lstmbackward", &args, &inputs);
+        let mut host = HostDevice::new();
+        let s = in_arena(&mut host, &inputs);
+        let step = LstmBackwardStep {
+            gates: s[0],
+            cells: s[1],
+            dout: s[2],
+            recurrent: s[3],
+            cell_grad: s[4],
+            step_delta: s[5],
+            delta: s[6],
+        };
+        host.lstm_backward_step(&step, &dims, n, t).unwrap();
+        let want: Vec<f32> = s[4..].iter().flat_map(|&span| arena_of(&host, span)).collect();
+        assert_eq!(bits(&device), bits(&want), "backward step {t}");
+        // Only step t's rows of δ are written, and nothing read from a next step at the last one.
+        let (from_step, delta_out) = device.split_at(5 * units);
+        assert!(from_step.iter().all(|v| v.is_finite()), "backward step {t} read nothing it must not");
+        for (row, values) in delta_out.chunks(4 * h).enumerate() {
+            assert_eq!(values.iter().all(|v| v.is_finite()), row % steps == t, "step {t}: δ row {row}");
+        }
     }
 }
 

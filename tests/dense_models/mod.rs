@@ -50,6 +50,16 @@ pub struct TokenBag {
     fc: Linear,
 }
 
+/// An embedding over the sequence without a mean: 7 positions of an 11-token vocabulary (tokens
+/// repeat within an example), flattened into a linear layer.
+#[dp_model(input = tokens(len = 7, vocab = 11), loss = cross_entropy(classes = 3))]
+pub struct TokenSeq {
+    #[layer(embedding(dim = 4), flatten)]
+    embedding: Embedding,
+    #[layer(linear(out = 3))]
+    fc: Linear,
+}
+
 /// The output is an activation: sigmoid fused into the last linear layer, then a standalone tanh.
 #[dp_model(input = [4], loss = mse)]
 pub struct ActivatedOutput {

@@ -18,7 +18,7 @@ pub mod host;
 use dp_kernels::activation::Activation;
 pub use dp_kernels::gemm_bf16::Precision;
 pub use dp_kernels::norm_layers::GroupNormDims;
-pub use dp_spec::{Conv2dGeometry, Pool2dGeometry};
+pub use dp_spec::{Conv2dGeometry, LstmDims, Pool2dGeometry};
 
 /// The device allocations a program reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -136,6 +136,45 @@ impl BatchedGemm {
             Err(DeviceError::Mismatch(format!("a batch of {} GEMMs over {self:?}", self.batch)))
         }
     }
+}
+
+/// The buffers an LSTM's forward keeps for its backward, each example-major: `gates` `n × T × 4h`
+/// (the activated i, f, g, o), `cells` and `hprev` `n × T × h` (`c_t`, and `h_{t−1}`: zero at t = 0).
+#[derive(Debug, Clone, Copy)]
+pub struct LstmSaved {
+    pub gates: Span,
+    pub cells: Span,
+    pub hprev: Span,
+}
+
+/// One time step of an LSTM's forward ([`DeviceOps::lstm_forward_step`]): `saved.gates` holds every
+/// step's input projection `W_ih·x_t` beforehand, `recurrent` (`n × 4h`) this step's `W_hh·h_{t−1}`
+/// (not read at t = 0), `hidden` (`n × h`) `h_{t−1}` on entry (not read at t = 0) and `h_t` on exit.
+#[derive(Debug, Clone, Copy)]
+pub struct LstmForwardStep {
+    pub saved: LstmSaved,
+    pub bias: Span,
+    pub recurrent: Span,
+    pub hidden: Span,
+    /// `n × T × h`: the hidden states, the layer's output.
+    pub out: Span,
+}
+
+/// One time step of an LSTM's backward through time ([`DeviceOps::lstm_backward_step`]), from the
+/// last step down: `recurrent` (`n × h`) the gradient reaching `h_t` through step t + 1 (`δ_{t+1}·W_hh`;
+/// not read at the last step), `cell_grad` (`n × h`) the gradient reaching `c_t` from step t + 1 on
+/// entry (not read at the last step) and the one reaching `c_{t−1}` on exit, `step_delta` (`n × 4h`)
+/// this step's gate pre-activation gradients, also written into row t of `delta` (`n × T × 4h`).
+#[derive(Debug, Clone, Copy)]
+pub struct LstmBackwardStep {
+    pub gates: Span,
+    pub cells: Span,
+    /// `n × T × h`: the gradient of the layer's output.
+    pub dout: Span,
+    pub recurrent: Span,
+    pub cell_grad: Span,
+    pub step_delta: Span,
+    pub delta: Span,
 }
 
 /// The losses a device program computes, each example's loss and its gradient in one pass (summed
@@ -451,6 +490,103 @@ pub trait DeviceOps {
         n: usize,
         dx: Span,
         affine: Span,
+    ) -> Result<(), DeviceError>;
+
+    /// An embedding over a sequence: `out[i, t] = table[ids[i, t]]` (`n × steps × dim`), `ids` in
+    /// `Tokens`. An id outside the vocabulary (the loaders refuse them) gives a row of NaN rather
+    /// than a read outside the table.
+    #[allow(clippy::too_many_arguments)]
+    fn embedding_forward(
+        &mut self,
+        ids: Span,
+        table: Span,
+        n: usize,
+        steps: usize,
+        vocab: usize,
+        dim: usize,
+        out: Span,
+    ) -> Result<(), DeviceError>;
+
+    /// Its per-example squared norms, OVERWRITING column `group` of `sq_norms`:
+    /// `Σ_v ‖Σ_{t: ids[i, t] = v} δ_{i,t}‖²` with `δ` the output's gradient (`n × steps × dim`): the rows
+    /// of positions holding the same token add up before they are squared, as the table gradient's
+    /// row `v` is their sum.
+    #[allow(clippy::too_many_arguments)]
+    fn embedding_norms(
+        &mut self,
+        ids: Span,
+        delta: Span,
+        n: usize,
+        steps: usize,
+        dim: usize,
+        sq_norms: Span,
+        groups: usize,
+        group: usize,
+    ) -> Result<(), DeviceError>;
+
+    /// Its gradient: ADDS `c_i · δ_{i,t}` into row `ids[i, t]` of `grad` for every position, with `c_i`
+    /// column `group` of `factors` (`Some((factors, groups, group))`, an example with factor 0 skipped,
+    /// its rows never read) or 1 (`None`, the plain sum). Ids outside the vocabulary are skipped.
+    #[allow(clippy::too_many_arguments)]
+    fn embedding_scatter(
+        &mut self,
+        ids: Span,
+        delta: Span,
+        n: usize,
+        steps: usize,
+        vocab: usize,
+        dim: usize,
+        factors: Option<(Span, usize, usize)>,
+        grad: Span,
+    ) -> Result<(), DeviceError>;
+
+    /// `dst[i, c] = scale · Σ_t src[i, t, c]` over `n × steps × cols`, OVERWRITING `dst` (`n × cols`):
+    /// a mean over the sequence (`scale = 1/T`) or each example's bias gradient (`scale = 1`).
+    fn sequence_sums(
+        &mut self,
+        src: Span,
+        n: usize,
+        steps: usize,
+        cols: usize,
+        scale: f32,
+        dst: Span,
+    ) -> Result<(), DeviceError>;
+
+    /// `dst[i, t, c] = scale · src[i, c]`, OVERWRITING `dst` (`n × steps × cols`): a sequence mean's
+    /// backward (`scale = 1/T`).
+    fn sequence_broadcast(
+        &mut self,
+        src: Span,
+        n: usize,
+        steps: usize,
+        cols: usize,
+        scale: f32,
+        dst: Span,
+    ) -> Result<(), DeviceError>;
+
+    /// Time step `t` of an LSTM's forward (gates i, f, g, o; one bias), after its products: for each
+    /// example, `pre = gates[i, t] + bias + (t > 0 ? recurrent[i] : 0)`; `i, f, o = σ(pre)`,
+    /// `g = tanh(pre)` written over `gates[i, t]`; `c_t = f·c_{t−1} + i·g` (`c_{−1} = 0`) into
+    /// `cells[i, t]`; `h_{t−1}` (0 at t = 0) into `hprev[i, t]`; `h_t = o·tanh(c_t)` into `out[i, t]`
+    /// and `hidden[i]`. At t = 0 neither `recurrent` nor `hidden` is read.
+    fn lstm_forward_step(
+        &mut self,
+        step: &LstmForwardStep,
+        dims: &LstmDims,
+        n: usize,
+        t: usize,
+    ) -> Result<(), DeviceError>;
+
+    /// Time step `t` of its backward (see [`LstmBackwardStep`]): with `last = t + 1 == T`,
+    /// `dh = dout[i, t] + (last ? 0 : recurrent[i])`, `dc = (last ? 0 : cell_grad[i]) + dh·o·(1 − tanh²c_t)`,
+    /// the gate gradients `δi = dc·g·i(1−i)`, `δf = dc·c_{t−1}·f(1−f)` (`c_{−1} = 0`), `δg = dc·i·(1−g²)`,
+    /// `δo = dh·tanh(c_t)·o(1−o)` into `step_delta[i]` and `delta[i, t]`, and `dc·f` into `cell_grad[i]`.
+    fn lstm_backward_step(
+        &mut self,
+        step: &LstmBackwardStep,
+        dims: &LstmDims,
+        n: usize,
+        t: usize,
     ) -> Result<(), DeviceError>;
 }
 

@@ -1,7 +1,12 @@
-//! An embedding averaged over the sequence (`embedding(dim = D), mean`) on the device: a summing
-//! gather forward, norms from each example's token counts, and a scatter-add of one row per example for
-//! the clipped and the plain sums. Its ids are the batch's `Tokens`; nothing upstream of them is
+//! `embedding(dim = D)` on the device. Its ids are the batch's `Tokens`; nothing upstream of them is
 //! trained, so it has no backward.
+//!
+//! - Averaged over the sequence (`embedding(dim = D), mean`): a summing gather forward, norms from
+//!   each example's token counts, and a scatter-add of one row per example for the clipped and the
+//!   plain sums.
+//! - Over the sequence (its rows read by a later step, e.g. an LSTM): a gather forward, token-grouped
+//!   norms (the rows of one example's repeated ids add up before squaring, as its table gradient's
+//!   row is their sum), and a scatter-add of every position's row.
 
 use super::emit::{arena, grad, lit, param, per_group, region};
 use crate::ops::embedding::EmbeddingStep;
@@ -17,13 +22,19 @@ fn ids(s: &EmbeddingStep) -> TokenStream {
 pub fn forward(plan: &Plan, s: &EmbeddingStep) -> TokenStream {
     let (t, v, d) = (lit(s.steps), lit(s.vocab), lit(s.dim));
     let (ids, table, out) = (ids(s), param(plan, s.weight), arena(plan, s.output));
-    quote!(dev.embedding_mean_forward(#ids, #table, n, #t, #v, #d, #out)?;)
+    match s.mean {
+        true => quote!(dev.embedding_mean_forward(#ids, #table, n, #t, #v, #d, #out)?;),
+        false => quote!(dev.embedding_forward(#ids, #table, n, #t, #v, #d, #out)?;),
+    }
 }
 
 pub fn norms(plan: &Plan, s: &EmbeddingStep) -> TokenStream {
     let (t, d, groups, group) = (lit(s.steps), lit(s.dim), lit(plan.groups.len()), lit(s.group));
     let (ids, delta, sq) = (ids(s), arena(plan, s.delta), per_group(plan, "SqNorms"));
-    quote!(dev.embedding_mean_norms(#ids, #delta, n, #t, #d, #sq, #groups, #group)?;)
+    match s.mean {
+        true => quote!(dev.embedding_mean_norms(#ids, #delta, n, #t, #d, #sq, #groups, #group)?;),
+        false => quote!(dev.embedding_norms(#ids, #delta, n, #t, #d, #sq, #groups, #group)?;),
+    }
 }
 
 /// The scatter-add, weighted by the factors (`clipped`) or not.
@@ -37,5 +48,8 @@ pub fn sum(plan: &Plan, s: &EmbeddingStep, clipped: bool) -> TokenStream {
         }
         false => quote!(::core::option::Option::None),
     };
-    quote!(dev.embedding_mean_scatter(#ids, #delta, n, #t, #v, #d, #factors, #g)?;)
+    match s.mean {
+        true => quote!(dev.embedding_mean_scatter(#ids, #delta, n, #t, #v, #d, #factors, #g)?;),
+        false => quote!(dev.embedding_scatter(#ids, #delta, n, #t, #v, #d, #factors, #g)?;),
+    }
 }

@@ -54,8 +54,7 @@ pub fn unsupported(plan: &Plan) -> Option<String> {
                 "group norm with an activation whose derivative needs its input"
             }
             Step::Norm(_) => return None,
-            Step::Embedding(e) if e.mean => return None,
-            Step::Embedding(_) => "embedding without a sequence mean",
+            Step::Embedding(_) => return None,
             Step::Lstm(_) => "lstm",
             Step::PositionEmbedding(_) => "position embedding",
             Step::Attention(_) => "attention",

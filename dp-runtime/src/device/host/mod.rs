@@ -4,6 +4,8 @@
 //! to be.
 
 mod image;
+mod lstm;
+mod sequence;
 
 use std::collections::HashMap;
 
@@ -12,8 +14,8 @@ use dp_kernels::gemm_bf16::round_to_bf16;
 use dp_kernels::{loss, norm_layers};
 
 use super::{
-    BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, Operands,
-    Pool2dGeometry, Precision, Region, RowScale, Span,
+    BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, LstmBackwardStep,
+    LstmDims, LstmForwardStep, Operands, Pool2dGeometry, Precision, Region, RowScale, Span,
 };
 
 /// Every region a host `Vec` (`Tokens` of `u32`, the others of `f32`).
@@ -680,6 +682,91 @@ impl DeviceOps for HostDevice {
         self.write(dx)?.copy_from_slice(&out);
         self.write(affine)?.copy_from_slice(&aff);
         Ok(())
+    }
+
+    fn embedding_forward(
+        &mut self,
+        ids: Span,
+        table: Span,
+        n: usize,
+        steps: usize,
+        vocab: usize,
+        dim: usize,
+        out: Span,
+    ) -> Result<(), DeviceError> {
+        self.gather_rows(ids, table, n, steps, vocab, dim, out)
+    }
+
+    fn embedding_norms(
+        &mut self,
+        ids: Span,
+        delta: Span,
+        n: usize,
+        steps: usize,
+        dim: usize,
+        sq_norms: Span,
+        groups: usize,
+        group: usize,
+    ) -> Result<(), DeviceError> {
+        self.token_grouped_norms(ids, delta, n, steps, dim, sq_norms, groups, group)
+    }
+
+    fn embedding_scatter(
+        &mut self,
+        ids: Span,
+        delta: Span,
+        n: usize,
+        steps: usize,
+        vocab: usize,
+        dim: usize,
+        factors: Option<(Span, usize, usize)>,
+        grad: Span,
+    ) -> Result<(), DeviceError> {
+        self.scatter_rows(ids, delta, n, steps, vocab, dim, factors, grad)
+    }
+
+    fn sequence_sums(
+        &mut self,
+        src: Span,
+        n: usize,
+        steps: usize,
+        cols: usize,
+        scale: f32,
+        dst: Span,
+    ) -> Result<(), DeviceError> {
+        self.sums_over_time(src, (n, steps, cols), scale, dst)
+    }
+
+    fn sequence_broadcast(
+        &mut self,
+        src: Span,
+        n: usize,
+        steps: usize,
+        cols: usize,
+        scale: f32,
+        dst: Span,
+    ) -> Result<(), DeviceError> {
+        self.broadcast_over_time(src, (n, steps, cols), scale, dst)
+    }
+
+    fn lstm_forward_step(
+        &mut self,
+        step: &LstmForwardStep,
+        dims: &LstmDims,
+        n: usize,
+        t: usize,
+    ) -> Result<(), DeviceError> {
+        self.lstm_forward_rows(step, dims, n, t)
+    }
+
+    fn lstm_backward_step(
+        &mut self,
+        step: &LstmBackwardStep,
+        dims: &LstmDims,
+        n: usize,
+        t: usize,
+    ) -> Result<(), DeviceError> {
+        self.lstm_backward_rows(step, dims, n, t)
     }
 }
 

@@ -1,0 +1,85 @@
+// An LSTM's time steps in a device program (dp_runtime::device::DeviceOps::lstm_forward_step and
+// lstm_backward_step): gates i, f, g, o, one bias, zero initial state, the layouts of dp-kernels'
+// lstm.rs (example-major: gates n × T × 4h, cells, h_{t−1} and outputs n × T × h). The products of a
+// step (the input projection, W_hh·h_{t−1}, δ_{t+1}·W_hh) are cuBLAS's, launched by the program between
+// these kernels; each kernel is one thread per (example, unit) of one time step, reading that unit's
+// four gates and writing only its own values, so a step needs no synchronisation inside it.
+// The per-unit functions also compile as C on the host (tests/host_harness.c), against the host
+// reference of DeviceOps. expf and tanhf are CUDA's (within 2 ulp), not the CPU's vectorised ones: the
+// device's LSTM agrees with the CPU's to rounding, not bit for bit.
+#include "common.cuh"
+#include "reduce.cuh"
+
+DP_DEVICE float dp_lstm_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// Unit e (< n·h) of forward step t: pre = gates[i, t] + bias + (t > 0 ? recurrent[i] : 0) per gate;
+// the activated gates over gates[i, t], c_t into cells[i, t], h_{t−1} (0 at t = 0) into hprev[i, t], h_t
+// into out[i, t] and hidden[i]. At t = 0 neither recurrent nor hidden is read.
+DP_DEVICE void dp_lstm_forward_unit(float *gates, float *cells, float *hprev, float *out, float *hidden,
+                                    const float *recurrent, const float *bias, dp_u64 steps, dp_u64 h, dp_u64 t,
+                                    dp_u64 e) {
+    dp_u64 i = e / h, j = e % h, g4 = 4 * h;
+    int first = t == 0;
+    float *pre = gates + (i * steps + t) * g4;
+    float g[4];
+    for (int k = 0; k < 4; k++) {
+        float rec = first ? 0.0f : recurrent[i * g4 + k * h + j];
+        g[k] = pre[k * h + j] + bias[k * h + j] + rec;
+    }
+    float ig = dp_lstm_sigmoid(g[0]), fg = dp_lstm_sigmoid(g[1]), gg = tanhf(g[2]), og = dp_lstm_sigmoid(g[3]);
+    float c_prev = first ? 0.0f : cells[(i * steps + t - 1) * h + j];
+    float c = first ? ig * gg : fg * c_prev + ig * gg;
+    float h_new = og * tanhf(c);
+    hprev[(i * steps + t) * h + j] = first ? 0.0f : hidden[i * h + j];
+    pre[j] = ig;
+    pre[h + j] = fg;
+    pre[2 * h + j] = gg;
+    pre[3 * h + j] = og;
+    cells[(i * steps + t) * h + j] = c;
+    out[(i * steps + t) * h + j] = h_new;
+    hidden[i * h + j] = h_new;
+}
+
+// Unit e (< n·h) of backward step t (last = t + 1 == steps): dh = dout[i, t] + recurrent[i] (not at the
+// last step), dc = cell_grad[i] (0 at the last step) + dh·o·(1 − tanh²c_t); the gate gradients into
+// step_delta[i] and delta[i, t]; dc·f into cell_grad[i]. At the last step neither recurrent nor
+// cell_grad is read.
+DP_DEVICE void dp_lstm_backward_unit(const float *gates, const float *cells, const float *dout,
+                                     const float *recurrent, float *cell_grad, float *step_delta, float *delta,
+                                     dp_u64 steps, dp_u64 h, dp_u64 t, dp_u64 e) {
+    dp_u64 i = e / h, j = e % h, g4 = 4 * h;
+    int last = t + 1 == steps;
+    const float *gate = gates + (i * steps + t) * g4;
+    float ig = gate[j], fg = gate[h + j], gg = gate[2 * h + j], og = gate[3 * h + j];
+    float d_out = dout[(i * steps + t) * h + j];
+    float dh = last ? d_out : d_out + recurrent[i * h + j];
+    float tc = tanhf(cells[(i * steps + t) * h + j]);
+    float c_before = t > 0 ? cells[(i * steps + t - 1) * h + j] : 0.0f;
+    float dc = (last ? 0.0f : cell_grad[i * h + j]) + dh * og * (1.0f - tc * tc);
+    float d[4];
+    d[0] = dc * gg * ig * (1.0f - ig);
+    d[1] = dc * c_before * fg * (1.0f - fg);
+    d[2] = dc * ig * (1.0f - gg * gg);
+    d[3] = dh * tc * og * (1.0f - og);
+    for (int k = 0; k < 4; k++) {
+        step_delta[i * g4 + k * h + j] = d[k];
+        delta[(i * steps + t) * g4 + k * h + j] = d[k];
+    }
+    cell_grad[i * h + j] = dc * fg;
+}
+
+#ifdef __CUDACC__
+extern "C" __global__ void dp_lstm_forward_step(float *gates, float *cells, float *hprev, float *out, float *hidden,
+                                                const float *recurrent, const float *bias, dp_u64 n, dp_u64 steps,
+                                                dp_u64 h, dp_u64 t) {
+    DP_GRID_STRIDE(e, n * h) { dp_lstm_forward_unit(gates, cells, hprev, out, hidden, recurrent, bias, steps, h, t, e); }
+}
+
+extern "C" __global__ void dp_lstm_backward_step(const float *gates, const float *cells, const float *dout,
+                                                 const float *recurrent, float *cell_grad, float *step_delta,
+                                                 float *delta, dp_u64 n, dp_u64 steps, dp_u64 h, dp_u64 t) {
+    DP_GRID_STRIDE(e, n * h) {
+        dp_lstm_backward_unit(gates, cells, dout, recurrent, cell_grad, step_delta, delta, steps, h, t, e);
+    }
+}
+#endif
