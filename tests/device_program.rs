@@ -9,6 +9,7 @@ use dp::device::host::HostDevice;
 use dp::device::{DeviceError, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region};
 use dp::models::{
     AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, ResidualCnn, ScatterCnn,
+    TextTransformer,
 };
 use dp::noise::gaussian::{fill_chunk, FILL_CHUNK};
 use dp::optim::{NoisyGradient, Optimizer, OptimizerState, Sgd, StepInfo};
@@ -20,8 +21,9 @@ mod dense_models;
 
 use dense_models::norm_residual::NormResidual;
 use dense_models::{
-    batch, close, close_sum, cpu_reference, ActivatedOutput, Deep, PooledConv, SigmoidBce, SmallConv,
-    TanhMse, TestInput, TokenBag, TokenSeq,
+    batch, close, close_sum, cpu_reference, ActivatedOutput, Deep, DenseLstm, LstmSequence, PooledConv,
+    SigmoidBce, SmallConv, SmallLstm, SmallLstmDirect, SmallLstmGhost, TanhMse, TestInput, TokenBag,
+    TokenSeq,
 };
 
 /// Batch sizes, each with or without a poisoned (NaN) first example.
@@ -201,13 +203,44 @@ fn token_sequence_device_program_matches_the_cpu() {
 }
 
 #[test]
+fn small_lstm_device_program_matches_the_cpu() {
+    token_sequence_matches_cpu::<SmallLstm>(17, SIZES);
+}
+
+#[test]
+fn small_lstm_with_ghost_norms_device_program_matches_the_cpu() {
+    token_sequence_matches_cpu::<SmallLstmGhost>(18, &[(1, false), (7, true), (40, false)]);
+}
+
+#[test]
+fn small_lstm_with_direct_norms_device_program_matches_the_cpu() {
+    token_sequence_matches_cpu::<SmallLstmDirect>(19, &[(1, false), (7, true), (40, false)]);
+}
+
+#[test]
+fn lstm_without_a_mean_device_program_matches_the_cpu() {
+    token_sequence_matches_cpu::<LstmSequence>(20, &[(1, false), (7, true), (40, false)]);
+}
+
+#[test]
+fn lstm_on_a_dense_sequence_device_program_matches_the_cpu() {
+    device_matches_cpu::<DenseLstm>(21, SIZES);
+}
+
+/// 256 steps of 100 units: the host loops take a while, so three small batches.
+#[test]
+fn lstm_model_device_program_matches_the_cpu() {
+    token_sequence_matches_cpu::<LstmNet>(22, &[(1, false), (7, true), (12, false)]);
+}
+
+#[test]
 fn a_model_without_device_primitives_says_which_step() {
-    let reason = "lstm has no device primitives yet";
-    assert_eq!(LstmNet::DEVICE_UNSUPPORTED, Some(reason));
+    let reason = "position embedding has no device primitives yet";
+    assert_eq!(TextTransformer::DEVICE_UNSUPPORTED, Some(reason));
     let mut dev = HostDevice::new();
-    let err = LstmNet::device_norms(&mut dev, 4).unwrap_err();
+    let err = TextTransformer::device_norms(&mut dev, 4).unwrap_err();
     assert!(matches!(err, DeviceError::Unsupported { .. }));
-    assert_eq!(err.to_string(), format!("LstmNet has no device program: {reason}"));
+    assert_eq!(err.to_string(), format!("TextTransformer has no device program: {reason}"));
 }
 
 /// A model's training state on the host reference backend: the device program for the model's

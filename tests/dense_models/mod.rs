@@ -60,6 +60,61 @@ pub struct TokenSeq {
     fc: Linear,
 }
 
+/// `LstmNet` in small: an embedding over 7 positions of a 50-token vocabulary, an LSTM of 5 units
+/// averaged over time, a linear layer; the planner's norms.
+#[dp_model(input = tokens(len = 7, vocab = 50), loss = cross_entropy(classes = 3))]
+pub struct SmallLstm {
+    #[layer(embedding(dim = 6))]
+    embedding: Embedding,
+    #[layer(lstm(hidden = 5), mean)]
+    lstm: Lstm,
+    #[layer(linear(out = 3))]
+    fc: Linear,
+}
+
+/// [`SmallLstm`] with the LSTM's norms forced to ghost.
+#[dp_model(input = tokens(len = 7, vocab = 50), loss = cross_entropy(classes = 3))]
+pub struct SmallLstmGhost {
+    #[layer(embedding(dim = 6))]
+    embedding: Embedding,
+    #[layer(lstm(hidden = 5, norms = ghost), mean)]
+    lstm: Lstm,
+    #[layer(linear(out = 3))]
+    fc: Linear,
+}
+
+/// [`SmallLstm`] with the LSTM's norms forced to direct (the CPU keeps its per-example gradients).
+#[dp_model(input = tokens(len = 7, vocab = 50), loss = cross_entropy(classes = 3))]
+pub struct SmallLstmDirect {
+    #[layer(embedding(dim = 6))]
+    embedding: Embedding,
+    #[layer(lstm(hidden = 5, norms = direct), mean)]
+    lstm: Lstm,
+    #[layer(linear(out = 3))]
+    fc: Linear,
+}
+
+/// An LSTM without a mean: every step's hidden state flattened into the linear layer.
+#[dp_model(input = tokens(len = 7, vocab = 50), loss = cross_entropy(classes = 3))]
+pub struct LstmSequence {
+    #[layer(embedding(dim = 6))]
+    embedding: Embedding,
+    #[layer(lstm(hidden = 5), flatten)]
+    lstm: Lstm,
+    #[layer(linear(out = 3))]
+    fc: Linear,
+}
+
+/// An LSTM straight on a dense sequence `[7, 4]` (nothing upstream trained: no input gradient),
+/// averaged over time, one regression output.
+#[dp_model(input = [7, 4], loss = mse)]
+pub struct DenseLstm {
+    #[layer(lstm(hidden = 5), mean)]
+    lstm: Lstm,
+    #[layer(linear(out = 1))]
+    fc: Linear,
+}
+
 /// The output is an activation: sigmoid fused into the last linear layer, then a standalone tanh.
 #[dp_model(input = [4], loss = mse)]
 pub struct ActivatedOutput {

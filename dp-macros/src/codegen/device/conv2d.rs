@@ -31,7 +31,7 @@ fn geom(g: &Conv2dGeometry) -> TokenStream {
 
 /// `c_i (+)= op(a_i)·op(b_i)` for every example, `a`, `b` and `c` advancing by their strides.
 #[allow(clippy::too_many_arguments)]
-fn batched(
+pub(super) fn batched(
     (m, nn, k): (usize, usize, usize),
     (a, at, sa): (TokenStream, bool, usize),
     (b, bt, sb): (TokenStream, bool, usize),

@@ -12,7 +12,7 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 /// `c (+)= op(a)·op(b)`, the batch size `n` as M or K where `m`/`k` say so.
-fn gemm(
+pub(super) fn gemm(
     m: TokenStream,
     nn: TokenStream,
     k: TokenStream,
