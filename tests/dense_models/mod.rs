@@ -271,6 +271,33 @@ impl TestInput for u32 {
     }
 }
 
+/// A batch of `n` examples of a model over a token sequence (at least 7 positions), and the parameters
+/// to run it with: every example's ids repeat (positions 3 and 5 hold position 0's id, position 6
+/// position 1's), so that an embedding's norms must group them. When `poison`, example 0 gets a token
+/// no other example holds and that token's table row is NaN: an example whose every gradient is NaN
+/// though its ids are valid, which must contribute nothing to a clipped sum.
+pub fn token_batch<M: DpModel<Input = u32>>(
+    rng: &mut ChaCha8Rng,
+    params: &[f32],
+    n: usize,
+    poison: bool,
+) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
+    let steps = M::input_len();
+    let table = M::PARAMS.iter().find(|p| p.shape.first() == Some(&M::VOCAB)).expect("an embedding table");
+    let (dim, reserved) = (table.shape[1], M::VOCAB - 1);
+    let (mut inputs, labels) = batch::<M>(rng, n, false);
+    for example in inputs.chunks_mut(steps) {
+        (example[3], example[5], example[6]) = (example[0], example[0], example[1]);
+    }
+    let mut params = params.to_vec();
+    if poison {
+        inputs.iter_mut().filter(|v| **v as usize == reserved).for_each(|v| *v = 0);
+        inputs[2] = reserved as u32;
+        params[table.offset + reserved * dim..][..dim].fill(f32::NAN);
+    }
+    (params, inputs, labels)
+}
+
 /// Inputs and valid labels for `n` examples of `M`; example 0 poisoned with NaN when `poison` and
 /// the inputs are dense.
 pub fn batch<M: DpModel>(rng: &mut ChaCha8Rng, n: usize, poison: bool) -> (Vec<M::Input>, Vec<f32>)
