@@ -29,7 +29,7 @@ fn models_lists_every_registered_model_with_shape_and_parameters() {
     assert_eq!(mnist["parameters"], 26010);
     assert_eq!(mnist["device"], "device program");
     let lstm = rows.iter().find(|r| r["name"] == "lstm").unwrap();
-    assert_eq!(lstm["device"], "lstm has no device primitives yet");
+    assert_eq!(lstm["device"], "device program");
     let transformer = rows.iter().find(|r| r["name"] == "text-transformer").unwrap();
     assert_eq!(transformer["device"], "position embedding has no device primitives yet");
     let ffnn = rows.iter().find(|r| r["name"] == "ffnn").unwrap();

@@ -9,6 +9,7 @@ use dp::device::host::HostDevice;
 use dp::device::{DeviceError, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region};
 use dp::models::{
     AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, ResidualCnn, ScatterCnn,
+    TextTransformer,
 };
 use dp::noise::gaussian::{fill_chunk, FILL_CHUNK};
 use dp::optim::{NoisyGradient, Optimizer, OptimizerState, Sgd, StepInfo};
@@ -20,8 +21,9 @@ mod dense_models;
 
 use dense_models::norm_residual::NormResidual;
 use dense_models::{
-    batch, close, close_sum, cpu_reference, ActivatedOutput, Deep, PooledConv, SigmoidBce, SmallConv,
-    TanhMse, TestInput, TokenBag, TokenSeq,
+    batch, close, close_sum, cpu_reference, token_batch, ActivatedOutput, Deep, DenseLstm, LstmSequence,
+    PooledConv, SigmoidBce, SmallConv, SmallLstm, SmallLstmDirect, SmallLstmGhost, TanhMse, TestInput,
+    TokenBag, TokenSeq,
 };
 
 /// Batch sizes, each with or without a poisoned (NaN) first example.
@@ -40,28 +42,13 @@ where
     }
 }
 
-/// A model over a token sequence: every example's ids repeat (positions 3 and 5 hold position 0's id,
-/// position 6 position 1's), so that the embedding's norms must group them. A poisoned batch gives
-/// example 0 a token no other example holds and makes that token's table row NaN: an example whose
-/// every gradient is NaN though its ids are valid, which must contribute nothing to the clipped sum.
+/// A model over a token sequence, its ids repeating within every example and, in a poisoned batch,
+/// a NaN example though token ids cannot be NaN ([`token_batch`]).
 fn token_sequence_matches_cpu<M: DpModel<Input = u32>>(seed: u64, sizes: &[(usize, bool)]) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let model = M::init(&mut rng);
-    let steps = M::input_len();
-    let table = M::PARAMS.iter().find(|p| p.shape.first() == Some(&M::VOCAB)).expect("an embedding table");
-    let dim = table.shape[1];
-    let reserved = M::VOCAB - 1;
     for &(n, poison) in sizes {
-        let (mut inputs, labels) = batch::<M>(&mut rng, n, false);
-        for example in inputs.chunks_mut(steps) {
-            (example[3], example[5], example[6]) = (example[0], example[0], example[1]);
-        }
-        let mut params = model.params().to_vec();
-        if poison {
-            inputs.iter_mut().filter(|v| **v as usize == reserved).for_each(|v| *v = 0);
-            inputs[2] = reserved as u32;
-            params[table.offset + reserved * dim..][..dim].fill(f32::NAN);
-        }
+        let (params, inputs, labels) = token_batch::<M>(&mut rng, model.params(), n, poison);
         batch_matches_cpu(&M::from_params(params), &inputs, &labels, n, poison);
     }
 }
@@ -73,49 +60,42 @@ where
 {
     assert_eq!(M::DEVICE_UNSUPPORTED, None, "{} should have a device program", M::NAME);
     let groups = M::GROUPS.len();
-    let labels = labels.to_vec();
-    {
-        let cpu = cpu_reference(model, inputs, &labels, n, 0.5);
+    let cpu = cpu_reference(model, inputs, labels, n, 0.5);
 
-        let mut dev = HostDevice::new();
-        dev.set(Region::Params, model.params().to_vec());
+    let mut dev = HostDevice::new();
+    dev.set(Region::Params, model.params().to_vec());
+    dev.set(Region::Grad, vec![0.0; M::TRAINED_PARAM_COUNT]);
+    // Garbage everywhere a pass must write before it reads.
+    dev.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * n]);
+    TestInput::load(&mut dev, inputs);
+    dev.set(Region::Labels, labels.to_vec());
+    dev.set(Region::Losses, vec![f32::NAN; n]);
+    dev.set(Region::SqNorms, vec![f32::NAN; n * groups]);
+    dev.set(Region::Factors, cpu.factors.clone());
+    M::device_forward_backward(&mut dev, n).unwrap();
+    M::device_norms(&mut dev, n).unwrap();
+    M::device_clipped_sum(&mut dev, n).unwrap();
+    let tag = |what: &str| format!("{} n={n} {what}", M::NAME);
+    if poison {
+        assert!(dev.get(Region::SqNorms)[..groups].iter().all(|v| v.is_nan()), "{}", tag("poisoned norm"));
+        assert!(cpu.factors[..groups].iter().all(|&f| f == 0.0));
+    }
+    let finite = if poison { groups.. } else { 0.. };
+    close(
+        &tag("losses"),
+        &dev.get(Region::Losses)[usize::from(poison)..],
+        &cpu.losses[usize::from(poison)..],
+        1e-5,
+    );
+    close(&tag("squared norms"), &dev.get(Region::SqNorms)[finite.clone()], &cpu.sq_norms[finite], 1e-4);
+    assert!(dev.get(Region::Grad).iter().all(|v| v.is_finite()), "{}", tag("clipped sum finite"));
+    close_sum(&tag("clipped sum"), dev.get(Region::Grad), &cpu.clipped_sum, 1e-4);
+
+    if !poison {
         dev.set(Region::Grad, vec![0.0; M::TRAINED_PARAM_COUNT]);
-        // Garbage everywhere a pass must write before it reads.
-        dev.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * n]);
-        TestInput::load(&mut dev, inputs);
-        dev.set(Region::Labels, labels.clone());
-        dev.set(Region::Losses, vec![f32::NAN; n]);
-        dev.set(Region::SqNorms, vec![f32::NAN; n * groups]);
-        dev.set(Region::Factors, cpu.factors.clone());
         M::device_forward_backward(&mut dev, n).unwrap();
-        M::device_norms(&mut dev, n).unwrap();
-        M::device_clipped_sum(&mut dev, n).unwrap();
-        let tag = |what: &str| format!("{} n={n} {what}", M::NAME);
-        if poison {
-            assert!(
-                dev.get(Region::SqNorms)[..groups].iter().all(|v| v.is_nan()),
-                "{}",
-                tag("poisoned norm")
-            );
-            assert!(cpu.factors[..groups].iter().all(|&f| f == 0.0));
-        }
-        let finite = if poison { groups.. } else { 0.. };
-        close(
-            &tag("losses"),
-            &dev.get(Region::Losses)[usize::from(poison)..],
-            &cpu.losses[usize::from(poison)..],
-            1e-5,
-        );
-        close(&tag("squared norms"), &dev.get(Region::SqNorms)[finite.clone()], &cpu.sq_norms[finite], 1e-4);
-        assert!(dev.get(Region::Grad).iter().all(|v| v.is_finite()), "{}", tag("clipped sum finite"));
-        close_sum(&tag("clipped sum"), dev.get(Region::Grad), &cpu.clipped_sum, 1e-4);
-
-        if !poison {
-            dev.set(Region::Grad, vec![0.0; M::TRAINED_PARAM_COUNT]);
-            M::device_forward_backward(&mut dev, n).unwrap();
-            M::device_gradient_sum(&mut dev, n).unwrap();
-            close_sum(&tag("gradient sum"), dev.get(Region::Grad), &cpu.gradient_sum, 1e-4);
-        }
+        M::device_gradient_sum(&mut dev, n).unwrap();
+        close_sum(&tag("gradient sum"), dev.get(Region::Grad), &cpu.gradient_sum, 1e-4);
     }
 }
 
@@ -201,13 +181,44 @@ fn token_sequence_device_program_matches_the_cpu() {
 }
 
 #[test]
+fn small_lstm_device_program_matches_the_cpu() {
+    token_sequence_matches_cpu::<SmallLstm>(17, SIZES);
+}
+
+#[test]
+fn small_lstm_with_ghost_norms_device_program_matches_the_cpu() {
+    token_sequence_matches_cpu::<SmallLstmGhost>(18, &[(1, false), (7, true), (40, false)]);
+}
+
+#[test]
+fn small_lstm_with_direct_norms_device_program_matches_the_cpu() {
+    token_sequence_matches_cpu::<SmallLstmDirect>(19, &[(1, false), (7, true), (40, false)]);
+}
+
+#[test]
+fn lstm_without_a_mean_device_program_matches_the_cpu() {
+    token_sequence_matches_cpu::<LstmSequence>(20, &[(1, false), (7, true), (40, false)]);
+}
+
+#[test]
+fn lstm_on_a_dense_sequence_device_program_matches_the_cpu() {
+    device_matches_cpu::<DenseLstm>(21, SIZES);
+}
+
+/// 256 steps of 100 units: the host loops take a while, so three small batches.
+#[test]
+fn lstm_model_device_program_matches_the_cpu() {
+    token_sequence_matches_cpu::<LstmNet>(22, &[(1, false), (7, true), (12, false)]);
+}
+
+#[test]
 fn a_model_without_device_primitives_says_which_step() {
-    let reason = "lstm has no device primitives yet";
-    assert_eq!(LstmNet::DEVICE_UNSUPPORTED, Some(reason));
+    let reason = "position embedding has no device primitives yet";
+    assert_eq!(TextTransformer::DEVICE_UNSUPPORTED, Some(reason));
     let mut dev = HostDevice::new();
-    let err = LstmNet::device_norms(&mut dev, 4).unwrap_err();
+    let err = TextTransformer::device_norms(&mut dev, 4).unwrap_err();
     assert!(matches!(err, DeviceError::Unsupported { .. }));
-    assert_eq!(err.to_string(), format!("LstmNet has no device program: {reason}"));
+    assert_eq!(err.to_string(), format!("TextTransformer has no device program: {reason}"));
 }
 
 /// A model's training state on the host reference backend: the device program for the model's

@@ -50,7 +50,8 @@ fn the_lstm_expansion_does_not_grow_with_the_sequence_length() {
     // 5 steps choose ghost norms and the book-keeping clipped sum instead of direct norms with kept
     // gradients: a few lines differ, not 251 copies.
     assert!(long.abs_diff(short) < 40, "{long} lines for 256 steps, {short} for 5");
-    assert!(long < 1000, "LstmNet expands to {long} lines");
+    // The CPU program and the device program (whose loops over time are runtime loops too).
+    assert!(long < 1400, "LstmNet expands to {long} lines");
 }
 
 #[test]

@@ -60,6 +60,61 @@ pub struct TokenSeq {
     fc: Linear,
 }
 
+/// `LstmNet` in small: an embedding over 7 positions of a 50-token vocabulary, an LSTM of 5 units
+/// averaged over time, a linear layer; the planner's norms.
+#[dp_model(input = tokens(len = 7, vocab = 50), loss = cross_entropy(classes = 3))]
+pub struct SmallLstm {
+    #[layer(embedding(dim = 6))]
+    embedding: Embedding,
+    #[layer(lstm(hidden = 5), mean)]
+    lstm: Lstm,
+    #[layer(linear(out = 3))]
+    fc: Linear,
+}
+
+/// [`SmallLstm`] with the LSTM's norms forced to ghost.
+#[dp_model(input = tokens(len = 7, vocab = 50), loss = cross_entropy(classes = 3))]
+pub struct SmallLstmGhost {
+    #[layer(embedding(dim = 6))]
+    embedding: Embedding,
+    #[layer(lstm(hidden = 5, norms = ghost), mean)]
+    lstm: Lstm,
+    #[layer(linear(out = 3))]
+    fc: Linear,
+}
+
+/// [`SmallLstm`] with the LSTM's norms forced to direct (the CPU keeps its per-example gradients).
+#[dp_model(input = tokens(len = 7, vocab = 50), loss = cross_entropy(classes = 3))]
+pub struct SmallLstmDirect {
+    #[layer(embedding(dim = 6))]
+    embedding: Embedding,
+    #[layer(lstm(hidden = 5, norms = direct), mean)]
+    lstm: Lstm,
+    #[layer(linear(out = 3))]
+    fc: Linear,
+}
+
+/// An LSTM without a mean: every step's hidden state flattened into the linear layer.
+#[dp_model(input = tokens(len = 7, vocab = 50), loss = cross_entropy(classes = 3))]
+pub struct LstmSequence {
+    #[layer(embedding(dim = 6))]
+    embedding: Embedding,
+    #[layer(lstm(hidden = 5), flatten)]
+    lstm: Lstm,
+    #[layer(linear(out = 3))]
+    fc: Linear,
+}
+
+/// An LSTM straight on a dense sequence `[7, 4]` (nothing upstream trained: no input gradient),
+/// averaged over time, one regression output.
+#[dp_model(input = [7, 4], loss = mse)]
+pub struct DenseLstm {
+    #[layer(lstm(hidden = 5), mean)]
+    lstm: Lstm,
+    #[layer(linear(out = 1))]
+    fc: Linear,
+}
+
 /// The output is an activation: sigmoid fused into the last linear layer, then a standalone tanh.
 #[dp_model(input = [4], loss = mse)]
 pub struct ActivatedOutput {
@@ -226,6 +281,33 @@ impl TestInput for u32 {
     fn load(dev: &mut dp::device::host::HostDevice, inputs: &[u32]) {
         dev.set_tokens(inputs.to_vec());
     }
+}
+
+/// A batch of `n` examples of a model over a token sequence (at least 7 positions), and the parameters
+/// to run it with: every example's ids repeat (positions 3 and 5 hold position 0's id, position 6
+/// position 1's), so that an embedding's norms must group them. When `poison`, example 0 gets a token
+/// no other example holds and that token's table row is NaN: an example whose every gradient is NaN
+/// though its ids are valid, which must contribute nothing to a clipped sum.
+pub fn token_batch<M: DpModel<Input = u32>>(
+    rng: &mut ChaCha8Rng,
+    params: &[f32],
+    n: usize,
+    poison: bool,
+) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
+    let steps = M::input_len();
+    let table = M::PARAMS.iter().find(|p| p.shape.first() == Some(&M::VOCAB)).expect("an embedding table");
+    let (dim, reserved) = (table.shape[1], M::VOCAB - 1);
+    let (mut inputs, labels) = batch::<M>(rng, n, false);
+    for example in inputs.chunks_mut(steps) {
+        (example[3], example[5], example[6]) = (example[0], example[0], example[1]);
+    }
+    let mut params = params.to_vec();
+    if poison {
+        inputs.iter_mut().filter(|v| **v as usize == reserved).for_each(|v| *v = 0);
+        inputs[2] = reserved as u32;
+        params[table.offset + reserved * dim..][..dim].fill(f32::NAN);
+    }
+    (params, inputs, labels)
 }
 
 /// Inputs and valid labels for `n` examples of `M`; example 0 poisoned with NaN when `poison` and

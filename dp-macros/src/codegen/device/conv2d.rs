@@ -33,7 +33,7 @@ fn geom(g: &Conv2dGeometry) -> TokenStream {
 /// product of a device conv may round its operands: the forward, the backward to the input, and the
 /// per-example gradients, which are kept and both normed and summed.
 #[allow(clippy::too_many_arguments)]
-fn batched(
+pub(super) fn batched(
     (m, nn, k): (usize, usize, usize),
     (a, at, sa): (TokenStream, bool, usize),
     (b, bt, sb): (TokenStream, bool, usize),

@@ -11,17 +11,18 @@ use crate::plan::Plan;
 use proc_macro2::TokenStream;
 use quote::quote;
 
-/// Which products of a linear layer may round their operands: the forward and the backward to the
-/// input, never the weight-gradient sums, whose ghost norms read the unrounded `a` and `δ`.
+/// Which products may round their operands in bf16: the forward's and the backward's to the input,
+/// never a weight-gradient sum formed apart from its norms (a ghost linear layer's norms read the
+/// unrounded `a` and `δ`).
 #[derive(Clone, Copy)]
-enum Product {
+pub(super) enum Product {
     ForwardOrBackward,
     GradientSum,
 }
 
 /// `c (+)= op(a)·op(b)`, the batch size `n` as M or K where `m`/`k` say so.
 #[allow(clippy::too_many_arguments)]
-fn gemm(
+pub(super) fn gemm(
     m: TokenStream,
     nn: TokenStream,
     k: TokenStream,

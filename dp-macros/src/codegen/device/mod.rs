@@ -11,6 +11,8 @@ mod conv2d;
 mod embedding;
 mod emit;
 mod linear;
+mod lstm;
+mod mean;
 mod norm_layer;
 mod pool;
 mod scratch;
@@ -18,6 +20,7 @@ mod unary;
 
 use super::backend::Backend;
 use crate::ops::activation::function::Derivative;
+use crate::ops::mean::Pooling;
 use crate::ops::norm_layer::NormDims;
 use crate::ops::{Layer, Step};
 use crate::parse::ast::LossKind;
@@ -54,8 +57,7 @@ pub fn unsupported(plan: &Plan) -> Option<String> {
                 "group norm with an activation whose derivative needs its input"
             }
             Step::Norm(_) => return None,
-            Step::Embedding(_) => return None,
-            Step::Lstm(_) => "lstm",
+            Step::Embedding(_) | Step::Lstm(_) => return None,
             Step::PositionEmbedding(_) => "position embedding",
             Step::Attention(_) => "attention",
             Step::Pool2d(_) | Step::GlobalAvgPool(_) => return None,
@@ -63,7 +65,8 @@ pub fn unsupported(plan: &Plan) -> Option<String> {
                 "add with an activation whose derivative needs its input"
             }
             Step::Add(_) => return None,
-            Step::Mean(_) => "mean",
+            Step::Mean(m) if m.pooling == Pooling::First => "first",
+            Step::Mean(_) => return None,
             Step::Patches(_) => "patches",
             Step::LoraSum(_) => "lora",
         };
@@ -114,10 +117,10 @@ impl Backend for Device {
             Step::GlobalAvgPool(s) => pool::global_forward(plan, s),
             Step::Norm(s) => norm_layer::forward(plan, s),
             Step::Add(s) => add::forward(plan, s),
-            other @ (Step::Lstm(_)
-            | Step::PositionEmbedding(_)
+            Step::Lstm(s) => lstm::forward(plan, s),
+            Step::Mean(s) => mean::forward(plan, s),
+            other @ (Step::PositionEmbedding(_)
             | Step::Attention(_)
-            | Step::Mean(_)
             | Step::Patches(_)
             | Step::LoraSum(_)) => refused(other),
         }
@@ -135,10 +138,10 @@ impl Backend for Device {
             Step::GlobalAvgPool(s) => pool::global_backward(plan, s),
             Step::Norm(s) => norm_layer::backward(plan, s),
             Step::Add(s) => add::backward(plan, s),
-            other @ (Step::Lstm(_)
-            | Step::PositionEmbedding(_)
+            Step::Lstm(s) => lstm::backward(plan, s),
+            Step::Mean(s) => mean::backward(plan, s),
+            other @ (Step::PositionEmbedding(_)
             | Step::Attention(_)
-            | Step::Mean(_)
             | Step::Patches(_)
             | Step::LoraSum(_)) => refused(other),
         }
@@ -150,7 +153,8 @@ impl Backend for Device {
             Layer::Embedding(s) => embedding::sum(plan, s, false),
             Layer::Conv2d(s) => conv2d::gradient_sum(plan, s),
             Layer::Norm(s) => norm_layer::gradient_sum(plan, s),
-            other @ (Layer::Lstm(_) | Layer::PositionEmbedding(_) | Layer::Attention(_)) => refused(other),
+            Layer::Lstm(s) => lstm::gradient_sum(plan, s),
+            other @ (Layer::PositionEmbedding(_) | Layer::Attention(_)) => refused(other),
         }
     }
 
@@ -160,7 +164,8 @@ impl Backend for Device {
             Layer::Embedding(s) => embedding::norms(plan, s),
             Layer::Conv2d(s) => conv2d::norms(plan, s),
             Layer::Norm(s) => norm_layer::norms(plan, s),
-            other @ (Layer::Lstm(_) | Layer::PositionEmbedding(_) | Layer::Attention(_)) => refused(other),
+            Layer::Lstm(s) => lstm::norms(plan, s),
+            other @ (Layer::PositionEmbedding(_) | Layer::Attention(_)) => refused(other),
         }
     }
 
@@ -170,7 +175,8 @@ impl Backend for Device {
             Layer::Embedding(s) => embedding::sum(plan, s, true),
             Layer::Conv2d(s) => conv2d::clipped_sum(plan, s),
             Layer::Norm(s) => norm_layer::clipped_sum(plan, s),
-            other @ (Layer::Lstm(_) | Layer::PositionEmbedding(_) | Layer::Attention(_)) => refused(other),
+            Layer::Lstm(s) => lstm::clipped_sum(plan, s),
+            other @ (Layer::PositionEmbedding(_) | Layer::Attention(_)) => refused(other),
         }
     }
 }

@@ -1,10 +1,13 @@
 //! The device program's own per-example scratch, after the plan's buffers in the arena: the patches
 //! of one convolution at a time (shared by every conv, re-derived by each pass that reads them, and
 //! reused for the patch gradients backward), then every trained conv's per-example weight and bias
-//! gradients, formed by its norms and kept for its clipped sum. A device has the memory for them (the
-//! CIFAR-10 CNN keeps 2.2 MB per example), and keeping them saves the clipped sum a second product.
+//! gradients, formed by its norms and kept for its clipped sum, then every LSTM's per-example
+//! gradients (both weights, then the bias), kept the same way. A device has the memory for them (the
+//! CIFAR-10 CNN keeps 2.2 MB per example, the LSTM model 0.3 MB), and keeping them saves the clipped
+//! sum a second product.
 
 use crate::ops::conv2d::ConvStep;
+use crate::ops::lstm::LstmStep;
 use crate::ops::Step;
 use crate::plan::Plan;
 
@@ -19,9 +22,26 @@ pub struct ConvScratch {
     pub bias: usize,
 }
 
+/// Where an LSTM's kept gradients live, in values per example from the arena's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LstmScratch {
+    /// Each example's `W_ih` then `W_hh` gradient, `4h × d + 4h × h`: laid out as the two weights in
+    /// the parameters, so one weighted sum covers both.
+    pub weights: usize,
+    /// Each example's bias gradient, `4h`.
+    pub bias: usize,
+}
+
 fn convs(plan: &Plan) -> impl Iterator<Item = &ConvStep> {
     plan.steps.iter().filter_map(|s| match s {
         Step::Conv2d(c) => Some(c),
+        _ => None,
+    })
+}
+
+fn lstms(plan: &Plan) -> impl Iterator<Item = &LstmStep> {
+    plan.steps.iter().filter_map(|s| match s {
+        Step::Lstm(l) => Some(l),
         _ => None,
     })
 }
@@ -39,9 +59,23 @@ fn kept_len(c: &ConvStep) -> usize {
     c.geom.weight_len() + if c.bias.is_some() { c.geom.out_c } else { 0 }
 }
 
+/// Both weights' gradients of an LSTM, per example.
+pub fn lstm_weights_len(s: &LstmStep) -> usize {
+    s.dims.weight_ih_len() + s.dims.weight_hh_len()
+}
+
+fn lstm_kept_len(s: &LstmStep) -> usize {
+    lstm_weights_len(s) + 4 * s.dims.hidden
+}
+
+/// Where the LSTMs' kept gradients start: after the convs'.
+fn lstms_start(plan: &Plan) -> usize {
+    plan_len(plan) + shared_cols_len(plan) + convs(plan).map(kept_len).sum::<usize>()
+}
+
 /// The arena per example: the plan's buffers and the device's scratch.
 pub fn arena_len(plan: &Plan) -> usize {
-    plan_len(plan) + shared_cols_len(plan) + convs(plan).map(kept_len).sum::<usize>()
+    lstms_start(plan) + lstms(plan).map(lstm_kept_len).sum::<usize>()
 }
 
 /// The scratch of conv `step` (compared by identity: its weight slot).
@@ -53,6 +87,18 @@ pub fn conv(plan: &Plan, step: &ConvStep) -> ConvScratch {
             return ConvScratch { cols, weight: at, bias: at + c.geom.weight_len() };
         }
         at += kept_len(c);
+    }
+    unreachable!("{step:?} is a step of its plan")
+}
+
+/// The kept gradients of LSTM `step` (compared by identity: its input weight slot).
+pub fn lstm(plan: &Plan, step: &LstmStep) -> LstmScratch {
+    let mut at = lstms_start(plan);
+    for s in lstms(plan) {
+        if s.w_ih == step.w_ih {
+            return LstmScratch { weights: at, bias: at + lstm_weights_len(s) };
+        }
+        at += lstm_kept_len(s);
     }
     unreachable!("{step:?} is a step of its plan")
 }

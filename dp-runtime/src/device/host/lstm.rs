@@ -128,3 +128,41 @@ impl HostDevice {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{DeviceOps, LstmSaved, Region};
+
+    /// A step outside the sequence and spans shorter than the shapes are errors, never panics.
+    #[test]
+    fn a_step_past_the_sequence_or_a_short_span_is_refused() {
+        let (n, dims) = (2, LstmDims { steps: 3, input: 2, hidden: 4 });
+        let (seq, units) = (n * dims.steps * dims.hidden, n * dims.hidden);
+        let mut host = HostDevice::new();
+        host.set(Region::Arena, vec![0.0; 4 * seq + 3 * seq + units + 4 * units + 16]);
+        let at = |from: usize, len: usize| Span::new(Region::Arena, from, len);
+        let step = LstmForwardStep {
+            saved: LstmSaved { gates: at(0, 4 * seq), cells: at(4 * seq, seq), hprev: at(5 * seq, seq) },
+            out: at(6 * seq, seq),
+            hidden: at(7 * seq, units),
+            recurrent: at(7 * seq + units, 4 * units),
+            bias: at(7 * seq + 5 * units, 16),
+        };
+        assert!(host.lstm_forward_step(&step, &dims, n, 2).is_ok());
+        let past = host.lstm_forward_step(&step, &dims, n, 3).unwrap_err();
+        assert_eq!(past.to_string(), "device program: lstm_forward_step: step 3 of 3");
+        let short = LstmForwardStep { out: at(6 * seq, seq - 1), ..step };
+        assert!(matches!(host.lstm_forward_step(&short, &dims, n, 0), Err(DeviceError::Mismatch(_))));
+        let backward = LstmBackwardStep {
+            gates: step.saved.gates,
+            cells: step.saved.cells,
+            dout: step.out,
+            recurrent: step.hidden,
+            cell_grad: step.hidden,
+            step_delta: step.recurrent,
+            delta: at(0, 4 * seq - 1),
+        };
+        assert!(matches!(host.lstm_backward_step(&backward, &dims, n, 1), Err(DeviceError::Mismatch(_))));
+    }
+}
