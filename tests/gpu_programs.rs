@@ -10,6 +10,7 @@
 #![cfg(feature = "cuda")]
 
 mod dense_models;
+mod gpu_support;
 
 use dense_models::norm_residual::NormResidual;
 use dense_models::{
@@ -18,7 +19,7 @@ use dense_models::{
     TokenBag, TokenSeq,
 };
 use dp::clipping::{clip_factors, ClipMode};
-use dp::cuda::device::{self, Gpu, SgdStep};
+use dp::cuda::device::SgdStep;
 use dp::cuda::trainer::{Clipping, GpuModel};
 use dp::device::DeviceTraining;
 use dp::models::{
@@ -31,25 +32,7 @@ use dp::{Batch, Workspace};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-/// A line on the real stderr: libtest captures `eprintln!` of passing tests, and a skip must be seen.
-fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-fn gpu(test: &str) -> Option<Gpu> {
-    if device::device_count() == 0 {
-        assert!(
-            std::env::var_os("DP_REQUIRE_GPU").is_none(),
-            "DP_REQUIRE_GPU is set but no CUDA device is present"
-        );
-        say(&format!("1 GPU test skipped: no CUDA device ({test})"));
-        return None;
-    }
-    let gpu = Gpu::open(0).unwrap_or_else(|e| panic!("{e}"));
-    say(&format!("{test}: on {}", gpu.describe()));
-    Some(gpu)
-}
+use gpu_support::{gpu, say};
 
 const BATCHES: [(usize, bool); 4] = [(1, false), (7, true), (256, false), (301, true)];
 
