@@ -229,7 +229,15 @@ pub fn conv2d_norms_sq(
                         rounded.clear();
                         rounded.extend_from_slice(dout_i);
                         round_to_bf16_in_place(rounded);
-                        per_example::norm_sq_of_one(strategy, &layer, slot, rounded, bias_delta, norm_slot)
+                        per_example::norm_sq_of_one_by(
+                            product_in(Precision::Bf16, true),
+                            strategy,
+                            &layer,
+                            slot,
+                            rounded,
+                            bias_delta,
+                            norm_slot,
+                        )
                     })
                 } else {
                     per_example::norm_sq_of_one(strategy, &layer, slot, dout_i, bias_delta, norm_slot)
@@ -496,9 +504,10 @@ mod tests {
     }
 
     /// In bf16, a conv whose gradient runs example by example with large enough products norms and
-    /// sums the gradients of its operands rounded to bf16 (the weight norms bit for bit those of the
-    /// rounded operands in f32, the bias norms and sums those of the unrounded `Δ`); the others (a conv
-    /// that folds, a small one) run in f32, bit for bit.
+    /// sums the gradients of its operands rounded to bf16 (the weight norms those of the rounded
+    /// operands in f32 up to the order of the f32 sums, since the bf16 products of rounded operands are
+    /// exact, and away from those of the unrounded ones; the bias norms and sums those of the unrounded
+    /// `Δ`); the others (a conv that folds, a small one) run in f32, bit for bit.
     #[test]
     fn bf16_norms_and_sums_read_the_operands_a_bf16_product_reads() {
         use crate::gemm_bf16::round_to_bf16;
@@ -528,12 +537,23 @@ mod tests {
                     out
                 };
                 let what = format!("{geom:?} {strategy:?}");
+                let got = norms(&x, &dout, false, Precision::Bf16);
                 let want = if rounds {
-                    norms(&x_r, &dout_r, false, Precision::F32)
+                    // The products of rounded operands are exact in bf16; only the order of the f32
+                    // sums differs from the f32 product's.
+                    let want = norms(&x_r, &dout_r, false, Precision::F32);
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!((g - w).abs() <= 1e-5 * w, "{what}: example {i}: {g} against {w}");
+                    }
+                    let unrounded = norms(&x, &dout, false, Precision::F32);
+                    let moved = got.iter().zip(&unrounded).any(|(g, u)| (g - u).abs() > 1e-4 * u);
+                    assert!(moved, "{what}: the norms are those of the unrounded operands");
+                    want
                 } else {
-                    norms(&x, &dout, false, Precision::F32)
+                    let want = norms(&x, &dout, false, Precision::F32);
+                    assert_same_bits(&what, &got, &want);
+                    want
                 };
-                assert_same_bits(&what, &norms(&x, &dout, false, Precision::Bf16), &want);
                 // With the bias: its norm from the unrounded Δ, added to the rounded weights' norm.
                 let with_bias = norms(&x, &dout, true, Precision::Bf16);
                 let bias_only: Vec<f32> = norms(&x, &dout, true, Precision::F32)

@@ -138,6 +138,21 @@ pub fn norm_sq_of_one(
     bias_delta: Option<&[f32]>,
     slot: &mut [f32],
 ) -> f64 {
+    norm_sq_of_one_by(sgemm_serial, strategy, layer, a, delta, bias_delta, slot)
+}
+
+/// [`norm_sq_of_one`] with its products (a ghost norm's Gram matrices, a direct norm's gradient) run
+/// by `product`: the bf16 product where `a` and `delta` are already rounded to bf16, so that the
+/// products are exact and only the f32 sums' order differs from the f32 product.
+pub fn norm_sq_of_one_by(
+    product: Product,
+    strategy: Strategy,
+    layer: &PositionalLayer,
+    a: &[f32],
+    delta: &[f32],
+    bias_delta: Option<&[f32]>,
+    slot: &mut [f32],
+) -> f64 {
     let (t, d, p) = (layer.positions, layer.in_width, layer.out_width);
     check_len("A", a.len(), layer.a_len());
     check_len("delta", delta.len(), layer.delta_len());
@@ -148,7 +163,7 @@ pub fn norm_sq_of_one(
     let mut total = 0.0;
     for q in 0..layer.groups {
         let (a_q, delta_q) = (&a[q * t * d..(q + 1) * t * d], &delta[q * t * p..(q + 1) * t * p]);
-        total += group_norm_sq(strategy, layer, a_q, delta_q, slot, sgemm_serial);
+        total += group_norm_sq(strategy, layer, a_q, delta_q, slot, product);
         if let Some(bias_delta) = bias_delta {
             let delta_q = &bias_delta[q * t * p..(q + 1) * t * p];
             for_each_bias_sum(layer.layout, delta_q, t, p, |_, s| total += s * s);
@@ -466,6 +481,13 @@ fn ghost_one(
                 let d_tail = &delta[r0 * p..t * p];
                 product(Op::N, Op::T, rows, cols, d, 1.0, a_tail, a_tail, 0.0, gram_a);
                 product(Op::N, Op::T, rows, cols, p, 1.0, d_tail, d_tail, 0.0, gram_d);
+            }
+            // One tile over every position (T ≤ GHOST_TILE: each matrix whole and dense) runs through
+            // `product`, which may be a bf16 product of operands already rounded to bf16 (exact
+            // products, f32 sums: the norm of the gradient a bf16 clipped sum adds).
+            RowLayout::ChannelMajor if rows == t => {
+                product(Op::T, Op::N, t, t, d, 1.0, &a[..d * t], &a[..d * t], 0.0, gram_a);
+                product(Op::T, Op::N, t, t, p, 1.0, &delta[..p * t], &delta[..p * t], 0.0, gram_d);
             }
             RowLayout::ChannelMajor => {
                 // Positions are columns: the tile reads columns r0.. of every row, `t` apart.
