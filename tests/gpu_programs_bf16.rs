@@ -35,7 +35,7 @@ where
     let model = M::init(&mut rng);
     let groups = M::GROUPS.len();
     let mut on_gpu = GpuModel::<M>::new(gpu, model.params(), 256).unwrap();
-    on_gpu.set_precision(Precision::Bf16);
+    on_gpu.set_precision(Precision::Bf16).unwrap();
     for (n, poison) in [(1, false), (7, true), (256, false)] {
         let poison = poison && M::Input::POISONS;
         let (inputs, labels) = batch::<M>(&mut rng, n, poison);

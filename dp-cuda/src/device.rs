@@ -43,6 +43,8 @@ pub struct Gpu {
     pub(crate) lstm: Vec<CudaFunction>,
     name: String,
     arch: &'static str,
+    /// The compute capability, (major, minor).
+    capability: (i32, i32),
     pub(crate) noise_first: CudaFunction,
     pub(crate) noise_retry: CudaFunction,
     pub(crate) clip_factors: CudaFunction,
@@ -138,11 +140,18 @@ impl Gpu {
             lstm,
             name,
             arch,
+            capability: (major, minor),
             noise_first,
             noise_retry,
             clip_factors,
             sgd_update,
         })
+    }
+
+    /// Whether the device multiplies bf16 on tensor cores (compute capability 8.0, Ampere, or newer),
+    /// which `--precision bf16` needs.
+    pub fn has_bf16_tensor_cores(&self) -> bool {
+        self.capability.0 >= 8
     }
 
     /// The device's name and architecture, e.g. `NVIDIA H200 (sm_90)`.

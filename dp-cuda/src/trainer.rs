@@ -187,12 +187,20 @@ impl<M: DpModel> GpuModel<M> {
     /// Runs the products the device program marks `Operands::OfPrecision` in `precision` (in bf16:
     /// cuBLAS's tensor-core path with bf16 operands and f32 accumulation,
     /// `CUBLAS_COMPUTE_32F_FAST_16BF`); the others stay f32. Drops the captured step graphs, whose
-    /// products were recorded in the previous precision.
-    pub fn set_precision(&mut self, precision: Precision) {
+    /// products were recorded in the previous precision. bf16 on a GPU without bf16 tensor cores
+    /// (before compute capability 8.0) is an error, rather than f32 under another name.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision == Precision::Bf16 && !self.gpu.has_bf16_tensor_cores() {
+            return Err(CudaError::Mismatch(format!(
+                "bf16 needs bf16 tensor cores (compute capability 8.0 or newer); {} has none: use f32",
+                self.gpu.describe()
+            )));
+        }
         if precision != self.precision {
             self.precision = precision;
             self.graphs.invalidate();
         }
+        Ok(())
     }
 
     /// The precision of the marked products.
@@ -583,8 +591,7 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
     }
 
     fn set_precision(&mut self, precision: Precision) -> std::result::Result<(), DeviceError> {
-        GpuModel::set_precision(self, precision);
-        Ok(())
+        GpuModel::set_precision(self, precision).map_err(|e| DeviceError::Backend(e.to_string()))
     }
 
     fn upload(&mut self, params: &[f32]) -> std::result::Result<(), DeviceError> {

@@ -650,7 +650,7 @@ fn gpu_timings<M: DpModel>(
     let open = || -> Result<GpuModel<M>> {
         let gpu = Gpu::open(ordinal).map_err(gpu_error)?;
         let mut model = GpuModel::<M>::new(gpu, initial.params(), n).map_err(gpu_error)?;
-        model.set_precision(args.precision);
+        model.set_precision(args.precision).map_err(gpu_error)?;
         Ok(model)
     };
     let finite = |model: &GpuModel<M>, what: &str| -> Result<()> {
