@@ -51,7 +51,14 @@ fn cuda_lines() -> Vec<String> {
     for ordinal in 0..count {
         lines.push(match device::Gpu::open(ordinal) {
             Ok(gpu) => {
-                format!("cuda:{ordinal}: {}, kernels compiled and loaded, cuBLAS loaded", gpu.describe())
+                format!(
+                    "cuda:{ordinal}: {}, kernels compiled and loaded, cuBLAS loaded, {}",
+                    gpu.describe(),
+                    match gpu.has_bf16_tensor_cores() {
+                        true => "bf16 products on tensor cores (--precision bf16)",
+                        false => "no bf16 tensor cores (f32 only)",
+                    }
+                )
             }
             Err(e) => format!("cuda:{ordinal}: {e}"),
         });
