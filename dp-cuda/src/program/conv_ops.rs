@@ -6,7 +6,7 @@
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use dp_kernels::activation::Activation;
-use dp_runtime::device::{BatchedGemm, Conv2dGeometry, DeviceError, Gemm, Pool2dGeometry, Span};
+use dp_runtime::device::{check_group, BatchedGemm, Conv2dGeometry, DeviceError, Gemm, Pool2dGeometry, Span};
 
 use super::{backend, elementwise, int, k, ColumnMajor, GpuOps};
 use crate::dense::activation_code;
@@ -112,14 +112,6 @@ fn per_block(items: usize) -> LaunchConfig {
         grid_dim: (items.clamp(1, 65_535) as u32, 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
-    }
-}
-
-fn group_of(groups: usize, group: usize) -> Outcome {
-    if group < groups {
-        Ok(())
-    } else {
-        Err(DeviceError::Mismatch(format!("group {group} of {groups}")))
     }
 }
 
@@ -265,7 +257,7 @@ pub(super) fn kept_sq_norms(
     n: usize,
     (sq_norms, groups, group): (Span, usize, usize),
 ) -> Outcome {
-    group_of(groups, group)?;
+    check_group("kept_sq_norms", groups, group)?;
     ops.check("kept_sq_norms", &[(weight, n * weight_len), (sq_norms, n * groups)])?;
     let (w, q) = (ops.memory.ptr(weight)?, ops.memory.ptr(sq_norms)?);
     let (b, bias_len) = match bias {
@@ -294,7 +286,7 @@ pub(super) fn kept_weighted_sum(
     let (s, d) = (ops.memory.ptr(src)?, ops.memory.ptr(dst)?);
     let (f, has, groups, group) = match factors {
         Some((f, groups, group)) => {
-            group_of(groups, group)?;
+            check_group("kept_weighted_sum", groups, group)?;
             ops.check("kept_weighted_sum", &[(f, n * groups)])?;
             (ops.memory.ptr(f)?, 1i32, groups as u64, group as u64)
         }

@@ -4,19 +4,11 @@
 //! against their regions) before it queues anything.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use dp_runtime::device::{DeviceError, Span};
+use dp_runtime::device::{check_group, DeviceError, Span};
 
 use super::{backend, elementwise, k, GpuOps};
 
 type Outcome = std::result::Result<(), DeviceError>;
-
-fn group_of(what: &str, groups: usize, group: usize) -> Outcome {
-    if group < groups {
-        Ok(())
-    } else {
-        Err(DeviceError::Mismatch(format!("{what}: group {group} of {groups}")))
-    }
-}
 
 /// The gather: one thread per output value.
 pub(super) fn embedding_forward(
@@ -43,7 +35,7 @@ pub(super) fn embedding_norms(
     (sq_norms, groups, group): (Span, usize, usize),
 ) -> Outcome {
     ops.check("embedding_norms", &[(ids, n * steps), (delta, n * steps * dim), (sq_norms, n * groups)])?;
-    group_of("embedding_norms", groups, group)?;
+    check_group("embedding_norms", groups, group)?;
     if n == 0 {
         return Ok(());
     }
@@ -66,7 +58,7 @@ pub(super) fn embedding_scatter(
     let (f, has, groups, group) = match factors {
         Some((f, groups, group)) => {
             ops.check("embedding_scatter", &[(f, n * groups)])?;
-            group_of("embedding_scatter", groups, group)?;
+            check_group("embedding_scatter", groups, group)?;
             (ops.memory.ptr(f)?, 1i32, groups as u64, group as u64)
         }
         None => (ops.memory.ptr(delta)?, 0, 1, 0),

@@ -177,6 +177,16 @@ pub struct LstmBackwardStep {
     pub delta: Span,
 }
 
+/// Column `group` of a per-group buffer of `groups` columns exists (the primitives that write or read
+/// one group's norms or factors check it before they touch anything).
+pub fn check_group(what: &str, groups: usize, group: usize) -> Result<(), DeviceError> {
+    if group < groups {
+        Ok(())
+    } else {
+        Err(DeviceError::Mismatch(format!("{what}: group {group} of {groups}")))
+    }
+}
+
 /// The losses a device program computes, each example's loss and its gradient in one pass (summed
 /// over examples, never averaged, as `dp_kernels::loss`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,15 +3,7 @@
 //! the time axis (a sequence mean and its backward, per-example bias gradients).
 
 use super::{short, HostDevice};
-use crate::device::{DeviceError, Span};
-
-fn group_of(groups: usize, group: usize, what: &str) -> Result<(), DeviceError> {
-    if group < groups {
-        Ok(())
-    } else {
-        Err(DeviceError::Mismatch(format!("{what}: group {group} of {groups}")))
-    }
-}
+use crate::device::{check_group, DeviceError, Span};
 
 impl HostDevice {
     #[allow(clippy::too_many_arguments)]
@@ -51,7 +43,7 @@ impl HostDevice {
         groups: usize,
         group: usize,
     ) -> Result<(), DeviceError> {
-        group_of(groups, group, "embedding_norms")?;
+        check_group("embedding_norms", groups, group)?;
         let (ids, d) = (self.ids(ids)?.to_vec(), self.read(delta)?);
         let s = self.write(sq_norms)?;
         if ids.len() < n * steps || d.len() < n * steps * dim || s.len() < n * groups {
@@ -93,7 +85,7 @@ impl HostDevice {
         let factors =
             factors.map(|(f, groups, group)| self.read(f).map(|f| (f, groups, group))).transpose()?;
         if let Some((f, groups, group)) = &factors {
-            group_of(*groups, *group, "embedding_scatter")?;
+            check_group("embedding_scatter", *groups, *group)?;
             if f.len() < n * groups {
                 return Err(short("embedding_scatter"));
             }
