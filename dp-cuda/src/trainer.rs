@@ -203,11 +203,6 @@ impl<M: DpModel> GpuModel<M> {
         Ok(())
     }
 
-    /// The precision of the marked products.
-    pub fn precision(&self) -> Precision {
-        self.precision
-    }
-
     fn ops(&self) -> GpuOps<'_> {
         GpuOps { gpu: &self.gpu, memory: &self.memory, precision: self.precision }
     }
