@@ -21,9 +21,9 @@ mod dense_models;
 
 use dense_models::norm_residual::NormResidual;
 use dense_models::{
-    batch, close, close_sum, cpu_reference, token_batch, ActivatedOutput, Deep, DenseLstm, LstmSequence,
-    PooledConv, SigmoidBce, SmallConv, SmallLstm, SmallLstmDirect, SmallLstmGhost, TanhMse, TestInput,
-    TokenBag, TokenSeq,
+    batch, close, close_sum, cpu_reference, private_pass_on_host, token_batch, ActivatedOutput, Deep,
+    DenseLstm, LstmSequence, PooledConv, SigmoidBce, SmallConv, SmallLstm, SmallLstmDirect, SmallLstmGhost,
+    TanhMse, TestInput, TokenBag, TokenSeq,
 };
 
 /// Batch sizes, each with or without a poisoned (NaN) first example.
@@ -62,19 +62,7 @@ where
     let groups = M::GROUPS.len();
     let cpu = cpu_reference(model, inputs, labels, n, 0.5);
 
-    let mut dev = HostDevice::new();
-    dev.set(Region::Params, model.params().to_vec());
-    dev.set(Region::Grad, vec![0.0; M::TRAINED_PARAM_COUNT]);
-    // Garbage everywhere a pass must write before it reads.
-    dev.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * n]);
-    TestInput::load(&mut dev, inputs);
-    dev.set(Region::Labels, labels.to_vec());
-    dev.set(Region::Losses, vec![f32::NAN; n]);
-    dev.set(Region::SqNorms, vec![f32::NAN; n * groups]);
-    dev.set(Region::Factors, cpu.factors.clone());
-    M::device_forward_backward(&mut dev, n).unwrap();
-    M::device_norms(&mut dev, n).unwrap();
-    M::device_clipped_sum(&mut dev, n).unwrap();
+    let mut dev = private_pass_on_host(model, Precision::F32, inputs, labels, &cpu.factors, n);
     let tag = |what: &str| format!("{} n={n} {what}", M::NAME);
     if poison {
         assert!(dev.get(Region::SqNorms)[..groups].iter().all(|v| v.is_nan()), "{}", tag("poisoned norm"));

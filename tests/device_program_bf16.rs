@@ -6,7 +6,6 @@
 //! backend rounds exactly as the CPU's bf16 products do, so where the two programs round the same
 //! operands they agree as closely as in f32; `tests/gpu_programs.rs` runs these programs on a GPU.
 
-use dp::device::host::HostDevice;
 use dp::device::{DeviceError, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region};
 use dp::models::{AdultFfnn, AdultLogReg, MnistCnn};
 use dp::optim::{OptimizerState, Sgd};
@@ -17,8 +16,8 @@ use rand_chacha::ChaCha8Rng;
 mod dense_models;
 
 use dense_models::{
-    batch, close, close_sum, cpu_reference_in, Deep, DenseLstm, SmallConv, SmallLstmDirect, SmallLstmGhost,
-    TanhMse, TestInput,
+    batch, close, close_sum, cpu_reference_in, private_pass_on_host, Deep, DenseLstm, SmallConv,
+    SmallLstmDirect, SmallLstmGhost, TanhMse, TestInput,
 };
 
 /// What a device program in `precision` computed on the host backend for one batch.
@@ -39,19 +38,7 @@ fn run_on_host<M: DpModel>(
 where
     M::Input: TestInput,
 {
-    let mut dev = HostDevice::new();
-    dev.set_precision(precision);
-    dev.set(Region::Params, model.params().to_vec());
-    dev.set(Region::Grad, vec![0.0; M::TRAINED_PARAM_COUNT]);
-    dev.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * n]);
-    TestInput::load(&mut dev, inputs);
-    dev.set(Region::Labels, labels.to_vec());
-    dev.set(Region::Losses, vec![f32::NAN; n]);
-    dev.set(Region::SqNorms, vec![f32::NAN; n * M::GROUPS.len()]);
-    dev.set(Region::Factors, factors.to_vec());
-    M::device_forward_backward(&mut dev, n).unwrap();
-    M::device_norms(&mut dev, n).unwrap();
-    M::device_clipped_sum(&mut dev, n).unwrap();
+    let dev = private_pass_on_host(model, precision, inputs, labels, factors, n);
     DeviceRun {
         losses: dev.get(Region::Losses).to_vec(),
         sq_norms: dev.get(Region::SqNorms).to_vec(),

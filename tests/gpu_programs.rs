@@ -14,9 +14,8 @@ mod gpu_support;
 
 use dense_models::norm_residual::NormResidual;
 use dense_models::{
-    batch, close, close_sum, cpu_reference, token_batch, ActivatedOutput, Deep, DenseLstm, LstmSequence,
-    PooledConv, SigmoidBce, SmallConv, SmallLstm, SmallLstmDirect, SmallLstmGhost, TanhMse, TestInput,
-    TokenBag, TokenSeq,
+    batch, token_batch, ActivatedOutput, Deep, DenseLstm, LstmSequence, PooledConv, SigmoidBce, SmallConv,
+    SmallLstm, SmallLstmDirect, SmallLstmGhost, TanhMse, TestInput, TokenBag, TokenSeq,
 };
 use dp::clipping::{clip_factors, ClipMode};
 use dp::cuda::device::SgdStep;
@@ -32,7 +31,7 @@ use dp::{Batch, Workspace};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use gpu_support::{gpu, say};
+use gpu_support::{batch_matches_cpu_in, gpu, say};
 
 const BATCHES: [(usize, bool); 4] = [(1, false), (7, true), (256, false), (301, true)];
 
@@ -65,7 +64,7 @@ fn token_norms_and_sums_match<M: DpModel<Input = u32>>(seed: u64) {
     }
 }
 
-/// One batch through the device program on the GPU and through the CPU program.
+/// One batch through the device program on the GPU and through the CPU program, in f32 to 1e-4.
 fn batch_matches_cpu<M: DpModel>(
     on_gpu: &mut GpuModel<M>,
     model: &M,
@@ -76,27 +75,7 @@ fn batch_matches_cpu<M: DpModel>(
 ) where
     M::Input: TestInput,
 {
-    let groups = M::GROUPS.len();
-    let cpu = cpu_reference(model, inputs, labels, n, 0.5);
-    let (gpu_losses, gpu_sq) = on_gpu.per_example_norms(inputs, labels, n).unwrap();
-    let tag = |what: &str| format!("{} n={n} {what}", M::NAME);
-    let from = usize::from(poison);
-    close(&tag("losses"), &gpu_losses[from..], &cpu.losses[from..], 1e-4);
-    close(&tag("squared norms"), &gpu_sq[from * groups..], &cpu.sq_norms[from * groups..], 1e-4);
-    if poison {
-        assert!(gpu_sq[..groups].iter().all(|v| v.is_nan()), "{}", tag("poisoned norm"));
-    }
-    let clipping = Clipping { mode: ClipMode::Flat, norm: 0.5 };
-    let (gpu_factors, gpu_bad) = on_gpu.clip_factors(clipping, n).unwrap();
-    assert_eq!(gpu_bad, cpu.non_finite, "{}", tag("non-finite count"));
-    close(&tag("clip factors"), &gpu_factors, &cpu.factors, 1e-4);
-    let gpu_sum = on_gpu.clipped_sum(&cpu.factors, n).unwrap();
-    assert!(gpu_sum.iter().all(|v| v.is_finite()), "{}", tag("a NaN example reached the sum"));
-    close_sum(&tag("clipped sum"), &gpu_sum, &cpu.clipped_sum, 1e-4);
-    if !poison {
-        let gpu_grad = on_gpu.gradient_sum(inputs, labels, n).unwrap();
-        close_sum(&tag("gradient sum"), &gpu_grad, &cpu.gradient_sum, 1e-4);
-    }
+    batch_matches_cpu_in(Precision::F32, 1e-4, on_gpu, model, inputs, labels, n, poison);
 }
 
 #[test]

@@ -13,19 +13,17 @@
 mod dense_models;
 mod gpu_support;
 
-use dense_models::{batch, close, close_sum, cpu_reference_in, Deep, SmallConv, SmallLstmDirect, TestInput};
-use dp::clipping::ClipMode;
-use dp::cuda::trainer::{Clipping, GpuModel};
+use dense_models::{batch, Deep, SmallConv, SmallLstmDirect, TestInput};
+use dp::cuda::trainer::GpuModel;
 use dp::models::{AdultFfnn, AdultLogReg, Cifar10Cnn, LstmNet, MnistCnn};
 use dp::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use gpu_support::gpu;
+use gpu_support::{batch_matches_cpu_in, gpu};
 
-/// Losses, norms, clip factors and the clipped sum of `M` in bf16 on the GPU against the CPU in bf16,
-/// to `tol` (relative; the sum relative to its largest coordinate), at batch sizes 1, 7 and 256 (a
-/// NaN example in the batch of 7, which must still contribute nothing).
+/// `M` in bf16 on the GPU against the CPU in bf16 to `tol` (`batch_matches_cpu_in`), at batch sizes
+/// 1, 7 and 256 (a NaN example in the batch of 7, which must still contribute nothing).
 fn bf16_norms_and_sums_match<M: DpModel>(seed: u64, tol: f32)
 where
     M::Input: TestInput,
@@ -33,25 +31,12 @@ where
     let Some(gpu) = gpu(&format!("{} bf16", M::NAME)) else { return };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let model = M::init(&mut rng);
-    let groups = M::GROUPS.len();
     let mut on_gpu = GpuModel::<M>::new(gpu, model.params(), 256).unwrap();
     on_gpu.set_precision(Precision::Bf16).unwrap();
     for (n, poison) in [(1, false), (7, true), (256, false)] {
         let poison = poison && M::Input::POISONS;
         let (inputs, labels) = batch::<M>(&mut rng, n, poison);
-        let cpu = cpu_reference_in(Precision::Bf16, &model, &inputs, &labels, n, 0.5);
-        let (gpu_losses, gpu_sq) = on_gpu.per_example_norms(&inputs, &labels, n).unwrap();
-        let tag = |what: &str| format!("{} bf16 n={n} {what}", M::NAME);
-        let from = usize::from(poison);
-        close(&tag("losses"), &gpu_losses[from..], &cpu.losses[from..], tol);
-        close(&tag("squared norms"), &gpu_sq[from * groups..], &cpu.sq_norms[from * groups..], tol);
-        let clipping = Clipping { mode: ClipMode::Flat, norm: 0.5 };
-        let (gpu_factors, gpu_bad) = on_gpu.clip_factors(clipping, n).unwrap();
-        assert_eq!(gpu_bad, cpu.non_finite, "{}", tag("non-finite count"));
-        close(&tag("clip factors"), &gpu_factors, &cpu.factors, tol);
-        let gpu_sum = on_gpu.clipped_sum(&cpu.factors, n).unwrap();
-        assert!(gpu_sum.iter().all(|v| v.is_finite()), "{}", tag("a NaN example reached the sum"));
-        close_sum(&tag("clipped sum"), &gpu_sum, &cpu.clipped_sum, tol);
+        batch_matches_cpu_in(Precision::Bf16, tol, &mut on_gpu, &model, &inputs, &labels, n, poison);
     }
 }
 

@@ -226,6 +226,37 @@ pub fn cpu_reference_in<M: DpModel>(
     CpuReference { losses, sq_norms, factors, non_finite, clipped_sum, gradient_sum }
 }
 
+/// The host reference after one private pass of `model`'s device program over a batch of `n`, its
+/// marked products in `precision`: forward and backward, norms, and the clipped sum with `factors`.
+/// Every buffer a pass must write before it reads starts as garbage (NaN), the gradient at zero.
+pub fn private_pass_on_host<M: DpModel>(
+    model: &M,
+    precision: dp::Precision,
+    inputs: &[M::Input],
+    labels: &[f32],
+    factors: &[f32],
+    n: usize,
+) -> dp::device::host::HostDevice
+where
+    M::Input: TestInput,
+{
+    use dp::device::Region;
+    let mut dev = dp::device::host::HostDevice::new();
+    dev.set_precision(precision);
+    dev.set(Region::Params, model.params().to_vec());
+    dev.set(Region::Grad, vec![0.0; M::TRAINED_PARAM_COUNT]);
+    dev.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * n]);
+    TestInput::load(&mut dev, inputs);
+    dev.set(Region::Labels, labels.to_vec());
+    dev.set(Region::Losses, vec![f32::NAN; n]);
+    dev.set(Region::SqNorms, vec![f32::NAN; n * M::GROUPS.len()]);
+    dev.set(Region::Factors, factors.to_vec());
+    M::device_forward_backward(&mut dev, n).unwrap();
+    M::device_norms(&mut dev, n).unwrap();
+    M::device_clipped_sum(&mut dev, n).unwrap();
+    dev
+}
+
 /// Element by element to `tol` relative (independent values: losses, norms, factors).
 pub fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
