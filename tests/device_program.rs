@@ -6,13 +6,15 @@
 
 use dp::clipping::clip_factors;
 use dp::device::host::HostDevice;
-use dp::device::{DeviceError, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region};
+use dp::device::{
+    DeviceError, DeviceOptimizer, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region,
+};
 use dp::models::{
     AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, ResidualCnn, ScatterCnn,
     TextTransformer,
 };
 use dp::noise::gaussian::{fill_chunk, FILL_CHUNK};
-use dp::optim::{NoisyGradient, Optimizer, OptimizerState, Sgd, StepInfo};
+use dp::optim::{Adam, NoisyGradient, Optimizer, OptimizerState, Sgd, StepInfo};
 use dp::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -210,13 +212,14 @@ fn a_model_without_device_primitives_says_which_step() {
 }
 
 /// A model's training state on the host reference backend: the device program for the model's
-/// passes, the CPU's clip factors, chunked noise under the step's key and SGD for the rest. It lets
-/// `Trainer::device` be tested end to end without a GPU.
+/// passes, the CPU's clip factors, chunked noise under the step's key and, for the update, the CPU's
+/// optimizer that the step's description names, built with its settings at each step (so a schedule's
+/// learning rate is the step's) from the state the last step left. It lets `Trainer::device` be
+/// tested end to end without a GPU.
 struct HostTraining<M: DpModel> {
     dev: HostDevice,
-    sgd: Option<Sgd>,
-    /// A checkpoint's optimizer state, loaded into the SGD once the first step gives its settings.
-    pending: Option<OptimizerState>,
+    /// The optimizer's state between steps, in the checkpoint format.
+    state: OptimizerState,
     steps: u64,
     model: std::marker::PhantomData<M>,
 }
@@ -225,10 +228,25 @@ impl<M: DpModel> HostTraining<M> {
     fn new() -> Self {
         HostTraining {
             dev: HostDevice::new(),
-            sgd: None,
-            pending: None,
+            state: OptimizerState { kind: "sgd".into(), updates: 0, buffers: Vec::new() },
             steps: 0,
             model: std::marker::PhantomData,
+        }
+    }
+}
+
+/// The CPU optimizer a device's step describes, with that step's settings.
+fn optimizer_of(described: DeviceOptimizer) -> Box<dyn Optimizer> {
+    match described {
+        DeviceOptimizer::Sgd(s) => {
+            Box::new(Sgd::new(s.lr).momentum(s.momentum).nesterov(s.nesterov).weight_decay(s.weight_decay))
+        }
+        DeviceOptimizer::Adam(a) => {
+            let adam = match a.decoupled {
+                true => Adam::adamw(a.lr, a.weight_decay),
+                false => Adam::new(a.lr).weight_decay(a.weight_decay),
+            };
+            Box::new(adam.betas(a.beta1, a.beta2).eps(a.eps))
         }
     }
 }
@@ -257,15 +275,11 @@ where
     }
 
     fn optimizer_state(&mut self) -> Result<OptimizerState, DeviceError> {
-        Ok(match (&self.sgd, &self.pending) {
-            (Some(sgd), _) => sgd.state(),
-            (None, Some(pending)) => pending.clone(),
-            (None, None) => OptimizerState { kind: "sgd".into(), updates: 0, buffers: Vec::new() },
-        })
+        Ok(self.state.clone())
     }
 
     fn load_optimizer_state(&mut self, state: &OptimizerState) -> Result<(), DeviceError> {
-        (self.sgd, self.pending) = (None, Some(state.clone()));
+        self.state = state.clone();
         Ok(())
     }
 
@@ -299,20 +313,14 @@ where
         for (chunk, values) in z.chunks_mut(FILL_CHUNK).enumerate() {
             fill_chunk(&step.key, chunk as u64, values);
         }
-        let s = step.sgd;
-        if self.sgd.is_none() {
-            let mut sgd =
-                Sgd::new(s.lr).momentum(s.momentum).nesterov(s.nesterov).weight_decay(s.weight_decay);
-            if let Some(state) = self.pending.take() {
-                sgd.load_state(state, len).map_err(|e| DeviceError::Backend(e.to_string()))?;
-            }
-            self.sgd = Some(sgd);
-        }
-        let sgd = self.sgd.as_mut().expect("set above");
+        let mut optimizer = optimizer_of(step.optimizer);
+        let state = std::mem::take(&mut self.state);
+        optimizer.load_state(state, len).map_err(|e| DeviceError::Backend(e.to_string()))?;
         let mut params = d.get(Region::Params).to_vec();
         let sum = d.get(Region::Grad).to_vec();
         let gradient = NoisyGradient::with_drawn_noise(&sum, &z, step.noise_std, step.normaliser);
-        sgd.step(&mut params[..len], gradient, StepInfo { step: self.steps, total_steps: u64::MAX });
+        optimizer.step(&mut params[..len], gradient, StepInfo { step: self.steps, total_steps: u64::MAX });
+        self.state = optimizer.state();
         self.steps += 1;
         let overflowed = params.iter().any(|p| !p.is_finite());
         if !overflowed {
@@ -360,6 +368,27 @@ fn a_trainer_on_a_device_follows_the_trainer_on_the_cpu() {
     assert!((dev_report.accuracy - cpu_report.accuracy).abs() <= 0.01);
 }
 
+/// An optimizer a device has no update for: SGD's step under another name, without `on_device`.
+struct HostOnly(Sgd);
+
+impl Optimizer for HostOnly {
+    fn kind(&self) -> &'static str {
+        "host-only"
+    }
+    fn step(&mut self, params: &mut [f32], gradient: NoisyGradient<'_>, at: StepInfo) {
+        self.0.step(params, gradient, at)
+    }
+    fn learning_rate(&self, at: StepInfo) -> f64 {
+        self.0.learning_rate(at)
+    }
+    fn state(&self) -> OptimizerState {
+        self.0.state()
+    }
+    fn load_state(&mut self, state: OptimizerState, params: usize) -> dp::Result<()> {
+        self.0.load_state(state, params)
+    }
+}
+
 #[test]
 fn a_device_refuses_what_it_has_no_path_for() {
     let mut rng = ChaCha8Rng::seed_from_u64(42);
@@ -368,7 +397,7 @@ fn a_device_refuses_what_it_has_no_path_for() {
     let mut model = Deep::init(&mut rng);
     let host = HostTraining::<Deep>::new();
     let err = dp::Trainer::new(&mut model)
-        .optimizer(dp::optim::Adam::new(1e-3))
+        .optimizer(HostOnly(Sgd::new(0.1)))
         .clip_norm(1.0)
         .noise_multiplier(1.0)
         .expected_batch_size(10)
@@ -378,7 +407,10 @@ fn a_device_refuses_what_it_has_no_path_for() {
         .device(host)
         .fit(&data, None)
         .unwrap_err();
-    assert_eq!(err.to_string(), "invalid device: the adam optimizer has no device update (SGD only so far)");
+    assert_eq!(
+        err.to_string(),
+        "invalid device: the host-only optimizer has no device update (SGD and Adam only)"
+    );
 }
 
 /// A run on a device writes checkpoints whose optimizer state is the device's, and resumes from them:
@@ -429,5 +461,135 @@ fn a_device_run_checkpoints_and_resumes_like_the_cpu() {
     let (cpu_m, dev_m) = (&cpu_state.buffers[0].1, &dev_state.buffers[0].1);
     let diff = cpu_m.iter().zip(dev_m).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(diff <= 1e-4, "the checkpoints' momentum differs by {diff}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Trains `Deep` seeded alike on the CPU and on the host training state with the optimizer `make`
+/// builds; the two trained models and reports.
+fn train_on_both<O: Optimizer + 'static>(
+    seed: u64,
+    make: impl Fn() -> O,
+) -> (Deep, Deep, Deep, dp::Report, dp::Report) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (inputs, labels) = batch::<Deep>(&mut rng, 600, false);
+    let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = Deep::init(&mut rng);
+    let train = |model: &mut Deep, device: bool| {
+        let trainer = dp::Trainer::new(model)
+            .optimizer(make())
+            .clip_norm(1.0)
+            .noise_multiplier(0.8)
+            .expected_batch_size(64)
+            .steps(20)
+            .seed(3)
+            .allow_large_delta(true)
+            .quiet(true);
+        match device {
+            true => trainer.device(HostTraining::<Deep>::new()).fit(&data, Some(&data)),
+            false => trainer.fit(&data, Some(&data)),
+        }
+        .unwrap()
+    };
+    let mut cpu = Deep::from_params(initial.params().to_vec());
+    let cpu_report = train(&mut cpu, false);
+    let mut dev = Deep::from_params(initial.params().to_vec());
+    let dev_report = train(&mut dev, true);
+    (initial, cpu, dev, cpu_report, dev_report)
+}
+
+fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)
+}
+
+/// `Trainer::device` with Adam (L2 decay, other betas and ε, a cosine schedule) and with AdamW on the
+/// host training state follows the CPU trainer: the device is given every setting of the optimizer
+/// and each step's scheduled learning rate, and counts the updates its bias corrections use.
+#[test]
+fn a_trainer_with_adam_on_a_device_follows_the_trainer_on_the_cpu() {
+    let adam = || {
+        Adam::new(0.01)
+            .betas(0.8, 0.99)
+            .eps(1e-6)
+            .weight_decay(1e-3)
+            .schedule(dp::optim::Schedule::Cosine { final_fraction: 0.1 })
+    };
+    let adamw = || Adam::adamw(0.02, 0.1);
+    for (name, (initial, cpu, dev, cpu_report, dev_report)) in
+        [("adam", train_on_both(44, adam)), ("adamw", train_on_both(45, adamw))]
+    {
+        assert_eq!((dev_report.steps, dev_report.epsilon), (cpu_report.steps, cpu_report.epsilon), "{name}");
+        let diff = largest_difference(dev.params(), cpu.params());
+        let moved = largest_difference(cpu.params(), initial.params());
+        eprintln!("{name}: device and CPU differ by {diff:.3e}, training moved the parameters by {moved:.3}");
+        assert!(moved > 0.01, "{name}: training moved the parameters by {moved}");
+        // The update is the CPU's own arithmetic; the passes' rounding (the device program's sums in
+        // another order) leaves an ulp or two.
+        assert!(diff <= 1e-6, "{name}: device and CPU trainers differ by {diff} (moved {moved})");
+        assert!((dev_report.accuracy - cpu_report.accuracy).abs() <= 0.01, "{name}");
+    }
+}
+
+/// With Adam, a run on a device cut after 7 steps and resumed from its checkpoint ends where the CPU's
+/// does, with the same update count and moments in the checkpoints: the device's state holds the
+/// moments and the step count the bias corrections need, saves them and loads them back.
+#[test]
+fn a_device_run_with_adam_checkpoints_and_resumes_like_the_cpu() {
+    let mut rng = ChaCha8Rng::seed_from_u64(46);
+    let (inputs, labels) = batch::<Deep>(&mut rng, 600, false);
+    let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = Deep::init(&mut rng);
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("device-resume-adam-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |model: &mut Deep, device: bool, path: &std::path::Path, cut: Option<u64>| {
+        let mut trainer = dp::Trainer::new(model)
+            .optimizer(Adam::new(0.01).weight_decay(1e-3))
+            .clip_norm(1.0)
+            .noise_multiplier(0.8)
+            .expected_batch_size(64)
+            .epochs(2)
+            .seed(5)
+            .allow_large_delta(true)
+            .quiet(true);
+        trainer = match cut {
+            Some(steps) => trainer.max_steps(steps).checkpoint(path),
+            None => trainer.resume_from(path).checkpoint(path),
+        };
+        if device {
+            trainer = trainer.device(HostTraining::<Deep>::new());
+        }
+        trainer.fit(&data, Some(&data)).unwrap()
+    };
+    let mut finals = Vec::new();
+    for device in [false, true] {
+        let path = dir.join(format!("run-{device}.safetensors"));
+        let mut model = Deep::from_params(initial.params().to_vec());
+        assert_eq!(run(&mut model, device, &path, Some(7)).steps, 7);
+        let cut = dp::checkpoint::load::<Deep>(&path).unwrap().optimizer;
+        assert_eq!((cut.kind.as_str(), cut.updates), ("adam", 7));
+        let report = run(&mut model, device, &path, None);
+        let saved = dp::checkpoint::load::<Deep>(&path).unwrap();
+        finals.push((report.steps, model.params().to_vec(), saved.optimizer));
+    }
+    let ((cpu_steps, cpu, cpu_state), (dev_steps, dev, dev_state)) = (&finals[0], &finals[1]);
+    assert_eq!(cpu_steps, dev_steps);
+    let moved = largest_difference(cpu, initial.params());
+    let diff = largest_difference(cpu, dev);
+    assert!(moved > 0.01, "training moved the parameters by {moved}");
+    eprintln!("resumed: device and CPU differ by {diff:.3e}, training moved the parameters by {moved:.3}");
+    assert!(diff <= 1e-6, "device and CPU runs differ by {diff} after resuming");
+    assert_eq!((dev_state.kind.as_str(), dev_state.updates), (cpu_state.kind.as_str(), cpu_state.updates));
+    for name in ["exp_avg", "exp_avg_sq"] {
+        let buffer =
+            |state: &OptimizerState| state.buffers.iter().find(|(n, _)| n == name).unwrap().1.clone();
+        let (cpu_m, dev_m) = (buffer(cpu_state), buffer(dev_state));
+        let scale = cpu_m.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+        let diff = largest_difference(&cpu_m, &dev_m);
+        eprintln!("{name}: the checkpoints differ by {diff:.3e} (largest value {scale:.3e})");
+        assert!(
+            scale > 0.0 && diff <= 1e-5 * scale,
+            "the checkpoints' {name} differ by {diff} (largest {scale})"
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -18,7 +18,7 @@ use dense_models::{
     SmallLstm, SmallLstmDirect, SmallLstmGhost, TanhMse, TestInput, TokenBag, TokenSeq,
 };
 use dp::clipping::{clip_factors, ClipMode};
-use dp::cuda::device::SgdStep;
+use dp::cuda::device::{Gpu, SgdStep};
 use dp::cuda::trainer::{Clipping, GpuModel};
 use dp::device::DeviceTraining;
 use dp::models::{
@@ -291,4 +291,131 @@ fn gpu_trainer_follows_the_cpu_trainer() {
     ));
     assert!(moved > 0.01, "training moved the parameters");
     assert!(diff <= 1e-3 * moved, "GPU and CPU trainers differ by {diff}");
+}
+
+/// The trainer with Adam (L2 decay, a cosine schedule) on the GPU against the trainer on the CPU,
+/// both seeded alike, both writing a checkpoint: the parameters agree to rounding after several
+/// steps, and so do the checkpoints' update counts and moments, which the GPU's comes from the device
+/// (written 2026-12-04; not yet run on a GPU).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_trainer_with_adam_follows_the_cpu_trainer() {
+    let Some(gpu) = gpu("trainer with Adam") else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(42);
+    let (inputs, labels) = batch::<AdultFfnn>(&mut rng, 2_000, false);
+    let data = dp::Dataset::new(inputs, labels, AdultFfnn::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = AdultFfnn::init(&mut rng);
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("gpu-adam-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let train = |model: &mut AdultFfnn, device: Option<GpuModel<AdultFfnn>>, path: &std::path::Path| {
+        let trainer = dp::Trainer::new(model)
+            .optimizer(
+                dp::optim::Adam::new(0.01)
+                    .weight_decay(1e-3)
+                    .schedule(dp::optim::Schedule::Cosine { final_fraction: 0.1 }),
+            )
+            .clip_norm(1.0)
+            .noise_multiplier(0.8)
+            .expected_batch_size(128)
+            .steps(24)
+            .seed(3)
+            .checkpoint(path)
+            .quiet(true);
+        match device {
+            Some(d) => trainer.device(d).fit(&data, Some(&data)),
+            None => trainer.fit(&data, Some(&data)),
+        }
+        .unwrap()
+    };
+    let (cpu_path, gpu_path) = (dir.join("cpu.safetensors"), dir.join("gpu.safetensors"));
+    let mut cpu = AdultFfnn::from_params(initial.params().to_vec());
+    let cpu_report = train(&mut cpu, None, &cpu_path);
+    let mut on_gpu = AdultFfnn::from_params(initial.params().to_vec());
+    let device = GpuModel::<AdultFfnn>::new(gpu, initial.params(), 128).unwrap();
+    let gpu_report = train(&mut on_gpu, Some(device), &gpu_path);
+    assert_eq!(gpu_report.steps, cpu_report.steps);
+    assert_eq!(gpu_report.epsilon, cpu_report.epsilon);
+    let largest = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let diff = largest(on_gpu.params(), cpu.params());
+    let moved = largest(on_gpu.params(), initial.params());
+    say(&format!(
+        "trainer with Adam: 24 steps, largest parameter difference {diff:.3e}, largest move {moved:.3}, accuracy cpu {:.4} gpu {:.4}",
+        cpu_report.accuracy, gpu_report.accuracy
+    ));
+    assert!(moved > 0.01, "training moved the parameters");
+    assert!(diff <= 1e-3 * moved, "GPU and CPU trainers differ by {diff}");
+    let cpu_state = dp::checkpoint::load::<AdultFfnn>(&cpu_path).unwrap().optimizer;
+    let gpu_state = dp::checkpoint::load::<AdultFfnn>(&gpu_path).unwrap().optimizer;
+    assert_eq!((gpu_state.kind.as_str(), gpu_state.updates), ("adam", cpu_state.updates));
+    for ((name, c), (gpu_name, g)) in cpu_state.buffers.iter().zip(&gpu_state.buffers) {
+        assert_eq!(name, gpu_name);
+        let scale = c.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+        let diff = largest(c, g);
+        say(&format!(
+            "trainer with Adam: the checkpoints' {name} differ by {diff:.3e} (largest {scale:.3e})"
+        ));
+        assert!(diff <= 1e-3 * scale, "the checkpoints' {name} differ by {diff}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With Adam, a run on the GPU cut after 7 steps and resumed from its checkpoint (the moments and
+/// update count loaded onto the device) ends where the same run on the CPU does (written 2026-12-04;
+/// not yet run on a GPU).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_adam_run_resumes_like_the_cpu() {
+    let Some(first_gpu) = gpu("Adam resumed") else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(43);
+    let (inputs, labels) = batch::<AdultFfnn>(&mut rng, 2_000, false);
+    let data = dp::Dataset::new(inputs, labels, AdultFfnn::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = AdultFfnn::init(&mut rng);
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("gpu-adam-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run =
+        |model: &mut AdultFfnn, device: Option<GpuModel<AdultFfnn>>, path: &std::path::Path, cut: bool| {
+            let mut trainer = dp::Trainer::new(model)
+                .optimizer(dp::optim::Adam::adamw(0.01, 0.05))
+                .clip_norm(1.0)
+                .noise_multiplier(0.8)
+                .expected_batch_size(128)
+                .epochs(2)
+                .seed(5)
+                .quiet(true);
+            trainer = match cut {
+                true => trainer.max_steps(7).checkpoint(path),
+                false => trainer.resume_from(path).checkpoint(path),
+            };
+            match device {
+                Some(d) => trainer.device(d).fit(&data, Some(&data)),
+                None => trainer.fit(&data, Some(&data)),
+            }
+            .unwrap()
+        };
+    let mut finals = Vec::new();
+    let mut first_gpu = Some(first_gpu);
+    for on_gpu in [false, true] {
+        let path = dir.join(format!("run-{on_gpu}.safetensors"));
+        let mut model = AdultFfnn::from_params(initial.params().to_vec());
+        let device = |gpu: Gpu| GpuModel::<AdultFfnn>::new(gpu, initial.params(), 128).unwrap();
+        let first = on_gpu.then(|| device(first_gpu.take().unwrap()));
+        assert_eq!(run(&mut model, first, &path, true).steps, 7);
+        // A fresh device for the resumed run: everything it holds comes from the checkpoint.
+        let second = on_gpu.then(|| device(Gpu::open(0).unwrap()));
+        let report = run(&mut model, second, &path, false);
+        let saved = dp::checkpoint::load::<AdultFfnn>(&path).unwrap();
+        finals.push((report.steps, model.params().to_vec(), saved.optimizer));
+    }
+    let ((cpu_steps, cpu, cpu_state), (gpu_steps, on_gpu, gpu_state)) = (&finals[0], &finals[1]);
+    assert_eq!(cpu_steps, gpu_steps);
+    let largest = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let moved = largest(cpu, initial.params());
+    let diff = largest(cpu, on_gpu);
+    say(&format!("Adam resumed: largest parameter difference {diff:.3e}, largest move {moved:.3}"));
+    assert!(moved > 0.01, "training moved the parameters");
+    assert!(diff <= 1e-3 * moved, "GPU and CPU runs differ by {diff} after resuming");
+    assert_eq!((gpu_state.kind.as_str(), gpu_state.updates), ("adamw", cpu_state.updates));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

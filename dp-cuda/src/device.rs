@@ -49,6 +49,7 @@ pub struct Gpu {
     pub(crate) noise_retry: CudaFunction,
     pub(crate) clip_factors: CudaFunction,
     pub(crate) sgd_update: CudaFunction,
+    pub(crate) adam_update: CudaFunction,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -109,9 +110,9 @@ impl Gpu {
         };
         let mut noise = load("noise.cu", noise::SOURCE, &["dp_noise_first", "dp_noise_retry"])?.into_iter();
         let mut clip = load("clip.cu", clip::SOURCE, &["dp_clip_factors"])?.into_iter();
-        let mut update = load("update.cu", update::SOURCE, &["dp_sgd_noisy_update"])?.into_iter();
-        let (Some(noise_first), Some(noise_retry), Some(clip_factors), Some(sgd_update)) =
-            (noise.next(), noise.next(), clip.next(), update.next())
+        let mut update = load("update.cu", update::SOURCE, update::ENTRIES)?.into_iter();
+        let (Some(noise_first), Some(noise_retry), Some(clip_factors), Some(sgd_update), Some(adam_update)) =
+            (noise.next(), noise.next(), clip.next(), update.next(), update.next())
         else {
             unreachable!("each load returns one function per entry");
         };
@@ -145,6 +146,7 @@ impl Gpu {
             noise_retry,
             clip_factors,
             sgd_update,
+            adam_update,
         })
     }
 

@@ -4,7 +4,7 @@
 //!
 //! The model-independent kernels of a private step, each value for value its CPU counterpart in
 //! dp-runtime: the noise ([`noise`], the chunked ChaCha20 ziggurat), the clip factors ([`clip`]) and the
-//! noisy SGD update ([`update`]); the launches of a model's device program other than products
+//! noisy SGD or Adam update ([`update`]); the launches of a model's device program other than products
 //! ([`dense`], [`conv`], [`norm`], [`sequence`], [`lstm`]); [`program::GpuOps`], the runtime's `DeviceOps` on a GPU;
 //! [`trainer::GpuModel`], a model's training state on the GPU, which the `Trainer` steps
 //! (`DeviceTraining`). [`device::Gpu`] opens a device and loads everything. Ran on an NVIDIA H200
@@ -52,7 +52,7 @@ pub fn source(file: &str) -> String {
 pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile { name: "noise.cu", text: noise::SOURCE, entries: &["dp_noise_first", "dp_noise_retry"] },
     KernelFile { name: "clip.cu", text: clip::SOURCE, entries: &["dp_clip_factors"] },
-    KernelFile { name: "update.cu", text: update::SOURCE, entries: &["dp_sgd_noisy_update"] },
+    KernelFile { name: "update.cu", text: update::SOURCE, entries: update::ENTRIES },
     KernelFile { name: "dense.cu", text: dense::SOURCE, entries: dense::ENTRIES },
     KernelFile { name: "conv.cu", text: conv::SOURCE, entries: conv::ENTRIES },
     KernelFile { name: "norm.cu", text: norm::SOURCE, entries: norm::ENTRIES },

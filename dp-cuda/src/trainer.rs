@@ -12,7 +12,8 @@ use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 use dp_runtime::clipping::ClipMode;
 use dp_runtime::device::{
-    DeviceError, DeviceOps, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Precision, Region, Span,
+    DeviceError, DeviceOps, DeviceOptimizer, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Precision,
+    Region, Span,
 };
 use dp_runtime::optim::OptimizerState;
 use dp_runtime::DpModel;
@@ -23,6 +24,7 @@ use crate::graphs::{GraphKey, StepGraphs};
 use crate::noise::{key_words, THREADS};
 use crate::program::{GpuOps, RegionMemory};
 use crate::staging::Staging;
+use crate::update::{AdamBuffers, AdamStep, UpdateStep};
 
 /// How a private step clips.
 #[derive(Debug, Clone, Copy)]
@@ -45,7 +47,13 @@ pub struct GpuModel<M: DpModel> {
     gpu: Gpu,
     memory: RegionMemory,
     max_batch: usize,
+    /// SGD's momentum buffer.
     velocity: CudaSlice<f32>,
+    /// Adam's moments, allocated at the first Adam update or when a checkpoint's are loaded (as the
+    /// host Adam's buffers exist once it has stepped or loaded them).
+    moments: Option<AdamMoments>,
+    /// The optimizer the state on the device belongs to: the last update's, or the loaded state's.
+    optimizer: OptimizerKind,
     normals: CudaSlice<f64>,
     first_words: CudaSlice<u64>,
     key: CudaSlice<u32>,
@@ -56,7 +64,7 @@ pub struct GpuModel<M: DpModel> {
     tables: NoiseTables,
     /// Whether the next update is the first (momentum starts at the gradient).
     first_update: bool,
-    /// Updates applied, as the host SGD counts them (for checkpoints).
+    /// Updates applied, as the host optimizer counts them (for checkpoints and Adam's bias corrections).
     updates: u64,
     /// The step's launches before the update, captured per batch size.
     graphs: StepGraphs,
@@ -67,10 +75,52 @@ pub struct GpuModel<M: DpModel> {
     model: PhantomData<M>,
 }
 
+/// Adam's first and second moments on the device, one value per trained parameter.
+struct AdamMoments {
+    exp_avg: CudaSlice<f32>,
+    exp_avg_sq: CudaSlice<f32>,
+}
+
+/// The host optimizers whose state a [`GpuModel`] holds, by their checkpoint names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OptimizerKind {
+    Sgd,
+    Adam,
+    AdamW,
+}
+
+impl OptimizerKind {
+    fn of(described: &DeviceOptimizer) -> Self {
+        match described {
+            DeviceOptimizer::Sgd(_) => OptimizerKind::Sgd,
+            DeviceOptimizer::Adam(adam) if adam.decoupled => OptimizerKind::AdamW,
+            DeviceOptimizer::Adam(_) => OptimizerKind::Adam,
+        }
+    }
+
+    /// The kind a checkpoint names, if the device has its update.
+    fn named(name: &str) -> Option<Self> {
+        [OptimizerKind::Sgd, OptimizerKind::Adam, OptimizerKind::AdamW].into_iter().find(|k| k.name() == name)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adam => "adam",
+            OptimizerKind::AdamW => "adamw",
+        }
+    }
+}
+
 impl<M: DpModel> std::fmt::Debug for GpuModel<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GpuModel").field("model", &M::NAME).field("gpu", &self.gpu).finish()
     }
+}
+
+/// A driver error during `during`, as the training state's error.
+fn backend(during: &'static str) -> impl Fn(cudarc::driver::DriverError) -> DeviceError {
+    move |e| DeviceError::Backend(format!("{during}: {e}"))
 }
 
 fn program(e: dp_runtime::device::DeviceError) -> CudaError {
@@ -124,6 +174,8 @@ impl<M: DpModel> GpuModel<M> {
             memory,
             max_batch: b,
             velocity,
+            moments: None,
+            optimizer: OptimizerKind::Sgd,
             normals,
             first_words,
             key,
@@ -297,32 +349,62 @@ impl<M: DpModel> GpuModel<M> {
         self.queue_noise_draw()
     }
 
-    /// Queues the noisy update from the sum in `Grad` and the drawn normals (noise_std 0: none).
-    fn queue_update(&mut self, step: SgdStep) -> Result<()> {
+    /// Queues the noisy update from the sum in `Grad` and the drawn normals (noise_std 0: none): SGD's
+    /// (its momentum starting at the first update with momentum, whatever `first` says) or Adam's
+    /// (update number `updates + 1`, its moments allocated at zero on the first).
+    fn queue_update(&mut self, step: UpdateStep) -> Result<()> {
         let len = M::TRAINED_PARAM_COUNT;
         if len == 0 {
             return Ok(());
         }
         let s = self.gpu.stream.clone();
-        let trained = Span::new(Region::Params, 0, len);
-        let buffers = SgdBuffers {
-            params: self.memory.ptr(trained).map_err(program)?,
-            velocity: self.velocity.device_ptr(&s).0,
-            sum: self.memory.ptr(Span::new(Region::Grad, 0, len)).map_err(program)?,
-            z: self.normals.device_ptr(&s).0,
-        };
-        // SAFETY: the trained prefix of the parameters, the gradient, the velocity and the normals each
-        // hold `len` values.
-        unsafe { self.gpu.queue_sgd_update(buffers, len, SgdStep { first: self.first_update, ..step }) }?;
-        if step.momentum != 0.0 {
-            self.first_update = false;
+        let params = self.memory.ptr(Span::new(Region::Params, 0, len)).map_err(program)?;
+        let sum = self.memory.ptr(Span::new(Region::Grad, 0, len)).map_err(program)?;
+        let z = self.normals.device_ptr(&s).0;
+        match step {
+            UpdateStep::Sgd(step) => {
+                let buffers = SgdBuffers { params, velocity: self.velocity.device_ptr(&s).0, sum, z };
+                // SAFETY: the trained prefix of the parameters, the gradient, the velocity and the
+                // normals each hold `len` values.
+                unsafe {
+                    self.gpu.queue_sgd_update(buffers, len, SgdStep { first: self.first_update, ..step })
+                }?;
+                if step.momentum != 0.0 {
+                    self.first_update = false;
+                }
+                self.optimizer = OptimizerKind::Sgd;
+            }
+            UpdateStep::Adam(step) => {
+                let moments = match self.moments.take() {
+                    Some(moments) => moments,
+                    None => AdamMoments {
+                        exp_avg: s.alloc_zeros::<f32>(len).map_err(driver("allocating the first moment"))?,
+                        exp_avg_sq: s
+                            .alloc_zeros::<f32>(len)
+                            .map_err(driver("allocating the second moment"))?,
+                    },
+                };
+                let buffers = AdamBuffers {
+                    params,
+                    exp_avg: moments.exp_avg.device_ptr(&s).0,
+                    exp_avg_sq: moments.exp_avg_sq.device_ptr(&s).0,
+                    sum,
+                    z,
+                };
+                self.moments = Some(moments);
+                // SAFETY: the trained prefix of the parameters, the gradient, the moments and the
+                // normals each hold `len` values.
+                unsafe { self.gpu.queue_adam_update(buffers, len, step, self.updates + 1) }?;
+                self.optimizer = OptimizerKind::of(&DeviceOptimizer::Adam(step.adam));
+            }
         }
         self.updates += 1;
         Ok(())
     }
 
     /// One DP-SGD step on a sampled batch of `n` examples: norms, clip factors, clipped sum, noise of
-    /// std `step.noise_std` under `key` (a fresh key per step from the host's CSPRNG), update. Copies
+    /// std `step.noise_std` under `key` (a fresh key per step from the host's CSPRNG), update (SGD's or
+    /// Adam's: an [`SgdStep`] or an [`AdamStep`]). Copies
     /// in the batch and the key, and out two counts: the examples whose norm was not finite (they
     /// contributed nothing) and the parameters the update made non-finite (then the parameters before
     /// it are restored, and the outcome says it overflowed).
@@ -333,7 +415,7 @@ impl<M: DpModel> GpuModel<M> {
         n: usize,
         clipping: Clipping,
         key: &[u8; 32],
-        step: SgdStep,
+        step: impl Into<UpdateStep>,
     ) -> Result<DeviceStepOutcome> {
         self.load_batch(inputs, labels, n)?;
         self.load_key(key)?;
@@ -341,7 +423,7 @@ impl<M: DpModel> GpuModel<M> {
         let s = self.gpu.stream.clone();
         let len = M::TRAINED_PARAM_COUNT;
         let trained = Span::new(Region::Params, 0, len);
-        self.queue_update(step)?;
+        self.queue_update(step.into())?;
         let params_count = self.non_finite.device_ptr(&s).0 + std::mem::size_of::<u32>() as u64;
         self.ops().count_non_finite(trained, params_count).map_err(program)?;
         let mut counts = [0u32; 2];
@@ -478,7 +560,7 @@ impl<M: DpModel> GpuModel<M> {
                 }),
             ),
             ("noise", Box::new(|m: &mut Self| m.queue_noise(key))),
-            ("update", Box::new(|m: &mut Self| m.queue_update(SgdStep { lr: 0.0, ..step }))),
+            ("update", Box::new(|m: &mut Self| m.queue_update(UpdateStep::Sgd(SgdStep { lr: 0.0, ..step })))),
         ];
         let mut out = Vec::new();
         for (name, phase) in &mut phases {
@@ -510,7 +592,7 @@ impl<M: DpModel> GpuModel<M> {
             first: true,
             nesterov: false,
         };
-        self.queue_update(step)?;
+        self.queue_update(UpdateStep::Sgd(step))?;
         self.gpu.stream.synchronize().map_err(driver("finishing the step"))
     }
 
@@ -568,6 +650,18 @@ impl<M: DpModel> GpuModel<M> {
         self.read(Region::Params, M::PARAM_COUNT)
     }
 
+    /// The first `TRAINED_PARAM_COUNT` values of an optimizer buffer, copied back.
+    fn copy_out(&self, buffer: &CudaSlice<f32>, what: &str) -> std::result::Result<Vec<f32>, DeviceError> {
+        let mut out = vec![0.0f32; M::TRAINED_PARAM_COUNT];
+        if !out.is_empty() {
+            let s = &self.gpu.stream;
+            s.memcpy_dtoh(&buffer.slice(..out.len()), &mut out)
+                .map_err(|e| DeviceError::Backend(format!("copying {what}: {e}")))?;
+            s.synchronize().map_err(|e| DeviceError::Backend(format!("copying {what}: {e}")))?;
+        }
+        Ok(out)
+    }
+
     fn read(&self, region: Region, len: usize) -> Result<Vec<f32>> {
         let s = &self.gpu.stream;
         let mut out = vec![0.0f32; len];
@@ -611,48 +705,82 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
     }
 
     fn optimizer_state(&mut self) -> std::result::Result<OptimizerState, DeviceError> {
-        // The momentum buffer exists once an update with momentum ran (the host SGD's rule).
-        let buffers = match self.first_update {
-            true => Vec::new(),
-            false => {
-                let mut velocity = vec![0.0f32; M::TRAINED_PARAM_COUNT];
-                if !velocity.is_empty() {
-                    let s = &self.gpu.stream;
-                    let view = self.velocity.slice(..velocity.len());
-                    s.memcpy_dtoh(&view, &mut velocity)
-                        .map_err(|e| DeviceError::Backend(format!("copying the momentum: {e}")))?;
-                    s.synchronize().map_err(|e| DeviceError::Backend(e.to_string()))?;
-                }
-                vec![("momentum".to_string(), velocity)]
-            }
+        let buffers = match self.optimizer {
+            // The momentum buffer exists once an update with momentum ran (the host SGD's rule).
+            OptimizerKind::Sgd => match self.first_update {
+                true => Vec::new(),
+                false => vec![("momentum".to_string(), self.copy_out(&self.velocity, "the momentum")?)],
+            },
+            // The moments exist once an Adam update ran or a checkpoint's were loaded (the host Adam's rule).
+            OptimizerKind::Adam | OptimizerKind::AdamW => match &self.moments {
+                None => Vec::new(),
+                Some(moments) => vec![
+                    ("exp_avg".to_string(), self.copy_out(&moments.exp_avg, "the first moment")?),
+                    ("exp_avg_sq".to_string(), self.copy_out(&moments.exp_avg_sq, "the second moment")?),
+                ],
+            },
         };
-        Ok(OptimizerState { kind: "sgd".into(), updates: self.updates, buffers })
+        Ok(OptimizerState { kind: self.optimizer.name().into(), updates: self.updates, buffers })
     }
 
     fn load_optimizer_state(&mut self, state: &OptimizerState) -> std::result::Result<(), DeviceError> {
-        self.updates = state.updates;
-        match state.buffers.iter().find(|(name, _)| name == "momentum") {
-            Some((_, velocity)) if velocity.len() == M::TRAINED_PARAM_COUNT => {
-                let s = self.gpu.stream.clone();
-                if !velocity.is_empty() {
-                    let mut view = self.velocity.slice_mut(..velocity.len());
-                    s.memcpy_htod(velocity, &mut view)
-                        .map_err(|e| DeviceError::Backend(format!("copying the momentum: {e}")))?;
+        let Some(kind) = OptimizerKind::named(&state.kind) else {
+            return Err(DeviceError::Mismatch(format!("no device update for the {} optimizer", state.kind)));
+        };
+        let len = M::TRAINED_PARAM_COUNT;
+        let buffer = |name: &str| -> std::result::Result<Option<&Vec<f32>>, DeviceError> {
+            match state.buffers.iter().find(|(n, _)| n == name) {
+                Some((_, values)) if values.len() == len => Ok(Some(values)),
+                Some((_, values)) => Err(DeviceError::Mismatch(format!(
+                    "a {name} buffer of {} values for {len} parameters",
+                    values.len()
+                ))),
+                None => Ok(None),
+            }
+        };
+        match kind {
+            OptimizerKind::Sgd => match buffer("momentum")? {
+                Some(velocity) => {
+                    let s = self.gpu.stream.clone();
+                    if !velocity.is_empty() {
+                        let mut view = self.velocity.slice_mut(..velocity.len());
+                        s.memcpy_htod(velocity, &mut view).map_err(backend("copying the momentum"))?;
+                    }
+                    s.synchronize().map_err(backend("copying the momentum"))?;
+                    self.first_update = false;
                 }
-                s.synchronize().map_err(|e| DeviceError::Backend(e.to_string()))?;
-                self.first_update = false;
-                Ok(())
-            }
-            Some((_, velocity)) => Err(DeviceError::Mismatch(format!(
-                "a momentum of {} values for {} parameters",
-                velocity.len(),
-                M::TRAINED_PARAM_COUNT
-            ))),
-            None => {
-                self.first_update = true;
-                Ok(())
-            }
+                None => self.first_update = true,
+            },
+            OptimizerKind::Adam | OptimizerKind::AdamW => match (buffer("exp_avg")?, buffer("exp_avg_sq")?) {
+                (Some(exp_avg), Some(exp_avg_sq)) => {
+                    let s = self.gpu.stream.clone();
+                    let cells = len.max(1);
+                    let mut moments = AdamMoments {
+                        exp_avg: s
+                            .alloc_zeros::<f32>(cells)
+                            .map_err(backend("allocating the first moment"))?,
+                        exp_avg_sq: s
+                            .alloc_zeros::<f32>(cells)
+                            .map_err(backend("allocating the second moment"))?,
+                    };
+                    if len > 0 {
+                        let mut view = moments.exp_avg.slice_mut(..len);
+                        s.memcpy_htod(exp_avg, &mut view).map_err(backend("copying the first moment"))?;
+                        let mut view = moments.exp_avg_sq.slice_mut(..len);
+                        s.memcpy_htod(exp_avg_sq, &mut view).map_err(backend("copying the second moment"))?;
+                    }
+                    s.synchronize().map_err(backend("copying the moments"))?;
+                    self.moments = Some(moments);
+                }
+                (None, None) => self.moments = None,
+                (Some(_), None) | (None, Some(_)) => {
+                    return Err(DeviceError::Mismatch("Adam's state with one of its two moments".into()))
+                }
+            },
         }
+        self.optimizer = kind;
+        self.updates = state.updates;
+        Ok(())
     }
 
     fn private_step(
@@ -669,14 +797,18 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
             self.resize(n, &params).map_err(|e| DeviceError::Backend(e.to_string()))?;
         }
         let clipping = Clipping { mode: step.clip_mode, norm: step.clip_norm };
-        let update = SgdStep {
-            noise_std: step.noise_std,
-            inverse_batch: 1.0 / step.normaliser,
-            lr: step.sgd.lr,
-            momentum: step.sgd.momentum,
-            weight_decay: step.sgd.weight_decay,
-            first: self.first_update,
-            nesterov: step.sgd.nesterov,
+        let (noise_std, inverse_batch) = (step.noise_std, 1.0 / step.normaliser);
+        let update = match step.optimizer {
+            DeviceOptimizer::Sgd(sgd) => UpdateStep::Sgd(SgdStep {
+                noise_std,
+                inverse_batch,
+                lr: sgd.lr,
+                momentum: sgd.momentum,
+                weight_decay: sgd.weight_decay,
+                first: self.first_update,
+                nesterov: sgd.nesterov,
+            }),
+            DeviceOptimizer::Adam(adam) => UpdateStep::Adam(AdamStep { noise_std, inverse_batch, adam }),
         };
         GpuModel::private_step(self, inputs, labels, n, clipping, &step.key, update)
             .map_err(|e| DeviceError::Backend(e.to_string()))

@@ -833,3 +833,53 @@ fn say(line: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{line}");
 }
+
+/// update.cu's Adam kernel through the driver against `Adam::step`, bit for bit: Adam with L2 decay
+/// at its first update, AdamW at a later one from checkpointed moments (written 2026-12-04; not yet
+/// run on a GPU).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_noisy_adam_update_equals_the_cpus() {
+    use dp_cuda::update::{AdamState, AdamStep};
+    use dp_runtime::device::DeviceAdam;
+    use dp_runtime::optim::Adam;
+    let Some(gpu) = gpu("noisy Adam update") else { return };
+    let len = 100_003;
+    let params: Vec<f32> = xorshift(13, len).iter().map(|u| (u - 0.5) as f32).collect();
+    let exp_avg: Vec<f32> = xorshift(17, len).iter().map(|u| (u - 0.5) as f32 * 0.01).collect();
+    let exp_avg_sq: Vec<f32> = xorshift(19, len).iter().map(|u| (u * u) as f32 * 1e-3).collect();
+    let sum: Vec<f32> = xorshift(23, len).iter().map(|u| ((u - 0.5) * 40.0) as f32).collect();
+    let z: Vec<f64> = xorshift(29, len).iter().map(|u| (u - 0.5) * 6.0).collect();
+    let lr = 0.003;
+    for (decoupled, weight_decay, update) in [(false, 1e-2, 1u64), (true, 0.1, 5)] {
+        let adam = match decoupled {
+            true => Adam::adamw(lr, weight_decay),
+            false => Adam::new(lr).weight_decay(weight_decay),
+        };
+        let mut adam = adam.betas(0.8, 0.99).eps(1e-6);
+        let (mut m, mut v) = (vec![0.0f32; len], vec![0.0f32; len]);
+        if update > 1 {
+            let buffers = vec![
+                ("exp_avg".to_string(), exp_avg.clone()),
+                ("exp_avg_sq".to_string(), exp_avg_sq.clone()),
+            ];
+            let state = OptimizerState { kind: adam.kind().into(), updates: update - 1, buffers };
+            adam.load_state(state, len).unwrap();
+            (m, v) = (exp_avg.clone(), exp_avg_sq.clone());
+        }
+        let mut cpu = params.clone();
+        let at = StepInfo { step: 0, total_steps: 1 };
+        adam.step(&mut cpu, NoisyGradient::with_drawn_noise(&sum, &z, 0.77, 256.0), at);
+        let cpu_state = adam.state();
+        let mut device = params.clone();
+        let state = AdamState { params: &mut device, exp_avg: &mut m, exp_avg_sq: &mut v, sum: &sum, z: &z };
+        let settings = DeviceAdam { lr, beta1: 0.8, beta2: 0.99, eps: 1e-6, weight_decay, decoupled };
+        let step = AdamStep { noise_std: 0.77, inverse_batch: 1.0 / 256.0, adam: settings };
+        gpu.adam_noisy_update(state, step, update).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let case = format!("decoupled {decoupled} update {update}");
+        assert!(bits(&device) == bits(&cpu), "{case}: the parameters differ");
+        assert!(bits(&m) == bits(&cpu_state.buffers[0].1), "{case}: exp_avg differs");
+        assert!(bits(&v) == bits(&cpu_state.buffers[1].1), "{case}: exp_avg_sq differs");
+    }
+}

@@ -8,6 +8,8 @@
  *     and the count of invalid examples (u32).
  *   sgd NOISE_STD INVERSE_BATCH LR MOMENTUM WEIGHT_DECAY FIRST NESTEROV LEN: in params, velocity,
  *     sum (f32 each), z (f64); out: params, velocity.
+ *   adam NOISE_STD INVERSE_BATCH LR BETA1 BETA2 EPS WEIGHT_DECAY DECOUPLED CORRECTION1 ROOT_CORRECTION2
+ *     LEN: in params, exp_avg, exp_avg_sq, sum (f32 each), z (f64); out: params, exp_avg, exp_avg_sq.
  *   im2col|col2im IN_C IN_H IN_W KH KW STRIDE PADDING DILATION N: in the batch's input (the patches);
  *     out its patches (its input gradient), f32, each value as conv.cu's kernels compute it.
  *   maxpool|avgpool|maxpoolback|avgpoolback CHANNELS IN_H IN_W KERNEL STRIDE PADDING N: in x (dy, and
@@ -79,6 +81,25 @@ static int sgd(char **argv) {
                           weight_decay, first, nesterov);
     fwrite(params, 4, len, stdout);
     fwrite(velocity, 4, len, stdout);
+    return 0;
+}
+
+static int adam(char **argv) {
+    double noise_std = strtod(argv[0], NULL), inverse_batch = strtod(argv[1], NULL), lr = strtod(argv[2], NULL);
+    double beta1 = strtod(argv[3], NULL), beta2 = strtod(argv[4], NULL), eps = strtod(argv[5], NULL);
+    double weight_decay = strtod(argv[6], NULL);
+    int decoupled = atoi(argv[7]);
+    double correction1 = strtod(argv[8], NULL), root_correction2 = strtod(argv[9], NULL);
+    dp_u64 len = strtoull(argv[10], NULL, 10);
+    float *params = read_stdin(len * 4), *exp_avg = read_stdin(len * 4), *exp_avg_sq = read_stdin(len * 4);
+    float *sum = read_stdin(len * 4);
+    double *z = read_stdin(len * 8);
+    for (dp_u64 i = 0; i < len; ++i)
+        dp_adam_coordinate(params + i, exp_avg + i, exp_avg_sq + i, sum[i], z[i], noise_std, inverse_batch, lr,
+                           beta1, beta2, eps, weight_decay, decoupled, correction1, root_correction2);
+    fwrite(params, 4, len, stdout);
+    fwrite(exp_avg, 4, len, stdout);
+    fwrite(exp_avg_sq, 4, len, stdout);
     return 0;
 }
 
@@ -259,6 +280,7 @@ int main(int argc, char **argv) {
     if (argc >= 6 && strcmp(argv[1], "groupnorm") == 0) return group_norm(argv + 2);
     if (argc >= 6 && strcmp(argv[1], "clip") == 0) return clip(argv + 2);
     if (argc >= 10 && strcmp(argv[1], "sgd") == 0) return sgd(argv + 2);
+    if (argc >= 13 && strcmp(argv[1], "adam") == 0) return adam(argv + 2);
     if (argc >= 5 && strcmp(argv[1], "noise") == 0) return noise(argc - 1, argv + 1);
     if (argc >= 5 && strcmp(argv[1], "embnorms") == 0) return embedding(argv[1], argv + 2);
     if (argc >= 6 && strcmp(argv[1], "embgather") == 0) return embedding(argv[1], argv + 2);

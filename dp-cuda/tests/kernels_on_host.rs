@@ -8,6 +8,8 @@
 //! - the clip factors: flat (one and several groups) and per layer, with NaN, infinite, negative, zero
 //!   and huge norms;
 //! - the noisy SGD update: plain, momentum (first and later steps), Nesterov, weight decay;
+//! - the noisy Adam update: Adam (with and without L2 decay) and AdamW, several betas and ε, the first
+//!   update and a later one from checkpointed moments;
 //! - conv.cu's element-wise kernels against the host reference of `DeviceOps`
 //!   (`dp_runtime::device::host::HostDevice`, bit for bit) and dp-kernels' CPU kernels: im2col and
 //!   col2im (padding, stride, dilation, rectangular kernels), max pooling (ties, −∞, NaN) and average
@@ -29,7 +31,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use dp_runtime::clipping::{clip_factors, ClipMode};
-use dp_runtime::optim::{NoisyGradient, Optimizer, Sgd, StepInfo};
+use dp_runtime::optim::{Adam, NoisyGradient, Optimizer, Sgd, StepInfo};
 
 use dp_cuda::noise::{CHUNK, SEGMENT};
 use dp_runtime::device::host::HostDevice;
@@ -721,4 +723,108 @@ fn bits(values: &[f32]) -> Vec<u32> {
 fn say(line: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// update.cu's Adam coordinate against `Adam::step` on `NoisyGradient::with_drawn_noise`, bit for bit:
+/// Adam with and without L2 decay and AdamW, PyTorch's betas and others, the first update (moments at
+/// zero) and a later one (moments and update count loaded as from a checkpoint), the bias corrections
+/// taken from `Adam::bias_corrections` as the device takes them.
+#[test]
+fn device_noisy_adam_update_equals_the_cpus_bit_for_bit() {
+    let Some(exe) = harness() else { return };
+    let len = 1000;
+    let params: Vec<f32> = values(13, len).map(|u| (u - 0.5) as f32).collect();
+    let exp_avg: Vec<f32> = values(17, len).map(|u| (u - 0.5) as f32 * 0.01).collect();
+    let exp_avg_sq: Vec<f32> = values(19, len).map(|u| (u * u) as f32 * 1e-3).collect();
+    let mut sum: Vec<f32> = values(23, len).map(|u| ((u - 0.5) * 40.0) as f32).collect();
+    // A zero gradient where the moments are zero too: the update divides 0 by ε alone.
+    sum[0] = 0.0;
+    let z: Vec<f64> = values(29, len).map(|u| (u - 0.5) * 6.0).collect();
+    let (noise_std, batch, lr) = (1.1 * 0.7, 256.0, 0.003);
+    let z_of = |i: usize| if i == 0 { 0.0 } else { z[i] };
+    let z: Vec<f64> = (0..len).map(z_of).collect();
+    for (decoupled, weight_decay, (beta1, beta2), eps) in [
+        (false, 0.0, (0.9, 0.999), 1e-8),
+        (false, 1e-2, (0.8, 0.99), 1e-6),
+        (true, 1e-2, (0.9, 0.999), 1e-8),
+        (true, 0.1, (0.5, 0.9), 1e-3),
+    ] {
+        for update in [1u64, 5] {
+            let adam = match decoupled {
+                true => Adam::adamw(lr, weight_decay),
+                false => Adam::new(lr).weight_decay(weight_decay),
+            };
+            let mut adam = adam.betas(beta1, beta2).eps(eps);
+            let (m, v) = match update {
+                1 => (vec![0.0f32; len], vec![0.0f32; len]),
+                _ => {
+                    // The moments and count the device starts from, as a checkpoint gives them.
+                    let state = dp_runtime::optim::OptimizerState {
+                        kind: adam.kind().into(),
+                        updates: update - 1,
+                        buffers: vec![
+                            ("exp_avg".into(), exp_avg.clone()),
+                            ("exp_avg_sq".into(), exp_avg_sq.clone()),
+                        ],
+                    };
+                    adam.load_state(state, len).unwrap();
+                    (exp_avg.clone(), exp_avg_sq.clone())
+                }
+            };
+            let mut cpu_params = params.clone();
+            let at = StepInfo { step: 0, total_steps: 10 };
+            adam.step(&mut cpu_params, NoisyGradient::with_drawn_noise(&sum, &z, noise_std, batch), at);
+            let cpu_state = adam.state();
+            let buffer = |name: &str| cpu_state.buffers.iter().find(|(n, _)| n == name).unwrap().1.clone();
+
+            let (correction1, root_correction2) = Adam::bias_corrections(beta1, beta2, update);
+            let args: Vec<String> = [
+                "adam".to_string(),
+                format!("{noise_std:e}"),
+                format!("{:e}", 1.0 / batch),
+                format!("{lr:e}"),
+                format!("{beta1:e}"),
+                format!("{beta2:e}"),
+                format!("{eps:e}"),
+                format!("{weight_decay:e}"),
+                (decoupled as u8).to_string(),
+                format!("{correction1:e}"),
+                format!("{root_correction2:e}"),
+                len.to_string(),
+            ]
+            .into();
+            let input: Vec<u8> = params
+                .iter()
+                .chain(&m)
+                .chain(&v)
+                .chain(&sum)
+                .flat_map(|x| x.to_le_bytes())
+                .chain(z.iter().flat_map(|x| x.to_le_bytes()))
+                .collect();
+            let out = f32s(&run(&exe, &args, &input));
+            let (device_params, rest) = out.split_at(len);
+            let (device_m, device_v) = rest.split_at(len);
+            let case = format!(
+                "decoupled {decoupled} wd {weight_decay} betas {beta1} {beta2} eps {eps} update {update}"
+            );
+            for (what, cpu, device) in [
+                ("parameters", cpu_params.clone(), device_params),
+                ("exp_avg", buffer("exp_avg"), device_m),
+                ("exp_avg_sq", buffer("exp_avg_sq"), device_v),
+            ] {
+                let differing: Vec<usize> =
+                    (0..len).filter(|&i| cpu[i].to_bits() != device[i].to_bits()).collect();
+                assert!(
+                    differing.is_empty(),
+                    "{case}: {} {what} differ, the first at {}: cpu {}, device {}",
+                    differing.len(),
+                    differing[0],
+                    cpu[differing[0]],
+                    device[differing[0]]
+                );
+            }
+            assert_eq!(cpu_state.updates, update, "{case}");
+            assert_ne!(bits(&cpu_params), bits(&params), "{case}: the update moved the parameters");
+        }
+    }
 }

@@ -167,7 +167,7 @@ pub struct TrainArgs {
     #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
     pub precision: Precision,
     /// Where the private steps run: cpu, or cuda:N (a build with the `cuda` feature; models with a
-    /// device program, SGD, f32; docs/GPU.md). Evaluation stays on the CPU.
+    /// device program, SGD or Adam, f32; docs/GPU.md). Evaluation stays on the CPU.
     #[arg(long, default_value = "cpu", value_parser = super::parse_device)]
     pub device: super::DeviceArg,
 }

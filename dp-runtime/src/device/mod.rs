@@ -600,6 +600,28 @@ pub trait DeviceOps {
     ) -> Result<(), DeviceError>;
 }
 
+/// The update a device applies at one step: the host optimizer's settings at that step (its learning
+/// rate the schedule's at the step). The optimizer's state (SGD's momentum, Adam's moments and the
+/// updates made) lives on the device, in the host optimizer's checkpoint format.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DeviceOptimizer {
+    /// [`Sgd`](crate::optim::Sgd).
+    Sgd(DeviceSgd),
+    /// [`Adam`](crate::optim::Adam), or AdamW.
+    Adam(DeviceAdam),
+}
+
+impl DeviceOptimizer {
+    /// The host optimizer's name, as its checkpoints carry it: `sgd`, `adam` or `adamw`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DeviceOptimizer::Sgd(_) => "sgd",
+            DeviceOptimizer::Adam(adam) if adam.decoupled => "adamw",
+            DeviceOptimizer::Adam(_) => "adam",
+        }
+    }
+}
+
 /// The SGD update a device applies (the host optimizer's settings at one step).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DeviceSgd {
@@ -608,6 +630,28 @@ pub struct DeviceSgd {
     pub momentum: f64,
     pub nesterov: bool,
     pub weight_decay: f64,
+}
+
+/// The Adam update a device applies (the host optimizer's settings at one step), per coordinate
+/// exactly [`Adam`](crate::optim::Adam)'s, in f64, the moments stored as f32: with the noisy gradient
+/// g and t the number of this update counting from 1 (the device counts its updates),
+/// p ← p·(1 − lr·λ) if decoupled, else g ← g + λp; m ← β₁m + (1 − β₁)g; v ← β₂v + (1 − β₂)g²;
+/// p ← p − (lr / (1 − β₁ᵗ))·m / (√v / √(1 − β₂ᵗ) + ε), the corrections those of
+/// [`Adam::bias_corrections`](crate::optim::Adam::bias_corrections). The moments start at zero.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeviceAdam {
+    /// The learning rate the schedule gives at this step.
+    pub lr: f64,
+    /// β₁, the first moment's decay.
+    pub beta1: f64,
+    /// β₂, the second moment's decay.
+    pub beta2: f64,
+    /// ε, added to the bias-corrected root of the second moment.
+    pub eps: f64,
+    /// λ: L2 decay added to the gradient (Adam), or the decoupled decay (AdamW).
+    pub weight_decay: f64,
+    /// AdamW: the decay is applied to the parameter, not added to the gradient.
+    pub decoupled: bool,
 }
 
 /// One private step's settings on a device.
@@ -622,7 +666,8 @@ pub struct DevicePrivateStep {
     pub normaliser: f64,
     /// The key of this step's noise: 32 bytes from the noise stream, as the CPU's chunked draw takes.
     pub key: [u8; 32],
-    pub sgd: DeviceSgd,
+    /// The update, with this step's learning rate.
+    pub optimizer: DeviceOptimizer,
 }
 
 /// What a device step reports (scalars only: nothing else leaves the device during a step).
@@ -646,10 +691,12 @@ pub trait DeviceTraining<M: crate::DpModel>: Send {
     fn upload(&mut self, params: &[f32]) -> Result<(), DeviceError>;
     /// Copies the parameters back (all `PARAM_COUNT`).
     fn download(&mut self, params: &mut [f32]) -> Result<(), DeviceError>;
-    /// The optimizer's state as the device holds it, in the host optimizer's checkpoint format (SGD:
-    /// the updates made and, once there is one, the momentum buffer).
+    /// The optimizer's state as the device holds it, in the host optimizer's checkpoint format (its
+    /// kind and the updates made; SGD: once there is one, the momentum buffer; Adam: once there are
+    /// any, the moments `exp_avg` and `exp_avg_sq`).
     fn optimizer_state(&mut self) -> Result<crate::optim::OptimizerState, DeviceError>;
-    /// Restores a checkpointed optimizer state (already checked by the host optimizer).
+    /// Restores an optimizer state (already checked by the host optimizer): a checkpoint's, or before
+    /// a fresh run's first step the fresh host optimizer's (its kind, no updates, no buffers).
     fn load_optimizer_state(&mut self, state: &crate::optim::OptimizerState) -> Result<(), DeviceError>;
     /// One DP-SGD step on a gathered batch of `n` examples.
     fn private_step(

@@ -2,6 +2,7 @@
 //! PyTorch's update rules (`torch.optim.Adam` / `AdamW`, bias-corrected, ε outside the square root).
 
 use super::{check_state, NoisyGradient, Optimizer, OptimizerState, Schedule, StepInfo};
+use crate::device::{DeviceAdam, DeviceOptimizer};
 use crate::error::Result;
 
 /// Adam or AdamW.
@@ -67,6 +68,14 @@ impl Adam {
         self
     }
 
+    /// The bias corrections of update `update` (counting from 1): 1 − β₁ᵗ and √(1 − β₂ᵗ), in f64
+    /// (t capped at `i32::MAX`). A device's Adam takes them from here, so that its arithmetic is this
+    /// step's bit for bit.
+    pub fn bias_corrections(beta1: f64, beta2: f64, update: u64) -> (f64, f64) {
+        let t = update.min(i32::MAX as u64) as i32;
+        (1.0 - beta1.powi(t), (1.0 - beta2.powi(t)).sqrt())
+    }
+
     fn name(&self) -> &'static str {
         if self.decoupled {
             "adamw"
@@ -81,6 +90,17 @@ impl Optimizer for Adam {
         self.name()
     }
 
+    fn on_device(&self, at: StepInfo) -> Option<DeviceOptimizer> {
+        Some(DeviceOptimizer::Adam(DeviceAdam {
+            lr: self.learning_rate(at),
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            decoupled: self.decoupled,
+        }))
+    }
+
     fn learning_rate(&self, at: StepInfo) -> f64 {
         self.schedule.rate(self.lr, at.step, at.total_steps)
     }
@@ -93,10 +113,8 @@ impl Optimizer for Adam {
             self.exp_avg_sq = vec![0.0; params.len()];
         }
         self.updates += 1;
-        let t = self.updates.min(i32::MAX as u64) as i32;
         let (b1, b2, eps, wd) = (self.beta1, self.beta2, self.eps, self.weight_decay);
-        let correction1 = 1.0 - b1.powi(t);
-        let root_correction2 = (1.0 - b2.powi(t)).sqrt();
+        let (correction1, root_correction2) = Adam::bias_corrections(b1, b2, self.updates);
         let decoupled = self.decoupled;
         let (exp_avg, exp_avg_sq) = (&mut self.exp_avg, &mut self.exp_avg_sq);
         gradient.for_each_chunk(|range, gradient| {
@@ -140,5 +158,39 @@ impl Optimizer for Adam {
         self.exp_avg = take("exp_avg");
         self.exp_avg_sq = take("exp_avg_sq");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A device is given every setting, the scheduled rate of the step and the checkpoint name.
+    #[test]
+    fn a_device_is_given_every_setting_and_the_scheduled_rate() {
+        let adamw = Adam::adamw(0.1, 0.05)
+            .betas(0.8, 0.99)
+            .eps(1e-6)
+            .schedule(Schedule::Step { every: 2, gamma: 0.5 });
+        let at = StepInfo { step: 4, total_steps: 10 };
+        let described = adamw.on_device(at).unwrap();
+        let expected =
+            DeviceAdam { lr: 0.025, beta1: 0.8, beta2: 0.99, eps: 1e-6, weight_decay: 0.05, decoupled: true };
+        assert_eq!(described, DeviceOptimizer::Adam(expected));
+        assert_eq!(described.kind(), adamw.kind());
+        let adam = Adam::new(1e-3).weight_decay(1e-4);
+        assert_eq!(adam.on_device(at).unwrap().kind(), "adam");
+    }
+
+    /// The corrections the step uses: t's powers in f64, t capped at i32::MAX.
+    #[test]
+    fn bias_corrections_are_those_of_update_t() {
+        assert_eq!(Adam::bias_corrections(0.9, 0.999, 1), (1.0 - 0.9, (1.0f64 - 0.999).sqrt()));
+        let (c1, c2) = Adam::bias_corrections(0.9, 0.999, 3);
+        assert_eq!((c1, c2), (1.0 - 0.9f64.powi(3), (1.0 - 0.999f64.powi(3)).sqrt()));
+        assert_eq!(
+            Adam::bias_corrections(0.9, 0.999, u64::MAX),
+            Adam::bias_corrections(0.9, 0.999, i32::MAX as u64)
+        );
     }
 }

@@ -249,8 +249,9 @@ pub trait Optimizer: Send {
     fn state(&self) -> OptimizerState;
     /// Restores a checkpointed state (an error names the mismatching part).
     fn load_state(&mut self, state: OptimizerState, params: usize) -> Result<()>;
-    /// The update a device applies at `at`, for an optimizer a device has (SGD); `None` otherwise.
-    fn on_device(&self, at: StepInfo) -> Option<crate::device::DeviceSgd> {
+    /// The update a device applies at `at`, for an optimizer a device has (SGD, Adam, AdamW); `None`
+    /// otherwise.
+    fn on_device(&self, at: StepInfo) -> Option<crate::device::DeviceOptimizer> {
         let _ = at;
         None
     }

@@ -60,13 +60,13 @@ impl Optimizer for Sgd {
         "sgd"
     }
 
-    fn on_device(&self, at: StepInfo) -> Option<crate::device::DeviceSgd> {
-        Some(crate::device::DeviceSgd {
+    fn on_device(&self, at: StepInfo) -> Option<crate::device::DeviceOptimizer> {
+        Some(crate::device::DeviceOptimizer::Sgd(crate::device::DeviceSgd {
             lr: self.learning_rate(at),
             momentum: self.momentum,
             nesterov: self.nesterov,
             weight_decay: self.weight_decay,
-        })
+        }))
     }
 
     fn learning_rate(&self, at: StepInfo) -> f64 {

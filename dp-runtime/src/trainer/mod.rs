@@ -183,7 +183,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             if optimizer.on_device(StepInfo { step: 0, total_steps: 1 }).is_none() {
                 return Err(Error::invalid(
                     "device",
-                    format!("the {} optimizer has no device update (SGD only so far)", optimizer.kind()),
+                    format!("the {} optimizer has no device update (SGD and Adam only)", optimizer.kind()),
                 ));
             }
         }
@@ -258,6 +258,9 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 optimizer.load_state(c.optimizer, M::TRAINED_PARAM_COUNT)?;
             }
             model.params_mut().copy_from_slice(&c.params);
+        } else if let Some(dev) = device.as_mut() {
+            // A fresh run: the device's state starts as the host optimizer's (its kind, no buffers).
+            dev.load_optimizer_state(&optimizer.state()).map_err(device_error)?;
         }
         // The average starts at the parameters training starts from (a resumed run's included).
         let mut ema = self.ema.map(|decay| Ema::new(decay, model.params())).transpose()?;
@@ -392,7 +395,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                                 noise_std,
                                 normaliser: plan.normaliser(),
                                 key,
-                                sgd: optimizer.on_device(at).expect("checked before the first step"),
+                                optimizer: optimizer.on_device(at).expect("checked before the first step"),
                             };
                             let n = indices.len();
                             let outcome = dev
