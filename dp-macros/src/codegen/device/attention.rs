@@ -12,11 +12,11 @@
 //! - norms: each example's gradients of the four tensors (`δqkv_iᵀ X_i`, `δy_iᵀ C_i` as strided
 //!   batches, the biases as a row of ones times δ) kept in the device's scratch in the parameters'
 //!   order, so that one `kept_sq_norms` gives the group's column (both projections' norms added, as
-//!   the CPU adds them) and one `kept_weighted_sum` the clipped sum. Whatever the CPU's planner chose
+//!   the CPU adds them) and one `kept_weighted_sum` the clipped sum. These products are f32 in every
+//!   precision, as the CPU's norms and clipped sum of attention are. Whatever the CPU's planner chose
 //!   for each projection (ghost or direct norms), the device keeps the gradients, as for a conv;
 //! - plain sum: both projections over all positions at once.
 
-use super::conv2d::batched;
 use super::emit::{accumulate, arena, grad, lit, param, per_group, read, region, rt, scratch};
 use super::linear::{gemm, Product};
 use super::scratch::{attention as attention_scratch, attention_kept_len, AttentionScratch};
@@ -250,31 +250,39 @@ fn group_grad(plan: &Plan, s: &AttentionStep) -> TokenStream {
 
 /// Each example's gradients of the four tensors into the layer's kept scratch, in the parameters'
 /// order: the weights as strided batches `δ_iᵀ·X_i`, the biases as `1ᵀ·δ_i` (a row of ones in the
-/// score scratch, free once the backward has run; f32, as the CPU sums a bias's δ).
+/// score scratch, free once the backward has run). All f32 in every precision: the CPU forms
+/// attention's norms and clipped sum from the f32 δ and inputs (`per_example::norms_sq`,
+/// `linear_clipped_grad_add`), so the device keeps the gradients the CPU norms and sums.
 fn per_example_gradients(plan: &Plan, s: &AttentionStep) -> (TokenStream, AttentionScratch) {
     let (t, d) = (s.steps, s.dim);
     let (kept_len, in_w, out_w) = (attention_kept_len(s), 3 * d * d, d * d);
-    let at = attention_scratch(plan, s);
+    let (at, rt) = (attention_scratch(plan, s), rt());
     let (x, dqkv, ctx, dy) =
         (read(plan, s.input), arena(plan, s.qkv_grad), arena(plan, s.context), arena(plan, s.output_grad));
     let (kept, ones) = (scratch(at.kept, kept_len), scratch(at.scores, s.heads * t * t));
     let (in_b_at, out_w_at, out_b_at) = (lit(in_w), lit(in_w + 3 * d), lit(in_w + 3 * d + out_w));
-    let g_in_w =
-        batched((3 * d, d, t), (dqkv.clone(), true, t * 3 * d), (x, false, t * d), (quote!(kept), kept_len));
-    let g_out_w = batched(
-        (d, d, t),
-        (dy.clone(), true, t * d),
-        (ctx, false, t * d),
-        (quote!(from(kept, #out_w_at)), kept_len),
+    let f32 = quote!(#rt::Operands::F32);
+    let g_in_w = in_rows(
+        (3 * d, d, t),
+        (dqkv.clone(), true, t * 3 * d, 3 * d),
+        (x, false, t * d, d),
+        (quote!(kept), kept_len, d),
+        f32.clone(),
     );
-    let rt = rt();
+    let g_out_w = in_rows(
+        (d, d, t),
+        (dy.clone(), true, t * d, d),
+        (ctx, false, t * d, d),
+        (quote!(from(kept, #out_w_at)), kept_len, d),
+        f32.clone(),
+    );
     let bias = |delta: TokenStream, width: usize, at: proc_macro2::Literal| {
         in_rows(
             (1, width, t),
             (quote!(ones), false, 0, t),
             (delta, false, t * width, width),
             (quote!(from(kept, #at)), kept_len, width),
-            quote!(#rt::Operands::F32),
+            f32.clone(),
         )
     };
     let (g_in_b, g_out_b) = (bias(dqkv, 3 * d, in_b_at), bias(dy, d, out_b_at));
