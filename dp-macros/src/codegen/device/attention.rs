@@ -66,10 +66,11 @@ fn core() -> TokenStream {
     quote!(#rt::Operands::F32)
 }
 
-/// `from(span, at)`: the span from `at` on (a head's first column, a tensor in the kept block).
+/// `from(span, at)`: the span from `at` on (a head's first column, a tensor in the kept block); empty
+/// past the span's end (a batch of 0, whose products then refuse their empty spans with an error).
 fn from() -> TokenStream {
     let rt = rt();
-    quote!(let from = |s: #rt::Span, at: usize| s.sub(at, s.len - at);)
+    quote!(let from = |s: #rt::Span, at: usize| s.sub(at.min(s.len), s.len.saturating_sub(at));)
 }
 
 /// The statements the core's passes share: [`from`], and `scale`, `1/√d_h` as the CPU computes it.
