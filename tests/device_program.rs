@@ -23,9 +23,9 @@ mod dense_models;
 
 use dense_models::norm_residual::NormResidual;
 use dense_models::{
-    batch, close, close_sum, cpu_reference, private_pass_on_host, token_batch, ActivatedOutput, Deep,
-    DenseLstm, LstmSequence, PooledConv, SigmoidBce, SmallConv, SmallLstm, SmallLstmDirect, SmallLstmGhost,
-    TanhMse, TestInput, TokenBag, TokenSeq,
+    batch, close, close_sum, cpu_reference, private_pass_on_host, token_batch, ActivatedOutput,
+    CausalAttention, Deep, DenseAttention, DenseLstm, LstmSequence, PooledConv, SigmoidBce, SmallConv,
+    SmallLstm, SmallLstmDirect, SmallLstmGhost, StackedAttention, TanhMse, TestInput, TokenBag, TokenSeq,
 };
 
 /// Batch sizes, each with or without a poisoned (NaN) first example.
@@ -592,4 +592,21 @@ fn a_device_run_with_adam_checkpoints_and_resumes_like_the_cpu() {
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn attention_device_program_matches_the_cpu() {
+    device_matches_cpu::<DenseAttention>(23, SIZES);
+}
+
+#[test]
+fn causal_attention_device_program_matches_the_cpu() {
+    device_matches_cpu::<CausalAttention>(24, SIZES);
+}
+
+/// The first layer's input gradient reaches the second; the first is causal with direct norms on the
+/// CPU (the device keeps its per-example gradients whatever the CPU chose).
+#[test]
+fn stacked_attention_device_program_matches_the_cpu() {
+    device_matches_cpu::<StackedAttention>(25, SIZES);
 }

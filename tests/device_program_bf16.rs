@@ -16,8 +16,8 @@ use rand_chacha::ChaCha8Rng;
 mod dense_models;
 
 use dense_models::{
-    batch, close, close_sum, cpu_reference_in, private_pass_on_host, Deep, DenseLstm, SmallConv,
-    SmallLstmDirect, SmallLstmGhost, TanhMse, TestInput,
+    batch, close, close_sum, cpu_reference_in, private_pass_on_host, CausalAttention, Deep, DenseLstm,
+    SmallConv, SmallLstmDirect, SmallLstmGhost, StackedAttention, TanhMse, TestInput,
 };
 
 /// What a device program in `precision` computed on the host backend for one batch.
@@ -131,6 +131,14 @@ fn lstm_bf16_device_programs_match_the_bf16_cpu() {
 #[test]
 fn ghost_lstm_bf16_device_program_matches_the_bf16_cpu_to_the_rounding_of_its_gradients() {
     bf16_device_matches_bf16_cpu::<SmallLstmGhost>(30, &[1, 7], 5e-3);
+}
+
+/// Attention: the projections' forward and backward products round the same operands on both; the
+/// core, the norms and the clipped sum are f32 on both (the device's kept gradients marked `F32`).
+#[test]
+fn attention_bf16_device_programs_match_the_bf16_cpu() {
+    bf16_device_matches_bf16_cpu::<CausalAttention>(31, &[1, 7], 1e-4);
+    bf16_device_matches_bf16_cpu::<StackedAttention>(32, &[1, 7], 1e-4);
 }
 
 /// A training state that records the precision the trainer sets before it uploads anything.

@@ -16,7 +16,7 @@ use dp_runtime::noise::gaussian::ziggurat_tables;
 
 use crate::error::{CudaError, Result};
 use crate::noise::{key_words, NoiseLaunch, THREADS};
-use crate::{clip, conv, dense, lstm, noise, norm, sequence, source, update};
+use crate::{attention, clip, conv, dense, lstm, noise, norm, sequence, source, update};
 use cudarc::cublas::CudaBlas;
 
 /// How to get the driver when it is missing.
@@ -41,6 +41,8 @@ pub struct Gpu {
     pub(crate) sequence: Vec<CudaFunction>,
     /// `kernels/lstm.cu`, in the order of [`lstm::ENTRIES`].
     pub(crate) lstm: Vec<CudaFunction>,
+    /// `kernels/attention.cu`, in the order of [`attention::ENTRIES`].
+    pub(crate) attention: Vec<CudaFunction>,
     name: String,
     arch: &'static str,
     /// The compute capability, (major, minor).
@@ -121,6 +123,7 @@ impl Gpu {
         let norm = load("norm.cu", norm::SOURCE, norm::ENTRIES)?;
         let sequence = load("sequence.cu", sequence::SOURCE, sequence::ENTRIES)?;
         let lstm = load("lstm.cu", lstm::SOURCE, lstm::ENTRIES)?;
+        let attention = load("attention.cu", attention::SOURCE, attention::ENTRIES)?;
         // SAFETY: only tries to open the library by its candidate names.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(CudaError::LibraryMissing { library: "libcublas.so.12", hint: CUBLAS_HINT });
@@ -139,6 +142,7 @@ impl Gpu {
             norm,
             sequence,
             lstm,
+            attention,
             name,
             arch,
             capability: (major, minor),

@@ -5,11 +5,12 @@
 //! The model-independent kernels of a private step, each value for value its CPU counterpart in
 //! dp-runtime: the noise ([`noise`], the chunked ChaCha20 ziggurat), the clip factors ([`clip`]) and the
 //! noisy SGD or Adam update ([`update`]); the launches of a model's device program other than products
-//! ([`dense`], [`conv`], [`norm`], [`sequence`], [`lstm`]); [`program::GpuOps`], the runtime's `DeviceOps` on a GPU;
+//! ([`dense`], [`conv`], [`norm`], [`sequence`], [`lstm`], [`attention`]); [`program::GpuOps`], the runtime's `DeviceOps` on a GPU;
 //! [`trainer::GpuModel`], a model's training state on the GPU, which the `Trainer` steps
 //! (`DeviceTraining`). [`device::Gpu`] opens a device and loads everything. Ran on an NVIDIA H200
 //! (docs/GPU.md, "Measured").
 
+pub mod attention;
 pub mod cache;
 pub mod clip;
 pub mod conv;
@@ -33,7 +34,7 @@ pub use error::{CudaError, Result};
 pub const ARCHITECTURES: [&str; 2] = ["sm_80", "sm_90"];
 
 /// The headers kernel files include, each with its text: `common.cuh` (every file), `activation.cuh`
-/// and `reduce.cuh` (dense.cu, conv.cu and norm.cu; sequence.cu and lstm.cu `reduce.cuh`; both include `common.cuh` themselves, so it comes
+/// and `reduce.cuh` (dense.cu, conv.cu and norm.cu; sequence.cu, lstm.cu and attention.cu `reduce.cuh`; both include `common.cuh` themselves, so it comes
 /// last).
 const HEADERS: [(&str, &str); 3] = [
     ("#include \"activation.cuh\"", include_str!("../kernels/activation.cuh")),
@@ -58,6 +59,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile { name: "norm.cu", text: norm::SOURCE, entries: norm::ENTRIES },
     KernelFile { name: "sequence.cu", text: sequence::SOURCE, entries: sequence::ENTRIES },
     KernelFile { name: "lstm.cu", text: lstm::SOURCE, entries: lstm::ENTRIES },
+    KernelFile { name: "attention.cu", text: attention::SOURCE, entries: attention::ENTRIES },
 ];
 
 /// One kernel source file.

@@ -12,8 +12,8 @@ use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{result as drv, CudaFunction, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 use dp_kernels::activation::Activation;
 use dp_runtime::device::{
-    BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, LstmBackwardStep,
-    LstmDims, LstmForwardStep, Operands, Pool2dGeometry, Precision, Region, RowScale, Span,
+    BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, LeadingDims,
+    LstmBackwardStep, LstmDims, LstmForwardStep, Operands, Pool2dGeometry, Precision, Region, RowScale, Span,
 };
 
 use crate::dense::activation_code;
@@ -153,7 +153,7 @@ fn elementwise(len: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// A kernel of `kernels/dense.cu`, `conv.cu`, `norm.cu`, `sequence.cu` or `lstm.cu`, by its index in
+/// A kernel of `kernels/dense.cu`, `conv.cu`, `norm.cu`, `sequence.cu`, `lstm.cu` or `attention.cu`, by its index in
 /// that file's `ENTRIES`.
 #[derive(Debug, Clone, Copy)]
 enum Kernel {
@@ -162,12 +162,13 @@ enum Kernel {
     Norm(usize),
     Sequence(usize),
     Lstm(usize),
+    Attention(usize),
 }
 
 /// The kernels by file and index (`dense::ENTRIES`, `conv::ENTRIES`, `norm::ENTRIES`,
 /// `sequence::ENTRIES`, `lstm::ENTRIES`).
 mod k {
-    use super::Kernel::{self, Conv, Dense, Lstm, Norm, Sequence};
+    use super::Kernel::{self, Attention, Conv, Dense, Lstm, Norm, Sequence};
 
     pub const BIAS_ACTIVATION: Kernel = Dense(0);
     pub const ACTIVATION: Kernel = Dense(1);
@@ -208,6 +209,10 @@ mod k {
 
     pub const LSTM_FORWARD_STEP: Kernel = Lstm(0);
     pub const LSTM_BACKWARD_STEP: Kernel = Lstm(1);
+
+    pub const ATTENTION_SOFTMAX: Kernel = Attention(0);
+    pub const ATTENTION_SOFTMAX_BACKWARD: Kernel = Attention(1);
+    pub const FILL: Kernel = Attention(2);
 }
 
 impl GpuOps<'_> {
@@ -218,6 +223,7 @@ impl GpuOps<'_> {
             Kernel::Norm(index) => &self.gpu.norm[index],
             Kernel::Sequence(index) => &self.gpu.sequence[index],
             Kernel::Lstm(index) => &self.gpu.lstm[index],
+            Kernel::Attention(index) => &self.gpu.attention[index],
         }
     }
 
@@ -244,6 +250,7 @@ macro_rules! launch {
     }};
 }
 
+mod attention_ops;
 mod conv_ops;
 mod lstm_ops;
 mod norm_ops;
@@ -877,5 +884,35 @@ impl DeviceOps for GpuOps<'_> {
         t: usize,
     ) -> std::result::Result<(), DeviceError> {
         lstm_ops::backward_step(self, step, dims, n, t)
+    }
+
+    fn gemm_batched_rows(&mut self, g: BatchedGemm, ld: LeadingDims) -> std::result::Result<(), DeviceError> {
+        attention_ops::gemm_batched_rows(self, g, ld)
+    }
+
+    fn attention_softmax(
+        &mut self,
+        scores: Span,
+        blocks: usize,
+        steps: usize,
+        scale: f32,
+        causal: bool,
+    ) -> std::result::Result<(), DeviceError> {
+        attention_ops::softmax(self, scores, (blocks, steps), scale, causal)
+    }
+
+    fn attention_softmax_backward(
+        &mut self,
+        probs: Span,
+        grad: Span,
+        blocks: usize,
+        steps: usize,
+        scale: f32,
+    ) -> std::result::Result<(), DeviceError> {
+        attention_ops::softmax_backward(self, probs, grad, (blocks, steps), scale)
+    }
+
+    fn fill(&mut self, dst: Span, len: usize, value: f32) -> std::result::Result<(), DeviceError> {
+        attention_ops::fill(self, dst, len, value)
     }
 }

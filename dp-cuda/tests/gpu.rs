@@ -10,8 +10,8 @@ use dp_kernels::activation::Activation;
 use dp_runtime::clipping::{clip_factors, ClipMode};
 use dp_runtime::device::host::HostDevice;
 use dp_runtime::device::{
-    BatchedGemm, Conv2dGeometry, DeviceError, DeviceOps, Gemm, GroupNormDims, LstmBackwardStep, LstmDims,
-    LstmForwardStep, LstmSaved, Operands, Pool2dGeometry, Precision, Region, Span,
+    BatchedGemm, Conv2dGeometry, DeviceError, DeviceOps, Gemm, GroupNormDims, LeadingDims, LstmBackwardStep,
+    LstmDims, LstmForwardStep, LstmSaved, Operands, Pool2dGeometry, Precision, Region, Span,
 };
 use dp_runtime::noise::gaussian::fill_chunk;
 use dp_runtime::optim::{NoisyGradient, Optimizer, OptimizerState, Sgd, StepInfo};
@@ -811,6 +811,91 @@ fn gpu_lstm_steps_equal_the_host_reference() {
             );
         }
     }
+}
+
+/// Attention's primitives on the GPU against the host reference: products over an attention head's
+/// columns read and written in place (`gemm_batched_rows`, every transpose, operands inside rows of
+/// `3d`, the output inside rows wider than itself, whose other columns must stay as they were), the
+/// scaled, masked row softmax (rows longer than a warp and not a multiple of it, a NaN score) and its
+/// backward, and the fill. Written without a GPU: NOT YET RUN ON ONE (docs/GPU.md).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_attention_primitives_equal_the_host_reference() {
+    let Some(gpu) = gpu("attention primitives") else { return };
+    let (batch, t, d, dh) = (5, 7, 12, 4);
+    let rows = t * 3 * d;
+    for (a_transposed, b_transposed) in [(false, false), (true, false), (false, true), (true, true)] {
+        // a: head 1's k block of each example's [t, 3d] rows, t × dh as stored (m × k, or k × m read
+        // transposed); b: a block of the v columns from head 1's, k × n (or n × k) as stored; c: m × n
+        // inside rows of n + 3 values.
+        let (m, k) = if a_transposed { (dh, t) } else { (t, dh) };
+        let n = if b_transposed { 5 } else { dh };
+        let (ldc, c_stride) = (n + 3, m * (n + 3) + 2);
+        let (a_at, b_at) = (d + dh, 2 * d + dh);
+        let qkv = uniform(41, batch * rows);
+        let c_len = batch * c_stride;
+        let regions = [(Region::Arena, qkv.clone()), (Region::Grad, uniform(42, c_len))];
+        let from = |s: Span, at: usize| s.sub(at, s.len - at);
+        let all = Span::new(Region::Arena, 0, qkv.len());
+        let product = BatchedGemm {
+            gemm: Gemm {
+                m,
+                n,
+                k,
+                a: from(all, a_at),
+                a_transposed,
+                b: from(all, b_at),
+                b_transposed,
+                c: Span::new(Region::Grad, 0, c_len),
+                accumulate: false,
+                operands: Operands::F32,
+            },
+            batch,
+            stride_a: rows,
+            stride_b: rows,
+            stride_c: c_stride,
+        };
+        let ld = LeadingDims { a: 3 * d, b: 3 * d, c: ldc };
+        let (host, device) = on_both(&gpu, &regions, Region::Grad, |ops| ops.gemm_batched_rows(product, ld));
+        assert_near(&host, &device, 1e-5, &format!("{product:?} {ld:?}"));
+        assert_eq!(bits(&host[n..ldc]), bits(&regions[1].1[n..ldc]), "the columns past the output kept");
+    }
+
+    for (blocks, steps) in [(2 * 3, 37), (300 * 4, 6), (3, 1)] {
+        let len = blocks * steps * steps;
+        let scale = 1.0 / (steps as f32).sqrt();
+        let mut scores: Vec<f32> = uniform(43, len).iter().map(|v| v * 30.0).collect();
+        scores[steps * steps - 1] = f32::NAN;
+        for causal in [false, true] {
+            let regions = [(Region::Arena, scores.clone())];
+            let all = Span::new(Region::Arena, 0, len);
+            let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+                ops.attention_softmax(all, blocks, steps, scale, causal)
+            });
+            let what = format!("softmax {blocks}×{steps}² causal {causal}");
+            assert_near(&host, &device, 1e-5, &what);
+            let masked = |probs: &[f32]| -> Vec<f32> {
+                probs
+                    .chunks(steps)
+                    .enumerate()
+                    .flat_map(|(r, row)| row[if causal { r % steps + 1 } else { steps }..].to_vec())
+                    .collect()
+            };
+            assert!(masked(&device).iter().all(|&v| v == 0.0), "{what}: masked columns exactly 0");
+
+            let regions = [(Region::Arena, [host.clone(), uniform(44, len)].concat())];
+            let (probs, grad) = (Span::new(Region::Arena, 0, len), Span::new(Region::Arena, len, len));
+            let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+                ops.attention_softmax_backward(probs, grad, blocks, steps, scale)
+            });
+            assert_near(&host[len..], &device[len..], 1e-5, &format!("backward of the {what}"));
+        }
+    }
+
+    let regions = [(Region::Arena, vec![f32::NAN; 1000])];
+    let ones = Span::new(Region::Arena, 10, 900);
+    let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| ops.fill(ones, 900, 1.0));
+    assert_eq!(bits(&host), bits(&device), "fill");
 }
 
 /// NaN exactly where `host` has NaN (and some, and some finite values), every other value within

@@ -28,7 +28,9 @@
  *   lstmforward N STEPS H T: in gates (N*STEPS*4H), cells, hprev, out (N*STEPS*H each), hidden (N*H),
  *     recurrent (N*4H), bias (4H); out gates, cells, hprev, out, hidden after step T.
  *   lstmbackward N STEPS H T: in gates, cells, dout, recurrent (N*H), cell_grad (N*H), step_delta
- *     (N*4H), delta (N*STEPS*4H); out cell_grad, step_delta, delta after step T. */
+ *     (N*4H), delta (N*STEPS*4H); out cell_grad, step_delta, delta after step T.
+ *   attnsoftmax BLOCKS STEPS SCALE CAUSAL: in scores (BLOCKS*STEPS*STEPS); out the probabilities.
+ *   attnsoftmaxback BLOCKS STEPS SCALE: in probs, grad (BLOCKS*STEPS*STEPS each); out grad. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +47,7 @@ static unsigned long long words_past_prefix, segments_scanned;
 #include "../kernels/norm.cu"
 #include "../kernels/sequence.cu"
 #include "../kernels/lstm.cu"
+#include "../kernels/attention.cu"
 
 static void *read_stdin(size_t bytes) {
     void *buffer = malloc(bytes ? bytes : 1);
@@ -270,6 +273,22 @@ static int lstm_step(const char *op, char **argv) {
     return 0;
 }
 
+static int attention_softmax(const char *op, char **argv) {
+    dp_u64 blocks = arg(argv, 0), steps = arg(argv, 1), rows = blocks * steps, len = rows * steps;
+    float scale = strtof(argv[2], NULL);
+    if (strcmp(op, "attnsoftmax") == 0) {
+        int causal = atoi(argv[3]);
+        float *scores = read_stdin(len * 4);
+        for (dp_u64 r = 0; r < rows; ++r) dp_attention_softmax_row(scores, steps, scale, causal, r);
+        fwrite(scores, 4, len, stdout);
+        return 0;
+    }
+    float *probs = read_stdin(len * 4), *grad = read_stdin(len * 4);
+    for (dp_u64 r = 0; r < rows; ++r) dp_attention_softmax_backward_row(probs, grad, steps, scale, r);
+    fwrite(grad, 4, len, stdout);
+    return 0;
+}
+
 static int noise(int argc, char **argv);
 
 int main(int argc, char **argv) {
@@ -289,6 +308,8 @@ int main(int argc, char **argv) {
         return over_time(argv[1], argv + 2);
     if (argc >= 6 && (strcmp(argv[1], "lstmforward") == 0 || strcmp(argv[1], "lstmbackward") == 0))
         return lstm_step(argv[1], argv + 2);
+    if (argc >= 6 && strcmp(argv[1], "attnsoftmax") == 0) return attention_softmax(argv[1], argv + 2);
+    if (argc >= 5 && strcmp(argv[1], "attnsoftmaxback") == 0) return attention_softmax(argv[1], argv + 2);
     fprintf(stderr, "usage: see the comment at the top of host_harness.c\n");
     return 2;
 }

@@ -24,7 +24,10 @@
 //!   ids outside the vocabulary), sums and broadcasts over time;
 //! - lstm.cu's per-unit functions against the host reference: forward steps at t = 0 (NaN in the
 //!   recurrent product and hidden state it must not read) and later, backward steps at the last step
-//!   (NaN in the gradients from a next step it must not read) and earlier.
+//!   (NaN in the gradients from a next step it must not read) and earlier;
+//! - attention.cu's per-row softmax and its backward against the host reference, bit for bit: with and
+//!   without the causal mask, rows longer than a warp and not a multiple of it, rows of one value, a
+//!   row with NaN (NaN where the host has NaN, masked columns exactly 0 even there) and large scores.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -697,6 +700,58 @@ fn device_lstm_steps_equal_the_host_reference() {
         assert!(from_step.iter().all(|v| v.is_finite()), "backward step {t} read nothing it must not");
         for (row, values) in delta_out.chunks(4 * h).enumerate() {
             assert_eq!(values.iter().all(|v| v.is_finite()), row % steps == t, "step {t}: δ row {row}");
+        }
+    }
+}
+
+#[test]
+fn device_attention_softmax_equals_the_host_reference() {
+    let Some(exe) = harness() else { return };
+    for (blocks, steps) in [(3, 5), (2, 37), (4, 1), (1, 64)] {
+        let len = blocks * steps * steps;
+        let scale = 1.0 / (steps as f32).sqrt();
+        let mut scores: Vec<f32> =
+            values(steps as u64 + 50, len).map(|u| ((u - 0.5) * 40.0) as f32).collect();
+        // A NaN score in block 0's last row (every column of it visible), a huge one in its first.
+        scores[steps * steps - 1] = f32::NAN;
+        scores[0] = 3.0e38;
+        for causal in [false, true] {
+            let args = [
+                blocks.to_string(),
+                steps.to_string(),
+                format!("{scale:e}"),
+                usize::from(causal).to_string(),
+            ];
+            let mut all = vec!["attnsoftmax".to_string()];
+            all.extend(args.iter().cloned());
+            let input: Vec<u8> = scores.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let device = f32s(&run(&exe, &all, &input));
+            let host = on_host(scores.clone(), len, |h, s, out| {
+                h.copy(out, s, len)?;
+                h.attention_softmax(out, blocks, steps, scale, causal)
+            });
+            assert_eq!(bits(&device), bits(&host), "softmax {blocks}×{steps}² causal {causal}");
+            for (r, row) in device.chunks(steps).enumerate() {
+                let visible = if causal { r % steps + 1 } else { steps };
+                assert!(row[visible..].iter().all(|&v| v == 0.0), "row {r}: masked columns exactly 0");
+                let sum: f32 = row.iter().sum();
+                // Block 0's last row sees its NaN, causal or not (with one step, the huge score is over it).
+                let poisoned = r == steps - 1 && steps > 1;
+                assert!(poisoned == sum.is_nan(), "row {r} of {blocks}×{steps}²: sum {sum}");
+                assert!(sum.is_nan() || (sum - 1.0).abs() < 1e-5, "row {r}: sums to {sum}");
+            }
+
+            // The backward from these probabilities (NaN rows stay NaN) and a spread gradient.
+            let dp: Vec<f32> = values(steps as u64 + 60, len).map(|u| (u - 0.5) as f32).collect();
+            let mut all = vec!["attnsoftmaxback".to_string()];
+            all.extend(args[..3].iter().cloned());
+            let input: Vec<u8> = device.iter().chain(&dp).flat_map(|v| v.to_le_bytes()).collect();
+            let back = f32s(&run(&exe, &all, &input));
+            let host = on_host([device.clone(), dp.clone()].concat(), len, |h, s, out| {
+                h.copy(out, s.sub(len, len), len)?;
+                h.attention_softmax_backward(s.sub(0, len), out, blocks, steps, scale)
+            });
+            assert_eq!(bits(&back), bits(&host), "softmax backward {blocks}×{steps}² causal {causal}");
         }
     }
 }

@@ -355,3 +355,34 @@ where
     };
     (inputs, labels)
 }
+
+/// Multi-head self-attention straight on a dense sequence `[6, 8]` (two heads of 4; nothing upstream
+/// trained: no input gradient), averaged over the sequence, three classes.
+#[dp_model(input = [6, 8], loss = cross_entropy(classes = 3))]
+pub struct DenseAttention {
+    #[layer(multi_head_attention(heads = 2), mean)]
+    attn: MultiHeadAttention,
+    #[layer(linear(out = 3))]
+    fc: Linear,
+}
+
+/// The same with a causal mask (each position sees itself and those before it).
+#[dp_model(input = [6, 8], loss = cross_entropy(classes = 3))]
+pub struct CausalAttention {
+    #[layer(multi_head_attention(heads = 2, causal = true), mean)]
+    attn: MultiHeadAttention,
+    #[layer(linear(out = 3))]
+    fc: Linear,
+}
+
+/// Two attention layers: the first (causal, four heads of 2, direct norms on the CPU) gets its
+/// input's gradient from the second (one head of 8), a regression over two outputs.
+#[dp_model(input = [6, 8], loss = mse)]
+pub struct StackedAttention {
+    #[layer(multi_head_attention(heads = 4, causal = true, norms = direct))]
+    attn1: MultiHeadAttention,
+    #[layer(multi_head_attention(heads = 1), mean)]
+    attn2: MultiHeadAttention,
+    #[layer(linear(out = 2))]
+    fc: Linear,
+}

@@ -137,8 +137,14 @@ pub(super) fn gemm_batched(ops: &GpuOps<'_>, bg: BatchedGemm) -> Outcome {
         }
         return Ok(());
     }
+    strided_batched(ops, &bg, &ColumnMajor::of(&g)?)
+}
+
+/// One `cublasSgemmStridedBatched` (or its bf16 `Ex` form) of `bg` with the operands' layouts `cm`,
+/// the batch already checked against its spans and its outputs not overlapping.
+pub(super) fn strided_batched(ops: &GpuOps<'_>, bg: &BatchedGemm, cm: &ColumnMajor) -> Outcome {
+    let g = bg.gemm;
     let (a, b, c) = (ops.memory.ptr(g.a)?, ops.memory.ptr(g.b)?, ops.memory.ptr(g.c)?);
-    let cm = ColumnMajor::of(&g)?;
     let [m, n, k] = cm.dims;
     let stride = |s: usize| {
         i64::try_from(s).map_err(|_| DeviceError::Mismatch(format!("a batch stride of {s} values")))

@@ -138,6 +138,47 @@ impl BatchedGemm {
     }
 }
 
+/// The row length each operand of a [`BatchedGemm`] is stored with, for matrices read or written in
+/// place inside wider rows (an attention head's columns of a `[T, 3d]` row): element `(r, c)` of an
+/// operand as stored (`a` is `m×k`, or `k×m` transposed; `b` `k×n` or `n×k`; `c` `m×n`) is at
+/// `r · ld + c` from its matrix's start. Each is at least its stored width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeadingDims {
+    pub a: usize,
+    pub b: usize,
+    pub c: usize,
+}
+
+impl LeadingDims {
+    /// The spans hold every operand of the batch at these row lengths, each at least its stored
+    /// width, and the outputs of a batch of more than one product do not overlap.
+    pub fn check(&self, bg: &BatchedGemm) -> Result<(), DeviceError> {
+        let g = &bg.gemm;
+        let (a_rows, a_cols) = if g.a_transposed { (g.k, g.m) } else { (g.m, g.k) };
+        let (b_rows, b_cols) = if g.b_transposed { (g.n, g.k) } else { (g.k, g.n) };
+        // The values a stored `rows × cols` matrix spans at row length `ld`.
+        let extent = |rows: usize, cols: usize, ld: usize| match rows * cols {
+            0 => 0,
+            _ => (rows - 1) * ld + cols,
+        };
+        let last = bg.batch.saturating_sub(1);
+        let c_extent = extent(g.m, g.n, self.c);
+        let fits = bg.batch > 0
+            && self.a >= a_cols
+            && self.b >= b_cols
+            && self.c >= g.n
+            && g.a.len >= last * bg.stride_a + extent(a_rows, a_cols, self.a)
+            && g.b.len >= last * bg.stride_b + extent(b_rows, b_cols, self.b)
+            && g.c.len >= last * bg.stride_c + c_extent
+            && (bg.batch == 1 || bg.stride_c >= c_extent);
+        if fits {
+            Ok(())
+        } else {
+            Err(DeviceError::Mismatch(format!("a batch of {} GEMMs over {bg:?} with {self:?}", bg.batch)))
+        }
+    }
+}
+
 /// The buffers an LSTM's forward keeps for its backward, each example-major: `gates` `n × T × 4h`
 /// (the activated i, f, g, o), `cells` and `hprev` `n × T × h` (`c_t`, and `h_{t−1}`: zero at t = 0).
 #[derive(Debug, Clone, Copy)]
@@ -598,6 +639,42 @@ pub trait DeviceOps {
         n: usize,
         t: usize,
     ) -> Result<(), DeviceError>;
+
+    /// A strided batch of products ([`BatchedGemm`]) whose operands are stored with the row lengths
+    /// of `ld` instead of their widths (an attention head's `T × d_h` block of a `[T, 3d]` row:
+    /// row length `3d`). With `ld` the operands' widths it is [`gemm_batched`](DeviceOps::gemm_batched)
+    /// without overlapping outputs.
+    fn gemm_batched_rows(&mut self, g: BatchedGemm, ld: LeadingDims) -> Result<(), DeviceError>;
+
+    /// Attention's scaled, masked row softmax IN PLACE over `blocks` consecutive `steps × steps`
+    /// score matrices (one per example and head), as `dp_kernels::attention`: row `r` of each becomes
+    /// `softmax(scale · x)` over its visible columns (all, or `0..=r` when `causal`), shifted by their
+    /// maximum (NaN-ignoring, so a row of one visible value is exactly 1), and its columns after `r`
+    /// exactly 0 when `causal` (whatever they held, NaN included).
+    fn attention_softmax(
+        &mut self,
+        scores: Span,
+        blocks: usize,
+        steps: usize,
+        scale: f32,
+        causal: bool,
+    ) -> Result<(), DeviceError>;
+
+    /// Its backward IN PLACE: `grad` (shaped as `probs`, `blocks` matrices of `steps × steps`) holds
+    /// `dP` on entry and `scale · dS` on exit, `dS = P ⊙ (dP − rowsum(P ⊙ dP))` over every column
+    /// (masked columns have `P = 0`), with `probs` the forward's `P`. `scale` is the forward's
+    /// (`1/√d_h`), so that `dQ = (scale·dS)·K` and `dK = (scale·dS)ᵀ·Q` are plain products.
+    fn attention_softmax_backward(
+        &mut self,
+        probs: Span,
+        grad: Span,
+        blocks: usize,
+        steps: usize,
+        scale: f32,
+    ) -> Result<(), DeviceError>;
+
+    /// `dst = value` over `len` values (a row of ones, whose product with a matrix sums its rows).
+    fn fill(&mut self, dst: Span, len: usize, value: f32) -> Result<(), DeviceError>;
 }
 
 /// The update a device applies at one step: the host optimizer's settings at that step (its learning

@@ -7,6 +7,7 @@
 //! The emitted statements share the names `dev` (the `&mut dyn DeviceOps`) and `n` (the batch size).
 
 mod add;
+mod attention;
 mod conv2d;
 mod embedding;
 mod emit;
@@ -59,7 +60,7 @@ pub fn unsupported(plan: &Plan) -> Option<String> {
             Step::Norm(_) => return None,
             Step::Embedding(_) | Step::Lstm(_) => return None,
             Step::PositionEmbedding(_) => "position embedding",
-            Step::Attention(_) => "attention",
+            Step::Attention(_) => return None,
             Step::Pool2d(_) | Step::GlobalAvgPool(_) => return None,
             Step::Add(s) if s.act.derivative() == Derivative::FromInput => {
                 "add with an activation whose derivative needs its input"
@@ -119,10 +120,8 @@ impl Backend for Device {
             Step::Add(s) => add::forward(plan, s),
             Step::Lstm(s) => lstm::forward(plan, s),
             Step::Mean(s) => mean::forward(plan, s),
-            other @ (Step::PositionEmbedding(_)
-            | Step::Attention(_)
-            | Step::Patches(_)
-            | Step::LoraSum(_)) => refused(other),
+            Step::Attention(s) => attention::forward(plan, s),
+            other @ (Step::PositionEmbedding(_) | Step::Patches(_) | Step::LoraSum(_)) => refused(other),
         }
     }
 
@@ -140,10 +139,8 @@ impl Backend for Device {
             Step::Add(s) => add::backward(plan, s),
             Step::Lstm(s) => lstm::backward(plan, s),
             Step::Mean(s) => mean::backward(plan, s),
-            other @ (Step::PositionEmbedding(_)
-            | Step::Attention(_)
-            | Step::Patches(_)
-            | Step::LoraSum(_)) => refused(other),
+            Step::Attention(s) => attention::backward(plan, s),
+            other @ (Step::PositionEmbedding(_) | Step::Patches(_) | Step::LoraSum(_)) => refused(other),
         }
     }
 
@@ -154,7 +151,8 @@ impl Backend for Device {
             Layer::Conv2d(s) => conv2d::gradient_sum(plan, s),
             Layer::Norm(s) => norm_layer::gradient_sum(plan, s),
             Layer::Lstm(s) => lstm::gradient_sum(plan, s),
-            other @ (Layer::PositionEmbedding(_) | Layer::Attention(_)) => refused(other),
+            Layer::Attention(s) => attention::gradient_sum(plan, s),
+            other @ Layer::PositionEmbedding(_) => refused(other),
         }
     }
 
@@ -165,7 +163,8 @@ impl Backend for Device {
             Layer::Conv2d(s) => conv2d::norms(plan, s),
             Layer::Norm(s) => norm_layer::norms(plan, s),
             Layer::Lstm(s) => lstm::norms(plan, s),
-            other @ (Layer::PositionEmbedding(_) | Layer::Attention(_)) => refused(other),
+            Layer::Attention(s) => attention::norms(plan, s),
+            other @ Layer::PositionEmbedding(_) => refused(other),
         }
     }
 
@@ -176,7 +175,8 @@ impl Backend for Device {
             Layer::Conv2d(s) => conv2d::clipped_sum(plan, s),
             Layer::Norm(s) => norm_layer::clipped_sum(plan, s),
             Layer::Lstm(s) => lstm::clipped_sum(plan, s),
-            other @ (Layer::PositionEmbedding(_) | Layer::Attention(_)) => refused(other),
+            Layer::Attention(s) => attention::clipped_sum(plan, s),
+            other @ Layer::PositionEmbedding(_) => refused(other),
         }
     }
 }

@@ -2,10 +2,12 @@
 //! of one convolution at a time (shared by every conv, re-derived by each pass that reads them, and
 //! reused for the patch gradients backward), then every trained conv's per-example weight and bias
 //! gradients, formed by its norms and kept for its clipped sum, then every LSTM's per-example
-//! gradients (both weights, then the bias), kept the same way. A device has the memory for them (the
-//! CIFAR-10 CNN keeps 2.2 MB per example, the LSTM model 0.3 MB), and keeping them saves the clipped
-//! sum a second product.
+//! gradients (both weights, then the bias), kept the same way, then every attention layer's score
+//! gradients (all heads) and its four tensors' per-example gradients. A device has the memory for
+//! them (the CIFAR-10 CNN keeps 2.2 MB per example, the LSTM model 0.3 MB), and keeping them saves
+//! the clipped sum a second product.
 
+use crate::ops::attention::AttentionStep;
 use crate::ops::conv2d::ConvStep;
 use crate::ops::lstm::LstmStep;
 use crate::ops::Step;
@@ -32,6 +34,19 @@ pub struct LstmScratch {
     pub bias: usize,
 }
 
+/// Where an attention layer's scratch lives, in values per example from the arena's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionScratch {
+    /// The score gradients of every head, `heads × T × T` (laid out as the probabilities): `dP`,
+    /// then `scale·dS` in place. The norms and the plain sum reuse its first `T` values for a row of
+    /// ones (the bias gradients' sums over positions).
+    pub scores: usize,
+    /// Each example's gradients of `in_proj_weight`, `in_proj_bias`, `out_proj.weight` and
+    /// `out_proj.bias`, `4d² + 4d`, in the parameters' order: one norm and one weighted sum cover
+    /// all four.
+    pub kept: usize,
+}
+
 fn convs(plan: &Plan) -> impl Iterator<Item = &ConvStep> {
     plan.steps.iter().filter_map(|s| match s {
         Step::Conv2d(c) => Some(c),
@@ -44,6 +59,22 @@ fn lstms(plan: &Plan) -> impl Iterator<Item = &LstmStep> {
         Step::Lstm(l) => Some(l),
         _ => None,
     })
+}
+
+fn attentions(plan: &Plan) -> impl Iterator<Item = &AttentionStep> {
+    plan.steps.iter().filter_map(|s| match s {
+        Step::Attention(a) => Some(a),
+        _ => None,
+    })
+}
+
+/// The four tensors of an attention layer, per example.
+pub fn attention_kept_len(s: &AttentionStep) -> usize {
+    4 * s.dim * s.dim + 4 * s.dim
+}
+
+fn attention_len(s: &AttentionStep) -> usize {
+    s.heads * s.steps * s.steps + attention_kept_len(s)
 }
 
 /// The plan's own buffers, per example.
@@ -73,9 +104,14 @@ fn lstms_start(plan: &Plan) -> usize {
     plan_len(plan) + shared_cols_len(plan) + convs(plan).map(kept_len).sum::<usize>()
 }
 
+/// Where the attention layers' scratch starts: after the LSTMs'.
+fn attentions_start(plan: &Plan) -> usize {
+    lstms_start(plan) + lstms(plan).map(lstm_kept_len).sum::<usize>()
+}
+
 /// The arena per example: the plan's buffers and the device's scratch.
 pub fn arena_len(plan: &Plan) -> usize {
-    lstms_start(plan) + lstms(plan).map(lstm_kept_len).sum::<usize>()
+    attentions_start(plan) + attentions(plan).map(attention_len).sum::<usize>()
 }
 
 /// The scratch of conv `step` (compared by identity: its weight slot).
@@ -99,6 +135,18 @@ pub fn lstm(plan: &Plan, step: &LstmStep) -> LstmScratch {
             return LstmScratch { weights: at, bias: at + lstm_weights_len(s) };
         }
         at += lstm_kept_len(s);
+    }
+    unreachable!("{step:?} is a step of its plan")
+}
+
+/// The scratch of attention layer `step` (compared by identity: its input weight slot).
+pub fn attention(plan: &Plan, step: &AttentionStep) -> AttentionScratch {
+    let mut at = attentions_start(plan);
+    for s in attentions(plan) {
+        if s.in_weight == step.in_weight {
+            return AttentionScratch { scores: at, kept: at + s.heads * s.steps * s.steps };
+        }
+        at += attention_len(s);
     }
     unreachable!("{step:?} is a step of its plan")
 }

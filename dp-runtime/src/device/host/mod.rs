@@ -3,6 +3,7 @@
 //! of the passes) is tested against the CPU program on every `cargo test`. Not fast, and not meant
 //! to be.
 
+mod attention;
 mod image;
 mod lstm;
 mod sequence;
@@ -14,8 +15,8 @@ use dp_kernels::gemm_bf16::round_to_bf16;
 use dp_kernels::{loss, norm_layers};
 
 use super::{
-    BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, LstmBackwardStep,
-    LstmDims, LstmForwardStep, Operands, Pool2dGeometry, Precision, Region, RowScale, Span,
+    BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, LeadingDims,
+    LstmBackwardStep, LstmDims, LstmForwardStep, Operands, Pool2dGeometry, Precision, Region, RowScale, Span,
 };
 
 /// Every region a host `Vec` (`Tokens` of `u32`, the others of `f32`).
@@ -767,6 +768,41 @@ impl DeviceOps for HostDevice {
         t: usize,
     ) -> Result<(), DeviceError> {
         self.lstm_backward_rows(step, dims, n, t)
+    }
+
+    fn gemm_batched_rows(&mut self, g: BatchedGemm, ld: LeadingDims) -> Result<(), DeviceError> {
+        self.gemm_rows(g, ld)
+    }
+
+    fn attention_softmax(
+        &mut self,
+        scores: Span,
+        blocks: usize,
+        steps: usize,
+        scale: f32,
+        causal: bool,
+    ) -> Result<(), DeviceError> {
+        self.softmax_rows(scores, blocks, steps, scale, causal)
+    }
+
+    fn attention_softmax_backward(
+        &mut self,
+        probs: Span,
+        grad: Span,
+        blocks: usize,
+        steps: usize,
+        scale: f32,
+    ) -> Result<(), DeviceError> {
+        self.softmax_backward_rows(probs, grad, blocks, steps, scale)
+    }
+
+    fn fill(&mut self, dst: Span, len: usize, value: f32) -> Result<(), DeviceError> {
+        let dst = self.write(dst)?;
+        if dst.len() < len {
+            return Err(short("fill"));
+        }
+        dst[..len].fill(value);
+        Ok(())
     }
 }
 

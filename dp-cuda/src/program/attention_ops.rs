@@ -1,0 +1,70 @@
+//! The bodies of [`GpuOps`]' attention primitives (`DeviceOps::gemm_batched_rows`,
+//! `attention_softmax`, `attention_softmax_backward` and `fill`): products over matrices stored inside
+//! wider rows through cuBLAS's strided batched GEMM with those row lengths as leading dimensions, the
+//! rest through `kernels/attention.cu` (one thread per row). Each checks its spans against the shapes
+//! (and, through [`RegionMemory::ptr`](super::RegionMemory::ptr), against their regions) before it
+//! queues anything.
+
+use cudarc::driver::PushKernelArg;
+use dp_runtime::device::{BatchedGemm, DeviceError, LeadingDims, Span};
+
+use super::{backend, conv_ops, elementwise, int, k, ColumnMajor, GpuOps};
+
+type Outcome = std::result::Result<(), DeviceError>;
+
+/// Row-major operands stored with row length `ld` are, to cuBLAS, column-major with leading
+/// dimension `ld` (at least 1, as cuBLAS requires).
+pub(super) fn gemm_batched_rows(ops: &GpuOps<'_>, bg: BatchedGemm, ld: LeadingDims) -> Outcome {
+    ld.check(&bg)?;
+    let g = bg.gemm;
+    if g.m == 0 || g.n == 0 {
+        return Ok(());
+    }
+    let mut cm = ColumnMajor::of(&g)?;
+    (cm.lda, cm.ldb, cm.ldc) = (int(ld.a.max(1))?, int(ld.b.max(1))?, int(ld.c.max(1))?);
+    conv_ops::strided_batched(ops, &bg, &cm)
+}
+
+pub(super) fn softmax(
+    ops: &GpuOps<'_>,
+    scores: Span,
+    (blocks, steps): (usize, usize),
+    scale: f32,
+    causal: bool,
+) -> Outcome {
+    let rows = blocks * steps;
+    ops.check("attention_softmax", &[(scores, rows * steps)])?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let (s, rows64, steps64, causal) =
+        (ops.memory.ptr(scores)?, rows as u64, steps as u64, i32::from(causal));
+    launch!(ops, k::ATTENTION_SOFTMAX, "dp_attention_softmax", elementwise(rows);
+        &s, &rows64, &steps64, &scale, &causal)
+}
+
+pub(super) fn softmax_backward(
+    ops: &GpuOps<'_>,
+    probs: Span,
+    grad: Span,
+    (blocks, steps): (usize, usize),
+    scale: f32,
+) -> Outcome {
+    let rows = blocks * steps;
+    ops.check("attention_softmax_backward", &[(probs, rows * steps), (grad, rows * steps)])?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let (p, g, rows64, steps64) = (ops.memory.ptr(probs)?, ops.memory.ptr(grad)?, rows as u64, steps as u64);
+    launch!(ops, k::ATTENTION_SOFTMAX_BACKWARD, "dp_attention_softmax_backward", elementwise(rows);
+        &p, &g, &rows64, &steps64, &scale)
+}
+
+pub(super) fn fill(ops: &GpuOps<'_>, dst: Span, len: usize, value: f32) -> Outcome {
+    ops.check("fill", &[(dst, len)])?;
+    if len == 0 {
+        return Ok(());
+    }
+    let (d, len64) = (ops.memory.ptr(dst)?, len as u64);
+    launch!(ops, k::FILL, "dp_fill", elementwise(len); &d, &len64, &value)
+}
