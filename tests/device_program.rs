@@ -25,6 +25,7 @@ use dense_models::{
     DenseLstm, LstmSequence, PooledConv, SigmoidBce, SmallConv, SmallLstm, SmallLstmDirect, SmallLstmGhost,
     TanhMse, TestInput, TokenBag, TokenSeq,
 };
+use dense_models::{SequenceLinear, TokenSequenceLinear};
 
 /// Batch sizes, each with or without a poisoned (NaN) first example.
 const SIZES: &[(usize, bool)] = &[(1, false), (7, true), (33, false), (256, true)];
@@ -430,4 +431,14 @@ fn a_device_run_checkpoints_and_resumes_like_the_cpu() {
     let diff = cpu_m.iter().zip(dev_m).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(diff <= 1e-4, "the checkpoints' momentum differs by {diff}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn linear_over_a_sequence_device_program_matches_the_cpu() {
+    device_matches_cpu::<SequenceLinear>(24, SIZES);
+}
+
+#[test]
+fn linear_over_a_token_sequence_device_program_matches_the_cpu() {
+    token_sequence_matches_cpu::<TokenSequenceLinear>(25, SIZES);
 }

@@ -179,6 +179,33 @@ pub mod norm_residual {
     }
 }
 
+/// Linear layers over a dense sequence `[5, 6]` (the same weight at every position): the planner's
+/// norms with relu, direct norms with tanh, ghost norms without bias averaged over time, then a
+/// direct layer at one position.
+#[dp_model(input = [5, 6], loss = cross_entropy(classes = 3))]
+pub struct SequenceLinear {
+    #[layer(linear(out = 4), relu)]
+    a: Linear,
+    #[layer(linear(out = 5, norms = direct), tanh)]
+    b: Linear,
+    #[layer(linear(out = 3, norms = ghost, bias = false), mean)]
+    c: Linear,
+    #[layer(linear(out = 3, norms = direct))]
+    head: Linear,
+}
+
+/// An embedding over 7 positions, a linear layer over the sequence (its input gradient reaching the
+/// embedding), flattened into a linear layer.
+#[dp_model(input = tokens(len = 7, vocab = 11), loss = cross_entropy(classes = 3))]
+pub struct TokenSequenceLinear {
+    #[layer(embedding(dim = 4))]
+    embedding: Embedding,
+    #[layer(linear(out = 5), tanh, flatten)]
+    proj: Linear,
+    #[layer(linear(out = 3))]
+    fc: Linear,
+}
+
 /// What the CPU program gives on a batch, the reference a device program is compared with: each
 /// example's loss and squared norms, the flat clip factors at `clip`, their non-finite count, the
 /// clipped sum and the plain gradient sum.

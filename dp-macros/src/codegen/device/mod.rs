@@ -15,6 +15,7 @@ mod lstm;
 mod mean;
 mod norm_layer;
 mod pool;
+mod positional;
 mod scratch;
 mod unary;
 
@@ -38,10 +39,6 @@ pub struct Device;
 pub fn unsupported(plan: &Plan) -> Option<String> {
     plan.steps.iter().find_map(|step| {
         let op = match step {
-            Step::Linear(d) if d.positions != 1 => "linear over a sequence",
-            Step::Linear(d) if d.kept.is_some() || d.strategy != dp_spec::Strategy::Ghost => {
-                "linear with direct norms"
-            }
             Step::Linear(_) => return None,
             Step::Activation(a) if a.act.derivative() == Derivative::FromInput => {
                 "an activation whose derivative needs its input"
