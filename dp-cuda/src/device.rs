@@ -16,7 +16,7 @@ use dp_runtime::noise::gaussian::ziggurat_tables;
 
 use crate::error::{CudaError, Result};
 use crate::noise::{key_words, NoiseLaunch, THREADS};
-use crate::{clip, conv, dense, lstm, noise, norm, sequence, source, update};
+use crate::{clip, conv, dense, lstm, noise, norm, sequence, source, transformer, update};
 use cudarc::cublas::CudaBlas;
 
 /// How to get the driver when it is missing.
@@ -41,6 +41,8 @@ pub struct Gpu {
     pub(crate) sequence: Vec<CudaFunction>,
     /// `kernels/lstm.cu`, in the order of [`lstm::ENTRIES`].
     pub(crate) lstm: Vec<CudaFunction>,
+    /// `kernels/transformer.cu`, in the order of [`transformer::ENTRIES`].
+    pub(crate) transformer: Vec<CudaFunction>,
     name: String,
     arch: &'static str,
     /// The compute capability, (major, minor).
@@ -120,6 +122,7 @@ impl Gpu {
         let norm = load("norm.cu", norm::SOURCE, norm::ENTRIES)?;
         let sequence = load("sequence.cu", sequence::SOURCE, sequence::ENTRIES)?;
         let lstm = load("lstm.cu", lstm::SOURCE, lstm::ENTRIES)?;
+        let transformer = load("transformer.cu", transformer::SOURCE, transformer::ENTRIES)?;
         // SAFETY: only tries to open the library by its candidate names.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(CudaError::LibraryMissing { library: "libcublas.so.12", hint: CUBLAS_HINT });
@@ -138,6 +141,7 @@ impl Gpu {
             norm,
             sequence,
             lstm,
+            transformer,
             name,
             arch,
             capability: (major, minor),

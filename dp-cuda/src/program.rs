@@ -13,7 +13,7 @@ use cudarc::driver::{result as drv, CudaFunction, CudaSlice, DevicePtr, LaunchCo
 use dp_kernels::activation::Activation;
 use dp_runtime::device::{
     BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, LstmBackwardStep,
-    LstmDims, LstmForwardStep, Operands, Pool2dGeometry, Precision, Region, RowScale, Span,
+    LstmDims, LstmForwardStep, Operands, PatchDims, Pool2dGeometry, Precision, Region, RowScale, Span,
 };
 
 use crate::dense::activation_code;
@@ -162,12 +162,13 @@ enum Kernel {
     Norm(usize),
     Sequence(usize),
     Lstm(usize),
+    Transformer(usize),
 }
 
 /// The kernels by file and index (`dense::ENTRIES`, `conv::ENTRIES`, `norm::ENTRIES`,
 /// `sequence::ENTRIES`, `lstm::ENTRIES`).
 mod k {
-    use super::Kernel::{self, Conv, Dense, Lstm, Norm, Sequence};
+    use super::Kernel::{self, Conv, Dense, Lstm, Norm, Sequence, Transformer};
 
     pub const BIAS_ACTIVATION: Kernel = Dense(0);
     pub const ACTIVATION: Kernel = Dense(1);
@@ -208,6 +209,10 @@ mod k {
 
     pub const LSTM_FORWARD_STEP: Kernel = Lstm(0);
     pub const LSTM_BACKWARD_STEP: Kernel = Lstm(1);
+
+    pub const ACTIVATION_BACKWARD_FROM_INPUT: Kernel = Transformer(0);
+    pub const COPY_STRIDED: Kernel = Transformer(1);
+    pub const PATCHES: Kernel = Transformer(2);
 }
 
 impl GpuOps<'_> {
@@ -218,6 +223,7 @@ impl GpuOps<'_> {
             Kernel::Norm(index) => &self.gpu.norm[index],
             Kernel::Sequence(index) => &self.gpu.sequence[index],
             Kernel::Lstm(index) => &self.gpu.lstm[index],
+            Kernel::Transformer(index) => &self.gpu.transformer[index],
         }
     }
 
@@ -248,6 +254,7 @@ mod conv_ops;
 mod lstm_ops;
 mod norm_ops;
 mod sequence_ops;
+mod transformer_ops;
 
 /// cuBLAS's operation for an operand stored transposed or not.
 fn op(transposed: bool) -> blas_sys::cublasOperation_t {
@@ -877,5 +884,47 @@ impl DeviceOps for GpuOps<'_> {
         t: usize,
     ) -> std::result::Result<(), DeviceError> {
         lstm_ops::backward_step(self, step, dims, n, t)
+    }
+
+    fn activation_backward_from_input(
+        &mut self,
+        grad: Span,
+        x: Span,
+        len: usize,
+        act: Activation,
+    ) -> std::result::Result<(), DeviceError> {
+        transformer_ops::activation_backward_from_input(self, grad, x, len, act)
+    }
+
+    fn copy_strided(
+        &mut self,
+        src: Span,
+        src_stride: usize,
+        dst: Span,
+        dst_stride: usize,
+        rows: usize,
+        cols: usize,
+    ) -> std::result::Result<(), DeviceError> {
+        transformer_ops::copy_strided(self, (src, src_stride), (dst, dst_stride), rows, cols)
+    }
+
+    fn patches_forward(
+        &mut self,
+        x: Span,
+        dims: &PatchDims,
+        n: usize,
+        out: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        transformer_ops::patches(self, x, dims, n, out, true)
+    }
+
+    fn patches_backward(
+        &mut self,
+        dout: Span,
+        dims: &PatchDims,
+        n: usize,
+        dx: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        transformer_ops::patches(self, dout, dims, n, dx, false)
     }
 }
