@@ -19,13 +19,14 @@ use rand_chacha::ChaCha8Rng;
 
 mod dense_models;
 
+use dense_models::activations_from_input::ActivationsFromInput;
 use dense_models::norm_residual::NormResidual;
 use dense_models::{
     batch, close, close_sum, cpu_reference, private_pass_on_host, token_batch, ActivatedOutput, Deep,
     DenseLstm, LstmSequence, PooledConv, SigmoidBce, SmallConv, SmallLstm, SmallLstmDirect, SmallLstmGhost,
     TanhMse, TestInput, TokenBag, TokenSeq,
 };
-use dense_models::{SequenceLinear, TokenSequenceLinear};
+use dense_models::{PatchFirst, SequenceLinear, TokenMlp, TokenSequenceLinear};
 
 /// Batch sizes, each with or without a poisoned (NaN) first example.
 const SIZES: &[(usize, bool)] = &[(1, false), (7, true), (33, false), (256, true)];
@@ -202,7 +203,7 @@ fn lstm_model_device_program_matches_the_cpu() {
 
 #[test]
 fn a_model_without_device_primitives_says_which_step() {
-    let reason = "position embedding has no device primitives yet";
+    let reason = "attention has no device primitives yet";
     assert_eq!(TextTransformer::DEVICE_UNSUPPORTED, Some(reason));
     let mut dev = HostDevice::new();
     let err = TextTransformer::device_norms(&mut dev, 4).unwrap_err();
@@ -441,4 +442,19 @@ fn linear_over_a_sequence_device_program_matches_the_cpu() {
 #[test]
 fn linear_over_a_token_sequence_device_program_matches_the_cpu() {
     token_sequence_matches_cpu::<TokenSequenceLinear>(25, SIZES);
+}
+
+#[test]
+fn activations_from_their_input_device_program_matches_the_cpu() {
+    device_matches_cpu::<ActivationsFromInput>(26, SIZES);
+}
+
+#[test]
+fn token_mlp_with_layer_norm_over_the_sequence_device_program_matches_the_cpu() {
+    token_sequence_matches_cpu::<TokenMlp>(27, SIZES);
+}
+
+#[test]
+fn patches_position_embedding_and_first_device_program_matches_the_cpu() {
+    device_matches_cpu::<PatchFirst>(28, SIZES);
 }

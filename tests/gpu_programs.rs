@@ -12,11 +12,13 @@
 mod dense_models;
 mod gpu_support;
 
+use dense_models::activations_from_input::ActivationsFromInput;
 use dense_models::norm_residual::NormResidual;
 use dense_models::{
     batch, token_batch, ActivatedOutput, Deep, DenseLstm, LstmSequence, PooledConv, SigmoidBce, SmallConv,
     SmallLstm, SmallLstmDirect, SmallLstmGhost, TanhMse, TestInput, TokenBag, TokenSeq,
 };
+use dense_models::{PatchFirst, SequenceLinear, TokenMlp, TokenSequenceLinear};
 use dp::clipping::{clip_factors, ClipMode};
 use dp::cuda::device::SgdStep;
 use dp::cuda::trainer::{Clipping, GpuModel};
@@ -291,4 +293,18 @@ fn gpu_trainer_follows_the_cpu_trainer() {
     ));
     assert!(moved > 0.01, "training moved the parameters");
     assert!(diff <= 1e-3 * moved, "GPU and CPU trainers differ by {diff}");
+}
+
+/// A transformer's steps other than attention: linear layers over a sequence (every norm strategy),
+/// the activations whose derivative needs their input, a position embedding, layer norm over a
+/// sequence, `first` and patches (NaN examples at 7 and 301). Written without a GPU: NOT YET RUN ON
+/// ONE (docs/GPU.md).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_transformer_steps_match_the_cpu() {
+    norms_and_sums_match::<SequenceLinear>(37);
+    token_norms_and_sums_match::<TokenSequenceLinear>(38);
+    norms_and_sums_match::<ActivationsFromInput>(39);
+    token_norms_and_sums_match::<TokenMlp>(40);
+    norms_and_sums_match::<PatchFirst>(41);
 }

@@ -14,15 +14,15 @@ mod linear;
 mod lstm;
 mod mean;
 mod norm_layer;
+mod patches;
 mod pool;
+mod position_embedding;
 mod positional;
 mod scratch;
 mod unary;
 
 use super::backend::Backend;
 use crate::ops::activation::function::Derivative;
-use crate::ops::mean::Pooling;
-use crate::ops::norm_layer::NormDims;
 use crate::ops::{Layer, Step};
 use crate::parse::ast::LossKind;
 use crate::plan::Plan;
@@ -40,31 +40,25 @@ pub fn unsupported(plan: &Plan) -> Option<String> {
     plan.steps.iter().find_map(|step| {
         let op = match step {
             Step::Linear(_) => return None,
-            Step::Activation(a) if a.act.derivative() == Derivative::FromInput => {
-                "an activation whose derivative needs its input"
-            }
             Step::Activation(_) | Step::Flatten(_) => return None,
             Step::Conv2d(c) if c.geom.groups != 1 => "grouped conv2d",
             Step::Conv2d(c) if c.act.derivative() == Derivative::FromInput => {
                 "conv2d with an activation whose derivative needs its input"
             }
             Step::Conv2d(_) => return None,
-            Step::Norm(s) if !matches!(s.dims, NormDims::Group { .. }) => "layer norm over a sequence",
             Step::Norm(s) if s.act.derivative() == Derivative::FromInput => {
-                "group norm with an activation whose derivative needs its input"
+                "a norm with an activation whose derivative needs its input"
             }
             Step::Norm(_) => return None,
             Step::Embedding(_) | Step::Lstm(_) => return None,
-            Step::PositionEmbedding(_) => "position embedding",
+            Step::PositionEmbedding(_) => return None,
             Step::Attention(_) => "attention",
             Step::Pool2d(_) | Step::GlobalAvgPool(_) => return None,
             Step::Add(s) if s.act.derivative() == Derivative::FromInput => {
                 "add with an activation whose derivative needs its input"
             }
             Step::Add(_) => return None,
-            Step::Mean(m) if m.pooling == Pooling::First => "first",
-            Step::Mean(_) => return None,
-            Step::Patches(_) => "patches",
+            Step::Mean(_) | Step::Patches(_) => return None,
             Step::LoraSum(_) => "lora",
         };
         Some(format!("{op} has no device primitives yet"))
@@ -116,10 +110,9 @@ impl Backend for Device {
             Step::Add(s) => add::forward(plan, s),
             Step::Lstm(s) => lstm::forward(plan, s),
             Step::Mean(s) => mean::forward(plan, s),
-            other @ (Step::PositionEmbedding(_)
-            | Step::Attention(_)
-            | Step::Patches(_)
-            | Step::LoraSum(_)) => refused(other),
+            Step::PositionEmbedding(s) => position_embedding::forward(plan, s),
+            Step::Patches(s) => patches::forward(plan, s),
+            other @ (Step::Attention(_) | Step::LoraSum(_)) => refused(other),
         }
     }
 
@@ -137,10 +130,9 @@ impl Backend for Device {
             Step::Add(s) => add::backward(plan, s),
             Step::Lstm(s) => lstm::backward(plan, s),
             Step::Mean(s) => mean::backward(plan, s),
-            other @ (Step::PositionEmbedding(_)
-            | Step::Attention(_)
-            | Step::Patches(_)
-            | Step::LoraSum(_)) => refused(other),
+            Step::PositionEmbedding(s) => position_embedding::backward(plan, s),
+            Step::Patches(s) => patches::backward(plan, s),
+            other @ (Step::Attention(_) | Step::LoraSum(_)) => refused(other),
         }
     }
 
@@ -151,7 +143,8 @@ impl Backend for Device {
             Layer::Conv2d(s) => conv2d::gradient_sum(plan, s),
             Layer::Norm(s) => norm_layer::gradient_sum(plan, s),
             Layer::Lstm(s) => lstm::gradient_sum(plan, s),
-            other @ (Layer::PositionEmbedding(_) | Layer::Attention(_)) => refused(other),
+            Layer::PositionEmbedding(s) => position_embedding::gradient_sum(plan, s),
+            other @ Layer::Attention(_) => refused(other),
         }
     }
 
@@ -162,7 +155,8 @@ impl Backend for Device {
             Layer::Conv2d(s) => conv2d::norms(plan, s),
             Layer::Norm(s) => norm_layer::norms(plan, s),
             Layer::Lstm(s) => lstm::norms(plan, s),
-            other @ (Layer::PositionEmbedding(_) | Layer::Attention(_)) => refused(other),
+            Layer::PositionEmbedding(s) => position_embedding::norms(plan, s),
+            other @ Layer::Attention(_) => refused(other),
         }
     }
 
@@ -173,7 +167,8 @@ impl Backend for Device {
             Layer::Conv2d(s) => conv2d::clipped_sum(plan, s),
             Layer::Norm(s) => norm_layer::clipped_sum(plan, s),
             Layer::Lstm(s) => lstm::clipped_sum(plan, s),
-            other @ (Layer::PositionEmbedding(_) | Layer::Attention(_)) => refused(other),
+            Layer::PositionEmbedding(s) => position_embedding::clipped_sum(plan, s),
+            other @ Layer::Attention(_) => refused(other),
         }
     }
 }

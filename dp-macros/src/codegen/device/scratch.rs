@@ -5,11 +5,14 @@
 //! gradients (both weights, then the bias), kept the same way, then every positional layer's (a linear
 //! layer over a sequence or with direct norms: weight, then bias; [`super::positional`]). A device has
 //! the memory for them (the CIFAR-10 CNN keeps 2.2 MB per example, the LSTM model 0.3 MB), and keeping
-//! them saves the clipped sum a second product.
+//! them saves the clipped sum a second product. Last, the per-position affine gradients of one layer
+//! norm over a sequence at a time (`rows × 2·dim`), summed over the rows by its backward into the
+//! plan's per-example affine gradients.
 
 use crate::ops::conv2d::ConvStep;
 use crate::ops::linear::DenseStep;
 use crate::ops::lstm::LstmStep;
+use crate::ops::norm_layer::NormDims;
 use crate::ops::Step;
 use crate::plan::Plan;
 
@@ -106,9 +109,29 @@ fn positionals_start(plan: &Plan) -> usize {
     lstms_start(plan) + lstms(plan).map(lstm_kept_len).sum::<usize>()
 }
 
+/// Where the layer norms' per-position affine gradients live: after the positional layers'.
+pub fn sequence_affine(plan: &Plan) -> usize {
+    positionals_start(plan) + positionals(plan).map(|(_, len)| len).sum::<usize>()
+}
+
+/// The largest per-position affine gradients of a layer norm over a sequence, per example.
+fn sequence_affine_len(plan: &Plan) -> usize {
+    plan.steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Norm(n) => match n.dims {
+                NormDims::Layer { rows, dim } => Some(rows * 2 * dim),
+                NormDims::Group { .. } => None,
+            },
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// The arena per example: the plan's buffers and the device's scratch.
 pub fn arena_len(plan: &Plan) -> usize {
-    positionals_start(plan) + positionals(plan).map(|(_, len)| len).sum::<usize>()
+    sequence_affine(plan) + sequence_affine_len(plan)
 }
 
 /// The scratch of conv `step` (compared by identity: its weight slot).
