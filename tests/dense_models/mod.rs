@@ -266,6 +266,18 @@ pub struct PatchFirst {
     head: Linear,
 }
 
+/// Linear layers over a sequence `[5, 6]` with direct norms (the CPU keeps their per-example
+/// gradients, as the device does), exact GELU between them, a mean and a ghost head at one position.
+#[dp_model(input = [5, 6], loss = cross_entropy(classes = 3))]
+pub struct SequenceLinearDirect {
+    #[layer(linear(out = 4, norms = direct), gelu_exact)]
+    a: Linear,
+    #[layer(linear(out = 3, norms = direct), mean)]
+    b: Linear,
+    #[layer(linear(out = 3, norms = ghost))]
+    head: Linear,
+}
+
 /// What the CPU program gives on a batch, the reference a device program is compared with: each
 /// example's loss and squared norms, the flat clip factors at `clip`, their non-finite count, the
 /// clipped sum and the plain gradient sum.
