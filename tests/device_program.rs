@@ -11,7 +11,7 @@ use dp::device::{
 };
 use dp::models::{
     AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, ResidualCnn, ScatterCnn,
-    TextTransformer,
+    TextTransformer, TextTransformerLora,
 };
 use dp::noise::gaussian::{fill_chunk, FILL_CHUNK};
 use dp::optim::{Adam, NoisyGradient, Optimizer, OptimizerState, Sgd, StepInfo};
@@ -21,12 +21,14 @@ use rand_chacha::ChaCha8Rng;
 
 mod dense_models;
 
+use dense_models::activations_from_input::ActivationsFromInput;
 use dense_models::norm_residual::NormResidual;
 use dense_models::{
     batch, close, close_sum, cpu_reference, private_pass_on_host, token_batch, ActivatedOutput,
     CausalAttention, Deep, DenseAttention, DenseLstm, LstmSequence, PooledConv, SigmoidBce, SmallConv,
     SmallLstm, SmallLstmDirect, SmallLstmGhost, StackedAttention, TanhMse, TestInput, TokenBag, TokenSeq,
 };
+use dense_models::{PatchFirst, SequenceLinear, TokenMlp, TokenSequenceLinear};
 
 /// Batch sizes, each with or without a poisoned (NaN) first example.
 const SIZES: &[(usize, bool)] = &[(1, false), (7, true), (33, false), (256, true)];
@@ -201,14 +203,27 @@ fn lstm_model_device_program_matches_the_cpu() {
     token_sequence_matches_cpu::<LstmNet>(22, &[(1, false), (7, true), (12, false)]);
 }
 
+/// The text transformer (position embedding, two attention layers, layer norms over the sequence,
+/// position-wise GELU layers, a mean) on tokens with repeated ids and a NaN example.
+#[test]
+fn text_transformer_device_program_matches_the_cpu() {
+    token_sequence_matches_cpu::<TextTransformer>(40, &[(1, false), (3, true), (8, false)]);
+}
+
+/// The ViT (patches, position embedding, attention, layer norms, `first`).
+#[test]
+fn mnist_vit_device_program_matches_the_cpu() {
+    device_matches_cpu::<dp::models::MnistVit>(41, &[(1, false), (3, true), (8, false)]);
+}
+
 #[test]
 fn a_model_without_device_primitives_says_which_step() {
-    let reason = "position embedding has no device primitives yet";
-    assert_eq!(TextTransformer::DEVICE_UNSUPPORTED, Some(reason));
+    let reason = "lora has no device primitives yet";
+    assert_eq!(TextTransformerLora::DEVICE_UNSUPPORTED, Some(reason));
     let mut dev = HostDevice::new();
-    let err = TextTransformer::device_norms(&mut dev, 4).unwrap_err();
+    let err = TextTransformerLora::device_norms(&mut dev, 4).unwrap_err();
     assert!(matches!(err, DeviceError::Unsupported { .. }));
-    assert_eq!(err.to_string(), format!("TextTransformer has no device program: {reason}"));
+    assert_eq!(err.to_string(), format!("TextTransformerLora has no device program: {reason}"));
 }
 
 /// A model's training state on the host reference backend: the device program for the model's
@@ -592,6 +607,31 @@ fn a_device_run_with_adam_checkpoints_and_resumes_like_the_cpu() {
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn linear_over_a_sequence_device_program_matches_the_cpu() {
+    device_matches_cpu::<SequenceLinear>(24, SIZES);
+}
+
+#[test]
+fn linear_over_a_token_sequence_device_program_matches_the_cpu() {
+    token_sequence_matches_cpu::<TokenSequenceLinear>(25, SIZES);
+}
+
+#[test]
+fn activations_from_their_input_device_program_matches_the_cpu() {
+    device_matches_cpu::<ActivationsFromInput>(26, SIZES);
+}
+
+#[test]
+fn token_mlp_with_layer_norm_over_the_sequence_device_program_matches_the_cpu() {
+    token_sequence_matches_cpu::<TokenMlp>(27, SIZES);
+}
+
+#[test]
+fn patches_position_embedding_and_first_device_program_matches_the_cpu() {
+    device_matches_cpu::<PatchFirst>(28, SIZES);
 }
 
 #[test]

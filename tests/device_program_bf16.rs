@@ -19,6 +19,7 @@ use dense_models::{
     batch, close, close_sum, cpu_reference_in, private_pass_on_host, CausalAttention, Deep, DenseLstm,
     SmallConv, SmallLstmDirect, SmallLstmGhost, StackedAttention, TanhMse, TestInput,
 };
+use dense_models::{SequenceLinear, SequenceLinearDirect};
 
 /// What a device program in `precision` computed on the host backend for one batch.
 struct DeviceRun {
@@ -131,6 +132,21 @@ fn lstm_bf16_device_programs_match_the_bf16_cpu() {
 #[test]
 fn ghost_lstm_bf16_device_program_matches_the_bf16_cpu_to_the_rounding_of_its_gradients() {
     bf16_device_matches_bf16_cpu::<SmallLstmGhost>(30, &[1, 7], 5e-3);
+}
+
+/// Linear layers over a sequence with direct norms: the per-example gradients are kept and formed by
+/// bf16 products on both.
+#[test]
+fn direct_linear_over_a_sequence_bf16_device_program_matches_the_bf16_cpu() {
+    bf16_device_matches_bf16_cpu::<SequenceLinearDirect>(31, &[1, 7, 33], 1e-4);
+}
+
+/// With a ghost layer over the sequence and a direct one at one position, whose gradients the CPU
+/// does not keep: it forms their norms from unrounded operands (their clipped sums in f32), the device
+/// from its kept bf16 gradients (5.6e-3 relative measured on one norm).
+#[test]
+fn linear_over_a_sequence_bf16_device_program_matches_the_bf16_cpu_to_the_rounding_of_its_gradients() {
+    bf16_device_matches_bf16_cpu::<SequenceLinear>(32, &[1, 7, 33], 1e-2);
 }
 
 /// Attention: the projections' forward and backward products round the same operands on both; the

@@ -12,18 +12,21 @@
 mod dense_models;
 mod gpu_support;
 
+use dense_models::activations_from_input::ActivationsFromInput;
 use dense_models::norm_residual::NormResidual;
 use dense_models::{
     batch, token_batch, ActivatedOutput, CausalAttention, Deep, DenseAttention, DenseLstm, LstmSequence,
     PooledConv, SigmoidBce, SmallConv, SmallLstm, SmallLstmDirect, SmallLstmGhost, StackedAttention, TanhMse,
     TestInput, TokenBag, TokenSeq,
 };
+use dense_models::{PatchFirst, SequenceLinear, TokenMlp, TokenSequenceLinear};
 use dp::clipping::{clip_factors, ClipMode};
 use dp::cuda::device::{Gpu, SgdStep};
 use dp::cuda::trainer::{Clipping, GpuModel};
 use dp::device::DeviceTraining;
 use dp::models::{
-    AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, ResidualCnn, ScatterCnn,
+    AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, MnistVit, ResidualCnn, ScatterCnn,
+    TextTransformer,
 };
 use dp::noise::gaussian::fill_chunk;
 use dp::optim::{NoisyGradient, Optimizer, Sgd, StepInfo};
@@ -121,6 +124,15 @@ fn gpu_attention_models_match_the_cpu() {
     norms_and_sums_match::<DenseAttention>(37);
     norms_and_sums_match::<CausalAttention>(38);
     norms_and_sums_match::<StackedAttention>(39);
+}
+
+/// The text transformer (tokens with repeated ids, a NaN example of a NaN table row at 7 and 301) and
+/// the ViT. Written without a GPU: NOT YET RUN ON ONE (docs/GPU.md).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_transformers_match_the_cpu() {
+    token_norms_and_sums_match::<TextTransformer>(40);
+    norms_and_sums_match::<MnistVit>(41);
 }
 
 /// Convolutions (strided, padded, dilated, without bias), max, average and global average pooling.
@@ -429,4 +441,18 @@ fn gpu_adam_run_resumes_like_the_cpu() {
     assert!(diff <= 1e-3 * moved, "GPU and CPU runs differ by {diff} after resuming");
     assert_eq!((gpu_state.kind.as_str(), gpu_state.updates), ("adamw", cpu_state.updates));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A transformer's steps other than attention: linear layers over a sequence (every norm strategy),
+/// the activations whose derivative needs their input, a position embedding, layer norm over a
+/// sequence, `first` and patches (NaN examples at 7 and 301). Written without a GPU: NOT YET RUN ON
+/// ONE (docs/GPU.md).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_transformer_steps_match_the_cpu() {
+    norms_and_sums_match::<SequenceLinear>(37);
+    token_norms_and_sums_match::<TokenSequenceLinear>(38);
+    norms_and_sums_match::<ActivationsFromInput>(39);
+    token_norms_and_sums_match::<TokenMlp>(40);
+    norms_and_sums_match::<PatchFirst>(41);
 }

@@ -13,7 +13,9 @@
 mod dense_models;
 mod gpu_support;
 
-use dense_models::{batch, Deep, SmallConv, SmallLstmDirect, TestInput};
+use dense_models::{
+    batch, Deep, SequenceLinear, SequenceLinearDirect, SmallConv, SmallLstmDirect, TestInput,
+};
 use dp::cuda::trainer::GpuModel;
 use dp::models::{AdultFfnn, AdultLogReg, Cifar10Cnn, LstmNet, MnistCnn};
 use dp::prelude::*;
@@ -68,4 +70,14 @@ fn gpu_bf16_image_models_match_the_bf16_cpu() {
 fn gpu_bf16_lstm_models_match_the_bf16_cpu() {
     bf16_norms_and_sums_match::<SmallLstmDirect>(37, 5e-3);
     bf16_norms_and_sums_match::<LstmNet>(38, 2e-2);
+}
+
+/// Linear layers over a sequence (whose device program has not run on a GPU in f32 either): direct
+/// norms, kept on both, and a mix with a ghost layer, whose norms the CPU forms from unrounded
+/// operands.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_bf16_sequence_linear_models_match_the_bf16_cpu() {
+    bf16_norms_and_sums_match::<SequenceLinearDirect>(39, 5e-3);
+    bf16_norms_and_sums_match::<SequenceLinear>(40, 2e-2);
 }

@@ -31,4 +31,22 @@ DP_DEVICE float dp_derivative_from_output(int act, float y) {
     }
 }
 
+// dy/dx at the input x, for every activation (GELU, SiLU and exact GELU need it): dp-kernels'
+// Activation::derivative_from_input, with CUDA's tanhf/erff/expf (equal to the CPU's to rounding).
+DP_DEVICE float dp_derivative_from_input(int act, float x) {
+    switch (act) {
+        case 4: {
+            float t = tanhf(0.7978845608f * (x + 0.044715f * x * x * x));
+            return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * 0.7978845608f * (1.0f + 3.0f * 0.044715f * x * x);
+        }
+        case 5: {
+            float s = dp_sigmoid(x);
+            return s * (1.0f + x * (1.0f - s));
+        }
+        case 6:
+            return 0.5f * (1.0f + erff(x * 0.70710678118654752f)) + x * 0.3989422804014327f * expf(-0.5f * x * x);
+        default: return dp_derivative_from_output(act, dp_activate(act, x));
+    }
+}
+
 #endif

@@ -16,7 +16,7 @@ use dp_runtime::noise::gaussian::ziggurat_tables;
 
 use crate::error::{CudaError, Result};
 use crate::noise::{key_words, NoiseLaunch, THREADS};
-use crate::{attention, clip, conv, dense, lstm, noise, norm, sequence, source, update};
+use crate::{attention, clip, conv, dense, lstm, noise, norm, sequence, source, transformer, update};
 use cudarc::cublas::CudaBlas;
 
 /// How to get the driver when it is missing.
@@ -43,6 +43,8 @@ pub struct Gpu {
     pub(crate) lstm: Vec<CudaFunction>,
     /// `kernels/attention.cu`, in the order of [`attention::ENTRIES`].
     pub(crate) attention: Vec<CudaFunction>,
+    /// `kernels/transformer.cu`, in the order of [`transformer::ENTRIES`].
+    pub(crate) transformer: Vec<CudaFunction>,
     name: String,
     arch: &'static str,
     /// The compute capability, (major, minor).
@@ -121,9 +123,10 @@ impl Gpu {
         let dense = load("dense.cu", dense::SOURCE, dense::ENTRIES)?;
         let conv = load("conv.cu", conv::SOURCE, conv::ENTRIES)?;
         let norm = load("norm.cu", norm::SOURCE, norm::ENTRIES)?;
+        let attention = load("attention.cu", attention::SOURCE, attention::ENTRIES)?;
         let sequence = load("sequence.cu", sequence::SOURCE, sequence::ENTRIES)?;
         let lstm = load("lstm.cu", lstm::SOURCE, lstm::ENTRIES)?;
-        let attention = load("attention.cu", attention::SOURCE, attention::ENTRIES)?;
+        let transformer = load("transformer.cu", transformer::SOURCE, transformer::ENTRIES)?;
         // SAFETY: only tries to open the library by its candidate names.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(CudaError::LibraryMissing { library: "libcublas.so.12", hint: CUBLAS_HINT });
@@ -139,10 +142,11 @@ impl Gpu {
             blas,
             dense,
             conv,
+            attention,
             norm,
             sequence,
             lstm,
-            attention,
+            transformer,
             name,
             arch,
             capability: (major, minor),

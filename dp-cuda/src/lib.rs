@@ -5,7 +5,7 @@
 //! The model-independent kernels of a private step, each value for value its CPU counterpart in
 //! dp-runtime: the noise ([`noise`], the chunked ChaCha20 ziggurat), the clip factors ([`clip`]) and the
 //! noisy SGD or Adam update ([`update`]); the launches of a model's device program other than products
-//! ([`dense`], [`conv`], [`norm`], [`sequence`], [`lstm`], [`attention`]); [`program::GpuOps`], the runtime's `DeviceOps` on a GPU;
+//! ([`dense`], [`conv`], [`norm`], [`sequence`], [`lstm`], [`attention`], [`transformer`]); [`program::GpuOps`], the runtime's `DeviceOps` on a GPU;
 //! [`trainer::GpuModel`], a model's training state on the GPU, which the `Trainer` steps
 //! (`DeviceTraining`). [`device::Gpu`] opens a device and loads everything. Ran on an NVIDIA H200
 //! (docs/GPU.md, "Measured").
@@ -26,6 +26,7 @@ pub mod program;
 pub mod sequence;
 pub mod staging;
 pub mod trainer;
+pub mod transformer;
 pub mod update;
 
 pub use error::{CudaError, Result};
@@ -60,6 +61,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile { name: "sequence.cu", text: sequence::SOURCE, entries: sequence::ENTRIES },
     KernelFile { name: "lstm.cu", text: lstm::SOURCE, entries: lstm::ENTRIES },
     KernelFile { name: "attention.cu", text: attention::SOURCE, entries: attention::ENTRIES },
+    KernelFile { name: "transformer.cu", text: transformer::SOURCE, entries: transformer::ENTRIES },
 ];
 
 /// One kernel source file.

@@ -13,7 +13,8 @@ use cudarc::driver::{result as drv, CudaFunction, CudaSlice, DevicePtr, LaunchCo
 use dp_kernels::activation::Activation;
 use dp_runtime::device::{
     BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, LeadingDims,
-    LstmBackwardStep, LstmDims, LstmForwardStep, Operands, Pool2dGeometry, Precision, Region, RowScale, Span,
+    LstmBackwardStep, LstmDims, LstmForwardStep, Operands, PatchDims, Pool2dGeometry, Precision, Region,
+    RowScale, Span,
 };
 
 use crate::dense::activation_code;
@@ -163,12 +164,13 @@ enum Kernel {
     Sequence(usize),
     Lstm(usize),
     Attention(usize),
+    Transformer(usize),
 }
 
 /// The kernels by file and index (`dense::ENTRIES`, `conv::ENTRIES`, `norm::ENTRIES`,
 /// `sequence::ENTRIES`, `lstm::ENTRIES`).
 mod k {
-    use super::Kernel::{self, Attention, Conv, Dense, Lstm, Norm, Sequence};
+    use super::Kernel::{self, Attention, Conv, Dense, Lstm, Norm, Sequence, Transformer};
 
     pub const BIAS_ACTIVATION: Kernel = Dense(0);
     pub const ACTIVATION: Kernel = Dense(1);
@@ -208,22 +210,27 @@ mod k {
     pub const SEQUENCE_BROADCAST: Kernel = Sequence(4);
 
     pub const LSTM_FORWARD_STEP: Kernel = Lstm(0);
-    pub const LSTM_BACKWARD_STEP: Kernel = Lstm(1);
 
     pub const ATTENTION_SOFTMAX: Kernel = Attention(0);
     pub const ATTENTION_SOFTMAX_BACKWARD: Kernel = Attention(1);
     pub const FILL: Kernel = Attention(2);
+    pub const LSTM_BACKWARD_STEP: Kernel = Lstm(1);
+
+    pub const ACTIVATION_BACKWARD_FROM_INPUT: Kernel = Transformer(0);
+    pub const COPY_STRIDED: Kernel = Transformer(1);
+    pub const PATCHES: Kernel = Transformer(2);
 }
 
 impl GpuOps<'_> {
     fn kernel(&self, kernel: Kernel) -> &CudaFunction {
         match kernel {
+            Kernel::Attention(index) => &self.gpu.attention[index],
             Kernel::Dense(index) => &self.gpu.dense[index],
             Kernel::Conv(index) => &self.gpu.conv[index],
             Kernel::Norm(index) => &self.gpu.norm[index],
             Kernel::Sequence(index) => &self.gpu.sequence[index],
             Kernel::Lstm(index) => &self.gpu.lstm[index],
-            Kernel::Attention(index) => &self.gpu.attention[index],
+            Kernel::Transformer(index) => &self.gpu.transformer[index],
         }
     }
 
@@ -255,6 +262,7 @@ mod conv_ops;
 mod lstm_ops;
 mod norm_ops;
 mod sequence_ops;
+mod transformer_ops;
 
 /// cuBLAS's operation for an operand stored transposed or not.
 fn op(transposed: bool) -> blas_sys::cublasOperation_t {
@@ -884,6 +892,48 @@ impl DeviceOps for GpuOps<'_> {
         t: usize,
     ) -> std::result::Result<(), DeviceError> {
         lstm_ops::backward_step(self, step, dims, n, t)
+    }
+
+    fn activation_backward_from_input(
+        &mut self,
+        grad: Span,
+        x: Span,
+        len: usize,
+        act: Activation,
+    ) -> std::result::Result<(), DeviceError> {
+        transformer_ops::activation_backward_from_input(self, grad, x, len, act)
+    }
+
+    fn copy_strided(
+        &mut self,
+        src: Span,
+        src_stride: usize,
+        dst: Span,
+        dst_stride: usize,
+        rows: usize,
+        cols: usize,
+    ) -> std::result::Result<(), DeviceError> {
+        transformer_ops::copy_strided(self, (src, src_stride), (dst, dst_stride), rows, cols)
+    }
+
+    fn patches_forward(
+        &mut self,
+        x: Span,
+        dims: &PatchDims,
+        n: usize,
+        out: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        transformer_ops::patches(self, x, dims, n, out, true)
+    }
+
+    fn patches_backward(
+        &mut self,
+        dout: Span,
+        dims: &PatchDims,
+        n: usize,
+        dx: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        transformer_ops::patches(self, dout, dims, n, dx, false)
     }
 
     fn gemm_batched_rows(&mut self, g: BatchedGemm, ld: LeadingDims) -> std::result::Result<(), DeviceError> {

@@ -11,7 +11,7 @@ use dp_runtime::clipping::{clip_factors, ClipMode};
 use dp_runtime::device::host::HostDevice;
 use dp_runtime::device::{
     BatchedGemm, Conv2dGeometry, DeviceError, DeviceOps, Gemm, GroupNormDims, LeadingDims, LstmBackwardStep,
-    LstmDims, LstmForwardStep, LstmSaved, Operands, Pool2dGeometry, Precision, Region, Span,
+    LstmDims, LstmForwardStep, LstmSaved, Operands, PatchDims, Pool2dGeometry, Precision, Region, Span,
 };
 use dp_runtime::noise::gaussian::fill_chunk;
 use dp_runtime::optim::{NoisyGradient, Optimizer, OptimizerState, Sgd, StepInfo};
@@ -966,5 +966,62 @@ fn gpu_noisy_adam_update_equals_the_cpus() {
         assert!(bits(&device) == bits(&cpu), "{case}: the parameters differ");
         assert!(bits(&m) == bits(&cpu_state.buffers[0].1), "{case}: exp_avg differs");
         assert!(bits(&v) == bits(&cpu_state.buffers[1].1), "{case}: exp_avg_sq differs");
+    }
+}
+
+/// A transformer's primitives around its products against the host reference: the backward of every
+/// activation from its input within rounding (CUDA's tanhf, erff and expf against the CPU's), the
+/// strided copy of `first` and its backward and the patches permutation both ways bit for bit, at a
+/// ViT's sizes. NOT YET RUN ON A GPU (docs/GPU.md).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_transformer_primitives_equal_the_host_reference() {
+    let Some(gpu) = gpu("transformer primitives") else { return };
+    let len = 300 * 128 * 7;
+    let x: Vec<f32> = uniform(11, len).iter().map(|u| u * 16.0).collect();
+    for act in [Activation::Relu, Activation::Tanh, Activation::Gelu, Activation::Silu, Activation::GeluExact]
+    {
+        let regions = [(Region::Inputs, x.clone()), (Region::Arena, uniform(12, len))];
+        let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+            let (x, g) = (Span::new(Region::Inputs, 0, len), Span::new(Region::Arena, 0, len));
+            ops.activation_backward_from_input(g, x, len, act)
+        });
+        assert_near(&host, &device, 1e-5, &format!("activation_backward_from_input {act:?}"));
+    }
+    for n in [1, 7, 300] {
+        let (steps, dim) = (65, 64);
+        let regions =
+            [(Region::Inputs, uniform(13, n * steps * dim)), (Region::Arena, vec![f32::NAN; n * dim])];
+        let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+            let (x, out) =
+                (Span::new(Region::Inputs, 0, n * steps * dim), Span::new(Region::Arena, 0, n * dim));
+            ops.copy_strided(x, steps * dim, out, dim, n, dim)
+        });
+        assert_eq!(bits(&host), bits(&device), "first n={n}");
+        let regions = [(Region::Inputs, uniform(14, n * dim)), (Region::Arena, uniform(15, n * steps * dim))];
+        let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+            let (dy, dx) =
+                (Span::new(Region::Inputs, 0, n * dim), Span::new(Region::Arena, 0, n * steps * dim));
+            ops.copy_strided(dy, dim, dx, steps * dim, n, dim)
+        });
+        assert_eq!(bits(&host), bits(&device), "first backward n={n}");
+
+        for dims in [
+            PatchDims { channels: 1, height: 28, width: 28, size: 4 },
+            PatchDims { channels: 3, height: 32, width: 32, size: 8 },
+        ] {
+            let len = n * dims.len();
+            let regions = [(Region::Inputs, uniform(16, len)), (Region::Arena, vec![f32::NAN; len])];
+            let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+                let (x, out) = (Span::new(Region::Inputs, 0, len), Span::new(Region::Arena, 0, len));
+                ops.patches_forward(x, &dims, n, out)
+            });
+            assert_eq!(bits(&host), bits(&device), "patches_forward {dims:?} n={n}");
+            let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+                let (dout, dx) = (Span::new(Region::Inputs, 0, len), Span::new(Region::Arena, 0, len));
+                ops.patches_backward(dout, &dims, n, dx)
+            });
+            assert_eq!(bits(&host), bits(&device), "patches_backward {dims:?} n={n}");
+        }
     }
 }

@@ -29,6 +29,9 @@
  *     recurrent (N*4H), bias (4H); out gates, cells, hprev, out, hidden after step T.
  *   lstmbackward N STEPS H T: in gates, cells, dout, recurrent (N*H), cell_grad (N*H), step_delta
  *     (N*4H), delta (N*STEPS*4H); out cell_grad, step_delta, delta after step T.
+ *   actinput LEN ACT: in grad, x (LEN each); out grad times the derivative at x (transformer.cu).
+ *   copystrided ROWS COLS SRC_STRIDE DST_STRIDE SRC_LEN DST_LEN: in src, dst; out dst.
+ *   patches CHANNELS HEIGHT WIDTH SIZE N TO_PATCHES: in from (N*C*H*W); out to.
  *   attnsoftmax BLOCKS STEPS SCALE CAUSAL: in scores (BLOCKS*STEPS*STEPS); out the probabilities.
  *   attnsoftmaxback BLOCKS STEPS SCALE: in probs, grad (BLOCKS*STEPS*STEPS each); out grad. */
 #include <stdio.h>
@@ -44,10 +47,11 @@ static unsigned long long words_past_prefix, segments_scanned;
 #include "../kernels/clip.cu"
 #include "../kernels/update.cu"
 #include "../kernels/conv.cu"
+#include "../kernels/attention.cu"
 #include "../kernels/norm.cu"
 #include "../kernels/sequence.cu"
 #include "../kernels/lstm.cu"
-#include "../kernels/attention.cu"
+#include "../kernels/transformer.cu"
 
 static void *read_stdin(size_t bytes) {
     void *buffer = malloc(bytes ? bytes : 1);
@@ -273,6 +277,36 @@ static int lstm_step(const char *op, char **argv) {
     return 0;
 }
 
+static int transformer(const char *op, char **argv) {
+    if (strcmp(op, "actinput") == 0) {
+        dp_u64 len = arg(argv, 0);
+        int act = atoi(argv[1]);
+        float *grad = read_stdin(len * 4), *x = read_stdin(len * 4);
+        for (dp_u64 e = 0; e < len; ++e) grad[e] *= dp_derivative_from_input(act, x[e]);
+        fwrite(grad, 4, len, stdout);
+        return 0;
+    }
+    if (strcmp(op, "copystrided") == 0) {
+        dp_u64 rows = arg(argv, 0), cols = arg(argv, 1), ss = arg(argv, 2), ds = arg(argv, 3);
+        dp_u64 src_len = arg(argv, 4), dst_len = arg(argv, 5);
+        float *src = read_stdin(src_len * 4), *dst = read_stdin(dst_len * 4);
+        for (dp_u64 i = 0; i < rows * cols; ++i) dst[dp_strided_at(ds, cols, i)] = src[dp_strided_at(ss, cols, i)];
+        fwrite(dst, 4, dst_len, stdout);
+        return 0;
+    }
+    dp_u64 c = arg(argv, 0), h = arg(argv, 1), w = arg(argv, 2), p = arg(argv, 3), n = arg(argv, 4);
+    int to_patches = atoi(argv[5]);
+    dp_u64 len = c * h * w;
+    float *from = read_stdin(n * len * 4), *to = malloc(n * len * 4 + 4);
+    for (dp_u64 i = 0; i < n * len; ++i) {
+        dp_u64 patch = i / len * len + dp_patch_index(c, h, w, p, i % len);
+        if (to_patches) to[patch] = from[i];
+        else to[i] = from[patch];
+    }
+    fwrite(to, 4, n * len, stdout);
+    return 0;
+}
+
 static int attention_softmax(const char *op, char **argv) {
     dp_u64 blocks = arg(argv, 0), steps = arg(argv, 1), rows = blocks * steps, len = rows * steps;
     float scale = strtof(argv[2], NULL);
@@ -310,6 +344,9 @@ int main(int argc, char **argv) {
         return lstm_step(argv[1], argv + 2);
     if (argc >= 6 && strcmp(argv[1], "attnsoftmax") == 0) return attention_softmax(argv[1], argv + 2);
     if (argc >= 5 && strcmp(argv[1], "attnsoftmaxback") == 0) return attention_softmax(argv[1], argv + 2);
+    if (argc >= 4 && strcmp(argv[1], "actinput") == 0) return transformer(argv[1], argv + 2);
+    if (argc >= 8 && strcmp(argv[1], "copystrided") == 0) return transformer(argv[1], argv + 2);
+    if (argc >= 8 && strcmp(argv[1], "patches") == 0) return transformer(argv[1], argv + 2);
     fprintf(stderr, "usage: see the comment at the top of host_harness.c\n");
     return 2;
 }

@@ -25,6 +25,10 @@
 //! - lstm.cu's per-unit functions against the host reference: forward steps at t = 0 (NaN in the
 //!   recurrent product and hidden state it must not read) and later, backward steps at the last step
 //!   (NaN in the gradients from a next step it must not read) and earlier;
+//! - transformer.cu's per-value functions against the host reference: an activation's backward from
+//!   its input (GELU, SiLU, exact GELU and the others; within rounding, CUDA's libm against
+//!   dp-kernels' own), the strided copy of rows (`first` and its backward) and the patches
+//!   permutation both ways, bit for bit;
 //! - attention.cu's per-row softmax and its backward against the host reference, bit for bit: with and
 //!   without the causal mask, rows longer than a warp and not a multiple of it, rows of one value, a
 //!   row with NaN (NaN where the host has NaN, masked columns exactly 0 even there) and large scores.
@@ -39,8 +43,8 @@ use dp_runtime::optim::{Adam, NoisyGradient, Optimizer, Sgd, StepInfo};
 use dp_cuda::noise::{CHUNK, SEGMENT};
 use dp_runtime::device::host::HostDevice;
 use dp_runtime::device::{
-    Conv2dGeometry, DeviceOps, LstmBackwardStep, LstmDims, LstmForwardStep, LstmSaved, Pool2dGeometry,
-    Region, Span,
+    Conv2dGeometry, DeviceOps, LstmBackwardStep, LstmDims, LstmForwardStep, LstmSaved, PatchDims,
+    Pool2dGeometry, Region, Span,
 };
 use dp_runtime::noise::gaussian::{fill_chunk, ziggurat_tables};
 
@@ -701,6 +705,78 @@ fn device_lstm_steps_equal_the_host_reference() {
         for (row, values) in delta_out.chunks(4 * h).enumerate() {
             assert_eq!(values.iter().all(|v| v.is_finite()), row % steps == t, "step {t}: δ row {row}");
         }
+    }
+}
+
+#[test]
+fn device_activation_backward_from_input_equals_the_host_reference() {
+    use dp_kernels::activation::Activation;
+    let Some(exe) = harness() else { return };
+    let len = 4001;
+    // Inputs over [-8, 8] (both erf forms, sigmoid's tails), a NaN and the infinities.
+    let mut x: Vec<f32> = values(5, len).map(|u| (u as f32 - 0.5) * 16.0).collect();
+    (x[0], x[1], x[2], x[3]) = (0.0, f32::NAN, f32::INFINITY, -0.3);
+    let grad: Vec<f32> = values(6, len).map(|u| u as f32 - 0.25).collect();
+    let acts = [
+        Activation::Identity,
+        Activation::Relu,
+        Activation::Tanh,
+        Activation::Sigmoid,
+        Activation::Gelu,
+        Activation::Silu,
+        Activation::GeluExact,
+    ];
+    for act in acts {
+        let code = dp_cuda::dense::activation_code(act) as usize;
+        let device = run_f32(&exe, "actinput", &[len, code], &[&grad, &x]);
+        let mut host = HostDevice::new();
+        host.set(Region::Inputs, x.clone());
+        host.set(Region::Arena, grad.clone());
+        let (xs, gs) = (Span::new(Region::Inputs, 0, len), Span::new(Region::Arena, 0, len));
+        host.activation_backward_from_input(gs, xs, len, act).unwrap();
+        let host = host.get(Region::Arena);
+        for (k, (d, h)) in device.iter().zip(host).enumerate() {
+            let ok = if h.is_nan() { d.is_nan() } else { (d - h).abs() <= 2e-6 * (1.0 + h.abs()) };
+            assert!(ok, "{act:?} at x = {}: device {d}, host {h}", x[k]);
+        }
+    }
+}
+
+#[test]
+fn device_strided_copy_and_patches_equal_the_host_reference_bit_for_bit() {
+    let Some(exe) = harness() else { return };
+    // `first` (rows of 5 out of 7·5), its backward (into position 0 of each example), and a square copy.
+    for (rows, cols, ss, ds) in [(3, 5, 35, 5), (3, 5, 5, 35), (4, 6, 6, 6), (1, 1, 1, 1)] {
+        let (src_len, dst_len) = ((rows - 1) * ss + cols, (rows - 1) * ds + cols);
+        let src: Vec<f32> = values(7, src_len).map(|u| u as f32).collect();
+        let dst: Vec<f32> = values(8, dst_len).map(|u| -(u as f32)).collect();
+        let device = run_f32(&exe, "copystrided", &[rows, cols, ss, ds, src_len, dst_len], &[&src, &dst]);
+        let mut host = HostDevice::new();
+        host.set(Region::Inputs, src.clone());
+        host.set(Region::Arena, dst.clone());
+        let (s, d) = (Span::new(Region::Inputs, 0, src_len), Span::new(Region::Arena, 0, dst_len));
+        host.copy_strided(s, ss, d, ds, rows, cols).unwrap();
+        assert_eq!(bits(&device), bits(host.get(Region::Arena)), "copy of {rows}×{cols}, strides {ss}, {ds}");
+        assert_ne!(bits(&device), bits(&dst), "the copy wrote");
+    }
+    for (dims, n) in [
+        (PatchDims { channels: 2, height: 8, width: 8, size: 4 }, 3),
+        (PatchDims { channels: 1, height: 28, width: 28, size: 4 }, 2),
+        (PatchDims { channels: 3, height: 6, width: 9, size: 3 }, 1),
+    ] {
+        let len = n * dims.len();
+        let x: Vec<f32> = values(9, len).map(|u| u as f32).collect();
+        let (c, h, w, p) = (dims.channels, dims.height, dims.width, dims.size);
+        let forward = run_f32(&exe, "patches", &[c, h, w, p, n, 1], &[&x]);
+        let host = on_host(x.clone(), len, |hd, s, out| hd.patches_forward(s, &dims, n, out));
+        assert_eq!(bits(&forward), bits(&host), "patches of {dims:?}");
+        let mut cpu = vec![0.0; len];
+        dp_kernels::patches::image_to_patches(&dims, n, &x, &mut cpu);
+        assert_eq!(bits(&forward), bits(&cpu), "patches of {dims:?} against dp-kernels");
+        let backward = run_f32(&exe, "patches", &[c, h, w, p, n, 0], &[&forward]);
+        let host = on_host(forward.clone(), len, |hd, s, out| hd.patches_backward(s, &dims, n, out));
+        assert_eq!(bits(&backward), bits(&host), "images of {dims:?}");
+        assert_eq!(bits(&backward), bits(&x), "the backward inverts the forward");
     }
 }
 

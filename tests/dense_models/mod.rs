@@ -179,6 +179,105 @@ pub mod norm_residual {
     }
 }
 
+/// Linear layers over a dense sequence `[5, 6]` (the same weight at every position): the planner's
+/// norms with relu, direct norms with tanh, ghost norms without bias averaged over time, then a
+/// direct layer at one position.
+#[dp_model(input = [5, 6], loss = cross_entropy(classes = 3))]
+pub struct SequenceLinear {
+    #[layer(linear(out = 4), relu)]
+    a: Linear,
+    #[layer(linear(out = 5, norms = direct), tanh)]
+    b: Linear,
+    #[layer(linear(out = 3, norms = ghost, bias = false), mean)]
+    c: Linear,
+    #[layer(linear(out = 3, norms = direct))]
+    head: Linear,
+}
+
+/// An embedding over 7 positions, a linear layer over the sequence (its input gradient reaching the
+/// embedding), flattened into a linear layer.
+#[dp_model(input = tokens(len = 7, vocab = 11), loss = cross_entropy(classes = 3))]
+pub struct TokenSequenceLinear {
+    #[layer(embedding(dim = 4))]
+    embedding: Embedding,
+    #[layer(linear(out = 5), tanh, flatten)]
+    proj: Linear,
+    #[layer(linear(out = 3))]
+    fc: Linear,
+}
+
+/// The activations whose derivative needs their input (GELU in tanh and erf form, SiLU), after linear
+/// layers over a dense sequence `[5, 6]` and after a vector, the last one's input also read by a
+/// residual add.
+#[dp_model(input = [5, 6], loss = mse)]
+pub mod activations_from_input {
+    pub struct ActivationsFromInput {
+        #[layer(linear(out = 8), gelu)]
+        a: Linear,
+        #[layer(linear(out = 6), silu)]
+        b: Linear,
+        #[layer(linear(out = 6), gelu_exact)]
+        c: Linear,
+        #[layer(flatten, linear(out = 4), silu)]
+        d: Linear,
+        #[layer(linear(out = 2))]
+        head: Linear,
+    }
+
+    impl ActivationsFromInput {
+        fn forward(&self, x: Input) -> Output {
+            let h = self.b(self.a(x));
+            let h = h + self.c(h);
+            self.head(self.d(h))
+        }
+    }
+}
+
+/// A transformer's MLP without attention: tokens, an embedding, a position embedding, a linear layer
+/// over the sequence with exact GELU, layer norm over the sequence (then relu), a mean and a head.
+#[dp_model(input = tokens(len = 7, vocab = 11), loss = cross_entropy(classes = 3))]
+pub struct TokenMlp {
+    #[layer(embedding(dim = 6))]
+    embedding: Embedding,
+    #[layer(position_embedding)]
+    position: PositionEmbedding,
+    #[layer(linear(out = 8), gelu_exact)]
+    mlp: Linear,
+    #[layer(layer_norm, relu)]
+    ln: LayerNorm,
+    #[layer(mean, linear(out = 3))]
+    head: Linear,
+}
+
+/// A vision transformer without attention: a conv (so that something upstream of the patches is
+/// trained), patches of 4×4 projected by a linear layer, a position embedding, layer norm, the first
+/// position and a head.
+#[dp_model(input = [2, 8, 8], loss = cross_entropy(classes = 3))]
+pub struct PatchFirst {
+    #[layer(conv2d(out = 2, kernel = 3, padding = 1), tanh)]
+    conv: Conv2d,
+    #[layer(patches(size = 4), linear(out = 6))]
+    patch_embedding: Linear,
+    #[layer(position_embedding)]
+    position: PositionEmbedding,
+    #[layer(layer_norm)]
+    ln: LayerNorm,
+    #[layer(first, linear(out = 3))]
+    head: Linear,
+}
+
+/// Linear layers over a sequence `[5, 6]` with direct norms (the CPU keeps their per-example
+/// gradients, as the device does), exact GELU between them, a mean and a ghost head at one position.
+#[dp_model(input = [5, 6], loss = cross_entropy(classes = 3))]
+pub struct SequenceLinearDirect {
+    #[layer(linear(out = 4, norms = direct), gelu_exact)]
+    a: Linear,
+    #[layer(linear(out = 3, norms = direct), mean)]
+    b: Linear,
+    #[layer(linear(out = 3, norms = ghost))]
+    head: Linear,
+}
+
 /// What the CPU program gives on a batch, the reference a device program is compared with: each
 /// example's loss and squared norms, the flat clip factors at `clip`, their non-finite count, the
 /// clipped sum and the plain gradient sum.

@@ -18,6 +18,7 @@ pub mod host;
 use dp_kernels::activation::Activation;
 pub use dp_kernels::gemm_bf16::Precision;
 pub use dp_kernels::norm_layers::GroupNormDims;
+pub use dp_kernels::patches::PatchDims;
 pub use dp_spec::{Conv2dGeometry, LstmDims, Pool2dGeometry};
 
 /// The device allocations a program reads and writes.
@@ -638,6 +639,47 @@ pub trait DeviceOps {
         dims: &LstmDims,
         n: usize,
         t: usize,
+    ) -> Result<(), DeviceError>;
+
+    /// `grad *= act'(x)` in place over `len` values, the derivative read from the activation's INPUT
+    /// `x` (any activation; those whose output does not give it, GELU, SiLU and exact GELU, need
+    /// this), value for value `dp_kernels`' `Activation::derivative_from_input`.
+    fn activation_backward_from_input(
+        &mut self,
+        grad: Span,
+        x: Span,
+        len: usize,
+        act: Activation,
+    ) -> Result<(), DeviceError>;
+
+    /// `dst[r·dst_stride + c] = src[r·src_stride + c]` for `r < rows`, `c < cols`, OVERWRITING those
+    /// values of `dst` only (the rest untouched): e.g. each example's first position (`src_stride =
+    /// T·d`, `dst_stride = d`) or its gradient back into position 0 (the strides swapped). Strides of
+    /// at least `cols`; the spans hold `(rows − 1)·stride + cols` values.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_strided(
+        &mut self,
+        src: Span,
+        src_stride: usize,
+        dst: Span,
+        dst_stride: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), DeviceError>;
+
+    /// Images to patches, as `dp_kernels::patches::image_to_patches`: `out` (`n × patches ×
+    /// patch_len`, OVERWRITTEN) from `x` (`n × C × H × W`), patches in row-major order over the image,
+    /// each ordered `[C][P][P]`.
+    fn patches_forward(&mut self, x: Span, dims: &PatchDims, n: usize, out: Span) -> Result<(), DeviceError>;
+
+    /// Its inverse, as `dp_kernels::patches::patches_to_image`: the images' gradient `dx` (`n × C × H ×
+    /// W`, OVERWRITTEN) from the patches' gradient `dout`.
+    fn patches_backward(
+        &mut self,
+        dout: Span,
+        dims: &PatchDims,
+        n: usize,
+        dx: Span,
     ) -> Result<(), DeviceError>;
 
     /// A strided batch of products ([`BatchedGemm`]) whose operands are stored with the row lengths

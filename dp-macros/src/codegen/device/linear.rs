@@ -1,9 +1,13 @@
-//! `linear` at one position per example on the device: the products through `gemm` (the batch folded
-//! into M), the bias and activation in one launch after the forward product, ghost norms by the
-//! Goodfellow identity, and the clipped sum as the plain sum over rows scaled by the factors (the
-//! inputs of an example with factor 0 zeroed, so that its non-finite values never reach the sum).
+//! `linear` on the device: the products through `gemm` (the batch and any sequence axis folded into
+//! M), the bias and activation in one launch after the forward product. At one position with ghost
+//! norms, the norms by the Goodfellow identity and the clipped sum as the plain sum over rows scaled by
+//! the factors (the inputs of an example with factor 0 zeroed, so that its non-finite values never
+//! reach the sum); over a sequence or with direct norms, kept per-example gradients
+//! ([`super::positional`]), whatever the CPU's planner chose.
 
 use super::emit::{accumulate, arena, grad, lit, param, per_group, read, rt};
+use super::positional::Positional;
+use super::scratch::{keeps_positional, positional};
 use crate::codegen::cpu::emit::act;
 use crate::ops::activation::function::Act;
 use crate::ops::linear::DenseStep;
@@ -49,11 +53,37 @@ pub(super) fn gemm(
     }
 }
 
+/// The rows of the layer's products: `n` on a vector, `n · T` over a sequence.
+fn rows(d: &DenseStep) -> TokenStream {
+    match d.positions {
+        1 => quote!(n),
+        t => {
+            let t = lit(t);
+            quote!(n * #t)
+        }
+    }
+}
+
+/// The layer as a positional one, when it keeps per-example gradients on the device.
+fn as_positional(plan: &Plan, d: &DenseStep) -> Option<Positional> {
+    keeps_positional(d).then(|| Positional {
+        input: read(plan, d.input),
+        delta: arena(plan, d.delta),
+        steps: d.positions,
+        inputs: d.inputs,
+        outputs: d.outputs,
+        weight: d.weight,
+        bias: d.bias,
+        group: d.group,
+        kept: positional(plan, d.weight),
+    })
+}
+
 pub fn forward(plan: &Plan, d: &DenseStep) -> TokenStream {
-    let (n_in, n_out) = (lit(d.inputs), lit(d.outputs));
+    let (n_in, n_out, rows) = (lit(d.inputs), lit(d.outputs), rows(d));
     let (a, w, y) = (read(plan, d.input), param(plan, d.weight), arena(plan, d.output));
     let product = gemm(
-        quote!(n),
+        rows.clone(),
         quote!(#n_out),
         quote!(#n_in),
         (a, false),
@@ -71,22 +101,22 @@ pub fn forward(plan: &Plan, d: &DenseStep) -> TokenStream {
             None => quote!(::core::option::Option::None),
         };
         let f = act(d.act);
-        quote!(dev.bias_activation(#y, #bias, n, #n_out, #f)?;)
+        quote!(dev.bias_activation(#y, #bias, #rows, #n_out, #f)?;)
     });
     quote!(#product #epilogue)
 }
 
 pub fn backward(plan: &Plan, d: &DenseStep) -> TokenStream {
-    let (n_in, n_out) = (lit(d.inputs), lit(d.outputs));
+    let (n_in, n_out, rows) = (lit(d.inputs), lit(d.outputs), rows(d));
     let delta = arena(plan, d.delta);
     let act_back = (d.act != Act::Identity).then(|| {
         let (y, f) = (arena(plan, d.output), act(d.act));
-        quote!(dev.activation_backward(#delta, #y, n * #n_out, #f)?;)
+        quote!(dev.activation_backward(#delta, #y, #rows * #n_out, #f)?;)
     });
     let input_grad = d.input_grad.map(|t| {
         let (w, ga) = (param(plan, d.weight), arena(plan, t.write));
         let product = gemm(
-            quote!(n),
+            rows.clone(),
             quote!(#n_in),
             quote!(#n_out),
             (delta.clone(), false),
@@ -123,10 +153,16 @@ fn weighted_sum(plan: &Plan, d: &DenseStep, a: TokenStream, delta: TokenStream) 
 }
 
 pub fn gradient_sum(plan: &Plan, d: &DenseStep) -> TokenStream {
+    if let Some(p) = as_positional(plan, d) {
+        return p.gradient_sum(plan);
+    }
     weighted_sum(plan, d, read(plan, d.input), arena(plan, d.delta))
 }
 
 pub fn norms(plan: &Plan, d: &DenseStep) -> TokenStream {
+    if let Some(p) = as_positional(plan, d) {
+        return p.norms(plan);
+    }
     let (n_in, n_out, groups, group) = (lit(d.inputs), lit(d.outputs), lit(plan.groups.len()), lit(d.group));
     let (a, delta, sq, has_bias) =
         (read(plan, d.input), arena(plan, d.delta), per_group(plan, "SqNorms"), d.bias.is_some());
@@ -134,6 +170,9 @@ pub fn norms(plan: &Plan, d: &DenseStep) -> TokenStream {
 }
 
 pub fn clipped_sum(plan: &Plan, d: &DenseStep) -> TokenStream {
+    if let Some(p) = as_positional(plan, d) {
+        return p.clipped_sum(plan);
+    }
     let rt = rt();
     let (n_in, n_out, groups, group) = (lit(d.inputs), lit(d.outputs), lit(plan.groups.len()), lit(d.group));
     let (a, delta, factors, scratch) = (

@@ -15,14 +15,15 @@ mod linear;
 mod lstm;
 mod mean;
 mod norm_layer;
+mod patches;
 mod pool;
+mod position_embedding;
+mod positional;
 mod scratch;
 mod unary;
 
 use super::backend::Backend;
 use crate::ops::activation::function::Derivative;
-use crate::ops::mean::Pooling;
-use crate::ops::norm_layer::NormDims;
 use crate::ops::{Layer, Step};
 use crate::parse::ast::LossKind;
 use crate::plan::Plan;
@@ -39,36 +40,26 @@ pub struct Device;
 pub fn unsupported(plan: &Plan) -> Option<String> {
     plan.steps.iter().find_map(|step| {
         let op = match step {
-            Step::Linear(d) if d.positions != 1 => "linear over a sequence",
-            Step::Linear(d) if d.kept.is_some() || d.strategy != dp_spec::Strategy::Ghost => {
-                "linear with direct norms"
-            }
             Step::Linear(_) => return None,
-            Step::Activation(a) if a.act.derivative() == Derivative::FromInput => {
-                "an activation whose derivative needs its input"
-            }
             Step::Activation(_) | Step::Flatten(_) => return None,
             Step::Conv2d(c) if c.geom.groups != 1 => "grouped conv2d",
             Step::Conv2d(c) if c.act.derivative() == Derivative::FromInput => {
                 "conv2d with an activation whose derivative needs its input"
             }
             Step::Conv2d(_) => return None,
-            Step::Norm(s) if !matches!(s.dims, NormDims::Group { .. }) => "layer norm over a sequence",
             Step::Norm(s) if s.act.derivative() == Derivative::FromInput => {
-                "group norm with an activation whose derivative needs its input"
+                "a norm with an activation whose derivative needs its input"
             }
             Step::Norm(_) => return None,
             Step::Embedding(_) | Step::Lstm(_) => return None,
-            Step::PositionEmbedding(_) => "position embedding",
+            Step::PositionEmbedding(_) => return None,
             Step::Attention(_) => return None,
             Step::Pool2d(_) | Step::GlobalAvgPool(_) => return None,
             Step::Add(s) if s.act.derivative() == Derivative::FromInput => {
                 "add with an activation whose derivative needs its input"
             }
             Step::Add(_) => return None,
-            Step::Mean(m) if m.pooling == Pooling::First => "first",
-            Step::Mean(_) => return None,
-            Step::Patches(_) => "patches",
+            Step::Mean(_) | Step::Patches(_) => return None,
             Step::LoraSum(_) => "lora",
         };
         Some(format!("{op} has no device primitives yet"))
@@ -120,8 +111,10 @@ impl Backend for Device {
             Step::Add(s) => add::forward(plan, s),
             Step::Lstm(s) => lstm::forward(plan, s),
             Step::Mean(s) => mean::forward(plan, s),
+            Step::PositionEmbedding(s) => position_embedding::forward(plan, s),
+            Step::Patches(s) => patches::forward(plan, s),
             Step::Attention(s) => attention::forward(plan, s),
-            other @ (Step::PositionEmbedding(_) | Step::Patches(_) | Step::LoraSum(_)) => refused(other),
+            other @ Step::LoraSum(_) => refused(other),
         }
     }
 
@@ -139,8 +132,10 @@ impl Backend for Device {
             Step::Add(s) => add::backward(plan, s),
             Step::Lstm(s) => lstm::backward(plan, s),
             Step::Mean(s) => mean::backward(plan, s),
+            Step::PositionEmbedding(s) => position_embedding::backward(plan, s),
+            Step::Patches(s) => patches::backward(plan, s),
             Step::Attention(s) => attention::backward(plan, s),
-            other @ (Step::PositionEmbedding(_) | Step::Patches(_) | Step::LoraSum(_)) => refused(other),
+            other @ Step::LoraSum(_) => refused(other),
         }
     }
 
@@ -151,8 +146,8 @@ impl Backend for Device {
             Layer::Conv2d(s) => conv2d::gradient_sum(plan, s),
             Layer::Norm(s) => norm_layer::gradient_sum(plan, s),
             Layer::Lstm(s) => lstm::gradient_sum(plan, s),
+            Layer::PositionEmbedding(s) => position_embedding::gradient_sum(plan, s),
             Layer::Attention(s) => attention::gradient_sum(plan, s),
-            other @ Layer::PositionEmbedding(_) => refused(other),
         }
     }
 
@@ -163,8 +158,8 @@ impl Backend for Device {
             Layer::Conv2d(s) => conv2d::norms(plan, s),
             Layer::Norm(s) => norm_layer::norms(plan, s),
             Layer::Lstm(s) => lstm::norms(plan, s),
+            Layer::PositionEmbedding(s) => position_embedding::norms(plan, s),
             Layer::Attention(s) => attention::norms(plan, s),
-            other @ Layer::PositionEmbedding(_) => refused(other),
         }
     }
 
@@ -175,8 +170,8 @@ impl Backend for Device {
             Layer::Conv2d(s) => conv2d::clipped_sum(plan, s),
             Layer::Norm(s) => norm_layer::clipped_sum(plan, s),
             Layer::Lstm(s) => lstm::clipped_sum(plan, s),
+            Layer::PositionEmbedding(s) => position_embedding::clipped_sum(plan, s),
             Layer::Attention(s) => attention::clipped_sum(plan, s),
-            other @ Layer::PositionEmbedding(_) => refused(other),
         }
     }
 }

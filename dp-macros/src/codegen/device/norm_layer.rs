@@ -1,8 +1,13 @@
 //! Group norm (and layer norm over a whole image or vector, one group) on the device: one launch
 //! forward with the fused activation after it in place, one backward that also writes each example's
 //! affine gradients, which the norms, the clipped sum and the plain sum then read as kept gradients.
+//!
+//! Layer norm over a sequence (`rows` rows of `dim` values) is group norm over `n·rows` "examples" of
+//! `dim` channels of one value in one group; its backward's per-position affine gradients go to the
+//! device's scratch and are summed over the rows into each example's.
 
-use super::emit::{accumulate, arena, lit, per_group, read, rt};
+use super::emit::{accumulate, arena, lit, per_group, read, rt, scratch};
+use super::scratch::sequence_affine;
 use crate::codegen::cpu::emit::act;
 use crate::ops::activation::function::Act;
 use crate::ops::norm_layer::{NormDims, NormStep};
@@ -10,12 +15,17 @@ use crate::plan::Plan;
 use proc_macro2::TokenStream;
 use quote::quote;
 
-fn dims(s: &NormStep) -> TokenStream {
-    let NormDims::Group { channels, plane, groups } = s.dims else {
-        unreachable!("`unsupported` keeps layer norm over a sequence off the device backend")
+/// The group norm dimensions and its examples: `n`, or `n · rows` for a layer norm over a sequence.
+fn dims(s: &NormStep) -> (TokenStream, TokenStream) {
+    let ((channels, plane, groups), examples) = match s.dims {
+        NormDims::Group { channels, plane, groups } => ((channels, plane, groups), quote!(n)),
+        NormDims::Layer { rows, dim } => {
+            let rows = lit(rows);
+            ((dim, 1, 1), quote!(n * #rows))
+        }
     };
     let (rt, c, p, g) = (rt(), lit(channels), lit(plane), lit(groups));
-    quote!(&#rt::GroupNormDims { channels: #c, plane: #p, groups: #g })
+    (quote!(&#rt::GroupNormDims { channels: #c, plane: #p, groups: #g }), examples)
 }
 
 /// The affine weight's span and the bias's after it.
@@ -30,7 +40,7 @@ fn affine(plan: &Plan, s: &NormStep) -> (TokenStream, TokenStream) {
 }
 
 pub fn forward(plan: &Plan, s: &NormStep) -> TokenStream {
-    let (d, x, y) = (dims(s), read(plan, s.input), arena(plan, s.output));
+    let ((d, examples), x, y) = (dims(s), read(plan, s.input), arena(plan, s.output));
     let (mean, rstd) = (arena(plan, s.mean), arena(plan, s.rstd));
     let (w, b) = affine(plan, s);
     let act = (s.act != Act::Identity).then(|| {
@@ -38,13 +48,13 @@ pub fn forward(plan: &Plan, s: &NormStep) -> TokenStream {
         quote!(dev.activation(#y, #y, n * #len, #f)?;)
     });
     quote! {
-        dev.group_norm_forward(#x, #d, n, #w, #b, #y, #mean, #rstd)?;
+        dev.group_norm_forward(#x, #d, #examples, #w, #b, #y, #mean, #rstd)?;
         #act
     }
 }
 
 pub fn backward(plan: &Plan, s: &NormStep) -> TokenStream {
-    let (d, x, dy) = (dims(s), read(plan, s.input), arena(plan, s.grad));
+    let ((d, examples), x, dy) = (dims(s), read(plan, s.input), arena(plan, s.grad));
     let act_back = (s.act != Act::Identity).then(|| {
         let (y, f, len) = (arena(plan, s.output), act(s.act), lit(s.dims.len()));
         quote!(dev.activation_backward(#dy, #y, n * #len, #f)?;)
@@ -52,9 +62,22 @@ pub fn backward(plan: &Plan, s: &NormStep) -> TokenStream {
     let (mean, rstd, (w, _)) = (arena(plan, s.mean), arena(plan, s.rstd), affine(plan, s));
     let (dx, kept, acc) =
         (arena(plan, s.input_grad.write), arena(plan, s.affine), accumulate(plan, s.input_grad));
+    let backward = match s.dims {
+        NormDims::Group { .. } => {
+            quote!(dev.group_norm_backward(#x, #dy, #w, #mean, #rstd, #d, n, #dx, #kept)?;)
+        }
+        NormDims::Layer { rows, dim } => {
+            let positions = scratch(sequence_affine(plan), rows * 2 * dim);
+            let (rows, width2) = (lit(rows), lit(2 * dim));
+            quote! {
+                dev.group_norm_backward(#x, #dy, #w, #mean, #rstd, #d, #examples, #dx, #positions)?;
+                dev.sequence_sums(#positions, n, #rows, #width2, 1.0f32, #kept)?;
+            }
+        }
+    };
     quote! {
         #act_back
-        dev.group_norm_backward(#x, #dy, #w, #mean, #rstd, #d, n, #dx, #kept)?;
+        #backward
         #acc
     }
 }

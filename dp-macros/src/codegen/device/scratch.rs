@@ -2,14 +2,19 @@
 //! of one convolution at a time (shared by every conv, re-derived by each pass that reads them, and
 //! reused for the patch gradients backward), then every trained conv's per-example weight and bias
 //! gradients, formed by its norms and kept for its clipped sum, then every LSTM's per-example
-//! gradients (both weights, then the bias), kept the same way, then every attention layer's score
-//! gradients (all heads) and its four tensors' per-example gradients. A device has the memory for
-//! them (the CIFAR-10 CNN keeps 2.2 MB per example, the LSTM model 0.3 MB), and keeping them saves
-//! the clipped sum a second product.
+//! gradients (both weights, then the bias), kept the same way, then every positional layer's (a linear
+//! layer over a sequence or with direct norms: weight, then bias; [`super::positional`]). A device has
+//! the memory for them (the CIFAR-10 CNN keeps 2.2 MB per example, the LSTM model 0.3 MB), and keeping
+//! them saves the clipped sum a second product. Then the per-position affine gradients of one layer
+//! norm over a sequence at a time (`rows × 2·dim`), summed over the rows by its backward into the
+//! plan's per-example affine gradients. Last, every attention layer's score gradients (all heads) and
+//! its four tensors' per-example gradients.
 
 use crate::ops::attention::AttentionStep;
 use crate::ops::conv2d::ConvStep;
+use crate::ops::linear::DenseStep;
 use crate::ops::lstm::LstmStep;
+use crate::ops::norm_layer::NormDims;
 use crate::ops::Step;
 use crate::plan::Plan;
 
@@ -32,6 +37,32 @@ pub struct LstmScratch {
     pub weights: usize,
     /// Each example's bias gradient, `4h`.
     pub bias: usize,
+}
+
+/// Where a positional layer's kept gradients live, in values per example from the arena's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PositionalScratch {
+    /// Each example's weight gradient, `d_out × d_in`.
+    pub weight: usize,
+    /// Each example's bias gradient, `d_out`, when the layer has a bias.
+    pub bias: usize,
+}
+
+/// A linear layer that keeps per-example gradients on the device: over a sequence, or with direct
+/// norms (the Goodfellow identity serves a ghost layer at one position).
+pub fn keeps_positional(d: &DenseStep) -> bool {
+    d.positions != 1 || d.kept.is_some() || d.strategy != dp_spec::Strategy::Ghost
+}
+
+/// Every positional layer's weight slot (its identity) and kept length per example (weight, then
+/// bias), in step order.
+fn positionals(plan: &Plan) -> impl Iterator<Item = (usize, usize)> + '_ {
+    plan.steps.iter().filter_map(|s| match s {
+        Step::Linear(d) if keeps_positional(d) => {
+            Some((d.weight, d.inputs * d.outputs + if d.bias.is_some() { d.outputs } else { 0 }))
+        }
+        _ => None,
+    })
 }
 
 /// Where an attention layer's scratch lives, in values per example from the arena's start.
@@ -104,14 +135,39 @@ fn lstms_start(plan: &Plan) -> usize {
     plan_len(plan) + shared_cols_len(plan) + convs(plan).map(kept_len).sum::<usize>()
 }
 
-/// Where the attention layers' scratch starts: after the LSTMs'.
-fn attentions_start(plan: &Plan) -> usize {
+/// Where the positional layers' kept gradients start: after the LSTMs'.
+fn positionals_start(plan: &Plan) -> usize {
     lstms_start(plan) + lstms(plan).map(lstm_kept_len).sum::<usize>()
+}
+
+/// Where the layer norms' per-position affine gradients live: after the positional layers'.
+pub fn sequence_affine(plan: &Plan) -> usize {
+    positionals_start(plan) + positionals(plan).map(|(_, len)| len).sum::<usize>()
+}
+
+/// The largest per-position affine gradients of a layer norm over a sequence, per example.
+fn sequence_affine_len(plan: &Plan) -> usize {
+    plan.steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Norm(n) => match n.dims {
+                NormDims::Layer { rows, dim } => Some(rows * 2 * dim),
+                NormDims::Group { .. } => None,
+            },
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// The arena per example: the plan's buffers and the device's scratch.
 pub fn arena_len(plan: &Plan) -> usize {
     attentions_start(plan) + attentions(plan).map(attention_len).sum::<usize>()
+}
+
+/// Where the attention layers' scratch starts: after the layer norms' affine gradients.
+fn attentions_start(plan: &Plan) -> usize {
+    sequence_affine(plan) + sequence_affine_len(plan)
 }
 
 /// The scratch of conv `step` (compared by identity: its weight slot).
@@ -137,6 +193,19 @@ pub fn lstm(plan: &Plan, step: &LstmStep) -> LstmScratch {
         at += lstm_kept_len(s);
     }
     unreachable!("{step:?} is a step of its plan")
+}
+
+/// The kept gradients of the positional layer whose weight is parameter `weight` (its identity).
+pub fn positional(plan: &Plan, weight: usize) -> PositionalScratch {
+    let mut at = positionals_start(plan);
+    for (slot, len) in positionals(plan) {
+        if slot == weight {
+            let w = &plan.params[weight];
+            return PositionalScratch { weight: at, bias: at + w.len };
+        }
+        at += len;
+    }
+    unreachable!("parameter {weight} is the weight of a positional layer of its plan")
 }
 
 /// The scratch of attention layer `step` (compared by identity: its input weight slot).

@@ -1,9 +1,10 @@
-//! The steps without parameters that the device has primitives for: an activation of its own (whose
-//! derivative its output gives) and `flatten` (nothing forward; a copy of the gradient backward when
-//! its input has other readers).
+//! The steps without parameters that the device has primitives for: an activation of its own (its
+//! derivative from its output or, for GELU and SiLU, from its input, which the plan keeps) and
+//! `flatten` (nothing forward; a copy of the gradient backward when its input has other readers).
 
 use super::emit::{accumulate, arena, lit, read};
 use crate::codegen::cpu::emit::act;
+use crate::ops::activation::function::Derivative;
 use crate::ops::activation::ActivationStep;
 use crate::ops::flatten::GradCopyStep;
 use crate::plan::memory::Buf;
@@ -16,22 +17,34 @@ pub fn activation_forward(plan: &Plan, s: &ActivationStep) -> TokenStream {
     quote!(dev.activation(#x, #y, n * #len, #f)?;)
 }
 
-pub fn activation_backward(plan: &Plan, s: &ActivationStep) -> TokenStream {
+/// `grad ← grad ⊙ act'`, the derivative from the kept output or, when it needs it, the input.
+fn in_place(plan: &Plan, s: &ActivationStep, grad: TokenStream) -> TokenStream {
     let (len, f) = (lit(s.len), act(s.act));
-    let y = read(plan, Buf::Arena(s.output));
+    match s.act.derivative() {
+        Derivative::FromOutput => {
+            let y = read(plan, Buf::Arena(s.output));
+            quote!(dev.activation_backward(#grad, #y, n * #len, #f)?;)
+        }
+        Derivative::FromInput => {
+            let x = read(plan, s.input);
+            quote!(dev.activation_backward_from_input(#grad, #x, n * #len, #f)?;)
+        }
+    }
+}
+
+pub fn activation_backward(plan: &Plan, s: &ActivationStep) -> TokenStream {
+    let len = lit(s.len);
     match (s.grad, s.target) {
         (Some(grad), Some(target)) => {
             let (dx, g, acc) = (arena(plan, target.write), arena(plan, grad), accumulate(plan, target));
+            let backward = in_place(plan, s, dx.clone());
             quote! {
                 dev.copy(#dx, #g, n * #len)?;
-                dev.activation_backward(#dx, #y, n * #len, #f)?;
+                #backward
                 #acc
             }
         }
-        (Some(grad), None) => {
-            let g = arena(plan, grad);
-            quote!(dev.activation_backward(#g, #y, n * #len, #f)?;)
-        }
+        (Some(grad), None) => in_place(plan, s, arena(plan, grad)),
         (None, _) => quote!(),
     }
 }

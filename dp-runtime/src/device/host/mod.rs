@@ -7,6 +7,7 @@ mod attention;
 mod image;
 mod lstm;
 mod sequence;
+mod transformer;
 
 use std::collections::HashMap;
 
@@ -16,7 +17,8 @@ use dp_kernels::{loss, norm_layers};
 
 use super::{
     BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, LeadingDims,
-    LstmBackwardStep, LstmDims, LstmForwardStep, Operands, Pool2dGeometry, Precision, Region, RowScale, Span,
+    LstmBackwardStep, LstmDims, LstmForwardStep, Operands, PatchDims, Pool2dGeometry, Precision, Region,
+    RowScale, Span,
 };
 
 /// Every region a host `Vec` (`Tokens` of `u32`, the others of `f32`).
@@ -768,6 +770,42 @@ impl DeviceOps for HostDevice {
         t: usize,
     ) -> Result<(), DeviceError> {
         self.lstm_backward_rows(step, dims, n, t)
+    }
+
+    fn activation_backward_from_input(
+        &mut self,
+        grad: Span,
+        x: Span,
+        len: usize,
+        act: Activation,
+    ) -> Result<(), DeviceError> {
+        self.activation_backward_at_input(grad, x, len, act)
+    }
+
+    fn copy_strided(
+        &mut self,
+        src: Span,
+        src_stride: usize,
+        dst: Span,
+        dst_stride: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), DeviceError> {
+        self.copy_rows_strided(src, src_stride, dst, dst_stride, rows, cols)
+    }
+
+    fn patches_forward(&mut self, x: Span, dims: &PatchDims, n: usize, out: Span) -> Result<(), DeviceError> {
+        self.permute_patches(x, dims, n, out, true)
+    }
+
+    fn patches_backward(
+        &mut self,
+        dout: Span,
+        dims: &PatchDims,
+        n: usize,
+        dx: Span,
+    ) -> Result<(), DeviceError> {
+        self.permute_patches(dout, dims, n, dx, false)
     }
 
     fn gemm_batched_rows(&mut self, g: BatchedGemm, ld: LeadingDims) -> Result<(), DeviceError> {
