@@ -21,6 +21,7 @@ mod dense_models;
 
 use dense_models::activations_from_input::ActivationsFromInput;
 use dense_models::norm_residual::NormResidual;
+use dense_models::token_lora::TokenLora;
 use dense_models::{
     batch, close, close_sum, cpu_reference, private_pass_on_host, token_batch, ActivatedOutput, Deep,
     DenseLstm, LstmSequence, PooledConv, SigmoidBce, SmallConv, SmallLstm, SmallLstmDirect, SmallLstmGhost,
@@ -457,4 +458,18 @@ fn token_mlp_with_layer_norm_over_the_sequence_device_program_matches_the_cpu() 
 #[test]
 fn patches_position_embedding_and_first_device_program_matches_the_cpu() {
     device_matches_cpu::<PatchFirst>(28, SIZES);
+}
+
+/// LoRA layers (their B matrices moved off zero, so that the adapter path reaches the output) among
+/// frozen ones.
+#[test]
+fn lora_layers_with_frozen_ones_device_program_matches_the_cpu() {
+    use rand::Rng;
+    let mut rng = ChaCha8Rng::seed_from_u64(29);
+    let params: Vec<f32> =
+        TokenLora::init(&mut rng).params().iter().map(|p| p + rng.random_range(-0.3..0.3)).collect();
+    for &(n, poison) in SIZES {
+        let (params, inputs, labels) = token_batch::<TokenLora>(&mut rng, &params, n, poison);
+        batch_matches_cpu(&TokenLora::from_params(params), &inputs, &labels, n, poison);
+    }
 }

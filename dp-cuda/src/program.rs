@@ -213,6 +213,7 @@ mod k {
     pub const ACTIVATION_BACKWARD_FROM_INPUT: Kernel = Transformer(0);
     pub const COPY_STRIDED: Kernel = Transformer(1);
     pub const PATCHES: Kernel = Transformer(2);
+    pub const ADD_SCALED_INTO: Kernel = Transformer(3);
 }
 
 impl GpuOps<'_> {
@@ -926,5 +927,15 @@ impl DeviceOps for GpuOps<'_> {
         dx: Span,
     ) -> std::result::Result<(), DeviceError> {
         transformer_ops::patches(self, dout, dims, n, dx, false)
+    }
+
+    fn add_scaled_into(
+        &mut self,
+        dst: Span,
+        src: Span,
+        len: usize,
+        scale: f32,
+    ) -> std::result::Result<(), DeviceError> {
+        transformer_ops::add_scaled_into(self, dst, src, len, scale)
     }
 }

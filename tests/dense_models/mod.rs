@@ -278,6 +278,37 @@ pub struct SequenceLinearDirect {
     head: Linear,
 }
 
+/// The LoRA text transformer without attention: a frozen embedding, position embedding and layer
+/// norms, two LoRA linear layers over the sequence (the first with tanh fused into its sum) in a
+/// residual block, a mean and a trained head.
+#[dp_model(input = tokens(len = 7, vocab = 11), loss = cross_entropy(classes = 3))]
+pub mod token_lora {
+    pub struct TokenLora {
+        #[layer(embedding(dim = 6), frozen)]
+        embedding: Embedding,
+        #[layer(position_embedding, frozen)]
+        position: PositionEmbedding,
+        #[layer(layer_norm, frozen)]
+        ln: LayerNorm,
+        #[layer(linear(out = 8, lora(rank = 2, alpha = 4)), tanh)]
+        mlp_in: Linear,
+        #[layer(linear(out = 6, lora(rank = 2, alpha = 4)))]
+        mlp_out: Linear,
+        #[layer(layer_norm, frozen)]
+        final_ln: LayerNorm,
+        #[layer(mean, linear(out = 3))]
+        head: Linear,
+    }
+
+    impl TokenLora {
+        fn forward(&self, x: Input) -> Output {
+            let h = self.position(self.embedding(x));
+            let h = h + self.mlp_out(self.mlp_in(self.ln(h)));
+            self.head(self.final_ln(h))
+        }
+    }
+}
+
 /// What the CPU program gives on a batch, the reference a device program is compared with: each
 /// example's loss and squared norms, the flat clip factors at `clip`, their non-finite count, the
 /// clipped sum and the plain gradient sum.

@@ -640,6 +640,10 @@ pub trait DeviceOps {
         n: usize,
         dx: Span,
     ) -> Result<(), DeviceError>;
+
+    /// `dst[k] += scale · src[k]` over `len` values, ADDING (a LoRA layer's adapter path into its
+    /// output, or its share of the output gradient into a zeroed input gradient).
+    fn add_scaled_into(&mut self, dst: Span, src: Span, len: usize, scale: f32) -> Result<(), DeviceError>;
 }
 
 /// The SGD update a device applies (the host optimizer's settings at one step).

@@ -11,6 +11,7 @@ mod conv2d;
 mod embedding;
 mod emit;
 mod linear;
+mod lora;
 mod lstm;
 mod mean;
 mod norm_layer;
@@ -59,7 +60,7 @@ pub fn unsupported(plan: &Plan) -> Option<String> {
             }
             Step::Add(_) => return None,
             Step::Mean(_) | Step::Patches(_) => return None,
-            Step::LoraSum(_) => "lora",
+            Step::LoraSum(_) => return None,
         };
         Some(format!("{op} has no device primitives yet"))
     })
@@ -112,7 +113,8 @@ impl Backend for Device {
             Step::Mean(s) => mean::forward(plan, s),
             Step::PositionEmbedding(s) => position_embedding::forward(plan, s),
             Step::Patches(s) => patches::forward(plan, s),
-            other @ (Step::Attention(_) | Step::LoraSum(_)) => refused(other),
+            Step::LoraSum(s) => lora::forward(plan, s),
+            other @ Step::Attention(_) => refused(other),
         }
     }
 
@@ -132,7 +134,8 @@ impl Backend for Device {
             Step::Mean(s) => mean::backward(plan, s),
             Step::PositionEmbedding(s) => position_embedding::backward(plan, s),
             Step::Patches(s) => patches::backward(plan, s),
-            other @ (Step::Attention(_) | Step::LoraSum(_)) => refused(other),
+            Step::LoraSum(s) => lora::backward(plan, s),
+            other @ Step::Attention(_) => refused(other),
         }
     }
 

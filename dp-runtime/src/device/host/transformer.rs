@@ -1,6 +1,7 @@
 //! The host reference's primitives for a transformer's steps around its products, written from their
 //! contracts in `DeviceOps`: an activation's backward from its input, a strided copy of rows (a
-//! sequence's first position and its gradient) and the permutation of images into patches.
+//! sequence's first position and its gradient), the permutation of images into patches and a scaled
+//! add (a LoRA layer's sum).
 
 use dp_kernels::activation::Activation;
 
@@ -86,6 +87,22 @@ impl HostDevice {
                 }
             }
         }
+        Ok(())
+    }
+
+    pub(super) fn add_scaled(
+        &mut self,
+        dst: Span,
+        src: Span,
+        len: usize,
+        scale: f32,
+    ) -> Result<(), DeviceError> {
+        let s = self.read(src)?;
+        let d = self.write(dst)?;
+        if s.len() < len || d.len() < len {
+            return Err(short("add_scaled_into"));
+        }
+        d[..len].iter_mut().zip(&s).for_each(|(d, &s)| *d += scale * s);
         Ok(())
     }
 }
