@@ -207,8 +207,8 @@ pub struct TokenSequenceLinear {
 }
 
 /// The activations whose derivative needs their input (GELU in tanh and erf form, SiLU), after linear
-/// layers over a dense sequence `[5, 6]` and after a vector, the last one's input also read by a
-/// residual add.
+/// layers over a dense sequence `[5, 6]` and after a vector; one of them standalone on a value that a
+/// residual add also reads (its backward to a gradient of its own, then added).
 #[dp_model(input = [5, 6], loss = mse)]
 pub mod activations_from_input {
     pub struct ActivationsFromInput {
@@ -218,6 +218,10 @@ pub mod activations_from_input {
         b: Linear,
         #[layer(linear(out = 6), gelu_exact)]
         c: Linear,
+        #[layer(linear(out = 6))]
+        e: Linear,
+        #[layer(gelu)]
+        g: Gelu,
         #[layer(flatten, linear(out = 4), silu)]
         d: Linear,
         #[layer(linear(out = 2))]
@@ -228,6 +232,8 @@ pub mod activations_from_input {
         fn forward(&self, x: Input) -> Output {
             let h = self.b(self.a(x));
             let h = h + self.c(h);
+            let p = self.e(h);
+            let h = p + self.g(p);
             self.head(self.d(h))
         }
     }
