@@ -23,6 +23,7 @@ mod dense_models;
 
 use dense_models::activations_from_input::ActivationsFromInput;
 use dense_models::norm_residual::NormResidual;
+use dense_models::token_lora::TokenLora;
 use dense_models::{
     batch, close, close_sum, cpu_reference, private_pass_on_host, token_batch, ActivatedOutput,
     CausalAttention, Deep, DenseAttention, DenseLstm, LstmSequence, PooledConv, SigmoidBce, SmallConv,
@@ -216,14 +217,40 @@ fn mnist_vit_device_program_matches_the_cpu() {
     device_matches_cpu::<dp::models::MnistVit>(41, &[(1, false), (3, true), (8, false)]);
 }
 
+/// The LoRA transformer (frozen embedding, position embedding, attention and layer norms; LoRA MLP
+/// layers; a trained head), its B matrices moved off zero so that the adapters reach the output.
+#[test]
+fn text_transformer_lora_device_program_matches_the_cpu() {
+    use rand::Rng;
+    let mut rng = ChaCha8Rng::seed_from_u64(42);
+    let params: Vec<f32> = TextTransformerLora::init(&mut rng)
+        .params()
+        .iter()
+        .map(|p| p + rng.random_range(-0.05..0.05))
+        .collect();
+    for (n, poison) in [(1, false), (3, true)] {
+        let (params, inputs, labels) = token_batch::<TextTransformerLora>(&mut rng, &params, n, poison);
+        batch_matches_cpu(&TextTransformerLora::from_params(params), &inputs, &labels, n, poison);
+    }
+}
+
+/// A grouped convolution, which has no device primitives yet.
+#[dp_model(input = [4, 6, 6], loss = cross_entropy(classes = 3))]
+pub struct GroupedConv {
+    #[layer(conv2d(out = 4, kernel = 3, groups = 2), relu)]
+    conv: Conv2d,
+    #[layer(flatten, linear(out = 3))]
+    fc: Linear,
+}
+
 #[test]
 fn a_model_without_device_primitives_says_which_step() {
-    let reason = "lora has no device primitives yet";
-    assert_eq!(TextTransformerLora::DEVICE_UNSUPPORTED, Some(reason));
+    let reason = "grouped conv2d has no device primitives yet";
+    assert_eq!(GroupedConv::DEVICE_UNSUPPORTED, Some(reason));
     let mut dev = HostDevice::new();
-    let err = TextTransformerLora::device_norms(&mut dev, 4).unwrap_err();
+    let err = GroupedConv::device_norms(&mut dev, 4).unwrap_err();
     assert!(matches!(err, DeviceError::Unsupported { .. }));
-    assert_eq!(err.to_string(), format!("TextTransformerLora has no device program: {reason}"));
+    assert_eq!(err.to_string(), format!("GroupedConv has no device program: {reason}"));
 }
 
 /// A model's training state on the host reference backend: the device program for the model's
@@ -649,4 +676,18 @@ fn causal_attention_device_program_matches_the_cpu() {
 #[test]
 fn stacked_attention_device_program_matches_the_cpu() {
     device_matches_cpu::<StackedAttention>(25, SIZES);
+}
+
+/// LoRA layers (their B matrices moved off zero, so that the adapter path reaches the output) among
+/// frozen ones.
+#[test]
+fn lora_layers_with_frozen_ones_device_program_matches_the_cpu() {
+    use rand::Rng;
+    let mut rng = ChaCha8Rng::seed_from_u64(29);
+    let params: Vec<f32> =
+        TokenLora::init(&mut rng).params().iter().map(|p| p + rng.random_range(-0.3..0.3)).collect();
+    for &(n, poison) in SIZES {
+        let (params, inputs, labels) = token_batch::<TokenLora>(&mut rng, &params, n, poison);
+        batch_matches_cpu(&TokenLora::from_params(params), &inputs, &labels, n, poison);
+    }
 }

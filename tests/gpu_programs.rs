@@ -14,6 +14,7 @@ mod gpu_support;
 
 use dense_models::activations_from_input::ActivationsFromInput;
 use dense_models::norm_residual::NormResidual;
+use dense_models::token_lora::TokenLora;
 use dense_models::{
     batch, token_batch, ActivatedOutput, CausalAttention, Deep, DenseAttention, DenseLstm, LstmSequence,
     PooledConv, SigmoidBce, SmallConv, SmallLstm, SmallLstmDirect, SmallLstmGhost, StackedAttention, TanhMse,
@@ -445,7 +446,7 @@ fn gpu_adam_run_resumes_like_the_cpu() {
 
 /// A transformer's steps other than attention: linear layers over a sequence (every norm strategy),
 /// the activations whose derivative needs their input, a position embedding, layer norm over a
-/// sequence, `first` and patches (NaN examples at 7 and 301). Written without a GPU: NOT YET RUN ON
+/// sequence, `first`, patches and LoRA layers among frozen ones (NaN examples at 7 and 301). Written without a GPU: NOT YET RUN ON
 /// ONE (docs/GPU.md).
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
@@ -455,4 +456,5 @@ fn gpu_transformer_steps_match_the_cpu() {
     norms_and_sums_match::<ActivationsFromInput>(39);
     token_norms_and_sums_match::<TokenMlp>(40);
     norms_and_sums_match::<PatchFirst>(41);
+    token_norms_and_sums_match::<TokenLora>(42);
 }

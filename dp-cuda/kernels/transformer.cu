@@ -1,7 +1,7 @@
 // A transformer's launches around its products (dp_runtime::device::DeviceOps): an activation's
 // backward from its input (GELU, SiLU, exact GELU), a strided copy of rows (a sequence's first
 // position forward, its gradient into position 0 backward) and the permutation of images into patches
-// and back. Grid-stride, one thread per value; each value's arithmetic or index is a function outside
+// and back, and a scaled add (a LoRA layer's sum). Grid-stride, one thread per value; each value's arithmetic or index is a function outside
 // the kernels, which the host's C compiler also compiles (tests/host_harness.c).
 #include "common.cuh"
 #include "activation.cuh"
@@ -17,6 +17,9 @@ DP_DEVICE dp_u64 dp_patch_index(dp_u64 channels, dp_u64 height, dp_u64 width, dp
 
 // Where value i of `rows × cols` lies in a span whose rows start `stride` apart.
 DP_DEVICE dp_u64 dp_strided_at(dp_u64 stride, dp_u64 cols, dp_u64 i) { return i / cols * stride + i % cols; }
+
+// dst + scale·src, as the CPU's LoRA sum rounds it (no contraction: NVRTC runs with fmad=false).
+DP_DEVICE float dp_add_scaled_value(float dst, float src, float scale) { return dst + scale * src; }
 
 #ifdef __CUDACC__
 extern "C" __global__ void dp_activation_backward_from_input(float *grad, const float *x, dp_u64 len, int act) {
@@ -43,5 +46,9 @@ extern "C" __global__ void dp_patches(const float *from, float *to, dp_u64 n, dp
             to[i] = from[patch];
         }
     }
+}
+
+extern "C" __global__ void dp_add_scaled_into(float *dst, const float *src, dp_u64 len, float scale) {
+    DP_GRID_STRIDE(i, len) { dst[i] = dp_add_scaled_value(dst[i], src[i], scale); }
 }
 #endif

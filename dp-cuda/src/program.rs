@@ -219,6 +219,7 @@ mod k {
     pub const ACTIVATION_BACKWARD_FROM_INPUT: Kernel = Transformer(0);
     pub const COPY_STRIDED: Kernel = Transformer(1);
     pub const PATCHES: Kernel = Transformer(2);
+    pub const ADD_SCALED_INTO: Kernel = Transformer(3);
 }
 
 impl GpuOps<'_> {
@@ -964,5 +965,15 @@ impl DeviceOps for GpuOps<'_> {
 
     fn fill(&mut self, dst: Span, len: usize, value: f32) -> std::result::Result<(), DeviceError> {
         attention_ops::fill(self, dst, len, value)
+    }
+
+    fn add_scaled_into(
+        &mut self,
+        dst: Span,
+        src: Span,
+        len: usize,
+        scale: f32,
+    ) -> std::result::Result<(), DeviceError> {
+        transformer_ops::add_scaled_into(self, dst, src, len, scale)
     }
 }

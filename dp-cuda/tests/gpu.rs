@@ -971,8 +971,8 @@ fn gpu_noisy_adam_update_equals_the_cpus() {
 
 /// A transformer's primitives around its products against the host reference: the backward of every
 /// activation from its input within rounding (CUDA's tanhf, erff and expf against the CPU's), the
-/// strided copy of `first` and its backward and the patches permutation both ways bit for bit, at a
-/// ViT's sizes. NOT YET RUN ON A GPU (docs/GPU.md).
+/// strided copy of `first` and its backward, the patches permutation both ways and a LoRA sum's scaled
+/// add bit for bit, at a ViT's sizes. NOT YET RUN ON A GPU (docs/GPU.md).
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
 fn gpu_transformer_primitives_equal_the_host_reference() {
@@ -988,6 +988,12 @@ fn gpu_transformer_primitives_equal_the_host_reference() {
         });
         assert_near(&host, &device, 1e-5, &format!("activation_backward_from_input {act:?}"));
     }
+    let regions = [(Region::Inputs, x.clone()), (Region::Arena, uniform(17, len))];
+    let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+        let (src, dst) = (Span::new(Region::Inputs, 0, len), Span::new(Region::Arena, 0, len));
+        ops.add_scaled_into(dst, src, len, 2.0 / 3.0)
+    });
+    assert_eq!(bits(&host), bits(&device), "add_scaled_into");
     for n in [1, 7, 300] {
         let (steps, dim) = (65, 64);
         let regions =

@@ -33,7 +33,8 @@
  *   copystrided ROWS COLS SRC_STRIDE DST_STRIDE SRC_LEN DST_LEN: in src, dst; out dst.
  *   patches CHANNELS HEIGHT WIDTH SIZE N TO_PATCHES: in from (N*C*H*W); out to.
  *   attnsoftmax BLOCKS STEPS SCALE CAUSAL: in scores (BLOCKS*STEPS*STEPS); out the probabilities.
- *   attnsoftmaxback BLOCKS STEPS SCALE: in probs, grad (BLOCKS*STEPS*STEPS each); out grad. */
+ *   attnsoftmaxback BLOCKS STEPS SCALE: in probs, grad (BLOCKS*STEPS*STEPS each); out grad.
+ *   addscaled LEN SCALE: in dst, src (LEN each); out dst. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -294,6 +295,14 @@ static int transformer(const char *op, char **argv) {
         fwrite(dst, 4, dst_len, stdout);
         return 0;
     }
+    if (strcmp(op, "addscaled") == 0) {
+        dp_u64 len = arg(argv, 0);
+        float scale = strtof(argv[1], NULL);
+        float *dst = read_stdin(len * 4), *src = read_stdin(len * 4);
+        for (dp_u64 e = 0; e < len; ++e) dst[e] = dp_add_scaled_value(dst[e], src[e], scale);
+        fwrite(dst, 4, len, stdout);
+        return 0;
+    }
     dp_u64 c = arg(argv, 0), h = arg(argv, 1), w = arg(argv, 2), p = arg(argv, 3), n = arg(argv, 4);
     int to_patches = atoi(argv[5]);
     dp_u64 len = c * h * w;
@@ -347,6 +356,7 @@ int main(int argc, char **argv) {
     if (argc >= 4 && strcmp(argv[1], "actinput") == 0) return transformer(argv[1], argv + 2);
     if (argc >= 8 && strcmp(argv[1], "copystrided") == 0) return transformer(argv[1], argv + 2);
     if (argc >= 8 && strcmp(argv[1], "patches") == 0) return transformer(argv[1], argv + 2);
+    if (argc >= 4 && strcmp(argv[1], "addscaled") == 0) return transformer(argv[1], argv + 2);
     fprintf(stderr, "usage: see the comment at the top of host_harness.c\n");
     return 2;
 }

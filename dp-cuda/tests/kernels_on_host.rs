@@ -28,7 +28,7 @@
 //! - transformer.cu's per-value functions against the host reference: an activation's backward from
 //!   its input (GELU, SiLU, exact GELU and the others; within rounding, CUDA's libm against
 //!   dp-kernels' own), the strided copy of rows (`first` and its backward) and the patches
-//!   permutation both ways, bit for bit;
+//!   permutation both ways and the scaled add of a LoRA sum, bit for bit;
 //! - attention.cu's per-row softmax and its backward against the host reference, bit for bit: with and
 //!   without the causal mask, rows longer than a warp and not a multiple of it, rows of one value, a
 //!   row with NaN (NaN where the host has NaN, masked columns exactly 0 even there) and large scores.
@@ -829,6 +829,27 @@ fn device_attention_softmax_equals_the_host_reference() {
             });
             assert_eq!(bits(&back), bits(&host), "softmax backward {blocks}×{steps}² causal {causal}");
         }
+    }
+}
+
+#[test]
+fn device_scaled_add_equals_the_host_reference_bit_for_bit() {
+    let Some(exe) = harness() else { return };
+    let len = 1001;
+    let dst: Vec<f32> = values(10, len).map(|u| u as f32 - 0.5).collect();
+    let src: Vec<f32> = values(11, len).map(|u| (u as f32 - 0.5) * 3.0).collect();
+    for scale in [2.0f32, 0.125, 1.0 / 3.0] {
+        let args = [len.to_string(), format!("{scale:e}")];
+        let mut all = vec!["addscaled".to_string()];
+        all.extend(args.iter().cloned());
+        let input: Vec<u8> = dst.iter().chain(&src).flat_map(|v| v.to_le_bytes()).collect();
+        let device = f32s(&run(&exe, &all, &input));
+        let mut host = HostDevice::new();
+        host.set(Region::Inputs, src.clone());
+        host.set(Region::Arena, dst.clone());
+        let (s, d) = (Span::new(Region::Inputs, 0, len), Span::new(Region::Arena, 0, len));
+        host.add_scaled_into(d, s, len, scale).unwrap();
+        assert_eq!(bits(&device), bits(host.get(Region::Arena)), "scale {scale}");
     }
 }
 

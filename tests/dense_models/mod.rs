@@ -207,8 +207,8 @@ pub struct TokenSequenceLinear {
 }
 
 /// The activations whose derivative needs their input (GELU in tanh and erf form, SiLU), after linear
-/// layers over a dense sequence `[5, 6]` and after a vector, the last one's input also read by a
-/// residual add.
+/// layers over a dense sequence `[5, 6]` and after a vector; one of them standalone on a value that a
+/// residual add also reads (its backward to a gradient of its own, then added).
 #[dp_model(input = [5, 6], loss = mse)]
 pub mod activations_from_input {
     pub struct ActivationsFromInput {
@@ -218,6 +218,10 @@ pub mod activations_from_input {
         b: Linear,
         #[layer(linear(out = 6), gelu_exact)]
         c: Linear,
+        #[layer(linear(out = 6))]
+        e: Linear,
+        #[layer(gelu)]
+        g: Gelu,
         #[layer(flatten, linear(out = 4), silu)]
         d: Linear,
         #[layer(linear(out = 2))]
@@ -228,6 +232,8 @@ pub mod activations_from_input {
         fn forward(&self, x: Input) -> Output {
             let h = self.b(self.a(x));
             let h = h + self.c(h);
+            let p = self.e(h);
+            let h = p + self.g(p);
             self.head(self.d(h))
         }
     }
@@ -276,6 +282,37 @@ pub struct SequenceLinearDirect {
     b: Linear,
     #[layer(linear(out = 3, norms = ghost))]
     head: Linear,
+}
+
+/// The LoRA text transformer without attention: a frozen embedding, position embedding and layer
+/// norms, two LoRA linear layers over the sequence (the first with tanh fused into its sum) in a
+/// residual block, a mean and a trained head.
+#[dp_model(input = tokens(len = 7, vocab = 11), loss = cross_entropy(classes = 3))]
+pub mod token_lora {
+    pub struct TokenLora {
+        #[layer(embedding(dim = 6), frozen)]
+        embedding: Embedding,
+        #[layer(position_embedding, frozen)]
+        position: PositionEmbedding,
+        #[layer(layer_norm, frozen)]
+        ln: LayerNorm,
+        #[layer(linear(out = 8, lora(rank = 2, alpha = 4)), tanh)]
+        mlp_in: Linear,
+        #[layer(linear(out = 6, lora(rank = 2, alpha = 4)))]
+        mlp_out: Linear,
+        #[layer(layer_norm, frozen)]
+        final_ln: LayerNorm,
+        #[layer(mean, linear(out = 3))]
+        head: Linear,
+    }
+
+    impl TokenLora {
+        fn forward(&self, x: Input) -> Output {
+            let h = self.position(self.embedding(x));
+            let h = h + self.mlp_out(self.mlp_in(self.ln(h)));
+            self.head(self.final_ln(h))
+        }
+    }
 }
 
 /// What the CPU program gives on a batch, the reference a device program is compared with: each

@@ -1,6 +1,6 @@
 //! The bodies of [`GpuOps`]' primitives for a transformer's steps around its products
 //! (`DeviceOps::activation_backward_from_input`, `copy_strided`, `patches_forward` and
-//! `patches_backward`) through `kernels/transformer.cu`, one thread per value. Each checks its spans
+//! `patches_backward`, `add_scaled_into`) through `kernels/transformer.cu`, one thread per value. Each checks its spans
 //! against the shapes (and, through [`RegionMemory::ptr`](super::RegionMemory::ptr), against their
 //! regions) before it queues anything.
 
@@ -73,4 +73,13 @@ pub(super) fn patches(
     let (n64, c, h, w, p, to_patches) =
         (n as u64, channels as u64, height as u64, width as u64, size as u64, i32::from(forward));
     launch!(ops, k::PATCHES, "dp_patches", elementwise(len); &f, &t, &n64, &c, &h, &w, &p, &to_patches)
+}
+
+pub(super) fn add_scaled_into(ops: &GpuOps<'_>, dst: Span, src: Span, len: usize, scale: f32) -> Outcome {
+    ops.check("add_scaled_into", &[(dst, len), (src, len)])?;
+    if len == 0 {
+        return Ok(());
+    }
+    let (d, s, n) = (ops.memory.ptr(dst)?, ops.memory.ptr(src)?, len as u64);
+    launch!(ops, k::ADD_SCALED_INTO, "dp_add_scaled_into", elementwise(len); &d, &s, &n, &scale)
 }

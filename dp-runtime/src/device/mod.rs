@@ -717,6 +717,10 @@ pub trait DeviceOps {
 
     /// `dst = value` over `len` values (a row of ones, whose product with a matrix sums its rows).
     fn fill(&mut self, dst: Span, len: usize, value: f32) -> Result<(), DeviceError>;
+
+    /// `dst[k] += scale · src[k]` over `len` values, ADDING (a LoRA layer's adapter path into its
+    /// output, or its share of the output gradient into a zeroed input gradient).
+    fn add_scaled_into(&mut self, dst: Span, src: Span, len: usize, scale: f32) -> Result<(), DeviceError>;
 }
 
 /// The update a device applies at one step: the host optimizer's settings at that step (its learning

@@ -12,6 +12,7 @@ mod conv2d;
 mod embedding;
 mod emit;
 mod linear;
+mod lora;
 mod lstm;
 mod mean;
 mod norm_layer;
@@ -40,36 +41,34 @@ pub struct Device;
 pub fn unsupported(plan: &Plan) -> Option<String> {
     plan.steps.iter().find_map(|step| {
         let op = match step {
-            Step::Linear(_) => return None,
-            Step::Activation(_) | Step::Flatten(_) => return None,
             Step::Conv2d(c) if c.geom.groups != 1 => "grouped conv2d",
             Step::Conv2d(c) if c.act.derivative() == Derivative::FromInput => {
                 "conv2d with an activation whose derivative needs its input"
             }
-            Step::Conv2d(_) => return None,
             Step::Norm(s) if s.act.derivative() == Derivative::FromInput => {
                 "a norm with an activation whose derivative needs its input"
             }
-            Step::Norm(_) => return None,
-            Step::Embedding(_) | Step::Lstm(_) => return None,
-            Step::PositionEmbedding(_) => return None,
-            Step::Attention(_) => return None,
-            Step::Pool2d(_) | Step::GlobalAvgPool(_) => return None,
             Step::Add(s) if s.act.derivative() == Derivative::FromInput => {
                 "add with an activation whose derivative needs its input"
             }
-            Step::Add(_) => return None,
-            Step::Mean(_) | Step::Patches(_) => return None,
-            Step::LoraSum(_) => "lora",
+            Step::Linear(_)
+            | Step::Activation(_)
+            | Step::Flatten(_)
+            | Step::Conv2d(_)
+            | Step::Norm(_)
+            | Step::Embedding(_)
+            | Step::Lstm(_)
+            | Step::PositionEmbedding(_)
+            | Step::Attention(_)
+            | Step::Pool2d(_)
+            | Step::GlobalAvgPool(_)
+            | Step::Add(_)
+            | Step::Mean(_)
+            | Step::Patches(_)
+            | Step::LoraSum(_) => return None,
         };
         Some(format!("{op} has no device primitives yet"))
     })
-}
-
-/// A step or layer without device primitives: [`unsupported`] keeps a model that has one off the
-/// device backend, so no emitter reaches it.
-fn refused(step: impl std::fmt::Debug) -> ! {
-    unreachable!("{step:?}: `unsupported` keeps a model with this step off the device backend")
 }
 
 impl Backend for Device {
@@ -114,7 +113,7 @@ impl Backend for Device {
             Step::PositionEmbedding(s) => position_embedding::forward(plan, s),
             Step::Patches(s) => patches::forward(plan, s),
             Step::Attention(s) => attention::forward(plan, s),
-            other @ Step::LoraSum(_) => refused(other),
+            Step::LoraSum(s) => lora::forward(plan, s),
         }
     }
 
@@ -135,7 +134,7 @@ impl Backend for Device {
             Step::PositionEmbedding(s) => position_embedding::backward(plan, s),
             Step::Patches(s) => patches::backward(plan, s),
             Step::Attention(s) => attention::backward(plan, s),
-            other @ Step::LoraSum(_) => refused(other),
+            Step::LoraSum(s) => lora::backward(plan, s),
         }
     }
 

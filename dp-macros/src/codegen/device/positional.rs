@@ -8,7 +8,10 @@
 //!
 //! The layer is described by spans and literal sizes only ([`Positional`]), so any step that applies
 //! one weight at every position (a linear layer over a sequence, attention's projections) emits its
-//! gradients, norms and sums through it.
+//! gradients, norms and sums through it. [`Positional::norms`] OVERWRITES its group's column: a layer
+//! whose group holds several positional products (attention's in and out projections) forms each
+//! one's gradients with [`Positional::per_example_gradients`] and combines their norms from the kept
+//! spans ([`Positional::kept_weight`], [`Positional::kept_bias`]) itself.
 
 use super::conv2d::batched;
 use super::emit::{grad, lit, per_group, scratch};
@@ -39,11 +42,13 @@ pub struct Positional {
 }
 
 impl Positional {
-    fn kept_weight(&self) -> TokenStream {
+    /// Each example's kept weight gradient, `n × outputs·inputs`.
+    pub fn kept_weight(&self) -> TokenStream {
         scratch(self.kept.weight, self.inputs * self.outputs)
     }
 
-    fn kept_bias(&self) -> TokenStream {
+    /// Each example's kept bias gradient, `n × outputs` (when the layer has a bias).
+    pub fn kept_bias(&self) -> TokenStream {
         scratch(self.kept.bias, self.outputs)
     }
 

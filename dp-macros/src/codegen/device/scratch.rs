@@ -54,11 +54,11 @@ pub fn keeps_positional(d: &DenseStep) -> bool {
     d.positions != 1 || d.kept.is_some() || d.strategy != dp_spec::Strategy::Ghost
 }
 
-/// Every positional layer's weight slot (its identity) and kept length per example (weight, then
-/// bias), in step order.
+/// Every trained positional layer's weight slot (its identity) and kept length per example (weight,
+/// then bias), in step order (a frozen layer has no norms: nothing to keep).
 fn positionals(plan: &Plan) -> impl Iterator<Item = (usize, usize)> + '_ {
     plan.steps.iter().filter_map(|s| match s {
-        Step::Linear(d) if keeps_positional(d) => {
+        Step::Linear(d) if keeps_positional(d) && plan.params[d.weight].trained => {
             Some((d.weight, d.inputs * d.outputs + if d.bias.is_some() { d.outputs } else { 0 }))
         }
         _ => None,

@@ -842,6 +842,10 @@ impl DeviceOps for HostDevice {
         dst[..len].fill(value);
         Ok(())
     }
+
+    fn add_scaled_into(&mut self, dst: Span, src: Span, len: usize, scale: f32) -> Result<(), DeviceError> {
+        self.add_scaled(dst, src, len, scale)
+    }
 }
 
 /// Valid group norm dimensions, `values` spans of `n` examples and `stats` of `n × groups`.

@@ -1,6 +1,7 @@
 //! The host reference's primitives for a transformer's steps around its products, written from their
 //! contracts in `DeviceOps`: an activation's backward from its input, a strided copy of rows (a
-//! sequence's first position and its gradient) and the permutation of images into patches.
+//! sequence's first position and its gradient), the permutation of images into patches and a scaled
+//! add (a LoRA layer's sum).
 
 use dp_kernels::activation::Activation;
 
@@ -87,5 +88,50 @@ impl HostDevice {
             }
         }
         Ok(())
+    }
+
+    pub(super) fn add_scaled(
+        &mut self,
+        dst: Span,
+        src: Span,
+        len: usize,
+        scale: f32,
+    ) -> Result<(), DeviceError> {
+        let s = self.read(src)?;
+        let d = self.write(dst)?;
+        if s.len() < len || d.len() < len {
+            return Err(short("add_scaled_into"));
+        }
+        d[..len].iter_mut().zip(&s).for_each(|(d, &s)| *d += scale * s);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{DeviceOps, Region};
+
+    /// Spans shorter than the shapes, strides shorter than a row and patches that do not tile the
+    /// image are errors, never panics.
+    #[test]
+    fn short_spans_strides_and_untiled_patches_are_refused() {
+        let mut host = HostDevice::new();
+        host.set(Region::Arena, vec![0.0; 64]);
+        let at = |from: usize, len: usize| Span::new(Region::Arena, from, len);
+        let refused = |r: Result<(), DeviceError>| matches!(r, Err(DeviceError::Mismatch(_)));
+        assert!(host.activation_backward_from_input(at(0, 8), at(8, 8), 8, Activation::Gelu).is_ok());
+        assert!(refused(host.activation_backward_from_input(at(0, 8), at(8, 7), 8, Activation::Gelu)));
+        assert!(host.copy_strided(at(0, 15), 5, at(32, 6), 2, 3, 2).is_ok());
+        assert!(refused(host.copy_strided(at(0, 15), 5, at(32, 5), 2, 3, 2)));
+        assert!(refused(host.copy_strided(at(0, 15), 1, at(32, 6), 2, 3, 2)));
+        let dims = PatchDims { channels: 1, height: 4, width: 4, size: 2 };
+        assert!(host.patches_forward(at(0, 32), &dims, 2, at(32, 32)).is_ok());
+        assert!(refused(host.patches_backward(at(0, 32), &dims, 2, at(32, 31))));
+        let untiled = PatchDims { size: 3, ..dims };
+        assert!(refused(host.patches_forward(at(0, 32), &untiled, 2, at(32, 32))));
+        assert!(refused(host.patches_forward(at(0, 32), &PatchDims { size: 0, ..dims }, 2, at(32, 32))));
+        assert!(host.add_scaled_into(at(0, 8), at(8, 8), 8, 0.5).is_ok());
+        assert!(refused(host.add_scaled_into(at(0, 8), at(8, 7), 8, 0.5)));
     }
 }
