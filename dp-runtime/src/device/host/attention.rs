@@ -1,11 +1,9 @@
 //! Attention's primitives on the host reference, written from the contracts of
-//! `DeviceOps::gemm_batched_rows`, `attention_softmax` and `attention_softmax_backward`: products over
-//! matrices stored inside wider rows (an attention head's columns of the `[T, 3d]` projection) and the
-//! row softmax between them, forward and backward.
+//! `DeviceOps::attention_softmax` and `attention_softmax_backward`: the row softmax between the
+//! products over an attention head's columns (`gemm.rs`), forward and backward.
 
 use super::{short, HostDevice};
-use crate::device::{BatchedGemm, DeviceError, LeadingDims, Operands, Precision, Span};
-use dp_kernels::gemm_bf16::round_to_bf16;
+use crate::device::{DeviceError, Span};
 
 /// `softmax(scale · x)` over `row`, shifted by its maximum (NaN-ignoring, as `f32::max`).
 fn softmax(row: &mut [f32], scale: f32) {
@@ -28,37 +26,6 @@ fn matrices(what: &str, s: Span, blocks: usize, steps: usize) -> Result<Span, De
 }
 
 impl HostDevice {
-    pub(super) fn gemm_rows(&mut self, bg: BatchedGemm, ld: LeadingDims) -> Result<(), DeviceError> {
-        ld.check(&bg)?;
-        let g = bg.gemm;
-        let (mut a, mut b) = (self.read(g.a)?, self.read(g.b)?);
-        match (self.precision, g.operands) {
-            (Precision::Bf16, Operands::OfPrecision) => {
-                for v in a.iter_mut().chain(b.iter_mut()) {
-                    *v = round_to_bf16(*v);
-                }
-            }
-            (Precision::F32, _) | (Precision::Bf16, Operands::F32) => {}
-        }
-        let c = self.write(g.c)?;
-        for e in 0..bg.batch {
-            let (a0, b0, c0) = (e * bg.stride_a, e * bg.stride_b, e * bg.stride_c);
-            for i in 0..g.m {
-                for j in 0..g.n {
-                    let mut sum = 0.0f64;
-                    for p in 0..g.k {
-                        let av = if g.a_transposed { a[a0 + p * ld.a + i] } else { a[a0 + i * ld.a + p] };
-                        let bv = if g.b_transposed { b[b0 + j * ld.b + p] } else { b[b0 + p * ld.b + j] };
-                        sum += f64::from(av) * f64::from(bv);
-                    }
-                    let cell = &mut c[c0 + i * ld.c + j];
-                    *cell = if g.accumulate { *cell + sum as f32 } else { sum as f32 };
-                }
-            }
-        }
-        Ok(())
-    }
-
     pub(super) fn softmax_rows(
         &mut self,
         scores: Span,
@@ -101,7 +68,7 @@ impl HostDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::{DeviceOps, Gemm, Region};
+    use crate::device::{BatchedGemm, DeviceOps, Gemm, LeadingDims, Operands, Region};
 
     fn values(len: usize) -> Vec<f32> {
         (0..len).map(|k| ((k * 37 % 23) as f32 - 11.0) / 7.0).collect()

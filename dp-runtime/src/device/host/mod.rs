@@ -4,6 +4,7 @@
 //! to be.
 
 mod attention;
+mod gemm;
 mod image;
 mod lstm;
 mod sequence;
@@ -12,13 +13,12 @@ mod transformer;
 use std::collections::HashMap;
 
 use dp_kernels::activation::Activation;
-use dp_kernels::gemm_bf16::round_to_bf16;
 use dp_kernels::{loss, norm_layers};
 
 use super::{
     BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, LeadingDims,
-    LstmBackwardStep, LstmDims, LstmForwardStep, Operands, PatchDims, Pool2dGeometry, Precision, Region,
-    RowScale, Span,
+    LstmBackwardStep, LstmDims, LstmForwardStep, PatchDims, Pool2dGeometry, Precision, Region, RowScale,
+    Span,
 };
 
 /// Every region a host `Vec` (`Tokens` of `u32`, the others of `f32`).
@@ -87,29 +87,8 @@ fn short(what: &str) -> DeviceError {
 impl DeviceOps for HostDevice {
     fn gemm(&mut self, g: Gemm) -> Result<(), DeviceError> {
         g.check()?;
-        let (mut a, mut b) = (self.read(g.a)?, self.read(g.b)?);
-        match (self.precision, g.operands) {
-            (Precision::Bf16, Operands::OfPrecision) => {
-                for v in a.iter_mut().chain(b.iter_mut()) {
-                    *v = round_to_bf16(*v);
-                }
-            }
-            (Precision::F32, _) | (Precision::Bf16, Operands::F32) => {}
-        }
-        let c = self.write(g.c)?;
-        for i in 0..g.m {
-            for j in 0..g.n {
-                let mut sum = 0.0f64;
-                for p in 0..g.k {
-                    let av = if g.a_transposed { a[p * g.m + i] } else { a[i * g.k + p] };
-                    let bv = if g.b_transposed { b[j * g.k + p] } else { b[p * g.n + j] };
-                    sum += f64::from(av) * f64::from(bv);
-                }
-                let cell = &mut c[i * g.n + j];
-                *cell = if g.accumulate { *cell + sum as f32 } else { sum as f32 };
-            }
-        }
-        Ok(())
+        let one = BatchedGemm { gemm: g, batch: 1, stride_a: 0, stride_b: 0, stride_c: 0 };
+        self.gemm_rows(one, gemm::widths(&g))
     }
 
     fn bias_activation(
