@@ -455,21 +455,25 @@ fn a_device_refuses_what_it_has_no_path_for() {
     );
 }
 
-/// A run on a device writes checkpoints whose optimizer state is the device's, and resumes from them:
-/// cut after 7 of 20 steps and resumed, on the device and on the CPU alike, the two end at the same
-/// parameters (to rounding) with the same momentum in their checkpoints.
-#[test]
-fn a_device_run_checkpoints_and_resumes_like_the_cpu() {
-    let mut rng = ChaCha8Rng::seed_from_u64(43);
+/// A run of `Deep` with the optimizer `make` builds, cut after 7 steps and resumed from its checkpoint,
+/// on the CPU and on the host training state alike: the initial model and, for the CPU then the
+/// device, the steps, trained parameters and checkpointed optimizer state at the end. `kind` is the
+/// optimizer state's name, which the cut checkpoint must carry with its 7 updates.
+fn cut_and_resumed_on_both<O: Optimizer + 'static>(
+    seed: u64,
+    kind: &str,
+    make: impl Fn() -> O,
+) -> (Deep, [(u64, Vec<f32>, OptimizerState); 2]) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (inputs, labels) = batch::<Deep>(&mut rng, 600, false);
     let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
     let initial = Deep::init(&mut rng);
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("device-resume-{}", std::process::id()));
+        .join(format!("device-resume-{kind}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let run = |model: &mut Deep, device: bool, path: &std::path::Path, cut: Option<u64>| {
         let mut trainer = dp::Trainer::new(model)
-            .optimizer(Sgd::new(0.5).momentum(0.9))
+            .optimizer(make())
             .clip_norm(1.0)
             .noise_multiplier(0.8)
             .expected_batch_size(64)
@@ -486,24 +490,34 @@ fn a_device_run_checkpoints_and_resumes_like_the_cpu() {
         }
         trainer.fit(&data, Some(&data)).unwrap()
     };
-    let mut finals = Vec::new();
-    for device in [false, true] {
+    let finals = [false, true].map(|device| {
         let path = dir.join(format!("run-{device}.safetensors"));
         let mut model = Deep::from_params(initial.params().to_vec());
         assert_eq!(run(&mut model, device, &path, Some(7)).steps, 7);
+        let cut = dp::checkpoint::load::<Deep>(&path).unwrap().optimizer;
+        assert_eq!((cut.kind.as_str(), cut.updates), (kind, 7), "device {device}");
         let report = run(&mut model, device, &path, None);
         let saved = dp::checkpoint::load::<Deep>(&path).unwrap();
-        finals.push((report.steps, model.params().to_vec(), saved.optimizer));
-    }
-    let ((cpu_steps, cpu, cpu_state), (dev_steps, dev, dev_state)) = (&finals[0], &finals[1]);
+        (report.steps, model.params().to_vec(), saved.optimizer)
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+    (initial, finals)
+}
+
+/// A run on a device writes checkpoints whose optimizer state is the device's, and resumes from them:
+/// cut after 7 of 20 steps and resumed, on the device and on the CPU alike, the two end at the same
+/// parameters (to rounding) with the same momentum in their checkpoints.
+#[test]
+fn a_device_run_checkpoints_and_resumes_like_the_cpu() {
+    let (_, [(cpu_steps, cpu, cpu_state), (dev_steps, dev, dev_state)]) =
+        cut_and_resumed_on_both(43, "sgd", || Sgd::new(0.5).momentum(0.9));
     assert_eq!(cpu_steps, dev_steps);
-    let diff = cpu.iter().zip(dev).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let diff = largest_difference(&cpu, &dev);
     assert!(diff <= 1e-4, "device and CPU runs differ by {diff} after resuming");
     assert_eq!((dev_state.kind.as_str(), dev_state.updates), (cpu_state.kind.as_str(), cpu_state.updates));
     let (cpu_m, dev_m) = (&cpu_state.buffers[0].1, &dev_state.buffers[0].1);
-    let diff = cpu_m.iter().zip(dev_m).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let diff = largest_difference(cpu_m, dev_m);
     assert!(diff <= 1e-4, "the checkpoints' momentum differs by {diff}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Trains `Deep` seeded alike on the CPU and on the host training state with the optimizer `make`
@@ -576,47 +590,11 @@ fn a_trainer_with_adam_on_a_device_follows_the_trainer_on_the_cpu() {
 /// moments and the step count the bias corrections need, saves them and loads them back.
 #[test]
 fn a_device_run_with_adam_checkpoints_and_resumes_like_the_cpu() {
-    let mut rng = ChaCha8Rng::seed_from_u64(46);
-    let (inputs, labels) = batch::<Deep>(&mut rng, 600, false);
-    let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
-    let initial = Deep::init(&mut rng);
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("device-resume-adam-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let run = |model: &mut Deep, device: bool, path: &std::path::Path, cut: Option<u64>| {
-        let mut trainer = dp::Trainer::new(model)
-            .optimizer(Adam::new(0.01).weight_decay(1e-3))
-            .clip_norm(1.0)
-            .noise_multiplier(0.8)
-            .expected_batch_size(64)
-            .epochs(2)
-            .seed(5)
-            .allow_large_delta(true)
-            .quiet(true);
-        trainer = match cut {
-            Some(steps) => trainer.max_steps(steps).checkpoint(path),
-            None => trainer.resume_from(path).checkpoint(path),
-        };
-        if device {
-            trainer = trainer.device(HostTraining::<Deep>::new());
-        }
-        trainer.fit(&data, Some(&data)).unwrap()
-    };
-    let mut finals = Vec::new();
-    for device in [false, true] {
-        let path = dir.join(format!("run-{device}.safetensors"));
-        let mut model = Deep::from_params(initial.params().to_vec());
-        assert_eq!(run(&mut model, device, &path, Some(7)).steps, 7);
-        let cut = dp::checkpoint::load::<Deep>(&path).unwrap().optimizer;
-        assert_eq!((cut.kind.as_str(), cut.updates), ("adam", 7));
-        let report = run(&mut model, device, &path, None);
-        let saved = dp::checkpoint::load::<Deep>(&path).unwrap();
-        finals.push((report.steps, model.params().to_vec(), saved.optimizer));
-    }
-    let ((cpu_steps, cpu, cpu_state), (dev_steps, dev, dev_state)) = (&finals[0], &finals[1]);
+    let (initial, [(cpu_steps, cpu, cpu_state), (dev_steps, dev, dev_state)]) =
+        cut_and_resumed_on_both(46, "adam", || Adam::new(0.01).weight_decay(1e-3));
     assert_eq!(cpu_steps, dev_steps);
-    let moved = largest_difference(cpu, initial.params());
-    let diff = largest_difference(cpu, dev);
+    let moved = largest_difference(&cpu, initial.params());
+    let diff = largest_difference(&cpu, &dev);
     assert!(moved > 0.01, "training moved the parameters by {moved}");
     eprintln!("resumed: device and CPU differ by {diff:.3e}, training moved the parameters by {moved:.3}");
     assert!(diff <= 1e-6, "device and CPU runs differ by {diff} after resuming");
@@ -624,7 +602,7 @@ fn a_device_run_with_adam_checkpoints_and_resumes_like_the_cpu() {
     for name in ["exp_avg", "exp_avg_sq"] {
         let buffer =
             |state: &OptimizerState| state.buffers.iter().find(|(n, _)| n == name).unwrap().1.clone();
-        let (cpu_m, dev_m) = (buffer(cpu_state), buffer(dev_state));
+        let (cpu_m, dev_m) = (buffer(&cpu_state), buffer(&dev_state));
         let scale = cpu_m.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
         let diff = largest_difference(&cpu_m, &dev_m);
         eprintln!("{name}: the checkpoints differ by {diff:.3e} (largest value {scale:.3e})");
@@ -633,7 +611,6 @@ fn a_device_run_with_adam_checkpoints_and_resumes_like_the_cpu() {
             "the checkpoints' {name} differ by {diff} (largest {scale})"
         );
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
