@@ -75,6 +75,19 @@ failed=0
             "$bins/dp" train --model mnist-cnn --data data/mnist --target-epsilon 3 --seed 1 --max-steps 300 \
                 --precision bf16 --device "$device" 2>&1 | grep -v "^epoch" || { echo "## dp train FAILED"; failed=1; }
         done
+        # The transformers on the GPU only (100 steps of either take minutes on a few CPU cores): the text
+        # transformer with momentum, its LoRA variant with Adam (the Adam kernel), the ViT in bf16.
+        echo "## dp train --model text-transformer --data data/reviews --max-steps 100 --device cuda:0"
+        "$bins/dp" train --model text-transformer --data data/reviews/womens_clothing_reviews.csv.gz \
+            --target-epsilon 3 --seed 1 --max-steps 100 --device cuda:0 2>&1 \
+            | grep -v "^epoch" || { echo "## dp train FAILED"; failed=1; }
+        echo "## dp train --model text-transformer-lora --optimizer adam --lr 0.001 --max-steps 100 --device cuda:0"
+        "$bins/dp" train --model text-transformer-lora --data data/reviews/womens_clothing_reviews.csv.gz \
+            --optimizer adam --lr 0.001 --target-epsilon 3 --seed 1 --max-steps 100 --device cuda:0 2>&1 \
+            | grep -v "^epoch" || { echo "## dp train FAILED"; failed=1; }
+        echo "## dp train --model mnist-vit --data data/mnist --max-steps 100 --precision bf16 --device cuda:0"
+        "$bins/dp" train --model mnist-vit --data data/mnist --target-epsilon 3 --seed 1 --max-steps 100 \
+            --precision bf16 --device cuda:0 2>&1 | grep -v "^epoch" || { echo "## dp train FAILED"; failed=1; }
     fi
     peers=${DP_CHECK_PEERS:-all}
     if [ "$peers" != none ]; then

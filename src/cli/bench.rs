@@ -103,7 +103,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
     pub precision: Precision,
     /// Where the steps run: cpu, or cuda:N (a build with the `cuda` feature; models with a device
-    /// program, f32).
+    /// program).
     #[arg(long, default_value = "cpu", value_parser = super::parse_device)]
     pub device: super::DeviceArg,
     /// One JSON object per line instead of text.
