@@ -668,3 +668,62 @@ fn lora_layers_with_frozen_ones_device_program_matches_the_cpu() {
         batch_matches_cpu(&TokenLora::from_params(params), &inputs, &labels, n, poison);
     }
 }
+
+/// `TokenLora` trained from `initial` for 12 steps with the optimizer `make` builds, on the CPU or on the
+/// host training state.
+fn train_frozen<O: Optimizer + 'static>(
+    data: &dp::Dataset<u32>,
+    initial: &[f32],
+    make: impl Fn() -> O,
+    device: bool,
+) -> (TokenLora, dp::Report) {
+    let mut model = TokenLora::from_params(initial.to_vec());
+    let trainer = dp::Trainer::new(&mut model)
+        .optimizer(make())
+        .clip_norm(1.0)
+        .noise_multiplier(0.8)
+        .expected_batch_size(48)
+        .steps(12)
+        .seed(3)
+        .allow_large_delta(true)
+        .quiet(true);
+    let report = match device {
+        true => trainer.device(HostTraining::<TokenLora>::new()).fit(data, Some(data)),
+        false => trainer.fit(data, Some(data)),
+    }
+    .unwrap();
+    (model, report)
+}
+
+/// A model with frozen layers (LoRA adapters, a trained head, frozen embedding, position embedding and
+/// layer norms) trained by `Trainer::device` on the host training state follows the CPU trainer with
+/// SGD and with Adam: the device updates only the trained parameters (its gradient and optimizer state
+/// cover `TRAINED_PARAM_COUNT`) and leaves the frozen ones as they were.
+#[test]
+fn a_trainer_on_a_device_follows_the_cpu_with_frozen_layers() {
+    use rand::Rng;
+    let mut rng = ChaCha8Rng::seed_from_u64(47);
+    let (inputs, labels) = batch::<TokenLora>(&mut rng, 400, false);
+    let data = dp::Dataset::new(inputs, labels, TokenLora::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial: Vec<f32> =
+        TokenLora::init(&mut rng).params().iter().map(|p| p + rng.random_range(-0.3..0.3)).collect();
+    let trained = TokenLora::TRAINED_PARAM_COUNT;
+    assert!(trained < initial.len(), "the model has frozen parameters");
+    let runs = [
+        ("sgd", train_frozen(&data, &initial, || Sgd::new(0.5).momentum(0.9), false)),
+        ("sgd", train_frozen(&data, &initial, || Sgd::new(0.5).momentum(0.9), true)),
+        ("adam", train_frozen(&data, &initial, || Adam::new(0.01), false)),
+        ("adam", train_frozen(&data, &initial, || Adam::new(0.01), true)),
+    ];
+    for [(name, (cpu, cpu_report)), (_, (dev, dev_report))] in [[&runs[0], &runs[1]], [&runs[2], &runs[3]]] {
+        assert_eq!((dev_report.steps, dev_report.epsilon), (cpu_report.steps, cpu_report.epsilon), "{name}");
+        let moved = largest_difference(&cpu.params()[..trained], &initial[..trained]);
+        let diff = largest_difference(dev.params(), cpu.params());
+        assert!(moved > 0.01, "{name}: training moved the trained parameters by {moved}");
+        assert!(
+            diff <= 1e-4 * moved.max(1.0),
+            "{name}: device and CPU trainers differ by {diff} (moved {moved})"
+        );
+        assert_eq!(&dev.params()[trained..], &initial[trained..], "{name}: the frozen parameters changed");
+    }
+}

@@ -458,3 +458,47 @@ fn gpu_transformer_steps_match_the_cpu() {
     norms_and_sums_match::<PatchFirst>(41);
     token_norms_and_sums_match::<TokenLora>(42);
 }
+
+/// A model with frozen layers (LoRA adapters among a frozen embedding, position embedding and layer
+/// norms) trained with Adam on the GPU against the CPU trainer, seeded alike: the trained parameters
+/// agree to rounding and the frozen ones are untouched. Written without a GPU: NOT YET RUN ON ONE.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_trainer_with_frozen_layers_follows_the_cpu_trainer() {
+    use rand::Rng;
+    let Some(gpu) = gpu("trainer with frozen layers") else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(47);
+    let (inputs, labels) = batch::<TokenLora>(&mut rng, 1_000, false);
+    let data = dp::Dataset::new(inputs, labels, TokenLora::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial: Vec<f32> =
+        TokenLora::init(&mut rng).params().iter().map(|p| p + rng.random_range(-0.3..0.3)).collect();
+    let train = |model: &mut TokenLora, device: Option<GpuModel<TokenLora>>| {
+        let trainer = dp::Trainer::new(model)
+            .optimizer(dp::optim::Adam::new(0.01))
+            .clip_norm(1.0)
+            .noise_multiplier(0.8)
+            .expected_batch_size(128)
+            .steps(16)
+            .seed(3)
+            .quiet(true);
+        match device {
+            Some(d) => trainer.device(d).fit(&data, Some(&data)),
+            None => trainer.fit(&data, Some(&data)),
+        }
+        .unwrap()
+    };
+    let mut cpu = TokenLora::from_params(initial.clone());
+    let cpu_report = train(&mut cpu, None);
+    let mut on_gpu = TokenLora::from_params(initial.clone());
+    let device = GpuModel::<TokenLora>::new(gpu, &initial, 128).unwrap();
+    let gpu_report = train(&mut on_gpu, Some(device));
+    assert_eq!((gpu_report.steps, gpu_report.epsilon), (cpu_report.steps, cpu_report.epsilon));
+    let trained = TokenLora::TRAINED_PARAM_COUNT;
+    let largest = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let (diff, moved) =
+        (largest(on_gpu.params(), cpu.params()), largest(&cpu.params()[..trained], &initial[..trained]));
+    say(&format!("frozen layers: largest parameter difference {diff:.3e}, largest move {moved:.3}"));
+    assert!(moved > 0.01, "training moved the trained parameters");
+    assert!(diff <= 1e-3 * moved, "GPU and CPU trainers differ by {diff}");
+    assert_eq!(&on_gpu.params()[trained..], &initial[trained..], "the frozen parameters changed");
+}
