@@ -29,6 +29,7 @@ use dense_models::{
     CausalAttention, Deep, DenseAttention, DenseLstm, LstmSequence, PooledConv, SigmoidBce, SmallConv,
     SmallLstm, SmallLstmDirect, SmallLstmGhost, StackedAttention, TanhMse, TestInput, TokenBag, TokenSeq,
 };
+use dense_models::{DepthwiseSeparable, GroupedConvs};
 use dense_models::{PatchFirst, SequenceLinear, TokenMlp, TokenSequenceLinear};
 
 /// Batch sizes, each with or without a poisoned (NaN) first example.
@@ -234,23 +235,28 @@ fn text_transformer_lora_device_program_matches_the_cpu() {
     }
 }
 
-/// A grouped convolution, which has no device primitives yet.
-#[dp_model(input = [4, 6, 6], loss = cross_entropy(classes = 3))]
-pub struct GroupedConv {
-    #[layer(conv2d(out = 4, kernel = 3, groups = 2), relu)]
-    conv: Conv2d,
-    #[layer(flatten, linear(out = 3))]
-    fc: Linear,
-}
-
+/// No step of a built-in model is refused a device program (grouped convs were the last; a GELU or
+/// SiLU after a conv, norm or add is planned as its own step).
 #[test]
-fn a_model_without_device_primitives_says_which_step() {
-    let reason = "grouped conv2d has no device primitives yet";
-    assert_eq!(GroupedConv::DEVICE_UNSUPPORTED, Some(reason));
-    let mut dev = HostDevice::new();
-    let err = GroupedConv::device_norms(&mut dev, 4).unwrap_err();
-    assert!(matches!(err, DeviceError::Unsupported { .. }));
-    assert_eq!(err.to_string(), format!("GroupedConv has no device program: {reason}"));
+fn every_built_in_model_has_a_device_program() {
+    use dp::models::{MnistCnnTanh, MnistVit};
+    let refused = [
+        (AdultLogReg::NAME, AdultLogReg::DEVICE_UNSUPPORTED),
+        (AdultFfnn::NAME, AdultFfnn::DEVICE_UNSUPPORTED),
+        (MnistCnn::NAME, MnistCnn::DEVICE_UNSUPPORTED),
+        (MnistCnnTanh::NAME, MnistCnnTanh::DEVICE_UNSUPPORTED),
+        (Cifar10Cnn::NAME, Cifar10Cnn::DEVICE_UNSUPPORTED),
+        (ScatterCnn::NAME, ScatterCnn::DEVICE_UNSUPPORTED),
+        (ResidualCnn::NAME, ResidualCnn::DEVICE_UNSUPPORTED),
+        (EmbeddingNet::NAME, EmbeddingNet::DEVICE_UNSUPPORTED),
+        (LstmNet::NAME, LstmNet::DEVICE_UNSUPPORTED),
+        (TextTransformer::NAME, TextTransformer::DEVICE_UNSUPPORTED),
+        (TextTransformerLora::NAME, TextTransformerLora::DEVICE_UNSUPPORTED),
+        (MnistVit::NAME, MnistVit::DEVICE_UNSUPPORTED),
+    ];
+    for (name, reason) in refused {
+        assert_eq!(reason, None, "{name}");
+    }
 }
 
 /// A model's training state on the host reference backend: the device program for the model's
@@ -726,4 +732,17 @@ fn a_trainer_on_a_device_follows_the_cpu_with_frozen_layers() {
         );
         assert_eq!(&dev.params()[trained..], &initial[trained..], "{name}: the frozen parameters changed");
     }
+}
+
+/// Two grouped convs (stride, padding, with and without bias), the second's input gradient reaching
+/// the first: each group's block of patches, output and weight.
+#[test]
+fn grouped_convs_device_program_matches_the_cpu() {
+    device_matches_cpu::<GroupedConvs>(30, SIZES);
+}
+
+/// A depthwise conv (a group per channel) between 1×1 convs.
+#[test]
+fn depthwise_separable_device_program_matches_the_cpu() {
+    device_matches_cpu::<DepthwiseSeparable>(31, SIZES);
 }

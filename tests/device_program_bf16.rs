@@ -19,6 +19,7 @@ use dense_models::{
     batch, close, close_sum, cpu_reference_in, private_pass_on_host, CausalAttention, Deep, DenseLstm,
     SmallConv, SmallLstmDirect, SmallLstmGhost, StackedAttention, TanhMse, TestInput,
 };
+use dense_models::{DepthwiseSeparable, GroupedConvs};
 use dense_models::{SequenceLinear, SequenceLinearDirect};
 
 /// What a device program in `precision` computed on the host backend for one batch.
@@ -218,4 +219,12 @@ fn the_trainer_gives_its_precision_to_the_device() {
         assert_eq!(probe.set, vec![precision]);
         assert_eq!(probe.uploaded_after, Some(1), "the precision is set before the upload");
     }
+}
+
+/// Grouped convs (two groups; a group per channel between 1×1 convs): each group's products round the
+/// same operands on both.
+#[test]
+fn grouped_convs_bf16_device_programs_match_the_bf16_cpu() {
+    bf16_device_matches_bf16_cpu::<GroupedConvs>(30, &[1, 7], 1e-4);
+    bf16_device_matches_bf16_cpu::<DepthwiseSeparable>(31, &[1, 7], 1e-4);
 }

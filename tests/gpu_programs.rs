@@ -20,6 +20,7 @@ use dense_models::{
     PooledConv, SigmoidBce, SmallConv, SmallLstm, SmallLstmDirect, SmallLstmGhost, StackedAttention, TanhMse,
     TestInput, TokenBag, TokenSeq,
 };
+use dense_models::{DepthwiseSeparable, GroupedConvs};
 use dense_models::{PatchFirst, SequenceLinear, TokenMlp, TokenSequenceLinear};
 use dp::clipping::{clip_factors, ClipMode};
 use dp::cuda::device::{Gpu, SgdStep};
@@ -501,4 +502,13 @@ fn gpu_trainer_with_frozen_layers_follows_the_cpu_trainer() {
     assert!(moved > 0.01, "training moved the trained parameters");
     assert!(diff <= 1e-3 * moved, "GPU and CPU trainers differ by {diff}");
     assert_eq!(&on_gpu.params()[trained..], &initial[trained..], "the frozen parameters changed");
+}
+
+/// Grouped convs: two groups with stride, padding, with and without bias, and a depthwise conv
+/// between 1×1 convs. NOT YET RUN ON A GPU (docs/GPU.md).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_grouped_conv_models_match_the_cpu() {
+    norms_and_sums_match::<GroupedConvs>(30);
+    norms_and_sums_match::<DepthwiseSeparable>(31);
 }

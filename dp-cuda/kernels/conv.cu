@@ -1,5 +1,5 @@
 // The convolution and pooling launches of a device program (dp_runtime::device::DeviceOps): im2col and
-// its adjoint col2im (groups = 1), a convolution's per-channel bias and activation, per-example bias
+// its adjoint col2im (over every input channel, whatever the groups), a convolution's per-channel bias and activation, per-example bias
 // gradients (row sums), the squared norms and weighted sum of kept per-example gradients, max, average
 // and global average pooling with their backwards. Shapes arrive as arguments (one compiled module
 // serves every model); the products are cuBLAS's. All layouts are NCHW, as dp-kernels' conv.rs and

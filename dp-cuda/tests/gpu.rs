@@ -188,8 +188,9 @@ fn assert_near(host: &[f32], device: &[f32], tolerance: f32, what: &str) {
 }
 
 /// The convolution primitives of `DeviceOps` on the GPU against the host reference: im2col and col2im
-/// bit for bit (padding, stride, dilation, rectangular kernels, a batch past the grid's first sweep),
-/// the channel epilogue, and a geometry of two groups refused.
+/// bit for bit (padding, stride, dilation, rectangular kernels, a batch past the grid's first sweep,
+/// two groups and a group per channel: the whole image's patches either way), the channel epilogue,
+/// and a group count that does not divide the channels refused.
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
 fn gpu_im2col_col2im_and_the_channel_epilogue_equal_the_host_reference() {
@@ -212,6 +213,8 @@ fn gpu_im2col_col2im_and_the_channel_epilogue_equal_the_host_reference() {
         (g(2, 11, 10, 3, 2, 2, 1, 1), 5),
         (g(2, 12, 9, 3, 3, 2, 2, 2), 5),
         (g(16, 14, 14, 5, 5, 2, 2, 1), 33),
+        (Conv2dGeometry { groups: 2, ..g(4, 8, 8, 3, 3, 2, 1, 1) }, 5),
+        (Conv2dGeometry { groups: 8, ..g(8, 10, 10, 3, 3, 1, 1, 1) }, 7),
     ] {
         let (inputs, patches) = (n * geom.input_len(), n * geom.patches_len());
         let x = uniform(geom.in_h as u64 + 1, inputs);
@@ -227,11 +230,11 @@ fn gpu_im2col_col2im_and_the_channel_epilogue_equal_the_host_reference() {
         });
         assert_eq!(bits(&host), bits(&device), "col2im {geom:?}");
     }
-    let grouped = Conv2dGeometry { groups: 2, ..g(4, 8, 8, 3, 3, 1, 1, 1) };
+    let indivisible = Conv2dGeometry { groups: 3, ..g(4, 8, 8, 3, 3, 1, 1, 1) };
     let memory = RegionMemory::new(&gpu, |_| 10_000).unwrap();
     let refused = GpuOps { gpu: &gpu, memory: &memory, precision: Precision::F32 }.im2col(
         Span::new(Region::Inputs, 0, 256),
-        &grouped,
+        &indivisible,
         1,
         Span::new(Region::Arena, 0, 10_000),
     );
@@ -1028,6 +1031,96 @@ fn gpu_transformer_primitives_equal_the_host_reference() {
                 ops.patches_backward(dout, &dims, n, dx)
             });
             assert_eq!(bits(&host), bits(&device), "patches_backward {dims:?} n={n}");
+        }
+    }
+}
+
+/// A grouped conv's products as its device program launches them, against the host reference: per
+/// group `q`, a strided batch over the examples on group `q`'s blocks (the weight's rows `q·og..`, the
+/// patches' rows `q·d..`, the output's channels `q·og..`): forward `W_q·P_i,q`, backward `W_qᵀ·δ_i,q`
+/// and each example's weight gradient `δ_i,q·P_i,qᵀ` into the parameter's layout. Two groups with a
+/// stride, and a depthwise conv (a group per channel). NOT YET RUN ON A GPU (docs/GPU.md).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_grouped_conv_products_equal_the_host_reference() {
+    let Some(gpu) = gpu("grouped conv products") else { return };
+    let geom = |in_c, out_c, groups, stride| Conv2dGeometry {
+        in_c,
+        in_h: 9,
+        in_w: 9,
+        out_c,
+        kh: 3,
+        kw: 3,
+        stride,
+        padding: 1,
+        dilation: 1,
+        groups,
+    };
+    for (g, n) in [(geom(4, 6, 2, 2), 7), (geom(16, 16, 16, 1), 33)] {
+        let (t, d, og) = (g.positions(), g.patch_len(), g.out_per_group());
+        let (cols, out, weight) = (n * g.patches_len(), n * g.output_len(), g.weight_len());
+        // (m, n, k), a (region, transposed, stride, step), b (…), c (stride, step) of each product.
+        let products = [
+            (
+                "forward",
+                (og, t, d),
+                (Region::Params, false, 0, og * d),
+                (Region::Arena, false, g.patches_len(), d * t),
+                (g.output_len(), og * t),
+            ),
+            (
+                "to the patches",
+                (d, t, og),
+                (Region::Params, true, 0, og * d),
+                (Region::Inputs, false, g.output_len(), og * t),
+                (g.patches_len(), d * t),
+            ),
+            (
+                "weight gradients",
+                (og, d, t),
+                (Region::Inputs, false, g.output_len(), og * t),
+                (Region::Arena, true, g.patches_len(), d * t),
+                (weight, og * d),
+            ),
+        ];
+        let region_len = |r: Region| match r {
+            Region::Params => weight,
+            Region::Arena => cols,
+            _ => out,
+        };
+        for (what, (m, nn, k), (ra, at, sa, step_a), (rb, bt, sb, step_b), (sc, step_c)) in products {
+            let c_len = n * sc;
+            let regions = [
+                (Region::Params, uniform(1, weight)),
+                (Region::Arena, uniform(2, cols)),
+                (Region::Inputs, uniform(3, out)),
+                (Region::Grad, vec![f32::NAN; c_len]),
+            ];
+            let (host, device) = on_both(&gpu, &regions, Region::Grad, |ops| {
+                for q in 0..g.groups {
+                    let from = |r: Region, len: usize, step: usize| Span::new(r, q * step, len - q * step);
+                    ops.gemm_batched(BatchedGemm {
+                        gemm: Gemm {
+                            m,
+                            n: nn,
+                            k,
+                            a: from(ra, region_len(ra), step_a),
+                            a_transposed: at,
+                            b: from(rb, region_len(rb), step_b),
+                            b_transposed: bt,
+                            c: from(Region::Grad, c_len, step_c),
+                            accumulate: false,
+                            operands: Operands::OfPrecision,
+                        },
+                        batch: n,
+                        stride_a: sa,
+                        stride_b: sb,
+                        stride_c: sc,
+                    })?;
+                }
+                Ok(())
+            });
+            assert_near(&host, &device, 1e-5, &format!("{what} {g:?}"));
         }
     }
 }

@@ -353,6 +353,42 @@ fn device_im2col_and_col2im_equal_the_host_reference_bit_for_bit() {
     }
 }
 
+/// A grouped conv's patches on the device are the whole image's (the kernels take no group count):
+/// the kernels equal `HostDevice` on grouped geometry too, two groups and a group per channel. (The
+/// CPU's grouped patches are laid out group-major, so they are not compared here.)
+#[test]
+fn device_im2col_and_col2im_of_grouped_geometry_equal_the_host_reference_bit_for_bit() {
+    let Some(exe) = harness() else { return };
+    let n = 3;
+    let g = |in_c, out_c, groups, stride, padding| Conv2dGeometry {
+        in_c,
+        in_h: 7,
+        in_w: 6,
+        out_c,
+        kh: 3,
+        kw: 3,
+        stride,
+        padding,
+        dilation: 1,
+        groups,
+    };
+    for geom in [g(4, 6, 2, 2, 1), g(5, 5, 5, 1, 1)] {
+        geom.assert_valid();
+        let args =
+            [geom.in_c, geom.in_h, geom.in_w, geom.kh, geom.kw, geom.stride, geom.padding, geom.dilation, n];
+        let (inputs, patches) = (n * geom.input_len(), n * geom.patches_len());
+        let x: Vec<f32> = values(geom.groups as u64 * 13, inputs).map(|u| u as f32 - 0.5).collect();
+        let cols = run_f32(&exe, "im2col", &args, &[&x]);
+        let host = on_host(x, patches, |h, x, out| h.im2col(x, &geom, n, out));
+        assert_eq!(bits(&cols), bits(&host), "im2col {geom:?}");
+
+        let g: Vec<f32> = values(geom.groups as u64 * 17 + 3, patches).map(|u| u as f32 - 0.5).collect();
+        let dx = run_f32(&exe, "col2im", &args, &[&g]);
+        let host = on_host(g, inputs, |h, g, out| h.col2im(g, &geom, n, out));
+        assert_eq!(bits(&dx), bits(&host), "col2im {geom:?}");
+    }
+}
+
 fn pool_geometries() -> Vec<Pool2dGeometry> {
     let g = |channels, in_h, in_w, kernel, stride, padding| Pool2dGeometry {
         channels,

@@ -522,3 +522,29 @@ pub struct StackedAttention {
     #[layer(linear(out = 2))]
     fc: Linear,
 }
+
+/// Grouped convs: two groups with stride, padding and a bias (nothing upstream: no input gradient),
+/// then two groups without bias whose input gradient reaches the first.
+#[dp_model(input = [4, 7, 7], loss = cross_entropy(classes = 3))]
+pub struct GroupedConvs {
+    #[layer(conv2d(out = 6, kernel = 3, stride = 2, padding = 1, groups = 2), relu)]
+    conv1: Conv2d,
+    #[layer(conv2d(out = 4, kernel = 2, groups = 2, bias = false), tanh)]
+    conv2: Conv2d,
+    #[layer(flatten, linear(out = 3))]
+    fc: Linear,
+}
+
+/// A depthwise separable block: a 1×1 conv to 4 channels, a depthwise conv (a group per channel,
+/// padded) whose input gradient reaches it, a pointwise 1×1 conv, global average pooling.
+#[dp_model(input = [3, 6, 6], loss = cross_entropy(classes = 3))]
+pub struct DepthwiseSeparable {
+    #[layer(conv2d(out = 4, kernel = 1), relu)]
+    expand: Conv2d,
+    #[layer(conv2d(out = 4, kernel = 3, padding = 1, groups = 4), relu)]
+    depthwise: Conv2d,
+    #[layer(conv2d(out = 5, kernel = 1))]
+    pointwise: Conv2d,
+    #[layer(global_avg_pool, linear(out = 3))]
+    head: Linear,
+}

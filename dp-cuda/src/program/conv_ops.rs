@@ -33,15 +33,10 @@ struct ConvGeometry {
 unsafe impl DeviceRepr for ConvGeometry {}
 
 impl ConvGeometry {
-    /// A valid geometry of one group (the only convolutions whose patches reach the device).
+    /// A valid geometry, of any group count: the patches are the whole image's (every input channel's
+    /// rows), a grouped conv's products reading each group's block of them.
     fn new(geom: &Conv2dGeometry) -> std::result::Result<Self, DeviceError> {
         geom.validate().map_err(DeviceError::Mismatch)?;
-        if geom.groups != 1 {
-            return Err(DeviceError::Mismatch(format!(
-                "im2col/col2im of {} groups (1 only): {geom:?}",
-                geom.groups
-            )));
-        }
         let v = |x: usize| x as u64;
         Ok(ConvGeometry {
             in_c: v(geom.in_c),
@@ -406,7 +401,7 @@ mod tests {
     }
 
     #[test]
-    fn only_valid_single_group_geometries_reach_the_kernels() {
+    fn only_valid_geometries_reach_the_kernels() {
         let conv = Conv2dGeometry {
             in_c: 4,
             in_h: 9,
@@ -421,8 +416,10 @@ mod tests {
         };
         let g = ConvGeometry::new(&conv).unwrap();
         assert_eq!((g.out_h, g.out_w), (conv.out_h() as u64, conv.out_w() as u64));
+        // Grouped: the kernels unfold every channel; groups must divide both channel counts.
+        assert!(ConvGeometry::new(&Conv2dGeometry { groups: 2, ..conv }).is_ok());
         assert!(matches!(
-            ConvGeometry::new(&Conv2dGeometry { groups: 2, ..conv }),
+            ConvGeometry::new(&Conv2dGeometry { groups: 4, ..conv }),
             Err(DeviceError::Mismatch(_))
         ));
         assert!(matches!(

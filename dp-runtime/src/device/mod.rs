@@ -398,9 +398,10 @@ pub trait DeviceOps {
     /// A strided batch of matrix products ([`BatchedGemm`]).
     fn gemm_batched(&mut self, g: BatchedGemm) -> Result<(), DeviceError>;
 
-    /// Each example's patches (im2col, `groups = 1`), `cols` OVERWRITTEN: example `i`'s
-    /// `patch_len × positions` matrix at `i · patches_len`, row `k = (c·kh + r)·kw + s` (the weight's
-    /// `[out][in][kh][kw]` order), column `p = oh·out_w + ow`; taps in the padding are 0.
+    /// Each example's patches (im2col), `cols` OVERWRITTEN: example `i`'s `(in_c·kh·kw) × positions`
+    /// matrix at `i · patches_len`, row `k = (c·kh + r)·kw + s` over every input channel `c` (the
+    /// weight's `[out][in][kh][kw]` order), column `p = oh·out_w + ow`; taps in the padding are 0. A
+    /// grouped conv's group `q` reads rows `q·patch_len..(q + 1)·patch_len`, one contiguous block.
     fn im2col(&mut self, x: Span, geom: &Conv2dGeometry, n: usize, cols: Span) -> Result<(), DeviceError>;
 
     /// Its adjoint: `dx` OVERWRITTEN with, at every input value, the sum of the patch entries (laid out

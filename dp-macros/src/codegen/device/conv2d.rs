@@ -1,10 +1,18 @@
-//! `conv2d` (ungrouped) on the device, by patches: `im2col` into the device's scratch, then per example
+//! `conv2d` on the device, by patches: `im2col` into the device's scratch, then per example
 //! `Y_i = W·P_i` as one strided batch of products (the weight shared, stride 0) and the bias and
 //! activation in one launch over the NCHW output. Backward, the patch gradients `Wᵀ·δ_i` folded back by
 //! `col2im`. The norms form each example's weight gradient `δ_i·P_iᵀ` (a second strided batch) and bias
 //! gradient (δ's row sums) and keep them in scratch; the clipped sum is their weighted sum, the
 //! plain sum their sum. Whatever the CPU's planner chose for this conv (ghost or direct norms), the
 //! device keeps the gradients: its memory is not the CPU's cache.
+//!
+//! A grouped conv (`G` groups) unfolds the whole image as an ungrouped one would: its patch rows are
+//! channel-major, so group `q`'s rows (its `in_c/G` channels) are one contiguous `d × T` block of
+//! each example's patches, as its output channels are one `out_c/G × T` block of the output and its
+//! weight (and each kept weight gradient, laid out as the parameter) one `out_c/G × d` block. Every
+//! product is then the ungrouped one on these blocks, in a loop over the groups run by the emitted
+//! code (not unrolled: a depthwise conv has as many groups as channels), each a strided batch over
+//! the examples.
 
 use super::emit::{accumulate, arena, grad, lit, param, per_group, read, rt, scratch};
 use super::scratch::{conv as conv_scratch, ConvScratch};
@@ -55,6 +63,39 @@ pub(super) fn batched(
     }
 }
 
+/// The span `span` from `group · step` values on (`group` the emitted loop's counter); shorter than
+/// an operand only when the batch is empty, which the product then refuses.
+fn from_group(span: TokenStream, step: usize) -> TokenStream {
+    let (rt, step) = (rt(), lit(step));
+    quote!({
+        let whole = #span;
+        #rt::Span { offset: whole.offset + group * #step, len: whole.len.saturating_sub(group * #step), ..whole }
+    })
+}
+
+/// [`batched`] for every group of a conv of `groups`: its operands each advanced by their `step`
+/// (values per group) in a loop over the groups; for one group the product alone.
+#[allow(clippy::type_complexity)]
+fn grouped(
+    groups: usize,
+    dims: (usize, usize, usize),
+    (a, at, sa, step_a): (TokenStream, bool, usize, usize),
+    (b, bt, sb, step_b): (TokenStream, bool, usize, usize),
+    (c, sc, step_c): (TokenStream, usize, usize),
+) -> TokenStream {
+    if groups == 1 {
+        return batched(dims, (a, at, sa), (b, bt, sb), (c, sc));
+    }
+    let product = batched(
+        dims,
+        (from_group(a, step_a), at, sa),
+        (from_group(b, step_b), bt, sb),
+        (from_group(c, step_c), sc),
+    );
+    let groups = lit(groups);
+    quote!(for group in 0..#groups { #product })
+}
+
 fn patches(plan: &Plan, s: &ConvStep, at: &ConvScratch) -> (TokenStream, TokenStream) {
     let cols = scratch(at.cols, s.geom.patches_len());
     let (x, g) = (read(plan, s.input), geom(&s.geom));
@@ -63,11 +104,16 @@ fn patches(plan: &Plan, s: &ConvStep, at: &ConvScratch) -> (TokenStream, TokenSt
 
 pub fn forward(plan: &Plan, s: &ConvStep) -> TokenStream {
     let g = &s.geom;
-    let (t, d, o) = (g.positions(), g.patch_len(), g.out_c);
+    let (t, d, o, og) = (g.positions(), g.patch_len(), g.out_c, g.out_per_group());
     let (unfold, cols) = patches(plan, s, &conv_scratch(plan, s));
     let (w, y) = (param(plan, s.weight), arena(plan, s.output));
-    let product =
-        batched((o, t, d), (w, false, 0), (cols, false, g.patches_len()), (y.clone(), g.output_len()));
+    let product = grouped(
+        g.groups,
+        (og, t, d),
+        (w, false, 0, og * d),
+        (cols, false, g.patches_len(), d * t),
+        (y.clone(), g.output_len(), og * t),
+    );
     let epilogue = (s.bias.is_some() || s.act != Act::Identity).then(|| {
         let bias = match s.bias {
             Some(slot) => {
@@ -84,7 +130,7 @@ pub fn forward(plan: &Plan, s: &ConvStep) -> TokenStream {
 
 pub fn backward(plan: &Plan, s: &ConvStep) -> TokenStream {
     let g = &s.geom;
-    let (t, d, o) = (g.positions(), g.patch_len(), g.out_c);
+    let (t, d, og) = (g.positions(), g.patch_len(), g.out_per_group());
     let delta = arena(plan, s.delta);
     let act_back = (s.act != Act::Identity).then(|| {
         let (y, f, len) = (arena(plan, s.output), act(s.act), lit(g.output_len()));
@@ -94,11 +140,12 @@ pub fn backward(plan: &Plan, s: &ConvStep) -> TokenStream {
         let at = conv_scratch(plan, s);
         let (w, cols, dx) =
             (param(plan, s.weight), scratch(at.cols, g.patches_len()), arena(plan, target.write));
-        let product = batched(
-            (d, t, o),
-            (w, true, 0),
-            (delta.clone(), false, g.output_len()),
-            (cols.clone(), g.patches_len()),
+        let product = grouped(
+            g.groups,
+            (d, t, og),
+            (w, true, 0, og * d),
+            (delta.clone(), false, g.output_len(), og * t),
+            (cols.clone(), g.patches_len(), d * t),
         );
         let (geom, acc) = (geom(g), accumulate(plan, target));
         quote!(#product dev.col2im(#cols, #geom, n, #dx)?; #acc)
@@ -109,15 +156,16 @@ pub fn backward(plan: &Plan, s: &ConvStep) -> TokenStream {
 /// Each example's weight and bias gradients into the conv's kept scratch.
 fn per_example_gradients(plan: &Plan, s: &ConvStep) -> (TokenStream, ConvScratch) {
     let g = &s.geom;
-    let (t, d, o) = (g.positions(), g.patch_len(), g.out_c);
+    let (t, d, o, og) = (g.positions(), g.patch_len(), g.out_c, g.out_per_group());
     let at = conv_scratch(plan, s);
     let (unfold, cols) = patches(plan, s, &at);
     let (delta, kept_w) = (arena(plan, s.delta), scratch(at.weight, g.weight_len()));
-    let product = batched(
-        (o, d, t),
-        (delta.clone(), false, g.output_len()),
-        (cols, true, g.patches_len()),
-        (kept_w, g.weight_len()),
+    let product = grouped(
+        g.groups,
+        (og, d, t),
+        (delta.clone(), false, g.output_len(), og * t),
+        (cols, true, g.patches_len(), d * t),
+        (kept_w, g.weight_len(), og * d),
     );
     let bias = s.bias.map(|_| {
         let (kept_b, rows, t) = (scratch(at.bias, o), lit(o), lit(t));

@@ -41,7 +41,6 @@ pub struct Device;
 pub fn unsupported(plan: &Plan) -> Option<String> {
     plan.steps.iter().find_map(|step| {
         let op = match step {
-            Step::Conv2d(c) if c.geom.groups != 1 => "grouped conv2d",
             Step::Conv2d(c) if c.act.derivative() == Derivative::FromInput => {
                 "conv2d with an activation whose derivative needs its input"
             }

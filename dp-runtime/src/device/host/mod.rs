@@ -377,7 +377,7 @@ impl DeviceOps for HostDevice {
     }
 
     fn im2col(&mut self, x: Span, geom: &Conv2dGeometry, n: usize, cols: Span) -> Result<(), DeviceError> {
-        let (g, x) = (grouped_once(geom)?, self.read(x)?);
+        let (g, x) = (valid_conv(geom)?, self.read(x)?);
         let out = self.write(cols)?;
         if x.len() < n * g.input_len() || out.len() < n * g.patches_len() {
             return Err(short("im2col"));
@@ -390,7 +390,7 @@ impl DeviceOps for HostDevice {
     }
 
     fn col2im(&mut self, cols: Span, geom: &Conv2dGeometry, n: usize, dx: Span) -> Result<(), DeviceError> {
-        let (g, cols) = (grouped_once(geom)?, self.read(cols)?);
+        let (g, cols) = (valid_conv(geom)?, self.read(cols)?);
         let dx = self.write(dx)?;
         if cols.len() < n * g.patches_len() || dx.len() < n * g.input_len() {
             return Err(short("col2im"));
@@ -844,11 +844,9 @@ fn example_mut(values: &mut [f32], i: usize, len: usize) -> &mut [f32] {
     &mut values[i * len..(i + 1) * len]
 }
 
-/// The device's patches are those of an ungrouped convolution.
-fn grouped_once(geom: &Conv2dGeometry) -> Result<Conv2dGeometry, DeviceError> {
+/// A valid geometry (any group count: the device's patches are the whole image's, every group's rows
+/// one block of them).
+fn valid_conv(geom: &Conv2dGeometry) -> Result<Conv2dGeometry, DeviceError> {
     geom.validate().map_err(DeviceError::Mismatch)?;
-    if geom.groups != 1 {
-        return Err(DeviceError::Mismatch(format!("im2col/col2im of a conv with {} groups", geom.groups)));
-    }
     Ok(*geom)
 }
