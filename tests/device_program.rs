@@ -668,3 +668,20 @@ fn lora_layers_with_frozen_ones_device_program_matches_the_cpu() {
         batch_matches_cpu(&TokenLora::from_params(params), &inputs, &labels, n, poison);
     }
 }
+
+use dense_models::image_activations_from_input::ImageActivationsFromInput;
+use dense_models::SequenceNormGelu;
+
+/// GELU, SiLU and exact GELU after a conv, a group norm and a residual add: activation steps of their
+/// own, the derivative from their kept input.
+#[test]
+fn image_activations_from_their_input_device_program_matches_the_cpu() {
+    assert_eq!(ImageActivationsFromInput::DEVICE_UNSUPPORTED, None);
+    device_matches_cpu::<ImageActivationsFromInput>(30, SIZES);
+}
+
+#[test]
+fn layer_norm_over_a_sequence_with_gelu_device_program_matches_the_cpu() {
+    assert_eq!(SequenceNormGelu::DEVICE_UNSUPPORTED, None);
+    device_matches_cpu::<SequenceNormGelu>(31, SIZES);
+}

@@ -24,7 +24,6 @@ mod scratch;
 mod unary;
 
 use super::backend::Backend;
-use crate::ops::activation::function::Derivative;
 use crate::ops::{Layer, Step};
 use crate::parse::ast::LossKind;
 use crate::plan::Plan;
@@ -42,15 +41,9 @@ pub fn unsupported(plan: &Plan) -> Option<String> {
     plan.steps.iter().find_map(|step| {
         let op = match step {
             Step::Conv2d(c) if c.geom.groups != 1 => "grouped conv2d",
-            Step::Conv2d(c) if c.act.derivative() == Derivative::FromInput => {
-                "conv2d with an activation whose derivative needs its input"
-            }
-            Step::Norm(s) if s.act.derivative() == Derivative::FromInput => {
-                "a norm with an activation whose derivative needs its input"
-            }
-            Step::Add(s) if s.act.derivative() == Derivative::FromInput => {
-                "add with an activation whose derivative needs its input"
-            }
+            // A layer's fused activation takes its derivative from the output; one that needs its
+            // input (GELU, SiLU) is never fused (`Graph::fusion`) but is a step of its own, reading
+            // the layer's kept output (`plan/fusion_tests.rs`).
             Step::Linear(_)
             | Step::Activation(_)
             | Step::Flatten(_)
