@@ -22,15 +22,16 @@ use rand_chacha::ChaCha8Rng;
 mod dense_models;
 
 use dense_models::activations_from_input::ActivationsFromInput;
+use dense_models::image_activations_from_input::ImageActivationsFromInput;
 use dense_models::norm_residual::NormResidual;
 use dense_models::token_lora::TokenLora;
 use dense_models::{
     batch, close, close_sum, cpu_reference, private_pass_on_host, token_batch, ActivatedOutput,
-    CausalAttention, Deep, DenseAttention, DenseLstm, LstmSequence, PooledConv, SigmoidBce, SmallConv,
-    SmallLstm, SmallLstmDirect, SmallLstmGhost, StackedAttention, TanhMse, TestInput, TokenBag, TokenSeq,
+    CausalAttention, Deep, DenseAttention, DenseLstm, DepthwiseSeparable, GroupedConvs, LstmSequence,
+    PatchFirst, PooledConv, SequenceLinear, SequenceNormGelu, SigmoidBce, SmallConv, SmallLstm,
+    SmallLstmDirect, SmallLstmGhost, StackedAttention, TanhMse, TestInput, TokenBag, TokenMlp, TokenSeq,
+    TokenSequenceLinear,
 };
-use dense_models::{DepthwiseSeparable, GroupedConvs};
-use dense_models::{PatchFirst, SequenceLinear, TokenMlp, TokenSequenceLinear};
 
 /// Batch sizes, each with or without a poisoned (NaN) first example.
 const SIZES: &[(usize, bool)] = &[(1, false), (7, true), (33, false), (256, true)];
@@ -745,4 +746,18 @@ fn grouped_convs_device_program_matches_the_cpu() {
 #[test]
 fn depthwise_separable_device_program_matches_the_cpu() {
     device_matches_cpu::<DepthwiseSeparable>(31, SIZES);
+}
+
+/// GELU, SiLU and exact GELU after a conv, a group norm and a residual add: activation steps of their
+/// own, the derivative from their kept input.
+#[test]
+fn image_activations_from_their_input_device_program_matches_the_cpu() {
+    assert_eq!(ImageActivationsFromInput::DEVICE_UNSUPPORTED, None);
+    device_matches_cpu::<ImageActivationsFromInput>(30, SIZES);
+}
+
+#[test]
+fn layer_norm_over_a_sequence_with_gelu_device_program_matches_the_cpu() {
+    assert_eq!(SequenceNormGelu::DEVICE_UNSUPPORTED, None);
+    device_matches_cpu::<SequenceNormGelu>(31, SIZES);
 }

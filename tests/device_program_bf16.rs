@@ -228,3 +228,13 @@ fn grouped_convs_bf16_device_programs_match_the_bf16_cpu() {
     bf16_device_matches_bf16_cpu::<GroupedConvs>(30, &[1, 7], 1e-4);
     bf16_device_matches_bf16_cpu::<DepthwiseSeparable>(31, &[1, 7], 1e-4);
 }
+
+/// GELU, SiLU and exact GELU after a conv (direct norms: its kept gradients formed by bf16 products on
+/// both), a group norm and a residual add, and layer norm over a sequence then GELU: the activations
+/// and norms are f32 on both, the products round the same operands.
+#[test]
+fn activations_from_their_input_after_convs_and_norms_bf16_device_programs_match_the_bf16_cpu() {
+    use dense_models::image_activations_from_input::ImageActivationsFromInput;
+    bf16_device_matches_bf16_cpu::<ImageActivationsFromInput>(33, &[1, 7], 1e-4);
+    bf16_device_matches_bf16_cpu::<dense_models::SequenceNormGelu>(34, &[1, 7, 33], 1e-4);
+}

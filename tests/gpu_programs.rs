@@ -512,3 +512,14 @@ fn gpu_grouped_conv_models_match_the_cpu() {
     norms_and_sums_match::<GroupedConvs>(30);
     norms_and_sums_match::<DepthwiseSeparable>(31);
 }
+
+/// GELU, SiLU and exact GELU after a conv, a group norm and a residual add, and GELU after layer norm
+/// over a sequence (NaN examples at 7 and 301). Written without a GPU: NOT YET RUN ON ONE
+/// (docs/GPU.md).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_activations_from_their_input_after_convs_and_norms_match_the_cpu() {
+    use dense_models::image_activations_from_input::ImageActivationsFromInput;
+    norms_and_sums_match::<ImageActivationsFromInput>(43);
+    norms_and_sums_match::<dense_models::SequenceNormGelu>(44);
+}

@@ -548,3 +548,41 @@ pub struct DepthwiseSeparable {
     #[layer(global_avg_pool, linear(out = 3))]
     head: Linear,
 }
+
+/// The activations whose derivative needs their input after the steps that fuse one whose derivative
+/// comes from its output: conv2d then GELU, group norm then SiLU, a residual add then exact GELU (its
+/// left side with a second reader), flattened into a linear layer. The planner fuses none of them:
+/// each is an activation step of its own, reading the layer's output as its kept input. The conv has
+/// direct norms, so that the CPU keeps its per-example gradients as the device does (in bf16 both
+/// round them alike).
+#[dp_model(input = [2, 6, 6], loss = cross_entropy(classes = 3))]
+pub mod image_activations_from_input {
+    pub struct ImageActivationsFromInput {
+        #[layer(conv2d(out = 4, kernel = 3, padding = 1, norms = direct), gelu)]
+        conv: Conv2d,
+        #[layer(group_norm(groups = 2), silu)]
+        norm: GroupNorm,
+        #[layer(flatten, linear(out = 3))]
+        head: Linear,
+    }
+
+    impl ImageActivationsFromInput {
+        fn forward(&self, x: Input) -> Output {
+            let h = self.conv(x);
+            let h = (h + self.norm(h)).gelu_exact();
+            self.head(h)
+        }
+    }
+}
+
+/// Layer norm over a sequence `[5, 6]` then GELU (on the device, layer norm over a sequence is group
+/// norm over its rows), a mean and a head.
+#[dp_model(input = [5, 6], loss = cross_entropy(classes = 3))]
+pub struct SequenceNormGelu {
+    #[layer(linear(out = 6))]
+    proj: Linear,
+    #[layer(layer_norm, gelu)]
+    ln: LayerNorm,
+    #[layer(mean, linear(out = 3))]
+    head: Linear,
+}

@@ -12,6 +12,8 @@
 //! - one row per node for `describe()`: shapes, parameters, norm strategy, FLOPs and bytes.
 
 #[cfg(test)]
+mod fusion_tests;
+#[cfg(test)]
 mod kept_tests;
 pub mod memory;
 pub mod params;

@@ -24,7 +24,6 @@ mod scratch;
 mod unary;
 
 use super::backend::Backend;
-use crate::ops::activation::function::Derivative;
 use crate::ops::{Layer, Step};
 use crate::parse::ast::LossKind;
 use crate::plan::Plan;
@@ -37,36 +36,29 @@ pub use scratch::arena_len;
 /// The device backend.
 pub struct Device;
 
-/// Why the model has no device program yet: the first step without device primitives.
+/// Why the model has no device program: the first step without device primitives. Every step has
+/// them now, so this is `None`; a new step must say here whether it has them (the match lists every
+/// step), and a model with a step that has none keeps the trait's refusing defaults.
 pub fn unsupported(plan: &Plan) -> Option<String> {
-    plan.steps.iter().find_map(|step| {
-        let op = match step {
-            Step::Conv2d(c) if c.act.derivative() == Derivative::FromInput => {
-                "conv2d with an activation whose derivative needs its input"
-            }
-            Step::Norm(s) if s.act.derivative() == Derivative::FromInput => {
-                "a norm with an activation whose derivative needs its input"
-            }
-            Step::Add(s) if s.act.derivative() == Derivative::FromInput => {
-                "add with an activation whose derivative needs its input"
-            }
-            Step::Linear(_)
-            | Step::Activation(_)
-            | Step::Flatten(_)
-            | Step::Conv2d(_)
-            | Step::Norm(_)
-            | Step::Embedding(_)
-            | Step::Lstm(_)
-            | Step::PositionEmbedding(_)
-            | Step::Attention(_)
-            | Step::Pool2d(_)
-            | Step::GlobalAvgPool(_)
-            | Step::Add(_)
-            | Step::Mean(_)
-            | Step::Patches(_)
-            | Step::LoraSum(_) => return None,
-        };
-        Some(format!("{op} has no device primitives yet"))
+    plan.steps.iter().find_map(|step| match step {
+        // A layer's fused activation takes its derivative from the output; one that needs its input
+        // (GELU, SiLU) is never fused (`Graph::fusion`) but is a step of its own, reading the layer's
+        // kept output (`plan/fusion_tests.rs`).
+        Step::Linear(_)
+        | Step::Activation(_)
+        | Step::Flatten(_)
+        | Step::Conv2d(_)
+        | Step::Norm(_)
+        | Step::Embedding(_)
+        | Step::Lstm(_)
+        | Step::PositionEmbedding(_)
+        | Step::Attention(_)
+        | Step::Pool2d(_)
+        | Step::GlobalAvgPool(_)
+        | Step::Add(_)
+        | Step::Mean(_)
+        | Step::Patches(_)
+        | Step::LoraSum(_) => None,
     })
 }
 
