@@ -270,6 +270,8 @@ struct HostTraining<M: DpModel> {
     /// The optimizer's state between steps, in the checkpoint format.
     state: OptimizerState,
     steps: u64,
+    /// The moving average of the parameters, once started.
+    average: Vec<f32>,
     model: std::marker::PhantomData<M>,
 }
 
@@ -279,6 +281,7 @@ impl<M: DpModel> HostTraining<M> {
             dev: HostDevice::new(),
             state: OptimizerState { kind: "sgd".into(), updates: 0, buffers: Vec::new() },
             steps: 0,
+            average: Vec::new(),
             model: std::marker::PhantomData,
         }
     }
@@ -329,6 +332,23 @@ where
 
     fn load_optimizer_state(&mut self, state: &OptimizerState) -> Result<(), DeviceError> {
         self.state = state.clone();
+        Ok(())
+    }
+
+    fn start_average(&mut self) -> Result<(), DeviceError> {
+        self.average = self.dev.get(Region::Params).to_vec();
+        Ok(())
+    }
+
+    fn fold_average(&mut self, decay: f64) -> Result<(), DeviceError> {
+        for (a, &p) in self.average.iter_mut().zip(self.dev.get(Region::Params)) {
+            *a = dp::trainer::ema::fold(*a, p, decay);
+        }
+        Ok(())
+    }
+
+    fn download_average(&mut self, average: &mut [f32]) -> Result<(), DeviceError> {
+        average.copy_from_slice(&self.average);
         Ok(())
     }
 
@@ -415,6 +435,49 @@ fn a_trainer_on_a_device_follows_the_trainer_on_the_cpu() {
     assert!(moved > 0.01, "training moved the parameters by {moved}");
     assert!(diff <= 1e-4 * moved.max(1.0), "device and CPU trainers differ by {diff} (moved {moved})");
     assert!((dev_report.accuracy - cpu_report.accuracy).abs() <= 0.01);
+}
+
+/// With an exponential moving average (`Trainer::ema`) the device holds and folds the average, and the
+/// trainer on the host training state follows the CPU trainer: the same average is evaluated after
+/// each epoch and returned, also when a run stops mid-epoch (`max_steps`).
+#[test]
+fn a_trainer_on_a_device_keeps_the_average_like_the_cpu() {
+    let mut rng = ChaCha8Rng::seed_from_u64(48);
+    let (inputs, labels) = batch::<Deep>(&mut rng, 600, false);
+    let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = Deep::init(&mut rng);
+    for max_steps in [None, Some(13)] {
+        let train = |device: bool| {
+            let mut model = Deep::from_params(initial.params().to_vec());
+            let mut trainer = dp::Trainer::new(&mut model)
+                .optimizer(Sgd::new(0.5).momentum(0.9))
+                .clip_norm(1.0)
+                .noise_multiplier(0.8)
+                .expected_batch_size(64)
+                .epochs(2)
+                .ema(0.8)
+                .seed(3)
+                .allow_large_delta(true)
+                .quiet(true);
+            if let Some(steps) = max_steps {
+                trainer = trainer.max_steps(steps);
+            }
+            let report = match device {
+                true => trainer.device(HostTraining::<Deep>::new()).fit(&data, Some(&data)),
+                false => trainer.fit(&data, Some(&data)),
+            }
+            .unwrap();
+            (model, report)
+        };
+        let ((cpu, cpu_report), (dev, dev_report)) = (train(false), train(true));
+        assert_eq!((dev_report.steps, dev_report.epsilon), (cpu_report.steps, cpu_report.epsilon));
+        let moved = largest_difference(cpu.params(), initial.params());
+        let diff = largest_difference(dev.params(), cpu.params());
+        assert!(moved > 0.01, "training moved the average by {moved}");
+        assert!(diff <= 1e-5 * moved.max(1.0), "{max_steps:?}: the device's average differs by {diff}");
+        let accuracies = |r: &dp::Report| r.epochs.iter().map(|e| e.accuracy).collect::<Vec<_>>();
+        assert_eq!(accuracies(&dev_report), accuracies(&cpu_report), "{max_steps:?}");
+    }
 }
 
 /// An optimizer a device has no update for: SGD's step under another name, without `on_device`.

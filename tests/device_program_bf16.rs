@@ -185,6 +185,15 @@ impl<M: DpModel> DeviceTraining<M> for &mut PrecisionProbe {
     fn load_optimizer_state(&mut self, _state: &OptimizerState) -> Result<(), DeviceError> {
         Ok(())
     }
+    fn start_average(&mut self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    fn fold_average(&mut self, _decay: f64) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    fn download_average(&mut self, _average: &mut [f32]) -> Result<(), DeviceError> {
+        Ok(())
+    }
     fn private_step(
         &mut self,
         _inputs: &[M::Input],

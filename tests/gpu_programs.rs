@@ -523,3 +523,43 @@ fn gpu_activations_from_their_input_after_convs_and_norms_match_the_cpu() {
     norms_and_sums_match::<ImageActivationsFromInput>(43);
     norms_and_sums_match::<dense_models::SequenceNormGelu>(44);
 }
+
+/// The trainer with a moving average of the parameters (`Trainer::ema`) on the GPU against the CPU
+/// trainer, seeded alike: the returned averages agree to rounding. Written without a GPU: NOT YET RUN
+/// ON ONE.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_trainer_keeps_the_average_like_the_cpu() {
+    let Some(gpu) = gpu("trainer with an average") else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(48);
+    let (inputs, labels) = batch::<AdultFfnn>(&mut rng, 2_000, false);
+    let data = dp::Dataset::new(inputs, labels, AdultFfnn::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = AdultFfnn::init(&mut rng);
+    let train = |model: &mut AdultFfnn, device: Option<GpuModel<AdultFfnn>>| {
+        let trainer = dp::Trainer::new(model)
+            .optimizer(Sgd::new(0.5).momentum(0.9))
+            .clip_norm(1.0)
+            .noise_multiplier(0.8)
+            .expected_batch_size(128)
+            .epochs(2)
+            .ema(0.9)
+            .seed(3)
+            .quiet(true);
+        match device {
+            Some(d) => trainer.device(d).fit(&data, Some(&data)),
+            None => trainer.fit(&data, Some(&data)),
+        }
+        .unwrap()
+    };
+    let mut cpu = AdultFfnn::from_params(initial.params().to_vec());
+    let cpu_report = train(&mut cpu, None);
+    let mut on_gpu = AdultFfnn::from_params(initial.params().to_vec());
+    let device = GpuModel::<AdultFfnn>::new(gpu, initial.params(), 128).unwrap();
+    let gpu_report = train(&mut on_gpu, Some(device));
+    assert_eq!((gpu_report.steps, gpu_report.epsilon), (cpu_report.steps, cpu_report.epsilon));
+    let largest = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let (diff, moved) = (largest(on_gpu.params(), cpu.params()), largest(cpu.params(), initial.params()));
+    say(&format!("average: largest parameter difference {diff:.3e}, largest move {moved:.3}"));
+    assert!(moved > 0.01, "training moved the average");
+    assert!(diff <= 1e-3 * moved, "the GPU's and the CPU's averages differ by {diff}");
+}

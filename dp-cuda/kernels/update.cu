@@ -67,3 +67,18 @@ extern "C" __global__ void dp_adam_noisy_update(float *params, float *exp_avg, f
                        beta1, beta2, eps, weight_decay, decoupled, correction1, root_correction2);
 }
 #endif
+
+// Polyak averaging, value for value dp-runtime/src/trainer/ema.rs `fold`: a = d·a + (1 − d)·θ in double,
+// stored as float (fmad off: no contraction into an FMA, as on the CPU).
+DP_DEVICE float dp_ema_fold_value(float average, float param, double decay) {
+    return (float)(decay * (double)average + (1.0 - decay) * (double)param);
+}
+
+#ifdef __CUDACC__
+// One thread per coordinate: the average after a step that completed.
+extern "C" __global__ void dp_ema_fold(float *average, const float *params, double decay, dp_u64 len) {
+    dp_u64 i = (dp_u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= len) return;
+    average[i] = dp_ema_fold_value(average[i], params[i], decay);
+}
+#endif

@@ -54,6 +54,7 @@ pub struct Gpu {
     pub(crate) clip_factors: CudaFunction,
     pub(crate) sgd_update: CudaFunction,
     pub(crate) adam_update: CudaFunction,
+    pub(crate) ema_fold: CudaFunction,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -115,8 +116,14 @@ impl Gpu {
         let mut noise = load("noise.cu", noise::SOURCE, &["dp_noise_first", "dp_noise_retry"])?.into_iter();
         let mut clip = load("clip.cu", clip::SOURCE, &["dp_clip_factors"])?.into_iter();
         let mut update = load("update.cu", update::SOURCE, update::ENTRIES)?.into_iter();
-        let (Some(noise_first), Some(noise_retry), Some(clip_factors), Some(sgd_update), Some(adam_update)) =
-            (noise.next(), noise.next(), clip.next(), update.next(), update.next())
+        let (
+            Some(noise_first),
+            Some(noise_retry),
+            Some(clip_factors),
+            Some(sgd_update),
+            Some(adam_update),
+            Some(ema_fold),
+        ) = (noise.next(), noise.next(), clip.next(), update.next(), update.next(), update.next())
         else {
             unreachable!("each load returns one function per entry");
         };
@@ -155,6 +162,7 @@ impl Gpu {
             clip_factors,
             sgd_update,
             adam_update,
+            ema_fold,
         })
     }
 

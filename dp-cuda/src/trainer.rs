@@ -61,6 +61,8 @@ pub struct GpuModel<M: DpModel> {
     non_finite: CudaSlice<u32>,
     /// The trained parameters before the update, restored if it overflows.
     previous: CudaSlice<f32>,
+    /// The moving average of all the parameters (`Trainer::ema`), once started.
+    average: Option<CudaSlice<f32>>,
     tables: NoiseTables,
     /// Whether the next update is the first (momentum starts at the gradient).
     first_update: bool,
@@ -175,6 +177,7 @@ impl<M: DpModel> GpuModel<M> {
             max_batch: b,
             velocity,
             moments: None,
+            average: None,
             optimizer: OptimizerKind::Sgd,
             normals,
             first_words,
@@ -692,6 +695,53 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
         s.memcpy_htod(params, &mut view)
             .map_err(|e| DeviceError::Backend(format!("copying the parameters: {e}")))?;
         s.synchronize().map_err(|e| DeviceError::Backend(e.to_string()))
+    }
+
+    fn start_average(&mut self) -> std::result::Result<(), DeviceError> {
+        let s = self.gpu.stream.clone();
+        let mut average =
+            s.alloc_zeros::<f32>(M::PARAM_COUNT.max(1)).map_err(backend("allocating the average"))?;
+        if M::PARAM_COUNT > 0 {
+            let params = self.memory.slice(Region::Params).slice(..M::PARAM_COUNT);
+            s.memcpy_dtod(&params, &mut average.slice_mut(..M::PARAM_COUNT))
+                .map_err(backend("starting the average"))?;
+        }
+        self.average = Some(average);
+        Ok(())
+    }
+
+    fn fold_average(&mut self, decay: f64) -> std::result::Result<(), DeviceError> {
+        let Some(average) = &self.average else {
+            return Err(DeviceError::Mismatch("an average folded before it was started".into()));
+        };
+        if M::PARAM_COUNT == 0 {
+            return Ok(());
+        }
+        let s = self.gpu.stream.clone();
+        let params = self.memory.ptr(Span::new(Region::Params, 0, M::PARAM_COUNT))?;
+        let average = average.device_ptr(&s).0;
+        // SAFETY: the parameters and the average each hold `PARAM_COUNT` values.
+        unsafe { self.gpu.queue_ema_fold(average, params, M::PARAM_COUNT, decay) }
+            .map_err(|e| DeviceError::Backend(e.to_string()))
+    }
+
+    fn download_average(&mut self, out: &mut [f32]) -> std::result::Result<(), DeviceError> {
+        let Some(average) = &self.average else {
+            return Err(DeviceError::Mismatch("an average read before it was started".into()));
+        };
+        if out.len() != M::PARAM_COUNT {
+            return Err(DeviceError::Mismatch(format!(
+                "{} values for an average of {}",
+                out.len(),
+                M::PARAM_COUNT
+            )));
+        }
+        if !out.is_empty() {
+            let s = &self.gpu.stream;
+            s.memcpy_dtoh(&average.slice(..out.len()), out).map_err(backend("copying the average"))?;
+            s.synchronize().map_err(backend("copying the average"))?;
+        }
+        Ok(())
     }
 
     fn download(&mut self, params: &mut [f32]) -> std::result::Result<(), DeviceError> {

@@ -2,7 +2,7 @@
 //! `NoisyGradient::with_drawn_noise` followed by [`dp_runtime::optim::Sgd`]'s step (momentum, Nesterov,
 //! weight decay) or [`dp_runtime::optim::Adam`]'s (Adam or AdamW), with the normals of
 //! [`crate::noise`]. The SGD launch is [`Gpu::sgd_noisy_update`](crate::device::Gpu::sgd_noisy_update);
-//! Adam's is here.
+//! Adam's is here, as is the fold of the parameters into their moving average (`Trainer::ema`).
 
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
@@ -17,7 +17,7 @@ use crate::noise::THREADS;
 pub const SOURCE: &str = include_str!("../kernels/update.cu");
 
 /// The kernels of [`SOURCE`], in the order [`Gpu`] loads them.
-pub const ENTRIES: &[&str] = &["dp_sgd_noisy_update", "dp_adam_noisy_update"];
+pub const ENTRIES: &[&str] = &["dp_sgd_noisy_update", "dp_adam_noisy_update", "dp_ema_fold"];
 
 /// The scalars of one noisy update: SGD's or Adam's.
 #[derive(Debug, Clone, Copy)]
@@ -149,6 +149,54 @@ impl Gpu {
         s.memcpy_dtoh(&params, state.params).map_err(driver("copying the parameters back"))?;
         s.memcpy_dtoh(&exp_avg, state.exp_avg).map_err(driver("copying the first moment back"))?;
         s.memcpy_dtoh(&exp_avg_sq, state.exp_avg_sq).map_err(driver("copying the second moment back"))?;
+        Ok(())
+    }
+}
+
+impl Gpu {
+    /// Queues `dp_ema_fold` over `len` coordinates (`len` > 0): `average = fold(average, params, decay)`.
+    ///
+    /// # Safety
+    /// Each address holds `len` `f32` values.
+    pub(crate) unsafe fn queue_ema_fold(
+        &self,
+        average: CUdeviceptr,
+        params: CUdeviceptr,
+        len: usize,
+        decay: f64,
+    ) -> Result<()> {
+        let n = len as u64;
+        let grid = u32::try_from(n.div_ceil(u64::from(THREADS))).expect("fewer than 2^40 parameters");
+        let config = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: the arguments match dp_ema_fold's signature; the caller vouches for the lengths.
+        unsafe {
+            self.stream
+                .launch_builder(&self.ema_fold)
+                .arg(&average)
+                .arg(&params)
+                .arg(&decay)
+                .arg(&n)
+                .launch(config)
+                .map_err(driver("launching dp_ema_fold"))?;
+        }
+        Ok(())
+    }
+
+    /// Folds `params` into `average` with `decay`: the values of `dp_runtime::trainer::ema::fold`.
+    pub fn ema_fold(&self, average: &mut [f32], params: &[f32], decay: f64) -> Result<()> {
+        let len = average.len();
+        if params.len() != len {
+            return Err(CudaError::Mismatch("the average and the parameters differ in length".into()));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let s = &self.stream;
+        let on_device = s.clone_htod(&*average).map_err(driver("copying the average"))?;
+        let values = s.clone_htod(params).map_err(driver("copying the parameters"))?;
+        // SAFETY: both buffers hold `len` values (checked above).
+        unsafe { self.queue_ema_fold(on_device.device_ptr(s).0, values.device_ptr(s).0, len, decay) }?;
+        s.memcpy_dtoh(&on_device, average).map_err(driver("copying the average back"))?;
         Ok(())
     }
 }

@@ -922,6 +922,30 @@ fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// update.cu's fold of the parameters into their moving average through the driver against
+/// `Ema::update`, bit for bit, over warm-up and fixed decays (written 2026-12-04; not yet run on a
+/// GPU).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_average_fold_equals_the_cpus() {
+    use dp_runtime::trainer::ema::Ema;
+    let Some(gpu) = gpu("moving average") else { return };
+    let len = 100_003;
+    let params: Vec<f32> = xorshift(31, len).iter().map(|u| ((u - 0.5) * 10.0) as f32).collect();
+    let start: Vec<f32> = xorshift(37, len).iter().map(|u| ((u - 0.5) * 1e-3) as f32).collect();
+    let mut ema = Ema::new(0.999, &start).unwrap();
+    let mut device = start.clone();
+    for update in 0..5 {
+        let stepped: Vec<f32> = params.iter().map(|p| p * (1.0 + update as f32)).collect();
+        let decay = ema.next_decay();
+        ema.update(&stepped);
+        gpu.ema_fold(&mut device, &stepped, decay).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&device) == bits(ema.average()), "update {update}: the averages differ");
+    }
+    say("moving average: 5 folds of 100,003 values equal the CPU's bit for bit");
+}
+
 /// update.cu's Adam kernel through the driver against `Adam::step`, bit for bit: Adam with L2 decay
 /// at its first update, AdamW at a later one from checkpointed moments (written 2026-12-04; not yet
 /// run on a GPU).

@@ -8,6 +8,7 @@
  *     and the count of invalid examples (u32).
  *   sgd NOISE_STD INVERSE_BATCH LR MOMENTUM WEIGHT_DECAY FIRST NESTEROV LEN: in params, velocity,
  *     sum (f32 each), z (f64); out: params, velocity.
+ *   emafold DECAY LEN: in average, params (LEN each); out the average after the fold.
  *   adam NOISE_STD INVERSE_BATCH LR BETA1 BETA2 EPS WEIGHT_DECAY DECOUPLED CORRECTION1 ROOT_CORRECTION2
  *     LEN: in params, exp_avg, exp_avg_sq, sum (f32 each), z (f64); out: params, exp_avg, exp_avg_sq.
  *   im2col|col2im IN_C IN_H IN_W KH KW STRIDE PADDING DILATION N: in the batch's input (the patches);
@@ -89,6 +90,15 @@ static int sgd(char **argv) {
                           weight_decay, first, nesterov);
     fwrite(params, 4, len, stdout);
     fwrite(velocity, 4, len, stdout);
+    return 0;
+}
+
+static int emafold(char **argv) {
+    double decay = strtod(argv[0], NULL);
+    dp_u64 len = strtoull(argv[1], NULL, 10);
+    float *average = read_stdin(len * 4), *params = read_stdin(len * 4);
+    for (dp_u64 i = 0; i < len; ++i) average[i] = dp_ema_fold_value(average[i], params[i], decay);
+    fwrite(average, 4, len, stdout);
     return 0;
 }
 
@@ -343,6 +353,7 @@ int main(int argc, char **argv) {
     if (argc >= 6 && strcmp(argv[1], "clip") == 0) return clip(argv + 2);
     if (argc >= 10 && strcmp(argv[1], "sgd") == 0) return sgd(argv + 2);
     if (argc >= 13 && strcmp(argv[1], "adam") == 0) return adam(argv + 2);
+    if (argc >= 4 && strcmp(argv[1], "emafold") == 0) return emafold(argv + 2);
     if (argc >= 5 && strcmp(argv[1], "noise") == 0) return noise(argc - 1, argv + 1);
     if (argc >= 5 && strcmp(argv[1], "embnorms") == 0) return embedding(argv[1], argv + 2);
     if (argc >= 6 && strcmp(argv[1], "embgather") == 0) return embedding(argv[1], argv + 2);

@@ -1,5 +1,7 @@
 //! The device kernels' arithmetic, compiled as C by the host's C compiler (tests/host_harness.c), against
 //! the CPU's code in dp-runtime, bit for bit, without a GPU:
+//! - update.cu's fold of the parameters into their moving average against `Ema::update`, bit for
+//!   bit;
 //! - the noise: several keys and lengths (full chunks, a short last chunk, a vector shorter than one
 //!   chunk, several retry segments with a short last one), which checks the counter arithmetic, the
 //!   ChaCha20 blocks, the interleaved word order, both ziggurat passes and the segments' retry streams,
@@ -911,6 +913,28 @@ fn bits(values: &[f32]) -> Vec<u32> {
 fn say(line: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// update.cu's fold of the parameters into their moving average against `Ema::update`, bit for bit:
+/// the warm-up decays of the first updates and the fixed one after, over values of mixed scale.
+#[test]
+fn device_average_fold_equals_the_cpus_bit_for_bit() {
+    let Some(exe) = harness() else { return };
+    let len = 1000;
+    let params: Vec<f32> = values(31, len).map(|u| ((u - 0.5) * 10.0) as f32).collect();
+    let start: Vec<f32> = values(37, len).map(|u| ((u - 0.5) * 1e-3) as f32).collect();
+    let mut ema = dp_runtime::trainer::ema::Ema::new(0.999, &start).unwrap();
+    let mut device = start.clone();
+    for update in 0..5 {
+        let stepped: Vec<f32> = params.iter().map(|p| p * (1.0 + update as f32)).collect();
+        let decay = ema.next_decay();
+        ema.update(&stepped);
+        let args: Vec<String> = ["emafold".to_string(), format!("{decay:e}"), len.to_string()].into();
+        let input: Vec<u8> = device.iter().chain(&stepped).flat_map(|x| x.to_le_bytes()).collect();
+        device = f32s(&run(&exe, &args, &input));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&device), bits(ema.average()), "update {update} (decay {decay})");
+    }
 }
 
 /// update.cu's Adam coordinate against `Adam::step` on `NoisyGradient::with_drawn_noise`, bit for bit:

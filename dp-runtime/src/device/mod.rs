@@ -830,4 +830,13 @@ pub trait DeviceTraining<M: crate::DpModel>: Send {
         n: usize,
         step: &DevicePrivateStep,
     ) -> Result<DeviceStepOutcome, DeviceError>;
+    /// Starts an exponential moving average of the parameters (`Trainer::ema`) at the parameters the
+    /// device holds now.
+    fn start_average(&mut self) -> Result<(), DeviceError>;
+    /// Folds the parameters into the average after a step that completed: each coordinate becomes
+    /// `trainer::ema::fold(a, θ, decay)` (f64 arithmetic, stored as f32), `decay` the host average's
+    /// `Ema::advance`.
+    fn fold_average(&mut self, decay: f64) -> Result<(), DeviceError>;
+    /// The average, copied back (all `PARAM_COUNT` values).
+    fn download_average(&mut self, average: &mut [f32]) -> Result<(), DeviceError>;
 }

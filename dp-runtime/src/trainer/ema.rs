@@ -35,11 +35,18 @@ impl Ema {
 
     /// Folds the parameters after a step into the average.
     pub fn update(&mut self, params: &[f32]) {
-        let d = self.next_decay();
+        let d = self.advance();
         for (a, &p) in self.average.iter_mut().zip(params) {
-            *a = (d * *a as f64 + (1.0 - d) * p as f64) as f32;
+            *a = fold(*a, p, d);
         }
+    }
+
+    /// The decay of the next update, counting the update: for an average a device holds and folds
+    /// (`DeviceTraining::fold_average`), whose copy [`average_mut`](Self::average_mut) receives.
+    pub fn advance(&mut self) -> f64 {
+        let d = self.next_decay();
         self.updates += 1;
+        d
     }
 
     /// The averaged parameters.
@@ -47,10 +54,21 @@ impl Ema {
         &self.average
     }
 
+    /// The averaged parameters, to be overwritten with a device's copy.
+    pub fn average_mut(&mut self) -> &mut [f32] {
+        &mut self.average
+    }
+
     /// Exchanges the average and `params`; a second call restores both.
     pub fn swap(&mut self, params: &mut [f32]) {
         params.swap_with_slice(&mut self.average);
     }
+}
+
+/// One coordinate of an update: `d·a + (1 − d)·θ` in f64, stored as f32 (a device's fold computes
+/// exactly this).
+pub fn fold(average: f32, param: f32, decay: f64) -> f32 {
+    (decay * average as f64 + (1.0 - decay) * param as f64) as f32
 }
 
 /// `f(model)` with the model holding the average when there is one (the raw parameters are put back

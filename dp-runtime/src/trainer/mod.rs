@@ -171,7 +171,6 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 (self.secure_noise, "secure noise"),
                 (self.distributed.is_some(), "distributed training"),
                 (self.views.is_some(), "augmentation multiplicity"),
-                (self.ema.is_some(), "an EMA of the parameters"),
                 (non_private_diagnostics, "non-private diagnostics"),
             ];
             if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
@@ -354,6 +353,9 @@ impl<'m, M: DpModel> Trainer<'m, M> {
         if let Some(dev) = device.as_mut() {
             dev.set_precision(self.precision).map_err(device_error)?;
             dev.upload(model.params()).map_err(device_error)?;
+            if ema.is_some() {
+                dev.start_average().map_err(device_error)?;
+            }
         }
         let (mut device_inputs, mut device_labels) = (Vec::new(), Vec::new());
         let mut epochs = Vec::new();
@@ -458,7 +460,10 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                         ));
                     }
                     if let Some(ema) = ema.as_mut() {
-                        ema.update(model.params());
+                        match device.as_mut() {
+                            Some(dev) => dev.fold_average(ema.advance()).map_err(device_error)?,
+                            None => ema.update(model.params()),
+                        }
                     }
                     step += 1;
                     steps_in_epoch += 1;
@@ -471,6 +476,9 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 total_non_finite += non_finite;
                 if let Some(dev) = device.as_mut() {
                     dev.download(model.params_mut()).map_err(device_error)?;
+                    if let Some(ema) = ema.as_mut() {
+                        dev.download_average(ema.average_mut()).map_err(device_error)?;
+                    }
                 }
                 let spent = plan.epsilon()?;
                 let (eval_loss, accuracy) = match eval {
