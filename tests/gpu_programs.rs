@@ -274,6 +274,41 @@ where
     }
 }
 
+/// `AdultFfnn` from the same initial parameters trained on the CPU and then on the GPU, on the same
+/// data with the same seeds, each trainer set up further by `configure`: the initial model, then the
+/// CPU's trained model and report, then the GPU's.
+#[allow(clippy::type_complexity)]
+fn ffnn_on_cpu_and_gpu(
+    gpu: Gpu,
+    seed: u64,
+    configure: impl for<'m> Fn(dp::Trainer<'m, AdultFfnn>) -> dp::Trainer<'m, AdultFfnn>,
+) -> (AdultFfnn, (AdultFfnn, dp::Report), (AdultFfnn, dp::Report)) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (inputs, labels) = batch::<AdultFfnn>(&mut rng, 2_000, false);
+    let data = dp::Dataset::new(inputs, labels, AdultFfnn::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = AdultFfnn::init(&mut rng);
+    let train = |device: Option<GpuModel<AdultFfnn>>| {
+        let mut model = AdultFfnn::from_params(initial.params().to_vec());
+        let trainer = configure(
+            dp::Trainer::new(&mut model)
+                .clip_norm(1.0)
+                .noise_multiplier(0.8)
+                .expected_batch_size(128)
+                .seed(3)
+                .quiet(true),
+        );
+        let report = match device {
+            Some(d) => trainer.device(d).fit(&data, Some(&data)),
+            None => trainer.fit(&data, Some(&data)),
+        }
+        .unwrap();
+        (model, report)
+    };
+    let on_cpu = train(None);
+    let on_gpu = train(Some(GpuModel::<AdultFfnn>::new(gpu, initial.params(), 128).unwrap()));
+    (initial, on_cpu, on_gpu)
+}
+
 /// The trainer with its steps on the GPU against the trainer on the CPU, both seeded alike: the same
 /// Poisson batches and noise keys, so the same noise; the parameters agree to rounding after several
 /// steps of SGD with momentum, and so do ε and the steps taken.
@@ -281,30 +316,8 @@ where
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
 fn gpu_trainer_follows_the_cpu_trainer() {
     let Some(gpu) = gpu("trainer") else { return };
-    let mut rng = ChaCha8Rng::seed_from_u64(41);
-    let (inputs, labels) = batch::<AdultFfnn>(&mut rng, 2_000, false);
-    let data = dp::Dataset::new(inputs, labels, AdultFfnn::INPUT_SHAPE.to_vec(), 1).unwrap();
-    let initial = AdultFfnn::init(&mut rng);
-    let train = |model: &mut AdultFfnn, device: Option<GpuModel<AdultFfnn>>| {
-        let trainer = dp::Trainer::new(model)
-            .optimizer(Sgd::new(0.5).momentum(0.9))
-            .clip_norm(1.0)
-            .noise_multiplier(0.8)
-            .expected_batch_size(128)
-            .steps(24)
-            .seed(3)
-            .quiet(true);
-        match device {
-            Some(d) => trainer.device(d).fit(&data, Some(&data)),
-            None => trainer.fit(&data, Some(&data)),
-        }
-        .unwrap()
-    };
-    let mut cpu = AdultFfnn::from_params(initial.params().to_vec());
-    let cpu_report = train(&mut cpu, None);
-    let mut on_gpu = AdultFfnn::from_params(initial.params().to_vec());
-    let device = GpuModel::<AdultFfnn>::new(gpu, initial.params(), 128).unwrap();
-    let gpu_report = train(&mut on_gpu, Some(device));
+    let (initial, (cpu, cpu_report), (on_gpu, gpu_report)) =
+        ffnn_on_cpu_and_gpu(gpu, 41, |t| t.optimizer(Sgd::new(0.5).momentum(0.9)).steps(24));
     assert_eq!(gpu_report.steps, cpu_report.steps);
     assert_eq!(gpu_report.epsilon, cpu_report.epsilon);
     let diff = on_gpu.params().iter().zip(cpu.params()).map(|(g, c)| (g - c).abs()).fold(0.0f32, f32::max);
@@ -531,31 +544,8 @@ fn gpu_activations_from_their_input_after_convs_and_norms_match_the_cpu() {
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
 fn gpu_trainer_keeps_the_average_like_the_cpu() {
     let Some(gpu) = gpu("trainer with an average") else { return };
-    let mut rng = ChaCha8Rng::seed_from_u64(48);
-    let (inputs, labels) = batch::<AdultFfnn>(&mut rng, 2_000, false);
-    let data = dp::Dataset::new(inputs, labels, AdultFfnn::INPUT_SHAPE.to_vec(), 1).unwrap();
-    let initial = AdultFfnn::init(&mut rng);
-    let train = |model: &mut AdultFfnn, device: Option<GpuModel<AdultFfnn>>| {
-        let trainer = dp::Trainer::new(model)
-            .optimizer(Sgd::new(0.5).momentum(0.9))
-            .clip_norm(1.0)
-            .noise_multiplier(0.8)
-            .expected_batch_size(128)
-            .epochs(2)
-            .ema(0.9)
-            .seed(3)
-            .quiet(true);
-        match device {
-            Some(d) => trainer.device(d).fit(&data, Some(&data)),
-            None => trainer.fit(&data, Some(&data)),
-        }
-        .unwrap()
-    };
-    let mut cpu = AdultFfnn::from_params(initial.params().to_vec());
-    let cpu_report = train(&mut cpu, None);
-    let mut on_gpu = AdultFfnn::from_params(initial.params().to_vec());
-    let device = GpuModel::<AdultFfnn>::new(gpu, initial.params(), 128).unwrap();
-    let gpu_report = train(&mut on_gpu, Some(device));
+    let (initial, (cpu, cpu_report), (on_gpu, gpu_report)) =
+        ffnn_on_cpu_and_gpu(gpu, 48, |t| t.optimizer(Sgd::new(0.5).momentum(0.9)).epochs(2).ema(0.9));
     assert_eq!((gpu_report.steps, gpu_report.epsilon), (cpu_report.steps, cpu_report.epsilon));
     let largest = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     let (diff, moved) = (largest(on_gpu.params(), cpu.params()), largest(cpu.params(), initial.params()));
