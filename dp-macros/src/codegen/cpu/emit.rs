@@ -14,6 +14,18 @@ pub fn lit(v: usize) -> Literal {
     Literal::usize_unsuffixed(v)
 }
 
+/// The rows of a layer's products applied at every position: `n` on a vector, `n * T` over a
+/// sequence of `T` positions (the CPU and the device programs alike).
+pub fn position_rows(positions: usize) -> TokenStream {
+    match positions {
+        1 => quote!(n),
+        t => {
+            let t = lit(t);
+            quote!(n * #t)
+        }
+    }
+}
+
 /// The identifier of arena buffer `k`.
 pub fn buf_ident(k: usize) -> Ident {
     Ident::new(&format!("__b{k}"), Span::call_site())

@@ -6,8 +6,8 @@
 
 use super::activation::fused_backward;
 use super::emit::{
-    accumulate, act, buf_ident, grad_slices, kept_clipped_sum, lit, optional_param, param, read, scratch,
-    strategy, write, zero_group,
+    accumulate, act, buf_ident, grad_slices, kept_clipped_sum, lit, optional_param, param, position_rows,
+    read, scratch, strategy, write, zero_group,
 };
 use super::kernels;
 use crate::ops::linear::DenseStep;
@@ -17,22 +17,11 @@ use dp_spec::Strategy;
 use proc_macro2::TokenStream;
 use quote::quote;
 
-/// The rows of the layer's GEMMs: `n` on a vector, `n * T` on a sequence.
-fn rows(d: &DenseStep) -> TokenStream {
-    match d.positions {
-        1 => quote!(n),
-        t => {
-            let t = lit(t);
-            quote!(n * #t)
-        }
-    }
-}
-
 pub fn forward(plan: &Plan, d: &DenseStep) -> TokenStream {
     let (a, w, y) = (read(d.input), param(plan, d.weight), write(d.output));
     let bias = optional_param(plan, d.bias);
     let (n_in, n_out, f, dense) = (lit(d.inputs), lit(d.outputs), act(d.act), kernels::dense());
-    let rows = rows(d);
+    let rows = position_rows(d.positions);
     quote! {
         #dense::linear_forward(#a, #w, #bias, #rows, #n_in, #n_out, #f, #y, precision);
     }
@@ -41,7 +30,7 @@ pub fn forward(plan: &Plan, d: &DenseStep) -> TokenStream {
 pub fn backward(plan: &Plan, d: &DenseStep) -> TokenStream {
     let n_out = lit(d.outputs);
     let act_back = fused_backward(d.act, d.delta, d.output, d.positions * d.outputs);
-    let rows = rows(d);
+    let rows = position_rows(d.positions);
     let input_grad = d.input_grad.map(|t| {
         let (delta, w, ga, n_in) =
             (read(Buf::Arena(d.delta)), param(plan, d.weight), write(t.write), lit(d.inputs));
@@ -53,7 +42,8 @@ pub fn backward(plan: &Plan, d: &DenseStep) -> TokenStream {
 
 pub fn gradient_sum(plan: &Plan, d: &DenseStep) -> TokenStream {
     let (a, delta, n_in, n_out) = (read(d.input), read(Buf::Arena(d.delta)), lit(d.inputs), lit(d.outputs));
-    let (slices, dense, rows) = (grad_slices(plan, d.weight, d.bias), kernels::dense(), rows(d));
+    let (slices, dense, rows) =
+        (grad_slices(plan, d.weight, d.bias), kernels::dense(), position_rows(d.positions));
     quote! {{
         #slices
         #dense::linear_grad_add(#a, #delta, #rows, #n_in, #n_out, gw, gb);
@@ -109,7 +99,7 @@ pub fn clipped_sum(plan: &Plan, d: &DenseStep) -> TokenStream {
     let scratch = buf_ident(plan.clip_scratch);
     let (a, delta, n_in, n_out) = (read(d.input), read(Buf::Arena(d.delta)), lit(d.inputs), lit(d.outputs));
     let (slices, group, dense) = (grad_slices(plan, d.weight, d.bias), lit(d.group), kernels::dense());
-    let (rows, t) = (rows(d), lit(d.positions));
+    let (rows, t) = (position_rows(d.positions), lit(d.positions));
     quote! {{
         #slices
         let (scratch_a, scratch_delta) = #scratch.split_at_mut(#rows * #n_in);

@@ -8,7 +8,7 @@
 use super::emit::{accumulate, arena, grad, lit, param, per_group, read, rt};
 use super::positional::Positional;
 use super::scratch::{keeps_positional, positional};
-use crate::codegen::cpu::emit::act;
+use crate::codegen::cpu::emit::{act, position_rows};
 use crate::ops::activation::function::Act;
 use crate::ops::linear::DenseStep;
 use crate::plan::Plan;
@@ -53,17 +53,6 @@ pub(super) fn gemm(
     }
 }
 
-/// The rows of the layer's products: `n` on a vector, `n · T` over a sequence.
-fn rows(d: &DenseStep) -> TokenStream {
-    match d.positions {
-        1 => quote!(n),
-        t => {
-            let t = lit(t);
-            quote!(n * #t)
-        }
-    }
-}
-
 /// The layer as a positional one, when it keeps per-example gradients on the device.
 fn as_positional(plan: &Plan, d: &DenseStep) -> Option<Positional> {
     keeps_positional(d).then(|| Positional {
@@ -80,7 +69,7 @@ fn as_positional(plan: &Plan, d: &DenseStep) -> Option<Positional> {
 }
 
 pub fn forward(plan: &Plan, d: &DenseStep) -> TokenStream {
-    let (n_in, n_out, rows) = (lit(d.inputs), lit(d.outputs), rows(d));
+    let (n_in, n_out, rows) = (lit(d.inputs), lit(d.outputs), position_rows(d.positions));
     let (a, w, y) = (read(plan, d.input), param(plan, d.weight), arena(plan, d.output));
     let product = gemm(
         rows.clone(),
@@ -107,7 +96,7 @@ pub fn forward(plan: &Plan, d: &DenseStep) -> TokenStream {
 }
 
 pub fn backward(plan: &Plan, d: &DenseStep) -> TokenStream {
-    let (n_in, n_out, rows) = (lit(d.inputs), lit(d.outputs), rows(d));
+    let (n_in, n_out, rows) = (lit(d.inputs), lit(d.outputs), position_rows(d.positions));
     let delta = arena(plan, d.delta);
     let act_back = (d.act != Act::Identity).then(|| {
         let (y, f) = (arena(plan, d.output), act(d.act));
