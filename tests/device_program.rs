@@ -399,28 +399,28 @@ where
     }
 }
 
-/// `Trainer::device` end to end on the host reference backend: seeded alike, it takes the same
-/// batches and noise keys as the trainer on the CPU, so it ends at the same parameters (to rounding),
-/// ε and accuracy.
-#[test]
-fn a_trainer_on_a_device_follows_the_trainer_on_the_cpu() {
-    let mut rng = ChaCha8Rng::seed_from_u64(41);
+/// Trains `Deep` seeded alike on the CPU and on the host training state, each trainer set up further
+/// by `configure` (its optimizer and length); the initial model, the two trained models and reports.
+fn train_on_both(
+    seed: u64,
+    configure: impl for<'m> Fn(dp::Trainer<'m, Deep>) -> dp::Trainer<'m, Deep>,
+) -> (Deep, Deep, Deep, dp::Report, dp::Report) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (inputs, labels) = batch::<Deep>(&mut rng, 600, false);
     let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
     let initial = Deep::init(&mut rng);
     let train = |model: &mut Deep, device: bool| {
-        let trainer = dp::Trainer::new(model)
-            .optimizer(Sgd::new(0.5).momentum(0.9))
-            .clip_norm(1.0)
-            .noise_multiplier(0.8)
-            .expected_batch_size(64)
-            .steps(20)
-            .seed(3)
-            .allow_large_delta(true)
-            .quiet(true);
-        let host = HostTraining::<Deep>::new();
+        let trainer = configure(
+            dp::Trainer::new(model)
+                .clip_norm(1.0)
+                .noise_multiplier(0.8)
+                .expected_batch_size(64)
+                .seed(3)
+                .allow_large_delta(true)
+                .quiet(true),
+        );
         match device {
-            true => trainer.device(host).fit(&data, Some(&data)),
+            true => trainer.device(HostTraining::<Deep>::new()).fit(&data, Some(&data)),
             false => trainer.fit(&data, Some(&data)),
         }
         .unwrap()
@@ -429,9 +429,19 @@ fn a_trainer_on_a_device_follows_the_trainer_on_the_cpu() {
     let cpu_report = train(&mut cpu, false);
     let mut dev = Deep::from_params(initial.params().to_vec());
     let dev_report = train(&mut dev, true);
+    (initial, cpu, dev, cpu_report, dev_report)
+}
+
+/// `Trainer::device` end to end on the host reference backend: seeded alike, it takes the same
+/// batches and noise keys as the trainer on the CPU, so it ends at the same parameters (to rounding),
+/// ε and accuracy.
+#[test]
+fn a_trainer_on_a_device_follows_the_trainer_on_the_cpu() {
+    let (initial, cpu, dev, cpu_report, dev_report) =
+        train_on_both(41, |t| t.optimizer(Sgd::new(0.5).momentum(0.9)).steps(20));
     assert_eq!((dev_report.steps, dev_report.epsilon), (cpu_report.steps, cpu_report.epsilon));
-    let diff = dev.params().iter().zip(cpu.params()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    let moved = cpu.params().iter().zip(initial.params()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let diff = largest_difference(dev.params(), cpu.params());
+    let moved = largest_difference(cpu.params(), initial.params());
     assert!(moved > 0.01, "training moved the parameters by {moved}");
     assert!(diff <= 1e-4 * moved.max(1.0), "device and CPU trainers differ by {diff} (moved {moved})");
     assert!((dev_report.accuracy - cpu_report.accuracy).abs() <= 0.01);
@@ -442,34 +452,14 @@ fn a_trainer_on_a_device_follows_the_trainer_on_the_cpu() {
 /// each epoch and returned, also when a run stops mid-epoch (`max_steps`).
 #[test]
 fn a_trainer_on_a_device_keeps_the_average_like_the_cpu() {
-    let mut rng = ChaCha8Rng::seed_from_u64(48);
-    let (inputs, labels) = batch::<Deep>(&mut rng, 600, false);
-    let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
-    let initial = Deep::init(&mut rng);
     for max_steps in [None, Some(13)] {
-        let train = |device: bool| {
-            let mut model = Deep::from_params(initial.params().to_vec());
-            let mut trainer = dp::Trainer::new(&mut model)
-                .optimizer(Sgd::new(0.5).momentum(0.9))
-                .clip_norm(1.0)
-                .noise_multiplier(0.8)
-                .expected_batch_size(64)
-                .epochs(2)
-                .ema(0.8)
-                .seed(3)
-                .allow_large_delta(true)
-                .quiet(true);
-            if let Some(steps) = max_steps {
-                trainer = trainer.max_steps(steps);
+        let (initial, cpu, dev, cpu_report, dev_report) = train_on_both(48, |t| {
+            let t = t.optimizer(Sgd::new(0.5).momentum(0.9)).epochs(2).ema(0.8);
+            match max_steps {
+                Some(steps) => t.max_steps(steps),
+                None => t,
             }
-            let report = match device {
-                true => trainer.device(HostTraining::<Deep>::new()).fit(&data, Some(&data)),
-                false => trainer.fit(&data, Some(&data)),
-            }
-            .unwrap();
-            (model, report)
-        };
-        let ((cpu, cpu_report), (dev, dev_report)) = (train(false), train(true));
+        });
         assert_eq!((dev_report.steps, dev_report.epsilon), (cpu_report.steps, cpu_report.epsilon));
         let moved = largest_difference(cpu.params(), initial.params());
         let diff = largest_difference(dev.params(), cpu.params());
@@ -590,39 +580,6 @@ fn a_device_run_checkpoints_and_resumes_like_the_cpu() {
     assert!(diff <= 1e-4, "the checkpoints' momentum differs by {diff}");
 }
 
-/// Trains `Deep` seeded alike on the CPU and on the host training state with the optimizer `make`
-/// builds; the two trained models and reports.
-fn train_on_both<O: Optimizer + 'static>(
-    seed: u64,
-    make: impl Fn() -> O,
-) -> (Deep, Deep, Deep, dp::Report, dp::Report) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (inputs, labels) = batch::<Deep>(&mut rng, 600, false);
-    let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
-    let initial = Deep::init(&mut rng);
-    let train = |model: &mut Deep, device: bool| {
-        let trainer = dp::Trainer::new(model)
-            .optimizer(make())
-            .clip_norm(1.0)
-            .noise_multiplier(0.8)
-            .expected_batch_size(64)
-            .steps(20)
-            .seed(3)
-            .allow_large_delta(true)
-            .quiet(true);
-        match device {
-            true => trainer.device(HostTraining::<Deep>::new()).fit(&data, Some(&data)),
-            false => trainer.fit(&data, Some(&data)),
-        }
-        .unwrap()
-    };
-    let mut cpu = Deep::from_params(initial.params().to_vec());
-    let cpu_report = train(&mut cpu, false);
-    let mut dev = Deep::from_params(initial.params().to_vec());
-    let dev_report = train(&mut dev, true);
-    (initial, cpu, dev, cpu_report, dev_report)
-}
-
 fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)
 }
@@ -640,9 +597,10 @@ fn a_trainer_with_adam_on_a_device_follows_the_trainer_on_the_cpu() {
             .schedule(dp::optim::Schedule::Cosine { final_fraction: 0.1 })
     };
     let adamw = || Adam::adamw(0.02, 0.1);
-    for (name, (initial, cpu, dev, cpu_report, dev_report)) in
-        [("adam", train_on_both(44, adam)), ("adamw", train_on_both(45, adamw))]
-    {
+    for (name, (initial, cpu, dev, cpu_report, dev_report)) in [
+        ("adam", train_on_both(44, |t| t.optimizer(adam()).steps(20))),
+        ("adamw", train_on_both(45, |t| t.optimizer(adamw()).steps(20))),
+    ] {
         assert_eq!((dev_report.steps, dev_report.epsilon), (cpu_report.steps, cpu_report.epsilon), "{name}");
         let diff = largest_difference(dev.params(), cpu.params());
         let moved = largest_difference(cpu.params(), initial.params());
