@@ -6,12 +6,10 @@
 //! (an example with factor 0 skipped, its NaN never read). The plain sum needs no per-example
 //! gradients: `δᵀ·X` and δ's column sums over all `n·T` rows at once.
 //!
-//! The layer is described by spans and literal sizes only ([`Positional`]), so any step that applies
-//! one weight at every position (a linear layer over a sequence, attention's projections) emits its
-//! gradients, norms and sums through it. [`Positional::norms`] OVERWRITES its group's column: a layer
-//! whose group holds several positional products (attention's in and out projections) forms each
-//! one's gradients with [`Positional::per_example_gradients`] and combines their norms from the kept
-//! spans ([`Positional::kept_weight`], [`Positional::kept_bias`]) itself.
+//! The layer is described by spans and literal sizes only ([`Positional`]). [`Positional::norms`]
+//! OVERWRITES its group's column, so it serves a layer that is its group's only tensor pair; attention,
+//! whose group holds both projections, keeps its four tensors in one block of its own instead
+//! (`attention.rs`).
 
 use super::conv2d::batched;
 use super::emit::{grad, lit, per_group, scratch};
@@ -43,17 +41,17 @@ pub struct Positional {
 
 impl Positional {
     /// Each example's kept weight gradient, `n × outputs·inputs`.
-    pub fn kept_weight(&self) -> TokenStream {
+    fn kept_weight(&self) -> TokenStream {
         scratch(self.kept.weight, self.inputs * self.outputs)
     }
 
     /// Each example's kept bias gradient, `n × outputs` (when the layer has a bias).
-    pub fn kept_bias(&self) -> TokenStream {
+    fn kept_bias(&self) -> TokenStream {
         scratch(self.kept.bias, self.outputs)
     }
 
     /// Each example's `δ_iᵀ·X_i` and `Σ_t δ_{i,t}` into the kept scratch, OVERWRITING it.
-    pub fn per_example_gradients(&self) -> TokenStream {
+    fn per_example_gradients(&self) -> TokenStream {
         let (t, d_in, d_out) = (self.steps, self.inputs, self.outputs);
         let product = batched(
             (d_out, d_in, t),
