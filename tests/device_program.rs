@@ -352,6 +352,17 @@ where
         Ok(())
     }
 
+    fn last_losses_and_factors(
+        &mut self,
+        n: usize,
+        losses: &mut [f32],
+        factors: &mut [f32],
+    ) -> Result<(), DeviceError> {
+        losses.copy_from_slice(&self.dev.get(Region::Losses)[..n]);
+        factors.copy_from_slice(&self.dev.get(Region::Factors)[..n * M::GROUPS.len()]);
+        Ok(())
+    }
+
     fn private_step(
         &mut self,
         inputs: &[M::Input],
@@ -401,12 +412,13 @@ where
 
 /// Trains `Deep` seeded alike on the CPU and on the host training state, each trainer set up further
 /// by `configure` (its optimizer and length); the initial model, the two trained models and reports.
+/// The first of the 600 examples is NaN: whenever it is sampled it contributes nothing on either.
 fn train_on_both(
     seed: u64,
     configure: impl for<'m> Fn(dp::Trainer<'m, Deep>) -> dp::Trainer<'m, Deep>,
 ) -> (Deep, Deep, Deep, dp::Report, dp::Report) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (inputs, labels) = batch::<Deep>(&mut rng, 600, false);
+    let (inputs, labels) = batch::<Deep>(&mut rng, 600, true);
     let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
     let initial = Deep::init(&mut rng);
     let train = |model: &mut Deep, device: bool| {
@@ -445,6 +457,34 @@ fn a_trainer_on_a_device_follows_the_trainer_on_the_cpu() {
     assert!(moved > 0.01, "training moved the parameters by {moved}");
     assert!(diff <= 1e-4 * moved.max(1.0), "device and CPU trainers differ by {diff} (moved {moved})");
     assert!((dev_report.accuracy - cpu_report.accuracy).abs() <= 0.01);
+}
+
+/// Non-private diagnostics on a device: each step's losses and clip factors come back, and the epochs'
+/// training loss, non-finite count and mean batch size are the CPU trainer's (the NaN example's loss
+/// left out, as its factors are zero).
+#[test]
+fn a_trainer_on_a_device_reports_the_diagnostics_of_the_cpu() {
+    let (_, cpu, dev, cpu_report, dev_report) = train_on_both(49, |t| {
+        t.optimizer(Sgd::new(0.5).momentum(0.9)).epochs(2).non_private_diagnostics(true)
+    });
+    assert!(largest_difference(dev.params(), cpu.params()) <= 1e-5);
+    assert_eq!(dev_report.epochs.len(), 2);
+    let mut non_finite = 0;
+    for (d, c) in dev_report.epochs.iter().zip(&cpu_report.epochs) {
+        let (d, c) = (d.diagnostics.as_ref().unwrap(), c.diagnostics.as_ref().unwrap());
+        assert!(c.train_loss.is_finite() && c.train_loss > 0.0, "{}", c.train_loss);
+        assert!(
+            (d.train_loss - c.train_loss).abs() <= 1e-5 * c.train_loss,
+            "{} vs {}",
+            d.train_loss,
+            c.train_loss
+        );
+        assert_eq!((d.non_finite_examples, d.mean_batch_size), (c.non_finite_examples, c.mean_batch_size));
+        non_finite += c.non_finite_examples;
+    }
+    assert!(non_finite > 0, "the NaN example was never sampled: the test would not see its loss left out");
+    let run = |r: &dp::Report| r.diagnostics.as_ref().map(|d| d.non_finite_examples);
+    assert_eq!(run(&dev_report), run(&cpu_report));
 }
 
 /// With an exponential moving average (`Trainer::ema`) the device holds and folds the average, and the

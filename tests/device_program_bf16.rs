@@ -194,6 +194,14 @@ impl<M: DpModel> DeviceTraining<M> for &mut PrecisionProbe {
     fn download_average(&mut self, _average: &mut [f32]) -> Result<(), DeviceError> {
         Ok(())
     }
+    fn last_losses_and_factors(
+        &mut self,
+        _n: usize,
+        _losses: &mut [f32],
+        _factors: &mut [f32],
+    ) -> Result<(), DeviceError> {
+        Ok(())
+    }
     fn private_step(
         &mut self,
         _inputs: &[M::Input],

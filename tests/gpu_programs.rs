@@ -553,3 +553,23 @@ fn gpu_trainer_keeps_the_average_like_the_cpu() {
     assert!(moved > 0.01, "training moved the average");
     assert!(diff <= 1e-3 * moved, "the GPU's and the CPU's averages differ by {diff}");
 }
+
+/// Non-private diagnostics with the steps on the GPU: each step's losses and clip factors come back,
+/// and the epochs' training loss agrees with the CPU trainer's to rounding, the non-finite counts and
+/// mean batch sizes exactly (written 2026-12-04; not yet run on a GPU).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_trainer_reports_the_diagnostics_of_the_cpu() {
+    let Some(gpu) = gpu("diagnostics") else { return };
+    let (_, (_, cpu_report), (_, gpu_report)) = ffnn_on_cpu_and_gpu(gpu, 43, |t| {
+        t.optimizer(Sgd::new(0.5).momentum(0.9)).epochs(2).non_private_diagnostics(true)
+    });
+    assert_eq!(gpu_report.epochs.len(), 2);
+    for (g, c) in gpu_report.epochs.iter().zip(&cpu_report.epochs) {
+        let (g, c) = (g.diagnostics.as_ref().unwrap(), c.diagnostics.as_ref().unwrap());
+        say(&format!("diagnostics: training loss cpu {:.6} gpu {:.6}", c.train_loss, g.train_loss));
+        assert!(c.train_loss.is_finite() && c.train_loss > 0.0);
+        assert!((g.train_loss - c.train_loss).abs() <= 1e-4 * c.train_loss);
+        assert_eq!((g.non_finite_examples, g.mean_batch_size), (c.non_finite_examples, c.mean_batch_size));
+    }
+}

@@ -744,6 +744,33 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
         Ok(())
     }
 
+    fn last_losses_and_factors(
+        &mut self,
+        n: usize,
+        losses: &mut [f32],
+        factors: &mut [f32],
+    ) -> std::result::Result<(), DeviceError> {
+        let groups = M::GROUPS.len();
+        if n > self.max_batch || losses.len() != n || factors.len() != n * groups {
+            return Err(DeviceError::Mismatch(format!(
+                "{} losses and {} factors asked of a step on {n} examples ({groups} groups; the device holds \
+                 {} examples)",
+                losses.len(),
+                factors.len(),
+                self.max_batch
+            )));
+        }
+        let s = self.gpu.stream.clone();
+        for (region, out) in [(Region::Losses, losses), (Region::Factors, factors)] {
+            if !out.is_empty() {
+                let view = self.memory.slice(region).slice(..out.len());
+                s.memcpy_dtoh(&view, out).map_err(backend("copying the losses back"))?;
+                self.transfers.to_host += 1;
+            }
+        }
+        s.synchronize().map_err(backend("copying the losses back"))
+    }
+
     fn download(&mut self, params: &mut [f32]) -> std::result::Result<(), DeviceError> {
         let values =
             self.read(Region::Params, M::PARAM_COUNT).map_err(|e| DeviceError::Backend(e.to_string()))?;

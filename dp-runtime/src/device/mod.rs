@@ -839,4 +839,14 @@ pub trait DeviceTraining<M: crate::DpModel>: Send {
     fn fold_average(&mut self, decay: f64) -> Result<(), DeviceError>;
     /// The average, copied back (all `PARAM_COUNT` values).
     fn download_average(&mut self, average: &mut [f32]) -> Result<(), DeviceError>;
+    /// After a private step on `n` examples: each example's loss (`losses`, `n` values) and clip
+    /// factors (`factors`, `n · groups`, example-major), copied back. Only non-private diagnostics
+    /// ([`Trainer::non_private_diagnostics`](crate::Trainer::non_private_diagnostics)) ask for them,
+    /// to report the training loss.
+    fn last_losses_and_factors(
+        &mut self,
+        n: usize,
+        losses: &mut [f32],
+        factors: &mut [f32],
+    ) -> Result<(), DeviceError>;
 }

@@ -171,7 +171,6 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 (self.secure_noise, "secure noise"),
                 (self.distributed.is_some(), "distributed training"),
                 (self.views.is_some(), "augmentation multiplicity"),
-                (non_private_diagnostics, "non-private diagnostics"),
             ];
             if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
                 return Err(Error::invalid(
@@ -358,6 +357,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             }
         }
         let (mut device_inputs, mut device_labels) = (Vec::new(), Vec::new());
+        let (mut device_losses, mut device_factors) = (Vec::new(), Vec::new());
         let mut epochs = Vec::new();
         let mut indices = Vec::new();
         let mut previous = model.params().to_vec();
@@ -404,11 +404,20 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                                 .private_step(&device_inputs, &device_labels, n, &settings)
                                 .map_err(device_error)?;
                             overflowed = outcome.overflowed;
-                            BatchStats {
+                            let mut stats = BatchStats {
                                 non_finite: outcome.non_finite_examples,
                                 examples: n,
                                 ..BatchStats::default()
+                            };
+                            if non_private_diagnostics {
+                                let groups = M::GROUPS.len();
+                                device_losses.resize(n, 0.0);
+                                device_factors.resize(n * groups, 0.0);
+                                dev.last_losses_and_factors(n, &mut device_losses, &mut device_factors)
+                                    .map_err(device_error)?;
+                                stats.add_losses(&device_losses, &device_factors, groups);
                             }
+                            stats
                         }
                         (None, Some(run)) => {
                             let stats = run.step(

@@ -36,6 +36,19 @@ pub struct BatchStats {
     pub non_finite: usize,
 }
 
+impl BatchStats {
+    /// Adds the losses of the examples that count: a finite loss and some non-zero clip factor (an
+    /// example whose every factor is 0 contributed nothing). `factors` holds `groups` per example.
+    pub fn add_losses(&mut self, losses: &[f32], factors: &[f32], groups: usize) {
+        // Without branches: which examples count is data, not a pattern the predictor learns.
+        for (&loss, factors) in losses.iter().zip(factors.chunks_exact(groups)) {
+            let counts = factors.iter().fold(false, |any, &f| any | (f != 0.0)) & loss.is_finite();
+            self.loss_sum += if counts { loss as f64 } else { 0.0 };
+            self.loss_count += counts as usize;
+        }
+    }
+}
+
 /// Buffers reused by every step (no allocation once they have grown to the largest chunk).
 pub struct StepEngine<M: DpModel> {
     clip_norm: f64,
@@ -242,12 +255,7 @@ impl<M: DpModel> StepEngine<M> {
             &self.sq_norms[..size * groups],
             &mut self.factors[..size * groups],
         )?;
-        // Without branches: which examples count is data, not a pattern the predictor learns.
-        for (&loss, factors) in self.losses.iter().zip(self.factors.chunks_exact(groups)) {
-            let counts = factors.iter().fold(false, |any, &f| any | (f != 0.0)) & loss.is_finite();
-            stats.loss_sum += if counts { loss as f64 } else { 0.0 };
-            stats.loss_count += counts as usize;
-        }
+        stats.add_losses(&self.losses, &self.factors[..size * groups], groups);
         Ok(())
     }
 }
