@@ -121,7 +121,7 @@ fn every_bad_input_of_every_subcommand_exits_2_with_one_line_naming_the_culprit(
         ("not a number", train(&["--target-epsilon", "three"]), "--target-epsilon".into()),
         ("unknown precision", train(&["--target-epsilon", "1", "--precision", "fp16"]), "--precision".into()),
         ("unknown device", train(&["--target-epsilon", "1", "--device", "gpu0"]), "--device".into()),
-        // Without the feature: the build; with it: the non-private baseline stays on the CPU.
+        // Without the feature the build refuses a device, also for the non-private baseline.
         ("a device for the baseline", train(&["--non-private", "--device", "cuda:0"]), "--device".into()),
         // dp train: conflicts
         ("no privacy choice", train(&[]), "--target-epsilon".into()),

@@ -393,20 +393,54 @@ where
         for (chunk, values) in z.chunks_mut(FILL_CHUNK).enumerate() {
             fill_chunk(&step.key, chunk as u64, values);
         }
-        let mut optimizer = optimizer_of(step.optimizer);
-        let state = std::mem::take(&mut self.state);
-        optimizer.load_state(state, len).map_err(|e| DeviceError::Backend(e.to_string()))?;
-        let mut params = d.get(Region::Params).to_vec();
         let sum = d.get(Region::Grad).to_vec();
         let gradient = NoisyGradient::with_drawn_noise(&sum, &z, step.noise_std, step.normaliser);
+        let overflowed = self.update(step.optimizer, gradient)?;
+        Ok(DeviceStepOutcome { non_finite_examples: bad, overflowed })
+    }
+
+    fn non_private_step(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        optimizer: &DeviceOptimizer,
+        losses: &mut [f32],
+    ) -> Result<DeviceStepOutcome, DeviceError> {
+        let d = &mut self.dev;
+        d.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * n]);
+        TestInput::load(d, inputs);
+        d.set(Region::Labels, labels.to_vec());
+        d.set(Region::Losses, vec![f32::NAN; n]);
+        d.set(Region::Grad, vec![0.0; M::TRAINED_PARAM_COUNT]);
+        if n > 0 {
+            M::device_forward_backward(d, n)?;
+            M::device_gradient_sum(d, n)?;
+        }
+        losses.copy_from_slice(d.get(Region::Losses));
+        let sum = d.get(Region::Grad).to_vec();
+        let overflowed = self.update(*optimizer, NoisyGradient::new(&sum, None, 0.0, n as f64))?;
+        Ok(DeviceStepOutcome { non_finite_examples: 0, overflowed })
+    }
+}
+
+impl<M: DpModel> HostTraining<M> {
+    /// The CPU optimizer `described` applies `gradient` to the trained parameters, from and back to
+    /// the state held here; an overflowing update leaves the parameters as they were.
+    fn update(&mut self, described: DeviceOptimizer, gradient: NoisyGradient) -> Result<bool, DeviceError> {
+        let len = M::TRAINED_PARAM_COUNT;
+        let mut optimizer = optimizer_of(described);
+        let state = std::mem::take(&mut self.state);
+        optimizer.load_state(state, len).map_err(|e| DeviceError::Backend(e.to_string()))?;
+        let mut params = self.dev.get(Region::Params).to_vec();
         optimizer.step(&mut params[..len], gradient, StepInfo { step: self.steps, total_steps: u64::MAX });
         self.state = optimizer.state();
         self.steps += 1;
         let overflowed = params.iter().any(|p| !p.is_finite());
         if !overflowed {
-            d.set(Region::Params, params);
+            self.dev.set(Region::Params, params);
         }
-        Ok(DeviceStepOutcome { non_finite_examples: bad, overflowed })
+        Ok(overflowed)
     }
 }
 
@@ -821,4 +855,99 @@ fn image_activations_from_their_input_device_program_matches_the_cpu() {
 fn layer_norm_over_a_sequence_with_gelu_device_program_matches_the_cpu() {
     assert_eq!(SequenceNormGelu::DEVICE_UNSUPPORTED, None);
     device_matches_cpu::<SequenceNormGelu>(31, SIZES);
+}
+
+/// The non-private baseline (`dp train --non-private`) with its steps on the host training state: the
+/// same shuffled batches, the plain gradient sum over the batch times 1/B and the same update as on
+/// the CPU, so the same parameters (to rounding), per-epoch accuracies and training losses; the
+/// optimizer's state comes back from the device. SGD with momentum, and AdamW.
+#[test]
+fn the_non_private_baseline_on_a_device_follows_the_cpu() {
+    use dp::baseline::{fit_non_private, fit_non_private_on_device, BaselineConfig};
+    let mut rng = ChaCha8Rng::seed_from_u64(50);
+    let (inputs, labels) = batch::<Deep>(&mut rng, 600, false);
+    let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = Deep::init(&mut rng);
+    let config = BaselineConfig {
+        batch_size: 64,
+        epochs: 2.0,
+        max_steps: None,
+        seed: Some(4),
+        quiet: true,
+        precision: Precision::F32,
+    };
+    type NewOptimizer = fn() -> Box<dyn Optimizer>;
+    let optimizers: [(&str, NewOptimizer); 2] =
+        [("sgd", || Box::new(Sgd::new(0.5).momentum(0.9))), ("adamw", || Box::new(Adam::adamw(0.01, 0.1)))];
+    for (name, optimizer) in optimizers {
+        let mut cpu = Deep::from_params(initial.params().to_vec());
+        let mut cpu_optimizer = optimizer();
+        let cpu_report =
+            fit_non_private(&mut cpu, cpu_optimizer.as_mut(), &data, &data, config, |_| {}).unwrap();
+        let mut dev = Deep::from_params(initial.params().to_vec());
+        let mut dev_optimizer = optimizer();
+        let mut device = HostTraining::<Deep>::new();
+        let dev_report = fit_non_private_on_device(
+            &mut dev,
+            dev_optimizer.as_mut(),
+            &mut device,
+            &data,
+            &data,
+            config,
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(dev_report.steps, cpu_report.steps, "{name}");
+        let moved = largest_difference(cpu.params(), initial.params());
+        let diff = largest_difference(dev.params(), cpu.params());
+        assert!(moved > 0.01, "{name}: training moved the parameters by {moved}");
+        assert!(diff <= 1e-5 * moved.max(1.0), "{name}: device and CPU differ by {diff}");
+        let epochs = |r: &dp::Report| {
+            r.epochs
+                .iter()
+                .map(|e| (e.accuracy, e.diagnostics.as_ref().unwrap().train_loss))
+                .collect::<Vec<_>>()
+        };
+        for ((da, dl), (ca, cl)) in epochs(&dev_report).into_iter().zip(epochs(&cpu_report)) {
+            assert_eq!(da, ca, "{name}");
+            assert!((dl - cl).abs() <= 1e-5 * cl, "{name}: training loss {dl} vs {cl}");
+        }
+        let (d, c) = (dev_optimizer.state(), cpu_optimizer.state());
+        assert_eq!((d.kind.as_str(), d.updates), (c.kind.as_str(), c.updates), "{name}");
+        assert_eq!(d.buffers.len(), c.buffers.len(), "{name}");
+        for ((dn, dv), (cn, cv)) in d.buffers.iter().zip(&c.buffers) {
+            assert_eq!(dn, cn);
+            assert!(largest_difference(dv, cv) <= 1e-5, "{name}: {dn}");
+        }
+    }
+}
+
+/// A NaN example makes the non-private update overflow on a device as on the CPU: the same error,
+/// naming the step; the device's model keeps the parameters of the last epoch's end (here the
+/// initial ones), never NaN.
+#[test]
+fn the_non_private_baseline_on_a_device_stops_at_an_overflow_like_the_cpu() {
+    use dp::baseline::{fit_non_private, fit_non_private_on_device, BaselineConfig};
+    let mut rng = ChaCha8Rng::seed_from_u64(51);
+    let (inputs, labels) = batch::<Deep>(&mut rng, 100, true);
+    let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = Deep::init(&mut rng);
+    let config = BaselineConfig {
+        batch_size: 10,
+        epochs: 1.0,
+        max_steps: None,
+        seed: Some(4),
+        quiet: true,
+        precision: Precision::F32,
+    };
+    let mut cpu = Deep::from_params(initial.params().to_vec());
+    let cpu_error = fit_non_private(&mut cpu, &mut Sgd::new(0.1), &data, &data, config, |_| {}).unwrap_err();
+    let mut dev = Deep::from_params(initial.params().to_vec());
+    let mut device = HostTraining::<Deep>::new();
+    let dev_error =
+        fit_non_private_on_device(&mut dev, &mut Sgd::new(0.1), &mut device, &data, &data, config, |_| {})
+            .unwrap_err();
+    assert!(cpu_error.to_string().contains("overflowed"), "{cpu_error}");
+    assert_eq!(dev_error.to_string(), cpu_error.to_string());
+    assert_eq!(dev.params(), initial.params());
 }

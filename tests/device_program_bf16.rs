@@ -6,7 +6,9 @@
 //! backend rounds exactly as the CPU's bf16 products do, so where the two programs round the same
 //! operands they agree as closely as in f32; `tests/gpu_programs.rs` runs these programs on a GPU.
 
-use dp::device::{DeviceError, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region};
+use dp::device::{
+    DeviceError, DeviceOptimizer, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region,
+};
 use dp::models::{AdultFfnn, AdultLogReg, MnistCnn};
 use dp::optim::{OptimizerState, Sgd};
 use dp::prelude::*;
@@ -201,6 +203,16 @@ impl<M: DpModel> DeviceTraining<M> for &mut PrecisionProbe {
         _factors: &mut [f32],
     ) -> Result<(), DeviceError> {
         Ok(())
+    }
+    fn non_private_step(
+        &mut self,
+        _inputs: &[M::Input],
+        _labels: &[f32],
+        _n: usize,
+        _optimizer: &DeviceOptimizer,
+        _losses: &mut [f32],
+    ) -> Result<DeviceStepOutcome, DeviceError> {
+        Ok(DeviceStepOutcome { non_finite_examples: 0, overflowed: false })
     }
     fn private_step(
         &mut self,

@@ -573,3 +573,52 @@ fn gpu_trainer_reports_the_diagnostics_of_the_cpu() {
         assert_eq!((g.non_finite_examples, g.mean_batch_size), (c.non_finite_examples, c.mean_batch_size));
     }
 }
+
+/// The non-private baseline with its steps on the GPU against `fit_non_private` on the CPU: the same
+/// shuffled batches and updates, so the parameters agree to rounding and the training losses closely
+/// (written 2026-12-04; not yet run on a GPU).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_non_private_baseline_follows_the_cpu() {
+    use dp::baseline::{fit_non_private, fit_non_private_on_device, BaselineConfig};
+    let Some(gpu) = gpu("non-private baseline") else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(44);
+    let (inputs, labels) = batch::<AdultFfnn>(&mut rng, 2_000, false);
+    let data = dp::Dataset::new(inputs, labels, AdultFfnn::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = AdultFfnn::init(&mut rng);
+    let config = BaselineConfig {
+        batch_size: 128,
+        epochs: 1.0,
+        max_steps: None,
+        seed: Some(4),
+        quiet: true,
+        precision: Precision::F32,
+    };
+    let mut cpu = AdultFfnn::from_params(initial.params().to_vec());
+    let cpu_report =
+        fit_non_private(&mut cpu, &mut Sgd::new(0.5).momentum(0.9), &data, &data, config, |_| {}).unwrap();
+    let mut on_gpu = AdultFfnn::from_params(initial.params().to_vec());
+    let mut device = GpuModel::<AdultFfnn>::new(gpu, initial.params(), 128).unwrap();
+    let gpu_report = fit_non_private_on_device(
+        &mut on_gpu,
+        &mut Sgd::new(0.5).momentum(0.9),
+        &mut device,
+        &data,
+        &data,
+        config,
+        |_| {},
+    )
+    .unwrap();
+    let diff = on_gpu.params().iter().zip(cpu.params()).map(|(g, c)| (g - c).abs()).fold(0.0f32, f32::max);
+    let moved = cpu.params().iter().zip(initial.params()).map(|(c, i)| (c - i).abs()).fold(0.0f32, f32::max);
+    let loss = |r: &dp::Report| r.epochs[0].diagnostics.as_ref().unwrap().train_loss;
+    say(&format!(
+        "non-private baseline: {} steps, largest parameter difference {diff:.3e}, training loss cpu {:.6} gpu {:.6}",
+        cpu_report.steps,
+        loss(&cpu_report),
+        loss(&gpu_report)
+    ));
+    assert_eq!(gpu_report.steps, cpu_report.steps);
+    assert!(moved > 0.01 && diff <= 1e-3 * moved, "GPU and CPU baselines differ by {diff} (moved {moved})");
+    assert!((loss(&gpu_report) - loss(&cpu_report)).abs() <= 1e-4 * loss(&cpu_report));
+}

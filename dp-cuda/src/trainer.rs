@@ -429,12 +429,20 @@ impl<M: DpModel> GpuModel<M> {
         self.queue_update(step.into())?;
         let params_count = self.non_finite.device_ptr(&s).0 + std::mem::size_of::<u32>() as u64;
         self.ops().count_non_finite(trained, params_count).map_err(program)?;
+        self.finish_update()
+    }
+
+    /// After an update queued behind `count_non_finite`: copies the two counts back, waits for the
+    /// step, and restores the parameters kept before the update if it made any non-finite.
+    fn finish_update(&mut self) -> Result<DeviceStepOutcome> {
+        let s = self.gpu.stream.clone();
         let mut counts = [0u32; 2];
         s.memcpy_dtoh(&self.non_finite, &mut counts).map_err(driver("copying the counts back"))?;
         self.transfers.to_host += 1;
         s.synchronize().map_err(driver("finishing the step"))?;
         let overflowed = counts[1] > 0;
         if overflowed {
+            let len = M::TRAINED_PARAM_COUNT;
             let mut params = self.memory.slice_mut(Region::Params).slice_mut(..len);
             s.memcpy_dtod(&self.previous, &mut params).map_err(driver("restoring the parameters"))?;
             s.synchronize().map_err(driver("restoring the parameters"))?;
@@ -470,28 +478,33 @@ impl<M: DpModel> GpuModel<M> {
 
     /// The launches of [`queue_before_update`](Self::queue_before_update): the gradient zeroed, the
     /// forward and backward, the norms, the clip factors, the clipped sum, the noise under the loaded
-    /// key, and a copy of the trained parameters to restore should the update overflow; without
-    /// clipping, the forward and backward and the plain gradient sum.
+    /// key; without clipping, the forward and backward, the plain gradient sum and the counts zeroed;
+    /// then either way a copy of the trained parameters to restore should the update overflow.
     fn launch_before_update(&mut self, clipping: Option<Clipping>, n: usize) -> Result<()> {
         self.zero_grad()?;
-        let Some(clipping) = clipping else {
-            if n > 0 {
-                let mut ops = self.ops();
-                M::device_forward_backward(&mut ops, n).map_err(program)?;
-                M::device_gradient_sum(&mut ops, n).map_err(program)?;
+        match clipping {
+            None => {
+                if n > 0 {
+                    let mut ops = self.ops();
+                    M::device_forward_backward(&mut ops, n).map_err(program)?;
+                    M::device_gradient_sum(&mut ops, n).map_err(program)?;
+                }
+                let s = self.gpu.stream.clone();
+                s.memset_zeros(&mut self.non_finite).map_err(driver("zeroing the counts"))?;
             }
-            return Ok(());
-        };
-        if n > 0 {
-            let mut ops = self.ops();
-            M::device_forward_backward(&mut ops, n).map_err(program)?;
-            M::device_norms(&mut ops, n).map_err(program)?;
+            Some(clipping) => {
+                if n > 0 {
+                    let mut ops = self.ops();
+                    M::device_forward_backward(&mut ops, n).map_err(program)?;
+                    M::device_norms(&mut ops, n).map_err(program)?;
+                }
+                self.queue_clip_factors(clipping, n)?;
+                if n > 0 {
+                    M::device_clipped_sum(&mut self.ops(), n).map_err(program)?;
+                }
+                self.queue_noise_draw()?;
+            }
         }
-        self.queue_clip_factors(clipping, n)?;
-        if n > 0 {
-            M::device_clipped_sum(&mut self.ops(), n).map_err(program)?;
-        }
-        self.queue_noise_draw()?;
         let len = M::TRAINED_PARAM_COUNT;
         if len > 0 {
             let s = self.gpu.stream.clone();
@@ -581,22 +594,35 @@ impl<M: DpModel> GpuModel<M> {
         Ok(out)
     }
 
-    /// One non-private step (the gradient of the summed loss, divided by `n`, and SGD), to compare a
-    /// private step's cost with.
-    pub fn non_private_step(&mut self, inputs: &[M::Input], labels: &[f32], n: usize, lr: f64) -> Result<()> {
+    /// One non-private step (`dp train --non-private`, and the bench's comparison): the gradient of
+    /// the summed loss of the `n` examples (no clipping, no noise), divided by `n`, and the update
+    /// `step` (its `noise_std` must be 0 and its `inverse_batch` 1/n). Copies in the batch, and out
+    /// each example's loss into `losses` (`n` values) and the count of parameters the update made
+    /// non-finite (then the parameters before it are restored, and the outcome says it overflowed).
+    pub fn non_private_step(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        step: impl Into<UpdateStep>,
+        losses: &mut [f32],
+    ) -> Result<DeviceStepOutcome> {
+        if losses.len() != n {
+            return Err(CudaError::Mismatch(format!("{} losses asked of a batch of {n}", losses.len())));
+        }
         self.load_batch(inputs, labels, n)?;
         self.queue_before_update(None, n)?;
-        let step = SgdStep {
-            noise_std: 0.0,
-            inverse_batch: 1.0 / n.max(1) as f64,
-            lr,
-            momentum: 0.0,
-            weight_decay: 0.0,
-            first: true,
-            nesterov: false,
-        };
-        self.queue_update(UpdateStep::Sgd(step))?;
-        self.gpu.stream.synchronize().map_err(driver("finishing the step"))
+        let len = M::TRAINED_PARAM_COUNT;
+        self.queue_update(step.into())?;
+        let s = self.gpu.stream.clone();
+        let params_count = self.non_finite.device_ptr(&s).0 + std::mem::size_of::<u32>() as u64;
+        self.ops().count_non_finite(Span::new(Region::Params, 0, len), params_count).map_err(program)?;
+        if n > 0 {
+            let view = self.memory.slice(Region::Losses).slice(..n);
+            s.memcpy_dtoh(&view, losses).map_err(driver("copying the losses back"))?;
+            self.transfers.to_host += 1;
+        }
+        self.finish_update()
     }
 
     /// Forward, loss and backward on a batch, then every example's loss and squared norms, copied out.
@@ -674,6 +700,36 @@ impl<M: DpModel> GpuModel<M> {
         }
         s.synchronize().map_err(driver("synchronising"))?;
         Ok(out)
+    }
+}
+
+impl<M: DpModel> GpuModel<M> {
+    /// Grows the arena for a batch of `n` larger than any before (a Poisson batch's tail: the one
+    /// reallocation of a run).
+    fn make_room(&mut self, n: usize) -> std::result::Result<(), DeviceError> {
+        if n > self.max_batch {
+            let params =
+                self.read(Region::Params, M::PARAM_COUNT).map_err(|e| DeviceError::Backend(e.to_string()))?;
+            self.resize(n, &params).map_err(|e| DeviceError::Backend(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The update kernel's settings for the host optimizer's `optimizer` at one step, the gradient
+    /// being (sum + noise_std·z)·inverse_batch.
+    fn update_step(&self, optimizer: DeviceOptimizer, noise_std: f64, inverse_batch: f64) -> UpdateStep {
+        match optimizer {
+            DeviceOptimizer::Sgd(sgd) => UpdateStep::Sgd(SgdStep {
+                noise_std,
+                inverse_batch,
+                lr: sgd.lr,
+                momentum: sgd.momentum,
+                weight_decay: sgd.weight_decay,
+                first: self.first_update,
+                nesterov: sgd.nesterov,
+            }),
+            DeviceOptimizer::Adam(adam) => UpdateStep::Adam(AdamStep { noise_std, inverse_batch, adam }),
+        }
     }
 }
 
@@ -867,27 +923,24 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
         n: usize,
         step: &DevicePrivateStep,
     ) -> std::result::Result<DeviceStepOutcome, DeviceError> {
-        if n > self.max_batch {
-            // A Poisson batch larger than any before: the arena grows (the one reallocation of a run).
-            let params =
-                self.read(Region::Params, M::PARAM_COUNT).map_err(|e| DeviceError::Backend(e.to_string()))?;
-            self.resize(n, &params).map_err(|e| DeviceError::Backend(e.to_string()))?;
-        }
+        self.make_room(n)?;
         let clipping = Clipping { mode: step.clip_mode, norm: step.clip_norm };
-        let (noise_std, inverse_batch) = (step.noise_std, 1.0 / step.normaliser);
-        let update = match step.optimizer {
-            DeviceOptimizer::Sgd(sgd) => UpdateStep::Sgd(SgdStep {
-                noise_std,
-                inverse_batch,
-                lr: sgd.lr,
-                momentum: sgd.momentum,
-                weight_decay: sgd.weight_decay,
-                first: self.first_update,
-                nesterov: sgd.nesterov,
-            }),
-            DeviceOptimizer::Adam(adam) => UpdateStep::Adam(AdamStep { noise_std, inverse_batch, adam }),
-        };
+        let update = self.update_step(step.optimizer, step.noise_std, 1.0 / step.normaliser);
         GpuModel::private_step(self, inputs, labels, n, clipping, &step.key, update)
+            .map_err(|e| DeviceError::Backend(e.to_string()))
+    }
+
+    fn non_private_step(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        optimizer: &DeviceOptimizer,
+        losses: &mut [f32],
+    ) -> std::result::Result<DeviceStepOutcome, DeviceError> {
+        self.make_room(n)?;
+        let update = self.update_step(*optimizer, 0.0, 1.0 / n.max(1) as f64);
+        GpuModel::non_private_step(self, inputs, labels, n, update, losses)
             .map_err(|e| DeviceError::Backend(e.to_string()))
     }
 }

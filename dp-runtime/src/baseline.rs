@@ -6,10 +6,13 @@
 //! the private trainer's, with ε = ∞ and noise multiplier 0, so the two can be shown side by side.
 //! Nothing here is private, so every report carries its training statistics in `diagnostics` (marked
 //! `not_private`, like the private trainer's with non-private diagnostics on); there is no clipping,
-//! so its non-finite examples are those whose loss is not finite.
+//! so its non-finite examples are those whose loss is not finite. With a device
+//! ([`fit_non_private_on_device`]) each step runs there (the batch in, its losses out) and the
+//! parameters come back at each epoch's end for evaluation.
 
 use crate::accounting::AccountantKind;
 use crate::data::Dataset;
+use crate::device::{DeviceError, DeviceTraining};
 use crate::error::{Error, Result};
 use crate::model::{Batch, DpModel, Precision, Workspace};
 use crate::optim::{NoisyGradient, Optimizer, StepInfo};
@@ -44,6 +47,35 @@ pub struct BaselineConfig {
 pub fn fit_non_private<M: DpModel>(
     model: &mut M,
     optimizer: &mut dyn Optimizer,
+    train: &Dataset<M::Input>,
+    eval: &Dataset<M::Input>,
+    config: BaselineConfig,
+    on_epoch: impl FnMut(&EpochReport),
+) -> Result<Report> {
+    fit(model, optimizer, None, train, eval, config, on_epoch)
+}
+
+/// [`fit_non_private`] with every step on `device` (a GPU through `dp::cuda::trainer::GpuModel`):
+/// the batch goes in, its losses come out; the parameters come back at the end of each epoch for
+/// evaluation (on the CPU) and at the end, and the device's optimizer state is loaded into
+/// `optimizer` at the end. SGD, Adam and AdamW (other optimizers are refused). An error leaves the
+/// model at the last epoch's end.
+pub fn fit_non_private_on_device<M: DpModel>(
+    model: &mut M,
+    optimizer: &mut dyn Optimizer,
+    device: &mut dyn DeviceTraining<M>,
+    train: &Dataset<M::Input>,
+    eval: &Dataset<M::Input>,
+    config: BaselineConfig,
+    on_epoch: impl FnMut(&EpochReport),
+) -> Result<Report> {
+    fit(model, optimizer, Some(device), train, eval, config, on_epoch)
+}
+
+fn fit<M: DpModel>(
+    model: &mut M,
+    optimizer: &mut dyn Optimizer,
+    mut device: Option<&mut dyn DeviceTraining<M>>,
     train: &Dataset<M::Input>,
     eval: &Dataset<M::Input>,
     config: BaselineConfig,
@@ -96,6 +128,18 @@ pub fn fit_non_private<M: DpModel>(
     let (mut inputs, mut labels, mut losses) = (Vec::new(), Vec::new(), Vec::new());
     let mut gradient = vec![0.0f32; M::TRAINED_PARAM_COUNT];
     let mut indices = Vec::new();
+    let device_error = |e: DeviceError| Error::Mismatch { model: M::NAME.into(), message: e.to_string() };
+    if let Some(dev) = device.as_mut() {
+        if optimizer.on_device(StepInfo { step: 0, total_steps }).is_none() {
+            return Err(Error::invalid(
+                "device",
+                format!("the {} optimizer has no device update (SGD and Adam only)", optimizer.kind()),
+            ));
+        }
+        dev.load_optimizer_state(&optimizer.state()).map_err(device_error)?;
+        dev.set_precision(config.precision).map_err(device_error)?;
+        dev.upload(model.params()).map_err(device_error)?;
+    }
     let progress = Progress::new(last_step, 0, config.quiet);
 
     let mut epochs = Vec::new();
@@ -108,14 +152,9 @@ pub fn fit_non_private<M: DpModel>(
             (0.0f64, 0usize, 0u64, 0usize, 0u64);
         while step < stop {
             sampler.sample(&mut sampling_rng, &mut indices);
-            gradient.fill(0.0);
-            for chunk in indices.chunks(max_chunk) {
-                train.gather(chunk, &mut inputs, &mut labels);
-                losses.resize(chunk.len(), 0.0);
-                let batch = Batch { inputs: &inputs, labels: &labels, size: chunk.len() };
-                model.loss_and_gradient(&mut workspace, batch, &mut losses, &mut gradient);
-                // Like the private trainer's mean, over the examples whose loss is finite.
-                for &loss in &losses {
+            // Like the private trainer's mean, over the examples whose loss is finite.
+            let mut count = |losses: &[f32]| {
+                for &loss in losses {
                     if loss.is_finite() {
                         loss_sum += loss as f64;
                         loss_count += 1;
@@ -123,11 +162,34 @@ pub fn fit_non_private<M: DpModel>(
                         non_finite += 1;
                     }
                 }
-            }
+            };
             let at = StepInfo { step, total_steps };
-            let noiseless = NoisyGradient::new(&gradient, None, 0.0, indices.len() as f64);
-            optimizer.step(model.trained_params_mut(), noiseless, at);
-            if model.params().iter().any(|p| !p.is_finite()) {
+            let overflowed = match device.as_mut() {
+                Some(dev) => {
+                    train.gather(&indices, &mut inputs, &mut labels);
+                    losses.resize(indices.len(), 0.0);
+                    let update = optimizer.on_device(at).expect("checked before the first step");
+                    let outcome = dev
+                        .non_private_step(&inputs, &labels, indices.len(), &update, &mut losses)
+                        .map_err(device_error)?;
+                    count(&losses);
+                    outcome.overflowed
+                }
+                None => {
+                    gradient.fill(0.0);
+                    for chunk in indices.chunks(max_chunk) {
+                        train.gather(chunk, &mut inputs, &mut labels);
+                        losses.resize(chunk.len(), 0.0);
+                        let batch = Batch { inputs: &inputs, labels: &labels, size: chunk.len() };
+                        model.loss_and_gradient(&mut workspace, batch, &mut losses, &mut gradient);
+                        count(&losses);
+                    }
+                    let noiseless = NoisyGradient::new(&gradient, None, 0.0, indices.len() as f64);
+                    optimizer.step(model.trained_params_mut(), noiseless, at);
+                    model.params().iter().any(|p| !p.is_finite())
+                }
+            };
+            if overflowed {
                 return Err(Error::invalid(
                     "optimizer",
                     format!("the update of step {} overflowed: lower the learning rate", step + 1),
@@ -139,6 +201,9 @@ pub fn fit_non_private<M: DpModel>(
             progress.step(Some(loss_sum / loss_count.max(1) as f64));
         }
         total_non_finite += non_finite;
+        if let Some(dev) = device.as_mut() {
+            dev.download(model.params_mut()).map_err(device_error)?;
+        }
         let (eval_loss, accuracy) = report::evaluate(model, &mut workspace, eval, max_chunk);
         let record = EpochReport {
             epoch,
@@ -160,6 +225,10 @@ pub fn fit_non_private<M: DpModel>(
         epoch += 1;
     }
     progress.finish();
+    if let Some(dev) = device.as_mut() {
+        let state = dev.optimizer_state().map_err(device_error)?;
+        optimizer.load_state(state, M::TRAINED_PARAM_COUNT)?;
+    }
     let accuracy = epochs.last().and_then(|e| e.accuracy).unwrap_or(f64::NAN);
     Ok(Report {
         epochs,

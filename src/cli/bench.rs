@@ -689,9 +689,20 @@ fn gpu_timings<M: DpModel>(
         true => {
             let mut model = open()?;
             name = format!("cuda:{ordinal} {}", model.gpu().describe());
+            let mut losses = vec![0.0; n];
             let timing = time_steps(warmup, args.steps, || {
                 data.gather(indices, &mut inputs, &mut labels);
-                model.non_private_step(&inputs, &labels, n, LEARNING_RATE).map_err(gpu_error)
+                let step = SgdStep {
+                    noise_std: 0.0,
+                    inverse_batch: 1.0 / n.max(1) as f64,
+                    lr: LEARNING_RATE,
+                    momentum: 0.0,
+                    weight_decay: 0.0,
+                    first: true,
+                    nesterov: false,
+                };
+                model.non_private_step(&inputs, &labels, n, step, &mut losses).map_err(gpu_error)?;
+                Ok(())
             })?;
             finite(&model, "non-private")?;
             Some(timing)

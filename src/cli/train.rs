@@ -301,9 +301,6 @@ impl TrainArgs {
                     "needs a dp built with the `cuda` feature (cargo build --release --features cuda)",
                 ));
             }
-            if self.non_private {
-                return Err(Error::invalid("device", "the non-private baseline runs on the CPU only"));
-            }
         }
         if self.init.is_some() && self.resume.is_some() {
             return Err(Error::invalid(
@@ -524,9 +521,25 @@ where
                 quiet: false,
                 precision: args.precision,
             };
-            let report =
-                baseline::fit_non_private(&mut model, optimizer.as_mut(), &train, &test, config, print_epoch)
-                    .map_err(with_flag)?;
+            let report = match args.device {
+                super::DeviceArg::Cuda(ordinal) => non_private_on_gpu(
+                    &mut model,
+                    optimizer.as_mut(),
+                    (&train, &test),
+                    config,
+                    print_epoch,
+                    ordinal,
+                ),
+                super::DeviceArg::Cpu => baseline::fit_non_private(
+                    &mut model,
+                    optimizer.as_mut(),
+                    &train,
+                    &test,
+                    config,
+                    print_epoch,
+                ),
+            }
+            .map_err(with_flag)?;
             if let Some(path) = &args.save {
                 checkpoint::save_params(path, &model)?;
             }
@@ -583,7 +596,10 @@ where
                 trainer = trainer.distributed(w, shard);
             }
             if let super::DeviceArg::Cuda(ordinal) = args.device {
-                trainer = on_gpu(trainer, ordinal, settings.batch_size)?;
+                // Poisson batches up to the expected size plus five standard deviations allocated
+                // ahead; a larger one grows the device arena.
+                let room = settings.batch_size + 5 * (settings.batch_size as f64).sqrt().ceil() as usize;
+                trainer = on_gpu(trainer, ordinal, room)?;
             }
             trainer.fit(&train, Some(&test)).map_err(with_flag)?
         };
@@ -615,30 +631,64 @@ where
     }
 }
 
-/// The trainer with its private steps on GPU `ordinal` (batches up to the expected size plus five
-/// standard deviations allocated ahead; a larger one grows the device arena).
+/// The trainer with its private steps on GPU `ordinal`, with room for batches of `batch` examples.
 #[cfg(feature = "cuda")]
 fn on_gpu<'m, M: DpModel>(trainer: Trainer<'m, M>, ordinal: usize, batch: usize) -> Result<Trainer<'m, M>> {
+    Ok(trainer.device(gpu_model::<M>(ordinal, batch, "private steps")?))
+}
+
+/// The non-private baseline with its steps on GPU `ordinal`.
+#[cfg(feature = "cuda")]
+fn non_private_on_gpu<M: DpModel>(
+    model: &mut M,
+    optimizer: &mut dyn dp_runtime::optim::Optimizer,
+    (train, test): (&dp_runtime::Dataset<M::Input>, &dp_runtime::Dataset<M::Input>),
+    config: BaselineConfig,
+    on_epoch: impl FnMut(&EpochReport),
+    ordinal: usize,
+) -> dp_runtime::Result<Report> {
+    let mut device = gpu_model::<M>(ordinal, config.batch_size, "non-private steps")?;
+    baseline::fit_non_private_on_device(model, optimizer, &mut device, train, test, config, on_epoch)
+}
+
+/// Model `M`'s training state on GPU `ordinal` with room for batches of `batch` examples, for
+/// `what` (said on standard error with the device).
+#[cfg(feature = "cuda")]
+fn gpu_model<M: DpModel>(ordinal: usize, batch: usize, what: &str) -> Result<dp_cuda::trainer::GpuModel<M>> {
     use dp_cuda::device::Gpu;
     use dp_cuda::trainer::GpuModel;
     let gpu = Gpu::open(ordinal).map_err(|e| Error::invalid("device", e.to_string()))?;
-    let room = batch + 5 * (batch as f64).sqrt().ceil() as usize;
-    // Placeholder values: `fit` uploads the model's parameters before the first step.
-    let device = GpuModel::<M>::new(gpu, &vec![0.0; M::PARAM_COUNT], room)
+    // Placeholder values: the trainer uploads the model's parameters before the first step.
+    let device = GpuModel::<M>::new(gpu, &vec![0.0; M::PARAM_COUNT], batch)
         .map_err(|e| Error::invalid("device", e.to_string()))?;
-    eprintln!(
-        "private steps on cuda:{ordinal} {}",
-        dp_runtime::device::DeviceTraining::<M>::describe(&device)
-    );
-    Ok(trainer.device(device))
+    eprintln!("{what} on cuda:{ordinal} {}", dp_runtime::device::DeviceTraining::<M>::describe(&device));
+    Ok(device)
+}
+
+/// `--device cuda:N` without the `cuda` feature (`check` refuses it first).
+#[cfg(not(feature = "cuda"))]
+fn no_cuda() -> Error {
+    Error::invalid(
+        "device",
+        "needs a dp built with the `cuda` feature (cargo build --release --features cuda)",
+    )
 }
 
 #[cfg(not(feature = "cuda"))]
 fn on_gpu<'m, M: DpModel>(_: Trainer<'m, M>, _: usize, _: usize) -> Result<Trainer<'m, M>> {
-    Err(Error::invalid(
-        "device",
-        "needs a dp built with the `cuda` feature (cargo build --release --features cuda)",
-    ))
+    Err(no_cuda())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn non_private_on_gpu<M: DpModel>(
+    _: &mut M,
+    _: &mut dyn dp_runtime::optim::Optimizer,
+    _: (&dp_runtime::Dataset<M::Input>, &dp_runtime::Dataset<M::Input>),
+    _: BaselineConfig,
+    _: impl FnMut(&EpochReport),
+    _: usize,
+) -> dp_runtime::Result<Report> {
+    Err(no_cuda())
 }
 
 /// The closing line of `dp train`.

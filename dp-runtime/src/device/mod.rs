@@ -849,4 +849,18 @@ pub trait DeviceTraining<M: crate::DpModel>: Send {
         losses: &mut [f32],
         factors: &mut [f32],
     ) -> Result<(), DeviceError>;
+    /// One non-private step on a gathered batch of `n` examples (`baseline::fit_non_private_on_device`,
+    /// `dp train --non-private`): the plain sum of their gradients (no clipping, no noise) times 1/n
+    /// as the host's `NoisyGradient::new(sum, None, 0, n)` forms it, and the update `optimizer`
+    /// describes; each example's loss copied back into `losses` (`n` values). The outcome's
+    /// `non_finite_examples` is 0 (nothing is clipped); an overflowing update is undone as in
+    /// [`private_step`](Self::private_step).
+    fn non_private_step(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        optimizer: &DeviceOptimizer,
+        losses: &mut [f32],
+    ) -> Result<DeviceStepOutcome, DeviceError>;
 }
