@@ -88,6 +88,13 @@ failed=0
         echo "## dp train --model mnist-vit --data data/mnist --max-steps 100 --precision bf16 --device cuda:0"
         "$bins/dp" train --model mnist-vit --data data/mnist --target-epsilon 3 --seed 1 --max-steps 100 \
             --precision bf16 --device cuda:0 2>&1 | grep -v "^epoch" || { echo "## dp train FAILED"; failed=1; }
+        # The non-private baseline's steps and a private run's non-private diagnostics on the GPU.
+        echo "## dp train --model mnist-cnn --non-private --max-steps 300 --device cuda:0"
+        "$bins/dp" train --model mnist-cnn --data data/mnist --non-private --seed 1 --max-steps 300 \
+            --device cuda:0 2>&1 | grep -v "^epoch" || { echo "## dp train FAILED"; failed=1; }
+        echo "## dp train --model ffnn --data data/adult --max-steps 300 --non-private-diagnostics --json --device cuda:0"
+        "$bins/dp" train --model ffnn --data data/adult --target-epsilon 1 --seed 1 --max-steps 300 --non-private-diagnostics \
+            --json --device cuda:0 2>&1 | tail -n 3 || { echo "## dp train FAILED"; failed=1; }
     fi
     peers=${DP_CHECK_PEERS:-all}
     if [ "$peers" != none ]; then
