@@ -98,6 +98,14 @@ impl StepGraphs {
         self.graphs.clear();
     }
 
+    /// The products changed kind (a new precision): every graph is stale, and the next step runs
+    /// eagerly again, so that the library's first calls of the new kind (its set-up for bf16 tensor
+    /// core products) happen outside a capture.
+    pub fn restart(&mut self) {
+        self.graphs.clear();
+        self.eager_steps = 0;
+    }
+
     pub fn count_eager(&mut self) {
         self.eager_steps += 1;
     }
@@ -132,6 +140,17 @@ mod tests {
         assert_eq!(graphs.off(), Some("capturing a step: not permitted"));
         graphs.count_eager();
         assert!(!graphs.usable(), "a failed capture is not retried");
+    }
+
+    #[test]
+    fn a_restart_waits_for_one_eager_step_again() {
+        let mut graphs = StepGraphs::default();
+        graphs.count_eager();
+        assert!(graphs.usable());
+        graphs.restart();
+        assert!(!graphs.usable(), "after a precision change the next step runs eagerly");
+        graphs.count_eager();
+        assert!(graphs.usable());
     }
 
     #[test]

@@ -253,7 +253,7 @@ impl<M: DpModel> GpuModel<M> {
         }
         if precision != self.precision {
             self.precision = precision;
-            self.graphs.invalidate();
+            self.graphs.restart();
         }
         Ok(())
     }
