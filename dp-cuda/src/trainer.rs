@@ -863,4 +863,15 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
         GpuModel::private_step(self, inputs, labels, n, clipping, &step.key, update)
             .map_err(|e| DeviceError::Backend(e.to_string()))
     }
+
+    fn private_step_with_views(
+        &mut self,
+        _inputs: &[M::Input],
+        _labels: &[f32],
+        _n: usize,
+        _views: usize,
+        _step: &DevicePrivateStep,
+    ) -> std::result::Result<DeviceStepOutcome, DeviceError> {
+        Err(DeviceError::Backend("augmentation multiplicity on a GPU is not built yet (docs/GPU.md)".into()))
+    }
 }
