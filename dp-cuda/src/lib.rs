@@ -28,6 +28,7 @@ pub mod staging;
 pub mod trainer;
 pub mod transformer;
 pub mod update;
+pub mod views;
 
 pub use error::{CudaError, Result};
 
@@ -62,6 +63,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile { name: "lstm.cu", text: lstm::SOURCE, entries: lstm::ENTRIES },
     KernelFile { name: "attention.cu", text: attention::SOURCE, entries: attention::ENTRIES },
     KernelFile { name: "transformer.cu", text: transformer::SOURCE, entries: transformer::ENTRIES },
+    KernelFile { name: "views.cu", text: views::SOURCE, entries: views::ENTRIES },
 ];
 
 /// One kernel source file.

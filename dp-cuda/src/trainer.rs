@@ -26,6 +26,8 @@ use crate::program::{GpuOps, RegionMemory};
 use crate::staging::Staging;
 use crate::update::{AdamBuffers, AdamStep, UpdateStep};
 
+mod views;
+
 /// How a private step clips.
 #[derive(Debug, Clone, Copy)]
 pub struct Clipping {
@@ -74,6 +76,8 @@ pub struct GpuModel<M: DpModel> {
     staging: Staging,
     /// The precision of the products the program marks `Operands::OfPrecision`.
     precision: Precision,
+    /// Augmentation multiplicity's buffers, from its first step on (`trainer/views.rs`).
+    views: Option<views::ViewsBuffers>,
     model: PhantomData<M>,
 }
 
@@ -190,6 +194,7 @@ impl<M: DpModel> GpuModel<M> {
             graphs: StepGraphs::default(),
             precision: Precision::F32,
             staging,
+            views: None,
             model: PhantomData,
         })
     }
@@ -303,9 +308,15 @@ impl<M: DpModel> GpuModel<M> {
     fn queue_clip_factors(&mut self, clipping: Clipping, n: usize) -> Result<()> {
         let s = self.gpu.stream.clone();
         s.memset_zeros(&mut self.non_finite).map_err(driver("zeroing the count"))?;
+        self.queue_clip_factors_counted(clipping, n)
+    }
+
+    /// [`queue_clip_factors`](Self::queue_clip_factors) ADDING to the count of non-finite examples.
+    fn queue_clip_factors_counted(&mut self, clipping: Clipping, n: usize) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
+        let s = self.gpu.stream.clone();
         let groups = M::GROUPS.len() as u64;
         let norms = self.memory.slice(Region::SqNorms).slice(..n * groups as usize);
         let factors = self.memory.slice(Region::Factors).slice(..n * groups as usize);
@@ -423,10 +434,16 @@ impl<M: DpModel> GpuModel<M> {
         self.load_batch(inputs, labels, n)?;
         self.load_key(key)?;
         self.queue_before_update(Some(clipping), n)?;
+        self.finish_step(step.into())
+    }
+
+    /// After the clipped sum in `Grad`, the normals drawn and the parameters kept: the update, the
+    /// counts copied out, and the parameters restored if the update overflowed.
+    fn finish_step(&mut self, step: UpdateStep) -> Result<DeviceStepOutcome> {
         let s = self.gpu.stream.clone();
         let len = M::TRAINED_PARAM_COUNT;
         let trained = Span::new(Region::Params, 0, len);
-        self.queue_update(step.into())?;
+        self.queue_update(step)?;
         let params_count = self.non_finite.device_ptr(&s).0 + std::mem::size_of::<u32>() as u64;
         self.ops().count_non_finite(trained, params_count).map_err(program)?;
         let mut counts = [0u32; 2];
@@ -840,12 +857,41 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
         n: usize,
         step: &DevicePrivateStep,
     ) -> std::result::Result<DeviceStepOutcome, DeviceError> {
+        self.grow_for(n).map_err(|e| DeviceError::Backend(e.to_string()))?;
+        let (clipping, update) = self.settings_of(step);
+        GpuModel::private_step(self, inputs, labels, n, clipping, &step.key, update)
+            .map_err(|e| DeviceError::Backend(e.to_string()))
+    }
+
+    fn private_step_with_views(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        views: usize,
+        step: &DevicePrivateStep,
+    ) -> std::result::Result<DeviceStepOutcome, DeviceError> {
+        // The device program runs on one example's views at a time.
+        self.grow_for(views).map_err(|e| DeviceError::Backend(e.to_string()))?;
+        let (clipping, update) = self.settings_of(step);
+        GpuModel::private_step_with_views(self, inputs, labels, n, views, clipping, &step.key, update)
+            .map_err(|e| DeviceError::Backend(e.to_string()))
+    }
+}
+
+impl<M: DpModel> GpuModel<M> {
+    /// Room for `n` examples per program run: a batch larger than any before grows the arena (the
+    /// one reallocation of a run).
+    fn grow_for(&mut self, n: usize) -> Result<()> {
         if n > self.max_batch {
-            // A Poisson batch larger than any before: the arena grows (the one reallocation of a run).
-            let params =
-                self.read(Region::Params, M::PARAM_COUNT).map_err(|e| DeviceError::Backend(e.to_string()))?;
-            self.resize(n, &params).map_err(|e| DeviceError::Backend(e.to_string()))?;
+            let params = self.read(Region::Params, M::PARAM_COUNT)?;
+            self.resize(n, &params)?;
         }
+        Ok(())
+    }
+
+    /// A device step's clipping and update.
+    fn settings_of(&self, step: &DevicePrivateStep) -> (Clipping, UpdateStep) {
         let clipping = Clipping { mode: step.clip_mode, norm: step.clip_norm };
         let (noise_std, inverse_batch) = (step.noise_std, 1.0 / step.normaliser);
         let update = match step.optimizer {
@@ -860,18 +906,6 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
             }),
             DeviceOptimizer::Adam(adam) => UpdateStep::Adam(AdamStep { noise_std, inverse_batch, adam }),
         };
-        GpuModel::private_step(self, inputs, labels, n, clipping, &step.key, update)
-            .map_err(|e| DeviceError::Backend(e.to_string()))
-    }
-
-    fn private_step_with_views(
-        &mut self,
-        _inputs: &[M::Input],
-        _labels: &[f32],
-        _n: usize,
-        _views: usize,
-        _step: &DevicePrivateStep,
-    ) -> std::result::Result<DeviceStepOutcome, DeviceError> {
-        Err(DeviceError::Backend("augmentation multiplicity on a GPU is not built yet (docs/GPU.md)".into()))
+        (clipping, update)
     }
 }
