@@ -4,7 +4,7 @@
 //! the launch sequence the macro emits (offsets, shapes, transposes, pass order) on every run, with no
 //! GPU; `tests/gpu_programs.rs` runs the same programs on a GPU.
 
-use dp::clipping::clip_factors;
+use dp::clipping::{clip_factors, ClipMode};
 use dp::device::host::HostDevice;
 use dp::device::{
     DeviceError, DeviceOptimizer, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region,
@@ -924,5 +924,55 @@ fn a_trainer_with_views_on_a_device_follows_the_trainer_on_the_cpu() {
         assert!(diff <= 1e-6 * moved.max(1.0), "per-layer {per_layer}: device and CPU differ by {diff}");
         let accuracies = |r: &dp::Report| r.epochs.iter().map(|e| e.accuracy).collect::<Vec<_>>();
         assert_eq!(accuracies(&dev_report), accuracies(&cpu_report), "per-layer {per_layer}");
+    }
+}
+
+/// One step's clipped sum with views: the host training state's (`private_step_with_views`' contract)
+/// against the CPU's step engine, each drawing the views from a stream seeded alike (the device's
+/// through `StepEngine::gather_views`, as the trainer does), flat and per-layer: the same sum to
+/// rounding, and the one all-NaN example among the indices counted on both and contributing nothing.
+#[test]
+fn a_step_with_views_on_a_device_sums_what_the_cpu_sums() {
+    use dp::data::augment::Augmentation;
+    use dp::trainer::step::StepEngine;
+    use rand_chacha::ChaCha20Rng;
+    let mut rng = ChaCha8Rng::seed_from_u64(50);
+    let (mut inputs, labels) = batch::<SmallConv>(&mut rng, 40, false);
+    let len = SmallConv::input_len();
+    inputs[3 * len..4 * len].fill(f32::NAN);
+    let data = dp::Dataset::new(inputs, labels, SmallConv::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let model = SmallConv::init(&mut rng);
+    let indices: Vec<usize> = (0..40).filter(|i| i % 3 == 0).collect();
+    let augmentation = Augmentation { crop_padding: 2, horizontal_flip: true, padding_value: -0.5 };
+    for clip_mode in [ClipMode::Flat, ClipMode::PerLayer] {
+        let engine = || {
+            StepEngine::<SmallConv>::new(1.0, clip_mode, 64, 16)
+                .with_views(3, augmentation, ChaCha20Rng::seed_from_u64(8))
+                .unwrap()
+        };
+        let mut cpu = engine();
+        let stats = cpu.clipped_sum(&model, &data, &indices).unwrap();
+        let (mut views, mut view_labels) = (Vec::new(), Vec::new());
+        assert_eq!(engine().gather_views(&data, &indices, &mut views, &mut view_labels), Some(3));
+        let mut host = HostTraining::<SmallConv>::new();
+        host.upload(model.params()).unwrap();
+        let step = DevicePrivateStep {
+            clip_mode,
+            clip_norm: 1.0,
+            noise_std: 0.0,
+            normaliser: 1.0,
+            key: [0; 32],
+            optimizer: DeviceOptimizer::Sgd(dp::device::DeviceSgd {
+                lr: 0.0,
+                momentum: 0.0,
+                nesterov: false,
+                weight_decay: 0.0,
+            }),
+        };
+        let bad = host.clipped_sum_of_averages(&views, &view_labels, indices.len(), 3, &step).unwrap();
+        assert_eq!((bad, stats.non_finite), (1, 1), "{clip_mode:?}: the NaN example counted");
+        let sum = host.dev.get(Region::Grad);
+        assert!(sum.iter().all(|v| v.is_finite()), "{clip_mode:?}: the NaN example contributed");
+        close_sum(&format!("{clip_mode:?} clipped sum with views"), sum, &cpu.clipped_sum, 1e-5);
     }
 }
