@@ -4,7 +4,7 @@
 //! the launch sequence the macro emits (offsets, shapes, transposes, pass order) on every run, with no
 //! GPU; `tests/gpu_programs.rs` runs the same programs on a GPU.
 
-use dp::clipping::clip_factors;
+use dp::clipping::{clip_factors, ClipMode};
 use dp::device::host::HostDevice;
 use dp::device::{
     DeviceError, DeviceOptimizer, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region,
@@ -389,14 +389,7 @@ where
         if n > 0 {
             M::device_clipped_sum(d, n)?;
         }
-        let mut z = vec![0.0; len];
-        for (chunk, values) in z.chunks_mut(FILL_CHUNK).enumerate() {
-            fill_chunk(&step.key, chunk as u64, values);
-        }
-        let sum = d.get(Region::Grad).to_vec();
-        let gradient = NoisyGradient::with_drawn_noise(&sum, &z, step.noise_std, step.normaliser);
-        let overflowed = self.update(step.optimizer, gradient)?;
-        Ok(DeviceStepOutcome { non_finite_examples: bad, overflowed })
+        self.noisy_update(step, bad)
     }
 
     fn non_private_step(
@@ -421,6 +414,18 @@ where
         let sum = d.get(Region::Grad).to_vec();
         let overflowed = self.update(*optimizer, NoisyGradient::new(&sum, None, 0.0, n as f64))?;
         Ok(DeviceStepOutcome { non_finite_examples: 0, overflowed })
+    }
+
+    fn private_step_with_views(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        views: usize,
+        step: &DevicePrivateStep,
+    ) -> Result<DeviceStepOutcome, DeviceError> {
+        self.clipped_sum_of_averages(inputs, labels, n, views, step)
+            .and_then(|bad| self.noisy_update(step, bad))
     }
 }
 
@@ -950,4 +955,219 @@ fn the_non_private_baseline_on_a_device_stops_at_an_overflow_like_the_cpu() {
     assert!(cpu_error.to_string().contains("overflowed"), "{cpu_error}");
     assert_eq!(dev_error.to_string(), cpu_error.to_string());
     assert_eq!(dev.params(), initial.params());
+}
+
+impl<M: DpModel> HostTraining<M>
+where
+    M::Input: TestInput,
+{
+    /// The noise under the step's key and the update from the clipped sum in `Grad`, by the CPU
+    /// optimizer the step describes; `bad` examples had a non-finite norm.
+    fn noisy_update(
+        &mut self,
+        step: &DevicePrivateStep,
+        bad: usize,
+    ) -> Result<DeviceStepOutcome, DeviceError> {
+        let mut z = vec![0.0; M::TRAINED_PARAM_COUNT];
+        for (chunk, values) in z.chunks_mut(FILL_CHUNK).enumerate() {
+            fill_chunk(&step.key, chunk as u64, values);
+        }
+        let sum = self.dev.get(Region::Grad).to_vec();
+        let gradient = NoisyGradient::with_drawn_noise(&sum, &z, step.noise_std, step.normaliser);
+        let overflowed = self.update(step.optimizer, gradient)?;
+        Ok(DeviceStepOutcome { non_finite_examples: bad, overflowed })
+    }
+
+    /// `private_step_with_views`' clipped sum into `Grad`, written from its contract: per example, the
+    /// device program's gradient sum over its `views` views, times 1/views (f32), its group norms (f64
+    /// per parameter, f32 per group), the CPU's clip factors, and the factor-weighted average added
+    /// into the sum unless a norm is not finite. Returns the examples that were not.
+    fn clipped_sum_of_averages(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        views: usize,
+        step: &DevicePrivateStep,
+    ) -> Result<usize, DeviceError> {
+        let (groups, len) = (M::GROUPS.len(), M::TRAINED_PARAM_COUNT);
+        let (input_len, label_len) = (M::input_len() * views, M::LOSS.label_len() * views);
+        if inputs.len() != n * input_len || labels.len() != n * label_len || views == 0 {
+            return Err(DeviceError::Mismatch(format!("{n} examples of {views} views")));
+        }
+        let trained: Vec<_> = M::PARAMS.iter().filter(|p| p.is_trained()).collect();
+        let mut clipped = vec![0.0f32; len];
+        let mut bad = 0;
+        let d = &mut self.dev;
+        for (example, labels) in inputs.chunks_exact(input_len).zip(labels.chunks_exact(label_len)) {
+            d.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * views]);
+            TestInput::load(d, example);
+            d.set(Region::Labels, labels.to_vec());
+            d.set(Region::Losses, vec![0.0; views]);
+            d.set(Region::Grad, vec![0.0; len]);
+            M::device_forward_backward(d, views)?;
+            M::device_gradient_sum(d, views)?;
+            let inverse = 1.0 / views as f32;
+            let average: Vec<f32> = d.get(Region::Grad).iter().map(|&g| g * inverse).collect();
+            let mut sq_norms = vec![0.0f32; groups];
+            for p in &trained {
+                let squares: f64 =
+                    average[p.offset..p.offset + p.len].iter().map(|&g| g as f64 * g as f64).sum();
+                sq_norms[p.group] += squares as f32;
+            }
+            let mut factors = vec![0.0f32; groups];
+            if clip_factors(step.clip_mode, step.clip_norm, groups, &sq_norms, &mut factors).unwrap() > 0 {
+                bad += 1;
+                continue;
+            }
+            for p in &trained {
+                let range = p.offset..p.offset + p.len;
+                for (c, &a) in clipped[range.clone()].iter_mut().zip(&average[range]) {
+                    *c += factors[p.group] * a;
+                }
+            }
+        }
+        d.set(Region::Grad, clipped);
+        Ok(bad)
+    }
+}
+
+/// `SmallConv` trained seeded alike on the CPU and on the host training state with augmentation
+/// multiplicity (3 views: crops after padding, flips), flat or per-layer clipping, SGD with momentum,
+/// on data whose examples 5 to 7 are all NaN (every view of them is non-finite): the initial model, the two
+/// trained models and reports.
+fn train_views_on_both(
+    seed: u64,
+    per_layer: bool,
+) -> (SmallConv, SmallConv, SmallConv, dp::Report, dp::Report) {
+    use dp::data::augment::Augmentation;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (mut inputs, labels) = batch::<SmallConv>(&mut rng, 300, false);
+    let len = SmallConv::input_len();
+    inputs[5 * len..8 * len].fill(f32::NAN);
+    let data = dp::Dataset::new(inputs, labels, SmallConv::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = SmallConv::init(&mut rng);
+    let augmentation = Augmentation { crop_padding: 2, horizontal_flip: true, padding_value: -0.5 };
+    let train = |model: &mut SmallConv, device: bool| {
+        let trainer = dp::Trainer::new(model)
+            .optimizer(Sgd::new(0.5).momentum(0.9))
+            .clip_norm(1.0)
+            .per_layer_clipping(per_layer)
+            .noise_multiplier(0.8)
+            .expected_batch_size(48)
+            .epochs(2)
+            .augmentation_multiplicity(3, augmentation)
+            .seed(7)
+            .allow_large_delta(true)
+            .quiet(true);
+        match device {
+            true => trainer.device(HostTraining::<SmallConv>::new()).fit(&data, Some(&data)),
+            false => trainer.fit(&data, Some(&data)),
+        }
+        .unwrap()
+    };
+    let mut cpu = SmallConv::from_params(initial.params().to_vec());
+    let cpu_report = train(&mut cpu, false);
+    let mut dev = SmallConv::from_params(initial.params().to_vec());
+    let dev_report = train(&mut dev, true);
+    (initial, cpu, dev, cpu_report, dev_report)
+}
+
+/// Augmentation multiplicity on a device: the trainer draws and augments the views as the CPU does
+/// (the same stream, in batch order) and the host training state averages, clips and sums them by
+/// `private_step_with_views`' contract, so a seeded run ends where the CPU's does (to rounding), with
+/// the same accuracy after every epoch, flat and per-layer, a NaN example contributing nothing.
+#[test]
+fn a_trainer_with_views_on_a_device_follows_the_trainer_on_the_cpu() {
+    for per_layer in [false, true] {
+        let (initial, cpu, dev, cpu_report, dev_report) = train_views_on_both(49, per_layer);
+        assert_eq!((dev_report.steps, dev_report.epsilon), (cpu_report.steps, cpu_report.epsilon));
+        let moved = largest_difference(cpu.params(), initial.params());
+        let diff = largest_difference(dev.params(), cpu.params());
+        eprintln!(
+            "per-layer {per_layer}: device and CPU differ by {diff:.3e}, training moved them by {moved:.3}"
+        );
+        assert!(moved > 0.01, "per-layer {per_layer}: training moved the parameters by {moved}");
+        assert!(diff <= 1e-6 * moved.max(1.0), "per-layer {per_layer}: device and CPU differ by {diff}");
+        let accuracies = |r: &dp::Report| r.epochs.iter().map(|e| e.accuracy).collect::<Vec<_>>();
+        assert_eq!(accuracies(&dev_report), accuracies(&cpu_report), "per-layer {per_layer}");
+    }
+}
+
+/// One step's clipped sum with views: the host training state's (`private_step_with_views`' contract)
+/// against the CPU's step engine, each drawing the views from a stream seeded alike (the device's
+/// through `StepEngine::gather_views`, as the trainer does), flat and per-layer: the same sum to
+/// rounding, and the one all-NaN example among the indices counted on both and contributing nothing.
+#[test]
+fn a_step_with_views_on_a_device_sums_what_the_cpu_sums() {
+    use dp::data::augment::Augmentation;
+    use dp::trainer::step::StepEngine;
+    use rand_chacha::ChaCha20Rng;
+    let mut rng = ChaCha8Rng::seed_from_u64(50);
+    let (mut inputs, labels) = batch::<SmallConv>(&mut rng, 40, false);
+    let len = SmallConv::input_len();
+    inputs[3 * len..4 * len].fill(f32::NAN);
+    let data = dp::Dataset::new(inputs, labels, SmallConv::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let model = SmallConv::init(&mut rng);
+    let indices: Vec<usize> = (0..40).filter(|i| i % 3 == 0).collect();
+    let augmentation = Augmentation { crop_padding: 2, horizontal_flip: true, padding_value: -0.5 };
+    for clip_mode in [ClipMode::Flat, ClipMode::PerLayer] {
+        let engine = || {
+            StepEngine::<SmallConv>::new(1.0, clip_mode, 64, 16)
+                .with_views(3, augmentation, ChaCha20Rng::seed_from_u64(8))
+                .unwrap()
+        };
+        let mut cpu = engine();
+        let stats = cpu.clipped_sum(&model, &data, &indices).unwrap();
+        let (mut views, mut view_labels) = (Vec::new(), Vec::new());
+        assert_eq!(engine().gather_views(&data, &indices, &mut views, &mut view_labels), Some(3));
+        let mut host = HostTraining::<SmallConv>::new();
+        host.upload(model.params()).unwrap();
+        let step = DevicePrivateStep {
+            clip_mode,
+            clip_norm: 1.0,
+            noise_std: 0.0,
+            normaliser: 1.0,
+            key: [0; 32],
+            optimizer: DeviceOptimizer::Sgd(dp::device::DeviceSgd {
+                lr: 0.0,
+                momentum: 0.0,
+                nesterov: false,
+                weight_decay: 0.0,
+            }),
+        };
+        let bad = host.clipped_sum_of_averages(&views, &view_labels, indices.len(), 3, &step).unwrap();
+        assert_eq!((bad, stats.non_finite), (1, 1), "{clip_mode:?}: the NaN example counted");
+        let sum = host.dev.get(Region::Grad);
+        assert!(sum.iter().all(|v| v.is_finite()), "{clip_mode:?}: the NaN example contributed");
+        close_sum(&format!("{clip_mode:?} clipped sum with views"), sum, &cpu.clipped_sum, 1e-5);
+    }
+}
+
+/// Non-private diagnostics with augmentation multiplicity are refused on a device (the losses of an
+/// example's views are not kept there), with an error naming both, before any step.
+#[test]
+fn diagnostics_with_views_on_a_device_are_refused() {
+    use dp::data::augment::Augmentation;
+    let mut rng = ChaCha8Rng::seed_from_u64(52);
+    let (inputs, labels) = batch::<SmallConv>(&mut rng, 40, false);
+    let data = dp::Dataset::new(inputs, labels, SmallConv::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let mut model = SmallConv::init(&mut rng);
+    let before = model.params().to_vec();
+    let augmentation = Augmentation { crop_padding: 2, horizontal_flip: true, padding_value: -0.5 };
+    let error = dp::Trainer::new(&mut model)
+        .optimizer(Sgd::new(0.5))
+        .clip_norm(1.0)
+        .noise_multiplier(0.8)
+        .expected_batch_size(8)
+        .steps(2)
+        .augmentation_multiplicity(3, augmentation)
+        .non_private_diagnostics(true)
+        .device(HostTraining::<SmallConv>::new())
+        .quiet(true)
+        .fit(&data, None)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("non-private diagnostics with augmentation multiplicity"), "{error}");
+    assert_eq!(model.params(), &before[..]);
 }

@@ -223,6 +223,16 @@ impl<M: DpModel> DeviceTraining<M> for &mut PrecisionProbe {
     ) -> Result<DeviceStepOutcome, DeviceError> {
         Ok(DeviceStepOutcome { non_finite_examples: 0, overflowed: false })
     }
+    fn private_step_with_views(
+        &mut self,
+        _inputs: &[M::Input],
+        _labels: &[f32],
+        _n: usize,
+        _views: usize,
+        _step: &DevicePrivateStep,
+    ) -> Result<DeviceStepOutcome, DeviceError> {
+        Ok(DeviceStepOutcome { non_finite_examples: 0, overflowed: false })
+    }
 }
 
 /// `Trainer::precision` reaches the device, before the parameters do.

@@ -622,3 +622,82 @@ fn gpu_non_private_baseline_follows_the_cpu() {
     assert!(moved > 0.01 && diff <= 1e-3 * moved, "GPU and CPU baselines differ by {diff} (moved {moved})");
     assert!((loss(&gpu_report) - loss(&cpu_report)).abs() <= 1e-4 * loss(&cpu_report));
 }
+
+/// Augmentation multiplicity on the GPU (`GpuModel::private_step_with_views`) against the trainer on
+/// the CPU, seeded alike: `SmallConv` with 3 views per example (crops after padding, flips), flat and
+/// per-layer clipping, examples 5 to 7 all NaN (contributing nothing), SGD with momentum; the
+/// parameters agree to rounding and so do the accuracies. Then one step by hand: the views, labels and
+/// key copied in once and the two counts out, whatever the batch, and the NaN example counted.
+/// NOT YET RUN ON A GPU (written 2026-12-04; docs/GPU.md).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_trainer_with_views_follows_the_cpu_trainer() {
+    use dp::data::augment::Augmentation;
+    let mut rng = ChaCha8Rng::seed_from_u64(49);
+    let (mut inputs, labels) = batch::<SmallConv>(&mut rng, 600, false);
+    let len = SmallConv::input_len();
+    inputs[5 * len..8 * len].fill(f32::NAN);
+    let data = dp::Dataset::new(inputs.clone(), labels.clone(), SmallConv::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = SmallConv::init(&mut rng);
+    let augmentation = Augmentation { crop_padding: 2, horizontal_flip: true, padding_value: -0.5 };
+    for per_layer in [false, true] {
+        let Some(gpu) = gpu("trainer with views") else { return };
+        let train = |model: &mut SmallConv, device: Option<GpuModel<SmallConv>>| {
+            let trainer = dp::Trainer::new(model)
+                .optimizer(Sgd::new(0.5).momentum(0.9))
+                .clip_norm(1.0)
+                .per_layer_clipping(per_layer)
+                .noise_multiplier(0.8)
+                .expected_batch_size(64)
+                .steps(16)
+                .augmentation_multiplicity(3, augmentation)
+                .seed(7)
+                .quiet(true);
+            match device {
+                Some(d) => trainer.device(d).fit(&data, Some(&data)),
+                None => trainer.fit(&data, Some(&data)),
+            }
+            .unwrap()
+        };
+        let mut cpu = SmallConv::from_params(initial.params().to_vec());
+        let cpu_report = train(&mut cpu, None);
+        let mut on_gpu = SmallConv::from_params(initial.params().to_vec());
+        let gpu_report =
+            train(&mut on_gpu, Some(GpuModel::<SmallConv>::new(gpu, initial.params(), 64).unwrap()));
+        assert_eq!((gpu_report.steps, gpu_report.epsilon), (cpu_report.steps, cpu_report.epsilon));
+        let largest =
+            |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        let (diff, moved) = (largest(on_gpu.params(), cpu.params()), largest(cpu.params(), initial.params()));
+        say(&format!(
+            "views (per-layer {per_layer}): largest parameter difference {diff:.3e}, largest move {moved:.3}"
+        ));
+        assert!(moved > 0.01, "training moved the parameters");
+        assert!(diff <= 1e-3 * moved, "GPU and CPU trainers differ by {diff}");
+        assert!((gpu_report.accuracy - cpu_report.accuracy).abs() <= 0.01);
+    }
+    let Some(gpu) = gpu("a step with views") else { return };
+    let mut model = GpuModel::<SmallConv>::new(gpu, initial.params(), 8).unwrap();
+    let (n, views) = (20, 3);
+    // Examples 5 to 9, each seen 3 times unaugmented: example 5 (NaN) is the first.
+    let view_inputs: Vec<f32> =
+        (5..5 + n).flat_map(|i| inputs[i * len..(i + 1) * len].repeat(views)).collect();
+    let view_labels: Vec<f32> = (5..5 + n).flat_map(|i| vec![labels[i]; views]).collect();
+    let clipping = Clipping { mode: ClipMode::Flat, norm: 1.0 };
+    let step = SgdStep {
+        noise_std: 0.8,
+        inverse_batch: 1.0 / 64.0,
+        lr: 0.1,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        first: true,
+        nesterov: false,
+    };
+    let before = model.transfers();
+    let outcome = model
+        .private_step_with_views(&view_inputs, &view_labels, n, views, clipping, &[9; 32], step)
+        .unwrap();
+    let after = model.transfers();
+    assert_eq!(outcome.non_finite_examples, 3, "examples 5 to 7 are NaN");
+    assert!(!outcome.overflowed);
+    assert_eq!((after.to_device - before.to_device, after.to_host - before.to_host), (3, 1));
+}

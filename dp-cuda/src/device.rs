@@ -16,7 +16,7 @@ use dp_runtime::noise::gaussian::ziggurat_tables;
 
 use crate::error::{CudaError, Result};
 use crate::noise::{key_words, NoiseLaunch, THREADS};
-use crate::{attention, clip, conv, dense, lstm, noise, norm, sequence, source, transformer, update};
+use crate::{attention, clip, conv, dense, lstm, noise, norm, sequence, source, transformer, update, views};
 use cudarc::cublas::CudaBlas;
 
 /// How to get the driver when it is missing.
@@ -55,6 +55,8 @@ pub struct Gpu {
     pub(crate) sgd_update: CudaFunction,
     pub(crate) adam_update: CudaFunction,
     pub(crate) ema_fold: CudaFunction,
+    /// `kernels/views.cu`, in the order of [`views::ENTRIES`].
+    pub(crate) views: Vec<CudaFunction>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -134,6 +136,7 @@ impl Gpu {
         let sequence = load("sequence.cu", sequence::SOURCE, sequence::ENTRIES)?;
         let lstm = load("lstm.cu", lstm::SOURCE, lstm::ENTRIES)?;
         let transformer = load("transformer.cu", transformer::SOURCE, transformer::ENTRIES)?;
+        let views = load("views.cu", views::SOURCE, views::ENTRIES)?;
         // SAFETY: only tries to open the library by its candidate names.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(CudaError::LibraryMissing { library: "libcublas.so.12", hint: CUBLAS_HINT });
@@ -163,6 +166,7 @@ impl Gpu {
             sgd_update,
             adam_update,
             ema_fold,
+            views,
         })
     }
 

@@ -32,6 +32,11 @@ impl Staging {
         Ok(Staging { words, used: 0 })
     }
 
+    /// The words it has room for.
+    pub fn capacity(&self) -> usize {
+        self.words.len()
+    }
+
     /// A new step: waits for the stream to be idle (the previous step's copies done), then hands
     /// pieces out from the start again.
     pub fn start(&mut self, gpu: &Gpu) -> Result<()> {

@@ -26,6 +26,8 @@ use crate::program::{GpuOps, RegionMemory};
 use crate::staging::Staging;
 use crate::update::{AdamBuffers, AdamStep, UpdateStep};
 
+mod views;
+
 /// How a private step clips.
 #[derive(Debug, Clone, Copy)]
 pub struct Clipping {
@@ -74,6 +76,8 @@ pub struct GpuModel<M: DpModel> {
     staging: Staging,
     /// The precision of the products the program marks `Operands::OfPrecision`.
     precision: Precision,
+    /// Augmentation multiplicity's buffers, from its first step on (`trainer/views.rs`).
+    views: Option<views::ViewsBuffers>,
     model: PhantomData<M>,
 }
 
@@ -190,6 +194,7 @@ impl<M: DpModel> GpuModel<M> {
             graphs: StepGraphs::default(),
             precision: Precision::F32,
             staging,
+            views: None,
             model: PhantomData,
         })
     }
@@ -303,9 +308,15 @@ impl<M: DpModel> GpuModel<M> {
     fn queue_clip_factors(&mut self, clipping: Clipping, n: usize) -> Result<()> {
         let s = self.gpu.stream.clone();
         s.memset_zeros(&mut self.non_finite).map_err(driver("zeroing the count"))?;
+        self.queue_clip_factors_counted(clipping, n)
+    }
+
+    /// [`queue_clip_factors`](Self::queue_clip_factors) ADDING to the count of non-finite examples.
+    fn queue_clip_factors_counted(&mut self, clipping: Clipping, n: usize) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
+        let s = self.gpu.stream.clone();
         let groups = M::GROUPS.len() as u64;
         let norms = self.memory.slice(Region::SqNorms).slice(..n * groups as usize);
         let factors = self.memory.slice(Region::Factors).slice(..n * groups as usize);
@@ -423,26 +434,24 @@ impl<M: DpModel> GpuModel<M> {
         self.load_batch(inputs, labels, n)?;
         self.load_key(key)?;
         self.queue_before_update(Some(clipping), n)?;
+        self.finish_step(step.into())
+    }
+
+    /// After the sum in `Grad` (clipped, with the normals drawn; or plain) and the parameters kept:
+    /// the update, the counts copied out, and the parameters restored if the update overflowed.
+    fn finish_step(&mut self, step: UpdateStep) -> Result<DeviceStepOutcome> {
         let s = self.gpu.stream.clone();
         let len = M::TRAINED_PARAM_COUNT;
         let trained = Span::new(Region::Params, 0, len);
-        self.queue_update(step.into())?;
+        self.queue_update(step)?;
         let params_count = self.non_finite.device_ptr(&s).0 + std::mem::size_of::<u32>() as u64;
         self.ops().count_non_finite(trained, params_count).map_err(program)?;
-        self.finish_update()
-    }
-
-    /// After an update queued behind `count_non_finite`: copies the two counts back, waits for the
-    /// step, and restores the parameters kept before the update if it made any non-finite.
-    fn finish_update(&mut self) -> Result<DeviceStepOutcome> {
-        let s = self.gpu.stream.clone();
         let mut counts = [0u32; 2];
         s.memcpy_dtoh(&self.non_finite, &mut counts).map_err(driver("copying the counts back"))?;
         self.transfers.to_host += 1;
         s.synchronize().map_err(driver("finishing the step"))?;
         let overflowed = counts[1] > 0;
         if overflowed {
-            let len = M::TRAINED_PARAM_COUNT;
             let mut params = self.memory.slice_mut(Region::Params).slice_mut(..len);
             s.memcpy_dtod(&self.previous, &mut params).map_err(driver("restoring the parameters"))?;
             s.synchronize().map_err(driver("restoring the parameters"))?;
@@ -612,17 +621,12 @@ impl<M: DpModel> GpuModel<M> {
         }
         self.load_batch(inputs, labels, n)?;
         self.queue_before_update(None, n)?;
-        let len = M::TRAINED_PARAM_COUNT;
-        self.queue_update(step.into())?;
-        let s = self.gpu.stream.clone();
-        let params_count = self.non_finite.device_ptr(&s).0 + std::mem::size_of::<u32>() as u64;
-        self.ops().count_non_finite(Span::new(Region::Params, 0, len), params_count).map_err(program)?;
         if n > 0 {
             let view = self.memory.slice(Region::Losses).slice(..n);
-            s.memcpy_dtoh(&view, losses).map_err(driver("copying the losses back"))?;
+            self.gpu.stream.memcpy_dtoh(&view, losses).map_err(driver("copying the losses back"))?;
             self.transfers.to_host += 1;
         }
-        self.finish_update()
+        self.finish_step(step.into())
     }
 
     /// Forward, loss and backward on a batch, then every example's loss and squared norms, copied out.
@@ -713,6 +717,12 @@ impl<M: DpModel> GpuModel<M> {
             self.resize(n, &params).map_err(|e| DeviceError::Backend(e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// A private step's clipping and update.
+    fn settings_of(&self, step: &DevicePrivateStep) -> (Clipping, UpdateStep) {
+        let clipping = Clipping { mode: step.clip_mode, norm: step.clip_norm };
+        (clipping, self.update_step(step.optimizer, step.noise_std, 1.0 / step.normaliser))
     }
 
     /// The update kernel's settings for the host optimizer's `optimizer` at one step, the gradient
@@ -924,9 +934,23 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
         step: &DevicePrivateStep,
     ) -> std::result::Result<DeviceStepOutcome, DeviceError> {
         self.make_room(n)?;
-        let clipping = Clipping { mode: step.clip_mode, norm: step.clip_norm };
-        let update = self.update_step(step.optimizer, step.noise_std, 1.0 / step.normaliser);
+        let (clipping, update) = self.settings_of(step);
         GpuModel::private_step(self, inputs, labels, n, clipping, &step.key, update)
+            .map_err(|e| DeviceError::Backend(e.to_string()))
+    }
+
+    fn private_step_with_views(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        views: usize,
+        step: &DevicePrivateStep,
+    ) -> std::result::Result<DeviceStepOutcome, DeviceError> {
+        // The device program runs on one example's views at a time.
+        self.make_room(views)?;
+        let (clipping, update) = self.settings_of(step);
+        GpuModel::private_step_with_views(self, inputs, labels, n, views, clipping, &step.key, update)
             .map_err(|e| DeviceError::Backend(e.to_string()))
     }
 

@@ -35,7 +35,12 @@
  *   patches CHANNELS HEIGHT WIDTH SIZE N TO_PATCHES: in from (N*C*H*W); out to.
  *   attnsoftmax BLOCKS STEPS SCALE CAUSAL: in scores (BLOCKS*STEPS*STEPS); out the probabilities.
  *   attnsoftmaxback BLOCKS STEPS SCALE: in probs, grad (BLOCKS*STEPS*STEPS each); out grad.
- *   addscaled LEN SCALE: in dst, src (LEN each); out dst. */
+ *   addscaled LEN SCALE: in dst, src (LEN each); out dst.
+ *   views VIEWS LEN RANGES GROUPS PER_LAYER CLIP_NORM: in the gradient sum over VIEWS views (LEN f32),
+ *     the ranges' offsets, lengths and groups (RANGES u64 each), the clipped sum (LEN f32); out the
+ *     average (LEN f32), the squared norms and factors (GROUPS f32 each), the invalid count (u32) and
+ *     the clipped sum after the example (LEN f32): views.cu's functions with one sequential sum per
+ *     range, clip.cu's factors. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +59,7 @@ static unsigned long long words_past_prefix, segments_scanned;
 #include "../kernels/sequence.cu"
 #include "../kernels/lstm.cu"
 #include "../kernels/transformer.cu"
+#include "../kernels/views.cu"
 
 static void *read_stdin(size_t bytes) {
     void *buffer = malloc(bytes ? bytes : 1);
@@ -344,6 +350,31 @@ static int attention_softmax(const char *op, char **argv) {
 
 static int noise(int argc, char **argv);
 
+static int views_example(char **argv) {
+    dp_u64 views = arg(argv, 0), len = arg(argv, 1), ranges = arg(argv, 2), groups = arg(argv, 3);
+    int per_layer = atoi(argv[4]);
+    double clip_norm = strtod(argv[5], NULL);
+    float *grad = read_stdin(len * 4);
+    dp_u64 *offsets = read_stdin(ranges * 8), *lens = read_stdin(ranges * 8), *range_group = read_stdin(ranges * 8);
+    float *sum = read_stdin(len * 4);
+    double *partials = malloc(ranges * 8 + 8);
+    float *sq_norms = malloc(groups * 4 + 4), *factors = malloc(groups * 4 + 4);
+    float inverse = 1.0f / (float)views;
+    for (dp_u64 r = 0; r < ranges; ++r)
+        partials[r] = dp_views_average_squares_of(grad, inverse, offsets[r], offsets[r] + lens[r], 1);
+    dp_views_group_norms_of(partials, 1, range_group, ranges, groups, sq_norms);
+    dp_u32 bad = (dp_u32)dp_clip_example(per_layer, clip_norm, groups, sq_norms, factors);
+    for (dp_u64 r = 0; r < ranges; ++r)
+        for (dp_u64 k = offsets[r]; k < offsets[r] + lens[r]; ++k)
+            sum[k] = dp_views_accumulate_value(sum[k], grad[k], factors[range_group[r]]);
+    fwrite(grad, 4, len, stdout);
+    fwrite(sq_norms, 4, groups, stdout);
+    fwrite(factors, 4, groups, stdout);
+    fwrite(&bad, sizeof bad, 1, stdout);
+    fwrite(sum, 4, len, stdout);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 11 && (strcmp(argv[1], "im2col") == 0 || strcmp(argv[1], "col2im") == 0))
         return conv(argv[1], argv + 2);
@@ -368,6 +399,7 @@ int main(int argc, char **argv) {
     if (argc >= 8 && strcmp(argv[1], "copystrided") == 0) return transformer(argv[1], argv + 2);
     if (argc >= 8 && strcmp(argv[1], "patches") == 0) return transformer(argv[1], argv + 2);
     if (argc >= 4 && strcmp(argv[1], "addscaled") == 0) return transformer(argv[1], argv + 2);
+    if (argc >= 8 && strcmp(argv[1], "views") == 0) return views_example(argv + 2);
     fprintf(stderr, "usage: see the comment at the top of host_harness.c\n");
     return 2;
 }

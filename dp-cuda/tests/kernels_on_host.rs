@@ -1040,3 +1040,110 @@ fn device_noisy_adam_update_equals_the_cpus_bit_for_bit() {
         }
     }
 }
+
+/// One example's views on the CPU (`dp-runtime/src/trainer/views.rs`): the gradient sum times 1/K in
+/// f32, each range's squares summed in f64, rounded to f32 and added into its group's, the clip
+/// factors, and the clipped average added into `sum` unless a norm is not finite. The average, the
+/// squared norms, the factors and the count of invalid examples.
+fn views_example_on_cpu(
+    gradient_sum: &[f32],
+    views: usize,
+    ranges: &[(usize, usize, usize)],
+    groups: usize,
+    mode: ClipMode,
+    clip_norm: f64,
+    sum: &mut [f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>, usize) {
+    let inverse = 1.0 / views as f32;
+    let average: Vec<f32> = gradient_sum.iter().map(|&g| g * inverse).collect();
+    let mut sq_norms = vec![0.0f32; groups];
+    for &(offset, len, group) in ranges {
+        let squares: f64 = average[offset..offset + len].iter().map(|&g| g as f64 * g as f64).sum();
+        sq_norms[group] += squares as f32;
+    }
+    let mut factors = vec![0.0f32; groups];
+    let bad = clip_factors(mode, clip_norm, groups, &sq_norms, &mut factors).unwrap();
+    if bad == 0 {
+        for &(offset, len, group) in ranges {
+            for (s, &a) in sum[offset..offset + len].iter_mut().zip(&average[offset..offset + len]) {
+                *s += a * factors[group];
+            }
+        }
+    }
+    (average, sq_norms, factors, bad)
+}
+
+/// The same value, bit for bit, or both NaN.
+fn same_bits(what: &str, device: &[f32], cpu: &[f32]) {
+    assert_eq!(device.len(), cpu.len(), "{what}: lengths");
+    for (k, (d, c)) in device.iter().zip(cpu).enumerate() {
+        assert!(d.to_bits() == c.to_bits() || (d.is_nan() && c.is_nan()), "{what}[{k}]: device {d}, CPU {c}");
+    }
+}
+
+/// views.cu's per-value functions (one sequential sum per range in place of the blocks') with clip.cu's
+/// factors, against the CPU's arithmetic of an example with views, bit for bit: flat and per-layer,
+/// two ranges in one group, views 1, 3 and 4, gradients clipped and not, and non-finite ones (NaN,
+/// infinite, squares past f32's range) that leave the sum exactly as it was.
+#[test]
+fn device_views_arithmetic_equals_the_cpus_bit_for_bit() {
+    let Some(exe) = harness() else { return };
+    let ranges = [(0, 7, 0), (7, 5, 1), (12, 9, 0), (21, 30, 2)];
+    let (len, groups) = (51, 3);
+    let mut seed = 90;
+    let mut clipped_some = false;
+    for mode in [ClipMode::Flat, ClipMode::PerLayer] {
+        for views in [1, 3, 4] {
+            for (scale, poison) in [
+                (0.05, None),
+                (3.0, None),
+                (1.0, Some(f32::NAN)),
+                (1.0, Some(f32::INFINITY)),
+                (1.0, Some(1e20)),
+            ] {
+                seed += 1;
+                let mut gradient_sum: Vec<f32> =
+                    values(seed, len).map(|v| ((v - 0.5) * scale * views as f64) as f32).collect();
+                if let Some(bad) = poison {
+                    gradient_sum[23] = bad;
+                }
+                let sum: Vec<f32> = values(seed + 1000, len).map(|v| (v - 0.5) as f32).collect();
+                let mut cpu_sum = sum.clone();
+                let (average, sq_norms, factors, bad) =
+                    views_example_on_cpu(&gradient_sum, views, &ranges, groups, mode, 1.0, &mut cpu_sum);
+                clipped_some |= bad == 0 && factors.iter().any(|&f| f < 1.0);
+                let per_layer = usize::from(matches!(mode, ClipMode::PerLayer));
+                let mut input: Vec<u8> = gradient_sum.iter().flat_map(|v| v.to_le_bytes()).collect();
+                for field in 0..3 {
+                    let value = |r: &(usize, usize, usize)| [r.0, r.1, r.2][field] as u64;
+                    input.extend(ranges.iter().flat_map(|r| value(r).to_le_bytes()));
+                }
+                input.extend(sum.iter().flat_map(|v| v.to_le_bytes()));
+                let args: Vec<String> = ["views", &views.to_string(), &len.to_string(), "4", "3"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain([per_layer.to_string(), "1".to_string()])
+                    .collect();
+                let out = run(&exe, &args, &input);
+                let floats = f32s(&out[..(len + 2 * groups) * 4]);
+                let device_bad = u32::from_le_bytes(out[(len + 2 * groups) * 4..][..4].try_into().unwrap());
+                let device_sum = f32s(&out[(len + 2 * groups) * 4 + 4..]);
+                let what = format!("{mode:?} views {views} scale {scale} poison {poison:?}");
+                same_bits(&format!("{what}: average"), &floats[..len], &average);
+                same_bits(&format!("{what}: squared norms"), &floats[len..len + groups], &sq_norms);
+                same_bits(&format!("{what}: factors"), &floats[len + groups..], &factors);
+                assert_eq!(device_bad as usize, bad, "{what}: invalid count");
+                assert_eq!(
+                    bad,
+                    usize::from(poison.is_some()),
+                    "{what}: the poison makes the example invalid"
+                );
+                same_bits(&format!("{what}: clipped sum"), &device_sum, &cpu_sum);
+                if poison.is_some() {
+                    same_bits(&format!("{what}: untouched sum"), &device_sum, &sum);
+                }
+            }
+        }
+    }
+    assert!(clipped_some, "no example was clipped");
+}

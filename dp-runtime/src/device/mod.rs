@@ -863,4 +863,22 @@ pub trait DeviceTraining<M: crate::DpModel>: Send {
         optimizer: &DeviceOptimizer,
         losses: &mut [f32],
     ) -> Result<DeviceStepOutcome, DeviceError>;
+    /// One DP-SGD step with augmentation multiplicity (`Trainer::augmentation_multiplicity`) on a
+    /// gathered batch of `n` examples seen as `views` augmented views each: `inputs` and `labels` hold
+    /// the `n · views` views, example-major (example i's at `i·views .. (i + 1)·views`). Per example:
+    /// the plain sum of its views' gradients (the device program's gradient sum over a batch of
+    /// `views`) times `1 / views` rounded to f32 (the CPU's average); its squared norm per group, each
+    /// trained parameter's squares summed in f64, rounded to f32 and added into its group's in
+    /// `M::PARAMS` order; its clip factors as [`clip_factors`](crate::clipping::clip_factors) gives
+    /// them; and the average times its group's factor ADDED into the step's clipped sum. An example
+    /// with a non-finite norm (factors 0) adds exactly nothing and is counted in
+    /// `non_finite_examples`. Then the noise and update of [`private_step`](Self::private_step).
+    fn private_step_with_views(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        views: usize,
+        step: &DevicePrivateStep,
+    ) -> Result<DeviceStepOutcome, DeviceError>;
 }

@@ -30,10 +30,12 @@ impl<'m, M: DpModel> Trainer<'m, M> {
     /// two counts come out; sampling, the keys and the accountant stay here. The parameters come back
     /// at the end of each epoch (for evaluation, the report and checkpoints, whose optimizer state
     /// comes from the device). SGD, Adam and AdamW (other optimizers are refused), and an
-    /// [`ema`](Self::ema) the device keeps, and [non-private diagnostics](Self::non_private_diagnostics)
-    /// (each step's losses and clip factors then come back too); secure noise, distributed runs and
-    /// augmentation multiplicity are refused on a device for now (docs/GPU.md). The device runs its
-    /// products in the trainer's [`precision`](Self::precision).
+    /// [`ema`](Self::ema) the device keeps, [`augmentation_multiplicity`](Self::augmentation_multiplicity)
+    /// (the views drawn and augmented here, as the CPU draws them, then averaged and clipped on the
+    /// device), and [non-private diagnostics](Self::non_private_diagnostics) (each step's losses and
+    /// clip factors then come back too; not with views); secure noise and distributed runs are
+    /// refused on a device for now (docs/GPU.md). The device runs its products in the trainer's
+    /// [`precision`](Self::precision).
     pub fn device(mut self, device: impl DeviceTraining<M> + 'm) -> Self {
         self.device = Some(Box::new(device));
         self

@@ -170,7 +170,10 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             let unsupported = [
                 (self.secure_noise, "secure noise"),
                 (self.distributed.is_some(), "distributed training"),
-                (self.views.is_some(), "augmentation multiplicity"),
+                (
+                    self.views.is_some() && non_private_diagnostics,
+                    "non-private diagnostics with augmentation multiplicity",
+                ),
             ];
             if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
                 return Err(Error::invalid(
@@ -386,7 +389,6 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     let stats = match (aggregator.as_mut(), distributed.as_mut()) {
                         (None, None) if on_device => {
                             let dev = device.as_mut().expect("matched on is_some");
-                            train.gather(&indices, &mut device_inputs, &mut device_labels);
                             // The key the CPU's chunked draw would take from the noise stream: a seeded
                             // run draws the same noise on either.
                             let mut key = [0u8; 32];
@@ -400,9 +402,26 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                                 optimizer: optimizer.on_device(at).expect("checked before the first step"),
                             };
                             let n = indices.len();
-                            let outcome = dev
-                                .private_step(&device_inputs, &device_labels, n, &settings)
-                                .map_err(device_error)?;
+                            // With views, they are drawn and augmented here as the CPU draws them.
+                            let outcome = match engine.gather_views(
+                                train,
+                                &indices,
+                                &mut device_inputs,
+                                &mut device_labels,
+                            ) {
+                                Some(views) => dev.private_step_with_views(
+                                    &device_inputs,
+                                    &device_labels,
+                                    n,
+                                    views,
+                                    &settings,
+                                ),
+                                None => {
+                                    train.gather(&indices, &mut device_inputs, &mut device_labels);
+                                    dev.private_step(&device_inputs, &device_labels, n, &settings)
+                                }
+                            }
+                            .map_err(device_error)?;
                             overflowed = outcome.overflowed;
                             let mut stats = BatchStats {
                                 non_finite: outcome.non_finite_examples,

@@ -108,6 +108,22 @@ impl<M: DpModel> StepEngine<M> {
         self
     }
 
+    /// With augmentation multiplicity: the batch at `indices` as its views, drawn as
+    /// [`clipped_sum`](Self::clipped_sum) draws them (the same stream, in batch order) and augmented
+    /// into `inputs` and `labels`, example-major; returns the views per example. `None`, and nothing
+    /// drawn, without views.
+    pub fn gather_views(
+        &mut self,
+        data: &Dataset<M::Input>,
+        indices: &[usize],
+        inputs: &mut Vec<M::Input>,
+        labels: &mut Vec<f32>,
+    ) -> Option<usize> {
+        let views = self.views.as_mut()?;
+        views.gather(data, indices, inputs, labels);
+        Some(views.count())
+    }
+
     /// The largest number of examples per model call.
     pub fn max_chunk(&self) -> usize {
         self.max_chunk

@@ -183,6 +183,33 @@ impl<M: DpModel> Views<M> {
         Ok(())
     }
 
+    /// Draws the views of the batch at `indices`, as [`clipped_sum`](Self::clipped_sum) does, and
+    /// writes them augmented into `inputs` and their labels into `labels`: `count` views per example,
+    /// example-major (what a device's step with views takes).
+    pub fn gather(
+        &mut self,
+        data: &Dataset<M::Input>,
+        indices: &[usize],
+        inputs: &mut Vec<M::Input>,
+        labels: &mut Vec<f32>,
+    ) {
+        self.draw(indices.len());
+        let (job, _) = self.split();
+        let views_len = job.count * data.example_len();
+        inputs.resize(indices.len() * views_len, M::Input::default());
+        labels.clear();
+        for ((&index, choices), views) in
+            indices.iter().zip(job.choices.chunks_exact(job.count)).zip(inputs.chunks_exact_mut(views_len))
+        {
+            job.augment(data, index, choices, views, labels);
+        }
+    }
+
+    /// The views per example.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
     /// What the workers read, beside the workers themselves.
     fn split(&mut self) -> (Job<'_, M::Input>, &mut [Worker<M::Input>]) {
         let job = Job {
@@ -235,6 +262,25 @@ struct Job<'a, T> {
     choices: &'a [ViewChoice],
 }
 
+impl<T: crate::model::InputElem> Job<'_, T> {
+    /// Example `index` seen as the views `choices`: each augmented into its image of `views` (one
+    /// image per choice), and the example's label appended to `labels` once per view.
+    fn augment(
+        &self,
+        data: &Dataset<T>,
+        index: usize,
+        choices: &[ViewChoice],
+        views: &mut [T],
+        labels: &mut Vec<f32>,
+    ) {
+        let image = data.input(index);
+        for (view, &choice) in views.chunks_exact_mut(image.len()).zip(choices) {
+            self.augmentation.apply(self.shape, choice, image, view, self.padding);
+            labels.extend_from_slice(data.label(index));
+        }
+    }
+}
+
 impl<T: crate::model::InputElem> Worker<T> {
     /// Example `index`'s gradient averaged over the views `choices` and clipped, into `gradient`.
     /// Returns false, and counts the example as non-finite, when the average is not finite (a
@@ -247,14 +293,9 @@ impl<T: crate::model::InputElem> Worker<T> {
         index: usize,
         choices: &[ViewChoice],
     ) -> Result<bool> {
-        let image = data.input(index);
-        let len = image.len();
-        self.inputs.resize(job.count * len, T::default());
+        self.inputs.resize(job.count * data.example_len(), T::default());
         self.labels.clear();
-        for (view, &choice) in self.inputs.chunks_exact_mut(len).zip(choices) {
-            job.augmentation.apply(job.shape, choice, image, view, job.padding);
-            self.labels.extend_from_slice(data.label(index));
-        }
+        job.augment(data, index, choices, &mut self.inputs, &mut self.labels);
         // The views' summed gradient in one forward and backward pass, then 1/K for the average.
         self.gradient.fill(0.0);
         let batch = Batch { inputs: &self.inputs, labels: &self.labels, size: job.count };
