@@ -23,7 +23,7 @@ use crate::clipping::ClipMode;
 use crate::data::augment::Augmentation;
 use crate::data::Dataset;
 use crate::device::{DeviceError, DevicePrivateStep, DeviceTraining};
-use crate::distributed::step::DistributedRun;
+use crate::distributed::step::{DeviceStepSettings, DistributedRun};
 use crate::distributed::{Group, Shard};
 use crate::error::{Error, Result};
 use crate::model::{DpModel, Loss, Precision, Workspace};
@@ -169,7 +169,6 @@ impl<'m, M: DpModel> Trainer<'m, M> {
         if device.is_some() {
             let unsupported = [
                 (self.secure_noise, "secure noise"),
-                (self.distributed.is_some(), "distributed training"),
                 (self.views.is_some(), "augmentation multiplicity"),
                 (non_private_diagnostics, "non-private diagnostics"),
             ];
@@ -357,7 +356,8 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 dev.start_average().map_err(device_error)?;
             }
         }
-        let (mut device_inputs, mut device_labels) = (Vec::new(), Vec::new());
+        // A device step's batch, gathered on the host (in a distributed run, this rank's part of it).
+        let mut device_batch = (Vec::new(), Vec::new());
         let mut epochs = Vec::new();
         let mut indices = Vec::new();
         let mut previous = model.params().to_vec();
@@ -386,7 +386,8 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     let stats = match (aggregator.as_mut(), distributed.as_mut()) {
                         (None, None) if on_device => {
                             let dev = device.as_mut().expect("matched on is_some");
-                            train.gather(&indices, &mut device_inputs, &mut device_labels);
+                            let (device_inputs, device_labels) = &mut device_batch;
+                            train.gather(&indices, device_inputs, device_labels);
                             // The key the CPU's chunked draw would take from the noise stream: a seeded
                             // run draws the same noise on either.
                             let mut key = [0u8; 32];
@@ -401,7 +402,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                             };
                             let n = indices.len();
                             let outcome = dev
-                                .private_step(&device_inputs, &device_labels, n, &settings)
+                                .private_step(device_inputs, device_labels, n, &settings)
                                 .map_err(device_error)?;
                             overflowed = outcome.overflowed;
                             BatchStats {
@@ -409,6 +410,26 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                                 examples: n,
                                 ..BatchStats::default()
                             }
+                        }
+                        (None, Some(run)) if on_device => {
+                            let dev = device.as_mut().expect("matched on is_some");
+                            let settings = DeviceStepSettings { clip_mode, clip_norm, noise_std };
+                            let stats = run.device_step(
+                                dev.as_mut(),
+                                train,
+                                &indices,
+                                Some(&mut noise_stream),
+                                settings,
+                                &mut device_batch,
+                            )?;
+                            let update = optimizer.on_device(at).expect("checked before the first step");
+                            let updated = dev
+                                .released_update(run.released(), plan.normaliser(), update)
+                                .map_err(device_error);
+                            overflowed = matches!(updated, Ok(true));
+                            // Before anything that might return: a rank whose device failed stops every rank.
+                            run.agree(updated.map(drop))?;
+                            stats
                         }
                         (None, Some(run)) => {
                             let stats = run.step(
@@ -461,7 +482,10 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     }
                     if let Some(ema) = ema.as_mut() {
                         match device.as_mut() {
-                            Some(dev) => dev.fold_average(ema.advance()).map_err(device_error)?,
+                            Some(dev) => {
+                                let folded = dev.fold_average(ema.advance()).map_err(device_error);
+                                agreed(distributed.as_mut(), folded)?
+                            }
                             None => ema.update(model.params()),
                         }
                     }
@@ -475,10 +499,12 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 }
                 total_non_finite += non_finite;
                 if let Some(dev) = device.as_mut() {
-                    dev.download(model.params_mut()).map_err(device_error)?;
-                    if let Some(ema) = ema.as_mut() {
-                        dev.download_average(ema.average_mut()).map_err(device_error)?;
+                    // Every rank: each returns its trained model, and their devices hold the same one.
+                    let mut downloaded = dev.download(model.params_mut());
+                    if let (Ok(()), Some(ema)) = (&downloaded, ema.as_mut()) {
+                        downloaded = dev.download_average(ema.average_mut());
                     }
+                    agreed(distributed.as_mut(), downloaded.map_err(device_error))?;
                 }
                 let spent = plan.epsilon()?;
                 let (eval_loss, accuracy) = match eval {
@@ -510,18 +536,21 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 // Saved before it is reported: an epoch anyone has seen reported is never lost to a crash.
                 let mut written = Ok(());
                 if let Some(path) = checkpoint_path {
-                    let optimizer = match device.as_mut() {
-                        Some(dev) => dev.optimizer_state().map_err(device_error)?,
-                        None => optimizer.state(),
+                    // A device that cannot give its state fails the write, which every rank agrees on.
+                    let state = match device.as_mut() {
+                        Some(dev) => dev.optimizer_state().map_err(device_error),
+                        None => Ok(optimizer.state()),
                     };
-                    let saved = Checkpoint {
-                        params: model.params().to_vec(),
-                        optimizer,
-                        steps: step,
-                        ledger: plan.ledger().clone(),
-                        identity: RunIdentity::of_plan::<M>(&plan).with_ranks(ranks),
-                    };
-                    written = checkpoint::save::<M>(path, &saved);
+                    written = state.and_then(|optimizer| {
+                        let saved = Checkpoint {
+                            params: model.params().to_vec(),
+                            optimizer,
+                            steps: step,
+                            ledger: plan.ledger().clone(),
+                            identity: RunIdentity::of_plan::<M>(&plan).with_ranks(ranks),
+                        };
+                        checkpoint::save::<M>(path, &saved)
+                    });
                     if written.is_ok() {
                         last_checkpoint = Some(step);
                     }
@@ -597,6 +626,16 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             warnings,
             diagnostics,
         })
+    }
+}
+
+/// A device call's `outcome`, agreed by every rank of a distributed run (a device error on one rank
+/// becomes every rank's [`Error::RankFailed`], so no rank waits on one that stopped); as it is in one
+/// process.
+fn agreed(distributed: Option<&mut DistributedRun<'_>>, outcome: Result<()>) -> Result<()> {
+    match distributed {
+        Some(run) => run.agree(outcome),
+        None => outcome,
     }
 }
 
