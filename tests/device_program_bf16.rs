@@ -6,7 +6,9 @@
 //! backend rounds exactly as the CPU's bf16 products do, so where the two programs round the same
 //! operands they agree as closely as in f32; `tests/gpu_programs.rs` runs these programs on a GPU.
 
-use dp::device::{DeviceError, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region};
+use dp::device::{
+    DeviceError, DeviceOptimizer, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region,
+};
 use dp::models::{AdultFfnn, AdultLogReg, MnistCnn};
 use dp::optim::{OptimizerState, Sgd};
 use dp::prelude::*;
@@ -202,6 +204,21 @@ impl<M: DpModel> DeviceTraining<M> for &mut PrecisionProbe {
         _step: &DevicePrivateStep,
     ) -> Result<DeviceStepOutcome, DeviceError> {
         Ok(DeviceStepOutcome { non_finite_examples: 0, overflowed: false })
+    }
+    fn clipped_sum_to_host(
+        &mut self,
+        _inputs: &[M::Input],
+        _labels: &[f32],
+        _n: usize,
+        _clip_mode: dp::clipping::ClipMode,
+        _clip_norm: f64,
+        sum: &mut [f32],
+    ) -> Result<usize, DeviceError> {
+        sum.fill(0.0);
+        Ok(0)
+    }
+    fn released_update(&mut self, _: &[f64], _: f64, _: DeviceOptimizer) -> Result<bool, DeviceError> {
+        Ok(false)
     }
 }
 

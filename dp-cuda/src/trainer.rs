@@ -20,7 +20,7 @@ use dp_runtime::DpModel;
 
 use crate::device::{driver, Gpu, NoiseTables, SgdBuffers, SgdStep};
 use crate::error::{CudaError, Result};
-use crate::graphs::{GraphKey, StepGraphs};
+use crate::graphs::{BeforeUpdate, GraphKey, StepGraphs};
 use crate::noise::{key_words, THREADS};
 use crate::program::{GpuOps, RegionMemory};
 use crate::staging::Staging;
@@ -72,6 +72,9 @@ pub struct GpuModel<M: DpModel> {
     graphs: StepGraphs,
     /// Pinned host memory the batch and the key are copied in through.
     staging: Staging,
+    /// Pinned host memory a distributed step's released vector R (f64) is copied in through,
+    /// allocated at the first [`released_update`](Self::released_update).
+    released_staging: Option<Staging>,
     /// The precision of the products the program marks `Operands::OfPrecision`.
     precision: Precision,
     model: PhantomData<M>,
@@ -190,6 +193,7 @@ impl<M: DpModel> GpuModel<M> {
             graphs: StepGraphs::default(),
             precision: Precision::F32,
             staging,
+            released_staging: None,
             model: PhantomData,
         })
     }
@@ -229,7 +233,8 @@ impl<M: DpModel> GpuModel<M> {
     }
 
     /// The copies between host and device so far, counted at every copy a step makes (a private step
-    /// makes four: inputs, labels and key in, the two counts out).
+    /// makes four: inputs, labels and key in, the two counts out; a distributed rank's step six:
+    /// inputs and labels in, the clipped sum and the counts out, then R in and the counts out).
     pub fn transfers(&self) -> Transfers {
         self.transfers
     }
@@ -422,38 +427,146 @@ impl<M: DpModel> GpuModel<M> {
     ) -> Result<DeviceStepOutcome> {
         self.load_batch(inputs, labels, n)?;
         self.load_key(key)?;
-        self.queue_before_update(Some(clipping), n)?;
+        self.queue_before_update(BeforeUpdate::PrivateStep(clipping), n)?;
+        let [non_finite_examples, non_finite_params] = self.finish_update(step.into())?;
+        Ok(DeviceStepOutcome {
+            non_finite_examples: non_finite_examples as usize,
+            overflowed: non_finite_params > 0,
+        })
+    }
+
+    /// A distributed rank's part of a private step (`docs/DISTRIBUTED.md`): the norms, clip factors
+    /// and clipped sum of `n` examples, the sum copied out into `sum` (`TRAINED_PARAM_COUNT` values:
+    /// the one vector a step sends to the host, for the reduce over ranks). No noise and no update:
+    /// [`released_update`](Self::released_update) follows with rank 0's R. Copies in the batch, out
+    /// the sum and the counts; returns the examples whose norm was not finite.
+    pub fn clipped_sum_out(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        clipping: Clipping,
+        sum: &mut [f32],
+    ) -> Result<usize> {
+        let len = M::TRAINED_PARAM_COUNT;
+        if sum.len() != len {
+            return Err(CudaError::Mismatch(format!("a clipped sum of {} values for {len}", sum.len())));
+        }
+        self.load_batch(inputs, labels, n)?;
+        self.queue_before_update(BeforeUpdate::ClippedSum(clipping), n)?;
+        let s = self.gpu.stream.clone();
+        if len > 0 {
+            let view = self.memory.slice(Region::Grad).slice(..len);
+            s.memcpy_dtoh(&view, sum).map_err(driver("copying the clipped sum back"))?;
+            self.transfers.to_host += 1;
+        }
+        let mut counts = [0u32; 2];
+        s.memcpy_dtoh(&self.non_finite, &mut counts).map_err(driver("copying the counts back"))?;
+        self.transfers.to_host += 1;
+        s.synchronize().map_err(driver("finishing the clipped sum"))?;
+        Ok(counts[0] as usize)
+    }
+
+    /// A distributed step's update from R = S + σC·z (`TRAINED_PARAM_COUNT` values, f64), copied in
+    /// through pinned memory into the normals buffer: the update kernels' gradient
+    /// `(sum + noise_std·z)·(1/B)` with a zero sum and `noise_std` = 1 is `(0 + R)·(1/B)`, exactly
+    /// `NoisyGradient::released`'s `R·(1/B)`, so no kernel of its own. `step` is built with
+    /// `noise_std` 1 ([`released_step`](Self::released_step)). Copies R in and the counts out; the
+    /// parameters before an overflowing update are restored. Returns whether it overflowed.
+    pub fn released_update(&mut self, released: &[f64], step: impl Into<UpdateStep>) -> Result<bool> {
+        let len = M::TRAINED_PARAM_COUNT;
+        if released.len() != len {
+            return Err(CudaError::Mismatch(format!(
+                "a released vector of {} values for {len}",
+                released.len()
+            )));
+        }
+        if self.released_staging.is_none() {
+            self.released_staging = Some(Staging::new(&self.gpu, 2 * len)?);
+        }
+        let staging = self.released_staging.as_mut().expect("allocated above");
+        staging.start(&self.gpu)?;
+        let s = self.gpu.stream.clone();
+        s.memset_zeros(&mut self.non_finite).map_err(driver("zeroing the counts"))?;
+        if len > 0 {
+            let dst = self.normals.device_ptr(&s).0;
+            staging.copy_in(&self.gpu, released, dst)?;
+            self.transfers.to_device += 1;
+            self.zero_grad()?;
+            let params = self.memory.slice(Region::Params).slice(..len);
+            s.memcpy_dtod(&params, &mut self.previous).map_err(driver("keeping the parameters"))?;
+        }
+        let [_, non_finite_params] = self.finish_update(step.into())?;
+        Ok(non_finite_params > 0)
+    }
+
+    /// The update step of `optimizer` for a released vector R: noise standard deviation 1 on the
+    /// normals buffer that holds R, and 1 / `normaliser`.
+    pub fn released_step(&self, optimizer: DeviceOptimizer, normaliser: f64) -> UpdateStep {
+        self.update_step(optimizer, 1.0, 1.0 / normaliser)
+    }
+
+    /// The update step of `optimizer` with noise of standard deviation `noise_std` on the normals and
+    /// the sum divided by 1 / `inverse_batch`.
+    fn update_step(&self, optimizer: DeviceOptimizer, noise_std: f64, inverse_batch: f64) -> UpdateStep {
+        match optimizer {
+            DeviceOptimizer::Sgd(sgd) => UpdateStep::Sgd(SgdStep {
+                noise_std,
+                inverse_batch,
+                lr: sgd.lr,
+                momentum: sgd.momentum,
+                weight_decay: sgd.weight_decay,
+                first: self.first_update,
+                nesterov: sgd.nesterov,
+            }),
+            DeviceOptimizer::Adam(adam) => UpdateStep::Adam(AdamStep { noise_std, inverse_batch, adam }),
+        }
+    }
+
+    /// Queues `step`'s update and the count of the parameters it made non-finite, copies the counts
+    /// out (examples with a non-finite norm, non-finite parameters) and, if the update overflowed,
+    /// restores the parameters kept in `previous`.
+    fn finish_update(&mut self, step: UpdateStep) -> Result<[u32; 2]> {
         let s = self.gpu.stream.clone();
         let len = M::TRAINED_PARAM_COUNT;
         let trained = Span::new(Region::Params, 0, len);
-        self.queue_update(step.into())?;
+        self.queue_update(step)?;
         let params_count = self.non_finite.device_ptr(&s).0 + std::mem::size_of::<u32>() as u64;
         self.ops().count_non_finite(trained, params_count).map_err(program)?;
         let mut counts = [0u32; 2];
         s.memcpy_dtoh(&self.non_finite, &mut counts).map_err(driver("copying the counts back"))?;
         self.transfers.to_host += 1;
         s.synchronize().map_err(driver("finishing the step"))?;
-        let overflowed = counts[1] > 0;
-        if overflowed {
+        if counts[1] > 0 {
             let mut params = self.memory.slice_mut(Region::Params).slice_mut(..len);
             s.memcpy_dtod(&self.previous, &mut params).map_err(driver("restoring the parameters"))?;
             s.synchronize().map_err(driver("restoring the parameters"))?;
         }
-        Ok(DeviceStepOutcome { non_finite_examples: counts[0] as usize, overflowed })
+        Ok(counts)
+    }
+
+    /// Grows the regions for a batch of `n` examples if it is larger than any before (the one
+    /// reallocation of a run), keeping the parameters.
+    fn ensure_room(&mut self, n: usize) -> Result<()> {
+        if n > self.max_batch {
+            let params = self.read(Region::Params, M::PARAM_COUNT)?;
+            self.resize(n, &params)?;
+        }
+        Ok(())
     }
 
     /// Queues everything of a step between its copies in and its update (a private step's with
     /// `clipping`, a non-private one's without): replayed from the graph of this batch size and
     /// clipping, captured now if there is none, or launched one by one.
-    fn queue_before_update(&mut self, clipping: Option<Clipping>, n: usize) -> Result<()> {
+    fn queue_before_update(&mut self, before: BeforeUpdate, n: usize) -> Result<()> {
         if self.graphs.usable() {
-            let key = GraphKey::new(n, clipping);
+            let key = GraphKey::new(n, before);
             if let Some(graph) = self.graphs.get(&key) {
                 graph.launch().map_err(driver("replaying a step's graph"))?;
                 self.graphs.count_replay();
                 return Ok(());
             }
-            match self.capture_before_update(clipping, n) {
+            match self.capture_before_update(before, n) {
                 Ok(graph) => {
                     self.graphs.insert(key, graph).launch().map_err(driver("launching a step's graph"))?;
                     self.graphs.count_replay();
@@ -463,24 +576,28 @@ impl<M: DpModel> GpuModel<M> {
                 Err(why) => self.graphs.turn_off(why),
             }
         }
-        self.launch_before_update(clipping, n)?;
+        self.launch_before_update(before, n)?;
         self.graphs.count_eager();
         Ok(())
     }
 
     /// The launches of [`queue_before_update`](Self::queue_before_update): the gradient zeroed, the
     /// forward and backward, the norms, the clip factors, the clipped sum, the noise under the loaded
-    /// key, and a copy of the trained parameters to restore should the update overflow; without
-    /// clipping, the forward and backward and the plain gradient sum.
-    fn launch_before_update(&mut self, clipping: Option<Clipping>, n: usize) -> Result<()> {
+    /// key, and a copy of the trained parameters to restore should the update overflow; a
+    /// distributed rank's stops at the clipped sum; without clipping, the forward and backward and
+    /// the plain gradient sum.
+    fn launch_before_update(&mut self, before: BeforeUpdate, n: usize) -> Result<()> {
         self.zero_grad()?;
-        let Some(clipping) = clipping else {
-            if n > 0 {
-                let mut ops = self.ops();
-                M::device_forward_backward(&mut ops, n).map_err(program)?;
-                M::device_gradient_sum(&mut ops, n).map_err(program)?;
+        let clipping = match before {
+            BeforeUpdate::PrivateStep(clipping) | BeforeUpdate::ClippedSum(clipping) => clipping,
+            BeforeUpdate::GradientSum => {
+                if n > 0 {
+                    let mut ops = self.ops();
+                    M::device_forward_backward(&mut ops, n).map_err(program)?;
+                    M::device_gradient_sum(&mut ops, n).map_err(program)?;
+                }
+                return Ok(());
             }
-            return Ok(());
         };
         if n > 0 {
             let mut ops = self.ops();
@@ -490,6 +607,10 @@ impl<M: DpModel> GpuModel<M> {
         self.queue_clip_factors(clipping, n)?;
         if n > 0 {
             M::device_clipped_sum(&mut self.ops(), n).map_err(program)?;
+        }
+        if let BeforeUpdate::ClippedSum(_) = before {
+            // The sum is copied out for the reduce; R comes back with the noise in it.
+            return Ok(());
         }
         self.queue_noise_draw()?;
         let len = M::TRAINED_PARAM_COUNT;
@@ -505,13 +626,13 @@ impl<M: DpModel> GpuModel<M> {
     /// says why it could not.
     fn capture_before_update(
         &mut self,
-        clipping: Option<Clipping>,
+        before: BeforeUpdate,
         n: usize,
     ) -> std::result::Result<CudaGraph, String> {
         let s = self.gpu.stream.clone();
         s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| format!("beginning a capture: {e}"))?;
-        let queued = self.launch_before_update(clipping, n);
+        let queued = self.launch_before_update(before, n);
         // The capture always ends, so that the stream leaves capture mode whatever failed.
         let ended = s.end_capture(CUgraphInstantiate_flags(0));
         queued.map_err(|e| format!("capturing a step: {e}"))?;
@@ -585,7 +706,7 @@ impl<M: DpModel> GpuModel<M> {
     /// private step's cost with.
     pub fn non_private_step(&mut self, inputs: &[M::Input], labels: &[f32], n: usize, lr: f64) -> Result<()> {
         self.load_batch(inputs, labels, n)?;
-        self.queue_before_update(None, n)?;
+        self.queue_before_update(BeforeUpdate::GradientSum, n)?;
         let step = SgdStep {
             noise_std: 0.0,
             inverse_batch: 1.0 / n.max(1) as f64,
@@ -840,27 +961,36 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
         n: usize,
         step: &DevicePrivateStep,
     ) -> std::result::Result<DeviceStepOutcome, DeviceError> {
-        if n > self.max_batch {
-            // A Poisson batch larger than any before: the arena grows (the one reallocation of a run).
-            let params =
-                self.read(Region::Params, M::PARAM_COUNT).map_err(|e| DeviceError::Backend(e.to_string()))?;
-            self.resize(n, &params).map_err(|e| DeviceError::Backend(e.to_string()))?;
-        }
+        // A Poisson batch larger than any before: the arena grows.
+        self.ensure_room(n).map_err(|e| DeviceError::Backend(e.to_string()))?;
         let clipping = Clipping { mode: step.clip_mode, norm: step.clip_norm };
-        let (noise_std, inverse_batch) = (step.noise_std, 1.0 / step.normaliser);
-        let update = match step.optimizer {
-            DeviceOptimizer::Sgd(sgd) => UpdateStep::Sgd(SgdStep {
-                noise_std,
-                inverse_batch,
-                lr: sgd.lr,
-                momentum: sgd.momentum,
-                weight_decay: sgd.weight_decay,
-                first: self.first_update,
-                nesterov: sgd.nesterov,
-            }),
-            DeviceOptimizer::Adam(adam) => UpdateStep::Adam(AdamStep { noise_std, inverse_batch, adam }),
-        };
+        let update = self.update_step(step.optimizer, step.noise_std, 1.0 / step.normaliser);
         GpuModel::private_step(self, inputs, labels, n, clipping, &step.key, update)
             .map_err(|e| DeviceError::Backend(e.to_string()))
+    }
+
+    fn clipped_sum_to_host(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        clip_mode: ClipMode,
+        clip_norm: f64,
+        sum: &mut [f32],
+    ) -> std::result::Result<usize, DeviceError> {
+        self.ensure_room(n).map_err(|e| DeviceError::Backend(e.to_string()))?;
+        let clipping = Clipping { mode: clip_mode, norm: clip_norm };
+        self.clipped_sum_out(inputs, labels, n, clipping, sum)
+            .map_err(|e| DeviceError::Backend(e.to_string()))
+    }
+
+    fn released_update(
+        &mut self,
+        released: &[f64],
+        normaliser: f64,
+        optimizer: DeviceOptimizer,
+    ) -> std::result::Result<bool, DeviceError> {
+        let step = self.released_step(optimizer, normaliser);
+        GpuModel::released_update(self, released, step).map_err(|e| DeviceError::Backend(e.to_string()))
     }
 }
