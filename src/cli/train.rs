@@ -166,8 +166,9 @@ pub struct TrainArgs {
     /// bf16, f32 accumulation; the per-example norms, clipped sums, noise and optimizer stay f32).
     #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
     pub precision: Precision,
-    /// Where the private steps run: cpu, or cuda:N (a build with the `cuda` feature; models with a
-    /// device program, SGD or Adam, f32; docs/GPU.md). Evaluation stays on the CPU.
+    /// Where the private steps run: cpu, cuda:N, or cuda (under mpirun each rank's
+    /// cuda:<local rank mod GPUs on its node>; alone, cuda:0) (a build with the `cuda` feature; models
+    /// with a device program, SGD or Adam; docs/GPU.md). Evaluation stays on the CPU.
     #[arg(long, default_value = "cpu", value_parser = super::parse_device)]
     pub device: super::DeviceArg,
 }
@@ -615,12 +616,19 @@ where
     }
 }
 
-/// The trainer with its private steps on GPU `ordinal` (batches up to the expected size plus five
+/// The trainer with its private steps on GPU `ordinal`, or for `None` this rank's
+/// ([`gpu_of_local_rank`](super::gpu_of_local_rank)) (batches up to the expected size plus five
 /// standard deviations allocated ahead; a larger one grows the device arena).
 #[cfg(feature = "cuda")]
-fn on_gpu<'m, M: DpModel>(trainer: Trainer<'m, M>, ordinal: usize, batch: usize) -> Result<Trainer<'m, M>> {
-    use dp_cuda::device::Gpu;
+fn on_gpu<'m, M: DpModel>(
+    trainer: Trainer<'m, M>,
+    ordinal: Option<usize>,
+    batch: usize,
+) -> Result<Trainer<'m, M>> {
+    use dp_cuda::device::{device_count, Gpu};
     use dp_cuda::trainer::GpuModel;
+    let ordinal = ordinal
+        .unwrap_or_else(|| super::gpu_of_local_rank(distributed::launcher_local_rank(), device_count()));
     let gpu = Gpu::open(ordinal).map_err(|e| Error::invalid("device", e.to_string()))?;
     let room = batch + 5 * (batch as f64).sqrt().ceil() as usize;
     // Placeholder values: `fit` uploads the model's parameters before the first step.
@@ -634,7 +642,7 @@ fn on_gpu<'m, M: DpModel>(trainer: Trainer<'m, M>, ordinal: usize, batch: usize)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn on_gpu<'m, M: DpModel>(_: Trainer<'m, M>, _: usize, _: usize) -> Result<Trainer<'m, M>> {
+fn on_gpu<'m, M: DpModel>(_: Trainer<'m, M>, _: Option<usize>, _: usize) -> Result<Trainer<'m, M>> {
     Err(Error::invalid(
         "device",
         "needs a dp built with the `cuda` feature (cargo build --release --features cuda)",
