@@ -4,7 +4,8 @@
 //! one reduce brings the sums to rank 0, which adds the noise it alone draws and broadcasts the
 //! released vector R = S + σC·z (f64); every rank then applies the same update. One extra value rides
 //! on the reduce (this rank failed) and on the broadcast (some rank failed), so a failure costs no
-//! message while none happens.
+//! message while none happens. On a device ([`DistributedRun::device_step`]) the clipped sum comes
+//! from the rank's device and the rest is the same code.
 
 use super::group::Group;
 use super::{indices_in_shard, Shard};

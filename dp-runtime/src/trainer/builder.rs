@@ -30,9 +30,12 @@ impl<'m, M: DpModel> Trainer<'m, M> {
     /// two counts come out; sampling, the keys and the accountant stay here. The parameters come back
     /// at the end of each epoch (for evaluation, the report and checkpoints, whose optimizer state
     /// comes from the device). SGD, Adam and AdamW (other optimizers are refused), and an
-    /// [`ema`](Self::ema) the device keeps; secure noise, distributed runs, augmentation multiplicity
-    /// and non-private diagnostics are refused on a device for now (docs/GPU.md). The device runs its
-    /// products in the trainer's [`precision`](Self::precision).
+    /// [`ema`](Self::ema) the device keeps; secure noise, augmentation multiplicity and non-private
+    /// diagnostics are refused on a device for now (docs/GPU.md). The device runs its products in the
+    /// trainer's [`precision`](Self::precision). With [`distributed`](Self::distributed) every rank
+    /// has its own device: each step its clipped sum comes out for the reduce and rank 0's released
+    /// vector goes back in for the update (docs/DISTRIBUTED.md, "On devices"); a device error on any
+    /// rank stops every rank with the same [`Error::RankFailed`].
     pub fn device(mut self, device: impl DeviceTraining<M> + 'm) -> Self {
         self.device = Some(Box::new(device));
         self
