@@ -666,15 +666,9 @@ fn gpu_clipped_sum_out_and_released_update() {
     let bad = on_gpu.clipped_sum_out(&inputs, &labels, n, clipping, &mut sum).unwrap();
     let after = on_gpu.transfers();
     assert_eq!((after.to_device - before.to_device, after.to_host - before.to_host), (2, 2));
-    assert_eq!(bad, 1, "the poisoned example's norm is not finite");
-    let mut ws = Workspace::new::<AdultFfnn>(n);
-    let (mut losses, mut sq) = (vec![0.0; n], vec![0.0; n * AdultFfnn::GROUPS.len()]);
-    let batch = Batch { inputs: &inputs, labels: &labels, size: n };
-    model.per_example_norms(&mut ws, batch, &mut losses, &mut sq);
-    let mut factors = vec![0.0; sq.len()];
-    clip_factors(ClipMode::Flat, 1.0, AdultFfnn::GROUPS.len(), &sq, &mut factors).unwrap();
-    let mut cpu_sum = vec![0.0; len];
-    model.clipped_sum(&mut ws, batch, &factors, &mut cpu_sum);
+    let cpu = dense_models::cpu_reference(&model, &inputs, &labels, n, 1.0);
+    assert_eq!(bad, cpu.non_finite, "the poisoned example's norm is not finite");
+    let cpu_sum = cpu.clipped_sum;
     let diff = sum.iter().zip(&cpu_sum).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     say(&format!("released update: the clipped sum copied out differs from the CPU's by {diff:.3e}"));
     assert!(diff <= 1e-4, "the clipped sum copied out differs from the CPU's by {diff}");
