@@ -1034,3 +1034,55 @@ fn a_device_failing_on_one_rank_stops_every_rank() {
         }
     }
 }
+
+/// A distributed run on devices writes checkpoints (rank 0, its optimizer state from its device) and
+/// resumes from them: cut after 7 steps and resumed by both ranks, with SGD (momentum) and Adam, every
+/// rank ends where the CPU's distributed run cut and resumed alike does, and the last checkpoints'
+/// optimizer states agree.
+#[test]
+fn a_distributed_run_on_devices_checkpoints_and_resumes_like_the_cpu() {
+    fn check<O: Optimizer + 'static>(name: &str, seed: u64, make: impl Fn() -> O + Sync) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (inputs, labels) = batch::<Deep>(&mut rng, 600, false);
+        let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
+        let initial = Deep::init(&mut rng).params().to_vec();
+        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("distributed-device-resume-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let finals = [RanksOn::Cpu, RanksOn::Devices { fault: None }].map(|on| {
+            let path = dir.join(format!("{}.safetensors", matches!(on, RanksOn::Cpu)));
+            let cut = distributed_runs::<Deep>(&data, &initial, 2, on, &|t| {
+                t.optimizer(make()).epochs(2).max_steps(7).checkpoint(&path)
+            });
+            let cut_params = cut.into_iter().map(|o| o.unwrap().0).collect::<Vec<_>>();
+            let saved = dp::checkpoint::load::<Deep>(&path).unwrap();
+            assert_eq!((saved.steps, saved.optimizer.updates, saved.identity.ranks), (7, 7, 2), "{name}");
+            assert_eq!(saved.params, cut_params[0], "{name}: the checkpoint holds rank 0's parameters");
+            let resumed = distributed_runs::<Deep>(&data, &initial, 2, on, &|t| {
+                t.optimizer(make()).epochs(2).resume_from(&path).checkpoint(&path)
+            });
+            let params = resumed.into_iter().map(|o| o.unwrap().0).collect::<Vec<_>>();
+            (params, dp::checkpoint::load::<Deep>(&path).unwrap().optimizer)
+        });
+        let [(cpu, cpu_state), (dev, dev_state)] = finals;
+        let moved = largest_difference(&cpu[0], &initial);
+        assert!(moved > 0.01, "{name}: training moved the parameters by {moved}");
+        for rank in 0..2 {
+            let diff = largest_difference(&dev[rank], &cpu[rank]);
+            eprintln!("{name} rank {rank}: resumed on devices and on the CPU, the runs differ by {diff:.3e}");
+            assert!(diff <= 1e-6, "{name} rank {rank}: the resumed runs differ by {diff}");
+        }
+        assert_eq!(
+            (dev_state.kind.as_str(), dev_state.updates),
+            (cpu_state.kind.as_str(), cpu_state.updates)
+        );
+        for ((n, c), (_, d)) in cpu_state.buffers.iter().zip(&dev_state.buffers) {
+            let scale = c.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+            assert!(largest_difference(c, d) <= 1e-5 * scale.max(1.0), "{name}: the checkpoints' {n} differ");
+        }
+        assert_eq!(cpu_state.buffers.len(), dev_state.buffers.len(), "{name}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    check("sgd", 54, || Sgd::new(0.1).momentum(0.9));
+    check("adam", 55, || Adam::new(0.01).weight_decay(1e-3));
+}
