@@ -272,7 +272,16 @@ struct HostTraining<M: DpModel> {
     steps: u64,
     /// The moving average of the parameters, once started.
     average: Vec<f32>,
+    /// A device error injected at one step (0-based), to test how a distributed run stops.
+    fault: Option<(Fault, u64)>,
     model: std::marker::PhantomData<M>,
+}
+
+/// Where [`HostTraining`] injects a device error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    ClippedSum,
+    Update,
 }
 
 impl<M: DpModel> HostTraining<M> {
@@ -282,6 +291,7 @@ impl<M: DpModel> HostTraining<M> {
             state: OptimizerState { kind: "sgd".into(), updates: 0, buffers: Vec::new() },
             steps: 0,
             average: Vec::new(),
+            fault: None,
             model: std::marker::PhantomData,
         }
     }
@@ -370,25 +380,7 @@ where
         n: usize,
         step: &DevicePrivateStep,
     ) -> Result<DeviceStepOutcome, DeviceError> {
-        let (groups, len) = (M::GROUPS.len(), M::TRAINED_PARAM_COUNT);
-        let d = &mut self.dev;
-        d.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * n]);
-        TestInput::load(d, inputs);
-        d.set(Region::Labels, labels.to_vec());
-        d.set(Region::Losses, vec![0.0; n]);
-        d.set(Region::SqNorms, vec![0.0; n * groups]);
-        d.set(Region::Grad, vec![0.0; len]);
-        let mut factors = vec![0.0; n * groups];
-        if n > 0 {
-            M::device_forward_backward(d, n)?;
-            M::device_norms(d, n)?;
-        }
-        let bad = clip_factors(step.clip_mode, step.clip_norm, groups, d.get(Region::SqNorms), &mut factors)
-            .unwrap();
-        d.set(Region::Factors, factors);
-        if n > 0 {
-            M::device_clipped_sum(d, n)?;
-        }
+        let bad = self.clipped_sum_on_device(inputs, labels, n, step.clip_mode, step.clip_norm)?;
         self.noisy_update(step, bad)
     }
 
@@ -412,7 +404,7 @@ where
         }
         losses.copy_from_slice(d.get(Region::Losses));
         let sum = d.get(Region::Grad).to_vec();
-        let overflowed = self.update(*optimizer, NoisyGradient::new(&sum, None, 0.0, n as f64))?;
+        let overflowed = self.update(NoisyGradient::new(&sum, None, 0.0, n as f64), *optimizer)?;
         Ok(DeviceStepOutcome { non_finite_examples: 0, overflowed })
     }
 
@@ -427,12 +419,82 @@ where
         self.clipped_sum_of_averages(inputs, labels, n, views, step)
             .and_then(|bad| self.noisy_update(step, bad))
     }
+
+    fn clipped_sum_to_host(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        clip_mode: dp::clipping::ClipMode,
+        clip_norm: f64,
+        sum: &mut [f32],
+    ) -> Result<usize, DeviceError> {
+        if self.fault == Some((Fault::ClippedSum, self.steps)) {
+            return Err(DeviceError::Backend(format!(
+                "injected fault in the clipped sum of step {}",
+                self.steps
+            )));
+        }
+        let bad = self.clipped_sum_on_device(inputs, labels, n, clip_mode, clip_norm)?;
+        sum.copy_from_slice(self.dev.get(Region::Grad));
+        Ok(bad)
+    }
+
+    fn released_update(
+        &mut self,
+        released: &[f64],
+        normaliser: f64,
+        optimizer: DeviceOptimizer,
+    ) -> Result<bool, DeviceError> {
+        if self.fault == Some((Fault::Update, self.steps)) {
+            return Err(DeviceError::Backend(format!("injected fault in the update of step {}", self.steps)));
+        }
+        self.update(NoisyGradient::released(released, normaliser), optimizer)
+    }
 }
 
-impl<M: DpModel> HostTraining<M> {
-    /// The CPU optimizer `described` applies `gradient` to the trained parameters, from and back to
-    /// the state held here; an overflowing update leaves the parameters as they were.
-    fn update(&mut self, described: DeviceOptimizer, gradient: NoisyGradient) -> Result<bool, DeviceError> {
+impl<M: DpModel> HostTraining<M>
+where
+    M::Input: TestInput,
+{
+    /// The device program's norms and clipped sum of `n` examples, with the CPU's clip factors: the
+    /// sum in `Region::Grad`; the examples whose norm was not finite.
+    fn clipped_sum_on_device(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        clip_mode: dp::clipping::ClipMode,
+        clip_norm: f64,
+    ) -> Result<usize, DeviceError> {
+        let (groups, len) = (M::GROUPS.len(), M::TRAINED_PARAM_COUNT);
+        let d = &mut self.dev;
+        d.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * n]);
+        TestInput::load(d, inputs);
+        d.set(Region::Labels, labels.to_vec());
+        d.set(Region::Losses, vec![0.0; n]);
+        d.set(Region::SqNorms, vec![0.0; n * groups]);
+        d.set(Region::Grad, vec![0.0; len]);
+        let mut factors = vec![0.0; n * groups];
+        if n > 0 {
+            M::device_forward_backward(d, n)?;
+            M::device_norms(d, n)?;
+        }
+        let bad = clip_factors(clip_mode, clip_norm, groups, d.get(Region::SqNorms), &mut factors).unwrap();
+        d.set(Region::Factors, factors);
+        if n > 0 {
+            M::device_clipped_sum(d, n)?;
+        }
+        Ok(bad)
+    }
+
+    /// The CPU optimizer `described` names, from the state the last update left, applied to the
+    /// trained parameters with `gradient`; whether it overflowed (the parameters are then kept).
+    fn update(
+        &mut self,
+        gradient: NoisyGradient<'_>,
+        described: DeviceOptimizer,
+    ) -> Result<bool, DeviceError> {
         let len = M::TRAINED_PARAM_COUNT;
         let mut optimizer = optimizer_of(described);
         let state = std::mem::take(&mut self.state);
@@ -974,7 +1036,7 @@ where
         }
         let sum = self.dev.get(Region::Grad).to_vec();
         let gradient = NoisyGradient::with_drawn_noise(&sum, &z, step.noise_std, step.normaliser);
-        let overflowed = self.update(step.optimizer, gradient)?;
+        let overflowed = self.update(gradient, step.optimizer)?;
         Ok(DeviceStepOutcome { non_finite_examples: bad, overflowed })
     }
 
@@ -1170,4 +1232,257 @@ fn diagnostics_with_views_on_a_device_are_refused() {
         .to_string();
     assert!(error.contains("non-private diagnostics with augmentation multiplicity"), "{error}");
     assert_eq!(model.params(), &before[..]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Distributed training on devices: the ranks of a thread group (`ThreadGroup`), each with its own
+// host training state, against the CPU's distributed run and one process.
+
+/// Where the ranks of [`distributed_runs`] train: on the CPU, or each on its own `HostTraining`, the
+/// one of rank `.0` failing as `.1` says at step `.2`.
+#[derive(Debug, Clone, Copy)]
+enum RanksOn {
+    Cpu,
+    Devices { fault: Option<(usize, Fault, u64)> },
+}
+
+/// Every rank's outcome (its model's parameters and report) of `M` trained from `initial` by `ranks`
+/// threads of one group, each on its shard of `data` (rank 0 evaluating on all of it), with the
+/// settings of [`train_on_both`] and then `configure`'s.
+fn distributed_runs<M: DpModel>(
+    data: &dp::Dataset<M::Input>,
+    initial: &[f32],
+    ranks: usize,
+    on: RanksOn,
+    configure: &(dyn for<'m> Fn(dp::Trainer<'m, M>) -> dp::Trainer<'m, M> + Sync),
+) -> Vec<dp::Result<(Vec<f32>, dp::Report)>>
+where
+    M::Input: TestInput + Sync,
+{
+    use dp::distributed::{shard_range, take_shard, Shard, ThreadGroup};
+    let n = data.len();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = ThreadGroup::new(ranks)
+            .into_iter()
+            .enumerate()
+            .map(|(rank, group)| {
+                scope.spawn(move || {
+                    let shard = take_shard(data, shard_range(n, rank, ranks)).unwrap();
+                    let mut model = M::from_params(initial.to_vec());
+                    let mut trainer = configure(seeded_trainer(&mut model))
+                        .distributed(group, Shard::of_rank(n, rank, ranks));
+                    if let RanksOn::Devices { fault } = on {
+                        let mut device = HostTraining::<M>::new();
+                        device.fault = fault.filter(|&(r, _, _)| r == rank).map(|(_, f, step)| (f, step));
+                        trainer = trainer.device(device);
+                    }
+                    let report = trainer.fit(&shard, Some(data))?;
+                    Ok((model.params().to_vec(), report))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// The seeded settings every run of the distributed device tests shares (those of [`train_on_both`]).
+fn seeded_trainer<M: DpModel>(model: &mut M) -> dp::Trainer<'_, M> {
+    dp::Trainer::new(model)
+        .clip_norm(1.0)
+        .noise_multiplier(0.8)
+        .expected_batch_size(64)
+        .seed(3)
+        .allow_large_delta(true)
+        .quiet(true)
+}
+
+/// `M` trained by K ranks on devices, by K ranks on the CPU and by one process on the CPU, seeded
+/// alike: every rank of both distributed runs ends where the one process does (parameters to
+/// `tolerance`, frozen ones bit for bit), with its steps, ε, noise multiplier and sampling rate, and
+/// rank 0 with its accuracy.
+fn distributed_devices_follow_the_cpu<M: DpModel>(
+    name: &str,
+    data: &dp::Dataset<M::Input>,
+    initial: &[f32],
+    ranks: usize,
+    tolerance: f32,
+    configure: &(dyn for<'m> Fn(dp::Trainer<'m, M>) -> dp::Trainer<'m, M> + Sync),
+) where
+    M::Input: TestInput + Sync,
+{
+    let mut single = M::from_params(initial.to_vec());
+    let single_report = configure(seeded_trainer(&mut single)).fit(data, Some(data)).unwrap();
+    let trained = M::TRAINED_PARAM_COUNT;
+    let moved = largest_difference(&single.params()[..trained], &initial[..trained]);
+    assert!(moved > 0.01, "{name}: training moved the parameters by {moved}");
+    let mut on_cpu = Vec::new();
+    for on in [RanksOn::Cpu, RanksOn::Devices { fault: None }] {
+        for (rank, outcome) in
+            distributed_runs::<M>(data, initial, ranks, on, configure).into_iter().enumerate()
+        {
+            let (params, report) = outcome.unwrap_or_else(|e| panic!("{name} {on:?} rank {rank}: {e}"));
+            let diff = largest_difference(&params, single.params());
+            eprintln!("{name} {on:?} K = {ranks} rank {rank}: differs from one process by {diff:.3e}");
+            assert!(diff <= tolerance, "{name} {on:?} rank {rank}: differs from one process by {diff}");
+            match on {
+                RanksOn::Cpu => on_cpu.push(params.clone()),
+                RanksOn::Devices { .. } => {
+                    let diff = largest_difference(&params, &on_cpu[rank]);
+                    assert!(diff <= tolerance, "{name} rank {rank}: differs from the CPU's rank by {diff}");
+                }
+            }
+            assert_eq!(&params[trained..], &initial[trained..], "{name} {on:?}: frozen parameters changed");
+            let fields = |r: &dp::Report| (r.steps, r.epsilon, r.noise_multiplier, r.sampling_rate);
+            assert_eq!(fields(&report), fields(&single_report), "{name} {on:?} rank {rank}");
+            if rank == 0 {
+                assert_eq!(report.accuracy, single_report.accuracy, "{name} {on:?}");
+                assert_eq!(report.epochs.len(), single_report.epochs.len(), "{name} {on:?}");
+            }
+        }
+    }
+}
+
+/// `Trainer::distributed` with `Trainer::device`: K = 2 and 3 ranks of `Deep`, each with its own host
+/// training state, take the single-process batches (a seeded run's shared sampling key), reduce
+/// their devices' clipped sums, and apply rank 0's R = S + σC·z, its noise drawn as the CPU's step
+/// draws it: every rank ends where the CPU's distributed run and one process do, with SGD (momentum),
+/// with Adam, and with a moving average that every rank's device folds.
+#[test]
+fn distributed_runs_on_devices_follow_the_cpu() {
+    let mut rng = ChaCha8Rng::seed_from_u64(49);
+    let (inputs, labels) = batch::<Deep>(&mut rng, 600, false);
+    let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = Deep::init(&mut rng).params().to_vec();
+    for ranks in [2, 3] {
+        distributed_devices_follow_the_cpu::<Deep>("sgd", &data, &initial, ranks, 1e-6, &|t| {
+            t.optimizer(Sgd::new(0.1).momentum(0.9)).steps(20)
+        });
+        distributed_devices_follow_the_cpu::<Deep>("adam", &data, &initial, ranks, 1e-6, &|t| {
+            t.optimizer(Adam::new(0.01).weight_decay(1e-3)).steps(20)
+        });
+    }
+    distributed_devices_follow_the_cpu::<Deep>("ema", &data, &initial, 2, 1e-6, &|t| {
+        t.optimizer(Sgd::new(0.1).momentum(0.9)).epochs(2).ema(0.8)
+    });
+}
+
+/// Frozen layers in a distributed run on devices: only the trained prefix is reduced, released and
+/// updated; the frozen parameters stay as they were on every rank.
+#[test]
+fn distributed_runs_on_devices_follow_the_cpu_with_frozen_layers() {
+    use rand::Rng;
+    let mut rng = ChaCha8Rng::seed_from_u64(50);
+    let (inputs, labels) = batch::<TokenLora>(&mut rng, 400, false);
+    let data = dp::Dataset::new(inputs, labels, TokenLora::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial: Vec<f32> =
+        TokenLora::init(&mut rng).params().iter().map(|p| p + rng.random_range(-0.3..0.3)).collect();
+    assert!(TokenLora::TRAINED_PARAM_COUNT < initial.len(), "the model has frozen parameters");
+    distributed_devices_follow_the_cpu::<TokenLora>("frozen", &data, &initial, 2, 1e-6, &|t| {
+        t.optimizer(Sgd::new(0.5).momentum(0.9)).steps(12)
+    });
+}
+
+/// A device error on one rank of a distributed run, in its clipped sum or in its update, stops every
+/// rank with the same `RankFailed` naming that rank and carrying its message (no rank waits on it).
+#[test]
+fn a_device_failing_on_one_rank_stops_every_rank() {
+    let mut rng = ChaCha8Rng::seed_from_u64(51);
+    let (inputs, labels) = batch::<Deep>(&mut rng, 300, false);
+    let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = Deep::init(&mut rng).params().to_vec();
+    let cases = [
+        (1, Fault::ClippedSum, "injected fault in the clipped sum of step 4"),
+        (2, Fault::Update, "injected fault in the update of step 4"),
+        (0, Fault::Update, "injected fault in the update of step 4"),
+    ];
+    for (failing, fault, expected) in cases {
+        let on = RanksOn::Devices { fault: Some((failing, fault, 4)) };
+        let outcomes =
+            distributed_runs::<Deep>(&data, &initial, 3, on, &|t| t.optimizer(Sgd::new(0.1)).epochs(3));
+        for (rank, outcome) in outcomes.into_iter().enumerate() {
+            let error = outcome.err().unwrap_or_else(|| panic!("{fault:?}: rank {rank} did not fail"));
+            match error.root() {
+                dp::Error::RankFailed { rank: named, ranks: 3, message } => {
+                    assert_eq!(*named, failing, "{fault:?}: rank {rank}");
+                    assert!(message.contains(expected), "{fault:?}: rank {rank}: {message}");
+                }
+                other => panic!("{fault:?}: rank {rank}: expected rank {failing}'s failure, got {other}"),
+            }
+            // Steps were spent before the failure: the error says so.
+            assert!(matches!(error, dp::Error::Interrupted { .. }), "{fault:?}: rank {rank}: {error}");
+        }
+    }
+}
+
+/// A distributed run on devices writes checkpoints (rank 0, its optimizer state from its device) and
+/// resumes from them: cut after 7 steps and resumed by both ranks, with SGD (momentum) and Adam, every
+/// rank ends where the CPU's distributed run cut and resumed alike does, and the last checkpoints'
+/// optimizer states agree.
+#[test]
+fn a_distributed_run_on_devices_checkpoints_and_resumes_like_the_cpu() {
+    fn check<O: Optimizer + 'static>(name: &str, seed: u64, make: impl Fn() -> O + Sync) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (inputs, labels) = batch::<Deep>(&mut rng, 600, false);
+        let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
+        let initial = Deep::init(&mut rng).params().to_vec();
+        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("distributed-device-resume-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let finals = [RanksOn::Cpu, RanksOn::Devices { fault: None }].map(|on| {
+            let path = dir.join(format!("{}.safetensors", matches!(on, RanksOn::Cpu)));
+            let cut = distributed_runs::<Deep>(&data, &initial, 2, on, &|t| {
+                t.optimizer(make()).epochs(2).max_steps(7).checkpoint(&path)
+            });
+            let cut_params = cut.into_iter().map(|o| o.unwrap().0).collect::<Vec<_>>();
+            let saved = dp::checkpoint::load::<Deep>(&path).unwrap();
+            assert_eq!((saved.steps, saved.optimizer.updates, saved.identity.ranks), (7, 7, 2), "{name}");
+            assert_eq!(saved.params, cut_params[0], "{name}: the checkpoint holds rank 0's parameters");
+            let resumed = distributed_runs::<Deep>(&data, &initial, 2, on, &|t| {
+                t.optimizer(make()).epochs(2).resume_from(&path).checkpoint(&path)
+            });
+            let params = resumed.into_iter().map(|o| o.unwrap().0).collect::<Vec<_>>();
+            (params, dp::checkpoint::load::<Deep>(&path).unwrap().optimizer)
+        });
+        let [(cpu, cpu_state), (dev, dev_state)] = finals;
+        let moved = largest_difference(&cpu[0], &initial);
+        assert!(moved > 0.01, "{name}: training moved the parameters by {moved}");
+        for rank in 0..2 {
+            let diff = largest_difference(&dev[rank], &cpu[rank]);
+            eprintln!("{name} rank {rank}: resumed on devices and on the CPU, the runs differ by {diff:.3e}");
+            assert!(diff <= 1e-6, "{name} rank {rank}: the resumed runs differ by {diff}");
+        }
+        assert_eq!(
+            (dev_state.kind.as_str(), dev_state.updates),
+            (cpu_state.kind.as_str(), cpu_state.updates)
+        );
+        for ((n, c), (_, d)) in cpu_state.buffers.iter().zip(&dev_state.buffers) {
+            let scale = c.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+            assert!(largest_difference(c, d) <= 1e-5 * scale.max(1.0), "{name}: the checkpoints' {n} differ");
+        }
+        assert_eq!(cpu_state.buffers.len(), dev_state.buffers.len(), "{name}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    check("sgd", 54, || Sgd::new(0.1).momentum(0.9));
+    check("adam", 55, || Adam::new(0.01).weight_decay(1e-3));
+}
+
+/// Augmentation multiplicity in a distributed run on devices is refused on every rank (before any
+/// collective, so no rank waits on another), with an error naming it.
+#[test]
+fn views_in_a_distributed_run_on_devices_are_refused() {
+    use dp::data::augment::Augmentation;
+    let mut rng = ChaCha8Rng::seed_from_u64(53);
+    let (inputs, labels) = batch::<SmallConv>(&mut rng, 40, false);
+    let data = dp::Dataset::new(inputs, labels, SmallConv::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = SmallConv::init(&mut rng).params().to_vec();
+    let augmentation = Augmentation { crop_padding: 2, horizontal_flip: true, padding_value: -0.5 };
+    let on = RanksOn::Devices { fault: None };
+    let outcomes = distributed_runs::<SmallConv>(&data, &initial, 2, on, &|t| {
+        t.optimizer(Sgd::new(0.1)).steps(2).augmentation_multiplicity(3, augmentation)
+    });
+    assert_eq!(outcomes.len(), 2);
+    for outcome in outcomes {
+        let error = outcome.expect_err("refused").to_string();
+        assert!(error.contains("augmentation multiplicity in a distributed run"), "{error}");
+    }
 }

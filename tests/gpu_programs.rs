@@ -701,3 +701,142 @@ fn gpu_trainer_with_views_follows_the_cpu_trainer() {
     assert!(!outcome.overflowed);
     assert_eq!((after.to_device - before.to_device, after.to_host - before.to_host), (3, 1));
 }
+
+/// `AdultFfnn` trained seeded by `ranks` ranks (threads of one `ThreadGroup`), each on its shard and
+/// on its own `GpuModel` of GPU 0 when `on_gpu` (else on the CPU): every rank's parameters and report.
+fn ffnn_ranks(
+    data: &dp::Dataset<f32>,
+    initial: &[f32],
+    ranks: usize,
+    on_gpu: bool,
+    configure: &(dyn for<'m> Fn(dp::Trainer<'m, AdultFfnn>) -> dp::Trainer<'m, AdultFfnn> + Sync),
+) -> Vec<(Vec<f32>, dp::Report)> {
+    use dp::distributed::{shard_range, take_shard, Shard, ThreadGroup};
+    let n = data.len();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = ThreadGroup::new(ranks)
+            .into_iter()
+            .enumerate()
+            .map(|(rank, group)| {
+                scope.spawn(move || {
+                    let shard = take_shard(data, shard_range(n, rank, ranks)).unwrap();
+                    let mut model = AdultFfnn::from_params(initial.to_vec());
+                    let mut trainer = configure(
+                        dp::Trainer::new(&mut model)
+                            .clip_norm(1.0)
+                            .noise_multiplier(0.8)
+                            .expected_batch_size(128)
+                            .seed(3)
+                            .quiet(true),
+                    )
+                    .distributed(group, Shard::of_rank(n, rank, ranks));
+                    if on_gpu {
+                        let gpu = Gpu::open(0).unwrap();
+                        trainer = trainer.device(GpuModel::<AdultFfnn>::new(gpu, initial, 128).unwrap());
+                    }
+                    let report = trainer.fit(&shard, Some(data)).unwrap();
+                    (model.params().to_vec(), report)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// A distributed run on GPUs (two and three ranks in threads, each with its own `GpuModel` on GPU 0)
+/// against the CPU's distributed run and one process on the CPU, seeded alike, with SGD (momentum) and
+/// Adam: every rank's clipped sum comes off its GPU, rank 0's noise is the CPU's, R goes back into
+/// each GPU's update; the parameters agree to rounding, ε and the steps exactly (written 2026-12-04;
+/// not yet run on a GPU).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_distributed_runs_follow_the_cpu() {
+    let Some(_gpu) = gpu("distributed") else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(52);
+    let (inputs, labels) = batch::<AdultFfnn>(&mut rng, 2_000, false);
+    let data = dp::Dataset::new(inputs, labels, AdultFfnn::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = AdultFfnn::init(&mut rng).params().to_vec();
+    let largest = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    type Configure = dyn for<'m> Fn(dp::Trainer<'m, AdultFfnn>) -> dp::Trainer<'m, AdultFfnn> + Sync;
+    let sgd: &Configure = &|t| t.optimizer(Sgd::new(0.5).momentum(0.9)).steps(24);
+    let adam: &Configure = &|t| t.optimizer(dp::optim::Adam::new(0.01).weight_decay(1e-3)).steps(24);
+    for (name, configure) in [("sgd", sgd), ("adam", adam)] {
+        let mut single = AdultFfnn::from_params(initial.clone());
+        let single_report = configure(
+            dp::Trainer::new(&mut single)
+                .clip_norm(1.0)
+                .noise_multiplier(0.8)
+                .expected_batch_size(128)
+                .seed(3)
+                .quiet(true),
+        )
+        .fit(&data, Some(&data))
+        .unwrap();
+        let moved = largest(single.params(), &initial);
+        assert!(moved > 0.01, "{name}: training moved the parameters by {moved}");
+        for ranks in [2, 3] {
+            let on_cpu = ffnn_ranks(&data, &initial, ranks, false, configure);
+            for (rank, (params, report)) in
+                ffnn_ranks(&data, &initial, ranks, true, configure).iter().enumerate()
+            {
+                let diff = largest(params, single.params());
+                let diff_cpu_ranks = largest(params, &on_cpu[rank].0);
+                say(&format!(
+                    "distributed {name}, K = {ranks}, rank {rank}: differs from one process by {diff:.3e}, \
+                     from the CPU's rank by {diff_cpu_ranks:.3e} (moved {moved:.3})"
+                ));
+                assert!(diff <= 1e-3 * moved, "{name} K = {ranks} rank {rank}: differs by {diff}");
+                assert!(diff_cpu_ranks <= 1e-3 * moved, "{name} K = {ranks} rank {rank}");
+                assert_eq!((report.steps, report.epsilon), (single_report.steps, single_report.epsilon));
+            }
+        }
+    }
+}
+
+/// A distributed rank's two halves on the GPU directly: the clipped sum it copies out equals the CPU
+/// program's (to rounding), and the update from a released vector R equals the CPU optimizer's
+/// `NoisyGradient::released` update bit for bit (R in the normals buffer, a zero sum, noise_std 1), with
+/// the copies counted: inputs and labels in, the sum and the counts out; R in, the counts out
+/// (written 2026-12-04; not yet run on a GPU).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_clipped_sum_out_and_released_update() {
+    let Some(gpu) = gpu("released update") else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(53);
+    let n = 37;
+    let (inputs, labels) = batch::<AdultFfnn>(&mut rng, n, true);
+    let model = AdultFfnn::init(&mut rng);
+    let mut on_gpu = GpuModel::<AdultFfnn>::new(gpu, model.params(), 64).unwrap();
+    let clipping = Clipping { mode: ClipMode::Flat, norm: 1.0 };
+    let len = AdultFfnn::TRAINED_PARAM_COUNT;
+    let before = on_gpu.transfers();
+    let mut sum = vec![f32::NAN; len];
+    let bad = on_gpu.clipped_sum_out(&inputs, &labels, n, clipping, &mut sum).unwrap();
+    let after = on_gpu.transfers();
+    assert_eq!((after.to_device - before.to_device, after.to_host - before.to_host), (2, 2));
+    let cpu = dense_models::cpu_reference(&model, &inputs, &labels, n, 1.0);
+    assert_eq!(bad, cpu.non_finite, "the poisoned example's norm is not finite");
+    let cpu_sum = cpu.clipped_sum;
+    let diff = sum.iter().zip(&cpu_sum).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    say(&format!("released update: the clipped sum copied out differs from the CPU's by {diff:.3e}"));
+    assert!(diff <= 1e-4, "the clipped sum copied out differs from the CPU's by {diff}");
+
+    let released: Vec<f64> =
+        cpu_sum.iter().enumerate().map(|(i, &s)| s as f64 + 0.3 * (i as f64).sin()).collect();
+    let described = dp::device::DeviceSgd { lr: 0.5, momentum: 0.0, nesterov: false, weight_decay: 1e-3 };
+    let step = on_gpu.released_step(dp::device::DeviceOptimizer::Sgd(described), 64.0);
+    let before = on_gpu.transfers();
+    let overflowed = on_gpu.released_update(&released, step).unwrap();
+    let after = on_gpu.transfers();
+    assert!(!overflowed);
+    assert_eq!((after.to_device - before.to_device, after.to_host - before.to_host), (1, 1));
+    let mut expected = model.params().to_vec();
+    Sgd::new(0.5).weight_decay(1e-3).step(
+        &mut expected[..len],
+        NoisyGradient::released(&released, 64.0),
+        StepInfo { step: 0, total_steps: 1 },
+    );
+    let got = on_gpu.params().unwrap();
+    let differing = got.iter().zip(&expected).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    assert_eq!(differing, 0, "{differing} parameters differ from the CPU's released update");
+}

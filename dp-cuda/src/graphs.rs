@@ -7,7 +7,7 @@
 //! a run captures a few dozen), and every graph is dropped when the regions are allocated again. What
 //! changes every step stays out of the graphs: the batch and the key are copied in before a replay
 //! (into the same addresses), and the update, whose learning rate follows the schedule, is launched
-//! after it.
+//! after it. A distributed rank's graph stops at the clipped sum, which is copied out for the reduce.
 //!
 //! A capture that fails (a library call that cannot be captured, a driver without graphs) turns graphs
 //! off for the model: its steps launch one by one from then on, with the same results, and
@@ -20,19 +20,37 @@ use dp_runtime::clipping::ClipMode;
 
 use crate::trainer::Clipping;
 
-/// What a captured graph depends on besides the model: the batch size and the clipping (none: a
-/// non-private step, whose graph is the plain gradient sum's).
+/// What a step queues before its update, and so what its graph holds.
+#[derive(Debug, Clone, Copy)]
+pub enum BeforeUpdate {
+    /// A non-private step's: the forward, the backward and the plain gradient sum.
+    GradientSum,
+    /// A private step's: the norms, clip factors and clipped sum, and the noise under the loaded key.
+    PrivateStep(Clipping),
+    /// A distributed rank's (`docs/DISTRIBUTED.md`): a private step's without the noise, which rank 0
+    /// draws on the host.
+    ClippedSum(Clipping),
+}
+
+/// What a captured graph depends on besides the model: the batch size, the clipping (none: a
+/// non-private step, whose graph is the plain gradient sum's) and whether it draws the noise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct GraphKey {
     n: usize,
     /// Per-layer clipping and the bits of C.
     clipping: Option<(bool, u64)>,
+    noise: bool,
 }
 
 impl GraphKey {
-    pub fn new(n: usize, clipping: Option<Clipping>) -> Self {
+    pub fn new(n: usize, before: BeforeUpdate) -> Self {
+        let (clipping, noise) = match before {
+            BeforeUpdate::GradientSum => (None, false),
+            BeforeUpdate::PrivateStep(clipping) => (Some(clipping), true),
+            BeforeUpdate::ClippedSum(clipping) => (Some(clipping), false),
+        };
         let clipping = clipping.map(|c| (matches!(c.mode, ClipMode::PerLayer), c.norm.to_bits()));
-        GraphKey { n, clipping }
+        GraphKey { n, clipping, noise }
     }
 }
 
@@ -154,22 +172,23 @@ mod tests {
     }
 
     #[test]
-    fn a_graph_key_separates_batch_sizes_clipping_and_the_non_private_step() {
+    fn a_graph_key_separates_batch_sizes_clipping_the_noise_and_the_non_private_step() {
         let flat = Clipping { mode: ClipMode::Flat, norm: 1.0 };
         let per_layer = Clipping { mode: ClipMode::PerLayer, norm: 1.0 };
         let looser = Clipping { mode: ClipMode::Flat, norm: 2.0 };
         let keys = [
-            GraphKey::new(128, Some(flat)),
-            GraphKey::new(129, Some(flat)),
-            GraphKey::new(128, Some(per_layer)),
-            GraphKey::new(128, Some(looser)),
-            GraphKey::new(128, None),
+            GraphKey::new(128, BeforeUpdate::PrivateStep(flat)),
+            GraphKey::new(129, BeforeUpdate::PrivateStep(flat)),
+            GraphKey::new(128, BeforeUpdate::PrivateStep(per_layer)),
+            GraphKey::new(128, BeforeUpdate::PrivateStep(looser)),
+            GraphKey::new(128, BeforeUpdate::GradientSum),
+            GraphKey::new(128, BeforeUpdate::ClippedSum(flat)),
         ];
         for (i, a) in keys.iter().enumerate() {
             for b in &keys[i + 1..] {
                 assert_ne!(a, b);
             }
         }
-        assert_eq!(GraphKey::new(128, Some(flat)), keys[0]);
+        assert_eq!(GraphKey::new(128, BeforeUpdate::PrivateStep(flat)), keys[0]);
     }
 }

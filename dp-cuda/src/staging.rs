@@ -45,11 +45,11 @@ impl Staging {
         Ok(())
     }
 
-    /// Writes `values` (32-bit values of any type: their bits) into the next piece and queues its
-    /// copy to `dst` on the stream.
+    /// Writes `values` (plain values of any type whose size is a whole number of 32-bit words: their
+    /// bits) into the next piece and queues its copy to `dst` on the stream.
     pub fn copy_in<T: Copy>(&mut self, gpu: &Gpu, values: &[T], dst: CUdeviceptr) -> Result<()> {
-        const { assert!(std::mem::size_of::<T>() == 4) };
-        let (from, len) = (self.used, values.len());
+        const { assert!(std::mem::size_of::<T>() > 0 && std::mem::size_of::<T>().is_multiple_of(4)) };
+        let (from, len) = (self.used, values.len() * (std::mem::size_of::<T>() / 4));
         if from + len > self.words.len() {
             return Err(crate::error::CudaError::Mismatch(format!(
                 "{len} values past the {} words of pinned memory ({from} used)",
@@ -57,8 +57,8 @@ impl Staging {
             )));
         }
         let ptr = self.words.as_mut_ptr().map_err(driver("reaching pinned host memory"))?;
-        // SAFETY: `from + len` words are inside the allocation (checked above); T is 4 bytes of plain
-        // data, copied as bits; no copy reads this piece (the stream was idle at `start`, and pieces
+        // SAFETY: `from + len` words are inside the allocation (checked above); T is `len` words of
+        // plain data in all, copied as bits; no copy reads this piece (the stream was idle at `start`, and pieces
         // handed out since do not overlap).
         let piece = unsafe {
             let piece = std::slice::from_raw_parts_mut(ptr.add(from), len);

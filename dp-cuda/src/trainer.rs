@@ -20,7 +20,7 @@ use dp_runtime::DpModel;
 
 use crate::device::{driver, Gpu, NoiseTables, SgdBuffers, SgdStep};
 use crate::error::{CudaError, Result};
-use crate::graphs::{GraphKey, StepGraphs};
+use crate::graphs::{BeforeUpdate, GraphKey, StepGraphs};
 use crate::noise::{key_words, THREADS};
 use crate::program::{GpuOps, RegionMemory};
 use crate::staging::Staging;
@@ -74,6 +74,9 @@ pub struct GpuModel<M: DpModel> {
     graphs: StepGraphs,
     /// Pinned host memory the batch and the key are copied in through.
     staging: Staging,
+    /// Pinned host memory a distributed step's released vector R (f64) is copied in through,
+    /// allocated at the first [`released_update`](Self::released_update).
+    released_staging: Option<Staging>,
     /// The precision of the products the program marks `Operands::OfPrecision`.
     precision: Precision,
     /// Augmentation multiplicity's buffers, from its first step on (`trainer/views.rs`).
@@ -195,6 +198,7 @@ impl<M: DpModel> GpuModel<M> {
             precision: Precision::F32,
             staging,
             views: None,
+            released_staging: None,
             model: PhantomData,
         })
     }
@@ -433,8 +437,78 @@ impl<M: DpModel> GpuModel<M> {
     ) -> Result<DeviceStepOutcome> {
         self.load_batch(inputs, labels, n)?;
         self.load_key(key)?;
-        self.queue_before_update(Some(clipping), n)?;
+        self.queue_before_update(BeforeUpdate::PrivateStep(clipping), n)?;
         self.finish_step(step.into())
+    }
+
+    /// A distributed rank's part of a private step (`docs/DISTRIBUTED.md`): the norms, clip factors
+    /// and clipped sum of `n` examples, the sum copied out into `sum` (`TRAINED_PARAM_COUNT` values:
+    /// the one vector a step sends to the host, for the reduce over ranks). No noise and no update:
+    /// [`released_update`](Self::released_update) follows with rank 0's R. Copies in the batch, out
+    /// the sum and the counts; returns the examples whose norm was not finite.
+    pub fn clipped_sum_out(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        clipping: Clipping,
+        sum: &mut [f32],
+    ) -> Result<usize> {
+        let len = M::TRAINED_PARAM_COUNT;
+        if sum.len() != len {
+            return Err(CudaError::Mismatch(format!("a clipped sum of {} values for {len}", sum.len())));
+        }
+        self.load_batch(inputs, labels, n)?;
+        self.queue_before_update(BeforeUpdate::ClippedSum(clipping), n)?;
+        let s = self.gpu.stream.clone();
+        if len > 0 {
+            let view = self.memory.slice(Region::Grad).slice(..len);
+            s.memcpy_dtoh(&view, sum).map_err(driver("copying the clipped sum back"))?;
+            self.transfers.to_host += 1;
+        }
+        let mut counts = [0u32; 2];
+        s.memcpy_dtoh(&self.non_finite, &mut counts).map_err(driver("copying the counts back"))?;
+        self.transfers.to_host += 1;
+        s.synchronize().map_err(driver("finishing the clipped sum"))?;
+        Ok(counts[0] as usize)
+    }
+
+    /// A distributed step's update from R = S + σC·z (`TRAINED_PARAM_COUNT` values, f64), copied in
+    /// through pinned memory into the normals buffer: the update kernels' gradient
+    /// `(sum + noise_std·z)·(1/B)` with a zero sum and `noise_std` = 1 is `(0 + R)·(1/B)`, exactly
+    /// `NoisyGradient::released`'s `R·(1/B)`, so no kernel of its own. `step` is built with
+    /// `noise_std` 1 ([`released_step`](Self::released_step)). Copies R in and the counts out; the
+    /// parameters before an overflowing update are restored. Returns whether it overflowed.
+    pub fn released_update(&mut self, released: &[f64], step: impl Into<UpdateStep>) -> Result<bool> {
+        let len = M::TRAINED_PARAM_COUNT;
+        if released.len() != len {
+            return Err(CudaError::Mismatch(format!(
+                "a released vector of {} values for {len}",
+                released.len()
+            )));
+        }
+        if self.released_staging.is_none() {
+            self.released_staging = Some(Staging::new(&self.gpu, 2 * len)?);
+        }
+        let staging = self.released_staging.as_mut().expect("allocated above");
+        staging.start(&self.gpu)?;
+        let s = self.gpu.stream.clone();
+        s.memset_zeros(&mut self.non_finite).map_err(driver("zeroing the counts"))?;
+        if len > 0 {
+            let dst = self.normals.device_ptr(&s).0;
+            staging.copy_in(&self.gpu, released, dst)?;
+            self.transfers.to_device += 1;
+            self.zero_grad()?;
+            let params = self.memory.slice(Region::Params).slice(..len);
+            s.memcpy_dtod(&params, &mut self.previous).map_err(driver("keeping the parameters"))?;
+        }
+        Ok(self.finish_step(step.into())?.overflowed)
+    }
+
+    /// The update step of `optimizer` for a released vector R: noise standard deviation 1 on the
+    /// normals buffer that holds R, and 1 / `normaliser`.
+    pub fn released_step(&self, optimizer: DeviceOptimizer, normaliser: f64) -> UpdateStep {
+        self.update_step(optimizer, 1.0, 1.0 / normaliser)
     }
 
     /// After the sum in `Grad` (clipped, with the normals drawn; or plain) and the parameters kept:
@@ -459,18 +533,18 @@ impl<M: DpModel> GpuModel<M> {
         Ok(DeviceStepOutcome { non_finite_examples: counts[0] as usize, overflowed })
     }
 
-    /// Queues everything of a step between its copies in and its update (a private step's with
-    /// `clipping`, a non-private one's without): replayed from the graph of this batch size and
-    /// clipping, captured now if there is none, or launched one by one.
-    fn queue_before_update(&mut self, clipping: Option<Clipping>, n: usize) -> Result<()> {
+    /// Queues everything of a step between its copies in and its update (`before`: a private step's,
+    /// a distributed rank's or a non-private one's): replayed from the graph of this batch size and
+    /// kind, captured now if there is none, or launched one by one.
+    fn queue_before_update(&mut self, before: BeforeUpdate, n: usize) -> Result<()> {
         if self.graphs.usable() {
-            let key = GraphKey::new(n, clipping);
+            let key = GraphKey::new(n, before);
             if let Some(graph) = self.graphs.get(&key) {
                 graph.launch().map_err(driver("replaying a step's graph"))?;
                 self.graphs.count_replay();
                 return Ok(());
             }
-            match self.capture_before_update(clipping, n) {
+            match self.capture_before_update(before, n) {
                 Ok(graph) => {
                     self.graphs.insert(key, graph).launch().map_err(driver("launching a step's graph"))?;
                     self.graphs.count_replay();
@@ -480,19 +554,20 @@ impl<M: DpModel> GpuModel<M> {
                 Err(why) => self.graphs.turn_off(why),
             }
         }
-        self.launch_before_update(clipping, n)?;
+        self.launch_before_update(before, n)?;
         self.graphs.count_eager();
         Ok(())
     }
 
     /// The launches of [`queue_before_update`](Self::queue_before_update): the gradient zeroed, the
     /// forward and backward, the norms, the clip factors, the clipped sum, the noise under the loaded
-    /// key; without clipping, the forward and backward, the plain gradient sum and the counts zeroed;
-    /// then either way a copy of the trained parameters to restore should the update overflow.
-    fn launch_before_update(&mut self, clipping: Option<Clipping>, n: usize) -> Result<()> {
+    /// key (a distributed rank's stops at the clipped sum, which is copied out); a non-private step's
+    /// the forward and backward, the plain gradient sum and the counts zeroed; then a copy of the
+    /// trained parameters to restore should the update overflow.
+    fn launch_before_update(&mut self, before: BeforeUpdate, n: usize) -> Result<()> {
         self.zero_grad()?;
-        match clipping {
-            None => {
+        match before {
+            BeforeUpdate::GradientSum => {
                 if n > 0 {
                     let mut ops = self.ops();
                     M::device_forward_backward(&mut ops, n).map_err(program)?;
@@ -501,7 +576,7 @@ impl<M: DpModel> GpuModel<M> {
                 let s = self.gpu.stream.clone();
                 s.memset_zeros(&mut self.non_finite).map_err(driver("zeroing the counts"))?;
             }
-            Some(clipping) => {
+            BeforeUpdate::PrivateStep(clipping) | BeforeUpdate::ClippedSum(clipping) => {
                 if n > 0 {
                     let mut ops = self.ops();
                     M::device_forward_backward(&mut ops, n).map_err(program)?;
@@ -510,6 +585,11 @@ impl<M: DpModel> GpuModel<M> {
                 self.queue_clip_factors(clipping, n)?;
                 if n > 0 {
                     M::device_clipped_sum(&mut self.ops(), n).map_err(program)?;
+                }
+                if let BeforeUpdate::ClippedSum(_) = before {
+                    // The sum is copied out for the reduce; R comes back with the noise in it, and
+                    // `released_update` keeps the parameters.
+                    return Ok(());
                 }
                 self.queue_noise_draw()?;
             }
@@ -527,13 +607,13 @@ impl<M: DpModel> GpuModel<M> {
     /// says why it could not.
     fn capture_before_update(
         &mut self,
-        clipping: Option<Clipping>,
+        before: BeforeUpdate,
         n: usize,
     ) -> std::result::Result<CudaGraph, String> {
         let s = self.gpu.stream.clone();
         s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| format!("beginning a capture: {e}"))?;
-        let queued = self.launch_before_update(clipping, n);
+        let queued = self.launch_before_update(before, n);
         // The capture always ends, so that the stream leaves capture mode whatever failed.
         let ended = s.end_capture(CUgraphInstantiate_flags(0));
         queued.map_err(|e| format!("capturing a step: {e}"))?;
@@ -620,7 +700,7 @@ impl<M: DpModel> GpuModel<M> {
             return Err(CudaError::Mismatch(format!("{} losses asked of a batch of {n}", losses.len())));
         }
         self.load_batch(inputs, labels, n)?;
-        self.queue_before_update(None, n)?;
+        self.queue_before_update(BeforeUpdate::GradientSum, n)?;
         if n > 0 {
             let view = self.memory.slice(Region::Losses).slice(..n);
             self.gpu.stream.memcpy_dtoh(&view, losses).map_err(driver("copying the losses back"))?;
@@ -966,5 +1046,30 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
         let update = self.update_step(*optimizer, 0.0, 1.0 / n.max(1) as f64);
         GpuModel::non_private_step(self, inputs, labels, n, update, losses)
             .map_err(|e| DeviceError::Backend(e.to_string()))
+    }
+
+    fn clipped_sum_to_host(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        clip_mode: ClipMode,
+        clip_norm: f64,
+        sum: &mut [f32],
+    ) -> std::result::Result<usize, DeviceError> {
+        self.make_room(n)?;
+        let clipping = Clipping { mode: clip_mode, norm: clip_norm };
+        self.clipped_sum_out(inputs, labels, n, clipping, sum)
+            .map_err(|e| DeviceError::Backend(e.to_string()))
+    }
+
+    fn released_update(
+        &mut self,
+        released: &[f64],
+        normaliser: f64,
+        optimizer: DeviceOptimizer,
+    ) -> std::result::Result<bool, DeviceError> {
+        let step = self.released_step(optimizer, normaliser);
+        GpuModel::released_update(self, released, step).map_err(|e| DeviceError::Backend(e.to_string()))
     }
 }

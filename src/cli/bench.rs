@@ -564,7 +564,8 @@ impl ModelTask for Measure<'_> {
                 (p, n, "cpu".to_string())
             }
             super::DeviceArg::Cuda(ordinal) => {
-                gpu_timings::<M>(args, ordinal, &initial, &data, &indices, warmup)?
+                // One process: `cuda` alone is local rank 0's, cuda:0.
+                gpu_timings::<M>(args, ordinal.unwrap_or(0), &initial, &data, &indices, warmup)?
             }
         };
         Ok(Measurement {

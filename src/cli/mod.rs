@@ -98,31 +98,42 @@ pub fn parse_precision(text: &str) -> Result<dp_runtime::Precision, String> {
         .ok_or_else(|| format!("unknown precision `{text}`: expected f32 or bf16"))
 }
 
-/// Where a command computes: `cpu`, or `cuda:N` (`cuda` alone is `cuda:0`).
+/// Where a command computes: `cpu`, `cuda:N`, or `cuda` alone: this process's GPU,
+/// [`gpu_of_local_rank`] (`cuda:0` outside `mpirun`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceArg {
     Cpu,
-    Cuda(usize),
+    /// The GPU's ordinal, or `None` for `cuda` alone.
+    Cuda(Option<usize>),
 }
 
 impl DeviceArg {
-    /// `cpu` or `cuda:N`.
+    /// `cpu`, `cuda:N` or `cuda`.
     pub fn name(self) -> String {
         match self {
             DeviceArg::Cpu => "cpu".into(),
-            DeviceArg::Cuda(ordinal) => format!("cuda:{ordinal}"),
+            DeviceArg::Cuda(Some(ordinal)) => format!("cuda:{ordinal}"),
+            DeviceArg::Cuda(None) => "cuda".into(),
         }
     }
+}
+
+/// The GPU `--device cuda` names among `device_count`: `cuda:<local rank mod device count>`, the
+/// local rank being this process's on its node as the MPI launcher announces it (0 without one), so
+/// that the ranks `mpirun` starts on a node with several GPUs spread over them, one each while there
+/// are enough (docs/DISTRIBUTED.md).
+pub fn gpu_of_local_rank(local_rank: Option<usize>, device_count: usize) -> usize {
+    local_rank.unwrap_or(0) % device_count.max(1)
 }
 
 pub fn parse_device(text: &str) -> Result<DeviceArg, String> {
     match text {
         "cpu" => Ok(DeviceArg::Cpu),
-        "cuda" => Ok(DeviceArg::Cuda(0)),
+        "cuda" => Ok(DeviceArg::Cuda(None)),
         _ => text
             .strip_prefix("cuda:")
             .and_then(|n| n.parse().ok())
-            .map(DeviceArg::Cuda)
+            .map(|ordinal| DeviceArg::Cuda(Some(ordinal)))
             .ok_or_else(|| format!("unknown device `{text}`: expected cpu, cuda or cuda:N")),
     }
 }
@@ -160,5 +171,25 @@ pub fn main() -> ExitCode {
             eprintln!("error: {}", message.replace('\n', " "));
             ExitCode::from(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuda_alone_is_the_gpu_of_the_local_rank() {
+        assert_eq!(parse_device("cuda"), Ok(DeviceArg::Cuda(None)));
+        assert_eq!(parse_device("cuda:3"), Ok(DeviceArg::Cuda(Some(3))));
+        assert_eq!(parse_device("cpu"), Ok(DeviceArg::Cpu));
+        assert!(parse_device("cuda:x").is_err());
+        // Alone: cuda:0. Under mpirun: local ranks spread over the node's GPUs, cycling when fewer.
+        assert_eq!(gpu_of_local_rank(None, 8), 0);
+        let four_ranks_on_two_gpus: Vec<_> = (0..4).map(|r| gpu_of_local_rank(Some(r), 2)).collect();
+        assert_eq!(four_ranks_on_two_gpus, [0, 1, 0, 1]);
+        assert_eq!(gpu_of_local_rank(Some(3), 8), 3);
+        // No GPU: cuda:0, which opening then refuses with the count.
+        assert_eq!(gpu_of_local_rank(Some(5), 0), 0);
     }
 }

@@ -166,8 +166,9 @@ pub struct TrainArgs {
     /// bf16, f32 accumulation; the per-example norms, clipped sums, noise and optimizer stay f32).
     #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
     pub precision: Precision,
-    /// Where the private steps run: cpu, or cuda:N (a build with the `cuda` feature; models with a
-    /// device program, SGD or Adam, f32; docs/GPU.md). Evaluation stays on the CPU.
+    /// Where the private steps run: cpu, cuda:N, or cuda (under mpirun each rank's
+    /// cuda:<local rank mod GPUs on its node>; alone, cuda:0) (a build with the `cuda` feature; models
+    /// with a device program, SGD or Adam; docs/GPU.md). Evaluation stays on the CPU.
     #[arg(long, default_value = "cpu", value_parser = super::parse_device)]
     pub device: super::DeviceArg,
 }
@@ -631,13 +632,18 @@ where
     }
 }
 
-/// The trainer with its private steps on GPU `ordinal`, with room for batches of `batch` examples.
+/// The trainer with its private steps on GPU `ordinal` (see [`gpu_model`]), with room for batches of
+/// `batch` examples.
 #[cfg(feature = "cuda")]
-fn on_gpu<'m, M: DpModel>(trainer: Trainer<'m, M>, ordinal: usize, batch: usize) -> Result<Trainer<'m, M>> {
+fn on_gpu<'m, M: DpModel>(
+    trainer: Trainer<'m, M>,
+    ordinal: Option<usize>,
+    batch: usize,
+) -> Result<Trainer<'m, M>> {
     Ok(trainer.device(gpu_model::<M>(ordinal, batch, "private steps")?))
 }
 
-/// The non-private baseline with its steps on GPU `ordinal`.
+/// The non-private baseline with its steps on GPU `ordinal` (see [`gpu_model`]).
 #[cfg(feature = "cuda")]
 fn non_private_on_gpu<M: DpModel>(
     model: &mut M,
@@ -645,18 +651,25 @@ fn non_private_on_gpu<M: DpModel>(
     (train, test): (&dp_runtime::Dataset<M::Input>, &dp_runtime::Dataset<M::Input>),
     config: BaselineConfig,
     on_epoch: impl FnMut(&EpochReport),
-    ordinal: usize,
+    ordinal: Option<usize>,
 ) -> dp_runtime::Result<Report> {
     let mut device = gpu_model::<M>(ordinal, config.batch_size, "non-private steps")?;
     baseline::fit_non_private_on_device(model, optimizer, &mut device, train, test, config, on_epoch)
 }
 
-/// Model `M`'s training state on GPU `ordinal` with room for batches of `batch` examples, for
-/// `what` (said on standard error with the device).
+/// Model `M`'s training state on GPU `ordinal`, or for `None` this rank's
+/// ([`gpu_of_local_rank`](super::gpu_of_local_rank)), with room for batches of `batch` examples,
+/// for `what` (said on standard error with the device).
 #[cfg(feature = "cuda")]
-fn gpu_model<M: DpModel>(ordinal: usize, batch: usize, what: &str) -> Result<dp_cuda::trainer::GpuModel<M>> {
-    use dp_cuda::device::Gpu;
+fn gpu_model<M: DpModel>(
+    ordinal: Option<usize>,
+    batch: usize,
+    what: &str,
+) -> Result<dp_cuda::trainer::GpuModel<M>> {
+    use dp_cuda::device::{device_count, Gpu};
     use dp_cuda::trainer::GpuModel;
+    let ordinal = ordinal
+        .unwrap_or_else(|| super::gpu_of_local_rank(distributed::launcher_local_rank(), device_count()));
     let gpu = Gpu::open(ordinal).map_err(|e| Error::invalid("device", e.to_string()))?;
     // Placeholder values: the trainer uploads the model's parameters before the first step.
     let device = GpuModel::<M>::new(gpu, &vec![0.0; M::PARAM_COUNT], batch)
@@ -665,7 +678,7 @@ fn gpu_model<M: DpModel>(ordinal: usize, batch: usize, what: &str) -> Result<dp_
     Ok(device)
 }
 
-/// `--device cuda:N` without the `cuda` feature (`check` refuses it first).
+/// `--device cuda` without the `cuda` feature (`check` refuses it first).
 #[cfg(not(feature = "cuda"))]
 fn no_cuda() -> Error {
     Error::invalid(
@@ -675,7 +688,7 @@ fn no_cuda() -> Error {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn on_gpu<'m, M: DpModel>(_: Trainer<'m, M>, _: usize, _: usize) -> Result<Trainer<'m, M>> {
+fn on_gpu<'m, M: DpModel>(_: Trainer<'m, M>, _: Option<usize>, _: usize) -> Result<Trainer<'m, M>> {
     Err(no_cuda())
 }
 
@@ -686,7 +699,7 @@ fn non_private_on_gpu<M: DpModel>(
     _: (&dp_runtime::Dataset<M::Input>, &dp_runtime::Dataset<M::Input>),
     _: BaselineConfig,
     _: impl FnMut(&EpochReport),
-    _: usize,
+    _: Option<usize>,
 ) -> dp_runtime::Result<Report> {
     Err(no_cuda())
 }

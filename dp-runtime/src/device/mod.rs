@@ -881,4 +881,29 @@ pub trait DeviceTraining<M: crate::DpModel>: Send {
         views: usize,
         step: &DevicePrivateStep,
     ) -> Result<DeviceStepOutcome, DeviceError>;
+    /// A distributed step's first half on this rank (`docs/DISTRIBUTED.md`): the norms, clip factors
+    /// (`clip_mode`, C = `clip_norm`) and clipped sum of a gathered batch of `n` examples (0 gives a
+    /// zero sum), copied back into `sum` (`TRAINED_PARAM_COUNT` values, OVERWRITTEN): the one vector
+    /// that leaves the device during a step, for the reduce over ranks. No noise, no update. Returns
+    /// the examples whose norm was not finite (they contributed nothing).
+    fn clipped_sum_to_host(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        clip_mode: crate::clipping::ClipMode,
+        clip_norm: f64,
+        sum: &mut [f32],
+    ) -> Result<usize, DeviceError>;
+    /// A distributed step's second half: the update from the released vector R = S + σC·z that rank
+    /// 0 broadcast (`TRAINED_PARAM_COUNT` values, f64), copied in. The noisy gradient is
+    /// `R · (1 / normaliser)` per coordinate, exactly `NoisyGradient::released`'s, then `optimizer`'s
+    /// update as in [`private_step`](Self::private_step). Returns whether the update overflowed; the
+    /// device then restored the parameters it held before it.
+    fn released_update(
+        &mut self,
+        released: &[f64],
+        normaliser: f64,
+        optimizer: DeviceOptimizer,
+    ) -> Result<bool, DeviceError>;
 }

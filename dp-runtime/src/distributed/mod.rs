@@ -80,6 +80,15 @@ pub fn launcher_world_size() -> Option<usize> {
     ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"].iter().find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
 }
 
+/// This process's rank among the ranks of its node, as an MPI launcher announces it (Open MPI's
+/// `OMPI_COMM_WORLD_LOCAL_RANK`, MPICH's `MPI_LOCALRANKID`), if it was started by one: `dp train
+/// --device cuda` picks its node's GPU by it.
+pub fn launcher_local_rank() -> Option<usize> {
+    ["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,11 +4,14 @@
 //! one reduce brings the sums to rank 0, which adds the noise it alone draws and broadcasts the
 //! released vector R = S + σC·z (f64); every rank then applies the same update. One extra value rides
 //! on the reduce (this rank failed) and on the broadcast (some rank failed), so a failure costs no
-//! message while none happens.
+//! message while none happens. On a device ([`DistributedRun::device_step`]) the clipped sum comes
+//! from the rank's device and the rest is the same code.
 
 use super::group::Group;
 use super::{indices_in_shard, Shard};
+use crate::clipping::ClipMode;
 use crate::data::Dataset;
+use crate::device::DeviceTraining;
 use crate::error::{Error, Result};
 use crate::model::DpModel;
 use crate::noise::GaussianNoise;
@@ -26,6 +29,22 @@ pub struct DistributedRun<'g> {
     total: Vec<f32>,
     /// R = S + σC·z, then 1.0 when some rank failed.
     released: Vec<f64>,
+    /// Rank 0 of a device run: the step's normals, drawn on the host.
+    drawn_noise: Vec<f64>,
+}
+
+/// How a [`DistributedRun::device_step`] clips, and the noise rank 0 adds.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceStepSettings {
+    pub clip_mode: ClipMode,
+    /// C.
+    pub clip_norm: f64,
+    /// σ·C, the standard deviation of the noise on the summed clipped sums.
+    pub noise_std: f64,
+}
+
+fn no_noise_stream() -> Error {
+    Error::invalid("noise", "rank 0 draws the noise but was given no noise stream")
 }
 
 impl<'g> DistributedRun<'g> {
@@ -55,6 +74,7 @@ impl<'g> DistributedRun<'g> {
             local: vec![0.0; params + 1],
             total: vec![0.0; params + 1],
             released: vec![0.0; params + 1],
+            drawn_noise: Vec::new(),
         })
     }
 
@@ -92,33 +112,86 @@ impl<'g> DistributedRun<'g> {
         noise: Option<&mut GaussianNoise>,
         noise_std: f64,
     ) -> Result<BatchStats> {
-        let shard = self.shard.offset..self.shard.offset + self.shard_len;
-        indices_in_shard(global_indices, shard, &mut self.local_indices);
-        // The trained prefix: frozen parameters have no gradient to reduce.
-        let params = M::TRAINED_PARAM_COUNT;
-        let root = self.is_root();
-        let outcome = match (root, noise) {
+        self.keep_local(global_indices);
+        let outcome = match (self.is_root(), noise) {
             (true, Some(noise)) => {
                 engine.clipped_sum_and_noise(model, shard_data, &self.local_indices, noise)
             }
-            (true, None) => {
-                Err(Error::invalid("noise", "rank 0 draws the noise but was given no noise stream"))
-            }
+            (true, None) => Err(no_noise_stream()),
             (false, _) => engine.clipped_sum(model, shard_data, &self.local_indices),
         };
+        if outcome.is_ok() {
+            // The trained prefix: frozen parameters have no gradient to reduce.
+            self.local[..M::TRAINED_PARAM_COUNT].copy_from_slice(&engine.clipped_sum);
+        }
+        self.release(outcome, engine.drawn_noise(), noise_std)
+    }
+
+    /// [`step`](Self::step) with this rank's clipped sum computed on `device`
+    /// ([`DeviceTraining::clipped_sum_to_host`], clipping as `settings` say) from the examples of its
+    /// shard gathered into `gathered` (inputs, labels); rank 0 draws the noise on the host exactly as
+    /// the CPU's step does ([`GaussianNoise::fill`]: the same stream, the same chunks), so a seeded run
+    /// releases the CPU's R. The update is the caller's ([`DeviceTraining::released_update`]). A
+    /// device error on any rank is every rank's [`Error::RankFailed`].
+    pub fn device_step<M: DpModel>(
+        &mut self,
+        device: &mut dyn DeviceTraining<M>,
+        shard_data: &Dataset<M::Input>,
+        global_indices: &[usize],
+        noise: Option<&mut GaussianNoise>,
+        settings: DeviceStepSettings,
+        gathered: &mut (Vec<M::Input>, Vec<f32>),
+    ) -> Result<BatchStats> {
+        self.keep_local(global_indices);
+        let (inputs, labels) = gathered;
+        shard_data.gather(&self.local_indices, inputs, labels);
+        let params = M::TRAINED_PARAM_COUNT;
+        let mut drawn = std::mem::take(&mut self.drawn_noise);
+        let noise_drawn = match (self.is_root(), noise) {
+            (true, Some(noise)) => {
+                drawn.resize(params, 0.0);
+                noise.fill(&mut drawn);
+                Ok(())
+            }
+            (true, None) => Err(no_noise_stream()),
+            (false, _) => Ok(()),
+        };
+        let n = self.local_indices.len();
+        let outcome = noise_drawn.and_then(|()| {
+            let sum = &mut self.local[..params];
+            device
+                .clipped_sum_to_host(inputs, labels, n, settings.clip_mode, settings.clip_norm, sum)
+                .map(|non_finite| BatchStats { non_finite, examples: n, ..BatchStats::default() })
+                .map_err(|e| Error::Mismatch { model: M::NAME.into(), message: e.to_string() })
+        });
+        let released = self.release(outcome, &drawn, settings.noise_std);
+        self.drawn_noise = drawn;
+        released
+    }
+
+    /// The indices of `global_indices` in this rank's shard, into `local_indices`.
+    fn keep_local(&mut self, global_indices: &[usize]) {
+        let shard = self.shard.offset..self.shard.offset + self.shard_len;
+        indices_in_shard(global_indices, shard, &mut self.local_indices);
+    }
+
+    /// The exchange every step ends with, whoever computed this rank's clipped sum (in `local` when
+    /// `outcome` is `Ok`): the reduce with this rank's failure flag, rank 0's R = S + σC·z from its
+    /// normals `z` (`noise_std` = σC; ignored on the other ranks), the broadcast with the flag that
+    /// some rank failed, and then every rank's agreed error or `outcome`.
+    fn release(&mut self, outcome: Result<BatchStats>, z: &[f64], noise_std: f64) -> Result<BatchStats> {
+        let params = self.local.len() - 1;
         let failed_here = outcome.is_err();
-        match failed_here {
-            false => self.local[..params].copy_from_slice(&engine.clipped_sum),
-            true => self.local[..params].fill(0.0),
+        if failed_here {
+            self.local[..params].fill(0.0);
         }
         self.local[params] = f32::from(u8::from(failed_here));
         self.group.sum_to_root(&self.local, &mut self.total);
-        if root {
+        if self.is_root() {
             let any_failed = self.total[params] != 0.0;
             self.released[params] = f64::from(u8::from(any_failed));
             if !any_failed {
                 // As one process forms it inside the optimizer: (s as f64 + σC·z), then / B.
-                let z = engine.drawn_noise();
                 for ((r, &s), &z) in self.released[..params].iter_mut().zip(&self.total[..params]).zip(z) {
                     *r = s as f64 + noise_std * z;
                 }

@@ -33,9 +33,13 @@ impl<'m, M: DpModel> Trainer<'m, M> {
     /// [`ema`](Self::ema) the device keeps, [`augmentation_multiplicity`](Self::augmentation_multiplicity)
     /// (the views drawn and augmented here, as the CPU draws them, then averaged and clipped on the
     /// device), and [non-private diagnostics](Self::non_private_diagnostics) (each step's losses and
-    /// clip factors then come back too; not with views); secure noise and distributed runs are
+    /// clip factors then come back too; not with views, nor in a distributed run); secure noise is
     /// refused on a device for now (docs/GPU.md). The device runs its products in the trainer's
-    /// [`precision`](Self::precision).
+    /// [`precision`](Self::precision). With [`distributed`](Self::distributed) every rank has its own
+    /// device: each step its clipped sum comes out for the reduce and rank 0's released vector goes
+    /// back in for the update (docs/DISTRIBUTED.md, "On devices"); a device error on any rank stops
+    /// every rank with the same [`Error::RankFailed`]. Augmentation multiplicity is not built for a
+    /// distributed run on devices.
     pub fn device(mut self, device: impl DeviceTraining<M> + 'm) -> Self {
         self.device = Some(Box::new(device));
         self

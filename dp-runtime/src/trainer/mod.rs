@@ -23,7 +23,7 @@ use crate::clipping::ClipMode;
 use crate::data::augment::Augmentation;
 use crate::data::Dataset;
 use crate::device::{DeviceError, DevicePrivateStep, DeviceTraining};
-use crate::distributed::step::DistributedRun;
+use crate::distributed::step::{DeviceStepSettings, DistributedRun};
 use crate::distributed::{Group, Shard};
 use crate::error::{Error, Result};
 use crate::model::{DpModel, Loss, Precision, Workspace};
@@ -169,10 +169,13 @@ impl<'m, M: DpModel> Trainer<'m, M> {
         if device.is_some() {
             let unsupported = [
                 (self.secure_noise, "secure noise"),
-                (self.distributed.is_some(), "distributed training"),
                 (
                     self.views.is_some() && non_private_diagnostics,
                     "non-private diagnostics with augmentation multiplicity",
+                ),
+                (
+                    self.views.is_some() && self.distributed.is_some(),
+                    "augmentation multiplicity in a distributed run",
                 ),
             ];
             if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
@@ -359,7 +362,9 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 dev.start_average().map_err(device_error)?;
             }
         }
-        let (mut device_inputs, mut device_labels) = (Vec::new(), Vec::new());
+        // A device step's batch, gathered on the host (in a distributed run, this rank's part of it;
+        // with views, the views of it).
+        let mut device_batch = (Vec::new(), Vec::new());
         let (mut device_losses, mut device_factors) = (Vec::new(), Vec::new());
         let mut epochs = Vec::new();
         let mut indices = Vec::new();
@@ -389,6 +394,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     let stats = match (aggregator.as_mut(), distributed.as_mut()) {
                         (None, None) if on_device => {
                             let dev = device.as_mut().expect("matched on is_some");
+                            let (device_inputs, device_labels) = &mut device_batch;
                             // The key the CPU's chunked draw would take from the noise stream: a seeded
                             // run draws the same noise on either.
                             let mut key = [0u8; 32];
@@ -403,25 +409,21 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                             };
                             let n = indices.len();
                             // With views, they are drawn and augmented here as the CPU draws them.
-                            let outcome = match engine.gather_views(
-                                train,
-                                &indices,
-                                &mut device_inputs,
-                                &mut device_labels,
-                            ) {
-                                Some(views) => dev.private_step_with_views(
-                                    &device_inputs,
-                                    &device_labels,
-                                    n,
-                                    views,
-                                    &settings,
-                                ),
-                                None => {
-                                    train.gather(&indices, &mut device_inputs, &mut device_labels);
-                                    dev.private_step(&device_inputs, &device_labels, n, &settings)
+                            let outcome =
+                                match engine.gather_views(train, &indices, device_inputs, device_labels) {
+                                    Some(views) => dev.private_step_with_views(
+                                        device_inputs,
+                                        device_labels,
+                                        n,
+                                        views,
+                                        &settings,
+                                    ),
+                                    None => {
+                                        train.gather(&indices, device_inputs, device_labels);
+                                        dev.private_step(device_inputs, device_labels, n, &settings)
+                                    }
                                 }
-                            }
-                            .map_err(device_error)?;
+                                .map_err(device_error)?;
                             overflowed = outcome.overflowed;
                             let mut stats = BatchStats {
                                 non_finite: outcome.non_finite_examples,
@@ -436,6 +438,26 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                                     .map_err(device_error)?;
                                 stats.add_losses(&device_losses, &device_factors, groups);
                             }
+                            stats
+                        }
+                        (None, Some(run)) if on_device => {
+                            let dev = device.as_mut().expect("matched on is_some");
+                            let settings = DeviceStepSettings { clip_mode, clip_norm, noise_std };
+                            let stats = run.device_step(
+                                dev.as_mut(),
+                                train,
+                                &indices,
+                                Some(&mut noise_stream),
+                                settings,
+                                &mut device_batch,
+                            )?;
+                            let update = optimizer.on_device(at).expect("checked before the first step");
+                            let updated = dev
+                                .released_update(run.released(), plan.normaliser(), update)
+                                .map_err(device_error);
+                            overflowed = matches!(updated, Ok(true));
+                            // Before anything that might return: a rank whose device failed stops every rank.
+                            run.agree(updated.map(drop))?;
                             stats
                         }
                         (None, Some(run)) => {
@@ -489,7 +511,10 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     }
                     if let Some(ema) = ema.as_mut() {
                         match device.as_mut() {
-                            Some(dev) => dev.fold_average(ema.advance()).map_err(device_error)?,
+                            Some(dev) => {
+                                let folded = dev.fold_average(ema.advance()).map_err(device_error);
+                                agreed(distributed.as_mut(), folded)?
+                            }
                             None => ema.update(model.params()),
                         }
                     }
@@ -503,10 +528,12 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 }
                 total_non_finite += non_finite;
                 if let Some(dev) = device.as_mut() {
-                    dev.download(model.params_mut()).map_err(device_error)?;
-                    if let Some(ema) = ema.as_mut() {
-                        dev.download_average(ema.average_mut()).map_err(device_error)?;
+                    // Every rank: each returns its trained model, and their devices hold the same one.
+                    let mut downloaded = dev.download(model.params_mut());
+                    if let (Ok(()), Some(ema)) = (&downloaded, ema.as_mut()) {
+                        downloaded = dev.download_average(ema.average_mut());
                     }
+                    agreed(distributed.as_mut(), downloaded.map_err(device_error))?;
                 }
                 let spent = plan.epsilon()?;
                 let (eval_loss, accuracy) = match eval {
@@ -538,18 +565,21 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 // Saved before it is reported: an epoch anyone has seen reported is never lost to a crash.
                 let mut written = Ok(());
                 if let Some(path) = checkpoint_path {
-                    let optimizer = match device.as_mut() {
-                        Some(dev) => dev.optimizer_state().map_err(device_error)?,
-                        None => optimizer.state(),
+                    // A device that cannot give its state fails the write, which every rank agrees on.
+                    let state = match device.as_mut() {
+                        Some(dev) => dev.optimizer_state().map_err(device_error),
+                        None => Ok(optimizer.state()),
                     };
-                    let saved = Checkpoint {
-                        params: model.params().to_vec(),
-                        optimizer,
-                        steps: step,
-                        ledger: plan.ledger().clone(),
-                        identity: RunIdentity::of_plan::<M>(&plan).with_ranks(ranks),
-                    };
-                    written = checkpoint::save::<M>(path, &saved);
+                    written = state.and_then(|optimizer| {
+                        let saved = Checkpoint {
+                            params: model.params().to_vec(),
+                            optimizer,
+                            steps: step,
+                            ledger: plan.ledger().clone(),
+                            identity: RunIdentity::of_plan::<M>(&plan).with_ranks(ranks),
+                        };
+                        checkpoint::save::<M>(path, &saved)
+                    });
                     if written.is_ok() {
                         last_checkpoint = Some(step);
                     }
@@ -625,6 +655,16 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             warnings,
             diagnostics,
         })
+    }
+}
+
+/// A device call's `outcome`, agreed by every rank of a distributed run (a device error on one rank
+/// becomes every rank's [`Error::RankFailed`], so no rank waits on one that stopped); as it is in one
+/// process.
+fn agreed(distributed: Option<&mut DistributedRun<'_>>, outcome: Result<()>) -> Result<()> {
+    match distributed {
+        Some(run) => run.agree(outcome),
+        None => outcome,
     }
 }
 
