@@ -522,27 +522,35 @@ fn train_on_both(
     let (inputs, labels) = batch::<Deep>(&mut rng, 600, true);
     let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
     let initial = Deep::init(&mut rng);
-    let train = |model: &mut Deep, device: bool| {
-        let trainer = configure(
-            dp::Trainer::new(model)
-                .clip_norm(1.0)
-                .noise_multiplier(0.8)
-                .expected_batch_size(64)
-                .seed(3)
-                .allow_large_delta(true)
-                .quiet(true),
-        );
-        match device {
-            true => trainer.device(HostTraining::<Deep>::new()).fit(&data, Some(&data)),
-            false => trainer.fit(&data, Some(&data)),
-        }
-        .unwrap()
-    };
-    let mut cpu = Deep::from_params(initial.params().to_vec());
-    let cpu_report = train(&mut cpu, false);
-    let mut dev = Deep::from_params(initial.params().to_vec());
-    let dev_report = train(&mut dev, true);
+    let (cpu, dev, cpu_report, dev_report) = fit_on_both(&data, &initial, |t| {
+        configure(t.clip_norm(1.0).noise_multiplier(0.8).expected_batch_size(64).seed(3))
+    });
     (initial, cpu, dev, cpu_report, dev_report)
+}
+
+/// `M` from `initial` trained on `data` (and evaluated on it) by the trainer `configure` sets up, on
+/// the CPU and on the host training state: the two trained models and their reports.
+fn fit_on_both<M: DpModel>(
+    data: &dp::Dataset<M::Input>,
+    initial: &M,
+    configure: impl for<'m> Fn(dp::Trainer<'m, M>) -> dp::Trainer<'m, M>,
+) -> (M, M, dp::Report, dp::Report)
+where
+    M::Input: TestInput,
+{
+    let train = |device: bool| {
+        let mut model = M::from_params(initial.params().to_vec());
+        let trainer = configure(dp::Trainer::new(&mut model).allow_large_delta(true).quiet(true));
+        let report = match device {
+            true => trainer.device(HostTraining::<M>::new()).fit(data, Some(data)),
+            false => trainer.fit(data, Some(data)),
+        }
+        .unwrap();
+        (model, report)
+    };
+    let (cpu, cpu_report) = train(false);
+    let (dev, dev_report) = train(true);
+    (cpu, dev, cpu_report, dev_report)
 }
 
 /// `Trainer::device` end to end on the host reference backend: seeded alike, it takes the same
@@ -1110,9 +1118,8 @@ fn train_views_on_both(
     let data = dp::Dataset::new(inputs, labels, SmallConv::INPUT_SHAPE.to_vec(), 1).unwrap();
     let initial = SmallConv::init(&mut rng);
     let augmentation = Augmentation { crop_padding: 2, horizontal_flip: true, padding_value: -0.5 };
-    let train = |model: &mut SmallConv, device: bool| {
-        let trainer = dp::Trainer::new(model)
-            .optimizer(Sgd::new(0.5).momentum(0.9))
+    let (cpu, dev, cpu_report, dev_report) = fit_on_both(&data, &initial, |t| {
+        t.optimizer(Sgd::new(0.5).momentum(0.9))
             .clip_norm(1.0)
             .per_layer_clipping(per_layer)
             .noise_multiplier(0.8)
@@ -1120,18 +1127,7 @@ fn train_views_on_both(
             .epochs(2)
             .augmentation_multiplicity(3, augmentation)
             .seed(7)
-            .allow_large_delta(true)
-            .quiet(true);
-        match device {
-            true => trainer.device(HostTraining::<SmallConv>::new()).fit(&data, Some(&data)),
-            false => trainer.fit(&data, Some(&data)),
-        }
-        .unwrap()
-    };
-    let mut cpu = SmallConv::from_params(initial.params().to_vec());
-    let cpu_report = train(&mut cpu, false);
-    let mut dev = SmallConv::from_params(initial.params().to_vec());
-    let dev_report = train(&mut dev, true);
+    });
     (initial, cpu, dev, cpu_report, dev_report)
 }
 
