@@ -416,7 +416,7 @@ where
         views: usize,
         step: &DevicePrivateStep,
     ) -> Result<DeviceStepOutcome, DeviceError> {
-        self.clipped_sum_of_averages(inputs, labels, n, views, step)
+        self.clipped_sum_of_averages(inputs, labels, n, views, (step.clip_mode, step.clip_norm))
             .and_then(|bad| self.noisy_update(step, bad))
     }
 
@@ -436,6 +436,21 @@ where
             )));
         }
         let bad = self.clipped_sum_on_device(inputs, labels, n, clip_mode, clip_norm)?;
+        sum.copy_from_slice(self.dev.get(Region::Grad));
+        Ok(bad)
+    }
+
+    fn clipped_sum_with_views_to_host(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        views: usize,
+        clip_mode: dp::clipping::ClipMode,
+        clip_norm: f64,
+        sum: &mut [f32],
+    ) -> Result<usize, DeviceError> {
+        let bad = self.clipped_sum_of_averages(inputs, labels, n, views, (clip_mode, clip_norm))?;
         sum.copy_from_slice(self.dev.get(Region::Grad));
         Ok(bad)
     }
@@ -1058,7 +1073,7 @@ where
         labels: &[f32],
         n: usize,
         views: usize,
-        step: &DevicePrivateStep,
+        (clip_mode, clip_norm): (dp::clipping::ClipMode, f64),
     ) -> Result<usize, DeviceError> {
         let (groups, len) = (M::GROUPS.len(), M::TRAINED_PARAM_COUNT);
         let (input_len, label_len) = (M::input_len() * views, M::LOSS.label_len() * views);
@@ -1086,7 +1101,7 @@ where
                 sq_norms[p.group] += squares as f32;
             }
             let mut factors = vec![0.0f32; groups];
-            if clip_factors(step.clip_mode, step.clip_norm, groups, &sq_norms, &mut factors).unwrap() > 0 {
+            if clip_factors(clip_mode, clip_norm, groups, &sq_norms, &mut factors).unwrap() > 0 {
                 bad += 1;
                 continue;
             }
@@ -1181,20 +1196,8 @@ fn a_step_with_views_on_a_device_sums_what_the_cpu_sums() {
         assert_eq!(engine().gather_views(&data, &indices, &mut views, &mut view_labels), Some(3));
         let mut host = HostTraining::<SmallConv>::new();
         host.upload(model.params()).unwrap();
-        let step = DevicePrivateStep {
-            clip_mode,
-            clip_norm: 1.0,
-            noise_std: 0.0,
-            normaliser: 1.0,
-            key: [0; 32],
-            optimizer: DeviceOptimizer::Sgd(dp::device::DeviceSgd {
-                lr: 0.0,
-                momentum: 0.0,
-                nesterov: false,
-                weight_decay: 0.0,
-            }),
-        };
-        let bad = host.clipped_sum_of_averages(&views, &view_labels, indices.len(), 3, &step).unwrap();
+        let bad =
+            host.clipped_sum_of_averages(&views, &view_labels, indices.len(), 3, (clip_mode, 1.0)).unwrap();
         assert_eq!((bad, stats.non_finite), (1, 1), "{clip_mode:?}: the NaN example counted");
         let sum = host.dev.get(Region::Grad);
         assert!(sum.iter().all(|v| v.is_finite()), "{clip_mode:?}: the NaN example contributed");
@@ -1462,23 +1465,44 @@ fn a_distributed_run_on_devices_checkpoints_and_resumes_like_the_cpu() {
     check("adam", 55, || Adam::new(0.01).weight_decay(1e-3));
 }
 
-/// Augmentation multiplicity in a distributed run on devices is refused on every rank (before any
-/// collective, so no rank waits on another), with an error naming it.
+/// Augmentation multiplicity in a distributed run on devices: each rank's engine draws the views of
+/// its own examples as the CPU's distributed step does and its device averages, clips and sums them
+/// (`clipped_sum_with_views_to_host`), so every rank ends where the CPU's distributed run with views
+/// does (to rounding), flat and per-layer, with examples whose every view is NaN on both ranks.
 #[test]
-fn views_in_a_distributed_run_on_devices_are_refused() {
+fn views_in_a_distributed_run_on_devices_follow_the_cpu() {
     use dp::data::augment::Augmentation;
     let mut rng = ChaCha8Rng::seed_from_u64(53);
-    let (inputs, labels) = batch::<SmallConv>(&mut rng, 40, false);
+    let (mut inputs, labels) = batch::<SmallConv>(&mut rng, 200, false);
+    let len = SmallConv::input_len();
+    for example in [3, 150] {
+        inputs[example * len..(example + 1) * len].fill(f32::NAN);
+    }
     let data = dp::Dataset::new(inputs, labels, SmallConv::INPUT_SHAPE.to_vec(), 1).unwrap();
     let initial = SmallConv::init(&mut rng).params().to_vec();
     let augmentation = Augmentation { crop_padding: 2, horizontal_flip: true, padding_value: -0.5 };
-    let on = RanksOn::Devices { fault: None };
-    let outcomes = distributed_runs::<SmallConv>(&data, &initial, 2, on, &|t| {
-        t.optimizer(Sgd::new(0.1)).steps(2).augmentation_multiplicity(3, augmentation)
-    });
-    assert_eq!(outcomes.len(), 2);
-    for outcome in outcomes {
-        let error = outcome.expect_err("refused").to_string();
-        assert!(error.contains("augmentation multiplicity in a distributed run"), "{error}");
+    for per_layer in [false, true] {
+        let outcomes = |on| {
+            distributed_runs::<SmallConv>(&data, &initial, 2, on, &|t| {
+                t.optimizer(Sgd::new(0.5).momentum(0.9))
+                    .per_layer_clipping(per_layer)
+                    .epochs(2)
+                    .augmentation_multiplicity(3, augmentation)
+            })
+        };
+        let on_cpu = outcomes(RanksOn::Cpu);
+        let on_devices = outcomes(RanksOn::Devices { fault: None });
+        for (rank, (cpu, dev)) in on_cpu.into_iter().zip(on_devices).enumerate() {
+            let ((cpu, cpu_report), (dev, dev_report)) = (cpu.unwrap(), dev.unwrap());
+            let moved = largest_difference(&cpu, &initial);
+            let diff = largest_difference(&dev, &cpu);
+            assert!(
+                moved > 0.01,
+                "per-layer {per_layer} rank {rank}: training moved the parameters by {moved}"
+            );
+            assert!(diff <= 1e-6 * moved.max(1.0), "per-layer {per_layer} rank {rank}: differs by {diff}");
+            assert_eq!((dev_report.steps, dev_report.epsilon), (cpu_report.steps, cpu_report.epsilon));
+            assert_eq!(dev_report.accuracy.to_bits(), cpu_report.accuracy.to_bits(), "rank {rank}");
+        }
     }
 }

@@ -245,6 +245,19 @@ impl<M: DpModel> DeviceTraining<M> for &mut PrecisionProbe {
         sum.fill(0.0);
         Ok(0)
     }
+    fn clipped_sum_with_views_to_host(
+        &mut self,
+        _inputs: &[M::Input],
+        _labels: &[f32],
+        _n: usize,
+        _views: usize,
+        _clip_mode: dp::clipping::ClipMode,
+        _clip_norm: f64,
+        sum: &mut [f32],
+    ) -> Result<usize, DeviceError> {
+        sum.fill(0.0);
+        Ok(0)
+    }
     fn released_update(&mut self, _: &[f64], _: f64, _: DeviceOptimizer) -> Result<bool, DeviceError> {
         Ok(false)
     }

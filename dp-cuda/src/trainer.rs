@@ -460,9 +460,15 @@ impl<M: DpModel> GpuModel<M> {
         }
         self.load_batch(inputs, labels, n)?;
         self.queue_before_update(BeforeUpdate::ClippedSum(clipping), n)?;
+        self.copy_out_clipped_sum(sum)
+    }
+
+    /// The clipped sum in `Grad` copied out into `sum` (`TRAINED_PARAM_COUNT` values), and the count
+    /// of examples whose norm was not finite, after the step's launches so far.
+    fn copy_out_clipped_sum(&mut self, sum: &mut [f32]) -> Result<usize> {
         let s = self.gpu.stream.clone();
-        if len > 0 {
-            let view = self.memory.slice(Region::Grad).slice(..len);
+        if !sum.is_empty() {
+            let view = self.memory.slice(Region::Grad).slice(..sum.len());
             s.memcpy_dtoh(&view, sum).map_err(driver("copying the clipped sum back"))?;
             self.transfers.to_host += 1;
         }
@@ -1060,6 +1066,23 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
         self.make_room(n)?;
         let clipping = Clipping { mode: clip_mode, norm: clip_norm };
         self.clipped_sum_out(inputs, labels, n, clipping, sum)
+            .map_err(|e| DeviceError::Backend(e.to_string()))
+    }
+
+    fn clipped_sum_with_views_to_host(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        views: usize,
+        clip_mode: ClipMode,
+        clip_norm: f64,
+        sum: &mut [f32],
+    ) -> std::result::Result<usize, DeviceError> {
+        // The device program runs on one example's views at a time.
+        self.make_room(views)?;
+        let clipping = Clipping { mode: clip_mode, norm: clip_norm };
+        self.clipped_sum_with_views_out((inputs, labels), n, views, clipping, sum)
             .map_err(|e| DeviceError::Backend(e.to_string()))
     }
 

@@ -55,6 +55,48 @@ impl<M: DpModel> GpuModel<M> {
         key: &[u8; 32],
         step: impl Into<UpdateStep>,
     ) -> Result<DeviceStepOutcome> {
+        self.queue_clipped_sum_of_views(inputs, labels, n, views, clipping, Some(key))?;
+        self.queue_noise_draw()?;
+        let len = M::TRAINED_PARAM_COUNT;
+        if len > 0 {
+            let s = self.gpu.stream.clone();
+            let params = self.memory.slice(Region::Params).slice(..len);
+            s.memcpy_dtod(&params, &mut self.previous).map_err(driver("keeping the parameters"))?;
+        }
+        self.finish_step(step.into())
+    }
+
+    /// A distributed rank's part of a step with views (`docs/DISTRIBUTED.md`): the clipped sum of
+    /// [`private_step_with_views`](Self::private_step_with_views) copied out into `sum`
+    /// (`TRAINED_PARAM_COUNT` values), no noise and no update. Copies in the views and their labels,
+    /// out the sum and the counts; returns the examples whose norm was not finite.
+    pub fn clipped_sum_with_views_out(
+        &mut self,
+        (inputs, labels): (&[M::Input], &[f32]),
+        n: usize,
+        views: usize,
+        clipping: Clipping,
+        sum: &mut [f32],
+    ) -> Result<usize> {
+        let len = M::TRAINED_PARAM_COUNT;
+        if sum.len() != len {
+            return Err(CudaError::Mismatch(format!("a clipped sum of {} values for {len}", sum.len())));
+        }
+        self.queue_clipped_sum_of_views(inputs, labels, n, views, clipping, None)?;
+        self.copy_out_clipped_sum(sum)
+    }
+
+    /// The views and labels copied in (and `key`, for a step that draws noise), the counts zeroed,
+    /// each example's clipped average added into the views' sum, and that sum copied into `Grad`.
+    fn queue_clipped_sum_of_views(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        views: usize,
+        clipping: Clipping,
+        key: Option<&[u8; 32]>,
+    ) -> Result<()> {
         let (input_len, label_len) = (M::input_len(), M::LOSS.label_len());
         let total = n * views;
         if views == 0 || views > self.max_batch {
@@ -80,7 +122,9 @@ impl<M: DpModel> GpuModel<M> {
             self.staging.copy_in(&self.gpu, labels, dst)?;
             self.transfers.to_device += 2;
         }
-        self.load_key(key)?;
+        if let Some(key) = key {
+            self.load_key(key)?;
+        }
         s.memset_zeros(&mut self.non_finite).map_err(driver("zeroing the count"))?;
         let buffers = self.views.as_mut().expect("allocated by ensure_views");
         s.memset_zeros(&mut buffers.clipped).map_err(driver("zeroing the clipped sum"))?;
@@ -94,12 +138,7 @@ impl<M: DpModel> GpuModel<M> {
             s.memcpy_dtod(&buffers.clipped.slice(..len), &mut grad)
                 .map_err(driver("copying the clipped sum"))?;
         }
-        self.queue_noise_draw()?;
-        if len > 0 {
-            let params = self.memory.slice(Region::Params).slice(..len);
-            s.memcpy_dtod(&params, &mut self.previous).map_err(driver("keeping the parameters"))?;
-        }
-        self.finish_step(step.into())
+        Ok(())
     }
 
     /// Example `example`'s views through the program, and its clipped average added into the sum.

@@ -895,6 +895,22 @@ pub trait DeviceTraining<M: crate::DpModel>: Send {
         clip_norm: f64,
         sum: &mut [f32],
     ) -> Result<usize, DeviceError>;
+    /// [`clipped_sum_to_host`](Self::clipped_sum_to_host) with augmentation multiplicity: `inputs`
+    /// and `labels` hold the `n · views` views of the rank's examples, example-major, and the sum is
+    /// that of their clipped averages as [`private_step_with_views`](Self::private_step_with_views)
+    /// forms it, copied back into `sum` (OVERWRITTEN). No noise, no update. Returns the examples whose
+    /// norm was not finite (they contributed nothing).
+    #[allow(clippy::too_many_arguments)]
+    fn clipped_sum_with_views_to_host(
+        &mut self,
+        inputs: &[M::Input],
+        labels: &[f32],
+        n: usize,
+        views: usize,
+        clip_mode: crate::clipping::ClipMode,
+        clip_norm: f64,
+        sum: &mut [f32],
+    ) -> Result<usize, DeviceError>;
     /// A distributed step's second half: the update from the released vector R = S + σC·z that rank
     /// 0 broadcast (`TRAINED_PARAM_COUNT` values, f64), copied in. The noisy gradient is
     /// `R · (1 / normaliser)` per coordinate, exactly `NoisyGradient::released`'s, then `optimizer`'s

@@ -129,13 +129,17 @@ impl<'g> DistributedRun<'g> {
 
     /// [`step`](Self::step) with this rank's clipped sum computed on `device`
     /// ([`DeviceTraining::clipped_sum_to_host`], clipping as `settings` say) from the examples of its
-    /// shard gathered into `gathered` (inputs, labels); rank 0 draws the noise on the host exactly as
+    /// shard gathered into `gathered` (inputs, labels; with augmentation multiplicity their views,
+    /// drawn by `engine` as the CPU's step draws them, and
+    /// [`DeviceTraining::clipped_sum_with_views_to_host`]); rank 0 draws the noise on the host exactly as
     /// the CPU's step does ([`GaussianNoise::fill`]: the same stream, the same chunks), so a seeded run
     /// releases the CPU's R. The update is the caller's ([`DeviceTraining::released_update`]). A
     /// device error on any rank is every rank's [`Error::RankFailed`].
+    #[allow(clippy::too_many_arguments)]
     pub fn device_step<M: DpModel>(
         &mut self,
         device: &mut dyn DeviceTraining<M>,
+        engine: &mut StepEngine<M>,
         shard_data: &Dataset<M::Input>,
         global_indices: &[usize],
         noise: Option<&mut GaussianNoise>,
@@ -144,7 +148,11 @@ impl<'g> DistributedRun<'g> {
     ) -> Result<BatchStats> {
         self.keep_local(global_indices);
         let (inputs, labels) = gathered;
-        shard_data.gather(&self.local_indices, inputs, labels);
+        // With augmentation multiplicity the engine draws this rank's views as the CPU's step does.
+        let views = engine.gather_views(shard_data, &self.local_indices, inputs, labels);
+        if views.is_none() {
+            shard_data.gather(&self.local_indices, inputs, labels);
+        }
         let params = M::TRAINED_PARAM_COUNT;
         let mut drawn = std::mem::take(&mut self.drawn_noise);
         let noise_drawn = match (self.is_root(), noise) {
@@ -159,10 +167,15 @@ impl<'g> DistributedRun<'g> {
         let n = self.local_indices.len();
         let outcome = noise_drawn.and_then(|()| {
             let sum = &mut self.local[..params];
-            device
-                .clipped_sum_to_host(inputs, labels, n, settings.clip_mode, settings.clip_norm, sum)
-                .map(|non_finite| BatchStats { non_finite, examples: n, ..BatchStats::default() })
-                .map_err(|e| Error::Mismatch { model: M::NAME.into(), message: e.to_string() })
+            let (mode, norm) = (settings.clip_mode, settings.clip_norm);
+            match views {
+                Some(views) => {
+                    device.clipped_sum_with_views_to_host(inputs, labels, n, views, mode, norm, sum)
+                }
+                None => device.clipped_sum_to_host(inputs, labels, n, mode, norm, sum),
+            }
+            .map(|non_finite| BatchStats { non_finite, examples: n, ..BatchStats::default() })
+            .map_err(|e| Error::Mismatch { model: M::NAME.into(), message: e.to_string() })
         });
         let released = self.release(outcome, &drawn, settings.noise_std);
         self.drawn_noise = drawn;

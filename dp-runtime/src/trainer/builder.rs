@@ -38,8 +38,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
     /// [`precision`](Self::precision). With [`distributed`](Self::distributed) every rank has its own
     /// device: each step its clipped sum comes out for the reduce and rank 0's released vector goes
     /// back in for the update (docs/DISTRIBUTED.md, "On devices"); a device error on any rank stops
-    /// every rank with the same [`Error::RankFailed`]. Augmentation multiplicity is not built for a
-    /// distributed run on devices.
+    /// every rank with the same [`Error::RankFailed`].
     pub fn device(mut self, device: impl DeviceTraining<M> + 'm) -> Self {
         self.device = Some(Box::new(device));
         self

@@ -173,10 +173,6 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     self.views.is_some() && non_private_diagnostics,
                     "non-private diagnostics with augmentation multiplicity",
                 ),
-                (
-                    self.views.is_some() && self.distributed.is_some(),
-                    "augmentation multiplicity in a distributed run",
-                ),
             ];
             if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
                 return Err(Error::invalid(
@@ -445,6 +441,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                             let settings = DeviceStepSettings { clip_mode, clip_norm, noise_std };
                             let stats = run.device_step(
                                 dev.as_mut(),
+                                &mut engine,
                                 train,
                                 &indices,
                                 Some(&mut noise_stream),
