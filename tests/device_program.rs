@@ -274,8 +274,14 @@ struct HostTraining<M: DpModel> {
     average: Vec<f32>,
     /// A device error injected at one step (0-based), to test how a distributed run stops.
     fault: Option<(Fault, u64)>,
+    /// The last step's views per example (`None`: a step without views) and, if it kept them
+    /// (`keep_losses`), each view's loss and each example's clip factors.
+    last_views: Option<(usize, Option<KeptLosses>)>,
     model: std::marker::PhantomData<M>,
 }
+
+/// Each view's loss and each example's clip factors, kept by a step with views.
+type KeptLosses = (Vec<f32>, Vec<f32>);
 
 /// Where [`HostTraining`] injects a device error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,6 +298,7 @@ impl<M: DpModel> HostTraining<M> {
             steps: 0,
             average: Vec::new(),
             fault: None,
+            last_views: None,
             model: std::marker::PhantomData,
         }
     }
@@ -365,11 +372,22 @@ where
     fn last_losses_and_factors(
         &mut self,
         n: usize,
+        views: usize,
         losses: &mut [f32],
         factors: &mut [f32],
     ) -> Result<(), DeviceError> {
-        losses.copy_from_slice(&self.dev.get(Region::Losses)[..n]);
-        factors.copy_from_slice(&self.dev.get(Region::Factors)[..n * M::GROUPS.len()]);
+        let groups = M::GROUPS.len();
+        match &self.last_views {
+            None if views == 1 => {
+                losses.copy_from_slice(&self.dev.get(Region::Losses)[..n]);
+                factors.copy_from_slice(&self.dev.get(Region::Factors)[..n * groups]);
+            }
+            Some((last, Some((kept_losses, kept_factors)))) if *last == views => {
+                losses.copy_from_slice(&kept_losses[..n * views]);
+                factors.copy_from_slice(&kept_factors[..n * groups]);
+            }
+            _ => return Err(DeviceError::Mismatch(format!("no losses of {views} views kept"))),
+        }
         Ok(())
     }
 
@@ -380,6 +398,7 @@ where
         n: usize,
         step: &DevicePrivateStep,
     ) -> Result<DeviceStepOutcome, DeviceError> {
+        self.last_views = None;
         let bad = self.clipped_sum_on_device(inputs, labels, n, step.clip_mode, step.clip_norm)?;
         self.noisy_update(step, bad)
     }
@@ -416,8 +435,13 @@ where
         views: usize,
         step: &DevicePrivateStep,
     ) -> Result<DeviceStepOutcome, DeviceError> {
-        self.clipped_sum_of_averages(inputs, labels, n, views, (step.clip_mode, step.clip_norm))
-            .and_then(|bad| self.noisy_update(step, bad))
+        let bad = self.clipped_sum_of_averages(inputs, labels, n, views, (step.clip_mode, step.clip_norm))?;
+        if let Some((_, kept)) = &mut self.last_views {
+            if !step.keep_losses {
+                *kept = None;
+            }
+        }
+        self.noisy_update(step, bad)
     }
 
     fn clipped_sum_to_host(
@@ -1083,6 +1107,7 @@ where
         let trained: Vec<_> = M::PARAMS.iter().filter(|p| p.is_trained()).collect();
         let mut clipped = vec![0.0f32; len];
         let mut bad = 0;
+        let (mut kept_losses, mut kept_factors) = (Vec::new(), Vec::new());
         let d = &mut self.dev;
         for (example, labels) in inputs.chunks_exact(input_len).zip(labels.chunks_exact(label_len)) {
             d.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * views]);
@@ -1092,6 +1117,7 @@ where
             d.set(Region::Grad, vec![0.0; len]);
             M::device_forward_backward(d, views)?;
             M::device_gradient_sum(d, views)?;
+            kept_losses.extend_from_slice(&d.get(Region::Losses)[..views]);
             let inverse = 1.0 / views as f32;
             let average: Vec<f32> = d.get(Region::Grad).iter().map(|&g| g * inverse).collect();
             let mut sq_norms = vec![0.0f32; groups];
@@ -1101,7 +1127,9 @@ where
                 sq_norms[p.group] += squares as f32;
             }
             let mut factors = vec![0.0f32; groups];
-            if clip_factors(clip_mode, clip_norm, groups, &sq_norms, &mut factors).unwrap() > 0 {
+            let not_finite = clip_factors(clip_mode, clip_norm, groups, &sq_norms, &mut factors).unwrap() > 0;
+            kept_factors.extend_from_slice(&factors);
+            if not_finite {
                 bad += 1;
                 continue;
             }
@@ -1113,6 +1141,7 @@ where
             }
         }
         d.set(Region::Grad, clipped);
+        self.last_views = Some((views, Some((kept_losses, kept_factors))));
         Ok(bad)
     }
 }
@@ -1205,32 +1234,46 @@ fn a_step_with_views_on_a_device_sums_what_the_cpu_sums() {
     }
 }
 
-/// Non-private diagnostics with augmentation multiplicity are refused on a device (the losses of an
-/// example's views are not kept there), with an error naming both, before any step.
+/// Non-private diagnostics with augmentation multiplicity on a device: the step keeps each view's
+/// loss and each example's clip factors (`keep_losses`), and the epochs' training loss (each
+/// example's mean over its views) and non-finite counts are the CPU trainer's, flat and per-layer,
+/// with examples whose every view is NaN.
 #[test]
-fn diagnostics_with_views_on_a_device_are_refused() {
+fn a_trainer_with_views_on_a_device_reports_the_diagnostics_of_the_cpu() {
     use dp::data::augment::Augmentation;
     let mut rng = ChaCha8Rng::seed_from_u64(52);
-    let (inputs, labels) = batch::<SmallConv>(&mut rng, 40, false);
+    let (mut inputs, labels) = batch::<SmallConv>(&mut rng, 200, false);
+    let len = SmallConv::input_len();
+    inputs[5 * len..8 * len].fill(f32::NAN);
     let data = dp::Dataset::new(inputs, labels, SmallConv::INPUT_SHAPE.to_vec(), 1).unwrap();
-    let mut model = SmallConv::init(&mut rng);
-    let before = model.params().to_vec();
+    let initial = SmallConv::init(&mut rng);
     let augmentation = Augmentation { crop_padding: 2, horizontal_flip: true, padding_value: -0.5 };
-    let error = dp::Trainer::new(&mut model)
-        .optimizer(Sgd::new(0.5))
-        .clip_norm(1.0)
-        .noise_multiplier(0.8)
-        .expected_batch_size(8)
-        .steps(2)
-        .augmentation_multiplicity(3, augmentation)
-        .non_private_diagnostics(true)
-        .device(HostTraining::<SmallConv>::new())
-        .quiet(true)
-        .fit(&data, None)
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("non-private diagnostics with augmentation multiplicity"), "{error}");
-    assert_eq!(model.params(), &before[..]);
+    for per_layer in [false, true] {
+        let (_, _, cpu_report, dev_report) = fit_on_both(&data, &initial, |t| {
+            t.optimizer(Sgd::new(0.5).momentum(0.9))
+                .clip_norm(1.0)
+                .per_layer_clipping(per_layer)
+                .noise_multiplier(0.8)
+                .expected_batch_size(48)
+                .epochs(2)
+                .augmentation_multiplicity(3, augmentation)
+                .non_private_diagnostics(true)
+                .seed(7)
+        });
+        let mut non_finite = 0;
+        for (d, c) in dev_report.epochs.iter().zip(&cpu_report.epochs) {
+            let (d, c) = (d.diagnostics.as_ref().unwrap(), c.diagnostics.as_ref().unwrap());
+            assert!(c.train_loss.is_finite() && c.train_loss > 0.0, "{}", c.train_loss);
+            let close = (d.train_loss - c.train_loss).abs() <= 1e-5 * c.train_loss;
+            assert!(close, "per-layer {per_layer}: {} vs {}", d.train_loss, c.train_loss);
+            assert_eq!(
+                (d.non_finite_examples, d.mean_batch_size),
+                (c.non_finite_examples, c.mean_batch_size)
+            );
+            non_finite += c.non_finite_examples;
+        }
+        assert!(non_finite > 0, "no NaN example was sampled: the test would not see its loss left out");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

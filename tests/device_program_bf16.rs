@@ -199,6 +199,7 @@ impl<M: DpModel> DeviceTraining<M> for &mut PrecisionProbe {
     fn last_losses_and_factors(
         &mut self,
         _n: usize,
+        _views: usize,
         _losses: &mut [f32],
         _factors: &mut [f32],
     ) -> Result<(), DeviceError> {

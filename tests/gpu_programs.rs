@@ -694,7 +694,7 @@ fn gpu_trainer_with_views_follows_the_cpu_trainer() {
     };
     let before = model.transfers();
     let outcome = model
-        .private_step_with_views(&view_inputs, &view_labels, n, views, clipping, &[9; 32], step)
+        .private_step_with_views((&view_inputs, &view_labels), n, views, clipping, &[9; 32], step, false)
         .unwrap();
     let after = model.transfers();
     assert_eq!(outcome.non_finite_examples, 3, "examples 5 to 7 are NaN");
@@ -888,5 +888,48 @@ fn gpu_distributed_run_with_views_follows_the_cpu() {
             );
             assert_eq!((gpu_report.steps, gpu_report.epsilon), (cpu_report.steps, cpu_report.epsilon));
         }
+    }
+}
+
+/// Non-private diagnostics with augmentation multiplicity on the GPU: the step keeps each view's loss
+/// and each example's clip factors, and the epochs' training loss agrees with the CPU trainer's
+/// (written 2026-12-04; not yet run on a GPU).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_trainer_with_views_reports_the_diagnostics_of_the_cpu() {
+    use dp::data::augment::Augmentation;
+    let Some(gpu) = gpu("views with diagnostics") else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(52);
+    let (mut inputs, labels) = batch::<SmallConv>(&mut rng, 300, false);
+    let len = SmallConv::input_len();
+    inputs[5 * len..8 * len].fill(f32::NAN);
+    let data = dp::Dataset::new(inputs, labels, SmallConv::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = SmallConv::init(&mut rng);
+    let augmentation = Augmentation { crop_padding: 2, horizontal_flip: true, padding_value: -0.5 };
+    let train = |device: Option<GpuModel<SmallConv>>| {
+        let mut model = SmallConv::from_params(initial.params().to_vec());
+        let trainer = dp::Trainer::new(&mut model)
+            .optimizer(Sgd::new(0.5).momentum(0.9))
+            .clip_norm(1.0)
+            .noise_multiplier(0.8)
+            .expected_batch_size(48)
+            .epochs(2)
+            .augmentation_multiplicity(3, augmentation)
+            .non_private_diagnostics(true)
+            .seed(7)
+            .quiet(true);
+        match device {
+            Some(d) => trainer.device(d).fit(&data, Some(&data)),
+            None => trainer.fit(&data, Some(&data)),
+        }
+        .unwrap()
+    };
+    let cpu_report = train(None);
+    let gpu_report = train(Some(GpuModel::<SmallConv>::new(gpu, initial.params(), 64).unwrap()));
+    for (g, c) in gpu_report.epochs.iter().zip(&cpu_report.epochs) {
+        let (g, c) = (g.diagnostics.as_ref().unwrap(), c.diagnostics.as_ref().unwrap());
+        say(&format!("views diagnostics: training loss cpu {:.6} gpu {:.6}", c.train_loss, g.train_loss));
+        assert!(c.train_loss.is_finite() && (g.train_loss - c.train_loss).abs() <= 1e-3 * c.train_loss);
+        assert_eq!(g.non_finite_examples, c.non_finite_examples);
     }
 }

@@ -81,6 +81,9 @@ pub struct GpuModel<M: DpModel> {
     precision: Precision,
     /// Augmentation multiplicity's buffers, from its first step on (`trainer/views.rs`).
     views: Option<views::ViewsBuffers>,
+    /// The last step's views per example and whether it kept their losses (`None`: a step without
+    /// views, whose losses and factors are in their regions).
+    last_views: Option<(usize, bool)>,
     model: PhantomData<M>,
 }
 
@@ -198,6 +201,7 @@ impl<M: DpModel> GpuModel<M> {
             precision: Precision::F32,
             staging,
             views: None,
+            last_views: None,
             released_staging: None,
             model: PhantomData,
         })
@@ -435,6 +439,7 @@ impl<M: DpModel> GpuModel<M> {
         key: &[u8; 32],
         step: impl Into<UpdateStep>,
     ) -> Result<DeviceStepOutcome> {
+        self.last_views = None;
         self.load_batch(inputs, labels, n)?;
         self.load_key(key)?;
         self.queue_before_update(BeforeUpdate::PrivateStep(clipping), n)?;
@@ -899,25 +904,43 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
     fn last_losses_and_factors(
         &mut self,
         n: usize,
+        views: usize,
         losses: &mut [f32],
         factors: &mut [f32],
     ) -> std::result::Result<(), DeviceError> {
         let groups = M::GROUPS.len();
-        if n > self.max_batch || losses.len() != n || factors.len() != n * groups {
+        if losses.len() != n * views || factors.len() != n * groups {
             return Err(DeviceError::Mismatch(format!(
-                "{} losses and {} factors asked of a step on {n} examples ({groups} groups; the device holds \
-                 {} examples)",
+                "{} losses and {} factors asked of a step on {n} examples of {views} views ({groups} groups)",
                 losses.len(),
                 factors.len(),
-                self.max_batch
             )));
         }
         let s = self.gpu.stream.clone();
-        for (region, out) in [(Region::Losses, losses), (Region::Factors, factors)] {
-            if !out.is_empty() {
-                let view = self.memory.slice(region).slice(..out.len());
-                s.memcpy_dtoh(&view, out).map_err(backend("copying the losses back"))?;
-                self.transfers.to_host += 1;
+        match (self.last_views, &self.views) {
+            (None, _) if views == 1 && n <= self.max_batch => {
+                for (region, out) in [(Region::Losses, losses), (Region::Factors, factors)] {
+                    if !out.is_empty() {
+                        let view = self.memory.slice(region).slice(..out.len());
+                        s.memcpy_dtoh(&view, out).map_err(backend("copying the losses back"))?;
+                        self.transfers.to_host += 1;
+                    }
+                }
+            }
+            (Some((last, true)), Some(buffers)) if last == views && n * views <= buffers.capacity() => {
+                let (kept_losses, kept_factors) = buffers.kept_losses_and_factors();
+                for (kept, out) in [(kept_losses, losses), (kept_factors, factors)] {
+                    if !out.is_empty() {
+                        s.memcpy_dtoh(&kept.slice(..out.len()), out)
+                            .map_err(backend("copying the losses back"))?;
+                        self.transfers.to_host += 1;
+                    }
+                }
+            }
+            _ => {
+                return Err(DeviceError::Mismatch(format!(
+                    "no losses of {n} examples of {views} views kept by the last step"
+                )))
             }
         }
         s.synchronize().map_err(backend("copying the losses back"))
@@ -1036,7 +1059,8 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
         // The device program runs on one example's views at a time.
         self.make_room(views)?;
         let (clipping, update) = self.settings_of(step);
-        GpuModel::private_step_with_views(self, inputs, labels, n, views, clipping, &step.key, update)
+        let keep = step.keep_losses;
+        GpuModel::private_step_with_views(self, (inputs, labels), n, views, clipping, &step.key, update, keep)
             .map_err(|e| DeviceError::Backend(e.to_string()))
     }
 

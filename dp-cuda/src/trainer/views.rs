@@ -36,26 +36,44 @@ pub(super) struct ViewsBuffers {
     partials: CudaSlice<f64>,
     ranges: usize,
     blocks: usize,
+    /// With `keep_losses`: each view's loss (`capacity`) and each example's clip factors
+    /// (`capacity · groups`, room for as many examples as views).
+    kept_losses: CudaSlice<f32>,
+    kept_factors: CudaSlice<f32>,
+}
+
+impl ViewsBuffers {
+    /// The views the buffers hold.
+    pub(super) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The kept losses and factors of the last step that kept them.
+    pub(super) fn kept_losses_and_factors(&self) -> (&CudaSlice<f32>, &CudaSlice<f32>) {
+        (&self.kept_losses, &self.kept_factors)
+    }
 }
 
 impl<M: DpModel> GpuModel<M> {
     /// One DP-SGD step on `n` examples seen as `views` views each (`inputs` and `labels` hold the
     /// `n · views` views, example-major): per example the average of its views' gradients clipped as
     /// one vector, their sum, then the noise under `key` and the update, as
-    /// [`private_step`](Self::private_step). Copies in the views, their labels and the key, and out
-    /// the two counts. The arena must hold `views` examples (`make_room`).
+    /// [`private_step`](Self::private_step); with `keep_losses`, each view's loss and each example's
+    /// clip factors kept on the device (two copies per example) for non-private diagnostics. Copies
+    /// in the views, their labels and the key, and out the two counts. The arena must hold `views`
+    /// examples (`make_room`).
     #[allow(clippy::too_many_arguments)]
     pub fn private_step_with_views(
         &mut self,
-        inputs: &[M::Input],
-        labels: &[f32],
+        (inputs, labels): (&[M::Input], &[f32]),
         n: usize,
         views: usize,
         clipping: Clipping,
         key: &[u8; 32],
         step: impl Into<UpdateStep>,
+        keep_losses: bool,
     ) -> Result<DeviceStepOutcome> {
-        self.queue_clipped_sum_of_views(inputs, labels, n, views, clipping, Some(key))?;
+        self.queue_clipped_sum_of_views((inputs, labels), n, views, clipping, Some(key), keep_losses)?;
         self.queue_noise_draw()?;
         let len = M::TRAINED_PARAM_COUNT;
         if len > 0 {
@@ -82,21 +100,23 @@ impl<M: DpModel> GpuModel<M> {
         if sum.len() != len {
             return Err(CudaError::Mismatch(format!("a clipped sum of {} values for {len}", sum.len())));
         }
-        self.queue_clipped_sum_of_views(inputs, labels, n, views, clipping, None)?;
+        self.queue_clipped_sum_of_views((inputs, labels), n, views, clipping, None, false)?;
         self.copy_out_clipped_sum(sum)
     }
 
     /// The views and labels copied in (and `key`, for a step that draws noise), the counts zeroed,
-    /// each example's clipped average added into the views' sum, and that sum copied into `Grad`.
+    /// each example's clipped average added into the views' sum (its views' losses and its factors
+    /// kept if `keep_losses`), and that sum copied into `Grad`.
     fn queue_clipped_sum_of_views(
         &mut self,
-        inputs: &[M::Input],
-        labels: &[f32],
+        (inputs, labels): (&[M::Input], &[f32]),
         n: usize,
         views: usize,
         clipping: Clipping,
         key: Option<&[u8; 32]>,
+        keep_losses: bool,
     ) -> Result<()> {
+        self.last_views = Some((views, keep_losses));
         let (input_len, label_len) = (M::input_len(), M::LOSS.label_len());
         let total = n * views;
         if views == 0 || views > self.max_batch {
@@ -130,6 +150,9 @@ impl<M: DpModel> GpuModel<M> {
         s.memset_zeros(&mut buffers.clipped).map_err(driver("zeroing the clipped sum"))?;
         for example in 0..n {
             self.queue_clipped_average(example, views, clipping)?;
+            if keep_losses {
+                self.keep_losses_of(example, views)?;
+            }
         }
         let len = M::TRAINED_PARAM_COUNT;
         if len > 0 {
@@ -183,6 +206,21 @@ impl<M: DpModel> GpuModel<M> {
         unsafe { self.gpu.queue_views_accumulate(clipped, grad, factors, ranges) }
     }
 
+    /// Example `example`'s `views` losses (in `Losses`) and its clip factors (in `Factors`) copied, on
+    /// the device, into the kept losses and factors.
+    fn keep_losses_of(&mut self, example: usize, views: usize) -> Result<()> {
+        let s = self.gpu.stream.clone();
+        let groups = M::GROUPS.len();
+        let buffers = self.views.as_mut().expect("allocated by ensure_views");
+        let losses = self.memory.slice(Region::Losses).slice(..views);
+        let mut kept = buffers.kept_losses.slice_mut(example * views..(example + 1) * views);
+        s.memcpy_dtod(&losses, &mut kept).map_err(driver("keeping an example's losses"))?;
+        let factors = self.memory.slice(Region::Factors).slice(..groups);
+        let mut kept = buffers.kept_factors.slice_mut(example * groups..(example + 1) * groups);
+        s.memcpy_dtod(&factors, &mut kept).map_err(driver("keeping an example's factors"))?;
+        Ok(())
+    }
+
     /// The buffers of a step with views, with room for `total` views.
     fn ensure_views(&mut self, total: usize) -> Result<()> {
         let s = self.gpu.stream.clone();
@@ -227,6 +265,8 @@ impl<M: DpModel> GpuModel<M> {
                 .map_err(driver("allocating the partial sums"))?,
             ranges,
             blocks,
+            kept_losses: alloc("allocating the kept losses", capacity)?,
+            kept_factors: alloc("allocating the kept factors", capacity * M::GROUPS.len())?,
         });
         Ok(())
     }

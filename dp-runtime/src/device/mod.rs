@@ -792,6 +792,10 @@ pub struct DevicePrivateStep {
     pub key: [u8; 32],
     /// The update, with this step's learning rate.
     pub optimizer: DeviceOptimizer,
+    /// Whether a step with views keeps each view's loss and each example's clip factors for
+    /// [`last_losses_and_factors`](DeviceTraining::last_losses_and_factors) (non-private diagnostics
+    /// only: it costs copies per example); a step without views always has them.
+    pub keep_losses: bool,
 }
 
 /// What a device step reports (scalars only: nothing else leaves the device during a step).
@@ -839,13 +843,16 @@ pub trait DeviceTraining<M: crate::DpModel>: Send {
     fn fold_average(&mut self, decay: f64) -> Result<(), DeviceError>;
     /// The average, copied back (all `PARAM_COUNT` values).
     fn download_average(&mut self, average: &mut [f32]) -> Result<(), DeviceError>;
-    /// After a private step on `n` examples: each example's loss (`losses`, `n` values) and clip
-    /// factors (`factors`, `n · groups`, example-major), copied back. Only non-private diagnostics
+    /// After a private step on `n` examples seen as `views` views each (1: a step without views;
+    /// one with views kept them only if its `keep_losses` said so): each view's loss (`losses`,
+    /// `n · views` values, example-major) and each example's clip factors (`factors`, `n · groups`,
+    /// example-major), copied back. Only non-private diagnostics
     /// ([`Trainer::non_private_diagnostics`](crate::Trainer::non_private_diagnostics)) ask for them,
     /// to report the training loss.
     fn last_losses_and_factors(
         &mut self,
         n: usize,
+        views: usize,
         losses: &mut [f32],
         factors: &mut [f32],
     ) -> Result<(), DeviceError>;

@@ -33,7 +33,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
     /// [`ema`](Self::ema) the device keeps, [`augmentation_multiplicity`](Self::augmentation_multiplicity)
     /// (the views drawn and augmented here, as the CPU draws them, then averaged and clipped on the
     /// device), and [non-private diagnostics](Self::non_private_diagnostics) (each step's losses and
-    /// clip factors then come back too; not with views, nor in a distributed run); secure noise is
+    /// clip factors then come back too; as on the CPU, not in a distributed run); secure noise is
     /// refused on a device for now (docs/GPU.md). The device runs its products in the trainer's
     /// [`precision`](Self::precision). With [`distributed`](Self::distributed) every rank has its own
     /// device: each step its clipped sum comes out for the reduce and rank 0's released vector goes

@@ -167,13 +167,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
         check_dataset::<M>("train", train)?;
         let device_error = |e: DeviceError| Error::Mismatch { model: M::NAME.into(), message: e.to_string() };
         if device.is_some() {
-            let unsupported = [
-                (self.secure_noise, "secure noise"),
-                (
-                    self.views.is_some() && non_private_diagnostics,
-                    "non-private diagnostics with augmentation multiplicity",
-                ),
-            ];
+            let unsupported = [(self.secure_noise, "secure noise")];
             if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
                 return Err(Error::invalid(
                     "device",
@@ -402,24 +396,25 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                                 normaliser: plan.normaliser(),
                                 key,
                                 optimizer: optimizer.on_device(at).expect("checked before the first step"),
+                                keep_losses: non_private_diagnostics,
                             };
                             let n = indices.len();
                             // With views, they are drawn and augmented here as the CPU draws them.
-                            let outcome =
-                                match engine.gather_views(train, &indices, device_inputs, device_labels) {
-                                    Some(views) => dev.private_step_with_views(
-                                        device_inputs,
-                                        device_labels,
-                                        n,
-                                        views,
-                                        &settings,
-                                    ),
-                                    None => {
-                                        train.gather(&indices, device_inputs, device_labels);
-                                        dev.private_step(device_inputs, device_labels, n, &settings)
-                                    }
+                            let views = engine.gather_views(train, &indices, device_inputs, device_labels);
+                            let outcome = match views {
+                                Some(views) => dev.private_step_with_views(
+                                    device_inputs,
+                                    device_labels,
+                                    n,
+                                    views,
+                                    &settings,
+                                ),
+                                None => {
+                                    train.gather(&indices, device_inputs, device_labels);
+                                    dev.private_step(device_inputs, device_labels, n, &settings)
                                 }
-                                .map_err(device_error)?;
+                            }
+                            .map_err(device_error)?;
                             overflowed = outcome.overflowed;
                             let mut stats = BatchStats {
                                 non_finite: outcome.non_finite_examples,
@@ -427,12 +422,13 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                                 ..BatchStats::default()
                             };
                             if non_private_diagnostics {
-                                let groups = M::GROUPS.len();
-                                device_losses.resize(n, 0.0);
+                                let (groups, views) = (M::GROUPS.len(), views.unwrap_or(1));
+                                device_losses.resize(n * views, 0.0);
                                 device_factors.resize(n * groups, 0.0);
-                                dev.last_losses_and_factors(n, &mut device_losses, &mut device_factors)
+                                let (losses, factors) = (&mut device_losses, &mut device_factors);
+                                dev.last_losses_and_factors(n, views, losses, factors)
                                     .map_err(device_error)?;
-                                stats.add_losses(&device_losses, &device_factors, groups);
+                                stats.add_losses(&device_losses, views, &device_factors, groups);
                             }
                             stats
                         }

@@ -38,12 +38,15 @@ pub struct BatchStats {
 
 impl BatchStats {
     /// Adds the losses of the examples that count: a finite loss and some non-zero clip factor (an
-    /// example whose every factor is 0 contributed nothing). `factors` holds `groups` per example.
-    pub fn add_losses(&mut self, losses: &[f32], factors: &[f32], groups: usize) {
+    /// example whose every factor is 0 contributed nothing). `losses` holds `views` per example (1
+    /// without augmentation multiplicity), an example's loss being their mean in f64 as the views'
+    /// step forms it; `factors` holds `groups` per example.
+    pub fn add_losses(&mut self, losses: &[f32], views: usize, factors: &[f32], groups: usize) {
         // Without branches: which examples count is data, not a pattern the predictor learns.
-        for (&loss, factors) in losses.iter().zip(factors.chunks_exact(groups)) {
+        for (losses, factors) in losses.chunks_exact(views).zip(factors.chunks_exact(groups)) {
+            let loss = losses.iter().map(|&l| l as f64).sum::<f64>() / views as f64;
             let counts = factors.iter().fold(false, |any, &f| any | (f != 0.0)) & loss.is_finite();
-            self.loss_sum += if counts { loss as f64 } else { 0.0 };
+            self.loss_sum += if counts { loss } else { 0.0 };
             self.loss_count += counts as usize;
         }
     }
@@ -271,7 +274,7 @@ impl<M: DpModel> StepEngine<M> {
             &self.sq_norms[..size * groups],
             &mut self.factors[..size * groups],
         )?;
-        stats.add_losses(&self.losses, &self.factors[..size * groups], groups);
+        stats.add_losses(&self.losses, 1, &self.factors[..size * groups], groups);
         Ok(())
     }
 }
