@@ -412,11 +412,7 @@ where
         losses: &mut [f32],
     ) -> Result<DeviceStepOutcome, DeviceError> {
         let d = &mut self.dev;
-        d.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * n]);
-        TestInput::load(d, inputs);
-        d.set(Region::Labels, labels.to_vec());
-        d.set(Region::Losses, vec![f32::NAN; n]);
-        d.set(Region::Grad, vec![0.0; M::TRAINED_PARAM_COUNT]);
+        Self::load_batch(d, inputs, labels, n);
         if n > 0 {
             M::device_forward_backward(d, n)?;
             M::device_gradient_sum(d, n)?;
@@ -496,6 +492,16 @@ impl<M: DpModel> HostTraining<M>
 where
     M::Input: TestInput,
 {
+    /// A batch of `n` examples copied in, the arena and the losses NaN (the program must write what it
+    /// reads) and the gradient zero.
+    fn load_batch(d: &mut HostDevice, inputs: &[M::Input], labels: &[f32], n: usize) {
+        d.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * n]);
+        TestInput::load(d, inputs);
+        d.set(Region::Labels, labels.to_vec());
+        d.set(Region::Losses, vec![f32::NAN; n]);
+        d.set(Region::Grad, vec![0.0; M::TRAINED_PARAM_COUNT]);
+    }
+
     /// The device program's norms and clipped sum of `n` examples, with the CPU's clip factors: the
     /// sum in `Region::Grad`; the examples whose norm was not finite.
     fn clipped_sum_on_device(
@@ -506,14 +512,10 @@ where
         clip_mode: dp::clipping::ClipMode,
         clip_norm: f64,
     ) -> Result<usize, DeviceError> {
-        let (groups, len) = (M::GROUPS.len(), M::TRAINED_PARAM_COUNT);
+        let groups = M::GROUPS.len();
         let d = &mut self.dev;
-        d.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * n]);
-        TestInput::load(d, inputs);
-        d.set(Region::Labels, labels.to_vec());
-        d.set(Region::Losses, vec![0.0; n]);
+        Self::load_batch(d, inputs, labels, n);
         d.set(Region::SqNorms, vec![0.0; n * groups]);
-        d.set(Region::Grad, vec![0.0; len]);
         let mut factors = vec![0.0; n * groups];
         if n > 0 {
             M::device_forward_backward(d, n)?;
@@ -1110,11 +1112,7 @@ where
         let (mut kept_losses, mut kept_factors) = (Vec::new(), Vec::new());
         let d = &mut self.dev;
         for (example, labels) in inputs.chunks_exact(input_len).zip(labels.chunks_exact(label_len)) {
-            d.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * views]);
-            TestInput::load(d, example);
-            d.set(Region::Labels, labels.to_vec());
-            d.set(Region::Losses, vec![0.0; views]);
-            d.set(Region::Grad, vec![0.0; len]);
+            Self::load_batch(d, example, labels, views);
             M::device_forward_backward(d, views)?;
             M::device_gradient_sum(d, views)?;
             kept_losses.extend_from_slice(&d.get(Region::Losses)[..views]);
