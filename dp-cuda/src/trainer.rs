@@ -917,30 +917,24 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
             )));
         }
         let s = self.gpu.stream.clone();
-        match (self.last_views, &self.views) {
+        // A step without views leaves them in their regions; one with views kept them if asked.
+        let (kept_losses, kept_factors) = match (self.last_views, &self.views) {
             (None, _) if views == 1 && n <= self.max_batch => {
-                for (region, out) in [(Region::Losses, losses), (Region::Factors, factors)] {
-                    if !out.is_empty() {
-                        let view = self.memory.slice(region).slice(..out.len());
-                        s.memcpy_dtoh(&view, out).map_err(backend("copying the losses back"))?;
-                        self.transfers.to_host += 1;
-                    }
-                }
+                (self.memory.slice(Region::Losses), self.memory.slice(Region::Factors))
             }
             (Some((last, true)), Some(buffers)) if last == views && n * views <= buffers.capacity() => {
-                let (kept_losses, kept_factors) = buffers.kept_losses_and_factors();
-                for (kept, out) in [(kept_losses, losses), (kept_factors, factors)] {
-                    if !out.is_empty() {
-                        s.memcpy_dtoh(&kept.slice(..out.len()), out)
-                            .map_err(backend("copying the losses back"))?;
-                        self.transfers.to_host += 1;
-                    }
-                }
+                buffers.kept_losses_and_factors()
             }
             _ => {
                 return Err(DeviceError::Mismatch(format!(
                     "no losses of {n} examples of {views} views kept by the last step"
                 )))
+            }
+        };
+        for (kept, out) in [(kept_losses, losses), (kept_factors, factors)] {
+            if !out.is_empty() {
+                s.memcpy_dtoh(&kept.slice(..out.len()), out).map_err(backend("copying the losses back"))?;
+                self.transfers.to_host += 1;
             }
         }
         s.synchronize().map_err(backend("copying the losses back"))

@@ -659,21 +659,23 @@ fn gpu_timings<M: DpModel>(
         check_finite(&M::from_params(params), what)
     };
     let mut name = String::new();
+    // Plain SGD on the batch's mean; the private step adds its noise (n ≥ 1: batches are not empty).
+    let sgd = SgdStep {
+        noise_std: 0.0,
+        inverse_batch: 1.0 / n as f64,
+        lr: LEARNING_RATE,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        first: true,
+        nesterov: false,
+    };
     let private = match args.mode.private() {
         true => {
             let mut model = open()?;
             name = format!("cuda:{ordinal} {}", model.gpu().describe());
             let mut keys = dp_runtime::rng::seeded(1);
             let clipping = Clipping { mode: ClipMode::Flat, norm: CLIP_NORM };
-            let step = SgdStep {
-                noise_std: NOISE_MULTIPLIER * CLIP_NORM,
-                inverse_batch: 1.0 / n as f64,
-                lr: LEARNING_RATE,
-                momentum: 0.0,
-                weight_decay: 0.0,
-                first: true,
-                nesterov: false,
-            };
+            let step = SgdStep { noise_std: NOISE_MULTIPLIER * CLIP_NORM, ..sgd };
             let timing = time_steps(warmup, args.steps, || {
                 data.gather(indices, &mut inputs, &mut labels);
                 let mut key = [0u8; 32];
@@ -693,16 +695,7 @@ fn gpu_timings<M: DpModel>(
             let mut losses = vec![0.0; n];
             let timing = time_steps(warmup, args.steps, || {
                 data.gather(indices, &mut inputs, &mut labels);
-                let step = SgdStep {
-                    noise_std: 0.0,
-                    inverse_batch: 1.0 / n.max(1) as f64,
-                    lr: LEARNING_RATE,
-                    momentum: 0.0,
-                    weight_decay: 0.0,
-                    first: true,
-                    nesterov: false,
-                };
-                model.non_private_step(&inputs, &labels, n, step, &mut losses).map_err(gpu_error)?;
+                model.non_private_step(&inputs, &labels, n, sgd, &mut losses).map_err(gpu_error)?;
                 Ok(())
             })?;
             finite(&model, "non-private")?;
