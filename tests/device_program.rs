@@ -277,7 +277,23 @@ struct HostTraining<M: DpModel> {
     /// The last step's views per example (`None`: a step without views) and, if it kept them
     /// (`keep_losses`), each view's loss and each example's clip factors.
     last_views: Option<(usize, Option<KeptLosses>)>,
+    /// The batch staged for the next private step: inputs, labels, examples.
+    staged: Option<(Vec<M::Input>, Vec<f32>, usize)>,
+    /// The outcome of the queued private step, until it is finished.
+    queued: Option<DeviceStepOutcome>,
+    /// The staging, queueing and finishing of private steps, in the order the trainer called them
+    /// (shared, to be read after the trainer has taken the training state).
+    calls: std::sync::Arc<std::sync::Mutex<Vec<Call>>>,
     model: std::marker::PhantomData<M>,
+}
+
+/// A call of the split private step, as [`HostTraining`] logs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// A batch staged, of this many examples.
+    Stage(usize),
+    Queue,
+    Finish,
 }
 
 /// Each view's loss and each example's clip factors, kept by a step with views.
@@ -299,6 +315,9 @@ impl<M: DpModel> HostTraining<M> {
             average: Vec::new(),
             fault: None,
             last_views: None,
+            staged: None,
+            queued: None,
+            calls: Default::default(),
             model: std::marker::PhantomData,
         }
     }
@@ -391,16 +410,30 @@ where
         Ok(())
     }
 
-    fn private_step(
-        &mut self,
-        inputs: &[M::Input],
-        labels: &[f32],
-        n: usize,
-        step: &DevicePrivateStep,
-    ) -> Result<DeviceStepOutcome, DeviceError> {
+    /// Kept on the host until the step is queued: the regions keep the last step's losses and
+    /// factors, as a GPU's do while the next batch is copied in behind the step.
+    fn stage_batch(&mut self, inputs: &[M::Input], labels: &[f32], n: usize) -> Result<(), DeviceError> {
+        self.calls.lock().unwrap().push(Call::Stage(n));
+        self.staged = Some((inputs.to_vec(), labels.to_vec(), n));
+        Ok(())
+    }
+
+    fn queue_private_step(&mut self, step: &DevicePrivateStep) -> Result<(), DeviceError> {
+        self.calls.lock().unwrap().push(Call::Queue);
+        if self.queued.is_some() {
+            return Err(DeviceError::Mismatch("a step queued before the last was finished".into()));
+        }
+        let (inputs, labels, n) =
+            self.staged.take().ok_or_else(|| DeviceError::Mismatch("a step with no batch staged".into()))?;
         self.last_views = None;
-        let bad = self.clipped_sum_on_device(inputs, labels, n, step.clip_mode, step.clip_norm)?;
-        self.noisy_update(step, bad)
+        let bad = self.clipped_sum_on_device(&inputs, &labels, n, step.clip_mode, step.clip_norm)?;
+        self.queued = Some(self.noisy_update(step, bad)?);
+        Ok(())
+    }
+
+    fn finish_private_step(&mut self) -> Result<DeviceStepOutcome, DeviceError> {
+        self.calls.lock().unwrap().push(Call::Finish);
+        self.queued.take().ok_or_else(|| DeviceError::Mismatch("no step queued".into()))
     }
 
     fn non_private_step(
@@ -607,6 +640,58 @@ fn a_trainer_on_a_device_follows_the_trainer_on_the_cpu() {
     assert!(moved > 0.01, "training moved the parameters by {moved}");
     assert!(diff <= 1e-4 * moved.max(1.0), "device and CPU trainers differ by {diff} (moved {moved})");
     assert!((dev_report.accuracy - cpu_report.accuracy).abs() <= 0.01);
+}
+
+/// The trainer overlaps its own work with a device's step: it queues a step, then samples, gathers
+/// and stages the next step's batch, and only then waits for the step; across an epoch's end too,
+/// and not past the run's last step (a run stopped mid-epoch included). The batches so drawn are the
+/// CPU trainer's: the parameters follow it.
+#[test]
+fn a_trainer_stages_the_next_batch_while_a_device_step_runs() {
+    for max_steps in [None, Some(6)] {
+        let mut rng = ChaCha8Rng::seed_from_u64(50);
+        let (inputs, labels) = batch::<Deep>(&mut rng, 300, true);
+        let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
+        let initial = Deep::init(&mut rng);
+        fn configure(t: dp::Trainer<'_, Deep>, max_steps: Option<u64>) -> dp::Trainer<'_, Deep> {
+            let t = t.clip_norm(1.0).noise_multiplier(0.8).expected_batch_size(64).seed(3);
+            let t = t.optimizer(Sgd::new(0.5).momentum(0.9)).epochs(2).allow_large_delta(true).quiet(true);
+            match max_steps {
+                Some(steps) => t.max_steps(steps),
+                None => t,
+            }
+        }
+        let mut cpu = Deep::from_params(initial.params().to_vec());
+        let cpu_report = configure(dp::Trainer::new(&mut cpu), max_steps).fit(&data, None).unwrap();
+        let training = HostTraining::<Deep>::new();
+        let calls = training.calls.clone();
+        let mut dev = Deep::from_params(initial.params().to_vec());
+        let dev_report =
+            configure(dp::Trainer::new(&mut dev), max_steps).device(training).fit(&data, None).unwrap();
+        assert_eq!(dev_report.steps, cpu_report.steps);
+        let diff = largest_difference(dev.params(), cpu.params());
+        assert!(diff <= 1e-5, "{max_steps:?}: the device's trainer differs from the CPU's by {diff}");
+
+        let calls = calls.lock().unwrap().clone();
+        let steps = dev_report.steps as usize;
+        // Two epochs of about 4.7 steps: a run stopped at 6 stops in the second.
+        assert_eq!(steps as u64, max_steps.unwrap_or(9), "steps");
+        let mut expected = vec![];
+        for step in 0..steps {
+            expected.push(Call::Queue);
+            if step + 1 < steps {
+                let Call::Stage(n) = calls[expected.len() + 1] else { panic!("{calls:?}") };
+                expected.push(Call::Stage(n));
+            }
+            expected.push(Call::Finish);
+        }
+        let Some(&Call::Stage(first)) = calls.first() else { panic!("{calls:?}") };
+        assert_eq!(calls[1..], expected[..], "{max_steps:?}");
+        let sizes: Vec<_> =
+            calls.iter().filter_map(|c| if let Call::Stage(n) = c { Some(*n) } else { None }).collect();
+        assert_eq!(sizes.len(), steps);
+        assert!(first > 0 && sizes.iter().any(|&n| n != first), "Poisson batches vary: {sizes:?}");
+    }
 }
 
 /// Non-private diagnostics on a device: each step's losses and clip factors come back, and the epochs'

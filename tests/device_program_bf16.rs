@@ -215,13 +215,13 @@ impl<M: DpModel> DeviceTraining<M> for &mut PrecisionProbe {
     ) -> Result<DeviceStepOutcome, DeviceError> {
         Ok(DeviceStepOutcome { non_finite_examples: 0, overflowed: false })
     }
-    fn private_step(
-        &mut self,
-        _inputs: &[M::Input],
-        _labels: &[f32],
-        _n: usize,
-        _step: &DevicePrivateStep,
-    ) -> Result<DeviceStepOutcome, DeviceError> {
+    fn stage_batch(&mut self, _inputs: &[M::Input], _labels: &[f32], _n: usize) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    fn queue_private_step(&mut self, _step: &DevicePrivateStep) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    fn finish_private_step(&mut self) -> Result<DeviceStepOutcome, DeviceError> {
         Ok(DeviceStepOutcome { non_finite_examples: 0, overflowed: false })
     }
     fn private_step_with_views(

@@ -238,6 +238,60 @@ fn gpu_private_steps_equal_the_cpus() {
     assert!(diff <= 1e-4, "the momentum differs by {diff}");
 }
 
+/// A step queued and awaited apart, the next batch staged while it is in flight (the trainer's
+/// overlap, docs/GPU.md), lands where the same steps one after another land, bit for bit: the staged
+/// copies wait behind the step in flight. The third batch is larger than the arena: staged during the
+/// second step, its copies wait until the arena grows for it. The same copies as a step alone; a
+/// second step queued before the first is awaited, or an await with none queued, are refused.
+/// WRITTEN WITHOUT A GPU, NOT YET RUN.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_steps_overlapped_with_staging_equal_steps_in_turn() {
+    use dp::device::{DeviceOptimizer, DevicePrivateStep, DeviceSgd};
+    let Some(gpu) = gpu("overlapped steps") else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let model = AdultFfnn::init(&mut rng);
+    let batches: Vec<_> = [(7, false), (5, true), (20, true), (7, false)]
+        .into_iter()
+        .map(|(n, poison)| (batch::<AdultFfnn>(&mut rng, n, poison), n))
+        .collect();
+    let step = |i: usize| DevicePrivateStep {
+        clip_mode: ClipMode::Flat,
+        clip_norm: 1.0,
+        noise_std: 0.3,
+        normaliser: 8.0,
+        key: std::array::from_fn(|j| (j as u8).wrapping_mul(5).wrapping_add(i as u8)),
+        optimizer: DeviceOptimizer::Sgd(DeviceSgd {
+            lr: 0.5,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+        }),
+        keep_losses: false,
+    };
+    let mut in_turn = GpuModel::<AdultFfnn>::new(gpu, model.params(), 7).unwrap();
+    let mut overlapped = GpuModel::<AdultFfnn>::new(Gpu::open(0).unwrap(), model.params(), 7).unwrap();
+    let mut outcomes = vec![];
+    for (i, ((inputs, labels), n)) in batches.iter().enumerate() {
+        outcomes.push(DeviceTraining::private_step(&mut in_turn, inputs, labels, *n, &step(i)).unwrap());
+    }
+    let ((inputs, labels), n) = &batches[0];
+    DeviceTraining::stage_batch(&mut overlapped, inputs, labels, *n).unwrap();
+    for (i, expected) in outcomes.iter().enumerate() {
+        DeviceTraining::queue_private_step(&mut overlapped, &step(i)).unwrap();
+        assert!(DeviceTraining::queue_private_step(&mut overlapped, &step(i)).is_err(), "queued twice");
+        if let Some(((inputs, labels), n)) = batches.get(i + 1) {
+            DeviceTraining::stage_batch(&mut overlapped, inputs, labels, *n).unwrap();
+        }
+        let outcome = DeviceTraining::finish_private_step(&mut overlapped).unwrap();
+        assert_eq!(&outcome, expected, "step {i}");
+    }
+    assert!(DeviceTraining::finish_private_step(&mut overlapped).is_err(), "awaited with none queued");
+    assert_eq!(outcomes.iter().map(|o| o.non_finite_examples).sum::<usize>(), 2);
+    assert_eq!(overlapped.params().unwrap(), in_turn.params().unwrap(), "overlapped steps differ");
+    assert_eq!(overlapped.transfers(), in_turn.transfers());
+}
+
 /// Not a check: where a private step's time goes on this GPU, phase by phase (printed for the report).
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]

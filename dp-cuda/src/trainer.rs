@@ -23,9 +23,10 @@ use crate::error::{CudaError, Result};
 use crate::graphs::{BeforeUpdate, GraphKey, StepGraphs};
 use crate::noise::{key_words, THREADS};
 use crate::program::{GpuOps, RegionMemory};
-use crate::staging::Staging;
+use crate::staging::{Staging, StagingPair};
 use crate::update::{AdamBuffers, AdamStep, UpdateStep};
 
+mod overlap;
 mod views;
 
 /// How a private step clips.
@@ -72,8 +73,13 @@ pub struct GpuModel<M: DpModel> {
     updates: u64,
     /// The step's launches before the update, captured per batch size.
     graphs: StepGraphs,
-    /// Pinned host memory the batch and the key are copied in through.
-    staging: Staging,
+    /// Pinned host memory the batch and the key are copied in through: two buffers used in turn, so
+    /// the next batch is written while a step is in flight (`trainer/overlap.rs`).
+    staging: StagingPair,
+    /// The batch written for the next step, if any ([`stage_batch`](Self::stage_batch)).
+    staged: Option<overlap::StagedBatch>,
+    /// The counts a step copies out, and whether a queued step has not yet been awaited.
+    step_end: overlap::StepEnd,
     /// Pinned host memory a distributed step's released vector R (f64) is copied in through,
     /// allocated at the first [`released_update`](Self::released_update).
     released_staging: Option<Staging>,
@@ -179,7 +185,8 @@ impl<M: DpModel> GpuModel<M> {
         let non_finite = s.alloc_zeros::<u32>(2).map_err(driver("allocating the counts"))?;
         let previous = s.alloc_zeros::<f32>(trained).map_err(driver("allocating the previous parameters"))?;
         let tables = NoiseTables::upload(&gpu)?;
-        let staging = Staging::new(&gpu, Self::staging_words(b))?;
+        let staging = StagingPair::new(&gpu, Self::staging_words(b))?;
+        let step_end = overlap::StepEnd::new(&gpu)?;
         Ok(GpuModel {
             transfers: Transfers::default(),
             gpu,
@@ -200,6 +207,8 @@ impl<M: DpModel> GpuModel<M> {
             graphs: StepGraphs::default(),
             precision: Precision::F32,
             staging,
+            staged: None,
+            step_end,
             views: None,
             last_views: None,
             released_staging: None,
@@ -229,12 +238,15 @@ impl<M: DpModel> GpuModel<M> {
         b * (M::input_len() + M::LOSS.label_len()) + 8
     }
 
-    /// Room for batches of up to `b` examples: the regions allocated again, `params` copied in.
+    /// Room for batches of up to `b` examples: the regions allocated again, `params` copied in. A
+    /// staged batch is copied in again from its pinned buffer (the pinned memory grows by itself).
     pub fn resize(&mut self, b: usize, params: &[f32]) -> Result<()> {
         let mut memory = Self::regions(&self.gpu, b)?;
         let s = self.gpu.stream.clone();
         s.memcpy_htod(params, memory.slice_mut(Region::Params)).map_err(driver("copying the parameters"))?;
-        self.staging = Staging::new(&self.gpu, Self::staging_words(b))?;
+        if let Some(staged) = &mut self.staged {
+            staged.copied = false;
+        }
         self.memory = memory;
         self.max_batch = b;
         self.graphs.invalidate();
@@ -275,35 +287,10 @@ impl<M: DpModel> GpuModel<M> {
         GpuOps { gpu: &self.gpu, memory: &self.memory, precision: self.precision }
     }
 
-    /// Copies a batch in: `n` examples' inputs and labels.
+    /// Copies a batch in: `n` examples' inputs and labels (the arena must hold `n`).
     fn load_batch(&mut self, inputs: &[M::Input], labels: &[f32], n: usize) -> Result<()> {
-        if n > self.max_batch {
-            return Err(CudaError::Mismatch(format!(
-                "a batch of {n} on a model sized for {}",
-                self.max_batch
-            )));
-        }
-        if inputs.len() != n * M::input_len() || labels.len() != n * M::LOSS.label_len() {
-            return Err(CudaError::Mismatch(format!("{}: inputs or labels of {n} examples", M::NAME)));
-        }
-        self.staging.start(&self.gpu)?;
-        if n > 0 {
-            let values = inputs.len();
-            match inputs_of::<M>(inputs)? {
-                Inputs::Dense(values_f32) => {
-                    let dst = self.memory.ptr(Span::new(Region::Inputs, 0, values)).map_err(program)?;
-                    self.staging.copy_in(&self.gpu, values_f32, dst)?;
-                }
-                Inputs::Tokens(ids) => {
-                    let dst = self.memory.ptr(Span::new(Region::Tokens, 0, values)).map_err(program)?;
-                    self.staging.copy_in(&self.gpu, ids, dst)?;
-                }
-            }
-            let dst = self.memory.ptr(Span::new(Region::Labels, 0, labels.len())).map_err(program)?;
-            self.staging.copy_in(&self.gpu, labels, dst)?;
-            self.transfers.to_device += 2;
-        }
-        Ok(())
+        self.stage_batch(inputs, labels, n)?;
+        self.load_staged().map(drop)
     }
 
     fn zero_grad(&mut self) -> Result<()> {
@@ -353,7 +340,7 @@ impl<M: DpModel> GpuModel<M> {
     /// after the batch's [`load_batch`](Self::load_batch) through the same staging.
     fn load_key(&mut self, key: &[u8; 32]) -> Result<()> {
         let dst = self.key.device_ptr(&self.gpu.stream).0;
-        self.staging.copy_in(&self.gpu, &key_words(key), dst)?;
+        self.staging.current().copy_in(&self.gpu, &key_words(key), dst)?;
         self.transfers.to_device += 1;
         Ok(())
     }
@@ -366,7 +353,7 @@ impl<M: DpModel> GpuModel<M> {
 
     /// Copies in the step's key and queues the draw of one normal per trained parameter under it.
     fn queue_noise(&mut self, key: &[u8; 32]) -> Result<()> {
-        self.staging.start(&self.gpu)?;
+        self.staging.next(&self.gpu, 8)?;
         self.load_key(key)?;
         self.queue_noise_draw()
     }
@@ -429,7 +416,9 @@ impl<M: DpModel> GpuModel<M> {
     /// Adam's: an [`SgdStep`] or an [`AdamStep`]). Copies
     /// in the batch and the key, and out two counts: the examples whose norm was not finite (they
     /// contributed nothing) and the parameters the update made non-finite (then the parameters before
-    /// it are restored, and the outcome says it overflowed).
+    /// it are restored, and the outcome says it overflowed). [`stage_batch`](Self::stage_batch),
+    /// [`queue_private_step`](Self::queue_private_step) and [`await_step`](Self::await_step) in one;
+    /// the trainer calls them apart, to write the next batch while this step runs.
     pub fn private_step(
         &mut self,
         inputs: &[M::Input],
@@ -439,11 +428,9 @@ impl<M: DpModel> GpuModel<M> {
         key: &[u8; 32],
         step: impl Into<UpdateStep>,
     ) -> Result<DeviceStepOutcome> {
-        self.last_views = None;
-        self.load_batch(inputs, labels, n)?;
-        self.load_key(key)?;
-        self.queue_before_update(BeforeUpdate::PrivateStep(clipping), n)?;
-        self.finish_step(step.into())
+        self.stage_batch(inputs, labels, n)?;
+        self.queue_private_step(clipping, key, step)?;
+        self.await_step()
     }
 
     /// A distributed rank's part of a private step (`docs/DISTRIBUTED.md`): the norms, clip factors
@@ -502,7 +489,7 @@ impl<M: DpModel> GpuModel<M> {
             self.released_staging = Some(Staging::new(&self.gpu, 2 * len)?);
         }
         let staging = self.released_staging.as_mut().expect("allocated above");
-        staging.start(&self.gpu)?;
+        staging.start()?;
         let s = self.gpu.stream.clone();
         s.memset_zeros(&mut self.non_finite).map_err(driver("zeroing the counts"))?;
         if len > 0 {
@@ -525,23 +512,8 @@ impl<M: DpModel> GpuModel<M> {
     /// After the sum in `Grad` (clipped, with the normals drawn; or plain) and the parameters kept:
     /// the update, the counts copied out, and the parameters restored if the update overflowed.
     fn finish_step(&mut self, step: UpdateStep) -> Result<DeviceStepOutcome> {
-        let s = self.gpu.stream.clone();
-        let len = M::TRAINED_PARAM_COUNT;
-        let trained = Span::new(Region::Params, 0, len);
-        self.queue_update(step)?;
-        let params_count = self.non_finite.device_ptr(&s).0 + std::mem::size_of::<u32>() as u64;
-        self.ops().count_non_finite(trained, params_count).map_err(program)?;
-        let mut counts = [0u32; 2];
-        s.memcpy_dtoh(&self.non_finite, &mut counts).map_err(driver("copying the counts back"))?;
-        self.transfers.to_host += 1;
-        s.synchronize().map_err(driver("finishing the step"))?;
-        let overflowed = counts[1] > 0;
-        if overflowed {
-            let mut params = self.memory.slice_mut(Region::Params).slice_mut(..len);
-            s.memcpy_dtod(&self.previous, &mut params).map_err(driver("restoring the parameters"))?;
-            s.synchronize().map_err(driver("restoring the parameters"))?;
-        }
-        Ok(DeviceStepOutcome { non_finite_examples: counts[0] as usize, overflowed })
+        self.queue_step_end(step)?;
+        self.await_step()
     }
 
     /// Queues everything of a step between its copies in and its update (`before`: a private step's,
@@ -1029,17 +1001,26 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
         Ok(())
     }
 
-    fn private_step(
+    fn stage_batch(
         &mut self,
         inputs: &[M::Input],
         labels: &[f32],
         n: usize,
-        step: &DevicePrivateStep,
-    ) -> std::result::Result<DeviceStepOutcome, DeviceError> {
-        self.make_room(n)?;
+    ) -> std::result::Result<(), DeviceError> {
+        GpuModel::stage_batch(self, inputs, labels, n).map_err(|e| DeviceError::Backend(e.to_string()))
+    }
+
+    fn queue_private_step(&mut self, step: &DevicePrivateStep) -> std::result::Result<(), DeviceError> {
+        // The arena grows for a larger batch than any before, once the step before it was awaited.
+        self.refuse_in_flight().map_err(|e| DeviceError::Backend(e.to_string()))?;
+        self.make_room(self.staged_examples().unwrap_or(0))?;
         let (clipping, update) = self.settings_of(step);
-        GpuModel::private_step(self, inputs, labels, n, clipping, &step.key, update)
+        GpuModel::queue_private_step(self, clipping, &step.key, update)
             .map_err(|e| DeviceError::Backend(e.to_string()))
+    }
+
+    fn finish_private_step(&mut self) -> std::result::Result<DeviceStepOutcome, DeviceError> {
+        self.await_step().map_err(|e| DeviceError::Backend(e.to_string()))
     }
 
     fn private_step_with_views(

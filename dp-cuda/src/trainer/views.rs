@@ -132,14 +132,15 @@ impl<M: DpModel> GpuModel<M> {
             return Err(CudaError::Mismatch(format!("{}: views of token inputs", M::NAME)));
         };
         self.ensure_views(total)?;
-        self.staging.start(&self.gpu)?;
+        self.staged = None;
+        let staging = self.staging.next(&self.gpu, total * (input_len + label_len) + 8)?;
         let s = self.gpu.stream.clone();
         let buffers = self.views.as_mut().expect("allocated by ensure_views");
         if total > 0 {
             let dst = buffers.inputs.device_ptr(&s).0;
-            self.staging.copy_in(&self.gpu, values, dst)?;
+            staging.copy_in(&self.gpu, values, dst)?;
             let dst = buffers.labels.device_ptr(&s).0;
-            self.staging.copy_in(&self.gpu, labels, dst)?;
+            staging.copy_in(&self.gpu, labels, dst)?;
             self.transfers.to_device += 2;
         }
         if let Some(key) = key {
@@ -225,12 +226,6 @@ impl<M: DpModel> GpuModel<M> {
     fn ensure_views(&mut self, total: usize) -> Result<()> {
         let s = self.gpu.stream.clone();
         let (input_len, label_len) = (M::input_len(), M::LOSS.label_len());
-        let words = total * (input_len + label_len) + 8;
-        if words > self.staging.capacity() {
-            // The pinned memory grows with the largest batch of views (after the copies from it).
-            s.synchronize().map_err(driver("waiting for the previous copies"))?;
-            self.staging = crate::staging::Staging::new(&self.gpu, words)?;
-        }
         if let Some(buffers) = &self.views {
             if buffers.capacity >= total {
                 return Ok(());

@@ -826,14 +826,28 @@ pub trait DeviceTraining<M: crate::DpModel>: Send {
     /// Restores an optimizer state (already checked by the host optimizer): a checkpoint's, or before
     /// a fresh run's first step the fresh host optimizer's (its kind, no updates, no buffers).
     fn load_optimizer_state(&mut self, state: &crate::optim::OptimizerState) -> Result<(), DeviceError>;
-    /// One DP-SGD step on a gathered batch of `n` examples.
+    /// Writes a gathered batch of `n` examples toward the device for the next
+    /// [`queue_private_step`](Self::queue_private_step). The trainer calls it while the previous
+    /// step is in flight (between its queue and its finish), so it must not wait for that step, nor
+    /// disturb the batch that step reads.
+    fn stage_batch(&mut self, inputs: &[M::Input], labels: &[f32], n: usize) -> Result<(), DeviceError>;
+    /// Queues one DP-SGD step on the staged batch, and may return before it ends. One step at a
+    /// time: [`finish_private_step`](Self::finish_private_step) comes before the next.
+    fn queue_private_step(&mut self, step: &DevicePrivateStep) -> Result<(), DeviceError>;
+    /// Waits for the queued step and gives its outcome.
+    fn finish_private_step(&mut self) -> Result<DeviceStepOutcome, DeviceError>;
+    /// One DP-SGD step on a gathered batch of `n` examples: staged, queued and finished.
     fn private_step(
         &mut self,
         inputs: &[M::Input],
         labels: &[f32],
         n: usize,
         step: &DevicePrivateStep,
-    ) -> Result<DeviceStepOutcome, DeviceError>;
+    ) -> Result<DeviceStepOutcome, DeviceError> {
+        self.stage_batch(inputs, labels, n)?;
+        self.queue_private_step(step)?;
+        self.finish_private_step()
+    }
     /// Starts an exponential moving average of the parameters (`Trainer::ema`) at the parameters the
     /// device holds now.
     fn start_average(&mut self) -> Result<(), DeviceError>;

@@ -358,6 +358,10 @@ impl<'m, M: DpModel> Trainer<'m, M> {
         let (mut device_losses, mut device_factors) = (Vec::new(), Vec::new());
         let mut epochs = Vec::new();
         let mut indices = Vec::new();
+        // The next step's batch, sampled and staged on the device while a step runs (docs/GPU.md,
+        // "Overlapping the host's work with a step"): the same draws in the same order as sampling
+        // at the top of each step.
+        let (mut next_indices, mut staged_ahead) = (Vec::new(), false);
         let mut previous = model.params().to_vec();
         let mut step = start_step;
         let mut total_non_finite = 0u64;
@@ -371,7 +375,12 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 let (mut loss_sum, mut loss_count, mut non_finite, mut examples, mut steps_in_epoch) =
                     (0.0, 0usize, 0u64, 0usize, 0u64);
                 while step < epoch_stop {
-                    sampler.sample(&mut sampling_rng, &mut indices);
+                    let staged = std::mem::take(&mut staged_ahead);
+                    if staged {
+                        std::mem::swap(&mut indices, &mut next_indices);
+                    } else {
+                        sampler.sample(&mut sampling_rng, &mut indices);
+                    }
                     let at = StepInfo { step, total_steps: plan.total_steps() };
                     // On a device the host's parameters are those of the last epoch's end: the device
                     // keeps its own and restores them after an overflowing update.
@@ -410,8 +419,25 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                                     &settings,
                                 ),
                                 None => {
-                                    train.gather(&indices, device_inputs, device_labels);
-                                    dev.private_step(device_inputs, device_labels, n, &settings)
+                                    if !staged {
+                                        train.gather(&indices, device_inputs, device_labels);
+                                        dev.stage_batch(device_inputs, device_labels, n)
+                                            .map_err(device_error)?;
+                                    }
+                                    dev.queue_private_step(&settings).map_err(device_error)?;
+                                    // While it runs, the next step's batch is sampled, gathered and staged.
+                                    staged_ahead = step + 1 < last_step;
+                                    let next = match staged_ahead {
+                                        true => {
+                                            sampler.sample(&mut sampling_rng, &mut next_indices);
+                                            train.gather(&next_indices, device_inputs, device_labels);
+                                            let m = next_indices.len();
+                                            dev.stage_batch(device_inputs, device_labels, m)
+                                        }
+                                        false => Ok(()),
+                                    };
+                                    // The step is finished whatever staging did; its error comes first.
+                                    dev.finish_private_step().and_then(|outcome| next.map(|()| outcome))
                                 }
                             }
                             .map_err(device_error)?;

@@ -1,0 +1,181 @@
+//! Overlapping the host's work with a step (docs/GPU.md, "Overlapping the host's work with a step").
+//! A private step is queued ([`GpuModel::queue_private_step`]) and awaited
+//! ([`GpuModel::await_step`]) apart. Between the two the trainer samples and gathers the next batch
+//! and writes it into the other pinned buffer ([`GpuModel::stage_batch`]), whose copies in are queued
+//! right behind the step. The host's sampling, gather and pinned write thus run while the device
+//! computes, and the next step's copies start as soon as this step ends.
+
+use cudarc::driver::{CudaEvent, DevicePtr, PinnedHostSlice};
+use dp_runtime::device::{DeviceStepOutcome, Region, Span};
+use dp_runtime::DpModel;
+
+use super::{inputs_of, program, Clipping, GpuModel, Inputs};
+use crate::device::{driver, Gpu};
+use crate::error::{CudaError, Result};
+use crate::graphs::BeforeUpdate;
+use crate::staging::Piece;
+use crate::update::UpdateStep;
+
+/// A batch written into the current pinned buffer for the next step.
+#[derive(Debug)]
+pub(super) struct StagedBatch {
+    n: usize,
+    /// Where its inputs go: dense features, or token ids.
+    region: Region,
+    inputs: Piece,
+    labels: Piece,
+    /// Whether its copies into the regions are queued (not when the arena must first grow for it:
+    /// the regions it would land in are reallocated).
+    pub(super) copied: bool,
+}
+
+/// The end of a queued step: its two counts copied into pinned memory, and the event after them.
+pub(super) struct StepEnd {
+    counts: PinnedHostSlice<u32>,
+    done: CudaEvent,
+    /// A step is queued and not yet awaited.
+    in_flight: bool,
+}
+
+impl StepEnd {
+    pub(super) fn new(gpu: &Gpu) -> Result<Self> {
+        let context = gpu.stream.context();
+        // Not write-combined: the host reads these.
+        // SAFETY: the counts are written by the copy before they are read (after `done`).
+        let counts = unsafe { context.alloc_pinned_with_flags::<u32>(2, 0) }
+            .map_err(driver("allocating pinned memory for the counts"))?;
+        let done = context.new_event(None).map_err(driver("creating the step's event"))?;
+        Ok(StepEnd { counts, done, in_flight: false })
+    }
+}
+
+impl<M: DpModel> GpuModel<M> {
+    /// Writes the next step's batch (`n` examples' inputs and labels) into the other pinned buffer,
+    /// and queues its copies in behind whatever the stream holds (a step in flight reads its own
+    /// batch first: the stream runs in order). If the arena must grow for it, the copies wait for
+    /// the step that grows it. The host does not wait for the device here, except for the copies
+    /// out of that buffer two steps ago.
+    pub fn stage_batch(&mut self, inputs: &[M::Input], labels: &[f32], n: usize) -> Result<()> {
+        if inputs.len() != n * M::input_len() || labels.len() != n * M::LOSS.label_len() {
+            return Err(CudaError::Mismatch(format!("{}: inputs or labels of {n} examples", M::NAME)));
+        }
+        self.staged = None;
+        let slot = self.staging.next(&self.gpu, Self::staging_words(n))?;
+        let (region, inputs) = match inputs_of::<M>(inputs)? {
+            Inputs::Dense(values) => (Region::Inputs, slot.write(values)?),
+            Inputs::Tokens(ids) => (Region::Tokens, slot.write(ids)?),
+        };
+        let labels = slot.write(labels)?;
+        self.staged = Some(StagedBatch { n, region, inputs, labels, copied: false });
+        if n <= self.max_batch {
+            self.copy_staged()?;
+        }
+        Ok(())
+    }
+
+    /// Queues the staged batch's copies into the regions of inputs (or token ids) and labels.
+    fn copy_staged(&mut self) -> Result<()> {
+        let Some(staged) = &mut self.staged else {
+            return Err(CudaError::Mismatch("no batch staged".into()));
+        };
+        if staged.n > self.max_batch {
+            return Err(CudaError::Mismatch(format!(
+                "a batch of {} on a model sized for {}",
+                staged.n, self.max_batch
+            )));
+        }
+        if staged.n > 0 {
+            let values = staged.n * M::input_len();
+            let dst = self.memory.ptr(Span::new(staged.region, 0, values)).map_err(program)?;
+            self.staging.current().queue_copy(&self.gpu, staged.inputs, dst)?;
+            let labels = staged.n * M::LOSS.label_len();
+            let dst = self.memory.ptr(Span::new(Region::Labels, 0, labels)).map_err(program)?;
+            self.staging.current().queue_copy(&self.gpu, staged.labels, dst)?;
+            self.transfers.to_device += 2;
+        }
+        staged.copied = true;
+        Ok(())
+    }
+
+    /// The staged batch taken for a step: its copies queued if they were not; its size.
+    pub(super) fn load_staged(&mut self) -> Result<usize> {
+        let copied = self.staged.as_ref().map(|staged| staged.copied);
+        match copied {
+            None => Err(CudaError::Mismatch("a step with no batch staged".into())),
+            Some(copied) => {
+                if !copied {
+                    self.copy_staged()?;
+                }
+                Ok(self.staged.take().expect("matched on Some").n)
+            }
+        }
+    }
+
+    /// The examples of the staged batch, if one is staged (the arena must hold them before the step).
+    pub fn staged_examples(&self) -> Option<usize> {
+        self.staged.as_ref().map(|staged| staged.n)
+    }
+
+    /// Queues a private step (that of [`private_step`](Self::private_step)) on the staged batch and
+    /// returns without waiting for it; [`await_step`](Self::await_step) gives its outcome.
+    pub fn queue_private_step(
+        &mut self,
+        clipping: Clipping,
+        key: &[u8; 32],
+        step: impl Into<UpdateStep>,
+    ) -> Result<()> {
+        self.refuse_in_flight()?;
+        self.last_views = None;
+        let n = self.load_staged()?;
+        self.load_key(key)?;
+        self.queue_before_update(BeforeUpdate::PrivateStep(clipping), n)?;
+        self.queue_step_end(step.into())
+    }
+
+    /// A second step may not be queued before the first is awaited: its restore on overflow would
+    /// come after the second's update.
+    pub(super) fn refuse_in_flight(&self) -> Result<()> {
+        if self.step_end.in_flight {
+            return Err(CudaError::Mismatch("a step is queued and was not awaited".into()));
+        }
+        Ok(())
+    }
+
+    /// After the sum in `Grad` and the parameters kept: queues the update, the count of the
+    /// parameters it made non-finite, the copy of both counts into pinned memory, and the event the
+    /// host waits on.
+    pub(super) fn queue_step_end(&mut self, step: UpdateStep) -> Result<()> {
+        self.refuse_in_flight()?;
+        let s = self.gpu.stream.clone();
+        let trained = Span::new(Region::Params, 0, M::TRAINED_PARAM_COUNT);
+        self.queue_update(step)?;
+        let params_count = self.non_finite.device_ptr(&s).0 + std::mem::size_of::<u32>() as u64;
+        self.ops().count_non_finite(trained, params_count).map_err(program)?;
+        s.memcpy_dtoh(&self.non_finite, &mut self.step_end.counts)
+            .map_err(driver("copying the counts back"))?;
+        self.transfers.to_host += 1;
+        self.step_end.done.record(&s).map_err(driver("recording the step's end"))?;
+        self.step_end.in_flight = true;
+        Ok(())
+    }
+
+    /// Waits for the queued step (not for copies staged behind it), reads its counts, and restores
+    /// the parameters before it if its update overflowed.
+    pub fn await_step(&mut self) -> Result<DeviceStepOutcome> {
+        if !self.step_end.in_flight {
+            return Err(CudaError::Mismatch("no step is queued".into()));
+        }
+        self.step_end.in_flight = false;
+        self.step_end.done.synchronize().map_err(driver("finishing the step"))?;
+        let counts = self.step_end.counts.as_slice().map_err(driver("reading the counts"))?;
+        let (non_finite_examples, overflowed) = (counts[0] as usize, counts[1] > 0);
+        if overflowed {
+            let s = self.gpu.stream.clone();
+            let len = M::TRAINED_PARAM_COUNT;
+            let mut params = self.memory.slice_mut(Region::Params).slice_mut(..len);
+            s.memcpy_dtod(&self.previous, &mut params).map_err(driver("restoring the parameters"))?;
+            s.synchronize().map_err(driver("restoring the parameters"))?;
+        }
+        Ok(DeviceStepOutcome { non_finite_examples, overflowed })
+    }
+}
