@@ -6,6 +6,7 @@
 //! Empty batches go through the same path (the sum is 0, the noise is not).
 
 mod builder;
+mod device_steps;
 pub mod ema;
 pub mod progress;
 pub mod report;
@@ -22,7 +23,7 @@ use crate::checkpoint::{self, Checkpoint, RunIdentity};
 use crate::clipping::ClipMode;
 use crate::data::augment::Augmentation;
 use crate::data::Dataset;
-use crate::device::{DeviceError, DevicePrivateStep, DeviceTraining};
+use crate::device::{DevicePrivateStep, DeviceTraining};
 use crate::distributed::step::{DeviceStepSettings, DistributedRun};
 use crate::distributed::{Group, Shard};
 use crate::error::{Error, Result};
@@ -32,9 +33,10 @@ use crate::optim::{NoisyGradient, Optimizer, StepInfo};
 use crate::plan::{self, Length, NoiseSpec, PlanConfig, PrivacyPlan, SecureGrid};
 use crate::rng::{KeySource, Streams};
 use crate::sampling::{Sampler, SamplingMode};
+use device_steps::{device_error, DeviceSteps};
 use ema::Ema;
 use progress::Progress;
-use step::{BatchStats, StepEngine};
+use step::StepEngine;
 
 /// δ when none is given.
 pub const DEFAULT_DELTA: f64 = 1e-5;
@@ -165,7 +167,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             }
         }
         check_dataset::<M>("train", train)?;
-        let device_error = |e: DeviceError| Error::Mismatch { model: M::NAME.into(), message: e.to_string() };
+        let device_error = device_error::<M>;
         if device.is_some() {
             let unsupported = [(self.secure_noise, "secure noise")];
             if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
@@ -352,16 +354,9 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 dev.start_average().map_err(device_error)?;
             }
         }
-        // A device step's batch, gathered on the host (in a distributed run, this rank's part of it;
-        // with views, the views of it).
-        let mut device_batch = (Vec::new(), Vec::new());
-        let (mut device_losses, mut device_factors) = (Vec::new(), Vec::new());
+        let mut device_steps = DeviceSteps::<M>::new();
         let mut epochs = Vec::new();
         let mut indices = Vec::new();
-        // The next step's batch, sampled and staged on the device while a step runs (docs/GPU.md,
-        // "Overlapping the host's work with a step"): the same draws in the same order as sampling
-        // at the top of each step.
-        let (mut next_indices, mut staged_ahead) = (Vec::new(), false);
         let mut previous = model.params().to_vec();
         let mut step = start_step;
         let mut total_non_finite = 0u64;
@@ -375,12 +370,8 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 let (mut loss_sum, mut loss_count, mut non_finite, mut examples, mut steps_in_epoch) =
                     (0.0, 0usize, 0u64, 0usize, 0u64);
                 while step < epoch_stop {
-                    let staged = std::mem::take(&mut staged_ahead);
-                    if staged {
-                        std::mem::swap(&mut indices, &mut next_indices);
-                    } else {
-                        sampler.sample(&mut sampling_rng, &mut indices);
-                    }
+                    // On a device, the batch may have been sampled and staged during the last step.
+                    let staged = device_steps.take_batch(&mut sampler, &mut sampling_rng, &mut indices);
                     let at = StepInfo { step, total_steps: plan.total_steps() };
                     // On a device the host's parameters are those of the last epoch's end: the device
                     // keeps its own and restores them after an overflowing update.
@@ -393,7 +384,6 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     let stats = match (aggregator.as_mut(), distributed.as_mut()) {
                         (None, None) if on_device => {
                             let dev = device.as_mut().expect("matched on is_some");
-                            let (device_inputs, device_labels) = &mut device_batch;
                             // The key the CPU's chunked draw would take from the noise stream: a seeded
                             // run draws the same noise on either.
                             let mut key = [0u8; 32];
@@ -407,55 +397,18 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                                 optimizer: optimizer.on_device(at).expect("checked before the first step"),
                                 keep_losses: non_private_diagnostics,
                             };
-                            let n = indices.len();
-                            // With views, they are drawn and augmented here as the CPU draws them.
-                            let views = engine.gather_views(train, &indices, device_inputs, device_labels);
-                            let outcome = match views {
-                                Some(views) => dev.private_step_with_views(
-                                    device_inputs,
-                                    device_labels,
-                                    n,
-                                    views,
-                                    &settings,
-                                ),
-                                None => {
-                                    if !staged {
-                                        train.gather(&indices, device_inputs, device_labels);
-                                        dev.stage_batch(device_inputs, device_labels, n)
-                                            .map_err(device_error)?;
-                                    }
-                                    dev.queue_private_step(&settings).map_err(device_error)?;
-                                    // While it runs, the next step's batch is sampled, gathered and staged.
-                                    staged_ahead = step + 1 < last_step;
-                                    let next = match staged_ahead {
-                                        true => {
-                                            sampler.sample(&mut sampling_rng, &mut next_indices);
-                                            train.gather(&next_indices, device_inputs, device_labels);
-                                            let m = next_indices.len();
-                                            dev.stage_batch(device_inputs, device_labels, m)
-                                        }
-                                        false => Ok(()),
-                                    };
-                                    // The step is finished whatever staging did; its error comes first.
-                                    dev.finish_private_step().and_then(|outcome| next.map(|()| outcome))
-                                }
-                            }
-                            .map_err(device_error)?;
-                            overflowed = outcome.overflowed;
-                            let mut stats = BatchStats {
-                                non_finite: outcome.non_finite_examples,
-                                examples: n,
-                                ..BatchStats::default()
-                            };
-                            if non_private_diagnostics {
-                                let (groups, views) = (M::GROUPS.len(), views.unwrap_or(1));
-                                device_losses.resize(n * views, 0.0);
-                                device_factors.resize(n * groups, 0.0);
-                                let (losses, factors) = (&mut device_losses, &mut device_factors);
-                                dev.last_losses_and_factors(n, views, losses, factors)
-                                    .map_err(device_error)?;
-                                stats.add_losses(&device_losses, views, &device_factors, groups);
-                            }
+                            let next = (step + 1 < last_step)
+                                .then_some((&mut sampler, &mut sampling_rng as &mut dyn rand::RngCore));
+                            let (stats, overflow) = device_steps.private_step(
+                                dev.as_mut(),
+                                &mut engine,
+                                train,
+                                (&indices, staged),
+                                next,
+                                &settings,
+                                non_private_diagnostics,
+                            )?;
+                            overflowed = overflow;
                             stats
                         }
                         (None, Some(run)) if on_device => {
@@ -468,7 +421,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                                 &indices,
                                 Some(&mut noise_stream),
                                 settings,
-                                &mut device_batch,
+                                &mut device_steps.batch,
                             )?;
                             let update = optimizer.on_device(at).expect("checked before the first step");
                             let updated = dev

@@ -1,0 +1,115 @@
+//! The host's side of one process's private steps on a device (`Trainer::device`): the batch (or its
+//! views) gathered and handed to the device, and, without views, the next step's batch sampled,
+//! gathered and staged while a step runs (docs/GPU.md, "Overlapping the host's work with a step").
+//! The draws are those of sampling at the top of each step, in the same order, so a seeded run on a
+//! device takes the CPU trainer's batches.
+
+use rand::RngCore;
+
+use super::step::{BatchStats, StepEngine};
+use crate::data::Dataset;
+use crate::device::{DeviceError, DevicePrivateStep, DeviceTraining};
+use crate::error::{Error, Result};
+use crate::model::DpModel;
+use crate::sampling::Sampler;
+
+/// A device's error, named by the model.
+pub(super) fn device_error<M: DpModel>(e: DeviceError) -> Error {
+    Error::Mismatch { model: M::NAME.into(), message: e.to_string() }
+}
+
+/// The host buffers of device steps, and the batch staged ahead.
+pub(super) struct DeviceSteps<M: DpModel> {
+    /// A step's batch gathered on the host (in a distributed run, this rank's part of it; with
+    /// views, the views of it).
+    pub(super) batch: (Vec<M::Input>, Vec<f32>),
+    /// The next step's indices, once its batch is staged.
+    next: Vec<usize>,
+    staged_ahead: bool,
+    /// With non-private diagnostics: the last step's losses and clip factors, copied back.
+    losses: Vec<f32>,
+    factors: Vec<f32>,
+}
+
+impl<M: DpModel> DeviceSteps<M> {
+    pub(super) fn new() -> Self {
+        DeviceSteps {
+            batch: (Vec::new(), Vec::new()),
+            next: Vec::new(),
+            staged_ahead: false,
+            losses: Vec::new(),
+            factors: Vec::new(),
+        }
+    }
+
+    /// This step's indices: those of the batch staged during the last step, or a fresh sample.
+    /// Returns whether the batch is staged already.
+    pub(super) fn take_batch(
+        &mut self,
+        sampler: &mut Sampler,
+        rng: &mut dyn RngCore,
+        indices: &mut Vec<usize>,
+    ) -> bool {
+        let staged = std::mem::take(&mut self.staged_ahead);
+        match staged {
+            true => std::mem::swap(indices, &mut self.next),
+            false => sampler.sample(rng, indices),
+        }
+        staged
+    }
+
+    /// One private step on the batch at `indices` (`staged`: as [`take_batch`](Self::take_batch)
+    /// said). Without views, when `next` gives the sampler (a step follows this one), the next
+    /// batch is sampled, gathered and staged between queueing this step and finishing it. With
+    /// `diagnostics`, the step's losses and clip factors are read back into the statistics.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn private_step(
+        &mut self,
+        dev: &mut dyn DeviceTraining<M>,
+        engine: &mut StepEngine<M>,
+        train: &Dataset<M::Input>,
+        (indices, staged): (&[usize], bool),
+        next: Option<(&mut Sampler, &mut dyn RngCore)>,
+        settings: &DevicePrivateStep,
+        diagnostics: bool,
+    ) -> Result<(BatchStats, bool)> {
+        let n = indices.len();
+        let (inputs, labels) = &mut self.batch;
+        // With views, they are drawn and augmented here as the CPU draws them.
+        let views = engine.gather_views(train, indices, inputs, labels);
+        let outcome = match views {
+            Some(views) => dev.private_step_with_views(inputs, labels, n, views, settings),
+            None => {
+                if !staged {
+                    train.gather(indices, inputs, labels);
+                    dev.stage_batch(inputs, labels, n).map_err(device_error::<M>)?;
+                }
+                dev.queue_private_step(settings).map_err(device_error::<M>)?;
+                // While it runs, the next step's batch is sampled, gathered and staged.
+                let staging = match next {
+                    Some((sampler, rng)) => {
+                        sampler.sample(rng, &mut self.next);
+                        train.gather(&self.next, inputs, labels);
+                        self.staged_ahead = true;
+                        dev.stage_batch(inputs, labels, self.next.len())
+                    }
+                    None => Ok(()),
+                };
+                // The step is finished whatever staging did; its error comes first.
+                dev.finish_private_step().and_then(|outcome| staging.map(|()| outcome))
+            }
+        }
+        .map_err(device_error::<M>)?;
+        let mut stats =
+            BatchStats { non_finite: outcome.non_finite_examples, examples: n, ..BatchStats::default() };
+        if diagnostics {
+            let (groups, views) = (M::GROUPS.len(), views.unwrap_or(1));
+            self.losses.resize(n * views, 0.0);
+            self.factors.resize(n * groups, 0.0);
+            dev.last_losses_and_factors(n, views, &mut self.losses, &mut self.factors)
+                .map_err(device_error::<M>)?;
+            stats.add_losses(&self.losses, views, &self.factors, groups);
+        }
+        Ok((stats, outcome.overflowed))
+    }
+}
