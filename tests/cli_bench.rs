@@ -91,6 +91,8 @@ fn a_single_mode_leaves_the_other_null_and_threads_are_set() {
     let m = &objects(&out)[0];
     positive(m, "private_ms_median");
     assert!(m["nonprivate_ms_median"].is_null(), "{m:?}");
+    // The overlapped step is a device's (the CPU trainer has no step to overlap with).
+    assert!(m["private_overlapped_ms_median"].is_null(), "{m:?}");
     assert_eq!(m["threads"], 1);
     assert_eq!(m["parameters"], AdultLogReg::PARAM_COUNT);
 

@@ -424,6 +424,9 @@ pub struct Measurement {
     pub steps: usize,
     pub warmup: usize,
     pub private: Option<Timing>,
+    /// On a GPU: the private step as the trainer runs it, the next batch gathered and staged while
+    /// the step runs (docs/GPU.md, "Overlapping the host's work with a step").
+    pub private_overlapped: Option<Timing>,
     pub non_private: Option<Timing>,
     pub flops_per_step: u64,
     pub bytes_per_example: u64,
@@ -455,6 +458,9 @@ impl Measurement {
             "private_ms_median": self.private.map(|t| t.median),
             "private_ms_min": self.private.map(|t| t.min),
             "private_ms_max": self.private.map(|t| t.max),
+            "private_overlapped_ms_median": self.private_overlapped.map(|t| t.median),
+            "private_overlapped_ms_min": self.private_overlapped.map(|t| t.min),
+            "private_overlapped_ms_max": self.private_overlapped.map(|t| t.max),
             "nonprivate_ms_median": self.non_private.map(|t| t.median),
             "nonprivate_ms_min": self.non_private.map(|t| t.min),
             "nonprivate_ms_max": self.non_private.map(|t| t.max),
@@ -489,7 +495,9 @@ impl Measurement {
             "  {:<12} {:>10} {:>10} {:>10} {:>12} {:>9}\n",
             "step", "median ms", "min ms", "max ms", "examples/s", "GFLOP/s"
         );
-        for (label, t) in [("private", self.private), ("non-private", self.non_private)] {
+        let rows =
+            [("private", self.private), ("overlapped", self.private_overlapped), ("non-private", self.non_private)];
+        for (label, t) in rows {
             if let Some(t) = t {
                 out += &format!(
                     "  {:<12} {:>10.4} {:>10.4} {:>10.4} {:>12.0} {:>9.2}\n",
@@ -504,6 +512,9 @@ impl Measurement {
         }
         if let (Some(p), Some(n)) = (self.private, self.non_private) {
             out += &format!("  private / non-private: {:.2}x\n", p.median / n.median);
+        }
+        if self.private_overlapped.is_some() {
+            out += "  overlapped: the private step with the next batch gathered and staged while it runs, as the trainer runs it\n";
         }
         out += &format!(
             "  plan: {:.4} GFLOP per step, {} bytes per example, {} bytes fixed workspace\n",
@@ -558,16 +569,17 @@ impl ModelTask for Measure<'_> {
         let indices = batch_indices(batch, data.len());
         let initial = M::init(&mut dp_runtime::rng::seeded(2));
         reset_peak_rss();
-        let (private, non_private, device) = match args.device {
+        let timings = match args.device {
             super::DeviceArg::Cpu => {
-                let (p, n) = cpu_timings(args, &initial, &data, &indices, batch, warmup)?;
-                (p, n, "cpu".to_string())
+                let (private, non_private) = cpu_timings(args, &initial, &data, &indices, batch, warmup)?;
+                DeviceTimings { private, private_overlapped: None, non_private, device: "cpu".to_string() }
             }
             super::DeviceArg::Cuda(ordinal) => {
                 // One process: `cuda` alone is local rank 0's, cuda:0.
                 gpu_timings::<M>(args, ordinal.unwrap_or(0), &initial, &data, &indices, warmup)?
             }
         };
+        let DeviceTimings { private, private_overlapped, non_private, device } = timings;
         Ok(Measurement {
             model: name,
             device,
@@ -579,6 +591,7 @@ impl ModelTask for Measure<'_> {
             steps: args.steps,
             warmup,
             private,
+            private_overlapped,
             non_private,
             flops_per_step: plan_flops::<M>(batch),
             bytes_per_example: (M::WORKSPACE_PER_EXAMPLE * 4) as u64,
@@ -627,7 +640,7 @@ fn gpu_timings<M: DpModel>(
     _: &Dataset<M::Input>,
     _: &[usize],
     _: usize,
-) -> Result<(Option<Timing>, Option<Timing>, String)> {
+) -> Result<DeviceTimings> {
     unreachable!("validate refuses --device cuda without the cuda feature")
 }
 
@@ -642,7 +655,7 @@ fn gpu_timings<M: DpModel>(
     data: &Dataset<M::Input>,
     indices: &[usize],
     warmup: usize,
-) -> Result<(Option<Timing>, Option<Timing>, String)> {
+) -> Result<DeviceTimings> {
     use dp_cuda::device::{Gpu, SgdStep};
     use dp_cuda::trainer::{Clipping, GpuModel};
     let gpu_error = |e: dp_cuda::CudaError| Error::Mismatch { model: M::NAME.into(), message: e.to_string() };
@@ -688,6 +701,29 @@ fn gpu_timings<M: DpModel>(
         }
         false => None,
     };
+    // As the trainer runs it: step t queued, step t + 1's batch gathered and staged, step t awaited.
+    let private_overlapped = match args.mode.private() {
+        true => {
+            let mut model = open()?;
+            let mut keys = dp_runtime::rng::seeded(1);
+            let clipping = Clipping { mode: ClipMode::Flat, norm: CLIP_NORM };
+            let step = SgdStep { noise_std: NOISE_MULTIPLIER * CLIP_NORM, ..sgd };
+            data.gather(indices, &mut inputs, &mut labels);
+            model.stage_batch(&inputs, &labels, n).map_err(gpu_error)?;
+            let timing = time_steps(warmup, args.steps, || {
+                let mut key = [0u8; 32];
+                keys.fill_bytes(&mut key);
+                model.queue_private_step(clipping, &key, step).map_err(gpu_error)?;
+                data.gather(indices, &mut inputs, &mut labels);
+                let staged = model.stage_batch(&inputs, &labels, n).map_err(gpu_error);
+                model.await_step().map_err(gpu_error)?;
+                staged
+            })?;
+            finite(&model, "private, overlapped")?;
+            Some(timing)
+        }
+        false => None,
+    };
     let non_private = match args.mode.non_private() {
         true => {
             let mut model = open()?;
@@ -703,7 +739,15 @@ fn gpu_timings<M: DpModel>(
         }
         false => None,
     };
-    Ok((private, non_private, name))
+    Ok(DeviceTimings { private, private_overlapped, non_private, device: name })
+}
+
+/// A device's timings, and the device's name.
+struct DeviceTimings {
+    private: Option<Timing>,
+    private_overlapped: Option<Timing>,
+    non_private: Option<Timing>,
+    device: String,
 }
 
 /// Why model `M` has no device program, if it has none.
