@@ -495,8 +495,11 @@ impl Measurement {
             "  {:<12} {:>10} {:>10} {:>10} {:>12} {:>9}\n",
             "step", "median ms", "min ms", "max ms", "examples/s", "GFLOP/s"
         );
-        let rows =
-            [("private", self.private), ("overlapped", self.private_overlapped), ("non-private", self.non_private)];
+        let rows = [
+            ("private", self.private),
+            ("overlapped", self.private_overlapped),
+            ("non-private", self.non_private),
+        ];
         for (label, t) in rows {
             if let Some(t) = t {
                 out += &format!(
