@@ -681,8 +681,9 @@ fn gpu_non_private_baseline_follows_the_cpu() {
 /// the CPU, seeded alike: `SmallConv` with 3 views per example (crops after padding, flips), flat and
 /// per-layer clipping, examples 5 to 7 all NaN (contributing nothing), SGD with momentum; the
 /// parameters agree to rounding and so do the accuracies. Then one step by hand: the views, labels and
-/// key copied in once and the two counts out, whatever the batch, and the NaN example counted.
-/// NOT YET RUN ON A GPU (written 2026-12-04; docs/GPU.md).
+/// key copied in once and the two counts out, whatever the batch, the NaN example counted, and every
+/// example after the first (which runs eagerly) replayed from one graph.
+/// NOT YET RUN ON A GPU (written 2026-12-04, the graphs 2026-12-05; docs/GPU.md).
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
 fn gpu_trainer_with_views_follows_the_cpu_trainer() {
@@ -754,6 +755,8 @@ fn gpu_trainer_with_views_follows_the_cpu_trainer() {
     assert_eq!(outcome.non_finite_examples, 3, "examples 5 to 7 are NaN");
     assert!(!outcome.overflowed);
     assert_eq!((after.to_device - before.to_device, after.to_host - before.to_host), (3, 1));
+    assert_eq!(model.graphs_off(), None, "an example's capture failed");
+    assert_eq!(model.graph_replays(), n as u64 - 1, "the examples after the first replay one graph");
 }
 
 /// `M` trained seeded by `ranks` ranks (threads of one `ThreadGroup`), each on its shard and on its

@@ -8,6 +8,9 @@
 //! changes every step stays out of the graphs: the batch and the key are copied in before a replay
 //! (into the same addresses), and the update, whose learning rate follows the schedule, is launched
 //! after it. A distributed rank's graph stops at the clipped sum, which is copied out for the reduce.
+//! A step with views (augmentation multiplicity) replays one graph per example: the program at K
+//! views and the example's clipped average, the same launches for every example once its views are
+//! copied into the program's regions.
 //!
 //! A capture that fails (a library call that cannot be captured, a driver without graphs) turns graphs
 //! off for the model: its steps launch one by one from then on, with the same results, and
@@ -30,27 +33,35 @@ pub enum BeforeUpdate {
     /// A distributed rank's (`docs/DISTRIBUTED.md`): a private step's without the noise, which rank 0
     /// draws on the host.
     ClippedSum(Clipping),
+    /// One example of a step with views (`trainer/views.rs`), its views copied into the program's
+    /// regions before: the program's forward, backward and gradient sum at K views, their average's
+    /// group norms, its clip factors (counted) and the clipped average added into the views' sum. The
+    /// same for every example; the batch size of its key is K.
+    ExampleOfViews(Clipping),
 }
 
 /// What a captured graph depends on besides the model: the batch size, the clipping (none: a
-/// non-private step, whose graph is the plain gradient sum's) and whether it draws the noise.
+/// non-private step, whose graph is the plain gradient sum's), whether it draws the noise, and
+/// whether it is one example of a step with views.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct GraphKey {
     n: usize,
     /// Per-layer clipping and the bits of C.
     clipping: Option<(bool, u64)>,
     noise: bool,
+    example_of_views: bool,
 }
 
 impl GraphKey {
     pub fn new(n: usize, before: BeforeUpdate) -> Self {
-        let (clipping, noise) = match before {
-            BeforeUpdate::GradientSum => (None, false),
-            BeforeUpdate::PrivateStep(clipping) => (Some(clipping), true),
-            BeforeUpdate::ClippedSum(clipping) => (Some(clipping), false),
+        let (clipping, noise, example_of_views) = match before {
+            BeforeUpdate::GradientSum => (None, false, false),
+            BeforeUpdate::PrivateStep(clipping) => (Some(clipping), true, false),
+            BeforeUpdate::ClippedSum(clipping) => (Some(clipping), false, false),
+            BeforeUpdate::ExampleOfViews(clipping) => (Some(clipping), false, true),
         };
         let clipping = clipping.map(|c| (matches!(c.mode, ClipMode::PerLayer), c.norm.to_bits()));
-        GraphKey { n, clipping, noise }
+        GraphKey { n, clipping, noise, example_of_views }
     }
 }
 
@@ -71,8 +82,8 @@ pub struct StepGraphs {
     graphs: HashMap<GraphKey, Graph>,
     /// Why graphs were turned off, once a capture failed.
     off: Option<String>,
-    /// Steps launched eagerly so far: the first runs eagerly, so that libraries initialise outside a
-    /// capture.
+    /// Steps (or examples of a step with views) launched eagerly so far: the first runs eagerly, so
+    /// that libraries initialise outside a capture.
     eager_steps: u64,
     /// Steps replayed from a graph.
     replayed: u64,
@@ -172,7 +183,7 @@ mod tests {
     }
 
     #[test]
-    fn a_graph_key_separates_batch_sizes_clipping_the_noise_and_the_non_private_step() {
+    fn a_graph_key_separates_batch_sizes_clipping_the_noise_the_non_private_step_and_views() {
         let flat = Clipping { mode: ClipMode::Flat, norm: 1.0 };
         let per_layer = Clipping { mode: ClipMode::PerLayer, norm: 1.0 };
         let looser = Clipping { mode: ClipMode::Flat, norm: 2.0 };
@@ -183,6 +194,9 @@ mod tests {
             GraphKey::new(128, BeforeUpdate::PrivateStep(looser)),
             GraphKey::new(128, BeforeUpdate::GradientSum),
             GraphKey::new(128, BeforeUpdate::ClippedSum(flat)),
+            GraphKey::new(128, BeforeUpdate::ExampleOfViews(flat)),
+            GraphKey::new(128, BeforeUpdate::ExampleOfViews(per_layer)),
+            GraphKey::new(3, BeforeUpdate::ExampleOfViews(flat)),
         ];
         for (i, a) in keys.iter().enumerate() {
             for b in &keys[i + 1..] {

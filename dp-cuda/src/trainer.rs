@@ -576,6 +576,8 @@ impl<M: DpModel> GpuModel<M> {
                 }
                 self.queue_noise_draw()?;
             }
+            // One example of many: its step's noise and kept parameters come after the last.
+            BeforeUpdate::ExampleOfViews(clipping) => return self.launch_example_of_views(clipping, n),
         }
         let len = M::TRAINED_PARAM_COUNT;
         if len > 0 {

@@ -6,7 +6,10 @@
 //! size K, and `kernels/views.cu` averages the sum, takes its group norms, `dp_clip_factors` its factors
 //! (its non-finite count added up over the examples), and the clipped average is added into a sum of
 //! its own. That sum is copied into `Grad`, and the noise and update follow as in a step without views.
-//! The launches are eager (one example after another; no CUDA graph is captured for them).
+//! An example's launches after its views' copies are the same for every example: they are captured
+//! once per K and clipping into a CUDA graph (`BeforeUpdate::ExampleOfViews`) and replayed per
+//! example, so an example costs its two copies and one graph launch rather than the program's dozens
+//! of launches.
 
 use cudarc::driver::{CudaSlice, DevicePtr};
 use dp_runtime::device::{DeviceStepOutcome, Region, Span};
@@ -15,6 +18,7 @@ use dp_runtime::DpModel;
 use super::{inputs_of, program, Clipping, GpuModel, Inputs};
 use crate::device::driver;
 use crate::error::{CudaError, Result};
+use crate::graphs::BeforeUpdate;
 use crate::update::UpdateStep;
 use crate::views::{blocks_per_range, ViewsRanges};
 
@@ -178,7 +182,15 @@ impl<M: DpModel> GpuModel<M> {
         let mut dst = self.memory.slice_mut(Region::Labels).slice_mut(..label_len);
         s.memcpy_dtod(&buffers.labels.slice(from..from + label_len), &mut dst)
             .map_err(driver("copying an example's labels"))?;
-        self.zero_grad()?;
+        self.queue_before_update(BeforeUpdate::ExampleOfViews(clipping), views)
+    }
+
+    /// The launches of one example of a step with views after the gradient is zeroed (replayed from
+    /// a graph, captured, or launched one by one: [`queue_before_update`](Self::queue_before_update)):
+    /// the program at `views`, the average's group norms, its clip factors, counted, and the clipped
+    /// average added into the views' sum.
+    pub(super) fn launch_example_of_views(&mut self, clipping: Clipping, views: usize) -> Result<()> {
+        let s = self.gpu.stream.clone();
         let mut ops = self.ops();
         M::device_forward_backward(&mut ops, views).map_err(program)?;
         M::device_gradient_sum(&mut ops, views).map_err(program)?;
@@ -243,6 +255,8 @@ impl<M: DpModel> GpuModel<M> {
             s.clone_htod(&values)
         };
         let capacity = total.max(1);
+        // The example's graphs hold the addresses of the buffers replaced here.
+        self.graphs.invalidate();
         let alloc = |what: &'static str, len: usize| s.alloc_zeros::<f32>(len.max(1)).map_err(driver(what));
         self.views = Some(ViewsBuffers {
             inputs: alloc("allocating the views", capacity * input_len)?,
