@@ -15,7 +15,8 @@
 # `libnvrtc.so.13`, so the script links the unversioned names to what it finds, in a folder of its own
 # put first on LD_LIBRARY_PATH. Every GPU test must run (DP_REQUIRE_GPU, DP_REQUIRE_NVRTC): a missing
 # device or library fails. DP_CHECK_PEERS=jax runs the JAX reference alone, =none neither; DP_CHECK_STEPS
-# sets the timed steps of every measurement.
+# sets the timed steps of every measurement. Each part has a time limit (DP_CHECK_LIMIT scales them; 1
+# by default), so that a part that hangs is reported as timed out and the parts after it still run.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 report=${1:-gpu-check-report.txt}
@@ -40,6 +41,15 @@ PY
 done
 export LD_LIBRARY_PATH="$links${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 failed=0
+scale=${DP_CHECK_LIMIT:-1}
+# `limited SECONDS COMMAND...`: the command, stopped after SECONDS·scale; a stop is reported and fails.
+limited() {
+    local seconds=$(( $1 * scale )); shift
+    timeout -k 5 "$seconds" "$@"
+    local rc=$?
+    [ $rc = 124 ] || [ $rc = 137 ] && echo "## TIMED OUT after ${seconds}s: $*"
+    return $rc
+}
 {
     echo "# dp GPU check, $(date -u +%FT%TZ)"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader \
@@ -50,50 +60,51 @@ failed=0
     for name in nvrtc_compile gpu gpu_programs gpu_programs_bf16; do
         [ -x "$bins/$name" ] || continue
         echo "## $name"
-        "$bins/$name" --include-ignored --test-threads=1 --nocapture 2>&1 || { echo "## $name FAILED"; failed=1; }
+        limited 240 "$bins/$name" --include-ignored --test-threads=1 --nocapture 2>&1 \
+            || { echo "## $name FAILED"; failed=1; }
     done
     if [ -x "$bins/dp" ]; then
         for precision in f32 bf16; do
             echo "## dp bench --device cuda:0 --precision $precision"
-            "$bins/dp" bench --device cuda:0 --all --batch-size 128 --steps "$steps" --precision "$precision" \
+            limited 150 "$bins/dp" bench --device cuda:0 --all --batch-size 128 --steps "$steps" --precision "$precision" \
                 --json 2>&1 || { echo "## dp bench FAILED"; failed=1; }
         done
         # The front door: a private run on the Adult data shipped in the repository, on the GPU and, for
         # comparison, on this machine's CPUs (same seed: the same batches and noise).
         for device in cuda:0 cpu; do
             echo "## dp train --model ffnn --data data/adult --device $device"
-            "$bins/dp" train --model ffnn --data data/adult --target-epsilon 1 --seed 1 --device "$device" 2>&1 \
+            limited 120 "$bins/dp" train --model ffnn --data data/adult --target-epsilon 1 --seed 1 --device "$device" 2>&1 \
                 | grep -v "^epoch" || { echo "## dp train FAILED"; failed=1; }
             echo "## dp train --model embedding --data data/reviews --max-steps 200 --device $device"
-            "$bins/dp" train --model embedding --data data/reviews/womens_clothing_reviews.csv.gz \
+            limited 120 "$bins/dp" train --model embedding --data data/reviews/womens_clothing_reviews.csv.gz \
                 --target-epsilon 3 --seed 1 --max-steps 200 --device "$device" 2>&1 \
                 | grep -v "^epoch" || { echo "## dp train FAILED"; failed=1; }
             echo "## dp train --model mnist-cnn --data data/mnist --max-steps 300 --device $device"
-            "$bins/dp" train --model mnist-cnn --data data/mnist --target-epsilon 3 --seed 1 --max-steps 300 \
+            limited 120 "$bins/dp" train --model mnist-cnn --data data/mnist --target-epsilon 3 --seed 1 --max-steps 300 \
                 --device "$device" 2>&1 | grep -v "^epoch" || { echo "## dp train FAILED"; failed=1; }
             echo "## dp train --model mnist-cnn --data data/mnist --max-steps 300 --precision bf16 --device $device"
-            "$bins/dp" train --model mnist-cnn --data data/mnist --target-epsilon 3 --seed 1 --max-steps 300 \
+            limited 120 "$bins/dp" train --model mnist-cnn --data data/mnist --target-epsilon 3 --seed 1 --max-steps 300 \
                 --precision bf16 --device "$device" 2>&1 | grep -v "^epoch" || { echo "## dp train FAILED"; failed=1; }
         done
         # The transformers on the GPU only (100 steps of either take minutes on a few CPU cores): the text
         # transformer with momentum, its LoRA variant with Adam (the Adam kernel), the ViT in bf16.
         echo "## dp train --model text-transformer --data data/reviews --max-steps 100 --device cuda:0"
-        "$bins/dp" train --model text-transformer --data data/reviews/womens_clothing_reviews.csv.gz \
+        limited 120 "$bins/dp" train --model text-transformer --data data/reviews/womens_clothing_reviews.csv.gz \
             --target-epsilon 3 --seed 1 --max-steps 100 --device cuda:0 2>&1 \
             | grep -v "^epoch" || { echo "## dp train FAILED"; failed=1; }
         echo "## dp train --model text-transformer-lora --optimizer adam --lr 0.001 --max-steps 100 --device cuda:0"
-        "$bins/dp" train --model text-transformer-lora --data data/reviews/womens_clothing_reviews.csv.gz \
+        limited 120 "$bins/dp" train --model text-transformer-lora --data data/reviews/womens_clothing_reviews.csv.gz \
             --optimizer adam --lr 0.001 --target-epsilon 3 --seed 1 --max-steps 100 --device cuda:0 2>&1 \
             | grep -v "^epoch" || { echo "## dp train FAILED"; failed=1; }
         echo "## dp train --model mnist-vit --data data/mnist --max-steps 100 --precision bf16 --device cuda:0"
-        "$bins/dp" train --model mnist-vit --data data/mnist --target-epsilon 3 --seed 1 --max-steps 100 \
+        limited 120 "$bins/dp" train --model mnist-vit --data data/mnist --target-epsilon 3 --seed 1 --max-steps 100 \
             --precision bf16 --device cuda:0 2>&1 | grep -v "^epoch" || { echo "## dp train FAILED"; failed=1; }
         # The non-private baseline's steps and a private run's non-private diagnostics on the GPU.
         echo "## dp train --model mnist-cnn --non-private --max-steps 300 --device cuda:0"
-        "$bins/dp" train --model mnist-cnn --data data/mnist --non-private --seed 1 --max-steps 300 \
+        limited 120 "$bins/dp" train --model mnist-cnn --data data/mnist --non-private --seed 1 --max-steps 300 \
             --device cuda:0 2>&1 | grep -v "^epoch" || { echo "## dp train FAILED"; failed=1; }
         echo "## dp train --model ffnn --data data/adult --max-steps 300 --non-private-diagnostics --json --device cuda:0"
-        "$bins/dp" train --model ffnn --data data/adult --target-epsilon 1 --seed 1 --max-steps 300 --non-private-diagnostics \
+        limited 120 "$bins/dp" train --model ffnn --data data/adult --target-epsilon 1 --seed 1 --max-steps 300 --non-private-diagnostics \
             --json --device cuda:0 2>&1 | tail -n 3 || { echo "## dp train FAILED"; failed=1; }
     fi
     peers=${DP_CHECK_PEERS:-all}
