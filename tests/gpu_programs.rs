@@ -242,7 +242,8 @@ fn gpu_private_steps_equal_the_cpus() {
 /// overlap, docs/GPU.md), lands where the same steps one after another land, bit for bit: the staged
 /// copies wait behind the step in flight. The third batch is larger than the arena: staged during the
 /// second step, its copies wait until the arena grows for it. The same copies as a step alone; a
-/// second step queued before the first is awaited, or an await with none queued, are refused.
+/// second step queued before the first is awaited, the parameters read while a step is queued, or an
+/// await with none queued, are refused.
 /// WRITTEN WITHOUT A GPU, NOT YET RUN.
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
@@ -280,6 +281,7 @@ fn gpu_steps_overlapped_with_staging_equal_steps_in_turn() {
     for (i, expected) in outcomes.iter().enumerate() {
         DeviceTraining::queue_private_step(&mut overlapped, &step(i)).unwrap();
         assert!(DeviceTraining::queue_private_step(&mut overlapped, &step(i)).is_err(), "queued twice");
+        assert!(overlapped.params().is_err(), "the parameters read before the queued step's restore");
         if let Some(((inputs, labels), n)) = batches.get(i + 1) {
             DeviceTraining::stage_batch(&mut overlapped, inputs, labels, *n).unwrap();
         }

@@ -75,10 +75,14 @@ fn entry_name(name: &str, arch: &str, (major, minor): (i32, i32), input: &str) -
 
 /// Writes `text` to `path` through a temporary file in `folder` renamed into place.
 fn store(folder: &Path, path: &Path, text: &str) -> std::io::Result<()> {
+    // Unique per process and per write: threads of one process (a distributed run's ranks in tests)
+    // may store the same entry at once, and must not write into each other's file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     std::fs::create_dir_all(folder)?;
     let temporary = folder.join(format!(
-        ".{}.{}",
+        ".{}.{}.{}",
         std::process::id(),
+        WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         path.file_name().map_or("entry".into(), |n| n.to_string_lossy())
     ));
     let mut file = std::fs::File::create(&temporary)?;

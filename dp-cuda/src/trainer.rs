@@ -130,6 +130,15 @@ impl OptimizerKind {
     }
 }
 
+/// Copies in and out of pinned memory may still be queued (a step queued and never awaited, a batch
+/// staged behind it): the memory is freed only after they ran.
+impl<M: DpModel> Drop for GpuModel<M> {
+    fn drop(&mut self) {
+        // An error here (a failed context) leaves nothing to wait for.
+        let _ = self.gpu.stream.synchronize();
+    }
+}
+
 impl<M: DpModel> std::fmt::Debug for GpuModel<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GpuModel").field("model", &M::NAME).field("gpu", &self.gpu).finish()
@@ -287,8 +296,12 @@ impl<M: DpModel> GpuModel<M> {
         GpuOps { gpu: &self.gpu, memory: &self.memory, precision: self.precision }
     }
 
-    /// Copies a batch in: `n` examples' inputs and labels (the arena must hold `n`).
+    /// Copies a batch in for a step other than the trainer's private step: `n` examples' inputs and
+    /// labels (the arena must hold `n`). Not while a step is queued: the batch would replace the one
+    /// staged for the next step, and the parameters kept for the queued step's restore.
     fn load_batch(&mut self, inputs: &[M::Input], labels: &[f32], n: usize) -> Result<()> {
+        self.refuse_in_flight()?;
+        self.last_views = None;
         self.stage_batch(inputs, labels, n)?;
         self.load_staged().map(drop)
     }
@@ -485,6 +498,8 @@ impl<M: DpModel> GpuModel<M> {
                 released.len()
             )));
         }
+        self.refuse_in_flight()?;
+        self.last_views = None;
         if self.released_staging.is_none() {
             self.released_staging = Some(Staging::new(&self.gpu, 2 * len)?);
         }
@@ -761,6 +776,8 @@ impl<M: DpModel> GpuModel<M> {
     }
 
     fn read(&self, region: Region, len: usize) -> Result<Vec<f32>> {
+        // A queued step's parameters may yet be restored by its await.
+        self.refuse_in_flight()?;
         let s = &self.gpu.stream;
         let mut out = vec![0.0f32; len];
         if len > 0 {

@@ -120,7 +120,7 @@ impl<M: DpModel> GpuModel<M> {
         key: Option<&[u8; 32]>,
         keep_losses: bool,
     ) -> Result<()> {
-        self.last_views = Some((views, keep_losses));
+        self.refuse_in_flight()?;
         let (input_len, label_len) = (M::input_len(), M::LOSS.label_len());
         let total = n * views;
         if views == 0 || views > self.max_batch {
@@ -136,6 +136,7 @@ impl<M: DpModel> GpuModel<M> {
             return Err(CudaError::Mismatch(format!("{}: views of token inputs", M::NAME)));
         };
         self.ensure_views(total)?;
+        self.last_views = Some((views, keep_losses));
         self.staged = None;
         let staging = self.staging.next(&self.gpu, total * (input_len + label_len) + 8)?;
         let s = self.gpu.stream.clone();
