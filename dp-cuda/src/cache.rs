@@ -90,3 +90,29 @@ fn store(folder: &Path, path: &Path, text: &str) -> std::io::Result<()> {
     file.sync_all()?;
     std::fs::rename(&temporary, path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Threads of one process storing the same entry at once (a distributed run's ranks, each opening
+    /// a GPU) each write a temporary file of their own: the entry is always one whole text, never a
+    /// file another thread truncated before it was renamed into place.
+    #[test]
+    fn concurrent_stores_of_one_entry_leave_a_whole_entry() {
+        let folder = std::env::temp_dir().join(format!("dp-cache-store-{}", std::process::id()));
+        let path = folder.join("entry.ptx");
+        let texts: Vec<String> = (0..4).map(|t| format!("{t}").repeat(1 << 18)).collect();
+        for _ in 0..20 {
+            std::thread::scope(|scope| {
+                for text in &texts {
+                    let (folder, path) = (&folder, &path);
+                    scope.spawn(move || store(folder, path, text).unwrap());
+                }
+            });
+            let stored = std::fs::read_to_string(&path).unwrap();
+            assert!(texts.contains(&stored), "a torn entry of {} bytes", stored.len());
+        }
+        std::fs::remove_dir_all(&folder).unwrap();
+    }
+}
