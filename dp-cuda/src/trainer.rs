@@ -701,12 +701,18 @@ impl<M: DpModel> GpuModel<M> {
         }
         self.load_batch(inputs, labels, n)?;
         self.queue_before_update(BeforeUpdate::GradientSum, n)?;
+        // The update is queued before the losses' copy, which waits for the device (pageable memory):
+        // one wait for the whole step, not one before its update too.
+        self.queue_step_end(step.into())?;
+        let mut copied = Ok(());
         if n > 0 {
             let view = self.memory.slice(Region::Losses).slice(..n);
-            self.gpu.stream.memcpy_dtoh(&view, losses).map_err(driver("copying the losses back"))?;
+            copied = self.gpu.stream.memcpy_dtoh(&view, losses).map_err(driver("copying the losses back"));
             self.transfers.to_host += 1;
         }
-        self.finish_step(step.into())
+        // Awaited whatever the copy did, so that the model is not left with a step queued.
+        let outcome = self.await_step();
+        copied.and(outcome)
     }
 
     /// Forward, loss and backward on a batch, then every example's loss and squared norms, copied out.
