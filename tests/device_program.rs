@@ -279,8 +279,9 @@ struct HostTraining<M: DpModel> {
     last_views: Option<(usize, Option<KeptLosses>)>,
     /// The batch staged for the next private step: inputs, labels, examples.
     staged: Option<(Vec<M::Input>, Vec<f32>, usize)>,
-    /// The outcome of the queued private step, until it is finished.
+    /// The outcome of the queued step, until it is finished, and a non-private step's losses.
     queued: Option<DeviceStepOutcome>,
+    queued_losses: Vec<f32>,
     /// The staging, queueing and finishing of private steps, in the order the trainer called them
     /// (shared, to be read after the trainer has taken the training state).
     calls: std::sync::Arc<std::sync::Mutex<Vec<Call>>>,
@@ -307,6 +308,16 @@ enum Fault {
 }
 
 impl<M: DpModel> HostTraining<M> {
+    /// A step queued: logged, refused while another is queued, on the staged batch.
+    #[allow(clippy::type_complexity)]
+    fn take_staged(&mut self) -> Result<(Vec<M::Input>, Vec<f32>, usize), DeviceError> {
+        self.calls.lock().unwrap().push(Call::Queue);
+        if self.queued.is_some() {
+            return Err(DeviceError::Mismatch("a step queued before the last was finished".into()));
+        }
+        self.staged.take().ok_or_else(|| DeviceError::Mismatch("a step with no batch staged".into()))
+    }
+
     fn new() -> Self {
         HostTraining {
             dev: HostDevice::new(),
@@ -317,6 +328,7 @@ impl<M: DpModel> HostTraining<M> {
             last_views: None,
             staged: None,
             queued: None,
+            queued_losses: Vec::new(),
             calls: Default::default(),
             model: std::marker::PhantomData,
         }
@@ -419,12 +431,7 @@ where
     }
 
     fn queue_private_step(&mut self, step: &DevicePrivateStep) -> Result<(), DeviceError> {
-        self.calls.lock().unwrap().push(Call::Queue);
-        if self.queued.is_some() {
-            return Err(DeviceError::Mismatch("a step queued before the last was finished".into()));
-        }
-        let (inputs, labels, n) =
-            self.staged.take().ok_or_else(|| DeviceError::Mismatch("a step with no batch staged".into()))?;
+        let (inputs, labels, n) = self.take_staged()?;
         self.last_views = None;
         let bad = self.clipped_sum_on_device(&inputs, &labels, n, step.clip_mode, step.clip_norm)?;
         self.queued = Some(self.noisy_update(step, bad)?);
@@ -436,24 +443,29 @@ where
         self.queued.take().ok_or_else(|| DeviceError::Mismatch("no step queued".into()))
     }
 
-    fn non_private_step(
-        &mut self,
-        inputs: &[M::Input],
-        labels: &[f32],
-        n: usize,
-        optimizer: &DeviceOptimizer,
-        losses: &mut [f32],
-    ) -> Result<DeviceStepOutcome, DeviceError> {
+    fn queue_non_private_step(&mut self, optimizer: &DeviceOptimizer) -> Result<(), DeviceError> {
+        let (inputs, labels, n) = self.take_staged()?;
         let d = &mut self.dev;
-        Self::load_batch(d, inputs, labels, n);
+        Self::load_batch(d, &inputs, &labels, n);
         if n > 0 {
             M::device_forward_backward(d, n)?;
             M::device_gradient_sum(d, n)?;
         }
-        losses.copy_from_slice(d.get(Region::Losses));
+        self.queued_losses = d.get(Region::Losses).to_vec();
         let sum = d.get(Region::Grad).to_vec();
         let overflowed = self.update(NoisyGradient::new(&sum, None, 0.0, n as f64), *optimizer)?;
-        Ok(DeviceStepOutcome { non_finite_examples: 0, overflowed })
+        self.queued = Some(DeviceStepOutcome { non_finite_examples: 0, overflowed });
+        Ok(())
+    }
+
+    fn finish_non_private_step(&mut self, losses: &mut [f32]) -> Result<DeviceStepOutcome, DeviceError> {
+        self.calls.lock().unwrap().push(Call::Finish);
+        let outcome = self.queued.take().ok_or_else(|| DeviceError::Mismatch("no step queued".into()))?;
+        if losses.len() != self.queued_losses.len() {
+            return Err(DeviceError::Mismatch("losses of another batch size".into()));
+        }
+        losses.copy_from_slice(&self.queued_losses);
+        Ok(outcome)
     }
 
     fn private_step_with_views(
@@ -673,25 +685,31 @@ fn a_trainer_stages_the_next_batch_while_a_device_step_runs() {
         assert!(diff <= 1e-5, "{max_steps:?}: the device's trainer differs from the CPU's by {diff}");
 
         let calls = calls.lock().unwrap().clone();
-        let steps = dev_report.steps as usize;
         // Two epochs of about 4.7 steps: a run stopped at 6 stops in the second.
-        assert_eq!(steps as u64, max_steps.unwrap_or(9), "steps");
-        let mut expected = vec![];
-        for step in 0..steps {
-            expected.push(Call::Queue);
-            if step + 1 < steps {
-                let Call::Stage(n) = calls[expected.len() + 1] else { panic!("{calls:?}") };
-                expected.push(Call::Stage(n));
-            }
-            expected.push(Call::Finish);
-        }
-        let Some(&Call::Stage(first)) = calls.first() else { panic!("{calls:?}") };
-        assert_eq!(calls[1..], expected[..], "{max_steps:?}");
-        let sizes: Vec<_> =
-            calls.iter().filter_map(|c| if let Call::Stage(n) = c { Some(*n) } else { None }).collect();
-        assert_eq!(sizes.len(), steps);
-        assert!(first > 0 && sizes.iter().any(|&n| n != first), "Poisson batches vary: {sizes:?}");
+        assert_eq!(dev_report.steps, max_steps.unwrap_or(9), "steps");
+        let sizes = assert_overlapped(&calls, dev_report.steps as usize);
+        assert!(sizes.iter().any(|&n| n != sizes[0]), "Poisson batches vary: {sizes:?}");
     }
+}
+
+/// That `calls` are `steps` steps each overlapped with staging the next batch: the first batch
+/// staged, then per step its queue, the next batch staged (but after the last step), its finish.
+/// Returns the staged batches' sizes, in order.
+fn assert_overlapped(calls: &[Call], steps: usize) -> Vec<usize> {
+    let sizes: Vec<_> =
+        calls.iter().filter_map(|c| if let Call::Stage(n) = c { Some(*n) } else { None }).collect();
+    assert_eq!(sizes.len(), steps, "{calls:?}");
+    let mut expected = vec![Call::Stage(sizes[0])];
+    for next in sizes.iter().skip(1).map(Some).chain([None]) {
+        expected.push(Call::Queue);
+        if let Some(&n) = next {
+            expected.push(Call::Stage(n));
+        }
+        expected.push(Call::Finish);
+    }
+    assert_eq!(calls, expected);
+    assert!(sizes.iter().all(|&n| n > 0), "{sizes:?}");
+    sizes
 }
 
 /// Non-private diagnostics on a device: each step's losses and clip factors come back, and the epochs'
@@ -1099,6 +1117,8 @@ fn the_non_private_baseline_on_a_device_follows_the_cpu() {
         )
         .unwrap();
         assert_eq!(dev_report.steps, cpu_report.steps, "{name}");
+        // The next batch is staged while a step runs, as in the private trainer.
+        assert_overlapped(&device.calls.lock().unwrap(), dev_report.steps as usize);
         let moved = largest_difference(cpu.params(), initial.params());
         let diff = largest_difference(dev.params(), cpu.params());
         assert!(moved > 0.01, "{name}: training moved the parameters by {moved}");

@@ -205,14 +205,10 @@ impl<M: DpModel> DeviceTraining<M> for &mut PrecisionProbe {
     ) -> Result<(), DeviceError> {
         Ok(())
     }
-    fn non_private_step(
-        &mut self,
-        _inputs: &[M::Input],
-        _labels: &[f32],
-        _n: usize,
-        _optimizer: &DeviceOptimizer,
-        _losses: &mut [f32],
-    ) -> Result<DeviceStepOutcome, DeviceError> {
+    fn queue_non_private_step(&mut self, _optimizer: &DeviceOptimizer) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    fn finish_non_private_step(&mut self, _losses: &mut [f32]) -> Result<DeviceStepOutcome, DeviceError> {
         Ok(DeviceStepOutcome { non_finite_examples: 0, overflowed: false })
     }
     fn stage_batch(&mut self, _inputs: &[M::Input], _labels: &[f32], _n: usize) -> Result<(), DeviceError> {

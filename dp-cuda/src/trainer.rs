@@ -699,20 +699,10 @@ impl<M: DpModel> GpuModel<M> {
         if losses.len() != n {
             return Err(CudaError::Mismatch(format!("{} losses asked of a batch of {n}", losses.len())));
         }
-        self.load_batch(inputs, labels, n)?;
-        self.queue_before_update(BeforeUpdate::GradientSum, n)?;
-        // The update is queued before the losses' copy, which waits for the device (pageable memory):
-        // one wait for the whole step, not one before its update too.
-        self.queue_step_end(step.into())?;
-        let mut copied = Ok(());
-        if n > 0 {
-            let view = self.memory.slice(Region::Losses).slice(..n);
-            copied = self.gpu.stream.memcpy_dtoh(&view, losses).map_err(driver("copying the losses back"));
-            self.transfers.to_host += 1;
-        }
-        // Awaited whatever the copy did, so that the model is not left with a step queued.
-        let outcome = self.await_step();
-        copied.and(outcome)
+        self.refuse_in_flight()?;
+        self.stage_batch(inputs, labels, n)?;
+        self.queue_non_private_step(step)?;
+        self.await_non_private_step(losses)
     }
 
     /// Forward, loss and backward on a batch, then every example's loss and squared norms, copied out.
@@ -1064,18 +1054,23 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
             .map_err(|e| DeviceError::Backend(e.to_string()))
     }
 
-    fn non_private_step(
+    fn queue_non_private_step(
         &mut self,
-        inputs: &[M::Input],
-        labels: &[f32],
-        n: usize,
         optimizer: &DeviceOptimizer,
-        losses: &mut [f32],
-    ) -> std::result::Result<DeviceStepOutcome, DeviceError> {
+    ) -> std::result::Result<(), DeviceError> {
+        // As a private step's: the arena grows once the step before was awaited.
+        self.refuse_in_flight().map_err(|e| DeviceError::Backend(e.to_string()))?;
+        let n = self.staged_examples().unwrap_or(0);
         self.make_room(n)?;
         let update = self.update_step(*optimizer, 0.0, 1.0 / n.max(1) as f64);
-        GpuModel::non_private_step(self, inputs, labels, n, update, losses)
-            .map_err(|e| DeviceError::Backend(e.to_string()))
+        GpuModel::queue_non_private_step(self, update).map_err(|e| DeviceError::Backend(e.to_string()))
+    }
+
+    fn finish_non_private_step(
+        &mut self,
+        losses: &mut [f32],
+    ) -> std::result::Result<DeviceStepOutcome, DeviceError> {
+        self.await_non_private_step(losses).map_err(|e| DeviceError::Backend(e.to_string()))
     }
 
     fn clipped_sum_to_host(

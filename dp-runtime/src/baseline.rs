@@ -12,12 +12,13 @@
 
 use crate::accounting::AccountantKind;
 use crate::data::Dataset;
-use crate::device::{DeviceError, DeviceTraining};
+use crate::device::DeviceTraining;
 use crate::error::{Error, Result};
 use crate::model::{Batch, DpModel, Precision, Workspace};
 use crate::optim::{NoisyGradient, Optimizer, StepInfo};
 use crate::rng::{self, KeySource, Streams};
 use crate::sampling::{Sampler, SamplingMode};
+use crate::trainer::device_steps::{device_error, DeviceSteps};
 use crate::trainer::progress::Progress;
 use crate::trainer::report::{self, Diagnostics, EpochReport, Report, RunDiagnostics};
 use crate::trainer::DEFAULT_MEMORY_BUDGET;
@@ -128,7 +129,10 @@ fn fit<M: DpModel>(
     let (mut inputs, mut labels, mut losses) = (Vec::new(), Vec::new(), Vec::new());
     let mut gradient = vec![0.0f32; M::TRAINED_PARAM_COUNT];
     let mut indices = Vec::new();
-    let device_error = |e: DeviceError| Error::Mismatch { model: M::NAME.into(), message: e.to_string() };
+    // On a device, the next batch is sampled, gathered and staged while a step runs, as the private
+    // trainer's (docs/GPU.md).
+    let mut device_steps = DeviceSteps::<M>::new();
+    let device_error = device_error::<M>;
     if let Some(dev) = device.as_mut() {
         if optimizer.on_device(StepInfo { step: 0, total_steps }).is_none() {
             return Err(Error::invalid(
@@ -151,7 +155,7 @@ fn fit<M: DpModel>(
         let (mut loss_sum, mut loss_count, mut non_finite, mut examples, mut steps_in_epoch) =
             (0.0f64, 0usize, 0u64, 0usize, 0u64);
         while step < stop {
-            sampler.sample(&mut sampling_rng, &mut indices);
+            let staged = device_steps.take_batch(&mut sampler, &mut sampling_rng, &mut indices);
             // Like the private trainer's mean, over the examples whose loss is finite.
             let mut count = |losses: &[f32]| {
                 for &loss in losses {
@@ -166,11 +170,19 @@ fn fit<M: DpModel>(
             let at = StepInfo { step, total_steps };
             let overflowed = match device.as_mut() {
                 Some(dev) => {
-                    train.gather(&indices, &mut inputs, &mut labels);
                     losses.resize(indices.len(), 0.0);
                     let update = optimizer.on_device(at).expect("checked before the first step");
-                    let outcome = dev
-                        .non_private_step(&inputs, &labels, indices.len(), &update, &mut losses)
+                    let next = (step + 1 < last_step)
+                        .then_some((&mut sampler, &mut sampling_rng as &mut dyn rand::RngCore));
+                    let outcome = device_steps
+                        .overlapped(
+                            &mut **dev,
+                            train,
+                            (&indices, staged),
+                            next,
+                            |dev| dev.queue_non_private_step(&update),
+                            |dev| dev.finish_non_private_step(&mut losses),
+                        )
                         .map_err(device_error)?;
                     count(&losses);
                     outcome.overflowed

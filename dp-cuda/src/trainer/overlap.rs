@@ -29,9 +29,14 @@ pub(super) struct StagedBatch {
     pub(super) copied: bool,
 }
 
-/// The end of a queued step: its two counts copied into pinned memory, and the event after them.
+/// The end of a queued step: its two counts (and a non-private step's losses) copied into pinned
+/// memory, and the event after them.
 pub(super) struct StepEnd {
     counts: PinnedHostSlice<u32>,
+    /// A non-private step's losses, grown with the largest batch.
+    losses: Option<PinnedHostSlice<f32>>,
+    /// The losses the queued step copies out (0: a private step, which copies none).
+    losses_out: usize,
     done: CudaEvent,
     /// A step is queued and not yet awaited.
     in_flight: bool,
@@ -45,7 +50,7 @@ impl StepEnd {
         let counts = unsafe { context.alloc_pinned_with_flags::<u32>(2, 0) }
             .map_err(driver("allocating pinned memory for the counts"))?;
         let done = context.new_event(None).map_err(driver("creating the step's event"))?;
-        Ok(StepEnd { counts, done, in_flight: false })
+        Ok(StepEnd { counts, losses: None, losses_out: 0, done, in_flight: false })
     }
 }
 
@@ -132,6 +137,48 @@ impl<M: DpModel> GpuModel<M> {
         self.queue_step_end(step.into())
     }
 
+    /// Queues a non-private step (that of [`non_private_step`](Self::non_private_step)) on the staged
+    /// batch, its update `step` (noise_std 0, inverse_batch 1/n), and its losses' copy into pinned
+    /// memory; [`await_non_private_step`](Self::await_non_private_step) gives them.
+    pub fn queue_non_private_step(&mut self, step: impl Into<UpdateStep>) -> Result<()> {
+        self.refuse_in_flight()?;
+        self.last_views = None;
+        let n = self.load_staged()?;
+        self.queue_before_update(BeforeUpdate::GradientSum, n)?;
+        self.queue_step_end(step.into())?;
+        let s = self.gpu.stream.clone();
+        if n > 0 {
+            if self.step_end.losses.as_ref().is_none_or(|losses| losses.len() < n) {
+                // SAFETY: written by the copy below before they are read (after `done`).
+                let losses = unsafe { s.context().alloc_pinned_with_flags::<f32>(n, 0) }
+                    .map_err(driver("allocating pinned memory for the losses"))?;
+                self.step_end.losses = Some(losses);
+            }
+            let pinned = self.step_end.losses.as_mut().expect("allocated above");
+            let view = self.memory.slice(Region::Losses).slice(..n);
+            s.memcpy_dtoh(&view, pinned).map_err(driver("copying the losses back"))?;
+            self.transfers.to_host += 1;
+            // Recorded again: the host's wait covers the losses too.
+            self.step_end.done.record(&s).map_err(driver("recording the step's end"))?;
+        }
+        self.step_end.losses_out = n;
+        Ok(())
+    }
+
+    /// Waits for the queued non-private step and copies its `n` losses into `losses` (`n` values).
+    pub fn await_non_private_step(&mut self, losses: &mut [f32]) -> Result<DeviceStepOutcome> {
+        let n = self.step_end.losses_out;
+        // Awaited whatever the caller passed, so that the model is not left with a step queued.
+        let outcome = self.await_step()?;
+        if losses.len() != n {
+            return Err(CudaError::Mismatch(format!("{} losses asked of a batch of {n}", losses.len())));
+        }
+        if let (Some(pinned), true) = (&self.step_end.losses, n > 0) {
+            losses.copy_from_slice(&pinned.as_slice().map_err(driver("reading the losses"))?[..n]);
+        }
+        Ok(outcome)
+    }
+
     /// A second step may not be queued before the first is awaited: its restore on overflow would
     /// come after the second's update.
     pub(super) fn refuse_in_flight(&self) -> Result<()> {
@@ -146,6 +193,7 @@ impl<M: DpModel> GpuModel<M> {
     /// host waits on.
     pub(super) fn queue_step_end(&mut self, step: UpdateStep) -> Result<()> {
         self.refuse_in_flight()?;
+        self.step_end.losses_out = 0;
         let s = self.gpu.stream.clone();
         let trained = Span::new(Region::Params, 0, M::TRAINED_PARAM_COUNT);
         self.queue_update(step)?;

@@ -870,12 +870,18 @@ pub trait DeviceTraining<M: crate::DpModel>: Send {
         losses: &mut [f32],
         factors: &mut [f32],
     ) -> Result<(), DeviceError>;
-    /// One non-private step on a gathered batch of `n` examples (`baseline::fit_non_private_on_device`,
-    /// `dp train --non-private`): the plain sum of their gradients (no clipping, no noise) times 1/n
-    /// as the host's `NoisyGradient::new(sum, None, 0, n)` forms it, and the update `optimizer`
-    /// describes; each example's loss copied back into `losses` (`n` values). The outcome's
-    /// `non_finite_examples` is 0 (nothing is clipped); an overflowing update is undone as in
-    /// [`private_step`](Self::private_step).
+    /// Queues one non-private step on the staged batch ([`stage_batch`](Self::stage_batch)) of `n`
+    /// examples, and may return before it ends (`baseline::fit_non_private_on_device`, `dp train
+    /// --non-private`): the plain sum of their gradients (no clipping, no noise) times 1/n as the host's
+    /// `NoisyGradient::new(sum, None, 0, n)` forms it, the update `optimizer` describes, and each
+    /// example's loss kept for [`finish_non_private_step`](Self::finish_non_private_step). One step at
+    /// a time, as [`queue_private_step`](Self::queue_private_step).
+    fn queue_non_private_step(&mut self, optimizer: &DeviceOptimizer) -> Result<(), DeviceError>;
+    /// Waits for the queued non-private step: each example's loss into `losses` (`n` values, the
+    /// staged batch's size). The outcome's `non_finite_examples` is 0 (nothing is clipped); an
+    /// overflowing update is undone as in [`private_step`](Self::private_step).
+    fn finish_non_private_step(&mut self, losses: &mut [f32]) -> Result<DeviceStepOutcome, DeviceError>;
+    /// One non-private step on a gathered batch of `n` examples: staged, queued and finished.
     fn non_private_step(
         &mut self,
         inputs: &[M::Input],
@@ -883,7 +889,11 @@ pub trait DeviceTraining<M: crate::DpModel>: Send {
         n: usize,
         optimizer: &DeviceOptimizer,
         losses: &mut [f32],
-    ) -> Result<DeviceStepOutcome, DeviceError>;
+    ) -> Result<DeviceStepOutcome, DeviceError> {
+        self.stage_batch(inputs, labels, n)?;
+        self.queue_non_private_step(optimizer)?;
+        self.finish_non_private_step(losses)
+    }
     /// One DP-SGD step with augmentation multiplicity (`Trainer::augmentation_multiplicity`) on a
     /// gathered batch of `n` examples seen as `views` augmented views each: `inputs` and `labels` hold
     /// the `n · views` views, example-major (example i's at `i·views .. (i + 1)·views`). Per example:

@@ -1,8 +1,8 @@
-//! The host's side of one process's private steps on a device (`Trainer::device`): the batch (or its
-//! views) gathered and handed to the device, and, without views, the next step's batch sampled,
-//! gathered and staged while a step runs (docs/GPU.md, "Overlapping the host's work with a step").
-//! The draws are those of sampling at the top of each step, in the same order, so a seeded run on a
-//! device takes the CPU trainer's batches.
+//! The host's side of one process's steps on a device (`Trainer::device`'s private steps, and the
+//! non-private baseline's): the batch (or its views) gathered and handed to the device, and, without
+//! views, the next step's batch sampled, gathered and staged while a step runs (docs/GPU.md,
+//! "Overlapping the host's work with a step"). The draws are those of sampling at the top of each
+//! step, in the same order, so a seeded run on a device takes the CPU's batches.
 
 use rand::RngCore;
 
@@ -14,12 +14,12 @@ use crate::model::DpModel;
 use crate::sampling::Sampler;
 
 /// A device's error, named by the model.
-pub(super) fn device_error<M: DpModel>(e: DeviceError) -> Error {
+pub(crate) fn device_error<M: DpModel>(e: DeviceError) -> Error {
     Error::Mismatch { model: M::NAME.into(), message: e.to_string() }
 }
 
 /// The host buffers of device steps, and the batch staged ahead.
-pub(super) struct DeviceSteps<M: DpModel> {
+pub(crate) struct DeviceSteps<M: DpModel> {
     /// A step's batch gathered on the host (in a distributed run, this rank's part of it; with
     /// views, the views of it).
     pub(super) batch: (Vec<M::Input>, Vec<f32>),
@@ -32,7 +32,7 @@ pub(super) struct DeviceSteps<M: DpModel> {
 }
 
 impl<M: DpModel> DeviceSteps<M> {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         DeviceSteps {
             batch: (Vec::new(), Vec::new()),
             next: Vec::new(),
@@ -44,7 +44,7 @@ impl<M: DpModel> DeviceSteps<M> {
 
     /// This step's indices: those of the batch staged during the last step, or a fresh sample.
     /// Returns whether the batch is staged already.
-    pub(super) fn take_batch(
+    pub(crate) fn take_batch(
         &mut self,
         sampler: &mut Sampler,
         rng: &mut dyn RngCore,
@@ -79,25 +79,14 @@ impl<M: DpModel> DeviceSteps<M> {
         let views = engine.gather_views(train, indices, inputs, labels);
         let outcome = match views {
             Some(views) => dev.private_step_with_views(inputs, labels, n, views, settings),
-            None => {
-                if !staged {
-                    train.gather(indices, inputs, labels);
-                    dev.stage_batch(inputs, labels, n).map_err(device_error::<M>)?;
-                }
-                dev.queue_private_step(settings).map_err(device_error::<M>)?;
-                // While it runs, the next step's batch is sampled, gathered and staged.
-                let staging = match next {
-                    Some((sampler, rng)) => {
-                        sampler.sample(rng, &mut self.next);
-                        train.gather(&self.next, inputs, labels);
-                        self.staged_ahead = true;
-                        dev.stage_batch(inputs, labels, self.next.len())
-                    }
-                    None => Ok(()),
-                };
-                // The step is finished whatever staging did; its error comes first.
-                dev.finish_private_step().and_then(|outcome| staging.map(|()| outcome))
-            }
+            None => self.overlapped(
+                dev,
+                train,
+                (indices, staged),
+                next,
+                |dev| dev.queue_private_step(settings),
+                |dev| dev.finish_private_step(),
+            ),
         }
         .map_err(device_error::<M>)?;
         let mut stats =
@@ -111,5 +100,35 @@ impl<M: DpModel> DeviceSteps<M> {
             stats.add_losses(&self.losses, views, &self.factors, groups);
         }
         Ok((stats, outcome.overflowed))
+    }
+
+    /// A step on the batch at `indices` (staged first unless `staged`) queued by `queue`; while it
+    /// runs, when `next` gives the sampler (a step follows this one), the next batch sampled, gathered
+    /// and staged; then the step finished by `finish`, whatever staging did (its error comes first).
+    pub(crate) fn overlapped<T>(
+        &mut self,
+        dev: &mut dyn DeviceTraining<M>,
+        train: &Dataset<M::Input>,
+        (indices, staged): (&[usize], bool),
+        next: Option<(&mut Sampler, &mut dyn RngCore)>,
+        queue: impl FnOnce(&mut dyn DeviceTraining<M>) -> std::result::Result<(), DeviceError>,
+        finish: impl FnOnce(&mut dyn DeviceTraining<M>) -> std::result::Result<T, DeviceError>,
+    ) -> std::result::Result<T, DeviceError> {
+        let (inputs, labels) = &mut self.batch;
+        if !staged {
+            train.gather(indices, inputs, labels);
+            dev.stage_batch(inputs, labels, indices.len())?;
+        }
+        queue(&mut *dev)?;
+        let staging = match next {
+            Some((sampler, rng)) => {
+                sampler.sample(rng, &mut self.next);
+                train.gather(&self.next, inputs, labels);
+                self.staged_ahead = true;
+                dev.stage_batch(inputs, labels, self.next.len())
+            }
+            None => Ok(()),
+        };
+        finish(dev).and_then(|outcome| staging.map(|()| outcome))
     }
 }

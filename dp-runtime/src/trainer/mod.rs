@@ -6,7 +6,7 @@
 //! Empty batches go through the same path (the sum is 0, the noise is not).
 
 mod builder;
-mod device_steps;
+pub(crate) mod device_steps;
 pub mod ema;
 pub mod progress;
 pub mod report;
