@@ -119,7 +119,8 @@ impl StagingPair {
     }
 
     /// Turns to the other buffer, waits for the copies out of it, and grows it to `words` if it
-    /// is smaller (the pinned memory follows the largest batch).
+    /// is smaller (the pinned memory follows the largest batch). [`current_slot`](Self::current_slot)
+    /// names it from then on.
     pub fn next(&mut self, gpu: &Gpu, words: usize) -> Result<&mut Staging> {
         self.current = 1 - self.current;
         let slot = &mut self.slots[self.current];
@@ -134,5 +135,15 @@ impl StagingPair {
     /// The buffer [`next`](Self::next) last turned to.
     pub fn current(&mut self) -> &mut Staging {
         &mut self.slots[self.current]
+    }
+
+    /// Which of the two buffers [`next`](Self::next) last turned to, 0 or 1.
+    pub fn current_slot(&self) -> usize {
+        self.current
+    }
+
+    /// Buffer `slot` (0 or 1, as [`current_slot`](Self::current_slot) named it).
+    pub fn slot(&mut self, slot: usize) -> &mut Staging {
+        &mut self.slots[slot & 1]
     }
 }

@@ -1,6 +1,7 @@
 //! Overlapping the host's work with a step (docs/GPU.md, "Overlapping the host's work with a step").
 //! A private step is queued ([`GpuModel::queue_private_step`]) and awaited
-//! ([`GpuModel::await_step`]) apart. Between the two the trainer samples and gathers the next batch
+//! ([`GpuModel::await_step`]) apart, and so is a non-private one
+//! ([`GpuModel::queue_non_private_step`], [`GpuModel::await_non_private_step`]). Between the two the trainer samples and gathers the next batch
 //! and writes it into the other pinned buffer ([`GpuModel::stage_batch`]), whose copies in are queued
 //! right behind the step. The host's sampling, gather and pinned write thus run while the device
 //! computes, and the next step's copies start as soon as this step ends.
@@ -20,6 +21,8 @@ use crate::update::UpdateStep;
 #[derive(Debug)]
 pub(super) struct StagedBatch {
     n: usize,
+    /// The pinned buffer it was written into (of the pair).
+    slot: usize,
     /// Where its inputs go: dense features, or token ids.
     region: Region,
     inputs: Piece,
@@ -71,7 +74,8 @@ impl<M: DpModel> GpuModel<M> {
             Inputs::Tokens(ids) => (Region::Tokens, slot.write(ids)?),
         };
         let labels = slot.write(labels)?;
-        self.staged = Some(StagedBatch { n, region, inputs, labels, copied: false });
+        let slot = self.staging.current_slot();
+        self.staged = Some(StagedBatch { n, slot, region, inputs, labels, copied: false });
         if n <= self.max_batch {
             self.copy_staged()?;
         }
@@ -92,10 +96,10 @@ impl<M: DpModel> GpuModel<M> {
         if staged.n > 0 {
             let values = staged.n * M::input_len();
             let dst = self.memory.ptr(Span::new(staged.region, 0, values)).map_err(program)?;
-            self.staging.current().queue_copy(&self.gpu, staged.inputs, dst)?;
+            self.staging.slot(staged.slot).queue_copy(&self.gpu, staged.inputs, dst)?;
             let labels = staged.n * M::LOSS.label_len();
             let dst = self.memory.ptr(Span::new(Region::Labels, 0, labels)).map_err(program)?;
-            self.staging.current().queue_copy(&self.gpu, staged.labels, dst)?;
+            self.staging.slot(staged.slot).queue_copy(&self.gpu, staged.labels, dst)?;
             self.transfers.to_device += 2;
         }
         staged.copied = true;
