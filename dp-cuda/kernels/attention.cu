@@ -3,52 +3,99 @@
 // with δ sums a bias's gradient over the positions). The products themselves are cuBLAS's.
 // - A score matrix is `steps × steps` per example and head, `blocks` of them one after another; row r
 //   of the whole span is row r % steps of its matrix, which under the causal mask sees columns 0..=that.
-// - One thread per row: a row is a few hundred values at most, read three times (max, exponentials,
-//   normalisation), summed in order as dp-kernels' attention.rs sums it. expf is CUDA's (within 2 ulp),
-//   not the CPU's vectorised exp: the device program matches the CPU to rounding, not bit for bit.
-// Each row's values are a function outside the kernels, which the host's C compiler also compiles
-// (tests/host_harness.c), so that the arithmetic is checked against the host reference without a GPU.
+// - One warp per row: lane l reads and writes columns l, l + 32, ..., so a warp's loads of a row are
+//   coalesced (one thread per row read 32 rows at once, 32 sectors per load). Each lane's partial max
+//   and sum are combined across the warp by a butterfly of shuffles (dp_warp_all_*), after which every
+//   lane holds the row's. The sums are therefore in another order than dp-kernels' attention.rs, and
+//   expf is CUDA's (within 2 ulp), not the CPU's vectorised exp: the device program matches the CPU to
+//   rounding, not bit for bit.
+// Each lane's part is a function outside the kernels, which the host's C compiler also compiles
+// (tests/host_harness.c combines 32 lanes' partials in the butterfly's order), so that the arithmetic
+// is checked against the host reference without a GPU.
 #include "common.cuh"
 #include "reduce.cuh"
 
-// Row r (< blocks·steps) of the softmax, in place: softmax(scale · x) over its visible columns, shifted
-// by their maximum (fmaxf ignores NaN, as the CPU's f32::max), the masked columns exactly 0.
-DP_DEVICE void dp_attention_softmax_row(float *scores, dp_u64 steps, float scale, int causal, dp_u64 r) {
-    float *row = scores + r * steps;
-    dp_u64 visible = causal ? r % steps + 1 : steps;
+// Lanes of a warp, each taking every 32nd column of a row.
+#define DP_ROW_LANES 32
+
+// Lane `lane`'s part of a softmax row's maximum: over its visible columns of scale · x (fmaxf ignores
+// NaN, as the CPU's f32::max); -inf when it has none.
+DP_DEVICE float dp_softmax_lane_max(const float *row, dp_u64 visible, float scale, unsigned lane) {
     float max = dp_bits_float(0xff800000u);
-    for (dp_u64 c = 0; c < visible; c++) max = fmaxf(max, scale * row[c]);
+    for (dp_u64 c = lane; c < visible; c += DP_ROW_LANES) max = fmaxf(max, scale * row[c]);
+    return max;
+}
+
+// Lane `lane`'s visible columns replaced by exp(scale · x − max); returns their sum.
+DP_DEVICE float dp_softmax_lane_exp(float *row, dp_u64 visible, float scale, float max, unsigned lane) {
     float sum = 0.0f;
-    for (dp_u64 c = 0; c < visible; c++) {
+    for (dp_u64 c = lane; c < visible; c += DP_ROW_LANES) {
         float e = expf(scale * row[c] - max);
         row[c] = e;
         sum += e;
     }
-    float inv = 1.0f / sum;
-    for (dp_u64 c = 0; c < visible; c++) row[c] *= inv;
-    for (dp_u64 c = visible; c < steps; c++) row[c] = 0.0f;
+    return sum;
 }
 
-// Row r of its backward, in place: grad holds dP on entry and scale · P ⊙ (dP − rowsum(P ⊙ dP)) on
-// exit, over every column (a masked column has P = 0).
-DP_DEVICE void dp_attention_softmax_backward_row(const float *probs, float *grad, dp_u64 steps, float scale,
-                                                 dp_u64 r) {
-    const float *p = probs + r * steps;
-    float *g = grad + r * steps;
+// Lane `lane`'s columns normalised by `inv` (1 / the row's sum), its masked ones exactly 0.
+DP_DEVICE void dp_softmax_lane_normalise(float *row, dp_u64 visible, dp_u64 steps, float inv, unsigned lane) {
+    for (dp_u64 c = lane; c < steps; c += DP_ROW_LANES) row[c] = c < visible ? row[c] * inv : 0.0f;
+}
+
+// Lane `lane`'s part of a backward row's rowsum(P ⊙ dP).
+DP_DEVICE float dp_softmax_backward_lane_dot(const float *p, const float *g, dp_u64 steps, unsigned lane) {
     float dot = 0.0f;
-    for (dp_u64 c = 0; c < steps; c++) dot += p[c] * g[c];
-    for (dp_u64 c = 0; c < steps; c++) g[c] = scale * (p[c] * (g[c] - dot));
+    for (dp_u64 c = lane; c < steps; c += DP_ROW_LANES) dot += p[c] * g[c];
+    return dot;
+}
+
+// Lane `lane`'s columns of the backward, in place: dP becomes scale · P ⊙ (dP − dot), over every
+// column (a masked column has P = 0).
+DP_DEVICE void dp_softmax_backward_lane(const float *p, float *g, dp_u64 steps, float scale, float dot,
+                                        unsigned lane) {
+    for (dp_u64 c = lane; c < steps; c += DP_ROW_LANES) g[c] = scale * (p[c] * (g[c] - dot));
 }
 
 #ifdef __CUDACC__
+// Every lane's max, and sum, of `v` over the warp: at each of the five steps a lane combines its value
+// with that of the lane whose index differs in one bit (host_harness.c repeats this order).
+__device__ __forceinline__ float dp_warp_all_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__device__ __forceinline__ float dp_warp_all_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = v + __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Warp w of the grid takes rows w, w + warps, ...: the loop is the same for the warp's 32 lanes, so
+// every lane reaches every shuffle (blockDim.x a multiple of 32).
+#define DP_WARP_STRIDE(r, rows)                                                                  \
+    for (dp_u64 r = ((dp_u64)blockIdx.x * blockDim.x + threadIdx.x) / DP_ROW_LANES; r < (rows);     \
+         r += (dp_u64)gridDim.x * blockDim.x / DP_ROW_LANES)
+
 extern "C" __global__ void dp_attention_softmax(float *scores, dp_u64 rows, dp_u64 steps, float scale,
                                                 int causal) {
-    DP_GRID_STRIDE(r, rows) { dp_attention_softmax_row(scores, steps, scale, causal, r); }
+    unsigned lane = threadIdx.x % DP_ROW_LANES;
+    DP_WARP_STRIDE(r, rows) {
+        float *row = scores + r * steps;
+        dp_u64 visible = causal ? r % steps + 1 : steps;
+        float max = dp_warp_all_max(dp_softmax_lane_max(row, visible, scale, lane));
+        float sum = dp_warp_all_sum(dp_softmax_lane_exp(row, visible, scale, max, lane));
+        dp_softmax_lane_normalise(row, visible, steps, 1.0f / sum, lane);
+    }
 }
 
 extern "C" __global__ void dp_attention_softmax_backward(const float *probs, float *grad, dp_u64 rows,
                                                          dp_u64 steps, float scale) {
-    DP_GRID_STRIDE(r, rows) { dp_attention_softmax_backward_row(probs, grad, steps, scale, r); }
+    unsigned lane = threadIdx.x % DP_ROW_LANES;
+    DP_WARP_STRIDE(r, rows) {
+        const float *p = probs + r * steps;
+        float *g = grad + r * steps;
+        float dot = dp_warp_all_sum(dp_softmax_backward_lane_dot(p, g, steps, lane));
+        dp_softmax_backward_lane(p, g, steps, scale, dot, lane);
+    }
 }
 
 extern "C" __global__ void dp_fill(float *dst, dp_u64 len, float value) {

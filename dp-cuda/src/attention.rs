@@ -1,5 +1,5 @@
 //! The attention kernels of device programs (`kernels/attention.cu`): the scaled, masked row softmax
-//! of the core and its backward, one thread per row, and a fill; the products around them are
+//! of the core and its backward, a warp per row, and a fill; the products around them are
 //! cuBLAS's.
 
 /// The CUDA C source.

@@ -33,8 +33,9 @@
  *   actinput LEN ACT: in grad, x (LEN each); out grad times the derivative at x (transformer.cu).
  *   copystrided ROWS COLS SRC_STRIDE DST_STRIDE SRC_LEN DST_LEN: in src, dst; out dst.
  *   patches CHANNELS HEIGHT WIDTH SIZE N TO_PATCHES: in from (N*C*H*W); out to.
- *   attnsoftmax BLOCKS STEPS SCALE CAUSAL: in scores (BLOCKS*STEPS*STEPS); out the probabilities.
- *   attnsoftmaxback BLOCKS STEPS SCALE: in probs, grad (BLOCKS*STEPS*STEPS each); out grad.
+ *   attnsoftmax BLOCKS STEPS SCALE CAUSAL: in scores (BLOCKS*STEPS*STEPS); out the probabilities
+ *     (per row the kernel's 32 lanes, their partials combined in its shuffles' order).
+ *   attnsoftmaxback BLOCKS STEPS SCALE: in probs, grad (BLOCKS*STEPS*STEPS each); out grad (as above).
  *   addscaled LEN SCALE: in dst, src (LEN each); out dst.
  *   views VIEWS LEN RANGES GROUPS PER_LAYER CLIP_NORM: in the gradient sum over VIEWS views (LEN f32),
  *     the ranges' offsets, lengths and groups (RANGES u64 each), the clipped sum (LEN f32); out the
@@ -332,18 +333,44 @@ static int transformer(const char *op, char **argv) {
     return 0;
 }
 
+/* A warp's combination of its 32 lanes' values, as attention.cu's dp_warp_all_max and dp_warp_all_sum
+ * do it: five steps, at each every lane combining its value with that of the lane whose index differs
+ * in bit `o` (own value first); every lane ends with the same value. */
+static float warp_all(float v[DP_ROW_LANES], int is_max) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float next[DP_ROW_LANES];
+        for (int l = 0; l < DP_ROW_LANES; ++l) next[l] = is_max ? fmaxf(v[l], v[l ^ o]) : v[l] + v[l ^ o];
+        memcpy(v, next, sizeof next);
+    }
+    return v[0];
+}
+
 static int attention_softmax(const char *op, char **argv) {
     dp_u64 blocks = arg(argv, 0), steps = arg(argv, 1), rows = blocks * steps, len = rows * steps;
-    float scale = strtof(argv[2], NULL);
+    float scale = strtof(argv[2], NULL), part[DP_ROW_LANES];
     if (strcmp(op, "attnsoftmax") == 0) {
         int causal = atoi(argv[3]);
         float *scores = read_stdin(len * 4);
-        for (dp_u64 r = 0; r < rows; ++r) dp_attention_softmax_row(scores, steps, scale, causal, r);
+        for (dp_u64 r = 0; r < rows; ++r) {
+            float *row = scores + r * steps;
+            dp_u64 visible = causal ? r % steps + 1 : steps;
+            for (unsigned l = 0; l < DP_ROW_LANES; ++l) part[l] = dp_softmax_lane_max(row, visible, scale, l);
+            float max = warp_all(part, 1);
+            for (unsigned l = 0; l < DP_ROW_LANES; ++l) part[l] = dp_softmax_lane_exp(row, visible, scale, max, l);
+            float inv = 1.0f / warp_all(part, 0);
+            for (unsigned l = 0; l < DP_ROW_LANES; ++l) dp_softmax_lane_normalise(row, visible, steps, inv, l);
+        }
         fwrite(scores, 4, len, stdout);
         return 0;
     }
     float *probs = read_stdin(len * 4), *grad = read_stdin(len * 4);
-    for (dp_u64 r = 0; r < rows; ++r) dp_attention_softmax_backward_row(probs, grad, steps, scale, r);
+    for (dp_u64 r = 0; r < rows; ++r) {
+        const float *p = probs + r * steps;
+        float *g = grad + r * steps;
+        for (unsigned l = 0; l < DP_ROW_LANES; ++l) part[l] = dp_softmax_backward_lane_dot(p, g, steps, l);
+        float dot = warp_all(part, 0);
+        for (unsigned l = 0; l < DP_ROW_LANES; ++l) dp_softmax_backward_lane(p, g, steps, scale, dot, l);
+    }
     fwrite(grad, 4, len, stdout);
     return 0;
 }

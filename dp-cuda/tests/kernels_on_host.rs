@@ -31,7 +31,8 @@
 //!   its input (GELU, SiLU, exact GELU and the others; within rounding, CUDA's libm against
 //!   dp-kernels' own), the strided copy of rows (`first` and its backward) and the patches
 //!   permutation both ways and the scaled add of a LoRA sum, bit for bit;
-//! - attention.cu's per-row softmax and its backward against the host reference, bit for bit: with and
+//! - attention.cu's softmax and its backward, a warp's 32 lanes combined in its shuffles' order,
+//!   against the host reference to rounding (the lanes sum in another order than its loop): with and
 //!   without the causal mask, rows longer than a warp and not a multiple of it, rows of one value, a
 //!   row with NaN (NaN where the host has NaN, masked columns exactly 0 even there) and large scores.
 
@@ -844,7 +845,11 @@ fn device_attention_softmax_equals_the_host_reference() {
                 h.copy(out, s, len)?;
                 h.attention_softmax(out, blocks, steps, scale, causal)
             });
-            assert_eq!(bits(&device), bits(&host), "softmax {blocks}×{steps}² causal {causal}");
+            // The warp sums in another order than the host's loop: equal to rounding, NaN where it is.
+            for (i, (&d, &h)) in device.iter().zip(&host).enumerate() {
+                let close = (d - h).abs() <= 1e-6 * h.abs() || (d.is_nan() && h.is_nan());
+                assert!(close, "softmax {blocks}×{steps}² causal {causal}: value {i} is {d}, host {h}");
+            }
             for (r, row) in device.chunks(steps).enumerate() {
                 let visible = if causal { r % steps + 1 } else { steps };
                 assert!(row[visible..].iter().all(|&v| v == 0.0), "row {r}: masked columns exactly 0");
@@ -865,7 +870,20 @@ fn device_attention_softmax_equals_the_host_reference() {
                 h.copy(out, s.sub(len, len), len)?;
                 h.attention_softmax_backward(s.sub(0, len), out, blocks, steps, scale)
             });
-            assert_eq!(bits(&back), bits(&host), "softmax backward {blocks}×{steps}² causal {causal}");
+            // scale · p · (dP − dot): the dot's rounding, relative to the terms it sums, times p.
+            for (r, ((b, h), (p, g))) in back
+                .chunks(steps)
+                .zip(host.chunks(steps))
+                .zip(device.chunks(steps).zip(dp.chunks(steps)))
+                .enumerate()
+            {
+                let terms: f32 = p.iter().zip(g).map(|(p, g)| (p * g).abs()).sum();
+                for c in 0..steps {
+                    let bound = 1e-6 * scale * p[c].abs() * (g[c].abs() + terms);
+                    let close = (b[c] - h[c]).abs() <= bound || (b[c].is_nan() && h[c].is_nan());
+                    assert!(close, "softmax backward {blocks}×{steps}² causal {causal}: row {r} column {c}");
+                }
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The bodies of [`GpuOps`]' attention primitives (`DeviceOps::gemm_batched_rows`,
 //! `attention_softmax`, `attention_softmax_backward` and `fill`): products over matrices stored inside
 //! wider rows through cuBLAS's strided batched GEMM with those row lengths as leading dimensions, the
-//! rest through `kernels/attention.cu` (one thread per row). Each checks its spans against the shapes
+//! rest through `kernels/attention.cu` (one warp per row of the softmax). Each checks its spans against the shapes
 //! (and, through [`RegionMemory::ptr`](super::RegionMemory::ptr), against their regions) before it
 //! queues anything.
 
@@ -43,7 +43,8 @@ pub(super) fn softmax(
     }
     let (s, rows64, steps64, causal) =
         (ops.memory.ptr(scores)?, rows as u64, steps as u64, i32::from(causal));
-    launch!(ops, k::ATTENTION_SOFTMAX, "dp_attention_softmax", elementwise(rows);
+    // A warp per row.
+    launch!(ops, k::ATTENTION_SOFTMAX, "dp_attention_softmax", elementwise(rows * 32);
         &s, &rows64, &steps64, &scale, &causal)
 }
 
@@ -60,7 +61,7 @@ pub(super) fn softmax_backward(
         return Ok(());
     }
     let (p, g, rows64, steps64) = (ops.memory.ptr(probs)?, ops.memory.ptr(grad)?, rows as u64, steps as u64);
-    launch!(ops, k::ATTENTION_SOFTMAX_BACKWARD, "dp_attention_softmax_backward", elementwise(rows);
+    launch!(ops, k::ATTENTION_SOFTMAX_BACKWARD, "dp_attention_softmax_backward", elementwise(rows * 32);
         &p, &g, &rows64, &steps64, &scale)
 }
 
