@@ -279,9 +279,10 @@ struct HostTraining<M: DpModel> {
     last_views: Option<(usize, Option<KeptLosses>)>,
     /// The batch staged for the next private step: inputs, labels, examples.
     staged: Option<(Vec<M::Input>, Vec<f32>, usize)>,
-    /// The outcome of the queued step, until it is finished, and a non-private step's losses.
+    /// The outcome of the queued step, until it is finished, and a non-private step's losses (or a
+    /// rank's clipped sum).
     queued: Option<DeviceStepOutcome>,
-    queued_losses: Vec<f32>,
+    queued_values: Vec<f32>,
     /// The staging, queueing and finishing of private steps, in the order the trainer called them
     /// (shared, to be read after the trainer has taken the training state).
     calls: std::sync::Arc<std::sync::Mutex<Vec<Call>>>,
@@ -328,7 +329,7 @@ impl<M: DpModel> HostTraining<M> {
             last_views: None,
             staged: None,
             queued: None,
-            queued_losses: Vec::new(),
+            queued_values: Vec::new(),
             calls: Default::default(),
             model: std::marker::PhantomData,
         }
@@ -451,7 +452,7 @@ where
             M::device_forward_backward(d, n)?;
             M::device_gradient_sum(d, n)?;
         }
-        self.queued_losses = d.get(Region::Losses).to_vec();
+        self.queued_values = d.get(Region::Losses).to_vec();
         let sum = d.get(Region::Grad).to_vec();
         let overflowed = self.update(NoisyGradient::new(&sum, None, 0.0, n as f64), *optimizer)?;
         self.queued = Some(DeviceStepOutcome { non_finite_examples: 0, overflowed });
@@ -461,10 +462,10 @@ where
     fn finish_non_private_step(&mut self, losses: &mut [f32]) -> Result<DeviceStepOutcome, DeviceError> {
         self.calls.lock().unwrap().push(Call::Finish);
         let outcome = self.queued.take().ok_or_else(|| DeviceError::Mismatch("no step queued".into()))?;
-        if losses.len() != self.queued_losses.len() {
+        if losses.len() != self.queued_values.len() {
             return Err(DeviceError::Mismatch("losses of another batch size".into()));
         }
-        losses.copy_from_slice(&self.queued_losses);
+        losses.copy_from_slice(&self.queued_values);
         Ok(outcome)
     }
 
@@ -485,24 +486,30 @@ where
         self.noisy_update(step, bad)
     }
 
-    fn clipped_sum_to_host(
+    fn queue_clipped_sum(
         &mut self,
-        inputs: &[M::Input],
-        labels: &[f32],
-        n: usize,
         clip_mode: dp::clipping::ClipMode,
         clip_norm: f64,
-        sum: &mut [f32],
-    ) -> Result<usize, DeviceError> {
+    ) -> Result<(), DeviceError> {
+        let (inputs, labels, n) = self.take_staged()?;
         if self.fault == Some((Fault::ClippedSum, self.steps)) {
             return Err(DeviceError::Backend(format!(
                 "injected fault in the clipped sum of step {}",
                 self.steps
             )));
         }
-        let bad = self.clipped_sum_on_device(inputs, labels, n, clip_mode, clip_norm)?;
-        sum.copy_from_slice(self.dev.get(Region::Grad));
-        Ok(bad)
+        let bad = self.clipped_sum_on_device(&inputs, &labels, n, clip_mode, clip_norm)?;
+        self.queued_values = self.dev.get(Region::Grad).to_vec();
+        self.queued = Some(DeviceStepOutcome { non_finite_examples: bad, overflowed: false });
+        Ok(())
+    }
+
+    fn finish_clipped_sum(&mut self, sum: &mut [f32]) -> Result<usize, DeviceError> {
+        self.calls.lock().unwrap().push(Call::Finish);
+        let outcome =
+            self.queued.take().ok_or_else(|| DeviceError::Mismatch("no clipped sum queued".into()))?;
+        sum.copy_from_slice(&self.queued_values);
+        Ok(outcome.non_finite_examples)
     }
 
     fn clipped_sum_with_views_to_host(

@@ -230,15 +230,14 @@ impl<M: DpModel> DeviceTraining<M> for &mut PrecisionProbe {
     ) -> Result<DeviceStepOutcome, DeviceError> {
         Ok(DeviceStepOutcome { non_finite_examples: 0, overflowed: false })
     }
-    fn clipped_sum_to_host(
+    fn queue_clipped_sum(
         &mut self,
-        _inputs: &[M::Input],
-        _labels: &[f32],
-        _n: usize,
         _clip_mode: dp::clipping::ClipMode,
         _clip_norm: f64,
-        sum: &mut [f32],
-    ) -> Result<usize, DeviceError> {
+    ) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    fn finish_clipped_sum(&mut self, sum: &mut [f32]) -> Result<usize, DeviceError> {
         sum.fill(0.0);
         Ok(0)
     }

@@ -463,9 +463,10 @@ impl<M: DpModel> GpuModel<M> {
         if sum.len() != len {
             return Err(CudaError::Mismatch(format!("a clipped sum of {} values for {len}", sum.len())));
         }
-        self.load_batch(inputs, labels, n)?;
-        self.queue_before_update(BeforeUpdate::ClippedSum(clipping), n)?;
-        self.copy_out_clipped_sum(sum)
+        self.refuse_in_flight()?;
+        self.stage_batch(inputs, labels, n)?;
+        self.queue_clipped_sum(clipping)?;
+        self.await_clipped_sum(sum)
     }
 
     /// The clipped sum in `Grad` copied out into `sum` (`TRAINED_PARAM_COUNT` values), and the count
@@ -1073,19 +1074,20 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
         self.await_non_private_step(losses).map_err(|e| DeviceError::Backend(e.to_string()))
     }
 
-    fn clipped_sum_to_host(
+    fn queue_clipped_sum(
         &mut self,
-        inputs: &[M::Input],
-        labels: &[f32],
-        n: usize,
         clip_mode: ClipMode,
         clip_norm: f64,
-        sum: &mut [f32],
-    ) -> std::result::Result<usize, DeviceError> {
-        self.make_room(n)?;
+    ) -> std::result::Result<(), DeviceError> {
+        // As a private step's: the arena grows once the step before was awaited.
+        self.refuse_in_flight().map_err(|e| DeviceError::Backend(e.to_string()))?;
+        self.make_room(self.staged_examples().unwrap_or(0))?;
         let clipping = Clipping { mode: clip_mode, norm: clip_norm };
-        self.clipped_sum_out(inputs, labels, n, clipping, sum)
-            .map_err(|e| DeviceError::Backend(e.to_string()))
+        GpuModel::queue_clipped_sum(self, clipping).map_err(|e| DeviceError::Backend(e.to_string()))
+    }
+
+    fn finish_clipped_sum(&mut self, sum: &mut [f32]) -> std::result::Result<usize, DeviceError> {
+        self.await_clipped_sum(sum).map_err(|e| DeviceError::Backend(e.to_string()))
     }
 
     fn clipped_sum_with_views_to_host(

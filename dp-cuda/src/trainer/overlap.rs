@@ -1,12 +1,16 @@
 //! Overlapping the host's work with a step (docs/GPU.md, "Overlapping the host's work with a step").
 //! A private step is queued ([`GpuModel::queue_private_step`]) and awaited
 //! ([`GpuModel::await_step`]) apart, and so is a non-private one
-//! ([`GpuModel::queue_non_private_step`], [`GpuModel::await_non_private_step`]). Between the two the trainer samples and gathers the next batch
+//! ([`GpuModel::queue_non_private_step`], [`GpuModel::await_non_private_step`]) and a distributed
+//! rank's clipped sum ([`GpuModel::queue_clipped_sum`], [`GpuModel::await_clipped_sum`]: rank 0 draws
+//! the step's noise on the host meanwhile). Between the two the trainer samples and gathers the next batch
 //! and writes it into the other pinned buffer ([`GpuModel::stage_batch`]), whose copies in are queued
 //! right behind the step. The host's sampling, gather and pinned write thus run while the device
 //! computes, and the next step's copies start as soon as this step ends.
 
-use cudarc::driver::{CudaEvent, DevicePtr, PinnedHostSlice};
+use std::sync::Arc;
+
+use cudarc::driver::{CudaEvent, CudaStream, CudaView, DevicePtr, PinnedHostSlice};
 use dp_runtime::device::{DeviceStepOutcome, Region, Span};
 use dp_runtime::DpModel;
 
@@ -32,17 +36,27 @@ pub(super) struct StagedBatch {
     pub(super) copied: bool,
 }
 
-/// The end of a queued step: its two counts (and a non-private step's losses) copied into pinned
-/// memory, and the event after them.
+/// What is queued and not yet awaited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queued {
+    /// A step with its update (private or not): its await may restore the parameters.
+    Step,
+    /// A distributed rank's clipped sum: no update, nothing to restore.
+    ClippedSum,
+}
+
+/// The end of a queued step: its two counts (and a non-private step's losses, or a rank's clipped
+/// sum) copied into pinned memory, and the event after them.
 pub(super) struct StepEnd {
     counts: PinnedHostSlice<u32>,
     /// A non-private step's losses, grown with the largest batch.
     losses: Option<PinnedHostSlice<f32>>,
     /// The losses the queued step copies out (0: a private step, which copies none).
     losses_out: usize,
+    /// A distributed rank's clipped sum, allocated at the first.
+    sum: Option<PinnedHostSlice<f32>>,
     done: CudaEvent,
-    /// A step is queued and not yet awaited.
-    in_flight: bool,
+    queued: Option<Queued>,
 }
 
 impl StepEnd {
@@ -53,8 +67,25 @@ impl StepEnd {
         let counts = unsafe { context.alloc_pinned_with_flags::<u32>(2, 0) }
             .map_err(driver("allocating pinned memory for the counts"))?;
         let done = context.new_event(None).map_err(driver("creating the step's event"))?;
-        Ok(StepEnd { counts, losses: None, losses_out: 0, done, in_flight: false })
+        Ok(StepEnd { counts, losses: None, losses_out: 0, sum: None, done, queued: None })
     }
+}
+
+/// Queues the copy of `view` into the pinned buffer `pinned`, allocated (or grown) to hold it first
+/// (not write-combined: the host reads it, after the step's event).
+fn copy_to_pinned(
+    s: &Arc<CudaStream>,
+    view: &CudaView<'_, f32>,
+    pinned: &mut Option<PinnedHostSlice<f32>>,
+) -> Result<()> {
+    if pinned.as_ref().is_none_or(|pinned| pinned.len() < view.len()) {
+        // SAFETY: written by the copy below before it is read.
+        let grown = unsafe { s.context().alloc_pinned_with_flags::<f32>(view.len(), 0) }
+            .map_err(driver("allocating pinned memory"))?;
+        *pinned = Some(grown);
+    }
+    let pinned = pinned.as_mut().expect("allocated above");
+    s.memcpy_dtoh(view, pinned).map_err(driver("copying back into pinned memory"))
 }
 
 impl<M: DpModel> GpuModel<M> {
@@ -150,17 +181,10 @@ impl<M: DpModel> GpuModel<M> {
         let n = self.load_staged()?;
         self.queue_before_update(BeforeUpdate::GradientSum, n)?;
         self.queue_step_end(step.into())?;
-        let s = self.gpu.stream.clone();
         if n > 0 {
-            if self.step_end.losses.as_ref().is_none_or(|losses| losses.len() < n) {
-                // SAFETY: written by the copy below before they are read (after `done`).
-                let losses = unsafe { s.context().alloc_pinned_with_flags::<f32>(n, 0) }
-                    .map_err(driver("allocating pinned memory for the losses"))?;
-                self.step_end.losses = Some(losses);
-            }
-            let pinned = self.step_end.losses.as_mut().expect("allocated above");
+            let s = self.gpu.stream.clone();
             let view = self.memory.slice(Region::Losses).slice(..n);
-            s.memcpy_dtoh(&view, pinned).map_err(driver("copying the losses back"))?;
+            copy_to_pinned(&s, &view, &mut self.step_end.losses)?;
             self.transfers.to_host += 1;
             // Recorded again: the host's wait covers the losses too.
             self.step_end.done.record(&s).map_err(driver("recording the step's end"))?;
@@ -183,10 +207,46 @@ impl<M: DpModel> GpuModel<M> {
         Ok(outcome)
     }
 
+    /// Queues a distributed rank's clipped sum (that of [`clipped_sum_out`](Self::clipped_sum_out))
+    /// on the staged batch, and its copy with the counts into pinned memory;
+    /// [`await_clipped_sum`](Self::await_clipped_sum) gives it.
+    pub fn queue_clipped_sum(&mut self, clipping: Clipping) -> Result<()> {
+        self.refuse_in_flight()?;
+        self.last_views = None;
+        let n = self.load_staged()?;
+        self.queue_before_update(BeforeUpdate::ClippedSum(clipping), n)?;
+        let (s, len) = (self.gpu.stream.clone(), M::TRAINED_PARAM_COUNT);
+        if len > 0 {
+            let view = self.memory.slice(Region::Grad).slice(..len);
+            copy_to_pinned(&s, &view, &mut self.step_end.sum)?;
+            self.transfers.to_host += 1;
+        }
+        self.queue_counts_out(Queued::ClippedSum)
+    }
+
+    /// Waits for the queued clipped sum, copies it into `sum` (`TRAINED_PARAM_COUNT` values) and
+    /// returns the count of examples whose norm was not finite.
+    pub fn await_clipped_sum(&mut self, sum: &mut [f32]) -> Result<usize> {
+        if self.step_end.queued != Some(Queued::ClippedSum) {
+            return Err(CudaError::Mismatch("no clipped sum is queued".into()));
+        }
+        self.step_end.queued = None;
+        self.step_end.done.synchronize().map_err(driver("finishing the clipped sum"))?;
+        let len = M::TRAINED_PARAM_COUNT;
+        if sum.len() != len {
+            return Err(CudaError::Mismatch(format!("a clipped sum of {} values for {len}", sum.len())));
+        }
+        if let Some(pinned) = &self.step_end.sum {
+            sum.copy_from_slice(&pinned.as_slice().map_err(driver("reading the clipped sum"))?[..len]);
+        }
+        let counts = self.step_end.counts.as_slice().map_err(driver("reading the counts"))?;
+        Ok(counts[0] as usize)
+    }
+
     /// A second step may not be queued before the first is awaited: its restore on overflow would
     /// come after the second's update.
     pub(super) fn refuse_in_flight(&self) -> Result<()> {
-        if self.step_end.in_flight {
+        if self.step_end.queued.is_some() {
             return Err(CudaError::Mismatch("a step is queued and was not awaited".into()));
         }
         Ok(())
@@ -203,21 +263,27 @@ impl<M: DpModel> GpuModel<M> {
         self.queue_update(step)?;
         let params_count = self.non_finite.device_ptr(&s).0 + std::mem::size_of::<u32>() as u64;
         self.ops().count_non_finite(trained, params_count).map_err(program)?;
+        self.queue_counts_out(Queued::Step)
+    }
+
+    /// The counts' copy into pinned memory and the event the host waits on, ending what is `queued`.
+    fn queue_counts_out(&mut self, queued: Queued) -> Result<()> {
+        let s = self.gpu.stream.clone();
         s.memcpy_dtoh(&self.non_finite, &mut self.step_end.counts)
             .map_err(driver("copying the counts back"))?;
         self.transfers.to_host += 1;
         self.step_end.done.record(&s).map_err(driver("recording the step's end"))?;
-        self.step_end.in_flight = true;
+        self.step_end.queued = Some(queued);
         Ok(())
     }
 
     /// Waits for the queued step (not for copies staged behind it), reads its counts, and restores
     /// the parameters before it if its update overflowed.
     pub fn await_step(&mut self) -> Result<DeviceStepOutcome> {
-        if !self.step_end.in_flight {
+        if self.step_end.queued != Some(Queued::Step) {
             return Err(CudaError::Mismatch("no step is queued".into()));
         }
-        self.step_end.in_flight = false;
+        self.step_end.queued = None;
         self.step_end.done.synchronize().map_err(driver("finishing the step"))?;
         let counts = self.step_end.counts.as_slice().map_err(driver("reading the counts"))?;
         let (non_finite_examples, overflowed) = (counts[0] as usize, counts[1] > 0);

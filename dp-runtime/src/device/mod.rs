@@ -912,11 +912,22 @@ pub trait DeviceTraining<M: crate::DpModel>: Send {
         views: usize,
         step: &DevicePrivateStep,
     ) -> Result<DeviceStepOutcome, DeviceError>;
-    /// A distributed step's first half on this rank (`docs/DISTRIBUTED.md`): the norms, clip factors
-    /// (`clip_mode`, C = `clip_norm`) and clipped sum of a gathered batch of `n` examples (0 gives a
-    /// zero sum), copied back into `sum` (`TRAINED_PARAM_COUNT` values, OVERWRITTEN): the one vector
-    /// that leaves the device during a step, for the reduce over ranks. No noise, no update. Returns
-    /// the examples whose norm was not finite (they contributed nothing).
+    /// A distributed step's first half on this rank (`docs/DISTRIBUTED.md`), queued on the staged
+    /// batch ([`stage_batch`](Self::stage_batch)) of `n` examples, and may return before it ends (rank
+    /// 0 draws the step's noise on the host meanwhile): their norms, clip factors (`clip_mode`, C =
+    /// `clip_norm`) and clipped sum (0 examples give a zero sum). No noise, no update. One step at a
+    /// time, as [`queue_private_step`](Self::queue_private_step).
+    fn queue_clipped_sum(
+        &mut self,
+        clip_mode: crate::clipping::ClipMode,
+        clip_norm: f64,
+    ) -> Result<(), DeviceError>;
+    /// Waits for the queued clipped sum and copies it into `sum` (`TRAINED_PARAM_COUNT` values,
+    /// OVERWRITTEN): the one vector that leaves the device during a step, for the reduce over ranks.
+    /// Returns the examples whose norm was not finite (they contributed nothing).
+    fn finish_clipped_sum(&mut self, sum: &mut [f32]) -> Result<usize, DeviceError>;
+    /// A distributed step's first half on a gathered batch of `n` examples: staged, queued and
+    /// finished.
     fn clipped_sum_to_host(
         &mut self,
         inputs: &[M::Input],
@@ -925,7 +936,11 @@ pub trait DeviceTraining<M: crate::DpModel>: Send {
         clip_mode: crate::clipping::ClipMode,
         clip_norm: f64,
         sum: &mut [f32],
-    ) -> Result<usize, DeviceError>;
+    ) -> Result<usize, DeviceError> {
+        self.stage_batch(inputs, labels, n)?;
+        self.queue_clipped_sum(clip_mode, clip_norm)?;
+        self.finish_clipped_sum(sum)
+    }
     /// [`clipped_sum_to_host`](Self::clipped_sum_to_host) with augmentation multiplicity: `inputs`
     /// and `labels` hold the `n · views` views of the rank's examples, example-major, and the sum is
     /// that of their clipped averages as [`private_step_with_views`](Self::private_step_with_views)

@@ -15,6 +15,7 @@ use crate::device::DeviceTraining;
 use crate::error::{Error, Result};
 use crate::model::DpModel;
 use crate::noise::GaussianNoise;
+use crate::trainer::device_steps::device_error;
 use crate::trainer::step::{BatchStats, StepEngine};
 
 /// A distributed run's group, shard and step buffers.
@@ -148,12 +149,19 @@ impl<'g> DistributedRun<'g> {
     ) -> Result<BatchStats> {
         self.keep_local(global_indices);
         let (inputs, labels) = gathered;
+        let (n, params) = (self.local_indices.len(), M::TRAINED_PARAM_COUNT);
+        let (mode, norm) = (settings.clip_mode, settings.clip_norm);
         // With augmentation multiplicity the engine draws this rank's views as the CPU's step does.
         let views = engine.gather_views(shard_data, &self.local_indices, inputs, labels);
-        if views.is_none() {
-            shard_data.gather(&self.local_indices, inputs, labels);
-        }
-        let params = M::TRAINED_PARAM_COUNT;
+        // Without views the clipped sum is queued first, so that the device computes it while rank 0
+        // draws the step's noise on the host.
+        let queued = match views {
+            Some(_) => Ok(()),
+            None => {
+                shard_data.gather(&self.local_indices, inputs, labels);
+                device.stage_batch(inputs, labels, n).and_then(|()| device.queue_clipped_sum(mode, norm))
+            }
+        };
         let mut drawn = std::mem::take(&mut self.drawn_noise);
         let noise_drawn = match (self.is_root(), noise) {
             (true, Some(noise)) => {
@@ -164,19 +172,22 @@ impl<'g> DistributedRun<'g> {
             (true, None) => Err(no_noise_stream()),
             (false, _) => Ok(()),
         };
-        let n = self.local_indices.len();
-        let outcome = noise_drawn.and_then(|()| {
-            let sum = &mut self.local[..params];
-            let (mode, norm) = (settings.clip_mode, settings.clip_norm);
-            match views {
-                Some(views) => {
-                    device.clipped_sum_with_views_to_host(inputs, labels, n, views, mode, norm, sum)
-                }
-                None => device.clipped_sum_to_host(inputs, labels, n, mode, norm, sum),
+        let sum = &mut self.local[..params];
+        // A queued sum is always awaited, whatever the noise's draw did.
+        let computed = match (views, queued) {
+            (Some(views), _) => noise_drawn.and_then(|()| {
+                let computed =
+                    device.clipped_sum_with_views_to_host(inputs, labels, n, views, mode, norm, sum);
+                computed.map_err(device_error::<M>)
+            }),
+            (None, Ok(())) => {
+                let computed = device.finish_clipped_sum(sum).map_err(device_error::<M>);
+                noise_drawn.and(computed)
             }
-            .map(|non_finite| BatchStats { non_finite, examples: n, ..BatchStats::default() })
-            .map_err(|e| Error::Mismatch { model: M::NAME.into(), message: e.to_string() })
-        });
+            (None, Err(e)) => noise_drawn.and(Err(device_error::<M>(e))),
+        };
+        let outcome =
+            computed.map(|non_finite| BatchStats { non_finite, examples: n, ..BatchStats::default() });
         let released = self.release(outcome, &drawn, settings.noise_std);
         self.drawn_noise = drawn;
         released
