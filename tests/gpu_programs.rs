@@ -243,7 +243,8 @@ fn gpu_private_steps_equal_the_cpus() {
 /// copies wait behind the step in flight. The third batch is larger than the arena: staged during the
 /// second step, its copies wait until the arena grows for it. The same copies as a step alone; a
 /// second step queued before the first is awaited, the parameters read while a step is queued, or an
-/// await with none queued, are refused.
+/// await with none queued, are refused. A clipped sum queued and awaited apart equals one copied out
+/// in one call.
 /// WRITTEN WITHOUT A GPU, NOT YET RUN.
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
@@ -292,6 +293,19 @@ fn gpu_steps_overlapped_with_staging_equal_steps_in_turn() {
     assert_eq!(outcomes.iter().map(|o| o.non_finite_examples).sum::<usize>(), 2);
     assert_eq!(overlapped.params().unwrap(), in_turn.params().unwrap(), "overlapped steps differ");
     assert_eq!(overlapped.transfers(), in_turn.transfers());
+    // A distributed rank's clipped sum, queued and awaited apart: not awaited as a step; the sum
+    // clipped_sum_out gives in one call.
+    let ((inputs, labels), n) = &batches[1];
+    let clipping = Clipping { mode: ClipMode::Flat, norm: 1.0 };
+    overlapped.stage_batch(inputs, labels, *n).unwrap();
+    overlapped.queue_clipped_sum(clipping).unwrap();
+    assert!(overlapped.await_step().is_err(), "a clipped sum awaited as a step");
+    let len = AdultFfnn::TRAINED_PARAM_COUNT;
+    let (mut sum, mut expected) = (vec![0.0f32; len], vec![0.0f32; len]);
+    let bad = overlapped.await_clipped_sum(&mut sum).unwrap();
+    let expected_bad = in_turn.clipped_sum_out(inputs, labels, *n, clipping, &mut expected).unwrap();
+    assert_eq!(bad, expected_bad);
+    assert!(sum.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()), "the clipped sums differ");
 }
 
 /// Not a check: where a private step's time goes on this GPU, phase by phase (printed for the report).
