@@ -132,6 +132,18 @@ impl StagingPair {
         Ok(slot)
     }
 
+    /// Grows the buffer [`next`](Self::next) will turn to, to `words` if it is smaller, once the
+    /// copies out of it have run (ahead of time: growing it while a step runs would wait for the
+    /// step, as freeing pinned memory may).
+    pub fn reserve_other(&mut self, gpu: &Gpu, words: usize) -> Result<()> {
+        let other = &mut self.slots[1 - self.current];
+        if other.capacity() < words {
+            other.start()?;
+            *other = Staging::new(gpu, words)?;
+        }
+        Ok(())
+    }
+
     /// The buffer [`next`](Self::next) last turned to.
     pub fn current(&mut self) -> &mut Staging {
         &mut self.slots[self.current]

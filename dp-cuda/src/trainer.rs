@@ -195,7 +195,7 @@ impl<M: DpModel> GpuModel<M> {
         let previous = s.alloc_zeros::<f32>(trained).map_err(driver("allocating the previous parameters"))?;
         let tables = NoiseTables::upload(&gpu)?;
         let staging = StagingPair::new(&gpu, Self::staging_words(b))?;
-        let step_end = overlap::StepEnd::new(&gpu)?;
+        let step_end = overlap::StepEnd::new(&gpu, b)?;
         Ok(GpuModel {
             transfers: Transfers::default(),
             gpu,
@@ -256,6 +256,9 @@ impl<M: DpModel> GpuModel<M> {
         if let Some(staged) = &mut self.staged {
             staged.copied = false;
         }
+        // Grown now, between steps: growing them later, while a step runs, would wait for it.
+        self.staging.reserve_other(&self.gpu, Self::staging_words(b))?;
+        overlap::reserve_pinned(&self.gpu.stream, &mut self.step_end.losses, b)?;
         self.memory = memory;
         self.max_batch = b;
         self.graphs.invalidate();
@@ -441,6 +444,8 @@ impl<M: DpModel> GpuModel<M> {
         key: &[u8; 32],
         step: impl Into<UpdateStep>,
     ) -> Result<DeviceStepOutcome> {
+        // Before staging: a queued step's staged batch is not replaced.
+        self.refuse_in_flight()?;
         self.stage_batch(inputs, labels, n)?;
         self.queue_private_step(clipping, key, step)?;
         self.await_step()

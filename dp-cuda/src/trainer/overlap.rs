@@ -10,7 +10,8 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaEvent, CudaStream, CudaView, DevicePtr, PinnedHostSlice};
+use cudarc::driver::sys::CUdeviceptr;
+use cudarc::driver::{result as drv, CudaEvent, CudaStream, DevicePtr, PinnedHostSlice};
 use dp_runtime::device::{DeviceStepOutcome, Region, Span};
 use dp_runtime::DpModel;
 
@@ -49,8 +50,8 @@ enum Queued {
 /// sum) copied into pinned memory, and the event after them.
 pub(super) struct StepEnd {
     counts: PinnedHostSlice<u32>,
-    /// A non-private step's losses, grown with the largest batch.
-    losses: Option<PinnedHostSlice<f32>>,
+    /// A non-private step's losses, room for the arena's batch.
+    pub(super) losses: Option<PinnedHostSlice<f32>>,
     /// The losses the queued step copies out (0: a private step, which copies none).
     losses_out: usize,
     /// A distributed rank's clipped sum, allocated at the first.
@@ -60,32 +61,54 @@ pub(super) struct StepEnd {
 }
 
 impl StepEnd {
-    pub(super) fn new(gpu: &Gpu) -> Result<Self> {
+    /// Room for the losses of `max_batch` examples.
+    pub(super) fn new(gpu: &Gpu, max_batch: usize) -> Result<Self> {
         let context = gpu.stream.context();
         // Not write-combined: the host reads these.
         // SAFETY: the counts are written by the copy before they are read (after `done`).
         let counts = unsafe { context.alloc_pinned_with_flags::<u32>(2, 0) }
             .map_err(driver("allocating pinned memory for the counts"))?;
         let done = context.new_event(None).map_err(driver("creating the step's event"))?;
-        Ok(StepEnd { counts, losses: None, losses_out: 0, sum: None, done, queued: None })
+        let mut losses = None;
+        reserve_pinned(&gpu.stream, &mut losses, max_batch)?;
+        Ok(StepEnd { counts, losses, losses_out: 0, sum: None, done, queued: None })
     }
 }
 
 /// Queues the copy of `view` into the pinned buffer `pinned`, allocated (or grown) to hold it first
 /// (not write-combined: the host reads it, after the step's event).
+/// (Exactly `len` values: cudarc's `memcpy_dtoh` would copy the whole buffer, which may be longer.)
 fn copy_to_pinned(
     s: &Arc<CudaStream>,
-    view: &CudaView<'_, f32>,
+    src: CUdeviceptr,
+    len: usize,
     pinned: &mut Option<PinnedHostSlice<f32>>,
 ) -> Result<()> {
-    if pinned.as_ref().is_none_or(|pinned| pinned.len() < view.len()) {
-        // SAFETY: written by the copy below before it is read.
-        let grown = unsafe { s.context().alloc_pinned_with_flags::<f32>(view.len(), 0) }
+    reserve_pinned(s, pinned, len)?;
+    let pinned = pinned.as_mut().expect("reserved above");
+    let ptr = pinned.as_mut_ptr().map_err(driver("reaching pinned memory"))?;
+    // SAFETY: the buffer holds at least `len` values (reserved above), and no one reads them before
+    // the step's event; `src` holds `len` values (the caller's span, checked against its region).
+    let dst = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+    unsafe { drv::memcpy_dtoh_async(dst, src, s.cu_stream()) }
+        .map_err(driver("copying back into pinned memory"))
+}
+
+/// Room for `len` values in `pinned` (allocated again if it has less). Freeing pinned memory may wait
+/// for the device: called ahead, when nothing is queued (`GpuModel::new` and `resize`), it is not
+/// reached while a step runs.
+pub(super) fn reserve_pinned(
+    s: &Arc<CudaStream>,
+    pinned: &mut Option<PinnedHostSlice<f32>>,
+    len: usize,
+) -> Result<()> {
+    if pinned.as_ref().is_none_or(|pinned| pinned.len() < len) {
+        // SAFETY: every value is written by a copy before it is read.
+        let grown = unsafe { s.context().alloc_pinned_with_flags::<f32>(len.max(1), 0) }
             .map_err(driver("allocating pinned memory"))?;
         *pinned = Some(grown);
     }
-    let pinned = pinned.as_mut().expect("allocated above");
-    s.memcpy_dtoh(view, pinned).map_err(driver("copying back into pinned memory"))
+    Ok(())
 }
 
 impl<M: DpModel> GpuModel<M> {
@@ -180,15 +203,14 @@ impl<M: DpModel> GpuModel<M> {
         self.last_views = None;
         let n = self.load_staged()?;
         self.queue_before_update(BeforeUpdate::GradientSum, n)?;
-        self.queue_step_end(step.into())?;
+        // The losses are final before the update, which does not touch them: copied out first, so
+        // that the step end's event covers them and nothing can fail once the step is marked queued.
         if n > 0 {
-            let s = self.gpu.stream.clone();
-            let view = self.memory.slice(Region::Losses).slice(..n);
-            copy_to_pinned(&s, &view, &mut self.step_end.losses)?;
+            let src = self.memory.ptr(Span::new(Region::Losses, 0, n)).map_err(program)?;
+            copy_to_pinned(&self.gpu.stream, src, n, &mut self.step_end.losses)?;
             self.transfers.to_host += 1;
-            // Recorded again: the host's wait covers the losses too.
-            self.step_end.done.record(&s).map_err(driver("recording the step's end"))?;
         }
+        self.queue_step_end(step.into())?;
         self.step_end.losses_out = n;
         Ok(())
     }
@@ -217,8 +239,8 @@ impl<M: DpModel> GpuModel<M> {
         self.queue_before_update(BeforeUpdate::ClippedSum(clipping), n)?;
         let (s, len) = (self.gpu.stream.clone(), M::TRAINED_PARAM_COUNT);
         if len > 0 {
-            let view = self.memory.slice(Region::Grad).slice(..len);
-            copy_to_pinned(&s, &view, &mut self.step_end.sum)?;
+            let src = self.memory.ptr(Span::new(Region::Grad, 0, len)).map_err(program)?;
+            copy_to_pinned(&s, src, len, &mut self.step_end.sum)?;
             self.transfers.to_host += 1;
         }
         self.queue_counts_out(Queued::ClippedSum)
