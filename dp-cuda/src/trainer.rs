@@ -464,30 +464,11 @@ impl<M: DpModel> GpuModel<M> {
         clipping: Clipping,
         sum: &mut [f32],
     ) -> Result<usize> {
-        let len = M::TRAINED_PARAM_COUNT;
-        if sum.len() != len {
-            return Err(CudaError::Mismatch(format!("a clipped sum of {} values for {len}", sum.len())));
-        }
+        overlap::check_clipped_sum::<M>(sum)?;
         self.refuse_in_flight()?;
         self.stage_batch(inputs, labels, n)?;
         self.queue_clipped_sum(clipping)?;
         self.await_clipped_sum(sum)
-    }
-
-    /// The clipped sum in `Grad` copied out into `sum` (`TRAINED_PARAM_COUNT` values), and the count
-    /// of examples whose norm was not finite, after the step's launches so far.
-    fn copy_out_clipped_sum(&mut self, sum: &mut [f32]) -> Result<usize> {
-        let s = self.gpu.stream.clone();
-        if !sum.is_empty() {
-            let view = self.memory.slice(Region::Grad).slice(..sum.len());
-            s.memcpy_dtoh(&view, sum).map_err(driver("copying the clipped sum back"))?;
-            self.transfers.to_host += 1;
-        }
-        let mut counts = [0u32; 2];
-        s.memcpy_dtoh(&self.non_finite, &mut counts).map_err(driver("copying the counts back"))?;
-        self.transfers.to_host += 1;
-        s.synchronize().map_err(driver("finishing the clipped sum"))?;
-        Ok(counts[0] as usize)
     }
 
     /// A distributed step's update from R = S + σC·z (`TRAINED_PARAM_COUNT` values, f64), copied in

@@ -94,6 +94,15 @@ fn copy_to_pinned(
         .map_err(driver("copying back into pinned memory"))
 }
 
+/// That `sum` has room for a clipped sum of `M` (`TRAINED_PARAM_COUNT` values).
+pub(super) fn check_clipped_sum<M: DpModel>(sum: &[f32]) -> Result<()> {
+    let len = M::TRAINED_PARAM_COUNT;
+    if sum.len() != len {
+        return Err(CudaError::Mismatch(format!("a clipped sum of {} values for {len}", sum.len())));
+    }
+    Ok(())
+}
+
 /// Room for `len` values in `pinned` (allocated again if it has less). Freeing pinned memory may wait
 /// for the device: called ahead, when nothing is queued (`GpuModel::new` and `resize`), it is not
 /// reached while a step runs.
@@ -237,10 +246,17 @@ impl<M: DpModel> GpuModel<M> {
         self.last_views = None;
         let n = self.load_staged()?;
         self.queue_before_update(BeforeUpdate::ClippedSum(clipping), n)?;
-        let (s, len) = (self.gpu.stream.clone(), M::TRAINED_PARAM_COUNT);
+        self.queue_clipped_sum_out()
+    }
+
+    /// The clipped sum in `Grad` and the counts copied into pinned memory after the launches so far
+    /// (a rank's plain or views clipped sum), and the event [`await_clipped_sum`](Self::await_clipped_sum)
+    /// waits on.
+    pub(super) fn queue_clipped_sum_out(&mut self) -> Result<()> {
+        let len = M::TRAINED_PARAM_COUNT;
         if len > 0 {
             let src = self.memory.ptr(Span::new(Region::Grad, 0, len)).map_err(program)?;
-            copy_to_pinned(&s, src, len, &mut self.step_end.sum)?;
+            copy_to_pinned(&self.gpu.stream, src, len, &mut self.step_end.sum)?;
             self.transfers.to_host += 1;
         }
         self.queue_counts_out(Queued::ClippedSum)
@@ -254,10 +270,8 @@ impl<M: DpModel> GpuModel<M> {
         }
         self.step_end.queued = None;
         self.step_end.done.synchronize().map_err(driver("finishing the clipped sum"))?;
-        let len = M::TRAINED_PARAM_COUNT;
-        if sum.len() != len {
-            return Err(CudaError::Mismatch(format!("a clipped sum of {} values for {len}", sum.len())));
-        }
+        check_clipped_sum::<M>(sum)?;
+        let len = sum.len();
         if let Some(pinned) = &self.step_end.sum {
             sum.copy_from_slice(&pinned.as_slice().map_err(driver("reading the clipped sum"))?[..len]);
         }

@@ -100,12 +100,10 @@ impl<M: DpModel> GpuModel<M> {
         clipping: Clipping,
         sum: &mut [f32],
     ) -> Result<usize> {
-        let len = M::TRAINED_PARAM_COUNT;
-        if sum.len() != len {
-            return Err(CudaError::Mismatch(format!("a clipped sum of {} values for {len}", sum.len())));
-        }
+        super::overlap::check_clipped_sum::<M>(sum)?;
         self.queue_clipped_sum_of_views((inputs, labels), n, views, clipping, None, false)?;
-        self.copy_out_clipped_sum(sum)
+        self.queue_clipped_sum_out()?;
+        self.await_clipped_sum(sum)
     }
 
     /// The views and labels copied in (and `key`, for a step that draws noise), the counts zeroed,
