@@ -784,6 +784,15 @@ impl<M: DpModel> GpuModel<M> {
         Ok(())
     }
 
+    /// The arena grown for the staged batch, if it is larger than any before, once the step before it
+    /// was awaited (nothing is queued); the staged batch's size.
+    fn make_room_for_staged(&mut self) -> std::result::Result<usize, DeviceError> {
+        self.refuse_in_flight().map_err(|e| DeviceError::Backend(e.to_string()))?;
+        let n = self.staged_examples().unwrap_or(0);
+        self.make_room(n)?;
+        Ok(n)
+    }
+
     /// A private step's clipping and update.
     fn settings_of(&self, step: &DevicePrivateStep) -> (Clipping, UpdateStep) {
         let clipping = Clipping { mode: step.clip_mode, norm: step.clip_norm };
@@ -1013,9 +1022,7 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
     }
 
     fn queue_private_step(&mut self, step: &DevicePrivateStep) -> std::result::Result<(), DeviceError> {
-        // The arena grows for a larger batch than any before, once the step before it was awaited.
-        self.refuse_in_flight().map_err(|e| DeviceError::Backend(e.to_string()))?;
-        self.make_room(self.staged_examples().unwrap_or(0))?;
+        self.make_room_for_staged()?;
         let (clipping, update) = self.settings_of(step);
         GpuModel::queue_private_step(self, clipping, &step.key, update)
             .map_err(|e| DeviceError::Backend(e.to_string()))
@@ -1045,10 +1052,7 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
         &mut self,
         optimizer: &DeviceOptimizer,
     ) -> std::result::Result<(), DeviceError> {
-        // As a private step's: the arena grows once the step before was awaited.
-        self.refuse_in_flight().map_err(|e| DeviceError::Backend(e.to_string()))?;
-        let n = self.staged_examples().unwrap_or(0);
-        self.make_room(n)?;
+        let n = self.make_room_for_staged()?;
         let update = self.update_step(*optimizer, 0.0, 1.0 / n.max(1) as f64);
         GpuModel::queue_non_private_step(self, update).map_err(|e| DeviceError::Backend(e.to_string()))
     }
@@ -1065,9 +1069,7 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
         clip_mode: ClipMode,
         clip_norm: f64,
     ) -> std::result::Result<(), DeviceError> {
-        // As a private step's: the arena grows once the step before was awaited.
-        self.refuse_in_flight().map_err(|e| DeviceError::Backend(e.to_string()))?;
-        self.make_room(self.staged_examples().unwrap_or(0))?;
+        self.make_room_for_staged()?;
         let clipping = Clipping { mode: clip_mode, norm: clip_norm };
         GpuModel::queue_clipped_sum(self, clipping).map_err(|e| DeviceError::Backend(e.to_string()))
     }

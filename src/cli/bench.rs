@@ -685,13 +685,13 @@ fn gpu_timings<M: DpModel>(
         first: true,
         nesterov: false,
     };
+    let clipping = Clipping { mode: ClipMode::Flat, norm: CLIP_NORM };
+    let step = SgdStep { noise_std: NOISE_MULTIPLIER * CLIP_NORM, ..sgd };
     let private = match args.mode.private() {
         true => {
             let mut model = open()?;
             name = format!("cuda:{ordinal} {}", model.gpu().describe());
             let mut keys = dp_runtime::rng::seeded(1);
-            let clipping = Clipping { mode: ClipMode::Flat, norm: CLIP_NORM };
-            let step = SgdStep { noise_std: NOISE_MULTIPLIER * CLIP_NORM, ..sgd };
             let timing = time_steps(warmup, args.steps, || {
                 data.gather(indices, &mut inputs, &mut labels);
                 let mut key = [0u8; 32];
@@ -709,8 +709,6 @@ fn gpu_timings<M: DpModel>(
         true => {
             let mut model = open()?;
             let mut keys = dp_runtime::rng::seeded(1);
-            let clipping = Clipping { mode: ClipMode::Flat, norm: CLIP_NORM };
-            let step = SgdStep { noise_std: NOISE_MULTIPLIER * CLIP_NORM, ..sgd };
             data.gather(indices, &mut inputs, &mut labels);
             model.stage_batch(&inputs, &labels, n).map_err(gpu_error)?;
             let timing = time_steps(warmup, args.steps, || {
