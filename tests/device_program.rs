@@ -319,6 +319,12 @@ impl<M: DpModel> HostTraining<M> {
         self.staged.take().ok_or_else(|| DeviceError::Mismatch("a step with no batch staged".into()))
     }
 
+    /// A queued step finished: logged, its outcome (refused when none is queued).
+    fn take_queued(&mut self) -> Result<DeviceStepOutcome, DeviceError> {
+        self.calls.lock().unwrap().push(Call::Finish);
+        self.queued.take().ok_or_else(|| DeviceError::Mismatch("no step queued".into()))
+    }
+
     fn new() -> Self {
         HostTraining {
             dev: HostDevice::new(),
@@ -440,8 +446,7 @@ where
     }
 
     fn finish_private_step(&mut self) -> Result<DeviceStepOutcome, DeviceError> {
-        self.calls.lock().unwrap().push(Call::Finish);
-        self.queued.take().ok_or_else(|| DeviceError::Mismatch("no step queued".into()))
+        self.take_queued()
     }
 
     fn queue_non_private_step(&mut self, optimizer: &DeviceOptimizer) -> Result<(), DeviceError> {
@@ -460,8 +465,7 @@ where
     }
 
     fn finish_non_private_step(&mut self, losses: &mut [f32]) -> Result<DeviceStepOutcome, DeviceError> {
-        self.calls.lock().unwrap().push(Call::Finish);
-        let outcome = self.queued.take().ok_or_else(|| DeviceError::Mismatch("no step queued".into()))?;
+        let outcome = self.take_queued()?;
         if losses.len() != self.queued_values.len() {
             return Err(DeviceError::Mismatch("losses of another batch size".into()));
         }
@@ -505,9 +509,7 @@ where
     }
 
     fn finish_clipped_sum(&mut self, sum: &mut [f32]) -> Result<usize, DeviceError> {
-        self.calls.lock().unwrap().push(Call::Finish);
-        let outcome =
-            self.queued.take().ok_or_else(|| DeviceError::Mismatch("no clipped sum queued".into()))?;
+        let outcome = self.take_queued()?;
         sum.copy_from_slice(&self.queued_values);
         Ok(outcome.non_finite_examples)
     }
