@@ -14,7 +14,7 @@ use dp_kernels::activation::Activation;
 use dp_runtime::device::{
     BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, LeadingDims,
     LstmBackwardStep, LstmDims, LstmForwardStep, Operands, PatchDims, Pool2dGeometry, Precision, Region,
-    RowScale, Span,
+    RowScale, Span, Stored,
 };
 
 use crate::dense::activation_code;
@@ -109,6 +109,12 @@ impl RegionMemory {
 
     /// The device address of a span, after checking that it lies inside its region.
     pub(crate) fn ptr(&self, s: Span) -> std::result::Result<CUdeviceptr, DeviceError> {
+        match s.stored {
+            // Every buffer is f32 on the GPU in both precisions: its kernels read and write f32, and
+            // in bf16 only the products round (docs/GPU.md, "bf16 storage"). A span stored in the
+            // precision is therefore an f32 span here.
+            Stored::F32 | Stored::OfPrecision => {}
+        }
         let len = self.slices[slot(s.region)].len();
         if s.offset + s.len > len {
             return Err(DeviceError::Mismatch(format!("{s:?} outside a region of {len}")));

@@ -44,17 +44,41 @@ pub enum Region {
     Tokens,
 }
 
-/// `len` values of a region from `offset`.
+/// `len` values of a region from `offset`, stored as `stored` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
     pub region: Region,
     pub offset: usize,
     pub len: usize,
+    pub stored: Stored,
+}
+
+/// What a span's values are stored as in a device's [`Precision`]. The device program marks every
+/// arena span with its buffer's class (the compiler decides it per buffer, so every span of a buffer
+/// carries the same mark): a device that stores in bf16 keeps the arena's `OfPrecision` values apart
+/// from its `F32` ones, at the same offsets, so each buffer is written and read in one type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// f32 in every precision: parameters, gradients, the batch, losses, norms and clip factors, and
+    /// the arena buffers whose rounding would break a contract or an index: per-example gradients
+    /// kept for the clipped sum, the clipping scratch (an example's `c·δ`, whose norm must not exceed
+    /// what was measured), normalisation statistics, pooling's argmax, an LSTM's cells and gates.
+    F32,
+    /// bf16 on a device storing in [`Precision::Bf16`], f32 otherwise: the activations and output
+    /// gradients (and a conv's patches and attention's score gradients, derived from them). The norms
+    /// and the clipped sum read the same stored values, so what is normed is still what is summed.
+    OfPrecision,
 }
 
 impl Span {
+    /// A span stored in f32 in every precision.
     pub const fn new(region: Region, offset: usize, len: usize) -> Self {
-        Span { region, offset, len }
+        Span { region, offset, len, stored: Stored::F32 }
+    }
+
+    /// This span stored in the device's precision ([`Stored::OfPrecision`]).
+    pub const fn of_precision(self) -> Self {
+        Span { stored: Stored::OfPrecision, ..self }
     }
 
     /// The values `[from, from + len)` of this span.

@@ -18,8 +18,9 @@ use dp_kernels::{loss, norm_layers};
 use super::{
     BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, LeadingDims,
     LstmBackwardStep, LstmDims, LstmForwardStep, PatchDims, Pool2dGeometry, Precision, Region, RowScale,
-    Span,
+    Span, Stored,
 };
+use dp_kernels::gemm_bf16::round_to_bf16;
 
 /// Every region a host `Vec` (`Tokens` of `u32`, the others of `f32`).
 #[derive(Debug, Default, Clone)]
@@ -27,6 +28,14 @@ pub struct HostDevice {
     regions: HashMap<Region, Vec<f32>>,
     tokens: Vec<u32>,
     precision: Precision,
+    /// Whether `Stored::OfPrecision` spans are stored in bf16 in [`Precision::Bf16`].
+    bf16_storage: bool,
+    /// The arena's `Stored::OfPrecision` values when they are stored in bf16: apart from the f32
+    /// arena, at the same offsets (as a GPU storing in bf16 keeps them), so that a buffer written in
+    /// one type and read in the other reads what was there before (the tests fill it with NaN).
+    arena_bf16: Vec<f32>,
+    /// Spans of `arena_bf16` written since the last access, rounded to bf16 before the next one.
+    unrounded: Vec<Span>,
 }
 
 impl HostDevice {
@@ -41,8 +50,22 @@ impl HostDevice {
         self.precision = precision;
     }
 
-    /// Sets a region's contents (its length is the region's size).
+    /// Stores the arena's [`Stored::OfPrecision`] spans in bf16 when the precision is bf16: every
+    /// value written to one is rounded to bf16 (`round_to_bf16`) before anything reads it, and the
+    /// values live apart from the f32 arena's. Off by default, so that in bf16 the host reference
+    /// computes what the GPU does, which stores every buffer in f32 (docs/GPU.md, "bf16 storage").
+    pub fn set_bf16_storage(&mut self, on: bool) {
+        self.bf16_storage = on;
+        self.arena_bf16 = self.get(Region::Arena).iter().map(|&v| round_to_bf16(v)).collect();
+        self.unrounded.clear();
+    }
+
+    /// Sets a region's contents (its length is the region's size); the arena's, both stores of it.
     pub fn set(&mut self, region: Region, values: Vec<f32>) {
+        if region == Region::Arena {
+            self.arena_bf16 = values.iter().map(|&v| round_to_bf16(v)).collect();
+            self.unrounded.clear();
+        }
         self.regions.insert(region, values);
     }
 
@@ -60,23 +83,53 @@ impl HostDevice {
             .ok_or_else(|| DeviceError::Mismatch(format!("{s:?} outside {} token ids", self.tokens.len())))
     }
 
-    /// A region's contents (empty if never set).
+    /// A region's contents (empty if never set); the arena's f32 store.
     pub fn get(&self, region: Region) -> &[f32] {
         self.regions.get(&region).map_or(&[], Vec::as_slice)
     }
 
-    fn read(&self, s: Span) -> Result<Vec<f32>, DeviceError> {
-        let r = self.get(s.region);
+    /// Whether `s` lives in the bf16 store, after checking that only arena spans are marked.
+    fn in_bf16(&self, s: Span) -> Result<bool, DeviceError> {
+        match (s.stored, s.region) {
+            (Stored::F32, _) => Ok(false),
+            (Stored::OfPrecision, Region::Arena) => {
+                Ok(self.bf16_storage && self.precision == Precision::Bf16)
+            }
+            (Stored::OfPrecision, region) => Err(DeviceError::Mismatch(format!(
+                "{s:?}: only arena buffers are stored in the device's precision, not {region:?}"
+            ))),
+        }
+    }
+
+    /// Rounds what was written to the bf16 store since the last access.
+    fn round_written(&mut self) {
+        for s in self.unrounded.drain(..) {
+            for v in &mut self.arena_bf16[s.offset..s.offset + s.len] {
+                *v = round_to_bf16(*v);
+            }
+        }
+    }
+
+    fn read(&mut self, s: Span) -> Result<Vec<f32>, DeviceError> {
+        self.round_written();
+        let r = if self.in_bf16(s)? { &self.arena_bf16 } else { self.get(s.region) };
         r.get(s.offset..s.offset + s.len)
             .map(<[f32]>::to_vec)
             .ok_or_else(|| DeviceError::Mismatch(format!("{s:?} outside a region of {}", r.len())))
     }
 
     fn write(&mut self, s: Span) -> Result<&mut [f32], DeviceError> {
-        let r = self.regions.entry(s.region).or_default();
+        self.round_written();
+        let bf16 = self.in_bf16(s)?;
+        let r = if bf16 { &mut self.arena_bf16 } else { self.regions.entry(s.region).or_default() };
         let len = r.len();
-        r.get_mut(s.offset..s.offset + s.len)
-            .ok_or_else(|| DeviceError::Mismatch(format!("{s:?} outside a region of {len}")))
+        let values = r
+            .get_mut(s.offset..s.offset + s.len)
+            .ok_or_else(|| DeviceError::Mismatch(format!("{s:?} outside a region of {len}")))?;
+        if bf16 {
+            self.unrounded.push(s);
+        }
+        Ok(values)
     }
 }
 
