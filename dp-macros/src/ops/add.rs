@@ -6,7 +6,7 @@ use super::rules::OpRules;
 use crate::args::arguments;
 use crate::ctxt::Ctxt;
 use crate::ir::view::NodeView;
-use crate::plan::memory::{Buf, GradTarget};
+use crate::plan::memory::{Buf, GradTarget, Stored};
 use crate::plan::planner::Planner;
 use crate::shape::{show, Shape};
 use crate::syntax::OpSyntax;
@@ -64,7 +64,7 @@ impl OpRules for Add {
         let (i, field) = (node.index, node.field);
         let len = pl.width(node.output);
         let (act, result) = pl.fuse_activation(node);
-        let output = pl.alloc(i, format!("{field} sum"), len);
+        let output = pl.alloc(i, Stored::OfPrecision, format!("{field} sum"), len);
         pl.storage[result.0] = Some(Buf::Arena(output));
         let grad = pl.grad_buffer(i, node.output, format!("{field} sum gradient"));
         pl.grad[result.0] = grad;

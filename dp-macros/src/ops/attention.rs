@@ -14,7 +14,7 @@ use super::rules::OpRules;
 use crate::args::{arguments, boolean, norm_choice, required, NormChoice};
 use crate::ctxt::Ctxt;
 use crate::ir::view::NodeView;
-use crate::plan::memory::{Buf, GradTarget};
+use crate::plan::memory::{Buf, GradTarget, Stored};
 use crate::plan::params::Init;
 use crate::plan::planner::{Planner, SharedScratch};
 use crate::shape::{show, Shape};
@@ -121,19 +121,26 @@ impl OpRules for Attention {
         let (i, x, out, field) = (node.index, node.input(), node.output, node.field);
         let (steps, dim, heads) = (pl.shape(x)[0], pl.shape(x)[1], self.heads.value);
         let input = pl.storage_of(x);
-        let qkv = pl.alloc(i, format!("{field} q, k, v"), 3 * steps * dim);
-        let qkv_grad = pl.alloc(i, format!("{field} q, k, v gradient"), 3 * steps * dim);
-        let probs = pl.alloc(i, format!("{field} attention probabilities"), heads * steps * steps);
-        let context = pl.alloc(i, format!("{field} context"), steps * dim);
-        let context_grad = pl.alloc(i, format!("{field} context gradient"), steps * dim);
-        let output = pl.alloc(i, format!("{field} output"), steps * dim);
-        let output_grad = pl.alloc(i, format!("{field} output gradient"), steps * dim);
-        let scratch = pl.alloc(i, format!("{field} score gradient"), steps * steps);
+        let qkv = pl.alloc(i, Stored::OfPrecision, format!("{field} q, k, v"), 3 * steps * dim);
+        let qkv_grad = pl.alloc(i, Stored::OfPrecision, format!("{field} q, k, v gradient"), 3 * steps * dim);
+        let probs = pl.alloc(
+            i,
+            Stored::OfPrecision,
+            format!("{field} attention probabilities"),
+            heads * steps * steps,
+        );
+        let context = pl.alloc(i, Stored::OfPrecision, format!("{field} context"), steps * dim);
+        let context_grad = pl.alloc(i, Stored::OfPrecision, format!("{field} context gradient"), steps * dim);
+        let output = pl.alloc(i, Stored::OfPrecision, format!("{field} output"), steps * dim);
+        let output_grad = pl.alloc(i, Stored::OfPrecision, format!("{field} output gradient"), steps * dim);
+        let scratch = pl.alloc(i, Stored::OfPrecision, format!("{field} score gradient"), steps * steps);
         pl.storage[out.0] = Some(Buf::Arena(output));
         pl.grad[out.0] = Some(output_grad);
         let input_grad = match pl.target(node, x) {
             Some(target) => Ok(target),
-            None => Err(pl.alloc(i, format!("{field} input gradient (unused)"), steps * dim)),
+            None => {
+                Err(pl.alloc(i, Stored::OfPrecision, format!("{field} input gradient (unused)"), steps * dim))
+            }
         };
         let group = pl.group(field);
         // PyTorch: xavier_uniform_ on in_proj_weight, the Linear default on out_proj.weight, biases 0.

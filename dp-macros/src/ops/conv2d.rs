@@ -17,7 +17,7 @@ use crate::args::{
 };
 use crate::ctxt::Ctxt;
 use crate::ir::view::NodeView;
-use crate::plan::memory::{Buf, GradTarget};
+use crate::plan::memory::{Buf, GradTarget, Stored};
 use crate::plan::params::Init;
 use crate::plan::planner::{Planner, SharedScratch};
 use crate::shape::{image, Shape};
@@ -154,8 +154,8 @@ impl OpRules for Conv2d {
         debug_assert_eq!(pl.shape(node.output), &[geom.out_c, geom.out_h(), geom.out_w()]);
         let (t, d, p) = (geom.positions(), geom.patch_len(), geom.out_per_group());
         let (act, result) = pl.fuse_activation(node);
-        let output = pl.alloc(i, format!("{field} output"), geom.output_len());
-        let delta = pl.alloc(i, format!("{field} delta"), geom.output_len());
+        let output = pl.alloc(i, Stored::OfPrecision, format!("{field} output"), geom.output_len());
+        let delta = pl.alloc(i, Stored::OfPrecision, format!("{field} delta"), geom.output_len());
         pl.storage[result.0] = Some(Buf::Arena(output));
         pl.grad[result.0] = Some(delta);
         let group = pl.group(field);

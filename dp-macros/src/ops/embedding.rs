@@ -12,7 +12,7 @@ use super::rules::OpRules;
 use crate::args::{arguments, positive_int};
 use crate::ctxt::Ctxt;
 use crate::ir::view::NodeView;
-use crate::plan::memory::Buf;
+use crate::plan::memory::{Buf, Stored};
 use crate::plan::params::Init;
 use crate::plan::planner::{Planner, SharedScratch};
 use crate::shape::Shape;
@@ -103,8 +103,8 @@ impl OpRules for Embedding {
             // Gather, the norm (row sums and squares) and the scatter-add of the clipped sum.
             None => (node.output, ["rows", "delta"], steps * dim, steps + dim, 5 * steps * dim),
         };
-        let output = pl.alloc(i, format!("{field} embedding {output}"), len);
-        let delta = pl.alloc(i, format!("{field} embedding {delta}"), len);
+        let output = pl.alloc(i, Stored::OfPrecision, format!("{field} embedding {output}"), len);
+        let delta = pl.alloc(i, Stored::OfPrecision, format!("{field} embedding {delta}"), len);
         pl.storage[result.0] = Some(Buf::Arena(output));
         pl.grad[result.0] = Some(delta);
         pl.need(SharedScratch::Norms, i, norm_scratch);

@@ -4,7 +4,7 @@ use super::rules::OpRules;
 use crate::args::arguments;
 use crate::ctxt::Ctxt;
 use crate::ir::view::NodeView;
-use crate::plan::memory::GradTarget;
+use crate::plan::memory::{GradTarget, Stored};
 use crate::plan::planner::Planner;
 use crate::shape::Shape;
 use crate::syntax::OpSyntax;
@@ -49,7 +49,12 @@ impl OpRules for Flatten {
             pl.grad[node.output.0] = pl.grad[x.0];
             return None;
         }
-        let grad = pl.alloc(node.index, format!("{} flatten gradient", node.field), pl.width(x));
+        let grad = pl.alloc(
+            node.index,
+            Stored::OfPrecision,
+            format!("{} flatten gradient", node.field),
+            pl.width(x),
+        );
         pl.grad[node.output.0] = Some(grad);
         let target = pl.target(node, x).expect("the input needs a gradient");
         Some(GradCopyStep { grad, target })

@@ -4,7 +4,7 @@ use super::rules::OpRules;
 use crate::args::arguments;
 use crate::ctxt::Ctxt;
 use crate::ir::view::NodeView;
-use crate::plan::memory::{Buf, GradTarget};
+use crate::plan::memory::{Buf, GradTarget, Stored};
 use crate::plan::planner::Planner;
 use crate::shape::{image, Shape};
 use crate::syntax::OpSyntax;
@@ -50,7 +50,7 @@ impl OpRules for GlobalAvgPool {
         let (i, x, field) = (node.index, node.input(), node.field);
         let in_shape = pl.shape(x);
         let (channels, plane) = (in_shape[0], in_shape[1] * in_shape[2]);
-        let output = pl.alloc(i, format!("{field} global_avg_pool"), channels);
+        let output = pl.alloc(i, Stored::OfPrecision, format!("{field} global_avg_pool"), channels);
         pl.storage[node.output.0] = Some(Buf::Arena(output));
         let grad = pl.grad_buffer(i, node.output, format!("{field} global_avg_pool gradient"));
         pl.grad[node.output.0] = grad;

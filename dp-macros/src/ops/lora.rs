@@ -14,7 +14,7 @@ use super::rules::OpRules;
 use crate::args::{arguments, positive_int};
 use crate::ctxt::Ctxt;
 use crate::ir::view::NodeView;
-use crate::plan::memory::{Buf, GradTarget};
+use crate::plan::memory::{Buf, GradTarget, Stored};
 use crate::plan::planner::Planner;
 use crate::shape::{show, Shape};
 use crate::syntax::{OpSyntax, Spanned, ValueSyntax};
@@ -137,7 +137,7 @@ impl OpRules for LoraSum {
         let (i, field) = (node.index, node.field);
         let len = pl.width(node.output);
         let (act, result) = pl.fuse_activation(node);
-        let output = pl.alloc(i, format!("{field} output"), len);
+        let output = pl.alloc(i, Stored::OfPrecision, format!("{field} output"), len);
         pl.storage[result.0] = Some(Buf::Arena(output));
         let grad = pl.grad_buffer(i, node.output, format!("{field} output gradient"));
         pl.grad[result.0] = grad;

@@ -13,7 +13,7 @@ use super::rules::OpRules;
 use crate::args::{arguments, norm_choice, positive_int, NormChoice};
 use crate::ctxt::Ctxt;
 use crate::ir::view::NodeView;
-use crate::plan::memory::{Buf, GradTarget};
+use crate::plan::memory::{Buf, GradTarget, Stored};
 use crate::plan::params::Init;
 use crate::plan::planner::{Planner, SharedScratch};
 use crate::shape::{show, Shape};
@@ -112,14 +112,15 @@ impl OpRules for Lstm {
         let (ih_layer, hh_layer) = (dims.input_layer(), dims.recurrent_layer());
         let ih_strategy = Planner::strategy(self.norms, &ih_layer);
         let hh_strategy = Planner::strategy(self.norms, &hh_layer);
-        let output = pl.alloc(i, format!("{field} hidden states"), steps * h);
-        let output_grad = pl.alloc(i, format!("{field} hidden-state gradient"), steps * h);
-        let gates = pl.alloc(i, format!("{field} gates"), steps * g4);
-        let cells = pl.alloc(i, format!("{field} cells"), steps * h);
-        let hprev = pl.alloc(i, format!("{field} previous hidden states"), steps * h);
-        let delta = pl.alloc(i, format!("{field} gate delta"), steps * g4);
+        let output = pl.alloc(i, Stored::OfPrecision, format!("{field} hidden states"), steps * h);
+        let output_grad =
+            pl.alloc(i, Stored::OfPrecision, format!("{field} hidden-state gradient"), steps * h);
+        let gates = pl.alloc(i, Stored::F32, format!("{field} gates"), steps * g4);
+        let cells = pl.alloc(i, Stored::F32, format!("{field} cells"), steps * h);
+        let hprev = pl.alloc(i, Stored::F32, format!("{field} previous hidden states"), steps * h);
+        let delta = pl.alloc(i, Stored::F32, format!("{field} gate delta"), steps * g4);
         // The backward's scratch (6h per example) also covers the forward's (5h).
-        let scratch = pl.alloc(i, format!("{field} scratch"), 6 * h);
+        let scratch = pl.alloc(i, Stored::F32, format!("{field} scratch"), 6 * h);
         // Both weights' gradients are formed only when both norms are direct.
         let forms_gradients = match (ih_strategy, hh_strategy) {
             (Strategy::Direct, Strategy::Direct) => Strategy::Direct,
@@ -134,10 +135,16 @@ impl OpRules for Lstm {
         }
         let input_grad = match pl.target(node, x_id) {
             Some(target) => Ok(target),
-            None => Err(pl.alloc(i, format!("{field} input gradient (unused)"), steps * input)),
+            None => Err(pl.alloc(
+                i,
+                Stored::OfPrecision,
+                format!("{field} input gradient (unused)"),
+                steps * input,
+            )),
         };
         let private_input = (x == Buf::Input || pl.uses[x_id.0] > 1) && kept.is_none();
-        let input_copy = private_input.then(|| pl.alloc(i, format!("{field} input copy"), steps * input));
+        let input_copy =
+            private_input.then(|| pl.alloc(i, Stored::F32, format!("{field} input copy"), steps * input));
         pl.storage[out.0] = Some(Buf::Arena(output));
         pl.grad[out.0] = Some(output_grad);
         let group = pl.group(field);

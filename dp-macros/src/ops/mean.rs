@@ -5,7 +5,7 @@ use super::rules::OpRules;
 use crate::args::arguments;
 use crate::ctxt::Ctxt;
 use crate::ir::view::NodeView;
-use crate::plan::memory::{Buf, GradTarget};
+use crate::plan::memory::{Buf, GradTarget, Stored};
 use crate::plan::planner::Planner;
 use crate::shape::{show, Shape};
 use crate::syntax::OpSyntax;
@@ -77,7 +77,7 @@ impl OpRules for Mean {
             Pooling::Mean => "mean",
             Pooling::First => "first position",
         };
-        let output = pl.alloc(i, format!("{field} {name}"), dim);
+        let output = pl.alloc(i, Stored::OfPrecision, format!("{field} {name}"), dim);
         pl.storage[out.0] = Some(Buf::Arena(output));
         let out_grad = pl.grad_buffer(i, out, format!("{field} {name} gradient"));
         pl.grad[out.0] = out_grad;

@@ -9,7 +9,7 @@ use super::rules::OpRules;
 use crate::args::{arguments, pytorch_eps, required};
 use crate::ctxt::Ctxt;
 use crate::ir::view::NodeView;
-use crate::plan::memory::{Buf, GradTarget};
+use crate::plan::memory::{Buf, GradTarget, Stored};
 use crate::plan::params::Init;
 use crate::plan::planner::Planner;
 use crate::shape::{show, Shape};
@@ -167,11 +167,12 @@ impl OpRules for NormLayer {
         };
         let len = dims.len();
         let (act, result) = pl.fuse_activation(node);
-        let output = pl.alloc(i, format!("{field} output"), len);
-        let grad = pl.alloc(i, format!("{field} output gradient"), len);
-        let mean = pl.alloc(i, format!("{field} mean"), dims.stats_len());
-        let rstd = pl.alloc(i, format!("{field} rstd"), dims.stats_len());
-        let affine = pl.alloc(i, format!("{field} per-example affine gradients"), 2 * dims.width());
+        let output = pl.alloc(i, Stored::OfPrecision, format!("{field} output"), len);
+        let grad = pl.alloc(i, Stored::OfPrecision, format!("{field} output gradient"), len);
+        let mean = pl.alloc(i, Stored::F32, format!("{field} mean"), dims.stats_len());
+        let rstd = pl.alloc(i, Stored::F32, format!("{field} rstd"), dims.stats_len());
+        let affine =
+            pl.alloc(i, Stored::F32, format!("{field} per-example affine gradients"), 2 * dims.width());
         pl.storage[result.0] = Some(Buf::Arena(output));
         pl.grad[result.0] = Some(grad);
         let group = pl.group(field);
@@ -181,7 +182,7 @@ impl OpRules for NormLayer {
         let input_grad = match pl.target(node, x) {
             Some(t) => t,
             None => GradTarget {
-                write: pl.alloc(i, format!("{field} unused input gradient"), len),
+                write: pl.alloc(i, Stored::OfPrecision, format!("{field} unused input gradient"), len),
                 add_into: None,
             },
         };

@@ -6,7 +6,7 @@ use super::rules::OpRules;
 use crate::args::{arguments, required};
 use crate::ctxt::Ctxt;
 use crate::ir::view::NodeView;
-use crate::plan::memory::{Buf, GradTarget};
+use crate::plan::memory::{Buf, GradTarget, Stored};
 use crate::plan::planner::Planner;
 use crate::shape::{show, Shape};
 use crate::syntax::{OpSyntax, Spanned};
@@ -74,7 +74,7 @@ impl OpRules for Patches {
         let dims = [shape[0], shape[1], shape[2], self.size.value];
         let len = pl.width(x);
         let input = pl.storage_of(x);
-        let output = pl.alloc(i, format!("{field} patches"), len);
+        let output = pl.alloc(i, Stored::OfPrecision, format!("{field} patches"), len);
         pl.storage[out.0] = Some(Buf::Arena(output));
         let out_grad = pl.grad_buffer(i, out, format!("{field} patches gradient"));
         pl.grad[out.0] = out_grad;

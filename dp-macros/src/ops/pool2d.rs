@@ -4,7 +4,7 @@ use super::rules::OpRules;
 use crate::args::{arguments, non_negative_int, optional, positive_int, required};
 use crate::ctxt::Ctxt;
 use crate::ir::view::NodeView;
-use crate::plan::memory::{Buf, GradTarget};
+use crate::plan::memory::{Buf, GradTarget, Stored};
 use crate::plan::planner::Planner;
 use crate::shape::{image, Shape};
 use crate::syntax::{OpSyntax, Spanned};
@@ -101,8 +101,9 @@ impl OpRules for Pool2d {
         let (i, x, field) = (node.index, node.input(), node.field);
         let in_shape = pl.shape(x);
         let (in_len, out_len) = (pl.width(x), pl.width(node.output));
-        let output = pl.alloc(i, format!("{field} {}", node.text), out_len);
-        let argmax = (self.kind == PoolKind::Max).then(|| pl.alloc(i, format!("{field} argmax"), out_len));
+        let output = pl.alloc(i, Stored::OfPrecision, format!("{field} {}", node.text), out_len);
+        let argmax = (self.kind == PoolKind::Max)
+            .then(|| pl.alloc(i, Stored::F32, format!("{field} argmax"), out_len));
         pl.storage[node.output.0] = Some(Buf::Arena(output));
         let grad = pl.grad_buffer(i, node.output, format!("{field} {} gradient", node.text));
         pl.grad[node.output.0] = grad;

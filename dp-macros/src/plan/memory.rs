@@ -19,6 +19,19 @@ pub struct Buffer {
     pub offset: usize,
     /// Length in `f32`s per example.
     pub len: usize,
+    /// What a device storing in bf16 stores it as (the CPU stores every buffer in f32).
+    pub stored: Stored,
+}
+
+/// A buffer's class on a device that stores in bf16 (`dp_runtime::device::Stored`, the same two
+/// cases): every span of the buffer the device program emits carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// f32 whatever the precision: what a rounding would corrupt (kept per-example gradients, the
+    /// clipping scratch of `c·δ`, normalisation statistics, argmax indices, an LSTM's gates and cells).
+    F32,
+    /// In the device's precision: activations and output gradients.
+    OfPrecision,
 }
 
 /// Where a step's backward writes the gradient of one of its inputs: it overwrites `write`, then,

@@ -21,7 +21,7 @@
 //! - Parameters and groups ([`Planner::group`], [`Planner::param`]), and each node's row of the plan
 //!   table: FLOPs and norm strategy ([`Planner::cost`]).
 
-use super::memory::{Buf, Buffer, GradTarget};
+use super::memory::{Buf, Buffer, GradTarget, Stored};
 use super::params::{Init, ParamSlot, NO_GROUP};
 use crate::args::NormChoice;
 use crate::ir::value::ValueId;
@@ -120,10 +120,11 @@ impl<'g> Planner<'g> {
         }
     }
 
-    /// Allocates an arena buffer of `len` per example, counted in node `node`'s bytes.
-    pub fn alloc(&mut self, node: usize, purpose: String, len: usize) -> usize {
+    /// Allocates an arena buffer of `len` per example, stored as `stored` says, counted in node
+    /// `node`'s bytes.
+    pub fn alloc(&mut self, node: usize, stored: Stored, purpose: String, len: usize) -> usize {
         self.layer_bytes[node] += 4 * len as u64;
-        self.buffers.push(Buffer { purpose, offset: self.per_example, len });
+        self.buffers.push(Buffer { purpose, offset: self.per_example, len, stored });
         self.per_example += len;
         self.buffers.len() - 1
     }
@@ -154,7 +155,12 @@ impl<'g> Planner<'g> {
         let temp = match self.temps[x.0] {
             Some(t) => t,
             None => {
-                let t = self.alloc(node.index, format!("{} partial gradient", node.field), self.width(x));
+                let t = self.alloc(
+                    node.index,
+                    Stored::OfPrecision,
+                    format!("{} partial gradient", node.field),
+                    self.width(x),
+                );
                 self.temps[x.0] = Some(t);
                 t
             }
@@ -171,7 +177,7 @@ impl<'g> Planner<'g> {
 
     /// The output gradient buffer of a new value, if it needs one.
     pub fn grad_buffer(&mut self, node: usize, v: ValueId, purpose: String) -> Option<usize> {
-        self.needs_grad[v.0].then(|| self.alloc(node, purpose, self.width(v)))
+        self.needs_grad[v.0].then(|| self.alloc(node, Stored::OfPrecision, purpose, self.width(v)))
     }
 
     /// The activation fused into `node`'s output pass and the value the pass then produces:
@@ -289,7 +295,7 @@ impl<'g> Planner<'g> {
         }
         self.kept_bytes += bytes;
         self.layer_kept[node] = true;
-        Some(self.alloc(node, format!("{field} kept per-example gradients"), len))
+        Some(self.alloc(node, Stored::F32, format!("{field} kept per-example gradients"), len))
     }
 
     /// The node's FLOPs per example and, for a parameterised node, its norm strategy.
@@ -304,7 +310,7 @@ impl<'g> Planner<'g> {
     /// slot each task of the conv passes unfolds one example into, at the end of the arena.
     pub fn allocate_shared(&mut self) -> (usize, usize, [Option<usize>; 2]) {
         let (len, node) = self.clip_need.unwrap_or((0, 0));
-        let clip = self.alloc(node, "clipping scratch".to_string(), len);
+        let clip = self.alloc(node, Stored::F32, "clipping scratch".to_string(), len);
         let purposes = [
             (SharedScratch::Rows, "conv output gradient rows"),
             (SharedScratch::Norms, "per-example norm scratch"),
@@ -313,7 +319,7 @@ impl<'g> Planner<'g> {
         for (k, (scratch, purpose)) in purposes.into_iter().enumerate() {
             let (len, node) = self.scratch_needs[scratch as usize];
             if len > 0 {
-                shared[k] = Some(self.alloc(node, purpose.to_string(), len));
+                shared[k] = Some(self.alloc(node, Stored::F32, purpose.to_string(), len));
             }
         }
         (clip, self.scratch_needs[SharedScratch::Patches as usize].0, shared)

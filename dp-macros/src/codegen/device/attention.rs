@@ -23,6 +23,7 @@ use super::scratch::{attention as attention_scratch, attention_kept_len, Attenti
 use crate::codegen::cpu::emit::act;
 use crate::ops::activation::function::Act;
 use crate::ops::attention::AttentionStep;
+use crate::plan::memory::Stored;
 use crate::plan::Plan;
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -161,7 +162,7 @@ pub fn backward(plan: &Plan, s: &AttentionStep) -> TokenStream {
         arena(plan, s.probs),
         arena(plan, s.context_grad),
         arena(plan, s.qkv_grad),
-        scratch(at.scores, heads * tt),
+        scratch(at.scores, heads * tt, Stored::OfPrecision),
     );
     let (dl, d3l, dhl, ttl, hl, tl) = (lit(d), lit(3 * d), lit(dh), lit(tt), lit(heads), lit(t));
     let into_dctx = gemm(
@@ -260,7 +261,8 @@ fn per_example_gradients(plan: &Plan, s: &AttentionStep) -> (TokenStream, Attent
     let (at, rt) = (attention_scratch(plan, s), rt());
     let (x, dqkv, ctx, dy) =
         (read(plan, s.input), arena(plan, s.qkv_grad), arena(plan, s.context), arena(plan, s.output_grad));
-    let (kept, ones) = (scratch(at.kept, kept_len), scratch(at.scores, s.heads * t * t));
+    let (kept, ones) =
+        (scratch(at.kept, kept_len, Stored::F32), scratch(at.scores, s.heads * t * t, Stored::OfPrecision));
     let (in_b_at, out_w_at, out_b_at) = (lit(in_w), lit(in_w + 3 * d), lit(in_w + 3 * d + out_w));
     let f32 = quote!(#rt::Operands::F32);
     let g_in_w = in_rows(
@@ -303,7 +305,7 @@ fn per_example_gradients(plan: &Plan, s: &AttentionStep) -> (TokenStream, Attent
 pub fn norms(plan: &Plan, s: &AttentionStep) -> TokenStream {
     let (form, at) = per_example_gradients(plan, s);
     let kept_len = attention_kept_len(s);
-    let (kept, len) = (scratch(at.kept, kept_len), lit(kept_len));
+    let (kept, len) = (scratch(at.kept, kept_len, Stored::F32), lit(kept_len));
     let (sq, groups, group) = (per_group(plan, "SqNorms"), lit(plan.groups.len()), lit(s.group));
     quote! {{
         #form
@@ -315,7 +317,7 @@ pub fn norms(plan: &Plan, s: &AttentionStep) -> TokenStream {
 pub fn clipped_sum(plan: &Plan, s: &AttentionStep) -> TokenStream {
     let kept_len = attention_kept_len(s);
     let at = attention_scratch(plan, s);
-    let (kept, len, g) = (scratch(at.kept, kept_len), lit(kept_len), group_grad(plan, s));
+    let (kept, len, g) = (scratch(at.kept, kept_len, Stored::F32), lit(kept_len), group_grad(plan, s));
     let (f, groups, group) = (per_group(plan, "Factors"), lit(plan.groups.len()), lit(s.group));
     quote! {
         dev.kept_weighted_sum(#kept, n, #len, ::core::option::Option::Some((#f, #groups, #group)), #g)?;

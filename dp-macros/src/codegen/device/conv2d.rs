@@ -19,6 +19,7 @@ use super::scratch::{conv as conv_scratch, ConvScratch};
 use crate::codegen::cpu::emit::act;
 use crate::ops::activation::function::Act;
 use crate::ops::conv2d::ConvStep;
+use crate::plan::memory::Stored;
 use crate::plan::Plan;
 use dp_spec::Conv2dGeometry;
 use proc_macro2::TokenStream;
@@ -97,7 +98,7 @@ fn grouped(
 }
 
 fn patches(plan: &Plan, s: &ConvStep, at: &ConvScratch) -> (TokenStream, TokenStream) {
-    let cols = scratch(at.cols, s.geom.patches_len());
+    let cols = scratch(at.cols, s.geom.patches_len(), Stored::OfPrecision);
     let (x, g) = (read(plan, s.input), geom(&s.geom));
     (quote!(dev.im2col(#x, #g, n, #cols)?;), cols)
 }
@@ -138,8 +139,11 @@ pub fn backward(plan: &Plan, s: &ConvStep) -> TokenStream {
     });
     let input_grad = s.input_grad.map(|target| {
         let at = conv_scratch(plan, s);
-        let (w, cols, dx) =
-            (param(plan, s.weight), scratch(at.cols, g.patches_len()), arena(plan, target.write));
+        let (w, cols, dx) = (
+            param(plan, s.weight),
+            scratch(at.cols, g.patches_len(), Stored::OfPrecision),
+            arena(plan, target.write),
+        );
         let product = grouped(
             g.groups,
             (d, t, og),
@@ -159,7 +163,7 @@ fn per_example_gradients(plan: &Plan, s: &ConvStep) -> (TokenStream, ConvScratch
     let (t, d, o, og) = (g.positions(), g.patch_len(), g.out_c, g.out_per_group());
     let at = conv_scratch(plan, s);
     let (unfold, cols) = patches(plan, s, &at);
-    let (delta, kept_w) = (arena(plan, s.delta), scratch(at.weight, g.weight_len()));
+    let (delta, kept_w) = (arena(plan, s.delta), scratch(at.weight, g.weight_len(), Stored::F32));
     let product = grouped(
         g.groups,
         (og, d, t),
@@ -168,7 +172,7 @@ fn per_example_gradients(plan: &Plan, s: &ConvStep) -> (TokenStream, ConvScratch
         (kept_w, g.weight_len(), og * d),
     );
     let bias = s.bias.map(|_| {
-        let (kept_b, rows, t) = (scratch(at.bias, o), lit(o), lit(t));
+        let (kept_b, rows, t) = (scratch(at.bias, o, Stored::F32), lit(o), lit(t));
         quote!(dev.row_sums(#delta, n * #rows, #t, #kept_b)?;)
     });
     (quote!(#unfold #product #bias), at)
@@ -177,9 +181,10 @@ fn per_example_gradients(plan: &Plan, s: &ConvStep) -> (TokenStream, ConvScratch
 /// The weighted (clipped) or plain sum of the kept gradients into the gradient.
 fn kept_sum(plan: &Plan, s: &ConvStep, at: &ConvScratch, factors: TokenStream) -> TokenStream {
     let g = &s.geom;
-    let (kept_w, gw, wl) = (scratch(at.weight, g.weight_len()), grad(plan, s.weight), lit(g.weight_len()));
+    let (kept_w, gw, wl) =
+        (scratch(at.weight, g.weight_len(), Stored::F32), grad(plan, s.weight), lit(g.weight_len()));
     let bias = s.bias.map(|slot| {
-        let (kept_b, gb, o) = (scratch(at.bias, g.out_c), grad(plan, slot), lit(g.out_c));
+        let (kept_b, gb, o) = (scratch(at.bias, g.out_c, Stored::F32), grad(plan, slot), lit(g.out_c));
         quote!(dev.kept_weighted_sum(#kept_b, n, #o, #factors, #gb)?;)
     });
     quote!(dev.kept_weighted_sum(#kept_w, n, #wl, #factors, #gw)?; #bias)
@@ -188,10 +193,10 @@ fn kept_sum(plan: &Plan, s: &ConvStep, at: &ConvScratch, factors: TokenStream) -
 pub fn norms(plan: &Plan, s: &ConvStep) -> TokenStream {
     let g = &s.geom;
     let (form, at) = per_example_gradients(plan, s);
-    let (kept_w, wl) = (scratch(at.weight, g.weight_len()), lit(g.weight_len()));
+    let (kept_w, wl) = (scratch(at.weight, g.weight_len(), Stored::F32), lit(g.weight_len()));
     let bias = match s.bias {
         Some(_) => {
-            let (kept_b, o) = (scratch(at.bias, g.out_c), lit(g.out_c));
+            let (kept_b, o) = (scratch(at.bias, g.out_c, Stored::F32), lit(g.out_c));
             quote!(::core::option::Option::Some((#kept_b, #o)))
         }
         None => quote!(::core::option::Option::None),

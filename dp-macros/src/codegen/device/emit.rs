@@ -1,7 +1,7 @@
 //! The vocabulary of the emitted device code: spans of the runtime's regions with the plan's offsets
 //! (arena buffers scaled by the batch size `n`, as the CPU's `carve` lays them out).
 
-use crate::plan::memory::{Buf, GradTarget};
+use crate::plan::memory::{Buf, GradTarget, Stored};
 use crate::plan::Plan;
 use proc_macro2::{Ident, Span as CallSite, TokenStream};
 use quote::quote;
@@ -27,18 +27,29 @@ pub fn region(region: TokenStream, offset: TokenStream, len: TokenStream) -> Tok
     quote!(#rt::Span::new(#rt::Region::#region, #offset, #len))
 }
 
-/// Arena buffer `k`: `len · n` values at `offset · n`.
+/// Arena buffer `k`: `len · n` values at `offset · n`, marked as the plan stores it.
 pub fn arena(plan: &Plan, k: usize) -> TokenStream {
     let b = &plan.buffers[k];
-    let (offset, len) = (lit(b.offset), lit(b.len));
-    region(quote!(Arena), quote!(#offset * n), quote!(#len * n))
+    stored(arena_span(b.offset, b.len), b.stored)
 }
 
 /// `len` values per example of the device's own scratch at `offset` per example
-/// ([`super::scratch`]).
-pub fn scratch(offset: usize, len: usize) -> TokenStream {
+/// ([`super::scratch`]), marked `stored`.
+pub fn scratch(offset: usize, len: usize, stored_as: Stored) -> TokenStream {
+    stored(arena_span(offset, len), stored_as)
+}
+
+fn arena_span(offset: usize, len: usize) -> TokenStream {
     let (offset, len) = (lit(offset), lit(len));
     region(quote!(Arena), quote!(#offset * n), quote!(#len * n))
+}
+
+/// An arena span with its storage mark: `Span::new` is f32 in every precision.
+fn stored(span: TokenStream, stored: Stored) -> TokenStream {
+    match stored {
+        Stored::F32 => span,
+        Stored::OfPrecision => quote!(#span.of_precision()),
+    }
 }
 
 /// A step's input: the batch's inputs or an arena buffer.

@@ -22,6 +22,7 @@ use super::emit::{accumulate, arena, grad, lit, param, per_group, read, region, 
 use super::linear::{gemm, Product};
 use super::scratch::{lstm as lstm_scratch, lstm_weights_len, LstmScratch};
 use crate::ops::lstm::LstmStep;
+use crate::plan::memory::Stored;
 use crate::plan::Plan;
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -169,13 +170,13 @@ fn per_example_gradients(plan: &Plan, s: &LstmStep) -> (TokenStream, LstmScratch
     let (ih, weights) = (s.dims.weight_ih_len(), lstm_weights_len(s));
     let at = lstm_scratch(plan, s);
     let (x, hprev, delta) = (read(plan, s.x), arena(plan, s.hprev), arena(plan, s.delta));
-    let kept_w = scratch(at.weights, weights);
+    let kept_w = scratch(at.weights, weights, Stored::F32);
     let g_ih =
         batched((g4, d, t), (delta.clone(), true, t * g4), (x, false, t * d), (kept_w.clone(), weights));
     let (ih_l, weights_l) = (lit(ih), lit(weights));
     let kept_hh = quote!(#kept_w.sub(#ih_l, n * #weights_l - #ih_l));
     let g_hh = batched((g4, h, t), (delta.clone(), true, t * g4), (hprev, false, t * h), (kept_hh, weights));
-    let (kept_b, tl, g4l) = (scratch(at.bias, g4), lit(t), lit(g4));
+    let (kept_b, tl, g4l) = (scratch(at.bias, g4, Stored::F32), lit(t), lit(g4));
     let bias = quote!(dev.sequence_sums(#delta, n, #tl, #g4l, 1.0f32, #kept_b)?;);
     (quote!(#g_ih #g_hh #bias), at)
 }
@@ -183,7 +184,7 @@ fn per_example_gradients(plan: &Plan, s: &LstmStep) -> (TokenStream, LstmScratch
 /// The weighted (clipped) or plain sum of the kept gradients into the gradient.
 fn kept_sum(plan: &Plan, s: &LstmStep, at: &LstmScratch, factors: TokenStream) -> TokenStream {
     let (weights, g4) = (lstm_weights_len(s), 4 * s.dims.hidden);
-    let (kept_w, kept_b) = (scratch(at.weights, weights), scratch(at.bias, g4));
+    let (kept_w, kept_b) = (scratch(at.weights, weights, Stored::F32), scratch(at.bias, g4, Stored::F32));
     let (gw, gb, wl, g4l) = (weights_grad(plan, s), grad(plan, s.bias), lit(weights), lit(g4));
     quote! {
         dev.kept_weighted_sum(#kept_w, n, #wl, #factors, #gw)?;
@@ -195,7 +196,7 @@ pub fn norms(plan: &Plan, s: &LstmStep) -> TokenStream {
     let (form, at) = per_example_gradients(plan, s);
     let (weights, g4) = (lstm_weights_len(s), 4 * s.dims.hidden);
     let (kept_w, kept_b, wl, g4l) =
-        (scratch(at.weights, weights), scratch(at.bias, g4), lit(weights), lit(g4));
+        (scratch(at.weights, weights, Stored::F32), scratch(at.bias, g4, Stored::F32), lit(weights), lit(g4));
     let (sq, groups, group) = (per_group(plan, "SqNorms"), lit(plan.groups.len()), lit(s.group));
     quote! {
         #form

@@ -11,6 +11,7 @@ use super::scratch::sequence_affine;
 use crate::codegen::cpu::emit::act;
 use crate::ops::activation::function::Act;
 use crate::ops::norm_layer::{NormDims, NormStep};
+use crate::plan::memory::Stored;
 use crate::plan::Plan;
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -67,7 +68,7 @@ pub fn backward(plan: &Plan, s: &NormStep) -> TokenStream {
             quote!(dev.group_norm_backward(#x, #dy, #w, #mean, #rstd, #d, n, #dx, #kept)?;)
         }
         NormDims::Layer { rows, dim } => {
-            let positions = scratch(sequence_affine(plan), rows * 2 * dim);
+            let positions = scratch(sequence_affine(plan), rows * 2 * dim, Stored::F32);
             let (rows, width2) = (lit(rows), lit(2 * dim));
             quote! {
                 dev.group_norm_backward(#x, #dy, #w, #mean, #rstd, #d, #examples, #dx, #positions)?;

@@ -15,6 +15,7 @@ use super::conv2d::batched;
 use super::emit::{grad, lit, per_group, scratch};
 use super::linear::{gemm, Product};
 use super::scratch::PositionalScratch;
+use crate::plan::memory::Stored;
 use crate::plan::Plan;
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -42,12 +43,12 @@ pub struct Positional {
 impl Positional {
     /// Each example's kept weight gradient, `n × outputs·inputs`.
     fn kept_weight(&self) -> TokenStream {
-        scratch(self.kept.weight, self.inputs * self.outputs)
+        scratch(self.kept.weight, self.inputs * self.outputs, Stored::F32)
     }
 
     /// Each example's kept bias gradient, `n × outputs` (when the layer has a bias).
     fn kept_bias(&self) -> TokenStream {
-        scratch(self.kept.bias, self.outputs)
+        scratch(self.kept.bias, self.outputs, Stored::F32)
     }
 
     /// Each example's `δ_iᵀ·X_i` and `Σ_t δ_{i,t}` into the kept scratch, OVERWRITING it.

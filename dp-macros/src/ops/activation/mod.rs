@@ -10,7 +10,7 @@ use super::rules::OpRules;
 use crate::args::arguments;
 use crate::ctxt::Ctxt;
 use crate::ir::view::NodeView;
-use crate::plan::memory::{Buf, GradTarget};
+use crate::plan::memory::{Buf, GradTarget, Stored};
 use crate::plan::planner::Planner;
 use crate::shape::Shape;
 use crate::syntax::OpSyntax;
@@ -58,7 +58,7 @@ impl OpRules for Activation {
     fn plan(&self, pl: &mut Planner<'_>, node: &NodeView) -> Option<ActivationStep> {
         let x = node.input();
         let len = pl.width(x);
-        let output = pl.alloc(node.index, format!("{} {}", node.field, node.text), len);
+        let output = pl.alloc(node.index, Stored::OfPrecision, format!("{} {}", node.field, node.text), len);
         pl.cost(node.index, 2 * len as u64, None);
         pl.storage[node.output.0] = Some(Buf::Arena(output));
         let input = pl.storage_of(x);
