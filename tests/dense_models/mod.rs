@@ -376,9 +376,27 @@ pub fn private_pass_on_host<M: DpModel>(
 where
     M::Input: TestInput,
 {
+    private_pass_on_host_storing(model, precision, false, inputs, labels, factors, n)
+}
+
+/// [`private_pass_on_host`], the arena's activations and output gradients stored in bf16 when
+/// `bf16_storage` and `precision` is bf16 (`HostDevice::set_bf16_storage`).
+pub fn private_pass_on_host_storing<M: DpModel>(
+    model: &M,
+    precision: dp::Precision,
+    bf16_storage: bool,
+    inputs: &[M::Input],
+    labels: &[f32],
+    factors: &[f32],
+    n: usize,
+) -> dp::device::host::HostDevice
+where
+    M::Input: TestInput,
+{
     use dp::device::Region;
     let mut dev = dp::device::host::HostDevice::new();
     dev.set_precision(precision);
+    dev.set_bf16_storage(bf16_storage);
     dev.set(Region::Params, model.params().to_vec());
     dev.set(Region::Grad, vec![0.0; M::TRAINED_PARAM_COUNT]);
     dev.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * n]);

@@ -1,0 +1,185 @@
+//! The generated device programs with their activations and output gradients STORED in bf16, on the
+//! host reference backend (`HostDevice::set_bf16_storage`): every arena span marked
+//! `Stored::OfPrecision` is rounded to bf16 when written and lives apart from the f32 arena, so a
+//! buffer written in one type and read in the other reads the NaN it was filled with.
+//!
+//! What must hold exactly is the clipping contract: the clipped sum adds the per-example gradients
+//! whose norms were measured. With clip factors 1 for one example and 0 for the others, the clipped sum
+//! is that example's gradient as the program forms it; its squared norm must be the norm the program
+//! measured, to f32 rounding. The rest moves by bf16's rounding of what is stored (8 bits, 2⁻⁹
+//! relative per value): the losses, norms and clipped sum against the CPU's bf16 program to a stated
+//! tolerance, and away from the same program storing f32 (so storage that ignored the marks fails).
+
+use dp::device::Region;
+use dp::models::{AdultFfnn, AdultLogReg, MnistCnn};
+use dp::prelude::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+mod dense_models;
+
+use dense_models::activations_from_input::ActivationsFromInput;
+use dense_models::image_activations_from_input::ImageActivationsFromInput;
+use dense_models::norm_residual::NormResidual;
+use dense_models::token_lora::TokenLora;
+use dense_models::{
+    batch, close, close_sum, cpu_reference_in, private_pass_on_host_storing, ActivatedOutput,
+    CausalAttention, Deep, DenseAttention, DenseLstm, DepthwiseSeparable, GroupedConvs, LstmSequence,
+    PatchFirst, PooledConv, SequenceLinear, SequenceLinearDirect, SequenceNormGelu, SigmoidBce, SmallConv,
+    SmallLstm, SmallLstmDirect, SmallLstmGhost, StackedAttention, TanhMse, TestInput, TokenBag, TokenMlp,
+    TokenSeq, TokenSequenceLinear,
+};
+
+/// One private pass with bf16 storage: losses, squared norms and the clipped sum.
+struct Stored {
+    losses: Vec<f32>,
+    sq_norms: Vec<f32>,
+    clipped_sum: Vec<f32>,
+}
+
+fn pass<M: DpModel>(
+    model: &M,
+    bf16_storage: bool,
+    inputs: &[M::Input],
+    labels: &[f32],
+    factors: &[f32],
+    n: usize,
+) -> Stored
+where
+    M::Input: TestInput,
+{
+    let dev = private_pass_on_host_storing(model, Precision::Bf16, bf16_storage, inputs, labels, factors, n);
+    Stored {
+        losses: dev.get(Region::Losses).to_vec(),
+        sq_norms: dev.get(Region::SqNorms).to_vec(),
+        clipped_sum: dev.get(Region::Grad).to_vec(),
+    }
+}
+
+/// The clipping contract in bf16 storage, example by example. With factor 1 for example `i` and 0
+/// for the others (every group), the clipped sum is example `i`'s gradient `g_i`, and its squared norm
+/// is the sum of the norms the program measured for it (to f32 rounding, 1e-4 relative). With a
+/// factor of 0.7 instead (not a power of two, so its products round), the clipped sum is `0.7·g_i` to
+/// f32 rounding: the scaled gradient is formed in f32, never rounded to bf16 on its way into the sum
+/// (a rounding would move it by up to 2⁻⁹ relative, past what was measured).
+fn clipped_gradient_has_its_measured_norm<M: DpModel>(
+    model: &M,
+    inputs: &[M::Input],
+    labels: &[f32],
+    n: usize,
+) where
+    M::Input: TestInput,
+{
+    let groups = M::GROUPS.len();
+    let one_hot = |i: usize, factor: f32| {
+        let mut factors = vec![0.0; n * groups];
+        factors[i * groups..(i + 1) * groups].fill(factor);
+        factors
+    };
+    for i in 0..n {
+        let run = pass(model, true, inputs, labels, &one_hot(i, 1.0), n);
+        let measured: f64 = run.sq_norms[i * groups..(i + 1) * groups].iter().map(|&s| f64::from(s)).sum();
+        let summed: f64 = run.clipped_sum.iter().map(|&g| f64::from(g) * f64::from(g)).sum();
+        assert!(
+            measured.is_finite() && (summed - measured).abs() <= 1e-4 * measured.max(1e-8),
+            "{} n={n} example {i}: the clipped sum's squared norm {summed}, measured {measured}",
+            M::NAME
+        );
+        let scaled = pass(model, true, inputs, labels, &one_hot(i, 0.7), n);
+        let want: Vec<f32> = run.clipped_sum.iter().map(|&g| 0.7 * g).collect();
+        close_sum(&format!("{} n={n} example {i} scaled by 0.7", M::NAME), &scaled.clipped_sum, &want, 1e-5);
+    }
+}
+
+/// bf16 storage against the CPU's f32 program: losses to `loss_tol` relative, norms to `grad_tol`
+/// relative and the clipped sum to `grad_tol` of its largest coordinate; away from the same device
+/// program storing f32 by more than 1e-4 relative somewhere; and the clipping contract at the largest
+/// size.
+fn bf16_storage_holds<M: DpModel>(seed: u64, sizes: &[usize], loss_tol: f32, grad_tol: f32)
+where
+    M::Input: TestInput,
+{
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let model = M::init(&mut rng);
+    let (mut moved, mut off_loss, mut off_norm) = (0.0f32, 0.0f32, 0.0f32);
+    let relative = |a: f32, b: f32| (a - b).abs() / b.abs().max(1e-3);
+    for &n in sizes {
+        let (inputs, labels) = batch::<M>(&mut rng, n, false);
+        let cpu = cpu_reference_in(Precision::F32, &model, &inputs, &labels, n, 0.5);
+        let stored = pass(&model, true, &inputs, &labels, &cpu.factors, n);
+        let tag = |what: &str| format!("{} bf16 storage n={n} {what}", M::NAME);
+        off_loss = stored.losses.iter().zip(&cpu.losses).fold(off_loss, |m, (&s, &c)| m.max(relative(s, c)));
+        off_norm =
+            stored.sq_norms.iter().zip(&cpu.sq_norms).fold(off_norm, |m, (&s, &c)| m.max(relative(s, c)));
+        close(&tag("losses"), &stored.losses, &cpu.losses, loss_tol);
+        close(&tag("squared norms"), &stored.sq_norms, &cpu.sq_norms, grad_tol);
+        close_sum(&tag("clipped sum"), &stored.clipped_sum, &cpu.clipped_sum, grad_tol);
+        let unstored = pass(&model, false, &inputs, &labels, &cpu.factors, n);
+        let pairs =
+            stored.losses.iter().zip(&unstored.losses).chain(stored.sq_norms.iter().zip(&unstored.sq_norms));
+        moved = pairs.fold(moved, |m, (&s, &u)| m.max(relative(s, u)));
+    }
+    eprintln!(
+        "{}: bf16 storage against the CPU in f32: losses {off_loss}, norms {off_norm}; against f32 storage {moved}",
+        M::NAME
+    );
+    assert!(
+        moved > 1e-4,
+        "{}: storing in bf16 changed nothing (largest relative difference {moved})",
+        M::NAME
+    );
+    let n = *sizes.last().unwrap();
+    let (inputs, labels) = batch::<M>(&mut rng, n, false);
+    clipped_gradient_has_its_measured_norm(&model, &inputs, &labels, n);
+}
+
+#[test]
+fn dense_models_store_in_bf16() {
+    bf16_storage_holds::<AdultLogReg>(41, &[1, 7], 1e-2, 3e-2);
+    bf16_storage_holds::<AdultFfnn>(42, &[1, 7], 1e-2, 3e-2);
+    bf16_storage_holds::<Deep>(43, &[1, 7], 1e-2, 3e-2);
+    bf16_storage_holds::<TanhMse>(44, &[1, 7], 1e-2, 3e-2);
+    bf16_storage_holds::<SigmoidBce>(45, &[1, 7], 1e-2, 3e-2);
+    bf16_storage_holds::<ActivatedOutput>(46, &[1, 7], 1e-2, 3e-2);
+}
+
+#[test]
+fn token_models_store_in_bf16() {
+    bf16_storage_holds::<TokenBag>(47, &[1, 7], 1e-2, 3e-2);
+    bf16_storage_holds::<TokenSeq>(48, &[1, 7], 1e-2, 3e-2);
+    bf16_storage_holds::<TokenSequenceLinear>(49, &[1, 7], 1e-2, 3e-2);
+    bf16_storage_holds::<TokenMlp>(50, &[1, 7], 1e-2, 3e-2);
+    bf16_storage_holds::<TokenLora>(51, &[1, 7], 1e-2, 3e-2);
+}
+
+#[test]
+fn lstms_store_in_bf16() {
+    bf16_storage_holds::<SmallLstm>(52, &[1, 5], 1e-2, 3e-2);
+    bf16_storage_holds::<SmallLstmGhost>(53, &[1, 5], 1e-2, 3e-2);
+    bf16_storage_holds::<SmallLstmDirect>(54, &[1, 5], 1e-2, 3e-2);
+    bf16_storage_holds::<LstmSequence>(55, &[1, 5], 1e-2, 3e-2);
+    bf16_storage_holds::<DenseLstm>(56, &[1, 5], 1e-2, 3e-2);
+}
+
+#[test]
+fn convolutions_store_in_bf16() {
+    bf16_storage_holds::<SmallConv>(57, &[1, 5], 1e-2, 3e-2);
+    bf16_storage_holds::<PooledConv>(58, &[1, 5], 1e-2, 1e-1);
+    bf16_storage_holds::<NormResidual>(59, &[1, 5], 1e-2, 3e-2);
+    bf16_storage_holds::<GroupedConvs>(60, &[1, 5], 1e-2, 3e-2);
+    bf16_storage_holds::<DepthwiseSeparable>(61, &[1, 5], 1e-2, 3e-2);
+    bf16_storage_holds::<ImageActivationsFromInput>(62, &[1, 5], 1e-2, 3e-2);
+    bf16_storage_holds::<MnistCnn>(63, &[1, 3], 1e-2, 0.5);
+}
+
+#[test]
+fn sequences_and_attention_store_in_bf16() {
+    bf16_storage_holds::<SequenceLinear>(64, &[1, 5], 1e-2, 3e-2);
+    bf16_storage_holds::<SequenceLinearDirect>(65, &[1, 5], 1e-2, 3e-2);
+    bf16_storage_holds::<ActivationsFromInput>(66, &[1, 5], 1e-2, 3e-2);
+    bf16_storage_holds::<SequenceNormGelu>(67, &[1, 5], 1e-2, 3e-2);
+    bf16_storage_holds::<PatchFirst>(68, &[1, 5], 1e-2, 3e-2);
+    bf16_storage_holds::<DenseAttention>(69, &[1, 5], 1e-2, 3e-2);
+    bf16_storage_holds::<CausalAttention>(70, &[1, 5], 1e-2, 3e-2);
+    bf16_storage_holds::<StackedAttention>(71, &[1, 5], 1e-2, 3e-2);
+}
