@@ -9,6 +9,7 @@
 //! measured, to f32 rounding. The rest moves by bf16's rounding of what is stored (8 bits, 2⁻⁹
 //! relative per value): the losses, norms and clipped sum against the CPU's bf16 program to a stated
 //! tolerance, and away from the same program storing f32 (so storage that ignored the marks fails).
+//! An example whose inputs are NaN, given factor 0, contributes nothing.
 
 use dp::device::Region;
 use dp::models::{AdultFfnn, AdultLogReg, MnistCnn};
@@ -131,6 +132,28 @@ where
     let n = *sizes.last().unwrap();
     let (inputs, labels) = batch::<M>(&mut rng, n, false);
     clipped_gradient_has_its_measured_norm(&model, &inputs, &labels, n);
+    if <M::Input as TestInput>::POISONS {
+        a_nan_example_contributes_nothing(&model, &mut rng, n, grad_tol);
+    }
+}
+
+/// Example 0 NaN (dense inputs): the CPU gives it factor 0, and with bf16 storage its NaN activations
+/// and gradients, rounded and stored like any, still reach nothing of the clipped sum.
+fn a_nan_example_contributes_nothing<M: DpModel>(model: &M, rng: &mut ChaCha8Rng, n: usize, grad_tol: f32)
+where
+    M::Input: TestInput,
+{
+    let (inputs, labels) = batch::<M>(rng, n, true);
+    let cpu = cpu_reference_in(Precision::F32, model, &inputs, &labels, n, 0.5);
+    assert!(
+        cpu.factors[..M::GROUPS.len()].iter().all(|&f| f == 0.0),
+        "{}: the NaN example's factors",
+        M::NAME
+    );
+    let stored = pass(model, true, &inputs, &labels, &cpu.factors, n);
+    let what = format!("{} bf16 storage n={n} clipped sum with a NaN example", M::NAME);
+    assert!(stored.clipped_sum.iter().all(|g| g.is_finite()), "{what}: not finite");
+    close_sum(&what, &stored.clipped_sum, &cpu.clipped_sum, grad_tol);
 }
 
 #[test]
