@@ -20,6 +20,8 @@ pub mod params;
 pub mod planner;
 #[cfg(test)]
 mod routing_tests;
+#[cfg(test)]
+mod storage_tests;
 
 use crate::check::Checked;
 use crate::ir::Graph;

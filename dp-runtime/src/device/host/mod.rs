@@ -56,17 +56,31 @@ impl HostDevice {
     /// computes what the GPU does, which stores every buffer in f32 (docs/GPU.md, "bf16 storage").
     pub fn set_bf16_storage(&mut self, on: bool) {
         self.bf16_storage = on;
-        self.arena_bf16 = self.get(Region::Arena).iter().map(|&v| round_to_bf16(v)).collect();
+        self.fill_bf16_store();
+    }
+
+    /// The bf16 store as the f32 arena rounded (empty while storage is off).
+    fn fill_bf16_store(&mut self) {
+        self.arena_bf16 = match self.bf16_storage {
+            true => self.get(Region::Arena).iter().map(|&v| round_to_bf16(v)).collect(),
+            false => Vec::new(),
+        };
         self.unrounded.clear();
     }
 
     /// Sets a region's contents (its length is the region's size); the arena's, both stores of it.
     pub fn set(&mut self, region: Region, values: Vec<f32>) {
-        if region == Region::Arena {
-            self.arena_bf16 = values.iter().map(|&v| round_to_bf16(v)).collect();
-            self.unrounded.clear();
-        }
         self.regions.insert(region, values);
+        if region == Region::Arena {
+            self.fill_bf16_store();
+        }
+    }
+
+    /// The arena's bf16 store (values of `Stored::OfPrecision` spans while storing in bf16; empty
+    /// while storage is off).
+    pub fn arena_bf16(&mut self) -> &[f32] {
+        self.round_written();
+        &self.arena_bf16
     }
 
     /// Sets the token ids (the `Tokens` region).
@@ -83,7 +97,8 @@ impl HostDevice {
             .ok_or_else(|| DeviceError::Mismatch(format!("{s:?} outside {} token ids", self.tokens.len())))
     }
 
-    /// A region's contents (empty if never set); the arena's f32 store.
+    /// A region's contents (empty if never set); the arena's f32 store ([`arena_bf16`](Self::arena_bf16)
+    /// holds what `Stored::OfPrecision` spans stored in bf16).
     pub fn get(&self, region: Region) -> &[f32] {
         self.regions.get(&region).map_or(&[], Vec::as_slice)
     }
@@ -902,4 +917,56 @@ fn example_mut(values: &mut [f32], i: usize, len: usize) -> &mut [f32] {
 fn valid_conv(geom: &Conv2dGeometry) -> Result<Conv2dGeometry, DeviceError> {
     geom.validate().map_err(DeviceError::Mismatch)?;
     Ok(*geom)
+}
+
+#[cfg(test)]
+mod storage_tests {
+    use super::*;
+
+    /// A host device of 8 arena values, all NaN, storing in bf16.
+    fn storing() -> HostDevice {
+        let mut dev = HostDevice::new();
+        dev.set_precision(Precision::Bf16);
+        dev.set_bf16_storage(true);
+        dev.set(Region::Arena, vec![f32::NAN; 8]);
+        dev
+    }
+
+    #[test]
+    fn a_value_stored_in_the_precision_is_rounded_before_it_is_read() {
+        let mut dev = storing();
+        let (src, dst) = (Span::new(Region::Arena, 0, 2).of_precision(), Span::new(Region::Arena, 4, 2));
+        dev.fill(src, 2, 1.0 + 1.0 / 1024.0).unwrap();
+        // Read into an f32 span: what was stored, rounded to bf16 (1 + 2⁻¹⁰ is a tie, to even: 1).
+        dev.copy(dst, src, 2).unwrap();
+        assert_eq!(&dev.get(Region::Arena)[4..6], &[1.0, 1.0]);
+        assert_eq!(&dev.arena_bf16()[0..2], &[1.0, 1.0]);
+        // An f32 span keeps every bit.
+        dev.fill(dst, 2, 1.0 + 1.0 / 1024.0).unwrap();
+        assert_eq!(&dev.get(Region::Arena)[4..6], &[1.0 + 1.0 / 1024.0; 2]);
+    }
+
+    #[test]
+    fn the_two_stores_are_apart() {
+        let mut dev = storing();
+        let (bf16, f32_span) =
+            (Span::new(Region::Arena, 0, 2).of_precision(), Span::new(Region::Arena, 0, 2));
+        dev.fill(bf16, 2, 3.0).unwrap();
+        // The same offsets read as f32 hold the NaN they were filled with.
+        dev.copy(Span::new(Region::Arena, 4, 2), f32_span, 2).unwrap();
+        assert!(dev.get(Region::Arena)[4..6].iter().all(|v| v.is_nan()));
+        // Without storage (or in f32) the mark changes nothing: one store.
+        let mut plain = storing();
+        plain.set_precision(Precision::F32);
+        plain.fill(bf16, 2, 1.0 + 1.0 / 1024.0).unwrap();
+        assert_eq!(&plain.get(Region::Arena)[0..2], &[1.0 + 1.0 / 1024.0; 2]);
+    }
+
+    #[test]
+    fn only_arena_spans_are_stored_in_the_precision() {
+        let mut dev = storing();
+        dev.set(Region::Grad, vec![0.0; 4]);
+        let err = dev.fill(Span::new(Region::Grad, 0, 4).of_precision(), 4, 1.0).unwrap_err();
+        assert!(err.to_string().contains("only arena buffers"), "{err}");
+    }
 }
