@@ -1421,6 +1421,23 @@ fn distributed_runs<M: DpModel>(
 where
     M::Input: TestInput + Sync,
 {
+    let runs = distributed_runs_logged(data, initial, ranks, on, configure);
+    runs.into_iter().map(|(outcome, _)| outcome).collect()
+}
+
+/// [`distributed_runs`], with each rank's log of its device's staging, queueing and finishing (empty
+/// on the CPU).
+#[allow(clippy::type_complexity)]
+fn distributed_runs_logged<M: DpModel>(
+    data: &dp::Dataset<M::Input>,
+    initial: &[f32],
+    ranks: usize,
+    on: RanksOn,
+    configure: &(dyn for<'m> Fn(dp::Trainer<'m, M>) -> dp::Trainer<'m, M> + Sync),
+) -> Vec<(dp::Result<(Vec<f32>, dp::Report)>, Vec<Call>)>
+where
+    M::Input: TestInput + Sync,
+{
     use dp::distributed::{shard_range, take_shard, Shard, ThreadGroup};
     let n = data.len();
     std::thread::scope(|scope| {
@@ -1433,13 +1450,18 @@ where
                     let mut model = M::from_params(initial.to_vec());
                     let mut trainer = configure(seeded_trainer(&mut model))
                         .distributed(group, Shard::of_rank(n, rank, ranks));
+                    let calls = std::sync::Arc::default();
                     if let RanksOn::Devices { fault } = on {
                         let mut device = HostTraining::<M>::new();
                         device.fault = fault.filter(|&(r, _, _)| r == rank).map(|(_, f, step)| (f, step));
+                        device.calls = std::sync::Arc::clone(&calls);
                         trainer = trainer.device(device);
                     }
-                    let report = trainer.fit(&shard, Some(data))?;
-                    Ok((model.params().to_vec(), report))
+                    let outcome =
+                        trainer.fit(&shard, Some(data)).map(|report| (model.params().to_vec(), report));
+                    drop(model);
+                    let calls: Vec<Call> = calls.lock().unwrap().clone();
+                    (outcome, calls)
                 })
             })
             .collect();
@@ -1479,10 +1501,14 @@ fn distributed_devices_follow_the_cpu<M: DpModel>(
     assert!(moved > 0.01, "{name}: training moved the parameters by {moved}");
     let mut on_cpu = Vec::new();
     for on in [RanksOn::Cpu, RanksOn::Devices { fault: None }] {
-        for (rank, outcome) in
-            distributed_runs::<M>(data, initial, ranks, on, configure).into_iter().enumerate()
+        for (rank, (outcome, calls)) in
+            distributed_runs_logged::<M>(data, initial, ranks, on, configure).into_iter().enumerate()
         {
             let (params, report) = outcome.unwrap_or_else(|e| panic!("{name} {on:?} rank {rank}: {e}"));
+            if let RanksOn::Devices { .. } = on {
+                // Each rank staged its part of step t + 1's batch while its clipped sum of step t ran.
+                assert_overlapped(&calls, report.steps as usize);
+            }
             let diff = largest_difference(&params, single.params());
             eprintln!("{name} {on:?} K = {ranks} rank {rank}: differs from one process by {diff:.3e}");
             assert!(diff <= tolerance, "{name} {on:?} rank {rank}: differs from one process by {diff}");

@@ -7,6 +7,8 @@
 //! message while none happens. On a device ([`DistributedRun::device_step`]) the clipped sum comes
 //! from the rank's device and the rest is the same code.
 
+use rand::RngCore;
+
 use super::group::Group;
 use super::{indices_in_shard, Shard};
 use crate::clipping::ClipMode;
@@ -15,7 +17,8 @@ use crate::device::DeviceTraining;
 use crate::error::{Error, Result};
 use crate::model::DpModel;
 use crate::noise::GaussianNoise;
-use crate::trainer::device_steps::device_error;
+use crate::sampling::Sampler;
+use crate::trainer::device_steps::{device_error, DeviceSteps};
 use crate::trainer::step::{BatchStats, StepEngine};
 
 /// A distributed run's group, shard and step buffers.
@@ -129,35 +132,41 @@ impl<'g> DistributedRun<'g> {
     }
 
     /// [`step`](Self::step) with this rank's clipped sum computed on `device`
-    /// ([`DeviceTraining::clipped_sum_to_host`], clipping as `settings` say) from the examples of its
-    /// shard gathered into `gathered` (inputs, labels; with augmentation multiplicity their views,
+    /// ([`DeviceTraining::queue_clipped_sum`] and [`DeviceTraining::finish_clipped_sum`], clipping as
+    /// `settings` say) from the examples of its shard, gathered into `steps`' batch and staged unless
+    /// `staged` says the last step staged them already (with augmentation multiplicity their views,
     /// drawn by `engine` as the CPU's step draws them, and
-    /// [`DeviceTraining::clipped_sum_with_views_to_host`]); rank 0 draws the noise on the host exactly as
-    /// the CPU's step does ([`GaussianNoise::fill`]: the same stream, the same chunks), so a seeded run
-    /// releases the CPU's R. The update is the caller's ([`DeviceTraining::released_update`]). A
+    /// [`DeviceTraining::clipped_sum_with_views_to_host`]). While the sum runs, rank 0 draws the noise
+    /// on the host exactly as the CPU's step does ([`GaussianNoise::fill`]: the same stream, the same
+    /// chunks), so a seeded run releases the CPU's R; and, without views, when `next` gives the
+    /// sampler (a step follows this one), every rank samples the next global batch and gathers and
+    /// stages its part of it ([`DeviceSteps::stage_next`]: the same draws in the same order as at the
+    /// top of the next step). The update is the caller's ([`DeviceTraining::released_update`]). A
     /// device error on any rank is every rank's [`Error::RankFailed`].
     #[allow(clippy::too_many_arguments)]
-    pub fn device_step<M: DpModel>(
+    pub(crate) fn device_step<M: DpModel>(
         &mut self,
         device: &mut dyn DeviceTraining<M>,
         engine: &mut StepEngine<M>,
         shard_data: &Dataset<M::Input>,
-        global_indices: &[usize],
+        (global_indices, staged): (&[usize], bool),
+        next: Option<(&mut Sampler, &mut dyn RngCore)>,
         noise: Option<&mut GaussianNoise>,
         settings: DeviceStepSettings,
-        gathered: &mut (Vec<M::Input>, Vec<f32>),
+        steps: &mut DeviceSteps<M>,
     ) -> Result<BatchStats> {
         self.keep_local(global_indices);
-        let (inputs, labels) = gathered;
         let (n, params) = (self.local_indices.len(), M::TRAINED_PARAM_COUNT);
         let (mode, norm) = (settings.clip_mode, settings.clip_norm);
+        let (inputs, labels) = &mut steps.batch;
         // With augmentation multiplicity the engine draws this rank's views as the CPU's step does.
         let views = engine.gather_views(shard_data, &self.local_indices, inputs, labels);
         // Without views the clipped sum is queued first, so that the device computes it while rank 0
-        // draws the step's noise on the host.
-        let queued = match views {
-            Some(_) => Ok(()),
-            None => {
+        // draws the step's noise and every rank stages its part of the next batch.
+        let queued = match (views, staged) {
+            (Some(_), _) => Ok(()),
+            (None, true) => device.queue_clipped_sum(mode, norm),
+            (None, false) => {
                 shard_data.gather(&self.local_indices, inputs, labels);
                 device.stage_batch(inputs, labels, n).and_then(|()| device.queue_clipped_sum(mode, norm))
             }
@@ -173,16 +182,19 @@ impl<'g> DistributedRun<'g> {
             (false, _) => Ok(()),
         };
         let sum = &mut self.local[..params];
-        // A queued sum is always awaited, whatever the noise's draw did.
+        // A queued sum is always awaited, whatever the noise's draw or the staging did.
         let computed = match (views, queued) {
             (Some(views), _) => noise_drawn.and_then(|()| {
+                let (inputs, labels) = &steps.batch;
                 let computed =
                     device.clipped_sum_with_views_to_host(inputs, labels, n, views, mode, norm, sum);
                 computed.map_err(device_error::<M>)
             }),
             (None, Ok(())) => {
+                let shard = self.shard.offset..self.shard.offset + self.shard_len;
+                let staging = steps.stage_next(device, shard_data, next, Some(shard));
                 let computed = device.finish_clipped_sum(sum).map_err(device_error::<M>);
-                noise_drawn.and(computed)
+                noise_drawn.and(computed).and_then(|sum| staging.map(|()| sum).map_err(device_error::<M>))
             }
             (None, Err(e)) => noise_drawn.and(Err(device_error::<M>(e))),
         };

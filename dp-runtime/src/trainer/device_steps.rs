@@ -1,14 +1,18 @@
 //! The host's side of one process's steps on a device (`Trainer::device`'s private steps, and the
 //! non-private baseline's): the batch (or its views) gathered and handed to the device, and, without
-//! views, the next step's batch sampled, gathered and staged while a step runs (docs/GPU.md,
+//! views, the next step's batch sampled, gathered and staged while a step runs (a distributed rank's
+//! part of it, during its clipped sum: `DistributedRun::device_step`; docs/GPU.md,
 //! "Overlapping the host's work with a step"). The draws are those of sampling at the top of each
 //! step, in the same order, so a seeded run on a device takes the CPU's batches.
+
+use std::ops::Range;
 
 use rand::RngCore;
 
 use super::step::{BatchStats, StepEngine};
 use crate::data::Dataset;
 use crate::device::{DeviceError, DevicePrivateStep, DeviceTraining};
+use crate::distributed::indices_in_shard;
 use crate::error::{Error, Result};
 use crate::model::DpModel;
 use crate::sampling::Sampler;
@@ -22,9 +26,11 @@ pub(crate) fn device_error<M: DpModel>(e: DeviceError) -> Error {
 pub(crate) struct DeviceSteps<M: DpModel> {
     /// A step's batch gathered on the host (in a distributed run, this rank's part of it; with
     /// views, the views of it).
-    pub(super) batch: (Vec<M::Input>, Vec<f32>),
-    /// The next step's indices, once its batch is staged.
+    pub(crate) batch: (Vec<M::Input>, Vec<f32>),
+    /// The next step's indices, once its batch is staged (global ones in a distributed run).
     next: Vec<usize>,
+    /// In a distributed run, the next step's indices in this rank's shard.
+    next_local: Vec<usize>,
     staged_ahead: bool,
     /// With non-private diagnostics: the last step's losses and clip factors, copied back.
     losses: Vec<f32>,
@@ -36,6 +42,7 @@ impl<M: DpModel> DeviceSteps<M> {
         DeviceSteps {
             batch: (Vec::new(), Vec::new()),
             next: Vec::new(),
+            next_local: Vec::new(),
             staged_ahead: false,
             losses: Vec::new(),
             factors: Vec::new(),
@@ -120,15 +127,35 @@ impl<M: DpModel> DeviceSteps<M> {
             dev.stage_batch(inputs, labels, indices.len())?;
         }
         queue(&mut *dev)?;
-        let staging = match next {
-            Some((sampler, rng)) => {
-                sampler.sample(rng, &mut self.next);
-                train.gather(&self.next, inputs, labels);
-                self.staged_ahead = true;
-                dev.stage_batch(inputs, labels, self.next.len())
-            }
-            None => Ok(()),
-        };
+        let staging = self.stage_next(dev, train, next, None);
         finish(dev).and_then(|outcome| staging.map(|()| outcome))
+    }
+
+    /// While a step runs, when `next` gives the sampler (a step follows this one): the next step's
+    /// batch sampled, its indices kept for [`take_batch`](Self::take_batch), and the examples of it
+    /// in `shard` (a distributed rank's, as indices into `data`; every one without) gathered from
+    /// `data` and staged.
+    pub(crate) fn stage_next(
+        &mut self,
+        dev: &mut dyn DeviceTraining<M>,
+        data: &Dataset<M::Input>,
+        next: Option<(&mut Sampler, &mut dyn RngCore)>,
+        shard: Option<Range<usize>>,
+    ) -> std::result::Result<(), DeviceError> {
+        let Some((sampler, rng)) = next else {
+            return Ok(());
+        };
+        sampler.sample(rng, &mut self.next);
+        let indices = match shard {
+            Some(shard) => {
+                indices_in_shard(&self.next, shard, &mut self.next_local);
+                &self.next_local
+            }
+            None => &self.next,
+        };
+        let (inputs, labels) = &mut self.batch;
+        data.gather(indices, inputs, labels);
+        self.staged_ahead = true;
+        dev.stage_batch(inputs, labels, indices.len())
     }
 }

@@ -414,14 +414,17 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                         (None, Some(run)) if on_device => {
                             let dev = device.as_mut().expect("matched on is_some");
                             let settings = DeviceStepSettings { clip_mode, clip_norm, noise_std };
+                            let next = (step + 1 < last_step)
+                                .then_some((&mut sampler, &mut sampling_rng as &mut dyn rand::RngCore));
                             let stats = run.device_step(
                                 dev.as_mut(),
                                 &mut engine,
                                 train,
-                                &indices,
+                                (&indices, staged),
+                                next,
                                 Some(&mut noise_stream),
                                 settings,
-                                &mut device_steps.batch,
+                                &mut device_steps,
                             )?;
                             let update = optimizer.on_device(at).expect("checked before the first step");
                             let updated = dev
