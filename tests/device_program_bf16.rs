@@ -6,9 +6,7 @@
 //! backend rounds exactly as the CPU's bf16 products do, so where the two programs round the same
 //! operands they agree as closely as in f32; `tests/gpu_programs.rs` runs these programs on a GPU.
 
-use dp::device::{
-    DeviceError, DeviceOptimizer, DevicePrivateStep, DeviceStepOutcome, DeviceTraining, Region,
-};
+use dp::device::{DeviceError, DeviceOptimizer, DevicePrivateStep, DeviceStepOutcome, DeviceTraining};
 use dp::models::{AdultFfnn, AdultLogReg, MnistCnn};
 use dp::optim::{OptimizerState, Sgd};
 use dp::prelude::*;
@@ -18,37 +16,11 @@ use rand_chacha::ChaCha8Rng;
 mod dense_models;
 
 use dense_models::{
-    batch, close, close_sum, cpu_reference_in, private_pass_on_host, CausalAttention, Deep, DenseLstm,
+    batch, close, close_sum, cpu_reference_in, run_on_host_storing, CausalAttention, Deep, DenseLstm,
     SmallConv, SmallLstmDirect, SmallLstmGhost, StackedAttention, TanhMse, TestInput,
 };
 use dense_models::{DepthwiseSeparable, GroupedConvs};
 use dense_models::{SequenceLinear, SequenceLinearDirect};
-
-/// What a device program in `precision` computed on the host backend for one batch.
-struct DeviceRun {
-    losses: Vec<f32>,
-    sq_norms: Vec<f32>,
-    clipped_sum: Vec<f32>,
-}
-
-fn run_on_host<M: DpModel>(
-    model: &M,
-    precision: Precision,
-    inputs: &[M::Input],
-    labels: &[f32],
-    factors: &[f32],
-    n: usize,
-) -> DeviceRun
-where
-    M::Input: TestInput,
-{
-    let dev = private_pass_on_host(model, precision, inputs, labels, factors, n);
-    DeviceRun {
-        losses: dev.get(Region::Losses).to_vec(),
-        sq_norms: dev.get(Region::SqNorms).to_vec(),
-        clipped_sum: dev.get(Region::Grad).to_vec(),
-    }
-}
 
 /// The device program in bf16 against the CPU program in bf16 (losses and norms to `tol` relative,
 /// the clipped sum to `tol` of its largest coordinate), with the CPU's bf16 clip factors; and the
@@ -64,12 +36,12 @@ where
     for &n in sizes {
         let (inputs, labels) = batch::<M>(&mut rng, n, false);
         let cpu = cpu_reference_in(Precision::Bf16, &model, &inputs, &labels, n, 0.5);
-        let dev = run_on_host(&model, Precision::Bf16, &inputs, &labels, &cpu.factors, n);
+        let dev = run_on_host_storing(&model, Precision::Bf16, false, &inputs, &labels, &cpu.factors, n);
         let tag = |what: &str| format!("{} bf16 n={n} {what}", M::NAME);
         close(&tag("losses"), &dev.losses, &cpu.losses, tol);
         close(&tag("squared norms"), &dev.sq_norms, &cpu.sq_norms, tol);
         close_sum(&tag("clipped sum"), &dev.clipped_sum, &cpu.clipped_sum, tol);
-        let f32_run = run_on_host(&model, Precision::F32, &inputs, &labels, &cpu.factors, n);
+        let f32_run = run_on_host_storing(&model, Precision::F32, false, &inputs, &labels, &cpu.factors, n);
         let pairs = dev.losses.iter().zip(&f32_run.losses).chain(dev.sq_norms.iter().zip(&f32_run.sq_norms));
         for (b, f) in pairs {
             moved = moved.max((b - f).abs() / f.abs().max(1e-3));

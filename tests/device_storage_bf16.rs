@@ -11,7 +11,6 @@
 //! tolerance, and away from the same program storing f32 (so storage that ignored the marks fails).
 //! An example whose inputs are NaN, given factor 0, contributes nothing.
 
-use dp::device::Region;
 use dp::models::{AdultFfnn, AdultLogReg, MnistCnn};
 use dp::prelude::*;
 use rand::SeedableRng;
@@ -24,20 +23,14 @@ use dense_models::image_activations_from_input::ImageActivationsFromInput;
 use dense_models::norm_residual::NormResidual;
 use dense_models::token_lora::TokenLora;
 use dense_models::{
-    batch, close, close_sum, cpu_reference_in, private_pass_on_host_storing, ActivatedOutput,
-    CausalAttention, Deep, DenseAttention, DenseLstm, DepthwiseSeparable, GroupedConvs, LstmSequence,
-    PatchFirst, PooledConv, SequenceLinear, SequenceLinearDirect, SequenceNormGelu, SigmoidBce, SmallConv,
-    SmallLstm, SmallLstmDirect, SmallLstmGhost, StackedAttention, TanhMse, TestInput, TokenBag, TokenMlp,
-    TokenSeq, TokenSequenceLinear,
+    batch, close, close_sum, cpu_reference_in, run_on_host_storing, ActivatedOutput, CausalAttention, Deep,
+    DenseAttention, DenseLstm, DepthwiseSeparable, DeviceRun, GroupedConvs, LstmSequence, PatchFirst,
+    PooledConv, SequenceLinear, SequenceLinearDirect, SequenceNormGelu, SigmoidBce, SmallConv, SmallLstm,
+    SmallLstmDirect, SmallLstmGhost, StackedAttention, TanhMse, TestInput, TokenBag, TokenMlp, TokenSeq,
+    TokenSequenceLinear,
 };
 
-/// One private pass with bf16 storage: losses, squared norms and the clipped sum.
-struct Stored {
-    losses: Vec<f32>,
-    sq_norms: Vec<f32>,
-    clipped_sum: Vec<f32>,
-}
-
+/// One private pass in bf16, storing in bf16 or not.
 fn pass<M: DpModel>(
     model: &M,
     bf16_storage: bool,
@@ -45,16 +38,11 @@ fn pass<M: DpModel>(
     labels: &[f32],
     factors: &[f32],
     n: usize,
-) -> Stored
+) -> DeviceRun
 where
     M::Input: TestInput,
 {
-    let dev = private_pass_on_host_storing(model, Precision::Bf16, bf16_storage, inputs, labels, factors, n);
-    Stored {
-        losses: dev.get(Region::Losses).to_vec(),
-        sq_norms: dev.get(Region::SqNorms).to_vec(),
-        clipped_sum: dev.get(Region::Grad).to_vec(),
-    }
+    run_on_host_storing(model, Precision::Bf16, bf16_storage, inputs, labels, factors, n)
 }
 
 /// The clipping contract in bf16 storage, example by example. With factor 1 for example `i` and 0

@@ -411,6 +411,36 @@ where
     dev
 }
 
+/// What a device program computed on the host backend for one batch: each example's loss and squared
+/// norms, and the clipped sum.
+pub struct DeviceRun {
+    pub losses: Vec<f32>,
+    pub sq_norms: Vec<f32>,
+    pub clipped_sum: Vec<f32>,
+}
+
+/// [`private_pass_on_host_storing`]'s results.
+pub fn run_on_host_storing<M: DpModel>(
+    model: &M,
+    precision: dp::Precision,
+    bf16_storage: bool,
+    inputs: &[M::Input],
+    labels: &[f32],
+    factors: &[f32],
+    n: usize,
+) -> DeviceRun
+where
+    M::Input: TestInput,
+{
+    use dp::device::Region;
+    let dev = private_pass_on_host_storing(model, precision, bf16_storage, inputs, labels, factors, n);
+    DeviceRun {
+        losses: dev.get(Region::Losses).to_vec(),
+        sq_norms: dev.get(Region::SqNorms).to_vec(),
+        clipped_sum: dev.get(Region::Grad).to_vec(),
+    }
+}
+
 /// Element by element to `tol` relative (independent values: losses, norms, factors).
 pub fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
