@@ -3,7 +3,8 @@
 //! reused for the patch gradients backward), then every trained conv's per-example weight and bias
 //! gradients, formed by its norms and kept for its clipped sum, then every LSTM's per-example
 //! gradients (both weights, then the bias), kept the same way, then every positional layer's (a linear
-//! layer over a sequence or with direct norms: weight, then bias; [`super::positional`]). A device has
+//! layer over a sequence or with direct norms: weight, then bias; [`super::positional`]) that the
+//! plan does not keep already (those the CPU keeps live in the plan's kept buffer). A device has
 //! the memory for them (the CIFAR-10 CNN keeps 2.2 MB per example, the LSTM model 0.3 MB), and keeping
 //! them saves the clipped sum a second product. Then the per-position affine gradients of one layer
 //! norm over a sequence at a time (`rows × 2·dim`), summed over the rows by its backward into the
@@ -55,10 +56,12 @@ pub fn keeps_positional(d: &DenseStep) -> bool {
 }
 
 /// Every trained positional layer's weight slot (its identity) and kept length per example (weight,
-/// then bias), in step order (a frozen layer has no norms: nothing to keep).
+/// then bias), in step order, that keeps its gradients in the device's scratch: not a frozen layer
+/// (no norms: nothing to keep), nor one whose gradients the plan keeps (the device keeps them in the
+/// plan's buffer, [`positional`]).
 fn positionals(plan: &Plan) -> impl Iterator<Item = (usize, usize)> + '_ {
     plan.steps.iter().filter_map(|s| match s {
-        Step::Linear(d) if keeps_positional(d) && plan.params[d.weight].trained => {
+        Step::Linear(d) if keeps_positional(d) && d.kept.is_none() && plan.params[d.weight].trained => {
             Some((d.weight, d.inputs * d.outputs + if d.bias.is_some() { d.outputs } else { 0 }))
         }
         _ => None,
@@ -195,8 +198,20 @@ pub fn lstm(plan: &Plan, step: &LstmStep) -> LstmScratch {
     unreachable!("{step:?} is a step of its plan")
 }
 
-/// The kept gradients of the positional layer whose weight is parameter `weight` (its identity).
+/// The kept gradients of the positional layer whose weight is parameter `weight` (its identity): in
+/// the plan's kept buffer when the CPU's plan keeps them too (its length per example is the weight's
+/// and the bias's, which the device lays out as all the weights, then all the biases), in the
+/// device's scratch otherwise.
 pub fn positional(plan: &Plan, weight: usize) -> PositionalScratch {
+    let planned = plan.steps.iter().find_map(|s| match s {
+        Step::Linear(d) if d.weight == weight => {
+            d.kept.map(|k| (plan.buffers[k].offset, d.inputs * d.outputs))
+        }
+        _ => None,
+    });
+    if let Some((offset, weight_len)) = planned {
+        return PositionalScratch { weight: offset, bias: offset + weight_len };
+    }
     let mut at = positionals_start(plan);
     for (slot, len) in positionals(plan) {
         if slot == weight {
