@@ -302,7 +302,7 @@ fn periodize_fourier(x: &[f64], m: usize, n: usize, res: usize) -> Vec<f32> {
 }
 
 /// Kymatio's `gabor_2d`: exp(−xᵀ R D R⁻¹ x / 2σ² + i ξ (x cos θ + y sin θ)), D = diag(1, slant²), summed
-/// over 5×5 periods of the `m×n` grid and divided by 2πσ²/slant (with Kymatio's π, [`KYMATIO_PI`]).
+/// over 5×5 periods of the `m×n` grid and divided by 2πσ²/slant (with Kymatio's π, `KYMATIO_PI`).
 pub fn gabor(m: usize, n: usize, sigma: f64, theta: f64, xi: f64, slant: f64) -> Vec<Complex<f64>> {
     let (cos, sin) = (theta.cos(), theta.sin());
     // R D R⁻¹ with R the rotation by θ.

@@ -4,7 +4,7 @@
 //! one reduce brings the sums to rank 0, which adds the noise it alone draws and broadcasts the
 //! released vector R = S + σC·z (f64); every rank then applies the same update. One extra value rides
 //! on the reduce (this rank failed) and on the broadcast (some rank failed), so a failure costs no
-//! message while none happens. On a device ([`DistributedRun::device_step`]) the clipped sum comes
+//! message while none happens. On a device (`DistributedRun::device_step`) the clipped sum comes
 //! from the rank's device and the rest is the same code.
 
 use rand::RngCore;
@@ -37,7 +37,7 @@ pub struct DistributedRun<'g> {
     drawn_noise: Vec<f64>,
 }
 
-/// How a [`DistributedRun::device_step`] clips, and the noise rank 0 adds.
+/// How a distributed step on a device (`DistributedRun::device_step`) clips, and the noise rank 0 adds.
 #[derive(Debug, Clone, Copy)]
 pub struct DeviceStepSettings {
     pub clip_mode: ClipMode,

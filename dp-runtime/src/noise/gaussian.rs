@@ -15,7 +15,7 @@
 //! [`GaussianNoise::fill`] draws a whole vector (one normal per parameter per step) in bulk: it takes a
 //! fresh 256-bit key from the stream, and chunk j of [`FILL_CHUNK`] coordinates reads its own ChaCha20
 //! keystreams under that key (see [`fill_chunk`]), sixteen blocks at a time
-//! ([`ChaCha20Blocks`](super::chacha::ChaCha20Blocks)): stream 2j gives every coordinate its first
+//! ([`ChaCha20Blocks`]): stream 2j gives every coordinate its first
 //! word, and stream 2j + 1 the further words of the ~1.5% that need more, each segment of
 //! [`RETRY_SEGMENT`] coordinates from its own range of blocks. Each coordinate therefore depends only
 //! on the key and its index: not on the vector's length, nor on how many threads filled the chunks;

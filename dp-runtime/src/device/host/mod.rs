@@ -43,7 +43,7 @@ impl HostDevice {
         HostDevice::default()
     }
 
-    /// The products marked [`Operands::OfPrecision`] in `precision`: in bf16, their operands rounded
+    /// The products marked [`Operands::OfPrecision`](crate::device::Operands::OfPrecision) in `precision`: in bf16, their operands rounded
     /// as the CPU's bf16 products round them (`dp_kernels::gemm_bf16::round_to_bf16`), then
     /// multiplied and accumulated as in f32.
     pub fn set_precision(&mut self, precision: Precision) {
