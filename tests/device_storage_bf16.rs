@@ -11,6 +11,7 @@
 //! tolerance, and away from the same program storing f32 (so storage that ignored the marks fails).
 //! An example whose inputs are NaN, given factor 0, contributes nothing.
 
+use dp::device::Region;
 use dp::models::{AdultFfnn, AdultLogReg, MnistCnn};
 use dp::prelude::*;
 use rand::SeedableRng;
@@ -23,11 +24,11 @@ use dense_models::image_activations_from_input::ImageActivationsFromInput;
 use dense_models::norm_residual::NormResidual;
 use dense_models::token_lora::TokenLora;
 use dense_models::{
-    batch, close, close_sum, cpu_reference_in, run_on_host_storing, ActivatedOutput, CausalAttention, Deep,
-    DenseAttention, DenseLstm, DepthwiseSeparable, DeviceRun, GroupedConvs, LstmSequence, PatchFirst,
-    PooledConv, SequenceLinear, SequenceLinearDirect, SequenceNormGelu, SigmoidBce, SmallConv, SmallLstm,
-    SmallLstmDirect, SmallLstmGhost, StackedAttention, TanhMse, TestInput, TokenBag, TokenMlp, TokenSeq,
-    TokenSequenceLinear,
+    batch, close, close_sum, cpu_reference_in, private_pass_on_host_storing, run_on_host_storing,
+    ActivatedOutput, CausalAttention, Deep, DenseAttention, DenseLstm, DepthwiseSeparable, DeviceRun,
+    GroupedConvs, LstmSequence, PatchFirst, PooledConv, SequenceLinear, SequenceLinearDirect,
+    SequenceNormGelu, SigmoidBce, SmallConv, SmallLstm, SmallLstmDirect, SmallLstmGhost, StackedAttention,
+    TanhMse, TestInput, TokenBag, TokenMlp, TokenSeq, TokenSequenceLinear,
 };
 
 /// One private pass in bf16, storing in bf16 or not.
@@ -81,7 +82,7 @@ fn clipped_gradient_has_its_measured_norm<M: DpModel>(
 }
 
 /// bf16 storage against the CPU's f32 program: losses to `loss_tol` relative, norms to `grad_tol`
-/// relative and the clipped sum to `grad_tol` of its largest coordinate; away from the same device
+/// relative and the clipped and plain sums to `grad_tol` of their largest coordinate; away from the same device
 /// program storing f32 by more than 1e-4 relative somewhere; and the clipping contract at the largest
 /// size.
 fn bf16_storage_holds<M: DpModel>(seed: u64, sizes: &[usize], loss_tol: f32, grad_tol: f32)
@@ -103,6 +104,13 @@ where
         close(&tag("losses"), &stored.losses, &cpu.losses, loss_tol);
         close(&tag("squared norms"), &stored.sq_norms, &cpu.sq_norms, grad_tol);
         close_sum(&tag("clipped sum"), &stored.clipped_sum, &cpu.clipped_sum, grad_tol);
+        // The plain sum of a non-private step, from the same stored values.
+        let mut dev =
+            private_pass_on_host_storing(&model, Precision::Bf16, true, &inputs, &labels, &cpu.factors, n);
+        dev.set(Region::Grad, vec![0.0; M::TRAINED_PARAM_COUNT]);
+        M::device_forward_backward(&mut dev, n).unwrap();
+        M::device_gradient_sum(&mut dev, n).unwrap();
+        close_sum(&tag("gradient sum"), dev.get(Region::Grad), &cpu.gradient_sum, grad_tol);
         let unstored = pass(&model, false, &inputs, &labels, &cpu.factors, n);
         let pairs =
             stored.losses.iter().zip(&unstored.losses).chain(stored.sq_norms.iter().zip(&unstored.sq_norms));
