@@ -181,6 +181,7 @@ impl<'g> DistributedRun<'g> {
             (true, None) => Err(no_noise_stream()),
             (false, _) => Ok(()),
         };
+        let shard = self.shard_range();
         let sum = &mut self.local[..params];
         // A queued sum is always awaited, whatever the noise's draw or the staging did.
         let computed = match (views, queued) {
@@ -191,7 +192,6 @@ impl<'g> DistributedRun<'g> {
                 computed.map_err(device_error::<M>)
             }),
             (None, Ok(())) => {
-                let shard = self.shard.offset..self.shard.offset + self.shard_len;
                 let staging = steps.stage_next(device, shard_data, next, Some(shard));
                 let computed = device.finish_clipped_sum(sum).map_err(device_error::<M>);
                 noise_drawn.and(computed).and_then(|sum| staging.map(|()| sum).map_err(device_error::<M>))
@@ -207,8 +207,12 @@ impl<'g> DistributedRun<'g> {
 
     /// The indices of `global_indices` in this rank's shard, into `local_indices`.
     fn keep_local(&mut self, global_indices: &[usize]) {
-        let shard = self.shard.offset..self.shard.offset + self.shard_len;
-        indices_in_shard(global_indices, shard, &mut self.local_indices);
+        indices_in_shard(global_indices, self.shard_range(), &mut self.local_indices);
+    }
+
+    /// The global indices of this rank's shard.
+    fn shard_range(&self) -> std::ops::Range<usize> {
+        self.shard.offset..self.shard.offset + self.shard_len
     }
 
     /// The exchange every step ends with, whoever computed this rank's clipped sum (in `local` when
