@@ -7,6 +7,10 @@
 //! `kernels/lstm.cu` (in [`lstm_ops`]). Every launch is queued on
 //! the GPU's one stream; nothing is copied to or from the host.
 
+// The module's page names its private op modules (`cargo doc --document-private-items` renders the
+// links).
+#![allow(rustdoc::private_intra_doc_links)]
+
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{result as drv, CudaFunction, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};

@@ -23,7 +23,7 @@ const VALUES_PER_THREAD: usize = 8;
 /// The most blocks per range: enough to fill a GPU on a model's largest parameter.
 const MAX_BLOCKS_PER_RANGE: usize = 64;
 
-/// The blocks of each range in [`Gpu::queue_views_average_squares`]: a model's constant (so its
+/// The blocks of each range in `Gpu::queue_views_average_squares`: a model's constant (so its
 /// partial sums, hence its norms, are the same at every step), from its largest parameter.
 pub fn blocks_per_range(longest: usize) -> usize {
     longest.div_ceil(THREADS as usize * VALUES_PER_THREAD).clamp(1, MAX_BLOCKS_PER_RANGE)

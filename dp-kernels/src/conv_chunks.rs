@@ -42,7 +42,7 @@ fn for_each_chunk(geom: &Conv2dGeometry, batch: usize, capacity: usize, mut pass
 }
 
 /// Forward: `out[i][o][t] = bias[o] + Σ_k weight[o][k]·patch_{i,t}[k]`, example by example
-/// ([`forward_by_example`]; `patches` needs room for one example's patches at least). `patches` and
+/// (`forward_by_example`; `patches` needs room for one example's patches at least). `patches` and
 /// `rows` need room for one chunk's patches and output when the conv folds (see [`chunk_examples`];
 /// a batch's worth is always enough). A conv with few positions folds each chunk
 /// into one product per group ([`conv_folded`]) and uses `rows` for its output; the others run one

@@ -623,7 +623,7 @@ fn for_each_example_block(
 /// the clipped sum; unscaled, the ordinary (non-private) weight gradient. Position-major: one product
 /// per group over every example's positions. Channel-major (an example's positions are not rows of
 /// one matrix with the next example's): the examples are split into as many consecutive shares as
-/// partial sums of the gradient fit in [`PARTIAL_SUM_VALUES`], each share's products summed into its
+/// partial sums of the gradient fit in `PARTIAL_SUM_VALUES`, each share's products summed into its
 /// partial (the shares in parallel), the partials then added in order and into `grad`. The shares
 /// depend on the shapes alone, so the bits do not depend on the thread count; with one share the
 /// examples' products are added one after the other, each threaded when large.
@@ -739,7 +739,7 @@ pub fn stored_norms_sq(batch: usize, len: usize, grads: &[f32], norms_sq: &mut [
 /// ADDS `Σ_i c_i g_i` of per-example gradients stored whole (`[batch][len]`: a norm layer's affine
 /// gradients, a direct layer's kept gradients) into `grad`; examples whose factor is 0 are skipped,
 /// never multiplied, so NaN or infinities in them cannot reach the sum. The gradient is split into
-/// blocks of [`SUM_BLOCK`] summed in parallel, each over the examples in order (so the result does
+/// blocks of `SUM_BLOCK` summed in parallel, each over the examples in order (so the result does
 /// not depend on the thread count).
 pub fn stored_clipped_sum(
     batch: usize,

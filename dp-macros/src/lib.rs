@@ -14,6 +14,10 @@
 //! Errors from every pass are collected in a [`ctxt::Ctxt`] and reported together, each on the span of
 //! the token that causes it.
 
+// This page documents the compiler's private passes for its developers (`cargo doc
+// --document-private-items` renders the links); a proc-macro crate exports nothing else to link.
+#![allow(rustdoc::private_intra_doc_links)]
+
 mod args;
 mod check;
 mod codegen;

@@ -1,6 +1,6 @@
 //! The `dp` command line: argument parsing (clap derive) and dispatch to one module per subcommand.
 //!
-//! To add a subcommand, add a variant to [`Command`] with its arguments type and a line in [`run`].
+//! To add a subcommand, add a variant to `Command` with its arguments type and a line in `run`.
 //! Errors reach the user as one line on stderr; an invalid flag value names the flag and exits with 2,
 //! like clap's own parse errors.
 

@@ -1,5 +1,5 @@
 //! The built-in models by command-line name: the one place that maps `--model NAME` to a model type
-//! and its data. Adding a model is one line in [`models!`]'s invocation below.
+//! and its data. Adding a model is one line in `models!`'s invocation below.
 //!
 //! Commands are written once, generic over the model, as a [`ModelVisitor`]; [`dispatch`] calls the
 //! visitor's generic method with the type registered under the name (a `match`, no trait objects).

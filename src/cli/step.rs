@@ -39,7 +39,7 @@ pub struct StepArgs {
     /// Inputs, `.npy`: f32 [N, C, H, W] images, f32 [N, features], or i64/i32 [N, T] token ids.
     #[arg(long)]
     pub inputs: PathBuf,
-    /// Labels, `.npy` of shape [N]: f32 0/1 for logreg, i64 class indices otherwise.
+    /// Labels, `.npy` of shape `[N]`: f32 0/1 for logreg, i64 class indices otherwise.
     #[arg(long)]
     pub labels: PathBuf,
     /// Clip norm C.
@@ -58,7 +58,7 @@ pub struct StepArgs {
     /// Where to write the updated weights (safetensors, the tensors of --init).
     #[arg(long)]
     pub out: PathBuf,
-    /// Where to write the per-example gradient norms before clipping (f32 .npy of shape [N]).
+    /// Where to write the per-example gradient norms before clipping (f32 .npy of shape `[N]`).
     #[arg(long)]
     pub norms_out: Option<PathBuf>,
     /// The precision of the forward's and backward's products: f32, or bf16 (operands rounded to

@@ -167,7 +167,7 @@ pub struct TrainArgs {
     #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
     pub precision: Precision,
     /// Where the private steps run: cpu, cuda:N, or cuda (under mpirun each rank's
-    /// cuda:<local rank mod GPUs on its node>; alone, cuda:0) (a build with the `cuda` feature; models
+    /// cuda:(local rank mod GPUs on its node); alone, cuda:0) (a build with the `cuda` feature; models
     /// with a device program, SGD or Adam; docs/GPU.md). Evaluation stays on the CPU.
     #[arg(long, default_value = "cpu", value_parser = super::parse_device)]
     pub device: super::DeviceArg,
