@@ -180,6 +180,7 @@ fn fit<M: DpModel>(
                             train,
                             (&indices, staged),
                             next,
+                            None,
                             |dev| dev.queue_non_private_step(&update),
                             |dev| dev.finish_non_private_step(&mut losses),
                         )

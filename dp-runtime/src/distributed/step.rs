@@ -140,8 +140,8 @@ impl<'g> DistributedRun<'g> {
     /// on the host exactly as the CPU's step does ([`GaussianNoise::fill`]: the same stream, the same
     /// chunks), so a seeded run releases the CPU's R; and, without views, when `next` gives the
     /// sampler (a step follows this one), every rank samples the next global batch and gathers and
-    /// stages its part of it ([`DeviceSteps::stage_next`]: the same draws in the same order as at the
-    /// top of the next step). The update is the caller's ([`DeviceTraining::released_update`]). A
+    /// stages its part of it ([`DeviceSteps::overlapped`] with the rank's shard: the same draws in the
+    /// same order as at the top of the next step). The update is the caller's ([`DeviceTraining::released_update`]). A
     /// device error on any rank is every rank's [`Error::RankFailed`].
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn device_step<M: DpModel>(
@@ -156,23 +156,14 @@ impl<'g> DistributedRun<'g> {
         steps: &mut DeviceSteps<M>,
     ) -> Result<BatchStats> {
         self.keep_local(global_indices);
-        let (n, params) = (self.local_indices.len(), M::TRAINED_PARAM_COUNT);
+        let (n, params, is_root) = (self.local_indices.len(), M::TRAINED_PARAM_COUNT, self.is_root());
         let (mode, norm) = (settings.clip_mode, settings.clip_norm);
         let (inputs, labels) = &mut steps.batch;
         // With augmentation multiplicity the engine draws this rank's views as the CPU's step does.
         let views = engine.gather_views(shard_data, &self.local_indices, inputs, labels);
-        // Without views the clipped sum is queued first, so that the device computes it while rank 0
-        // draws the step's noise and every rank stages its part of the next batch.
-        let queued = match (views, staged) {
-            (Some(_), _) => Ok(()),
-            (None, true) => device.queue_clipped_sum(mode, norm),
-            (None, false) => {
-                shard_data.gather(&self.local_indices, inputs, labels);
-                device.stage_batch(inputs, labels, n).and_then(|()| device.queue_clipped_sum(mode, norm))
-            }
-        };
         let mut drawn = std::mem::take(&mut self.drawn_noise);
-        let noise_drawn = match (self.is_root(), noise) {
+        // Rank 0's normals for this step, on the host.
+        let draw = || match (is_root, noise) {
             (true, Some(noise)) => {
                 drawn.resize(params, 0.0);
                 noise.fill(&mut drawn);
@@ -183,20 +174,33 @@ impl<'g> DistributedRun<'g> {
         };
         let shard = self.shard_range();
         let sum = &mut self.local[..params];
-        // A queued sum is always awaited, whatever the noise's draw or the staging did.
-        let computed = match (views, queued) {
-            (Some(views), _) => noise_drawn.and_then(|()| {
+        let computed = match views {
+            Some(views) => draw().and_then(|()| {
                 let (inputs, labels) = &steps.batch;
                 let computed =
                     device.clipped_sum_with_views_to_host(inputs, labels, n, views, mode, norm, sum);
                 computed.map_err(device_error::<M>)
             }),
-            (None, Ok(())) => {
-                let staging = steps.stage_next(device, shard_data, next, Some(shard));
-                let computed = device.finish_clipped_sum(sum).map_err(device_error::<M>);
-                noise_drawn.and(computed).and_then(|sum| staging.map(|()| sum).map_err(device_error::<M>))
+            // The clipped sum is queued first, so that the device computes it while rank 0 draws the
+            // step's noise (whether or not it was queued) and every rank stages its part of the next
+            // batch; a queued sum is always awaited, whatever the draw or the staging did.
+            None => {
+                let mut noise_drawn = Ok(());
+                let summed = steps.overlapped(
+                    device,
+                    shard_data,
+                    (&self.local_indices, staged),
+                    next,
+                    Some(shard),
+                    |dev| {
+                        let queued = dev.queue_clipped_sum(mode, norm);
+                        noise_drawn = draw();
+                        queued
+                    },
+                    |dev| dev.finish_clipped_sum(sum),
+                );
+                noise_drawn.and(summed.map_err(device_error::<M>))
             }
-            (None, Err(e)) => noise_drawn.and(Err(device_error::<M>(e))),
         };
         let outcome =
             computed.map(|non_finite| BatchStats { non_finite, examples: n, ..BatchStats::default() });

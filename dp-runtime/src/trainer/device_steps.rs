@@ -91,6 +91,7 @@ impl<M: DpModel> DeviceSteps<M> {
                 train,
                 (indices, staged),
                 next,
+                None,
                 |dev| dev.queue_private_step(settings),
                 |dev| dev.finish_private_step(),
             ),
@@ -109,25 +110,28 @@ impl<M: DpModel> DeviceSteps<M> {
         Ok((stats, outcome.overflowed))
     }
 
-    /// A step on the batch at `indices` (staged first unless `staged`) queued by `queue`; while it
-    /// runs, when `next` gives the sampler (a step follows this one), the next batch sampled, gathered
-    /// and staged; then the step finished by `finish`, whatever staging did (its error comes first).
+    /// A step on the batch at `indices` of `data` (staged first unless `staged`) queued by `queue`;
+    /// while it runs, when `next` gives the sampler (a step follows this one), the next batch sampled
+    /// and its part in `shard` gathered and staged ([`stage_next`](Self::stage_next)); then the step
+    /// finished by `finish`, whatever staging did (its error comes first).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn overlapped<T>(
         &mut self,
         dev: &mut dyn DeviceTraining<M>,
-        train: &Dataset<M::Input>,
+        data: &Dataset<M::Input>,
         (indices, staged): (&[usize], bool),
         next: Option<(&mut Sampler, &mut dyn RngCore)>,
+        shard: Option<Range<usize>>,
         queue: impl FnOnce(&mut dyn DeviceTraining<M>) -> std::result::Result<(), DeviceError>,
         finish: impl FnOnce(&mut dyn DeviceTraining<M>) -> std::result::Result<T, DeviceError>,
     ) -> std::result::Result<T, DeviceError> {
         let (inputs, labels) = &mut self.batch;
         if !staged {
-            train.gather(indices, inputs, labels);
+            data.gather(indices, inputs, labels);
             dev.stage_batch(inputs, labels, indices.len())?;
         }
         queue(&mut *dev)?;
-        let staging = self.stage_next(dev, train, next, None);
+        let staging = self.stage_next(dev, data, next, shard);
         finish(dev).and_then(|outcome| staging.map(|()| outcome))
     }
 
@@ -135,7 +139,7 @@ impl<M: DpModel> DeviceSteps<M> {
     /// batch sampled, its indices kept for [`take_batch`](Self::take_batch), and the examples of it
     /// in `shard` (a distributed rank's, as indices into `data`; every one without) gathered from
     /// `data` and staged.
-    pub(crate) fn stage_next(
+    fn stage_next(
         &mut self,
         dev: &mut dyn DeviceTraining<M>,
         data: &Dataset<M::Input>,
