@@ -11,121 +11,21 @@
 // links).
 #![allow(rustdoc::private_intra_doc_links)]
 
-use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::sys::CUdeviceptr;
-use cudarc::driver::{result as drv, CudaFunction, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{result as drv, CudaFunction, LaunchConfig, PushKernelArg};
 use dp_kernels::activation::Activation;
 use dp_runtime::device::{
     BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, LeadingDims,
-    LstmBackwardStep, LstmDims, LstmForwardStep, Operands, PatchDims, Pool2dGeometry, Precision, Region,
-    RowScale, Span, Stored,
+    LstmBackwardStep, LstmDims, LstmForwardStep, PatchDims, Pool2dGeometry, Precision, RowScale, Span,
 };
 
 use crate::dense::activation_code;
-use crate::device::{driver, Gpu};
-use crate::error::Result;
+use crate::device::Gpu;
 
-/// The regions of [`Region`], one allocation each (`Tokens` holds `u32` ids in an allocation of
-/// 32-bit values, copied in bit for bit).
-pub struct RegionMemory {
-    slices: [CudaSlice<f32>; REGIONS],
-    ptrs: [CUdeviceptr; REGIONS],
-}
+mod memory;
+mod products;
 
-const REGIONS: usize = 9;
-
-/// A region's slot in [`RegionMemory`].
-fn slot(region: Region) -> usize {
-    match region {
-        Region::Params => 0,
-        Region::Grad => 1,
-        Region::Arena => 2,
-        Region::Inputs => 3,
-        Region::Labels => 4,
-        Region::Losses => 5,
-        Region::SqNorms => 6,
-        Region::Factors => 7,
-        Region::Tokens => 8,
-    }
-}
-
-impl std::fmt::Debug for RegionMemory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegionMemory").field("lens", &self.slices.each_ref().map(|s| s.len())).finish()
-    }
-}
-
-impl RegionMemory {
-    /// Allocates every region with `lens(region)` values, zeroed.
-    pub fn new(gpu: &Gpu, lens: impl Fn(Region) -> usize) -> Result<Self> {
-        let regions = [
-            Region::Params,
-            Region::Grad,
-            Region::Arena,
-            Region::Inputs,
-            Region::Labels,
-            Region::Losses,
-            Region::SqNorms,
-            Region::Factors,
-            Region::Tokens,
-        ];
-        let mut slices = Vec::with_capacity(REGIONS);
-        for r in regions {
-            debug_assert_eq!(slot(r), slices.len());
-            // One value at least, so that every region has a valid base pointer.
-            slices
-                .push(gpu.stream.alloc_zeros::<f32>(lens(r).max(1)).map_err(driver("allocating a region"))?);
-        }
-        let slices: [CudaSlice<f32>; REGIONS] = slices.try_into().expect("one slice per region");
-        let ptrs = slices.each_ref().map(|s| s.device_ptr(&gpu.stream).0);
-        Ok(RegionMemory { slices, ptrs })
-    }
-
-    /// A region's allocation.
-    pub fn slice(&self, region: Region) -> &CudaSlice<f32> {
-        &self.slices[slot(region)]
-    }
-
-    /// A region's allocation, to copy into.
-    pub fn slice_mut(&mut self, region: Region) -> &mut CudaSlice<f32> {
-        &mut self.slices[slot(region)]
-    }
-
-    /// Copies `values` into the start of a region (set-up and tests; a step copies through
-    /// [`RegionMemory::slice_mut`]).
-    pub fn upload(&mut self, gpu: &Gpu, region: Region, values: &[f32]) -> Result<()> {
-        let slice = &mut self.slices[slot(region)];
-        if values.len() > slice.len() {
-            return Err(crate::CudaError::Mismatch(format!(
-                "{} values into {region:?} of {}",
-                values.len(),
-                slice.len()
-            )));
-        }
-        let mut view = slice.slice_mut(..values.len());
-        gpu.stream.memcpy_htod(values, &mut view).map_err(driver("copying into a region"))
-    }
-
-    /// A region's whole contents, copied back after the work queued before.
-    pub fn download(&self, gpu: &Gpu, region: Region) -> Result<Vec<f32>> {
-        gpu.stream.clone_dtoh(&self.slices[slot(region)]).map_err(driver("copying a region back"))
-    }
-
-    /// The device address of a span, after checking that it lies inside its region.
-    pub(crate) fn ptr(&self, s: Span) -> std::result::Result<CUdeviceptr, DeviceError> {
-        match s.stored {
-            // Every buffer is f32 on the GPU in both precisions: its kernels read and write f32, and
-            // in bf16 only the products round (docs/GPU.md, "bf16 storage"). A span stored in the
-            // precision is therefore an f32 span here.
-            Stored::F32 | Stored::OfPrecision => {}
-        }
-        let len = self.slices[slot(s.region)].len();
-        if s.offset + s.len > len {
-            return Err(DeviceError::Mismatch(format!("{s:?} outside a region of {len}")));
-        }
-        Ok(self.ptrs[slot(s.region)] + (s.offset * std::mem::size_of::<f32>()) as CUdeviceptr)
-    }
-}
+pub use memory::{Addresses, RegionMemory, ValueType, BF16_STORED, BF16_TAG};
 
 /// The primitives of [`DeviceOps`] on `gpu` over `memory`.
 pub struct GpuOps<'a> {
@@ -133,21 +33,6 @@ pub struct GpuOps<'a> {
     pub memory: &'a RegionMemory,
     /// The precision of the products marked [`Operands::OfPrecision`].
     pub precision: Precision,
-}
-
-impl GpuOps<'_> {
-    /// The reduced-precision compute type of a product that may round its operands in bf16: bf16
-    /// tensor-core products accumulated in f32 (`CUBLAS_COMPUTE_32F_FAST_16BF`: cuBLAS converts the
-    /// f32 operands itself; its rounding is not specified to be the CPU's round-to-nearest-even bit for
-    /// bit, hence the bf16 GPU tests' tolerance). `None`: the f32 product.
-    pub(super) fn reduced_compute(&self, g: &Gemm) -> Option<blas_sys::cublasComputeType_t> {
-        match (self.precision, g.operands) {
-            (Precision::Bf16, Operands::OfPrecision) => {
-                Some(blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF)
-            }
-            (Precision::F32, _) | (Precision::Bf16, Operands::F32) => None,
-        }
-    }
 }
 
 fn backend(during: &str) -> impl FnOnce(String) -> DeviceError + '_ {
@@ -275,113 +160,6 @@ mod norm_ops;
 mod sequence_ops;
 mod transformer_ops;
 
-/// cuBLAS's operation for an operand stored transposed or not.
-fn op(transposed: bool) -> blas_sys::cublasOperation_t {
-    if transposed {
-        blas_sys::cublasOperation_t::CUBLAS_OP_T
-    } else {
-        blas_sys::cublasOperation_t::CUBLAS_OP_N
-    }
-}
-
-/// A row-major product `C = op(A)·op(B)` as the column-major one cuBLAS computes, `Cᵀ = op(B)ᵀ·op(A)ᵀ`:
-/// B first, each operand's leading dimension the row length it is stored with (at least 1, as cuBLAS
-/// requires even when k = 0), no copy made. Both `cublasSgemm` and its strided batch take these.
-pub(super) struct ColumnMajor {
-    pub(super) op_b: blas_sys::cublasOperation_t,
-    pub(super) op_a: blas_sys::cublasOperation_t,
-    /// cuBLAS's m, n, k: the row-major n, m, k.
-    pub(super) dims: [i32; 3],
-    pub(super) ldb: i32,
-    pub(super) lda: i32,
-    /// C's leading dimension: its row length.
-    pub(super) ldc: i32,
-    pub(super) alpha: f32,
-    /// 0 (overwrite) or 1 (accumulate).
-    pub(super) beta: f32,
-}
-
-impl ColumnMajor {
-    pub(super) fn of(g: &Gemm) -> std::result::Result<Self, DeviceError> {
-        let ldb = if g.b_transposed { g.k } else { g.n }.max(1);
-        let lda = if g.a_transposed { g.m } else { g.k }.max(1);
-        Ok(ColumnMajor {
-            op_b: op(g.b_transposed),
-            op_a: op(g.a_transposed),
-            dims: [int(g.n)?, int(g.m)?, int(g.k)?],
-            ldb: int(ldb)?,
-            lda: int(lda)?,
-            ldc: int(g.n)?,
-            alpha: 1.0,
-            beta: if g.accumulate { 1.0 } else { 0.0 },
-        })
-    }
-}
-
-/// One product ([`DeviceOps::gemm`]): `cublasSgemm` in f32 (the path that ran on the H200), or
-/// `cublasGemmEx` on the same f32 matrices with bf16 tensor-core compute where
-/// [`GpuOps::reduced_compute`] gives one.
-fn gemm_one(ops: &GpuOps<'_>, g: Gemm) -> std::result::Result<(), DeviceError> {
-    g.check()?;
-    if g.m == 0 || g.n == 0 {
-        return Ok(());
-    }
-    let (a, b, c) = (ops.memory.ptr(g.a)?, ops.memory.ptr(g.b)?, ops.memory.ptr(g.c)?);
-    let cm = ColumnMajor::of(&g)?;
-    let [m, n, k] = cm.dims;
-    let handle = *ops.gpu.blas.handle();
-    let Some(compute) = ops.reduced_compute(&g) else {
-        // SAFETY: the addresses lie in their regions with the lengths `check` verified; cuBLAS runs
-        // on the GPU's stream, like every other launch.
-        return unsafe {
-            blas::sgemm(
-                handle,
-                cm.op_b,
-                cm.op_a,
-                m,
-                n,
-                k,
-                &cm.alpha,
-                b as *const f32,
-                cm.ldb,
-                a as *const f32,
-                cm.lda,
-                &cm.beta,
-                c as *mut f32,
-                cm.ldc,
-            )
-        }
-        .map_err(|e| DeviceError::Backend(format!("cublasSgemm: {e}")));
-    };
-    let f32_type = blas_sys::cudaDataType::CUDA_R_32F;
-    // SAFETY: as above, each operand an f32 matrix as the data types say; alpha and beta are f32, as
-    // an f32-accumulating compute type requires.
-    unsafe {
-        blas::gemm_ex(
-            handle,
-            cm.op_b,
-            cm.op_a,
-            m,
-            n,
-            k,
-            (&cm.alpha as *const f32).cast(),
-            b as *const std::ffi::c_void,
-            f32_type,
-            cm.ldb,
-            a as *const std::ffi::c_void,
-            f32_type,
-            cm.lda,
-            (&cm.beta as *const f32).cast(),
-            c as *mut std::ffi::c_void,
-            f32_type,
-            cm.ldc,
-            compute,
-            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
-    }
-    .map_err(|e| DeviceError::Backend(format!("cublasGemmEx: {e}")))
-}
-
 impl GpuOps<'_> {
     /// Queues `*count += ` the number of non-finite values of `span` (`count` a device address).
     pub fn count_non_finite(&self, span: Span, count: CUdeviceptr) -> std::result::Result<(), DeviceError> {
@@ -392,7 +170,7 @@ impl GpuOps<'_> {
 
 impl DeviceOps for GpuOps<'_> {
     fn gemm(&mut self, g: Gemm) -> std::result::Result<(), DeviceError> {
-        gemm_one(self, g)
+        products::gemm(self, g)
     }
 
     fn bias_activation(
@@ -658,7 +436,7 @@ impl DeviceOps for GpuOps<'_> {
     }
 
     fn gemm_batched(&mut self, g: BatchedGemm) -> std::result::Result<(), DeviceError> {
-        conv_ops::gemm_batched(self, g)
+        products::gemm_batched(self, g)
     }
 
     fn im2col(
@@ -948,7 +726,7 @@ impl DeviceOps for GpuOps<'_> {
     }
 
     fn gemm_batched_rows(&mut self, g: BatchedGemm, ld: LeadingDims) -> std::result::Result<(), DeviceError> {
-        attention_ops::gemm_batched_rows(self, g, ld)
+        products::gemm_batched_rows(self, g, ld)
     }
 
     fn attention_softmax(

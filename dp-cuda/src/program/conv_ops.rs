@@ -3,12 +3,11 @@
 //! through `kernels/conv.cu`. Each checks its spans against the shapes (and, through
 //! [`RegionMemory::ptr`](super::RegionMemory::ptr), against their regions) before it queues anything.
 
-use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use dp_kernels::activation::Activation;
-use dp_runtime::device::{check_group, BatchedGemm, Conv2dGeometry, DeviceError, Gemm, Pool2dGeometry, Span};
+use dp_runtime::device::{check_group, Conv2dGeometry, DeviceError, Pool2dGeometry, Span};
 
-use super::{backend, elementwise, int, k, ColumnMajor, GpuOps};
+use super::{backend, elementwise, k, GpuOps};
 use crate::dense::activation_code;
 
 type Outcome = std::result::Result<(), DeviceError>;
@@ -108,103 +107,6 @@ fn per_block(items: usize) -> LaunchConfig {
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     }
-}
-
-/// A strided batch of products: one `cublasSgemmStridedBatched` (or its bf16 `Ex` form) with `gemm`'s
-/// row-major trick, or, where the batch's outputs overlap (a shared `c`, stride below `m·n`), one
-/// product per example in batch order, so that the products accumulate into it one after another
-/// instead of racing.
-pub(super) fn gemm_batched(ops: &GpuOps<'_>, bg: BatchedGemm) -> Outcome {
-    bg.check()?;
-    let g = bg.gemm;
-    if g.m == 0 || g.n == 0 {
-        return Ok(());
-    }
-    if bg.batch > 1 && bg.stride_c < g.m * g.n {
-        for b in 0..bg.batch {
-            let product = Gemm {
-                a: g.a.sub(b * bg.stride_a, g.m * g.k),
-                b: g.b.sub(b * bg.stride_b, g.k * g.n),
-                c: g.c.sub(b * bg.stride_c, g.m * g.n),
-                ..g
-            };
-            super::gemm_one(ops, product)?;
-        }
-        return Ok(());
-    }
-    strided_batched(ops, &bg, &ColumnMajor::of(&g)?)
-}
-
-/// One `cublasSgemmStridedBatched` (or its bf16 `Ex` form) of `bg` with the operands' layouts `cm`,
-/// the batch already checked against its spans and its outputs not overlapping.
-pub(super) fn strided_batched(ops: &GpuOps<'_>, bg: &BatchedGemm, cm: &ColumnMajor) -> Outcome {
-    let g = bg.gemm;
-    let (a, b, c) = (ops.memory.ptr(g.a)?, ops.memory.ptr(g.b)?, ops.memory.ptr(g.c)?);
-    let [m, n, k] = cm.dims;
-    let stride = |s: usize| {
-        i64::try_from(s).map_err(|_| DeviceError::Mismatch(format!("a batch stride of {s} values")))
-    };
-    let handle = *ops.gpu.blas.handle();
-    let (stride_a, stride_b, stride_c) = (stride(bg.stride_a)?, stride(bg.stride_b)?, stride(bg.stride_c)?);
-    let Some(compute) = ops.reduced_compute(&g) else {
-        // SAFETY: the addresses lie in their regions, and `check` verified that each span holds every
-        // operand of the batch at its stride; the outputs do not overlap (stride_c ≥ m·n or one
-        // product). cuBLAS runs on the GPU's stream, like every other launch.
-        return unsafe {
-            blas::sgemm_strided_batched(
-                handle,
-                cm.op_b,
-                cm.op_a,
-                m,
-                n,
-                k,
-                &cm.alpha,
-                b as *const f32,
-                cm.ldb,
-                stride_b,
-                a as *const f32,
-                cm.lda,
-                stride_a,
-                &cm.beta,
-                c as *mut f32,
-                cm.ldc,
-                stride_c,
-                int(bg.batch)?,
-            )
-        }
-        .map_err(|e| DeviceError::Backend(format!("cublasSgemmStridedBatched: {e}")));
-    };
-    let f32_type = blas_sys::cudaDataType::CUDA_R_32F;
-    // SAFETY: as above, each operand an f32 matrix as the data types say; alpha and beta are f32, as
-    // an f32-accumulating compute type requires.
-    unsafe {
-        blas::gemm_strided_batched_ex(
-            handle,
-            cm.op_b,
-            cm.op_a,
-            m,
-            n,
-            k,
-            (&cm.alpha as *const f32).cast(),
-            b as *const std::ffi::c_void,
-            f32_type,
-            cm.ldb,
-            stride_b,
-            a as *const std::ffi::c_void,
-            f32_type,
-            cm.lda,
-            stride_a,
-            (&cm.beta as *const f32).cast(),
-            c as *mut std::ffi::c_void,
-            f32_type,
-            cm.ldc,
-            stride_c,
-            int(bg.batch)?,
-            compute,
-            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
-    }
-    .map_err(|e| DeviceError::Backend(format!("cublasGemmStridedBatchedEx: {e}")))
 }
 
 pub(super) fn im2col(ops: &GpuOps<'_>, x: Span, geom: &Conv2dGeometry, n: usize, cols: Span) -> Outcome {
