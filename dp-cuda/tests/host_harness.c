@@ -41,7 +41,10 @@
  *     the ranges' offsets, lengths and groups (RANGES u64 each), the clipped sum (LEN f32); out the
  *     average (LEN f32), the squared norms and factors (GROUPS f32 each), the invalid count (u32) and
  *     the clipped sum after the example (LEN f32): views.cu's functions with one sequential sum per
- *     range, clip.cu's factors. */
+ *     range, clip.cu's factors.
+ *   store LEN: in LEN f32; out them as a buffer stores them (bf16 with DP_HARNESS_BF16=1: rounded by
+ *     common.cuh's dp_bf16_bits, widened back).
+ * DP_HARNESS_BF16 holds an operation's buffers in bf16 (see harness_buffer below). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +72,61 @@ static void *read_stdin(size_t bytes) {
         exit(2);
     }
     return buffer;
+}
+
+/* bf16 storage (docs/GPU.md, "bf16 storage"): an operation's buffers that a device program may store
+ * in bf16 are harness_buffers. DP_HARNESS_BF16 (a number, 0 when unset) says which are held in bf16:
+ * bit k for the k-th buffer the operation makes (with buffer_in or buffer_new, in that order). A bf16
+ * buffer holds the bf16 bits of its values (rounded on the way in, dp_bf16_bits, as the GPU's bf16
+ * store holds them), and the kernel functions reach it through its tagged address (dp_values), as on
+ * the GPU. Its values go out widened to f32. */
+typedef struct {
+    void *data;
+    dp_u64 n;
+    int bf16;
+} harness_buffer;
+
+static unsigned long harness_bf16_bits(void) {
+    const char *mask = getenv("DP_HARNESS_BF16");
+    return mask ? strtoul(mask, NULL, 10) : 0;
+}
+
+static unsigned harness_buffers_made;
+
+/* The buffer's address as a kernel gets it (bit 0 set for bf16). */
+static dp_values buffer_values(harness_buffer b) { return (dp_values)(uintptr_t)b.data | (dp_values)b.bf16; }
+
+/* A buffer of n values, zero, of the type of the next bit of DP_HARNESS_BF16. */
+static harness_buffer buffer_new(dp_u64 n) {
+    harness_buffer b;
+    b.n = n;
+    b.bf16 = (int)((harness_bf16_bits() >> harness_buffers_made++) & 1u);
+    b.data = calloc(n ? n : 1, b.bf16 ? 2 : 4);
+    return b;
+}
+
+/* A buffer of n values read from stdin as f32, held in the type of the next bit of DP_HARNESS_BF16. */
+static harness_buffer buffer_in(dp_u64 n) {
+    harness_buffer b = buffer_new(n);
+    float *values = read_stdin(n * 4);
+    for (dp_u64 i = 0; i < n; i++) dp_set(buffer_values(b), i, values[i]);
+    free(values);
+    return b;
+}
+
+/* Writes the buffer's values to stdout as f32. */
+static void buffer_out(harness_buffer b) {
+    for (dp_u64 i = 0; i < b.n; i++) {
+        float v = dp_get(buffer_values(b), i);
+        fwrite(&v, 4, 1, stdout);
+    }
+}
+
+/* store LEN: in LEN f32; out the values as a buffer of DP_HARNESS_BF16's type stores them. */
+static int store(char **argv) {
+    harness_buffer b = buffer_in(strtoull(argv[0], NULL, 10));
+    buffer_out(b);
+    return 0;
 }
 
 static int clip(char **argv) {
@@ -427,6 +485,7 @@ int main(int argc, char **argv) {
     if (argc >= 8 && strcmp(argv[1], "patches") == 0) return transformer(argv[1], argv + 2);
     if (argc >= 4 && strcmp(argv[1], "addscaled") == 0) return transformer(argv[1], argv + 2);
     if (argc >= 8 && strcmp(argv[1], "views") == 0) return views_example(argv + 2);
+    if (argc >= 3 && strcmp(argv[1], "store") == 0) return store(argv + 2);
     fprintf(stderr, "usage: see the comment at the top of host_harness.c\n");
     return 2;
 }

@@ -164,12 +164,64 @@ fn noise_equals_the_cpu(exe: &std::path::Path, lens: &[usize]) -> (u64, u64) {
 
 /// Runs the harness with `args`, `input` on stdin; its stdout.
 fn run(exe: &std::path::Path, args: &[String], input: &[u8]) -> Vec<u8> {
-    let mut child =
-        Command::new(exe).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    run_stored(exe, args, input, 0)
+}
+
+/// Runs the harness with `args`, `input` on stdin, the operation's buffers whose bits are set in
+/// `bf16` held in bf16 (`DP_HARNESS_BF16`, host_harness.c's `harness_buffer`); its stdout.
+fn run_stored(exe: &std::path::Path, args: &[String], input: &[u8], bf16: u32) -> Vec<u8> {
+    let mut child = Command::new(exe)
+        .args(args)
+        .env("DP_HARNESS_BF16", bf16.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(input).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "harness {args:?} failed");
+    assert!(out.status.success(), "harness {args:?} (bf16 buffers {bf16:#b}) failed");
     out.stdout
+}
+
+/// A buffer stored in bf16 holds exactly what the host reference's bf16 store holds
+/// (`round_to_bf16`, dp-kernels' bf16 bits): ties to even both ways, the largest finite values
+/// (rounding to infinity or not), infinities, subnormals flushed to a zero of their sign, NaNs of
+/// both signs and payloads kept NaN with their sign and the quiet bit; and an f32 buffer holds the
+/// values unchanged.
+#[test]
+fn a_bf16_buffer_stores_values_as_the_host_reference_rounds_them_bit_for_bit() {
+    let Some(exe) = harness() else { return };
+    let mut bits: Vec<u32> = vec![
+        0x3f80_8000, // 1 + 2^-8: a tie, to even (down)
+        0x3f81_8000, // a tie, to even (up)
+        0x3f80_8001,
+        0x3f80_7fff,
+        0x7f7f_ffff, // f32::MAX rounds to infinity
+        0x7f7f_7fff,
+        0x7f80_0000,
+        0xff80_0000,
+        0x0000_0001, // subnormals
+        0x8000_0001,
+        0x007f_ffff,
+        0x0080_0000, // the smallest normal
+        0x7fc0_0000,
+        0xffc0_0001,
+        0x7f80_0001, // a signalling NaN with a low payload
+        0xff81_2345,
+        0x0000_0000,
+        0x8000_0000,
+    ];
+    bits.extend(values(41, 4_000).map(|u| (u * f64::from(u32::MAX)) as u32));
+    let xs: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+    let input: Vec<u8> = xs.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let args = vec!["store".to_string(), xs.len().to_string()];
+    let stored = f32s(&run_stored(&exe, &args, &input, 1));
+    let as_f32 = f32s(&run_stored(&exe, &args, &input, 0));
+    for ((x, s), f) in xs.iter().zip(&stored).zip(&as_f32) {
+        let expected = dp_kernels::gemm_bf16::round_to_bf16(*x);
+        assert_eq!(s.to_bits(), expected.to_bits(), "{:#010x} stored as {:#010x}", x.to_bits(), s.to_bits());
+        assert_eq!(f.to_bits(), x.to_bits(), "an f32 buffer changed {:#010x}", x.to_bits());
+    }
 }
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
@@ -1165,3 +1217,14 @@ fn device_views_arithmetic_equals_the_cpus_bit_for_bit() {
     }
     assert!(clipped_some, "no example was clipped");
 }
+
+// bf16 storage (docs/GPU.md, "bf16 storage"): each kernel file's operations with their buffers held
+// in bf16, against the host reference storing in bf16.
+#[path = "kernels_on_host/attention_transformer_bf16.rs"]
+mod attention_transformer_bf16;
+#[path = "kernels_on_host/conv_bf16.rs"]
+mod conv_bf16;
+#[path = "kernels_on_host/dense_bf16.rs"]
+mod dense_bf16;
+#[path = "kernels_on_host/norm_sequence_lstm_bf16.rs"]
+mod norm_sequence_lstm_bf16;
