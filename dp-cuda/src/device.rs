@@ -16,7 +16,9 @@ use dp_runtime::noise::gaussian::ziggurat_tables;
 
 use crate::error::{CudaError, Result};
 use crate::noise::{key_words, NoiseLaunch, THREADS};
-use crate::{attention, clip, conv, dense, lstm, noise, norm, sequence, source, transformer, update, views};
+use crate::{
+    attention, clip, conv, dense, lstm, noise, norm, sequence, source, storage, transformer, update, views,
+};
 use cudarc::cublas::CudaBlas;
 
 /// How to get the driver when it is missing.
@@ -57,6 +59,8 @@ pub struct Gpu {
     pub(crate) ema_fold: CudaFunction,
     /// `kernels/views.cu`, in the order of [`views::ENTRIES`].
     pub(crate) views: Vec<CudaFunction>,
+    /// `kernels/storage.cu`'s conversion between a span's f32 and bf16 slots.
+    pub(crate) convert: CudaFunction,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -137,6 +141,9 @@ impl Gpu {
         let lstm = load("lstm.cu", lstm::SOURCE, lstm::ENTRIES)?;
         let transformer = load("transformer.cu", transformer::SOURCE, transformer::ENTRIES)?;
         let views = load("views.cu", views::SOURCE, views::ENTRIES)?;
+        let Some(convert) = load("storage.cu", storage::SOURCE, storage::ENTRIES)?.into_iter().next() else {
+            unreachable!("each load returns one function per entry");
+        };
         // SAFETY: only tries to open the library by its candidate names.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(CudaError::LibraryMissing { library: "libcublas.so.12", hint: CUBLAS_HINT });
@@ -167,6 +174,7 @@ impl Gpu {
             adam_update,
             ema_fold,
             views,
+            convert,
         })
     }
 

@@ -5,7 +5,8 @@
 //! The model-independent kernels of a private step, each value for value its CPU counterpart in
 //! dp-runtime: the noise ([`noise`], the chunked ChaCha20 ziggurat), the clip factors ([`clip`]) and the
 //! noisy SGD or Adam update and the moving average of the parameters ([`update`]), augmentation
-//! multiplicity's per-example average, norms and clipped sum ([`views`], not yet run on a GPU); the launches of a model's device program other than products
+//! multiplicity's per-example average, norms and clipped sum ([`views`], not yet run on a GPU), the
+//! conversions of bf16 storage ([`storage`], not yet run on a GPU); the launches of a model's device program other than products
 //! ([`dense`], [`conv`], [`norm`], [`sequence`], [`lstm`], [`attention`], [`transformer`]); [`program::GpuOps`], the runtime's `DeviceOps` on a GPU;
 //! [`trainer::GpuModel`], a model's training state on the GPU, which the `Trainer` steps
 //! (`DeviceTraining`). [`device::Gpu`] opens a device and loads everything. Ran on an NVIDIA H200
@@ -26,6 +27,7 @@ pub mod nvrtc;
 pub mod program;
 pub mod sequence;
 pub mod staging;
+pub mod storage;
 pub mod trainer;
 pub mod transformer;
 pub mod update;
@@ -65,6 +67,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile { name: "attention.cu", text: attention::SOURCE, entries: attention::ENTRIES },
     KernelFile { name: "transformer.cu", text: transformer::SOURCE, entries: transformer::ENTRIES },
     KernelFile { name: "views.cu", text: views::SOURCE, entries: views::ENTRIES },
+    KernelFile { name: "storage.cu", text: storage::SOURCE, entries: storage::ENTRIES },
 ];
 
 /// One kernel source file.

@@ -91,9 +91,13 @@ pub struct Addresses {
 }
 
 impl Addresses {
-    /// Regions at the f32 bases `f32` with `lens` values each, no bf16 store.
-    pub fn new(f32: [CUdeviceptr; REGIONS], lens: [usize; REGIONS]) -> Self {
-        Addresses { f32, lens, bf16: [None; REGIONS] }
+    /// Each region at the f32 base and with the number of values `region` gives, no bf16 store.
+    pub fn new(region: impl Fn(Region) -> (CUdeviceptr, usize)) -> Self {
+        let mut addresses = Addresses { f32: [0; REGIONS], lens: [0; REGIONS], bf16: [None; REGIONS] };
+        for r in ALL {
+            (addresses.f32[slot(r)], addresses.lens[slot(r)]) = region(r);
+        }
+        addresses
     }
 
     /// Stores the regions of [`BF16_STORED`] in bf16 at `bases` (in that order), or nothing in bf16.
@@ -187,10 +191,10 @@ impl RegionMemory {
                 .push(gpu.stream.alloc_zeros::<f32>(lens(r).max(1)).map_err(driver("allocating a region"))?);
         }
         let slices: [CudaSlice<f32>; REGIONS] = slices.try_into().expect("one slice per region");
-        let addresses = Addresses::new(
-            slices.each_ref().map(|s| s.device_ptr(&gpu.stream).0),
-            slices.each_ref().map(|s| s.len()),
-        );
+        let addresses = Addresses::new(|r| {
+            let s = &slices[slot(r)];
+            (s.device_ptr(&gpu.stream).0, s.len())
+        });
         Ok(RegionMemory { slices, bf16: None, addresses })
     }
 
@@ -278,5 +282,74 @@ impl RegionMemory {
     /// ([`Addresses::values`]).
     pub(crate) fn values(&self, s: Span) -> std::result::Result<CUdeviceptr, DeviceError> {
         self.addresses.values(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regions of 1,000 values at bases 1 MiB apart (the arena at 3 MiB), and, storing in bf16, the
+    /// bf16 stores of the arena, parameters and batch at 16, 17 and 18 MiB.
+    fn addresses(storing_bf16: bool) -> Addresses {
+        let mib = 1 << 20;
+        let mut a = Addresses::new(|r| ((slot(r) as CUdeviceptr + 1) * mib, 1_000));
+        if storing_bf16 {
+            a.store_bf16(Some([16 * mib, 17 * mib, 18 * mib]));
+        }
+        a
+    }
+
+    #[test]
+    fn an_arena_span_of_the_precision_lives_in_the_bf16_store_only_while_storing_in_bf16() {
+        let s = Span::new(Region::Arena, 10, 5).of_precision();
+        let f32_only = addresses(false);
+        assert_eq!(f32_only.stored_type(s).unwrap(), ValueType::F32);
+        assert_eq!(f32_only.values(s).unwrap(), (3 << 20) + 40);
+        assert_eq!(f32_only.ptr(s).unwrap(), (3 << 20) + 40);
+
+        let storing = addresses(true);
+        assert_eq!(storing.stored_type(s).unwrap(), ValueType::Bf16);
+        // The bf16 store's address, 2 bytes a value, tagged.
+        assert_eq!(storing.values(s).unwrap(), (16 << 20) + 20 + BF16_TAG);
+        assert!(storing.ptr(s).is_err(), "an f32-only kernel must not get a bf16 span");
+        // Its f32 slot, where a product converts it, is the f32 arena's.
+        assert_eq!(storing.address(s, ValueType::F32).unwrap(), (3 << 20) + 40);
+    }
+
+    #[test]
+    fn f32_spans_stay_f32_and_untagged_while_storing_in_bf16() {
+        let storing = addresses(true);
+        for s in
+            [Span::new(Region::Arena, 10, 5), Span::new(Region::Params, 0, 7), Span::new(Region::Grad, 3, 2)]
+        {
+            assert_eq!(storing.stored_type(s).unwrap(), ValueType::F32);
+            assert_eq!(storing.values(s).unwrap() & BF16_TAG, 0);
+            assert_eq!(storing.values(s).unwrap(), storing.ptr(s).unwrap());
+        }
+        // The parameters and the batch have bf16 slots (a product converts them there); the gradient
+        // has none.
+        let params = Span::new(Region::Params, 4, 2);
+        assert_eq!(storing.tagged(params, ValueType::Bf16).unwrap(), (17 << 20) + 8 + BF16_TAG);
+        assert_eq!(
+            storing.address(Span::new(Region::Inputs, 1, 1), ValueType::Bf16).unwrap(),
+            (18 << 20) + 2
+        );
+        assert!(storing.address(Span::new(Region::Grad, 0, 1), ValueType::Bf16).is_err());
+        assert!(
+            addresses(false).address(params, ValueType::Bf16).is_err(),
+            "no bf16 store while storing f32"
+        );
+    }
+
+    #[test]
+    fn a_span_outside_its_region_or_marked_outside_the_arena_is_refused() {
+        for storing in [false, true] {
+            let a = addresses(storing);
+            assert!(a.values(Span::new(Region::Arena, 999, 2)).is_err());
+            assert!(a.ptr(Span::new(Region::Params, 1_000, 1)).is_err());
+            assert!(a.values(Span::new(Region::Params, 0, 1).of_precision()).is_err());
+            assert!(a.values(Span::new(Region::Arena, 0, 1_000)).is_ok());
+        }
     }
 }

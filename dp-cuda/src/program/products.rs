@@ -1,28 +1,30 @@
 //! The products of a device program on a GPU ([`DeviceOps::gemm`](dp_runtime::device::DeviceOps::gemm),
 //! `gemm_batched`, `gemm_batched_rows`) through cuBLAS: row-major operands as the transposed
 //! column-major ones cuBLAS reads, so no copy is made.
+//!
+//! Each product runs by a [`ProductPlan`] made from its precision, its mark and the types its spans
+//! are stored in:
+//! - storing every buffer in f32 (f32, or bf16 products only): `cublasSgemm` (the path that ran on
+//!   the H200), or in bf16 `cublasGemmEx` on the f32 matrices with `CUBLAS_COMPUTE_32F_FAST_16BF`
+//!   (cuBLAS rounds the operands itself, by a rounding it does not specify);
+//! - storing in bf16 (docs/GPU.md, "bf16 storage"): cuBLAS wants A and B of one type, so an operand
+//!   stored in the other type is converted into its slot of that type first (`kernels/storage.cu`;
+//!   rounded as the host reference rounds, or widened exactly). A product in bf16, or one whose
+//!   operands are both stored in bf16 (their products are exact in f32), multiplies bf16 operands on
+//!   the tensor cores with f32 accumulation into C of its stored type; any other product is an f32
+//!   product, through C's f32 slot when C is stored in bf16, converted back after. This is the host
+//!   reference's arithmetic: bf16 products read operands rounded to bf16, f32 products the stored
+//!   values, and an output stored in bf16 is rounded once.
 
 use cudarc::cublas::{result as blas, sys as blas_sys};
-use dp_runtime::device::{BatchedGemm, DeviceError, Gemm, LeadingDims, Operands, Precision};
+use cudarc::driver::sys::CUdeviceptr;
+use cudarc::driver::PushKernelArg;
+use dp_runtime::device::{BatchedGemm, DeviceError, Gemm, LeadingDims, Operands, Precision, Span};
 
-use super::{int, GpuOps};
+use super::memory::{Addresses, ValueType};
+use super::{backend, elementwise, int, GpuOps};
 
 type Outcome = std::result::Result<(), DeviceError>;
-
-impl GpuOps<'_> {
-    /// The reduced-precision compute type of a product that may round its operands in bf16: bf16
-    /// tensor-core products accumulated in f32 (`CUBLAS_COMPUTE_32F_FAST_16BF`: cuBLAS converts the
-    /// f32 operands itself; its rounding is not specified to be the CPU's round-to-nearest-even bit for
-    /// bit, hence the bf16 GPU tests' tolerance). `None`: the f32 product.
-    fn reduced_compute(&self, g: &Gemm) -> Option<blas_sys::cublasComputeType_t> {
-        match (self.precision, g.operands) {
-            (Precision::Bf16, Operands::OfPrecision) => {
-                Some(blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF)
-            }
-            (Precision::F32, _) | (Precision::Bf16, Operands::F32) => None,
-        }
-    }
-}
 
 /// cuBLAS's operation for an operand stored transposed or not.
 fn op(transposed: bool) -> blas_sys::cublasOperation_t {
@@ -67,22 +69,188 @@ impl ColumnMajor {
     }
 }
 
-/// One product ([`DeviceOps::gemm`]): `cublasSgemm` in f32 (the path that ran on the H200), or
-/// `cublasGemmEx` on the same f32 matrices with bf16 tensor-core compute where
-/// [`GpuOps::reduced_compute`] gives one.
-pub(super) fn gemm(ops: &GpuOps<'_>, g: Gemm) -> std::result::Result<(), DeviceError> {
-    g.check()?;
-    if g.m == 0 || g.n == 0 {
-        return Ok(());
+/// How cuBLAS multiplies a product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compute {
+    /// `cublasSgemm`: f32 operands, f32 products.
+    F32,
+    /// `cublasGemmEx` on f32 operands with `CUBLAS_COMPUTE_32F_FAST_16BF`: cuBLAS rounds them to bf16.
+    RoundedByCublas,
+    /// `cublasGemmEx` on bf16 operands with `CUBLAS_COMPUTE_32F`: exact products, f32 accumulation.
+    Bf16Operands,
+}
+
+/// Where a product writes C.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// C's own slot, in the type it is stored in.
+    Stored(ValueType),
+    /// An f32 product into C's f32 slot, converted into its bf16 slot after (read from it first
+    /// when the product accumulates).
+    ThroughF32 { accumulate: bool },
+}
+
+/// How one product runs, from its spans' stored types ([`ProductPlan::of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProductPlan {
+    compute: Compute,
+    /// The type A and B are multiplied in (cuBLAS wants one for both).
+    operands: ValueType,
+    /// Whether A (B) is converted into its slot of type `operands` first.
+    convert_a: bool,
+    convert_b: bool,
+    output: Output,
+}
+
+impl ProductPlan {
+    /// The plan of a product that rounds its operands to bf16 or not (`bf16_product`), whose A, B and
+    /// C are stored in `a`, `b` and `c`, while every buffer is stored in f32 or not (`storing_bf16`).
+    fn of(storing_bf16: bool, bf16_product: bool, [a, b, c]: [ValueType; 3], accumulate: bool) -> Self {
+        use ValueType::{Bf16, F32};
+        if !storing_bf16 {
+            let compute = if bf16_product { Compute::RoundedByCublas } else { Compute::F32 };
+            return ProductPlan {
+                compute,
+                operands: F32,
+                convert_a: false,
+                convert_b: false,
+                output: Output::Stored(F32),
+            };
+        }
+        let operands = if bf16_product || (a == Bf16 && b == Bf16) { Bf16 } else { F32 };
+        let (compute, output) = match (operands, c) {
+            (Bf16, _) => (Compute::Bf16Operands, Output::Stored(c)),
+            (F32, F32) => (Compute::F32, Output::Stored(F32)),
+            (F32, Bf16) => (Compute::F32, Output::ThroughF32 { accumulate }),
+        };
+        ProductPlan { compute, operands, convert_a: a != operands, convert_b: b != operands, output }
     }
-    let (a, b, c) = (ops.memory.ptr(g.a)?, ops.memory.ptr(g.b)?, ops.memory.ptr(g.c)?);
-    let cm = ColumnMajor::of(&g)?;
+
+    /// The type cuBLAS writes C in.
+    fn c_type(&self) -> ValueType {
+        match self.output {
+            Output::Stored(t) => t,
+            Output::ThroughF32 { .. } => ValueType::F32,
+        }
+    }
+
+    /// Refuses a plan that would write over what it reads: a slot an operand is converted into, or
+    /// C's slots, overlapping another slot the product reads or writes in the same store (two
+    /// operands converted from one span write the same values, and pass). The compiler gives buffers
+    /// alive at once their own offsets, so this does not happen in a device program; if it did, the
+    /// product would be wrong, so it is an error rather than a risk.
+    fn check_slots(&self, g: &Gemm, addresses: &Addresses) -> std::result::Result<(), DeviceError> {
+        let stored = |s: Span| addresses.stored_type(s);
+        // (span, store, written by this product)
+        let mut slots = vec![
+            (g.a, if self.convert_a { self.operands } else { stored(g.a)? }, self.convert_a),
+            (g.b, if self.convert_b { self.operands } else { stored(g.b)? }, self.convert_b),
+            (g.c, self.c_type(), true),
+        ];
+        if let Output::ThroughF32 { .. } = self.output {
+            slots.push((g.c, ValueType::Bf16, true));
+        }
+        let overlap = |x: Span, y: Span| {
+            x.region == y.region && x.offset < y.offset + y.len && y.offset < x.offset + x.len
+        };
+        for (i, &(x, tx, x_written)) in slots.iter().enumerate() {
+            for (j, &(y, ty, y_written)) in slots.iter().enumerate().skip(i + 1) {
+                // A and B one span: the same values in the same slot, converted or not.
+                let one_operand = (i, j) == (0, 1) && x == y;
+                if (x_written || y_written) && tx == ty && overlap(x, y) && !one_operand {
+                    return Err(DeviceError::Mismatch(format!(
+                        "a product would write {x:?} or {y:?} over the other in its {tx:?} store"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Queues the conversion of `s` from its slot of type `from` into its slot of type `to`.
+fn convert(ops: &GpuOps<'_>, s: Span, from: ValueType, to: ValueType) -> Outcome {
+    let addresses = ops.memory.addresses();
+    let (src, dst, len) = (addresses.tagged(s, from)?, addresses.tagged(s, to)?, s.len as u64);
+    let mut builder = ops.gpu.stream.launch_builder(&ops.gpu.convert);
+    builder.arg(&src).arg(&dst).arg(&len);
+    // SAFETY: dp_convert(dp_values src, dp_values dst, dp_u64 len) of kernels/storage.cu: two tagged
+    // addresses of `s`'s slots, each checked to lie in its store, and their length.
+    unsafe { builder.launch(elementwise(s.len)) }
+        .map(|_| ())
+        .map_err(|e| backend("dp_convert")(e.to_string()))
+}
+
+/// A batch of products at strides of A, B and C (values), for the strided-batched calls.
+#[derive(Debug, Clone, Copy)]
+struct Strides {
+    a: i64,
+    b: i64,
+    c: i64,
+    count: i32,
+}
+
+/// Runs `g` (one product, or `strides` of them) with the operands' layouts `cm`, by its plan.
+fn product(ops: &GpuOps<'_>, g: &Gemm, cm: &ColumnMajor, strides: Option<Strides>) -> Outcome {
+    let addresses = ops.memory.addresses();
+    let types = [addresses.stored_type(g.a)?, addresses.stored_type(g.b)?, addresses.stored_type(g.c)?];
+    let bf16_product = match (ops.precision, g.operands) {
+        (Precision::Bf16, Operands::OfPrecision) => true,
+        (Precision::F32, _) | (Precision::Bf16, Operands::F32) => false,
+    };
+    let plan = ProductPlan::of(addresses.storing_bf16(), bf16_product, types, g.accumulate);
+    if addresses.storing_bf16() {
+        plan.check_slots(g, addresses)?;
+    }
+    if plan.convert_a {
+        convert(ops, g.a, types[0], plan.operands)?;
+    }
+    if plan.convert_b {
+        convert(ops, g.b, types[1], plan.operands)?;
+    }
+    if plan.output == (Output::ThroughF32 { accumulate: true }) {
+        convert(ops, g.c, ValueType::Bf16, ValueType::F32)?;
+    }
+    let a = addresses.address(g.a, plan.operands)?;
+    let b = addresses.address(g.b, plan.operands)?;
+    let c = addresses.address(g.c, plan.c_type())?;
+    cublas(ops, cm, strides, (a, b, c), &plan)?;
+    if let Output::ThroughF32 { .. } = plan.output {
+        convert(ops, g.c, ValueType::F32, ValueType::Bf16)?;
+    }
+    Ok(())
+}
+
+fn cuda_type(t: ValueType) -> blas_sys::cudaDataType {
+    match t {
+        ValueType::F32 => blas_sys::cudaDataType::CUDA_R_32F,
+        ValueType::Bf16 => blas_sys::cudaDataType::CUDA_R_16BF,
+    }
+}
+
+/// The cuBLAS call of `plan` on the addresses `(a, b, c)`.
+fn cublas(
+    ops: &GpuOps<'_>,
+    cm: &ColumnMajor,
+    strides: Option<Strides>,
+    (a, b, c): (CUdeviceptr, CUdeviceptr, CUdeviceptr),
+    plan: &ProductPlan,
+) -> Outcome {
     let [m, n, k] = cm.dims;
     let handle = *ops.gpu.blas.handle();
-    let Some(compute) = ops.reduced_compute(&g) else {
-        // SAFETY: the addresses lie in their regions with the lengths `check` verified; cuBLAS runs
-        // on the GPU's stream, like every other launch.
-        return unsafe {
+    let compute = match plan.compute {
+        Compute::F32 => None,
+        Compute::RoundedByCublas => Some(blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF),
+        Compute::Bf16Operands => Some(blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F),
+    };
+    let (operand_type, c_type) = (cuda_type(plan.operands), cuda_type(plan.c_type()));
+    let algo = blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT;
+    // SAFETY (every call below): the addresses lie in their stores with the lengths `check` verified
+    // for every product of the batch at its stride (the outputs do not overlap: stride_c ≥ m·n, or one
+    // product), each of the type the data types say (f32 for `sgemm`); alpha and beta are f32, as an
+    // f32-accumulating compute type requires. cuBLAS runs on the GPU's stream, like every other launch.
+    let outcome = match (compute, strides) {
+        (None, None) => unsafe {
             blas::sgemm(
                 handle,
                 cm.op_b,
@@ -100,38 +268,96 @@ pub(super) fn gemm(ops: &GpuOps<'_>, g: Gemm) -> std::result::Result<(), DeviceE
                 cm.ldc,
             )
         }
-        .map_err(|e| DeviceError::Backend(format!("cublasSgemm: {e}")));
+        .map_err(|e| format!("cublasSgemm: {e}")),
+        (None, Some(s)) => unsafe {
+            blas::sgemm_strided_batched(
+                handle,
+                cm.op_b,
+                cm.op_a,
+                m,
+                n,
+                k,
+                &cm.alpha,
+                b as *const f32,
+                cm.ldb,
+                s.b,
+                a as *const f32,
+                cm.lda,
+                s.a,
+                &cm.beta,
+                c as *mut f32,
+                cm.ldc,
+                s.c,
+                s.count,
+            )
+        }
+        .map_err(|e| format!("cublasSgemmStridedBatched: {e}")),
+        (Some(compute), None) => unsafe {
+            blas::gemm_ex(
+                handle,
+                cm.op_b,
+                cm.op_a,
+                m,
+                n,
+                k,
+                (&cm.alpha as *const f32).cast(),
+                b as *const std::ffi::c_void,
+                operand_type,
+                cm.ldb,
+                a as *const std::ffi::c_void,
+                operand_type,
+                cm.lda,
+                (&cm.beta as *const f32).cast(),
+                c as *mut std::ffi::c_void,
+                c_type,
+                cm.ldc,
+                compute,
+                algo,
+            )
+        }
+        .map_err(|e| format!("cublasGemmEx: {e}")),
+        (Some(compute), Some(s)) => unsafe {
+            blas::gemm_strided_batched_ex(
+                handle,
+                cm.op_b,
+                cm.op_a,
+                m,
+                n,
+                k,
+                (&cm.alpha as *const f32).cast(),
+                b as *const std::ffi::c_void,
+                operand_type,
+                cm.ldb,
+                s.b,
+                a as *const std::ffi::c_void,
+                operand_type,
+                cm.lda,
+                s.a,
+                (&cm.beta as *const f32).cast(),
+                c as *mut std::ffi::c_void,
+                c_type,
+                cm.ldc,
+                s.c,
+                s.count,
+                compute,
+                algo,
+            )
+        }
+        .map_err(|e| format!("cublasGemmStridedBatchedEx: {e}")),
     };
-    let f32_type = blas_sys::cudaDataType::CUDA_R_32F;
-    // SAFETY: as above, each operand an f32 matrix as the data types say; alpha and beta are f32, as
-    // an f32-accumulating compute type requires.
-    unsafe {
-        blas::gemm_ex(
-            handle,
-            cm.op_b,
-            cm.op_a,
-            m,
-            n,
-            k,
-            (&cm.alpha as *const f32).cast(),
-            b as *const std::ffi::c_void,
-            f32_type,
-            cm.ldb,
-            a as *const std::ffi::c_void,
-            f32_type,
-            cm.lda,
-            (&cm.beta as *const f32).cast(),
-            c as *mut std::ffi::c_void,
-            f32_type,
-            cm.ldc,
-            compute,
-            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
-    }
-    .map_err(|e| DeviceError::Backend(format!("cublasGemmEx: {e}")))
+    outcome.map_err(DeviceError::Backend)
 }
 
-/// A strided batch of products: one `cublasSgemmStridedBatched` (or its bf16 `Ex` form) with `gemm`'s
+/// One product ([`DeviceOps::gemm`](dp_runtime::device::DeviceOps::gemm)), by its [`ProductPlan`].
+pub(super) fn gemm(ops: &GpuOps<'_>, g: Gemm) -> Outcome {
+    g.check()?;
+    if g.m == 0 || g.n == 0 {
+        return Ok(());
+    }
+    product(ops, &g, &ColumnMajor::of(&g)?, None)
+}
+
+/// A strided batch of products: one strided-batched cuBLAS call by its [`ProductPlan`] with `gemm`'s
 /// row-major trick, or, where the batch's outputs overlap (a shared `c`, stride below `m·n`), one
 /// product per example in batch order, so that the products accumulate into it one after another
 /// instead of racing.
@@ -156,76 +382,19 @@ pub(super) fn gemm_batched(ops: &GpuOps<'_>, bg: BatchedGemm) -> Outcome {
     strided_batched(ops, &bg, &ColumnMajor::of(&g)?)
 }
 
-/// One `cublasSgemmStridedBatched` (or its bf16 `Ex` form) of `bg` with the operands' layouts `cm`,
-/// the batch already checked against its spans and its outputs not overlapping.
+/// One strided-batched product of `bg` with the operands' layouts `cm`, by its [`ProductPlan`], the
+/// batch already checked against its spans and its outputs not overlapping.
 fn strided_batched(ops: &GpuOps<'_>, bg: &BatchedGemm, cm: &ColumnMajor) -> Outcome {
-    let g = bg.gemm;
-    let (a, b, c) = (ops.memory.ptr(g.a)?, ops.memory.ptr(g.b)?, ops.memory.ptr(g.c)?);
-    let [m, n, k] = cm.dims;
     let stride = |s: usize| {
         i64::try_from(s).map_err(|_| DeviceError::Mismatch(format!("a batch stride of {s} values")))
     };
-    let handle = *ops.gpu.blas.handle();
-    let (stride_a, stride_b, stride_c) = (stride(bg.stride_a)?, stride(bg.stride_b)?, stride(bg.stride_c)?);
-    let Some(compute) = ops.reduced_compute(&g) else {
-        // SAFETY: the addresses lie in their regions, and `check` verified that each span holds every
-        // operand of the batch at its stride; the outputs do not overlap (stride_c ≥ m·n or one
-        // product). cuBLAS runs on the GPU's stream, like every other launch.
-        return unsafe {
-            blas::sgemm_strided_batched(
-                handle,
-                cm.op_b,
-                cm.op_a,
-                m,
-                n,
-                k,
-                &cm.alpha,
-                b as *const f32,
-                cm.ldb,
-                stride_b,
-                a as *const f32,
-                cm.lda,
-                stride_a,
-                &cm.beta,
-                c as *mut f32,
-                cm.ldc,
-                stride_c,
-                int(bg.batch)?,
-            )
-        }
-        .map_err(|e| DeviceError::Backend(format!("cublasSgemmStridedBatched: {e}")));
+    let strides = Strides {
+        a: stride(bg.stride_a)?,
+        b: stride(bg.stride_b)?,
+        c: stride(bg.stride_c)?,
+        count: int(bg.batch)?,
     };
-    let f32_type = blas_sys::cudaDataType::CUDA_R_32F;
-    // SAFETY: as above, each operand an f32 matrix as the data types say; alpha and beta are f32, as
-    // an f32-accumulating compute type requires.
-    unsafe {
-        blas::gemm_strided_batched_ex(
-            handle,
-            cm.op_b,
-            cm.op_a,
-            m,
-            n,
-            k,
-            (&cm.alpha as *const f32).cast(),
-            b as *const std::ffi::c_void,
-            f32_type,
-            cm.ldb,
-            stride_b,
-            a as *const std::ffi::c_void,
-            f32_type,
-            cm.lda,
-            stride_a,
-            (&cm.beta as *const f32).cast(),
-            c as *mut std::ffi::c_void,
-            f32_type,
-            cm.ldc,
-            stride_c,
-            int(bg.batch)?,
-            compute,
-            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
-    }
-    .map_err(|e| DeviceError::Backend(format!("cublasGemmStridedBatchedEx: {e}")))
+    product(ops, &bg.gemm, cm, Some(strides))
 }
 
 pub(super) fn gemm_batched_rows(ops: &GpuOps<'_>, bg: BatchedGemm, ld: LeadingDims) -> Outcome {
@@ -252,6 +421,114 @@ mod tests {
     use dp_runtime::device::{DeviceOps, Operands, Region, Span};
 
     use super::*;
+
+    use ValueType::{Bf16, F32};
+
+    /// Storing every buffer in f32, a product is cuBLAS's in f32 or, in bf16, rounded by cuBLAS
+    /// (what ran on the H200, unchanged): nothing is converted.
+    #[test]
+    fn without_bf16_storage_nothing_is_converted() {
+        for bf16_product in [false, true] {
+            for accumulate in [false, true] {
+                let plan = ProductPlan::of(false, bf16_product, [F32; 3], accumulate);
+                let compute = if bf16_product { Compute::RoundedByCublas } else { Compute::F32 };
+                let expected = ProductPlan {
+                    compute,
+                    operands: F32,
+                    convert_a: false,
+                    convert_b: false,
+                    output: Output::Stored(F32),
+                };
+                assert_eq!(plan, expected);
+            }
+        }
+    }
+
+    /// Storing in bf16, every mix of stored types: a bf16 product multiplies bf16 operands (an f32
+    /// operand rounded into its bf16 slot) into C of its stored type; an f32 product multiplies the
+    /// stored values, in bf16 only when both are bf16 (exact products), otherwise widening a bf16
+    /// operand, and through C's f32 slot when C is bf16 (read first only when it accumulates).
+    #[test]
+    fn storing_in_bf16_each_product_multiplies_the_values_the_host_reference_multiplies() {
+        for a in [F32, Bf16] {
+            for b in [F32, Bf16] {
+                for c in [F32, Bf16] {
+                    for accumulate in [false, true] {
+                        let bf16 = ProductPlan::of(true, true, [a, b, c], accumulate);
+                        assert_eq!(bf16.compute, Compute::Bf16Operands);
+                        assert_eq!(bf16.operands, Bf16);
+                        assert_eq!((bf16.convert_a, bf16.convert_b), (a == F32, b == F32));
+                        assert_eq!(bf16.output, Output::Stored(c));
+
+                        let f32 = ProductPlan::of(true, false, [a, b, c], accumulate);
+                        if a == Bf16 && b == Bf16 {
+                            assert_eq!((f32.compute, f32.operands), (Compute::Bf16Operands, Bf16));
+                            assert_eq!((f32.convert_a, f32.convert_b), (false, false));
+                            assert_eq!(f32.output, Output::Stored(c));
+                        } else {
+                            assert_eq!((f32.compute, f32.operands), (Compute::F32, F32));
+                            assert_eq!((f32.convert_a, f32.convert_b), (a == Bf16, b == Bf16));
+                            let output = match c {
+                                F32 => Output::Stored(F32),
+                                Bf16 => Output::ThroughF32 { accumulate },
+                            };
+                            assert_eq!(f32.output, output);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A conversion that would write over the product's output, or two overlapping operands of
+    /// different types converted over each other, is refused; disjoint spans, and an operand
+    /// converted next to C, pass.
+    #[test]
+    fn a_conversion_over_the_output_or_another_operand_is_refused() {
+        let mut addresses = Addresses::new(|r| (0x10_0000 * (r as u64 + 1), 1_000));
+        addresses.store_bf16(Some([0x100_0000, 0x200_0000, 0x300_0000]));
+        let arena = |offset, len| Span::new(Region::Arena, offset, len);
+        let product = |a: Span, b: Span, c: Span| Gemm {
+            m: 1,
+            n: 1,
+            k: 1,
+            a,
+            a_transposed: false,
+            b,
+            b_transposed: false,
+            c,
+            accumulate: false,
+            operands: Operands::OfPrecision,
+        };
+        let types = |g: &Gemm| [g.a, g.b, g.c].map(|s| addresses.stored_type(s).unwrap());
+        let ok = product(arena(0, 10), arena(10, 10).of_precision(), arena(20, 10).of_precision());
+        let plan = ProductPlan::of(true, true, types(&ok), false);
+        assert!(plan.convert_a && !plan.convert_b);
+        plan.check_slots(&ok, &addresses).unwrap();
+
+        // A (f32) converted into its bf16 slot, which C (bf16) occupies.
+        let over_c = product(arena(0, 10), arena(30, 10).of_precision(), arena(5, 10).of_precision());
+        let plan = ProductPlan::of(true, true, types(&over_c), false);
+        assert!(plan.check_slots(&over_c, &addresses).is_err());
+
+        // B (bf16) widened into its f32 slot, where A (f32, overlapping it) is read.
+        let crossed = product(arena(0, 10), arena(5, 10).of_precision(), arena(40, 10).of_precision());
+        let plan = ProductPlan::of(true, false, types(&crossed), false);
+        assert!(plan.convert_b && !plan.convert_a);
+        assert!(plan.check_slots(&crossed, &addresses).is_err());
+
+        // One span as both operands, converted once each into the same slot: the same values.
+        let square = product(arena(0, 10), arena(0, 10), arena(40, 10).of_precision());
+        let plan = ProductPlan::of(true, true, types(&square), false);
+        assert!(plan.convert_a && plan.convert_b);
+        plan.check_slots(&square, &addresses).unwrap();
+
+        // An f32 product into C stored in bf16 goes through C's f32 slot, where A is read.
+        let through = product(arena(100, 10), arena(200, 10), arena(105, 10).of_precision());
+        let plan = ProductPlan::of(true, false, types(&through), true);
+        assert_eq!(plan.output, Output::ThroughF32 { accumulate: true });
+        assert!(plan.check_slots(&through, &addresses).is_err());
+    }
 
     /// `cublasSgemmStridedBatched` as its documentation defines it, column-major, refusing the leading
     /// dimensions it refuses: `C_b = alpha·op(A_b)·op(B_b) + beta·C_b` (beta 0: C not read).
