@@ -1,5 +1,6 @@
-//! The generated device programs in bf16 on a GPU against the CPU programs in bf16: the products the
-//! device program marks `Operands::OfPrecision` run on the tensor cores (cuBLAS's
+//! The generated device programs in bf16 on a GPU, storing every buffer in f32 (`set_bf16_storage(false)`),
+//! against the CPU programs in bf16: the products the device program marks `Operands::OfPrecision` run
+//! on the tensor cores (cuBLAS's
 //! `CUBLAS_COMPUTE_32F_FAST_16BF`: bf16 operands converted by cuBLAS, f32 accumulation), everything
 //! else in f32. `tests/device_program_bf16.rs` checks the same programs on the host reference, which
 //! rounds exactly as the CPU does; here the tolerances also cover cuBLAS's conversion, whose rounding is
@@ -35,6 +36,9 @@ where
     let model = M::init(&mut rng);
     let mut on_gpu = GpuModel::<M>::new(gpu, model.params(), 256).unwrap();
     on_gpu.set_precision(Precision::Bf16).unwrap();
+    // Products only: the buffers in f32, as the CPU's bf16 program keeps them (bf16 storage has its
+    // own tests, tests/gpu_storage_bf16.rs).
+    on_gpu.set_bf16_storage(false).unwrap();
     for (n, poison) in [(1, false), (7, true), (256, false)] {
         let poison = poison && M::Input::POISONS;
         let (inputs, labels) = batch::<M>(&mut rng, n, poison);

@@ -85,6 +85,9 @@ pub struct GpuModel<M: DpModel> {
     released_staging: Option<Staging>,
     /// The precision of the products the program marks `Operands::OfPrecision`.
     precision: Precision,
+    /// Whether, in bf16, the arena buffers the program marks `Stored::OfPrecision` are stored in bf16
+    /// (the default; off: bf16 products on f32 buffers).
+    bf16_storage: bool,
     /// Augmentation multiplicity's buffers, from its first step on (`trainer/views.rs`).
     views: Option<views::ViewsBuffers>,
     /// The last step's views per example and whether it kept their losses (`None`: a step without
@@ -215,6 +218,7 @@ impl<M: DpModel> GpuModel<M> {
             updates: 0,
             graphs: StepGraphs::default(),
             precision: Precision::F32,
+            bf16_storage: true,
             staging,
             staged: None,
             step_end,
@@ -259,6 +263,7 @@ impl<M: DpModel> GpuModel<M> {
         // Grown now, between steps: growing them later, while a step runs, would wait for it.
         self.staging.reserve_other(&self.gpu, Self::staging_words(b))?;
         overlap::reserve_pinned(&self.gpu.stream, &mut self.step_end.losses, b)?;
+        memory.store_bf16(&self.gpu, self.stores_bf16())?;
         self.memory = memory;
         self.max_batch = b;
         self.graphs.invalidate();
@@ -277,10 +282,12 @@ impl<M: DpModel> GpuModel<M> {
     }
 
     /// Runs the products the device program marks `Operands::OfPrecision` in `precision` (in bf16:
-    /// cuBLAS's tensor-core path with bf16 operands and f32 accumulation,
-    /// `CUBLAS_COMPUTE_32F_FAST_16BF`); the others stay f32. Drops the captured step graphs, whose
-    /// products were recorded in the previous precision. bf16 on a GPU without bf16 tensor cores
-    /// (before compute capability 8.0) is an error, rather than f32 under another name.
+    /// on the tensor cores with bf16 operands and f32 accumulation, `program/products.rs`); the others
+    /// stay f32. In bf16 the arena buffers the program marks `Stored::OfPrecision` are also stored in
+    /// bf16, unless [`set_bf16_storage`](Self::set_bf16_storage) turned that off (docs/GPU.md, "bf16
+    /// storage"). Drops the captured step graphs, whose products were recorded in the previous
+    /// precision. bf16 on a GPU without bf16 tensor cores (before compute capability 8.0) is an
+    /// error, rather than f32 under another name.
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
         if precision == Precision::Bf16 && !self.gpu.has_bf16_tensor_cores() {
             return Err(CudaError::Mismatch(format!(
@@ -290,9 +297,35 @@ impl<M: DpModel> GpuModel<M> {
         }
         if precision != self.precision {
             self.precision = precision;
-            self.graphs.restart();
+            self.apply_storage()?;
         }
         Ok(())
+    }
+
+    /// Whether, in bf16, activations and output gradients are stored in bf16 (`on`, the default) or
+    /// in f32 with only the products in bf16. The buffers' values do not carry over: set it before a
+    /// step, as the trainer sets the precision.
+    pub fn set_bf16_storage(&mut self, on: bool) -> Result<()> {
+        self.bf16_storage = on;
+        self.apply_storage()
+    }
+
+    /// Whether the arena's `OfPrecision` buffers are to be stored in bf16 now.
+    fn stores_bf16(&self) -> bool {
+        self.bf16_storage && self.precision == Precision::Bf16
+    }
+
+    /// Allocates or frees the bf16 stores as the precision and storage say, dropping the captured
+    /// graphs (their products and addresses changed) so that the next step runs eagerly.
+    fn apply_storage(&mut self) -> Result<()> {
+        self.memory.store_bf16(&self.gpu, self.stores_bf16())?;
+        self.graphs.restart();
+        Ok(())
+    }
+
+    /// Whether the arena's `OfPrecision` buffers are stored in bf16.
+    pub fn storing_bf16(&self) -> bool {
+        self.memory.storing_bf16()
     }
 
     fn ops(&self) -> GpuOps<'_> {

@@ -368,6 +368,110 @@ fn gpu_bf16_products_round_only_the_products_marked_to() {
     }
 }
 
+/// Products storing in bf16 (docs/GPU.md, "bf16 storage") against the host reference storing in
+/// bf16, for every mix of stored types cuBLAS cannot take as they are: A the parameters (f32), an f32
+/// arena buffer or a bf16 one; B an f32 or bf16 arena buffer; C a bf16 arena buffer or the gradient
+/// (f32); both marks, accumulating, one product and a strided batch. An operand of the other type
+/// is converted into its slot (rounded exactly as the host rounds, widened exactly), so an f32 output
+/// agrees to accumulation order (1e-4) and a bf16 output to one bf16 step (2⁻⁸ relative) where the
+/// order tips a rounding.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_products_storing_bf16_multiply_what_the_host_reference_multiplies() {
+    let Some(gpu) = gpu("products storing bf16") else { return };
+    let (m, n, k, batch) = (48, 80, 144, 3);
+    let (a_len, b_len, c_len) = (m * k, batch * k * n, batch * m * n);
+    // Arena layout: A's buffer, B's buffer, C's buffer, apart.
+    let (a_at, b_at, c_at) = (0, a_len, a_len + b_len);
+    let arena = uniform(21, a_len + b_len + c_len);
+    let params = uniform(22, a_len);
+    let grad = uniform(23, c_len);
+    let mut checked = 0;
+    for a_kind in ["params", "arena f32", "arena bf16"] {
+        for b_bf16 in [false, true] {
+            for c_bf16 in [false, true] {
+                for operands in [Operands::OfPrecision, Operands::F32] {
+                    for batched in [false, true] {
+                        let a = match a_kind {
+                            "params" => Span::new(Region::Params, 0, a_len),
+                            "arena f32" => Span::new(Region::Arena, a_at, a_len),
+                            _ => Span::new(Region::Arena, a_at, a_len).of_precision(),
+                        };
+                        let b = Span::new(Region::Arena, b_at, b_len);
+                        let b = if b_bf16 { b.of_precision() } else { b };
+                        let c = if c_bf16 {
+                            Span::new(Region::Arena, c_at, c_len).of_precision()
+                        } else {
+                            Span::new(Region::Grad, 0, c_len)
+                        };
+                        let g = Gemm {
+                            m,
+                            n,
+                            k,
+                            a,
+                            a_transposed: false,
+                            b,
+                            b_transposed: batched,
+                            c: if batched { c } else { c.sub(0, m * n) },
+                            accumulate: true,
+                            operands,
+                        };
+                        let call = |ops: &mut dyn DeviceOps| {
+                            if batched {
+                                ops.gemm_batched(BatchedGemm {
+                                    gemm: g,
+                                    batch,
+                                    stride_a: 0,
+                                    stride_b: k * n,
+                                    stride_c: m * n,
+                                })
+                            } else {
+                                ops.gemm(Gemm { b: b.sub(0, k * n), ..g })
+                            }
+                        };
+                        let mut host = HostDevice::new();
+                        host.set_precision(Precision::Bf16);
+                        host.set_bf16_storage(true);
+                        host.set(Region::Params, params.clone());
+                        host.set(Region::Arena, arena.clone());
+                        host.set(Region::Grad, grad.clone());
+                        call(&mut host).unwrap();
+
+                        let mut memory = RegionMemory::new(&gpu, |r| match r {
+                            Region::Params => a_len,
+                            Region::Arena => arena.len(),
+                            Region::Grad => c_len,
+                            _ => 1,
+                        })
+                        .unwrap();
+                        memory.store_bf16(&gpu, true).unwrap();
+                        memory.upload(&gpu, Region::Params, &params).unwrap();
+                        memory.upload(&gpu, Region::Arena, &arena).unwrap();
+                        memory.upload_arena_bf16(&gpu, &arena).unwrap();
+                        memory.upload(&gpu, Region::Grad, &grad).unwrap();
+                        call(&mut GpuOps { gpu: &gpu, memory: &memory, precision: Precision::Bf16 }).unwrap();
+
+                        let what = format!(
+                            "A {a_kind}, B bf16 {b_bf16}, C bf16 {c_bf16}, {operands:?}, batched {batched}"
+                        );
+                        let len = g.c.len;
+                        if c_bf16 {
+                            let device = memory.download_arena_bf16(&gpu).unwrap().unwrap();
+                            let host_c = host.arena_bf16()[c_at..c_at + len].to_vec();
+                            assert_near(&host_c, &device[c_at..c_at + len], 1.0 / 128.0, &what);
+                        } else {
+                            let device = memory.download(&gpu, Region::Grad).unwrap();
+                            assert_near(&host.get(Region::Grad)[..len], &device[..len], 1e-4, &what);
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 48);
+}
+
 /// Row sums, kept norms and the kept weighted sum against the host reference (the sums within
 /// rounding, the weighted sum bit for bit, factor-0 examples over NaN rows skipped).
 #[test]

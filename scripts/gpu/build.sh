@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds what scripts/gpu/check.sh runs on a GPU machine, into target/gpu-check/ (no GPU or CUDA
 # toolkit needed: cudarc loads the libraries at run time): the dp-cuda test binaries, the device-program
-# tests of the dp crate (tests/gpu_programs.rs, tests/gpu_programs_bf16.rs) and the `dp` binary, all with the `cuda` feature.
+# tests of the dp crate (tests/gpu_programs.rs, tests/gpu_programs_bf16.rs, tests/gpu_storage_bf16.rs) and the `dp` binary, all with the `cuda` feature.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p target/gpu-check
@@ -19,6 +19,7 @@ for line in sys.stdin:
 cargo test --release -p dp-cuda --no-run --message-format=json | copy_tests
 cargo test --release --features cuda --test gpu_programs --no-run --message-format=json | copy_tests
 cargo test --release --features cuda --test gpu_programs_bf16 --no-run --message-format=json | copy_tests
+cargo test --release --features cuda --test gpu_storage_bf16 --no-run --message-format=json | copy_tests
 cargo build --release --features cuda --bin dp
 cp target/release/dp target/gpu-check/dp
 echo target/gpu-check/dp

@@ -57,7 +57,7 @@ limited() {
     echo "libraries: $(ls -l "$links" | awk 'NR>1 {print $9 " -> " $11}' | tr '\n' ' ')"
     # The GPU tests and the NVRTC compile tests; the host-C tests need the source tree and a C compiler
     # and run in CI instead.
-    for name in nvrtc_compile gpu gpu_programs gpu_programs_bf16; do
+    for name in nvrtc_compile gpu gpu_programs gpu_programs_bf16 gpu_storage_bf16; do
         [ -x "$bins/$name" ] || continue
         echo "## $name"
         limited 240 "$bins/$name" --include-ignored --test-threads=1 --nocapture 2>&1 \

@@ -257,6 +257,26 @@ impl RegionMemory {
         gpu.stream.clone_dtoh(&self.slices[slot(region)]).map_err(driver("copying a region back"))
     }
 
+    /// Copies `values` into the start of the arena's bf16 store, each rounded to bf16 as the host
+    /// reference's store rounds it (set-up and tests: a step writes the store through its kernels).
+    pub fn upload_arena_bf16(&mut self, gpu: &Gpu, values: &[f32]) -> Result<()> {
+        let arena =
+            BF16_STORED.iter().position(|&r| r == Region::Arena).expect("the arena is stored in bf16");
+        let Some(store) = self.bf16.as_mut().map(|stores| &mut stores[arena]) else {
+            return Err(crate::CudaError::Mismatch("the arena is not stored in bf16".into()));
+        };
+        if values.len() > store.len() {
+            return Err(crate::CudaError::Mismatch(format!(
+                "{} values into a bf16 arena of {}",
+                values.len(),
+                store.len()
+            )));
+        }
+        let bits: Vec<u16> = values.iter().map(|&v| dp_kernels::gemm_bf16::bf16_bits(v)).collect();
+        let mut view = store.slice_mut(..bits.len());
+        gpu.stream.memcpy_htod(&bits, &mut view).map_err(driver("copying into a bf16 store"))
+    }
+
     /// The arena's bf16 store as f32 values (tests), copied back after the work queued before; `None`
     /// while storing in f32.
     pub fn download_arena_bf16(&self, gpu: &Gpu) -> Result<Option<Vec<f32>>> {

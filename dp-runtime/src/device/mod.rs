@@ -836,8 +836,9 @@ pub struct DeviceStepOutcome {
 pub trait DeviceTraining<M: crate::DpModel>: Send {
     /// The device, e.g. `cuda:0 NVIDIA H200 (sm_90)`.
     fn describe(&self) -> String;
-    /// The precision of the products the device program marks [`Operands::OfPrecision`] (the
-    /// trainer sets the one it was given before the first step).
+    /// The precision of the products the device program marks [`Operands::OfPrecision`], and, on a
+    /// device that stores in it, of the arena buffers it marks [`Stored::OfPrecision`] (the trainer
+    /// sets the one it was given before the first step).
     fn set_precision(&mut self, precision: Precision) -> Result<(), DeviceError>;
     /// Sets the parameters on the device (all `PARAM_COUNT`).
     fn upload(&mut self, params: &[f32]) -> Result<(), DeviceError>;
