@@ -1,18 +1,24 @@
 // The convolution and pooling launches of a device program (dp_runtime::device::DeviceOps): im2col and
-// its adjoint col2im (over every input channel, whatever the groups), a convolution's per-channel bias and activation, per-example bias
-// gradients (row sums), the squared norms and weighted sum of kept per-example gradients, max, average
-// and global average pooling with their backwards. Shapes arrive as arguments (one compiled module
-// serves every model); the products are cuBLAS's. All layouts are NCHW, as dp-kernels' conv.rs and
-// pool.rs, whose values these kernels reproduce:
+// its adjoint col2im (over every input channel, whatever the groups), a convolution's per-channel bias
+// and activation, per-example bias gradients (row sums), the squared norms and weighted sum of kept
+// per-example gradients, max, average and global average pooling with their backwards. Shapes arrive
+// as arguments (one compiled module serves every model); the products are cuBLAS's. All layouts are
+// NCHW, as dp-kernels' conv.rs and pool.rs, whose values these kernels reproduce:
 // - every backward is a gather, one thread per input value summing what reads it in the order the
 //   host reference (dp_runtime::device::host) adds it (no atomics; the result is overwritten);
 // - max pooling keeps each window's first maximum in row-major order (strict >), or its first NaN, and
 //   its index within the example's input (c·in_h·in_w + h·in_w + w) as the bits of a u32 in a float.
 // - the reductions (row sums, norms, global average pooling) are warp or block trees, equal to the
 //   CPU's sequential sums up to rounding.
-// Each output's value of the element-wise kernels is a function outside the kernels, which the host's C
-// compiler also compiles (tests/host_harness.c), so that their index arithmetic is checked against the
-// CPU without a GPU.
+// Every buffer that can be an arena span is a dp_values (common.cuh: f32 or bf16, docs/GPU.md "bf16
+// storage"), read with dp_get and written once per launch with dp_set of its final f32 value, as the
+// host reference rounds what a primitive wrote: the patches, activations, outputs and their
+// gradients, the kept gradients (f32 kept scratch, or an embedding's bf16 output gradient) and the
+// kept sum's destination. What only ever lives outside the arena stays float *: the bias (Params), the
+// norms (SqNorms) and the factors (Factors); and max pooling's argmax, u32 bits, is always f32.
+// Each output's value of the element-wise kernels, and each lane's or thread's share of a reduction,
+// is a function outside the kernels, which the host's C compiler also compiles (tests/host_harness.c),
+// so that their index arithmetic is checked against the CPU without a GPU.
 #include "common.cuh"
 #include "activation.cuh"
 #include "reduce.cuh"
@@ -29,7 +35,7 @@ typedef struct {
 
 // Patch entry e of the batch: cols[i][k][p] = x[i][c][oh·stride − padding + r·dilation][ow·stride −
 // padding + s·dilation] with k = (c·kh + r)·kw + s and p = oh·out_w + ow; 0 in the padding.
-DP_DEVICE float dp_im2col_value(const float *x, dp_conv_geometry g, dp_u64 e) {
+DP_DEVICE float dp_im2col_value(dp_values x, dp_conv_geometry g, dp_u64 e) {
     dp_u64 positions = g.out_h * g.out_w, taps = g.kh * g.kw, patch_len = g.in_c * taps;
     dp_u64 plane = g.in_h * g.in_w, input_len = g.in_c * plane;
     dp_u64 p = e % positions, row = e / positions;
@@ -39,7 +45,7 @@ DP_DEVICE float dp_im2col_value(const float *x, dp_conv_geometry g, dp_u64 e) {
     // Unsigned: a tap in the top or left padding wraps around past in_h (in_w), as one past the end.
     dp_u64 h = oh * g.stride + r * g.dilation - g.padding;
     dp_u64 w = ow * g.stride + s * g.dilation - g.padding;
-    return (h < g.in_h && w < g.in_w) ? x[i * input_len + c * plane + h * g.in_w + w] : 0.0f;
+    return (h < g.in_h && w < g.in_w) ? dp_get(x, i * input_len + c * plane + h * g.in_w + w) : 0.0f;
 }
 
 // The output index o (< out) whose tap at offset `tap` (r·dilation) reads padded coordinate t
@@ -52,11 +58,11 @@ DP_DEVICE dp_u64 dp_tap_output(dp_u64 t, dp_u64 tap, dp_u64 stride, dp_u64 out) 
 
 // Input value e of the batch's gradient: the sum of the patch entries that read it (im2col's adjoint),
 // taps in (r, s) order as the CPU adds them.
-DP_DEVICE float dp_col2im_value(const float *cols, dp_conv_geometry g, dp_u64 e) {
+DP_DEVICE float dp_col2im_value(dp_values cols, dp_conv_geometry g, dp_u64 e) {
     dp_u64 positions = g.out_h * g.out_w, taps = g.kh * g.kw, patches_len = g.in_c * taps * positions;
     dp_u64 plane = g.in_h * g.in_w, input_len = g.in_c * plane;
     dp_u64 w = e % g.in_w, h = (e / g.in_w) % g.in_h, c = (e / plane) % g.in_c, i = e / input_len;
-    const float *patches = cols + i * patches_len + c * taps * positions;
+    dp_values patches = dp_advance(cols, i * patches_len + c * taps * positions);
     float sum = 0.0f;
     for (dp_u64 r = 0; r < g.kh; r++) {
         dp_u64 oh = dp_tap_output(h + g.padding, r * g.dilation, g.stride, g.out_h);
@@ -64,21 +70,50 @@ DP_DEVICE float dp_col2im_value(const float *cols, dp_conv_geometry g, dp_u64 e)
         for (dp_u64 s = 0; s < g.kw; s++) {
             dp_u64 ow = dp_tap_output(w + g.padding, s * g.dilation, g.stride, g.out_w);
             if (ow == g.out_w) continue;
-            sum += patches[(r * g.kw + s) * positions + oh * g.out_w + ow];
+            sum += dp_get(patches, (r * g.kw + s) * positions + oh * g.out_w + ow);
         }
+    }
+    return sum;
+}
+
+// Value e of a convolution's output after its channel's bias and activation: act(y[e] + bias[c]) with
+// c its channel (y is n × channels × positions); has_bias 0: act(y[e] + 0), bias not read (the host
+// reference adds 0 too, which turns −0 into +0).
+DP_DEVICE float dp_channel_bias_activation_value(dp_values y, const float *bias, int has_bias, dp_u64 channels,
+                                                 dp_u64 positions, int act, dp_u64 e) {
+    float b = has_bias ? bias[(e / positions) % channels] : 0.0f;
+    return dp_activate(act, dp_get(y, e) + b);
+}
+
+// Lane `lane`'s share (of a warp's 32) of the sum of row r of src (rows of `cols` values): its values
+// at columns lane, lane + 32, ... added in order; the warp adds the shares (dp_warp_sum).
+DP_DEVICE float dp_row_lane_sum(dp_values src, dp_u64 cols, dp_u64 r, dp_u64 lane) {
+    float sum = 0.0f;
+    for (dp_u64 c = lane; c < cols; c += 32) sum += dp_get(src, r * cols + c);
+    return sum;
+}
+
+// Thread t's share (of a block's `threads`) of example i's squared norm over its `len` kept values:
+// the squares of src[i, j] at j = t, t + threads, ... added in order; the block adds the shares.
+DP_DEVICE float dp_kept_square_share(dp_values src, dp_u64 len, dp_u64 i, dp_u64 t, dp_u64 threads) {
+    float sum = 0.0f;
+    for (dp_u64 j = t; j < len; j += threads) {
+        float v = dp_get(src, i * len + j);
+        sum += v * v;
     }
     return sum;
 }
 
 // Column j of a kept gradients' weighted sum: dst_j + sum over examples of c_i · src[i, j], examples in
 // order; an example whose factor is exactly 0 is skipped (its row never read); has_factors 0: c_i = 1.
-DP_DEVICE float dp_kept_weighted_column(const float *src, dp_u64 n, dp_u64 len, const float *factors,
+DP_DEVICE float dp_kept_weighted_column(dp_values src, dp_u64 n, dp_u64 len, const float *factors,
                                         int has_factors, dp_u64 groups, dp_u64 group, float dst_j, dp_u64 j) {
     float acc = dst_j;
     for (dp_u64 i = 0; i < n; i++) {
         float c = has_factors ? factors[i * groups + group] : 1.0f;
         if (c == 0.0f) continue;
-        acc += has_factors ? c * src[i * len + j] : src[i * len + j];
+        float v = dp_get(src, i * len + j);
+        acc += has_factors ? c * v : v;
     }
     return acc;
 }
@@ -104,11 +139,12 @@ DP_DEVICE void dp_pool_covering(dp_u64 x, dp_u64 stride, dp_u64 padding, dp_u64 
 }
 
 // Output e of a max pool: the window's first maximum in row-major order (strict >, from -inf), its
-// first NaN if it has one, into y[e]; argmax[e] its index within the example's input, as u32 bits.
-DP_DEVICE void dp_max_pool_output(const float *x, dp_pool_geometry g, dp_u64 e, float *y, float *argmax) {
+// first NaN if it has one, into y[e]; argmax[e] (always f32) its index within the example's input, as
+// u32 bits.
+DP_DEVICE void dp_max_pool_output(dp_values x, dp_pool_geometry g, dp_u64 e, dp_values y, float *argmax) {
     dp_u64 plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
     dp_u64 ow = e % g.out_w, oh = (e / g.out_w) % g.out_h, u = e / out_plane, c = u % g.channels;
-    const float *xp = x + u * plane;
+    dp_values xp = dp_advance(x, u * plane);
     dp_u64 h0, h1, w0, w1;
     dp_pool_window(oh, g.stride, g.padding, g.kernel, g.in_h, &h0, &h1);
     dp_pool_window(ow, g.stride, g.padding, g.kernel, g.in_w, &w0, &w1);
@@ -117,7 +153,7 @@ DP_DEVICE void dp_max_pool_output(const float *x, dp_pool_geometry g, dp_u64 e, 
     for (dp_u64 h = h0; h < h1; h++) {
         for (dp_u64 w = w0; w < w1; w++) {
             dp_u64 k = h * g.in_w + w;
-            float v = xp[k];
+            float v = dp_get(xp, k);
             if (v > best) {
                 best = v;
                 at = k;
@@ -126,20 +162,21 @@ DP_DEVICE void dp_max_pool_output(const float *x, dp_pool_geometry g, dp_u64 e, 
         }
     }
     if (first_nan != ~0ull) {
-        best = xp[first_nan];
+        best = dp_get(xp, first_nan);
         at = first_nan;
     }
-    y[e] = best;
+    dp_set(y, e, best);
     argmax[e] = dp_bits_float((dp_u32)(c * plane + at));
 }
 
 // Input value e of a max pool's gradient: the sum of dy over the windows covering it whose argmax is
 // this value, in output order.
-DP_DEVICE float dp_max_pool_backward_value(const float *dy, const float *argmax, dp_pool_geometry g, dp_u64 e) {
+DP_DEVICE float dp_max_pool_backward_value(dp_values dy, const float *argmax, dp_pool_geometry g, dp_u64 e) {
     dp_u64 plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
     dp_u64 w = e % g.in_w, h = (e / g.in_w) % g.in_h, u = e / plane, c = u % g.channels;
     dp_u32 index = (dp_u32)(c * plane + h * g.in_w + w);
-    const float *dyp = dy + u * out_plane, *amp = argmax + u * out_plane;
+    dp_values dyp = dp_advance(dy, u * out_plane);
+    const float *amp = argmax + u * out_plane;
     dp_u64 oh0, oh1, ow0, ow1;
     dp_pool_covering(h, g.stride, g.padding, g.kernel, g.out_h, &oh0, &oh1);
     dp_pool_covering(w, g.stride, g.padding, g.kernel, g.out_w, &ow0, &ow1);
@@ -147,144 +184,136 @@ DP_DEVICE float dp_max_pool_backward_value(const float *dy, const float *argmax,
     for (dp_u64 oh = oh0; oh < oh1; oh++) {
         for (dp_u64 ow = ow0; ow < ow1; ow++) {
             dp_u64 q = oh * g.out_w + ow;
-            if (dp_float_bits(amp[q]) == index) sum += dyp[q];
+            if (dp_float_bits(amp[q]) == index) sum += dp_get(dyp, q);
         }
     }
     return sum;
 }
 
 // Output e of an average pool: the window's sum (row-major) times 1/kernel² (padding counts as zeros).
-DP_DEVICE float dp_avg_pool_value(const float *x, dp_pool_geometry g, dp_u64 e) {
+DP_DEVICE float dp_avg_pool_value(dp_values x, dp_pool_geometry g, dp_u64 e) {
     dp_u64 plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
     float scale = 1.0f / (float)(g.kernel * g.kernel);
     dp_u64 ow = e % g.out_w, oh = (e / g.out_w) % g.out_h, u = e / out_plane;
-    const float *xp = x + u * plane;
+    dp_values xp = dp_advance(x, u * plane);
     dp_u64 h0, h1, w0, w1;
     dp_pool_window(oh, g.stride, g.padding, g.kernel, g.in_h, &h0, &h1);
     dp_pool_window(ow, g.stride, g.padding, g.kernel, g.in_w, &w0, &w1);
     float sum = 0.0f;
     for (dp_u64 h = h0; h < h1; h++)
-        for (dp_u64 w = w0; w < w1; w++) sum += xp[h * g.in_w + w];
+        for (dp_u64 w = w0; w < w1; w++) sum += dp_get(xp, h * g.in_w + w);
     return sum * scale;
 }
 
 // Input value e of an average pool's gradient: the sum of dy · 1/kernel² over the windows covering
 // it, in output order.
-DP_DEVICE float dp_avg_pool_backward_value(const float *dy, dp_pool_geometry g, dp_u64 e) {
+DP_DEVICE float dp_avg_pool_backward_value(dp_values dy, dp_pool_geometry g, dp_u64 e) {
     dp_u64 plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
     float scale = 1.0f / (float)(g.kernel * g.kernel);
     dp_u64 w = e % g.in_w, h = (e / g.in_w) % g.in_h, u = e / plane;
-    const float *dyp = dy + u * out_plane;
+    dp_values dyp = dp_advance(dy, u * out_plane);
     dp_u64 oh0, oh1, ow0, ow1;
     dp_pool_covering(h, g.stride, g.padding, g.kernel, g.out_h, &oh0, &oh1);
     dp_pool_covering(w, g.stride, g.padding, g.kernel, g.out_w, &ow0, &ow1);
     float sum = 0.0f;
     for (dp_u64 oh = oh0; oh < oh1; oh++)
-        for (dp_u64 ow = ow0; ow < ow1; ow++) sum += dyp[oh * g.out_w + ow] * scale;
+        for (dp_u64 ow = ow0; ow < ow1; ow++) sum += dp_get(dyp, oh * g.out_w + ow) * scale;
     return sum;
+}
+
+// Input value e of a global average pool's gradient: dy[u] / plane for its plane u, divided as the host
+// reference divides (not times 1/plane, which rounds differently for most planes).
+DP_DEVICE float dp_global_avg_pool_backward_value(dp_values dy, dp_u64 plane, dp_u64 e) {
+    return dp_get(dy, e / plane) / (float)plane;
 }
 
 #ifdef __CUDACC__
 
 // One thread per patch entry.
-extern "C" __global__ void dp_im2col(const float *x, dp_conv_geometry g, dp_u64 n, float *cols) {
-    DP_GRID_STRIDE(e, n * g.in_c * g.kh * g.kw * g.out_h * g.out_w) { cols[e] = dp_im2col_value(x, g, e); }
+extern "C" __global__ void dp_im2col(dp_values x, dp_conv_geometry g, dp_u64 n, dp_values cols) {
+    DP_GRID_STRIDE(e, n * g.in_c * g.kh * g.kw * g.out_h * g.out_w) { dp_set(cols, e, dp_im2col_value(x, g, e)); }
 }
 
 // One thread per input value; dx overwritten.
-extern "C" __global__ void dp_col2im(const float *cols, dp_conv_geometry g, dp_u64 n, float *dx) {
-    DP_GRID_STRIDE(e, n * g.in_c * g.in_h * g.in_w) { dx[e] = dp_col2im_value(cols, g, e); }
+extern "C" __global__ void dp_col2im(dp_values cols, dp_conv_geometry g, dp_u64 n, dp_values dx) {
+    DP_GRID_STRIDE(e, n * g.in_c * g.in_h * g.in_w) { dp_set(dx, e, dp_col2im_value(cols, g, e)); }
 }
 
 // y[i, c, p] = act(y[i, c, p] + bias[c]) over n × channels × positions; has_bias 0: act(y), bias not read.
-extern "C" __global__ void dp_channel_bias_activation(float *y, const float *bias, int has_bias, dp_u64 n,
+extern "C" __global__ void dp_channel_bias_activation(dp_values y, const float *bias, int has_bias, dp_u64 n,
                                                       dp_u64 channels, dp_u64 positions, int act) {
     DP_GRID_STRIDE(e, n * channels * positions) {
-        float v = y[e];
-        if (has_bias) v += bias[(e / positions) % channels];
-        y[e] = dp_activate(act, v);
+        dp_set(y, e, dp_channel_bias_activation_value(y, bias, has_bias, channels, positions, act, e));
     }
 }
 
 // dst[r] = sum over c of src[r, c], overwritten: one warp per row (blockDim.x a multiple of 32).
-extern "C" __global__ void dp_row_sums(const float *src, dp_u64 rows, dp_u64 cols, float *dst) {
+extern "C" __global__ void dp_row_sums(dp_values src, dp_u64 rows, dp_u64 cols, dp_values dst) {
     dp_u64 lane = threadIdx.x & 31u, warp = ((dp_u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     dp_u64 warps = ((dp_u64)gridDim.x * blockDim.x) >> 5;
     for (dp_u64 r = warp; r < rows; r += warps) {
-        float sum = 0.0f;
-        for (dp_u64 c = lane; c < cols; c += 32) sum += src[r * cols + c];
-        sum = dp_warp_sum(sum);
-        if (lane == 0) dst[r] = sum;
+        float sum = dp_warp_sum(dp_row_lane_sum(src, cols, r, lane));
+        if (lane == 0) dp_set(dst, r, sum);
     }
 }
 
 // One block per example: sq_norms[i * groups + group] = |weight_i|^2 + |bias_i|^2 (bias_len 0: no bias,
 // not read), overwritten.
-extern "C" __global__ void dp_kept_sq_norms(const float *weight, dp_u64 weight_len, const float *bias,
-                                            dp_u64 bias_len, dp_u64 n, float *sq_norms, dp_u64 groups,
-                                            dp_u64 group) {
+extern "C" __global__ void dp_kept_sq_norms(dp_values weight, dp_u64 weight_len, dp_values bias, dp_u64 bias_len,
+                                            dp_u64 n, float *sq_norms, dp_u64 groups, dp_u64 group) {
     for (dp_u64 i = blockIdx.x; i < n; i += gridDim.x) {
-        float w2 = 0.0f, b2 = 0.0f;
-        for (dp_u64 j = threadIdx.x; j < weight_len; j += blockDim.x) {
-            float v = weight[i * weight_len + j];
-            w2 += v * v;
-        }
-        for (dp_u64 j = threadIdx.x; j < bias_len; j += blockDim.x) {
-            float v = bias[i * bias_len + j];
-            b2 += v * v;
-        }
-        w2 = dp_block_sum(w2);
-        b2 = dp_block_sum(b2);
+        float w2 = dp_block_sum(dp_kept_square_share(weight, weight_len, i, threadIdx.x, blockDim.x));
+        float b2 = dp_block_sum(dp_kept_square_share(bias, bias_len, i, threadIdx.x, blockDim.x));
         if (threadIdx.x == 0) sq_norms[i * groups + group] = bias_len ? w2 + b2 : w2;
     }
 }
 
 // dst[j] += sum over examples of c_i · src[i, j] (dp_kept_weighted_column), one thread per column.
-extern "C" __global__ void dp_kept_weighted_sum(const float *src, dp_u64 n, dp_u64 len, const float *factors,
-                                                int has_factors, dp_u64 groups, dp_u64 group, float *dst) {
+extern "C" __global__ void dp_kept_weighted_sum(dp_values src, dp_u64 n, dp_u64 len, const float *factors,
+                                                int has_factors, dp_u64 groups, dp_u64 group, dp_values dst) {
     DP_GRID_STRIDE(j, len) {
-        dst[j] = dp_kept_weighted_column(src, n, len, factors, has_factors, groups, group, dst[j], j);
+        float sum = dp_kept_weighted_column(src, n, len, factors, has_factors, groups, group, dp_get(dst, j), j);
+        dp_set(dst, j, sum);
     }
 }
 
 // One thread per output (dp_max_pool_output).
-extern "C" __global__ void dp_max_pool_forward(const float *x, dp_pool_geometry g, dp_u64 n, float *y,
+extern "C" __global__ void dp_max_pool_forward(dp_values x, dp_pool_geometry g, dp_u64 n, dp_values y,
                                                float *argmax) {
     DP_GRID_STRIDE(e, n * g.channels * g.out_h * g.out_w) { dp_max_pool_output(x, g, e, y, argmax); }
 }
 
 // One thread per input value; dx overwritten.
-extern "C" __global__ void dp_max_pool_backward(const float *dy, const float *argmax, dp_pool_geometry g, dp_u64 n,
-                                                float *dx) {
-    DP_GRID_STRIDE(e, n * g.channels * g.in_h * g.in_w) { dx[e] = dp_max_pool_backward_value(dy, argmax, g, e); }
-}
-
-// One thread per output.
-extern "C" __global__ void dp_avg_pool_forward(const float *x, dp_pool_geometry g, dp_u64 n, float *y) {
-    DP_GRID_STRIDE(e, n * g.channels * g.out_h * g.out_w) { y[e] = dp_avg_pool_value(x, g, e); }
-}
-
-// One thread per input value; dx overwritten.
-extern "C" __global__ void dp_avg_pool_backward(const float *dy, dp_pool_geometry g, dp_u64 n, float *dx) {
-    DP_GRID_STRIDE(e, n * g.channels * g.in_h * g.in_w) { dx[e] = dp_avg_pool_backward_value(dy, g, e); }
-}
-
-// y[u] = mean of plane u of x (u = i·channels + c): one warp per plane, the sum times 1/plane.
-extern "C" __global__ void dp_global_avg_pool_forward(const float *x, dp_u64 planes, dp_u64 plane, float *y) {
-    dp_u64 lane = threadIdx.x & 31u, warp = ((dp_u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    dp_u64 warps = ((dp_u64)gridDim.x * blockDim.x) >> 5;
-    float scale = 1.0f / (float)plane;
-    for (dp_u64 u = warp; u < planes; u += warps) {
-        float sum = 0.0f;
-        for (dp_u64 k = lane; k < plane; k += 32) sum += x[u * plane + k];
-        sum = dp_warp_sum(sum);
-        if (lane == 0) y[u] = sum * scale;
+extern "C" __global__ void dp_max_pool_backward(dp_values dy, const float *argmax, dp_pool_geometry g, dp_u64 n,
+                                                dp_values dx) {
+    DP_GRID_STRIDE(e, n * g.channels * g.in_h * g.in_w) {
+        dp_set(dx, e, dp_max_pool_backward_value(dy, argmax, g, e));
     }
 }
 
-// dx[u, k] = dy[u] · 1/plane, overwritten.
-extern "C" __global__ void dp_global_avg_pool_backward(const float *dy, dp_u64 planes, dp_u64 plane, float *dx) {
-    float scale = 1.0f / (float)plane;
-    DP_GRID_STRIDE(e, planes * plane) { dx[e] = dy[e / plane] * scale; }
+// One thread per output.
+extern "C" __global__ void dp_avg_pool_forward(dp_values x, dp_pool_geometry g, dp_u64 n, dp_values y) {
+    DP_GRID_STRIDE(e, n * g.channels * g.out_h * g.out_w) { dp_set(y, e, dp_avg_pool_value(x, g, e)); }
+}
+
+// One thread per input value; dx overwritten.
+extern "C" __global__ void dp_avg_pool_backward(dp_values dy, dp_pool_geometry g, dp_u64 n, dp_values dx) {
+    DP_GRID_STRIDE(e, n * g.channels * g.in_h * g.in_w) { dp_set(dx, e, dp_avg_pool_backward_value(dy, g, e)); }
+}
+
+// y[u] = mean of plane u of x (u = i·channels + c): one warp per plane, the sum divided by plane (as the
+// host reference divides).
+extern "C" __global__ void dp_global_avg_pool_forward(dp_values x, dp_u64 planes, dp_u64 plane, dp_values y) {
+    dp_u64 lane = threadIdx.x & 31u, warp = ((dp_u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    dp_u64 warps = ((dp_u64)gridDim.x * blockDim.x) >> 5;
+    for (dp_u64 u = warp; u < planes; u += warps) {
+        float sum = dp_warp_sum(dp_row_lane_sum(x, plane, u, lane));
+        if (lane == 0) dp_set(y, u, sum / (float)plane);
+    }
+}
+
+// dx[u, k] = dy[u] / plane, overwritten (dp_global_avg_pool_backward_value).
+extern "C" __global__ void dp_global_avg_pool_backward(dp_values dy, dp_u64 planes, dp_u64 plane, dp_values dx) {
+    DP_GRID_STRIDE(e, planes * plane) { dp_set(dx, e, dp_global_avg_pool_backward_value(dy, plane, e)); }
 }
 #endif

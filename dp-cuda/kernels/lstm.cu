@@ -7,6 +7,11 @@
 // The per-unit functions also compile as C on the host (tests/host_harness.c), against the host
 // reference of DeviceOps. expf and tanhf are CUDA's (within 2 ulp), not the CPU's vectorised ones: the
 // device's LSTM agrees with the CPU's to rounding, not bit for bit.
+// bf16 storage (docs/GPU.md): every buffer but the bias (a parameter, f32) is an arena span, so it is
+// dp_values, read with dp_get and each value written once per launch with dp_set of its final f32 value
+// (a unit reads its gates before it overwrites them). The compiler stores the hidden states (out) and
+// their gradients (dout) in the precision, and the gates, cells, previous hidden states, gate gradients
+// and the step's scratch (hidden, recurrent, cell_grad, step_delta) in f32: the recurrence stays f32.
 #include "common.cuh"
 #include "reduce.cuh"
 
@@ -15,69 +20,70 @@ DP_DEVICE float dp_lstm_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 // Unit e (< n·h) of forward step t: pre = gates[i, t] + bias + (t > 0 ? recurrent[i] : 0) per gate;
 // the activated gates over gates[i, t], c_t into cells[i, t], h_{t−1} (0 at t = 0) into hprev[i, t], h_t
 // into out[i, t] and hidden[i]. At t = 0 neither recurrent nor hidden is read.
-DP_DEVICE void dp_lstm_forward_unit(float *gates, float *cells, float *hprev, float *out, float *hidden,
-                                    const float *recurrent, const float *bias, dp_u64 steps, dp_u64 h, dp_u64 t,
-                                    dp_u64 e) {
+DP_DEVICE void dp_lstm_forward_unit(dp_values gates, dp_values cells, dp_values hprev, dp_values out,
+                                    dp_values hidden, dp_values recurrent, const float *bias, dp_u64 steps, dp_u64 h,
+                                    dp_u64 t, dp_u64 e) {
     dp_u64 i = e / h, j = e % h, g4 = 4 * h;
     int first = t == 0;
-    float *pre = gates + (i * steps + t) * g4;
+    dp_values pre = dp_advance(gates, (i * steps + t) * g4);
     float g[4];
     for (int k = 0; k < 4; k++) {
-        float rec = first ? 0.0f : recurrent[i * g4 + k * h + j];
-        g[k] = pre[k * h + j] + bias[k * h + j] + rec;
+        float rec = first ? 0.0f : dp_get(recurrent, i * g4 + k * h + j);
+        g[k] = dp_get(pre, k * h + j) + bias[k * h + j] + rec;
     }
     float ig = dp_lstm_sigmoid(g[0]), fg = dp_lstm_sigmoid(g[1]), gg = tanhf(g[2]), og = dp_lstm_sigmoid(g[3]);
-    float c_prev = first ? 0.0f : cells[(i * steps + t - 1) * h + j];
+    float c_prev = first ? 0.0f : dp_get(cells, (i * steps + t - 1) * h + j);
     float c = first ? ig * gg : fg * c_prev + ig * gg;
     float h_new = og * tanhf(c);
-    hprev[(i * steps + t) * h + j] = first ? 0.0f : hidden[i * h + j];
-    pre[j] = ig;
-    pre[h + j] = fg;
-    pre[2 * h + j] = gg;
-    pre[3 * h + j] = og;
-    cells[(i * steps + t) * h + j] = c;
-    out[(i * steps + t) * h + j] = h_new;
-    hidden[i * h + j] = h_new;
+    dp_set(hprev, (i * steps + t) * h + j, first ? 0.0f : dp_get(hidden, i * h + j));
+    dp_set(pre, j, ig);
+    dp_set(pre, h + j, fg);
+    dp_set(pre, 2 * h + j, gg);
+    dp_set(pre, 3 * h + j, og);
+    dp_set(cells, (i * steps + t) * h + j, c);
+    dp_set(out, (i * steps + t) * h + j, h_new);
+    dp_set(hidden, i * h + j, h_new);
 }
 
 // Unit e (< n·h) of backward step t (last = t + 1 == steps): dh = dout[i, t] + recurrent[i] (not at the
 // last step), dc = cell_grad[i] (0 at the last step) + dh·o·(1 − tanh²c_t); the gate gradients into
 // step_delta[i] and delta[i, t]; dc·f into cell_grad[i]. At the last step neither recurrent nor
 // cell_grad is read.
-DP_DEVICE void dp_lstm_backward_unit(const float *gates, const float *cells, const float *dout,
-                                     const float *recurrent, float *cell_grad, float *step_delta, float *delta,
-                                     dp_u64 steps, dp_u64 h, dp_u64 t, dp_u64 e) {
+DP_DEVICE void dp_lstm_backward_unit(dp_values gates, dp_values cells, dp_values dout, dp_values recurrent,
+                                     dp_values cell_grad, dp_values step_delta, dp_values delta, dp_u64 steps,
+                                     dp_u64 h, dp_u64 t, dp_u64 e) {
     dp_u64 i = e / h, j = e % h, g4 = 4 * h;
     int last = t + 1 == steps;
-    const float *gate = gates + (i * steps + t) * g4;
-    float ig = gate[j], fg = gate[h + j], gg = gate[2 * h + j], og = gate[3 * h + j];
-    float d_out = dout[(i * steps + t) * h + j];
-    float dh = last ? d_out : d_out + recurrent[i * h + j];
-    float tc = tanhf(cells[(i * steps + t) * h + j]);
-    float c_before = t > 0 ? cells[(i * steps + t - 1) * h + j] : 0.0f;
-    float dc = (last ? 0.0f : cell_grad[i * h + j]) + dh * og * (1.0f - tc * tc);
+    dp_values gate = dp_advance(gates, (i * steps + t) * g4);
+    float ig = dp_get(gate, j), fg = dp_get(gate, h + j);
+    float gg = dp_get(gate, 2 * h + j), og = dp_get(gate, 3 * h + j);
+    float d_out = dp_get(dout, (i * steps + t) * h + j);
+    float dh = last ? d_out : d_out + dp_get(recurrent, i * h + j);
+    float tc = tanhf(dp_get(cells, (i * steps + t) * h + j));
+    float c_before = t > 0 ? dp_get(cells, (i * steps + t - 1) * h + j) : 0.0f;
+    float dc = (last ? 0.0f : dp_get(cell_grad, i * h + j)) + dh * og * (1.0f - tc * tc);
     float d[4];
     d[0] = dc * gg * ig * (1.0f - ig);
     d[1] = dc * c_before * fg * (1.0f - fg);
     d[2] = dc * ig * (1.0f - gg * gg);
     d[3] = dh * tc * og * (1.0f - og);
     for (int k = 0; k < 4; k++) {
-        step_delta[i * g4 + k * h + j] = d[k];
-        delta[(i * steps + t) * g4 + k * h + j] = d[k];
+        dp_set(step_delta, i * g4 + k * h + j, d[k]);
+        dp_set(delta, (i * steps + t) * g4 + k * h + j, d[k]);
     }
-    cell_grad[i * h + j] = dc * fg;
+    dp_set(cell_grad, i * h + j, dc * fg);
 }
 
 #ifdef __CUDACC__
-extern "C" __global__ void dp_lstm_forward_step(float *gates, float *cells, float *hprev, float *out, float *hidden,
-                                                const float *recurrent, const float *bias, dp_u64 n, dp_u64 steps,
-                                                dp_u64 h, dp_u64 t) {
+extern "C" __global__ void dp_lstm_forward_step(dp_values gates, dp_values cells, dp_values hprev, dp_values out,
+                                                dp_values hidden, dp_values recurrent, const float *bias, dp_u64 n,
+                                                dp_u64 steps, dp_u64 h, dp_u64 t) {
     DP_GRID_STRIDE(e, n * h) { dp_lstm_forward_unit(gates, cells, hprev, out, hidden, recurrent, bias, steps, h, t, e); }
 }
 
-extern "C" __global__ void dp_lstm_backward_step(const float *gates, const float *cells, const float *dout,
-                                                 const float *recurrent, float *cell_grad, float *step_delta,
-                                                 float *delta, dp_u64 n, dp_u64 steps, dp_u64 h, dp_u64 t) {
+extern "C" __global__ void dp_lstm_backward_step(dp_values gates, dp_values cells, dp_values dout,
+                                                 dp_values recurrent, dp_values cell_grad, dp_values step_delta,
+                                                 dp_values delta, dp_u64 n, dp_u64 steps, dp_u64 h, dp_u64 t) {
     DP_GRID_STRIDE(e, n * h) {
         dp_lstm_backward_unit(gates, cells, dout, recurrent, cell_grad, step_delta, delta, steps, h, t, e);
     }

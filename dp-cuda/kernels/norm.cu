@@ -13,6 +13,11 @@
 // and gradients), as on the CPU. Every value's arithmetic and index is a function outside the kernels,
 // which the host's C compiler also compiles (tests/host_harness.c) to compare with the CPU without a
 // GPU.
+// bf16 storage (docs/GPU.md): every buffer that may be an arena span (x, y, dy, dx, the statistics and
+// the affine gradients) is dp_values, read with dp_get and written once per launch with dp_set of its
+// final f32 value, as the host reference rounds what a primitive writes; the affine weight and bias
+// (parameters) are f32. The compiler stores the values (x, y, dy, dx) in the precision and the
+// statistics and affine gradients in f32; all arithmetic is f32 (the sums double) either way.
 #include "common.cuh"
 #include "reduce.cuh"
 
@@ -37,10 +42,10 @@ DP_DEVICE float dp_group_norm_rstd(double squares, dp_u64 len) {
 }
 
 // Output value k of unit u: (x − μ)·rstd·w_c + b_c, in that order, in f32.
-DP_DEVICE float dp_group_norm_output(const float *x, const float *weight, const float *bias, dp_group_norm_dims d,
+DP_DEVICE float dp_group_norm_output(dp_values x, const float *weight, const float *bias, dp_group_norm_dims d,
                                      dp_u64 u, dp_u64 k, float mu, float rs) {
     dp_u64 c = dp_group_norm_channel(d, u, k);
-    return (x[u * dp_group_norm_len(d) + k] - mu) * rs * weight[c] + bias[c];
+    return (dp_get(x, u * dp_group_norm_len(d) + k) - mu) * rs * weight[c] + bias[c];
 }
 
 // One channel's sums of the backward, in double (the CPU's ChannelSums).
@@ -50,10 +55,10 @@ typedef struct {
 
 // Adds value p of channel cl (within its group) of unit u to `s`: x̂ = (x − μ)·rstd and dx̂ = dy·w_c
 // in f32, their products with x̂ in double.
-DP_DEVICE void dp_group_norm_add(dp_group_norm_sums *s, const float *x, const float *dy, const float *weight,
+DP_DEVICE void dp_group_norm_add(dp_group_norm_sums *s, dp_values x, dp_values dy, const float *weight,
                                  dp_group_norm_dims d, dp_u64 u, dp_u64 cl, dp_u64 p, float mu, float rs) {
     dp_u64 k = u * dp_group_norm_len(d) + cl * d.plane + p;
-    float xv = x[k], dyv = dy[k];
+    float xv = dp_get(x, k), dyv = dp_get(dy, k);
     float xh = (xv - mu) * rs, dxh = dyv * weight[dp_group_norm_channel(d, u, cl * d.plane)];
     s->dy += (double)dyv;
     s->dy_xhat += (double)dyv * (double)xh;
@@ -63,57 +68,57 @@ DP_DEVICE void dp_group_norm_add(dp_group_norm_sums *s, const float *x, const fl
 
 // Stores channel cl (within its group) of unit u's affine gradients: affine[i][c] = Σ dy·x̂ and
 // affine[i][channels + c] = Σ dy, as f32.
-DP_DEVICE void dp_group_norm_store_affine(float *affine, dp_group_norm_dims d, dp_u64 u, dp_u64 cl,
+DP_DEVICE void dp_group_norm_store_affine(dp_values affine, dp_group_norm_dims d, dp_u64 u, dp_u64 cl,
                                           dp_group_norm_sums s) {
     dp_u64 i = u / d.groups, c = dp_group_norm_channel(d, u, cl * d.plane);
-    affine[i * 2 * d.channels + c] = (float)s.dy_xhat;
-    affine[i * 2 * d.channels + d.channels + c] = (float)s.dy;
+    dp_set(affine, i * 2 * d.channels + c, (float)s.dy_xhat);
+    dp_set(affine, i * 2 * d.channels + d.channels + c, (float)s.dy);
 }
 
 // Value k of unit u's input gradient: rstd·(dy·w_c − m1 − x̂·m2), in that order, in f32.
-DP_DEVICE float dp_group_norm_dx(const float *x, const float *dy, const float *weight, dp_group_norm_dims d,
+DP_DEVICE float dp_group_norm_dx(dp_values x, dp_values dy, const float *weight, dp_group_norm_dims d,
                                  dp_u64 u, dp_u64 k, float mu, float rs, float m1, float m2) {
     dp_u64 e = u * dp_group_norm_len(d) + k;
-    float xh = (x[e] - mu) * rs;
-    return rs * (dy[e] * weight[dp_group_norm_channel(d, u, k)] - m1 - xh * m2);
+    float xh = (dp_get(x, e) - mu) * rs;
+    return rs * (dp_get(dy, e) * weight[dp_group_norm_channel(d, u, k)] - m1 - xh * m2);
 }
 
 #ifdef __CUDACC__
 
 // One block per unit (blockDim.x a multiple of 32); y, mean and rstd overwritten.
-extern "C" __global__ void dp_group_norm_forward(const float *x, dp_group_norm_dims d, dp_u64 n, const float *weight,
-                                                 const float *bias, float *y, float *mean, float *rstd) {
+extern "C" __global__ void dp_group_norm_forward(dp_values x, dp_group_norm_dims d, dp_u64 n, const float *weight,
+                                                 const float *bias, dp_values y, dp_values mean, dp_values rstd) {
     dp_u64 len = dp_group_norm_len(d);
     for (dp_u64 u = blockIdx.x; u < n * d.groups; u += gridDim.x) {
-        const float *xs = x + u * len;
+        dp_values xs = dp_advance(x, u * len);
         double sum = 0.0;
-        for (dp_u64 k = threadIdx.x; k < len; k += blockDim.x) sum += (double)xs[k];
+        for (dp_u64 k = threadIdx.x; k < len; k += blockDim.x) sum += (double)dp_get(xs, k);
         double m = dp_block_sum_f64(sum) / (double)len;
         double squares = 0.0;
         for (dp_u64 k = threadIdx.x; k < len; k += blockDim.x) {
-            double v = (double)xs[k] - m;
+            double v = (double)dp_get(xs, k) - m;
             squares += v * v;
         }
         squares = dp_block_sum_f64(squares);
         float mu = (float)m, rs = dp_group_norm_rstd(squares, len);
         if (threadIdx.x == 0) {
-            mean[u] = mu;
-            rstd[u] = rs;
+            dp_set(mean, u, mu);
+            dp_set(rstd, u, rs);
         }
         for (dp_u64 k = threadIdx.x; k < len; k += blockDim.x)
-            y[u * len + k] = dp_group_norm_output(x, weight, bias, d, u, k, mu, rs);
+            dp_set(y, u * len + k, dp_group_norm_output(x, weight, bias, d, u, k, mu, rs));
     }
 }
 
 // One block per unit (blockDim.x a multiple of 32), one warp per channel of it; dx and the unit's
 // channels of affine (n × 2·channels) overwritten.
-extern "C" __global__ void dp_group_norm_backward(const float *x, const float *dy, const float *weight,
-                                                  const float *mean, const float *rstd, dp_group_norm_dims d,
-                                                  dp_u64 n, float *dx, float *affine) {
+extern "C" __global__ void dp_group_norm_backward(dp_values x, dp_values dy, const float *weight, dp_values mean,
+                                                  dp_values rstd, dp_group_norm_dims d, dp_u64 n, dp_values dx,
+                                                  dp_values affine) {
     dp_u64 len = dp_group_norm_len(d), per_group = d.channels / d.groups;
     dp_u64 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     for (dp_u64 u = blockIdx.x; u < n * d.groups; u += gridDim.x) {
-        float mu = mean[u], rs = rstd[u];
+        float mu = dp_get(mean, u), rs = dp_get(rstd, u);
         // Lane 0's share of the unit's Σ dx̂ and Σ dx̂·x̂: its warp's channels.
         double dxhat = 0.0, dxhat_xhat = 0.0;
         for (dp_u64 cl = warp; cl < per_group; cl += warps) {
@@ -132,7 +137,7 @@ extern "C" __global__ void dp_group_norm_backward(const float *x, const float *d
         float m1 = (float)(dp_block_sum_f64(dxhat) / (double)len);
         float m2 = (float)(dp_block_sum_f64(dxhat_xhat) / (double)len);
         for (dp_u64 k = threadIdx.x; k < len; k += blockDim.x)
-            dx[u * len + k] = dp_group_norm_dx(x, dy, weight, d, u, k, mu, rs, m1, m2);
+            dp_set(dx, u * len + k, dp_group_norm_dx(x, dy, weight, d, u, k, mu, rs, m1, m2));
     }
 }
 #endif

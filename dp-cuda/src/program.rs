@@ -22,6 +22,7 @@ use dp_runtime::device::{
 use crate::dense::activation_code;
 use crate::device::Gpu;
 
+mod conversions;
 mod memory;
 mod products;
 
@@ -163,7 +164,7 @@ mod transformer_ops;
 impl GpuOps<'_> {
     /// Queues `*count += ` the number of non-finite values of `span` (`count` a device address).
     pub fn count_non_finite(&self, span: Span, count: CUdeviceptr) -> std::result::Result<(), DeviceError> {
-        let (v, n) = (self.memory.ptr(span)?, span.len as u64);
+        let (v, n) = (self.memory.values(span)?, span.len as u64);
         launch!(self, k::COUNT_NON_FINITE, "dp_count_non_finite", elementwise(span.len); &v, &n, &count)
     }
 }
@@ -185,10 +186,11 @@ impl DeviceOps for GpuOps<'_> {
         if let Some(b) = bias {
             self.check("bias_activation", &[(b, cols)])?;
         }
-        let (y, has_bias) = (self.memory.ptr(y)?, i32::from(bias.is_some()));
+        let (y, has_bias) = (self.memory.values(y)?, i32::from(bias.is_some()));
+        // Without a bias the kernel never reads it: any address will do.
         let bias = match bias {
             Some(b) => self.memory.ptr(b)?,
-            None => y,
+            None => y & !BF16_TAG,
         };
         let (rows, cols, act) = (rows as u64, cols as u64, activation_code(act));
         launch!(self, k::BIAS_ACTIVATION, "dp_bias_activation", elementwise((rows * cols) as usize);
@@ -203,7 +205,8 @@ impl DeviceOps for GpuOps<'_> {
         act: Activation,
     ) -> std::result::Result<(), DeviceError> {
         self.check("activation", &[(x, len), (y, len)])?;
-        let (x, y, n, act) = (self.memory.ptr(x)?, self.memory.ptr(y)?, len as u64, activation_code(act));
+        let (x, y, n, act) =
+            (self.memory.values(x)?, self.memory.values(y)?, len as u64, activation_code(act));
         launch!(self, k::ACTIVATION, "dp_activation", elementwise(len); &x, &y, &n, &act)
     }
 
@@ -215,7 +218,8 @@ impl DeviceOps for GpuOps<'_> {
         act: Activation,
     ) -> std::result::Result<(), DeviceError> {
         self.check("activation_backward", &[(grad, len), (y, len)])?;
-        let (g, y, n, act) = (self.memory.ptr(grad)?, self.memory.ptr(y)?, len as u64, activation_code(act));
+        let (g, y, n, act) =
+            (self.memory.values(grad)?, self.memory.values(y)?, len as u64, activation_code(act));
         launch!(self, k::ACTIVATION_BACKWARD, "dp_activation_backward", elementwise(len); &g, &y, &n, &act)
     }
 
@@ -239,10 +243,10 @@ impl DeviceOps for GpuOps<'_> {
             &[(outputs, rows * width), (grad, rows * width), (labels, rows * label_width), (losses, rows)],
         )?;
         let (z, y, l, g) = (
-            self.memory.ptr(outputs)?,
+            self.memory.values(outputs)?,
             self.memory.ptr(labels)?,
             self.memory.ptr(losses)?,
-            self.memory.ptr(grad)?,
+            self.memory.values(grad)?,
         );
         let (r, w, config) = (rows as u64, width as u64, elementwise(rows));
         match loss {
@@ -280,7 +284,7 @@ impl DeviceOps for GpuOps<'_> {
         if rows == 0 {
             return Ok(());
         }
-        let (a, d, s) = (self.memory.ptr(a)?, self.memory.ptr(delta)?, self.memory.ptr(sq_norms)?);
+        let (a, d, s) = (self.memory.values(a)?, self.memory.values(delta)?, self.memory.ptr(sq_norms)?);
         let (r, i, o, b, gs, g) =
             (rows as u64, inputs as u64, outputs as u64, i32::from(has_bias), groups as u64, group as u64);
         let config = LaunchConfig {
@@ -312,7 +316,7 @@ impl DeviceOps for GpuOps<'_> {
             "scale_rows",
             &[(src, rows * cols), (dst, rows * cols), (factors, rows / positions * groups)],
         )?;
-        let (s, d, f) = (self.memory.ptr(src)?, self.memory.ptr(dst)?, self.memory.ptr(factors)?);
+        let (s, d, f) = (self.memory.values(src)?, self.memory.values(dst)?, self.memory.ptr(factors)?);
         let by_factor = match scale {
             RowScale::ByFactor => 1i32,
             RowScale::Copy => 0,
@@ -329,29 +333,42 @@ impl DeviceOps for GpuOps<'_> {
         dst: Span,
     ) -> std::result::Result<(), DeviceError> {
         self.check("column_sums_add", &[(src, rows * cols), (dst, cols)])?;
-        let (s, d, r, c) = (self.memory.ptr(src)?, self.memory.ptr(dst)?, rows as u64, cols as u64);
+        let (s, d, r, c) = (self.memory.values(src)?, self.memory.ptr(dst)?, rows as u64, cols as u64);
         launch!(self, k::COLUMN_SUMS_ADD, "dp_column_sums_add", elementwise(cols); &s, &r, &c, &d)
     }
 
     fn add_into(&mut self, dst: Span, src: Span, len: usize) -> std::result::Result<(), DeviceError> {
         self.check("add_into", &[(dst, len), (src, len)])?;
-        let (d, s, n) = (self.memory.ptr(dst)?, self.memory.ptr(src)?, len as u64);
+        let (d, s, n) = (self.memory.values(dst)?, self.memory.values(src)?, len as u64);
         launch!(self, k::ADD_INTO, "dp_add_into", elementwise(len); &d, &s, &n)
     }
 
+    /// A byte copy between spans stored in one type; between an f32 and a bf16 span, a conversion
+    /// (rounded as the host reference's store rounds).
     fn copy(&mut self, dst: Span, src: Span, len: usize) -> std::result::Result<(), DeviceError> {
         self.check("copy", &[(dst, len), (src, len)])?;
-        let (d, s) = (self.memory.ptr(dst)?, self.memory.ptr(src)?);
-        // SAFETY: both ranges lie in their regions; the copy is queued on the GPU's stream.
-        unsafe { drv::memcpy_dtod_async(d, s, len * 4, self.gpu.stream.cu_stream()) }
+        let addresses = self.memory.addresses();
+        let (dst_type, src_type) = (addresses.stored_type(dst)?, addresses.stored_type(src)?);
+        if dst_type != src_type {
+            let (d, s) = (addresses.values(dst)?, addresses.values(src)?);
+            return conversions::convert_values(self, s, d, len);
+        }
+        let (d, s) = (addresses.address(dst, dst_type)?, addresses.address(src, src_type)?);
+        // SAFETY: both ranges lie in their stores, `len` values of one type each; the copy is queued
+        // on the GPU's stream.
+        unsafe { drv::memcpy_dtod_async(d, s, len * dst_type.size(), self.gpu.stream.cu_stream()) }
             .map_err(|e| DeviceError::Backend(format!("copy: {e}")))
     }
 
+    /// Zero bits, which are 0.0 in f32 and in bf16.
     fn zero(&mut self, dst: Span, len: usize) -> std::result::Result<(), DeviceError> {
         self.check("zero", &[(dst, len)])?;
-        let d = self.memory.ptr(dst)?;
-        // SAFETY: the range lies in its region; the memset is queued on the GPU's stream.
-        unsafe { drv::memset_d8_async(d, 0, len * 4, self.gpu.stream.cu_stream()) }
+        let addresses = self.memory.addresses();
+        let stored = addresses.stored_type(dst)?;
+        let d = addresses.address(dst, stored)?;
+        // SAFETY: the range lies in its store, `len` values of its type; the memset is queued on the
+        // GPU's stream.
+        unsafe { drv::memset_d8_async(d, 0, len * stored.size(), self.gpu.stream.cu_stream()) }
             .map_err(|e| DeviceError::Backend(format!("zero: {e}")))
     }
 
@@ -369,7 +386,7 @@ impl DeviceOps for GpuOps<'_> {
         if n == 0 {
             return Ok(());
         }
-        let (i, t, o) = (self.memory.ptr(ids)?, self.memory.ptr(table)?, self.memory.ptr(out)?);
+        let (i, t, o) = (self.memory.ptr(ids)?, self.memory.ptr(table)?, self.memory.values(out)?);
         let (n64, s, v, d) = (n as u64, steps as u64, vocab as u64, dim as u64);
         let config = LaunchConfig {
             grid_dim: (n.min(65_535) as u32, 1, 1),
@@ -397,7 +414,7 @@ impl DeviceOps for GpuOps<'_> {
         if n == 0 {
             return Ok(());
         }
-        let (i, d, q) = (self.memory.ptr(ids)?, self.memory.ptr(delta)?, self.memory.ptr(sq_norms)?);
+        let (i, d, q) = (self.memory.ptr(ids)?, self.memory.values(delta)?, self.memory.ptr(sq_norms)?);
         let (n64, s, dm, gs, g) = (n as u64, steps as u64, dim as u64, groups as u64, group as u64);
         let config = LaunchConfig {
             grid_dim: (n.min(65_535) as u32, 1, 1),
@@ -427,9 +444,10 @@ impl DeviceOps for GpuOps<'_> {
                 }
                 (self.memory.ptr(f)?, 1i32, groups as u64, group as u64)
             }
-            None => (self.memory.ptr(delta)?, 0, 1, 0),
+            // Never read (has_factors 0): any f32 address, the gradient's (δ may be stored in bf16).
+            None => (self.memory.ptr(grad)?, 0, 1, 0),
         };
-        let (i, d, g) = (self.memory.ptr(ids)?, self.memory.ptr(delta)?, self.memory.ptr(grad)?);
+        let (i, d, g) = (self.memory.ptr(ids)?, self.memory.values(delta)?, self.memory.ptr(grad)?);
         let (n64, s, v, dm) = (n as u64, steps as u64, vocab as u64, dim as u64);
         launch!(self, k::EMBEDDING_MEAN_SCATTER, "dp_embedding_mean_scatter", elementwise(n * steps * dim);
             &i, &d, &n64, &s, &v, &dm, &f, &has, &groups, &group, &g)

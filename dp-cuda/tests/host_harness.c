@@ -12,31 +12,49 @@
  *   adam NOISE_STD INVERSE_BATCH LR BETA1 BETA2 EPS WEIGHT_DECAY DECOUPLED CORRECTION1 ROOT_CORRECTION2
  *     LEN: in params, exp_avg, exp_avg_sq, sum (f32 each), z (f64); out: params, exp_avg, exp_avg_sq.
  *   im2col|col2im IN_C IN_H IN_W KH KW STRIDE PADDING DILATION N: in the batch's input (the patches);
- *     out its patches (its input gradient), f32, each value as conv.cu's kernels compute it.
+ *     out its patches (its input gradient), f32, each value as conv.cu's kernels compute it. Buffers:
+ *     the input, the output.
  *   maxpool|avgpool|maxpoolback|avgpoolback CHANNELS IN_H IN_W KERNEL STRIDE PADDING N: in x (dy, and
- *     for maxpoolback the argmax bits); out y and, for maxpool, the argmax bits (dx), f32.
+ *     for maxpoolback the argmax bits); out y and, for maxpool, the argmax bits (dx), f32. Buffers: x
+ *     (dy), y (dx); the argmax is always f32.
  *   keptsum N LEN HAS_FACTORS GROUPS GROUP: in src (N*LEN), factors (N*GROUPS), dst (LEN); out dst.
+ *     Buffers: src, dst; the factors are f32.
+ *   chanbias N CHANNELS POSITIONS HAS_BIAS ACT: in y (N*CHANNELS*POSITIONS), bias (CHANNELS, f32); out
+ *     y after conv.cu's channel bias and activation. Buffer: y.
+ *   rowsums ROWS COLS: in src (ROWS*COLS); out each row's sum, a warp's 32 lane shares combined in
+ *     dp_warp_sum's order (conv.cu's row sums). Buffers: src, the sums.
+ *   keptnorms N WEIGHT_LEN BIAS_LEN GROUPS GROUP: in weight (N*WEIGHT_LEN), bias (N*BIAS_LEN), sq_norms
+ *     (N*GROUPS, f32); out sq_norms, each example's 256 thread shares combined in dp_block_sum's order.
+ *     Buffers: weight, bias.
+ *   globalpool|globalpoolback PLANES PLANE: in x (PLANES*PLANE; dy, PLANES); out the planes' means as
+ *     the row sums combine them (dx). Buffers: x (dy), y (dx).
  *   groupnorm CHANNELS PLANE GROUPS N: in x (N*CHANNELS*PLANE), weight, bias (CHANNELS each), dy (as
  *     x); out y, mean, rstd (N*GROUPS each), dx, affine (N*2*CHANNELS), f32: norm.cu's functions of
  *     each value, the block's and warps' sums in double one after another, the backward from the
- *     forward's statistics.
- *   embgather N STEPS VOCAB DIM: in ids (N*STEPS u32), table (VOCAB*DIM); out the rows, f32.
+ *     forward's statistics as stored. Buffers (DP_HARNESS_BF16 bits 0-6): x, dy, y, mean, rstd, dx,
+ *     affine.
+ *   embgather N STEPS VOCAB DIM: in ids (N*STEPS u32), table (VOCAB*DIM); out the rows, f32. Buffer:
+ *     the rows.
  *   embnorms N STEPS DIM: in ids, delta (N*STEPS*DIM); out each example's squared norm (its terms
- *     summed in double in the kernel's order of one thread), f32.
+ *     summed in double in the kernel's order of one thread), f32. Buffer: delta.
  *   embscatter N STEPS VOCAB DIM HAS_FACTORS GROUPS GROUP: in ids, delta, factors (N*GROUPS), grad
- *     (VOCAB*DIM); out grad, its terms added one after another in position-column order.
+ *     (VOCAB*DIM); out grad, its terms added one after another in position-column order. Buffer: delta.
  *   seqsums|seqbroadcast N STEPS COLS SCALE: in src (N*STEPS*COLS, or N*COLS to broadcast); out dst.
+ *     Buffers: src, dst.
  *   lstmforward N STEPS H T: in gates (N*STEPS*4H), cells, hprev, out (N*STEPS*H each), hidden (N*H),
- *     recurrent (N*4H), bias (4H); out gates, cells, hprev, out, hidden after step T.
+ *     recurrent (N*4H), bias (4H); out gates, cells, hprev, out, hidden after step T. Buffers: gates,
+ *     cells, hprev, out, hidden, recurrent.
  *   lstmbackward N STEPS H T: in gates, cells, dout, recurrent (N*H), cell_grad (N*H), step_delta
- *     (N*4H), delta (N*STEPS*4H); out cell_grad, step_delta, delta after step T.
+ *     (N*4H), delta (N*STEPS*4H); out cell_grad, step_delta, delta after step T. Buffers: all seven, in
+ *     that order.
  *   actinput LEN ACT: in grad, x (LEN each); out grad times the derivative at x (transformer.cu).
  *   copystrided ROWS COLS SRC_STRIDE DST_STRIDE SRC_LEN DST_LEN: in src, dst; out dst.
- *   patches CHANNELS HEIGHT WIDTH SIZE N TO_PATCHES: in from (N*C*H*W); out to.
+ *   patches CHANNELS HEIGHT WIDTH SIZE N TO_PATCHES: in from (N*C*H*W); out to (the second buffer).
  *   attnsoftmax BLOCKS STEPS SCALE CAUSAL: in scores (BLOCKS*STEPS*STEPS); out the probabilities
  *     (per row the kernel's 32 lanes, their partials combined in its shuffles' order).
  *   attnsoftmaxback BLOCKS STEPS SCALE: in probs, grad (BLOCKS*STEPS*STEPS each); out grad (as above).
  *   addscaled LEN SCALE: in dst, src (LEN each); out dst.
+ *   fill LEN VALUE: in dst (LEN); out dst filled with VALUE (attention.cu's dp_fill).
  *   views VIEWS LEN RANGES GROUPS PER_LAYER CLIP_NORM: in the gradient sum over VIEWS views (LEN f32),
  *     the ranges' offsets, lengths and groups (RANGES u64 each), the clipped sum (LEN f32); out the
  *     average (LEN f32), the squared norms and factors (GROUPS f32 each), the invalid count (u32) and
@@ -44,6 +62,31 @@
  *     range, clip.cu's factors.
  *   store LEN: in LEN f32; out them as a buffer stores them (bf16 with DP_HARNESS_BF16=1: rounded by
  *     common.cuh's dp_bf16_bits, widened back).
+ *   dense WHAT ...: dense.cu's per-value functions, one value (or row, or example) after another; f32
+ *     in and out, the buffers (harness_buffer, DP_HARNESS_BF16's bits in the order listed) those a
+ *     kernel takes as dp_values, every other array f32 (a float * of the kernel):
+ *     biasact ROWS COLS HAS_BIAS ACT: in y (ROWS*COLS), bias (COLS, only with HAS_BIAS: else the
+ *       function gets NULL); out y after the bias and activation. Buffer: y.
+ *     act LEN ACT: in x; out y = act(x). Buffers: x, y.
+ *     actback LEN ACT: in grad, y (LEN each); out grad times the derivative from y. Buffers: grad, y.
+ *     softmaxce ROWS CLASSES | bce ROWS | mse ROWS OUTPUTS: in the outputs (ROWS*CLASSES, ROWS,
+ *       ROWS*OUTPUTS), the labels (ROWS, ROWS, ROWS*OUTPUTS); out the losses (ROWS), the gradient (as
+ *       the outputs). Buffers: outputs, gradient.
+ *     ghostnorms ROWS INPUTS OUTPUTS HAS_BIAS THREADS: in a (ROWS*INPUTS), delta (ROWS*OUTPUTS); out
+ *       each row's squared ghost norm, the THREADS threads' shares added in thread order. Buffers: a,
+ *       delta.
+ *     scalerows ROWS POSITIONS COLS GROUPS GROUP BY_FACTOR: in src (ROWS*COLS), factors
+ *       (ROWS/POSITIONS*GROUPS); out dst. Buffers: src, dst.
+ *     colsums ROWS COLS: in src (ROWS*COLS), dst (COLS, the gradient); out dst. Buffer: src.
+ *     addinto LEN: in dst, src (LEN each); out dst. Buffers: dst, src.
+ *     embmean N STEPS VOCAB DIM: in ids (N*STEPS u32), table (VOCAB*DIM); out the means (N*DIM).
+ *       Buffer: the means.
+ *     embmeannorms N STEPS DIM: in ids, delta (N*DIM); out each example's squared norm, its pairs
+ *       summed in f32 and its squares in double in the order of one thread. Buffer: delta.
+ *     embmeanscatter N STEPS VOCAB DIM HAS_FACTORS GROUPS GROUP: in ids, delta (N*DIM), factors
+ *       (N*GROUPS, only with HAS_FACTORS: else NULL), grad (VOCAB*DIM); out grad, its terms added one
+ *       after another in example-position-column order. Buffer: delta.
+ *     nonfinite LEN: in values (LEN); out how many are infinite or NaN (u32). Buffer: values.
  * DP_HARNESS_BF16 holds an operation's buffers in bf16 (see harness_buffer below). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,6 +107,7 @@ static unsigned long long words_past_prefix, segments_scanned;
 #include "../kernels/lstm.cu"
 #include "../kernels/transformer.cu"
 #include "../kernels/views.cu"
+#include "../kernels/dense.cu"
 
 static void *read_stdin(size_t bytes) {
     void *buffer = malloc(bytes ? bytes : 1);
@@ -197,9 +241,11 @@ static int conv(const char *op, char **argv) {
     dp_u64 inputs = n * g.in_c * g.in_h * g.in_w, patches = n * g.in_c * g.kh * g.kw * g.out_h * g.out_w;
     int forward = strcmp(op, "im2col") == 0;
     dp_u64 in_len = forward ? inputs : patches, out_len = forward ? patches : inputs;
-    float *in = read_stdin(in_len * 4), *out = malloc(out_len * 4 + 4);
-    for (dp_u64 e = 0; e < out_len; ++e) out[e] = forward ? dp_im2col_value(in, g, e) : dp_col2im_value(in, g, e);
-    fwrite(out, 4, out_len, stdout);
+    harness_buffer in = buffer_in(in_len), out = buffer_new(out_len);
+    dp_values x = buffer_values(in);
+    for (dp_u64 e = 0; e < out_len; ++e)
+        dp_set(buffer_values(out), e, forward ? dp_im2col_value(x, g, e) : dp_col2im_value(x, g, e));
+    buffer_out(out);
     return 0;
 }
 
@@ -211,33 +257,115 @@ static int pool(const char *op, char **argv) {
     dp_u64 inputs = n * g.channels * g.in_h * g.in_w, outputs = n * g.channels * g.out_h * g.out_w;
     if (strcmp(op, "maxpool") == 0 || strcmp(op, "avgpool") == 0) {
         int max = op[0] == 'm';
-        float *x = read_stdin(inputs * 4), *y = malloc(outputs * 4 + 4), *argmax = malloc(outputs * 4 + 4);
+        harness_buffer x = buffer_in(inputs), y = buffer_new(outputs);
+        float *argmax = malloc(outputs * 4 + 4);
         for (dp_u64 e = 0; e < outputs; ++e) {
             if (max)
-                dp_max_pool_output(x, g, e, y, argmax);
+                dp_max_pool_output(buffer_values(x), g, e, buffer_values(y), argmax);
             else
-                y[e] = dp_avg_pool_value(x, g, e);
+                dp_set(buffer_values(y), e, dp_avg_pool_value(buffer_values(x), g, e));
         }
-        fwrite(y, 4, outputs, stdout);
+        buffer_out(y);
         if (max) fwrite(argmax, 4, outputs, stdout);
         return 0;
     }
     int max = op[0] == 'm';
-    float *dy = read_stdin(outputs * 4), *argmax = max ? read_stdin(outputs * 4) : NULL;
-    float *dx = malloc(inputs * 4 + 4);
+    harness_buffer dy = buffer_in(outputs);
+    float *argmax = max ? read_stdin(outputs * 4) : NULL;
+    harness_buffer dx = buffer_new(inputs);
     for (dp_u64 e = 0; e < inputs; ++e)
-        dx[e] = max ? dp_max_pool_backward_value(dy, argmax, g, e) : dp_avg_pool_backward_value(dy, g, e);
-    fwrite(dx, 4, inputs, stdout);
+        dp_set(buffer_values(dx), e,
+               max ? dp_max_pool_backward_value(buffer_values(dy), argmax, g, e)
+                   : dp_avg_pool_backward_value(buffer_values(dy), g, e));
+    buffer_out(dx);
     return 0;
 }
 
 static int kept_sum(char **argv) {
     dp_u64 n = arg(argv, 0), len = arg(argv, 1), groups = arg(argv, 3), group = arg(argv, 4);
     int has = atoi(argv[2]);
-    float *src = read_stdin(n * len * 4), *factors = read_stdin(n * groups * 4), *dst = read_stdin(len * 4);
+    harness_buffer src = buffer_in(n * len);
+    float *factors = read_stdin(n * groups * 4);
+    harness_buffer dst = buffer_in(len);
+    dp_values s = buffer_values(src), d = buffer_values(dst);
     for (dp_u64 j = 0; j < len; ++j)
-        dst[j] = dp_kept_weighted_column(src, n, len, factors, has, groups, group, dst[j], j);
-    fwrite(dst, 4, len, stdout);
+        dp_set(d, j, dp_kept_weighted_column(s, n, len, factors, has, groups, group, dp_get(d, j), j));
+    buffer_out(dst);
+    return 0;
+}
+
+static int channel_bias(char **argv) {
+    dp_u64 n = arg(argv, 0), channels = arg(argv, 1), positions = arg(argv, 2), len = n * channels * positions;
+    int has_bias = atoi(argv[3]), act = atoi(argv[4]);
+    harness_buffer y = buffer_in(len);
+    float *bias = read_stdin(channels * 4);
+    for (dp_u64 e = 0; e < len; ++e)
+        dp_set(buffer_values(y), e,
+               dp_channel_bias_activation_value(buffer_values(y), bias, has_bias, channels, positions, act, e));
+    buffer_out(y);
+    return 0;
+}
+
+/* Lane 0's value after dp_warp_sum: five __shfl_down_sync steps, each lane adding the value `o` lanes
+ * above it (a lane past the warp's end reading its own, which lane 0's sum never uses). */
+static float conv_warp_sum(const float lanes[32]) {
+    float v[32];
+    memcpy(v, lanes, sizeof v);
+    for (int o = 16; o > 0; o >>= 1) {
+        float next[32];
+        for (int l = 0; l < 32; ++l) next[l] = v[l] + (l + o < 32 ? v[l + o] : v[l]);
+        memcpy(v, next, sizeof next);
+    }
+    return v[0];
+}
+
+/* dp_block_sum over `threads` (a multiple of 32) threads' values: each warp's sum, then warp 0's sum of
+ * those (lanes past the warps' count holding 0). */
+static float conv_block_sum(const float *values, unsigned threads) {
+    float partial[32] = {0};
+    for (unsigned w = 0; w < threads / 32; ++w) partial[w] = conv_warp_sum(values + 32 * w);
+    return conv_warp_sum(partial);
+}
+
+/* The threads of conv_ops.rs's per_block launches (dp_kept_sq_norms). */
+#define CONV_BLOCK_THREADS 256u
+
+static int conv_reductions(const char *op, char **argv) {
+    float lanes[CONV_BLOCK_THREADS];
+    if (strcmp(op, "keptnorms") == 0) {
+        dp_u64 n = arg(argv, 0), weight_len = arg(argv, 1), bias_len = arg(argv, 2), groups = arg(argv, 3);
+        dp_u64 group = arg(argv, 4);
+        harness_buffer weight = buffer_in(n * weight_len), bias = buffer_in(n * bias_len);
+        float *sq_norms = read_stdin(n * groups * 4);
+        for (dp_u64 i = 0; i < n; ++i) {
+            for (unsigned t = 0; t < CONV_BLOCK_THREADS; ++t)
+                lanes[t] = dp_kept_square_share(buffer_values(weight), weight_len, i, t, CONV_BLOCK_THREADS);
+            float w2 = conv_block_sum(lanes, CONV_BLOCK_THREADS);
+            for (unsigned t = 0; t < CONV_BLOCK_THREADS; ++t)
+                lanes[t] = dp_kept_square_share(buffer_values(bias), bias_len, i, t, CONV_BLOCK_THREADS);
+            float b2 = conv_block_sum(lanes, CONV_BLOCK_THREADS);
+            sq_norms[i * groups + group] = bias_len ? w2 + b2 : w2;
+        }
+        fwrite(sq_norms, 4, n * groups, stdout);
+        return 0;
+    }
+    if (strcmp(op, "globalpoolback") == 0) {
+        dp_u64 planes = arg(argv, 0), plane = arg(argv, 1);
+        harness_buffer dy = buffer_in(planes), dx = buffer_new(planes * plane);
+        for (dp_u64 e = 0; e < planes * plane; ++e)
+            dp_set(buffer_values(dx), e, dp_global_avg_pool_backward_value(buffer_values(dy), plane, e));
+        buffer_out(dx);
+        return 0;
+    }
+    /* rowsums and globalpool: a warp per row (plane), dp_row_lane_sum's 32 shares. */
+    dp_u64 rows = arg(argv, 0), cols = arg(argv, 1);
+    harness_buffer src = buffer_in(rows * cols), dst = buffer_new(rows);
+    for (dp_u64 r = 0; r < rows; ++r) {
+        for (unsigned l = 0; l < 32; ++l) lanes[l] = dp_row_lane_sum(buffer_values(src), cols, r, l);
+        float sum = conv_warp_sum(lanes);
+        dp_set(buffer_values(dst), r, strcmp(op, "globalpool") == 0 ? sum / (float)cols : sum);
+    }
+    buffer_out(dst);
     return 0;
 }
 
@@ -245,35 +373,43 @@ static int group_norm(char **argv) {
     dp_group_norm_dims d = {arg(argv, 0), arg(argv, 1), arg(argv, 2)};
     dp_u64 n = arg(argv, 3), len = dp_group_norm_len(d), units = n * d.groups, values = n * d.channels * d.plane;
     dp_u64 per_group = d.channels / d.groups;
-    float *x = read_stdin(values * 4), *weight = read_stdin(d.channels * 4), *bias = read_stdin(d.channels * 4);
-    float *dy = read_stdin(values * 4);
-    float *y = malloc(values * 4 + 4), *mean = malloc(units * 4 + 4), *rstd = malloc(units * 4 + 4);
-    float *dx = malloc(values * 4 + 4), *affine = malloc(n * 2 * d.channels * 4 + 4);
+    harness_buffer xb = buffer_in(values);
+    float *weight = read_stdin(d.channels * 4), *bias = read_stdin(d.channels * 4);
+    harness_buffer dyb = buffer_in(values);
+    harness_buffer yb = buffer_new(values), meanb = buffer_new(units), rstdb = buffer_new(units);
+    harness_buffer dxb = buffer_new(values), affineb = buffer_new(n * 2 * d.channels);
+    dp_values x = buffer_values(xb), dy = buffer_values(dyb), y = buffer_values(yb), mean = buffer_values(meanb);
+    dp_values rstd = buffer_values(rstdb), dx = buffer_values(dxb), affine = buffer_values(affineb);
     for (dp_u64 u = 0; u < units; ++u) {
-        const float *xs = x + u * len;
+        dp_values xs = dp_advance(x, u * len);
         double sum = 0.0, squares = 0.0;
-        for (dp_u64 k = 0; k < len; ++k) sum += (double)xs[k];
+        for (dp_u64 k = 0; k < len; ++k) sum += (double)dp_get(xs, k);
         double m = sum / (double)len;
-        for (dp_u64 k = 0; k < len; ++k) squares += ((double)xs[k] - m) * ((double)xs[k] - m);
-        mean[u] = (float)m;
-        rstd[u] = dp_group_norm_rstd(squares, len);
-        for (dp_u64 k = 0; k < len; ++k) y[u * len + k] = dp_group_norm_output(x, weight, bias, d, u, k, mean[u], rstd[u]);
+        for (dp_u64 k = 0; k < len; ++k) squares += ((double)dp_get(xs, k) - m) * ((double)dp_get(xs, k) - m);
+        float mu = (float)m, rs = dp_group_norm_rstd(squares, len);
+        dp_set(mean, u, mu);
+        dp_set(rstd, u, rs);
+        for (dp_u64 k = 0; k < len; ++k) dp_set(y, u * len + k, dp_group_norm_output(x, weight, bias, d, u, k, mu, rs));
+        /* The forward's kernel computes y from its statistics in f32, the backward's reads them as stored. */
+        mu = dp_get(mean, u);
+        rs = dp_get(rstd, u);
         double dxhat = 0.0, dxhat_xhat = 0.0;
         for (dp_u64 cl = 0; cl < per_group; ++cl) {
             dp_group_norm_sums s = {0.0, 0.0, 0.0, 0.0};
-            for (dp_u64 p = 0; p < d.plane; ++p) dp_group_norm_add(&s, x, dy, weight, d, u, cl, p, mean[u], rstd[u]);
+            for (dp_u64 p = 0; p < d.plane; ++p) dp_group_norm_add(&s, x, dy, weight, d, u, cl, p, mu, rs);
             dp_group_norm_store_affine(affine, d, u, cl, s);
             dxhat += s.dxhat;
             dxhat_xhat += s.dxhat_xhat;
         }
         float m1 = (float)(dxhat / (double)len), m2 = (float)(dxhat_xhat / (double)len);
-        for (dp_u64 k = 0; k < len; ++k) dx[u * len + k] = dp_group_norm_dx(x, dy, weight, d, u, k, mean[u], rstd[u], m1, m2);
+        for (dp_u64 k = 0; k < len; ++k)
+            dp_set(dx, u * len + k, dp_group_norm_dx(x, dy, weight, d, u, k, mu, rs, m1, m2));
     }
-    fwrite(y, 4, values, stdout);
-    fwrite(mean, 4, units, stdout);
-    fwrite(rstd, 4, units, stdout);
-    fwrite(dx, 4, values, stdout);
-    fwrite(affine, 4, n * 2 * d.channels, stdout);
+    buffer_out(yb);
+    buffer_out(meanb);
+    buffer_out(rstdb);
+    buffer_out(dxb);
+    buffer_out(affineb);
     return 0;
 }
 
@@ -282,18 +418,21 @@ static int embedding(const char *op, char **argv) {
     unsigned int *ids = read_stdin(n * steps * 4);
     if (strcmp(op, "embgather") == 0) {
         dp_u64 vocab = arg(argv, 2), dim = arg(argv, 3), len = n * steps * dim;
-        float *table = read_stdin(vocab * dim * 4), *out = malloc(len * 4 + 4);
-        for (dp_u64 e = 0; e < len; ++e) out[e] = dp_embedding_gather_value(ids, table, vocab, dim, e);
-        fwrite(out, 4, len, stdout);
+        float *table = read_stdin(vocab * dim * 4);
+        harness_buffer out = buffer_new(len);
+        for (dp_u64 e = 0; e < len; ++e)
+            dp_set(buffer_values(out), e, dp_embedding_gather_value(ids, table, vocab, dim, e));
+        buffer_out(out);
         return 0;
     }
     if (strcmp(op, "embnorms") == 0) {
         dp_u64 dim = arg(argv, 2);
-        float *delta = read_stdin(n * steps * dim * 4), *norms = malloc(n * 4 + 4);
+        harness_buffer delta = buffer_in(n * steps * dim);
+        float *norms = malloc(n * 4 + 4);
         for (dp_u64 i = 0; i < n; ++i) {
             double acc = 0.0;
             for (dp_u64 k = 0; k < steps * dim; ++k)
-                acc += (double)dp_embedding_token_square(ids, delta, steps, dim, i, k / dim, k % dim);
+                acc += (double)dp_embedding_token_square(ids, buffer_values(delta), steps, dim, i, k / dim, k % dim);
             norms[i] = (float)acc;
         }
         fwrite(norms, 4, n, stdout);
@@ -301,7 +440,8 @@ static int embedding(const char *op, char **argv) {
     }
     dp_u64 vocab = arg(argv, 2), dim = arg(argv, 3), groups = arg(argv, 5), group = arg(argv, 6);
     int has = atoi(argv[4]);
-    float *delta = read_stdin(n * steps * dim * 4), *factors = read_stdin(n * groups * 4);
+    dp_values delta = buffer_values(buffer_in(n * steps * dim));
+    float *factors = read_stdin(n * groups * 4);
     float *grad = read_stdin(vocab * dim * 4);
     for (dp_u64 k = 0; k < n * steps * dim; ++k) {
         dp_u64 at;
@@ -318,11 +458,13 @@ static int over_time(const char *op, char **argv) {
     float scale = strtof(argv[3], NULL);
     int sums = strcmp(op, "seqsums") == 0;
     dp_u64 in_len = sums ? n * steps * cols : n * cols, out_len = sums ? n * cols : n * steps * cols;
-    float *src = read_stdin(in_len * 4), *dst = malloc(out_len * 4 + 4);
+    harness_buffer srcb = buffer_in(in_len), dstb = buffer_new(out_len);
+    dp_values src = buffer_values(srcb), dst = buffer_values(dstb);
     for (dp_u64 e = 0; e < out_len; ++e)
-        dst[e] = sums ? dp_sequence_sum_value(src, steps, cols, scale, e)
-                      : dp_sequence_broadcast_value(src, steps, cols, scale, e);
-    fwrite(dst, 4, out_len, stdout);
+        dp_set(dst, e,
+               sums ? dp_sequence_sum_value(src, steps, cols, scale, e)
+                    : dp_sequence_broadcast_value(src, steps, cols, scale, e));
+    buffer_out(dstb);
     return 0;
 }
 
@@ -330,26 +472,29 @@ static int lstm_step(const char *op, char **argv) {
     dp_u64 n = arg(argv, 0), steps = arg(argv, 1), h = arg(argv, 2), t = arg(argv, 3);
     dp_u64 seq = n * steps * h, units = n * h;
     if (strcmp(op, "lstmforward") == 0) {
-        float *gates = read_stdin(4 * seq * 4), *cells = read_stdin(seq * 4), *hprev = read_stdin(seq * 4);
-        float *out = read_stdin(seq * 4), *hidden = read_stdin(units * 4), *recurrent = read_stdin(4 * units * 4);
+        harness_buffer gates = buffer_in(4 * seq), cells = buffer_in(seq), hprev = buffer_in(seq);
+        harness_buffer out = buffer_in(seq), hidden = buffer_in(units), recurrent = buffer_in(4 * units);
         float *bias = read_stdin(4 * h * 4);
         for (dp_u64 e = 0; e < units; ++e)
-            dp_lstm_forward_unit(gates, cells, hprev, out, hidden, recurrent, bias, steps, h, t, e);
-        fwrite(gates, 4, 4 * seq, stdout);
-        fwrite(cells, 4, seq, stdout);
-        fwrite(hprev, 4, seq, stdout);
-        fwrite(out, 4, seq, stdout);
-        fwrite(hidden, 4, units, stdout);
+            dp_lstm_forward_unit(buffer_values(gates), buffer_values(cells), buffer_values(hprev), buffer_values(out),
+                                 buffer_values(hidden), buffer_values(recurrent), bias, steps, h, t, e);
+        buffer_out(gates);
+        buffer_out(cells);
+        buffer_out(hprev);
+        buffer_out(out);
+        buffer_out(hidden);
         return 0;
     }
-    float *gates = read_stdin(4 * seq * 4), *cells = read_stdin(seq * 4), *dout = read_stdin(seq * 4);
-    float *recurrent = read_stdin(units * 4), *cell_grad = read_stdin(units * 4);
-    float *step_delta = read_stdin(4 * units * 4), *delta = read_stdin(4 * seq * 4);
+    harness_buffer gates = buffer_in(4 * seq), cells = buffer_in(seq), dout = buffer_in(seq);
+    harness_buffer recurrent = buffer_in(units), cell_grad = buffer_in(units);
+    harness_buffer step_delta = buffer_in(4 * units), delta = buffer_in(4 * seq);
     for (dp_u64 e = 0; e < units; ++e)
-        dp_lstm_backward_unit(gates, cells, dout, recurrent, cell_grad, step_delta, delta, steps, h, t, e);
-    fwrite(cell_grad, 4, units, stdout);
-    fwrite(step_delta, 4, 4 * units, stdout);
-    fwrite(delta, 4, 4 * seq, stdout);
+        dp_lstm_backward_unit(buffer_values(gates), buffer_values(cells), buffer_values(dout),
+                              buffer_values(recurrent), buffer_values(cell_grad), buffer_values(step_delta),
+                              buffer_values(delta), steps, h, t, e);
+    buffer_out(cell_grad);
+    buffer_out(step_delta);
+    buffer_out(delta);
     return 0;
 }
 
@@ -357,37 +502,44 @@ static int transformer(const char *op, char **argv) {
     if (strcmp(op, "actinput") == 0) {
         dp_u64 len = arg(argv, 0);
         int act = atoi(argv[1]);
-        float *grad = read_stdin(len * 4), *x = read_stdin(len * 4);
-        for (dp_u64 e = 0; e < len; ++e) grad[e] *= dp_derivative_from_input(act, x[e]);
-        fwrite(grad, 4, len, stdout);
+        harness_buffer grad = buffer_in(len), x = buffer_in(len);
+        for (dp_u64 e = 0; e < len; ++e)
+            dp_activation_backward_from_input_at(buffer_values(grad), buffer_values(x), act, e);
+        buffer_out(grad);
         return 0;
     }
     if (strcmp(op, "copystrided") == 0) {
         dp_u64 rows = arg(argv, 0), cols = arg(argv, 1), ss = arg(argv, 2), ds = arg(argv, 3);
         dp_u64 src_len = arg(argv, 4), dst_len = arg(argv, 5);
-        float *src = read_stdin(src_len * 4), *dst = read_stdin(dst_len * 4);
-        for (dp_u64 i = 0; i < rows * cols; ++i) dst[dp_strided_at(ds, cols, i)] = src[dp_strided_at(ss, cols, i)];
-        fwrite(dst, 4, dst_len, stdout);
+        harness_buffer src = buffer_in(src_len), dst = buffer_in(dst_len);
+        for (dp_u64 i = 0; i < rows * cols; ++i)
+            dp_copy_strided_at(buffer_values(src), ss, buffer_values(dst), ds, cols, i);
+        buffer_out(dst);
         return 0;
     }
     if (strcmp(op, "addscaled") == 0) {
         dp_u64 len = arg(argv, 0);
         float scale = strtof(argv[1], NULL);
-        float *dst = read_stdin(len * 4), *src = read_stdin(len * 4);
-        for (dp_u64 e = 0; e < len; ++e) dst[e] = dp_add_scaled_value(dst[e], src[e], scale);
-        fwrite(dst, 4, len, stdout);
+        harness_buffer dst = buffer_in(len), src = buffer_in(len);
+        for (dp_u64 e = 0; e < len; ++e) dp_add_scaled_at(buffer_values(dst), buffer_values(src), scale, e);
+        buffer_out(dst);
+        return 0;
+    }
+    if (strcmp(op, "fill") == 0) {
+        dp_u64 len = arg(argv, 0);
+        float value = strtof(argv[1], NULL);
+        harness_buffer dst = buffer_in(len);
+        for (dp_u64 e = 0; e < len; ++e) dp_fill_at(buffer_values(dst), e, value);
+        buffer_out(dst);
         return 0;
     }
     dp_u64 c = arg(argv, 0), h = arg(argv, 1), w = arg(argv, 2), p = arg(argv, 3), n = arg(argv, 4);
     int to_patches = atoi(argv[5]);
     dp_u64 len = c * h * w;
-    float *from = read_stdin(n * len * 4), *to = malloc(n * len * 4 + 4);
-    for (dp_u64 i = 0; i < n * len; ++i) {
-        dp_u64 patch = i / len * len + dp_patch_index(c, h, w, p, i % len);
-        if (to_patches) to[patch] = from[i];
-        else to[i] = from[patch];
-    }
-    fwrite(to, 4, n * len, stdout);
+    harness_buffer from = buffer_in(n * len), to = buffer_new(n * len);
+    for (dp_u64 i = 0; i < n * len; ++i)
+        dp_patches_at(buffer_values(from), buffer_values(to), c, h, w, p, to_patches, i);
+    buffer_out(to);
     return 0;
 }
 
@@ -408,29 +560,182 @@ static int attention_softmax(const char *op, char **argv) {
     float scale = strtof(argv[2], NULL), part[DP_ROW_LANES];
     if (strcmp(op, "attnsoftmax") == 0) {
         int causal = atoi(argv[3]);
-        float *scores = read_stdin(len * 4);
+        harness_buffer scores = buffer_in(len);
         for (dp_u64 r = 0; r < rows; ++r) {
-            float *row = scores + r * steps;
+            dp_values row = dp_advance(buffer_values(scores), r * steps);
             dp_u64 visible = causal ? r % steps + 1 : steps;
             for (unsigned l = 0; l < DP_ROW_LANES; ++l) part[l] = dp_softmax_lane_max(row, visible, scale, l);
             float max = warp_all(part, 1);
-            for (unsigned l = 0; l < DP_ROW_LANES; ++l) part[l] = dp_softmax_lane_exp(row, visible, scale, max, l);
+            for (unsigned l = 0; l < DP_ROW_LANES; ++l)
+                part[l] = dp_softmax_lane_exp_sum(row, visible, scale, max, l);
             float inv = 1.0f / warp_all(part, 0);
-            for (unsigned l = 0; l < DP_ROW_LANES; ++l) dp_softmax_lane_normalise(row, visible, steps, inv, l);
+            for (unsigned l = 0; l < DP_ROW_LANES; ++l)
+                dp_softmax_lane_normalise(row, visible, steps, scale, max, inv, l);
         }
-        fwrite(scores, 4, len, stdout);
+        buffer_out(scores);
         return 0;
     }
-    float *probs = read_stdin(len * 4), *grad = read_stdin(len * 4);
+    harness_buffer probs = buffer_in(len), grad = buffer_in(len);
     for (dp_u64 r = 0; r < rows; ++r) {
-        const float *p = probs + r * steps;
-        float *g = grad + r * steps;
+        dp_values p = dp_advance(buffer_values(probs), r * steps), g = dp_advance(buffer_values(grad), r * steps);
         for (unsigned l = 0; l < DP_ROW_LANES; ++l) part[l] = dp_softmax_backward_lane_dot(p, g, steps, l);
         float dot = warp_all(part, 0);
         for (unsigned l = 0; l < DP_ROW_LANES; ++l) dp_softmax_backward_lane(p, g, steps, scale, dot, l);
     }
-    fwrite(grad, 4, len, stdout);
+    buffer_out(grad);
     return 0;
+}
+
+/* Whether the dense operation argv[0] is `name`, given at least `args` arguments. */
+static int dense_is(int argc, char **argv, const char *name, int args) {
+    return strcmp(argv[0], name) == 0 && argc - 1 >= args;
+}
+
+/* dense WHAT ...: dense.cu's per-value functions (the comment at the top). */
+static int dense(int argc, char **argv) {
+    char **a = argv + 1;
+    if (dense_is(argc, argv, "biasact", 4)) {
+        dp_u64 rows = arg(a, 0), cols = arg(a, 1);
+        int has_bias = atoi(a[2]), act = atoi(a[3]);
+        harness_buffer y = buffer_in(rows * cols);
+        const float *bias = has_bias ? read_stdin(cols * 4) : NULL;
+        dp_values v = buffer_values(y);
+        for (dp_u64 i = 0; i < rows * cols; ++i)
+            dp_set(v, i, dp_bias_activation_value(v, bias, has_bias, cols, act, i));
+        buffer_out(y);
+        return 0;
+    }
+    if (dense_is(argc, argv, "act", 2)) {
+        dp_u64 len = arg(a, 0);
+        int act = atoi(a[1]);
+        harness_buffer x = buffer_in(len), y = buffer_new(len);
+        for (dp_u64 i = 0; i < len; ++i) dp_set(buffer_values(y), i, dp_activation_value(buffer_values(x), act, i));
+        buffer_out(y);
+        return 0;
+    }
+    if (dense_is(argc, argv, "actback", 2)) {
+        dp_u64 len = arg(a, 0);
+        int act = atoi(a[1]);
+        harness_buffer grad = buffer_in(len), y = buffer_in(len);
+        dp_values g = buffer_values(grad);
+        for (dp_u64 i = 0; i < len; ++i) dp_set(g, i, dp_activation_backward_value(g, buffer_values(y), act, i));
+        buffer_out(grad);
+        return 0;
+    }
+    int softmax = dense_is(argc, argv, "softmaxce", 2), bce = dense_is(argc, argv, "bce", 1);
+    if (softmax || bce || dense_is(argc, argv, "mse", 2)) {
+        dp_u64 rows = arg(a, 0), width = bce ? 1 : arg(a, 1);
+        harness_buffer outputs = buffer_in(rows * width);
+        float *labels = read_stdin((softmax || bce ? rows : rows * width) * 4), *losses = malloc(rows * 4 + 4);
+        harness_buffer grad = buffer_new(rows * width);
+        dp_values z = buffer_values(outputs), g = buffer_values(grad);
+        for (dp_u64 i = 0; i < rows; ++i) {
+            if (softmax) dp_softmax_cross_entropy_row(z, labels, width, losses, g, i);
+            else if (bce) dp_binary_cross_entropy_row(z, labels, losses, g, i);
+            else dp_mean_squared_error_row(z, labels, width, losses, g, i);
+        }
+        fwrite(losses, 4, rows, stdout);
+        buffer_out(grad);
+        return 0;
+    }
+    if (dense_is(argc, argv, "ghostnorms", 5)) {
+        dp_u64 rows = arg(a, 0), inputs = arg(a, 1), outputs = arg(a, 2), threads = arg(a, 4);
+        int has_bias = atoi(a[3]);
+        harness_buffer act = buffer_in(rows * inputs), delta = buffer_in(rows * outputs);
+        float *norms = malloc(rows * 4 + 4);
+        for (dp_u64 i = 0; i < rows; ++i) {
+            float a2 = 0.0f, d2 = 0.0f;
+            for (dp_u64 t = 0; t < threads; ++t) {
+                a2 += dp_linear_ghost_square_share(buffer_values(act), inputs, i, t, threads);
+                d2 += dp_linear_ghost_square_share(buffer_values(delta), outputs, i, t, threads);
+            }
+            norms[i] = dp_linear_ghost_norm(a2, d2, has_bias);
+        }
+        fwrite(norms, 4, rows, stdout);
+        return 0;
+    }
+    if (dense_is(argc, argv, "scalerows", 6)) {
+        dp_u64 rows = arg(a, 0), positions = arg(a, 1), cols = arg(a, 2), groups = arg(a, 3), group = arg(a, 4);
+        int by_factor = atoi(a[5]);
+        harness_buffer src = buffer_in(rows * cols);
+        float *factors = read_stdin(rows / positions * groups * 4);
+        harness_buffer dst = buffer_new(rows * cols);
+        for (dp_u64 i = 0; i < rows * cols; ++i)
+            dp_set(buffer_values(dst), i,
+                   dp_scale_rows_value(buffer_values(src), positions, cols, factors, groups, group, by_factor, i));
+        buffer_out(dst);
+        return 0;
+    }
+    if (dense_is(argc, argv, "colsums", 2)) {
+        dp_u64 rows = arg(a, 0), cols = arg(a, 1);
+        harness_buffer src = buffer_in(rows * cols);
+        float *dst = read_stdin(cols * 4);
+        for (dp_u64 c = 0; c < cols; ++c) dst[c] += (float)dp_column_sum(buffer_values(src), rows, cols, c);
+        fwrite(dst, 4, cols, stdout);
+        return 0;
+    }
+    if (dense_is(argc, argv, "addinto", 1)) {
+        dp_u64 len = arg(a, 0);
+        harness_buffer dst = buffer_in(len), src = buffer_in(len);
+        dp_values d = buffer_values(dst);
+        for (dp_u64 i = 0; i < len; ++i) dp_set(d, i, dp_add_into_value(d, buffer_values(src), i));
+        buffer_out(dst);
+        return 0;
+    }
+    if (dense_is(argc, argv, "embmean", 4)) {
+        dp_u64 n = arg(a, 0), steps = arg(a, 1), vocab = arg(a, 2), dim = arg(a, 3);
+        unsigned int *ids = read_stdin(n * steps * 4);
+        float *table = read_stdin(vocab * dim * 4);
+        harness_buffer out = buffer_new(n * dim);
+        for (dp_u64 i = 0; i < n; ++i)
+            for (dp_u64 j = 0; j < dim; ++j)
+                dp_set(buffer_values(out), i * dim + j, dp_embedding_mean_value(ids, table, steps, vocab, dim, i, j));
+        buffer_out(out);
+        return 0;
+    }
+    if (dense_is(argc, argv, "embmeannorms", 3)) {
+        dp_u64 n = arg(a, 0), steps = arg(a, 1), dim = arg(a, 2);
+        unsigned int *ids = read_stdin(n * steps * 4);
+        harness_buffer delta = buffer_in(n * dim);
+        float *norms = malloc(n * 4 + 4);
+        for (dp_u64 i = 0; i < n; ++i) {
+            float pairs = 0.0f;
+            double row = 0.0;
+            for (dp_u64 t = 0; t < steps; ++t) pairs += dp_embedding_mean_same_ids(ids, steps, i, t);
+            for (dp_u64 j = 0; j < dim; ++j) row += dp_embedding_mean_square(buffer_values(delta), steps, dim, i, j);
+            norms[i] = (float)((double)pairs * row);
+        }
+        fwrite(norms, 4, n, stdout);
+        return 0;
+    }
+    if (dense_is(argc, argv, "embmeanscatter", 7)) {
+        dp_u64 n = arg(a, 0), steps = arg(a, 1), vocab = arg(a, 2), dim = arg(a, 3), groups = arg(a, 5);
+        dp_u64 group = arg(a, 6);
+        int has_factors = atoi(a[4]);
+        unsigned int *ids = read_stdin(n * steps * 4);
+        harness_buffer delta = buffer_in(n * dim);
+        const float *factors = has_factors ? read_stdin(n * groups * 4) : NULL;
+        float *grad = read_stdin(vocab * dim * 4);
+        for (dp_u64 k = 0; k < n * steps * dim; ++k) {
+            dp_u64 at;
+            float value;
+            if (dp_embedding_mean_scatter_term(ids, buffer_values(delta), steps, vocab, dim, factors, has_factors,
+                                               groups, group, k, &at, &value))
+                grad[at] += value;
+        }
+        fwrite(grad, 4, vocab * dim, stdout);
+        return 0;
+    }
+    if (dense_is(argc, argv, "nonfinite", 1)) {
+        dp_u64 len = arg(a, 0);
+        harness_buffer values = buffer_in(len);
+        unsigned int count = 0;
+        for (dp_u64 i = 0; i < len; ++i) count += dp_non_finite_value(buffer_values(values), i);
+        fwrite(&count, 4, 1, stdout);
+        return 0;
+    }
+    fprintf(stderr, "dense: unknown operation or too few arguments\n");
+    return 2;
 }
 
 static int noise(int argc, char **argv);
@@ -463,8 +768,13 @@ static int views_example(char **argv) {
 int main(int argc, char **argv) {
     if (argc >= 11 && (strcmp(argv[1], "im2col") == 0 || strcmp(argv[1], "col2im") == 0))
         return conv(argv[1], argv + 2);
+    if (argc >= 4 && (strcmp(argv[1], "globalpool") == 0 || strcmp(argv[1], "globalpoolback") == 0))
+        return conv_reductions(argv[1], argv + 2);
     if (argc >= 9 && strstr(argv[1], "pool") != NULL) return pool(argv[1], argv + 2);
     if (argc >= 7 && strcmp(argv[1], "keptsum") == 0) return kept_sum(argv + 2);
+    if (argc >= 7 && strcmp(argv[1], "chanbias") == 0) return channel_bias(argv + 2);
+    if (argc >= 7 && strcmp(argv[1], "keptnorms") == 0) return conv_reductions(argv[1], argv + 2);
+    if (argc >= 4 && strcmp(argv[1], "rowsums") == 0) return conv_reductions(argv[1], argv + 2);
     if (argc >= 6 && strcmp(argv[1], "groupnorm") == 0) return group_norm(argv + 2);
     if (argc >= 6 && strcmp(argv[1], "clip") == 0) return clip(argv + 2);
     if (argc >= 10 && strcmp(argv[1], "sgd") == 0) return sgd(argv + 2);
@@ -484,8 +794,10 @@ int main(int argc, char **argv) {
     if (argc >= 8 && strcmp(argv[1], "copystrided") == 0) return transformer(argv[1], argv + 2);
     if (argc >= 8 && strcmp(argv[1], "patches") == 0) return transformer(argv[1], argv + 2);
     if (argc >= 4 && strcmp(argv[1], "addscaled") == 0) return transformer(argv[1], argv + 2);
+    if (argc >= 4 && strcmp(argv[1], "fill") == 0) return transformer(argv[1], argv + 2);
     if (argc >= 8 && strcmp(argv[1], "views") == 0) return views_example(argv + 2);
     if (argc >= 3 && strcmp(argv[1], "store") == 0) return store(argv + 2);
+    if (argc >= 3 && strcmp(argv[1], "dense") == 0) return dense(argc - 2, argv + 2);
     fprintf(stderr, "usage: see the comment at the top of host_harness.c\n");
     return 2;
 }

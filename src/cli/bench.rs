@@ -99,7 +99,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// The precision of the forward's and backward's products: f32, or bf16 (operands rounded to
-    /// bf16, f32 accumulation; norms, clipped sums, noise and the update stay f32).
+    /// bf16, f32 accumulation; on a GPU activations and output gradients are also stored in bf16;
+    /// norms, clipped sums, noise and the update stay f32).
     #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
     pub precision: Precision,
     /// Where the steps run: cpu, or cuda:N (a build with the `cuda` feature; models with a device

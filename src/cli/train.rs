@@ -163,7 +163,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub max_steps: Option<u64>,
     /// The precision of the forward's and backward's products: f32, or bf16 (operands rounded to
-    /// bf16, f32 accumulation; the per-example norms, clipped sums, noise and optimizer stay f32).
+    /// bf16, f32 accumulation; on a GPU activations and output gradients are also stored in bf16; the
+    /// per-example norms, clipped sums, noise and optimizer stay f32).
     #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
     pub precision: Precision,
     /// Where the private steps run: cpu, cuda:N, or cuda (under mpirun each rank's

@@ -1,9 +1,10 @@
 //! The bodies of [`GpuOps`]' attention primitives (`DeviceOps::gemm_batched_rows`,
 //! `attention_softmax`, `attention_softmax_backward` and `fill`): products over matrices stored inside
 //! wider rows through cuBLAS's strided batched GEMM with those row lengths as leading dimensions, the
-//! rest through `kernels/attention.cu` (one warp per row of the softmax). Each checks its spans against the shapes
-//! (and, through [`RegionMemory::ptr`](super::RegionMemory::ptr), against their regions) before it
-//! queues anything.
+//! rest through `kernels/attention.cu` (one warp per row of the softmax), whose buffers are
+//! `dp_values`: each span passed with its stored type (f32 or bf16). Each checks its spans against the
+//! shapes (and, through [`RegionMemory::values`](super::RegionMemory::values), against their regions)
+//! before it queues anything.
 
 use cudarc::driver::PushKernelArg;
 use dp_runtime::device::{DeviceError, Span};
@@ -25,7 +26,7 @@ pub(super) fn softmax(
         return Ok(());
     }
     let (s, rows64, steps64, causal) =
-        (ops.memory.ptr(scores)?, rows as u64, steps as u64, i32::from(causal));
+        (ops.memory.values(scores)?, rows as u64, steps as u64, i32::from(causal));
     // A warp per row.
     launch!(ops, k::ATTENTION_SOFTMAX, "dp_attention_softmax", elementwise(rows * 32);
         &s, &rows64, &steps64, &scale, &causal)
@@ -43,7 +44,8 @@ pub(super) fn softmax_backward(
     if rows == 0 {
         return Ok(());
     }
-    let (p, g, rows64, steps64) = (ops.memory.ptr(probs)?, ops.memory.ptr(grad)?, rows as u64, steps as u64);
+    let (p, g, rows64, steps64) =
+        (ops.memory.values(probs)?, ops.memory.values(grad)?, rows as u64, steps as u64);
     launch!(ops, k::ATTENTION_SOFTMAX_BACKWARD, "dp_attention_softmax_backward", elementwise(rows * 32);
         &p, &g, &rows64, &steps64, &scale)
 }
@@ -53,6 +55,6 @@ pub(super) fn fill(ops: &GpuOps<'_>, dst: Span, len: usize, value: f32) -> Outco
     if len == 0 {
         return Ok(());
     }
-    let (d, len64) = (ops.memory.ptr(dst)?, len as u64);
+    let (d, len64) = (ops.memory.values(dst)?, len as u64);
     launch!(ops, k::FILL, "dp_fill", elementwise(len); &d, &len64, &value)
 }

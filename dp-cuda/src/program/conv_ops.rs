@@ -1,13 +1,16 @@
 //! The bodies of [`GpuOps`]' convolution, pooling and kept-gradient primitives (the `DeviceOps`
 //! methods from `gemm_batched` on): batched products through cuBLAS's strided batched GEMM, the rest
 //! through `kernels/conv.cu`. Each checks its spans against the shapes (and, through
-//! [`RegionMemory::ptr`](super::RegionMemory::ptr), against their regions) before it queues anything.
+//! [`RegionMemory::values`](super::RegionMemory::values) and [`RegionMemory::ptr`](super::RegionMemory::ptr),
+//! against their regions) before it queues anything. A kernel argument that may be an arena span is a
+//! `dp_values` (its tagged address, f32 or bf16 as the span is stored); the bias, norms, factors and
+//! max pooling's argmax are f32 (`ptr`, which refuses a span stored in bf16).
 
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use dp_kernels::activation::Activation;
 use dp_runtime::device::{check_group, Conv2dGeometry, DeviceError, Pool2dGeometry, Span};
 
-use super::{backend, elementwise, k, GpuOps};
+use super::{backend, elementwise, k, GpuOps, BF16_TAG};
 use crate::dense::activation_code;
 
 type Outcome = std::result::Result<(), DeviceError>;
@@ -113,7 +116,7 @@ pub(super) fn im2col(ops: &GpuOps<'_>, x: Span, geom: &Conv2dGeometry, n: usize,
     let g = ConvGeometry::new(geom)?;
     let len = n * geom.patches_len();
     ops.check("im2col", &[(x, n * geom.input_len()), (cols, len)])?;
-    let (x, c, n) = (ops.memory.ptr(x)?, ops.memory.ptr(cols)?, n as u64);
+    let (x, c, n) = (ops.memory.values(x)?, ops.memory.values(cols)?, n as u64);
     launch!(ops, k::IM2COL, "dp_im2col", elementwise(len); &x, &g, &n, &c)
 }
 
@@ -121,7 +124,7 @@ pub(super) fn col2im(ops: &GpuOps<'_>, cols: Span, geom: &Conv2dGeometry, n: usi
     let g = ConvGeometry::new(geom)?;
     let len = n * geom.input_len();
     ops.check("col2im", &[(cols, n * geom.patches_len()), (dx, len)])?;
-    let (c, d, n) = (ops.memory.ptr(cols)?, ops.memory.ptr(dx)?, n as u64);
+    let (c, d, n) = (ops.memory.values(cols)?, ops.memory.values(dx)?, n as u64);
     launch!(ops, k::COL2IM, "dp_col2im", elementwise(len); &c, &g, &n, &d)
 }
 
@@ -137,10 +140,11 @@ pub(super) fn channel_bias_activation(
     if let Some(b) = bias {
         ops.check("channel_bias_activation", &[(b, channels)])?;
     }
-    let (y, has_bias) = (ops.memory.ptr(y)?, i32::from(bias.is_some()));
+    let (y, has_bias) = (ops.memory.values(y)?, i32::from(bias.is_some()));
+    // Without a bias the kernel never reads it: any f32 address will do.
     let bias = match bias {
         Some(b) => ops.memory.ptr(b)?,
-        None => y,
+        None => y & !BF16_TAG,
     };
     let (n, c, p, act) = (n as u64, channels as u64, positions as u64, activation_code(act));
     launch!(ops, k::CHANNEL_BIAS_ACTIVATION, "dp_channel_bias_activation", elementwise(len);
@@ -149,7 +153,7 @@ pub(super) fn channel_bias_activation(
 
 pub(super) fn row_sums(ops: &GpuOps<'_>, src: Span, rows: usize, cols: usize, dst: Span) -> Outcome {
     ops.check("row_sums", &[(src, rows * cols), (dst, rows)])?;
-    let (s, d, r, c) = (ops.memory.ptr(src)?, ops.memory.ptr(dst)?, rows as u64, cols as u64);
+    let (s, d, r, c) = (ops.memory.values(src)?, ops.memory.values(dst)?, rows as u64, cols as u64);
     launch!(ops, k::ROW_SUMS, "dp_row_sums", per_warp(rows); &s, &r, &c, &d)
 }
 
@@ -162,11 +166,11 @@ pub(super) fn kept_sq_norms(
 ) -> Outcome {
     check_group("kept_sq_norms", groups, group)?;
     ops.check("kept_sq_norms", &[(weight, n * weight_len), (sq_norms, n * groups)])?;
-    let (w, q) = (ops.memory.ptr(weight)?, ops.memory.ptr(sq_norms)?);
+    let (w, q) = (ops.memory.values(weight)?, ops.memory.ptr(sq_norms)?);
     let (b, bias_len) = match bias {
         Some((b, len)) => {
             ops.check("kept_sq_norms", &[(b, n * len)])?;
-            (ops.memory.ptr(b)?, len as u64)
+            (ops.memory.values(b)?, len as u64)
         }
         None => (w, 0),
     };
@@ -186,14 +190,15 @@ pub(super) fn kept_weighted_sum(
     dst: Span,
 ) -> Outcome {
     ops.check("kept_weighted_sum", &[(src, n * len), (dst, len)])?;
-    let (s, d) = (ops.memory.ptr(src)?, ops.memory.ptr(dst)?);
+    let (s, d) = (ops.memory.values(src)?, ops.memory.values(dst)?);
     let (f, has, groups, group) = match factors {
         Some((f, groups, group)) => {
             check_group("kept_weighted_sum", groups, group)?;
             ops.check("kept_weighted_sum", &[(f, n * groups)])?;
             (ops.memory.ptr(f)?, 1i32, groups as u64, group as u64)
         }
-        None => (s, 0, 1, 0),
+        // Without factors the kernel never reads them: any f32 address will do.
+        None => (s & !BF16_TAG, 0, 1, 0),
     };
     let (n, l) = (n as u64, len as u64);
     launch!(ops, k::KEPT_WEIGHTED_SUM, "dp_kept_weighted_sum", elementwise(len);
@@ -211,7 +216,7 @@ pub(super) fn max_pool_forward(
     let g = PoolGeometry::new(geom)?;
     let len = n * geom.output_len();
     ops.check("max_pool_forward", &[(x, n * geom.input_len()), (y, len), (argmax, len)])?;
-    let (x, y, a, n) = (ops.memory.ptr(x)?, ops.memory.ptr(y)?, ops.memory.ptr(argmax)?, n as u64);
+    let (x, y, a, n) = (ops.memory.values(x)?, ops.memory.values(y)?, ops.memory.ptr(argmax)?, n as u64);
     launch!(ops, k::MAX_POOL_FORWARD, "dp_max_pool_forward", elementwise(len); &x, &g, &n, &y, &a)
 }
 
@@ -226,7 +231,7 @@ pub(super) fn max_pool_backward(
     let g = PoolGeometry::new(geom)?;
     let (outputs, len) = (n * geom.output_len(), n * geom.input_len());
     ops.check("max_pool_backward", &[(dy, outputs), (argmax, outputs), (dx, len)])?;
-    let (dy, a, dx, n) = (ops.memory.ptr(dy)?, ops.memory.ptr(argmax)?, ops.memory.ptr(dx)?, n as u64);
+    let (dy, a, dx, n) = (ops.memory.values(dy)?, ops.memory.ptr(argmax)?, ops.memory.values(dx)?, n as u64);
     launch!(ops, k::MAX_POOL_BACKWARD, "dp_max_pool_backward", elementwise(len); &dy, &a, &g, &n, &dx)
 }
 
@@ -240,7 +245,7 @@ pub(super) fn avg_pool_forward(
     let g = PoolGeometry::new(geom)?;
     let len = n * geom.output_len();
     ops.check("avg_pool_forward", &[(x, n * geom.input_len()), (y, len)])?;
-    let (x, y, n) = (ops.memory.ptr(x)?, ops.memory.ptr(y)?, n as u64);
+    let (x, y, n) = (ops.memory.values(x)?, ops.memory.values(y)?, n as u64);
     launch!(ops, k::AVG_POOL_FORWARD, "dp_avg_pool_forward", elementwise(len); &x, &g, &n, &y)
 }
 
@@ -254,7 +259,7 @@ pub(super) fn avg_pool_backward(
     let g = PoolGeometry::new(geom)?;
     let len = n * geom.input_len();
     ops.check("avg_pool_backward", &[(dy, n * geom.output_len()), (dx, len)])?;
-    let (dy, dx, n) = (ops.memory.ptr(dy)?, ops.memory.ptr(dx)?, n as u64);
+    let (dy, dx, n) = (ops.memory.values(dy)?, ops.memory.values(dx)?, n as u64);
     launch!(ops, k::AVG_POOL_BACKWARD, "dp_avg_pool_backward", elementwise(len); &dy, &g, &n, &dx)
 }
 
@@ -273,7 +278,7 @@ pub(super) fn global_avg_pool_forward(
 ) -> Outcome {
     let planes = planes_of("global_avg_pool_forward", n, channels, plane)?;
     ops.check("global_avg_pool_forward", &[(x, planes * plane), (y, planes)])?;
-    let (x, y, u, p) = (ops.memory.ptr(x)?, ops.memory.ptr(y)?, planes as u64, plane as u64);
+    let (x, y, u, p) = (ops.memory.values(x)?, ops.memory.values(y)?, planes as u64, plane as u64);
     launch!(ops, k::GLOBAL_AVG_POOL_FORWARD, "dp_global_avg_pool_forward", per_warp(planes); &x, &u, &p, &y)
 }
 
@@ -285,7 +290,7 @@ pub(super) fn global_avg_pool_backward(
 ) -> Outcome {
     let planes = planes_of("global_avg_pool_backward", n, channels, plane)?;
     ops.check("global_avg_pool_backward", &[(dy, planes), (dx, planes * plane)])?;
-    let (dy, dx, u, p) = (ops.memory.ptr(dy)?, ops.memory.ptr(dx)?, planes as u64, plane as u64);
+    let (dy, dx, u, p) = (ops.memory.values(dy)?, ops.memory.values(dx)?, planes as u64, plane as u64);
     launch!(ops, k::GLOBAL_AVG_POOL_BACKWARD, "dp_global_avg_pool_backward", elementwise(planes * plane);
         &dy, &u, &p, &dx)
 }

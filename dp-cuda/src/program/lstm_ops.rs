@@ -1,7 +1,11 @@
 //! The bodies of [`GpuOps`]' LSTM primitives (`DeviceOps::lstm_forward_step` and
 //! `lstm_backward_step`) through `kernels/lstm.cu`: one thread per (example, unit) of one time step.
 //! Each checks the step against the sequence and its spans against the shapes (and, through
+//! [`RegionMemory::values`](super::RegionMemory::values) and
 //! [`RegionMemory::ptr`](super::RegionMemory::ptr), against their regions) before it queues anything.
+//! Every span but the bias (a parameter, f32) is in the arena, so it goes to the kernels tagged with
+//! its stored type (`dp_values`, docs/GPU.md "bf16 storage"): the compiler stores the hidden states
+//! and their gradients in the precision, the rest of the recurrence in f32.
 
 use cudarc::driver::PushKernelArg;
 use dp_runtime::device::{DeviceError, LstmBackwardStep, LstmDims, LstmForwardStep};
@@ -44,9 +48,10 @@ pub(super) fn forward_step(
         return Ok(());
     }
     let m = ops.memory;
-    let (gates, cells, hprev) = (m.ptr(s.saved.gates)?, m.ptr(s.saved.cells)?, m.ptr(s.saved.hprev)?);
+    let (gates, cells, hprev) =
+        (m.values(s.saved.gates)?, m.values(s.saved.cells)?, m.values(s.saved.hprev)?);
     let (out, hidden, recurrent, bias) =
-        (m.ptr(s.out)?, m.ptr(s.hidden)?, m.ptr(s.recurrent)?, m.ptr(s.bias)?);
+        (m.values(s.out)?, m.values(s.hidden)?, m.values(s.recurrent)?, m.ptr(s.bias)?);
     let (n64, steps, h64, t) = (n as u64, steps as u64, h as u64, t as u64);
     launch!(ops, k::LSTM_FORWARD_STEP, "dp_lstm_forward_step", elementwise(n * h);
         &gates, &cells, &hprev, &out, &hidden, &recurrent, &bias, &n64, &steps, &h64, &t)
@@ -79,8 +84,9 @@ pub(super) fn backward_step(
     }
     let m = ops.memory;
     let (gates, cells, dout, recurrent) =
-        (m.ptr(s.gates)?, m.ptr(s.cells)?, m.ptr(s.dout)?, m.ptr(s.recurrent)?);
-    let (cell_grad, step_delta, delta) = (m.ptr(s.cell_grad)?, m.ptr(s.step_delta)?, m.ptr(s.delta)?);
+        (m.values(s.gates)?, m.values(s.cells)?, m.values(s.dout)?, m.values(s.recurrent)?);
+    let (cell_grad, step_delta, delta) =
+        (m.values(s.cell_grad)?, m.values(s.step_delta)?, m.values(s.delta)?);
     let (n64, steps, h64, t) = (n as u64, steps as u64, h as u64, t as u64);
     launch!(ops, k::LSTM_BACKWARD_STEP, "dp_lstm_backward_step", elementwise(n * h);
         &gates, &cells, &dout, &recurrent, &cell_grad, &step_delta, &delta, &n64, &steps, &h64, &t)

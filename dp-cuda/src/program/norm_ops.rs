@@ -1,7 +1,11 @@
 //! The bodies of [`GpuOps`]' group norm primitives (`DeviceOps::group_norm_forward` and
 //! `group_norm_backward`) through `kernels/norm.cu`: one block per (example, group), the blocks
 //! striding over the rest. Each checks its shape and spans (and, through
-//! [`RegionMemory::ptr`](super::RegionMemory::ptr), their regions) before it queues anything.
+//! [`RegionMemory::values`](super::RegionMemory::values) and
+//! [`RegionMemory::ptr`](super::RegionMemory::ptr), their regions) before it queues anything. Every
+//! span that may be in the arena (the values, statistics and affine gradients) goes to the kernels
+//! tagged with its stored type (`dp_values`, f32 or bf16, docs/GPU.md "bf16 storage"); the affine
+//! weight and bias are parameters, f32.
 
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use dp_runtime::device::{DeviceError, GroupNormDims, Span};
@@ -60,8 +64,8 @@ pub(super) fn group_norm_forward(
         "group_norm_forward",
         &[(x, len), (y, len), (weight, dims.channels), (bias, dims.channels), (mean, stats), (rstd, stats)],
     )?;
-    let (x, w, b) = (ops.memory.ptr(x)?, ops.memory.ptr(weight)?, ops.memory.ptr(bias)?);
-    let (y, m, r) = (ops.memory.ptr(y)?, ops.memory.ptr(mean)?, ops.memory.ptr(rstd)?);
+    let (x, w, b) = (ops.memory.values(x)?, ops.memory.ptr(weight)?, ops.memory.ptr(bias)?);
+    let (y, m, r) = (ops.memory.values(y)?, ops.memory.values(mean)?, ops.memory.values(rstd)?);
     if len == 0 {
         return Ok(());
     }
@@ -92,9 +96,9 @@ pub(super) fn group_norm_backward(
             (affine, n * 2 * dims.channels),
         ],
     )?;
-    let (x, g, w) = (ops.memory.ptr(x)?, ops.memory.ptr(dy)?, ops.memory.ptr(weight)?);
-    let (m, r) = (ops.memory.ptr(mean)?, ops.memory.ptr(rstd)?);
-    let (dx, a) = (ops.memory.ptr(dx)?, ops.memory.ptr(affine)?);
+    let (x, g, w) = (ops.memory.values(x)?, ops.memory.values(dy)?, ops.memory.ptr(weight)?);
+    let (m, r) = (ops.memory.values(mean)?, ops.memory.values(rstd)?);
+    let (dx, a) = (ops.memory.values(dx)?, ops.memory.values(affine)?);
     if len == 0 {
         return Ok(());
     }

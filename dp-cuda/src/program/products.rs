@@ -18,11 +18,11 @@
 
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::sys::CUdeviceptr;
-use cudarc::driver::PushKernelArg;
 use dp_runtime::device::{BatchedGemm, DeviceError, Gemm, LeadingDims, Operands, Precision, Span};
 
+use super::conversions::convert;
 use super::memory::{Addresses, ValueType};
-use super::{backend, elementwise, int, GpuOps};
+use super::{int, GpuOps};
 
 type Outcome = std::result::Result<(), DeviceError>;
 
@@ -166,19 +166,6 @@ impl ProductPlan {
         }
         Ok(())
     }
-}
-
-/// Queues the conversion of `s` from its slot of type `from` into its slot of type `to`.
-fn convert(ops: &GpuOps<'_>, s: Span, from: ValueType, to: ValueType) -> Outcome {
-    let addresses = ops.memory.addresses();
-    let (src, dst, len) = (addresses.tagged(s, from)?, addresses.tagged(s, to)?, s.len as u64);
-    let mut builder = ops.gpu.stream.launch_builder(&ops.gpu.convert);
-    builder.arg(&src).arg(&dst).arg(&len);
-    // SAFETY: dp_convert(dp_values src, dp_values dst, dp_u64 len) of kernels/storage.cu: two tagged
-    // addresses of `s`'s slots, each checked to lie in its store, and their length.
-    unsafe { builder.launch(elementwise(s.len)) }
-        .map(|_| ())
-        .map_err(|e| backend("dp_convert")(e.to_string()))
 }
 
 /// A batch of products at strides of A, B and C (values), for the strided-batched calls.

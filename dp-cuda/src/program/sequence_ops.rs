@@ -1,7 +1,11 @@
 //! The bodies of [`GpuOps`]' sequence primitives (`DeviceOps::embedding_forward`, `embedding_norms`,
 //! `embedding_scatter`, `sequence_sums`, `sequence_broadcast`) through `kernels/sequence.cu`. Each
-//! checks its spans against the shapes (and, through [`RegionMemory::ptr`](super::RegionMemory::ptr),
-//! against their regions) before it queues anything.
+//! checks its spans against the shapes (and, through
+//! [`RegionMemory::values`](super::RegionMemory::values) and
+//! [`RegionMemory::ptr`](super::RegionMemory::ptr), against their regions) before it queues anything.
+//! The gathered rows, the output gradient and both sides of a sum or broadcast over time go to the
+//! kernels tagged with their stored type (`dp_values`, f32 or bf16, docs/GPU.md "bf16 storage"); the
+//! ids, the table, the squared norms, the factors and the table's gradient are outside the arena, f32.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use dp_runtime::device::{check_group, DeviceError, Span};
@@ -21,7 +25,7 @@ pub(super) fn embedding_forward(
     if len == 0 {
         return Ok(());
     }
-    let (i, t, o) = (ops.memory.ptr(ids)?, ops.memory.ptr(table)?, ops.memory.ptr(out)?);
+    let (i, t, o) = (ops.memory.ptr(ids)?, ops.memory.ptr(table)?, ops.memory.values(out)?);
     let (n, s, v, d) = (n as u64, steps as u64, vocab as u64, dim as u64);
     launch!(ops, k::EMBEDDING_FORWARD, "dp_embedding_forward", elementwise(len); &i, &t, &n, &s, &v, &d, &o)
 }
@@ -39,7 +43,7 @@ pub(super) fn embedding_norms(
     if n == 0 {
         return Ok(());
     }
-    let (i, d, q) = (ops.memory.ptr(ids)?, ops.memory.ptr(delta)?, ops.memory.ptr(sq_norms)?);
+    let (i, d, q) = (ops.memory.ptr(ids)?, ops.memory.values(delta)?, ops.memory.ptr(sq_norms)?);
     let (n64, s, dm, gs, g) = (n as u64, steps as u64, dim as u64, groups as u64, group as u64);
     let config =
         LaunchConfig { grid_dim: (n.min(65_535) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
@@ -61,12 +65,13 @@ pub(super) fn embedding_scatter(
             check_group("embedding_scatter", groups, group)?;
             (ops.memory.ptr(f)?, 1i32, groups as u64, group as u64)
         }
-        None => (ops.memory.ptr(delta)?, 0, 1, 0),
+        // Never read (has_factors 0): any f32 address, the gradient's (δ may be stored in bf16).
+        None => (ops.memory.ptr(grad)?, 0, 1, 0),
     };
     if len == 0 {
         return Ok(());
     }
-    let (i, d, g) = (ops.memory.ptr(ids)?, ops.memory.ptr(delta)?, ops.memory.ptr(grad)?);
+    let (i, d, g) = (ops.memory.ptr(ids)?, ops.memory.values(delta)?, ops.memory.ptr(grad)?);
     let (n, s, v, dm) = (n as u64, steps as u64, vocab as u64, dim as u64);
     launch!(ops, k::EMBEDDING_SCATTER, "dp_embedding_scatter", elementwise(len);
         &i, &d, &n, &s, &v, &dm, &f, &has, &groups, &group, &g)
@@ -84,7 +89,7 @@ pub(super) fn sequence_sums(
     if n * cols == 0 {
         return Ok(());
     }
-    let (s, d) = (ops.memory.ptr(src)?, ops.memory.ptr(dst)?);
+    let (s, d) = (ops.memory.values(src)?, ops.memory.values(dst)?);
     let (n64, t, c) = (n as u64, steps as u64, cols as u64);
     launch!(ops, k::SEQUENCE_SUMS, "dp_sequence_sums", elementwise(n * cols); &s, &n64, &t, &c, &scale, &d)
 }
@@ -102,7 +107,7 @@ pub(super) fn sequence_broadcast(
     if len == 0 {
         return Ok(());
     }
-    let (s, d) = (ops.memory.ptr(src)?, ops.memory.ptr(dst)?);
+    let (s, d) = (ops.memory.values(src)?, ops.memory.values(dst)?);
     let (n64, t, c) = (n as u64, steps as u64, cols as u64);
     launch!(ops, k::SEQUENCE_BROADCAST, "dp_sequence_broadcast", elementwise(len); &s, &n64, &t, &c, &scale, &d)
 }

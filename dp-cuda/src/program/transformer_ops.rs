@@ -1,8 +1,10 @@
 //! The bodies of [`GpuOps`]' primitives for a transformer's steps around its products
 //! (`DeviceOps::activation_backward_from_input`, `copy_strided`, `patches_forward` and
-//! `patches_backward`, `add_scaled_into`) through `kernels/transformer.cu`, one thread per value. Each checks its spans
-//! against the shapes (and, through [`RegionMemory::ptr`](super::RegionMemory::ptr), against their
-//! regions) before it queues anything.
+//! `patches_backward`, `add_scaled_into`) through `kernels/transformer.cu`, one thread per value, whose
+//! buffers are `dp_values`: each span passed with its own stored type (f32 or bf16, any mix). Each
+//! checks its spans against the shapes (and, through
+//! [`RegionMemory::values`](super::RegionMemory::values), against their regions) before it queues
+//! anything.
 
 use cudarc::driver::PushKernelArg;
 use dp_kernels::activation::Activation;
@@ -24,7 +26,7 @@ pub(super) fn activation_backward_from_input(
     if len == 0 {
         return Ok(());
     }
-    let (g, x, n, act) = (ops.memory.ptr(grad)?, ops.memory.ptr(x)?, len as u64, activation_code(act));
+    let (g, x, n, act) = (ops.memory.values(grad)?, ops.memory.values(x)?, len as u64, activation_code(act));
     launch!(ops, k::ACTIVATION_BACKWARD_FROM_INPUT, "dp_activation_backward_from_input", elementwise(len);
         &g, &x, &n, &act)
 }
@@ -46,7 +48,7 @@ pub(super) fn copy_strided(
     }
     let reach = |stride: usize| (rows - 1) * stride + cols;
     ops.check("copy_strided", &[(src, reach(src_stride)), (dst, reach(dst_stride))])?;
-    let (s, d) = (ops.memory.ptr(src)?, ops.memory.ptr(dst)?);
+    let (s, d) = (ops.memory.values(src)?, ops.memory.values(dst)?);
     let (ss, ds, r, c) = (src_stride as u64, dst_stride as u64, rows as u64, cols as u64);
     launch!(ops, k::COPY_STRIDED, "dp_copy_strided", elementwise(rows * cols); &s, &ss, &d, &ds, &r, &c)
 }
@@ -69,7 +71,7 @@ pub(super) fn patches(
     if len == 0 {
         return Ok(());
     }
-    let (f, t) = (ops.memory.ptr(from)?, ops.memory.ptr(to)?);
+    let (f, t) = (ops.memory.values(from)?, ops.memory.values(to)?);
     let (n64, c, h, w, p, to_patches) =
         (n as u64, channels as u64, height as u64, width as u64, size as u64, i32::from(forward));
     launch!(ops, k::PATCHES, "dp_patches", elementwise(len); &f, &t, &n64, &c, &h, &w, &p, &to_patches)
@@ -80,6 +82,6 @@ pub(super) fn add_scaled_into(ops: &GpuOps<'_>, dst: Span, src: Span, len: usize
     if len == 0 {
         return Ok(());
     }
-    let (d, s, n) = (ops.memory.ptr(dst)?, ops.memory.ptr(src)?, len as u64);
+    let (d, s, n) = (ops.memory.values(dst)?, ops.memory.values(src)?, len as u64);
     launch!(ops, k::ADD_SCALED_INTO, "dp_add_scaled_into", elementwise(len); &d, &s, &n, &scale)
 }

@@ -52,8 +52,10 @@ impl HostDevice {
 
     /// Stores the arena's [`Stored::OfPrecision`] spans in bf16 when the precision is bf16: every
     /// value written to one is rounded to bf16 (`round_to_bf16`) before anything reads it, and the
-    /// values live apart from the f32 arena's. Off by default, so that in bf16 the host reference
-    /// computes what the GPU does, which stores every buffer in f32 (docs/GPU.md, "bf16 storage").
+    /// values live apart from the f32 arena's. This is what a GPU model stores in bf16 by default
+    /// (docs/GPU.md, "bf16 storage"); here it is off by default, so that in bf16 the host reference
+    /// computes what the CPU's bf16 programs compute (bf16 products on f32 buffers), as a GPU model
+    /// does with its storage turned off.
     pub fn set_bf16_storage(&mut self, on: bool) {
         self.bf16_storage = on;
         self.fill_bf16_store();
