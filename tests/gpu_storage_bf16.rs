@@ -100,16 +100,18 @@ fn gpu_bf16_storage_dense_and_token_models_match_the_host_reference() {
     stores_as_the_host_reference::<TokenSeq>(85, 2e-2);
 }
 
-/// Max pooling's winners can change when a stored value tips to its neighbour (the host reference's
-/// own test allows 0.5 on the MNIST CNN against the CPU for that reason).
+/// Max pooling's winners can change when a stored value tips to its neighbour, which moves an
+/// example's norm by tens of percent (the host reference's own test allows 0.5 on the MNIST CNN against
+/// the CPU for that reason), so the two pooled CNNs are held to 0.5 here too; their clipping contract
+/// and the move from f32 storage are exact checks all the same.
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
 fn gpu_bf16_storage_image_models_match_the_host_reference() {
     stores_as_the_host_reference::<SmallConv>(86, 2e-2);
     stores_as_the_host_reference::<NormResidual>(87, 2e-2);
     stores_as_the_host_reference::<GroupedConvs>(88, 2e-2);
-    stores_as_the_host_reference::<MnistCnn>(89, 2e-1);
-    stores_as_the_host_reference::<Cifar10Cnn>(90, 2e-1);
+    stores_as_the_host_reference::<MnistCnn>(89, 5e-1);
+    stores_as_the_host_reference::<Cifar10Cnn>(90, 5e-1);
 }
 
 #[test]

@@ -32,7 +32,7 @@ pub use memory::{Addresses, RegionMemory, ValueType, BF16_STORED, BF16_TAG};
 pub struct GpuOps<'a> {
     pub gpu: &'a Gpu,
     pub memory: &'a RegionMemory,
-    /// The precision of the products marked [`Operands::OfPrecision`].
+    /// The precision of the products marked [`Operands::OfPrecision`](dp_runtime::device::Operands::OfPrecision).
     pub precision: Precision,
 }
 

@@ -318,9 +318,9 @@ impl<M: DpModel> GpuModel<M> {
     /// Allocates or frees the bf16 stores as the precision and storage say, dropping the captured
     /// graphs (their products and addresses changed) so that the next step runs eagerly.
     fn apply_storage(&mut self) -> Result<()> {
-        self.memory.store_bf16(&self.gpu, self.stores_bf16())?;
+        // Before the allocation: a graph of the old products must not replay even if it fails.
         self.graphs.restart();
-        Ok(())
+        self.memory.store_bf16(&self.gpu, self.stores_bf16())
     }
 
     /// Whether the arena's `OfPrecision` buffers are stored in bf16.

@@ -9,7 +9,8 @@
 //! `kernels/common.cuh`); a kernel that reads only f32 gets [`RegionMemory::ptr`], which refuses a
 //! span stored in bf16, so a launch that forgot the type is an error, never a misread. A span's slot
 //! in the store of the other type is a product's place to convert it (`program/products.rs`): the
-//! compiler gives every buffer alive at once its own offsets, so that slot holds nothing alive.
+//! compiler gives every arena buffer offsets of its own (`Planner::alloc` reuses none), so that slot
+//! holds no other buffer's values.
 
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaSlice, DevicePtr};

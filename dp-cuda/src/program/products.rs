@@ -85,9 +85,9 @@ enum Compute {
 enum Output {
     /// C's own slot, in the type it is stored in.
     Stored(ValueType),
-    /// An f32 product into C's f32 slot, converted into its bf16 slot after (read from it first
-    /// when the product accumulates).
-    ThroughF32 { accumulate: bool },
+    /// An f32 product into C's f32 slot, C's stored values widened into it first (so that what the
+    /// product does not write, or adds to, is C's) and the slot rounded back into C after.
+    ThroughF32,
 }
 
 /// How one product runs, from its spans' stored types ([`ProductPlan::of`]).
@@ -105,7 +105,7 @@ struct ProductPlan {
 impl ProductPlan {
     /// The plan of a product that rounds its operands to bf16 or not (`bf16_product`), whose A, B and
     /// C are stored in `a`, `b` and `c`, while every buffer is stored in f32 or not (`storing_bf16`).
-    fn of(storing_bf16: bool, bf16_product: bool, [a, b, c]: [ValueType; 3], accumulate: bool) -> Self {
+    fn of(storing_bf16: bool, bf16_product: bool, [a, b, c]: [ValueType; 3]) -> Self {
         use ValueType::{Bf16, F32};
         if !storing_bf16 {
             let compute = if bf16_product { Compute::RoundedByCublas } else { Compute::F32 };
@@ -121,7 +121,7 @@ impl ProductPlan {
         let (compute, output) = match (operands, c) {
             (Bf16, _) => (Compute::Bf16Operands, Output::Stored(c)),
             (F32, F32) => (Compute::F32, Output::Stored(F32)),
-            (F32, Bf16) => (Compute::F32, Output::ThroughF32 { accumulate }),
+            (F32, Bf16) => (Compute::F32, Output::ThroughF32),
         };
         ProductPlan { compute, operands, convert_a: a != operands, convert_b: b != operands, output }
     }
@@ -130,7 +130,7 @@ impl ProductPlan {
     fn c_type(&self) -> ValueType {
         match self.output {
             Output::Stored(t) => t,
-            Output::ThroughF32 { .. } => ValueType::F32,
+            Output::ThroughF32 => ValueType::F32,
         }
     }
 
@@ -147,7 +147,7 @@ impl ProductPlan {
             (g.b, if self.convert_b { self.operands } else { stored(g.b)? }, self.convert_b),
             (g.c, self.c_type(), true),
         ];
-        if let Output::ThroughF32 { .. } = self.output {
+        if let Output::ThroughF32 = self.output {
             slots.push((g.c, ValueType::Bf16, true));
         }
         let overlap = |x: Span, y: Span| {
@@ -185,7 +185,7 @@ fn product(ops: &GpuOps<'_>, g: &Gemm, cm: &ColumnMajor, strides: Option<Strides
         (Precision::Bf16, Operands::OfPrecision) => true,
         (Precision::F32, _) | (Precision::Bf16, Operands::F32) => false,
     };
-    let plan = ProductPlan::of(addresses.storing_bf16(), bf16_product, types, g.accumulate);
+    let plan = ProductPlan::of(addresses.storing_bf16(), bf16_product, types);
     if addresses.storing_bf16() {
         plan.check_slots(g, addresses)?;
     }
@@ -195,14 +195,14 @@ fn product(ops: &GpuOps<'_>, g: &Gemm, cm: &ColumnMajor, strides: Option<Strides
     if plan.convert_b {
         convert(ops, g.b, types[1], plan.operands)?;
     }
-    if plan.output == (Output::ThroughF32 { accumulate: true }) {
+    if plan.output == Output::ThroughF32 {
         convert(ops, g.c, ValueType::Bf16, ValueType::F32)?;
     }
     let a = addresses.address(g.a, plan.operands)?;
     let b = addresses.address(g.b, plan.operands)?;
     let c = addresses.address(g.c, plan.c_type())?;
     cublas(ops, cm, strides, (a, b, c), &plan)?;
-    if let Output::ThroughF32 { .. } = plan.output {
+    if plan.output == Output::ThroughF32 {
         convert(ops, g.c, ValueType::F32, ValueType::Bf16)?;
     }
     Ok(())
@@ -416,51 +416,47 @@ mod tests {
     #[test]
     fn without_bf16_storage_nothing_is_converted() {
         for bf16_product in [false, true] {
-            for accumulate in [false, true] {
-                let plan = ProductPlan::of(false, bf16_product, [F32; 3], accumulate);
-                let compute = if bf16_product { Compute::RoundedByCublas } else { Compute::F32 };
-                let expected = ProductPlan {
-                    compute,
-                    operands: F32,
-                    convert_a: false,
-                    convert_b: false,
-                    output: Output::Stored(F32),
-                };
-                assert_eq!(plan, expected);
-            }
+            let plan = ProductPlan::of(false, bf16_product, [F32; 3]);
+            let compute = if bf16_product { Compute::RoundedByCublas } else { Compute::F32 };
+            let expected = ProductPlan {
+                compute,
+                operands: F32,
+                convert_a: false,
+                convert_b: false,
+                output: Output::Stored(F32),
+            };
+            assert_eq!(plan, expected);
         }
     }
 
     /// Storing in bf16, every mix of stored types: a bf16 product multiplies bf16 operands (an f32
     /// operand rounded into its bf16 slot) into C of its stored type; an f32 product multiplies the
     /// stored values, in bf16 only when both are bf16 (exact products), otherwise widening a bf16
-    /// operand, and through C's f32 slot when C is bf16 (read first only when it accumulates).
+    /// operand, and through C's f32 slot when C is bf16 (C widened into it first).
     #[test]
     fn storing_in_bf16_each_product_multiplies_the_values_the_host_reference_multiplies() {
         for a in [F32, Bf16] {
             for b in [F32, Bf16] {
                 for c in [F32, Bf16] {
-                    for accumulate in [false, true] {
-                        let bf16 = ProductPlan::of(true, true, [a, b, c], accumulate);
-                        assert_eq!(bf16.compute, Compute::Bf16Operands);
-                        assert_eq!(bf16.operands, Bf16);
-                        assert_eq!((bf16.convert_a, bf16.convert_b), (a == F32, b == F32));
-                        assert_eq!(bf16.output, Output::Stored(c));
+                    let bf16 = ProductPlan::of(true, true, [a, b, c]);
+                    assert_eq!(bf16.compute, Compute::Bf16Operands);
+                    assert_eq!(bf16.operands, Bf16);
+                    assert_eq!((bf16.convert_a, bf16.convert_b), (a == F32, b == F32));
+                    assert_eq!(bf16.output, Output::Stored(c));
 
-                        let f32 = ProductPlan::of(true, false, [a, b, c], accumulate);
-                        if a == Bf16 && b == Bf16 {
-                            assert_eq!((f32.compute, f32.operands), (Compute::Bf16Operands, Bf16));
-                            assert_eq!((f32.convert_a, f32.convert_b), (false, false));
-                            assert_eq!(f32.output, Output::Stored(c));
-                        } else {
-                            assert_eq!((f32.compute, f32.operands), (Compute::F32, F32));
-                            assert_eq!((f32.convert_a, f32.convert_b), (a == Bf16, b == Bf16));
-                            let output = match c {
-                                F32 => Output::Stored(F32),
-                                Bf16 => Output::ThroughF32 { accumulate },
-                            };
-                            assert_eq!(f32.output, output);
-                        }
+                    let f32 = ProductPlan::of(true, false, [a, b, c]);
+                    if a == Bf16 && b == Bf16 {
+                        assert_eq!((f32.compute, f32.operands), (Compute::Bf16Operands, Bf16));
+                        assert_eq!((f32.convert_a, f32.convert_b), (false, false));
+                        assert_eq!(f32.output, Output::Stored(c));
+                    } else {
+                        assert_eq!((f32.compute, f32.operands), (Compute::F32, F32));
+                        assert_eq!((f32.convert_a, f32.convert_b), (a == Bf16, b == Bf16));
+                        let output = match c {
+                            F32 => Output::Stored(F32),
+                            Bf16 => Output::ThroughF32,
+                        };
+                        assert_eq!(f32.output, output);
                     }
                 }
             }
@@ -489,31 +485,31 @@ mod tests {
         };
         let types = |g: &Gemm| [g.a, g.b, g.c].map(|s| addresses.stored_type(s).unwrap());
         let ok = product(arena(0, 10), arena(10, 10).of_precision(), arena(20, 10).of_precision());
-        let plan = ProductPlan::of(true, true, types(&ok), false);
+        let plan = ProductPlan::of(true, true, types(&ok));
         assert!(plan.convert_a && !plan.convert_b);
         plan.check_slots(&ok, &addresses).unwrap();
 
         // A (f32) converted into its bf16 slot, which C (bf16) occupies.
         let over_c = product(arena(0, 10), arena(30, 10).of_precision(), arena(5, 10).of_precision());
-        let plan = ProductPlan::of(true, true, types(&over_c), false);
+        let plan = ProductPlan::of(true, true, types(&over_c));
         assert!(plan.check_slots(&over_c, &addresses).is_err());
 
         // B (bf16) widened into its f32 slot, where A (f32, overlapping it) is read.
         let crossed = product(arena(0, 10), arena(5, 10).of_precision(), arena(40, 10).of_precision());
-        let plan = ProductPlan::of(true, false, types(&crossed), false);
+        let plan = ProductPlan::of(true, false, types(&crossed));
         assert!(plan.convert_b && !plan.convert_a);
         assert!(plan.check_slots(&crossed, &addresses).is_err());
 
         // One span as both operands, converted once each into the same slot: the same values.
         let square = product(arena(0, 10), arena(0, 10), arena(40, 10).of_precision());
-        let plan = ProductPlan::of(true, true, types(&square), false);
+        let plan = ProductPlan::of(true, true, types(&square));
         assert!(plan.convert_a && plan.convert_b);
         plan.check_slots(&square, &addresses).unwrap();
 
         // An f32 product into C stored in bf16 goes through C's f32 slot, where A is read.
         let through = product(arena(100, 10), arena(200, 10), arena(105, 10).of_precision());
-        let plan = ProductPlan::of(true, false, types(&through), true);
-        assert_eq!(plan.output, Output::ThroughF32 { accumulate: true });
+        let plan = ProductPlan::of(true, false, types(&through));
+        assert_eq!(plan.output, Output::ThroughF32);
         assert!(plan.check_slots(&through, &addresses).is_err());
     }
 

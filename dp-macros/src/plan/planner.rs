@@ -121,7 +121,9 @@ impl<'g> Planner<'g> {
     }
 
     /// Allocates an arena buffer of `len` per example, stored as `stored` says, counted in node
-    /// `node`'s bytes.
+    /// `node`'s bytes. Every buffer gets offsets of its own (none reused by a later buffer): a GPU
+    /// storing in bf16 converts a product's operand into the span's slot in its other store, which is
+    /// safe only while no other buffer lives there (dp-cuda's `program/memory.rs`).
     pub fn alloc(&mut self, node: usize, stored: Stored, purpose: String, len: usize) -> usize {
         self.layer_bytes[node] += 4 * len as u64;
         self.buffers.push(Buffer { purpose, offset: self.per_example, len, stored });
