@@ -801,23 +801,13 @@ fn device_lstm_steps_equal_the_host_reference() {
 
 #[test]
 fn device_activation_backward_from_input_equals_the_host_reference() {
-    use dp_kernels::activation::Activation;
     let Some(exe) = harness() else { return };
     let len = 4001;
     // Inputs over [-8, 8] (both erf forms, sigmoid's tails), a NaN and the infinities.
     let mut x: Vec<f32> = values(5, len).map(|u| (u as f32 - 0.5) * 16.0).collect();
     (x[0], x[1], x[2], x[3]) = (0.0, f32::NAN, f32::INFINITY, -0.3);
     let grad: Vec<f32> = values(6, len).map(|u| u as f32 - 0.25).collect();
-    let acts = [
-        Activation::Identity,
-        Activation::Relu,
-        Activation::Tanh,
-        Activation::Sigmoid,
-        Activation::Gelu,
-        Activation::Silu,
-        Activation::GeluExact,
-    ];
-    for act in acts {
+    for act in stored::ACTIVATIONS {
         let code = dp_cuda::dense::activation_code(act) as usize;
         let device = run_f32(&exe, "actinput", &[len, code], &[&grad, &x]);
         let mut host = HostDevice::new();
@@ -1228,3 +1218,6 @@ mod conv_bf16;
 mod dense_bf16;
 #[path = "kernels_on_host/norm_sequence_lstm_bf16.rs"]
 mod norm_sequence_lstm_bf16;
+/// The host reference storing in bf16 and the comparisons the bf16 tests share.
+#[path = "kernels_on_host/stored.rs"]
+mod stored;

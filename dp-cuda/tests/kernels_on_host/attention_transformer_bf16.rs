@@ -11,103 +11,13 @@
 //!   above), the strided copy, the patches both ways and the scaled add (bit for bit), each in every
 //!   mix of f32 and bf16 arguments (the batch, f32, is copied, permuted or read where an activation is).
 
-use dp_kernels::activation::Activation;
-use dp_kernels::gemm_bf16::round_to_bf16;
-use dp_runtime::device::host::HostDevice;
-use dp_runtime::device::{DeviceError, DeviceOps, PatchDims, Precision, Region, Span, Stored};
+use dp_runtime::device::{DeviceOps, PatchDims};
 
-use super::{f32s, harness, run_stored, values};
-
-/// Whether bit `k` of `mask` is set: the harness's `k`-th buffer, and the host's `k`-th span, in bf16.
-fn in_bf16(mask: u32, k: usize) -> bool {
-    mask >> k & 1 == 1
-}
-
-/// The harness's operation `op` with `args`, `inputs` on stdin, the buffers of `mask`'s bits in bf16.
-fn run_op(exe: &std::path::Path, op: &str, args: &[String], inputs: &[&[f32]], mask: u32) -> Vec<f32> {
-    let all: Vec<String> = std::iter::once(op.to_string()).chain(args.iter().cloned()).collect();
-    let input: Vec<u8> = inputs.iter().flat_map(|v| v.iter().flat_map(|x| x.to_le_bytes())).collect();
-    f32s(&run_stored(exe, &all, &input, mask))
-}
-
-/// Runs `call` on a host reference storing in bf16 whose arena holds `buffers` one after another, the
-/// `k`-th span marked `OfPrecision` where bit `k` of `mask` is set; span `out`'s values after it, from
-/// the store it lives in.
-fn on_host(
-    buffers: &[&[f32]],
-    mask: u32,
-    out: usize,
-    call: impl FnOnce(&mut HostDevice, &[Span]) -> Result<(), DeviceError>,
-) -> Vec<f32> {
-    let mut host = HostDevice::new();
-    host.set_precision(Precision::Bf16);
-    host.set_bf16_storage(true);
-    let (mut arena, mut spans) = (Vec::new(), Vec::new());
-    for (k, buffer) in buffers.iter().enumerate() {
-        let span = Span::new(Region::Arena, arena.len(), buffer.len());
-        spans.push(if in_bf16(mask, k) { span.of_precision() } else { span });
-        arena.extend_from_slice(buffer);
-    }
-    host.set(Region::Arena, arena);
-    call(&mut host, &spans).unwrap();
-    let s = spans[out];
-    let store = match s.stored {
-        Stored::OfPrecision => host.arena_bf16(),
-        Stored::F32 => host.get(Region::Arena),
-    };
-    store[s.offset..s.offset + s.len].to_vec()
-}
-
-/// `buffers` with those of `mask`'s bits rounded to bf16: what the kernels and the host read from them.
-fn as_read(buffers: &[&[f32]], mask: u32) -> Vec<Vec<f32>> {
-    let round = |k: usize, v: f32| if in_bf16(mask, k) { round_to_bf16(v) } else { v };
-    buffers.iter().enumerate().map(|(k, b)| b.iter().map(|&v| round(k, v)).collect()).collect()
-}
-
-/// The host reference storing in bf16 (`buffers` held as `mask` says, span `out` written by `call`),
-/// and the same call's output before it is stored: on what the stored inputs hold, all in f32.
-fn stored_and_unrounded(
-    buffers: &[&[f32]],
-    mask: u32,
-    out: usize,
-    call: impl Fn(&mut HostDevice, &[Span]) -> Result<(), DeviceError>,
-) -> (Vec<f32>, Vec<f32>) {
-    let read = as_read(buffers, mask);
-    let read: Vec<&[f32]> = read.iter().map(Vec::as_slice).collect();
-    (on_host(buffers, mask, out, &call), on_host(&read, 0, out, &call))
-}
-
-/// Each device value is the host's `stored` one, or (where the harness computes in another order or
-/// with another libm than the host) the output's rounding, to bf16 when `bf16`, of a value within
-/// `tolerance(i)` of the host's `unrounded` one; NaN where the host has NaN. The host's stored value is
-/// its unrounded one rounded once.
-fn assert_within_rounding(
-    device: &[f32],
-    (stored, unrounded): (&[f32], &[f32]),
-    bf16: bool,
-    tolerance: impl Fn(usize) -> f32,
-    what: &str,
-) {
-    let round = |v: f32| if bf16 { round_to_bf16(v) } else { v };
-    assert_eq!(device.len(), stored.len(), "{what}: lengths");
-    for (i, ((&d, &s), &u)) in device.iter().zip(stored).zip(unrounded).enumerate() {
-        if s.is_nan() {
-            assert!(d.is_nan(), "{what}: value {i} is {d}, host NaN");
-            continue;
-        }
-        assert_eq!(s.to_bits(), round(u).to_bits(), "{what}: the host stores value {i} rounded once");
-        let (low, high) = (round(u - tolerance(i)), round(u + tolerance(i)));
-        let close = d.to_bits() == s.to_bits() || (low <= d && d <= high);
-        assert!(close, "{what}: value {i} is {d}, host {s} (unrounded {u}, within [{low}, {high}])");
-    }
-}
-
-fn assert_bits(device: &[f32], host: &[f32], what: &str) {
-    assert_eq!(device.len(), host.len(), "{what}: lengths");
-    for (i, (d, h)) in device.iter().zip(host).enumerate() {
-        assert_eq!(d.to_bits(), h.to_bits(), "{what}: value {i} is {d}, host {h}");
-    }
-}
+use super::stored::{
+    as_read, assert_bits, assert_within_rounding, draw, in_bf16, on_host, run_op, spread,
+    stored_and_unrounded, ACTIVATIONS,
+};
+use super::{harness, values};
 
 #[test]
 fn the_attention_softmax_and_its_backward_on_bf16_buffers_equal_the_host_reference_to_rounding() {
@@ -115,8 +25,7 @@ fn the_attention_softmax_and_its_backward_on_bf16_buffers_equal_the_host_referen
     for (blocks, steps) in [(3, 5), (2, 37), (4, 1), (1, 64)] {
         let len = blocks * steps * steps;
         let scale = 1.0 / (steps as f32).sqrt();
-        let mut scores: Vec<f32> =
-            values(steps as u64 + 70, len).map(|u| ((u - 0.5) * 40.0) as f32).collect();
+        let mut scores = draw(steps as u64 + 70, len, 40.0);
         // A NaN score in block 0's last row, a huge one in its first (finite in bf16 too).
         scores[steps * steps - 1] = f32::NAN;
         scores[0] = 3.0e38;
@@ -138,7 +47,7 @@ fn the_attention_softmax_and_its_backward_on_bf16_buffers_equal_the_host_referen
 
             // The backward from these probabilities and a spread gradient, both in bf16 (the only mix
             // a device program makes: both are attention's own `OfPrecision` buffers).
-            let dp: Vec<f32> = values(steps as u64 + 80, len).map(|u| (u - 0.5) as f32).collect();
+            let dp = draw(steps as u64 + 80, len, 1.0);
             let what = format!(
                 "softmax backward {blocks}×{steps}² causal {causal}, bf16 probabilities and gradient"
             );
@@ -165,7 +74,7 @@ fn the_attention_softmax_and_its_backward_on_bf16_buffers_equal_the_host_referen
 fn a_fill_of_a_bf16_buffer_equals_the_host_reference_bit_for_bit() {
     let Some(exe) = harness() else { return };
     let len = 301;
-    let dst: Vec<f32> = values(90, len).map(|u| u as f32 - 0.5).collect();
+    let dst = spread(90, len);
     // 1 (the row of ones attention fills) and values bf16 rounds: to nearest, and to infinity.
     for value in [1.0f32, 1.0 / 3.0, -2.7e-3, f32::MAX] {
         for mask in [0, 1] {
@@ -183,16 +92,7 @@ fn an_activation_backward_from_its_input_on_bf16_buffers_equals_the_host_referen
     let mut x: Vec<f32> = values(91, len).map(|u| (u as f32 - 0.5) * 16.0).collect();
     (x[0], x[1], x[2], x[3]) = (0.0, f32::NAN, f32::INFINITY, -0.3);
     let grad: Vec<f32> = values(92, len).map(|u| u as f32 - 0.25).collect();
-    let acts = [
-        Activation::Identity,
-        Activation::Relu,
-        Activation::Tanh,
-        Activation::Sigmoid,
-        Activation::Gelu,
-        Activation::Silu,
-        Activation::GeluExact,
-    ];
-    for act in acts {
+    for act in ACTIVATIONS {
         let code = dp_cuda::dense::activation_code(act);
         // Bit 0 the gradient (the output, in place), bit 1 the input (the batch's f32 or an activation).
         for mask in 0..4 {
@@ -230,7 +130,7 @@ fn strided_copies_and_patches_between_f32_and_bf16_buffers_equal_the_host_refere
         (PatchDims { channels: 3, height: 6, width: 9, size: 3 }, 1),
     ] {
         let len = n * dims.len();
-        let x: Vec<f32> = values(95, len).map(|u| u as f32 - 0.5).collect();
+        let x = spread(95, len);
         let unwritten = vec![f32::NAN; len];
         let (c, h, w, p) = (dims.channels, dims.height, dims.width, dims.size);
         for mask in 0..4 {
@@ -255,7 +155,7 @@ fn strided_copies_and_patches_between_f32_and_bf16_buffers_equal_the_host_refere
 fn a_scaled_add_between_f32_and_bf16_buffers_equals_the_host_reference_bit_for_bit() {
     let Some(exe) = harness() else { return };
     let len = 1001;
-    let dst: Vec<f32> = values(96, len).map(|u| u as f32 - 0.5).collect();
+    let dst = spread(96, len);
     let src: Vec<f32> = values(97, len).map(|u| (u as f32 - 0.5) * 3.0).collect();
     for scale in [2.0f32, 0.125, 1.0 / 3.0] {
         // Bit 0 the destination (read and written), bit 1 the source: every mix.

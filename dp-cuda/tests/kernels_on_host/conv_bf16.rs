@@ -15,117 +15,13 @@
 //!   one (so an output left unrounded, or rounded twice, fails).
 
 use dp_kernels::activation::Activation;
-use dp_kernels::gemm_bf16::round_to_bf16;
-use dp_runtime::device::host::HostDevice;
-use dp_runtime::device::{Conv2dGeometry, DeviceError, DeviceOps, Precision, Region, Span, Stored};
+use dp_runtime::device::{Conv2dGeometry, DeviceOps, Region, Span};
 
-use super::{conv_geometries, f32s, harness, pool_geometries, run_stored, values};
-
-/// Whether bit `k` of `mask` is set: the harness's `k`-th buffer, and the host's `k`-th arena span, in
-/// bf16.
-fn in_bf16(mask: u32, k: usize) -> bool {
-    mask >> k & 1 == 1
-}
-
-/// The harness's operation `op` with `args`, `inputs` on stdin, the buffers of `mask`'s bits in bf16.
-fn run_op(exe: &std::path::Path, op: &str, args: &[usize], inputs: &[&[f32]], mask: u32) -> Vec<f32> {
-    let all: Vec<String> = std::iter::once(op.to_string()).chain(args.iter().map(usize::to_string)).collect();
-    let input: Vec<u8> = inputs.iter().flat_map(|v| v.iter().flat_map(|x| x.to_le_bytes())).collect();
-    f32s(&run_stored(exe, &all, &input, mask))
-}
-
-/// A host reference storing in bf16 whose arena holds `buffers` one after another, the `k`-th span
-/// marked `OfPrecision` where bit `k` of `mask` is set; and the spans.
-fn host_storing_bf16(buffers: &[&[f32]], mask: u32) -> (HostDevice, Vec<Span>) {
-    let mut host = HostDevice::new();
-    host.set_precision(Precision::Bf16);
-    host.set_bf16_storage(true);
-    let (mut arena, mut spans) = (Vec::new(), Vec::new());
-    for (k, buffer) in buffers.iter().enumerate() {
-        let span = Span::new(Region::Arena, arena.len(), buffer.len());
-        spans.push(if in_bf16(mask, k) { span.of_precision() } else { span });
-        arena.extend_from_slice(buffer);
-    }
-    host.set(Region::Arena, arena);
-    (host, spans)
-}
-
-/// Arena span `s`'s values, from the store it lives in.
-fn stored(host: &mut HostDevice, s: Span) -> Vec<f32> {
-    let store = match s.stored {
-        Stored::OfPrecision => host.arena_bf16(),
-        Stored::F32 => host.get(Region::Arena),
-    };
-    store[s.offset..s.offset + s.len].to_vec()
-}
-
-/// Runs `call` on [`host_storing_bf16`]`(buffers, mask)`; span `out`'s values after it.
-fn on_host(
-    buffers: &[&[f32]],
-    mask: u32,
-    out: usize,
-    call: impl FnOnce(&mut HostDevice, &[Span]) -> Result<(), DeviceError>,
-) -> Vec<f32> {
-    let (mut host, spans) = host_storing_bf16(buffers, mask);
-    call(&mut host, &spans).unwrap();
-    stored(&mut host, spans[out])
-}
-
-/// `buffers` with those of `mask`'s bits rounded to bf16: what the kernels and the host read from them.
-fn as_read(buffers: &[&[f32]], mask: u32) -> Vec<Vec<f32>> {
-    let round = |k: usize, v: f32| if in_bf16(mask, k) { round_to_bf16(v) } else { v };
-    buffers.iter().enumerate().map(|(k, b)| b.iter().map(|&v| round(k, v)).collect()).collect()
-}
-
-/// The host reference storing in bf16 (`buffers` held as `mask` says, span `out` written by `call`),
-/// and the same call's output before it is stored: on what the stored inputs hold, all in f32.
-fn stored_and_unrounded(
-    buffers: &[&[f32]],
-    mask: u32,
-    out: usize,
-    call: impl Fn(&mut HostDevice, &[Span]) -> Result<(), DeviceError>,
-) -> (Vec<f32>, Vec<f32>) {
-    let read = as_read(buffers, mask);
-    let read: Vec<&[f32]> = read.iter().map(Vec::as_slice).collect();
-    (on_host(buffers, mask, out, &call), on_host(&read, 0, out, &call))
-}
-
-/// Each device value is the host's `stored` one, or (where the harness sums in another order or with
-/// another libm than the host) the output's rounding, to bf16 when `bf16`, of a value within
-/// `tolerance(i)` of the host's `unrounded` one; NaN where the host has NaN. The host's stored value is
-/// its unrounded one rounded once.
-fn assert_within_rounding(
-    device: &[f32],
-    (stored, unrounded): (&[f32], &[f32]),
-    bf16: bool,
-    tolerance: impl Fn(usize) -> f32,
-    what: &str,
-) {
-    let round = |v: f32| if bf16 { round_to_bf16(v) } else { v };
-    assert_eq!(device.len(), stored.len(), "{what}: lengths");
-    for (i, ((&d, &s), &u)) in device.iter().zip(stored).zip(unrounded).enumerate() {
-        if s.is_nan() {
-            assert!(d.is_nan(), "{what}: value {i} is {d}, host NaN");
-            continue;
-        }
-        assert_eq!(s.to_bits(), round(u).to_bits(), "{what}: the host stores value {i} rounded once");
-        let (low, high) = (round(u - tolerance(i)), round(u + tolerance(i)));
-        let close = d.to_bits() == s.to_bits() || (low <= d && d <= high);
-        assert!(close, "{what}: value {i} is {d}, host {s} (unrounded {u}, within [{low}, {high}])");
-    }
-}
-
-fn assert_bits(device: &[f32], host: &[f32], what: &str) {
-    assert_eq!(device.len(), host.len(), "{what}: lengths");
-    for (i, (d, h)) in device.iter().zip(host).enumerate() {
-        assert_eq!(d.to_bits(), h.to_bits(), "{what}: value {i} is {d}, host {h}");
-    }
-}
-
-/// Values spread over [-0.5, 0.5) with their full f32 precision (most change when rounded to bf16).
-fn spread(seed: u64, n: usize) -> Vec<f32> {
-    values(seed, n).map(|u| u as f32 - 0.5).collect()
-}
+use super::stored::{
+    as_read, assert_bits, assert_within_rounding, host_storing_bf16, in_bf16, on_host, run_op, spread,
+    stored, stored_and_unrounded, ACTIVATIONS,
+};
+use super::{conv_geometries, harness, pool_geometries, values};
 
 /// im2col from the input (an activation, or the f32 batch) into the patches, and col2im from the
 /// patches' gradient into the input's, in every mix of f32 and bf16: bit for bit.
@@ -270,16 +166,7 @@ fn the_channel_bias_and_activation_of_an_f32_or_bf16_output_equals_the_host_refe
     let mut y: Vec<f32> = values(51, len).map(|u| (u as f32 - 0.5) * 12.0).collect();
     (y[0], y[1], y[2]) = (f32::NAN, f32::INFINITY, -0.0);
     let bias = spread(52, channels);
-    let acts = [
-        Activation::Identity,
-        Activation::Relu,
-        Activation::Tanh,
-        Activation::Sigmoid,
-        Activation::Gelu,
-        Activation::Silu,
-        Activation::GeluExact,
-    ];
-    for act in acts {
+    for act in ACTIVATIONS {
         let code = dp_cuda::dense::activation_code(act) as usize;
         for has_bias in [1usize, 0] {
             for mask in 0..2 {

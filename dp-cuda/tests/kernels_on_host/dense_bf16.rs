@@ -1,4 +1,7 @@
-//! bf16 storage of the dense kernels' buffers on the host harness, against the host reference storing in bf16.
+//! bf16 storage in dense.cu's kernels: the bias and activation, an activation and its backward from
+//! the output, the three losses, the linear ghost norms, the row scaling, the column sums, the add, the
+//! embedding averaged over a sequence and the count of non-finite values, with their buffers held in
+//! bf16 on the host harness.
 //!
 //! Each of dense.cu's per-value functions runs on the harness (`dense WHAT ...`) with every mix of its
 //! `dp_values` buffers in f32 and bf16 (`DP_HARNESS_BF16`): mask 0 is the f32 test, the others hold
@@ -22,9 +25,10 @@
 use dp_kernels::activation::Activation;
 use dp_kernels::gemm_bf16::round_to_bf16;
 use dp_runtime::device::host::HostDevice;
-use dp_runtime::device::{DeviceLoss, DeviceOps, Precision, Region, RowScale, Span, Stored};
+use dp_runtime::device::{DeviceLoss, DeviceOps, Region, RowScale, Span};
 
-use super::{bits, f32s, harness, run_stored, values};
+use super::stored::{assert_bits, draw, in_arena, run_with_ids, stored, storing_bf16, ACTIVATIONS};
+use super::{bits, harness, values};
 
 /// One input of a harness operation, in stdin order: its values and the bit of `DP_HARNESS_BF16` of
 /// the buffer that holds it (`None`: an f32 array, a `float *` of the kernel).
@@ -42,14 +46,10 @@ fn rounded(values: &[f32]) -> Vec<f32> {
 /// bf16; its output as f32s.
 fn dense(what: &str, args: &[usize], ids: &[u32], inputs: &[Input], mask: u32) -> Vec<f32> {
     let exe = harness().expect("checked by the caller");
-    let mut all = vec!["dense".to_string(), what.to_string()];
+    let mut all = vec![what.to_string()];
     all.extend(args.iter().map(usize::to_string));
-    let input: Vec<u8> = ids
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .chain(inputs.iter().flat_map(|(v, _)| v.iter().flat_map(|x| x.to_le_bytes())))
-        .collect();
-    f32s(&run_stored(&exe, &all, &input, mask))
+    let floats: Vec<&[f32]> = inputs.iter().map(|&(v, _)| v).collect();
+    run_with_ids(&exe, "dense", &all, ids, &floats, mask)
 }
 
 /// `dense WHAT ARGS` with the buffers of `mask` in bf16, after checking that it stores exactly what
@@ -95,54 +95,10 @@ fn dense_stored(
     stored
 }
 
-/// A host reference storing the arena's `OfPrecision` spans in bf16.
-fn storing_bf16() -> HostDevice {
-    let mut host = HostDevice::new();
-    host.set_precision(Precision::Bf16);
-    host.set_bf16_storage(true);
-    host
-}
-
-/// `buffers` laid end to end in the host's arena, buffer k's span marked `of_precision` (stored in
-/// bf16) when bit k of `mask` is set, as the harness holds its k-th buffer.
-fn in_arena(host: &mut HostDevice, buffers: &[&[f32]], mask: u32) -> Vec<Span> {
-    let mut spans = Vec::new();
-    let mut at = 0;
-    for (k, b) in buffers.iter().enumerate() {
-        let span = Span::new(Region::Arena, at, b.len());
-        spans.push(if mask >> k & 1 == 1 { span.of_precision() } else { span });
-        at += b.len();
-    }
-    host.set(Region::Arena, buffers.concat());
-    spans
-}
-
-/// What the host holds in `s`: its bf16 store for an `of_precision` arena span, else the region.
-fn stored(host: &mut HostDevice, s: Span) -> Vec<f32> {
-    let range = s.offset..s.offset + s.len;
-    match s.stored {
-        Stored::F32 => host.get(s.region)[range].to_vec(),
-        Stored::OfPrecision => host.arena_bf16()[range].to_vec(),
-    }
-}
-
 /// A region of the host holding `values`, and its span.
 fn region(host: &mut HostDevice, region: Region, values: &[f32]) -> Span {
     host.set(region, values.to_vec());
     Span::new(region, 0, values.len())
-}
-
-fn same_bits(what: &str, device: &[f32], host: &[f32]) {
-    assert_eq!(device.len(), host.len(), "{what}: lengths");
-    for (k, (d, h)) in device.iter().zip(host).enumerate() {
-        assert_eq!(
-            d.to_bits(),
-            h.to_bits(),
-            "{what}[{k}]: device {d} ({:#010x}), host {h} ({:#010x})",
-            d.to_bits(),
-            h.to_bits()
-        );
-    }
 }
 
 /// NaN exactly where the host has NaN; every other value within `tolerance · (1 + |host|)` and, when
@@ -165,7 +121,7 @@ fn near(what: &str, device: &[f32], host: &[f32], tolerance: f32, in_bf16: bool)
 /// `len` values over (−scale/2, scale/2) with NaN, both infinities, zeros of both signs, a bf16 tie
 /// and values next to one among the first.
 fn with_specials(seed: u64, len: usize, scale: f64) -> Vec<f32> {
-    let mut v: Vec<f32> = values(seed, len).map(|u| ((u - 0.5) * scale) as f32).collect();
+    let mut v = draw(seed, len, scale);
     let specials = [
         f32::NAN,
         f32::INFINITY,
@@ -179,16 +135,6 @@ fn with_specials(seed: u64, len: usize, scale: f64) -> Vec<f32> {
     v[..specials.len()].copy_from_slice(&specials);
     v
 }
-
-const ACTIVATIONS: [Activation; 7] = [
-    Activation::Identity,
-    Activation::Relu,
-    Activation::Tanh,
-    Activation::Sigmoid,
-    Activation::Gelu,
-    Activation::Silu,
-    Activation::GeluExact,
-];
 
 /// The tolerance of an activation's f32 value against the host's: 0 (bit for bit) where no libm
 /// function is involved, else the transformer test's 2e-6 relative to 1 + |value| (CUDA's tanhf,
@@ -210,7 +156,7 @@ fn bias_activation_and_activation_store_as_the_host_reference() {
     }
     let (rows, cols) = (37, 11);
     let y = with_specials(1, rows * cols, 12.0);
-    let bias: Vec<f32> = values(2, cols).map(|u| (u - 0.5) as f32).collect();
+    let bias = draw(2, cols, 1.0);
     for act in ACTIVATIONS {
         let code = dp_cuda::dense::activation_code(act) as usize;
         let tolerance = activation_tolerance(act);
@@ -229,7 +175,7 @@ fn bias_activation_and_activation_store_as_the_host_reference() {
                 host.bias_activation(s[0], b, rows, cols, act).unwrap();
                 let want = stored(&mut host, s[0]);
                 if tolerance == 0.0 {
-                    same_bits(&case, &device, &want);
+                    assert_bits(&device, &want, &case);
                 } else {
                     near(&case, &device, &want, tolerance, mask == 1);
                 }
@@ -245,7 +191,7 @@ fn bias_activation_and_activation_store_as_the_host_reference() {
             host.activation(s[0], s[1], len, act).unwrap();
             let want = stored(&mut host, s[1]);
             if tolerance == 0.0 {
-                same_bits(&case, &device, &want);
+                assert_bits(&device, &want, &case);
             } else {
                 near(&case, &device, &want, tolerance, mask >> 1 == 1);
             }
@@ -283,7 +229,7 @@ fn activation_backward_stores_as_the_host_reference_bit_for_bit() {
             let mut host = storing_bf16();
             let s = in_arena(&mut host, &[&grad, &y], mask);
             host.activation_backward(s[0], s[1], len, act).unwrap();
-            same_bits(&case, &device, &stored(&mut host, s[0]));
+            assert_bits(&device, &stored(&mut host, s[0]), &case);
         }
     }
 }
@@ -299,11 +245,11 @@ fn losses_store_their_gradients_as_the_host_reference() {
         return;
     }
     let (rows, classes) = (41, 10);
-    let mut logits: Vec<f32> = values(5, rows * classes).map(|u| ((u - 0.5) * 16.0) as f32).collect();
+    let mut logits = draw(5, rows * classes, 16.0);
     logits[2 * classes..3 * classes].fill(0.75); // a row of equal logits
     logits[3 * classes..4 * classes].iter_mut().for_each(|v| *v += 90.0); // large logits: the max subtracted
     let labels: Vec<f32> = values(6, rows).map(|u| (u * classes as f64).floor() as f32).collect();
-    let targets: Vec<f32> = values(7, rows * classes).map(|u| ((u - 0.5) * 3.0) as f32).collect();
+    let targets = draw(7, rows * classes, 3.0);
     let bce_labels: Vec<f32> = values(8, rows).map(|u| (u < 0.5) as u8 as f32).collect();
     let cases = [
         ("softmaxce", vec![rows, classes], DeviceLoss::SoftmaxCrossEntropy { classes }, classes, &labels),
@@ -323,11 +269,11 @@ fn losses_store_their_gradients_as_the_host_reference() {
             let l = region(&mut host, Region::Labels, labels);
             let out = region(&mut host, Region::Losses, &vec![f32::NAN; rows]);
             host.loss(loss, s[0], l, rows, out, s[1]).unwrap();
-            same_bits(&format!("{case} losses"), losses, &stored(&mut host, out));
+            assert_bits(losses, &stored(&mut host, out), &format!("{case} losses"));
             let want = stored(&mut host, s[1]);
             match what {
                 "bce" => near(&format!("{case} grad"), grad, &want, 2e-6, mask >> 1 == 1),
-                _ => same_bits(&format!("{case} grad"), grad, &want),
+                _ => assert_bits(grad, &want, &format!("{case} grad")),
             }
         }
     }
@@ -361,8 +307,8 @@ fn linear_ghost_norms_equal_the_host_reference() {
         return;
     }
     let (rows, inputs, outputs, groups, group) = (23, 300, 17, 3, 1);
-    let mut a: Vec<f32> = values(9, rows * inputs).map(|u| ((u - 0.5) * 4.0) as f32).collect();
-    let delta: Vec<f32> = values(10, rows * outputs).map(|u| ((u - 0.5) * 0.02) as f32).collect();
+    let mut a = draw(9, rows * inputs, 4.0);
+    let delta = draw(10, rows * outputs, 0.02);
     a[5 * inputs + 3] = f32::NAN;
     for has_bias in [true, false] {
         for mask in 0..4 {
@@ -377,7 +323,7 @@ fn linear_ghost_norms_equal_the_host_reference() {
                 let args = [rows, inputs, outputs, has_bias as usize, threads];
                 let device = dense_stored("ghostnorms", &args, &[], &inputs_of, &[(rows, None)], mask);
                 if threads == 1 {
-                    same_bits(&case, &device, &want);
+                    assert_bits(&device, &want, &case);
                 } else {
                     for (k, (d, h)) in device.iter().zip(&want).enumerate() {
                         let ok = if h.is_nan() { d.is_nan() } else { (d - h).abs() <= 1e-6 * h.abs() };
@@ -415,7 +361,7 @@ fn scale_rows_store_as_the_host_reference_bit_for_bit() {
                 let s = in_arena(&mut host, &[&src, &vec![f32::NAN; rows * cols]], mask);
                 let f = region(&mut host, Region::Factors, &factors);
                 host.scale_rows(s[0], s[1], rows, positions, cols, f, groups, group, scale).unwrap();
-                same_bits(&case, &device, &stored(&mut host, s[1]));
+                assert_bits(&device, &stored(&mut host, s[1]), &case);
                 let zero_rows = &device[2 * positions * cols..3 * positions * cols];
                 assert!(
                     zero_rows.iter().all(|v| v.to_bits() == 0),
@@ -435,7 +381,7 @@ fn column_sums_add_to_the_gradient_as_the_host_reference_bit_for_bit() {
     }
     for (rows, cols) in [(300, 7), (1, 5), (64, 129)] {
         let src: Vec<f32> = values(13 + rows as u64, rows * cols).map(|u| ((u - 0.3) * 7.0) as f32).collect();
-        let grad: Vec<f32> = values(14, cols).map(|u| (u - 0.5) as f32).collect();
+        let grad = draw(14, cols, 1.0);
         for mask in 0..2 {
             let case = format!("{rows}x{cols} bf16 {mask:#b}");
             let inputs: [Input; 2] = [(&src, Some(0)), (&grad, None)];
@@ -444,7 +390,7 @@ fn column_sums_add_to_the_gradient_as_the_host_reference_bit_for_bit() {
             let s = in_arena(&mut host, &[&src], mask);
             let g = region(&mut host, Region::Grad, &grad);
             host.column_sums_add(s[0], rows, cols, g).unwrap();
-            same_bits(&case, &device, &stored(&mut host, g));
+            assert_bits(&device, &stored(&mut host, g), &case);
         }
     }
 }
@@ -458,7 +404,7 @@ fn add_into_stores_as_the_host_reference_bit_for_bit() {
     }
     let len = 777;
     let dst = with_specials(15, len, 3.0);
-    let src: Vec<f32> = values(16, len).map(|u| ((u - 0.5) * 0.01) as f32).collect();
+    let src = draw(16, len, 0.01);
     for mask in 0..4 {
         let case = format!("bf16 {mask:#b}");
         let inputs: [Input; 2] = [(&dst, Some(0)), (&src, Some(1))];
@@ -466,7 +412,7 @@ fn add_into_stores_as_the_host_reference_bit_for_bit() {
         let mut host = storing_bf16();
         let s = in_arena(&mut host, &[&dst, &src], mask);
         host.add_into(s[0], s[1], len).unwrap();
-        same_bits(&case, &device, &stored(&mut host, s[0]));
+        assert_bits(&device, &stored(&mut host, s[0]), &case);
     }
 }
 
@@ -482,10 +428,10 @@ fn embedding_mean_stores_as_the_host_reference_bit_for_bit() {
     }
     let (n, steps, vocab, dim, groups, group) = (6, 9, 7, 5, 2, 1);
     let mut ids: Vec<u32> = values(17, n * steps).map(|u| (u * vocab as f64) as u32).collect();
-    let table: Vec<f32> = values(18, vocab * dim).map(|u| ((u - 0.5) * 3.0) as f32).collect();
-    let mut delta: Vec<f32> = values(19, n * dim).map(|u| ((u - 0.5) * 5.0) as f32).collect();
+    let table = draw(18, vocab * dim, 3.0);
+    let mut delta = draw(19, n * dim, 5.0);
     let mut factors: Vec<f32> = values(20, n * groups).map(|u| u as f32).collect();
-    let grad: Vec<f32> = values(21, vocab * dim).map(|u| (u - 0.5) as f32).collect();
+    let grad = draw(21, vocab * dim, 1.0);
     let tokens = |host: &mut HostDevice, ids: &[u32]| {
         host.set_tokens(ids.to_vec());
         Span::new(Region::Tokens, 0, ids.len())
@@ -501,7 +447,7 @@ fn embedding_mean_stores_as_the_host_reference_bit_for_bit() {
         let sq = region(&mut host, Region::SqNorms, &vec![f32::NAN; n * groups]);
         host.embedding_mean_norms(t, s[0], n, steps, dim, sq, groups, group).unwrap();
         let want: Vec<f32> = stored(&mut host, sq).chunks(groups).map(|g| g[group]).collect();
-        same_bits(&case, &device, &want);
+        assert_bits(&device, &want, &case);
     }
     for i in 0..n {
         let example = &ids[i * steps..(i + 1) * steps];
@@ -527,7 +473,7 @@ fn embedding_mean_stores_as_the_host_reference_bit_for_bit() {
         let p = region(&mut host, Region::Params, &table);
         let s = in_arena(&mut host, &[&vec![f32::NAN; n * dim]], mask);
         host.embedding_mean_forward(t, p, n, steps, vocab, dim, s[0]).unwrap();
-        same_bits(&case, &device, &stored(&mut host, s[0]));
+        assert_bits(&device, &stored(&mut host, s[0]), &case);
         assert!(device[dim..2 * dim].iter().all(|v| v.is_nan()), "{case}: the example with an id outside");
     }
 
@@ -551,7 +497,7 @@ fn embedding_mean_stores_as_the_host_reference_bit_for_bit() {
             let f = has_factors.then(|| (region(&mut host, Region::Factors, &factors), groups, group));
             let g = region(&mut host, Region::Grad, &grad);
             host.embedding_mean_scatter(t, s[0], n, steps, vocab, dim, f, g).unwrap();
-            same_bits(&case, &device, &stored(&mut host, g));
+            assert_bits(&device, &stored(&mut host, g), &case);
             assert!(
                 device.iter().all(|v| v.is_finite()),
                 "{case}: a factor-0 example's NaN row is never read"

@@ -1,4 +1,6 @@
-//! bf16 storage of the norm sequence lstm kernels' buffers on the host harness, against the host reference storing in bf16.
+//! bf16 storage in norm.cu's, sequence.cu's and lstm.cu's kernels: group norm forward and backward,
+//! the embedding over a sequence (gather, norms, scatter-add), sums and broadcasts over time and the
+//! LSTM's forward and backward steps, with their buffers held in bf16 on the host harness.
 //!
 //! Each of norm.cu's, sequence.cu's and lstm.cu's per-value functions runs on the harness with the
 //! buffers a device program may store in bf16 held in bf16 (`DP_HARNESS_BF16`), and is compared with
@@ -10,63 +12,20 @@
 
 use dp_runtime::device::host::HostDevice;
 use dp_runtime::device::{
-    DeviceOps, GroupNormDims, LstmBackwardStep, LstmDims, LstmForwardStep, LstmSaved, Precision, Region,
-    Span, Stored,
+    DeviceOps, GroupNormDims, LstmBackwardStep, LstmDims, LstmForwardStep, LstmSaved, Region, Span,
 };
 
-use super::{assert_near_largest, bits, f32s, harness, run_stored, values};
-
-/// A host reference storing the arena's `OfPrecision` spans in bf16.
-fn storing_bf16() -> HostDevice {
-    let mut host = HostDevice::new();
-    host.set_precision(Precision::Bf16);
-    host.set_bf16_storage(true);
-    host
-}
-
-/// `buffers` laid end to end in the host's arena, buffer k's span marked `of_precision` (stored in
-/// bf16) when bit k of `bf16` is set, as the harness holds its k-th buffer.
-fn in_arena(host: &mut HostDevice, buffers: &[&[f32]], bf16: u32) -> Vec<Span> {
-    let mut spans = Vec::new();
-    let mut at = 0;
-    for (k, b) in buffers.iter().enumerate() {
-        let span = Span::new(Region::Arena, at, b.len());
-        spans.push(if bf16 >> k & 1 == 1 { span.of_precision() } else { span });
-        at += b.len();
-    }
-    host.set(Region::Arena, buffers.concat());
-    spans
-}
-
-/// What the host holds in `s`: its bf16 store for an `of_precision` span, its f32 arena otherwise.
-fn stored(host: &mut HostDevice, s: Span) -> Vec<f32> {
-    let range = s.offset..s.offset + s.len;
-    match s.stored {
-        Stored::F32 => host.get(Region::Arena)[range].to_vec(),
-        Stored::OfPrecision => host.arena_bf16()[range].to_vec(),
-    }
-}
+use super::stored::{draw, in_arena, run_with_ids, stored, storing_bf16};
+use super::{assert_near_largest, bits, harness, values};
 
 /// The harness's `op` on `args` with `ids` (u32s, if any) then `inputs` (f32s) on stdin, its buffers
 /// whose bits are set in `bf16` held in bf16.
 fn run(op: &str, args: &[String], ids: &[u32], inputs: &[&[f32]], bf16: u32) -> Vec<f32> {
-    let exe = harness().expect("checked by the caller");
-    let mut all = vec![op.to_string()];
-    all.extend(args.iter().cloned());
-    let input: Vec<u8> = ids
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .chain(inputs.iter().flat_map(|v| v.iter().flat_map(|x| x.to_le_bytes())))
-        .collect();
-    f32s(&run_stored(&exe, &all, &input, bf16))
+    run_with_ids(&harness().expect("checked by the caller"), op, args, ids, inputs, bf16)
 }
 
 fn strings(args: &[usize]) -> Vec<String> {
     args.iter().map(usize::to_string).collect()
-}
-
-fn draw(seed: u64, len: usize, scale: f64) -> Vec<f32> {
-    values(seed, len).map(|u| ((u - 0.5) * scale) as f32).collect()
 }
 
 /// Group norm forward then backward (norm.cu, harness `groupnorm`; buffers x, dy, y, mean, rstd, dx,
@@ -91,7 +50,7 @@ fn group_norm_stores_as_the_host_reference_storing_bf16() {
         let mut x: Vec<f32> =
             values(channels as u64 * 5 + plane as u64, len).map(|u| (3.0 + 2.0 * u) as f32).collect();
         let weight: Vec<f32> = values(11, channels).map(|u| (0.5 + u) as f32).collect();
-        let bias: Vec<f32> = values(12, channels).map(|u| (u - 0.5) as f32).collect();
+        let bias = draw(12, channels, 1.0);
         let mut dy = draw(13, len, 1.0);
         x[(n / 2) * dims.input_len() + dims.input_len() / 2] = f32::NAN;
         if n > 1 {
