@@ -26,7 +26,9 @@ mod conversions;
 mod memory;
 mod products;
 
+pub use conversions::RoundedWeights;
 pub use memory::{Addresses, RegionMemory, ValueType, BF16_STORED, BF16_TAG};
+pub use products::{plan_product, Compute, Output, ProductPlan};
 
 /// The primitives of [`DeviceOps`] on `gpu` over `memory`.
 pub struct GpuOps<'a> {
@@ -34,6 +36,36 @@ pub struct GpuOps<'a> {
     pub memory: &'a RegionMemory,
     /// The precision of the products marked [`Operands::OfPrecision`](dp_runtime::device::Operands::OfPrecision).
     pub precision: Precision,
+    /// The parameter spans rounded into their bf16 slots during this pass, while that is being
+    /// kept track of ([`rounding_each_weight_once`](Self::rounding_each_weight_once)): a bf16 product
+    /// then reads a weight already rounded instead of converting it again.
+    weights_in_bf16: Option<std::cell::RefCell<conversions::RoundedWeights>>,
+}
+
+impl<'a> GpuOps<'a> {
+    /// The primitives on `gpu` over `memory`, the marked products in `precision`.
+    pub fn new(gpu: &'a Gpu, memory: &'a RegionMemory, precision: Precision) -> Self {
+        GpuOps { gpu, memory, precision, weights_in_bf16: None }
+    }
+
+    /// Keeps track of the weights rounded into their bf16 slots, so that each is rounded once in the
+    /// pass that follows, not at every product that reads it (an LSTM's recurrent weight at every
+    /// time step, a weight in the forward and again in the backward). Only for a pass during which
+    /// the parameters do not change (a step's update comes after it).
+    pub fn rounding_each_weight_once(self) -> Self {
+        GpuOps { weights_in_bf16: Some(std::cell::RefCell::default()), ..self }
+    }
+
+    /// Whether a product must round `s` into its bf16 slot: not when it is a weight already rounded
+    /// in this pass; otherwise it does, and a weight is recorded as rounded.
+    pub(crate) fn must_round(&self, s: Span) -> bool {
+        match &self.weights_in_bf16 {
+            Some(rounded) if s.region == dp_runtime::device::Region::Params => {
+                rounded.borrow_mut().first_time(s)
+            }
+            _ => true,
+        }
+    }
 }
 
 fn backend(during: &str) -> impl FnOnce(String) -> DeviceError + '_ {

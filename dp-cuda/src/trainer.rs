@@ -329,7 +329,7 @@ impl<M: DpModel> GpuModel<M> {
     }
 
     fn ops(&self) -> GpuOps<'_> {
-        GpuOps { gpu: &self.gpu, memory: &self.memory, precision: self.precision }
+        GpuOps::new(&self.gpu, &self.memory, self.precision)
     }
 
     /// Copies a batch in for a step other than the trainer's private step: `n` examples' inputs and
@@ -587,7 +587,7 @@ impl<M: DpModel> GpuModel<M> {
         match before {
             BeforeUpdate::GradientSum => {
                 if n > 0 {
-                    let mut ops = self.ops();
+                    let mut ops = self.ops().rounding_each_weight_once();
                     M::device_forward_backward(&mut ops, n).map_err(program)?;
                     M::device_gradient_sum(&mut ops, n).map_err(program)?;
                 }
@@ -596,7 +596,7 @@ impl<M: DpModel> GpuModel<M> {
             }
             BeforeUpdate::PrivateStep(clipping) | BeforeUpdate::ClippedSum(clipping) => {
                 if n > 0 {
-                    let mut ops = self.ops();
+                    let mut ops = self.ops().rounding_each_weight_once();
                     M::device_forward_backward(&mut ops, n).map_err(program)?;
                     M::device_norms(&mut ops, n).map_err(program)?;
                 }
@@ -673,7 +673,10 @@ impl<M: DpModel> GpuModel<M> {
             ("batch in", Box::new(|m: &mut Self| m.load_batch(inputs, labels, n))),
             (
                 "forward + backward",
-                Box::new(|m: &mut Self| M::device_forward_backward(&mut m.ops(), n).map_err(program)),
+                Box::new(|m: &mut Self| {
+                    let mut ops = m.ops().rounding_each_weight_once();
+                    M::device_forward_backward(&mut ops, n).map_err(program)
+                }),
             ),
             ("norms", Box::new(|m: &mut Self| M::device_norms(&mut m.ops(), n).map_err(program))),
             ("clip factors", Box::new(|m: &mut Self| m.queue_clip_factors(clipping, n))),
@@ -733,7 +736,7 @@ impl<M: DpModel> GpuModel<M> {
         n: usize,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         self.load_batch(inputs, labels, n)?;
-        let mut ops = self.ops();
+        let mut ops = self.ops().rounding_each_weight_once();
         M::device_forward_backward(&mut ops, n).map_err(program)?;
         M::device_norms(&mut ops, n).map_err(program)?;
         let losses = self.read(Region::Losses, n)?;
@@ -745,7 +748,7 @@ impl<M: DpModel> GpuModel<M> {
     pub fn gradient_sum(&mut self, inputs: &[M::Input], labels: &[f32], n: usize) -> Result<Vec<f32>> {
         self.load_batch(inputs, labels, n)?;
         self.zero_grad()?;
-        let mut ops = self.ops();
+        let mut ops = self.ops().rounding_each_weight_once();
         M::device_forward_backward(&mut ops, n).map_err(program)?;
         M::device_gradient_sum(&mut ops, n).map_err(program)?;
         self.read(Region::Grad, M::TRAINED_PARAM_COUNT)

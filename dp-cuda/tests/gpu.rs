@@ -165,7 +165,7 @@ fn on_both_in(
     for (region, values) in regions {
         memory.upload(gpu, *region, values).unwrap();
     }
-    call(&mut GpuOps { gpu, memory: &memory, precision }).unwrap_or_else(|e| panic!("gpu: {e}"));
+    call(&mut GpuOps::new(gpu, &memory, precision)).unwrap_or_else(|e| panic!("gpu: {e}"));
     let device = memory.download(gpu, out).unwrap();
     (host.get(out).to_vec(), device[..len(out)].to_vec())
 }
@@ -233,7 +233,7 @@ fn gpu_im2col_col2im_and_the_channel_epilogue_equal_the_host_reference() {
     }
     let indivisible = Conv2dGeometry { groups: 3, ..g(4, 8, 8, 3, 3, 1, 1, 1) };
     let memory = RegionMemory::new(&gpu, |_| 10_000).unwrap();
-    let refused = GpuOps { gpu: &gpu, memory: &memory, precision: Precision::F32 }.im2col(
+    let refused = GpuOps::new(&gpu, &memory, Precision::F32).im2col(
         Span::new(Region::Inputs, 0, 256),
         &indivisible,
         1,
@@ -462,7 +462,7 @@ fn gpu_products_storing_bf16_multiply_what_the_host_reference_multiplies() {
                         memory.upload(&gpu, Region::Arena, &in_f32).unwrap();
                         memory.upload_arena_bf16(&gpu, &in_bf16).unwrap();
                         memory.upload(&gpu, Region::Grad, &grad).unwrap();
-                        call(&mut GpuOps { gpu: &gpu, memory: &memory, precision: Precision::Bf16 }).unwrap();
+                        call(&mut GpuOps::new(&gpu, &memory, Precision::Bf16)).unwrap();
 
                         let what = format!(
                             "A {a_kind}, B bf16 {b_bf16}, C bf16 {c_bf16}, {operands:?}, batched {batched}"
@@ -717,7 +717,7 @@ fn gpu_group_norm_equals_the_host_reference() {
     }
 
     let memory = RegionMemory::new(&gpu, |_| 10_000).unwrap();
-    let mut ops = GpuOps { gpu: &gpu, memory: &memory, precision: Precision::F32 };
+    let mut ops = GpuOps::new(&gpu, &memory, Precision::F32);
     let s = |region, len| Span::new(region, 0, len);
     for (dims, x_len) in [
         (GroupNormDims { channels: 6, plane: 10, groups: 4 }, 60),
@@ -761,8 +761,7 @@ fn on_both_with_tokens(
     for (region, values) in regions {
         memory.upload(gpu, *region, values).unwrap();
     }
-    call(&mut GpuOps { gpu, memory: &memory, precision: Precision::F32 })
-        .unwrap_or_else(|e| panic!("gpu: {e}"));
+    call(&mut GpuOps::new(gpu, &memory, Precision::F32)).unwrap_or_else(|e| panic!("gpu: {e}"));
     let device = memory.download(gpu, out).unwrap();
     (host.get(out).to_vec(), device[..len(out)].to_vec())
 }

@@ -27,3 +27,40 @@ pub(super) fn convert(ops: &GpuOps<'_>, s: Span, from: ValueType, to: ValueType)
     let addresses = ops.memory.addresses();
     convert_values(ops, addresses.tagged(s, from)?, addresses.tagged(s, to)?, s.len)
 }
+
+/// The weights a pass has rounded into their bf16 slots (`GpuOps::rounding_each_weight_once`).
+#[derive(Debug, Default)]
+pub struct RoundedWeights(Vec<Span>);
+
+impl RoundedWeights {
+    /// Whether `s` is to be rounded now: not when a span rounded before holds it; otherwise it is
+    /// recorded as rounded.
+    pub fn first_time(&mut self, s: Span) -> bool {
+        let holds =
+            |r: &Span| r.region == s.region && r.offset <= s.offset && s.offset + s.len <= r.offset + r.len;
+        if self.0.iter().any(holds) {
+            return false;
+        }
+        self.0.push(s);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dp_runtime::device::Region;
+
+    #[test]
+    fn a_weight_is_rounded_the_first_time_a_pass_reads_it_only() {
+        let mut rounded = RoundedWeights::default();
+        let weight = Span::new(Region::Params, 100, 50);
+        assert!(rounded.first_time(weight));
+        assert!(!rounded.first_time(weight), "the same weight again");
+        assert!(!rounded.first_time(Span::new(Region::Params, 110, 20)), "a part of it");
+        assert!(rounded.first_time(Span::new(Region::Params, 140, 20)), "a span reaching past it");
+        assert!(rounded.first_time(Span::new(Region::Params, 0, 10)), "another weight");
+        assert!(!rounded.first_time(Span::new(Region::Params, 145, 15)), "held by the span past it");
+        assert!(rounded.first_time(Span::new(Region::Inputs, 100, 50)), "the same offsets elsewhere");
+    }
+}

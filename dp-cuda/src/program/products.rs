@@ -71,7 +71,7 @@ impl ColumnMajor {
 
 /// How cuBLAS multiplies a product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Compute {
+pub enum Compute {
     /// `cublasSgemm`: f32 operands, f32 products.
     F32,
     /// `cublasGemmEx` on f32 operands with `CUBLAS_COMPUTE_32F_FAST_16BF`: cuBLAS rounds them to bf16.
@@ -82,7 +82,7 @@ enum Compute {
 
 /// Where a product writes C.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Output {
+pub enum Output {
     /// C's own slot, in the type it is stored in.
     Stored(ValueType),
     /// An f32 product into C's f32 slot, C's stored values widened into it first (so that what the
@@ -90,16 +90,44 @@ enum Output {
     ThroughF32,
 }
 
-/// How one product runs, from its spans' stored types ([`ProductPlan::of`]).
+/// How one product runs, from its spans' stored types ([`plan_product`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ProductPlan {
-    compute: Compute,
+pub struct ProductPlan {
+    pub compute: Compute,
     /// The type A and B are multiplied in (cuBLAS wants one for both).
-    operands: ValueType,
+    pub operands: ValueType,
     /// Whether A (B) is converted into its slot of type `operands` first.
-    convert_a: bool,
-    convert_b: bool,
-    output: Output,
+    pub convert_a: bool,
+    pub convert_b: bool,
+    pub output: Output,
+}
+
+/// How `g` runs on a GPU whose regions are at `addresses` in `precision`: its plan, or the error its
+/// launch would give (a span outside its region, an operand with no bf16 store to convert into, a
+/// conversion over a slot the product uses). A strided batch is planned as its first product, with
+/// the spans of the whole batch.
+pub fn plan_product(
+    addresses: &Addresses,
+    precision: Precision,
+    g: &Gemm,
+) -> std::result::Result<ProductPlan, DeviceError> {
+    let types = [addresses.stored_type(g.a)?, addresses.stored_type(g.b)?, addresses.stored_type(g.c)?];
+    let bf16_product = match (precision, g.operands) {
+        (Precision::Bf16, Operands::OfPrecision) => true,
+        (Precision::F32, _) | (Precision::Bf16, Operands::F32) => false,
+    };
+    let plan = ProductPlan::of(addresses.storing_bf16(), bf16_product, types);
+    if addresses.storing_bf16() {
+        plan.check_slots(g, addresses)?;
+        // The slots the conversions write must exist (a region without a bf16 store cannot be read
+        // in bf16).
+        for (convert, s) in [(plan.convert_a, g.a), (plan.convert_b, g.b)] {
+            if convert {
+                addresses.address(s, plan.operands)?;
+            }
+        }
+    }
+    Ok(plan)
 }
 
 impl ProductPlan {
@@ -124,6 +152,16 @@ impl ProductPlan {
             (F32, Bf16) => (Compute::F32, Output::ThroughF32),
         };
         ProductPlan { compute, operands, convert_a: a != operands, convert_b: b != operands, output }
+    }
+
+    /// The values converted to run `g` by this plan: the operands converted, and C widened and
+    /// rounded back.
+    pub fn converted_values(&self, g: &Gemm) -> usize {
+        let through = match self.output {
+            Output::ThroughF32 => 2 * g.c.len,
+            Output::Stored(_) => 0,
+        };
+        usize::from(self.convert_a) * g.a.len + usize::from(self.convert_b) * g.b.len + through
     }
 
     /// The type cuBLAS writes C in.
@@ -180,19 +218,14 @@ struct Strides {
 /// Runs `g` (one product, or `strides` of them) with the operands' layouts `cm`, by its plan.
 fn product(ops: &GpuOps<'_>, g: &Gemm, cm: &ColumnMajor, strides: Option<Strides>) -> Outcome {
     let addresses = ops.memory.addresses();
-    let types = [addresses.stored_type(g.a)?, addresses.stored_type(g.b)?, addresses.stored_type(g.c)?];
-    let bf16_product = match (ops.precision, g.operands) {
-        (Precision::Bf16, Operands::OfPrecision) => true,
-        (Precision::F32, _) | (Precision::Bf16, Operands::F32) => false,
-    };
-    let plan = ProductPlan::of(addresses.storing_bf16(), bf16_product, types);
-    if addresses.storing_bf16() {
-        plan.check_slots(g, addresses)?;
-    }
-    if plan.convert_a {
+    let types = [addresses.stored_type(g.a)?, addresses.stored_type(g.b)?];
+    let plan = plan_product(addresses, ops.precision, g)?;
+    // A weight already rounded in this pass is read as it is (GpuOps::rounding_each_weight_once).
+    let must = |s| plan.operands == ValueType::F32 || ops.must_round(s);
+    if plan.convert_a && must(g.a) {
         convert(ops, g.a, types[0], plan.operands)?;
     }
-    if plan.convert_b {
+    if plan.convert_b && must(g.b) {
         convert(ops, g.b, types[1], plan.operands)?;
     }
     if plan.output == Output::ThroughF32 {

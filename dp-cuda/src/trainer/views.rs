@@ -190,7 +190,7 @@ impl<M: DpModel> GpuModel<M> {
     /// average added into the views' sum.
     pub(super) fn launch_example_of_views(&mut self, clipping: Clipping, views: usize) -> Result<()> {
         let s = self.gpu.stream.clone();
-        let mut ops = self.ops();
+        let mut ops = self.ops().rounding_each_weight_once();
         M::device_forward_backward(&mut ops, views).map_err(program)?;
         M::device_gradient_sum(&mut ops, views).map_err(program)?;
         let (groups, len) = (M::GROUPS.len(), M::TRAINED_PARAM_COUNT);

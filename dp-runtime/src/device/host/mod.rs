@@ -36,6 +36,8 @@ pub struct HostDevice {
     arena_bf16: Vec<f32>,
     /// Spans of `arena_bf16` written since the last access, rounded to bf16 before the next one.
     unrounded: Vec<Span>,
+    /// The products called since [`record_products`](Self::record_products), while recording.
+    products: Option<Vec<BatchedGemm>>,
 }
 
 impl HostDevice {
@@ -83,6 +85,25 @@ impl HostDevice {
     pub fn arena_bf16(&mut self) -> &[f32] {
         self.round_written();
         &self.arena_bf16
+    }
+
+    /// Records every product called from now on (`gemm` as a batch of one, `gemm_batched` and
+    /// `gemm_batched_rows` as called), for an analysis of what a program multiplies: which operands,
+    /// stored how (what a GPU storing in bf16 converts, dp-cuda's `plan_product`).
+    pub fn record_products(&mut self) {
+        self.products = Some(Vec::new());
+    }
+
+    /// The products recorded since [`record_products`](Self::record_products) (none if it was not
+    /// called), recording on.
+    pub fn take_products(&mut self) -> Vec<BatchedGemm> {
+        self.products.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn record(&mut self, product: BatchedGemm) {
+        if let Some(products) = &mut self.products {
+            products.push(product);
+        }
     }
 
     /// Sets the token ids (the `Tokens` region).
@@ -158,6 +179,7 @@ impl DeviceOps for HostDevice {
     fn gemm(&mut self, g: Gemm) -> Result<(), DeviceError> {
         g.check()?;
         let one = BatchedGemm { gemm: g, batch: 1, stride_a: 0, stride_b: 0, stride_c: 0 };
+        self.record(one);
         self.gemm_rows(one, gemm::widths(&g))
     }
 
@@ -433,6 +455,7 @@ impl DeviceOps for HostDevice {
 
     fn gemm_batched(&mut self, g: BatchedGemm) -> Result<(), DeviceError> {
         g.check()?;
+        self.record(g);
         for b in 0..g.batch {
             let at = |s: Span, stride: usize, len: usize| s.sub(b * stride, len);
             let one = Gemm {
@@ -441,7 +464,8 @@ impl DeviceOps for HostDevice {
                 c: at(g.gemm.c, g.stride_c, g.gemm.m * g.gemm.n),
                 ..g.gemm
             };
-            self.gemm(one)?;
+            let product = BatchedGemm { gemm: one, batch: 1, stride_a: 0, stride_b: 0, stride_c: 0 };
+            self.gemm_rows(product, gemm::widths(&one))?;
         }
         Ok(())
     }
@@ -858,6 +882,7 @@ impl DeviceOps for HostDevice {
     }
 
     fn gemm_batched_rows(&mut self, g: BatchedGemm, ld: LeadingDims) -> Result<(), DeviceError> {
+        self.record(g);
         self.gemm_rows(g, ld)
     }
 

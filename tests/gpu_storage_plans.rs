@@ -1,0 +1,223 @@
+//! Every product of the generated device programs, planned as a GPU storing in bf16 would run it
+//! (`dp_cuda::program::plan_product`), without a GPU: each program runs on the host reference storing
+//! in bf16, which records its products with their spans and marks, and each product's plan is made
+//! over the regions a `GpuModel` would allocate. No product may hit an error its launch would give
+//! (an operand in a region without a bf16 store, a conversion over a slot the product uses, a span
+//! outside its region), every bf16 product multiplies bf16 operands, and the values converted per
+//! step are printed beside the values stored in bf16 (docs/GPU.md, "bf16 storage").
+
+#![cfg(feature = "cuda")]
+
+mod dense_models;
+
+use dense_models::activations_from_input::ActivationsFromInput;
+use dense_models::image_activations_from_input::ImageActivationsFromInput;
+use dense_models::norm_residual::NormResidual;
+use dense_models::token_lora::TokenLora;
+use dense_models::{
+    batch, ActivatedOutput, CausalAttention, Deep, DenseAttention, DenseLstm, DepthwiseSeparable,
+    GroupedConvs, LstmSequence, PatchFirst, PooledConv, SequenceLinear, SequenceLinearDirect,
+    SequenceNormGelu, SigmoidBce, SmallConv, SmallLstm, SmallLstmDirect, SmallLstmGhost, StackedAttention,
+    TanhMse, TestInput, TokenBag, TokenMlp, TokenSeq, TokenSequenceLinear,
+};
+use dp::cuda::program::{plan_product, Addresses, Compute, Output, RoundedWeights, ValueType};
+use dp::device::host::HostDevice;
+use dp::device::{BatchedGemm, Operands, Region};
+use dp::models::{
+    AdultFfnn, AdultLogReg, Cifar10Cnn, EmbeddingNet, LstmNet, MnistCnn, MnistVit, ResidualCnn, ScatterCnn,
+    TextTransformer, TextTransformerLora,
+};
+use dp::prelude::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// The regions a `GpuModel` of `M` allocates for `n` examples (`GpuModel::regions`), at made-up
+/// bases far apart, with their bf16 stores.
+fn addresses<M: DpModel>(n: usize) -> Addresses {
+    let groups = M::GROUPS.len();
+    let len = |r: Region| match r {
+        Region::Params => M::PARAM_COUNT,
+        Region::Grad => M::TRAINED_PARAM_COUNT,
+        Region::Arena => M::DEVICE_ARENA_PER_EXAMPLE * n,
+        Region::Inputs if M::VOCAB == 0 => M::input_len() * n,
+        Region::Inputs => 0,
+        Region::Labels => M::LOSS.label_len() * n,
+        Region::Losses => n,
+        Region::SqNorms | Region::Factors => groups * n,
+        Region::Tokens if M::VOCAB > 0 => M::input_len() * n,
+        Region::Tokens => 0,
+    };
+    // Bases 2⁴⁰ bytes apart: no two regions or stores can overlap.
+    let base = |k: u64| (k + 1) << 40;
+    let mut a = Addresses::new(|r| (base(r as u64), len(r).max(1)));
+    a.store_bf16(Some(std::array::from_fn(|k| base(100 + k as u64))));
+    a
+}
+
+/// What a model's products convert per step storing in bf16.
+#[derive(Debug, Default)]
+struct Tally {
+    products: usize,
+    bf16_operands: usize,
+    converted: usize,
+    /// Of `converted`, the parameters' values (weights rounded for a bf16 product).
+    converted_params: usize,
+    /// The parameters' values a `GpuModel` rounds, each weight once per pass
+    /// (`GpuOps::rounding_each_weight_once`).
+    params_once_per_pass: usize,
+    through_f32: usize,
+}
+
+/// The products of a private step of `M` at `n` examples, in its passes as a `GpuModel` runs them
+/// (forward, backward and norms; the clipped sum), and of a non-private step (forward, backward and
+/// the gradient sum), recorded on the host reference storing in bf16.
+fn recorded_products<M: DpModel>(seed: u64, n: usize) -> [Vec<BatchedGemm>; 3]
+where
+    M::Input: TestInput,
+{
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let model = M::init(&mut rng);
+    let (inputs, labels) = batch::<M>(&mut rng, n, false);
+    let mut dev = HostDevice::new();
+    dev.set_precision(Precision::Bf16);
+    dev.set_bf16_storage(true);
+    dev.set(Region::Params, model.params().to_vec());
+    dev.set(Region::Grad, vec![0.0; M::TRAINED_PARAM_COUNT]);
+    dev.set(Region::Arena, vec![0.0; M::DEVICE_ARENA_PER_EXAMPLE * n]);
+    TestInput::load(&mut dev, &inputs);
+    dev.set(Region::Labels, labels);
+    dev.set(Region::Losses, vec![0.0; n]);
+    dev.set(Region::SqNorms, vec![0.0; n * M::GROUPS.len()]);
+    dev.set(Region::Factors, vec![0.5; n * M::GROUPS.len()]);
+    dev.record_products();
+    M::device_forward_backward(&mut dev, n).unwrap();
+    M::device_norms(&mut dev, n).unwrap();
+    let forward_backward_norms = dev.take_products();
+    M::device_clipped_sum(&mut dev, n).unwrap();
+    let clipped_sum = dev.take_products();
+    M::device_forward_backward(&mut dev, n).unwrap();
+    M::device_gradient_sum(&mut dev, n).unwrap();
+    [forward_backward_norms, clipped_sum, dev.take_products()]
+}
+
+/// Plans every product of `M`'s program as a GPU storing in bf16 would, checking that no plan fails
+/// and that every bf16 product multiplies bf16 operands; the tally of a private step's.
+fn plans_hold<M: DpModel>(seed: u64, n: usize) -> Tally
+where
+    M::Input: TestInput,
+{
+    let addresses = addresses::<M>(n);
+    let [forward_backward_norms, clipped_sum, non_private] = recorded_products::<M>(seed, n);
+    let mut tally = Tally::default();
+    for bg in non_private {
+        plan_product(&addresses, Precision::Bf16, &bg.gemm).unwrap_or_else(|e| {
+            panic!("{}: {:?} would fail on a GPU storing in bf16: {e}", M::NAME, bg.gemm)
+        });
+    }
+    for pass in [forward_backward_norms, clipped_sum] {
+        // The weights rounded in this pass (`GpuOps::rounding_each_weight_once`, a fresh record per
+        // pass).
+        let mut rounded = RoundedWeights::default();
+        for bg in pass {
+            let g = bg.gemm;
+            let plan = plan_product(&addresses, Precision::Bf16, &g)
+                .unwrap_or_else(|e| panic!("{}: {g:?} would fail on a GPU storing in bf16: {e}", M::NAME));
+            tally.products += 1;
+            if g.operands == Operands::OfPrecision {
+                assert_eq!(plan.operands, ValueType::Bf16, "{}: a bf16 product of {g:?}", M::NAME);
+            }
+            if plan.compute == Compute::Bf16Operands {
+                tally.bf16_operands += 1;
+            }
+            if plan.output == Output::ThroughF32 {
+                tally.through_f32 += 1;
+            }
+            tally.converted += plan.converted_values(&g);
+            for (convert, s) in [(plan.convert_a, g.a), (plan.convert_b, g.b)] {
+                if convert && s.region == Region::Params {
+                    tally.converted_params += s.len;
+                    if rounded.first_time(s) {
+                        tally.params_once_per_pass += s.len;
+                    }
+                }
+            }
+        }
+    }
+    assert!(tally.bf16_operands > 0, "{}: no product multiplies bf16 operands", M::NAME);
+    tally
+}
+
+fn report<M: DpModel>(seed: u64, n: usize)
+where
+    M::Input: TestInput,
+{
+    let t = plans_hold::<M>(seed, n);
+    eprintln!(
+        "{:<28} n={n}: {} products ({} on bf16 operands); converted per private step: {} parameter \
+         values product by product, {} with each weight rounded once, and {} per example of other \
+         operands against an arena of {} per example; {} through f32",
+        M::NAME,
+        t.products,
+        t.bf16_operands,
+        t.converted_params,
+        t.params_once_per_pass,
+        (t.converted - t.converted_params) / n,
+        M::DEVICE_ARENA_PER_EXAMPLE,
+        t.through_f32,
+    );
+}
+
+#[test]
+fn dense_and_token_models_plan_every_product() {
+    report::<AdultLogReg>(1, 5);
+    report::<AdultFfnn>(2, 5);
+    report::<Deep>(3, 5);
+    report::<TanhMse>(4, 5);
+    report::<SigmoidBce>(5, 5);
+    report::<ActivatedOutput>(6, 5);
+    report::<TokenBag>(7, 5);
+    report::<TokenSeq>(8, 5);
+    report::<TokenSequenceLinear>(9, 5);
+    report::<TokenMlp>(10, 5);
+    report::<TokenLora>(11, 5);
+    report::<EmbeddingNet>(12, 3);
+}
+
+#[test]
+fn lstms_plan_every_product() {
+    report::<SmallLstm>(21, 3);
+    report::<SmallLstmGhost>(22, 3);
+    report::<SmallLstmDirect>(23, 3);
+    report::<LstmSequence>(24, 3);
+    report::<DenseLstm>(25, 3);
+    report::<LstmNet>(26, 1);
+}
+
+#[test]
+fn convolutions_plan_every_product() {
+    report::<SmallConv>(31, 3);
+    report::<PooledConv>(32, 3);
+    report::<NormResidual>(33, 3);
+    report::<GroupedConvs>(34, 3);
+    report::<DepthwiseSeparable>(35, 3);
+    report::<ImageActivationsFromInput>(36, 3);
+    report::<MnistCnn>(37, 2);
+    report::<Cifar10Cnn>(38, 1);
+    report::<ResidualCnn>(39, 1);
+    report::<ScatterCnn>(40, 2);
+}
+
+#[test]
+fn sequences_attention_and_transformers_plan_every_product() {
+    report::<SequenceLinear>(41, 3);
+    report::<SequenceLinearDirect>(42, 3);
+    report::<ActivationsFromInput>(43, 3);
+    report::<SequenceNormGelu>(44, 3);
+    report::<PatchFirst>(45, 3);
+    report::<DenseAttention>(46, 3);
+    report::<CausalAttention>(47, 3);
+    report::<StackedAttention>(48, 3);
+    report::<TextTransformer>(49, 1);
+    report::<TextTransformerLora>(50, 1);
+    report::<MnistVit>(51, 1);
+}
