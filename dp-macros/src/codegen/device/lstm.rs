@@ -14,8 +14,10 @@
 //!   CPU's planner chose (ghost or direct norms), the device keeps the gradients, as for a conv;
 //! - plain sum: `δᵀ·X`, `δᵀ·H_prev` and δ's column sums over all positions at once.
 //!
-//! The step's scratch (`6h` per example) holds `h_{t−1}` and the recurrent product forward, the
-//! step's gate gradients and the recurrent and cell gradients backward.
+//! The plan's step scratch (`6h` per example, f32) holds the recurrent product forward and the
+//! recurrent and cell gradients backward; the product's operand, `h_{t−1}` forward and the step's gate
+//! gradients backward, is the device's own (`scratch::LstmScratch::operand`), stored in the precision:
+//! only that product reads it, and in bf16 it rounds it anyway.
 
 use super::conv2d::batched;
 use super::emit::{accumulate, arena, grad, lit, param, per_group, read, region, rt, scratch};
@@ -46,6 +48,7 @@ pub fn forward(plan: &Plan, s: &LstmStep) -> TokenStream {
         arena(plan, s.output),
         arena(plan, s.scratch),
     );
+    let operand = scratch(lstm_scratch(plan, s).operand, g4, Stored::OfPrecision);
     let (tl, dl, hl, g4l) = (lit(t), lit(d), lit(h), lit(g4));
     let projection = gemm(
         quote!(n * #tl),
@@ -71,7 +74,7 @@ pub fn forward(plan: &Plan, s: &LstmStep) -> TokenStream {
     quote! {{
         #dims
         let (gates, step_scratch) = (#gates, #step_scratch);
-        let (hidden, recurrent) = (step_scratch.sub(0, n * #hl), step_scratch.sub(n * #hl, n * #g4l));
+        let (hidden, recurrent) = (#operand.sub(0, n * #hl), step_scratch.sub(n * #hl, n * #g4l));
         #projection
         let step = #rt::LstmForwardStep {
             saved: #rt::LstmSaved { gates, cells: #cells, hprev: #hprev },
@@ -101,6 +104,7 @@ pub fn backward(plan: &Plan, s: &LstmStep) -> TokenStream {
         arena(plan, s.delta),
         arena(plan, s.scratch),
     );
+    let operand = scratch(lstm_scratch(plan, s).operand, g4, Stored::OfPrecision);
     let through_next = gemm(
         quote!(n),
         quote!(#hl),
@@ -132,7 +136,7 @@ pub fn backward(plan: &Plan, s: &LstmStep) -> TokenStream {
         #dims
         let (delta, step_scratch) = (#delta, #step_scratch);
         let (step_delta, recurrent, cell_grad) = (
-            step_scratch.sub(0, n * #g4l),
+            #operand,
             step_scratch.sub(n * #g4l, n * #hl),
             step_scratch.sub(n * (#g4l + #hl), n * #hl),
         );

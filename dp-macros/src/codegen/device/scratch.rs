@@ -2,7 +2,8 @@
 //! of one convolution at a time (shared by every conv, re-derived by each pass that reads them, and
 //! reused for the patch gradients backward), then every trained conv's per-example weight and bias
 //! gradients, formed by its norms and kept for its clipped sum, then every LSTM's per-example
-//! gradients (both weights, then the bias), kept the same way, then every positional layer's (a linear
+//! gradients (both weights, then the bias), kept the same way, with the operand of its recurrent
+//! products (stored in the precision), then every positional layer's (a linear
 //! layer over a sequence or with direct norms: weight, then bias; [`super::positional`]) that the
 //! plan does not keep already (those the CPU keeps live in the plan's kept buffer). A device has
 //! the memory for them (the CIFAR-10 CNN keeps 2.2 MB per example, the LSTM model 0.3 MB), and keeping
@@ -30,7 +31,8 @@ pub struct ConvScratch {
     pub bias: usize,
 }
 
-/// Where an LSTM's kept gradients live, in values per example from the arena's start.
+/// Where an LSTM's kept gradients and its recurrent products' operand live, in values per example
+/// from the arena's start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LstmScratch {
     /// Each example's `W_ih` then `W_hh` gradient, `4h × d + 4h × h`: laid out as the two weights in
@@ -38,6 +40,11 @@ pub struct LstmScratch {
     pub weights: usize,
     /// Each example's bias gradient, `4h`.
     pub bias: usize,
+    /// The operand of a time step's recurrent product, `4h`: `h_{t−1}` forward, the step's gate
+    /// gradients backward. Only that product reads it, and in bf16 it rounds its operands, so this
+    /// is stored in the precision (the rest of the recurrence stays f32): a device storing in bf16
+    /// then converts nothing at each time step.
+    pub operand: usize,
 }
 
 /// Where a positional layer's kept gradients live, in values per example from the arena's start.
@@ -129,8 +136,9 @@ pub fn lstm_weights_len(s: &LstmStep) -> usize {
     s.dims.weight_ih_len() + s.dims.weight_hh_len()
 }
 
+/// An LSTM's kept gradients and its recurrent products' operand, per example.
 fn lstm_kept_len(s: &LstmStep) -> usize {
-    lstm_weights_len(s) + 4 * s.dims.hidden
+    lstm_weights_len(s) + 4 * s.dims.hidden + 4 * s.dims.hidden
 }
 
 /// Where the LSTMs' kept gradients start: after the convs'.
@@ -191,7 +199,8 @@ pub fn lstm(plan: &Plan, step: &LstmStep) -> LstmScratch {
     let mut at = lstms_start(plan);
     for s in lstms(plan) {
         if s.w_ih == step.w_ih {
-            return LstmScratch { weights: at, bias: at + lstm_weights_len(s) };
+            let bias = at + lstm_weights_len(s);
+            return LstmScratch { weights: at, bias, operand: bias + 4 * s.dims.hidden };
         }
         at += lstm_kept_len(s);
     }
