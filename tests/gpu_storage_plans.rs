@@ -21,6 +21,7 @@ use dense_models::{
     TanhMse, TestInput, TokenBag, TokenMlp, TokenSeq, TokenSequenceLinear,
 };
 use dp::cuda::program::{plan_product, Addresses, Compute, Output, RoundedWeights, ValueType};
+use dp::cuda::trainer::GpuModel;
 use dp::device::host::HostDevice;
 use dp::device::{BatchedGemm, Operands, Region};
 use dp::models::{
@@ -31,25 +32,12 @@ use dp::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-/// The regions a `GpuModel` of `M` allocates for `n` examples (`GpuModel::regions`), at made-up
-/// bases far apart, with their bf16 stores.
+/// The regions a `GpuModel` of `M` allocates for `n` examples (`GpuModel::region_len`; at least one
+/// value each, as `RegionMemory` allocates), at made-up bases far apart, with their bf16 stores.
 fn addresses<M: DpModel>(n: usize) -> Addresses {
-    let groups = M::GROUPS.len();
-    let len = |r: Region| match r {
-        Region::Params => M::PARAM_COUNT,
-        Region::Grad => M::TRAINED_PARAM_COUNT,
-        Region::Arena => M::DEVICE_ARENA_PER_EXAMPLE * n,
-        Region::Inputs if M::VOCAB == 0 => M::input_len() * n,
-        Region::Inputs => 0,
-        Region::Labels => M::LOSS.label_len() * n,
-        Region::Losses => n,
-        Region::SqNorms | Region::Factors => groups * n,
-        Region::Tokens if M::VOCAB > 0 => M::input_len() * n,
-        Region::Tokens => 0,
-    };
     // Bases 2⁴⁰ bytes apart: no two regions or stores can overlap.
     let base = |k: u64| (k + 1) << 40;
-    let mut a = Addresses::new(|r| (base(r as u64), len(r).max(1)));
+    let mut a = Addresses::new(|r| (base(r as u64), GpuModel::<M>::region_len(r, n).max(1)));
     a.store_bf16(Some(std::array::from_fn(|k| base(100 + k as u64))));
     a
 }

@@ -229,10 +229,10 @@ impl<M: DpModel> GpuModel<M> {
         })
     }
 
-    /// The regions of the static memory plan for batches of up to `b` examples.
-    fn regions(gpu: &Gpu, b: usize) -> Result<RegionMemory> {
+    /// The values of region `r` in the static memory plan for batches of up to `b` examples.
+    pub fn region_len(r: Region, b: usize) -> usize {
         let groups = M::GROUPS.len();
-        RegionMemory::new(gpu, |r| match r {
+        match r {
             Region::Params => M::PARAM_COUNT,
             Region::Grad => M::TRAINED_PARAM_COUNT,
             Region::Arena => M::DEVICE_ARENA_PER_EXAMPLE * b,
@@ -243,7 +243,12 @@ impl<M: DpModel> GpuModel<M> {
             Region::SqNorms | Region::Factors => groups * b,
             Region::Tokens if M::VOCAB > 0 => M::input_len() * b,
             Region::Tokens => 0,
-        })
+        }
+    }
+
+    /// The regions of the static memory plan for batches of up to `b` examples.
+    fn regions(gpu: &Gpu, b: usize) -> Result<RegionMemory> {
+        RegionMemory::new(gpu, |r| Self::region_len(r, b))
     }
 
     /// The pinned words a step of up to `b` examples copies in: inputs, labels, key.
