@@ -21,13 +21,19 @@ use dense_models::{
     GroupedConvs, SequenceLinear, SequenceNormGelu, SmallConv, SmallLstmDirect, TestInput, TokenBag,
     TokenSeq,
 };
-use dp::cuda::trainer::GpuModel;
+use dp::clipping::{clip_factors, ClipMode};
+use dp::cuda::device::SgdStep;
+use dp::cuda::trainer::{Clipping, GpuModel};
+use dp::device::host::HostDevice;
+use dp::device::Region;
 use dp::models::{AdultFfnn, AdultLogReg, Cifar10Cnn, LstmNet, MnistCnn};
+use dp::noise::gaussian::fill_chunk;
+use dp::optim::{NoisyGradient, Optimizer, Sgd, StepInfo};
 use dp::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use gpu_support::gpu;
+use gpu_support::{gpu, say};
 
 /// `M` in bf16 storing in bf16 on the GPU against the host reference storing in bf16, at batch sizes
 /// 1 and `n` (example 0 NaN where the inputs are dense: it must contribute nothing; the host
@@ -125,4 +131,87 @@ fn gpu_bf16_storage_lstm_and_sequence_models_match_the_host_reference() {
     stores_as_the_host_reference::<SequenceLinear>(94, 2e-2, 33);
     stores_as_the_host_reference::<SequenceNormGelu>(95, 2e-2, 33);
     stores_as_the_host_reference::<CausalAttention>(96, 2e-2, 33);
+}
+
+/// One private step of the FCNN on the host reference storing in bf16, as the GPU's: norms, flat clip
+/// factors, the clipped sum, the noise under `key`, SGD with momentum on `model`'s trained parameters.
+/// The number of examples whose norm was not finite.
+fn host_private_step(
+    model: &mut AdultFfnn,
+    sgd: &mut Sgd,
+    (inputs, labels, n): (&[f32], &[f32], usize),
+    (clip, sigma_c): (f64, f64),
+    key: &[u8; 32],
+    step: u64,
+) -> usize {
+    let groups = AdultFfnn::GROUPS.len();
+    let mut dev = HostDevice::new();
+    dev.set_precision(Precision::Bf16);
+    dev.set_bf16_storage(true);
+    dev.set(Region::Params, model.params().to_vec());
+    dev.set(Region::Grad, vec![0.0; AdultFfnn::TRAINED_PARAM_COUNT]);
+    dev.set(Region::Arena, vec![f32::NAN; AdultFfnn::DEVICE_ARENA_PER_EXAMPLE * n]);
+    TestInput::load(&mut dev, inputs);
+    dev.set(Region::Labels, labels.to_vec());
+    dev.set(Region::Losses, vec![f32::NAN; n]);
+    dev.set(Region::SqNorms, vec![f32::NAN; n * groups]);
+    AdultFfnn::device_forward_backward(&mut dev, n).unwrap();
+    AdultFfnn::device_norms(&mut dev, n).unwrap();
+    let mut factors = vec![0.0; n * groups];
+    let bad = clip_factors(ClipMode::Flat, clip, groups, dev.get(Region::SqNorms), &mut factors).unwrap();
+    dev.set(Region::Factors, factors);
+    AdultFfnn::device_clipped_sum(&mut dev, n).unwrap();
+    let mut z = vec![0.0; AdultFfnn::TRAINED_PARAM_COUNT];
+    for (chunk, values) in z.chunks_mut(dp::cuda::noise::CHUNK).enumerate() {
+        fill_chunk(key, chunk as u64, values);
+    }
+    let noisy = NoisyGradient::with_drawn_noise(dev.get(Region::Grad), &z, sigma_c, n as f64);
+    sgd.step(model.trained_params_mut(), noisy, StepInfo { step, total_steps: 3 });
+    bad
+}
+
+/// Whole private steps of the FCNN storing in bf16 on the GPU against the same steps on the host
+/// reference storing in bf16: three in a row, the first launched one by one and the others replayed
+/// from a captured graph, which must round each step's weights afresh (a weight rounded in an earlier
+/// step and kept would compute the step at the old parameters). A large learning rate makes the
+/// parameters move far between steps (0.07, 0.24, 0.44 at most on the host), so that stale weights
+/// would show; the parameters must agree to 1e-2 of the largest distance they moved (a tipped bf16
+/// rounding moves a gradient by far less, a step computed at the previous parameters by far more).
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_bf16_storage_private_steps_follow_the_host_reference() {
+    let Some(gpu) = gpu("private steps storing bf16") else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(97);
+    let mut host = AdultFfnn::init(&mut rng);
+    let start = host.params().to_vec();
+    let n = 64;
+    let mut on_gpu = GpuModel::<AdultFfnn>::new(gpu, host.params(), n).unwrap();
+    on_gpu.set_precision(Precision::Bf16).unwrap();
+    let (lr, momentum, clip, sigma_c) = (2.0, 0.9, 1.0, 0.3);
+    let mut sgd = Sgd::new(lr).momentum(momentum);
+    for step in 0..3u64 {
+        let (inputs, labels) = batch::<AdultFfnn>(&mut rng, n, step == 1);
+        let key: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(11).wrapping_add(step as u8));
+        let bad = host_private_step(&mut host, &mut sgd, (&inputs, &labels, n), (clip, sigma_c), &key, step);
+        let update = SgdStep {
+            noise_std: sigma_c,
+            inverse_batch: 1.0 / n as f64,
+            lr,
+            momentum,
+            weight_decay: 0.0,
+            first: step == 0,
+            nesterov: false,
+        };
+        let clipping = Clipping { mode: ClipMode::Flat, norm: clip };
+        let outcome = on_gpu.private_step(&inputs, &labels, n, clipping, &key, update).unwrap();
+        assert_eq!(outcome.non_finite_examples, bad, "step {step}: non-finite count");
+        let params = on_gpu.params().unwrap();
+        let moved = host.params().iter().zip(&start).map(|(h, s)| (h - s).abs()).fold(0.0f32, f32::max);
+        let diff = params.iter().zip(host.params()).map(|(g, h)| (g - h).abs()).fold(0.0f32, f32::max);
+        say(&format!("step {step}: GPU against host storing bf16 {diff:.3e}, parameters moved {moved:.3e}"));
+        assert!(diff <= 1e-2 * moved, "step {step}: the GPU's parameters differ by {diff} (moved {moved})");
+    }
+    assert!(on_gpu.storing_bf16());
+    assert_eq!(on_gpu.graphs_off(), None, "a step's capture failed");
+    assert_eq!(on_gpu.graph_replays(), 2, "the second and third steps replay one graph");
 }

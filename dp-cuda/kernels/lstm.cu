@@ -9,9 +9,11 @@
 // device's LSTM agrees with the CPU's to rounding, not bit for bit.
 // bf16 storage (docs/GPU.md): every buffer but the bias (a parameter, f32) is an arena span, so it is
 // dp_values, read with dp_get and each value written once per launch with dp_set of its final f32 value
-// (a unit reads its gates before it overwrites them). The compiler stores the hidden states (out) and
-// their gradients (dout) in the precision, and the gates, cells, previous hidden states, gate gradients
-// and the step's scratch (hidden, recurrent, cell_grad, step_delta) in f32: the recurrence stays f32.
+// (a unit reads its gates before it overwrites them). The compiler stores the hidden states (out), their
+// gradients (dout) and the recurrent product's operand (hidden forward, step_delta backward, which in
+// bf16 that product rounds anyway) in the precision, and the gates, cells, saved previous hidden
+// states, gate gradients (delta) and the rest of the step's scratch (recurrent, cell_grad) in f32: the
+// recurrence stays f32.
 #include "common.cuh"
 #include "reduce.cuh"
 

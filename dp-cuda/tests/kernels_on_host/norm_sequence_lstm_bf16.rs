@@ -199,9 +199,10 @@ fn sums_and_broadcasts_over_time_store_as_the_host_reference_storing_bf16() {
 }
 
 /// An LSTM's forward and backward steps (lstm.cu; harness `lstmforward`, `lstmbackward`) with the
-/// hidden states (out) and their gradients (dout) in bf16 and the recurrence f32, as the compiler
-/// stores them, and with every arena buffer in bf16; the bias is a parameter. Bit for bit, as the
-/// f32 test; t = 0 and the last step read no NaN they must not.
+/// hidden states (out) and their gradients (dout) in bf16 and the rest f32, as the compiler stored them
+/// until the recurrent product's operand was stored in the precision too; with that operand (hidden,
+/// step_delta) in bf16 as well, as it stores them now; and with every arena buffer in bf16; the bias
+/// is a parameter. Bit for bit, as the f32 test; t = 0 and the last step read no NaN they must not.
 #[test]
 fn lstm_steps_store_as_the_host_reference_storing_bf16() {
     if harness().is_none() {
@@ -209,6 +210,9 @@ fn lstm_steps_store_as_the_host_reference_storing_bf16() {
     }
     const OUT_BF16: u32 = 0b00_1000; // gates, cells, hprev, out, hidden, recurrent
     const DOUT_BF16: u32 = 0b000_0100; // gates, cells, dout, recurrent, cell_grad, step_delta, delta
+                                       // As the compiler stores them now: out and hidden; dout and step_delta.
+    const OUT_HIDDEN_BF16: u32 = 0b01_1000;
+    const DOUT_STEP_DELTA_BF16: u32 = 0b010_0100;
     let (n, steps, h) = (3, 5, 4);
     let dims = LstmDims { steps, input: 2, hidden: h };
     let (seq, units) = (n * steps * h, n * h);
@@ -226,7 +230,7 @@ fn lstm_steps_store_as_the_host_reference_storing_bf16() {
         let inputs: [&[f32]; 6] = [&gates, &cells, &hprev, &out, &hidden, &recurrent];
         let with_bias: Vec<&[f32]> = inputs.iter().copied().chain([bias.as_slice()]).collect();
         let as_f32 = run("lstmforward", &args, &[], &with_bias, 0);
-        for mask in [OUT_BF16, 0b11_1111] {
+        for mask in [OUT_BF16, OUT_HIDDEN_BF16, 0b11_1111] {
             let case = format!("forward step {t}, bf16 {mask:#b}");
             let device = run("lstmforward", &args, &[], &with_bias, mask);
             let mut host = storing_bf16();
@@ -256,7 +260,7 @@ fn lstm_steps_store_as_the_host_reference_storing_bf16() {
         }
         let inputs: [&[f32]; 7] = [&gates, &cells, &dout, &dh, &cell_grad, &step_delta, &delta];
         let as_f32 = run("lstmbackward", &args, &[], &inputs, 0);
-        for mask in [DOUT_BF16, 0b111_1111] {
+        for mask in [DOUT_BF16, DOUT_STEP_DELTA_BF16, 0b111_1111] {
             let case = format!("backward step {t}, bf16 {mask:#b}");
             let device = run("lstmbackward", &args, &[], &inputs, mask);
             let mut host = storing_bf16();
