@@ -93,17 +93,6 @@ DP_DEVICE float dp_row_lane_sum(dp_values src, dp_u64 cols, dp_u64 r, dp_u64 lan
     return sum;
 }
 
-// Thread t's share (of a block's `threads`) of example i's squared norm over its `len` kept values:
-// the squares of src[i, j] at j = t, t + threads, ... added in order; the block adds the shares.
-DP_DEVICE float dp_kept_square_share(dp_values src, dp_u64 len, dp_u64 i, dp_u64 t, dp_u64 threads) {
-    float sum = 0.0f;
-    for (dp_u64 j = t; j < len; j += threads) {
-        float v = dp_get(src, i * len + j);
-        sum += v * v;
-    }
-    return sum;
-}
-
 // Column j of a kept gradients' weighted sum: dst_j + sum over examples of c_i · src[i, j], examples in
 // order; an example whose factor is exactly 0 is skipped (its row never read); has_factors 0: c_i = 1.
 DP_DEVICE float dp_kept_weighted_column(dp_values src, dp_u64 n, dp_u64 len, const float *factors,
@@ -262,8 +251,8 @@ extern "C" __global__ void dp_row_sums(dp_values src, dp_u64 rows, dp_u64 cols, 
 extern "C" __global__ void dp_kept_sq_norms(dp_values weight, dp_u64 weight_len, dp_values bias, dp_u64 bias_len,
                                             dp_u64 n, float *sq_norms, dp_u64 groups, dp_u64 group) {
     for (dp_u64 i = blockIdx.x; i < n; i += gridDim.x) {
-        float w2 = dp_block_sum(dp_kept_square_share(weight, weight_len, i, threadIdx.x, blockDim.x));
-        float b2 = dp_block_sum(dp_kept_square_share(bias, bias_len, i, threadIdx.x, blockDim.x));
+        float w2 = dp_block_sum(dp_square_share(weight, weight_len, i, threadIdx.x, blockDim.x));
+        float b2 = dp_block_sum(dp_square_share(bias, bias_len, i, threadIdx.x, blockDim.x));
         if (threadIdx.x == 0) sq_norms[i * groups + group] = bias_len ? w2 + b2 : w2;
     }
 }

@@ -81,18 +81,6 @@ DP_DEVICE void dp_mean_squared_error_row(dp_values predictions, const float *lab
     losses[i] = 0.5f * sum;
 }
 
-// Thread t's share (of a block's `threads`) of |v_i|² over row i of `width` values: the squares at
-// j = t, t + threads, ... added in order (one thread: the row's sum in order); the block adds the
-// shares.
-DP_DEVICE float dp_linear_ghost_square_share(dp_values v, dp_u64 width, dp_u64 i, dp_u64 t, dp_u64 threads) {
-    float sum = 0.0f;
-    for (dp_u64 j = t; j < width; j += threads) {
-        float x = dp_get(v, i * width + j);
-        sum += x * x;
-    }
-    return sum;
-}
-
 // An example's squared ghost norm from |a_i|² and |delta_i|²: |a_i|² |delta_i|² (+ |delta_i|² with a bias).
 DP_DEVICE float dp_linear_ghost_norm(float a2, float d2, int has_bias) { return a2 * d2 + (has_bias ? d2 : 0.0f); }
 
@@ -200,8 +188,8 @@ extern "C" __global__ void dp_linear_ghost_norms(dp_values a, dp_values delta, d
                                                  dp_u64 outputs, int has_bias, float *sq_norms, dp_u64 groups,
                                                  dp_u64 group) {
     for (dp_u64 i = blockIdx.x; i < rows; i += gridDim.x) {
-        float a2 = dp_block_sum(dp_linear_ghost_square_share(a, inputs, i, threadIdx.x, blockDim.x));
-        float d2 = dp_block_sum(dp_linear_ghost_square_share(delta, outputs, i, threadIdx.x, blockDim.x));
+        float a2 = dp_block_sum(dp_square_share(a, inputs, i, threadIdx.x, blockDim.x));
+        float d2 = dp_block_sum(dp_square_share(delta, outputs, i, threadIdx.x, blockDim.x));
         if (threadIdx.x == 0) sq_norms[i * groups + group] = dp_linear_ghost_norm(a2, d2, has_bias);
     }
 }

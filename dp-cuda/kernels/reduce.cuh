@@ -1,9 +1,21 @@
 // The launch helpers and reductions the kernel files of device programs share (dense.cu, conv.cu,
-// norm.cu); device code only.
+// norm.cu); device code only but for a thread's share of a squared norm, which the host harness runs.
 #ifndef DP_REDUCE_CUH
 #define DP_REDUCE_CUH
 
 #include "common.cuh"
+
+// Thread t's share (of a block's `threads`) of the squared norm of row i of `width` values: the
+// squares at j = t, t + threads, ... added in order (one thread: the row's sum in order); the block
+// adds the shares (dp_block_sum).
+DP_DEVICE float dp_square_share(dp_values v, dp_u64 width, dp_u64 i, dp_u64 t, dp_u64 threads) {
+    float sum = 0.0f;
+    for (dp_u64 j = t; j < width; j += threads) {
+        float x = dp_get(v, i * width + j);
+        sum += x * x;
+    }
+    return sum;
+}
 
 #ifdef __CUDACC__
 #define DP_GRID_STRIDE(i, len) \

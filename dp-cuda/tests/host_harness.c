@@ -339,10 +339,10 @@ static int conv_reductions(const char *op, char **argv) {
         float *sq_norms = read_stdin(n * groups * 4);
         for (dp_u64 i = 0; i < n; ++i) {
             for (unsigned t = 0; t < CONV_BLOCK_THREADS; ++t)
-                lanes[t] = dp_kept_square_share(buffer_values(weight), weight_len, i, t, CONV_BLOCK_THREADS);
+                lanes[t] = dp_square_share(buffer_values(weight), weight_len, i, t, CONV_BLOCK_THREADS);
             float w2 = conv_block_sum(lanes, CONV_BLOCK_THREADS);
             for (unsigned t = 0; t < CONV_BLOCK_THREADS; ++t)
-                lanes[t] = dp_kept_square_share(buffer_values(bias), bias_len, i, t, CONV_BLOCK_THREADS);
+                lanes[t] = dp_square_share(buffer_values(bias), bias_len, i, t, CONV_BLOCK_THREADS);
             float b2 = conv_block_sum(lanes, CONV_BLOCK_THREADS);
             sq_norms[i * groups + group] = bias_len ? w2 + b2 : w2;
         }
@@ -646,8 +646,8 @@ static int dense(int argc, char **argv) {
         for (dp_u64 i = 0; i < rows; ++i) {
             float a2 = 0.0f, d2 = 0.0f;
             for (dp_u64 t = 0; t < threads; ++t) {
-                a2 += dp_linear_ghost_square_share(buffer_values(act), inputs, i, t, threads);
-                d2 += dp_linear_ghost_square_share(buffer_values(delta), outputs, i, t, threads);
+                a2 += dp_square_share(buffer_values(act), inputs, i, t, threads);
+                d2 += dp_square_share(buffer_values(delta), outputs, i, t, threads);
             }
             norms[i] = dp_linear_ghost_norm(a2, d2, has_bias);
         }

@@ -76,6 +76,14 @@ impl ValueType {
             ValueType::Bf16 => 2,
         }
     }
+
+    /// The other type: what a span converted into this type is stored in.
+    pub fn other(self) -> Self {
+        match self {
+            ValueType::F32 => ValueType::Bf16,
+            ValueType::Bf16 => ValueType::F32,
+        }
+    }
 }
 
 /// The tag of a bf16 buffer's address in `dp_values` (kernels/common.cuh).

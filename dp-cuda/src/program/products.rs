@@ -218,15 +218,15 @@ struct Strides {
 /// Runs `g` (one product, or `strides` of them) with the operands' layouts `cm`, by its plan.
 fn product(ops: &GpuOps<'_>, g: &Gemm, cm: &ColumnMajor, strides: Option<Strides>) -> Outcome {
     let addresses = ops.memory.addresses();
-    let types = [addresses.stored_type(g.a)?, addresses.stored_type(g.b)?];
     let plan = plan_product(addresses, ops.precision, g)?;
-    // A weight already rounded in this pass is read as it is (GpuOps::rounding_each_weight_once).
+    // An operand converted is stored in the other type. A weight already rounded in this pass is
+    // read as it is (GpuOps::rounding_each_weight_once).
     let must = |s| plan.operands == ValueType::F32 || ops.must_round(s);
     if plan.convert_a && must(g.a) {
-        convert(ops, g.a, types[0], plan.operands)?;
+        convert(ops, g.a, plan.operands.other(), plan.operands)?;
     }
     if plan.convert_b && must(g.b) {
-        convert(ops, g.b, types[1], plan.operands)?;
+        convert(ops, g.b, plan.operands.other(), plan.operands)?;
     }
     if plan.output == Output::ThroughF32 {
         convert(ops, g.c, ValueType::Bf16, ValueType::F32)?;
