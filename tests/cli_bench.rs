@@ -93,6 +93,8 @@ fn a_single_mode_leaves_the_other_null_and_threads_are_set() {
     assert!(m["nonprivate_ms_median"].is_null(), "{m:?}");
     // The overlapped step is a device's (the CPU trainer has no step to overlap with).
     assert!(m["private_overlapped_ms_median"].is_null(), "{m:?}");
+    // So is the step with its noise drawn after the program rather than beside it.
+    assert!(m["private_noise_after_ms_median"].is_null(), "{m:?}");
     assert_eq!(m["threads"], 1);
     assert_eq!(m["parameters"], AdultLogReg::PARAM_COUNT);
 

@@ -100,9 +100,11 @@ impl Gpu {
             )));
         }
         let ctx = CudaContext::new(ordinal).map_err(driver("opening the device"))?;
-        // SAFETY: every allocation of this crate is used on the one stream below, in order, so events
-        // that order uses across streams are not needed; and a step captured into a CUDA graph
-        // (crate::graphs) cannot wait on events recorded outside its capture.
+        // SAFETY: every allocation of this crate is used on the one stream below, in order, but for
+        // a step's noise buffers, which a branch of it (crate::branch) writes between a fork and a
+        // join that order them explicitly; so the events cudarc would record per allocation are not
+        // needed, and a step captured into a CUDA graph (crate::graphs) cannot wait on events
+        // recorded outside its capture.
         unsafe { ctx.disable_event_tracking() };
         let major = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
@@ -199,14 +201,16 @@ impl Gpu {
         let key = s.clone_htod(&key_words(key)).map_err(driver("copying the key"))?;
         let mut out = s.alloc_zeros::<f64>(len).map_err(driver("allocating the noise"))?;
         let mut words = s.alloc_zeros::<u64>(len).map_err(driver("allocating the first words"))?;
-        self.draw_normals(&key, &tables, &mut out, &mut words, len)?;
+        self.draw_normals(s, &key, &tables, &mut out, &mut words, len)?;
         s.clone_dtoh(&out).map_err(driver("copying the noise back"))
     }
 
-    /// Queues the draw of `len` standard normals under the key words `key` (8, on the device) into
-    /// `out`: the two passes of `noise.cu`, `first_words` (`len`) their scratch.
+    /// Queues on `s` (the GPU's stream, or a branch of it: `crate::branch`) the draw of `len`
+    /// standard normals under the key words `key` (8, on the device) into `out`: the two passes of
+    /// `noise.cu`, `first_words` (`len`) their scratch.
     pub(crate) fn draw_normals(
         &self,
+        s: &CudaStream,
         key: &CudaSlice<u32>,
         tables: &NoiseTables,
         out: &mut CudaSlice<f64>,
@@ -216,7 +220,6 @@ impl Gpu {
         if len == 0 {
             return Ok(());
         }
-        let s = &self.stream;
         let launch = NoiseLaunch::for_len(len);
         let n = len as u64;
         let config = |shape: noise::LaunchShape| LaunchConfig {

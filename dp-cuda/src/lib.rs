@@ -13,6 +13,7 @@
 //! (docs/GPU.md, "Measured").
 
 pub mod attention;
+pub mod branch;
 pub mod cache;
 pub mod clip;
 pub mod conv;

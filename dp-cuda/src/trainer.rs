@@ -18,6 +18,7 @@ use dp_runtime::device::{
 use dp_runtime::optim::OptimizerState;
 use dp_runtime::DpModel;
 
+use crate::branch::Branch;
 use crate::device::{driver, Gpu, NoiseTables, SgdBuffers, SgdStep};
 use crate::error::{CudaError, Result};
 use crate::graphs::{BeforeUpdate, GraphKey, StepGraphs};
@@ -67,6 +68,11 @@ pub struct GpuModel<M: DpModel> {
     /// The moving average of all the parameters (`Trainer::ema`), once started.
     average: Option<CudaSlice<f32>>,
     tables: NoiseTables,
+    /// The stream a private step draws its noise on, beside the program (`crate::branch`).
+    noise_branch: Branch,
+    /// Whether a private step draws its noise on [`noise_branch`](Self::noise_branch) (the default)
+    /// or on the main stream after the clipped sum ([`draw_noise_beside`](Self::draw_noise_beside)).
+    noise_beside: bool,
     /// Whether the next update is the first (momentum starts at the gradient).
     first_update: bool,
     /// Updates applied, as the host optimizer counts them (for checkpoints and Adam's bias corrections).
@@ -197,6 +203,7 @@ impl<M: DpModel> GpuModel<M> {
         let non_finite = s.alloc_zeros::<u32>(2).map_err(driver("allocating the counts"))?;
         let previous = s.alloc_zeros::<f32>(trained).map_err(driver("allocating the previous parameters"))?;
         let tables = NoiseTables::upload(&gpu)?;
+        let noise_branch = Branch::new(&gpu)?;
         let staging = StagingPair::new(&gpu, Self::staging_words(b))?;
         let step_end = overlap::StepEnd::new(&gpu, b)?;
         Ok(GpuModel {
@@ -214,6 +221,8 @@ impl<M: DpModel> GpuModel<M> {
             non_finite,
             previous,
             tables,
+            noise_branch,
+            noise_beside: true,
             first_update: true,
             updates: 0,
             graphs: StepGraphs::default(),
@@ -402,7 +411,34 @@ impl<M: DpModel> GpuModel<M> {
     /// Queues the draw of one normal per trained parameter under the loaded key.
     fn queue_noise_draw(&mut self) -> Result<()> {
         let len = M::TRAINED_PARAM_COUNT;
-        self.gpu.draw_normals(&self.key, &self.tables, &mut self.normals, &mut self.first_words, len)
+        let s = &self.gpu.stream;
+        self.gpu.draw_normals(s, &self.key, &self.tables, &mut self.normals, &mut self.first_words, len)
+    }
+
+    /// Queues the draw of [`queue_noise_draw`](Self::queue_noise_draw) on the noise's branch, forked
+    /// here from the main stream (after the key's copy): it runs beside what the main stream runs
+    /// next, until [`join_noise`](Self::join_noise).
+    fn fork_noise_draw(&mut self) -> Result<()> {
+        let len = M::TRAINED_PARAM_COUNT;
+        let s = self.noise_branch.fork(&self.gpu)?;
+        self.gpu.draw_normals(s, &self.key, &self.tables, &mut self.normals, &mut self.first_words, len)
+    }
+
+    /// The main stream waits, from here on, for the noise drawn on the branch: before the update
+    /// reads it.
+    fn join_noise(&self) -> Result<()> {
+        self.noise_branch.join(&self.gpu)
+    }
+
+    /// Whether a private step draws its noise beside the program, on a stream of its own forked
+    /// after the key's copy and joined before the update (`on`, the default: docs/GPU.md, "The noise
+    /// beside the program"), or on the main stream after the clipped sum. The same values either
+    /// way; the bench times both. Drops the captured graphs.
+    pub fn draw_noise_beside(&mut self, on: bool) {
+        if on != self.noise_beside {
+            self.noise_beside = on;
+            self.graphs.invalidate();
+        }
     }
 
     /// Copies in the step's key and queues the draw of one normal per trained parameter under it.
@@ -588,6 +624,11 @@ impl<M: DpModel> GpuModel<M> {
     /// the forward and backward, the plain gradient sum and the counts zeroed; then a copy of the
     /// trained parameters to restore should the update overflow.
     fn launch_before_update(&mut self, before: BeforeUpdate, n: usize) -> Result<()> {
+        let noise_beside = matches!(before, BeforeUpdate::PrivateStep(_)) && self.noise_beside;
+        if noise_beside {
+            // It reads the key and writes the normals only: nothing below touches either.
+            self.fork_noise_draw()?;
+        }
         self.zero_grad()?;
         match before {
             BeforeUpdate::GradientSum => {
@@ -614,7 +655,11 @@ impl<M: DpModel> GpuModel<M> {
                     // `released_update` keeps the parameters.
                     return Ok(());
                 }
-                self.queue_noise_draw()?;
+                if noise_beside {
+                    self.join_noise()?;
+                } else {
+                    self.queue_noise_draw()?;
+                }
             }
             // One example of many: its step's noise and kept parameters come after the last.
             BeforeUpdate::ExampleOfViews(clipping) => return self.launch_example_of_views(clipping, n),

@@ -428,6 +428,9 @@ pub struct Measurement {
     /// On a GPU: the private step as the trainer runs it, the next batch gathered and staged while
     /// the step runs (docs/GPU.md, "Overlapping the host's work with a step").
     pub private_overlapped: Option<Timing>,
+    /// On a GPU: the private step with its noise drawn after the program, on the one stream, instead
+    /// of beside it (docs/GPU.md, "The noise beside the program").
+    pub private_noise_after: Option<Timing>,
     pub non_private: Option<Timing>,
     pub flops_per_step: u64,
     pub bytes_per_example: u64,
@@ -462,6 +465,9 @@ impl Measurement {
             "private_overlapped_ms_median": self.private_overlapped.map(|t| t.median),
             "private_overlapped_ms_min": self.private_overlapped.map(|t| t.min),
             "private_overlapped_ms_max": self.private_overlapped.map(|t| t.max),
+            "private_noise_after_ms_median": self.private_noise_after.map(|t| t.median),
+            "private_noise_after_ms_min": self.private_noise_after.map(|t| t.min),
+            "private_noise_after_ms_max": self.private_noise_after.map(|t| t.max),
             "nonprivate_ms_median": self.non_private.map(|t| t.median),
             "nonprivate_ms_min": self.non_private.map(|t| t.min),
             "nonprivate_ms_max": self.non_private.map(|t| t.max),
@@ -499,6 +505,7 @@ impl Measurement {
         let rows = [
             ("private", self.private),
             ("overlapped", self.private_overlapped),
+            ("noise after", self.private_noise_after),
             ("non-private", self.non_private),
         ];
         for (label, t) in rows {
@@ -519,6 +526,9 @@ impl Measurement {
         }
         if self.private_overlapped.is_some() {
             out += "  overlapped: the private step with the next batch gathered and staged while it runs, as the trainer runs it\n";
+        }
+        if self.private_noise_after.is_some() {
+            out += "  noise after: the private step with its noise drawn after the program instead of beside it\n";
         }
         out += &format!(
             "  plan: {:.4} GFLOP per step, {} bytes per example, {} bytes fixed workspace\n",
@@ -576,14 +586,20 @@ impl ModelTask for Measure<'_> {
         let timings = match args.device {
             super::DeviceArg::Cpu => {
                 let (private, non_private) = cpu_timings(args, &initial, &data, &indices, batch, warmup)?;
-                DeviceTimings { private, private_overlapped: None, non_private, device: "cpu".to_string() }
+                DeviceTimings {
+                    private,
+                    private_overlapped: None,
+                    private_noise_after: None,
+                    non_private,
+                    device: "cpu".to_string(),
+                }
             }
             super::DeviceArg::Cuda(ordinal) => {
                 // One process: `cuda` alone is local rank 0's, cuda:0.
                 gpu_timings::<M>(args, ordinal.unwrap_or(0), &initial, &data, &indices, warmup)?
             }
         };
-        let DeviceTimings { private, private_overlapped, non_private, device } = timings;
+        let DeviceTimings { private, private_overlapped, private_noise_after, non_private, device } = timings;
         Ok(Measurement {
             model: name,
             device,
@@ -596,6 +612,7 @@ impl ModelTask for Measure<'_> {
             warmup,
             private,
             private_overlapped,
+            private_noise_after,
             non_private,
             flops_per_step: plan_flops::<M>(batch),
             bytes_per_example: (M::WORKSPACE_PER_EXAMPLE * 4) as u64,
@@ -688,22 +705,25 @@ fn gpu_timings<M: DpModel>(
     };
     let clipping = Clipping { mode: ClipMode::Flat, norm: CLIP_NORM };
     let step = SgdStep { noise_std: NOISE_MULTIPLIER * CLIP_NORM, ..sgd };
-    let private = match args.mode.private() {
-        true => {
-            let mut model = open()?;
-            name = format!("cuda:{ordinal} {}", model.gpu().describe());
-            let mut keys = dp_runtime::rng::seeded(1);
-            let timing = time_steps(warmup, args.steps, || {
-                data.gather(indices, &mut inputs, &mut labels);
-                let mut key = [0u8; 32];
-                keys.fill_bytes(&mut key);
-                model.private_step(&inputs, &labels, n, clipping, &key, step).map_err(gpu_error)?;
-                Ok(())
-            })?;
-            finite(&model, "private")?;
-            Some(timing)
-        }
-        false => None,
+    // The private step alone; its noise drawn beside the program (the default) or after it.
+    let mut time_private = |noise_beside: bool, what: &str| -> Result<Timing> {
+        let mut model = open()?;
+        model.draw_noise_beside(noise_beside);
+        name = format!("cuda:{ordinal} {}", model.gpu().describe());
+        let mut keys = dp_runtime::rng::seeded(1);
+        let timing = time_steps(warmup, args.steps, || {
+            data.gather(indices, &mut inputs, &mut labels);
+            let mut key = [0u8; 32];
+            keys.fill_bytes(&mut key);
+            model.private_step(&inputs, &labels, n, clipping, &key, step).map_err(gpu_error)?;
+            Ok(())
+        })?;
+        finite(&model, what)?;
+        Ok(timing)
+    };
+    let (private, private_noise_after) = match args.mode.private() {
+        true => (Some(time_private(true, "private")?), Some(time_private(false, "private, noise after")?)),
+        false => (None, None),
     };
     // As the trainer runs it: step t queued, step t + 1's batch gathered and staged, step t awaited.
     let private_overlapped = match args.mode.private() {
@@ -741,13 +761,15 @@ fn gpu_timings<M: DpModel>(
         }
         false => None,
     };
-    Ok(DeviceTimings { private, private_overlapped, non_private, device: name })
+    Ok(DeviceTimings { private, private_overlapped, private_noise_after, non_private, device: name })
 }
 
 /// A device's timings, and the device's name.
 struct DeviceTimings {
     private: Option<Timing>,
     private_overlapped: Option<Timing>,
+    /// On a GPU: the private step with its noise drawn after the program on the one stream.
+    private_noise_after: Option<Timing>,
     non_private: Option<Timing>,
     device: String,
 }
