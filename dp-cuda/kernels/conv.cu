@@ -216,6 +216,12 @@ DP_DEVICE float dp_global_avg_pool_backward_value(dp_values dy, dp_u64 plane, dp
     return dp_get(dy, e / plane) / (float)plane;
 }
 
+// The threads of a dp_kept_sq_norms block (conv_ops.rs's KEPT_NORM_THREADS). A kept gradient is an
+// example's whole weight gradient (a CNN's: 10^4 to 10^5 values) read once, and a batch is about as
+// many blocks as the GPU has multiprocessors: 1024 threads (32 warps) each keep enough loads in flight
+// to stream it, where 256 left each multiprocessor mostly waiting.
+#define DP_KEPT_NORM_THREADS 1024
+
 #ifdef __CUDACC__
 
 // One thread per patch entry.
@@ -247,9 +253,11 @@ extern "C" __global__ void dp_row_sums(dp_values src, dp_u64 rows, dp_u64 cols, 
 }
 
 // One block per example: sq_norms[i * groups + group] = |weight_i|^2 + |bias_i|^2 (bias_len 0: no bias,
-// not read), overwritten.
-extern "C" __global__ void dp_kept_sq_norms(dp_values weight, dp_u64 weight_len, dp_values bias, dp_u64 bias_len,
-                                            dp_u64 n, float *sq_norms, dp_u64 groups, dp_u64 group) {
+// not read), overwritten. Launch bounds: the compiler keeps the kernel within the registers 1024
+// threads of a block may use, so the launch cannot fail for want of them.
+extern "C" __global__ void __launch_bounds__(DP_KEPT_NORM_THREADS)
+    dp_kept_sq_norms(dp_values weight, dp_u64 weight_len, dp_values bias, dp_u64 bias_len, dp_u64 n, float *sq_norms,
+                     dp_u64 groups, dp_u64 group) {
     for (dp_u64 i = blockIdx.x; i < n; i += gridDim.x) {
         float w2 = dp_block_sum(dp_square_share(weight, weight_len, i, threadIdx.x, blockDim.x));
         float b2 = dp_block_sum(dp_square_share(bias, bias_len, i, threadIdx.x, blockDim.x));

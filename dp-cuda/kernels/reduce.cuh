@@ -7,11 +7,22 @@
 
 // Thread t's share (of a block's `threads`) of the squared norm of row i of `width` values: the
 // squares at j = t, t + threads, ... added in order (one thread: the row's sum in order); the block
-// adds the shares (dp_block_sum).
+// adds the shares (dp_block_sum). Four values are loaded before their squares are added, in the same
+// order: the loads are in flight together, which a reduction that reads each value once is bound by.
 DP_DEVICE float dp_square_share(dp_values v, dp_u64 width, dp_u64 i, dp_u64 t, dp_u64 threads) {
+    dp_values row = dp_advance(v, i * width);
     float sum = 0.0f;
-    for (dp_u64 j = t; j < width; j += threads) {
-        float x = dp_get(v, i * width + j);
+    dp_u64 j = t;
+    for (; j + 3 * threads < width; j += 4 * threads) {
+        float x0 = dp_get(row, j), x1 = dp_get(row, j + threads);
+        float x2 = dp_get(row, j + 2 * threads), x3 = dp_get(row, j + 3 * threads);
+        sum += x0 * x0;
+        sum += x1 * x1;
+        sum += x2 * x2;
+        sum += x3 * x3;
+    }
+    for (; j < width; j += threads) {
+        float x = dp_get(row, j);
         sum += x * x;
     }
     return sum;

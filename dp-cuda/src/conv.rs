@@ -5,6 +5,10 @@
 /// The CUDA C source.
 pub const SOURCE: &str = include_str!("../kernels/conv.cu");
 
+/// The threads of a `dp_kept_sq_norms` block, one block per example: the kernel's
+/// `DP_KEPT_NORM_THREADS`, its launch bounds.
+pub const KEPT_NORM_THREADS: u32 = 1024;
+
 /// The kernels it defines, in the order [`crate::device::Gpu`] loads them.
 pub const ENTRIES: &[&str] = &[
     "dp_im2col",
@@ -20,3 +24,17 @@ pub const ENTRIES: &[&str] = &[
     "dp_global_avg_pool_forward",
     "dp_global_avg_pool_backward",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kept_norms_launch_is_the_kernels_launch_bounds() {
+        assert!(SOURCE.contains(&format!("#define DP_KEPT_NORM_THREADS {KEPT_NORM_THREADS}\n")));
+        let compact: String = SOURCE.split_whitespace().collect();
+        assert!(compact.contains("__launch_bounds__(DP_KEPT_NORM_THREADS)dp_kept_sq_norms("));
+        // dp_block_sum's bounds: whole warps, at most 32 of them.
+        assert!(KEPT_NORM_THREADS.is_multiple_of(32) && KEPT_NORM_THREADS <= 1024);
+    }
+}

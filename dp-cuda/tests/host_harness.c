@@ -24,7 +24,7 @@
  *   rowsums ROWS COLS: in src (ROWS*COLS); out each row's sum, a warp's 32 lane shares combined in
  *     dp_warp_sum's order (conv.cu's row sums). Buffers: src, the sums.
  *   keptnorms N WEIGHT_LEN BIAS_LEN GROUPS GROUP: in weight (N*WEIGHT_LEN), bias (N*BIAS_LEN), sq_norms
- *     (N*GROUPS, f32); out sq_norms, each example's 256 thread shares combined in dp_block_sum's order.
+ *     (N*GROUPS, f32); out sq_norms, each example's 1024 thread shares combined in dp_block_sum's order.
  *     Buffers: weight, bias.
  *   globalpool|globalpoolback PLANES PLANE: in x (PLANES*PLANE; dy, PLANES); out the planes' means as
  *     the row sums combine them (dx). Buffers: x (dy), y (dx).
@@ -327,8 +327,8 @@ static float conv_block_sum(const float *values, unsigned threads) {
     return conv_warp_sum(partial);
 }
 
-/* The threads of conv_ops.rs's per_block launches (dp_kept_sq_norms). */
-#define CONV_BLOCK_THREADS 256u
+/* The threads of a dp_kept_sq_norms block (conv.cu's DP_KEPT_NORM_THREADS). */
+#define CONV_BLOCK_THREADS ((unsigned)DP_KEPT_NORM_THREADS)
 
 static int conv_reductions(const char *op, char **argv) {
     float lanes[CONV_BLOCK_THREADS];

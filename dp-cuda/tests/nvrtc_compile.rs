@@ -26,6 +26,14 @@ fn every_kernel_compiles_for_sm_80_and_sm_90() {
             for kernel in file.entries {
                 assert!(ptx.contains(&format!(".entry {kernel}")), "{name} for {arch} lacks {kernel}");
             }
+            if name == "conv.cu" {
+                // The kept norms' blocks of 1024 threads: the PTX bounds the entry to them, so the
+                // driver's compiler keeps it within their registers.
+                let entry = ptx.split(".entry dp_kept_sq_norms").nth(1).expect("the entry, checked above");
+                let header = &entry[..entry.find('{').expect("an entry's body")];
+                let bound = format!(".maxntid {}, 1, 1", dp_cuda::conv::KEPT_NORM_THREADS);
+                assert!(header.contains(&bound), "{arch}: dp_kept_sq_norms lacks {bound}: {header}");
+            }
             eprintln!("{name}: {} bytes of PTX for {arch} (NVRTC {major}.{minor})", ptx.len());
         }
     }

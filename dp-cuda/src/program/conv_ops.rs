@@ -11,6 +11,7 @@ use dp_kernels::activation::Activation;
 use dp_runtime::device::{check_group, Conv2dGeometry, DeviceError, Pool2dGeometry, Span};
 
 use super::{backend, elementwise, k, GpuOps, BF16_TAG};
+use crate::conv::KEPT_NORM_THREADS;
 use crate::dense::activation_code;
 
 type Outcome = std::result::Result<(), DeviceError>;
@@ -103,11 +104,11 @@ fn per_warp(items: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// One block of 256 threads per item, at most 65 535 blocks (the kernels stride over the rest).
-fn per_block(items: usize) -> LaunchConfig {
+/// One block of `threads` per item, at most 65 535 blocks (the kernels stride over the rest).
+fn per_block(items: usize, threads: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (items.clamp(1, 65_535) as u32, 1, 1),
-        block_dim: (256, 1, 1),
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     }
 }
@@ -178,7 +179,7 @@ pub(super) fn kept_sq_norms(
         return Ok(());
     }
     let (wl, n64, gs, g) = (weight_len as u64, n as u64, groups as u64, group as u64);
-    launch!(ops, k::KEPT_SQ_NORMS, "dp_kept_sq_norms", per_block(n); &w, &wl, &b, &bias_len, &n64, &q, &gs, &g)
+    launch!(ops, k::KEPT_SQ_NORMS, "dp_kept_sq_norms", per_block(n, KEPT_NORM_THREADS); &w, &wl, &b, &bias_len, &n64, &q, &gs, &g)
 }
 
 pub(super) fn kept_weighted_sum(

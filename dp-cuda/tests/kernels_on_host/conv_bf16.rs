@@ -223,7 +223,8 @@ fn row_sums_between_f32_and_bf16_buffers_equal_the_host_reference_to_rounding() 
 fn kept_squared_norms_of_f32_and_bf16_kept_gradients_equal_the_host_reference_to_rounding() {
     let Some(exe) = harness() else { return };
     let (n, groups, group) = (5, 3, 2);
-    for (weight_len, bias_len) in [(300, 7), (600, 0), (3, 300), (1, 0)] {
+    // Past 4 × 1024 values each of a block's 1024 threads loads four at a time (dp_square_share).
+    for (weight_len, bias_len) in [(300, 7), (600, 0), (3, 300), (1, 0), (4 * 1024 + 5, 0), (10_000, 9)] {
         let weight = spread(weight_len as u64 + 71, n * weight_len);
         let bias = spread(bias_len as u64 + 72, n * bias_len);
         let sq_norms = vec![7.0f32; n * groups];
