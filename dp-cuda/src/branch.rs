@@ -49,9 +49,9 @@ impl Branch {
         Ok(&self.stream)
     }
 
-    /// Makes `gpu`'s stream wait, from here on, for everything queued on the branch. Every fork is
-    /// joined before the main stream's work is awaited or a capture ends (a capture with a branch
-    /// not joined fails).
+    /// Makes `gpu`'s stream wait, from here on, for everything queued on the branch. The caller
+    /// joins every fork, also when a launch after it failed: a capture with a branch not joined
+    /// cannot end, and an eager branch not joined runs unordered with what follows it.
     pub fn join(&self, gpu: &Gpu) -> Result<()> {
         self.joined.record(&self.stream).map_err(driver("joining a branch"))?;
         gpu.stream.wait(&self.joined).map_err(driver("joining a branch"))

@@ -624,11 +624,35 @@ impl<M: DpModel> GpuModel<M> {
     /// the forward and backward, the plain gradient sum and the counts zeroed; then a copy of the
     /// trained parameters to restore should the update overflow.
     fn launch_before_update(&mut self, before: BeforeUpdate, n: usize) -> Result<()> {
-        let noise_beside = matches!(before, BeforeUpdate::PrivateStep(_)) && self.noise_beside;
-        if noise_beside {
-            // It reads the key and writes the normals only: nothing below touches either.
-            self.fork_noise_draw()?;
+        let private = matches!(before, BeforeUpdate::PrivateStep(_));
+        if private && self.noise_beside {
+            // The draw reads the key and writes the normals only: nothing the program launches
+            // touches either.
+            let launched = self.fork_noise_draw().and_then(|()| self.launch_program(before, n));
+            // Joined whatever failed above: a capture cannot end with a branch unjoined, and an
+            // eager draw left unjoined would run on unordered with everything queued after it (the
+            // next key's copy, a released update's normals, the buffers' release).
+            let joined = self.join_noise();
+            launched.and(joined)?;
+        } else {
+            self.launch_program(before, n)?;
+            if private {
+                self.queue_noise_draw()?;
+            }
         }
+        match before {
+            BeforeUpdate::GradientSum | BeforeUpdate::PrivateStep(_) => self.keep_params(),
+            // The sum is copied out for the reduce; R comes back with the noise in it, and
+            // `released_update` keeps the parameters.
+            BeforeUpdate::ClippedSum(_) => Ok(()),
+            // One example of many: its step's noise and kept parameters come after the last.
+            BeforeUpdate::ExampleOfViews(_) => Ok(()),
+        }
+    }
+
+    /// The model's launches of [`launch_before_update`](Self::launch_before_update), without the
+    /// noise and the kept parameters.
+    fn launch_program(&mut self, before: BeforeUpdate, n: usize) -> Result<()> {
         self.zero_grad()?;
         match before {
             BeforeUpdate::GradientSum => {
@@ -638,7 +662,7 @@ impl<M: DpModel> GpuModel<M> {
                     M::device_gradient_sum(&mut ops, n).map_err(program)?;
                 }
                 let s = self.gpu.stream.clone();
-                s.memset_zeros(&mut self.non_finite).map_err(driver("zeroing the counts"))?;
+                s.memset_zeros(&mut self.non_finite).map_err(driver("zeroing the counts"))
             }
             BeforeUpdate::PrivateStep(clipping) | BeforeUpdate::ClippedSum(clipping) => {
                 if n > 0 {
@@ -650,20 +674,14 @@ impl<M: DpModel> GpuModel<M> {
                 if n > 0 {
                     M::device_clipped_sum(&mut self.ops(), n).map_err(program)?;
                 }
-                if let BeforeUpdate::ClippedSum(_) = before {
-                    // The sum is copied out for the reduce; R comes back with the noise in it, and
-                    // `released_update` keeps the parameters.
-                    return Ok(());
-                }
-                if noise_beside {
-                    self.join_noise()?;
-                } else {
-                    self.queue_noise_draw()?;
-                }
+                Ok(())
             }
-            // One example of many: its step's noise and kept parameters come after the last.
-            BeforeUpdate::ExampleOfViews(clipping) => return self.launch_example_of_views(clipping, n),
+            BeforeUpdate::ExampleOfViews(clipping) => self.launch_example_of_views(clipping, n),
         }
+    }
+
+    /// A device copy of the trained parameters, restored should the update overflow.
+    fn keep_params(&mut self) -> Result<()> {
         let len = M::TRAINED_PARAM_COUNT;
         if len > 0 {
             let s = self.gpu.stream.clone();
