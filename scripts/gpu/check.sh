@@ -50,6 +50,31 @@ limited() {
     [ $rc = 124 ] || [ $rc = 137 ] && echo "## TIMED OUT after ${seconds}s: $*"
     return $rc
 }
+# `run_tests BINARY SECONDS`: every test of a test binary, one at a time, the run stopped after
+# SECONDS·scale. A run that stops before its summary (a test hung past the limit, or crashed the
+# process) is reported with the test it stopped in, and the binary runs again for the tests it had not
+# started (the started ones skipped), so that one test cannot hide the others. Fails if a test failed
+# or a run stopped.
+run_tests() {
+    local bin=$1 seconds=$2 started=() log rc
+    log=$(mktemp)
+    while :; do
+        local skips=()
+        for t in ${started[@]+"${started[@]}"}; do skips+=(--skip "$t"); done
+        limited "$seconds" "$bin" --include-ignored --test-threads=1 --nocapture --exact ${skips[@]+"${skips[@]}"} 2>&1 \
+            | tee "$log"
+        rc=${PIPESTATUS[0]}
+        grep -q "^test result: " "$log" && break
+        local now=()
+        mapfile -t now < <(sed -n 's/^test \([^ ]*\) \.\.\. .*$/\1/p' "$log")
+        [ ${#now[@]} = 0 ] && break
+        echo "## STOPPED in ${now[${#now[@]}-1]} (exit $rc): the tests it had not started run again"
+        started+=("${now[@]}")
+    done
+    rm -f "$log"
+    [ ${#started[@]} = 0 ] && return "$rc"
+    return 1
+}
 {
     echo "# dp GPU check, $(date -u +%FT%TZ)"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader \
@@ -60,8 +85,7 @@ limited() {
     for name in nvrtc_compile gpu gpu_programs gpu_programs_bf16 gpu_storage_bf16; do
         [ -x "$bins/$name" ] || continue
         echo "## $name"
-        limited 240 "$bins/$name" --include-ignored --test-threads=1 --nocapture 2>&1 \
-            || { echo "## $name FAILED"; failed=1; }
+        run_tests "$bins/$name" 240 || { echo "## $name FAILED"; failed=1; }
     done
     if [ -x "$bins/dp" ]; then
         for precision in f32 bf16; do
