@@ -10,6 +10,8 @@
 #
 #   scripts/gpu/check.sh [REPORT]  # default report: gpu-check-report.txt
 #
+# and, anywhere with Python 3, `python3 scripts/gpu/summarise.py REPORT` for its tables in Markdown.
+#
 # NVRTC and cuBLAS are taken from the CUDA toolkit or the pip wheels there (`nvidia-cuda-nvrtc`,
 # `nvidia-cublas`): cudarc looks for `libnvrtc.so`, `libnvrtc.so.12`, ...; a CUDA 13 machine has
 # `libnvrtc.so.13`, so the script links the unversioned names to what it finds, in a folder of its own
