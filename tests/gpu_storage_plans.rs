@@ -220,3 +220,49 @@ fn sequences_attention_and_transformers_plan_every_product() {
     report::<TextTransformerLora>(50, 1);
     report::<MnistVit>(51, 1);
 }
+
+/// The device memory a `GpuModel` checks is free before it allocates its regions: every region's
+/// values in f32 (one at least), and storing in bf16 two bytes more per value of the arena, the
+/// parameters and the inputs. Printed for the built-in models at batch 128 (docs/GPU.md, "bf16
+/// storage").
+#[test]
+fn region_bytes_count_every_region_and_the_bf16_stores() {
+    fn check<M: DpModel>(b: usize) {
+        let len = |r| GpuModel::<M>::region_len(r, b).max(1) as u64;
+        let regions = [
+            Region::Params,
+            Region::Grad,
+            Region::Arena,
+            Region::Inputs,
+            Region::Labels,
+            Region::Losses,
+            Region::SqNorms,
+            Region::Factors,
+            Region::Tokens,
+        ];
+        let f32s: u64 = regions.iter().map(|&r| 4 * len(r)).sum();
+        let stores = 2 * (len(Region::Arena) + len(Region::Params) + len(Region::Inputs));
+        assert_eq!(GpuModel::<M>::regions_bytes(b, false), f32s, "{} at {b}", M::NAME);
+        assert_eq!(GpuModel::<M>::regions_bytes(b, true), f32s + stores, "{} at {b}", M::NAME);
+        // The arena grows with the batch: a larger batch never needs less.
+        assert!(GpuModel::<M>::regions_bytes(b + 1, true) > GpuModel::<M>::regions_bytes(b, true));
+        if b == 128 {
+            let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
+            eprintln!(
+                "{}: {:.1} MiB of regions at batch 128, {:.1} MiB storing in bf16",
+                M::NAME,
+                mib(f32s),
+                mib(f32s + stores)
+            );
+        }
+    }
+    for b in [1, 7, 128] {
+        check::<AdultLogReg>(b);
+        check::<AdultFfnn>(b);
+        check::<MnistCnn>(b);
+        check::<Cifar10Cnn>(b);
+        check::<EmbeddingNet>(b);
+        check::<LstmNet>(b);
+        check::<TextTransformer>(b);
+    }
+}

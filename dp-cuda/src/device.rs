@@ -191,6 +191,13 @@ impl Gpu {
         format!("{} ({})", self.name, self.arch)
     }
 
+    /// The device memory free now, and in all, in bytes.
+    pub fn memory(&self) -> Result<(u64, u64)> {
+        let (free, total) =
+            self.stream.context().mem_get_info().map_err(driver("reading the free memory"))?;
+        Ok((free as u64, total as u64))
+    }
+
     /// `len` standard normals under `key`: the values of the CPU's chunked draw.
     pub fn standard_normals(&self, key: &[u8; 32], len: usize) -> Result<Vec<f64>> {
         if len == 0 {

@@ -27,7 +27,7 @@ mod memory;
 mod products;
 
 pub use conversions::RoundedWeights;
-pub use memory::{Addresses, RegionMemory, ValueType, BF16_STORED, BF16_TAG};
+pub use memory::{region_bytes, Addresses, RegionMemory, ValueType, BF16_STORED, BF16_TAG};
 pub use products::{plan_product, Compute, Output, ProductPlan};
 
 /// The primitives of [`DeviceOps`] on `gpu` over `memory`.

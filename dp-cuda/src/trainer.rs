@@ -192,7 +192,8 @@ impl<M: DpModel> GpuModel<M> {
             return Err(CudaError::Mismatch(format!("{} parameters for {}", params.len(), M::PARAM_COUNT)));
         }
         let b = max_batch.max(1);
-        let mut memory = Self::regions(&gpu, b)?;
+        // In f32: bf16 storage starts with the precision (`set_precision`), and checks again then.
+        let mut memory = Self::regions(&gpu, b, false)?;
         let s = gpu.stream.clone();
         s.memcpy_htod(params, memory.slice_mut(Region::Params)).map_err(driver("copying the parameters"))?;
         let trained = M::TRAINED_PARAM_COUNT.max(1);
@@ -255,9 +256,39 @@ impl<M: DpModel> GpuModel<M> {
         }
     }
 
-    /// The regions of the static memory plan for batches of up to `b` examples.
-    fn regions(gpu: &Gpu, b: usize) -> Result<RegionMemory> {
+    /// The device memory, in bytes, of the regions for batches of up to `b` examples, with the bf16
+    /// stores when `bf16` (docs/GPU.md, "bf16 storage"). The rest of a model's device memory does not
+    /// grow with the batch: a few vectors of the trained parameters' length.
+    pub fn regions_bytes(b: usize, bf16: bool) -> u64 {
+        crate::program::region_bytes(|r| Self::region_len(r, b), bf16)
+    }
+
+    /// The regions of the static memory plan for batches of up to `b` examples, after checking that
+    /// the device has the memory free for them (and for the bf16 stores when `bf16`): a batch too
+    /// large is an error that says so, not the driver's out-of-memory error.
+    fn regions(gpu: &Gpu, b: usize, bf16: bool) -> Result<RegionMemory> {
+        Self::ensure_free(gpu, Self::regions_bytes(b, bf16), b, bf16)?;
         RegionMemory::new(gpu, |r| Self::region_len(r, b))
+    }
+
+    /// That `needed` bytes, for the regions of batches of up to `b` examples (`bf16`: storing in
+    /// bf16), are free on the device.
+    fn ensure_free(gpu: &Gpu, needed: u64, b: usize, bf16: bool) -> Result<()> {
+        let (free, total) = gpu.memory()?;
+        if needed <= free {
+            return Ok(());
+        }
+        let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
+        Err(CudaError::Mismatch(format!(
+            "{}: batches of up to {b} examples need {:.2} GiB more device memory{}, and {} has {:.2} of its \
+             {:.2} GiB free: use a smaller batch (--batch-size)",
+            M::NAME,
+            gib(needed),
+            if bf16 { " (storing in bf16)" } else { "" },
+            gpu.describe(),
+            gib(free),
+            gib(total)
+        )))
     }
 
     /// The pinned words a step of up to `b` examples copies in: inputs, labels, key.
@@ -268,7 +299,8 @@ impl<M: DpModel> GpuModel<M> {
     /// Room for batches of up to `b` examples: the regions allocated again, `params` copied in. A
     /// staged batch is copied in again from its pinned buffer (the pinned memory grows by itself).
     pub fn resize(&mut self, b: usize, params: &[f32]) -> Result<()> {
-        let mut memory = Self::regions(&self.gpu, b)?;
+        // The old regions stay allocated until the new ones are: the free memory must hold them all.
+        let mut memory = Self::regions(&self.gpu, b, self.stores_bf16())?;
         let s = self.gpu.stream.clone();
         s.memcpy_htod(params, memory.slice_mut(Region::Params)).map_err(driver("copying the parameters"))?;
         if let Some(staged) = &mut self.staged {
@@ -334,7 +366,12 @@ impl<M: DpModel> GpuModel<M> {
     fn apply_storage(&mut self) -> Result<()> {
         // Before the allocation: a graph of the old products must not replay even if it fails.
         self.graphs.restart();
-        self.memory.store_bf16(&self.gpu, self.stores_bf16())
+        let (b, on) = (self.max_batch, self.stores_bf16());
+        if on && !self.memory.storing_bf16() {
+            let stores = Self::regions_bytes(b, true) - Self::regions_bytes(b, false);
+            Self::ensure_free(&self.gpu, stores, b, true)?;
+        }
+        self.memory.store_bf16(&self.gpu, on)
     }
 
     /// Whether the arena's `OfPrecision` buffers are stored in bf16.

@@ -46,6 +46,14 @@ const ALL: [Region; REGIONS] = [
 /// there, and the parameters and the batch, which a product in bf16 reads converted.
 pub const BF16_STORED: [Region; 3] = [Region::Arena, Region::Params, Region::Inputs];
 
+/// The bytes [`RegionMemory::new`] allocates for regions of `lens` values, and with `bf16` the bf16
+/// stores [`RegionMemory::store_bf16`] adds (each region one value at least, as allocated).
+pub fn region_bytes(lens: impl Fn(Region) -> usize, bf16: bool) -> u64 {
+    let f32s: u64 = ALL.iter().map(|&r| lens(r).max(1) as u64 * 4).sum();
+    let bf16s: u64 = if bf16 { BF16_STORED.iter().map(|&r| lens(r).max(1) as u64 * 2).sum() } else { 0 };
+    f32s + bf16s
+}
+
 /// A region's slot in [`RegionMemory`].
 fn slot(region: Region) -> usize {
     match region {
