@@ -1056,3 +1056,41 @@ fn gpu_trainer_with_views_reports_the_diagnostics_of_the_cpu() {
         assert_eq!(g.non_finite_examples, c.non_finite_examples);
     }
 }
+
+/// A batch whose regions do not fit the device is refused before anything is allocated, with an error
+/// that names the model, the batch and the flag to change; the same model at batch 128 fits, and its
+/// arena's growth to that batch is refused the same way, leaving it as it was.
+/// WRITTEN WITHOUT A GPU, NOT YET RUN.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_batches_too_large_for_the_device_are_refused_with_what_to_change() {
+    let Some(gpu) = gpu("memory") else { return };
+    let (free, total) = gpu.memory().unwrap();
+    let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
+    say(&format!("device memory: {:.2} GiB free of {:.2} GiB", gib(free), gib(total)));
+    let model = Cifar10Cnn::init(&mut ChaCha8Rng::seed_from_u64(27));
+    // Batches whose regions need more than the whole device in f32.
+    let per_example =
+        GpuModel::<Cifar10Cnn>::regions_bytes(2, false) - GpuModel::<Cifar10Cnn>::regions_bytes(1, false);
+    let too_many = (total / per_example) as usize + 1;
+    let error = GpuModel::<Cifar10Cnn>::new(gpu, model.params(), too_many).unwrap_err().to_string();
+    say(&error);
+    assert!(error.contains("Cifar10Cnn") && error.contains(&format!("{too_many} examples")), "{error}");
+    assert!(error.contains("--batch-size"), "{error}");
+    let mut fits = GpuModel::<Cifar10Cnn>::new(Gpu::open(0).unwrap(), model.params(), 128).unwrap();
+    let error = fits.resize(too_many, model.params()).unwrap_err().to_string();
+    assert!(error.contains("--batch-size"), "{error}");
+    // The model is as it was: a step at 128 still runs.
+    let (inputs, labels) = batch::<Cifar10Cnn>(&mut ChaCha8Rng::seed_from_u64(28), 3, false);
+    let clipping = Clipping { mode: ClipMode::Flat, norm: 1.0 };
+    let update = SgdStep {
+        noise_std: 0.5,
+        inverse_batch: 1.0 / 3.0,
+        lr: 0.1,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        first: true,
+        nesterov: false,
+    };
+    fits.private_step(&inputs, &labels, 3, clipping, &[5; 32], update).unwrap();
+}
