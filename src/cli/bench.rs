@@ -306,6 +306,31 @@ fn time_steps(warmup: usize, steps: usize, mut step: impl FnMut() -> Result<()>)
     Ok(summarize(samples))
 }
 
+/// Two variants of a step timed in turn (`step` on `a`, then on `b`, `steps` times after `warmup` of
+/// each), so that drifting clocks or a busy machine weigh on both alike.
+#[cfg(any(feature = "cuda", test))]
+fn time_steps_in_turn<T>(
+    warmup: usize,
+    steps: usize,
+    a: &mut T,
+    b: &mut T,
+    step: &mut impl FnMut(&mut T) -> Result<()>,
+) -> Result<(Timing, Timing)> {
+    for _ in 0..warmup {
+        step(a)?;
+        step(b)?;
+    }
+    let (mut first, mut second) = (Vec::with_capacity(steps), Vec::with_capacity(steps));
+    for _ in 0..steps {
+        for (model, samples) in [(&mut *a, &mut first), (&mut *b, &mut second)] {
+            let start = Instant::now();
+            step(model)?;
+            samples.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok((summarize(first), summarize(second)))
+}
+
 /// Median (the mean of the middle two for an even count), minimum and maximum of non-empty `samples`.
 fn summarize(mut samples: Vec<f64>) -> Timing {
     samples.sort_by(f64::total_cmp);
@@ -705,24 +730,26 @@ fn gpu_timings<M: DpModel>(
     };
     let clipping = Clipping { mode: ClipMode::Flat, norm: CLIP_NORM };
     let step = SgdStep { noise_std: NOISE_MULTIPLIER * CLIP_NORM, ..sgd };
-    // The private step alone; its noise drawn beside the program (the default) or after it.
-    let mut time_private = |noise_beside: bool, what: &str| -> Result<Timing> {
-        let mut model = open()?;
-        model.draw_noise_beside(noise_beside);
-        name = format!("cuda:{ordinal} {}", model.gpu().describe());
-        let mut keys = dp_runtime::rng::seeded(1);
-        let timing = time_steps(warmup, args.steps, || {
-            data.gather(indices, &mut inputs, &mut labels);
-            let mut key = [0u8; 32];
-            keys.fill_bytes(&mut key);
-            model.private_step(&inputs, &labels, n, clipping, &key, step).map_err(gpu_error)?;
-            Ok(())
-        })?;
-        finite(&model, what)?;
-        Ok(timing)
-    };
+    // The private step alone, its noise drawn beside the program (the default) and after it: two
+    // models stepped in turn, so that both see the same clocks.
     let (private, private_noise_after) = match args.mode.private() {
-        true => (Some(time_private(true, "private")?), Some(time_private(false, "private, noise after")?)),
+        true => {
+            let (mut beside, mut after) = (open()?, open()?);
+            after.draw_noise_beside(false);
+            name = format!("cuda:{ordinal} {}", beside.gpu().describe());
+            let mut keys = dp_runtime::rng::seeded(1);
+            let mut step_of = |model: &mut GpuModel<M>| -> Result<()> {
+                data.gather(indices, &mut inputs, &mut labels);
+                let mut key = [0u8; 32];
+                keys.fill_bytes(&mut key);
+                model.private_step(&inputs, &labels, n, clipping, &key, step).map_err(gpu_error)?;
+                Ok(())
+            };
+            let (a, b) = time_steps_in_turn(warmup, args.steps, &mut beside, &mut after, &mut step_of)?;
+            finite(&beside, "private")?;
+            finite(&after, "private, noise after")?;
+            (Some(a), Some(b))
+        }
         false => (None, None),
     };
     // As the trainer runs it: step t queued, step t + 1's batch gathered and staged, step t awaited.
@@ -1048,6 +1075,25 @@ mod tests {
         assert_eq!(calls, 7);
         let failed = time_steps(1, 5, || Err(Error::invalid("x", "stop")));
         assert!(failed.is_err());
+    }
+
+    #[test]
+    fn steps_in_turn_alternate_and_time_each_variant_apart() {
+        // Each variant is a counter and a log of who stepped; b's steps take 2 ms longer.
+        let order = std::cell::RefCell::new(Vec::new());
+        let (mut a, mut b) = (('a', 0u32), ('b', 0u32));
+        let mut step = |v: &mut (char, u32)| -> Result<()> {
+            v.1 += 1;
+            order.borrow_mut().push(v.0);
+            if v.0 == 'b' {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Ok(())
+        };
+        let (ta, tb) = time_steps_in_turn(2, 5, &mut a, &mut b, &mut step).unwrap();
+        assert_eq!((a.1, b.1), (7, 7), "warm-up and timed steps of each");
+        assert_eq!(order.borrow().iter().collect::<String>(), "ab".repeat(7));
+        assert!(tb.min >= 2.0 && ta.median < tb.median, "each variant's own times: {ta:?} {tb:?}");
     }
 
     #[test]
