@@ -257,8 +257,9 @@ impl<M: DpModel> GpuModel<M> {
     }
 
     /// The device memory, in bytes, of the regions for batches of up to `b` examples, with the bf16
-    /// stores when `bf16` (docs/GPU.md, "bf16 storage"). The rest of a model's device memory does not
-    /// grow with the batch: a few vectors of the trained parameters' length.
+    /// stores when `bf16` (docs/GPU.md, "bf16 storage"): what grows with the batch but for the
+    /// buffers of a step with views (`trainer/views.rs`). Besides them a model holds a few vectors
+    /// of the trained parameters' length, and cuBLAS its workspace.
     pub fn regions_bytes(b: usize, bf16: bool) -> u64 {
         crate::program::region_bytes(|r| Self::region_len(r, b), bf16)
     }
@@ -342,8 +343,12 @@ impl<M: DpModel> GpuModel<M> {
             )));
         }
         if precision != self.precision {
-            self.precision = precision;
-            self.apply_storage()?;
+            let before = std::mem::replace(&mut self.precision, precision);
+            if let Err(e) = self.apply_storage() {
+                // Refused (the bf16 stores do not fit): the model stays as it was.
+                self.precision = before;
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -352,8 +357,13 @@ impl<M: DpModel> GpuModel<M> {
     /// in f32 with only the products in bf16. The buffers' values do not carry over: set it before a
     /// step, as the trainer sets the precision.
     pub fn set_bf16_storage(&mut self, on: bool) -> Result<()> {
-        self.bf16_storage = on;
-        self.apply_storage()
+        let before = std::mem::replace(&mut self.bf16_storage, on);
+        let applied = self.apply_storage();
+        if applied.is_err() {
+            // Refused (the bf16 stores do not fit): the model stays as it was.
+            self.bf16_storage = before;
+        }
+        applied
     }
 
     /// Whether the arena's `OfPrecision` buffers are to be stored in bf16 now.
@@ -610,8 +620,7 @@ impl<M: DpModel> GpuModel<M> {
             staging.copy_in(&self.gpu, released, dst)?;
             self.transfers.to_device += 1;
             self.zero_grad()?;
-            let params = self.memory.slice(Region::Params).slice(..len);
-            s.memcpy_dtod(&params, &mut self.previous).map_err(driver("keeping the parameters"))?;
+            self.keep_params()?;
         }
         Ok(self.finish_step(step.into())?.overflowed)
     }

@@ -79,12 +79,7 @@ impl<M: DpModel> GpuModel<M> {
     ) -> Result<DeviceStepOutcome> {
         self.queue_clipped_sum_of_views((inputs, labels), n, views, clipping, Some(key), keep_losses)?;
         self.queue_noise_draw()?;
-        let len = M::TRAINED_PARAM_COUNT;
-        if len > 0 {
-            let s = self.gpu.stream.clone();
-            let params = self.memory.slice(Region::Params).slice(..len);
-            s.memcpy_dtod(&params, &mut self.previous).map_err(driver("keeping the parameters"))?;
-        }
+        self.keep_params()?;
         self.finish_step(step.into())
     }
 
