@@ -49,16 +49,18 @@ limited() {
     local seconds=$(( $1 * scale )); shift
     timeout -k 5 "$seconds" "$@"
     local rc=$?
-    [ $rc = 124 ] || [ $rc = 137 ] && echo "## TIMED OUT after ${seconds}s: $*"
+    # On a line of its own: a hung test's `test NAME ... ` has no newline.
+    [ $rc = 124 ] || [ $rc = 137 ] && printf '\n## TIMED OUT after %ss: %s\n' "$seconds" "$*"
     return $rc
 }
 # `run_tests BINARY SECONDS`: every test of a test binary, one at a time, the run stopped after
 # SECONDS·scale. A run that stops before its summary (a test hung past the limit, or crashed the
 # process) is reported with the test it stopped in, and the binary runs again for the tests it had not
-# started (the started ones skipped), so that one test cannot hide the others. Fails if a test failed
-# or a run stopped.
+# started (the started ones skipped), so that one test cannot hide the others; after three stops the
+# rest is given up (a GPU that hangs every test would otherwise take the limit once per test). Fails if
+# a test failed or a run stopped.
 run_tests() {
-    local bin=$1 seconds=$2 started=() log rc
+    local bin=$1 seconds=$2 started=() log rc stops=0
     log=$(mktemp)
     while :; do
         local skips=()
@@ -70,8 +72,13 @@ run_tests() {
         local now=()
         mapfile -t now < <(sed -n 's/^test \([^ ]*\) \.\.\. .*$/\1/p' "$log")
         [ ${#now[@]} = 0 ] && break
-        echo "## STOPPED in ${now[${#now[@]}-1]} (exit $rc): the tests it had not started run again"
         started+=("${now[@]}")
+        stops=$((stops + 1))
+        if [ $stops -ge 3 ]; then
+            echo "## STOPPED in ${now[${#now[@]}-1]} (exit $rc): a third stop, the tests it had not started are given up"
+            break
+        fi
+        echo "## STOPPED in ${now[${#now[@]}-1]} (exit $rc): the tests it had not started run again"
     done
     rm -f "$log"
     [ ${#started[@]} = 0 ] && return "$rc"

@@ -11,7 +11,8 @@ Reads the report's sections (each starts with a `## ` line) and prints:
 - bf16 against f32, per model;
 - issue 12's targets, each met or not per model;
 - the last line of each training run (its accuracy and ε).
-A missing measurement is a dash. Only the standard library is used.
+A missing measurement is a dash, a model the bench skipped is listed with its reason, and a part
+that failed or timed out says so. Only the standard library is used.
 """
 
 import json
@@ -20,12 +21,13 @@ import sys
 
 
 def sections(text):
-    """[(header, [lines])] in the report's order; the lines before the first header are skipped."""
+    """[(header, [lines])] in the report's order; the lines before the first header, and the report's
+    own lines (`# ...`: its title and its end), are skipped."""
     out = []
     for line in text.splitlines():
         if line.startswith("## "):
             out.append((line[3:].strip(), []))
-        elif out:
+        elif out and not line.startswith("# "):
             out[-1][1].append(line)
     return out
 
@@ -63,7 +65,7 @@ def tests(lines):
         if m:
             current = m[1]
             outcome[current] = verdict(m[2])
-        elif line.startswith(("test result:", "failures:", "running ")):
+        elif line.startswith("test result:") or line == "failures:" or re.fullmatch(r"running \d+ tests?", line):
             current = None
         elif current and outcome[current] is None:
             outcome[current] = verdict(line)
@@ -85,9 +87,10 @@ def ratio(a, b, digits=2):
     return "—" if a is None or b is None else f"{a[0] / b[0]:.{digits}f}"
 
 
-def table(titles, rows):
+def table(titles, rows, text=()):
+    """A Markdown table: the first column and those in `text` left-aligned, the numbers right."""
     print("| " + " | ".join(titles) + " |")
-    print("|---" + "|---:" * (len(titles) - 1) + "|")
+    print("|" + "|".join("---" if i == 0 or i in text else "---:" for i in range(len(titles))) + "|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
     print()
@@ -104,51 +107,71 @@ def main():
     for header, lines in parts:
         if re.fullmatch(r"[a-z0-9_]+", header):
             current = header
-            binaries.setdefault(current, []).extend(lines)
-        elif current and (header.startswith(("STOPPED", "TIMED OUT")) or header == f"{current} FAILED"):
-            binaries[current].extend(lines)
+            binaries.setdefault(current, {"lines": [], "stopped": set(), "failed": False})["lines"].extend(lines)
+        elif current and header.startswith(("STOPPED", "TIMED OUT")) or current and header == f"{current} FAILED":
+            binary = binaries[current]
+            binary["lines"].extend(lines)
+            m = re.match(r"STOPPED in (\S+)", header)
+            if m:
+                binary["stopped"].add(m[1])
+            binary["failed"] |= header == f"{current} FAILED"
         else:
             current = None
     print("Tests:\n")
     rows = []
-    for name, lines in binaries.items():
-        outcome = tests(lines)
+    for name, binary in binaries.items():
+        outcome = tests(binary["lines"])
+        # A test a run stopped in is stopped whatever its last line looked like.
+        for test in binary["stopped"]:
+            outcome[test] = None
         passed = sum(v == "ok" for v in outcome.values())
         failed = sorted(t for t, v in outcome.items() if v == "FAILED")
         stopped = sorted(t for t, v in outcome.items() if v is None)
-        rows.append([name, str(passed), str(len(failed)), ", ".join(failed) or "—", ", ".join(stopped) or "—"])
-    table(["binary", "passed", "failed", "failures", "stopped in (hung past the limit or crashed)"], rows)
+        rows.append([name, "FAILED" if binary["failed"] else "passed", str(passed), str(len(failed)),
+                     ", ".join(failed) or "—", ", ".join(stopped) or "—"])
+    table(["binary", "binary's outcome", "tests passed", "tests failed", "failures",
+           "stopped in (hung past the limit or crashed)"], rows, text=(1, 4, 5))
 
-    bench = {"f32": {}, "bf16": {}}
+    bench, skipped = {}, {}
     peers = {}
     runs = []
     for header, lines in parts:
         m = re.match(r"dp bench --device \S+ --precision (\w+)", header)
         if m:
             for obj in json_lines(lines):
-                if "skipped" not in obj:
-                    bench[m[1]][obj["model"]] = obj
+                if "skipped" in obj:
+                    skipped[obj.get("model", "?")] = obj["skipped"]
+                elif "model" in obj:
+                    bench.setdefault(m[1], {})[obj["model"]] = obj
         elif header.startswith(("jax_dpsgd.py", "torch_dpsgd.py")):
             system = "jax" if header.startswith("jax") else "torch"
             for obj in json_lines(lines):
-                peers[(system, obj["model"], obj["mode"])] = (obj["median_ms"], obj["min_ms"], obj["max_ms"])
+                if all(k in obj for k in ("model", "mode", "median_ms", "min_ms", "max_ms")):
+                    peers[(system, obj["model"], obj["mode"])] = (obj["median_ms"], obj["min_ms"], obj["max_ms"])
+        elif header == "dp train FAILED" and runs:
+            runs[-1] = (runs[-1][0], "FAILED (or timed out) after: " + runs[-1][1])
         elif header.startswith("dp train"):
-            last = [line for line in lines if line.strip() and not line.startswith("##")]
+            last = [line for line in lines if line.strip()]
             runs.append((header, last[-1].strip() if last else "(no output)"))
 
-    f32, bf16 = bench["f32"], bench["bf16"]
+    f32, bf16 = bench.get("f32", {}), bench.get("bf16", {})
     peer = lambda system, model, mode: peers.get((system, model, mode))
     print("Step times, f32, median [min, max] ms per step:\n")
     rows = []
     for model, m in f32.items():
         private, non_private = timing(m, "private"), timing(m, "nonprivate")
         jax = peer("jax", model, "private")
-        rows.append([model, str(m["batch_size"]), cell(private), cell(timing(m, "private_overlapped")),
+        rows.append([model, str(m.get("batch_size", "—")), cell(private), cell(timing(m, "private_overlapped")),
                      cell(timing(m, "private_noise_after")), cell(non_private), ratio(private, non_private),
                      cell(jax), cell(peer("jax", model, "non-private")), ratio(private, jax),
                      cell(peer("torch", model, "private-hooks")), cell(peer("torch", model, "non-private"))])
     table(["model", "batch", "private", "overlapped", "noise after", "non-private", "private / non-private",
            "JAX private", "JAX non-private", "ours / JAX", "Opacus hooks", "PyTorch non-private"], rows)
+
+    for model, why in skipped.items():
+        print(f"- {model}: not measured ({why})")
+    if skipped:
+        print()
 
     print("bf16 against f32 (median ms per step):\n")
     rows = []
