@@ -19,6 +19,9 @@
 # device or library fails. DP_CHECK_PEERS=jax runs the JAX reference alone, =none neither; DP_CHECK_STEPS
 # sets the timed steps of every measurement. Each part has a time limit (DP_CHECK_LIMIT scales them; 1
 # by default), so that a part that hangs is reported as timed out and the parts after it still run.
+# DP_CHECK_DEADLINE=S ends the check S seconds after it starts: each part's limit is cut to the time
+# left, and the parts after the deadline are reported as skipped (and fail the check). Set it below a
+# session's per-call limit so that the report always ends.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 report=${1:-gpu-check-report.txt}
@@ -44,9 +47,19 @@ done
 export LD_LIBRARY_PATH="$links${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 failed=0
 scale=${DP_CHECK_LIMIT:-1}
-# `limited SECONDS COMMAND...`: the command, stopped after SECONDS·scale; a stop is reported and fails.
+deadline=${DP_CHECK_DEADLINE:-0}
+# `limited SECONDS COMMAND...`: the command, stopped after SECONDS·scale or at the deadline; a stop is
+# reported and fails, and so does a command the deadline leaves no time for.
 limited() {
     local seconds=$(( $1 * scale )); shift
+    if [ "$deadline" -gt 0 ]; then
+        local left=$(( deadline - SECONDS ))
+        if [ $left -le 5 ]; then
+            echo "## SKIPPED at the check's deadline (DP_CHECK_DEADLINE=$deadline): $*"
+            return 125
+        fi
+        [ $left -lt $seconds ] && seconds=$left
+    fi
     timeout -k 5 "$seconds" "$@"
     local rc=$?
     # On a line of its own: a hung test's `test NAME ... ` has no newline.
@@ -143,11 +156,12 @@ run_tests() {
     peers=${DP_CHECK_PEERS:-all}
     if [ "$peers" != none ]; then
         echo "## jax_dpsgd.py (jit + vmap) on the GPU"
-        python3 scripts/reference/jax_dpsgd.py --batch-size 128 --steps "$steps" --json 2>&1 || echo "## jax FAILED"
+        limited 300 python3 scripts/reference/jax_dpsgd.py --batch-size 128 --steps "$steps" --json 2>&1 \
+            || echo "## jax FAILED"
     fi
     if [ "$peers" = all ]; then
         echo "## torch_dpsgd.py --device cuda"
-        python3 scripts/reference/torch_dpsgd.py --device cuda --batch-size 128 --steps "$steps" --json \
+        limited 300 python3 scripts/reference/torch_dpsgd.py --device cuda --batch-size 128 --steps "$steps" --json \
             --modes "${DP_CHECK_TORCH_MODES:-non-private,non-private-bf16,private-hooks,private-ghost}" 2>&1 \
             || echo "## torch FAILED"
     fi

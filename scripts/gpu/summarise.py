@@ -105,10 +105,12 @@ def main():
     # A test binary's output runs on past its own notes (a run that stopped, the binary's failure).
     binaries, current = {}, None
     for header, lines in parts:
+        note = header.startswith(("STOPPED", "TIMED OUT", "SKIPPED")) or header == f"{current} FAILED"
         if re.fullmatch(r"[a-z0-9_]+", header):
             current = header
-            binaries.setdefault(current, {"lines": [], "stopped": set(), "failed": False})["lines"].extend(lines)
-        elif current and header.startswith(("STOPPED", "TIMED OUT")) or current and header == f"{current} FAILED":
+            binaries.setdefault(current, {"lines": [], "stopped": set(), "failed": False})
+            binaries[current]["lines"].extend(lines)
+        elif current and note:
             binary = binaries[current]
             binary["lines"].extend(lines)
             m = re.match(r"STOPPED in (\S+)", header)
@@ -204,6 +206,11 @@ def main():
     print("Training runs (the last line of each):\n")
     for header, last in runs:
         print(f"- `{header}`: {last}")
+    deadline = [header for header, _ in parts if header.startswith("SKIPPED")]
+    if deadline:
+        print("\nNot run, at the check's deadline:\n")
+        for header in deadline:
+            print(f"- `{header.split(': ', 1)[-1]}`")
 
 
 if __name__ == "__main__":
