@@ -676,7 +676,7 @@ impl<M: DpModel> GpuModel<M> {
             // touches either.
             let launched = self.fork_noise_draw().and_then(|()| self.launch_program(before, n));
             // Joined whatever failed above: a capture cannot end with a branch unjoined, and an
-            // eager draw left unjoined would run on unordered with everything queued after it (the
+            // eager draw left unjoined would run unordered with everything queued after it (the
             // next key's copy, a released update's normals, the buffers' release).
             let joined = self.join_noise();
             launched.and(joined)?;
