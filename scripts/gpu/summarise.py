@@ -8,6 +8,7 @@ Reads the report's sections (each starts with a `## ` line) and prints:
 - the step times of `dp bench --device cuda:0 --json` (median [min, max] ms) in f32: private, as the
   trainer overlaps it, with the noise drawn after the program instead of beside it, non-private and the
   privacy ratio, beside JAX's and PyTorch/Opacus's where the report has them;
+- where a private step's time goes, phase by phase, where the report has `gpu_step_phases`;
 - bf16 against f32, per model;
 - issue 12's targets, each met or not per model;
 - the last line of each training run (its accuracy and ε).
@@ -174,6 +175,20 @@ def main():
         print(f"- {model}: not measured ({why})")
     if skipped:
         print()
+
+    # tests/gpu_programs.rs's gpu_step_phases: "MODEL batch N, PHASE: median MS ms".
+    phases = {}
+    for _, lines in parts:
+        for line in lines:
+            m = re.match(r"^(\S+) batch (\d+), (.+): median ([\d.]+) ms$", line.strip())
+            if m:
+                phases.setdefault(m[3], {})[f"{m[1]} (batch {m[2]})"] = float(m[4])
+    if phases:
+        print("Where a private step's time goes (each phase alone, synchronised, median ms):\n")
+        models = list(dict.fromkeys(model for times in phases.values() for model in times))
+        rows = [[phase] + [f"{times[model]:.3f}" if model in times else "—" for model in models]
+                for phase, times in phases.items()]
+        table(["phase"] + models, rows)
 
     print("bf16 against f32 (median ms per step):\n")
     rows = []
