@@ -666,6 +666,69 @@ pub trait DeviceOps {
         t: usize,
     ) -> Result<(), DeviceError>;
 
+    /// An LSTM's whole forward recurrence, after the input projection into `step.saved.gates`: for
+    /// each time step from the first, `recurrent = hidden · W_hhᵀ` (not at t = 0; `w_hh` the `4h × h`
+    /// weight, an [`Operands::OfPrecision`] product), then [`lstm_forward_step`](Self::lstm_forward_step).
+    /// These launches are the default; a device may run the recurrence as one (the GPU's fused kernel)
+    /// with the same values.
+    fn lstm_forward(
+        &mut self,
+        step: &LstmForwardStep,
+        w_hh: Span,
+        dims: &LstmDims,
+        n: usize,
+    ) -> Result<(), DeviceError> {
+        for t in 0..dims.steps {
+            if t > 0 {
+                self.gemm(Gemm {
+                    m: n,
+                    n: 4 * dims.hidden,
+                    k: dims.hidden,
+                    a: step.hidden,
+                    a_transposed: false,
+                    b: w_hh,
+                    b_transposed: true,
+                    c: step.recurrent,
+                    accumulate: false,
+                    operands: Operands::OfPrecision,
+                })?;
+            }
+            self.lstm_forward_step(step, dims, n, t)?;
+        }
+        Ok(())
+    }
+
+    /// An LSTM's whole backward through time: for each time step from the last,
+    /// `recurrent = step_delta · W_hh` (not at the last step; the gradient reaching `h_t` through step
+    /// t + 1, an [`Operands::OfPrecision`] product), then [`lstm_backward_step`](Self::lstm_backward_step).
+    /// These launches are the default; a device may run the recurrence as one with the same values.
+    fn lstm_backward(
+        &mut self,
+        step: &LstmBackwardStep,
+        w_hh: Span,
+        dims: &LstmDims,
+        n: usize,
+    ) -> Result<(), DeviceError> {
+        for t in (0..dims.steps).rev() {
+            if t + 1 < dims.steps {
+                self.gemm(Gemm {
+                    m: n,
+                    n: dims.hidden,
+                    k: 4 * dims.hidden,
+                    a: step.step_delta,
+                    a_transposed: false,
+                    b: w_hh,
+                    b_transposed: false,
+                    c: step.recurrent,
+                    accumulate: false,
+                    operands: Operands::OfPrecision,
+                })?;
+            }
+            self.lstm_backward_step(step, dims, n, t)?;
+        }
+        Ok(())
+    }
+
     /// `grad *= act'(x)` in place over `len` values, the derivative read from the activation's INPUT
     /// `x` (any activation; those whose output does not give it, GELU, SiLU and exact GELU, need
     /// this), value for value `dp_kernels`' `Activation::derivative_from_input`.

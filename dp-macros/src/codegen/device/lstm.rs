@@ -2,12 +2,14 @@
 //! algorithm as launches:
 //!
 //! - forward: the input projection of every position of every example as one product (the batch and
-//!   the time axis folded into M), then a runtime loop over time (never unrolled: the expansion is the
-//!   same size for 7 steps as for 256) of the recurrent product `[n, h] × [h, 4h]` and one launch of
-//!   the gates (`lstm_forward_step`), which also saves `c_t` and `h_{t−1}` for the backward;
-//! - backward through time: a loop from the last step of the product `δ_{t+1}·W_hh` (the gradient
-//!   reaching `h_t` through the next step) and one launch of the gates' gradients, then the input
-//!   gradient `δ·W_ih` as one product over all positions;
+//!   the time axis folded into M), then the recurrence (`lstm_forward`): by default a runtime loop over
+//!   time (never unrolled: the expansion is the same size for 7 steps as for 256) of the recurrent
+//!   product `[n, h] × [h, 4h]` and one launch of the gates (`lstm_forward_step`), which also saves
+//!   `c_t` and `h_{t−1}` for the backward; the GPU runs it as one kernel;
+//! - backward through time (`lstm_backward`): by default a loop from the last step of the product
+//!   `δ_{t+1}·W_hh` (the gradient reaching `h_t` through the next step) and one launch of the gates'
+//!   gradients, on the GPU one kernel; then the input gradient `δ·W_ih` as one product over all
+//!   positions;
 //! - norms: each example's gradients `δ_iᵀ·X_i` and `δ_iᵀ·H_prev,i` (two strided batches of products
 //!   into the device's scratch) and its bias gradient (δ's sums over time), kept for the clipped sum,
 //!   which is their weighted sum (an example with factor 0 skipped, its NaN never read). Whatever the
@@ -60,16 +62,6 @@ pub fn forward(plan: &Plan, s: &LstmStep) -> TokenStream {
         false,
         Product::ForwardOrBackward,
     );
-    let recurrent = gemm(
-        quote!(n),
-        quote!(#g4l),
-        quote!(#hl),
-        (quote!(hidden), false),
-        (w_hh, true),
-        quote!(recurrent),
-        false,
-        Product::ForwardOrBackward,
-    );
     let dims = dims(s);
     quote! {{
         #dims
@@ -83,12 +75,7 @@ pub fn forward(plan: &Plan, s: &LstmStep) -> TokenStream {
             hidden,
             out: #out,
         };
-        for t in 0..#tl {
-            if t > 0 {
-                #recurrent
-            }
-            dev.lstm_forward_step(&step, &DIMS, n, t)?;
-        }
+        dev.lstm_forward(&step, #w_hh, &DIMS, n)?;
     }}
 }
 
@@ -105,16 +92,6 @@ pub fn backward(plan: &Plan, s: &LstmStep) -> TokenStream {
         arena(plan, s.scratch),
     );
     let operand = scratch(lstm_scratch(plan, s).operand, g4, Stored::OfPrecision);
-    let through_next = gemm(
-        quote!(n),
-        quote!(#hl),
-        quote!(#g4l),
-        (quote!(step_delta), false),
-        (w_hh, false),
-        quote!(recurrent),
-        false,
-        Product::ForwardOrBackward,
-    );
     // Nothing upstream trained (`Err`): the CPU writes a discarded buffer, the device skips the product.
     let input_grad = s.input_grad.ok().map(|target| {
         let dx = arena(plan, target.write);
@@ -149,12 +126,7 @@ pub fn backward(plan: &Plan, s: &LstmStep) -> TokenStream {
             step_delta,
             delta,
         };
-        for t in (0..#tl).rev() {
-            if t + 1 < #tl {
-                #through_next
-            }
-            dev.lstm_backward_step(&step, &DIMS, n, t)?;
-        }
+        dev.lstm_backward(&step, #w_hh, &DIMS, n)?;
         #input_grad
     }}
 }
