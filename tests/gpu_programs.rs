@@ -1094,3 +1094,71 @@ fn gpu_batches_too_large_for_the_device_are_refused_with_what_to_change() {
     };
     fits.private_step(&inputs, &labels, 3, clipping, &[5; 32], update).unwrap();
 }
+
+/// An LSTM's recurrence as one kernel each way (the default) and step by step (a cuBLAS product and a
+/// launch of the gates per time step): the same losses and norms to 1e-4, and the same parameters
+/// after two private steps, for a small LSTM and the LSTM model at batch 64 in f32 and bf16; and the
+/// private step's time both ways (printed for the report).
+/// WRITTEN WITHOUT A GPU, NOT YET RUN.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_lstm_recurrence_as_one_kernel_equals_it_step_by_step() {
+    use dp::device::Precision;
+    fused_equals_step_by_step::<SmallLstm>(41, Precision::F32);
+    fused_equals_step_by_step::<LstmNet>(42, Precision::F32);
+    fused_equals_step_by_step::<LstmNet>(43, Precision::Bf16);
+}
+
+fn fused_equals_step_by_step<M: DpModel<Input = u32>>(seed: u64, precision: dp::device::Precision) {
+    let Some(gpu) = gpu(M::NAME) else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let model = M::init(&mut rng);
+    let n = 64;
+    let (inputs, labels) = batch::<M>(&mut rng, n, false);
+    let mut fused = GpuModel::<M>::new(gpu, model.params(), n).unwrap();
+    let mut by_steps = GpuModel::<M>::new(Gpu::open(0).unwrap(), model.params(), n).unwrap();
+    by_steps.fuse_lstm_recurrence(false);
+    fused.set_precision(precision).unwrap();
+    by_steps.set_precision(precision).unwrap();
+    let what = format!("{} in {precision:?}", M::NAME);
+    let (a, b) = (
+        fused.per_example_norms(&inputs, &labels, n).unwrap(),
+        by_steps.per_example_norms(&inputs, &labels, n).unwrap(),
+    );
+    for (x, y) in a.0.iter().chain(&a.1).zip(b.0.iter().chain(&b.1)) {
+        assert!((x - y).abs() <= 1e-4 * y.abs().max(1.0), "{what}: losses or norms {x} and {y}");
+    }
+    let clipping = Clipping { mode: ClipMode::Flat, norm: 1.0 };
+    let update = SgdStep {
+        noise_std: 0.5,
+        inverse_batch: 1.0 / n as f64,
+        lr: 0.5,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        first: true,
+        nesterov: false,
+    };
+    let mut times = [Vec::new(), Vec::new()];
+    for step in 0..12u8 {
+        for (model, time) in [(&mut fused, 0), (&mut by_steps, 1)] {
+            let start = std::time::Instant::now();
+            model.private_step(&inputs, &labels, n, clipping, &[step; 32], update).unwrap();
+            times[time].push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        if step == 1 {
+            let (a, b) = (fused.params().unwrap(), by_steps.params().unwrap());
+            let moved = model.params().iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+            let diff = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+            say(&format!("{what}: parameters after two steps differ by {diff:.2e} (moved {moved:.2e})"));
+            assert!(diff <= 1e-3 * moved, "{what}: the fused recurrence moved the parameters elsewhere");
+        }
+    }
+    let median = |t: &mut Vec<f64>| {
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    };
+    let (f, s) = (median(&mut times[0]), median(&mut times[1]));
+    say(&format!(
+        "{what}: private step at batch {n}, recurrence as one kernel {f:.3} ms, step by step {s:.3} ms"
+    ));
+}

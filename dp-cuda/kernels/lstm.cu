@@ -76,7 +76,92 @@ DP_DEVICE void dp_lstm_backward_unit(dp_values gates, dp_values cells, dp_values
     dp_set(cell_grad, i * h + j, dc * fg);
 }
 
+// Row r (< 4h) of example i's recurrent product hidden·W_hhᵀ: Σ_k hidden[i, k]·W_hh[r, k] (W_hh row-major
+// 4h × h), each product and the sum in double in k order, rounded to f32 once: the host reference's
+// product exactly (f32 × f32 is exact in double). round: a bf16 product, both operands rounded to
+// bf16 first, as the host reference rounds a product marked OfPrecision.
+DP_DEVICE float dp_lstm_recurrent_row(dp_values hidden, const float *w_hh, dp_u64 h, int round, dp_u64 i,
+                                      dp_u64 r) {
+    double sum = 0.0;
+    for (dp_u64 k = 0; k < h; k++) {
+        float a = dp_get(hidden, i * h + k), w = w_hh[r * h + k];
+        if (round) {
+            a = dp_bf16_float(dp_bf16_bits(a));
+            w = dp_bf16_float(dp_bf16_bits(w));
+        }
+        sum += (double)a * (double)w;
+    }
+    return (float)sum;
+}
+
+// Column u (< h) of example i's step_delta·W_hh, the gradient reaching h_t through step t + 1:
+// Σ_r step_delta[i, r]·W_hh[r, u] in double in r order, as dp_lstm_recurrent_row.
+DP_DEVICE float dp_lstm_through_next_column(dp_values step_delta, const float *w_hh, dp_u64 h, int round,
+                                            dp_u64 i, dp_u64 u) {
+    double sum = 0.0;
+    for (dp_u64 r = 0; r < 4 * h; r++) {
+        float d = dp_get(step_delta, i * 4 * h + r), w = w_hh[r * h + u];
+        if (round) {
+            d = dp_bf16_float(dp_bf16_bits(d));
+            w = dp_bf16_float(dp_bf16_bits(w));
+        }
+        sum += (double)d * (double)w;
+    }
+    return (float)sum;
+}
+
+// The threads of a block of the fused recurrences (lstm_ops.rs's LSTM_BLOCK_THREADS).
+#define DP_LSTM_BLOCK_THREADS 512
+
 #ifdef __CUDACC__
+// The whole forward recurrence (DeviceOps::lstm_forward), one block per example: at each time step
+// the block's threads form the example's recurrent product row by row into `recurrent`, wait for one
+// another, run the step's units (dp_lstm_forward_unit), and wait again before the next step reads
+// h_t. The values are those of the products and dp_lstm_forward_step launched step by step.
+extern "C" __global__ void __launch_bounds__(DP_LSTM_BLOCK_THREADS)
+    dp_lstm_forward_fused(dp_values gates, dp_values cells, dp_values hprev, dp_values out, dp_values hidden,
+                          dp_values recurrent, const float *bias, const float *w_hh, int round, dp_u64 n,
+                          dp_u64 steps, dp_u64 h) {
+    for (dp_u64 i = blockIdx.x; i < n; i += gridDim.x) {
+        for (dp_u64 t = 0; t < steps; t++) {
+            if (t > 0) {
+                for (dp_u64 r = threadIdx.x; r < 4 * h; r += blockDim.x) {
+                    dp_set(recurrent, i * 4 * h + r, dp_lstm_recurrent_row(hidden, w_hh, h, round, i, r));
+                }
+                __syncthreads();
+            }
+            for (dp_u64 u = threadIdx.x; u < h; u += blockDim.x) {
+                dp_lstm_forward_unit(gates, cells, hprev, out, hidden, recurrent, bias, steps, h, t, i * h + u);
+            }
+            __syncthreads();
+        }
+    }
+}
+
+// The whole backward through time (DeviceOps::lstm_backward), one block per example, from the last
+// step: the gradient through step t + 1 column by column into `recurrent` (not at the last step), then
+// the step's units (dp_lstm_backward_unit), with the block waiting between them as the forward does.
+extern "C" __global__ void __launch_bounds__(DP_LSTM_BLOCK_THREADS)
+    dp_lstm_backward_fused(dp_values gates, dp_values cells, dp_values dout, dp_values recurrent,
+                           dp_values cell_grad, dp_values step_delta, dp_values delta, const float *w_hh, int round,
+                           dp_u64 n, dp_u64 steps, dp_u64 h) {
+    for (dp_u64 i = blockIdx.x; i < n; i += gridDim.x) {
+        for (dp_u64 t = steps; t-- > 0;) {
+            if (t + 1 < steps) {
+                for (dp_u64 u = threadIdx.x; u < h; u += blockDim.x) {
+                    dp_set(recurrent, i * h + u, dp_lstm_through_next_column(step_delta, w_hh, h, round, i, u));
+                }
+                __syncthreads();
+            }
+            for (dp_u64 u = threadIdx.x; u < h; u += blockDim.x) {
+                dp_lstm_backward_unit(gates, cells, dout, recurrent, cell_grad, step_delta, delta, steps, h, t,
+                                      i * h + u);
+            }
+            __syncthreads();
+        }
+    }
+}
+
 extern "C" __global__ void dp_lstm_forward_step(dp_values gates, dp_values cells, dp_values hprev, dp_values out,
                                                 dp_values hidden, dp_values recurrent, const float *bias, dp_u64 n,
                                                 dp_u64 steps, dp_u64 h, dp_u64 t) {

@@ -1,8 +1,32 @@
 //! The LSTM kernels of device programs (`kernels/lstm.cu`): one time step's gates forward and their
-//! gradients backward, one thread per (example, unit); the products around them are cuBLAS's.
+//! gradients backward, one thread per (example, unit), the products around them cuBLAS's; and the whole
+//! recurrence each way as one kernel, one block per example, its products formed in the block.
 
 /// The CUDA C source.
 pub const SOURCE: &str = include_str!("../kernels/lstm.cu");
 
 /// The kernels it defines, in the order [`crate::device::Gpu`] loads them.
-pub const ENTRIES: &[&str] = &["dp_lstm_forward_step", "dp_lstm_backward_step"];
+pub const ENTRIES: &[&str] =
+    &["dp_lstm_forward_step", "dp_lstm_backward_step", "dp_lstm_forward_fused", "dp_lstm_backward_fused"];
+
+/// The threads of a block of the fused recurrences: the kernels' `DP_LSTM_BLOCK_THREADS`, their
+/// launch bounds.
+pub const LSTM_BLOCK_THREADS: u32 = 512;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fused_launch_is_the_kernels_launch_bounds() {
+        assert!(SOURCE.contains(&format!("#define DP_LSTM_BLOCK_THREADS {LSTM_BLOCK_THREADS}\n")));
+        let compact: String = SOURCE.split_whitespace().collect();
+        for kernel in ["dp_lstm_forward_fused(", "dp_lstm_backward_fused("] {
+            assert!(
+                compact.contains(&format!("__launch_bounds__(DP_LSTM_BLOCK_THREADS){kernel}")),
+                "{kernel}"
+            );
+        }
+        assert!(LSTM_BLOCK_THREADS.is_multiple_of(32) && LSTM_BLOCK_THREADS <= 1024);
+    }
+}

@@ -40,12 +40,21 @@ pub struct GpuOps<'a> {
     /// kept track of ([`rounding_each_weight_once`](Self::rounding_each_weight_once)): a bf16 product
     /// then reads a weight already rounded instead of converting it again.
     weights_in_bf16: Option<std::cell::RefCell<conversions::RoundedWeights>>,
+    /// Whether an LSTM's recurrence runs as one kernel each way (the default) or step by step, a
+    /// product and a launch of the gates per time step ([`fuse_lstm`](Self::fuse_lstm)).
+    fused_lstm: bool,
 }
 
 impl<'a> GpuOps<'a> {
     /// The primitives on `gpu` over `memory`, the marked products in `precision`.
     pub fn new(gpu: &'a Gpu, memory: &'a RegionMemory, precision: Precision) -> Self {
-        GpuOps { gpu, memory, precision, weights_in_bf16: None }
+        GpuOps { gpu, memory, precision, weights_in_bf16: None, fused_lstm: true }
+    }
+
+    /// An LSTM's recurrence as one kernel each way (`on`, the default: `lstm.cu`'s fused kernels) or
+    /// step by step through cuBLAS and the step kernels, as before them.
+    pub fn fuse_lstm(self, on: bool) -> Self {
+        GpuOps { fused_lstm: on, ..self }
     }
 
     /// Keeps track of the weights rounded into their bf16 slots, so that each is rounded once in the
@@ -143,6 +152,8 @@ mod k {
     pub const ATTENTION_SOFTMAX_BACKWARD: Kernel = Attention(1);
     pub const FILL: Kernel = Attention(2);
     pub const LSTM_BACKWARD_STEP: Kernel = Lstm(1);
+    pub const LSTM_FORWARD_FUSED: Kernel = Lstm(2);
+    pub const LSTM_BACKWARD_FUSED: Kernel = Lstm(3);
 
     pub const ACTIVATION_BACKWARD_FROM_INPUT: Kernel = Transformer(0);
     pub const COPY_STRIDED: Kernel = Transformer(1);
@@ -731,6 +742,32 @@ impl DeviceOps for GpuOps<'_> {
         t: usize,
     ) -> std::result::Result<(), DeviceError> {
         lstm_ops::backward_step(self, step, dims, n, t)
+    }
+
+    fn lstm_forward(
+        &mut self,
+        step: &LstmForwardStep,
+        w_hh: Span,
+        dims: &LstmDims,
+        n: usize,
+    ) -> std::result::Result<(), DeviceError> {
+        match self.fused_lstm {
+            true => lstm_ops::forward_fused(self, step, w_hh, dims, n),
+            false => dp_runtime::device::lstm_forward_by_steps(self, step, w_hh, dims, n),
+        }
+    }
+
+    fn lstm_backward(
+        &mut self,
+        step: &LstmBackwardStep,
+        w_hh: Span,
+        dims: &LstmDims,
+        n: usize,
+    ) -> std::result::Result<(), DeviceError> {
+        match self.fused_lstm {
+            true => lstm_ops::backward_fused(self, step, w_hh, dims, n),
+            false => dp_runtime::device::lstm_backward_by_steps(self, step, w_hh, dims, n),
+        }
     }
 
     fn activation_backward_from_input(

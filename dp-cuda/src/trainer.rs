@@ -70,6 +70,8 @@ pub struct GpuModel<M: DpModel> {
     tables: NoiseTables,
     /// The stream a private step draws its noise on, beside the program (`crate::branch`).
     noise_branch: Branch,
+    /// Whether an LSTM's recurrence runs as one kernel each way ([`fuse_lstm_recurrence`](Self::fuse_lstm_recurrence)).
+    fused_lstm: bool,
     /// Whether a private step draws its noise on [`noise_branch`](Self::noise_branch) (the default)
     /// or on the main stream after the clipped sum ([`draw_noise_beside`](Self::draw_noise_beside)).
     noise_beside: bool,
@@ -224,6 +226,7 @@ impl<M: DpModel> GpuModel<M> {
             tables,
             noise_branch,
             noise_beside: true,
+            fused_lstm: true,
             first_update: true,
             updates: 0,
             graphs: StepGraphs::default(),
@@ -390,7 +393,18 @@ impl<M: DpModel> GpuModel<M> {
     }
 
     fn ops(&self) -> GpuOps<'_> {
-        GpuOps::new(&self.gpu, &self.memory, self.precision)
+        GpuOps::new(&self.gpu, &self.memory, self.precision).fuse_lstm(self.fused_lstm)
+    }
+
+    /// Whether an LSTM's recurrence runs as one kernel each way (`on`, the default: docs/GPU.md, "The
+    /// LSTM's recurrence as one kernel") or step by step, a cuBLAS product and a launch of the gates
+    /// per time step. The same values to rounding; the GPU tests compare the two. Drops the captured
+    /// graphs.
+    pub fn fuse_lstm_recurrence(&mut self, on: bool) {
+        if on != self.fused_lstm {
+            self.fused_lstm = on;
+            self.graphs.invalidate();
+        }
     }
 
     /// Copies a batch in for a step other than the trainer's private step: `n` examples' inputs and

@@ -44,6 +44,11 @@
  *   lstmforward N STEPS H T: in gates (N*STEPS*4H), cells, hprev, out (N*STEPS*H each), hidden (N*H),
  *     recurrent (N*4H), bias (4H); out gates, cells, hprev, out, hidden after step T. Buffers: gates,
  *     cells, hprev, out, hidden, recurrent.
+ *   lstmforwardseq N STEPS H ROUND: lstm.cu's fused forward recurrence (every step, example after
+ *     example): in as lstmforward, then the bias (4H) and W_hh (4H*H, f32); out as lstmforward.
+ *     ROUND 1: the recurrent products round their operands to bf16. Buffers as lstmforward.
+ *   lstmbackwardseq N STEPS H ROUND: the fused backward through time: in as lstmbackward, then W_hh;
+ *     out as lstmbackward. Buffers as lstmbackward.
  *   lstmbackward N STEPS H T: in gates, cells, dout, recurrent (N*H), cell_grad (N*H), step_delta
  *     (N*4H), delta (N*STEPS*4H); out cell_grad, step_delta, delta after step T. Buffers: all seven, in
  *     that order.
@@ -498,6 +503,59 @@ static int lstm_step(const char *op, char **argv) {
     return 0;
 }
 
+/* The fused recurrences, one example after another (a block each on the GPU), in the kernels' order:
+ * per time step the block's products (rows forward, columns backward), then its units. */
+static int lstm_sequence(const char *op, char **argv) {
+    dp_u64 n = arg(argv, 0), steps = arg(argv, 1), h = arg(argv, 2);
+    int round = atoi(argv[3]);
+    dp_u64 seq = n * steps * h, units = n * h;
+    if (strcmp(op, "lstmforwardseq") == 0) {
+        harness_buffer gates = buffer_in(4 * seq), cells = buffer_in(seq), hprev = buffer_in(seq);
+        harness_buffer out = buffer_in(seq), hidden = buffer_in(units), recurrent = buffer_in(4 * units);
+        float *bias = read_stdin(4 * h * 4), *w_hh = read_stdin(4 * h * h * 4);
+        for (dp_u64 i = 0; i < n; ++i) {
+            for (dp_u64 t = 0; t < steps; ++t) {
+                if (t > 0) {
+                    for (dp_u64 r = 0; r < 4 * h; ++r)
+                        dp_set(buffer_values(recurrent), i * 4 * h + r,
+                               dp_lstm_recurrent_row(buffer_values(hidden), w_hh, h, round, i, r));
+                }
+                for (dp_u64 u = 0; u < h; ++u)
+                    dp_lstm_forward_unit(buffer_values(gates), buffer_values(cells), buffer_values(hprev),
+                                         buffer_values(out), buffer_values(hidden), buffer_values(recurrent), bias,
+                                         steps, h, t, i * h + u);
+            }
+        }
+        buffer_out(gates);
+        buffer_out(cells);
+        buffer_out(hprev);
+        buffer_out(out);
+        buffer_out(hidden);
+        return 0;
+    }
+    harness_buffer gates = buffer_in(4 * seq), cells = buffer_in(seq), dout = buffer_in(seq);
+    harness_buffer recurrent = buffer_in(units), cell_grad = buffer_in(units);
+    harness_buffer step_delta = buffer_in(4 * units), delta = buffer_in(4 * seq);
+    float *w_hh = read_stdin(4 * h * h * 4);
+    for (dp_u64 i = 0; i < n; ++i) {
+        for (dp_u64 t = steps; t-- > 0;) {
+            if (t + 1 < steps) {
+                for (dp_u64 u = 0; u < h; ++u)
+                    dp_set(buffer_values(recurrent), i * h + u,
+                           dp_lstm_through_next_column(buffer_values(step_delta), w_hh, h, round, i, u));
+            }
+            for (dp_u64 u = 0; u < h; ++u)
+                dp_lstm_backward_unit(buffer_values(gates), buffer_values(cells), buffer_values(dout),
+                                      buffer_values(recurrent), buffer_values(cell_grad), buffer_values(step_delta),
+                                      buffer_values(delta), steps, h, t, i * h + u);
+        }
+    }
+    buffer_out(cell_grad);
+    buffer_out(step_delta);
+    buffer_out(delta);
+    return 0;
+}
+
 static int transformer(const char *op, char **argv) {
     if (strcmp(op, "actinput") == 0) {
         dp_u64 len = arg(argv, 0);
@@ -786,6 +844,8 @@ int main(int argc, char **argv) {
     if (argc >= 9 && strcmp(argv[1], "embscatter") == 0) return embedding(argv[1], argv + 2);
     if (argc >= 6 && (strcmp(argv[1], "seqsums") == 0 || strcmp(argv[1], "seqbroadcast") == 0))
         return over_time(argv[1], argv + 2);
+    if (argc >= 6 && (strcmp(argv[1], "lstmforwardseq") == 0 || strcmp(argv[1], "lstmbackwardseq") == 0))
+        return lstm_sequence(argv[1], argv + 2);
     if (argc >= 6 && (strcmp(argv[1], "lstmforward") == 0 || strcmp(argv[1], "lstmbackward") == 0))
         return lstm_step(argv[1], argv + 2);
     if (argc >= 6 && strcmp(argv[1], "attnsoftmax") == 0) return attention_softmax(argv[1], argv + 2);

@@ -1216,6 +1216,8 @@ mod attention_transformer_bf16;
 mod conv_bf16;
 #[path = "kernels_on_host/dense_bf16.rs"]
 mod dense_bf16;
+#[path = "kernels_on_host/lstm_recurrence.rs"]
+mod lstm_recurrence;
 #[path = "kernels_on_host/norm_sequence_lstm_bf16.rs"]
 mod norm_sequence_lstm_bf16;
 /// The host reference storing in bf16 and the comparisons the bf16 tests share.

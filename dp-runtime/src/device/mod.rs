@@ -243,6 +243,64 @@ pub struct LstmBackwardStep {
     pub delta: Span,
 }
 
+/// [`DeviceOps::lstm_forward`] step by step: the recurrent product and [`DeviceOps::lstm_forward_step`]
+/// at every time step.
+pub fn lstm_forward_by_steps<D: DeviceOps + ?Sized>(
+    dev: &mut D,
+    step: &LstmForwardStep,
+    w_hh: Span,
+    dims: &LstmDims,
+    n: usize,
+) -> Result<(), DeviceError> {
+    for t in 0..dims.steps {
+        if t > 0 {
+            dev.gemm(Gemm {
+                m: n,
+                n: 4 * dims.hidden,
+                k: dims.hidden,
+                a: step.hidden,
+                a_transposed: false,
+                b: w_hh,
+                b_transposed: true,
+                c: step.recurrent,
+                accumulate: false,
+                operands: Operands::OfPrecision,
+            })?;
+        }
+        dev.lstm_forward_step(step, dims, n, t)?;
+    }
+    Ok(())
+}
+
+/// [`DeviceOps::lstm_backward`] step by step: from the last time step, the product through the next
+/// step and [`DeviceOps::lstm_backward_step`].
+pub fn lstm_backward_by_steps<D: DeviceOps + ?Sized>(
+    dev: &mut D,
+    step: &LstmBackwardStep,
+    w_hh: Span,
+    dims: &LstmDims,
+    n: usize,
+) -> Result<(), DeviceError> {
+    for t in (0..dims.steps).rev() {
+        if t + 1 < dims.steps {
+            dev.gemm(Gemm {
+                m: n,
+                n: dims.hidden,
+                k: 4 * dims.hidden,
+                a: step.step_delta,
+                a_transposed: false,
+                b: w_hh,
+                b_transposed: false,
+                c: step.recurrent,
+                accumulate: false,
+                operands: Operands::OfPrecision,
+            })?;
+        }
+        dev.lstm_backward_step(step, dims, n, t)?;
+    }
+    Ok(())
+}
+
 /// Column `group` of a per-group buffer of `groups` columns exists (the primitives that write or read
 /// one group's norms or factors check it before they touch anything).
 pub fn check_group(what: &str, groups: usize, group: usize) -> Result<(), DeviceError> {
@@ -669,8 +727,8 @@ pub trait DeviceOps {
     /// An LSTM's whole forward recurrence, after the input projection into `step.saved.gates`: for
     /// each time step from the first, `recurrent = hidden · W_hhᵀ` (not at t = 0; `w_hh` the `4h × h`
     /// weight, an [`Operands::OfPrecision`] product), then [`lstm_forward_step`](Self::lstm_forward_step).
-    /// These launches are the default; a device may run the recurrence as one (the GPU's fused kernel)
-    /// with the same values.
+    /// By default those launches ([`lstm_forward_by_steps`]); a device may run the recurrence as one
+    /// (the GPU's fused kernel) with the same values.
     fn lstm_forward(
         &mut self,
         step: &LstmForwardStep,
@@ -678,30 +736,14 @@ pub trait DeviceOps {
         dims: &LstmDims,
         n: usize,
     ) -> Result<(), DeviceError> {
-        for t in 0..dims.steps {
-            if t > 0 {
-                self.gemm(Gemm {
-                    m: n,
-                    n: 4 * dims.hidden,
-                    k: dims.hidden,
-                    a: step.hidden,
-                    a_transposed: false,
-                    b: w_hh,
-                    b_transposed: true,
-                    c: step.recurrent,
-                    accumulate: false,
-                    operands: Operands::OfPrecision,
-                })?;
-            }
-            self.lstm_forward_step(step, dims, n, t)?;
-        }
-        Ok(())
+        lstm_forward_by_steps(self, step, w_hh, dims, n)
     }
 
     /// An LSTM's whole backward through time: for each time step from the last,
     /// `recurrent = step_delta · W_hh` (not at the last step; the gradient reaching `h_t` through step
     /// t + 1, an [`Operands::OfPrecision`] product), then [`lstm_backward_step`](Self::lstm_backward_step).
-    /// These launches are the default; a device may run the recurrence as one with the same values.
+    /// By default those launches ([`lstm_backward_by_steps`]); a device may run the recurrence as one
+    /// with the same values.
     fn lstm_backward(
         &mut self,
         step: &LstmBackwardStep,
@@ -709,24 +751,7 @@ pub trait DeviceOps {
         dims: &LstmDims,
         n: usize,
     ) -> Result<(), DeviceError> {
-        for t in (0..dims.steps).rev() {
-            if t + 1 < dims.steps {
-                self.gemm(Gemm {
-                    m: n,
-                    n: dims.hidden,
-                    k: 4 * dims.hidden,
-                    a: step.step_delta,
-                    a_transposed: false,
-                    b: w_hh,
-                    b_transposed: false,
-                    c: step.recurrent,
-                    accumulate: false,
-                    operands: Operands::OfPrecision,
-                })?;
-            }
-            self.lstm_backward_step(step, dims, n, t)?;
-        }
-        Ok(())
+        lstm_backward_by_steps(self, step, w_hh, dims, n)
     }
 
     /// `grad *= act'(x)` in place over `len` values, the derivative read from the activation's INPUT
