@@ -1,15 +1,19 @@
-// An LSTM's time steps in a device program (dp_runtime::device::DeviceOps::lstm_forward_step and
-// lstm_backward_step): gates i, f, g, o, one bias, zero initial state, the layouts of dp-kernels'
-// lstm.rs (example-major: gates n × T × 4h, cells, h_{t−1} and outputs n × T × h). The products of a
-// step (the input projection, W_hh·h_{t−1}, δ_{t+1}·W_hh) are cuBLAS's, launched by the program between
-// these kernels; each kernel is one thread per (example, unit) of one time step, reading that unit's
-// four gates and writing only its own values, so a step needs no synchronisation inside it.
+// An LSTM's time steps in a device program: gates i, f, g, o, one bias, zero initial state, the layouts
+// of dp-kernels' lstm.rs (example-major: gates n × T × 4h, cells, h_{t−1} and outputs n × T × h).
+// - The step kernels (DeviceOps::lstm_forward_step and lstm_backward_step) are one thread per
+//   (example, unit) of one time step, reading that unit's four gates and writing only its own values,
+//   so a step needs no synchronisation inside it; the products between them (W_hh·h_{t−1},
+//   δ_{t+1}·W_hh) are cuBLAS's.
+// - The fused kernels (DeviceOps::lstm_forward and lstm_backward) run the whole recurrence, one block
+//   per example: at each step the block's threads form the recurrent product, wait, run the step's
+//   units with the same per-unit functions, and wait again; the products are theirs, summed in double.
+//   hidden, recurrent, step_delta and cell_grad are written once per step there.
 // The per-unit functions also compile as C on the host (tests/host_harness.c), against the host
 // reference of DeviceOps. expf and tanhf are CUDA's (within 2 ulp), not the CPU's vectorised ones: the
 // device's LSTM agrees with the CPU's to rounding, not bit for bit.
 // bf16 storage (docs/GPU.md): every buffer but the bias (a parameter, f32) is an arena span, so it is
 // dp_values, read with dp_get and each value written once per launch with dp_set of its final f32 value
-// (a unit reads its gates before it overwrites them). The compiler stores the hidden states (out), their
+// (a unit reads its gates before it overwrites them; in the fused kernels, once per time step). The compiler stores the hidden states (out), their
 // gradients (dout) and the recurrent product's operand (hidden forward, step_delta backward, which in
 // bf16 that product rounds anyway) in the precision, and the gates, cells, saved previous hidden
 // states, gate gradients (delta) and the rest of the step's scratch (recurrent, cell_grad) in f32: the
@@ -113,6 +117,37 @@ DP_DEVICE float dp_lstm_through_next_column(dp_values step_delta, const float *w
 // The threads of a block of the fused recurrences (lstm_ops.rs's LSTM_BLOCK_THREADS).
 #define DP_LSTM_BLOCK_THREADS 512
 
+// A thread's share of the fused forward's time step t for example i (`first` its first row or unit,
+// `stride` the block's threads), in two phases with the block waiting between them: the recurrent
+// product's rows (not at t = 0), then the step's units. The host harness runs them with one thread.
+DP_DEVICE void dp_lstm_forward_products(dp_values hidden, dp_values recurrent, const float *w_hh, int round,
+                                        dp_u64 h, dp_u64 i, dp_u64 first, dp_u64 stride) {
+    for (dp_u64 r = first; r < 4 * h; r += stride)
+        dp_set(recurrent, i * 4 * h + r, dp_lstm_recurrent_row(hidden, w_hh, h, round, i, r));
+}
+
+DP_DEVICE void dp_lstm_forward_units(dp_values gates, dp_values cells, dp_values hprev, dp_values out,
+                                     dp_values hidden, dp_values recurrent, const float *bias, dp_u64 steps,
+                                     dp_u64 h, dp_u64 t, dp_u64 i, dp_u64 first, dp_u64 stride) {
+    for (dp_u64 u = first; u < h; u += stride)
+        dp_lstm_forward_unit(gates, cells, hprev, out, hidden, recurrent, bias, steps, h, t, i * h + u);
+}
+
+// The same for the fused backward's time step t: the gradient through step t + 1 column by column
+// (not at the last step), then the step's units.
+DP_DEVICE void dp_lstm_backward_products(dp_values step_delta, dp_values recurrent, const float *w_hh, int round,
+                                         dp_u64 h, dp_u64 i, dp_u64 first, dp_u64 stride) {
+    for (dp_u64 u = first; u < h; u += stride)
+        dp_set(recurrent, i * h + u, dp_lstm_through_next_column(step_delta, w_hh, h, round, i, u));
+}
+
+DP_DEVICE void dp_lstm_backward_units(dp_values gates, dp_values cells, dp_values dout, dp_values recurrent,
+                                      dp_values cell_grad, dp_values step_delta, dp_values delta, dp_u64 steps,
+                                      dp_u64 h, dp_u64 t, dp_u64 i, dp_u64 first, dp_u64 stride) {
+    for (dp_u64 u = first; u < h; u += stride)
+        dp_lstm_backward_unit(gates, cells, dout, recurrent, cell_grad, step_delta, delta, steps, h, t, i * h + u);
+}
+
 #ifdef __CUDACC__
 // The whole forward recurrence (DeviceOps::lstm_forward), one block per example: at each time step
 // the block's threads form the example's recurrent product row by row into `recurrent`, wait for one
@@ -125,14 +160,11 @@ extern "C" __global__ void __launch_bounds__(DP_LSTM_BLOCK_THREADS)
     for (dp_u64 i = blockIdx.x; i < n; i += gridDim.x) {
         for (dp_u64 t = 0; t < steps; t++) {
             if (t > 0) {
-                for (dp_u64 r = threadIdx.x; r < 4 * h; r += blockDim.x) {
-                    dp_set(recurrent, i * 4 * h + r, dp_lstm_recurrent_row(hidden, w_hh, h, round, i, r));
-                }
+                dp_lstm_forward_products(hidden, recurrent, w_hh, round, h, i, threadIdx.x, blockDim.x);
                 __syncthreads();
             }
-            for (dp_u64 u = threadIdx.x; u < h; u += blockDim.x) {
-                dp_lstm_forward_unit(gates, cells, hprev, out, hidden, recurrent, bias, steps, h, t, i * h + u);
-            }
+            dp_lstm_forward_units(gates, cells, hprev, out, hidden, recurrent, bias, steps, h, t, i, threadIdx.x,
+                                  blockDim.x);
             __syncthreads();
         }
     }
@@ -148,15 +180,11 @@ extern "C" __global__ void __launch_bounds__(DP_LSTM_BLOCK_THREADS)
     for (dp_u64 i = blockIdx.x; i < n; i += gridDim.x) {
         for (dp_u64 t = steps; t-- > 0;) {
             if (t + 1 < steps) {
-                for (dp_u64 u = threadIdx.x; u < h; u += blockDim.x) {
-                    dp_set(recurrent, i * h + u, dp_lstm_through_next_column(step_delta, w_hh, h, round, i, u));
-                }
+                dp_lstm_backward_products(step_delta, recurrent, w_hh, round, h, i, threadIdx.x, blockDim.x);
                 __syncthreads();
             }
-            for (dp_u64 u = threadIdx.x; u < h; u += blockDim.x) {
-                dp_lstm_backward_unit(gates, cells, dout, recurrent, cell_grad, step_delta, delta, steps, h, t,
-                                      i * h + u);
-            }
+            dp_lstm_backward_units(gates, cells, dout, recurrent, cell_grad, step_delta, delta, steps, h, t, i,
+                                   threadIdx.x, blockDim.x);
             __syncthreads();
         }
     }

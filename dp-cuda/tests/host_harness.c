@@ -503,8 +503,8 @@ static int lstm_step(const char *op, char **argv) {
     return 0;
 }
 
-/* The fused recurrences, one example after another (a block each on the GPU), in the kernels' order:
- * per time step the block's products (rows forward, columns backward), then its units. */
+/* The fused recurrences, one example after another (a block each on the GPU), each time step's two
+ * phases in the kernels' order through lstm.cu's own phase functions, run by one thread. */
 static int lstm_sequence(const char *op, char **argv) {
     dp_u64 n = arg(argv, 0), steps = arg(argv, 1), h = arg(argv, 2);
     int round = atoi(argv[3]);
@@ -515,15 +515,9 @@ static int lstm_sequence(const char *op, char **argv) {
         float *bias = read_stdin(4 * h * 4), *w_hh = read_stdin(4 * h * h * 4);
         for (dp_u64 i = 0; i < n; ++i) {
             for (dp_u64 t = 0; t < steps; ++t) {
-                if (t > 0) {
-                    for (dp_u64 r = 0; r < 4 * h; ++r)
-                        dp_set(buffer_values(recurrent), i * 4 * h + r,
-                               dp_lstm_recurrent_row(buffer_values(hidden), w_hh, h, round, i, r));
-                }
-                for (dp_u64 u = 0; u < h; ++u)
-                    dp_lstm_forward_unit(buffer_values(gates), buffer_values(cells), buffer_values(hprev),
-                                         buffer_values(out), buffer_values(hidden), buffer_values(recurrent), bias,
-                                         steps, h, t, i * h + u);
+                if (t > 0) dp_lstm_forward_products(buffer_values(hidden), buffer_values(recurrent), w_hh, round, h, i, 0, 1);
+                dp_lstm_forward_units(buffer_values(gates), buffer_values(cells), buffer_values(hprev), buffer_values(out),
+                                      buffer_values(hidden), buffer_values(recurrent), bias, steps, h, t, i, 0, 1);
             }
         }
         buffer_out(gates);
@@ -539,15 +533,11 @@ static int lstm_sequence(const char *op, char **argv) {
     float *w_hh = read_stdin(4 * h * h * 4);
     for (dp_u64 i = 0; i < n; ++i) {
         for (dp_u64 t = steps; t-- > 0;) {
-            if (t + 1 < steps) {
-                for (dp_u64 u = 0; u < h; ++u)
-                    dp_set(buffer_values(recurrent), i * h + u,
-                           dp_lstm_through_next_column(buffer_values(step_delta), w_hh, h, round, i, u));
-            }
-            for (dp_u64 u = 0; u < h; ++u)
-                dp_lstm_backward_unit(buffer_values(gates), buffer_values(cells), buffer_values(dout),
-                                      buffer_values(recurrent), buffer_values(cell_grad), buffer_values(step_delta),
-                                      buffer_values(delta), steps, h, t, i * h + u);
+            if (t + 1 < steps)
+                dp_lstm_backward_products(buffer_values(step_delta), buffer_values(recurrent), w_hh, round, h, i, 0, 1);
+            dp_lstm_backward_units(buffer_values(gates), buffer_values(cells), buffer_values(dout), buffer_values(recurrent),
+                                   buffer_values(cell_grad), buffer_values(step_delta), buffer_values(delta), steps, h, t,
+                                   i, 0, 1);
         }
     }
     buffer_out(cell_grad);

@@ -2,8 +2,10 @@
 //! `lstmforwardseq`, `lstmbackwardseq`) against the host reference's `lstm_forward` and
 //! `lstm_backward` run step by step, a recurrent product and a launch of the gates at every time step:
 //! bit for bit, in f32 and in bf16 (the products' operands rounded, with the buffers stored as the
-//! compiler stores them and with every buffer in bf16). The kernels' products sum in double in the
-//! host's order, so the whole recurrence agrees exactly; an order or a rounding changed fails them.
+//! compiler stores them and with every buffer in bf16). The kernels' products sum in double, so the
+//! whole recurrence agrees exactly; an f32 accumulation, or any of the four roundings dropped, fails
+//! them. The harness runs the kernels' own phase functions with one thread; the block's waits between
+//! the phases are not emulated.
 
 use dp_runtime::device::host::HostDevice;
 use dp_runtime::device::{
