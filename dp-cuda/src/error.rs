@@ -32,6 +32,31 @@ pub enum CudaError {
     /// The inputs of a kernel call do not fit together.
     #[error("{0}")]
     Mismatch(String),
+    /// The device has less memory free than a model's regions for a batch need.
+    #[error(
+        "{model}: batches of up to {batch} examples need {:.2} GiB more device memory{}, and {device} has \
+         {:.2} of its {:.2} GiB free: use a smaller batch (--batch-size)",
+        gib(*needed),
+        if *bf16 { " (storing in bf16)" } else { "" },
+        gib(*free),
+        gib(*total)
+    )]
+    OutOfMemory {
+        model: &'static str,
+        /// The examples the regions were for.
+        batch: usize,
+        /// Whether they were to be stored in bf16.
+        bf16: bool,
+        device: String,
+        /// Bytes needed, free and in all.
+        needed: u64,
+        free: u64,
+        total: u64,
+    },
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
 }
 
 /// A result of the device side.

@@ -282,17 +282,15 @@ impl<M: DpModel> GpuModel<M> {
         if needed <= free {
             return Ok(());
         }
-        let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
-        Err(CudaError::Mismatch(format!(
-            "{}: batches of up to {b} examples need {:.2} GiB more device memory{}, and {} has {:.2} of its \
-             {:.2} GiB free: use a smaller batch (--batch-size)",
-            M::NAME,
-            gib(needed),
-            if bf16 { " (storing in bf16)" } else { "" },
-            gpu.describe(),
-            gib(free),
-            gib(total)
-        )))
+        Err(CudaError::OutOfMemory {
+            model: M::NAME,
+            batch: b,
+            bf16,
+            device: gpu.describe(),
+            needed,
+            free,
+            total,
+        })
     }
 
     /// The pinned words a step of up to `b` examples copies in: inputs, labels, key.
@@ -943,7 +941,19 @@ impl<M: DpModel> GpuModel<M> {
         if n > self.max_batch {
             let params =
                 self.read(Region::Params, M::PARAM_COUNT).map_err(|e| DeviceError::Backend(e.to_string()))?;
-            self.resize(n, &params).map_err(|e| DeviceError::Backend(e.to_string()))?;
+            self.resize(n, &params).map_err(|e| match e {
+                // A sampled batch's size depends on the private data (the trainer says batch sizes
+                // only among its labelled non-private diagnostics): the error does not say it.
+                CudaError::OutOfMemory { model, device, free, total, .. } => DeviceError::Backend(format!(
+                    "{model}: a Poisson batch larger than the {} examples the device holds room for needs \
+                     more memory than {device} has free ({:.2} of {:.2} GiB; the batch's size is not said: \
+                     it depends on the private data): use a smaller batch (--batch-size)",
+                    self.max_batch,
+                    free as f64 / (1u64 << 30) as f64,
+                    total as f64 / (1u64 << 30) as f64
+                )),
+                other => DeviceError::Backend(other.to_string()),
+            })?;
         }
         Ok(())
     }
