@@ -24,6 +24,105 @@ fn in_sequence(what: &str, dims: &LstmDims, t: usize) -> Outcome {
     }
 }
 
+/// A forward's buffers as its kernels take them: the arena spans tagged with their stored type, the
+/// bias (a parameter, f32) a plain address.
+struct ForwardBuffers {
+    gates: u64,
+    cells: u64,
+    hprev: u64,
+    out: u64,
+    hidden: u64,
+    recurrent: u64,
+    bias: u64,
+}
+
+/// The forward's spans checked against the shapes (`recurrent` values of `s.recurrent` read: none at
+/// a first step only), then their addresses; `None` when there is nothing to compute.
+fn forward_buffers(
+    ops: &GpuOps<'_>,
+    what: &str,
+    s: &LstmForwardStep,
+    dims: &LstmDims,
+    n: usize,
+    recurrent: usize,
+) -> std::result::Result<Option<ForwardBuffers>, DeviceError> {
+    let (per_step, g4) = (n * dims.steps * dims.hidden, 4 * dims.hidden);
+    ops.check(
+        what,
+        &[
+            (s.saved.gates, 4 * per_step),
+            (s.saved.cells, per_step),
+            (s.saved.hprev, per_step),
+            (s.out, per_step),
+            (s.bias, g4),
+            (s.recurrent, recurrent),
+            (s.hidden, n * dims.hidden),
+        ],
+    )?;
+    if per_step == 0 {
+        return Ok(None);
+    }
+    let m = ops.memory;
+    Ok(Some(ForwardBuffers {
+        gates: m.values(s.saved.gates)?,
+        cells: m.values(s.saved.cells)?,
+        hprev: m.values(s.saved.hprev)?,
+        out: m.values(s.out)?,
+        hidden: m.values(s.hidden)?,
+        recurrent: m.values(s.recurrent)?,
+        bias: m.ptr(s.bias)?,
+    }))
+}
+
+/// A backward's buffers as its kernels take them, every one an arena span tagged with its type.
+struct BackwardBuffers {
+    gates: u64,
+    cells: u64,
+    dout: u64,
+    recurrent: u64,
+    cell_grad: u64,
+    step_delta: u64,
+    delta: u64,
+}
+
+/// The backward's spans checked against the shapes (`recurrent` values of `s.recurrent` read: none
+/// at a last step only), then their addresses; `None` when there is nothing to compute.
+fn backward_buffers(
+    ops: &GpuOps<'_>,
+    what: &str,
+    s: &LstmBackwardStep,
+    dims: &LstmDims,
+    n: usize,
+    recurrent: usize,
+) -> std::result::Result<Option<BackwardBuffers>, DeviceError> {
+    let (per_step, g4) = (n * dims.steps * dims.hidden, 4 * dims.hidden);
+    ops.check(
+        what,
+        &[
+            (s.gates, 4 * per_step),
+            (s.cells, per_step),
+            (s.dout, per_step),
+            (s.recurrent, recurrent),
+            (s.cell_grad, n * dims.hidden),
+            (s.step_delta, n * g4),
+            (s.delta, 4 * per_step),
+        ],
+    )?;
+    if per_step == 0 {
+        return Ok(None);
+    }
+    let m = ops.memory;
+    Ok(Some(BackwardBuffers {
+        gates: m.values(s.gates)?,
+        cells: m.values(s.cells)?,
+        dout: m.values(s.dout)?,
+        recurrent: m.values(s.recurrent)?,
+        cell_grad: m.values(s.cell_grad)?,
+        step_delta: m.values(s.step_delta)?,
+        delta: m.values(s.delta)?,
+    }))
+}
+
 pub(super) fn forward_step(
     ops: &GpuOps<'_>,
     s: &LstmForwardStep,
@@ -31,32 +130,12 @@ pub(super) fn forward_step(
     n: usize,
     t: usize,
 ) -> Outcome {
-    let (steps, h) = (dims.steps, dims.hidden);
-    let (per_step, g4) = (n * steps * h, 4 * h);
     in_sequence("lstm_forward_step", dims, t)?;
-    ops.check(
-        "lstm_forward_step",
-        &[
-            (s.saved.gates, 4 * per_step),
-            (s.saved.cells, per_step),
-            (s.saved.hprev, per_step),
-            (s.out, per_step),
-            (s.bias, g4),
-            (s.recurrent, if t > 0 { n * g4 } else { 0 }),
-            (s.hidden, n * h),
-        ],
-    )?;
-    if n * h == 0 {
-        return Ok(());
-    }
-    let m = ops.memory;
-    let (gates, cells, hprev) =
-        (m.values(s.saved.gates)?, m.values(s.saved.cells)?, m.values(s.saved.hprev)?);
-    let (out, hidden, recurrent, bias) =
-        (m.values(s.out)?, m.values(s.hidden)?, m.values(s.recurrent)?, m.ptr(s.bias)?);
-    let (n64, steps, h64, t) = (n as u64, steps as u64, h as u64, t as u64);
-    launch!(ops, k::LSTM_FORWARD_STEP, "dp_lstm_forward_step", elementwise(n * h);
-        &gates, &cells, &hprev, &out, &hidden, &recurrent, &bias, &n64, &steps, &h64, &t)
+    let recurrent = if t > 0 { n * 4 * dims.hidden } else { 0 };
+    let Some(b) = forward_buffers(ops, "lstm_forward_step", s, dims, n, recurrent)? else { return Ok(()) };
+    let (n64, steps, h64, t) = (n as u64, dims.steps as u64, dims.hidden as u64, t as u64);
+    launch!(ops, k::LSTM_FORWARD_STEP, "dp_lstm_forward_step", elementwise(n * dims.hidden);
+        &b.gates, &b.cells, &b.hprev, &b.out, &b.hidden, &b.recurrent, &b.bias, &n64, &steps, &h64, &t)
 }
 
 pub(super) fn backward_step(
@@ -66,32 +145,12 @@ pub(super) fn backward_step(
     n: usize,
     t: usize,
 ) -> Outcome {
-    let (steps, h) = (dims.steps, dims.hidden);
-    let (per_step, g4, last) = (n * steps * h, 4 * h, t + 1 == dims.steps);
     in_sequence("lstm_backward_step", dims, t)?;
-    ops.check(
-        "lstm_backward_step",
-        &[
-            (s.gates, 4 * per_step),
-            (s.cells, per_step),
-            (s.dout, per_step),
-            (s.recurrent, if last { 0 } else { n * h }),
-            (s.cell_grad, n * h),
-            (s.step_delta, n * g4),
-            (s.delta, 4 * per_step),
-        ],
-    )?;
-    if n * h == 0 {
-        return Ok(());
-    }
-    let m = ops.memory;
-    let (gates, cells, dout, recurrent) =
-        (m.values(s.gates)?, m.values(s.cells)?, m.values(s.dout)?, m.values(s.recurrent)?);
-    let (cell_grad, step_delta, delta) =
-        (m.values(s.cell_grad)?, m.values(s.step_delta)?, m.values(s.delta)?);
-    let (n64, steps, h64, t) = (n as u64, steps as u64, h as u64, t as u64);
-    launch!(ops, k::LSTM_BACKWARD_STEP, "dp_lstm_backward_step", elementwise(n * h);
-        &gates, &cells, &dout, &recurrent, &cell_grad, &step_delta, &delta, &n64, &steps, &h64, &t)
+    let recurrent = if t + 1 == dims.steps { 0 } else { n * dims.hidden };
+    let Some(b) = backward_buffers(ops, "lstm_backward_step", s, dims, n, recurrent)? else { return Ok(()) };
+    let (n64, steps, h64, t) = (n as u64, dims.steps as u64, dims.hidden as u64, t as u64);
+    launch!(ops, k::LSTM_BACKWARD_STEP, "dp_lstm_backward_step", elementwise(n * dims.hidden);
+        &b.gates, &b.cells, &b.dout, &b.recurrent, &b.cell_grad, &b.step_delta, &b.delta, &n64, &steps, &h64, &t)
 }
 
 /// One block per example (at most 65,535 blocks; the kernels stride over the rest).
@@ -118,32 +177,14 @@ pub(super) fn forward_fused(
     dims: &LstmDims,
     n: usize,
 ) -> Outcome {
-    let (steps, h) = (dims.steps, dims.hidden);
-    let (per_step, g4) = (n * steps * h, 4 * h);
-    ops.check(
-        "lstm_forward",
-        &[
-            (s.saved.gates, 4 * per_step),
-            (s.saved.cells, per_step),
-            (s.saved.hprev, per_step),
-            (s.out, per_step),
-            (s.bias, g4),
-            (s.recurrent, if steps > 1 { n * g4 } else { 0 }),
-            (s.hidden, n * h),
-            (w_hh, g4 * h),
-        ],
-    )?;
-    if per_step == 0 {
-        return Ok(());
-    }
-    let m = ops.memory;
-    let (gates, cells, hprev) =
-        (m.values(s.saved.gates)?, m.values(s.saved.cells)?, m.values(s.saved.hprev)?);
-    let (out, hidden, recurrent) = (m.values(s.out)?, m.values(s.hidden)?, m.values(s.recurrent)?);
-    let (bias, w) = (m.ptr(s.bias)?, m.ptr(w_hh)?);
-    let (round, n64, steps, h64) = (rounds(ops), n as u64, steps as u64, h as u64);
+    let (h, g4) = (dims.hidden, 4 * dims.hidden);
+    let recurrent = if dims.steps > 1 { n * g4 } else { 0 };
+    ops.check("lstm_forward", &[(w_hh, g4 * h)])?;
+    let Some(b) = forward_buffers(ops, "lstm_forward", s, dims, n, recurrent)? else { return Ok(()) };
+    let w = ops.memory.ptr(w_hh)?;
+    let (round, n64, steps, h64) = (rounds(ops), n as u64, dims.steps as u64, h as u64);
     launch!(ops, k::LSTM_FORWARD_FUSED, "dp_lstm_forward_fused", per_example(n);
-        &gates, &cells, &hprev, &out, &hidden, &recurrent, &bias, &w, &round, &n64, &steps, &h64)
+        &b.gates, &b.cells, &b.hprev, &b.out, &b.hidden, &b.recurrent, &b.bias, &w, &round, &n64, &steps, &h64)
 }
 
 pub(super) fn backward_fused(
@@ -153,31 +194,13 @@ pub(super) fn backward_fused(
     dims: &LstmDims,
     n: usize,
 ) -> Outcome {
-    let (steps, h) = (dims.steps, dims.hidden);
-    let (per_step, g4) = (n * steps * h, 4 * h);
-    ops.check(
-        "lstm_backward",
-        &[
-            (s.gates, 4 * per_step),
-            (s.cells, per_step),
-            (s.dout, per_step),
-            (s.recurrent, if steps > 1 { n * h } else { 0 }),
-            (s.cell_grad, n * h),
-            (s.step_delta, n * g4),
-            (s.delta, 4 * per_step),
-            (w_hh, g4 * h),
-        ],
-    )?;
-    if per_step == 0 {
-        return Ok(());
-    }
-    let m = ops.memory;
-    let (gates, cells, dout, recurrent) =
-        (m.values(s.gates)?, m.values(s.cells)?, m.values(s.dout)?, m.values(s.recurrent)?);
-    let (cell_grad, step_delta, delta) =
-        (m.values(s.cell_grad)?, m.values(s.step_delta)?, m.values(s.delta)?);
-    let w = m.ptr(w_hh)?;
-    let (round, n64, steps, h64) = (rounds(ops), n as u64, steps as u64, h as u64);
+    let h = dims.hidden;
+    let recurrent = if dims.steps > 1 { n * h } else { 0 };
+    ops.check("lstm_backward", &[(w_hh, 4 * h * h)])?;
+    let Some(b) = backward_buffers(ops, "lstm_backward", s, dims, n, recurrent)? else { return Ok(()) };
+    let w = ops.memory.ptr(w_hh)?;
+    let (round, n64, steps, h64) = (rounds(ops), n as u64, dims.steps as u64, h as u64);
     launch!(ops, k::LSTM_BACKWARD_FUSED, "dp_lstm_backward_fused", per_example(n);
-        &gates, &cells, &dout, &recurrent, &cell_grad, &step_delta, &delta, &w, &round, &n64, &steps, &h64)
+        &b.gates, &b.cells, &b.dout, &b.recurrent, &b.cell_grad, &b.step_delta, &b.delta, &w, &round, &n64, &steps,
+        &h64)
 }
