@@ -473,76 +473,115 @@ static int over_time(const char *op, char **argv) {
     return 0;
 }
 
+/* An LSTM forward's buffers, read from stdin in this order (the bias last, f32), and written out
+ * without the recurrent product and the bias. Read one after another: an initialiser list would not
+ * fix the order. */
+typedef struct {
+    harness_buffer gates, cells, hprev, out, hidden, recurrent;
+    float *bias;
+} lstm_forward_buffers;
+
+static lstm_forward_buffers lstm_forward_in(dp_u64 n, dp_u64 steps, dp_u64 h) {
+    lstm_forward_buffers b;
+    dp_u64 seq = n * steps * h, units = n * h;
+    b.gates = buffer_in(4 * seq);
+    b.cells = buffer_in(seq);
+    b.hprev = buffer_in(seq);
+    b.out = buffer_in(seq);
+    b.hidden = buffer_in(units);
+    b.recurrent = buffer_in(4 * units);
+    b.bias = read_stdin(4 * h * 4);
+    return b;
+}
+
+static void lstm_forward_out(lstm_forward_buffers b) {
+    buffer_out(b.gates);
+    buffer_out(b.cells);
+    buffer_out(b.hprev);
+    buffer_out(b.out);
+    buffer_out(b.hidden);
+}
+
+/* An LSTM backward's buffers, read in this order, and its outputs: cell_grad, step_delta, delta. */
+typedef struct {
+    harness_buffer gates, cells, dout, recurrent, cell_grad, step_delta, delta;
+} lstm_backward_buffers;
+
+static lstm_backward_buffers lstm_backward_in(dp_u64 n, dp_u64 steps, dp_u64 h) {
+    lstm_backward_buffers b;
+    dp_u64 seq = n * steps * h, units = n * h;
+    b.gates = buffer_in(4 * seq);
+    b.cells = buffer_in(seq);
+    b.dout = buffer_in(seq);
+    b.recurrent = buffer_in(units);
+    b.cell_grad = buffer_in(units);
+    b.step_delta = buffer_in(4 * units);
+    b.delta = buffer_in(4 * seq);
+    return b;
+}
+
+static void lstm_backward_out(lstm_backward_buffers b) {
+    buffer_out(b.cell_grad);
+    buffer_out(b.step_delta);
+    buffer_out(b.delta);
+}
+
+/* One time step t of every example, a thread per unit as the step kernels. */
 static int lstm_step(const char *op, char **argv) {
     dp_u64 n = arg(argv, 0), steps = arg(argv, 1), h = arg(argv, 2), t = arg(argv, 3);
-    dp_u64 seq = n * steps * h, units = n * h;
     if (strcmp(op, "lstmforward") == 0) {
-        harness_buffer gates = buffer_in(4 * seq), cells = buffer_in(seq), hprev = buffer_in(seq);
-        harness_buffer out = buffer_in(seq), hidden = buffer_in(units), recurrent = buffer_in(4 * units);
-        float *bias = read_stdin(4 * h * 4);
-        for (dp_u64 e = 0; e < units; ++e)
-            dp_lstm_forward_unit(buffer_values(gates), buffer_values(cells), buffer_values(hprev), buffer_values(out),
-                                 buffer_values(hidden), buffer_values(recurrent), bias, steps, h, t, e);
-        buffer_out(gates);
-        buffer_out(cells);
-        buffer_out(hprev);
-        buffer_out(out);
-        buffer_out(hidden);
+        lstm_forward_buffers b = lstm_forward_in(n, steps, h);
+        for (dp_u64 e = 0; e < n * h; ++e)
+            dp_lstm_forward_unit(buffer_values(b.gates), buffer_values(b.cells), buffer_values(b.hprev),
+                                 buffer_values(b.out), buffer_values(b.hidden), buffer_values(b.recurrent), b.bias,
+                                 steps, h, t, e);
+        lstm_forward_out(b);
         return 0;
     }
-    harness_buffer gates = buffer_in(4 * seq), cells = buffer_in(seq), dout = buffer_in(seq);
-    harness_buffer recurrent = buffer_in(units), cell_grad = buffer_in(units);
-    harness_buffer step_delta = buffer_in(4 * units), delta = buffer_in(4 * seq);
-    for (dp_u64 e = 0; e < units; ++e)
-        dp_lstm_backward_unit(buffer_values(gates), buffer_values(cells), buffer_values(dout),
-                              buffer_values(recurrent), buffer_values(cell_grad), buffer_values(step_delta),
-                              buffer_values(delta), steps, h, t, e);
-    buffer_out(cell_grad);
-    buffer_out(step_delta);
-    buffer_out(delta);
+    lstm_backward_buffers b = lstm_backward_in(n, steps, h);
+    for (dp_u64 e = 0; e < n * h; ++e)
+        dp_lstm_backward_unit(buffer_values(b.gates), buffer_values(b.cells), buffer_values(b.dout),
+                              buffer_values(b.recurrent), buffer_values(b.cell_grad), buffer_values(b.step_delta),
+                              buffer_values(b.delta), steps, h, t, e);
+    lstm_backward_out(b);
     return 0;
 }
 
 /* The fused recurrences, one example after another (a block each on the GPU), each time step's two
- * phases in the kernels' order through lstm.cu's own phase functions, run by one thread. */
+ * phases in the kernels' order through lstm.cu's own phase functions, run by one thread; W_hh (4H*H,
+ * f32) follows the step's buffers on stdin. */
 static int lstm_sequence(const char *op, char **argv) {
     dp_u64 n = arg(argv, 0), steps = arg(argv, 1), h = arg(argv, 2);
     int round = atoi(argv[3]);
-    dp_u64 seq = n * steps * h, units = n * h;
     if (strcmp(op, "lstmforwardseq") == 0) {
-        harness_buffer gates = buffer_in(4 * seq), cells = buffer_in(seq), hprev = buffer_in(seq);
-        harness_buffer out = buffer_in(seq), hidden = buffer_in(units), recurrent = buffer_in(4 * units);
-        float *bias = read_stdin(4 * h * 4), *w_hh = read_stdin(4 * h * h * 4);
+        lstm_forward_buffers b = lstm_forward_in(n, steps, h);
+        float *w_hh = read_stdin(4 * h * h * 4);
         for (dp_u64 i = 0; i < n; ++i) {
             for (dp_u64 t = 0; t < steps; ++t) {
-                if (t > 0) dp_lstm_forward_products(buffer_values(hidden), buffer_values(recurrent), w_hh, round, h, i, 0, 1);
-                dp_lstm_forward_units(buffer_values(gates), buffer_values(cells), buffer_values(hprev), buffer_values(out),
-                                      buffer_values(hidden), buffer_values(recurrent), bias, steps, h, t, i, 0, 1);
+                if (t > 0)
+                    dp_lstm_forward_products(buffer_values(b.hidden), buffer_values(b.recurrent), w_hh, round, h, i,
+                                             0, 1);
+                dp_lstm_forward_units(buffer_values(b.gates), buffer_values(b.cells), buffer_values(b.hprev),
+                                      buffer_values(b.out), buffer_values(b.hidden), buffer_values(b.recurrent), b.bias,
+                                      steps, h, t, i, 0, 1);
             }
         }
-        buffer_out(gates);
-        buffer_out(cells);
-        buffer_out(hprev);
-        buffer_out(out);
-        buffer_out(hidden);
+        lstm_forward_out(b);
         return 0;
     }
-    harness_buffer gates = buffer_in(4 * seq), cells = buffer_in(seq), dout = buffer_in(seq);
-    harness_buffer recurrent = buffer_in(units), cell_grad = buffer_in(units);
-    harness_buffer step_delta = buffer_in(4 * units), delta = buffer_in(4 * seq);
+    lstm_backward_buffers b = lstm_backward_in(n, steps, h);
     float *w_hh = read_stdin(4 * h * h * 4);
     for (dp_u64 i = 0; i < n; ++i) {
         for (dp_u64 t = steps; t-- > 0;) {
             if (t + 1 < steps)
-                dp_lstm_backward_products(buffer_values(step_delta), buffer_values(recurrent), w_hh, round, h, i, 0, 1);
-            dp_lstm_backward_units(buffer_values(gates), buffer_values(cells), buffer_values(dout), buffer_values(recurrent),
-                                   buffer_values(cell_grad), buffer_values(step_delta), buffer_values(delta), steps, h, t,
-                                   i, 0, 1);
+                dp_lstm_backward_products(buffer_values(b.step_delta), buffer_values(b.recurrent), w_hh, round, h, i,
+                                          0, 1);
+            dp_lstm_backward_units(buffer_values(b.gates), buffer_values(b.cells), buffer_values(b.dout),
+                                   buffer_values(b.recurrent), buffer_values(b.cell_grad), buffer_values(b.step_delta),
+                                   buffer_values(b.delta), steps, h, t, i, 0, 1);
         }
     }
-    buffer_out(cell_grad);
-    buffer_out(step_delta);
-    buffer_out(delta);
+    lstm_backward_out(b);
     return 0;
 }
 
