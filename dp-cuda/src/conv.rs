@@ -31,10 +31,6 @@ mod tests {
 
     #[test]
     fn the_kept_norms_launch_is_the_kernels_launch_bounds() {
-        assert!(SOURCE.contains(&format!("#define DP_KEPT_NORM_THREADS {KEPT_NORM_THREADS}\n")));
-        let compact: String = SOURCE.split_whitespace().collect();
-        assert!(compact.contains("__launch_bounds__(DP_KEPT_NORM_THREADS)dp_kept_sq_norms("));
-        // dp_block_sum's bounds: whole warps, at most 32 of them.
-        assert!(KEPT_NORM_THREADS.is_multiple_of(32) && KEPT_NORM_THREADS <= 1024);
+        crate::assert_launch_bounds(SOURCE, "DP_KEPT_NORM_THREADS", KEPT_NORM_THREADS, &["dp_kept_sq_norms"]);
     }
 }

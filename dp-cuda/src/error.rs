@@ -55,7 +55,8 @@ pub enum CudaError {
     },
 }
 
-fn gib(bytes: u64) -> f64 {
+/// Bytes in GiB, for messages.
+pub(crate) fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
 

@@ -71,6 +71,23 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile { name: "storage.cu", text: storage::SOURCE, entries: storage::ENTRIES },
 ];
 
+/// That a kernel `source` defines `define` as `threads` and bounds each of `kernels` by it
+/// (`__launch_bounds__(define)` before the kernel's name), so that the host's launch of `threads` per
+/// block is the one the compiler fitted the kernels' registers to; and that `threads` is whole warps,
+/// at most 1,024 (a block's limit, and `reduce.cuh`'s block sums').
+#[cfg(test)]
+pub(crate) fn assert_launch_bounds(source: &str, define: &str, threads: u32, kernels: &[&str]) {
+    assert!(source.contains(&format!("#define {define} {threads}\n")), "{define} is not {threads}");
+    let compact: String = source.split_whitespace().collect();
+    for kernel in kernels {
+        assert!(
+            compact.contains(&format!("__launch_bounds__({define}){kernel}(")),
+            "{kernel} not bounded by {define}"
+        );
+    }
+    assert!(threads.is_multiple_of(32) && threads <= 1024, "{threads} threads");
+}
+
 /// One kernel source file.
 #[derive(Debug, Clone, Copy)]
 pub struct KernelFile {

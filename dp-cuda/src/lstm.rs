@@ -19,14 +19,7 @@ mod tests {
 
     #[test]
     fn the_fused_launch_is_the_kernels_launch_bounds() {
-        assert!(SOURCE.contains(&format!("#define DP_LSTM_BLOCK_THREADS {LSTM_BLOCK_THREADS}\n")));
-        let compact: String = SOURCE.split_whitespace().collect();
-        for kernel in ["dp_lstm_forward_fused(", "dp_lstm_backward_fused("] {
-            assert!(
-                compact.contains(&format!("__launch_bounds__(DP_LSTM_BLOCK_THREADS){kernel}")),
-                "{kernel}"
-            );
-        }
-        assert!(LSTM_BLOCK_THREADS.is_multiple_of(32) && LSTM_BLOCK_THREADS <= 1024);
+        let kernels = ["dp_lstm_forward_fused", "dp_lstm_backward_fused"];
+        crate::assert_launch_bounds(SOURCE, "DP_LSTM_BLOCK_THREADS", LSTM_BLOCK_THREADS, &kernels);
     }
 }

@@ -20,7 +20,7 @@ use dp_runtime::DpModel;
 
 use crate::branch::Branch;
 use crate::device::{driver, Gpu, NoiseTables, SgdBuffers, SgdStep};
-use crate::error::{CudaError, Result};
+use crate::error::{gib, CudaError, Result};
 use crate::graphs::{BeforeUpdate, GraphKey, StepGraphs};
 use crate::noise::{key_words, THREADS};
 use crate::program::{GpuOps, RegionMemory};
@@ -949,8 +949,8 @@ impl<M: DpModel> GpuModel<M> {
                      more memory than {device} has free ({:.2} of {:.2} GiB; the batch's size is not said: \
                      it depends on the private data): use a smaller batch (--batch-size)",
                     self.max_batch,
-                    free as f64 / (1u64 << 30) as f64,
-                    total as f64 / (1u64 << 30) as f64
+                    gib(free),
+                    gib(total)
                 )),
                 other => DeviceError::Backend(other.to_string()),
             })?;

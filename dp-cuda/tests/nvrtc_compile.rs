@@ -5,6 +5,13 @@
 use dp_cuda::cache::{self, Outcome};
 use dp_cuda::{clip, nvrtc, source, ARCHITECTURES, KERNEL_FILES};
 
+/// (file, kernel, threads per block) of the kernels launched with launch bounds.
+const BOUNDED: [(&str, &str, u32); 3] = [
+    ("conv.cu", "dp_kept_sq_norms", dp_cuda::conv::KEPT_NORM_THREADS),
+    ("lstm.cu", "dp_lstm_forward_fused", dp_cuda::lstm::LSTM_BLOCK_THREADS),
+    ("lstm.cu", "dp_lstm_backward_fused", dp_cuda::lstm::LSTM_BLOCK_THREADS),
+];
+
 #[test]
 fn every_kernel_compiles_for_sm_80_and_sm_90() {
     if !nvrtc::available() {
@@ -26,13 +33,13 @@ fn every_kernel_compiles_for_sm_80_and_sm_90() {
             for kernel in file.entries {
                 assert!(ptx.contains(&format!(".entry {kernel}")), "{name} for {arch} lacks {kernel}");
             }
-            if name == "conv.cu" {
-                // The kept norms' blocks of 1024 threads: the PTX bounds the entry to them, so the
-                // driver's compiler keeps it within their registers.
-                let entry = ptx.split(".entry dp_kept_sq_norms").nth(1).expect("the entry, checked above");
+            // The kernels launched with more threads than a block's default: the PTX bounds each entry
+            // to them, so the driver's compiler keeps it within their registers.
+            for &(_, kernel, threads) in BOUNDED.iter().filter(|(file, ..)| *file == name) {
+                let entry = ptx.split(&format!(".entry {kernel}")).nth(1).expect("the entry, checked above");
                 let header = &entry[..entry.find('{').expect("an entry's body")];
-                let bound = format!(".maxntid {}, 1, 1", dp_cuda::conv::KEPT_NORM_THREADS);
-                assert!(header.contains(&bound), "{arch}: dp_kept_sq_norms lacks {bound}: {header}");
+                let bound = format!(".maxntid {threads}, 1, 1");
+                assert!(header.contains(&bound), "{arch}: {kernel} lacks {bound}: {header}");
             }
             eprintln!("{name}: {} bytes of PTX for {arch} (NVRTC {major}.{minor})", ptx.len());
         }
