@@ -280,7 +280,7 @@ fn settings_that_cannot_give_views_are_refused_naming_them() {
 
     let budget = SmallCnn::WORKSPACE_FIXED * 4 + SmallCnn::WORKSPACE_PER_EXAMPLE * 4 * 3;
     let error = fit_error(&mut model(), &data, 8, AUGMENTATION, Some(budget));
-    assert!(error.to_string().contains("do not fit the memory budget"), "{error}");
+    assert!(error.to_string().contains("do not fit one physical chunk"), "{error}");
 }
 
 #[test]

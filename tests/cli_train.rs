@@ -84,6 +84,32 @@ fn adult_run_cut_by_max_steps_prints_accuracy_and_epsilon() {
     assert!(summary.contains("40 steps"), "{summary}");
 }
 
+/// `--max-physical-batch` runs a batch in chunks with the step and its privacy unchanged: the same ε
+/// and about the same accuracy as the run in one piece; 0, or with --non-private, is refused.
+#[test]
+fn max_physical_batch_chunks_the_step_and_bad_values_are_refused() {
+    let last = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["--noise-multiplier", "1.0", "--json", "--max-steps", "20"];
+        args.extend_from_slice(extra);
+        let out = dp(&adult_args("ffnn", &args));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap()
+    };
+    let (whole, chunked) = (last(&[]), last(&["--max-physical-batch", "37"]));
+    assert_eq!(whole["epsilon"], chunked["epsilon"]);
+    let accuracy = |e: &serde_json::Value| e["accuracy"].as_f64().unwrap();
+    assert!((accuracy(&whole) - accuracy(&chunked)).abs() <= 0.005, "{whole} vs {chunked}");
+
+    let out = dp(&adult_args("ffnn", &["--noise-multiplier", "1.0", "--max-physical-batch", "0"]));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("--max-physical-batch") && stderr.contains("at least 1"), "{stderr}");
+    let out = dp(&adult_args("ffnn", &["--non-private", "--max-physical-batch", "8"]));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("--max-physical-batch") && stderr.contains("--non-private"), "{stderr}");
+}
+
 #[test]
 fn json_lines_parse_and_checkpoint_and_plot_are_written() {
     let dir = TempDir::new("cli-train", "json");

@@ -713,9 +713,18 @@ fn a_trainer_stages_the_next_batch_while_a_device_step_runs() {
 /// staged, then per step its queue, the next batch staged (but after the last step), its finish.
 /// Returns the staged batches' sizes, in order.
 fn assert_overlapped(calls: &[Call], steps: usize) -> Vec<usize> {
+    let sizes = assert_pipelined(calls);
+    assert_eq!(sizes.len(), steps, "{calls:?}");
+    sizes
+}
+
+/// That each batch (or chunk) `calls` queue was staged while the one before it ran: the first
+/// staged, then per batch its queue, the next staged (but after the last), its finish. Returns the
+/// staged sizes, in order, each positive.
+fn assert_pipelined(calls: &[Call]) -> Vec<usize> {
     let sizes: Vec<_> =
         calls.iter().filter_map(|c| if let Call::Stage(n) = c { Some(*n) } else { None }).collect();
-    assert_eq!(sizes.len(), steps, "{calls:?}");
+    assert!(!sizes.is_empty(), "{calls:?}");
     let mut expected = vec![Call::Stage(sizes[0])];
     for next in sizes.iter().skip(1).map(Some).chain([None]) {
         expected.push(Call::Queue);
@@ -727,6 +736,80 @@ fn assert_overlapped(calls: &[Call], steps: usize) -> Vec<usize> {
     assert_eq!(calls, expected);
     assert!(sizes.iter().all(|&n| n > 0), "{sizes:?}");
     sizes
+}
+
+/// A Poisson batch larger than `Trainer::max_physical_batch` runs on a device in chunks: none staged
+/// larger than the bound, each staged while the one before it runs (the next step's first chunk
+/// during a step's last), the same examples as the run in one piece. The chunks' clipped sums are
+/// added on the host and the step's normals drawn there from its key, so the run ends where the same
+/// run in one piece ends (to rounding: a different noise would move it by far more) and where the
+/// CPU's run with the same bound does, with the same ε, and the same diagnostics read back chunk by
+/// chunk. A bound of 0, or one below a device's views per example, is refused.
+#[test]
+fn a_device_runs_batches_larger_than_the_physical_batch_in_chunks() {
+    let mut rng = ChaCha8Rng::seed_from_u64(53);
+    let (inputs, labels) = batch::<Deep>(&mut rng, 600, true);
+    let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = Deep::init(&mut rng);
+    fn configure(t: dp::Trainer<'_, Deep>) -> dp::Trainer<'_, Deep> {
+        t.clip_norm(1.0)
+            .noise_multiplier(0.8)
+            .expected_batch_size(64)
+            .seed(3)
+            .optimizer(Sgd::new(0.5).momentum(0.9))
+            .epochs(2)
+            .non_private_diagnostics(true)
+            .allow_large_delta(true)
+            .quiet(true)
+    }
+    let on_device = |physical: Option<usize>| {
+        let training = HostTraining::<Deep>::new();
+        let calls = training.calls.clone();
+        let mut model = Deep::from_params(initial.params().to_vec());
+        let trainer = configure(dp::Trainer::new(&mut model)).device(training);
+        let trainer = match physical {
+            Some(examples) => trainer.max_physical_batch(examples),
+            None => trainer,
+        };
+        let report = trainer.fit(&data, None).unwrap();
+        let calls = calls.lock().unwrap().clone();
+        (model, report, calls)
+    };
+    let (whole, whole_report, whole_calls) = on_device(None);
+    let whole_sizes = assert_overlapped(&whole_calls, whole_report.steps as usize);
+    let moved = largest_difference(whole.params(), initial.params());
+    assert!(moved > 0.01, "training moved the parameters by {moved}");
+    for physical in [16, 23] {
+        let (chunked, report, calls) = on_device(Some(physical));
+        let sizes = assert_pipelined(&calls);
+        assert!(sizes.iter().all(|&n| n <= physical), "{physical}: chunks {sizes:?}");
+        assert!(sizes.len() > 2 * whole_sizes.len(), "{physical}: {} chunks", sizes.len());
+        assert_eq!(sizes.iter().sum::<usize>(), whole_sizes.iter().sum::<usize>(), "{physical}: examples");
+        assert_eq!((report.steps, report.epsilon), (whole_report.steps, whole_report.epsilon));
+        let diff = largest_difference(chunked.params(), whole.params());
+        assert!(
+            diff <= 1e-5 * moved.max(1.0),
+            "{physical}: chunked and whole differ by {diff} (moved {moved})"
+        );
+        let mut cpu = Deep::from_params(initial.params().to_vec());
+        let cpu_report =
+            configure(dp::Trainer::new(&mut cpu)).max_physical_batch(physical).fit(&data, None).unwrap();
+        let diff = largest_difference(chunked.params(), cpu.params());
+        assert!(diff <= 1e-5 * moved.max(1.0), "{physical}: device and CPU differ by {diff}");
+        assert_eq!(cpu_report.epsilon, report.epsilon);
+        for (c, w) in report.epochs.iter().zip(&whole_report.epochs) {
+            let (c, w) = (c.diagnostics.as_ref().unwrap(), w.diagnostics.as_ref().unwrap());
+            assert!((c.train_loss - w.train_loss).abs() <= 1e-5 * w.train_loss, "{c:?} vs {w:?}");
+            assert_eq!(
+                (c.non_finite_examples, c.mean_batch_size),
+                (w.non_finite_examples, w.mean_batch_size)
+            );
+        }
+    }
+    let refused = |t: dp::Trainer<'_, Deep>| t.fit(&data, None).unwrap_err().to_string();
+    let mut model = Deep::from_params(initial.params().to_vec());
+    let error = refused(configure(dp::Trainer::new(&mut model)).max_physical_batch(0));
+    assert!(error.contains("max_physical_batch") && error.contains("at least 1"), "{error}");
 }
 
 /// Non-private diagnostics on a device: each step's losses and clip factors come back, and the epochs'
@@ -1295,6 +1378,41 @@ fn train_views_on_both(
     (initial, cpu, dev, cpu_report, dev_report)
 }
 
+/// One example's views run at once: a physical batch smaller than the views per example is refused
+/// before the first step, on a device as on the CPU, naming both.
+#[test]
+fn a_physical_batch_below_the_views_per_example_is_refused() {
+    use dp::data::augment::Augmentation;
+    let mut rng = ChaCha8Rng::seed_from_u64(61);
+    let (inputs, labels) = batch::<SmallConv>(&mut rng, 60, false);
+    let data = dp::Dataset::new(inputs, labels, SmallConv::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = SmallConv::init(&mut rng);
+    let augmentation = Augmentation { crop_padding: 2, horizontal_flip: true, padding_value: -0.5 };
+    let fit = |device: bool| {
+        let mut model = SmallConv::from_params(initial.params().to_vec());
+        let trainer = dp::Trainer::new(&mut model)
+            .optimizer(Sgd::new(0.5))
+            .clip_norm(1.0)
+            .noise_multiplier(0.8)
+            .expected_batch_size(12)
+            .steps(2)
+            .augmentation_multiplicity(3, augmentation)
+            .max_physical_batch(2)
+            .seed(7)
+            .allow_large_delta(true)
+            .quiet(true);
+        match device {
+            true => trainer.device(HostTraining::<SmallConv>::new()).fit(&data, None),
+            false => trainer.fit(&data, None),
+        }
+        .map(|report| report.steps)
+    };
+    for device in [true, false] {
+        let error = fit(device).unwrap_err().to_string();
+        assert!(error.contains("max_physical_batch") && error.contains("3 views"), "{device}: {error}");
+    }
+}
+
 /// Augmentation multiplicity on a device: the trainer draws and augments the views as the CPU does
 /// (the same stream, in batch order) and the host training state averages, clips and sums them by
 /// `private_step_with_views`' contract, so a seeded run ends where the CPU's does (to rounding), with
@@ -1552,6 +1670,43 @@ fn distributed_runs_on_devices_follow_the_cpu() {
     distributed_devices_follow_the_cpu::<Deep>("ema", &data, &initial, 2, 1e-6, &|t| {
         t.optimizer(Sgd::new(0.1).momentum(0.9)).epochs(2).ema(0.8)
     });
+}
+
+/// A rank's part of the batch larger than `Trainer::max_physical_batch` is summed on its device in
+/// chunks, each staged while the one before it runs and none larger than the bound: every rank of
+/// K = 2 and 3 ends where one process on the CPU with the same bound does, with its ε.
+#[test]
+fn distributed_runs_on_devices_sum_their_parts_in_chunks() {
+    let mut rng = ChaCha8Rng::seed_from_u64(59);
+    let (inputs, labels) = batch::<Deep>(&mut rng, 600, false);
+    let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = Deep::init(&mut rng).params().to_vec();
+    const PHYSICAL: usize = 7;
+    fn configure(t: dp::Trainer<'_, Deep>) -> dp::Trainer<'_, Deep> {
+        t.optimizer(Sgd::new(0.1).momentum(0.9)).steps(12)
+    }
+    fn bounded(t: dp::Trainer<'_, Deep>) -> dp::Trainer<'_, Deep> {
+        configure(t).max_physical_batch(PHYSICAL)
+    }
+    let physical = PHYSICAL;
+    let mut single = Deep::from_params(initial.clone());
+    let single_report = bounded(seeded_trainer(&mut single)).fit(&data, None).unwrap();
+    let moved = largest_difference(single.params(), &initial);
+    assert!(moved > 0.01, "training moved the parameters by {moved}");
+    for ranks in [2, 3] {
+        let on = RanksOn::Devices { fault: None };
+        for (rank, (outcome, calls)) in
+            distributed_runs_logged::<Deep>(&data, &initial, ranks, on, &bounded).into_iter().enumerate()
+        {
+            let (params, report) = outcome.unwrap_or_else(|e| panic!("K = {ranks} rank {rank}: {e}"));
+            let sizes = assert_pipelined(&calls);
+            assert!(sizes.iter().all(|&n| n <= physical), "K = {ranks} rank {rank}: {sizes:?}");
+            assert!(sizes.len() > report.steps as usize, "K = {ranks} rank {rank}: no part was chunked");
+            let diff = largest_difference(&params, single.params());
+            assert!(diff <= 1e-5 * moved.max(1.0), "K = {ranks} rank {rank}: differs by {diff}");
+            assert_eq!((report.steps, report.epsilon), (single_report.steps, single_report.epsilon));
+        }
+    }
 }
 
 /// Frozen layers in a distributed run on devices: only the trained prefix is reduced, released and

@@ -451,6 +451,48 @@ fn gpu_trainer_follows_the_cpu_trainer() {
     assert!(diff <= 1e-3 * moved, "GPU and CPU trainers differ by {diff}");
 }
 
+/// Poisson batches of about 128 with `Trainer::max_physical_batch(40)` on a GPU model with room for
+/// 40: each step's clipped sum formed in chunks of at most 40 (copied out and added on the host, the
+/// step's normals drawn there from its key, R handed back as a distributed step's), ending where the
+/// CPU trainer with the same bound ends, with its ε. WRITTEN WITHOUT A GPU, NOT YET RUN.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_trainer_runs_batches_larger_than_the_physical_batch_in_chunks() {
+    let Some(gpu) = gpu("trainer in physical chunks") else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(44);
+    let (inputs, labels) = batch::<AdultFfnn>(&mut rng, 2_000, true);
+    let data = dp::Dataset::new(inputs, labels, AdultFfnn::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = AdultFfnn::init(&mut rng);
+    let train = |device: Option<GpuModel<AdultFfnn>>| {
+        let mut model = AdultFfnn::from_params(initial.params().to_vec());
+        let trainer = dp::Trainer::new(&mut model)
+            .optimizer(Sgd::new(0.5).momentum(0.9))
+            .clip_norm(1.0)
+            .noise_multiplier(0.8)
+            .expected_batch_size(128)
+            .steps(24)
+            .max_physical_batch(40)
+            .seed(3)
+            .quiet(true);
+        let report = match device {
+            Some(d) => trainer.device(d).fit(&data, Some(&data)),
+            None => trainer.fit(&data, Some(&data)),
+        }
+        .unwrap();
+        (model, report)
+    };
+    let (cpu, cpu_report) = train(None);
+    let (on_gpu, gpu_report) = train(Some(GpuModel::<AdultFfnn>::new(gpu, initial.params(), 40).unwrap()));
+    assert_eq!((gpu_report.steps, gpu_report.epsilon), (cpu_report.steps, cpu_report.epsilon));
+    let largest = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let (diff, moved) = (largest(on_gpu.params(), cpu.params()), largest(cpu.params(), initial.params()));
+    say(&format!(
+        "trainer in chunks of 40: 24 steps, largest difference {diff:.3e}, largest move {moved:.3}"
+    ));
+    assert!(moved > 0.01, "training moved the parameters");
+    assert!(diff <= 1e-3 * moved, "GPU and CPU trainers in chunks differ by {diff}");
+}
+
 /// The trainer with Adam (L2 decay, a cosine schedule) on the GPU against the trainer on the CPU,
 /// both seeded alike, both writing a checkpoint: the parameters agree to rounding after several
 /// steps, and so do the checkpoints' update counts and moments, which the GPU's comes from the device
@@ -1077,7 +1119,7 @@ fn gpu_batches_too_large_for_the_device_are_refused_with_what_to_change() {
     let error = GpuModel::<Cifar10Cnn>::new(gpu, model.params(), too_many).unwrap_err().to_string();
     say(&error);
     assert!(error.contains("Cifar10Cnn") && error.contains(&format!("{too_many} examples")), "{error}");
-    assert!(error.contains("--batch-size"), "{error}");
+    assert!(error.contains("--batch-size") && error.contains("--max-physical-batch"), "{error}");
     let mut fits = GpuModel::<Cifar10Cnn>::new(Gpu::open(0).unwrap(), model.params(), 128).unwrap();
     let error = fits.resize(too_many, model.params()).unwrap_err().to_string();
     assert!(error.contains("--batch-size"), "{error}");
@@ -1102,7 +1144,7 @@ fn gpu_batches_too_large_for_the_device_are_refused_with_what_to_change() {
         .unwrap_err()
         .to_string();
     say(&error);
-    assert!(error.contains("--batch-size") && !error.contains(&too_many.to_string()), "{error}");
+    assert!(error.contains("--max-physical-batch") && !error.contains(&too_many.to_string()), "{error}");
     // The model is as it was: a step at 128 still runs.
     let (inputs, labels) = batch::<Cifar10Cnn>(&mut ChaCha8Rng::seed_from_u64(28), 3, false);
     let clipping = Clipping { mode: ClipMode::Flat, norm: 1.0 };

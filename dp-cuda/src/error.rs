@@ -35,7 +35,9 @@ pub enum CudaError {
     /// The device has less memory free than a model's regions for a batch need.
     #[error(
         "{model}: batches of up to {batch} examples need {:.2} GiB more device memory{}, and {device} has \
-         {:.2} of its {:.2} GiB free: use a smaller batch (--batch-size)",
+         {:.2} of its {:.2} GiB free: run fewer examples at once (--max-physical-batch, \
+         `Trainer::max_physical_batch`: the batch in chunks, the step unchanged) or use a smaller batch \
+         (--batch-size)",
         gib(*needed),
         if *bf16 { " (storing in bf16)" } else { "" },
         gib(*free),

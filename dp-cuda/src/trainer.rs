@@ -947,7 +947,9 @@ impl<M: DpModel> GpuModel<M> {
                 CudaError::OutOfMemory { model, device, free, total, .. } => DeviceError::Backend(format!(
                     "{model}: a Poisson batch larger than the {} examples the device holds room for needs \
                      more memory than {device} has free ({:.2} of {:.2} GiB; the batch's size is not said: \
-                     it depends on the private data): use a smaller batch (--batch-size)",
+                     it depends on the private data): run fewer examples at once (--max-physical-batch, \
+                     `Trainer::max_physical_batch`: the batch in chunks, the step unchanged) or use a smaller \
+                     batch (--batch-size)",
                     self.max_batch,
                     gib(free),
                     gib(total)

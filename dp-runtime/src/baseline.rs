@@ -130,8 +130,8 @@ fn fit<M: DpModel>(
     let mut gradient = vec![0.0f32; M::TRAINED_PARAM_COUNT];
     let mut indices = Vec::new();
     // On a device, the next batch is sampled, gathered and staged while a step runs, as the private
-    // trainer's (docs/GPU.md).
-    let mut device_steps = DeviceSteps::<M>::new();
+    // trainer's (docs/GPU.md). Its batches go to the device whole.
+    let mut device_steps = DeviceSteps::<M>::new(usize::MAX);
     let device_error = device_error::<M>;
     if let Some(dev) = device.as_mut() {
         if optimizer.on_device(StepInfo { step: 0, total_steps }).is_none() {

@@ -167,6 +167,11 @@ pub struct TrainArgs {
     /// per-example norms, clipped sums, noise and optimizer stay f32).
     #[arg(long, default_value = "f32", value_parser = super::parse_precision)]
     pub precision: Precision,
+    /// At most this many examples through the model at once: a larger Poisson batch is processed in
+    /// chunks whose clipped sums are added before the noise (the step and its privacy unchanged). On
+    /// a GPU this bounds the device memory the run takes, whatever batch is sampled.
+    #[arg(long, value_name = "N", conflicts_with = "non_private")]
+    pub max_physical_batch: Option<usize>,
     /// Where the private steps run: cpu, cuda:N, or cuda (under mpirun each rank's
     /// cuda:(local rank mod GPUs on its node); alone, cuda:0) (a build with the `cuda` feature; models
     /// with a device program, SGD or Adam; docs/GPU.md). Evaluation stays on the CPU.
@@ -588,6 +593,9 @@ where
             if let Some(max) = args.max_steps {
                 trainer = trainer.max_steps(max);
             }
+            if let Some(examples) = args.max_physical_batch {
+                trainer = trainer.max_physical_batch(examples);
+            }
             if let Some(path) = &args.resume {
                 trainer = trainer.resume_from(path);
             }
@@ -599,8 +607,9 @@ where
             }
             if let super::DeviceArg::Cuda(ordinal) = args.device {
                 // Poisson batches up to the expected size plus five standard deviations allocated
-                // ahead; a larger one grows the device arena.
+                // ahead; a larger one grows the device arena, up to the physical batch.
                 let room = settings.batch_size + 5 * (settings.batch_size as f64).sqrt().ceil() as usize;
+                let room = room.min(args.max_physical_batch.unwrap_or(usize::MAX)).max(1);
                 trainer = on_gpu(trainer, ordinal, room)?;
             }
             trainer.fit(&train, Some(&test)).map_err(with_flag)?

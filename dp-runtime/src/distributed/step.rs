@@ -141,7 +141,9 @@ impl<'g> DistributedRun<'g> {
     /// chunks), so a seeded run releases the CPU's R; and, without views, when `next` gives the
     /// sampler (a step follows this one), every rank samples the next global batch and gathers and
     /// stages its part of it ([`DeviceSteps::overlapped`] with the rank's shard: the same draws in the
-    /// same order as at the top of the next step). The update is the caller's ([`DeviceTraining::released_update`]). A
+    /// same order as at the top of the next step). A part larger than the physical batch
+    /// (`Trainer::max_physical_batch`) is summed in chunks ([`DeviceSteps::clipped_sum_in_chunks`]).
+    /// The update is the caller's ([`DeviceTraining::released_update`]). A
     /// device error on any rank is every rank's [`Error::RankFailed`].
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn device_step<M: DpModel>(
@@ -181,6 +183,26 @@ impl<'g> DistributedRun<'g> {
                     device.clipped_sum_with_views_to_host(inputs, labels, n, views, mode, norm, sum);
                 computed.map_err(device_error::<M>)
             }),
+            // A part larger than the physical batch: its chunks' sums added up (in f64), rank 0
+            // drawing the noise while the first chunk runs.
+            None if steps.in_chunks(n) => {
+                let mut noise_drawn = Ok(());
+                let summed = steps.clipped_sum_in_chunks(
+                    device,
+                    shard_data,
+                    (&self.local_indices, staged),
+                    (next, Some(shard)),
+                    (mode, norm),
+                    None,
+                    || noise_drawn = draw(),
+                );
+                let summed = summed.inspect(|_| {
+                    for (s, &chunks) in sum.iter_mut().zip(steps.chunks_sum()) {
+                        *s = chunks as f32;
+                    }
+                });
+                noise_drawn.and(summed.map_err(device_error::<M>))
+            }
             // The clipped sum is queued first, so that the device computes it while rank 0 draws the
             // step's noise (whether or not it was queued) and every rank stages its part of the next
             // batch; a queued sum is always awaited, whatever the draw or the staging did.

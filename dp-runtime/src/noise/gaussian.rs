@@ -36,6 +36,18 @@ use crate::rng::{uniform_f64, uniform_open_closed};
 /// about 50 µs on one core: enough to pay for a hand-off to another thread.
 pub const FILL_CHUNK: usize = 1 << 14;
 
+/// Fills `out` with the N(0, 1) values [`GaussianNoise::fill`] draws once it has taken `key` from
+/// its stream: chunks of [`FILL_CHUNK`] coordinates filled by [`fill_chunk`], in parallel when there
+/// are several. A device step draws these from the key the trainer hands it; a step whose clipped
+/// sum was formed in physical chunks draws them here, on the host, from the same key.
+pub fn fill_under_key(key: &[u8; 32], out: &mut [f64]) {
+    if out.len() <= FILL_CHUNK {
+        fill_chunk(key, 0, out);
+    } else {
+        out.par_chunks_mut(FILL_CHUNK).enumerate().for_each(|(j, chunk)| fill_chunk(key, j as u64, chunk));
+    }
+}
+
 /// Coordinates per retry segment of a chunk: the coordinates of segment s (coordinates
 /// s·RETRY_SEGMENT.. of the chunk) that need more than their first word read them from a keystream of
 /// their own (see [`fill_chunk`]), so that a second implementation can redo the segments' rare
@@ -153,13 +165,7 @@ impl GaussianNoise {
     pub fn fill(&mut self, out: &mut [f64]) {
         let mut key = [0u8; 32];
         self.rng.fill_bytes(&mut key);
-        if out.len() <= FILL_CHUNK {
-            fill_chunk(&key, 0, out);
-        } else {
-            out.par_chunks_mut(FILL_CHUNK)
-                .enumerate()
-                .for_each(|(j, chunk)| fill_chunk(&key, j as u64, chunk));
-        }
+        fill_under_key(&key, out);
     }
 
     /// Fills `out` with N(0, 1) values by Box–Muller (the reference method).
@@ -478,6 +484,25 @@ impl BufferedWords {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
+
+    /// The normals a chunked device step draws on the host from a step's key are those `fill` draws
+    /// after taking that key from its stream, across several chunks; another key gives others.
+    #[test]
+    fn fill_under_key_draws_what_fill_draws_after_taking_the_key() {
+        let len = 2 * FILL_CHUNK + 77;
+        let stream = ChaCha20Rng::seed_from_u64(5);
+        let mut key = [0u8; 32];
+        stream.clone().fill_bytes(&mut key);
+        let mut filled = vec![0.0; len];
+        GaussianNoise::new(stream).fill(&mut filled);
+        let mut under_key = vec![0.0; len];
+        fill_under_key(&key, &mut under_key);
+        assert_eq!(filled, under_key);
+        key[31] ^= 1;
+        fill_under_key(&key, &mut under_key);
+        assert!(filled.iter().zip(&under_key).all(|(a, b)| a != b));
+    }
 
     /// The vector paths this CPU runs.
     fn vector_paths() -> Vec<FastPath> {

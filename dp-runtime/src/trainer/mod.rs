@@ -67,6 +67,8 @@ pub struct Trainer<'m, M: DpModel> {
     secure_noise: bool,
     precision: Precision,
     memory_budget: usize,
+    /// At most this many examples through the model at once (`None`: as the memory budget allows).
+    max_physical_batch: Option<usize>,
     quiet: bool,
     checkpoint: Option<PathBuf>,
     resume: Option<PathBuf>,
@@ -108,6 +110,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
             secure_noise: false,
             precision: Precision::F32,
             memory_budget: DEFAULT_MEMORY_BUDGET,
+            max_physical_batch: None,
             quiet: false,
             checkpoint: None,
             resume: None,
@@ -160,6 +163,9 @@ impl<'m, M: DpModel> Trainer<'m, M> {
         let length = length.ok_or_else(|| Error::invalid("epochs", "set epochs or steps"))?;
         if self.memory_budget == 0 {
             return Err(Error::invalid("memory_budget", "must be positive"));
+        }
+        if self.max_physical_batch == Some(0) {
+            return Err(Error::invalid("max_physical_batch", "must be at least 1"));
         }
         if let Some(b) = self.budget {
             if !(b > 0.0 && b.is_finite()) {
@@ -336,6 +342,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
         let bytes_per_example = (M::WORKSPACE_PER_EXAMPLE.max(1) * 4) as u64;
         let room = (self.memory_budget as u64).saturating_sub(Workspace::fixed_len::<M>() as u64 * 4);
         let max_chunk = (room / bytes_per_example).clamp(1, usize::MAX as u64) as usize;
+        let max_chunk = max_chunk.min(self.max_physical_batch.unwrap_or(usize::MAX));
         // Room for a Poisson batch up to B + 5√B without growing the workspace.
         let typical_batch = expected_batch_size + 5 * (expected_batch_size as f64).sqrt().ceil() as usize;
         let mut engine = StepEngine::<M>::new(clip_norm, clip_mode, max_chunk, typical_batch);
@@ -354,7 +361,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 dev.start_average().map_err(device_error)?;
             }
         }
-        let mut device_steps = DeviceSteps::<M>::new();
+        let mut device_steps = DeviceSteps::<M>::new(self.max_physical_batch.unwrap_or(usize::MAX));
         let mut epochs = Vec::new();
         let mut indices = Vec::new();
         let mut previous = model.params().to_vec();

@@ -76,8 +76,9 @@ impl<M: DpModel> Views<M> {
             return Err(Error::invalid(
                 "augmentation_multiplicity",
                 format!(
-                    "{count} views of one example do not fit the memory budget, which holds {max_chunk} \
-                     examples at a time; raise the budget or take fewer views"
+                    "{count} views of one example do not fit one physical chunk, which holds {max_chunk} \
+                     examples at a time (the memory budget and max_physical_batch); raise them or take \
+                     fewer views"
                 ),
             ));
         }
