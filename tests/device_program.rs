@@ -92,6 +92,20 @@ where
         M::device_gradient_sum(&mut dev, n).unwrap();
         close_sum(&tag("gradient sum"), dev.get(Region::Grad), &cpu.gradient_sum, 1e-4);
     }
+
+    // The forward alone (evaluation), from an arena of garbage: the outputs where `device_outputs`
+    // says, those of the CPU's forward (a poisoned example's NaN on both).
+    dev.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * n]);
+    M::device_forward(&mut dev, n).unwrap();
+    let outputs = dev.values(M::device_outputs(n).unwrap()).unwrap();
+    let mut ws = dp::Workspace::new::<M>(n);
+    let mut want = vec![0.0; n * M::LOSS.output_len()];
+    model.forward(&mut ws, inputs, n, &mut want);
+    let skip = if poison { M::LOSS.output_len() } else { 0 };
+    if poison {
+        assert!(outputs[..skip].iter().all(|v| v.is_nan()), "{}", tag("poisoned outputs"));
+    }
+    close_sum(&tag("outputs"), &outputs[skip..], &want[skip..], 1e-5);
 }
 
 #[test]
@@ -296,6 +310,8 @@ enum Call {
     Stage(usize),
     Queue,
     Finish,
+    /// Outputs of this many examples asked for (evaluation).
+    Evaluate(usize),
 }
 
 /// Each view's loss and each example's clip factors, kept by a step with views.
@@ -433,6 +449,20 @@ where
                 factors.copy_from_slice(&kept_factors[..n * groups]);
             }
             _ => return Err(DeviceError::Mismatch(format!("no losses of {views} views kept"))),
+        }
+        Ok(())
+    }
+
+    /// The device program's forward alone, the arena NaN first (it must write what it reads), the
+    /// outputs read as stored.
+    fn outputs(&mut self, inputs: &[M::Input], n: usize, outputs: &mut [f32]) -> Result<(), DeviceError> {
+        self.calls.lock().unwrap().push(Call::Evaluate(n));
+        let d = &mut self.dev;
+        d.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * n]);
+        TestInput::load(d, inputs);
+        if n > 0 {
+            M::device_forward(d, n)?;
+            outputs.copy_from_slice(&d.values(M::device_outputs(n)?)?);
         }
         Ok(())
     }
@@ -722,6 +752,18 @@ fn assert_overlapped(calls: &[Call], steps: usize) -> Vec<usize> {
 /// staged, then per batch its queue, the next staged (but after the last), its finish. Returns the
 /// staged sizes, in order, each positive.
 fn assert_pipelined(calls: &[Call]) -> Vec<usize> {
+    // Evaluations come between steps, never while one is queued; the rest is the steps'.
+    let mut queued = false;
+    for call in calls {
+        match call {
+            Call::Queue => queued = true,
+            Call::Finish => queued = false,
+            Call::Evaluate(_) => assert!(!queued, "an evaluation while a step was queued: {calls:?}"),
+            Call::Stage(_) => {}
+        }
+    }
+    let calls: Vec<Call> = calls.iter().filter(|c| !matches!(c, Call::Evaluate(_))).copied().collect();
+    let calls = calls.as_slice();
     let sizes: Vec<_> =
         calls.iter().filter_map(|c| if let Call::Stage(n) = c { Some(*n) } else { None }).collect();
     assert!(!sizes.is_empty(), "{calls:?}");
@@ -779,11 +821,14 @@ fn a_device_runs_batches_larger_than_the_physical_batch_in_chunks() {
     let whole_sizes = assert_overlapped(&whole_calls, whole_report.steps as usize);
     let moved = largest_difference(whole.params(), initial.params());
     assert!(moved > 0.01, "training moved the parameters by {moved}");
-    for physical in [16, 23] {
+    // 66: the batches (about 64) in one piece or in two, in turn.
+    for physical in [16, 23, 66] {
         let (chunked, report, calls) = on_device(Some(physical));
         let sizes = assert_pipelined(&calls);
         assert!(sizes.iter().all(|&n| n <= physical), "{physical}: chunks {sizes:?}");
-        assert!(sizes.len() > 2 * whole_sizes.len(), "{physical}: {} chunks", sizes.len());
+        let chunked_steps = whole_sizes.iter().filter(|&&n| n > physical).count();
+        assert!(chunked_steps > 0 && (physical < 64 || chunked_steps < whole_sizes.len()), "{whole_sizes:?}");
+        assert_eq!(sizes.len(), whole_sizes.iter().map(|n| n.div_ceil(physical).max(1)).sum::<usize>());
         assert_eq!(sizes.iter().sum::<usize>(), whole_sizes.iter().sum::<usize>(), "{physical}: examples");
         assert_eq!((report.steps, report.epsilon), (whole_report.steps, whole_report.epsilon));
         let diff = largest_difference(chunked.params(), whole.params());
@@ -810,6 +855,47 @@ fn a_device_runs_batches_larger_than_the_physical_batch_in_chunks() {
     let mut model = Deep::from_params(initial.params().to_vec());
     let error = refused(configure(dp::Trainer::new(&mut model)).max_physical_batch(0));
     assert!(error.contains("max_physical_batch") && error.contains("at least 1"), "{error}");
+}
+
+/// A device run is evaluated by the device's forward (`DeviceTraining::outputs`): once per epoch on
+/// the whole evaluation set, never while a step is queued, under the moving average when there is one
+/// (uploaded for it, the parameters uploaded back after). The epochs' losses and accuracies are the
+/// CPU trainer's, and so are the parameters trained after the evaluations.
+#[test]
+fn a_trainer_on_a_device_evaluates_with_the_devices_forward() {
+    let mut rng = ChaCha8Rng::seed_from_u64(67);
+    let (inputs, labels) = batch::<Deep>(&mut rng, 400, false);
+    let data = dp::Dataset::new(inputs, labels, Deep::INPUT_SHAPE.to_vec(), 1).unwrap();
+    let initial = Deep::init(&mut rng);
+    for ema in [None, Some(0.8)] {
+        fn configure(t: dp::Trainer<'_, Deep>, ema: Option<f64>) -> dp::Trainer<'_, Deep> {
+            let t = t.clip_norm(1.0).noise_multiplier(0.8).expected_batch_size(64).seed(3);
+            let t = t.optimizer(Sgd::new(0.5).momentum(0.9)).epochs(3).allow_large_delta(true).quiet(true);
+            match ema {
+                Some(decay) => t.ema(decay),
+                None => t,
+            }
+        }
+        let mut cpu = Deep::from_params(initial.params().to_vec());
+        let cpu_report = configure(dp::Trainer::new(&mut cpu), ema).fit(&data, Some(&data)).unwrap();
+        let training = HostTraining::<Deep>::new();
+        let calls = training.calls.clone();
+        let mut dev = Deep::from_params(initial.params().to_vec());
+        let dev_report =
+            configure(dp::Trainer::new(&mut dev), ema).device(training).fit(&data, Some(&data)).unwrap();
+        let calls = calls.lock().unwrap().clone();
+        assert_pipelined(&calls);
+        let evaluations: Vec<_> = calls.iter().filter(|c| matches!(c, Call::Evaluate(_))).collect();
+        assert_eq!(evaluations, vec![&Call::Evaluate(400); 3], "{ema:?}");
+        assert_eq!(dev_report.epochs.len(), 3);
+        for (d, c) in dev_report.epochs.iter().zip(&cpu_report.epochs) {
+            assert_eq!(d.accuracy, c.accuracy, "{ema:?}");
+            let (d, c) = (d.eval_loss.unwrap(), c.eval_loss.unwrap());
+            assert!((d - c).abs() <= 1e-5 * c.abs(), "{ema:?}: evaluation loss {d} vs {c}");
+        }
+        let diff = largest_difference(dev.params(), cpu.params());
+        assert!(diff <= 1e-5, "{ema:?}: the device's trainer differs from the CPU's by {diff}");
+    }
 }
 
 /// Non-private diagnostics on a device: each step's losses and clip factors come back, and the epochs'

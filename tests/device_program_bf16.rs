@@ -186,6 +186,10 @@ impl<M: DpModel> DeviceTraining<M> for &mut PrecisionProbe {
     fn stage_batch(&mut self, _inputs: &[M::Input], _labels: &[f32], _n: usize) -> Result<(), DeviceError> {
         Ok(())
     }
+    fn outputs(&mut self, _inputs: &[M::Input], _n: usize, outputs: &mut [f32]) -> Result<(), DeviceError> {
+        outputs.fill(0.0);
+        Ok(())
+    }
     fn queue_private_step(&mut self, _step: &DevicePrivateStep) -> Result<(), DeviceError> {
         Ok(())
     }

@@ -358,6 +358,76 @@ fn gpu_steps_overlapped_with_staging_equal_steps_in_turn() {
     assert!(sum.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()), "the clipped sums differ");
 }
 
+/// The device's forward alone, for evaluation (`GpuModel::outputs`): the outputs of the CPU's forward
+/// to 1e-4 of the largest, in chunks of the arena's room (173 examples through room for 50), for
+/// dense, conv and token models; storing in bf16, within 3e-2. A batch staged for the next step before
+/// an evaluation is still the one that step takes: its parameters after it equal those of a twin
+/// model that evaluated nothing, bit for bit; and an evaluation while a step is queued is refused.
+/// WRITTEN WITHOUT A GPU, NOT YET RUN.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_evaluation_by_the_devices_forward_equals_the_cpus_and_keeps_the_staged_batch() {
+    use dp::device::{DeviceOptimizer, DevicePrivateStep, DeviceSgd};
+    let Some(gpu) = gpu("evaluation") else { return };
+    drop(gpu);
+    fn outputs_match<M: DpModel>(seed: u64, bf16: bool)
+    where
+        M::Input: TestInput,
+    {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let model = M::init(&mut rng);
+        let n = 173;
+        let (inputs, _) = batch::<M>(&mut rng, n, false);
+        let mut on_gpu = GpuModel::<M>::new(Gpu::open(0).unwrap(), model.params(), 50).unwrap();
+        if bf16 {
+            on_gpu.set_precision(dp::Precision::Bf16).unwrap();
+        }
+        let mut got = vec![0.0; n * M::LOSS.output_len()];
+        on_gpu.outputs(&inputs, n, &mut got).unwrap();
+        let mut ws = Workspace::new::<M>(n);
+        let mut want = vec![0.0; got.len()];
+        model.forward(&mut ws, &inputs, n, &mut want);
+        let scale = want.iter().fold(0.0f32, |m, w| m.max(w.abs()));
+        let diff = got.iter().zip(&want).fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
+        say(&format!("evaluation {} (bf16 {bf16}): largest difference {diff:.3e} of {scale:.3}", M::NAME));
+        assert!(diff <= if bf16 { 3e-2 } else { 1e-4 } * scale, "{} bf16 {bf16}: {diff} of {scale}", M::NAME);
+    }
+    for bf16 in [false, true] {
+        outputs_match::<AdultFfnn>(71, bf16);
+        outputs_match::<MnistCnn>(72, bf16);
+        outputs_match::<EmbeddingNet>(73, bf16);
+    }
+
+    let mut rng = ChaCha8Rng::seed_from_u64(74);
+    let model = AdultFfnn::init(&mut rng);
+    let (inputs, labels) = batch::<AdultFfnn>(&mut rng, 20, false);
+    let (held_out, _) = batch::<AdultFfnn>(&mut rng, 90, false);
+    let step = DevicePrivateStep {
+        clip_mode: ClipMode::Flat,
+        clip_norm: 1.0,
+        noise_std: 0.3,
+        normaliser: 20.0,
+        key: [9; 32],
+        optimizer: DeviceOptimizer::Sgd(DeviceSgd {
+            lr: 0.5,
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        }),
+        keep_losses: false,
+    };
+    let mut evaluating = GpuModel::<AdultFfnn>::new(Gpu::open(0).unwrap(), model.params(), 32).unwrap();
+    let mut twin = GpuModel::<AdultFfnn>::new(Gpu::open(0).unwrap(), model.params(), 32).unwrap();
+    let mut outputs = vec![0.0; 90 * AdultFfnn::LOSS.output_len()];
+    DeviceTraining::stage_batch(&mut evaluating, &inputs, &labels, 20).unwrap();
+    evaluating.outputs(&held_out, 90, &mut outputs).unwrap();
+    DeviceTraining::queue_private_step(&mut evaluating, &step).unwrap();
+    assert!(evaluating.outputs(&held_out, 90, &mut outputs).is_err(), "evaluated while a step was queued");
+    DeviceTraining::finish_private_step(&mut evaluating).unwrap();
+    DeviceTraining::private_step(&mut twin, &inputs, &labels, 20, &step).unwrap();
+    assert_eq!(evaluating.params().unwrap(), twin.params().unwrap(), "the staged batch was disturbed");
+}
+
 /// Not a check: where a private step's time goes on this GPU, phase by phase (printed for the report).
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
@@ -454,7 +524,8 @@ fn gpu_trainer_follows_the_cpu_trainer() {
 /// Poisson batches of about 128 with `Trainer::max_physical_batch(40)` on a GPU model with room for
 /// 40: each step's clipped sum formed in chunks of at most 40 (copied out and added on the host, the
 /// step's normals drawn there from its key, R handed back as a distributed step's), ending where the
-/// CPU trainer with the same bound ends, with its ε. WRITTEN WITHOUT A GPU, NOT YET RUN.
+/// CPU trainer with the same bound ends, with its ε and its non-private diagnostics (each chunk's
+/// losses read back while the next is staged). WRITTEN WITHOUT A GPU, NOT YET RUN.
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
 fn gpu_trainer_runs_batches_larger_than_the_physical_batch_in_chunks() {
@@ -472,6 +543,7 @@ fn gpu_trainer_runs_batches_larger_than_the_physical_batch_in_chunks() {
             .expected_batch_size(128)
             .steps(24)
             .max_physical_batch(40)
+            .non_private_diagnostics(true)
             .seed(3)
             .quiet(true);
         let report = match device {
@@ -491,6 +563,12 @@ fn gpu_trainer_runs_batches_larger_than_the_physical_batch_in_chunks() {
     ));
     assert!(moved > 0.01, "training moved the parameters");
     assert!(diff <= 1e-3 * moved, "GPU and CPU trainers in chunks differ by {diff}");
+    // The diagnostics, read back chunk by chunk while the next chunk is staged.
+    for (g, c) in gpu_report.epochs.iter().zip(&cpu_report.epochs) {
+        let (g, c) = (g.diagnostics.as_ref().unwrap(), c.diagnostics.as_ref().unwrap());
+        assert!((g.train_loss - c.train_loss).abs() <= 1e-4 * c.train_loss, "{g:?} vs {c:?}");
+        assert_eq!((g.non_finite_examples, g.mean_batch_size), (c.non_finite_examples, c.mean_batch_size));
+    }
 }
 
 /// The trainer with Adam (L2 decay, a cosine schedule) on the GPU against the trainer on the CPU,

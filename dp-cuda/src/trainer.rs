@@ -27,6 +27,7 @@ use crate::program::{GpuOps, RegionMemory};
 use crate::staging::{Staging, StagingPair};
 use crate::update::{AdamBuffers, AdamStep, UpdateStep};
 
+mod evaluation;
 mod overlap;
 mod views;
 
@@ -1195,6 +1196,15 @@ impl<M: DpModel> DeviceTraining<M> for GpuModel<M> {
         n: usize,
     ) -> std::result::Result<(), DeviceError> {
         GpuModel::stage_batch(self, inputs, labels, n).map_err(|e| DeviceError::Backend(e.to_string()))
+    }
+
+    fn outputs(
+        &mut self,
+        inputs: &[M::Input],
+        n: usize,
+        outputs: &mut [f32],
+    ) -> std::result::Result<(), DeviceError> {
+        GpuModel::outputs(self, inputs, n, outputs).map_err(|e| DeviceError::Backend(e.to_string()))
     }
 
     fn queue_private_step(&mut self, step: &DevicePrivateStep) -> std::result::Result<(), DeviceError> {

@@ -58,7 +58,7 @@ pub fn fit_non_private<M: DpModel>(
 
 /// [`fit_non_private`] with every step on `device` (a GPU through `dp::cuda::trainer::GpuModel`):
 /// the batch goes in, its losses come out; the parameters come back at the end of each epoch for
-/// evaluation (on the CPU) and at the end, and the device's optimizer state is loaded into
+/// the report and at the end (evaluation runs the device's forward, `DeviceTraining::outputs`), and the device's optimizer state is loaded into
 /// `optimizer` at the end. SGD, Adam and AdamW (other optimizers are refused). An error leaves the
 /// model at the last epoch's end.
 pub fn fit_non_private_on_device<M: DpModel>(
@@ -217,7 +217,12 @@ fn fit<M: DpModel>(
         if let Some(dev) = device.as_mut() {
             dev.download(model.params_mut()).map_err(device_error)?;
         }
-        let (eval_loss, accuracy) = report::evaluate(model, &mut workspace, eval, max_chunk);
+        let (eval_loss, accuracy) = match device.as_mut() {
+            Some(dev) => {
+                report::evaluate_on_device(&mut **dev, eval, eval.len().max(1)).map_err(device_error)?
+            }
+            None => report::evaluate(model, &mut workspace, eval, max_chunk),
+        };
         let record = EpochReport {
             epoch,
             steps: step,

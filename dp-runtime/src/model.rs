@@ -305,6 +305,14 @@ pub trait DpModel: Sized + Send + Sync {
         Err(Self::device_unsupported())
     }
 
+    /// Where [`device_forward`](DpModel::device_forward) leaves the outputs of `n` examples: an arena
+    /// span of `n · output_len` values, marked as the plan stores it (in bf16 on a device storing in
+    /// bf16).
+    fn device_outputs(n: usize) -> Result<crate::device::Span, DeviceError> {
+        let _ = n;
+        Err(Self::device_unsupported())
+    }
+
     /// The device program's forward, loss and one backward pass over `n` examples (inputs and labels
     /// in their regions): each example's loss in `Losses`, every layer's input and δ kept in the arena.
     fn device_forward_backward(dev: &mut dyn DeviceOps, n: usize) -> Result<(), DeviceError> {

@@ -169,12 +169,12 @@ pub struct TrainArgs {
     pub precision: Precision,
     /// At most this many examples through the model at once: a larger Poisson batch is processed in
     /// chunks whose clipped sums are added before the noise (the step and its privacy unchanged). On
-    /// a GPU this bounds the device memory the run takes, whatever batch is sampled.
+    /// a GPU this bounds the device arena (the memory that grows with the batch), whatever batch is sampled.
     #[arg(long, value_name = "N", conflicts_with = "non_private")]
     pub max_physical_batch: Option<usize>,
     /// Where the private steps run: cpu, cuda:N, or cuda (under mpirun each rank's
     /// cuda:(local rank mod GPUs on its node); alone, cuda:0) (a build with the `cuda` feature; models
-    /// with a device program, SGD or Adam; docs/GPU.md). Evaluation stays on the CPU.
+    /// with a device program, SGD or Adam; docs/GPU.md). Evaluation runs the device's forward.
     #[arg(long, default_value = "cpu", value_parser = super::parse_device)]
     pub device: super::DeviceArg,
 }

@@ -255,12 +255,21 @@ fn device_program(model: &ModelDef, plan: &Plan) -> TokenStream {
     let (forward_backward, gradient_sum, norms, clipped_sum) =
         (pass(quote!(#forward #backward)), pass(gradient_sum), pass(norms), pass(clipped_sum));
     let forward = pass(forward);
+    let outputs = match plan.output {
+        Buf::Arena(k) => device::emit::arena(plan, k),
+        Buf::Input => unreachable!("checking guarantees a trained layer before the output"),
+    };
     quote! {
         const DEVICE_UNSUPPORTED: ::core::option::Option<&'static str> = ::core::option::Option::None;
         const DEVICE_ARENA_PER_EXAMPLE: usize = #arena;
 
         fn device_forward(dev: &mut dyn #rt::DeviceOps, n: usize) -> ::core::result::Result<(), #rt::DeviceError> {
             #forward
+        }
+
+        fn device_outputs(n: usize) -> ::core::result::Result<#rt::Span, #rt::DeviceError> {
+            #prelude
+            ::core::result::Result::Ok(#outputs)
         }
 
         fn device_forward_backward(dev: &mut dyn #rt::DeviceOps, n: usize) -> ::core::result::Result<(), #rt::DeviceError> {

@@ -910,7 +910,9 @@ pub struct DevicePrivateStep {
     pub keep_losses: bool,
 }
 
-/// What a device step reports (scalars only: nothing else leaves the device during a step).
+/// What a device step reports (scalars only: nothing else leaves the device during a step in one
+/// piece; a step in physical chunks, or a distributed rank's, copies out its clipped sums, see
+/// [`DeviceTraining::finish_clipped_sum`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceStepOutcome {
     /// Examples whose norm was not finite (they contributed nothing).
@@ -961,6 +963,12 @@ pub trait DeviceTraining<M: crate::DpModel>: Send {
         self.queue_private_step(step)?;
         self.finish_private_step()
     }
+    /// The model's outputs for a gathered batch of `n` examples under the parameters the device
+    /// holds, into `outputs` (`n · output_len` values, laid out as
+    /// [`DpModel::forward`](crate::DpModel::forward) gives them): the device program's forward
+    /// alone ([`DpModel::device_forward`](crate::DpModel::device_forward)), for evaluating a
+    /// held-out set. Not while a step is queued; a batch staged for the next step stays staged.
+    fn outputs(&mut self, inputs: &[M::Input], n: usize, outputs: &mut [f32]) -> Result<(), DeviceError>;
     /// Starts an exponential moving average of the parameters (`Trainer::ema`) at the parameters the
     /// device holds now.
     fn start_average(&mut self) -> Result<(), DeviceError>;
@@ -1025,9 +1033,10 @@ pub trait DeviceTraining<M: crate::DpModel>: Send {
         views: usize,
         step: &DevicePrivateStep,
     ) -> Result<DeviceStepOutcome, DeviceError>;
-    /// A distributed step's first half on this rank (`docs/DISTRIBUTED.md`), queued on the staged
-    /// batch ([`stage_batch`](Self::stage_batch)) of `n` examples, and may return before it ends (rank
-    /// 0 draws the step's noise on the host meanwhile): their norms, clip factors (`clip_mode`, C =
+    /// A distributed step's first half on this rank (`docs/DISTRIBUTED.md`), or one physical chunk of
+    /// a step larger than `Trainer::max_physical_batch`, queued on the staged batch
+    /// ([`stage_batch`](Self::stage_batch)) of `n` examples, and may return before it ends (the host
+    /// draws the step's noise meanwhile): their norms, clip factors (`clip_mode`, C =
     /// `clip_norm`) and clipped sum (0 examples give a zero sum). No noise, no update. One step at a
     /// time, as [`queue_private_step`](Self::queue_private_step).
     fn queue_clipped_sum(
@@ -1036,7 +1045,8 @@ pub trait DeviceTraining<M: crate::DpModel>: Send {
         clip_norm: f64,
     ) -> Result<(), DeviceError>;
     /// Waits for the queued clipped sum and copies it into `sum` (`TRAINED_PARAM_COUNT` values,
-    /// OVERWRITTEN): the one vector that leaves the device during a step, for the reduce over ranks.
+    /// OVERWRITTEN): the one vector that leaves the device during a step, for the reduce over ranks
+    /// or the sum over a step's chunks (on the host, trusted as the CPU's memory is; never output).
     /// Returns the examples whose norm was not finite (they contributed nothing).
     fn finish_clipped_sum(&mut self, sum: &mut [f32]) -> Result<usize, DeviceError>;
     /// A distributed step's first half on a gathered batch of `n` examples: staged, queued and
@@ -1070,8 +1080,9 @@ pub trait DeviceTraining<M: crate::DpModel>: Send {
         clip_norm: f64,
         sum: &mut [f32],
     ) -> Result<usize, DeviceError>;
-    /// A distributed step's second half: the update from the released vector R = S + σC·z that rank
-    /// 0 broadcast (`TRAINED_PARAM_COUNT` values, f64), copied in. The noisy gradient is
+    /// A distributed step's second half, or a chunked step's: the update from the released vector
+    /// R = S + σC·z that rank 0 broadcast or the host formed (`TRAINED_PARAM_COUNT` values, f64),
+    /// copied in. The noisy gradient is
     /// `R · (1 / normaliser)` per coordinate, exactly `NoisyGradient::released`'s, then `optimizer`'s
     /// update as in [`private_step`](Self::private_step). Returns whether the update overflowed; the
     /// device then restored the parameters it held before it.

@@ -159,8 +159,9 @@ impl<'m, M: DpModel> Trainer<'m, M> {
     /// physical chunks of at most `examples` whose clipped sums are added before the one draw of
     /// noise, so the step, its noise and its privacy are those of the whole batch. On the CPU the
     /// chunks are also bounded by the [`memory_budget`](Self::memory_budget); on a device
-    /// ([`device`](Self::device)) this is what bounds the device's memory, which otherwise grows to
-    /// hold the largest batch sampled (size its training state for `examples`). Default: no bound
+    /// ([`device`](Self::device)) this is what bounds the device's arena (the memory that grows with
+    /// the batch), which otherwise grows to hold the largest batch sampled (size its training state
+    /// for `examples`). Default: no bound
     /// beyond the memory budget's. Must be at least 1, and at least the views per example of
     /// [`augmentation_multiplicity`](Self::augmentation_multiplicity) (one example's views run at once).
     pub fn max_physical_batch(mut self, examples: usize) -> Self {

@@ -231,6 +231,10 @@ impl<M: DpModel> DeviceSteps<M> {
                 self.read_losses(dev, chunk.len(), 1, stats)?;
             }
         }
+        // A batch of no chunk (none reaches here: it runs in one piece) still runs it.
+        if let Some(during) = during_first.take() {
+            during();
+        }
         Ok(non_finite)
     }
 

@@ -518,21 +518,37 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     agreed(distributed.as_mut(), downloaded.map_err(device_error))?;
                 }
                 let spent = plan.epsilon()?;
-                let (eval_loss, accuracy) = match eval {
-                    Some(eval) => {
-                        let (loss, accuracy) = ema::with_average(ema.as_mut(), model, |model| {
-                            report::evaluate(model, engine.workspace(), eval, max_chunk)
-                        });
-                        (Some(loss), accuracy)
+                let evaluated = match device.as_mut() {
+                    // On the device, under the average when there is one. Only rank 0 evaluates;
+                    // every rank agrees on whether it failed.
+                    Some(dev) => {
+                        let average = ema.as_ref().map(Ema::average);
+                        let evaluated = eval
+                            .map(|eval| evaluate_on_device(dev.as_mut(), model.params(), average, eval))
+                            .transpose();
+                        agreed_value(distributed.as_mut(), evaluated)?
                     }
+                    None => eval.map(|eval| {
+                        ema::with_average(ema.as_mut(), model, |model| {
+                            report::evaluate(model, engine.workspace(), eval, max_chunk)
+                        })
+                    }),
+                };
+                let (eval_loss, accuracy) = match evaluated {
+                    Some((loss, accuracy)) => (Some(loss), accuracy),
                     None => (None, None),
+                };
+                let train_accuracy = match (non_private_diagnostics, eval, device.as_mut()) {
+                    (false, _, _) | (true, Some(_), _) => None,
+                    (true, None, Some(dev)) => {
+                        let evaluated = evaluate_on_device(dev.as_mut(), model.params(), None, train);
+                        agreed_value(distributed.as_mut(), evaluated)?.1
+                    }
+                    (true, None, None) => report::evaluate(model, engine.workspace(), train, max_chunk).1,
                 };
                 let diagnostics = non_private_diagnostics.then(|| Diagnostics {
                     train_loss: loss_sum / loss_count.max(1) as f64,
-                    train_accuracy: match eval {
-                        Some(_) => None,
-                        None => report::evaluate(model, engine.workspace(), train, max_chunk).1,
-                    },
+                    train_accuracy,
                     non_finite_examples: non_finite,
                     mean_batch_size: examples as f64 / steps_in_epoch.max(1) as f64,
                 });
@@ -648,6 +664,38 @@ fn agreed(distributed: Option<&mut DistributedRun<'_>>, outcome: Result<()>) -> 
         Some(run) => run.agree(outcome),
         None => outcome,
     }
+}
+
+/// [`agreed`] for an outcome with a value: every rank's value, or the same error on every rank.
+fn agreed_value<T>(distributed: Option<&mut DistributedRun<'_>>, outcome: Result<T>) -> Result<T> {
+    let (value, outcome) = match outcome {
+        Ok(value) => (Some(value), Ok(())),
+        Err(e) => (None, Err(e)),
+    };
+    agreed(distributed, outcome)?;
+    Ok(value.expect("agreed that no rank failed"))
+}
+
+/// Mean loss and accuracy of `data` by the device's forward (`report::evaluate_on_device`), under
+/// the parameters it holds (`params`, the model's) or, given `average`, under the moving average:
+/// uploaded for the evaluation and the parameters uploaded back after it, whatever it did.
+fn evaluate_on_device<M: DpModel>(
+    device: &mut dyn DeviceTraining<M>,
+    params: &[f32],
+    average: Option<&[f32]>,
+    data: &Dataset<M::Input>,
+) -> Result<(f64, Option<f64>)> {
+    // The device chunks the set by its own room.
+    let chunk = data.len().max(1);
+    let evaluated = match average {
+        None => report::evaluate_on_device(device, data, chunk),
+        Some(average) => device.upload(average).and_then(|()| {
+            let evaluated = report::evaluate_on_device(device, data, chunk);
+            let restored = device.upload(params);
+            evaluated.and_then(|e| restored.map(|()| e))
+        }),
+    };
+    evaluated.map_err(device_error::<M>)
 }
 
 /// The warning of a run with non-private diagnostics.

@@ -2,6 +2,7 @@
 
 use crate::accounting::AccountantKind;
 use crate::data::Dataset;
+use crate::device::{DeviceError, DeviceTraining};
 use crate::model::{DpModel, Loss, Workspace};
 use crate::sampling::SamplingMode;
 
@@ -141,6 +142,34 @@ pub fn evaluate<M: DpModel>(
     data: &Dataset<M::Input>,
     chunk: usize,
 ) -> (f64, Option<f64>) {
+    let forward = |inputs: &[M::Input], size: usize, outputs: &mut [f32]| {
+        ws.ensure::<M>(size);
+        model.forward(ws, inputs, size, outputs);
+        Ok::<(), std::convert::Infallible>(())
+    };
+    match evaluate_by::<M, _>(data, chunk, forward) {
+        Ok(evaluated) => evaluated,
+        Err(never) => match never {},
+    }
+}
+
+/// [`evaluate`] with the outputs from a device's forward
+/// ([`DeviceTraining::outputs`]) under the parameters it
+/// holds; the losses and accuracy counted on the host as on the CPU.
+pub fn evaluate_on_device<M: DpModel>(
+    device: &mut dyn DeviceTraining<M>,
+    data: &Dataset<M::Input>,
+    chunk: usize,
+) -> std::result::Result<(f64, Option<f64>), DeviceError> {
+    evaluate_by::<M, _>(data, chunk, |inputs, size, outputs| device.outputs(inputs, size, outputs))
+}
+
+/// Mean loss and accuracy of `data`, in batches of at most `chunk` whose outputs `forward` gives.
+fn evaluate_by<M: DpModel, E>(
+    data: &Dataset<M::Input>,
+    chunk: usize,
+    mut forward: impl FnMut(&[M::Input], usize, &mut [f32]) -> std::result::Result<(), E>,
+) -> std::result::Result<(f64, Option<f64>), E> {
     let outputs_per = M::LOSS.output_len();
     let label_len = M::LOSS.label_len();
     let mut outputs = Vec::new();
@@ -149,10 +178,9 @@ pub fn evaluate<M: DpModel>(
     let example = data.example_len();
     let mut start = 0;
     while start < n {
-        let size = chunk.min(n - start);
-        ws.ensure::<M>(size);
+        let size = chunk.max(1).min(n - start);
         outputs.resize(size * outputs_per, 0.0);
-        model.forward(ws, &data.inputs[start * example..(start + size) * example], size, &mut outputs);
+        forward(&data.inputs[start * example..(start + size) * example], size, &mut outputs)?;
         for i in 0..size {
             let out = &outputs[i * outputs_per..(i + 1) * outputs_per];
             let label = &data.labels[(start + i) * label_len..(start + i + 1) * label_len];
@@ -166,7 +194,7 @@ pub fn evaluate<M: DpModel>(
         Loss::MeanSquaredError { .. } => None,
         _ => Some(correct as f64 / n.max(1) as f64),
     };
-    (loss / n.max(1) as f64, accuracy)
+    Ok((loss / n.max(1) as f64, accuracy))
 }
 
 /// One example's loss (as the model defines it) and whether its prediction is correct

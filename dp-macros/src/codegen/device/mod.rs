@@ -10,7 +10,7 @@ mod add;
 mod attention;
 mod conv2d;
 mod embedding;
-mod emit;
+pub(crate) mod emit;
 mod linear;
 mod lora;
 mod lstm;

@@ -148,6 +148,12 @@ impl HostDevice {
         }
     }
 
+    /// A span's values as stored (from the bf16 store for a span stored in bf16), e.g. a program's
+    /// outputs after its forward.
+    pub fn values(&mut self, s: Span) -> Result<Vec<f32>, DeviceError> {
+        self.read(s)
+    }
+
     fn read(&mut self, s: Span) -> Result<Vec<f32>, DeviceError> {
         self.round_written();
         let r = if self.in_bf16(s)? { &self.arena_bf16 } else { self.get(s.region) };
