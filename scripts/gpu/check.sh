@@ -152,6 +152,12 @@ run_tests() {
         echo "## dp train --model ffnn --data data/adult --max-steps 300 --non-private-diagnostics --json --device cuda:0"
         limited 120 "$bins/dp" train --model ffnn --data data/adult --target-epsilon 1 --seed 1 --max-steps 300 --non-private-diagnostics \
             --json --device cuda:0 2>&1 | tail -n 3 || { echo "## dp train FAILED"; failed=1; }
+        # Poisson batches of about 1,024 in physical chunks of at most 256 (their clipped sums added on the
+        # host), evaluated by the GPU's forward at each epoch's end.
+        echo "## dp train --model mnist-cnn --batch-size 1024 --max-physical-batch 256 --max-steps 60 --device cuda:0"
+        limited 120 "$bins/dp" train --model mnist-cnn --data data/mnist --target-epsilon 3 --seed 1 --batch-size 1024 \
+            --max-physical-batch 256 --max-steps 60 --device cuda:0 2>&1 | grep -v "^epoch" \
+            || { echo "## dp train FAILED"; failed=1; }
     fi
     peers=${DP_CHECK_PEERS:-all}
     if [ "$peers" != none ]; then
