@@ -20,7 +20,7 @@ use dense_models::{
     SequenceNormGelu, SigmoidBce, SmallConv, SmallLstm, SmallLstmDirect, SmallLstmGhost, StackedAttention,
     TanhMse, TestInput, TokenBag, TokenMlp, TokenSeq, TokenSequenceLinear,
 };
-use dp::cuda::program::{plan_product, Addresses, Compute, Output, RoundedWeights, ValueType};
+use dp::cuda::program::{plan_product, Addresses, Compute, Output, RoundedWeights, ValueType, BF16_STORED};
 use dp::cuda::trainer::GpuModel;
 use dp::device::host::HostDevice;
 use dp::device::{BatchedGemm, Operands, Region};
@@ -32,13 +32,23 @@ use dp::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-/// The regions a `GpuModel` of `M` allocates for `n` examples (`GpuModel::region_len`; at least one
-/// value each, as `RegionMemory` allocates), at made-up bases far apart, with their bf16 stores.
+/// The regions a `GpuModel` of `M` allocates for `n` examples storing in bf16
+/// (`GpuModel::region_len`; at least one value each, as `RegionMemory` allocates), at made-up bases
+/// far apart, as `GpuModel::bf16_layout` lays them out: the f32 arena cut to the `F32` buffers
+/// (`DEVICE_ARENA_F32_PER_EXAMPLE`), the bf16 stores of the whole arena, the parameters and the
+/// inputs, and the conversion slots (`DEVICE_CONVERSION_SLOT_PER_EXAMPLE`). A product that needed an
+/// f32 slot of a span stored in bf16 longer than a conversion slot would fail.
 fn addresses<M: DpModel>(n: usize) -> Addresses {
     // Bases 2⁴⁰ bytes apart: no two regions or stores can overlap.
     let base = |k: u64| (k + 1) << 40;
-    let mut a = Addresses::new(|r| (base(r as u64), GpuModel::<M>::region_len(r, n).max(1)));
-    a.store_bf16(Some(std::array::from_fn(|k| base(100 + k as u64))));
+    let len = |r| GpuModel::<M>::region_len(r, n).max(1);
+    let layout = GpuModel::<M>::bf16_layout(n);
+    let mut a = Addresses::new(|r| match r {
+        Region::Arena => (base(r as u64), layout.arena_f32.max(1)),
+        _ => (base(r as u64), len(r)),
+    });
+    a.store_bf16(Some(std::array::from_fn(|k| (base(100 + k as u64), len(BF16_STORED[k])))));
+    a.set_conversion_slots(Some((base(200), layout.conversion_slot.max(1))));
     a
 }
 
@@ -242,17 +252,26 @@ fn region_bytes_count_every_region_and_the_bf16_stores() {
         ];
         let f32s: u64 = regions.iter().map(|&r| 4 * len(r)).sum();
         let stores = 2 * (len(Region::Arena) + len(Region::Params) + len(Region::Inputs));
+        // Storing in bf16 the f32 arena holds the `F32` buffers only, laid out first.
+        let (f32_arena, arena) = (M::DEVICE_ARENA_F32_PER_EXAMPLE, M::DEVICE_ARENA_PER_EXAMPLE);
+        assert!(f32_arena <= arena, "{}", M::NAME);
+        let cut = 4 * (len(Region::Arena) - (f32_arena * b).max(1) as u64);
+        let slots = 3 * 4 * (M::DEVICE_CONVERSION_SLOT_PER_EXAMPLE * b).max(1) as u64;
+        let stores = stores + slots;
         assert_eq!(GpuModel::<M>::regions_bytes(b, false), f32s, "{} at {b}", M::NAME);
-        assert_eq!(GpuModel::<M>::regions_bytes(b, true), f32s + stores, "{} at {b}", M::NAME);
+        assert_eq!(GpuModel::<M>::regions_bytes(b, true), f32s + stores - cut, "{} at {b}", M::NAME);
         // The arena grows with the batch: a larger batch never needs less.
         assert!(GpuModel::<M>::regions_bytes(b + 1, true) > GpuModel::<M>::regions_bytes(b, true));
         if b == 128 {
             let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
             eprintln!(
-                "{}: {:.1} MiB of regions at batch 128, {:.1} MiB storing in bf16",
+                "{}: {:.1} MiB of regions at batch 128, {:.1} MiB storing in bf16 ({} of {} arena values per \
+                 example in f32)",
                 M::NAME,
                 mib(f32s),
-                mib(f32s + stores)
+                mib(f32s + stores - cut),
+                f32_arena,
+                arena
             );
         }
     }

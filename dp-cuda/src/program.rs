@@ -27,7 +27,9 @@ mod memory;
 mod products;
 
 pub use conversions::RoundedWeights;
-pub use memory::{region_bytes, Addresses, RegionMemory, ValueType, BF16_STORED, BF16_TAG};
+pub use memory::{
+    region_bytes, Addresses, Bf16Layout, Operand, RegionMemory, ValueType, BF16_STORED, BF16_TAG,
+};
 pub use products::{plan_product, Compute, Output, ProductPlan};
 
 /// The primitives of [`DeviceOps`] on `gpu` over `memory`.
@@ -205,16 +207,6 @@ mod sequence_ops;
 mod transformer_ops;
 
 impl GpuOps<'_> {
-    /// The address of `s`'s values in f32: its own for a span stored in f32; for one stored in bf16
-    /// its f32 slot, the values queued to be widened into it (exactly) first.
-    pub fn in_f32(&self, s: Span) -> std::result::Result<CUdeviceptr, DeviceError> {
-        let addresses = self.memory.addresses();
-        if addresses.stored_type(s)? == ValueType::Bf16 {
-            conversions::convert(self, s, ValueType::Bf16, ValueType::F32)?;
-        }
-        addresses.address(s, ValueType::F32)
-    }
-
     /// Queues `*count += ` the number of non-finite values of `span` (`count` a device address).
     pub fn count_non_finite(&self, span: Span, count: CUdeviceptr) -> std::result::Result<(), DeviceError> {
         let (v, n) = (self.memory.values(span)?, span.len as u64);

@@ -23,7 +23,7 @@ use crate::device::{driver, Gpu, NoiseTables, SgdBuffers, SgdStep};
 use crate::error::{gib, CudaError, Result};
 use crate::graphs::{BeforeUpdate, GraphKey, StepGraphs};
 use crate::noise::{key_words, THREADS};
-use crate::program::{GpuOps, RegionMemory};
+use crate::program::{Bf16Layout, GpuOps, RegionMemory};
 use crate::staging::{Staging, StagingPair};
 use crate::update::{AdamBuffers, AdamStep, UpdateStep};
 
@@ -265,7 +265,17 @@ impl<M: DpModel> GpuModel<M> {
     /// buffers of a step with views (`trainer/views.rs`). Besides them a model holds a few vectors
     /// of the trained parameters' length, and cuBLAS its workspace.
     pub fn regions_bytes(b: usize, bf16: bool) -> u64 {
-        crate::program::region_bytes(|r| Self::region_len(r, b), bf16)
+        crate::program::region_bytes(|r| Self::region_len(r, b), bf16.then_some(Self::bf16_layout(b)))
+    }
+
+    /// How the memory for batches of up to `b` examples stores in bf16: the f32 arena cut to the
+    /// `F32` buffers, which the compiler lays out first, and conversion slots of the largest buffer
+    /// stored in bf16.
+    pub fn bf16_layout(b: usize) -> Bf16Layout {
+        Bf16Layout {
+            arena_f32: M::DEVICE_ARENA_F32_PER_EXAMPLE * b,
+            conversion_slot: M::DEVICE_CONVERSION_SLOT_PER_EXAMPLE * b,
+        }
     }
 
     /// The regions of the static memory plan for batches of up to `b` examples, after checking that
@@ -273,7 +283,9 @@ impl<M: DpModel> GpuModel<M> {
     /// large is an error that says so, not the driver's out-of-memory error.
     fn regions(gpu: &Gpu, b: usize, bf16: bool) -> Result<RegionMemory> {
         Self::ensure_free(gpu, Self::regions_bytes(b, bf16), b, bf16)?;
-        RegionMemory::new(gpu, |r| Self::region_len(r, b))
+        // Storing in bf16, the f32 arena is allocated cut from the start (`store_bf16` then keeps it).
+        let arena_f32 = bf16.then_some(Self::bf16_layout(b).arena_f32);
+        RegionMemory::with_arena_f32(gpu, |r| Self::region_len(r, b), arena_f32)
     }
 
     /// That `needed` bytes, for the regions of batches of up to `b` examples (`bf16`: storing in
@@ -312,7 +324,7 @@ impl<M: DpModel> GpuModel<M> {
         // Grown now, between steps: growing them later, while a step runs, would wait for it.
         self.staging.reserve_other(&self.gpu, Self::staging_words(b))?;
         overlap::reserve_pinned(&self.gpu.stream, &mut self.step_end.losses, b)?;
-        memory.store_bf16(&self.gpu, self.stores_bf16())?;
+        memory.store_bf16(&self.gpu, self.stores_bf16().then_some(Self::bf16_layout(b)))?;
         self.memory = memory;
         self.max_batch = b;
         self.graphs.invalidate();
@@ -380,10 +392,11 @@ impl<M: DpModel> GpuModel<M> {
         self.graphs.restart();
         let (b, on) = (self.max_batch, self.stores_bf16());
         if on && !self.memory.storing_bf16() {
-            let stores = Self::regions_bytes(b, true) - Self::regions_bytes(b, false);
+            // The f32 arena is cut before the stores are allocated.
+            let stores = Self::regions_bytes(b, true).saturating_sub(Self::regions_bytes(b, false));
             Self::ensure_free(&self.gpu, stores, b, true)?;
         }
-        self.memory.store_bf16(&self.gpu, on)
+        self.memory.store_bf16(&self.gpu, on.then_some(Self::bf16_layout(b)))
     }
 
     /// Whether the arena's `OfPrecision` buffers are stored in bf16.

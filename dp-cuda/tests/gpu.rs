@@ -5,7 +5,7 @@
 //! (2026-12-04; docs/GPU.md).
 
 use dp_cuda::device::{self, Gpu, SgdState, SgdStep};
-use dp_cuda::program::{GpuOps, RegionMemory};
+use dp_cuda::program::{Bf16Layout, GpuOps, RegionMemory};
 use dp_kernels::activation::Activation;
 use dp_runtime::clipping::{clip_factors, ClipMode};
 use dp_runtime::device::host::HostDevice;
@@ -446,7 +446,10 @@ fn gpu_products_storing_bf16_multiply_what_the_host_reference_multiplies() {
                             _ => 1,
                         })
                         .unwrap();
-                        memory.store_bf16(&gpu, true).unwrap();
+                        // The f32 arena whole (these spans lie anywhere in it), conversion slots
+                        // for any of them.
+                        let layout = Bf16Layout { arena_f32: arena.len(), conversion_slot: arena.len() };
+                        memory.store_bf16(&gpu, Some(layout)).unwrap();
                         memory.upload(&gpu, Region::Params, &params).unwrap();
                         // Each arena span's values in the store it lives in, NaN in the other.
                         let (mut in_f32, mut in_bf16) = (arena.clone(), arena.clone());

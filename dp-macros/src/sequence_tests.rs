@@ -46,7 +46,8 @@ fn the_lstm_expansion_does_not_grow_with_the_sequence_length() {
     };
     let (long, longer, short) = (lines(256), lines(1000), lines(5));
     println!("LstmNet expands to {long} lines (pretty-printed)");
-    assert_eq!(long, longer, "1000 steps expand to the lines of 256 steps: no unrolling");
+    // Longer literals may wrap a line or two differently; unrolling would add hundreds.
+    assert!(long.abs_diff(longer) <= 3, "1000 steps expand to {longer} lines, 256 to {long}: no unrolling");
     // 5 steps choose ghost norms and the book-keeping clipped sum instead of direct norms with kept
     // gradients: a few lines differ, not 251 copies.
     assert!(long.abs_diff(short) < 40, "{long} lines for 256 steps, {short} for 5");

@@ -310,3 +310,44 @@ fn frozen_layers_lie_after_the_trained_ones_without_a_group() {
     let crate::ops::Step::Linear(mid) = &plan.steps[1] else { panic!("mid is dense") };
     assert_eq!(frozen_mid.input_grad.map(|t| t.write), Some(mid.delta));
 }
+
+/// The device arena lays every `F32` buffer out before every `OfPrecision` one (a device storing in
+/// bf16 then keeps an f32 arena of that prefix only), each buffer whole and apart from the others,
+/// in a conv model and in linear layers over a sequence (with device scratch of both classes).
+#[test]
+fn the_device_arena_lays_out_its_f32_buffers_first() {
+    let sequence = (
+        quote!(input = [5, 6], loss = cross_entropy(classes = 3)),
+        quote! {
+            pub struct SequenceLinear {
+                #[layer(linear(out = 4), relu)]
+                a: Linear,
+                #[layer(linear(out = 5, norms = direct), tanh)]
+                b: Linear,
+                #[layer(linear(out = 3, norms = ghost, bias = false), mean)]
+                c: Linear,
+                #[layer(linear(out = 3, norms = direct))]
+                head: Linear,
+            }
+        },
+    );
+    for (args, item) in [small_cnn(), sequence, small_lstm()] {
+        let plan = planned(args, item);
+        let layout = crate::codegen::device::Layout::of(&plan);
+        let mut placed: Vec<(usize, usize)> = Vec::new();
+        for b in &plan.buffers {
+            let at = layout.offset(b.offset, b.len);
+            match b.stored {
+                crate::plan::memory::Stored::F32 => assert!(at + b.len <= layout.f32_len(), "{}", b.purpose),
+                crate::plan::memory::Stored::OfPrecision => assert!(at >= layout.f32_len(), "{}", b.purpose),
+            }
+            assert!(at + b.len <= layout.len(), "{}", b.purpose);
+            if b.len > 0 {
+                placed.push((at, b.len));
+            }
+        }
+        placed.sort();
+        assert!(placed.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0), "buffers overlap: {placed:?}");
+        assert!(layout.f32_len() > 0 && layout.f32_len() < layout.len());
+    }
+}

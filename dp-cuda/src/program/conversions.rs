@@ -6,7 +6,7 @@ use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::PushKernelArg;
 use dp_runtime::device::{DeviceError, Span};
 
-use super::memory::ValueType;
+use super::memory::{Operand, ValueType, BF16_TAG};
 use super::{backend, elementwise, GpuOps};
 
 type Outcome = std::result::Result<(), DeviceError>;
@@ -22,10 +22,24 @@ pub(super) fn convert_values(ops: &GpuOps<'_>, src: CUdeviceptr, dst: CUdevicept
     unsafe { builder.launch(elementwise(len)) }.map(|_| ()).map_err(|e| backend("dp_convert")(e.to_string()))
 }
 
-/// Queues the conversion of `s` from its slot of type `from` into its slot of type `to`.
-pub(super) fn convert(ops: &GpuOps<'_>, s: Span, from: ValueType, to: ValueType) -> Outcome {
+/// Queues the conversion of `s`, `operand` of a product, from its slot of type `from` into its slot
+/// of type `to` (a span stored in bf16 goes to f32 in the operand's conversion slot,
+/// `Addresses::operand_address`).
+pub(super) fn convert(
+    ops: &GpuOps<'_>,
+    s: Span,
+    from: ValueType,
+    to: ValueType,
+    operand: Operand,
+) -> Outcome {
     let addresses = ops.memory.addresses();
-    convert_values(ops, addresses.tagged(s, from)?, addresses.tagged(s, to)?, s.len)
+    let tag = |address: CUdeviceptr, ty: ValueType| match ty {
+        ValueType::F32 => address,
+        ValueType::Bf16 => address | BF16_TAG,
+    };
+    let src = tag(addresses.operand_address(s, from, operand)?, from);
+    let dst = tag(addresses.operand_address(s, to, operand)?, to);
+    convert_values(ops, src, dst, s.len)
 }
 
 /// The weights a pass has rounded into their bf16 slots (`GpuOps::rounding_each_weight_once`).

@@ -1,6 +1,9 @@
 //! The regions of a device program on a GPU, and where each span's values live: one f32 allocation
 //! per region, and, while storing in bf16 (docs/GPU.md, "bf16 storage"), a bf16 store of the arena and
-//! of the regions a product may need in bf16, at the same offsets.
+//! of the regions a product may need in bf16, at the same offsets. While storing in bf16 the f32 arena
+//! holds only its first values, where the compiler lays out every `F32` buffer
+//! (`DpModel::DEVICE_ARENA_F32_PER_EXAMPLE`): the `OfPrecision` buffers after them live in the bf16
+//! store alone, and have no f32 slot.
 //!
 //! While storing in bf16, an arena span marked [`Stored::OfPrecision`] lives in the bf16 store and
 //! every other span in its f32 region, as the host reference keeps them
@@ -23,8 +26,12 @@ use crate::error::Result;
 /// 32-bit values, copied in bit for bit), and their bf16 stores while storing in bf16.
 pub struct RegionMemory {
     slices: [CudaSlice<f32>; REGIONS],
+    /// The arena's values in all (its f32 allocation holds fewer while storing in bf16).
+    arena_len: usize,
     /// The bf16 stores of [`BF16_STORED`], while storing in bf16.
     bf16: Option<Vec<CudaSlice<u16>>>,
+    /// The three f32 conversion slots ([`Operand`]), one allocation, while storing in bf16.
+    conversion: Option<CudaSlice<f32>>,
     addresses: Addresses,
 }
 
@@ -46,11 +53,31 @@ const ALL: [Region; REGIONS] = [
 /// there, and the parameters and the batch, which a product in bf16 reads converted.
 pub const BF16_STORED: [Region; 3] = [Region::Arena, Region::Params, Region::Inputs];
 
-/// The bytes [`RegionMemory::new`] allocates for regions of `lens` values, and with `bf16` the bf16
-/// stores [`RegionMemory::store_bf16`] adds (each region one value at least, as allocated).
-pub fn region_bytes(lens: impl Fn(Region) -> usize, bf16: bool) -> u64 {
-    let f32s: u64 = ALL.iter().map(|&r| lens(r).max(1) as u64 * 4).sum();
-    let bf16s: u64 = if bf16 { BF16_STORED.iter().map(|&r| lens(r).max(1) as u64 * 2).sum() } else { 0 };
+/// How a program's memory stores in bf16: the f32 arena cut to its first `arena_f32` values (the
+/// `F32` buffers, which the compiler lays out first), and three f32 conversion slots of
+/// `conversion_slot` values each ([`Operand`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bf16Layout {
+    pub arena_f32: usize,
+    pub conversion_slot: usize,
+}
+
+/// The bytes of regions of `lens` values ([`RegionMemory::new`]), and storing in bf16 (`bf16`) the
+/// bf16 stores and conversion slots [`RegionMemory::store_bf16`] adds and the f32 arena cut (each
+/// region, store and slot one value at least, as allocated).
+pub fn region_bytes(lens: impl Fn(Region) -> usize, bf16: Option<Bf16Layout>) -> u64 {
+    let f32_len = |r: Region| match (r, bf16) {
+        (Region::Arena, Some(layout)) => layout.arena_f32.min(lens(r)),
+        _ => lens(r),
+    };
+    let f32s: u64 = ALL.iter().map(|&r| f32_len(r).max(1) as u64 * 4).sum();
+    let bf16s: u64 = match bf16 {
+        Some(layout) => {
+            let stores: u64 = BF16_STORED.iter().map(|&r| lens(r).max(1) as u64 * 2).sum();
+            stores + 3 * layout.conversion_slot.max(1) as u64 * 4
+        }
+        None => 0,
+    };
     f32s + bf16s
 }
 
@@ -102,29 +129,92 @@ pub const BF16_TAG: CUdeviceptr = 1;
 #[derive(Debug, Clone)]
 pub struct Addresses {
     f32: [CUdeviceptr; REGIONS],
+    /// Values per region's f32 allocation.
     lens: [usize; REGIONS],
     /// The bf16 store's base per region, while storing in bf16 (the regions of [`BF16_STORED`]).
     bf16: [Option<CUdeviceptr>; REGIONS],
+    /// Values per bf16 store.
+    bf16_lens: [usize; REGIONS],
+    /// While storing in bf16: three f32 slots (for a product's A, B and C) of this many values each,
+    /// from this base, where a span stored in bf16 is converted for an f32 product (it has no f32 slot
+    /// in the arena).
+    conversion: Option<(CUdeviceptr, usize)>,
+}
+
+/// Which of a product's spans a conversion slot is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operand {
+    A = 0,
+    B = 1,
+    C = 2,
 }
 
 impl Addresses {
     /// Each region at the f32 base and with the number of values `region` gives, no bf16 store.
     pub fn new(region: impl Fn(Region) -> (CUdeviceptr, usize)) -> Self {
-        let mut addresses = Addresses { f32: [0; REGIONS], lens: [0; REGIONS], bf16: [None; REGIONS] };
+        let mut addresses = Addresses {
+            f32: [0; REGIONS],
+            lens: [0; REGIONS],
+            bf16: [None; REGIONS],
+            bf16_lens: [0; REGIONS],
+            conversion: None,
+        };
         for r in ALL {
             (addresses.f32[slot(r)], addresses.lens[slot(r)]) = region(r);
         }
         addresses
     }
 
-    /// Stores the regions of [`BF16_STORED`] in bf16 at `bases` (in that order), or nothing in bf16.
-    pub fn store_bf16(&mut self, bases: Option<[CUdeviceptr; BF16_STORED.len()]>) {
+    /// Stores the regions of [`BF16_STORED`] in bf16 at `stores` (their bases and values, in that
+    /// order), or nothing in bf16.
+    pub fn store_bf16(&mut self, stores: Option<[(CUdeviceptr, usize); BF16_STORED.len()]>) {
         self.bf16 = [None; REGIONS];
-        if let Some(bases) = bases {
-            for (region, base) in BF16_STORED.into_iter().zip(bases) {
+        self.bf16_lens = [0; REGIONS];
+        if let Some(stores) = stores {
+            for (region, (base, len)) in BF16_STORED.into_iter().zip(stores) {
                 self.bf16[slot(region)] = Some(base);
+                self.bf16_lens[slot(region)] = len;
             }
         }
+    }
+
+    /// The three f32 conversion slots of `len` values each from `base` ([`Operand`]), or none.
+    pub fn set_conversion_slots(&mut self, slots: Option<(CUdeviceptr, usize)>) {
+        self.conversion = slots;
+    }
+
+    /// The address of `s`'s slot of type `ty` as `operand` of a product: an arena span stored in bf16
+    /// wanted in f32 is converted into the operand's conversion slot (it has no f32 slot of its own);
+    /// any other span's slot is [`address`](Self::address)'s.
+    pub fn operand_address(
+        &self,
+        s: Span,
+        ty: ValueType,
+        operand: Operand,
+    ) -> std::result::Result<CUdeviceptr, DeviceError> {
+        if !self.in_conversion_slot(s, ty)? {
+            return self.address(s, ty);
+        }
+        let (base, len) = self.conversion.ok_or_else(|| {
+            DeviceError::Mismatch(format!("{s:?} in f32: no conversion slots while storing in bf16"))
+        })?;
+        if s.len > len {
+            return Err(DeviceError::Mismatch(format!(
+                "{s:?} in f32: longer than a conversion slot of {len}"
+            )));
+        }
+        Ok(base + (operand as usize * len * ValueType::F32.size()) as CUdeviceptr)
+    }
+
+    /// Whether `s` wanted in `ty` goes to a conversion slot: stored in bf16, wanted in f32.
+    pub fn in_conversion_slot(&self, s: Span, ty: ValueType) -> std::result::Result<bool, DeviceError> {
+        Ok(ty == ValueType::F32 && self.stored_type(s)? == ValueType::Bf16)
+    }
+
+    /// Moves `region`'s f32 allocation to `base`, of `len` values (the arena cut to its `F32` buffers
+    /// while storing in bf16, or grown back).
+    pub fn set_f32(&mut self, region: Region, base: CUdeviceptr, len: usize) {
+        (self.f32[slot(region)], self.lens[slot(region)]) = (base, len);
     }
 
     /// Whether `OfPrecision` spans are stored in bf16.
@@ -133,27 +223,48 @@ impl Addresses {
     }
 
     /// The type `s` is stored in, after checking that only arena spans are marked `OfPrecision` and
-    /// that `s` lies inside its region.
+    /// that `s` lies inside the store of that type.
     pub fn stored_type(&self, s: Span) -> std::result::Result<ValueType, DeviceError> {
-        let len = self.lens[slot(s.region)];
-        if s.offset + s.len > len {
-            return Err(DeviceError::Mismatch(format!("{s:?} outside a region of {len}")));
-        }
-        match (s.stored, s.region) {
-            (Stored::F32, _) => Ok(ValueType::F32),
+        let ty = match (s.stored, s.region) {
+            (Stored::F32, _) => ValueType::F32,
             (Stored::OfPrecision, Region::Arena) => {
-                Ok(if self.storing_bf16() { ValueType::Bf16 } else { ValueType::F32 })
+                if self.storing_bf16() {
+                    ValueType::Bf16
+                } else {
+                    ValueType::F32
+                }
             }
-            (Stored::OfPrecision, region) => Err(DeviceError::Mismatch(format!(
-                "{s:?}: only arena buffers are stored in the device's precision, not {region:?}"
-            ))),
+            (Stored::OfPrecision, region) => {
+                return Err(DeviceError::Mismatch(format!(
+                    "{s:?}: only arena buffers are stored in the device's precision, not {region:?}"
+                )))
+            }
+        };
+        self.check_inside(s, ty)?;
+        Ok(ty)
+    }
+
+    /// That `s` lies inside its region's store of type `ty`.
+    fn check_inside(&self, s: Span, ty: ValueType) -> std::result::Result<(), DeviceError> {
+        let len = match ty {
+            ValueType::F32 => self.lens[slot(s.region)],
+            ValueType::Bf16 => self.bf16_lens[slot(s.region)],
+        };
+        if s.offset + s.len > len {
+            return Err(DeviceError::Mismatch(format!("{s:?} outside the {ty:?} store of {len} values")));
         }
+        Ok(())
     }
 
     /// The address of `s`'s slot in the store of type `ty`: where it lives if that is its stored
     /// type, where a product converts it otherwise.
     pub fn address(&self, s: Span, ty: ValueType) -> std::result::Result<CUdeviceptr, DeviceError> {
         self.stored_type(s)?;
+        if self.bf16[slot(s.region)].is_some() || ty == ValueType::F32 {
+            // A slot of the other type must be inside its store too: an `OfPrecision` span has no
+            // f32 slot past the f32 arena's `F32` buffers.
+            self.check_inside(s, ty)?;
+        }
         let base = match ty {
             ValueType::F32 => self.f32[slot(s.region)],
             ValueType::Bf16 => self.bf16[slot(s.region)].ok_or_else(|| {
@@ -200,42 +311,99 @@ impl std::fmt::Debug for RegionMemory {
 impl RegionMemory {
     /// Allocates every region with `lens(region)` values, zeroed, stored in f32.
     pub fn new(gpu: &Gpu, lens: impl Fn(Region) -> usize) -> Result<Self> {
+        Self::with_arena_f32(gpu, lens, None)
+    }
+
+    /// [`new`](Self::new), the f32 arena allocated with `arena_f32` values when given (the cut
+    /// [`store_bf16`](Self::store_bf16) makes, for memory that is to store in bf16 next).
+    pub fn with_arena_f32(
+        gpu: &Gpu,
+        lens: impl Fn(Region) -> usize,
+        arena_f32: Option<usize>,
+    ) -> Result<Self> {
         let mut slices = Vec::with_capacity(REGIONS);
         for r in ALL {
             debug_assert_eq!(slot(r), slices.len());
+            let len = match (r, arena_f32) {
+                (Region::Arena, Some(cut)) => cut.min(lens(r)),
+                _ => lens(r),
+            };
             // One value at least, so that every region has a valid base pointer.
-            slices
-                .push(gpu.stream.alloc_zeros::<f32>(lens(r).max(1)).map_err(driver("allocating a region"))?);
+            slices.push(gpu.stream.alloc_zeros::<f32>(len.max(1)).map_err(driver("allocating a region"))?);
         }
         let slices: [CudaSlice<f32>; REGIONS] = slices.try_into().expect("one slice per region");
         let addresses = Addresses::new(|r| {
             let s = &slices[slot(r)];
             (s.device_ptr(&gpu.stream).0, s.len())
         });
-        Ok(RegionMemory { slices, bf16: None, addresses })
+        let arena_len = lens(Region::Arena).max(1);
+        Ok(RegionMemory { slices, arena_len, bf16: None, conversion: None, addresses })
     }
 
-    /// Stores the arena's `OfPrecision` spans in bf16 (allocating the bf16 stores of
-    /// [`BF16_STORED`], zeroed), or every span in f32 (freeing them). The caller turns it on only in
-    /// `Precision::Bf16`, as the host reference stores in bf16 only then.
-    pub fn store_bf16(&mut self, gpu: &Gpu, on: bool) -> Result<()> {
-        if on == self.addresses.storing_bf16() {
-            return Ok(());
-        }
-        if !on {
+    /// Stores the arena's `OfPrecision` spans in bf16 by `layout` (allocating the bf16 stores of
+    /// [`BF16_STORED`] and the conversion slots, zeroed, and cutting the f32 arena to its first
+    /// `arena_f32` values, where every `F32` arena span lies), or every span in f32 (`None`: freeing
+    /// them, the f32 arena whole again). The caller stores in bf16 only in `Precision::Bf16`, as the
+    /// host reference does. The arena's values are not kept (a step writes what it reads).
+    pub fn store_bf16(&mut self, gpu: &Gpu, layout: Option<Bf16Layout>) -> Result<()> {
+        let Some(layout) = layout else {
+            if !self.addresses.storing_bf16() {
+                return Ok(());
+            }
             self.addresses.store_bf16(None);
-            self.bf16 = None;
+            self.addresses.set_conversion_slots(None);
+            (self.bf16, self.conversion) = (None, None);
+            return self.reallocate_f32_arena(gpu, self.arena_len);
+        };
+        if self.addresses.storing_bf16() {
             return Ok(());
         }
-        let mut stores = Vec::with_capacity(BF16_STORED.len());
-        for r in BF16_STORED {
-            let len = self.slices[slot(r)].len();
-            stores.push(gpu.stream.alloc_zeros::<u16>(len).map_err(driver("allocating a bf16 store"))?);
-        }
-        let bases: [CUdeviceptr; BF16_STORED.len()] =
-            std::array::from_fn(|i| stores[i].device_ptr(&gpu.stream).0);
+        // The f32 arena cut first, so that the stores take the memory it frees.
+        self.reallocate_f32_arena(gpu, layout.arena_f32.min(self.arena_len))?;
+        let slots = match gpu.stream.alloc_zeros::<f32>(3 * layout.conversion_slot.max(1)) {
+            Ok(slots) => slots,
+            Err(e) => {
+                self.reallocate_f32_arena(gpu, self.arena_len)?;
+                return Err(driver("allocating the conversion slots")(e));
+            }
+        };
+        let stores = BF16_STORED
+            .iter()
+            .map(|&r| {
+                let len = match r {
+                    Region::Arena => self.arena_len,
+                    _ => self.slices[slot(r)].len(),
+                };
+                gpu.stream.alloc_zeros::<u16>(len.max(1)).map_err(driver("allocating a bf16 store"))
+            })
+            .collect::<Result<Vec<_>>>();
+        let stores = match stores {
+            Ok(stores) => stores,
+            Err(e) => {
+                // Left storing in f32, the arena whole again.
+                self.reallocate_f32_arena(gpu, self.arena_len)?;
+                return Err(e);
+            }
+        };
+        let bases: [(CUdeviceptr, usize); BF16_STORED.len()] =
+            std::array::from_fn(|i| (stores[i].device_ptr(&gpu.stream).0, stores[i].len()));
         self.addresses.store_bf16(Some(bases));
-        self.bf16 = Some(stores);
+        self.addresses.set_conversion_slots(Some((slots.device_ptr(&gpu.stream).0, slots.len() / 3)));
+        (self.bf16, self.conversion) = (Some(stores), Some(slots));
+        Ok(())
+    }
+
+    /// The f32 arena allocated again with `len` values, zeroed (the old one freed first).
+    fn reallocate_f32_arena(&mut self, gpu: &Gpu, len: usize) -> Result<()> {
+        let arena = &mut self.slices[slot(Region::Arena)];
+        if arena.len() == len.max(1) {
+            return Ok(());
+        }
+        // Freed before the allocation: the two need not fit at once.
+        *arena = gpu.stream.alloc_zeros::<f32>(1).map_err(driver("allocating the arena"))?;
+        *arena = gpu.stream.alloc_zeros::<f32>(len.max(1)).map_err(driver("allocating the arena"))?;
+        let base = arena.device_ptr(&gpu.stream).0;
+        self.addresses.set_f32(Region::Arena, base, arena.len());
         Ok(())
     }
 
@@ -332,7 +500,7 @@ mod tests {
         let mib = 1 << 20;
         let mut a = Addresses::new(|r| ((slot(r) as CUdeviceptr + 1) * mib, 1_000));
         if storing_bf16 {
-            a.store_bf16(Some([16 * mib, 17 * mib, 18 * mib]));
+            a.store_bf16(Some([(16 * mib, 1_000), (17 * mib, 1_000), (18 * mib, 1_000)]));
         }
         a
     }
@@ -377,6 +545,33 @@ mod tests {
             addresses(false).address(params, ValueType::Bf16).is_err(),
             "no bf16 store while storing f32"
         );
+    }
+
+    /// Storing in bf16 with the f32 arena cut to its first 600 values (the `F32` buffers) and
+    /// conversion slots of 300 values at 20 MiB: an `F32` span past the cut is refused; a span stored
+    /// in bf16 has no f32 slot of its own, and as a product's operand goes to that operand's slot.
+    #[test]
+    fn a_cut_f32_arena_leaves_bf16_spans_their_conversion_slots_only() {
+        let mib = 1 << 20;
+        let mut a = addresses(true);
+        a.set_f32(Region::Arena, 3 * mib, 600);
+        a.set_conversion_slots(Some((20 * mib, 300)));
+        assert_eq!(a.ptr(Span::new(Region::Arena, 590, 10)).unwrap(), 3 * mib + 4 * 590);
+        assert!(a.ptr(Span::new(Region::Arena, 595, 10)).is_err(), "an F32 span past the cut");
+        let s = Span::new(Region::Arena, 700, 200).of_precision();
+        assert_eq!(a.values(s).unwrap(), 16 * mib + 2 * 700 + BF16_TAG, "its own bf16 slot");
+        assert!(a.address(s, ValueType::F32).is_err(), "no f32 slot of its own");
+        for (operand, k) in [(Operand::A, 0), (Operand::B, 1), (Operand::C, 2)] {
+            assert_eq!(a.operand_address(s, ValueType::F32, operand).unwrap(), 20 * mib + k * 300 * 4);
+            // In bf16 it is where it lives; a weight's bf16 slot is its own.
+            assert_eq!(a.operand_address(s, ValueType::Bf16, operand).unwrap(), 16 * mib + 2 * 700);
+            let w = Span::new(Region::Params, 4, 2);
+            assert_eq!(a.operand_address(w, ValueType::Bf16, operand).unwrap(), 17 * mib + 8);
+        }
+        let long = Span::new(Region::Arena, 600, 301).of_precision();
+        assert!(a.operand_address(long, ValueType::F32, Operand::A).is_err(), "longer than a slot");
+        a.set_conversion_slots(None);
+        assert!(a.operand_address(s, ValueType::F32, Operand::A).is_err(), "no slots");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use cudarc::driver::sys::CUdeviceptr;
 use dp_runtime::device::{BatchedGemm, DeviceError, Gemm, LeadingDims, Operands, Precision, Span};
 
 use super::conversions::convert;
-use super::memory::{Addresses, ValueType};
+use super::memory::{Addresses, Operand, ValueType};
 use super::{int, GpuOps};
 
 type Outcome = std::result::Result<(), DeviceError>;
@@ -121,10 +121,13 @@ pub fn plan_product(
         plan.check_slots(g, addresses)?;
         // The slots the conversions write must exist (a region without a bf16 store cannot be read
         // in bf16).
-        for (convert, s) in [(plan.convert_a, g.a), (plan.convert_b, g.b)] {
+        for (convert, s, operand) in [(plan.convert_a, g.a, Operand::A), (plan.convert_b, g.b, Operand::B)] {
             if convert {
-                addresses.address(s, plan.operands)?;
+                addresses.operand_address(s, plan.operands, operand)?;
             }
+        }
+        if plan.output == Output::ThroughF32 {
+            addresses.operand_address(g.c, ValueType::F32, Operand::C)?;
         }
     }
     Ok(plan)
@@ -188,6 +191,15 @@ impl ProductPlan {
         if let Output::ThroughF32 = self.output {
             slots.push((g.c, ValueType::Bf16, true));
         }
+        // A span stored in bf16 wanted in f32 has a conversion slot of its own operand's: it overlaps
+        // nothing else the product uses.
+        let mut own = Vec::with_capacity(slots.len());
+        for &(s, ty, written) in &slots {
+            if !addresses.in_conversion_slot(s, ty)? {
+                own.push((s, ty, written));
+            }
+        }
+        let slots = own;
         let overlap = |x: Span, y: Span| {
             x.region == y.region && x.offset < y.offset + y.len && y.offset < x.offset + x.len
         };
@@ -223,20 +235,20 @@ fn product(ops: &GpuOps<'_>, g: &Gemm, cm: &ColumnMajor, strides: Option<Strides
     // read as it is (GpuOps::rounding_each_weight_once).
     let must = |s| plan.operands == ValueType::F32 || ops.must_round(s);
     if plan.convert_a && must(g.a) {
-        convert(ops, g.a, plan.operands.other(), plan.operands)?;
+        convert(ops, g.a, plan.operands.other(), plan.operands, Operand::A)?;
     }
     if plan.convert_b && must(g.b) {
-        convert(ops, g.b, plan.operands.other(), plan.operands)?;
+        convert(ops, g.b, plan.operands.other(), plan.operands, Operand::B)?;
     }
     if plan.output == Output::ThroughF32 {
-        convert(ops, g.c, ValueType::Bf16, ValueType::F32)?;
+        convert(ops, g.c, ValueType::Bf16, ValueType::F32, Operand::C)?;
     }
-    let a = addresses.address(g.a, plan.operands)?;
-    let b = addresses.address(g.b, plan.operands)?;
-    let c = addresses.address(g.c, plan.c_type())?;
+    let a = addresses.operand_address(g.a, plan.operands, Operand::A)?;
+    let b = addresses.operand_address(g.b, plan.operands, Operand::B)?;
+    let c = addresses.operand_address(g.c, plan.c_type(), Operand::C)?;
     cublas(ops, cm, strides, (a, b, c), &plan)?;
     if plan.output == Output::ThroughF32 {
-        convert(ops, g.c, ValueType::F32, ValueType::Bf16)?;
+        convert(ops, g.c, ValueType::F32, ValueType::Bf16, Operand::C)?;
     }
     Ok(())
 }
@@ -496,13 +508,14 @@ mod tests {
         }
     }
 
-    /// A conversion that would write over the product's output, or two overlapping operands of
-    /// different types converted over each other, is refused; disjoint spans, and an operand
-    /// converted next to C, pass.
+    /// A conversion into bf16 that would write over the product's output is refused; disjoint spans,
+    /// and an operand converted next to C, pass. A span stored in bf16 widened to f32 goes to its
+    /// operand's conversion slot, so it crosses no other span, even one at its own offsets.
     #[test]
     fn a_conversion_over_the_output_or_another_operand_is_refused() {
         let mut addresses = Addresses::new(|r| (0x10_0000 * (r as u64 + 1), 1_000));
-        addresses.store_bf16(Some([0x100_0000, 0x200_0000, 0x300_0000]));
+        addresses.store_bf16(Some([(0x100_0000, 1_000), (0x200_0000, 1_000), (0x300_0000, 1_000)]));
+        addresses.set_conversion_slots(Some((0x400_0000, 1_000)));
         let arena = |offset, len| Span::new(Region::Arena, offset, len);
         let product = |a: Span, b: Span, c: Span| Gemm {
             m: 1,
@@ -527,11 +540,11 @@ mod tests {
         let plan = ProductPlan::of(true, true, types(&over_c));
         assert!(plan.check_slots(&over_c, &addresses).is_err());
 
-        // B (bf16) widened into its f32 slot, where A (f32, overlapping it) is read.
+        // B (bf16) widened into its conversion slot, not over A (f32, at overlapping offsets).
         let crossed = product(arena(0, 10), arena(5, 10).of_precision(), arena(40, 10).of_precision());
         let plan = ProductPlan::of(true, false, types(&crossed));
         assert!(plan.convert_b && !plan.convert_a);
-        assert!(plan.check_slots(&crossed, &addresses).is_err());
+        plan.check_slots(&crossed, &addresses).unwrap();
 
         // One span as both operands, converted once each into the same slot: the same values.
         let square = product(arena(0, 10), arena(0, 10), arena(40, 10).of_precision());
@@ -539,11 +552,16 @@ mod tests {
         assert!(plan.convert_a && plan.convert_b);
         plan.check_slots(&square, &addresses).unwrap();
 
-        // An f32 product into C stored in bf16 goes through C's f32 slot, where A is read.
+        // An f32 product into C stored in bf16 goes through C's conversion slot, not over A.
         let through = product(arena(100, 10), arena(200, 10), arena(105, 10).of_precision());
         let plan = ProductPlan::of(true, false, types(&through));
         assert_eq!(plan.output, Output::ThroughF32);
-        assert!(plan.check_slots(&through, &addresses).is_err());
+        plan.check_slots(&through, &addresses).unwrap();
+        // A (f32) and B (f32, overlapping A) converted to bf16 over each other's slots: refused.
+        let overlapping = product(arena(0, 10), arena(5, 10), arena(40, 10).of_precision());
+        let plan = ProductPlan::of(true, true, types(&overlapping));
+        assert!(plan.convert_a && plan.convert_b);
+        assert!(plan.check_slots(&overlapping, &addresses).is_err());
     }
 
     /// `cublasSgemmStridedBatched` as its documentation defines it, column-major, refusing the leading

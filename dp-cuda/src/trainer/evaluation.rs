@@ -1,8 +1,8 @@
 //! [`GpuModel`]'s forward alone, for evaluation
 //! ([`DeviceTraining::outputs`](dp_runtime::device::DeviceTraining::outputs)): a held-out set's
 //! examples copied in chunk by chunk (at most the arena's room at once), the device program's forward
-//! launched one by one (no graph: evaluation runs once per epoch), and the outputs copied back,
-//! widened from bf16 first where the program stores them in bf16. The trainer's batch staged for the
+//! launched one by one (no graph: evaluation runs once per epoch), and the outputs copied back from
+//! their store, those stored in bf16 widened on the host (exactly). The trainer's batch staged for the
 //! next step keeps its pinned copy, and its copy into the regions is queued again before that step.
 
 use cudarc::driver::result as drv;
@@ -12,6 +12,7 @@ use dp_runtime::DpModel;
 use super::{inputs_of, program, GpuModel, Inputs};
 use crate::device::driver;
 use crate::error::{CudaError, Result};
+use crate::program::ValueType;
 
 impl<M: DpModel> GpuModel<M> {
     /// The model's outputs for `n` examples (`inputs`) under the parameters the device holds, into
@@ -30,6 +31,11 @@ impl<M: DpModel> GpuModel<M> {
         }
         let room = self.max_batch;
         let s = self.gpu.stream.clone();
+        // The inputs of a batch staged for the next step are overwritten below (also if a launch
+        // fails): its copy is queued again before that step.
+        if let (Some(staged), true) = (&mut self.staged, n > 0) {
+            staged.copied = false;
+        }
         for start in (0..n).step_by(room) {
             let size = room.min(n - start);
             let chunk = &inputs[start * input_len..(start + size) * input_len];
@@ -52,17 +58,36 @@ impl<M: DpModel> GpuModel<M> {
             self.transfers.to_device += 1;
             let mut ops = self.ops().rounding_each_weight_once();
             M::device_forward(&mut ops, size).map_err(program)?;
-            let src = ops.in_f32(M::device_outputs(size).map_err(program)?).map_err(program)?;
-            // SAFETY: `src` holds the `size · output_len` outputs (the program's output span, checked
-            // against its region by `in_f32`), and `out` has that length.
-            unsafe { drv::memcpy_dtoh_async(out, src, s.cu_stream()) }
-                .map_err(driver("copying outputs back"))?;
+            let span = M::device_outputs(size).map_err(program)?;
+            if span.len != out.len() {
+                return Err(CudaError::Mismatch(format!(
+                    "{}: an output span of {} values for {} outputs",
+                    M::NAME,
+                    span.len,
+                    out.len()
+                )));
+            }
+            let addresses = self.memory.addresses();
+            let stored = addresses.stored_type(span).map_err(program)?;
+            let src = addresses.address(span, stored).map_err(program)?;
+            match stored {
+                // SAFETY: `src` holds the span's `out.len()` values of its stored type (checked against
+                // its store by `address`).
+                ValueType::F32 => unsafe { drv::memcpy_dtoh_async(out, src, s.cu_stream()) },
+                ValueType::Bf16 => {
+                    let mut bits = vec![0u16; out.len()];
+                    // SAFETY: as above, in bf16; a copy into pageable memory has ended when it returns.
+                    let copied = unsafe { drv::memcpy_dtoh_async(&mut bits[..], src, s.cu_stream()) };
+                    // bf16 to f32 is exact: the bits moved up.
+                    for (o, b) in out.iter_mut().zip(&bits) {
+                        *o = f32::from_bits(u32::from(*b) << 16);
+                    }
+                    copied
+                }
+            }
+            .map_err(driver("copying outputs back"))?;
             self.transfers.to_host += 1;
             s.synchronize().map_err(driver("evaluating"))?;
-        }
-        // The inputs of a batch staged for the next step were overwritten: its copy is queued again.
-        if let Some(staged) = &mut self.staged {
-            staged.copied = false;
         }
         Ok(())
     }

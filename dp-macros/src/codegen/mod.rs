@@ -7,7 +7,7 @@
 mod backend;
 mod consts;
 mod cpu;
-mod device;
+pub(crate) mod device;
 mod program;
 
 use crate::parse::ast::{InputKind, LossKind, ModelDef};
@@ -237,7 +237,9 @@ fn device_program(model: &ModelDef, plan: &Plan) -> TokenStream {
         return quote!(const DEVICE_UNSUPPORTED: ::core::option::Option<&'static str> = ::core::option::Option::Some(#reason););
     }
     let rt = quote!(::dp::__private::runtime::device);
-    let arena = lit(device::arena_len(plan));
+    let layout = device::Layout::of(plan);
+    let (arena, arena_f32, slot) =
+        (lit(layout.len()), lit(layout.f32_len()), lit(layout.largest_read_in_f32()));
     let forward = program::forward(&device::Device, plan);
     let backward = program::backward(&device::Device, plan, model.loss.kind);
     let gradient_sum = program::gradient_sum(&device::Device, plan);
@@ -262,6 +264,8 @@ fn device_program(model: &ModelDef, plan: &Plan) -> TokenStream {
     quote! {
         const DEVICE_UNSUPPORTED: ::core::option::Option<&'static str> = ::core::option::Option::None;
         const DEVICE_ARENA_PER_EXAMPLE: usize = #arena;
+        const DEVICE_ARENA_F32_PER_EXAMPLE: usize = #arena_f32;
+        const DEVICE_CONVERSION_SLOT_PER_EXAMPLE: usize = #slot;
 
         fn device_forward(dev: &mut dyn #rt::DeviceOps, n: usize) -> ::core::result::Result<(), #rt::DeviceError> {
             #forward

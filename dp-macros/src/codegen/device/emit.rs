@@ -1,6 +1,7 @@
 //! The vocabulary of the emitted device code: spans of the runtime's regions with the plan's offsets
 //! (arena buffers scaled by the batch size `n`, as the CPU's `carve` lays them out).
 
+use super::layout::Layout;
 use crate::plan::memory::{Buf, GradTarget, Stored};
 use crate::plan::Plan;
 use proc_macro2::{Ident, Span as CallSite, TokenStream};
@@ -27,13 +28,14 @@ pub fn region(region: TokenStream, offset: TokenStream, len: TokenStream) -> Tok
     quote!(#rt::Span::new(#rt::Region::#region, #offset, #len))
 }
 
-/// Arena buffer `k`: `len · n` values at `offset · n`, marked as the plan stores it.
+/// Arena buffer `k`: `len · n` values at its device offset times `n` ([`Layout`]), marked as the plan
+/// stores it.
 pub fn arena(plan: &Plan, k: usize) -> TokenStream {
     let b = &plan.buffers[k];
-    stored(arena_span(b.offset, b.len), b.stored)
+    stored(arena_span(Layout::of(plan).offset(b.offset, b.len), b.len), b.stored)
 }
 
-/// `len` values per example of the device's own scratch at `offset` per example
+/// `len` values per example of the device's own scratch at device offset `offset` per example
 /// ([`super::scratch`]), marked `stored`.
 pub fn scratch(offset: usize, len: usize, stored_as: Stored) -> TokenStream {
     stored(arena_span(offset, len), stored_as)

@@ -11,6 +11,7 @@ mod attention;
 mod conv2d;
 mod embedding;
 pub(crate) mod emit;
+mod layout;
 mod linear;
 mod lora;
 mod lstm;
@@ -29,9 +30,9 @@ use crate::parse::ast::LossKind;
 use crate::plan::Plan;
 pub use emit::prelude;
 use emit::{arena, lit, region, rt};
+pub use layout::Layout;
 use proc_macro2::TokenStream;
 use quote::quote;
-pub use scratch::arena_len;
 
 /// The device backend.
 pub struct Device;

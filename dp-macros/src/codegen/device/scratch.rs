@@ -18,7 +18,10 @@ use crate::ops::linear::DenseStep;
 use crate::ops::lstm::LstmStep;
 use crate::ops::norm_layer::NormDims;
 use crate::ops::Step;
+use crate::plan::memory::Stored;
 use crate::plan::Plan;
+
+use super::layout::{Block, Layout};
 
 /// Where a conv's scratch lives, in values per example from the arena's start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,8 +154,14 @@ fn positionals_start(plan: &Plan) -> usize {
     lstms_start(plan) + lstms(plan).map(lstm_kept_len).sum::<usize>()
 }
 
-/// Where the layer norms' per-position affine gradients live: after the positional layers'.
+/// Where the layer norms' per-position affine gradients live in the device's arena.
 pub fn sequence_affine(plan: &Plan) -> usize {
+    Layout::of(plan).offset(sequence_affine_at(plan), sequence_affine_len(plan))
+}
+
+/// Where the layer norms' per-position affine gradients start in plan order: after the positional
+/// layers'.
+fn sequence_affine_at(plan: &Plan) -> usize {
     positionals_start(plan) + positionals(plan).map(|(_, len)| len).sum::<usize>()
 }
 
@@ -171,18 +180,30 @@ fn sequence_affine_len(plan: &Plan) -> usize {
         .unwrap_or(0)
 }
 
-/// The arena per example: the plan's buffers and the device's scratch.
-pub fn arena_len(plan: &Plan) -> usize {
+/// The arena per example in plan order: the plan's buffers and the device's scratch.
+pub(super) fn arena_len(plan: &Plan) -> usize {
     attentions_start(plan) + attentions(plan).map(attention_len).sum::<usize>()
 }
 
-/// Where the attention layers' scratch starts: after the layer norms' affine gradients.
+/// Where the attention layers' scratch starts in plan order: after the layer norms' affine
+/// gradients.
 fn attentions_start(plan: &Plan) -> usize {
-    sequence_affine(plan) + sequence_affine_len(plan)
+    sequence_affine_at(plan) + sequence_affine_len(plan)
 }
 
-/// The scratch of conv `step` (compared by identity: its weight slot).
+/// The scratch of conv `step` (compared by identity: its weight slot) in the device's arena.
 pub fn conv(plan: &Plan, step: &ConvStep) -> ConvScratch {
+    let (layout, at) = (Layout::of(plan), conv_at(plan, step));
+    let kept = at.bias - at.weight;
+    ConvScratch {
+        cols: layout.offset(at.cols, shared_cols_len(plan)),
+        weight: layout.offset(at.weight, kept),
+        bias: layout.offset(at.bias, kept_len(step) - kept),
+    }
+}
+
+/// [`conv`] in plan order.
+fn conv_at(plan: &Plan, step: &ConvStep) -> ConvScratch {
     let cols = plan_len(plan);
     let mut at = cols + shared_cols_len(plan);
     for c in convs(plan) {
@@ -194,8 +215,20 @@ pub fn conv(plan: &Plan, step: &ConvStep) -> ConvScratch {
     unreachable!("{step:?} is a step of its plan")
 }
 
-/// The kept gradients of LSTM `step` (compared by identity: its input weight slot).
+/// The kept gradients of LSTM `step` (compared by identity: its input weight slot) in the device's
+/// arena.
 pub fn lstm(plan: &Plan, step: &LstmStep) -> LstmScratch {
+    let (layout, at) = (Layout::of(plan), lstm_at(plan, step));
+    let g4 = 4 * step.dims.hidden;
+    LstmScratch {
+        weights: layout.offset(at.weights, lstm_weights_len(step)),
+        bias: layout.offset(at.bias, g4),
+        operand: layout.offset(at.operand, g4),
+    }
+}
+
+/// [`lstm`] in plan order.
+fn lstm_at(plan: &Plan, step: &LstmStep) -> LstmScratch {
     let mut at = lstms_start(plan);
     for s in lstms(plan) {
         if s.w_ih == step.w_ih {
@@ -210,8 +243,23 @@ pub fn lstm(plan: &Plan, step: &LstmStep) -> LstmScratch {
 /// The kept gradients of the positional layer whose weight is parameter `weight` (its identity): in
 /// the plan's kept buffer when the CPU's plan keeps them too (its length per example is the weight's
 /// and the bias's, which the device lays out as all the weights, then all the biases), in the
-/// device's scratch otherwise.
+/// device's scratch otherwise; in the device's arena.
 pub fn positional(plan: &Plan, weight: usize) -> PositionalScratch {
+    let (layout, at) = (Layout::of(plan), positional_at(plan, weight));
+    let w = plan.params[weight].len;
+    let bias_len = plan
+        .steps
+        .iter()
+        .find_map(|s| match s {
+            Step::Linear(d) if d.weight == weight => Some(if d.bias.is_some() { d.outputs } else { 0 }),
+            _ => None,
+        })
+        .unwrap_or(0);
+    PositionalScratch { weight: layout.offset(at.weight, w), bias: layout.offset(at.bias, bias_len) }
+}
+
+/// [`positional`] in plan order.
+fn positional_at(plan: &Plan, weight: usize) -> PositionalScratch {
     let planned = plan.steps.iter().find_map(|s| match s {
         Step::Linear(d) if d.weight == weight => {
             d.kept.map(|k| (plan.buffers[k].offset, d.inputs * d.outputs))
@@ -232,8 +280,18 @@ pub fn positional(plan: &Plan, weight: usize) -> PositionalScratch {
     unreachable!("parameter {weight} is the weight of a positional layer of its plan")
 }
 
-/// The scratch of attention layer `step` (compared by identity: its input weight slot).
+/// The scratch of attention layer `step` (compared by identity: its input weight slot) in the
+/// device's arena.
 pub fn attention(plan: &Plan, step: &AttentionStep) -> AttentionScratch {
+    let (layout, at) = (Layout::of(plan), attention_at(plan, step));
+    AttentionScratch {
+        scores: layout.offset(at.scores, step.heads * step.steps * step.steps),
+        kept: layout.offset(at.kept, attention_kept_len(step)),
+    }
+}
+
+/// [`attention`] in plan order.
+fn attention_at(plan: &Plan, step: &AttentionStep) -> AttentionScratch {
     let mut at = attentions_start(plan);
     for s in attentions(plan) {
         if s.in_weight == step.in_weight {
@@ -242,4 +300,60 @@ pub fn attention(plan: &Plan, step: &AttentionStep) -> AttentionScratch {
         at += attention_len(s);
     }
     unreachable!("{step:?} is a step of its plan")
+}
+
+/// The device's scratch as blocks in plan order (after the plan's buffers), each of one storage
+/// class, for [`Layout`]: the shared patches, each conv's kept gradients, each LSTM's kept gradients
+/// and its recurrent products' operand, each positional layer's kept gradients (those the plan does
+/// not keep), the layer norms' per-position affine gradients, each attention layer's scores and its
+/// kept gradients.
+pub fn blocks(plan: &Plan) -> Vec<Block> {
+    let mut blocks = vec![Block {
+        offset: plan_len(plan),
+        len: shared_cols_len(plan),
+        stored: Stored::OfPrecision,
+        read_in_f32: false,
+    }];
+    for c in convs(plan) {
+        let at = conv_at(plan, c);
+        blocks.push(Block { offset: at.weight, len: kept_len(c), stored: Stored::F32, read_in_f32: true });
+    }
+    for l in lstms(plan) {
+        let at = lstm_at(plan, l);
+        let g4 = 4 * l.dims.hidden;
+        blocks.push(Block {
+            offset: at.weights,
+            len: lstm_weights_len(l) + g4,
+            stored: Stored::F32,
+            read_in_f32: true,
+        });
+        blocks.push(Block { offset: at.operand, len: g4, stored: Stored::OfPrecision, read_in_f32: true });
+    }
+    let mut at = positionals_start(plan);
+    for (_, len) in positionals(plan) {
+        blocks.push(Block { offset: at, len, stored: Stored::F32, read_in_f32: true });
+        at += len;
+    }
+    blocks.push(Block {
+        offset: sequence_affine_at(plan),
+        len: sequence_affine_len(plan),
+        stored: Stored::F32,
+        read_in_f32: true,
+    });
+    for a in attentions(plan) {
+        let at = attention_at(plan, a);
+        blocks.push(Block {
+            offset: at.scores,
+            len: a.heads * a.steps * a.steps,
+            stored: Stored::OfPrecision,
+            read_in_f32: true,
+        });
+        blocks.push(Block {
+            offset: at.kept,
+            len: attention_kept_len(a),
+            stored: Stored::F32,
+            read_in_f32: true,
+        });
+    }
+    blocks
 }
