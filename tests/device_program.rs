@@ -322,6 +322,8 @@ type KeptLosses = (Vec<f32>, Vec<f32>);
 enum Fault {
     ClippedSum,
     Update,
+    /// In the first evaluation after that step.
+    Evaluate,
 }
 
 impl<M: DpModel> HostTraining<M> {
@@ -457,6 +459,12 @@ where
     /// outputs read as stored.
     fn outputs(&mut self, inputs: &[M::Input], n: usize, outputs: &mut [f32]) -> Result<(), DeviceError> {
         self.calls.lock().unwrap().push(Call::Evaluate(n));
+        if matches!(self.fault, Some((Fault::Evaluate, step)) if self.steps >= step) {
+            return Err(DeviceError::Backend(format!(
+                "injected fault in the evaluation after step {}",
+                self.steps
+            )));
+        }
         let d = &mut self.dev;
         d.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * n]);
         TestInput::load(d, inputs);
@@ -896,6 +904,33 @@ fn a_trainer_on_a_device_evaluates_with_the_devices_forward() {
         let diff = largest_difference(dev.params(), cpu.params());
         assert!(diff <= 1e-5, "{ema:?}: the device's trainer differs from the CPU's by {diff}");
     }
+    // Without an evaluation set, non-private diagnostics' training accuracy is the device's too.
+    let diagnosed = |device: bool| {
+        let mut model = Deep::from_params(initial.params().to_vec());
+        let t =
+            dp::Trainer::new(&mut model).clip_norm(1.0).noise_multiplier(0.8).expected_batch_size(64).seed(3);
+        let t = t
+            .optimizer(Sgd::new(0.5))
+            .epochs(2)
+            .non_private_diagnostics(true)
+            .allow_large_delta(true)
+            .quiet(true);
+        let training = HostTraining::<Deep>::new();
+        let calls = training.calls.clone();
+        let report = match device {
+            true => t.device(training).fit(&data, None),
+            false => t.fit(&data, None),
+        }
+        .unwrap();
+        let calls: usize =
+            calls.lock().unwrap().iter().map(|c| if let Call::Evaluate(n) = c { *n } else { 0 }).sum();
+        let accuracies: Vec<_> =
+            report.epochs.iter().map(|e| e.diagnostics.as_ref().unwrap().train_accuracy.unwrap()).collect();
+        (accuracies, calls)
+    };
+    let ((on_device, evaluated), (on_cpu, _)) = (diagnosed(true), diagnosed(false));
+    assert_eq!(evaluated, 2 * 400, "the training set evaluated on the device each epoch");
+    assert_eq!(on_device, on_cpu);
 }
 
 /// Non-private diagnostics on a device: each step's losses and clip factors come back, and the epochs'
@@ -1303,8 +1338,16 @@ fn the_non_private_baseline_on_a_device_follows_the_cpu() {
         )
         .unwrap();
         assert_eq!(dev_report.steps, cpu_report.steps, "{name}");
-        // The next batch is staged while a step runs, as in the private trainer.
-        assert_overlapped(&device.calls.lock().unwrap(), dev_report.steps as usize);
+        // The next batch is staged while a step runs, as in the private trainer; each epoch is
+        // evaluated by the device's forward.
+        let calls = device.calls.lock().unwrap().clone();
+        assert_overlapped(&calls, dev_report.steps as usize);
+        let evaluated: usize = calls.iter().map(|c| if let Call::Evaluate(n) = c { *n } else { 0 }).sum();
+        assert_eq!(evaluated, 600 * dev_report.epochs.len(), "{name}: {calls:?}");
+        for (d, c) in dev_report.epochs.iter().zip(&cpu_report.epochs) {
+            let (d, c) = (d.eval_loss.unwrap(), c.eval_loss.unwrap());
+            assert!((d - c).abs() <= 1e-5 * c.abs(), "{name}: evaluation loss {d} vs {c}");
+        }
         let moved = largest_difference(cpu.params(), initial.params());
         let diff = largest_difference(dev.params(), cpu.params());
         assert!(moved > 0.01, "{name}: training moved the parameters by {moved}");
@@ -1823,6 +1866,8 @@ fn a_device_failing_on_one_rank_stops_every_rank() {
         (1, Fault::ClippedSum, "injected fault in the clipped sum of step 4"),
         (2, Fault::Update, "injected fault in the update of step 4"),
         (0, Fault::Update, "injected fault in the update of step 4"),
+        // Rank 0 alone evaluates, at the first epoch's end: the others learn of its failure.
+        (0, Fault::Evaluate, "injected fault in the evaluation after step"),
     ];
     for (failing, fault, expected) in cases {
         let on = RanksOn::Devices { fault: Some((failing, fault, 4)) };

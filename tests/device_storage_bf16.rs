@@ -111,6 +111,12 @@ where
         M::device_forward_backward(&mut dev, n).unwrap();
         M::device_gradient_sum(&mut dev, n).unwrap();
         close_sum(&tag("gradient sum"), dev.get(Region::Grad), &cpu.gradient_sum, grad_tol);
+        // The forward alone (evaluation): the outputs, read as stored, against the CPU's forward.
+        M::device_forward(&mut dev, n).unwrap();
+        let outputs = dev.values(M::device_outputs(n).unwrap()).unwrap();
+        let mut want = vec![0.0; n * M::LOSS.output_len()];
+        model.forward(&mut dp::Workspace::new::<M>(n), &inputs, n, &mut want);
+        close_sum(&tag("outputs"), &outputs, &want, grad_tol);
         let unstored = pass(&model, false, &inputs, &labels, &cpu.factors, n);
         let pairs =
             stored.losses.iter().zip(&unstored.losses).chain(stored.sq_norms.iter().zip(&unstored.sq_norms));

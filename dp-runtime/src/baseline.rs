@@ -140,6 +140,7 @@ fn fit<M: DpModel>(
                 format!("the {} optimizer has no device update (SGD and Adam only)", optimizer.kind()),
             ));
         }
+        crate::trainer::check_device_outputs::<M>()?;
         dev.load_optimizer_state(&optimizer.state()).map_err(device_error)?;
         dev.set_precision(config.precision).map_err(device_error)?;
         dev.upload(model.params()).map_err(device_error)?;
@@ -218,9 +219,7 @@ fn fit<M: DpModel>(
             dev.download(model.params_mut()).map_err(device_error)?;
         }
         let (eval_loss, accuracy) = match device.as_mut() {
-            Some(dev) => {
-                report::evaluate_on_device(&mut **dev, eval, eval.len().max(1)).map_err(device_error)?
-            }
+            Some(dev) => report::evaluate_on_device(&mut **dev, eval, max_chunk).map_err(device_error)?,
             None => report::evaluate(model, &mut workspace, eval, max_chunk),
         };
         let record = EpochReport {

@@ -27,9 +27,9 @@ impl<'m, M: DpModel> Trainer<'m, M> {
 
     /// Runs every private step on a device that holds the model's training state (a GPU through
     /// `dp::cuda::trainer::GpuModel`): the batch's inputs and labels and each step's noise key go in,
-    /// two counts come out; sampling, the keys and the accountant stay here. The parameters come back
-    /// at the end of each epoch (for evaluation, the report and checkpoints, whose optimizer state
-    /// comes from the device). SGD, Adam and AdamW (other optimizers are refused), and an
+    /// two counts come out; sampling, the keys and the accountant stay here. Each epoch is evaluated
+    /// by the device's forward (`DeviceTraining::outputs`), and the parameters come back at its end
+    /// (for the report and checkpoints, whose optimizer state comes from the device). SGD, Adam and AdamW (other optimizers are refused), and an
     /// [`ema`](Self::ema) the device keeps, [`augmentation_multiplicity`](Self::augmentation_multiplicity)
     /// (the views drawn and augmented here, as the CPU draws them, then averaged and clipped on the
     /// device), and [non-private diagnostics](Self::non_private_diagnostics) (each step's losses and

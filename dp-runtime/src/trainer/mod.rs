@@ -188,6 +188,8 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     format!("the {} optimizer has no device update (SGD and Adam only)", optimizer.kind()),
                 ));
             }
+            // Each epoch is evaluated by the device's forward: refused now, not after privacy is spent.
+            check_device_outputs::<M>()?;
         }
         // Distributed: `train` is this rank's shard; N, the plan and the batches are the whole dataset's.
         let mut distributed = match self.distributed {
@@ -524,7 +526,9 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     Some(dev) => {
                         let average = ema.as_ref().map(Ema::average);
                         let evaluated = eval
-                            .map(|eval| evaluate_on_device(dev.as_mut(), model.params(), average, eval))
+                            .map(|eval| {
+                                evaluate_on_device(dev.as_mut(), model.params(), average, (eval, max_chunk))
+                            })
                             .transpose();
                         agreed_value(distributed.as_mut(), evaluated)?
                     }
@@ -541,7 +545,8 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                 let train_accuracy = match (non_private_diagnostics, eval, device.as_mut()) {
                     (false, _, _) | (true, Some(_), _) => None,
                     (true, None, Some(dev)) => {
-                        let evaluated = evaluate_on_device(dev.as_mut(), model.params(), None, train);
+                        let evaluated =
+                            evaluate_on_device(dev.as_mut(), model.params(), None, (train, max_chunk));
                         agreed_value(distributed.as_mut(), evaluated)?.1
                     }
                     (true, None, None) => report::evaluate(model, engine.workspace(), train, max_chunk).1,
@@ -676,6 +681,25 @@ fn agreed_value<T>(distributed: Option<&mut DistributedRun<'_>>, outcome: Result
     Ok(value.expect("agreed that no rank failed"))
 }
 
+/// That `M`'s device program says where its forward leaves the outputs, `output_len` per example.
+pub(crate) fn check_device_outputs<M: DpModel>() -> Result<()> {
+    match M::device_outputs(1) {
+        Ok(span) if span.len == M::LOSS.output_len() => Ok(()),
+        Ok(span) => Err(Error::invalid(
+            "device",
+            format!(
+                "{}: its device outputs are {} values per example, not {}",
+                M::NAME,
+                span.len,
+                M::LOSS.output_len()
+            ),
+        )),
+        Err(e) => {
+            Err(Error::invalid("device", format!("{}: no device forward to evaluate with: {e}", M::NAME)))
+        }
+    }
+}
+
 /// Mean loss and accuracy of `data` by the device's forward (`report::evaluate_on_device`), under
 /// the parameters it holds (`params`, the model's) or, given `average`, under the moving average:
 /// uploaded for the evaluation and the parameters uploaded back after it, whatever it did.
@@ -683,10 +707,9 @@ fn evaluate_on_device<M: DpModel>(
     device: &mut dyn DeviceTraining<M>,
     params: &[f32],
     average: Option<&[f32]>,
-    data: &Dataset<M::Input>,
+    (data, chunk): (&Dataset<M::Input>, usize),
 ) -> Result<(f64, Option<f64>)> {
-    // The device chunks the set by its own room.
-    let chunk = data.len().max(1);
+    // The host holds `chunk` examples' outputs at a time; the device chunks them by its own room.
     let evaluated = match average {
         None => report::evaluate_on_device(device, data, chunk),
         Some(average) => device.upload(average).and_then(|()| {
