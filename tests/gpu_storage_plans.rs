@@ -256,7 +256,7 @@ fn region_bytes_count_every_region_and_the_bf16_stores() {
         let (f32_arena, arena) = (M::DEVICE_ARENA_F32_PER_EXAMPLE, M::DEVICE_ARENA_PER_EXAMPLE);
         assert!(f32_arena <= arena, "{}", M::NAME);
         let cut = 4 * (len(Region::Arena) - (f32_arena * b).max(1) as u64);
-        let slots = 3 * 4 * (M::DEVICE_CONVERSION_SLOT_PER_EXAMPLE * b).max(1) as u64;
+        let slots = 2 * 4 * (M::DEVICE_CONVERSION_SLOT_PER_EXAMPLE * b).max(1) as u64;
         let stores = stores + slots;
         assert_eq!(GpuModel::<M>::regions_bytes(b, false), f32s, "{} at {b}", M::NAME);
         assert_eq!(GpuModel::<M>::regions_bytes(b, true), f32s + stores - cut, "{} at {b}", M::NAME);

@@ -391,10 +391,11 @@ impl<M: DpModel> GpuModel<M> {
         // Before the allocation: a graph of the old products must not replay even if it fails.
         self.graphs.restart();
         let (b, on) = (self.max_batch, self.stores_bf16());
-        if on && !self.memory.storing_bf16() {
-            // The f32 arena is cut before the stores are allocated.
-            let stores = Self::regions_bytes(b, true).saturating_sub(Self::regions_bytes(b, false));
-            Self::ensure_free(&self.gpu, stores, b, true)?;
+        // What the change needs beyond what it frees: storing in bf16 cuts the f32 arena before it
+        // allocates the stores; storing in f32 frees them and grows the arena back.
+        let (from, to) = (Self::regions_bytes(b, !on), Self::regions_bytes(b, on));
+        if on != self.memory.storing_bf16() {
+            Self::ensure_free(&self.gpu, to.saturating_sub(from), b, on)?;
         }
         self.memory.store_bf16(&self.gpu, on.then_some(Self::bf16_layout(b)))
     }

@@ -300,12 +300,12 @@ pub trait DpModel: Sized + Send + Sync {
     const DEVICE_ARENA_PER_EXAMPLE: usize = 0;
     /// The first values per example of the device arena, which hold every span marked
     /// [`Stored::F32`](crate::device::Stored::F32) (the device lays those buffers out first): all a
-    /// device storing in bf16 needs of its f32 arena.
-    const DEVICE_ARENA_F32_PER_EXAMPLE: usize = 0;
+    /// device storing in bf16 needs of its f32 arena (by default the whole arena: no cut).
+    const DEVICE_ARENA_F32_PER_EXAMPLE: usize = Self::DEVICE_ARENA_PER_EXAMPLE;
     /// Values per example of the largest arena buffer stored in the device's precision that an f32
     /// product may read: a device storing in bf16 converts such an operand into a slot of this many
     /// values per example (it has no f32 slot in the arena).
-    const DEVICE_CONVERSION_SLOT_PER_EXAMPLE: usize = 0;
+    const DEVICE_CONVERSION_SLOT_PER_EXAMPLE: usize = Self::DEVICE_ARENA_PER_EXAMPLE;
 
     /// The device program's forward of `n` examples: the outputs left in their arena buffer.
     fn device_forward(dev: &mut dyn DeviceOps, n: usize) -> Result<(), DeviceError> {

@@ -30,7 +30,7 @@ pub struct RegionMemory {
     arena_len: usize,
     /// The bf16 stores of [`BF16_STORED`], while storing in bf16.
     bf16: Option<Vec<CudaSlice<u16>>>,
-    /// The three f32 conversion slots ([`Operand`]), one allocation, while storing in bf16.
+    /// The f32 conversion slots ([`Operand::slot`]), one allocation, while storing in bf16.
     conversion: Option<CudaSlice<f32>>,
     addresses: Addresses,
 }
@@ -54,7 +54,7 @@ const ALL: [Region; REGIONS] = [
 pub const BF16_STORED: [Region; 3] = [Region::Arena, Region::Params, Region::Inputs];
 
 /// How a program's memory stores in bf16: the f32 arena cut to its first `arena_f32` values (the
-/// `F32` buffers, which the compiler lays out first), and three f32 conversion slots of
+/// `F32` buffers, which the compiler lays out first), and [`CONVERSION_SLOTS`] f32 conversion slots of
 /// `conversion_slot` values each ([`Operand`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bf16Layout {
@@ -66,6 +66,7 @@ pub struct Bf16Layout {
 /// bf16 stores and conversion slots [`RegionMemory::store_bf16`] adds and the f32 arena cut (each
 /// region, store and slot one value at least, as allocated).
 pub fn region_bytes(lens: impl Fn(Region) -> usize, bf16: Option<Bf16Layout>) -> u64 {
+    // `CONVERSION_SLOTS` slots below.
     let f32_len = |r: Region| match (r, bf16) {
         (Region::Arena, Some(layout)) => layout.arena_f32.min(lens(r)),
         _ => lens(r),
@@ -74,7 +75,7 @@ pub fn region_bytes(lens: impl Fn(Region) -> usize, bf16: Option<Bf16Layout>) ->
     let bf16s: u64 = match bf16 {
         Some(layout) => {
             let stores: u64 = BF16_STORED.iter().map(|&r| lens(r).max(1) as u64 * 2).sum();
-            stores + 3 * layout.conversion_slot.max(1) as u64 * 4
+            stores + (CONVERSION_SLOTS * layout.conversion_slot.max(1)) as u64 * 4
         }
         None => 0,
     };
@@ -135,18 +136,32 @@ pub struct Addresses {
     bf16: [Option<CUdeviceptr>; REGIONS],
     /// Values per bf16 store.
     bf16_lens: [usize; REGIONS],
-    /// While storing in bf16: three f32 slots (for a product's A, B and C) of this many values each,
-    /// from this base, where a span stored in bf16 is converted for an f32 product (it has no f32 slot
-    /// in the arena).
+    /// While storing in bf16: two f32 slots of this many values each, from this base, where a span
+    /// stored in bf16 is converted for an f32 product (it has no f32 slot in the arena): one for an
+    /// operand, one for C ([`Operand::slot`]).
     conversion: Option<(CUdeviceptr, usize)>,
 }
 
 /// Which of a product's spans a conversion slot is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operand {
-    A = 0,
-    B = 1,
-    C = 2,
+    A,
+    B,
+    C,
+}
+
+/// The conversion slots while storing in bf16.
+pub const CONVERSION_SLOTS: usize = 2;
+
+impl Operand {
+    /// Its conversion slot: A and B share one, as an f32 product never widens both (two operands
+    /// stored in bf16 are multiplied in bf16, `ProductPlan::of`); C has the other.
+    pub fn slot(self) -> usize {
+        match self {
+            Operand::A | Operand::B => 0,
+            Operand::C => 1,
+        }
+    }
 }
 
 impl Addresses {
@@ -178,7 +193,7 @@ impl Addresses {
         }
     }
 
-    /// The three f32 conversion slots of `len` values each from `base` ([`Operand`]), or none.
+    /// The f32 conversion slots of `len` values each from `base` ([`Operand::slot`]), or none.
     pub fn set_conversion_slots(&mut self, slots: Option<(CUdeviceptr, usize)>) {
         self.conversion = slots;
     }
@@ -203,7 +218,7 @@ impl Addresses {
                 "{s:?} in f32: longer than a conversion slot of {len}"
             )));
         }
-        Ok(base + (operand as usize * len * ValueType::F32.size()) as CUdeviceptr)
+        Ok(base + (operand.slot() * len * ValueType::F32.size()) as CUdeviceptr)
     }
 
     /// Whether `s` wanted in `ty` goes to a conversion slot: stored in bf16, wanted in f32.
@@ -360,10 +375,12 @@ impl RegionMemory {
         }
         // The f32 arena cut first, so that the stores take the memory it frees.
         self.reallocate_f32_arena(gpu, layout.arena_f32.min(self.arena_len))?;
-        let slots = match gpu.stream.alloc_zeros::<f32>(3 * layout.conversion_slot.max(1)) {
+        let slots = match gpu.stream.alloc_zeros::<f32>(CONVERSION_SLOTS * layout.conversion_slot.max(1)) {
             Ok(slots) => slots,
             Err(e) => {
-                self.reallocate_f32_arena(gpu, self.arena_len)?;
+                // The original error, whatever growing the arena back does (a failed growth leaves
+                // an arena of one value: every span is refused, none misplaced).
+                let _ = self.reallocate_f32_arena(gpu, self.arena_len);
                 return Err(driver("allocating the conversion slots")(e));
             }
         };
@@ -380,15 +397,17 @@ impl RegionMemory {
         let stores = match stores {
             Ok(stores) => stores,
             Err(e) => {
-                // Left storing in f32, the arena whole again.
-                self.reallocate_f32_arena(gpu, self.arena_len)?;
+                // Left storing in f32, the arena whole again if it can be (see above).
+                drop(slots);
+                let _ = self.reallocate_f32_arena(gpu, self.arena_len);
                 return Err(e);
             }
         };
         let bases: [(CUdeviceptr, usize); BF16_STORED.len()] =
             std::array::from_fn(|i| (stores[i].device_ptr(&gpu.stream).0, stores[i].len()));
         self.addresses.store_bf16(Some(bases));
-        self.addresses.set_conversion_slots(Some((slots.device_ptr(&gpu.stream).0, slots.len() / 3)));
+        let slot = slots.len() / CONVERSION_SLOTS;
+        self.addresses.set_conversion_slots(Some((slots.device_ptr(&gpu.stream).0, slot)));
         (self.bf16, self.conversion) = (Some(stores), Some(slots));
         Ok(())
     }
@@ -399,8 +418,11 @@ impl RegionMemory {
         if arena.len() == len.max(1) {
             return Ok(());
         }
-        // Freed before the allocation: the two need not fit at once.
+        // Freed before the allocation: the two need not fit at once. Until the new one is there the
+        // addresses name the one-value stand-in, so a failure refuses every span rather than leave
+        // them in freed memory.
         *arena = gpu.stream.alloc_zeros::<f32>(1).map_err(driver("allocating the arena"))?;
+        self.addresses.set_f32(Region::Arena, arena.device_ptr(&gpu.stream).0, 1);
         *arena = gpu.stream.alloc_zeros::<f32>(len.max(1)).map_err(driver("allocating the arena"))?;
         let base = arena.device_ptr(&gpu.stream).0;
         self.addresses.set_f32(Region::Arena, base, arena.len());
@@ -561,7 +583,7 @@ mod tests {
         let s = Span::new(Region::Arena, 700, 200).of_precision();
         assert_eq!(a.values(s).unwrap(), 16 * mib + 2 * 700 + BF16_TAG, "its own bf16 slot");
         assert!(a.address(s, ValueType::F32).is_err(), "no f32 slot of its own");
-        for (operand, k) in [(Operand::A, 0), (Operand::B, 1), (Operand::C, 2)] {
+        for (operand, k) in [(Operand::A, 0), (Operand::B, 0), (Operand::C, 1)] {
             assert_eq!(a.operand_address(s, ValueType::F32, operand).unwrap(), 20 * mib + k * 300 * 4);
             // In bf16 it is where it lives; a weight's bf16 slot is its own.
             assert_eq!(a.operand_address(s, ValueType::Bf16, operand).unwrap(), 16 * mib + 2 * 700);

@@ -1,5 +1,5 @@
-//! The vocabulary of the emitted device code: spans of the runtime's regions with the plan's offsets
-//! (arena buffers scaled by the batch size `n`, as the CPU's `carve` lays them out).
+//! The vocabulary of the emitted device code: spans of the runtime's regions, arena buffers at their
+//! device offsets ([`super::layout`]: every `F32` buffer first) scaled by the batch size `n`.
 
 use super::layout::Layout;
 use crate::plan::memory::{Buf, GradTarget, Stored};

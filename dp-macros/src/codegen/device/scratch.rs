@@ -1,4 +1,5 @@
-//! The device program's own per-example scratch, after the plan's buffers in the arena: the patches
+//! The device program's own per-example scratch, after the plan's buffers in plan order (the device
+//! places both by their storage class, [`super::layout`]): the patches
 //! of one convolution at a time (shared by every conv, re-derived by each pass that reads them, and
 //! reused for the patch gradients backward), then every trained conv's per-example weight and bias
 //! gradients, formed by its norms and kept for its clipped sum, then every LSTM's per-example
