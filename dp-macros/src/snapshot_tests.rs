@@ -311,6 +311,65 @@ fn frozen_layers_lie_after_the_trained_ones_without_a_group() {
     assert_eq!(frozen_mid.input_grad.map(|t| t.write), Some(mid.delta));
 }
 
+/// Every arena span the device program emits, of the plan's buffers and of the device's scratch alike,
+/// lies where its mark says: one marked `F32` inside the f32 prefix a GPU storing in bf16 keeps, one
+/// marked `.of_precision()` after it (a mismatch would be refused on a GPU, with no f32 slot there).
+/// Read from the expansions of a dense, a conv, an LSTM, an embedding, a LoRA and a transformer model
+/// and of linear layers over a sequence.
+#[test]
+fn every_device_span_lies_in_the_part_of_the_arena_its_mark_says() {
+    let sequence = (
+        quote!(input = [5, 6], loss = cross_entropy(classes = 3)),
+        quote! {
+            pub struct SequenceLinear {
+                #[layer(linear(out = 4), relu)]
+                a: Linear,
+                #[layer(linear(out = 5, norms = direct), tanh)]
+                b: Linear,
+                #[layer(linear(out = 3, norms = ghost, bias = false), mean)]
+                c: Linear,
+                #[layer(linear(out = 3, norms = direct))]
+                head: Linear,
+            }
+        },
+    );
+    let models = [
+        mlp(),
+        small_cnn(),
+        small_lstm(),
+        small_embedding_mean(),
+        frozen_and_lora(),
+        text_transformer(),
+        sequence,
+    ];
+    for (args, item) in models {
+        let plan = planned(args.clone(), item.clone());
+        let f32_len = crate::codegen::device::Layout::of(&plan).f32_len();
+        let code: String = expand(args, item).to_string().chars().filter(|c| !c.is_whitespace()).collect();
+        let (mut f32_spans, mut bf16_spans) = (0, 0);
+        for (at, _) in code.match_indices("Region::Arena,") {
+            let rest = &code[at + "Region::Arena,".len()..];
+            let number = |s: &str| -> (usize, usize) {
+                let end = s.find("*n").expect("an arena span's `offset * n`");
+                (s[..end].parse().expect("a literal offset per example"), end + "*n".len())
+            };
+            let (offset, used) = number(rest);
+            let (len, more) = number(&rest[used + 1..]);
+            let after = rest[used + 1 + more..].trim_start_matches(',');
+            let after = after.strip_prefix(')').expect("the span's end");
+            let span = format!("{offset}·n, {len}·n");
+            if after.starts_with(".of_precision()") {
+                assert!(offset >= f32_len, "a bf16 span at {span} inside the f32 prefix of {f32_len}");
+                bf16_spans += 1;
+            } else {
+                assert!(offset + len <= f32_len, "an f32 span at {span} past the f32 prefix of {f32_len}");
+                f32_spans += 1;
+            }
+        }
+        assert!(f32_spans > 0 && bf16_spans > 0, "{f32_spans} f32 and {bf16_spans} bf16 arena spans");
+    }
+}
+
 /// The device arena lays every `F32` buffer out before every `OfPrecision` one (a device storing in
 /// bf16 then keeps an f32 arena of that prefix only), each buffer whole and apart from the others,
 /// in a conv model and in linear layers over a sequence (with device scratch of both classes).
