@@ -311,14 +311,10 @@ fn frozen_layers_lie_after_the_trained_ones_without_a_group() {
     assert_eq!(frozen_mid.input_grad.map(|t| t.write), Some(mid.delta));
 }
 
-/// Every arena span the device program emits, of the plan's buffers and of the device's scratch alike,
-/// lies where its mark says: one marked `F32` inside the f32 prefix a GPU storing in bf16 keeps, one
-/// marked `.of_precision()` after it (a mismatch would be refused on a GPU, with no f32 slot there).
-/// Read from the expansions of a dense, a conv, an LSTM, an embedding, a LoRA and a transformer model
-/// and of linear layers over a sequence.
-#[test]
-fn every_device_span_lies_in_the_part_of_the_arena_its_mark_says() {
-    let sequence = (
+/// Linear layers over a dense sequence: planned, direct and ghost norms, and the device's positional
+/// scratch (as `tests/dense_models`' `SequenceLinear`).
+fn sequence_linear() -> (TokenStream, TokenStream) {
+    (
         quote!(input = [5, 6], loss = cross_entropy(classes = 3)),
         quote! {
             pub struct SequenceLinear {
@@ -332,7 +328,16 @@ fn every_device_span_lies_in_the_part_of_the_arena_its_mark_says() {
                 head: Linear,
             }
         },
-    );
+    )
+}
+
+/// Every arena span the device program emits, of the plan's buffers and of the device's scratch alike,
+/// lies where its mark says: one marked `F32` inside the f32 prefix a GPU storing in bf16 keeps, one
+/// marked `.of_precision()` after it (a mismatch would be refused on a GPU, with no f32 slot there).
+/// Read from the expansions of a dense, a conv, an LSTM, an embedding, a LoRA and a transformer model
+/// and of linear layers over a sequence.
+#[test]
+fn every_device_span_lies_in_the_part_of_the_arena_its_mark_says() {
     let models = [
         mlp(),
         small_cnn(),
@@ -340,7 +345,7 @@ fn every_device_span_lies_in_the_part_of_the_arena_its_mark_says() {
         small_embedding_mean(),
         frozen_and_lora(),
         text_transformer(),
-        sequence,
+        sequence_linear(),
     ];
     for (args, item) in models {
         let plan = planned(args.clone(), item.clone());
@@ -375,22 +380,7 @@ fn every_device_span_lies_in_the_part_of_the_arena_its_mark_says() {
 /// in a conv model and in linear layers over a sequence (with device scratch of both classes).
 #[test]
 fn the_device_arena_lays_out_its_f32_buffers_first() {
-    let sequence = (
-        quote!(input = [5, 6], loss = cross_entropy(classes = 3)),
-        quote! {
-            pub struct SequenceLinear {
-                #[layer(linear(out = 4), relu)]
-                a: Linear,
-                #[layer(linear(out = 5, norms = direct), tanh)]
-                b: Linear,
-                #[layer(linear(out = 3, norms = ghost, bias = false), mean)]
-                c: Linear,
-                #[layer(linear(out = 3, norms = direct))]
-                head: Linear,
-            }
-        },
-    );
-    for (args, item) in [small_cnn(), sequence, small_lstm()] {
+    for (args, item) in [small_cnn(), sequence_linear(), small_lstm()] {
         let plan = planned(args, item);
         let layout = crate::codegen::device::Layout::of(&plan);
         let mut placed: Vec<(usize, usize)> = Vec::new();

@@ -110,11 +110,11 @@ impl<M: DpModel> DeviceSteps<M> {
         settings: &DevicePrivateStep,
         diagnostics: bool,
     ) -> Result<(BatchStats, bool)> {
-        let n = indices.len();
+        let (n, chunked) = (indices.len(), self.in_chunks(indices.len()));
         let (inputs, labels) = &mut self.batch;
         // With views, they are drawn and augmented here as the CPU draws them.
         let views = engine.gather_views(train, indices, inputs, labels);
-        if views.is_none() && n > self.physical {
+        if views.is_none() && chunked {
             return self.private_step_in_chunks(dev, train, (indices, staged), next, settings, diagnostics);
         }
         let outcome = match views {

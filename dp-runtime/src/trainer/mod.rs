@@ -527,7 +527,12 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                         let average = ema.as_ref().map(Ema::average);
                         let evaluated = eval
                             .map(|eval| {
-                                evaluate_on_device(dev.as_mut(), model.params(), average, (eval, max_chunk))
+                                evaluate_epoch_on_device(
+                                    dev.as_mut(),
+                                    model.params(),
+                                    average,
+                                    (eval, max_chunk),
+                                )
                             })
                             .transpose();
                         agreed_value(distributed.as_mut(), evaluated)?
@@ -546,7 +551,7 @@ impl<'m, M: DpModel> Trainer<'m, M> {
                     (false, _, _) | (true, Some(_), _) => None,
                     (true, None, Some(dev)) => {
                         let evaluated =
-                            evaluate_on_device(dev.as_mut(), model.params(), None, (train, max_chunk));
+                            evaluate_epoch_on_device(dev.as_mut(), model.params(), None, (train, max_chunk));
                         agreed_value(distributed.as_mut(), evaluated)?.1
                     }
                     (true, None, None) => report::evaluate(model, engine.workspace(), train, max_chunk).1,
@@ -703,7 +708,7 @@ pub(crate) fn check_device_outputs<M: DpModel>() -> Result<()> {
 /// Mean loss and accuracy of `data` by the device's forward (`report::evaluate_on_device`), under
 /// the parameters it holds (`params`, the model's) or, given `average`, under the moving average:
 /// uploaded for the evaluation and the parameters uploaded back after it, whatever it did.
-fn evaluate_on_device<M: DpModel>(
+fn evaluate_epoch_on_device<M: DpModel>(
     device: &mut dyn DeviceTraining<M>,
     params: &[f32],
     average: Option<&[f32]>,
