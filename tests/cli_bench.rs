@@ -95,6 +95,8 @@ fn a_single_mode_leaves_the_other_null_and_threads_are_set() {
     assert!(m["private_overlapped_ms_median"].is_null(), "{m:?}");
     // So is the step with its noise drawn after the program rather than beside it.
     assert!(m["private_noise_after_ms_median"].is_null(), "{m:?}");
+    // And the overlapped step with the next batch copied in behind it rather than beside it.
+    assert!(m["private_copies_behind_ms_median"].is_null(), "{m:?}");
     assert_eq!(m["threads"], 1);
     assert_eq!(m["parameters"], AdultLogReg::PARAM_COUNT);
 

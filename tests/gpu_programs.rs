@@ -358,6 +358,90 @@ fn gpu_steps_overlapped_with_staging_equal_steps_in_turn() {
     assert!(sum.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()), "the clipped sums differ");
 }
 
+/// The next batch copied in beside the step in flight (into the landing words, on a stream of their
+/// own, and moved into the regions when the next step is queued: docs/GPU.md, "The copies in beside
+/// the step") gives the steps that its copies queued behind the step give, and the steps one after
+/// another, bit for bit: for dense inputs and for token ids; with a batch larger than the arena staged
+/// while a step runs (copied in after the arena grows, not landed); with an evaluation between a
+/// landed batch and its step, which still takes that batch. The same copies are counted either way.
+/// WRITTEN WITHOUT A GPU, NOT YET RUN.
+#[test]
+#[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
+fn gpu_batches_copied_in_beside_a_step_equal_batches_copied_behind_it() {
+    copies_beside_equal_copies_behind::<AdultFfnn>(31);
+    copies_beside_equal_copies_behind::<EmbeddingNet>(32);
+}
+
+fn copies_beside_equal_copies_behind<M: DpModel>(seed: u64)
+where
+    M::Input: TestInput,
+{
+    use dp::device::{DeviceOptimizer, DevicePrivateStep, DeviceSgd};
+    let Some(gpu) = gpu(M::NAME) else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let model = M::init(&mut rng);
+    let batches: Vec<_> = [(7, false), (5, true), (20, false), (7, true), (6, false)]
+        .into_iter()
+        .map(|(n, poison)| (batch::<M>(&mut rng, n, poison && M::Input::POISONS), n))
+        .collect();
+    let held_out = 9;
+    let (held_out_inputs, _) = batch::<M>(&mut rng, held_out, false);
+    let step = |i: usize| DevicePrivateStep {
+        clip_mode: ClipMode::Flat,
+        clip_norm: 1.0,
+        noise_std: 0.3,
+        normaliser: 8.0,
+        key: std::array::from_fn(|j| (j as u8).wrapping_mul(7).wrapping_add(i as u8)),
+        optimizer: DeviceOptimizer::Sgd(DeviceSgd {
+            lr: 0.5,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+        }),
+        keep_losses: false,
+    };
+    let outputs_len = held_out * M::LOSS.output_len();
+    let mut in_turn = GpuModel::<M>::new(gpu, model.params(), 7).unwrap();
+    let (mut expected, mut expected_outputs) = (vec![], vec![0.0f32; outputs_len]);
+    for (i, ((inputs, labels), n)) in batches.iter().enumerate() {
+        expected.push(DeviceTraining::private_step(&mut in_turn, inputs, labels, *n, &step(i)).unwrap());
+        if i == 0 {
+            in_turn.outputs(&held_out_inputs, held_out, &mut expected_outputs).unwrap();
+        }
+    }
+    for beside in [true, false] {
+        let mut overlapped = GpuModel::<M>::new(Gpu::open(0).unwrap(), model.params(), 7).unwrap();
+        overlapped.copy_in_beside(beside);
+        let ((inputs, labels), n) = &batches[0];
+        DeviceTraining::stage_batch(&mut overlapped, inputs, labels, *n).unwrap();
+        for (i, expected) in expected.iter().enumerate() {
+            DeviceTraining::queue_private_step(&mut overlapped, &step(i)).unwrap();
+            if let Some(((inputs, labels), n)) = batches.get(i + 1) {
+                DeviceTraining::stage_batch(&mut overlapped, inputs, labels, *n).unwrap();
+            }
+            let outcome = DeviceTraining::finish_private_step(&mut overlapped).unwrap();
+            assert_eq!(&outcome, expected, "{}: step {i}, copies beside: {beside}", M::NAME);
+            if i == 0 {
+                // The next batch has landed (beside) or is queued behind (not): the evaluation
+                // overwrites the regions, not the landing words.
+                let mut outputs = vec![0.0f32; outputs_len];
+                overlapped.outputs(&held_out_inputs, held_out, &mut outputs).unwrap();
+                let same = outputs.iter().zip(&expected_outputs).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{}: the evaluation differs, copies beside: {beside}", M::NAME);
+            }
+        }
+        let same = overlapped
+            .params()
+            .unwrap()
+            .iter()
+            .zip(&in_turn.params().unwrap())
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{}: copies beside: {beside}: other parameters than the steps in turn", M::NAME);
+        assert_eq!(overlapped.transfers(), in_turn.transfers(), "{}: copies beside: {beside}", M::NAME);
+    }
+    say(&format!("{}: batches copied in beside the steps equal batches copied in behind them", M::NAME));
+}
+
 /// The device's forward alone, for evaluation (`GpuModel::outputs`): the outputs of the CPU's forward
 /// to 1e-4 of the largest, in chunks of the arena's room (173 examples through room for 50), for
 /// dense, conv and token models; storing in bf16, within 3e-2. A batch staged for the next step before

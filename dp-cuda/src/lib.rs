@@ -21,6 +21,7 @@ pub mod dense;
 pub mod device;
 pub mod error;
 pub mod graphs;
+pub mod landing;
 pub mod lstm;
 pub mod noise;
 pub mod norm;

@@ -9,7 +9,7 @@
 //! with a step").
 
 use cudarc::driver::sys::CUdeviceptr;
-use cudarc::driver::{result as drv, CudaEvent, PinnedHostSlice};
+use cudarc::driver::{result as drv, CudaEvent, CudaStream, PinnedHostSlice};
 
 use crate::device::{driver, Gpu};
 use crate::error::{CudaError, Result};
@@ -21,13 +21,32 @@ pub struct Piece {
     len: usize,
 }
 
+impl Piece {
+    /// Its first word's index in the buffer.
+    pub fn offset(self) -> usize {
+        self.from
+    }
+
+    /// Its length in words.
+    pub fn len(self) -> usize {
+        self.len
+    }
+
+    /// Whether it has no words.
+    pub fn is_empty(self) -> bool {
+        self.len == 0
+    }
+}
+
 /// One pinned buffer of 32-bit words, handed out as consecutive pieces per step.
 pub struct Staging {
     words: PinnedHostSlice<u32>,
     /// Words handed out since the last [`Staging::start`].
     used: usize,
-    /// Recorded on the stream after each copy out of the buffer.
+    /// Recorded on the GPU's stream after each copy out of the buffer there.
     copied: CudaEvent,
+    /// Recorded on the landing stream after each copy out of the buffer there (`crate::landing`).
+    copied_beside: CudaEvent,
 }
 
 impl std::fmt::Debug for Staging {
@@ -44,7 +63,8 @@ impl Staging {
         let words = unsafe { context.alloc_pinned::<u32>(words.max(1)) }
             .map_err(driver("allocating pinned host memory"))?;
         let copied = context.new_event(None).map_err(driver("creating a copy's event"))?;
-        Ok(Staging { words, used: 0, copied })
+        let copied_beside = context.new_event(None).map_err(driver("creating a copy's event"))?;
+        Ok(Staging { words, used: 0, copied, copied_beside })
     }
 
     /// The words it has room for.
@@ -56,6 +76,7 @@ impl Staging {
     /// stream may still be busy with anything queued after them).
     pub fn start(&mut self) -> Result<()> {
         self.copied.synchronize().map_err(driver("waiting for the previous copies"))?;
+        self.copied_beside.synchronize().map_err(driver("waiting for the previous copies"))?;
         self.used = 0;
         Ok(())
     }
@@ -82,8 +103,26 @@ impl Staging {
         Ok(Piece { from, len })
     }
 
-    /// Queues the copy of a written `piece` to `dst` on the stream.
+    /// Queues the copy of a written `piece` to `dst` on the GPU's stream.
     pub fn queue_copy(&mut self, gpu: &Gpu, piece: Piece, dst: CUdeviceptr) -> Result<()> {
+        self.queue_copy_on(&gpu.stream, piece, dst, false)
+    }
+
+    /// Queues the copy of a written `piece` to `dst` on the stream a batch lands on beside a step
+    /// (`crate::landing`), not the GPU's.
+    pub fn queue_copy_beside(&mut self, stream: &CudaStream, piece: Piece, dst: CUdeviceptr) -> Result<()> {
+        self.queue_copy_on(stream, piece, dst, true)
+    }
+
+    /// The copy, and after it the event of its stream's copies (`beside`: the landing stream's), which
+    /// [`start`](Self::start) waits for with the other: an event waits for its last record only.
+    fn queue_copy_on(
+        &mut self,
+        stream: &CudaStream,
+        piece: Piece,
+        dst: CUdeviceptr,
+        beside: bool,
+    ) -> Result<()> {
         if piece.from + piece.len > self.used {
             return Err(CudaError::Mismatch("a piece of pinned memory not written since the start".into()));
         }
@@ -92,9 +131,10 @@ impl Staging {
         let piece = unsafe { std::slice::from_raw_parts(ptr.add(piece.from).cast_const(), piece.len) };
         // SAFETY: `dst` holds the piece's words (the caller's span, checked against its region); the
         // piece stays untouched until the next `start` waits for the event recorded below.
-        unsafe { drv::memcpy_htod_async(dst, piece, gpu.stream.cu_stream()) }
+        unsafe { drv::memcpy_htod_async(dst, piece, stream.cu_stream()) }
             .map_err(driver("copying in from pinned memory"))?;
-        self.copied.record(&gpu.stream).map_err(driver("recording a copy's event"))
+        let event = if beside { &self.copied_beside } else { &self.copied };
+        event.record(stream).map_err(driver("recording a copy's event"))
     }
 
     /// [`write`](Self::write) then [`queue_copy`](Self::queue_copy).

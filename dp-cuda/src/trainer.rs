@@ -22,6 +22,7 @@ use crate::branch::Branch;
 use crate::device::{driver, Gpu, NoiseTables, SgdBuffers, SgdStep};
 use crate::error::{gib, CudaError, Result};
 use crate::graphs::{BeforeUpdate, GraphKey, StepGraphs};
+use crate::landing::Landing;
 use crate::noise::{key_words, THREADS};
 use crate::program::{Bf16Layout, GpuOps, RegionMemory};
 use crate::staging::{Staging, StagingPair};
@@ -87,6 +88,12 @@ pub struct GpuModel<M: DpModel> {
     staging: StagingPair,
     /// The batch written for the next step, if any ([`stage_batch`](Self::stage_batch)).
     staged: Option<overlap::StagedBatch>,
+    /// The device words and stream the next batch is copied into beside a step in flight
+    /// (`crate::landing`).
+    landing: Landing,
+    /// Whether a batch staged while a step is in flight lands beside it (the default) or is copied in
+    /// behind it ([`copy_in_beside`](Self::copy_in_beside)).
+    copies_beside: bool,
     /// The counts a step copies out, and whether a queued step has not yet been awaited.
     step_end: overlap::StepEnd,
     /// Pinned host memory a distributed step's released vector R (f64) is copied in through,
@@ -148,6 +155,7 @@ impl<M: DpModel> Drop for GpuModel<M> {
     fn drop(&mut self) {
         // An error here (a failed context) leaves nothing to wait for.
         let _ = self.gpu.stream.synchronize();
+        let _ = self.landing.synchronize();
     }
 }
 
@@ -209,6 +217,7 @@ impl<M: DpModel> GpuModel<M> {
         let tables = NoiseTables::upload(&gpu)?;
         let noise_branch = Branch::new(&gpu)?;
         let staging = StagingPair::new(&gpu, Self::staging_words(b))?;
+        let landing = Landing::new(&gpu, Self::staging_words(b))?;
         let step_end = overlap::StepEnd::new(&gpu, b)?;
         Ok(GpuModel {
             transfers: Transfers::default(),
@@ -235,6 +244,8 @@ impl<M: DpModel> GpuModel<M> {
             bf16_storage: true,
             staging,
             staged: None,
+            landing,
+            copies_beside: true,
             step_end,
             views: None,
             last_views: None,
@@ -282,7 +293,9 @@ impl<M: DpModel> GpuModel<M> {
     /// the device has the memory free for them (and for the bf16 stores when `bf16`): a batch too
     /// large is an error that says so, not the driver's out-of-memory error.
     fn regions(gpu: &Gpu, b: usize, bf16: bool) -> Result<RegionMemory> {
-        Self::ensure_free(gpu, Self::regions_bytes(b, bf16), b, bf16)?;
+        // And the landing words, which grow with them (`resize` reserves them after the regions).
+        let landing = (Self::staging_words(b) * std::mem::size_of::<u32>()) as u64;
+        Self::ensure_free(gpu, Self::regions_bytes(b, bf16) + landing, b, bf16)?;
         // Storing in bf16, the f32 arena is allocated cut from the start (`store_bf16` then keeps it).
         let arena_f32 = bf16.then_some(Self::bf16_layout(b).arena_f32);
         RegionMemory::with_arena_f32(gpu, |r| Self::region_len(r, b), arena_f32)
@@ -318,11 +331,14 @@ impl<M: DpModel> GpuModel<M> {
         let mut memory = Self::regions(&self.gpu, b, self.stores_bf16())?;
         let s = self.gpu.stream.clone();
         s.memcpy_htod(params, memory.slice_mut(Region::Params)).map_err(driver("copying the parameters"))?;
+        // Copied in again from its pinned buffer into the new regions (a landed batch too: the landing
+        // words may be allocated again below).
         if let Some(staged) = &mut self.staged {
-            staged.copied = false;
+            staged.copies = overlap::Copies::NotQueued;
         }
         // Grown now, between steps: growing them later, while a step runs, would wait for it.
         self.staging.reserve_other(&self.gpu, Self::staging_words(b))?;
+        self.landing.reserve(Self::staging_words(b))?;
         overlap::reserve_pinned(&self.gpu.stream, &mut self.step_end.losses, b)?;
         memory.store_bf16(&self.gpu, self.stores_bf16().then_some(Self::bf16_layout(b)))?;
         self.memory = memory;

@@ -165,10 +165,12 @@ def main():
         private, non_private = timing(m, "private"), timing(m, "nonprivate")
         jax = peer("jax", model, "private")
         rows.append([model, str(m.get("batch_size", "—")), cell(private), cell(timing(m, "private_overlapped")),
-                     cell(timing(m, "private_noise_after")), cell(non_private), ratio(private, non_private),
+                     cell(timing(m, "private_noise_after")), cell(timing(m, "private_copies_behind")),
+                     cell(non_private), ratio(private, non_private),
                      cell(jax), cell(peer("jax", model, "non-private")), ratio(private, jax),
                      cell(peer("torch", model, "private-hooks")), cell(peer("torch", model, "non-private"))])
-    table(["model", "batch", "private", "overlapped", "noise after", "non-private", "private / non-private",
+    table(["model", "batch", "private", "overlapped", "noise after", "copies behind", "non-private",
+           "private / non-private",
            "JAX private", "JAX non-private", "ours / JAX", "Opacus hooks", "PyTorch non-private"], rows)
 
     for model, why in skipped.items():

@@ -456,6 +456,9 @@ pub struct Measurement {
     /// On a GPU: the private step with its noise drawn after the program, on the one stream, instead
     /// of beside it (docs/GPU.md, "The noise beside the program").
     pub private_noise_after: Option<Timing>,
+    /// On a GPU: the overlapped step with the next batch's copies in queued behind the step on its
+    /// stream, instead of beside it (docs/GPU.md, "The copies in beside the step").
+    pub private_copies_behind: Option<Timing>,
     pub non_private: Option<Timing>,
     pub flops_per_step: u64,
     pub bytes_per_example: u64,
@@ -493,6 +496,9 @@ impl Measurement {
             "private_noise_after_ms_median": self.private_noise_after.map(|t| t.median),
             "private_noise_after_ms_min": self.private_noise_after.map(|t| t.min),
             "private_noise_after_ms_max": self.private_noise_after.map(|t| t.max),
+            "private_copies_behind_ms_median": self.private_copies_behind.map(|t| t.median),
+            "private_copies_behind_ms_min": self.private_copies_behind.map(|t| t.min),
+            "private_copies_behind_ms_max": self.private_copies_behind.map(|t| t.max),
             "nonprivate_ms_median": self.non_private.map(|t| t.median),
             "nonprivate_ms_min": self.non_private.map(|t| t.min),
             "nonprivate_ms_max": self.non_private.map(|t| t.max),
@@ -531,6 +537,7 @@ impl Measurement {
             ("private", self.private),
             ("overlapped", self.private_overlapped),
             ("noise after", self.private_noise_after),
+            ("copies behind", self.private_copies_behind),
             ("non-private", self.non_private),
         ];
         for (label, t) in rows {
@@ -554,6 +561,9 @@ impl Measurement {
         }
         if self.private_noise_after.is_some() {
             out += "  noise after: the private step with its noise drawn after the program instead of beside it\n";
+        }
+        if self.private_copies_behind.is_some() {
+            out += "  copies behind: overlapped, the next batch copied in behind the step instead of beside it\n";
         }
         out += &format!(
             "  plan: {:.4} GFLOP per step, {} bytes per example, {} bytes fixed workspace\n",
@@ -615,6 +625,7 @@ impl ModelTask for Measure<'_> {
                     private,
                     private_overlapped: None,
                     private_noise_after: None,
+                    private_copies_behind: None,
                     non_private,
                     device: "cpu".to_string(),
                 }
@@ -624,7 +635,14 @@ impl ModelTask for Measure<'_> {
                 gpu_timings::<M>(args, ordinal.unwrap_or(0), &initial, &data, &indices, warmup)?
             }
         };
-        let DeviceTimings { private, private_overlapped, private_noise_after, non_private, device } = timings;
+        let DeviceTimings {
+            private,
+            private_overlapped,
+            private_noise_after,
+            private_copies_behind,
+            non_private,
+            device,
+        } = timings;
         Ok(Measurement {
             model: name,
             device,
@@ -638,6 +656,7 @@ impl ModelTask for Measure<'_> {
             private,
             private_overlapped,
             private_noise_after,
+            private_copies_behind,
             non_private,
             flops_per_step: plan_flops::<M>(batch),
             bytes_per_example: (M::WORKSPACE_PER_EXAMPLE * 4) as u64,
@@ -752,14 +771,17 @@ fn gpu_timings<M: DpModel>(
         }
         false => (None, None),
     };
-    // As the trainer runs it: step t queued, step t + 1's batch gathered and staged, step t awaited.
-    let private_overlapped = match args.mode.private() {
+    // As the trainer runs it: step t queued, step t + 1's batch gathered and staged, step t awaited;
+    // the next batch copied in beside the step (the default) and behind it, two models in turn.
+    let (private_overlapped, private_copies_behind) = match args.mode.private() {
         true => {
-            let mut model = open()?;
+            let (mut beside, mut behind) = (open()?, open()?);
+            behind.copy_in_beside(false);
             let mut keys = dp_runtime::rng::seeded(1);
             data.gather(indices, &mut inputs, &mut labels);
-            model.stage_batch(&inputs, &labels, n).map_err(gpu_error)?;
-            let timing = time_steps(warmup, args.steps, || {
+            beside.stage_batch(&inputs, &labels, n).map_err(gpu_error)?;
+            behind.stage_batch(&inputs, &labels, n).map_err(gpu_error)?;
+            let mut step_of = |model: &mut GpuModel<M>| -> Result<()> {
                 let mut key = [0u8; 32];
                 keys.fill_bytes(&mut key);
                 model.queue_private_step(clipping, &key, step).map_err(gpu_error)?;
@@ -767,11 +789,13 @@ fn gpu_timings<M: DpModel>(
                 let staged = model.stage_batch(&inputs, &labels, n).map_err(gpu_error);
                 model.await_step().map_err(gpu_error)?;
                 staged
-            })?;
-            finite(&model, "private, overlapped")?;
-            Some(timing)
+            };
+            let (a, b) = time_steps_in_turn(warmup, args.steps, &mut beside, &mut behind, &mut step_of)?;
+            finite(&beside, "private, overlapped")?;
+            finite(&behind, "private, overlapped, copies behind")?;
+            (Some(a), Some(b))
         }
-        false => None,
+        false => (None, None),
     };
     let non_private = match args.mode.non_private() {
         true => {
@@ -788,7 +812,14 @@ fn gpu_timings<M: DpModel>(
         }
         false => None,
     };
-    Ok(DeviceTimings { private, private_overlapped, private_noise_after, non_private, device: name })
+    Ok(DeviceTimings {
+        private,
+        private_overlapped,
+        private_noise_after,
+        private_copies_behind,
+        non_private,
+        device: name,
+    })
 }
 
 /// A device's timings, and the device's name.
@@ -797,6 +828,8 @@ struct DeviceTimings {
     private_overlapped: Option<Timing>,
     /// On a GPU: the private step with its noise drawn after the program on the one stream.
     private_noise_after: Option<Timing>,
+    /// On a GPU: the overlapped step with the next batch copied in behind it.
+    private_copies_behind: Option<Timing>,
     non_private: Option<Timing>,
     device: String,
 }

@@ -3,7 +3,8 @@
 //! examples copied in chunk by chunk (at most the arena's room at once), the device program's forward
 //! launched one by one (no graph: evaluation runs once per epoch), and the outputs copied back from
 //! their store, those stored in bf16 widened on the host (exactly). The trainer's batch staged for the
-//! next step keeps its pinned copy, and its copy into the regions is queued again before that step.
+//! next step keeps its pinned copy, and its copy into the regions is queued again before that step (a
+//! batch landed beside a step is untouched: it is moved into the regions when that step is queued).
 
 use cudarc::driver::result as drv;
 use dp_runtime::device::{Region, Span};
@@ -34,7 +35,10 @@ impl<M: DpModel> GpuModel<M> {
         // The inputs of a batch staged for the next step are overwritten below (also if a launch
         // fails): its copy is queued again before that step.
         if let (Some(staged), true) = (&mut self.staged, n > 0) {
-            staged.copied = false;
+            // Landed words are not the regions: they are moved when the step is queued.
+            if staged.copies == super::overlap::Copies::Queued {
+                staged.copies = super::overlap::Copies::NotQueued;
+            }
         }
         for start in (0..n).step_by(room) {
             let size = room.min(n - start);

@@ -32,9 +32,35 @@ pub(super) struct StagedBatch {
     region: Region,
     inputs: Piece,
     labels: Piece,
-    /// Whether its copies into the regions are queued (not when the arena must first grow for it:
-    /// the regions it would land in are reallocated).
-    pub(super) copied: bool,
+    pub(super) copies: Copies,
+}
+
+/// Where a staged batch's copies in stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Copies {
+    /// Not queued: the arena must first grow for it (the regions it would land in are reallocated),
+    /// or an evaluation overwrote the regions they were queued to.
+    NotQueued,
+    /// Queued on the landing stream into the landing words, beside the step in flight
+    /// (`crate::landing`): moved into the regions when the step that takes the batch is queued.
+    Landing,
+    /// Queued on the GPU's stream into the regions.
+    Queued,
+}
+
+impl Copies {
+    /// Where the copies of a batch of `n` staged now go, on a model with room for `room` examples:
+    /// nowhere yet if the arena must grow for it; into the landing words if a step is `in_flight`
+    /// and copies go `beside` it (the regions are that step's); else into the regions.
+    pub(super) fn when_staged(n: usize, room: usize, beside: bool, in_flight: bool) -> Copies {
+        if n > room {
+            Copies::NotQueued
+        } else if beside && in_flight {
+            Copies::Landing
+        } else {
+            Copies::Queued
+        }
+    }
 }
 
 /// What is queued and not yet awaited.
@@ -138,10 +164,65 @@ impl<M: DpModel> GpuModel<M> {
         };
         let labels = slot.write(labels)?;
         let slot = self.staging.current_slot();
-        self.staged = Some(StagedBatch { n, slot, region, inputs, labels, copied: false });
-        if n <= self.max_batch {
-            self.copy_staged()?;
+        self.staged = Some(StagedBatch { n, slot, region, inputs, labels, copies: Copies::NotQueued });
+        match Copies::when_staged(n, self.max_batch, self.copies_beside, self.step_end.queued.is_some()) {
+            Copies::NotQueued => Ok(()),
+            Copies::Landing => self.land_staged(),
+            Copies::Queued => self.copy_staged(),
         }
+    }
+
+    /// Whether the next batch staged while a step is in flight is copied in beside that step, into the
+    /// landing words on a stream of their own, then moved into the regions on the device when the
+    /// next step is queued (`on`, the default: docs/GPU.md, "The copies in beside the step"), or its
+    /// copies are queued behind the step on the GPU's stream. The same values either way; the bench
+    /// times both.
+    pub fn copy_in_beside(&mut self, on: bool) {
+        self.copies_beside = on;
+    }
+
+    /// Queues the staged batch's copies into the landing words, on the landing stream, once the
+    /// batch landed there before has been moved out; the step in flight runs meanwhile.
+    fn land_staged(&mut self) -> Result<()> {
+        let Some(staged) = &mut self.staged else {
+            return Err(CudaError::Mismatch("no batch staged".into()));
+        };
+        if staged.n > 0 {
+            let stream = self.landing.stream_for_copies()?;
+            let slot = self.staging.slot(staged.slot);
+            for piece in [staged.inputs, staged.labels] {
+                slot.queue_copy_beside(stream, piece, self.landing.address(piece)?)?;
+            }
+            self.landing.mark_landed()?;
+            self.transfers.to_device += 2;
+        }
+        staged.copies = Copies::Landing;
+        Ok(())
+    }
+
+    /// Queues on the GPU's stream, after the landed batch's copies, its move into the regions of
+    /// inputs (or token ids) and labels.
+    fn move_landed(&mut self) -> Result<()> {
+        let Some(staged) = &mut self.staged else {
+            return Err(CudaError::Mismatch("no batch staged".into()));
+        };
+        if staged.n > self.max_batch {
+            return Err(CudaError::Mismatch(format!(
+                "a landed batch of {} on a model sized for {}",
+                staged.n, self.max_batch
+            )));
+        }
+        if staged.n > 0 {
+            self.landing.await_landed(&self.gpu)?;
+            let values = staged.n * M::input_len();
+            let dst = self.memory.ptr(Span::new(staged.region, 0, values)).map_err(program)?;
+            self.landing.queue_move(&self.gpu, staged.inputs, dst)?;
+            let labels = staged.n * M::LOSS.label_len();
+            let dst = self.memory.ptr(Span::new(Region::Labels, 0, labels)).map_err(program)?;
+            self.landing.queue_move(&self.gpu, staged.labels, dst)?;
+            self.landing.mark_moved(&self.gpu)?;
+        }
+        staged.copies = Copies::Queued;
         Ok(())
     }
 
@@ -165,22 +246,21 @@ impl<M: DpModel> GpuModel<M> {
             self.staging.slot(staged.slot).queue_copy(&self.gpu, staged.labels, dst)?;
             self.transfers.to_device += 2;
         }
-        staged.copied = true;
+        staged.copies = Copies::Queued;
         Ok(())
     }
 
-    /// The staged batch taken for a step: its copies queued if they were not; its size.
+    /// The staged batch taken for a step: its copies queued, or its landed words moved, if they were
+    /// not; its size.
     pub(super) fn load_staged(&mut self) -> Result<usize> {
-        let copied = self.staged.as_ref().map(|staged| staged.copied);
-        match copied {
-            None => Err(CudaError::Mismatch("a step with no batch staged".into())),
-            Some(copied) => {
-                if !copied {
-                    self.copy_staged()?;
-                }
-                Ok(self.staged.take().expect("matched on Some").n)
-            }
+        let copies = self.staged.as_ref().map(|staged| staged.copies);
+        match copies {
+            None => return Err(CudaError::Mismatch("a step with no batch staged".into())),
+            Some(Copies::NotQueued) => self.copy_staged()?,
+            Some(Copies::Landing) => self.move_landed()?,
+            Some(Copies::Queued) => {}
         }
+        Ok(self.staged.take().expect("matched on Some").n)
     }
 
     /// The examples of the staged batch, if one is staged (the arena must hold them before the step).
@@ -331,5 +411,25 @@ impl<M: DpModel> GpuModel<M> {
             s.synchronize().map_err(driver("restoring the parameters"))?;
         }
         Ok(DeviceStepOutcome { non_finite_examples, overflowed })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Copies;
+
+    #[test]
+    fn a_batch_lands_beside_only_a_step_in_flight_and_only_if_the_arena_holds_it() {
+        assert_eq!(Copies::when_staged(7, 7, true, true), Copies::Landing);
+        // Nothing in flight: straight into the regions, no move after.
+        assert_eq!(Copies::when_staged(7, 7, true, false), Copies::Queued);
+        // Copies behind the step: queued on the GPU's stream, behind it.
+        assert_eq!(Copies::when_staged(7, 7, false, true), Copies::Queued);
+        // Larger than the arena: nowhere before it grows (neither the regions nor the landing words
+        // hold it), in flight or not.
+        for (beside, in_flight) in [(true, true), (true, false), (false, true), (false, false)] {
+            assert_eq!(Copies::when_staged(8, 7, beside, in_flight), Copies::NotQueued);
+        }
+        assert_eq!(Copies::when_staged(0, 7, true, true), Copies::Landing);
     }
 }
