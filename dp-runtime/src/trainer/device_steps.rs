@@ -185,9 +185,11 @@ impl<M: DpModel> DeviceSteps<M> {
     /// device in chunks of at most the physical batch, each chunk's sum copied out and added: the
     /// first chunk staged first unless `staged`, then per chunk its clipped sum queued, `during_first`
     /// run on the host while the first runs, the following chunk (after the last, the next step's
-    /// batch, `next`, and its part in `shard`) gathered and staged, and the chunk's sum finished,
-    /// whatever staging did. With `stats` (non-private diagnostics), each chunk's losses and clip
-    /// factors are read back into it. Returns the examples whose norm was not finite.
+    /// batch, `next`, and its part in `shard`) gathered and staged, the chunk's sum finished,
+    /// whatever staging did, the following chunk queued, and the finished sum added while that one
+    /// runs. With `stats` (non-private diagnostics), each chunk's losses and clip factors are read
+    /// back into it before the following chunk is queued. Returns the examples whose norm was not
+    /// finite.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn clipped_sum_in_chunks(
         &mut self,
@@ -211,8 +213,10 @@ impl<M: DpModel> DeviceSteps<M> {
         }
         let mut during_first = Some(during_first);
         let mut non_finite = 0;
-        for (k, chunk) in chunks.iter().enumerate() {
+        if !chunks.is_empty() {
             dev.queue_clipped_sum(clip_mode, clip_norm)?;
+        }
+        for (k, chunk) in chunks.iter().enumerate() {
             if let Some(during) = during_first.take() {
                 during();
             }
@@ -222,14 +226,23 @@ impl<M: DpModel> DeviceSteps<M> {
             };
             let mut part = std::mem::take(&mut self.chunk_sum);
             let finished = dev.finish_clipped_sum(&mut part);
+            let bad = finished.and_then(|bad| staging.map(|()| bad));
+            let read = match (bad, stats.as_deref_mut()) {
+                (Ok(bad), Some(stats)) => self.read_losses(dev, chunk.len(), 1, stats).map(|()| bad),
+                (bad, _) => bad,
+            };
+            // The following chunk is queued before this one's sum is added up here, so that the add
+            // (O(parameters) on the host) runs while the device computes (its losses read first:
+            // the following chunk overwrites them).
+            let queued = match (read, k + 1 < chunks.len()) {
+                (Ok(bad), true) => dev.queue_clipped_sum(clip_mode, clip_norm).map(|()| bad),
+                (read, _) => read,
+            };
             for (total, &s) in self.chunks_sum.iter_mut().zip(&part) {
                 *total += f64::from(s);
             }
             self.chunk_sum = part;
-            non_finite += finished.and_then(|bad| staging.map(|()| bad))?;
-            if let Some(stats) = stats.as_deref_mut() {
-                self.read_losses(dev, chunk.len(), 1, stats)?;
-            }
+            non_finite += queued?;
         }
         // A batch of no chunk (none reaches here: it runs in one piece) still runs it.
         if let Some(during) = during_first.take() {
