@@ -361,18 +361,22 @@ fn gpu_steps_overlapped_with_staging_equal_steps_in_turn() {
 /// The next batch copied in beside the step in flight (into the landing words, on a stream of their
 /// own, and moved into the regions when the next step is queued: docs/GPU.md, "The copies in beside
 /// the step") gives the steps that its copies queued behind the step give, and the steps one after
-/// another, bit for bit: for dense inputs and for token ids; with a batch larger than the arena staged
-/// while a step runs (copied in after the arena grows, not landed); with an evaluation between a
-/// landed batch and its step, which still takes that batch. The same copies are counted either way.
+/// another: for dense inputs bit for bit, for token ids to 1e-6 of the largest parameter (the
+/// embedding's scatter adds with atomics, in an order that may vary from run to run); with a batch
+/// larger than the arena staged while a step runs (copied in after the arena grows, not landed); with
+/// an evaluation between a landed batch and its step, which still takes that batch. The same copies
+/// are counted, but for the batch queued behind a step that an evaluation then overwrote, which is
+/// copied in again (a landed one is not).
 /// WRITTEN WITHOUT A GPU, NOT YET RUN.
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
 fn gpu_batches_copied_in_beside_a_step_equal_batches_copied_behind_it() {
-    copies_beside_equal_copies_behind::<AdultFfnn>(31);
-    copies_beside_equal_copies_behind::<EmbeddingNet>(32);
+    copies_beside_equal_copies_behind::<AdultFfnn>(31, 0.0);
+    copies_beside_equal_copies_behind::<EmbeddingNet>(32, 1e-6);
 }
 
-fn copies_beside_equal_copies_behind<M: DpModel>(seed: u64)
+/// `tolerance`: of the largest parameter (or output); 0, bit for bit.
+fn copies_beside_equal_copies_behind<M: DpModel>(seed: u64, tolerance: f32)
 where
     M::Input: TestInput,
 {
@@ -426,20 +430,30 @@ where
                 // overwrites the regions, not the landing words.
                 let mut outputs = vec![0.0f32; outputs_len];
                 overlapped.outputs(&held_out_inputs, held_out, &mut outputs).unwrap();
-                let same = outputs.iter().zip(&expected_outputs).all(|(a, b)| a.to_bits() == b.to_bits());
+                let same = within(&outputs, &expected_outputs, tolerance);
                 assert!(same, "{}: the evaluation differs, copies beside: {beside}", M::NAME);
             }
         }
-        let same = overlapped
-            .params()
-            .unwrap()
-            .iter()
-            .zip(&in_turn.params().unwrap())
-            .all(|(a, b)| a.to_bits() == b.to_bits());
+        let same = within(&overlapped.params().unwrap(), &in_turn.params().unwrap(), tolerance);
         assert!(same, "{}: copies beside: {beside}: other parameters than the steps in turn", M::NAME);
-        assert_eq!(overlapped.transfers(), in_turn.transfers(), "{}: copies beside: {beside}", M::NAME);
+        let (got, expected) = (overlapped.transfers(), in_turn.transfers());
+        // Behind, the evaluation overwrote the regions the second batch was copied into: again, two
+        // copies more.
+        let again = if beside { 0 } else { 2 };
+        assert_eq!(got.to_device, expected.to_device + again, "{}: copies beside: {beside}", M::NAME);
+        assert_eq!(got.to_host, expected.to_host, "{}: copies beside: {beside}", M::NAME);
     }
     say(&format!("{}: batches copied in beside the steps equal batches copied in behind them", M::NAME));
+}
+
+/// `a` and `b` equal to `tolerance` of the largest magnitude of `b`; 0: bit for bit.
+fn within(a: &[f32], b: &[f32], tolerance: f32) -> bool {
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| match tolerance {
+            0.0 => x.to_bits() == y.to_bits(),
+            _ => (x - y).abs() <= tolerance * scale,
+        })
 }
 
 /// The device's forward alone, for evaluation (`GpuModel::outputs`): the outputs of the CPU's forward

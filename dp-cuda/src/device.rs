@@ -102,7 +102,9 @@ impl Gpu {
         let ctx = CudaContext::new(ordinal).map_err(driver("opening the device"))?;
         // SAFETY: every allocation of this crate is used on the one stream below, in order, but for
         // a step's key, noise tables and noise buffers, which a branch of it (crate::branch) reads
-        // and writes between a fork and a join that order them explicitly. So the events cudarc
+        // and writes between a fork and a join that order them explicitly, and the landing words
+        // (crate::landing), allocated on a stream of their own and ordered with this one by the
+        // landing's two events (written there, read here). So the events cudarc
         // would record per allocation are not needed, and a step captured into a CUDA graph
         // (crate::graphs) cannot wait on events recorded outside its capture.
         unsafe { ctx.disable_event_tracking() };

@@ -150,7 +150,7 @@ impl OptimizerKind {
 }
 
 /// Copies in and out of pinned memory may still be queued (a step queued and never awaited, a batch
-/// staged behind it): the memory is freed only after they ran.
+/// staged beside or behind it): the memory is freed only after they ran, on either stream.
 impl<M: DpModel> Drop for GpuModel<M> {
     fn drop(&mut self) {
         // An error here (a failed context) leaves nothing to wait for.
@@ -351,6 +351,13 @@ impl<M: DpModel> GpuModel<M> {
     /// makes four: inputs, labels and key in, the two counts out).
     pub fn transfers(&self) -> Transfers {
         self.transfers
+    }
+
+    /// Waits on the host for everything queued on the device for this model: its stream, and the
+    /// landing stream's copies of a staged batch (a bench drains a model so before timing another).
+    pub fn synchronize(&self) -> Result<()> {
+        self.gpu.stream.synchronize().map_err(driver("waiting for the device"))?;
+        self.landing.synchronize()
     }
 
     /// The GPU.

@@ -4,9 +4,9 @@
 //! ([`GpuModel::queue_non_private_step`], [`GpuModel::await_non_private_step`]) and a distributed
 //! rank's clipped sum ([`GpuModel::queue_clipped_sum`], [`GpuModel::await_clipped_sum`]: rank 0 draws
 //! the step's noise on the host meanwhile). Between the two the trainer samples and gathers the next batch
-//! and writes it into the other pinned buffer ([`GpuModel::stage_batch`]), whose copies in are queued
-//! right behind the step. The host's sampling, gather and pinned write thus run while the device
-//! computes, and the next step's copies start as soon as this step ends.
+//! and writes it into the other pinned buffer ([`GpuModel::stage_batch`]), whose copies in run beside
+//! the step, into the landing words (`crate::landing`; or are queued behind it). The host's sampling,
+//! gather and pinned write thus run while the device computes, and so do the copies in.
 
 use std::sync::Arc;
 
@@ -148,10 +148,12 @@ pub(super) fn reserve_pinned(
 
 impl<M: DpModel> GpuModel<M> {
     /// Writes the next step's batch (`n` examples' inputs and labels) into the other pinned buffer,
-    /// and queues its copies in behind whatever the stream holds (a step in flight reads its own
-    /// batch first: the stream runs in order). If the arena must grow for it, the copies wait for
-    /// the step that grows it. The host does not wait for the device here, except for the copies
-    /// out of that buffer two steps ago.
+    /// and queues its copies in: while a step is in flight, beside it into the landing words (moved
+    /// into the regions when the next step is queued), or behind it on the GPU's stream with
+    /// [`copy_in_beside`](Self::copy_in_beside) off (a step in flight reads its own batch first: the
+    /// stream runs in order); with none in flight, into the regions. If the arena must grow for it,
+    /// the copies wait for the step that grows it. The host does not wait for the device here,
+    /// except for the copies out of that buffer two steps ago.
     pub fn stage_batch(&mut self, inputs: &[M::Input], labels: &[f32], n: usize) -> Result<()> {
         if inputs.len() != n * M::input_len() || labels.len() != n * M::LOSS.label_len() {
             return Err(CudaError::Mismatch(format!("{}: inputs or labels of {n} examples", M::NAME)));
@@ -214,14 +216,24 @@ impl<M: DpModel> GpuModel<M> {
         }
         if staged.n > 0 {
             self.landing.await_landed(&self.gpu)?;
-            let values = staged.n * M::input_len();
-            let dst = self.memory.ptr(Span::new(staged.region, 0, values)).map_err(program)?;
-            self.landing.queue_move(&self.gpu, staged.inputs, dst)?;
-            let labels = staged.n * M::LOSS.label_len();
-            let dst = self.memory.ptr(Span::new(Region::Labels, 0, labels)).map_err(program)?;
-            self.landing.queue_move(&self.gpu, staged.labels, dst)?;
-            self.landing.mark_moved(&self.gpu)?;
+            let (n, region, inputs, labels) = (staged.n, staged.region, staged.inputs, staged.labels);
+            let moved = (|| {
+                let dst = self.memory.ptr(Span::new(region, 0, n * M::input_len())).map_err(program)?;
+                self.landing.queue_move(&self.gpu, inputs, dst)?;
+                let dst = self
+                    .memory
+                    .ptr(Span::new(Region::Labels, 0, n * M::LOSS.label_len()))
+                    .map_err(program)?;
+                self.landing.queue_move(&self.gpu, labels, dst)
+            })();
+            // Recorded whatever failed above: the next landing waits for it, and a move queued before
+            // a failure still reads the words.
+            let marked = self.landing.mark_moved(&self.gpu);
+            moved.and(marked)?;
         }
+        let Some(staged) = &mut self.staged else {
+            return Err(CudaError::Mismatch("no batch staged".into()));
+        };
         staged.copies = Copies::Queued;
         Ok(())
     }
