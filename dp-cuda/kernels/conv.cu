@@ -1,5 +1,7 @@
 // The convolution and pooling launches of a device program (dp_runtime::device::DeviceOps): im2col and
-// its adjoint col2im (over every input channel, whatever the groups), a convolution's per-channel bias
+// its adjoint col2im (over every input channel, whatever the groups), im2col with the batch folded into
+// the columns and the examples of a matrix laid side by side (a conv's plain weight gradient as one
+// product), a convolution's per-channel bias
 // and activation, per-example bias gradients (row sums), the squared norms and weighted sum of kept
 // per-example gradients, max, average and global average pooling with their backwards. Shapes arrive
 // as arguments (one compiled module serves every model); the products are cuBLAS's. All layouts are
@@ -46,6 +48,21 @@ DP_DEVICE float dp_im2col_value(dp_values x, dp_conv_geometry g, dp_u64 e) {
     dp_u64 h = oh * g.stride + r * g.dilation - g.padding;
     dp_u64 w = ow * g.stride + s * g.dilation - g.padding;
     return (h < g.in_h && w < g.in_w) ? dp_get(x, i * input_len + c * plane + h * g.in_w + w) : 0.0f;
+}
+
+// Where element e of n examples' rows × cols matrices laid side by side (one rows × (n·cols) matrix:
+// dp_fold_examples, dp_im2col_folded) lies in the examples' own layout, n × rows × cols.
+DP_DEVICE dp_u64 dp_unfolded_index(dp_u64 e, dp_u64 n, dp_u64 rows, dp_u64 cols) {
+    dp_u64 r = e / (n * cols), i = (e / cols) % n, c = e % cols;
+    (void)rows;
+    return (i * rows + r) * cols + c;
+}
+
+// Entry e of the batch's patches with the batch folded into the columns: im2col's entry at the
+// unfolded index (rows in_c·kh·kw, columns the positions).
+DP_DEVICE float dp_im2col_folded_value(dp_values x, dp_conv_geometry g, dp_u64 n, dp_u64 e) {
+    dp_u64 positions = g.out_h * g.out_w, rows = g.in_c * g.kh * g.kw;
+    return dp_im2col_value(x, g, dp_unfolded_index(e, n, rows, positions));
 }
 
 // The output index o (< out) whose tap at offset `tap` (r·dilation) reads padded coordinate t
@@ -227,6 +244,18 @@ DP_DEVICE float dp_global_avg_pool_backward_value(dp_values dy, dp_u64 plane, dp
 // One thread per patch entry.
 extern "C" __global__ void dp_im2col(dp_values x, dp_conv_geometry g, dp_u64 n, dp_values cols) {
     DP_GRID_STRIDE(e, n * g.in_c * g.kh * g.kw * g.out_h * g.out_w) { dp_set(cols, e, dp_im2col_value(x, g, e)); }
+}
+
+// One thread per folded patch entry; cols overwritten.
+extern "C" __global__ void dp_im2col_folded(dp_values x, dp_conv_geometry g, dp_u64 n, dp_values cols) {
+    DP_GRID_STRIDE(e, n * g.in_c * g.kh * g.kw * g.out_h * g.out_w) {
+        dp_set(cols, e, dp_im2col_folded_value(x, g, n, e));
+    }
+}
+
+// One thread per value of the folded matrix; dst overwritten.
+extern "C" __global__ void dp_fold_examples(dp_values src, dp_u64 n, dp_u64 rows, dp_u64 cols, dp_values dst) {
+    DP_GRID_STRIDE(e, n * rows * cols) { dp_set(dst, e, dp_get(src, dp_unfolded_index(e, n, rows, cols))); }
 }
 
 // One thread per input value; dx overwritten.

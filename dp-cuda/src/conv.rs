@@ -1,4 +1,5 @@
-//! The convolution and pooling kernels of device programs (`kernels/conv.cu`): im2col and col2im,
+//! The convolution and pooling kernels of device programs (`kernels/conv.cu`): im2col and col2im, im2col
+//! with the batch folded into the columns and the examples of a matrix side by side,
 //! a convolution's channel bias and activation, per-example bias gradients, the norms and weighted sum
 //! of kept per-example gradients, and max, average and global average pooling with their backwards.
 
@@ -23,6 +24,8 @@ pub const ENTRIES: &[&str] = &[
     "dp_avg_pool_backward",
     "dp_global_avg_pool_forward",
     "dp_global_avg_pool_backward",
+    "dp_im2col_folded",
+    "dp_fold_examples",
 ];
 
 #[cfg(test)]

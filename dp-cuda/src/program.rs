@@ -138,6 +138,8 @@ mod k {
     pub const AVG_POOL_BACKWARD: Kernel = Conv(9);
     pub const GLOBAL_AVG_POOL_FORWARD: Kernel = Conv(10);
     pub const GLOBAL_AVG_POOL_BACKWARD: Kernel = Conv(11);
+    pub const IM2COL_FOLDED: Kernel = Conv(12);
+    pub const FOLD_EXAMPLES: Kernel = Conv(13);
 
     pub const GROUP_NORM_FORWARD: Kernel = Norm(0);
     pub const GROUP_NORM_BACKWARD: Kernel = Norm(1);
@@ -520,6 +522,27 @@ impl DeviceOps for GpuOps<'_> {
         dx: Span,
     ) -> std::result::Result<(), DeviceError> {
         conv_ops::col2im(self, cols, geom, n, dx)
+    }
+
+    fn im2col_folded(
+        &mut self,
+        x: Span,
+        geom: &Conv2dGeometry,
+        n: usize,
+        cols: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        conv_ops::im2col_folded(self, x, geom, n, cols)
+    }
+
+    fn fold_examples(
+        &mut self,
+        src: Span,
+        n: usize,
+        rows: usize,
+        cols: usize,
+        dst: Span,
+    ) -> std::result::Result<(), DeviceError> {
+        conv_ops::fold_examples(self, src, (n, rows, cols), dst)
     }
 
     fn channel_bias_activation(

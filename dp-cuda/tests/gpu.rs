@@ -190,8 +190,9 @@ fn assert_near(host: &[f32], device: &[f32], tolerance: f32, what: &str) {
 
 /// The convolution primitives of `DeviceOps` on the GPU against the host reference: im2col and col2im
 /// bit for bit (padding, stride, dilation, rectangular kernels, a batch past the grid's first sweep,
-/// two groups and a group per channel: the whole image's patches either way), the channel epilogue,
-/// and a group count that does not divide the channels refused.
+/// two groups and a group per channel: the whole image's patches either way), im2col with the batch
+/// folded into the columns and an output's examples laid side by side (since 2026-12-05, NOT YET RUN),
+/// the channel epilogue, and a group count that does not divide the channels refused.
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
 fn gpu_im2col_col2im_and_the_channel_epilogue_equal_the_host_reference() {
@@ -230,6 +231,27 @@ fn gpu_im2col_col2im_and_the_channel_epilogue_equal_the_host_reference() {
             ops.col2im(Span::new(Region::Inputs, 0, patches), &geom, n, Span::new(Region::Arena, 0, inputs))
         });
         assert_eq!(bits(&host), bits(&device), "col2im {geom:?}");
+        let x = uniform(geom.in_h as u64 + 5, inputs);
+        let regions = [(Region::Inputs, x), (Region::Arena, vec![f32::NAN; patches])];
+        let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+            ops.im2col_folded(
+                Span::new(Region::Inputs, 0, inputs),
+                &geom,
+                n,
+                Span::new(Region::Arena, 0, patches),
+            )
+        });
+        assert_eq!(bits(&host), bits(&device), "im2col_folded {geom:?}");
+        let (rows, outputs) = (geom.out_c, n * geom.output_len());
+        let regions = [
+            (Region::Inputs, uniform(geom.kh as u64 + 7, outputs)),
+            (Region::Arena, vec![f32::NAN; outputs]),
+        ];
+        let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+            let (src, dst) = (Span::new(Region::Inputs, 0, outputs), Span::new(Region::Arena, 0, outputs));
+            ops.fold_examples(src, n, rows, geom.positions(), dst)
+        });
+        assert_eq!(bits(&host), bits(&device), "fold_examples {geom:?}");
     }
     let indivisible = Conv2dGeometry { groups: 3, ..g(4, 8, 8, 3, 3, 1, 1, 1) };
     let memory = RegionMemory::new(&gpu, |_| 10_000).unwrap();

@@ -11,9 +11,11 @@
  *   emafold DECAY LEN: in average, params (LEN each); out the average after the fold.
  *   adam NOISE_STD INVERSE_BATCH LR BETA1 BETA2 EPS WEIGHT_DECAY DECOUPLED CORRECTION1 ROOT_CORRECTION2
  *     LEN: in params, exp_avg, exp_avg_sq, sum (f32 each), z (f64); out: params, exp_avg, exp_avg_sq.
- *   im2col|col2im IN_C IN_H IN_W KH KW STRIDE PADDING DILATION N: in the batch's input (the patches);
- *     out its patches (its input gradient), f32, each value as conv.cu's kernels compute it. Buffers:
- *     the input, the output.
+ *   im2col|col2im|im2colfolded IN_C IN_H IN_W KH KW STRIDE PADDING DILATION N: in the batch's input
+ *     (the patches); out its patches (its input gradient; its patches with the batch folded into the
+ *     columns), f32, each value as conv.cu's kernels compute it. Buffers: the input, the output.
+ *   fold N ROWS COLS: in src (N*ROWS*COLS); out the examples' matrices side by side (conv.cu's
+ *     dp_fold_examples). Buffers: src, dst.
  *   maxpool|avgpool|maxpoolback|avgpoolback CHANNELS IN_H IN_W KERNEL STRIDE PADDING N: in x (dy, and
  *     for maxpoolback the argmax bits); out y and, for maxpool, the argmax bits (dx), f32. Buffers: x
  *     (dy), y (dx); the argmax is always f32.
@@ -244,13 +246,25 @@ static int conv(const char *op, char **argv) {
     g.out_h = (g.in_h + 2 * g.padding - g.dilation * (g.kh - 1) - 1) / g.stride + 1;
     g.out_w = (g.in_w + 2 * g.padding - g.dilation * (g.kw - 1) - 1) / g.stride + 1;
     dp_u64 inputs = n * g.in_c * g.in_h * g.in_w, patches = n * g.in_c * g.kh * g.kw * g.out_h * g.out_w;
-    int forward = strcmp(op, "im2col") == 0;
+    int folded = strcmp(op, "im2colfolded") == 0, forward = folded || strcmp(op, "im2col") == 0;
     dp_u64 in_len = forward ? inputs : patches, out_len = forward ? patches : inputs;
     harness_buffer in = buffer_in(in_len), out = buffer_new(out_len);
     dp_values x = buffer_values(in);
     for (dp_u64 e = 0; e < out_len; ++e)
-        dp_set(buffer_values(out), e, forward ? dp_im2col_value(x, g, e) : dp_col2im_value(x, g, e));
+        dp_set(buffer_values(out), e,
+               folded    ? dp_im2col_folded_value(x, g, n, e)
+               : forward ? dp_im2col_value(x, g, e)
+                         : dp_col2im_value(x, g, e));
     buffer_out(out);
+    return 0;
+}
+
+static int fold(char **argv) {
+    dp_u64 n = arg(argv, 0), rows = arg(argv, 1), cols = arg(argv, 2), len = n * rows * cols;
+    harness_buffer src = buffer_in(len), dst = buffer_new(len);
+    for (dp_u64 e = 0; e < len; ++e)
+        dp_set(buffer_values(dst), e, dp_get(buffer_values(src), dp_unfolded_index(e, n, rows, cols)));
+    buffer_out(dst);
     return 0;
 }
 
@@ -853,8 +867,10 @@ static int views_example(char **argv) {
 }
 
 int main(int argc, char **argv) {
-    if (argc >= 11 && (strcmp(argv[1], "im2col") == 0 || strcmp(argv[1], "col2im") == 0))
+    if (argc >= 11 && (strcmp(argv[1], "im2col") == 0 || strcmp(argv[1], "col2im") == 0 ||
+                       strcmp(argv[1], "im2colfolded") == 0))
         return conv(argv[1], argv + 2);
+    if (argc >= 5 && strcmp(argv[1], "fold") == 0) return fold(argv + 2);
     if (argc >= 4 && (strcmp(argv[1], "globalpool") == 0 || strcmp(argv[1], "globalpoolback") == 0))
         return conv_reductions(argv[1], argv + 2);
     if (argc >= 9 && strstr(argv[1], "pool") != NULL) return pool(argv[1], argv + 2);

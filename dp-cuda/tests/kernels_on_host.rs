@@ -408,6 +408,46 @@ fn device_im2col_and_col2im_equal_the_host_reference_bit_for_bit() {
     }
 }
 
+/// The patches with the batch folded into the columns (`dp_im2col_folded`) and a matrix's examples laid
+/// side by side (`dp_fold_examples`) equal the host reference bit for bit; and the folded patches are
+/// im2col's laid side by side, so one product over them is the sum of the per-example products.
+#[test]
+fn device_folded_patches_and_examples_side_by_side_equal_the_host_reference_bit_for_bit() {
+    let Some(exe) = harness() else { return };
+    let n = 3;
+    for geom in conv_geometries() {
+        let args =
+            [geom.in_c, geom.in_h, geom.in_w, geom.kh, geom.kw, geom.stride, geom.padding, geom.dilation, n];
+        let (inputs, patches) = (n * geom.input_len(), n * geom.patches_len());
+        let x: Vec<f32> =
+            values(geom.in_h as u64 * 29 + geom.kw as u64, inputs).map(|u| u as f32 - 0.5).collect();
+        let folded = run_f32(&exe, "im2colfolded", &args, &[&x]);
+        let host = on_host(x.clone(), patches, |h, x, out| h.im2col_folded(x, &geom, n, out));
+        assert_eq!(bits(&folded), bits(&host), "im2col_folded {geom:?}");
+        let unfolded = on_host(x, patches, |h, x, out| h.im2col(x, &geom, n, out));
+        let rows = geom.patches_len() / geom.positions();
+        let side_by_side =
+            on_host(unfolded, patches, |h, src, out| h.fold_examples(src, n, rows, geom.positions(), out));
+        assert_eq!(bits(&folded), bits(&side_by_side), "im2col_folded {geom:?} against im2col folded");
+    }
+    for (rows, cols) in [(1, 1), (3, 5), (8, 33), (2, 1024)] {
+        let src: Vec<f32> =
+            values(rows as u64 * 7 + cols as u64, n * rows * cols).map(|u| u as f32).collect();
+        let args = [n, rows, cols];
+        let device = run_f32(&exe, "fold", &args, &[&src]);
+        let host =
+            on_host(src.clone(), n * rows * cols, |h, src, out| h.fold_examples(src, n, rows, cols, out));
+        assert_eq!(bits(&device), bits(&host), "fold {rows}x{cols}");
+        for (i, r, c) in [(0, 0, 0), (n - 1, rows - 1, cols - 1), (1, rows / 2, cols / 3)] {
+            assert_eq!(
+                host[r * n * cols + i * cols + c],
+                src[(i * rows + r) * cols + c],
+                "fold {rows}x{cols}"
+            );
+        }
+    }
+}
+
 /// A grouped conv's patches on the device are the whole image's (the kernels take no group count):
 /// the kernels equal `HostDevice` on grouped geometry too, two groups and a group per channel. (The
 /// CPU's grouped patches are laid out group-major, so they are not compared here.)

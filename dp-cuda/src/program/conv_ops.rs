@@ -121,6 +121,33 @@ pub(super) fn im2col(ops: &GpuOps<'_>, x: Span, geom: &Conv2dGeometry, n: usize,
     launch!(ops, k::IM2COL, "dp_im2col", elementwise(len); &x, &g, &n, &c)
 }
 
+pub(super) fn im2col_folded(
+    ops: &GpuOps<'_>,
+    x: Span,
+    geom: &Conv2dGeometry,
+    n: usize,
+    cols: Span,
+) -> Outcome {
+    let g = ConvGeometry::new(geom)?;
+    let len = n * geom.patches_len();
+    ops.check("im2col_folded", &[(x, n * geom.input_len()), (cols, len)])?;
+    let (x, c, n) = (ops.memory.values(x)?, ops.memory.values(cols)?, n as u64);
+    launch!(ops, k::IM2COL_FOLDED, "dp_im2col_folded", elementwise(len); &x, &g, &n, &c)
+}
+
+pub(super) fn fold_examples(
+    ops: &GpuOps<'_>,
+    src: Span,
+    (n, rows, cols): (usize, usize, usize),
+    dst: Span,
+) -> Outcome {
+    let len = n * rows * cols;
+    ops.check("fold_examples", &[(src, len), (dst, len)])?;
+    let (s, d) = (ops.memory.values(src)?, ops.memory.values(dst)?);
+    let (n, rows, cols) = (n as u64, rows as u64, cols as u64);
+    launch!(ops, k::FOLD_EXAMPLES, "dp_fold_examples", elementwise(len); &s, &n, &rows, &cols, &d)
+}
+
 pub(super) fn col2im(ops: &GpuOps<'_>, cols: Span, geom: &Conv2dGeometry, n: usize, dx: Span) -> Outcome {
     let g = ConvGeometry::new(geom)?;
     let len = n * geom.input_len();

@@ -490,6 +490,32 @@ pub trait DeviceOps {
     /// as [`im2col`](DeviceOps::im2col) writes them) that read it.
     fn col2im(&mut self, cols: Span, geom: &Conv2dGeometry, n: usize, dx: Span) -> Result<(), DeviceError>;
 
+    /// [`im2col`](DeviceOps::im2col) with the batch folded into the columns: `cols` OVERWRITTEN with one
+    /// `(in_c·kh·kw) × (n·positions)` matrix, example `i`'s entry at row `k`, column `p` of its own
+    /// patches at row `k`, column `i·positions + p` (as [`fold_examples`](DeviceOps::fold_examples)
+    /// lays out im2col's). One product over its columns then sums over every example and position: a
+    /// conv's plain weight gradient `Σ_i δ_i·P_iᵀ` without the per-example gradients. A grouped conv's
+    /// group `q` reads rows `q·patch_len..(q + 1)·patch_len`.
+    fn im2col_folded(
+        &mut self,
+        x: Span,
+        geom: &Conv2dGeometry,
+        n: usize,
+        cols: Span,
+    ) -> Result<(), DeviceError>;
+
+    /// The examples' `rows × cols` matrices of `src` (`n × rows × cols`) side by side: `dst`
+    /// OVERWRITTEN with one `rows × (n·cols)` matrix, `dst[r][i·cols + c] = src[i][r][c]` (a conv's
+    /// NCHW output gradient as one `channels × (n·positions)` matrix).
+    fn fold_examples(
+        &mut self,
+        src: Span,
+        n: usize,
+        rows: usize,
+        cols: usize,
+        dst: Span,
+    ) -> Result<(), DeviceError>;
+
     /// `y[i, c, p] = act(y[i, c, p] + bias[c])` in place over `n × channels × positions` (no bias:
     /// `act(y)`), a convolution's epilogue over its NCHW output.
     #[allow(clippy::too_many_arguments)]

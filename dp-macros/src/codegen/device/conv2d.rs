@@ -2,8 +2,9 @@
 //! `Y_i = W·P_i` as one strided batch of products (the weight shared, stride 0) and the bias and
 //! activation in one launch over the NCHW output. Backward, the patch gradients `Wᵀ·δ_i` folded back by
 //! `col2im`. The norms form each example's weight gradient `δ_i·P_iᵀ` (a second strided batch) and bias
-//! gradient (δ's row sums) and keep them in scratch; the clipped sum is their weighted sum, the
-//! plain sum their sum. Whatever the CPU's planner chose for this conv (ghost or direct norms), the
+//! gradient (δ's row sums) and keep them in scratch; the clipped sum is their weighted sum. The
+//! plain sum forms none: one product over the patches unfolded with the batch folded into their
+//! columns and δ with its examples side by side. Whatever the CPU's planner chose for this conv (ghost or direct norms), the
 //! device keeps the gradients: its memory is not the CPU's cache.
 //!
 //! A grouped conv (`G` groups) unfolds the whole image as an ungrouped one would: its patch rows are
@@ -214,9 +215,65 @@ pub fn clipped_sum(plan: &Plan, s: &ConvStep) -> TokenStream {
     kept_sum(plan, s, &conv_scratch(plan, s), quote!(::core::option::Option::Some((#f, #groups, #group))))
 }
 
-/// The plain sum forms the per-example gradients first (no norms ran).
+/// The span `span` from `group · step · n` values on (`group` the emitted loop's counter, `n` the
+/// batch): a group's rows of a matrix whose rows hold every example side by side.
+fn from_group_folded(span: TokenStream, step: usize) -> TokenStream {
+    let (rt, step) = (rt(), lit(step));
+    quote!({
+        let whole = #span;
+        #rt::Span { offset: whole.offset + group * #step * n, len: whole.len.saturating_sub(group * #step * n), ..whole }
+    })
+}
+
+/// The plain sum (no norms ran, nothing is clipped): the weight gradient as one product over every
+/// example's positions at once, `Σ_i δ_i·P_iᵀ = [δ_0 … δ_{n−1}]·[P_0 … P_{n−1}]ᵀ`, the patches
+/// unfolded with the batch folded into their columns and δ's examples laid side by side (per group,
+/// its rows of both); no per-example weight gradient is formed. The bias gradient is δ's row sums
+/// per example, then their sum.
 pub fn gradient_sum(plan: &Plan, s: &ConvStep) -> TokenStream {
-    let (form, at) = per_example_gradients(plan, s);
-    let sum = kept_sum(plan, s, &at, quote!(::core::option::Option::None));
-    quote!(#form #sum)
+    let rt = rt();
+    let g = &s.geom;
+    let (t, d, o, og) = (g.positions(), g.patch_len(), g.out_c, g.out_per_group());
+    let at = conv_scratch(plan, s);
+    let cols = scratch(at.cols, g.patches_len(), Stored::OfPrecision);
+    let folded = scratch(super::scratch::folded_delta(plan), g.output_len(), Stored::OfPrecision);
+    let (x, geometry, delta, gw) = (read(plan, s.input), geom(g), arena(plan, s.delta), grad(plan, s.weight));
+    let (a, b, c) = match g.groups {
+        1 => (folded.clone(), cols.clone(), gw),
+        _ => (
+            from_group_folded(folded.clone(), og * t),
+            from_group_folded(cols.clone(), d * t),
+            from_group(gw, og * d),
+        ),
+    };
+    let (og_lit, d_lit, t_lit, o_lit) = (lit(og), lit(d), lit(t), lit(o));
+    let product = quote! {
+        dev.gemm(#rt::Gemm {
+            m: #og_lit, n: #d_lit, k: n * #t_lit,
+            a: #a, a_transposed: false,
+            b: #b, b_transposed: true,
+            c: #c, accumulate: true,
+            operands: #rt::Operands::OfPrecision,
+        })?;
+    };
+    let product = match g.groups {
+        1 => product,
+        groups => {
+            let groups = lit(groups);
+            quote!(for group in 0..#groups { #product })
+        }
+    };
+    let bias = s.bias.map(|slot| {
+        let (kept_b, gb) = (scratch(at.bias, o, Stored::F32), grad(plan, slot));
+        quote! {
+            dev.row_sums(#delta, n * #o_lit, #t_lit, #kept_b)?;
+            dev.kept_weighted_sum(#kept_b, n, #o_lit, ::core::option::Option::None, #gb)?;
+        }
+    });
+    quote! {
+        dev.im2col_folded(#x, #geometry, n, #cols)?;
+        dev.fold_examples(#delta, n, #o_lit, #t_lit, #folded)?;
+        #product
+        #bias
+    }
 }

@@ -10,8 +10,9 @@
 //! the memory for them (the CIFAR-10 CNN keeps 2.2 MB per example, the LSTM model 0.3 MB), and keeping
 //! them saves the clipped sum a second product. Then the per-position affine gradients of one layer
 //! norm over a sequence at a time (`rows × 2·dim`), summed over the rows by its backward into the
-//! plan's per-example affine gradients. Last, every attention layer's score gradients (all heads) and
-//! its four tensors' per-example gradients.
+//! plan's per-example affine gradients. Then every attention layer's score gradients (all heads) and
+//! its four tensors' per-example gradients. Last, one trained conv's output gradient at a time with
+//! its examples side by side, for the plain sum's one weight-gradient product (non-private steps).
 
 use crate::ops::attention::AttentionStep;
 use crate::ops::conv2d::ConvStep;
@@ -183,7 +184,24 @@ fn sequence_affine_len(plan: &Plan) -> usize {
 
 /// The arena per example in plan order: the plan's buffers and the device's scratch.
 pub(super) fn arena_len(plan: &Plan) -> usize {
+    folded_delta_at(plan) + folded_delta_len(plan)
+}
+
+/// Where a trained conv's output gradient with its examples side by side lives in the device's arena
+/// (`channels × (n·positions)`, the operand of the plain sum's one weight-gradient product:
+/// [`super::conv2d::gradient_sum`]).
+pub fn folded_delta(plan: &Plan) -> usize {
+    Layout::of(plan).offset(folded_delta_at(plan), folded_delta_len(plan))
+}
+
+/// Where the folded output gradient starts in plan order: after the attention layers' scratch.
+fn folded_delta_at(plan: &Plan) -> usize {
     attentions_start(plan) + attentions(plan).map(attention_len).sum::<usize>()
+}
+
+/// The largest output of a trained conv, per example (one conv's at a time).
+fn folded_delta_len(plan: &Plan) -> usize {
+    convs(plan).filter(|c| plan.params[c.weight].trained).map(|c| c.geom.output_len()).max().unwrap_or(0)
 }
 
 /// Where the attention layers' scratch starts in plan order: after the layer norms' affine
@@ -356,5 +374,12 @@ pub fn blocks(plan: &Plan) -> Vec<Block> {
             read_in_f32: true,
         });
     }
+    // Read only by the conv's product in the precision, as the patches are.
+    blocks.push(Block {
+        offset: folded_delta_at(plan),
+        len: folded_delta_len(plan),
+        stored: Stored::OfPrecision,
+        read_in_f32: false,
+    });
     blocks
 }

@@ -501,6 +501,52 @@ impl DeviceOps for HostDevice {
         Ok(())
     }
 
+    fn im2col_folded(
+        &mut self,
+        x: Span,
+        geom: &Conv2dGeometry,
+        n: usize,
+        cols: Span,
+    ) -> Result<(), DeviceError> {
+        let (g, x) = (valid_conv(geom)?, self.read(x)?);
+        let out = self.write(cols)?;
+        if x.len() < n * g.input_len() || out.len() < n * g.patches_len() {
+            return Err(short("im2col_folded"));
+        }
+        let positions = g.positions();
+        let mut patches = vec![0.0; g.patches_len()];
+        for i in 0..n {
+            image::im2col(&g, example(&x, i, g.input_len()), &mut patches);
+            for (k, row) in patches.chunks_exact(positions).enumerate() {
+                let at = k * n * positions + i * positions;
+                out[at..at + positions].copy_from_slice(row);
+            }
+        }
+        Ok(())
+    }
+
+    fn fold_examples(
+        &mut self,
+        src: Span,
+        n: usize,
+        rows: usize,
+        cols: usize,
+        dst: Span,
+    ) -> Result<(), DeviceError> {
+        let src = self.read(src)?;
+        let dst = self.write(dst)?;
+        if src.len() < n * rows * cols || dst.len() < n * rows * cols {
+            return Err(short("fold_examples"));
+        }
+        for i in 0..n {
+            for r in 0..rows {
+                let (from, to) = ((i * rows + r) * cols, r * n * cols + i * cols);
+                dst[to..to + cols].copy_from_slice(&src[from..from + cols]);
+            }
+        }
+        Ok(())
+    }
+
     fn channel_bias_activation(
         &mut self,
         y: Span,
