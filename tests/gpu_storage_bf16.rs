@@ -22,7 +22,7 @@ use dense_models::{
     TokenSeq,
 };
 use dp::clipping::{clip_factors, ClipMode};
-use dp::cuda::device::SgdStep;
+use dp::cuda::device::{Gpu, SgdStep};
 use dp::cuda::trainer::{Clipping, GpuModel};
 use dp::device::host::HostDevice;
 use dp::device::Region;
@@ -177,6 +177,8 @@ fn host_private_step(
 /// parameters move far between steps (0.07, 0.24, 0.44 at most on the host), so that stale weights
 /// would show; the parameters must agree to 1e-2 of the largest distance they moved (a tipped bf16
 /// rounding moves a gradient by far less, a step computed at the previous parameters by far more).
+/// A model allocated storing in bf16 from the start (`GpuModel::with_precision`; NOT YET RUN) takes
+/// the same steps bit for bit.
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
 fn gpu_bf16_storage_private_steps_follow_the_host_reference() {
@@ -187,6 +189,11 @@ fn gpu_bf16_storage_private_steps_follow_the_host_reference() {
     let n = 64;
     let mut on_gpu = GpuModel::<AdultFfnn>::new(gpu, host.params(), n).unwrap();
     on_gpu.set_precision(Precision::Bf16).unwrap();
+    // Allocated storing in bf16 from the start: the same steps bit for bit.
+    let mut from_start =
+        GpuModel::<AdultFfnn>::with_precision(Gpu::open(0).unwrap(), host.params(), n, Precision::Bf16)
+            .unwrap();
+    assert!(from_start.storing_bf16());
     let (lr, momentum, clip, sigma_c) = (2.0, 0.9, 1.0, 0.3);
     let mut sgd = Sgd::new(lr).momentum(momentum);
     for step in 0..3u64 {
@@ -206,6 +213,9 @@ fn gpu_bf16_storage_private_steps_follow_the_host_reference() {
         let outcome = on_gpu.private_step(&inputs, &labels, n, clipping, &key, update).unwrap();
         assert_eq!(outcome.non_finite_examples, bad, "step {step}: non-finite count");
         let params = on_gpu.params().unwrap();
+        assert_eq!(from_start.private_step(&inputs, &labels, n, clipping, &key, update).unwrap(), outcome);
+        let same = from_start.params().unwrap().iter().zip(&params).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "step {step}: a model allocated in bf16 from the start stepped elsewhere");
         let moved = host.params().iter().zip(&start).map(|(h, s)| (h - s).abs()).fold(0.0f32, f32::max);
         let diff = params.iter().zip(host.params()).map(|(g, h)| (g - h).abs()).fold(0.0f32, f32::max);
         say(&format!("step {step}: GPU against host storing bf16 {diff:.3e}, parameters moved {moved:.3e}"));

@@ -194,8 +194,15 @@ fn inputs_of<M: DpModel>(inputs: &[M::Input]) -> Result<Inputs<'_>> {
 }
 
 impl<M: DpModel> GpuModel<M> {
-    /// `M` with `params` on `gpu`, for batches of up to `max_batch` examples.
+    /// `M` with `params` on `gpu`, for batches of up to `max_batch` examples, in f32.
     pub fn new(gpu: Gpu, params: &[f32], max_batch: usize) -> Result<Self> {
+        Self::with_precision(gpu, params, max_batch, Precision::F32)
+    }
+
+    /// [`new`](Self::new) in `precision`: in bf16 the regions are allocated storing in bf16 from the
+    /// start (`set_precision` after `new` would first allocate them at the f32 size, which a batch
+    /// that fits only in bf16 does not have).
+    pub fn with_precision(gpu: Gpu, params: &[f32], max_batch: usize, precision: Precision) -> Result<Self> {
         if let Some(reason) = M::DEVICE_UNSUPPORTED {
             return Err(CudaError::Mismatch(format!("{} has no device program: {reason}", M::NAME)));
         }
@@ -203,8 +210,13 @@ impl<M: DpModel> GpuModel<M> {
             return Err(CudaError::Mismatch(format!("{} parameters for {}", params.len(), M::PARAM_COUNT)));
         }
         let b = max_batch.max(1);
-        // In f32: bf16 storage starts with the precision (`set_precision`), and checks again then.
-        let mut memory = Self::regions(&gpu, b, false)?;
+        if precision == Precision::Bf16 {
+            Self::check_bf16(&gpu)?;
+        }
+        // Storing in bf16 is the default in bf16 (`bf16_storage` below).
+        let bf16 = precision == Precision::Bf16;
+        let mut memory = Self::regions(&gpu, b, bf16)?;
+        memory.store_bf16(&gpu, bf16.then_some(Self::bf16_layout(b)))?;
         let s = gpu.stream.clone();
         s.memcpy_htod(params, memory.slice_mut(Region::Params)).map_err(driver("copying the parameters"))?;
         let trained = M::TRAINED_PARAM_COUNT.max(1);
@@ -240,7 +252,7 @@ impl<M: DpModel> GpuModel<M> {
             first_update: true,
             updates: 0,
             graphs: StepGraphs::default(),
-            precision: Precision::F32,
+            precision,
             bf16_storage: true,
             staging,
             staged: None,
@@ -373,11 +385,8 @@ impl<M: DpModel> GpuModel<M> {
     /// precision. bf16 on a GPU without bf16 tensor cores (before compute capability 8.0) is an
     /// error, rather than f32 under another name.
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
-        if precision == Precision::Bf16 && !self.gpu.has_bf16_tensor_cores() {
-            return Err(CudaError::Mismatch(format!(
-                "bf16 needs bf16 tensor cores (compute capability 8.0 or newer); {} has none: use f32",
-                self.gpu.describe()
-            )));
+        if precision == Precision::Bf16 {
+            Self::check_bf16(&self.gpu)?;
         }
         if precision != self.precision {
             let before = std::mem::replace(&mut self.precision, precision);
@@ -401,6 +410,17 @@ impl<M: DpModel> GpuModel<M> {
             self.bf16_storage = before;
         }
         applied
+    }
+
+    /// That `gpu` runs bf16 products (on tensor cores).
+    fn check_bf16(gpu: &Gpu) -> Result<()> {
+        if !gpu.has_bf16_tensor_cores() {
+            return Err(CudaError::Mismatch(format!(
+                "bf16 needs bf16 tensor cores (compute capability 8.0 or newer); {} has none: use f32",
+                gpu.describe()
+            )));
+        }
+        Ok(())
     }
 
     /// Whether the arena's `OfPrecision` buffers are to be stored in bf16 now.

@@ -760,9 +760,7 @@ fn gpu_timings<M: DpModel>(
     let (mut inputs, mut labels) = (Vec::new(), Vec::new());
     let open = || -> Result<GpuModel<M>> {
         let gpu = Gpu::open(ordinal).map_err(gpu_error)?;
-        let mut model = GpuModel::<M>::new(gpu, initial.params(), n).map_err(gpu_error)?;
-        model.set_precision(args.precision).map_err(gpu_error)?;
-        Ok(model)
+        GpuModel::<M>::with_precision(gpu, initial.params(), n, args.precision).map_err(gpu_error)
     };
     let finite = |model: &GpuModel<M>, what: &str| -> Result<()> {
         let params = model.params().map_err(gpu_error)?;

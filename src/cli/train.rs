@@ -610,7 +610,7 @@ where
                 // ahead; a larger one grows the device arena, up to the physical batch.
                 let room = settings.batch_size + 5 * (settings.batch_size as f64).sqrt().ceil() as usize;
                 let room = room.min(args.max_physical_batch.unwrap_or(usize::MAX)).max(1);
-                trainer = on_gpu(trainer, ordinal, room)?;
+                trainer = on_gpu(trainer, ordinal, (room, args.precision))?;
             }
             trainer.fit(&train, Some(&test)).map_err(with_flag)?
         };
@@ -643,14 +643,14 @@ where
 }
 
 /// The trainer with its private steps on GPU `ordinal` (see [`gpu_model`]), with room for batches of
-/// `batch` examples.
+/// `batch` examples in `precision`.
 #[cfg(feature = "cuda")]
 fn on_gpu<'m, M: DpModel>(
     trainer: Trainer<'m, M>,
     ordinal: Option<usize>,
-    batch: usize,
+    room: (usize, Precision),
 ) -> Result<Trainer<'m, M>> {
-    Ok(trainer.device(gpu_model::<M>(ordinal, batch, "private steps")?))
+    Ok(trainer.device(gpu_model::<M>(ordinal, room, "private steps")?))
 }
 
 /// The non-private baseline with its steps on GPU `ordinal` (see [`gpu_model`]).
@@ -663,17 +663,18 @@ fn non_private_on_gpu<M: DpModel>(
     on_epoch: impl FnMut(&EpochReport),
     ordinal: Option<usize>,
 ) -> dp_runtime::Result<Report> {
-    let mut device = gpu_model::<M>(ordinal, config.batch_size, "non-private steps")?;
+    let mut device = gpu_model::<M>(ordinal, (config.batch_size, config.precision), "non-private steps")?;
     baseline::fit_non_private_on_device(model, optimizer, &mut device, train, test, config, on_epoch)
 }
 
 /// Model `M`'s training state on GPU `ordinal`, or for `None` this rank's
-/// ([`gpu_of_local_rank`](super::gpu_of_local_rank)), with room for batches of `batch` examples,
-/// for `what` (said on standard error with the device).
+/// ([`gpu_of_local_rank`](super::gpu_of_local_rank)), with room for batches of `batch` examples in
+/// `precision` (its memory allocated at that precision's size), for `what` (said on standard error
+/// with the device).
 #[cfg(feature = "cuda")]
 fn gpu_model<M: DpModel>(
     ordinal: Option<usize>,
-    batch: usize,
+    (batch, precision): (usize, Precision),
     what: &str,
 ) -> Result<dp_cuda::trainer::GpuModel<M>> {
     use dp_cuda::device::{device_count, Gpu};
@@ -682,7 +683,7 @@ fn gpu_model<M: DpModel>(
         .unwrap_or_else(|| super::gpu_of_local_rank(distributed::launcher_local_rank(), device_count()));
     let gpu = Gpu::open(ordinal).map_err(|e| Error::invalid("device", e.to_string()))?;
     // Placeholder values: the trainer uploads the model's parameters before the first step.
-    let device = GpuModel::<M>::new(gpu, &vec![0.0; M::PARAM_COUNT], batch)
+    let device = GpuModel::<M>::with_precision(gpu, &vec![0.0; M::PARAM_COUNT], batch, precision)
         .map_err(|e| Error::invalid("device", e.to_string()))?;
     eprintln!("{what} on cuda:{ordinal} {}", dp_runtime::device::DeviceTraining::<M>::describe(&device));
     Ok(device)
@@ -698,7 +699,11 @@ fn no_cuda() -> Error {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn on_gpu<'m, M: DpModel>(_: Trainer<'m, M>, _: Option<usize>, _: usize) -> Result<Trainer<'m, M>> {
+fn on_gpu<'m, M: DpModel>(
+    _: Trainer<'m, M>,
+    _: Option<usize>,
+    _: (usize, Precision),
+) -> Result<Trainer<'m, M>> {
     Err(no_cuda())
 }
 
