@@ -54,7 +54,6 @@ DP_DEVICE float dp_im2col_value(dp_values x, dp_conv_geometry g, dp_u64 e) {
 // dp_fold_examples, dp_im2col_folded) lies in the examples' own layout, n × rows × cols.
 DP_DEVICE dp_u64 dp_unfolded_index(dp_u64 e, dp_u64 n, dp_u64 rows, dp_u64 cols) {
     dp_u64 r = e / (n * cols), i = (e / cols) % n, c = e % cols;
-    (void)rows;
     return (i * rows + r) * cols + c;
 }
 

@@ -24,7 +24,8 @@ use super::stored::{
 use super::{conv_geometries, harness, pool_geometries, values};
 
 /// im2col from the input (an activation, or the f32 batch) into the patches, and col2im from the
-/// patches' gradient into the input's, in every mix of f32 and bf16: bit for bit.
+/// patches' gradient into the input's, in every mix of f32 and bf16: bit for bit; so are the patches
+/// with the batch folded into their columns and an output gradient's examples side by side.
 #[test]
 fn im2col_and_col2im_between_f32_and_bf16_buffers_equal_the_host_reference_bit_for_bit() {
     let Some(exe) = harness() else { return };
@@ -47,6 +48,21 @@ fn im2col_and_col2im_between_f32_and_bf16_buffers_equal_the_host_reference_bit_f
             let host =
                 on_host(&[&g, &vec![f32::NAN; inputs]], mask, 1, |h, s| h.col2im(s[0], &geom, n, s[1]));
             assert_bits(&dx, &host, &format!("col2im {geom:?} bf16 buffers {mask:#b}"));
+
+            let folded = run_op(&exe, "im2colfolded", &args, &[&x], mask);
+            let host = on_host(&[&x, &vec![f32::NAN; patches]], mask, 1, |h, s| {
+                h.im2col_folded(s[0], &geom, n, s[1])
+            });
+            assert_bits(&folded, &host, &format!("im2col_folded {geom:?} bf16 buffers {mask:#b}"));
+
+            // An f32 output gradient into a block stored in the precision, and every other mix.
+            let (rows, outputs) = (geom.out_c, n * geom.output_len());
+            let dy = spread(geom.kw as u64 * 13 + 5, outputs);
+            let side_by_side = run_op(&exe, "fold", &[n, rows, geom.positions()], &[&dy], mask);
+            let host = on_host(&[&dy, &vec![f32::NAN; outputs]], mask, 1, |h, s| {
+                h.fold_examples(s[0], n, rows, geom.positions(), s[1])
+            });
+            assert_bits(&side_by_side, &host, &format!("fold_examples {geom:?} bf16 buffers {mask:#b}"));
         }
     }
 }
