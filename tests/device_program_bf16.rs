@@ -70,19 +70,10 @@ fn plain_sum_on_host<M: DpModel>(model: &M, inputs: &[M::Input], labels: &[f32],
 where
     M::Input: TestInput,
 {
-    use dp::device::Region;
-    let mut dev = dp::device::host::HostDevice::new();
-    dev.set_precision(Precision::Bf16);
-    dev.set_bf16_storage(false);
-    dev.set(Region::Params, model.params().to_vec());
-    dev.set(Region::Grad, vec![0.0; M::TRAINED_PARAM_COUNT]);
-    dev.set(Region::Arena, vec![f32::NAN; M::DEVICE_ARENA_PER_EXAMPLE * n]);
-    TestInput::load(&mut dev, inputs);
-    dev.set(Region::Labels, labels.to_vec());
-    dev.set(Region::Losses, vec![f32::NAN; n]);
+    let mut dev = dense_models::loaded_on_host(model, Precision::Bf16, false, inputs, labels, n);
     M::device_forward_backward(&mut dev, n).unwrap();
     M::device_gradient_sum(&mut dev, n).unwrap();
-    dev.get(Region::Grad).to_vec()
+    dev.get(dp::device::Region::Grad).to_vec()
 }
 
 /// Linear layers round the same operands on both (the forward's and the backward's products; ghost

@@ -288,6 +288,26 @@ where
     say(&format!("{}: {} steps replayed with the noise beside", M::NAME, beside.graph_replays()));
 }
 
+/// Step `i` of the overlap tests: flat clipping at 1, noise 0.3, a normaliser of 8, SGD with momentum,
+/// a key of its own (`mul` tells the tests' keys apart).
+fn sgd_step_keyed(mul: u8, i: usize) -> dp::device::DevicePrivateStep {
+    use dp::device::{DeviceOptimizer, DevicePrivateStep, DeviceSgd};
+    DevicePrivateStep {
+        clip_mode: ClipMode::Flat,
+        clip_norm: 1.0,
+        noise_std: 0.3,
+        normaliser: 8.0,
+        key: std::array::from_fn(|j| (j as u8).wrapping_mul(mul).wrapping_add(i as u8)),
+        optimizer: DeviceOptimizer::Sgd(DeviceSgd {
+            lr: 0.5,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+        }),
+        keep_losses: false,
+    }
+}
+
 /// A step queued and awaited apart, the next batch staged while it is in flight (the trainer's
 /// overlap, docs/GPU.md), lands where the same steps one after another land, bit for bit: the staged
 /// copies wait behind the step in flight. The third batch is larger than the arena: staged during the
@@ -299,7 +319,6 @@ where
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
 fn gpu_steps_overlapped_with_staging_equal_steps_in_turn() {
-    use dp::device::{DeviceOptimizer, DevicePrivateStep, DeviceSgd};
     let Some(gpu) = gpu("overlapped steps") else { return };
     let mut rng = ChaCha8Rng::seed_from_u64(23);
     let model = AdultFfnn::init(&mut rng);
@@ -307,20 +326,7 @@ fn gpu_steps_overlapped_with_staging_equal_steps_in_turn() {
         .into_iter()
         .map(|(n, poison)| (batch::<AdultFfnn>(&mut rng, n, poison), n))
         .collect();
-    let step = |i: usize| DevicePrivateStep {
-        clip_mode: ClipMode::Flat,
-        clip_norm: 1.0,
-        noise_std: 0.3,
-        normaliser: 8.0,
-        key: std::array::from_fn(|j| (j as u8).wrapping_mul(5).wrapping_add(i as u8)),
-        optimizer: DeviceOptimizer::Sgd(DeviceSgd {
-            lr: 0.5,
-            momentum: 0.9,
-            nesterov: false,
-            weight_decay: 0.0,
-        }),
-        keep_losses: false,
-    };
+    let step = |i: usize| sgd_step_keyed(5, i);
     let mut in_turn = GpuModel::<AdultFfnn>::new(gpu, model.params(), 7).unwrap();
     let mut overlapped = GpuModel::<AdultFfnn>::new(Gpu::open(0).unwrap(), model.params(), 7).unwrap();
     let mut outcomes = vec![];
@@ -380,7 +386,6 @@ fn copies_beside_equal_copies_behind<M: DpModel>(seed: u64, tolerance: f32)
 where
     M::Input: TestInput,
 {
-    use dp::device::{DeviceOptimizer, DevicePrivateStep, DeviceSgd};
     let Some(gpu) = gpu(M::NAME) else { return };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let model = M::init(&mut rng);
@@ -390,20 +395,7 @@ where
         .collect();
     let held_out = 9;
     let (held_out_inputs, _) = batch::<M>(&mut rng, held_out, false);
-    let step = |i: usize| DevicePrivateStep {
-        clip_mode: ClipMode::Flat,
-        clip_norm: 1.0,
-        noise_std: 0.3,
-        normaliser: 8.0,
-        key: std::array::from_fn(|j| (j as u8).wrapping_mul(7).wrapping_add(i as u8)),
-        optimizer: DeviceOptimizer::Sgd(DeviceSgd {
-            lr: 0.5,
-            momentum: 0.9,
-            nesterov: false,
-            weight_decay: 0.0,
-        }),
-        keep_losses: false,
-    };
+    let step = |i: usize| sgd_step_keyed(7, i);
     let outputs_len = held_out * M::LOSS.output_len();
     let mut in_turn = GpuModel::<M>::new(gpu, model.params(), 7).unwrap();
     let (mut expected, mut expected_outputs) = (vec![], vec![0.0f32; outputs_len]);

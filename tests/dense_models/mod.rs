@@ -379,15 +379,14 @@ where
     private_pass_on_host_storing(model, precision, false, inputs, labels, factors, n)
 }
 
-/// [`private_pass_on_host`], the arena's activations and output gradients stored in bf16 when
-/// `bf16_storage` and `precision` is bf16 (`HostDevice::set_bf16_storage`).
-pub fn private_pass_on_host_storing<M: DpModel>(
+/// A host reference in `precision` (storing in bf16 when `bf16_storage`) holding `model`'s parameters,
+/// a zero gradient, an arena of NaN for `n` examples, and the batch; its losses NaN.
+pub fn loaded_on_host<M: DpModel>(
     model: &M,
     precision: dp::Precision,
     bf16_storage: bool,
     inputs: &[M::Input],
     labels: &[f32],
-    factors: &[f32],
     n: usize,
 ) -> dp::device::host::HostDevice
 where
@@ -403,6 +402,25 @@ where
     TestInput::load(&mut dev, inputs);
     dev.set(Region::Labels, labels.to_vec());
     dev.set(Region::Losses, vec![f32::NAN; n]);
+    dev
+}
+
+/// [`private_pass_on_host`], the arena's activations and output gradients stored in bf16 when
+/// `bf16_storage` and `precision` is bf16 (`HostDevice::set_bf16_storage`).
+pub fn private_pass_on_host_storing<M: DpModel>(
+    model: &M,
+    precision: dp::Precision,
+    bf16_storage: bool,
+    inputs: &[M::Input],
+    labels: &[f32],
+    factors: &[f32],
+    n: usize,
+) -> dp::device::host::HostDevice
+where
+    M::Input: TestInput,
+{
+    use dp::device::Region;
+    let mut dev = loaded_on_host(model, precision, bf16_storage, inputs, labels, n);
     dev.set(Region::SqNorms, vec![f32::NAN; n * M::GROUPS.len()]);
     dev.set(Region::Factors, factors.to_vec());
     M::device_forward_backward(&mut dev, n).unwrap();
