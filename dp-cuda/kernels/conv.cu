@@ -57,11 +57,28 @@ DP_DEVICE dp_u64 dp_unfolded_index(dp_u64 e, dp_u64 n, dp_u64 rows, dp_u64 cols)
     return (i * rows + r) * cols + c;
 }
 
+// The clip factor of example i (column group of n × groups factors), or 1 without factors.
+DP_DEVICE float dp_factor_of(const float *factors, int has_factors, dp_u64 groups, dp_u64 group, dp_u64 i) {
+    return has_factors ? factors[i * groups + group] : 1.0f;
+}
+
 // Entry e of the batch's patches with the batch folded into the columns: im2col's entry at the
-// unfolded index (rows in_c·kh·kw, columns the positions).
-DP_DEVICE float dp_im2col_folded_value(dp_values x, dp_conv_geometry g, dp_u64 n, dp_u64 e) {
+// unfolded index (rows in_c·kh·kw, columns the positions); 0 for an example whose factor is exactly 0
+// (its input not read).
+DP_DEVICE float dp_im2col_folded_value(dp_values x, dp_conv_geometry g, dp_u64 n, const float *factors,
+                                       int has_factors, dp_u64 groups, dp_u64 group, dp_u64 e) {
     dp_u64 positions = g.out_h * g.out_w, rows = g.in_c * g.kh * g.kw;
+    if (dp_factor_of(factors, has_factors, groups, group, (e / positions) % n) == 0.0f) return 0.0f;
     return dp_im2col_value(x, g, dp_unfolded_index(e, n, rows, positions));
+}
+
+// Value e of n examples' rows × cols matrices side by side, times the example's factor (0 for a
+// factor of exactly 0, its value not read).
+DP_DEVICE float dp_fold_value(dp_values src, dp_u64 n, dp_u64 rows, dp_u64 cols, const float *factors,
+                              int has_factors, dp_u64 groups, dp_u64 group, dp_u64 e) {
+    if (!has_factors) return dp_get(src, dp_unfolded_index(e, n, rows, cols));
+    float c = dp_factor_of(factors, has_factors, groups, group, (e / cols) % n);
+    return c == 0.0f ? 0.0f : c * dp_get(src, dp_unfolded_index(e, n, rows, cols));
 }
 
 // The output index o (< out) whose tap at offset `tap` (r·dilation) reads padded coordinate t
@@ -246,15 +263,19 @@ extern "C" __global__ void dp_im2col(dp_values x, dp_conv_geometry g, dp_u64 n, 
 }
 
 // One thread per folded patch entry; cols overwritten.
-extern "C" __global__ void dp_im2col_folded(dp_values x, dp_conv_geometry g, dp_u64 n, dp_values cols) {
+extern "C" __global__ void dp_im2col_folded(dp_values x, dp_conv_geometry g, dp_u64 n, const float *factors,
+                                            int has_factors, dp_u64 groups, dp_u64 group, dp_values cols) {
     DP_GRID_STRIDE(e, n * g.in_c * g.kh * g.kw * g.out_h * g.out_w) {
-        dp_set(cols, e, dp_im2col_folded_value(x, g, n, e));
+        dp_set(cols, e, dp_im2col_folded_value(x, g, n, factors, has_factors, groups, group, e));
     }
 }
 
 // One thread per value of the folded matrix; dst overwritten.
-extern "C" __global__ void dp_fold_examples(dp_values src, dp_u64 n, dp_u64 rows, dp_u64 cols, dp_values dst) {
-    DP_GRID_STRIDE(e, n * rows * cols) { dp_set(dst, e, dp_get(src, dp_unfolded_index(e, n, rows, cols))); }
+extern "C" __global__ void dp_fold_examples(dp_values src, dp_u64 n, dp_u64 rows, dp_u64 cols, const float *factors,
+                                            int has_factors, dp_u64 groups, dp_u64 group, dp_values dst) {
+    DP_GRID_STRIDE(e, n * rows * cols) {
+        dp_set(dst, e, dp_fold_value(src, n, rows, cols, factors, has_factors, groups, group, e));
+    }
 }
 
 // One thread per input value; dx overwritten.
@@ -288,6 +309,18 @@ extern "C" __global__ void __launch_bounds__(DP_KEPT_NORM_THREADS)
                      dp_u64 groups, dp_u64 group) {
     for (dp_u64 i = blockIdx.x; i < n; i += gridDim.x) {
         float w2 = dp_block_sum(dp_square_share(weight, weight_len, i, threadIdx.x, blockDim.x));
+        float b2 = dp_block_sum(dp_square_share(bias, bias_len, i, threadIdx.x, blockDim.x));
+        if (threadIdx.x == 0) sq_norms[i * groups + group] = bias_len ? w2 + b2 : w2;
+    }
+}
+
+// One block per example: sq_norms[i * groups + group] = a_i · b_i + |bias_i|^2 (bias_len 0: no bias, not
+// read), overwritten: a conv's ghost norm from its two Gram matrices.
+extern "C" __global__ void __launch_bounds__(DP_KEPT_NORM_THREADS)
+    dp_gram_sq_norms(dp_values a, dp_values b, dp_u64 len, dp_values bias, dp_u64 bias_len, dp_u64 n,
+                     float *sq_norms, dp_u64 groups, dp_u64 group) {
+    for (dp_u64 i = blockIdx.x; i < n; i += gridDim.x) {
+        float w2 = dp_block_sum(dp_dot_share(a, b, len, i, threadIdx.x, blockDim.x));
         float b2 = dp_block_sum(dp_square_share(bias, bias_len, i, threadIdx.x, blockDim.x));
         if (threadIdx.x == 0) sq_norms[i * groups + group] = bias_len ? w2 + b2 : w2;
     }

@@ -26,6 +26,7 @@ pub const ENTRIES: &[&str] = &[
     "dp_global_avg_pool_backward",
     "dp_im2col_folded",
     "dp_fold_examples",
+    "dp_gram_sq_norms",
 ];
 
 #[cfg(test)]
@@ -34,6 +35,7 @@ mod tests {
 
     #[test]
     fn the_kept_norms_launch_is_the_kernels_launch_bounds() {
-        crate::assert_launch_bounds(SOURCE, "DP_KEPT_NORM_THREADS", KEPT_NORM_THREADS, &["dp_kept_sq_norms"]);
+        let bounded = ["dp_kept_sq_norms", "dp_gram_sq_norms"];
+        crate::assert_launch_bounds(SOURCE, "DP_KEPT_NORM_THREADS", KEPT_NORM_THREADS, &bounded);
     }
 }

@@ -140,6 +140,7 @@ mod k {
     pub const GLOBAL_AVG_POOL_BACKWARD: Kernel = Conv(11);
     pub const IM2COL_FOLDED: Kernel = Conv(12);
     pub const FOLD_EXAMPLES: Kernel = Conv(13);
+    pub const GRAM_SQ_NORMS: Kernel = Conv(14);
 
     pub const GROUP_NORM_FORWARD: Kernel = Norm(0);
     pub const GROUP_NORM_BACKWARD: Kernel = Norm(1);
@@ -529,20 +530,33 @@ impl DeviceOps for GpuOps<'_> {
         x: Span,
         geom: &Conv2dGeometry,
         n: usize,
+        factors: Option<(Span, usize, usize)>,
         cols: Span,
     ) -> std::result::Result<(), DeviceError> {
-        conv_ops::im2col_folded(self, x, geom, n, cols)
+        conv_ops::im2col_folded(self, (x, geom, n), factors, cols)
     }
 
     fn fold_examples(
         &mut self,
         src: Span,
-        n: usize,
-        rows: usize,
-        cols: usize,
+        dims: (usize, usize, usize),
+        factors: Option<(Span, usize, usize)>,
         dst: Span,
     ) -> std::result::Result<(), DeviceError> {
-        conv_ops::fold_examples(self, src, (n, rows, cols), dst)
+        conv_ops::fold_examples(self, src, dims, factors, dst)
+    }
+
+    fn gram_sq_norms(
+        &mut self,
+        (a, b): (Span, Span),
+        len: usize,
+        bias: Option<(Span, usize)>,
+        n: usize,
+        sq_norms: Span,
+        groups: usize,
+        group: usize,
+    ) -> std::result::Result<(), DeviceError> {
+        conv_ops::gram_sq_norms(self, (a, b, len), bias, n, (sq_norms, groups, group))
     }
 
     fn channel_bias_activation(

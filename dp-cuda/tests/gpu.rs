@@ -191,7 +191,8 @@ fn assert_near(host: &[f32], device: &[f32], tolerance: f32, what: &str) {
 /// The convolution primitives of `DeviceOps` on the GPU against the host reference: im2col and col2im
 /// bit for bit (padding, stride, dilation, rectangular kernels, a batch past the grid's first sweep,
 /// two groups and a group per channel: the whole image's patches either way), im2col with the batch
-/// folded into the columns and an output's examples laid side by side (since 2026-12-05, NOT YET RUN),
+/// folded into the columns and an output's examples laid side by side, with and without clip factors
+/// (a factor of 0 over a NaN example giving 0; since 2026-12-05, NOT YET RUN),
 /// the channel epilogue, and a group count that does not divide the channels refused.
 #[test]
 #[ignore = "needs a CUDA device: scripts/gpu/check.sh runs it (--include-ignored)"]
@@ -231,27 +232,39 @@ fn gpu_im2col_col2im_and_the_channel_epilogue_equal_the_host_reference() {
             ops.col2im(Span::new(Region::Inputs, 0, patches), &geom, n, Span::new(Region::Arena, 0, inputs))
         });
         assert_eq!(bits(&host), bits(&device), "col2im {geom:?}");
-        let x = uniform(geom.in_h as u64 + 5, inputs);
-        let regions = [(Region::Inputs, x), (Region::Arena, vec![f32::NAN; patches])];
-        let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
-            ops.im2col_folded(
-                Span::new(Region::Inputs, 0, inputs),
-                &geom,
-                n,
-                Span::new(Region::Arena, 0, patches),
-            )
-        });
-        assert_eq!(bits(&host), bits(&device), "im2col_folded {geom:?}");
+        // Without factors, and with a factor of 0 (over a NaN input) and others for the clipped sum's.
+        let mut x = uniform(geom.in_h as u64 + 5, inputs);
+        x[0] = f32::NAN;
+        let (groups, group) = (2, 1);
+        let factors: Vec<f32> =
+            (0..n * groups).map(|k| if k == group { 0.0 } else { 0.25 + k as f32 / 7.0 }).collect();
         let (rows, outputs) = (geom.out_c, n * geom.output_len());
-        let regions = [
-            (Region::Inputs, uniform(geom.kh as u64 + 7, outputs)),
-            (Region::Arena, vec![f32::NAN; outputs]),
-        ];
-        let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
-            let (src, dst) = (Span::new(Region::Inputs, 0, outputs), Span::new(Region::Arena, 0, outputs));
-            ops.fold_examples(src, n, rows, geom.positions(), dst)
-        });
-        assert_eq!(bits(&host), bits(&device), "fold_examples {geom:?}");
+        let mut dy = uniform(geom.kh as u64 + 7, outputs);
+        dy[1] = f32::NAN;
+        for weighted in [false, true] {
+            let f = weighted.then_some((Span::new(Region::Factors, 0, n * groups), groups, group));
+            let regions = [
+                (Region::Inputs, x.clone()),
+                (Region::Arena, vec![f32::NAN; patches]),
+                (Region::Factors, factors.clone()),
+            ];
+            let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+                let (x, cols) = (Span::new(Region::Inputs, 0, inputs), Span::new(Region::Arena, 0, patches));
+                ops.im2col_folded(x, &geom, n, f, cols)
+            });
+            assert_eq!(bits(&host), bits(&device), "im2col_folded {geom:?}, factors {weighted}");
+            let regions = [
+                (Region::Inputs, dy.clone()),
+                (Region::Arena, vec![f32::NAN; outputs]),
+                (Region::Factors, factors.clone()),
+            ];
+            let (host, device) = on_both(&gpu, &regions, Region::Arena, |ops| {
+                let (src, dst) =
+                    (Span::new(Region::Inputs, 0, outputs), Span::new(Region::Arena, 0, outputs));
+                ops.fold_examples(src, (n, rows, geom.positions()), f, dst)
+            });
+            assert_eq!(bits(&host), bits(&device), "fold_examples {geom:?}, factors {weighted}");
+        }
     }
     let indivisible = Conv2dGeometry { groups: 3, ..g(4, 8, 8, 3, 3, 1, 1, 1) };
     let memory = RegionMemory::new(&gpu, |_| 10_000).unwrap();
@@ -550,6 +563,22 @@ fn gpu_row_sums_and_kept_gradients_equal_the_host_reference() {
             )
         });
         assert_near(&host, &device, 1e-5, &format!("kept_sq_norms bias {with_bias}"));
+        assert!(
+            device.iter().enumerate().all(|(k, v)| k % groups == group || *v == 7.0),
+            "other groups kept"
+        );
+        // A ghost norm from two Gram matrices of 64 × 64 per example (since 2026-12-05, NOT YET RUN).
+        let len = 64 * 64;
+        let regions = [
+            (Region::Arena, uniform(11, 2 * n * len + n * bias_len)),
+            (Region::SqNorms, vec![7.0; n * groups]),
+        ];
+        let (host, device) = on_both(&gpu, &regions, Region::SqNorms, |ops| {
+            let (a, b) = (Span::new(Region::Arena, 0, n * len), Span::new(Region::Arena, n * len, n * len));
+            let bias = with_bias.then_some((Span::new(Region::Arena, 2 * n * len, n * bias_len), bias_len));
+            ops.gram_sq_norms((a, b), len, bias, n, Span::new(Region::SqNorms, 0, n * groups), groups, group)
+        });
+        assert_near(&host, &device, 1e-5, &format!("gram_sq_norms bias {with_bias}"));
         assert!(
             device.iter().enumerate().all(|(k, v)| k % groups == group || *v == 7.0),
             "other groups kept"

@@ -11,11 +11,18 @@
  *   emafold DECAY LEN: in average, params (LEN each); out the average after the fold.
  *   adam NOISE_STD INVERSE_BATCH LR BETA1 BETA2 EPS WEIGHT_DECAY DECOUPLED CORRECTION1 ROOT_CORRECTION2
  *     LEN: in params, exp_avg, exp_avg_sq, sum (f32 each), z (f64); out: params, exp_avg, exp_avg_sq.
- *   im2col|col2im|im2colfolded IN_C IN_H IN_W KH KW STRIDE PADDING DILATION N: in the batch's input
- *     (the patches); out its patches (its input gradient; its patches with the batch folded into the
- *     columns), f32, each value as conv.cu's kernels compute it. Buffers: the input, the output.
- *   fold N ROWS COLS: in src (N*ROWS*COLS); out the examples' matrices side by side (conv.cu's
+ *   im2col|col2im IN_C IN_H IN_W KH KW STRIDE PADDING DILATION N: in the batch's input (the patches);
+ *     out its patches (its input gradient), f32, each value as conv.cu's kernels compute it. Buffers:
+ *     the input, the output.
+ *   im2colfolded IN_C IN_H IN_W KH KW STRIDE PADDING DILATION N HAS_FACTORS GROUPS GROUP: in the
+ *     input, then N*GROUPS factors (f32); out its patches with the batch folded into the columns, an
+ *     example of factor 0 zero with factors. Buffers: the input, the output.
+ *   fold N ROWS COLS HAS_FACTORS GROUPS GROUP: in src (N*ROWS*COLS), then N*GROUPS factors (f32); out
+ *     the examples' matrices side by side, times their factors with factors (conv.cu's
  *     dp_fold_examples). Buffers: src, dst.
+ *   gramnorms N LEN BIAS_LEN GROUPS GROUP: in a, b (N*LEN each), bias (N*BIAS_LEN), sq_norms
+ *     (N*GROUPS, f32); out sq_norms, each example's 1024 thread shares combined in dp_block_sum's
+ *     order (conv.cu's dp_gram_sq_norms). Buffers: a, b, bias.
  *   maxpool|avgpool|maxpoolback|avgpoolback CHANNELS IN_H IN_W KERNEL STRIDE PADDING N: in x (dy, and
  *     for maxpoolback the argmax bits); out y and, for maxpool, the argmax bits (dx), f32. Buffers: x
  *     (dy), y (dx); the argmax is always f32.
@@ -249,10 +256,13 @@ static int conv(const char *op, char **argv) {
     int folded = strcmp(op, "im2colfolded") == 0, forward = folded || strcmp(op, "im2col") == 0;
     dp_u64 in_len = forward ? inputs : patches, out_len = forward ? patches : inputs;
     harness_buffer in = buffer_in(in_len), out = buffer_new(out_len);
+    int has_factors = folded ? (int)arg(argv, 9) : 0;
+    dp_u64 groups = folded ? arg(argv, 10) : 1, group = folded ? arg(argv, 11) : 0;
+    float *factors = folded ? read_stdin(n * groups * 4) : NULL;
     dp_values x = buffer_values(in);
     for (dp_u64 e = 0; e < out_len; ++e)
         dp_set(buffer_values(out), e,
-               folded    ? dp_im2col_folded_value(x, g, n, e)
+               folded    ? dp_im2col_folded_value(x, g, n, factors, has_factors, groups, group, e)
                : forward ? dp_im2col_value(x, g, e)
                          : dp_col2im_value(x, g, e));
     buffer_out(out);
@@ -261,9 +271,13 @@ static int conv(const char *op, char **argv) {
 
 static int fold(char **argv) {
     dp_u64 n = arg(argv, 0), rows = arg(argv, 1), cols = arg(argv, 2), len = n * rows * cols;
+    int has_factors = (int)arg(argv, 3);
+    dp_u64 groups = arg(argv, 4), group = arg(argv, 5);
     harness_buffer src = buffer_in(len), dst = buffer_new(len);
+    float *factors = read_stdin(n * groups * 4);
     for (dp_u64 e = 0; e < len; ++e)
-        dp_set(buffer_values(dst), e, dp_get(buffer_values(src), dp_unfolded_index(e, n, rows, cols)));
+        dp_set(buffer_values(dst), e,
+               dp_fold_value(buffer_values(src), n, rows, cols, factors, has_factors, groups, group, e));
     buffer_out(dst);
     return 0;
 }
@@ -359,6 +373,23 @@ static int conv_reductions(const char *op, char **argv) {
         for (dp_u64 i = 0; i < n; ++i) {
             for (unsigned t = 0; t < CONV_BLOCK_THREADS; ++t)
                 lanes[t] = dp_square_share(buffer_values(weight), weight_len, i, t, CONV_BLOCK_THREADS);
+            float w2 = conv_block_sum(lanes, CONV_BLOCK_THREADS);
+            for (unsigned t = 0; t < CONV_BLOCK_THREADS; ++t)
+                lanes[t] = dp_square_share(buffer_values(bias), bias_len, i, t, CONV_BLOCK_THREADS);
+            float b2 = conv_block_sum(lanes, CONV_BLOCK_THREADS);
+            sq_norms[i * groups + group] = bias_len ? w2 + b2 : w2;
+        }
+        fwrite(sq_norms, 4, n * groups, stdout);
+        return 0;
+    }
+    if (strcmp(op, "gramnorms") == 0) {
+        dp_u64 n = arg(argv, 0), len = arg(argv, 1), bias_len = arg(argv, 2), groups = arg(argv, 3);
+        dp_u64 group = arg(argv, 4);
+        harness_buffer a = buffer_in(n * len), b = buffer_in(n * len), bias = buffer_in(n * bias_len);
+        float *sq_norms = read_stdin(n * groups * 4);
+        for (dp_u64 i = 0; i < n; ++i) {
+            for (unsigned t = 0; t < CONV_BLOCK_THREADS; ++t)
+                lanes[t] = dp_dot_share(buffer_values(a), buffer_values(b), len, i, t, CONV_BLOCK_THREADS);
             float w2 = conv_block_sum(lanes, CONV_BLOCK_THREADS);
             for (unsigned t = 0; t < CONV_BLOCK_THREADS; ++t)
                 lanes[t] = dp_square_share(buffer_values(bias), bias_len, i, t, CONV_BLOCK_THREADS);
@@ -867,10 +898,11 @@ static int views_example(char **argv) {
 }
 
 int main(int argc, char **argv) {
-    if (argc >= 11 && (strcmp(argv[1], "im2col") == 0 || strcmp(argv[1], "col2im") == 0 ||
-                       strcmp(argv[1], "im2colfolded") == 0))
+    if (argc >= 11 && (strcmp(argv[1], "im2col") == 0 || strcmp(argv[1], "col2im") == 0))
         return conv(argv[1], argv + 2);
-    if (argc >= 5 && strcmp(argv[1], "fold") == 0) return fold(argv + 2);
+    if (argc >= 14 && strcmp(argv[1], "im2colfolded") == 0) return conv(argv[1], argv + 2);
+    if (argc >= 8 && strcmp(argv[1], "fold") == 0) return fold(argv + 2);
+    if (argc >= 7 && strcmp(argv[1], "gramnorms") == 0) return conv_reductions(argv[1], argv + 2);
     if (argc >= 4 && (strcmp(argv[1], "globalpool") == 0 || strcmp(argv[1], "globalpoolback") == 0))
         return conv_reductions(argv[1], argv + 2);
     if (argc >= 9 && strstr(argv[1], "pool") != NULL) return pool(argv[1], argv + 2);

@@ -408,43 +408,143 @@ fn device_im2col_and_col2im_equal_the_host_reference_bit_for_bit() {
     }
 }
 
+/// Runs one `DeviceOps` call on a fresh host reference whose `Inputs` region holds `input` and
+/// `Factors` `factors`, and whose `Arena` holds `output_len` NaNs; the `Arena` after it.
+fn on_host_with_factors(
+    input: Vec<f32>,
+    factors: Vec<f32>,
+    output_len: usize,
+    call: impl FnOnce(&mut HostDevice, Span, Span, Span) -> Result<(), dp_runtime::device::DeviceError>,
+) -> Vec<f32> {
+    let mut host = HostDevice::new();
+    let (input_span, factor_span) =
+        (Span::new(Region::Inputs, 0, input.len()), Span::new(Region::Factors, 0, factors.len()));
+    host.set(Region::Inputs, input);
+    host.set(Region::Factors, factors);
+    host.set(Region::Arena, vec![f32::NAN; output_len]);
+    call(&mut host, input_span, factor_span, Span::new(Region::Arena, 0, output_len)).unwrap();
+    host.get(Region::Arena).to_vec()
+}
+
 /// The patches with the batch folded into the columns (`dp_im2col_folded`) and a matrix's examples laid
-/// side by side (`dp_fold_examples`) equal the host reference bit for bit; and the folded patches are
-/// im2col's laid side by side, so one product over them is the sum of the per-example products.
+/// side by side (`dp_fold_examples`) equal the host reference bit for bit, without clip factors and
+/// with them (example 1's factor 0 over its NaN: zeros; the others scaled); and the folded patches
+/// are im2col's laid side by side, so one product over them is the sum of the per-example products.
 #[test]
 fn device_folded_patches_and_examples_side_by_side_equal_the_host_reference_bit_for_bit() {
     let Some(exe) = harness() else { return };
     let n = 3;
+    let (groups, group) = (2, 1);
+    let factors: Vec<f32> =
+        (0..n * groups).map(|k| if k == groups + group { 0.0 } else { 0.3 + k as f32 / 5.0 }).collect();
     for geom in conv_geometries() {
-        let args =
-            [geom.in_c, geom.in_h, geom.in_w, geom.kh, geom.kw, geom.stride, geom.padding, geom.dilation, n];
         let (inputs, patches) = (n * geom.input_len(), n * geom.patches_len());
-        let x: Vec<f32> =
+        let mut x: Vec<f32> =
             values(geom.in_h as u64 * 29 + geom.kw as u64, inputs).map(|u| u as f32 - 0.5).collect();
-        let folded = run_f32(&exe, "im2colfolded", &args, &[&x]);
-        let host = on_host(x.clone(), patches, |h, x, out| h.im2col_folded(x, &geom, n, out));
-        assert_eq!(bits(&folded), bits(&host), "im2col_folded {geom:?}");
-        let unfolded = on_host(x, patches, |h, x, out| h.im2col(x, &geom, n, out));
+        x[geom.input_len()] = f32::NAN;
+        for weighted in [false, true] {
+            let args = [
+                geom.in_c,
+                geom.in_h,
+                geom.in_w,
+                geom.kh,
+                geom.kw,
+                geom.stride,
+                geom.padding,
+                geom.dilation,
+                n,
+                usize::from(weighted),
+                groups,
+                group,
+            ];
+            let folded = run_f32(&exe, "im2colfolded", &args, &[&x, &factors]);
+            let host = on_host_with_factors(x.clone(), factors.clone(), patches, |h, x, f, out| {
+                h.im2col_folded(x, &geom, n, weighted.then_some((f, groups, group)), out)
+            });
+            assert_eq!(bits(&folded), bits(&host), "im2col_folded {geom:?}, factors {weighted}");
+            if weighted {
+                let t = geom.positions();
+                let example_1 =
+                    (0..patches / (n * t)).flat_map(|k| folded[(k * n + 1) * t..(k * n + 2) * t].to_vec());
+                assert!(
+                    example_1.into_iter().all(|v| v == 0.0),
+                    "im2col_folded {geom:?}: example 1 not zero"
+                );
+            }
+        }
+        let unfolded = on_host(x.clone(), patches, |h, x, out| h.im2col(x, &geom, n, out));
         let rows = geom.patches_len() / geom.positions();
-        let side_by_side =
-            on_host(unfolded, patches, |h, src, out| h.fold_examples(src, n, rows, geom.positions(), out));
+        let side_by_side = on_host(unfolded, patches, |h, src, out| {
+            h.fold_examples(src, (n, rows, geom.positions()), None, out)
+        });
+        let folded = on_host(x, patches, |h, x, out| h.im2col_folded(x, &geom, n, None, out));
         assert_eq!(bits(&folded), bits(&side_by_side), "im2col_folded {geom:?} against im2col folded");
     }
     for (rows, cols) in [(1, 1), (3, 5), (8, 33), (2, 1024)] {
-        let src: Vec<f32> =
+        let mut src: Vec<f32> =
             values(rows as u64 * 7 + cols as u64, n * rows * cols).map(|u| u as f32).collect();
-        let args = [n, rows, cols];
-        let device = run_f32(&exe, "fold", &args, &[&src]);
-        let host =
-            on_host(src.clone(), n * rows * cols, |h, src, out| h.fold_examples(src, n, rows, cols, out));
-        assert_eq!(bits(&device), bits(&host), "fold {rows}x{cols}");
-        for (i, r, c) in [(0, 0, 0), (n - 1, rows - 1, cols - 1), (1, rows / 2, cols / 3)] {
-            assert_eq!(
-                host[r * n * cols + i * cols + c],
-                src[(i * rows + r) * cols + c],
-                "fold {rows}x{cols}"
+        src[rows * cols] = f32::NAN;
+        for weighted in [false, true] {
+            let args = [n, rows, cols, usize::from(weighted), groups, group];
+            let device = run_f32(&exe, "fold", &args, &[&src, &factors]);
+            let host = on_host_with_factors(src.clone(), factors.clone(), n * rows * cols, |h, s, f, out| {
+                h.fold_examples(s, (n, rows, cols), weighted.then_some((f, groups, group)), out)
+            });
+            assert_eq!(bits(&device), bits(&host), "fold {rows}x{cols}, factors {weighted}");
+            for (i, r, c) in [(0, 0, 0), (n - 1, rows - 1, cols - 1), (1, rows / 2, cols / 3)] {
+                let want = match (weighted, i) {
+                    (false, _) => src[(i * rows + r) * cols + c],
+                    (true, 1) => 0.0,
+                    (true, _) => factors[i * groups + group] * src[(i * rows + r) * cols + c],
+                };
+                assert_eq!(host[r * n * cols + i * cols + c].to_bits(), want.to_bits(), "fold {rows}x{cols}");
+            }
+        }
+    }
+}
+
+/// A ghost norm from two Gram matrices per example (`dp_gram_sq_norms`), with and without a bias:
+/// each example's 1,024 thread shares combined as the kernel combines them, against the host
+/// reference's sum in double to 1e-6 relative.
+#[test]
+fn device_gram_norms_equal_the_host_reference() {
+    let Some(exe) = harness() else { return };
+    let (n, groups, group) = (5, 3, 2);
+    for (len, bias_len) in [(1, 0), (64 * 64, 0), (16 * 16, 10), (3000, 7)] {
+        let a: Vec<f32> = values(len as u64 + 1, n * len).map(|u| u as f32 - 0.5).collect();
+        let b: Vec<f32> = values(len as u64 + 2, n * len).map(|u| u as f32 - 0.25).collect();
+        let bias: Vec<f32> = values(len as u64 + 3, n * bias_len).map(|u| u as f32).collect();
+        let sq = vec![7.0f32; n * groups];
+        let device = run_f32(&exe, "gramnorms", &[n, len, bias_len, groups, group], &[&a, &b, &bias, &sq]);
+        let mut host = HostDevice::new();
+        let mut arena = a.clone();
+        arena.extend(&b);
+        arena.extend(&bias);
+        host.set(Region::Arena, arena);
+        host.set(Region::SqNorms, sq.clone());
+        let (sa, sb) = (Span::new(Region::Arena, 0, n * len), Span::new(Region::Arena, n * len, n * len));
+        let bias_span =
+            (bias_len > 0).then_some((Span::new(Region::Arena, 2 * n * len, n * bias_len), bias_len));
+        host.gram_sq_norms(
+            (sa, sb),
+            len,
+            bias_span,
+            n,
+            Span::new(Region::SqNorms, 0, n * groups),
+            groups,
+            group,
+        )
+        .unwrap();
+        for (k, (&d, &h)) in device.iter().zip(host.get(Region::SqNorms)).enumerate() {
+            assert!(
+                (d - h).abs() <= 1e-6 * h.abs().max(1.0),
+                "gram norms {len}/{bias_len}[{k}]: device {d}, host {h}"
             );
         }
+        assert!(
+            device.iter().enumerate().all(|(k, &v)| k % groups == group || v == 7.0),
+            "other groups kept"
+        );
     }
 }
 

@@ -51,6 +51,22 @@ fn small_cnn() -> (TokenStream, TokenStream) {
     )
 }
 
+/// Two convs, the second by the ghost norm (the user's choice), which the device takes from two Gram
+/// matrices per example and whose clipped sum is one product over the batch (no kept gradients).
+fn ghost_cnn() -> (TokenStream, TokenStream) {
+    (
+        quote!(input = [1, 8, 8], loss = cross_entropy(classes = 3)),
+        quote! {
+            pub struct GhostCnn {
+                #[layer(conv2d(out = 2, kernel = 3, padding = 1), relu)]
+                direct: Conv2d,
+                #[layer(conv2d(out = 3, kernel = 3, stride = 2, norms = ghost), global_avg_pool)]
+                ghost: Conv2d,
+            }
+        },
+    )
+}
+
 /// A token model: embedding, LSTM with a mean over time, linear — the sequence path of the compiler.
 fn small_lstm() -> (TokenStream, TokenStream) {
     (
@@ -116,6 +132,12 @@ fn text_transformer_expansion() {
 #[test]
 fn small_cnn_expansion() {
     let (args, item) = small_cnn();
+    insta::assert_snapshot!(pretty(expand(args, item)));
+}
+
+#[test]
+fn ghost_cnn_expansion() {
+    let (args, item) = ghost_cnn();
     insta::assert_snapshot!(pretty(expand(args, item)));
 }
 
@@ -334,13 +356,14 @@ fn sequence_linear() -> (TokenStream, TokenStream) {
 /// Every arena span the device program emits, of the plan's buffers and of the device's scratch alike,
 /// lies where its mark says: one marked `F32` inside the f32 prefix a GPU storing in bf16 keeps, one
 /// marked `.of_precision()` after it (a mismatch would be refused on a GPU, with no f32 slot there).
-/// Read from the expansions of a dense, a conv, an LSTM, an embedding, a LoRA and a transformer model
-/// and of linear layers over a sequence.
+/// Read from the expansions of a dense, a conv, a ghost conv, an LSTM, an embedding, a LoRA and a
+/// transformer model and of linear layers over a sequence.
 #[test]
 fn every_device_span_lies_in_the_part_of_the_arena_its_mark_says() {
     let models = [
         mlp(),
         small_cnn(),
+        ghost_cnn(),
         small_lstm(),
         small_embedding_mean(),
         frozen_and_lora(),

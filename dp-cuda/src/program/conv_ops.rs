@@ -121,31 +121,76 @@ pub(super) fn im2col(ops: &GpuOps<'_>, x: Span, geom: &Conv2dGeometry, n: usize,
     launch!(ops, k::IM2COL, "dp_im2col", elementwise(len); &x, &g, &n, &c)
 }
 
+/// The clip factors' pointer, whether they are given, their groups and the column (any f32 address
+/// when none: the kernels do not read it then).
+fn factors_arg(
+    ops: &GpuOps<'_>,
+    what: &'static str,
+    factors: Option<(Span, usize, usize)>,
+    n: usize,
+    fallback: Span,
+) -> std::result::Result<(u64, i32, u64, u64), DeviceError> {
+    match factors {
+        Some((f, groups, group)) => {
+            check_group(what, groups, group)?;
+            ops.check(what, &[(f, n * groups)])?;
+            Ok((ops.memory.ptr(f)?, 1, groups as u64, group as u64))
+        }
+        None => Ok((ops.memory.values(fallback)? & !BF16_TAG, 0, 1, 0)),
+    }
+}
+
 pub(super) fn im2col_folded(
     ops: &GpuOps<'_>,
-    x: Span,
-    geom: &Conv2dGeometry,
-    n: usize,
+    (x, geom, n): (Span, &Conv2dGeometry, usize),
+    factors: Option<(Span, usize, usize)>,
     cols: Span,
 ) -> Outcome {
     let g = ConvGeometry::new(geom)?;
     let len = n * geom.patches_len();
     ops.check("im2col_folded", &[(x, n * geom.input_len()), (cols, len)])?;
+    let (f, has, groups, group) = factors_arg(ops, "im2col_folded", factors, n, cols)?;
     let (x, c, n) = (ops.memory.values(x)?, ops.memory.values(cols)?, n as u64);
-    launch!(ops, k::IM2COL_FOLDED, "dp_im2col_folded", elementwise(len); &x, &g, &n, &c)
+    launch!(ops, k::IM2COL_FOLDED, "dp_im2col_folded", elementwise(len); &x, &g, &n, &f, &has, &groups, &group, &c)
 }
 
 pub(super) fn fold_examples(
     ops: &GpuOps<'_>,
     src: Span,
     (n, rows, cols): (usize, usize, usize),
+    factors: Option<(Span, usize, usize)>,
     dst: Span,
 ) -> Outcome {
     let len = n * rows * cols;
     ops.check("fold_examples", &[(src, len), (dst, len)])?;
+    let (f, has, groups, group) = factors_arg(ops, "fold_examples", factors, n, dst)?;
     let (s, d) = (ops.memory.values(src)?, ops.memory.values(dst)?);
     let (n, rows, cols) = (n as u64, rows as u64, cols as u64);
-    launch!(ops, k::FOLD_EXAMPLES, "dp_fold_examples", elementwise(len); &s, &n, &rows, &cols, &d)
+    launch!(ops, k::FOLD_EXAMPLES, "dp_fold_examples", elementwise(len); &s, &n, &rows, &cols, &f, &has, &groups, &group, &d)
+}
+
+pub(super) fn gram_sq_norms(
+    ops: &GpuOps<'_>,
+    (a, b, len): (Span, Span, usize),
+    bias: Option<(Span, usize)>,
+    n: usize,
+    (sq_norms, groups, group): (Span, usize, usize),
+) -> Outcome {
+    check_group("gram_sq_norms", groups, group)?;
+    ops.check("gram_sq_norms", &[(a, n * len), (b, n * len), (sq_norms, n * groups)])?;
+    let (av, bv, q) = (ops.memory.values(a)?, ops.memory.values(b)?, ops.memory.ptr(sq_norms)?);
+    let (bias, bias_len) = match bias {
+        Some((s, l)) => {
+            ops.check("gram_sq_norms", &[(s, n * l)])?;
+            (ops.memory.values(s)?, l as u64)
+        }
+        None => (av, 0),
+    };
+    if n == 0 {
+        return Ok(());
+    }
+    let (l, n64, gs, g) = (len as u64, n as u64, groups as u64, group as u64);
+    launch!(ops, k::GRAM_SQ_NORMS, "dp_gram_sq_norms", per_block(n, KEPT_NORM_THREADS); &av, &bv, &l, &bias, &bias_len, &n64, &q, &gs, &g)
 }
 
 pub(super) fn col2im(ops: &GpuOps<'_>, cols: Span, geom: &Conv2dGeometry, n: usize, dx: Span) -> Outcome {

@@ -495,25 +495,44 @@ pub trait DeviceOps {
     /// patches at row `k`, column `i·positions + p` (as [`fold_examples`](DeviceOps::fold_examples)
     /// lays out im2col's). One product over its columns then sums over every example and position: a
     /// conv's plain weight gradient `Σ_i δ_i·P_iᵀ` without the per-example gradients. A grouped conv's
-    /// group `q` reads rows `q·patch_len..(q + 1)·patch_len`.
+    /// group `q` reads rows `q·patch_len..(q + 1)·patch_len`. With `factors` (`(factors, groups,
+    /// group)`), the columns of an example whose factor is exactly 0 are 0, its input never read: a
+    /// clipped sum's operand, through which that example's NaN must not reach the sum.
     fn im2col_folded(
         &mut self,
         x: Span,
         geom: &Conv2dGeometry,
         n: usize,
+        factors: Option<(Span, usize, usize)>,
         cols: Span,
     ) -> Result<(), DeviceError>;
 
     /// The examples' `rows × cols` matrices of `src` (`n × rows × cols`) side by side: `dst`
     /// OVERWRITTEN with one `rows × (n·cols)` matrix, `dst[r][i·cols + c] = src[i][r][c]` (a conv's
-    /// NCHW output gradient as one `channels × (n·positions)` matrix).
+    /// NCHW output gradient as one `channels × (n·positions)` matrix), times `c_i` with `factors` (an
+    /// example whose factor is exactly 0 gives 0, its values never read).
     fn fold_examples(
         &mut self,
         src: Span,
-        n: usize,
-        rows: usize,
-        cols: usize,
+        dims: (usize, usize, usize),
+        factors: Option<(Span, usize, usize)>,
         dst: Span,
+    ) -> Result<(), DeviceError>;
+
+    /// `sq_norms[i·groups + group]` OVERWRITTEN with `Σ_k a_i[k]·b_i[k]` over the `len` values of each
+    /// example's rows of `a` and `b` (`n × len` each), plus `|bias_i|²` when given: a conv's ghost norm
+    /// from its two per-example Gram matrices (`δ_iᵀδ_i` and `P_iᵀP_i`, `T × T`), whose element-wise
+    /// product sums to `|δ_i·P_iᵀ|²`.
+    #[allow(clippy::too_many_arguments)]
+    fn gram_sq_norms(
+        &mut self,
+        grams: (Span, Span),
+        len: usize,
+        bias: Option<(Span, usize)>,
+        n: usize,
+        sq_norms: Span,
+        groups: usize,
+        group: usize,
     ) -> Result<(), DeviceError>;
 
     /// `y[i, c, p] = act(y[i, c, p] + bias[c])` in place over `n × channels × positions` (no bias:

@@ -1,11 +1,13 @@
 //! `conv2d` on the device, by patches: `im2col` into the device's scratch, then per example
 //! `Y_i = W·P_i` as one strided batch of products (the weight shared, stride 0) and the bias and
 //! activation in one launch over the NCHW output. Backward, the patch gradients `Wᵀ·δ_i` folded back by
-//! `col2im`. The norms form each example's weight gradient `δ_i·P_iᵀ` (a second strided batch) and bias
-//! gradient (δ's row sums) and keep them in scratch; the clipped sum is their weighted sum. The
-//! plain sum forms none: one product over the patches unfolded with the batch folded into their
-//! columns and δ with its examples side by side. Whatever the CPU's planner chose for this conv (ghost or direct norms), the
-//! device keeps the gradients: its memory is not the CPU's cache.
+//! `col2im`. Where the CPU's planner chose the direct norm (and for every grouped conv), the norms form
+//! each example's weight gradient `δ_i·P_iᵀ` (a second strided batch) and bias gradient (δ's row sums)
+//! and keep them in scratch; the clipped sum is their weighted sum. Where it chose the ghost norm (small
+//! outputs, many channels), an ungrouped conv keeps none: its norms are `Σ (δ_iᵀδ_i) ⊙ (P_iᵀP_i)` from
+//! two strided batches of Gram products, and its clipped sum is one product over the batch, the
+//! patches unfolded with the batch folded into their columns and each δ_i scaled by its factor side by
+//! side, in f32. The plain sum forms none either: that product unscaled, in the precision.
 //!
 //! A grouped conv (`G` groups) unfolds the whole image as an ungrouped one would: its patch rows are
 //! channel-major, so group `q`'s rows (its `in_c/G` channels) are one contiguous `d × T` block of
@@ -192,6 +194,9 @@ fn kept_sum(plan: &Plan, s: &ConvStep, at: &ConvScratch, factors: TokenStream) -
 }
 
 pub fn norms(plan: &Plan, s: &ConvStep) -> TokenStream {
+    if super::scratch::ghost_on_device(s) {
+        return ghost_norms(plan, s);
+    }
     let g = &s.geom;
     let (form, at) = per_example_gradients(plan, s);
     let (kept_w, wl) = (scratch(at.weight, g.weight_len(), Stored::F32), lit(g.weight_len()));
@@ -209,9 +214,13 @@ pub fn norms(plan: &Plan, s: &ConvStep) -> TokenStream {
     }
 }
 
-/// The clipped sum reads the gradients the norms kept.
+/// The clipped sum reads the gradients the norms kept; by the ghost norm, none were kept: the plain
+/// sum's one product over the batch with each example's δ scaled by its factor.
 pub fn clipped_sum(plan: &Plan, s: &ConvStep) -> TokenStream {
     let (f, groups, group) = (per_group(plan, "Factors"), lit(plan.groups.len()), lit(s.group));
+    if super::scratch::ghost_on_device(s) {
+        return folded_sum(plan, s, Some(quote!((#f, #groups, #group))));
+    }
     kept_sum(plan, s, &conv_scratch(plan, s), quote!(::core::option::Option::Some((#f, #groups, #group))))
 }
 
@@ -231,12 +240,31 @@ fn from_group_folded(span: TokenStream, step: usize) -> TokenStream {
 /// its rows of both); no per-example weight gradient is formed. The bias gradient is δ's row sums
 /// per example, then their sum.
 pub fn gradient_sum(plan: &Plan, s: &ConvStep) -> TokenStream {
+    folded_sum(plan, s, None)
+}
+
+/// [`gradient_sum`]'s one product, with `factors` (the clipped sum of a conv by the ghost norm) `c_i·δ_i`
+/// side by side and an example of factor 0 zeroed in both operands (its NaN never reaches the sum);
+/// the bias gradient then the weighted sum of the row sums its norms kept.
+fn folded_sum(plan: &Plan, s: &ConvStep, factors: Option<TokenStream>) -> TokenStream {
     let rt = rt();
     let g = &s.geom;
     let (t, d, o, og) = (g.positions(), g.patch_len(), g.out_c, g.out_per_group());
     let at = conv_scratch(plan, s);
-    let cols = scratch(at.cols, g.patches_len(), Stored::OfPrecision);
-    let folded = scratch(super::scratch::folded_delta(plan), g.output_len(), Stored::OfPrecision);
+    // Clipped, the operands are f32 (the scaled gradient is never rounded to bf16 on its way into the
+    // sum) and so is the product; plain, both are stored in the precision and multiplied in it.
+    let (cols, folded, operands) = match factors {
+        Some(_) => {
+            let at = super::scratch::ghost_folded(plan);
+            let cols = scratch(at, g.patches_len(), Stored::F32);
+            (cols, scratch(at + g.patches_len(), g.output_len(), Stored::F32), quote!(#rt::Operands::F32))
+        }
+        None => (
+            scratch(at.cols, g.patches_len(), Stored::OfPrecision),
+            scratch(super::scratch::folded_delta(plan), g.output_len(), Stored::OfPrecision),
+            quote!(#rt::Operands::OfPrecision),
+        ),
+    };
     let (x, geometry, delta, gw) = (read(plan, s.input), geom(g), arena(plan, s.delta), grad(plan, s.weight));
     let (a, b, c) = match g.groups {
         1 => (folded.clone(), cols.clone(), gw),
@@ -253,7 +281,7 @@ pub fn gradient_sum(plan: &Plan, s: &ConvStep) -> TokenStream {
             a: #a, a_transposed: false,
             b: #b, b_transposed: true,
             c: #c, accumulate: true,
-            operands: #rt::Operands::OfPrecision,
+            operands: #operands,
         })?;
     };
     let product = match g.groups {
@@ -263,17 +291,66 @@ pub fn gradient_sum(plan: &Plan, s: &ConvStep) -> TokenStream {
             quote!(for group in 0..#groups { #product })
         }
     };
+    let weighted = match &factors {
+        Some(f) => quote!(::core::option::Option::Some(#f)),
+        None => quote!(::core::option::Option::None),
+    };
     let bias = s.bias.map(|slot| {
         let (kept_b, gb) = (scratch(at.bias, o, Stored::F32), grad(plan, slot));
+        let row_sums = factors.is_none().then(|| quote!(dev.row_sums(#delta, n * #o_lit, #t_lit, #kept_b)?;));
         quote! {
-            dev.row_sums(#delta, n * #o_lit, #t_lit, #kept_b)?;
-            dev.kept_weighted_sum(#kept_b, n, #o_lit, ::core::option::Option::None, #gb)?;
+            #row_sums
+            dev.kept_weighted_sum(#kept_b, n, #o_lit, #weighted, #gb)?;
         }
     });
     quote! {
-        dev.im2col_folded(#x, #geometry, n, #cols)?;
-        dev.fold_examples(#delta, n, #o_lit, #t_lit, #folded)?;
+        dev.im2col_folded(#x, #geometry, n, #weighted, #cols)?;
+        dev.fold_examples(#delta, (n, #o_lit, #t_lit), #weighted, #folded)?;
         #product
         #bias
+    }
+}
+
+/// The ghost norm of an ungrouped conv: per example the Gram matrices `δ_iᵀδ_i` and `P_iᵀP_i` (two
+/// strided batches of products, `T × T` each), then `|δ_i·P_iᵀ|² = Σ (δ_iᵀδ_i) ⊙ (P_iᵀP_i)` and the
+/// bias's `|Σ_t δ_i[:, t]|²` in one block per example; the bias's row sums kept for the clipped sum.
+fn ghost_norms(plan: &Plan, s: &ConvStep) -> TokenStream {
+    let g = &s.geom;
+    let (t, d, o) = (g.positions(), g.patch_len(), g.out_c);
+    let at = conv_scratch(plan, s);
+    let (unfold, cols) = patches(plan, s, &at);
+    let grams = super::scratch::grams(plan);
+    let (gram_d, gram_p) = (scratch(grams, t * t, Stored::F32), scratch(grams + t * t, t * t, Stored::F32));
+    let delta = arena(plan, s.delta);
+    let gram_of_patches = batched(
+        (t, t, d),
+        (cols.clone(), true, g.patches_len()),
+        (cols, false, g.patches_len()),
+        (gram_p.clone(), t * t),
+    );
+    let gram_of_delta = batched(
+        (t, t, o),
+        (delta.clone(), true, g.output_len()),
+        (delta.clone(), false, g.output_len()),
+        (gram_d.clone(), t * t),
+    );
+    let (t_lit, o_lit, tt) = (lit(t), lit(o), lit(t * t));
+    let (bias_sums, bias) = match s.bias {
+        Some(_) => {
+            let kept_b = scratch(at.bias, o, Stored::F32);
+            (
+                quote!(dev.row_sums(#delta, n * #o_lit, #t_lit, #kept_b)?;),
+                quote!(::core::option::Option::Some((#kept_b, #o_lit))),
+            )
+        }
+        None => (quote!(), quote!(::core::option::Option::None)),
+    };
+    let (sq, groups, group) = (per_group(plan, "SqNorms"), lit(plan.groups.len()), lit(s.group));
+    quote! {
+        #unfold
+        #gram_of_patches
+        #gram_of_delta
+        #bias_sums
+        dev.gram_sq_norms((#gram_d, #gram_p), #tt, #bias, n, #sq, #groups, #group)?;
     }
 }

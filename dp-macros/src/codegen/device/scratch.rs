@@ -2,7 +2,8 @@
 //! places both by their storage class, [`super::layout`]): the patches
 //! of one convolution at a time (shared by every conv, re-derived by each pass that reads them, and
 //! reused for the patch gradients backward), then every trained conv's per-example weight and bias
-//! gradients, formed by its norms and kept for its clipped sum, then every LSTM's per-example
+//! gradients, formed by its norms and kept for its clipped sum (the bias's only, for a conv by the
+//! ghost norm: [`ghost_on_device`]), then every LSTM's per-example
 //! gradients (both weights, then the bias), kept the same way, with the operand of its recurrent
 //! products (stored in the precision), then every positional layer's (a linear
 //! layer over a sequence or with direct norms: weight, then bias; [`super::positional`]) that the
@@ -11,8 +12,10 @@
 //! them saves the clipped sum a second product. Then the per-position affine gradients of one layer
 //! norm over a sequence at a time (`rows × 2·dim`), summed over the rows by its backward into the
 //! plan's per-example affine gradients. Then every attention layer's score gradients (all heads) and
-//! its four tensors' per-example gradients. Last, one trained conv's output gradient at a time with
+//! its four tensors' per-example gradients. Then one trained conv's output gradient at a time with
 //! its examples side by side, for the plain sum's one weight-gradient product (non-private steps).
+//! Last, a ghost conv's two Gram matrices per example, and its clipped sum's f32 operands (patches and
+//! scaled output gradient, each with the batch folded into the columns), one conv at a time.
 
 use crate::ops::attention::AttentionStep;
 use crate::ops::conv2d::ConvStep;
@@ -132,8 +135,25 @@ fn shared_cols_len(plan: &Plan) -> usize {
     convs(plan).map(|c| c.geom.patches_len()).max().unwrap_or(0)
 }
 
+/// Whether the device takes conv `c`'s norm by the ghost norm (from two Gram matrices per example,
+/// its per-example weight gradients never formed): where the planner chose it, for an ungrouped conv.
+/// A grouped conv keeps its gradients whatever the planner chose.
+pub fn ghost_on_device(c: &ConvStep) -> bool {
+    c.strategy == dp_spec::Strategy::Ghost && c.geom.groups == 1
+}
+
+/// The per-example weight gradient a conv keeps: none for a ghost norm.
+fn kept_weight_len(c: &ConvStep) -> usize {
+    if ghost_on_device(c) {
+        0
+    } else {
+        c.geom.weight_len()
+    }
+}
+
+/// A conv's kept per-example gradients: the weight's (unless by the ghost norm), then the bias's.
 fn kept_len(c: &ConvStep) -> usize {
-    c.geom.weight_len() + if c.bias.is_some() { c.geom.out_c } else { 0 }
+    kept_weight_len(c) + if c.bias.is_some() { c.geom.out_c } else { 0 }
 }
 
 /// Both weights' gradients of an LSTM, per example.
@@ -184,7 +204,42 @@ fn sequence_affine_len(plan: &Plan) -> usize {
 
 /// The arena per example in plan order: the plan's buffers and the device's scratch.
 pub(super) fn arena_len(plan: &Plan) -> usize {
+    ghost_folded_at(plan) + ghost_folded_len(plan)
+}
+
+/// Where a ghost conv's clipped sum lays out its operands in f32 (its patches with the batch folded
+/// into the columns, then its output gradient's examples side by side, scaled by the factors): the
+/// scaled gradient stays f32 on its way into the sum, as a kept one does, in every precision.
+pub fn ghost_folded(plan: &Plan) -> usize {
+    Layout::of(plan).offset(ghost_folded_at(plan), ghost_folded_len(plan))
+}
+
+/// Where the ghost convs' folded operands start in plan order: after the Gram matrices.
+fn ghost_folded_at(plan: &Plan) -> usize {
+    grams_at(plan) + grams_len(plan)
+}
+
+/// The largest patches and output of a trained ghost conv, per example.
+fn ghost_folded_len(plan: &Plan) -> usize {
+    let ghosts = convs(plan).filter(|c| plan.params[c.weight].trained && ghost_on_device(c));
+    ghosts.map(|c| c.geom.patches_len() + c.geom.output_len()).max().unwrap_or(0)
+}
+
+/// Where a ghost conv's two Gram matrices per example (`δ_iᵀδ_i`, then `P_iᵀP_i`, `T × T` each) live
+/// in the device's arena: one conv's at a time.
+pub fn grams(plan: &Plan) -> usize {
+    Layout::of(plan).offset(grams_at(plan), grams_len(plan))
+}
+
+/// Where the Gram matrices start in plan order: after the folded output gradient.
+fn grams_at(plan: &Plan) -> usize {
     folded_delta_at(plan) + folded_delta_len(plan)
+}
+
+/// The largest two Gram matrices of a trained ghost conv, per example.
+fn grams_len(plan: &Plan) -> usize {
+    let ghosts = convs(plan).filter(|c| plan.params[c.weight].trained && ghost_on_device(c));
+    ghosts.map(|c| 2 * c.geom.positions() * c.geom.positions()).max().unwrap_or(0)
 }
 
 /// Where a trained conv's output gradient with its examples side by side lives in the device's arena
@@ -227,7 +282,7 @@ fn conv_at(plan: &Plan, step: &ConvStep) -> ConvScratch {
     let mut at = cols + shared_cols_len(plan);
     for c in convs(plan) {
         if c.weight == step.weight {
-            return ConvScratch { cols, weight: at, bias: at + c.geom.weight_len() };
+            return ConvScratch { cols, weight: at, bias: at + kept_weight_len(c) };
         }
         at += kept_len(c);
     }
@@ -380,6 +435,20 @@ pub fn blocks(plan: &Plan) -> Vec<Block> {
         len: folded_delta_len(plan),
         stored: Stored::OfPrecision,
         read_in_f32: false,
+    });
+    // Written by products, read by the norms' kernel only.
+    blocks.push(Block {
+        offset: grams_at(plan),
+        len: grams_len(plan),
+        stored: Stored::F32,
+        read_in_f32: false,
+    });
+    // Read by the ghost convs' clipped sums, f32 products.
+    blocks.push(Block {
+        offset: ghost_folded_at(plan),
+        len: ghost_folded_len(plan),
+        stored: Stored::F32,
+        read_in_f32: true,
     });
     blocks
 }

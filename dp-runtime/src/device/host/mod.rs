@@ -162,6 +162,20 @@ impl HostDevice {
             .ok_or_else(|| DeviceError::Mismatch(format!("{s:?} outside a region of {}", r.len())))
     }
 
+    /// Column `group` of `factors` for `n` examples (`(factors, groups, group)`), if given.
+    fn factors_of(
+        &mut self,
+        factors: Option<(Span, usize, usize)>,
+        n: usize,
+    ) -> Result<Option<Vec<f32>>, DeviceError> {
+        let Some((f, groups, group)) = factors else { return Ok(None) };
+        let f = self.read(f)?;
+        if group >= groups || f.len() < n * groups {
+            return Err(short("factors"));
+        }
+        Ok(Some((0..n).map(|i| f[i * groups + group]).collect()))
+    }
+
     fn write(&mut self, s: Span) -> Result<&mut [f32], DeviceError> {
         self.round_written();
         let bf16 = self.in_bf16(s)?;
@@ -506,9 +520,11 @@ impl DeviceOps for HostDevice {
         x: Span,
         geom: &Conv2dGeometry,
         n: usize,
+        factors: Option<(Span, usize, usize)>,
         cols: Span,
     ) -> Result<(), DeviceError> {
         let (g, x) = (valid_conv(geom)?, self.read(x)?);
+        let factors = self.factors_of(factors, n)?;
         let out = self.write(cols)?;
         if x.len() < n * g.input_len() || out.len() < n * g.patches_len() {
             return Err(short("im2col_folded"));
@@ -516,7 +532,10 @@ impl DeviceOps for HostDevice {
         let positions = g.positions();
         let mut patches = vec![0.0; g.patches_len()];
         for i in 0..n {
-            image::im2col(&g, example(&x, i, g.input_len()), &mut patches);
+            match factors.as_ref().map(|f| f[i]) {
+                Some(0.0) => patches.fill(0.0),
+                _ => image::im2col(&g, example(&x, i, g.input_len()), &mut patches),
+            }
             for (k, row) in patches.chunks_exact(positions).enumerate() {
                 let at = k * n * positions + i * positions;
                 out[at..at + positions].copy_from_slice(row);
@@ -528,21 +547,55 @@ impl DeviceOps for HostDevice {
     fn fold_examples(
         &mut self,
         src: Span,
-        n: usize,
-        rows: usize,
-        cols: usize,
+        (n, rows, cols): (usize, usize, usize),
+        factors: Option<(Span, usize, usize)>,
         dst: Span,
     ) -> Result<(), DeviceError> {
         let src = self.read(src)?;
+        let factors = self.factors_of(factors, n)?;
         let dst = self.write(dst)?;
         if src.len() < n * rows * cols || dst.len() < n * rows * cols {
             return Err(short("fold_examples"));
         }
         for i in 0..n {
+            let c = factors.as_ref().map(|f| f[i]);
             for r in 0..rows {
                 let (from, to) = ((i * rows + r) * cols, r * n * cols + i * cols);
-                dst[to..to + cols].copy_from_slice(&src[from..from + cols]);
+                for (d, &v) in dst[to..to + cols].iter_mut().zip(&src[from..from + cols]) {
+                    *d = match c {
+                        None => v,
+                        Some(0.0) => 0.0,
+                        Some(c) => c * v,
+                    };
+                }
             }
+        }
+        Ok(())
+    }
+
+    fn gram_sq_norms(
+        &mut self,
+        (a, b): (Span, Span),
+        len: usize,
+        bias: Option<(Span, usize)>,
+        n: usize,
+        sq_norms: Span,
+        groups: usize,
+        group: usize,
+    ) -> Result<(), DeviceError> {
+        let (a, b) = (self.read(a)?, self.read(b)?);
+        let bias = bias.map(|(s, len)| self.read(s).map(|v| (v, len))).transpose()?;
+        let s = self.write(sq_norms)?;
+        let short_bias = bias.as_ref().is_some_and(|(v, l)| v.len() < n * l);
+        if a.len() < n * len || b.len() < n * len || short_bias || s.len() < n * groups || group >= groups {
+            return Err(short("gram_sq_norms"));
+        }
+        let dot =
+            |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(&u, &v)| f64::from(u) * f64::from(v)).sum::<f64>();
+        for i in 0..n {
+            let weight = dot(example(&a, i, len), example(&b, i, len));
+            let bias = bias.as_ref().map_or(0.0, |(v, l)| dot(example(v, i, *l), example(v, i, *l)));
+            s[i * groups + group] = (weight + bias) as f32;
         }
         Ok(())
     }
