@@ -46,7 +46,7 @@ where
     run_on_host_storing(model, Precision::Bf16, bf16_storage, inputs, labels, factors, n)
 }
 
-/// The clipping contract in bf16 storage, example by example. With factor 1 for example `i` and 0
+/// The clipping contract in bf16, storing in bf16 or not (`storing`), example by example. With factor 1 for example `i` and 0
 /// for the others (every group), the clipped sum is example `i`'s gradient `g_i`, and its squared norm
 /// is the sum of the norms the program measured for it (to f32 rounding, 1e-4 relative). With a
 /// factor of 0.7 instead (not a power of two, so its products round), the clipped sum is `0.7·g_i` to
@@ -54,6 +54,7 @@ where
 /// (a rounding would move it by up to 2⁻⁹ relative, past what was measured).
 fn clipped_gradient_has_its_measured_norm<M: DpModel>(
     model: &M,
+    storing: bool,
     inputs: &[M::Input],
     labels: &[f32],
     n: usize,
@@ -67,17 +68,22 @@ fn clipped_gradient_has_its_measured_norm<M: DpModel>(
         factors
     };
     for i in 0..n {
-        let run = pass(model, true, inputs, labels, &one_hot(i, 1.0), n);
+        let run = pass(model, storing, inputs, labels, &one_hot(i, 1.0), n);
         let measured: f64 = run.sq_norms[i * groups..(i + 1) * groups].iter().map(|&s| f64::from(s)).sum();
         let summed: f64 = run.clipped_sum.iter().map(|&g| f64::from(g) * f64::from(g)).sum();
         assert!(
             measured.is_finite() && (summed - measured).abs() <= 1e-4 * measured.max(1e-8),
-            "{} n={n} example {i}: the clipped sum's squared norm {summed}, measured {measured}",
+            "{} n={n} storing {storing} example {i}: the clipped sum's squared norm {summed}, measured {measured}",
             M::NAME
         );
-        let scaled = pass(model, true, inputs, labels, &one_hot(i, 0.7), n);
+        let scaled = pass(model, storing, inputs, labels, &one_hot(i, 0.7), n);
         let want: Vec<f32> = run.clipped_sum.iter().map(|&g| 0.7 * g).collect();
-        close_sum(&format!("{} n={n} example {i} scaled by 0.7", M::NAME), &scaled.clipped_sum, &want, 1e-5);
+        close_sum(
+            &format!("{} n={n} storing {storing} example {i} scaled by 0.7", M::NAME),
+            &scaled.clipped_sum,
+            &want,
+            1e-5,
+        );
     }
 }
 
@@ -133,7 +139,11 @@ where
     );
     let n = *sizes.last().unwrap();
     let (inputs, labels) = batch::<M>(&mut rng, n, false);
-    clipped_gradient_has_its_measured_norm(&model, &inputs, &labels, n);
+    // In bf16 storing in f32 too: the products round what they read, and a clipped sum of f32
+    // operands (a ghost conv's) must round them as the norms' products did.
+    for storing in [true, false] {
+        clipped_gradient_has_its_measured_norm(&model, storing, &inputs, &labels, n);
+    }
     if <M::Input as TestInput>::POISONS {
         a_nan_example_contributes_nothing(&model, &mut rng, n, grad_tol);
     }
@@ -186,8 +196,19 @@ fn lstms_store_in_bf16() {
     bf16_storage_holds::<DenseLstm>(56, &[1, 5], 1e-2, 3e-2);
 }
 
+/// A conv by the ghost norm on the model's input, which is f32 while the arena stores in bf16: its
+/// norms' products round the input, so must its clipped sum's operands.
+#[dp_model(input = [6, 5, 5], loss = cross_entropy(classes = 3))]
+pub struct GhostFirstConv {
+    #[layer(conv2d(out = 8, kernel = 3, padding = 1, norms = ghost), tanh)]
+    conv: Conv2d,
+    #[layer(flatten, linear(out = 3))]
+    fc: Linear,
+}
+
 #[test]
 fn convolutions_store_in_bf16() {
+    bf16_storage_holds::<GhostFirstConv>(56, &[1, 4], 1e-2, 3e-2);
     bf16_storage_holds::<SmallConv>(57, &[1, 5], 1e-2, 3e-2);
     bf16_storage_holds::<PooledConv>(58, &[1, 5], 1e-2, 1e-1);
     bf16_storage_holds::<NormResidual>(59, &[1, 5], 1e-2, 3e-2);

@@ -62,23 +62,28 @@ DP_DEVICE float dp_factor_of(const float *factors, int has_factors, dp_u64 group
     return has_factors ? factors[i * groups + group] : 1.0f;
 }
 
+// v, rounded to bf16 (and back) when round is set: what a product in bf16 reads.
+DP_DEVICE float dp_rounded(float v, int round) { return round ? dp_bf16_float(dp_bf16_bits(v)) : v; }
+
 // Entry e of the batch's patches with the batch folded into the columns: im2col's entry at the
 // unfolded index (rows in_c·kh·kw, columns the positions); 0 for an example whose factor is exactly 0
-// (its input not read).
+// (its input not read); rounded to bf16 when round is set (a clipped sum in bf16: the values the norms'
+// products in bf16 read).
 DP_DEVICE float dp_im2col_folded_value(dp_values x, dp_conv_geometry g, dp_u64 n, const float *factors,
-                                       int has_factors, dp_u64 groups, dp_u64 group, dp_u64 e) {
+                                       int has_factors, int round, dp_u64 groups, dp_u64 group, dp_u64 e) {
     dp_u64 positions = g.out_h * g.out_w, rows = g.in_c * g.kh * g.kw;
     if (dp_factor_of(factors, has_factors, groups, group, (e / positions) % n) == 0.0f) return 0.0f;
-    return dp_im2col_value(x, g, dp_unfolded_index(e, n, rows, positions));
+    return dp_rounded(dp_im2col_value(x, g, dp_unfolded_index(e, n, rows, positions)), round);
 }
 
-// Value e of n examples' rows × cols matrices side by side, times the example's factor (0 for a
-// factor of exactly 0, its value not read).
+// Value e of n examples' rows × cols matrices side by side, rounded to bf16 when round is set, then
+// times the example's factor (0 for a factor of exactly 0, its value not read).
 DP_DEVICE float dp_fold_value(dp_values src, dp_u64 n, dp_u64 rows, dp_u64 cols, const float *factors,
-                              int has_factors, dp_u64 groups, dp_u64 group, dp_u64 e) {
-    if (!has_factors) return dp_get(src, dp_unfolded_index(e, n, rows, cols));
+                              int has_factors, int round, dp_u64 groups, dp_u64 group, dp_u64 e) {
     float c = dp_factor_of(factors, has_factors, groups, group, (e / cols) % n);
-    return c == 0.0f ? 0.0f : c * dp_get(src, dp_unfolded_index(e, n, rows, cols));
+    if (c == 0.0f) return 0.0f;
+    float v = dp_rounded(dp_get(src, dp_unfolded_index(e, n, rows, cols)), round);
+    return has_factors ? c * v : v;
 }
 
 // The output index o (< out) whose tap at offset `tap` (r·dilation) reads padded coordinate t
@@ -264,17 +269,19 @@ extern "C" __global__ void dp_im2col(dp_values x, dp_conv_geometry g, dp_u64 n, 
 
 // One thread per folded patch entry; cols overwritten.
 extern "C" __global__ void dp_im2col_folded(dp_values x, dp_conv_geometry g, dp_u64 n, const float *factors,
-                                            int has_factors, dp_u64 groups, dp_u64 group, dp_values cols) {
+                                            int has_factors, int round, dp_u64 groups, dp_u64 group,
+                                            dp_values cols) {
     DP_GRID_STRIDE(e, n * g.in_c * g.kh * g.kw * g.out_h * g.out_w) {
-        dp_set(cols, e, dp_im2col_folded_value(x, g, n, factors, has_factors, groups, group, e));
+        dp_set(cols, e, dp_im2col_folded_value(x, g, n, factors, has_factors, round, groups, group, e));
     }
 }
 
 // One thread per value of the folded matrix; dst overwritten.
 extern "C" __global__ void dp_fold_examples(dp_values src, dp_u64 n, dp_u64 rows, dp_u64 cols, const float *factors,
-                                            int has_factors, dp_u64 groups, dp_u64 group, dp_values dst) {
+                                            int has_factors, int round, dp_u64 groups, dp_u64 group,
+                                            dp_values dst) {
     DP_GRID_STRIDE(e, n * rows * cols) {
-        dp_set(dst, e, dp_fold_value(src, n, rows, cols, factors, has_factors, groups, group, e));
+        dp_set(dst, e, dp_fold_value(src, n, rows, cols, factors, has_factors, round, groups, group, e));
     }
 }
 
@@ -322,7 +329,9 @@ extern "C" __global__ void __launch_bounds__(DP_KEPT_NORM_THREADS)
     for (dp_u64 i = blockIdx.x; i < n; i += gridDim.x) {
         float w2 = dp_block_sum(dp_dot_share(a, b, len, i, threadIdx.x, blockDim.x));
         float b2 = dp_block_sum(dp_square_share(bias, bias_len, i, threadIdx.x, blockDim.x));
-        if (threadIdx.x == 0) sq_norms[i * groups + group] = bias_len ? w2 + b2 : w2;
+        // Rounding can leave a nearly cancelling sum below 0, which would read as invalid; NaN stays.
+        float sq = bias_len ? w2 + b2 : w2;
+        if (threadIdx.x == 0) sq_norms[i * groups + group] = sq < 0.0f ? 0.0f : sq;
     }
 }
 

@@ -14,12 +14,13 @@
  *   im2col|col2im IN_C IN_H IN_W KH KW STRIDE PADDING DILATION N: in the batch's input (the patches);
  *     out its patches (its input gradient), f32, each value as conv.cu's kernels compute it. Buffers:
  *     the input, the output.
- *   im2colfolded IN_C IN_H IN_W KH KW STRIDE PADDING DILATION N HAS_FACTORS GROUPS GROUP: in the
- *     input, then N*GROUPS factors (f32); out its patches with the batch folded into the columns, an
- *     example of factor 0 zero with factors. Buffers: the input, the output.
- *   fold N ROWS COLS HAS_FACTORS GROUPS GROUP: in src (N*ROWS*COLS), then N*GROUPS factors (f32); out
- *     the examples' matrices side by side, times their factors with factors (conv.cu's
- *     dp_fold_examples). Buffers: src, dst.
+ *   im2colfolded IN_C IN_H IN_W KH KW STRIDE PADDING DILATION N HAS_FACTORS ROUND GROUPS GROUP: in
+ *     the input, then N*GROUPS factors (f32); out its patches with the batch folded into the columns,
+ *     an example of factor 0 zero with factors, the others rounded to bf16 with ROUND. Buffers: the
+ *     input, the output.
+ *   fold N ROWS COLS HAS_FACTORS ROUND GROUPS GROUP: in src (N*ROWS*COLS), then N*GROUPS factors
+ *     (f32); out the examples' matrices side by side, rounded to bf16 with ROUND and times their
+ *     factors with factors (conv.cu's dp_fold_examples). Buffers: src, dst.
  *   gramnorms N LEN BIAS_LEN GROUPS GROUP: in a, b (N*LEN each), bias (N*BIAS_LEN), sq_norms
  *     (N*GROUPS, f32); out sq_norms, each example's 1024 thread shares combined in dp_block_sum's
  *     order (conv.cu's dp_gram_sq_norms). Buffers: a, b, bias.
@@ -256,13 +257,13 @@ static int conv(const char *op, char **argv) {
     int folded = strcmp(op, "im2colfolded") == 0, forward = folded || strcmp(op, "im2col") == 0;
     dp_u64 in_len = forward ? inputs : patches, out_len = forward ? patches : inputs;
     harness_buffer in = buffer_in(in_len), out = buffer_new(out_len);
-    int has_factors = folded ? (int)arg(argv, 9) : 0;
-    dp_u64 groups = folded ? arg(argv, 10) : 1, group = folded ? arg(argv, 11) : 0;
+    int has_factors = folded ? (int)arg(argv, 9) : 0, round = folded ? (int)arg(argv, 10) : 0;
+    dp_u64 groups = folded ? arg(argv, 11) : 1, group = folded ? arg(argv, 12) : 0;
     float *factors = folded ? read_stdin(n * groups * 4) : NULL;
     dp_values x = buffer_values(in);
     for (dp_u64 e = 0; e < out_len; ++e)
         dp_set(buffer_values(out), e,
-               folded    ? dp_im2col_folded_value(x, g, n, factors, has_factors, groups, group, e)
+               folded    ? dp_im2col_folded_value(x, g, n, factors, has_factors, round, groups, group, e)
                : forward ? dp_im2col_value(x, g, e)
                          : dp_col2im_value(x, g, e));
     buffer_out(out);
@@ -271,13 +272,13 @@ static int conv(const char *op, char **argv) {
 
 static int fold(char **argv) {
     dp_u64 n = arg(argv, 0), rows = arg(argv, 1), cols = arg(argv, 2), len = n * rows * cols;
-    int has_factors = (int)arg(argv, 3);
-    dp_u64 groups = arg(argv, 4), group = arg(argv, 5);
+    int has_factors = (int)arg(argv, 3), round = (int)arg(argv, 4);
+    dp_u64 groups = arg(argv, 5), group = arg(argv, 6);
     harness_buffer src = buffer_in(len), dst = buffer_new(len);
     float *factors = read_stdin(n * groups * 4);
     for (dp_u64 e = 0; e < len; ++e)
         dp_set(buffer_values(dst), e,
-               dp_fold_value(buffer_values(src), n, rows, cols, factors, has_factors, groups, group, e));
+               dp_fold_value(buffer_values(src), n, rows, cols, factors, has_factors, round, groups, group, e));
     buffer_out(dst);
     return 0;
 }
@@ -394,7 +395,8 @@ static int conv_reductions(const char *op, char **argv) {
             for (unsigned t = 0; t < CONV_BLOCK_THREADS; ++t)
                 lanes[t] = dp_square_share(buffer_values(bias), bias_len, i, t, CONV_BLOCK_THREADS);
             float b2 = conv_block_sum(lanes, CONV_BLOCK_THREADS);
-            sq_norms[i * groups + group] = bias_len ? w2 + b2 : w2;
+            float sq = bias_len ? w2 + b2 : w2;
+            sq_norms[i * groups + group] = sq < 0.0f ? 0.0f : sq;
         }
         fwrite(sq_norms, 4, n * groups, stdout);
         return 0;
@@ -900,8 +902,8 @@ static int views_example(char **argv) {
 int main(int argc, char **argv) {
     if (argc >= 11 && (strcmp(argv[1], "im2col") == 0 || strcmp(argv[1], "col2im") == 0))
         return conv(argv[1], argv + 2);
-    if (argc >= 14 && strcmp(argv[1], "im2colfolded") == 0) return conv(argv[1], argv + 2);
-    if (argc >= 8 && strcmp(argv[1], "fold") == 0) return fold(argv + 2);
+    if (argc >= 15 && strcmp(argv[1], "im2colfolded") == 0) return conv(argv[1], argv + 2);
+    if (argc >= 9 && strcmp(argv[1], "fold") == 0) return fold(argv + 2);
     if (argc >= 7 && strcmp(argv[1], "gramnorms") == 0) return conv_reductions(argv[1], argv + 2);
     if (argc >= 4 && (strcmp(argv[1], "globalpool") == 0 || strcmp(argv[1], "globalpoolback") == 0))
         return conv_reductions(argv[1], argv + 2);

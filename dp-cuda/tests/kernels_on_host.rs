@@ -408,15 +408,17 @@ fn device_im2col_and_col2im_equal_the_host_reference_bit_for_bit() {
     }
 }
 
-/// Runs one `DeviceOps` call on a fresh host reference whose `Inputs` region holds `input` and
-/// `Factors` `factors`, and whose `Arena` holds `output_len` NaNs; the `Arena` after it.
+/// Runs one `DeviceOps` call on a fresh host reference in bf16 (`bf16`) or f32 whose `Inputs` region
+/// holds `input` and `Factors` `factors`, and whose `Arena` holds `output_len` NaNs; the `Arena` after it.
 fn on_host_with_factors(
-    input: Vec<f32>,
-    factors: Vec<f32>,
+    (input, factors, bf16): (Vec<f32>, Vec<f32>, bool),
     output_len: usize,
     call: impl FnOnce(&mut HostDevice, Span, Span, Span) -> Result<(), dp_runtime::device::DeviceError>,
 ) -> Vec<f32> {
     let mut host = HostDevice::new();
+    if bf16 {
+        host.set_precision(dp_runtime::Precision::Bf16);
+    }
     let (input_span, factor_span) =
         (Span::new(Region::Inputs, 0, input.len()), Span::new(Region::Factors, 0, factors.len()));
     host.set(Region::Inputs, input);
@@ -428,8 +430,9 @@ fn on_host_with_factors(
 
 /// The patches with the batch folded into the columns (`dp_im2col_folded`) and a matrix's examples laid
 /// side by side (`dp_fold_examples`) equal the host reference bit for bit, without clip factors and
-/// with them (example 1's factor 0 over its NaN: zeros; the others scaled); and the folded patches
-/// are im2col's laid side by side, so one product over them is the sum of the per-example products.
+/// with them (example 1's factor 0 over its NaN: zeros; the others scaled, in bf16 after rounding to
+/// bf16); and the folded patches are im2col's laid side by side, so one product over them is the sum
+/// of the per-example products.
 #[test]
 fn device_folded_patches_and_examples_side_by_side_equal_the_host_reference_bit_for_bit() {
     let Some(exe) = harness() else { return };
@@ -437,12 +440,14 @@ fn device_folded_patches_and_examples_side_by_side_equal_the_host_reference_bit_
     let (groups, group) = (2, 1);
     let factors: Vec<f32> =
         (0..n * groups).map(|k| if k == groups + group { 0.0 } else { 0.3 + k as f32 / 5.0 }).collect();
+    // Without factors; with them in f32; with them in bf16 (the values rounded before they are scaled).
+    let ways = [(false, false), (true, false), (true, true)];
     for geom in conv_geometries() {
         let (inputs, patches) = (n * geom.input_len(), n * geom.patches_len());
         let mut x: Vec<f32> =
             values(geom.in_h as u64 * 29 + geom.kw as u64, inputs).map(|u| u as f32 - 0.5).collect();
         x[geom.input_len()] = f32::NAN;
-        for weighted in [false, true] {
+        for (weighted, bf16) in ways {
             let args = [
                 geom.in_c,
                 geom.in_h,
@@ -454,22 +459,24 @@ fn device_folded_patches_and_examples_side_by_side_equal_the_host_reference_bit_
                 geom.dilation,
                 n,
                 usize::from(weighted),
+                usize::from(bf16),
                 groups,
                 group,
             ];
             let folded = run_f32(&exe, "im2colfolded", &args, &[&x, &factors]);
-            let host = on_host_with_factors(x.clone(), factors.clone(), patches, |h, x, f, out| {
+            let host = on_host_with_factors((x.clone(), factors.clone(), bf16), patches, |h, x, f, out| {
                 h.im2col_folded(x, &geom, n, weighted.then_some((f, groups, group)), out)
             });
-            assert_eq!(bits(&folded), bits(&host), "im2col_folded {geom:?}, factors {weighted}");
+            assert_eq!(bits(&folded), bits(&host), "im2col_folded {geom:?}, factors {weighted}, bf16 {bf16}");
             if weighted {
                 let t = geom.positions();
-                let example_1 =
+                let mut example_1 =
                     (0..patches / (n * t)).flat_map(|k| folded[(k * n + 1) * t..(k * n + 2) * t].to_vec());
-                assert!(
-                    example_1.into_iter().all(|v| v == 0.0),
-                    "im2col_folded {geom:?}: example 1 not zero"
-                );
+                assert!(example_1.all(|v| v == 0.0), "im2col_folded {geom:?}: example 1 not zero");
+            }
+            if bf16 {
+                let rounded = folded.iter().all(|v| v.is_nan() || v.to_bits() & 0xffff == 0);
+                assert!(rounded, "im2col_folded {geom:?}: values not rounded to bf16");
             }
         }
         let unfolded = on_host(x.clone(), patches, |h, x, out| h.im2col(x, &geom, n, out));
@@ -482,20 +489,25 @@ fn device_folded_patches_and_examples_side_by_side_equal_the_host_reference_bit_
     }
     for (rows, cols) in [(1, 1), (3, 5), (8, 33), (2, 1024)] {
         let mut src: Vec<f32> =
-            values(rows as u64 * 7 + cols as u64, n * rows * cols).map(|u| u as f32).collect();
+            values(rows as u64 * 7 + cols as u64, n * rows * cols).map(|u| u as f32 - 0.37).collect();
         src[rows * cols] = f32::NAN;
-        for weighted in [false, true] {
-            let args = [n, rows, cols, usize::from(weighted), groups, group];
+        for (weighted, bf16) in ways {
+            let args = [n, rows, cols, usize::from(weighted), usize::from(bf16), groups, group];
             let device = run_f32(&exe, "fold", &args, &[&src, &factors]);
-            let host = on_host_with_factors(src.clone(), factors.clone(), n * rows * cols, |h, s, f, out| {
-                h.fold_examples(s, (n, rows, cols), weighted.then_some((f, groups, group)), out)
-            });
-            assert_eq!(bits(&device), bits(&host), "fold {rows}x{cols}, factors {weighted}");
+            let host = on_host_with_factors(
+                (src.clone(), factors.clone(), bf16),
+                n * rows * cols,
+                |h, s, f, out| {
+                    h.fold_examples(s, (n, rows, cols), weighted.then_some((f, groups, group)), out)
+                },
+            );
+            assert_eq!(bits(&device), bits(&host), "fold {rows}x{cols}, factors {weighted}, bf16 {bf16}");
+            let round = |v: f32| if bf16 { dp_kernels::gemm_bf16::round_to_bf16(v) } else { v };
             for (i, r, c) in [(0, 0, 0), (n - 1, rows - 1, cols - 1), (1, rows / 2, cols / 3)] {
                 let want = match (weighted, i) {
                     (false, _) => src[(i * rows + r) * cols + c],
                     (true, 1) => 0.0,
-                    (true, _) => factors[i * groups + group] * src[(i * rows + r) * cols + c],
+                    (true, _) => factors[i * groups + group] * round(src[(i * rows + r) * cols + c]),
                 };
                 assert_eq!(host[r * n * cols + i * cols + c].to_bits(), want.to_bits(), "fold {rows}x{cols}");
             }

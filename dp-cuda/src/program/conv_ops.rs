@@ -8,7 +8,7 @@
 
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use dp_kernels::activation::Activation;
-use dp_runtime::device::{check_group, Conv2dGeometry, DeviceError, Pool2dGeometry, Span};
+use dp_runtime::device::{check_group, Conv2dGeometry, DeviceError, Pool2dGeometry, Precision, Span};
 
 use super::{backend, elementwise, k, GpuOps, BF16_TAG};
 use crate::conv::KEPT_NORM_THREADS;
@@ -121,22 +121,24 @@ pub(super) fn im2col(ops: &GpuOps<'_>, x: Span, geom: &Conv2dGeometry, n: usize,
     launch!(ops, k::IM2COL, "dp_im2col", elementwise(len); &x, &g, &n, &c)
 }
 
-/// The clip factors' pointer, whether they are given, their groups and the column (any f32 address
-/// when none: the kernels do not read it then).
+/// The clip factors' pointer, whether they are given, whether the values are rounded to bf16 (with
+/// factors, in bf16: as the norms' products in bf16 read them), their groups and the column (any f32
+/// address when none: the kernels do not read it then).
 fn factors_arg(
     ops: &GpuOps<'_>,
     what: &'static str,
     factors: Option<(Span, usize, usize)>,
     n: usize,
     fallback: Span,
-) -> std::result::Result<(u64, i32, u64, u64), DeviceError> {
+) -> std::result::Result<(u64, i32, i32, u64, u64), DeviceError> {
     match factors {
         Some((f, groups, group)) => {
             check_group(what, groups, group)?;
             ops.check(what, &[(f, n * groups)])?;
-            Ok((ops.memory.ptr(f)?, 1, groups as u64, group as u64))
+            let round = i32::from(ops.precision == Precision::Bf16);
+            Ok((ops.memory.ptr(f)?, 1, round, groups as u64, group as u64))
         }
-        None => Ok((ops.memory.values(fallback)? & !BF16_TAG, 0, 1, 0)),
+        None => Ok((ops.memory.values(fallback)? & !BF16_TAG, 0, 0, 1, 0)),
     }
 }
 
@@ -149,9 +151,9 @@ pub(super) fn im2col_folded(
     let g = ConvGeometry::new(geom)?;
     let len = n * geom.patches_len();
     ops.check("im2col_folded", &[(x, n * geom.input_len()), (cols, len)])?;
-    let (f, has, groups, group) = factors_arg(ops, "im2col_folded", factors, n, cols)?;
+    let (f, has, round, groups, group) = factors_arg(ops, "im2col_folded", factors, n, cols)?;
     let (x, c, n) = (ops.memory.values(x)?, ops.memory.values(cols)?, n as u64);
-    launch!(ops, k::IM2COL_FOLDED, "dp_im2col_folded", elementwise(len); &x, &g, &n, &f, &has, &groups, &group, &c)
+    launch!(ops, k::IM2COL_FOLDED, "dp_im2col_folded", elementwise(len); &x, &g, &n, &f, &has, &round, &groups, &group, &c)
 }
 
 pub(super) fn fold_examples(
@@ -163,10 +165,10 @@ pub(super) fn fold_examples(
 ) -> Outcome {
     let len = n * rows * cols;
     ops.check("fold_examples", &[(src, len), (dst, len)])?;
-    let (f, has, groups, group) = factors_arg(ops, "fold_examples", factors, n, dst)?;
+    let (f, has, round, groups, group) = factors_arg(ops, "fold_examples", factors, n, dst)?;
     let (s, d) = (ops.memory.values(src)?, ops.memory.values(dst)?);
     let (n, rows, cols) = (n as u64, rows as u64, cols as u64);
-    launch!(ops, k::FOLD_EXAMPLES, "dp_fold_examples", elementwise(len); &s, &n, &rows, &cols, &f, &has, &groups, &group, &d)
+    launch!(ops, k::FOLD_EXAMPLES, "dp_fold_examples", elementwise(len); &s, &n, &rows, &cols, &f, &has, &round, &groups, &group, &d)
 }
 
 pub(super) fn gram_sq_norms(

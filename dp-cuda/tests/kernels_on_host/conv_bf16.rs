@@ -49,7 +49,7 @@ fn im2col_and_col2im_between_f32_and_bf16_buffers_equal_the_host_reference_bit_f
                 on_host(&[&g, &vec![f32::NAN; inputs]], mask, 1, |h, s| h.col2im(s[0], &geom, n, s[1]));
             assert_bits(&dx, &host, &format!("col2im {geom:?} bf16 buffers {mask:#b}"));
 
-            let folded_args = [&args[..], &[0, 1, 0]].concat();
+            let folded_args = [&args[..], &[0, 0, 1, 0]].concat();
             let folded = run_op(&exe, "im2colfolded", &folded_args, &[&x, &vec![1.0; n]], mask);
             let host = on_host(&[&x, &vec![f32::NAN; patches]], mask, 1, |h, s| {
                 h.im2col_folded(s[0], &geom, n, None, s[1])
@@ -59,7 +59,7 @@ fn im2col_and_col2im_between_f32_and_bf16_buffers_equal_the_host_reference_bit_f
             // An f32 output gradient into a block stored in the precision, and every other mix.
             let (rows, outputs) = (geom.out_c, n * geom.output_len());
             let dy = spread(geom.kw as u64 * 13 + 5, outputs);
-            let fold_args = [n, rows, geom.positions(), 0, 1, 0];
+            let fold_args = [n, rows, geom.positions(), 0, 0, 1, 0];
             let side_by_side = run_op(&exe, "fold", &fold_args, &[&dy, &vec![1.0; n]], mask);
             let host = on_host(&[&dy, &vec![f32::NAN; outputs]], mask, 1, |h, s| {
                 h.fold_examples(s[0], (n, rows, geom.positions()), None, s[1])

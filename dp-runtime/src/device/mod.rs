@@ -497,7 +497,9 @@ pub trait DeviceOps {
     /// conv's plain weight gradient `Σ_i δ_i·P_iᵀ` without the per-example gradients. A grouped conv's
     /// group `q` reads rows `q·patch_len..(q + 1)·patch_len`. With `factors` (`(factors, groups,
     /// group)`), the columns of an example whose factor is exactly 0 are 0, its input never read: a
-    /// clipped sum's operand, through which that example's NaN must not reach the sum.
+    /// clipped sum's operand, through which that example's NaN must not reach the sum; and every other
+    /// value is rounded to the device's precision (in bf16, as a product in the precision reads it),
+    /// so that an f32 product over them sums the gradients whose norms such products measured.
     fn im2col_folded(
         &mut self,
         x: Span,
@@ -510,7 +512,8 @@ pub trait DeviceOps {
     /// The examples' `rows × cols` matrices of `src` (`n × rows × cols`) side by side: `dst`
     /// OVERWRITTEN with one `rows × (n·cols)` matrix, `dst[r][i·cols + c] = src[i][r][c]` (a conv's
     /// NCHW output gradient as one `channels × (n·positions)` matrix), times `c_i` with `factors` (an
-    /// example whose factor is exactly 0 gives 0, its values never read).
+    /// example whose factor is exactly 0 gives 0, its values never read; the others rounded to the
+    /// device's precision before they are scaled, as for [`im2col_folded`](DeviceOps::im2col_folded)).
     fn fold_examples(
         &mut self,
         src: Span,
@@ -522,7 +525,8 @@ pub trait DeviceOps {
     /// `sq_norms[i·groups + group]` OVERWRITTEN with `Σ_k a_i[k]·b_i[k]` over the `len` values of each
     /// example's rows of `a` and `b` (`n × len` each), plus `|bias_i|²` when given: a conv's ghost norm
     /// from its two per-example Gram matrices (`δ_iᵀδ_i` and `P_iᵀP_i`, `T × T`), whose element-wise
-    /// product sums to `|δ_i·P_iᵀ|²`.
+    /// product sums to `|δ_i·P_iᵀ|²`. A sum that rounding leaves below 0 is 0 (a negative squared norm
+    /// would read as invalid); NaN stays NaN. Equal across backends to rounding (the order of the sum).
     #[allow(clippy::too_many_arguments)]
     fn gram_sq_norms(
         &mut self,

@@ -42,8 +42,9 @@ fn geom(g: &Conv2dGeometry) -> TokenStream {
 }
 
 /// `c_i (+)= op(a_i)·op(b_i)` for every example, `a`, `b` and `c` advancing by their strides. Every
-/// product of a device conv may round its operands: the forward, the backward to the input, and the
-/// per-example gradients, which are kept and both normed and summed.
+/// product of a device conv may round its operands: the forward, the backward to the input, the
+/// per-example gradients, which are kept and both normed and summed, and a ghost norm's Gram matrices
+/// (whose clipped sum then rounds its f32 operands alike).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn batched(
     (m, nn, k): (usize, usize, usize),

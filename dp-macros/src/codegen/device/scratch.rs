@@ -8,7 +8,8 @@
 //! products (stored in the precision), then every positional layer's (a linear
 //! layer over a sequence or with direct norms: weight, then bias; [`super::positional`]) that the
 //! plan does not keep already (those the CPU keeps live in the plan's kept buffer). A device has
-//! the memory for them (the CIFAR-10 CNN keeps 2.2 MB per example, the LSTM model 0.3 MB), and keeping
+//! the memory for them (the CIFAR-10 CNN keeps 0.26 MB per example, its ghost convs none; the LSTM
+//! model 0.3 MB), and keeping
 //! them saves the clipped sum a second product. Then the per-position affine gradients of one layer
 //! norm over a sequence at a time (`rows × 2·dim`), summed over the rows by its backward into the
 //! plan's per-example affine gradients. Then every attention layer's score gradients (all heads) and

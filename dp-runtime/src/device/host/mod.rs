@@ -525,6 +525,7 @@ impl DeviceOps for HostDevice {
     ) -> Result<(), DeviceError> {
         let (g, x) = (valid_conv(geom)?, self.read(x)?);
         let factors = self.factors_of(factors, n)?;
+        let round = factors.is_some() && self.precision == Precision::Bf16;
         let out = self.write(cols)?;
         if x.len() < n * g.input_len() || out.len() < n * g.patches_len() {
             return Err(short("im2col_folded"));
@@ -535,6 +536,9 @@ impl DeviceOps for HostDevice {
             match factors.as_ref().map(|f| f[i]) {
                 Some(0.0) => patches.fill(0.0),
                 _ => image::im2col(&g, example(&x, i, g.input_len()), &mut patches),
+            }
+            if round {
+                patches.iter_mut().for_each(|v| *v = round_to_bf16(*v));
             }
             for (k, row) in patches.chunks_exact(positions).enumerate() {
                 let at = k * n * positions + i * positions;
@@ -553,10 +557,12 @@ impl DeviceOps for HostDevice {
     ) -> Result<(), DeviceError> {
         let src = self.read(src)?;
         let factors = self.factors_of(factors, n)?;
+        let bf16 = self.precision == Precision::Bf16;
         let dst = self.write(dst)?;
         if src.len() < n * rows * cols || dst.len() < n * rows * cols {
             return Err(short("fold_examples"));
         }
+        let round = |v: f32| if bf16 { round_to_bf16(v) } else { v };
         for i in 0..n {
             let c = factors.as_ref().map(|f| f[i]);
             for r in 0..rows {
@@ -565,7 +571,7 @@ impl DeviceOps for HostDevice {
                     *d = match c {
                         None => v,
                         Some(0.0) => 0.0,
-                        Some(c) => c * v,
+                        Some(c) => c * round(v),
                     };
                 }
             }
@@ -595,7 +601,8 @@ impl DeviceOps for HostDevice {
         for i in 0..n {
             let weight = dot(example(&a, i, len), example(&b, i, len));
             let bias = bias.as_ref().map_or(0.0, |(v, l)| dot(example(v, i, *l), example(v, i, *l)));
-            s[i * groups + group] = (weight + bias) as f32;
+            let sq = (weight + bias) as f32;
+            s[i * groups + group] = if sq < 0.0 { 0.0 } else { sq };
         }
         Ok(())
     }
