@@ -23,7 +23,7 @@ use crate::staging::Piece;
 use crate::update::UpdateStep;
 
 /// A batch written into the current pinned buffer for the next step.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(super) struct StagedBatch {
     n: usize,
     /// The pinned buffer it was written into (of the pair).
@@ -186,7 +186,7 @@ impl<M: DpModel> GpuModel<M> {
     /// Queues the staged batch's copies into the landing words, on the landing stream, once the
     /// batch landed there before has been moved out; the step in flight runs meanwhile.
     fn land_staged(&mut self) -> Result<()> {
-        let Some(staged) = &mut self.staged else {
+        let Some(staged) = self.staged else {
             return Err(CudaError::Mismatch("no batch staged".into()));
         };
         if staged.n > 0 {
@@ -198,49 +198,46 @@ impl<M: DpModel> GpuModel<M> {
             self.landing.mark_landed()?;
             self.transfers.to_device += 2;
         }
-        staged.copies = Copies::Landing;
+        self.mark_staged(Copies::Landing);
         Ok(())
     }
 
     /// Queues on the GPU's stream, after the landed batch's copies, its move into the regions of
     /// inputs (or token ids) and labels.
     fn move_landed(&mut self) -> Result<()> {
-        let Some(staged) = &mut self.staged else {
-            return Err(CudaError::Mismatch("no batch staged".into()));
-        };
-        if staged.n > self.max_batch {
-            return Err(CudaError::Mismatch(format!(
-                "a landed batch of {} on a model sized for {}",
-                staged.n, self.max_batch
-            )));
-        }
+        let (staged, [to_inputs, to_labels]) = self.staged_into_regions()?;
         if staged.n > 0 {
             self.landing.await_landed(&self.gpu)?;
-            let (n, region, inputs, labels) = (staged.n, staged.region, staged.inputs, staged.labels);
-            let moved = (|| {
-                let dst = self.memory.ptr(Span::new(region, 0, n * M::input_len())).map_err(program)?;
-                self.landing.queue_move(&self.gpu, inputs, dst)?;
-                let dst = self
-                    .memory
-                    .ptr(Span::new(Region::Labels, 0, n * M::LOSS.label_len()))
-                    .map_err(program)?;
-                self.landing.queue_move(&self.gpu, labels, dst)
-            })();
+            let moved = self
+                .landing
+                .queue_move(&self.gpu, staged.inputs, to_inputs)
+                .and_then(|()| self.landing.queue_move(&self.gpu, staged.labels, to_labels));
             // Recorded whatever failed above: the next landing waits for it, and a move queued before
             // a failure still reads the words.
             let marked = self.landing.mark_moved(&self.gpu);
             moved.and(marked)?;
         }
-        let Some(staged) = &mut self.staged else {
-            return Err(CudaError::Mismatch("no batch staged".into()));
-        };
-        staged.copies = Copies::Queued;
+        self.mark_staged(Copies::Queued);
         Ok(())
     }
 
     /// Queues the staged batch's copies into the regions of inputs (or token ids) and labels.
     fn copy_staged(&mut self) -> Result<()> {
-        let Some(staged) = &mut self.staged else {
+        let (staged, [to_inputs, to_labels]) = self.staged_into_regions()?;
+        if staged.n > 0 {
+            let slot = self.staging.slot(staged.slot);
+            slot.queue_copy(&self.gpu, staged.inputs, to_inputs)?;
+            slot.queue_copy(&self.gpu, staged.labels, to_labels)?;
+            self.transfers.to_device += 2;
+        }
+        self.mark_staged(Copies::Queued);
+        Ok(())
+    }
+
+    /// The staged batch and where its inputs (or token ids) and labels go in the regions: refused if
+    /// none is staged or the arena does not hold it.
+    fn staged_into_regions(&self) -> Result<(StagedBatch, [CUdeviceptr; 2])> {
+        let Some(staged) = self.staged else {
             return Err(CudaError::Mismatch("no batch staged".into()));
         };
         if staged.n > self.max_batch {
@@ -249,17 +246,18 @@ impl<M: DpModel> GpuModel<M> {
                 staged.n, self.max_batch
             )));
         }
-        if staged.n > 0 {
-            let values = staged.n * M::input_len();
-            let dst = self.memory.ptr(Span::new(staged.region, 0, values)).map_err(program)?;
-            self.staging.slot(staged.slot).queue_copy(&self.gpu, staged.inputs, dst)?;
-            let labels = staged.n * M::LOSS.label_len();
-            let dst = self.memory.ptr(Span::new(Region::Labels, 0, labels)).map_err(program)?;
-            self.staging.slot(staged.slot).queue_copy(&self.gpu, staged.labels, dst)?;
-            self.transfers.to_device += 2;
+        let (n, region) = (staged.n, staged.region);
+        let inputs = self.memory.ptr(Span::new(region, 0, n * M::input_len())).map_err(program)?;
+        let labels =
+            self.memory.ptr(Span::new(Region::Labels, 0, n * M::LOSS.label_len())).map_err(program)?;
+        Ok((staged, [inputs, labels]))
+    }
+
+    /// Where the staged batch's copies in now stand.
+    fn mark_staged(&mut self, copies: Copies) {
+        if let Some(staged) = &mut self.staged {
+            staged.copies = copies;
         }
-        staged.copies = Copies::Queued;
-        Ok(())
     }
 
     /// The staged batch taken for a step: its copies queued, or its landed words moved, if they were

@@ -104,6 +104,11 @@ fn convs(plan: &Plan) -> impl Iterator<Item = &ConvStep> {
     })
 }
 
+/// The convs whose weight is trained (a frozen one has no norms and no sums).
+fn trained_convs(plan: &Plan) -> impl Iterator<Item = &ConvStep> {
+    convs(plan).filter(|c| plan.params[c.weight].trained)
+}
+
 fn lstms(plan: &Plan) -> impl Iterator<Item = &LstmStep> {
     plan.steps.iter().filter_map(|s| match s {
         Step::Lstm(l) => Some(l),
@@ -222,8 +227,11 @@ fn ghost_folded_at(plan: &Plan) -> usize {
 
 /// The largest patches and output of a trained ghost conv, per example.
 fn ghost_folded_len(plan: &Plan) -> usize {
-    let ghosts = convs(plan).filter(|c| plan.params[c.weight].trained && ghost_on_device(c));
-    ghosts.map(|c| c.geom.patches_len() + c.geom.output_len()).max().unwrap_or(0)
+    trained_convs(plan)
+        .filter(|c| ghost_on_device(c))
+        .map(|c| c.geom.patches_len() + c.geom.output_len())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Where a ghost conv's two Gram matrices per example (`δ_iᵀδ_i`, then `P_iᵀP_i`, `T × T` each) live
@@ -239,8 +247,11 @@ fn grams_at(plan: &Plan) -> usize {
 
 /// The largest two Gram matrices of a trained ghost conv, per example.
 fn grams_len(plan: &Plan) -> usize {
-    let ghosts = convs(plan).filter(|c| plan.params[c.weight].trained && ghost_on_device(c));
-    ghosts.map(|c| 2 * c.geom.positions() * c.geom.positions()).max().unwrap_or(0)
+    trained_convs(plan)
+        .filter(|c| ghost_on_device(c))
+        .map(|c| 2 * c.geom.positions() * c.geom.positions())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Where a trained conv's output gradient with its examples side by side lives in the device's arena
@@ -257,7 +268,7 @@ fn folded_delta_at(plan: &Plan) -> usize {
 
 /// The largest output of a trained conv, per example (one conv's at a time).
 fn folded_delta_len(plan: &Plan) -> usize {
-    convs(plan).filter(|c| plan.params[c.weight].trained).map(|c| c.geom.output_len()).max().unwrap_or(0)
+    trained_convs(plan).map(|c| c.geom.output_len()).max().unwrap_or(0)
 }
 
 /// Where the attention layers' scratch starts in plan order: after the layer norms' affine

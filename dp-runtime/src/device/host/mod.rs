@@ -16,9 +16,9 @@ use dp_kernels::activation::Activation;
 use dp_kernels::{loss, norm_layers};
 
 use super::{
-    BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims, LeadingDims,
-    LstmBackwardStep, LstmDims, LstmForwardStep, PatchDims, Pool2dGeometry, Precision, Region, RowScale,
-    Span, Stored,
+    check_group, BatchedGemm, Conv2dGeometry, DeviceError, DeviceLoss, DeviceOps, Gemm, GroupNormDims,
+    LeadingDims, LstmBackwardStep, LstmDims, LstmForwardStep, PatchDims, Pool2dGeometry, Precision, Region,
+    RowScale, Span, Stored,
 };
 use dp_kernels::gemm_bf16::round_to_bf16;
 
@@ -165,13 +165,15 @@ impl HostDevice {
     /// Column `group` of `factors` for `n` examples (`(factors, groups, group)`), if given.
     fn factors_of(
         &mut self,
+        what: &str,
         factors: Option<(Span, usize, usize)>,
         n: usize,
     ) -> Result<Option<Vec<f32>>, DeviceError> {
         let Some((f, groups, group)) = factors else { return Ok(None) };
+        check_group(what, groups, group)?;
         let f = self.read(f)?;
-        if group >= groups || f.len() < n * groups {
-            return Err(short("factors"));
+        if f.len() < n * groups {
+            return Err(short(what));
         }
         Ok(Some((0..n).map(|i| f[i * groups + group]).collect()))
     }
@@ -189,6 +191,11 @@ impl HostDevice {
         }
         Ok(values)
     }
+}
+
+/// `Σ x_k·y_k` in f64, in order: a squared norm with `y = x`.
+fn dot(x: &[f32], y: &[f32]) -> f64 {
+    x.iter().zip(y).map(|(&u, &v)| f64::from(u) * f64::from(v)).sum()
 }
 
 fn short(what: &str) -> DeviceError {
@@ -446,17 +453,13 @@ impl DeviceOps for HostDevice {
         grad: Span,
     ) -> Result<(), DeviceError> {
         let (ids, d) = (self.ids(ids)?.to_vec(), self.read(delta)?);
-        let factors =
-            factors.map(|(f, groups, group)| self.read(f).map(|f| (f, groups, group))).transpose()?;
+        let factors = self.factors_of("embedding_mean_scatter", factors, n)?;
         let g = self.write(grad)?;
         if ids.len() < n * steps || d.len() < n * dim || g.len() < vocab * dim {
             return Err(short("embedding_mean_scatter"));
         }
         for i in 0..n {
-            let c = match &factors {
-                Some((f, groups, group)) => f[i * groups + group],
-                None => 1.0,
-            };
+            let c = factors.as_ref().map_or(1.0, |f| f[i]);
             if c == 0.0 {
                 continue;
             }
@@ -524,7 +527,7 @@ impl DeviceOps for HostDevice {
         cols: Span,
     ) -> Result<(), DeviceError> {
         let (g, x) = (valid_conv(geom)?, self.read(x)?);
-        let factors = self.factors_of(factors, n)?;
+        let factors = self.factors_of("im2col_folded", factors, n)?;
         let round = factors.is_some() && self.precision == Precision::Bf16;
         let out = self.write(cols)?;
         if x.len() < n * g.input_len() || out.len() < n * g.patches_len() {
@@ -556,7 +559,7 @@ impl DeviceOps for HostDevice {
         dst: Span,
     ) -> Result<(), DeviceError> {
         let src = self.read(src)?;
-        let factors = self.factors_of(factors, n)?;
+        let factors = self.factors_of("fold_examples", factors, n)?;
         let bf16 = self.precision == Precision::Bf16;
         let dst = self.write(dst)?;
         if src.len() < n * rows * cols || dst.len() < n * rows * cols {
@@ -596,8 +599,6 @@ impl DeviceOps for HostDevice {
         if a.len() < n * len || b.len() < n * len || short_bias || s.len() < n * groups || group >= groups {
             return Err(short("gram_sq_norms"));
         }
-        let dot =
-            |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(&u, &v)| f64::from(u) * f64::from(v)).sum::<f64>();
         for i in 0..n {
             let weight = dot(example(&a, i, len), example(&b, i, len));
             let bias = bias.as_ref().map_or(0.0, |(v, l)| dot(example(v, i, *l), example(v, i, *l)));
@@ -657,7 +658,7 @@ impl DeviceOps for HostDevice {
         if w.len() < n * weight_len || short_bias || s.len() < n * groups || group >= groups {
             return Err(short("kept_sq_norms"));
         }
-        let sq = |row: &[f32]| row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+        let sq = |row: &[f32]| dot(row, row);
         for i in 0..n {
             let bias_part = b.as_ref().map_or(0.0, |(b, len)| sq(example(b, i, *len)));
             s[i * groups + group] = (sq(example(&w, i, weight_len)) + bias_part) as f32;
@@ -674,15 +675,13 @@ impl DeviceOps for HostDevice {
         dst: Span,
     ) -> Result<(), DeviceError> {
         let src = self.read(src)?;
-        let f = factors.map(|(f, groups, group)| self.read(f).map(|f| (f, groups, group))).transpose()?;
+        let f = self.factors_of("kept_weighted_sum", factors, n)?;
         let dst = self.write(dst)?;
-        let short_factors =
-            f.as_ref().is_some_and(|(f, groups, group)| f.len() < n * groups || group >= groups);
-        if src.len() < n * len || dst.len() < len || short_factors {
+        if src.len() < n * len || dst.len() < len {
             return Err(short("kept_weighted_sum"));
         }
         for i in 0..n {
-            let c = f.as_ref().map_or(1.0, |(f, groups, group)| f[i * groups + group]);
+            let c = f.as_ref().map_or(1.0, |f| f[i]);
             if c == 0.0 {
                 continue;
             }

@@ -82,20 +82,13 @@ impl HostDevice {
         grad: Span,
     ) -> Result<(), DeviceError> {
         let (ids, d) = (self.ids(ids)?.to_vec(), self.read(delta)?);
-        let factors =
-            factors.map(|(f, groups, group)| self.read(f).map(|f| (f, groups, group))).transpose()?;
-        if let Some((f, groups, group)) = &factors {
-            check_group("embedding_scatter", *groups, *group)?;
-            if f.len() < n * groups {
-                return Err(short("embedding_scatter"));
-            }
-        }
+        let factors = self.factors_of("embedding_scatter", factors, n)?;
         let g = self.write(grad)?;
         if ids.len() < n * steps || d.len() < n * steps * dim || g.len() < vocab * dim {
             return Err(short("embedding_scatter"));
         }
         for i in 0..n {
-            let c = factors.as_ref().map_or(1.0, |(f, groups, group)| f[i * groups + group]);
+            let c = factors.as_ref().map_or(1.0, |f| f[i]);
             if c == 0.0 {
                 continue;
             }
