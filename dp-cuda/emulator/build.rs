@@ -1,0 +1,231 @@
+//! Compiles dp-cuda's kernel files as C++ against the CUDA execution model of
+//! kernels/cuda_on_cpu.hpp, together with the fiber scheduler that runs them, into one static
+//! library; and generates the registry that finds a kernel by name and unpacks its arguments.
+//!
+//! For each `kernels/NAME.cu` of dp-cuda, OUT_DIR gets `registry_NAME.cpp`: the execution model, the
+//! .cu file itself, and a table of its `extern "C" __global__` kernels, each with a trampoline that
+//! unpacks CUDA's `void **kernelParams` into the kernel's parameter types (kernel_registry.hpp). One
+//! more generated file, `registry_files.cpp`, lists those tables.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let cuda_kernels = manifest.join("../kernels").canonicalize().expect("dp-cuda/kernels exists");
+    let own = manifest.join("kernels");
+    println!("cargo:rerun-if-changed={}", cuda_kernels.display());
+    println!("cargo:rerun-if-changed={}", own.display());
+    println!("cargo:rerun-if-changed=build.rs");
+
+    let mut cu_files: Vec<PathBuf> = fs::read_dir(&cuda_kernels)
+        .expect("reading dp-cuda/kernels")
+        .map(|entry| entry.expect("reading dp-cuda/kernels").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "cu"))
+        .collect();
+    cu_files.sort();
+
+    let mut tables = Vec::new();
+    let mut generated = Vec::new();
+    for cu in &cu_files {
+        let stem = cu.file_stem().and_then(|s| s.to_str()).expect("a kernel file named in UTF-8").to_owned();
+        let source = fs::read_to_string(cu).unwrap_or_else(|e| panic!("reading {}: {e}", cu.display()));
+        let kernels = global_kernel_names(&source);
+        let table = format!("dp_emu_kernels_{}", identifier(&stem));
+        let path = out.join(format!("registry_{stem}.cpp"));
+        fs::write(&path, registry_source(cu, &table, &kernels)).expect("writing a registry file");
+        generated.push(path);
+        tables.push(table);
+    }
+    let files = out.join("registry_files.cpp");
+    fs::write(&files, files_source(&tables)).expect("writing registry_files.cpp");
+
+    // The kernel files: the NVRTC of dp-cuda runs with fmad=false, so no contraction of a·b + c into
+    // an FMA here either, and no fast math: every f32 operation rounds as IEEE says, as on the GPU.
+    // Their warnings are shown, not fatal: the kernel files are written for NVRTC, not for g++.
+    let mut kernel_build = base_build(&own, &cuda_kernels);
+    kernel_build.flag("-Wno-unknown-pragmas").files(&generated).file(&files);
+    // noise.cu compiled as the host's serial reference (no __CUDACC__), for the tests' comparison.
+    kernel_build.file(own.join("noise_host_reference.cpp"));
+    let kernel_objects = kernel_build.compile_intermediates();
+
+    let mut runtime_build = base_build(&own, &cuda_kernels);
+    runtime_build.flag("-Wextra").flag("-Werror");
+    for name in [
+        "fiber_context.cpp",
+        "block_scheduler.cpp",
+        "kernel_registry.cpp",
+        "launch.cpp",
+        "self_test_kernels.cpp",
+    ] {
+        runtime_build.file(own.join(name));
+    }
+    runtime_build.objects(&kernel_objects).compile("dp_cuda_emulator_kernels");
+}
+
+/// The compiler settings every translation unit shares.
+fn base_build(own: &Path, cuda_kernels: &Path) -> cc::Build {
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .std("c++17")
+        .include(own)
+        .include(cuda_kernels)
+        .opt_level(2)
+        .debug(false)
+        .flag("-ffp-contract=off")
+        .flag("-fno-fast-math")
+        .flag("-Wall");
+    build
+}
+
+/// The names of the `extern "C" __global__ void NAME(` kernels of a .cu file, in order, with any
+/// `__launch_bounds__(...)` between `void` and the name and any line breaks in between.
+fn global_kernel_names(source: &str) -> Vec<String> {
+    let code = without_comments(source);
+    let mut names = Vec::new();
+    let mut rest = code.as_str();
+    while let Some(at) = rest.find("__global__") {
+        let before = rest[..at].trim_end();
+        rest = &rest[at + "__global__".len()..];
+        if !before.ends_with("extern \"C\"") {
+            panic!(
+                "a __global__ kernel that is not extern \"C\": the registry finds kernels by their C names"
+            );
+        }
+        let mut tail = rest.trim_start();
+        tail = tail.strip_prefix("void").expect("a kernel returns void").trim_start();
+        if let Some(bounds) = tail.strip_prefix("__launch_bounds__") {
+            tail = skip_parenthesised(bounds.trim_start()).trim_start();
+        }
+        let name: String = tail.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        assert!(!name.is_empty(), "a kernel name after __global__ void");
+        assert!(tail[name.len()..].trim_start().starts_with('('), "kernel {name}: its parameter list");
+        names.push(name);
+    }
+    names
+}
+
+/// `text` past the parenthesised group it starts with.
+fn skip_parenthesised(text: &str) -> &str {
+    assert!(text.starts_with('('), "__launch_bounds__ followed by its arguments");
+    let mut depth = 0usize;
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return &text[i + 1..];
+                }
+            }
+            _ => {}
+        }
+    }
+    panic!("unbalanced parentheses after __launch_bounds__");
+}
+
+/// C source with its comments replaced by a space, string and character literals kept.
+fn without_comments(source: &str) -> String {
+    let bytes = source.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                out.push(b' ');
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 2;
+                out.push(b' ');
+            }
+            quote @ (b'"' | b'\'') => {
+                out.push(quote);
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote {
+                    if bytes[i] == b'\\' {
+                        out.push(bytes[i]);
+                        i += 1;
+                    }
+                    if i < bytes.len() {
+                        out.push(bytes[i]);
+                        i += 1;
+                    }
+                }
+                if i < bytes.len() {
+                    out.push(quote);
+                    i += 1;
+                }
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).expect("comments end on character boundaries")
+}
+
+/// A C identifier made of a file stem.
+fn identifier(stem: &str) -> String {
+    stem.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+}
+
+/// A C string literal of a path.
+fn c_string(path: &Path) -> String {
+    let text = path.to_str().expect("a kernel path in UTF-8");
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn registry_source(cu: &Path, table: &str, kernels: &[String]) -> String {
+    let mut s = String::new();
+    writeln!(s, "// Generated by dp-cuda/emulator/build.rs from {}: do not edit.", cu.display()).unwrap();
+    writeln!(s, "#include \"cuda_on_cpu.hpp\"").unwrap();
+    writeln!(s, "#include {}", c_string(cu)).unwrap();
+    writeln!(s, "#include \"kernel_registry.hpp\"").unwrap();
+    writeln!(s).unwrap();
+    if kernels.is_empty() {
+        writeln!(s, "extern const dp_emu::KernelTable {table} = {{nullptr, 0}};").unwrap();
+        return s;
+    }
+    writeln!(s, "static const dp_emu::KernelEntry entries[] = {{").unwrap();
+    for name in kernels {
+        writeln!(s, "    DP_EMU_KERNEL_ENTRY({name}),").unwrap();
+    }
+    writeln!(s, "}};").unwrap();
+    writeln!(
+        s,
+        "extern const dp_emu::KernelTable {table} = {{entries, sizeof entries / sizeof entries[0]}};"
+    )
+    .unwrap();
+    s
+}
+
+fn files_source(tables: &[String]) -> String {
+    let mut s = String::new();
+    writeln!(s, "// Generated by dp-cuda/emulator/build.rs: the kernel tables of dp-cuda/kernels/*.cu.")
+        .unwrap();
+    writeln!(s, "#include \"kernel_registry.hpp\"").unwrap();
+    writeln!(s).unwrap();
+    for table in tables {
+        writeln!(s, "extern const dp_emu::KernelTable {table};").unwrap();
+    }
+    writeln!(s, "namespace dp_emu {{").unwrap();
+    writeln!(s, "extern const KernelTable *const kernel_files[] = {{").unwrap();
+    for table in tables {
+        writeln!(s, "    &{table},").unwrap();
+    }
+    writeln!(s, "    nullptr,").unwrap();
+    writeln!(s, "}};").unwrap();
+    writeln!(s, "}}  // namespace dp_emu").unwrap();
+    s
+}

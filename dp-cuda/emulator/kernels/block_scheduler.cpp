@@ -1,0 +1,294 @@
+// The fiber scheduler: a block's threads run round robin (thread 0 until it ends or reaches a
+// barrier, then thread 1, ...), passes over the block repeating until every thread has ended.
+// - __syncthreads completes when every thread that has not exited has arrived (exited threads count
+//   as arrived, as on current GPUs); the last to arrive goes on and the others become runnable.
+// - A warp collective (shuffle, ballot, __syncwarp) completes when every lane of its mask has
+//   arrived with the same op and mask; the last to arrive computes every lane's result, so that each
+//   lane only reads its own when it resumes and the deposits can be reused at once.
+// - A pass in which no thread could run, with threads still waiting, is a deadlock (say some threads
+//   at __syncthreads and others at a shuffle): an error of the launch, as are a collective naming a
+//   lane that has exited or does not exist. Those errors abandon the block's fibers where they wait.
+#include "block_scheduler.hpp"
+
+#include <cstdarg>
+#include <cstdio>
+#include <utility>
+
+namespace dp_emu {
+
+__thread ThreadCoordinates *current_thread = nullptr;
+
+namespace {
+
+std::string format(const char *pattern, ...) __attribute__((format(printf, 1, 2)));
+
+std::string format(const char *pattern, ...) {
+    char buffer[512];
+    va_list args;
+    va_start(args, pattern);
+    vsnprintf(buffer, sizeof buffer, pattern, args);
+    va_end(args);
+    return buffer;
+}
+
+Fiber &running_fiber() { return static_cast<Fiber &>(*current_thread); }
+
+}  // namespace
+
+const char *warp_op_name(WarpOp op) {
+    switch (op) {
+        case WarpOp::Shuffle: return "__shfl_sync";
+        case WarpOp::ShuffleUp: return "__shfl_up_sync";
+        case WarpOp::ShuffleDown: return "__shfl_down_sync";
+        case WarpOp::ShuffleXor: return "__shfl_xor_sync";
+        case WarpOp::Ballot: return "__ballot_sync";
+        case WarpOp::SyncWarp: return "__syncwarp";
+    }
+    return "a warp collective";
+}
+
+void sync_block() {
+    Fiber &self = running_fiber();
+    self.scheduler->sync_block(self);
+}
+
+std::uint64_t warp_collective(WarpOp op, unsigned int mask, std::uint64_t value, unsigned int source_lane) {
+    Fiber &self = running_fiber();
+    return self.scheduler->warp_collective(self, op, mask, value, source_lane);
+}
+
+void launch_error(const char *message) {
+    Fiber &self = running_fiber();
+    self.scheduler->fail(self, message);
+}
+
+BlockScheduler &BlockScheduler::of_this_thread() {
+    static thread_local BlockScheduler scheduler;
+    return scheduler;
+}
+
+std::string BlockScheduler::run_grid(KernelTrampoline kernel, void **params, dim3 grid, dim3 block) {
+    kernel_ = kernel;
+    params_ = params;
+    block_.block_dim = block;
+    block_.grid_dim = grid;
+    unsigned int threads = block.x * block.y * block.z;
+    fibers_.resize(threads);
+    unsigned int linear = 0;
+    for (unsigned int z = 0; z < block.z; ++z) {
+        for (unsigned int y = 0; y < block.y; ++y) {
+            for (unsigned int x = 0; x < block.x; ++x, ++linear) {
+                Fiber &fiber = fibers_[linear];
+                fiber.thread_idx = uint3{x, y, z};
+                fiber.linear = linear;
+                fiber.block = &block_;
+                fiber.scheduler = this;
+                fiber.stack = nullptr;
+            }
+        }
+    }
+    unsigned int warps = (threads + 31) / 32;
+    warps_.assign(warps, WarpGathering{});
+    for (unsigned int w = 0; w < warps; ++w) {
+        unsigned int lanes = threads - w * 32 < 32 ? threads - w * 32 : 32;
+        warps_[w].existing = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1;
+    }
+    std::string error;
+    for (unsigned int z = 0; z < grid.z && error.empty(); ++z) {
+        for (unsigned int y = 0; y < grid.y && error.empty(); ++y) {
+            for (unsigned int x = 0; x < grid.x; ++x) {
+                block_.block_idx = uint3{x, y, z};
+                if (!run_block()) {
+                    error = format("block (%u, %u, %u): ", x, y, z) + error_;
+                    break;
+                }
+            }
+        }
+    }
+    current_thread = nullptr;
+    kernel_ = nullptr;
+    params_ = nullptr;
+    return error;
+}
+
+bool BlockScheduler::run_block() {
+    for (Fiber &fiber : fibers_) fiber.state = FiberState::NotStarted;
+    for (WarpGathering &warp : warps_) {
+        warp.arrived = 0;
+        warp.exited = 0;
+    }
+    exited_ = 0;
+    at_block_barrier_ = 0;
+    failed_ = false;
+    const unsigned int threads = static_cast<unsigned int>(fibers_.size());
+    for (;;) {
+        bool progressed = false;
+        for (Fiber &fiber : fibers_) {
+            if (fiber.state == FiberState::NotStarted) {
+                fiber.stack = stacks_.acquire();
+                if (fiber.stack == nullptr) {
+                    error_ = "no memory for another fiber stack";
+                    abandon_block();
+                    return false;
+                }
+                fiber.saved_sp = prepare_fiber(fiber.stack, &BlockScheduler::fiber_main, &fiber);
+            } else if (fiber.state != FiberState::Runnable) {
+                continue;
+            }
+            fiber.state = FiberState::Running;
+            current_thread = &fiber;
+            dp_emu_switch_context(&scheduler_sp_, fiber.saved_sp);
+            progressed = true;
+            if (failed_) {
+                abandon_block();
+                return false;
+            }
+        }
+        if (exited_ == threads) return true;
+        if (!progressed) {
+            error_ = deadlock_report();
+            abandon_block();
+            return false;
+        }
+    }
+}
+
+void BlockScheduler::fiber_main(void *argument) {
+    Fiber &self = *static_cast<Fiber *>(argument);
+    BlockScheduler &scheduler = *self.scheduler;
+    scheduler.kernel_(scheduler.params_);
+    scheduler.finish(self);
+    // Nothing takes this stack from the pool before the switch away from it below.
+    scheduler.stacks_.release(self.stack);
+    self.stack = nullptr;
+    void *never_resumed;
+    dp_emu_switch_context(&never_resumed, scheduler.scheduler_sp_);
+    __builtin_unreachable();
+}
+
+void BlockScheduler::finish(Fiber &self) {
+    self.state = FiberState::Exited;
+    ++exited_;
+    unsigned int lane = self.linear & 31u;
+    WarpGathering &warp = warps_[self.linear >> 5];
+    warp.exited |= 1u << lane;
+    if (warp.arrived != 0 && (warp.mask >> lane & 1u)) {
+        failed_ = true;
+        error_ = describe(self) + format(" exited while lanes 0x%08x of its warp wait for it at %s (mask 0x%08x)",
+                                         warp.arrived, warp_op_name(warp.op), warp.mask);
+        return;
+    }
+    if (at_block_barrier_ != 0 && at_block_barrier_ + exited_ == fibers_.size()) release_block_barrier();
+}
+
+void BlockScheduler::suspend(Fiber &self, FiberState state) {
+    self.state = state;
+    dp_emu_switch_context(&self.saved_sp, scheduler_sp_);
+}
+
+void BlockScheduler::fail(Fiber &self, std::string message) {
+    failed_ = true;
+    error_ = describe(self) + ": " + message;
+    // Abandoned: run_block returns this fiber's stack to the pool.
+    self.state = FiberState::Exited;
+    dp_emu_switch_context(&self.saved_sp, scheduler_sp_);
+    __builtin_unreachable();
+}
+
+void BlockScheduler::sync_block(Fiber &self) {
+    ++at_block_barrier_;
+    if (at_block_barrier_ + exited_ == fibers_.size()) {
+        release_block_barrier();
+        return;
+    }
+    suspend(self, FiberState::AtBlockBarrier);
+}
+
+void BlockScheduler::release_block_barrier() {
+    for (Fiber &fiber : fibers_) {
+        if (fiber.state == FiberState::AtBlockBarrier) fiber.state = FiberState::Runnable;
+    }
+    at_block_barrier_ = 0;
+}
+
+std::uint64_t BlockScheduler::warp_collective(Fiber &self, WarpOp op, unsigned int mask, std::uint64_t value,
+                                              unsigned int source_lane) {
+    unsigned int lane = self.linear & 31u, w = self.linear >> 5;
+    WarpGathering &warp = warps_[w];
+    const char *name = warp_op_name(op);
+    if (!(mask >> lane & 1u))
+        fail(self, format("%s with mask 0x%08x, which does not name the calling lane %u", name, mask, lane));
+    if (mask & ~warp.existing)
+        fail(self, format("%s with mask 0x%08x names lanes 0x%08x, which the block (%u threads) does not have",
+                          name, mask, mask & ~warp.existing, static_cast<unsigned int>(fibers_.size())));
+    if (mask & warp.exited)
+        fail(self, format("%s with mask 0x%08x names lanes 0x%08x, which have exited", name, mask,
+                          mask & warp.exited));
+    if (warp.arrived == 0) {
+        warp.op = op;
+        warp.mask = mask;
+    } else if (warp.op != op || warp.mask != mask) {
+        fail(self, format("%s with mask 0x%08x while lanes 0x%08x of its warp wait at %s with mask 0x%08x", name,
+                          mask, warp.arrived, warp_op_name(warp.op), warp.mask));
+    }
+    if (!(mask >> source_lane & 1u))
+        fail(self, format("%s reads lane %u, which its mask 0x%08x does not name", name, source_lane, mask));
+    self.deposited = value;
+    self.source_lane = source_lane;
+    warp.arrived |= 1u << lane;
+    if (warp.arrived == mask) {
+        complete_warp_collective(w, warp);
+    } else {
+        suspend(self, FiberState::AtWarpCollective);
+    }
+    return self.result;
+}
+
+void BlockScheduler::complete_warp_collective(unsigned int warp_index, WarpGathering &warp) {
+    Fiber *lanes = &fibers_[warp_index * 32];
+    std::uint64_t ballot = 0;
+    if (warp.op == WarpOp::Ballot) {
+        for (unsigned int l = 0; l < 32; ++l) {
+            if (warp.mask >> l & 1u) ballot |= static_cast<std::uint64_t>(lanes[l].deposited != 0) << l;
+        }
+    }
+    for (unsigned int l = 0; l < 32; ++l) {
+        if (!(warp.mask >> l & 1u)) continue;
+        Fiber &fiber = lanes[l];
+        switch (warp.op) {
+            case WarpOp::Ballot: fiber.result = ballot; break;
+            case WarpOp::SyncWarp: fiber.result = 0; break;
+            default: fiber.result = lanes[fiber.source_lane].deposited; break;
+        }
+        if (fiber.state == FiberState::AtWarpCollective) fiber.state = FiberState::Runnable;
+    }
+    warp.arrived = 0;
+}
+
+void BlockScheduler::abandon_block() {
+    for (Fiber &fiber : fibers_) {
+        if (fiber.stack != nullptr) {
+            stacks_.release(fiber.stack);
+            fiber.stack = nullptr;
+        }
+    }
+}
+
+std::string BlockScheduler::deadlock_report() const {
+    std::string report = "deadlock: no thread can go on";
+    if (at_block_barrier_ != 0) report += format("; %u threads wait at __syncthreads", at_block_barrier_);
+    for (std::size_t w = 0; w < warps_.size(); ++w) {
+        const WarpGathering &warp = warps_[w];
+        if (warp.arrived == 0) continue;
+        report += format("; warp %zu: lanes 0x%08x wait at %s with mask 0x%08x, lanes 0x%08x have not arrived", w,
+                         warp.arrived, warp_op_name(warp.op), warp.mask, warp.mask & ~warp.arrived);
+    }
+    return report;
+}
+
+std::string BlockScheduler::describe(const Fiber &fiber) const {
+    return format("thread (%u, %u, %u) (warp %u, lane %u)", fiber.thread_idx.x, fiber.thread_idx.y,
+                  fiber.thread_idx.z, fiber.linear >> 5, fiber.linear & 31u);
+}
+
+}  // namespace dp_emu

@@ -1,0 +1,118 @@
+// Kernels of the emulator's own tests (tests/kernels.rs), launched by dp_emu_launch_self_test: the
+// CUDA semantics the scheduler models (indices, shuffles with widths, barriers after exits, atomics)
+// and the errors it reports, which dp's kernels exercise only when they are wrong.
+#include "cuda_on_cpu.hpp"
+#include "kernel_registry.hpp"
+
+namespace {
+
+__device__ unsigned int pack(uint3 v) { return v.x | v.y << 10 | v.z << 20; }
+
+__device__ unsigned int linear_thread() {
+    return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+}
+
+}  // namespace
+
+// Per thread of the grid (blocks in blockIdx order, x fastest, each block's threads x fastest):
+// its threadIdx and blockIdx packed 10 bits a coordinate, and the order in which threads started.
+extern "C" __global__ void dp_emu_selftest_indices(unsigned int *out, unsigned int *started) {
+    unsigned int block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    unsigned int threads = blockDim.x * blockDim.y * blockDim.z;
+    unsigned int at = (block * threads + linear_thread()) * 3;
+    out[at] = pack(threadIdx);
+    out[at + 1] = pack(blockIdx);
+    out[at + 2] = atomicAdd(started, 1u);
+}
+
+// Six results per thread: __shfl_sync from lane 3, __shfl_up_sync by 2, __shfl_down_sync by 5,
+// __shfl_xor_sync with 6 (each within groups of `width` lanes), the ballot of lane % 3 == 0, and a
+// 64-bit value exchanged with lane ^ 1.
+extern "C" __global__ void dp_emu_selftest_shuffles(int width, int *out) {
+    unsigned int t = linear_thread(), lane = t % 32;
+    int v = static_cast<int>(t) * 10 + 1;
+    int *mine = out + t * 6;
+    mine[0] = __shfl_sync(0xffffffffu, v, 3, width);
+    mine[1] = __shfl_up_sync(0xffffffffu, v, 2, width);
+    mine[2] = __shfl_down_sync(0xffffffffu, v, 5, width);
+    mine[3] = __shfl_xor_sync(0xffffffffu, v, 6, width);
+    mine[4] = static_cast<int>(__ballot_sync(0xffffffffu, lane % 3 == 0));
+    long long wide = static_cast<long long>(v) << 33;
+    mine[5] = static_cast<int>(__shfl_xor_sync(0xffffffffu, wide, 1) >> 33);
+}
+
+// Threads at or past `active` exit at once; the others pass three rounds of shared memory between
+// barriers (an exited thread counts as arrived): out[t] = Σ_round (t + 1) % active + 1000·round.
+extern "C" __global__ void dp_emu_selftest_barriers_after_exit(unsigned int active, unsigned int *out) {
+    __shared__ unsigned int slots[1024];
+    unsigned int t = linear_thread();
+    if (t >= active) return;
+    unsigned int sum = 0;
+    for (unsigned int round = 0; round < 3; ++round) {
+        slots[t] = t + 1000 * round;
+        __syncthreads();
+        sum += slots[(t + 1) % active];
+        __syncthreads();
+    }
+    out[t] = sum;
+}
+
+// Lane 5 exits; the others shuffle with a full mask.
+extern "C" __global__ void dp_emu_selftest_shuffle_after_exit(int *out) {
+    unsigned int t = linear_thread();
+    if (t == 5) return;
+    out[t] = __shfl_down_sync(0xffffffffu, static_cast<int>(t), 1);
+}
+
+// Odd threads wait at __syncthreads, even ones at a shuffle: a deadlock.
+extern "C" __global__ void dp_emu_selftest_mixed_barriers(int *out) {
+    unsigned int t = linear_thread();
+    if (t % 2 == 1) {
+        __syncthreads();
+    } else {
+        out[t] = __shfl_xor_sync(0xffffffffu, static_cast<int>(t), 1);
+    }
+}
+
+// Even lanes ballot, odd lanes shuffle, both with a full mask.
+extern "C" __global__ void dp_emu_selftest_mismatched_collectives(int *out) {
+    unsigned int t = linear_thread();
+    if (t % 2 == 0) {
+        out[t] = static_cast<int>(__ballot_sync(0xffffffffu, 1));
+    } else {
+        out[t] = __shfl_xor_sync(0xffffffffu, static_cast<int>(t), 1);
+    }
+}
+
+// A full-mask shuffle in a block of fewer than 32 threads.
+extern "C" __global__ void dp_emu_selftest_full_mask_in_small_block(int *out) {
+    unsigned int t = linear_thread();
+    out[t] = __shfl_down_sync(0xffffffffu, static_cast<int>(t), 1);
+}
+
+// Every thread adds to each counter (f32 1, f64 0.5, u32 1, u64 2^32) and raises the maxima.
+extern "C" __global__ void dp_emu_selftest_atomics(float *f, double *d, unsigned int *u, unsigned long long *ull,
+                                                   int *max_thread) {
+    atomicAdd(f, 1.0f);
+    atomicAdd(d, 0.5);
+    atomicAdd(u, 1u);
+    atomicAdd(ull, 1ull << 32);
+    atomicMax(max_thread, static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x));
+}
+
+namespace dp_emu {
+namespace {
+const KernelEntry self_test_entries[] = {
+    DP_EMU_KERNEL_ENTRY(dp_emu_selftest_indices),
+    DP_EMU_KERNEL_ENTRY(dp_emu_selftest_shuffles),
+    DP_EMU_KERNEL_ENTRY(dp_emu_selftest_barriers_after_exit),
+    DP_EMU_KERNEL_ENTRY(dp_emu_selftest_shuffle_after_exit),
+    DP_EMU_KERNEL_ENTRY(dp_emu_selftest_mixed_barriers),
+    DP_EMU_KERNEL_ENTRY(dp_emu_selftest_mismatched_collectives),
+    DP_EMU_KERNEL_ENTRY(dp_emu_selftest_full_mask_in_small_block),
+    DP_EMU_KERNEL_ENTRY(dp_emu_selftest_atomics),
+};
+}  // namespace
+
+extern const KernelTable self_test_kernels = {self_test_entries, sizeof self_test_entries / sizeof self_test_entries[0]};
+}  // namespace dp_emu

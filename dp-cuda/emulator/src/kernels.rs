@@ -1,0 +1,223 @@
+//! Kernel execution: dp-cuda's `kernels/*.cu`, compiled as C++ by build.rs against the CUDA execution
+//! model of `kernels/cuda_on_cpu.hpp`, launched by name.
+//!
+//! A launch runs on the calling OS thread and has finished when [`launch`] returns: the blocks one
+//! after the other in order of `blockIdx` (x fastest), each block's threads as fibers, round robin,
+//! with `__syncthreads` and the warp collectives as barriers among them. Several OS threads may
+//! launch at once (each has its own fibers and shared memory; atomics are atomic across them).
+//! Device pointers are host pointers.
+
+use std::ffi::{c_char, c_int, c_long, c_uint, c_void, CStr, CString};
+use std::fmt;
+
+extern "C" {
+    fn dp_emu_launch(
+        name: *const c_char,
+        gx: c_uint,
+        gy: c_uint,
+        gz: c_uint,
+        bx: c_uint,
+        by: c_uint,
+        bz: c_uint,
+        dynamic_shared_bytes: c_uint,
+        params: *mut *mut c_void,
+        error: *mut c_char,
+        error_len: usize,
+    ) -> c_int;
+    fn dp_emu_launch_self_test(
+        name: *const c_char,
+        gx: c_uint,
+        gy: c_uint,
+        gz: c_uint,
+        bx: c_uint,
+        by: c_uint,
+        bz: c_uint,
+        dynamic_shared_bytes: c_uint,
+        params: *mut *mut c_void,
+        error: *mut c_char,
+        error_len: usize,
+    ) -> c_int;
+    fn dp_emu_has_kernel(name: *const c_char) -> c_int;
+    fn dp_emu_kernel_count() -> usize;
+    fn dp_emu_kernel_name(index: usize) -> *const c_char;
+    fn dp_emu_kernel_params(
+        name: *const c_char,
+        sizes: *mut usize,
+        alignments: *mut usize,
+        capacity: usize,
+    ) -> c_long;
+}
+
+/// Why a launch did not run to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchErrorKind {
+    /// No kernel of that name (`CUDA_ERROR_NOT_FOUND` on a GPU).
+    UnknownKernel,
+    /// A grid or block dimension of 0 or beyond CUDA's limits, or dynamic shared memory
+    /// (`CUDA_ERROR_INVALID_VALUE`).
+    InvalidConfiguration,
+    /// The kernel used a barrier or warp collective as CUDA does not allow: a deadlock, a collective
+    /// naming a lane that exited or does not exist, lanes disagreeing (`CUDA_ERROR_LAUNCH_FAILED`;
+    /// on a GPU, a hang or undefined results).
+    ExecutionFailed,
+}
+
+/// A launch's error: its kind and what went wrong, naming the kernel (and the block and thread).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchError {
+    /// Which of the errors.
+    pub kind: LaunchErrorKind,
+    /// The emulator's message.
+    pub message: String,
+}
+
+impl fmt::Display for LaunchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for LaunchError {}
+
+/// The size and alignment of one kernel parameter: what a driver copies out of `kernelParams[i]` when
+/// it queues the launch for later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamLayout {
+    /// `sizeof` the parameter's type.
+    pub size: usize,
+    /// `alignof` the parameter's type.
+    pub align: usize,
+}
+
+/// Runs kernel `name` of dp-cuda/kernels over `grid` blocks of `block` threads (x, y, z), returning
+/// when it has finished.
+///
+/// # Safety
+/// `params` must point to one pointer per kernel parameter, each to a value of that parameter's type
+/// (as `cuLaunchKernel`'s `kernelParams`), valid until the launch returns; every pointer among those
+/// values must be valid for what the kernel reads and writes through it.
+pub unsafe fn launch(
+    name: &str,
+    grid: [u32; 3],
+    block: [u32; 3],
+    dynamic_shared_bytes: u32,
+    params: *mut *mut c_void,
+) -> Result<(), String> {
+    // SAFETY: the caller's guarantees are launch_detailed's.
+    unsafe { launch_detailed(name, grid, block, dynamic_shared_bytes, params) }.map_err(|e| e.message)
+}
+
+/// [`launch`], telling the kinds of error apart.
+///
+/// # Safety
+/// As [`launch`].
+pub unsafe fn launch_detailed(
+    name: &str,
+    grid: [u32; 3],
+    block: [u32; 3],
+    dynamic_shared_bytes: u32,
+    params: *mut *mut c_void,
+) -> Result<(), LaunchError> {
+    // SAFETY: as the caller guarantees.
+    unsafe { launch_through(dp_emu_launch, name, grid, block, dynamic_shared_bytes, params) }
+}
+
+/// [`launch_detailed`] for the emulator's own test kernels (`kernels/self_test_kernels.cpp`): the
+/// CUDA semantics and launch errors that dp's kernels exercise only when they are wrong.
+///
+/// # Safety
+/// As [`launch`], for the test kernel's parameters.
+pub unsafe fn launch_self_test(
+    name: &str,
+    grid: [u32; 3],
+    block: [u32; 3],
+    params: *mut *mut c_void,
+) -> Result<(), LaunchError> {
+    // SAFETY: as the caller guarantees.
+    unsafe { launch_through(dp_emu_launch_self_test, name, grid, block, 0, params) }
+}
+
+type LaunchFunction = unsafe extern "C" fn(
+    *const c_char,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    *mut *mut c_void,
+    *mut c_char,
+    usize,
+) -> c_int;
+
+unsafe fn launch_through(
+    function: LaunchFunction,
+    name: &str,
+    grid: [u32; 3],
+    block: [u32; 3],
+    dynamic_shared_bytes: u32,
+    params: *mut *mut c_void,
+) -> Result<(), LaunchError> {
+    let Ok(c_name) = CString::new(name) else {
+        return Err(LaunchError {
+            kind: LaunchErrorKind::UnknownKernel,
+            message: format!("no kernel named {name:?} (a NUL in the name)"),
+        });
+    };
+    let mut error = vec![0u8; 1024];
+    // SAFETY: the name is a C string, the error buffer as long as we say, and the parameters as the
+    // caller guarantees.
+    let status = unsafe {
+        function(
+            c_name.as_ptr(),
+            grid[0],
+            grid[1],
+            grid[2],
+            block[0],
+            block[1],
+            block[2],
+            dynamic_shared_bytes,
+            params,
+            error.as_mut_ptr().cast(),
+            error.len(),
+        )
+    };
+    let kind = match status {
+        0 => return Ok(()),
+        1 => LaunchErrorKind::UnknownKernel,
+        2 => LaunchErrorKind::InvalidConfiguration,
+        _ => LaunchErrorKind::ExecutionFailed,
+    };
+    let message =
+        CStr::from_bytes_until_nul(&error).map(|m| m.to_string_lossy().into_owned()).unwrap_or_default();
+    Err(LaunchError { kind, message })
+}
+
+/// Whether dp-cuda/kernels has a kernel (an `extern "C" __global__` function) of that name.
+pub fn has_kernel(name: &str) -> bool {
+    let Ok(c_name) = CString::new(name) else { return false };
+    // SAFETY: a C string.
+    unsafe { dp_emu_has_kernel(c_name.as_ptr()) != 0 }
+}
+
+/// Every kernel of dp-cuda/kernels: files in name order, each file's kernels in source order.
+pub fn kernel_names() -> Vec<&'static str> {
+    // SAFETY: the names are string literals of the generated registry, static and NUL-terminated.
+    (0..unsafe { dp_emu_kernel_count() })
+        .map(|i| unsafe { CStr::from_ptr(dp_emu_kernel_name(i)) }.to_str().expect("kernel names are ASCII"))
+        .collect()
+}
+
+/// The layout of each parameter of kernel `name`, in order; `None` when there is no such kernel.
+pub fn param_layouts(name: &str) -> Option<Vec<ParamLayout>> {
+    let c_name = CString::new(name).ok()?;
+    // SAFETY: a C string, and a capacity of 0 writes nothing.
+    let count =
+        unsafe { dp_emu_kernel_params(c_name.as_ptr(), std::ptr::null_mut(), std::ptr::null_mut(), 0) };
+    let count = usize::try_from(count).ok()?;
+    let (mut sizes, mut alignments) = (vec![0usize; count], vec![0usize; count]);
+    // SAFETY: both buffers hold `count` values.
+    unsafe { dp_emu_kernel_params(c_name.as_ptr(), sizes.as_mut_ptr(), alignments.as_mut_ptr(), count) };
+    Some(sizes.into_iter().zip(alignments).map(|(size, align)| ParamLayout { size, align }).collect())
+}
