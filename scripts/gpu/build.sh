@@ -7,12 +7,14 @@ cd "$(dirname "$0")/../.."
 mkdir -p target/gpu-check
 copy_tests() {
     python3 -c '
-import json, shutil, sys
+import json, os, shutil, sys
 for line in sys.stdin:
     msg = json.loads(line)
     if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["profile"]["test"]:
         name = msg["target"]["name"]
-        shutil.copy(msg["executable"], f"target/gpu-check/{name}")
+        # Replaced, not overwritten: a binary still running keeps its old file.
+        shutil.copy(msg["executable"], f"target/gpu-check/{name}.new")
+        os.replace(f"target/gpu-check/{name}.new", f"target/gpu-check/{name}")
         print("target/gpu-check/" + name)
 '
 }
@@ -21,5 +23,5 @@ cargo test --release --features cuda --test gpu_programs --no-run --message-form
 cargo test --release --features cuda --test gpu_programs_bf16 --no-run --message-format=json | copy_tests
 cargo test --release --features cuda --test gpu_storage_bf16 --no-run --message-format=json | copy_tests
 cargo build --release --features cuda --bin dp
-cp target/release/dp target/gpu-check/dp
+cp target/release/dp target/gpu-check/dp.new && mv target/gpu-check/dp.new target/gpu-check/dp
 echo target/gpu-check/dp

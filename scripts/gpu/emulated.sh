@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The GPU tests on the emulated device: dp-cuda-emulator (dp-cuda/emulator/) stands in for the CUDA
+# driver and cuBLAS on this machine's CPU, and every GPU test runs against it with DP_REQUIRE_GPU (a
+# test that finds no device fails). NVRTC is the real one: it compiles every kernel as for a GPU, and
+# its PTX gives the kernels' parameters and launch bounds. This is not a GPU: it checks the device
+# code's logic (every launch, copy, product, stream, event and graph the tests make, and the
+# kernels' arithmetic compiled for the CPU), never its speed or a GPU's own arithmetic. See
+# docs/GPU.md, "The emulated device".
+#
+#   scripts/gpu/emulated.sh            every GPU test, release build (about 25 minutes on 2 cores)
+#   scripts/gpu/emulated.sh --quick    all but the slowest six (a few minutes; CI runs this)
+#   scripts/gpu/emulated.sh --dev      the dev profile (reuses `cargo test`'s build)
+#
+# NVRTC must be on the loader's path (LD_LIBRARY_PATH, as for `cargo test`). DP_EMULATOR_LATE_STREAMS=1
+# runs each stream's work as late as its events allow (a missing wait between streams then shows);
+# DP_EMULATOR_MEMORY_BYTES sets the device's memory (8 GiB by default).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+profile=(--release) dir=release quick=0
+for arg in "$@"; do
+    case $arg in
+        --quick) quick=1 ;;
+        --dev) profile=() dir=debug ;;
+        *) echo "usage: scripts/gpu/emulated.sh [--quick] [--dev]" >&2; exit 2 ;;
+    esac
+done
+cargo build ${profile[@]+"${profile[@]}"} -p dp-cuda-emulator
+links=$(mktemp -d)
+trap 'rm -rf "$links"' EXIT
+for name in libcuda.so libcuda.so.1 libcublas.so libcublas.so.12; do
+    ln -s "$PWD/target/$dir/libdp_cuda_emulator.so" "$links/$name"
+done
+# The slowest tests here (the phases are timed over 100 steps of four models; the transformers, the
+# image, norm and LSTM models and the LSTM's fused recurrence take minutes each on the CPU's model of
+# the kernels).
+skip=()
+if [ $quick = 1 ]; then
+    for t in gpu_step_phases gpu_transformers_match_the_cpu gpu_image_models_match_the_cpu \
+        gpu_norm_models_match_the_cpu gpu_lstm_models_match_the_cpu \
+        gpu_lstm_recurrence_as_one_kernel_equals_it_step_by_step; do
+        skip+=(--skip "$t")
+    done
+fi
+export LD_LIBRARY_PATH="$links${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export DP_REQUIRE_GPU=1 DP_REQUIRE_NVRTC=1
+cargo test ${profile[@]+"${profile[@]}"} -p dp-cuda --test gpu -- --include-ignored
+cargo test ${profile[@]+"${profile[@]}"} --features cuda --test gpu_programs --test gpu_programs_bf16 --test gpu_storage_bf16 \
+    -- --include-ignored ${skip[@]+"${skip[@]}"}
