@@ -11,8 +11,9 @@
 #   scripts/gpu/emulated.sh --quick    all but the slowest six (a few minutes; CI runs this)
 #   scripts/gpu/emulated.sh --dev      the dev profile (reuses `cargo test`'s build)
 #
-# NVRTC must be on the loader's path (LD_LIBRARY_PATH, as for `cargo test`). DP_EMULATOR_LATE_STREAMS=1
-# runs each stream's work as late as its events allow (a missing wait between streams then shows);
+# NVRTC must be on the loader's path (LD_LIBRARY_PATH, as for `cargo test`). DP_EMULATOR_LATE_STREAMS=later
+# (or earlier) runs the streams made later (or earlier) as late as their events allow (a missing wait
+# between streams then shows);
 # DP_EMULATOR_MEMORY_BYTES sets the device's memory (8 GiB by default).
 set -euo pipefail
 cd "$(dirname "$0")/../.."

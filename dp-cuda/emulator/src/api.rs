@@ -58,6 +58,13 @@ fn refuse(code: CUresult, why: impl std::fmt::Display) -> CUresult {
     code
 }
 
+/// What real CUDA allows and this library does not model: the device fails (a sticky error, said on
+/// stderr), so that no test passes by dp falling back on another path (graphs off) after a refusal.
+fn not_emulated(what: &str) -> CUresult {
+    state::fail(format!("{what} is allowed by CUDA but not emulated"));
+    CUDA_ERROR_NOT_SUPPORTED
+}
+
 fn sticky() -> Option<CUresult> {
     state::failed().then_some(CUDA_ERROR_LAUNCH_FAILED)
 }
@@ -314,12 +321,7 @@ pub unsafe extern "C" fn cuMemAllocAsync(
 ) -> CUresult {
     check_sticky!();
     match stream(h) {
-        Ok(s) if s.capture().is_some() => {
-            return refuse(
-                CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
-                "cuMemAllocAsync inside a capture is not emulated",
-            )
-        }
+        Ok(s) if s.capture().is_some() => return not_emulated("cuMemAllocAsync inside a capture"),
         Ok(_) => {}
         Err(code) => return code,
     }
@@ -334,19 +336,13 @@ pub extern "C" fn cuMemFree_v2(pointer: c_ulonglong) -> CUresult {
     for s in STREAMS.all() {
         s.synchronize();
     }
-    if state::memory().free(pointer as usize, Kind::Device) {
-        CUDA_SUCCESS
-    } else {
-        refuse(CUDA_ERROR_INVALID_VALUE, format!("cuMemFree of {pointer:#x}, not a live device allocation"))
-    }
+    freed(state::memory().free(pointer as usize, Kind::Device), "cuMemFree")
 }
 
 #[no_mangle]
 pub extern "C" fn cuMemFreeAsync(pointer: c_ulonglong, h: *mut c_void) -> CUresult {
     match stream(h) {
-        Ok(s) if s.capture().is_some() => {
-            refuse(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuMemFreeAsync inside a capture is not emulated")
-        }
+        Ok(s) if s.capture().is_some() => not_emulated("cuMemFreeAsync inside a capture"),
         Ok(_) => submit(h, Op::Free { start: pointer as usize }),
         Err(code) => code,
     }
@@ -369,13 +365,19 @@ pub extern "C" fn cuMemFreeHost(pointer: *mut c_void) -> CUresult {
     for s in STREAMS.all() {
         s.synchronize();
     }
-    if state::memory().free(pointer as usize, Kind::Pinned) {
-        CUDA_SUCCESS
-    } else {
-        refuse(
-            CUDA_ERROR_INVALID_VALUE,
-            format!("cuMemFreeHost of {:#x}, not pinned memory", pointer as usize),
-        )
+    freed(state::memory().free(pointer as usize, Kind::Pinned), "cuMemFreeHost")
+}
+
+/// A free's result: a write found past the allocation's ends fails the device (as the write would
+/// have, or would have corrupted a neighbour, on a GPU); freeing what is not allocated is refused.
+fn freed(result: Result<(), String>, what: &str) -> CUresult {
+    match result {
+        Ok(()) => CUDA_SUCCESS,
+        Err(why) if why.starts_with("something wrote") => {
+            state::fail(format!("{what}: {why}"));
+            CUDA_ERROR_ILLEGAL_ADDRESS
+        }
+        Err(why) => refuse(CUDA_ERROR_INVALID_VALUE, format!("{what}: {why}")),
     }
 }
 
@@ -628,8 +630,10 @@ pub extern "C" fn cuStreamWaitEvent(h: *mut c_void, e: *mut c_void, _flags: c_ui
                     );
                 }
             }
-            Capture::wait(&captured.capture, &s, &captured);
-            CUDA_SUCCESS
+            match Capture::wait(&captured.capture, &s, &captured) {
+                Ok(()) => CUDA_SUCCESS,
+                Err(why) => refuse(CUDA_ERROR_INVALID_VALUE, why),
+            }
         }
         Ok(record) => {
             if let Some(capture) = s.capture() {

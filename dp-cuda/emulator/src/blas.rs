@@ -2,7 +2,9 @@
 //! `cublasGemmStridedBatchedEx`), column-major as cuBLAS defines them, queued on the handle's stream.
 //! Arguments cuBLAS refuses are refused (leading dimensions, types), and every operand's reach, at
 //! its leading dimension and batch stride, must lie in one live device allocation. bf16 operands
-//! are read as their f32 values and accumulated in f32; `CUBLAS_COMPUTE_32F_FAST_16BF` on f32
+//! are read as their f32 values and accumulated in f32 (the type combinations cuBLAS supports among
+//! these only, and C's batch members never overlapping); aliasing between C and A or B is not
+//! checked; `CUBLAS_COMPUTE_32F_FAST_16BF` on f32
 //! operands rounds them to bf16 first (to nearest even), as the host reference assumes the tensor
 //! cores do.
 
@@ -62,9 +64,20 @@ pub extern "C" fn cublasSetStream_v2(handle: *mut c_void, stream: *mut c_void) -
     }
 }
 
+/// The default and pedantic math modes (with or without disallowing reduced-precision reductions);
+/// TF32 and the others would change the arithmetic, which is not emulated: the device fails.
 #[no_mangle]
-pub extern "C" fn cublasSetMathMode(handle: *mut c_void, _mode: c_uint) -> Status {
-    HANDLES.get(handle as usize).map_or(INVALID_VALUE, |_| SUCCESS)
+pub extern "C" fn cublasSetMathMode(handle: *mut c_void, mode: c_uint) -> Status {
+    if HANDLES.get(handle as usize).is_none() {
+        return INVALID_VALUE;
+    }
+    match mode & !16 {
+        0 | 2 => SUCCESS,
+        other => {
+            state::fail(format!("cuBLAS math mode {other} is allowed by cuBLAS but not emulated"));
+            NOT_SUPPORTED
+        }
+    }
 }
 
 #[no_mangle]
@@ -133,6 +146,28 @@ impl Operand {
         } else {
             Err(format!("{name} reaches past its allocation: {}", memory.describe(self.at, bytes)))
         }
+    }
+
+    /// The first value two batch members both write, if any (members may interleave: a head's
+    /// columns inside wider rows).
+    fn first_overlap(&self, batch: usize) -> Option<usize> {
+        if batch < 2 || self.reach() == 0 {
+            return None;
+        }
+        let mut written = vec![0u64; ((batch - 1) * self.stride + self.reach()).div_ceil(64)];
+        for e in 0..batch {
+            for j in 0..self.cols {
+                for i in 0..self.rows {
+                    let at = e * self.stride + i + j * self.ld;
+                    let (word, bit) = (at / 64, 1u64 << (at % 64));
+                    if written[word] & bit != 0 {
+                        return Some(at);
+                    }
+                    written[word] |= bit;
+                }
+            }
+        }
+        None
     }
 
     /// Batch member `e` as f32, column-major with its own `ld`, each value rounded to bf16 first
@@ -264,6 +299,15 @@ unsafe fn queue(
     let (Some(a_ty), Some(b_ty), Some(c_ty)) = (Type::of(a_type), Type::of(b_type), Type::of(c_type)) else {
         return refuse(NOT_SUPPORTED, format!("data types {a_type}, {b_type}, {c_type}"));
     };
+    // The combinations cuBLAS supports among those emulated: f32 throughout (FAST_16BF rounding the
+    // operands), or bf16 operands with a bf16 or f32 output under COMPUTE_32F.
+    let supported = matches!(
+        (round, a_ty, b_ty, c_ty),
+        (_, Type::F32, Type::F32, Type::F32) | (false, Type::Bf16, Type::Bf16, Type::Bf16 | Type::F32)
+    );
+    if !supported {
+        return refuse(NOT_SUPPORTED, format!("types {a_ty:?}, {b_ty:?}, {c_ty:?} (rounding {round})"));
+    }
     let (a_rows, a_cols) = if ta { (k, m) } else { (m, k) };
     let (b_rows, b_cols) = if tb { (n, k) } else { (k, n) };
     let product = Product {
@@ -282,8 +326,11 @@ unsafe fn queue(
             return refuse(INVALID_VALUE, why);
         }
     }
-    if product.batch > 1 && stride_c < (m * n) as c_longlong && m * n > 0 {
-        return refuse(INVALID_VALUE, format!("C's batch stride {stride_c} overlaps its {m}×{n} members"));
+    if let Some(at) = product.c.first_overlap(product.batch) {
+        return refuse(
+            INVALID_VALUE,
+            format!("C's batch members overlap at value {at} ({m}×{n}, ldc {ldc}, batch stride {stride_c})"),
+        );
     }
     let stream = *h.stream.lock().unwrap();
     let work = Op::Work(Arc::new(move || {

@@ -51,6 +51,8 @@ pub struct Capture {
     streams: Vec<Arc<Stream>>,
     /// Why the capture can no longer end in a graph, if something invalidated it.
     pub invalid: Option<String>,
+    /// Whether it has ended: an event recorded in it can no longer join a stream to it.
+    ended: bool,
 }
 
 impl Capture {
@@ -63,6 +65,7 @@ impl Capture {
             clocks: HashMap::from([(origin.id, Clock::default())]),
             streams: vec![Arc::clone(origin)],
             invalid: None,
+            ended: false,
         }));
         origin.set_capture(Some(Arc::clone(&capture)));
         capture
@@ -80,10 +83,18 @@ impl Capture {
         CapturedRecord { capture: Arc::clone(this), stream, clock }
     }
 
-    /// `stream` waits on `record`: joins the capture if it is not part of it yet.
-    pub fn wait(this: &Arc<Mutex<Capture>>, stream: &Arc<Stream>, record: &CapturedRecord) {
+    /// `stream` waits on `record`: joins the capture if it is not part of it yet. Refused when the
+    /// capture has ended (the event's record is a node of a graph, not work a stream can wait for).
+    pub fn wait(
+        this: &Arc<Mutex<Capture>>,
+        stream: &Arc<Stream>,
+        record: &CapturedRecord,
+    ) -> Result<(), String> {
         let joins = {
             let mut capture = this.lock().unwrap();
+            if capture.ended {
+                return Err("a wait on an event last recorded in a capture that has ended".into());
+            }
             let joins = !capture.clocks.contains_key(&stream.id);
             if joins {
                 capture.streams.push(Arc::clone(stream));
@@ -96,6 +107,7 @@ impl Capture {
         if joins {
             stream.set_capture(Some(Arc::clone(this)));
         }
+        Ok(())
     }
 
     /// Marks the capture invalid (the first reason is kept).
@@ -106,7 +118,11 @@ impl Capture {
     /// Ends the capture begun on `origin`: every stream leaves it, and the captured work is returned,
     /// or why there is no graph.
     pub fn end(this: &Arc<Mutex<Capture>>) -> Result<Vec<Op>, (u32, String)> {
-        let streams = std::mem::take(&mut this.lock().unwrap().streams);
+        let streams = {
+            let mut capture = this.lock().unwrap();
+            capture.ended = true;
+            std::mem::take(&mut capture.streams)
+        };
         for stream in &streams {
             stream.set_capture(None);
         }

@@ -12,7 +12,8 @@
 //! reads past a device buffer's ends (guard pages), fresh device memory read before it is written
 //! (it holds NaN), launch geometry against the limits and the kernels' launch bounds, stream capture's
 //! rules (forks joined, no synchronising call while capturing), and the order between streams (each
-//! stream is a thread; `DP_EMULATOR_LATE_STREAMS=1` runs every stream's work as late as its events allow).
+//! stream is a thread; `DP_EMULATOR_LATE_STREAMS=later|earlier` runs the streams made later, or earlier, as late as
+//! their events allow).
 //!
 //! What it cannot show: speed, the GPU's own arithmetic (its libm, its cuBLAS's summation order and
 //! tensor-core rounding; NVRTC's code generation, whose PTX is read only for its entry points), and

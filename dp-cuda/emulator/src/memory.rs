@@ -52,9 +52,11 @@ impl Memory {
         self.device_bytes
     }
 
-    /// A new allocation of `len` bytes, or `None` when the device is full or the mapping failed. A
-    /// device allocation's bytes are all 0xff (NaN in f32 and in bf16): a GPU's fresh memory holds
-    /// whatever it held, often zeros, so a value read before it is written shows here as NaN.
+    /// A new allocation of `len` bytes, or `None` when the device is full or the mapping failed. Its
+    /// bytes are all 0xff (NaN in f32 and in bf16), and so are the bytes around it up to the guard
+    /// pages (nearly a page before it, up to 15 after it): a GPU's fresh memory holds whatever it
+    /// held, often zeros, so a value read before it is written, or read just past either end, shows
+    /// here as NaN; [`free`](Self::free) finds a write past either end.
     pub fn allocate(&mut self, len: usize, kind: Kind) -> Option<usize> {
         if kind == Kind::Device && self.device_bytes + len > capacity() {
             return None;
@@ -84,10 +86,8 @@ impl Memory {
             return None;
         }
         let start = base + page + body - round_up(len.max(1), 16);
-        if kind == Kind::Device {
-            // SAFETY: inside the pages made readable and writable above.
-            unsafe { std::ptr::write_bytes(start as *mut u8, 0xff, len) };
-        }
+        // SAFETY: the pages made readable and writable above.
+        unsafe { std::ptr::write_bytes((base + page) as *mut u8, 0xff, body) };
         self.live.insert(start, Allocation { len, map_base: base, map_len, kind });
         if kind == Kind::Device {
             self.device_bytes += len;
@@ -95,19 +95,39 @@ impl Memory {
         Some(start)
     }
 
-    /// Frees the allocation that starts at `start`; false when there is none of that kind.
-    pub fn free(&mut self, start: usize, kind: Kind) -> bool {
+    /// Frees the allocation that starts at `start`: an error when there is none of that kind, or
+    /// when a byte around it (between it and its guard pages) is no longer 0xff, i.e. something
+    /// wrote past one of its ends (it is freed all the same).
+    pub fn free(&mut self, start: usize, kind: Kind) -> Result<(), String> {
         match self.live.get(&start) {
             Some(a) if a.kind == kind => {}
-            _ => return false,
+            _ => return Err(format!("{start:#x} is not a live {kind:?} allocation")),
         }
         let a = self.live.remove(&start).expect("checked above");
         if kind == Kind::Device {
             self.device_bytes -= a.len;
         }
+        let page = page();
+        let (body_start, body_end) = (a.map_base + page, a.map_base + a.map_len - page);
+        // SAFETY: the readable pages of the mapping, still mapped.
+        let around =
+            |from: usize, to: usize| unsafe { std::slice::from_raw_parts(from as *const u8, to - from) };
+        let before =
+            around(body_start, start).iter().rposition(|&b| b != 0xff).map(|i| start - body_start - i);
+        let after = around(start + a.len, body_end).iter().position(|&b| b != 0xff).map(|i| i + 1);
         // SAFETY: the mapping made by `allocate`, no longer recorded.
         unsafe { libc::munmap(a.map_base as *mut _, a.map_len) };
-        true
+        match (before, after) {
+            (None, None) => Ok(()),
+            (Some(back), _) => Err(format!(
+                "something wrote {back} bytes before the {kind:?} allocation of {} bytes at {start:#x}",
+                a.len
+            )),
+            (None, Some(past)) => Err(format!(
+                "something wrote {past} bytes past the end of the {kind:?} allocation of {} bytes at {start:#x}",
+                a.len
+            )),
+        }
     }
 
     /// The kind of the allocation holding every byte of `[at, at + len)`, or `None` when no single
@@ -154,11 +174,31 @@ mod tests {
         assert_eq!(memory.device_bytes(), 100);
         // SAFETY: inside the allocation just made.
         unsafe { std::ptr::write_bytes(a as *mut u8, 7, 100) };
-        assert!(!memory.free(a, Kind::Pinned), "freed as the wrong kind");
-        assert!(memory.free(a, Kind::Device));
-        assert!(!memory.free(a, Kind::Device), "freed twice");
+        assert!(memory.free(a, Kind::Pinned).is_err(), "freed as the wrong kind");
+        assert!(memory.free(a, Kind::Device).is_ok());
+        assert!(memory.free(a, Kind::Device).is_err(), "freed twice");
         assert!(!memory.is_device(a, 4));
         assert_eq!(memory.device_bytes(), 0);
-        assert!(memory.free(p, Kind::Pinned));
+        assert!(memory.free(p, Kind::Pinned).is_ok());
+    }
+
+    #[test]
+    fn the_bytes_around_an_allocation_read_as_nan_and_a_write_there_is_found_at_free() {
+        let mut memory = Memory::default();
+        for (offset, found) in [(-1isize, "1 bytes before"), (100, "1 bytes past"), (110, "11 bytes past")] {
+            let a = memory.allocate(100, Kind::Device).unwrap();
+            // SAFETY: the readable bytes around the allocation (up to its guard pages).
+            unsafe {
+                assert!(f32::from_bits(*((a as isize - 4) as *const u32)).is_nan(), "before it");
+                assert!(f32::from_bits(*((a + 100) as *const u32)).is_nan(), "after it");
+                *((a as isize + offset) as *mut u8) = 0;
+            }
+            let error = memory.free(a, Kind::Device).unwrap_err();
+            assert!(error.contains(found), "{error}");
+        }
+        let p = memory.allocate(8, Kind::Pinned).unwrap();
+        // SAFETY: the allocation's own bytes.
+        assert!(f32::from_bits(unsafe { *(p as *const u32) }).is_nan(), "fresh pinned memory is NaN too");
+        assert!(memory.free(p, Kind::Pinned).is_ok());
     }
 }

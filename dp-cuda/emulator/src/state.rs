@@ -41,11 +41,27 @@ pub fn failed() -> bool {
     FAILED.load(Ordering::SeqCst)
 }
 
-/// Whether streams run late (`DP_EMULATOR_LATE_STREAMS=1`; crate::stream): each operation only when
-/// every stream made before its own has nothing to run.
-pub fn late_streams() -> bool {
-    static LATE: LazyLock<bool> =
-        LazyLock::new(|| std::env::var("DP_EMULATOR_LATE_STREAMS").is_ok_and(|v| v == "1"));
+/// Which streams run late (`DP_EMULATOR_LATE_STREAMS`; crate::stream).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Late {
+    /// Every stream runs as soon as its events allow (the default).
+    None,
+    /// `later`: a stream runs an operation only when every stream made before it has nothing to
+    /// run, so a landing or branch stream's work comes as late as the events allow.
+    Later,
+    /// `earlier`: a stream runs an operation only when every stream made after it has nothing to
+    /// run, so the GPU's own stream comes late against its landing and branch streams.
+    Earlier,
+}
+
+/// The late schedule asked for (`DP_EMULATOR_LATE_STREAMS=later|earlier`).
+pub fn late_streams() -> Late {
+    static LATE: LazyLock<Late> =
+        LazyLock::new(|| match std::env::var("DP_EMULATOR_LATE_STREAMS").as_deref() {
+            Ok("later") => Late::Later,
+            Ok("earlier") => Late::Earlier,
+            _ => Late::None,
+        });
     *LATE
 }
 

@@ -1,10 +1,12 @@
 //! Streams and events. Each stream is a thread that runs its queue in order, so work on two streams
 //! runs concurrently and is ordered only by the events between them, as on a GPU: a wait left out
 //! can show as a wrong value. Asynchronous copies from and to pinned memory read and write it when
-//! they run, not when they are queued. With `DP_EMULATOR_LATE_STREAMS=1` a stream runs
-//! each operation only when every stream made before it has nothing to run (its queue has run, or it
-//! waits on an event): a landing or branch stream's work then comes as late as the events allow, so
-//! that work on the main stream which reads its results without waiting for them reads stale values.
+//! they run, not when they are queued. With `DP_EMULATOR_LATE_STREAMS=later` a stream
+//! runs each operation only when every stream made before it has nothing to run (its queue has run,
+//! or it waits on an event): a landing or branch stream's work then comes as late as the events
+//! allow, so that work on the main stream which reads its results without waiting for them reads
+//! stale values; `earlier` delays the main stream against the others instead, so that a landing or
+//! branch stream that overwrites what the main stream has yet to read shows.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,13 +68,9 @@ impl Op {
                 event.wait_for(*record);
                 Ok(())
             }
-            Op::Free { start } => {
-                if state::memory().free(*start, crate::memory::Kind::Device) {
-                    Ok(())
-                } else {
-                    Err(format!("cuMemFreeAsync of {start:#x}, which is not a live device allocation"))
-                }
-            }
+            Op::Free { start } => state::memory()
+                .free(*start, crate::memory::Kind::Device)
+                .map_err(|e| format!("cuMemFreeAsync: {e}")),
         }
     }
 }
@@ -154,7 +152,7 @@ impl Event {
     }
 }
 
-/// Every stream made, for the late schedule (`DP_EMULATOR_LATE_STREAMS`).
+/// Every stream made, for the late schedules (`DP_EMULATOR_LATE_STREAMS`).
 static LIVE: Mutex<Vec<Weak<Stream>>> = Mutex::new(Vec::new());
 
 /// A stream: a queue and the thread that runs it.
@@ -217,8 +215,9 @@ impl Stream {
                 }
             };
             if !state::failed() {
-                if state::late_streams() {
-                    while !self.earlier_streams_idle() && !state::failed() {
+                let late = state::late_streams();
+                if late != state::Late::None {
+                    while !self.others_idle(late) && !state::failed() {
                         std::thread::sleep(std::time::Duration::from_micros(20));
                     }
                 }
@@ -236,14 +235,18 @@ impl Stream {
         }
     }
 
-    /// Whether every stream made before this one has nothing to run: its queue has run, or it waits
-    /// on an event.
-    fn earlier_streams_idle(&self) -> bool {
+    /// Whether every stream made before this one (`Late::Later`), or after it (`Late::Earlier`), has
+    /// nothing to run: its queue has run, or it waits on an event.
+    fn others_idle(&self, late: state::Late) -> bool {
         LIVE.lock()
             .unwrap()
             .iter()
             .filter_map(Weak::upgrade)
-            .filter(|s| s.id < self.id)
+            .filter(|s| match late {
+                state::Late::Later => s.id < self.id,
+                state::Late::Earlier => s.id > self.id,
+                state::Late::None => false,
+            })
             .all(|s| s.waiting.load(Ordering::SeqCst) || s.is_idle())
     }
 

@@ -423,3 +423,71 @@ fn products_equal_a_plain_loop_with_transposes_strides_and_bf16() {
         );
     }
 }
+
+#[test]
+fn products_refuse_overlapping_outputs_and_unsupported_types_but_allow_interleaved_members() {
+    let s = stream();
+    let mut handle = null_mut();
+    // SAFETY: writes one handle.
+    assert_eq!(unsafe { cublasCreate_v2(&mut handle) }, 0);
+    assert_eq!(cublasSetStream_v2(handle, s), 0);
+    let (m, n, k) = (2usize, 2usize, 3usize);
+    let a = upload(s, &values(64, 8));
+    let b = upload(s, &values(64, 9));
+    let c = device(64 * 4);
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let call = |ldc: usize, stride_c: usize| {
+        // SAFETY: every reach lies inside the 64-value allocations (checked by the emulator first).
+        unsafe {
+            cublasSgemmStridedBatched(
+                handle,
+                0,
+                0,
+                m as i32,
+                n as i32,
+                k as i32,
+                &alpha,
+                a as *const f32,
+                m as i32,
+                0,
+                b as *const f32,
+                k as i32,
+                0,
+                &beta,
+                c as *mut f32,
+                ldc as i32,
+                stride_c as i64,
+                2,
+            )
+        }
+    };
+    assert_eq!(call(4, 4), 7, "members {{0,1,4,5}} and {{4,5,8,9}} overlap");
+    assert_eq!(call(4, 2), 0, "interleaved members, a head's columns inside wider rows");
+    assert_eq!(call(2, 4), 0, "members one after the other");
+    // bf16 A with f32 B: not a combination cuBLAS supports.
+    // SAFETY: refused before anything is read.
+    let status = unsafe {
+        cublasGemmEx(
+            handle,
+            0,
+            0,
+            m as i32,
+            n as i32,
+            k as i32,
+            &alpha as *const f32 as *const c_void,
+            a as *const c_void,
+            14,
+            m as i32,
+            b as *const c_void,
+            0,
+            k as i32,
+            &beta as *const f32 as *const c_void,
+            c as *mut c_void,
+            0,
+            m as i32,
+            68,
+            -1,
+        )
+    };
+    assert_eq!(status, 15);
+}
