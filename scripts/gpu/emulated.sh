@@ -10,6 +10,8 @@
 #   scripts/gpu/emulated.sh            every GPU test, release build (about 25 minutes on 2 cores)
 #   scripts/gpu/emulated.sh --quick    all but the slowest six (a few minutes; CI runs this)
 #   scripts/gpu/emulated.sh --dev      the dev profile (reuses `cargo test`'s build)
+#   scripts/gpu/emulated.sh --streams  only the tests of the steps that use several streams (the
+#                                      trainer's overlap, the landing, the noise's branch)
 #
 # NVRTC must be on the loader's path (LD_LIBRARY_PATH, as for `cargo test`). DP_EMULATOR_LATE_STREAMS=later
 # (or earlier) runs the streams made later (or earlier) as late as their events allow (a missing wait
@@ -17,12 +19,13 @@
 # DP_EMULATOR_MEMORY_BYTES sets the device's memory (8 GiB by default).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-profile=(--release) dir=release quick=0
+profile=(--release) dir=release quick=0 streams=0
 for arg in "$@"; do
     case $arg in
         --quick) quick=1 ;;
         --dev) profile=() dir=debug ;;
-        *) echo "usage: scripts/gpu/emulated.sh [--quick] [--dev]" >&2; exit 2 ;;
+        --streams) streams=1 ;;
+        *) echo "usage: scripts/gpu/emulated.sh [--quick] [--dev] [--streams]" >&2; exit 2 ;;
     esac
 done
 cargo build ${profile[@]+"${profile[@]}"} -p dp-cuda-emulator
@@ -44,6 +47,12 @@ if [ $quick = 1 ]; then
 fi
 export LD_LIBRARY_PATH="$links${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export DP_REQUIRE_GPU=1 DP_REQUIRE_NVRTC=1
+if [ $streams = 1 ]; then
+    cargo test ${profile[@]+"${profile[@]}"} --features cuda --test gpu_programs -- --include-ignored \
+        gpu_private_steps gpu_steps_overlapped gpu_batches_copied_in_beside gpu_noise_beside gpu_trainer \
+        gpu_evaluation gpu_distributed gpu_non_private_baseline gpu_clipped_sum_out ${skip[@]+"${skip[@]}"}
+    exit
+fi
 cargo test ${profile[@]+"${profile[@]}"} -p dp-cuda --test gpu -- --include-ignored
 cargo test ${profile[@]+"${profile[@]}"} --features cuda --test gpu_programs --test gpu_programs_bf16 --test gpu_storage_bf16 \
     -- --include-ignored ${skip[@]+"${skip[@]}"}
