@@ -178,6 +178,39 @@ impl HostDevice {
         Ok(Some((0..n).map(|i| f[i * groups + group]).collect()))
     }
 
+    /// Per example, `a_i · b_i + |bias_i|²` into `sq_norms[i·groups + group]` (`b` `None`: `a` itself,
+    /// a squared norm), 0 where rounding leaves it below 0: the kept gradients' squared norms, and a
+    /// ghost conv's from its two Gram matrices.
+    #[allow(clippy::too_many_arguments)]
+    fn dot_norms(
+        &mut self,
+        what: &str,
+        (a, b): (Span, Option<Span>),
+        len: usize,
+        bias: Option<(Span, usize)>,
+        n: usize,
+        sq_norms: Span,
+        groups: usize,
+        group: usize,
+    ) -> Result<(), DeviceError> {
+        let a = self.read(a)?;
+        let b = b.map(|b| self.read(b)).transpose()?;
+        let bias = bias.map(|(s, len)| self.read(s).map(|v| (v, len))).transpose()?;
+        let s = self.write(sq_norms)?;
+        let b = b.as_deref().unwrap_or(&a);
+        let short_bias = bias.as_ref().is_some_and(|(v, l)| v.len() < n * l);
+        if a.len() < n * len || b.len() < n * len || short_bias || s.len() < n * groups || group >= groups {
+            return Err(short(what));
+        }
+        for i in 0..n {
+            let weight = dot(example(&a, i, len), example(b, i, len));
+            let bias = bias.as_ref().map_or(0.0, |(v, l)| dot(example(v, i, *l), example(v, i, *l)));
+            let sq = (weight + bias) as f32;
+            s[i * groups + group] = if sq < 0.0 { 0.0 } else { sq };
+        }
+        Ok(())
+    }
+
     fn write(&mut self, s: Span) -> Result<&mut [f32], DeviceError> {
         self.round_written();
         let bf16 = self.in_bf16(s)?;
@@ -592,20 +625,7 @@ impl DeviceOps for HostDevice {
         groups: usize,
         group: usize,
     ) -> Result<(), DeviceError> {
-        let (a, b) = (self.read(a)?, self.read(b)?);
-        let bias = bias.map(|(s, len)| self.read(s).map(|v| (v, len))).transpose()?;
-        let s = self.write(sq_norms)?;
-        let short_bias = bias.as_ref().is_some_and(|(v, l)| v.len() < n * l);
-        if a.len() < n * len || b.len() < n * len || short_bias || s.len() < n * groups || group >= groups {
-            return Err(short("gram_sq_norms"));
-        }
-        for i in 0..n {
-            let weight = dot(example(&a, i, len), example(&b, i, len));
-            let bias = bias.as_ref().map_or(0.0, |(v, l)| dot(example(v, i, *l), example(v, i, *l)));
-            let sq = (weight + bias) as f32;
-            s[i * groups + group] = if sq < 0.0 { 0.0 } else { sq };
-        }
-        Ok(())
+        self.dot_norms("gram_sq_norms", (a, Some(b)), len, bias, n, sq_norms, groups, group)
     }
 
     fn channel_bias_activation(
@@ -651,19 +671,8 @@ impl DeviceOps for HostDevice {
         groups: usize,
         group: usize,
     ) -> Result<(), DeviceError> {
-        let w = self.read(weight)?;
-        let b = bias.map(|(b, len)| self.read(b).map(|b| (b, len))).transpose()?;
-        let s = self.write(sq_norms)?;
-        let short_bias = b.as_ref().is_some_and(|(b, len)| b.len() < n * len);
-        if w.len() < n * weight_len || short_bias || s.len() < n * groups || group >= groups {
-            return Err(short("kept_sq_norms"));
-        }
-        let sq = |row: &[f32]| dot(row, row);
-        for i in 0..n {
-            let bias_part = b.as_ref().map_or(0.0, |(b, len)| sq(example(b, i, *len)));
-            s[i * groups + group] = (sq(example(&w, i, weight_len)) + bias_part) as f32;
-        }
-        Ok(())
+        // A sum of squares is never below 0: the clamp of the shared loop never applies here.
+        self.dot_norms("kept_sq_norms", (weight, None), weight_len, bias, n, sq_norms, groups, group)
     }
 
     fn kept_weighted_sum(
