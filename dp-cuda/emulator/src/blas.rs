@@ -170,6 +170,16 @@ impl Operand {
         None
     }
 
+    /// Batch member `e`'s values as f32, column-major with its own `ld`: the device memory itself
+    /// when it holds f32 that are not to be rounded, else a converted copy kept in `copy`.
+    unsafe fn as_f32(&self, e: usize, round: bool, copy: &mut Vec<f32>) -> *const f32 {
+        if self.ty == Type::F32 && !round {
+            return (self.at as *const f32).add(e * self.stride);
+        }
+        *copy = self.read(e, round);
+        copy.as_ptr()
+    }
+
     /// Batch member `e` as f32, column-major with its own `ld`, each value rounded to bf16 first
     /// when `round`.
     unsafe fn read(&self, e: usize, round: bool) -> Vec<f32> {
@@ -206,17 +216,26 @@ impl Product {
     unsafe fn run(&self) {
         let (m, n, k) = self.dims;
         let (ta, tb) = self.trans;
+        let ldc = self.c.ld;
         let gemm = gemm_f32::gemm::f32::get_gemm_fn();
+        let (mut a_copy, mut b_copy, mut c_copy) = (Vec::new(), Vec::new(), Vec::new());
         for e in 0..self.batch {
-            let a = self.a.read(e, self.round);
-            let b = self.b.read(e, self.round);
-            let mut c =
-                if self.beta != 0.0 { self.c.read(e, false) } else { vec![0f32; self.c.ld * n.max(1)] };
+            let a = self.a.as_f32(e, self.round, &mut a_copy);
+            let b = self.b.as_f32(e, self.round, &mut b_copy);
+            // An f32 C is computed in place; a bf16 one in f32 and rounded once when written back.
+            let c = match self.c.ty {
+                Type::F32 => (self.c.at as *mut f32).add(e * self.c.stride),
+                Type::Bf16 => {
+                    c_copy =
+                        if self.beta != 0.0 { self.c.read(e, false) } else { vec![0f32; ldc * n.max(1)] };
+                    c_copy.as_mut_ptr()
+                }
+            };
             if m > 0 && n > 0 {
                 if k == 0 {
                     for j in 0..n {
                         for i in 0..m {
-                            let cell = &mut c[i + j * self.c.ld];
+                            let cell = c.add(i + j * ldc);
                             *cell = if self.beta == 0.0 { 0.0 } else { self.beta * *cell };
                         }
                     }
@@ -224,19 +243,19 @@ impl Product {
                     let (a_rs, a_cs) = if ta { (self.a.ld as isize, 1) } else { (1, self.a.ld as isize) };
                     let (b_rs, b_cs) = if tb { (self.b.ld as isize, 1) } else { (1, self.b.ld as isize) };
                     // The gemm crate scales the destination by its first scalar and the product by
-                    // its second.
+                    // its second; it does not read the destination when told not to (beta 0).
                     gemm(
                         m,
                         n,
                         k,
-                        c.as_mut_ptr(),
-                        self.c.ld as isize,
+                        c,
+                        ldc as isize,
                         1,
                         self.beta != 0.0,
-                        a.as_ptr(),
+                        a,
                         a_cs,
                         a_rs,
-                        b.as_ptr(),
+                        b,
                         b_cs,
                         b_rs,
                         self.beta,
@@ -248,14 +267,12 @@ impl Product {
                     );
                 }
             }
-            let base = e * self.c.stride;
-            for j in 0..n {
-                for i in 0..m {
-                    let index = base + i + j * self.c.ld;
-                    let v = c[i + j * self.c.ld];
-                    match self.c.ty {
-                        Type::F32 => *(self.c.at as *mut f32).add(index) = v,
-                        Type::Bf16 => *(self.c.at as *mut u16).add(index) = bf16::from_f32(v).to_bits(),
+            if self.c.ty == Type::Bf16 {
+                let base = e * self.c.stride;
+                for j in 0..n {
+                    for i in 0..m {
+                        let v = c_copy[i + j * ldc];
+                        *(self.c.at as *mut u16).add(base + i + j * ldc) = bf16::from_f32(v).to_bits();
                     }
                 }
             }
