@@ -60,7 +60,16 @@ pub fn late_streams() -> Late {
         LazyLock::new(|| match std::env::var("DP_EMULATOR_LATE_STREAMS").as_deref() {
             Ok("later") => Late::Later,
             Ok("earlier") => Late::Earlier,
-            _ => Late::None,
+            Ok("") | Err(std::env::VarError::NotPresent) => Late::None,
+            Ok(other) => {
+                // A misspelt schedule must not quietly test the default one.
+                say(&format!("DP_EMULATOR_LATE_STREAMS={other:?}: the schedules are `later` and `earlier`"));
+                std::process::exit(2)
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                say("DP_EMULATOR_LATE_STREAMS is not UTF-8: the schedules are `later` and `earlier`");
+                std::process::exit(2)
+            }
         });
     *LATE
 }

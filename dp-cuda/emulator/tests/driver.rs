@@ -167,6 +167,80 @@ fn captures_replay_their_work_and_refuse_what_the_driver_refuses() {
     ok(cuStreamSynchronize(side));
 }
 
+/// Set in the child processes of the test below, which runs itself once per late schedule (the
+/// schedule is read once per process).
+const GRAPH_ORDER_CHILD: &str = "DP_EMULATOR_TEST_GRAPH_ORDER_CHILD";
+
+#[test]
+fn a_dependency_missing_inside_a_graph_shows_under_the_later_schedule() {
+    if std::env::var_os(GRAPH_ORDER_CHILD).is_some() {
+        return replay_a_graph_with_a_missing_dependency();
+    }
+    let name = "a_dependency_missing_inside_a_graph_shows_under_the_later_schedule";
+    let run = |schedule: Option<&str>| -> (Vec<f32>, Vec<f32>) {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child.args(["--exact", name, "--nocapture", "--test-threads=1"]).env(GRAPH_ORDER_CHILD, "1");
+        match schedule {
+            Some(s) => child.env("DP_EMULATOR_LATE_STREAMS", s),
+            None => child.env_remove("DP_EMULATOR_LATE_STREAMS"),
+        };
+        let out = child.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{schedule:?}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        let read = |label: &str| -> Vec<f32> {
+            // The harness's "test NAME ... " may begin the line.
+            let line = stdout
+                .lines()
+                .find_map(|l| l.find(label).map(|at| &l[at + label.len()..]))
+                .unwrap_or_else(|| panic!("{stdout}"));
+            line.split_whitespace().map(|v| v.parse().unwrap()).collect()
+        };
+        (read("read before the join: "), read("read after the join: "))
+    };
+    let written = vec![1.0, 2.0, 3.0, 4.0];
+    // In capture order the side stream's copy, captured first, happens to run before the read that
+    // does not wait for it: the missing dependency passes.
+    assert_eq!(run(None), (written.clone(), written.clone()));
+    assert_eq!(run(Some("earlier")), (written.clone(), written.clone()));
+    // Under `later` the origin's nodes go first wherever the edges let them: the read sees the old
+    // values. The joined read is right under every schedule.
+    assert_eq!(run(Some("later")), (vec![0.0; 4], written));
+}
+
+/// The child of the test above: the origin reads what a forked stream writes, once without waiting
+/// for it (the missing dependency) and once after joining it, inside one graph.
+fn replay_a_graph_with_a_missing_dependency() {
+    // The origin is made first: `later` runs its nodes before the side stream's.
+    let (origin, side) = (stream(), stream());
+    let (fork, join) = (event(), event());
+    let written = upload(origin, &[0.0; 4]);
+    let (unjoined, joined) = (device(16), device(16));
+    ok(cuStreamSynchronize(origin));
+    let host = pinned(16);
+    // SAFETY: the pinned buffer's 4 values.
+    unsafe { std::ptr::copy_nonoverlapping([1.0f32, 2.0, 3.0, 4.0].as_ptr(), host, 4) };
+    ok(cuStreamBeginCapture_v2(origin, 1));
+    ok(cuEventRecord(fork, origin));
+    ok(cuStreamWaitEvent(side, fork, 0));
+    // SAFETY: pinned source, device destination, 16 bytes.
+    ok(unsafe { cuMemcpyHtoDAsync_v2(written, host as *const c_void, 16, side) });
+    // SAFETY: two allocations of 16 bytes.
+    ok(unsafe { cuMemcpyDtoDAsync_v2(unjoined, written, 16, origin) });
+    ok(cuEventRecord(join, side));
+    ok(cuStreamWaitEvent(origin, join, 0));
+    // SAFETY: as above.
+    ok(unsafe { cuMemcpyDtoDAsync_v2(joined, written, 16, origin) });
+    let (mut graph, mut exec) = (null_mut(), null_mut());
+    // SAFETY: each writes one handle.
+    ok(unsafe { cuStreamEndCapture(origin, &mut graph) });
+    // SAFETY: as above.
+    ok(unsafe { cuGraphInstantiateWithFlags(&mut exec, graph, 0) });
+    ok(cuGraphLaunch(exec, origin));
+    let show = |values: Vec<f32>| values.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" ");
+    println!("read before the join: {}", show(download(origin, unjoined, 4)));
+    println!("read after the join: {}", show(download(origin, joined, 4)));
+}
+
 /// `C = alpha·op(A)·op(B) + beta·C`, column-major, as cuBLAS defines it, in f64.
 #[allow(clippy::too_many_arguments)]
 fn reference(
