@@ -1,5 +1,9 @@
-// The fiber scheduler: a block's threads run round robin (thread 0 until it ends or reaches a
-// barrier, then thread 1, ...), passes over the block repeating until every thread has ended.
+// The fiber scheduler: a block's threads run round robin, each until it ends or reaches a barrier,
+// in passes over the block repeated until every thread has ended; the blocks one after the other.
+// The launch's ThreadOrder says in which order: Forward runs thread 0, then 1, ... in every pass and
+// the blocks in order of blockIdx; Reverse runs both backwards; Shuffled draws a permutation of the
+// grid's blocks and a fresh one of the block's threads for every pass. CUDA promises no order, so
+// none of them changes what a correct kernel computes (but the order in which float atomics add).
 // - __syncthreads completes when every thread that has not exited has arrived (exited threads count
 //   as arrived, as on current GPUs); the last to arrive goes on and the others become runnable.
 // - A warp collective (shuffle, ballot, __syncwarp) completes when every lane of its mask has
@@ -33,7 +37,49 @@ std::string format(const char *pattern, ...) {
 
 Fiber &running_fiber() { return static_cast<Fiber &>(*current_thread); }
 
+// splitmix64: advances `state` and returns the next of its well-mixed outputs.
+std::uint64_t next_random(std::uint64_t &state) {
+    std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+// A number below `bound` (> 0) from a 64-bit random one, by the high half of their product.
+unsigned int below(std::uint64_t random, unsigned int bound) {
+    return static_cast<unsigned int>((static_cast<unsigned __int128>(random) * bound) >> 64);
+}
+
 }  // namespace
+
+BlockPermutation::BlockPermutation(std::uint64_t count, std::uint64_t seed) : count_(count) {
+    unsigned int bits = count <= 1 ? 0 : 64 - static_cast<unsigned int>(__builtin_clzll(count - 1));
+    mask_ = bits == 64 ? ~0ull : (1ull << bits) - 1;
+    shift_ = bits < 2 ? 1 : (bits + 1) / 2;
+    for (int r = 0; r < kRounds; ++r) {
+        offsets_[r] = next_random(seed) & mask_;
+        multipliers_[r] = (next_random(seed) | 1) & mask_;
+    }
+}
+
+std::uint64_t BlockPermutation::scramble(std::uint64_t x) const {
+    // Each step is a bijection of the `bits`-bit numbers: so is their composition.
+    for (int r = 0; r < kRounds; ++r) {
+        x = (x + offsets_[r]) & mask_;
+        x = (x * multipliers_[r]) & mask_;
+        x ^= x >> shift_;
+    }
+    return x;
+}
+
+std::uint64_t BlockPermutation::at(std::uint64_t index) const {
+    // The cycle through `index` returns to it, so a value below count_ comes.
+    std::uint64_t x = index;
+    do {
+        x = scramble(x);
+    } while (x >= count_);
+    return x;
+}
 
 const char *warp_op_name(WarpOp op) {
     switch (op) {
@@ -67,7 +113,8 @@ BlockScheduler &BlockScheduler::of_this_thread() {
     return scheduler;
 }
 
-std::string BlockScheduler::run_grid(KernelTrampoline kernel, void **params, dim3 grid, dim3 block) {
+std::string BlockScheduler::run_grid(KernelTrampoline kernel, void **params, dim3 grid, dim3 block,
+                                     ThreadOrder order, std::uint64_t seed) {
     kernel_ = kernel;
     params_ = params;
     block_.block_dim = block;
@@ -93,16 +140,25 @@ std::string BlockScheduler::run_grid(KernelTrampoline kernel, void **params, dim
         unsigned int lanes = threads - w * 32 < 32 ? threads - w * 32 : 32;
         warps_[w].existing = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1;
     }
+    order_ = order;
+    std::uint64_t launch = launches_++;
+    random_state_ = seed ^ next_random(launch);
+    pass_order_.resize(threads);
+    for (unsigned int i = 0; i < threads; ++i) pass_order_[i] = order == ThreadOrder::Reverse ? threads - 1 - i : i;
+    const std::uint64_t blocks = static_cast<std::uint64_t>(grid.x) * grid.y * grid.z;
+    const BlockPermutation shuffled_blocks(blocks, next_random(random_state_));
     std::string error;
-    for (unsigned int z = 0; z < grid.z && error.empty(); ++z) {
-        for (unsigned int y = 0; y < grid.y && error.empty(); ++y) {
-            for (unsigned int x = 0; x < grid.x; ++x) {
-                block_.block_idx = uint3{x, y, z};
-                if (!run_block()) {
-                    error = format("block (%u, %u, %u): ", x, y, z) + error_;
-                    break;
-                }
-            }
+    for (std::uint64_t i = 0; i < blocks; ++i) {
+        std::uint64_t at = order == ThreadOrder::Forward   ? i
+                           : order == ThreadOrder::Reverse ? blocks - 1 - i
+                                                           : shuffled_blocks.at(i);
+        const std::uint64_t plane = static_cast<std::uint64_t>(grid.x) * grid.y;
+        block_.block_idx = uint3{static_cast<unsigned int>(at % grid.x), static_cast<unsigned int>(at / grid.x % grid.y),
+                                 static_cast<unsigned int>(at / plane)};
+        if (!run_block()) {
+            const uint3 &b = block_.block_idx;
+            error = format("block (%u, %u, %u): ", b.x, b.y, b.z) + error_;
+            break;
         }
     }
     current_thread = nullptr;
@@ -123,7 +179,9 @@ bool BlockScheduler::run_block() {
     const unsigned int threads = static_cast<unsigned int>(fibers_.size());
     for (;;) {
         bool progressed = false;
-        for (Fiber &fiber : fibers_) {
+        order_pass();
+        for (unsigned int index : pass_order_) {
+            Fiber &fiber = fibers_[index];
             if (fiber.state == FiberState::NotStarted) {
                 fiber.stack = stacks_.acquire();
                 if (fiber.stack == nullptr) {
@@ -150,6 +208,15 @@ bool BlockScheduler::run_block() {
             abandon_block();
             return false;
         }
+    }
+}
+
+void BlockScheduler::order_pass() {
+    if (order_ != ThreadOrder::Shuffled) return;
+    // Fisher-Yates: every permutation alike.
+    for (unsigned int i = static_cast<unsigned int>(pass_order_.size()); i > 1; --i) {
+        unsigned int j = below(next_random(random_state_), i);
+        std::swap(pass_order_[i - 1], pass_order_[j]);
     }
 }
 

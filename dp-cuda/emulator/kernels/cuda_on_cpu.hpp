@@ -4,7 +4,9 @@
 // (__syncthreads, or a warp collective: the shuffles, __ballot_sync, __syncwarp), so shared memory
 // is per OS thread and barriers order the threads' memory accesses as on a GPU. Blocks run one
 // after the other; several OS threads (one per emulated stream) may run kernels at once, hence
-// atomics that are atomic across OS threads.
+// atomics that are atomic across OS threads. In which order the blocks run, and the threads between
+// barriers, is DP_EMULATOR_THREAD_ORDER's (forward by default; reverse and shuffled show a kernel
+// that counts on an order CUDA does not promise).
 //
 // What the device code sees of CUDA: the qualifiers, the built-in index variables, barriers, warp
 // collectives, the integer and bit intrinsics, atomics, and the math library as float and double
