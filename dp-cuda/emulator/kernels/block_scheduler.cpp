@@ -12,10 +12,14 @@
 // - A pass in which no thread could run, with threads still waiting, is a deadlock (say some threads
 //   at __syncthreads and others at a shuffle): an error of the launch, as are a collective naming a
 //   lane that has exited or does not exist. Those errors abandon the block's fibers where they wait.
+// - __shared__ variables (one copy per OS thread) are filled with 0xff bytes when the first thread of
+//   a block passes their declaration (poison_shared; build.rs appends the call to each), as a GPU's
+//   shared memory holds nothing a block may count on when it starts.
 #include "block_scheduler.hpp"
 
 #include <cstdarg>
 #include <cstdio>
+#include <cstring>
 #include <utility>
 
 namespace dp_emu {
@@ -108,6 +112,8 @@ void launch_error(const char *message) {
     self.scheduler->fail(self, message);
 }
 
+void poison_shared_bytes(void *address, std::size_t bytes) { running_fiber().scheduler->poison_shared(address, bytes); }
+
 BlockScheduler &BlockScheduler::of_this_thread() {
     static thread_local BlockScheduler scheduler;
     return scheduler;
@@ -168,6 +174,7 @@ std::string BlockScheduler::run_grid(KernelTrampoline kernel, void **params, dim
 }
 
 bool BlockScheduler::run_block() {
+    ++block_serial_;
     for (Fiber &fiber : fibers_) fiber.state = FiberState::NotStarted;
     for (WarpGathering &warp : warps_) {
         warp.arrived = 0;
@@ -218,6 +225,19 @@ void BlockScheduler::order_pass() {
         unsigned int j = below(next_random(random_state_), i);
         std::swap(pass_order_[i - 1], pass_order_[j]);
     }
+}
+
+void BlockScheduler::poison_shared(void *address, std::size_t bytes) {
+    // A kernel names a few __shared__ variables, the library a dozen: a linear search.
+    for (PoisonedShared &variable : poisoned_) {
+        if (variable.address != address) continue;
+        if (variable.block_serial == block_serial_) return;
+        variable.block_serial = block_serial_;
+        std::memset(address, 0xff, bytes);
+        return;
+    }
+    poisoned_.push_back(PoisonedShared{address, block_serial_});
+    std::memset(address, 0xff, bytes);
 }
 
 void BlockScheduler::fiber_main(void *argument) {

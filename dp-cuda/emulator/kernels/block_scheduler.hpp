@@ -4,6 +4,7 @@
 #ifndef DP_EMU_BLOCK_SCHEDULER_HPP
 #define DP_EMU_BLOCK_SCHEDULER_HPP
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -89,6 +90,9 @@ class BlockScheduler {
     std::string run_grid(KernelTrampoline kernel, void **params, dim3 grid, dim3 block, ThreadOrder order,
                          std::uint64_t seed);
 
+    // Fills a __shared__ variable with 0xff bytes unless it has been since the running block began.
+    void poison_shared(void *address, std::size_t bytes);
+
     // The kernel side of the barriers (cuda_on_cpu.hpp), for the fiber running now.
     void sync_block(Fiber &self);
     std::uint64_t warp_collective(Fiber &self, WarpOp op, unsigned int mask, std::uint64_t value,
@@ -96,6 +100,12 @@ class BlockScheduler {
     [[noreturn]] void fail(Fiber &self, std::string message);
 
   private:
+    // Where a __shared__ variable is (one copy per OS thread), and the block that last poisoned it.
+    struct PoisonedShared {
+        void *address;
+        std::uint64_t block_serial;
+    };
+
     bool run_block();
     void order_pass();
     void finish(Fiber &self);
@@ -116,6 +126,9 @@ class BlockScheduler {
     std::uint64_t random_state_ = 0;
     // The grids this OS thread has begun: each Shuffled launch draws other permutations.
     std::uint64_t launches_ = 0;
+    // Counts the blocks this OS thread has begun: a block's __shared__ variables are poisoned once.
+    std::uint64_t block_serial_ = 0;
+    std::vector<PoisonedShared> poisoned_;
     BlockCoordinates block_{};
     KernelTrampoline kernel_ = nullptr;
     void **params_ = nullptr;

@@ -1,7 +1,8 @@
 // Kernels of the emulator's own tests (tests/kernels.rs), launched by dp_emu_launch_self_test: the
 // CUDA semantics the scheduler models (indices, shuffles with widths, barriers after exits, atomics,
-// the orders of threads and blocks) and the errors it reports, which dp's kernels exercise only when
-// they are wrong.
+// the orders of threads and blocks, poisoned shared memory) and the errors it reports, which dp's
+// kernels exercise only when they are wrong. Compiled, as dp's kernels, from a copy whose
+// __shared__ declarations poison their variables (build.rs).
 #include "cuda_on_cpu.hpp"
 #include "kernel_registry.hpp"
 
@@ -130,6 +131,22 @@ extern "C" __global__ void dp_emu_selftest_missing_syncthreads(int synchronise, 
     out[blockIdx.x * blockDim.x + t] = slots[t == 0 ? 0 : t - 1];
 }
 
+// Blocks of 64 threads: block 0 writes every slot of two shared arrays, later blocks only the even
+// ones; after a barrier each thread reads its own slot back into values[at] and counts[at] (at its
+// index in the grid). An odd slot of a later block holds what the block found there.
+extern "C" __global__ void dp_emu_selftest_unwritten_shared(float *values, int *counts) {
+    __shared__ float value_slots[64];
+    __shared__ int count_slots[64];
+    unsigned int t = linear_thread(), at = blockIdx.x * blockDim.x + t;
+    if (blockIdx.x == 0 || t % 2 == 0) {
+        value_slots[t] = static_cast<float>(at) + 0.5f;
+        count_slots[t] = static_cast<int>(at);
+    }
+    __syncthreads();
+    values[at] = value_slots[t];
+    counts[at] = count_slots[t];
+}
+
 namespace dp_emu {
 namespace {
 const KernelEntry self_test_entries[] = {
@@ -144,6 +161,7 @@ const KernelEntry self_test_entries[] = {
     DP_EMU_KERNEL_ENTRY(dp_emu_selftest_pass_order),
     DP_EMU_KERNEL_ENTRY(dp_emu_selftest_fail_in_block),
     DP_EMU_KERNEL_ENTRY(dp_emu_selftest_missing_syncthreads),
+    DP_EMU_KERNEL_ENTRY(dp_emu_selftest_unwritten_shared),
 };
 }  // namespace
 

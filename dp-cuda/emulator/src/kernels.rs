@@ -4,8 +4,9 @@
 //! A launch runs on the calling OS thread and has finished when [`launch`] returns: the blocks one
 //! after the other, each block's threads as fibers, round robin, with `__syncthreads` and the warp
 //! collectives as barriers among them, in the [`ThreadOrder`] of `DP_EMULATOR_THREAD_ORDER` or of
-//! [`set_thread_order_for_this_thread`]. Several OS threads may launch at once (each has its own
-//! fibers and shared memory; atomics are atomic across them). Device pointers are host pointers.
+//! [`set_thread_order_for_this_thread`]. Every block finds its `__shared__` variables filled with
+//! 0xff bytes. Several OS threads may launch at once (each has its own fibers and shared memory;
+//! atomics are atomic across them). Device pointers are host pointers.
 
 use std::ffi::{c_char, c_int, c_long, c_uint, c_void, CStr, CString};
 use std::fmt;

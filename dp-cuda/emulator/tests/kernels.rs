@@ -608,19 +608,50 @@ fn missing_syncthreads(order: ThreadOrder, synchronise: bool) -> Vec<u32> {
 #[test]
 fn a_missing_syncthreads_shows_in_the_orders_other_than_forward() {
     let right: Vec<u32> = (0..128u32).map(|at| 7 * (at % 64).saturating_sub(1) + 1).collect();
-    // On a fresh OS thread, whose copy of the shared slots starts as zeros: a block finds there what
-    // the block run before it left, which happens to be right here.
-    std::thread::spawn(move || {
-        // Without the barrier, each thread reads a slot the thread before it wrote, in forward order
-        // only; in reverse order that thread has not run yet.
-        let reverse = missing_syncthreads(ThreadOrder::Reverse, false);
-        for at in (65..128).chain(1..64) {
-            let expected = if at >= 64 { 0 } else { right[at] };
-            assert_eq!(reverse[at], expected, "reverse, thread {} of block {}", at % 64, at / 64);
-        }
-        assert_eq!(missing_syncthreads(ThreadOrder::Forward, false), right);
+    for order in ORDERS {
+        assert_eq!(missing_syncthreads(order, true), right, "{order:?} with the barrier");
+    }
+    // Without it, each thread reads a slot the thread before it wrote before it, in forward order
+    // only; in reverse order that thread has not run yet, and the slot holds the block's poison.
+    assert_eq!(missing_syncthreads(ThreadOrder::Forward, false), right);
+    let reverse = missing_syncthreads(ThreadOrder::Reverse, false);
+    for (at, &got) in reverse.iter().enumerate() {
+        let expected = if at % 64 == 0 { right[at] } else { u32::MAX };
+        assert_eq!(got, expected, "reverse, thread {} of block {}", at % 64, at / 64);
+    }
+    let shuffled = missing_syncthreads(ThreadOrder::Shuffled, false);
+    let wrong = shuffled.iter().zip(&right).filter(|(got, right)| got != right).count();
+    assert!(wrong > 16, "shuffled: {wrong} of 128 wrong");
+    assert!(shuffled.iter().zip(&right).all(|(&got, &right)| got == right || got == u32::MAX));
+}
+
+#[test]
+fn a_block_finds_its_shared_memory_poisoned() {
+    // On a fresh OS thread, whose copies of the __shared__ variables start as zeros: without the
+    // poisoning the first block would read 0 from a slot nobody wrote, and later blocks the values
+    // block 0 left there.
+    std::thread::spawn(|| {
         for order in ORDERS {
-            assert_eq!(missing_syncthreads(order, true), right, "{order:?} with the barrier");
+            kernels::set_thread_order_for_this_thread(Some(order));
+            let len = 3 * 64;
+            let (mut values, mut counts) = (vec![0.0f32; len], vec![0i32; len]);
+            let (mut v, mut c) = (values.as_mut_ptr(), counts.as_mut_ptr());
+            launch_self_test(
+                "dp_emu_selftest_unwritten_shared",
+                [3, 1, 1],
+                [64, 1, 1],
+                &mut [arg(&mut v), arg(&mut c)],
+            )
+            .unwrap();
+            for at in 0..len {
+                if at < 64 || at % 2 == 0 {
+                    assert_eq!(values[at], at as f32 + 0.5, "{order:?}: value {at}");
+                    assert_eq!(counts[at], at as i32, "{order:?}: count {at}");
+                } else {
+                    assert_eq!(values[at].to_bits(), u32::MAX, "{order:?}: value {at} is all ones (NaN)");
+                    assert_eq!(counts[at], -1, "{order:?}: count {at}");
+                }
+            }
         }
     })
     .join()
