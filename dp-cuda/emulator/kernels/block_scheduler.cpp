@@ -152,13 +152,14 @@ std::string BlockScheduler::run_grid(KernelTrampoline kernel, void **params, dim
     pass_order_.resize(threads);
     for (unsigned int i = 0; i < threads; ++i) pass_order_[i] = order == ThreadOrder::Reverse ? threads - 1 - i : i;
     const std::uint64_t blocks = static_cast<std::uint64_t>(grid.x) * grid.y * grid.z;
+    const std::uint64_t plane = static_cast<std::uint64_t>(grid.x) * grid.y;
     const BlockPermutation shuffled_blocks(blocks, next_random(random_state_));
     std::string error;
     for (std::uint64_t i = 0; i < blocks; ++i) {
+        // The block's linear index: x fastest, then y, then z.
         std::uint64_t at = order == ThreadOrder::Forward   ? i
                            : order == ThreadOrder::Reverse ? blocks - 1 - i
                                                            : shuffled_blocks.at(i);
-        const std::uint64_t plane = static_cast<std::uint64_t>(grid.x) * grid.y;
         block_.block_idx = uint3{static_cast<unsigned int>(at % grid.x), static_cast<unsigned int>(at / grid.x % grid.y),
                                  static_cast<unsigned int>(at / plane)};
         if (!run_block()) {
