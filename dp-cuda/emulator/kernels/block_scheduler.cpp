@@ -160,7 +160,8 @@ std::string BlockScheduler::run_grid(KernelTrampoline kernel, void **params, dim
         std::uint64_t at = order == ThreadOrder::Forward   ? i
                            : order == ThreadOrder::Reverse ? blocks - 1 - i
                                                            : shuffled_blocks.at(i);
-        block_.block_idx = uint3{static_cast<unsigned int>(at % grid.x), static_cast<unsigned int>(at / grid.x % grid.y),
+        block_.block_idx = uint3{static_cast<unsigned int>(at % grid.x),
+                                 static_cast<unsigned int>(at / grid.x % grid.y),
                                  static_cast<unsigned int>(at / plane)};
         if (!run_block()) {
             const uint3 &b = block_.block_idx;

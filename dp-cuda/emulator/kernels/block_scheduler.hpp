@@ -85,8 +85,8 @@ class BlockScheduler {
     static BlockScheduler &of_this_thread();
 
     // Runs every block of the grid in `order` (Shuffled's permutations drawn from `seed` and the
-    // number of grids this OS thread has run before); the empty string on success, else what went wrong and in which block. The configuration is valid
-    // (launch.cpp checks it).
+    // number of grids this OS thread has run before); the empty string on success, else what went
+    // wrong and in which block. The configuration is valid (launch.cpp checks it).
     std::string run_grid(KernelTrampoline kernel, void **params, dim3 grid, dim3 block, ThreadOrder order,
                          std::uint64_t seed);
 
