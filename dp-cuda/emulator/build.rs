@@ -2,10 +2,19 @@
 //! kernels/cuda_on_cpu.hpp, together with the fiber scheduler that runs them, into one static
 //! library; and generates the registry that finds a kernel by name and unpacks its arguments.
 //!
+//! The kernel sources are compiled from copies in `OUT_DIR/poisoned`: every `dp-cuda/kernels/*.cu`
+//! and `*.cuh`, and the emulator's own kernels/self_test_kernels.cpp, with a call appended to each
+//! `__shared__` declaration that fills the variable with 0xff bytes for every block
+//! (build_support/kernel_source.rs), and a `#line` that names the original file in diagnostics.
+//! A `__shared__` declaration the rewriting does not understand stops the build.
+//!
 //! For each `kernels/NAME.cu` of dp-cuda, OUT_DIR gets `registry_NAME.cpp`: the execution model, the
 //! .cu file itself, and a table of its `extern "C" __global__` kernels, each with a trampoline that
 //! unpacks CUDA's `void **kernelParams` into the kernel's parameter types (kernel_registry.hpp). One
 //! more generated file, `registry_files.cpp`, lists those tables.
+
+#[path = "build_support/kernel_source.rs"]
+mod kernel_source;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -19,6 +28,19 @@ fn main() {
     println!("cargo:rerun-if-changed={}", cuda_kernels.display());
     println!("cargo:rerun-if-changed={}", own.display());
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=build_support");
+
+    let poisoned = out.join("poisoned");
+    fs::create_dir_all(&poisoned).expect("creating OUT_DIR/poisoned");
+    let mut kernel_sources: Vec<PathBuf> = fs::read_dir(&cuda_kernels)
+        .expect("reading dp-cuda/kernels")
+        .map(|entry| entry.expect("reading dp-cuda/kernels").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "cu" || ext == "cuh"))
+        .collect();
+    kernel_sources.push(own.join("self_test_kernels.cpp"));
+    for source in &kernel_sources {
+        write_poisoned_copy(source, &poisoned);
+    }
 
     let mut cu_files: Vec<PathBuf> = fs::read_dir(&cuda_kernels)
         .expect("reading dp-cuda/kernels")
@@ -35,7 +57,8 @@ fn main() {
         let kernels = global_kernel_names(&source);
         let table = format!("dp_emu_kernels_{}", identifier(&stem));
         let path = out.join(format!("registry_{stem}.cpp"));
-        fs::write(&path, registry_source(cu, &table, &kernels)).expect("writing a registry file");
+        let copy = poisoned.join(cu.file_name().expect("a kernel file's name"));
+        fs::write(&path, registry_source(cu, &copy, &table, &kernels)).expect("writing a registry file");
         generated.push(path);
         tables.push(table);
     }
@@ -45,32 +68,48 @@ fn main() {
     // The kernel files: the NVRTC of dp-cuda runs with fmad=false, so no contraction of a·b + c into
     // an FMA here either, and no fast math: every f32 operation rounds as IEEE says, as on the GPU.
     // Their warnings are shown, not fatal: the kernel files are written for NVRTC, not for g++.
-    let mut kernel_build = base_build(&own, &cuda_kernels);
+    let mut kernel_build = base_build(&poisoned, &own, &cuda_kernels);
     kernel_build.flag("-Wno-unknown-pragmas").files(&generated).file(&files);
     // noise.cu compiled as the host's serial reference (no __CUDACC__), for the tests' comparison.
     kernel_build.file(own.join("noise_host_reference.cpp"));
     let kernel_objects = kernel_build.compile_intermediates();
 
-    let mut runtime_build = base_build(&own, &cuda_kernels);
+    let mut runtime_build = base_build(&poisoned, &own, &cuda_kernels);
     runtime_build.flag("-Wextra").flag("-Werror");
-    for name in [
-        "fiber_context.cpp",
-        "block_scheduler.cpp",
-        "kernel_registry.cpp",
-        "launch.cpp",
-        "self_test_kernels.cpp",
-    ] {
+    for name in ["fiber_context.cpp", "block_scheduler.cpp", "kernel_registry.cpp", "launch.cpp"] {
         runtime_build.file(own.join(name));
     }
+    runtime_build.file(poisoned.join("self_test_kernels.cpp"));
     runtime_build.objects(&kernel_objects).compile("dp_cuda_emulator_kernels");
 }
 
-/// The compiler settings every translation unit shares.
-fn base_build(own: &Path, cuda_kernels: &Path) -> cc::Build {
+/// Writes `source` into `folder` with its `__shared__` declarations poisoning their variables, its
+/// lines where they were (after a `#line` naming the original); stops the build at a declaration it
+/// cannot rewrite.
+fn write_poisoned_copy(source: &Path, folder: &Path) {
+    let text = fs::read_to_string(source).unwrap_or_else(|e| panic!("reading {}: {e}", source.display()));
+    let rewritten = kernel_source::poison_shared_declarations(&text).unwrap_or_else(|why| {
+        panic!(
+            "{}, {why}\nThe emulator fills every __shared__ variable with 0xff bytes at the start of each \
+             block by appending a call to its declaration (dp-cuda/emulator/build.rs), which it can do \
+             only for one variable declared alone on its line, inside a function, without an \
+             initializer: `__shared__ float partial[32];`. Declare it so.",
+            source.display()
+        )
+    });
+    let copy = folder.join(source.file_name().expect("a kernel source's name"));
+    fs::write(&copy, format!("#line 1 {}\n{rewritten}", c_string(source)))
+        .unwrap_or_else(|e| panic!("writing {}: {e}", copy.display()));
+}
+
+/// The compiler settings every translation unit shares: the poisoned copies found before the
+/// originals.
+fn base_build(poisoned: &Path, own: &Path, cuda_kernels: &Path) -> cc::Build {
     let mut build = cc::Build::new();
     build
         .cpp(true)
         .std("c++17")
+        .include(poisoned)
         .include(own)
         .include(cuda_kernels)
         .opt_level(2)
@@ -84,7 +123,7 @@ fn base_build(own: &Path, cuda_kernels: &Path) -> cc::Build {
 /// The names of the `extern "C" __global__ void NAME(` kernels of a .cu file, in order, with any
 /// `__launch_bounds__(...)` between `void` and the name and any line breaks in between.
 fn global_kernel_names(source: &str) -> Vec<String> {
-    let code = without_comments(source);
+    let code = kernel_source::without_comments(source);
     let mut names = Vec::new();
     let mut rest = code.as_str();
     while let Some(at) = rest.find("__global__") {
@@ -127,54 +166,6 @@ fn skip_parenthesised(text: &str) -> &str {
     panic!("unbalanced parentheses after __launch_bounds__");
 }
 
-/// C source with its comments replaced by a space, string and character literals kept.
-fn without_comments(source: &str) -> String {
-    let bytes = source.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-                out.push(b' ');
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
-                    i += 1;
-                }
-                i += 2;
-                out.push(b' ');
-            }
-            quote @ (b'"' | b'\'') => {
-                out.push(quote);
-                i += 1;
-                while i < bytes.len() && bytes[i] != quote {
-                    if bytes[i] == b'\\' {
-                        out.push(bytes[i]);
-                        i += 1;
-                    }
-                    if i < bytes.len() {
-                        out.push(bytes[i]);
-                        i += 1;
-                    }
-                }
-                if i < bytes.len() {
-                    out.push(quote);
-                    i += 1;
-                }
-            }
-            byte => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).expect("comments end on character boundaries")
-}
-
 /// A C identifier made of a file stem.
 fn identifier(stem: &str) -> String {
     stem.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
@@ -186,11 +177,12 @@ fn c_string(path: &Path) -> String {
     format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-fn registry_source(cu: &Path, table: &str, kernels: &[String]) -> String {
+/// The registry of kernel file `cu`, compiled from its poisoned copy `copy`.
+fn registry_source(cu: &Path, copy: &Path, table: &str, kernels: &[String]) -> String {
     let mut s = String::new();
     writeln!(s, "// Generated by dp-cuda/emulator/build.rs from {}: do not edit.", cu.display()).unwrap();
     writeln!(s, "#include \"cuda_on_cpu.hpp\"").unwrap();
-    writeln!(s, "#include {}", c_string(cu)).unwrap();
+    writeln!(s, "#include {}", c_string(copy)).unwrap();
     writeln!(s, "#include \"kernel_registry.hpp\"").unwrap();
     writeln!(s).unwrap();
     if kernels.is_empty() {

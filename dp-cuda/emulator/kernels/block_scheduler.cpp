@@ -1,5 +1,9 @@
-// The fiber scheduler: a block's threads run round robin (thread 0 until it ends or reaches a
-// barrier, then thread 1, ...), passes over the block repeating until every thread has ended.
+// The fiber scheduler: a block's threads run round robin, each until it ends or reaches a barrier,
+// in passes over the block repeated until every thread has ended; the blocks one after the other.
+// The launch's ThreadOrder says in which order: Forward runs thread 0, then 1, ... in every pass and
+// the blocks in order of blockIdx; Reverse runs both backwards; Shuffled draws a permutation of the
+// grid's blocks and a fresh one of the block's threads for every pass. CUDA promises no order, so
+// none of them changes what a correct kernel computes (but the order in which float atomics add).
 // - __syncthreads completes when every thread that has not exited has arrived (exited threads count
 //   as arrived, as on current GPUs); the last to arrive goes on and the others become runnable.
 // - A warp collective (shuffle, ballot, __syncwarp) completes when every lane of its mask has
@@ -8,10 +12,14 @@
 // - A pass in which no thread could run, with threads still waiting, is a deadlock (say some threads
 //   at __syncthreads and others at a shuffle): an error of the launch, as are a collective naming a
 //   lane that has exited or does not exist. Those errors abandon the block's fibers where they wait.
+// - __shared__ variables (one copy per OS thread) are filled with 0xff bytes when the first thread of
+//   a block passes their declaration (poison_shared; build.rs appends the call to each), as a GPU's
+//   shared memory holds nothing a block may count on when it starts.
 #include "block_scheduler.hpp"
 
 #include <cstdarg>
 #include <cstdio>
+#include <cstring>
 #include <utility>
 
 namespace dp_emu {
@@ -33,7 +41,49 @@ std::string format(const char *pattern, ...) {
 
 Fiber &running_fiber() { return static_cast<Fiber &>(*current_thread); }
 
+// splitmix64: advances `state` and returns the next of its well-mixed outputs.
+std::uint64_t next_random(std::uint64_t &state) {
+    std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+// A number below `bound` (> 0) from a 64-bit random one, by the high half of their product.
+unsigned int below(std::uint64_t random, unsigned int bound) {
+    return static_cast<unsigned int>((static_cast<unsigned __int128>(random) * bound) >> 64);
+}
+
 }  // namespace
+
+BlockPermutation::BlockPermutation(std::uint64_t count, std::uint64_t seed) : count_(count) {
+    unsigned int bits = count <= 1 ? 0 : 64 - static_cast<unsigned int>(__builtin_clzll(count - 1));
+    mask_ = bits == 64 ? ~0ull : (1ull << bits) - 1;
+    shift_ = bits < 2 ? 1 : (bits + 1) / 2;
+    for (int r = 0; r < kRounds; ++r) {
+        offsets_[r] = next_random(seed) & mask_;
+        multipliers_[r] = (next_random(seed) | 1) & mask_;
+    }
+}
+
+std::uint64_t BlockPermutation::scramble(std::uint64_t x) const {
+    // Each step is a bijection of the `bits`-bit numbers: so is their composition.
+    for (int r = 0; r < kRounds; ++r) {
+        x = (x + offsets_[r]) & mask_;
+        x = (x * multipliers_[r]) & mask_;
+        x ^= x >> shift_;
+    }
+    return x;
+}
+
+std::uint64_t BlockPermutation::at(std::uint64_t index) const {
+    // The cycle through `index` returns to it, so a value below count_ comes.
+    std::uint64_t x = index;
+    do {
+        x = scramble(x);
+    } while (x >= count_);
+    return x;
+}
 
 const char *warp_op_name(WarpOp op) {
     switch (op) {
@@ -62,12 +112,15 @@ void launch_error(const char *message) {
     self.scheduler->fail(self, message);
 }
 
+void poison_shared_bytes(void *address, std::size_t bytes) { running_fiber().scheduler->poison_shared(address, bytes); }
+
 BlockScheduler &BlockScheduler::of_this_thread() {
     static thread_local BlockScheduler scheduler;
     return scheduler;
 }
 
-std::string BlockScheduler::run_grid(KernelTrampoline kernel, void **params, dim3 grid, dim3 block) {
+std::string BlockScheduler::run_grid(KernelTrampoline kernel, void **params, dim3 grid, dim3 block,
+                                     ThreadOrder order, std::uint64_t seed) {
     kernel_ = kernel;
     params_ = params;
     block_.block_dim = block;
@@ -93,16 +146,27 @@ std::string BlockScheduler::run_grid(KernelTrampoline kernel, void **params, dim
         unsigned int lanes = threads - w * 32 < 32 ? threads - w * 32 : 32;
         warps_[w].existing = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1;
     }
+    order_ = order;
+    std::uint64_t launch = launches_++;
+    random_state_ = seed ^ next_random(launch);
+    pass_order_.resize(threads);
+    for (unsigned int i = 0; i < threads; ++i) pass_order_[i] = order == ThreadOrder::Reverse ? threads - 1 - i : i;
+    const std::uint64_t blocks = static_cast<std::uint64_t>(grid.x) * grid.y * grid.z;
+    const std::uint64_t plane = static_cast<std::uint64_t>(grid.x) * grid.y;
+    const BlockPermutation shuffled_blocks(blocks, next_random(random_state_));
     std::string error;
-    for (unsigned int z = 0; z < grid.z && error.empty(); ++z) {
-        for (unsigned int y = 0; y < grid.y && error.empty(); ++y) {
-            for (unsigned int x = 0; x < grid.x; ++x) {
-                block_.block_idx = uint3{x, y, z};
-                if (!run_block()) {
-                    error = format("block (%u, %u, %u): ", x, y, z) + error_;
-                    break;
-                }
-            }
+    for (std::uint64_t i = 0; i < blocks; ++i) {
+        // The block's linear index: x fastest, then y, then z.
+        std::uint64_t at = order == ThreadOrder::Forward   ? i
+                           : order == ThreadOrder::Reverse ? blocks - 1 - i
+                                                           : shuffled_blocks.at(i);
+        block_.block_idx = uint3{static_cast<unsigned int>(at % grid.x),
+                                 static_cast<unsigned int>(at / grid.x % grid.y),
+                                 static_cast<unsigned int>(at / plane)};
+        if (!run_block()) {
+            const uint3 &b = block_.block_idx;
+            error = format("block (%u, %u, %u): ", b.x, b.y, b.z) + error_;
+            break;
         }
     }
     current_thread = nullptr;
@@ -112,6 +176,7 @@ std::string BlockScheduler::run_grid(KernelTrampoline kernel, void **params, dim
 }
 
 bool BlockScheduler::run_block() {
+    ++block_serial_;
     for (Fiber &fiber : fibers_) fiber.state = FiberState::NotStarted;
     for (WarpGathering &warp : warps_) {
         warp.arrived = 0;
@@ -123,7 +188,9 @@ bool BlockScheduler::run_block() {
     const unsigned int threads = static_cast<unsigned int>(fibers_.size());
     for (;;) {
         bool progressed = false;
-        for (Fiber &fiber : fibers_) {
+        order_pass();
+        for (unsigned int index : pass_order_) {
+            Fiber &fiber = fibers_[index];
             if (fiber.state == FiberState::NotStarted) {
                 fiber.stack = stacks_.acquire();
                 if (fiber.stack == nullptr) {
@@ -151,6 +218,28 @@ bool BlockScheduler::run_block() {
             return false;
         }
     }
+}
+
+void BlockScheduler::order_pass() {
+    if (order_ != ThreadOrder::Shuffled) return;
+    // Fisher-Yates: every permutation alike.
+    for (unsigned int i = static_cast<unsigned int>(pass_order_.size()); i > 1; --i) {
+        unsigned int j = below(next_random(random_state_), i);
+        std::swap(pass_order_[i - 1], pass_order_[j]);
+    }
+}
+
+void BlockScheduler::poison_shared(void *address, std::size_t bytes) {
+    // A kernel names a few __shared__ variables, the library a dozen: a linear search.
+    for (PoisonedShared &variable : poisoned_) {
+        if (variable.address != address) continue;
+        if (variable.block_serial == block_serial_) return;
+        variable.block_serial = block_serial_;
+        std::memset(address, 0xff, bytes);
+        return;
+    }
+    poisoned_.push_back(PoisonedShared{address, block_serial_});
+    std::memset(address, 0xff, bytes);
 }
 
 void BlockScheduler::fiber_main(void *argument) {

@@ -1,8 +1,10 @@
 // Running a grid: each block's threads as fibers, round robin, with CUDA's barriers between them
 // (block_scheduler.cpp). One scheduler per OS thread; a launch runs on the OS thread that calls it.
+// The order of the blocks and of each pass over a block's threads is the launch's ThreadOrder.
 #ifndef DP_EMU_BLOCK_SCHEDULER_HPP
 #define DP_EMU_BLOCK_SCHEDULER_HPP
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -14,6 +16,38 @@
 namespace dp_emu {
 
 class BlockScheduler;
+
+// The order in which a launch runs its blocks and each pass over a block's threads
+// (DP_EMULATOR_THREAD_ORDER; launch.cpp). CUDA promises none: a kernel whose result depends on it
+// is wrong, and the orders other than Forward show it.
+enum class ThreadOrder : int {
+    // Blocks in order of blockIdx (x fastest), threads in order of threadIdx (x fastest).
+    Forward = 0,
+    // Both backwards: the last block first, and each pass from the block's last thread to its first.
+    Reverse = 1,
+    // A pseudo-random permutation of the grid's blocks, and a fresh one of the block's threads for
+    // every pass; the same for the same seed and the same launches on an OS thread.
+    Shuffled = 2,
+};
+
+// A pseudo-random permutation of [0, count), computed index by index (a grid may have 2^63 blocks):
+// a keyed bijection of the `bits`-bit numbers (additions, odd multiplications and xorshifts), walked
+// along its cycle until it lands below `count` (fewer than two steps on average).
+class BlockPermutation {
+  public:
+    BlockPermutation(std::uint64_t count, std::uint64_t seed);
+    std::uint64_t at(std::uint64_t index) const;
+
+  private:
+    std::uint64_t scramble(std::uint64_t x) const;
+
+    static constexpr int kRounds = 4;
+    std::uint64_t count_;
+    std::uint64_t mask_;
+    unsigned int shift_;
+    std::uint64_t offsets_[kRounds];
+    std::uint64_t multipliers_[kRounds];
+};
 
 enum class FiberState : unsigned char {
     NotStarted,
@@ -50,9 +84,14 @@ class BlockScheduler {
     // The scheduler of the calling OS thread.
     static BlockScheduler &of_this_thread();
 
-    // Runs every block of the grid, in order of blockIdx (x fastest); the empty string on success,
-    // else what went wrong and in which block. The configuration is valid (launch.cpp checks it).
-    std::string run_grid(KernelTrampoline kernel, void **params, dim3 grid, dim3 block);
+    // Runs every block of the grid in `order` (Shuffled's permutations drawn from `seed` and the
+    // number of grids this OS thread has run before); the empty string on success, else what went
+    // wrong and in which block. The configuration is valid (launch.cpp checks it).
+    std::string run_grid(KernelTrampoline kernel, void **params, dim3 grid, dim3 block, ThreadOrder order,
+                         std::uint64_t seed);
+
+    // Fills a __shared__ variable with 0xff bytes unless it has been since the running block began.
+    void poison_shared(void *address, std::size_t bytes);
 
     // The kernel side of the barriers (cuda_on_cpu.hpp), for the fiber running now.
     void sync_block(Fiber &self);
@@ -61,7 +100,14 @@ class BlockScheduler {
     [[noreturn]] void fail(Fiber &self, std::string message);
 
   private:
+    // Where a __shared__ variable is (one copy per OS thread), and the block that last poisoned it.
+    struct PoisonedShared {
+        void *address;
+        std::uint64_t block_serial;
+    };
+
     bool run_block();
+    void order_pass();
     void finish(Fiber &self);
     void suspend(Fiber &self, FiberState state);
     void release_block_barrier();
@@ -74,6 +120,15 @@ class BlockScheduler {
     FiberStackPool stacks_;
     std::vector<Fiber> fibers_;
     std::vector<WarpGathering> warps_;
+    // The fibers' indices in the order of the current pass over them.
+    std::vector<unsigned int> pass_order_;
+    ThreadOrder order_ = ThreadOrder::Forward;
+    std::uint64_t random_state_ = 0;
+    // The grids this OS thread has begun: each Shuffled launch draws other permutations.
+    std::uint64_t launches_ = 0;
+    // Counts the blocks this OS thread has begun: a block's __shared__ variables are poisoned once.
+    std::uint64_t block_serial_ = 0;
+    std::vector<PoisonedShared> poisoned_;
     BlockCoordinates block_{};
     KernelTrampoline kernel_ = nullptr;
     void **params_ = nullptr;

@@ -4,7 +4,10 @@
 // (__syncthreads, or a warp collective: the shuffles, __ballot_sync, __syncwarp), so shared memory
 // is per OS thread and barriers order the threads' memory accesses as on a GPU. Blocks run one
 // after the other; several OS threads (one per emulated stream) may run kernels at once, hence
-// atomics that are atomic across OS threads.
+// atomics that are atomic across OS threads. In which order the blocks run, and the threads between
+// barriers, is DP_EMULATOR_THREAD_ORDER's (forward by default; reverse and shuffled show a kernel
+// that counts on an order CUDA does not promise), and every block finds its __shared__ variables
+// filled with 0xff bytes (NaN in f32 and bf16, -1 in integers), so a read before a write shows.
 //
 // What the device code sees of CUDA: the qualifiers, the built-in index variables, barriers, warp
 // collectives, the integer and bit intrinsics, atomics, and the math library as float and double
@@ -37,6 +40,8 @@
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 // One copy per OS thread: a block's threads all run on one, and blocks run one after the other.
+// build.rs appends dp_emu::poison_shared(NAME) to every declaration, which refills it with 0xff bytes
+// for each block.
 #define __shared__ static thread_local
 
 #define warpSize 32
@@ -87,6 +92,17 @@ std::uint64_t warp_collective(WarpOp op, unsigned int mask, std::uint64_t value,
 
 // Ends the launch with `message` (dp_emu_launch reports it).
 [[noreturn]] void launch_error(const char *message);
+
+// Fills `bytes` at `address` with 0xff unless they have been since the running block began.
+void poison_shared_bytes(void *address, std::size_t bytes);
+
+// What build.rs appends to each __shared__ declaration: the first thread of a block to pass it
+// poisons the variable, and every thread passes it before it can name the variable, so no read in
+// the block comes before. A call, so a declaration outside a function does not compile.
+template <class T>
+inline void poison_shared(T &variable) {
+    poison_shared_bytes(const_cast<void *>(static_cast<const volatile void *>(&variable)), sizeof variable);
+}
 
 template <class T>
 inline std::uint64_t bits_of(T value) {

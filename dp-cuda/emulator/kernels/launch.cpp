@@ -1,7 +1,11 @@
 // The C API of kernel execution (src/kernels.rs): launching a kernel by name on the calling OS
-// thread, and what the registry knows of the kernels (names, parameter layouts).
+// thread, in the order of threads and blocks the environment or the thread asks for, and what the
+// registry knows of the kernels (names, parameter layouts).
+#include <cerrno>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -22,6 +26,54 @@ int report(int status, const std::string &message, char *error, std::size_t erro
     if (error != nullptr && error_len > 0) std::snprintf(error, error_len, "%s", message.c_str());
     return status;
 }
+
+// What the environment asks of every launch, read once: the order (DP_EMULATOR_THREAD_ORDER) and the
+// seed of shuffled's permutations (DP_EMULATOR_SEED), or what is wrong with them, which fails every
+// launch rather than run one in an order nobody asked for.
+struct EnvironmentOrder {
+    dp_emu::ThreadOrder order = dp_emu::ThreadOrder::Forward;
+    std::uint64_t seed = 0x5eed0f0d3e4dcafeull;
+    std::string error;
+};
+
+EnvironmentOrder read_environment() {
+    EnvironmentOrder settings;
+    if (const char *order = std::getenv("DP_EMULATOR_THREAD_ORDER")) {
+        if (std::strcmp(order, "forward") == 0) {
+            settings.order = dp_emu::ThreadOrder::Forward;
+        } else if (std::strcmp(order, "reverse") == 0) {
+            settings.order = dp_emu::ThreadOrder::Reverse;
+        } else if (std::strcmp(order, "shuffled") == 0) {
+            settings.order = dp_emu::ThreadOrder::Shuffled;
+        } else {
+            settings.error = std::string("DP_EMULATOR_THREAD_ORDER=") + order +
+                             ": the accepted values are forward (the default), reverse and shuffled";
+            return settings;
+        }
+    }
+    if (const char *seed = std::getenv("DP_EMULATOR_SEED")) {
+        char *end = nullptr;
+        errno = 0;
+        unsigned long long value = std::strtoull(seed, &end, 0);
+        if (*seed == '\0' || *seed == '-' || *seed == '+' || *end != '\0' || errno == ERANGE) {
+            settings.error = std::string("DP_EMULATOR_SEED=") + seed +
+                             ": not an unsigned 64-bit number (decimal, or hexadecimal after 0x)";
+            return settings;
+        }
+        // 0 keeps the default seed.
+        settings.seed ^= value;
+    }
+    return settings;
+}
+
+const EnvironmentOrder &environment_order() {
+    static const EnvironmentOrder settings = read_environment();
+    return settings;
+}
+
+// dp_emu_set_thread_order_for_this_thread's order for the launches of this OS thread, or -1: the
+// environment's.
+thread_local int thread_order_override = -1;
 
 // What is wrong with a launch configuration, as CUDA's limits on compute capability 7.0 and later
 // have it, or the empty string. Shared memory beyond the kernels' static __shared__ variables
@@ -62,8 +114,13 @@ int launch_from(const dp_emu::KernelTable *const *tables, const char *name, unsi
     if (!invalid.empty())
         return report(kInvalidConfiguration, std::string(name) + ": invalid launch configuration: " + invalid, error,
                       error_len);
-    std::string failure = dp_emu::BlockScheduler::of_this_thread().run_grid(kernel->trampoline, params,
-                                                                            dim3{gx, gy, gz}, dim3{bx, by, bz});
+    const EnvironmentOrder &environment = environment_order();
+    if (!environment.error.empty())
+        return report(kInvalidConfiguration, std::string(name) + ": " + environment.error, error, error_len);
+    dp_emu::ThreadOrder order = thread_order_override < 0 ? environment.order
+                                                          : static_cast<dp_emu::ThreadOrder>(thread_order_override);
+    std::string failure = dp_emu::BlockScheduler::of_this_thread().run_grid(
+        kernel->trampoline, params, dim3{gx, gy, gz}, dim3{bx, by, bz}, order, environment.seed);
     if (!failure.empty()) return report(kExecutionFailed, std::string(name) + ": " + failure, error, error_len);
     return kLaunched;
 }
@@ -83,8 +140,9 @@ extern "C" {
 
 // Runs kernel `name` of dp-cuda/kernels over the grid, on the calling OS thread, before returning.
 // params[i] points to argument i, read by every thread while the launch runs. Returns 0, or with a
-// message in `error` (truncated to error_len): 1 no such kernel, 2 an invalid configuration, 3 an
-// error of its execution (a barrier or warp collective used as CUDA does not allow).
+// message in `error` (truncated to error_len): 1 no such kernel, 2 an invalid configuration (of the
+// launch, or DP_EMULATOR_THREAD_ORDER or DP_EMULATOR_SEED), 3 an error of its execution (a barrier or
+// warp collective used as CUDA does not allow).
 int dp_emu_launch(const char *name, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                   unsigned dynamic_shared_bytes, void **params, char *error, std::size_t error_len) noexcept {
     return launch_from(dp_emu::kernel_files, name, gx, gy, gz, bx, by, bz, dynamic_shared_bytes, params, error,
@@ -97,6 +155,16 @@ int dp_emu_launch_self_test(const char *name, unsigned gx, unsigned gy, unsigned
                             std::size_t error_len) noexcept {
     return launch_from(self_test_tables, name, gx, gy, gz, bx, by, bz, dynamic_shared_bytes, params, error,
                        error_len);
+}
+
+// The order of the launches this OS thread makes from now on: 0 forward, 1 reverse, 2 shuffled (as
+// DP_EMULATOR_THREAD_ORDER), or -1: the environment's again. Returns 0, or -1 for another mode (and
+// changes nothing). For tests, which run on threads of one process and cannot each set the
+// environment.
+int dp_emu_set_thread_order_for_this_thread(int mode) noexcept {
+    if (mode < -1 || mode > static_cast<int>(dp_emu::ThreadOrder::Shuffled)) return -1;
+    thread_order_override = mode;
+    return 0;
 }
 
 int dp_emu_has_kernel(const char *name) noexcept { return dp_emu::find_kernel(dp_emu::kernel_files, name) != nullptr; }

@@ -1,6 +1,8 @@
 // Kernels of the emulator's own tests (tests/kernels.rs), launched by dp_emu_launch_self_test: the
-// CUDA semantics the scheduler models (indices, shuffles with widths, barriers after exits, atomics)
-// and the errors it reports, which dp's kernels exercise only when they are wrong.
+// CUDA semantics the scheduler models (indices, shuffles with widths, barriers after exits, atomics,
+// the orders of threads and blocks, poisoned shared memory) and the errors it reports, which dp's
+// kernels exercise only when they are wrong. Compiled, as dp's kernels, from a copy whose
+// __shared__ declarations poison their variables (build.rs).
 #include "cuda_on_cpu.hpp"
 #include "kernel_registry.hpp"
 
@@ -100,6 +102,51 @@ extern "C" __global__ void dp_emu_selftest_atomics(float *f, double *d, unsigned
     atomicMax(max_thread, static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x));
 }
 
+// The order in which the threads of a one-block launch began (ranks[2t]) and went on past a
+// __syncthreads (ranks[2t + 1]), counted by counters[0] and counters[1].
+extern "C" __global__ void dp_emu_selftest_pass_order(unsigned int *ranks, unsigned int *counters) {
+    unsigned int t = linear_thread();
+    ranks[2 * t] = atomicAdd(&counters[0], 1u);
+    __syncthreads();
+    ranks[2 * t + 1] = atomicAdd(&counters[1], 1u);
+}
+
+// Thread `failing_thread` (linear) of block `failing_block` (linear) shuffles with a mask that does
+// not name it, an error of the launch; every other thread does nothing.
+extern "C" __global__ void dp_emu_selftest_fail_in_block(unsigned int failing_block, unsigned int failing_thread,
+                                                         int *out) {
+    unsigned int block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    if (block == failing_block && linear_thread() == failing_thread) *out = __shfl_sync(0u, 1, 0);
+}
+
+// Each thread writes its slot of shared memory, then reads the slot of the thread before it (thread
+// 0 its own) into out[block · threads + t] = 7 · slot + 1. Right only with the __syncthreads between,
+// which `synchronise` = 0 leaves out: a bug the forward order hides, as the thread before has
+// always run first, and the reverse order shows, as it has not.
+extern "C" __global__ void dp_emu_selftest_missing_syncthreads(int synchronise, unsigned int *out) {
+    __shared__ unsigned int slots[1024];
+    unsigned int t = linear_thread();
+    slots[t] = 7 * t + 1;
+    if (synchronise) __syncthreads();
+    out[blockIdx.x * blockDim.x + t] = slots[t == 0 ? 0 : t - 1];
+}
+
+// Blocks of 64 threads: block 0 writes every slot of two shared arrays, later blocks only the even
+// ones; after a barrier each thread reads its own slot back into values[at] and counts[at] (at its
+// index in the grid). An odd slot of a later block holds what the block found there.
+extern "C" __global__ void dp_emu_selftest_unwritten_shared(float *values, int *counts) {
+    __shared__ float value_slots[64];
+    __shared__ int count_slots[64];
+    unsigned int t = linear_thread(), at = blockIdx.x * blockDim.x + t;
+    if (blockIdx.x == 0 || t % 2 == 0) {
+        value_slots[t] = static_cast<float>(at) + 0.5f;
+        count_slots[t] = static_cast<int>(at);
+    }
+    __syncthreads();
+    values[at] = value_slots[t];
+    counts[at] = count_slots[t];
+}
+
 namespace dp_emu {
 namespace {
 const KernelEntry self_test_entries[] = {
@@ -111,6 +158,10 @@ const KernelEntry self_test_entries[] = {
     DP_EMU_KERNEL_ENTRY(dp_emu_selftest_mismatched_collectives),
     DP_EMU_KERNEL_ENTRY(dp_emu_selftest_full_mask_in_small_block),
     DP_EMU_KERNEL_ENTRY(dp_emu_selftest_atomics),
+    DP_EMU_KERNEL_ENTRY(dp_emu_selftest_pass_order),
+    DP_EMU_KERNEL_ENTRY(dp_emu_selftest_fail_in_block),
+    DP_EMU_KERNEL_ENTRY(dp_emu_selftest_missing_syncthreads),
+    DP_EMU_KERNEL_ENTRY(dp_emu_selftest_unwritten_shared),
 };
 }  // namespace
 

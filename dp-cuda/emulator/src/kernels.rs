@@ -2,10 +2,11 @@
 //! model of `kernels/cuda_on_cpu.hpp`, launched by name.
 //!
 //! A launch runs on the calling OS thread and has finished when [`launch`] returns: the blocks one
-//! after the other in order of `blockIdx` (x fastest), each block's threads as fibers, round robin,
-//! with `__syncthreads` and the warp collectives as barriers among them. Several OS threads may
-//! launch at once (each has its own fibers and shared memory; atomics are atomic across them).
-//! Device pointers are host pointers.
+//! after the other, each block's threads as fibers, round robin, with `__syncthreads` and the warp
+//! collectives as barriers among them, in the [`ThreadOrder`] of `DP_EMULATOR_THREAD_ORDER` or of
+//! [`set_thread_order_for_this_thread`]. Every block finds its `__shared__` variables filled with
+//! 0xff bytes. Several OS threads may launch at once (each has its own fibers and shared memory;
+//! atomics are atomic across them). Device pointers are host pointers.
 
 use std::ffi::{c_char, c_int, c_long, c_uint, c_void, CStr, CString};
 use std::fmt;
@@ -37,6 +38,7 @@ extern "C" {
         error: *mut c_char,
         error_len: usize,
     ) -> c_int;
+    fn dp_emu_set_thread_order_for_this_thread(mode: c_int) -> c_int;
     fn dp_emu_has_kernel(name: *const c_char) -> c_int;
     fn dp_emu_kernel_count() -> usize;
     fn dp_emu_kernel_name(index: usize) -> *const c_char;
@@ -54,7 +56,8 @@ pub enum LaunchErrorKind {
     /// No kernel of that name (`CUDA_ERROR_NOT_FOUND` on a GPU).
     UnknownKernel,
     /// A grid or block dimension of 0 or beyond CUDA's limits, or dynamic shared memory
-    /// (`CUDA_ERROR_INVALID_VALUE`).
+    /// (`CUDA_ERROR_INVALID_VALUE`); or a `DP_EMULATOR_THREAD_ORDER` or `DP_EMULATOR_SEED` the
+    /// emulator does not accept.
     InvalidConfiguration,
     /// The kernel used a barrier or warp collective as CUDA does not allow: a deadlock, a collective
     /// naming a lane that exited or does not exist, lanes disagreeing (`CUDA_ERROR_LAUNCH_FAILED`;
@@ -87,6 +90,37 @@ pub struct ParamLayout {
     pub size: usize,
     /// `alignof` the parameter's type.
     pub align: usize,
+}
+
+/// The order in which a launch runs its blocks, and each block's threads between barriers
+/// (`DP_EMULATOR_THREAD_ORDER`, read once; forward when unset). CUDA promises no order: a kernel
+/// whose results depend on it (a missing `__syncthreads`, a block reading what another block of the
+/// launch writes) is wrong, and the orders other than forward show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadOrder {
+    /// `forward`: blocks in order of `blockIdx`, threads in order of `threadIdx` (x fastest).
+    Forward,
+    /// `reverse`: the last block first, and each pass over a block's threads from its last to its
+    /// first.
+    Reverse,
+    /// `shuffled`: a pseudo-random permutation of the grid's blocks, and a fresh one of the block's
+    /// threads for each pass over them. Deterministic: the same launches on an OS thread get the same
+    /// permutations, under the same `DP_EMULATOR_SEED` (an unsigned 64-bit number, 0 when unset).
+    Shuffled,
+}
+
+/// The order of the launches the calling OS thread makes from now on, or `None`: the environment's
+/// (`DP_EMULATOR_THREAD_ORDER`). For tests, which share a process and its environment.
+pub fn set_thread_order_for_this_thread(order: Option<ThreadOrder>) {
+    let mode = match order {
+        None => -1,
+        Some(ThreadOrder::Forward) => 0,
+        Some(ThreadOrder::Reverse) => 1,
+        Some(ThreadOrder::Shuffled) => 2,
+    };
+    // SAFETY: takes an int and sets a thread-local; every mode here is one it accepts.
+    let status = unsafe { dp_emu_set_thread_order_for_this_thread(mode) };
+    assert_eq!(status, 0, "thread order {mode} refused");
 }
 
 /// Runs kernel `name` of dp-cuda/kernels over `grid` blocks of `block` threads (x, y, z), returning

@@ -9,11 +9,12 @@
 //! `__syncthreads` and the warp operations are barriers among them.
 //!
 //! What it checks beyond the values: device ranges of copies and products against live allocations,
-//! reads past a device buffer's ends (guard pages), fresh device memory read before it is written
-//! (it holds NaN), launch geometry against the limits and the kernels' launch bounds, stream capture's
+//! reads past a device buffer's ends (guard pages), fresh device memory and a block's `__shared__`
+//! memory read before they are written (they hold NaN), launch geometry against the limits and the kernels' launch bounds, stream capture's
 //! rules (forks joined, no synchronising call while capturing), and the order between streams (each
 //! stream is a thread; `DP_EMULATOR_LATE_STREAMS=later|earlier` runs the streams made later, or earlier, as late as
-//! their events allow).
+//! their events allow), and inside a kernel (`DP_EMULATOR_THREAD_ORDER=reverse|shuffled` runs the
+//! blocks, and each block's threads between barriers, backwards or in pseudo-random order).
 //!
 //! What it cannot show: speed, the GPU's own arithmetic (its libm, its cuBLAS's summation order and
 //! tensor-core rounding; NVRTC's code generation, whose PTX is read only for its entry points), and

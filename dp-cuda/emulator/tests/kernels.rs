@@ -6,7 +6,9 @@
 use std::ffi::c_void;
 use std::time::Instant;
 
-use dp_cuda_emulator::kernels::{self, LaunchErrorKind, ParamLayout};
+use dp_cuda_emulator::kernels::{self, LaunchErrorKind, ParamLayout, ThreadOrder};
+
+const ORDERS: [ThreadOrder; 3] = [ThreadOrder::Forward, ThreadOrder::Reverse, ThreadOrder::Shuffled];
 
 /// A pointer to one kernel argument, as `kernelParams` holds it.
 fn arg<T>(value: &mut T) -> *mut c_void {
@@ -418,6 +420,7 @@ fn launch_errors_name_the_kernel_and_the_configuration() {
 
 #[test]
 fn threads_see_their_indices_and_run_in_cuda_order() {
+    kernels::set_thread_order_for_this_thread(Some(ThreadOrder::Forward));
     let (grid, block) = ([3u32, 2, 2], [5u32, 3, 2]);
     let blocks = (grid[0] * grid[1] * grid[2]) as usize;
     let threads = (block[0] * block[1] * block[2]) as usize;
@@ -442,8 +445,228 @@ fn threads_see_their_indices_and_run_in_cuda_order() {
     assert_eq!(started as usize, blocks * threads);
 }
 
+/// What dp_emu_selftest_indices recorded of a launch of `grid` x `block` under `order`, checked: each
+/// thread's indices are its own, every thread of the grid ran once, and the blocks one after the
+/// other. For each block in the order they ran, its linear index and its threads' linear indices in
+/// the order they began.
+fn run_order(grid: [u32; 3], block: [u32; 3], order: ThreadOrder) -> Vec<(usize, Vec<usize>)> {
+    kernels::set_thread_order_for_this_thread(Some(order));
+    let blocks = (grid[0] * grid[1] * grid[2]) as usize;
+    let threads = (block[0] * block[1] * block[2]) as usize;
+    let mut out = vec![u32::MAX; blocks * threads * 3];
+    let mut started = 0u32;
+    let (mut o, mut s) = (out.as_mut_ptr(), &mut started as *mut u32);
+    launch_self_test("dp_emu_selftest_indices", grid, block, &mut [arg(&mut o), arg(&mut s)]).unwrap();
+    assert_eq!(started as usize, blocks * threads);
+    let pack = |i: usize, dims: [u32; 3]| {
+        let (x, y, z) = (i as u32 % dims[0], i as u32 / dims[0] % dims[1], i as u32 / (dims[0] * dims[1]));
+        x | y << 10 | z << 20
+    };
+    let mut ran: Vec<Option<(usize, Vec<usize>)>> = vec![None; blocks];
+    for b in 0..blocks {
+        let ranks: Vec<usize> = (0..threads).map(|t| out[3 * (b * threads + t) + 2] as usize).collect();
+        let position = ranks[0] / threads;
+        let mut in_order = vec![usize::MAX; threads];
+        for (t, &rank) in ranks.iter().enumerate() {
+            let at = b * threads + t;
+            assert_eq!(out[3 * at], pack(t, block), "{order:?}: thread {t} of block {b}");
+            assert_eq!(out[3 * at + 1], pack(b, grid), "{order:?}: block {b}");
+            assert_eq!(rank / threads, position, "{order:?}: block {b} ran between two others' threads");
+            in_order[rank % threads] = t;
+        }
+        assert!(ran[position].is_none(), "{order:?}: two blocks ran at position {position}");
+        ran[position] = Some((b, in_order));
+    }
+    // Every rank below blocks · threads was taken once, so every thread ran once.
+    ran.into_iter().map(|r| r.expect("every position taken")).collect()
+}
+
+#[test]
+fn reverse_and_shuffled_orders_run_every_thread_and_block_once_in_their_order() {
+    let (grid, block) = ([3u32, 2, 2], [5u32, 3, 2]);
+    let (blocks, threads) = (12usize, 30usize);
+    let forward = run_order(grid, block, ThreadOrder::Forward);
+    let identity: Vec<usize> = (0..threads).collect();
+    assert!(forward.iter().enumerate().all(|(i, (b, order))| *b == i && *order == identity));
+
+    let reverse = run_order(grid, block, ThreadOrder::Reverse);
+    let backwards: Vec<usize> = (0..threads).rev().collect();
+    for (i, (b, order)) in reverse.iter().enumerate() {
+        assert_eq!(*b, blocks - 1 - i, "reverse: the blocks from the last");
+        assert_eq!(*order, backwards, "reverse: block {b}'s threads from the last");
+    }
+
+    let shuffled = run_order(grid, block, ThreadOrder::Shuffled);
+    let block_order: Vec<usize> = shuffled.iter().map(|(b, _)| *b).collect();
+    assert_ne!(block_order, (0..blocks).collect::<Vec<_>>(), "shuffled blocks in forward order");
+    assert_ne!(block_order, (0..blocks).rev().collect::<Vec<_>>(), "shuffled blocks in reverse order");
+    for (b, order) in &shuffled {
+        assert!(*order != identity && *order != backwards, "block {b}'s threads not shuffled: {order:?}");
+    }
+    assert_ne!(shuffled[0].1, shuffled[1].1, "each block's threads in a permutation of their own");
+    // The next launch on this thread draws other permutations.
+    let again = run_order(grid, block, ThreadOrder::Shuffled);
+    assert_ne!(again, shuffled);
+
+    // A grid that is no power of two (the permutation walks its cycles past the grid's end).
+    let large = run_order([37, 5, 3], [2, 1, 1], ThreadOrder::Shuffled);
+    let mut large_order: Vec<usize> = large.iter().map(|(b, _)| *b).collect();
+    assert_ne!(large_order, (0..555).collect::<Vec<_>>());
+    large_order.sort_unstable();
+    assert_eq!(large_order, (0..555).collect::<Vec<_>>());
+}
+
+#[test]
+fn shuffled_orders_are_the_same_for_the_same_launches_of_an_os_thread() {
+    let launches = || {
+        std::thread::spawn(|| {
+            (0..3).map(|_| run_order([4, 3, 1], [7, 2, 1], ThreadOrder::Shuffled)).collect::<Vec<_>>()
+        })
+        .join()
+        .unwrap()
+    };
+    assert_eq!(launches(), launches());
+}
+
+#[test]
+fn every_pass_over_a_block_has_its_order() {
+    let threads = 64usize;
+    let passes = |order| {
+        kernels::set_thread_order_for_this_thread(Some(order));
+        let mut ranks = vec![u32::MAX; 2 * threads];
+        let mut counters = [0u32; 2];
+        let (mut r, mut c) = (ranks.as_mut_ptr(), counters.as_mut_ptr());
+        launch_self_test(
+            "dp_emu_selftest_pass_order",
+            [1, 1, 1],
+            [threads as u32, 1, 1],
+            &mut [arg(&mut r), arg(&mut c)],
+        )
+        .unwrap();
+        assert_eq!(counters, [threads as u32; 2]);
+        // The threads in the order they began, and in the order they went on past the barrier.
+        let mut before = vec![usize::MAX; threads];
+        let mut after = vec![usize::MAX; threads];
+        for t in 0..threads {
+            before[ranks[2 * t] as usize] = t;
+            after[ranks[2 * t + 1] as usize] = t;
+        }
+        (before, after)
+    };
+    // The last thread to reach the barrier goes on at once, the others in the next pass.
+    let (before, after) = passes(ThreadOrder::Forward);
+    assert_eq!(before, (0..threads).collect::<Vec<_>>());
+    assert_eq!(after, [threads - 1].into_iter().chain(0..threads - 1).collect::<Vec<_>>());
+    let (before, after) = passes(ThreadOrder::Reverse);
+    assert_eq!(before, (0..threads).rev().collect::<Vec<_>>());
+    assert_eq!(after, [0].into_iter().chain((1..threads).rev()).collect::<Vec<_>>());
+    let (before, after) = passes(ThreadOrder::Shuffled);
+    assert_eq!(after[0], before[threads - 1], "the last to arrive goes on");
+    assert_ne!(after[1..], before[..threads - 1], "the second pass draws a permutation of its own");
+}
+
+#[test]
+fn launch_errors_name_the_block_and_thread_in_every_order() {
+    let (grid, block) = ([3u32, 2, 2], [5u32, 3, 2]);
+    // Block (2, 1, 0) and thread (4, 2, 1): linear 2 + 3 · 1 and 4 + 5 · (2 + 3 · 1).
+    let (mut failing_block, mut failing_thread, mut out) = (5u32, 29u32, 0i32);
+    let mut o = &mut out as *mut i32;
+    for order in ORDERS {
+        kernels::set_thread_order_for_this_thread(Some(order));
+        let error = launch_self_test(
+            "dp_emu_selftest_fail_in_block",
+            grid,
+            block,
+            &mut [arg(&mut failing_block), arg(&mut failing_thread), arg(&mut o)],
+        )
+        .unwrap_err();
+        assert_eq!(error.kind, LaunchErrorKind::ExecutionFailed);
+        assert_eq!(
+            error.message,
+            "dp_emu_selftest_fail_in_block: block (2, 1, 0): thread (4, 2, 1) (warp 0, lane 29): __shfl_sync \
+             with mask 0x00000000, which does not name the calling lane 29",
+            "{order:?}"
+        );
+    }
+}
+
+/// dp_emu_selftest_missing_syncthreads over 2 blocks of 64 threads: the values each thread read.
+fn missing_syncthreads(order: ThreadOrder, synchronise: bool) -> Vec<u32> {
+    kernels::set_thread_order_for_this_thread(Some(order));
+    let mut out = vec![0u32; 128];
+    let (mut s, mut o) = (i32::from(synchronise), out.as_mut_ptr());
+    launch_self_test(
+        "dp_emu_selftest_missing_syncthreads",
+        [2, 1, 1],
+        [64, 1, 1],
+        &mut [arg(&mut s), arg(&mut o)],
+    )
+    .unwrap();
+    out
+}
+
+#[test]
+fn a_missing_syncthreads_shows_in_the_orders_other_than_forward() {
+    let right: Vec<u32> = (0..128u32).map(|at| 7 * (at % 64).saturating_sub(1) + 1).collect();
+    for order in ORDERS {
+        assert_eq!(missing_syncthreads(order, true), right, "{order:?} with the barrier");
+    }
+    // Without it, each thread reads a slot the thread before it wrote before it, in forward order
+    // only; in reverse order that thread has not run yet, and the slot holds the block's poison.
+    assert_eq!(missing_syncthreads(ThreadOrder::Forward, false), right);
+    let reverse = missing_syncthreads(ThreadOrder::Reverse, false);
+    for (at, &got) in reverse.iter().enumerate() {
+        let expected = if at % 64 == 0 { right[at] } else { u32::MAX };
+        assert_eq!(got, expected, "reverse, thread {} of block {}", at % 64, at / 64);
+    }
+    let shuffled = missing_syncthreads(ThreadOrder::Shuffled, false);
+    let wrong = shuffled.iter().zip(&right).filter(|(got, right)| got != right).count();
+    assert!(wrong > 16, "shuffled: {wrong} of 128 wrong");
+    assert!(shuffled.iter().zip(&right).all(|(&got, &right)| got == right || got == u32::MAX));
+}
+
+#[test]
+fn a_block_finds_its_shared_memory_poisoned() {
+    // On a fresh OS thread, whose copies of the __shared__ variables start as zeros: without the
+    // poisoning the first block would read 0 from a slot nobody wrote, and later blocks the values
+    // block 0 left there.
+    std::thread::spawn(|| {
+        for order in ORDERS {
+            kernels::set_thread_order_for_this_thread(Some(order));
+            let len = 3 * 64;
+            let (mut values, mut counts) = (vec![0.0f32; len], vec![0i32; len]);
+            let (mut v, mut c) = (values.as_mut_ptr(), counts.as_mut_ptr());
+            launch_self_test(
+                "dp_emu_selftest_unwritten_shared",
+                [3, 1, 1],
+                [64, 1, 1],
+                &mut [arg(&mut v), arg(&mut c)],
+            )
+            .unwrap();
+            for at in 0..len {
+                if at < 64 || at % 2 == 0 {
+                    assert_eq!(values[at], at as f32 + 0.5, "{order:?}: value {at}");
+                    assert_eq!(counts[at], at as i32, "{order:?}: count {at}");
+                } else {
+                    assert_eq!(values[at].to_bits(), u32::MAX, "{order:?}: value {at} is all ones (NaN)");
+                    assert_eq!(counts[at], -1, "{order:?}: count {at}");
+                }
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
+
 #[test]
 fn shuffles_follow_cuda_lane_arithmetic() {
+    for order in ORDERS {
+        kernels::set_thread_order_for_this_thread(Some(order));
+        shuffles_in_every_width(order);
+    }
+}
+
+fn shuffles_in_every_width(order: ThreadOrder) {
     for width in [32i32, 8, 4, 1] {
         let threads = 64usize;
         let mut out = vec![i32::MIN; threads * 6];
@@ -473,55 +696,80 @@ fn shuffles_follow_cuda_lane_arithmetic() {
                 ballot,
                 value(warp, lane ^ 1),
             ];
-            assert_eq!(out[t * 6..t * 6 + 6], expected, "thread {t}, width {width}");
+            assert_eq!(out[t * 6..t * 6 + 6], expected, "{order:?}: thread {t}, width {width}");
         }
     }
 }
 
 #[test]
 fn exited_threads_count_as_arrived_at_syncthreads() {
-    let (threads, active) = (256usize, 100u32);
-    let mut out = vec![u32::MAX; threads];
-    let (mut a, mut o) = (active, out.as_mut_ptr());
-    launch_self_test(
-        "dp_emu_selftest_barriers_after_exit",
-        [2, 1, 1],
-        [threads as u32, 1, 1],
-        &mut [arg(&mut a), arg(&mut o)],
-    )
-    .unwrap();
-    for (t, &v) in out.iter().enumerate() {
-        let expected = if t < active as usize {
-            (0..3).map(|round| (t as u32 + 1) % active + 1000 * round).sum()
-        } else {
-            u32::MAX
-        };
-        assert_eq!(v, expected, "thread {t}");
+    for order in ORDERS {
+        kernels::set_thread_order_for_this_thread(Some(order));
+        let (threads, active) = (256usize, 100u32);
+        let mut out = vec![u32::MAX; threads];
+        let (mut a, mut o) = (active, out.as_mut_ptr());
+        launch_self_test(
+            "dp_emu_selftest_barriers_after_exit",
+            [2, 1, 1],
+            [threads as u32, 1, 1],
+            &mut [arg(&mut a), arg(&mut o)],
+        )
+        .unwrap();
+        for (t, &v) in out.iter().enumerate() {
+            let expected = if t < active as usize {
+                (0..3).map(|round| (t as u32 + 1) % active + 1000 * round).sum()
+            } else {
+                u32::MAX
+            };
+            assert_eq!(v, expected, "{order:?}: thread {t}");
+        }
     }
 }
 
 #[test]
 fn misused_collectives_are_launch_errors_not_hangs() {
-    let cases = [
-        ("dp_emu_selftest_shuffle_after_exit", 32u32, "exited"),
-        ("dp_emu_selftest_mixed_barriers", 64, "deadlock"),
-        ("dp_emu_selftest_mismatched_collectives", 32, "__shfl_xor_sync with mask 0xffffffff while lanes"),
-        ("dp_emu_selftest_full_mask_in_small_block", 16, "which the block (16 threads) does not have"),
+    // What each error says whichever thread meets the misuse first: the lanes that arrived before
+    // it, and so the wording, depend on the order.
+    let cases: [(&str, u32, &[&str]); 4] = [
+        ("dp_emu_selftest_shuffle_after_exit", 32, &["exited"]),
+        (
+            "dp_emu_selftest_mixed_barriers",
+            64,
+            &["deadlock", "wait at __syncthreads", "wait at __shfl_xor_sync"],
+        ),
+        (
+            "dp_emu_selftest_mismatched_collectives",
+            32,
+            &["with mask 0xffffffff while lanes", "__ballot_sync", "__shfl_xor_sync"],
+        ),
+        ("dp_emu_selftest_full_mask_in_small_block", 16, &["which the block (16 threads) does not have"]),
     ];
-    for (name, threads, says) in cases {
-        let mut out = vec![0i32; threads as usize];
-        let mut o = out.as_mut_ptr();
-        let error = launch_self_test(name, [2, 1, 1], [threads, 1, 1], &mut [arg(&mut o)]).unwrap_err();
-        println!("{error}");
-        assert_eq!(error.kind, LaunchErrorKind::ExecutionFailed, "{error}");
-        assert!(error.message.contains(says) && error.message.contains("block (0, 0, 0)"), "{name}: {error}");
+    for order in ORDERS {
+        kernels::set_thread_order_for_this_thread(Some(order));
+        // Every block fails: the error is the first block's to run.
+        let first_block = match order {
+            ThreadOrder::Forward => "block (0, 0, 0)",
+            ThreadOrder::Reverse => "block (1, 0, 0)",
+            ThreadOrder::Shuffled => "block (",
+        };
+        for (name, threads, says) in cases {
+            let mut out = vec![0i32; threads as usize];
+            let mut o = out.as_mut_ptr();
+            let error = launch_self_test(name, [2, 1, 1], [threads, 1, 1], &mut [arg(&mut o)]).unwrap_err();
+            println!("{order:?}: {error}");
+            assert_eq!(error.kind, LaunchErrorKind::ExecutionFailed, "{error}");
+            assert!(
+                says.iter().all(|s| error.message.contains(s)) && error.message.contains(first_block),
+                "{order:?}, {name}: {error}"
+            );
+        }
+        // The OS thread's scheduler is whole again after the abandoned blocks.
+        let mut dst = vec![1.0f32; 3000];
+        let mut src = vec![2.0f32; 3000];
+        let (mut d, mut s, mut n) = (values(&mut dst), values(&mut src), 3000u64);
+        launch("dp_add_into", elementwise(3000), BLOCK_256, &mut [arg(&mut d), arg(&mut s), arg(&mut n)]);
+        assert!(dst.iter().all(|&v| v == 3.0));
     }
-    // The OS thread's scheduler is whole again after the abandoned blocks.
-    let mut dst = vec![1.0f32; 3000];
-    let mut src = vec![2.0f32; 3000];
-    let (mut d, mut s, mut n) = (values(&mut dst), values(&mut src), 3000u64);
-    launch("dp_add_into", elementwise(3000), BLOCK_256, &mut [arg(&mut d), arg(&mut s), arg(&mut n)]);
-    assert!(dst.iter().all(|&v| v == 3.0));
 }
 
 /// The atomics self-test's counters: f32, f64, u32, u64, and the largest thread index.
