@@ -2,7 +2,9 @@
 // in passes over the block repeated until every thread has ended; the blocks one after the other.
 // The launch's ThreadOrder says in which order: Forward runs thread 0, then 1, ... in every pass and
 // the blocks in order of blockIdx; Reverse runs both backwards; Shuffled draws a permutation of the
-// grid's blocks and a fresh one of the block's threads for every pass. CUDA promises no order, so
+// grid's blocks and a fresh one of the block's threads for every pass; Warps runs each pass warp by
+// warp, in a fresh permutation of the warps, each warp as far as it can go before the next (so that
+// one warp may pass several warp collectives while the others wait). CUDA promises no order, so
 // none of them changes what a correct kernel computes (but the order in which float atomics add).
 // - __syncthreads completes when every thread that has not exited has arrived (exited threads count
 //   as arrived, as on current GPUs); the last to arrive goes on and the others become runnable.
@@ -151,6 +153,8 @@ std::string BlockScheduler::run_grid(KernelTrampoline kernel, void **params, dim
     random_state_ = seed ^ next_random(launch);
     pass_order_.resize(threads);
     for (unsigned int i = 0; i < threads; ++i) pass_order_[i] = order == ThreadOrder::Reverse ? threads - 1 - i : i;
+    warp_order_.resize(warps);
+    for (unsigned int w = 0; w < warps; ++w) warp_order_[w] = w;
     const std::uint64_t blocks = static_cast<std::uint64_t>(grid.x) * grid.y * grid.z;
     const std::uint64_t plane = static_cast<std::uint64_t>(grid.x) * grid.y;
     const BlockPermutation shuffled_blocks(blocks, next_random(random_state_));
@@ -185,30 +189,44 @@ bool BlockScheduler::run_block() {
     exited_ = 0;
     at_block_barrier_ = 0;
     failed_ = false;
+    return order_ == ThreadOrder::Warps ? run_block_by_warps() : run_block_by_threads();
+}
+
+bool BlockScheduler::run_block_by_threads() {
     const unsigned int threads = static_cast<unsigned int>(fibers_.size());
     for (;;) {
         bool progressed = false;
         order_pass();
         for (unsigned int index : pass_order_) {
-            Fiber &fiber = fibers_[index];
-            if (fiber.state == FiberState::NotStarted) {
-                fiber.stack = stacks_.acquire();
-                if (fiber.stack == nullptr) {
-                    error_ = "no memory for another fiber stack";
-                    abandon_block();
-                    return false;
+            int ran = run_fiber(index);
+            if (ran < 0) return false;
+            progressed |= ran > 0;
+        }
+        if (exited_ == threads) return true;
+        if (!progressed) {
+            error_ = deadlock_report();
+            abandon_block();
+            return false;
+        }
+    }
+}
+
+bool BlockScheduler::run_block_by_warps() {
+    const unsigned int threads = static_cast<unsigned int>(fibers_.size());
+    for (;;) {
+        bool progressed = false;
+        order_pass();
+        for (unsigned int warp : warp_order_) {
+            const unsigned int first = warp * 32, end = first + 32 < threads ? first + 32 : threads;
+            // The warp's lanes, pass after pass, until none can go on.
+            for (bool warp_progressed = true; warp_progressed;) {
+                warp_progressed = false;
+                for (unsigned int index = first; index < end; ++index) {
+                    int ran = run_fiber(index);
+                    if (ran < 0) return false;
+                    warp_progressed |= ran > 0;
                 }
-                fiber.saved_sp = prepare_fiber(fiber.stack, &BlockScheduler::fiber_main, &fiber);
-            } else if (fiber.state != FiberState::Runnable) {
-                continue;
-            }
-            fiber.state = FiberState::Running;
-            current_thread = &fiber;
-            dp_emu_switch_context(&scheduler_sp_, fiber.saved_sp);
-            progressed = true;
-            if (failed_) {
-                abandon_block();
-                return false;
+                progressed |= warp_progressed;
             }
         }
         if (exited_ == threads) return true;
@@ -220,12 +238,41 @@ bool BlockScheduler::run_block() {
     }
 }
 
+int BlockScheduler::run_fiber(unsigned int index) {
+    Fiber &fiber = fibers_[index];
+    if (fiber.state == FiberState::NotStarted) {
+        fiber.stack = stacks_.acquire();
+        if (fiber.stack == nullptr) {
+            error_ = "no memory for another fiber stack";
+            abandon_block();
+            return -1;
+        }
+        fiber.saved_sp = prepare_fiber(fiber.stack, &BlockScheduler::fiber_main, &fiber);
+    } else if (fiber.state != FiberState::Runnable) {
+        return 0;
+    }
+    fiber.state = FiberState::Running;
+    current_thread = &fiber;
+    dp_emu_switch_context(&scheduler_sp_, fiber.saved_sp);
+    if (failed_) {
+        abandon_block();
+        return -1;
+    }
+    return 1;
+}
+
 void BlockScheduler::order_pass() {
-    if (order_ != ThreadOrder::Shuffled) return;
+    std::vector<unsigned int> *order = nullptr;
+    switch (order_) {
+        case ThreadOrder::Forward:
+        case ThreadOrder::Reverse: return;
+        case ThreadOrder::Shuffled: order = &pass_order_; break;
+        case ThreadOrder::Warps: order = &warp_order_; break;
+    }
     // Fisher-Yates: every permutation alike.
-    for (unsigned int i = static_cast<unsigned int>(pass_order_.size()); i > 1; --i) {
+    for (unsigned int i = static_cast<unsigned int>(order->size()); i > 1; --i) {
         unsigned int j = below(next_random(random_state_), i);
-        std::swap(pass_order_[i - 1], pass_order_[j]);
+        std::swap((*order)[i - 1], (*order)[j]);
     }
 }
 

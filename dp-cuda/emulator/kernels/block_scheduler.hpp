@@ -28,6 +28,12 @@ enum class ThreadOrder : int {
     // A pseudo-random permutation of the grid's blocks, and a fresh one of the block's threads for
     // every pass; the same for the same seed and the same launches on an OS thread.
     Shuffled = 2,
+    // Blocks as Shuffled's; each pass takes the block's warps in a fresh pseudo-random order and runs
+    // each as far as it can go (until its lanes wait at __syncthreads or have ended) before the next,
+    // as a GPU's warps may run ahead of each other. A pass over the threads lets every thread take
+    // one step before any warp takes two: a missing __syncthreads that only a warp running several
+    // collectives ahead of the others shows passes in the other orders.
+    Warps = 3,
 };
 
 // A pseudo-random permutation of [0, count), computed index by index (a grid may have 2^63 blocks):
@@ -107,6 +113,11 @@ class BlockScheduler {
     };
 
     bool run_block();
+    bool run_block_by_threads();
+    bool run_block_by_warps();
+    // Runs fiber `index` until it ends or waits, if it can run: 1 it ran, 0 it could not, -1 the
+    // block failed (its fibers abandoned, error_ set).
+    int run_fiber(unsigned int index);
     void order_pass();
     void finish(Fiber &self);
     void suspend(Fiber &self, FiberState state);
@@ -122,6 +133,8 @@ class BlockScheduler {
     std::vector<WarpGathering> warps_;
     // The fibers' indices in the order of the current pass over them.
     std::vector<unsigned int> pass_order_;
+    // The warps' indices in the order of the current pass over them (ThreadOrder::Warps).
+    std::vector<unsigned int> warp_order_;
     ThreadOrder order_ = ThreadOrder::Forward;
     std::uint64_t random_state_ = 0;
     // The grids this OS thread has begun: each Shuffled launch draws other permutations.

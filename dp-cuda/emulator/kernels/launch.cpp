@@ -45,9 +45,11 @@ EnvironmentOrder read_environment() {
             settings.order = dp_emu::ThreadOrder::Reverse;
         } else if (std::strcmp(order, "shuffled") == 0) {
             settings.order = dp_emu::ThreadOrder::Shuffled;
+        } else if (std::strcmp(order, "warps") == 0) {
+            settings.order = dp_emu::ThreadOrder::Warps;
         } else {
             settings.error = std::string("DP_EMULATOR_THREAD_ORDER=") + order +
-                             ": the accepted values are forward (the default), reverse and shuffled";
+                             ": the accepted values are forward (the default), reverse, shuffled and warps";
             return settings;
         }
     }
@@ -157,12 +159,12 @@ int dp_emu_launch_self_test(const char *name, unsigned gx, unsigned gy, unsigned
                        error_len);
 }
 
-// The order of the launches this OS thread makes from now on: 0 forward, 1 reverse, 2 shuffled (as
+// The order of the launches this OS thread makes from now on: 0 forward, 1 reverse, 2 shuffled, 3 warps (as
 // DP_EMULATOR_THREAD_ORDER), or -1: the environment's again. Returns 0, or -1 for another mode (and
 // changes nothing). For tests, which run on threads of one process and cannot each set the
 // environment.
 int dp_emu_set_thread_order_for_this_thread(int mode) noexcept {
-    if (mode < -1 || mode > static_cast<int>(dp_emu::ThreadOrder::Shuffled)) return -1;
+    if (mode < -1 || mode > static_cast<int>(dp_emu::ThreadOrder::Warps)) return -1;
     thread_order_override = mode;
     return 0;
 }

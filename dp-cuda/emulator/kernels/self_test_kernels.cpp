@@ -131,6 +131,25 @@ extern "C" __global__ void dp_emu_selftest_missing_syncthreads(int synchronise, 
     out[blockIdx.x * blockDim.x + t] = slots[t == 0 ? 0 : t - 1];
 }
 
+// Every thread reads into out[at] a shared value thread 0 set before a barrier; then warp 0 meets at
+// a __syncwarp and its lane 0 sets the value again (as for a next use). Right only with a
+// __syncthreads before that write (`synchronise`), which keeps it after every warp's read. A pass
+// over the block's threads lets every thread read before warp 0's lane 0 passes the __syncwarp (in
+// forward order lane 31 completes it, and lane 0 goes on in the next pass); a warp that runs ahead
+// of the others (the Warps order) writes first.
+extern "C" __global__ void dp_emu_selftest_warp_runs_ahead(int synchronise, unsigned int *out) {
+    __shared__ unsigned int value;
+    unsigned int t = linear_thread();
+    if (t == 0) value = 1;
+    __syncthreads();
+    out[blockIdx.x * blockDim.x + t] = value;
+    if (synchronise) __syncthreads();
+    if (t < 32) {
+        __syncwarp();
+        if (t == 0) value = 2;
+    }
+}
+
 // Blocks of 64 threads: block 0 writes every slot of two shared arrays, later blocks only the even
 // ones; after a barrier each thread reads its own slot back into values[at] and counts[at] (at its
 // index in the grid). An odd slot of a later block holds what the block found there.
@@ -161,6 +180,7 @@ const KernelEntry self_test_entries[] = {
     DP_EMU_KERNEL_ENTRY(dp_emu_selftest_pass_order),
     DP_EMU_KERNEL_ENTRY(dp_emu_selftest_fail_in_block),
     DP_EMU_KERNEL_ENTRY(dp_emu_selftest_missing_syncthreads),
+    DP_EMU_KERNEL_ENTRY(dp_emu_selftest_warp_runs_ahead),
     DP_EMU_KERNEL_ENTRY(dp_emu_selftest_unwritten_shared),
 };
 }  // namespace

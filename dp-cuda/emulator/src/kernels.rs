@@ -107,6 +107,11 @@ pub enum ThreadOrder {
     /// threads for each pass over them. Deterministic: the same launches on an OS thread get the same
     /// permutations, under the same `DP_EMULATOR_SEED` (an unsigned 64-bit number, 0 when unset).
     Shuffled,
+    /// `warps`: the blocks as `shuffled`'s; each pass takes the block's warps in a fresh
+    /// pseudo-random order and runs each as far as it can go (until its lanes wait at
+    /// `__syncthreads` or have ended) before the next, so one warp may pass several warp collectives
+    /// while the others wait, as on a GPU. The other orders let every thread take one step per pass.
+    Warps,
 }
 
 /// The order of the launches the calling OS thread makes from now on, or `None`: the environment's
@@ -117,6 +122,7 @@ pub fn set_thread_order_for_this_thread(order: Option<ThreadOrder>) {
         Some(ThreadOrder::Forward) => 0,
         Some(ThreadOrder::Reverse) => 1,
         Some(ThreadOrder::Shuffled) => 2,
+        Some(ThreadOrder::Warps) => 3,
     };
     // SAFETY: takes an int and sets a thread-local; every mode here is one it accepts.
     let status = unsafe { dp_emu_set_thread_order_for_this_thread(mode) };

@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use dp_cuda_emulator::kernels::{self, LaunchErrorKind, ParamLayout, ThreadOrder};
 
-const ORDERS: [ThreadOrder; 3] = [ThreadOrder::Forward, ThreadOrder::Reverse, ThreadOrder::Shuffled];
+const ORDERS: [ThreadOrder; 4] =
+    [ThreadOrder::Forward, ThreadOrder::Reverse, ThreadOrder::Shuffled, ThreadOrder::Warps];
 
 /// A pointer to one kernel argument, as `kernelParams` holds it.
 fn arg<T>(value: &mut T) -> *mut c_void {
@@ -563,6 +564,50 @@ fn every_pass_over_a_block_has_its_order() {
     let (before, after) = passes(ThreadOrder::Shuffled);
     assert_eq!(after[0], before[threads - 1], "the last to arrive goes on");
     assert_ne!(after[1..], before[..threads - 1], "the second pass draws a permutation of its own");
+    // Warp by warp, each warp's lanes in order, the warps in an order drawn per pass: here the
+    // first pass took warp 1 first and the second warp 0 (the last to arrive is warp 0's lane 31).
+    let (before, after) = passes(ThreadOrder::Warps);
+    let warp_first = before[0] / 32;
+    let lanes = |warp: usize| warp * 32..warp * 32 + 32;
+    assert_eq!(before, lanes(warp_first).chain(lanes(1 - warp_first)).collect::<Vec<_>>());
+    assert_eq!(after[0], before[threads - 1], "the last to arrive goes on");
+    let second = after[1] / 32;
+    let mut rest: Vec<usize> = lanes(second).chain(lanes(1 - second)).collect();
+    rest.retain(|&t| t != after[0]);
+    assert_eq!(after[1..], rest[..]);
+}
+
+/// dp_emu_selftest_warp_runs_ahead over 8 blocks of 256 threads: the values each thread read.
+fn warp_runs_ahead(order: ThreadOrder, synchronise: bool) -> Vec<u32> {
+    kernels::set_thread_order_for_this_thread(Some(order));
+    let mut out = vec![0u32; 8 * 256];
+    let (mut s, mut o) = (i32::from(synchronise), out.as_mut_ptr());
+    launch_self_test(
+        "dp_emu_selftest_warp_runs_ahead",
+        [8, 1, 1],
+        [256, 1, 1],
+        &mut [arg(&mut s), arg(&mut o)],
+    )
+    .unwrap();
+    out
+}
+
+#[test]
+fn a_warp_running_ahead_shows_a_missing_syncthreads_the_passes_hide() {
+    for order in ORDERS {
+        assert!(warp_runs_ahead(order, true).iter().all(|&v| v == 1), "{order:?} with the barrier");
+    }
+    // Forward: every thread reads before warp 0's lane 0 passes its __syncwarp.
+    assert!(warp_runs_ahead(ThreadOrder::Forward, false).iter().all(|&v| v == 1));
+    // Warps: in each block the warps after warp 0 read what it wrote for its next use (here in every
+    // block: warp 0 is never the last of 8 in these permutations).
+    let ahead = warp_runs_ahead(ThreadOrder::Warps, false);
+    assert!(ahead.iter().all(|&v| v == 1 || v == 2));
+    for (block, values) in ahead.chunks(256).enumerate() {
+        let late_warps = values.chunks(32).filter(|warp| warp.iter().all(|&v| v == 2)).count();
+        assert!(late_warps > 0, "block {block}: no warp read the value written ahead: {values:?}");
+        assert!(values[..32].iter().all(|&v| v == 1), "block {block}: warp 0 read its own value first");
+    }
 }
 
 #[test]
@@ -750,7 +795,7 @@ fn misused_collectives_are_launch_errors_not_hangs() {
         let first_block = match order {
             ThreadOrder::Forward => "block (0, 0, 0)",
             ThreadOrder::Reverse => "block (1, 0, 0)",
-            ThreadOrder::Shuffled => "block (",
+            ThreadOrder::Shuffled | ThreadOrder::Warps => "block (",
         };
         for (name, threads, says) in cases {
             let mut out = vec![0i32; threads as usize];

@@ -85,12 +85,24 @@ fn check_the_environment_settings() {
     assert_eq!(child(Some("shuffled"), Some("2685821657736338717")), seeded, "the same seed in decimal");
     assert_eq!(child(Some("forward"), Some("12345")), forward, "the seed changes only shuffled");
 
+    // Blocks of one warp each: a warp's lanes begin one after the other, the blocks in a permutation.
+    let warps = child(Some("warps"), None);
+    let ranks: Vec<usize> =
+        warps.strip_prefix("order ").expect(&warps).split(' ').map(|r| r.parse().unwrap()).collect();
+    let mut block_order: Vec<usize> = ranks.chunks(8).map(|block| block[0] / 8).collect();
+    for block in ranks.chunks(8) {
+        assert_eq!(block, (block[0]..block[0] + 8).collect::<Vec<_>>(), "{warps}");
+    }
+    assert_ne!(block_order, [0, 1, 2, 3], "{warps}");
+    block_order.sort_unstable();
+    assert_eq!(block_order, [0, 1, 2, 3], "{warps}");
+
     for wrong in ["Reverse", "", "random"] {
         assert_eq!(
             child(Some(wrong), None),
             format!(
                 "error dp_emu_selftest_indices: DP_EMULATOR_THREAD_ORDER={wrong}: the accepted values are \
-                 forward (the default), reverse and shuffled"
+                 forward (the default), reverse, shuffled and warps"
             )
         );
     }
