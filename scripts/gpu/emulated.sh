@@ -15,9 +15,10 @@
 #
 # NVRTC must be on the loader's path (LD_LIBRARY_PATH, as for `cargo test`). DP_EMULATOR_LATE_STREAMS=later
 # (or earlier) runs the streams made later (or earlier) as late as their events allow (a missing wait
-# between streams then shows); DP_EMULATOR_THREAD_ORDER=reverse (or shuffled) runs a launch's blocks,
-# and each block's threads between barriers, backwards (or in a pseudo-random order, which
-# DP_EMULATOR_SEED changes), so a kernel that counts on the order (a missing __syncthreads) shows;
+# between streams then shows, inside a captured graph too); DP_EMULATOR_THREAD_ORDER=reverse (or
+# shuffled) runs a launch's blocks, and each block's threads between barriers, backwards (or in a
+# pseudo-random order, which DP_EMULATOR_SEED changes), and =warps runs a block warp by warp, each as
+# far as it can go, so a kernel that counts on the order (a missing __syncthreads) shows;
 # DP_EMULATOR_MEMORY_BYTES sets the device's memory (8 GiB by default).
 set -euo pipefail
 cd "$(dirname "$0")/../.."

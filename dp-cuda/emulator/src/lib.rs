@@ -13,8 +13,9 @@
 //! memory read before they are written (they hold NaN), launch geometry against the limits and the kernels' launch bounds, stream capture's
 //! rules (forks joined, no synchronising call while capturing), and the order between streams (each
 //! stream is a thread; `DP_EMULATOR_LATE_STREAMS=later|earlier` runs the streams made later, or earlier, as late as
-//! their events allow), and inside a kernel (`DP_EMULATOR_THREAD_ORDER=reverse|shuffled` runs the
-//! blocks, and each block's threads between barriers, backwards or in pseudo-random order).
+//! their events allow, and a graph's nodes in the same spirit), and inside a kernel
+//! (`DP_EMULATOR_THREAD_ORDER=reverse|shuffled|warps` runs the blocks, and each block's threads between
+//! barriers, backwards, in pseudo-random order, or warp by warp with each warp running ahead).
 //!
 //! What it cannot show: speed, the GPU's own arithmetic (its libm, its cuBLAS's summation order and
 //! tensor-core rounding; NVRTC's code generation, whose PTX is read only for its entry points), and
