@@ -179,9 +179,9 @@ BlockScheduler::~BlockScheduler() {
 bool BlockScheduler::race_prepare_grid(unsigned int threads) {
     os_fiber_ = __tsan_get_current_fiber();
     race_blocks_ = 0;
-    // As many sets as keep a scheduler at 2048 fibers or fewer (ThreadSanitizer has 8192 threads
-    // for the whole process), at least two, so that consecutive blocks are never ordered.
-    race_sets_ = threads >= 1024 ? 2 : 2048 / threads < 8 ? 2048 / threads : 8;
+    // Two sets, so that consecutive blocks are never ordered: each acquire and release costs
+    // ThreadSanitizer (GCC 12's) as much as it has live threads, so no more fibers than that.
+    race_sets_ = 2;
     std::size_t needed = static_cast<std::size_t>(race_sets_) * threads;
     // A fiber's stack stays with it: a stack used by a thread of an unordered block would be a race.
     for (std::size_t i = race_slots_.size(); i < needed; ++i) {
@@ -533,9 +533,10 @@ std::uint64_t BlockScheduler::warp_collective(Fiber &self, WarpOp op, unsigned i
     self.deposited = value;
     self.source_lane = source_lane;
 #ifdef DP_EMU_RACE_CHECK
-    // As at __syncthreads, for the lanes of the warp.
-    void *sync = warp_sync(w, warp.generation);
-    race_release(sync);
+    // As at __syncthreads, for the lanes of the warp, but only at __syncwarp: CUDA orders memory
+    // among the lanes of a __syncwarp, and not at a shuffle or a ballot, which exchange registers.
+    void *sync = op == WarpOp::SyncWarp ? warp_sync(w, warp.generation) : nullptr;
+    if (sync != nullptr) race_release(sync);
 #endif
     warp.arrived |= 1u << lane;
     if (warp.arrived == mask) {
@@ -544,7 +545,7 @@ std::uint64_t BlockScheduler::warp_collective(Fiber &self, WarpOp op, unsigned i
         suspend(self, FiberState::AtWarpCollective);
     }
 #ifdef DP_EMU_RACE_CHECK
-    race_acquire(sync);
+    if (sync != nullptr) race_acquire(sync);
 #endif
     return self.result;
 }
