@@ -69,18 +69,70 @@ fn main() {
     // an FMA here either, and no fast math: every f32 operation rounds as IEEE says, as on the GPU.
     // Their warnings are shown, not fatal: the kernel files are written for NVRTC, not for g++.
     let mut kernel_build = base_build(&poisoned, &own, &cuda_kernels);
+    race_check_kernel(&mut kernel_build);
     kernel_build.flag("-Wno-unknown-pragmas").files(&generated).file(&files);
     // noise.cu compiled as the host's serial reference (no __CUDACC__), for the tests' comparison.
     kernel_build.file(own.join("noise_host_reference.cpp"));
     let kernel_objects = kernel_build.compile_intermediates();
 
+    // The emulator's own test kernels: kernel code, written for g++ (its warnings are errors).
+    let mut self_test_build = base_build(&poisoned, &own, &cuda_kernels);
+    race_check_kernel(&mut self_test_build);
+    self_test_build.flag("-Wextra").flag("-Werror").file(poisoned.join("self_test_kernels.cpp"));
+    let self_test_objects = self_test_build.compile_intermediates();
+
+    // The scheduler is never instrumented, even for the race check: its state is the emulated
+    // device's, which every fiber reads and writes by design; it tells ThreadSanitizer instead
+    // where CUDA orders the threads (block_scheduler.cpp).
     let mut runtime_build = base_build(&poisoned, &own, &cuda_kernels);
     runtime_build.flag("-Wextra").flag("-Werror");
+    if race_check() {
+        runtime_build.define("DP_EMU_RACE_CHECK", None);
+    }
     for name in ["fiber_context.cpp", "block_scheduler.cpp", "kernel_registry.cpp", "launch.cpp"] {
         runtime_build.file(own.join(name));
     }
-    runtime_build.file(poisoned.join("self_test_kernels.cpp"));
-    runtime_build.objects(&kernel_objects).compile("dp_cuda_emulator_kernels");
+    runtime_build.objects(&kernel_objects).objects(&self_test_objects).compile("dp_cuda_emulator_kernels");
+    if race_check() {
+        link_tsan();
+    }
+}
+
+/// Whether the `race-check` feature is on: kernels under ThreadSanitizer (docs/GPU.md).
+fn race_check() -> bool {
+    std::env::var_os("CARGO_FEATURE_RACE_CHECK").is_some()
+}
+
+/// With the race check, a kernel translation unit is instrumented by ThreadSanitizer.
+fn race_check_kernel(build: &mut cc::Build) {
+    if race_check() {
+        // -g1: the line tables, for the reports' kernel lines.
+        build.flag("-fsanitize=thread").flag("-g1").define("DP_EMU_RACE_CHECK", None);
+    }
+}
+
+/// Links ThreadSanitizer's runtime (GCC's libtsan, where `g++ -print-file-name` finds it), which
+/// the instrumented kernels call. It must also be loaded first, before the program starts: the
+/// test binaries that link this crate get it as a dependency, a program that loads the emulator
+/// with dlopen (cudarc) needs LD_PRELOAD.
+fn link_tsan() {
+    let compiler = cc::Build::new().cpp(true).get_compiler();
+    let output = std::process::Command::new(compiler.path())
+        .arg("-print-file-name=libtsan.so")
+        .output()
+        .expect("running the C++ compiler for libtsan's path");
+    let path = PathBuf::from(String::from_utf8(output.stdout).expect("a path in UTF-8").trim());
+    assert!(
+        path.is_absolute() && path.exists(),
+        "the race-check feature needs ThreadSanitizer's runtime, libtsan.so, which {} does not find \
+         (on Debian: apt-get install libtsan2)",
+        compiler.path().display()
+    );
+    // The folder of the link libtsan.so itself (GCC's), not of what it points to, which has only
+    // the versioned name.
+    let folder = path.parent().expect("libtsan.so in a folder");
+    println!("cargo:rustc-link-search=native={}", folder.display());
+    println!("cargo:rustc-link-lib=dylib=tsan");
 }
 
 /// Writes `source` into `folder` with its `__shared__` declarations poisoning their variables, its

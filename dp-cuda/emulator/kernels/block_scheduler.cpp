@@ -17,12 +17,34 @@
 // - __shared__ variables (one copy per OS thread) are filled with 0xff bytes when the first thread of
 //   a block passes their declaration (poison_shared; build.rs appends the call to each), as a GPU's
 //   shared memory holds nothing a block may count on when it starts.
+//
+// The race check (the race-check feature: DP_EMU_RACE_CHECK, the kernels compiled with
+// -fsanitize=thread): every CUDA thread runs as a ThreadSanitizer fiber, and the switches between
+// them do not synchronise, so that ThreadSanitizer orders two threads' accesses only where CUDA
+// does, as the scheduler tells it: at __syncthreads (every arriving thread releases the block's
+// sync object, every leaving one acquires it), at a warp collective (the warp's, likewise), from
+// the launching OS thread to every thread of a grid, from every thread back to it when the grid
+// has ended, and from every grid that has ended to every grid launched later on any OS thread (the
+// order of the streams, which their events give, is not visible to ThreadSanitizer). The blocks of
+// a grid are not ordered, but a fiber runs the same thread of every race_sets_-th block (creating
+// one costs ThreadSanitizer ~0.4 ms), so blocks that many apart in the order they run are: races
+// between blocks that near each other are all seen.
 #include "block_scheduler.hpp"
 
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
 #include <utility>
+
+#ifdef DP_EMU_RACE_CHECK
+#include <sanitizer/tsan_interface.h>
+
+// ThreadSanitizer's Java interface: its allocation hook is the one exported way to forget the
+// accesses recorded for a range of memory (for a __shared__ variable, which every block reuses).
+extern "C" void __tsan_java_init(unsigned long heap_begin, unsigned long heap_size);
+extern "C" void __tsan_java_alloc(unsigned long pointer, unsigned long bytes);
+extern "C" void __tsan_java_free(unsigned long pointer, unsigned long bytes);
+#endif
 
 namespace dp_emu {
 
@@ -55,6 +77,32 @@ std::uint64_t next_random(std::uint64_t &state) {
 unsigned int below(std::uint64_t random, unsigned int bound) {
     return static_cast<unsigned int>((static_cast<unsigned __int128>(random) * bound) >> 64);
 }
+
+#ifdef DP_EMU_RACE_CHECK
+// Every grid that has ended, on any OS thread, happens before every grid launched after it.
+unsigned char grids_ended_sync = 0;
+
+// ThreadSanitizer's heap on x86-64 Linux (its tsan_platform.h), where glibc allocates the
+// dynamically loaded emulator's thread-local storage, the __shared__ variables included: the range
+// given to __tsan_java_init, so that its reports look for a Java block only there.
+constexpr unsigned long kTsanHeapBegin = 0x7b0000000000ul, kTsanHeapEnd = 0x7c0000000000ul;
+
+// Forgets the accesses ThreadSanitizer has recorded to [address, address + bytes) (rounded out to
+// 8 bytes, its Java interface's alignment); false when the range is not in its heap.
+bool forget_accesses(void *address, std::size_t bytes) {
+    static const bool initialised = (__tsan_java_init(kTsanHeapBegin, kTsanHeapEnd - kTsanHeapBegin), true);
+    (void)initialised;
+    unsigned long begin = reinterpret_cast<unsigned long>(address) & ~7ul;
+    unsigned long end = (reinterpret_cast<unsigned long>(address) + bytes + 7) & ~7ul;
+    if (begin < kTsanHeapBegin || end > kTsanHeapEnd || end == begin) return false;
+    __tsan_java_free(begin, end - begin);
+    __tsan_java_alloc(begin, end - begin);
+    return true;
+}
+
+inline void race_acquire(void *sync) { __tsan_acquire(sync); }
+inline void race_release(void *sync) { __tsan_release(sync); }
+#endif
 
 }  // namespace
 
@@ -121,6 +169,56 @@ BlockScheduler &BlockScheduler::of_this_thread() {
     return scheduler;
 }
 
+#ifdef DP_EMU_RACE_CHECK
+BlockScheduler::~BlockScheduler() {
+    for (RaceSlot &slot : race_slots_) {
+        if (slot.tsan_fiber != nullptr) __tsan_destroy_fiber(slot.tsan_fiber);
+    }
+}
+
+bool BlockScheduler::race_prepare_grid(unsigned int threads) {
+    os_fiber_ = __tsan_get_current_fiber();
+    race_blocks_ = 0;
+    // Two sets, so that consecutive blocks are never ordered: each acquire and release costs
+    // ThreadSanitizer (GCC 12's) as much as it has live threads, so no more fibers than that.
+    race_sets_ = 2;
+    std::size_t needed = static_cast<std::size_t>(race_sets_) * threads;
+    // A fiber's stack stays with it: a stack used by a thread of an unordered block would be a race.
+    for (std::size_t i = race_slots_.size(); i < needed; ++i) {
+        FiberStack *stack = stacks_.acquire();
+        if (stack == nullptr) return false;
+        race_slots_.push_back(RaceSlot{__tsan_create_fiber(0), stack});
+    }
+    if (race_named_threads_ < needed || race_named_shape_.x != block_.block_dim.x ||
+        race_named_shape_.y != block_.block_dim.y || race_named_shape_.z != block_.block_dim.z) {
+        // Named for the threadIdx each runs in this shape of block (a report names the threads).
+        for (std::size_t i = 0; i < needed; ++i) {
+            const Fiber &fiber = fibers_[i % threads];
+            char name[64];
+            std::snprintf(name, sizeof name, "CUDA thread (%u, %u, %u)", fiber.thread_idx.x, fiber.thread_idx.y,
+                          fiber.thread_idx.z);
+            __tsan_set_fiber_name(race_slots_[i].tsan_fiber, name);
+        }
+        race_named_threads_ = static_cast<unsigned int>(needed);
+        race_named_shape_ = block_.block_dim;
+    }
+    race_sync_.resize(static_cast<std::size_t>(race_sets_) * (2 + 2 * warps_.size()));
+    race_acquire(&grids_ended_sync);
+    race_release(&launch_sync_);
+    return true;
+}
+
+void BlockScheduler::race_switch_to(Fiber &fiber) { __tsan_switch_to_fiber(fiber.race_slot->tsan_fiber, __tsan_switch_to_fiber_no_sync); }
+
+void BlockScheduler::race_switch_back() { __tsan_switch_to_fiber(os_fiber_, __tsan_switch_to_fiber_no_sync); }
+
+void *BlockScheduler::barrier_sync(unsigned int generation) { return &race_sync_[race_sync_base_ + (generation & 1u)]; }
+
+void *BlockScheduler::warp_sync(unsigned int warp, unsigned int generation) {
+    return &race_sync_[race_sync_base_ + 2 + 2 * warp + (generation & 1u)];
+}
+#endif
+
 std::string BlockScheduler::run_grid(KernelTrampoline kernel, void **params, dim3 grid, dim3 block,
                                      ThreadOrder order, std::uint64_t seed) {
     kernel_ = kernel;
@@ -159,6 +257,9 @@ std::string BlockScheduler::run_grid(KernelTrampoline kernel, void **params, dim
     const std::uint64_t plane = static_cast<std::uint64_t>(grid.x) * grid.y;
     const BlockPermutation shuffled_blocks(blocks, next_random(random_state_));
     std::string error;
+#ifdef DP_EMU_RACE_CHECK
+    if (!race_prepare_grid(threads)) return "no memory for another fiber stack";
+#endif
     for (std::uint64_t i = 0; i < blocks; ++i) {
         // The block's linear index: x fastest, then y, then z.
         std::uint64_t at = order == ThreadOrder::Forward   ? i
@@ -173,6 +274,10 @@ std::string BlockScheduler::run_grid(KernelTrampoline kernel, void **params, dim
             break;
         }
     }
+#ifdef DP_EMU_RACE_CHECK
+    race_acquire(&grid_end_sync_);
+    race_release(&grids_ended_sync);
+#endif
     current_thread = nullptr;
     kernel_ = nullptr;
     params_ = nullptr;
@@ -189,6 +294,12 @@ bool BlockScheduler::run_block() {
     exited_ = 0;
     at_block_barrier_ = 0;
     failed_ = false;
+#ifdef DP_EMU_RACE_CHECK
+    const std::size_t threads = fibers_.size();
+    const unsigned int set = static_cast<unsigned int>(race_blocks_++ % race_sets_);
+    for (std::size_t i = 0; i < threads; ++i) fibers_[i].race_slot = &race_slots_[set * threads + i];
+    race_sync_base_ = set * static_cast<unsigned int>(2 + 2 * warps_.size());
+#endif
     return order_ == ThreadOrder::Warps ? run_block_by_warps() : run_block_by_threads();
 }
 
@@ -241,7 +352,11 @@ bool BlockScheduler::run_block_by_warps() {
 int BlockScheduler::run_fiber(unsigned int index) {
     Fiber &fiber = fibers_[index];
     if (fiber.state == FiberState::NotStarted) {
+#ifdef DP_EMU_RACE_CHECK
+        fiber.stack = fiber.race_slot->stack;
+#else
         fiber.stack = stacks_.acquire();
+#endif
         if (fiber.stack == nullptr) {
             error_ = "no memory for another fiber stack";
             abandon_block();
@@ -253,6 +368,9 @@ int BlockScheduler::run_fiber(unsigned int index) {
     }
     fiber.state = FiberState::Running;
     current_thread = &fiber;
+#ifdef DP_EMU_RACE_CHECK
+    race_switch_to(fiber);
+#endif
     dp_emu_switch_context(&scheduler_sp_, fiber.saved_sp);
     if (failed_) {
         abandon_block();
@@ -283,19 +401,46 @@ void BlockScheduler::poison_shared(void *address, std::size_t bytes) {
         if (variable.block_serial == block_serial_) return;
         variable.block_serial = block_serial_;
         std::memset(address, 0xff, bytes);
+#ifdef DP_EMU_RACE_CHECK
+        forget_previous_blocks(address, bytes);
+#endif
         return;
     }
     poisoned_.push_back(PoisonedShared{address, block_serial_});
     std::memset(address, 0xff, bytes);
+#ifdef DP_EMU_RACE_CHECK
+    forget_previous_blocks(address, bytes);
+#endif
 }
+
+#ifdef DP_EMU_RACE_CHECK
+void BlockScheduler::forget_previous_blocks(void *address, std::size_t bytes) {
+    // The variable is the same memory in every block of this OS thread: what earlier blocks did
+    // with it is no race with this one, which the poisoning gives fresh shared memory.
+    if (!forget_accesses(address, bytes)) {
+        fail(running_fiber(), format("race check: the __shared__ variable at %p is not in ThreadSanitizer's "
+                                     "heap, where the check expects thread-local storage",
+                                     address));
+    }
+}
+#endif
 
 void BlockScheduler::fiber_main(void *argument) {
     Fiber &self = *static_cast<Fiber *>(argument);
     BlockScheduler &scheduler = *self.scheduler;
+#ifdef DP_EMU_RACE_CHECK
+    race_acquire(&scheduler.launch_sync_);
+#endif
     scheduler.kernel_(scheduler.params_);
     scheduler.finish(self);
+#ifdef DP_EMU_RACE_CHECK
+    // The stack stays with the fiber's race slot.
+    race_release(&scheduler.grid_end_sync_);
+    scheduler.race_switch_back();
+#else
     // Nothing takes this stack from the pool before the switch away from it below.
     scheduler.stacks_.release(self.stack);
+#endif
     self.stack = nullptr;
     void *never_resumed;
     dp_emu_switch_context(&never_resumed, scheduler.scheduler_sp_);
@@ -319,6 +464,9 @@ void BlockScheduler::finish(Fiber &self) {
 
 void BlockScheduler::suspend(Fiber &self, FiberState state) {
     self.state = state;
+#ifdef DP_EMU_RACE_CHECK
+    race_switch_back();
+#endif
     dp_emu_switch_context(&self.saved_sp, scheduler_sp_);
 }
 
@@ -327,17 +475,29 @@ void BlockScheduler::fail(Fiber &self, std::string message) {
     error_ = describe(self) + ": " + message;
     // Abandoned: run_block returns this fiber's stack to the pool.
     self.state = FiberState::Exited;
+#ifdef DP_EMU_RACE_CHECK
+    race_switch_back();
+#endif
     dp_emu_switch_context(&self.saved_sp, scheduler_sp_);
     __builtin_unreachable();
 }
 
 void BlockScheduler::sync_block(Fiber &self) {
+#ifdef DP_EMU_RACE_CHECK
+    // Every thread arrives (releases) before any leaves (acquires); the next barrier's object is
+    // the other one, as a thread may arrive there before the slowest has left this one.
+    void *sync = barrier_sync(barrier_generation_);
+    race_release(sync);
+#endif
     ++at_block_barrier_;
     if (at_block_barrier_ + exited_ == fibers_.size()) {
         release_block_barrier();
-        return;
+    } else {
+        suspend(self, FiberState::AtBlockBarrier);
     }
-    suspend(self, FiberState::AtBlockBarrier);
+#ifdef DP_EMU_RACE_CHECK
+    race_acquire(sync);
+#endif
 }
 
 void BlockScheduler::release_block_barrier() {
@@ -345,6 +505,7 @@ void BlockScheduler::release_block_barrier() {
         if (fiber.state == FiberState::AtBlockBarrier) fiber.state = FiberState::Runnable;
     }
     at_block_barrier_ = 0;
+    ++barrier_generation_;
 }
 
 std::uint64_t BlockScheduler::warp_collective(Fiber &self, WarpOp op, unsigned int mask, std::uint64_t value,
@@ -371,12 +532,21 @@ std::uint64_t BlockScheduler::warp_collective(Fiber &self, WarpOp op, unsigned i
         fail(self, format("%s reads lane %u, which its mask 0x%08x does not name", name, source_lane, mask));
     self.deposited = value;
     self.source_lane = source_lane;
+#ifdef DP_EMU_RACE_CHECK
+    // As at __syncthreads, for the lanes of the warp, but only at __syncwarp: CUDA orders memory
+    // among the lanes of a __syncwarp, and not at a shuffle or a ballot, which exchange registers.
+    void *sync = op == WarpOp::SyncWarp ? warp_sync(w, warp.generation) : nullptr;
+    if (sync != nullptr) race_release(sync);
+#endif
     warp.arrived |= 1u << lane;
     if (warp.arrived == mask) {
         complete_warp_collective(w, warp);
     } else {
         suspend(self, FiberState::AtWarpCollective);
     }
+#ifdef DP_EMU_RACE_CHECK
+    if (sync != nullptr) race_acquire(sync);
+#endif
     return self.result;
 }
 
@@ -399,12 +569,20 @@ void BlockScheduler::complete_warp_collective(unsigned int warp_index, WarpGathe
         if (fiber.state == FiberState::AtWarpCollective) fiber.state = FiberState::Runnable;
     }
     warp.arrived = 0;
+    ++warp.generation;
 }
 
 void BlockScheduler::abandon_block() {
     for (Fiber &fiber : fibers_) {
         if (fiber.stack != nullptr) {
+#ifdef DP_EMU_RACE_CHECK
+            // Its ThreadSanitizer fiber is left inside the kernel's functions: a fresh one.
+            __tsan_destroy_fiber(fiber.race_slot->tsan_fiber);
+            fiber.race_slot->tsan_fiber = __tsan_create_fiber(0);
+            race_named_threads_ = 0;
+#else
             stacks_.release(fiber.stack);
+#endif
             fiber.stack = nullptr;
         }
     }

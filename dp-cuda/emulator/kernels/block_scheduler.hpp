@@ -64,11 +64,23 @@ enum class FiberState : unsigned char {
     Exited,
 };
 
+#ifdef DP_EMU_RACE_CHECK
+// The race check (block_scheduler.cpp): a ThreadSanitizer fiber and the stack it runs on, which
+// run CUDA thread `linear` of every `race_sets`-th block of a launch.
+struct RaceSlot {
+    void *tsan_fiber;
+    FiberStack *stack;
+};
+#endif
+
 struct Fiber : ThreadCoordinates {
     BlockScheduler *scheduler;
     void *saved_sp;
     FiberStack *stack;
     FiberState state;
+#ifdef DP_EMU_RACE_CHECK
+    RaceSlot *race_slot;
+#endif
     // Warp collectives: what this lane deposited, which lane's deposit it reads, and what it gets.
     unsigned int source_lane;
     std::uint64_t deposited;
@@ -83,12 +95,21 @@ struct WarpGathering {
     // The lanes the block has in this warp, and those that have exited.
     unsigned int existing;
     unsigned int exited;
+    // Counts the collectives completed: the race check's sync object alternates with it.
+    unsigned int generation;
 };
 
 class BlockScheduler {
   public:
     // The scheduler of the calling OS thread.
     static BlockScheduler &of_this_thread();
+
+#ifdef DP_EMU_RACE_CHECK
+    BlockScheduler() = default;
+    BlockScheduler(const BlockScheduler &) = delete;
+    BlockScheduler &operator=(const BlockScheduler &) = delete;
+    ~BlockScheduler();
+#endif
 
     // Runs every block of the grid in `order` (Shuffled's permutations drawn from `seed` and the
     // number of grids this OS thread has run before); the empty string on success, else what went
@@ -125,6 +146,14 @@ class BlockScheduler {
     void complete_warp_collective(unsigned int warp, WarpGathering &gathering);
     void abandon_block();
     std::string deadlock_report() const;
+#ifdef DP_EMU_RACE_CHECK
+    bool race_prepare_grid(unsigned int threads);
+    void forget_previous_blocks(void *address, std::size_t bytes);
+    void race_switch_to(Fiber &fiber);
+    void race_switch_back();
+    void *barrier_sync(unsigned int generation);
+    void *warp_sync(unsigned int warp, unsigned int generation);
+#endif
     std::string describe(const Fiber &fiber) const;
     static void fiber_main(void *fiber);
 
@@ -149,7 +178,27 @@ class BlockScheduler {
     unsigned int exited_ = 0;
     unsigned int at_block_barrier_ = 0;
     bool failed_ = false;
+    // Counts the __syncthreads completed in the running block: the race check's sync object
+    // alternates with it.
+    unsigned int barrier_generation_ = 0;
     std::string error_;
+#ifdef DP_EMU_RACE_CHECK
+    // The ThreadSanitizer fibers (race_sets_ of them per thread of the block), created as needed
+    // and kept for later launches; the fiber of this OS thread; the blocks of the grid begun.
+    std::vector<RaceSlot> race_slots_;
+    unsigned int race_sets_ = 2;
+    void *os_fiber_ = nullptr;
+    std::uint64_t race_blocks_ = 0;
+    // The sync objects of the barriers: per set of fibers, two for __syncthreads and two per warp
+    // (the generations alternate); where the running block's begin.
+    std::vector<unsigned char> race_sync_;
+    unsigned int race_sync_base_ = 0;
+    unsigned int race_named_threads_ = 0;
+    dim3 race_named_shape_{0, 0, 0};
+    // From the launching OS thread to every thread of a grid, and from every thread back.
+    unsigned char launch_sync_ = 0;
+    unsigned char grid_end_sync_ = 0;
+#endif
 };
 
 const char *warp_op_name(WarpOp op);

@@ -166,6 +166,59 @@ extern "C" __global__ void dp_emu_selftest_unwritten_shared(float *values, int *
     counts[at] = count_slots[t];
 }
 
+// The race check's kernels (tests/race_check.rs): each races, or does not, as its comment says.
+
+// Every thread adds 1 to *sum: with `atomic` by atomicAdd, else by a plain += (a race between the
+// threads of a block, which the serial order adds up right all the same).
+extern "C" __global__ void dp_emu_selftest_race_sum(int atomic, unsigned int *sum) {
+    if (atomic) {
+        atomicAdd(sum, 1u);
+    } else {
+        *sum += 1u;
+    }
+}
+
+// Thread 0 writes a shared value, every other thread reads it into out[t]: a race unless
+// `synchronise` puts a __syncthreads between.
+extern "C" __global__ void dp_emu_selftest_race_shared(int synchronise, unsigned int *out) {
+    __shared__ unsigned int value;
+    unsigned int t = linear_thread();
+    if (t == 0) value = 42;
+    if (synchronise) __syncthreads();
+    if (t != 0) out[t] = value;
+}
+
+// Thread 0 of every block writes its block's index to *out: a race between the blocks.
+extern "C" __global__ void dp_emu_selftest_race_blocks(unsigned int *out) {
+    if (linear_thread() == 0) *out = blockIdx.x;
+}
+
+// Thread t of block b writes values[b · threads + t] + 1 into out[...]: run twice on one stream,
+// the second launch reading what the first wrote (no race), every block its own values.
+extern "C" __global__ void dp_emu_selftest_race_free_copy(const unsigned int *values, unsigned int *out) {
+    unsigned int at = blockIdx.x * blockDim.x + linear_thread();
+    out[at] = values[at] + 1u;
+}
+
+// Each thread writes its slot of shared memory, reads its neighbour's after a __syncthreads, and
+// exchanges the result with the next lane by a shuffle; then, after a __syncwarp, lane 0 sums its
+// warp's slots: the barriers order every access (no race), in every block.
+extern "C" __global__ void dp_emu_selftest_race_free_barriers(unsigned int *out) {
+    __shared__ unsigned int slots[256];
+    unsigned int t = linear_thread(), threads = blockDim.x * blockDim.y * blockDim.z;
+    slots[t] = t + blockIdx.x;
+    __syncthreads();
+    unsigned int mine = slots[(t + 1) % threads];
+    __syncthreads();
+    slots[t] = __shfl_xor_sync(0xffffffffu, mine, 1);
+    __syncwarp();
+    if (t % 32 == 0) {
+        unsigned int sum = 0;
+        for (unsigned int l = 0; l < 32; ++l) sum += slots[t + l];
+        out[blockIdx.x * threads / 32 + t / 32] = sum;
+    }
+}
+
 namespace dp_emu {
 namespace {
 const KernelEntry self_test_entries[] = {
@@ -182,6 +235,11 @@ const KernelEntry self_test_entries[] = {
     DP_EMU_KERNEL_ENTRY(dp_emu_selftest_missing_syncthreads),
     DP_EMU_KERNEL_ENTRY(dp_emu_selftest_warp_runs_ahead),
     DP_EMU_KERNEL_ENTRY(dp_emu_selftest_unwritten_shared),
+    DP_EMU_KERNEL_ENTRY(dp_emu_selftest_race_sum),
+    DP_EMU_KERNEL_ENTRY(dp_emu_selftest_race_shared),
+    DP_EMU_KERNEL_ENTRY(dp_emu_selftest_race_blocks),
+    DP_EMU_KERNEL_ENTRY(dp_emu_selftest_race_free_copy),
+    DP_EMU_KERNEL_ENTRY(dp_emu_selftest_race_free_barriers),
 };
 }  // namespace
 

@@ -261,3 +261,41 @@ pub fn param_layouts(name: &str) -> Option<Vec<ParamLayout>> {
     unsafe { dp_emu_kernel_params(c_name.as_ptr(), sizes.as_mut_ptr(), alignments.as_mut_ptr(), count) };
     Some(sizes.into_iter().zip(alignments).map(|(size, align)| ParamLayout { size, align }).collect())
 }
+
+/// The self-test launch exported from the library for tests/race_check.rs, which loads the library
+/// with dlopen as dp's programs do: `dp_emu_launch_self_test` (launch.cpp), whose symbol the library
+/// does not export.
+///
+/// # Safety
+/// As `dp_emu_launch_self_test`: `name` a C string, `params` as [`launch`]'s, `error` writable for
+/// `error_len` bytes.
+#[cfg(feature = "race-check")]
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn dp_emu_race_check_launch_self_test(
+    name: *const c_char,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
+    dynamic_shared_bytes: c_uint,
+    params: *mut *mut c_void,
+    error: *mut c_char,
+    error_len: usize,
+) -> c_int {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        dp_emu_launch_self_test(name, gx, gy, gz, bx, by, bz, dynamic_shared_bytes, params, error, error_len)
+    }
+}
+
+/// [`set_thread_order_for_this_thread`] exported for tests/race_check.rs: 0 forward, 1 reverse, 2
+/// shuffled, 3 warps, -1 the environment's; returns 0, or -1 for another mode.
+#[cfg(feature = "race-check")]
+#[no_mangle]
+pub extern "C" fn dp_emu_race_check_set_thread_order(mode: c_int) -> c_int {
+    // SAFETY: any mode may be asked.
+    unsafe { dp_emu_set_thread_order_for_this_thread(mode) }
+}
