@@ -300,21 +300,12 @@ bool BlockScheduler::run_block() {
     for (std::size_t i = 0; i < threads; ++i) fibers_[i].race_slot = &race_slots_[set * threads + i];
     race_sync_base_ = set * static_cast<unsigned int>(2 + 2 * warps_.size());
 #endif
-    return order_ == ThreadOrder::Warps ? run_block_by_warps() : run_block_by_threads();
-}
-
-bool BlockScheduler::run_block_by_threads() {
-    const unsigned int threads = static_cast<unsigned int>(fibers_.size());
     for (;;) {
-        bool progressed = false;
         order_pass();
-        for (unsigned int index : pass_order_) {
-            int ran = run_fiber(index);
-            if (ran < 0) return false;
-            progressed |= ran > 0;
-        }
-        if (exited_ == threads) return true;
-        if (!progressed) {
+        int progressed = order_ == ThreadOrder::Warps ? pass_by_warps() : pass_by_threads();
+        if (progressed < 0) return false;
+        if (exited_ == fibers_.size()) return true;
+        if (progressed == 0) {
             error_ = deadlock_report();
             abandon_block();
             return false;
@@ -322,31 +313,33 @@ bool BlockScheduler::run_block_by_threads() {
     }
 }
 
-bool BlockScheduler::run_block_by_warps() {
+int BlockScheduler::pass_by_threads() {
+    int progressed = 0;
+    for (unsigned int index : pass_order_) {
+        int ran = run_fiber(index);
+        if (ran < 0) return -1;
+        progressed |= ran;
+    }
+    return progressed;
+}
+
+int BlockScheduler::pass_by_warps() {
     const unsigned int threads = static_cast<unsigned int>(fibers_.size());
-    for (;;) {
-        bool progressed = false;
-        order_pass();
-        for (unsigned int warp : warp_order_) {
-            const unsigned int first = warp * 32, end = first + 32 < threads ? first + 32 : threads;
-            // The warp's lanes, pass after pass, until none can go on.
-            for (bool warp_progressed = true; warp_progressed;) {
-                warp_progressed = false;
-                for (unsigned int index = first; index < end; ++index) {
-                    int ran = run_fiber(index);
-                    if (ran < 0) return false;
-                    warp_progressed |= ran > 0;
-                }
-                progressed |= warp_progressed;
+    int progressed = 0;
+    for (unsigned int warp : warp_order_) {
+        const unsigned int first = warp * 32, end = first + 32 < threads ? first + 32 : threads;
+        // The warp's lanes, pass after pass, until none can go on.
+        for (int warp_progressed = 1; warp_progressed != 0;) {
+            warp_progressed = 0;
+            for (unsigned int index = first; index < end; ++index) {
+                int ran = run_fiber(index);
+                if (ran < 0) return -1;
+                warp_progressed |= ran;
             }
-        }
-        if (exited_ == threads) return true;
-        if (!progressed) {
-            error_ = deadlock_report();
-            abandon_block();
-            return false;
+            progressed |= warp_progressed;
         }
     }
+    return progressed;
 }
 
 int BlockScheduler::run_fiber(unsigned int index) {

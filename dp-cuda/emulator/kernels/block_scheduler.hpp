@@ -134,8 +134,11 @@ class BlockScheduler {
     };
 
     bool run_block();
-    bool run_block_by_threads();
-    bool run_block_by_warps();
+    // One pass over the block (the order's): 1 some thread ran, 0 none could (a deadlock unless all
+    // have ended), -1 the block failed (its fibers abandoned, error_ set).
+    int pass_by_threads();
+    // Warp by warp (ThreadOrder::Warps), each warp's lanes until none can go on.
+    int pass_by_warps();
     // Runs fiber `index` until it ends or waits, if it can run: 1 it ran, 0 it could not, -1 the
     // block failed (its fibers abandoned, error_ set).
     int run_fiber(unsigned int index);

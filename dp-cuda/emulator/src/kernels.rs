@@ -177,7 +177,10 @@ pub unsafe fn launch_self_test(
     unsafe { launch_through(dp_emu_launch_self_test, name, grid, block, 0, params) }
 }
 
-type LaunchFunction = unsafe extern "C" fn(
+/// The C signature of the launch functions (launch.cpp's `dp_emu_launch` and
+/// `dp_emu_launch_self_test`, and the race check's export of the latter): the kernel's name, the
+/// grid and the block, the dynamic shared bytes, the parameters, and a buffer for the error.
+pub type LaunchFunction = unsafe extern "C" fn(
     *const c_char,
     c_uint,
     c_uint,

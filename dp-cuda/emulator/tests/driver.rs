@@ -41,6 +41,14 @@ fn pinned(bytes: usize) -> *mut f32 {
     p as *mut f32
 }
 
+/// A pinned buffer holding `values`.
+fn pinned_holding(values: &[f32]) -> *mut f32 {
+    let host = pinned(values.len() * 4);
+    // SAFETY: the pinned buffer's values.len() values.
+    unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), host, values.len()) };
+    host
+}
+
 fn upload(s: *mut c_void, values: &[f32]) -> u64 {
     let d = device(values.len() * 4);
     // SAFETY: a pageable source of the copy's length, into the allocation just made.
@@ -115,9 +123,7 @@ fn captures_replay_their_work_and_refuse_what_the_driver_refuses() {
     let (fork, join) = (event(), event());
     let d = upload(origin, &[0.0; 4]);
     ok(cuStreamSynchronize(origin));
-    let host = pinned(16);
-    // SAFETY: the pinned buffer's 4 values.
-    unsafe { std::ptr::copy_nonoverlapping([1.0f32, 2.0, 3.0, 4.0].as_ptr(), host, 4) };
+    let host = pinned_holding(&[1.0, 2.0, 3.0, 4.0]);
 
     // A fork joined back: the graph holds the side stream's copy, and replays it.
     ok(cuStreamBeginCapture_v2(origin, 1));
@@ -216,9 +222,7 @@ fn replay_a_graph_with_a_missing_dependency() {
     let written = upload(origin, &[0.0; 4]);
     let (unjoined, joined) = (device(16), device(16));
     ok(cuStreamSynchronize(origin));
-    let host = pinned(16);
-    // SAFETY: the pinned buffer's 4 values.
-    unsafe { std::ptr::copy_nonoverlapping([1.0f32, 2.0, 3.0, 4.0].as_ptr(), host, 4) };
+    let host = pinned_holding(&[1.0, 2.0, 3.0, 4.0]);
     ok(cuStreamBeginCapture_v2(origin, 1));
     ok(cuEventRecord(fork, origin));
     ok(cuStreamWaitEvent(side, fork, 0));

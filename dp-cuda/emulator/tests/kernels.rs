@@ -577,19 +577,19 @@ fn every_pass_over_a_block_has_its_order() {
     assert_eq!(after[1..], rest[..]);
 }
 
+/// A self-test kernel of (synchronise, out) over `blocks` blocks of `threads` threads in `order`, with
+/// or without its barrier: the values each thread read into out.
+fn values_read(kernel: &str, blocks: u32, threads: u32, order: ThreadOrder, synchronise: bool) -> Vec<u32> {
+    kernels::set_thread_order_for_this_thread(Some(order));
+    let mut out = vec![0u32; (blocks * threads) as usize];
+    let (mut s, mut o) = (i32::from(synchronise), out.as_mut_ptr());
+    launch_self_test(kernel, [blocks, 1, 1], [threads, 1, 1], &mut [arg(&mut s), arg(&mut o)]).unwrap();
+    out
+}
+
 /// dp_emu_selftest_warp_runs_ahead over 8 blocks of 256 threads: the values each thread read.
 fn warp_runs_ahead(order: ThreadOrder, synchronise: bool) -> Vec<u32> {
-    kernels::set_thread_order_for_this_thread(Some(order));
-    let mut out = vec![0u32; 8 * 256];
-    let (mut s, mut o) = (i32::from(synchronise), out.as_mut_ptr());
-    launch_self_test(
-        "dp_emu_selftest_warp_runs_ahead",
-        [8, 1, 1],
-        [256, 1, 1],
-        &mut [arg(&mut s), arg(&mut o)],
-    )
-    .unwrap();
-    out
+    values_read("dp_emu_selftest_warp_runs_ahead", 8, 256, order, synchronise)
 }
 
 #[test]
@@ -637,17 +637,7 @@ fn launch_errors_name_the_block_and_thread_in_every_order() {
 
 /// dp_emu_selftest_missing_syncthreads over 2 blocks of 64 threads: the values each thread read.
 fn missing_syncthreads(order: ThreadOrder, synchronise: bool) -> Vec<u32> {
-    kernels::set_thread_order_for_this_thread(Some(order));
-    let mut out = vec![0u32; 128];
-    let (mut s, mut o) = (i32::from(synchronise), out.as_mut_ptr());
-    launch_self_test(
-        "dp_emu_selftest_missing_syncthreads",
-        [2, 1, 1],
-        [64, 1, 1],
-        &mut [arg(&mut s), arg(&mut o)],
-    )
-    .unwrap();
-    out
+    values_read("dp_emu_selftest_missing_syncthreads", 2, 64, order, synchronise)
 }
 
 #[test]

@@ -6,10 +6,12 @@
 //! loads the emulator as dp's programs do, with dlopen (cudarc): the check finds __shared__
 //! variables in the thread-local storage glibc allocates for a library loaded so.
 
-use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+
+use dp_cuda_emulator::kernels;
 
 /// Set in the child processes' environment: the case to run.
 const CHILD: &str = "DP_EMU_RACE_CHECK_TEST_CHILD";
@@ -85,19 +87,6 @@ fn arg<T>(value: &mut T) -> *mut c_void {
     (value as *mut T).cast()
 }
 
-type Launch = unsafe extern "C" fn(
-    *const c_char,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    *mut *mut c_void,
-    *mut c_char,
-    usize,
-) -> c_int;
 type SetThreadOrder = unsafe extern "C" fn(c_int) -> c_int;
 
 /// The emulator library cargo built beside this test, loaded with dlopen: the function `name`.
@@ -122,7 +111,7 @@ fn emulator_function(name: &str) -> *mut c_void {
 
 fn launch(name: &str, grid: u32, block: u32, params: &mut [*mut c_void]) {
     // SAFETY: dp_emu_race_check_launch_self_test's signature (src/kernels.rs).
-    let launch: Launch =
+    let launch: kernels::LaunchFunction =
         unsafe { std::mem::transmute(emulator_function("dp_emu_race_check_launch_self_test")) };
     let c_name = CString::new(name).expect("no NUL");
     let mut error = [0 as c_char; 1024];
